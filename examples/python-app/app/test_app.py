@@ -1,0 +1,8 @@
+import unittest
+
+import app.__main__ as main
+
+
+class HelloTest(unittest.TestCase):
+    def test_handler_exists(self) -> None:
+        self.assertTrue(hasattr(main, "Hello"))

@@ -1,0 +1,259 @@
+"""The ``imagedsl`` command: a short pipeline of small functions per subcommand.
+
+Exit codes: 0 success, 1 a failure outside the user's input, 2 bad input (a build file error,
+an unknown target, a bad option), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from imagedsl import __version__
+from imagedsl.errors import ImageDSLError, SourceLocation
+from imagedsl.ledger import Store, StoreWarning, default_store_path
+from imagedsl.loader import load_buildfile, split_spec
+from imagedsl.reporting import Reporter
+
+if TYPE_CHECKING:
+    from imagedsl.planner import Plan
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class TerminalReporter(Reporter):
+    """Progress on stderr while a big context is hashed (a live line on a terminal)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._live = stream.isatty()
+        self._total = (0, 0)
+        self._last = 0.0
+        self._shown = False
+
+    def hashing_started(self, root: str, files: int, total_bytes: int) -> None:
+        self._total = (files, total_bytes)
+        self._last = time.monotonic()
+        self._shown = files >= 2000 or total_bytes >= 64 << 20
+        if self._shown:
+            self._stream.write(
+                f"hashing {files} files ({_mib(total_bytes)}) in {_shorten(root)}"
+                + ("" if self._live else "\n")
+            )
+            self._stream.flush()
+
+    def hashing_progress(self, root: str, files_done: int, bytes_done: int) -> None:
+        now = time.monotonic()
+        if not (self._shown and self._live) or now - self._last < 0.2:
+            return
+        self._last = now
+        files, total = self._total
+        self._stream.write(
+            f"\rhashing {_shorten(root)}: {files_done}/{files} files, "
+            f"{_mib(bytes_done)}/{_mib(total)}"
+        )
+        self._stream.flush()
+
+    def hashing_finished(self, root: str) -> None:
+        if self._shown and self._live:
+            self._stream.write("\r\x1b[K")
+            self._stream.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script and ``python -m imagedsl``."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", StoreWarning)
+            code: int = args.run(args)
+        for warning in caught:
+            if issubclass(warning.category, StoreWarning):
+                print(f"warning: {warning.message}", file=sys.stderr)
+            else:  # pragma: no cover - other warnings pass through untouched
+                warnings.warn_explicit(
+                    warning.message, warning.category, warning.filename, warning.lineno
+                )
+        return code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (``imagedsl plan --json | head``): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except ImageDSLError as error:
+        print(_format_error(error), file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imagedsl", description="Container images from Python, with exact caching."
+    )
+    parser.add_argument("--version", action="version", version=f"imagedsl {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    plan = commands.add_parser(
+        "plan", help="show every step, its cache key, hit or miss, and why each miss misses"
+    )
+    plan.add_argument(
+        "spec", nargs="?", metavar="FILE[:TARGET]", help="build file and target (./build.py)"
+    )
+    output = plan.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the plan as JSON (schema 1)")
+    output.add_argument("--dot", action="store_true", help="print the graph as Graphviz DOT")
+    _common_options(plan)
+    plan.set_defaults(run=run_plan)
+
+    targets = commands.add_parser("targets", help="list the targets of a build file")
+    targets.add_argument("spec", nargs="?", metavar="FILE", help="build file (./build.py)")
+    targets.set_defaults(run=run_targets)
+
+    cache = commands.add_parser("cache", help="inspect the store")
+    cache_commands = cache.add_subparsers(title="cache commands", metavar="ACTION")
+    du = cache_commands.add_parser("du", help="bytes used by each part of the store")
+    du.add_argument("--store", metavar="DIR", help="store directory")
+    du.set_defaults(run=run_cache_du)
+    return parser
+
+
+def _common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store", metavar="DIR", help="store directory (default: $IMAGEDSL_STORE or user cache)"
+    )
+    parser.add_argument(
+        "--build-arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override an ARG (repeatable)",
+    )
+    parser.add_argument("--platform", metavar="OS/ARCH", help="target platform (linux/amd64)")
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    """``imagedsl plan``."""
+    path, target = split_spec(args.spec)
+    build = load_buildfile(path)
+    store = Store(default_store_path(args.store))
+    plan = build.plan(
+        target,
+        store=store,
+        build_args=_build_args(args.build_arg),
+        platform=args.platform,
+        reporter=TerminalReporter(sys.stderr),
+    )
+    if args.json:
+        json.dump(plan.to_json(), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    elif args.dot:
+        sys.stdout.write(plan.to_dot())
+    else:
+        sys.stdout.write(format_plan(plan, display_path(path)))
+    return EXIT_OK
+
+
+def run_targets(args: argparse.Namespace) -> int:
+    """``imagedsl targets``: one per line, the default first."""
+    path, _ = split_spec(args.spec)
+    build = load_buildfile(path)
+    for name in build.targets:
+        print(name)
+    return EXIT_OK
+
+
+def run_cache_du(args: argparse.Namespace) -> int:
+    """``imagedsl cache du``."""
+    store = Store(default_store_path(args.store))
+    usage = store.disk_usage()
+    for part, size in usage.items():
+        print(f"{_mib(size):>12}  {part}")
+    print(f"{_mib(sum(usage.values())):>12}  total ({store.root})")
+    return EXIT_OK
+
+
+def format_plan(plan: Plan, buildfile: str) -> str:
+    """The human table: one row per step, reasons indented under misses."""
+    rows = [("WAVE", "STEP", "STATUS", "KEY", "INSTRUCTION")]
+    details: dict[int, list[str]] = {}
+    for i, step in enumerate(plan.steps):
+        rows.append(
+            (
+                str(step.wave),
+                f"{step.stage}[{step.index}]",
+                step.status.value,
+                step.key[:12],
+                _truncate(step.instruction, 72),
+            )
+        )
+        details[i + 1] = [*step.reasons, *(f"note: {n}" for n in step.notes)]
+    widths = [max(len(row[c]) for row in rows) for c in range(4)]
+    lines = [f"plan for {buildfile}:{plan.target}"]
+    for i, row in enumerate(rows):
+        cells = [row[c].ljust(widths[c]) for c in range(4)]
+        lines.append("  ".join([*cells, row[4]]).rstrip())
+        for reason in details.get(i, []):
+            lines.append(" " * (sum(widths) + 8) + f"- {reason}")
+    summary = plan.summary
+    lines.append(
+        f"{summary['hit']} hit, {summary['miss']} miss, {summary['maybe']} maybe, "
+        f"{summary['config']} config"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _build_args(pairs: Sequence[str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            # As docker does: --build-arg NAME takes the value from the environment.
+            if name not in os.environ:
+                continue
+            value = os.environ[name]
+        values[name] = value
+    return values
+
+
+def _format_error(error: ImageDSLError) -> str:
+    location = error.location
+    if location is None:
+        return f"error: {error}"
+    return f"{_display_location(location)}: {error}"
+
+
+def _display_location(location: SourceLocation) -> str:
+    return f"{display_path(Path(location.file))}:{location.line}"
+
+
+def display_path(path: Path) -> str:
+    """A path as the user would type it: relative to the current directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _truncate(text: str, width: int) -> str:
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
+def _shorten(root: str) -> str:
+    return display_path(Path(root))

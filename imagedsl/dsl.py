@@ -1,0 +1,548 @@
+"""The user-facing DSL: stages are immutable values, each method returns a longer stage.
+
+A :class:`Stage` is a step plus the stage it extends, so stages made from one prefix share it
+structurally (and equal prefixes are equal values, which is how the planner builds them once).
+Arguments are checked when a step is made; a mistake raises a
+:class:`~imagedsl.errors.StepArgumentError` that carries the line of the build file.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
+
+import attrs
+
+from imagedsl.context import Context, ContextSource, make_context
+from imagedsl.errors import ImageDSLError, StepArgumentError
+from imagedsl.steps import (
+    NETWORK_MODES,
+    SHARING_MODES,
+    Add,
+    Arg,
+    BindMount,
+    CacheMount,
+    Cmd,
+    Copy,
+    Entrypoint,
+    Env,
+    Expose,
+    FromImage,
+    FromScratch,
+    Healthcheck,
+    Label,
+    Mount,
+    Run,
+    SecretMount,
+    Shell,
+    StagePath,
+    Step,
+    StopSignal,
+    TmpfsMount,
+    UrlSource,
+    User,
+    Volume,
+    Workdir,
+    caller_location,
+    check_abs_path,
+    check_bool,
+    check_chmod,
+    check_choice,
+    check_duration,
+    check_env_name,
+    check_int,
+    check_owner,
+    check_platform,
+    check_str,
+    check_str_seq,
+    env_items,
+    parse_label_items,
+    parse_port,
+    parse_reference,
+    parse_signal,
+)
+
+if TYPE_CHECKING:
+    from imagedsl.errors import SourceLocation
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_STAGE_NAME: Final = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*\Z")
+
+
+def _located(method: Callable[P, R]) -> Callable[P, R]:
+    """Attach the caller's build-file line to any error the wrapped constructor raises."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except ImageDSLError as error:
+            raise error.with_location(caller_location()) from None
+
+    return wrapper
+
+
+@attrs.frozen(cache_hash=True)
+class StageRef:
+    """A stage named lazily (``dsl.stage("builder")``), resolved when the build is planned.
+
+    Lets stages refer to stages defined later in the file; a loop of such references is
+    reported as a :class:`~imagedsl.errors.CycleError`.
+    """
+
+    name: str
+
+    def path(self, path: str) -> StagePath:
+        """A path inside the named stage, for ``copy`` and ``bind``."""
+        return StagePath(self, check_abs_path("path", "path", path))
+
+
+@attrs.frozen(cache_hash=True)
+class Stage:
+    """An image being described: a step, and the stage it extends (None for a FROM)."""
+
+    parent: Stage | None
+    step: Step
+
+    # -- structure ---------------------------------------------------------------------------
+
+    def chain(self) -> list[Stage]:
+        """Every stage from the FROM to this one, in order."""
+        out: list[Stage] = []
+        node: Stage | None = self
+        while node is not None:
+            out.append(node)
+            node = node.parent
+        out.reverse()
+        return out
+
+    def steps(self) -> tuple[Step, ...]:
+        """The steps from FROM to here, in order."""
+        return tuple(stage.step for stage in self.chain())
+
+    def __iter__(self) -> Iterator[Step]:
+        return iter(self.steps())
+
+    def __len__(self) -> int:
+        return len(self.chain())
+
+    def _then(self, step: Step) -> Stage:
+        return Stage(self, step)
+
+    def path(self, path: str) -> StagePath:
+        """A path inside this stage, for ``copy`` (``COPY --from``) and ``bind`` mounts."""
+        return StagePath(self, check_abs_path("path", "path", path))
+
+    # -- filesystem steps --------------------------------------------------------------------
+
+    @_located
+    def run(
+        self,
+        command: str | Sequence[str],
+        *,
+        mounts: Sequence[Mount] = (),
+        network: str = "default",
+    ) -> Stage:
+        """``RUN``: a string runs through the stage's SHELL; a list is executed as is."""
+        if isinstance(command, str):
+            argv: tuple[str, ...] = (check_str("RUN", "command", command),)
+            shell_form = True
+        else:
+            argv = check_str_seq("RUN", "command", command)
+            if not argv:
+                raise StepArgumentError("RUN", "command", "must not be an empty list")
+            shell_form = False
+        checked_mounts = _check_mounts(mounts)
+        check_choice("RUN", "network", network, NETWORK_MODES)
+        return self._then(
+            Run(
+                command=argv,
+                shell_form=shell_form,
+                mounts=checked_mounts,
+                network=network,
+                location=caller_location(),
+            )
+        )
+
+    @_located
+    def copy(
+        self,
+        source: ContextSource | Context | StagePath | Stage | StageRef,
+        dest: str,
+        *,
+        chown: str | None = None,
+        chmod: str | int | None = None,
+        link: bool = False,
+        exclude: Sequence[str] = (),
+    ) -> Stage:
+        """``COPY``: from the context (``src.file(...)``, ``src.dir(...)``, ``src``) or a stage.
+
+        A directory's contents are copied into ``dest``; a file goes to ``dest`` (into it when
+        ``dest`` ends with ``/``). ``exclude`` takes ``.dockerignore`` patterns relative to
+        the copied directory. With ``link=True`` the layer does not depend on earlier layers.
+        """
+        from imagedsl._ignore import IgnoreRules
+
+        excludes = check_str_seq("COPY", "exclude", exclude)
+        IgnoreRules.from_lines(excludes)
+        return self._then(
+            Copy(
+                source=_copy_source("COPY", source),
+                dest=check_str("COPY", "dest", dest),
+                chown=None if chown is None else check_owner("COPY", "chown", chown),
+                chmod=None if chmod is None else check_chmod("COPY", "chmod", chmod),
+                link=check_bool("COPY", "link", link),
+                exclude=excludes,
+                location=caller_location(),
+            )
+        )
+
+    @_located
+    def add(
+        self,
+        source: ContextSource | Context | UrlSource,
+        dest: str,
+        *,
+        chown: str | None = None,
+        chmod: str | int | None = None,
+        link: bool = False,
+    ) -> Stage:
+        """``ADD``: local tar archives are unpacked into ``dest``; URLs need ``dsl.url``."""
+        if isinstance(source, Context):
+            source = source.as_source()
+        if not isinstance(source, ContextSource | UrlSource):
+            raise StepArgumentError(
+                "ADD",
+                "source",
+                f"must be context files or dsl.url(...), not {type(source).__name__}",
+            )
+        return self._then(
+            Add(
+                source=source,
+                dest=check_str("ADD", "dest", dest),
+                chown=None if chown is None else check_owner("ADD", "chown", chown),
+                chmod=None if chmod is None else check_chmod("ADD", "chmod", chmod),
+                link=check_bool("ADD", "link", link),
+                location=caller_location(),
+            )
+        )
+
+    @_located
+    def workdir(self, path: str) -> Stage:
+        """``WORKDIR``: relative paths resolve against the current one; it is created."""
+        return self._then(Workdir(path=check_str("WORKDIR", "path", path), location=caller_location()))
+
+    # -- config steps ------------------------------------------------------------------------
+
+    @_located
+    def env(self, values: Mapping[str, str] | None = None, /, **more: str) -> Stage:
+        """``ENV``: ``.env(PORT="8080")`` or ``.env({"NAME": "value"})``; ``$VAR`` expands."""
+        merged = {**(values or {}), **more}
+        return self._then(Env(items=env_items("ENV", merged), location=caller_location()))
+
+    @_located
+    def arg(self, name: str, default: str | None = None) -> Stage:
+        """``ARG``: in scope for later steps of this stage; ``--build-arg`` overrides it."""
+        check_env_name("ARG", "name", name)
+        if default is not None:
+            check_str("ARG", "default", default, empty=True)
+        return self._then(Arg(name=name, default=default, location=caller_location()))
+
+    @_located
+    def user(self, user: str) -> Stage:
+        """``USER``: a name or uid, optionally with ``:group``."""
+        return self._then(User(user=check_owner("USER", "user", user), location=caller_location()))
+
+    @_located
+    def label(self, values: Mapping[str, str] | None = None, /, **more: str) -> Stage:
+        """``LABEL``: keys with dots go in a mapping (``{"org.opencontainers.image.source": ...}``)."""
+        merged = {**(values or {}), **more}
+        return self._then(Label(items=parse_label_items("LABEL", merged), location=caller_location()))
+
+    @_located
+    def expose(self, *ports: int | str) -> Stage:
+        """``EXPOSE``: ``8080``, ``"53/udp"`` or ``"8000-8010/tcp"``."""
+        if not ports:
+            raise StepArgumentError("EXPOSE", "ports", "must name at least one port")
+        normalised = tuple(parse_port("EXPOSE", p) for p in ports)
+        return self._then(Expose(ports=normalised, location=caller_location()))
+
+    @_located
+    def volume(self, *paths: str) -> Stage:
+        """``VOLUME``: absolute container paths."""
+        if not paths:
+            raise StepArgumentError("VOLUME", "paths", "must name at least one path")
+        checked = tuple(check_abs_path("VOLUME", "paths", p) for p in paths)
+        return self._then(Volume(paths=checked, location=caller_location()))
+
+    @_located
+    def entrypoint(self, *command: str, shell: bool = False) -> Stage:
+        """``ENTRYPOINT``: exec form by default; ``shell=True`` takes one command string."""
+        argv, shell_form = _command("ENTRYPOINT", command, shell)
+        return self._then(
+            Entrypoint(command=argv, shell_form=shell_form, location=caller_location())
+        )
+
+    @_located
+    def cmd(self, *command: str, shell: bool = False) -> Stage:
+        """``CMD``: exec form by default; ``shell=True`` takes one command string."""
+        argv, shell_form = _command("CMD", command, shell)
+        return self._then(Cmd(command=argv, shell_form=shell_form, location=caller_location()))
+
+    @_located
+    def healthcheck(
+        self,
+        *test: str | None,
+        shell: bool = False,
+        interval: str | float | None = None,
+        timeout: str | float | None = None,
+        start_period: str | float | None = None,
+        retries: int | None = None,
+    ) -> Stage:
+        """``HEALTHCHECK CMD ...``; ``healthcheck(None)`` is ``HEALTHCHECK NONE``."""
+        if test == (None,):
+            return self._then(Healthcheck(test=None, location=caller_location()))
+        argv, shell_form = _command("HEALTHCHECK", test, shell)
+        step = "HEALTHCHECK"
+        return self._then(
+            Healthcheck(
+                test=argv,
+                shell_form=shell_form,
+                interval=None if interval is None else check_duration(step, "interval", interval),
+                timeout=None if timeout is None else check_duration(step, "timeout", timeout),
+                start_period=None
+                if start_period is None
+                else check_duration(step, "start_period", start_period),
+                retries=None
+                if retries is None
+                else check_int(step, "retries", retries, low=0, high=1_000_000),
+                location=caller_location(),
+            )
+        )
+
+    @_located
+    def shell(self, *command: str) -> Stage:
+        """``SHELL``: the argv prefix for shell-form RUN, CMD and ENTRYPOINT."""
+        argv = check_str_seq("SHELL", "command", command)
+        if not argv:
+            raise StepArgumentError("SHELL", "command", "must not be empty")
+        return self._then(Shell(command=argv, location=caller_location()))
+
+    @_located
+    def stopsignal(self, signal: str | int) -> Stage:
+        """``STOPSIGNAL``: ``"SIGTERM"``, ``"TERM"`` or a number."""
+        return self._then(StopSignal(signal=parse_signal("STOPSIGNAL", signal), location=caller_location()))
+
+
+# -- constructors ----------------------------------------------------------------------------
+
+
+@_located
+def image(ref: str | Stage, *, platform: str | None = None) -> Stage:
+    """``FROM ref``: a registry name (``python:3.12-slim``, pinned with ``@sha256:...``), a
+    local source (``oci:DIR:TAG``, ``oci-archive:FILE``, ``docker-archive:FILE``,
+    ``docker-daemon:NAME``), or another stage to continue from."""
+    if isinstance(ref, Stage):
+        if platform is not None:
+            raise StepArgumentError("FROM", "platform", "cannot be set when FROM is a stage")
+        return ref
+    reference = parse_reference(ref, step="FROM")
+    checked = None if platform is None else check_platform("FROM", "platform", platform)
+    return Stage(None, FromImage(reference=reference, platform=checked, location=caller_location()))
+
+
+@_located
+def scratch(*, platform: str | None = None) -> Stage:
+    """``FROM scratch``: an empty filesystem."""
+    checked = None if platform is None else check_platform("FROM", "platform", platform)
+    return Stage(None, FromScratch(platform=checked, location=caller_location()))
+
+
+@_located
+def context(
+    path: str | os.PathLike[str] = ".",
+    *,
+    ignore: Sequence[str] = (),
+    dockerignore: bool = False,
+) -> Context:
+    """A build context; a relative ``path`` is taken from the directory of the calling file."""
+    return make_context(path, ignore=ignore, dockerignore=dockerignore, location=caller_location())
+
+
+@_located
+def stage(name: str) -> StageRef:
+    """A stage by name, resolved when planned (for references to later stages)."""
+    check_str("stage", "name", name)
+    if not _STAGE_NAME.match(name):
+        raise StepArgumentError("stage", "name", f"is not a valid stage name: {name!r}")
+    return StageRef(name)
+
+
+@_located
+def url(address: str, *, checksum: str) -> UrlSource:
+    """A remote file for ``add``, pinned by its ``sha256:`` checksum."""
+    return UrlSource(url=address, checksum=checksum)
+
+
+@_located
+def cache(
+    target: str,
+    *,
+    id: str | None = None,  # noqa: A002 - the Dockerfile's own name for it
+    sharing: str = "shared",
+    mode: int = 0o755,
+    uid: int = 0,
+    gid: int = 0,
+    readonly: bool = False,
+) -> CacheMount:
+    """``--mount=type=cache``: kept across builds by ``id`` (default: the target path)."""
+    checked_target = check_abs_path("cache", "target", target)
+    return CacheMount(
+        target=checked_target,
+        id=checked_target if id is None else check_str("cache", "id", id),
+        sharing=check_choice("cache", "sharing", sharing, SHARING_MODES),
+        mode=check_int("cache", "mode", mode, low=0, high=0o7777),
+        uid=check_int("cache", "uid", uid, low=0, high=2**32 - 1),
+        gid=check_int("cache", "gid", gid, low=0, high=2**32 - 1),
+        readonly=check_bool("cache", "readonly", readonly),
+    )
+
+
+@_located
+def secret(
+    id: str,  # noqa: A002 - the Dockerfile's own name for it
+    *,
+    target: str | None = None,
+    env: str | None = None,
+    required: bool = False,
+    mode: int = 0o400,
+    uid: int = 0,
+    gid: int = 0,
+) -> SecretMount:
+    """``--mount=type=secret``: a file (default ``/run/secrets/<id>``) or an env variable.
+
+    The secret's value is given at build time and never enters a key, a layer or a plan.
+    """
+    check_str("secret", "id", id)
+    if target is None and env is None:
+        target = f"/run/secrets/{id}"
+    return SecretMount(
+        id=id,
+        target=None if target is None else check_abs_path("secret", "target", target),
+        env=None if env is None else check_env_name("secret", "env", env),
+        required=check_bool("secret", "required", required),
+        mode=check_int("secret", "mode", mode, low=0, high=0o7777),
+        uid=check_int("secret", "uid", uid, low=0, high=2**32 - 1),
+        gid=check_int("secret", "gid", gid, low=0, high=2**32 - 1),
+    )
+
+
+@_located
+def bind(
+    source: ContextSource | Context | StagePath | Stage | StageRef,
+    target: str,
+    *,
+    readwrite: bool = False,
+) -> BindMount:
+    """``--mount=type=bind``: context files or a stage path; keyed by their content."""
+    return BindMount(
+        target=check_abs_path("bind", "target", target),
+        source=_copy_source("bind", source),
+        readwrite=check_bool("bind", "readwrite", readwrite),
+    )
+
+
+@_located
+def tmpfs(target: str, *, size: int | None = None) -> TmpfsMount:
+    """``--mount=type=tmpfs``: an empty in-memory directory (``size`` in bytes)."""
+    return TmpfsMount(
+        target=check_abs_path("tmpfs", "target", target),
+        size=None if size is None else check_int("tmpfs", "size", size, low=1, high=2**63 - 1),
+    )
+
+
+@attrs.frozen
+class Targets:
+    """What ``dsl.targets(...)`` declares: the buildable stages by name, default first."""
+
+    stages: tuple[tuple[str, Stage | StageRef], ...]
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@_located
+def targets(*stages: str | StageRef, **named: Stage) -> Targets:
+    """Declare the targets of a build file; the first one is the default.
+
+    ``dsl.targets("app", "test")`` names module-level stages; ``dsl.targets(app=make_app())``
+    names stages that are not module-level variables.
+    """
+    declared: list[tuple[str, Stage | StageRef]] = []
+    for item in stages:
+        ref = item if isinstance(item, StageRef) else stage(check_str("targets", "stages", item))
+        declared.append((ref.name, ref))
+    for name, value in named.items():
+        if not isinstance(value, Stage):
+            raise StepArgumentError("targets", name, f"must be a stage, not {type(value).__name__}")
+        declared.append((name, value))
+    if not declared:
+        raise StepArgumentError("targets", "stages", "must name at least one target")
+    names = [name for name, _ in declared]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise StepArgumentError("targets", "stages", f"names a target twice: {duplicates}")
+    return Targets(tuple(declared), caller_location())
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _copy_source(
+    step: str, source: ContextSource | Context | StagePath | Stage | StageRef
+) -> ContextSource | StagePath:
+    if isinstance(source, Context):
+        return source.as_source()
+    if isinstance(source, Stage | StageRef):
+        return StagePath(source, "/")
+    if isinstance(source, ContextSource | StagePath):
+        return source
+    raise StepArgumentError(
+        step,
+        "source",
+        "must be context files (src.file/dir/glob), a context, a stage or stage.path(...), "
+        f"not {type(source).__name__}",
+    )
+
+
+def _command(step: str, command: Sequence[str | None], shell: bool) -> tuple[tuple[str, ...], bool]:
+    check_bool(step, "shell", shell)
+    argv = check_str_seq(step, "command", command)
+    if not argv:
+        raise StepArgumentError(step, "command", "must not be empty")
+    if shell and len(argv) != 1:
+        raise StepArgumentError(step, "command", "takes one string with shell=True")
+    return argv, shell
+
+
+def _check_mounts(mounts: object) -> tuple[Mount, ...]:
+    if isinstance(mounts, str | bytes) or not isinstance(mounts, Sequence):
+        raise StepArgumentError("RUN", "mounts", "must be a list of dsl.cache/secret/bind/tmpfs")
+    checked: list[Mount] = []
+    targets_seen: set[str] = set()
+    for i, mount in enumerate(mounts):
+        if not isinstance(mount, CacheMount | SecretMount | BindMount | TmpfsMount):
+            raise StepArgumentError(
+                "RUN", f"mounts[{i}]", f"must be dsl.cache/secret/bind/tmpfs, not {type(mount).__name__}"
+            )
+        target = mount.target if not isinstance(mount, SecretMount) else mount.target
+        if target is not None:
+            if target in targets_seen:
+                raise StepArgumentError("RUN", f"mounts[{i}]", f"mounts {target} twice")
+            targets_seen.add(target)
+        checked.append(mount)
+    return tuple(checked)
+

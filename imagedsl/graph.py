@@ -1,0 +1,577 @@
+"""The build graph: stages unfolded into steps, checked, ordered, and keyed.
+
+Building a graph has three phases:
+
+1. **Structure.** Walk from the target through every stage it needs (chain parents, ``COPY
+   --from`` and bind-mount sources, ``dsl.stage`` references). Equal stage values are one node,
+   so prefixes shared across stages and targets are planned once; stages the target does not
+   need are never visited (pruned).
+2. **Analysis** (networkx): refuse cycles (reporting the stages in the loop), order the steps
+   topologically, and split them into waves that can run in parallel. The result depends only
+   on the graph's shape, so it is memoised by a digest of that shape (a small JSON file in the
+   store); an unchanged build file skips networkx entirely, which keeps a warm ``plan`` fast.
+3. **Keys**, in topological order, from each step's preimage (:mod:`imagedsl.keys`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+import blake3
+
+from imagedsl import keys
+from imagedsl.context import ContextHasher, ContextSource, Tree
+from imagedsl.dsl import Stage, StageRef
+from imagedsl.errors import CycleError, SourceLocation, UnknownStageError
+from imagedsl.steps import (
+    LAYER_KINDS,
+    Add,
+    BindMount,
+    BuildState,
+    ConfigStep,
+    Copy,
+    FromImage,
+    FromScratch,
+    Run,
+    StagePath,
+    Step,
+    UrlSource,
+    Workdir,
+    describe,
+)
+
+if TYPE_CHECKING:
+    import networkx as nx
+
+ANALYSIS_VERSION = 1
+
+#: Given a structural COPY --from key, the tree digest its built output had (None: unknown).
+OutputResolver = Callable[[str], str | None]
+#: Given a FROM step and platform, the manifest digest it is pinned to (None: unpinned).
+BaseResolver = Callable[[FromImage, str], str | None]
+
+
+class AnalysisMemo(Protocol):
+    """Where graph-shape analyses persist (the store implements it)."""
+
+    def load_analysis(self, digest: str) -> str | None:
+        """The saved analysis for a shape digest, or None."""
+
+    def save_analysis(self, digest: str, text: str) -> None:
+        """Save the analysis for a shape digest, atomically."""
+
+
+@attrs.frozen(kw_only=True)
+class StepNode:
+    """One step of the build, keyed. ``index`` is its position in topological order."""
+
+    index: int
+    stage: str
+    position: int
+    step: Step
+    key: str
+    #: Key of the filesystem this step leaves: itself for layer steps, else inherited.
+    fs_key: str
+    preimage: keys.Preimage = attrs.field(eq=False, repr=False)
+    parent: int | None
+    sources: tuple[int, ...]
+    wave: int
+    #: The key may still change once upstream outputs are known (``maybe`` in a plan).
+    provisional: bool
+    #: For COPY --from: the structural key under which the built output digest is recorded.
+    structural_key: str | None = None
+    trees: tuple[Tree, ...] = attrs.field(default=(), eq=False, repr=False)
+    locus: str
+
+    @property
+    def kind(self) -> str:
+        """The step's kind (``run``, ``copy``, ``env``, ...)."""
+        return self.step.kind
+
+    @property
+    def is_config(self) -> bool:
+        """Whether the step only changes image config (no layer, no work)."""
+        return self.kind not in LAYER_KINDS and self.kind not in ("from", "scratch")
+
+    @property
+    def location(self) -> SourceLocation | None:
+        """The build-file line that made the step."""
+        return self.step.location
+
+
+@attrs.frozen(kw_only=True)
+class BuildGraph:
+    """The keyed steps a target needs, in topological order."""
+
+    target: str
+    nodes: tuple[StepNode, ...]
+    stage_names: Mapping[Stage, str] = attrs.field(eq=False, repr=False)
+
+    @property
+    def output(self) -> StepNode:
+        """The target's last step."""
+        return self.nodes[-1]
+
+    def to_networkx(self) -> nx.DiGraph:
+        """The graph with key-identified nodes; steps with one key collapse into one node."""
+        import networkx as nx
+
+        graph = nx.DiGraph()
+        for node in self.nodes:
+            graph.add_node(node.key, kind=node.kind, label=f"{node.stage}[{node.position}]")
+            for dep in (node.parent, *node.sources):
+                if dep is not None:
+                    graph.add_edge(self.nodes[dep].key, node.key)
+        return graph
+
+
+def stage_namer(names: Mapping[Stage, str]) -> Callable[[Stage | StageRef], str]:
+    """A function naming stages for messages (``StageRef`` by its name)."""
+
+    def name(stage: Stage | StageRef) -> str:
+        if isinstance(stage, StageRef):
+            return stage.name
+        return names.get(stage, "<stage>")
+
+    return name
+
+
+def build_graph(
+    target: str,
+    named: Mapping[str, Stage | StageRef],
+    *,
+    hasher: ContextHasher,
+    build_args: Mapping[str, str],
+    platform: str,
+    resolve_output: OutputResolver,
+    resolve_base: BaseResolver,
+    memo: AnalysisMemo | None,
+    project: str,
+) -> BuildGraph:
+    """Unfold ``named[target]`` into its keyed steps (see the module docstring)."""
+    resolved = _resolve_names(named)
+    structure = _Structure.collect(resolved[target], resolved)
+    order, waves = _analyse(structure, memo)
+    labels = _stage_labels(structure.stages, resolved, target)
+    return _Keyer(
+        structure=structure,
+        labels=labels,
+        hasher=hasher,
+        build_args=build_args,
+        platform=platform,
+        resolve_output=resolve_output,
+        resolve_base=resolve_base,
+        project=project,
+        named=resolved,
+    ).key_all(target, order, waves)
+
+
+# -- phase 1: structure ----------------------------------------------------------------------
+
+
+def _resolve_names(named: Mapping[str, Stage | StageRef]) -> dict[str, Stage]:
+    """Follow ``dsl.stage`` references among named stages to stage values."""
+    resolved: dict[str, Stage] = {}
+    for name, value in named.items():
+        seen = [name]
+        while isinstance(value, StageRef):
+            if value.name not in named:
+                raise UnknownStageError(value.name, sorted(named))
+            if value.name in seen:
+                raise CycleError(seen[seen.index(value.name) :])
+            seen.append(value.name)
+            value = named[value.name]
+        resolved[name] = value
+    return resolved
+
+
+@attrs.define
+class _Structure:
+    """Stages as nodes (numbered in dependency-first order) and their dependency edges."""
+
+    stages: list[Stage]
+    index: dict[Stage, int]
+    edges: list[tuple[int, int]]
+    deps: list[tuple[int | None, tuple[int, ...]]]
+
+    @classmethod
+    def collect(cls, target: Stage, named: Mapping[str, Stage]) -> _Structure:
+        stages: list[Stage] = []
+        index: dict[Stage, int] = {}
+        pending: dict[Stage, tuple[Stage | None, tuple[Stage, ...]]] = {}
+        # Iterative post-order DFS: dependencies get smaller numbers than their dependents.
+        stack: list[tuple[Stage, bool]] = [(target, False)]
+        while stack:
+            stage, expanded = stack.pop()
+            if stage in index:
+                continue
+            if expanded:
+                index[stage] = len(stages)
+                stages.append(stage)
+                continue
+            if stage in pending:
+                continue  # on the current path: a cycle, reported by the analysis
+            parent = stage.parent
+            sources = tuple(_source_stages(stage.step, named))
+            pending[stage] = (parent, sources)
+            stack.append((stage, True))
+            for dep in reversed((*([parent] if parent is not None else []), *sources)):
+                if dep not in index:
+                    stack.append((dep, False))
+        edges: list[tuple[int, int]] = []
+        deps: list[tuple[int | None, tuple[int, ...]]] = []
+        for stage in stages:
+            parent, sources = pending[stage]
+            parent_index = None if parent is None else index[parent]
+            source_indices = tuple(index[s] for s in sources if s in index)
+            if parent_index is not None:
+                edges.append((parent_index, index[stage]))
+            edges.extend((s, index[stage]) for s in source_indices)
+            deps.append((parent_index, source_indices))
+        # Stages still pending but never finished sit on a cycle; give them edges too.
+        for stage, (parent, sources) in pending.items():
+            if stage not in index:
+                index[stage] = len(stages)
+                stages.append(stage)
+                deps.append((None, ()))
+        for stage, (parent, sources) in pending.items():
+            for dep in (*([parent] if parent is not None else []), *sources):
+                edge = (index[dep], index[stage])
+                if edge not in edges:
+                    edges.append(edge)
+        return cls(stages, index, edges, deps)
+
+    def shape_digest(self) -> str:
+        """A digest of the graph's shape: node kinds and edges, nothing about content."""
+        shape = {
+            "v": ANALYSIS_VERSION,
+            "kinds": [s.step.kind for s in self.stages],
+            "edges": sorted(self.edges),
+        }
+        return blake3.blake3(json.dumps(shape, separators=(",", ":")).encode()).hexdigest()
+
+
+def _source_stages(step: Step, named: Mapping[str, Stage]) -> list[Stage]:
+    sources: list[StagePath] = []
+    if isinstance(step, Copy) and isinstance(step.source, StagePath):
+        sources.append(step.source)
+    if isinstance(step, Run):
+        sources.extend(
+            m.source for m in step.mounts if isinstance(m, BindMount) and isinstance(m.source, StagePath)
+        )
+    out = []
+    for source in sources:
+        stage = source.stage
+        if isinstance(stage, StageRef):
+            if stage.name not in named:
+                error = UnknownStageError(stage.name, sorted(named))
+                raise error.with_location(step.location)
+            stage = named[stage.name]
+        out.append(stage)
+    return out
+
+
+# -- phase 2: analysis -----------------------------------------------------------------------
+
+
+def _analyse(structure: _Structure, memo: AnalysisMemo | None) -> tuple[list[int], list[int]]:
+    """Topological order and waves, from the memo or from networkx."""
+    digest = structure.shape_digest()
+    if memo is not None:
+        saved = _read_analysis(memo.load_analysis(digest), len(structure.stages))
+        if saved is not None:
+            return saved
+    import networkx as nx
+
+    graph = nx.DiGraph()
+    graph.add_nodes_from(range(len(structure.stages)))
+    graph.add_edges_from(structure.edges)
+    if not nx.is_directed_acyclic_graph(graph):
+        cycle_edges = nx.find_cycle(graph)
+        raise _cycle_error(structure, [u for u, _ in cycle_edges])
+    order = list(nx.lexicographical_topological_sort(graph))
+    weight = [0 if _is_free(s.step) else 1 for s in structure.stages]
+    waves = [0] * len(order)
+    for node in order:
+        preds = list(graph.predecessors(node))
+        waves[node] = max((waves[p] + weight[node] for p in preds), default=0)
+    if memo is not None:
+        memo.save_analysis(
+            digest, json.dumps({"v": ANALYSIS_VERSION, "order": order, "waves": waves})
+        )
+    return order, waves
+
+
+def _is_free(step: Step) -> bool:
+    return step.kind not in LAYER_KINDS
+
+
+def _read_analysis(text: str | None, size: int) -> tuple[list[int], list[int]] | None:
+    if text is None:
+        return None
+    try:
+        payload = json.loads(text)
+        order, waves = payload["order"], payload["waves"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if (
+        payload.get("v") != ANALYSIS_VERSION
+        or sorted(order) != list(range(size))
+        or len(waves) != size
+        or not all(isinstance(w, int) for w in waves)
+    ):
+        return None
+    return order, waves
+
+
+def _cycle_error(structure: _Structure, members: Sequence[int]) -> CycleError:
+    """Name a cycle by the stages whose chains carry it (a chain has no inner cycle)."""
+    names: list[str] = []
+    location = None
+    for member in members:
+        stage = structure.stages[member]
+        step = stage.step
+        if isinstance(step, Copy | Run) and location is None:
+            location = step.location
+        name = _chain_name(stage)
+        if not names or names[-1] != name:
+            names.append(name)
+    if len(names) > 1 and names[0] == names[-1]:
+        names.pop()
+    error = CycleError(names)
+    return error.with_location(location)  # type: ignore[return-value]
+
+
+def _chain_name(stage: Stage) -> str:
+    first = stage.chain()[0].step
+    return describe(first)
+
+
+# -- stage labels ------------------------------------------------------------------------------
+
+
+def _stage_labels(
+    stages: Sequence[Stage], named: Mapping[str, Stage], target: str
+) -> dict[Stage, tuple[str, int]]:
+    """Name every node by the shortest named stage whose chain contains it (ties: file order)."""
+    labels: dict[Stage, tuple[str, int]] = {}
+    wanted = set(stages)
+    ordered = sorted(named.items(), key=lambda item: len(item[1]))
+    for name, stage in ordered:
+        for position, member in enumerate(stage.chain()):
+            if member in wanted and member not in labels:
+                labels[member] = (name, position)
+    anonymous = 0
+    for stage in stages:
+        if stage in labels:
+            continue
+        anonymous += 1
+        for position, member in enumerate(stage.chain()):
+            if member not in labels:
+                labels[member] = (f"{target}-stage-{anonymous}", position)
+    return labels
+
+
+# -- phase 3: keys -----------------------------------------------------------------------------
+
+
+@attrs.define(kw_only=True)
+class _Keyer:
+    structure: _Structure
+    labels: dict[Stage, tuple[str, int]]
+    hasher: ContextHasher
+    build_args: Mapping[str, str]
+    platform: str
+    resolve_output: OutputResolver
+    resolve_base: BaseResolver
+    project: str
+    named: Mapping[str, Stage]
+    _states: dict[int, BuildState] = attrs.field(factory=dict)
+    _nodes: dict[int, StepNode] = attrs.field(factory=dict)
+
+    def key_all(self, target: str, order: Sequence[int], waves: Sequence[int]) -> BuildGraph:
+        position_of = {old: new for new, old in enumerate(order)}
+        for old in order:
+            self._nodes[old] = self._key_one(old, position_of, waves[old])
+        nodes = tuple(self._nodes[old] for old in order)
+        names = {s: label for s, (label, _) in self.labels.items()}
+        return BuildGraph(target=target, nodes=nodes, stage_names=names)
+
+    def _key_one(self, old: int, position_of: Mapping[int, int], wave: int) -> StepNode:
+        stage = self.structure.stages[old]
+        step = stage.step
+        parent_old, source_olds = self.structure.deps[old]
+        parent = None if parent_old is None else self._nodes[parent_old]
+        sources = tuple(self._nodes[s] for s in source_olds)
+        label, position = self.labels[stage]
+        locus = blake3.blake3(f"{self.project}\0{label}\0{position}".encode()).hexdigest()
+        provisional = (parent is not None and parent.provisional) or any(
+            s.provisional for s in sources
+        )
+        common: dict[str, Any] = {
+            "index": position_of[old],
+            "stage": label,
+            "position": position,
+            "step": step,
+            "parent": None if parent_old is None else position_of[parent_old],
+            "sources": tuple(position_of[s] for s in source_olds),
+            "wave": wave,
+            "locus": locus,
+        }
+        if isinstance(step, FromImage | FromScratch):
+            platform = step.platform or self.platform
+            self._states[old] = BuildState(platform=platform)
+            digest = None
+            if isinstance(step, FromImage):
+                digest = step.reference.digest or self.resolve_base(step, platform)
+            preimage = keys.base_preimage(step, platform, digest)
+            key = keys.key_of(preimage)
+            return StepNode(
+                key=key, fs_key=key, preimage=preimage, provisional=False, **common
+            )
+        assert parent is not None and parent_old is not None
+        before = self._states[parent_old]
+        state = before.apply(step, self.build_args)
+        self._states[old] = state
+        if not isinstance(step, Run | Copy | Add | Workdir):
+            preimage = keys.config_preimage(parent=parent.key, step=step, state=state)
+            return StepNode(
+                key=keys.key_of(preimage),
+                fs_key=parent.fs_key,
+                preimage=preimage,
+                provisional=provisional,
+                **common,
+            )
+        structural_key, trees = None, ()
+        if isinstance(step, Run):
+            preimage, trees = self._run_preimage(step, before, parent, sources)
+        elif isinstance(step, Workdir):
+            preimage = keys.workdir_preimage(
+                parent=parent.fs_key, path=state.workdir, user=before.user
+            )
+        elif isinstance(step.source, StagePath):
+            assert isinstance(step, Copy)
+            preimage, structural_key, still_provisional = self._copy_from_stage(
+                step, before, parent, sources[0]
+            )
+            provisional = (parent.provisional) or still_provisional
+        else:
+            preimage, trees = self._copy_context(step, before, parent)
+        key = keys.key_of(preimage)
+        return StepNode(
+            key=key,
+            fs_key=key,
+            preimage=preimage,
+            provisional=provisional,
+            structural_key=structural_key,
+            trees=trees,
+            **common,
+        )
+
+    def _run_preimage(
+        self, step: Run, state: BuildState, parent: StepNode, sources: Sequence[StepNode]
+    ) -> tuple[keys.Preimage, tuple[Tree, ...]]:
+        mounts = []
+        trees = []
+        stage_sources = iter(sources)
+        for mount in step.mounts:
+            content = None
+            if isinstance(mount, BindMount):
+                if isinstance(mount.source, ContextSource):
+                    tree = self._tree(mount.source, (), dest_is_dir=True, step=step)
+                    trees.append(tree)
+                    content = tree.digest
+                else:
+                    source = next(stage_sources)
+                    content = f"{source.fs_key}:{mount.source.path}"
+            mounts.append(keys.mount_preimage(mount, content))
+        argv = state.argv(step.command, step.shell_form)
+        preimage = keys.run_preimage(
+            parent=parent.fs_key, argv=argv, state=state, mounts=mounts, network=step.network
+        )
+        return preimage, tuple(trees)
+
+    def _copy_context(
+        self, step: Copy | Add, state: BuildState, parent: StepNode
+    ) -> tuple[keys.Preimage, tuple[Tree, ...]]:
+        dest = state.resolve_path(step.dest)
+        link_parent = None if step.link else parent.fs_key
+        if isinstance(step.source, UrlSource):
+            preimage = keys.add_url_preimage(
+                parent=link_parent,
+                dest=dest,
+                chown=step.chown,
+                chmod=step.chmod,
+                checksum=step.source.checksum,
+            )
+            return preimage, ()
+        assert isinstance(step.source, ContextSource)
+        exclude = step.exclude if isinstance(step, Copy) else ()
+        tree = self._tree(step.source, exclude, dest_is_dir=_dest_is_dir(step), step=step)
+        preimage = keys.copy_preimage(
+            kind=step.kind,
+            parent=link_parent,
+            dest=dest,
+            chown=step.chown,
+            chmod=step.chmod,
+            exclude=exclude,
+            tree=tree.digest,
+        )
+        return preimage, (tree,)
+
+    def _copy_from_stage(
+        self, step: Copy, state: BuildState, parent: StepNode, source: StepNode
+    ) -> tuple[keys.Preimage, str, bool]:
+        assert isinstance(step.source, StagePath)
+        dest = state.resolve_path(step.dest)
+        link_parent = None if step.link else parent.fs_key
+        structural = keys.copy_from_stage_preimage(
+            parent=link_parent,
+            dest=dest,
+            chown=step.chown,
+            chmod=step.chmod,
+            exclude=step.exclude,
+            source=source.fs_key,
+            path=step.source.path,
+        )
+        structural_key = keys.key_of(structural)
+        content = None if source.provisional else self.resolve_output(structural_key)
+        if content is None:
+            return structural, structural_key, True
+        preimage = keys.copy_preimage(
+            kind="copy",
+            parent=link_parent,
+            dest=dest,
+            chown=step.chown,
+            chmod=step.chmod,
+            exclude=step.exclude,
+            tree=content,
+        )
+        return preimage, structural_key, False
+
+    def _tree(
+        self, source: ContextSource, exclude: Sequence[str], *, dest_is_dir: bool, step: Step
+    ) -> Tree:
+        try:
+            return self.hasher.tree(source, exclude=exclude, dest_is_dir=dest_is_dir)
+        except Exception as error:
+            from imagedsl.errors import ImageDSLError
+
+            if isinstance(error, ImageDSLError):
+                raise error.with_location(step.location) from None
+            raise
+
+
+def _dest_is_dir(step: Copy | Add) -> bool:
+    """Docker's rule: a single file copied to a path not ending in / takes that name."""
+    assert isinstance(step.source, ContextSource)
+    if step.dest.endswith("/") or len(step.source.selectors) > 1:
+        return True
+    return step.source.selectors[0].kind in ("dir", "glob")
+
+
+def _unused(_: ConfigStep) -> None:  # pragma: no cover
+    return None

@@ -1,0 +1,224 @@
+"""Cache keys: canonical preimages and their blake3 digests. The one module that owns them.
+
+A key is ``blake3(DOMAIN || canonical(preimage))`` in hex, where the preimage is a small JSON
+object with sorted keys holding everything that can change a step's output, and nothing that
+cannot (see docs/cache-keys.md for the table). The preimage is stored beside the key in the
+ledger, so two keys can always be diffed to explain a miss.
+
+Secret values, cache-mount contents, mtimes, owners and checkout paths never enter a preimage.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import blake3
+
+from imagedsl.steps import (
+    BindMount,
+    BuildState,
+    CacheMount,
+    ConfigStep,
+    FromImage,
+    FromScratch,
+    Healthcheck,
+    Mount,
+    SecretMount,
+    TmpfsMount,
+)
+
+KEY_VERSION: Final = 1
+_DOMAIN: Final = b"imagedsl.key.v1\0"
+Preimage = dict[str, Any]
+
+
+def canonical(value: Mapping[str, Any]) -> bytes:
+    """The one byte form of a preimage: sorted keys, no spaces, ASCII (lone surrogates escape)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def key_of(preimage: Mapping[str, Any]) -> str:
+    """The 64-hex-digit key of a preimage."""
+    return blake3.blake3(_DOMAIN + canonical(preimage)).hexdigest()
+
+
+def is_key(text: object) -> bool:
+    """Whether ``text`` looks like a key (64 lowercase hex digits)."""
+    return (
+        isinstance(text, str)
+        and len(text) == 64
+        and all(c in "0123456789abcdef" for c in text)
+    )
+
+
+def _preimage(kind: str, **fields: Any) -> Preimage:
+    return {"v": KEY_VERSION, "kind": kind, **fields}
+
+
+def base_preimage(step: FromImage | FromScratch, platform: str, digest: str | None) -> Preimage:
+    """FROM: the normalised reference without its digest, the digest (None = unpinned)."""
+    if isinstance(step, FromScratch):
+        return _preimage("scratch", platform=platform)
+    reference = step.reference
+    name = f"{reference.transport}:{reference.name}"
+    if reference.tag is not None:
+        name += f":{reference.tag}"
+    # With a digest the tag is only a label: a retag to the same digest must not miss.
+    return _preimage(
+        "from",
+        ref=None if digest is not None else name,
+        repository=f"{reference.transport}:{reference.name}",
+        digest=digest,
+        platform=platform,
+    )
+
+
+def run_preimage(
+    *,
+    parent: str,
+    argv: Sequence[str],
+    state: BuildState,
+    mounts: Sequence[Preimage],
+    network: str,
+) -> Preimage:
+    """RUN: everything the process can observe except secret values and cache contents."""
+    return _preimage(
+        "run",
+        parent=parent,
+        argv=list(argv),
+        env=dict(state.env),
+        args=dict(state.args),
+        workdir=state.workdir,
+        user=state.user,
+        mounts=list(mounts),
+        network=network,
+        platform=state.platform,
+    )
+
+
+def mount_preimage(mount: Mount, content: str | None) -> Preimage:
+    """A mount's spec; for bind mounts ``content`` is the digest of what is mounted."""
+    if isinstance(mount, CacheMount):
+        return {
+            "type": "cache",
+            "target": mount.target,
+            "id": mount.id,
+            "sharing": mount.sharing,
+            "mode": mount.mode,
+            "uid": mount.uid,
+            "gid": mount.gid,
+            "readonly": mount.readonly,
+        }
+    if isinstance(mount, SecretMount):
+        # The id names the secret; its value is deliberately absent.
+        return {
+            "type": "secret",
+            "id": mount.id,
+            "target": mount.target,
+            "env": mount.env,
+            "required": mount.required,
+            "mode": mount.mode,
+            "uid": mount.uid,
+            "gid": mount.gid,
+        }
+    if isinstance(mount, BindMount):
+        return {
+            "type": "bind",
+            "target": mount.target,
+            "readwrite": mount.readwrite,
+            "content": content,
+        }
+    assert isinstance(mount, TmpfsMount)
+    return {"type": "tmpfs", "target": mount.target, "size": mount.size}
+
+
+def copy_preimage(
+    *,
+    kind: str,
+    parent: str | None,
+    dest: str,
+    chown: str | None,
+    chmod: str | None,
+    exclude: Sequence[str],
+    tree: str,
+) -> Preimage:
+    """COPY/ADD by content: ``tree`` is the digest of exactly the files placed.
+
+    A COPY from a stage whose output digest is known gets this same form, so an upstream
+    rebuild that yields identical bytes keeps every downstream key (early cutoff).
+    ``parent`` is None for ``link=True``: the layer does not depend on what is below it.
+    """
+    return _preimage(
+        kind,
+        parent=parent,
+        dest=dest,
+        chown=chown,
+        chmod=chmod,
+        exclude=list(exclude),
+        tree=tree,
+    )
+
+
+def copy_from_stage_preimage(
+    *,
+    parent: str | None,
+    dest: str,
+    chown: str | None,
+    chmod: str | None,
+    exclude: Sequence[str],
+    source: str,
+    path: str,
+) -> Preimage:
+    """COPY --from before the source is built: the source stage's key and path."""
+    return _preimage(
+        "copy-from",
+        parent=parent,
+        dest=dest,
+        chown=chown,
+        chmod=chmod,
+        exclude=list(exclude),
+        source=source,
+        path=path,
+    )
+
+
+def add_url_preimage(
+    *, parent: str | None, dest: str, chown: str | None, chmod: str | None, checksum: str
+) -> Preimage:
+    """ADD of a URL: the pinned checksum, never the URL's live content."""
+    return _preimage(
+        "add-url", parent=parent, dest=dest, chown=chown, chmod=chmod, checksum=checksum
+    )
+
+
+def workdir_preimage(*, parent: str, path: str, user: str) -> Preimage:
+    """WORKDIR creates its directory (owned per USER), so it is a filesystem step."""
+    return _preimage("workdir", parent=parent, path=path, user=user)
+
+
+def config_preimage(*, parent: str, step: ConfigStep, state: BuildState) -> Preimage:
+    """Config-only steps: no layer, but a key so every step of a plan is identified."""
+    fields: dict[str, Any] = {}
+    for name in type(step).__attrs_attrs__:  # type: ignore[attr-defined]
+        if name.name == "location":
+            continue
+        value = getattr(step, name.name)
+        fields[name.name] = _jsonable(value)
+    if isinstance(step, Healthcheck) and step.test is None:
+        fields["test"] = None
+    # The state after the step (expanded ENV values, effective ARG values) is what counts.
+    fields["state"] = {
+        "env": dict(state.env),
+        "args": dict(state.args),
+        "user": state.user,
+        "shell": list(state.shell),
+    }
+    return _preimage(step.kind, parent=parent, **fields)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    return value

@@ -1,0 +1,316 @@
+"""The store: content-addressed blobs, the key ledger, and small caches, all on disk.
+
+Layout under the store root (``--store``, else ``$IMAGEDSL_STORE``, else the user cache dir)::
+
+    blobs/sha256/<hex>            content-addressed blobs (layers, configs, manifests)
+    ledger/<k[:2]>/<key>.json     key -> record (preimage, outputs, locus, time)
+    loci/<l[:2]>/<locus>.json     recent keys recorded for one step position (miss reasons)
+    trees/<d[:2]>/<digest>.json   file manifests of recorded trees (miss reasons)
+    cache/stat/<root>.json        stat caches of build contexts
+    cache/analysis/<shape>.json   memoised graph analyses
+    lock                          flock(2) for read-modify-write updates
+
+Every file is written to a temporary file in the same directory, fsynced, then renamed over
+its name (and the directory fsynced), so readers never see half a file and a killed build
+leaves the old content. Updates that read before they write (merging outputs, appending to a
+locus) hold the store lock. A record that cannot be read or does not match its key is reported
+as a :class:`StoreWarning` and treated as absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import blake3
+
+from imagedsl import keys
+from imagedsl.errors import StoreError
+
+LEDGER_VERSION: Final = 1
+_LOCUS_HISTORY: Final = 16
+
+
+class StoreWarning(UserWarning):
+    """Something in the store was unreadable and was ignored (it costs a cache miss)."""
+
+
+def default_store_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """``explicit``, else ``$IMAGEDSL_STORE``, else ``$XDG_CACHE_HOME/imagedsl``."""
+    if explicit is not None:
+        return Path(explicit).expanduser()
+    env = os.environ.get("IMAGEDSL_STORE")
+    if env:
+        return Path(env).expanduser()
+    cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache_home) / "imagedsl"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new bytes, never less."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@attrs.frozen(kw_only=True)
+class Record:
+    """What the ledger knows of one key: its preimage, where it was, what building it made."""
+
+    key: str
+    preimage: keys.Preimage
+    locus: str | None = None
+    #: Backend outputs: layer digests, image ids, the tree digest a COPY --from produced.
+    outputs: Mapping[str, Any] = attrs.field(factory=dict)
+    created: float = attrs.field(factory=time.time, eq=False)
+
+    def to_json(self) -> bytes:
+        """The on-disk form."""
+        payload = {
+            "v": LEDGER_VERSION,
+            "key": self.key,
+            "preimage": self.preimage,
+            "locus": self.locus,
+            "outputs": dict(self.outputs),
+            "created": self.created,
+        }
+        return json.dumps(payload, sort_keys=True, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Record:
+        """Parse and verify a record; ``ValueError`` if it is damaged or not what it claims."""
+        payload = json.loads(data)
+        if not isinstance(payload, dict) or payload.get("v") != LEDGER_VERSION:
+            raise ValueError("not a version 1 record")
+        key, preimage = payload.get("key"), payload.get("preimage")
+        if not keys.is_key(key) or not isinstance(preimage, dict):
+            raise ValueError("record without key or preimage")
+        if keys.key_of(preimage) != key:
+            raise ValueError("preimage does not hash to the record's key")
+        outputs = payload.get("outputs") or {}
+        locus = payload.get("locus")
+        created = payload.get("created", 0.0)
+        if not isinstance(outputs, dict) or not isinstance(locus, str | None):
+            raise ValueError("record with malformed outputs or locus")
+        if not isinstance(created, int | float):
+            raise ValueError("record with malformed time")
+        return cls(key=key, preimage=preimage, locus=locus, outputs=outputs, created=created)
+
+
+class Store:
+    """One store directory: blobs, ledger and caches. Safe for concurrent processes."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(str(self.root), "exists and is not a directory")
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    # -- locking -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store lock (an flock, released even if the process dies)."""
+        self._ensure_root()
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _ensure_root(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(str(self.root), f"cannot create it: {error.strerror}") from None
+
+    # -- ledger ------------------------------------------------------------------------------
+
+    def _record_path(self, key: str) -> Path:
+        return self.root / "ledger" / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> Record | None:
+        """The record of ``key``, or None (also for a damaged record, with a warning)."""
+        if not keys.is_key(key):
+            return None
+        path = self._record_path(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            warnings.warn(f"cannot read ledger record {path}: {error}", StoreWarning, stacklevel=2)
+            return None
+        try:
+            record = Record.from_json(data)
+        except (ValueError, UnicodeDecodeError) as error:
+            warnings.warn(
+                f"ignoring damaged ledger record {path}: {error}", StoreWarning, stacklevel=2
+            )
+            return None
+        if record.key != key:
+            warnings.warn(f"ignoring misplaced ledger record {path}", StoreWarning, stacklevel=2)
+            return None
+        return record
+
+    def put(self, record: Record) -> Record:
+        """Add or merge a record (outputs are merged) and note it in its locus history."""
+        if keys.key_of(record.preimage) != record.key:
+            raise ValueError(f"record preimage does not hash to {record.key}")
+        with self.locked():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", StoreWarning)  # replacing a damaged one is fine
+                old = self.get(record.key)
+            if old is not None:
+                record = attrs.evolve(record, outputs={**old.outputs, **record.outputs})
+            atomic_write(self._record_path(record.key), record.to_json())
+            if record.locus is not None:
+                self._note_locus(record.locus, record.key)
+        return record
+
+    def keys(self) -> Iterator[str]:
+        """Every key with a record file (damaged or not)."""
+        ledger = self.root / "ledger"
+        if not ledger.is_dir():
+            return
+        for shard in sorted(ledger.iterdir()):
+            for path in sorted(shard.glob("*.json")):
+                yield path.stem
+
+    # -- loci: which keys were recorded at one step position ---------------------------------
+
+    def _locus_path(self, locus: str) -> Path:
+        return self.root / "loci" / locus[:2] / f"{locus}.json"
+
+    def history(self, locus: str) -> list[str]:
+        """Keys recorded at ``locus``, most recent first."""
+        try:
+            payload = json.loads(self._locus_path(locus).read_bytes())
+            recent = payload["keys"]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            warnings.warn(f"ignoring damaged locus history: {error}", StoreWarning, stacklevel=2)
+            return []
+        return [k for k in recent if keys.is_key(k)]
+
+    def _note_locus(self, locus: str, key: str) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", StoreWarning)
+            recent = [k for k in self.history(locus) if k != key]
+        payload = {"v": 1, "keys": [key, *recent][:_LOCUS_HISTORY]}
+        atomic_write(self._locus_path(locus), json.dumps(payload).encode())
+
+    # -- trees: file manifests behind tree digests -------------------------------------------
+
+    def _tree_path(self, digest: str) -> Path:
+        return self.root / "trees" / digest[:2] / f"{digest}.json"
+
+    def put_tree(self, digest: str, manifest: Mapping[str, list[object]]) -> None:
+        """Keep the manifest of a recorded tree (content-addressed: written once)."""
+        path = self._tree_path(digest)
+        if not path.exists():
+            atomic_write(path, json.dumps(manifest, sort_keys=True).encode())
+
+    def get_tree(self, digest: str) -> dict[str, list[object]] | None:
+        """A recorded tree's manifest, or None."""
+        try:
+            manifest = json.loads(self._tree_path(digest).read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            warnings.warn(f"ignoring damaged tree manifest: {error}", StoreWarning, stacklevel=2)
+            return None
+        return manifest if isinstance(manifest, dict) else None
+
+    # -- small caches (StatCacheStore and AnalysisMemo) --------------------------------------
+
+    def _cache_file(self, kind: str, name: str) -> Path:
+        return self.root / "cache" / kind / f"{name}.json"
+
+    def load_stat_cache(self, root: str) -> str | None:
+        """The stat cache of a context root, or None."""
+        return self._read_cache("stat", _name_of(root))
+
+    def save_stat_cache(self, root: str, text: str) -> None:
+        """Replace the stat cache of a context root."""
+        self._write_cache("stat", _name_of(root), text)
+
+    def load_analysis(self, digest: str) -> str | None:
+        """A memoised graph analysis, or None."""
+        return self._read_cache("analysis", digest)
+
+    def save_analysis(self, digest: str, text: str) -> None:
+        """Memoise a graph analysis."""
+        self._write_cache("analysis", digest, text)
+
+    def _read_cache(self, kind: str, name: str) -> str | None:
+        try:
+            return self._cache_file(kind, name).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def _write_cache(self, kind: str, name: str, text: str) -> None:
+        try:
+            atomic_write(self._cache_file(kind, name), text.encode())
+        except OSError as error:
+            # A cache we cannot write only costs time next run; say so once, carry on.
+            warnings.warn(f"cannot write {kind} cache in {self.root}: {error}", StoreWarning, stacklevel=2)
+
+    # -- blobs ---------------------------------------------------------------------------------
+
+    def blob_path(self, digest: str) -> Path:
+        """Where the blob ``sha256:<hex>`` lives (it may not exist)."""
+        algorithm, _, hexdigest = digest.partition(":")
+        if algorithm != "sha256" or len(hexdigest) != 64:
+            raise ValueError(f"not a sha256 digest: {digest!r}")
+        return self.root / "blobs" / "sha256" / hexdigest
+
+    # -- inventory -----------------------------------------------------------------------------
+
+    def disk_usage(self) -> dict[str, int]:
+        """Bytes used per top-level part of the store."""
+        usage: dict[str, int] = {}
+        if not self.root.is_dir():
+            return usage
+        for part in sorted(self.root.iterdir()):
+            if part.is_dir():
+                usage[part.name] = sum(
+                    p.stat().st_size for p in part.rglob("*") if p.is_file()
+                )
+        return usage
+
+
+def _name_of(text: str) -> str:
+    return blake3.blake3(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]

@@ -1,0 +1,508 @@
+"""Plans: every step of a target with its key, its status, and why each miss misses.
+
+Statuses: ``hit`` (the ledger has the key and everything below it is a hit), ``miss``,
+``maybe`` (the key depends on the output of an upstream miss: a ``COPY --from`` whose source
+is rebuilt may produce the same bytes and then stay a hit), and ``config`` (metadata only).
+
+A miss is explained by diffing its preimage with the closest earlier record of the same step
+position (fewest differing fields, then most recent): files added, removed or changed (by
+path), ENV/ARG old -> new, base digest changed, the command changed, or "parent changed"
+naming the upstream step.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
+
+import attrs
+
+from imagedsl import keys
+from imagedsl.context import ContextHasher, Tree
+from imagedsl.dsl import Stage, StageRef
+from imagedsl.errors import SourceLocation, UnknownTargetError
+from imagedsl.graph import BaseResolver, BuildGraph, StepNode, build_graph, stage_namer
+from imagedsl.ledger import Record, Store, StoreWarning
+from imagedsl.reporting import Reporter
+from imagedsl.steps import FromImage, describe
+
+PLAN_SCHEMA: Final = 1
+DEFAULT_PLATFORM: Final = "linux/amd64"
+_MAX_FILE_REASONS: Final = 10
+
+
+class PlanStatus(enum.StrEnum):
+    """What a backend will do with a step."""
+
+    HIT = "hit"
+    MISS = "miss"
+    MAYBE = "maybe"
+    CONFIG = "config"
+
+
+@attrs.frozen(kw_only=True)
+class PlannedStep:
+    """One row of a plan."""
+
+    node: StepNode = attrs.field(repr=False)
+    instruction: str
+    status: PlanStatus
+    reasons: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """The step's cache key (provisional when ``status`` is ``maybe``)."""
+        return self.node.key
+
+    @property
+    def stage(self) -> str:
+        """The stage the step belongs to."""
+        return self.node.stage
+
+    @property
+    def index(self) -> int:
+        """The step's position in its stage (0 is the FROM)."""
+        return self.node.position
+
+    @property
+    def kind(self) -> str:
+        """The step's kind: ``from``, ``run``, ``copy``, ``env``, ..."""
+        return self.node.kind
+
+    @property
+    def wave(self) -> int:
+        """Steps of one wave can run in parallel once earlier waves are done."""
+        return self.node.wave
+
+    @property
+    def location(self) -> SourceLocation | None:
+        """The build-file line that made the step."""
+        return self.node.location
+
+    @property
+    def bytes(self) -> int | None:
+        """Bytes of context files the step reads, when known before building."""
+        if not self.node.trees:
+            return None
+        return sum(tree.size for tree in self.node.trees)
+
+    def to_json(self) -> dict[str, Any]:
+        """This step in the plan JSON schema (see docs/plan-json.md)."""
+        location = self.location
+        return {
+            "stage": self.stage,
+            "index": self.index,
+            "instruction": self.instruction,
+            "kind": self.kind,
+            "key": self.key,
+            "status": str(self.status),
+            "reasons": list(self.reasons),
+            "wave": self.wave,
+            "provisional": self.node.provisional,
+            "notes": list(self.notes),
+            "bytes": self.bytes,
+            "location": None if location is None else {"file": location.file, "line": location.line},
+            "depends_on": [
+                i for i in (self.node.parent, *self.node.sources) if i is not None
+            ],
+        }
+
+
+@attrs.frozen(kw_only=True)
+class Plan:
+    """A target's steps in topological order, with statuses and reasons."""
+
+    buildfile: str
+    target: str
+    steps: tuple[PlannedStep, ...]
+    graph: BuildGraph = attrs.field(repr=False)
+
+    @property
+    def summary(self) -> dict[str, int]:
+        """How many steps have each status."""
+        counts = dict.fromkeys((s.value for s in PlanStatus), 0)
+        for step in self.steps:
+            counts[step.status.value] += 1
+        return counts
+
+    def to_json(self) -> dict[str, Any]:
+        """The documented, versioned plan schema (``schema: 1``; fields may be added)."""
+        return {
+            "schema": PLAN_SCHEMA,
+            "buildfile": self.buildfile,
+            "target": self.target,
+            "steps": [step.to_json() for step in self.steps],
+            "summary": self.summary,
+        }
+
+    def to_dot(self) -> str:
+        """The graph in Graphviz DOT, one node per step, coloured by status."""
+        colours = {"hit": "palegreen", "miss": "salmon", "maybe": "khaki", "config": "lightgrey"}
+        lines = ["digraph plan {", "  rankdir=LR;", '  node [shape=box, style="rounded,filled"];']
+        for i, step in enumerate(self.steps):
+            label = f"{step.stage}[{step.index}] {step.instruction}\\n{step.status} {step.key[:12]}"
+            lines.append(
+                f"  s{i} [label={json.dumps(label)}, fillcolor={colours[step.status.value]}];"
+            )
+        for i, step in enumerate(self.steps):
+            for dep in (step.node.parent, *step.node.sources):
+                if dep is not None:
+                    lines.append(f"  s{dep} -> s{i};")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+
+def plan(
+    stages: Mapping[str, Stage | StageRef] | Stage,
+    target: str | None = None,
+    *,
+    store: Store | None = None,
+    build_args: Mapping[str, str] | None = None,
+    platform: str = DEFAULT_PLATFORM,
+    reporter: Reporter | None = None,
+    resolve_base: BaseResolver | None = None,
+    buildfile: str = "<python>",
+    project: str = "",
+) -> Plan:
+    """Plan ``target`` (a name in ``stages``, or the one stage given) without running anything.
+
+    ``store`` holds the ledger that decides hits (None: everything misses, nothing is
+    written). ``project`` scopes miss explanations (the CLI uses the build file's path).
+    """
+    if isinstance(stages, Stage):
+        name = target or "image"
+        stages = {name: stages}
+        target = name
+    if target is None:
+        raise UnknownTargetError("", list(stages))
+    if target not in stages:
+        raise UnknownTargetError(target, list(stages))
+    reporter = reporter or Reporter()
+    hasher = ContextHasher(store, reporter)
+    graph = build_graph(
+        target,
+        stages,
+        hasher=hasher,
+        build_args=dict(build_args or {}),
+        platform=platform,
+        resolve_output=_output_resolver(store),
+        resolve_base=resolve_base or (lambda step, platform: None),
+        memo=store,
+        project=project,
+    )
+    hasher.save()
+    steps = _statuses(graph, store)
+    return Plan(buildfile=buildfile, target=target, steps=steps, graph=graph)
+
+
+def _output_resolver(store: Store | None) -> Any:
+    def resolve(structural_key: str) -> str | None:
+        if store is None:
+            return None
+        record = store.get(structural_key)
+        tree = None if record is None else record.outputs.get("tree")
+        return tree if isinstance(tree, str) and len(tree) == 64 else None
+
+    return resolve
+
+
+def _statuses(graph: BuildGraph, store: Store | None) -> tuple[PlannedStep, ...]:
+    namer = stage_namer(graph.stage_names)
+    effective: list[PlanStatus] = []  # status of the filesystem each step leaves
+    rows: list[PlannedStep] = []
+    for node in graph.nodes:
+        instruction = describe(node.step, namer)
+        notes = _notes(node)
+        deps = [i for i in (node.parent, *node.sources) if i is not None]
+        if node.is_config:
+            assert node.parent is not None
+            effective.append(effective[node.parent])
+            rows.append(
+                PlannedStep(node=node, instruction=instruction, status=PlanStatus.CONFIG, reasons=(), notes=notes)
+            )
+            continue
+        if node.provisional:
+            upstream = _first_unbuilt(graph, rows, deps)
+            reason = "depends on the output of an upstream step that is not built"
+            if upstream is not None:
+                reason = f"depends on the output of {upstream}, which is not built"
+            effective.append(PlanStatus.MAYBE)
+            rows.append(
+                PlannedStep(node=node, instruction=instruction, status=PlanStatus.MAYBE, reasons=(reason,), notes=notes)
+            )
+            continue
+        deps_hit = all(effective[d] is PlanStatus.HIT for d in deps)
+        record = _get(store, node.key) if node.kind != "scratch" else None
+        if node.kind == "scratch" or (record is not None and deps_hit):
+            status, reasons = PlanStatus.HIT, ()
+        else:
+            status = PlanStatus.MISS
+            reasons = tuple(_explain(node, graph, store, rows, have_record=record is not None))
+        effective.append(status)
+        rows.append(
+            PlannedStep(node=node, instruction=instruction, status=status, reasons=reasons, notes=notes)
+        )
+    return tuple(rows)
+
+
+def _get(store: Store | None, key: str) -> Record | None:
+    return None if store is None else store.get(key)
+
+
+def _notes(node: StepNode) -> tuple[str, ...]:
+    if isinstance(node.step, FromImage) and node.preimage.get("digest") is None:
+        return ("base image is not pinned to a digest: its key follows the tag name",)
+    return ()
+
+
+def _first_unbuilt(graph: BuildGraph, rows: Sequence[PlannedStep], deps: Iterable[int]) -> str | None:
+    for dep in deps:
+        row = rows[dep]
+        if row.status in (PlanStatus.MISS, PlanStatus.MAYBE):
+            return f"{row.stage}[{row.index}] {row.instruction}"
+        if row.status is PlanStatus.CONFIG:
+            found = _first_unbuilt(graph, rows, [row.node.parent] if row.node.parent is not None else [])
+            if found:
+                return found
+    return None
+
+
+# -- miss explanations -----------------------------------------------------------------------
+
+
+def _explain(
+    node: StepNode,
+    graph: BuildGraph,
+    store: Store | None,
+    rows: Sequence[PlannedStep],
+    *,
+    have_record: bool,
+) -> list[str]:
+    if have_record:
+        upstream = _first_unbuilt(graph, rows, [i for i in (node.parent, *node.sources) if i is not None])
+        return [f"parent changed: {upstream} is not built" if upstream else "an upstream step is not built"]
+    if node.kind == "from":
+        earlier = _closest(node, store)
+        if earlier is None:
+            return ["base image not used before"]
+        return _diff(earlier.preimage, node, graph, store, rows) or ["base image not used before"]
+    earlier = _closest(node, store)
+    if earlier is None:
+        return ["no earlier build of this step"]
+    return _diff(earlier.preimage, node, graph, store, rows) or ["no earlier build of this step"]
+
+
+def _closest(node: StepNode, store: Store | None) -> Record | None:
+    if store is None:
+        return None
+    candidates = []
+    for key in store.history(node.locus):
+        if key == node.key:
+            continue
+        record = store.get(key)
+        if record is not None and record.preimage.get("kind") == node.preimage.get("kind"):
+            candidates.append(record)
+    if not candidates:
+        return None
+
+    def distance(record: Record) -> tuple[int, float]:
+        old, new = record.preimage, node.preimage
+        differing = sum(1 for f in set(old) | set(new) if old.get(f) != new.get(f))
+        return differing, -record.created
+
+    return min(candidates, key=distance)
+
+
+def _diff(
+    old: keys.Preimage,
+    node: StepNode,
+    graph: BuildGraph,
+    store: Store | None,
+    rows: Sequence[PlannedStep],
+) -> list[str]:
+    new = node.preimage
+    reasons: list[str] = []
+    for field in sorted(set(old) | set(new), key=_field_order):
+        before, after = old.get(field), new.get(field)
+        if before == after or field in ("v", "kind"):
+            continue
+        if field == "parent":
+            reasons.append(_parent_reason(node, graph, rows))
+        elif field == "tree":
+            reasons.extend(_tree_reasons(before, node, store))
+        elif field in ("env", "args"):
+            reasons.extend(_variable_reasons("ENV" if field == "env" else "ARG", before, after))
+        elif field == "digest":
+            reasons.append(f"base image digest changed: {_short(before)} -> {_short(after)}")
+        elif field in ("ref", "repository"):
+            if before is not None and after is not None:
+                reasons.append(f"base image changed: {before} -> {after}")
+        elif field == "argv":
+            reasons.append(f"command changed: {_argv(before)} -> {_argv(after)}")
+        elif field == "mounts":
+            reasons.extend(_mount_reasons(before, after))
+        elif field == "source":
+            reasons.append("the source stage changed")
+        else:
+            reasons.append(f"{field} changed: {_show(before)} -> {_show(after)}")
+    return reasons
+
+
+def _field_order(field: str) -> tuple[int, str]:
+    first = ("parent", "ref", "repository", "digest", "argv", "tree", "env", "args")
+    return (first.index(field) if field in first else len(first), field)
+
+
+def _parent_reason(node: StepNode, graph: BuildGraph, rows: Sequence[PlannedStep]) -> str:
+    parent = node.parent
+    while parent is not None and rows[parent].status is PlanStatus.CONFIG:
+        parent = rows[parent].node.parent
+    if parent is None:
+        return "parent changed"
+    row = rows[parent]
+    return f"parent changed: {row.stage}[{row.index}] {row.instruction} ({row.status})"
+
+
+def _tree_reasons(old_digest: Any, node: StepNode, store: Store | None) -> list[str]:
+    new_tree = next((t for t in node.trees if t.digest == node.preimage.get("tree")), None)
+    old_manifest = store.get_tree(old_digest) if store is not None and isinstance(old_digest, str) else None
+    if new_tree is None or old_manifest is None:
+        return ["copied files changed"]
+    return _manifest_diff(old_manifest, new_tree)
+
+
+def _manifest_diff(old: Mapping[str, list[object]], new_tree: Tree) -> list[str]:
+    new = new_tree.manifest()
+    changes: list[str] = []
+    for path in sorted(set(old) | set(new)):
+        before, after = old.get(path), new.get(path)
+        if before == after:
+            continue
+        if before is None:
+            changes.append(f"added {path}")
+        elif after is None:
+            changes.append(f"removed {path}")
+        elif before[0] != after[0]:
+            changes.append(f"{path} changed type: {before[0]} -> {after[0]}")
+        elif before[3] != after[3]:
+            changes.append(f"{path} changed")
+        else:
+            changes.append(f"{path} mode changed: {before[1]:o} -> {after[1]:o}" if isinstance(before[1], int) and isinstance(after[1], int) else f"{path} changed")
+    if not changes:
+        return ["copied files changed (destination layout)"]
+    if len(changes) > _MAX_FILE_REASONS:
+        extra = len(changes) - _MAX_FILE_REASONS
+        changes = [*changes[:_MAX_FILE_REASONS], f"... and {extra} more file changes"]
+    return changes
+
+
+def _variable_reasons(kind: str, before: Any, after: Any) -> list[str]:
+    old = before if isinstance(before, dict) else {}
+    new = after if isinstance(after, dict) else {}
+    reasons = []
+    for name in sorted(set(old) | set(new)):
+        if old.get(name) == new.get(name):
+            continue
+        if name not in old:
+            reasons.append(f"{kind} {name} set to {new[name]!r}")
+        elif name not in new:
+            reasons.append(f"{kind} {name} removed (was {old[name]!r})")
+        else:
+            reasons.append(f"{kind} {name} {old[name]!r} -> {new[name]!r}")
+    return reasons
+
+
+def _mount_reasons(before: Any, after: Any) -> list[str]:
+    old = {m.get("target") or m.get("env"): m for m in before or [] if isinstance(m, dict)}
+    new = {m.get("target") or m.get("env"): m for m in after or [] if isinstance(m, dict)}
+    reasons = []
+    for target in sorted(set(old) | set(new), key=str):
+        a, b = old.get(target), new.get(target)
+        if a == b:
+            continue
+        if a is None:
+            reasons.append(f"mount added: {b.get('type') if b else '?'} {target}")
+        elif b is None:
+            reasons.append(f"mount removed: {a.get('type')} {target}")
+        elif a.get("type") == b.get("type") == "bind" and a.get("content") != b.get("content"):
+            reasons.append(f"bind mount {target}: mounted files changed")
+        else:
+            reasons.append(f"{b.get('type')} mount {target} options changed")
+    return reasons
+
+
+def _short(digest: Any) -> str:
+    if isinstance(digest, str) and ":" in digest:
+        algorithm, _, hexdigest = digest.partition(":")
+        return f"{algorithm}:{hexdigest[:12]}"
+    return "(unpinned)" if digest is None else str(digest)
+
+
+def _argv(argv: Any) -> str:
+    if isinstance(argv, list):
+        return json.dumps(argv, ensure_ascii=False)
+    return repr(argv)
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+# -- recording -------------------------------------------------------------------------------
+
+
+def record_step(
+    store: Store, step: PlannedStep | StepNode, outputs: Mapping[str, Any] | None = None
+) -> Record:
+    """Record that a step was built: its preimage, its trees' manifests, and ``outputs``.
+
+    This is how backends turn misses into hits for the next plan.
+    """
+    node = step.node if isinstance(step, PlannedStep) else step
+    for tree in node.trees:
+        store.put_tree(tree.digest, tree.manifest())
+    record = Record(key=node.key, preimage=node.preimage, locus=node.locus, outputs=dict(outputs or {}))
+    return store.put(record)
+
+
+def record_copy_output(store: Store, step: PlannedStep | StepNode, tree: Tree) -> str:
+    """Record what a built ``COPY --from`` placed; return its content-based key.
+
+    Later plans read this to give the COPY (and everything after it) a key by content, so
+    an upstream rebuild with identical output keeps downstream hits (early cutoff).
+    """
+    node = step.node if isinstance(step, PlannedStep) else step
+    if node.structural_key is None:
+        raise ValueError("not a COPY --from step")
+    structural = node.preimage
+    if structural.get("kind") == "copy-from":
+        store.put(Record(key=node.structural_key, preimage=structural, outputs={"tree": tree.digest}))
+        content = keys.copy_preimage(
+            kind="copy",
+            parent=structural["parent"],
+            dest=structural["dest"],
+            chown=structural["chown"],
+            chmod=structural["chmod"],
+            exclude=structural["exclude"],
+            tree=tree.digest,
+        )
+    else:
+        content = structural
+    store.put_tree(tree.digest, tree.manifest())
+    key = keys.key_of(content)
+    store.put(Record(key=key, preimage=content, locus=node.locus))
+    return key
+
+
+__all__ = [
+    "Plan",
+    "PlanStatus",
+    "PlannedStep",
+    "StoreWarning",
+    "plan",
+    "record_copy_output",
+    "record_step",
+]

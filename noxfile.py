@@ -1,0 +1,39 @@
+"""Development sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s docs``, ``nox -s bench``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint"]
+nox.options.reuse_existing_virtualenvs = True
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Install the package with its test extras and run the whole test suite."""
+    session.install("-e", ".[test]")
+    session.run(
+        "python", "-m", "pytest", "-p", "no:benchmark", "-p", "no:cacheprovider", *session.posargs
+    )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff format --check, ruff check, and mypy --strict."""
+    session.install("-e", ".[lint,test]")
+    session.run("ruff", "format", "--check", ".")
+    session.run("ruff", "check", ".")
+    session.run("mypy", "--strict")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Check that every example in docs/ and examples/ plans (the docs stay true to the code)."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "-p", "no:benchmark", "tests/test_docs.py", "-q")
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Benchmarks: prints medians and ratios (pass ``-- --quick`` for a smaller context)."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/plan.py", *session.posargs)
