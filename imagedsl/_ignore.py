@@ -59,6 +59,9 @@ _PREFIX: Final = 1  # literal followed by a trailing `**`
 _SUFFIX: Final = 2  # leading `**` followed by a literal
 _REGEXP: Final = 3  # anything with a wildcard, class or escape
 
+# Zero or more whole directories: Go's `(.*/)?` with a possessive, backtracking-free body.
+_ANY_DIRS: Final = "(?:[^/\n]*+/)*"
+
 _Ranges = tuple[tuple[int, int], ...]
 _POSIX_CLASSES: Final[dict[str, _Ranges]] = {
     "alnum": ((0x30, 0x39), (0x41, 0x5A), (0x61, 0x7A)),
@@ -379,7 +382,11 @@ def _convert_regexp(src: str) -> tuple[str, str]:
         if char in "*?":
             if not atoms or atoms[-1].anchor or atoms[-1].quantified:
                 raise _Unsupported(f"misplaced repetition {char!r}")
-            atoms[-1] = _Atom(atoms[-1].text + char, None, quantified=True)
+            text = atoms[-1].text
+            # `(.*/)?` (from `**/`) is the set of `/`-terminated strings without a newline;
+            # this spelling of it needs no backtracking inside a path component.
+            text = _ANY_DIRS if text + char == "(?:.*/)?" else text + char
+            atoms[-1] = _Atom(text, None, quantified=True)
             i += 1
         elif char == "\\":
             atoms.append(_Atom(re.escape(_escaped_char(body, i)), body[i + 1]))
@@ -415,10 +422,9 @@ def _convert_regexp(src: str) -> tuple[str, str]:
             break
         literal.append(atom.literal)
     python = "".join(atom.text for atom in frames[0])
-    # `(.*/)?(.*/)?` accepts the same strings as `(.*/)?`; collapsing avoids backtracking blowup.
-    any_dirs = "(?:.*/)?"
-    while any_dirs + any_dirs in python:
-        python = python.replace(any_dirs + any_dirs, any_dirs)
+    # Two runs of directories accept the same strings as one; collapsing avoids blowup.
+    while _ANY_DIRS + _ANY_DIRS in python:
+        python = python.replace(_ANY_DIRS + _ANY_DIRS, _ANY_DIRS)
     return python, "".join(literal)
 
 
@@ -477,16 +483,7 @@ def _compile_line(line: str) -> _Pattern:
 class _Matcher:
     """Compiled form of a non-empty rule list, with a cache of directory match states."""
 
-    __slots__ = (
-        "_any",
-        "_cache",
-        "_excluding",
-        "_exceptions",
-        "_full",
-        "_last",
-        "_n",
-        "excludes",
-    )
+    __slots__ = ("_cache", "_excluding", "_exceptions", "_full", "_last", "_n", "any", "walk")
 
     def __init__(self, patterns: tuple[_Pattern, ...]) -> None:
         bodies = [p.body for p in patterns]
@@ -495,26 +492,18 @@ class _Matcher:
         self._exceptions = tuple(
             (index, p.literal, p.exact) for index, p in enumerate(patterns) if p.exception
         )
-        # Any pattern matching the path or one of its parent directories.
-        self._any = re.compile("(?:" + "|".join(bodies) + r")(?:/|\Z)").match
+        # Some pattern matches the path or one of its parent directories (never the root).
+        # Without such a match nothing can exclude the path; without exceptions, BuildKit's
+        # walk excludes exactly the paths with such a match.
+        self.any = re.compile(r"(?!\.?\Z)(?:" + "|".join(bodies) + r")(?:/|\Z)").match
         # Last pattern matching the path itself: alternatives in reverse, one group each.
         self._last = re.compile("|".join(f"({b})" for b in reversed(bodies))).fullmatch
         self._full = tuple(re.compile(b).fullmatch for b in bodies)
         self._cache: dict[str, tuple[int, int]] = {}
-        self.excludes: Callable[[str], bool] = (
-            self._excludes_walk if self._exceptions else self._excludes_simple
-        )
+        self.walk: Callable[[str], bool] | None = self._walk if self._exceptions else None
 
-    def _excludes_simple(self, relpath: str) -> bool:
-        # Without exceptions, BuildKit's walk excludes exactly the paths that a pattern
-        # matches, together with everything below them.
-        if not relpath or relpath == ".":
-            return False
-        return self._any(relpath) is not None
-
-    def _excludes_walk(self, relpath: str) -> bool:
-        if not relpath or relpath == ".":
-            return False
+    def _walk(self, relpath: str) -> bool:
+        """Return BuildKit's verdict for a path that some pattern matches (see ``any``)."""
         top = -1
         cut = relpath.rfind("/")
         if cut > 0:
@@ -531,7 +520,9 @@ class _Matcher:
         return top >= 0 and self._excluding[top]
 
     def _step(self, path: str, parent_mask: int) -> tuple[int, int]:
-        """Evaluate one directory like ``MatchesUsingParentResults``: (matched mask, last)."""
+        """Evaluate one directory like ``MatchesUsingParentResults``: (hit mask, last hit)."""
+        if self._last(path) is None:  # only inherited matches: all of them are hits
+            return parent_mask, parent_mask.bit_length() - 1
         excluded = False
         mask = 0
         last = -1
@@ -571,10 +562,10 @@ class _Matcher:
         return state
 
     def may_include_under(self, reldir: str) -> bool:
-        if not self._exceptions:
-            return not self._excludes_simple(reldir)
-        if not reldir or reldir == ".":
+        if self.any(reldir) is None:
             return True
+        if not self._exceptions:
+            return False
         last = self._state(reldir)[1]
         if last < 0 or not self._excluding[last]:
             return True
@@ -587,10 +578,6 @@ class _Matcher:
             ):
                 return True
         return False
-
-
-def _never(relpath: str) -> bool:  # noqa: ARG001 - signature of IgnoreRules.excludes
-    return False
 
 
 def _to_patterns(value: Iterable[str]) -> tuple[str, ...]:
@@ -609,13 +596,16 @@ class IgnoreRules:
 
     patterns: tuple[str, ...] = attrs.field(default=(), converter=_to_patterns)
     _matcher: _Matcher | None = attrs.field(init=False, eq=False, repr=False)
-    _excludes: Callable[[str], bool] = attrs.field(init=False, eq=False, repr=False)
+    # Hot-path copies of the matcher's entry points (None when there are no patterns).
+    _any: Callable[[str], object] | None = attrs.field(init=False, eq=False, repr=False)
+    _walk: Callable[[str], bool] | None = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         compiled = tuple(_compile_line(line.strip(_GO_SPACE)) for line in self.patterns)
         matcher = _Matcher(compiled) if compiled else None
         object.__setattr__(self, "_matcher", matcher)
-        object.__setattr__(self, "_excludes", _never if matcher is None else matcher.excludes)
+        object.__setattr__(self, "_any", None if matcher is None else matcher.any)
+        object.__setattr__(self, "_walk", None if matcher is None else matcher.walk)
 
     @classmethod
     def from_lines(cls, lines: Iterable[str]) -> IgnoreRules:
@@ -633,7 +623,11 @@ class IgnoreRules:
 
     def excludes(self, relpath: str) -> bool:
         """Return True if BuildKit leaves ``relpath`` (POSIX, relative, clean) out."""
-        return self._excludes(relpath)
+        any_match = self._any
+        if any_match is None or any_match(relpath) is None:
+            return False
+        walk = self._walk
+        return walk is None or walk(relpath)
 
     def may_include_under(self, reldir: str) -> bool:
         """Return False only if ``reldir`` and everything below it are excluded."""

@@ -61,7 +61,7 @@ class TerminalReporter(Reporter):
         )
         self._stream.flush()
 
-    def hashing_finished(self, root: str) -> None:
+    def hashing_finished(self, root: str) -> None:  # noqa: ARG002 - the hook's signature
         if self._shown and self._live:
             self._stream.write("\r\x1b[K")
             self._stream.flush()

@@ -21,16 +21,16 @@ import stat
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 import attrs
 import blake3
 
 from imagedsl._ignore import IgnoreRules
-from imagedsl.errors import ContextError, SourceLocation
-from imagedsl.steps import StepArgumentError, caller_location, check_str, check_str_seq
+from imagedsl.errors import ContextError, SourceLocation, StepArgumentError
+from imagedsl.steps import caller_location, check_str, check_str_seq
 
 if TYPE_CHECKING:
     from imagedsl.reporting import Reporter
@@ -105,7 +105,9 @@ class Context:
             try:
                 lines.extend(path.read_text(encoding="utf-8").splitlines())
             except FileNotFoundError:
-                raise ContextError(self.root, problem="dockerignore=True but no .dockerignore") from None
+                raise ContextError(
+                    self.root, problem="dockerignore=True but no .dockerignore"
+                ) from None
         lines.extend(self.ignore)
         return IgnoreRules.from_lines(lines)
 
@@ -194,10 +196,8 @@ class TreeEntry:
 
     def record(self) -> bytes:
         """Canonical bytes of this entry in the tree digest (NUL never occurs in paths)."""
-        return (
-            f"{self.placed}\0{self.type}\0{self.mode:o}\0{self.size}\0{self.digest}\0".encode(
-                "utf-8", "surrogateescape"
-            )
+        return f"{self.placed}\0{self.type}\0{self.mode:o}\0{self.size}\0{self.digest}\0".encode(
+            "utf-8", "surrogateescape"
         )
 
 
@@ -429,7 +429,11 @@ class ContextHasher:
                 digests[entry.path] = digest
                 if max(entry.mtime_ns, entry.ctime_ns) < self._started_ns - _RACY_NS:
                     cache[entry.path] = [
-                        entry.size, entry.mtime_ns, entry.ctime_ns, entry.ino, digest
+                        entry.size,
+                        entry.mtime_ns,
+                        entry.ctime_ns,
+                        entry.ino,
+                        digest,
                     ]
                 else:
                     cache.pop(entry.path, None)

@@ -235,7 +235,9 @@ class Stage:
     @_located
     def workdir(self, path: str) -> Stage:
         """``WORKDIR``: relative paths resolve against the current one; it is created."""
-        return self._then(Workdir(path=check_str("WORKDIR", "path", path), location=caller_location()))
+        return self._then(
+            Workdir(path=check_str("WORKDIR", "path", path), location=caller_location())
+        )
 
     # -- config steps ------------------------------------------------------------------------
 
@@ -262,7 +264,9 @@ class Stage:
     def label(self, values: Mapping[str, str] | None = None, /, **more: str) -> Stage:
         """``LABEL``: keys with dots go in a mapping (``{"org.opencontainers.image.source": ...}``)."""
         merged = {**(values or {}), **more}
-        return self._then(Label(items=parse_label_items("LABEL", merged), location=caller_location()))
+        return self._then(
+            Label(items=parse_label_items("LABEL", merged), location=caller_location())
+        )
 
     @_located
     def expose(self, *ports: int | str) -> Stage:
@@ -336,7 +340,9 @@ class Stage:
     @_located
     def stopsignal(self, signal: str | int) -> Stage:
         """``STOPSIGNAL``: ``"SIGTERM"``, ``"TERM"`` or a number."""
-        return self._then(StopSignal(signal=parse_signal("STOPSIGNAL", signal), location=caller_location()))
+        return self._then(
+            StopSignal(signal=parse_signal("STOPSIGNAL", signal), location=caller_location())
+        )
 
 
 # -- constructors ----------------------------------------------------------------------------
@@ -393,7 +399,7 @@ def url(address: str, *, checksum: str) -> UrlSource:
 def cache(
     target: str,
     *,
-    id: str | None = None,  # noqa: A002 - the Dockerfile's own name for it
+    id: str | None = None,
     sharing: str = "shared",
     mode: int = 0o755,
     uid: int = 0,
@@ -415,7 +421,7 @@ def cache(
 
 @_located
 def secret(
-    id: str,  # noqa: A002 - the Dockerfile's own name for it
+    id: str,
     *,
     target: str | None = None,
     env: str | None = None,
@@ -536,13 +542,14 @@ def _check_mounts(mounts: object) -> tuple[Mount, ...]:
     for i, mount in enumerate(mounts):
         if not isinstance(mount, CacheMount | SecretMount | BindMount | TmpfsMount):
             raise StepArgumentError(
-                "RUN", f"mounts[{i}]", f"must be dsl.cache/secret/bind/tmpfs, not {type(mount).__name__}"
+                "RUN",
+                f"mounts[{i}]",
+                f"must be dsl.cache/secret/bind/tmpfs, not {type(mount).__name__}",
             )
-        target = mount.target if not isinstance(mount, SecretMount) else mount.target
+        target = mount.target
         if target is not None:
             if target in targets_seen:
                 raise StepArgumentError("RUN", f"mounts[{i}]", f"mounts {target} twice")
             targets_seen.add(target)
         checked.append(mount)
     return tuple(checked)
-

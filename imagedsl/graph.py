@@ -31,7 +31,6 @@ from imagedsl.steps import (
     Add,
     BindMount,
     BuildState,
-    ConfigStep,
     Copy,
     FromImage,
     FromScratch,
@@ -48,8 +47,17 @@ if TYPE_CHECKING:
 
 ANALYSIS_VERSION = 1
 
-#: Given a structural COPY --from key, the tree digest its built output had (None: unknown).
-OutputResolver = Callable[[str], str | None]
+
+@attrs.frozen
+class CopyOutput:
+    """What the ledger knows of a built ``COPY --from``: the digest of what it placed, when
+    the backend measured it (None: built, e.g. by BuildKit, but not measured)."""
+
+    tree: str | None
+
+
+#: Given a structural COPY --from key, what is known of its built output (None: not built).
+OutputResolver = Callable[[str], CopyOutput | None]
 #: Given a FROM step and platform, the manifest digest it is pinned to (None: unpinned).
 BaseResolver = Callable[[FromImage, str], str | None]
 
@@ -226,22 +234,11 @@ class _Structure:
         for stage in stages:
             parent, sources = pending[stage]
             parent_index = None if parent is None else index[parent]
-            source_indices = tuple(index[s] for s in sources if s in index)
+            source_indices = tuple(index[s] for s in sources)
             if parent_index is not None:
                 edges.append((parent_index, index[stage]))
             edges.extend((s, index[stage]) for s in source_indices)
             deps.append((parent_index, source_indices))
-        # Stages still pending but never finished sit on a cycle; give them edges too.
-        for stage, (parent, sources) in pending.items():
-            if stage not in index:
-                index[stage] = len(stages)
-                stages.append(stage)
-                deps.append((None, ()))
-        for stage, (parent, sources) in pending.items():
-            for dep in (*([parent] if parent is not None else []), *sources):
-                edge = (index[dep], index[stage])
-                if edge not in edges:
-                    edges.append(edge)
         return cls(stages, index, edges, deps)
 
     def shape_digest(self) -> str:
@@ -260,7 +257,9 @@ def _source_stages(step: Step, named: Mapping[str, Stage]) -> list[Stage]:
         sources.append(step.source)
     if isinstance(step, Run):
         sources.extend(
-            m.source for m in step.mounts if isinstance(m, BindMount) and isinstance(m.source, StagePath)
+            m.source
+            for m in step.mounts
+            if isinstance(m, BindMount) and isinstance(m.source, StagePath)
         )
     out = []
     for source in sources:
@@ -429,10 +428,9 @@ class _Keyer:
                 digest = step.reference.digest or self.resolve_base(step, platform)
             preimage = keys.base_preimage(step, platform, digest)
             key = keys.key_of(preimage)
-            return StepNode(
-                key=key, fs_key=key, preimage=preimage, provisional=False, **common
-            )
-        assert parent is not None and parent_old is not None
+            return StepNode(key=key, fs_key=key, preimage=preimage, provisional=False, **common)
+        assert parent is not None
+        assert parent_old is not None
         before = self._states[parent_old]
         state = before.apply(step, self.build_args)
         self._states[old] = state
@@ -445,7 +443,8 @@ class _Keyer:
                 provisional=provisional,
                 **common,
             )
-        structural_key, trees = None, ()
+        structural_key: str | None = None
+        trees: tuple[Tree, ...] = ()
         if isinstance(step, Run):
             preimage, trees = self._run_preimage(step, before, parent, sources)
         elif isinstance(step, Workdir):
@@ -538,9 +537,12 @@ class _Keyer:
             path=step.source.path,
         )
         structural_key = keys.key_of(structural)
-        content = None if source.provisional else self.resolve_output(structural_key)
-        if content is None:
+        output = None if source.provisional else self.resolve_output(structural_key)
+        if output is None:
             return structural, structural_key, True
+        if output.tree is None:
+            return structural, structural_key, False
+        content = output.tree
         preimage = keys.copy_preimage(
             kind="copy",
             parent=link_parent,
@@ -571,7 +573,3 @@ def _dest_is_dir(step: Copy | Add) -> bool:
     if step.dest.endswith("/") or len(step.source.selectors) > 1:
         return True
     return step.source.selectors[0].kind in ("dir", "glob")
-
-
-def _unused(_: ConfigStep) -> None:  # pragma: no cover
-    return None

@@ -14,6 +14,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+import attrs
 import blake3
 
 from imagedsl.steps import (
@@ -46,11 +47,7 @@ def key_of(preimage: Mapping[str, Any]) -> str:
 
 def is_key(text: object) -> bool:
     """Whether ``text`` looks like a key (64 lowercase hex digits)."""
-    return (
-        isinstance(text, str)
-        and len(text) == 64
-        and all(c in "0123456789abcdef" for c in text)
-    )
+    return isinstance(text, str) and len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
 def _preimage(kind: str, **fields: Any) -> Preimage:
@@ -201,7 +198,7 @@ def workdir_preimage(*, parent: str, path: str, user: str) -> Preimage:
 def config_preimage(*, parent: str, step: ConfigStep, state: BuildState) -> Preimage:
     """Config-only steps: no layer, but a key so every step of a plan is identified."""
     fields: dict[str, Any] = {}
-    for name in type(step).__attrs_attrs__:  # type: ignore[attr-defined]
+    for name in attrs.fields(type(step)):
         if name.name == "location":
             continue
         value = getattr(step, name.name)

@@ -286,7 +286,9 @@ class Store:
             atomic_write(self._cache_file(kind, name), text.encode())
         except OSError as error:
             # A cache we cannot write only costs time next run; say so once, carry on.
-            warnings.warn(f"cannot write {kind} cache in {self.root}: {error}", StoreWarning, stacklevel=2)
+            warnings.warn(
+                f"cannot write {kind} cache in {self.root}: {error}", StoreWarning, stacklevel=2
+            )
 
     # -- blobs ---------------------------------------------------------------------------------
 
@@ -306,9 +308,7 @@ class Store:
             return usage
         for part in sorted(self.root.iterdir()):
             if part.is_dir():
-                usage[part.name] = sum(
-                    p.stat().st_size for p in part.rglob("*") if p.is_file()
-                )
+                usage[part.name] = sum(p.stat().st_size for p in part.rglob("*") if p.is_file())
         return usage
 
 

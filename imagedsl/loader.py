@@ -120,16 +120,16 @@ def _execute(shown: Path, resolved: Path) -> ModuleType:
     try:
         spec.loader.exec_module(module)
     except SyntaxError as error:
-        location = SourceLocation(str(shown), error.lineno or 0)
-        raise BuildFileError(location, f"syntax error: {error.msg}") from None
+        where = SourceLocation(str(shown), error.lineno or 0)
+        raise BuildFileError(where, f"syntax error: {error.msg}") from None
     except ImageDSLError as error:
-        location = _user_location(error.__traceback__, resolved, shown, error.location)
-        raise BuildFileError(location, str(error)) from None
+        found = _user_location(error.__traceback__, resolved, shown, error.location)
+        raise BuildFileError(found, str(error)) from None
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as error:
-        location = _user_location(error.__traceback__, resolved, shown, None)
-        raise BuildFileError(location, f"{type(error).__name__}: {error}") from None
+        found = _user_location(error.__traceback__, resolved, shown, None)
+        raise BuildFileError(found, f"{type(error).__name__}: {error}") from None
     finally:
         sys.path.remove(str(resolved.parent))
     return module

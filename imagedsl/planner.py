@@ -23,7 +23,15 @@ from imagedsl import keys
 from imagedsl.context import ContextHasher, Tree
 from imagedsl.dsl import Stage, StageRef
 from imagedsl.errors import SourceLocation, UnknownTargetError
-from imagedsl.graph import BaseResolver, BuildGraph, StepNode, build_graph, stage_namer
+from imagedsl.graph import (
+    BaseResolver,
+    BuildGraph,
+    CopyOutput,
+    OutputResolver,
+    StepNode,
+    build_graph,
+    stage_namer,
+)
 from imagedsl.ledger import Record, Store, StoreWarning
 from imagedsl.reporting import Reporter
 from imagedsl.steps import FromImage, describe
@@ -104,10 +112,10 @@ class PlannedStep:
             "provisional": self.node.provisional,
             "notes": list(self.notes),
             "bytes": self.bytes,
-            "location": None if location is None else {"file": location.file, "line": location.line},
-            "depends_on": [
-                i for i in (self.node.parent, *self.node.sources) if i is not None
-            ],
+            "location": None
+            if location is None
+            else {"file": location.file, "line": location.line},
+            "depends_on": [i for i in (self.node.parent, *self.node.sources) if i is not None],
         }
 
 
@@ -189,7 +197,7 @@ def plan(
         build_args=dict(build_args or {}),
         platform=platform,
         resolve_output=_output_resolver(store),
-        resolve_base=resolve_base or (lambda step, platform: None),
+        resolve_base=resolve_base or _unpinned,
         memo=store,
         project=project,
     )
@@ -198,13 +206,17 @@ def plan(
     return Plan(buildfile=buildfile, target=target, steps=steps, graph=graph)
 
 
-def _output_resolver(store: Store | None) -> Any:
-    def resolve(structural_key: str) -> str | None:
-        if store is None:
+def _unpinned(step: FromImage, platform: str) -> None:  # noqa: ARG001 - a BaseResolver
+    """The default base resolver: only digests written in the reference pin a base."""
+
+
+def _output_resolver(store: Store | None) -> OutputResolver:
+    def resolve(structural_key: str) -> CopyOutput | None:
+        record = None if store is None else store.get(structural_key)
+        if record is None:
             return None
-        record = store.get(structural_key)
-        tree = None if record is None else record.outputs.get("tree")
-        return tree if isinstance(tree, str) and len(tree) == 64 else None
+        tree = record.outputs.get("tree")
+        return CopyOutput(tree if keys.is_key(tree) else None)
 
     return resolve
 
@@ -221,29 +233,43 @@ def _statuses(graph: BuildGraph, store: Store | None) -> tuple[PlannedStep, ...]
             assert node.parent is not None
             effective.append(effective[node.parent])
             rows.append(
-                PlannedStep(node=node, instruction=instruction, status=PlanStatus.CONFIG, reasons=(), notes=notes)
+                PlannedStep(
+                    node=node,
+                    instruction=instruction,
+                    status=PlanStatus.CONFIG,
+                    reasons=(),
+                    notes=notes,
+                )
             )
             continue
         if node.provisional:
-            upstream = _first_unbuilt(graph, rows, deps)
+            upstream = _first_unbuilt(rows, deps)
             reason = "depends on the output of an upstream step that is not built"
             if upstream is not None:
                 reason = f"depends on the output of {upstream}, which is not built"
             effective.append(PlanStatus.MAYBE)
             rows.append(
-                PlannedStep(node=node, instruction=instruction, status=PlanStatus.MAYBE, reasons=(reason,), notes=notes)
+                PlannedStep(
+                    node=node,
+                    instruction=instruction,
+                    status=PlanStatus.MAYBE,
+                    reasons=(reason,),
+                    notes=notes,
+                )
             )
             continue
         deps_hit = all(effective[d] is PlanStatus.HIT for d in deps)
         record = _get(store, node.key) if node.kind != "scratch" else None
         if node.kind == "scratch" or (record is not None and deps_hit):
-            status, reasons = PlanStatus.HIT, ()
+            status, reasons = PlanStatus.HIT, tuple[str, ...]()
         else:
             status = PlanStatus.MISS
             reasons = tuple(_explain(node, graph, store, rows, have_record=record is not None))
         effective.append(status)
         rows.append(
-            PlannedStep(node=node, instruction=instruction, status=status, reasons=reasons, notes=notes)
+            PlannedStep(
+                node=node, instruction=instruction, status=status, reasons=reasons, notes=notes
+            )
         )
     return tuple(rows)
 
@@ -258,13 +284,14 @@ def _notes(node: StepNode) -> tuple[str, ...]:
     return ()
 
 
-def _first_unbuilt(graph: BuildGraph, rows: Sequence[PlannedStep], deps: Iterable[int]) -> str | None:
+def _first_unbuilt(rows: Sequence[PlannedStep], deps: Iterable[int]) -> str | None:
+    """Name the first dependency (looking through config steps) that is not a hit."""
     for dep in deps:
         row = rows[dep]
         if row.status in (PlanStatus.MISS, PlanStatus.MAYBE):
             return f"{row.stage}[{row.index}] {row.instruction}"
         if row.status is PlanStatus.CONFIG:
-            found = _first_unbuilt(graph, rows, [row.node.parent] if row.node.parent is not None else [])
+            found = _first_unbuilt(rows, [row.node.parent] if row.node.parent is not None else [])
             if found:
                 return found
     return None
@@ -282,8 +309,12 @@ def _explain(
     have_record: bool,
 ) -> list[str]:
     if have_record:
-        upstream = _first_unbuilt(graph, rows, [i for i in (node.parent, *node.sources) if i is not None])
-        return [f"parent changed: {upstream} is not built" if upstream else "an upstream step is not built"]
+        upstream = _first_unbuilt(rows, [i for i in (node.parent, *node.sources) if i is not None])
+        return [
+            f"parent changed: {upstream} is not built"
+            if upstream
+            else "an upstream step is not built"
+        ]
     if node.kind == "from":
         earlier = _closest(node, store)
         if earlier is None:
@@ -368,7 +399,9 @@ def _parent_reason(node: StepNode, graph: BuildGraph, rows: Sequence[PlannedStep
 
 def _tree_reasons(old_digest: Any, node: StepNode, store: Store | None) -> list[str]:
     new_tree = next((t for t in node.trees if t.digest == node.preimage.get("tree")), None)
-    old_manifest = store.get_tree(old_digest) if store is not None and isinstance(old_digest, str) else None
+    old_manifest = (
+        store.get_tree(old_digest) if store is not None and isinstance(old_digest, str) else None
+    )
     if new_tree is None or old_manifest is None:
         return ["copied files changed"]
     return _manifest_diff(old_manifest, new_tree)
@@ -390,7 +423,11 @@ def _manifest_diff(old: Mapping[str, list[object]], new_tree: Tree) -> list[str]
         elif before[3] != after[3]:
             changes.append(f"{path} changed")
         else:
-            changes.append(f"{path} mode changed: {before[1]:o} -> {after[1]:o}" if isinstance(before[1], int) and isinstance(after[1], int) else f"{path} changed")
+            changes.append(
+                f"{path} mode changed: {before[1]:o} -> {after[1]:o}"
+                if isinstance(before[1], int) and isinstance(after[1], int)
+                else f"{path} changed"
+            )
     if not changes:
         return ["copied files changed (destination layout)"]
     if len(changes) > _MAX_FILE_REASONS:
@@ -464,7 +501,9 @@ def record_step(
     node = step.node if isinstance(step, PlannedStep) else step
     for tree in node.trees:
         store.put_tree(tree.digest, tree.manifest())
-    record = Record(key=node.key, preimage=node.preimage, locus=node.locus, outputs=dict(outputs or {}))
+    record = Record(
+        key=node.key, preimage=node.preimage, locus=node.locus, outputs=dict(outputs or {})
+    )
     return store.put(record)
 
 
@@ -479,7 +518,9 @@ def record_copy_output(store: Store, step: PlannedStep | StepNode, tree: Tree) -
         raise ValueError("not a COPY --from step")
     structural = node.preimage
     if structural.get("kind") == "copy-from":
-        store.put(Record(key=node.structural_key, preimage=structural, outputs={"tree": tree.digest}))
+        store.put(
+            Record(key=node.structural_key, preimage=structural, outputs={"tree": tree.digest})
+        )
         content = keys.copy_preimage(
             kind="copy",
             parent=structural["parent"],

@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, ClassVar, Final, TypeAlias
 
 import attrs
 
@@ -169,9 +169,7 @@ def env_items(step: str, values: Mapping[str, object]) -> tuple[tuple[str, str],
     """Check ``ENV``/``LABEL``-like pairs, keeping the user's order."""
     pairs = []
     for name, value in _check_mapping(step, "values", values).items():
-        pairs.append(
-            (check_env_name(step, "name", name), check_str(step, name, value, empty=True))
-        )
+        pairs.append((check_env_name(step, "name", name), check_str(step, name, value, empty=True)))
     if not pairs:
         raise StepArgumentError(step, "values", "must name at least one variable")
     return tuple(pairs)
@@ -260,9 +258,7 @@ def parse_reference(text: str, *, step: str = "image", argument: str = "ref") ->
     )
 
 
-def _parse_local_reference(
-    transport: str, rest: str, step: str, argument: str
-) -> ImageReference:
+def _parse_local_reference(transport: str, rest: str, step: str, argument: str) -> ImageReference:
     if not rest:
         raise StepArgumentError(step, argument, f"needs a path after {transport + ':'!r}")
     digest = None
@@ -272,7 +268,9 @@ def _parse_local_reference(
             raise StepArgumentError(step, argument, f"has an invalid digest {digest!r}")
     name, tag = rest, None
     if transport == "docker-daemon":
-        name, _, tag_text = rest.rpartition(":") if ":" in rest.rsplit("/", 1)[-1] else (rest, "", "")
+        name, _, tag_text = (
+            rest.rpartition(":") if ":" in rest.rsplit("/", 1)[-1] else (rest, "", "")
+        )
         tag = tag_text or "latest"
     elif ":" in rest:
         name, tag = rest.rsplit(":", 1)
@@ -368,10 +366,6 @@ NETWORK_MODES: Final = ("default", "none", "host")
 # line must not change what is built.
 
 
-def _location_field() -> Any:
-    return attrs.field(default=None, eq=False, repr=False)
-
-
 @attrs.frozen(kw_only=True)
 class FromImage:
     """``FROM image``."""
@@ -379,7 +373,7 @@ class FromImage:
     kind: ClassVar[str] = "from"
     reference: ImageReference
     platform: str | None = None
-    location: SourceLocation | None = _location_field()
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -388,7 +382,7 @@ class FromScratch:
 
     kind: ClassVar[str] = "scratch"
     platform: str | None = None
-    location: SourceLocation | None = _location_field()
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -400,7 +394,7 @@ class Run:
     shell_form: bool
     mounts: tuple[Mount, ...] = ()
     network: str = "default"
-    location: SourceLocation | None = _location_field()
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -414,7 +408,7 @@ class Copy:
     chmod: str | None = None
     link: bool = False
     exclude: tuple[str, ...] = ()
-    location: SourceLocation | None = _location_field()
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -427,7 +421,7 @@ class Add:
     chown: str | None = None
     chmod: str | None = None
     link: bool = False
-    location: SourceLocation | None = _location_field()
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -436,7 +430,7 @@ class Workdir:
 
     kind: ClassVar[str] = "workdir"
     path: str
-    location: SourceLocation | None = _location_field()
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -445,7 +439,7 @@ class Env:
 
     kind: ClassVar[str] = "env"
     items: tuple[tuple[str, str], ...]
-    location: SourceLocation | None = _location_field()
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -455,7 +449,7 @@ class Arg:
     kind: ClassVar[str] = "arg"
     name: str
     default: str | None = None
-    location: SourceLocation | None = _location_field()
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -464,7 +458,7 @@ class User:
 
     kind: ClassVar[str] = "user"
     user: str
-    location: SourceLocation | None = _location_field()
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -473,7 +467,7 @@ class Label:
 
     kind: ClassVar[str] = "label"
     items: tuple[tuple[str, str], ...]
-    location: SourceLocation | None = _location_field()
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -482,7 +476,7 @@ class Expose:
 
     kind: ClassVar[str] = "expose"
     ports: tuple[str, ...]
-    location: SourceLocation | None = _location_field()
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -491,7 +485,7 @@ class Volume:
 
     kind: ClassVar[str] = "volume"
     paths: tuple[str, ...]
-    location: SourceLocation | None = _location_field()
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -501,7 +495,7 @@ class Entrypoint:
     kind: ClassVar[str] = "entrypoint"
     command: tuple[str, ...]
     shell_form: bool = False
-    location: SourceLocation | None = _location_field()
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -511,7 +505,7 @@ class Cmd:
     kind: ClassVar[str] = "cmd"
     command: tuple[str, ...]
     shell_form: bool = False
-    location: SourceLocation | None = _location_field()
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -525,7 +519,7 @@ class Healthcheck:
     timeout: str | None = None
     start_period: str | None = None
     retries: int | None = None
-    location: SourceLocation | None = _location_field()
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -534,7 +528,7 @@ class Shell:
 
     kind: ClassVar[str] = "shell"
     command: tuple[str, ...]
-    location: SourceLocation | None = _location_field()
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -543,7 +537,7 @@ class StopSignal:
 
     kind: ClassVar[str] = "stopsignal"
     signal: str
-    location: SourceLocation | None = _location_field()
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
 
 
 Base: TypeAlias = FromImage | FromScratch
