@@ -59,8 +59,9 @@ _PREFIX: Final = 1  # literal followed by a trailing `**`
 _SUFFIX: Final = 2  # leading `**` followed by a literal
 _REGEXP: Final = 3  # anything with a wildcard, class or escape
 
-# Zero or more whole directories: Go's `(.*/)?` with a possessive, backtracking-free body.
-_ANY_DIRS: Final = "(?:[^/\n]*+/)*"
+# Zero or more whole directories (Go's `(.*/)?`, from `**/`); this plain spelling is the
+# fastest one for Python's engine, which skips ahead to the next `/` when backtracking.
+_ANY_DIRS: Final = "(?:.*/)?"
 
 _Ranges = tuple[tuple[int, int], ...]
 _POSIX_CLASSES: Final[dict[str, _Ranges]] = {
@@ -382,11 +383,7 @@ def _convert_regexp(src: str) -> tuple[str, str]:
         if char in "*?":
             if not atoms or atoms[-1].anchor or atoms[-1].quantified:
                 raise _Unsupported(f"misplaced repetition {char!r}")
-            text = atoms[-1].text
-            # `(.*/)?` (from `**/`) is the set of `/`-terminated strings without a newline;
-            # this spelling of it needs no backtracking inside a path component.
-            text = _ANY_DIRS if text + char == "(?:.*/)?" else text + char
-            atoms[-1] = _Atom(text, None, quantified=True)
+            atoms[-1] = _Atom(atoms[-1].text + char, None, quantified=True)
             i += 1
         elif char == "\\":
             atoms.append(_Atom(re.escape(_escaped_char(body, i)), body[i + 1]))
@@ -483,7 +480,17 @@ def _compile_line(line: str) -> _Pattern:
 class _Matcher:
     """Compiled form of a non-empty rule list, with a cache of directory match states."""
 
-    __slots__ = ("_cache", "_excluding", "_exceptions", "_full", "_last", "_n", "any", "walk")
+    __slots__ = (
+        "_ancestor",
+        "_cache",
+        "_excluding",
+        "_exceptions",
+        "_full",
+        "_last",
+        "_n",
+        "any",
+        "walk",
+    )
 
     def __init__(self, patterns: tuple[_Pattern, ...]) -> None:
         bodies = [p.body for p in patterns]
@@ -492,10 +499,12 @@ class _Matcher:
         self._exceptions = tuple(
             (index, p.literal, p.exact) for index, p in enumerate(patterns) if p.exception
         )
-        # Some pattern matches the path or one of its parent directories (never the root).
-        # Without such a match nothing can exclude the path; without exceptions, BuildKit's
-        # walk excludes exactly the paths with such a match.
-        self.any = re.compile(r"(?!\.?\Z)(?:" + "|".join(bodies) + r")(?:/|\Z)").match
+        # Only a path that an exclude pattern matches, itself or through a parent directory,
+        # can be excluded (the root never is); without exceptions, every such path is.
+        excluding_bodies = [p.body for p in patterns if not p.exception]
+        excluding = "(?:" + "|".join(excluding_bodies) + ")" if excluding_bodies else "(?!)"
+        self.any = re.compile(r"(?!\.?\Z)" + excluding + r"(?:/|\Z)").match
+        self._ancestor = re.compile(excluding + "/").match
         # Last pattern matching the path itself: alternatives in reverse, one group each.
         self._last = re.compile("|".join(f"({b})" for b in reversed(bodies))).fullmatch
         self._full = tuple(re.compile(b).fullmatch for b in bodies)
@@ -504,6 +513,9 @@ class _Matcher:
 
     def _walk(self, relpath: str) -> bool:
         """Return BuildKit's verdict for a path that some pattern matches (see ``any``)."""
+        if self._ancestor(relpath) is None:  # no parent has a match to pass down
+            match = self._last(relpath)
+            return match is not None and self._excluding[self._n - match.lastindex]  # type: ignore[operator]
         top = -1
         cut = relpath.rfind("/")
         if cut > 0:
@@ -521,21 +533,28 @@ class _Matcher:
 
     def _step(self, path: str, parent_mask: int) -> tuple[int, int]:
         """Evaluate one directory like ``MatchesUsingParentResults``: (hit mask, last hit)."""
-        if self._last(path) is None:  # only inherited matches: all of them are hits
+        match = self._last(path)
+        if match is None:  # only inherited matches: all of them are hits
             return parent_mask, parent_mask.bit_length() - 1
+        # No pattern after `limit` matches the path itself, so those hit iff inherited.
+        limit = self._n - match.lastindex  # type: ignore[operator]
         excluded = False
         mask = 0
         last = -1
         excluding = self._excluding
-        for index, fullmatch in enumerate(self._full):
+        full = self._full
+        for index in range(limit + 1):
             if not parent_mask >> index & 1:
                 if excluding[index] == excluded:
                     continue  # cannot change the verdict here, so it is not evaluated
-                if fullmatch(path) is None:
+                if full[index](path) is None:
                     continue
             mask |= 1 << index
             last = index
             excluded = excluding[index]
+        inherited_after = parent_mask >> (limit + 1) << (limit + 1)
+        if inherited_after:
+            return mask | inherited_after, inherited_after.bit_length() - 1
         return mask, last
 
     def _state(self, directory: str) -> tuple[int, int]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from imagedsl import __version__
+from imagedsl.backends import BACKENDS, BuildRequest, SecretSource, get_backend
 from imagedsl.errors import ImageDSLError, SourceLocation
 from imagedsl.ledger import Store, StoreWarning, default_store_path
 from imagedsl.loader import load_buildfile, split_spec
@@ -117,6 +118,40 @@ def _parser() -> argparse.ArgumentParser:
     _common_options(plan)
     plan.set_defaults(run=run_plan)
 
+    build = commands.add_parser("build", help="build a target with a backend")
+    build.add_argument("spec", nargs="?", metavar="FILE[:TARGET]", help="build file and target")
+    build.add_argument(
+        "--backend", default="docker", choices=sorted(BACKENDS), help="how to build (docker)"
+    )
+    build.add_argument(
+        "-t", "--tag", action="append", default=[], metavar="NAME", help="image name (repeatable)"
+    )
+    build.add_argument(
+        "--output",
+        metavar="DEST",
+        help="oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:TAG] or docker[:TAG]",
+    )
+    build.add_argument(
+        "--progress", default="auto", choices=("auto", "plain", "quiet"), help="output style"
+    )
+    build.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="id=NAME,src=PATH",
+        help="a secret for RUN --mount=type=secret (src=PATH or env=VAR; repeatable)",
+    )
+    _common_options(build)
+    build.set_defaults(run=run_build)
+
+    lower = commands.add_parser("lower", help="print the Dockerfile a target lowers to")
+    lower.add_argument("spec", nargs="?", metavar="FILE[:TARGET]", help="build file and target")
+    lower.add_argument(
+        "-o", "--output-dir", metavar="DIR", help="write the Dockerfile and its context into DIR"
+    )
+    _common_options(lower)
+    lower.set_defaults(run=run_lower)
+
     targets = commands.add_parser("targets", help="list the targets of a build file")
     targets.add_argument("spec", nargs="?", metavar="FILE", help="build file (./build.py)")
     targets.set_defaults(run=run_targets)
@@ -162,6 +197,57 @@ def run_plan(args: argparse.Namespace) -> int:
         sys.stdout.write(plan.to_dot())
     else:
         sys.stdout.write(format_plan(plan, display_path(path)))
+    return EXIT_OK
+
+
+def run_build(args: argparse.Namespace) -> int:
+    """``imagedsl build``: plan, then let the chosen backend build the misses."""
+    path, target = split_spec(args.spec)
+    build = load_buildfile(path)
+    store = Store(default_store_path(args.store))
+    reporter = TerminalReporter(sys.stderr)
+    build_args = _build_args(args.build_arg)
+
+    def replan() -> Plan:
+        return build.plan(
+            target, store=store, build_args=build_args, platform=args.platform, reporter=reporter
+        )
+
+    request = BuildRequest(
+        tags=tuple(args.tag),
+        output=args.output,
+        build_args=build_args,
+        platform=args.platform,
+        secrets=tuple(SecretSource.parse(s) for s in args.secret),
+        progress=args.progress,
+        replan=replan,
+    )
+    backend = get_backend(args.backend)
+    result = backend.build(replan(), request, store=store, reporter=reporter)
+    built, cached = len(result.built), len(result.cached)
+    image = f": {result.image}" if result.image else ""
+    print(f"built {built} steps, {cached} cached{image}", file=sys.stderr)
+    return EXIT_OK
+
+
+def run_lower(args: argparse.Namespace) -> int:
+    """``imagedsl lower``: print the Dockerfile, or write it with its context (``-o DIR``)."""
+    from imagedsl.backends import dockerfile
+
+    path, target = split_spec(args.spec)
+    build = load_buildfile(path)
+    store = Store(default_store_path(args.store))
+    plan = build.plan(
+        target,
+        store=store,
+        build_args=_build_args(args.build_arg),
+        platform=args.platform,
+        reporter=TerminalReporter(sys.stderr),
+    )
+    if args.output_dir is None:
+        sys.stdout.write(dockerfile.lower_to_dockerfile(plan).text)
+    else:
+        dockerfile.write_build_dir(plan, Path(args.output_dir))
     return EXIT_OK
 
 

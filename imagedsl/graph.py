@@ -93,6 +93,8 @@ class StepNode:
     structural_key: str | None = None
     trees: tuple[Tree, ...] = attrs.field(default=(), eq=False, repr=False)
     locus: str
+    #: The Dockerfile state (env, args, workdir, user, shell, platform) after this step.
+    state: BuildState = attrs.field(eq=False, repr=False)
 
     @property
     def kind(self) -> str:
@@ -422,7 +424,7 @@ class _Keyer:
         }
         if isinstance(step, FromImage | FromScratch):
             platform = step.platform or self.platform
-            self._states[old] = BuildState(platform=platform)
+            self._states[old] = common["state"] = BuildState(platform=platform)
             digest = None
             if isinstance(step, FromImage):
                 digest = step.reference.digest or self.resolve_base(step, platform)
@@ -433,7 +435,7 @@ class _Keyer:
         assert parent_old is not None
         before = self._states[parent_old]
         state = before.apply(step, self.build_args)
-        self._states[old] = state
+        self._states[old] = common["state"] = state
         if not isinstance(step, Run | Copy | Add | Workdir):
             preimage = keys.config_preimage(parent=parent.key, step=step, state=state)
             return StepNode(

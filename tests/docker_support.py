@@ -1,9 +1,7 @@
 """Real Docker engine, base image and registry for the tests (no pytest needed here).
 
-- :func:`find_docker` finds a client + engine pair that answers and can build with BuildKit.
-  ``/usr/local/bin/docker`` on our machines is a 28.x client without buildx (its legacy
-  builder is deprecated), while Debian's ``/usr/bin/docker`` 20.10 builds with BuildKit when
-  ``DOCKER_BUILDKIT=1``, so every candidate client is probed with a real (tiny) build.
+- :func:`find_docker` (from :mod:`imagedsl.backends.engine`, the product's own engine finder)
+  finds a client + engine pair that answers and can build with BuildKit.
 - :func:`ensure_busybox_image` makes a tiny base image from the host's static busybox, since no
   public registry is reachable; it is rebuilt only when busybox or the recipe changed.
 - :func:`start_registry` runs Debian's ``docker-registry`` on a free loopback port.
@@ -31,232 +29,32 @@ from typing import IO, TYPE_CHECKING, Any, Self
 
 import attrs
 
+from imagedsl.backends.engine import (
+    CI_DOCKER_HOST,
+    DockerCommandError,
+    DockerEngine,
+    find_docker,
+    tail_lines,
+)
+
+__all__ = [
+    "CI_DOCKER_HOST",
+    "DockerCommandError",
+    "DockerEngine",
+    "RegistryServer",
+    "RegistryUnavailable",
+    "ensure_busybox_image",
+    "find_docker",
+    "start_registry",
+]
+
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Iterator
     from types import TracebackType
 
-#: The engine socket ``.ci/run`` starts when no other engine answers.
-CI_DOCKER_HOST = "unix:///tmp/imagedsl-ci/dockerd/docker.sock"
-#: Clients tried besides ``docker`` on PATH (Debian's 20.10 client has built-in BuildKit).
-EXTRA_DOCKER_CLIENTS = ("/usr/bin/docker",)
 DEFAULT_BUSYBOX_TAG = "imagedsl-test/busybox:latest"
 BUSYBOX_SHA256_LABEL = "org.imagedsl.test.busybox-sha256"
 BUSYBOX_RECIPE_LABEL = "org.imagedsl.test.recipe-sha256"
-
-_PROBE_TIMEOUT = 60.0
-_DEFAULT_TIMEOUT = 600.0
-
-
-class DockerCommandError(subprocess.CalledProcessError):
-    """A docker command failed; unlike its base class, the message includes the output."""
-
-    def __str__(self) -> str:
-        out = "\n".join(
-            f"{name}:\n{_tail(text)}"
-            for name, text in (("stdout", self.stdout), ("stderr", self.stderr))
-            if text
-        )
-        return f"{super().__str__()}\n{out}".rstrip()
-
-
-@attrs.frozen
-class DockerEngine:
-    """A docker client that talks to an engine which answered and built with BuildKit."""
-
-    client: str
-    """Absolute path of the docker client binary."""
-    env: dict[str, str] = attrs.field(repr=False, hash=False)
-    """Full environment for subprocesses (DOCKER_HOST if needed, DOCKER_BUILDKIT=1)."""
-    buildx: bool
-    """Whether ``docker buildx build`` is used (else ``docker build`` with DOCKER_BUILDKIT=1)."""
-    host: str | None = None
-    """DOCKER_HOST used, or None for the client's default."""
-    server_version: str = ""
-
-    def run(
-        self,
-        *args: str,
-        check: bool = True,
-        input: str | None = None,
-        timeout: float | None = _DEFAULT_TIMEOUT,
-    ) -> subprocess.CompletedProcess[str]:
-        """Run ``docker ARGS`` and capture text output; raise DockerCommandError if check."""
-        return _run([self.client, *args], env=self.env, check=check, input=input, timeout=timeout)
-
-    @property
-    def build_command(self) -> tuple[str, ...]:
-        """``("buildx", "build")`` or ``("build",)``: the BuildKit build sub-command."""
-        return ("buildx", "build") if self.buildx else ("build",)
-
-    def build(
-        self,
-        context: str | os.PathLike[str],
-        *args: str,
-        load: bool = True,
-        check: bool = True,
-        timeout: float | None = _DEFAULT_TIMEOUT,
-    ) -> subprocess.CompletedProcess[str]:
-        """BuildKit-build CONTEXT with extra ARGS (e.g. ``"-t", tag``), plain progress.
-
-        The progress (``#1 [internal] load build definition ...``) is on stderr. With buildx,
-        ``load`` adds ``--load`` so the image lands in the engine's image store whatever the
-        builder driver is; pass ``load=False`` together with your own ``--output``.
-        """
-        extra = ("--load",) if self.buildx and load else ()
-        return self.run(
-            *self.build_command,
-            "--progress=plain",
-            *extra,
-            *args,
-            os.fspath(context),
-            check=check,
-            timeout=timeout,
-        )
-
-    def describe(self) -> str:
-        how = "docker buildx build" if self.buildx else "docker build with DOCKER_BUILDKIT=1"
-        return (
-            f"{self.client} -> engine {self.server_version or '?'} at "
-            f"{self.host or 'the default host'} ({how})"
-        )
-
-
-def find_docker(notes: list[str] | None = None) -> DockerEngine | None:
-    """Find a docker client + engine that answers ``info`` and can BuildKit-build, or None.
-
-    Clients: ``docker`` on PATH and :data:`EXTRA_DOCKER_CLIENTS`, those with a working buildx
-    first. Hosts: ``$DOCKER_HOST`` if set (only that); otherwise the client's default, then
-    :data:`CI_DOCKER_HOST`. Why candidates were rejected is appended to ``notes``.
-    """
-    problems: dict[tuple[str, str], list[str]] = {}  # (where, problem) -> clients
-    found = _find_docker(problems)
-    if notes is not None:
-        notes.extend(
-            f"{', '.join(clients)} at {where}: {problem}"
-            for (where, problem), clients in problems.items()
-        )
-    return found
-
-
-def _find_docker(problems: dict[tuple[str, str], list[str]]) -> DockerEngine | None:
-    clients = _docker_clients()
-    if not clients:
-        problems["PATH", "no docker client (looked for `docker` on PATH and /usr/bin/docker)"] = []
-        return None
-    env_host = os.environ.get("DOCKER_HOST")
-    hosts: list[str | None] = [env_host] if env_host else [None, CI_DOCKER_HOST]
-    for host in hosts:
-        where = host or "the default host"
-        for client, buildx in clients:
-            engine = DockerEngine(client=client, env=_docker_env(host), buildx=buildx, host=host)
-            info = _probe(engine, "version", "--format", "{{.Server.Version}}")
-            if info.returncode != 0 or not info.stdout.strip():
-                problem = f"engine did not answer: {_last_line(info)}"
-                problems.setdefault((where, problem), []).append(client)
-                continue
-            engine = attrs.evolve(engine, server_version=info.stdout.strip())
-            build_problem = _buildkit_problem(engine)
-            if build_problem is None:
-                return engine
-            problem = f"BuildKit build failed: {build_problem}"
-            problems.setdefault((where, problem), []).append(client)
-    return None
-
-
-def _docker_clients() -> list[tuple[str, bool]]:
-    """Distinct docker clients as (path, has working buildx), buildx ones first."""
-    seen: set[str] = set()
-    found: list[tuple[str, bool]] = []
-    for candidate in (shutil.which("docker"), *EXTRA_DOCKER_CLIENTS):
-        if candidate is None or not os.access(candidate, os.X_OK):
-            continue
-        real = os.path.realpath(candidate)
-        if real in seen:
-            continue
-        seen.add(real)
-        path = os.path.abspath(candidate)
-        buildx = _probe_cmd([path, "buildx", "version"], _docker_env(None)).returncode == 0
-        found.append((path, buildx))
-    return sorted(found, key=lambda item: not item[1])
-
-
-def _docker_env(host: str | None) -> dict[str, str]:
-    env = dict(os.environ)
-    env["DOCKER_BUILDKIT"] = "1"
-    env["BUILDKIT_PROGRESS"] = "plain"
-    env["DOCKER_CLI_HINTS"] = "false"
-    if host is None:
-        env.pop("DOCKER_HOST", None)
-    else:
-        env["DOCKER_HOST"] = host
-    return env
-
-
-def _buildkit_problem(engine: DockerEngine) -> str | None:
-    """Build a one-file image from scratch into a local dir: None if BuildKit works."""
-    with tempfile.TemporaryDirectory(prefix="imagedsl-docker-probe-") as tmp:
-        context, out = Path(tmp, "context"), Path(tmp, "out")
-        context.mkdir()
-        (context / "probe.txt").write_text("ok\n")
-        (context / "Dockerfile").write_text("FROM scratch\nCOPY probe.txt /probe.txt\n")
-        try:
-            result = engine.build(
-                context, "--output", f"type=local,dest={out}", load=False, check=False,
-                timeout=_PROBE_TIMEOUT,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired:
-            return f"timed out after {_PROBE_TIMEOUT:.0f}s"
-        if result.returncode != 0:
-            return _last_line(result)
-        if not (out / "probe.txt").is_file():
-            return "the build succeeded but wrote no output (legacy builder?)"
-    return None
-
-
-def _probe(engine: DockerEngine, *args: str) -> subprocess.CompletedProcess[str]:
-    return _probe_cmd([engine.client, *args], engine.env)
-
-
-def _probe_cmd(cmd: Sequence[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    try:
-        return _run(cmd, env=env, check=False, timeout=_PROBE_TIMEOUT)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return subprocess.CompletedProcess(list(cmd), 255, "", str(exc))
-
-
-def _run(
-    cmd: Sequence[str],
-    *,
-    env: dict[str, str] | None = None,
-    check: bool = True,
-    input: str | None = None,
-    timeout: float | None = _DEFAULT_TIMEOUT,
-) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        list(cmd),
-        env=env,
-        input=input,
-        stdin=None if input is not None else subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout,
-    )
-    if check and result.returncode != 0:
-        raise DockerCommandError(result.returncode, list(cmd), result.stdout, result.stderr)
-    return result
-
-
-def _last_line(result: subprocess.CompletedProcess[str]) -> str:
-    """The most telling line of a failed command: its last error line, else its last line."""
-    lines = [line.strip() for line in (result.stderr or result.stdout or "").splitlines()]
-    lines = [line for line in lines if line]
-    errors = [line for line in lines if "error" in line.lower() or "cannot" in line.lower()]
-    return (errors or lines or [f"exit status {result.returncode}"])[-1]
-
-
-def _tail(text: str, lines: int = 30) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
 # --- busybox base image ------------------------------------------------------------------------
@@ -431,7 +229,7 @@ class RegistryServer:
     def log_tail(self, lines: int = 30) -> str:
         self._log.flush()
         try:
-            return _tail(self.log_path.read_text(errors="replace"), lines)
+            return tail_lines(self.log_path.read_text(errors="replace"), lines)
         except OSError:
             return ""
 
