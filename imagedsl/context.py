@@ -234,6 +234,87 @@ def tree_digest(entries: Iterable[TreeEntry]) -> str:
     return hasher.hexdigest()
 
 
+#: Basenames of dependency manifests and lock files: their own layer under layers="auto".
+MANIFEST_NAMES: Final = frozenset(
+    {
+        "Pipfile", "Pipfile.lock", "pyproject.toml", "poetry.lock", "uv.lock", "pdm.lock",
+        "setup.py", "setup.cfg", "package.json", "package-lock.json", "npm-shrinkwrap.json",
+        "yarn.lock", "pnpm-lock.yaml", "go.mod", "go.sum", "Cargo.toml", "Cargo.lock",
+        "Gemfile", "Gemfile.lock", "composer.json", "composer.lock", "pom.xml",
+        "build.gradle", "build.gradle.kts", "settings.gradle", "settings.gradle.kts",
+        "gradle.lockfile", "mix.exs", "mix.lock", "pubspec.yaml", "pubspec.lock",
+        "packages.lock.json", "Podfile.lock",
+    }
+)  # fmt: skip
+_MANIFEST_PATTERN: Final = re.compile(r"(requirements|constraints)([-_.][\w.-]*)?\.(txt|in)\Z")
+#: layers="auto": files at least this big are "large"; buckets aim at these sizes.
+LARGE_FILE: Final = 1 << 20
+_LARGE_BUCKET: Final = 64 << 20
+_FILES_BUCKET: Final = 8 << 20
+_MAX_LARGE_BUCKETS: Final = 4
+_MAX_FILES_BUCKETS: Final = 32
+
+
+def partition_tree(tree: Tree, layers: str | Sequence[Sequence[str]]) -> list[tuple[str, Tree]]:
+    """Split a tree into named layer parts (empty parts are dropped, order is fixed).
+
+    ``"auto"``: ``manifests`` (dependency manifests and lock files), ``large-N`` (files of
+    1 MiB or more, in up to 4 buckets) and ``files-N`` (the rest, in up to 32 buckets).
+    Buckets are chosen by a hash of the placed path, so adding or editing a file changes
+    only its own bucket; the bucket count is a power of two from the bytes involved, so it
+    moves only when those bytes double or halve. Explicit groups: ``group-N`` per group
+    (first matching group wins) and ``rest``.
+    """
+    named: dict[str, list[TreeEntry]] = {}
+    if layers == "auto":
+        large = [e for e in tree.entries if e.type == "file" and e.size >= LARGE_FILE]
+        large_buckets = _bucket_count(sum(e.size for e in large), _LARGE_BUCKET, _MAX_LARGE_BUCKETS)
+        rest_bytes = sum(e.size for e in tree.entries if e.size < LARGE_FILE)
+        rest_buckets = _bucket_count(rest_bytes, _FILES_BUCKET, _MAX_FILES_BUCKETS)
+        for entry in tree.entries:
+            base = posixpath.basename(entry.placed)
+            if entry.type == "file" and (base in MANIFEST_NAMES or _MANIFEST_PATTERN.match(base)):
+                name = "manifests"
+            elif entry.type == "file" and entry.size >= LARGE_FILE:
+                name = f"large-{_bucket(entry.placed, large_buckets)}"
+            else:
+                name = f"files-{_bucket(entry.placed, rest_buckets)}"
+            named.setdefault(name, []).append(entry)
+        order = ["manifests"]
+        order += [f"large-{i}" for i in range(_MAX_LARGE_BUCKETS)]
+        order += [f"files-{i}" for i in range(_MAX_FILES_BUCKETS)]
+    else:
+        rules = [IgnoreRules.from_lines(group) for group in layers]
+        for entry in tree.entries:
+            name = next(
+                (f"group-{i}" for i, r in enumerate(rules) if r.excludes(entry.placed)), "rest"
+            )
+            named.setdefault(name, []).append(entry)
+        order = [f"group-{i}" for i in range(len(rules))] + ["rest"]
+    parts = []
+    for name in order:
+        entries = named.get(name)
+        if entries:
+            parts.append((name, Tree(digest=tree_digest(entries), entries=tuple(entries))))
+    if not parts:  # an empty selection still makes one (empty) layer
+        parts.append(("files-0", tree))
+    return parts
+
+
+def _bucket_count(total: int, target: int, cap: int) -> int:
+    count = 1
+    while count * 2 <= cap and total >= count * 2 * target:
+        count *= 2
+    return count
+
+
+def _bucket(path: str, buckets: int) -> int:
+    if buckets == 1:
+        return 0
+    digest = blake3.blake3(path.encode("utf-8", "surrogateescape")).digest(length=8)
+    return int.from_bytes(digest, "big") % buckets
+
+
 def hash_file(path: str, size: int) -> str:
     """blake3 of a file's bytes; big files use blake3's threads over an mmap."""
     if size >= _BIG_FILE:

@@ -34,6 +34,7 @@ from imagedsl.steps import (
     FromScratch,
     Healthcheck,
     Label,
+    LayerSpec,
     Mount,
     Run,
     SecretMount,
@@ -179,25 +180,39 @@ class Stage:
         chmod: str | int | None = None,
         link: bool = False,
         exclude: Sequence[str] = (),
+        layers: str | Sequence[Sequence[str]] | None = None,
     ) -> Stage:
         """``COPY``: from the context (``src.file(...)``, ``src.dir(...)``, ``src``) or a stage.
 
         A directory's contents are copied into ``dest``; a file goes to ``dest`` (into it when
         ``dest`` ends with ``/``). ``exclude`` takes ``.dockerignore`` patterns relative to
         the copied directory. With ``link=True`` the layer does not depend on earlier layers.
+
+        ``layers`` splits a context COPY into several layers, each with its own key, so an
+        edit rebuilds (and re-uploads) one small layer: ``"auto"`` puts dependency manifests
+        and lock files in one layer, large files in a few, and spreads the rest over up to 32
+        layers by path; or give groups of ``.dockerignore`` patterns (relative to ``dest``),
+        one layer each, with everything unmatched in a last layer.
         """
         from imagedsl._ignore import IgnoreRules
 
         excludes = check_str_seq("COPY", "exclude", exclude)
         IgnoreRules.from_lines(excludes)
+        copy_source = _copy_source("COPY", source)
+        layer_spec = None if layers is None else _check_layers(layers)
+        if layer_spec is not None and not isinstance(copy_source, ContextSource):
+            raise StepArgumentError(
+                "COPY", "layers", "splits only copies from the build context, not from a stage"
+            )
         return self._then(
             Copy(
-                source=_copy_source("COPY", source),
+                source=copy_source,
                 dest=check_str("COPY", "dest", dest),
                 chown=None if chown is None else check_owner("COPY", "chown", chown),
                 chmod=None if chmod is None else check_chmod("COPY", "chmod", chmod),
                 link=check_bool("COPY", "link", link),
                 exclude=excludes,
+                layers=layer_spec,
                 location=caller_location(),
             )
         )
@@ -522,6 +537,25 @@ def _copy_source(
         "must be context files (src.file/dir/glob), a context, a stage or stage.path(...), "
         f"not {type(source).__name__}",
     )
+
+
+def _check_layers(layers: object) -> LayerSpec:
+    if layers == "auto":
+        return "auto"
+    if isinstance(layers, str | bytes) or not isinstance(layers, Sequence) or not layers:
+        raise StepArgumentError(
+            "COPY", "layers", "must be 'auto' or a non-empty list of lists of patterns"
+        )
+    from imagedsl._ignore import IgnoreRules
+
+    groups = []
+    for i, group in enumerate(layers):
+        patterns = check_str_seq("COPY", f"layers[{i}]", group)
+        if not patterns:
+            raise StepArgumentError("COPY", f"layers[{i}]", "must hold at least one pattern")
+        IgnoreRules.from_lines(patterns)
+        groups.append(patterns)
+    return tuple(groups)
 
 
 def _command(step: str, command: Sequence[str | None], shell: bool) -> tuple[tuple[str, ...], bool]:

@@ -23,7 +23,7 @@ import attrs
 import blake3
 
 from imagedsl import keys
-from imagedsl.context import ContextHasher, ContextSource, Tree
+from imagedsl.context import ContextHasher, ContextSource, Tree, partition_tree
 from imagedsl.dsl import Stage, StageRef
 from imagedsl.errors import CycleError, SourceLocation, UnknownStageError
 from imagedsl.steps import (
@@ -39,7 +39,6 @@ from imagedsl.steps import (
     Step,
     UrlSource,
     Workdir,
-    describe,
 )
 
 if TYPE_CHECKING:
@@ -84,8 +83,12 @@ class StepNode:
     #: Key of the filesystem this step leaves: itself for layer steps, else inherited.
     fs_key: str
     preimage: keys.Preimage = attrs.field(eq=False, repr=False)
+    #: The step below this one in its stage (None for a FROM).
     parent: int | None
+    #: Stages this step reads from (COPY --from, bind mounts): their last steps.
     sources: tuple[int, ...]
+    #: The steps whose outputs this step's key depends on.
+    deps: tuple[int, ...]
     wave: int
     #: The key may still change once upstream outputs are known (``maybe`` in a plan).
     provisional: bool
@@ -95,6 +98,9 @@ class StepNode:
     locus: str
     #: The Dockerfile state (env, args, workdir, user, shell, platform) after this step.
     state: BuildState = attrs.field(eq=False, repr=False)
+    #: For a COPY split into layers: this layer's name, and the index of the first layer.
+    part: str | None = None
+    group: int | None = None
 
     @property
     def kind(self) -> str:
@@ -132,9 +138,8 @@ class BuildGraph:
         graph = nx.DiGraph()
         for node in self.nodes:
             graph.add_node(node.key, kind=node.kind, label=f"{node.stage}[{node.position}]")
-            for dep in (node.parent, *node.sources):
-                if dep is not None:
-                    graph.add_edge(self.nodes[dep].key, node.key)
+            for dep in {*node.deps, *([node.parent] if node.parent is not None else [])}:
+                graph.add_edge(self.nodes[dep].key, node.key)
         return graph
 
 
@@ -164,8 +169,8 @@ def build_graph(
     """Unfold ``named[target]`` into its keyed steps (see the module docstring)."""
     resolved = _resolve_names(named)
     structure = _Structure.collect(resolved[target], resolved)
-    order, waves = _analyse(structure, memo)
     labels = _stage_labels(structure.stages, resolved, target)
+    order, waves = _analyse(structure, memo, labels)
     return _Keyer(
         structure=structure,
         labels=labels,
@@ -278,7 +283,9 @@ def _source_stages(step: Step, named: Mapping[str, Stage]) -> list[Stage]:
 # -- phase 2: analysis -----------------------------------------------------------------------
 
 
-def _analyse(structure: _Structure, memo: AnalysisMemo | None) -> tuple[list[int], list[int]]:
+def _analyse(
+    structure: _Structure, memo: AnalysisMemo | None, labels: Mapping[Stage, tuple[str, int]]
+) -> tuple[list[int], list[int]]:
     """Topological order and waves, from the memo or from networkx."""
     digest = structure.shape_digest()
     if memo is not None:
@@ -292,7 +299,7 @@ def _analyse(structure: _Structure, memo: AnalysisMemo | None) -> tuple[list[int
     graph.add_edges_from(structure.edges)
     if not nx.is_directed_acyclic_graph(graph):
         cycle_edges = nx.find_cycle(graph)
-        raise _cycle_error(structure, [u for u, _ in cycle_edges])
+        raise _cycle_error(structure, [u for u, _ in cycle_edges], labels)
     order = list(nx.lexicographical_topological_sort(graph))
     weight = [0 if _is_free(s.step) else 1 for s in structure.stages]
     waves = [0] * len(order)
@@ -328,7 +335,9 @@ def _read_analysis(text: str | None, size: int) -> tuple[list[int], list[int]] |
     return order, waves
 
 
-def _cycle_error(structure: _Structure, members: Sequence[int]) -> CycleError:
+def _cycle_error(
+    structure: _Structure, members: Sequence[int], labels: Mapping[Stage, tuple[str, int]]
+) -> CycleError:
     """Name a cycle by the stages whose chains carry it (a chain has no inner cycle)."""
     names: list[str] = []
     location = None
@@ -337,18 +346,13 @@ def _cycle_error(structure: _Structure, members: Sequence[int]) -> CycleError:
         step = stage.step
         if isinstance(step, Copy | Run) and location is None:
             location = step.location
-        name = _chain_name(stage)
+        name = labels[stage][0]
         if not names or names[-1] != name:
             names.append(name)
     if len(names) > 1 and names[0] == names[-1]:
         names.pop()
     error = CycleError(names)
     return error.with_location(location)  # type: ignore[return-value]
-
-
-def _chain_name(stage: Stage) -> str:
-    first = stage.chain()[0].step
-    return describe(first)
 
 
 # -- stage labels ------------------------------------------------------------------------------
@@ -394,33 +398,36 @@ class _Keyer:
     _nodes: dict[int, StepNode] = attrs.field(factory=dict)
 
     def key_all(self, target: str, order: Sequence[int], waves: Sequence[int]) -> BuildGraph:
-        position_of = {old: new for new, old in enumerate(order)}
+        nodes: list[StepNode] = []
         for old in order:
-            self._nodes[old] = self._key_one(old, position_of, waves[old])
-        nodes = tuple(self._nodes[old] for old in order)
+            made = self._key_one(old, len(nodes), waves[old])
+            nodes.extend(made)
+            self._nodes[old] = made[-1]
         names = {s: label for s, (label, _) in self.labels.items()}
-        return BuildGraph(target=target, nodes=nodes, stage_names=names)
+        return BuildGraph(target=target, nodes=tuple(nodes), stage_names=names)
 
-    def _key_one(self, old: int, position_of: Mapping[int, int], wave: int) -> StepNode:
+    def _key_one(self, old: int, index: int, wave: int) -> list[StepNode]:
+        """The node(s) of one stage value: one, or one per layer of a layered COPY."""
         stage = self.structure.stages[old]
         step = stage.step
         parent_old, source_olds = self.structure.deps[old]
         parent = None if parent_old is None else self._nodes[parent_old]
         sources = tuple(self._nodes[s] for s in source_olds)
         label, position = self.labels[stage]
-        locus = blake3.blake3(f"{self.project}\0{label}\0{position}".encode()).hexdigest()
         provisional = (parent is not None and parent.provisional) or any(
             s.provisional for s in sources
         )
+        deps = tuple(n.index for n in (*([parent] if parent else []), *sources))
         common: dict[str, Any] = {
-            "index": position_of[old],
+            "index": index,
             "stage": label,
             "position": position,
             "step": step,
-            "parent": None if parent_old is None else position_of[parent_old],
-            "sources": tuple(position_of[s] for s in source_olds),
+            "parent": None if parent is None else parent.index,
+            "sources": tuple(s.index for s in sources),
+            "deps": deps,
             "wave": wave,
-            "locus": locus,
+            "locus": self._locus(label, position),
         }
         if isinstance(step, FromImage | FromScratch):
             platform = step.platform or self.platform
@@ -430,7 +437,7 @@ class _Keyer:
                 digest = step.reference.digest or self.resolve_base(step, platform)
             preimage = keys.base_preimage(step, platform, digest)
             key = keys.key_of(preimage)
-            return StepNode(key=key, fs_key=key, preimage=preimage, provisional=False, **common)
+            return [StepNode(key=key, fs_key=key, preimage=preimage, provisional=False, **common)]
         assert parent is not None
         assert parent_old is not None
         before = self._states[parent_old]
@@ -438,13 +445,14 @@ class _Keyer:
         self._states[old] = common["state"] = state
         if not isinstance(step, Run | Copy | Add | Workdir):
             preimage = keys.config_preimage(parent=parent.key, step=step, state=state)
-            return StepNode(
+            node = StepNode(
                 key=keys.key_of(preimage),
                 fs_key=parent.fs_key,
                 preimage=preimage,
                 provisional=provisional,
                 **common,
             )
+            return [node]
         structural_key: str | None = None
         trees: tuple[Tree, ...] = ()
         if isinstance(step, Run):
@@ -458,11 +466,13 @@ class _Keyer:
             preimage, structural_key, still_provisional = self._copy_from_stage(
                 step, before, parent, sources[0]
             )
-            provisional = (parent.provisional) or still_provisional
+            provisional = parent.provisional or still_provisional
+        elif isinstance(step, Copy) and step.layers is not None:
+            return self._layered_copy(step, before, parent, provisional, common)
         else:
             preimage, trees = self._copy_context(step, before, parent)
         key = keys.key_of(preimage)
-        return StepNode(
+        node = StepNode(
             key=key,
             fs_key=key,
             preimage=preimage,
@@ -471,6 +481,64 @@ class _Keyer:
             trees=trees,
             **common,
         )
+        return [node]
+
+    def _locus(self, label: str, position: int, part: str | None = None) -> str:
+        """A stable name for a step position, under which its history is kept."""
+        text = f"{self.project}\0{label}\0{position}" + ("" if part is None else f"\0{part}")
+        return blake3.blake3(text.encode()).hexdigest()
+
+    def _layered_copy(
+        self,
+        step: Copy,
+        state: BuildState,
+        parent: StepNode,
+        provisional: bool,
+        common: dict[str, Any],
+    ) -> list[StepNode]:
+        """One node per layer part. Each part's key depends on the filesystem below the COPY
+        and its own files only, so editing one file re-keys one part; the filesystem after
+        the COPY is keyed by all parts together."""
+        assert isinstance(step.source, ContextSource)
+        assert step.layers is not None
+        whole = self._tree(step.source, step.exclude, dest_is_dir=_dest_is_dir(step), step=step)
+        parts = partition_tree(whole, step.layers)
+        dest = state.resolve_path(step.dest)
+        below = None if step.link else parent.fs_key
+        nodes: list[StepNode] = []
+        first = common["index"]
+        for i, (name, tree) in enumerate(parts):
+            preimage = keys.copy_preimage(
+                kind="copy",
+                parent=below,
+                dest=dest,
+                chown=step.chown,
+                chmod=step.chmod,
+                exclude=step.exclude,
+                tree=tree.digest,
+            )
+            key = keys.key_of(preimage)
+            fields = {
+                **common,
+                "index": first + i,
+                "parent": common["parent"] if i == 0 else first + i - 1,
+                "locus": self._locus(common["stage"], common["position"], name),
+            }
+            nodes.append(
+                StepNode(
+                    key=key,
+                    fs_key=key,
+                    preimage=preimage,
+                    provisional=provisional,
+                    trees=(tree,),
+                    part=name,
+                    group=first,
+                    **fields,
+                )
+            )
+        joined = keys.key_of(keys.layers_preimage([n.key for n in nodes]))
+        nodes[-1] = attrs.evolve(nodes[-1], fs_key=joined)
+        return nodes
 
     def _run_preimage(
         self, step: Run, state: BuildState, parent: StepNode, sources: Sequence[StepNode]

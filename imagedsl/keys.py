@@ -190,6 +190,11 @@ def add_url_preimage(
     )
 
 
+def layers_preimage(parts: Sequence[str]) -> Preimage:
+    """The filesystem after a COPY split into layers: all its layers' keys, in order."""
+    return _preimage("layers", parts=list(parts))
+
+
 def workdir_preimage(*, parent: str, path: str, user: str) -> Preimage:
     """WORKDIR creates its directory (owned per USER), so it is a filesystem step."""
     return _preimage("workdir", parent=parent, path=path, user=user)

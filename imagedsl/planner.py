@@ -115,7 +115,8 @@ class PlannedStep:
             "location": None
             if location is None
             else {"file": location.file, "line": location.line},
-            "depends_on": [i for i in (self.node.parent, *self.node.sources) if i is not None],
+            "depends_on": list(self.node.deps),
+            "layer": self.node.part,
         }
 
 
@@ -151,14 +152,14 @@ class Plan:
         colours = {"hit": "palegreen", "miss": "salmon", "maybe": "khaki", "config": "lightgrey"}
         lines = ["digraph plan {", "  rankdir=LR;", '  node [shape=box, style="rounded,filled"];']
         for i, step in enumerate(self.steps):
-            label = f"{step.stage}[{step.index}] {step.instruction}\\n{step.status} {step.key[:12]}"
+            label = f"{step.stage}[{step.index}] {step.instruction}\n{step.status} {step.key[:12]}"
             lines.append(
                 f"  s{i} [label={json.dumps(label)}, fillcolor={colours[step.status.value]}];"
             )
         for i, step in enumerate(self.steps):
-            for dep in (step.node.parent, *step.node.sources):
-                if dep is not None:
-                    lines.append(f"  s{dep} -> s{i};")
+            parent = () if step.node.parent is None else (step.node.parent,)
+            for dep in sorted({*step.node.deps, *parent}):
+                lines.append(f"  s{dep} -> s{i};")
         lines.append("}")
         return "\n".join(lines) + "\n"
 
@@ -227,8 +228,10 @@ def _statuses(graph: BuildGraph, store: Store | None) -> tuple[PlannedStep, ...]
     rows: list[PlannedStep] = []
     for node in graph.nodes:
         instruction = describe(node.step, namer)
+        if node.part is not None:
+            instruction += f"  [layer {node.part}]"
         notes = _notes(node)
-        deps = [i for i in (node.parent, *node.sources) if i is not None]
+        deps = list(node.deps)
         if node.is_config:
             assert node.parent is not None
             effective.append(effective[node.parent])
@@ -265,13 +268,25 @@ def _statuses(graph: BuildGraph, store: Store | None) -> tuple[PlannedStep, ...]
         else:
             status = PlanStatus.MISS
             reasons = tuple(_explain(node, graph, store, rows, have_record=record is not None))
-        effective.append(status)
+        if node.group is not None and node.index != node.group:
+            # The filesystem after a layered COPY is a hit only if every layer is.
+            siblings = [rows[i].status for i in range(node.group, node.index)]
+            effective.append(_worst([*siblings, status]))
+        else:
+            effective.append(status)
         rows.append(
             PlannedStep(
                 node=node, instruction=instruction, status=status, reasons=reasons, notes=notes
             )
         )
     return tuple(rows)
+
+
+def _worst(statuses: Sequence[PlanStatus]) -> PlanStatus:
+    for status in (PlanStatus.MISS, PlanStatus.MAYBE):
+        if status in statuses:
+            return status
+    return PlanStatus.HIT
 
 
 def _get(store: Store | None, key: str) -> Record | None:
@@ -309,7 +324,7 @@ def _explain(
     have_record: bool,
 ) -> list[str]:
     if have_record:
-        upstream = _first_unbuilt(rows, [i for i in (node.parent, *node.sources) if i is not None])
+        upstream = _first_unbuilt(rows, node.deps)
         return [
             f"parent changed: {upstream} is not built"
             if upstream

@@ -359,6 +359,8 @@ class TmpfsMount:
 
 
 Mount: TypeAlias = CacheMount | SecretMount | BindMount | TmpfsMount
+#: How a COPY is split into layers: "auto", or ordered groups of .dockerignore-style patterns.
+LayerSpec: TypeAlias = str | tuple[tuple[str, ...], ...]
 NETWORK_MODES: Final = ("default", "none", "host")
 
 # -- steps -----------------------------------------------------------------------------------
@@ -408,6 +410,8 @@ class Copy:
     chmod: str | None = None
     link: bool = False
     exclude: tuple[str, ...] = ()
+    #: Split into several layers: "auto", or groups of patterns (the rest is one more layer).
+    layers: LayerSpec | None = None
     location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
 
 
@@ -690,8 +694,9 @@ class BuildState:
         """Return the state after ``step`` (the state is unchanged by filesystem steps)."""
         if isinstance(step, Env):
             env = dict(self.env)
+            before = self.variables  # one ENV expands every value with the values before it
             for name, value in step.items:
-                env[name] = expand(value, {**self.variables, **env})
+                env[name] = expand(value, before)
             return attrs.evolve(self, env=tuple(env.items()))
         if isinstance(step, Arg):
             args = dict(self.args)

@@ -1,0 +1,3 @@
+import imagedsl as dsl
+
+NAME = "nothing to build here"

@@ -1,0 +1,263 @@
+"""Context selection and tree digests: content decides, metadata never does."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import imagedsl as dsl
+from imagedsl.context import ContextHasher, partition_tree
+from imagedsl.errors import ContextError
+from imagedsl.ledger import Store
+from imagedsl.reporting import Reporter
+
+
+class CountingReporter(Reporter):
+    """Counts how many files each planning run had to read."""
+
+    def __init__(self) -> None:
+        self.files_read = 0
+
+    def hashing_started(self, root: str, files: int, total_bytes: int) -> None:
+        self.files_read += files
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` (relative path -> bytes) under ``root``."""
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def digest(source: dsl.ContextSource, store: Store | None = None, **kw: object) -> str:
+    """The tree digest of a selection, through a fresh hasher."""
+    hasher = ContextHasher(store, Reporter())
+    tree = hasher.tree(source, **kw)  # type: ignore[arg-type]
+    hasher.save()
+    return tree.digest
+
+
+@pytest.fixture(name="project")
+def fixture_project(tmp_path: Path) -> Path:
+    """A small context with nested directories."""
+    root = tmp_path / "project"
+    write_tree(
+        root,
+        {
+            "requirements.txt": b"flask\n",
+            "app/main.py": b"print('hi')\n",
+            "app/util/helpers.py": b"X = 1\n",
+            "app/__pycache__/main.cpython-311.pyc": b"\x00\x01",
+            "README.md": b"# readme\n",
+        },
+    )
+    return root
+
+
+def test_rewrite_with_same_size_and_restored_mtime_changes_the_digest(
+    project: Path, tmp_path: Path
+) -> None:
+    """Same size and the old mtime put back: the content still decides (ctime moved)."""
+    store = Store(tmp_path / "store")
+    src = dsl.context(project).dir("app")
+    before = digest(src, store)
+    path = project / "app/main.py"
+    stat = path.stat()
+    path.write_bytes(b"print('ho')\n")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
+    assert path.stat().st_mtime_ns == stat.st_mtime_ns
+    assert digest(src, store) != before
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda p: os.utime(p, ns=(1, 1)), id="mtime-and-atime"),
+        pytest.param(lambda p: os.chown(p, 12345, 54321), id="owner"),
+        pytest.param(lambda p: os.chmod(p, 0o600), id="umask-like-mode"),
+        pytest.param(lambda p: p.write_bytes(p.read_bytes()), id="rewrite-same-bytes"),
+    ],
+)
+def test_metadata_only_changes_keep_the_digest(
+    project: Path, tmp_path: Path, change: object
+) -> None:
+    """mtime, atime, owner and non-execute mode bits never enter a tree digest."""
+    store = Store(tmp_path / "store")
+    src = dsl.context(project).as_source()
+    before = digest(src, store)
+    change(project / "app/main.py")  # type: ignore[operator]
+    assert digest(src, store) == before
+
+
+def test_execute_bit_is_content(project: Path) -> None:
+    """Making a file executable changes what a container sees, so it changes the digest."""
+    src = dsl.context(project).as_source()
+    before = digest(src)
+    (project / "app/main.py").chmod(0o755)
+    assert digest(src) != before
+
+
+def test_checkout_directory_does_not_matter(project: Path, tmp_path: Path) -> None:
+    """Two checkouts of the same files in different places have one digest."""
+    other = tmp_path / "elsewhere" / "deeper"
+    write_tree(other, {str(p.relative_to(project)): p.read_bytes() for p in project.rglob("*") if p.is_file()})
+    assert digest(dsl.context(project).as_source()) == digest(dsl.context(other).as_source())
+
+
+def test_stat_cache_skips_rereading_unchanged_files(project: Path, tmp_path: Path) -> None:
+    """A second run reads no file; after an edit it reads exactly that file."""
+    store = Store(tmp_path / "store")
+    src = dsl.context(project).as_source()
+    # Files changed within the last moment are "racily clean" and never trusted; let them age.
+    time.sleep(0.1)
+    first, second, third = CountingReporter(), CountingReporter(), CountingReporter()
+    for reporter in (first, second):
+        hasher = ContextHasher(store, reporter)
+        hasher.tree(src)
+        hasher.save()
+    assert first.files_read == 5
+    assert second.files_read == 0
+    (project / "README.md").write_bytes(b"# changed\n")
+    time.sleep(0.1)
+    hasher = ContextHasher(store, third)
+    hasher.tree(src)
+    assert third.files_read == 1
+
+
+def test_racily_clean_files_are_always_reread(project: Path, tmp_path: Path) -> None:
+    """A file modified just before a scan is not trusted from the stat cache next time."""
+    store = Store(tmp_path / "store")
+    src = dsl.context(project).file("README.md")
+    for _ in range(2):
+        reporter = CountingReporter()
+        hasher = ContextHasher(store, reporter)
+        hasher.tree(src, dest_is_dir=False)
+        hasher.save()
+        assert reporter.files_read == 1
+
+
+def test_ignore_patterns_and_dockerignore(project: Path) -> None:
+    """Ignore rules (with ``!`` exceptions) decide what a whole-context COPY selects."""
+    (project / ".dockerignore").write_text("**/__pycache__\n*.md\n!README.md\n")
+    hasher = ContextHasher(None, Reporter())
+    tree = hasher.tree(dsl.context(project, dockerignore=True, ignore=["app/util"]).as_source())
+    assert sorted(e.placed for e in tree.entries) == [
+        ".dockerignore",
+        "README.md",
+        "app",
+        "app/main.py",
+        "requirements.txt",
+    ]
+
+
+def test_an_ignored_file_added_does_not_change_the_digest(project: Path) -> None:
+    """Adding a file that the ignore rules exclude keeps the key."""
+    src = dsl.context(project, ignore=["*.log"]).as_source()
+    before = digest(src)
+    (project / "debug.log").write_text("noise")
+    assert digest(src) == before
+
+
+def test_placement_follows_docker_copy_rules(project: Path) -> None:
+    """A file lands by name in a dest dir, at the dest itself otherwise; a dir copies contents."""
+    src = dsl.context(project)
+    hasher = ContextHasher(None, Reporter())
+    as_file = hasher.tree(src.file("requirements.txt"), dest_is_dir=False)
+    into_dir = hasher.tree(src.file("requirements.txt"), dest_is_dir=True)
+    contents = hasher.tree(src.dir("app"), dest_is_dir=False)
+    assert [e.placed for e in as_file.entries] == ["."]
+    assert [e.placed for e in into_dir.entries] == ["requirements.txt"]
+    assert "util/helpers.py" in {e.placed for e in contents.entries}
+    assert "app/main.py" in {e.source for e in contents.entries}
+
+
+def test_glob_selects_like_copy(project: Path) -> None:
+    """A glob matches within one directory level, as Go's filepath.Match does."""
+    write_tree(project, {"a.txt": b"a", "b.txt": b"b", "sub/c.txt": b"c"})
+    tree = ContextHasher(None, Reporter()).tree(dsl.context(project).glob("*.txt"))
+    assert sorted(e.placed for e in tree.entries) == ["a.txt", "b.txt", "requirements.txt"]
+
+
+def test_missing_paths_are_named(project: Path) -> None:
+    """Selecting paths that do not exist (or are ignored) names each of them."""
+    src = dsl.context(project, ignore=["README.md"]).select("nope.txt", "README.md", "app")
+    with pytest.raises(ContextError) as caught:
+        ContextHasher(None, Reporter()).tree(src)
+    assert caught.value.missing == ("nope.txt", "README.md")
+
+
+def test_symlinks_are_kept_not_followed(project: Path) -> None:
+    """A symlink is hashed by its target string, never by what it points to."""
+    (project / "link").symlink_to("app/main.py")
+    src = dsl.context(project).as_source()
+    before = digest(src)
+    (project / "app/main.py").write_text("changed = True\n")
+    tree = ContextHasher(None, Reporter()).tree(src)
+    link = next(e for e in tree.entries if e.placed == "link")
+    assert link.type == "symlink"
+    (project / "link").unlink()
+    (project / "link").symlink_to("README.md")
+    assert digest(src) != before
+
+
+def test_paths_cannot_leave_the_context(project: Path) -> None:
+    """A selection that climbs out of the context is refused where it is written."""
+    with pytest.raises(dsl.StepArgumentError) as caught:
+        dsl.context(project).file("../secret.txt")
+    assert caught.value.argument == "path"
+
+
+def test_auto_layers_isolate_an_edit(tmp_path: Path) -> None:
+    """With layers="auto", editing one small file changes one layer part only."""
+    files = {f"src/m{i}.py": os.urandom(40_000) for i in range(600)}
+    files["requirements.txt"] = b"flask\n"
+    files["model.bin"] = os.urandom(2 << 20)
+    write_tree(tmp_path / "p", files)
+    src = dsl.context(tmp_path / "p").as_source()
+    hasher = ContextHasher(None, Reporter())
+    before = dict(partition_tree(hasher.tree(src), "auto"))
+    (tmp_path / "p/src/m7.py").write_bytes(os.urandom(40_000))
+    after = dict(partition_tree(ContextHasher(None, Reporter()).tree(src), "auto"))
+    assert set(before) == set(after)
+    assert {"manifests", "large-0"} <= set(before)
+    assert len(before) > 3
+    changed = [name for name in before if before[name].digest != after[name].digest]
+    assert len(changed) == 1
+    assert changed[0].startswith("files-")
+
+
+FILES = st.dictionaries(
+    st.from_regex(r"[a-z]{1,6}(/[a-z]{1,6}){0,2}\.txt", fullmatch=True),
+    st.binary(max_size=64),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(files=FILES, data=st.data())
+def test_any_content_change_changes_the_digest(
+    tmp_path_factory: pytest.TempPathFactory, files: dict[str, bytes], data: st.DataObject
+) -> None:
+    """Flipping a byte (same size) of any file changes the digest; rewriting it doesn't."""
+    root = tmp_path_factory.mktemp("ctx")
+    paths = sorted(files)
+    if any(a != b and b.startswith(a.removesuffix(".txt") + "/") for a in paths for b in paths):
+        return  # a file and a directory of one name cannot both exist
+    write_tree(root, files)
+    src = dsl.context(root).as_source()
+    before = digest(src)
+    name = data.draw(st.sampled_from(paths))
+    content = files[name] or b"\x00"
+    flipped = bytes([content[0] ^ 0xFF]) + content[1:]
+    (root / name).write_bytes(flipped)
+    assert digest(src) != before
+    (root / name).write_bytes(files[name])
+    assert digest(src) == before

@@ -1,0 +1,229 @@
+"""The DSL: immutable stages, every instruction, and arguments refused where they are written."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+import pytest
+
+import imagedsl as dsl
+from imagedsl.steps import (
+    BuildState,
+    Copy,
+    Env,
+    ExpansionError,
+    Healthcheck,
+    Run,
+    describe,
+    expand,
+    parse_reference,
+)
+
+BASE = dsl.image("alpine:3.20")
+
+
+def test_stages_are_immutable_and_share_prefixes() -> None:
+    """Each method returns a new stage; the old one is unchanged and is the new one's prefix."""
+    one = BASE.env(A="1")
+    two = one.run("true")
+    three = one.run("false")
+    assert len(one) == 2
+    assert two.parent is one
+    assert three.parent is one
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        one.step = Env(items=(("B", "2"),))  # type: ignore[misc]
+
+
+def test_equal_descriptions_are_equal_values() -> None:
+    """Stages described the same way compare and hash equal, whatever line made them."""
+    assert BASE.env(A="1").run("x") == dsl.image("docker.io/library/alpine:3.20").env(
+        {"A": "1"}
+    ).run("x")
+    assert hash(BASE.run("x")) == hash(dsl.image("alpine:3.20").run("x"))
+
+
+def test_every_instruction_has_a_step(tmp_path: Path) -> None:
+    """Each Dockerfile instruction is a method (or constructor) and describes itself."""
+    (tmp_path / "a.tar").write_bytes(b"")
+    src = dsl.context(tmp_path)
+    builder = dsl.image("golang:1.22", platform="linux/arm64").run(["go", "build", "-o", "/out/x"])
+    stage = (
+        dsl.scratch()
+        .arg("VERSION", default="1.0")
+        .env(PATH="/bin")
+        .workdir("/app")
+        .user("app:app")
+        .label({"org.opencontainers.image.source": "https://example.com"})
+        .expose(8080, "53/udp")
+        .volume("/data")
+        .copy(builder.path("/out/x"), "/x", chown="1:1", chmod=0o755, link=True)
+        .add(src.file("a.tar"), "/opt/")
+        .add(dsl.url("https://example.com/f", checksum="sha256:" + "0" * 64), "/f")
+        .shell("/bin/bash", "-c")
+        .run(
+            "make",
+            mounts=[
+                dsl.cache("/root/.cache", sharing="locked"),
+                dsl.secret("token", env="TOKEN"),
+                dsl.bind(src, "/src"),
+                dsl.tmpfs("/tmp", size=1 << 20),
+            ],
+            network="none",
+        )
+        .healthcheck("curl", "-f", "http://localhost/", interval=30, retries=3)
+        .stopsignal("TERM")
+        .entrypoint("/x")
+        .cmd("--help")
+    )
+    described = [describe(step) for step in stage]
+    assert described[0] == "FROM scratch"
+    assert "ARG VERSION=1.0" in described
+    assert "EXPOSE 8080/tcp 53/udp" in described
+    assert "STOPSIGNAL SIGTERM" in described
+    assert 'ENTRYPOINT ["/x"]' in described
+    assert described[-1] == 'CMD ["--help"]'
+    assert any(d.startswith("COPY --from=") for d in described)
+    kinds = {step.kind for step in stage}
+    assert kinds >= {
+        "scratch", "arg", "env", "workdir", "user", "label", "expose", "volume", "copy",
+        "add", "shell", "run", "healthcheck", "stopsignal", "entrypoint", "cmd",
+    }  # fmt: skip
+
+
+def test_run_forms() -> None:
+    """A string is shell form; a list is exec form."""
+    shell = BASE.run("echo $HOME").step
+    exec_form = BASE.run(["echo", "$HOME"]).step
+    assert isinstance(shell, Run)
+    assert isinstance(exec_form, Run)
+    assert shell.shell_form
+    assert not exec_form.shell_form
+
+
+def test_healthcheck_none() -> None:
+    """healthcheck(None) disables an inherited check."""
+    step = BASE.healthcheck(None).step
+    assert isinstance(step, Healthcheck)
+    assert step.test is None
+    assert describe(step) == "HEALTHCHECK NONE"
+
+
+BAD_ARGUMENTS: list[object] = [
+    pytest.param(lambda: BASE.run(42), "command", id="run-not-str"),
+    pytest.param(lambda: BASE.run([]), "command", id="run-empty-list"),
+    pytest.param(lambda: BASE.run("x", network="bridge"), "network", id="run-network"),
+    pytest.param(lambda: BASE.run("x", mounts=["/cache"]), "mounts[0]", id="run-mount-type"),
+    pytest.param(
+        lambda: BASE.run("x", mounts=[dsl.tmpfs("/t"), dsl.tmpfs("/t")]),
+        "mounts[1]",
+        id="run-mount-twice",
+    ),
+    pytest.param(lambda: BASE.env(), "values", id="env-empty"),
+    pytest.param(lambda: BASE.env({"1BAD": "x"}), "name", id="env-name"),
+    pytest.param(lambda: BASE.env(A=1), "A", id="env-value-type"),
+    pytest.param(lambda: BASE.expose("http"), "ports", id="expose-name"),
+    pytest.param(lambda: BASE.expose(70000), "ports", id="expose-range"),
+    pytest.param(lambda: BASE.volume("data"), "paths", id="volume-relative"),
+    pytest.param(lambda: BASE.user("a b"), "user", id="user-space"),
+    pytest.param(lambda: BASE.copy("file.txt", "/x"), "source", id="copy-str-source"),
+    pytest.param(
+        lambda: BASE.copy(BASE.path("/x"), "/y", chmod="u+x"), "chmod", id="copy-chmod"
+    ),
+    pytest.param(lambda: BASE.copy(BASE, "/y", link="yes"), "link", id="copy-link-type"),
+    pytest.param(
+        lambda: BASE.copy(BASE.path("/x"), "/y", layers="auto"), "layers", id="copy-layers-stage"
+    ),
+    pytest.param(lambda: BASE.stopsignal("sig term"), "signal", id="stopsignal"),
+    pytest.param(lambda: BASE.healthcheck("x", interval="soon"), "interval", id="health-interval"),
+    pytest.param(lambda: BASE.cmd("a", "b", shell=True), "command", id="cmd-shell-two"),
+    pytest.param(lambda: dsl.image("Bad Name"), "ref", id="image-ref"),
+    pytest.param(lambda: dsl.image("alpine@sha256:12"), "ref", id="image-digest"),
+    pytest.param(lambda: dsl.image("alpine", platform="amd64"), "platform", id="image-platform"),
+    pytest.param(lambda: dsl.cache("relative"), "target", id="cache-target"),
+    pytest.param(lambda: dsl.cache("/c", sharing="public"), "sharing", id="cache-sharing"),
+    pytest.param(lambda: dsl.cache("/c", uid=-1), "uid", id="cache-uid"),
+    pytest.param(lambda: dsl.secret("s", env="1X"), "env", id="secret-env"),
+    pytest.param(lambda: dsl.url("ftp://x/y", checksum="sha256:" + "0" * 64), "url", id="url"),
+    pytest.param(lambda: dsl.url("https://x/y", checksum="md5:0"), "checksum", id="checksum"),
+    pytest.param(lambda: dsl.context(".", ignore=["[a"]), None, id="context-bad-pattern"),
+    pytest.param(lambda: dsl.stage("no spaces"), "name", id="stage-name"),
+    pytest.param(lambda: dsl.targets(), "stages", id="targets-empty"),
+]
+
+
+@pytest.mark.parametrize(("make", "argument"), BAD_ARGUMENTS)
+def test_bad_arguments_are_refused_with_the_argument_named(
+    make: Callable[[], object], argument: str | None
+) -> None:
+    """Wrong types and impossible values fail when the step is made, naming the argument."""
+    with pytest.raises((dsl.StepArgumentError, ValueError)) as caught:
+        make()
+    if argument is not None:
+        assert isinstance(caught.value, dsl.StepArgumentError)
+        assert caught.value.argument == argument
+        assert caught.value.location is not None
+        assert caught.value.location.file == __file__
+
+
+def test_references_normalise_like_docker() -> None:
+    """Short names expand to docker.io/library and get :latest; registries keep their host."""
+    assert str(parse_reference("alpine")) == "docker.io/library/alpine:latest"
+    assert str(parse_reference("localhost:5000/team/app:1")) == "localhost:5000/team/app:1"
+    assert parse_reference("ghcr.io/o/r@sha256:" + "a" * 64).tag is None
+    local = parse_reference("oci:/tmp/layout:v1")
+    assert (local.transport, local.name, local.tag) == ("oci", "/tmp/layout", "v1")
+    assert parse_reference("docker-daemon:busybox").tag == "latest"
+
+
+@pytest.mark.parametrize(
+    ("word", "expected"),
+    [
+        pytest.param("$A/x", "1/x", id="bare"),
+        pytest.param("${A}y", "1y", id="braced"),
+        pytest.param("${MISSING:-d}", "d", id="default"),
+        pytest.param("${A:+alt}", "alt", id="alternative"),
+        pytest.param("${MISSING:+alt}", "", id="alternative-unset"),
+        pytest.param("\\$A", "$A", id="escaped"),
+        pytest.param("${EMPTY:-d}", "d", id="empty-default"),
+        pytest.param("${EMPTY-d}", "", id="empty-set"),
+    ],
+)
+def test_variable_expansion(word: str, expected: str) -> None:
+    """$VAR forms expand as the Dockerfile frontend expands them."""
+    assert expand(word, {"A": "1", "EMPTY": ""}) == expected
+
+
+def test_required_variable_error() -> None:
+    """${VAR:?message} on an unset variable is an error carrying the message."""
+    with pytest.raises(ExpansionError) as caught:
+        expand("${NOPE:?must be set}", {})
+    assert caught.value.problem == "must be set"
+
+
+def test_state_follows_dockerfile_scoping() -> None:
+    """ENV beats ARG of one name; --build-arg overrides a default; WORKDIR resolves relatively."""
+    stage = (
+        BASE.arg("V", default="1")
+        .env(V="env", P="${V}")
+        .workdir("/a")
+        .workdir("b")
+        .arg("W")
+    )
+    state = BuildState()
+    for step in stage.steps()[1:]:
+        state = state.apply(step, {"V": "override"})
+    assert state.variables["V"] == "env"
+    assert dict(state.env)["P"] == "override"
+    assert state.workdir == "/a/b"
+    assert "W" not in state.variables  # declared, no default, not given
+
+
+def test_copy_records_where_it_was_written(tmp_path: Path) -> None:
+    """Every step carries the build-file line that made it (not part of its identity)."""
+    (tmp_path / "f").write_text("x")
+    step = BASE.copy(dsl.context(tmp_path).file("f"), "/f").step
+    assert isinstance(step, Copy)
+    assert step.location is not None
+    assert step.location.file == __file__

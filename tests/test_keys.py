@@ -1,0 +1,164 @@
+"""Cache keys: canonical preimages, and the properties every key must have."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import imagedsl as dsl
+from imagedsl import keys
+
+NAMES = st.sampled_from(["A", "B", "PATH", "HOME", "LANG", "X_1"])
+SAFE_TEXT = st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))
+VALUES = st.text(SAFE_TEXT, max_size=12)
+COMMANDS = st.text(SAFE_TEXT, min_size=1, max_size=20)
+
+
+@attrs.frozen
+class Spec:
+    """A small build, described by plain data so Hypothesis can vary one input at a time."""
+
+    tag: str
+    env: tuple[tuple[str, str], ...]
+    workdir: str
+    user: str
+    commands: tuple[str, ...]
+    network: str
+
+    def stage(self) -> dsl.Stage:
+        stage = dsl.image(f"alpine:{self.tag}")
+        if self.env:
+            stage = stage.env(dict(self.env))
+        stage = stage.workdir(self.workdir).user(self.user)
+        for command in self.commands:
+            stage = stage.run(command, network=self.network)
+        return stage
+
+
+SPECS = st.builds(
+    Spec,
+    tag=st.sampled_from(["3.19", "3.20", "edge"]),
+    env=st.dictionaries(NAMES, VALUES, max_size=3).map(lambda d: tuple(d.items())),
+    workdir=st.sampled_from(["/", "/app", "/srv/app"]),
+    user=st.sampled_from(["root", "1000", "app:app"]),
+    commands=st.lists(COMMANDS, min_size=1, max_size=3).map(tuple),
+    network=st.sampled_from(["default", "none"]),
+)
+
+
+def keys_of(stage: dsl.Stage) -> list[str]:
+    """Every step key of a stage, in plan order, with no store."""
+    return [step.key for step in dsl.plan(stage).steps]
+
+
+def test_canonical_form_ignores_insertion_order() -> None:
+    """Two preimages with the same items in different order have one byte form."""
+    first: dict[str, Any] = {"b": 1, "a": {"y": [1, 2], "x": None}}
+    second: dict[str, Any] = {"a": {"x": None, "y": [1, 2]}, "b": 1}
+    assert keys.canonical(first) == keys.canonical(second)
+    assert keys.key_of(first) == keys.key_of(second)
+
+
+def test_key_is_64_lowercase_hex_and_versioned() -> None:
+    """Keys are 64 hex digits, and every preimage carries the key format version."""
+    step = dsl.plan(dsl.scratch()).steps[0]
+    assert keys.is_key(step.key)
+    assert step.node.preimage["v"] == keys.KEY_VERSION
+
+
+@given(SPECS)
+def test_equal_specs_give_equal_keys(spec: Spec) -> None:
+    """Building the same spec twice gives identical keys for every step."""
+    assert keys_of(spec.stage()) == keys_of(spec.stage())
+
+
+MUTATIONS = {
+    "tag": lambda s: attrs.evolve(s, tag=s.tag + "-other"),
+    "env": lambda s: attrs.evolve(s, env=(*s.env, ("ZZ_EXTRA", "1"))),
+    "env-value": lambda s: attrs.evolve(
+        s, env=(("CHANGED", "a"),) if not s.env else ((s.env[0][0], s.env[0][1] + "x"), *s.env[1:])
+    ),
+    "workdir": lambda s: attrs.evolve(s, workdir=s.workdir.rstrip("/") + "/sub"),
+    "user": lambda s: attrs.evolve(s, user="nobody"),
+    "command": lambda s: attrs.evolve(s, commands=(s.commands[0] + " ", *s.commands[1:])),
+    "network": lambda s: attrs.evolve(
+        s, network="none" if s.network == "default" else "default"
+    ),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+@given(spec=SPECS)
+def test_any_single_input_change_changes_the_run_key(spec: Spec, mutation: str) -> None:
+    """Changing any one input a RUN can observe gives the final RUN a different key."""
+    changed = MUTATIONS[mutation](spec)
+    assert keys_of(spec.stage())[-1] != keys_of(changed.stage())[-1]
+
+
+def test_env_change_keeps_copy_and_workdir_keys(tmp_path: Any) -> None:
+    """ENV is config: later COPY and WORKDIR keys do not move, RUN keys do (as in BuildKit)."""
+    (tmp_path / "f.txt").write_text("x")
+    src = dsl.context(tmp_path)
+
+    def build(value: str) -> list[str]:
+        stage = (
+            dsl.image("alpine:3.20")
+            .env(MODE=value)
+            .workdir("/w")
+            .copy(src.file("f.txt"), "/w/")
+            .run("true")
+        )
+        return keys_of(stage)
+
+    first, second = build("a"), build("b")
+    assert first[0] == second[0]  # FROM
+    assert first[1] != second[1]  # ENV itself
+    assert first[2:4] == second[2:4]  # WORKDIR, COPY
+    assert first[4] != second[4]  # RUN sees the environment
+
+
+def test_pinned_digest_replaces_the_tag_in_the_key() -> None:
+    """With a digest, retagging the same manifest keeps the key; the digest decides."""
+    digest = "sha256:" + "a" * 64
+    one = keys_of(dsl.image(f"alpine:3.20@{digest}"))
+    other = keys_of(dsl.image(f"alpine:latest@{digest}"))
+    moved = keys_of(dsl.image(f"alpine:3.20@sha256:{'b' * 64}"))
+    assert one == other
+    assert one != moved
+
+
+def test_secret_mount_keys_hold_the_id_but_no_value() -> None:
+    """A secret mount enters the key by id and options only; there is no value to hash."""
+    stage = dsl.image("alpine:3.20").run(
+        "cat /run/secrets/token", mounts=[dsl.secret("token", required=True)]
+    )
+    preimage = dsl.plan(stage).steps[-1].node.preimage
+    assert preimage["mounts"] == [
+        {
+            "type": "secret",
+            "id": "token",
+            "target": "/run/secrets/token",
+            "env": None,
+            "required": True,
+            "mode": 0o400,
+            "uid": 0,
+            "gid": 0,
+        }
+    ]
+    assert "value" not in json.dumps(preimage)
+
+
+def test_cache_mount_id_changes_key_but_contents_cannot() -> None:
+    """Cache mounts key by their spec; there is no field for their contents."""
+    base = dsl.image("alpine:3.20")
+    one = keys_of(base.run("make", mounts=[dsl.cache("/c", id="a")]))
+    two = keys_of(base.run("make", mounts=[dsl.cache("/c", id="b")]))
+    assert one[-1] != two[-1]
+    assert set(dsl.plan(base.run("make", mounts=[dsl.cache("/c")])).steps[-1].node.preimage["mounts"][0]) == {
+        "type", "target", "id", "sharing", "mode", "uid", "gid", "readonly"
+    }  # fmt: skip
