@@ -338,21 +338,24 @@ def _read_analysis(text: str | None, size: int) -> tuple[list[int], list[int]] |
 def _cycle_error(
     structure: _Structure, members: Sequence[int], labels: Mapping[Stage, tuple[str, int]]
 ) -> CycleError:
-    """Name a cycle by the stages whose chains carry it (a chain has no inner cycle)."""
+    """Name a cycle by the stages whose chains carry it, starting from the first-named one,
+    located at the step of that stage that reaches into the next (a COPY --from or bind)."""
     names: list[str] = []
-    location = None
+    reaching: dict[str, SourceLocation | None] = {}
     for member in members:
         stage = structure.stages[member]
-        step = stage.step
-        if isinstance(step, Copy | Run) and location is None:
-            location = step.location
         name = labels[stage][0]
+        if isinstance(stage.step, Copy | Run) and name not in reaching:
+            reaching[name] = stage.step.location
         if not names or names[-1] != name:
             names.append(name)
     if len(names) > 1 and names[0] == names[-1]:
         names.pop()
+    start = names.index(min(names))
+    names = names[start:] + names[:start]
     error = CycleError(names)
-    return error.with_location(location)  # type: ignore[return-value]
+    error.with_location(reaching.get(names[0]))
+    return error
 
 
 # -- stage labels ------------------------------------------------------------------------------
@@ -370,7 +373,7 @@ def _stage_labels(
             if member in wanted and member not in labels:
                 labels[member] = (name, position)
     anonymous = 0
-    for stage in stages:
+    for stage in reversed(stages):  # dependents first, so one label covers a whole chain
         if stage in labels:
             continue
         anonymous += 1

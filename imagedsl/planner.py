@@ -207,7 +207,7 @@ def plan(
     return Plan(buildfile=buildfile, target=target, steps=steps, graph=graph)
 
 
-def _unpinned(step: FromImage, platform: str) -> None:  # noqa: ARG001 - a BaseResolver
+def _unpinned(step: FromImage, platform: str) -> None:
     """The default base resolver: only digests written in the reference pin a base."""
 
 
@@ -267,7 +267,7 @@ def _statuses(graph: BuildGraph, store: Store | None) -> tuple[PlannedStep, ...]
             status, reasons = PlanStatus.HIT, tuple[str, ...]()
         else:
             status = PlanStatus.MISS
-            reasons = tuple(_explain(node, graph, store, rows, have_record=record is not None))
+            reasons = tuple(_explain(node, store, rows, have_record=record is not None))
         if node.group is not None and node.index != node.group:
             # The filesystem after a layered COPY is a hit only if every layer is.
             siblings = [rows[i].status for i in range(node.group, node.index)]
@@ -317,7 +317,6 @@ def _first_unbuilt(rows: Sequence[PlannedStep], deps: Iterable[int]) -> str | No
 
 def _explain(
     node: StepNode,
-    graph: BuildGraph,
     store: Store | None,
     rows: Sequence[PlannedStep],
     *,
@@ -334,11 +333,11 @@ def _explain(
         earlier = _closest(node, store)
         if earlier is None:
             return ["base image not used before"]
-        return _diff(earlier.preimage, node, graph, store, rows) or ["base image not used before"]
+        return _diff(earlier.preimage, node, store, rows) or ["base image not used before"]
     earlier = _closest(node, store)
     if earlier is None:
         return ["no earlier build of this step"]
-    return _diff(earlier.preimage, node, graph, store, rows) or ["no earlier build of this step"]
+    return _diff(earlier.preimage, node, store, rows) or ["no earlier build of this step"]
 
 
 def _closest(node: StepNode, store: Store | None) -> Record | None:
@@ -365,7 +364,6 @@ def _closest(node: StepNode, store: Store | None) -> Record | None:
 def _diff(
     old: keys.Preimage,
     node: StepNode,
-    graph: BuildGraph,
     store: Store | None,
     rows: Sequence[PlannedStep],
 ) -> list[str]:
@@ -376,7 +374,7 @@ def _diff(
         if before == after or field in ("v", "kind"):
             continue
         if field == "parent":
-            reasons.append(_parent_reason(node, graph, rows))
+            reasons.append(_parent_reason(node, rows))
         elif field == "tree":
             reasons.extend(_tree_reasons(before, node, store))
         elif field in ("env", "args"):
@@ -402,7 +400,7 @@ def _field_order(field: str) -> tuple[int, str]:
     return (first.index(field) if field in first else len(first), field)
 
 
-def _parent_reason(node: StepNode, graph: BuildGraph, rows: Sequence[PlannedStep]) -> str:
+def _parent_reason(node: StepNode, rows: Sequence[PlannedStep]) -> str:
     parent = node.parent
     while parent is not None and rows[parent].status is PlanStatus.CONFIG:
         parent = rows[parent].node.parent

@@ -23,7 +23,7 @@ class CountingReporter(Reporter):
     def __init__(self) -> None:
         self.files_read = 0
 
-    def hashing_started(self, root: str, files: int, total_bytes: int) -> None:
+    def hashing_started(self, root: str, files: int, total_bytes: int) -> None:  # noqa: ARG002
         self.files_read += files
 
 
@@ -107,7 +107,10 @@ def test_execute_bit_is_content(project: Path) -> None:
 def test_checkout_directory_does_not_matter(project: Path, tmp_path: Path) -> None:
     """Two checkouts of the same files in different places have one digest."""
     other = tmp_path / "elsewhere" / "deeper"
-    write_tree(other, {str(p.relative_to(project)): p.read_bytes() for p in project.rglob("*") if p.is_file()})
+    write_tree(
+        other,
+        {str(p.relative_to(project)): p.read_bytes() for p in project.rglob("*") if p.is_file()},
+    )
     assert digest(dsl.context(project).as_source()) == digest(dsl.context(other).as_source())
 
 
@@ -241,7 +244,9 @@ FILES = st.dictionaries(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(files=FILES, data=st.data())
 def test_any_content_change_changes_the_digest(
     tmp_path_factory: pytest.TempPathFactory, files: dict[str, bytes], data: st.DataObject

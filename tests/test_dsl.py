@@ -111,10 +111,10 @@ def test_healthcheck_none() -> None:
 
 
 BAD_ARGUMENTS: list[object] = [
-    pytest.param(lambda: BASE.run(42), "command", id="run-not-str"),
+    pytest.param(lambda: BASE.run(42), "command", id="run-not-str"),  # type: ignore[arg-type]
     pytest.param(lambda: BASE.run([]), "command", id="run-empty-list"),
     pytest.param(lambda: BASE.run("x", network="bridge"), "network", id="run-network"),
-    pytest.param(lambda: BASE.run("x", mounts=["/cache"]), "mounts[0]", id="run-mount-type"),
+    pytest.param(lambda: BASE.run("x", mounts=["/cache"]), "mounts[0]", id="run-mount-type"),  # type: ignore[list-item]
     pytest.param(
         lambda: BASE.run("x", mounts=[dsl.tmpfs("/t"), dsl.tmpfs("/t")]),
         "mounts[1]",
@@ -122,16 +122,14 @@ BAD_ARGUMENTS: list[object] = [
     ),
     pytest.param(lambda: BASE.env(), "values", id="env-empty"),
     pytest.param(lambda: BASE.env({"1BAD": "x"}), "name", id="env-name"),
-    pytest.param(lambda: BASE.env(A=1), "A", id="env-value-type"),
+    pytest.param(lambda: BASE.env(A=1), "A", id="env-value-type"),  # type: ignore[arg-type]
     pytest.param(lambda: BASE.expose("http"), "ports", id="expose-name"),
     pytest.param(lambda: BASE.expose(70000), "ports", id="expose-range"),
     pytest.param(lambda: BASE.volume("data"), "paths", id="volume-relative"),
     pytest.param(lambda: BASE.user("a b"), "user", id="user-space"),
-    pytest.param(lambda: BASE.copy("file.txt", "/x"), "source", id="copy-str-source"),
-    pytest.param(
-        lambda: BASE.copy(BASE.path("/x"), "/y", chmod="u+x"), "chmod", id="copy-chmod"
-    ),
-    pytest.param(lambda: BASE.copy(BASE, "/y", link="yes"), "link", id="copy-link-type"),
+    pytest.param(lambda: BASE.copy("file.txt", "/x"), "source", id="copy-str-source"),  # type: ignore[arg-type]
+    pytest.param(lambda: BASE.copy(BASE.path("/x"), "/y", chmod="u+x"), "chmod", id="copy-chmod"),
+    pytest.param(lambda: BASE.copy(BASE, "/y", link="yes"), "link", id="copy-link-type"),  # type: ignore[arg-type]
     pytest.param(
         lambda: BASE.copy(BASE.path("/x"), "/y", layers="auto"), "layers", id="copy-layers-stage"
     ),
@@ -204,13 +202,7 @@ def test_required_variable_error() -> None:
 
 def test_state_follows_dockerfile_scoping() -> None:
     """ENV beats ARG of one name; --build-arg overrides a default; WORKDIR resolves relatively."""
-    stage = (
-        BASE.arg("V", default="1")
-        .env(V="env", P="${V}")
-        .workdir("/a")
-        .workdir("b")
-        .arg("W")
-    )
+    stage = BASE.arg("V", default="1").env(V="env", P="${V}").workdir("/a").workdir("b").arg("W")
     state = BuildState()
     for step in stage.steps()[1:]:
         state = state.apply(step, {"V": "override"})

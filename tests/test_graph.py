@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import imagedsl as dsl
-from imagedsl.loader import load_buildfile
 from imagedsl.ledger import Store
+from imagedsl.loader import load_buildfile
 
 RESOURCES = Path(__file__).parent / "resources"
 
@@ -30,7 +30,6 @@ def test_shared_prefix_is_one_node_per_step(project: dsl.BuildFile) -> None:
     app = project.plan("app")
     test = project.plan("test")
     app_keys = [s.key for s in app.steps]
-    test_keys = [s.key for s in test.steps]
     assert len(app_keys) == len(set(app_keys))
     shared = [s.key for s in app.steps if s.stage in ("base", "deps")]
     assert shared == [s.key for s in test.steps if s.stage in ("base", "deps")]

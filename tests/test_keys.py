@@ -14,7 +14,7 @@ import imagedsl as dsl
 from imagedsl import keys
 
 NAMES = st.sampled_from(["A", "B", "PATH", "HOME", "LANG", "X_1"])
-SAFE_TEXT = st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))
+SAFE_TEXT = st.characters(blacklist_characters="\x00", blacklist_categories=["Cs"])
 VALUES = st.text(SAFE_TEXT, max_size=12)
 COMMANDS = st.text(SAFE_TEXT, min_size=1, max_size=20)
 
@@ -86,9 +86,7 @@ MUTATIONS = {
     "workdir": lambda s: attrs.evolve(s, workdir=s.workdir.rstrip("/") + "/sub"),
     "user": lambda s: attrs.evolve(s, user="nobody"),
     "command": lambda s: attrs.evolve(s, commands=(s.commands[0] + " ", *s.commands[1:])),
-    "network": lambda s: attrs.evolve(
-        s, network="none" if s.network == "default" else "default"
-    ),
+    "network": lambda s: attrs.evolve(s, network="none" if s.network == "default" else "default"),
 }
 
 

@@ -1,0 +1,278 @@
+"""Plans: hits come from the ledger, and every miss says exactly why it misses."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import imagedsl as dsl
+from imagedsl.ledger import Store
+from imagedsl.planner import PlanStatus, record_copy_output, record_step
+
+DIGEST_A = "sha256:" + "a" * 64
+DIGEST_B = "sha256:" + "b" * 64
+
+
+@pytest.fixture(name="store")
+def fixture_store(tmp_path: Path) -> Store:
+    """An empty store."""
+    return Store(tmp_path / "store")
+
+
+@pytest.fixture(name="src_dir")
+def fixture_src_dir(tmp_path: Path) -> Path:
+    """A small source tree."""
+    root = tmp_path / "src"
+    (root / "app").mkdir(parents=True)
+    (root / "app" / "main.py").write_text("print('hi')\n")
+    (root / "app" / "util.py").write_text("X = 1\n")
+    (root / "requirements.txt").write_text("flask\n")
+    return root
+
+
+def build_all(plan: dsl.Plan, store: Store) -> None:
+    """Record every step, as a backend does after a successful build."""
+    for step in plan.steps:
+        record_step(store, step)
+
+
+def statuses(plan: dsl.Plan) -> list[str]:
+    """The status column of a plan."""
+    return [s.status.value for s in plan.steps]
+
+
+def make_app(src_dir: Path, *, env: str = "1", ref: str = f"python:3.12@{DIGEST_A}") -> dsl.Stage:
+    """A typical stage: base, ENV, WORKDIR, deps COPY + RUN, app COPY, CMD."""
+    src = dsl.context(src_dir)
+    return (
+        dsl.image(ref)
+        .env(MODE=env)
+        .workdir("/app")
+        .copy(src.file("requirements.txt"), "/app/")
+        .run("pip install -r requirements.txt")
+        .copy(src.dir("app"), "/app/app")
+        .cmd("python", "-m", "app")
+    )
+
+
+def test_everything_misses_on_an_empty_store(src_dir: Path, store: Store) -> None:
+    """With nothing recorded, every layer step misses and config steps are config."""
+    plan = dsl.plan(make_app(src_dir), store=store)
+    assert statuses(plan) == ["miss", "config", "miss", "miss", "miss", "miss", "config"]
+    assert plan.steps[2].reasons == ("no earlier build of this step",)
+    assert plan.summary == {"hit": 0, "miss": 5, "maybe": 0, "config": 2}
+
+
+def test_recorded_steps_are_hits(src_dir: Path, store: Store) -> None:
+    """After recording, an unchanged plan is all hits (and config)."""
+    build_all(dsl.plan(make_app(src_dir), store=store), store)
+    plan = dsl.plan(make_app(src_dir), store=store)
+    assert statuses(plan) == ["hit", "config", "hit", "hit", "hit", "hit", "config"]
+    assert all(not s.reasons for s in plan.steps)
+
+
+EDITS: list[object] = [
+    pytest.param(
+        lambda d: (d / "app" / "main.py").write_text("print('ho')\n"),
+        {},
+        [("hit", ()), ("hit", ()), ("hit", ()), ("miss", ("app/main.py changed",))],
+        id="edit-source",
+    ),
+    pytest.param(
+        lambda d: (d / "app" / "new.py").write_text("new\n"),
+        {},
+        [("hit", ()), ("hit", ()), ("hit", ()), ("miss", ("added app/new.py",))],
+        id="add-file",
+    ),
+    pytest.param(
+        lambda d: (d / "app" / "util.py").unlink(),
+        {},
+        [("hit", ()), ("hit", ()), ("hit", ()), ("miss", ("removed app/util.py",))],
+        id="remove-file",
+    ),
+    pytest.param(
+        lambda d: (d / "requirements.txt").write_text("django\n"),
+        {},
+        [
+            ("hit", ()),
+            ("miss", ("requirements.txt changed",)),
+            ("miss", ("parent changed: image[3] COPY requirements.txt /app/ (miss)",)),
+            ("miss", ("parent changed: image[4] RUN pip install -r requirements.txt (miss)",)),
+        ],
+        id="edit-requirements",
+    ),
+    pytest.param(
+        lambda _: None,
+        {"env": "2"},
+        [
+            ("hit", ()),
+            ("hit", ()),
+            ("miss", ("ENV MODE '1' -> '2'",)),
+            ("miss", ("parent changed: image[4] RUN pip install -r requirements.txt (miss)",)),
+        ],
+        id="change-env",
+    ),
+    pytest.param(
+        lambda _: None,
+        {"ref": f"python:3.12@{DIGEST_B}"},
+        [
+            ("miss", ("parent changed: image[0] FROM python:3.12@" + DIGEST_B + " (miss)",)),
+            ("miss", ("parent changed: image[2] WORKDIR /app (miss)",)),
+            ("miss", ("parent changed: image[3] COPY requirements.txt /app/ (miss)",)),
+            ("miss", ("parent changed: image[4] RUN pip install -r requirements.txt (miss)",)),
+        ],
+        id="change-base-digest",
+    ),
+]
+
+
+@pytest.mark.parametrize(("edit", "options", "expected"), EDITS)
+def test_miss_reasons_after_an_edit(
+    src_dir: Path,
+    store: Store,
+    edit: Callable[[Path], object],
+    options: dict[str, str],
+    expected: list[tuple[str, tuple[str, ...]]],
+) -> None:
+    """Each kind of edit gives the statuses and reasons a person would expect."""
+    build_all(dsl.plan(make_app(src_dir), store=store), store)
+    edit(src_dir)
+    plan = dsl.plan(make_app(src_dir, **options), store=store)
+    layer_steps = [
+        (s.status.value, s.reasons) for s in plan.steps if s.kind in ("workdir", "copy", "run")
+    ]
+    assert layer_steps == expected
+
+
+def test_base_digest_change_reason(src_dir: Path, store: Store) -> None:
+    """A moved base digest is named old -> new on the FROM step."""
+    build_all(dsl.plan(make_app(src_dir), store=store), store)
+    plan = dsl.plan(make_app(src_dir, ref=f"python:3.12@{DIGEST_B}"), store=store)
+    assert plan.steps[0].reasons == (
+        "base image digest changed: sha256:aaaaaaaaaaaa -> sha256:bbbbbbbbbbbb",
+    )
+
+
+def test_build_arg_override_reason(store: Store) -> None:
+    """A --build-arg override reaches RUN's key and is named ARG old -> new."""
+    stage = dsl.image(f"alpine@{DIGEST_A}").arg("VERSION", default="1").run("echo $VERSION")
+    build_all(dsl.plan(stage, store=store), store)
+    plan = dsl.plan(stage, store=store, build_args={"VERSION": "2"})
+    assert plan.steps[-1].status is PlanStatus.MISS
+    assert plan.steps[-1].reasons == ("ARG VERSION '1' -> '2'",)
+    assert (
+        dsl.plan(stage, store=store, build_args={"VERSION": "1"}).steps[-1].status is PlanStatus.HIT
+    )
+
+
+def test_command_change_reason(store: Store) -> None:
+    """A changed RUN names the command, old -> new."""
+    build_all(dsl.plan(dsl.image(f"alpine@{DIGEST_A}").run("make"), store=store), store)
+    plan = dsl.plan(dsl.image(f"alpine@{DIGEST_A}").run("make all"), store=store)
+    assert plan.steps[-1].reasons == (
+        'command changed: ["/bin/sh", "-c", "make"] -> ["/bin/sh", "-c", "make all"]',
+    )
+
+
+def test_copy_from_a_rebuilt_stage_is_maybe_then_cut_off(src_dir: Path, store: Store) -> None:
+    """A COPY --from whose source misses is `maybe`; identical output keeps downstream hits."""
+    src = dsl.context(src_dir)
+
+    def make(command: str) -> dsl.Stage:
+        builder = dsl.image(f"golang@{DIGEST_A}").copy(src.dir("app"), "/src").run(command)
+        return (
+            dsl.scratch()
+            .copy(builder.path("/out/tool"), "/tool")
+            .env(A="1")
+            .copy(src.file("requirements.txt"), "/r.txt")
+        )
+
+    first = dsl.plan(make("go build -o /out/tool"), store=store)
+    build_all(first, store)
+    copy_step = next(s for s in first.steps if s.instruction.startswith("COPY --from"))
+    tree = (
+        dsl.plan(dsl.scratch().copy(src.file("requirements.txt"), "/tool"), store=None)
+        .steps[1]
+        .node.trees[0]
+    )
+    record_copy_output(store, copy_step, tree)
+    # The same build again: everything hits, the COPY --from by its recorded content.
+    again = dsl.plan(make("go build -o /out/tool"), store=store)
+    assert "maybe" not in statuses(again)
+    build_all(again, store)
+    # Rebuild the builder with another command: the copy is maybe, and so is what follows.
+    changed = dsl.plan(make("go build -trimpath -o /out/tool"), store=store)
+    rows = {s.instruction: s for s in changed.steps}
+    assert rows["RUN go build -trimpath -o /out/tool"].status is PlanStatus.MISS
+    copy_row = rows["COPY --from=image-stage-1 /out/tool /tool"]
+    assert copy_row.status is PlanStatus.MAYBE
+    assert copy_row.node.provisional
+    assert rows["COPY requirements.txt /r.txt"].status is PlanStatus.MAYBE
+    # The backend builds it, finds the same bytes, records them: downstream keys come back.
+    changed_copy = next(s for s in changed.steps if s.status is PlanStatus.MAYBE)
+    record_step(store, changed.steps[changed_copy.node.sources[0]])
+    for step in changed.steps:
+        if step.node.index in changed_copy.node.deps or step.kind == "from":
+            record_step(store, step)
+    record_copy_output(store, changed_copy, tree)
+    after = dsl.plan(make("go build -trimpath -o /out/tool"), store=store)
+    last = after.steps[-1]
+    assert last.key == again.steps[-1].key
+    assert last.status is PlanStatus.HIT
+
+
+def test_unpinned_base_is_flagged(store: Store) -> None:
+    """A tag-only base gets a note: its key cannot see the image change under the tag."""
+    plan = dsl.plan(dsl.image("alpine:3.20"), store=store)
+    assert plan.steps[0].notes
+    assert not dsl.plan(dsl.image(f"alpine@{DIGEST_A}"), store=store).steps[0].notes
+
+
+def test_json_follows_the_documented_schema(src_dir: Path, store: Store) -> None:
+    """--json output has the versioned schema's fields and types."""
+    data = json.loads(json.dumps(dsl.plan(make_app(src_dir), store=store).to_json()))
+    assert data["schema"] == 1
+    assert isinstance(data["buildfile"], str)
+    assert data["target"] == "image"
+    assert set(data["summary"]) >= {"hit", "miss", "maybe"}
+    for step in data["steps"]:
+        assert isinstance(step["stage"], str)
+        assert isinstance(step["index"], int)
+        assert isinstance(step["instruction"], str)
+        assert isinstance(step["kind"], str)
+        assert len(step["key"]) == 64
+        assert int(step["key"], 16) >= 0
+        assert step["status"] in ("hit", "miss", "maybe", "config")
+        assert all(isinstance(r, str) for r in step["reasons"])
+        assert isinstance(step["wave"], int)
+
+
+def test_unknown_target_lists_the_available_ones() -> None:
+    """Planning a name that is not a target lists the ones that are."""
+    with pytest.raises(dsl.UnknownTargetError) as caught:
+        dsl.plan({"app": dsl.scratch(), "test": dsl.scratch()}, "nope")
+    assert caught.value.available == ("app", "test")
+
+
+def test_missing_context_file_names_the_step_line(tmp_path: Path) -> None:
+    """A COPY of a file that does not exist fails at plan time with the COPY's line."""
+    stage = dsl.scratch().copy(dsl.context(tmp_path).file("missing.txt"), "/m")
+    with pytest.raises(dsl.ContextError) as caught:
+        dsl.plan(stage)
+    assert caught.value.missing == ("missing.txt",)
+    assert caught.value.location is not None
+    assert caught.value.location.file == __file__
+
+
+def test_secret_values_never_reach_a_plan(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plan of a RUN with a secret holds the id, never the value from the environment."""
+    monkeypatch.setenv("TOKEN", "s3cr3t-value")
+    stage = dsl.image(f"alpine@{DIGEST_A}").run("use", mounts=[dsl.secret("TOKEN", env="TOKEN")])
+    plan = dsl.plan(stage, store=store)
+    record_step(store, plan.steps[-1])
+    text = json.dumps(plan.to_json()) + plan.to_dot()
+    stored = "".join(p.read_text() for p in (store.root / "ledger").rglob("*.json"))
+    assert "s3cr3t-value" not in text + stored
