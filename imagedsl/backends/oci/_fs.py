@@ -1,0 +1,513 @@
+"""Reading layers safely, and the filesystem a stack of layers makes.
+
+Layers from base images are untrusted input. Each is read once, as a stream (nothing is ever
+extracted to the host), and refused if an entry could reach outside the image root or confuse
+whoever unpacks it: absolute or ``..`` paths, a path below a symlink, relative symlinks that
+climb above the root, hard links out of the root or to nothing, device nodes and other special
+files, and duplicate paths. What survives is kept as a small index (path, type, mode, owner,
+size, link) per diff_id, from which :class:`Filesystem` answers "what is at this path" for the
+steps that need it (COPY into existing directories, ``--chown`` names, ``COPY --from``).
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import tarfile
+from collections.abc import Iterable, Iterator, Mapping
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Final, Literal, cast
+
+import attrs
+
+from imagedsl.backends.oci._blobs import VerifyingReader
+from imagedsl.backends.oci.layer import OPAQUE_MARKER, WHITEOUT_PREFIX, LayerEntry
+from imagedsl.errors import ImageDSLError
+from imagedsl.ledger import atomic_write
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from imagedsl.ledger import Store
+
+FsKind = Literal["file", "dir", "symlink", "hardlink"]
+INDEX_VERSION: Final = 1
+#: Files whose text later steps need (user and group names for --chown, WORKDIR, USER).
+KEPT_FILES: Final = frozenset({"etc/passwd", "etc/group"})
+_KEPT_MAX: Final = 1 << 20
+_MAX_SYMLINK_HOPS: Final = 40
+
+
+class UnsafeLayerError(ImageDSLError):
+    """A base image layer holds an entry that could escape or confuse the image root."""
+
+    def __init__(self, layer: str, path: str, problem: str) -> None:
+        super().__init__(layer, path, problem)
+        self.layer = layer
+        self.path = path
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"refusing layer {self.layer}: entry {self.path!r} {self.problem}"
+
+
+class PathResolutionError(ImageDSLError):
+    """A path inside an image cannot be resolved (a symlink loop, a file used as a directory)."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(path, problem)
+        self.path = path
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"/{self.path}: {self.problem}"
+
+
+@attrs.frozen(kw_only=True)
+class FsEntry:
+    """What a path is in an image (hard links keep their target in ``linkname``)."""
+
+    kind: FsKind
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    linkname: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class LayerIndex:
+    """The entries of one layer, its whiteouts, and the few small files steps read."""
+
+    diff_id: str
+    entries: Mapping[str, FsEntry] = attrs.field(eq=False, repr=False)
+    whiteouts: tuple[str, ...] = ()
+    opaques: tuple[str, ...] = ()
+    files: Mapping[str, str] = attrs.field(factory=dict, eq=False, repr=False)
+
+    def to_json(self) -> bytes:
+        """The on-disk form (kept per diff_id in the store)."""
+        payload = {
+            "v": INDEX_VERSION,
+            "diff_id": self.diff_id,
+            "entries": [
+                [path, e.kind, e.mode, e.uid, e.gid, e.size, e.linkname]
+                for path, e in self.entries.items()
+            ],
+            "whiteouts": list(self.whiteouts),
+            "opaques": list(self.opaques),
+            "files": dict(self.files),
+        }
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode(
+            "utf-8", "surrogateescape"
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes) -> LayerIndex:
+        """Parse the on-disk form; ``ValueError`` if it is not one."""
+        payload = json.loads(data.decode("utf-8", "surrogateescape"))
+        if not isinstance(payload, dict) or payload.get("v") != INDEX_VERSION:
+            raise ValueError("not a layer index")
+        entries = {
+            row[0]: FsEntry(
+                kind=row[1], mode=row[2], uid=row[3], gid=row[4], size=row[5], linkname=row[6]
+            )
+            for row in payload["entries"]
+        }
+        return cls(
+            diff_id=payload["diff_id"],
+            entries=entries,
+            whiteouts=tuple(payload["whiteouts"]),
+            opaques=tuple(payload["opaques"]),
+            files=dict(payload["files"]),
+        )
+
+    @classmethod
+    def of_entries(
+        cls, diff_id: str, entries: Iterable[LayerEntry], files: Mapping[str, str] | None = None
+    ) -> LayerIndex:
+        """The index of a layer we wrote ourselves."""
+        found: dict[str, FsEntry] = {}
+        whiteouts: list[str] = []
+        opaques: list[str] = []
+        for entry in entries:
+            if entry.kind == "whiteout":
+                whiteouts.append(entry.path)
+            elif entry.kind == "opaque":
+                opaques.append(entry.path)
+            else:
+                found[entry.path] = FsEntry(
+                    kind=entry.kind,
+                    mode=entry.mode,
+                    uid=entry.uid,
+                    gid=entry.gid,
+                    size=entry.size,
+                    linkname=entry.linkname,
+                )
+        return cls(
+            diff_id=diff_id,
+            entries=found,
+            whiteouts=tuple(whiteouts),
+            opaques=tuple(opaques),
+            files=dict(files or {}),
+        )
+
+
+def index_path(store: Store, diff_id: str) -> Path:
+    """Where the index of a layer is kept in the store."""
+    hexdigest = diff_id.partition(":")[2]
+    return store.root / "oci" / "index" / hexdigest[:2] / f"{hexdigest}.json"
+
+
+def load_index(store: Store, diff_id: str) -> LayerIndex | None:
+    """A kept layer index, or None (also when damaged: it is then made again)."""
+    try:
+        index = LayerIndex.from_json(index_path(store, diff_id).read_bytes())
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+    return index if index.diff_id == diff_id else None
+
+
+def save_index(store: Store, index: LayerIndex) -> None:
+    """Keep a layer index (atomically)."""
+    atomic_write(index_path(store, index.diff_id), index.to_json())
+
+
+# -- decompression -------------------------------------------------------------------------
+
+
+def sniff_compression(head: bytes) -> str:
+    """``gzip``, ``zstd`` or ``none`` from a blob's first bytes."""
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return "zstd"
+    return "none"
+
+
+class _Peek:
+    """A reader that can give back its first bytes once."""
+
+    def __init__(self, raw: BinaryIO | IO[bytes] | VerifyingReader) -> None:
+        self._raw = raw
+        self.head = raw.read(4)
+        self._pending = self.head
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self._pending:
+            if n < 0:
+                data = self._pending + self._raw.read()
+                self._pending = b""
+                return data
+            data, self._pending = self._pending[:n], self._pending[n:]
+            if len(data) < n:
+                data += self._raw.read(n - len(data))
+            return data
+        return self._raw.read(n)
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def decompressed(raw: BinaryIO | IO[bytes] | VerifyingReader) -> IO[bytes]:
+    """A reader of the tar inside a layer blob, whatever its compression."""
+    peek: Any = _Peek(raw)
+    kind = sniff_compression(peek.head)
+    if kind == "gzip":
+        from isal import igzip
+
+        reader: Any = igzip.IGzipFile(fileobj=peek, mode="rb")  # type: ignore[no-untyped-call]
+        return cast("IO[bytes]", reader)
+    if kind == "zstd":
+        import zstandard
+
+        reader = zstandard.ZstdDecompressor().stream_reader(peek, read_across_frames=True)
+        return cast("IO[bytes]", reader)
+    return cast("IO[bytes]", peek)
+
+
+def drain(reader: IO[bytes] | VerifyingReader) -> None:
+    """Read a stream to its end (so digests are checked on all of it)."""
+    while reader.read(1 << 20):
+        pass
+
+
+# -- scanning untrusted layers ---------------------------------------------------------------
+
+
+def _clean_member_name(layer: str, raw: str) -> str:
+    name = raw
+    if name.startswith("/"):
+        raise UnsafeLayerError(layer, raw, "has an absolute path")
+    while name.startswith("./"):
+        name = name[2:]
+    name = name.rstrip("/")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeLayerError(layer, raw, "climbs out of the root with '..'")
+    if "\x00" in name:
+        raise UnsafeLayerError(layer, raw, "has a NUL in its name")
+    return "/".join(parts)
+
+
+class _LayerView:
+    """The filesystem below plus this layer's entries so far (for checks while scanning)."""
+
+    def __init__(self, lower: Filesystem | None) -> None:
+        self.lower = lower
+        self.entries: dict[str, FsEntry] = {}
+        self.deleted: set[str] = set()
+        self.opaque: set[str] = set()
+
+    def get(self, path: str) -> FsEntry | None:
+        found = self.entries.get(path)
+        if found is not None or self.lower is None:
+            return found
+        if path in self.deleted or any(
+            path == d or path.startswith(d + "/") for d in self.opaque if d != path
+        ):
+            return None
+        head = path
+        while head:
+            if head in self.deleted:
+                return None
+            head = posixpath.dirname(head)
+        return self.lower.get(path)
+
+
+def scan_layer(
+    stream: IO[bytes], *, layer: str, diff_id: str, lower: Filesystem | None
+) -> LayerIndex:
+    """Read an untrusted layer tar; refuse it if unsafe (see the module docstring)."""
+    view = _LayerView(lower)
+    seen: set[str] = set()
+    whiteouts: list[str] = []
+    opaques: list[str] = []
+    files: dict[str, str] = {}
+    try:
+        archive = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 - closed below
+    except tarfile.TarError as error:
+        raise UnsafeLayerError(layer, "", f"is not a tar archive: {error}") from None
+    with archive:
+        try:
+            for member in archive:
+                name = _clean_member_name(layer, member.name)
+                if not name:
+                    if not member.isdir():
+                        raise UnsafeLayerError(layer, member.name, "replaces the root")
+                    continue
+                if name in seen:
+                    raise UnsafeLayerError(layer, member.name, "appears twice in the layer")
+                seen.add(name)
+                _check_parents(layer, member.name, name, view)
+                head, base = posixpath.split(name)
+                if base.startswith(WHITEOUT_PREFIX):
+                    if base == OPAQUE_MARKER:
+                        opaques.append(head)
+                        view.opaque.add(head)
+                    else:
+                        target = posixpath.join(head, base[len(WHITEOUT_PREFIX) :])
+                        whiteouts.append(target)
+                        view.deleted.add(target)
+                    continue
+                entry = _entry_of(layer, member, name, view)
+                view.entries[name] = entry
+                if name in KEPT_FILES and member.isreg() and member.size <= _KEPT_MAX:
+                    handle = archive.extractfile(member)
+                    if handle is not None:
+                        files[name] = handle.read().decode("utf-8", "replace")
+        except tarfile.TarError as error:
+            raise UnsafeLayerError(layer, "", f"is a damaged tar archive: {error}") from None
+    return LayerIndex(
+        diff_id=diff_id,
+        entries=view.entries,
+        whiteouts=tuple(whiteouts),
+        opaques=tuple(opaques),
+        files=files,
+    )
+
+
+def _check_parents(layer: str, raw: str, name: str, view: _LayerView) -> None:
+    head = posixpath.dirname(name)
+    while head:
+        found = view.get(head)
+        if found is not None and found.kind != "dir":
+            what = "a symlink" if found.kind == "symlink" else "not a directory"
+            raise UnsafeLayerError(layer, raw, f"lies below /{head}, which is {what}")
+        head = posixpath.dirname(head)
+
+
+def _entry_of(layer: str, member: tarfile.TarInfo, name: str, view: _LayerView) -> FsEntry:
+    mode, uid, gid = member.mode & 0o7777, member.uid, member.gid
+    owner: dict[str, Any] = {"mode": mode, "uid": uid, "gid": gid}
+    if member.isdir():
+        return FsEntry(kind="dir", **owner)
+    if member.isreg():
+        return FsEntry(kind="file", size=member.size, **owner)
+    if member.issym():
+        target = member.linkname
+        if not target or "\x00" in target:
+            raise UnsafeLayerError(layer, member.name, "is a symlink without a target")
+        if not target.startswith("/"):
+            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+            if resolved == ".." or resolved.startswith("../"):
+                raise UnsafeLayerError(
+                    layer, member.name, f"is a symlink to {target!r}, outside the root"
+                )
+        return FsEntry(kind="symlink", linkname=target, **owner)
+    if member.islnk():
+        if member.linkname.startswith("/"):
+            raise UnsafeLayerError(
+                layer, member.name, f"is a hard link to {member.linkname!r}, outside the root"
+            )
+        try:
+            target = _clean_member_name(layer, member.linkname)
+        except UnsafeLayerError:
+            raise UnsafeLayerError(
+                layer, member.name, f"is a hard link to {member.linkname!r}, outside the root"
+            ) from None
+        linked = view.get(target)
+        if linked is None or linked.kind not in ("file", "hardlink"):
+            raise UnsafeLayerError(
+                layer, member.name, f"is a hard link to {member.linkname!r}, which is no file"
+            )
+        if linked.kind == "hardlink":
+            target = linked.linkname
+        return FsEntry(kind="hardlink", linkname=target, **owner)
+    if member.ischr() or member.isblk():
+        raise UnsafeLayerError(layer, member.name, "is a device node")
+    raise UnsafeLayerError(layer, member.name, "is a special file (FIFO or unknown type)")
+
+
+# -- the filesystem of a stack of layers -----------------------------------------------------
+
+
+class Filesystem:
+    """Paths of an image, as its layers leave them (relative, without a leading slash)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, FsEntry] = {}
+        #: Which layer (position in the stack) each path's entry comes from.
+        self.origin: dict[str, int] = {}
+        self.files: dict[str, str] = {}
+        self.layers: list[LayerIndex] = []
+
+    def get(self, path: str) -> FsEntry | None:
+        """The entry at ``path`` (symlinks not followed), or None."""
+        return self.entries.get(path)
+
+    def apply(self, index: LayerIndex) -> None:
+        """Put a layer on top."""
+        position = len(self.layers)
+        self.layers.append(index)
+        doomed = [*index.whiteouts]
+        if index.opaques:
+            prefixes = tuple(o + "/" if o else "" for o in index.opaques)
+            doomed.extend(p for p in self.entries if p.startswith(prefixes))
+        for path in index.whiteouts:
+            prefix = path + "/"
+            doomed.extend(p for p in self.entries if p.startswith(prefix))
+        for path in doomed:
+            self.entries.pop(path, None)
+            self.origin.pop(path, None)
+            self.files.pop(path, None)
+        for path, entry in index.entries.items():
+            old = self.entries.get(path)
+            if old is not None and old.kind == "dir" and entry.kind != "dir":
+                prefix = path + "/"
+                for below in [p for p in self.entries if p.startswith(prefix)]:
+                    del self.entries[below]
+                    self.origin.pop(below, None)
+            self.entries[path] = entry
+            self.origin[path] = position
+        for path in index.entries:
+            if path in self.files and path not in index.files:
+                del self.files[path]
+        self.files.update(index.files)
+
+    def resolve(self, path: str, *, follow_last: bool = True) -> str:
+        """Follow symlinks in ``path`` as the kernel would inside the root (``..`` stops at /)."""
+        pending = [p for p in path.split("/") if p not in ("", ".")]
+        pending.reverse()
+        done: list[str] = []
+        hops = 0
+        while pending:
+            part = pending.pop()
+            if part == "..":
+                if done:
+                    done.pop()
+                continue
+            candidate = "/".join([*done, part])
+            entry = self.entries.get(candidate)
+            if entry is not None and entry.kind == "symlink" and (pending or follow_last):
+                hops += 1
+                if hops > _MAX_SYMLINK_HOPS:
+                    raise PathResolutionError(path, "has too many levels of symbolic links")
+                target = entry.linkname
+                if target.startswith("/"):
+                    done = []
+                pending.extend(reversed([p for p in target.split("/") if p not in ("", ".")]))
+                continue
+            if pending and entry is not None and entry.kind != "dir":
+                raise PathResolutionError(candidate, "is not a directory")
+            done.append(part)
+        return "/".join(done)
+
+    def below(self, path: str) -> Iterator[tuple[str, FsEntry]]:
+        """Every entry strictly below directory ``path`` ("" is the root), as (path, entry)."""
+        prefix = path + "/" if path else ""
+        for candidate, entry in self.entries.items():
+            if candidate.startswith(prefix) and candidate != path:
+                yield candidate, entry
+
+    def chain_id(self) -> str:
+        """An identity of the stack: the diff_ids in order."""
+        return "|".join(index.diff_id for index in self.layers)
+
+
+def lookup_id(files: Mapping[str, str], table: str, name: str) -> int | None:
+    """The id of user or group ``name`` in ``etc/passwd`` or ``etc/group`` text, or None."""
+    text = files.get(table)
+    if text is None:
+        return None
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[0] == name and fields[2].isdigit():
+            return int(fields[2])
+    return None
+
+
+def read_members(stream: IO[bytes], wanted: Mapping[str, Path], layer: str) -> set[str]:
+    """Copy the regular files named in ``wanted`` out of a layer tar into host files.
+
+    The destinations are files the caller named (never paths from the tar), so nothing in
+    the layer can choose where bytes land. Returns the names that were found.
+    """
+    found: set[str] = set()
+    with tarfile.open(fileobj=stream, mode="r|") as archive:
+        for member in archive:
+            name = _clean_member_name(layer, member.name)
+            dest = wanted.get(name)
+            if dest is None or not member.isreg():
+                continue
+            handle = archive.extractfile(member)
+            assert handle is not None
+            with dest.open("wb") as out:
+                while True:
+                    data = handle.read(1 << 20)
+                    if not data:
+                        break
+                    out.write(data)
+            found.add(name)
+    return found
+
+
+def json_ready(value: Any) -> Any:
+    """Mappings to plain dicts (for json.dumps of descriptors)."""
+    if isinstance(value, Mapping):
+        return {k: json_ready(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,451 @@
+"""What each filesystem step puts in its layer, as :class:`LayerEntry` values.
+
+Placement follows Docker's COPY: a directory's contents go into the destination, a single
+file goes to the destination (into it when it ends with ``/`` or is an existing directory).
+Paths above the destination that the layer must hold keep the metadata they have in the layers
+below (so a COPY never changes the mode or owner of ``/app`` that the base made), unless the
+step is ``link=True``, whose layer must not depend on what is below it. Context files are
+written with the normalised modes their keys hold, owned by root unless ``chown``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import tarfile
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import attrs
+import blake3
+
+from imagedsl._ignore import IgnoreRules
+from imagedsl.backends.oci._fs import (
+    Filesystem,
+    FsEntry,
+    PathResolutionError,
+    UnsafeLayerError,
+    _clean_member_name,
+    lookup_id,
+)
+from imagedsl.backends.oci.layer import LayerEntry, LayerError
+from imagedsl.context import Row, Tree, TreeEntry
+from imagedsl.errors import ImageDSLError
+
+if TYPE_CHECKING:
+    from imagedsl.backends.oci._blobs import BlobStore
+    from imagedsl.steps import UrlSource
+
+_URL_TIMEOUT: Final = 60.0
+
+
+class StepInputError(ImageDSLError):
+    """A step's inputs cannot be placed: unknown ``--chown`` user, a missing source path."""
+
+    def __init__(self, step: str, problem: str) -> None:
+        super().__init__(step, problem)
+        self.step = step
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"{self.step}: {self.problem}"
+
+
+@attrs.frozen(kw_only=True)
+class Owner:
+    """Numeric owner of what a step writes."""
+
+    uid: int = 0
+    gid: int = 0
+
+
+def resolve_owner(step: str, chown: str | None, files: Mapping[str, str]) -> Owner:
+    """``user[:group]`` (names or numbers) to numbers, names looked up in the image below."""
+    if chown is None:
+        return Owner()
+    user, _, group = chown.partition(":")
+    if user.isdigit():
+        uid = int(user)
+        primary = uid
+    else:
+        found = lookup_id(files, "etc/passwd", user)
+        if found is None:
+            raise StepInputError(step, f"--chown user {user!r} is not in the image's /etc/passwd")
+        uid = found
+        primary = _primary_gid(files, user, uid)
+    if not group:
+        return Owner(uid=uid, gid=primary)
+    if group.isdigit():
+        return Owner(uid=uid, gid=int(group))
+    gid = lookup_id(files, "etc/group", group)
+    if gid is None:
+        raise StepInputError(step, f"--chown group {group!r} is not in the image's /etc/group")
+    return Owner(uid=uid, gid=gid)
+
+
+def _primary_gid(files: Mapping[str, str], user: str, uid: int) -> int:
+    for line in files.get("etc/passwd", "").splitlines():
+        fields = line.split(":")
+        if len(fields) >= 4 and fields[0] == user and fields[3].isdigit():
+            return int(fields[3])
+    return uid
+
+
+def chmod_bits(chmod: str | None) -> int | None:
+    """The mode ``--chmod`` sets, or None."""
+    return None if chmod is None else int(chmod, 8)
+
+
+class Placement:
+    """Where things land under a destination, and the parents the layer needs for them."""
+
+    def __init__(
+        self,
+        dest: str,
+        lower: Filesystem | None,
+        *,
+        owner: Owner,
+        chmod: int | None,
+        single_file: bool,
+    ) -> None:
+        self.lower = lower
+        self.owner = owner
+        self.chmod = chmod
+        rel = dest.strip("/")
+        ends_with_slash = dest.endswith("/")
+        if lower is not None and rel:
+            head, base = posixpath.split(rel)
+            resolved_head = lower.resolve(head) if head else ""
+            rel = posixpath.join(resolved_head, base) if resolved_head else base
+            existing = lower.get(rel)
+            if existing is not None and existing.kind == "symlink":
+                rel = lower.resolve(rel)
+                existing = lower.get(rel)
+            if single_file and existing is not None and existing.kind == "dir":
+                ends_with_slash = True
+        self.root = rel
+        self.into_dir = ends_with_slash or not single_file
+
+    def target(self, placed: str, name: str) -> str:
+        """The layer path of an entry placed at ``placed`` (``.`` is the destination itself)."""
+        if placed == ".":
+            if self.into_dir:
+                return posixpath.join(self.root, name) if self.root else name
+            if not self.root:
+                raise StepInputError("COPY", "cannot replace the root directory with a file")
+            return self.root
+        return posixpath.join(self.root, placed) if self.root else placed
+
+    def parent(self, path: str) -> LayerEntry:
+        """A directory the layer needs but no source gave.
+
+        Below the destination it is one of the copied directories (``chmod``/``chown``
+        apply); at or above it, it keeps what the layers below have, else it is made (the
+        destination owned per ``chown``, the rest by root).
+        """
+        if not self.root or path.startswith(self.root + "/"):
+            mode = 0o755 if self.chmod is None else self.chmod
+            return LayerEntry(
+                path=path, kind="dir", mode=mode, uid=self.owner.uid, gid=self.owner.gid
+            )
+        found = self.lower.get(path) if self.lower is not None else None
+        if found is not None and found.kind == "dir":
+            return LayerEntry(path=path, kind="dir", mode=found.mode, uid=found.uid, gid=found.gid)
+        if path == self.root:
+            return LayerEntry(
+                path=path, kind="dir", mode=0o755, uid=self.owner.uid, gid=self.owner.gid
+            )
+        return LayerEntry(path=path, kind="dir", mode=0o755)
+
+
+def context_entries(
+    items: Iterable[TreeEntry], root: str, placement: Placement
+) -> list[LayerEntry]:
+    """Entries for files selected from a build context (checked against their tree digests)."""
+    entries: list[LayerEntry] = []
+    owner, chmod = placement.owner, placement.chmod
+    for item in items:
+        host = os.path.join(root, item.source)
+        path = placement.target(item.placed, posixpath.basename(item.source))
+        if item.type == "file":
+            entries.append(
+                LayerEntry(
+                    path=path,
+                    kind="file",
+                    mode=item.mode if chmod is None else chmod,
+                    uid=owner.uid,
+                    gid=owner.gid,
+                    size=item.size,
+                    source=host,
+                    digest=item.digest,
+                )
+            )
+        elif item.type == "dir":
+            entries.append(
+                LayerEntry(
+                    path=path,
+                    kind="dir",
+                    mode=item.mode if chmod is None else chmod,
+                    uid=owner.uid,
+                    gid=owner.gid,
+                )
+            )
+        else:
+            target = _read_symlink(host, item)
+            entries.append(
+                LayerEntry(
+                    path=path,
+                    kind="symlink",
+                    mode=0o777,
+                    uid=owner.uid,
+                    gid=owner.gid,
+                    linkname=target,
+                )
+            )
+    return entries
+
+
+def _read_symlink(host: str, item: TreeEntry) -> str:
+    try:
+        target = os.readlink(host)
+    except OSError as error:
+        raise LayerError(item.placed, f"cannot read symlink {host}: {error.strerror}") from None
+    digest = blake3.blake3(target.encode("utf-8", "surrogateescape")).hexdigest()
+    if digest != item.digest:
+        raise LayerError(item.placed, f"symlink {host} changed since it was planned")
+    return target
+
+
+# -- ADD -------------------------------------------------------------------------------------
+
+
+def is_archive(path: str) -> bool:
+    """Whether ADD unpacks this file: a tar, plain or gzip/bzip2/xz-compressed."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+    except OSError:
+        return False
+    if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")):
+        try:
+            with tarfile.open(path, "r:*") as archive:
+                return archive.next() is not None
+        except (tarfile.TarError, OSError, EOFError):
+            return False
+    return len(head) >= 262 and head[257:262] == b"ustar"
+
+
+def archive_entries(
+    path: str, placement: Placement, spool: Callable[[], Path], step: str
+) -> list[LayerEntry]:
+    """Entries for a local tar unpacked by ADD; member names cannot leave the destination."""
+    entries: list[LayerEntry] = []
+    owner, chown = placement.owner, placement.owner != Owner()
+    seen: dict[str, LayerEntry] = {}
+    with tarfile.open(path, "r:*") as archive:
+        for member in archive:
+            try:
+                name = _clean_member_name(path, member.name.lstrip("/"))
+            except UnsafeLayerError as error:
+                raise StepInputError(step, str(error)) from None
+            if not name:
+                continue
+            target = placement.target(name, name)
+            uid, gid = (owner.uid, owner.gid) if chown else (member.uid, member.gid)
+            mode = member.mode & 0o7777
+            entry: LayerEntry
+            if member.isdir():
+                entry = LayerEntry(path=target, kind="dir", mode=mode, uid=uid, gid=gid)
+            elif member.isreg():
+                spooled = spool()
+                handle = archive.extractfile(member)
+                assert handle is not None
+                with spooled.open("wb") as out:
+                    while data := handle.read(1 << 20):
+                        out.write(data)
+                entry = LayerEntry(
+                    path=target,
+                    kind="file",
+                    mode=mode,
+                    uid=uid,
+                    gid=gid,
+                    size=member.size,
+                    source=str(spooled),
+                )
+            elif member.issym():
+                entry = LayerEntry(
+                    path=target, kind="symlink", mode=0o777, uid=uid, gid=gid,
+                    linkname=member.linkname,
+                )  # fmt: skip
+            elif member.islnk():
+                link = _clean_member_name(path, member.linkname.lstrip("/"))
+                linked = placement.target(link, link)
+                if linked not in seen or seen[linked].kind != "file":
+                    raise StepInputError(
+                        step, f"{path}: hard link {member.name!r} to a file not in the archive"
+                    )
+                entry = LayerEntry(
+                    path=target, kind="hardlink", mode=mode, uid=uid, gid=gid, linkname=linked
+                )
+            else:
+                raise StepInputError(step, f"{path}: {member.name!r} is a device or special file")
+            seen[target] = entry
+    entries.extend(seen.values())
+    return entries
+
+
+def url_entry(source: UrlSource, placement: Placement, blobs: BlobStore) -> LayerEntry:
+    """ADD of a URL: the blob named by its checksum, fetched only if the store lacks it."""
+    digest = source.checksum
+    path = blobs.path(digest)
+    if not path.exists():
+        try:
+            with urllib.request.urlopen(source.url, timeout=_URL_TIMEOUT) as response:
+                blobs.import_stream(response, digest, source.url)
+        except OSError as error:
+            raise StepInputError("ADD", f"cannot fetch {source.url}: {error}") from None
+    name = posixpath.basename(source.url.split("?", 1)[0].rstrip("/")) or "download"
+    return LayerEntry(
+        path=placement.target(".", name),
+        kind="file",
+        mode=0o600 if placement.chmod is None else placement.chmod,
+        uid=placement.owner.uid,
+        gid=placement.owner.gid,
+        size=path.stat().st_size,
+        source=str(path),
+    )
+
+
+# -- COPY --from -----------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class StageFile:
+    """One entry copied out of another stage."""
+
+    source: str
+    placed: str
+    entry: FsEntry
+    hardlink_to: str | None = None
+
+
+def select_from_stage(
+    fs: Filesystem, path: str, exclude: Sequence[str], step: str
+) -> tuple[list[StageFile], bool]:
+    """What ``COPY --from`` takes from ``path`` in ``fs``; True if it is a single file."""
+    try:
+        resolved = fs.resolve(path.strip("/"))
+    except PathResolutionError as error:
+        raise StepInputError(step, str(error)) from None
+    top = fs.get(resolved) if resolved else FsEntry(kind="dir", mode=0o755)
+    if top is None:
+        raise StepInputError(step, f"{path} does not exist in the source stage")
+    rules = IgnoreRules.from_lines(exclude) if exclude else None
+    if top.kind != "dir":
+        return [StageFile(source=resolved, placed=".", entry=top)], True
+    chosen: list[StageFile] = []
+    prefix = resolved + "/" if resolved else ""
+    for source, entry in sorted(fs.below(resolved)):
+        rel = source[len(prefix) :]
+        if rules is not None and rules.excludes(rel):
+            continue
+        chosen.append(StageFile(source=source, placed=rel, entry=entry))
+    return chosen, False
+
+
+def stage_entries(
+    files: Sequence[StageFile],
+    contents: Mapping[str, Path],
+    placement: Placement,
+) -> tuple[list[LayerEntry], Tree]:
+    """Entries for files taken from a stage, and the tree digest of what was placed.
+
+    Owners become root (or ``chown``), modes are kept (or ``chmod``). A hard link stays a
+    hard link when its target is copied too, else it becomes a copy of the target's bytes.
+    """
+    placed_of = {f.source: f.placed for f in files}
+    entries: list[LayerEntry] = []
+    rows: list[Row] = []
+    owner, chmod = placement.owner, placement.chmod
+    for item in files:
+        entry = item.entry
+        path = placement.target(item.placed, posixpath.basename(item.source))
+        mode = entry.mode if chmod is None or entry.kind == "symlink" else chmod
+        if entry.kind == "dir":
+            entries.append(LayerEntry(path=path, kind="dir", mode=mode, **attrs.asdict(owner)))
+            digest = ""
+            size = 0
+        elif entry.kind == "symlink":
+            entries.append(
+                LayerEntry(
+                    path=path,
+                    kind="symlink",
+                    mode=0o777,
+                    linkname=entry.linkname,
+                    **attrs.asdict(owner),
+                )
+            )
+            digest = blake3.blake3(entry.linkname.encode("utf-8", "surrogateescape")).hexdigest()
+            size = 0
+        else:
+            content_of = entry.linkname if entry.kind == "hardlink" else item.source
+            spooled = contents[content_of]
+            size = spooled.stat().st_size
+            digest = _file_digest(spooled)
+            if entry.kind == "hardlink" and entry.linkname in placed_of:
+                linked = placement.target(placed_of[entry.linkname], entry.linkname)
+                entries.append(
+                    LayerEntry(
+                        path=path,
+                        kind="hardlink",
+                        mode=mode,
+                        linkname=linked,
+                        **attrs.asdict(owner),
+                    )
+                )
+                digest = f"{digest}>{placed_of[entry.linkname]}"
+            else:
+                entries.append(
+                    LayerEntry(
+                        path=path,
+                        kind="file",
+                        mode=mode,
+                        size=size,
+                        source=str(spooled),
+                        **attrs.asdict(owner),
+                    )
+                )
+        kind = "file" if entry.kind == "hardlink" else entry.kind
+        rows.append((item.placed, "/" + item.source, kind, mode, size, digest))
+    return entries, Tree.from_rows(rows)
+
+
+def _file_digest(path: Path) -> str:
+    hasher = blake3.blake3()
+    with path.open("rb") as handle:
+        while data := handle.read(1 << 20):
+            hasher.update(data)
+    return hasher.hexdigest()
+
+
+def needed_contents(files: Iterable[StageFile]) -> set[str]:
+    """Source paths whose bytes must be read (hard links read their target's)."""
+    needed = set()
+    for item in files:
+        if item.entry.kind == "file":
+            needed.add(item.source)
+        elif item.entry.kind == "hardlink":
+            needed.add(item.entry.linkname)
+    return needed
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, as ``sha256:<hex>``."""
+    hasher = hashlib.sha256()
+    with path.open("rb") as handle:
+        while data := handle.read(1 << 20):
+            hasher.update(data)
+    return "sha256:" + hasher.hexdigest()

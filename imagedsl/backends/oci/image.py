@@ -1,0 +1,777 @@
+"""The direct OCI backend: layers, image config, manifest and outputs, with no daemon.
+
+:class:`OCIBackend` walks a plan in order. A ``FROM`` brings its base image into the store
+(checked, never recompressed); each COPY/ADD/WORKDIR becomes one layer written by
+:mod:`imagedsl.backends.oci.layer`, or is found already written; config steps only change
+the image config. Layers are content-addressed blobs in the store, found again through a small
+index keyed by the step's cache key, what lies below it, the compression and the mtime, so a
+rebuild with nothing changed compresses nothing. Every step made real is recorded in the
+ledger (:func:`imagedsl.planner.record_step`), so the next ``plan`` shows hits.
+
+A ``COPY --from`` reads what it copies out of the source stage's layers, records the digest
+of it (:func:`imagedsl.planner.record_copy_output`) and plans again, so the steps after it are
+keyed by content (early cutoff). Graphs with ``RUN`` are refused before any work.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import posixpath
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import blake3
+
+from imagedsl.backends import BuildRequestError, BuildResult
+from imagedsl.backends.oci._blobs import BlobStore
+from imagedsl.backends.oci._fs import Filesystem, LayerIndex, decompressed, read_members, save_index
+from imagedsl.backends.oci._steps import (
+    Owner,
+    Placement,
+    archive_entries,
+    chmod_bits,
+    context_entries,
+    is_archive,
+    needed_contents,
+    resolve_owner,
+    select_from_stage,
+    stage_entries,
+    url_entry,
+)
+from imagedsl.backends.oci.layer import (
+    COMPRESSIONS,
+    Compression,
+    LayerBlob,
+    LayerEntry,
+    LayerStream,
+    arrange,
+    write_tar,
+)
+from imagedsl.backends.oci.layout import (
+    BaseImage,
+    BuiltImage,
+    Output,
+    canonical_json,
+    import_base,
+    layer_index,
+    load_into_docker,
+    manifest_document,
+    scratch_dir,
+    write_archive,
+    write_layout,
+)
+from imagedsl.context import ContextSource, Tree
+from imagedsl.errors import ImageDSLError
+from imagedsl.ledger import atomic_write
+from imagedsl.planner import record_copy_output, record_step
+from imagedsl.steps import (
+    DEFAULT_PATH,
+    Add,
+    Cmd,
+    Copy,
+    Entrypoint,
+    Expose,
+    FromImage,
+    Healthcheck,
+    Label,
+    Shell,
+    StagePath,
+    StopSignal,
+    UrlSource,
+    User,
+    Volume,
+    Workdir,
+    describe,
+    expand,
+)
+
+if TYPE_CHECKING:
+    from imagedsl.backends import BuildRequest
+    from imagedsl.backends.engine import DockerEngine
+    from imagedsl.graph import StepNode
+    from imagedsl.ledger import Store
+    from imagedsl.planner import Plan
+    from imagedsl.reporting import Reporter
+
+#: Bump when the bytes a step's layer gets could change for the same inputs.
+LAYER_FORMAT: Final = 1
+DEFAULT_EPOCH: Final = 0
+COMPRESSION_ENV: Final = "IMAGEDSL_OCI_COMPRESSION"
+ANNOTATION_CREATED: Final = "org.opencontainers.image.created"
+ANNOTATION_BASE_NAME: Final = "org.opencontainers.image.base.name"
+ANNOTATION_BASE_DIGEST: Final = "org.opencontainers.image.base.digest"
+_REPLANS_MAX: Final = 64
+_ParentFactory = Callable[[str], LayerEntry]
+
+
+class UnsupportedStepError(BuildRequestError):
+    """The OCI backend cannot build a step of this graph (RUN, for now)."""
+
+    def __init__(self, instruction: str, stage: str) -> None:
+        self.instruction = instruction
+        self.stage = stage
+        super().__init__(
+            f"{stage}: {instruction}: the OCI backend cannot run RUN steps yet; "
+            "build this target with --backend docker"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class BuildStats:
+    """What a build did, for reports and benchmarks."""
+
+    layers_written: int = 0
+    layers_reused: int = 0
+    #: Uncompressed tar bytes that went through the compressor.
+    bytes_compressed: int = 0
+    #: Compressed bytes of the layers written.
+    bytes_written: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class OCIBuild:
+    """The outcome of :meth:`OCIBackend.build_image`."""
+
+    result: BuildResult
+    image: BuiltImage
+    stats: BuildStats
+
+
+@attrs.define
+class _StageState:
+    """The filesystem and history a step leaves."""
+
+    layers: tuple[LayerBlob, ...]
+    history: tuple[Mapping[str, Any], ...]
+    base: BaseImage | None
+
+
+def _epoch_from_env() -> int:
+    text = os.environ.get("SOURCE_DATE_EPOCH")
+    if not text:
+        return DEFAULT_EPOCH
+    if not text.isdigit():
+        raise BuildRequestError(
+            f"SOURCE_DATE_EPOCH must be a whole number of seconds, not {text!r}"
+        )
+    return int(text)
+
+
+def _compression_from_env() -> Compression:
+    text = os.environ.get(COMPRESSION_ENV) or "gzip"
+    if text not in COMPRESSIONS:
+        raise BuildRequestError(f"{COMPRESSION_ENV} must be one of {', '.join(COMPRESSIONS)}")
+    return text
+
+
+def _default_engine() -> DockerEngine:
+    from imagedsl.backends.engine import require_docker
+
+    return require_docker()
+
+
+class OCIBackend:
+    """Writes OCI images directly (``imagedsl build --backend oci``).
+
+    ``epoch`` (default ``$SOURCE_DATE_EPOCH``, else 0) is every file's mtime and the image's
+    creation time; ``compression`` (default ``$IMAGEDSL_OCI_COMPRESSION``, else gzip) is
+    ``gzip``, ``zstd`` or ``none``.
+    """
+
+    name = "oci"
+
+    def __init__(
+        self,
+        *,
+        epoch: int | None = None,
+        compression: Compression | None = None,
+        engine: Callable[[], DockerEngine] | None = None,
+    ) -> None:
+        self.epoch = _epoch_from_env() if epoch is None else epoch
+        self.compression: Compression = (
+            _compression_from_env() if compression is None else compression
+        )
+        self._engine_factory = engine or _default_engine
+        self._engine: DockerEngine | None = None
+
+    def _engine_once(self) -> DockerEngine:
+        if self._engine is None:
+            self._engine = self._engine_factory()
+        return self._engine
+
+    def build(
+        self, plan: Plan, request: BuildRequest, *, store: Store, reporter: Reporter
+    ) -> BuildResult:
+        """Build ``plan``'s target, write the requested output, record what was built."""
+        return self.build_image(plan, request, store=store, reporter=reporter).result
+
+    def build_image(
+        self, plan: Plan, request: BuildRequest, *, store: Store, reporter: Reporter
+    ) -> OCIBuild:
+        """:meth:`build`, returning the image and what the build did as well."""
+        refuse_unsupported(plan)
+        output = Output.parse(request.output) if request.output else None
+        run = _Build(self, plan, request, store, reporter)
+        image = run.build_all()
+        where = run.write_output(image, output)
+        result = BuildResult(
+            built=tuple(run.built),
+            cached=tuple(run.cached),
+            image=where,
+            digest=image.manifest_digest,
+        )
+        return OCIBuild(result=result, image=image, stats=run.stats)
+
+
+def refuse_unsupported(plan: Plan) -> None:
+    """Raise before any work if a step of the graph is a RUN."""
+    for step in plan.steps:
+        if step.kind == "run":
+            error = UnsupportedStepError(f"{step.instruction}", f"{step.stage}[{step.index}]")
+            raise error.with_location(step.location)
+
+
+def _iso(epoch: int) -> str:
+    moment = datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _Build:
+    """One build: the plan being made real, and what is known so far."""
+
+    def __init__(
+        self,
+        backend: OCIBackend,
+        plan: Plan,
+        request: BuildRequest,
+        store: Store,
+        reporter: Reporter,
+    ) -> None:
+        self.backend = backend
+        self.plan = plan
+        self.request = request
+        self.store = store
+        self.reporter = reporter
+        self.blobs = BlobStore(store)
+        self.states: dict[int, _StageState] = {}
+        self.filesystems: dict[tuple[str, ...], Filesystem] = {}
+        self.pending_copies: dict[int, tuple[list[LayerEntry], _ParentFactory]] = {}
+        self.built: list[str] = []
+        self.cached: list[str] = []
+        self.stats = BuildStats()
+        self._scratch: Iterator[Path] | None = None
+        self._spool_dir: Path | None = None
+        self._spooled = 0
+
+    # -- driving ---------------------------------------------------------------------------
+
+    def build_all(self) -> BuiltImage:
+        with scratch_dir(self.blobs) as spool:
+            self._spool_dir = spool
+            for _ in range(_REPLANS_MAX):
+                if self._walk():
+                    break
+                if self.request.replan is None:
+                    raise BuildRequestError(
+                        "the OCI backend needs BuildRequest.replan to build COPY --from steps"
+                    )
+                self.plan = self.request.replan()
+                refuse_unsupported(self.plan)
+            else:  # pragma: no cover - a graph cannot need this many rounds
+                raise BuildRequestError("COPY --from outputs did not settle")
+            return self._compose(self.plan.graph.output)
+
+    def _walk(self) -> bool:
+        """Make steps real in order; False when a COPY --from output asks for a new plan."""
+        for planned in self.plan.steps:
+            node = planned.node
+            if node.index in self.states:
+                continue
+            if node.structural_key is not None and node.provisional:
+                source = node.sources[0] if node.sources else None
+                if source is None or source not in self.states:  # pragma: no cover
+                    raise BuildRequestError(f"{planned.instruction}: source stage is not built")
+                self._measure_copy_from(node, planned.instruction)
+                return False
+            self.states[node.index] = self._step(node, planned.instruction)
+        return True
+
+    def _label(self, node: StepNode, instruction: str) -> str:
+        part = f" (layer {node.part})" if node.part is not None else ""
+        return f"{node.stage}[{node.position}] {instruction}{part}"
+
+    def _step(self, node: StepNode, instruction: str) -> _StageState:
+        kind = node.kind
+        if kind == "scratch":
+            return _StageState(layers=(), history=(), base=None)
+        if kind == "from":
+            return self._from(node, instruction)
+        assert node.parent is not None
+        below = self.states[node.parent]
+        part = f" (layer {node.part})" if node.part is not None else ""
+        created_by = f"{instruction}{part} # imagedsl"
+        if node.is_config:
+            entry = {"created": _iso(self.backend.epoch), "created_by": created_by,
+                     "empty_layer": True}  # fmt: skip
+            return attrs.evolve(below, history=(*below.history, entry))
+        label = self._label(node, instruction)
+        self.reporter.step_started(label)
+        layer = self._layer(node, self._below(node))
+        history: dict[str, Any] = {"created": _iso(self.backend.epoch), "created_by": created_by}
+        if layer is None:
+            history["empty_layer"] = True
+            self.reporter.step_finished(label, "cached")
+            record_step(self.store, node, {"oci.layer": None})
+            self.cached.append(label)
+            return attrs.evolve(below, history=(*below.history, history))
+        return attrs.evolve(below, layers=(*below.layers, layer), history=(*below.history, history))
+
+    # -- FROM ------------------------------------------------------------------------------
+
+    def _from(self, node: StepNode, instruction: str) -> _StageState:
+        step = node.step
+        assert isinstance(step, FromImage)
+        label = self._label(node, instruction)
+        self.reporter.step_started(label)
+        base = import_base(
+            step.reference, node.state.platform, self.blobs, engine=self.backend._engine_once
+        )
+        self._filesystem(base.layers, trusted=False)  # reads (and checks) every base layer
+        record_step(self.store, node, {"oci.manifest": base.manifest_digest})
+        self.reporter.step_finished(label, "cached")
+        self.cached.append(label)
+        history = base.config.get("history") or []
+        non_empty = [h for h in history if not h.get("empty_layer")]
+        if len(non_empty) != len(base.layers):
+            history = [
+                {"created_by": f"layer {i} of {base.reference}"} for i in range(len(base.layers))
+            ]
+        return _StageState(layers=base.layers, history=tuple(history), base=base)
+
+    # -- filesystems ---------------------------------------------------------------------------
+
+    def _filesystem(self, layers: Sequence[LayerBlob], *, trusted: bool = True) -> Filesystem:
+        key = tuple(layer.diff_id for layer in layers)
+        found = self.filesystems.get(key)
+        if found is not None:
+            return found
+        fs = (
+            Filesystem() if not layers else _copy_fs(self._filesystem(layers[:-1], trusted=trusted))
+        )
+        if layers:
+            fs.apply(layer_index(self.blobs, layers[-1], fs, trusted=trusted))
+        self.filesystems[key] = fs
+        return fs
+
+    # -- layers ------------------------------------------------------------------------------
+
+    def _below(self, node: StepNode) -> _StageState:
+        """What a step's layer is written over: for the parts of a COPY split into layers,
+        what lies below the whole COPY (so editing one part never re-keys its siblings)."""
+        group = node.group
+        first = node if group is None else self.plan.graph.nodes[group]
+        assert first.parent is not None
+        return self.states[first.parent]
+
+    def _cache_path(self, node: StepNode, below: _StageState) -> Path:
+        step = node.step
+        link = isinstance(step, Copy | Add) and step.link
+        lower = "" if link else "|".join(layer.diff_id for layer in below.layers)
+        material = json.dumps(
+            [LAYER_FORMAT, node.key, lower, self.backend.compression, self.backend.epoch]
+        )
+        key = blake3.blake3(material.encode()).hexdigest()
+        return self.store.root / "oci" / "layers" / key[:2] / f"{key}.json"
+
+    def _layer(self, node: StepNode, below: _StageState) -> LayerBlob | None:
+        label = self._label(node, describe(node.step))
+        cache = self._cache_path(node, below)
+        try:
+            saved = json.loads(cache.read_bytes())
+            layer = None if saved is None else LayerBlob(**saved)
+        except (OSError, ValueError, TypeError):
+            pass
+        else:
+            if layer is None or self.blobs.has(layer.digest, layer.size):
+                self.stats = attrs.evolve(self.stats, layers_reused=self.stats.layers_reused + 1)
+                record_step(self.store, node, _outputs(layer))
+                self.reporter.step_finished(label, "cached")
+                self.cached.append(label)
+                return layer
+        made = self._entries(node, below)
+        layer = None if made is None else self._write(*made)
+        atomic_write(cache, json.dumps(None if layer is None else layer.to_json()).encode())
+        record_step(self.store, node, _outputs(layer))
+        self.reporter.step_finished(label, "built")
+        self.built.append(label)
+        return layer
+
+    def _write(self, entries: list[LayerEntry], parent: _ParentFactory) -> LayerBlob:
+        arranged = arrange(entries, parent)
+        with self.blobs.writer() as handle:
+            stream = LayerStream(handle, self.backend.compression)
+            write_tar(arranged, stream, mtime=self.backend.epoch)
+            layer = stream.finish()
+            if not self.blobs.has(layer.digest, layer.size):
+                self.blobs.commit(handle, layer.digest)
+        save_index(
+            self.store, LayerIndex.of_entries(layer.diff_id, arranged, _kept_files(arranged))
+        )
+        self.stats = attrs.evolve(
+            self.stats,
+            layers_written=self.stats.layers_written + 1,
+            bytes_compressed=self.stats.bytes_compressed + layer.uncompressed_size,
+            bytes_written=self.stats.bytes_written + layer.size,
+        )
+        return layer
+
+    def _entries(
+        self, node: StepNode, below: _StageState
+    ) -> tuple[list[LayerEntry], _ParentFactory] | None:
+        step = node.step
+        lower = self._filesystem(below.layers)
+        if isinstance(step, Workdir):
+            return self._workdir_entries(node, lower)
+        assert isinstance(step, Copy | Add)
+        if node.index in self.pending_copies:
+            return self.pending_copies.pop(node.index)
+        if isinstance(step.source, StagePath):  # a COPY --from known by content already
+            entries, _, placement = self._copy_from_entries(node, lower)
+            return entries, placement.parent
+        placement = self._placement(node, lower)
+        if isinstance(step.source, UrlSource):
+            return [url_entry(step.source, placement, self.blobs)], placement.parent
+        assert isinstance(step.source, ContextSource)
+        root = step.source.context.root
+        if isinstance(step, Add):
+            return self._add_entries(node, root, placement), placement.parent
+        items = [item for tree in node.trees for item in tree.entries]
+        return context_entries(items, root, placement), placement.parent
+
+    def _placement(self, node: StepNode, lower: Filesystem) -> Placement:
+        step = node.step
+        assert isinstance(step, Copy | Add)
+        dest = str(node.preimage.get("dest") or node.state.resolve_path(step.dest))
+        single = _single_file(node)
+        owner = resolve_owner(describe(step), step.chown, lower.files)
+        return Placement(
+            dest,
+            None if step.link else lower,
+            owner=owner,
+            chmod=chmod_bits(step.chmod),
+            single_file=single,
+        )
+
+    def _add_entries(self, node: StepNode, root: str, placement: Placement) -> list[LayerEntry]:
+        plain = []
+        entries: list[LayerEntry] = []
+        for tree in node.trees:
+            for item in tree.entries:
+                host = os.path.join(root, item.source)
+                if item.type == "file" and is_archive(host):
+                    entries.extend(archive_entries(host, placement, self._spool, "ADD"))
+                else:
+                    plain.append(item)
+        if plain:
+            entries.extend(context_entries(plain, root, placement))
+        return entries
+
+    def _workdir_entries(
+        self, node: StepNode, lower: Filesystem
+    ) -> tuple[list[LayerEntry], _ParentFactory] | None:
+        path = node.state.workdir.strip("/")
+        if not path:
+            return None
+        head, base = posixpath.split(path)
+        real = posixpath.join(lower.resolve(head), base) if head else base
+        found = lower.get(real)
+        if found is not None and found.kind == "symlink":
+            real = lower.resolve(real)
+            found = lower.get(real)
+        if found is not None:
+            return None
+        owner = Owner()
+        before_user = str(node.preimage.get("user") or "")
+        if before_user:
+            try:  # BuildKit makes the directory owned by the USER in force
+                owner = resolve_owner("WORKDIR", before_user, lower.files)
+            except ImageDSLError:
+                owner = Owner()
+        placement = Placement("/" + real, lower, owner=owner, chmod=None, single_file=False)
+        return [placement.parent(real)], placement.parent
+
+    def _spool(self) -> Path:
+        assert self._spool_dir is not None
+        self._spooled += 1
+        return self._spool_dir / f"{self._spooled:08d}"
+
+    # -- COPY --from -------------------------------------------------------------------------
+
+    def _copy_from_entries(
+        self, node: StepNode, lower: Filesystem
+    ) -> tuple[list[LayerEntry], Tree, Placement]:
+        step = node.step
+        assert isinstance(step, Copy)
+        assert isinstance(step.source, StagePath)
+        source_state = self.states[node.sources[0]]
+        source_fs = self._filesystem(source_state.layers)
+        files, single = select_from_stage(source_fs, step.source.path, step.exclude, describe(step))
+        contents = self._read_contents(source_fs, source_state.layers, needed_contents(files))
+        placement = self._placement_from(node, lower, single)
+        entries, tree = stage_entries(files, contents, placement)
+        return entries, tree, placement
+
+    def _placement_from(self, node: StepNode, lower: Filesystem, single: bool) -> Placement:
+        step = node.step
+        assert isinstance(step, Copy)
+        dest = node.state.resolve_path(step.dest)
+        return Placement(
+            dest,
+            None if step.link else lower,
+            owner=resolve_owner(describe(step), step.chown, lower.files),
+            chmod=chmod_bits(step.chmod),
+            single_file=single,
+        )
+
+    def _measure_copy_from(self, node: StepNode, instruction: str) -> None:
+        assert node.parent is not None
+        below = self.states[node.parent]
+        lower = self._filesystem(below.layers)
+        entries, tree, placement = self._copy_from_entries(node, lower)
+        record_copy_output(self.store, node, tree)
+        self.pending_copies[node.index] = (entries, placement.parent)
+        del instruction
+
+    def _read_contents(
+        self, fs: Filesystem, layers: Sequence[LayerBlob], wanted: set[str]
+    ) -> dict[str, Path]:
+        by_layer: dict[int, dict[str, Path]] = {}
+        contents: dict[str, Path] = {}
+        for path in sorted(wanted):
+            origin = fs.origin.get(path)
+            if origin is None:
+                continue
+            spooled = self._spool()
+            by_layer.setdefault(origin, {})[path] = spooled
+            contents[path] = spooled
+        for position, names in sorted(by_layer.items()):
+            layer = layers[position]
+            with self.blobs.open(layer.digest) as raw:
+                inner = decompressed(raw)
+                found = read_members(inner, names, layer.digest)
+                while inner.read(1 << 20):
+                    pass
+                raw.drain()
+            missing = set(names) - found
+            if missing:
+                raise BuildRequestError(
+                    f"layer {layer.digest} lacks {sorted(missing)[:3]} although its index lists them"
+                )
+        return contents
+
+    # -- the image ---------------------------------------------------------------------------
+
+    def _compose(self, node: StepNode) -> BuiltImage:
+        state = self.states[node.index]
+        chain = self._chain(node)
+        base = state.base
+        base_config: Mapping[str, Any] = base.config if base is not None else {}
+        container = _container_config(chain, dict(base_config.get("config") or {}))
+        os_name, _, rest = node.state.platform.partition("/")
+        arch, _, variant = rest.partition("/")
+        config: dict[str, Any] = {
+            "architecture": base_config.get("architecture", arch),
+            "os": base_config.get("os", os_name),
+            "created": _iso(self.backend.epoch),
+            "config": container,
+            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in state.layers]},
+            "history": [dict(h) for h in state.history],
+        }
+        variant = base_config.get("variant", variant)
+        if variant:
+            config["variant"] = variant
+        config_bytes = canonical_json(config)
+        config_digest = self.blobs.put(config_bytes)
+        annotations = {ANNOTATION_CREATED: _iso(self.backend.epoch)}
+        if base is not None:
+            annotations[ANNOTATION_BASE_NAME] = _base_name(base.reference)
+            annotations[ANNOTATION_BASE_DIGEST] = base.manifest_digest
+        manifest = manifest_document(config_digest, len(config_bytes), state.layers, annotations)
+        manifest_digest = self.blobs.put(manifest)
+        return BuiltImage(
+            manifest=manifest,
+            manifest_digest=manifest_digest,
+            config_digest=config_digest,
+            layers=state.layers,
+        )
+
+    def _chain(self, node: StepNode) -> list[StepNode]:
+        nodes = self.plan.graph.nodes
+        chain = []
+        current: StepNode | None = node
+        while current is not None:
+            chain.append(current)
+            current = None if current.parent is None else nodes[current.parent]
+        chain.reverse()
+        return chain
+
+    # -- outputs -------------------------------------------------------------------------------
+
+    def write_output(self, image: BuiltImage, output: Output | None) -> str:
+        tags = [output.tag] if output is not None and output.tag else list(self.request.tags)
+        if output is None:
+            return image.manifest_digest
+        if output.kind == "oci":
+            assert output.path is not None
+            write_layout(Path(output.path), image, tags, self.blobs)
+            return f"oci:{output.path}" + (f":{tags[0]}" if tags else "")
+        if output.kind in ("oci-archive", "docker-archive"):
+            assert output.path is not None
+            write_archive(Path(output.path), image, tags, self.blobs, mtime=self.backend.epoch)
+            return f"{output.kind}:{output.path}" + (f":{tags[0]}" if tags else "")
+        engine = self.backend._engine_once()
+        with scratch_dir(self.blobs) as tmp:
+            archive = tmp / "image.tar"
+            write_archive(archive, image, tags, self.blobs, mtime=self.backend.epoch)
+            return load_into_docker(archive, tags, engine)
+
+
+def _copy_fs(fs: Filesystem) -> Filesystem:
+    copy = Filesystem()
+    copy.entries = dict(fs.entries)
+    copy.origin = dict(fs.origin)
+    copy.files = dict(fs.files)
+    copy.layers = list(fs.layers)
+    return copy
+
+
+def _kept_files(entries: Sequence[LayerEntry]) -> dict[str, str]:
+    kept = {}
+    for entry in entries:
+        if entry.path in ("etc/passwd", "etc/group") and entry.kind == "file":
+            source = entry.source
+            data = source if isinstance(source, bytes) else Path(str(source)).read_bytes()
+            kept[entry.path] = data.decode("utf-8", "replace")
+    return kept
+
+
+def _outputs(layer: LayerBlob | None) -> dict[str, Any]:
+    if layer is None:
+        return {"oci.layer": None}
+    return {"oci.layer": {"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size}}
+
+
+def _single_file(node: StepNode) -> bool:
+    step = node.step
+    assert isinstance(step, Copy | Add)
+    if isinstance(step.source, UrlSource):
+        return True
+    if not isinstance(step.source, ContextSource):
+        return False
+    return any(e.placed == "." for tree in node.trees for e in tree.entries)
+
+
+def _base_name(reference: str) -> str:
+    return reference
+
+
+def _shell_argv(node: StepNode, command: tuple[str, ...], shell_form: bool) -> list[str]:
+    return list(node.state.argv(command, shell_form))
+
+
+def _duration_ns(text: str | None) -> int | None:
+    if text is None:
+        return None
+    units = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+    total = 0.0
+    number = ""
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char.isdigit() or char == ".":
+            number += char
+            i += 1
+            continue
+        unit = text[i : i + 2] if text[i : i + 2] in units else char
+        total += float(number) * units[unit]
+        number = ""
+        i += len(unit)
+    return int(total)
+
+
+def _container_config(chain: Sequence[StepNode], base: dict[str, Any]) -> dict[str, Any]:
+    """The image's ``config``: the base's, with this stage's config steps applied in order."""
+    config = dict(base)
+    final = chain[-1].state
+    env: dict[str, str] = {}
+    for item in config.get("Env") or []:
+        name, _, value = str(item).partition("=")
+        env[name] = value
+    env.update(final.env)
+    env.setdefault("PATH", DEFAULT_PATH)
+    config["Env"] = [f"{name}={value}" for name, value in env.items()]
+    cmd_set = False
+    for node in chain:
+        step = node.step
+        variables = node.state.variables
+        if isinstance(step, Workdir):
+            config["WorkingDir"] = node.state.workdir
+        elif isinstance(step, User):
+            config["User"] = node.state.user
+        elif isinstance(step, Cmd):
+            config["Cmd"] = _shell_argv(node, step.command, step.shell_form)
+            cmd_set = True
+        elif isinstance(step, Entrypoint):
+            config["Entrypoint"] = _shell_argv(node, step.command, step.shell_form)
+            if not cmd_set:
+                config.pop("Cmd", None)
+        elif isinstance(step, Label):
+            labels = dict(config.get("Labels") or {})
+            for key, value in step.items:
+                labels[expand(key, variables)] = expand(value, variables)
+            config["Labels"] = labels
+        elif isinstance(step, Expose):
+            ports = dict(config.get("ExposedPorts") or {})
+            for port in step.ports:
+                ports[expand(port, variables)] = {}
+            config["ExposedPorts"] = ports
+        elif isinstance(step, Volume):
+            volumes = dict(config.get("Volumes") or {})
+            for path in step.paths:
+                volumes[expand(path, variables)] = {}
+            config["Volumes"] = volumes
+        elif isinstance(step, StopSignal):
+            config["StopSignal"] = step.signal
+        elif isinstance(step, Shell):
+            config["Shell"] = list(step.command)
+        elif isinstance(step, Healthcheck):
+            config["Healthcheck"] = _healthcheck(step)
+    for key in ("WorkingDir", "User"):
+        if key in config and not config[key]:
+            del config[key]
+    return {k: v for k, v in config.items() if v is not None}
+
+
+def _healthcheck(step: Healthcheck) -> dict[str, Any]:
+    if step.test is None:
+        return {"Test": ["NONE"]}
+    test = ["CMD-SHELL", step.test[0]] if step.shell_form else ["CMD", *step.test]
+    check: dict[str, Any] = {"Test": test}
+    for key, value in (
+        ("Interval", step.interval),
+        ("Timeout", step.timeout),
+        ("StartPeriod", step.start_period),
+    ):
+        duration = _duration_ns(value)
+        if duration is not None:
+            check[key] = duration
+    if step.retries is not None:
+        check["Retries"] = step.retries
+    return check
+
+
+__all__ = ["BuildStats", "OCIBackend", "OCIBuild", "UnsupportedStepError", "refuse_unsupported"]
