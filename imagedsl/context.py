@@ -13,17 +13,17 @@ directories 0o755), so the umask of a checkout cannot change a key.
 
 from __future__ import annotations
 
-import json
+import functools
+import marshal
 import os
 import posixpath
 import re
-import stat
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal, Protocol
+from stat import S_ISDIR, S_ISLNK, S_ISREG
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple, Protocol
 
 import attrs
 import blake3
@@ -162,25 +162,27 @@ def _clean_rel(step: str, path: object) -> str:
 class StatCacheStore(Protocol):
     """Where stat caches persist between runs (the store implements it)."""
 
-    def load_stat_cache(self, root: str) -> str | None:
+    def load_stat_cache(self, root: str) -> bytes | None:
         """The saved stat cache of a context root, or None."""
 
-    def save_stat_cache(self, root: str, text: str) -> None:
+    def save_stat_cache(self, root: str, data: bytes) -> None:
         """Replace the stat cache of a context root, atomically."""
 
 
-@attrs.frozen(kw_only=True)
-class Entry:
-    """One file, directory or symlink of a context, with what the stat cache compares."""
+class Entry(NamedTuple):
+    """One file, directory or symlink found in a context (a tuple: scans make 20,000s)."""
 
     path: str
     type: EntryType
     mode: int
     size: int
-    mtime_ns: int
-    ctime_ns: int
-    ino: int
-    target: str = ""
+    #: What the stat cache compares: (size, mtime_ns, ctime_ns, inode).
+    signature: tuple[int, int, int, int]
+    target: str
+
+
+#: A tree row: (placed, source, type, mode, size, digest), the tuple form of a TreeEntry.
+Row = tuple[str, str, str, int, int, str]
 
 
 @attrs.frozen(kw_only=True)
@@ -194,28 +196,36 @@ class TreeEntry:
     size: int
     digest: str
 
-    def record(self) -> bytes:
-        """Canonical bytes of this entry in the tree digest (NUL never occurs in paths)."""
-        return f"{self.placed}\0{self.type}\0{self.mode:o}\0{self.size}\0{self.digest}\0".encode(
-            "utf-8", "surrogateescape"
-        )
 
-
-@attrs.frozen(kw_only=True)
+@attrs.frozen
 class Tree:
     """The files a source selects, placed relative to the destination directory."""
 
     digest: str
-    entries: tuple[TreeEntry, ...] = attrs.field(eq=False, repr=False)
+    rows: tuple[Row, ...] = attrs.field(eq=False, repr=False)
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Row]) -> Tree:
+        """A tree of rows, with its digest."""
+        ordered = tuple(sorted(rows))
+        return cls(tree_digest(ordered), ordered)
+
+    @functools.cached_property
+    def entries(self) -> tuple[TreeEntry, ...]:
+        """The rows as :class:`TreeEntry` values, sorted by placed path."""
+        return tuple(
+            TreeEntry(placed=p, source=src, type=t, mode=m, size=n, digest=d)  # type: ignore[arg-type]
+            for p, src, t, m, n, d in self.rows
+        )
 
     @property
     def size(self) -> int:
         """Total bytes of regular files."""
-        return sum(e.size for e in self.entries if e.type == "file")
+        return sum(row[4] for row in self.rows)
 
     def manifest(self) -> dict[str, list[object]]:
         """Source path -> (type, mode, size, digest): what miss explanations diff."""
-        return {e.source: [e.type, e.mode, e.size, e.digest] for e in self.entries}
+        return {src: [t, m, n, d] for _, src, t, m, n, d in self.rows}
 
 
 def normalised_mode(entry_type: EntryType, st_mode: int) -> int:
@@ -225,13 +235,15 @@ def normalised_mode(entry_type: EntryType, st_mode: int) -> int:
     return 0o755 if entry_type == "dir" else 0o777
 
 
-def tree_digest(entries: Iterable[TreeEntry]) -> str:
-    """blake3 over the entries sorted by placed path."""
-    hasher = blake3.blake3()
-    hasher.update(b"imagedsl.tree.v1\0")
-    for entry in sorted(entries, key=lambda e: e.placed.encode("utf-8", "surrogateescape")):
-        hasher.update(entry.record())
-    return hasher.hexdigest()
+def tree_digest(rows: Iterable[Row]) -> str:
+    """blake3 over the rows sorted by placed path (code point order; NUL never in paths)."""
+    body = "".join(
+        f"{placed}\0{kind}\0{mode:o}\0{size}\0{digest}\0"
+        for placed, _, kind, mode, size, digest in sorted(rows)
+    )
+    return blake3.blake3(
+        b"imagedsl.tree.v1\0" + body.encode("utf-8", "surrogateescape")
+    ).hexdigest()
 
 
 #: Basenames of dependency manifests and lock files: their own layer under layers="auto".
@@ -265,37 +277,36 @@ def partition_tree(tree: Tree, layers: str | Sequence[Sequence[str]]) -> list[tu
     moves only when those bytes double or halve. Explicit groups: ``group-N`` per group
     (first matching group wins) and ``rest``.
     """
-    named: dict[str, list[TreeEntry]] = {}
+    named: dict[str, list[Row]] = {}
     if layers == "auto":
-        large = [e for e in tree.entries if e.type == "file" and e.size >= LARGE_FILE]
-        large_buckets = _bucket_count(sum(e.size for e in large), _LARGE_BUCKET, _MAX_LARGE_BUCKETS)
-        rest_bytes = sum(e.size for e in tree.entries if e.size < LARGE_FILE)
+        large_bytes = sum(row[4] for row in tree.rows if row[4] >= LARGE_FILE)
+        large_buckets = _bucket_count(large_bytes, _LARGE_BUCKET, _MAX_LARGE_BUCKETS)
+        rest_bytes = sum(row[4] for row in tree.rows if row[4] < LARGE_FILE)
         rest_buckets = _bucket_count(rest_bytes, _FILES_BUCKET, _MAX_FILES_BUCKETS)
-        for entry in tree.entries:
-            base = posixpath.basename(entry.placed)
-            if entry.type == "file" and (base in MANIFEST_NAMES or _MANIFEST_PATTERN.match(base)):
+        for row in tree.rows:
+            placed, _, kind, _, size, _ = row
+            base = posixpath.basename(placed)
+            if kind == "file" and (base in MANIFEST_NAMES or _MANIFEST_PATTERN.match(base)):
                 name = "manifests"
-            elif entry.type == "file" and entry.size >= LARGE_FILE:
-                name = f"large-{_bucket(entry.placed, large_buckets)}"
+            elif kind == "file" and size >= LARGE_FILE:
+                name = f"large-{_bucket(placed, large_buckets)}"
             else:
-                name = f"files-{_bucket(entry.placed, rest_buckets)}"
-            named.setdefault(name, []).append(entry)
+                name = f"files-{_bucket(placed, rest_buckets)}"
+            named.setdefault(name, []).append(row)
         order = ["manifests"]
         order += [f"large-{i}" for i in range(_MAX_LARGE_BUCKETS)]
         order += [f"files-{i}" for i in range(_MAX_FILES_BUCKETS)]
     else:
         rules = [IgnoreRules.from_lines(group) for group in layers]
-        for entry in tree.entries:
-            name = next(
-                (f"group-{i}" for i, r in enumerate(rules) if r.excludes(entry.placed)), "rest"
-            )
-            named.setdefault(name, []).append(entry)
+        for row in tree.rows:
+            name = next((f"group-{i}" for i, r in enumerate(rules) if r.excludes(row[0])), "rest")
+            named.setdefault(name, []).append(row)
         order = [f"group-{i}" for i in range(len(rules))] + ["rest"]
     parts = []
     for name in order:
-        entries = named.get(name)
-        if entries:
-            parts.append((name, Tree(digest=tree_digest(entries), entries=tuple(entries))))
+        rows = named.get(name)
+        if rows:
+            parts.append((name, Tree.from_rows(rows)))
     if not parts:  # an empty selection still makes one (empty) layer
         parts.append(("files-0", tree))
     return parts
@@ -328,8 +339,9 @@ def hash_file(path: str, size: int) -> str:
 class ContextHasher:
     """Scans contexts and hashes selections for one planning run.
 
-    Scans are memoised per (root, rules) and directory, and each root's stat cache is read
-    once and written back (atomically, through ``store``) by :meth:`save`.
+    Scans are memoised per (context, directory); each root's stat cache is read once and
+    written back by :meth:`save` when this run learned something. The scan and the cache
+    check are the warm path of every plan, so they work on plain tuples.
     """
 
     def __init__(self, stat_caches: StatCacheStore | None, reporter: Reporter) -> None:
@@ -337,9 +349,8 @@ class ContextHasher:
         self._reporter = reporter
         self._scans: dict[tuple[Context, str], dict[str, Entry]] = {}
         self._rules: dict[Context, IgnoreRules] = {}
-        self._caches: dict[str, dict[str, list[object]]] = {}
+        self._caches: dict[str, dict[str, tuple[tuple[int, int, int, int], str]]] = {}
         self._dirty: set[str] = set()
-        self._digests: dict[tuple[str, str], str] = {}
         self._started_ns = time.time_ns()
 
     # -- public ------------------------------------------------------------------------------
@@ -355,7 +366,7 @@ class ContextHasher:
         context = source.context
         rules = self._rules_for(context)
         excluded = IgnoreRules.from_lines(exclude) if exclude else None
-        placed: dict[str, tuple[Entry, str]] = {}
+        placed: dict[str, Entry] = {}
         missing: list[str] = []
         for selector in source.selectors:
             matches = self._match(context, rules, selector)
@@ -363,29 +374,33 @@ class ContextHasher:
                 missing.append(selector.path)
                 continue
             for entry, base in matches:
-                if not dest_is_dir and entry.type != "dir" and base is None:
-                    rel = "."  # one file copied to a file name
-                elif base is None:
-                    rel = posixpath.basename(entry.path)
+                if base is None:
+                    # A file selected by name: at the destination itself, or by its name in it.
+                    rel = "." if not dest_is_dir else posixpath.basename(entry.path)
                 else:
                     rel = entry.path[len(base) + 1 :] if base else entry.path
                 if excluded is not None and excluded.excludes(rel):
                     continue
-                placed[rel] = (entry, entry.path)
+                placed[rel] = entry
         if missing:
             raise ContextError(context.root, missing).with_location(
                 source.location or context.location
             )
-        entries = self._hash_entries(context.root, placed)
-        return Tree(digest=tree_digest(entries), entries=tuple(entries))
+        digests = self._digests(context.root, placed.values())
+        rows = [
+            (rel, e.path, e.type, e.mode, e.size if e.type == "file" else 0, digests[e.path])
+            for rel, e in placed.items()
+        ]
+        return Tree.from_rows(rows)
 
     def save(self) -> None:
         """Write back every stat cache this run changed."""
         if self._stat_caches is None:
             return
         for root in sorted(self._dirty):
-            payload = {"v": _STATCACHE_VERSION, "root": root, "entries": self._caches[root]}
-            self._stat_caches.save_stat_cache(root, json.dumps(payload, separators=(",", ":")))
+            payload = marshal.dumps((_STATCACHE_VERSION, root, self._caches[root]))
+            check = blake3.blake3(payload).digest()
+            self._stat_caches.save_stat_cache(root, _STATCACHE_MAGIC + check + payload)
         self._dirty.clear()
 
     # -- selection ---------------------------------------------------------------------------
@@ -393,8 +408,7 @@ class ContextHasher:
     def _rules_for(self, context: Context) -> IgnoreRules:
         rules = self._rules.get(context)
         if rules is None:
-            root = Path(context.root)
-            if not root.is_dir():
+            if not os.path.isdir(context.root):
                 raise ContextError(context.root, problem="is not a directory").with_location(
                     context.location
                 )
@@ -418,10 +432,7 @@ class ContextHasher:
                     found.extend(self._expand(context, rules, top[path]))
             return found
         if selector.path == ".":
-            whole: list[tuple[Entry, str | None]] = [
-                (e, "") for e in self._scan(context, rules, "").values()
-            ]
-            return whole
+            return [(e, "") for e in self._scan(context, rules, "").values()]
         entry = self._stat_one(context, rules, selector.path)
         if entry is None:
             return []
@@ -458,6 +469,7 @@ class ContextHasher:
         found: dict[str, Entry] = {}
         stack = [start]
         check = bool(rules)
+        excludes = rules.excludes
         while stack:
             rel = stack.pop()
             prefix = f"{rel}/" if rel else ""
@@ -470,17 +482,28 @@ class ContextHasher:
             with iterator:
                 for dirent in iterator:
                     path = prefix + dirent.name
-                    is_dir = dirent.is_dir(follow_symlinks=False)
-                    if check and rules.excludes(path):
-                        if is_dir and rules.may_include_under(path):
+                    if check and excludes(path):
+                        if dirent.is_dir(follow_symlinks=False) and rules.may_include_under(path):
                             stack.append(path)
                         continue
-                    entry = _entry(root, path, dirent.stat(follow_symlinks=False))
-                    if entry is None:
-                        continue
-                    found[path] = entry
-                    if is_dir:
+                    st = dirent.stat(follow_symlinks=False)
+                    mode = st.st_mode
+                    if S_ISREG(mode):
+                        found[path] = Entry(
+                            path,
+                            "file",
+                            0o755 if mode & 0o111 else 0o644,
+                            st.st_size,
+                            (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino),
+                            "",
+                        )
+                    elif S_ISDIR(mode):
+                        found[path] = Entry(path, "dir", 0o755, 0, (0, 0, 0, 0), "")
                         stack.append(path)
+                    elif S_ISLNK(mode):
+                        target = os.readlink(dirent.path)
+                        found[path] = Entry(path, "symlink", 0o777, 0, (0, 0, 0, 0), target)
+                    # sockets, fifos and devices are never build inputs
         if check:
             _add_missing_parents(root, start, found)
         self._scans[memo_key] = found
@@ -488,52 +511,40 @@ class ContextHasher:
 
     # -- hashing -----------------------------------------------------------------------------
 
-    def _hash_entries(self, root: str, placed: Mapping[str, tuple[Entry, str]]) -> list[TreeEntry]:
+    def _digests(self, root: str, entries: Iterable[Entry]) -> dict[str, str]:
+        """Content digests of ``entries`` (file bytes, symlink targets; dirs have none)."""
         cache = self._load_cache(root)
-        todo: list[Entry] = []
         digests: dict[str, str] = {}
-        for entry, _ in placed.values():
-            if entry.type == "symlink":
+        todo: list[Entry] = []
+        for entry in entries:
+            kind = entry.type
+            if kind == "file":
+                cached = cache.get(entry.path)
+                if cached is not None and cached[0] == entry.signature:
+                    digests[entry.path] = cached[1]
+                else:
+                    todo.append(entry)
+            elif kind == "symlink":
                 digests[entry.path] = blake3.blake3(
                     entry.target.encode("utf-8", "surrogateescape")
                 ).hexdigest()
-            elif entry.type == "file":
-                known = self._digests.get((root, entry.path))
-                if known is None:
-                    known = _cached_digest(cache.get(entry.path), entry)
-                if known is None:
-                    todo.append(entry)
-                else:
-                    digests[entry.path] = known
+            else:
+                digests[entry.path] = ""
         if todo:
+            racy = self._started_ns - _RACY_NS
             for entry, digest in zip(todo, self._hash_files(root, todo), strict=True):
                 digests[entry.path] = digest
-                if max(entry.mtime_ns, entry.ctime_ns) < self._started_ns - _RACY_NS:
-                    cache[entry.path] = [
-                        entry.size,
-                        entry.mtime_ns,
-                        entry.ctime_ns,
-                        entry.ino,
-                        digest,
-                    ]
+                _, mtime_ns, ctime_ns, _ = entry.signature
+                if mtime_ns < racy and ctime_ns < racy:
+                    cache[entry.path] = (entry.signature, digest)
                 else:
                     cache.pop(entry.path, None)
-                self._dirty.add(root)
-        for path, digest in digests.items():
-            self._digests[(root, path)] = digest
-        return [
-            TreeEntry(
-                source=entry.path,
-                placed=rel,
-                type=entry.type,
-                mode=entry.mode,
-                size=entry.size if entry.type == "file" else 0,
-                digest=digests.get(entry.path, ""),
-            )
-            for rel, (entry, _) in placed.items()
-        ]
+            self._dirty.add(root)
+        return digests
 
     def _hash_files(self, root: str, entries: Sequence[Entry]) -> Iterator[str]:
+        from concurrent.futures import ThreadPoolExecutor
+
         total = sum(e.size for e in entries)
         self._reporter.hashing_started(root, len(entries), total)
         done_files = done_bytes = 0
@@ -559,35 +570,34 @@ class ContextHasher:
 
     # -- stat cache --------------------------------------------------------------------------
 
-    def _load_cache(self, root: str) -> dict[str, list[object]]:
+    def _load_cache(self, root: str) -> dict[str, tuple[tuple[int, int, int, int], str]]:
         cache = self._caches.get(root)
-        if cache is not None:
-            return cache
-        cache = {}
-        text = self._stat_caches.load_stat_cache(root) if self._stat_caches else None
-        if text is not None:
-            try:
-                payload = json.loads(text)
-                if payload.get("v") == _STATCACHE_VERSION and payload.get("root") == root:
-                    cache = dict(payload["entries"])
-            except (ValueError, AttributeError, KeyError, TypeError):
-                cache = {}  # a damaged stat cache only costs re-reading files
-        self._caches[root] = cache
+        if cache is None:
+            data = self._stat_caches.load_stat_cache(root) if self._stat_caches else None
+            cache = self._caches[root] = _parse_stat_cache(data, root)
         return cache
 
 
-def _cached_digest(cached: list[object] | None, entry: Entry) -> str | None:
-    if (
-        cached is not None
-        and len(cached) == 5
-        and cached[0] == entry.size
-        and cached[1] == entry.mtime_ns
-        and cached[2] == entry.ctime_ns
-        and cached[3] == entry.ino
-        and isinstance(cached[4], str)
-    ):
-        return cached[4]
-    return None
+_STATCACHE_MAGIC: Final = b"imagedsl-statcache\n"
+
+
+def _parse_stat_cache(
+    data: bytes | None, root: str
+) -> dict[str, tuple[tuple[int, int, int, int], str]]:
+    """The entries of a saved stat cache; anything damaged reads as empty (a re-read)."""
+    if not data or not data.startswith(_STATCACHE_MAGIC):
+        return {}
+    body = data[len(_STATCACHE_MAGIC) :]
+    check, payload = body[:32], body[32:]
+    if blake3.blake3(payload).digest() != check:
+        return {}  # torn or tampered: checked before unmarshalling anything
+    try:
+        version, saved_root, entries = marshal.loads(payload)
+    except (ValueError, EOFError, TypeError):
+        return {}
+    if version != _STATCACHE_VERSION or saved_root != root or not isinstance(entries, dict):
+        return {}
+    return entries
 
 
 def _batches(entries: Sequence[Entry]) -> Iterator[Sequence[Entry]]:
@@ -605,25 +615,15 @@ def _batches(entries: Sequence[Entry]) -> Iterator[Sequence[Entry]]:
 
 def _entry(root: str, rel: str, st: os.stat_result) -> Entry | None:
     mode = st.st_mode
-    if stat.S_ISREG(mode):
-        kind: EntryType = "file"
-    elif stat.S_ISDIR(mode):
-        kind = "dir"
-    elif stat.S_ISLNK(mode):
-        kind = "symlink"
-    else:
-        return None  # sockets, fifos and devices are never build inputs
-    target = os.readlink(os.path.join(root, rel)) if kind == "symlink" else ""
-    return Entry(
-        path=rel,
-        type=kind,
-        mode=normalised_mode(kind, mode),
-        size=st.st_size,
-        mtime_ns=st.st_mtime_ns,
-        ctime_ns=st.st_ctime_ns,
-        ino=st.st_ino,
-        target=target,
-    )
+    if S_ISREG(mode):
+        signature = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        return Entry(rel, "file", normalised_mode("file", mode), st.st_size, signature, "")
+    if S_ISDIR(mode):
+        return Entry(rel, "dir", 0o755, 0, (0, 0, 0, 0), "")
+    if S_ISLNK(mode):
+        target = os.readlink(os.path.join(root, rel))
+        return Entry(rel, "symlink", 0o777, 0, (0, 0, 0, 0), target)
+    return None  # sockets, fifos and devices are never build inputs
 
 
 def _add_missing_parents(root: str, start: str, found: dict[str, Entry]) -> None:

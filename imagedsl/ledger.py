@@ -257,33 +257,37 @@ class Store:
     # -- small caches (StatCacheStore and AnalysisMemo) --------------------------------------
 
     def _cache_file(self, kind: str, name: str) -> Path:
-        return self.root / "cache" / kind / f"{name}.json"
+        return self.root / "cache" / kind / name
 
-    def load_stat_cache(self, root: str) -> str | None:
+    def load_stat_cache(self, root: str) -> bytes | None:
         """The stat cache of a context root, or None."""
         return self._read_cache("stat", _name_of(root))
 
-    def save_stat_cache(self, root: str, text: str) -> None:
+    def save_stat_cache(self, root: str, data: bytes) -> None:
         """Replace the stat cache of a context root."""
-        self._write_cache("stat", _name_of(root), text)
+        self._write_cache("stat", _name_of(root), data)
 
     def load_analysis(self, digest: str) -> str | None:
         """A memoised graph analysis, or None."""
-        return self._read_cache("analysis", digest)
+        data = self._read_cache("analysis", digest)
+        try:
+            return None if data is None else data.decode()
+        except UnicodeDecodeError:
+            return None
 
     def save_analysis(self, digest: str, text: str) -> None:
         """Memoise a graph analysis."""
-        self._write_cache("analysis", digest, text)
+        self._write_cache("analysis", digest, text.encode())
 
-    def _read_cache(self, kind: str, name: str) -> str | None:
+    def _read_cache(self, kind: str, name: str) -> bytes | None:
         try:
-            return self._cache_file(kind, name).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
+            return self._cache_file(kind, name).read_bytes()
+        except OSError:
             return None
 
-    def _write_cache(self, kind: str, name: str, text: str) -> None:
+    def _write_cache(self, kind: str, name: str, data: bytes) -> None:
         try:
-            atomic_write(self._cache_file(kind, name), text.encode())
+            atomic_write(self._cache_file(kind, name), data)
         except OSError as error:
             # A cache we cannot write only costs time next run; say so once, carry on.
             warnings.warn(

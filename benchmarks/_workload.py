@@ -1,0 +1,93 @@
+"""The benchmark workload: a deterministic context of 20,000 files and about 400 MB.
+
+Shared by every benchmark so that figures are comparable. The tree is regenerated only when
+its recipe changes (a marker file records the recipe's digest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+
+RECIPE = {"version": 1, "files": 20_000, "dirs": 400, "mean_bytes": 20_000, "seed": 20261123}
+
+
+def make_context(root: Path, recipe: dict[str, int] = RECIPE) -> Path:
+    """Create (or reuse) the workload tree under ``root/context``; return that directory."""
+    context = root / "context"
+    marker = root / "recipe.json"
+    wanted = json.dumps(recipe, sort_keys=True)
+    if marker.is_file() and marker.read_text() == wanted and context.is_dir():
+        return context
+    shutil.rmtree(context, ignore_errors=True)
+    rng = random.Random(recipe["seed"])
+    block = rng.randbytes(1 << 20)
+    per_dir = recipe["files"] // recipe["dirs"]
+    for d in range(recipe["dirs"]):
+        directory = context / f"pkg{d:03d}" / ("sub" if d % 3 else "")
+        directory.mkdir(parents=True, exist_ok=True)
+        for f in range(per_dir):
+            # Sizes spread 0..2x the mean; bytes come from a rotating random block, so files
+            # differ without costing a random draw per byte.
+            size = rng.randint(0, 2 * recipe["mean_bytes"])
+            offset = rng.randint(0, len(block) - size - 1)
+            digest = hashlib.sha256(f"{d}/{f}".encode()).digest()
+            (directory / f"m{f:03d}.py").write_bytes(digest + block[offset : offset + size])
+    (context / "requirements.txt").write_text("flask==3.0.3\n")
+    (root / "build.py").write_text(
+        "import imagedsl as dsl\n\n"
+        "src = dsl.context('context')\n"
+        "app = dsl.scratch().copy(src, '/app').entrypoint('/app/pkg000/m000.py')\n"
+    )
+    marker.write_text(wanted)
+    return context
+
+
+def context_bytes(context: Path) -> tuple[int, int]:
+    """(files, bytes) of a context."""
+    files = total = 0
+    for path in context.rglob("*"):
+        if path.is_file():
+            files += 1
+            total += path.stat().st_size
+    return files, total
+
+
+@attrs.frozen
+class Run:
+    """One timed subprocess: wall seconds and peak resident memory."""
+
+    seconds: float
+    peak_rss_mb: float
+
+
+def timed(argv: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None) -> Run:
+    """Run a command, fail loudly if it fails, and measure it (wait4 gives its own rusage)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        list(argv), cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    stderr = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.stderr:
+        proc.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"command failed: {' '.join(argv)}\n{stderr}")
+    return Run(seconds, usage.ru_maxrss / 1024)
+
+
+def median(values: Sequence[float]) -> float:
+    """The median, for reporting."""
+    return statistics.median(values)

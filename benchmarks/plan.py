@@ -1,0 +1,67 @@
+"""Benchmark `imagedsl plan` on the 20,000-file, ~400 MB workload.
+
+Times the command as a user runs it (a new process each time): cold (no stat cache, so every
+file is read and hashed), warm (nothing changed), and after editing one file; prints medians
+and peak memory against the targets of the core issue.
+
+    python benchmarks/plan.py [--runs N] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from _workload import context_bytes, make_context, median, timed
+
+TARGETS = {"cold": 1.5, "warm": 0.25, "one edit": 0.3}
+RSS_TARGET_MB = 200.0
+
+
+def main() -> None:
+    """Run the benchmark and print its table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=5, help="runs per case (median reported)")
+    parser.add_argument(
+        "--work", type=Path, default=Path("bench-work"), help="where the workload lives"
+    )
+    args = parser.parse_args()
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    context = make_context(work)
+    files, total = context_bytes(context)
+    store = work / "store"
+    command = [sys.executable, "-m", "imagedsl", "plan", "--store", str(store), "build.py"]
+    print(f"workload: {files} files, {total / 1e6:.0f} MB; python {sys.version.split()[0]}")
+
+    results: dict[str, list[float]] = {case: [] for case in TARGETS}
+    peaks: list[float] = []
+    edited = context / "pkg007" / "sub" / "m011.py"
+    original = edited.read_bytes()
+    for i in range(args.runs):
+        shutil.rmtree(store, ignore_errors=True)
+        time.sleep(0.1)  # let files age past the stat cache's racy window
+        cold = timed(command, cwd=work)
+        warm = timed(command, cwd=work)
+        edited.write_bytes(original[:-1] + bytes([(original[-1] + 1 + i) % 256]))
+        time.sleep(0.1)
+        edit = timed(command, cwd=work)
+        edited.write_bytes(original)
+        for case, run in (("cold", cold), ("warm", warm), ("one edit", edit)):
+            results[case].append(run.seconds)
+            peaks.append(run.peak_rss_mb)
+
+    print(f"{'case':<10} {'median s':>9} {'target s':>9}  runs")
+    for case, values in results.items():
+        ok = "ok" if median(values) <= TARGETS[case] else "OVER"
+        runs = " ".join(f"{v:.3f}" for v in values)
+        print(f"{case:<10} {median(values):>9.3f} {TARGETS[case]:>9.2f}  {runs}  {ok}")
+    peak = max(peaks)
+    print(f"peak RSS   {peak:>9.1f} MB (target {RSS_TARGET_MB:.0f} MB)  {'ok' if peak <= RSS_TARGET_MB else 'OVER'}")
+
+
+if __name__ == "__main__":
+    main()
