@@ -1,0 +1,482 @@
+"""Building images with the OCI backend: config, caching, reproducibility, COPY variants."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import oci_support
+import pytest
+from oci_support import build, layer_members, read_image
+
+import imagedsl as dsl
+from imagedsl.backends import BuildRequestError
+from imagedsl.backends.oci.image import OCIBackend, UnsupportedStepError
+from imagedsl.backends.oci.layout import Output
+from imagedsl.ledger import Store
+from imagedsl.planner import PlanStatus, plan
+
+
+@pytest.fixture(name="base", scope="module")
+def fixture_base(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``oci:DIR:1``: the busybox base as an OCI layout."""
+    return oci_support.make_busybox_layout(tmp_path_factory.mktemp("base"))
+
+
+@pytest.fixture(name="ctx")
+def fixture_ctx(tmp_path: Path) -> Path:
+    """A small build context: an app directory, a lock file, a symlink."""
+    root = tmp_path / "ctx"
+    (root / "app" / "pkg").mkdir(parents=True)
+    (root / "app" / "main.py").write_text("print('main')\n")
+    (root / "app" / "pkg" / "util.py").write_text("X = 1\n")
+    (root / "app" / "run.sh").write_text("#!/bin/sh\necho hello from app\n")
+    (root / "app" / "run.sh").chmod(0o755)
+    (root / "app" / "current").symlink_to("main.py")
+    (root / "requirements.txt").write_text("attrs==23.1\n")
+    return root
+
+
+@pytest.fixture(name="store")
+def fixture_store(tmp_path: Path) -> Store:
+    """A fresh store."""
+    return Store(tmp_path / "store")
+
+
+def _blob_count(store: Store) -> int:
+    blobs = store.root / "blobs" / "sha256"
+    return len([p for p in blobs.iterdir() if not p.name.startswith(".")]) if blobs.exists() else 0
+
+
+def test_config_history_and_annotations(base: str, ctx: Path, store: Store, tmp_path: Path) -> None:
+    """Config steps land in the image config, one history entry per step, standard annotations."""
+    src = dsl.context(ctx)
+    app = (
+        dsl.image(base)
+        .env(APP_HOME="/app")
+        .env(GREETING="hi $APP_HOME")
+        .workdir("/app")
+        .copy(src.dir("app"), ".")
+        .user("app")
+        .label({"org.opencontainers.image.title": "demo", "home": "$APP_HOME"})
+        .expose(8080, "53/udp")
+        .volume("/data")
+        .entrypoint("/bin/sh")
+        .cmd("/app/run.sh")
+        .healthcheck("/bin/true", interval="30s", timeout=5, retries=3)
+        .stopsignal("TERM")
+    )
+    outcome, _ = build({"app": app}, store, output=f"oci:{tmp_path / 'out'}:v1")
+    digest, manifest, config = read_image(tmp_path / "out", "v1")
+    assert digest == outcome.image.manifest_digest
+    container = config["config"]
+    assert container["Env"] == ["PATH=/bin", "APP_HOME=/app", "GREETING=hi /app"]
+    assert container["WorkingDir"] == "/app"
+    assert container["User"] == "app"
+    assert container["Labels"] == {"org.opencontainers.image.title": "demo", "home": "/app"}
+    assert container["ExposedPorts"] == {"8080/tcp": {}, "53/udp": {}}
+    assert container["Volumes"] == {"/data": {}}
+    assert container["Entrypoint"] == ["/bin/sh"]
+    assert container["Cmd"] == ["/app/run.sh"]
+    assert container["Healthcheck"] == {
+        "Test": ["CMD", "/bin/true"],
+        "Interval": 30 * 10**9,
+        "Timeout": 5 * 10**9,
+        "Retries": 3,
+    }
+    assert container["StopSignal"] == "SIGTERM"
+    history = config["history"]
+    assert len(history) == 1 + 12  # the base layer, then every step after FROM
+    assert len([h for h in history if not h.get("empty_layer")]) == len(manifest["layers"])
+    assert history[4]["created_by"] == "COPY app . # imagedsl"
+    annotations = manifest["annotations"]
+    assert annotations["org.opencontainers.image.created"] == "1970-01-01T00:00:00Z"
+    assert annotations["org.opencontainers.image.base.name"] == base
+    base_digest, _, _ = read_image(Path(base.split(":")[1]), "1")
+    assert annotations["org.opencontainers.image.base.digest"] == base_digest
+    assert manifest["layers"][0]["digest"] in {
+        d["digest"] for d in read_image(Path(base.split(":")[1]), "1")[1]["layers"]
+    }
+
+
+def test_entrypoint_resets_inherited_cmd(base: str, store: Store) -> None:
+    """ENTRYPOINT drops the base's CMD unless this stage set CMD, as in a Dockerfile."""
+    only_entry, _ = build({"a": dsl.image(base).entrypoint("/bin/echo")}, store)
+    config = json.loads(store.blob_path(only_entry.image.config_digest).read_bytes())
+    assert "Cmd" not in config["config"]
+    both, _ = build({"a": dsl.image(base).cmd("x").entrypoint("/bin/echo", shell=False)}, store)
+    config = json.loads(store.blob_path(both.image.config_digest).read_bytes())
+    assert config["config"]["Cmd"] == ["x"]
+    shell, _ = build({"a": dsl.image(base).cmd("echo $HOME", shell=True)}, store)
+    config = json.loads(store.blob_path(shell.image.config_digest).read_bytes())
+    assert config["config"]["Cmd"] == ["/bin/sh", "-c", "echo $HOME"]
+
+
+def test_rebuild_compresses_nothing_and_plan_hits(
+    base: str, ctx: Path, store: Store, tmp_path: Path
+) -> None:
+    """A second build of unchanged inputs writes no layer and only links the output."""
+    src = dsl.context(ctx)
+    app = dsl.image(base).copy(src.file("requirements.txt"), "/app/").copy(src.dir("app"), "/app")
+    stages = {"app": app}
+    first, planned = build(stages, store, output=f"oci:{tmp_path / 'one'}")
+    assert [s.status for s in planned.steps] == [PlanStatus.MISS] * 3
+    assert first.stats.layers_written == 2
+    after = plan(stages, "app", store=store, project="test")
+    assert [s.status for s in after.steps] == [PlanStatus.HIT] * 3
+    second, _ = build(stages, store, output=f"oci:{tmp_path / 'two'}")
+    assert second.stats.layers_written == 0
+    assert second.stats.bytes_compressed == 0
+    assert second.image.manifest_digest == first.image.manifest_digest
+    layer = second.image.layers[-1].digest.partition(":")[2]
+    linked = tmp_path / "two" / "blobs" / "sha256" / layer
+    assert linked.stat().st_ino == (store.root / "blobs" / "sha256" / layer).stat().st_ino
+
+
+def test_edit_rebuilds_only_the_changed_layer(base: str, ctx: Path, store: Store) -> None:
+    """Editing a file rebuilds the COPY that holds it; the base and other layers are reused."""
+    src = dsl.context(ctx)
+    app = dsl.image(base).copy(src.file("requirements.txt"), "/app/").copy(src.dir("app"), "/app")
+    first, _ = build({"app": app}, store)
+    (ctx / "app" / "main.py").write_text("print('edited')\n")
+    second, planned = build({"app": app}, store)
+    assert [s.status for s in planned.steps] == [PlanStatus.HIT, PlanStatus.HIT, PlanStatus.MISS]
+    assert second.stats.layers_written == 1
+    assert second.image.layers[:2] == first.image.layers[:2]
+    assert second.image.layers[2] != first.image.layers[2]
+
+
+def test_run_is_refused_before_any_work(base: str, ctx: Path, store: Store) -> None:
+    """A graph with RUN fails fast, naming the step and pointing to the docker backend."""
+    src = dsl.context(ctx)
+    app = dsl.image(base).copy(src.dir("app"), "/app").run("echo hi").cmd("x")
+    with pytest.raises(UnsupportedStepError) as caught:
+        build({"app": app}, store, output=f"oci:{store.root.parent / 'out'}")
+    assert caught.value.instruction == "RUN echo hi"
+    assert caught.value.stage == "app[2]"
+    assert "--backend docker" in str(caught.value)
+    assert caught.value.location is not None
+    assert caught.value.location.file == __file__
+    assert _blob_count(store) == 0
+    assert not (store.root.parent / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("oci", id="no-path"),
+        pytest.param("tar:/x", id="unknown-kind"),
+        pytest.param("oci-archive:", id="empty-path"),
+    ],
+)
+def test_bad_output_is_refused(text: str) -> None:
+    """An output spec that names nothing usable is a BuildRequestError."""
+    with pytest.raises(BuildRequestError):
+        Output.parse(text)
+
+
+def _copy_tree_differently(source: Path, dest: Path, *, mtime: int, umask: int, uid: int) -> None:
+    """Copy a context changing only what must not matter: mtime, owner, umask, directory."""
+    shutil.copytree(source, dest, symlinks=True)
+    for path in [dest, *dest.rglob("*")]:
+        if path.is_symlink():
+            os.lchown(path, uid, uid)
+            continue
+        mode = path.stat().st_mode & 0o777
+        path.chmod(mode & ~umask | (0o100 if mode & 0o100 else 0))
+        os.chown(path, uid, uid)
+        os.utime(path, (mtime, mtime))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing file owners needs root")
+def test_reproducible_across_checkouts(base: str, ctx: Path, tmp_path: Path) -> None:
+    """Same build.py and inputs give the same manifest digest whatever mtime, owner, umask and
+    checkout directory the sources have (two stores, so nothing is shared)."""
+    digests = []
+    for i, (mtime, umask, uid) in enumerate(
+        [(1_000_000_000, 0o022, 0), (1_600_000_000, 0o077, 4321)]
+    ):
+        checkout = tmp_path.joinpath(f"checkout-{i}", *["deeper"] * i, "ctx")
+        _copy_tree_differently(ctx, checkout, mtime=mtime, umask=umask, uid=uid)
+        src = dsl.context(checkout)
+        app = (
+            dsl.image(base)
+            .copy(src.file("requirements.txt"), "/app/")
+            .copy(src.dir("app"), "/app", layers="auto")
+            .cmd("/app/run.sh")
+        )
+        outcome, _ = build({"app": app}, Store(tmp_path / f"store-{i}"))
+        digests.append(outcome.image.manifest_digest)
+    assert digests[0] == digests[1]
+
+
+def test_source_date_epoch_sets_mtimes_and_created(base: str, ctx: Path, store: Store) -> None:
+    """SOURCE_DATE_EPOCH (here passed explicitly) is every mtime and the creation time."""
+    src = dsl.context(ctx)
+    stages = {"app": dsl.image(base).copy(src.dir("app"), "/app")}
+    plain, _ = build(stages, store)
+    dated, _ = build(stages, store, backend=OCIBackend(epoch=1_700_000_000))
+    assert plain.image.manifest_digest != dated.image.manifest_digest
+    config = json.loads(store.blob_path(dated.image.config_digest).read_bytes())
+    assert config["created"] == "2023-11-14T22:13:20Z"
+    blob = store.blob_path(dated.image.layers[-1].digest).read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob))) as archive:
+        assert {m.mtime for m in archive.getmembers()} == {1_700_000_000}
+
+
+def test_copy_modes_owners_and_existing_parents(
+    base: str, ctx: Path, store: Store, tmp_path: Path
+) -> None:
+    """chown/chmod apply to what is copied; a directory that exists below keeps its owner and
+    mode; symlinks are kept; context modes are normalised (0644 / 0755)."""
+    (ctx / "app" / "main.py").chmod(0o600)
+    src = dsl.context(ctx)
+    app = (
+        dsl.image(base)
+        .copy(src.dir("app"), "/home/app/", chown="app:staff")
+        .copy(src.file("requirements.txt"), "/opt/req.txt", chmod="640")
+    )
+    build({"app": app}, store, output=f"oci:{tmp_path / 'out'}")
+    _, manifest, _ = read_image(tmp_path / "out")
+    members = {m.name: m for m in layer_members(tmp_path / "out", manifest["layers"][1])}
+    assert (members["home/app"].mode, members["home/app"].uid) == (0o700, 1000)
+    assert (members["home"].mode, members["home"].uid) == (0o755, 0)
+    main = members["home/app/main.py"]
+    assert (main.mode, main.uid, main.gid) == (0o644, 1000, 50)
+    assert members["home/app/run.sh"].mode == 0o755
+    assert members["home/app/current"].linkname == "main.py"
+    assert (members["home/app/pkg"].uid, members["home/app/pkg"].gid) == (1000, 50)
+    req = {m.name: m for m in layer_members(tmp_path / "out", manifest["layers"][2])}
+    assert req["opt/req.txt"].mode == 0o640
+    assert req["opt"].mode == 0o755
+
+
+def test_unknown_chown_user_is_an_error(base: str, ctx: Path, store: Store) -> None:
+    """A --chown name the image's /etc/passwd does not know is refused."""
+    src = dsl.context(ctx)
+    with pytest.raises(dsl.ImageDSLError, match="nobody-here"):
+        build({"a": dsl.image(base).copy(src.dir("app"), "/x", chown="nobody-here")}, store)
+
+
+def test_copy_from_stage_keeps_downstream_hits(
+    base: str, ctx: Path, store: Store, tmp_path: Path
+) -> None:
+    """COPY --from reads the source stage's layers; an upstream rebuild that yields the same
+    bytes leaves the COPY a hit (early cutoff)."""
+    src = dsl.context(ctx)
+    builder = dsl.image(base).copy(src.dir("app"), "/src")
+    app = (
+        dsl.scratch()
+        .copy(builder.path("/src/run.sh"), "/run.sh")
+        .copy(builder.path("/bin/busybox"), "/bin/")
+        .copy(builder.path("/src/pkg"), "/pkg", chmod=0o700)
+    )
+    stages = {"builder": builder, "app": app}
+    first, _ = build(stages, store, target="app", output=f"oci:{tmp_path / 'out'}")
+    _, manifest, _ = read_image(tmp_path / "out")
+    names = [[m.name for m in layer_members(tmp_path / "out", d)] for d in manifest["layers"]]
+    assert names == [["run.sh"], ["bin", "bin/busybox"], ["pkg", "pkg/util.py"]]
+    busybox = layer_members(tmp_path / "out", manifest["layers"][1])[1]
+    assert busybox.mode == 0o755
+    assert busybox.size == oci_support.BUSYBOX.stat().st_size
+
+    (ctx / "app" / "main.py").write_text("print('changed, but not copied')\n")
+    after = plan(stages, "app", store=store, project="test")
+    statuses = {s.instruction: s.status for s in after.steps}
+    assert statuses["COPY app /src"] is PlanStatus.MISS
+    assert statuses["COPY --from=builder /src/run.sh /run.sh"] is PlanStatus.MAYBE
+    second, _ = build(stages, store, target="app")
+    assert second.image.manifest_digest == first.image.manifest_digest
+    assert second.stats.layers_written == 1  # only the builder's COPY
+    final = plan(stages, "app", store=store, project="test")
+    assert {s.status for s in final.steps} == {PlanStatus.HIT}
+
+
+def test_add_unpacks_local_archives(base: str, tmp_path: Path, store: Store) -> None:
+    """ADD unpacks a local tar.gz into the destination (owners and modes from the archive)."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    data = oci_support.tar_bytes(
+        [
+            oci_support.member("pkg/", kind=tarfile.DIRTYPE, mode=0o755),
+            oci_support.member("pkg/tool", data=b"#!/bin/sh\n", mode=0o750, uid=5),
+            oci_support.member("pkg/alias", kind=tarfile.LNKTYPE, linkname="pkg/tool"),
+        ]
+    )
+    (ctx / "vendor.tar.gz").write_bytes(gzip.compress(data))
+    (ctx / "notes.txt").write_text("plain file\n")
+    src = dsl.context(ctx)
+    app = (
+        dsl.image(base).add(src.file("vendor.tar.gz"), "/opt/").add(src.file("notes.txt"), "/opt/")
+    )
+    build({"app": app}, store, output=f"oci:{tmp_path / 'out'}")
+    _, manifest, _ = read_image(tmp_path / "out")
+    members = {m.name: m for m in layer_members(tmp_path / "out", manifest["layers"][1])}
+    assert (members["opt/pkg/tool"].mode, members["opt/pkg/tool"].uid) == (0o750, 5)
+    assert members["opt/pkg/alias"].islnk()
+    assert members["opt/pkg/alias"].linkname == "opt/pkg/tool"
+    notes = {m.name for m in layer_members(tmp_path / "out", manifest["layers"][2])}
+    assert "opt/notes.txt" in notes
+
+
+def test_add_url_uses_the_store_before_the_network(base: str, store: Store, tmp_path: Path) -> None:
+    """ADD of a URL takes the blob named by its checksum when the store has it (no fetch)."""
+    payload = b"downloaded\n"
+    checksum = "sha256:" + hashlib.sha256(payload).hexdigest()
+    path = store.blob_path(checksum)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(payload)
+    url = dsl.url("https://example.invalid/files/tool.txt?x=1", checksum=checksum)
+    build({"a": dsl.image(base).add(url, "/opt/")}, store, output=f"oci:{tmp_path / 'out'}")
+    _, manifest, _ = read_image(tmp_path / "out")
+    member = {m.name: m for m in layer_members(tmp_path / "out", manifest["layers"][1])}
+    assert member["opt/tool.txt"].mode == 0o600
+    assert member["opt/tool.txt"].size == len(payload)
+
+
+def test_workdir_creates_missing_directories_only(base: str, store: Store, tmp_path: Path) -> None:
+    """WORKDIR makes a layer only when the directory is missing, owned by the USER."""
+    app = dsl.image(base).workdir("/tmp").user("app").workdir("/srv/data")
+    build({"a": app}, store, output=f"oci:{tmp_path / 'out'}")
+    _, manifest, config = read_image(tmp_path / "out")
+    assert len(manifest["layers"]) == 2
+    members = {m.name: m for m in layer_members(tmp_path / "out", manifest["layers"][1])}
+    assert (members["srv/data"].uid, members["srv"].uid) == (1000, 0)
+    assert config["history"][1]["empty_layer"] is True
+
+
+def test_fine_layers_rebuild_one_small_layer(base: str, tmp_path: Path, store: Store) -> None:
+    """With layers="auto" a COPY becomes several layers, each with its own plan status, and a
+    one-file edit rewrites only the layer holding that file."""
+    ctx = tmp_path / "ctx"
+    (ctx / "src").mkdir(parents=True)
+    (ctx / "requirements.txt").write_text("attrs\n")
+    (ctx / "model.bin").write_bytes(os.urandom(2 << 20))
+    for i in range(300):
+        (ctx / "src" / f"mod{i}.py").write_text(f"VALUE = {i}\n" * 200)
+    src = dsl.context(ctx)
+    stages = {"app": dsl.image(base).copy(src, "/app", layers="auto").cmd("/bin/sh")}
+    first, planned = build(stages, store, output=f"oci:{tmp_path / 'out'}")
+    parts = [s for s in planned.steps if s.kind == "copy"]
+    assert len(parts) >= 3
+    assert len(first.image.layers) == 1 + len(parts)
+    _, manifest, config = read_image(tmp_path / "out")
+    histories = [h["created_by"] for h in config["history"] if "(layer " in h["created_by"]]
+    assert len(histories) == len(parts)
+    all_names: set[str] = set()
+    for descriptor in manifest["layers"][1:]:
+        names = {m.name for m in layer_members(tmp_path / "out", descriptor) if not m.isdir()}
+        assert not names & all_names
+        all_names |= names
+    assert "app/model.bin" in all_names
+    assert "app/requirements.txt" in all_names
+
+    (ctx / "src" / "mod7.py").write_text("VALUE = 'edited'\n")
+    after = plan(stages, "app", store=store, project="test")
+    assert [s.status for s in after.steps if s.kind == "copy"].count(PlanStatus.MISS) == 1
+    second, _ = build(stages, store, output=f"oci:{tmp_path / 'out'}")
+    assert second.stats.layers_written == 1
+    total = sum(p.stat().st_size for p in ctx.rglob("*") if p.is_file())
+    assert second.stats.bytes_compressed <= 0.4 * total  # 5% at benchmark scale
+    changed = [a != b for a, b in zip(first.image.layers, second.image.layers, strict=True)]
+    assert changed.count(True) == 1
+
+
+def test_zstd_layers(base: str, ctx: Path, store: Store, tmp_path: Path) -> None:
+    """compression="zstd" writes tar+zstd layers with the same diff_ids as gzip ones."""
+    src = dsl.context(ctx)
+    stages = {"a": dsl.image(base).copy(src.dir("app"), "/app")}
+    gz, _ = build(stages, store)
+    zst, _ = build(
+        stages, store, backend=OCIBackend(compression="zstd"), output=f"oci:{tmp_path / 'z'}"
+    )
+    assert zst.image.layers[-1].media_type == "application/vnd.oci.image.layer.v1.tar+zstd"
+    assert zst.image.layers[-1].diff_id == gz.image.layers[-1].diff_id
+    assert zst.image.layers[0] == gz.image.layers[0]  # the base layer is never recompressed
+
+
+def test_archives_are_one_layout_with_docker_manifest(
+    base: str, ctx: Path, store: Store, tmp_path: Path
+) -> None:
+    """oci-archive and docker-archive outputs are one tar: an OCI layout plus manifest.json."""
+    src = dsl.context(ctx)
+    stages = {"a": dsl.image(base).copy(src.dir("app"), "/app")}
+    built, _ = build(
+        stages, store, output=f"docker-archive:{tmp_path / 'd.tar'}:imagedsl-test/oci-a:1"
+    )
+    build(stages, store, output=f"oci-archive:{tmp_path / 'o.tar'}:v1")
+    with tarfile.open(tmp_path / "d.tar") as archive:
+        names = set(archive.getnames())
+        docker = json.loads(archive.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        index = json.loads(archive.extractfile("index.json").read())  # type: ignore[union-attr]
+    assert {"oci-layout", "index.json", "manifest.json"} <= names
+    assert docker[0]["RepoTags"] == ["imagedsl-test/oci-a:1"]
+    assert docker[0]["Layers"] == [f"blobs/sha256/{d.digest[7:]}" for d in built.image.layers]
+    assert index["manifests"][0]["digest"] == built.image.manifest_digest
+    assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == (
+        "imagedsl-test/oci-a:1"
+    )
+    with tarfile.open(tmp_path / "o.tar") as archive:
+        index = json.loads(archive.extractfile("index.json").read())  # type: ignore[union-attr]
+    assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == "v1"
+
+
+def test_layout_keeps_other_tags(base: str, ctx: Path, store: Store, tmp_path: Path) -> None:
+    """Writing a tag into an existing layout replaces that tag only."""
+    src = dsl.context(ctx)
+    out = tmp_path / "layout"
+    one, _ = build(
+        {"a": dsl.image(base).copy(src.dir("app"), "/a")}, store, output=f"oci:{out}:one"
+    )
+    two, _ = build(
+        {"a": dsl.image(base).copy(src.dir("app"), "/b")}, store, output=f"oci:{out}:two"
+    )
+    again, _ = build(
+        {"a": dsl.image(base).copy(src.dir("app"), "/c")}, store, output=f"oci:{out}:one"
+    )
+    assert read_image(out, "two")[0] == two.image.manifest_digest
+    assert read_image(out, "one")[0] == again.image.manifest_digest != one.image.manifest_digest
+
+
+def test_registry_base_is_a_clear_error(store: Store) -> None:
+    """A registry base cannot be pulled yet; the message says what to do instead."""
+    with pytest.raises(dsl.ImageDSLError, match="docker-daemon:"):
+        build({"a": dsl.image("python:3.12").cmd("x")}, store)
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "imagedsl", *args], capture_output=True, text=True, check=False
+    )
+
+
+def test_cli_build_to_layout(base: str, ctx: Path, tmp_path: Path) -> None:
+    """``imagedsl build FILE:TARGET --backend oci --output oci:DIR:TAG`` writes the image."""
+    (ctx / "build.py").write_text(
+        "import imagedsl as dsl\n"
+        "src = dsl.context('.', ignore=['build.py'])\n"
+        f"app = dsl.image({base!r}).copy(src.dir('app'), '/app').cmd('/app/run.sh')\n"
+        "broken = app.run('make')\n"
+    )
+    store = str(tmp_path / "store")
+    out = tmp_path / "out"
+    done = _run_cli("build", f"{ctx / 'build.py'}:app", "--backend", "oci", "--store", store,
+                    "--output", f"oci:{out}:v2")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert read_image(out, "v2")[2]["config"]["Cmd"] == ["/app/run.sh"]
+    planned = _run_cli("plan", f"{ctx / 'build.py'}:app", "--store", store, "--json")
+    statuses: list[Any] = [s["status"] for s in json.loads(planned.stdout)["steps"]]
+    assert statuses == ["hit", "hit", "config"]
+    refused = _run_cli("build", f"{ctx / 'build.py'}:broken", "--backend", "oci", "--store", store)
+    assert refused.returncode == 2
+    assert "build.py:4" in refused.stderr
+    assert "--backend docker" in refused.stderr

@@ -1,0 +1,199 @@
+"""Layer tars and their compression: the DESIGN §4 rules, byte for byte."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import subprocess
+import tarfile
+from typing import TYPE_CHECKING
+
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from imagedsl.backends.oci.layer import (
+    CHUNK,
+    LayerEntry,
+    LayerError,
+    LayerStream,
+    arrange,
+    sort_key,
+    write_tar,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _layer(entries: list[LayerEntry], compression: str = "gzip", mtime: int = 0) -> bytes:
+    out = io.BytesIO()
+    stream = LayerStream(out, compression)  # type: ignore[arg-type]
+    write_tar(arrange(entries), stream, mtime=mtime)
+    stream.finish()
+    return out.getvalue()
+
+
+def _members(blob: bytes) -> list[tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob)), mode="r:") as archive:
+        return archive.getmembers()
+
+
+SAMPLE = [
+    LayerEntry(path="app/b.txt", kind="file", size=3, source=b"bbb"),
+    LayerEntry(path="app/a/deep/x", kind="file", size=1, source=b"x", mode=0o4755, uid=7, gid=8),
+    LayerEntry(path="app/link", kind="symlink", linkname="b.txt", mode=0o777),
+    LayerEntry(path="app/hard", kind="hardlink", linkname="app/b.txt"),
+    LayerEntry(path="app/old", kind="whiteout"),
+    LayerEntry(path="app/a", kind="opaque"),
+]
+
+
+def test_entries_sorted_parents_present_whiteouts_first() -> None:
+    """Entries are sorted by component, parents come first, whiteouts lead their directory."""
+    names = [m.name for m in _members(_layer(SAMPLE))]
+    assert names == [
+        "app",
+        "app/.wh.old",
+        "app/a",
+        "app/a/.wh..wh..opq",
+        "app/a/deep",
+        "app/a/deep/x",
+        "app/b.txt",
+        "app/hard",
+        "app/link",
+    ]
+
+
+def test_headers_fixed_mtime_owner_and_modes() -> None:
+    """Every entry has the fixed mtime, numeric owners only, and exactly the asked mode."""
+    members = {m.name: m for m in _members(_layer(SAMPLE, mtime=1_700_000_000))}
+    assert {m.mtime for m in members.values()} == {1_700_000_000}
+    assert {(m.uname, m.gname) for m in members.values()} == {("", "")}
+    assert members["app/a/deep/x"].mode == 0o4755
+    assert (members["app/a/deep/x"].uid, members["app/a/deep/x"].gid) == (7, 8)
+    assert members["app"].mode == 0o755
+    assert members["app"].uid == 0
+    assert members["app/link"].issym()
+    assert members["app/link"].linkname == "b.txt"
+    assert members["app/hard"].islnk()
+    assert members["app/hard"].linkname == "app/b.txt"
+
+
+def test_long_and_unicode_names_use_pax() -> None:
+    """Names ustar cannot hold go in a PAX record; short ASCII names never do."""
+    long_name = "d/" + "n" * 120 + "é.txt"
+    blob = _layer([LayerEntry(path=long_name, kind="file", size=1, source=b"1")])
+    assert [m.name for m in _members(blob)] == ["d", long_name]
+    raw = gzip.decompress(blob)
+    assert raw.count(b"PaxHeader") == 1
+    short = gzip.decompress(_layer([LayerEntry(path="a", kind="file", size=1, source=b"1")]))
+    assert b"PaxHeader" not in short
+
+
+def test_duplicates_refused_unless_equal() -> None:
+    """A path written twice with different contents is an error; an equal directory is not."""
+    same = [LayerEntry(path="d", kind="dir"), LayerEntry(path="d", kind="dir")]
+    assert [e.path for e in arrange(same)] == ["d"]
+    with pytest.raises(LayerError) as caught:
+        arrange([LayerEntry(path="d", kind="dir"), LayerEntry(path="d", kind="dir", mode=0o700)])
+    assert caught.value.path == "d"
+
+
+@pytest.mark.parametrize("path", ["/abs", "a/../b", "./a", "a//b", ""])
+def test_unclean_paths_refused(path: str) -> None:
+    """Absolute, ``..``, ``.`` and empty components never reach a layer."""
+    with pytest.raises(LayerError):
+        arrange([LayerEntry(path=path, kind="file", source=b"")])
+
+
+def test_source_changed_since_planned_is_refused(tmp_path: Path) -> None:
+    """A file whose bytes no longer match the planned digest cannot enter a cached layer."""
+    file = tmp_path / "f"
+    file.write_bytes(b"new!")
+    entry = LayerEntry(path="f", kind="file", size=4, source=str(file), digest="0" * 64)
+    with pytest.raises(LayerError, match="changed content"):
+        _layer([entry])
+    grown = LayerEntry(path="f", kind="file", size=3, source=str(file))
+    with pytest.raises(LayerError, match="changed size"):
+        _layer([grown])
+
+
+def test_gzip_has_fixed_header_and_is_valid(tmp_path: Path) -> None:
+    """Our gzip header has no mtime or name, and gzip(1) accepts the stream."""
+    blob = _layer(SAMPLE)
+    assert blob[:10] == b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+    path = tmp_path / "layer.tar.gz"
+    path.write_bytes(blob)
+    subprocess.run(["gzip", "-t", str(path)], check=True)
+
+
+def test_digests_describe_the_bytes() -> None:
+    """The digest hashes the blob, the diff_id hashes the tar inside it."""
+    out = io.BytesIO()
+    stream = LayerStream(out, "gzip")
+    write_tar(arrange(SAMPLE), stream, mtime=0)
+    blob = stream.finish()
+    data = out.getvalue()
+    assert blob.digest == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert blob.diff_id == "sha256:" + hashlib.sha256(gzip.decompress(data)).hexdigest()
+    assert blob.size == len(data)
+    assert blob.uncompressed_size == len(gzip.decompress(data))
+
+
+def test_zstd_round_trips_to_the_same_tar() -> None:
+    """zstd and gzip layers of one tree share a diff_id."""
+    tar = gzip.decompress(_layer(SAMPLE))
+    zstd = _layer(SAMPLE, "zstd")
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(zstd) == tar
+
+
+def _big_entries() -> list[LayerEntry]:
+    data = b"".join(hashlib.sha256(str(i).encode()).hexdigest().encode() for i in range(200_000))
+    return [
+        LayerEntry(path="big", kind="file", size=len(data), source=data),
+        LayerEntry(path="small", kind="file", size=5, source=b"small"),
+    ]
+
+
+# The pinned compressors' output for a fixed 12.8 MB input spanning several 1 MiB chunks: if a
+# dependency update changes these, layer digests change for every user (see docs/oci-backend.md).
+GOLDEN = {
+    "gzip": "sha256:4fd75ab144060ee469f28d280c12d338bdca77c887218e82cc5ef51ed4ab7076",
+    "zstd": "sha256:653d401211bdbd48b2bc46a96938ee9b34c0dc231c0768d135789f4fe7c6f2e8",
+}
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_compressed_bytes_are_pinned(compression: str) -> None:
+    """A fixed tree compresses to the same bytes on every machine with our pinned compressors."""
+    blob = _layer(_big_entries(), compression)
+    assert len(gzip.decompress(_layer(_big_entries()))) > 3 * CHUNK
+    assert "sha256:" + hashlib.sha256(blob).hexdigest() == GOLDEN[compression]
+
+
+names = st.text(alphabet="abc/.é_", min_size=1, max_size=12).filter(
+    lambda p: all(part not in ("", ".", "..") for part in p.split("/"))
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(names, min_size=1, max_size=12, unique=True))
+def test_order_never_depends_on_input_order(paths: list[str]) -> None:
+    """The same entries in any order make the same bytes, each parent before its children."""
+    dirs = {p.rsplit("/", 1)[0] for p in paths if "/" in p}
+    files = [p for p in paths if p not in dirs and not any(d.startswith(p + "/") for d in paths)]
+    entries = [LayerEntry(path=p, kind="file", size=1, source=b"x") for p in files]
+    if not entries:
+        return
+    forward = _layer(entries)
+    assert _layer(list(reversed(entries))) == forward
+    seen: set[str] = set()
+    for member in _members(forward):
+        parent = member.name.rsplit("/", 1)[0] if "/" in member.name else ""
+        assert not parent or parent in seen
+        seen.add(member.name)
+    keys = [sort_key(m.name + ("/" if m.isdir() else "")) for m in _members(forward)]
+    assert keys == sorted(keys)
