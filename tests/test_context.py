@@ -266,3 +266,37 @@ def test_any_content_change_changes_the_digest(
     assert digest(src) != before
     (root / name).write_bytes(files[name])
     assert digest(src) == before
+
+
+METADATA = st.fixed_dictionaries(
+    {
+        "mtime_ns": st.integers(min_value=0, max_value=2**62),
+        "uid": st.integers(min_value=0, max_value=60000),
+        "gid": st.integers(min_value=0, max_value=60000),
+        "group_other_bits": st.sampled_from([0o000, 0o020, 0o040, 0o044, 0o064]),
+    }
+)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(files=FILES, metadata=st.lists(METADATA, min_size=8, max_size=8))
+def test_metadata_only_changes_never_change_the_digest(
+    tmp_path_factory: pytest.TempPathFactory,
+    files: dict[str, bytes],
+    metadata: list[dict[str, int]],
+) -> None:
+    """Any mtime/atime, owner or non-execute permission bits, in another checkout: same digest."""
+    paths = sorted(files)
+    if any(a != b and b.startswith(a.removesuffix(".txt") + "/") for a in paths for b in paths):
+        return  # a file and a directory of one name cannot both exist
+    first, second = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two") / "deeper"
+    write_tree(first, files)
+    write_tree(second, files)
+    for name, meta in zip(paths, metadata, strict=False):
+        path = second / name
+        os.chown(path, meta["uid"], meta["gid"])
+        path.chmod(0o600 | meta["group_other_bits"])
+        os.utime(path, ns=(meta["mtime_ns"], meta["mtime_ns"]))
+    assert digest(dsl.context(first).as_source()) == digest(dsl.context(second).as_source())
