@@ -114,6 +114,35 @@ class VerifyingReader:
         self._check()
 
 
+@contextlib.contextmanager
+def damaged_as_digest_error(reader: VerifyingReader, what: str) -> Iterator[None]:
+    """Turn a decompression or tar error into :class:`BlobDigestError` when the blob's bytes
+    are wrong (the usual cause), else into a clear "damaged" error."""
+    import tarfile
+
+    import zstandard
+
+    try:
+        yield
+    except (OSError, EOFError, ValueError, tarfile.TarError, zstandard.ZstdError) as error:
+        if isinstance(error, ImageDSLError):
+            raise
+        reader.drain()  # raises BlobDigestError if the bytes are not what the digest says
+        raise DamagedBlobError(what, str(error)) from None
+
+
+class DamagedBlobError(ImageDSLError):
+    """A blob has the right digest but cannot be read (a bad archive made upstream)."""
+
+    def __init__(self, what: str, problem: str) -> None:
+        super().__init__(what, problem)
+        self.what = what
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"{self.what} cannot be read: {self.problem}"
+
+
 class BlobStore:
     """The store's ``blobs/sha256`` directory."""
 

@@ -27,7 +27,7 @@ import attrs
 import blake3
 
 from imagedsl.backends import BuildRequestError, BuildResult
-from imagedsl.backends.oci._blobs import BlobStore
+from imagedsl.backends.oci._blobs import BlobStore, damaged_as_digest_error
 from imagedsl.backends.oci._fs import Filesystem, LayerIndex, decompressed, read_members, save_index
 from imagedsl.backends.oci._steps import (
     Owner,
@@ -560,7 +560,10 @@ class _Build:
             contents[path] = spooled
         for position, names in sorted(by_layer.items()):
             layer = layers[position]
-            with self.blobs.open(layer.digest) as raw:
+            with (
+                self.blobs.open(layer.digest) as raw,
+                damaged_as_digest_error(raw, f"layer {layer.digest}"),
+            ):
                 inner = decompressed(raw)
                 found = read_members(inner, names, layer.digest)
                 while inner.read(1 << 20):

@@ -37,6 +37,7 @@ from imagedsl.backends.oci._blobs import (
     MissingBlobError,
     VerifyingReader,
     check_digest,
+    damaged_as_digest_error,
     link_or_copy,
 )
 from imagedsl.backends.oci._fs import (
@@ -482,7 +483,7 @@ def layer_index(
     found = load_index(blobs.store, layer.diff_id)
     if found is not None:
         return found
-    with blobs.open(layer.digest) as raw:
+    with blobs.open(layer.digest) as raw, damaged_as_digest_error(raw, f"layer {layer.digest}"):
         inner = VerifyingReader(decompressed(raw), layer.diff_id, f"the tar inside {layer.digest}")
         index = scan_layer(inner, layer=layer.digest, diff_id=layer.diff_id, lower=lower)  # type: ignore[arg-type]
         inner.drain()

@@ -1,0 +1,255 @@
+"""Hostile base images, corrupt blobs, and builds killed mid-write."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import oci_support
+import pytest
+from oci_support import member, read_image, tar_bytes
+
+import imagedsl as dsl
+from imagedsl.backends.oci._blobs import BlobDigestError
+from imagedsl.backends.oci._fs import UnsafeLayerError
+from imagedsl.ledger import Store
+
+OK_DIR = member("etc/", kind=tarfile.DIRTYPE, mode=0o755)
+HOSTILE = [
+    pytest.param([member("../escape.txt", data=b"x")], "../escape.txt", "'..'", id="dotdot"),
+    pytest.param(
+        [member("a/../../escape.txt", data=b"x")], "a/../../escape.txt", "'..'", id="inner-dotdot"
+    ),
+    pytest.param([member("/etc/abs.txt", data=b"x")], "/etc/abs.txt", "absolute", id="absolute"),
+    pytest.param(
+        [member("etc/evil", kind=tarfile.SYMTYPE, linkname="../../../../tmp/x")],
+        "etc/evil",
+        "outside the root",
+        id="symlink-escape",
+    ),
+    pytest.param(
+        [
+            member("etc/", kind=tarfile.DIRTYPE, mode=0o755),
+            member("etc/link", kind=tarfile.SYMTYPE, linkname="/tmp"),
+            member("etc/link/planted", data=b"x"),
+        ],
+        "etc/link/planted",
+        "symlink",
+        id="below-symlink",
+    ),
+    pytest.param(
+        [member("etc/hard", kind=tarfile.LNKTYPE, linkname="../../etc/passwd")],
+        "etc/hard",
+        "outside the root",
+        id="hardlink-dotdot",
+    ),
+    pytest.param(
+        [member("etc/hard", kind=tarfile.LNKTYPE, linkname="/etc/shadow")],
+        "etc/hard",
+        "outside the root",
+        id="hardlink-absolute",
+    ),
+    pytest.param(
+        [member("etc/hard", kind=tarfile.LNKTYPE, linkname="etc/nothing")],
+        "etc/hard",
+        "no file",
+        id="hardlink-dangling",
+    ),
+    pytest.param(
+        [member("dev/null", kind=tarfile.CHRTYPE, mode=0o666)], "dev/null", "device", id="chardev"
+    ),
+    pytest.param(
+        [member("dev/sda", kind=tarfile.BLKTYPE, mode=0o660)], "dev/sda", "device", id="blockdev"
+    ),
+    pytest.param(
+        [OK_DIR, member("etc/x", data=b"1"), member("etc/x", data=b"2")],
+        "etc/x",
+        "twice",
+        id="duplicate",
+    ),
+]
+
+
+@pytest.mark.parametrize(("members", "path", "problem"), HOSTILE)
+def test_hostile_base_layers_are_refused(
+    members: list[oci_support.Member], path: str, problem: str, tmp_path: Path
+) -> None:
+    """A base layer that could escape the root is refused, naming the entry; nothing is written
+    outside the store (nothing is ever extracted)."""
+    layout = tmp_path / "base"
+    oci_support.write_layout(layout, [tar_bytes(oci_support.busybox_members()), tar_bytes(members)])
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    before = sorted(p.name for p in Path("/tmp").iterdir())
+    store = Store(tmp_path / "store")
+    stages = {"a": dsl.image(f"oci:{layout}:1").cmd("x")}
+    with pytest.raises(UnsafeLayerError) as caught:
+        oci_support.build(stages, store, output=f"oci:{tmp_path / 'out'}")
+    assert caught.value.path == path
+    assert problem in caught.value.problem
+    assert not (tmp_path / "escape.txt").exists()
+    assert not Path("/tmp/x").exists() or "x" in before
+    assert not (tmp_path / "out").exists()
+    assert list(watched.iterdir()) == []
+    index_dir = store.root / "oci" / "index"
+    known = {p.stem for p in index_dir.rglob("*.json")} if index_dir.exists() else set()
+    hostile_diff = hashlib.sha256(tar_bytes(members)).hexdigest()
+    assert hostile_diff not in known
+
+
+def test_safe_layers_with_whiteouts_and_links_are_accepted(tmp_path: Path) -> None:
+    """Absolute symlinks (inside the root), in-root hard links and whiteouts are ordinary."""
+    upper = [
+        member("bin/", kind=tarfile.DIRTYPE, mode=0o755),
+        member("bin/.wh.true", data=b""),
+        member("bin/bb", kind=tarfile.LNKTYPE, linkname="bin/busybox"),
+        member("bin/abs", kind=tarfile.SYMTYPE, linkname="/bin/busybox"),
+    ]
+    layout = tmp_path / "base"
+    oci_support.write_layout(layout, [tar_bytes(oci_support.busybox_members()), tar_bytes(upper)])
+    store = Store(tmp_path / "store")
+    builder = dsl.image(f"oci:{layout}:1")
+    app = dsl.scratch().copy(builder.path("/bin"), "/bin")
+    oci_support.build({"builder": builder, "app": app}, store, output=f"oci:{tmp_path / 'out'}")
+    _, manifest, _ = read_image(tmp_path / "out")
+    members = {
+        m.name: m for m in oci_support.layer_members(tmp_path / "out", manifest["layers"][0])
+    }
+    assert "bin/true" not in members  # deleted by the whiteout
+    assert members["bin/bb"].islnk()
+    assert members["bin/bb"].linkname == "bin/busybox"
+    assert members["bin/abs"].linkname == "/bin/busybox"
+
+
+def test_corrupt_base_blob_is_detected(tmp_path: Path) -> None:
+    """A base layer whose bytes do not match its digest is refused when read."""
+    layout = tmp_path / "base"
+    oci_support.write_layout(layout, [tar_bytes(oci_support.busybox_members())])
+    _, manifest, _ = read_image(layout)
+    blob = layout / "blobs" / "sha256" / manifest["layers"][0]["digest"][7:]
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    store = Store(tmp_path / "store")
+    with pytest.raises(BlobDigestError) as caught:
+        oci_support.build({"a": dsl.image(f"oci:{layout}:1").cmd("x")}, store)
+    assert caught.value.expected == manifest["layers"][0]["digest"]
+    assert not store.blob_path(caught.value.expected).exists()
+
+
+def test_wrong_diff_id_is_detected(tmp_path: Path) -> None:
+    """A layer whose tar does not hash to the config's diff_id is refused."""
+    layout = tmp_path / "base"
+    oci_support.write_layout(layout, [tar_bytes(oci_support.busybox_members())])
+    _, manifest, config = read_image(layout)
+    config["rootfs"]["diff_ids"] = ["sha256:" + "0" * 64]
+    data = json.dumps(config).encode()
+    new = oci_support.sha256(data)
+    (layout / "blobs" / "sha256" / new[7:]).write_bytes(data)
+    manifest["config"] = {**manifest["config"], "digest": new, "size": len(data)}
+    mdata = json.dumps(manifest).encode()
+    mdigest = oci_support.sha256(mdata)
+    (layout / "blobs" / "sha256" / mdigest[7:]).write_bytes(mdata)
+    index = json.loads((layout / "index.json").read_text())
+    index["manifests"][0].update(digest=mdigest, size=len(mdata))
+    (layout / "index.json").write_text(json.dumps(index))
+    with pytest.raises(BlobDigestError, match="0000"):
+        oci_support.build({"a": dsl.image(f"oci:{layout}:1").cmd("x")}, Store(tmp_path / "s"))
+
+
+def test_corrupt_store_blob_is_detected_when_read(tmp_path: Path) -> None:
+    """A store blob damaged after it was written is caught when a later step reads it."""
+    layout = tmp_path / "base"
+    base = oci_support.make_busybox_layout(layout)
+    store = Store(tmp_path / "store")
+    builder = dsl.image(base)
+    oci_support.build({"b": builder}, store)
+    _, manifest, _ = read_image(layout)
+    stored = store.blob_path(manifest["layers"][0]["digest"])
+    stored.chmod(0o644)
+    data = bytearray(stored.read_bytes())
+    data[-20] ^= 0x01
+    stored.write_bytes(bytes(data))
+    app = dsl.scratch().copy(builder.path("/bin/busybox"), "/busybox")
+    with pytest.raises(BlobDigestError):
+        oci_support.build({"b": builder, "app": app}, store, target="app")
+
+
+_KILL_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+import imagedsl as dsl, oci_support
+from imagedsl.ledger import Store
+src = dsl.context({ctx!r})
+app = dsl.image({base!r}).copy(src, "/data").cmd("/bin/sh")
+oci_support.build({{"app": app}}, Store({store!r}), output={output!r})
+"""
+
+
+def _verify_store(store: Path) -> None:
+    blobs = store / "blobs" / "sha256"
+    for blob in blobs.iterdir() if blobs.exists() else []:
+        if blob.name.startswith("."):
+            continue  # an unfinished temporary file, never under a digest's name
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+
+
+def _verify_layout(layout: Path) -> str | None:
+    index_file = layout / "index.json"
+    if not index_file.exists():
+        return None
+    digest, manifest, _ = read_image(layout)
+    for descriptor in [manifest["config"], *manifest["layers"]]:
+        blob = layout / "blobs" / "sha256" / descriptor["digest"][7:]
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == descriptor["digest"][7:]
+    return digest
+
+
+@pytest.mark.slow
+def test_kill_9_mid_write_leaves_store_and_output_consistent(tmp_path: Path) -> None:
+    """SIGKILL while layer bytes are being written: every blob under a digest's name is whole,
+    the output is absent or complete, and the next build finishes with the same image."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    for i in range(40):
+        (ctx / f"f{i}.bin").write_bytes(os.urandom(1 << 20))
+    base = oci_support.make_busybox_layout(tmp_path / "base")
+    store, output = tmp_path / "store", tmp_path / "out"
+    script = _KILL_SCRIPT.format(
+        tests=str(Path(__file__).parent), ctx=str(ctx), base=base, store=str(store),
+        output=f"oci:{output}:v1",
+    )  # fmt: skip
+    blobs = store / "blobs" / "sha256"
+    killed_mid_write = False
+    for _attempt in range(3):
+        process = subprocess.Popen([sys.executable, "-c", script])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            partial = [p for p in blobs.glob(".incoming.*") if p.stat().st_size > (4 << 20)]
+            if partial:
+                os.kill(process.pid, signal.SIGKILL)
+                killed_mid_write = True
+                break
+            time.sleep(0.002)
+        process.wait()
+        if killed_mid_write:
+            break
+    assert killed_mid_write, "the build finished before it could be killed mid-write"
+    _verify_store(store)
+    assert _verify_layout(output) is None
+    finished = subprocess.run([sys.executable, "-c", script], check=False)
+    assert finished.returncode == 0
+    _verify_store(store)
+    digest = _verify_layout(output)
+    clean = oci_support.build(
+        {"app": dsl.image(base).copy(dsl.context(ctx), "/data").cmd("/bin/sh")},
+        Store(tmp_path / "clean"),
+    )[0]
+    assert digest == clean.image.manifest_digest
