@@ -123,9 +123,11 @@ def _go_clean(path: str) -> str:
     return cleaned or "."
 
 
-def _normalise(line: str) -> tuple[bool, str]:
-    """Turn a trimmed, non-comment line into (is_exception, pattern) like Docker does."""
+def _normalise(line: str) -> tuple[bool, str] | None:
+    """Turn a trimmed line into (is_exception, pattern) like Docker does; None to skip it."""
     # ignorefile.ReadAll: split off `!`, trim again, clean, drop one leading slash.
+    if not line:
+        return None
     invert = line[0] == "!"
     pattern = line[1:].strip(_GO_SPACE) if invert else line
     if pattern:
@@ -134,7 +136,11 @@ def _normalise(line: str) -> tuple[bool, str]:
             pattern = pattern[1:]
     if invert:
         pattern = "!" + pattern
-    # patternmatcher.New: clean the whole entry again (`!` included), then split off `!`.
+    # patternmatcher.New: trim and clean the whole entry again (`!` included; cleaning may
+    # have exposed whitespace, as in `./ x`), skip it if blank, then split off `!`.
+    pattern = pattern.strip(_GO_SPACE)
+    if not pattern:
+        return None
     pattern = _go_clean(pattern)
     if pattern[0] != "!":
         return False, pattern
@@ -446,12 +452,15 @@ class _Pattern:
 _ANY: Final = "(?s:.*)"
 
 
-def _compile_line(line: str) -> _Pattern:
-    """Compile one trimmed, non-blank, non-comment line; raise IgnorePatternError."""
+def _compile_line(line: str) -> _Pattern | None:
+    """Compile one trimmed, non-comment line (None if Docker skips it); raise on errors."""
     try:
         if any("\ud800" <= char <= "\udfff" for char in line):
             raise _Unsupported("pattern is not valid UTF-8")
-        exception, pattern = _normalise(line)
+        normalised = _normalise(line)
+        if normalised is None:
+            return None
+        exception, pattern = normalised
         error = _glob_syntax_error(pattern)
         if error is not None:
             raise _Unsupported(error)
@@ -465,7 +474,7 @@ def _compile_line(line: str) -> _Pattern:
             suffix = pattern[2:]
             body = _ANY + re.escape(suffix)
             if suffix.startswith("/"):
-                body = f"{body}|{re.escape(suffix[1:])}"
+                body = f"(?:{body}|{re.escape(suffix[1:])})"
             literal = ""
         else:
             body, literal = _convert_regexp(go_regexp)
@@ -481,10 +490,11 @@ class _Matcher:
     """Compiled form of a non-empty rule list, with a cache of directory match states."""
 
     __slots__ = (
-        "_ancestor",
         "_cache",
-        "_excluding",
+        "_exception",
         "_exceptions",
+        "_excluding",
+        "_first",
         "_full",
         "_last",
         "_n",
@@ -501,21 +511,33 @@ class _Matcher:
         )
         # Only a path that an exclude pattern matches, itself or through a parent directory,
         # can be excluded (the root never is); without exceptions, every such path is.
-        excluding_bodies = [p.body for p in patterns if not p.exception]
-        excluding = "(?:" + "|".join(excluding_bodies) + ")" if excluding_bodies else "(?!)"
+        # Order is free here: patterns anchored by a literal go first, as they are cheap to
+        # rule out and, for paths inside excluded directories, usually the ones that match;
+        # patterns led by `**/` share one scan for directory boundaries.
+        anchored: list[str] = []
+        after_dirs: list[str] = []
+        for p in sorted(patterns, key=lambda p: not p.literal):
+            if p.exception:
+                continue
+            if p.body.startswith(_ANY_DIRS):
+                after_dirs.append(p.body.removeprefix(_ANY_DIRS))
+            else:
+                anchored.append(p.body)
+        if after_dirs:
+            anchored.append(_ANY_DIRS + "(?:" + "|".join(after_dirs) + ")")
+        excluding = "(?:" + "|".join(anchored) + ")" if anchored else "(?!)"
         self.any = re.compile(r"(?!\.?\Z)" + excluding + r"(?:/|\Z)").match
-        self._ancestor = re.compile(excluding + "/").match
+        exceptions = "|".join(p.body for p in patterns if p.exception) or "(?!)"
+        self._exception = re.compile(exceptions).fullmatch
         # Last pattern matching the path itself: alternatives in reverse, one group each.
         self._last = re.compile("|".join(f"({b})" for b in reversed(bodies))).fullmatch
+        self._first = re.compile("|".join(f"({b})" for b in bodies)).fullmatch
         self._full = tuple(re.compile(b).fullmatch for b in bodies)
         self._cache: dict[str, tuple[int, int]] = {}
         self.walk: Callable[[str], bool] | None = self._walk if self._exceptions else None
 
     def _walk(self, relpath: str) -> bool:
         """Return BuildKit's verdict for a path that some pattern matches (see ``any``)."""
-        if self._ancestor(relpath) is None:  # no parent has a match to pass down
-            match = self._last(relpath)
-            return match is not None and self._excluding[self._n - match.lastindex]  # type: ignore[operator]
         top = -1
         cut = relpath.rfind("/")
         if cut > 0:
@@ -524,6 +546,10 @@ class _Matcher:
             if state is None:
                 state = self._state(parent)
             top = state[1]
+        # Excluded unless an exception matching the path itself comes after everything else
+        # that matches (with no parent match, an exclude pattern matches the path itself).
+        if (top < 0 or self._excluding[top]) and self._exception(relpath) is None:
+            return True
         match = self._last(relpath)
         if match is not None:
             index = self._n - match.lastindex  # type: ignore[operator]
@@ -536,8 +562,11 @@ class _Matcher:
         match = self._last(path)
         if match is None:  # only inherited matches: all of them are hits
             return parent_mask, parent_mask.bit_length() - 1
-        # No pattern after `limit` matches the path itself, so those hit iff inherited.
+        # Patterns outside [first, limit] do not match the path itself: they hit iff inherited.
         limit = self._n - match.lastindex  # type: ignore[operator]
+        first = self._first(path).lastindex - 1  # type: ignore[union-attr, operator]
+        if first == limit and not parent_mask:  # one direct match, nothing inherited
+            return (1 << limit, limit) if self._excluding[limit] else (0, -1)
         excluded = False
         mask = 0
         last = -1
@@ -545,9 +574,9 @@ class _Matcher:
         full = self._full
         for index in range(limit + 1):
             if not parent_mask >> index & 1:
-                if excluding[index] == excluded:
-                    continue  # cannot change the verdict here, so it is not evaluated
-                if full[index](path) is None:
+                if index < first or excluding[index] == excluded:
+                    continue  # no match, or cannot change the verdict here (not evaluated)
+                if index != first and index != limit and full[index](path) is None:
                     continue
             mask |= 1 << index
             last = index
@@ -620,8 +649,9 @@ class IgnoreRules:
     _walk: Callable[[str], bool] | None = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        compiled = tuple(_compile_line(line.strip(_GO_SPACE)) for line in self.patterns)
-        matcher = _Matcher(compiled) if compiled else None
+        compiled = [_compile_line(line.strip(_GO_SPACE)) for line in self.patterns]
+        effective = tuple(pattern for pattern in compiled if pattern is not None)
+        matcher = _Matcher(effective) if effective else None
         object.__setattr__(self, "_matcher", matcher)
         object.__setattr__(self, "_any", None if matcher is None else matcher.any)
         object.__setattr__(self, "_walk", None if matcher is None else matcher.walk)

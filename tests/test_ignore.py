@@ -78,7 +78,7 @@ def test_value_semantics() -> None:
 def test_single_string_rejected() -> None:
     """Passing one string instead of a sequence of lines is a type error."""
     with pytest.raises(TypeError, match="iterable of lines"):
-        IgnoreRules("abc")  # type: ignore[arg-type]
+        IgnoreRules("abc")
 
 
 def test_pickle_round_trip() -> None:
@@ -170,7 +170,9 @@ def test_pickle_round_trip() -> None:
         pytest.param("abc.def", "abcZdef", False, id="dot-not-any-char"),
         pytest.param("a(b)c/def", "a(b)c/def", True, id="parens-literal"),
         pytest.param("a.|)$(}+{bc", "a.|)$(}+{bc", True, id="regex-chars-literal"),
-        pytest.param("dist/*.whl", "dist/p.py-2.4.0rc3.dev36+g08a-py3-none-any.whl", True, id="whl"),
+        pytest.param(
+            "dist/*.whl", "dist/p.py-2.4.0rc3.dev36+g08a-py3-none-any.whl", True, id="whl"
+        ),
         pytest.param("a^b", "a^b", True, id="caret-literal-without-wildcard"),
         pytest.param("a^b*", "a^bc", False, id="quirk-caret-is-an-anchor-with-wildcard"),
         pytest.param("r\u00e9sum\u00e9*", "r\u00e9sum\u00e9.txt", True, id="non-ascii"),
