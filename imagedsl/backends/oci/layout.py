@@ -227,7 +227,7 @@ def import_base(
         )
     if reference.transport == "docker-daemon":
         return _import_daemon(reference, platform, blobs, engine())
-    path = Path(reference.name).expanduser()
+    path, tag = _split_path_tag(reference.name, reference.tag)
     source: _Source
     if reference.transport == "oci":
         source = _DirSource(path)
@@ -237,10 +237,21 @@ def import_base(
         source = _TarSource(path)
     try:
         if reference.transport == "docker-archive":
-            return _import_docker_archive(source, shown, reference.tag, blobs)
-        return _import_layout(source, shown, reference.tag, reference.digest, platform, blobs)
+            return _import_docker_archive(source, shown, tag, blobs)
+        return _import_layout(source, shown, tag, reference.digest, platform, blobs)
     finally:
         source.close()
+
+
+def _split_path_tag(name: str, tag: str | None) -> tuple[Path, str | None]:
+    """The path and tag of ``FILE[:TAG]``; a tag may hold ``:`` (``name:1``), so when the
+    reference was split at its last ``:`` and that path does not exist, split at the first."""
+    path = Path(name).expanduser()
+    if not path.exists() and ":" in name:
+        head, _, rest = name.partition(":")
+        if Path(head).expanduser().exists():
+            return Path(head).expanduser(), f"{rest}:{tag}" if tag else rest
+    return path, tag
 
 
 def _import_layout(
@@ -667,7 +678,16 @@ class _BytesReader:
 
 def load_into_docker(archive: Path, tags: Sequence[str], engine: DockerEngine) -> str:
     """``docker load`` an archive; return what the engine calls the image."""
-    result = engine.run("load", "-i", str(archive))
+    from imagedsl.backends.engine import DockerCommandError
+
+    try:
+        result = engine.run("load", "-i", str(archive))
+    except DockerCommandError as error:
+        problem = (error.stderr or error.stdout or "").strip().splitlines()[-1:]
+        raise BuildRequestError(
+            f"docker load refused the image: {' '.join(problem) or error}"
+            " (zstd layers need an engine that reads them; gzip works everywhere)"
+        ) from None
     loaded = ""
     for line in result.stdout.splitlines():
         if line.startswith(("Loaded image:", "Loaded image ID:")):
