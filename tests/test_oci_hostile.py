@@ -253,3 +253,18 @@ def test_kill_9_mid_write_leaves_store_and_output_consistent(tmp_path: Path) -> 
         Store(tmp_path / "clean"),
     )[0]
     assert digest == clean.image.manifest_digest
+
+
+def test_leftovers_of_killed_builds_are_swept(tmp_path: Path) -> None:
+    """Old temporary files in the store are removed by the next build; fresh ones are kept."""
+    store = Store(tmp_path / "store")
+    blobs = store.root / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    old, fresh = blobs / ".incoming.old.tmp", blobs / ".incoming.fresh.tmp"
+    old.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    base = oci_support.make_busybox_layout(tmp_path / "base")
+    oci_support.build({"a": dsl.image(base).cmd("x")}, store)
+    assert not old.exists()
+    assert fresh.exists()

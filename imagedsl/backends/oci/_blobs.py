@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from imagedsl.ledger import Store
 
 _COPY_CHUNK = 1 << 20
+#: Temporary files older than this are left over from killed builds.
+_STALE_SECONDS = 3600.0
 
 
 class BlobDigestError(ImageDSLError):
@@ -149,6 +152,30 @@ class BlobStore:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.root = store.root / "blobs" / "sha256"
+
+    def sweep(self, older_than: float = _STALE_SECONDS) -> int:
+        """Remove temporary files and directories that killed builds left (only old ones:
+        a concurrent build may be writing a new one). Returns how many were removed."""
+        now = time.time()
+        removed = 0
+        candidates: list[Path] = []
+        if self.root.is_dir():
+            candidates += [p for p in self.root.iterdir() if p.name.startswith(".incoming.")]
+        scratch = self.store.root / "tmp"
+        if scratch.is_dir():
+            candidates += list(scratch.iterdir())
+        for path in candidates:
+            try:
+                if now - path.lstat().st_mtime < older_than:
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed += 1
+            except OSError:
+                continue  # another build got there first
+        return removed
 
     def path(self, digest: str) -> Path:
         """Where ``digest`` lives (it may not exist)."""

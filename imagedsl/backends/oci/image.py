@@ -270,6 +270,7 @@ class _Build:
     # -- driving ---------------------------------------------------------------------------
 
     def build_all(self) -> BuiltImage:
+        self.blobs.sweep()
         with scratch_dir(self.blobs) as spool:
             self._spool_dir = spool
             for _ in range(_REPLANS_MAX):
