@@ -296,7 +296,7 @@ class _Build:
                 source = node.sources[0] if node.sources else None
                 if source is None or source not in self.states:  # pragma: no cover
                     raise BuildRequestError(f"{planned.instruction}: source stage is not built")
-                self._measure_copy_from(node, planned.instruction)
+                self._measure_copy_from(node)
                 return False
             self.states[node.index] = self._step(node, planned.instruction)
         return True
@@ -341,7 +341,7 @@ class _Build:
         base = import_base(
             step.reference, node.state.platform, self.blobs, engine=self.backend._engine_once
         )
-        self._filesystem(base.layers, trusted=False)  # reads (and checks) every base layer
+        self._filesystem(base.layers)  # reads (and checks) every base layer once
         record_step(self.store, node, {"oci.manifest": base.manifest_digest})
         self.reporter.step_finished(label, "cached")
         self.cached.append(label)
@@ -355,16 +355,14 @@ class _Build:
 
     # -- filesystems ---------------------------------------------------------------------------
 
-    def _filesystem(self, layers: Sequence[LayerBlob], *, trusted: bool = True) -> Filesystem:
+    def _filesystem(self, layers: Sequence[LayerBlob]) -> Filesystem:
         key = tuple(layer.diff_id for layer in layers)
         found = self.filesystems.get(key)
         if found is not None:
             return found
-        fs = (
-            Filesystem() if not layers else _copy_fs(self._filesystem(layers[:-1], trusted=trusted))
-        )
+        fs = Filesystem() if not layers else _copy_fs(self._filesystem(layers[:-1]))
         if layers:
-            fs.apply(layer_index(self.blobs, layers[-1], fs, trusted=trusted))
+            fs.apply(layer_index(self.blobs, layers[-1], fs))
         self.filesystems[key] = fs
         return fs
 
@@ -538,14 +536,14 @@ class _Build:
             single_file=single,
         )
 
-    def _measure_copy_from(self, node: StepNode, instruction: str) -> None:
+    def _measure_copy_from(self, node: StepNode) -> None:
+        """Read what a COPY --from takes and record its digest (the plan is then redone)."""
         assert node.parent is not None
         below = self.states[node.parent]
         lower = self._filesystem(below.layers)
         entries, tree, placement = self._copy_from_entries(node, lower)
         record_copy_output(self.store, node, tree)
         self.pending_copies[node.index] = (entries, placement.parent)
-        del instruction
 
     def _read_contents(
         self, fs: Filesystem, layers: Sequence[LayerBlob], wanted: set[str]
@@ -602,7 +600,7 @@ class _Build:
         config_digest = self.blobs.put(config_bytes)
         annotations = {ANNOTATION_CREATED: _iso(self.backend.epoch)}
         if base is not None:
-            annotations[ANNOTATION_BASE_NAME] = _base_name(base.reference)
+            annotations[ANNOTATION_BASE_NAME] = base.reference
             annotations[ANNOTATION_BASE_DIGEST] = base.manifest_digest
         manifest = manifest_document(config_digest, len(config_bytes), state.layers, annotations)
         manifest_digest = self.blobs.put(manifest)
@@ -677,10 +675,6 @@ def _single_file(node: StepNode) -> bool:
     if not isinstance(step.source, ContextSource):
         return False
     return any(e.placed == "." for tree in node.trees for e in tree.entries)
-
-
-def _base_name(reference: str) -> str:
-    return reference
 
 
 def _shell_argv(node: StepNode, command: tuple[str, ...], shell_form: bool) -> list[str]:

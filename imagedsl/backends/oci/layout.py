@@ -483,13 +483,12 @@ def _base_from_store(shown: str, manifest_digest: str, blobs: BlobStore) -> Base
     )
 
 
-def layer_index(
-    blobs: BlobStore, layer: LayerBlob, lower: Filesystem | None, *, trusted: bool = False
-) -> LayerIndex:
+def layer_index(blobs: BlobStore, layer: LayerBlob, lower: Filesystem | None) -> LayerIndex:
     """The index of a layer in the store, reading (and checking) the layer if needed.
 
     Reading checks the blob's digest and the diff_id of the tar inside it, and refuses unsafe
-    entries unless ``trusted`` (layers we wrote ourselves).
+    entries (:func:`~imagedsl.backends.oci._fs.scan_layer`). Layers we wrote ourselves have
+    their index saved when written, so they are never read back for it.
     """
     found = load_index(blobs.store, layer.diff_id)
     if found is not None:
@@ -499,7 +498,6 @@ def layer_index(
         index = scan_layer(inner, layer=layer.digest, diff_id=layer.diff_id, lower=lower)  # type: ignore[arg-type]
         inner.drain()
         drain(raw)
-    del trusted
     save_index(blobs.store, index)
     return index
 
