@@ -19,7 +19,7 @@ import os
 import posixpath
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from stat import S_ISDIR, S_ISLNK, S_ISREG
@@ -170,15 +170,23 @@ class StatCacheStore(Protocol):
 
 
 class Entry(NamedTuple):
-    """One file, directory or symlink found in a context (a tuple: scans make 20,000s)."""
+    """What a scan saw of one path (a plain tuple: scans make 20,000s of them).
 
-    path: str
+    Two scans saw the same file exactly when their entries are equal: type, normalised mode,
+    size, mtime, ctime and inode (and, for symlinks, the target).
+    """
+
     type: EntryType
     mode: int
     size: int
-    #: What the stat cache compares: (size, mtime_ns, ctime_ns, inode).
-    signature: tuple[int, int, int, int]
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
     target: str
+
+
+_new_entry = functools.partial(tuple.__new__, Entry)
+_DIR_ENTRY: Final = _new_entry(("dir", 0o755, 0, 0, 0, 0, ""))
 
 
 #: A tree row: (placed, source, type, mode, size, digest), the tuple form of a TreeEntry.
@@ -199,16 +207,28 @@ class TreeEntry:
 
 @attrs.frozen
 class Tree:
-    """The files a source selects, placed relative to the destination directory."""
+    """The files a source selects, placed relative to the destination directory.
+
+    ``rows`` may be given as a function: a warm plan knows a tree's digest from the stat
+    cache and builds the rows only if something (a backend, a miss explanation) reads them.
+    """
 
     digest: str
-    rows: tuple[Row, ...] = attrs.field(eq=False, repr=False)
+    _source: tuple[Row, ...] | Callable[[], tuple[Row, ...]] = attrs.field(
+        eq=False, repr=False, alias="rows"
+    )
 
     @classmethod
     def from_rows(cls, rows: Iterable[Row]) -> Tree:
         """A tree of rows, with its digest."""
         ordered = tuple(sorted(rows))
         return cls(tree_digest(ordered), ordered)
+
+    @functools.cached_property
+    def rows(self) -> tuple[Row, ...]:
+        """(placed, source, type, mode, size, digest) per entry, sorted by placed path."""
+        source = self._source
+        return source() if callable(source) else source
 
     @functools.cached_property
     def entries(self) -> tuple[TreeEntry, ...]:
@@ -339,17 +359,18 @@ def hash_file(path: str, size: int) -> str:
 class ContextHasher:
     """Scans contexts and hashes selections for one planning run.
 
-    Scans are memoised per (context, directory); each root's stat cache is read once and
-    written back by :meth:`save` when this run learned something. The scan and the cache
-    check are the warm path of every plan, so they work on plain tuples.
+    Every scan of a directory (and every stat of a single selected path) is a *probe*. The
+    stat cache keeps, per context root, what each probe saw last time, the content digest of
+    each file (valid while its entry is unchanged) and the digest of each selection. When
+    every probe a selection used sees exactly what it saw last time, the selection's digest
+    is known without touching a file or a row: that is the warm path of every plan.
     """
 
     def __init__(self, stat_caches: StatCacheStore | None, reporter: Reporter) -> None:
         self._stat_caches = stat_caches
         self._reporter = reporter
-        self._scans: dict[tuple[Context, str], dict[str, Entry]] = {}
-        self._rules: dict[Context, IgnoreRules] = {}
-        self._caches: dict[str, dict[str, tuple[tuple[int, int, int, int], str]]] = {}
+        self._rules: dict[Context, tuple[IgnoreRules, str]] = {}
+        self._caches: dict[str, _RootCache] = {}
         self._dirty: set[str] = set()
         self._started_ns = time.time_ns()
 
@@ -364,112 +385,130 @@ class ContextHasher:
         Raises :class:`ContextError` naming every selected path that does not exist.
         """
         context = source.context
-        rules = self._rules_for(context)
-        excluded = IgnoreRules.from_lines(exclude) if exclude else None
-        placed: dict[str, Entry] = {}
+        root = context.root
+        rules, rules_id = self._rules_for(context)
+        cache = self._load_cache(root)
+        probes: list[str] = []
+        selections: list[tuple[Selector, list[tuple[str, Entry, str | None]]]] = []
         missing: list[str] = []
         for selector in source.selectors:
-            matches = self._match(context, rules, selector)
+            matches = self._match(context, rules, rules_id, selector, probes)
             if not matches:
                 missing.append(selector.path)
-                continue
-            for entry, base in matches:
-                if base is None:
-                    # A file selected by name: at the destination itself, or by its name in it.
-                    rel = "." if not dest_is_dir else posixpath.basename(entry.path)
-                else:
-                    rel = entry.path[len(base) + 1 :] if base else entry.path
-                if excluded is not None and excluded.excludes(rel):
-                    continue
-                placed[rel] = entry
+            selections.append((selector, matches))
         if missing:
-            raise ContextError(context.root, missing).with_location(
-                source.location or context.location
-            )
-        digests = self._digests(context.root, placed.values())
-        rows = [
-            (rel, e.path, e.type, e.mode, e.size if e.type == "file" else 0, digests[e.path])
-            for rel, e in placed.items()
-        ]
-        return Tree.from_rows(rows)
+            raise ContextError(root, missing).with_location(source.location or context.location)
+        memo = f"{rules_id}\0{source.selectors!r}\0{tuple(exclude)!r}\0{dest_is_dir}"
+        known = cache.trees.get(memo)
+        if known is not None and all(cache.probes.get(p) == cache.seen[p] for p in probes):
+            return Tree(known, lambda: self._rows(root, selections, exclude, dest_is_dir))
+        tree = Tree.from_rows(self._rows(root, selections, exclude, dest_is_dir))
+        cache.trees[memo] = tree.digest
+        self._dirty.add(root)
+        return tree
 
     def save(self) -> None:
         """Write back every stat cache this run changed."""
         if self._stat_caches is None:
             return
         for root in sorted(self._dirty):
-            payload = marshal.dumps((_STATCACHE_VERSION, root, self._caches[root]))
-            check = blake3.blake3(payload).digest()
-            self._stat_caches.save_stat_cache(root, _STATCACHE_MAGIC + check + payload)
+            data = self._caches[root].dump(self._started_ns - _RACY_NS)
+            self._stat_caches.save_stat_cache(root, data)
         self._dirty.clear()
 
     # -- selection ---------------------------------------------------------------------------
 
-    def _rules_for(self, context: Context) -> IgnoreRules:
-        rules = self._rules.get(context)
-        if rules is None:
+    def _rules_for(self, context: Context) -> tuple[IgnoreRules, str]:
+        found = self._rules.get(context)
+        if found is None:
             if not os.path.isdir(context.root):
                 raise ContextError(context.root, problem="is not a directory").with_location(
                     context.location
                 )
-            rules = self._rules[context] = context.rules()
-        return rules
+            rules = context.rules()
+            rules_id = blake3.blake3(repr(rules.patterns).encode()).hexdigest()[:16]
+            found = self._rules[context] = (rules, rules_id)
+        return found
 
     def _match(
-        self, context: Context, rules: IgnoreRules, selector: Selector
-    ) -> list[tuple[Entry, str | None]]:
-        """Entries a selector brings, each with the directory its placement is relative to.
-
-        None marks a file selected by name: it lands in the destination by its base name.
-        """
-        if selector.kind == "glob":
+        self,
+        context: Context,
+        rules: IgnoreRules,
+        rules_id: str,
+        selector: Selector,
+        probes: list[str],
+    ) -> list[tuple[str, Entry, str | None]]:
+        """(path, entry, base) for what a selector brings; base is the directory the placement
+        is relative to, or None for a file selected by name (it lands by its base name)."""
+        if selector.kind == "glob" or selector.path == ".":
+            top = self._scan(context, rules, rules_id, "", probes)
+            if selector.path == ".":
+                return [(path, entry, "") for path, entry in top.items()]
             pattern = _glob_regex(selector.path)
             depth = selector.path.count("/")
-            top = self._scan(context, rules, "")
-            found: list[tuple[Entry, str | None]] = []
+            found: list[tuple[str, Entry, str | None]] = []
             for path in sorted(top):
                 if path.count("/") == depth and pattern.match(path):
-                    found.extend(self._expand(context, rules, top[path]))
+                    found.extend(self._expand(context, rules, rules_id, path, top[path], probes))
             return found
-        if selector.path == ".":
-            return [(e, "") for e in self._scan(context, rules, "").values()]
-        entry = self._stat_one(context, rules, selector.path)
+        entry = self._stat_one(context, rules, rules_id, selector.path, probes)
         if entry is None:
             return []
-        if selector.kind == "file" and entry.type == "dir":
+        if (selector.kind == "file" and entry.type == "dir") or (
+            selector.kind == "dir" and entry.type != "dir"
+        ):
             return []
-        if selector.kind == "dir" and entry.type != "dir":
-            return []
-        return self._expand(context, rules, entry)
+        return self._expand(context, rules, rules_id, selector.path, entry, probes)
 
     def _expand(
-        self, context: Context, rules: IgnoreRules, entry: Entry
-    ) -> list[tuple[Entry, str | None]]:
+        self,
+        context: Context,
+        rules: IgnoreRules,
+        rules_id: str,
+        path: str,
+        entry: Entry,
+        probes: list[str],
+    ) -> list[tuple[str, Entry, str | None]]:
         if entry.type != "dir":
-            return [(entry, None)]
-        below = self._scan(context, rules, entry.path)
-        return [(e, entry.path) for e in below.values()]
+            return [(path, entry, None)]
+        below = self._scan(context, rules, rules_id, path, probes)
+        return [(p, e, path) for p, e in below.items()]
 
-    def _stat_one(self, context: Context, rules: IgnoreRules, rel: str) -> Entry | None:
-        if rules.excludes(rel):
-            return None
-        try:
-            st = os.lstat(os.path.join(context.root, rel))
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        return _entry(context.root, rel, st)
+    def _stat_one(
+        self, context: Context, rules: IgnoreRules, rules_id: str, rel: str, probes: list[str]
+    ) -> Entry | None:
+        probe = f"{rules_id}:path:{rel}"
+        cache = self._load_cache(context.root)
+        seen = cache.seen.get(probe)
+        if seen is None:
+            entry = None
+            if not rules.excludes(rel):
+                try:
+                    st = os.lstat(os.path.join(context.root, rel))
+                except (FileNotFoundError, NotADirectoryError):
+                    pass
+                else:
+                    entry = _entry(context.root, rel, st)
+            seen = cache.seen[probe] = {} if entry is None else {rel: entry}
+        probes.append(probe)
+        return seen.get(rel)
 
-    def _scan(self, context: Context, rules: IgnoreRules, start: str) -> dict[str, Entry]:
+    def _scan(
+        self, context: Context, rules: IgnoreRules, rules_id: str, start: str, probes: list[str]
+    ) -> dict[str, Entry]:
         """Every entry under ``start`` (not ``start`` itself) that the rules keep."""
-        memo_key = (context, start)
-        scanned = self._scans.get(memo_key)
-        if scanned is not None:
-            return scanned
+        probe = f"{rules_id}:dir:{start}"
+        probes.append(probe)
+        cache = self._load_cache(context.root)
+        found = cache.seen.get(probe)
+        if found is not None:
+            return found
         root = context.root
-        found: dict[str, Entry] = {}
+        found = {}
         stack = [start]
         check = bool(rules)
         excludes = rules.excludes
+        new = _new_entry
         while stack:
             rel = stack.pop()
             prefix = f"{rel}/" if rel else ""
@@ -489,73 +528,99 @@ class ContextHasher:
                     st = dirent.stat(follow_symlinks=False)
                     mode = st.st_mode
                     if S_ISREG(mode):
-                        found[path] = Entry(
-                            path,
-                            "file",
-                            0o755 if mode & 0o111 else 0o644,
-                            st.st_size,
-                            (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino),
-                            "",
+                        found[path] = new(
+                            (
+                                "file",
+                                0o755 if mode & 0o111 else 0o644,
+                                st.st_size,
+                                st.st_mtime_ns,
+                                st.st_ctime_ns,
+                                st.st_ino,
+                                "",
+                            )
                         )
                     elif S_ISDIR(mode):
-                        found[path] = Entry(path, "dir", 0o755, 0, (0, 0, 0, 0), "")
+                        found[path] = _DIR_ENTRY
                         stack.append(path)
                     elif S_ISLNK(mode):
                         target = os.readlink(dirent.path)
-                        found[path] = Entry(path, "symlink", 0o777, 0, (0, 0, 0, 0), target)
+                        found[path] = new(("symlink", 0o777, 0, 0, 0, 0, target))
                     # sockets, fifos and devices are never build inputs
         if check:
             _add_missing_parents(root, start, found)
-        self._scans[memo_key] = found
+        cache.seen[probe] = found
         return found
 
     # -- hashing -----------------------------------------------------------------------------
 
-    def _digests(self, root: str, entries: Iterable[Entry]) -> dict[str, str]:
-        """Content digests of ``entries`` (file bytes, symlink targets; dirs have none)."""
+    def _rows(
+        self,
+        root: str,
+        selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
+        exclude: Sequence[str],
+        dest_is_dir: bool,
+    ) -> tuple[Row, ...]:
+        """The tree's rows: placement, then content digests (from the cache when valid)."""
+        excluded = IgnoreRules.from_lines(exclude) if exclude else None
+        placed: dict[str, tuple[str, Entry]] = {}
+        for _, matches in selections:
+            for path, entry, base in matches:
+                if base is None:
+                    rel = "." if not dest_is_dir else posixpath.basename(path)
+                else:
+                    rel = path[len(base) + 1 :] if base else path
+                if excluded is not None and excluded.excludes(rel):
+                    continue
+                placed[rel] = (path, entry)
+        digests = self._digests(root, placed.values())
+        return tuple(
+            sorted(
+                (rel, path, e.type, e.mode, e.size if e.type == "file" else 0, digests[path])
+                for rel, (path, e) in placed.items()
+            )
+        )
+
+    def _digests(self, root: str, entries: Iterable[tuple[str, Entry]]) -> dict[str, str]:
+        """Content digests (file bytes, symlink targets; directories have none)."""
         cache = self._load_cache(root)
+        known = cache.digests
         digests: dict[str, str] = {}
-        todo: list[Entry] = []
-        for entry in entries:
+        todo: list[tuple[str, Entry]] = []
+        for path, entry in entries:
             kind = entry.type
             if kind == "file":
-                cached = cache.get(entry.path)
-                if cached is not None and cached[0] == entry.signature:
-                    digests[entry.path] = cached[1]
+                cached = known.get(path)
+                if cached is not None and cached[0] == entry:
+                    digests[path] = cached[1]
                 else:
-                    todo.append(entry)
+                    todo.append((path, entry))
             elif kind == "symlink":
-                digests[entry.path] = blake3.blake3(
+                digests[path] = blake3.blake3(
                     entry.target.encode("utf-8", "surrogateescape")
                 ).hexdigest()
             else:
-                digests[entry.path] = ""
+                digests[path] = ""
         if todo:
-            racy = self._started_ns - _RACY_NS
-            for entry, digest in zip(todo, self._hash_files(root, todo), strict=True):
-                digests[entry.path] = digest
-                _, mtime_ns, ctime_ns, _ = entry.signature
-                if mtime_ns < racy and ctime_ns < racy:
-                    cache[entry.path] = (entry.signature, digest)
-                else:
-                    cache.pop(entry.path, None)
+            for (path, entry), digest in zip(todo, self._hash_files(root, todo), strict=True):
+                digests[path] = digest
+                known[path] = (entry, digest)
             self._dirty.add(root)
         return digests
 
-    def _hash_files(self, root: str, entries: Sequence[Entry]) -> Iterator[str]:
+    def _hash_files(self, root: str, entries: Sequence[tuple[str, Entry]]) -> Iterator[str]:
         from concurrent.futures import ThreadPoolExecutor
 
-        total = sum(e.size for e in entries)
+        total = sum(e.size for _, e in entries)
         self._reporter.hashing_started(root, len(entries), total)
         done_files = done_bytes = 0
 
-        def work(batch: Sequence[Entry]) -> list[str]:
+        def work(batch: Sequence[tuple[str, Entry]]) -> list[str]:
             out = []
-            for entry in batch:
+            for path, entry in batch:
                 try:
-                    out.append(hash_file(os.path.join(root, entry.path), entry.size))
+                    out.append(hash_file(os.path.join(root, path), entry.size))
                 except OSError as error:
-                    raise ContextError(root, problem=f"cannot read {entry.path}: {error}") from None
+                    raise ContextError(root, problem=f"cannot read {path}: {error}") from None
             return out
 
         batches = list(_batches(entries))
@@ -563,49 +628,89 @@ class ContextHasher:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for batch, digests in zip(batches, pool.map(work, batches), strict=True):
                 done_files += len(batch)
-                done_bytes += sum(e.size for e in batch)
+                done_bytes += sum(e.size for _, e in batch)
                 self._reporter.hashing_progress(root, done_files, done_bytes)
                 yield from digests
         self._reporter.hashing_finished(root)
 
     # -- stat cache --------------------------------------------------------------------------
 
-    def _load_cache(self, root: str) -> dict[str, tuple[tuple[int, int, int, int], str]]:
+    def _load_cache(self, root: str) -> _RootCache:
         cache = self._caches.get(root)
         if cache is None:
             data = self._stat_caches.load_stat_cache(root) if self._stat_caches else None
-            cache = self._caches[root] = _parse_stat_cache(data, root)
+            cache = self._caches[root] = _RootCache.load(data, root)
         return cache
 
 
 _STATCACHE_MAGIC: Final = b"imagedsl-statcache\n"
+_MAX_TREES: Final = 256
 
 
-def _parse_stat_cache(
-    data: bytes | None, root: str
-) -> dict[str, tuple[tuple[int, int, int, int], str]]:
-    """The entries of a saved stat cache; anything damaged reads as empty (a re-read)."""
-    if not data or not data.startswith(_STATCACHE_MAGIC):
-        return {}
-    body = data[len(_STATCACHE_MAGIC) :]
-    check, payload = body[:32], body[32:]
-    if blake3.blake3(payload).digest() != check:
-        return {}  # torn or tampered: checked before unmarshalling anything
-    try:
-        version, saved_root, entries = marshal.loads(payload)
-    except (ValueError, EOFError, TypeError):
-        return {}
-    if version != _STATCACHE_VERSION or saved_root != root or not isinstance(entries, dict):
-        return {}
-    return entries
+@attrs.define
+class _RootCache:
+    """The stat cache of one context root: last run's probes, file digests, tree digests.
+
+    ``seen`` holds what this run's probes saw (saved as the next run's ``probes``).
+    """
+
+    root: str
+    probes: dict[str, dict[str, tuple[object, ...]]]
+    digests: dict[str, tuple[tuple[object, ...], str]]
+    trees: dict[str, str]
+    seen: dict[str, dict[str, Entry]] = attrs.field(factory=dict)
+
+    @classmethod
+    def load(cls, data: bytes | None, root: str) -> _RootCache:
+        """Parse a saved cache; anything damaged reads as empty (a re-read, nothing worse)."""
+        empty = cls(root, {}, {}, {})
+        if not data or not data.startswith(_STATCACHE_MAGIC):
+            return empty
+        body = data[len(_STATCACHE_MAGIC) :]
+        check, payload = body[:32], body[32:]
+        if blake3.blake3(payload).digest() != check:
+            return empty  # torn or tampered: checked before unmarshalling anything
+        try:
+            version, saved_root, probes, digests, trees = marshal.loads(payload)
+        except (ValueError, EOFError, TypeError):
+            return empty
+        if version != _STATCACHE_VERSION or saved_root != root:
+            return empty
+        if not (isinstance(probes, dict) and isinstance(digests, dict) and isinstance(trees, dict)):
+            return empty
+        # Loaded entries stay plain tuples: they are only compared, and tuples compare equal
+        # to Entry values of the same fields.
+        return cls(root, probes, digests, trees)
+
+    def dump(self, racy_after_ns: int) -> bytes:
+        """Serialise for the next run. Racily clean files (changed within the last tick
+        before this run began) are left out, with the probes that saw them, so the next run
+        looks at them again however equal their stat values seem."""
+        probes: dict[str, dict[str, tuple[object, ...]]] = {**self.probes}
+        digests = dict(self.digests)
+        for probe, seen in self.seen.items():
+            racy = [p for p, e in seen.items() if max(e.mtime_ns, e.ctime_ns) >= racy_after_ns]
+            for path in racy:
+                digests.pop(path, None)
+            if racy:
+                probes.pop(probe, None)
+            else:
+                probes[probe] = {k: tuple(v) for k, v in seen.items()}
+        live = {path for seen in probes.values() for path in seen}
+        digests = {p: (tuple(e), d) for p, (e, d) in digests.items() if p in live}
+        trees = dict(list(self.trees.items())[-_MAX_TREES:])
+        payload = marshal.dumps((_STATCACHE_VERSION, self.root, probes, digests, trees))
+        return _STATCACHE_MAGIC + blake3.blake3(payload).digest() + payload
 
 
-def _batches(entries: Sequence[Entry]) -> Iterator[Sequence[Entry]]:
-    batch: list[Entry] = []
+def _batches(
+    entries: Sequence[tuple[str, Entry]],
+) -> Iterator[Sequence[tuple[str, Entry]]]:
+    batch: list[tuple[str, Entry]] = []
     batch_bytes = 0
-    for entry in entries:
-        batch.append(entry)
-        batch_bytes += entry.size
+    for item in entries:
+        batch.append(item)
+        batch_bytes += item[1].size
         if len(batch) >= 64 or batch_bytes >= _BIG_FILE:
             yield batch
             batch, batch_bytes = [], 0
@@ -616,13 +721,13 @@ def _batches(entries: Sequence[Entry]) -> Iterator[Sequence[Entry]]:
 def _entry(root: str, rel: str, st: os.stat_result) -> Entry | None:
     mode = st.st_mode
     if S_ISREG(mode):
-        signature = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-        return Entry(rel, "file", normalised_mode("file", mode), st.st_size, signature, "")
+        fields = ("file", normalised_mode("file", mode), st.st_size, st.st_mtime_ns)
+        return _new_entry((*fields, st.st_ctime_ns, st.st_ino, ""))
     if S_ISDIR(mode):
-        return Entry(rel, "dir", 0o755, 0, (0, 0, 0, 0), "")
+        return _DIR_ENTRY
     if S_ISLNK(mode):
         target = os.readlink(os.path.join(root, rel))
-        return Entry(rel, "symlink", 0o777, 0, (0, 0, 0, 0), target)
+        return _new_entry(("symlink", 0o777, 0, 0, 0, 0, target))
     return None  # sockets, fifos and devices are never build inputs
 
 
