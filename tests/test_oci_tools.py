@@ -19,11 +19,12 @@ from oci_support import build, read_image, rootfs_listing, run, tool
 import imagedsl as dsl
 from imagedsl.backends.oci.image import OCIBackend
 from imagedsl.ledger import Store
+from imagedsl.registry import NotFoundError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from docker_support import DockerEngine
+    from docker_support import DockerEngine, RegistryServer
 
 needs_skopeo = pytest.mark.skipif(tool("skopeo") is None, reason="skopeo is not installed")
 needs_umoci = pytest.mark.skipif(tool("umoci") is None, reason="umoci is not installed")
@@ -241,3 +242,28 @@ def test_skopeo_copies_zstd_layouts(base: str, ctx: Path, tmp_path: Path) -> Non
     inspected = json.loads(run("skopeo", "inspect", f"oci:{tmp_path / 'copy'}:z"))
     assert inspected["Digest"] == built.image.manifest_digest
     assert read_image(tmp_path / "copy", "z")[1]["layers"][-1]["mediaType"].endswith("+zstd")
+
+
+@needs_skopeo
+def test_registry_base(registry: RegistryServer, base: str, ctx: Path, tmp_path: Path) -> None:
+    """A base pulled from a registry (checked by the registry client) keeps its layers as they
+    are; the manifest names its digest; an unknown tag is a clear error."""
+    remote = f"{registry.host}/imagedsl-test/oci-base"
+    layout = base.removeprefix("oci:").rsplit(":", 1)[0]
+    run("skopeo", "copy", "--dest-tls-verify=false", base, f"docker://{remote}:1")
+    pushed = json.loads(run("skopeo", "inspect", "--tls-verify=false", f"docker://{remote}:1"))
+    src = dsl.context(ctx)
+    stages = {"app": dsl.image(f"{remote}:1").copy(src.dir("app"), "/app").cmd("/app/hello.sh")}
+    store = Store(tmp_path / "store")
+    built, _ = build(stages, store, output=f"oci:{tmp_path / 'out'}:v1")
+    _, manifest, _ = read_image(tmp_path / "out", "v1")
+    assert manifest["annotations"]["org.opencontainers.image.base.digest"] == pushed["Digest"]
+    assert manifest["annotations"]["org.opencontainers.image.base.name"] == f"{remote}:1"
+    base_layers = read_image(Path(layout), "1")[1]["layers"]
+    assert [layer["digest"] for layer in manifest["layers"][:1]] == pushed["Layers"]
+    assert manifest["layers"][0] == base_layers[0]
+    again, _ = build(stages, store)
+    assert again.image.manifest_digest == built.image.manifest_digest
+    assert again.stats.layers_written == 0
+    with pytest.raises(NotFoundError):
+        build({"app": dsl.image(f"{remote}:missing").cmd("x")}, store)

@@ -95,6 +95,7 @@ if TYPE_CHECKING:
     from imagedsl.graph import StepNode
     from imagedsl.ledger import Store
     from imagedsl.planner import Plan
+    from imagedsl.registry import RegistryClient
     from imagedsl.reporting import Reporter
 
 #: Bump when the bytes a step's layer gets could change for the same inputs.
@@ -168,6 +169,12 @@ def _compression_from_env() -> Compression:
     return text
 
 
+def _default_registry() -> RegistryClient:
+    from imagedsl.registry import RegistryClient
+
+    return RegistryClient()
+
+
 def _default_engine() -> DockerEngine:
     from imagedsl.backends.engine import require_docker
 
@@ -179,7 +186,8 @@ class OCIBackend:
 
     ``epoch`` (default ``$SOURCE_DATE_EPOCH``, else 0) is every file's mtime and the image's
     creation time; ``compression`` (default ``$IMAGEDSL_OCI_COMPRESSION``, else gzip) is
-    ``gzip``, ``zstd`` or ``none``.
+    ``gzip``, ``zstd`` or ``none``. ``engine`` and ``registry`` make the Docker engine and
+    the registry client, only when a step needs one.
     """
 
     name = "oci"
@@ -190,6 +198,7 @@ class OCIBackend:
         epoch: int | None = None,
         compression: Compression | None = None,
         engine: Callable[[], DockerEngine] | None = None,
+        registry: Callable[[], RegistryClient] | None = None,
     ) -> None:
         self.epoch = _epoch_from_env() if epoch is None else epoch
         self.compression: Compression = (
@@ -197,6 +206,13 @@ class OCIBackend:
         )
         self._engine_factory = engine or _default_engine
         self._engine: DockerEngine | None = None
+        self._registry_factory = registry or _default_registry
+        self._registry: RegistryClient | None = None
+
+    def _registry_once(self) -> RegistryClient:
+        if self._registry is None:
+            self._registry = self._registry_factory()
+        return self._registry
 
     def _engine_once(self) -> DockerEngine:
         if self._engine is None:
@@ -216,8 +232,13 @@ class OCIBackend:
         refuse_unsupported(plan)
         output = Output.parse(request.output) if request.output else None
         run = _Build(self, plan, request, store, reporter)
-        image = run.build_all()
-        where = run.write_output(image, output)
+        try:
+            image = run.build_all()
+            where = run.write_output(image, output)
+        finally:
+            if self._registry is not None:
+                self._registry.close()
+                self._registry = None
         result = BuildResult(
             built=tuple(run.built),
             cached=tuple(run.cached),
@@ -339,7 +360,11 @@ class _Build:
         label = self._label(node, instruction)
         self.reporter.step_started(label)
         base = import_base(
-            step.reference, node.state.platform, self.blobs, engine=self.backend._engine_once
+            step.reference,
+            node.state.platform,
+            self.blobs,
+            engine=self.backend._engine_once,
+            registry=self.backend._registry_once,
         )
         self._filesystem(base.layers)  # reads (and checks) every base layer once
         record_step(self.store, node, {"oci.manifest": base.manifest_digest})

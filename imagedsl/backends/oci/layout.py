@@ -56,6 +56,7 @@ from imagedsl.ledger import atomic_write, fsync_dir
 
 if TYPE_CHECKING:
     from imagedsl.backends.engine import DockerEngine
+    from imagedsl.registry import RegistryClient
     from imagedsl.steps import ImageReference
 
 MANIFEST_OCI: Final = "application/vnd.oci.image.manifest.v1+json"
@@ -216,15 +217,12 @@ def import_base(
     blobs: BlobStore,
     *,
     engine: Callable[[], DockerEngine],
+    registry: Callable[[], RegistryClient],
 ) -> BaseImage:
     """Bring a base image's blobs into the store (checked) and read its config."""
     shown = str(reference)
     if reference.transport == "registry":
-        raise BaseImageError(
-            shown,
-            "the OCI backend cannot pull from a registry yet; pull it first and use "
-            "docker-daemon:NAME, or copy it with skopeo to oci:DIR or oci-archive:FILE",
-        )
+        return _import_registry(reference, platform, blobs, registry())
     if reference.transport == "docker-daemon":
         return _import_daemon(reference, platform, blobs, engine())
     path, tag = _split_path_tag(reference.name, reference.tag)
@@ -423,6 +421,41 @@ def _import_unknown(source: _Source, name: str, blobs: BlobStore) -> tuple[str, 
         if not blobs.has(digest, size):
             blobs.commit(out, digest)
     return digest, size, head
+
+
+def _import_registry(
+    reference: ImageReference, platform: str, blobs: BlobStore, client: RegistryClient
+) -> BaseImage:
+    """Pull through the registry client (which checks every digest) into the store."""
+    from imagedsl.registry import Platform
+
+    pulled = client.pull(reference, blobs.store, platform=Platform.parse(platform))
+    config = json.loads(blobs.read(pulled.config.digest))
+    diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+    if len(diff_ids) != len(pulled.layers):
+        raise BaseImageError(str(reference), "its config and manifest disagree on the layer count")
+    layers = []
+    for descriptor, diff_id in zip(pulled.layers, diff_ids, strict=True):
+        media_type = _LAYER_TYPES.get(descriptor.media_type)
+        if media_type is None:
+            raise BaseImageError(
+                str(reference), f"has a layer of unsupported type {descriptor.media_type!r}"
+            )
+        layers.append(
+            LayerBlob(
+                digest=check_digest(descriptor.digest),
+                size=descriptor.size,
+                diff_id=check_digest(diff_id),
+                media_type=media_type,
+                uncompressed_size=0,
+            )
+        )
+    return BaseImage(
+        reference=str(reference),
+        manifest_digest=pulled.manifest.digest,
+        config=config,
+        layers=tuple(layers),
+    )
 
 
 def _import_daemon(
