@@ -325,8 +325,6 @@ class Authorizer:
         self._credentials: Credentials | None = None
         self._looked_up = False
         self._tokens: dict[frozenset[str], _Token] = {}
-        #: How many tokens were fetched (tests check caching with it).
-        self.tokens_fetched = 0
 
     def __repr__(self) -> str:
         scheme = self._challenge.scheme if self._challenge else None
@@ -351,7 +349,7 @@ class Authorizer:
                 return None
             token = self._tokens.get(wanted)
             if token is None or token.expires_at <= self._clock():
-                token = self._fetch_token_locked(challenge, wanted)
+                token = self._tokens[wanted] = self._fetch_token_locked(challenge, wanted)
             return f"Bearer {token.value}"
 
     def challenged(self, header: str | None, scopes: Iterable[str], sent: str | None) -> bool:
@@ -427,7 +425,6 @@ class Authorizer:
             if credentials is None:
                 problem = "the token server refused an anonymous token; configure credentials"
             raise RegistryAuthError(self.host, problem, status=status, scopes=ordered)
-        self.tokens_fetched += 1
         return self._parse_token(answer, ordered)
 
     def _parse_token(self, answer: bytes, scopes: list[str]) -> _Token:
