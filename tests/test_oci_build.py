@@ -474,3 +474,33 @@ def test_cli_build_to_layout(base: str, ctx: Path, tmp_path: Path) -> None:
     assert refused.returncode == 2
     assert "build.py:4" in refused.stderr
     assert "--backend docker" in refused.stderr
+
+
+def test_add_url_downloads_and_checks_the_checksum(base: str, store: Store, tmp_path: Path) -> None:
+    """ADD of a URL the store lacks downloads it and refuses bytes that miss the checksum."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "tool.txt").write_bytes(b"from the server\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}/tool.txt"
+            good = "sha256:" + hashlib.sha256(b"from the server\n").hexdigest()
+            stages = {"a": dsl.image(base).add(dsl.url(url, checksum=good), "/opt/tool")}
+            build(stages, store, output=f"oci:{tmp_path / 'out'}")
+            assert store.blob_path(good).read_bytes() == b"from the server\n"
+            wrong = "sha256:" + "1" * 64
+            with pytest.raises(dsl.ImageDSLError, match="1111"):
+                build({"a": dsl.image(base).add(dsl.url(url, checksum=wrong), "/opt/")}, store)
+            assert not store.blob_path(wrong).exists()
+        finally:
+            server.shutdown()
+    _, manifest, _ = read_image(tmp_path / "out")
+    members = {m.name: m for m in layer_members(tmp_path / "out", manifest["layers"][1])}
+    assert members["opt/tool"].size == len(b"from the server\n")
