@@ -504,3 +504,25 @@ def test_add_url_downloads_and_checks_the_checksum(base: str, store: Store, tmp_
     _, manifest, _ = read_image(tmp_path / "out")
     members = {m.name: m for m in layer_members(tmp_path / "out", manifest["layers"][1])}
     assert members["opt/tool"].size == len(b"from the server\n")
+
+
+def test_result_names_each_step_once(base: str, ctx: Path, store: Store) -> None:
+    """Each layer step is reported once, as built or cached, by the name the plan shows."""
+    src = dsl.context(ctx)
+    builder = dsl.image(base).copy(src.dir("app"), "/src")
+    app = dsl.image(base).workdir("/tmp").copy(builder.path("/src/run.sh"), "/run.sh")
+    stages = {"builder": builder, "app": app}
+    first, _ = build(stages, store, target="app")
+    assert sorted(first.result.built) == sorted(
+        [
+            "app[2] COPY --from=builder /src/run.sh /run.sh",
+            "builder[1] COPY app /src",
+            "app[1] WORKDIR /tmp",
+        ]
+    )
+    names = [*first.result.built, *first.result.cached]
+    assert len(names) == len(set(names))
+    assert "app[2] COPY --from=builder /src/run.sh /run.sh" in first.result.built
+    second, _ = build(stages, store, target="app")
+    assert second.result.built == ()
+    assert sorted(second.result.cached) == sorted(names)

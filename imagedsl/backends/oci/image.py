@@ -342,13 +342,10 @@ class _Build:
             return attrs.evolve(below, history=(*below.history, entry))
         label = self._label(node, instruction)
         self.reporter.step_started(label)
-        layer = self._layer(node, self._below(node))
+        layer = self._layer(node, self._below(node), label)
         history: dict[str, Any] = {"created": _iso(self.backend.epoch), "created_by": created_by}
-        if layer is None:
+        if layer is None:  # a WORKDIR that exists already
             history["empty_layer"] = True
-            self.reporter.step_finished(label, "cached")
-            record_step(self.store, node, {"oci.layer": None})
-            self.cached.append(label)
             return attrs.evolve(below, history=(*below.history, history))
         return attrs.evolve(below, layers=(*below.layers, layer), history=(*below.history, history))
 
@@ -411,8 +408,7 @@ class _Build:
         key = blake3.blake3(material.encode()).hexdigest()
         return self.store.root / "oci" / "layers" / key[:2] / f"{key}.json"
 
-    def _layer(self, node: StepNode, below: _StageState) -> LayerBlob | None:
-        label = self._label(node, describe(node.step))
+    def _layer(self, node: StepNode, below: _StageState, label: str) -> LayerBlob | None:
         cache = self._cache_path(node, below)
         try:
             saved = json.loads(cache.read_bytes())
