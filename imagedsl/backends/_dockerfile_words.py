@@ -1,0 +1,185 @@
+"""Spelling strings as Dockerfile words, so that BuildKit reads back exactly what we meant.
+
+BuildKit runs most arguments through its shell-word lexer (quotes, backslash escapes and
+``$VAR`` expansion); RUN, CMD, ENTRYPOINT, SHELL and HEALTHCHECK are not expanded at all. Two
+kinds of words come out of imagedsl values:
+
+- *expanding* words (ENV and ARG values, WORKDIR, USER, COPY destinations): imagedsl expands
+  ``$VAR``, ``${VAR}``, ``${VAR:-word}``, ``${VAR:+word}`` and ``${VAR:?word}`` and reads ``\\$``
+  as a literal ``$`` (:func:`imagedsl.steps.expand`). Those expressions are written out for
+  BuildKit to expand; every other character is escaped so BuildKit takes it literally (a lone
+  ``$1`` stays ``$1``, a backslash stays a backslash).
+- *literal* words (LABEL values, VOLUME paths, ``--chown``): imagedsl never expands them, so
+  every ``$`` is escaped.
+
+A Dockerfile instruction is one line; a value with a line break cannot be spelled in one
+except inside JSON, which only exec-form instructions accept. :class:`Unspellable` says why a
+value cannot be written; the lowering turns it into an error that names the step.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from typing import Final
+
+#: Must stay equal to ``imagedsl.steps._VAR`` (a test checks): the expressions imagedsl expands.
+EXPANSION: Final = re.compile(
+    r"\\(?P<escaped>\$)|\$(?:(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
+    r"|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-+?])(?P<word>[^}]*))?\})"
+)
+#: Characters that need no quoting in any word context we write.
+_PLAIN: Final = re.compile(r"[A-Za-z0-9_./:@%+,=~^-]+\Z")
+#: Characters BuildKit's lexer treats specially inside double quotes.
+_IN_DOUBLE_QUOTES: Final = re.compile(r'(["\\$])')
+#: Characters BuildKit's lexer treats specially outside quotes (and inside ``${...}``).
+_UNQUOTED_SPECIAL: Final = re.compile(r"([\\\"'$}\s])")
+#: ``<<WORD``: a heredoc to Dockerfile parsers that support them (1.4+): never in a shell form.
+_HEREDOC: Final = re.compile(r"<<-?\s*[\"']?[A-Za-z_]")
+
+
+class Unspellable(ValueError):
+    """A value cannot be written in the Dockerfile position it is needed in."""
+
+    def __init__(self, value: str, problem: str) -> None:
+        super().__init__(value, problem)
+        self.value = value
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"{self.value!r} {self.problem}"
+
+
+def check_one_line(value: str) -> str:
+    """Refuse what cannot stand inside one Dockerfile line."""
+    if "\n" in value or "\r" in value:
+        raise Unspellable(value, "contains a line break, which no Dockerfile word can hold")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Unspellable(value, "is not valid Unicode (a lone surrogate)") from None
+    return value
+
+
+def _pieces(text: str) -> Iterator[tuple[bool, str]]:
+    """Split ``text`` into (is_expression, piece) the way imagedsl's ``expand`` reads it."""
+    position = 0
+    for match in EXPANSION.finditer(text):
+        if match.start() > position:
+            yield False, text[position : match.start()]
+        if match["escaped"]:
+            yield False, "$"
+        else:
+            yield True, match.group(0)
+        position = match.end()
+    if position < len(text):
+        yield False, text[position:]
+
+
+def _expression(expression: str, following: str) -> str:
+    """Re-spell one expression so BuildKit reads the same one."""
+    match = EXPANSION.fullmatch(expression)
+    assert match is not None
+    assert not match["escaped"]
+    name = match["bare"] or match["braced"]
+    if match["bare"]:
+        # BuildKit's names run over any letter or digit (Unicode ones too): brace when needed.
+        if following and (following[0].isalnum() or following[0] == "_"):
+            return "${" + name + "}"
+        return "$" + name
+    if match["op"] is None:
+        return "${" + name + "}"
+    inner = "".join(
+        _expression(piece, "}") if is_expression else _UNQUOTED_SPECIAL.sub(r"\\\1", piece)
+        for is_expression, piece in _pieces(match["word"])
+    )
+    return "${" + name + match["op"] + inner + "}"
+
+
+def _spell(pieces: Sequence[tuple[bool, str]], *, quote: bool) -> str:
+    out: list[str] = []
+    for i, (is_expression, piece) in enumerate(pieces):
+        if is_expression:
+            following = next((p for _, p in pieces[i + 1 :] if p), "")
+            out.append(_expression(piece, following))
+        elif quote:
+            out.append(_IN_DOUBLE_QUOTES.sub(r"\\\1", piece))
+        else:
+            out.append(piece)
+    text = "".join(out)
+    return f'"{text}"' if quote else text
+
+
+def expanding_word(value: str) -> str:
+    """A word BuildKit expands to what imagedsl expands ``value`` to (quoted when needed)."""
+    check_one_line(value)
+    pieces = list(_pieces(value))
+    plain = all(is_expression or _PLAIN.match(piece) for is_expression, piece in pieces)
+    return _spell(pieces, quote=not (plain and value))
+
+
+def literal_word(value: str) -> str:
+    """A word BuildKit reads as exactly ``value`` (quoted when needed, ``$`` escaped)."""
+    check_one_line(value)
+    if value and _PLAIN.match(value):
+        return value
+    return _spell([(False, value)], quote=True)
+
+
+def json_word(value: str, *, expanding: bool) -> str:
+    """One element of a JSON-form COPY/ADD/VOLUME: BuildKit still runs it through its lexer."""
+    check_one_line(value)
+    pieces = list(_pieces(value)) if expanding else [(False, value)]
+    out: list[str] = []
+    for i, (is_expression, piece) in enumerate(pieces):
+        if is_expression:
+            following = next((p for _, p in pieces[i + 1 :] if p), "")
+            out.append(_expression(piece, following))
+        else:
+            out.append(re.sub(r"([\\\"'$])", r"\\\1", piece))
+    return "".join(out)
+
+
+def is_plain(value: str) -> bool:
+    """Whether ``value`` needs no quoting or escaping anywhere."""
+    return bool(value) and bool(_PLAIN.match(value))
+
+
+def json_array(items: Sequence[str]) -> str:
+    """A JSON array of strings as exec-form instructions take it (no lexer runs on it)."""
+    for item in items:
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Unspellable(item, "is not valid Unicode (a lone surrogate)") from None
+    return json.dumps(list(items), ensure_ascii=False)
+
+
+def shell_form_is_exact(command: str) -> bool:
+    """Whether ``RUN command`` (shell form) hands BuildKit exactly ``command``.
+
+    The parser trims the line, joins a line ending in a backslash with the next, takes leading
+    ``--words`` for flags, reads a line starting with ``[`` that parses as a JSON array as exec
+    form, and (1.4+) reads ``<<WORD`` as a heredoc. Anything that is not printable on one line goes to exec form too.
+    """
+    if not command or command != command.strip() or not command.isprintable():
+        return False
+    if command.endswith("\\") or command.startswith("--") or _HEREDOC.search(command):
+        return False
+    if command.startswith("["):
+        try:
+            parsed = json.loads(command)
+        except ValueError:
+            return True
+        return not isinstance(parsed, list)
+    return True
+
+
+def flag_value(value: str, *, what: str) -> str:
+    """A ``--flag=value`` or ``--mount`` option value: plain characters only."""
+    if not is_plain(value) or "," in value:
+        raise Unspellable(
+            value, f"cannot be written as {what} (only letters, digits and ._/:@%+=~^- are safe)"
+        )
+    return value

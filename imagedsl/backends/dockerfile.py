@@ -1,0 +1,1023 @@
+"""The Dockerfile backend: lower a planned graph to a Dockerfile, then build it with BuildKit.
+
+Lowering (:func:`lower_to_dockerfile`) turns a :class:`~imagedsl.planner.Plan` into a
+multi-stage Dockerfile a person can review:
+
+- Only the steps the target needs are there (the plan already dropped the rest).
+- The steps are cut into Dockerfile stages where the graph branches (a prefix shared by
+  several stages), where a stage is read by ``COPY --from`` or a bind mount, and where one
+  named stage of ``build.py`` ends and another continues from it. Stages are named after the
+  ``build.py`` variables (the target's stage after the target); a stage that continues
+  another re-declares the ARGs in scope, as Dockerfile scoping requires.
+- Every string is spelled so that BuildKit reads back exactly the value imagedsl keyed
+  (:mod:`imagedsl.backends._dockerfile_words`): JSON (exec) form where a shell form would
+  not survive the parser, quoting and escaping elsewhere, and a clear error for the few
+  values no Dockerfile can hold (a line break in an ENV value).
+- Each COPY, ADD or bind mount from the context reads one directory named by the digest of
+  the files it copies (:mod:`imagedsl.backends._context_staging`), so the build context holds
+  exactly the selected files and BuildKit's cache key for the COPY follows the content only.
+
+Only syntax that the Dockerfile frontend built into Docker 20.10 accepts is used, unless a
+step asks for more (``COPY --link``, ``RUN --network``, ...): then the Dockerfile says so,
+and building it on an engine that is known to reject it fails before starting, naming the
+step (see docs/dockerfile-backend.md).
+
+Building (:class:`DockerfileBackend`) writes the context into the store's pool of staged
+trees, runs ``docker buildx build`` or ``docker build`` with BuildKit, streams its progress,
+and records in the ledger every step BuildKit completed (built or cached), so that the next
+plan shows hits; a failed build records only the steps that completed, and reports the
+failing step at its line of ``build.py``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import posixpath
+import re
+import signal
+import subprocess
+import tempfile
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Final
+
+import attrs
+
+from imagedsl.backends import BuildRequest, BuildRequestError, BuildResult, SecretSource
+from imagedsl.backends._buildkit_progress import ProgressParser, Vertex
+from imagedsl.backends._context_staging import (
+    ContextPool,
+    StagedTree,
+    tree_name,
+    write_tree,
+)
+from imagedsl.backends._dockerfile_words import (
+    Unspellable,
+    expanding_word,
+    flag_value,
+    is_plain,
+    json_array,
+    json_word,
+    literal_word,
+    shell_form_is_exact,
+)
+from imagedsl.context import ContextSource, Tree
+from imagedsl.errors import ImageDSLError, SourceLocation
+from imagedsl.planner import Plan, PlannedStep, record_step
+from imagedsl.steps import (
+    DEFAULT_SHELL,
+    Add,
+    Arg,
+    BindMount,
+    BuildState,
+    CacheMount,
+    Cmd,
+    Copy,
+    Entrypoint,
+    Env,
+    Expose,
+    FromImage,
+    FromScratch,
+    Healthcheck,
+    Label,
+    Run,
+    SecretMount,
+    Shell,
+    StagePath,
+    StopSignal,
+    TmpfsMount,
+    UrlSource,
+    User,
+    Volume,
+    Workdir,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from imagedsl.backends.engine import DockerEngine
+    from imagedsl.graph import StepNode
+    from imagedsl.ledger import Store
+    from imagedsl.reporting import Reporter
+
+#: The first line of every lowered Dockerfile (``write_build_dir`` recognises its own dirs).
+HEADER: Final = "# Lowered by imagedsl"
+_STAGE_NAME: Final = re.compile(r"[a-z][a-z0-9_.-]*\Z")
+_RESERVED_STAGE_NAMES: Final = frozenset({"scratch", "context"})
+_GLOB_CHARS: Final = re.compile(r"[*?\[\\]")
+_FS_KINDS: Final = frozenset({"run", "copy", "add", "workdir"})
+#: Features the Dockerfile frontend built into Docker 20.10 (BuildKit 0.8) rejects; engines
+#: up to 22.x without buildx are refused up front when a step needs one of them.
+_NEWER_FEATURES: Final = (
+    "COPY --link",
+    "ADD --link",
+    "COPY --exclude (from a stage)",
+    "ADD --checksum",
+    "RUN --network",
+    "RUN --mount=type=secret,env=...",
+    "RUN --mount=type=tmpfs,size=...",
+)
+_LAST_BUILTIN_BUILDKIT_08_ENGINE: Final = 22
+_PARSE_ERROR: Final = re.compile(r"dockerfile parse error (?:on )?line (?P<line>\d+): (?P<what>.*)")
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+class LoweringError(ImageDSLError):
+    """A step cannot be written as a Dockerfile instruction (or not for this engine)."""
+
+    def __init__(
+        self, instruction: str, problem: str, location: SourceLocation | None = None
+    ) -> None:
+        super().__init__(instruction, problem)
+        self.instruction = instruction
+        self.problem = problem
+        self.location = location
+
+    def __str__(self) -> str:
+        return f"{self.instruction}: {self.problem}"
+
+
+class BuildFailedError(ImageDSLError):
+    """BuildKit failed; ``instruction`` and ``location`` name the step when it is known."""
+
+    #: The CLI's exit status for a failed build (not a mistake in the build file's syntax).
+    exit_code: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        instruction: str | None = None,
+        output: Sequence[str] = (),
+        location: SourceLocation | None = None,
+    ) -> None:
+        super().__init__(message, instruction, tuple(output))
+        self.message = message
+        self.instruction = instruction
+        self.output = tuple(output)
+        self.location = location
+
+    def __str__(self) -> str:
+        head = f"{self.instruction} failed: {self.message}" if self.instruction else self.message
+        if not self.output:
+            return head
+        return head + "\n" + "\n".join(f"  | {line}" for line in self.output)
+
+
+# -- the lowered Dockerfile ----------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class DockerfileStage:
+    """One stage of the lowered Dockerfile: its name and the plan steps it holds."""
+
+    name: str
+    #: Indices into ``plan.steps``, in order (the first may be the FROM).
+    steps: tuple[int, ...]
+    #: The 1-based line of the stage's FROM instruction.
+    line: int
+
+
+@attrs.frozen(kw_only=True)
+class Requirement:
+    """A step that needs a Dockerfile feature newer than Docker 20.10's built-in frontend."""
+
+    feature: str
+    step: int
+
+
+@attrs.frozen(kw_only=True)
+class LoweredDockerfile:
+    """A Dockerfile for one target and what it needs to build."""
+
+    text: str
+    #: The name of the target's stage (the last one).
+    target: str
+    stages: tuple[DockerfileStage, ...]
+    #: Plan step index -> its BuildKit vertex label ``[STAGE K/N]`` (FROM an image and
+    #: filesystem steps only: config steps make no vertex).
+    vertices: Mapping[int, str]
+    #: Plan step index -> the 1-based Dockerfile line of its instruction.
+    lines: Mapping[int, int]
+    #: The context trees COPY, ADD and bind mounts read, each under ``tree.name``.
+    trees: tuple[StagedTree, ...]
+    requirements: tuple[Requirement, ...] = ()
+
+    def step_at_line(self, line: int) -> int | None:
+        """The plan step whose instruction is on (or, for a comment, just below) ``line``."""
+        best = None
+        for index, first in self.lines.items():
+            if first <= line and (best is None or first > self.lines[best]):
+                best = index
+        return best
+
+
+def lower_to_dockerfile(plan: Plan) -> LoweredDockerfile:
+    """Lower ``plan``'s target to a Dockerfile (see the module docstring)."""
+    return _Lowerer(plan).lower()
+
+
+@attrs.define
+class _Segment:
+    steps: list[int]
+    name: str = ""
+
+
+class _Lowerer:
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.nodes: list[StepNode] = [step.node for step in plan.steps]
+        self.trees: dict[str, StagedTree] = {}
+        self.requirements: list[Requirement] = []
+        self.segment_of: dict[int, int] = {}
+        self.segments: list[_Segment] = []
+
+    # -- structure ---------------------------------------------------------------------------
+
+    def lower(self) -> LoweredDockerfile:
+        self._cut()
+        self._name()
+        order = self._order()
+        lines = [
+            f"{HEADER} from {_buildfile_name(self.plan.buildfile)}, target {self.plan.target}.",
+            "# Edit the build file, not this file. Context files are in directories named by",
+            "# the digest of what each step copies.",
+        ]
+        step_lines: dict[int, int] = {}
+        vertices: dict[int, str] = {}
+        stages: list[DockerfileStage] = []
+        for number in order:
+            segment = self.segments[number]
+            lines.append("")
+            from_line = len(lines) + 1
+            counted = [i for i in segment.steps if self._makes_vertex(i, segment)]
+            for k, index in enumerate(counted, start=1):
+                vertices.setdefault(index, f"[{segment.name} {k}/{len(counted)}]")
+            for index in segment.steps:
+                step = self.plan.steps[index]
+                try:
+                    head = self._continuation(index, segment)
+                    text = self._instruction(self.nodes[index], segment_name=segment.name)
+                except Unspellable as error:
+                    raise LoweringError(
+                        step.instruction, f"cannot be written in a Dockerfile: {error}"
+                    ).with_location(step.location) from None
+                lines.extend(head)
+                for line in text:
+                    if not line.startswith("#") and index not in step_lines:
+                        step_lines[index] = len(lines) + 1
+                    lines.append(line)
+            stages.append(
+                DockerfileStage(name=segment.name, steps=tuple(segment.steps), line=from_line)
+            )
+        return LoweredDockerfile(
+            text="\n".join(lines) + "\n",
+            target=self.segments[order[-1]].name,
+            stages=tuple(stages),
+            vertices=vertices,
+            lines=step_lines,
+            trees=tuple(self.trees.values()),
+            requirements=tuple(self.requirements),
+        )
+
+    def _cut(self) -> None:
+        """Cut the steps into segments, one per Dockerfile stage.
+
+        A segment ends where the graph branches, where a ``COPY --from`` or bind mount reads
+        it, and where one named stage ends and another continues from it. A FROM that several
+        stages start from is written in each of them instead: a shared FROM is no work.
+        """
+        children: dict[int, list[int]] = defaultdict(list)
+        referenced: set[int] = set()
+        for node in self.nodes:
+            if node.parent is not None:
+                children[node.parent].append(node.index)
+            referenced.update(node.sources)
+        output = len(self.nodes) - 1
+        inline = {
+            node.index
+            for node in self.nodes
+            if node.kind in ("from", "scratch")
+            and node.index != output
+            and node.index not in referenced
+        }
+        ends: set[int] = set()
+        for node in self.nodes:
+            kids = children.get(node.index, [])
+            if node.index in inline:
+                continue
+            if (
+                node.index == output
+                or node.index in referenced
+                or len(kids) != 1
+                or self.nodes[kids[0]].stage != node.stage
+            ):
+                ends.add(node.index)
+        for node in self.nodes:
+            if node.index in inline:
+                continue
+            if node.parent is None or node.parent in ends or node.parent in inline:
+                start = [node.index] if node.parent not in inline else [node.parent, node.index]
+                for index in start:
+                    self.segment_of.setdefault(index, len(self.segments))
+                self.segments.append(_Segment(start))
+            else:
+                number = self.segment_of[node.parent]
+                self.segments[number].steps.append(node.index)
+                self.segment_of[node.index] = number
+        self._children = children
+
+    def _name(self) -> None:
+        taken: set[str] = set()
+        output = len(self.nodes) - 1
+        # The target's stage is named first, so it keeps the target's name.
+        ordered = sorted(
+            range(len(self.segments)), key=lambda s: (output not in self.segments[s].steps, s)
+        )
+        for number in ordered:
+            segment = self.segments[number]
+            last = self.nodes[segment.steps[-1]]
+            if last.index == output:
+                wanted = self.plan.target
+            elif any(self.nodes[c].stage == last.stage for c in self._children.get(last.index, [])):
+                wanted = f"{last.stage}-{last.position}"  # a shared prefix of a named stage
+            else:
+                wanted = last.stage
+            name = _stage_name(wanted)
+            candidate, n = name, 1
+            while candidate in taken:
+                n += 1
+                candidate = f"{name}-{n}"
+            taken.add(candidate)
+            segment.name = candidate
+
+    def _order(self) -> list[int]:
+        """Segments in an order where every stage comes after the stages it uses."""
+        needs: dict[int, set[int]] = defaultdict(set)
+        for number, segment in enumerate(self.segments):
+            first = self.nodes[segment.steps[0]]
+            if first.parent is not None:
+                needs[number].add(self.segment_of[first.parent])
+            for index in segment.steps:
+                needs[number].update(self.segment_of[s] for s in self.nodes[index].sources)
+        waiting = {n: set(needs[n]) for n in range(len(self.segments))}
+        ready = [(self._position(n), n) for n, deps in waiting.items() if not deps]
+        heapq.heapify(ready)
+        order: list[int] = []
+        while ready:
+            _, number = heapq.heappop(ready)
+            order.append(number)
+            for other, deps in waiting.items():
+                if number in deps:
+                    deps.discard(number)
+                    if not deps:
+                        heapq.heappush(ready, (self._position(other), other))
+        assert len(order) == len(self.segments), "segments depend on each other in a cycle"
+        return order
+
+    def _position(self, number: int) -> int:
+        """Where a segment's own steps start (a FROM it shares with others does not count)."""
+        steps = self.segments[number].steps
+        return steps[1] if len(steps) > 1 and self.segment_of[steps[0]] != number else steps[0]
+
+    def _makes_vertex(self, index: int, segment: _Segment) -> bool:
+        node = self.nodes[index]
+        if node.kind == "from":
+            return index == segment.steps[0]
+        return node.kind in _FS_KINDS
+
+    # -- instructions ------------------------------------------------------------------------
+
+    def _continuation(self, index: int, segment: _Segment) -> list[str]:
+        """``FROM stage AS name`` (and the ARGs in scope) before a stage that continues one."""
+        node = self.nodes[index]
+        if index != segment.steps[0] or isinstance(node.step, FromImage | FromScratch):
+            return []
+        assert node.parent is not None
+        parent = self.nodes[node.parent]
+        head = [f"FROM {self._segment_name(parent.index)} AS {segment.name}"]
+        # ARGs are scoped to a stage: re-declare those in scope, with their values.
+        head += [f"ARG {name}={literal_word(value)}" for name, value in parent.state.args]
+        return head
+
+    def _segment_name(self, index: int) -> str:
+        return self.segments[self.segment_of[index]].name
+
+    def _require(self, feature: str, node: StepNode) -> None:
+        self.requirements.append(Requirement(feature=feature, step=node.index))
+
+    def _instruction(self, node: StepNode, *, segment_name: str = "") -> list[str]:
+        step = node.step
+        before = self.nodes[node.parent].state if node.parent is not None else node.state
+        match step:
+            case FromImage():
+                platform = f"--platform={step.platform} " if step.platform else ""
+                return [f"FROM {platform}{self._image(node, step)} AS {segment_name}"]
+            case FromScratch():
+                platform = f"--platform={step.platform} " if step.platform else ""
+                return [f"FROM {platform}scratch AS {segment_name}"]
+            case Run():
+                return [self._run(node, step, before)]
+            case Copy() | Add():
+                return self._copy(node, step)
+            case Workdir():
+                return [f"WORKDIR {expanding_word(step.path)}"]
+            case Env():
+                pairs = " ".join(f"{name}={expanding_word(value)}" for name, value in step.items)
+                return [f"ENV {pairs}"]
+            case Arg():
+                if step.default is None:
+                    return [f"ARG {step.name}"]
+                return [f"ARG {step.name}={expanding_word(step.default)}"]
+            case User():
+                return [f"USER {expanding_word(step.user)}"]
+            case Label():
+                pairs = " ".join(f"{literal_word(k)}={literal_word(v)}" for k, v in step.items)
+                return [f"LABEL {pairs}"]
+            case Expose():
+                return ["EXPOSE " + " ".join(step.ports)]
+            case Volume():
+                if all(is_plain(path) for path in step.paths):
+                    return ["VOLUME " + " ".join(step.paths)]
+                words = [json_word(path, expanding=False) for path in step.paths]
+                return ["VOLUME " + json_array(words)]
+            case Entrypoint() | Cmd():
+                name = "ENTRYPOINT" if isinstance(step, Entrypoint) else "CMD"
+                return [f"{name} {_command(step.command, step.shell_form, before)}"]
+            case Healthcheck():
+                return [_healthcheck(step, before)]
+            case Shell():
+                return ["SHELL " + json_array(step.command)]
+            case StopSignal():
+                return [f"STOPSIGNAL {step.signal}"]
+        raise AssertionError(step)  # pragma: no cover - every step kind is handled
+
+    def _image(self, node: StepNode, step: FromImage) -> str:
+        reference = step.reference
+        if reference.transport == "registry":
+            text = reference.familiar
+        elif reference.transport == "docker-daemon":
+            # The engine's own image store is where a Dockerfile's FROM looks first.
+            text = reference.name + (f":{reference.tag}" if reference.tag else "")
+            text += f"@{reference.digest}" if reference.digest else ""
+        else:
+            raise LoweringError(
+                self.plan.steps[node.index].instruction,
+                f"a base image from {reference.transport}: cannot be named in a Dockerfile; "
+                "load it into the engine (docker load) and use docker-daemon:NAME:TAG",
+            ).with_location(step.location)
+        if not is_plain(text):
+            raise Unspellable(text, "is not an image reference a Dockerfile can hold")
+        return text
+
+    def _run(self, node: StepNode, step: Run, before: BuildState) -> str:
+        flags: list[str] = []
+        sources = iter(node.sources)
+        trees = iter(node.trees)
+        for mount in step.mounts:
+            if isinstance(mount, CacheMount):
+                options = ["type=cache", f"target={_mount_value(mount.target)}"]
+                if mount.id != mount.target:
+                    options.append(f"id={_mount_value(mount.id)}")
+                if mount.sharing != "shared":
+                    options.append(f"sharing={mount.sharing}")
+                if mount.mode != 0o755:
+                    options.append(f"mode={mount.mode:04o}")
+                options += [f"uid={mount.uid}"] if mount.uid else []
+                options += [f"gid={mount.gid}"] if mount.gid else []
+                options += ["ro"] if mount.readonly else []
+            elif isinstance(mount, SecretMount):
+                options = ["type=secret", f"id={_mount_value(mount.id)}"]
+                if mount.target is not None and mount.target != f"/run/secrets/{mount.id}":
+                    options.append(f"target={_mount_value(mount.target)}")
+                if mount.env is not None:
+                    options.append(f"env={_mount_value(mount.env)}")
+                    self._require("RUN --mount=type=secret,env=...", node)
+                options += ["required=true"] if mount.required else []
+                options += [f"mode={mount.mode:04o}"] if mount.mode != 0o400 else []
+                options += [f"uid={mount.uid}"] if mount.uid else []
+                options += [f"gid={mount.gid}"] if mount.gid else []
+            elif isinstance(mount, BindMount):
+                options = ["type=bind", f"target={_mount_value(mount.target)}"]
+                if isinstance(mount.source, StagePath):
+                    source_stage = self._segment_name(next(sources))
+                    options.insert(1, f"from={source_stage}")
+                    options.insert(2, f"source={_mount_value(mount.source.path)}")
+                else:
+                    tree = next(trees)
+                    source = self._bind_source(node, mount.source, tree)
+                    options.insert(1, f"source={_mount_value(source)}")
+                options += ["rw"] if mount.readwrite else []
+            else:
+                assert isinstance(mount, TmpfsMount)
+                options = ["type=tmpfs", f"target={_mount_value(mount.target)}"]
+                if mount.size is not None:
+                    options.append(f"size={mount.size}")
+                    self._require("RUN --mount=type=tmpfs,size=...", node)
+            flags.append("--mount=" + ",".join(options))
+        if step.network != "default":
+            flags.append(f"--network={step.network}")
+            self._require("RUN --network", node)
+        command = _command(step.command, step.shell_form, before)
+        return " ".join(["RUN", *flags, command])
+
+    def _copy(self, node: StepNode, step: Copy | Add) -> list[str]:
+        name = "COPY" if isinstance(step, Copy) else "ADD"
+        flags: list[str] = []
+        comment: list[str] = []
+        if isinstance(step.source, StagePath):
+            flags.append(f"--from={self._segment_name(node.sources[0])}")
+        if step.chown is not None:
+            flags.append(f"--chown={flag_value(step.chown, what='--chown')}")
+        if step.chmod is not None:
+            flags.append(f"--chmod={step.chmod}")
+        if step.link:
+            flags.append("--link")
+            self._require(f"{name} --link", node)
+        dest = step.dest
+        if isinstance(step.source, StagePath):
+            path = step.source.path
+            if _GLOB_CHARS.search(path):
+                raise Unspellable(path, "has wildcard characters, which BuildKit would expand")
+            assert isinstance(step, Copy)
+            for pattern in step.exclude:
+                flags.append(f"--exclude={flag_value(pattern, what='--exclude')}")
+            if step.exclude:
+                self._require("COPY --exclude (from a stage)", node)
+            sources = [path]
+            expanding = [False]
+        elif isinstance(step.source, UrlSource):
+            flags.append(f"--checksum={step.source.checksum}")
+            self._require("ADD --checksum", node)
+            sources = [step.source.url]
+            expanding = [False]
+        else:
+            tree = node.trees[0]
+            staged = self._stage(tree, step.source)
+            comment = [_copy_comment(step, node)]
+            sources = [self._copy_source(staged, step, dest)]
+            expanding = [False]
+        words = [*sources, dest]
+        kinds = [*expanding, True]
+        if all(is_plain(w) for w in sources) and _is_plain_expanding(dest):
+            body = " ".join([*sources, expanding_word(dest)])
+        else:
+            body = json_array(
+                [json_word(w, expanding=e) for w, e in zip(words, kinds, strict=True)]
+            )
+        return [*comment, " ".join([name, *flags, body])]
+
+    # -- context trees -----------------------------------------------------------------------
+
+    def _stage(self, tree: Tree, source: ContextSource) -> StagedTree:
+        entries = tree.entries
+        file_name = None
+        if len(entries) == 1 and entries[0].placed == ".":
+            # One file copied to a file name: it keeps its own name, so that a destination
+            # that is an existing directory (".") receives it by that name, as in Docker.
+            file_name = posixpath.basename(entries[0].source)
+        staged = StagedTree(
+            name=tree_name(tree.digest, file_name),
+            digest=tree.digest,
+            root=source.context.root,
+            entries=entries,
+            file_name=file_name,
+        )
+        known = self.trees.setdefault(staged.name, staged)
+        if known.identity != staged.identity:  # pragma: no cover - a 64-bit prefix collision
+            raise Unspellable(staged.name, "names two different trees; change a file and retry")
+        return known
+
+    def _copy_source(self, staged: StagedTree, step: Copy | Add, dest: str) -> str:
+        """The COPY/ADD source that places exactly the tree's entries under ``dest``."""
+        entries = staged.entries
+        if staged.file_name is not None:
+            if _GLOB_CHARS.search(staged.file_name):
+                raise Unspellable(
+                    staged.file_name, "has wildcard characters, which BuildKit would expand"
+                )
+            return f"{staged.name}/{staged.file_name}"
+        single = len(entries) == 1 and entries[0].type == "file" and "/" not in entries[0].placed
+        # ADD unpacks a local archive only when its source is the file itself.
+        by_name = isinstance(step, Add) or dest.endswith("/")
+        if single and by_name and not _GLOB_CHARS.search(entries[0].placed):
+            return f"{staged.name}/{entries[0].placed}"
+        return f"{staged.name}/"
+
+    def _bind_source(self, node: StepNode, source: ContextSource, tree: Tree) -> str:
+        staged = self._stage(tree, source)
+        entries = staged.entries
+        selector = source.selectors[0]
+        if (
+            len(source.selectors) == 1
+            and len(entries) == 1
+            and entries[0].type == "file"
+            and entries[0].source == selector.path
+        ):
+            return f"{staged.name}/{entries[0].placed}"  # one file, mounted as that file
+        del node
+        return staged.name
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _buildfile_name(buildfile: str) -> str:
+    name = posixpath.basename(buildfile) or buildfile
+    return name if name.isprintable() else json.dumps(name)
+
+
+def _stage_name(wanted: str) -> str:
+    name = re.sub(r"[^a-z0-9_.-]+", "-", wanted.lower()).strip("-") or "stage"
+    if not _STAGE_NAME.match(name):
+        name = f"stage-{name}"
+    if name in _RESERVED_STAGE_NAMES:
+        name = f"{name}-stage"
+    return name
+
+
+def _mount_value(value: str) -> str:
+    return flag_value(value, what="a --mount option")
+
+
+def _is_plain_expanding(value: str) -> bool:
+    """Whether ``value`` fits a whitespace-split COPY line (the parser splits, then lexes)."""
+    word = expanding_word(value)
+    return not word.startswith('"') and not any(c.isspace() for c in word)
+
+
+def _command(command: Sequence[str], shell_form: bool, state: BuildState) -> str:
+    if shell_form:
+        if shell_form_is_exact(command[0]):
+            return command[0]
+        return json_array(state.argv(tuple(command), True))
+    return json_array(command)
+
+
+def _healthcheck(step: Healthcheck, state: BuildState) -> str:
+    if step.test is None:
+        return "HEALTHCHECK NONE"
+    options = []
+    if step.interval is not None:
+        options.append(f"--interval={step.interval}")
+    if step.timeout is not None:
+        options.append(f"--timeout={step.timeout}")
+    if step.start_period is not None:
+        options.append(f"--start-period={step.start_period}")
+    if step.retries is not None:
+        options.append(f"--retries={step.retries}")
+    if step.shell_form:
+        test = step.test[0]
+        body = test if shell_form_is_exact(test) else json_array([*DEFAULT_SHELL, test])
+    else:
+        body = json_array(step.test)
+    del state
+    return " ".join(["HEALTHCHECK", *options, "CMD", body])
+
+
+def _copy_comment(step: Copy | Add, node: StepNode) -> str:
+    assert isinstance(step.source, ContextSource)
+    text = " ".join(step.source.describe_paths())
+    if isinstance(step, Copy) and step.exclude:
+        text += " (excluding " + " ".join(step.exclude) + ")"
+    if node.part is not None:
+        text += f" [layer {node.part}]"
+    if not text.isprintable():
+        text = json.dumps(text)
+    return f"# {text}"
+
+
+# -- writing a build directory ------------------------------------------------------------------
+
+
+class BuildDirError(ImageDSLError):
+    """``lower -o DIR`` would overwrite something it did not write."""
+
+    def __init__(self, directory: str, problem: str) -> None:
+        super().__init__(directory, problem)
+        self.directory = directory
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"{self.directory}: {self.problem}"
+
+
+def write_build_dir(plan: Plan, directory: str | os.PathLike[str]) -> LoweredDockerfile:
+    """Write ``DIR/Dockerfile`` and exactly the context it needs; ``docker build DIR`` builds it.
+
+    ``DIR`` must be empty, missing, or a directory this function wrote before (its trees that
+    the new Dockerfile no longer needs are removed).
+    """
+    lowered = lower_to_dockerfile(plan)
+    root = Path(directory)
+    wanted = {tree.name for tree in lowered.trees}
+    if root.exists():
+        if not root.is_dir():
+            raise BuildDirError(str(root), "exists and is not a directory")
+        present = {path.name for path in root.iterdir()}
+        if present:
+            dockerfile = root / "Dockerfile"
+            ours = dockerfile.is_file() and dockerfile.read_text(errors="replace").startswith(
+                HEADER
+            )
+            foreign = sorted(n for n in present if n != "Dockerfile" and not _is_tree_name(n))
+            if not ours or foreign:
+                raise BuildDirError(
+                    str(root),
+                    "is not empty and was not written by `imagedsl lower -o`"
+                    + (f" (it holds {', '.join(foreign[:5])})" if foreign else ""),
+                )
+            for name in present - wanted - {"Dockerfile"}:
+                _remove_tree(root / name)
+    root.mkdir(parents=True, exist_ok=True)
+    for tree in lowered.trees:
+        write_tree(tree, root)
+    from imagedsl.ledger import atomic_write
+
+    atomic_write(root / "Dockerfile", lowered.text.encode())
+    return lowered
+
+
+def _is_tree_name(name: str) -> bool:
+    return len(name) == len(tree_name("0" * 64)) and all(c in "0123456789abcdef" for c in name)
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+# -- building ----------------------------------------------------------------------------------
+
+
+class DockerfileBackend:
+    """Builds a plan with BuildKit through the docker client (the ``docker`` backend)."""
+
+    name = "docker"
+
+    def __init__(self, engine: DockerEngine | None = None) -> None:
+        self._engine = engine
+
+    def build(
+        self, plan: Plan, request: BuildRequest, *, store: Store, reporter: Reporter
+    ) -> BuildResult:
+        """Lower ``plan``, stage its context, build it, and record what BuildKit completed."""
+        from imagedsl.backends.engine import require_docker
+
+        lowered = lower_to_dockerfile(plan)
+        engine = self._engine or require_docker()
+        _check_engine(plan, lowered, engine)
+        output_kind, archive, output_tag = _parse_output(request.output)
+        secrets = _check_secrets(request.secrets)
+        pool = ContextPool(store.root / "contexts")
+        pool.stage(lowered.trees)
+        tags = [*request.tags, *([output_tag] if output_tag else [])]
+        with tempfile.TemporaryDirectory(prefix="imagedsl-docker-") as scratch:
+            dockerfile = Path(scratch, "Dockerfile")
+            dockerfile.write_text(lowered.text, encoding="utf-8")
+            iidfile = Path(scratch, "iid")
+            argv = [
+                engine.client,
+                *engine.build_command,
+                "--progress=plain",
+                "--file", str(dockerfile),
+                "--iidfile", str(iidfile),
+                "--target", lowered.target,
+            ]  # fmt: skip
+            if engine.buildx:
+                argv.append("--load")
+            for tag in tags:
+                argv += ["--tag", tag]
+            for name, value in request.build_args.items():
+                argv += ["--build-arg", f"{name}={value}"]
+            if request.platform:
+                argv += ["--platform", request.platform]
+            env = dict(engine.env)
+            for secret in secrets:
+                if secret.path is not None:
+                    argv += ["--secret", f"id={secret.id},src={os.path.abspath(secret.path)}"]
+                else:
+                    assert secret.env is not None
+                    argv += ["--secret", f"id={secret.id},env={secret.env}"]
+                    env[secret.env] = os.environ[secret.env]
+            argv.append(str(pool.root))
+            run = _BuildRun(plan, lowered, reporter, request.progress)
+            returncode = run.execute(argv, env)
+            image_id = iidfile.read_text().strip() if iidfile.is_file() else None
+        completed = run.completed_steps()
+        for index in completed:
+            record_step(store, plan.steps[index])
+        if returncode != 0:
+            raise run.failure(engine)
+        pool.prune(keep=[tree.name for tree in lowered.trees])
+        image = tags[0] if tags else image_id
+        if output_kind == "docker-archive":
+            assert archive is not None
+            engine.run("save", "--output", archive, image or "")
+        return BuildResult(
+            built=tuple(run.labels(built=True)),
+            cached=tuple(run.labels(built=False)),
+            image=image,
+            digest=image_id,
+        )
+
+
+def _check_engine(plan: Plan, lowered: LoweredDockerfile, engine: DockerEngine) -> None:
+    """Refuse up front a feature the engine's built-in Dockerfile frontend is known to lack."""
+    if not lowered.requirements or engine.buildx:
+        return
+    major = _major(engine.server_version)
+    if major is None or major > _LAST_BUILTIN_BUILDKIT_08_ENGINE:
+        return  # newer engines: BuildKit itself says no if it must (mapped to the step)
+    requirement = lowered.requirements[0]
+    step = plan.steps[requirement.step]
+    raise LoweringError(
+        step.instruction,
+        f"needs {requirement.feature}, which the Dockerfile frontend built into Docker engine "
+        f"{engine.server_version} does not accept (it has RUN --mount and COPY --chmod); "
+        "build on Docker 23 or later, with docker buildx, or without this option",
+        step.location,
+    )
+
+
+def _major(version: str) -> int | None:
+    match = re.match(r"(\d+)\.", version)
+    return int(match.group(1)) if match else None
+
+
+def _parse_output(output: str | None) -> tuple[str, str | None, str | None]:
+    """(kind, archive path, tag) of ``--output``: the engine's image store or an archive."""
+    if output is None:
+        return "docker", None, None
+    kind, _, rest = output.partition(":")
+    if kind == "docker":
+        return "docker", None, rest or None
+    if kind == "docker-archive" and rest:
+        path, _, tag = rest.partition(":")
+        return "docker-archive", path, tag or None
+    raise BuildRequestError(
+        f"--output {output!r}: the docker backend loads the image into the engine "
+        "(docker[:TAG]) or saves it as docker-archive:FILE[:TAG]; "
+        "use --backend oci for OCI layouts and archives"
+    )
+
+
+def _check_secrets(secrets: Sequence[SecretSource]) -> Sequence[SecretSource]:
+    for secret in secrets:
+        if secret.path is not None and not os.path.isfile(os.path.expanduser(secret.path)):
+            raise BuildRequestError(f"--secret id={secret.id}: no such file {secret.path}")
+        if secret.path is None and secret.env is not None and secret.env not in os.environ:
+            raise BuildRequestError(
+                f"--secret id={secret.id}: environment variable {secret.env} is not set"
+            )
+    return secrets
+
+
+class _BuildRun:
+    """One ``docker build``: streams its progress and maps vertices back to plan steps."""
+
+    def __init__(
+        self, plan: Plan, lowered: LoweredDockerfile, reporter: Reporter, progress: str
+    ) -> None:
+        self.plan = plan
+        self.lowered = lowered
+        self.reporter = reporter
+        self.progress = progress
+        self.parser = ProgressParser()
+        self.step_of_label = {label: index for index, label in lowered.vertices.items()}
+
+    def execute(self, argv: Sequence[str], env: Mapping[str, str]) -> int:
+        process = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1,
+        )
+        assert process.stdout is not None
+        try:
+            for raw in process.stdout:
+                self._line(raw.rstrip("\n"))
+            return process.wait()
+        except BaseException:
+            # Ctrl-C: let the client cancel the solve (what it does on SIGINT), then go.
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            raise
+
+    def _line(self, line: str) -> None:
+        parsed = self.parser.feed(line)
+        vertex = parsed.vertex
+        index = self._step_of(vertex)
+        label = "buildkit" if index is None else self._label(index)
+        if index is not None and vertex is not None:
+            if parsed.kind == "name":
+                self.reporter.step_started(label)
+            elif parsed.kind == "status":
+                self.reporter.step_finished(label, _REPORTED.get(vertex.status, vertex.status))
+        if self.progress == "quiet":
+            return
+        if self.progress != "plain" and parsed.kind == "progress" and parsed.text.startswith("sha"):
+            return
+        self.reporter.step_output(label, line)
+
+    def _step_of(self, vertex: Vertex | None) -> int | None:
+        if vertex is None or vertex.label is None:
+            return None
+        return self.step_of_label.get(vertex.label)
+
+    def _label(self, index: int) -> str:
+        step = self.plan.steps[index]
+        return f"{step.stage}[{step.index}]"
+
+    def vertex_status(self) -> dict[int, str]:
+        """Plan step index -> the final status of its vertex (steps BuildKit showed)."""
+        statuses: dict[int, str] = {}
+        for label, vertex in self.parser.by_label().items():
+            index = self.step_of_label.get(label)
+            if index is not None:
+                statuses[index] = vertex.status
+        # BuildKit shows one vertex for identical operations: share it among equal keys.
+        by_key = {self.plan.steps[i].key: s for i, s in statuses.items()}
+        for index in self.lowered.vertices:
+            if index not in statuses and self.plan.steps[index].key in by_key:
+                statuses[index] = by_key[self.plan.steps[index].key]
+        return statuses
+
+    def completed_steps(self) -> list[int]:
+        """Steps whose results exist now: completed vertices, everything they stand on, and
+        the steps that make no vertex (config steps, FROM scratch) on top of those."""
+        nodes = [step.node for step in self.plan.steps]
+        done = {i for i, status in self.vertex_status().items() if status in ("cached", "done")}
+        stack = list(done)
+        while stack:
+            node = nodes[stack.pop()]
+            for dep in (*node.deps, *([node.parent] if node.parent is not None else [])):
+                if dep not in done:
+                    done.add(dep)
+                    stack.append(dep)
+        for node in nodes:  # topological order: a config step's parent is decided first
+            if node.index in done or node.index in self.lowered.vertices:
+                continue
+            needs = {*node.deps, *([node.parent] if node.parent is not None else [])}
+            if needs <= done:
+                done.add(node.index)
+        return sorted(done)
+
+    def labels(self, *, built: bool) -> Iterator[str]:
+        statuses = self.vertex_status()
+        for index, status in sorted(statuses.items()):
+            if self.plan.steps[index].kind not in _FS_KINDS:
+                continue
+            if (status == "done") == built and status in ("done", "cached"):
+                yield self._label(index)
+
+    def failure(self, engine: DockerEngine) -> ImageDSLError:
+        """The error to raise for a failed build, at the failing step when known."""
+        vertex = self.parser.failed()
+        if vertex is not None:
+            index = self._step_of(vertex)
+            step: PlannedStep | None = None if index is None else self.plan.steps[index]
+            return BuildFailedError(
+                vertex.error or "BuildKit reported an error",
+                instruction=step.instruction if step else vertex.name,
+                output=vertex.output[-15:],
+                location=step.location if step else None,
+            )
+        for line in reversed(self.parser.build_lines):
+            match = _PARSE_ERROR.search(line)
+            if match is None:
+                continue
+            index = self.lowered.step_at_line(int(match["line"]))
+            if index is not None:
+                step = self.plan.steps[index]
+                return LoweringError(
+                    step.instruction,
+                    f"the Dockerfile frontend of Docker engine {engine.server_version} rejects "
+                    f"it: {match['what']}",
+                    step.location,
+                )
+        tail = [line for line in self.parser.build_lines if line.strip()][-10:]
+        return BuildFailedError(
+            f"{engine.describe()} failed", output=tail or ["(no output from the docker client)"]
+        )
+
+
+_REPORTED: Final = {"done": "built", "cached": "cached", "error": "failed"}
