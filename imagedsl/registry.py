@@ -756,6 +756,7 @@ class RegistryClient:
         self._docker_config = docker_config
         self.insecure = insecure
         self._ssl_context = ssl_context
+        self._context: ssl.SSLContext | None = None
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.workers = max(1, workers)
@@ -765,6 +766,7 @@ class RegistryClient:
         self._pool = _Pool(timeout, self._context_for)
         self._lock = threading.Lock()
         self._schemes: dict[str, str] = {}
+        self._probing: dict[str, threading.Lock] = {}
         self._authorizers: dict[str, Authorizer] = {}
 
     def __repr__(self) -> str:
@@ -1254,12 +1256,16 @@ class RegistryClient:
 
     def _context_for(self, netloc: str) -> ssl.SSLContext:
         del netloc  # one policy for every host, for now
-        if self.insecure:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            return context
-        return self._ssl_context or ssl.create_default_context()
+        with self._lock:
+            # Made once: loading the system's CA certificates takes tens of milliseconds.
+            if self._context is None:
+                if self.insecure:
+                    self._context = ssl.create_default_context()
+                    self._context.check_hostname = False
+                    self._context.verify_mode = ssl.CERT_NONE
+                else:
+                    self._context = self._ssl_context or ssl.create_default_context()
+            return self._context
 
     def _http_allowed(self, netloc: str) -> bool:
         return self.insecure or _is_loopback(netloc)
@@ -1269,16 +1275,33 @@ class RegistryClient:
         host = repo.api_host
         with self._lock:
             known = self._schemes.get(host)
-        if known is not None:
-            return known
-        scheme = self._probe(repo)
-        with self._lock:
-            self._schemes[host] = scheme
-        return scheme
+            if known is not None:
+                return known
+            probing = self._probing.setdefault(host, threading.Lock())
+        with probing:  # one probe per host, however many workers ask at once
+            with self._lock:
+                known = self._schemes.get(host)
+            if known is None:
+                known = self._probe(repo)
+                with self._lock:
+                    self._schemes[host] = known
+        return known
 
     def _probe(self, repo: Repository) -> str:
-        """``GET /v2/`` over HTTPS, then over HTTP when allowed; the 401 teaches the auth."""
+        """``GET /v2/`` over HTTPS, then over HTTP when allowed; a 401 teaches the auth.
+
+        Loopback registries are asked over plain HTTP first (no credentials go with a probe):
+        most are plain, and a TLS one answers 400, after which HTTPS is tried as usual. It
+        saves a refused TLS attempt and loading the system's CA certificates.
+        """
         host = repo.api_host
+        if _is_loopback(host):
+            try:
+                plain = self._ping(_Url("http", host, "/v2/"), repo)
+            except _Transient:
+                plain = None
+            if plain is not None and plain.status != 400:
+                return self._probed("http", plain, repo)
         for scheme in ("https", "http"):
             if scheme == "http" and not self._http_allowed(host):
                 raise InsecureRegistryError(host)
@@ -1287,10 +1310,13 @@ class RegistryClient:
                 reply = self._retrying(host, "connecting", functools.partial(self._ping, url, repo))
             except _PlainHTTP:
                 continue
-            if reply.status == 401:
-                self._authorizer(repo).challenged(reply.headers.get("www-authenticate"), (), None)
-            return scheme
+            return self._probed(scheme, reply, repo)
         raise AssertionError("unreachable")
+
+    def _probed(self, scheme: str, reply: _Reply, repo: Repository) -> str:
+        if reply.status == 401:
+            self._authorizer(repo).challenged(reply.headers.get("www-authenticate"), (), None)
+        return scheme
 
     def _ping(self, url: _Url, repo: Repository) -> _Reply:
         try:

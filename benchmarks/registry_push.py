@@ -1,0 +1,146 @@
+"""Benchmark pushing a 400 MB image to a loopback registry: imagedsl against ``skopeo copy``.
+
+The same image (one config, layers of 200, 120, 60 and 20 MB of incompressible bytes) is kept
+in an imagedsl store and, hard-linked, in an OCI layout. Each round starts two fresh
+``docker-registry`` servers on loopback; skopeo copies the layout into one, imagedsl pushes
+the store's image into the other, in alternating order. Then imagedsl pushes again with
+nothing new (HEADs only). Prints medians and the targets of the registry issue: imagedsl's
+push at most 1.0x skopeo's, a second push at most 0.2 s.
+
+    python benchmarks/registry_push.py [--runs N] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from docker_support import start_registry
+
+from imagedsl.ledger import Store
+from imagedsl.registry import OCI_MANIFEST, Descriptor, DockerConfig, RegistryClient
+
+LAYER_MB = (200, 120, 60, 20)
+LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+CONFIG = "application/vnd.oci.image.config.v1+json"
+RATIO_TARGET = 1.0
+NOTHING_NEW_TARGET = 0.2
+
+
+def put(store: Store, data: bytes, media_type: str) -> Descriptor:
+    """Write bytes as a store blob."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    path = store.blob_path(digest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_bytes(data)
+    return Descriptor(media_type=media_type, digest=digest, size=len(data))
+
+
+def make_image(work: Path) -> tuple[Store, Path, Descriptor]:
+    """The image in a store and in an OCI layout (hard links); the manifest descriptor."""
+    store = Store(work / "store")
+    layers = [put(store, os.urandom(mb << 20), LAYER) for mb in LAYER_MB]
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [d.digest for d in layers]},
+    }
+    config_descriptor = put(store, json.dumps(config).encode(), CONFIG)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": config_descriptor.to_json(),
+        "layers": [d.to_json() for d in layers],
+    }
+    descriptor = put(store, json.dumps(manifest).encode(), OCI_MANIFEST)
+    layout = work / "layout"
+    shutil.rmtree(layout, ignore_errors=True)
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    for blob in (descriptor, config_descriptor, *layers):
+        os.link(store.blob_path(blob.digest), layout / "blobs" / "sha256" / blob.digest[7:])
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    entry = {**descriptor.to_json(), "annotations": {"org.opencontainers.image.ref.name": "b"}}
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
+    return store, layout, descriptor
+
+
+def median(values: list[float]) -> float:
+    """The median."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def main() -> None:
+    """Run the rounds and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3, help="rounds (median reported)")
+    parser.add_argument("--work", type=Path, default=Path("bench-work/registry"))
+    args = parser.parse_args()
+    skopeo = shutil.which("skopeo")
+    if skopeo is None:
+        sys.exit("skopeo is needed (Debian: apt-get install skopeo)")
+    work = args.work.resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    store, layout, manifest = make_image(work)
+    total = sum(LAYER_MB)
+    print(f"image: {total} MB in {len(LAYER_MB)} layers; python {sys.version.split()[0]}")
+    times: dict[str, list[float]] = {"skopeo copy": [], "imagedsl push": [], "nothing new": []}
+    for run in range(args.runs):
+        servers = [start_registry(work / f"reg-{run}-{side}") for side in ("a", "b")]
+        try:
+            order = ("skopeo", "imagedsl") if run % 2 == 0 else ("imagedsl", "skopeo")
+            for who in order:
+                if who == "skopeo":
+                    target = f"docker://{servers[0].host}/bench:1"
+                    started = time.perf_counter()
+                    subprocess.run(
+                        [
+                            skopeo,
+                            "copy",
+                            "-q",
+                            "--dest-tls-verify=false",
+                            f"oci:{layout}:b",
+                            target,
+                        ],
+                        check=True,
+                    )
+                    times["skopeo copy"].append(time.perf_counter() - started)
+                else:
+                    with RegistryClient(docker_config=DockerConfig()) as client:
+                        ref = f"{servers[1].host}/bench:1"
+                        started = time.perf_counter()
+                        client.push(store, manifest, ref)
+                        times["imagedsl push"].append(time.perf_counter() - started)
+            with RegistryClient(docker_config=DockerConfig()) as client:
+                started = time.perf_counter()
+                result = client.push(store, manifest, f"{servers[1].host}/bench:1")
+                times["nothing new"].append(time.perf_counter() - started)
+                assert result.bytes_uploaded == 0
+        finally:
+            for server in servers:
+                server.stop()
+                shutil.rmtree(server.workdir, ignore_errors=True)
+    medians = {case: median(values) for case, values in times.items()}
+    ratio = medians["imagedsl push"] / medians["skopeo copy"]
+    for case, value in medians.items():
+        rate = f"{total / value:7.0f} MB/s" if case != "nothing new" else ""
+        print(f"{case:14} {value:7.3f} s  {rate}")
+    print(f"ratio imagedsl/skopeo: {ratio:.2f}x (target <= {RATIO_TARGET:.1f}x)")
+    print(f"second push: {medians['nothing new']:.3f} s (target <= {NOTHING_NEW_TARGET} s)")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
