@@ -17,14 +17,13 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from docker_support import start_registry
 
 from imagedsl.ledger import Store
 from imagedsl.registry import OCI_MANIFEST, Descriptor, DockerConfig, RegistryClient
@@ -74,6 +73,39 @@ def make_image(work: Path) -> tuple[Store, Path, Descriptor]:
     return store, layout, descriptor
 
 
+@contextmanager
+def registry(workdir: Path) -> Iterator[str]:
+    """A fresh ``docker-registry`` on a free loopback port; yields ``127.0.0.1:PORT``."""
+    binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    workdir.mkdir(parents=True)
+    config = {
+        "version": 0.1,
+        "log": {"level": "error"},
+        "storage": {"filesystem": {"rootdirectory": str(workdir / "storage")}},
+        "http": {"addr": f"127.0.0.1:{port}", "secret": "bench"},
+    }
+    (workdir / "config.yml").write_text(json.dumps(config))
+    process = subprocess.Popen(
+        [binary, "serve", str(workdir / "config.yml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+                break
+            time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def median(values: list[float]) -> float:
     """The median."""
     ordered = sorted(values)
@@ -98,12 +130,14 @@ def main() -> None:
     print(f"image: {total} MB in {len(LAYER_MB)} layers; python {sys.version.split()[0]}")
     times: dict[str, list[float]] = {"skopeo copy": [], "imagedsl push": [], "nothing new": []}
     for run in range(args.runs):
-        servers = [start_registry(work / f"reg-{run}-{side}") for side in ("a", "b")]
-        try:
+        with (
+            registry(work / f"reg-{run}-a") as skopeo_host,
+            registry(work / f"reg-{run}-b") as our_host,
+        ):
             order = ("skopeo", "imagedsl") if run % 2 == 0 else ("imagedsl", "skopeo")
             for who in order:
                 if who == "skopeo":
-                    target = f"docker://{servers[0].host}/bench:1"
+                    target = f"docker://{skopeo_host}/bench:1"
                     started = time.perf_counter()
                     subprocess.run(
                         [
@@ -119,19 +153,14 @@ def main() -> None:
                     times["skopeo copy"].append(time.perf_counter() - started)
                 else:
                     with RegistryClient(docker_config=DockerConfig()) as client:
-                        ref = f"{servers[1].host}/bench:1"
                         started = time.perf_counter()
-                        client.push(store, manifest, ref)
+                        client.push(store, manifest, f"{our_host}/bench:1")
                         times["imagedsl push"].append(time.perf_counter() - started)
             with RegistryClient(docker_config=DockerConfig()) as client:
                 started = time.perf_counter()
-                result = client.push(store, manifest, f"{servers[1].host}/bench:1")
+                result = client.push(store, manifest, f"{our_host}/bench:1")
                 times["nothing new"].append(time.perf_counter() - started)
                 assert result.bytes_uploaded == 0
-        finally:
-            for server in servers:
-                server.stop()
-                shutil.rmtree(server.workdir, ignore_errors=True)
     medians = {case: median(values) for case, values in times.items()}
     ratio = medians["imagedsl push"] / medians["skopeo copy"]
     for case, value in medians.items():
