@@ -67,6 +67,11 @@ class TerminalReporter(Reporter):
             self._stream.write("\r\x1b[K")
             self._stream.flush()
 
+    def step_output(self, label: str, line: str) -> None:  # noqa: ARG002 - the hook's signature
+        """A backend's progress line (BuildKit's, for the docker backend), printed as is."""
+        self._stream.write(line + "\n")
+        self._stream.flush()
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and ``python -m imagedsl``."""
@@ -96,7 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except ImageDSLError as error:
         print(_format_error(error), file=sys.stderr)
-        return EXIT_USAGE
+        # A failed build (not a mistake in the input) says so with its own exit status.
+        exit_code = getattr(error, "exit_code", EXIT_USAGE)
+        return exit_code if isinstance(exit_code, int) else EXIT_USAGE
 
 
 def _parser() -> argparse.ArgumentParser:

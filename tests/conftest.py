@@ -5,6 +5,9 @@ Docker fixtures (helpers in ``tests/docker_support.py``):
 - ``docker_engine`` (session): a :class:`DockerEngine` that answered and BuildKit-built.
 - ``busybox_image`` (session): reference of a tiny busybox image on that engine.
 - ``registry`` (function): a fresh ``docker-registry`` on 127.0.0.1 with its own storage.
+- ``debian_python_image``, ``debian_node_image``, ``debian_gcc_image`` (session): Debian
+  minbase images made with mmdebstrap (python3 + pip, nodejs + npm, gcc + libc6-dev), the
+  local stand-ins for public bases; cached on disk and in the engine by their recipe.
 
 Tests using ``docker_engine`` or ``busybox_image`` get the ``docker`` marker automatically, so
 ``-m "not docker"`` deselects them. When no engine (or registry binary) is available they are
@@ -31,7 +34,15 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 REQUIRE_DOCKER_ENV = "IMAGEDSL_REQUIRE_DOCKER"
-_DOCKER_FIXTURES = frozenset({"docker_engine", "busybox_image"})
+_DOCKER_FIXTURES = frozenset(
+    {
+        "docker_engine",
+        "busybox_image",
+        "debian_python_image",
+        "debian_node_image",
+        "debian_gcc_image",
+    }
+)
 # Skip reasons start with one of these; the summary banner counts them.
 _NO_DOCKER = "no Docker engine answered"
 _NO_REGISTRY = "no docker-registry binary was found"
@@ -69,6 +80,31 @@ def fixture_busybox_image(docker_engine: docker_support.DockerEngine) -> str:
         return docker_support.ensure_busybox_image(docker_engine)
     except docker_support.BusyboxUnavailable as exc:
         _unavailable("no static busybox for the base image", str(exc))
+
+
+def _debian_image(engine: docker_support.DockerEngine, base: docker_support.DebianBase) -> str:
+    try:
+        return docker_support.ensure_debian_image(engine, base)
+    except docker_support.BaseUnavailable as exc:
+        _unavailable(f"no Debian base image {base.tag}", str(exc))
+
+
+@pytest.fixture(name="debian_python_image", scope="session")
+def fixture_debian_python_image(docker_engine: docker_support.DockerEngine) -> str:
+    """A Debian bookworm minbase with python3 and pip (stands in for python:3.12-slim)."""
+    return _debian_image(docker_engine, docker_support.DEBIAN_PYTHON)
+
+
+@pytest.fixture(name="debian_node_image", scope="session")
+def fixture_debian_node_image(docker_engine: docker_support.DockerEngine) -> str:
+    """A Debian bookworm minbase with nodejs and npm (stands in for node:20-bookworm-slim)."""
+    return _debian_image(docker_engine, docker_support.DEBIAN_NODE)
+
+
+@pytest.fixture(name="debian_gcc_image", scope="session")
+def fixture_debian_gcc_image(docker_engine: docker_support.DockerEngine) -> str:
+    """A Debian bookworm minbase with gcc and libc6-dev (stands in for gcc:13)."""
+    return _debian_image(docker_engine, docker_support.DEBIAN_GCC)
 
 
 @pytest.fixture(name="registry")

@@ -5,6 +5,10 @@
 - :func:`ensure_busybox_image` makes a tiny base image from the host's static busybox, since no
   public registry is reachable; it is rebuilt only when busybox or the recipe changed.
 - :func:`start_registry` runs Debian's ``docker-registry`` on a free loopback port.
+- :func:`ensure_debian_image` makes a Debian minbase image with some packages (mmdebstrap),
+  the stand-in for public bases such as ``python:3.12-slim`` that cannot be pulled here. The
+  root filesystem tar is cached on disk by the recipe that made it, and the image is imported
+  only when the engine lacks one with that recipe's label.
 
 ``.ci/run`` starts an engine at :data:`CI_DOCKER_HOST`; see ``/work/shared/ENVIRONMENT.md``.
 """
@@ -39,11 +43,17 @@ from imagedsl.backends.engine import (
 
 __all__ = [
     "CI_DOCKER_HOST",
+    "DEBIAN_GCC",
+    "DEBIAN_NODE",
+    "DEBIAN_PYTHON",
+    "BaseUnavailable",
+    "DebianBase",
     "DockerCommandError",
     "DockerEngine",
     "RegistryServer",
     "RegistryUnavailable",
     "ensure_busybox_image",
+    "ensure_debian_image",
     "find_docker",
     "start_registry",
 ]
@@ -152,6 +162,114 @@ def _file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --- Debian bases (mmdebstrap) ------------------------------------------------------------------
+
+DEBIAN_RECIPE_LABEL = "org.imagedsl.test.debian-recipe-sha256"
+_DEBIAN_SUITE = "bookworm"
+#: Documentation is left out: smaller tars, faster imports, same programs.
+_DPKG_EXCLUDES = (
+    "path-exclude=/usr/share/doc/*",
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/locale/*",
+)
+
+
+class BaseUnavailable(RuntimeError):
+    """A Debian base image could not be made (no mmdebstrap, no Debian mirror, ...)."""
+
+
+@attrs.frozen
+class DebianBase:
+    """A Debian minbase image with ``packages``, tagged ``tag`` in the engine."""
+
+    tag: str
+    packages: tuple[str, ...]
+    cmd: str = "/bin/sh"
+
+
+DEBIAN_PYTHON = DebianBase("imagedsl-test/debian-python:bookworm", ("python3", "python3-pip"))
+DEBIAN_NODE = DebianBase("imagedsl-test/debian-node:bookworm", ("nodejs", "npm"))
+DEBIAN_GCC = DebianBase("imagedsl-test/debian-gcc:bookworm", ("gcc", "libc6-dev"))
+
+
+def base_cache_dir() -> Path:
+    """Where test bases are cached between runs: $IMAGEDSL_TEST_CACHE, else the user cache."""
+    explicit = os.environ.get("IMAGEDSL_TEST_CACHE")
+    if explicit:
+        return Path(explicit)
+    cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache_home) / "imagedsl-test"
+
+
+def ensure_debian_image(
+    engine: DockerEngine, base: DebianBase, cache_dir: Path | None = None
+) -> str:
+    """Make sure ``base.tag`` is a Debian minbase image with ``base.packages``; return it.
+
+    The recipe (suite, variant, packages, dpkg options, mmdebstrap version) is hashed; the
+    rootfs tar is cached as ``<cache>/<name>-<hash>.tar`` and the engine's image carries the
+    hash as a label, so the tar is made once per machine and imported once per engine.
+    """
+    mmdebstrap = shutil.which("mmdebstrap")
+    if mmdebstrap is None:
+        raise BaseUnavailable("no mmdebstrap on PATH (Debian: apt-get install mmdebstrap)")
+    version = subprocess.run(
+        [mmdebstrap, "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    recipe = {
+        "suite": _DEBIAN_SUITE,
+        "variant": "minbase",
+        "include": sorted(base.packages),
+        "dpkgopt": list(_DPKG_EXCLUDES),
+        "mmdebstrap": version,
+        "cmd": base.cmd,
+    }
+    recipe_sha = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+    cache = cache_dir or base_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    name = base.tag.rsplit("/", 1)[-1].replace(":", "-")
+    with _file_lock(Path(tempfile.gettempdir(), f"imagedsl-test-{name}.lock")):
+        if _image_labels(engine, base.tag).get(DEBIAN_RECIPE_LABEL) == recipe_sha:
+            return base.tag
+        tar = cache / f"{name}-{recipe_sha[:16]}.tar"
+        if not tar.is_file():
+            _mmdebstrap(mmdebstrap, base, tar)
+        engine.run(
+            "import",
+            "--change", f"LABEL {DEBIAN_RECIPE_LABEL}={recipe_sha}",
+            "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "--change", f'CMD ["{base.cmd}"]',
+            str(tar),
+            base.tag,
+        )  # fmt: skip
+    return base.tag
+
+
+def _mmdebstrap(mmdebstrap: str, base: DebianBase, tar: Path) -> None:
+    partial = tar.with_name(f".{tar.name}.{os.getpid()}.partial")
+    command = [
+        mmdebstrap,
+        "--variant=minbase",
+        "--format=tar",
+        f"--include={','.join(base.packages)}",
+        *(f"--dpkgopt={option}" for option in _DPKG_EXCLUDES),
+        _DEBIAN_SUITE,
+        str(partial),
+    ]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=900)
+    except subprocess.TimeoutExpired:
+        partial.unlink(missing_ok=True)
+        raise BaseUnavailable(f"{' '.join(command)} took more than 15 minutes") from None
+    if result.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise BaseUnavailable(
+            f"{' '.join(command)} failed ({result.returncode}):\n{tail_lines(result.stderr)}"
+        )
+    os.replace(partial, tar)
 
 
 # --- registry ----------------------------------------------------------------------------------

@@ -256,8 +256,10 @@ class _Lowerer:
             lines.append("")
             from_line = len(lines) + 1
             counted = [i for i in segment.steps if self._makes_vertex(i, segment)]
+            # BuildKit leaves the stage name out of its labels in a one-stage Dockerfile.
+            prefix = f"{segment.name} " if len(self.segments) > 1 else ""
             for k, index in enumerate(counted, start=1):
-                vertices.setdefault(index, f"[{segment.name} {k}/{len(counted)}]")
+                vertices.setdefault(index, f"[{prefix}{k}/{len(counted)}]")
             for index in segment.steps:
                 step = self.plan.steps[index]
                 try:
@@ -896,7 +898,7 @@ class _BuildRun:
         self.step_of_label = {label: index for index, label in lowered.vertices.items()}
 
     def execute(self, argv: Sequence[str], env: Mapping[str, str]) -> int:
-        process = subprocess.Popen(
+        with subprocess.Popen(
             list(argv),
             env=dict(env),
             stdin=subprocess.DEVNULL,
@@ -906,21 +908,21 @@ class _BuildRun:
             encoding="utf-8",
             errors="replace",
             bufsize=1,
-        )
-        assert process.stdout is not None
-        try:
-            for raw in process.stdout:
-                self._line(raw.rstrip("\n"))
-            return process.wait()
-        except BaseException:
-            # Ctrl-C: let the client cancel the solve (what it does on SIGINT), then go.
-            process.send_signal(signal.SIGINT)
+        ) as process:
+            assert process.stdout is not None
             try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            raise
+                for raw in process.stdout:
+                    self._line(raw.rstrip("\n"))
+                return process.wait()
+            except BaseException:
+                # Ctrl-C: let the client cancel the solve (it does on SIGINT), then go.
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                raise
 
     def _line(self, line: str) -> None:
         parsed = self.parser.feed(line)
