@@ -23,7 +23,6 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -57,6 +56,8 @@ def default_store_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new bytes, never less."""
+    import tempfile  # here, not at the top: a warm plan writes nothing and should not pay for it
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

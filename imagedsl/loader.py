@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType, TracebackType
@@ -141,6 +140,8 @@ def _user_location(
     """The innermost frame in the build file, shown with the path the user typed."""
     if known is not None and Path(known.file) == resolved:
         return SourceLocation(str(shown), known.line)
+    import traceback  # only on the error path
+
     line = None
     for frame, lineno in traceback.walk_tb(tb):
         if Path(frame.f_code.co_filename) == resolved:
