@@ -7,6 +7,7 @@ import nox
 nox.options.sessions = ["tests", "lint"]
 nox.options.reuse_existing_virtualenvs = True
 
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Install the package with its test extras and run the whole test suite."""

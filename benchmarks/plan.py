@@ -60,7 +60,9 @@ def main() -> None:
         runs = " ".join(f"{v:.3f}" for v in values)
         print(f"{case:<10} {median(values):>9.3f} {TARGETS[case]:>9.2f}  {runs}  {ok}")
     peak = max(peaks)
-    print(f"peak RSS   {peak:>9.1f} MB (target {RSS_TARGET_MB:.0f} MB)  {'ok' if peak <= RSS_TARGET_MB else 'OVER'}")
+    print(
+        f"peak RSS   {peak:>9.1f} MB (target {RSS_TARGET_MB:.0f} MB)  {'ok' if peak <= RSS_TARGET_MB else 'OVER'}"
+    )
 
 
 if __name__ == "__main__":

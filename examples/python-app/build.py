@@ -3,6 +3,8 @@
 Plan it (no daemon needed):  imagedsl plan examples/python-app/build.py
 """
 
+from __future__ import annotations
+
 import imagedsl as dsl
 
 src = dsl.context(".", ignore=[".git", "**/__pycache__", "*.pyc", "build.py"])

@@ -1,5 +1,7 @@
 """Serve a greeting on $PORT."""
 
+from __future__ import annotations
+
 import http.server
 import os
 

@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 import unittest
 
 import app.__main__ as main
