@@ -21,7 +21,9 @@ from imagedsl.backends import BACKENDS, BuildRequest, SecretSource, get_backend
 from imagedsl.errors import ImageDSLError, SourceLocation
 from imagedsl.ledger import Store, StoreWarning, default_store_path
 from imagedsl.loader import load_buildfile, split_spec
+from imagedsl.lockfile import LockFile, lock_key
 from imagedsl.reporting import Reporter
+from imagedsl.steps import FromImage, ImageReference
 
 if TYPE_CHECKING:
     from imagedsl.planner import Plan
@@ -122,6 +124,14 @@ def _parser() -> argparse.ArgumentParser:
     output = plan.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the plan as JSON (schema 1)")
     output.add_argument("--dot", action="store_true", help="print the graph as Graphviz DOT")
+    plan.add_argument(
+        "--resolve",
+        action="store_true",
+        help="look up unpinned registry bases (HEAD on the manifest) and pin them in imagedsl.lock",
+    )
+    plan.add_argument(
+        "--insecure", action="store_true", help="allow plain HTTP to registries off loopback"
+    )
     _common_options(plan)
     plan.set_defaults(run=run_plan)
 
@@ -190,13 +200,19 @@ def run_plan(args: argparse.Namespace) -> int:
     path, target = split_spec(args.spec)
     build = load_buildfile(path)
     store = Store(default_store_path(args.store))
+    reporter = TerminalReporter(sys.stderr)
+    build_args = _build_args(args.build_arg)
     plan = build.plan(
-        target,
-        store=store,
-        build_args=_build_args(args.build_arg),
-        platform=args.platform,
-        reporter=TerminalReporter(sys.stderr),
+        target, store=store, build_args=build_args, platform=args.platform, reporter=reporter
     )
+    if args.resolve:
+        lock = resolve_bases(plan, LockFile.beside(build.path), insecure=args.insecure)
+        print(
+            f"pinned {len(lock.pins)} base image(s) in {display_path(lock.path)}", file=sys.stderr
+        )
+        plan = build.plan(
+            target, store=store, build_args=build_args, platform=args.platform, reporter=reporter
+        )
     if args.json:
         json.dump(plan.to_json(), sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
@@ -256,6 +272,26 @@ def run_lower(args: argparse.Namespace) -> int:
     else:
         dockerfile.write_build_dir(plan, Path(args.output_dir))
     return EXIT_OK
+
+
+def resolve_bases(plan: Plan, lock: LockFile, *, insecure: bool) -> LockFile:
+    """Pin every registry base of ``plan`` that the build file leaves unpinned; write the lock."""
+    from imagedsl.registry import RegistryClient
+
+    wanted: dict[tuple[str, str], ImageReference] = {}
+    for step in plan.steps:
+        base = step.node.step
+        image = base.reference if isinstance(base, FromImage) else None
+        if image is not None and image.transport == "registry" and not image.digest:
+            assert isinstance(base, FromImage)
+            wanted[lock_key(base), step.node.state.platform] = image
+    resolved = []
+    with RegistryClient(insecure=insecure) as client:
+        for (name, platform), image in sorted(wanted.items()):
+            resolved.append((name, platform, client.resolve(image).digest))
+    lock = lock.updated(resolved)
+    lock.write()
+    return lock
 
 
 def run_targets(args: argparse.Namespace) -> int:

@@ -66,9 +66,16 @@ class BuildFile:
         reporter: Reporter | None = None,
         resolve_base: BaseResolver | None = None,
     ) -> Plan:
-        """Plan one target of this build file (see :func:`imagedsl.planner.plan`)."""
+        """Plan one target of this build file (see :func:`imagedsl.planner.plan`).
+
+        Unpinned bases take their digests from the lock file beside the build file, if any
+        (see :mod:`imagedsl.lockfile`), unless ``resolve_base`` says otherwise.
+        """
+        from imagedsl.lockfile import LockFile
         from imagedsl.planner import DEFAULT_PLATFORM, plan
 
+        if resolve_base is None:
+            resolve_base = LockFile.beside(self.path).resolver()
         return plan(
             self.stages,
             self.target(target),

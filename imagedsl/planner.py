@@ -294,8 +294,14 @@ def _get(store: Store | None, key: str) -> Record | None:
 
 
 def _notes(node: StepNode) -> tuple[str, ...]:
-    if isinstance(node.step, FromImage) and node.preimage.get("digest") is None:
+    step = node.step
+    if not isinstance(step, FromImage):
+        return ()
+    digest = node.preimage.get("digest")
+    if digest is None:
         return ("base image is not pinned to a digest: its key follows the tag name",)
+    if step.reference.digest is None:
+        return (f"pinned to {digest} by the lock file",)
     return ()
 
 
