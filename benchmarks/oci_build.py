@@ -9,8 +9,9 @@ binaries. Both sides build ``FROM scratch`` + ``COPY . /app``:
 * imagedsl: ``python -m imagedsl build --backend oci --output oci:DIR`` in a new process with
   an empty store (no stat cache, no blobs), so hashing, planning and every layer byte count.
 
-Runs alternate between the two, after one warm-up of each (so both read a warm page cache),
-and the medians are compared. Then the fine-layer figure: the same COPY with
+Runs alternate between the two, after one warm-up of each (so both read a warm page cache);
+``sync`` runs before each timed run so neither pays for the other's writeback; the medians
+are compared. Then the fine-layer figure: the same COPY with
 ``layers="auto"``, built once, one source file edited, built again; the report gives the
 bytes that went through the compressor on the rebuild as a share of the context's bytes.
 
@@ -100,6 +101,7 @@ def time_docker(work: Path, ctx: Path, client: list[str], env: dict[str, str]) -
     )
     subprocess.run([*client, "builder", "prune", "-af"], env=env, capture_output=True, check=False)
     out.unlink(missing_ok=True)
+    os.sync()  # the previous run's writes are flushed outside the timing (both sides)
     start = time.perf_counter()
     subprocess.run(
         [*client, "build", "--no-cache", "-q", "-f", str(dockerfile), "-t", f"{TAG}:docker", str(ctx)],
@@ -127,6 +129,7 @@ def time_imagedsl(work: Path, buildfile: Path) -> float:
     store, out = work / "store-cold", work / "oci-out"
     for path in (store, out):
         shutil.rmtree(path, ignore_errors=True)
+    os.sync()
     start = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "imagedsl", "build", f"{buildfile}:app", "--backend", "oci",
