@@ -274,3 +274,43 @@ def test_leftovers_of_killed_builds_are_swept(tmp_path: Path) -> None:
     oci_support.build({"a": dsl.image(base).cmd("x")}, store)
     assert not old.exists()
     assert fresh.exists()
+
+
+_CONCURRENT_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+import imagedsl as dsl, oci_support
+from imagedsl.ledger import Store
+src = dsl.context({ctx!r})
+app = dsl.image({base!r}).copy(src, "/data", layers="auto").cmd("/bin/sh")
+built, _ = oci_support.build({{"app": app}}, Store({store!r}), output=sys.argv[1])
+print(built.image.manifest_digest)
+"""
+
+
+def test_concurrent_builds_share_one_store(tmp_path: Path) -> None:
+    """Builds running at once in one store both finish, with the same image, and every blob
+    in the store is whole."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    for i in range(30):
+        (ctx / f"f{i}.txt").write_text(f"file {i}\n" * 20_000)
+    base = oci_support.make_busybox_layout(tmp_path / "base")
+    store = tmp_path / "store"
+    script = _CONCURRENT_SCRIPT.format(
+        tests=str(Path(__file__).parent), ctx=str(ctx), base=base, store=str(store)
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, f"oci:{tmp_path / f'out{i}'}:v1"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    digests = {process.communicate(timeout=120)[0].strip() for process in processes}
+    assert all(process.returncode == 0 for process in processes)
+    assert len(digests) == 1
+    _verify_store(store)
+    for i in range(3):
+        assert _verify_layout(tmp_path / f"out{i}") in digests

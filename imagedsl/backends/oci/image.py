@@ -400,7 +400,9 @@ class _Build:
 
     def _cache_path(self, node: StepNode, below: _StageState) -> Path:
         step = node.step
-        link = isinstance(step, Copy | Add) and step.link
+        # A link=True layer does not depend on what is below, unless --chown names users that
+        # only the image below can turn into ids.
+        link = isinstance(step, Copy | Add) and step.link and not _names_users(step.chown)
         lower = "" if link else "|".join(layer.diff_id for layer in below.layers)
         material = json.dumps(
             [LAYER_FORMAT, node.key, lower, self.backend.compression, self.backend.epoch]
@@ -661,6 +663,10 @@ class _Build:
             archive = tmp / "image.tar"
             write_archive(archive, image, tags, self.blobs, mtime=self.backend.epoch)
             return load_into_docker(archive, tags, engine)
+
+
+def _names_users(chown: str | None) -> bool:
+    return chown is not None and not all(part.isdigit() for part in chown.split(":"))
 
 
 def _copy_fs(fs: Filesystem) -> Filesystem:
