@@ -6,5 +6,5 @@ import app.__main__ as main
 
 
 class HelloTest(unittest.TestCase):
-    def test_handler_exists(self) -> None:
-        self.assertTrue(hasattr(main, "Hello"))
+    def test_greeting_uses_the_dependency(self) -> None:
+        self.assertEqual(main.greeting(), b"hello from imagedsl (4.2 MB)\n")
