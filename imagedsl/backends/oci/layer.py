@@ -182,10 +182,6 @@ def arrange(
 # -- tar headers -----------------------------------------------------------------------------
 
 
-def _octal(value: int, width: int) -> bytes:
-    return f"{value:0{width - 1}o}".encode() + b"\0"
-
-
 def _pax_record(key: str, value: bytes) -> bytes:
     body = f" {key}=".encode() + value + b"\n"
     length = len(body) + 1
@@ -205,22 +201,22 @@ def _ustar(
     typeflag: bytes,
     linkname: bytes = b"",
 ) -> bytes:
-    header = bytearray(_BLOCK)
-    header[0 : len(name)] = name
-    header[100:108] = _octal(mode, 8)
-    header[108:116] = _octal(uid, 8)
-    header[116:124] = _octal(gid, 8)
-    header[124:136] = _octal(size, 12)
-    header[136:148] = _octal(mtime, 12)
-    header[148:156] = b" " * 8
-    header[156:157] = typeflag
-    header[157 : 157 + len(linkname)] = linkname
-    header[257:265] = b"ustar\x0000"
-    header[329:337] = _octal(0, 8)
-    header[337:345] = _octal(0, 8)
-    checksum = sum(header)
-    header[148:156] = f"{checksum:06o}".encode() + b"\0 "
-    return bytes(header)
+    # Fields in order: name 100, mode/uid/gid 8 each, size/mtime 12 each | checksum 8 |
+    # type 1, linkname 100, magic+version 8, uname/gname 32 each (empty), devmajor/minor 8
+    # each, prefix 155 and padding 12 (empty).
+    head = name.ljust(100, b"\0") + b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (
+        mode,
+        uid,
+        gid,
+        size,
+        mtime,
+    )
+    tail = typeflag + linkname.ljust(100, b"\0") + _USTAR_TAIL
+    checksum = sum(head) + sum(tail) + 8 * 32  # the checksum field counts as 8 spaces
+    return head + b"%06o\0 " % checksum + tail
+
+
+_USTAR_TAIL: Final = b"ustar\x0000" + bytes(64) + b"0000000\x000000000\x00" + bytes(167)
 
 
 def _fits(text: bytes, width: int) -> bool:
