@@ -286,7 +286,7 @@ class _Gzip:
     def start(self) -> bytes:
         return _GZIP_HEADER
 
-    def compress(self, chunk: bytes) -> bytes:
+    def compress(self, chunk: bytes | memoryview) -> bytes:
         self._crc = isal_zlib.crc32(chunk, self._crc)
         self._length += len(chunk)
         return self._deflate.compress(chunk)
@@ -308,7 +308,7 @@ class _Zstd:
     def start(self) -> bytes:
         return b""
 
-    def compress(self, chunk: bytes) -> bytes:
+    def compress(self, chunk: bytes | memoryview) -> bytes:
         return self._zstd.compress(chunk)
 
     def finish(self) -> bytes:
@@ -319,8 +319,8 @@ class _Identity:
     def start(self) -> bytes:
         return b""
 
-    def compress(self, chunk: bytes) -> bytes:
-        return chunk
+    def compress(self, chunk: bytes | memoryview) -> bytes:
+        return bytes(chunk)
 
     def finish(self) -> bytes:
         return b""
@@ -365,12 +365,15 @@ class LayerStream:
 
     def _drain(self) -> None:
         buffer = self._buffer
-        while len(buffer) >= CHUNK:
-            chunk = bytes(buffer[:CHUNK])
-            del buffer[:CHUNK]
-            self._feed(chunk)
+        whole = len(buffer) - len(buffer) % CHUNK
+        if not whole:
+            return
+        with memoryview(buffer) as view:  # fed without copying, released before the resize
+            for offset in range(0, whole, CHUNK):
+                self._feed(view[offset : offset + CHUNK])
+        del buffer[:whole]
 
-    def _feed(self, chunk: bytes) -> None:
+    def _feed(self, chunk: bytes | memoryview) -> None:
         self._diff.update(chunk)
         self.uncompressed += len(chunk)
         self._emit(self._codec.compress(chunk))
