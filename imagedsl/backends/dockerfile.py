@@ -109,18 +109,10 @@ _STAGE_NAME: Final = re.compile(r"[a-z][a-z0-9_.-]*\Z")
 _RESERVED_STAGE_NAMES: Final = frozenset({"scratch", "context"})
 _GLOB_CHARS: Final = re.compile(r"[*?\[\\]")
 _FS_KINDS: Final = frozenset({"run", "copy", "add", "workdir"})
-#: Features the Dockerfile frontend built into Docker 20.10 (BuildKit 0.8) rejects; engines
-#: up to 22.x without buildx are refused up front when a step needs one of them.
-_NEWER_FEATURES: Final = (
-    "COPY --link",
-    "ADD --link",
-    "COPY --exclude (from a stage)",
-    "ADD --checksum",
-    "RUN --network",
-    "RUN --mount=type=secret,env=...",
-    "RUN --mount=type=tmpfs,size=...",
-)
-_LAST_BUILTIN_BUILDKIT_08_ENGINE: Final = 22
+#: Docker 20.10's built-in Dockerfile frontend (BuildKit 0.8) lacks the features a
+#: :class:`Requirement` names; engines older than 23.0 (the first with a newer built-in
+#: frontend) are refused up front when a step needs one, unless buildx brings its own BuildKit.
+_FIRST_ENGINE_WITH_NEWER_FRONTEND: Final = 23
 _PARSE_ERROR: Final = re.compile(r"dockerfile parse error (?:on )?line (?P<line>\d+): (?P<what>.*)")
 
 
@@ -236,6 +228,7 @@ class _Lowerer:
         self.requirements: list[Requirement] = []
         self.segment_of: dict[int, int] = {}
         self.segments: list[_Segment] = []
+        self.children: dict[int, list[int]] = defaultdict(list)
 
     # -- structure ---------------------------------------------------------------------------
 
@@ -294,7 +287,7 @@ class _Lowerer:
         it, and where one named stage ends and another continues from it. A FROM that several
         stages start from is written in each of them instead: a shared FROM is no work.
         """
-        children: dict[int, list[int]] = defaultdict(list)
+        children = self.children
         referenced: set[int] = set()
         for node in self.nodes:
             if node.parent is not None:
@@ -332,7 +325,6 @@ class _Lowerer:
                 number = self.segment_of[node.parent]
                 self.segments[number].steps.append(node.index)
                 self.segment_of[node.index] = number
-        self._children = children
 
     def _name(self) -> None:
         taken: set[str] = set()
@@ -346,7 +338,7 @@ class _Lowerer:
             last = self.nodes[segment.steps[-1]]
             if last.index == output:
                 wanted = self.plan.target
-            elif any(self.nodes[c].stage == last.stage for c in self._children.get(last.index, [])):
+            elif any(self.nodes[c].stage == last.stage for c in self.children.get(last.index, [])):
                 wanted = f"{last.stage}-{last.position}"  # a shared prefix of a named stage
             else:
                 wanted = last.stage
@@ -452,7 +444,7 @@ class _Lowerer:
                 name = "ENTRYPOINT" if isinstance(step, Entrypoint) else "CMD"
                 return [f"{name} {_command(step.command, step.shell_form, before)}"]
             case Healthcheck():
-                return [_healthcheck(step, before)]
+                return [_healthcheck(step)]
             case Shell():
                 return ["SHELL " + json_array(step.command)]
             case StopSignal():
@@ -512,7 +504,7 @@ class _Lowerer:
                     options.insert(2, f"source={_mount_value(mount.source.path)}")
                 else:
                     tree = next(trees)
-                    source = self._bind_source(node, mount.source, tree)
+                    source = self._bind_source(mount.source, tree)
                     options.insert(1, f"source={_mount_value(source)}")
                 options += ["rw"] if mount.readwrite else []
             else:
@@ -611,7 +603,7 @@ class _Lowerer:
             return f"{staged.name}/{entries[0].placed}"
         return f"{staged.name}/"
 
-    def _bind_source(self, node: StepNode, source: ContextSource, tree: Tree) -> str:
+    def _bind_source(self, source: ContextSource, tree: Tree) -> str:
         staged = self._stage(tree, source)
         entries = staged.entries
         selector = source.selectors[0]
@@ -622,7 +614,6 @@ class _Lowerer:
             and entries[0].source == selector.path
         ):
             return f"{staged.name}/{entries[0].placed}"  # one file, mounted as that file
-        del node
         return staged.name
 
 
@@ -661,7 +652,7 @@ def _command(command: Sequence[str], shell_form: bool, state: BuildState) -> str
     return json_array(command)
 
 
-def _healthcheck(step: Healthcheck, state: BuildState) -> str:
+def _healthcheck(step: Healthcheck) -> str:
     if step.test is None:
         return "HEALTHCHECK NONE"
     options = []
@@ -678,7 +669,6 @@ def _healthcheck(step: Healthcheck, state: BuildState) -> str:
         body = test if shell_form_is_exact(test) else json_array([*DEFAULT_SHELL, test])
     else:
         body = json_array(step.test)
-    del state
     return " ".join(["HEALTHCHECK", *options, "CMD", body])
 
 
@@ -838,7 +828,7 @@ def _check_engine(plan: Plan, lowered: LoweredDockerfile, engine: DockerEngine) 
     if not lowered.requirements or engine.buildx:
         return
     major = _major(engine.server_version)
-    if major is None or major > _LAST_BUILTIN_BUILDKIT_08_ENGINE:
+    if major is None or major >= _FIRST_ENGINE_WITH_NEWER_FRONTEND:
         return  # newer engines: BuildKit itself says no if it must (mapped to the step)
     requirement = lowered.requirements[0]
     step = plan.steps[requirement.step]
