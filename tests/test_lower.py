@@ -11,7 +11,7 @@ from typing import Any
 import dockerfile
 import pytest
 from buildkit_words import read_word
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 import imagedsl as dsl
@@ -625,7 +625,15 @@ def _builds(draw: st.DrawFn, src: dsl.Context) -> dict[str, dsl.Stage]:
             stage = dsl.scratch()
         else:
             stage = draw(st.sampled_from(earlier))
-        named[f"stage{number}"] = draw(_steps(stage, src, earlier))
+        stage = draw(_steps(stage, src, earlier))
+        if earlier and draw(st.booleans()):  # read an earlier stage, so that it is kept
+            reader = draw(st.sampled_from(["copy", "bind"]))
+            source = draw(st.sampled_from(earlier))
+            if reader == "copy":
+                stage = stage.copy(source.path("/"), "/from-earlier/")
+            else:
+                stage = stage.run("ls /m", mounts=[dsl.bind(source.path("/"), "/m")])
+        named[f"stage{number}"] = stage
     return named
 
 
@@ -664,8 +672,10 @@ def test_generated_builds_parse_into_the_instructions_meant(
     except LoweringError as error:
         refused = error
     else:
+        event(f"lowered to {len(lowered.stages)} stage(s)")
         check_lowered(plan, lowered)
         return
+    event("refused: a line break in a word")
     step = next(s for s in plan.steps if s.instruction == refused.instruction)
     assert step.kind in ("env", "arg", "workdir", "label", "copy", "volume", "user")
     assert "line break" in refused.problem
