@@ -626,7 +626,8 @@ def _builds(draw: st.DrawFn, src: dsl.Context) -> dict[str, dsl.Stage]:
         else:
             stage = draw(st.sampled_from(earlier))
         stage = draw(_steps(stage, src, earlier))
-        if earlier and draw(st.booleans()):  # read an earlier stage, so that it is kept
+        reads_earlier = draw(st.booleans())
+        if earlier and reads_earlier:  # read an earlier stage, so that it is kept
             reader = draw(st.sampled_from(["copy", "bind"]))
             source = draw(st.sampled_from(earlier))
             if reader == "copy":
