@@ -717,7 +717,11 @@ def write_build_dir(plan: Plan, directory: str | os.PathLike[str]) -> LoweredDoc
             ours = dockerfile.is_file() and dockerfile.read_text(errors="replace").startswith(
                 HEADER
             )
-            foreign = sorted(n for n in present if n != "Dockerfile" and not _is_tree_name(n))
+            foreign = sorted(
+                n
+                for n in present
+                if n != "Dockerfile" and not _is_tree_name(n) and not n.startswith(".staging-")
+            )
             if not ours or foreign:
                 raise BuildDirError(
                     str(root),
