@@ -434,7 +434,12 @@ class _Keyer:
         }
         if isinstance(step, FromImage | FromScratch):
             platform = step.platform or self.platform
-            self._states[old] = common["state"] = BuildState(platform=platform)
+            # A base image's config is not read while planning: its state inherits.
+            inherits = isinstance(step, FromImage)
+            start = BuildState(
+                platform=platform, inherits=inherits, workdir="" if inherits else "/"
+            )
+            self._states[old] = common["state"] = start
             digest = None
             if isinstance(step, FromImage):
                 digest = step.reference.digest or self.resolve_base(step, platform)

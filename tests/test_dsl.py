@@ -219,3 +219,15 @@ def test_copy_records_where_it_was_written(tmp_path: Path) -> None:
     assert isinstance(step, Copy)
     assert step.location is not None
     assert step.location.file == __file__
+
+
+def test_base_variables_stay_unexpanded_until_the_base_is_read() -> None:
+    """FROM an image, unknown $VARs and relative paths wait for the base's config; FROM
+    scratch there is no base config, so they expand to empty and resolve from /."""
+    on_image = dsl.plan(dsl.image("alpine:3.20").env(PATH="/x:$PATH").workdir("w")).steps[-1]
+    on_scratch = dsl.plan(dsl.scratch().env(PATH="/x:$PATH").workdir("w")).steps[-1]
+    assert dict(on_image.node.state.env)["PATH"] == "/x:$PATH"
+    assert on_image.node.state.workdir == "w"
+    assert on_image.node.state.absolute_workdir("/base") == "/base/w"
+    assert dict(on_scratch.node.state.env)["PATH"] == "/x:"
+    assert on_scratch.node.state.workdir == "/w"

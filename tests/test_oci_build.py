@@ -526,3 +526,42 @@ def test_result_names_each_step_once(base: str, ctx: Path, store: Store) -> None
     second, _ = build(stages, store, target="app")
     assert second.result.built == ()
     assert sorted(second.result.cached) == sorted(names)
+
+
+def test_base_config_is_inherited(store: Store, tmp_path: Path) -> None:
+    """ENV $VARs and relative paths resolve against the base image's Env and WorkingDir."""
+    layout = tmp_path / "base-layout"
+    oci_support.write_layout(
+        layout,
+        [oci_support.tar_bytes(oci_support.busybox_members())],
+        tag="1",
+        config={"Env": ["PATH=/bin:/usr/bin", "LANG=C.UTF-8"], "WorkingDir": "/work", "User": "7"},
+    )
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "f.txt").write_text("f\n")
+    src = dsl.context(tmp_path / "ctx")
+    stage = (
+        dsl.image(f"oci:{layout}:1")
+        .env(PATH="/opt/bin:$PATH", GREETING="${LANG:-none}")
+        .copy(src.file("f.txt"), "rel/")
+        .workdir("sub")
+    )
+    planned = plan(stage, store=store)
+    # At plan time the base's config is unknown: references stay as written.
+    assert dict(planned.steps[-1].node.state.env)["PATH"] == "/opt/bin:$PATH"
+    assert planned.steps[2].node.preimage["dest"] == "rel/"
+    out = tmp_path / "out"
+    build(stage, store, output=f"oci:{out}:t")
+    _, _, config = read_image(out, "t")
+    env = dict(item.split("=", 1) for item in config["config"]["Env"])
+    assert env["PATH"] == "/opt/bin:/bin:/usr/bin"
+    assert env["GREETING"] == "C.UTF-8"
+    assert config["config"]["WorkingDir"] == "/work/sub"
+    assert config["config"]["User"] == "7"
+    files = {m.name for layer in _layers(out, "t") for m in layer}
+    assert "work/rel/f.txt" in files
+
+
+def _layers(layout: Path, tag: str) -> list[list[tarfile.TarInfo]]:
+    _, manifest, _ = read_image(layout, tag)
+    return [layer_members(layout, d) for d in manifest["layers"]]

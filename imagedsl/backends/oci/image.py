@@ -71,6 +71,7 @@ from imagedsl.planner import record_copy_output, record_step
 from imagedsl.steps import (
     DEFAULT_PATH,
     Add,
+    BuildState,
     Cmd,
     Copy,
     Entrypoint,
@@ -144,11 +145,13 @@ class OCIBuild:
 
 @attrs.define
 class _StageState:
-    """The filesystem and history a step leaves."""
+    """The filesystem and history a step leaves, and the concrete Dockerfile state after it
+    (the plan's state with the base image's config applied: its Env, WorkingDir, User)."""
 
     layers: tuple[LayerBlob, ...]
     history: tuple[Mapping[str, Any], ...]
     base: BaseImage | None
+    state: BuildState
 
 
 def _epoch_from_env() -> int:
@@ -329,11 +332,12 @@ class _Build:
     def _step(self, node: StepNode, instruction: str) -> _StageState:
         kind = node.kind
         if kind == "scratch":
-            return _StageState(layers=(), history=(), base=None)
+            return _StageState(layers=(), history=(), base=None, state=node.state)
         if kind == "from":
             return self._from(node, instruction)
         assert node.parent is not None
         below = self.states[node.parent]
+        below = attrs.evolve(below, state=below.state.apply(node.step, self.request.build_args))
         part = f" (layer {node.part})" if node.part is not None else ""
         created_by = f"{instruction}{part} # imagedsl"
         if node.is_config:
@@ -373,7 +377,9 @@ class _Build:
             history = [
                 {"created_by": f"layer {i} of {base.reference}"} for i in range(len(base.layers))
             ]
-        return _StageState(layers=base.layers, history=tuple(history), base=base)
+        config = base.config.get("config") or {}
+        state = BuildState.from_image_config(config, node.state.platform)
+        return _StageState(layers=base.layers, history=tuple(history), base=base, state=state)
 
     # -- filesystems ---------------------------------------------------------------------------
 
@@ -477,7 +483,7 @@ class _Build:
     def _placement(self, node: StepNode, lower: Filesystem) -> Placement:
         step = node.step
         assert isinstance(step, Copy | Add)
-        dest = str(node.preimage.get("dest") or node.state.resolve_path(step.dest))
+        dest = self._before(node).resolve_path(step.dest)
         single = _single_file(node)
         owner = resolve_owner(describe(step), step.chown, lower.files)
         return Placement(
@@ -505,7 +511,7 @@ class _Build:
     def _workdir_entries(
         self, node: StepNode, lower: Filesystem
     ) -> tuple[list[LayerEntry], _ParentFactory] | None:
-        path = node.state.workdir.strip("/")
+        path = self._before(node).apply(node.step, self.request.build_args).workdir.strip("/")
         if not path:
             return None
         head, base = posixpath.split(path)
@@ -517,7 +523,7 @@ class _Build:
         if found is not None:
             return None
         owner = Owner()
-        before_user = str(node.preimage.get("user") or "")
+        before_user = self._before(node).user
         if before_user:
             try:  # BuildKit makes the directory owned by the USER in force
                 owner = resolve_owner("WORKDIR", before_user, lower.files)
@@ -525,6 +531,11 @@ class _Build:
                 owner = Owner()
         placement = Placement("/" + real, lower, owner=owner, chmod=None, single_file=False)
         return [placement.parent(real)], placement.parent
+
+    def _before(self, node: StepNode) -> BuildState:
+        """The concrete state a step starts from."""
+        assert node.parent is not None
+        return self.states[node.parent].state
 
     def _spool(self) -> Path:
         assert self._spool_dir is not None
@@ -550,7 +561,7 @@ class _Build:
     def _placement_from(self, node: StepNode, lower: Filesystem, single: bool) -> Placement:
         step = node.step
         assert isinstance(step, Copy)
-        dest = node.state.resolve_path(step.dest)
+        dest = self._before(node).resolve_path(step.dest)
         return Placement(
             dest,
             None if step.link else lower,
@@ -605,7 +616,8 @@ class _Build:
         chain = self._chain(node)
         base = state.base
         base_config: Mapping[str, Any] = base.config if base is not None else {}
-        container = _container_config(chain, dict(base_config.get("config") or {}))
+        states = [self.states[n.index].state for n in chain]
+        container = _container_config(chain, states, dict(base_config.get("config") or {}))
         os_name, _, rest = node.state.platform.partition("/")
         arch, _, variant = rest.partition("/")
         config: dict[str, Any] = {
@@ -704,8 +716,8 @@ def _single_file(node: StepNode) -> bool:
     return any(e.placed == "." for tree in node.trees for e in tree.entries)
 
 
-def _shell_argv(node: StepNode, command: tuple[str, ...], shell_form: bool) -> list[str]:
-    return list(node.state.argv(command, shell_form))
+def _shell_argv(state: BuildState, command: tuple[str, ...], shell_form: bool) -> list[str]:
+    return list(state.argv(command, shell_form))
 
 
 def _duration_ns(text: str | None) -> int | None:
@@ -728,30 +740,31 @@ def _duration_ns(text: str | None) -> int | None:
     return int(total)
 
 
-def _container_config(chain: Sequence[StepNode], base: dict[str, Any]) -> dict[str, Any]:
-    """The image's ``config``: the base's, with this stage's config steps applied in order."""
+def _container_config(
+    chain: Sequence[StepNode], states: Sequence[BuildState], base: dict[str, Any]
+) -> dict[str, Any]:
+    """The image's ``config``: the base's, with this stage's config steps applied in order.
+
+    ``states`` are the concrete states after each node of ``chain`` (the base's Env already
+    in the first, so ENV PATH=/x:$PATH extends the base's PATH)."""
     config = dict(base)
-    final = chain[-1].state
-    env: dict[str, str] = {}
-    for item in config.get("Env") or []:
-        name, _, value = str(item).partition("=")
-        env[name] = value
-    env.update(final.env)
+    final = states[-1]
+    env = dict(final.env)
     env.setdefault("PATH", DEFAULT_PATH)
     config["Env"] = [f"{name}={value}" for name, value in env.items()]
     cmd_set = False
-    for node in chain:
+    for node, state in zip(chain, states, strict=True):
         step = node.step
-        variables = node.state.variables
+        variables = state.variables
         if isinstance(step, Workdir):
-            config["WorkingDir"] = node.state.workdir
+            config["WorkingDir"] = state.workdir
         elif isinstance(step, User):
-            config["User"] = node.state.user
+            config["User"] = state.user
         elif isinstance(step, Cmd):
-            config["Cmd"] = _shell_argv(node, step.command, step.shell_form)
+            config["Cmd"] = _shell_argv(state, step.command, step.shell_form)
             cmd_set = True
         elif isinstance(step, Entrypoint):
-            config["Entrypoint"] = _shell_argv(node, step.command, step.shell_form)
+            config["Entrypoint"] = _shell_argv(state, step.command, step.shell_form)
             if not cmd_set:
                 config.pop("Cmd", None)
         elif isinstance(step, Label):
