@@ -29,8 +29,10 @@ from imagedsl.errors import BuildFileError, ImageDSLError, SourceLocation, Unkno
 if TYPE_CHECKING:
     from imagedsl.graph import BaseResolver
     from imagedsl.ledger import Store
+    from imagedsl.lockfile import LockFile
     from imagedsl.planner import Plan
     from imagedsl.reporting import Reporter
+    from imagedsl.steps import FromImage
 
 DEFAULT_BUILDFILE = "build.py"
 
@@ -75,7 +77,7 @@ class BuildFile:
         from imagedsl.planner import DEFAULT_PLATFORM, plan
 
         if resolve_base is None:
-            resolve_base = LockFile.beside(self.path).resolver()
+            resolve_base = _default_resolver(LockFile.beside(self.path))
         return plan(
             self.stages,
             self.target(target),
@@ -87,6 +89,21 @@ class BuildFile:
             buildfile=str(self.path),
             project=str(self.path),
         )
+
+
+def _default_resolver(lock: LockFile) -> BaseResolver:
+    """Registry bases from the lock file; local images (OCI layouts, archives) by reading
+    their index, so replacing the image behind ``oci:DIR:TAG`` changes the key."""
+
+    def resolve(step: FromImage, platform: str) -> str | None:
+        pinned = lock.digest(step, platform)
+        if pinned is None and step.reference.transport in ("oci", "oci-archive", "docker-archive"):
+            from imagedsl.backends.oci.layout import local_base_digest
+
+            return local_base_digest(step.reference, platform)
+        return pinned
+
+    return resolve
 
 
 def split_spec(spec: str | None) -> tuple[Path, str | None]:

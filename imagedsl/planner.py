@@ -301,7 +301,9 @@ def _notes(node: StepNode) -> tuple[str, ...]:
     if digest is None:
         return ("base image is not pinned to a digest: its key follows the tag name",)
     if step.reference.digest is None:
-        return (f"pinned to {digest} by the lock file",)
+        if step.reference.transport == "registry":
+            return (f"pinned to {digest} by the lock file",)
+        return (f"resolved to {digest} from the local image",)
     return ()
 
 

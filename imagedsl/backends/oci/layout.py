@@ -260,6 +260,23 @@ def _import_layout(
     platform: str,
     blobs: BlobStore,
 ) -> BaseImage:
+    descriptor: Mapping[str, Any] = _choose(source, shown, tag, digest)
+    for _ in range(4):  # an index may point at an index (multi-platform)
+        media_type = descriptor.get("mediaType")
+        manifest_digest = check_digest(descriptor.get("digest"))
+        with source.open(_blob_name(manifest_digest)) as handle:
+            blobs.import_stream(handle, manifest_digest, source.where)
+        document = json.loads(blobs.read(manifest_digest))
+        media_type = document.get("mediaType", media_type)
+        if media_type in (INDEX_OCI, LIST_DOCKER) or "manifests" in document:
+            descriptor = _pick_platform(shown, document, platform)
+            continue
+        return _import_manifest(source, shown, manifest_digest, document, blobs)
+    raise BaseImageError(shown, "nests image indexes too deeply")
+
+
+def _choose(source: _Source, shown: str, tag: str | None, digest: str | None) -> Mapping[str, Any]:
+    """The one index.json entry a tag (or digest) names, or an error listing what is there."""
     index = source.read_json("index.json")
     manifests = index.get("manifests") if isinstance(index, dict) else None
     if not isinstance(manifests, list) or not manifests:
@@ -282,19 +299,43 @@ def _import_layout(
         )
         wanted = digest or tag or "(no tag: the layout must hold exactly one image)"
         raise BaseImageError(shown, f"no single image matches {wanted}; it holds {names}")
-    descriptor: Mapping[str, Any] = chosen[0]
-    for _ in range(4):  # an index may point at an index (multi-platform)
-        media_type = descriptor.get("mediaType")
-        manifest_digest = check_digest(descriptor.get("digest"))
-        with source.open(_blob_name(manifest_digest)) as handle:
-            blobs.import_stream(handle, manifest_digest, source.where)
-        document = json.loads(blobs.read(manifest_digest))
-        media_type = document.get("mediaType", media_type)
-        if media_type in (INDEX_OCI, LIST_DOCKER) or "manifests" in document:
-            descriptor = _pick_platform(shown, document, platform)
-            continue
-        return _import_manifest(source, shown, manifest_digest, document, blobs)
-    raise BaseImageError(shown, "nests image indexes too deeply")
+    entry: Mapping[str, Any] = chosen[0]
+    return entry
+
+
+def local_base_digest(reference: ImageReference, platform: str) -> str | None:  # noqa: ARG001
+    """What a local base (OCI layout or archive) names now, read without importing it.
+
+    For plans: the digest of the index.json entry the tag names (an OCI layout or archive),
+    or for a docker-archive the digest of the image's config (it has no manifest digest).
+    Registry bases are pinned by the lock file and docker-daemon bases need a daemon, so
+    both give None here (unpinned). A base that cannot be read also gives None: the build
+    will say what is wrong with it.
+    """
+    if reference.transport not in ("oci", "oci-archive", "docker-archive"):
+        return None
+    path, tag = _split_path_tag(reference.name, reference.tag)
+    shown = str(reference)
+    try:
+        source: _Source = _DirSource(path) if reference.transport == "oci" else _TarSource(path)
+    except (OSError, tarfile.TarError, BaseImageError):
+        return None
+    try:
+        if reference.transport == "docker-archive":
+            manifest = source.read_json("manifest.json")
+            entries = manifest if isinstance(manifest, list) else []
+            if tag is not None:
+                wanted = {tag, normalise_tag(tag)}
+                entries = [m for m in entries if wanted.intersection(m.get("RepoTags") or [])]
+            if len(entries) != 1:
+                return None
+            named = re.search(r"([0-9a-f]{64})(?:\.json)?$", str(entries[0].get("Config") or ""))
+            return None if named is None else f"sha256:{named.group(1)}"
+        return check_digest(_choose(source, shown, tag, reference.digest).get("digest"))
+    except (OSError, ValueError, KeyError, tarfile.TarError, ImageDSLError):
+        return None
+    finally:
+        source.close()
 
 
 def _pick_platform(shown: str, index: Mapping[str, Any], platform: str) -> Mapping[str, Any]:
