@@ -249,7 +249,8 @@ def run_build(args: argparse.Namespace) -> int:
     result = backend.build(replan(), request, store=store, reporter=reporter)
     built, cached = len(result.built), len(result.cached)
     image = f": {result.image}" if result.image else ""
-    print(f"built {built} steps, {cached} cached{image}", file=sys.stderr)
+    steps = "step" if built == 1 else "steps"
+    print(f"built {built} {steps}, {cached} cached{image}", file=sys.stderr)
     return EXIT_OK
 
 

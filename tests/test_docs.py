@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -54,18 +55,32 @@ def test_readme_commands_are_the_documented_ones() -> None:
     test_command = "python -m pip install --upgrade nox && nox -s tests"
     assert test_command in readme
     assert test_command in ci
-    assert "python -m pip install . && imagedsl plan examples/python-app/build.py" in readme
+    assert MAIN_JOB in readme
+
+
+MAIN_JOB = (
+    "python -m pip install . && imagedsl plan examples/static-site/build.py && imagedsl build "
+    "examples/static-site/build.py --backend oci --output oci:static-site.oci:latest"
+)
 
 
 def test_readme_main_job_runs(tmp_path: Path) -> None:
-    """The README's main job (planning the offline example) succeeds as a subprocess."""
-    result = subprocess.run(
-        [sys.executable, "-m", "imagedsl", "plan", "examples/python-app/build.py"],
-        cwd=ROOT,
-        env={"IMAGEDSL_STORE": str(tmp_path / "store"), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("plan for examples/python-app/build.py:app")
+    """The README's main job, minus the install, works offline with no daemon (no DOCKER_HOST,
+    a PATH without docker), and writes an OCI layout."""
+    commands = MAIN_JOB.split(" && ")[1:]
+    env = {"IMAGEDSL_STORE": str(tmp_path / "store"), "PATH": "/nonexistent"}
+    for command in commands:
+        argv = command.split()
+        assert argv[0] == "imagedsl"
+        argv[-1] = argv[-1].replace("oci:", f"oci:{tmp_path}/", 1)
+        result = subprocess.run(
+            [sys.executable, "-m", "imagedsl", *argv[1:]],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+    index = json.loads((tmp_path / "static-site.oci" / "index.json").read_text())
+    assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == "latest"
