@@ -634,7 +634,7 @@ def expand(word: str, variables: Mapping[str, str], *, keep_unknown: bool = Fals
 
     def replace(match: re.Match[str]) -> str:
         if match["escaped"]:
-            return "\\$" if keep_unknown else "$"
+            return "$"
         name = match["bare"] or match["braced"]
         if keep_unknown and name not in variables:
             return match.group(0)
