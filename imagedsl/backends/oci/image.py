@@ -141,6 +141,9 @@ class OCIBuild:
     result: BuildResult
     image: BuiltImage
     stats: BuildStats
+    #: The layer-cache entries the build read or wrote: (step key, entry file). What a
+    #: remote cache exports (:mod:`imagedsl.remote_cache`).
+    layer_cache: tuple[tuple[str, Path], ...] = ()
 
 
 @attrs.define
@@ -248,7 +251,9 @@ class OCIBackend:
             image=where,
             digest=image.manifest_digest,
         )
-        return OCIBuild(result=result, image=image, stats=run.stats)
+        return OCIBuild(
+            result=result, image=image, stats=run.stats, layer_cache=tuple(run.layer_cache)
+        )
 
 
 def refuse_unsupported(plan: Plan) -> None:
@@ -257,6 +262,12 @@ def refuse_unsupported(plan: Plan) -> None:
         if step.kind == "run":
             error = UnsupportedStepError(f"{step.instruction}", f"{step.stage}[{step.index}]")
             raise error.with_location(step.location)
+
+
+def layer_cache_path(store: Store, name: str) -> Path:
+    """Where the layer-cache entry ``name`` lives (the blake3 hex of what a layer is keyed by:
+    the step key, the diff_ids below, compression, epoch). A remote cache writes entries here."""
+    return store.root / "oci" / "layers" / name[:2] / f"{name}.json"
 
 
 def _iso(epoch: int) -> str:
@@ -287,6 +298,7 @@ class _Build:
         self.built: list[str] = []
         self.cached: list[str] = []
         self.stats = BuildStats()
+        self.layer_cache: list[tuple[str, Path]] = []
         self._scratch: Iterator[Path] | None = None
         self._spool_dir: Path | None = None
         self._spooled = 0
@@ -414,10 +426,11 @@ class _Build:
             [LAYER_FORMAT, node.key, lower, self.backend.compression, self.backend.epoch]
         )
         key = blake3.blake3(material.encode()).hexdigest()
-        return self.store.root / "oci" / "layers" / key[:2] / f"{key}.json"
+        return layer_cache_path(self.store, key)
 
     def _layer(self, node: StepNode, below: _StageState, label: str) -> LayerBlob | None:
         cache = self._cache_path(node, below)
+        self.layer_cache.append((node.key, cache))
         try:
             saved = json.loads(cache.read_bytes())
             layer = None if saved is None else LayerBlob(**saved)
@@ -812,4 +825,11 @@ def _healthcheck(step: Healthcheck) -> dict[str, Any]:
     return check
 
 
-__all__ = ["BuildStats", "OCIBackend", "OCIBuild", "UnsupportedStepError", "refuse_unsupported"]
+__all__ = [
+    "BuildStats",
+    "OCIBackend",
+    "OCIBuild",
+    "UnsupportedStepError",
+    "layer_cache_path",
+    "refuse_unsupported",
+]
