@@ -12,12 +12,22 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+import attrs
+
 from imagedsl import __version__
-from imagedsl.backends import BACKENDS, BuildRequest, SecretSource, get_backend
+from imagedsl.backends import (
+    BACKENDS,
+    Backend,
+    BuildRequest,
+    BuildRequestError,
+    BuildResult,
+    SecretSource,
+    get_backend,
+)
 from imagedsl.errors import ImageDSLError, SourceLocation
 from imagedsl.ledger import Store, StoreWarning, default_store_path
 from imagedsl.loader import load_buildfile, split_spec
@@ -27,6 +37,8 @@ from imagedsl.steps import FromImage, ImageReference
 
 if TYPE_CHECKING:
     from imagedsl.planner import Plan
+    from imagedsl.registry import PushResult, RegistryClient
+    from imagedsl.remote_cache import RemoteCache
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -132,6 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--insecure", action="store_true", help="allow plain HTTP to registries off loopback"
     )
+    _cache_from_option(plan)
     _common_options(plan)
     plan.set_defaults(run=run_plan)
 
@@ -158,8 +171,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="id=NAME,src=PATH",
         help="a secret for RUN --mount=type=secret (src=PATH or env=VAR; repeatable)",
     )
+    _registry_build_options(build)
     _common_options(build)
     build.set_defaults(run=run_build)
+
+    _push_command(commands)
 
     lower = commands.add_parser("lower", help="print the Dockerfile a target lowers to")
     lower.add_argument("spec", nargs="?", metavar="FILE[:TARGET]", help="build file and target")
@@ -179,6 +195,49 @@ def _parser() -> argparse.ArgumentParser:
     du.add_argument("--store", metavar="DIR", help="store directory")
     du.set_defaults(run=run_cache_du)
     return parser
+
+
+def _cache_from_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache-from",
+        action="append",
+        default=[],
+        metavar="registry:REF",
+        help="import a remote cache's records (and, for build, its layers) first (repeatable)",
+    )
+
+
+def _registry_build_options(build: argparse.ArgumentParser) -> None:
+    build.add_argument(
+        "--push", metavar="REF", help="push the built image to a registry (--backend oci)"
+    )
+    build.add_argument(
+        "--cache-to",
+        metavar="registry:REF",
+        help="push this build's records and layers as a remote cache (--backend oci)",
+    )
+    _cache_from_option(build)
+    build.add_argument(
+        "--insecure", action="store_true", help="allow plain HTTP to registries off loopback"
+    )
+
+
+def _push_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    push = commands.add_parser("push", help="push an OCI layout or archive to a registry")
+    push.add_argument("source", metavar="SRC", help="oci:DIR[:TAG] or oci-archive:FILE[:TAG]")
+    push.add_argument("reference", metavar="REF", help="HOST/NAME[:TAG]")
+    push.add_argument(
+        "-t",
+        "--tag",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="another tag, or another HOST/NAME:TAG to push to (repeatable)",
+    )
+    push.add_argument(
+        "--insecure", action="store_true", help="allow plain HTTP to registries off loopback"
+    )
+    push.set_defaults(run=run_push)
 
 
 def _common_options(parser: argparse.ArgumentParser) -> None:
@@ -202,6 +261,7 @@ def run_plan(args: argparse.Namespace) -> int:
     store = Store(default_store_path(args.store))
     reporter = TerminalReporter(sys.stderr)
     build_args = _build_args(args.build_arg)
+    remote_hits = import_remote_records(args.cache_from, store, insecure=args.insecure)
     plan = build.plan(
         target, store=store, build_args=build_args, platform=args.platform, reporter=reporter
     )
@@ -213,6 +273,7 @@ def run_plan(args: argparse.Namespace) -> int:
         plan = build.plan(
             target, store=store, build_args=build_args, platform=args.platform, reporter=reporter
         )
+    plan = note_remote_hits(plan, remote_hits)
     if args.json:
         json.dump(plan.to_json(), sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
@@ -246,12 +307,140 @@ def run_build(args: argparse.Namespace) -> int:
         replan=replan,
     )
     backend = get_backend(args.backend)
-    result = backend.build(replan(), request, store=store, reporter=reporter)
+    if args.push or args.cache_to or args.cache_from:
+        result = build_with_registry(args, backend, replan, request, store, reporter)
+    else:
+        result = backend.build(replan(), request, store=store, reporter=reporter)
     built, cached = len(result.built), len(result.cached)
     image = f": {result.image}" if result.image else ""
     steps = "step" if built == 1 else "steps"
     print(f"built {built} {steps}, {cached} cached{image}", file=sys.stderr)
     return EXIT_OK
+
+
+def build_with_registry(
+    args: argparse.Namespace,
+    backend: Backend,
+    replan: Callable[[], Plan],
+    request: BuildRequest,
+    store: Store,
+    reporter: Reporter,
+) -> BuildResult:
+    """``build`` with ``--cache-from``, ``--push`` or ``--cache-to`` (the OCI backend only):
+    import the caches' records, plan, fetch the layers of the hits, build, push, export."""
+    from imagedsl import remote_cache
+    from imagedsl.backends.oci.image import OCIBackend
+    from imagedsl.planner import PlanStatus
+    from imagedsl.push import TransferLog, push_manifest
+    from imagedsl.registry import OCI_MANIFEST, Descriptor, RegistryClient
+
+    if not isinstance(backend, OCIBackend):
+        raise BuildRequestError("--push, --cache-to and --cache-from need --backend oci")
+    cache_to = args.cache_to and remote_cache.parse_cache_reference(args.cache_to, "--cache-to")
+    with RegistryClient(insecure=args.insecure, progress=TransferLog(sys.stderr)) as client:
+        caches = [fetch_remote_cache(client, text, store) for text in args.cache_from]
+        plan = replan()
+        hits = {step.key for step in plan.steps if step.status is PlanStatus.HIT}
+        for found in caches:
+            if found is not None:
+                remote_cache.import_layers(client, found[0], store, hits)
+        outcome = backend.build_image(plan, request, store=store, reporter=reporter)
+        image = outcome.image
+        pushed_to: list[str] = []
+        if args.push:
+            manifest = Descriptor(
+                media_type=OCI_MANIFEST, digest=image.manifest_digest, size=len(image.manifest)
+            )
+            for pushed in push_manifest(client, store, manifest, args.push, args.tag):
+                _print_pushed(pushed)
+                pushed_to.append(pushed.reference.name)
+        if cache_to:
+            bundle = remote_cache.collect(store, replan(), outcome.layer_cache)
+            host = cache_to.name.partition("/")[0]
+            mounts = [n.partition("/")[2] for n in pushed_to if n.partition("/")[0] == host]
+            exported = remote_cache.export_cache(client, store, bundle, cache_to, mount_from=mounts)
+            print(
+                f"cache: {len(bundle.records)} records, {len(bundle.blobs)} layers "
+                f"-> {exported.reference}",
+                file=sys.stderr,
+            )
+    return outcome.result
+
+
+def fetch_remote_cache(
+    client: RegistryClient, text: str, store: Store
+) -> tuple[RemoteCache, frozenset[str]] | None:
+    """Read one ``--cache-from`` and import its records: the cache and the keys it added.
+    None (with a warning) when there is no cache there yet."""
+    from imagedsl import remote_cache
+    from imagedsl.registry import NotFoundError
+
+    reference = remote_cache.parse_cache_reference(text)
+    try:
+        cache = remote_cache.fetch_cache(client, reference, store)
+    except NotFoundError:
+        print(f"warning: no remote cache at {reference}; going on without it", file=sys.stderr)
+        return None
+    imported = remote_cache.import_records(store, cache.bundle)
+    print(
+        f"cache {reference}: {len(cache.bundle.records)} records, {len(imported.new)} new, "
+        f"{len(cache.bundle.blobs)} layers",
+        file=sys.stderr,
+    )
+    return cache, imported.new
+
+
+def import_remote_records(texts: Sequence[str], store: Store, *, insecure: bool) -> dict[str, str]:
+    """``plan --cache-from``: import each cache's records; key -> cache, for keys it added."""
+    if not texts:
+        return {}
+    from imagedsl.push import TransferLog
+    from imagedsl.registry import RegistryClient
+
+    added: dict[str, str] = {}
+    with RegistryClient(insecure=insecure, progress=TransferLog(sys.stderr)) as client:
+        for text in texts:
+            found = fetch_remote_cache(client, text, store)
+            if found is not None:
+                added.update(dict.fromkeys(found[1], str(found[0].reference)))
+    return added
+
+
+def note_remote_hits(plan: Plan, added: Mapping[str, str]) -> Plan:
+    """Say on each hit that a remote cache (not a local build) made it one."""
+    if not added:
+        return plan
+    from imagedsl.planner import PlanStatus
+
+    steps = tuple(
+        attrs.evolve(step, notes=(*step.notes, f"hit from the remote cache {added[step.key]}"))
+        if step.status is PlanStatus.HIT and step.key in added
+        else step
+        for step in plan.steps
+    )
+    return attrs.evolve(plan, steps=steps)
+
+
+def run_push(args: argparse.Namespace) -> int:
+    """``imagedsl push SRC REF``: push an OCI layout or archive; print where it went."""
+    from imagedsl.push import TransferLog, open_layout, push_manifest
+    from imagedsl.registry import RegistryClient
+
+    progress = TransferLog(sys.stderr)
+    with (
+        open_layout(args.source) as (blobs, manifest),
+        RegistryClient(insecure=args.insecure, progress=progress) as client,
+    ):
+        for pushed in push_manifest(client, blobs, manifest, args.reference, args.tag):
+            _print_pushed(pushed)
+    return EXIT_OK
+
+
+def _print_pushed(pushed: PushResult) -> None:
+    """``NAME:TAG@DIGEST`` on stdout (what scripts read); every tag on stderr."""
+    tags = ", ".join(pushed.tags) or "(by digest only)"
+    print(f"pushed {pushed.reference.name} tags {tags}", file=sys.stderr)
+    print(pushed.reference)
 
 
 def run_lower(args: argparse.Namespace) -> int:
