@@ -9,9 +9,20 @@ forms without ``:``) expand. ``test_docker_backend`` checks this model against a
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 
 _SPECIAL_PARAMETERS = "@*#?-$!0"
+
+
+def _is_letter(char: str) -> bool:
+    """Go's unicode.IsLetter: a code point in a letter category."""
+    return bool(char) and unicodedata.category(char).startswith("L")
+
+
+def _is_digit(char: str) -> bool:
+    """Go's unicode.IsDigit: a decimal digit (category Nd), not superscripts and the like."""
+    return bool(char) and unicodedata.category(char) == "Nd"
 
 
 class LexError(ValueError):
@@ -88,15 +99,17 @@ class _Reader:
 
     def name(self) -> str:
         first = self.peek()
-        if first.isdigit():
+        if _is_digit(first):
             digits = []
-            while self.peek().isdigit():
+            while _is_digit(self.peek()):
                 digits.append(self.take())
             return "".join(digits)
         if first and first in _SPECIAL_PARAMETERS:
             return self.take()
         chars = []
-        while self.peek() and (self.peek().isalnum() or self.peek() == "_"):
+        while self.peek() and (
+            _is_letter(self.peek()) or _is_digit(self.peek()) or self.peek() == "_"
+        ):
             chars.append(self.take())
         return "".join(chars)
 

@@ -29,6 +29,7 @@ from imagedsl.backends.dockerfile import (
 from imagedsl.ledger import Store
 from imagedsl.planner import PlanStatus
 from imagedsl.reporting import Reporter
+from imagedsl.steps import expand
 
 RESOURCES = Path(__file__).parent / "resources" / "docker"
 
@@ -206,7 +207,7 @@ def test_secret_values_never_leave_the_build(
             f"""
             import imagedsl as dsl
             app = dsl.image({busybox_image!r}).run(
-                "sha256sum /run/secrets/token | cut -d' ' -f1 > /token.sha256"
+                "echo {uuid.uuid4().hex} && sha256sum /run/secrets/token | cut -d' ' -f1 > /token.sha256"
                 " && test \\"$API_KEY\\" = '' && wc -c < /run/secrets/apikey > /apikey.len",
                 mounts=[dsl.secret("token", required=True), dsl.secret("apikey")],
             )
@@ -296,7 +297,7 @@ def test_words_model_agrees_with_buildkit(
     docker_engine: DockerEngine, busybox_image: str, tmp_path: Path, tag: str
 ) -> None:
     """ENV, LABEL, WORKDIR, USER and VOLUME values with quotes, dollars, backslashes and
-    Unicode reach the image config exactly as imagedsl computed them."""
+    Unicode reach the image config exactly as imagedsl computes them."""
     nasty = ['it\'s "quoted"', "a\\b\\\\c", "$5 and \\$6", "tab\there", "日本語 é", "${X:-x y}"]
     env = {f"V{i}": value for i, value in enumerate(nasty)}
     stage = (
@@ -317,12 +318,14 @@ def test_words_model_agrees_with_buildkit(
     inspected = json.loads(docker_engine.run("image", "inspect", tag).stdout)[0]["Config"]
     image_env = dict(item.split("=", 1) for item in inspected["Env"])
     state = plan.steps[-1].node.state
+    variables = state.variables
     assert {name: image_env[name] for name in env} == {name: dict(state.env)[name] for name in env}
     labels = {k: v for k, v in inspected["Labels"].items() if not k.startswith("org.imagedsl")}
-    assert labels == {f"l{i}": value for i, value in enumerate(nasty)}
-    assert inspected["WorkingDir"] == state.workdir == "/work dir/ex"
+    assert labels == {f"l{i}": expand(value, variables) for i, value in enumerate(nasty)}
+    assert labels["l5"] == "ex"  # LABEL expands, as in a Dockerfile and the OCI backend
+    assert inspected["WorkingDir"] == "/work dir/ex"
     assert inspected["User"] == "1234:5678"
-    assert sorted(inspected["Volumes"]) == ["/plain", "/vol $X"]
+    assert sorted(inspected["Volumes"]) == ["/plain", "/vol ex"]
 
 
 def test_stale_copy_in_buildkit_is_fixed_by_staging(

@@ -682,9 +682,25 @@ def test_generated_builds_parse_into_the_instructions_meant(
     assert "line break" in refused.problem
 
 
+def concrete_states(plan: dsl.Plan) -> list[steps.BuildState]:
+    """The state after each step on a base image whose config is empty: what BuildKit computes
+    (the plan keeps base-image variables unexpanded, as it cannot read the base)."""
+    states: list[steps.BuildState] = []
+    for step in plan.steps:
+        node = step.node
+        if node.kind == "from":
+            states.append(steps.BuildState.from_image_config({}, node.state.platform))
+        elif node.parent is None:
+            states.append(node.state)
+        else:
+            states.append(states[node.parent].apply(node.step, {}))
+    return states
+
+
 def check_lowered(plan: dsl.Plan, lowered: LoweredDockerfile) -> None:
     """Parse ``lowered`` with the Go parser and compare every instruction with its step."""
     parsed = {command.start_line: command for command in dockerfile.parse_string(lowered.text)}
+    states = concrete_states(plan)
     used: set[int] = set()
     covered: set[int] = set()
     for stage in lowered.stages:
@@ -695,28 +711,38 @@ def check_lowered(plan: dsl.Plan, lowered: LoweredDockerfile) -> None:
         assert command.value[-2:] == ("AS", stage.name)
         used.add(stage.line)
         if first.kind not in ("from", "scratch"):
-            parent = plan.steps[first.node.parent or 0].node
-            for offset, (name, value) in enumerate(parent.state.args, start=1):
+            parent = states[first.node.parent or 0]
+            scope: dict[str, str] = {}
+            for offset, (name, value) in enumerate(parent.args, start=1):
                 redeclared = parsed[stage.line + offset]
                 assert redeclared.cmd == "ARG"
                 key, _, word = redeclared.value[0].partition("=")
-                assert (key, read_word(word)) == (name, value)
+                assert key == name
+                assert read_word(word, {**scope, **dict(parent.env)}) == value
+                scope[name] = value
                 used.add(redeclared.start_line)
         for index in stage.steps:
             if index == stage.steps[0] and first.kind in ("from", "scratch"):
                 continue
             line = lowered.lines[index]
-            check_step(plan, lowered, index, parsed[line])
+            check_step(plan, lowered, states, index, parsed[line])
             used.add(line)
     assert covered == set(range(len(plan.steps)))
     assert used == set(parsed), "instructions that belong to no step"
 
 
-def check_step(plan: dsl.Plan, lowered: LoweredDockerfile, index: int, command: Any) -> None:
+def check_step(
+    plan: dsl.Plan,
+    lowered: LoweredDockerfile,
+    states: list[steps.BuildState],
+    index: int,
+    command: Any,
+) -> None:
     """One instruction means what its step means."""
     step = plan.steps[index]
     node = step.node
-    before = plan.steps[node.parent].node.state if node.parent is not None else node.state
+    before = states[node.parent] if node.parent is not None else states[index]
+    after = states[index]
     variables = before.variables
     value = command.value
     match node.step:
@@ -735,7 +761,7 @@ def check_step(plan: dsl.Plan, lowered: LoweredDockerfile, index: int, command: 
             assert command.cmd == "ENV"
             pairs = dict(zip(value[::2], value[1::2], strict=True))
             assert {k: read_word(v, variables) for k, v in pairs.items()} == {
-                k: dict(node.state.env)[k] for k, _ in env.items
+                k: dict(after.env)[k] for k, _ in env.items
             }
         case steps.Arg() as arg:
             assert command.cmd == "ARG"
@@ -744,23 +770,27 @@ def check_step(plan: dsl.Plan, lowered: LoweredDockerfile, index: int, command: 
             if arg.default is None:
                 assert not eq
             else:
-                assert read_word(word, variables) == dict(node.state.args)[arg.name]
+                assert read_word(word, variables) == dict(after.args)[arg.name]
         case steps.Workdir():
             assert command.cmd == "WORKDIR"
             resolved = clean_container_path(
                 posixpath.join(before.workdir, read_word(value[0], variables))
             )
-            assert (resolved.rstrip("/") or "/") == node.state.workdir
+            assert (resolved.rstrip("/") or "/") == after.workdir
         case steps.User():
-            assert (command.cmd, read_word(value[0], variables)) == ("USER", node.state.user)
+            assert (command.cmd, read_word(value[0], variables)) == ("USER", after.user)
         case steps.Label() as label:
             assert command.cmd == "LABEL"
-            assert [read_word(v) for v in value] == [x for pair in label.items for x in pair]
+            assert [read_word(v, variables) for v in value] == [
+                expand(x, variables) for pair in label.items for x in pair
+            ]
         case steps.Expose() as expose:
             assert (command.cmd, value) == ("EXPOSE", expose.ports)
         case steps.Volume() as volume:
             assert command.cmd == "VOLUME"
-            assert tuple(read_word(v) for v in value) == volume.paths
+            assert tuple(read_word(v, variables) for v in value) == tuple(
+                expand(p, variables) for p in volume.paths
+            )
         case steps.Cmd() | steps.Entrypoint() as config:
             assert command.cmd == ("CMD" if isinstance(config, steps.Cmd) else "ENTRYPOINT")
             if command.json:

@@ -4,13 +4,13 @@ BuildKit runs most arguments through its shell-word lexer (quotes, backslash esc
 ``$VAR`` expansion); RUN, CMD, ENTRYPOINT, SHELL and HEALTHCHECK are not expanded at all. Two
 kinds of words come out of imagedsl values:
 
-- *expanding* words (ENV and ARG values, WORKDIR, USER, COPY destinations): imagedsl expands
-  ``$VAR``, ``${VAR}``, ``${VAR:-word}``, ``${VAR:+word}`` and ``${VAR:?word}`` and reads ``\\$``
-  as a literal ``$`` (:func:`imagedsl.steps.expand`). Those expressions are written out for
-  BuildKit to expand; every other character is escaped so BuildKit takes it literally (a lone
-  ``$1`` stays ``$1``, a backslash stays a backslash).
-- *literal* words (LABEL values, VOLUME paths, ``--chown``): imagedsl never expands them, so
-  every ``$`` is escaped.
+- *expanding* words (ENV and ARG values, WORKDIR, USER, LABEL, VOLUME, COPY destinations):
+  imagedsl expands ``$VAR``, ``${VAR}``, ``${VAR:-word}``, ``${VAR:+word}`` and
+  ``${VAR:?word}`` and reads ``\\$`` as a literal ``$`` (:func:`imagedsl.steps.expand`). Those
+  expressions are written out for BuildKit to expand; every other character is escaped so
+  BuildKit takes it literally (a lone ``$1`` stays ``$1``, a backslash stays a backslash).
+- *literal* words (paths of files in the build context, ``COPY --from`` paths): imagedsl never
+  expands them, so every ``$`` is escaped.
 
 A Dockerfile instruction is one line; a value with a line break cannot be spelled in one
 except inside JSON, which only exec-form instructions accept. :class:`Unspellable` says why a
@@ -90,19 +90,26 @@ def _expression(expression: str, following: str) -> str:
         return "$" + name
     if match["op"] is None:
         return "${" + name + "}"
+    pieces = list(_pieces(match["word"]))
     inner = "".join(
-        _expression(piece, "}") if is_expression else _UNQUOTED_SPECIAL.sub(r"\\\1", piece)
-        for is_expression, piece in _pieces(match["word"])
+        _expression(piece, _following(pieces, i) or "}")
+        if is_expression
+        else _UNQUOTED_SPECIAL.sub(r"\\\1", piece)
+        for i, (is_expression, piece) in enumerate(pieces)
     )
     return "${" + name + match["op"] + inner + "}"
+
+
+def _following(pieces: Sequence[tuple[bool, str]], index: int) -> str:
+    """The text right after piece ``index`` (empty at the end)."""
+    return next((piece for _, piece in pieces[index + 1 :] if piece), "")
 
 
 def _spell(pieces: Sequence[tuple[bool, str]], *, quote: bool) -> str:
     out: list[str] = []
     for i, (is_expression, piece) in enumerate(pieces):
         if is_expression:
-            following = next((p for _, p in pieces[i + 1 :] if p), "")
-            out.append(_expression(piece, following))
+            out.append(_expression(piece, _following(pieces, i)))
         elif quote:
             out.append(_IN_DOUBLE_QUOTES.sub(r"\\\1", piece))
         else:
@@ -134,8 +141,7 @@ def json_word(value: str, *, expanding: bool) -> str:
     out: list[str] = []
     for i, (is_expression, piece) in enumerate(pieces):
         if is_expression:
-            following = next((p for _, p in pieces[i + 1 :] if p), "")
-            out.append(_expression(piece, following))
+            out.append(_expression(piece, _following(pieces, i)))
         else:
             out.append(re.sub(r"([\\\"'$])", r"\\\1", piece))
     return "".join(out)

@@ -8,7 +8,7 @@ multi-stage Dockerfile a person can review:
   several stages), where a stage is read by ``COPY --from`` or a bind mount, and where one
   named stage of ``build.py`` ends and another continues from it. Stages are named after the
   ``build.py`` variables (the target's stage after the target); a stage that continues
-  another re-declares the ARGs in scope, as Dockerfile scoping requires.
+  another declares the ARGs in scope again, as Dockerfile scoping requires.
 - Every string is spelled so that BuildKit reads back exactly the value imagedsl keyed
   (:mod:`imagedsl.backends._dockerfile_words`): JSON (exec) form where a shell form would
   not survive the parser, quoting and escaping elsewhere, and a clear error for the few
@@ -61,7 +61,6 @@ from imagedsl.backends._dockerfile_words import (
     is_plain,
     json_array,
     json_word,
-    literal_word,
     shell_form_is_exact,
 )
 from imagedsl.context import ContextSource, Tree
@@ -78,6 +77,7 @@ from imagedsl.steps import (
     Copy,
     Entrypoint,
     Env,
+    ExpansionError,
     Expose,
     FromImage,
     FromScratch,
@@ -93,6 +93,7 @@ from imagedsl.steps import (
     User,
     Volume,
     Workdir,
+    expand,
 )
 
 if TYPE_CHECKING:
@@ -395,9 +396,40 @@ class _Lowerer:
         assert node.parent is not None
         parent = self.nodes[node.parent]
         head = [f"FROM {self._segment_name(parent.index)} AS {segment.name}"]
-        # ARGs are scoped to a stage: re-declare those in scope, with their values.
-        head += [f"ARG {name}={literal_word(value)}" for name, value in parent.state.args]
+        # ARGs are scoped to a stage: declare those in scope again, as they were declared
+        # (a --build-arg still overrides them, and base image variables still expand), or
+        # with their value when the declaration would not give it again here (an ENV it
+        # reads has changed since, or a --build-arg set it).
+        declared = self._arg_steps(parent.index)
+        scope: dict[str, str] = {}
+        for name, value in parent.state.args:
+            step = declared[name]
+            variables = {**scope, **dict(parent.state.env)}
+            try:
+                again = (
+                    None
+                    if step.default is None
+                    else expand(step.default, variables, keep_unknown=parent.state.inherits)
+                )
+            except ExpansionError:
+                again = None
+            if again == value:
+                head.append(_arg_line(step))
+            else:
+                head.append(f"ARG {name}={expanding_word(value)}")
+            scope[name] = value
         return head
+
+    def _arg_steps(self, index: int) -> dict[str, Arg]:
+        """The last ARG step of each name in the chain ending at ``index``."""
+        found: dict[str, Arg] = {}
+        at: int | None = index
+        while at is not None:
+            step = self.nodes[at].step
+            if isinstance(step, Arg):
+                found.setdefault(step.name, step)
+            at = self.nodes[at].parent
+        return found
 
     def _segment_name(self, index: int) -> str:
         return self.segments[self.segment_of[index]].name
@@ -425,20 +457,18 @@ class _Lowerer:
                 pairs = " ".join(f"{name}={expanding_word(value)}" for name, value in step.items)
                 return [f"ENV {pairs}"]
             case Arg():
-                if step.default is None:
-                    return [f"ARG {step.name}"]
-                return [f"ARG {step.name}={expanding_word(step.default)}"]
+                return [_arg_line(step)]
             case User():
                 return [f"USER {expanding_word(step.user)}"]
             case Label():
-                pairs = " ".join(f"{literal_word(k)}={literal_word(v)}" for k, v in step.items)
+                pairs = " ".join(f"{expanding_word(k)}={expanding_word(v)}" for k, v in step.items)
                 return [f"LABEL {pairs}"]
             case Expose():
                 return ["EXPOSE " + " ".join(step.ports)]
             case Volume():
-                if all(is_plain(path) for path in step.paths):
-                    return ["VOLUME " + " ".join(step.paths)]
-                words = [json_word(path, expanding=False) for path in step.paths]
+                if all(_is_plain_expanding(path) for path in step.paths):
+                    return ["VOLUME " + " ".join(expanding_word(p) for p in step.paths)]
+                words = [json_word(path, expanding=True) for path in step.paths]
                 return ["VOLUME " + json_array(words)]
             case Entrypoint() | Cmd():
                 name = "ENTRYPOINT" if isinstance(step, Entrypoint) else "CMD"
@@ -632,6 +662,12 @@ def _stage_name(wanted: str) -> str:
     if name in _RESERVED_STAGE_NAMES:
         name = f"{name}-stage"
     return name
+
+
+def _arg_line(step: Arg) -> str:
+    if step.default is None:
+        return f"ARG {step.name}"
+    return f"ARG {step.name}={expanding_word(step.default)}"
 
 
 def _mount_value(value: str) -> str:
