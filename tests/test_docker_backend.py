@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -193,6 +194,40 @@ def test_failed_run_is_reported_at_its_line_and_records_only_completed_steps(
     assert rows[f"RUN echo {token} > /ok"] == "hit"
     assert rows["RUN echo about to fail; exit 3"] == "miss"
     assert rows["RUN echo never"] == "miss"
+
+
+def test_interrupted_build_records_what_completed(
+    docker_engine: DockerEngine, busybox_image: str, project: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C during a long RUN: exit 130, the steps BuildKit finished are hits, not the rest."""
+    token = uuid.uuid4().hex
+    (project / "build.py").write_text(
+        textwrap.dedent(
+            f"""\
+            import imagedsl as dsl
+            app = dsl.image({busybox_image!r}).run("echo {token} > /quick").run("sleep 60")
+            """
+        )
+    )
+    store = str(tmp_path / "store")
+    env = {**os.environ, **({"DOCKER_HOST": docker_engine.host} if docker_engine.host else {})}
+    command = [sys.executable, "-m", "imagedsl", "build", f"{project}/build.py", "--store", store]
+    with subprocess.Popen(
+        [*command, "--progress", "plain"], stderr=subprocess.PIPE, text=True, env=env
+    ) as process:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if line.startswith("#") and "sleep 60" in line:
+                break  # the quick step is done: BuildKit runs the steps of a stage in order
+        process.send_signal(signal.SIGINT)
+        rest = process.stderr.read()
+        assert process.wait(timeout=60) == 130, rest
+    planned = run_cli(
+        "plan", f"{project}/build.py", "--store", store, "--json", engine=docker_engine
+    )
+    rows = {row["instruction"]: row["status"] for row in json.loads(planned.stdout)["steps"]}
+    assert rows[f"RUN echo {token} > /quick"] == "hit"
+    assert rows["RUN sleep 60"] == "miss"
 
 
 def test_secret_values_never_leave_the_build(

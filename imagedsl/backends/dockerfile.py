@@ -843,11 +843,14 @@ class DockerfileBackend:
                     env[secret.env] = os.environ[secret.env]
             argv.append(str(pool.root))
             run = _BuildRun(plan, lowered, reporter, request.progress)
-            returncode = run.execute(argv, env)
+            try:
+                returncode = run.execute(argv, env)
+            except BaseException:
+                # Interrupted: what BuildKit finished is in its cache, so it is a hit.
+                _record(store, plan, run.completed_steps())
+                raise
             image_id = iidfile.read_text().strip() if iidfile.is_file() else None
-        completed = run.completed_steps()
-        for index in completed:
-            record_step(store, plan.steps[index])
+        _record(store, plan, run.completed_steps())
         if returncode != 0:
             raise run.failure(engine)
         pool.prune(keep=[tree.name for tree in lowered.trees])
@@ -861,6 +864,11 @@ class DockerfileBackend:
             image=image,
             digest=image_id,
         )
+
+
+def _record(store: Store, plan: Plan, indices: Sequence[int]) -> None:
+    for index in indices:
+        record_step(store, plan.steps[index])
 
 
 def _check_engine(plan: Plan, lowered: LoweredDockerfile, engine: DockerEngine) -> None:
