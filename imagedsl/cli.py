@@ -330,6 +330,7 @@ def build_with_registry(
     import the caches' records, plan, fetch the layers of the hits, build, push, export."""
     from imagedsl import remote_cache
     from imagedsl.backends.oci.image import OCIBackend
+    from imagedsl.backends.oci.layer import MEDIA_TYPES
     from imagedsl.planner import PlanStatus
     from imagedsl.push import TransferLog, push_manifest
     from imagedsl.registry import OCI_MANIFEST, Descriptor, RegistryClient
@@ -341,9 +342,10 @@ def build_with_registry(
         caches = [fetch_remote_cache(client, text, store) for text in args.cache_from]
         plan = replan()
         hits = {step.key for step in plan.steps if step.status is PlanStatus.HIT}
+        media_types = {MEDIA_TYPES[backend.compression]}
         for found in caches:
             if found is not None:
-                remote_cache.import_layers(client, found[0], store, hits)
+                remote_cache.import_layers(client, found[0], store, hits, media_types=media_types)
         outcome = backend.build_image(plan, request, store=store, reporter=reporter)
         image = outcome.image
         pushed_to: list[str] = []

@@ -74,6 +74,7 @@ __all__ = [
     "EMPTY_MEDIA_TYPE",
     "RECORDS_MEDIA_TYPE",
     "CacheBundle",
+    "CacheReferenceError",
     "CachedLayer",
     "ImportedLayers",
     "ImportedRecords",
@@ -103,6 +104,9 @@ _CHUNK: Final = 1 << 20
 class RemoteCacheError(ImageDSLError):
     """A remote cache cannot be used: not a cache, malformed, or lying about its contents."""
 
+    #: Not a mistake in the user's input (the CLI exits 1).
+    exit_code = 1
+
     def __init__(self, reference: str, problem: str) -> None:
         super().__init__(reference, problem)
         self.reference = reference
@@ -112,14 +116,20 @@ class RemoteCacheError(ImageDSLError):
         return f"remote cache {self.reference}: {self.problem}"
 
 
+class CacheReferenceError(RemoteCacheError):
+    """A cache option does not name a cache (the CLI exits 2: the user can fix it)."""
+
+    exit_code = 2
+
+
 def parse_cache_reference(text: str, option: str = "--cache-from") -> ImageReference:
     """``registry:NAME[:TAG]`` -> the registry reference (the only cache type there is)."""
     kind, sep, rest = text.partition(":")
     if kind != "registry" or not sep or not rest:
-        raise RemoteCacheError(text, f"{option} expects registry:NAME[:TAG]")
+        raise CacheReferenceError(text, f"{option} expects registry:NAME[:TAG]")
     reference = parse_reference(rest, step=option, argument="REF")
     if reference.transport != "registry":
-        raise RemoteCacheError(text, f"{option} expects registry:NAME[:TAG]")
+        raise CacheReferenceError(text, f"{option} expects registry:NAME[:TAG]")
     return reference
 
 
@@ -226,8 +236,15 @@ def _copy_tree(record: Record) -> str | None:
 
 
 def _is_tree_manifest(value: object) -> bool:
+    """Source path -> [type, mode, size, digest or link target], as Tree.manifest() makes."""
     return isinstance(value, dict) and all(
-        isinstance(path, str) and isinstance(row, list) and len(row) == 4
+        isinstance(path, str)
+        and isinstance(row, list)
+        and len(row) == 4
+        and isinstance(row[0], str)
+        and isinstance(row[1], int)
+        and isinstance(row[2], int)
+        and isinstance(row[3], str)
         for path, row in value.items()
     )
 
@@ -490,15 +507,27 @@ class ImportedLayers:
 
 
 def import_layers(
-    client: RegistryClient, cache: RemoteCache, store: Store, step_keys: Collection[str]
+    client: RegistryClient,
+    cache: RemoteCache,
+    store: Store,
+    step_keys: Collection[str],
+    *,
+    media_types: Collection[str] | None = None,
 ) -> ImportedLayers:
     """Make the layers of ``step_keys`` reusable: fetch their blobs (in parallel, checked),
     hash the tar inside each against its diff_id, then write their layer-cache entries.
 
-    Pass the keys of the steps a plan shows as hits: the ones the backend will reuse.
+    Pass the keys of the steps a plan shows as hits: the ones the backend will reuse, and
+    ``media_types`` to skip layers of a compression the backend will not look for. An entry
+    the store can use already (its blob present) is kept: a local build is as good a witness.
     """
-    wanted = [c for c in cache.bundle.layers if c.key in step_keys]
-    pending = [c for c in wanted if not _entry_matches(store, c)]
+    wanted = [
+        c
+        for c in cache.bundle.layers
+        if c.key in step_keys
+        and (c.layer is None or media_types is None or c.layer.media_type in media_types)
+    ]
+    pending = [c for c in wanted if not _entry_usable(store, c)]
     by_digest: dict[str, LayerBlob] = {}
     for cached in pending:
         if cached.layer is not None:
@@ -530,17 +559,14 @@ def import_layers(
     )
 
 
-def _entry_matches(store: Store, cached: CachedLayer) -> bool:
-    """Whether the store has this entry already, with its blob (nothing to do then)."""
+def _entry_usable(store: Store, cached: CachedLayer) -> bool:
+    """Whether the backend would reuse the store's own entry of this name as it is."""
     try:
         saved = json.loads(layer_cache_path(store, cached.entry).read_bytes())
-    except (OSError, ValueError):
+        layer = None if saved is None else LayerBlob(**saved)
+    except (OSError, ValueError, TypeError):
         return False
-    if cached.layer is None:
-        return saved is None
-    return saved == cached.layer.to_json() and _has_blob(
-        store, cached.layer.digest, cached.layer.size
-    )
+    return layer is None or _has_blob(store, layer.digest, layer.size)
 
 
 def _check_layer(path: Path, layer: LayerBlob, where: str) -> None:

@@ -388,3 +388,36 @@ def test_importing_twice_changes_nothing(
     assert entries_of(store)
     outcome, _ = build(stages, store, target="tool", backend=OCIBackend())
     assert outcome.stats.layers_written == 0
+
+
+def test_cli_layers_of_another_compression_are_not_fetched(
+    registry: docker_support.RegistryServer, project: Path, tmp_path: Path
+) -> None:
+    """A zstd build cannot reuse gzip layers: it takes the records, leaves the layers."""
+    cache = f"registry:{registry.host}/cache:gz"
+    first = imagedsl(
+        "build", "build.py:app", "--backend", "oci", "--cache-to", cache,
+        cwd=project, store=tmp_path / "a",
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    env_store = tmp_path / "b"
+    result = subprocess.run(
+        [sys.executable, "-m", "imagedsl", "build", "build.py:app", "--backend", "oci",
+         "--cache-from", cache],
+        cwd=project,
+        env={**os.environ, "IMAGEDSL_STORE": str(env_store), "IMAGEDSL_OCI_COMPRESSION": "zstd"},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    pulled = [line for line in result.stderr.splitlines() if line.strip().startswith("pulled")]
+    assert len(pulled) == 1, result.stderr  # the records bundle, no layer
+    assert "built 0 steps" not in result.stderr
+
+
+def test_cli_cache_reference_must_name_a_registry(project: Path, tmp_path: Path) -> None:
+    """A cache option that is not registry:REF is a usage error, exit 2."""
+    result = imagedsl(
+        "plan", "build.py:app", "--cache-from", "local:/tmp/cache", cwd=project, store=tmp_path
+    )
+    assert result.returncode == 2
+    assert "--cache-from expects registry:NAME[:TAG]" in result.stderr
