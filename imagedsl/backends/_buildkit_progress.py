@@ -22,7 +22,6 @@ _LINE: Final = re.compile(r"#(?P<number>\d+) (?P<rest>.*)\Z", re.DOTALL)
 _LABEL: Final = re.compile(r"\[(?:(?P<stage>[^\s\]]+) )?(?P<k>\d+)/(?P<n>\d+)\] (?P<text>.*)\Z")
 _OUTPUT: Final = re.compile(r"(?P<seconds>\d+\.\d+) ?(?P<text>.*)\Z", re.DOTALL)
 _DONE: Final = re.compile(r"DONE(?: \d+(?:\.\d+)?s)?\Z")
-_DIGEST_LINE: Final = re.compile(r"sha256:[0-9a-f]{64}\Z")
 
 #: Final statuses of a vertex.
 CACHED, DONE, ERROR, CANCELED, RUNNING = "cached", "done", "error", "canceled", "running"
@@ -100,9 +99,8 @@ class ProgressParser:
         elif (output := _OUTPUT.match(rest)) is not None:
             vertex.output.append(output["text"])
             return ProgressLine(vertex, "output", output["text"])
-        elif rest == vertex.name or rest == "..." or _DIGEST_LINE.match(rest):
-            return ProgressLine(vertex, "progress", rest)
         else:
+            # The name again, "...", a digest, "transferring context: 2B done", ...
             return ProgressLine(vertex, "progress", rest)
         return ProgressLine(vertex, "status", rest)
 
