@@ -353,7 +353,10 @@ def build_with_registry(
             manifest = Descriptor(
                 media_type=OCI_MANIFEST, digest=image.manifest_digest, size=len(image.manifest)
             )
-            for pushed in push_manifest(client, store, manifest, args.push, args.tag):
+            bases = registry_bases(plan)
+            for pushed in push_manifest(
+                client, store, manifest, args.push, args.tag, mount_from=bases
+            ):
                 _print_pushed(pushed)
                 pushed_to.append(pushed.reference.name)
         if cache_to:
@@ -367,6 +370,16 @@ def build_with_registry(
                 file=sys.stderr,
             )
     return outcome.result
+
+
+def registry_bases(plan: Plan) -> list[str]:
+    """The repositories (``HOST/NAME``) of a plan's registry bases: a push mounts from them."""
+    names = []
+    for step in plan.steps:
+        base = step.node.step
+        if isinstance(base, FromImage) and base.reference.transport == "registry":
+            names.append(base.reference.name)
+    return sorted(set(names))
 
 
 def fetch_remote_cache(

@@ -99,17 +99,25 @@ def push_manifest(
     manifest: Descriptor,
     reference: str,
     extra_tags: Sequence[str] = (),
+    *,
+    mount_from: Sequence[str] = (),
 ) -> list[PushResult]:
-    """Push ``manifest`` (and what it reaches, from ``source``) to every destination."""
+    """Push ``manifest`` (and what it reaches, from ``source``) to every destination.
+
+    ``mount_from`` names repositories (``HOST/NAME``, e.g. the base image's) that may hold
+    some of the blobs: those on a destination's registry are asked to mount them first.
+    """
     results: list[PushResult] = []
-    pushed_to: list[ImageReference] = []
+    candidates = list(mount_from)
     for ref, tags in destinations(reference, extra_tags):
         host = ref.name.partition("/")[0]
-        mount_from = [
-            r.name.partition("/")[2] for r in pushed_to if r.name.partition("/")[0] == host
+        mounts = [
+            name.partition("/")[2]
+            for name in candidates
+            if name.partition("/")[0] == host and name != ref.name
         ]
-        results.append(client.push(source, manifest, ref, tags=tags, mount_from=mount_from))
-        pushed_to.append(ref)
+        results.append(client.push(source, manifest, ref, tags=tags, mount_from=mounts))
+        candidates.insert(0, ref.name)
     return results
 
 

@@ -199,6 +199,7 @@ def test_builds_on_what_docker_pushed(
         cwd=project, store=tmp_path / "store",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert " mounted " in result.stderr  # the base's layer, from the base's repository
     docker_cleanup.append(ref)
     docker_engine.run("pull", ref)
     ran = docker_engine.run("run", "--rm", ref)
