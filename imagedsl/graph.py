@@ -646,8 +646,10 @@ class _Keyer:
 
 
 def _dest_is_dir(step: Copy | Add) -> bool:
-    """Docker's rule: a single file copied to a path not ending in / takes that name."""
+    """Docker's rule: a single file copied to a path not ending in / takes that name, except
+    that ``.`` and ``..`` (and paths ending in them) always name directories."""
     assert isinstance(step.source, ContextSource)
-    if step.dest.endswith("/") or len(step.source.selectors) > 1:
+    last = step.dest.rstrip("/").rsplit("/", 1)[-1] if step.dest.strip("/") else "/"
+    if step.dest.endswith("/") or last in (".", "..") or len(step.source.selectors) > 1:
         return True
     return step.source.selectors[0].kind in ("dir", "glob")

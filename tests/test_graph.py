@@ -145,3 +145,20 @@ def test_layered_copy_makes_one_node_per_layer(tmp_path: Path) -> None:
     assert before[1] == after[1]  # the requirements layer keeps its key
     assert before[2] != after[2]
     assert before[3] != after[3]  # the RUN sees the new files
+
+
+@pytest.mark.parametrize(
+    ("dest", "placed"),
+    [
+        pytest.param("/app/", "f.txt", id="trailing-slash"),
+        pytest.param(".", "f.txt", id="dot"),
+        pytest.param("sub/..", "f.txt", id="dot-dot"),
+        pytest.param("/app/g.txt", ".", id="file-name"),
+    ],
+)
+def test_single_file_destinations(tmp_path: Path, dest: str, placed: str) -> None:
+    """A file copied to `.`, `..` or `dir/` lands inside it; to any other name, as that name."""
+    (tmp_path / "f.txt").write_text("x")
+    stage = dsl.scratch().workdir("/w").copy(dsl.context(tmp_path).file("f.txt"), dest)
+    (tree,) = dsl.plan(stage).steps[-1].node.trees
+    assert [row[0] for row in tree.rows] == [placed]
