@@ -10,7 +10,8 @@ ledger (:func:`imagedsl.planner.record_step`), so the next ``plan`` shows hits.
 
 A ``COPY --from`` reads what it copies out of the source stage's layers, records the digest
 of it (:func:`imagedsl.planner.record_copy_output`) and plans again, so the steps after it are
-keyed by content (early cutoff). Graphs with ``RUN`` are refused before any work.
+keyed by content (early cutoff). A ``RUN`` executes in runc over the layers below it
+(:mod:`imagedsl.backends.oci._runstep`); what it changed becomes its layer.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import blake3
 from imagedsl.backends import BuildRequestError, BuildResult
 from imagedsl.backends.oci._blobs import BlobStore, damaged_as_digest_error
 from imagedsl.backends.oci._fs import Filesystem, LayerIndex, decompressed, read_members, save_index
+from imagedsl.backends.oci._runstep import RunExecutor, RunInputs, StageSource
 from imagedsl.backends.oci._steps import (
     Owner,
     Placement,
@@ -64,10 +66,15 @@ from imagedsl.backends.oci.layout import (
     write_archive,
     write_layout,
 )
+from imagedsl.backends.oci.runtime import (
+    RuntimeUnavailableError,
+    missing_requirements,
+    timeout_from_env,
+)
 from imagedsl.context import ContextSource, Tree
 from imagedsl.errors import ImageDSLError
 from imagedsl.ledger import atomic_write
-from imagedsl.planner import record_copy_output, record_step
+from imagedsl.planner import PlanStatus, record_copy_output, record_step
 from imagedsl.steps import (
     DEFAULT_PATH,
     Add,
@@ -79,6 +86,7 @@ from imagedsl.steps import (
     FromImage,
     Healthcheck,
     Label,
+    Run,
     Shell,
     StagePath,
     StopSignal,
@@ -108,18 +116,6 @@ ANNOTATION_BASE_NAME: Final = "org.opencontainers.image.base.name"
 ANNOTATION_BASE_DIGEST: Final = "org.opencontainers.image.base.digest"
 _REPLANS_MAX: Final = 64
 _ParentFactory = Callable[[str], LayerEntry]
-
-
-class UnsupportedStepError(BuildRequestError):
-    """The OCI backend cannot build a step of this graph (RUN, for now)."""
-
-    def __init__(self, instruction: str, stage: str) -> None:
-        self.instruction = instruction
-        self.stage = stage
-        super().__init__(
-            f"{stage}: {instruction}: the OCI backend cannot run RUN steps yet; "
-            "build this target with --backend docker"
-        )
 
 
 @attrs.frozen(kw_only=True)
@@ -193,7 +189,9 @@ class OCIBackend:
     ``epoch`` (default ``$SOURCE_DATE_EPOCH``, else 0) is every file's mtime and the image's
     creation time; ``compression`` (default ``$IMAGEDSL_OCI_COMPRESSION``, else gzip) is
     ``gzip``, ``zstd`` or ``none``. ``engine`` and ``registry`` make the Docker engine and
-    the registry client, only when a step needs one.
+    the registry client, only when a step needs one. ``run_timeout`` (default
+    ``$IMAGEDSL_RUN_TIMEOUT``, else none) is how many seconds a RUN may take before it is
+    killed.
     """
 
     name = "oci"
@@ -205,8 +203,10 @@ class OCIBackend:
         compression: Compression | None = None,
         engine: Callable[[], DockerEngine] | None = None,
         registry: Callable[[], RegistryClient] | None = None,
+        run_timeout: float | None = None,
     ) -> None:
         self.epoch = _epoch_from_env() if epoch is None else epoch
+        self.run_timeout = timeout_from_env() if run_timeout is None else run_timeout
         self.compression: Compression = (
             _compression_from_env() if compression is None else compression
         )
@@ -235,7 +235,7 @@ class OCIBackend:
         self, plan: Plan, request: BuildRequest, *, store: Store, reporter: Reporter
     ) -> OCIBuild:
         """:meth:`build`, returning the image and what the build did as well."""
-        refuse_unsupported(plan)
+        check_run_support(plan)
         output = Output.parse(request.output) if request.output else None
         run = _Build(self, plan, request, store, reporter)
         try:
@@ -256,12 +256,18 @@ class OCIBackend:
         )
 
 
-def refuse_unsupported(plan: Plan) -> None:
-    """Raise before any work if a step of the graph is a RUN."""
+def check_run_support(plan: Plan) -> None:
+    """Before any work: if a RUN of the plan must execute (it is not a hit) and this machine
+    cannot execute it (no root, no runc), raise :class:`RuntimeUnavailableError`."""
     for step in plan.steps:
-        if step.kind == "run":
-            error = UnsupportedStepError(f"{step.instruction}", f"{step.stage}[{step.index}]")
-            raise error.with_location(step.location)
+        if step.kind == "run" and step.status is not PlanStatus.HIT:
+            missing = missing_requirements()
+            if missing:
+                error = RuntimeUnavailableError(
+                    missing, step.instruction, f"{step.stage}[{step.index}]"
+                )
+                raise error.with_location(step.location)
+            return
 
 
 def layer_cache_path(store: Store, name: str) -> Path:
@@ -302,6 +308,7 @@ class _Build:
         self._scratch: Iterator[Path] | None = None
         self._spool_dir: Path | None = None
         self._spooled = 0
+        self._runner: RunExecutor | None = None
 
     # -- driving ---------------------------------------------------------------------------
 
@@ -317,7 +324,7 @@ class _Build:
                         "the OCI backend needs BuildRequest.replan to build COPY --from steps"
                     )
                 self.plan = self.request.replan()
-                refuse_unsupported(self.plan)
+                check_run_support(self.plan)
             else:  # pragma: no cover - a graph cannot need this many rounds
                 raise BuildRequestError("COPY --from outputs did not settle")
             return self._compose(self.plan.graph.output)
@@ -443,13 +450,54 @@ class _Build:
                 self.reporter.step_finished(label, "cached")
                 self.cached.append(label)
                 return layer
-        made = self._entries(node, below)
-        layer = None if made is None else self._write(*made)
+        if isinstance(node.step, Run):
+            layer = self._run(node, below, label)
+        else:
+            made = self._entries(node, below)
+            layer = None if made is None else self._write(*made)
         atomic_write(cache, json.dumps(None if layer is None else layer.to_json()).encode())
         record_step(self.store, node, _outputs(layer))
         self.reporter.step_finished(label, "built")
         self.built.append(label)
         return layer
+
+    def _run(self, node: StepNode, below: _StageState, label: str) -> LayerBlob | None:
+        """Execute a RUN over ``below``; its change is the layer (None: it changed nothing)."""
+        step = node.step
+        assert isinstance(step, Run)
+        if self._runner is None:
+            self._runner = RunExecutor(
+                self.blobs,
+                secrets=self.request.secrets,
+                epoch=self.backend.epoch,
+                timeout=self.backend.run_timeout,
+                on_output=self.reporter.step_output,
+            )
+        stages = tuple(
+            StageSource(layers=self.states[i].layers, fs=self._filesystem(self.states[i].layers))
+            for i in node.sources
+        )
+        inputs = RunInputs(
+            step=step,
+            stage=f"{node.stage}[{node.position}]",
+            instruction=describe(step),
+            label=label,
+            state=self._before(node),
+            layers=below.layers,
+            lower=self._filesystem(below.layers),
+            stages=stages,
+            trees=node.trees,
+        )
+        try:
+            with self._runner.execute(inputs) as finished:
+                if not finished.change.entries:
+                    return None
+                layer = self._write(list(finished.change.entries), finished.change.parent)
+                self._runner.keep(finished, layer)
+                return layer
+        except BaseException:
+            self.reporter.step_finished(label, "failed")
+            raise
 
     def _write(self, entries: list[LayerEntry], parent: _ParentFactory) -> LayerBlob:
         arranged = arrange(entries, parent)
@@ -829,7 +877,6 @@ __all__ = [
     "BuildStats",
     "OCIBackend",
     "OCIBuild",
-    "UnsupportedStepError",
+    "check_run_support",
     "layer_cache_path",
-    "refuse_unsupported",
 ]

@@ -1,0 +1,634 @@
+"""Executing one RUN step: its root filesystem, its mounts, its user, the runtime, its change.
+
+:class:`RunExecutor` does, for one RUN: make sure the layers below are extracted
+(:class:`~imagedsl.backends.oci._rootfs.Snapshots`), mount them as an overlay with a fresh
+upper directory (or copy them), create the working directory if it is missing, prepare the
+mounts the step asks for, run the command in runc (:mod:`imagedsl.backends.oci.runtime`), and
+give back the change as layer entries. Everything it mounts or creates is undone when it is
+done, whether the command succeeded, failed, timed out or was interrupted.
+
+Mounts, as BuildKit makes them:
+
+- **cache**: ``<store>/cache-mounts/<blake3(id)>/data``, created with the mount's mode and owner
+  the first time. ``shared`` binds it as is; ``locked`` holds an exclusive ``flock`` on it for
+  the whole RUN (other builds wait); ``private`` takes the lock if it is free, and otherwise
+  works on a copy that is dropped afterwards.
+- **secret**: the value (read through :class:`~imagedsl.backends.SecretSource`) goes to a file
+  on a private tmpfs directory with the mount's mode and owner, bound read-only at the target,
+  and/or to an environment variable. It never reaches a layer, a key, a record or a log line
+  (lines that contain a secret value are masked).
+- **bind** from the context: exactly the planned files (checked against their digests as they
+  are copied) in a temporary directory; one selected file is mounted as that file. From a
+  stage: an overlay of that stage's layers, the path resolved inside it. Writes to
+  ``readwrite`` binds are dropped afterwards.
+- **tmpfs**: a new tmpfs (``size`` in bytes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import stat
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import attrs
+import blake3
+
+from imagedsl.backends.oci._fs import Filesystem, PathResolutionError
+from imagedsl.backends.oci._rootfs import (
+    Change,
+    RootfsError,
+    Snapshots,
+    apply_snapshot,
+    copy_change,
+    mount_overlay,
+    open_dir,
+    remove_tree,
+    seal_upper,
+    snapshotter,
+    unmount,
+    upper_change,
+)
+from imagedsl.backends.oci.runtime import (
+    HOSTS,
+    ContainerSpec,
+    MountSpec,
+    Runc,
+    RunFailedError,
+    RunTimeoutError,
+    RuntimeUnavailableError,
+    bind,
+    find_runc,
+    missing_requirements,
+    resolv_conf,
+)
+from imagedsl.context import ContextSource, Tree
+from imagedsl.errors import ImageDSLError, SourceLocation
+from imagedsl.steps import (
+    BindMount,
+    BuildState,
+    CacheMount,
+    Run,
+    SecretMount,
+    StagePath,
+    TmpfsMount,
+)
+
+if TYPE_CHECKING:
+    from imagedsl.backends import SecretSource
+    from imagedsl.backends.oci._blobs import BlobStore
+    from imagedsl.backends.oci.layer import LayerBlob
+
+#: Secret values shorter than this are not masked in output (they would mask everything).
+_MASK_MIN: Final = 4
+_MASK: Final = "****"
+_SHM: Final = Path("/dev/shm")
+#: A run directory younger than this is never swept (its build may be taking the lock).
+_SWEEP_AGE: Final = 60.0
+
+
+class RunInputError(ImageDSLError):
+    """A RUN cannot start as written: an unknown USER, a required secret not given, a bind
+    source missing from its stage."""
+
+    def __init__(
+        self, instruction: str, stage: str, problem: str, location: SourceLocation | None = None
+    ) -> None:
+        super().__init__(instruction, stage, problem)
+        self.instruction = instruction
+        self.stage = stage
+        self.problem = problem
+        self.location = location
+
+    def __str__(self) -> str:
+        return f"{self.stage}: {self.instruction}: {self.problem}"
+
+
+@attrs.frozen(kw_only=True)
+class StageSource:
+    """A stage a bind mount reads: its layers and what they hold."""
+
+    layers: tuple[LayerBlob, ...]
+    fs: Filesystem = attrs.field(eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class RunInputs:
+    """One RUN to execute, with the concrete state it starts from."""
+
+    step: Run
+    #: ``stage[position]``, for messages.
+    stage: str
+    instruction: str
+    label: str
+    state: BuildState
+    layers: tuple[LayerBlob, ...]
+    lower: Filesystem = attrs.field(eq=False, repr=False)
+    #: The stages of the step's stage bind mounts, in mount order.
+    stages: tuple[StageSource, ...] = ()
+    #: The context trees of the step's context bind mounts, in mount order.
+    trees: tuple[Tree, ...] = ()
+
+    @property
+    def location(self) -> SourceLocation | None:
+        """The build-file line of the RUN."""
+        return self.step.location
+
+
+@attrs.frozen(kw_only=True)
+class Owner:
+    """Who a RUN's process runs as."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+
+
+def resolve_user(user: str, files: Mapping[str, str]) -> Owner:
+    """``USER`` (``name``, ``uid``, ``name:group``, ``uid:gid``) to ids, as Docker does: names
+    through the image's ``/etc/passwd`` and ``/etc/group``; a user's primary group from
+    ``/etc/passwd`` (0 for an unknown numeric uid); its other groups from ``/etc/group``
+    unless a group is given. Raises LookupError naming what is not found."""
+    if not user:
+        return Owner(uid=0, gid=0)
+    name, _, group = user.partition(":")
+    passwd = [line.split(":") for line in files.get("etc/passwd", "").splitlines()]
+    passwd = [fields for fields in passwd if len(fields) >= 4]
+    if name.isdigit():
+        uid = int(name)
+        match = next((f for f in passwd if f[2] == name), None)
+    else:
+        match = next((f for f in passwd if f[0] == name), None)
+        if match is None or not match[2].isdigit():
+            raise LookupError(f"user {name!r} is not in the image's /etc/passwd")
+        uid = int(match[2])
+    gid = int(match[3]) if match is not None and match[3].isdigit() else 0
+    groups_file = [line.split(":") for line in files.get("etc/group", "").splitlines()]
+    groups_file = [fields for fields in groups_file if len(fields) >= 4]
+    if group:
+        if group.isdigit():
+            return Owner(uid=uid, gid=int(group))
+        found = next((f for f in groups_file if f[0] == group and f[2].isdigit()), None)
+        if found is None:
+            raise LookupError(f"group {group!r} is not in the image's /etc/group")
+        return Owner(uid=uid, gid=int(found[2]))
+    user_name = match[0] if match is not None else None
+    extra = sorted(
+        {
+            int(f[2])
+            for f in groups_file
+            if user_name and f[2].isdigit() and user_name in f[3].split(",") and int(f[2]) != gid
+        }
+    )
+    return Owner(uid=uid, gid=gid, groups=tuple(extra))
+
+
+@attrs.frozen(kw_only=True)
+class Finished:
+    """A RUN that succeeded: the change it made, and (overlay only) the upper directory
+    that :meth:`keep` turns into the snapshot of the layer written from the change."""
+
+    change: Change
+    upper: Path | None
+    removed: tuple[str, ...]
+
+
+class RunExecutor:
+    """Executes RUN steps for one build (see the module docstring)."""
+
+    def __init__(
+        self,
+        blobs: BlobStore,
+        *,
+        secrets: Sequence[SecretSource],
+        epoch: int,
+        timeout: float | None,
+        on_output: Callable[[str, str], None],
+    ) -> None:
+        self.blobs = blobs
+        self.store_root = blobs.store.root
+        self.snapshots = Snapshots(blobs)
+        self.runs = self.store_root / "oci" / "runs"
+        self.secrets = {s.id: s for s in secrets}
+        self._secret_values: dict[str, bytes | None] = {}
+        self.epoch = epoch
+        self.timeout = timeout
+        self.on_output = on_output
+        self._swept = False
+
+    # -- one RUN -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def execute(self, run: RunInputs) -> Iterator[Finished]:
+        """Run the step; yield its change. On success the caller writes the layer and then
+        calls :meth:`keep`; everything temporary is removed when the block ends."""
+        missing = missing_requirements()
+        if missing:
+            error = RuntimeUnavailableError(missing, run.instruction, run.stage)
+            raise error.with_location(run.location)
+        runc = find_runc()
+        assert runc is not None
+        if not self._swept:
+            self._sweep()
+            self._swept = True
+        owner = self._owner(run)
+        env = dict(run.state.run_env())
+        secret_values = self._check_secrets(run)
+        snapshots = self.snapshots.ensure(run.layers)
+        run_id = uuid.uuid4().hex[:20]
+        with contextlib.ExitStack() as stack:
+            workdir = stack.enter_context(self._run_dir(run_id))
+            private = stack.enter_context(_private_dir(self._private_name(run_id)))
+            mode = snapshotter(self.runs)
+            if mode == "overlay":
+                upper, root = workdir / "upper", workdir / "merged"
+                for name in ("upper", "work", "merged", "empty"):
+                    (workdir / name).mkdir(mode=0o755)
+                    os.chmod(workdir / name, 0o755)
+                lowers = list(reversed(snapshots)) or [workdir / "empty"]
+                mount_overlay(root, lowers, upper, workdir / "work")
+                stack.callback(unmount, root)
+            else:
+                upper, root = None, workdir / "root"
+                root.mkdir()
+                os.chmod(root, 0o755)
+                for snapshot in snapshots:
+                    apply_snapshot(snapshot, root)
+            cwd = run.state.absolute_workdir()
+            self._make_workdir(root, run, cwd)
+            mounts = [
+                bind(private / "hosts", "/etc/hosts", readonly=True),
+                bind(private / "resolv.conf", "/etc/resolv.conf", readonly=True),
+            ]
+            (private / "hosts").write_text(HOSTS)
+            (private / "resolv.conf").write_text(resolv_conf())
+            mounts += self._mounts(run, stack, workdir, private, secret_values, env)
+            stubs = _stub_paths(run.lower, [m.destination for m in mounts])
+            spec = ContainerSpec(
+                rootfs=str(root),
+                args=run.state.argv(run.step.command, run.step.shell_form),
+                env=env,
+                cwd=cwd,
+                uid=owner.uid,
+                gid=owner.gid,
+                additional_gids=owner.groups,
+                network=run.step.network,
+                mounts=tuple(mounts),
+            )
+            masks = [v.decode("utf-8", "replace") for v in secret_values.values()]
+            masks = [m for m in masks if len(m) >= _MASK_MIN]
+
+            def output(line: str) -> None:
+                self.on_output(run.label, _masked(line, masks))
+
+            def timed_out(tail: tuple[str, ...]) -> BaseException:
+                assert self.timeout is not None
+                lines = [_masked(line, masks) for line in tail]
+                return RunTimeoutError(
+                    run.instruction, run.stage, self.timeout, lines, run.location
+                )
+
+            engine = Runc(runc, private / "state")
+            engine.write_bundle(private, spec)
+            outcome = engine.run(
+                private, f"imagedsl-{run_id}", on_line=output, timeout=self.timeout,
+                on_timeout=timed_out,
+            )  # fmt: skip
+            if outcome.status != 0:
+                tail = [_masked(line, masks) for line in outcome.tail]
+                raise RunFailedError(run.instruction, run.stage, outcome.status, tail, run.location)
+            if upper is not None:
+                unmount(root)
+                change, removed = upper_change(upper, run.lower, stubs)
+                yield Finished(change=change, upper=upper, removed=tuple(removed))
+            else:
+                change = copy_change(root, run.lower, snapshots, stubs)
+                yield Finished(change=change, upper=None, removed=())
+
+    def keep(self, finished: Finished, layer: LayerBlob) -> None:
+        """Make the RUN's upper directory the snapshot of the layer written from it."""
+        if finished.upper is None:
+            return
+        final = self.snapshots.path(layer.diff_id)
+        if final.exists():
+            return
+        seal_upper(finished.upper, finished.removed, self.epoch)
+        self.snapshots.root.mkdir(parents=True, exist_ok=True)
+        self.snapshots.adopt(finished.upper, final)
+
+    # -- preparation -------------------------------------------------------------------------
+
+    def _owner(self, run: RunInputs) -> Owner:
+        try:
+            return resolve_user(run.state.user, run.lower.files)
+        except LookupError as error:
+            raise RunInputError(
+                run.instruction, run.stage, f"USER {run.state.user}: {error}", run.location
+            ) from None
+
+    def _secret(self, secret_id: str) -> bytes | None:
+        if secret_id not in self._secret_values:
+            source = self.secrets.get(secret_id)
+            self._secret_values[secret_id] = None if source is None else source.read()
+        return self._secret_values[secret_id]
+
+    def _check_secrets(self, run: RunInputs) -> dict[str, bytes]:
+        values: dict[str, bytes] = {}
+        for mount in run.step.mounts:
+            if not isinstance(mount, SecretMount):
+                continue
+            value = self._secret(mount.id)
+            if value is None:
+                if mount.required:
+                    raise RunInputError(
+                        run.instruction,
+                        run.stage,
+                        f"secret {mount.id!r} is required but was not given "
+                        f"(--secret id={mount.id},src=PATH or id={mount.id},env=VAR)",
+                        run.location,
+                    )
+                continue
+            values[mount.id] = value
+        return values
+
+    def _make_workdir(self, root: Path, run: RunInputs, cwd: str) -> None:
+        """Create the working directory when the image lacks it (it stays in the layer)."""
+        try:
+            real = run.lower.resolve(cwd.strip("/"))
+        except PathResolutionError as error:
+            raise RunInputError(run.instruction, run.stage, f"WORKDIR {cwd}: {error}") from None
+        if not real or run.lower.get(real) is not None:
+            return
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.close(open_dir(root_fd, real, create=True))
+        except RootfsError as error:
+            raise RunInputError(run.instruction, run.stage, f"WORKDIR {cwd}: {error}") from None
+        finally:
+            os.close(root_fd)
+
+    def _mounts(
+        self,
+        run: RunInputs,
+        stack: contextlib.ExitStack,
+        workdir: Path,
+        private: Path,
+        secret_values: Mapping[str, bytes],
+        env: dict[str, str],
+    ) -> list[MountSpec]:
+        mounts: list[MountSpec] = []
+        stages = iter(run.stages)
+        trees = iter(run.trees)
+        for number, mount in enumerate(run.step.mounts):
+            if isinstance(mount, CacheMount):
+                source = self._cache_dir(mount, stack, workdir / f"cache-{number}")
+                mounts.append(bind(source, mount.target, readonly=mount.readonly))
+            elif isinstance(mount, SecretMount):
+                value = secret_values.get(mount.id)
+                if value is None:
+                    continue
+                if mount.env is not None:
+                    env[mount.env] = value.decode("utf-8", "surrogateescape")
+                if mount.target is not None:
+                    path = private / f"secret-{number}"
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    try:
+                        os.write(fd, value)
+                        os.fchown(fd, mount.uid, mount.gid)
+                        os.fchmod(fd, mount.mode)
+                    finally:
+                        os.close(fd)
+                    mounts.append(bind(path, mount.target, readonly=True))
+            elif isinstance(mount, BindMount):
+                if isinstance(mount.source, StagePath):
+                    source = self._stage_source(
+                        run, next(stages), mount.source.path, stack, workdir / f"stage-{number}"
+                    )
+                else:
+                    assert isinstance(mount.source, ContextSource)
+                    source = _materialise(mount.source, next(trees), workdir / f"ctx-{number}")
+                mounts.append(bind(source, mount.target, readonly=not mount.readwrite))
+            else:
+                assert isinstance(mount, TmpfsMount)
+                options = ("nosuid",) + (() if mount.size is None else (f"size={mount.size}",))
+                mounts.append(
+                    MountSpec(
+                        destination=mount.target, type="tmpfs", source="tmpfs", options=options
+                    )
+                )
+        return mounts
+
+    def _cache_dir(self, mount: CacheMount, stack: contextlib.ExitStack, spare: Path) -> Path:
+        """The directory a cache mount binds (see the module docstring for sharing)."""
+        home = self.store_root / "cache-mounts" / blake3.blake3(mount.id.encode()).hexdigest()[:32]
+        data = home / "data"
+        if not data.is_dir():
+            home.mkdir(parents=True, exist_ok=True)
+            (home / "id").write_text(mount.id + "\n")
+            fresh = Path(tempfile.mkdtemp(prefix=".new-", dir=home))
+            os.chown(fresh, mount.uid, mount.gid)
+            os.chmod(fresh, mount.mode)
+            try:
+                os.rename(fresh, data)
+            except OSError:
+                fresh.rmdir()  # another build made it first
+        if mount.sharing == "shared":
+            return data
+        handle = stack.enter_context(open(home / "lock", "a"))  # noqa: SIM115 - closed by the stack
+        if mount.sharing == "locked":
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            return data
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            spare.mkdir(mode=0o755)
+            apply_snapshot(data, spare)  # in use elsewhere: a copy of its own, dropped after
+            st = os.lstat(data)
+            os.chown(spare, st.st_uid, st.st_gid)
+            os.chmod(spare, stat.S_IMODE(st.st_mode))
+            return spare
+        return data
+
+    def _stage_source(
+        self,
+        run: RunInputs,
+        stage: StageSource,
+        path: str,
+        stack: contextlib.ExitStack,
+        workdir: Path,
+    ) -> Path:
+        try:
+            real = stage.fs.resolve(path.strip("/"))
+        except PathResolutionError as error:
+            raise RunInputError(run.instruction, run.stage, f"bind mount: {error}") from None
+        if real and stage.fs.get(real) is None:
+            raise RunInputError(
+                run.instruction, run.stage, f"bind mount: {path} does not exist in its stage"
+            )
+        snapshots = self.snapshots.ensure(stage.layers)
+        for name in ("upper", "work", "merged", "empty"):
+            (workdir / name).mkdir(parents=True, mode=0o755)
+        root = workdir / "merged"
+        if snapshotter(self.runs) == "overlay":
+            lowers = list(reversed(snapshots)) or [workdir / "empty"]
+            mount_overlay(root, lowers, workdir / "upper", workdir / "work")
+            stack.callback(unmount, root)
+        else:
+            for snapshot in snapshots:
+                apply_snapshot(snapshot, root)
+        return root / real if real else root
+
+    # -- temporary places --------------------------------------------------------------------
+
+    def _private_name(self, run_id: str) -> str:
+        """``imagedsl-run-<store tag>-<run id>``: which store a private directory belongs to."""
+        tag = blake3.blake3(os.fsencode(self.store_root.resolve())).hexdigest()[:12]
+        return f"imagedsl-run-{tag}-{run_id}"
+
+    @contextlib.contextmanager
+    def _run_dir(self, run_id: str) -> Iterator[Path]:
+        """``<store>/oci/runs/<id>``, locked while the RUN lives; unmounted and removed after."""
+        self.runs.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.runs.parent, 0o700)
+        path = self.runs / run_id
+        path.mkdir(mode=0o700)
+        lock = open(path / "lock", "a")  # noqa: SIM115 - closed below
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield path
+        finally:
+            try:
+                remove_tree(path)
+            finally:
+                lock.close()
+
+    def _sweep(self) -> None:
+        """Remove what killed builds left: run directories nobody holds the lock of (their
+        mounts, their containers, their private directories)."""
+        if not self.runs.is_dir():
+            return
+        now = time.time()
+        for path in self.runs.iterdir():
+            try:
+                if now - path.stat().st_mtime < _SWEEP_AGE:
+                    continue  # just made: its build may not hold the lock yet
+                with open(path / "lock", "a") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    _forget_container(private_parent() / self._private_name(path.name), path.name)
+                    remove_tree(path)
+            except (OSError, RootfsError):
+                continue  # alive, or not ours to remove
+
+
+def _masked(line: str, masks: Sequence[str]) -> str:
+    for mask in masks:
+        if mask in line:
+            line = line.replace(mask, _MASK)
+    return line
+
+
+def private_parent() -> Path:
+    """Where private run directories go: ``/dev/shm`` (tmpfs), else the temporary directory."""
+    return _SHM if _SHM.is_dir() and os.access(_SHM, os.W_OK) else Path(tempfile.gettempdir())
+
+
+@contextlib.contextmanager
+def _private_dir(name: str) -> Iterator[Path]:
+    """Where config.json, secrets and runc's state live: a root-only directory on tmpfs
+    (``/dev/shm``), so secret values never reach a disk."""
+    path = private_parent() / name
+    path.mkdir(mode=0o700)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _forget_container(private: Path, run_id: str) -> None:
+    """Delete the container and private directory of a run whose build was killed."""
+    import subprocess
+
+    if private.is_dir():
+        runc = find_runc()
+        if runc is not None:
+            subprocess.run(
+                [runc, "--root", str(private / "state"), "delete", "--force", f"imagedsl-{run_id}"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _stub_paths(lower: Filesystem, destinations: Sequence[str]) -> set[str]:
+    """Paths the runtime creates in the root for mounts (each mount point and its parents),
+    resolved through the image's symlinks as the runtime resolves them."""
+    from imagedsl.backends.oci.runtime import SYSTEM_MOUNTS
+
+    stubs: set[str] = set()
+    for destination in [*(m.destination for m in SYSTEM_MOUNTS), *destinations]:
+        try:
+            real = lower.resolve(destination.strip("/"))
+        except PathResolutionError:
+            continue
+        parts = real.split("/") if real else []
+        for i in range(1, len(parts) + 1):
+            stubs.add("/".join(parts[:i]))
+    return stubs
+
+
+def _materialise(source: ContextSource, tree: Tree, dest: Path) -> Path:
+    """The planned files of a context bind mount, copied into ``dest`` (checked against the
+    digests the plan hashed, so an edit since planning fails instead of being mounted)."""
+    root = source.context.root
+    dest.mkdir(mode=0o755)
+    os.chmod(dest, 0o755)
+    entries = tree.entries
+    for entry in entries:
+        target = dest / entry.placed
+        host = os.path.join(root, entry.source)
+        if entry.type == "dir":
+            target.mkdir(parents=True, exist_ok=True)
+            os.chmod(target, entry.mode)
+        elif entry.type == "symlink":
+            target.parent.mkdir(parents=True, exist_ok=True)
+            link = os.readlink(host)
+            if blake3.blake3(link.encode("utf-8", "surrogateescape")).hexdigest() != entry.digest:
+                raise _changed(host)
+            target.symlink_to(link)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            hasher = blake3.blake3()
+            with open(host, "rb") as src, open(target, "wb") as out:
+                while data := src.read(1 << 20):
+                    hasher.update(data)
+                    out.write(data)
+            if hasher.hexdigest() != entry.digest:
+                raise _changed(host)
+            os.chmod(target, entry.mode)
+    selector = source.selectors[0]
+    if (
+        len(source.selectors) == 1
+        and len(entries) == 1
+        and entries[0].type == "file"
+        and entries[0].source == selector.path
+    ):
+        return dest / entries[0].placed  # one file, mounted as that file
+    return dest
+
+
+def _changed(host: str) -> ImageDSLError:
+    from imagedsl.backends.oci.layer import LayerError
+
+    return LayerError(host, "changed since it was planned (bind mount source)")
+
+
+__all__ = ["Finished", "RunExecutor", "RunInputError", "RunInputs", "StageSource", "resolve_user"]
