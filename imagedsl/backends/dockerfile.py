@@ -628,7 +628,11 @@ class _Lowerer:
             return f"{staged.name}/{staged.file_name}"
         single = len(entries) == 1 and entries[0].type == "file" and "/" not in entries[0].placed
         # ADD unpacks a local archive only when its source is the file itself.
-        by_name = isinstance(step, Add) or dest.endswith("/")
+        by_name = (
+            isinstance(step, Add)
+            or dest.endswith("/")
+            or posixpath.basename(dest.rstrip("/")) in (".", "..")
+        )
         if single and by_name and not _GLOB_CHARS.search(entries[0].placed):
             return f"{staged.name}/{entries[0].placed}"
         return f"{staged.name}/"
