@@ -27,7 +27,7 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
 
 import attrs
 import blake3
@@ -54,23 +54,36 @@ def default_store_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(cache_home) / "imagedsl"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new bytes, never less."""
+@contextlib.contextmanager
+def atomic_file(path: Path, *, mode: int = 0o644) -> Iterator[IO[bytes]]:
+    """A file to write whose bytes replace ``path`` only if the block completes.
+
+    The bytes go to a temporary file in the same directory, are fsynced, get ``mode``, and
+    are renamed over ``path`` (the directory is fsynced too): readers see the old file or
+    the new one, never part of one, and an error or a kill leaves ``path`` as it was.
+    """
     import tempfile  # here, not at the top: a warm plan writes nothing and should not pay for it
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` atomically (see :func:`atomic_file`)."""
+    with atomic_file(path, mode=mode) as handle:
+        handle.write(data)
 
 
 def fsync_dir(path: Path) -> None:

@@ -55,7 +55,7 @@ from imagedsl._registry_auth import (
     RegistryAuthError,
 )
 from imagedsl.errors import ImageDSLError
-from imagedsl.ledger import fsync_dir
+from imagedsl.ledger import atomic_write, fsync_dir
 from imagedsl.steps import DEFAULT_REGISTRY, ImageReference, parse_reference
 
 if TYPE_CHECKING:
@@ -1688,19 +1688,5 @@ def _unlink_if_empty(path: Path) -> None:
 def _store_bytes(store: Store, digest: str, data: bytes) -> None:
     """Put verified small bytes (a manifest) into the store's blobs, atomically."""
     final = store.blob_path(digest)
-    if _has_file(final, len(data)):
-        return
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".incoming.{final.name}.{os.getpid()}.{threading.get_ident()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(final.parent)
+    if not _has_file(final, len(data)):
+        atomic_write(final, data, mode=0o444)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 import tarfile
 import tempfile
@@ -52,7 +51,7 @@ from imagedsl.backends.oci._fs import (
 )
 from imagedsl.backends.oci.layer import MEDIA_TYPES, LayerBlob
 from imagedsl.errors import ImageDSLError
-from imagedsl.ledger import atomic_write, fsync_dir
+from imagedsl.ledger import atomic_file, atomic_write, fsync_dir
 
 if TYPE_CHECKING:
     from imagedsl.backends.engine import DockerEngine
@@ -675,43 +674,32 @@ def write_archive(
         if _is_docker_name(normalise_tag(tag)):
             entry.setdefault("annotations", {})[CONTAINERD_NAME] = normalise_tag(tag)
     index = {"schemaVersion": 2, "mediaType": INDEX_OCI, "manifests": entries}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with (
-            os.fdopen(fd, "wb") as raw,
-            tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive,
+    with (
+        atomic_file(path) as raw,
+        tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive,
+    ):
+        _add_dir(archive, "blobs/", mtime)
+        _add_dir(archive, "blobs/sha256/", mtime)
+        seen = set()
+        for digest in [*image.blob_digests, image.manifest_digest]:
+            if digest in seen:
+                continue
+            seen.add(digest)
+            source = blobs.path(digest)
+            if not source.exists():
+                raise MissingBlobError(str(blobs.store.root), digest)
+            info = _info(_blob_name(digest), mtime)
+            info.size = source.stat().st_size
+            with source.open("rb") as handle:
+                archive.addfile(info, handle)
+        for name, data in (
+            ("index.json", canonical_json(index)),
+            ("manifest.json", canonical_json(docker_manifest)),
+            ("oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"})),
         ):
-            _add_dir(archive, "blobs/", mtime)
-            _add_dir(archive, "blobs/sha256/", mtime)
-            seen = set()
-            for digest in [*image.blob_digests, image.manifest_digest]:
-                if digest in seen:
-                    continue
-                seen.add(digest)
-                source = blobs.path(digest)
-                if not source.exists():
-                    raise MissingBlobError(str(blobs.store.root), digest)
-                info = _info(_blob_name(digest), mtime)
-                info.size = source.stat().st_size
-                with source.open("rb") as handle:
-                    archive.addfile(info, handle)
-            for name, data in (
-                ("index.json", canonical_json(index)),
-                ("manifest.json", canonical_json(docker_manifest)),
-                ("oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"})),
-            ):
-                info = _info(name, mtime)
-                info.size = len(data)
-                archive.addfile(info, _BytesReader(data))
-            archive.close()
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+            info = _info(name, mtime)
+            info.size = len(data)
+            archive.addfile(info, _BytesReader(data))
 
 
 def _is_docker_name(tag: str) -> bool:
