@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from stat import S_ISDIR, S_ISLNK, S_ISREG
-from typing import TYPE_CHECKING, Final, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 import attrs
 import blake3
@@ -169,24 +169,18 @@ class StatCacheStore(Protocol):
         """Replace the stat cache of a context root, atomically."""
 
 
-class Entry(NamedTuple):
-    """What a scan saw of one path (a plain tuple: scans make 20,000s of them).
-
-    Two scans saw the same file exactly when their entries are equal: type, normalised mode,
-    size, mtime, ctime and inode (and, for symlinks, the target).
-    """
-
-    type: EntryType
-    mode: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    ino: int
-    target: str
-
-
-_new_entry = functools.partial(tuple.__new__, Entry)
-_DIR_ENTRY: Final = _new_entry(("dir", 0o755, 0, 0, 0, 0, ""))
+#: What a scan saw of one path: (type, normalised mode, size, mtime_ns, ctime_ns, inode,
+#: symlink target). A plain tuple, indexed by the constants below: scans make 20,000s of
+#: them, the stat cache stores them as they are, and two scans saw the same file exactly when
+#: their entries are equal.
+Entry = tuple[str, int, int, int, int, int, str]
+TYPE: Final = 0
+MODE: Final = 1
+SIZE: Final = 2
+MTIME: Final = 3
+CTIME: Final = 4
+TARGET: Final = 6
+_DIR_ENTRY: Final[Entry] = ("dir", 0o755, 0, 0, 0, 0, "")
 
 
 #: A tree row: (placed, source, type, mode, size, digest), the tuple form of a TreeEntry.
@@ -454,8 +448,8 @@ class ContextHasher:
         entry = self._stat_one(context, rules, rules_id, selector.path, probes)
         if entry is None:
             return []
-        if (selector.kind == "file" and entry.type == "dir") or (
-            selector.kind == "dir" and entry.type != "dir"
+        if (selector.kind == "file" and entry[TYPE] == "dir") or (
+            selector.kind == "dir" and entry[TYPE] != "dir"
         ):
             return []
         return self._expand(context, rules, rules_id, selector.path, entry, probes)
@@ -469,7 +463,7 @@ class ContextHasher:
         entry: Entry,
         probes: list[str],
     ) -> list[tuple[str, Entry, str | None]]:
-        if entry.type != "dir":
+        if entry[TYPE] != "dir":
             return [(path, entry, None)]
         below = self._scan(context, rules, rules_id, path, probes)
         return [(p, e, path) for p, e in below.items()]
@@ -508,7 +502,6 @@ class ContextHasher:
         stack = [start]
         check = bool(rules)
         excludes = rules.excludes
-        new = _new_entry
         while stack:
             rel = stack.pop()
             prefix = f"{rel}/" if rel else ""
@@ -528,23 +521,21 @@ class ContextHasher:
                     st = dirent.stat(follow_symlinks=False)
                     mode = st.st_mode
                     if S_ISREG(mode):
-                        found[path] = new(
-                            (
-                                "file",
-                                0o755 if mode & 0o111 else 0o644,
-                                st.st_size,
-                                st.st_mtime_ns,
-                                st.st_ctime_ns,
-                                st.st_ino,
-                                "",
-                            )
+                        found[path] = (
+                            "file",
+                            0o755 if mode & 0o111 else 0o644,
+                            st.st_size,
+                            st.st_mtime_ns,
+                            st.st_ctime_ns,
+                            st.st_ino,
+                            "",
                         )
                     elif S_ISDIR(mode):
                         found[path] = _DIR_ENTRY
                         stack.append(path)
                     elif S_ISLNK(mode):
                         target = os.readlink(dirent.path)
-                        found[path] = new(("symlink", 0o777, 0, 0, 0, 0, target))
+                        found[path] = ("symlink", 0o777, 0, 0, 0, 0, target)
                     # sockets, fifos and devices are never build inputs
         if check:
             _add_missing_parents(root, start, found)
@@ -575,7 +566,7 @@ class ContextHasher:
         digests = self._digests(root, placed.values())
         return tuple(
             sorted(
-                (rel, path, e.type, e.mode, e.size if e.type == "file" else 0, digests[path])
+                (rel, path, e[TYPE], e[MODE], e[SIZE] if e[TYPE] == "file" else 0, digests[path])
                 for rel, (path, e) in placed.items()
             )
         )
@@ -587,7 +578,7 @@ class ContextHasher:
         digests: dict[str, str] = {}
         todo: list[tuple[str, Entry]] = []
         for path, entry in entries:
-            kind = entry.type
+            kind = entry[TYPE]
             if kind == "file":
                 cached = known.get(path)
                 if cached is not None and cached[0] == entry:
@@ -596,7 +587,7 @@ class ContextHasher:
                     todo.append((path, entry))
             elif kind == "symlink":
                 digests[path] = blake3.blake3(
-                    entry.target.encode("utf-8", "surrogateescape")
+                    entry[TARGET].encode("utf-8", "surrogateescape")
                 ).hexdigest()
             else:
                 digests[path] = ""
@@ -610,7 +601,7 @@ class ContextHasher:
     def _hash_files(self, root: str, entries: Sequence[tuple[str, Entry]]) -> Iterator[str]:
         from concurrent.futures import ThreadPoolExecutor
 
-        total = sum(e.size for _, e in entries)
+        total = sum(e[SIZE] for _, e in entries)
         self._reporter.hashing_started(root, len(entries), total)
         done_files = done_bytes = 0
 
@@ -618,7 +609,7 @@ class ContextHasher:
             out = []
             for path, entry in batch:
                 try:
-                    out.append(hash_file(os.path.join(root, path), entry.size))
+                    out.append(hash_file(os.path.join(root, path), entry[SIZE]))
                 except OSError as error:
                     raise ContextError(root, problem=f"cannot read {path}: {error}") from None
             return out
@@ -628,7 +619,7 @@ class ContextHasher:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for batch, digests in zip(batches, pool.map(work, batches), strict=True):
                 done_files += len(batch)
-                done_bytes += sum(e.size for _, e in batch)
+                done_bytes += sum(e[SIZE] for _, e in batch)
                 self._reporter.hashing_progress(root, done_files, done_bytes)
                 yield from digests
         self._reporter.hashing_finished(root)
@@ -655,8 +646,8 @@ class _RootCache:
     """
 
     root: str
-    probes: dict[str, dict[str, tuple[object, ...]]]
-    digests: dict[str, tuple[tuple[object, ...], str]]
+    probes: dict[str, dict[str, Entry]]
+    digests: dict[str, tuple[Entry, str]]
     trees: dict[str, str]
     seen: dict[str, dict[str, Entry]] = attrs.field(factory=dict)
 
@@ -678,26 +669,25 @@ class _RootCache:
             return empty
         if not (isinstance(probes, dict) and isinstance(digests, dict) and isinstance(trees, dict)):
             return empty
-        # Loaded entries stay plain tuples: they are only compared, and tuples compare equal
-        # to Entry values of the same fields.
         return cls(root, probes, digests, trees)
 
     def dump(self, racy_after_ns: int) -> bytes:
         """Serialise for the next run. Racily clean files (changed within the last tick
         before this run began) are left out, with the probes that saw them, so the next run
         looks at them again however equal their stat values seem."""
-        probes: dict[str, dict[str, tuple[object, ...]]] = {**self.probes}
+        probes = {**self.probes}
         digests = dict(self.digests)
         for probe, seen in self.seen.items():
-            racy = [p for p, e in seen.items() if max(e.mtime_ns, e.ctime_ns) >= racy_after_ns]
+            racy = [p for p, e in seen.items() if max(e[MTIME], e[CTIME]) >= racy_after_ns]
             for path in racy:
                 digests.pop(path, None)
             if racy:
                 probes.pop(probe, None)
             else:
-                probes[probe] = {k: tuple(v) for k, v in seen.items()}
+                probes[probe] = seen
         live = {path for seen in probes.values() for path in seen}
-        digests = {p: (tuple(e), d) for p, (e, d) in digests.items() if p in live}
+        # Entries are shared between probes and digests, so marshal writes each one once.
+        digests = {p: pair for p, pair in digests.items() if p in live}
         trees = dict(list(self.trees.items())[-_MAX_TREES:])
         payload = marshal.dumps((_STATCACHE_VERSION, self.root, probes, digests, trees))
         return _STATCACHE_MAGIC + blake3.blake3(payload).digest() + payload
@@ -710,7 +700,7 @@ def _batches(
     batch_bytes = 0
     for item in entries:
         batch.append(item)
-        batch_bytes += item[1].size
+        batch_bytes += item[1][SIZE]
         if len(batch) >= 64 or batch_bytes >= _BIG_FILE:
             yield batch
             batch, batch_bytes = [], 0
@@ -722,12 +712,12 @@ def _entry(root: str, rel: str, st: os.stat_result) -> Entry | None:
     mode = st.st_mode
     if S_ISREG(mode):
         fields = ("file", normalised_mode("file", mode), st.st_size, st.st_mtime_ns)
-        return _new_entry((*fields, st.st_ctime_ns, st.st_ino, ""))
+        return (*fields, st.st_ctime_ns, st.st_ino, "")
     if S_ISDIR(mode):
         return _DIR_ENTRY
     if S_ISLNK(mode):
         target = os.readlink(os.path.join(root, rel))
-        return _new_entry(("symlink", 0o777, 0, 0, 0, 0, target))
+        return ("symlink", 0o777, 0, 0, 0, 0, target)
     return None  # sockets, fifos and devices are never build inputs
 
 
