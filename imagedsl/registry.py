@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import email.utils
 import fcntl
 import functools
 import hashlib
@@ -633,6 +632,8 @@ def _retry_after(value: str | None) -> float | None:
     if value.isdigit():
         return float(value)
     try:
+        import email.utils  # only for an HTTP-date Retry-After: rare, and slow to import
+
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
