@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from stat import S_ISDIR, S_ISLNK, S_ISREG
-from typing import TYPE_CHECKING, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import attrs
 import blake3
@@ -43,7 +43,7 @@ _BIG_FILE: Final = 4 << 20
 #: A file changed this recently may change again within one timestamp tick unnoticed; such
 #: entries are hashed but not trusted from the stat cache next time (git's "racy clean").
 _RACY_NS: Final = 50_000_000
-_STATCACHE_VERSION: Final = 1
+_STATCACHE_VERSION: Final = 2
 
 
 @attrs.frozen
@@ -162,11 +162,11 @@ def _clean_rel(step: str, path: object) -> str:
 class StatCacheStore(Protocol):
     """Where stat caches persist between runs (the store implements it)."""
 
-    def load_stat_cache(self, root: str) -> bytes | None:
-        """The saved stat cache of a context root, or None."""
+    def load_stat_cache(self, root: str, part: str) -> bytes | None:
+        """One saved part (``index`` or ``digests``) of a context root's stat cache."""
 
-    def save_stat_cache(self, root: str, data: bytes) -> None:
-        """Replace the stat cache of a context root, atomically."""
+    def save_stat_cache(self, root: str, part: str, data: bytes) -> None:
+        """Replace one part of a context root's stat cache, atomically."""
 
 
 #: What a scan saw of one path: (type, normalised mode, size, mtime_ns, ctime_ns, inode,
@@ -394,7 +394,7 @@ class ContextHasher:
             raise ContextError(root, missing).with_location(source.location or context.location)
         memo = f"{rules_id}\0{source.selectors!r}\0{tuple(exclude)!r}\0{dest_is_dir}"
         known = cache.trees.get(memo)
-        if known is not None and all(cache.probes.get(p) == cache.seen[p] for p in probes):
+        if known is not None and all(cache.unchanged(p) for p in probes):
             return Tree(known, lambda: self._rows(root, selections, exclude, dest_is_dir))
         tree = Tree.from_rows(self._rows(root, selections, exclude, dest_is_dir))
         cache.trees[memo] = tree.digest
@@ -406,8 +406,7 @@ class ContextHasher:
         if self._stat_caches is None:
             return
         for root in sorted(self._dirty):
-            data = self._caches[root].dump(self._started_ns - _RACY_NS)
-            self._stat_caches.save_stat_cache(root, data)
+            self._caches[root].save(self._stat_caches, self._started_ns - _RACY_NS)
         self._dirty.clear()
 
     # -- selection ---------------------------------------------------------------------------
@@ -574,7 +573,7 @@ class ContextHasher:
     def _digests(self, root: str, entries: Iterable[tuple[str, Entry]]) -> dict[str, str]:
         """Content digests (file bytes, symlink targets; directories have none)."""
         cache = self._load_cache(root)
-        known = cache.digests
+        known = cache.digests()
         digests: dict[str, str] = {}
         todo: list[tuple[str, Entry]] = []
         for path, entry in entries:
@@ -595,6 +594,7 @@ class ContextHasher:
             for (path, entry), digest in zip(todo, self._hash_files(root, todo), strict=True):
                 digests[path] = digest
                 known[path] = (entry, digest)
+            cache.digests_changed = True
             self._dirty.add(root)
         return digests
 
@@ -629,8 +629,7 @@ class ContextHasher:
     def _load_cache(self, root: str) -> _RootCache:
         cache = self._caches.get(root)
         if cache is None:
-            data = self._stat_caches.load_stat_cache(root) if self._stat_caches else None
-            cache = self._caches[root] = _RootCache.load(data, root)
+            cache = self._caches[root] = _RootCache.load(self._stat_caches, root)
         return cache
 
 
@@ -640,57 +639,110 @@ _MAX_TREES: Final = 256
 
 @attrs.define
 class _RootCache:
-    """The stat cache of one context root: last run's probes, file digests, tree digests.
+    """The stat cache of one context root, in two parts.
 
-    ``seen`` holds what this run's probes saw (saved as the next run's ``probes``).
+    The ``index`` is small and read by every plan: per probe, a digest of what it saw last
+    run; per selection, its tree digest. The ``digests`` part maps each file to the entry it
+    had when hashed and its content digest; it is read only when a probe saw a change (or a
+    tree's rows are asked for), and rewritten only when a file was hashed.
     """
 
     root: str
-    probes: dict[str, dict[str, Entry]]
-    digests: dict[str, tuple[Entry, str]]
+    source: StatCacheStore | None
+    signatures: dict[str, bytes]
     trees: dict[str, str]
+    #: What this run's probes saw.
     seen: dict[str, dict[str, Entry]] = attrs.field(factory=dict)
+    digests_changed: bool = False
+    _signatures_now: dict[str, bytes] = attrs.field(factory=dict)
+    _digests: dict[str, tuple[Entry, str]] | None = None
 
     @classmethod
-    def load(cls, data: bytes | None, root: str) -> _RootCache:
-        """Parse a saved cache; anything damaged reads as empty (a re-read, nothing worse)."""
-        empty = cls(root, {}, {}, {})
-        if not data or not data.startswith(_STATCACHE_MAGIC):
-            return empty
-        body = data[len(_STATCACHE_MAGIC) :]
-        check, payload = body[:32], body[32:]
-        if blake3.blake3(payload).digest() != check:
-            return empty  # torn or tampered: checked before unmarshalling anything
-        try:
-            version, saved_root, probes, digests, trees = marshal.loads(payload)
-        except (ValueError, EOFError, TypeError):
-            return empty
-        if version != _STATCACHE_VERSION or saved_root != root:
-            return empty
-        if not (isinstance(probes, dict) and isinstance(digests, dict) and isinstance(trees, dict)):
-            return empty
-        return cls(root, probes, digests, trees)
+    def load(cls, source: StatCacheStore | None, root: str) -> _RootCache:
+        """Read the index; anything damaged reads as empty (a re-read, nothing worse)."""
+        index = _unpack(source.load_stat_cache(root, "index") if source else None, root)
+        if (
+            index is None
+            or len(index) != 2
+            or not isinstance(index[0], dict)
+            or not isinstance(index[1], dict)
+        ):
+            return cls(root, source, {}, {})
+        return cls(root, source, index[0], index[1])
 
-    def dump(self, racy_after_ns: int) -> bytes:
-        """Serialise for the next run. Racily clean files (changed within the last tick
-        before this run began) are left out, with the probes that saw them, so the next run
-        looks at them again however equal their stat values seem."""
-        probes = {**self.probes}
-        digests = dict(self.digests)
+    def unchanged(self, probe: str) -> bool:
+        """Whether a probe saw exactly what it saw last run."""
+        return self.signature(probe) == self.signatures.get(probe)
+
+    def signature(self, probe: str) -> bytes:
+        """A digest of what a probe saw this run (its entries, in scan order)."""
+        found = self._signatures_now.get(probe)
+        if found is None:
+            # Format 2 has no back-references, whose use depends on reference counts: equal
+            # entries always give equal bytes.
+            found = blake3.blake3(marshal.dumps(self.seen[probe], 2)).digest()
+            self._signatures_now[probe] = found
+        return found
+
+    def digests(self) -> dict[str, tuple[Entry, str]]:
+        """File -> (entry when hashed, content digest), read on first use."""
+        if self._digests is None:
+            data = self.source.load_stat_cache(self.root, "digests") if self.source else None
+            loaded = _unpack(data, self.root)
+            self._digests = loaded if isinstance(loaded, dict) else {}
+        return self._digests
+
+    def save(self, target: StatCacheStore, racy_after_ns: int) -> None:
+        """Write what changed. Racily clean files (changed within the last tick before this
+        run began) are left out, with the probes that saw them, so the next run looks at them
+        again however equal their stat values seem."""
+        signatures = dict(self.signatures)
+        racy: set[str] = set()
         for probe, seen in self.seen.items():
-            racy = [p for p, e in seen.items() if max(e[MTIME], e[CTIME]) >= racy_after_ns]
-            for path in racy:
-                digests.pop(path, None)
-            if racy:
-                probes.pop(probe, None)
+            late = [p for p, e in seen.items() if max(e[MTIME], e[CTIME]) >= racy_after_ns]
+            if late:
+                racy.update(late)
+                signatures.pop(probe, None)
             else:
-                probes[probe] = seen
-        live = {path for seen in probes.values() for path in seen}
-        # Entries are shared between probes and digests, so marshal writes each one once.
-        digests = {p: pair for p, pair in digests.items() if p in live}
+                signatures[probe] = self.signature(probe)
         trees = dict(list(self.trees.items())[-_MAX_TREES:])
-        payload = marshal.dumps((_STATCACHE_VERSION, self.root, probes, digests, trees))
-        return _STATCACHE_MAGIC + blake3.blake3(payload).digest() + payload
+        target.save_stat_cache(self.root, "index", _pack(self.root, (signatures, trees)))
+        if self.digests_changed or racy:
+            # Forget files that a scan covering them no longer found, and racy ones.
+            live = {path for seen in self.seen.values() for path in seen}
+            covered = tuple(
+                "" if probe.endswith(":dir:") else probe.partition(":dir:")[2] + "/"
+                for probe in self.seen
+                if ":dir:" in probe
+            )
+            kept = {
+                path: pair
+                for path, pair in self.digests().items()
+                if path not in racy and (path in live or not path.startswith(covered))
+            }
+            target.save_stat_cache(self.root, "digests", _pack(self.root, kept))
+
+
+def _pack(root: str, value: Any) -> bytes:
+    payload = marshal.dumps((_STATCACHE_VERSION, root, value))
+    return _STATCACHE_MAGIC + blake3.blake3(payload).digest() + payload
+
+
+def _unpack(data: bytes | None, root: str) -> Any:
+    """The value of a saved stat-cache part, or None if it is missing, damaged or not ours."""
+    if not data or not data.startswith(_STATCACHE_MAGIC):
+        return None
+    body = data[len(_STATCACHE_MAGIC) :]
+    check, payload = body[:32], body[32:]
+    if blake3.blake3(payload).digest() != check:
+        return None  # torn or tampered: checked before unmarshalling anything
+    try:
+        version, saved_root, value = marshal.loads(payload)
+    except (ValueError, EOFError, TypeError):
+        return None
+    if version != _STATCACHE_VERSION or saved_root != root:
+        return None
+    return value
 
 
 def _batches(

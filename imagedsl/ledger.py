@@ -273,13 +273,13 @@ class Store:
     def _cache_file(self, kind: str, name: str) -> Path:
         return self.root / "cache" / kind / name
 
-    def load_stat_cache(self, root: str) -> bytes | None:
-        """The stat cache of a context root, or None."""
-        return self._read_cache("stat", _name_of(root))
+    def load_stat_cache(self, root: str, part: str) -> bytes | None:
+        """One part of the stat cache of a context root, or None."""
+        return self._read_cache("stat", f"{_name_of(root)}.{part}")
 
-    def save_stat_cache(self, root: str, data: bytes) -> None:
-        """Replace the stat cache of a context root."""
-        self._write_cache("stat", _name_of(root), data)
+    def save_stat_cache(self, root: str, part: str, data: bytes) -> None:
+        """Replace one part of the stat cache of a context root."""
+        self._write_cache("stat", f"{_name_of(root)}.{part}", data)
 
     def load_analysis(self, digest: str) -> str | None:
         """A memoised graph analysis, or None."""
