@@ -19,6 +19,7 @@ import os
 import posixpath
 import re
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -43,7 +44,7 @@ _BIG_FILE: Final = 4 << 20
 #: A file changed this recently may change again within one timestamp tick unnoticed; such
 #: entries are hashed but not trusted from the stat cache next time (git's "racy clean").
 _RACY_NS: Final = 50_000_000
-_STATCACHE_VERSION: Final = 2
+_STATCACHE_VERSION: Final = 3
 
 
 @attrs.frozen
@@ -249,15 +250,48 @@ def normalised_mode(entry_type: EntryType, st_mode: int) -> int:
     return 0o755 if entry_type == "dir" else 0o777
 
 
+def _record(name: str, kind: str, mode: int, size: int, digest: str) -> bytes:
+    """One entry of a directory in a tree digest (NUL never occurs in a name)."""
+    return f"{name}\0{kind}\0{mode:o}\0{size}\0{digest}\0".encode("utf-8", "surrogateescape")
+
+
+def _directory_digest(records: Iterable[bytes], *, top: bool) -> str:
+    """A directory's digest from its entries' records, sorted (by name: they start with it)."""
+    domain = b"imagedsl.tree.v2\0" if top else b"imagedsl.dir.v2\0"
+    return blake3.blake3(domain + b"".join(sorted(records))).hexdigest()
+
+
 def tree_digest(rows: Iterable[Row]) -> str:
-    """blake3 over the rows sorted by placed path (code point order; NUL never in paths)."""
-    body = "".join(
-        f"{placed}\0{kind}\0{mode:o}\0{size}\0{digest}\0"
-        for placed, _, kind, mode, size, digest in sorted(rows)
-    )
-    return blake3.blake3(
-        b"imagedsl.tree.v1\0" + body.encode("utf-8", "surrogateescape")
-    ).hexdigest()
+    """The Merkle digest of a tree: each directory hashes its entries' records
+    ``(name, type, mode, size, digest)``, where a subdirectory's digest is its own such hash
+    (directories implied by deeper paths count as plain 0755 directories). An edit re-hashes
+    only the directories above it, which is what lets a plan reuse the rest."""
+    children: dict[str, list[tuple[str, str, int, int, str, str]]] = {"": []}
+    explicit: set[str] = set()
+    for placed, _, kind, mode, size, digest in rows:
+        parent, _, name = placed.rpartition("/")
+        children.setdefault(parent, []).append((name, kind, mode, size, digest, placed))
+        if kind == "dir":
+            explicit.add(placed)
+    known = set(children) | explicit
+    stack = [d for d in known if d]
+    while stack:  # directories only implied by deeper paths, up to the top
+        directory = stack.pop()
+        children.setdefault(directory, [])
+        grand, _, name = directory.rpartition("/")
+        if directory not in explicit:
+            children.setdefault(grand, []).append((name, "dir", 0o755, 0, "", directory))
+        if grand and grand not in known:
+            known.add(grand)
+            stack.append(grand)
+    digests: dict[str, str] = {}
+    for directory in sorted(children, key=lambda d: -d.count("/") if d else 1):
+        records = [
+            _record(name, kind, mode, size, digests[path] if kind == "dir" else digest)
+            for name, kind, mode, size, digest, path in children[directory]
+        ]
+        digests[directory] = _directory_digest(records, top=directory == "")
+    return digests[""]
 
 
 #: Basenames of dependency manifests and lock files: their own layer under layers="auto".
@@ -387,12 +421,26 @@ class ContextHasher:
         missing: list[str] = []
         for selector in source.selectors:
             matches = self._match(context, rules, rules_id, selector, probes)
-            if not matches:
+            if matches is None:
                 missing.append(selector.path)
+                continue
             selections.append((selector, matches))
         if missing:
             raise ContextError(root, missing).with_location(source.location or context.location)
         memo = f"{rules_id}\0{source.selectors!r}\0{tuple(exclude)!r}\0{dest_is_dir}"
+        selector = source.selectors[0]
+        base = "" if selector.path == "." else selector.path
+        whole_directory = (
+            len(source.selectors) == 1
+            and (selector.kind == "dir" or selector.path == ".")
+            and not exclude
+            and cache.directories.get(f"{rules_id}:dir:{base}")
+        )
+        if whole_directory and base in cache.directories[f"{rules_id}:dir:{base}"]:
+            # A directory copied whole: its digest is the Merkle digest of its directories,
+            # and only directories whose contents changed since last run are hashed again.
+            digest = self._merkle(root, cache, f"{rules_id}:dir:{base}", base, memo)
+            return Tree(digest, lambda: self._rows(root, selections, exclude, dest_is_dir))
         known = cache.trees.get(memo)
         if known is not None and all(cache.unchanged(p) for p in probes):
             return Tree(known, lambda: self._rows(root, selections, exclude, dest_is_dir))
@@ -430,9 +478,12 @@ class ContextHasher:
         rules_id: str,
         selector: Selector,
         probes: list[str],
-    ) -> list[tuple[str, Entry, str | None]]:
+    ) -> list[tuple[str, Entry, str | None]] | None:
         """(path, entry, base) for what a selector brings; base is the directory the placement
-        is relative to, or None for a file selected by name (it lands by its base name)."""
+        is relative to, or None for a file selected by name (it lands by its base name).
+
+        None when the selector names nothing (an empty directory brings nothing, but exists).
+        """
         if selector.kind == "glob" or selector.path == ".":
             top = self._scan(context, rules, rules_id, "", probes)
             if selector.path == ".":
@@ -440,17 +491,19 @@ class ContextHasher:
             pattern = _glob_regex(selector.path)
             depth = selector.path.count("/")
             found: list[tuple[str, Entry, str | None]] = []
+            matched = False
             for path in sorted(top):
                 if path.count("/") == depth and pattern.match(path):
+                    matched = True
                     found.extend(self._expand(context, rules, rules_id, path, top[path], probes))
-            return found
+            return found if matched else None
         entry = self._stat_one(context, rules, rules_id, selector.path, probes)
         if entry is None:
-            return []
+            return None
         if (selector.kind == "file" and entry[TYPE] == "dir") or (
             selector.kind == "dir" and entry[TYPE] != "dir"
         ):
-            return []
+            return None
         return self._expand(context, rules, rules_id, selector.path, entry, probes)
 
     def _expand(
@@ -493,17 +546,20 @@ class ContextHasher:
         probe = f"{rules_id}:dir:{start}"
         probes.append(probe)
         cache = self._load_cache(context.root)
-        found = cache.seen.get(probe)
-        if found is not None:
-            return found
+        scanned = cache.seen.get(probe)
+        if scanned is not None:
+            return scanned
         root = context.root
-        found = {}
+        found: dict[str, Entry] = {}
+        directories: dict[str, dict[str, Entry]] = {}
         stack = [start]
         check = bool(rules)
         excludes = rules.excludes
         while stack:
             rel = stack.pop()
             prefix = f"{rel}/" if rel else ""
+            here: dict[str, Entry] = {}
+            directories[rel] = here
             try:
                 iterator = os.scandir(os.path.join(root, rel) if rel else root)
             except NotADirectoryError:
@@ -520,7 +576,7 @@ class ContextHasher:
                     st = dirent.stat(follow_symlinks=False)
                     mode = st.st_mode
                     if S_ISREG(mode):
-                        found[path] = (
+                        here[path] = (
                             "file",
                             0o755 if mode & 0o111 else 0o644,
                             st.st_size,
@@ -530,15 +586,17 @@ class ContextHasher:
                             "",
                         )
                     elif S_ISDIR(mode):
-                        found[path] = _DIR_ENTRY
+                        here[path] = _DIR_ENTRY
                         stack.append(path)
                     elif S_ISLNK(mode):
                         target = os.readlink(dirent.path)
-                        found[path] = ("symlink", 0o777, 0, 0, 0, 0, target)
+                        here[path] = ("symlink", 0o777, 0, 0, 0, 0, target)
                     # sockets, fifos and devices are never build inputs
-        if check:
-            _add_missing_parents(root, start, found)
+            found.update(here)
+        if check and _add_missing_parents(root, start, found):
+            directories = {}  # re-included files bring parents no directory listed: no shortcut
         cache.seen[probe] = found
+        cache.directories[probe] = directories
         return found
 
     # -- hashing -----------------------------------------------------------------------------
@@ -570,16 +628,63 @@ class ContextHasher:
             )
         )
 
+    def _merkle(self, root: str, cache: _RootCache, probe: str, base: str, memo: str) -> str:
+        """The tree digest of directory ``base`` copied whole, reusing the digest of every
+        directory whose subtree saw nothing change (equal to :func:`tree_digest` of its rows)."""
+        directories = cache.directories[probe]
+        signatures = cache.directory_signatures(probe)
+        below: dict[str, list[str]] = {}
+        for directory in directories:
+            if directory != base:
+                below.setdefault(directory.rpartition("/")[0], []).append(directory)
+        deepest_first = sorted(directories, key=lambda d: d.count("/"), reverse=True)
+        if base == "":
+            deepest_first.sort(key=lambda d: d.count("/") + (1 if d else 0), reverse=True)
+        subtree: dict[str, bytes] = {}
+        for directory in deepest_first:
+            hasher = blake3.blake3(signatures[directory])
+            for child in sorted(below.get(directory, ())):
+                hasher.update(subtree[child])
+            subtree[directory] = hasher.digest()
+        before = cache.subtrees.get(memo, {})
+        now: dict[str, tuple[bytes, str]] = {}
+        changed = []
+        for directory in deepest_first:
+            old = before.get(directory)
+            if old is not None and old[0] == subtree[directory]:
+                now[directory] = old
+            else:
+                changed.append(directory)
+        files = [
+            (path, entry)
+            for directory in changed
+            for path, entry in directories[directory].items()
+            if entry[TYPE] != "dir"
+        ]
+        contents = self._digests(root, files) if files else {}
+        for directory in changed:  # deepest first: subdirectories are done before parents
+            records = []
+            for path, entry in directories[directory].items():
+                kind = entry[TYPE]
+                digest = now[path][1] if kind == "dir" else contents[path]
+                size = entry[SIZE] if kind == "file" else 0
+                records.append(_record(path.rpartition("/")[2], kind, entry[MODE], size, digest))
+            top = directory == base
+            now[directory] = (subtree[directory], _directory_digest(records, top=top))
+        cache.subtrees[memo] = now
+        if changed:
+            self._dirty.add(root)
+        return now[base][1]
+
     def _digests(self, root: str, entries: Iterable[tuple[str, Entry]]) -> dict[str, str]:
         """Content digests (file bytes, symlink targets; directories have none)."""
         cache = self._load_cache(root)
-        known = cache.digests()
         digests: dict[str, str] = {}
         todo: list[tuple[str, Entry]] = []
         for path, entry in entries:
             kind = entry[TYPE]
             if kind == "file":
-                cached = known.get(path)
+                cached = cache.shard_of(path).get(path)
                 if cached is not None and cached[0] == entry:
                     digests[path] = cached[1]
                 else:
@@ -593,8 +698,7 @@ class ContextHasher:
         if todo:
             for (path, entry), digest in zip(todo, self._hash_files(root, todo), strict=True):
                 digests[path] = digest
-                known[path] = (entry, digest)
-            cache.digests_changed = True
+                cache.remember(path, entry, digest)
             self._dirty.add(root)
         return digests
 
@@ -637,65 +741,100 @@ _STATCACHE_MAGIC: Final = b"imagedsl-statcache\n"
 _MAX_TREES: Final = 256
 
 
+_SHARDS: Final = 16
+_MAX_MEMOS: Final = 64
+
+
+def _shard(path: str) -> int:
+    """The digests shard of a file: by its directory, so one edit touches one shard."""
+    return zlib.crc32(path.rpartition("/")[0].encode("utf-8", "surrogateescape")) % _SHARDS
+
+
 @attrs.define
 class _RootCache:
-    """The stat cache of one context root, in two parts.
+    """The stat cache of one context root.
 
-    The ``index`` is small and read by every plan: per probe, a digest of what it saw last
-    run; per selection, its tree digest. The ``digests`` part maps each file to the entry it
-    had when hashed and its content digest; it is read only when a probe saw a change (or a
-    tree's rows are asked for), and rewritten only when a file was hashed.
+    The ``index`` is read by every plan: per probe (a directory scan or a single stat) a
+    digest of what it saw last run; per selection its tree digest; and per directory copied
+    whole, each subdirectory's (signature, Merkle digest). File digests (the entry each file
+    had when hashed, and its content digest) live in ``digests-N`` shards by directory, read
+    only for directories that changed and rewritten only where a file was hashed.
     """
 
     root: str
     source: StatCacheStore | None
     signatures: dict[str, bytes]
     trees: dict[str, str]
-    #: What this run's probes saw.
+    subtrees: dict[str, dict[str, tuple[bytes, str]]]
+    #: What this run's probes saw, all together and (for scans) per directory.
     seen: dict[str, dict[str, Entry]] = attrs.field(factory=dict)
-    digests_changed: bool = False
+    directories: dict[str, dict[str, dict[str, Entry]]] = attrs.field(factory=dict)
     _signatures_now: dict[str, bytes] = attrs.field(factory=dict)
-    _digests: dict[str, tuple[Entry, str]] | None = None
+    _directory_signatures: dict[str, dict[str, bytes]] = attrs.field(factory=dict)
+    _shards: dict[int, dict[str, tuple[Entry, str]]] = attrs.field(factory=dict)
+    _dirty_shards: set[int] = attrs.field(factory=set)
 
     @classmethod
     def load(cls, source: StatCacheStore | None, root: str) -> _RootCache:
         """Read the index; anything damaged reads as empty (a re-read, nothing worse)."""
         index = _unpack(source.load_stat_cache(root, "index") if source else None, root)
-        if (
-            index is None
-            or len(index) != 2
-            or not isinstance(index[0], dict)
-            or not isinstance(index[1], dict)
+        if not (
+            isinstance(index, tuple)
+            and len(index) == 3
+            and all(isinstance(part, dict) for part in index)
         ):
-            return cls(root, source, {}, {})
-        return cls(root, source, index[0], index[1])
+            return cls(root, source, {}, {}, {})
+        return cls(root, source, index[0], index[1], index[2])
 
     def unchanged(self, probe: str) -> bool:
         """Whether a probe saw exactly what it saw last run."""
         return self.signature(probe) == self.signatures.get(probe)
 
-    def signature(self, probe: str) -> bytes:
-        """A digest of what a probe saw this run (its entries, in scan order)."""
-        found = self._signatures_now.get(probe)
+    def directory_signatures(self, probe: str) -> dict[str, bytes]:
+        """For a scan: a digest of each directory's own entries (names, types, stat values)."""
+        found = self._directory_signatures.get(probe)
         if found is None:
             # Format 2 has no back-references, whose use depends on reference counts: equal
             # entries always give equal bytes.
-            found = blake3.blake3(marshal.dumps(self.seen[probe], 2)).digest()
+            found = {
+                directory: blake3.blake3(marshal.dumps(entries, 2)).digest()
+                for directory, entries in self.directories[probe].items()
+            }
+            self._directory_signatures[probe] = found
+        return found
+
+    def signature(self, probe: str) -> bytes:
+        """A digest of what a probe saw this run."""
+        found = self._signatures_now.get(probe)
+        if found is None:
+            if self.directories.get(probe):
+                joined = b"".join(self.directory_signatures(probe).values())
+                found = blake3.blake3(joined).digest()
+            else:
+                found = blake3.blake3(marshal.dumps(self.seen[probe], 2)).digest()
             self._signatures_now[probe] = found
         return found
 
-    def digests(self) -> dict[str, tuple[Entry, str]]:
-        """File -> (entry when hashed, content digest), read on first use."""
-        if self._digests is None:
-            data = self.source.load_stat_cache(self.root, "digests") if self.source else None
+    def shard_of(self, path: str) -> dict[str, tuple[Entry, str]]:
+        """The digests shard holding ``path``, read on first use."""
+        number = _shard(path)
+        shard = self._shards.get(number)
+        if shard is None:
+            part = f"digests-{number}"
+            data = self.source.load_stat_cache(self.root, part) if self.source else None
             loaded = _unpack(data, self.root)
-            self._digests = loaded if isinstance(loaded, dict) else {}
-        return self._digests
+            shard = self._shards[number] = loaded if isinstance(loaded, dict) else {}
+        return shard
+
+    def remember(self, path: str, entry: Entry, digest: str) -> None:
+        """Note a file's content digest for the entry it had when hashed."""
+        self.shard_of(path)[path] = (entry, digest)
+        self._dirty_shards.add(_shard(path))
 
     def save(self, target: StatCacheStore, racy_after_ns: int) -> None:
         """Write what changed. Racily clean files (changed within the last tick before this
-        run began) are left out, with the probes that saw them, so the next run looks at them
-        again however equal their stat values seem."""
+        run began) are left out, with the probes and directories that saw them, so the next
+        run looks at them again however equal their stat values seem."""
         signatures = dict(self.signatures)
         racy: set[str] = set()
         for probe, seen in self.seen.items():
@@ -705,22 +844,34 @@ class _RootCache:
                 signatures.pop(probe, None)
             else:
                 signatures[probe] = self.signature(probe)
-        trees = dict(list(self.trees.items())[-_MAX_TREES:])
-        target.save_stat_cache(self.root, "index", _pack(self.root, (signatures, trees)))
-        if self.digests_changed or racy:
-            # Forget files that a scan covering them no longer found, and racy ones.
-            live = {path for seen in self.seen.values() for path in seen}
-            covered = tuple(
-                "" if probe.endswith(":dir:") else probe.partition(":dir:")[2] + "/"
-                for probe in self.seen
-                if ":dir:" in probe
-            )
+        subtrees = dict(list(self.subtrees.items())[-_MAX_MEMOS:])
+        if racy:
+            late_dirs = {path.rpartition("/")[0] for path in racy}
+            for memo, directories in subtrees.items():
+                subtrees[memo] = {
+                    d: pair
+                    for d, pair in directories.items()
+                    if not any(late == d or late.startswith(f"{d}/") or not d for late in late_dirs)
+                }
+            for path in racy:
+                self.shard_of(path).pop(path, None)
+                self._dirty_shards.add(_shard(path))
+        trees = dict(list(self.trees.items())[-_MAX_MEMOS:])
+        target.save_stat_cache(self.root, "index", _pack(self.root, (signatures, trees, subtrees)))
+        live = {path for seen in self.seen.values() for path in seen}
+        covered = tuple(
+            "" if probe.endswith(":dir:") else probe.partition(":dir:")[2] + "/"
+            for probe in self.seen
+            if ":dir:" in probe
+        )
+        for number in sorted(self._dirty_shards):
+            # Forget files that a scan covering them no longer found.
             kept = {
                 path: pair
-                for path, pair in self.digests().items()
-                if path not in racy and (path in live or not path.startswith(covered))
+                for path, pair in self._shards[number].items()
+                if path in live or not path.startswith(covered)
             }
-            target.save_stat_cache(self.root, "digests", _pack(self.root, kept))
+            target.save_stat_cache(self.root, f"digests-{number}", _pack(self.root, kept))
 
 
 def _pack(root: str, value: Any) -> bytes:
@@ -773,15 +924,20 @@ def _entry(root: str, rel: str, st: os.stat_result) -> Entry | None:
     return None  # sockets, fifos and devices are never build inputs
 
 
-def _add_missing_parents(root: str, start: str, found: dict[str, Entry]) -> None:
-    """A file re-included by ``!`` brings its excluded parent directories, as Docker does."""
+def _add_missing_parents(root: str, start: str, found: dict[str, Entry]) -> bool:
+    """A file re-included by ``!`` brings its excluded parent directories, as Docker does.
+
+    Returns whether any parent was added."""
+    added = False
     for path in list(found):
         parent = posixpath.dirname(path)
         while parent and parent != start and parent not in found:
             entry = _entry(root, parent, os.lstat(os.path.join(root, parent)))
             if entry is not None:
                 found[parent] = entry
+                added = True
             parent = posixpath.dirname(parent)
+    return added
 
 
 @lru_cache(maxsize=256)

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import imagedsl as dsl
-from imagedsl.context import ContextHasher, partition_tree
+from imagedsl.context import ContextHasher, Tree, partition_tree
 from imagedsl.errors import ContextError
 from imagedsl.ledger import Store
 from imagedsl.reporting import Reporter
@@ -188,6 +188,13 @@ def test_glob_selects_like_copy(project: Path) -> None:
     assert sorted(e.placed for e in tree.entries) == ["a.txt", "b.txt", "requirements.txt"]
 
 
+def test_an_empty_directory_is_copied_not_missing(project: Path) -> None:
+    """An existing empty directory selects nothing, but it is not a missing path."""
+    (project / "empty").mkdir()
+    tree = ContextHasher(None, Reporter()).tree(dsl.context(project).dir("empty"))
+    assert tree.rows == ()
+
+
 def test_missing_paths_are_named(project: Path) -> None:
     """Selecting paths that do not exist (or are ignored) names each of them."""
     src = dsl.context(project, ignore=["README.md"]).select("nope.txt", "README.md", "app")
@@ -300,3 +307,46 @@ def test_metadata_only_changes_never_change_the_digest(
         path.chmod(0o600 | meta["group_other_bits"])
         os.utime(path, ns=(meta["mtime_ns"], meta["mtime_ns"]))
     assert digest(dsl.context(first).as_source()) == digest(dsl.context(second).as_source())
+
+
+EDITS = st.lists(
+    st.tuples(st.sampled_from(["write", "delete", "chmod", "mkdir"]), st.integers(0, 50)),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(files=FILES, edits=EDITS)
+def test_incremental_digests_equal_digests_from_scratch(
+    tmp_path_factory: pytest.TempPathFactory, files: dict[str, bytes], edits: list[tuple[str, int]]
+) -> None:
+    """A warm store reuses the digests of unchanged directories; the result always equals the
+    digest computed from all the rows with no store at all."""
+    paths = sorted(files)
+    if any(a != b and b.startswith(a.removesuffix(".txt") + "/") for a in paths for b in paths):
+        return  # a file and a directory of one name cannot both exist
+    root = tmp_path_factory.mktemp("ctx")
+    store = Store(tmp_path_factory.mktemp("store"))
+    write_tree(root, files)
+    for selection in (dsl.context(root).as_source(), dsl.context(root).dir(paths[0].split("/")[0])):
+        if "/" not in paths[0] and selection.selectors[0].kind == "dir":
+            continue
+        time.sleep(0.06)  # past the racy window, so the store really is used
+        digest(selection, store)
+        for action, n in edits:
+            target = root / paths[n % len(paths)]
+            if action == "write" and target.exists():
+                target.write_bytes(target.read_bytes() + b"!")
+            elif action == "delete" and target.exists():
+                target.unlink()
+            elif action == "chmod" and target.exists():
+                target.chmod(0o755)
+            elif action == "mkdir":
+                (target.parent / f"new{n}").mkdir(exist_ok=True)
+        time.sleep(0.06)
+        warm = ContextHasher(store, Reporter()).tree(selection)
+        cold = ContextHasher(None, Reporter()).tree(selection)
+        assert warm.digest == cold.digest == Tree.from_rows(cold.rows).digest
