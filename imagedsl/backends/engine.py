@@ -106,15 +106,17 @@ class DockerEngine:
         )
 
 
-def find_docker(notes: list[str] | None = None) -> DockerEngine | None:
+def find_docker(notes: list[str] | None = None, *, buildkit: bool = True) -> DockerEngine | None:
     """Find a docker client + engine that answers ``info`` and can BuildKit-build, or None.
 
     Clients: ``docker`` on PATH and :data:`EXTRA_DOCKER_CLIENTS`, those with a working buildx
     first. Hosts: ``$DOCKER_HOST`` if set (only that); otherwise the client's default, then
-    :data:`CI_DOCKER_HOST`. Why candidates were rejected is appended to ``notes``.
+    :data:`CI_DOCKER_HOST`. Why candidates were rejected is appended to ``notes``. With
+    ``buildkit=False`` an engine that answers is enough (for ``save``, ``load``, ``inspect``):
+    neither buildx nor a probe build is tried.
     """
     problems: dict[tuple[str, str], list[str]] = {}  # (where, problem) -> clients
-    found = _find_docker(problems)
+    found = _find_docker(problems, buildkit=buildkit)
     if notes is not None:
         notes.extend(
             f"{', '.join(clients)} at {where}: {problem}"
@@ -123,8 +125,10 @@ def find_docker(notes: list[str] | None = None) -> DockerEngine | None:
     return found
 
 
-def _find_docker(problems: dict[tuple[str, str], list[str]]) -> DockerEngine | None:
-    clients = _docker_clients()
+def _find_docker(
+    problems: dict[tuple[str, str], list[str]], *, buildkit: bool = True
+) -> DockerEngine | None:
+    clients = _docker_clients(probe_buildx=buildkit)
     if not clients:
         problems["PATH", "no docker client (looked for `docker` on PATH and /usr/bin/docker)"] = []
         return None
@@ -140,6 +144,8 @@ def _find_docker(problems: dict[tuple[str, str], list[str]]) -> DockerEngine | N
                 problems.setdefault((where, problem), []).append(client)
                 continue
             engine = attrs.evolve(engine, server_version=info.stdout.strip())
+            if not buildkit:
+                return engine
             build_problem = _buildkit_problem(engine)
             if build_problem is None:
                 return engine
@@ -148,7 +154,7 @@ def _find_docker(problems: dict[tuple[str, str], list[str]]) -> DockerEngine | N
     return None
 
 
-def _docker_clients() -> list[tuple[str, bool]]:
+def _docker_clients(*, probe_buildx: bool = True) -> list[tuple[str, bool]]:
     """Distinct docker clients as (path, has working buildx), buildx ones first."""
     seen: set[str] = set()
     found: list[tuple[str, bool]] = []
@@ -160,7 +166,10 @@ def _docker_clients() -> list[tuple[str, bool]]:
             continue
         seen.add(real)
         path = os.path.abspath(candidate)
-        buildx = _probe_cmd([path, "buildx", "version"], _docker_env(None)).returncode == 0
+        buildx = (
+            probe_buildx
+            and _probe_cmd([path, "buildx", "version"], _docker_env(None)).returncode == 0
+        )
         found.append((path, buildx))
     return sorted(found, key=lambda item: not item[1])
 
@@ -245,12 +254,15 @@ def tail_lines(text: str, lines: int = 30) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def require_docker() -> DockerEngine:
-    """The engine to use, or a :class:`BuildRequestError` saying what is missing."""
+def require_docker(*, buildkit: bool = True) -> DockerEngine:
+    """The engine to use, or a :class:`BuildRequestError` saying what is missing
+    (``buildkit=False``: any engine that answers; see :func:`find_docker`)."""
     notes: list[str] = []
-    engine = find_docker(notes)
+    engine = find_docker(notes, buildkit=buildkit)
     if engine is None:
         details = "; ".join(notes) or "no docker client found"
+        if not buildkit:
+            raise BuildRequestError(f"no Docker engine answered: {details}")
         raise BuildRequestError(
             "no Docker engine with BuildKit is usable (need `docker buildx`, or a docker client "
             f"with built-in BuildKit, and a running engine): {details}"

@@ -14,7 +14,6 @@ import hashlib
 import os
 import posixpath
 import tarfile
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -302,6 +301,8 @@ def url_entry(source: UrlSource, placement: Placement, blobs: BlobStore) -> Laye
     digest = source.checksum
     path = blobs.path(digest)
     if not path.exists():
+        import urllib.request  # here: only ADD of a URL needs it, and it is slow to import
+
         try:
             with urllib.request.urlopen(source.url, timeout=_URL_TIMEOUT) as response:
                 blobs.import_stream(response, digest, source.url)

@@ -30,7 +30,6 @@ import blake3
 from imagedsl.backends import BuildRequestError, BuildResult
 from imagedsl.backends.oci._blobs import BlobStore, damaged_as_digest_error
 from imagedsl.backends.oci._fs import Filesystem, LayerIndex, decompressed, read_members, save_index
-from imagedsl.backends.oci._runstep import RunExecutor, RunInputs, StageSource
 from imagedsl.backends.oci._steps import (
     Owner,
     Placement,
@@ -66,11 +65,6 @@ from imagedsl.backends.oci.layout import (
     write_archive,
     write_layout,
 )
-from imagedsl.backends.oci.runtime import (
-    RuntimeUnavailableError,
-    missing_requirements,
-    timeout_from_env,
-)
 from imagedsl.context import ContextSource, Tree
 from imagedsl.errors import ImageDSLError
 from imagedsl.ledger import atomic_write
@@ -101,6 +95,7 @@ from imagedsl.steps import (
 if TYPE_CHECKING:
     from imagedsl.backends import BuildRequest
     from imagedsl.backends.engine import DockerEngine
+    from imagedsl.backends.oci._runstep import RunExecutor
     from imagedsl.graph import StepNode
     from imagedsl.ledger import Store
     from imagedsl.planner import Plan
@@ -180,7 +175,8 @@ def _default_registry() -> RegistryClient:
 def _default_engine() -> DockerEngine:
     from imagedsl.backends.engine import require_docker
 
-    return require_docker()
+    # Bases from the engine and loading into it need an engine that answers, not BuildKit.
+    return require_docker(buildkit=False)
 
 
 class OCIBackend:
@@ -206,7 +202,11 @@ class OCIBackend:
         run_timeout: float | None = None,
     ) -> None:
         self.epoch = _epoch_from_env() if epoch is None else epoch
-        self.run_timeout = timeout_from_env() if run_timeout is None else run_timeout
+        self.run_timeout = run_timeout
+        if run_timeout is None and os.environ.get("IMAGEDSL_RUN_TIMEOUT"):
+            from imagedsl.backends.oci.runtime import timeout_from_env
+
+            self.run_timeout = timeout_from_env()
         self.compression: Compression = (
             _compression_from_env() if compression is None else compression
         )
@@ -261,6 +261,8 @@ def check_run_support(plan: Plan) -> None:
     cannot execute it (no root, no runc), raise :class:`RuntimeUnavailableError`."""
     for step in plan.steps:
         if step.kind == "run" and step.status is not PlanStatus.HIT:
+            from imagedsl.backends.oci.runtime import RuntimeUnavailableError, missing_requirements
+
             missing = missing_requirements()
             if missing:
                 error = RuntimeUnavailableError(
@@ -463,6 +465,9 @@ class _Build:
 
     def _run(self, node: StepNode, below: _StageState, label: str) -> LayerBlob | None:
         """Execute a RUN over ``below``; its change is the layer (None: it changed nothing)."""
+        # Here, not at the top: builds with no RUN to execute need none of it.
+        from imagedsl.backends.oci._runstep import RunExecutor, RunInputs, StageSource
+
         step = node.step
         assert isinstance(step, Run)
         if self._runner is None:
