@@ -35,6 +35,7 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Benchmarks: prints medians and ratios (pass ``-- --quick`` for a smaller context)."""
+    """Benchmarks: ``nox -s bench -- benchmarks/NAME.py [ARGS]`` (default: benchmarks/plan.py)."""
     session.install("-e", ".")
-    session.run("python", "benchmarks/plan.py", *session.posargs)
+    args = session.posargs or ["benchmarks/plan.py"]
+    session.run("python", *args)
