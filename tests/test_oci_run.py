@@ -564,3 +564,54 @@ def test_leftovers_of_killed_runs_are_swept(base: str, store: Store, stale_run: 
     """The next RUN removes run directories whose build is gone."""
     run_build(dsl.image(base).run("true"), store)
     assert not stale_run.exists()
+
+
+def test_locked_cache_mount_waits_for_its_lock(base: str, store: Store) -> None:
+    """A ``locked`` cache mount is used by one RUN at a time: the build waits while another
+    holder keeps the lock, and goes on once it is released."""
+    import fcntl
+    import threading
+
+    locked = dsl.cache("/c", id="one-at-a-time", sharing="locked")
+    run_build(dsl.image(base).run("echo 1 > /c/n", mounts=[locked]), store)
+    home = next((store.root / "cache-mounts").iterdir())
+    done = threading.Event()
+
+    def build_in_background() -> None:
+        run_build(dsl.image(base).run("echo 2 > /c/n", mounts=[locked]), store)
+        done.set()
+
+    with open(home / "lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        worker = threading.Thread(target=build_in_background)
+        worker.start()
+        assert not done.wait(1.5)
+        assert (home / "data" / "n").read_text() == "1\n"
+    worker.join(30)
+    assert done.is_set()
+    assert (home / "data" / "n").read_text() == "2\n"
+
+
+_CONCURRENT = """
+import sys
+sys.path.insert(0, {tests!r})
+import imagedsl as dsl, oci_support
+from imagedsl.ledger import Store
+stage = dsl.image({base!r}).run("mkdir -p /out && echo same > /out/f", mounts=[dsl.cache("/c")])
+built, _ = oci_support.build({{"img": stage}}, Store({store!r}))
+print(built.image.manifest_digest)
+"""
+
+
+def test_concurrent_runs_share_one_store(base: str, tmp_path: Path) -> None:
+    """Builds running the same RUN at once in one store both finish, with the same image."""
+    store = tmp_path / "store"
+    script = _CONCURRENT.format(tests=str(Path(__file__).parent), base=base, store=str(store))
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    digests = {process.communicate(timeout=120)[0].strip() for process in processes}
+    assert [process.returncode for process in processes] == [0, 0, 0]
+    assert len(digests) == 1
+    no_leftovers(Store(store))
