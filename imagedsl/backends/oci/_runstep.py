@@ -34,7 +34,7 @@ import stat
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -90,6 +90,10 @@ if TYPE_CHECKING:
 _MASK_MIN: Final = 4
 _MASK: Final = "****"
 _SHM: Final = Path("/dev/shm")
+#: An unfinished extraction this old was left by a killed build.
+_STALE_EXTRACTION: Final = 3600.0
+#: Deeper stacks are copied: an overlay's options must fit in a page (and overlayfs stops at 500).
+_MAX_LOWERS: Final = 128
 #: A run directory younger than this is never swept (its build may be taking the lock).
 _SWEEP_AGE: Final = 60.0
 
@@ -246,14 +250,13 @@ class RunExecutor:
         with contextlib.ExitStack() as stack:
             workdir = stack.enter_context(self._run_dir(run_id))
             private = stack.enter_context(_private_dir(self._private_name(run_id)))
-            mode = snapshotter(self.runs)
-            if mode == "overlay":
+            lowers = _lowers(snapshots)
+            if self._snapshotter(lowers) == "overlay":
                 upper, root = workdir / "upper", workdir / "merged"
                 for name in ("upper", "work", "merged", "empty"):
                     (workdir / name).mkdir(mode=0o755)
                     os.chmod(workdir / name, 0o755)
-                lowers = list(reversed(snapshots)) or [workdir / "empty"]
-                mount_overlay(root, lowers, upper, workdir / "work")
+                mount_overlay(root, lowers or [workdir / "empty"], upper, workdir / "work")
                 stack.callback(unmount, root)
             else:
                 upper, root = None, workdir / "root"
@@ -282,8 +285,7 @@ class RunExecutor:
                 network=run.step.network,
                 mounts=tuple(mounts),
             )
-            masks = [v.decode("utf-8", "replace") for v in secret_values.values()]
-            masks = [m for m in masks if len(m) >= _MASK_MIN]
+            masks = _masks(secret_values.values())
 
             def output(line: str) -> None:
                 self.on_output(run.label, _masked(line, masks))
@@ -427,10 +429,12 @@ class RunExecutor:
 
     def _cache_dir(self, mount: CacheMount, stack: contextlib.ExitStack, spare: Path) -> Path:
         """The directory a cache mount binds (see the module docstring for sharing)."""
-        home = self.store_root / "cache-mounts" / blake3.blake3(mount.id.encode()).hexdigest()[:32]
+        caches = self.store_root / "cache-mounts"
+        home = caches / blake3.blake3(mount.id.encode()).hexdigest()[:32]
         data = home / "data"
         if not data.is_dir():
             home.mkdir(parents=True, exist_ok=True)
+            os.chmod(caches, 0o700)  # what RUNs leave there (setuid files too) is root's
             (home / "id").write_text(mount.id + "\n")
             fresh = Path(tempfile.mkdtemp(prefix=".new-", dir=home))
             os.chown(fresh, mount.uid, mount.gid)
@@ -476,14 +480,18 @@ class RunExecutor:
         for name in ("upper", "work", "merged", "empty"):
             (workdir / name).mkdir(parents=True, mode=0o755)
         root = workdir / "merged"
-        if snapshotter(self.runs) == "overlay":
-            lowers = list(reversed(snapshots)) or [workdir / "empty"]
-            mount_overlay(root, lowers, workdir / "upper", workdir / "work")
+        lowers = _lowers(snapshots)
+        if self._snapshotter(lowers) == "overlay":
+            mount_overlay(root, lowers or [workdir / "empty"], workdir / "upper", workdir / "work")
             stack.callback(unmount, root)
         else:
             for snapshot in snapshots:
                 apply_snapshot(snapshot, root)
         return root / real if real else root
+
+    def _snapshotter(self, lowers: Sequence[Path]) -> str:
+        """Overlay where it works, unless the stack is deeper than an overlay mount takes."""
+        return "copy" if len(lowers) > _MAX_LOWERS else snapshotter(self.runs)
 
     # -- temporary places --------------------------------------------------------------------
 
@@ -496,7 +504,7 @@ class RunExecutor:
     def _run_dir(self, run_id: str) -> Iterator[Path]:
         """``<store>/oci/runs/<id>``, locked while the RUN lives; unmounted and removed after."""
         self.runs.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.runs.parent, 0o700)
+        os.chmod(self.runs, 0o700)  # roots of RUNs in progress: only root may walk into them
         path = self.runs / run_id
         path.mkdir(mode=0o700)
         lock = open(path / "lock", "a")  # noqa: SIM115 - closed below
@@ -511,10 +519,15 @@ class RunExecutor:
 
     def _sweep(self) -> None:
         """Remove what killed builds left: run directories nobody holds the lock of (their
-        mounts, their containers, their private directories)."""
+        mounts, their containers, their private directories), and extractions an hour old."""
+        now = time.time()
+        if self.snapshots.root.is_dir():
+            for staging in self.snapshots.root.glob(".extract-*"):
+                with contextlib.suppress(OSError):
+                    if now - staging.stat().st_mtime > _STALE_EXTRACTION:
+                        shutil.rmtree(staging)
         if not self.runs.is_dir():
             return
-        now = time.time()
         for path in self.runs.iterdir():
             try:
                 if now - path.stat().st_mtime < _SWEEP_AGE:
@@ -527,11 +540,35 @@ class RunExecutor:
                 continue  # alive, or not ours to remove
 
 
+def _masks(values: Iterable[bytes]) -> list[str]:
+    """What to mask in output: each secret value, and each line of a multi-line one (output
+    arrives line by line), longest first; short ones would mask everything."""
+    found: set[str] = set()
+    for value in values:
+        text = value.decode("utf-8", "replace")
+        for candidate in (text, text.strip(), *text.splitlines()):
+            if len(candidate.strip()) >= _MASK_MIN:
+                found.add(candidate)
+    return sorted(found, key=len, reverse=True)
+
+
 def _masked(line: str, masks: Sequence[str]) -> str:
     for mask in masks:
         if mask in line:
             line = line.replace(mask, _MASK)
     return line
+
+
+def _lowers(snapshots: Sequence[Path]) -> list[Path]:
+    """Overlay lower directories, top first. A layer that appears twice in a stack is kept
+    at its upper place only: applying it again there gives the same tree (its files and its
+    deletions are applied over everything below either way), and overlayfs refuses one
+    directory twice."""
+    lowers: list[Path] = []
+    for path in reversed(snapshots):
+        if path not in lowers:
+            lowers.append(path)
+    return lowers
 
 
 def private_parent() -> Path:

@@ -15,14 +15,17 @@ The network is the host's (``default`` and ``host``), or a new empty namespace (
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
 import shutil
+import signal
 import subprocess
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
@@ -356,7 +359,19 @@ class Runc:
     ) -> RunOutcome:
         """Run the bundle's container in the foreground, streaming its output to
         ``on_line``. A timeout kills it and raises ``on_timeout(tail)``; any exception (Ctrl-C
-        included) kills it too. The container is always deleted before this returns."""
+        included) kills it too, and so does SIGTERM (a cancelled CI job), which then raises
+        KeyboardInterrupt. The container is always deleted before this returns."""
+        with _sigterm_interrupts():
+            return self._run(bundle, container_id, on_line, timeout, on_timeout)
+
+    def _run(
+        self,
+        bundle: Path,
+        container_id: str,
+        on_line: Callable[[str], None],
+        timeout: float | None,
+        on_timeout: Callable[[tuple[str, ...]], BaseException],
+    ) -> RunOutcome:
         self.state.mkdir(parents=True, exist_ok=True)
         tail: deque[str] = deque(maxlen=TAIL_LINES)
 
@@ -424,6 +439,25 @@ class Runc:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump(runtime_config(spec), handle)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While a container runs, SIGTERM raises KeyboardInterrupt (in the main thread only,
+    where Python delivers signals), so the container is killed and everything cleaned up
+    instead of the process dying with the container still running."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:  # noqa: ARG001 - a handler's signature
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _pump(fd: int, emit: Callable[[bytes], None], deadline: float | None) -> bool:
