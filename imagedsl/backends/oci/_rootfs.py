@@ -49,7 +49,13 @@ from imagedsl.backends.oci._fs import (
     decompressed,
     drain,
 )
-from imagedsl.backends.oci.layer import OPAQUE_MARKER, WHITEOUT_PREFIX, LayerBlob, LayerEntry
+from imagedsl.backends.oci.layer import (
+    OPAQUE_MARKER,
+    WHITEOUT_PREFIX,
+    LayerBlob,
+    LayerEntry,
+    sort_key,
+)
 from imagedsl.errors import ImageDSLError
 
 SNAPSHOT_FORMAT: Final = "v1"
@@ -554,13 +560,7 @@ class _Tree:
         return self.children.get(path, 0) == 0
 
 
-def prune(
-    tree: _Tree,
-    lower: Filesystem,
-    stubs: Collection[str],
-    *,
-    keep_unchanged: Callable[[_Seen], bool] | None = None,
-) -> list[str]:
+def prune(tree: _Tree, lower: Filesystem, stubs: Collection[str]) -> list[str]:
     """Remove from ``tree`` the mount points made for the RUN and directories that are as
     they were below; return the removed paths, deepest first."""
     removed: list[str] = []
@@ -587,7 +587,7 @@ def prune(
                 and below.uid == seen.st.st_uid
                 and below.gid == seen.st.st_gid
             )
-            if same and (keep_unchanged is None or not keep_unchanged(seen)):
+            if same:
                 tree.drop(path)
                 removed.append(path)
     return removed
@@ -597,8 +597,6 @@ def _entries(root: Path, tree: _Tree, whiteouts: Sequence[str]) -> list[LayerEnt
     """Layer entries for what is left in ``tree`` (files read from under ``root``)."""
     entries = [LayerEntry(path=p, kind="whiteout") for p in whiteouts]
     linked: dict[tuple[int, int], str] = {}
-    from imagedsl.backends.oci.layer import sort_key
-
     for path in sorted(tree.items, key=sort_key):
         seen = tree.items[path]
         st = seen.st
