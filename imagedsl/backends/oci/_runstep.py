@@ -365,14 +365,18 @@ class RunExecutor:
         try:
             real = run.lower.resolve(cwd.strip("/"))
         except PathResolutionError as error:
-            raise RunInputError(run.instruction, run.stage, f"WORKDIR {cwd}: {error}") from None
+            raise RunInputError(
+                run.instruction, run.stage, f"WORKDIR {cwd}: {error}", run.location
+            ) from None
         if not real or run.lower.get(real) is not None:
             return
         root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.close(open_dir(root_fd, real, create=True))
         except RootfsError as error:
-            raise RunInputError(run.instruction, run.stage, f"WORKDIR {cwd}: {error}") from None
+            raise RunInputError(
+                run.instruction, run.stage, f"WORKDIR {cwd}: {error}", run.location
+            ) from None
         finally:
             os.close(root_fd)
 
@@ -471,10 +475,15 @@ class RunExecutor:
         try:
             real = stage.fs.resolve(path.strip("/"))
         except PathResolutionError as error:
-            raise RunInputError(run.instruction, run.stage, f"bind mount: {error}") from None
+            raise RunInputError(
+                run.instruction, run.stage, f"bind mount: {error}", run.location
+            ) from None
         if real and stage.fs.get(real) is None:
             raise RunInputError(
-                run.instruction, run.stage, f"bind mount: {path} does not exist in its stage"
+                run.instruction,
+                run.stage,
+                f"bind mount: {path} does not exist in its stage",
+                run.location,
             )
         snapshots = self.snapshots.ensure(stage.layers)
         for name in ("upper", "work", "merged", "empty"):
