@@ -8,6 +8,7 @@ layers="auto" spreads the files over layers by path as the site grows (about 8 M
 so on a big site editing one page re-uploads one small layer; the output is byte-for-byte
 reproducible (the same digest from the same files, wherever they are checked out).
 """
+
 from __future__ import annotations
 
 import imagedsl as dsl
