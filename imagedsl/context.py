@@ -243,6 +243,22 @@ class Tree:
         return {src: [t, m, n, d] for _, src, t, m, n, d in self.rows}
 
 
+def sole_file(source: ContextSource, tree: Tree) -> TreeEntry | None:
+    """The file a one-path selection names, when the tree is just that file.
+
+    A bind mount of such a selection mounts the file itself (as BuildKit does), not a
+    directory holding it."""
+    entries = tree.entries
+    if (
+        len(source.selectors) == 1
+        and len(entries) == 1
+        and entries[0].type == "file"
+        and entries[0].source == source.selectors[0].path
+    ):
+        return entries[0]
+    return None
+
+
 def normalised_mode(entry_type: EntryType, st_mode: int) -> int:
     """Git-like modes: a checkout's umask must not change a key."""
     if entry_type == "file":

@@ -63,7 +63,7 @@ from imagedsl.backends._dockerfile_words import (
     json_word,
     shell_form_is_exact,
 )
-from imagedsl.context import ContextSource, Tree
+from imagedsl.context import ContextSource, Tree, sole_file
 from imagedsl.errors import ImageDSLError, SourceLocation
 from imagedsl.planner import Plan, PlannedStep, record_step
 from imagedsl.steps import (
@@ -639,16 +639,8 @@ class _Lowerer:
 
     def _bind_source(self, source: ContextSource, tree: Tree) -> str:
         staged = self._stage(tree, source)
-        entries = staged.entries
-        selector = source.selectors[0]
-        if (
-            len(source.selectors) == 1
-            and len(entries) == 1
-            and entries[0].type == "file"
-            and entries[0].source == selector.path
-        ):
-            return f"{staged.name}/{entries[0].placed}"  # one file, mounted as that file
-        return staged.name
+        single = sole_file(source, tree)
+        return staged.name if single is None else f"{staged.name}/{single.placed}"
 
 
 # -- helpers -----------------------------------------------------------------------------------

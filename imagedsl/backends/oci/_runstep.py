@@ -69,7 +69,7 @@ from imagedsl.backends.oci.runtime import (
     missing_requirements,
     resolv_conf,
 )
-from imagedsl.context import ContextSource, Tree
+from imagedsl.context import ContextSource, Tree, sole_file
 from imagedsl.errors import ImageDSLError, SourceLocation
 from imagedsl.steps import (
     BindMount,
@@ -660,15 +660,8 @@ def _materialise(source: ContextSource, tree: Tree, dest: Path) -> Path:
             if hasher.hexdigest() != entry.digest:
                 raise _changed(host)
             os.chmod(target, entry.mode)
-    selector = source.selectors[0]
-    if (
-        len(source.selectors) == 1
-        and len(entries) == 1
-        and entries[0].type == "file"
-        and entries[0].source == selector.path
-    ):
-        return dest / entries[0].placed  # one file, mounted as that file
-    return dest
+    single = sole_file(source, tree)
+    return dest if single is None else dest / single.placed
 
 
 def _changed(host: str) -> ImageDSLError:
