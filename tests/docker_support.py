@@ -55,6 +55,8 @@ __all__ = [
     "ensure_busybox_image",
     "ensure_debian_image",
     "find_docker",
+    "http_get",
+    "serving",
     "start_registry",
 ]
 
@@ -458,3 +460,30 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# --- containers that serve HTTP -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def serving(engine: DockerEngine, tag: str, port: int) -> Iterator[str]:
+    """Run ``tag`` detached with ``port`` published on loopback; yield its base URL."""
+    container = engine.run("run", "--detach", "--publish", f"127.0.0.1::{port}", tag).stdout.strip()
+    try:
+        mapping = engine.run("port", container, f"{port}/tcp").stdout.split()[0]
+        yield f"http://{mapping}"
+    finally:
+        engine.run("rm", "--force", container, check=False)
+
+
+def http_get(url: str, *, timeout: float = 60.0) -> tuple[int, bytes]:
+    """GET ``url`` (never through a proxy), retrying until the server answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with _NO_PROXY_OPENER.open(url, timeout=5) as response:
+                return int(response.status), bytes(response.read())
+        except (urllib.error.URLError, ConnectionError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)

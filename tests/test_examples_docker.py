@@ -9,26 +9,21 @@ index either, so the tests fill the offline caches the examples document (``npm-
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from docker_support import DockerEngine
+from docker_support import DockerEngine, http_get, serving
 
 from imagedsl.backends._buildkit_progress import CACHED, ProgressParser
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @pytest.fixture(name="tag")
@@ -77,30 +72,6 @@ def imagedsl(
     return result
 
 
-@contextlib.contextmanager
-def serving(engine: DockerEngine, tag: str, port: int) -> Iterator[str]:
-    """Run ``tag`` detached with ``port`` published on loopback; yield its base URL."""
-    container = engine.run("run", "--detach", "--publish", f"127.0.0.1::{port}", tag).stdout.strip()
-    try:
-        mapping = engine.run("port", container, f"{port}/tcp").stdout.split()[0]
-        yield f"http://{mapping}"
-    finally:
-        engine.run("rm", "--force", container, check=False)
-
-
-def get(url: str, *, timeout: float = 60.0) -> tuple[int, bytes]:
-    """GET ``url``, retrying until the server answers."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with _NO_PROXY.open(url, timeout=5) as response:
-                return int(response.status), bytes(response.read())
-        except (urllib.error.URLError, ConnectionError, OSError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
-
-
 def assert_all_hits(engine: DockerEngine, spec: str, store: Path, env: dict[str, str]) -> None:
     """After the build, the plan has nothing left to do."""
     planned = imagedsl(engine, "plan", spec, "--store", str(store), "--json", env=env)
@@ -127,10 +98,10 @@ def test_node_express_answers_on_3011(
     spec = f"{example}/build.py"
     imagedsl(docker_engine, "build", spec, "--store", str(store), "-t", tag, env=env)
     with serving(docker_engine, tag, 3011) as url:
-        status, body = get(url + "/")
+        status, body = http_get(url + "/")
         assert status == 200
         assert json.loads(body) == {"message": "hello from imagedsl", "express": "4.21.2"}
-        assert get(url + "/healthz") == (200, b"ok\n")
+        assert http_get(url + "/healthz") == (200, b"ok\n")
     assert_all_hits(docker_engine, spec, store, env)
 
 
@@ -169,7 +140,7 @@ def test_python_app_answers_and_its_tests_pass(
     spec = f"{example}/build.py"
     imagedsl(docker_engine, "build", f"{spec}:app", "--store", str(store), "-t", tag, env=env)
     with serving(docker_engine, tag, 8080) as url:
-        assert get(url + "/") == (200, b"hello from imagedsl (4.2 MB)\n")
+        assert http_get(url + "/") == (200, b"hello from imagedsl (4.2 MB)\n")
     tested = imagedsl(
         docker_engine, "build", f"{spec}:test", "--store", str(store), "--progress", "plain",
         env=env,

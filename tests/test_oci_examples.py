@@ -11,25 +11,20 @@ ours from the layers of the OCI layout the build wrote; each image is also run.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from docker_support import DockerEngine
+from docker_support import DockerEngine, http_get, serving
 from equivalence_support import differences, ensure_nodev_image, export_listing, layout_listing
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @pytest.fixture(name="tags")
@@ -110,30 +105,6 @@ def assert_same_rootfs(
     assert len(ours) == len(docker) - len(set(docker) - set(ours))  # ours adds nothing
 
 
-@contextlib.contextmanager
-def serving(engine: DockerEngine, tag: str, port: int) -> Iterator[str]:
-    """Run ``tag`` detached, ``port`` published on loopback; yield its base URL."""
-    container = engine.run("run", "--detach", "--publish", f"127.0.0.1::{port}", tag).stdout.strip()
-    try:
-        mapping = engine.run("port", container, f"{port}/tcp").stdout.split()[0]
-        yield f"http://{mapping}"
-    finally:
-        engine.run("rm", "--force", container, check=False)
-
-
-def get(url: str, *, timeout: float = 60.0) -> tuple[int, bytes]:
-    """GET ``url``, retrying until the server answers."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with _NO_PROXY.open(url, timeout=5) as response:
-                return int(response.status), bytes(response.read())
-        except (urllib.error.URLError, ConnectionError, OSError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
-
-
 def test_c_program_from_scratch(
     docker_engine: DockerEngine, debian_gcc_image: str, tmp_path: Path, tags: tuple[str, str]
 ) -> None:
@@ -164,7 +135,7 @@ def test_python_app_and_its_tests(
     answers = set()
     for tag in tags:
         with serving(docker_engine, tag, 8080) as url:
-            answers.add(get(url + "/"))
+            answers.add(http_get(url + "/"))
     assert answers == {(200, b"hello from imagedsl (4.2 MB)\n")}
     assert_same_rootfs(docker_engine, tags, layout, tmp_path, mounts=["/wheels"])
     nodev = ensure_nodev_image(docker_engine, debian_python_image)
@@ -190,8 +161,8 @@ def test_node_express_on_3011(
     answers = set()
     for tag in tags:
         with serving(docker_engine, tag, 3011) as url:
-            status, body = get(url + "/")
+            status, body = http_get(url + "/")
             answers.add((status, json.dumps(json.loads(body), sort_keys=True)))
-            assert get(url + "/healthz") == (200, b"ok\n")
+            assert http_get(url + "/healthz") == (200, b"ok\n")
     assert answers == {(200, '{"express": "4.21.2", "message": "hello from imagedsl"}')}
     assert_same_rootfs(docker_engine, tags, layout, tmp_path, mounts=["/tmp/npm-cache"])
