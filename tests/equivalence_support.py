@@ -117,23 +117,8 @@ def tar_listing(path: Path) -> Listing:
     with tarfile.open(path) as archive:
         for member in archive:
             name = member.name.removeprefix("./").strip("/")
-            if not name:
-                continue
-            mode = member.mode & 0o7777
-            if member.isdir():
-                listing[name] = ("dir", mode, member.uid, member.gid, "")
-            elif member.issym():
-                listing[name] = ("symlink", 0o777, member.uid, member.gid, member.linkname)
-            elif member.islnk():
-                target = listing[member.linkname.removeprefix("./").strip("/")]
-                listing[name] = ("file", mode, member.uid, member.gid, target[4])
-            elif member.isreg():
-                handle = archive.extractfile(member)
-                assert handle is not None
-                digest = hashlib.sha256(handle.read()).hexdigest()
-                listing[name] = ("file", mode, member.uid, member.gid, digest)
-            else:
-                listing[name] = ("special", mode, member.uid, member.gid, "")
+            if name:
+                _add(listing, archive, member, name)
     return listing
 
 
@@ -178,6 +163,11 @@ def _apply(listing: Listing, archive: tarfile.TarFile, member: tarfile.TarInfo) 
     if old is not None and old[0] == "dir" and not member.isdir():
         for path in [p for p in listing if p.startswith(name + "/")]:
             del listing[path]
+    _add(listing, archive, member, name)
+
+
+def _add(listing: Listing, archive: tarfile.TarFile, member: tarfile.TarInfo, name: str) -> None:
+    """List one tar member: type, mode, owner, and content digest or link target."""
     mode = member.mode & 0o7777
     if member.isdir():
         listing[name] = ("dir", mode, member.uid, member.gid, "")
