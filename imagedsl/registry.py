@@ -886,20 +886,8 @@ class RegistryClient:
 
     def manifest_exists(self, repository: Repository, digest: str) -> bool:
         """Whether the repository has the manifest ``digest`` (one ``HEAD``)."""
-        url = self._url(repository, f"/v2/{repository.path}/manifests/{digest}")
         action = f"checking manifest {repository}@{digest}"
-        reply = self._call(
-            "HEAD",
-            url,
-            repository,
-            action,
-            scopes=[repository.scope("pull")],
-            headers={"Accept": _ACCEPT},
-        )
-        if reply.status == 404:
-            return False
-        self._expect(reply, (200,), repository, action)
-        return True
+        return self._exists(repository, "manifests", digest, action, headers={"Accept": _ACCEPT})
 
     # -- pull ----------------------------------------------------------------------------------
 
@@ -1105,9 +1093,21 @@ class RegistryClient:
 
     def blob_exists(self, repository: Repository, digest: str) -> bool:
         """Whether the repository has blob ``digest`` (one ``HEAD``)."""
-        url = self._url(repository, f"/v2/{repository.path}/blobs/{digest}")
-        action = f"checking blob {repository}@{digest}"
-        reply = self._call("HEAD", url, repository, action, scopes=[repository.scope("pull")])
+        return self._exists(repository, "blobs", digest, f"checking blob {repository}@{digest}")
+
+    def _exists(
+        self,
+        repository: Repository,
+        kind: str,
+        digest: str,
+        action: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> bool:
+        """One ``HEAD`` on ``/v2/<repo>/<kind>/<digest>``: 200 is yes, 404 is no."""
+        url = self._url(repository, f"/v2/{repository.path}/{kind}/{digest}")
+        scopes = [repository.scope("pull")]
+        reply = self._call("HEAD", url, repository, action, scopes=scopes, headers=headers)
         if reply.status == 404:
             return False
         self._expect(reply, (200,), repository, action)
