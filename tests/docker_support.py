@@ -55,6 +55,7 @@ __all__ = [
     "ensure_busybox_image",
     "ensure_debian_image",
     "find_docker",
+    "host_tool",
     "http_get",
     "serving",
     "start_registry",
@@ -487,3 +488,17 @@ def http_get(url: str, *, timeout: float = 60.0) -> tuple[int, bytes]:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.3)
+
+
+def host_tool(name: str) -> str:
+    """A host tool an example needs to fill its offline cache: fail in CI (where
+    IMAGEDSL_REQUIRE_DOCKER=1), skip elsewhere."""
+    found = shutil.which(name)
+    if found is None:
+        message = f"{name} is needed on the host to prepare the example's offline cache"
+        import pytest  # this module is also used outside pytest
+
+        if os.environ.get("IMAGEDSL_REQUIRE_DOCKER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found

@@ -11,25 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_support import imagedsl
 
 import imagedsl as dsl
 from imagedsl.ledger import Store
 
 RESOURCES = Path(__file__).parent / "resources"
-
-
-def imagedsl(*args: str, cwd: Path, store: Path) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m imagedsl ARGS`` with its own store."""
-    env = {**os.environ, "IMAGEDSL_STORE": str(store)}
-    return subprocess.run(
-        [sys.executable, "-m", "imagedsl", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.fixture(name="project")

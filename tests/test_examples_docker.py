@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from docker_support import DockerEngine, http_get, serving
+from docker_support import DockerEngine, host_tool, http_get, serving
 
 from imagedsl.backends._buildkit_progress import CACHED, ProgressParser
 
@@ -43,17 +43,6 @@ def copy_example(name: str, tmp_path: Path) -> Path:
         ignore=shutil.ignore_patterns("__pycache__", "node_modules", "npm-cache", "wheels"),
     )
     return target
-
-
-def host_tool(name: str) -> str:
-    """A tool the host needs to fill an offline cache; fail in CI, skip elsewhere."""
-    found = shutil.which(name)
-    if found is None:
-        message = f"{name} is needed on the host to prepare the example's offline cache"
-        if os.environ.get("IMAGEDSL_REQUIRE_DOCKER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
 
 
 def imagedsl(

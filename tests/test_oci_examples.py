@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from docker_support import DockerEngine, http_get, serving
+from docker_support import DockerEngine, host_tool, http_get, serving
 from equivalence_support import differences, ensure_nodev_image, export_listing, layout_listing
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -59,16 +59,6 @@ def _imagedsl(
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return result
-
-
-def _host_tool(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        message = f"{name} is needed on the host to prepare the example's offline cache"
-        if os.environ.get("IMAGEDSL_REQUIRE_DOCKER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
 
 
 def build_both(
@@ -149,7 +139,7 @@ def test_node_express_on_3011(
 ) -> None:
     """The Express server (npm ci in a RUN, from a bind-mounted offline cache) answers the
     same from both images, and the roots match."""
-    npm = _host_tool("npm")
+    npm = host_tool("npm")
     example = _copy_example("node-express", tmp_path)
     subprocess.run(
         [npm, "ci", "--omit=dev", "--cache", str(example / "npm-cache"), "--no-audit", "--no-fund"],

@@ -15,6 +15,7 @@ import attrs
 import docker_support
 import oci_support
 import pytest
+from cli_support import imagedsl
 from oci_support import build
 
 import imagedsl as dsl
@@ -92,20 +93,6 @@ def stages_of(project: Path, base: str) -> dict[str, Stage]:
     app = deps.copy(src.dir("app"), "/app/app", layers="auto").cmd("/app/app/run.sh")
     tool = dsl.scratch().copy(app.path("/app/app/run.sh"), "/run.sh")
     return {"base": image, "deps": deps, "app": app, "tool": tool.copy(src.dir("data"), "/data")}
-
-
-def imagedsl(*args: str, cwd: Path, store: Path) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m imagedsl ARGS`` with its own store."""
-    env = {**os.environ, "IMAGEDSL_STORE": str(store)}
-    return subprocess.run(
-        [sys.executable, "-m", "imagedsl", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def built_with_cache_to(

@@ -1,0 +1,25 @@
+"""Running the ``imagedsl`` command as a real subprocess, for the CLI tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def imagedsl(*args: str, cwd: Path, store: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m imagedsl ARGS`` with its own store."""
+    env = {**os.environ, "IMAGEDSL_STORE": str(store)}
+    return subprocess.run(
+        [sys.executable, "-m", "imagedsl", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
