@@ -1,17 +1,23 @@
-"""One base error for everything imagedsl refuses; subclasses keep the facts as attributes.
+"""One base error for everything imagedsl refuses, in three categories, each with its exit code.
 
-Messages are built in ``__str__`` from those attributes, so tests (and tools) can assert on
-data rather than wording, and the CLI can print one clean line.
+    ImageDSLError
+    ├── InputError          exit 2: the build file, an option or an input is wrong
+    ├── BuildFailure        exit 1: the build ran and a step failed (a RUN, BuildKit)
+    └── EnvironmentFailure  exit 1: something outside the input failed (registry, engine,
+                            runtime, store, disk)
+
+Subclasses keep the facts as attributes (attrs writes their ``__init__``, ``repr`` and exception
+``args``) and build the message in ``__str__``, so tests (and tools) assert on data rather than
+wording, and the CLI prints one clean line and maps the category to an exit code
+(:func:`exit_code_of`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import ClassVar
 
 import attrs
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
 
 
 @attrs.frozen(order=True)
@@ -30,6 +36,8 @@ class ImageDSLError(Exception):
 
     #: Where in the user's build file the problem is, when known.
     location: SourceLocation | None = None
+    #: The process exit status the CLI gives this category of error.
+    exit_code: ClassVar[int] = 2
 
     def with_location(self, location: SourceLocation | None) -> ImageDSLError:
         """Attach a location unless one is already known; return self for ``raise``."""
@@ -38,92 +46,113 @@ class ImageDSLError(Exception):
         return self
 
 
-class StepArgumentError(ImageDSLError, TypeError):
+class InputError(ImageDSLError):
+    """The input is wrong: the build file, a target, an option, a reference, the context."""
+
+    exit_code: ClassVar[int] = 2
+
+
+class BuildFailure(ImageDSLError):
+    """The build ran and a step failed (a RUN exited non-zero, BuildKit failed a step)."""
+
+    exit_code: ClassVar[int] = 1
+
+
+class EnvironmentFailure(ImageDSLError):
+    """Something the build needs from its surroundings failed: a registry, the Docker engine,
+    the container runtime, the store, the disk."""
+
+    exit_code: ClassVar[int] = 1
+
+
+def exit_code_of(error: ImageDSLError) -> int:
+    """The exit status for ``error``: its category's."""
+    return type(error).exit_code
+
+
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(names) if names else "(none)"
+
+
+@attrs.define
+class StepArgumentError(InputError, TypeError):
     """A step was given an argument of the wrong type or an impossible value."""
 
-    def __init__(self, step: str, argument: str, problem: str) -> None:
-        super().__init__(step, argument, problem)
-        self.step = step
-        self.argument = argument
-        self.problem = problem
+    step: str
+    argument: str
+    problem: str
 
     def __str__(self) -> str:
         return f"{self.step}: argument {self.argument!r} {self.problem}"
 
 
-class BuildFileError(ImageDSLError):
+@attrs.define
+class BuildFileError(InputError):
     """A build file could not be loaded: syntax error, exception, or nothing to build."""
 
-    def __init__(self, location: SourceLocation | None, message: str) -> None:
-        super().__init__(location, message)
-        self.location = location
-        self.message = message
+    location: SourceLocation | None  # type: ignore[misc]  # an instance field here
+    message: str
 
     def __str__(self) -> str:
         return self.message
 
 
-class UnknownTargetError(ImageDSLError):
+@attrs.define
+class UnknownTargetError(InputError):
     """The requested target is not a stage of the build file."""
 
-    def __init__(self, target: str, available: Sequence[str]) -> None:
-        super().__init__(target, tuple(available))
-        self.target = target
-        self.available = tuple(available)
+    target: str
+    available: tuple[str, ...] = attrs.field(converter=tuple)
 
     def __str__(self) -> str:
-        have = ", ".join(self.available) if self.available else "(none)"
-        return f"unknown target {self.target!r}; available targets: {have}"
+        return f"unknown target {self.target!r}; available targets: {_names(self.available)}"
 
 
-class UnknownStageError(ImageDSLError):
+@attrs.define
+class UnknownStageError(InputError):
     """A reference by name points at no stage."""
 
-    def __init__(self, name: str, available: Sequence[str]) -> None:
-        super().__init__(name, tuple(available))
-        self.name = name
-        self.available = tuple(available)
+    name: str
+    available: tuple[str, ...] = attrs.field(converter=tuple)
 
     def __str__(self) -> str:
-        have = ", ".join(self.available) if self.available else "(none)"
-        return f"stage {self.name!r} is referenced but not defined; stages: {have}"
+        return (
+            f"stage {self.name!r} is referenced but not defined; stages: "
+            f"{_names(self.available)}"
+        )
 
 
-class CycleError(ImageDSLError):
+@attrs.define
+class CycleError(InputError):
     """Stages depend on each other in a loop; ``cycle`` lists the stage names in order."""
 
-    def __init__(self, cycle: Sequence[str]) -> None:
-        super().__init__(tuple(cycle))
-        self.cycle = tuple(cycle)
+    cycle: tuple[str, ...] = attrs.field(converter=tuple)
 
     def __str__(self) -> str:
         loop = " -> ".join((*self.cycle, self.cycle[0])) if self.cycle else "?"
         return f"stages depend on each other in a cycle: {loop}"
 
 
-class ContextError(ImageDSLError):
+@attrs.define
+class ContextError(InputError):
     """A build context cannot be read as asked: missing root, missing selected paths."""
 
-    def __init__(self, root: str, missing: Sequence[str] = (), problem: str = "") -> None:
-        super().__init__(root, tuple(missing), problem)
-        self.root = root
-        self.missing = tuple(missing)
-        self.problem = problem
+    root: str
+    missing: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    problem: str = ""
 
     def __str__(self) -> str:
         if self.missing:
-            names = ", ".join(self.missing)
-            return f"not in the build context {self.root}: {names}"
+            return f"not in the build context {self.root}: {', '.join(self.missing)}"
         return f"build context {self.root}: {self.problem}"
 
 
-class StoreError(ImageDSLError):
+@attrs.define
+class StoreError(EnvironmentFailure):
     """The store cannot be used (not writable, not a directory, ...)."""
 
-    def __init__(self, path: str, problem: str) -> None:
-        super().__init__(path, problem)
-        self.path = path
-        self.problem = problem
+    path: str
+    problem: str
 
     def __str__(self) -> str:
         return f"store {self.path}: {self.problem}"

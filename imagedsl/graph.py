@@ -125,6 +125,9 @@ class BuildGraph:
     target: str
     nodes: tuple[StepNode, ...]
     stage_names: Mapping[Stage, str] = attrs.field(eq=False, repr=False)
+    #: What keyed the graph, kept so that :func:`rekey` can key it again once outputs it
+    #: depends on are known (no file is read again: trees are remembered).
+    keyer: _Keyer | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def output(self) -> StepNode:
@@ -182,6 +185,17 @@ def build_graph(
         project=project,
         named=resolved,
     ).key_all(target, order, waves)
+
+
+def rekey(graph: BuildGraph) -> BuildGraph:
+    """Key ``graph`` again, now that more ``COPY --from`` outputs may be recorded.
+
+    Structure, order and waves are kept; context trees are not hashed again. Only keys that
+    depended on an unknown output (provisional ones) can change.
+    """
+    if graph.keyer is None or not any(node.provisional for node in graph.nodes):
+        return graph
+    return graph.keyer.key_again()
 
 
 # -- phase 1: structure ----------------------------------------------------------------------
@@ -399,15 +413,24 @@ class _Keyer:
     named: Mapping[str, Stage]
     _states: dict[int, BuildState] = attrs.field(factory=dict)
     _nodes: dict[int, StepNode] = attrs.field(factory=dict)
+    _trees: dict[tuple[ContextSource, tuple[str, ...], bool], Tree] = attrs.field(factory=dict)
+    _keyed: tuple[str, Sequence[int], Sequence[int]] | None = None
 
     def key_all(self, target: str, order: Sequence[int], waves: Sequence[int]) -> BuildGraph:
+        self._keyed = (target, order, waves)
+        self._states.clear()
+        self._nodes.clear()
         nodes: list[StepNode] = []
         for old in order:
             made = self._key_one(old, len(nodes), waves[old])
             nodes.extend(made)
             self._nodes[old] = made[-1]
         names = {s: label for s, (label, _) in self.labels.items()}
-        return BuildGraph(target=target, nodes=tuple(nodes), stage_names=names)
+        return BuildGraph(target=target, nodes=tuple(nodes), stage_names=names, keyer=self)
+
+    def key_again(self) -> BuildGraph:
+        assert self._keyed is not None
+        return self.key_all(*self._keyed)
 
     def _key_one(self, old: int, index: int, wave: int) -> list[StepNode]:
         """The node(s) of one stage value: one, or one per layer of a layered COPY."""
@@ -635,14 +658,20 @@ class _Keyer:
     def _tree(
         self, source: ContextSource, exclude: Sequence[str], *, dest_is_dir: bool, step: Step
     ) -> Tree:
+        memo = (source, tuple(exclude), dest_is_dir)
+        known = self._trees.get(memo)
+        if known is not None:
+            return known
         try:
-            return self.hasher.tree(source, exclude=exclude, dest_is_dir=dest_is_dir)
+            tree = self.hasher.tree(source, exclude=exclude, dest_is_dir=dest_is_dir)
         except Exception as error:
             from imagedsl.errors import ImageDSLError
 
             if isinstance(error, ImageDSLError):
                 raise error.with_location(step.location) from None
             raise
+        self._trees[memo] = tree
+        return tree
 
 
 def _dest_is_dir(step: Copy | Add) -> bool:

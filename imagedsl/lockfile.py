@@ -25,7 +25,8 @@ from imagedsl.errors import ImageDSLError
 from imagedsl.ledger import atomic_write
 
 if TYPE_CHECKING:
-    from imagedsl.steps import FromImage
+    from imagedsl.planner import Plan
+    from imagedsl.steps import FromImage, ImageReference
 
 LOCK_NAME: Final = "imagedsl.lock"
 LOCK_VERSION: Final = 1
@@ -49,6 +50,20 @@ def lock_key(step: FromImage) -> str:
     reference = step.reference
     name = reference.name if reference.transport == "registry" else str(reference)
     return f"{name}:{reference.tag}" if reference.tag else name
+
+
+def unpinned_bases(plan: Plan) -> dict[tuple[str, str], ImageReference]:
+    """The registry bases of ``plan`` that nothing pins: (lock key, platform) -> reference."""
+    from imagedsl.steps import FromImage
+
+    wanted: dict[tuple[str, str], ImageReference] = {}
+    for step in plan.steps:
+        base = step.node.step
+        if isinstance(base, FromImage):
+            image = base.reference
+            if image.transport == "registry" and not image.digest:
+                wanted[lock_key(base), step.node.state.platform] = image
+    return wanted
 
 
 @attrs.frozen

@@ -30,6 +30,7 @@ from imagedsl.graph import (
     OutputResolver,
     StepNode,
     build_graph,
+    rekey,
     stage_namer,
 )
 from imagedsl.ledger import Record, Store, StoreWarning
@@ -205,6 +206,16 @@ def plan(
     hasher.save()
     steps = _statuses(graph, store)
     return Plan(buildfile=buildfile, target=target, steps=steps, graph=graph)
+
+
+def settle(plan: Plan, store: Store | None) -> Plan:
+    """``plan`` again after a backend recorded ``COPY --from`` outputs: the keys that waited
+    for them are computed by content (as BuildKit's solver computes content keys once an input
+    completes), and statuses follow. Nothing is loaded or hashed again."""
+    graph = rekey(plan.graph)
+    if graph is plan.graph:
+        return plan
+    return attrs.evolve(plan, steps=_statuses(graph, store), graph=graph)
 
 
 def _unpinned(step: FromImage, platform: str) -> None:
@@ -567,4 +578,5 @@ __all__ = [
     "plan",
     "record_copy_output",
     "record_step",
+    "settle",
 ]

@@ -196,16 +196,12 @@ def build(
     tags: Sequence[str] = (),
     backend: OCIBackend | None = None,
 ) -> tuple[OCIBuild, Plan]:
-    """Plan and build with the OCI backend as the CLI does (with replanning)."""
+    """Plan and build with the OCI backend as the CLI does."""
 
     if target is None and not isinstance(stages, Stage):
         target = list(stages)[-1]
-
-    def replan() -> Plan:
-        return plan(stages, target, store=store, project="test")
-
-    first = replan()
-    request = BuildRequest(output=output, tags=tuple(tags), replan=replan)
+    first = plan(stages, target, store=store, project="test")
+    request = BuildRequest(output=output, tags=tuple(tags))
     outcome = (backend or OCIBackend()).build_image(
         first, request, store=store, reporter=Reporter()
     )

@@ -89,12 +89,9 @@ def run_build(
     """Plan and build ``stage`` (target ``img``), keeping the output lines."""
     named = {**(stages or {}), "img": stage}
 
-    def replan() -> Plan:
-        return plan(named, "img", store=store, project="run-test")
-
     recorder = Recorder()
-    first = replan()
-    request = BuildRequest(secrets=secrets, replan=replan, output=output)
+    first = plan(named, "img", store=store, project="run-test")
+    request = BuildRequest(secrets=secrets, output=output)
     built = (backend or OCIBackend()).build_image(first, request, store=store, reporter=recorder)
     return built, recorder, first
 

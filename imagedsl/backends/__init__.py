@@ -18,7 +18,10 @@ import attrs
 from imagedsl.errors import ImageDSLError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from imagedsl.ledger import Store
+    from imagedsl.registry import Descriptor
     from imagedsl.planner import Plan
     from imagedsl.reporting import Reporter
 
@@ -91,8 +94,6 @@ class BuildRequest:
     platform: str | None = None
     secrets: tuple[SecretSource, ...] = ()
     progress: str = "auto"
-    #: Plans the target again (after a backend learned outputs, e.g. COPY --from digests).
-    replan: Callable[[], Plan] | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -103,12 +104,23 @@ class BuildResult:
     cached: tuple[str, ...] = ()
     image: str | None = None
     digest: str | None = None
+    #: The image manifest, when the backend wrote the image into the store (it can be pushed).
+    manifest: Descriptor | None = None
+    #: The layer-cache entries the build read or wrote: (step key, entry file). What a
+    #: remote cache exports (:mod:`imagedsl.remote_cache`).
+    layer_cache: tuple[tuple[str, Path], ...] = ()
 
 
 class Backend(Protocol):
-    """Makes the missing steps of a plan real."""
+    """Makes the missing steps of a plan real.
+
+    A backend that writes images into the store (their blobs, so they can be pushed and their
+    layers shared through a remote cache) names the media types of the layers it writes in
+    ``layer_media_types``; one whose images live elsewhere (an engine) leaves it empty.
+    """
 
     name: str
+    layer_media_types: frozenset[str]
 
     def build(
         self, plan: Plan, request: BuildRequest, *, store: Store, reporter: Reporter

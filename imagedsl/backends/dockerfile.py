@@ -791,6 +791,8 @@ class DockerfileBackend:
     """Builds a plan with BuildKit through the docker client (the ``docker`` backend)."""
 
     name = "docker"
+    #: Images live in the engine, not in the store: nothing to push or share from here.
+    layer_media_types: frozenset[str] = frozenset()
 
     def __init__(self, engine: DockerEngine | None = None) -> None:
         self._engine = engine

@@ -46,6 +46,7 @@ from imagedsl.backends.oci._steps import (
 from imagedsl.backends.oci.layer import (
     COMPRESSIONS,
     Compression,
+    MEDIA_TYPES,
     LayerBlob,
     LayerEntry,
     LayerStream,
@@ -68,7 +69,7 @@ from imagedsl.backends.oci.layout import (
 from imagedsl.context import ContextSource, Tree
 from imagedsl.errors import ImageDSLError
 from imagedsl.ledger import atomic_write
-from imagedsl.planner import PlanStatus, record_copy_output, record_step
+from imagedsl.planner import PlanStatus, record_copy_output, record_step, settle
 from imagedsl.steps import (
     DEFAULT_PATH,
     Add,
@@ -109,7 +110,6 @@ COMPRESSION_ENV: Final = "IMAGEDSL_OCI_COMPRESSION"
 ANNOTATION_CREATED: Final = "org.opencontainers.image.created"
 ANNOTATION_BASE_NAME: Final = "org.opencontainers.image.base.name"
 ANNOTATION_BASE_DIGEST: Final = "org.opencontainers.image.base.digest"
-_REPLANS_MAX: Final = 64
 _ParentFactory = Callable[[str], LayerEntry]
 
 
@@ -132,9 +132,11 @@ class OCIBuild:
     result: BuildResult
     image: BuiltImage
     stats: BuildStats
-    #: The layer-cache entries the build read or wrote: (step key, entry file). What a
-    #: remote cache exports (:mod:`imagedsl.remote_cache`).
-    layer_cache: tuple[tuple[str, Path], ...] = ()
+
+    @property
+    def layer_cache(self) -> tuple[tuple[str, Path], ...]:
+        """The layer-cache entries the build read or wrote (see :class:`BuildResult`)."""
+        return self.result.layer_cache
 
 
 @attrs.define
@@ -215,6 +217,11 @@ class OCIBackend:
         self._registry_factory = registry or _default_registry
         self._registry: RegistryClient | None = None
 
+    @property
+    def layer_media_types(self) -> frozenset[str]:
+        """The media type of the layers this backend writes into the store."""
+        return frozenset({MEDIA_TYPES[self.compression]})
+
     def _registry_once(self) -> RegistryClient:
         if self._registry is None:
             self._registry = self._registry_factory()
@@ -245,15 +252,20 @@ class OCIBackend:
             if self._registry is not None:
                 self._registry.close()
                 self._registry = None
+        from imagedsl.registry import OCI_MANIFEST, Descriptor
+
+        manifest = Descriptor(
+            media_type=OCI_MANIFEST, digest=image.manifest_digest, size=len(image.manifest)
+        )
         result = BuildResult(
             built=tuple(run.built),
             cached=tuple(run.cached),
             image=where,
             digest=image.manifest_digest,
+            manifest=manifest,
+            layer_cache=tuple(run.layer_cache),
         )
-        return OCIBuild(
-            result=result, image=image, stats=run.stats, layer_cache=tuple(run.layer_cache)
-        )
+        return OCIBuild(result=result, image=image, stats=run.stats)
 
 
 def check_run_support(plan: Plan) -> None:
@@ -318,16 +330,14 @@ class _Build:
         self.blobs.sweep()
         with scratch_dir(self.blobs) as spool:
             self._spool_dir = spool
-            for _ in range(_REPLANS_MAX):
+            # Each round measures one COPY --from output, so there are at most as many rounds
+            # as steps; the planner then keys what waited for that output.
+            for _ in range(len(self.plan.steps) + 1):
                 if self._walk():
                     break
-                if self.request.replan is None:
-                    raise BuildRequestError(
-                        "the OCI backend needs BuildRequest.replan to build COPY --from steps"
-                    )
-                self.plan = self.request.replan()
+                self.plan = settle(self.plan, self.store)
                 check_run_support(self.plan)
-            else:  # pragma: no cover - a graph cannot need this many rounds
+            else:  # pragma: no cover - each round settles one step for good
                 raise BuildRequestError("COPY --from outputs did not settle")
             return self._compose(self.plan.graph.output)
 

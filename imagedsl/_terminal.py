@@ -1,0 +1,160 @@
+"""What the ``imagedsl`` command prints: progress on stderr and the plan table.
+
+The library reports through :class:`~imagedsl.reporting.Reporter` hooks and prints nothing;
+:class:`TerminalReporter` is the CLI's implementation of those hooks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from imagedsl.reporting import Reporter
+
+if TYPE_CHECKING:
+    from imagedsl.errors import SourceLocation
+    from imagedsl.planner import Plan
+
+
+class TerminalReporter(Reporter):
+    """Progress on stderr: a live hashing line on a terminal, a line per step output, per blob
+    transferred, per push and per remote cache."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._live = stream.isatty()
+        self._total = (0, 0)
+        self._last = 0.0
+        self._shown = False
+        self._sizes: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _line(self, text: str) -> None:
+        with self._lock:
+            self._stream.write(text + "\n")
+            self._stream.flush()
+
+    def hashing_started(self, root: str, files: int, total_bytes: int) -> None:
+        self._total = (files, total_bytes)
+        self._last = time.monotonic()
+        self._shown = files >= 2000 or total_bytes >= 64 << 20
+        if self._shown:
+            self._stream.write(
+                f"hashing {files} files ({mib(total_bytes)}) in {display_path(Path(root))}"
+                + ("" if self._live else "\n")
+            )
+            self._stream.flush()
+
+    def hashing_progress(self, root: str, files_done: int, bytes_done: int) -> None:
+        now = time.monotonic()
+        if not (self._shown and self._live) or now - self._last < 0.2:
+            return
+        self._last = now
+        files, total = self._total
+        self._stream.write(
+            f"\rhashing {display_path(Path(root))}: {files_done}/{files} files, "
+            f"{mib(bytes_done)}/{mib(total)}"
+        )
+        self._stream.flush()
+
+    def hashing_finished(self, root: str) -> None:  # noqa: ARG002 - the hook's signature
+        if self._shown and self._live:
+            self._stream.write("\r\x1b[K")
+            self._stream.flush()
+
+    def step_output(self, label: str, line: str) -> None:  # noqa: ARG002 - the hook's signature
+        """A backend's progress line (BuildKit's, for the docker backend), printed as is."""
+        self._line(line)
+
+    def transfer_started(self, digest: str, size: int, direction: str) -> None:  # noqa: ARG002
+        with self._lock:
+            self._sizes[digest] = size
+
+    def transfer_finished(self, digest: str, outcome: str) -> None:
+        """``pushed 0123456789ab 1.2 MiB``; blobs already where they belong are not mentioned."""
+        if outcome == "present":
+            return
+        with self._lock:
+            size = self._sizes.pop(digest, None)
+        shown = "" if size is None else f" {human_size(size)}"
+        self._line(f"{outcome:>8} {digest.removeprefix('sha256:')[:12]}{shown}")
+
+    def image_pushed(self, reference: str, repository: str, tags: Sequence[str]) -> None:
+        self._line(f"pushed {repository} tags {', '.join(tags) or '(by digest only)'}")
+
+    def cache_imported(self, reference: str, records: int, new: int, layers: int) -> None:
+        self._line(f"cache {reference}: {records} records, {new} new, {layers} layers")
+
+    def cache_missing(self, reference: str) -> None:
+        self._line(f"warning: no remote cache at {reference}; going on without it")
+
+    def cache_exported(self, reference: str, records: int, layers: int) -> None:
+        self._line(f"cache: {records} records, {layers} layers -> {reference}")
+
+    def bases_pinned(self, count: int, lock_path: str) -> None:
+        self._line(f"pinned {count} base image(s) in {display_path(Path(lock_path))}")
+
+
+def format_plan(plan: Plan, buildfile: str) -> str:
+    """The human table: one row per step, reasons indented under misses."""
+    rows = [("WAVE", "STEP", "STATUS", "KEY", "INSTRUCTION")]
+    details: dict[int, list[str]] = {}
+    for i, step in enumerate(plan.steps):
+        rows.append(
+            (
+                str(step.wave),
+                f"{step.stage}[{step.index}]",
+                step.status.value,
+                step.key[:12],
+                _truncate(step.instruction, 72),
+            )
+        )
+        details[i + 1] = [*step.reasons, *(f"note: {n}" for n in step.notes)]
+    widths = [max(len(row[c]) for row in rows) for c in range(4)]
+    lines = [f"plan for {buildfile}:{plan.target}"]
+    for i, row in enumerate(rows):
+        cells = [row[c].ljust(widths[c]) for c in range(4)]
+        lines.append("  ".join([*cells, row[4]]).rstrip())
+        for reason in details.get(i, []):
+            lines.append(" " * (sum(widths) + 8) + f"- {reason}")
+    summary = plan.summary
+    lines.append(
+        f"{summary['hit']} hit, {summary['miss']} miss, {summary['maybe']} maybe, "
+        f"{summary['config']} config"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def display_path(path: Path) -> str:
+    """A path as the user would type it: relative to the current directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def display_location(location: SourceLocation) -> str:
+    """``FILE:LINE`` with the file as the user would type it."""
+    return f"{display_path(Path(location.file))}:{location.line}"
+
+
+def mib(size: int) -> str:
+    """``12.3 MiB``."""
+    return f"{size / (1 << 20):.1f} MiB"
+
+
+def human_size(size: int) -> str:
+    """``512 B``, ``1.5 KiB``, ``12.3 MiB``."""
+    if size < 1 << 10:
+        return f"{size} B"
+    if size < 1 << 20:
+        return f"{size / (1 << 10):.1f} KiB"
+    return mib(size)
+
+
+def _truncate(text: str, width: int) -> str:
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= width else text[: width - 1] + "…"

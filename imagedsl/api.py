@@ -1,0 +1,366 @@
+"""The library behind the ``imagedsl`` command: everything the CLI does, as calls.
+
+``import imagedsl as dsl`` gives the vocabulary of build files. This module gives the
+plumbing, for tools that drive builds themselves::
+
+    from imagedsl.api import BuildSession
+
+    session = BuildSession("build.py", "app", build_args={"VERSION": "1.2"})
+    plan = session.plan()                       # statuses and reasons, no daemon
+    for step in plan.steps:
+        print(step.stage, step.index, step.status, step.reasons)
+    outcome = session.build("oci", output="oci:out:latest", push="registry.example/app:1.2")
+
+A :class:`BuildSession` holds one build file, one target and the options every command shares
+(build args, platform, store, registry trust, a :class:`~imagedsl.reporting.Reporter`). Each
+method is one command: :meth:`~BuildSession.plan`, :meth:`~BuildSession.build`,
+:meth:`~BuildSession.lower`, :meth:`~BuildSession.resolve_bases`, and the remote cache's
+:meth:`~BuildSession.import_cache`; :func:`push_image` pushes an existing layout or archive.
+Progress and messages go to the reporter's hooks only: the library prints nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
+
+from imagedsl.backends import (
+    Backend,
+    BuildRequest,
+    BuildRequestError,
+    BuildResult,
+    SecretSource,
+    get_backend,
+)
+from imagedsl.ledger import Record, Store, StoreWarning, default_store_path
+from imagedsl.loader import BuildFile, load_buildfile, split_spec
+from imagedsl.planner import (
+    Plan,
+    PlannedStep,
+    PlanStatus,
+    plan,
+    record_copy_output,
+    record_step,
+    settle,
+)
+from imagedsl.reporting import Reporter
+
+if TYPE_CHECKING:
+    from imagedsl.lockfile import LockFile
+    from imagedsl.registry import PushResult, RegistryClient
+    from imagedsl.remote_cache import RemoteCache
+
+__all__ = [
+    "Backend",
+    "BuildFile",
+    "BuildOutcome",
+    "BuildRequest",
+    "BuildResult",
+    "BuildSession",
+    "Plan",
+    "PlanStatus",
+    "PlannedStep",
+    "Record",
+    "Reporter",
+    "SecretSource",
+    "Store",
+    "StoreWarning",
+    "default_store_path",
+    "get_backend",
+    "load_buildfile",
+    "open_store",
+    "plan",
+    "push_image",
+    "record_copy_output",
+    "record_step",
+    "settle",
+    "split_spec",
+]
+
+
+def open_store(path: str | os.PathLike[str] | None = None) -> Store:
+    """The store at ``path``, else ``$IMAGEDSL_STORE``, else the user cache directory."""
+    return Store(default_store_path(path))
+
+
+@attrs.frozen(kw_only=True)
+class BuildOutcome:
+    """What :meth:`BuildSession.build` did: the backend's result, and where it was pushed."""
+
+    result: BuildResult
+    #: One entry per repository the image was pushed to (``--push``).
+    pushed: tuple[PushResult, ...] = ()
+    #: The reference the remote cache was exported to (``--cache-to``), if any.
+    cache_exported_to: str | None = None
+
+
+class BuildSession:
+    """One build file and target, with the options every command shares.
+
+    ``buildfile`` is a path (or ``FILE:TARGET``, or a directory holding ``build.py``) or a
+    :class:`BuildFile` already loaded; ``target`` None means the build file's default.
+    ``store`` is a :class:`Store` or a directory (default: :func:`open_store`).
+    ``insecure`` allows plain HTTP to registries off loopback.
+    """
+
+    def __init__(
+        self,
+        buildfile: str | os.PathLike[str] | BuildFile | None = None,
+        target: str | None = None,
+        *,
+        build_args: Mapping[str, str] | None = None,
+        platform: str | None = None,
+        store: Store | str | os.PathLike[str] | None = None,
+        reporter: Reporter | None = None,
+        insecure: bool = False,
+    ) -> None:
+        if isinstance(buildfile, BuildFile):
+            self.buildfile = buildfile
+        else:
+            path, named = split_spec(None if buildfile is None else os.fspath(buildfile))
+            self.buildfile = load_buildfile(path)
+            target = target or named
+        self.target = self.buildfile.target(target)
+        self.build_args: Mapping[str, str] = dict(build_args or {})
+        self.platform = platform
+        self.store = store if isinstance(store, Store) else open_store(store)
+        self.reporter = reporter or Reporter()
+        self.insecure = insecure
+
+    @property
+    def path(self) -> Path:
+        """The build file's path as given."""
+        return self.buildfile.path
+
+    # -- plan ----------------------------------------------------------------------------------
+
+    def plan(self, *, cache_from: Sequence[str] = ()) -> Plan:
+        """Plan the target without running anything; ``cache_from`` imports remote caches'
+        records first (and notes on each hit they made)."""
+        added = self.import_cache(cache_from) if cache_from else {}
+        planned = self._plan()
+        return _note_remote_hits(planned, added) if added else planned
+
+    def _plan(self) -> Plan:
+        return self.buildfile.plan(
+            self.target,
+            store=self.store,
+            build_args=self.build_args,
+            platform=self.platform,
+            reporter=self.reporter,
+        )
+
+    def resolve_bases(self) -> LockFile:
+        """Pin every registry base the build file leaves unpinned (a HEAD on its manifest) in
+        the ``imagedsl.lock`` beside the build file; the next plan keys them by digest."""
+        from imagedsl.lockfile import LockFile, unpinned_bases
+
+        lock = LockFile.beside(self.path)
+        wanted = unpinned_bases(self._plan())
+        resolved = []
+        with self._registry() as client:
+            for (name, platform), image in sorted(wanted.items()):
+                resolved.append((name, platform, client.resolve(image).digest))
+        lock = lock.updated(resolved)
+        lock.write()
+        self.reporter.bases_pinned(len(lock.pins), str(lock.path))
+        return lock
+
+    # -- remote cache --------------------------------------------------------------------------
+
+    def import_cache(self, references: Sequence[str]) -> dict[str, str]:
+        """Import each remote cache's records into the store (``--cache-from``): key -> the
+        cache that added it. A reference with no cache yet is reported and skipped."""
+        added: dict[str, str] = {}
+        with self._registry() as client:
+            for text in references:
+                found = self._fetch_cache(client, text)
+                if found is not None:
+                    added.update(dict.fromkeys(found[1], str(found[0].reference)))
+        return added
+
+    def _fetch_cache(
+        self, client: RegistryClient, text: str
+    ) -> tuple[RemoteCache, frozenset[str]] | None:
+        from imagedsl import remote_cache
+        from imagedsl.registry import NotFoundError
+
+        reference = remote_cache.parse_cache_reference(text)
+        try:
+            cache = remote_cache.fetch_cache(client, reference, self.store)
+        except NotFoundError:
+            self.reporter.cache_missing(str(reference))
+            return None
+        imported = remote_cache.import_records(self.store, cache.bundle)
+        self.reporter.cache_imported(
+            str(reference), len(cache.bundle.records), len(imported.new), len(cache.bundle.blobs)
+        )
+        return cache, imported.new
+
+    # -- build ---------------------------------------------------------------------------------
+
+    def build(
+        self,
+        backend: str | Backend = "docker",
+        *,
+        output: str | None = None,
+        tags: Sequence[str] = (),
+        secrets: Sequence[SecretSource | str] = (),
+        progress: str = "auto",
+        push: str | None = None,
+        cache_to: str | None = None,
+        cache_from: Sequence[str] = (),
+    ) -> BuildOutcome:
+        """Plan, then let ``backend`` (a name or a :class:`Backend`) build the misses.
+
+        ``push`` (a ``HOST/NAME[:TAG]``; ``tags`` add tags), ``cache_to`` and ``cache_from``
+        (``registry:REF``) need a backend that writes the image into the store (``oci``).
+        """
+        chosen = get_backend(backend) if isinstance(backend, str) else backend
+        request = BuildRequest(
+            tags=tuple(tags),
+            output=output,
+            build_args=self.build_args,
+            platform=self.platform,
+            secrets=tuple(s if isinstance(s, SecretSource) else SecretSource.parse(s) for s in secrets),
+            progress=progress,
+        )
+        if not (push or cache_to or cache_from):
+            result = chosen.build(self._plan(), request, store=self.store, reporter=self.reporter)
+            return BuildOutcome(result=result)
+        if not chosen.layer_media_types:
+            raise BuildRequestError(
+                f"--push, --cache-to and --cache-from need --backend oci (a backend that writes "
+                f"the image into the store); {chosen.name!r} does not"
+            )
+        return self._build_with_registry(chosen, request, push, cache_to, cache_from)
+
+    def _build_with_registry(
+        self,
+        backend: Backend,
+        request: BuildRequest,
+        push: str | None,
+        cache_to: str | None,
+        cache_from: Sequence[str],
+    ) -> BuildOutcome:
+        from imagedsl import remote_cache
+        from imagedsl.push import push_manifest
+
+        target_cache = cache_to and remote_cache.parse_cache_reference(cache_to, "--cache-to")
+        pushed: list[PushResult] = []
+        exported: str | None = None
+        with self._registry() as client:
+            caches = [self._fetch_cache(client, text) for text in cache_from]
+            planned = self._plan()
+            hits = {step.key for step in planned.steps if step.status is PlanStatus.HIT}
+            for found in caches:
+                if found is not None:
+                    remote_cache.import_layers(
+                        client,
+                        found[0],
+                        self.store,
+                        hits,
+                        media_types=backend.layer_media_types,
+                    )
+            result = backend.build(planned, request, store=self.store, reporter=self.reporter)
+            if push:
+                if result.manifest is None:  # pragma: no cover - layer_media_types promised one
+                    raise BuildRequestError(f"backend {backend.name!r} made no image to push")
+                for done in push_manifest(
+                    client,
+                    self.store,
+                    result.manifest,
+                    push,
+                    request.tags,
+                    mount_from=registry_bases(planned),
+                ):
+                    self.reporter.image_pushed(str(done.reference), done.reference.name, done.tags)
+                    pushed.append(done)
+            if target_cache:
+                bundle = remote_cache.collect(self.store, self._plan(), result.layer_cache)
+                host = target_cache.name.partition("/")[0]
+                mounts = [
+                    p.reference.name.partition("/")[2]
+                    for p in pushed
+                    if p.reference.name.partition("/")[0] == host
+                ]
+                done_cache = remote_cache.export_cache(
+                    client, self.store, bundle, target_cache, mount_from=mounts
+                )
+                exported = str(done_cache.reference)
+                self.reporter.cache_exported(exported, len(bundle.records), len(bundle.blobs))
+        return BuildOutcome(result=result, pushed=tuple(pushed), cache_exported_to=exported)
+
+    # -- lower ---------------------------------------------------------------------------------
+
+    def lower(self, output_dir: str | os.PathLike[str] | None = None) -> str:
+        """The Dockerfile the target lowers to; with ``output_dir``, also write it there with
+        exactly the context it needs."""
+        from imagedsl.backends import dockerfile
+
+        planned = self._plan()
+        if output_dir is not None:
+            dockerfile.write_build_dir(planned, Path(output_dir))
+        return dockerfile.lower_to_dockerfile(planned).text
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _registry(self) -> Iterator[RegistryClient]:
+        from imagedsl.registry import RegistryClient
+
+        with RegistryClient(insecure=self.insecure, progress=self.reporter) as client:
+            yield client
+
+
+def push_image(
+    source: str,
+    reference: str,
+    tags: Sequence[str] = (),
+    *,
+    insecure: bool = False,
+    reporter: Reporter | None = None,
+) -> tuple[PushResult, ...]:
+    """Push an OCI layout or archive (``oci:DIR[:TAG]``, ``oci-archive:FILE[:TAG]``) to
+    ``reference`` (``HOST/NAME[:TAG]``) and ``tags``; one result per repository."""
+    from imagedsl.push import open_layout, push_manifest
+    from imagedsl.registry import RegistryClient
+
+    reporter = reporter or Reporter()
+    pushed = []
+    with (
+        open_layout(source) as (blobs, manifest),
+        RegistryClient(insecure=insecure, progress=reporter) as client,
+    ):
+        for done in push_manifest(client, blobs, manifest, reference, tags):
+            reporter.image_pushed(str(done.reference), done.reference.name, done.tags)
+            pushed.append(done)
+    return tuple(pushed)
+
+
+def registry_bases(planned: Plan) -> list[str]:
+    """The repositories (``HOST/NAME``) of a plan's registry bases: a push mounts from them."""
+    from imagedsl.steps import FromImage
+
+    names = set()
+    for step in planned.steps:
+        base = step.node.step
+        if isinstance(base, FromImage) and base.reference.transport == "registry":
+            names.add(base.reference.name)
+    return sorted(names)
+
+
+def _note_remote_hits(planned: Plan, added: Mapping[str, str]) -> Plan:
+    """Say on each hit that a remote cache (not a local build) made it one."""
+    steps = tuple(
+        attrs.evolve(step, notes=(*step.notes, f"hit from the remote cache {added[step.key]}"))
+        if step.status is PlanStatus.HIT and step.key in added
+        else step
+        for step in planned.steps
+    )
+    return attrs.evolve(planned, steps=steps)
