@@ -10,11 +10,11 @@ multi-stage Dockerfile a person can review:
   ``build.py`` variables (the target's stage after the target); a stage that continues
   another declares the ARGs in scope again, as Dockerfile scoping requires.
 - Every string is spelled so that BuildKit reads back exactly the value imagedsl keyed
-  (:mod:`imagedsl.backends._dockerfile_words`): JSON (exec) form where a shell form would
+  (:mod:`imagedsl.backends.dockerfile._words`): JSON (exec) form where a shell form would
   not survive the parser, quoting and escaping elsewhere, and a clear error for the few
   values no Dockerfile can hold (a line break in an ENV value).
 - Each COPY, ADD or bind mount from the context reads one directory named by the digest of
-  the files it copies (:mod:`imagedsl.backends._context_staging`), so the build context holds
+  the files it copies (:mod:`imagedsl.backends.dockerfile._staging`), so the build context holds
   exactly the selected files and BuildKit's cache key for the COPY follows the content only.
 
 Only syntax that the Dockerfile frontend built into Docker 20.10 accepts is used, unless a
@@ -47,14 +47,14 @@ from typing import TYPE_CHECKING, ClassVar, Final
 import attrs
 
 from imagedsl.backends import BuildRequest, BuildRequestError, BuildResult, SecretSource
-from imagedsl.backends._buildkit_progress import ProgressParser, Vertex
-from imagedsl.backends._context_staging import (
+from imagedsl.backends.dockerfile._progress import ProgressParser, Vertex
+from imagedsl.backends.dockerfile._staging import (
     ContextPool,
     StagedTree,
     tree_name,
     write_tree,
 )
-from imagedsl.backends._dockerfile_words import (
+from imagedsl.backends.dockerfile._words import (
     Unspellable,
     expanding_word,
     flag_value,
