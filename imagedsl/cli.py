@@ -460,7 +460,7 @@ def _print_pushed(pushed: PushResult) -> None:
 
 def run_lower(args: argparse.Namespace) -> int:
     """``imagedsl lower``: print the Dockerfile, or write it with its context (``-o DIR``)."""
-    from imagedsl.backends import dockerfile
+    from imagedsl.backends.dockerfile import lowering as dockerfile
 
     path, target = split_spec(args.spec)
     build = load_buildfile(path)

@@ -20,7 +20,7 @@ import imagedsl as dsl
 from imagedsl.backends import BuildRequest, BuildRequestError, SecretSource
 from imagedsl.backends.dockerfile._progress import CACHED, DONE, ERROR, ProgressParser
 from imagedsl.backends.dockerfile._staging import POOL_MAX_AGE, ContextPool
-from imagedsl.backends.dockerfile import (
+from imagedsl.backends.dockerfile.lowering import (
     BuildFailedError,
     DockerfileBackend,
     LoweringError,

@@ -18,7 +18,7 @@ import imagedsl as dsl
 from imagedsl import cli, steps
 from imagedsl.backends.dockerfile import _words as words
 from imagedsl.backends.dockerfile._staging import content_mtime_ns
-from imagedsl.backends.dockerfile import (
+from imagedsl.backends.dockerfile.lowering import (
     HEADER,
     BuildDirError,
     LoweredDockerfile,
