@@ -20,9 +20,8 @@ import imagedsl as dsl
 from imagedsl.backends import BuildRequest, BuildRequestError, SecretSource
 from imagedsl.backends.dockerfile._progress import CACHED, DONE, ERROR, ProgressParser
 from imagedsl.backends.dockerfile._staging import POOL_MAX_AGE, ContextPool
+from imagedsl.backends.dockerfile.buildkit import BuildFailedError, DockerfileBackend
 from imagedsl.backends.dockerfile.lowering import (
-    BuildFailedError,
-    DockerfileBackend,
     LoweringError,
     lower_to_dockerfile,
     write_build_dir,
