@@ -27,13 +27,13 @@ from imagedsl.backends import BuildRequest, BuildRequestError, BuildResult, Secr
 from imagedsl.backends.dockerfile._progress import ProgressParser, Vertex
 from imagedsl.backends.dockerfile._staging import ContextPool
 from imagedsl.backends.dockerfile.lowering import (
-    FILESYSTEM_KINDS,
     LoweredDockerfile,
     LoweringError,
     lower_to_dockerfile,
 )
 from imagedsl.errors import ImageDSLError, SourceLocation
 from imagedsl.planner import Plan, PlannedStep, record_step
+from imagedsl.steps import LAYER_KINDS
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -310,7 +310,7 @@ class _BuildRun:
     def labels(self, *, built: bool) -> Iterator[str]:
         statuses = self.vertex_status()
         for index, status in sorted(statuses.items()):
-            if self.plan.steps[index].kind not in FILESYSTEM_KINDS:
+            if self.plan.steps[index].kind not in LAYER_KINDS:
                 continue
             if (status == "done") == built and status in ("done", "cached"):
                 yield self._label(index)

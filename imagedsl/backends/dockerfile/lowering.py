@@ -61,6 +61,7 @@ from imagedsl.context import ContextSource, Tree, sole_file
 from imagedsl.errors import ImageDSLError, SourceLocation
 from imagedsl.steps import (
     DEFAULT_SHELL,
+    LAYER_KINDS,
     Add,
     Arg,
     BindMount,
@@ -98,8 +99,6 @@ HEADER: Final = "# Lowered by imagedsl"
 _STAGE_NAME: Final = re.compile(r"[a-z][a-z0-9_.-]*\Z")
 _RESERVED_STAGE_NAMES: Final = frozenset({"scratch", "context"})
 _GLOB_CHARS: Final = re.compile(r"[*?\[\\]")
-#: Step kinds that change the filesystem: each makes a BuildKit vertex (so does a stage's FROM).
-FILESYSTEM_KINDS: Final = frozenset({"run", "copy", "add", "workdir"})
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -342,7 +341,7 @@ class _Lowerer:
         node = self.nodes[index]
         if node.kind == "from":
             return index == segment.steps[0]
-        return node.kind in FILESYSTEM_KINDS
+        return node.kind in LAYER_KINDS
 
     # -- instructions ------------------------------------------------------------------------
 
