@@ -301,12 +301,12 @@ class BuildSession:
     def lower(self, output_dir: str | os.PathLike[str] | None = None) -> str:
         """The Dockerfile the target lowers to; with ``output_dir``, also write it there with
         exactly the context it needs."""
-        from imagedsl.backends import dockerfile
+        from imagedsl.backends.dockerfile import lowering
 
         planned = self._plan()
         if output_dir is not None:
-            dockerfile.write_build_dir(planned, Path(output_dir))
-        return dockerfile.lower_to_dockerfile(planned).text
+            lowering.write_build_dir(planned, Path(output_dir))
+        return lowering.lower_to_dockerfile(planned).text
 
     # -- helpers -------------------------------------------------------------------------------
 

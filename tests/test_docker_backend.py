@@ -18,11 +18,10 @@ from docker_support import DockerEngine
 
 import imagedsl as dsl
 from imagedsl.backends import BuildRequest, BuildRequestError, SecretSource
-from imagedsl.backends._buildkit_progress import CACHED, DONE, ERROR, ProgressParser
-from imagedsl.backends._context_staging import POOL_MAX_AGE, ContextPool
-from imagedsl.backends.dockerfile import (
-    BuildFailedError,
-    DockerfileBackend,
+from imagedsl.backends.dockerfile._progress import CACHED, DONE, ERROR, ProgressParser
+from imagedsl.backends.dockerfile._staging import POOL_MAX_AGE, ContextPool
+from imagedsl.backends.dockerfile.buildkit import BuildFailedError, DockerfileBackend
+from imagedsl.backends.dockerfile.lowering import (
     LoweringError,
     lower_to_dockerfile,
     write_build_dir,

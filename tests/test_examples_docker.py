@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from docker_support import DockerEngine, host_tool, http_get, serving
 
-from imagedsl.backends._buildkit_progress import CACHED, ProgressParser
+from imagedsl.backends.dockerfile._progress import CACHED, ProgressParser
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 import imagedsl as dsl
 from imagedsl import cli, steps
-from imagedsl.backends import _dockerfile_words as words
-from imagedsl.backends._context_staging import content_mtime_ns
-from imagedsl.backends.dockerfile import (
+from imagedsl.backends.dockerfile import _words as words
+from imagedsl.backends.dockerfile._staging import content_mtime_ns
+from imagedsl.backends.dockerfile.lowering import (
     HEADER,
     BuildDirError,
     LoweredDockerfile,

@@ -131,7 +131,7 @@ class Backend(Protocol):
 
 #: Backend name -> "module:attribute" of a zero-argument factory, imported only when used.
 BACKENDS: Final[Mapping[str, str]] = {
-    "docker": "imagedsl.backends.dockerfile:DockerfileBackend",
+    "docker": "imagedsl.backends.dockerfile.buildkit:DockerfileBackend",
     "oci": "imagedsl.backends.oci.image:OCIBackend",
 }
 

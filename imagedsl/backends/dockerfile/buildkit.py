@@ -1,0 +1,351 @@
+"""The ``docker`` backend: build a lowered Dockerfile with BuildKit and record what it built.
+
+:class:`DockerfileBackend` lowers the plan (:mod:`imagedsl.backends.dockerfile.lowering`),
+writes the context into the store's pool of staged trees, runs ``docker buildx build`` or
+``docker build`` with BuildKit, streams its progress
+(:mod:`imagedsl.backends.dockerfile._progress`) and maps BuildKit's vertices back to plan
+steps. It records in the ledger every step BuildKit completed (built or cached), so that the
+next plan shows hits; a failed build records only the steps that completed, and reports the
+failing step at its line of ``build.py``.
+
+A step that needs a Dockerfile feature the engine's built-in frontend is known to lack is
+refused before the build starts, naming the step (see docs/dockerfile-backend.md).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Final
+
+from imagedsl.backends import BuildRequest, BuildRequestError, BuildResult, SecretSource
+from imagedsl.backends.dockerfile._progress import ProgressParser, Vertex
+from imagedsl.backends.dockerfile._staging import ContextPool
+from imagedsl.backends.dockerfile.lowering import (
+    LoweredDockerfile,
+    LoweringError,
+    lower_to_dockerfile,
+)
+from imagedsl.errors import ImageDSLError, SourceLocation
+from imagedsl.planner import Plan, PlannedStep, record_step
+from imagedsl.steps import LAYER_KINDS
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from imagedsl.backends.engine import DockerEngine
+    from imagedsl.ledger import Store
+    from imagedsl.reporting import Reporter
+
+#: Docker 20.10's built-in Dockerfile frontend (BuildKit 0.8) lacks the features a lowered
+#: Dockerfile's :class:`~imagedsl.backends.dockerfile.lowering.Requirement` names; engines
+#: older than 23.0 (the first with a newer built-in frontend) are refused up front when a step
+#: needs one, unless buildx brings its own BuildKit.
+_FIRST_ENGINE_WITH_NEWER_FRONTEND: Final = 23
+_PARSE_ERROR: Final = re.compile(r"dockerfile parse error (?:on )?line (?P<line>\d+): (?P<what>.*)")
+
+
+class BuildFailedError(ImageDSLError):
+    """BuildKit failed; ``instruction`` and ``location`` name the step when it is known."""
+
+    #: The CLI's exit status for a failed build (not a mistake in the build file's syntax).
+    exit_code: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        instruction: str | None = None,
+        output: Sequence[str] = (),
+        location: SourceLocation | None = None,
+    ) -> None:
+        super().__init__(message, instruction, tuple(output))
+        self.message = message
+        self.instruction = instruction
+        self.output = tuple(output)
+        self.location = location
+
+    def __str__(self) -> str:
+        head = f"{self.instruction} failed: {self.message}" if self.instruction else self.message
+        if not self.output:
+            return head
+        return head + "\n" + "\n".join(f"  | {line}" for line in self.output)
+
+
+class DockerfileBackend:
+    """Builds a plan with BuildKit through the docker client (the ``docker`` backend)."""
+
+    name = "docker"
+    #: Images live in the engine, not in the store: nothing to push or share from here.
+    layer_media_types: frozenset[str] = frozenset()
+
+    def __init__(self, engine: DockerEngine | None = None) -> None:
+        self._engine = engine
+
+    def build(
+        self, plan: Plan, request: BuildRequest, *, store: Store, reporter: Reporter
+    ) -> BuildResult:
+        """Lower ``plan``, stage its context, build it, and record what BuildKit completed."""
+        from imagedsl.backends.engine import require_docker
+
+        lowered = lower_to_dockerfile(plan)
+        engine = self._engine or require_docker()
+        _check_engine(plan, lowered, engine)
+        output_kind, archive, output_tag = _parse_output(request.output)
+        secrets = _check_secrets(request.secrets)
+        pool = ContextPool(store.root / "contexts")
+        pool.stage(lowered.trees)
+        tags = [*request.tags, *([output_tag] if output_tag else [])]
+        with tempfile.TemporaryDirectory(prefix="imagedsl-docker-") as scratch:
+            dockerfile = Path(scratch, "Dockerfile")
+            dockerfile.write_text(lowered.text, encoding="utf-8")
+            iidfile = Path(scratch, "iid")
+            argv = [
+                engine.client,
+                *engine.build_command,
+                "--progress=plain",
+                "--file", str(dockerfile),
+                "--iidfile", str(iidfile),
+                "--target", lowered.target,
+            ]  # fmt: skip
+            if engine.buildx:
+                argv.append("--load")
+            for tag in tags:
+                argv += ["--tag", tag]
+            for name, value in request.build_args.items():
+                argv += ["--build-arg", f"{name}={value}"]
+            if request.platform:
+                argv += ["--platform", request.platform]
+            env = dict(engine.env)
+            for secret in secrets:
+                if secret.path is not None:
+                    argv += ["--secret", f"id={secret.id},src={os.path.abspath(secret.path)}"]
+                else:
+                    assert secret.env is not None
+                    argv += ["--secret", f"id={secret.id},env={secret.env}"]
+                    env[secret.env] = os.environ[secret.env]
+            argv.append(str(pool.root))
+            run = _BuildRun(plan, lowered, reporter, request.progress)
+            try:
+                returncode = run.execute(argv, env)
+            except BaseException:
+                # Interrupted: what BuildKit finished is in its cache, so it is a hit.
+                _record(store, plan, run.completed_steps())
+                raise
+            image_id = iidfile.read_text().strip() if iidfile.is_file() else None
+        _record(store, plan, run.completed_steps())
+        if returncode != 0:
+            raise run.failure(engine)
+        pool.prune(keep=[tree.name for tree in lowered.trees])
+        image = tags[0] if tags else image_id
+        if output_kind == "docker-archive":
+            assert archive is not None
+            engine.run("save", "--output", archive, image or "")
+        return BuildResult(
+            built=tuple(run.labels(built=True)),
+            cached=tuple(run.labels(built=False)),
+            image=image,
+            digest=image_id,
+        )
+
+
+def _record(store: Store, plan: Plan, indices: Sequence[int]) -> None:
+    for index in indices:
+        record_step(store, plan.steps[index])
+
+
+def _check_engine(plan: Plan, lowered: LoweredDockerfile, engine: DockerEngine) -> None:
+    """Refuse up front a feature the engine's built-in Dockerfile frontend is known to lack."""
+    if not lowered.requirements or engine.buildx:
+        return
+    major = _major(engine.server_version)
+    if major is None or major >= _FIRST_ENGINE_WITH_NEWER_FRONTEND:
+        return  # newer engines: BuildKit itself says no if it must (mapped to the step)
+    requirement = lowered.requirements[0]
+    step = plan.steps[requirement.step]
+    raise LoweringError(
+        step.instruction,
+        f"needs {requirement.feature}, which the Dockerfile frontend built into Docker engine "
+        f"{engine.server_version} does not accept (it has RUN --mount and COPY --chmod); "
+        "build on Docker 23 or later, with docker buildx, or without this option",
+        step.location,
+    )
+
+
+def _major(version: str) -> int | None:
+    match = re.match(r"(\d+)\.", version)
+    return int(match.group(1)) if match else None
+
+
+def _parse_output(output: str | None) -> tuple[str, str | None, str | None]:
+    """(kind, archive path, tag) of ``--output``: the engine's image store or an archive."""
+    if output is None:
+        return "docker", None, None
+    kind, _, rest = output.partition(":")
+    if kind == "docker":
+        return "docker", None, rest or None
+    if kind == "docker-archive" and rest:
+        path, _, tag = rest.partition(":")
+        return "docker-archive", path, tag or None
+    raise BuildRequestError(
+        f"--output {output!r}: the docker backend loads the image into the engine "
+        "(docker[:TAG]) or saves it as docker-archive:FILE[:TAG]; "
+        "use --backend oci for OCI layouts and archives"
+    )
+
+
+def _check_secrets(secrets: Sequence[SecretSource]) -> Sequence[SecretSource]:
+    for secret in secrets:
+        if secret.path is not None and not os.path.isfile(os.path.expanduser(secret.path)):
+            raise BuildRequestError(f"--secret id={secret.id}: no such file {secret.path}")
+        if secret.path is None and secret.env is not None and secret.env not in os.environ:
+            raise BuildRequestError(
+                f"--secret id={secret.id}: environment variable {secret.env} is not set"
+            )
+    return secrets
+
+
+class _BuildRun:
+    """One ``docker build``: streams its progress and maps vertices back to plan steps."""
+
+    def __init__(
+        self, plan: Plan, lowered: LoweredDockerfile, reporter: Reporter, progress: str
+    ) -> None:
+        self.plan = plan
+        self.lowered = lowered
+        self.reporter = reporter
+        self.progress = progress
+        self.parser = ProgressParser()
+        self.step_of_label = {label: index for index, label in lowered.vertices.items()}
+
+    def execute(self, argv: Sequence[str], env: Mapping[str, str]) -> int:
+        with subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1,
+        ) as process:
+            assert process.stdout is not None
+            try:
+                for raw in process.stdout:
+                    self._line(raw.rstrip("\n"))
+                return process.wait()
+            except BaseException:
+                # Ctrl-C: let the client cancel the solve (it does on SIGINT), then go.
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                raise
+
+    def _line(self, line: str) -> None:
+        parsed = self.parser.feed(line)
+        vertex = parsed.vertex
+        index = self._step_of(vertex)
+        label = "buildkit" if index is None else self._label(index)
+        if index is not None and vertex is not None:
+            if parsed.kind == "name":
+                self.reporter.step_started(label)
+            elif parsed.kind == "status":
+                self.reporter.step_finished(label, _REPORTED.get(vertex.status, vertex.status))
+        if self.progress == "quiet":
+            return
+        if self.progress != "plain" and parsed.kind == "progress" and parsed.text.startswith("sha"):
+            return
+        self.reporter.step_output(label, line)
+
+    def _step_of(self, vertex: Vertex | None) -> int | None:
+        if vertex is None or vertex.label is None:
+            return None
+        return self.step_of_label.get(vertex.label)
+
+    def _label(self, index: int) -> str:
+        step = self.plan.steps[index]
+        return f"{step.stage}[{step.index}]"
+
+    def vertex_status(self) -> dict[int, str]:
+        """Plan step index -> the final status of its vertex (steps BuildKit showed)."""
+        statuses: dict[int, str] = {}
+        for label, vertex in self.parser.by_label().items():
+            index = self.step_of_label.get(label)
+            if index is not None:
+                statuses[index] = vertex.status
+        # BuildKit shows one vertex for identical operations: share it among equal keys.
+        by_key = {self.plan.steps[i].key: s for i, s in statuses.items()}
+        for index in self.lowered.vertices:
+            if index not in statuses and self.plan.steps[index].key in by_key:
+                statuses[index] = by_key[self.plan.steps[index].key]
+        return statuses
+
+    def completed_steps(self) -> list[int]:
+        """Steps whose results exist now: completed vertices, everything they stand on, and
+        the steps that make no vertex (config steps, FROM scratch) on top of those."""
+        nodes = [step.node for step in self.plan.steps]
+        done = {i for i, status in self.vertex_status().items() if status in ("cached", "done")}
+        stack = list(done)
+        while stack:
+            node = nodes[stack.pop()]
+            for dep in (*node.deps, *([node.parent] if node.parent is not None else [])):
+                if dep not in done:
+                    done.add(dep)
+                    stack.append(dep)
+        for node in nodes:  # topological order: a config step's parent is decided first
+            if node.index in done or node.index in self.lowered.vertices:
+                continue
+            needs = {*node.deps, *([node.parent] if node.parent is not None else [])}
+            if needs <= done:
+                done.add(node.index)
+        return sorted(done)
+
+    def labels(self, *, built: bool) -> Iterator[str]:
+        statuses = self.vertex_status()
+        for index, status in sorted(statuses.items()):
+            if self.plan.steps[index].kind not in LAYER_KINDS:
+                continue
+            if (status == "done") == built and status in ("done", "cached"):
+                yield self._label(index)
+
+    def failure(self, engine: DockerEngine) -> ImageDSLError:
+        """The error to raise for a failed build, at the failing step when known."""
+        vertex = self.parser.failed()
+        if vertex is not None:
+            index = self._step_of(vertex)
+            step: PlannedStep | None = None if index is None else self.plan.steps[index]
+            return BuildFailedError(
+                vertex.error or "BuildKit reported an error",
+                instruction=step.instruction if step else vertex.name,
+                output=vertex.output[-15:],
+                location=step.location if step else None,
+            )
+        for line in reversed(self.parser.build_lines):
+            match = _PARSE_ERROR.search(line)
+            if match is None:
+                continue
+            index = self.lowered.step_at_line(int(match["line"]))
+            if index is not None:
+                step = self.plan.steps[index]
+                return LoweringError(
+                    step.instruction,
+                    f"the Dockerfile frontend of Docker engine {engine.server_version} rejects "
+                    f"it: {match['what']}",
+                    step.location,
+                )
+        tail = [line for line in self.parser.build_lines if line.strip()][-10:]
+        return BuildFailedError(
+            f"{engine.describe()} failed", output=tail or ["(no output from the docker client)"]
+        )
+
+
+_REPORTED: Final = {"done": "built", "cached": "cached", "error": "failed"}
