@@ -30,8 +30,8 @@ import attrs
 import blake3
 
 from imagedsl._ignore import IgnoreRules
+from imagedsl._validate import caller_location, check_str, check_str_seq
 from imagedsl.errors import ContextError, SourceLocation, StepArgumentError
-from imagedsl.steps import caller_location, check_str, check_str_seq
 
 if TYPE_CHECKING:
     from imagedsl.reporting import Reporter

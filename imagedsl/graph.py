@@ -23,6 +23,7 @@ import attrs
 import blake3
 
 from imagedsl import keys
+from imagedsl.buildstate import BuildState
 from imagedsl.context import ContextHasher, ContextSource, Tree, partition_tree
 from imagedsl.dsl import Stage, StageRef
 from imagedsl.errors import CycleError, SourceLocation, UnknownStageError
@@ -30,7 +31,6 @@ from imagedsl.steps import (
     LAYER_KINDS,
     Add,
     BindMount,
-    BuildState,
     Copy,
     FromImage,
     FromScratch,

@@ -27,10 +27,10 @@ from imagedsl.backends.dockerfile import (
     lower_to_dockerfile,
     write_build_dir,
 )
+from imagedsl.buildstate import expand
 from imagedsl.ledger import Store
 from imagedsl.planner import PlanStatus
 from imagedsl.reporting import Reporter
-from imagedsl.steps import expand
 
 RESOURCES = Path(__file__).parent / "resources" / "docker"
 

@@ -63,21 +63,19 @@ from imagedsl.backends._dockerfile_words import (
     json_word,
     shell_form_is_exact,
 )
+from imagedsl.buildstate import DEFAULT_SHELL, BuildState, ExpansionError, expand
 from imagedsl.context import ContextSource, Tree, sole_file
 from imagedsl.errors import ImageDSLError, SourceLocation
 from imagedsl.planner import Plan, PlannedStep, record_step
 from imagedsl.steps import (
-    DEFAULT_SHELL,
     Add,
     Arg,
     BindMount,
-    BuildState,
     CacheMount,
     Cmd,
     Copy,
     Entrypoint,
     Env,
-    ExpansionError,
     Expose,
     FromImage,
     FromScratch,
@@ -93,7 +91,6 @@ from imagedsl.steps import (
     User,
     Volume,
     Workdir,
-    expand,
 )
 
 if TYPE_CHECKING:

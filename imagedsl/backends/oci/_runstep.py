@@ -69,11 +69,11 @@ from imagedsl.backends.oci.runtime import (
     missing_requirements,
     resolv_conf,
 )
+from imagedsl.buildstate import BuildState
 from imagedsl.context import ContextSource, Tree, sole_file
 from imagedsl.errors import ImageDSLError, SourceLocation
 from imagedsl.steps import (
     BindMount,
-    BuildState,
     CacheMount,
     Run,
     SecretMount,

@@ -65,14 +65,13 @@ from imagedsl.backends.oci.layout import (
     write_archive,
     write_layout,
 )
+from imagedsl.buildstate import DEFAULT_PATH, BuildState, expand
 from imagedsl.context import ContextSource, Tree
 from imagedsl.errors import ImageDSLError
 from imagedsl.ledger import atomic_write
 from imagedsl.planner import PlanStatus, record_copy_output, record_step
 from imagedsl.steps import (
-    DEFAULT_PATH,
     Add,
-    BuildState,
     Cmd,
     Copy,
     Entrypoint,
@@ -89,7 +88,6 @@ from imagedsl.steps import (
     Volume,
     Workdir,
     describe,
-    expand,
 )
 
 if TYPE_CHECKING:
