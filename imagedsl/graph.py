@@ -24,7 +24,7 @@ import blake3
 
 from imagedsl import keys
 from imagedsl.buildstate import BuildState
-from imagedsl.context import ContextHasher, ContextSource, Tree, partition_tree
+from imagedsl.context import ContextSource
 from imagedsl.dsl import Stage, StageRef
 from imagedsl.errors import CycleError, SourceLocation, UnknownStageError
 from imagedsl.steps import (
@@ -40,6 +40,7 @@ from imagedsl.steps import (
     UrlSource,
     Workdir,
 )
+from imagedsl.treehash import ContextHasher, Tree, partition_tree
 
 if TYPE_CHECKING:
     import networkx as nx

@@ -28,8 +28,8 @@ from imagedsl.backends.dockerfile import (
     write_build_dir,
 )
 from imagedsl.buildstate import expand
-from imagedsl.context import ContextHasher
 from imagedsl.reporting import Reporter
+from imagedsl.treehash import ContextHasher
 
 BUSYBOX = "imagedsl-test/busybox:latest"
 

@@ -64,7 +64,7 @@ from imagedsl.backends._dockerfile_words import (
     shell_form_is_exact,
 )
 from imagedsl.buildstate import DEFAULT_SHELL, BuildState, ExpansionError, expand
-from imagedsl.context import ContextSource, Tree, sole_file
+from imagedsl.context import ContextSource
 from imagedsl.errors import ImageDSLError, SourceLocation
 from imagedsl.planner import Plan, PlannedStep, record_step
 from imagedsl.steps import (
@@ -92,6 +92,7 @@ from imagedsl.steps import (
     Volume,
     Workdir,
 )
+from imagedsl.treehash import Tree, sole_file
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

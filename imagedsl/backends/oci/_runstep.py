@@ -70,7 +70,7 @@ from imagedsl.backends.oci.runtime import (
     resolv_conf,
 )
 from imagedsl.buildstate import BuildState
-from imagedsl.context import ContextSource, Tree, sole_file
+from imagedsl.context import ContextSource
 from imagedsl.errors import ImageDSLError, SourceLocation
 from imagedsl.steps import (
     BindMount,
@@ -80,6 +80,7 @@ from imagedsl.steps import (
     StagePath,
     TmpfsMount,
 )
+from imagedsl.treehash import Tree, sole_file
 
 if TYPE_CHECKING:
     from imagedsl.backends import SecretSource

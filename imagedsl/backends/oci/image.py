@@ -66,7 +66,7 @@ from imagedsl.backends.oci.layout import (
     write_layout,
 )
 from imagedsl.buildstate import DEFAULT_PATH, BuildState, expand
-from imagedsl.context import ContextSource, Tree
+from imagedsl.context import ContextSource
 from imagedsl.errors import ImageDSLError
 from imagedsl.ledger import atomic_write
 from imagedsl.planner import PlanStatus, record_copy_output, record_step
@@ -89,6 +89,7 @@ from imagedsl.steps import (
     Workdir,
     describe,
 )
+from imagedsl.treehash import Tree
 
 if TYPE_CHECKING:
     from imagedsl.backends import BuildRequest
