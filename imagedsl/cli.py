@@ -29,11 +29,11 @@ from imagedsl.backends import (
     get_backend,
 )
 from imagedsl.errors import ImageDSLError, SourceLocation
-from imagedsl.ledger import Store, StoreWarning, default_store_path
 from imagedsl.loader import load_buildfile, split_spec
 from imagedsl.lockfile import LockFile, lock_key
 from imagedsl.reporting import Reporter
 from imagedsl.steps import FromImage, ImageReference
+from imagedsl.store import Store, StoreWarning, default_store_path
 
 if TYPE_CHECKING:
     from imagedsl.planner import Plan

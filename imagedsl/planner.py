@@ -31,9 +31,9 @@ from imagedsl.graph import (
     build_graph,
     stage_namer,
 )
-from imagedsl.ledger import Record, Store, StoreWarning
 from imagedsl.reporting import Reporter
 from imagedsl.steps import FromImage, describe
+from imagedsl.store import Record, Store, StoreWarning
 from imagedsl.treehash import ContextHasher, Tree
 
 PLAN_SCHEMA: Final = 1

@@ -38,8 +38,8 @@ from typing import IO, Any
 import attrs
 from docker_support import RegistryUnavailable, find_registry_binary
 
-from imagedsl.ledger import Store
 from imagedsl.registry import OCI_INDEX, OCI_MANIFEST, Descriptor, Platform
+from imagedsl.store import Store
 
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 CONFIG = "application/vnd.oci.image.config.v1+json"

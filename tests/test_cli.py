@@ -14,7 +14,7 @@ import pytest
 from cli_support import imagedsl
 
 import imagedsl as dsl
-from imagedsl.ledger import Store
+from imagedsl.store import Store
 
 RESOURCES = Path(__file__).parent / "resources"
 

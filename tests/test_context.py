@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 import imagedsl as dsl
 from imagedsl.errors import ContextError
-from imagedsl.ledger import Store
 from imagedsl.reporting import Reporter
+from imagedsl.store import Store
 from imagedsl.treehash import ContextHasher, Tree, partition_tree
 
 

@@ -28,9 +28,9 @@ from imagedsl.backends.dockerfile import (
     write_build_dir,
 )
 from imagedsl.buildstate import expand
-from imagedsl.ledger import Store
 from imagedsl.planner import PlanStatus
 from imagedsl.reporting import Reporter
+from imagedsl.store import Store
 
 RESOURCES = Path(__file__).parent / "resources" / "docker"
 

@@ -31,9 +31,9 @@ from docker_support import DockerEngine
 
 from imagedsl.backends import BuildRequest, SecretSource
 from imagedsl.backends.dockerfile import DockerfileBackend, lower_to_dockerfile
-from imagedsl.ledger import Store
 from imagedsl.loader import load_buildfile
 from imagedsl.reporting import Reporter
+from imagedsl.store import Store
 
 BUILD_PY = """\
 import imagedsl as dsl

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import imagedsl as dsl
-from imagedsl.ledger import Store
 from imagedsl.loader import load_buildfile
+from imagedsl.store import Store
 
 RESOURCES = Path(__file__).parent / "resources"
 

@@ -15,7 +15,7 @@ import pytest
 
 import imagedsl as dsl
 from imagedsl import keys
-from imagedsl.ledger import Record, Store, StoreWarning, default_store_path
+from imagedsl.store import Record, Store, StoreWarning, default_store_path
 
 
 def make_record(i: int, locus: str | None = "l" * 64) -> Record:
@@ -91,7 +91,7 @@ WRITER = textwrap.dedent(
     """
     import sys
     from imagedsl import keys
-    from imagedsl.ledger import Record, Store
+    from imagedsl.store import Record, Store
 
     store, worker, count = Store(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     for i in range(count):
@@ -127,7 +127,7 @@ KILLED_WRITER = textwrap.dedent(
     """
     import sys
     from imagedsl import keys
-    from imagedsl.ledger import Record, Store
+    from imagedsl.store import Record, Store
 
     store = Store(sys.argv[1])
     i = 0

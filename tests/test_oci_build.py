@@ -22,8 +22,8 @@ import imagedsl as dsl
 from imagedsl.backends import BuildRequestError
 from imagedsl.backends.oci.image import OCIBackend
 from imagedsl.backends.oci.layout import Output
-from imagedsl.ledger import Store
 from imagedsl.planner import PlanStatus, plan
+from imagedsl.store import Store
 
 
 @pytest.fixture(name="base", scope="module")

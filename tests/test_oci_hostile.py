@@ -19,7 +19,7 @@ from oci_support import member, read_image, tar_bytes
 import imagedsl as dsl
 from imagedsl.backends.oci._blobs import BlobDigestError
 from imagedsl.backends.oci._fs import UnsafeLayerError
-from imagedsl.ledger import Store
+from imagedsl.store import Store
 
 OK_DIR = member("etc/", kind=tarfile.DIRTYPE, mode=0o755)
 HOSTILE = [
@@ -186,7 +186,7 @@ _KILL_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 import imagedsl as dsl, oci_support
-from imagedsl.ledger import Store
+from imagedsl.store import Store
 src = dsl.context({ctx!r})
 app = dsl.image({base!r}).copy(src, "/data").cmd("/bin/sh")
 oci_support.build({{"app": app}}, Store({store!r}), output={output!r})
@@ -280,7 +280,7 @@ _CONCURRENT_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 import imagedsl as dsl, oci_support
-from imagedsl.ledger import Store
+from imagedsl.store import Store
 src = dsl.context({ctx!r})
 app = dsl.image({base!r}).copy(src, "/data", layers="auto").cmd("/bin/sh")
 built, _ = oci_support.build({{"app": app}}, Store({store!r}), output=sys.argv[1])

@@ -35,9 +35,9 @@ from imagedsl.backends.oci.runtime import (
     missing_requirements,
 )
 from imagedsl.dsl import Stage
-from imagedsl.ledger import Store
 from imagedsl.planner import Plan, PlanStatus, plan
 from imagedsl.reporting import Reporter
+from imagedsl.store import Store
 
 
 @pytest.fixture(autouse=True)
@@ -605,7 +605,7 @@ _CONCURRENT = """
 import sys
 sys.path.insert(0, {tests!r})
 import imagedsl as dsl, oci_support
-from imagedsl.ledger import Store
+from imagedsl.store import Store
 stage = dsl.image({base!r}).run("mkdir -p /out && echo same > /out/f", mounts=[dsl.cache("/c")])
 built, _ = oci_support.build({{"img": stage}}, Store({store!r}))
 print(built.image.manifest_digest)

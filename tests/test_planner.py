@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import imagedsl as dsl
-from imagedsl.ledger import Store
 from imagedsl.planner import PlanStatus, record_copy_output, record_step
+from imagedsl.store import Store
 
 DIGEST_A = "sha256:" + "a" * 64
 DIGEST_B = "sha256:" + "b" * 64

@@ -14,7 +14,6 @@ import docker_support
 import pytest
 import registry_support as rs
 
-from imagedsl.ledger import Store
 from imagedsl.registry import (
     DOCKER_MANIFEST,
     Descriptor,
@@ -31,6 +30,7 @@ from imagedsl.registry import (
     RetryPolicy,
 )
 from imagedsl.steps import parse_reference
+from imagedsl.store import Store
 
 AMD64 = Platform("linux", "amd64")
 ARM64 = Platform("linux", "arm64", "v8")

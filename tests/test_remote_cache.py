@@ -21,7 +21,6 @@ from oci_support import build
 import imagedsl as dsl
 from imagedsl.backends.oci.image import OCIBackend, layer_cache_path
 from imagedsl.dsl import Stage
-from imagedsl.ledger import Store
 from imagedsl.planner import PlanStatus, plan
 from imagedsl.registry import DockerConfig, RegistryClient, RetryPolicy
 from imagedsl.remote_cache import (
@@ -37,6 +36,7 @@ from imagedsl.remote_cache import (
     import_records,
     parse_cache_reference,
 )
+from imagedsl.store import Store
 
 FAST_RETRY = RetryPolicy(attempts=3, initial_delay=0.01, max_delay=0.05)
 BUILD_FILE = """\

@@ -18,9 +18,9 @@ import attrs
 from imagedsl.errors import ImageDSLError
 
 if TYPE_CHECKING:
-    from imagedsl.ledger import Store
     from imagedsl.planner import Plan
     from imagedsl.reporting import Reporter
+    from imagedsl.store import Store
 
 
 @attrs.frozen(kw_only=True)

@@ -35,7 +35,7 @@ import attrs
 import blake3
 
 from imagedsl.errors import ContextError
-from imagedsl.ledger import atomic_write
+from imagedsl.store import atomic_write
 from imagedsl.treehash import TreeEntry
 
 #: Length of the digest prefix that names a tree in the build context.

@@ -99,8 +99,8 @@ if TYPE_CHECKING:
 
     from imagedsl.backends.engine import DockerEngine
     from imagedsl.graph import StepNode
-    from imagedsl.ledger import Store
     from imagedsl.reporting import Reporter
+    from imagedsl.store import Store
 
 #: The first line of every lowered Dockerfile (``write_build_dir`` recognises its own dirs).
 HEADER: Final = "# Lowered by imagedsl"
@@ -763,7 +763,7 @@ def write_build_dir(plan: Plan, directory: str | os.PathLike[str]) -> LoweredDoc
     root.mkdir(parents=True, exist_ok=True)
     for tree in lowered.trees:
         write_tree(tree, root)
-    from imagedsl.ledger import atomic_write
+    from imagedsl.store import atomic_write
 
     atomic_write(root / "Dockerfile", lowered.text.encode())
     return lowered
