@@ -37,7 +37,6 @@ from imagedsl.backends import (
     SecretSource,
     get_backend,
 )
-from imagedsl.ledger import Record, Store, StoreWarning, default_store_path
 from imagedsl.loader import BuildFile, load_buildfile, split_spec
 from imagedsl.planner import (
     Plan,
@@ -49,6 +48,7 @@ from imagedsl.planner import (
     settle,
 )
 from imagedsl.reporting import Reporter
+from imagedsl.store import Record, Store, StoreWarning, default_store_path
 
 if TYPE_CHECKING:
     from imagedsl.lockfile import LockFile
@@ -227,7 +227,9 @@ class BuildSession:
             output=output,
             build_args=self.build_args,
             platform=self.platform,
-            secrets=tuple(s if isinstance(s, SecretSource) else SecretSource.parse(s) for s in secrets),
+            secrets=tuple(
+                s if isinstance(s, SecretSource) else SecretSource.parse(s) for s in secrets
+            ),
             progress=progress,
         )
         if not (push or cache_to or cache_from):

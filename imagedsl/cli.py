@@ -19,7 +19,7 @@ from imagedsl._terminal import TerminalReporter, display_location, display_path,
 from imagedsl.api import BuildSession, open_store, push_image
 from imagedsl.backends import BACKENDS
 from imagedsl.errors import ImageDSLError, exit_code_of
-from imagedsl.ledger import StoreWarning
+from imagedsl.store import StoreWarning
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 

@@ -16,6 +16,24 @@ from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
 
 import attrs
 
+from imagedsl._validate import (
+    caller_location,
+    check_abs_path,
+    check_bool,
+    check_chmod,
+    check_choice,
+    check_duration,
+    check_env_name,
+    check_int,
+    check_owner,
+    check_platform,
+    check_str,
+    check_str_seq,
+    env_items,
+    parse_label_items,
+    parse_port,
+    parse_signal,
+)
 from imagedsl.context import Context, ContextSource, make_context
 from imagedsl.errors import ImageDSLError, StepArgumentError
 from imagedsl.steps import (
@@ -47,23 +65,7 @@ from imagedsl.steps import (
     User,
     Volume,
     Workdir,
-    caller_location,
-    check_abs_path,
-    check_bool,
-    check_chmod,
-    check_choice,
-    check_duration,
-    check_env_name,
-    check_int,
-    check_owner,
-    check_platform,
-    check_str,
-    check_str_seq,
-    env_items,
-    parse_label_items,
-    parse_port,
     parse_reference,
-    parse_signal,
 )
 
 if TYPE_CHECKING:

@@ -28,11 +28,11 @@ from imagedsl.errors import BuildFileError, ImageDSLError, SourceLocation, Unkno
 
 if TYPE_CHECKING:
     from imagedsl.graph import BaseResolver
-    from imagedsl.ledger import Store
     from imagedsl.lockfile import LockFile
     from imagedsl.planner import Plan
     from imagedsl.reporting import Reporter
     from imagedsl.steps import FromImage
+    from imagedsl.store import Store
 
 DEFAULT_BUILDFILE = "build.py"
 

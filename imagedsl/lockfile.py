@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 
 from imagedsl.errors import ImageDSLError
-from imagedsl.ledger import atomic_write
+from imagedsl.store import atomic_write
 
 if TYPE_CHECKING:
     from imagedsl.planner import Plan

@@ -54,13 +54,13 @@ from imagedsl._registry_auth import (
     RegistryAuthError,
 )
 from imagedsl.errors import ImageDSLError
-from imagedsl.ledger import atomic_write, fsync_dir
 from imagedsl.steps import DEFAULT_REGISTRY, ImageReference, parse_reference
+from imagedsl.store import atomic_write, fsync_dir
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from imagedsl.ledger import Store
+    from imagedsl.store import Store
 
 __all__ = [
     "DOCKER_MANIFEST",
@@ -485,7 +485,7 @@ class RetryPolicy:
 
 
 class BlobSource(Protocol):
-    """Where pushed blobs are read from: a :class:`~imagedsl.ledger.Store` is one."""
+    """Where pushed blobs are read from: a :class:`~imagedsl.store.Store` is one."""
 
     def blob_path(self, digest: str) -> Path:
         """The file holding blob ``digest``."""

@@ -54,7 +54,6 @@ from imagedsl import keys
 from imagedsl.backends.oci.image import layer_cache_path
 from imagedsl.backends.oci.layer import MEDIA_TYPES, LayerBlob
 from imagedsl.errors import ImageDSLError
-from imagedsl.ledger import Record, Store, atomic_write
 from imagedsl.registry import (
     OCI_MANIFEST,
     Descriptor,
@@ -64,6 +63,7 @@ from imagedsl.registry import (
     Repository,
 )
 from imagedsl.steps import ImageReference, parse_reference
+from imagedsl.store import Record, Store, atomic_write
 
 if TYPE_CHECKING:
     from imagedsl.planner import Plan

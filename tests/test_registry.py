@@ -14,7 +14,6 @@ import docker_support
 import pytest
 import registry_support as rs
 
-from imagedsl.ledger import Store
 from imagedsl.registry import (
     DOCKER_MANIFEST,
     Descriptor,
@@ -31,6 +30,7 @@ from imagedsl.registry import (
     RetryPolicy,
 )
 from imagedsl.steps import parse_reference
+from imagedsl.store import Store, StoreArea
 
 AMD64 = Platform("linux", "amd64")
 ARM64 = Platform("linux", "arm64", "v8")
@@ -281,7 +281,7 @@ def test_concurrent_pulls_into_one_store(
     image = read_manifest(store, manifest.digest)
     assert sum(results) == sum(b.size for b in image.blobs)  # each blob downloaded once
     assert rs.corrupt_blobs(shared) == []
-    leftovers = [p.name for p in (shared.root / "blobs" / "sha256").iterdir() if p.name[0] == "."]
+    leftovers = [p.name for p in shared.area(StoreArea.BLOBS).iterdir() if p.name[0] == "."]
     assert leftovers == []
 
 

@@ -24,7 +24,6 @@ from imagedsl._registry_auth import (
     DockerConfig,
     parse_challenges,
 )
-from imagedsl.ledger import Store
 from imagedsl.registry import (
     InsecureRegistryError,
     RegistryAuthError,
@@ -34,6 +33,7 @@ from imagedsl.registry import (
     RetryPolicy,
     _is_loopback,
 )
+from imagedsl.store import Store
 
 USER = "alice"
 PASSWORD = "pa55-w0rd-that-must-not-leak"

@@ -21,7 +21,6 @@ from oci_support import build
 import imagedsl as dsl
 from imagedsl.backends.oci.image import OCIBackend, layer_cache_path
 from imagedsl.dsl import Stage
-from imagedsl.ledger import Store
 from imagedsl.planner import PlanStatus, plan
 from imagedsl.registry import DockerConfig, RegistryClient, RetryPolicy
 from imagedsl.remote_cache import (
@@ -37,6 +36,7 @@ from imagedsl.remote_cache import (
     import_records,
     parse_cache_reference,
 )
+from imagedsl.store import Store, StoreArea
 
 FAST_RETRY = RetryPolicy(attempts=3, initial_delay=0.01, max_delay=0.05)
 BUILD_FILE = """\
@@ -224,7 +224,7 @@ def test_a_record_that_does_not_hash_to_its_key_refuses_the_whole_bundle(
         fetch_cache(client, ref, store)
     assert "does not hash to its key" in refused.value.problem
     assert list(store.keys()) == []
-    assert not (store.root / "trees").exists()
+    assert not store.area(StoreArea.TREES).exists()
 
 
 def test_a_layer_whose_tar_is_not_its_diff_id_is_refused(
@@ -350,7 +350,7 @@ def test_cli_remote_cache_needs_the_oci_backend(project: Path, tmp_path: Path) -
 
 def entries_of(store: Store) -> Mapping[str, Any]:
     """Every layer-cache entry of a store, by file name."""
-    root = store.root / "oci" / "layers"
+    root = store.area(StoreArea.OCI_LAYERS)
     return {p.name: json.loads(p.read_bytes()) for p in root.rglob("*.json")}
 
 

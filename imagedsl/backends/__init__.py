@@ -20,10 +20,10 @@ from imagedsl.errors import ImageDSLError
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from imagedsl.ledger import Store
-    from imagedsl.registry import Descriptor
     from imagedsl.planner import Plan
+    from imagedsl.registry import Descriptor
     from imagedsl.reporting import Reporter
+    from imagedsl.store import Store
 
 
 @attrs.frozen(kw_only=True)

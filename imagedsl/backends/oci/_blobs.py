@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO
 
 from imagedsl.errors import ImageDSLError
-from imagedsl.ledger import fsync_dir
+from imagedsl.store import fsync_dir
 
 if TYPE_CHECKING:
-    from imagedsl.ledger import Store
+    from imagedsl.store import Store
 
 _COPY_CHUNK = 1 << 20
 #: Temporary files older than this are left over from killed builds.

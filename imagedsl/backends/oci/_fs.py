@@ -22,12 +22,12 @@ import attrs
 from imagedsl.backends.oci._blobs import VerifyingReader
 from imagedsl.backends.oci.layer import OPAQUE_MARKER, WHITEOUT_PREFIX, LayerEntry
 from imagedsl.errors import ImageDSLError
-from imagedsl.ledger import atomic_write
+from imagedsl.store import atomic_write
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from imagedsl.ledger import Store
+    from imagedsl.store import Store
 
 FsKind = Literal["file", "dir", "symlink", "hardlink"]
 INDEX_VERSION: Final = 1

@@ -69,17 +69,18 @@ from imagedsl.backends.oci.runtime import (
     missing_requirements,
     resolv_conf,
 )
-from imagedsl.context import ContextSource, Tree, sole_file
+from imagedsl.buildstate import BuildState
+from imagedsl.context import ContextSource
 from imagedsl.errors import ImageDSLError, SourceLocation
 from imagedsl.steps import (
     BindMount,
-    BuildState,
     CacheMount,
     Run,
     SecretMount,
     StagePath,
     TmpfsMount,
 )
+from imagedsl.treehash import Tree, sole_file
 
 if TYPE_CHECKING:
     from imagedsl.backends import SecretSource

@@ -31,8 +31,8 @@ from imagedsl.backends.oci._fs import (
     lookup_id,
 )
 from imagedsl.backends.oci.layer import LayerEntry, LayerError
-from imagedsl.context import Row, Tree, TreeEntry
 from imagedsl.errors import ImageDSLError
+from imagedsl.treehash import Row, Tree, TreeEntry
 
 if TYPE_CHECKING:
     from imagedsl.backends.oci._blobs import BlobStore

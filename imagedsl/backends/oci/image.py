@@ -45,8 +45,8 @@ from imagedsl.backends.oci._steps import (
 )
 from imagedsl.backends.oci.layer import (
     COMPRESSIONS,
-    Compression,
     MEDIA_TYPES,
+    Compression,
     LayerBlob,
     LayerEntry,
     LayerStream,
@@ -66,14 +66,12 @@ from imagedsl.backends.oci.layout import (
     write_archive,
     write_layout,
 )
-from imagedsl.context import ContextSource, Tree
+from imagedsl.buildstate import DEFAULT_PATH, BuildState, expand
+from imagedsl.context import ContextSource
 from imagedsl.errors import ImageDSLError
-from imagedsl.ledger import atomic_write
 from imagedsl.planner import PlanStatus, record_copy_output, record_step, settle
 from imagedsl.steps import (
-    DEFAULT_PATH,
     Add,
-    BuildState,
     Cmd,
     Copy,
     Entrypoint,
@@ -90,18 +88,19 @@ from imagedsl.steps import (
     Volume,
     Workdir,
     describe,
-    expand,
 )
+from imagedsl.store import atomic_write
+from imagedsl.treehash import Tree
 
 if TYPE_CHECKING:
     from imagedsl.backends import BuildRequest
     from imagedsl.backends.engine import DockerEngine
     from imagedsl.backends.oci._runstep import RunExecutor
     from imagedsl.graph import StepNode
-    from imagedsl.ledger import Store
     from imagedsl.planner import Plan
     from imagedsl.registry import RegistryClient
     from imagedsl.reporting import Reporter
+    from imagedsl.store import Store
 
 #: Bump when the bytes a step's layer gets could change for the same inputs.
 LAYER_FORMAT: Final = 1

@@ -51,7 +51,7 @@ from imagedsl.backends.oci._fs import (
 )
 from imagedsl.backends.oci.layer import MEDIA_TYPES, LayerBlob
 from imagedsl.errors import ImageDSLError
-from imagedsl.ledger import atomic_file, atomic_write, fsync_dir
+from imagedsl.store import atomic_file, atomic_write, fsync_dir
 
 if TYPE_CHECKING:
     from imagedsl.backends.engine import DockerEngine
