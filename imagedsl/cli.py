@@ -32,12 +32,13 @@ from imagedsl.errors import ImageDSLError, SourceLocation
 from imagedsl.ledger import Store, StoreWarning, default_store_path
 from imagedsl.loader import load_buildfile, split_spec
 from imagedsl.lockfile import LockFile, lock_key
+from imagedsl.oci.reference import ImageReference
 from imagedsl.reporting import Reporter
-from imagedsl.steps import FromImage, ImageReference
+from imagedsl.steps import FromImage
 
 if TYPE_CHECKING:
     from imagedsl.planner import Plan
-    from imagedsl.registry import PushResult, RegistryClient
+    from imagedsl.registry.client import PushResult, RegistryClient
     from imagedsl.remote_cache import RemoteCache
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -330,10 +331,12 @@ def build_with_registry(
     import the caches' records, plan, fetch the layers of the hits, build, push, export."""
     from imagedsl import remote_cache
     from imagedsl.backends.oci.image import OCIBackend
-    from imagedsl.backends.oci.layer import MEDIA_TYPES
+    from imagedsl.oci.descriptor import Descriptor
+    from imagedsl.oci.mediatypes import LAYER_MEDIA_TYPES as MEDIA_TYPES
+    from imagedsl.oci.mediatypes import OCI_MANIFEST
     from imagedsl.planner import PlanStatus
-    from imagedsl.push import TransferLog, push_manifest
-    from imagedsl.registry import OCI_MANIFEST, Descriptor, RegistryClient
+    from imagedsl.registry.client import RegistryClient
+    from imagedsl.registry.push import TransferLog, push_manifest
 
     if not isinstance(backend, OCIBackend):
         raise BuildRequestError("--push, --cache-to and --cache-from need --backend oci")
@@ -388,7 +391,7 @@ def fetch_remote_cache(
     """Read one ``--cache-from`` and import its records: the cache and the keys it added.
     None (with a warning) when there is no cache there yet."""
     from imagedsl import remote_cache
-    from imagedsl.registry import NotFoundError
+    from imagedsl.registry.errors import NotFoundError
 
     reference = remote_cache.parse_cache_reference(text)
     try:
@@ -409,8 +412,8 @@ def import_remote_records(texts: Sequence[str], store: Store, *, insecure: bool)
     """``plan --cache-from``: import each cache's records; key -> cache, for keys it added."""
     if not texts:
         return {}
-    from imagedsl.push import TransferLog
-    from imagedsl.registry import RegistryClient
+    from imagedsl.registry.client import RegistryClient
+    from imagedsl.registry.push import TransferLog
 
     added: dict[str, str] = {}
     with RegistryClient(insecure=insecure, progress=TransferLog(sys.stderr)) as client:
@@ -438,8 +441,8 @@ def note_remote_hits(plan: Plan, added: Mapping[str, str]) -> Plan:
 
 def run_push(args: argparse.Namespace) -> int:
     """``imagedsl push SRC REF``: push an OCI layout or archive; print where it went."""
-    from imagedsl.push import TransferLog, open_layout, push_manifest
-    from imagedsl.registry import RegistryClient
+    from imagedsl.registry.client import RegistryClient
+    from imagedsl.registry.push import TransferLog, open_layout, push_manifest
 
     progress = TransferLog(sys.stderr)
     with (
@@ -481,7 +484,7 @@ def run_lower(args: argparse.Namespace) -> int:
 
 def resolve_bases(plan: Plan, lock: LockFile, *, insecure: bool) -> LockFile:
     """Pin every registry base of ``plan`` that the build file leaves unpinned; write the lock."""
-    from imagedsl.registry import RegistryClient
+    from imagedsl.registry.client import RegistryClient
 
     wanted: dict[tuple[str, str], ImageReference] = {}
     for step in plan.steps:

@@ -18,6 +18,7 @@ import attrs
 
 from imagedsl.context import Context, ContextSource, make_context
 from imagedsl.errors import ImageDSLError, StepArgumentError
+from imagedsl.oci.reference import parse_reference
 from imagedsl.steps import (
     NETWORK_MODES,
     SHARING_MODES,
@@ -62,7 +63,6 @@ from imagedsl.steps import (
     env_items,
     parse_label_items,
     parse_port,
-    parse_reference,
     parse_signal,
 )
 

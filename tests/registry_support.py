@@ -39,7 +39,9 @@ import attrs
 from docker_support import RegistryUnavailable, find_registry_binary
 
 from imagedsl.ledger import Store
-from imagedsl.registry import OCI_INDEX, OCI_MANIFEST, Descriptor, Platform
+from imagedsl.oci.descriptor import Descriptor
+from imagedsl.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
+from imagedsl.oci.platform import Platform
 
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 CONFIG = "application/vnd.oci.image.config.v1+json"

@@ -9,6 +9,7 @@ import attrs
 import pytest
 
 import imagedsl as dsl
+from imagedsl.oci.reference import parse_reference
 from imagedsl.steps import (
     BuildState,
     Copy,
@@ -18,7 +19,6 @@ from imagedsl.steps import (
     Run,
     describe,
     expand,
-    parse_reference,
 )
 
 BASE = dsl.image("alpine:3.20")

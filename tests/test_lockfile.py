@@ -15,7 +15,7 @@ from registry_support import make_image
 import imagedsl as dsl
 from imagedsl.ledger import Store
 from imagedsl.lockfile import LockFile, LockFileError
-from imagedsl.registry import RegistryClient
+from imagedsl.registry.client import RegistryClient
 
 DIGEST = "sha256:" + "c" * 64
 

@@ -17,9 +17,9 @@ import pytest
 from oci_support import member, read_image, tar_bytes
 
 import imagedsl as dsl
-from imagedsl.backends.oci._blobs import BlobDigestError
 from imagedsl.backends.oci._fs import UnsafeLayerError
 from imagedsl.ledger import Store
+from imagedsl.oci.blobs import BlobDigestError
 
 OK_DIR = member("etc/", kind=tarfile.DIRTYPE, mode=0o755)
 HOSTILE = [
@@ -187,6 +187,7 @@ import sys
 sys.path.insert(0, {tests!r})
 import imagedsl as dsl, oci_support
 from imagedsl.ledger import Store
+from imagedsl.oci.blobs import BlobDigestError
 src = dsl.context({ctx!r})
 app = dsl.image({base!r}).copy(src, "/data").cmd("/bin/sh")
 oci_support.build({{"app": app}}, Store({store!r}), output={output!r})
@@ -281,6 +282,7 @@ import sys
 sys.path.insert(0, {tests!r})
 import imagedsl as dsl, oci_support
 from imagedsl.ledger import Store
+from imagedsl.oci.blobs import BlobDigestError
 src = dsl.context({ctx!r})
 app = dsl.image({base!r}).copy(src, "/data", layers="auto").cmd("/bin/sh")
 built, _ = oci_support.build({{"app": app}}, Store({store!r}), output=sys.argv[1])

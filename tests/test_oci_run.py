@@ -24,7 +24,6 @@ from oci_support import layer_members
 
 import imagedsl as dsl
 from imagedsl.backends import BuildRequest, SecretSource
-from imagedsl.backends.oci._blobs import BlobStore
 from imagedsl.backends.oci._rootfs import RootfsError, extract_layer
 from imagedsl.backends.oci._runstep import RunExecutor, RunInputError, private_parent, resolve_user
 from imagedsl.backends.oci.image import OCIBackend, OCIBuild
@@ -36,6 +35,7 @@ from imagedsl.backends.oci.runtime import (
 )
 from imagedsl.dsl import Stage
 from imagedsl.ledger import Store
+from imagedsl.oci.blobs import BlobStore
 from imagedsl.planner import Plan, PlanStatus, plan
 from imagedsl.reporting import Reporter
 

@@ -19,7 +19,7 @@ from oci_support import build, read_image, rootfs_listing, run, tool
 import imagedsl as dsl
 from imagedsl.backends.oci.image import OCIBackend
 from imagedsl.ledger import Store
-from imagedsl.registry import NotFoundError
+from imagedsl.registry.errors import NotFoundError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

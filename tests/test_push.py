@@ -18,7 +18,7 @@ import registry_support as rs
 
 import imagedsl as dsl
 from imagedsl.ledger import Store
-from imagedsl.push import destinations
+from imagedsl.registry.push import destinations
 
 USER = "builder"
 PASSWORD = "s3cret-that-must-not-leak"

@@ -15,22 +15,21 @@ import pytest
 import registry_support as rs
 
 from imagedsl.ledger import Store
-from imagedsl.registry import (
-    DOCKER_MANIFEST,
-    Descriptor,
-    DockerConfig,
-    LayoutBlobs,
-    Manifest,
+from imagedsl.oci.descriptor import Descriptor
+from imagedsl.oci.layout import LayoutBlobs
+from imagedsl.oci.manifest import Manifest
+from imagedsl.oci.mediatypes import DOCKER_MANIFEST
+from imagedsl.oci.platform import Platform
+from imagedsl.oci.reference import parse_reference
+from imagedsl.registry.auth import DockerConfig
+from imagedsl.registry.client import RegistryClient
+from imagedsl.registry.errors import (
     NotFoundError,
-    Platform,
     PlatformNotFoundError,
-    RegistryClient,
     RegistryConnectionError,
     RegistryDigestError,
-    Repository,
-    RetryPolicy,
 )
-from imagedsl.steps import parse_reference
+from imagedsl.registry.transport import Repository, RetryPolicy
 
 AMD64 = Platform("linux", "amd64")
 ARM64 = Platform("linux", "arm64", "v8")

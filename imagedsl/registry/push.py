@@ -9,7 +9,7 @@ which is either a bare tag (``v2``: another tag in REF's repository) or a full r
 (``HOST/OTHER:TAG``: the image is pushed there too).
 
 :class:`TransferLog` is the CLI's progress: one line per blob on stderr. Nothing here prints a
-credential; they stay inside :mod:`imagedsl._registry_auth`.
+credential; they stay inside :mod:`imagedsl.registry.auth`.
 """
 
 from __future__ import annotations
@@ -27,33 +27,23 @@ from typing import Final, TextIO
 
 import attrs
 
-from imagedsl.errors import ImageDSLError
-from imagedsl.registry import BlobSource, Descriptor, LayoutBlobs, PushResult, RegistryClient
-from imagedsl.steps import ImageReference, parse_reference
+from imagedsl.oci.annotations import REF_NAME
+from imagedsl.oci.blobs import BlobSource
+from imagedsl.oci.descriptor import Descriptor
+from imagedsl.oci.layout import LayoutBlobs, split_path_tag
+from imagedsl.oci.reference import ImageReference, parse_reference
+from imagedsl.registry.client import PushResult, RegistryClient
+from imagedsl.registry.errors import PushSourceError
 
 __all__ = [
-    "PushSourceError",
     "TransferLog",
     "destinations",
     "open_layout",
     "push_manifest",
 ]
 
-REF_NAME: Final = "org.opencontainers.image.ref.name"
 _LAYOUT_FILE: Final = re.compile(r"index\.json|oci-layout|blobs/sha256/[0-9a-f]{64}")
 _MAX_INDEX: Final = 16 << 20
-
-
-class PushSourceError(ImageDSLError):
-    """What to push cannot be read: not a layout, no such tag, a damaged archive."""
-
-    def __init__(self, source: str, problem: str) -> None:
-        super().__init__(source, problem)
-        self.source = source
-        self.problem = problem
-
-    def __str__(self) -> str:
-        return f"cannot push {self.source}: {self.problem}"
 
 
 # -- where to -----------------------------------------------------------------------------------
@@ -135,7 +125,7 @@ def open_layout(text: str) -> Iterator[tuple[BlobSource, Descriptor]]:
     ref = parse_reference(text, step="push", argument="SRC")
     if ref.transport not in ("oci", "oci-archive"):
         raise PushSourceError(text, "expected oci:DIR[:TAG] or oci-archive:FILE[:TAG]")
-    path, tag = _path_and_tag(ref)
+    path, tag = split_path_tag(ref.name, ref.tag)
     if ref.transport == "oci":
         if not (path / "index.json").is_file():
             raise PushSourceError(text, f"{path} is not an OCI layout (it has no index.json)")
@@ -147,16 +137,6 @@ def open_layout(text: str) -> Iterator[tuple[BlobSource, Descriptor]]:
         root = Path(tmp)
         _extract_layout(path, root, text)
         yield LayoutBlobs(root), _choose(root / "index.json", tag, ref.digest, text)
-
-
-def _path_and_tag(ref: ImageReference) -> tuple[Path, str | None]:
-    """``DIR:TAG`` was split at its last colon; a path that holds one is split at the first."""
-    path = Path(ref.name).expanduser()
-    if not path.exists() and ":" in ref.name:
-        head, _, rest = ref.name.partition(":")
-        if Path(head).expanduser().exists():
-            return Path(head).expanduser(), f"{rest}:{ref.tag}" if ref.tag else rest
-    return path, ref.tag
 
 
 def _extract_layout(archive: Path, root: Path, shown: str) -> None:

@@ -41,7 +41,6 @@ from typing import IO, Final, Literal
 
 import attrs
 
-from imagedsl.backends.oci._blobs import BlobStore, VerifyingReader, damaged_as_digest_error
 from imagedsl.backends.oci._fs import (
     Filesystem,
     UnsafeLayerError,
@@ -52,11 +51,12 @@ from imagedsl.backends.oci._fs import (
 from imagedsl.backends.oci.layer import (
     OPAQUE_MARKER,
     WHITEOUT_PREFIX,
-    LayerBlob,
     LayerEntry,
     sort_key,
 )
 from imagedsl.errors import ImageDSLError
+from imagedsl.oci.blobs import BlobStore, VerifyingReader, damaged_as_digest_error
+from imagedsl.oci.image import LayerBlob
 
 SNAPSHOT_FORMAT: Final = "v1"
 SNAPSHOTTER_ENV: Final = "IMAGEDSL_OCI_SNAPSHOTTER"

@@ -83,8 +83,8 @@ from imagedsl.steps import (
 
 if TYPE_CHECKING:
     from imagedsl.backends import SecretSource
-    from imagedsl.backends.oci._blobs import BlobStore
-    from imagedsl.backends.oci.layer import LayerBlob
+    from imagedsl.oci.blobs import BlobStore
+    from imagedsl.oci.image import LayerBlob
 
 #: Secret values shorter than this are not masked in output (they would mask everything).
 _MASK_MIN: Final = 4

@@ -35,7 +35,7 @@ from imagedsl.context import Row, Tree, TreeEntry
 from imagedsl.errors import ImageDSLError
 
 if TYPE_CHECKING:
-    from imagedsl.backends.oci._blobs import BlobStore
+    from imagedsl.oci.blobs import BlobStore
     from imagedsl.steps import UrlSource
 
 _URL_TIMEOUT: Final = 60.0

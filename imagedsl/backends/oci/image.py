@@ -28,7 +28,6 @@ import attrs
 import blake3
 
 from imagedsl.backends import BuildRequestError, BuildResult
-from imagedsl.backends.oci._blobs import BlobStore, damaged_as_digest_error
 from imagedsl.backends.oci._fs import Filesystem, LayerIndex, decompressed, read_members, save_index
 from imagedsl.backends.oci._steps import (
     Owner,
@@ -43,31 +42,23 @@ from imagedsl.backends.oci._steps import (
     stage_entries,
     url_entry,
 )
-from imagedsl.backends.oci.layer import (
-    COMPRESSIONS,
-    Compression,
-    LayerBlob,
-    LayerEntry,
-    LayerStream,
-    arrange,
-    write_tar,
-)
-from imagedsl.backends.oci.layout import (
-    BaseImage,
+from imagedsl.backends.oci.bases import import_base, layer_index
+from imagedsl.backends.oci.layer import LayerEntry, LayerStream, arrange, write_tar
+from imagedsl.backends.oci.outputs import (
     BuiltImage,
     Output,
-    canonical_json,
-    import_base,
-    layer_index,
     load_into_docker,
-    manifest_document,
-    scratch_dir,
     write_archive,
     write_layout,
 )
 from imagedsl.context import ContextSource, Tree
 from imagedsl.errors import ImageDSLError
 from imagedsl.ledger import atomic_write
+from imagedsl.oci.annotations import BASE_DIGEST, BASE_NAME, CREATED
+from imagedsl.oci.blobs import BlobStore, damaged_as_digest_error, scratch_dir
+from imagedsl.oci.image import BaseImage, LayerBlob
+from imagedsl.oci.manifest import canonical_json, manifest_document
+from imagedsl.oci.mediatypes import COMPRESSIONS, Compression
 from imagedsl.planner import PlanStatus, record_copy_output, record_step
 from imagedsl.steps import (
     DEFAULT_PATH,
@@ -99,16 +90,13 @@ if TYPE_CHECKING:
     from imagedsl.graph import StepNode
     from imagedsl.ledger import Store
     from imagedsl.planner import Plan
-    from imagedsl.registry import RegistryClient
+    from imagedsl.registry.client import RegistryClient
     from imagedsl.reporting import Reporter
 
 #: Bump when the bytes a step's layer gets could change for the same inputs.
 LAYER_FORMAT: Final = 1
 DEFAULT_EPOCH: Final = 0
 COMPRESSION_ENV: Final = "IMAGEDSL_OCI_COMPRESSION"
-ANNOTATION_CREATED: Final = "org.opencontainers.image.created"
-ANNOTATION_BASE_NAME: Final = "org.opencontainers.image.base.name"
-ANNOTATION_BASE_DIGEST: Final = "org.opencontainers.image.base.digest"
 _REPLANS_MAX: Final = 64
 _ParentFactory = Callable[[str], LayerEntry]
 
@@ -167,7 +155,7 @@ def _compression_from_env() -> Compression:
 
 
 def _default_registry() -> RegistryClient:
-    from imagedsl.registry import RegistryClient
+    from imagedsl.registry.client import RegistryClient
 
     return RegistryClient()
 
@@ -699,10 +687,10 @@ class _Build:
             config["variant"] = variant
         config_bytes = canonical_json(config)
         config_digest = self.blobs.put(config_bytes)
-        annotations = {ANNOTATION_CREATED: _iso(self.backend.epoch)}
+        annotations = {CREATED: _iso(self.backend.epoch)}
         if base is not None:
-            annotations[ANNOTATION_BASE_NAME] = base.reference
-            annotations[ANNOTATION_BASE_DIGEST] = base.manifest_digest
+            annotations[BASE_NAME] = base.reference
+            annotations[BASE_DIGEST] = base.manifest_digest
         manifest = manifest_document(config_digest, len(config_bytes), state.layers, annotations)
         manifest_digest = self.blobs.put(manifest)
         return BuiltImage(
