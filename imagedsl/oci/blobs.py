@@ -25,7 +25,7 @@ from typing import IO, TYPE_CHECKING, BinaryIO, Protocol
 
 from imagedsl.errors import ImageDSLError
 from imagedsl.ledger import fsync_dir
-from imagedsl.oci.digest import is_sha256, sha256_digest
+from imagedsl.oci.digest import is_sha256
 
 if TYPE_CHECKING:
     from imagedsl.ledger import Store
@@ -243,7 +243,7 @@ class BlobStore:
 
     def put(self, data: bytes) -> str:
         """Store small bytes (a config, a manifest); return their digest."""
-        digest = sha256_digest(data)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
         if not self.has(digest, len(data)):
             with self.writer() as handle:
                 handle.write(data)

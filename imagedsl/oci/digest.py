@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -12,8 +10,3 @@ def is_sha256(value: object) -> bool:
     if not isinstance(value, str) or not value.startswith("sha256:") or len(value) != 71:
         return False
     return _HEX.issuperset(value[7:])
-
-
-def sha256_digest(data: bytes) -> str:
-    """``sha256:<hex>`` of ``data``."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()

@@ -7,6 +7,7 @@ hold); :func:`manifest_document` writes the OCI image manifest of an image we ma
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from imagedsl.oci.descriptor import Descriptor
-from imagedsl.oci.digest import sha256_digest
 from imagedsl.oci.mediatypes import (
     INDEX_TYPES,
     MANIFEST_TYPES,
@@ -73,7 +73,7 @@ class Manifest:
         kind = declared if isinstance(declared, str) else (media_type or "").split(";")[0].strip()
         if kind not in INDEX_TYPES | MANIFEST_TYPES:
             kind = OCI_INDEX if "manifests" in payload else OCI_MANIFEST
-        digest = sha256_digest(raw)
+        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
         subject = payload.get("subject")
         common: dict[str, Any] = {
             "media_type": kind,

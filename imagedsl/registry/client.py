@@ -116,11 +116,11 @@ class PushResult:
 class RegistryClient:
     """Talks to registries. Thread safe; one per process is plenty (it pools connections).
 
-    ``credentials`` (host -> :class:`~imagedsl.registry.auth.Credentials`) take precedence
-    over ``docker_config``
-    (default: Docker's own, read when a registry first asks). ``insecure`` allows plain HTTP
-    and unverified TLS for every registry; loopback registries may use plain HTTP anyway.
-    ``ssl_context`` verifies TLS (e.g. with a private CA).
+    ``credentials``, ``docker_config``, ``insecure``, ``ssl_context``, ``timeout`` and
+    ``retry`` configure its :class:`~imagedsl.registry.transport.Transport` (credentials by
+    host, else Docker's own configuration; plain HTTP and unverified TLS only when
+    ``insecure``, or plain HTTP for loopback registries). ``workers`` blobs move at once;
+    blobs up to ``chunk_size`` are uploaded in one request.
     """
 
     def __init__(

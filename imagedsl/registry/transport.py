@@ -368,6 +368,7 @@ class Transport:
         self._pool.close()
 
     def url(self, repo: Repository, path: str) -> Url:
+        """``path`` on the registry's API host, in the scheme it speaks (probed once)."""
         return Url(self._scheme(repo), repo.api_host, path)
 
     def _context_for(self, netloc: str) -> ssl.SSLContext:
@@ -445,6 +446,7 @@ class Transport:
             raise
 
     def authorizer(self, repo: Repository) -> Authorizer:
+        """What answers the challenges of the repository's API host (one per host)."""
         host = repo.api_host
         with self._lock:
             found = self._authorizers.get(host)
@@ -476,6 +478,8 @@ class Transport:
         return reply.status, reply.headers, reply.body
 
     def retrying(self, host: str, action: str, attempt: Callable[[], T]) -> T:
+        """Run ``attempt`` until it does not raise :class:`Transient`, pausing as the retry
+        policy says; after the last attempt, :class:`RegistryConnectionError`."""
         for number in range(1, self.retry.attempts + 1):
             try:
                 return attempt()
@@ -667,6 +671,8 @@ class Transport:
     def expect(
         self, reply: Reply, statuses: Collection[int], repo: Repository, action: str
     ) -> None:
+        """Raise the registry's error (:class:`NotFoundError` for 404) unless the reply's
+        status is one of ``statuses``."""
         if reply.status in statuses:
             return
         codes, message = error_codes(reply.body)
