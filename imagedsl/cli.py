@@ -330,7 +330,7 @@ def build_with_registry(
     """``build`` with ``--cache-from``, ``--push`` or ``--cache-to`` (the OCI backend only):
     import the caches' records, plan, fetch the layers of the hits, build, push, export."""
     from imagedsl import remote_cache
-    from imagedsl.backends.oci.image import OCIBackend
+    from imagedsl.backends.oci.backend import OCIBackend
     from imagedsl.oci.descriptor import Descriptor
     from imagedsl.oci.mediatypes import LAYER_MEDIA_TYPES as MEDIA_TYPES
     from imagedsl.oci.mediatypes import OCI_MANIFEST

@@ -51,7 +51,7 @@ from typing import IO, TYPE_CHECKING, Any, Final, cast
 import attrs
 
 from imagedsl import keys
-from imagedsl.backends.oci.image import layer_cache_path
+from imagedsl.backends.oci.backend import layer_cache_path
 from imagedsl.errors import ImageDSLError
 from imagedsl.ledger import Record, Store, atomic_write
 from imagedsl.oci.annotations import TITLE
@@ -291,7 +291,7 @@ def collect(store: Store, plan: Plan, layer_cache: Sequence[tuple[str, Path]] = 
     """The bundle of a built plan: its records, their trees, and the layer-cache entries used.
 
     ``plan`` is planned after the build (so every step it built is recorded); ``layer_cache``
-    is :attr:`imagedsl.backends.oci.image.OCIBuild.layer_cache`. Steps without a record (not
+    is :attr:`imagedsl.backends.oci.backend.OCIBuild.layer_cache`. Steps without a record (not
     built) and entries whose layer blob is not in the store are left out.
     """
     wanted: set[str] = set()

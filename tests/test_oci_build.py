@@ -20,7 +20,7 @@ from oci_support import build, layer_members, read_image
 
 import imagedsl as dsl
 from imagedsl.backends import BuildRequestError
-from imagedsl.backends.oci.image import OCIBackend
+from imagedsl.backends.oci.backend import OCIBackend
 from imagedsl.backends.oci.outputs import Output
 from imagedsl.ledger import Store
 from imagedsl.planner import PlanStatus, plan

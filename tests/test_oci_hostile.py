@@ -17,7 +17,7 @@ import pytest
 from oci_support import member, read_image, tar_bytes
 
 import imagedsl as dsl
-from imagedsl.backends.oci._fs import UnsafeLayerError
+from imagedsl.backends.oci.filesystem import UnsafeLayerError
 from imagedsl.ledger import Store
 from imagedsl.oci.blobs import BlobDigestError
 

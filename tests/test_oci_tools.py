@@ -17,7 +17,7 @@ import pytest
 from oci_support import build, read_image, rootfs_listing, run, tool
 
 import imagedsl as dsl
-from imagedsl.backends.oci.image import OCIBackend
+from imagedsl.backends.oci.backend import OCIBackend
 from imagedsl.ledger import Store
 from imagedsl.registry.errors import NotFoundError
 

@@ -19,7 +19,7 @@ from cli_support import imagedsl
 from oci_support import build
 
 import imagedsl as dsl
-from imagedsl.backends.oci.image import OCIBackend, layer_cache_path
+from imagedsl.backends.oci.backend import OCIBackend, layer_cache_path
 from imagedsl.dsl import Stage
 from imagedsl.ledger import Store
 from imagedsl.oci.mediatypes import OCI_EMPTY

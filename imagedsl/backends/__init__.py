@@ -120,7 +120,7 @@ class Backend(Protocol):
 #: Backend name -> "module:attribute" of a zero-argument factory, imported only when used.
 BACKENDS: Final[Mapping[str, str]] = {
     "docker": "imagedsl.backends.dockerfile:DockerfileBackend",
-    "oci": "imagedsl.backends.oci.image:OCIBackend",
+    "oci": "imagedsl.backends.oci.backend:OCIBackend",
 }
 
 

@@ -4,7 +4,7 @@
 wherever its reference says it is: a registry through the registry client, the local engine
 through ``docker save``, a layout or archive through :mod:`imagedsl.oci.layout`. Every layer is
 then read once into the builder's view of the filesystem by :func:`layer_index`, through
-:func:`~imagedsl.backends.oci._fs.scan_layer`, which refuses entries that could escape the root.
+:func:`~imagedsl.backends.oci.filesystem.scan_layer`, which refuses entries that could escape the root.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imagedsl.backends.oci._fs import (
+from imagedsl.backends.oci.filesystem import (
     Filesystem,
     LayerIndex,
     decompressed,
@@ -145,7 +145,7 @@ def layer_index(blobs: BlobStore, layer: LayerBlob, lower: Filesystem | None) ->
     """The index of a layer in the store, reading (and checking) the layer if needed.
 
     Reading checks the blob's digest and the diff_id of the tar inside it, and refuses unsafe
-    entries (:func:`~imagedsl.backends.oci._fs.scan_layer`). Layers we wrote ourselves have
+    entries (:func:`~imagedsl.backends.oci.filesystem.scan_layer`). Layers we wrote ourselves have
     their index saved when written, so they are never read back for it.
     """
     found = load_index(blobs.store, layer.diff_id)

@@ -4,7 +4,7 @@
 diff_id (``oci/snapshots/v1/<hex>``), in overlayfs's own format: a deletion is a 0/0 character
 device, an opaque directory carries ``trusted.overlay.opaque=y``. Extraction goes to a
 temporary directory renamed into place, so a snapshot is whole or absent. Base layers have been
-checked by :func:`imagedsl.backends.oci._fs.scan_layer` before they get here; extraction checks
+checked by :func:`imagedsl.backends.oci.filesystem.scan_layer` before they get here; extraction checks
 again on its own: every path is opened component by component with ``O_NOFOLLOW`` from the
 snapshot's root, so no entry can make a write land outside it. A RUN's own upper directory
 becomes the snapshot of the layer it produced (mtimes set to the build's epoch, overlay's
@@ -41,7 +41,7 @@ from typing import IO, Final, Literal
 
 import attrs
 
-from imagedsl.backends.oci._fs import (
+from imagedsl.backends.oci.filesystem import (
     Filesystem,
     UnsafeLayerError,
     _clean_member_name,

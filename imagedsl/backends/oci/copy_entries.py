@@ -22,7 +22,7 @@ import attrs
 import blake3
 
 from imagedsl._ignore import IgnoreRules
-from imagedsl.backends.oci._fs import (
+from imagedsl.backends.oci.filesystem import (
     Filesystem,
     FsEntry,
     PathResolutionError,

@@ -1,9 +1,9 @@
 """Executing one RUN step: its root filesystem, its mounts, its user, the runtime, its change.
 
 :class:`RunExecutor` does, for one RUN: make sure the layers below are extracted
-(:class:`~imagedsl.backends.oci._rootfs.Snapshots`), mount them as an overlay with a fresh
+(:class:`~imagedsl.backends.oci.run.rootfs.Snapshots`), mount them as an overlay with a fresh
 upper directory (or copy them), create the working directory if it is missing, prepare the
-mounts the step asks for, run the command in runc (:mod:`imagedsl.backends.oci.runtime`), and
+mounts the step asks for, run the command in runc (:mod:`imagedsl.backends.oci.run.runc`), and
 give back the change as layer entries. Everything it mounts or creates is undone when it is
 done, whether the command succeeded, failed, timed out or was interrupted.
 
@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Final
 import attrs
 import blake3
 
-from imagedsl.backends.oci._fs import Filesystem, PathResolutionError
-from imagedsl.backends.oci._rootfs import (
+from imagedsl.backends.oci.filesystem import Filesystem, PathResolutionError
+from imagedsl.backends.oci.run.rootfs import (
     Change,
     RootfsError,
     Snapshots,
@@ -56,7 +56,7 @@ from imagedsl.backends.oci._rootfs import (
     unmount,
     upper_change,
 )
-from imagedsl.backends.oci.runtime import (
+from imagedsl.backends.oci.run.runc import (
     HOSTS,
     ContainerSpec,
     MountSpec,
@@ -617,7 +617,7 @@ def _forget_container(private: Path, run_id: str) -> None:
 def _stub_paths(lower: Filesystem, destinations: Sequence[str]) -> set[str]:
     """Paths the runtime creates in the root for mounts (each mount point and its parents),
     resolved through the image's symlinks as the runtime resolves them."""
-    from imagedsl.backends.oci.runtime import SYSTEM_MOUNTS
+    from imagedsl.backends.oci.run.runc import SYSTEM_MOUNTS
 
     stubs: set[str] = set()
     for destination in [*(m.destination for m in SYSTEM_MOUNTS), *destinations]:

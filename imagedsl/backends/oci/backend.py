@@ -11,7 +11,7 @@ ledger (:func:`imagedsl.planner.record_step`), so the next ``plan`` shows hits.
 A ``COPY --from`` reads what it copies out of the source stage's layers, records the digest
 of it (:func:`imagedsl.planner.record_copy_output`) and plans again, so the steps after it are
 keyed by content (early cutoff). A ``RUN`` executes in runc over the layers below it
-(:mod:`imagedsl.backends.oci._runstep`); what it changed becomes its layer.
+(:mod:`imagedsl.backends.oci.run.executor`); what it changed becomes its layer.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import attrs
 import blake3
 
 from imagedsl.backends import BuildRequestError, BuildResult
-from imagedsl.backends.oci._fs import Filesystem, LayerIndex, decompressed, read_members, save_index
-from imagedsl.backends.oci._steps import (
+from imagedsl.backends.oci.bases import import_base, layer_index
+from imagedsl.backends.oci.copy_entries import (
     Owner,
     Placement,
     archive_entries,
@@ -42,7 +42,13 @@ from imagedsl.backends.oci._steps import (
     stage_entries,
     url_entry,
 )
-from imagedsl.backends.oci.bases import import_base, layer_index
+from imagedsl.backends.oci.filesystem import (
+    Filesystem,
+    LayerIndex,
+    decompressed,
+    read_members,
+    save_index,
+)
 from imagedsl.backends.oci.layer import LayerEntry, LayerStream, arrange, write_tar
 from imagedsl.backends.oci.outputs import (
     BuiltImage,
@@ -86,7 +92,7 @@ from imagedsl.steps import (
 if TYPE_CHECKING:
     from imagedsl.backends import BuildRequest
     from imagedsl.backends.engine import DockerEngine
-    from imagedsl.backends.oci._runstep import RunExecutor
+    from imagedsl.backends.oci.run.executor import RunExecutor
     from imagedsl.graph import StepNode
     from imagedsl.ledger import Store
     from imagedsl.planner import Plan
@@ -192,7 +198,7 @@ class OCIBackend:
         self.epoch = _epoch_from_env() if epoch is None else epoch
         self.run_timeout = run_timeout
         if run_timeout is None and os.environ.get("IMAGEDSL_RUN_TIMEOUT"):
-            from imagedsl.backends.oci.runtime import timeout_from_env
+            from imagedsl.backends.oci.run.runc import timeout_from_env
 
             self.run_timeout = timeout_from_env()
         self.compression: Compression = (
@@ -249,7 +255,7 @@ def check_run_support(plan: Plan) -> None:
     cannot execute it (no root, no runc), raise :class:`RuntimeUnavailableError`."""
     for step in plan.steps:
         if step.kind == "run" and step.status is not PlanStatus.HIT:
-            from imagedsl.backends.oci.runtime import RuntimeUnavailableError, missing_requirements
+            from imagedsl.backends.oci.run.runc import RuntimeUnavailableError, missing_requirements
 
             missing = missing_requirements()
             if missing:
@@ -454,7 +460,7 @@ class _Build:
     def _run(self, node: StepNode, below: _StageState, label: str) -> LayerBlob | None:
         """Execute a RUN over ``below``; its change is the layer (None: it changed nothing)."""
         # Here, not at the top: builds with no RUN to execute need none of it.
-        from imagedsl.backends.oci._runstep import RunExecutor, RunInputs, StageSource
+        from imagedsl.backends.oci.run.executor import RunExecutor, RunInputs, StageSource
 
         step = node.step
         assert isinstance(step, Run)
