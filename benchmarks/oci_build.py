@@ -142,7 +142,7 @@ def time_imagedsl(work: Path, buildfile: Path) -> float:
 def fine_layer_edit(work: Path, buildfile: Path, ctx: Path) -> dict[str, Any]:
     """Build ``fine``, edit one source file, build again; what the rebuild compressed."""
     from imagedsl.backends import BuildRequest
-    from imagedsl.backends.oci.image import OCIBackend
+    from imagedsl.backends.oci.backend import OCIBackend
     from imagedsl.loader import load_buildfile
     from imagedsl.reporting import Reporter
     from imagedsl.store import Store

@@ -52,7 +52,7 @@ from imagedsl.store import Record, Store, StoreWarning, default_store_path
 
 if TYPE_CHECKING:
     from imagedsl.lockfile import LockFile
-    from imagedsl.registry import PushResult, RegistryClient
+    from imagedsl.registry.client import PushResult, RegistryClient
     from imagedsl.remote_cache import RemoteCache
 
 __all__ = [
@@ -188,7 +188,7 @@ class BuildSession:
         self, client: RegistryClient, text: str
     ) -> tuple[RemoteCache, frozenset[str]] | None:
         from imagedsl import remote_cache
-        from imagedsl.registry import NotFoundError
+        from imagedsl.registry.errors import NotFoundError
 
         reference = remote_cache.parse_cache_reference(text)
         try:
@@ -251,7 +251,7 @@ class BuildSession:
         cache_from: Sequence[str],
     ) -> BuildOutcome:
         from imagedsl import remote_cache
-        from imagedsl.push import push_manifest
+        from imagedsl.registry.push import push_manifest
 
         target_cache = cache_to and remote_cache.parse_cache_reference(cache_to, "--cache-to")
         pushed: list[PushResult] = []
@@ -314,7 +314,7 @@ class BuildSession:
 
     @contextlib.contextmanager
     def _registry(self) -> Iterator[RegistryClient]:
-        from imagedsl.registry import RegistryClient
+        from imagedsl.registry.client import RegistryClient
 
         with RegistryClient(insecure=self.insecure, progress=self.reporter) as client:
             yield client
@@ -330,8 +330,8 @@ def push_image(
 ) -> tuple[PushResult, ...]:
     """Push an OCI layout or archive (``oci:DIR[:TAG]``, ``oci-archive:FILE[:TAG]``) to
     ``reference`` (``HOST/NAME[:TAG]``) and ``tags``; one result per repository."""
-    from imagedsl.push import open_layout, push_manifest
-    from imagedsl.registry import RegistryClient
+    from imagedsl.registry.client import RegistryClient
+    from imagedsl.registry.push import open_layout, push_manifest
 
     reporter = reporter or Reporter()
     pushed = []

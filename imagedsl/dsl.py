@@ -36,6 +36,7 @@ from imagedsl._validate import (
 )
 from imagedsl.context import Context, ContextSource, make_context
 from imagedsl.errors import ImageDSLError, StepArgumentError
+from imagedsl.oci.reference import parse_reference
 from imagedsl.steps import (
     NETWORK_MODES,
     SHARING_MODES,
@@ -65,7 +66,6 @@ from imagedsl.steps import (
     User,
     Volume,
     Workdir,
-    parse_reference,
 )
 
 if TYPE_CHECKING:

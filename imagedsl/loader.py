@@ -98,7 +98,7 @@ def _default_resolver(lock: LockFile) -> BaseResolver:
     def resolve(step: FromImage, platform: str) -> str | None:
         pinned = lock.digest(step, platform)
         if pinned is None and step.reference.transport in ("oci", "oci-archive", "docker-archive"):
-            from imagedsl.backends.oci.layout import local_base_digest
+            from imagedsl.oci.layout import local_base_digest
 
             return local_base_digest(step.reference, platform)
         return pinned

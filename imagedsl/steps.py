@@ -15,113 +15,14 @@ import attrs
 
 from imagedsl._validate import check_str
 from imagedsl.errors import SourceLocation, StepArgumentError
+from imagedsl.oci.reference import ImageReference
 
 if TYPE_CHECKING:
     from imagedsl.context import ContextSource
     from imagedsl.dsl import Stage, StageRef
 
 
-# -- image references ------------------------------------------------------------------------
-
 _DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}\Z")
-_REPO_COMPONENT: Final = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*\Z")
-_TAG: Final = re.compile(r"[\w][\w.-]{0,127}\Z")
-DEFAULT_REGISTRY: Final = "docker.io"
-TRANSPORTS: Final = ("registry", "oci", "oci-archive", "docker-archive", "docker-daemon")
-
-
-@attrs.frozen(kw_only=True)
-class ImageReference:
-    """A base image: where it comes from and, when pinned, its manifest digest.
-
-    ``transport`` is ``registry`` for names like ``python:3.12`` (normalised as Docker does:
-    ``docker.io/library/python:3.12``), or one of the local sources the OCI backend reads:
-    ``oci:DIR[:TAG]``, ``oci-archive:FILE[:TAG]``, ``docker-archive:FILE[:TAG]``,
-    ``docker-daemon:NAME[:TAG]``.
-    """
-
-    transport: str
-    name: str
-    tag: str | None
-    digest: str | None
-
-    @property
-    def pinned(self) -> bool:
-        """Whether the reference names one exact manifest."""
-        return self.digest is not None
-
-    def __str__(self) -> str:
-        text = self.name if self.transport == "registry" else f"{self.transport}:{self.name}"
-        if self.tag is not None:
-            text += f":{self.tag}"
-        if self.digest is not None:
-            text += f"@{self.digest}"
-        return text
-
-    @property
-    def familiar(self) -> str:
-        """The short form Docker users type (``python:3.12``), for Dockerfiles and tables."""
-        if self.transport != "registry":
-            return str(self)
-        name = self.name.removeprefix(f"{DEFAULT_REGISTRY}/").removeprefix("library/")
-        text = name + (f":{self.tag}" if self.tag else "")
-        return text + (f"@{self.digest}" if self.digest else "")
-
-
-def parse_reference(text: str, *, step: str = "image", argument: str = "ref") -> ImageReference:
-    """Parse and normalise an image reference the way Docker's reference library does."""
-    check_str(step, argument, text)
-    transport, sep, rest = text.partition(":")
-    if sep and transport in TRANSPORTS and transport != "registry":
-        return _parse_local_reference(transport, rest, step, argument)
-    digest = None
-    if "@" in text:
-        text, digest = text.split("@", 1)
-        if not _DIGEST.match(digest):
-            raise StepArgumentError(step, argument, f"has an invalid digest {digest!r}")
-    name, tag = text, None
-    last = text.rsplit("/", 1)[-1]
-    if ":" in last:
-        name, tag = text.rsplit(":", 1)
-        if not _TAG.match(tag):
-            raise StepArgumentError(step, argument, f"has an invalid tag {tag!r}")
-    parts = name.split("/")
-    if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
-        registry, path = parts[0], parts[1:]
-    else:
-        registry, path = DEFAULT_REGISTRY, parts
-        if len(path) == 1:
-            path = ["library", *path]
-    for component in path:
-        if not _REPO_COMPONENT.match(component):
-            raise StepArgumentError(
-                step, argument, f"has an invalid repository name component {component!r}"
-            )
-    if tag is None and digest is None:
-        tag = "latest"
-    return ImageReference(
-        transport="registry", name="/".join([registry, *path]), tag=tag, digest=digest
-    )
-
-
-def _parse_local_reference(transport: str, rest: str, step: str, argument: str) -> ImageReference:
-    if not rest:
-        raise StepArgumentError(step, argument, f"needs a path after {transport + ':'!r}")
-    digest = None
-    if "@" in rest:
-        rest, digest = rest.split("@", 1)
-        if not _DIGEST.match(digest):
-            raise StepArgumentError(step, argument, f"has an invalid digest {digest!r}")
-    name, tag = rest, None
-    if transport == "docker-daemon":
-        name, _, tag_text = (
-            rest.rpartition(":") if ":" in rest.rsplit("/", 1)[-1] else (rest, "", "")
-        )
-        tag = tag_text or "latest"
-    elif ":" in rest:
-        name, tag = rest.rsplit(":", 1)
-        tag = tag or None
-    return ImageReference(transport=transport, name=name, tag=tag, digest=digest)
 
 
 # -- sources ---------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from imagedsl.backends import BuildRequest
-from imagedsl.backends.oci.image import OCIBackend, OCIBuild
+from imagedsl.backends.oci.backend import OCIBackend, OCIBuild
 from imagedsl.dsl import Stage
 from imagedsl.planner import Plan, plan
 from imagedsl.reporting import Reporter

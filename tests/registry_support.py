@@ -38,7 +38,9 @@ from typing import IO, Any
 import attrs
 from docker_support import RegistryUnavailable, find_registry_binary
 
-from imagedsl.registry import OCI_INDEX, OCI_MANIFEST, Descriptor, Platform
+from imagedsl.oci.descriptor import Descriptor
+from imagedsl.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
+from imagedsl.oci.platform import Platform
 from imagedsl.store import Store, StoreArea
 
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"

@@ -10,7 +10,8 @@ import pytest
 
 import imagedsl as dsl
 from imagedsl.buildstate import BuildState, ExpansionError, expand
-from imagedsl.steps import Copy, Env, Healthcheck, Run, describe, parse_reference
+from imagedsl.oci.reference import parse_reference
+from imagedsl.steps import Copy, Env, Healthcheck, Run, describe
 
 BASE = dsl.image("alpine:3.20")
 

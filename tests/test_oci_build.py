@@ -20,8 +20,8 @@ from oci_support import build, layer_members, read_image
 
 import imagedsl as dsl
 from imagedsl.backends import BuildRequestError
-from imagedsl.backends.oci.image import OCIBackend
-from imagedsl.backends.oci.layout import Output
+from imagedsl.backends.oci.backend import OCIBackend
+from imagedsl.backends.oci.outputs import Output
 from imagedsl.planner import PlanStatus, plan
 from imagedsl.store import Store, StoreArea
 

@@ -17,8 +17,8 @@ import pytest
 from oci_support import member, read_image, tar_bytes
 
 import imagedsl as dsl
-from imagedsl.backends.oci._blobs import BlobDigestError
-from imagedsl.backends.oci._fs import UnsafeLayerError
+from imagedsl.backends.oci.filesystem import UnsafeLayerError
+from imagedsl.oci.blobs import BlobDigestError
 from imagedsl.store import Store, StoreArea
 
 OK_DIR = member("etc/", kind=tarfile.DIRTYPE, mode=0o755)
@@ -186,6 +186,7 @@ _KILL_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 import imagedsl as dsl, oci_support
+from imagedsl.oci.blobs import BlobDigestError
 from imagedsl.store import Store
 src = dsl.context({ctx!r})
 app = dsl.image({base!r}).copy(src, "/data").cmd("/bin/sh")
@@ -280,6 +281,7 @@ _CONCURRENT_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 import imagedsl as dsl, oci_support
+from imagedsl.oci.blobs import BlobDigestError
 from imagedsl.store import Store
 src = dsl.context({ctx!r})
 app = dsl.image({base!r}).copy(src, "/data", layers="auto").cmd("/bin/sh")

@@ -24,17 +24,22 @@ from oci_support import layer_members
 
 import imagedsl as dsl
 from imagedsl.backends import BuildRequest, SecretSource
-from imagedsl.backends.oci._blobs import BlobStore
-from imagedsl.backends.oci._rootfs import RootfsError, extract_layer
-from imagedsl.backends.oci._runstep import RunExecutor, RunInputError, private_parent, resolve_user
-from imagedsl.backends.oci.image import OCIBackend, OCIBuild
-from imagedsl.backends.oci.runtime import (
+from imagedsl.backends.oci.backend import OCIBackend, OCIBuild
+from imagedsl.backends.oci.run.executor import (
+    RunExecutor,
+    RunInputError,
+    private_parent,
+    resolve_user,
+)
+from imagedsl.backends.oci.run.rootfs import RootfsError, extract_layer
+from imagedsl.backends.oci.run.runc import (
     RunFailedError,
     RunTimeoutError,
     RuntimeUnavailableError,
     missing_requirements,
 )
 from imagedsl.dsl import Stage
+from imagedsl.oci.blobs import BlobStore
 from imagedsl.planner import Plan, PlanStatus, plan
 from imagedsl.reporting import Reporter
 from imagedsl.store import Store, StoreArea

@@ -17,8 +17,8 @@ import pytest
 from oci_support import build, read_image, rootfs_listing, run, tool
 
 import imagedsl as dsl
-from imagedsl.backends.oci.image import OCIBackend
-from imagedsl.registry import NotFoundError
+from imagedsl.backends.oci.backend import OCIBackend
+from imagedsl.registry.errors import NotFoundError
 from imagedsl.store import Store
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ import pytest
 import registry_support as rs
 
 import imagedsl as dsl
-from imagedsl.push import destinations
+from imagedsl.registry.push import destinations
 from imagedsl.store import Store
 
 USER = "builder"

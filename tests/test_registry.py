@@ -14,22 +14,21 @@ import docker_support
 import pytest
 import registry_support as rs
 
-from imagedsl.registry import (
-    DOCKER_MANIFEST,
-    Descriptor,
-    DockerConfig,
-    LayoutBlobs,
-    Manifest,
+from imagedsl.oci.descriptor import Descriptor
+from imagedsl.oci.layout import LayoutBlobs
+from imagedsl.oci.manifest import Manifest
+from imagedsl.oci.mediatypes import DOCKER_MANIFEST
+from imagedsl.oci.platform import Platform
+from imagedsl.oci.reference import parse_reference
+from imagedsl.registry.auth import DockerConfig
+from imagedsl.registry.client import RegistryClient
+from imagedsl.registry.errors import (
     NotFoundError,
-    Platform,
     PlatformNotFoundError,
-    RegistryClient,
     RegistryConnectionError,
     RegistryDigestError,
-    Repository,
-    RetryPolicy,
 )
-from imagedsl.steps import parse_reference
+from imagedsl.registry.transport import Repository, RetryPolicy
 from imagedsl.store import Store, StoreArea
 
 AMD64 = Platform("linux", "amd64")

@@ -19,13 +19,15 @@ from cli_support import imagedsl
 from oci_support import build
 
 import imagedsl as dsl
-from imagedsl.backends.oci.image import OCIBackend, layer_cache_path
+from imagedsl.backends.oci.backend import OCIBackend, layer_cache_path
 from imagedsl.dsl import Stage
+from imagedsl.oci.mediatypes import OCI_EMPTY
 from imagedsl.planner import PlanStatus, plan
-from imagedsl.registry import DockerConfig, RegistryClient, RetryPolicy
+from imagedsl.registry.auth import DockerConfig
+from imagedsl.registry.client import RegistryClient
+from imagedsl.registry.transport import RetryPolicy
 from imagedsl.remote_cache import (
     CACHE_ARTIFACT_TYPE,
-    EMPTY_MEDIA_TYPE,
     RECORDS_MEDIA_TYPE,
     CacheBundle,
     RemoteCacheError,
@@ -191,7 +193,7 @@ def test_the_artifact_is_deterministic_and_typed(
     assert one.digest == two.digest
     document = json.loads(one.raw)
     assert document["artifactType"] == CACHE_ARTIFACT_TYPE
-    assert document["config"]["mediaType"] == EMPTY_MEDIA_TYPE
+    assert document["config"]["mediaType"] == OCI_EMPTY
     assert document["config"]["size"] == 2
     assert document["layers"][0]["mediaType"] == RECORDS_MEDIA_TYPE
     digests = [layer["digest"] for layer in document["layers"][1:]]
@@ -258,7 +260,8 @@ def test_an_image_is_not_a_cache(
     outcome, _ = build({"b": dsl.image(base).workdir("/x")}, store)
     image = outcome.image
     ref = f"{registry.host}/img:1"
-    from imagedsl.registry import OCI_MANIFEST, Descriptor
+    from imagedsl.oci.descriptor import Descriptor
+    from imagedsl.oci.mediatypes import OCI_MANIFEST
 
     manifest = Descriptor(
         media_type=OCI_MANIFEST, digest=image.manifest_digest, size=len(image.manifest)

@@ -20,8 +20,8 @@ from imagedsl.errors import ImageDSLError
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from imagedsl.oci.descriptor import Descriptor
     from imagedsl.planner import Plan
-    from imagedsl.registry import Descriptor
     from imagedsl.reporting import Reporter
     from imagedsl.store import Store
 
@@ -132,7 +132,7 @@ class Backend(Protocol):
 #: Backend name -> "module:attribute" of a zero-argument factory, imported only when used.
 BACKENDS: Final[Mapping[str, str]] = {
     "docker": "imagedsl.backends.dockerfile.buildkit:DockerfileBackend",
-    "oci": "imagedsl.backends.oci.image:OCIBackend",
+    "oci": "imagedsl.backends.oci.backend:OCIBackend",
 }
 
 

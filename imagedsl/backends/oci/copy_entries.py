@@ -22,7 +22,7 @@ import attrs
 import blake3
 
 from imagedsl._ignore import IgnoreRules
-from imagedsl.backends.oci._fs import (
+from imagedsl.backends.oci.filesystem import (
     Filesystem,
     FsEntry,
     PathResolutionError,
@@ -35,7 +35,7 @@ from imagedsl.errors import ImageDSLError
 from imagedsl.treehash import Row, Tree, TreeEntry
 
 if TYPE_CHECKING:
-    from imagedsl.backends.oci._blobs import BlobStore
+    from imagedsl.oci.blobs import BlobStore
     from imagedsl.steps import UrlSource
 
 _URL_TIMEOUT: Final = 60.0
