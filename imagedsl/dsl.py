@@ -105,12 +105,50 @@ class StageRef:
         return StagePath(self, check_abs_path("path", "path", path))
 
 
-@attrs.frozen(cache_hash=True)
+@attrs.frozen(eq=False)
 class Stage:
-    """An image being described: a step, and the stage it extends (None for a FROM)."""
+    """An image being described: a step, and the stage it extends (None for a FROM).
+
+    Equality and hashing walk the ``parent`` chain in a loop, not by recursion (as attrs'
+    generated methods would), so chains of any depth can be compared and hashed; a stage's
+    hash is computed once and kept.
+    """
 
     parent: Stage | None
     step: Step
+    _hash: int | None = attrs.field(default=None, init=False, repr=False)
+
+    def __hash__(self) -> int:
+        cached = self._hash
+        if cached is not None:
+            return cached
+        pending: list[Stage] = []
+        node: Stage | None = self
+        while node is not None and node._hash is None:
+            pending.append(node)
+            node = node.parent
+        value = hash(None) if node is None or node._hash is None else node._hash
+        for stage in reversed(pending):  # from the oldest unhashed ancestor down to self
+            value = hash((value, stage.step))
+            object.__setattr__(stage, "_hash", value)
+        return value
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        mine: Stage | None = self
+        theirs: Stage | None = other  # type: ignore[assignment]
+        while mine is not theirs:
+            if mine is None or theirs is None or hash(mine) != hash(theirs):
+                return False
+            if mine.step != theirs.step:
+                return False
+            mine, theirs = mine.parent, theirs.parent
+        return True
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
 
     # -- structure ---------------------------------------------------------------------------
 

@@ -276,3 +276,16 @@ def test_secret_values_never_reach_a_plan(store: Store, monkeypatch: pytest.Monk
     text = json.dumps(plan.to_json()) + plan.to_dot()
     stored = "".join(p.read_text() for p in store.area(StoreArea.LEDGER).rglob("*.json"))
     assert "s3cr3t-value" not in text + stored
+
+
+def test_deep_chains_plan(store: Store) -> None:
+    """A 10,000-step chain and a 150-deep chain of COPY --from stages both plan."""
+    deep = dsl.scratch()
+    for i in range(10_000):
+        deep = deep.env(V=str(i))
+    assert dsl.plan(deep, store=store).summary["config"] == 10_000
+    cross = dsl.scratch().env(A="0")
+    for i in range(150):
+        cross = dsl.scratch().copy(cross.path("/"), "/x").env(B=str(i))
+    plan = dsl.plan(cross, store=store)
+    assert plan.summary["maybe"] == 150
