@@ -36,8 +36,9 @@ if TYPE_CHECKING:
 
 EntryType = Literal["file", "dir", "symlink"]
 
-#: Files at least this big are hashed with blake3's own threads over an mmap.
+#: Files at least this big are hashed with blake3's own threads, a piece at a time.
 _BIG_FILE: Final = 4 << 20
+_HASH_PIECE: Final = 8 << 20
 #: A file changed this recently may change again within one timestamp tick unnoticed; such
 #: entries are hashed but not trusted from the stat cache next time (git's "racy clean").
 _RACY_NS: Final = 50_000_000
@@ -275,13 +276,18 @@ def _bucket(path: str, buckets: int) -> int:
 
 
 def hash_file(path: str, size: int) -> str:
-    """blake3 of a file's bytes; big files use blake3's threads over an mmap."""
-    if size >= _BIG_FILE:
+    """blake3 of a file's bytes, read in pieces of at most 8 MiB (memory stays bounded for any
+    file size, unlike a whole-file mmap, whose pages count as the process's resident memory);
+    big files use blake3's threads on each piece."""
+    with open(path, "rb", buffering=0) as handle:
+        if size < _BIG_FILE:
+            return blake3.blake3(handle.read()).hexdigest()
         hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-        hasher.update_mmap(path)
+        buffer = bytearray(_HASH_PIECE)
+        with memoryview(buffer) as view:
+            while count := handle.readinto(buffer):
+                hasher.update(view[:count])
         return hasher.hexdigest()
-    with open(path, "rb") as handle:
-        return blake3.blake3(handle.read()).hexdigest()
 
 
 class ContextHasher:
