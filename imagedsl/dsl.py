@@ -137,7 +137,7 @@ class Stage:
         if other.__class__ is not self.__class__:
             return NotImplemented
         mine: Stage | None = self
-        theirs: Stage | None = other  # type: ignore[assignment]
+        theirs: Stage | None = other
         while mine is not theirs:
             if mine is None or theirs is None or hash(mine) != hash(theirs):
                 return False

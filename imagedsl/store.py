@@ -152,6 +152,8 @@ class StoreArea(enum.Enum):
     OCI_DAEMON = "oci/daemon"
     OCI_SNAPSHOTS = "oci/snapshots"
     OCI_RUNS = "oci/runs"
+    ENGINES = "cache/engines"
+    DOCKER_IMAGES = "cache/docker-images"
 
 
 class Store:
@@ -190,6 +192,10 @@ class Store:
         extracted layers that RUN steps stand on (root only)
     ``OCI_RUNS`` ``oci/runs/<id>/``
         a RUN in progress: its overlay, upper directory and bind sources
+    ``ENGINES`` ``cache/engines/<what was probed>.json``
+        the Docker engine found last time, per (DOCKER_HOST, clients, server version)
+    ``DOCKER_IMAGES`` ``cache/docker-images/<build>.json``
+        the image id the docker backend made for a lowered build, per engine
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:

@@ -433,7 +433,9 @@ def test_layout_written_again_keeps_only_what_tags_reach(
     """A layout rewritten after edits drops the blobs no tag reaches, keeps other tags' blobs."""
     src = dsl.context(ctx)
     out = tmp_path / "layout"
-    other, _ = build({"a": dsl.image(base).copy(src.dir("app"), "/b")}, store, output=f"oci:{out}:two")
+    other, _ = build(
+        {"a": dsl.image(base).copy(src.dir("app"), "/b")}, store, output=f"oci:{out}:two"
+    )
     (out / "blobs" / "sha256" / ("f" * 64)).write_bytes(b"stray")
     for i in range(4):
         (ctx / "app" / "main.py").write_text(f"print({i})\n")

@@ -155,6 +155,9 @@ class LoweredDockerfile:
     #: The context trees COPY, ADD and bind mounts read, each under ``tree.name``.
     trees: tuple[StagedTree, ...]
     requirements: tuple[Requirement, ...] = ()
+    #: "none" when every RUN asks for ``network="none"``: then ``docker build --network=none``
+    #: says it for all of them, which Docker 20.10 accepts (its frontend lacks RUN --network).
+    build_network: str | None = None
 
     def step_at_line(self, line: int) -> int | None:
         """The plan step whose instruction is on (or, for a comment, just below) ``line``."""
@@ -165,9 +168,12 @@ class LoweredDockerfile:
         return best
 
 
-def lower_to_dockerfile(plan: Plan) -> LoweredDockerfile:
-    """Lower ``plan``'s target to a Dockerfile (see the module docstring)."""
-    return _Lowerer(plan).lower()
+def lower_to_dockerfile(plan: Plan, *, run_network_flags: bool = True) -> LoweredDockerfile:
+    """Lower ``plan``'s target to a Dockerfile (see the module docstring).
+
+    ``run_network_flags=False`` leaves ``--network`` off every RUN (for a build that gives
+    :attr:`LoweredDockerfile.build_network` to ``docker build`` instead)."""
+    return _Lowerer(plan, run_network_flags=run_network_flags).lower()
 
 
 @attrs.define
@@ -177,8 +183,10 @@ class _Segment:
 
 
 class _Lowerer:
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, *, run_network_flags: bool = True) -> None:
         self.plan = plan
+        self.run_network_flags = run_network_flags
+        self.run_networks: set[str] = set()
         self.nodes: list[StepNode] = [step.node for step in plan.steps]
         self.trees: dict[str, StagedTree] = {}
         self.requirements: list[Requirement] = []
@@ -234,6 +242,7 @@ class _Lowerer:
             lines=step_lines,
             trees=tuple(self.trees.values()),
             requirements=tuple(self.requirements),
+            build_network="none" if self.run_networks == {"none"} else None,
         )
 
     def _cut(self) -> None:
@@ -499,7 +508,8 @@ class _Lowerer:
                     options.append(f"size={mount.size}")
                     self._require("RUN --mount=type=tmpfs,size=...", node)
             flags.append("--mount=" + ",".join(options))
-        if step.network != "default":
+        self.run_networks.add(step.network)
+        if step.network != "default" and self.run_network_flags:
             flags.append(f"--network={step.network}")
             self._require("RUN --network", node)
         command = _command(step.command, step.shell_form, before)

@@ -119,7 +119,9 @@ def write_layout(directory: Path, image: BuiltImage, tags: Sequence[str], blobs:
         os.close(handle)
 
 
-def _write_layout(directory: Path, image: BuiltImage, tags: Sequence[str], blobs: BlobStore) -> None:
+def _write_layout(
+    directory: Path, image: BuiltImage, tags: Sequence[str], blobs: BlobStore
+) -> None:
     marker = directory / "oci-layout"
     if not marker.exists():
         atomic_write(marker, canonical_json({"imageLayoutVersion": "1.0.0"}))
