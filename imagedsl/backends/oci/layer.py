@@ -268,7 +268,7 @@ class _Gzip:
     def start(self) -> bytes:
         return _GZIP_HEADER
 
-    def compress(self, chunk: bytes | memoryview) -> bytes:
+    def compress(self, chunk: bytes | bytearray | memoryview) -> bytes:
         self._crc = isal_zlib.crc32(chunk, self._crc)
         self._length += len(chunk)
         return self._deflate.compress(chunk)
@@ -290,7 +290,7 @@ class _Zstd:
     def start(self) -> bytes:
         return b""
 
-    def compress(self, chunk: bytes | memoryview) -> bytes:
+    def compress(self, chunk: bytes | bytearray | memoryview) -> bytes:
         return self._zstd.compress(chunk)
 
     def finish(self) -> bytes:
@@ -301,7 +301,7 @@ class _Identity:
     def start(self) -> bytes:
         return b""
 
-    def compress(self, chunk: bytes | memoryview) -> bytes:
+    def compress(self, chunk: bytes | bytearray | memoryview) -> bytes:
         return bytes(chunk)
 
     def finish(self) -> bytes:
