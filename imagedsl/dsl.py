@@ -232,7 +232,9 @@ class Stage:
         edit rebuilds (and re-uploads) one small layer: ``"auto"`` puts dependency manifests
         and lock files in one layer, large files in a few, and spreads the rest over up to 32
         layers by path; or give groups of ``.dockerignore`` patterns (relative to ``dest``),
-        one layer each, with everything unmatched in a last layer.
+        one layer each, with everything unmatched in a last layer. The default (None) is one
+        layer, or ``"auto"`` when the selected files hold 64 MiB or more; ``"single"`` is
+        always one layer.
         """
         from imagedsl._ignore import IgnoreRules
 
@@ -240,7 +242,7 @@ class Stage:
         IgnoreRules.from_lines(excludes)
         copy_source = _copy_source("COPY", source)
         layer_spec = None if layers is None else _check_layers(layers)
-        if layer_spec is not None and not isinstance(copy_source, ContextSource):
+        if layer_spec not in (None, "single") and not isinstance(copy_source, ContextSource):
             raise StepArgumentError(
                 "COPY", "layers", "splits only copies from the build context, not from a stage"
             )
@@ -580,11 +582,11 @@ def _copy_source(
 
 
 def _check_layers(layers: object) -> LayerSpec:
-    if layers == "auto":
-        return "auto"
+    if layers in ("auto", "single"):
+        return str(layers)
     if isinstance(layers, str | bytes) or not isinstance(layers, Sequence) or not layers:
         raise StepArgumentError(
-            "COPY", "layers", "must be 'auto' or a non-empty list of lists of patterns"
+            "COPY", "layers", "must be 'auto', 'single' or a non-empty list of lists of patterns"
         )
     from imagedsl._ignore import IgnoreRules
 

@@ -40,7 +40,7 @@ from imagedsl.steps import (
     UrlSource,
     Workdir,
 )
-from imagedsl.treehash import ContextHasher, Tree, partition_tree
+from imagedsl.treehash import ContextHasher, Tree
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -499,8 +499,10 @@ class _Keyer:
                 step, before, parent, sources[0]
             )
             provisional = parent.provisional or still_provisional
-        elif isinstance(step, Copy) and step.layers is not None:
-            return self._layered_copy(step, before, parent, provisional, common)
+        elif isinstance(step, Copy) and (
+            layered := self._layered_copy(step, before, parent, provisional, common)
+        ):
+            return layered
         else:
             preimage, trees = self._copy_context(step, before, parent)
         key = keys.key_of(preimage)
@@ -528,13 +530,16 @@ class _Keyer:
         provisional: bool,
         common: dict[str, Any],
     ) -> list[StepNode]:
-        """One node per layer part. Each part's key depends on the filesystem below the COPY
-        and its own files only, so editing one file re-keys one part; the filesystem after
-        the COPY is keyed by all parts together."""
-        assert isinstance(step.source, ContextSource)
-        assert step.layers is not None
+        """One node per layer part of a COPY split into layers (none for a COPY that is one
+        layer: see :meth:`ContextHasher.partition`). Each part's key depends on the filesystem
+        below the COPY and its own files only, so editing one file re-keys one part; the
+        filesystem after the COPY is keyed by all parts together."""
+        if not isinstance(step.source, ContextSource):
+            return []
         whole = self._tree(step.source, step.exclude, dest_is_dir=_dest_is_dir(step), step=step)
-        parts = partition_tree(whole, step.layers)
+        parts = self.hasher.partition(step.source, whole, step.layers)
+        if parts is None:
+            return []
         dest = state.resolve_path(step.dest)
         below = None if step.link else parent.fs_key
         nodes: list[StepNode] = []

@@ -17,7 +17,9 @@ import functools
 import marshal
 import os
 import posixpath
+import queue
 import re
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,6 +35,7 @@ from imagedsl.errors import ContextError
 
 if TYPE_CHECKING:
     from imagedsl.reporting import Reporter
+    from imagedsl.steps import LayerSpec
 
 EntryType = Literal["file", "dir", "symlink"]
 
@@ -42,7 +45,7 @@ _HASH_PIECE: Final = 8 << 20
 #: A file changed this recently may change again within one timestamp tick unnoticed; such
 #: entries are hashed but not trusted from the stat cache next time (git's "racy clean").
 _RACY_NS: Final = 50_000_000
-_STATCACHE_VERSION: Final = 3
+_STATCACHE_VERSION: Final = 4
 
 
 class StatCacheStore(Protocol):
@@ -208,6 +211,10 @@ MANIFEST_NAMES: Final = frozenset(
     }
 )  # fmt: skip
 _MANIFEST_PATTERN: Final = re.compile(r"(requirements|constraints)([-_.][\w.-]*)?\.(txt|in)\Z")
+#: A COPY from the context with ``layers=None`` is split as ``layers="auto"`` when the files
+#: it selects hold at least this many bytes: an edit then rewrites (and pushes) one small
+#: layer instead of recompressing the whole copy.
+LARGE_COPY: Final = 64 << 20
 #: layers="auto": files at least this big are "large"; buckets aim at these sizes.
 LARGE_FILE: Final = 1 << 20
 _LARGE_BUCKET: Final = 64 << 20
@@ -259,6 +266,23 @@ def partition_tree(tree: Tree, layers: str | Sequence[Sequence[str]]) -> list[tu
     if not parts:  # an empty selection still makes one (empty) layer
         parts.append(("files-0", tree))
     return parts
+
+
+class _Split:
+    """One tree's partition, computed once when a part's rows are first needed."""
+
+    def __init__(self, tree: Tree, layers: LayerSpec) -> None:
+        self._tree = tree
+        self._layers = layers
+        self._parts: list[tuple[str, Tree]] | None = None
+
+    def parts(self) -> list[tuple[str, Tree]]:
+        if self._parts is None:
+            self._parts = partition_tree(self._tree, self._layers)
+        return self._parts
+
+    def rows(self, name: str) -> tuple[Row, ...]:
+        return dict(self.parts())[name].rows
 
 
 def _bucket_count(total: int, target: int, cap: int) -> int:
@@ -354,6 +378,34 @@ class ContextHasher:
         cache.trees[memo] = tree.digest
         self._dirty.add(root)
         return tree
+
+    def partition(
+        self, source: ContextSource, tree: Tree, layers: LayerSpec | None
+    ) -> list[tuple[str, Tree]] | None:
+        """The layer parts a COPY of ``tree`` from ``source`` makes (:func:`partition_tree`),
+        or None when it is one layer: ``layers=None`` splits as ``"auto"`` only a tree of
+        :data:`LARGE_COPY` bytes or more; ``"single"`` never splits. Remembered per tree
+        digest, so a warm plan knows the parts' digests without building a row."""
+        if layers == "single":
+            return None
+        cache = self._load_cache(source.context.root)
+        memo = f"{tree.digest}\0{layers!r}"
+        spec: LayerSpec = "auto" if layers is None else layers
+        split = _Split(tree, spec)
+        if memo in cache.partitions:
+            known = cache.partitions[memo]
+            if known is None:
+                return None
+            return [
+                (name, Tree(digest, functools.partial(split.rows, name))) for name, digest in known
+            ]
+        if layers is None and tree.size < LARGE_COPY:
+            parts = None
+        else:
+            parts = split.parts()
+        cache.partitions[memo] = None if parts is None else [(n, t.digest) for n, t in parts]
+        self._dirty.add(source.context.root)
+        return parts
 
     def save(self) -> None:
         """Write back every stat cache this run changed."""
@@ -456,53 +508,18 @@ class ContextHasher:
         if scanned is not None:
             return scanned
         root = context.root
+        listed = _DirectoryLister(root, rules).run(start)
+        directories = {rel: listed[rel][0] for rel in sorted(listed)}
         found: dict[str, Entry] = {}
-        directories: dict[str, dict[str, Entry]] = {}
-        stack = [start]
-        check = bool(rules)
-        excludes = rules.excludes
-        while stack:
-            rel = stack.pop()
-            prefix = f"{rel}/" if rel else ""
-            here: dict[str, Entry] = {}
-            directories[rel] = here
-            try:
-                iterator = os.scandir(os.path.join(root, rel) if rel else root)
-            except NotADirectoryError:
-                continue
-            except PermissionError as error:
-                raise ContextError(root, problem=f"cannot read {rel or '.'}: {error}") from None
-            with iterator:
-                for dirent in iterator:
-                    path = prefix + dirent.name
-                    if check and excludes(path):
-                        if dirent.is_dir(follow_symlinks=False) and rules.may_include_under(path):
-                            stack.append(path)
-                        continue
-                    st = dirent.stat(follow_symlinks=False)
-                    mode = st.st_mode
-                    if S_ISREG(mode):
-                        here[path] = (
-                            "file",
-                            0o755 if mode & 0o111 else 0o644,
-                            st.st_size,
-                            st.st_mtime_ns,
-                            st.st_ctime_ns,
-                            st.st_ino,
-                            "",
-                        )
-                    elif S_ISDIR(mode):
-                        here[path] = _DIR_ENTRY
-                        stack.append(path)
-                    elif S_ISLNK(mode):
-                        target = os.readlink(dirent.path)
-                        here[path] = ("symlink", 0o777, 0, 0, 0, 0, target)
-                    # sockets, fifos and devices are never build inputs
+        for here in directories.values():
             found.update(here)
+        check = bool(rules)
         if check and _add_missing_parents(root, start, found):
             directories = {}  # re-included files bring parents no directory listed: no shortcut
         cache.seen[probe] = found
         cache.directories[probe] = directories
+        if directories:
+            cache.known_signatures(probe, {rel: listed[rel][1] for rel in directories})
         return found
 
     # -- hashing -----------------------------------------------------------------------------
@@ -672,6 +689,9 @@ class _RootCache:
     signatures: dict[str, bytes]
     trees: dict[str, str]
     subtrees: dict[str, dict[str, tuple[bytes, str]]]
+    #: Per (tree digest, layer spec): the layer parts' names and digests, or None for a tree
+    #: copied as one layer (a tree digest fixes the rows, so it fixes their partition).
+    partitions: dict[str, list[tuple[str, str]] | None] = attrs.field(factory=dict)
     #: What this run's probes saw, all together and (for scans) per directory.
     seen: dict[str, dict[str, Entry]] = attrs.field(factory=dict)
     directories: dict[str, dict[str, dict[str, Entry]]] = attrs.field(factory=dict)
@@ -686,24 +706,26 @@ class _RootCache:
         index = _unpack(source.load_stat_cache(root, "index") if source else None, root)
         if not (
             isinstance(index, tuple)
-            and len(index) == 3
+            and len(index) == 4
             and all(isinstance(part, dict) for part in index)
         ):
             return cls(root, source, {}, {}, {})
-        return cls(root, source, index[0], index[1], index[2])
+        return cls(root, source, index[0], index[1], index[2], index[3])
 
     def unchanged(self, probe: str) -> bool:
         """Whether a probe saw exactly what it saw last run."""
         return self.signature(probe) == self.signatures.get(probe)
 
+    def known_signatures(self, probe: str, signatures: dict[str, bytes]) -> None:
+        """Directory signatures computed while scanning (as :meth:`directory_signatures`)."""
+        self._directory_signatures[probe] = signatures
+
     def directory_signatures(self, probe: str) -> dict[str, bytes]:
         """For a scan: a digest of each directory's own entries (names, types, stat values)."""
         found = self._directory_signatures.get(probe)
         if found is None:
-            # Format 2 has no back-references, whose use depends on reference counts: equal
-            # entries always give equal bytes.
             found = {
-                directory: blake3.blake3(marshal.dumps(entries, 2)).digest()
+                directory: _directory_signature(entries)
                 for directory, entries in self.directories[probe].items()
             }
             self._directory_signatures[probe] = found
@@ -763,7 +785,9 @@ class _RootCache:
                 self.shard_of(path).pop(path, None)
                 self._dirty_shards.add(_shard(path))
         trees = dict(list(self.trees.items())[-_MAX_MEMOS:])
-        target.save_stat_cache(self.root, "index", _pack(self.root, (signatures, trees, subtrees)))
+        partitions = dict(list(self.partitions.items())[-_MAX_MEMOS:])
+        index = (signatures, trees, subtrees, partitions)
+        target.save_stat_cache(self.root, "index", _pack(self.root, index))
         live = {path for seen in self.seen.values() for path in seen}
         covered = tuple(
             "" if probe.endswith(":dir:") else probe.partition(":dir:")[2] + "/"
@@ -815,6 +839,124 @@ def _batches(
             batch, batch_bytes = [], 0
     if batch:
         yield batch
+
+
+def _directory_signature(entries: dict[str, Entry]) -> bytes:
+    """A digest of one directory's entries (names, types, stat values), in listing order.
+    Format 2 of marshal has no back-references, whose use depends on reference counts: equal
+    entries always give equal bytes."""
+    return blake3.blake3(marshal.dumps(entries, 2)).digest()
+
+
+class _DirectoryLister:
+    """Lists and stats a directory tree with a few threads: stat(2) releases the GIL, so
+    the calls of one thread overlap the Python work of another (each directory is listed by
+    one thread, in its own order; the caller sorts directories by path)."""
+
+    def __init__(self, root: str, rules: IgnoreRules) -> None:
+        self.root = root
+        self.rules = rules
+
+    def run(self, start: str) -> dict[str, tuple[dict[str, Entry], bytes]]:
+        """Directory (relative path) -> (its entries that the rules keep, their signature),
+        for ``start`` and every directory below it."""
+        listed: dict[str, tuple[dict[str, Entry], bytes]] = {}
+        here, below = self.list(start)
+        listed[start] = (here, _directory_signature(here))
+        if len(below) < 2:  # a chain of single directories: no threads needed
+            while below:
+                rel = below.pop()
+                here, more = self.list(rel)
+                listed[rel] = (here, _directory_signature(here))
+                below.extend(more)
+            return listed
+        todo: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        done: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+
+        def work() -> None:
+            while (rel := todo.get()) is not None:
+                try:
+                    entries, more = self.list(rel)
+                    done.put((rel, (entries, _directory_signature(entries), more)))
+                except BaseException as error:  # re-raised by the caller's thread
+                    done.put((rel, error))
+
+        workers = [
+            threading.Thread(target=work, name="imagedsl-scan", daemon=True)
+            for _ in range(_SCAN_THREADS)
+        ]
+        for worker in workers:
+            worker.start()
+        failure: BaseException | None = None
+        try:
+            outstanding = 0
+            for rel in below:
+                todo.put(rel)
+                outstanding += 1
+            while outstanding:
+                rel, result = done.get()
+                outstanding -= 1
+                if isinstance(result, BaseException):
+                    failure = failure or result
+                    continue
+                entries, signature, more = result
+                listed[rel] = (entries, signature)
+                if failure is None:
+                    for sub in more:
+                        todo.put(sub)
+                        outstanding += 1
+        finally:
+            for _ in workers:
+                todo.put(None)
+        if failure is not None:
+            raise failure
+        return listed
+
+    def list(self, rel: str) -> tuple[dict[str, Entry], list[str]]:
+        """One directory's entries that the rules keep, and the directories to list next."""
+        root, rules = self.root, self.rules
+        check = bool(rules)
+        excludes = rules.excludes
+        prefix = f"{rel}/" if rel else ""
+        here: dict[str, Entry] = {}
+        below: list[str] = []
+        try:
+            iterator = os.scandir(os.path.join(root, rel) if rel else root)
+        except NotADirectoryError:
+            return here, below
+        except PermissionError as error:
+            raise ContextError(root, problem=f"cannot read {rel or '.'}: {error}") from None
+        with iterator:
+            for dirent in iterator:
+                path = prefix + dirent.name
+                if check and excludes(path):
+                    if dirent.is_dir(follow_symlinks=False) and rules.may_include_under(path):
+                        below.append(path)
+                    continue
+                st = dirent.stat(follow_symlinks=False)
+                mode = st.st_mode
+                if S_ISREG(mode):
+                    here[path] = (
+                        "file",
+                        0o755 if mode & 0o111 else 0o644,
+                        st.st_size,
+                        st.st_mtime_ns,
+                        st.st_ctime_ns,
+                        st.st_ino,
+                        "",
+                    )
+                elif S_ISDIR(mode):
+                    here[path] = _DIR_ENTRY
+                    below.append(path)
+                elif S_ISLNK(mode):
+                    here[path] = ("symlink", 0o777, 0, 0, 0, 0, os.readlink(dirent.path))
+                # sockets, fifos and devices are never build inputs
+        return here, below
+
+
+#: Threads that list directories: two keep two cores busy (the Python part of each entry
+#: holds the GIL; more threads only queue for it).
+_SCAN_THREADS: Final = 2
 
 
 def _entry(root: str, rel: str, st: os.stat_result) -> Entry | None:

@@ -289,3 +289,28 @@ def test_deep_chains_plan(store: Store) -> None:
         cross = dsl.scratch().copy(cross.path("/"), "/x").env(B=str(i))
     plan = dsl.plan(cross, store=store)
     assert plan.summary["maybe"] == 150
+
+
+def test_large_copies_are_split_into_layers_by_default(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A COPY of LARGE_COPY bytes or more is split as layers="auto" unless layers="single"."""
+    from imagedsl import treehash
+
+    monkeypatch.setattr(treehash, "LARGE_COPY", 4000)
+    root = tmp_path / "big"
+    for i in range(40):
+        (root / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
+        (root / f"d{i % 4}" / f"f{i}.py").write_bytes(bytes([i]) * 200)
+    (root / "requirements.txt").write_text("flask\n")
+    src = dsl.context(root)
+    split = dsl.scratch().copy(src, "/app")
+    parts = [s.node.part for s in dsl.plan(split, store=store).steps[1:]]
+    assert parts[0] == "manifests"
+    assert len(parts) > 1
+    again = dsl.plan(split, store=store)  # warm: the parts come from the stat cache
+    assert [s.key for s in again.steps] == [s.key for s in dsl.plan(split, store=None).steps]
+    single = dsl.plan(dsl.scratch().copy(src, "/app", layers="single"), store=store)
+    assert [s.node.part for s in single.steps] == [None, None]
+    small = dsl.plan(dsl.scratch().copy(src.dir("d0"), "/app"), store=store)
+    assert [s.node.part for s in small.steps] == [None, None]
