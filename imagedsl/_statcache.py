@@ -70,6 +70,7 @@ _MAX_TREES: Final = 256
 
 _SHARDS: Final = 16
 _MAX_MEMOS: Final = 64
+_MAX_PART_MEMOS: Final = 8
 
 
 def _shard(path: str) -> int:
@@ -103,6 +104,10 @@ class RootCache:
     _directory_signatures: dict[str, dict[str, bytes]] = attrs.field(factory=dict)
     _shards: dict[int, dict[str, tuple[Entry, str]]] = attrs.field(factory=dict)
     _dirty_shards: set[int] = attrs.field(factory=set)
+    #: Per directory copied whole and split into layers: each subdirectory's (signature,
+    #: its digest in each layer part), in the ``parts`` file, read on first use.
+    _part_subtrees: dict[str, dict[str, tuple[bytes, bytes]]] | None = None
+    _parts_dirty: bool = False
 
     @classmethod
     def load(cls, source: StatCacheStore | None, root: str) -> RootCache:
@@ -158,6 +163,23 @@ class RootCache:
             shard = self._shards[number] = loaded if isinstance(loaded, dict) else {}
         return shard
 
+    def part_subtrees(self, memo: str) -> dict[str, tuple[bytes, bytes]]:
+        """What :meth:`keep_part_subtrees` kept last time under ``memo``."""
+        if self._part_subtrees is None:
+            data = self.source.load_stat_cache(self.root, "parts") if self.source else None
+            loaded = _unpack(data, self.root)
+            self._part_subtrees = loaded if isinstance(loaded, dict) else {}
+        found = self._part_subtrees.get(memo)
+        return found if isinstance(found, dict) else {}
+
+    def keep_part_subtrees(self, memo: str, subtrees: dict[str, tuple[bytes, bytes]]) -> None:
+        """Keep, under ``memo``, each directory's (subtree signature, per-part digests)."""
+        self.part_subtrees(memo)
+        assert self._part_subtrees is not None
+        self._part_subtrees.pop(memo, None)
+        self._part_subtrees[memo] = subtrees
+        self._parts_dirty = True
+
     def remember(self, path: str, entry: Entry, digest: str) -> None:
         """Note a file's content digest for the entry it had when hashed."""
         self.shard_of(path)[path] = (entry, digest)
@@ -177,14 +199,24 @@ class RootCache:
             else:
                 signatures[probe] = self.signature(probe)
         subtrees = dict(list(self.subtrees.items())[-_MAX_MEMOS:])
+        parts = self._part_subtrees
+        if parts is not None:
+            parts = dict(list(parts.items())[-_MAX_PART_MEMOS:])
         if racy:
             late_dirs = {path.rpartition("/")[0] for path in racy}
+
+            def fresh(directory: str) -> bool:
+                return not any(
+                    late == directory or late.startswith(f"{directory}/") or not directory
+                    for late in late_dirs
+                )
+
             for memo, directories in subtrees.items():
-                subtrees[memo] = {
-                    d: pair
-                    for d, pair in directories.items()
-                    if not any(late == d or late.startswith(f"{d}/") or not d for late in late_dirs)
-                }
+                subtrees[memo] = {d: pair for d, pair in directories.items() if fresh(d)}
+            if parts is not None:
+                for memo, held in parts.items():
+                    parts[memo] = {d: pair for d, pair in held.items() if fresh(d)}
+                self._parts_dirty = True
             for path in racy:
                 self.shard_of(path).pop(path, None)
                 self._dirty_shards.add(_shard(path))
@@ -192,6 +224,8 @@ class RootCache:
         partitions = dict(list(self.partitions.items())[-_MAX_MEMOS:])
         index = (signatures, trees, subtrees, partitions)
         target.save_stat_cache(self.root, "index", _pack(self.root, index))
+        if parts is not None and self._parts_dirty:
+            target.save_stat_cache(self.root, "parts", _pack(self.root, parts))
         live = {path for seen in self.seen.values() for path in seen}
         covered = tuple(
             "" if probe.endswith(":dir:") else probe.partition(":dir:")[2] + "/"

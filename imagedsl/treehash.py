@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 #: Files at least this big are hashed with blake3's own threads, a piece at a time.
 _BIG_FILE: Final = 4 << 20
 _HASH_PIECE: Final = 8 << 20
+#: Up to this many (small) files are hashed without a thread pool.
+_INLINE_FILES: Final = 16
 #: A tree row: (placed, source, type, mode, size, digest), the tuple form of a TreeEntry.
 Row = tuple[str, str, str, int, int, str]
 
@@ -204,31 +206,7 @@ def partition_tree(tree: Tree, layers: str | Sequence[Sequence[str]]) -> list[tu
     moves only when those bytes double or halve. Explicit groups: ``group-N`` per group
     (first matching group wins) and ``rest``.
     """
-    named: dict[str, list[Row]] = {}
-    if layers == "auto":
-        large_bytes = sum(row[4] for row in tree.rows if row[4] >= LARGE_FILE)
-        large_buckets = _bucket_count(large_bytes, _LARGE_BUCKET, _MAX_LARGE_BUCKETS)
-        rest_bytes = sum(row[4] for row in tree.rows if row[4] < LARGE_FILE)
-        rest_buckets = _bucket_count(rest_bytes, _FILES_BUCKET, _MAX_FILES_BUCKETS)
-        for row in tree.rows:
-            placed, _, kind, _, size, _ = row
-            base = posixpath.basename(placed)
-            if kind == "file" and (base in MANIFEST_NAMES or _MANIFEST_PATTERN.match(base)):
-                name = "manifests"
-            elif kind == "file" and size >= LARGE_FILE:
-                name = f"large-{_bucket(placed, large_buckets)}"
-            else:
-                name = f"files-{_bucket(placed, rest_buckets)}"
-            named.setdefault(name, []).append(row)
-        order = ["manifests"]
-        order += [f"large-{i}" for i in range(_MAX_LARGE_BUCKETS)]
-        order += [f"files-{i}" for i in range(_MAX_FILES_BUCKETS)]
-    else:
-        rules = [IgnoreRules.from_lines(group) for group in layers]
-        for row in tree.rows:
-            name = next((f"group-{i}" for i, r in enumerate(rules) if r.excludes(row[0])), "rest")
-            named.setdefault(name, []).append(row)
-        order = [f"group-{i}" for i in range(len(rules))] + ["rest"]
+    named, order = _partition_rows(tree, layers)
     parts = []
     for name in order:
         rows = named.get(name)
@@ -239,13 +217,61 @@ def partition_tree(tree: Tree, layers: str | Sequence[Sequence[str]]) -> list[tu
     return parts
 
 
+def _partition_rows(
+    tree: Tree, layers: str | Sequence[Sequence[str]]
+) -> tuple[dict[str, list[Row]], list[str]]:
+    """The rows of each part (sorted, as the tree's), and the order of the parts."""
+    named: dict[str, list[Row]] = {}
+    if layers == "auto":
+        large_bytes = sum(row[4] for row in tree.rows if row[4] >= LARGE_FILE)
+        rest_bytes = sum(row[4] for row in tree.rows if row[4] < LARGE_FILE)
+        assign = _AutoAssign(large_bytes, rest_bytes)
+        for row in tree.rows:
+            placed, _, kind, _, size, _ = row
+            named.setdefault(AUTO_PARTS[assign(placed, kind, size)], []).append(row)
+        return named, list(AUTO_PARTS)
+    rules = [IgnoreRules.from_lines(group) for group in layers]
+    for row in tree.rows:
+        name = next((f"group-{i}" for i, r in enumerate(rules) if r.excludes(row[0])), "rest")
+        named.setdefault(name, []).append(row)
+    return named, [f"group-{i}" for i in range(len(rules))] + ["rest"]
+
+
+#: The parts of layers="auto", in layer order.
+AUTO_PARTS: Final = (
+    "manifests",
+    *(f"large-{i}" for i in range(_MAX_LARGE_BUCKETS)),
+    *(f"files-{i}" for i in range(_MAX_FILES_BUCKETS)),
+)
+
+
+class _AutoAssign:
+    """layers="auto": the part (an index into :data:`AUTO_PARTS`) of one entry, by its placed
+    path, type and size; the bucket counts follow the bytes involved."""
+
+    def __init__(self, large_bytes: int, rest_bytes: int) -> None:
+        self.large = _bucket_count(large_bytes, _LARGE_BUCKET, _MAX_LARGE_BUCKETS)
+        self.rest = _bucket_count(rest_bytes, _FILES_BUCKET, _MAX_FILES_BUCKETS)
+
+    def __call__(self, placed: str, kind: str, size: int) -> int:
+        if kind == "file":
+            base = posixpath.basename(placed)
+            if base in MANIFEST_NAMES or _MANIFEST_PATTERN.match(base):
+                return 0
+            if size >= LARGE_FILE:
+                return 1 + _bucket(placed, self.large)
+        return 1 + _MAX_LARGE_BUCKETS + _bucket(placed, self.rest)
+
+
 class _Split:
     """One tree's partition, computed once when a part's rows are first needed."""
 
-    def __init__(self, tree: Tree, layers: LayerSpec) -> None:
+    def __init__(self, tree: Tree, layers: str | Sequence[Sequence[str]]) -> None:
         self._tree = tree
         self._layers = layers
         self._parts: list[tuple[str, Tree]] | None = None
+
+        self._rows: dict[str, list[Row]] | None = None
 
     def parts(self) -> list[tuple[str, Tree]]:
         if self._parts is None:
@@ -253,7 +279,19 @@ class _Split:
         return self._parts
 
     def rows(self, name: str) -> tuple[Row, ...]:
-        return dict(self.parts())[name].rows
+        """One part's rows, without hashing the other parts."""
+        if self._rows is None:
+            self._rows = _partition_rows(self._tree, self._layers)[0]
+        return tuple(self._rows.get(name, ())) or self._tree.rows
+
+
+def _pack_parts(digests: dict[int, bytes]) -> bytes:
+    """Part digests in a few bytes: (part index, 32-byte digest) per part, by index."""
+    return b"".join(bytes([part]) + digests[part] for part in sorted(digests))
+
+
+def _unpack_parts(packed: bytes) -> dict[int, bytes]:
+    return {packed[i]: packed[i + 1 : i + 33] for i in range(0, len(packed), 33)}
 
 
 def _bucket_count(total: int, target: int, cap: int) -> int:
@@ -302,6 +340,10 @@ class ContextHasher:
         self._caches: dict[str, RootCache] = {}
         self._dirty: set[str] = set()
         self._started_ns = time.time_ns()
+        #: Trees of directories copied whole, by digest: (root, scan probe, base, memo).
+        self._wholes: dict[str, tuple[str, str, str, str]] = {}
+        #: Per (scan probe, base): directories deepest first, and their subtree signatures.
+        self._subtrees: dict[tuple[str, str], tuple[list[str], dict[str, bytes]]] = {}
 
     # -- public ------------------------------------------------------------------------------
 
@@ -340,7 +382,9 @@ class ContextHasher:
         if whole_directory and base in cache.directories[f"{rules_id}:dir:{base}"]:
             # A directory copied whole: its digest is the Merkle digest of its directories,
             # and only directories whose contents changed since last run are hashed again.
-            digest = self._merkle(root, cache, f"{rules_id}:dir:{base}", base, memo)
+            probe = f"{rules_id}:dir:{base}"
+            digest = self._merkle(root, cache, probe, base, memo)
+            self._wholes[digest] = (root, probe, base, memo)
             return Tree(digest, lambda: self._rows(root, selections, exclude, dest_is_dir))
         known = cache.trees.get(memo)
         if known is not None and all(cache.unchanged(p) for p in probes):
@@ -359,6 +403,9 @@ class ContextHasher:
         digest, so a warm plan knows the parts' digests without building a row."""
         if layers == "single":
             return None
+        whole = self._wholes.get(tree.digest)
+        if whole is not None and layers in (None, "auto"):
+            return self._auto_parts(tree, whole, split_small=layers == "auto")
         cache = self._load_cache(source.context.root)
         memo = f"{tree.digest}\0{layers!r}"
         spec: LayerSpec = "auto" if layers is None else layers
@@ -374,6 +421,86 @@ class ContextHasher:
         cache.partitions[memo] = None if parts is None else [(n, t.digest) for n, t in parts]
         self._dirty.add(source.context.root)
         return parts
+
+    def _auto_parts(
+        self, tree: Tree, whole: tuple[str, str, str, str], *, split_small: bool
+    ) -> list[tuple[str, Tree]] | None:
+        """layers="auto" for a directory copied whole, part by part Merkle digests as
+        :meth:`_merkle` computes the whole's: each directory keeps its digest in every part
+        it has entries in, and only directories whose subtree changed are hashed again (so an
+        edit costs what it costs without parts). Equal to :func:`partition_tree`."""
+        root, probe, base, memo = whole
+        cache = self._load_cache(root)
+        directories = cache.directories[probe]
+        large = rest = 0
+        for entries in directories.values():
+            for entry in entries.values():
+                if entry[TYPE] == "file":
+                    if entry[SIZE] >= LARGE_FILE:
+                        large += entry[SIZE]
+                    else:
+                        rest += entry[SIZE]
+        if not split_small and large + rest < LARGE_COPY:
+            return None
+        assign = _AutoAssign(large, rest)
+        deepest_first, subtree = self._subtrees[(probe, base)]
+        key = f"{memo}\0{assign.large}\0{assign.rest}"
+        before = cache.part_subtrees(key)
+        now: dict[str, tuple[bytes, bytes]] = {}
+        changed = []
+        for directory in deepest_first:
+            old = before.get(directory)
+            if old is not None and old[0] == subtree[directory]:
+                now[directory] = old
+            else:
+                changed.append(directory)
+        files = [
+            (path, entry)
+            for directory in changed
+            for path, entry in directories[directory].items()
+            if entry[TYPE] != "dir"
+        ]
+        contents = self._digests(root, files) if files else {}
+        cut = len(base) + 1 if base else 0
+        empty = bytes.fromhex(_directory_digest((), top=False))
+        for directory in changed:  # deepest first: subdirectories are done before parents
+            records: dict[int, list[bytes]] = {}
+            for path, entry in directories[directory].items():
+                name = path.rpartition("/")[2]
+                kind = entry[TYPE]
+                if kind == "dir":
+                    inside = _unpack_parts(now[path][1])
+                    inside.setdefault(assign(path[cut:], kind, 0), empty)
+                    for part, digest in inside.items():
+                        records.setdefault(part, []).append(
+                            _record(name, "dir", entry[MODE], 0, digest.hex())
+                        )
+                else:
+                    size = entry[SIZE] if kind == "file" else 0
+                    part = assign(path[cut:], kind, size)
+                    records.setdefault(part, []).append(
+                        _record(name, kind, entry[MODE], size, contents[path])
+                    )
+            top = directory == base
+            digests = {
+                part: bytes.fromhex(_directory_digest(found, top=top))
+                for part, found in records.items()
+            }
+            now[directory] = (subtree[directory], _pack_parts(digests))
+        if changed:
+            cache.keep_part_subtrees(key, now)
+            self._dirty.add(root)
+        parts = _unpack_parts(now[base][1])
+        if not parts:  # an empty selection still makes one (empty) layer
+            return [("files-0", tree)]
+        split = _Split(tree, "auto")
+        return [
+            (
+                AUTO_PARTS[part],
+                Tree(parts[part].hex(), functools.partial(split.rows, AUTO_PARTS[part])),
+            )
+            for part in sorted(parts)
+        ]
 
     def save(self) -> None:
         """Write back every stat cache this run changed."""
@@ -537,6 +664,7 @@ class ContextHasher:
             for child in sorted(below.get(directory, ())):
                 hasher.update(subtree[child])
             subtree[directory] = hasher.digest()
+        self._subtrees[(probe, base)] = (deepest_first, subtree)
         before = cache.subtrees.get(memo, {})
         now: dict[str, tuple[bytes, str]] = {}
         changed = []
@@ -594,11 +722,20 @@ class ContextHasher:
         return digests
 
     def _hash_files(self, root: str, entries: Sequence[tuple[str, Entry]]) -> Iterator[str]:
-        from concurrent.futures import ThreadPoolExecutor
-
         total = sum(e[SIZE] for _, e in entries)
         self._reporter.hashing_started(root, len(entries), total)
         done_files = done_bytes = 0
+        if len(entries) <= _INLINE_FILES and total < _BIG_FILE:
+            # An edit or two: hashing them here costs less than starting threads.
+            for path, entry in entries:
+                try:
+                    yield hash_file(os.path.join(root, path), entry[SIZE])
+                except OSError as error:
+                    raise ContextError(root, problem=f"cannot read {path}: {error}") from None
+            self._reporter.hashing_progress(root, len(entries), total)
+            self._reporter.hashing_finished(root)
+            return
+        from concurrent.futures import ThreadPoolExecutor
 
         def work(batch: Sequence[tuple[str, Entry]]) -> list[str]:
             out = []
