@@ -15,6 +15,7 @@ Building a graph has three phases:
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -301,26 +302,44 @@ def _source_stages(step: Step, named: Mapping[str, Stage]) -> list[Stage]:
 def _analyse(
     structure: _Structure, memo: AnalysisMemo | None, labels: Mapping[Stage, tuple[str, int]]
 ) -> tuple[list[int], list[int]]:
-    """Topological order and waves, from the memo or from networkx."""
+    """Topological order and waves, from the memo or computed (networkx only names a cycle:
+    importing it costs more than a whole warm plan)."""
     digest = structure.shape_digest()
     if memo is not None:
         saved = _read_analysis(memo.load_analysis(digest), len(structure.stages))
         if saved is not None:
             return saved
-    import networkx as nx
+    size = len(structure.stages)
+    edges = set(structure.edges)
+    successors: list[list[int]] = [[] for _ in range(size)]
+    predecessors: list[list[int]] = [[] for _ in range(size)]
+    for u, v in edges:
+        successors[u].append(v)
+        predecessors[v].append(u)
+    # Kahn's algorithm, smallest ready node first: networkx's lexicographical_topological_sort.
+    waiting = [len(p) for p in predecessors]
+    ready = [node for node in range(size) if not waiting[node]]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        node = heapq.heappop(ready)
+        order.append(node)
+        for succ in successors[node]:
+            waiting[succ] -= 1
+            if not waiting[succ]:
+                heapq.heappush(ready, succ)
+    if len(order) < size:
+        import networkx as nx
 
-    graph = nx.DiGraph()
-    graph.add_nodes_from(range(len(structure.stages)))
-    graph.add_edges_from(structure.edges)
-    if not nx.is_directed_acyclic_graph(graph):
+        graph = nx.DiGraph()
+        graph.add_nodes_from(range(size))
+        graph.add_edges_from(edges)
         cycle_edges = nx.find_cycle(graph)
         raise _cycle_error(structure, [u for u, _ in cycle_edges], labels)
-    order = list(nx.lexicographical_topological_sort(graph))
     weight = [0 if _is_free(s.step) else 1 for s in structure.stages]
     waves = [0] * len(order)
     for node in order:
-        preds = list(graph.predecessors(node))
-        waves[node] = max((waves[p] + weight[node] for p in preds), default=0)
+        waves[node] = max((waves[p] + weight[node] for p in predecessors[node]), default=0)
     if memo is not None:
         memo.save_analysis(
             digest, json.dumps({"v": ANALYSIS_VERSION, "order": order, "waves": waves})
