@@ -10,6 +10,7 @@ whose entry is unchanged (DESIGN.md: content is always hashed when anything chan
 
 from __future__ import annotations
 
+import functools
 import marshal
 import os
 import posixpath
@@ -75,7 +76,12 @@ _MAX_PART_MEMOS: Final = 8
 
 def _shard(path: str) -> int:
     """The digests shard of a file: by its directory, so one edit touches one shard."""
-    return zlib.crc32(path.rpartition("/")[0].encode("utf-8", "surrogateescape")) % _SHARDS
+    return _directory_shard(path.rpartition("/")[0])
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _directory_shard(directory: str) -> int:
+    return zlib.crc32(directory.encode("utf-8", "surrogateescape")) % _SHARDS
 
 
 @attrs.define

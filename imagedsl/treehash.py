@@ -255,7 +255,7 @@ class _AutoAssign:
 
     def __call__(self, placed: str, kind: str, size: int) -> int:
         if kind == "file":
-            base = posixpath.basename(placed)
+            base = placed.rpartition("/")[2]
             if base in MANIFEST_NAMES or _MANIFEST_PATTERN.match(base):
                 return 0
             if size >= LARGE_FILE:
@@ -301,6 +301,7 @@ def _bucket_count(total: int, target: int, cap: int) -> int:
     return count
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def _bucket(path: str, buckets: int) -> int:
     if buckets == 1:
         return 0

@@ -458,7 +458,10 @@ class _Build:
         else:
             made = self._entries(node, below)
             layer = None if made is None else self._write(*made)
-        atomic_write(cache, json.dumps(None if layer is None else layer.to_json()).encode())
+        # A cache entry (checked when read: the blob must be in the store): no fsync needed.
+        atomic_write(
+            cache, json.dumps(None if layer is None else layer.to_json()).encode(), durable=False
+        )
         record_step(self.store, node, _outputs(layer))
         self.reporter.step_finished(label, "built")
         self.built.append(label)
