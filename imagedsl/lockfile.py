@@ -47,7 +47,7 @@ class LockFileError(ImageDSLError):
 
 def lock_key(step: FromImage) -> str:
     """The reference a lock entry is filed under: normalised, without a digest."""
-    reference = step.reference
+    reference = step.image
     name = reference.name if reference.transport == "registry" else str(reference)
     return f"{name}:{reference.tag}" if reference.tag else name
 
@@ -60,7 +60,7 @@ def unpinned_bases(plan: Plan) -> dict[tuple[str, str], ImageReference]:
     for step in plan.steps:
         base = step.node.step
         if isinstance(base, FromImage):
-            image = base.reference
+            image = base.image
             if image.transport == "registry" and not image.digest:
                 wanted[lock_key(base), step.node.state.platform] = image
     return wanted

@@ -312,7 +312,10 @@ class _BuildRun:
     def labels(self, *, built: bool) -> Iterator[str]:
         statuses = self.vertex_status()
         for index, status in sorted(statuses.items()):
-            if self.plan.steps[index].kind not in LAYER_KINDS:
+            if (
+                self.plan.steps[index].kind not in LAYER_KINDS
+                or self.plan.steps[index].node.is_config
+            ):
                 continue
             if (status == "done") == built and status in ("done", "cached"):
                 yield self._label(index)
