@@ -53,6 +53,7 @@ from imagedsl.steps import (
     Expose,
     FromImage,
     FromScratch,
+    FromStage,
     Healthcheck,
     Label,
     LayerSpec,
@@ -455,11 +456,20 @@ TARGETVARIANT: Final = GlobalArg("TARGETVARIANT")
 
 @_located
 def stage(name: str) -> StageRef:
-    """A stage by name, resolved when planned (for references to later stages)."""
+    """A stage by name, resolved when planned (for references to later stages). The name may
+    name global ARGs (``"build_${TARGETOS}"``), expanded when planned."""
     check_str("stage", "name", name)
-    if not _STAGE_NAME.match(name):
+    if not is_template(name) and not _STAGE_NAME.match(name):
         raise StepArgumentError("stage", "name", f"is not a valid stage name: {name!r}")
     return StageRef(name)
+
+
+@_located
+def from_stage(name: str) -> Stage:
+    """``FROM <name>`` for a stage chosen by global ARGs: ``dsl.from_stage("build_${TARGETOS}")``
+    continues the named stage the expanded name picks (for a stage known by value, chain on
+    the value itself)."""
+    return Stage(None, FromStage(ref=stage(name), location=caller_location()))
 
 
 @_located

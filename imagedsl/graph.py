@@ -43,6 +43,7 @@ from imagedsl.steps import (
     Copy,
     FromImage,
     FromScratch,
+    FromStage,
     Run,
     StagePath,
     Step,
@@ -187,8 +188,8 @@ def build_graph(
     project: str,
 ) -> BuildGraph:
     """Unfold ``named[target]`` into its keyed steps (see the module docstring)."""
-    resolved = _resolve_names(named)
-    structure = _Structure.collect(resolved[target], resolved)
+    resolved = _resolve_names(named, scope)
+    structure = _Structure.collect(resolved[target], resolved, scope)
     labels = _stage_labels(structure.stages, resolved, target)
     order, waves = _analyse(structure, memo, labels)
     return _Keyer(
@@ -218,20 +219,29 @@ def rekey(graph: BuildGraph) -> BuildGraph:
 # -- phase 1: structure ----------------------------------------------------------------------
 
 
-def _resolve_names(named: Mapping[str, Stage | StageRef]) -> dict[str, Stage]:
+def _resolve_names(named: Mapping[str, Stage | StageRef], scope: ArgScope) -> dict[str, Stage]:
     """Follow ``dsl.stage`` references among named stages to stage values."""
     resolved: dict[str, Stage] = {}
     for name, value in named.items():
         seen = [name]
         while isinstance(value, StageRef):
-            if value.name not in named:
-                raise UnknownStageError(value.name, sorted(named))
-            if value.name in seen:
-                raise CycleError(seen[seen.index(value.name) :])
-            seen.append(value.name)
-            value = named[value.name]
+            wanted = scope.expand_global(value.name)
+            if wanted not in named:
+                raise UnknownStageError(wanted, sorted(named))
+            if wanted in seen:
+                raise CycleError(seen[seen.index(wanted) :])
+            seen.append(wanted)
+            value = named[wanted]
         resolved[name] = value
     return resolved
+
+
+def _named(ref: StageRef, named: Mapping[str, Stage], scope: ArgScope, step: Step) -> Stage:
+    """The stage a reference names, its name expanded with the global ARGs."""
+    wanted = scope.expand_global(ref.name)
+    if wanted not in named:
+        raise UnknownStageError(wanted, sorted(named)).with_location(step.location)
+    return named[wanted]
 
 
 @attrs.define
@@ -244,7 +254,7 @@ class _Structure:
     deps: list[tuple[int | None, tuple[int, ...]]]
 
     @classmethod
-    def collect(cls, target: Stage, named: Mapping[str, Stage]) -> _Structure:
+    def collect(cls, target: Stage, named: Mapping[str, Stage], scope: ArgScope) -> _Structure:
         stages: list[Stage] = []
         index: dict[Stage, int] = {}
         pending: dict[Stage, tuple[Stage | None, tuple[Stage, ...]]] = {}
@@ -261,7 +271,9 @@ class _Structure:
             if stage in pending:
                 continue  # on the current path: a cycle, reported by the analysis
             parent = stage.parent
-            sources = tuple(_source_stages(stage.step, named))
+            if isinstance(stage.step, FromStage):  # FROM <template>: continue that stage
+                parent = _named(stage.step.ref, named, scope, stage.step)
+            sources = tuple(_source_stages(stage.step, named, scope))
             pending[stage] = (parent, sources)
             stack.append((stage, True))
             for dep in reversed((*([parent] if parent is not None else []), *sources)):
@@ -289,7 +301,7 @@ class _Structure:
         return blake3.blake3(json.dumps(shape, separators=(",", ":")).encode()).hexdigest()
 
 
-def _source_stages(step: Step, named: Mapping[str, Stage]) -> list[Stage]:
+def _source_stages(step: Step, named: Mapping[str, Stage], scope: ArgScope) -> list[Stage]:
     sources: list[StagePath] = []
     if isinstance(step, Copy) and isinstance(step.source, StagePath):
         sources.append(step.source)
@@ -303,10 +315,7 @@ def _source_stages(step: Step, named: Mapping[str, Stage]) -> list[Stage]:
     for source in sources:
         stage = source.stage
         if isinstance(stage, StageRef):
-            if stage.name not in named:
-                error = UnknownStageError(stage.name, sorted(named))
-                raise error.with_location(step.location)
-            stage = named[stage.name]
+            stage = _named(stage, named, scope, step)
         out.append(stage)
     return out
 

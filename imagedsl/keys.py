@@ -24,6 +24,7 @@ from imagedsl.steps import (
     ConfigStep,
     FromImage,
     FromScratch,
+    FromStage,
     Healthcheck,
     Mount,
     SecretMount,
@@ -214,6 +215,8 @@ def config_preimage(*, parent: str, step: ConfigStep | Step, state: BuildState) 
         fields[name.name] = _jsonable(value)
     if isinstance(step, Healthcheck) and step.test is None:
         fields["test"] = None
+    if isinstance(step, FromStage):
+        fields["ref"] = step.ref.name  # as written; the stage it picked is the parent
     # The state after the step (expanded ENV values, effective ARG values) is what counts.
     fields["state"] = {
         "env": [list(pair) for pair in state.env],

@@ -138,6 +138,16 @@ class FromImage:
 
 
 @attrs.frozen(kw_only=True)
+class FromStage:
+    """``FROM <stage>`` where the stage's name is a template (``build_${TARGETOS}``): the
+    planner expands it with the global ARGs and continues that stage (no layer, no work)."""
+
+    kind: ClassVar[str] = "from-stage"
+    ref: StageRef
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
 class FromScratch:
     """``FROM scratch``: an empty filesystem."""
 
@@ -305,7 +315,18 @@ class StopSignal:
 
 Base: TypeAlias = FromImage | FromScratch
 ConfigStep: TypeAlias = (
-    Env | Arg | User | Label | Expose | Volume | Entrypoint | Cmd | Healthcheck | Shell | StopSignal
+    Env
+    | Arg
+    | User
+    | Label
+    | Expose
+    | Volume
+    | Entrypoint
+    | Cmd
+    | Healthcheck
+    | Shell
+    | StopSignal
+    | FromStage
 )
 LayerStep: TypeAlias = Run | Copy | Add | Workdir
 Step: TypeAlias = Base | LayerStep | ConfigStep
@@ -331,6 +352,8 @@ def describe(step: Step, stage_name: StageNamer = _default_stage_name) -> str:
             )
         case FromScratch():
             return "FROM scratch"
+        case FromStage():
+            return f"FROM {step.ref.name}"
         case Run():
             return "RUN " + (step.command[0] if step.shell_form else _json_list(step.command))
         case Copy() | Add():

@@ -882,3 +882,26 @@ def test_fixed_build_parses(src_dir: Path) -> None:
     )
     plan = api.plan({"tools": tools, "app": app}, "app")
     check_lowered(plan, lower_to_dockerfile(plan))
+
+
+def test_from_a_stage_chosen_by_a_platform_arg() -> None:
+    """``FROM build_${TARGETOS}`` continues the stage the target platform names."""
+    named = {
+        "build_linux": dsl.image(BUSYBOX).run("echo linux"),
+        "build_windows": dsl.image(BUSYBOX).run("echo windows"),
+    }
+    final = dsl.from_stage("build_${TARGETOS}").run("echo final")
+    plan = api.plan({**named, "final": final}, "final")
+    assert [s.instruction for s in plan.steps] == [
+        f"FROM {BUSYBOX}",
+        "RUN echo linux",
+        "FROM build_${TARGETOS}",
+        "RUN echo final",
+    ]
+    assert plan.steps[2].status is api.PlanStatus.CONFIG
+    lines = instructions(lower_to_dockerfile(plan))
+    assert lines[-2:] == ["FROM build_linux AS final", "RUN echo final"]
+    darwin = {**named, "final": dsl.from_stage("build_${TARGETOS}_x").run("echo final")}
+    with pytest.raises(dsl.UnknownStageError) as raised:
+        api.plan(darwin, "final")
+    assert raised.value.name == "build_linux_x"

@@ -73,6 +73,7 @@ from imagedsl.steps import (
     Expose,
     FromImage,
     FromScratch,
+    FromStage,
     Healthcheck,
     Label,
     Run,
@@ -223,6 +224,8 @@ class _Lowerer:
                         step.instruction, f"cannot be written in a Dockerfile: {error}"
                     ).with_location(step.location) from None
                 lines.extend(head)
+                if head and not text:  # FROM <stage>: the FROM line is the step's
+                    step_lines[index] = len(lines)
                 for line in text:
                     if not line.startswith("#") and index not in step_lines:
                         step_lines[index] = len(lines) + 1
@@ -375,6 +378,8 @@ class _Lowerer:
             case FromScratch():
                 platform = f"--platform={step.platform} " if step.platform else ""
                 return [f"FROM {platform}scratch AS {segment_name}"]
+            case FromStage():
+                return []  # the stage's FROM line (written by _continuation) is all of it
             case Run():
                 return [self._run(node, step, before)]
             case Copy() | Add():

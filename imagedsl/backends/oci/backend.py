@@ -359,6 +359,8 @@ class _Build:
             return self._from(node, instruction)
         assert node.parent is not None
         below = self.states[node.parent]
+        if kind == "from-stage":  # FROM <stage>: that stage, as it is (BuildKit adds no history)
+            return below
         below = attrs.evolve(below, state=below.state.apply(node.step, self.plan.graph.scope))
         part = f" (layer {node.part})" if node.part is not None else ""
         created_by = f"{instruction}{part} # imagedsl"
