@@ -15,20 +15,19 @@ from typing import Any, Final
 import attrs
 
 from imagedsl._validate import clean_container_path
-from imagedsl.errors import ImageDSLError
+from imagedsl.errors import InputError
 from imagedsl.steps import Arg, Env, Shell, Step, User, Workdir
 
 DEFAULT_SHELL: Final = ("/bin/sh", "-c")
 DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-class ExpansionError(ImageDSLError):
+@attrs.define
+class ExpansionError(InputError):
     """A ``${...}`` expression is malformed, or ``${VAR:?message}`` hit an unset variable."""
 
-    def __init__(self, word: str, problem: str) -> None:
-        super().__init__(word, problem)
-        self.word = word
-        self.problem = problem
+    word: str
+    problem: str
 
     def __str__(self) -> str:
         return f"cannot expand {self.word!r}: {self.problem}"

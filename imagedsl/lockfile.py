@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from imagedsl.errors import ImageDSLError
+from imagedsl.errors import InputError
 from imagedsl.oci.digest import is_sha256
 from imagedsl.store import atomic_write
 
@@ -33,13 +33,12 @@ LOCK_NAME: Final = "imagedsl.lock"
 LOCK_VERSION: Final = 1
 
 
-class LockFileError(ImageDSLError):
+@attrs.define
+class LockFileError(InputError):
     """A lock file exists but cannot be used."""
 
-    def __init__(self, path: str, problem: str) -> None:
-        super().__init__(path, problem)
-        self.path = path
-        self.problem = problem
+    path: str
+    problem: str
 
     def __str__(self) -> str:
         return f"{self.path}: {self.problem}"

@@ -59,7 +59,7 @@ from imagedsl.backends.dockerfile._words import (
 )
 from imagedsl.buildstate import DEFAULT_SHELL, BuildState
 from imagedsl.context import ContextSource
-from imagedsl.errors import ImageDSLError, SourceLocation
+from imagedsl.errors import InputError, SourceLocation
 from imagedsl.steps import (
     LAYER_KINDS,
     Add,
@@ -103,16 +103,13 @@ _GLOB_CHARS: Final = re.compile(r"[*?\[\\]")
 # -- errors ------------------------------------------------------------------------------------
 
 
-class LoweringError(ImageDSLError):
+@attrs.define
+class LoweringError(InputError):
     """A step cannot be written as a Dockerfile instruction (or not for this engine)."""
 
-    def __init__(
-        self, instruction: str, problem: str, location: SourceLocation | None = None
-    ) -> None:
-        super().__init__(instruction, problem)
-        self.instruction = instruction
-        self.problem = problem
-        self.location = location
+    instruction: str
+    problem: str
+    location: SourceLocation | None = attrs.field(default=None)
 
     def __str__(self) -> str:
         return f"{self.instruction}: {self.problem}"
@@ -654,13 +651,12 @@ def _copy_comment(step: Copy | Add, node: StepNode) -> str:
 # -- writing a build directory ------------------------------------------------------------------
 
 
-class BuildDirError(ImageDSLError):
+@attrs.define
+class BuildDirError(InputError):
     """``lower -o DIR`` would overwrite something it did not write."""
 
-    def __init__(self, directory: str, problem: str) -> None:
-        super().__init__(directory, problem)
-        self.directory = directory
-        self.problem = problem
+    directory: str
+    problem: str
 
     def __str__(self) -> str:
         return f"{self.directory}: {self.problem}"
