@@ -66,8 +66,8 @@ def test_every_instruction_has_a_step(tmp_path: Path) -> None:
         )
         .healthcheck("curl", "-f", "http://localhost/", interval=30, retries=3)
         .stopsignal("TERM")
-        .entrypoint("/x")
-        .cmd("--help")
+        .entrypoint(["/x"])
+        .cmd("--help", "-v")
     )
     described = [describe(step) for step in stage]
     assert described[0] == "FROM scratch"
@@ -75,7 +75,7 @@ def test_every_instruction_has_a_step(tmp_path: Path) -> None:
     assert "EXPOSE 8080/tcp 53/udp" in described
     assert "STOPSIGNAL SIGTERM" in described
     assert 'ENTRYPOINT ["/x"]' in described
-    assert described[-1] == 'CMD ["--help"]'
+    assert described[-1] == 'CMD ["--help", "-v"]'
     assert any(d.startswith("COPY --from=") for d in described)
     kinds = {step.kind for step in stage}
     assert kinds >= {

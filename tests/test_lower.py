@@ -238,8 +238,6 @@ def test_mounts_are_spelled_with_only_non_default_options(src_dir: Path) -> None
 @pytest.mark.parametrize(
     ("make", "feature"),  # each takes (stage, context)
     [
-        pytest.param(lambda s, src: s.copy(src.file("run.sh"), "/", link=True), "COPY --link", id="copy-link"),
-        pytest.param(lambda s, src: s.add(src.file("run.sh"), "/", link=True), "ADD --link", id="add-link"),
         pytest.param(lambda s, _: s.run("true", network="none"), "RUN --network", id="network"),
         pytest.param(
             lambda s, _: s.run("true", mounts=[dsl.secret("t", env="TOKEN")]),
@@ -250,11 +248,6 @@ def test_mounts_are_spelled_with_only_non_default_options(src_dir: Path) -> None
             lambda s, _: s.run("true", mounts=[dsl.tmpfs("/t", size=1 << 20)]),
             "RUN --mount=type=tmpfs,size=...",
             id="tmpfs-size",
-        ),
-        pytest.param(
-            lambda s, _: s.add(dsl.url("https://example.com/x.tgz", checksum="sha256:" + "0" * 64), "/x"),
-            "ADD --checksum",
-            id="add-checksum",
         ),
     ],
 )  # fmt: skip
@@ -541,7 +534,8 @@ def _steps(
                 [
                     "run", "exec", "env", "arg", "workdir", "user", "label", "expose",
                     "volume", "cmd", "entrypoint", "healthcheck", "shell", "stopsignal",
-                    "copy", "copy_from", "add",
+                    "copy", "copy_from", "add", "script", "inline", "parents", "link", "url",
+                    "onbuild", "reset", "user_ids",
                 ]
             )
         )  # fmt: skip
@@ -610,6 +604,42 @@ def _steps(
             )
         elif kind == "add":
             stage = stage.add(src.file("run.sh"), draw(_SAFE_PATH))
+        elif kind == "script":
+            lines = draw(st.lists(_LINE_WORD.filter(lambda w: w.strip()), min_size=1, max_size=3))
+            stage = stage.run(dsl.script("\n".join(lines)))
+        elif kind == "inline":
+            content = draw(st.binary(max_size=20) | _WORD.map(str.encode))
+            mode = draw(st.sampled_from([0o644, 0o600, 0o755]))
+            stage = stage.copy(dsl.inline(content, mode=mode), draw(_SAFE_PATH))
+        elif kind == "parents":
+            selections: list[dsl.ContextSource | dsl.Context] = [
+                src.file("app/main.py"),
+                src.dir("app"),
+                src,
+            ]
+            stage = stage.copy(
+                draw(st.sampled_from(selections)), draw(_SAFE_PATH) + "/", parents=True
+            )
+        elif kind == "link":
+            dest = draw(_SAFE_PATH | st.sampled_from(["rel/", "rel/x", "."]))
+            chown = draw(st.none() | st.sampled_from(["1000", "5:6", "app"]))
+            chosen = draw(st.sampled_from([src.file("run.sh"), src.dir("app")]))
+            if draw(st.booleans()):
+                stage = stage.copy(chosen, dest, link=True, chown=chown)
+            else:
+                stage = stage.add(src.file("run.sh"), dest, link=True, chown=chown)
+        elif kind == "url":
+            name = draw(st.sampled_from(["f.tgz", "", "a%20b", "x/"]))
+            url = dsl.url(f"https://example.com/d/{name}", checksum="sha256:" + "ab" * 32)
+            stage = stage.add(
+                url, draw(_SAFE_PATH | st.just("/dl/")), chmod=draw(st.none() | st.just(0o640))
+            )
+        elif kind == "onbuild":
+            stage = stage.onbuild(draw(st.sampled_from(["RUN make", "ENV A=1", "COPY . /app"])))
+        elif kind == "reset":
+            stage = stage.cmd() if draw(st.booleans()) else stage.entrypoint()
+        elif kind == "user_ids":
+            stage = stage.user(draw(st.integers(0, 65535)), draw(st.none() | st.integers(0, 9)))
     return stage
 
 
@@ -704,13 +734,17 @@ def check_lowered(plan: dsl.Plan, lowered: LoweredDockerfile) -> None:
     states = concrete_states(plan)
     used: set[int] = set()
     covered: set[int] = set()
+    target = lowered.stages[-1]
     for stage in lowered.stages:
-        first = plan.steps[stage.steps[0]]
-        covered.update(stage.steps)
         command = parsed[stage.line]
         assert command.cmd == "FROM"
         assert command.value[-2:] == ("AS", stage.name)
         used.add(stage.line)
+        if not stage.steps:  # a link=True COPY's own stage, checked with its step
+            assert command.value[0] == "scratch"
+            continue
+        first = plan.steps[stage.steps[0]]
+        covered.update(stage.steps)
         if first.kind not in ("from", "scratch"):
             parent = states[first.node.parent or 0]
             scope: dict[str, str] = {}
@@ -725,11 +759,88 @@ def check_lowered(plan: dsl.Plan, lowered: LoweredDockerfile) -> None:
         for index in stage.steps:
             if index == stage.steps[0] and first.kind in ("from", "scratch"):
                 continue
+            if plan.steps[index].kind == "onbuild":
+                continue  # written in the target's stage only: checked below
             line = lowered.lines[index]
             check_step(plan, lowered, states, index, parsed[line])
             used.add(line)
+            used.update(check_companions(plan, lowered, states, index, parsed, stage))
+    chain = target_chain(plan)
+    for index, step in enumerate(plan.steps):
+        if step.kind != "onbuild":
+            continue
+        if index not in chain:  # a stage's triggers matter only in the target's config
+            assert index not in lowered.lines
+            continue
+        line = lowered.lines[index]
+        assert stage_of_line(lowered, line) == target
+        check_step(plan, lowered, states, index, parsed[line])
+        used.add(line)
     assert covered == set(range(len(plan.steps)))
     assert used == set(parsed), "instructions that belong to no step"
+
+
+def target_chain(plan: dsl.Plan) -> set[int]:
+    """The steps from the target's FROM to its last step."""
+    chain: set[int] = set()
+    at: int | None = len(plan.steps) - 1
+    while at is not None:
+        chain.add(at)
+        at = plan.steps[at].node.parent
+    return chain
+
+
+def check_companions(
+    plan: dsl.Plan,
+    lowered: LoweredDockerfile,
+    states: list[buildstate.BuildState],
+    index: int,
+    parsed: dict[int, Any],
+    stage: Any,
+) -> set[int]:
+    """Lines written for a step besides its own: the ``COPY --from=LINK / /`` of a link=True
+    step lowered without --link, and the CMD an ENTRYPOINT keeps from an earlier stage."""
+    node = plan.steps[index].node
+    line = lowered.lines[index]
+    extra: set[int] = set()
+    link_stage = stage_of_line(lowered, line)
+    if not link_stage.steps:
+        merges = [
+            n for n, c in parsed.items()
+            if c.cmd == "COPY" and c.flags == (f"--from={link_stage.name}",) and c.value == ("/", "/")
+        ]  # fmt: skip
+        assert len(merges) == 1
+        assert stage_of_line(lowered, merges[0]) == stage
+        event("link=True lowered as a stage of its own")
+        extra.add(merges[0])
+    if isinstance(node.step, steps.Entrypoint):
+        following = parsed.get(line + 1)
+        if (
+            following is not None
+            and following.cmd == "CMD"
+            and line + 1 not in lowered.lines.values()
+        ):
+            at = node.parent
+            while not isinstance(plan.steps[at].node.step, steps.Cmd):  # type: ignore[index]
+                at = plan.steps[at].node.parent  # type: ignore[index]
+            assert at is not None
+            cmd = plan.steps[at].node.step
+            assert isinstance(cmd, steps.Cmd)
+            assert at not in stage.steps  # a CMD of this stage BuildKit keeps by itself
+            event("an ENTRYPOINT keeps a CMD of an earlier stage")
+            before = states[plan.steps[at].node.parent]  # type: ignore[index]
+            if following.json:
+                assert following.value == tuple(before.argv(cmd.command, cmd.shell_form))
+            else:
+                assert cmd.shell_form
+                assert following.value == cmd.command
+            extra.add(line + 1)
+    return extra
+
+
+def stage_of_line(lowered: LoweredDockerfile, line: int) -> Any:
+    """The Dockerfile stage a line is in."""
+    return max((s for s in lowered.stages if s.line <= line), key=lambda s: s.line)
 
 
 def check_step(
@@ -749,7 +860,11 @@ def check_step(
     match node.step:
         case steps.Run() as run:
             assert command.cmd == "RUN"
-            argv = list(value) if command.json else [*before.shell, value[0]]
+            if command.heredocs:
+                (heredoc,) = command.heredocs
+                argv = [*before.shell, heredoc.content]
+            else:
+                argv = list(value) if command.json else [*before.shell, value[0]]
             assert argv == list(before.argv(run.command, run.shell_form))
             mounts = [flag for flag in command.flags if flag.startswith("--mount=")]
             assert len(mounts) == len(run.mounts)
@@ -813,14 +928,29 @@ def check_step(
             assert (command.cmd, value) == ("SHELL", shell.command)
         case steps.StopSignal() as signal:
             assert (command.cmd, value) == ("STOPSIGNAL", (signal.signal,))
+        case steps.OnBuild() as trigger:
+            assert command.cmd == "ONBUILD"
+            assert command.original == f"ONBUILD {trigger.instruction}"
         case steps.Copy() | steps.Add() as copy:
-            assert command.cmd == ("COPY" if isinstance(copy, steps.Copy) else "ADD")
+            local_add = isinstance(copy, steps.Add) and not isinstance(copy.source, steps.UrlSource)
+            assert command.cmd == ("ADD" if local_add else "COPY")
             flags = dict(f.removeprefix("--").partition("=")[::2] for f in command.flags)
             assert flags.get("chown") == copy.chown
             assert flags.get("chmod") == copy.chmod
+            assert "link" not in flags  # Docker 20.10: a stage of its own instead
+            in_link_stage = not stage_of_line(lowered, command.start_line).steps
             *sources, dest = (read_word(v, variables) for v in value)
-            assert dest == expand(copy.dest, variables)
-            if isinstance(copy.source, steps.StagePath):
+            wanted = expand(copy.dest, variables)
+            if in_link_stage:
+                wanted = posixpath.join(before.workdir or "/", wanted)
+                assert (dest.rstrip("/") or "/") == clean_container_path(wanted)
+            else:
+                assert dest == wanted
+            if isinstance(copy.source, steps.UrlSource):
+                (staged,) = (t for t in lowered.trees if t.url == copy.source.url)
+                assert sources == [f"{staged.name}/{copy.source.file_name}"]
+                assert staged.digest == copy.source.checksum
+            elif isinstance(copy.source, steps.StagePath):
                 source_stage = next(s for s in lowered.stages if node.sources[0] in s.steps)
                 assert flags["from"] == source_stage.name
                 assert sources == [copy.source.path]

@@ -65,9 +65,9 @@ def test_config_history_and_annotations(base: str, ctx: Path, store: Store, tmp_
         .label({"org.opencontainers.image.title": "demo", "home": "$APP_HOME"})
         .expose(8080, "53/udp")
         .volume("/data")
-        .entrypoint("/bin/sh")
-        .cmd("/app/run.sh")
-        .healthcheck("/bin/true", interval="30s", timeout=5, retries=3)
+        .entrypoint(["/bin/sh"])
+        .cmd(["/app/run.sh"])
+        .healthcheck(["/bin/true"], interval="30s", timeout=5, retries=3)
         .stopsignal("TERM")
     )
     outcome, _ = build({"app": app}, store, output=f"oci:{tmp_path / 'out'}:v1")
@@ -108,7 +108,7 @@ def test_entrypoint_resets_inherited_cmd(base: str, store: Store) -> None:
     only_entry, _ = build({"a": dsl.image(base).entrypoint("/bin/echo")}, store)
     config = json.loads(store.blob_path(only_entry.image.config_digest).read_bytes())
     assert "Cmd" not in config["config"]
-    both, _ = build({"a": dsl.image(base).cmd("x").entrypoint("/bin/echo", shell=False)}, store)
+    both, _ = build({"a": dsl.image(base).cmd(["x"]).entrypoint("/bin/echo", shell=False)}, store)
     config = json.loads(store.blob_path(both.image.config_digest).read_bytes())
     assert config["config"]["Cmd"] == ["x"]
     shell, _ = build({"a": dsl.image(base).cmd("echo $HOME", shell=True)}, store)
@@ -324,13 +324,14 @@ def test_add_url_uses_the_store_before_the_network(base: str, store: Store, tmp_
 
 
 def test_workdir_creates_missing_directories_only(base: str, store: Store, tmp_path: Path) -> None:
-    """WORKDIR makes a layer only when the directory is missing, owned by the USER."""
+    """WORKDIR makes a layer only when the directory is missing, owned by the USER, and so
+    are the parents it makes (as BuildKit 0.8 makes them)."""
     app = dsl.image(base).workdir("/tmp").user("app").workdir("/srv/data")
     build({"a": app}, store, output=f"oci:{tmp_path / 'out'}")
     _, manifest, config = read_image(tmp_path / "out")
     assert len(manifest["layers"]) == 2
     members = {m.name: m for m in layer_members(tmp_path / "out", manifest["layers"][1])}
-    assert (members["srv/data"].uid, members["srv"].uid) == (1000, 0)
+    assert (members["srv/data"].uid, members["srv"].uid) == (1000, 1000)
     assert config["history"][1]["empty_layer"] is True
 
 
@@ -438,7 +439,7 @@ def test_cli_build_to_layout(base: str, ctx: Path, tmp_path: Path) -> None:
     (ctx / "build.py").write_text(
         "import imagedsl as dsl\n"
         "src = dsl.context('.', ignore=['build.py'])\n"
-        f"app = dsl.image({base!r}).copy(src.dir('app'), '/app').cmd('/app/run.sh')\n"
+        f"app = dsl.image({base!r}).copy(src.dir('app'), '/app').cmd(['/app/run.sh'])\n"
         "broken = app.run('make')\n"
     )
     store = str(tmp_path / "store")
