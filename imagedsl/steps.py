@@ -164,8 +164,30 @@ class FromImage:
     """``FROM image``."""
 
     kind: ClassVar[str] = "from"
-    reference: ImageReference
+    #: The image, parsed; None while ``template`` still holds ``$VAR``s (the planner expands
+    #: them with the global ARGs and gives the step its reference).
+    reference: ImageReference | None
+    #: The reference as written, when it names global ARGs (``golang:${GO_VERSION}-alpine``).
+    template: str | None = None
+    #: The platform as written (``linux/arm64``, ``$BUILDPLATFORM``); None: the build's.
     platform: str | None = None
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
+
+    @property
+    def image(self) -> ImageReference:
+        """The parsed reference (the planner's steps always have one)."""
+        if self.reference is None:
+            raise ValueError(f"FROM {self.template}: the reference is not expanded yet")
+        return self.reference
+
+
+@attrs.frozen(kw_only=True)
+class FromStage:
+    """``FROM <stage>`` where the stage's name is a template (``build_${TARGETOS}``): the
+    planner expands it with the global ARGs and continues that stage (no layer, no work)."""
+
+    kind: ClassVar[str] = "from-stage"
+    ref: StageRef
     location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
 
 
@@ -372,6 +394,7 @@ ConfigStep: TypeAlias = (
     | Healthcheck
     | Shell
     | StopSignal
+    | FromStage
     | OnBuild
 )
 LayerStep: TypeAlias = Run | Copy | Add | Workdir
@@ -394,10 +417,13 @@ def describe(step: Step, stage_name: StageNamer = _default_stage_name) -> str:
     match step:
         case FromImage():
             platform = f"--platform={step.platform} " if step.platform else ""
-            return f"FROM {platform}{step.reference.familiar}"
+            name = step.reference.familiar if step.reference is not None else step.template
+            return f"FROM {platform}{name}"
         case FromScratch():
             platform = f"--platform={step.platform} " if step.platform else ""
             return f"FROM {platform}scratch"
+        case FromStage():
+            return f"FROM {step.ref.name}"
         case Run():
             flags = [describe_mount(m, stage_name) for m in step.mounts]
             if step.network != "default":

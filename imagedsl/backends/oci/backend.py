@@ -362,7 +362,9 @@ class _Build:
             return self._from(node, instruction)
         assert node.parent is not None
         below = self.states[node.parent]
-        below = attrs.evolve(below, state=below.state.apply(node.step, self.request.build_args))
+        if kind == "from-stage":  # FROM <stage>: that stage, as it is (BuildKit adds no history)
+            return below
+        below = attrs.evolve(below, state=below.state.apply(node.step, self.plan.graph.scope))
         part = f" (layer {node.part})" if node.part is not None else ""
         created_by = f"{instruction}{part} # imagedsl"
         if node.is_config:
@@ -386,7 +388,7 @@ class _Build:
         label = self._label(node, instruction)
         self.reporter.step_started(label)
         base = import_base(
-            step.reference,
+            step.image,
             node.state.platform,
             self.blobs,
             engine=self.backend._engine_once,
@@ -441,7 +443,7 @@ class _Build:
                 structural_key=None,
             )
             before = self.states[parent.index]
-            after = attrs.evolve(before, state=before.state.apply(step, self.request.build_args))
+            after = attrs.evolve(before, state=before.state.apply(step, self.plan.graph.scope))
             cmd_set = apply_config_step(config, step, after.state, cmd_set=cmd_set)
             created_by = f"ONBUILD {text} # imagedsl, from {base.reference}"
             history: dict[str, Any] = {
@@ -620,14 +622,15 @@ class _Build:
     def _placement(self, node: StepNode, lower: Filesystem) -> Placement:
         step = node.step
         assert isinstance(step, Copy | Add)
-        dest = self._before(node).resolve_path(step.dest)
+        before = self._before(node)
+        dest = before.resolve_path(step.dest)
         single = _single_file(node)
-        owner = resolve_owner(describe(step), step.chown, lower.files)
+        owner = resolve_owner(describe(step), _expanded(before, step.chown), lower.files)
         return Placement(
             dest,
             None if step.link else lower,
             owner=owner,
-            chmod=chmod_bits(step.chmod),
+            chmod=chmod_bits(_expanded(before, step.chmod)),
             single_file=single,
         )
 
@@ -648,7 +651,7 @@ class _Build:
     def _workdir_entries(
         self, node: StepNode, lower: Filesystem
     ) -> tuple[list[LayerEntry], _ParentFactory] | None:
-        path = self._before(node).apply(node.step, self.request.build_args).workdir.strip("/")
+        path = self._before(node).apply(node.step, self.plan.graph.scope).workdir.strip("/")
         if not path:
             return None
         head, base = posixpath.split(path)
@@ -698,12 +701,13 @@ class _Build:
     def _placement_from(self, node: StepNode, lower: Filesystem, single: bool) -> Placement:
         step = node.step
         assert isinstance(step, Copy)
-        dest = self._before(node).resolve_path(step.dest)
+        before = self._before(node)
+        dest = before.resolve_path(step.dest)
         return Placement(
             dest,
             None if step.link else lower,
-            owner=resolve_owner(describe(step), step.chown, lower.files),
-            chmod=chmod_bits(step.chmod),
+            owner=resolve_owner(describe(step), _expanded(before, step.chown), lower.files),
+            chmod=chmod_bits(_expanded(before, step.chmod)),
             single_file=single,
         )
 
@@ -816,6 +820,11 @@ class _Build:
             archive = tmp / "image.tar"
             write_archive(archive, image, tags, self.blobs, mtime=self.backend.epoch)
             return load_into_docker(archive, tags, engine)
+
+
+def _expanded(state: BuildState, word: str | None) -> str | None:
+    """``--chown``/``--chmod`` with ``$VAR``s expanded in the concrete state before the step."""
+    return None if word is None else state.expand(word)
 
 
 def _names_users(chown: str | None) -> bool:

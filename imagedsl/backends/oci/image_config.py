@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from imagedsl.buildstate import DEFAULT_PATH, BuildState, expand
+from imagedsl.buildstate import BuildState, expand
 from imagedsl.steps import (
     Cmd,
     Entrypoint,
@@ -103,10 +103,9 @@ def container_config(
     so ENV PATH=/x:$PATH extends the base's PATH); ``cmd_set`` says whether CMD was set
     before the first step (by a base's trigger)."""
     config = dict(base)
-    final = states[-1]
-    env = dict(final.env)
-    env.setdefault("PATH", DEFAULT_PATH)
-    config["Env"] = [f"{name}={value}" for name, value in env.items()]
+    # The config's Env is the base's with ENV applied in place (a FROM scratch stage starts
+    # with Docker's default PATH); ARG values are not part of it.
+    config["Env"] = [f"{name}={value}" for name, value in states[-1].config_env]
     for step, state in zip(steps, states, strict=True):
         cmd_set = apply_config_step(config, step, state, cmd_set=cmd_set)
     for key in ("WorkingDir", "User"):
