@@ -102,7 +102,7 @@ config_forms = (
     .cmd("echo $HOME")
     .healthcheck("test -d /", interval="10s", retries=2)
     .stopsignal("SIGINT")
-    .expose(8080)
+    .expose(8080, "9000-9002/udp")
     .onbuild("RUN echo built-on-me")
     .onbuild("ENV FROM_BASE=1")
 )

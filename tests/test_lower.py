@@ -18,8 +18,9 @@ import imagedsl as dsl
 from imagedsl import api, buildstate, cli, steps
 from imagedsl._validate import clean_container_path
 from imagedsl.backends.dockerfile import _words as words
-from imagedsl.backends.dockerfile._staging import content_mtime_ns
+from imagedsl.backends.dockerfile._staging import DownloadError, content_mtime_ns
 from imagedsl.backends.dockerfile.lowering import (
+    DOCKERFILE_1_4,
     HEADER,
     BuildDirError,
     LoweredDockerfile,
@@ -839,7 +840,6 @@ def check_companions(
         ]  # fmt: skip
         assert len(merges) == 1
         assert stage_of_line(lowered, merges[0]) == stage
-        event("link=True lowered as a stage of its own")
         extra.add(merges[0])
     if isinstance(node.step, steps.Entrypoint):
         following = parsed.get(line + 1)
@@ -855,7 +855,6 @@ def check_companions(
             cmd = plan.steps[at].node.step
             assert isinstance(cmd, steps.Cmd)
             assert at not in stage.steps  # a CMD of this stage BuildKit keeps by itself
-            event("an ENTRYPOINT keeps a CMD of an earlier stage")
             before = states[plan.steps[at].node.parent]  # type: ignore[index]
             if following.json:
                 assert following.value == tuple(before.argv(cmd.command, cmd.shell_form))
@@ -1037,3 +1036,178 @@ def test_from_a_stage_chosen_by_a_platform_arg() -> None:
     with pytest.raises(dsl.UnknownStageError) as raised:
         api.plan(darwin, "final")
     assert raised.value.name == "build_linux_x"
+
+
+# -- forms Docker 20.10's frontend lacks, written in forms it accepts ------------------------------
+
+
+def test_heredoc_script_is_an_exec_form_run_of_the_shell() -> None:
+    """RUN <<EOF on Docker 20.10: the stage's SHELL with the script as one argument (what
+    BuildKit 1.4+ runs for the heredoc); with a 1.4 frontend, the heredoc itself."""
+    script = dsl.script(
+        """
+        set -e
+        echo "a $HOME" > /a
+        """
+    )
+    stage = dsl.image(BUSYBOX).shell("/bin/sh", "-ec").run(script, mounts=[dsl.cache("/c")])
+    plan = api.plan(stage, "s")
+    old = lower_to_dockerfile(plan)
+    assert instructions(old)[-1] == (
+        'RUN --mount=type=cache,target=/c ["/bin/sh", "-ec", "set -e\\necho \\"a $HOME\\" > /a\\n"]'
+    )
+    check_lowered(plan, old)
+    new = lower_to_dockerfile(plan, features=DOCKERFILE_1_4)
+    assert "RUN --mount=type=cache,target=/c <<'EOF'\nset -e\n" in new.text
+    (run,) = [c for c in parse(new) if c.cmd == "RUN"]
+    assert run.heredocs[0].content == 'set -e\necho "a $HOME" > /a\n'
+    check_lowered(plan, new)
+
+
+def test_a_delimiter_in_the_script_picks_another() -> None:
+    """A script with an ``EOF`` line gets a delimiter that no line equals."""
+    plan = api.plan(dsl.image(BUSYBOX).run(dsl.script("cat <<EOF\nx\nEOF\n")), "s")
+    lowered = lower_to_dockerfile(plan, features=DOCKERFILE_1_4)
+    assert "<<'EOF2'" in lowered.text
+    (run,) = [c for c in parse(lowered) if c.cmd == "RUN"]
+    assert run.heredocs[0].content == "cat <<EOF\nx\nEOF\n"
+
+
+def test_inline_file_is_a_staged_file(tmp_path: Path) -> None:
+    """COPY <<EOF on Docker 20.10: a context file with the bytes and mode, copied in."""
+    stage = dsl.image(BUSYBOX).copy(dsl.inline(b"\x00bin\n", mode=0o600), "/etc/x", chown="1:1")
+    plan = api.plan(stage, "s")
+    lowered = write_build_dir(plan, tmp_path / "out")
+    (tree,) = lowered.trees
+    assert instructions(lowered)[-1] == f"COPY --chown=1:1 {tree.name}/EOF /etc/x"
+    written = tmp_path / "out" / tree.name / "EOF"
+    assert written.read_bytes() == b"\x00bin\n"
+    assert written.stat().st_mode & 0o7777 == 0o600
+    check_lowered(plan, lowered)
+    text = api.plan(dsl.image(BUSYBOX).copy(dsl.inline("a = 1\n"), "/etc/a.conf"), "s")
+    native = lower_to_dockerfile(text, features=DOCKERFILE_1_4)
+    assert "COPY <<'EOF' /etc/a.conf\na = 1\nEOF" in native.text
+    assert native.trees == ()
+
+
+def test_parents_are_a_staged_tree_of_context_paths(src_dir: Path, tmp_path: Path) -> None:
+    """COPY --parents on Docker 20.10: the staged tree already holds the context paths."""
+    src = dsl.context(src_dir, ignore=["*.log"])
+    stage = dsl.image(BUSYBOX).copy(src.select("app/static", "run.sh"), "/dst/", parents=True)
+    plan = api.plan(stage, "s")
+    lowered = write_build_dir(plan, tmp_path / "out")
+    (tree,) = lowered.trees
+    assert sorted(e.placed for e in tree.entries) == ["app/static/site.css", "run.sh"]
+    assert instructions(lowered)[-1] == f"COPY {tree.name}/ /dst/"
+    assert (tmp_path / "out" / tree.name / "app" / "static" / "site.css").is_file()
+    check_lowered(plan, lowered)
+
+
+def test_link_is_a_scratch_stage_copied_in(src_dir: Path) -> None:
+    """link=True on Docker 20.10: the COPY in a FROM scratch stage, then ``COPY --from / /``
+    (parents it makes replace the image's, as --link's do); a name for --chown cannot be
+    resolved in a scratch stage, so that COPY stays plain; a 1.4 frontend gets --link."""
+    src = dsl.context(src_dir)
+    stage = (
+        dsl.image(BUSYBOX)
+        .workdir("/app")
+        .copy(src.file("run.sh"), "bin/", link=True, chown="5:6")
+        .copy(src.file("run.sh"), "/named", link=True, chown="app")
+    )
+    plan = api.plan(stage, "s")
+    lowered = lower_to_dockerfile(plan)
+    lines = instructions(lowered)
+    assert lines[0] == "FROM scratch AS s-link-1"
+    assert lines[1].startswith("COPY --chown=5:6 ")
+    assert lines[1].endswith("/run.sh /app/bin/")
+    assert "COPY --from=s-link-1 / /" in lines
+    assert lines[-1].startswith("COPY --chown=app ")
+    assert "--link" not in lines[-1]
+    assert [s.name for s in lowered.stages] == ["s-link-1", "s"]
+    assert lowered.vertices[2] == "[s 3/4]"  # the COPY --from=s-link-1 vertex
+    check_lowered(plan, lowered)
+    native = instructions(lower_to_dockerfile(plan, features=DOCKERFILE_1_4))
+    assert native[-2].startswith("COPY --chown=5:6 --link ")
+
+
+def test_url_is_fetched_checked_and_staged(tmp_path: Path) -> None:
+    """ADD --checksum on Docker 20.10: imagedsl fetches the file, checks it, stages it (0600,
+    as ADD makes it) and COPYs it; a wrong checksum stops before anything is written."""
+    import hashlib
+    import http.server
+    import threading
+
+    body = b"payload\n"
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            del format, args
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/files/pay%20load.txt"
+        good = "sha256:" + hashlib.sha256(body).hexdigest()
+        stage = dsl.image(BUSYBOX).add(dsl.url(url, checksum=good), "/dl/", chmod=0o640)
+        plan = api.plan(stage, "s")
+        lowered = write_build_dir(plan, tmp_path / "out")
+        (tree,) = lowered.trees
+        assert (
+            instructions(lowered)[-1] == f'COPY --chmod=0640 ["{tree.name}/pay load.txt", "/dl/"]'
+        )
+        fetched = tmp_path / "out" / tree.name / "pay load.txt"
+        assert fetched.read_bytes() == body
+        assert fetched.stat().st_mode & 0o7777 == 0o600
+        check_lowered(plan, lowered)
+        bad = dsl.image(BUSYBOX).add(dsl.url(url, checksum="sha256:" + "0" * 64), "/dl/")
+        with pytest.raises(DownloadError) as caught:
+            write_build_dir(api.plan(bad, "s"), tmp_path / "bad")
+        assert caught.value.url == url
+        assert not any((tmp_path / "bad").glob("*/*"))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_onbuild_is_written_in_the_target_stage_only() -> None:
+    """BuildKit runs a stage's ONBUILD triggers in every stage FROM it; build.py never does,
+    so triggers are written in the target's stage, after its FROM, in chain order."""
+    base = dsl.image(BUSYBOX).onbuild("RUN make").run("echo base")
+    app = base.onbuild("ENV A=1").run("echo app")
+    plan = api.plan({"base": base, "app": app}, "app")
+    lines = instructions(lower_to_dockerfile(plan))
+    assert lines == [
+        f"FROM {BUSYBOX} AS base",
+        "RUN echo base",
+        "FROM base AS app",
+        "ONBUILD RUN make",
+        "ONBUILD ENV A=1",
+        "RUN echo app",
+    ]
+    check_lowered(plan, lower_to_dockerfile(plan))
+
+
+def test_entrypoint_keeps_a_cmd_of_an_earlier_stage() -> None:
+    """In build.py an ENTRYPOINT drops only a CMD the base image set; BuildKit drops one its
+    Dockerfile stage did not set, so the lowering writes the stage's CMD again."""
+    base = dsl.image(BUSYBOX).cmd("serve --port 80").shell("/bin/sh", "-ec")
+    app = base.entrypoint("/bin/app", "run")
+    plan = api.plan({"base": base, "app": app}, "app")
+    lines = instructions(lower_to_dockerfile(plan))
+    assert lines[-2:] == [
+        'ENTRYPOINT ["/bin/app", "run"]',
+        'CMD ["/bin/sh", "-c", "serve --port 80"]',
+    ]
+    same_stage = api.plan(dsl.image(BUSYBOX).cmd("x").entrypoint(["y"]), "s")
+    assert instructions(lower_to_dockerfile(same_stage))[-1] == 'ENTRYPOINT ["y"]'
+    resets = api.plan({"base": base, "app": base.entrypoint()}, "app")
+    assert instructions(lower_to_dockerfile(resets))[-2:] == [
+        "ENTRYPOINT []",
+        'CMD ["/bin/sh", "-c", "serve --port 80"]',
+    ]

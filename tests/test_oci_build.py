@@ -569,3 +569,109 @@ def test_plan_pins_a_local_base_by_what_it_holds(tmp_path: Path) -> None:
     assert after.steps[0].reasons == (
         f"base image digest changed: sha256:{first[7:19]} -> sha256:{second[7:19]}",
     )
+
+
+def test_inline_files_parents_and_config_forms(
+    base: str, ctx: Path, store: Store, tmp_path: Path
+) -> None:
+    """COPY <<EOF writes the bytes with their mode (into an existing directory as EOF);
+    COPY --parents keeps context paths; USER uid gid, CMD/ENTRYPOINT resets and ONBUILD
+    land in the config as BuildKit writes them."""
+    src = dsl.context(ctx)
+    app = (
+        dsl.image(base)
+        .copy(dsl.inline("a = 1\n", mode=0o600), "/etc/app.conf", chown="1000:1000")
+        .copy(dsl.inline("into tmp\n"), "/tmp")
+        .copy(src.file("app/pkg/util.py"), "/srv/", parents=True)
+        .user(1000, 50)
+        .entrypoint("/bin/echo", "x")
+        .cmd()
+        .expose("8000-8002/tcp")
+        .onbuild("RUN make")
+        .onbuild("ENV BUILT=1")
+    )
+    build({"app": app}, store, output=f"oci:{tmp_path / 'out'}")
+    _, manifest, config = read_image(tmp_path / "out")
+    members = {
+        m.name: m
+        for layer in manifest["layers"][1:]
+        for m in layer_members(tmp_path / "out", layer)
+    }
+    conf = members["etc/app.conf"]
+    assert (conf.mode, conf.uid, conf.gid, conf.size) == (0o600, 1000, 1000, 6)
+    assert members["tmp/EOF"].mode == 0o644
+    assert members["srv/app/pkg/util.py"].isfile()
+    assert members["srv/app/pkg"].isdir()
+    container = config["config"]
+    assert container["User"] == "1000:50"
+    assert container["Entrypoint"] == ["/bin/echo", "x"]
+    assert "Cmd" not in container  # CMD [] after an ENTRYPOINT: none, as BuildKit writes it
+    assert container["OnBuild"] == ["RUN make", "ENV BUILT=1"]
+    assert sorted(container["ExposedPorts"]) == ["8000/tcp", "8001/tcp", "8002/tcp"]
+
+
+def test_base_onbuild_triggers_run_first(store: Store, tmp_path: Path) -> None:
+    """FROM a base with ONBUILD triggers runs them (ENV, WORKDIR, LABEL, CMD, USER) before
+    the stage's own steps; the image keeps none of the base's triggers."""
+    layout = tmp_path / "base"
+    oci_support.write_layout(
+        layout,
+        [oci_support.tar_bytes(oci_support.busybox_members())],
+        config={
+            "Env": ["PATH=/bin"],
+            "Cmd": ["/bin/sh"],
+            "OnBuild": [
+                'ENV GREETING="hello there" TARGET=$PATH',
+                "WORKDIR /srv/$TARGET_DIR",
+                "LABEL from.base=yes",
+                "CMD echo $GREETING",
+                "USER app",
+            ],
+        },
+    )
+    app = dsl.image(f"oci:{layout}:1").env(MINE="$GREETING!").entrypoint(["/bin/sh", "-c"])
+    build({"app": app}, store, output=f"oci:{tmp_path / 'out'}")
+    _, manifest, config = read_image(tmp_path / "out")
+    container = config["config"]
+    assert container["Env"] == [
+        "PATH=/bin",
+        "GREETING=hello there",
+        "TARGET=/bin",
+        "MINE=hello there!",
+    ]
+    assert container["WorkingDir"] == "/srv/"  # as written, $TARGET_DIR unset
+    assert container["Labels"] == {"from.base": "yes"}
+    assert container["Cmd"] == ["/bin/sh", "-c", "echo $GREETING"]  # a trigger set it: kept
+    assert container["User"] == "app"
+    assert "OnBuild" not in container
+    assert len(manifest["layers"]) == 2  # the base's, and WORKDIR /srv made by a trigger
+    history = [h["created_by"] for h in config["history"]]
+    assert history[1].startswith("ONBUILD ENV GREETING=")
+
+
+@pytest.mark.parametrize(
+    "trigger",
+    [
+        pytest.param("COPY . /app", id="copy"),
+        pytest.param("ADD x.tar /", id="add"),
+        pytest.param("ARG VERSION", id="arg"),
+        pytest.param("RUN --mount=type=cache,target=/c make", id="run-flags"),
+    ],
+)
+def test_base_triggers_that_read_outside_the_base_are_refused(
+    store: Store, tmp_path: Path, trigger: str
+) -> None:
+    """A trigger that reads the Dockerfile's context, or a --build-arg, is an input error
+    naming the base and the trigger."""
+    from imagedsl.backends.oci.triggers import TriggerError
+
+    layout = tmp_path / "base"
+    oci_support.write_layout(
+        layout,
+        [oci_support.tar_bytes(oci_support.busybox_members())],
+        config={"Env": ["PATH=/bin"], "OnBuild": [trigger]},
+    )
+    with pytest.raises(TriggerError) as caught:
+        build({"app": dsl.image(f"oci:{layout}:1").env(A="1")}, store)
+    assert caught.value.trigger == trigger
+    assert caught.value.base.startswith("oci:")

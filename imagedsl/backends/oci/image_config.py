@@ -62,7 +62,7 @@ def apply_config_step(
     elif isinstance(step, Expose):
         ports = dict(config.get("ExposedPorts") or {})
         for port in step.ports:
-            ports[expand(port, variables)] = {}
+            ports.update({name: {} for name in _port_range(expand(port, variables))})
         config["ExposedPorts"] = ports
     elif isinstance(step, Volume):
         volumes = dict(config.get("Volumes") or {})
@@ -78,6 +78,16 @@ def apply_config_step(
     elif isinstance(step, OnBuild):
         config["OnBuild"] = [*(config.get("OnBuild") or []), step.instruction]
     return cmd_set
+
+
+def _port_range(port: str) -> list[str]:
+    """``8000-8002/tcp`` as BuildKit writes it: one entry per port."""
+    span, _, proto = port.partition("/")
+    low, _, high = span.partition("-")
+    if not (low.isdigit() and high.isdigit()):
+        return [port]
+    suffix = f"/{proto}" if proto else ""
+    return [f"{n}{suffix}" for n in range(int(low), int(high) + 1)]
 
 
 def _set_command(
