@@ -2,7 +2,8 @@
 
 Each benchmark prints its own table and, with ``--json FILE``, writes its rows (our median,
 the anchor's median measured beside it in the same run, their ratio and the bound). This
-script runs them one after another and replaces the README's table (between its two marker
+script runs them one after another (``--only``: some of them; the others' rows are kept from
+their last run in ``WORK/results``) and replaces the README's table (between its two marker
 comments) with one row per claim. ``nox -s bench`` runs it.
 
     python benchmarks/readme.py [--work DIR] [--only NAME ...] [--readme PATH] [--runs N]
@@ -17,7 +18,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -43,6 +43,11 @@ def fmt(value: float | None, unit: str) -> str:
     return f"{value:.1f} {unit}"
 
 
+def cell(text: str) -> str:
+    """Text for a markdown table cell (a ``|`` would end the cell)."""
+    return text.replace("|", "\\|")
+
+
 def table(results: list[dict[str, object]]) -> str:
     """The markdown table of every benchmark's rows."""
     lines = ["| work | imagedsl | anchor (same run) | ratio (bound) |", "|---|---|---|---|"]
@@ -58,7 +63,7 @@ def table(results: list[dict[str, object]]) -> str:
                 ratio_text = f"{row['ratio']:.2f}x (<= {row['bound']:g}x)"
             verdict = "" if row["ok"] else " **over**"
             lines.append(
-                f"| {row['work']} | {fmt(row['ours'], unit)} | {anchor_text} | "
+                f"| {cell(row['work'])} | {fmt(row['ours'], unit)} | {cell(anchor_text)} | "
                 f"{ratio_text}{verdict} |"
             )
     return "\n".join(lines)
@@ -72,21 +77,29 @@ def main() -> None:
     parser.add_argument("--readme", type=Path, default=HERE.parent / "README.md")
     parser.add_argument("--runs", type=int, help="runs per case, for every benchmark")
     args = parser.parse_args()
-    results: list[dict[str, object]] = []
-    with tempfile.TemporaryDirectory(prefix="imagedsl-bench-") as scratch:
-        for name in args.only or list(BENCHMARKS):
-            out = Path(scratch) / f"{name}.json"
-            # registry_push.py empties its work directory: it gets one of its own.
-            work = args.work / "registry" if name == "registry_push" else args.work
-            argv = [sys.executable, str(HERE / f"{name}.py"), "--work", str(work),
-                    "--json", str(out), *BENCHMARKS[name]]  # fmt: skip
-            if args.runs is not None and name != "memory":
-                argv += ["--runs", str(args.runs)]
-            print(f"== {name}", flush=True)
-            done = subprocess.run(argv, check=False)
-            if done.returncode != 0 or not out.exists():
-                sys.exit(f"benchmarks/{name}.py failed (exit {done.returncode})")
-            results.append(json.loads(out.read_text()))
+    # Each benchmark's rows are kept in the work directory, so --only re-measures some and
+    # the table still has every row (from the last run of each).
+    kept = args.work.resolve() / "results"
+    kept.mkdir(parents=True, exist_ok=True)
+    failed = []
+    for name in args.only or list(BENCHMARKS):
+        out = kept / f"{name}.json"
+        out.unlink(missing_ok=True)
+        # registry_push.py empties its work directory: it gets one of its own.
+        work = args.work / "registry" if name == "registry_push" else args.work
+        argv = [sys.executable, str(HERE / f"{name}.py"), "--work", str(work),
+                "--json", str(out), *BENCHMARKS[name]]  # fmt: skip
+        if args.runs is not None and name != "memory":
+            argv += ["--runs", str(args.runs)]
+        print(f"== {name}", flush=True)
+        done = subprocess.run(argv, check=False)
+        if done.returncode != 0 or not out.exists():
+            failed.append(name)
+    results = [
+        json.loads((kept / f"{name}.json").read_text())
+        for name in BENCHMARKS
+        if (kept / f"{name}.json").exists()
+    ]
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     note = (
@@ -101,6 +114,8 @@ def main() -> None:
         sys.exit(f"{args.readme} has no benchmark table markers ({START} ... {END})")
     args.readme.write_text(f"{head}{START}\n{note}\n\n{table(results)}\n{END}{tail}")
     print(table(results))
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)} (their rows are missing or from an earlier run)")
 
 
 if __name__ == "__main__":
