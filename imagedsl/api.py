@@ -156,16 +156,37 @@ class BuildSession:
         )
 
     def resolve_bases(self) -> LockFile:
-        """Pin every registry base the build file leaves unpinned (a HEAD on its manifest) in
-        the ``imagedsl.lock`` beside the build file; the next plan keys them by digest."""
-        from imagedsl.lockfile import LockFile, unpinned_bases
+        """Pin every registry or ``docker-daemon:`` base the build file leaves unpinned, in the
+        ``imagedsl.lock`` beside the build file: the local engine's image where it has one for
+        the platform (no registry is asked), else what the registry's tag names now. Each pin
+        is the image's config digest (its content identity) and, when known, the manifest
+        digest that pulls it; the next plan keys the bases by content."""
+        from imagedsl.bases import BaseNotFoundError, engine_pin
+        from imagedsl.engine_api import LocalImages
+        from imagedsl.lockfile import LockFile, Pin, unpinned_bases
+        from imagedsl.oci.platform import Platform
 
         lock = LockFile.beside(self.path)
         wanted = unpinned_bases(self._plan())
-        resolved = []
-        with self._registry() as client:
-            for (name, platform), image in sorted(wanted.items()):
-                resolved.append((name, platform, client.resolve(image).digest))
+        images = LocalImages()
+        resolved: list[tuple[str, str, Pin]] = []
+        remote = {}
+        for (name, platform), image in sorted(wanted.items()):
+            pin = engine_pin(images, image, platform)
+            if pin is not None:
+                resolved.append((name, platform, pin))
+            elif image.transport == "registry":
+                remote[name, platform] = image
+            else:
+                held = images.absence() if images.engine is None else "has no such image"
+                raise BaseNotFoundError(str(image), None, (("the local engine", held),))
+        if remote:
+            with self._registry() as client:
+                for (name, platform), image in sorted(remote.items()):
+                    found = client.resolve_image(image, Platform.parse(platform))
+                    resolved.append(
+                        (name, platform, Pin(found.config.digest, found.manifest.digest))
+                    )
         lock = lock.updated(resolved)
         lock.write()
         self.reporter.bases_pinned(len(lock.pins), str(lock.path))

@@ -27,6 +27,7 @@ from imagedsl.buildstate import BuildState
 from imagedsl.context import ContextSource
 from imagedsl.dsl import Stage, StageRef
 from imagedsl.errors import CycleError, SourceLocation, UnknownStageError
+from imagedsl.oci.reference import ImageReference
 from imagedsl.steps import (
     LAYER_KINDS,
     Add,
@@ -56,10 +57,25 @@ class CopyOutput:
     tree: str | None
 
 
+@attrs.frozen(kw_only=True)
+class ResolvedBase:
+    """What a base image is, found while planning (see docs/cache-keys.md).
+
+    ``digest`` is its content identity, the one its key holds: the image's config digest
+    (the engine's image ID), or a manifest digest where that is all that is known (a lock
+    file written by an older imagedsl). ``manifest`` pulls exactly that image from its
+    registry, when known; ``notes`` say where the identity came from.
+    """
+
+    digest: str
+    manifest: str | None = None
+    notes: tuple[str, ...] = ()
+
+
 #: Given a structural COPY --from key, what is known of its built output (None: not built).
 OutputResolver = Callable[[str], CopyOutput | None]
-#: Given a FROM step and platform, the manifest digest it is pinned to (None: unpinned).
-BaseResolver = Callable[[FromImage, str], str | None]
+#: Given a base image reference (unpinned) and a platform, what it is (None: not known).
+BaseResolver = Callable[[ImageReference, str], ResolvedBase | None]
 
 
 class AnalysisMemo(Protocol):
@@ -102,6 +118,8 @@ class StepNode:
     #: For a COPY split into layers: this layer's name, and the index of the first layer.
     part: str | None = None
     group: int | None = None
+    #: For a FROM of an unpinned reference: what the plan found the base to be.
+    base: ResolvedBase | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def kind(self) -> str:
@@ -464,12 +482,19 @@ class _Keyer:
                 platform=platform, inherits=inherits, workdir="" if inherits else "/"
             )
             self._states[old] = common["state"] = start
-            digest = None
+            digest = base = None
             if isinstance(step, FromImage):
-                digest = step.reference.digest or self.resolve_base(step, platform)
+                digest = step.reference.digest
+                if digest is None:
+                    base = self.resolve_base(step.reference, platform)
+                    digest = None if base is None else base.digest
             preimage = keys.base_preimage(step, platform, digest)
             key = keys.key_of(preimage)
-            return [StepNode(key=key, fs_key=key, preimage=preimage, provisional=False, **common)]
+            return [
+                StepNode(
+                    key=key, fs_key=key, preimage=preimage, provisional=False, base=base, **common
+                )
+            ]
         assert parent is not None
         assert parent_old is not None
         before = self._states[parent_old]

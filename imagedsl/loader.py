@@ -28,10 +28,8 @@ from imagedsl.errors import BuildFileError, ImageDSLError, SourceLocation, Unkno
 
 if TYPE_CHECKING:
     from imagedsl.graph import BaseResolver
-    from imagedsl.lockfile import LockFile
     from imagedsl.planner import Plan
     from imagedsl.reporting import Reporter
-    from imagedsl.steps import FromImage
     from imagedsl.store import Store
 
 DEFAULT_BUILDFILE = "build.py"
@@ -70,14 +68,16 @@ class BuildFile:
     ) -> Plan:
         """Plan one target of this build file (see :func:`imagedsl.planner.plan`).
 
-        Unpinned bases take their digests from the lock file beside the build file, if any
-        (see :mod:`imagedsl.lockfile`), unless ``resolve_base`` says otherwise.
+        Unpinned bases are known by content from the local engine, the lock file beside the
+        build file, or the layout or archive itself (see :mod:`imagedsl.bases`), unless
+        ``resolve_base`` says otherwise.
         """
+        from imagedsl.bases import base_resolver
         from imagedsl.lockfile import LockFile
         from imagedsl.planner import DEFAULT_PLATFORM, plan
 
         if resolve_base is None:
-            resolve_base = _default_resolver(LockFile.beside(self.path))
+            resolve_base = base_resolver(LockFile.beside(self.path))
         return plan(
             self.stages,
             self.target(target),
@@ -89,21 +89,6 @@ class BuildFile:
             buildfile=str(self.path),
             project=str(self.path),
         )
-
-
-def _default_resolver(lock: LockFile) -> BaseResolver:
-    """Registry bases from the lock file; local images (OCI layouts, archives) by reading
-    their index, so replacing the image behind ``oci:DIR:TAG`` changes the key."""
-
-    def resolve(step: FromImage, platform: str) -> str | None:
-        pinned = lock.digest(step, platform)
-        if pinned is None and step.reference.transport in ("oci", "oci-archive", "docker-archive"):
-            from imagedsl.oci.layout import local_base_digest
-
-            return local_base_digest(step.reference, platform)
-        return pinned
-
-    return resolve
 
 
 def split_spec(spec: str | None) -> tuple[Path, str | None]:

@@ -6,8 +6,8 @@ is rebuilt may produce the same bytes and then stay a hit), and ``config`` (meta
 
 A miss is explained by diffing its preimage with the closest earlier record of the same step
 position (fewest differing fields, then most recent): files added, removed or changed (by
-path), ENV/ARG old -> new, base digest changed, the command changed, or "parent changed"
-naming the upstream step.
+path), ENV/ARG old -> new, what a base image's name holds now, the command changed, or
+"parent changed" naming the upstream step.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
@@ -36,6 +36,9 @@ from imagedsl.reporting import Reporter
 from imagedsl.steps import FromImage, describe
 from imagedsl.store import Record, Store, StoreWarning
 from imagedsl.treehash import ContextHasher, Tree
+
+if TYPE_CHECKING:
+    from imagedsl.oci.reference import ImageReference
 
 PLAN_SCHEMA: Final = 1
 DEFAULT_PLATFORM: Final = "linux/amd64"
@@ -218,7 +221,7 @@ def settle(plan: Plan, store: Store | None) -> Plan:
     return attrs.evolve(plan, steps=_statuses(graph, store), graph=graph)
 
 
-def _unpinned(step: FromImage, platform: str) -> None:
+def _unpinned(reference: ImageReference, platform: str) -> None:
     """The default base resolver: only digests written in the reference pin a base."""
 
 
@@ -308,14 +311,9 @@ def _notes(node: StepNode) -> tuple[str, ...]:
     step = node.step
     if not isinstance(step, FromImage):
         return ()
-    digest = node.preimage.get("digest")
-    if digest is None:
+    if node.preimage.get("digest") is None:
         return ("base image is not pinned to a digest: its key follows the tag name",)
-    if step.reference.digest is None:
-        if step.reference.transport == "registry":
-            return (f"pinned to {digest} by the lock file",)
-        return (f"resolved to {digest} from the local image",)
-    return ()
+    return () if node.base is None else node.base.notes
 
 
 def _first_unbuilt(rows: Sequence[PlannedStep], deps: Iterable[int]) -> str | None:
@@ -388,6 +386,10 @@ def _diff(
 ) -> list[str]:
     new = node.preimage
     reasons: list[str] = []
+    if node.kind == "from" and old.get("digest") != new.get("digest"):
+        # One reason for the base, however many of its fields moved.
+        reasons.append(_base_reason(node, old.get("digest")))
+        old = {**old, "digest": new.get("digest"), "ref": new.get("ref")}
     for field in sorted(set(old) | set(new), key=_field_order):
         before, after = old.get(field), new.get(field)
         if before == after or field in ("v", "kind"):
@@ -398,8 +400,6 @@ def _diff(
             reasons.extend(_tree_reasons(before, node, store))
         elif field in ("env", "args"):
             reasons.extend(_variable_reasons("ENV" if field == "env" else "ARG", before, after))
-        elif field == "digest":
-            reasons.append(f"base image digest changed: {_short(before)} -> {_short(after)}")
         elif field in ("ref", "repository"):
             if before is not None and after is not None:
                 reasons.append(f"base image changed: {before} -> {after}")
@@ -412,6 +412,20 @@ def _diff(
         else:
             reasons.append(f"{field} changed: {_show(before)} -> {_show(after)}")
     return reasons
+
+
+def _base_reason(node: StepNode, before: Any) -> str:
+    """``base image changed: NAME is now sha256:…``: what the name holds now."""
+    step = node.step
+    assert isinstance(step, FromImage)
+    name = attrs.evolve(step.reference, digest=None).familiar
+    after = node.preimage.get("digest")
+    if after is None:
+        return (
+            f"base image changed: {name} is no longer known by content (it was {before}); "
+            "its key follows the tag name"
+        )
+    return f"base image changed: {name} is now {after}"
 
 
 def _field_order(field: str) -> tuple[int, str]:
@@ -501,13 +515,6 @@ def _mount_reasons(before: Any, after: Any) -> list[str]:
         else:
             reasons.append(f"{b.get('type')} mount {target} options changed")
     return reasons
-
-
-def _short(digest: Any) -> str:
-    if isinstance(digest, str) and ":" in digest:
-        algorithm, _, hexdigest = digest.partition(":")
-        return f"{algorithm}:{hexdigest[:12]}"
-    return "(unpinned)" if digest is None else str(digest)
 
 
 def _argv(argv: Any) -> str:

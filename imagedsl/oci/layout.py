@@ -222,14 +222,14 @@ def _choose(source: _Source, shown: str, tag: str | None, digest: str | None) ->
     return entry
 
 
-def local_base_digest(reference: ImageReference, platform: str) -> str | None:  # noqa: ARG001
-    """What a local base (OCI layout or archive) names now, read without importing it.
+def local_base_digest(reference: ImageReference, platform: str) -> str | None:
+    """What a local base (OCI layout or archive) holds now, read without importing it: the
+    digest of its image config for ``platform``, the identity plans key bases by.
 
-    For plans: the digest of the index.json entry the tag names (an OCI layout or archive),
-    or for a docker-archive the digest of the image's config (it has no manifest digest).
-    Registry bases are pinned by the lock file and docker-daemon bases need a daemon, so
-    both give None here (unpinned). A base that cannot be read also gives None: the build
-    will say what is wrong with it.
+    For an OCI layout or archive, the config descriptor of the manifest the tag names (through
+    an index, the platform's); for a docker-archive, the digest its config file is named by.
+    Only the index and manifests are read. Registry and docker-daemon bases give None here.
+    A base that cannot be read also gives None: the build will say what is wrong with it.
     """
     if reference.transport not in ("oci", "oci-archive", "docker-archive"):
         return None
@@ -250,8 +250,25 @@ def local_base_digest(reference: ImageReference, platform: str) -> str | None:  
                 return None
             named = re.search(r"([0-9a-f]{64})(?:\.json)?$", str(entries[0].get("Config") or ""))
             return None if named is None else f"sha256:{named.group(1)}"
-        return check_digest(_choose(source, shown, tag, reference.digest).get("digest"))
-    except (OSError, ValueError, KeyError, tarfile.TarError, ImageDSLError):
+        descriptor: Mapping[str, Any] = _choose(source, shown, tag, reference.digest)
+        for _ in range(4):  # an index may point at an index (multi-platform)
+            document = source.read_json(blob_name(check_digest(descriptor.get("digest"))))
+            if document.get("mediaType") in (OCI_INDEX, DOCKER_MANIFEST_LIST) or (
+                "manifests" in document
+            ):
+                descriptor = _pick_platform(shown, document, platform)
+                continue
+            return check_digest((document.get("config") or {}).get("digest"))
+        return None
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        tarfile.TarError,
+        ImageDSLError,
+    ):
         return None
     finally:
         source.close()
