@@ -149,7 +149,7 @@ class StoreArea(enum.Enum):
     CACHE_MOUNTS = "cache-mounts"
     OCI_LAYERS = "oci/layers"
     OCI_INDEX = "oci/index"
-    OCI_DAEMON = "oci/daemon"
+    OCI_BASES = "oci/bases"
     OCI_SNAPSHOTS = "oci/snapshots"
     OCI_RUNS = "oci/runs"
 
@@ -184,8 +184,9 @@ class Store:
         the OCI backend's built layer per (step key, layers below, compression, epoch)
     ``OCI_INDEX`` ``oci/index/<d[:2]>/<d>.json``
         per diff_id, the paths a layer holds (what later steps read)
-    ``OCI_DAEMON`` ``oci/daemon/<image id>.json``
-        which manifest a ``docker-daemon:`` base image became
+    ``OCI_BASES`` ``oci/bases/<config digest hex>.json``
+        which manifest a base image (by its config digest, the engine's image ID) is in the
+        store as
     ``OCI_SNAPSHOTS`` ``oci/snapshots/<format>/<diff_id hex>``
         extracted layers that RUN steps stand on (root only)
     ``OCI_RUNS`` ``oci/runs/<id>/``

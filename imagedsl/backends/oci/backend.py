@@ -28,7 +28,7 @@ import attrs
 import blake3
 
 from imagedsl.backends import BuildRequestError, BuildResult
-from imagedsl.backends.oci.bases import import_base, layer_index
+from imagedsl.backends.oci.bases import WantedBase, import_base, layer_index
 from imagedsl.backends.oci.copy_entries import (
     Owner,
     Placement,
@@ -59,6 +59,7 @@ from imagedsl.backends.oci.outputs import (
 )
 from imagedsl.buildstate import DEFAULT_PATH, BuildState, expand
 from imagedsl.context import ContextSource
+from imagedsl.engine_api import LocalImages
 from imagedsl.errors import ImageDSLError
 from imagedsl.oci.annotations import BASE_DIGEST, BASE_NAME, CREATED
 from imagedsl.oci.blobs import BlobStore, damaged_as_digest_error, scratch_dir
@@ -179,8 +180,9 @@ class OCIBackend:
 
     ``epoch`` (default ``$SOURCE_DATE_EPOCH``, else 0) is every file's mtime and the image's
     creation time; ``compression`` (default ``$IMAGEDSL_OCI_COMPRESSION``, else gzip) is
-    ``gzip``, ``zstd`` or ``none``. ``engine`` and ``registry`` make the Docker engine and
-    the registry client, only when a step needs one. ``run_timeout`` (default
+    ``gzip``, ``zstd`` or ``none``. ``engine``, ``images`` and ``registry`` make the Docker
+    engine's client (outputs into the engine), the engine's image lookups (bases) and the
+    registry client, only when a step needs one. ``run_timeout`` (default
     ``$IMAGEDSL_RUN_TIMEOUT``, else none) is how many seconds a RUN may take before it is
     killed.
     """
@@ -194,6 +196,7 @@ class OCIBackend:
         compression: Compression | None = None,
         engine: Callable[[], DockerEngine] | None = None,
         registry: Callable[[], RegistryClient] | None = None,
+        images: Callable[[], LocalImages] | None = None,
         run_timeout: float | None = None,
     ) -> None:
         self.epoch = _epoch_from_env() if epoch is None else epoch
@@ -209,6 +212,8 @@ class OCIBackend:
         self._engine: DockerEngine | None = None
         self._registry_factory = registry or _default_registry
         self._registry: RegistryClient | None = None
+        self._images_factory = images or LocalImages
+        self._images: LocalImages | None = None
 
     @property
     def layer_media_types(self) -> frozenset[str]:
@@ -219,6 +224,11 @@ class OCIBackend:
         if self._registry is None:
             self._registry = self._registry_factory()
         return self._registry
+
+    def _images_once(self) -> LocalImages:
+        if self._images is None:
+            self._images = self._images_factory()
+        return self._images
 
     def _engine_once(self) -> DockerEngine:
         if self._engine is None:
@@ -245,6 +255,7 @@ class OCIBackend:
             if self._registry is not None:
                 self._registry.close()
                 self._registry = None
+            self._images = None  # the next build asks the engine again
         manifest = Descriptor(
             media_type=OCI_MANIFEST, digest=image.manifest_digest, size=len(image.manifest)
         )
@@ -382,11 +393,16 @@ class _Build:
         assert isinstance(step, FromImage)
         label = self._label(node, instruction)
         self.reporter.step_started(label)
+        wanted = WantedBase(
+            reference=step.reference,
+            platform=node.state.platform,
+            identity=node.preimage.get("digest"),
+            manifest=None if node.base is None else node.base.manifest,
+        )
         base = import_base(
-            step.reference,
-            node.state.platform,
+            wanted,
             self.blobs,
-            engine=self.backend._engine_once,
+            images=self.backend._images_once,
             registry=self.backend._registry_once,
         )
         self._filesystem(base.layers)  # reads (and checks) every base layer once
