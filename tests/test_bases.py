@@ -49,9 +49,9 @@ def write_build(directory: Path, *bases: str) -> Path:
     return path
 
 
-def plan(path: Path, store: Store, target: str = "s0", **options: str) -> dsl.Plan:
+def plan(path: Path, store: Store, target: str = "s0", platform: str | None = None) -> dsl.Plan:
     """Plan a target of the build file as the CLI does (engine, lock file)."""
-    return dsl.load_buildfile(path).plan(target, store=store, **options)
+    return dsl.load_buildfile(path).plan(target, store=store, platform=platform)
 
 
 def build_all(planned: dsl.Plan, store: Store) -> None:

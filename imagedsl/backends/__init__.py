@@ -120,7 +120,10 @@ class Backend(Protocol):
     """
 
     name: str
-    layer_media_types: frozenset[str]
+
+    @property
+    def layer_media_types(self) -> frozenset[str]:
+        """The media types of the layers the backend writes into the store (empty: none)."""
 
     def build(
         self, plan: Plan, request: BuildRequest, *, store: Store, reporter: Reporter
