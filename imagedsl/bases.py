@@ -128,12 +128,14 @@ def base_resolver(lock: LockFile, images: LocalImages | None = None) -> BaseReso
                     "does for a Dockerfile's FROM (`plan --resolve` pins it)"
                 )
             return ResolvedBase(digest=found.id, notes=tuple(notes))
+        # An engine that is there but did not answer is said: keys planned without it differ.
+        trouble = () if local.trouble is None else (f"planned without {local.trouble}",)
         if pin is not None:
             return ResolvedBase(
                 digest=pin.image,
                 manifest=pin.manifest,
-                notes=(f"pinned to {pin.image} by the lock file",),
+                notes=(f"pinned to {pin.image} by the lock file", *trouble),
             )
-        return None
+        return ResolvedBase(digest=None, notes=trouble) if trouble else None
 
     return resolve

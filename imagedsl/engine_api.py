@@ -165,6 +165,9 @@ class LocalImages:
         self._images: dict[str, EngineImage | None] = {}
         #: The engines that did not answer: host -> why.
         self.failed: dict[str, str] = {}
+        #: Why an engine that is there (not absent: its socket exists) did not answer in time
+        #: or answered wrongly, for a note in the plan; None when every failure was absence.
+        self.trouble: str | None = None
 
     @property
     def engine(self) -> EngineAPI | None:
@@ -189,7 +192,10 @@ class LocalImages:
             try:
                 found = engine.image(name)
             except (OSError, EngineError) as error:
-                self.failed[engine.host] = str(error) or type(error).__name__
+                why = str(error) or type(error).__name__
+                self.failed[engine.host] = why
+                if not isinstance(error, FileNotFoundError | ConnectionRefusedError):
+                    self.trouble = self.trouble or f"the local engine at {engine.host}: {why}"
                 self._engine = None
                 self._candidates.remove(engine)
                 continue

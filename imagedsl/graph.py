@@ -63,11 +63,12 @@ class ResolvedBase:
 
     ``digest`` is its content identity, the one its key holds: the image's config digest
     (the engine's image ID), or a manifest digest where that is all that is known (a lock
-    file written by an older imagedsl). ``manifest`` pulls exactly that image from its
-    registry, when known; ``notes`` say where the identity came from.
+    file written by an older imagedsl); None when nothing knows it (then ``notes`` say why).
+    ``manifest`` pulls exactly that image from its registry, when known; ``notes`` say where
+    the identity came from.
     """
 
-    digest: str
+    digest: str | None
     manifest: str | None = None
     notes: tuple[str, ...] = ()
 

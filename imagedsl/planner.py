@@ -311,9 +311,10 @@ def _notes(node: StepNode) -> tuple[str, ...]:
     step = node.step
     if not isinstance(step, FromImage):
         return ()
+    notes = () if node.base is None else node.base.notes
     if node.preimage.get("digest") is None:
-        return ("base image is not pinned to a digest: its key follows the tag name",)
-    return () if node.base is None else node.base.notes
+        return ("base image is not pinned to a digest: its key follows the tag name", *notes)
+    return notes
 
 
 def _first_unbuilt(rows: Sequence[PlannedStep], deps: Iterable[int]) -> str | None:

@@ -169,11 +169,11 @@ def test_a_hung_engine_costs_one_timeout(
     started = time.monotonic()
     planned = plan(path, Store(tmp_path / "store"), "both")
     assert time.monotonic() - started < 2.0
-    assert [s.node.preimage.get("digest") for s in planned.steps if s.kind == "from"] == [
-        None,
-        None,
-    ]
+    froms = [s for s in planned.steps if s.kind == "from"]
+    assert [s.node.preimage.get("digest") for s in froms] == [None, None]
     assert len(engine.requests) == 1
+    for step in froms:  # an engine that is there but silent is said, unlike an absent one
+        assert step.notes[1].startswith(f"planned without the local engine at {engine.host}")
 
 
 def test_plan_resolve_pins_engine_images(engine: FakeEngine, tmp_path: Path) -> None:
