@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from imagedsl.errors import ImageDSLError
+from imagedsl.errors import InputError
 from imagedsl.oci.digest import is_sha256
 from imagedsl.store import atomic_write
 
@@ -41,13 +41,12 @@ LOCK_VERSION: Final = 2
 _READABLE_VERSIONS: Final = (1, 2)
 
 
-class LockFileError(ImageDSLError):
+@attrs.define
+class LockFileError(InputError):
     """A lock file exists but cannot be used."""
 
-    def __init__(self, path: str, problem: str) -> None:
-        super().__init__(path, problem)
-        self.path = path
-        self.problem = problem
+    path: str
+    problem: str
 
     def __str__(self) -> str:
         return f"{self.path}: {self.problem}"
@@ -81,7 +80,7 @@ def unpinned_bases(plan: Plan) -> dict[tuple[str, str], ImageReference]:
     for step in plan.steps:
         base = step.node.step
         if isinstance(base, FromImage):
-            image = base.reference
+            image = base.image
             if image.transport in ("registry", "docker-daemon") and not image.digest:
                 wanted[lock_key(image), step.node.state.platform] = image
     return wanted

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 from engine_support import FakeEngine, fake_engine
 
-import imagedsl as dsl
-from imagedsl import engine_api
+from imagedsl import api, engine_api
 from imagedsl.api import BuildSession
 from imagedsl.bases import BaseNotFoundError
 from imagedsl.engine_api import EngineAPI, EngineError, LocalImages, _parse_reply
@@ -49,12 +48,12 @@ def write_build(directory: Path, *bases: str) -> Path:
     return path
 
 
-def plan(path: Path, store: Store, target: str = "s0", platform: str | None = None) -> dsl.Plan:
+def plan(path: Path, store: Store, target: str = "s0", platform: str | None = None) -> api.Plan:
     """Plan a target of the build file as the CLI does (engine, lock file)."""
-    return dsl.load_buildfile(path).plan(target, store=store, platform=platform)
+    return api.load_buildfile(path).plan(target, store=store, platform=platform)
 
 
-def build_all(planned: dsl.Plan, store: Store) -> None:
+def build_all(planned: api.Plan, store: Store) -> None:
     """Record every step, as a backend does after a successful build."""
     for step in planned.steps:
         record_step(store, step)
