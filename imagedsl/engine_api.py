@@ -18,20 +18,20 @@ callers fall back to what else they know.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import socket
 import urllib.parse
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 import attrs
 
 from imagedsl.errors import EnvironmentFailure
 
 if TYPE_CHECKING:
+    import _socket
     import http.client
+    import socket
 
 #: The engine socket the test and CI scripts start when no other engine answers.
 CI_DOCKER_HOST: Final = "unix:///tmp/imagedsl-ci/dockerd/docker.sock"
@@ -80,12 +80,17 @@ class EngineImage:
         return wanted.matches(Platform(self.os, self.architecture, self.variant))
 
 
-@attrs.define
 class EngineAPI:
     """One engine's API. ``host`` is ``unix:///PATH`` or ``tcp://HOST:PORT``."""
 
-    host: str
-    timeout: float = LOOKUP_TIMEOUT
+    __slots__ = ("host", "timeout")
+
+    def __init__(self, host: str, timeout: float = LOOKUP_TIMEOUT) -> None:
+        self.host = host
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"EngineAPI({self.host!r})"
 
     @classmethod
     def candidates(cls) -> list[EngineAPI]:
@@ -140,7 +145,8 @@ class EngineAPI:
 
     def _get(self, path: str) -> tuple[int, bytes]:
         """``GET path`` on a fresh connection closed by the engine after its answer."""
-        with _connect(self.host, self.timeout) as sock:
+        sock = _connect(self.host, self.timeout)
+        try:
             sock.sendall(
                 f"GET {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n".encode()
             )
@@ -149,6 +155,8 @@ class EngineAPI:
                 received += chunk
                 if len(received) > _MAX_REPLY:
                     raise EngineError(self.host, f"GET {path}", "an answer too large")
+        finally:
+            sock.close()
         return _parse_reply(self.host, path, bytes(received))
 
 
@@ -226,6 +234,8 @@ def _context_host() -> str | None:
             return None
     if not name or name == "default":
         return None
+    import hashlib
+
     meta = config_dir / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest()
     try:
         document = json.loads((meta / "meta.json").read_bytes())
@@ -235,7 +245,39 @@ def _context_host() -> str | None:
     return host if isinstance(host, str) else None
 
 
-def _connect(host: str, timeout: float) -> socket.socket:
+def _connect(host: str, timeout: float) -> _socket.socket:
+    """A connected socket for one lookup. It is made with ``_socket``, the C module under
+    ``socket``: importing ``socket`` itself (its enums) costs a plan more than the request."""
+    import _socket
+
+    if host.startswith("unix://"):
+        addresses: list[tuple[int, int, int, Any]] = [
+            (_socket.AF_UNIX, _socket.SOCK_STREAM, 0, host.removeprefix("unix://"))
+        ]
+    else:
+        address = urllib.parse.urlsplit(host)
+        found = _socket.getaddrinfo(
+            address.hostname or "", address.port or 2375, 0, _socket.SOCK_STREAM
+        )
+        addresses = [(family, kind, proto, where) for family, kind, proto, _, where in found]
+    error: OSError = ConnectionError(f"no address for {host}")
+    for family, kind, proto, where in addresses:
+        sock = _socket.socket(family, kind, proto)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(where)
+        except OSError as failed:
+            sock.close()
+            error = failed
+            continue
+        return sock
+    raise error
+
+
+def _stream_socket(host: str, timeout: float) -> socket.socket:
+    """A connected ``socket.socket`` (what ``http.client`` needs), for exports."""
+    import socket
+
     if host.startswith("unix://"):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
@@ -255,7 +297,7 @@ def _connection(host: str, timeout: float) -> http.client.HTTPConnection:
 
     class _EngineConnection(http.client.HTTPConnection):
         def connect(self) -> None:
-            self.sock = _connect(host, timeout)
+            self.sock = _stream_socket(host, timeout)
 
     return _EngineConnection("docker", timeout=timeout)
 

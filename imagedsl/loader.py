@@ -28,7 +28,9 @@ from imagedsl.dsl import GlobalArg, Stage, StageRef, Targets
 from imagedsl.errors import BuildFileError, ImageDSLError, SourceLocation, UnknownTargetError
 
 if TYPE_CHECKING:
-    from imagedsl.graph import BaseResolver
+    from imagedsl.graph import BaseResolver, ResolvedBase
+    from imagedsl.lockfile import LockFile
+    from imagedsl.oci.reference import ImageReference
     from imagedsl.planner import Plan
     from imagedsl.reporting import Reporter
     from imagedsl.store import Store
@@ -76,12 +78,11 @@ class BuildFile:
         build file, or the layout or archive itself (see :mod:`imagedsl.bases`), unless
         ``resolve_base`` says otherwise.
         """
-        from imagedsl.bases import base_resolver
         from imagedsl.lockfile import LockFile
         from imagedsl.planner import plan
 
         if resolve_base is None:
-            resolve_base = base_resolver(LockFile.beside(self.path))
+            resolve_base = _default_resolver(LockFile.beside(self.path))
         return plan(
             self.stages,
             self.target(target),
@@ -95,6 +96,21 @@ class BuildFile:
             buildfile=str(self.path),
             project=str(self.path),
         )
+
+
+def _default_resolver(lock: LockFile) -> BaseResolver:
+    """:func:`imagedsl.bases.base_resolver`, made at the first base to resolve: a plan with
+    no image base imports nothing for it."""
+    made: list[BaseResolver] = []
+
+    def resolve(reference: ImageReference, platform: str) -> ResolvedBase | None:
+        if not made:
+            from imagedsl.bases import base_resolver
+
+            made.append(base_resolver(lock))
+        return made[0](reference, platform)
+
+    return resolve
 
 
 def split_spec(spec: str | None) -> tuple[Path, str | None]:

@@ -248,3 +248,18 @@ def test_replies_are_read_whole() -> None:
     assert _parse_reply("h", "/p", sized) == (404, b"{}")
     with pytest.raises(EngineError):
         _parse_reply("h", "/p", b"garbage")
+
+
+def test_a_template_is_looked_up_as_expanded(engine: FakeEngine, tmp_path: Path) -> None:
+    """``dsl.image(f"py:{V}")`` asks the engine for the tag the global ARG (or --build-arg)
+    gives, so a --build-arg that names another image is another key."""
+    engine.tag("py:1", IMAGE_A)
+    engine.tag("py:2", IMAGE_B)
+    path = tmp_path / "build.py"
+    path.write_text(
+        "import imagedsl as dsl\n\nV = dsl.arg('V', '1')\napp = dsl.image(f'py:{V}').run('true')\n"
+    )
+    store = Store(tmp_path / "store")
+    assert api.load_buildfile(path).plan(store=store).steps[0].node.preimage["digest"] == IMAGE_A
+    other = api.load_buildfile(path).plan(store=store, build_args={"V": "2"})
+    assert other.steps[0].node.preimage["digest"] == IMAGE_B
