@@ -81,26 +81,32 @@ def engine_image(
     return found
 
 
-def engine_pin(images: LocalImages, reference: ImageReference, platform: str) -> Pin | None:
-    """A lock entry from the engine's image: its ID, and the digest the engine pulled it by
-    from this reference's repository, when it did (what pulls it elsewhere)."""
-    from imagedsl.lockfile import Pin
+def repository_digest(image: EngineImage, reference: ImageReference) -> str | None:
+    """The digest the engine's image has in the reference's repository (it was pulled from
+    it or pushed to it), if any: what pulls exactly this image from there."""
     from imagedsl.oci.reference import parse_reference
+
+    if reference.transport != "registry":
+        return None
+    for text in image.repo_digests:
+        try:
+            known = parse_reference(text)
+        except ImageDSLError:
+            continue
+        if known.name == reference.name and known.digest is not None:
+            return known.digest
+    return None
+
+
+def engine_pin(images: LocalImages, reference: ImageReference, platform: str) -> Pin | None:
+    """A lock entry from the engine's image: its ID, and the digest the engine has it by in
+    this reference's repository, when it does (what pulls it elsewhere)."""
+    from imagedsl.lockfile import Pin
 
     found = engine_image(images, reference, platform)
     if found is None:
         return None
-    manifest = None
-    if reference.transport == "registry":
-        for text in found.repo_digests:
-            try:
-                pulled = parse_reference(text)
-            except ImageDSLError:
-                continue
-            if pulled.name == reference.name and pulled.digest is not None:
-                manifest = pulled.digest
-                break
-    return Pin(found.id, manifest)
+    return Pin(found.id, repository_digest(found, reference))
 
 
 def base_resolver(lock: LockFile, images: LocalImages | None = None) -> BaseResolver:

@@ -155,3 +155,36 @@ def test_engine_lookups_use_the_engines_api(
     expected = docker_engine.run("image", "inspect", "--format", "{{.Id}}", busybox_image)
     assert found.id == expected.stdout.strip()
     assert found.runs_on("linux/amd64")
+
+
+def test_an_engine_image_from_a_registry_comes_from_it(
+    registry: RegistryServer,
+    docker_engine: DockerEngine,
+    busybox_image: str,
+    tmp_path: Path,
+) -> None:
+    """An image the engine pushed to the name's registry is pulled from there (its layers as
+    the registry holds them); with the registry gone, it is exported from the engine."""
+    name = f"{registry.host}/pushed-busybox:1"
+    docker_engine.run("tag", busybox_image, name)
+    try:
+        docker_engine.run("push", name)
+        pushed = json.loads(
+            docker_engine.run("image", "inspect", "--format", "{{json .RepoDigests}}", name).stdout
+        )
+        path = write_build(tmp_path, name)
+        session = BuildSession(path, store=tmp_path / "store")
+        session.build(OCIBackend(), output=f"oci:{tmp_path / 'pulled'}:t")
+        _, manifest, _ = read_image(tmp_path / "pulled", "t")
+        assert manifest["layers"][0]["mediaType"].endswith("+gzip")  # as docker push wrote it
+        assert manifest["annotations"]["org.opencontainers.image.base.digest"] in {
+            text.partition("@")[2] for text in pushed
+        }
+
+        registry.stop()
+        exported = BuildSession(path, store=tmp_path / "other-store")
+        exported.build(OCIBackend(), output=f"oci:{tmp_path / 'exported'}:t")
+        _, manifest, _ = read_image(tmp_path / "exported", "t")
+        assert manifest["layers"][0]["mediaType"].endswith(".tar")  # docker save's layers
+    finally:
+        docker_engine.run("image", "rm", "--force", name, check=False)

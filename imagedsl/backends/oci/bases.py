@@ -5,9 +5,11 @@ digest of its image config; see :mod:`imagedsl.bases`), looking in order:
 
 1. **the store**, which remembers which manifest each image it holds came as
    (``StoreArea.OCI_BASES``), so an image used before is found with no engine and no network;
-2. **the local engine**, when one answers (registry names and ``docker-daemon:``): its image is
-   exported once (what ``docker save`` writes, through the engine's API) and read into the
-   store;
+2. **the local engine**, when one answers (registry names and ``docker-daemon:``), if its image
+   is the one planned: exported once (what ``docker save`` writes, through the engine's API)
+   and read into the store; but when the engine has the image from the reference's registry
+   (pulled from or pushed to it), the blobs come from there, as the registry holds them, so
+   the image built on it shares (and a push mounts) the base's layers;
 3. **the registry** (registry names), through the registry client, by the manifest digest
    the lock file pinned when there is one.
 
@@ -39,7 +41,12 @@ from imagedsl.backends.oci.filesystem import (
     save_index,
     scan_layer,
 )
-from imagedsl.bases import LOCAL_FILE_TRANSPORTS, BaseNotFoundError, engine_name
+from imagedsl.bases import (
+    LOCAL_FILE_TRANSPORTS,
+    BaseNotFoundError,
+    engine_name,
+    repository_digest,
+)
 from imagedsl.engine_api import EngineError
 from imagedsl.oci.blobs import BlobStore, VerifyingReader, check_digest, damaged_as_digest_error
 from imagedsl.oci.image import BaseImage, LayerBlob
@@ -105,7 +112,7 @@ def import_base(
         _remember(blobs, base)
         return base
     local = images()
-    found = _from_engine(wanted, blobs, local, looked)
+    found = _from_engine(wanted, blobs, local, registry, looked)
     if found is not None:
         return found
     if transport == "docker-daemon" and local.engine is None:
@@ -199,8 +206,16 @@ def _base_from_store(
 
 
 def _from_engine(
-    wanted: WantedBase, blobs: BlobStore, images: LocalImages, looked: list[tuple[str, str]]
+    wanted: WantedBase,
+    blobs: BlobStore,
+    images: LocalImages,
+    registry: Callable[[], RegistryClient],
+    looked: list[tuple[str, str]],
 ) -> BaseImage | None:
+    """The engine's image for the reference, if it is the one planned. When the engine has it
+    from the reference's registry (pulled from or pushed to it), its blobs are pulled from
+    there as the registry holds them (compressed; a push then mounts them from the base's
+    repository) rather than exported, unless the registry does not answer."""
     name = engine_name(wanted.reference)
     image = images.image(name)
     engine = images.engine
@@ -221,18 +236,31 @@ def _from_engine(
             )
         )
         return None
-    return _export(wanted.shown, name, image, blobs, engine)
+    remembered = _remembered(wanted.shown, image, blobs)
+    if remembered is not None:
+        return remembered
+    digest = repository_digest(image, wanted.reference)
+    if digest is not None:
+        from imagedsl.registry.errors import RegistryError
+
+        exact = attrs.evolve(wanted, identity=image.id, manifest=digest)
+        with contextlib.suppress(RegistryError):
+            pulled = _from_registry(exact, blobs, registry(), [])
+            if pulled is not None:
+                return pulled
+    return _export(wanted.shown, name, blobs, engine)
 
 
-def _export(
-    shown: str, name: str, image: EngineImage, blobs: BlobStore, engine: EngineAPI
-) -> BaseImage:
-    """The engine's image, exported once per image ID (the store remembers the manifest)."""
+def _remembered(shown: str, image: EngineImage, blobs: BlobStore) -> BaseImage | None:
+    """The engine's image, when the store holds it already (by image ID, its config digest)."""
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         saved = json.loads(_memo_path(blobs, image.id).read_bytes())
-        base = _base_from_store(shown, saved["manifest"], blobs, image.platform)
-        if base is not None:
-            return base
+        return _base_from_store(shown, saved["manifest"], blobs, image.platform)
+    return None
+
+
+def _export(shown: str, name: str, blobs: BlobStore, engine: EngineAPI) -> BaseImage:
+    """The engine's image, exported (the store then remembers its manifest by image ID)."""
     tmp_root = blobs.store.area(StoreArea.TMP)
     tmp_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
