@@ -478,6 +478,8 @@ class _Build:
                 epoch=self.backend.epoch,
                 timeout=self.backend.run_timeout,
                 on_output=self.reporter.step_output,
+                allow=self.request.allow,
+                seccomp=self.request.seccomp,
             )
         stages = tuple(
             StageSource(layers=self.states[i].layers, fs=self._filesystem(self.states[i].layers))
