@@ -99,8 +99,9 @@ if TYPE_CHECKING:
     from imagedsl.reporting import Reporter
     from imagedsl.store import Store
 
-#: Bump when the bytes a step's layer gets could change for the same inputs.
-LAYER_FORMAT: Final = 1
+#: Bump when the bytes a step's layer gets could change for the same inputs (2: layers carry
+#: extended attributes; RUN layers made before may lack file capabilities).
+LAYER_FORMAT: Final = 2
 DEFAULT_EPOCH: Final = 0
 COMPRESSION_ENV: Final = "IMAGEDSL_OCI_COMPRESSION"
 _ParentFactory = Callable[[str], LayerEntry]
