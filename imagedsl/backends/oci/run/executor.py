@@ -3,8 +3,11 @@
 :class:`RunExecutor` does, for one RUN: make sure the layers below are extracted
 (:class:`~imagedsl.backends.oci.run.rootfs.Snapshots`), mount them as an overlay with a fresh
 upper directory (or copy them), create the working directory if it is missing, prepare the
-mounts the step asks for, run the command in runc (:mod:`imagedsl.backends.oci.run.runc`), and
-give back the change as layer entries. Everything it mounts or creates is undone when it is
+mounts the step asks for and its sandbox (a network namespace behind NAT,
+:mod:`~imagedsl.backends.oci.run.network`; Docker's default seccomp profile,
+:mod:`~imagedsl.backends.oci.run.seccomp`; ``network="host"`` only with the ``network.host``
+entitlement), run the command in runc (:mod:`imagedsl.backends.oci.run.runc`), and give back
+the change as layer entries. Everything it mounts or creates is undone when it is
 done, whether the command succeeded, failed, timed out or was interrupted.
 
 Mounts, as BuildKit makes them:

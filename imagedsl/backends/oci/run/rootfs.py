@@ -1,7 +1,7 @@
 """Root filesystems for RUN steps: extracted layers, overlay mounts, and the change a RUN makes.
 
 **Snapshots.** Each layer a RUN stands on is extracted once into the store, keyed by its
-diff_id (``oci/snapshots/v1/<hex>``), in overlayfs's own format: a deletion is a 0/0 character
+diff_id (``oci/snapshots/v2/<hex>``), in overlayfs's own format: a deletion is a 0/0 character
 device, an opaque directory carries ``trusted.overlay.opaque=y``. Extraction goes to a
 temporary directory renamed into place, so a snapshot is whole or absent. Base layers have been
 checked by :func:`imagedsl.backends.oci.filesystem.scan_layer` before they get here; extraction checks
