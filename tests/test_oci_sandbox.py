@@ -364,6 +364,23 @@ def test_cli_plan_says_which_steps_need_an_entitlement(base: str, tmp_path: Path
     assert "unknown entitlement" in typo.stderr
 
 
+def test_cli_no_seccomp_is_the_opt_out(
+    base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a usable profile ``build`` fails with exit 1 and says how to opt out;
+    ``--no-seccomp`` builds."""
+    (tmp_path / "build.py").write_text(
+        f"import imagedsl as dsl\n\napp = dsl.image({base!r}).run('echo unfiltered')\n"
+    )
+    monkeypatch.setenv("IMAGEDSL_SECCOMP_PROFILE", str(tmp_path / "missing.json"))
+    store = tmp_path / "store"
+    failed = imagedsl("build", "--backend", "oci", cwd=tmp_path, store=store)
+    assert failed.returncode == 1
+    assert "--no-seccomp" in failed.stderr
+    built = imagedsl("build", "--backend", "oci", "--no-seccomp", cwd=tmp_path, store=store)
+    assert built.returncode == 0, built.stderr
+
+
 def test_unknown_entitlement_is_refused_by_the_library() -> None:
     """BuildSession refuses an entitlement it does not know before loading anything."""
     from imagedsl.api import BuildSession
