@@ -298,6 +298,11 @@ def test_missing_slirp4netns_is_an_environment_failure(
         run_build(dsl.image(base).run("true"), store)
     assert exit_code_of(caught.value) == 1
     assert "slirp4netns" in str(caught.value)
+    monkeypatch.setenv("IMAGEDSL_SLIRP4NETNS", shutil.which("false") or "/bin/false")
+    with pytest.raises(NetworkUnavailableError, match="did not start"):
+        run_build(dsl.image(base).run("true"), store)
+    with open("/proc/self/mountinfo") as handle:
+        assert "imagedsl-run-" not in handle.read()
     _, recorder = run_build(
         dsl.image(base).run("echo ::probe; echo offline", network="none"), store
     )

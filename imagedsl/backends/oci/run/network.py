@@ -39,6 +39,7 @@ from typing import Final
 
 import attrs
 
+from imagedsl.backends.oci.run.rootfs import unmount
 from imagedsl.errors import EnvironmentFailure
 
 #: An explicit slirp4netns binary (otherwise ``slirp4netns`` on PATH).
@@ -137,13 +138,14 @@ def resolv_conf(network: str, host_file: Path | None = None) -> str:
         upstream = _read(SYSTEMD_RESOLV_CONF)
         if upstream is not None:
             text = upstream
-    kept = [
-        line
-        for line in text.splitlines()
-        if not (line.split()[:1] == ["nameserver"] and _is_loopback(line.split()[1:2][0]))
-    ]
+    kept = [line for line in text.splitlines() if not _loopback_nameserver(line)]
     filtered = "".join(line + "\n" for line in kept)
     return filtered if _nameservers(filtered) else _fallback(filtered)
+
+
+def _loopback_nameserver(line: str) -> bool:
+    fields = line.split()
+    return len(fields) >= 2 and fields[0] == "nameserver" and _is_loopback(fields[1])
 
 
 def _fallback(rest: str) -> str:
@@ -167,50 +169,54 @@ def private_network(private: Path, stage: str, instruction: str) -> Iterator[str
         raise NetworkUnavailableError(stage, instruction, problem)
     netns = private / NETNS_FILE
     netns.touch(mode=0o600)
-    made = subprocess.run(
-        [unshare, f"--net={netns}", "true"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if made.returncode != 0:
-        raise NetworkUnavailableError(
-            stage, instruction, f"a network namespace cannot be made: {made.stderr.strip()}"
-        )
     try:
-        with _slirp4netns(slirp, netns, stage, instruction):
+        made = subprocess.run(
+            [unshare, f"--net={netns}", "true"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if made.returncode != 0:
+            raise NetworkUnavailableError(
+                stage, instruction, f"a network namespace cannot be made: {made.stderr.strip()}"
+            )
+        with _slirp4netns(slirp, netns, private / "slirp4netns.log", stage, instruction):
             yield str(netns)
     finally:
         release_namespace(netns)
 
 
 @contextlib.contextmanager
-def _slirp4netns(binary: str, netns: Path, stage: str, instruction: str) -> Iterator[None]:
-    """slirp4netns attached to ``netns``, configured and ready, until the block ends."""
+def _slirp4netns(
+    binary: str, netns: Path, log: Path, stage: str, instruction: str
+) -> Iterator[None]:
+    """slirp4netns attached to ``netns``, configured and ready, until the block ends. Its
+    messages go to ``log`` (a file, never a pipe nobody reads while the RUN runs)."""
     ready_read, ready_write = os.pipe()
     exit_read, exit_write = os.pipe()
     try:
-        process = subprocess.Popen(
-            [
-                binary,
-                "--configure",
-                f"--mtu={MTU}",
-                "--disable-host-loopback",
-                "--enable-sandbox",
-                "--enable-seccomp",
-                f"--ready-fd={ready_write}",
-                f"--exit-fd={exit_read}",
-                "--netns-type=path",
-                str(netns),
-                INTERFACE,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            pass_fds=(ready_write, exit_read),
-            start_new_session=True,  # a terminal's Ctrl-C is ours to handle
-        )
+        with log.open("wb") as log_file:
+            process = subprocess.Popen(
+                [
+                    binary,
+                    "--configure",
+                    f"--mtu={MTU}",
+                    "--disable-host-loopback",
+                    "--enable-sandbox",
+                    "--enable-seccomp",
+                    f"--ready-fd={ready_write}",
+                    f"--exit-fd={exit_read}",
+                    "--netns-type=path",
+                    str(netns),
+                    INTERFACE,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                pass_fds=(ready_write, exit_read),
+                start_new_session=True,  # a terminal's Ctrl-C is ours to handle
+            )
     except OSError as error:
         for fd in (ready_read, ready_write, exit_read, exit_write):
             os.close(fd)
@@ -221,8 +227,7 @@ def _slirp4netns(binary: str, netns: Path, stage: str, instruction: str) -> Iter
         if not _wait_ready(ready_read, process):
             _stop(process, exit_write)
             exit_write = -1
-            assert process.stderr is not None
-            detail = process.stderr.read().decode("utf-8", "replace").strip().splitlines()
+            detail = log.read_text(errors="replace").strip().splitlines()
             raise NetworkUnavailableError(
                 stage,
                 instruction,
@@ -233,8 +238,6 @@ def _slirp4netns(binary: str, netns: Path, stage: str, instruction: str) -> Iter
         os.close(ready_read)
         if exit_write >= 0:
             _stop(process, exit_write)
-        if process.stderr is not None:
-            process.stderr.close()
 
 
 def _wait_ready(fd: int, process: subprocess.Popen[bytes]) -> bool:
@@ -262,8 +265,6 @@ def _stop(process: subprocess.Popen[bytes], exit_write: int) -> None:
 
 def release_namespace(netns: Path) -> None:
     """Unbind a namespace file (the namespace goes once nothing uses it) and remove it."""
-    from imagedsl.backends.oci.run.rootfs import unmount
-
     with contextlib.suppress(OSError):
         unmount(netns)
     with contextlib.suppress(OSError):
