@@ -35,7 +35,10 @@ from imagedsl.backends import (
     BuildRequestError,
     BuildResult,
     SecretSource,
+    check_entitlement_names,
+    check_entitlements,
     get_backend,
+    required_entitlement,
 )
 from imagedsl.loader import BuildFile, load_buildfile, split_spec
 from imagedsl.planner import (
@@ -105,7 +108,9 @@ class BuildSession:
     ``buildfile`` is a path (or ``FILE:TARGET``, or a directory holding ``build.py``) or a
     :class:`BuildFile` already loaded; ``target`` None means the build file's default.
     ``store`` is a :class:`Store` or a directory (default: :func:`open_store`).
-    ``insecure`` allows plain HTTP to registries off loopback.
+    ``insecure`` allows plain HTTP to registries off loopback. ``allow`` grants entitlements
+    as BuildKit's ``--allow`` does (``network.host``: RUN steps with ``network="host"`` may use
+    the host's network); a plan says which steps need one.
     """
 
     def __init__(
@@ -118,7 +123,9 @@ class BuildSession:
         store: Store | str | os.PathLike[str] | None = None,
         reporter: Reporter | None = None,
         insecure: bool = False,
+        allow: Sequence[str] = (),
     ) -> None:
+        self.allow = check_entitlement_names(allow)
         if isinstance(buildfile, BuildFile):
             self.buildfile = buildfile
         else:
@@ -143,7 +150,7 @@ class BuildSession:
         """Plan the target without running anything; ``cache_from`` imports remote caches'
         records first (and notes on each hit they made)."""
         added = self.import_cache(cache_from) if cache_from else {}
-        planned = self._plan()
+        planned = _note_entitlements(self._plan(), self.allow)
         return _note_remote_hits(planned, added) if added else planned
 
     def _plan(self) -> Plan:
@@ -236,11 +243,15 @@ class BuildSession:
         push: str | None = None,
         cache_to: str | None = None,
         cache_from: Sequence[str] = (),
+        seccomp: bool = True,
     ) -> BuildOutcome:
         """Plan, then let ``backend`` (a name or a :class:`Backend`) build the misses.
 
         ``push`` (a ``HOST/NAME[:TAG]``; ``tags`` add tags), ``cache_to`` and ``cache_from``
         (``registry:REF``) need a backend that writes the image into the store (``oci``).
+        A step that needs an entitlement the session was not given (``allow``) stops the
+        build before anything runs. ``seccomp=False`` runs the OCI backend's RUN steps with
+        no seccomp profile (``--no-seccomp``: for machines without seccomp support).
         """
         chosen = get_backend(backend) if isinstance(backend, str) else backend
         request = BuildRequest(
@@ -252,9 +263,13 @@ class BuildSession:
                 s if isinstance(s, SecretSource) else SecretSource.parse(s) for s in secrets
             ),
             progress=progress,
+            allow=self.allow,
+            seccomp=seccomp,
         )
         if not (push or cache_to or cache_from):
-            result = chosen.build(self._plan(), request, store=self.store, reporter=self.reporter)
+            planned = self._plan()
+            check_entitlements(planned, self.allow)
+            result = chosen.build(planned, request, store=self.store, reporter=self.reporter)
             return BuildOutcome(result=result)
         if not chosen.layer_media_types:
             raise BuildRequestError(
@@ -280,6 +295,7 @@ class BuildSession:
         with self._registry() as client:
             caches = [self._fetch_cache(client, text) for text in cache_from]
             planned = self._plan()
+            check_entitlements(planned, request.allow)
             hits = {step.key for step in planned.steps if step.status is PlanStatus.HIT}
             for found in caches:
                 if found is not None:
@@ -376,6 +392,22 @@ def registry_bases(planned: Plan) -> list[str]:
         if isinstance(base, FromImage) and base.image.transport == "registry":
             names.add(base.image.name)
     return sorted(names)
+
+
+def _note_entitlements(planned: Plan, allow: frozenset[str]) -> Plan:
+    """Say on each step that needs an entitlement whether the build may use it."""
+    steps = []
+    for step in planned.steps:
+        needed = required_entitlement(step.node.step)
+        if needed is not None:
+            note = (
+                f"runs on the host's network: allowed by --allow {needed}"
+                if needed in allow
+                else f"needs --allow {needed} to build (the host's network)"
+            )
+            step = attrs.evolve(step, notes=(*step.notes, note))
+        steps.append(step)
+    return attrs.evolve(planned, steps=tuple(steps))
 
 
 def _note_remote_hits(planned: Plan, added: Mapping[str, str]) -> Plan:

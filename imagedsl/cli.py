@@ -86,6 +86,7 @@ def run_build(args: argparse.Namespace) -> int:
         push=args.push,
         cache_to=args.cache_to,
         cache_from=args.cache_from,
+        seccomp=not args.no_seccomp,
     )
     for pushed in outcome.pushed:
         print(pushed.reference)  # NAME:TAG@DIGEST on stdout, for scripts
@@ -140,6 +141,7 @@ def _session(args: argparse.Namespace) -> BuildSession:
         store=args.store,
         reporter=TerminalReporter(sys.stderr),
         insecure=getattr(args, "insecure", False),
+        allow=getattr(args, "allow", ()),
     )
 
 
@@ -180,6 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _insecure(plan)
     _cache_from(plan)
+    _allow(plan)
     _common(plan)
     plan.set_defaults(run=run_plan)
 
@@ -214,8 +217,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="registry:REF",
         help="push this build's records and layers as a remote cache (--backend oci)",
     )
+    build.add_argument(
+        "--no-seccomp",
+        action="store_true",
+        help="run RUN steps without a seccomp profile (--backend oci; less isolated)",
+    )
     _cache_from(build)
     _insecure(build)
+    _allow(build)
     _common(build)
     build.set_defaults(run=run_build)
 
@@ -260,6 +269,17 @@ def _spec(parser: argparse.ArgumentParser, text: str) -> None:
 def _insecure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--insecure", action="store_true", help="allow plain HTTP to registries off loopback"
+    )
+
+
+def _allow(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="ENTITLEMENT",
+        help="grant an entitlement, as BuildKit's --allow: network.host lets RUN steps with "
+        "network='host' use the host's network (repeatable)",
     )
 
 

@@ -109,6 +109,7 @@ class DockerfileBackend:
             ]  # fmt: skip
             if engine.buildx:
                 argv.append("--load")
+                argv += [f"--allow={name}" for name in sorted(request.allow)]
             for tag in tags:
                 argv += ["--tag", tag]
             for name, value in request.build_args.items():

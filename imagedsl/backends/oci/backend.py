@@ -96,8 +96,9 @@ if TYPE_CHECKING:
     from imagedsl.reporting import Reporter
     from imagedsl.store import Store
 
-#: Bump when the bytes a step's layer gets could change for the same inputs.
-LAYER_FORMAT: Final = 1
+#: Bump when the bytes a step's layer gets could change for the same inputs (2: layers carry
+#: extended attributes; RUN layers made before may lack file capabilities).
+LAYER_FORMAT: Final = 2
 DEFAULT_EPOCH: Final = 0
 COMPRESSION_ENV: Final = "IMAGEDSL_OCI_COMPRESSION"
 _ParentFactory = Callable[[str], LayerEntry]
@@ -564,6 +565,8 @@ class _Build:
                 epoch=self.backend.epoch,
                 timeout=self.backend.run_timeout,
                 on_output=self.reporter.step_output,
+                allow=self.request.allow,
+                seccomp=self.request.seccomp,
             )
         stages = tuple(
             StageSource(layers=self.states[i].layers, fs=self._filesystem(self.states[i].layers))

@@ -5,12 +5,14 @@ extracted to the host), and refused if an entry could reach outside the image ro
 whoever unpacks it: absolute or ``..`` paths, a path below a symlink, relative symlinks that
 climb above the root, hard links out of the root or to nothing, device nodes and other special
 files, and duplicate paths. What survives is kept as a small index (path, type, mode, owner,
-size, link) per diff_id, from which :class:`Filesystem` answers "what is at this path" for the
-steps that need it (COPY into existing directories, ``--chown`` names, ``COPY --from``).
+size, link, the extended attributes a layer carries) per diff_id, from which
+:class:`Filesystem` answers "what is at this path" for the steps that need it (COPY into
+existing directories, ``--chown`` names, ``COPY --from``, which keeps file capabilities).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import posixpath
 import tarfile
@@ -19,7 +21,13 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, Final, Literal, cast
 
 import attrs
 
-from imagedsl.backends.oci.layer import OPAQUE_MARKER, WHITEOUT_PREFIX, LayerEntry
+from imagedsl.backends.oci.layer import (
+    OPAQUE_MARKER,
+    WHITEOUT_PREFIX,
+    LayerEntry,
+    Xattrs,
+    pax_xattrs,
+)
 from imagedsl.errors import InputError
 from imagedsl.oci.blobs import VerifyingReader
 from imagedsl.oci.mediatypes import sniff_compression
@@ -31,7 +39,8 @@ if TYPE_CHECKING:
     from imagedsl.store import Store
 
 FsKind = Literal["file", "dir", "symlink", "hardlink"]
-INDEX_VERSION: Final = 1
+#: 2: entries carry their extended attributes (indexes of version 1 are made again).
+INDEX_VERSION: Final = 2
 #: Files whose text later steps need (user and group names for --chown, WORKDIR, USER).
 KEPT_FILES: Final = frozenset({"etc/passwd", "etc/group"})
 _KEPT_MAX: Final = 1 << 20
@@ -71,6 +80,15 @@ class FsEntry:
     gid: int = 0
     size: int = 0
     linkname: str = ""
+    xattrs: Xattrs = ()
+
+
+def _xattrs_json(xattrs: Xattrs) -> dict[str, str]:
+    return {name: base64.b64encode(value).decode() for name, value in xattrs}
+
+
+def _xattrs_of_json(found: dict[str, str]) -> Xattrs:
+    return tuple(sorted((name, base64.b64decode(value)) for name, value in found.items()))
 
 
 @attrs.frozen(kw_only=True)
@@ -90,6 +108,7 @@ class LayerIndex:
             "diff_id": self.diff_id,
             "entries": [
                 [path, e.kind, e.mode, e.uid, e.gid, e.size, e.linkname]
+                + ([_xattrs_json(e.xattrs)] if e.xattrs else [])
                 for path, e in self.entries.items()
             ],
             "whiteouts": list(self.whiteouts),
@@ -108,7 +127,13 @@ class LayerIndex:
             raise ValueError("not a layer index")
         entries = {
             row[0]: FsEntry(
-                kind=row[1], mode=row[2], uid=row[3], gid=row[4], size=row[5], linkname=row[6]
+                kind=row[1],
+                mode=row[2],
+                uid=row[3],
+                gid=row[4],
+                size=row[5],
+                linkname=row[6],
+                xattrs=_xattrs_of_json(row[7]) if len(row) > 7 else (),
             )
             for row in payload["entries"]
         }
@@ -141,6 +166,7 @@ class LayerIndex:
                     gid=entry.gid,
                     size=entry.size,
                     linkname=entry.linkname,
+                    xattrs=entry.xattrs,
                 )
         return cls(
             diff_id=diff_id,
@@ -334,10 +360,11 @@ def _check_parents(layer: str, raw: str, name: str, view: _LayerView) -> None:
 def _entry_of(layer: str, member: tarfile.TarInfo, name: str, view: _LayerView) -> FsEntry:
     mode, uid, gid = member.mode & 0o7777, member.uid, member.gid
     owner: dict[str, Any] = {"mode": mode, "uid": uid, "gid": gid}
+    xattrs = pax_xattrs(member.pax_headers) if member.pax_headers else ()
     if member.isdir():
-        return FsEntry(kind="dir", **owner)
+        return FsEntry(kind="dir", xattrs=xattrs, **owner)
     if member.isreg():
-        return FsEntry(kind="file", size=member.size, **owner)
+        return FsEntry(kind="file", size=member.size, xattrs=xattrs, **owner)
     if member.issym():
         target = member.linkname
         if not target or "\x00" in target:
