@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from imagedsl.errors import SourceLocation
 from imagedsl.reporting import Reporter
 
 if TYPE_CHECKING:
-    from imagedsl.errors import SourceLocation
+    from imagedsl.check import CheckReport, Finding
     from imagedsl.planner import Plan
 
 
@@ -98,8 +99,9 @@ class TerminalReporter(Reporter):
         self._line(f"pinned {count} base image(s) in {display_path(Path(lock_path))}")
 
 
-def format_plan(plan: Plan, buildfile: str) -> str:
-    """The human table: one row per step, reasons indented under misses."""
+def format_plan(plan: Plan, buildfile: str, findings: Sequence[Finding] = ()) -> str:
+    """The human table: one row per step, reasons indented under misses, and ``findings``
+    (``imagedsl check``'s errors) one line each under the steps they concern."""
     rows = [("WAVE", "STEP", "STATUS", "KEY", "INSTRUCTION")]
     details: dict[int, list[str]] = {}
     for i, step in enumerate(plan.steps):
@@ -113,6 +115,8 @@ def format_plan(plan: Plan, buildfile: str) -> str:
             )
         )
         details[i + 1] = [*step.reasons, *(f"note: {n}" for n in step.notes)]
+    for finding in findings:
+        details[finding.row + 1].append(f"{finding.severity} {finding.rule}: {finding.summary}")
     widths = [max(len(row[c]) for row in rows) for c in range(4)]
     lines = [f"plan for {buildfile}:{plan.target}"]
     for i, row in enumerate(rows):
@@ -124,6 +128,25 @@ def format_plan(plan: Plan, buildfile: str) -> str:
     lines.append(
         f"{summary['hit']} hit, {summary['miss']} miss, {summary['maybe']} maybe, "
         f"{summary['config']} config"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def format_findings(report: CheckReport) -> str:
+    """``imagedsl check``'s text: ``FILE:LINE: severity rule: message`` per finding, then the
+    counts."""
+    lines = []
+    for finding in report.findings:
+        where = display_location(SourceLocation(finding.file, finding.line))
+        mark = " (suppressed by allow)" if finding.suppressed else ""
+        lines.append(
+            f"{where}: {finding.severity} {finding.rule}{mark}: {finding.message} "
+            f"[{finding.stage}[{finding.step}]]"
+        )
+    counts = report.counts()
+    lines.append(
+        f"{report.target}: {counts['error']} error(s), {counts['warning']} warning(s), "
+        f"{counts['info']} info, {counts['suppressed']} suppressed"
     )
     return "\n".join(lines) + "\n"
 

@@ -13,7 +13,8 @@ plumbing, for tools that drive builds themselves::
 
 A :class:`BuildSession` holds one build file, one target and the options every command shares
 (build args, platform, store, registry trust, a :class:`~imagedsl.reporting.Reporter`). Each
-method is one command: :meth:`~BuildSession.plan`, :meth:`~BuildSession.build`,
+method is one command: :meth:`~BuildSession.plan`, :meth:`~BuildSession.check`,
+:meth:`~BuildSession.build`,
 :meth:`~BuildSession.lower`, :meth:`~BuildSession.resolve_bases`, and the remote cache's
 :meth:`~BuildSession.import_cache`; :func:`push_image` pushes an existing layout or archive.
 Progress and messages go to the reporter's hooks only: the library prints nothing.
@@ -51,6 +52,7 @@ from imagedsl.planner import (
 from imagedsl.reporting import Reporter
 
 if TYPE_CHECKING:
+    from imagedsl.check import CheckReport
     from imagedsl.lockfile import LockFile
     from imagedsl.registry import PushResult, RegistryClient
     from imagedsl.remote_cache import RemoteCache
@@ -155,6 +157,16 @@ class BuildSession:
             reporter=self.reporter,
         )
 
+    # -- check ---------------------------------------------------------------------------------
+
+    def check(self, plan: Plan | None = None) -> CheckReport:
+        """Apply ``imagedsl check``'s rules to the target (planned now, or ``plan``): no
+        daemon, no build. See :mod:`imagedsl.check` and docs/rules.md."""
+        from imagedsl.check.engine import check_plan
+
+        planned = self._plan() if plan is None else plan
+        return check_plan(planned, store=self.store, build_args=self.build_args)
+
     def resolve_bases(self) -> LockFile:
         """Pin every registry base the build file leaves unpinned (a HEAD on its manifest) in
         the ``imagedsl.lock`` beside the build file; the next plan keys them by digest."""
@@ -227,7 +239,9 @@ class BuildSession:
             output=output,
             build_args=self.build_args,
             platform=self.platform,
-            secrets=tuple(s if isinstance(s, SecretSource) else SecretSource.parse(s) for s in secrets),
+            secrets=tuple(
+                s if isinstance(s, SecretSource) else SecretSource.parse(s) for s in secrets
+            ),
             progress=progress,
         )
         if not (push or cache_to or cache_from):

@@ -15,13 +15,22 @@ import warnings
 from collections.abc import Sequence
 
 from imagedsl import __version__
-from imagedsl._terminal import TerminalReporter, display_location, display_path, format_plan, mib
+from imagedsl._terminal import (
+    TerminalReporter,
+    display_location,
+    display_path,
+    format_findings,
+    format_plan,
+    mib,
+)
 from imagedsl.api import BuildSession, open_store, push_image
 from imagedsl.backends import BACKENDS
+from imagedsl.check import Severity
+from imagedsl.check.sarif import to_sarif
 from imagedsl.errors import ImageDSLError, exit_code_of
 from imagedsl.ledger import StoreWarning
 
-EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,8 +80,25 @@ def run_plan(args: argparse.Namespace) -> int:
     elif args.dot:
         sys.stdout.write(plan.to_dot())
     else:
-        sys.stdout.write(format_plan(plan, display_path(session.path)))
+        errors = [f for f in session.check(plan).active if f.severity is Severity.ERROR]
+        sys.stdout.write(format_plan(plan, display_path(session.path), errors))
     return EXIT_OK
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """``imagedsl check``: findings on stdout (text, JSON) or in a SARIF file; exit 1 when
+    one reaches ``--fail-on``."""
+    report = _session(args).check()
+    if args.sarif:
+        with open(args.sarif, "w", encoding="utf-8") as handle:
+            json.dump(to_sarif(report), handle, indent=2, ensure_ascii=False)
+            handle.write("\n")
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_findings(report))
+    return EXIT_FAILURE if report.fails(Severity.parse(args.fail_on)) else EXIT_OK
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -182,6 +208,21 @@ def _parser() -> argparse.ArgumentParser:
     _cache_from(plan)
     _common(plan)
     plan.set_defaults(run=run_plan)
+
+    check = commands.add_parser(
+        "check", help="find secrets, cache-order mistakes and waste in a build, before building"
+    )
+    _spec(check, "build file and target (./build.py)")
+    check.add_argument("--json", action="store_true", help="print the findings as JSON (schema 1)")
+    check.add_argument("--sarif", metavar="FILE", help="also write the findings as SARIF 2.1.0")
+    check.add_argument(
+        "--fail-on",
+        default="error",
+        choices=("error", "warning", "info"),
+        help="exit 1 when a finding is at least this severe (error)",
+    )
+    _common(check)
+    check.set_defaults(run=run_check)
 
     build = commands.add_parser("build", help="build a target with a backend")
     _spec(build, "build file and target")

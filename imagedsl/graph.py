@@ -101,6 +101,8 @@ class StepNode:
     #: For a COPY split into layers: this layer's name, and the index of the first layer.
     part: str | None = None
     group: int | None = None
+    #: ``imagedsl check`` rules the build file allows at this step (``Stage.allow``).
+    allowed: frozenset[str] = attrs.field(default=frozenset(), eq=False, repr=False)
 
     @property
     def kind(self) -> str:
@@ -454,6 +456,7 @@ class _Keyer:
             "deps": deps,
             "wave": wave,
             "locus": self._locus(label, position),
+            "allowed": stage.allowed,
         }
         if isinstance(step, FromImage | FromScratch):
             platform = step.platform or self.platform

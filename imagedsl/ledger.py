@@ -8,6 +8,7 @@ Layout under the store root (``--store``, else ``$IMAGEDSL_STORE``, else the use
     trees/<d[:2]>/<digest>.json   file manifests of recorded trees (miss reasons)
     cache/stat/<root>.json        stat caches of build contexts
     cache/analysis/<shape>.json   memoised graph analyses
+    cache/check/<tree>            what imagedsl check found in a copied tree's files
     lock                          flock(2) for read-modify-write updates
 
 Every file is written to a temporary file in the same directory, fsynced, then renamed over
@@ -292,6 +293,14 @@ class Store:
     def save_analysis(self, digest: str, text: str) -> None:
         """Memoise a graph analysis."""
         self._write_cache("analysis", digest, text.encode())
+
+    def load_tree_facts(self, name: str) -> bytes | None:
+        """What ``imagedsl check`` learnt of a tree's files (credentials, manifests), or None."""
+        return self._read_cache("check", name)
+
+    def save_tree_facts(self, name: str, data: bytes) -> None:
+        """Memoise what ``imagedsl check`` learnt of a tree's files."""
+        self._write_cache("check", name, data)
 
     def _read_cache(self, kind: str, name: str) -> bytes | None:
         try:

@@ -20,6 +20,7 @@ import datetime
 import json
 import os
 import posixpath
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -45,8 +46,8 @@ from imagedsl.backends.oci._steps import (
 )
 from imagedsl.backends.oci.layer import (
     COMPRESSIONS,
-    Compression,
     MEDIA_TYPES,
+    Compression,
     LayerBlob,
     LayerEntry,
     LayerStream,
@@ -462,13 +463,14 @@ class _Build:
                 self.reporter.step_finished(label, "cached")
                 self.cached.append(label)
                 return layer
+        started = time.monotonic()
         if isinstance(node.step, Run):
             layer = self._run(node, below, label)
         else:
             made = self._entries(node, below)
             layer = None if made is None else self._write(*made)
         atomic_write(cache, json.dumps(None if layer is None else layer.to_json()).encode())
-        record_step(self.store, node, _outputs(layer))
+        record_step(self.store, node, _outputs(layer), seconds=time.monotonic() - started)
         self.reporter.step_finished(label, "built")
         self.built.append(label)
         return layer
