@@ -142,10 +142,10 @@ def time_imagedsl(work: Path, buildfile: Path) -> float:
 def fine_layer_edit(work: Path, buildfile: Path, ctx: Path) -> dict[str, Any]:
     """Build ``fine``, edit one source file, build again; what the rebuild compressed."""
     from imagedsl.backends import BuildRequest
-    from imagedsl.backends.oci.image import OCIBackend
-    from imagedsl.ledger import Store
+    from imagedsl.backends.oci.backend import OCIBackend
     from imagedsl.loader import load_buildfile
     from imagedsl.reporting import Reporter
+    from imagedsl.store import Store
 
     store = Store(work / "store-fine")
     shutil.rmtree(store.root, ignore_errors=True)

@@ -25,8 +25,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from imagedsl.ledger import Store
-from imagedsl.registry import OCI_MANIFEST, Descriptor, DockerConfig, RegistryClient
+from imagedsl.oci.descriptor import Descriptor
+from imagedsl.oci.mediatypes import OCI_MANIFEST
+from imagedsl.registry.auth import DockerConfig
+from imagedsl.registry.client import RegistryClient
+from imagedsl.store import Store
 
 LAYER_MB = (200, 120, 60, 20)
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"

@@ -37,10 +37,10 @@ from imagedsl.errors import (
     UnknownStageError,
     UnknownTargetError,
 )
-from imagedsl.ledger import Record, Store, StoreWarning
 from imagedsl.loader import BuildFile, load_buildfile
 from imagedsl.planner import Plan, PlannedStep, PlanStatus, plan, record_copy_output, record_step
 from imagedsl.reporting import Reporter
+from imagedsl.store import Record, Store, StoreWarning
 
 __all__ = [
     "BuildFile",

@@ -83,7 +83,7 @@ class TerminalReporter(Reporter):
         shown = "" if size is None else f" {human_size(size)}"
         self._line(f"{outcome:>8} {digest.removeprefix('sha256:')[:12]}{shown}")
 
-    def image_pushed(self, reference: str, repository: str, tags: Sequence[str]) -> None:
+    def image_pushed(self, reference: str, repository: str, tags: Sequence[str]) -> None:  # noqa: ARG002
         self._line(f"pushed {repository} tags {', '.join(tags) or '(by digest only)'}")
 
     def cache_imported(self, reference: str, records: int, new: int, layers: int) -> None:

@@ -38,7 +38,6 @@ from imagedsl.backends import (
     SecretSource,
     get_backend,
 )
-from imagedsl.ledger import Record, Store, StoreWarning, default_store_path
 from imagedsl.loader import BuildFile, load_buildfile, split_spec
 from imagedsl.planner import (
     Plan,
@@ -50,11 +49,12 @@ from imagedsl.planner import (
     settle,
 )
 from imagedsl.reporting import Reporter
+from imagedsl.store import Record, Store, StoreWarning, default_store_path
 
 if TYPE_CHECKING:
     from imagedsl.check import CheckReport
     from imagedsl.lockfile import LockFile
-    from imagedsl.registry import PushResult, RegistryClient
+    from imagedsl.registry.client import PushResult, RegistryClient
     from imagedsl.remote_cache import RemoteCache
 
 __all__ = [
@@ -200,7 +200,7 @@ class BuildSession:
         self, client: RegistryClient, text: str
     ) -> tuple[RemoteCache, frozenset[str]] | None:
         from imagedsl import remote_cache
-        from imagedsl.registry import NotFoundError
+        from imagedsl.registry.errors import NotFoundError
 
         reference = remote_cache.parse_cache_reference(text)
         try:
@@ -263,7 +263,7 @@ class BuildSession:
         cache_from: Sequence[str],
     ) -> BuildOutcome:
         from imagedsl import remote_cache
-        from imagedsl.push import push_manifest
+        from imagedsl.registry.push import push_manifest
 
         target_cache = cache_to and remote_cache.parse_cache_reference(cache_to, "--cache-to")
         pushed: list[PushResult] = []
@@ -326,7 +326,7 @@ class BuildSession:
 
     @contextlib.contextmanager
     def _registry(self) -> Iterator[RegistryClient]:
-        from imagedsl.registry import RegistryClient
+        from imagedsl.registry.client import RegistryClient
 
         with RegistryClient(insecure=self.insecure, progress=self.reporter) as client:
             yield client
@@ -342,8 +342,8 @@ def push_image(
 ) -> tuple[PushResult, ...]:
     """Push an OCI layout or archive (``oci:DIR[:TAG]``, ``oci-archive:FILE[:TAG]``) to
     ``reference`` (``HOST/NAME[:TAG]``) and ``tags``; one result per repository."""
-    from imagedsl.push import open_layout, push_manifest
-    from imagedsl.registry import RegistryClient
+    from imagedsl.registry.client import RegistryClient
+    from imagedsl.registry.push import open_layout, push_manifest
 
     reporter = reporter or Reporter()
     pushed = []

@@ -28,7 +28,7 @@ from imagedsl.backends import BACKENDS
 from imagedsl.check import Severity
 from imagedsl.check.sarif import to_sarif
 from imagedsl.errors import ImageDSLError, exit_code_of
-from imagedsl.ledger import StoreWarning
+from imagedsl.store import StoreWarning
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 

@@ -16,9 +16,28 @@ from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
 
 import attrs
 
+from imagedsl._validate import (
+    caller_location,
+    check_abs_path,
+    check_bool,
+    check_chmod,
+    check_choice,
+    check_duration,
+    check_env_name,
+    check_int,
+    check_owner,
+    check_platform,
+    check_str,
+    check_str_seq,
+    env_items,
+    parse_label_items,
+    parse_port,
+    parse_signal,
+)
 from imagedsl.check.catalogue import ALLOWABLE
 from imagedsl.context import Context, ContextSource, make_context
 from imagedsl.errors import ImageDSLError, StepArgumentError
+from imagedsl.oci.reference import parse_reference
 from imagedsl.steps import (
     NETWORK_MODES,
     SHARING_MODES,
@@ -48,23 +67,6 @@ from imagedsl.steps import (
     User,
     Volume,
     Workdir,
-    caller_location,
-    check_abs_path,
-    check_bool,
-    check_chmod,
-    check_choice,
-    check_duration,
-    check_env_name,
-    check_int,
-    check_owner,
-    check_platform,
-    check_str,
-    check_str_seq,
-    env_items,
-    parse_label_items,
-    parse_port,
-    parse_reference,
-    parse_signal,
 )
 
 if TYPE_CHECKING:

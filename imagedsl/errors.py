@@ -14,7 +14,7 @@ wording, and the CLI prints one clean line and maps the category to an exit code
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
 import attrs
@@ -70,6 +70,10 @@ def exit_code_of(error: ImageDSLError) -> int:
     return type(error).exit_code
 
 
+def _strings(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
+
+
 def _names(names: Sequence[str]) -> str:
     return ", ".join(names) if names else "(none)"
 
@@ -90,7 +94,7 @@ class StepArgumentError(InputError, TypeError):
 class BuildFileError(InputError):
     """A build file could not be loaded: syntax error, exception, or nothing to build."""
 
-    location: SourceLocation | None  # type: ignore[misc]  # an instance field here
+    location: SourceLocation | None
     message: str
 
     def __str__(self) -> str:
@@ -102,7 +106,7 @@ class UnknownTargetError(InputError):
     """The requested target is not a stage of the build file."""
 
     target: str
-    available: tuple[str, ...] = attrs.field(converter=tuple)
+    available: tuple[str, ...] = attrs.field(converter=_strings)
 
     def __str__(self) -> str:
         return f"unknown target {self.target!r}; available targets: {_names(self.available)}"
@@ -113,12 +117,11 @@ class UnknownStageError(InputError):
     """A reference by name points at no stage."""
 
     name: str
-    available: tuple[str, ...] = attrs.field(converter=tuple)
+    available: tuple[str, ...] = attrs.field(converter=_strings)
 
     def __str__(self) -> str:
         return (
-            f"stage {self.name!r} is referenced but not defined; stages: "
-            f"{_names(self.available)}"
+            f"stage {self.name!r} is referenced but not defined; stages: {_names(self.available)}"
         )
 
 
@@ -126,7 +129,7 @@ class UnknownStageError(InputError):
 class CycleError(InputError):
     """Stages depend on each other in a loop; ``cycle`` lists the stage names in order."""
 
-    cycle: tuple[str, ...] = attrs.field(converter=tuple)
+    cycle: tuple[str, ...] = attrs.field(converter=_strings)
 
     def __str__(self) -> str:
         loop = " -> ".join((*self.cycle, self.cycle[0])) if self.cycle else "?"
@@ -138,7 +141,7 @@ class ContextError(InputError):
     """A build context cannot be read as asked: missing root, missing selected paths."""
 
     root: str
-    missing: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    missing: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     problem: str = ""
 
     def __str__(self) -> str:

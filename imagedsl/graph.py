@@ -23,14 +23,14 @@ import attrs
 import blake3
 
 from imagedsl import keys
-from imagedsl.context import ContextHasher, ContextSource, Tree, partition_tree
+from imagedsl.buildstate import BuildState
+from imagedsl.context import ContextSource
 from imagedsl.dsl import Stage, StageRef
 from imagedsl.errors import CycleError, SourceLocation, UnknownStageError
 from imagedsl.steps import (
     LAYER_KINDS,
     Add,
     BindMount,
-    BuildState,
     Copy,
     FromImage,
     FromScratch,
@@ -40,6 +40,7 @@ from imagedsl.steps import (
     UrlSource,
     Workdir,
 )
+from imagedsl.treehash import ContextHasher, Tree, partition_tree
 
 if TYPE_CHECKING:
     import networkx as nx

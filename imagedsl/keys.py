@@ -17,9 +17,9 @@ from typing import Any, Final
 import attrs
 import blake3
 
+from imagedsl.buildstate import BuildState
 from imagedsl.steps import (
     BindMount,
-    BuildState,
     CacheMount,
     ConfigStep,
     FromImage,

@@ -28,11 +28,11 @@ from imagedsl.errors import BuildFileError, ImageDSLError, SourceLocation, Unkno
 
 if TYPE_CHECKING:
     from imagedsl.graph import BaseResolver
-    from imagedsl.ledger import Store
     from imagedsl.lockfile import LockFile
     from imagedsl.planner import Plan
     from imagedsl.reporting import Reporter
     from imagedsl.steps import FromImage
+    from imagedsl.store import Store
 
 DEFAULT_BUILDFILE = "build.py"
 
@@ -98,7 +98,7 @@ def _default_resolver(lock: LockFile) -> BaseResolver:
     def resolve(step: FromImage, platform: str) -> str | None:
         pinned = lock.digest(step, platform)
         if pinned is None and step.reference.transport in ("oci", "oci-archive", "docker-archive"):
-            from imagedsl.backends.oci.layout import local_base_digest
+            from imagedsl.oci.layout import local_base_digest
 
             return local_base_digest(step.reference, platform)
         return pinned

@@ -14,7 +14,6 @@ The file is JSON, sorted, one entry per (reference, platform)::
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -22,15 +21,16 @@ from typing import TYPE_CHECKING, Final
 import attrs
 
 from imagedsl.errors import ImageDSLError
-from imagedsl.ledger import atomic_write
+from imagedsl.oci.digest import is_sha256
+from imagedsl.store import atomic_write
 
 if TYPE_CHECKING:
+    from imagedsl.oci.reference import ImageReference
     from imagedsl.planner import Plan
-    from imagedsl.steps import FromImage, ImageReference
+    from imagedsl.steps import FromImage
 
 LOCK_NAME: Final = "imagedsl.lock"
 LOCK_VERSION: Final = 1
-_DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}\Z")
 
 
 class LockFileError(ImageDSLError):
@@ -97,7 +97,7 @@ class LockFile:
             if not isinstance(platforms, dict):
                 raise LockFileError(str(path), f"entry {reference!r} is not an object")
             for platform, digest in platforms.items():
-                if not isinstance(digest, str) or not _DIGEST.match(digest):
+                if not is_sha256(digest):
                     raise LockFileError(
                         str(path), f"entry {reference!r} {platform!r} is not a sha256 digest"
                     )

@@ -20,7 +20,6 @@ from typing import Any, Final
 import attrs
 
 from imagedsl import credentials, keys
-from imagedsl.context import ContextHasher, Tree
 from imagedsl.dsl import Stage, StageRef
 from imagedsl.errors import SourceLocation, UnknownTargetError
 from imagedsl.graph import (
@@ -33,9 +32,10 @@ from imagedsl.graph import (
     rekey,
     stage_namer,
 )
-from imagedsl.ledger import Record, Store, StoreWarning
 from imagedsl.reporting import Reporter
 from imagedsl.steps import Arg, Env, FromImage, StageNamer, Step, describe
+from imagedsl.store import Record, Store, StoreWarning
+from imagedsl.treehash import ContextHasher, Tree
 
 PLAN_SCHEMA: Final = 1
 DEFAULT_PLATFORM: Final = "linux/amd64"

@@ -51,19 +51,23 @@ from typing import IO, TYPE_CHECKING, Any, Final, cast
 import attrs
 
 from imagedsl import keys
-from imagedsl.backends.oci.image import layer_cache_path
-from imagedsl.backends.oci.layer import MEDIA_TYPES, LayerBlob
+from imagedsl.backends.oci.backend import layer_cache_path
 from imagedsl.errors import ImageDSLError
-from imagedsl.ledger import Record, Store, atomic_write
-from imagedsl.registry import (
+from imagedsl.oci.annotations import TITLE
+from imagedsl.oci.descriptor import Descriptor
+from imagedsl.oci.image import LayerBlob
+from imagedsl.oci.manifest import Manifest
+from imagedsl.oci.mediatypes import (
+    LAYER_MEDIA_TYPES,
+    OCI_EMPTY,
+    OCI_LAYER_GZIP,
+    OCI_LAYER_ZSTD,
     OCI_MANIFEST,
-    Descriptor,
-    Manifest,
-    PushResult,
-    RegistryClient,
-    Repository,
 )
-from imagedsl.steps import ImageReference, parse_reference
+from imagedsl.oci.reference import ImageReference, parse_reference
+from imagedsl.registry.client import PushResult, RegistryClient
+from imagedsl.registry.transport import Repository
+from imagedsl.store import Record, Store, StoreArea, atomic_write
 
 if TYPE_CHECKING:
     from imagedsl.planner import Plan
@@ -71,7 +75,6 @@ if TYPE_CHECKING:
 __all__ = [
     "BUNDLE_VERSION",
     "CACHE_ARTIFACT_TYPE",
-    "EMPTY_MEDIA_TYPE",
     "RECORDS_MEDIA_TYPE",
     "CacheBundle",
     "CacheReferenceError",
@@ -90,14 +93,12 @@ __all__ = [
 
 CACHE_ARTIFACT_TYPE: Final = "application/vnd.imagedsl.cache.v1"
 RECORDS_MEDIA_TYPE: Final = "application/vnd.imagedsl.cache.records.v1+json"
-EMPTY_MEDIA_TYPE: Final = "application/vnd.oci.empty.v1+json"
 BUNDLE_VERSION: Final = 1
 _EMPTY: Final = b"{}"
 _EMPTY_DIGEST: Final = "sha256:" + hashlib.sha256(_EMPTY).hexdigest()
-_TITLE: Final = "org.opencontainers.image.title"
 #: A bundle is read into memory; anything larger is refused rather than loaded.
 _MAX_BUNDLE: Final = 256 << 20
-_LAYER_MEDIA_TYPES: Final = frozenset(MEDIA_TYPES.values())
+_LAYER_MEDIA_TYPES: Final = frozenset(LAYER_MEDIA_TYPES.values())
 _CHUNK: Final = 1 << 20
 
 
@@ -290,7 +291,7 @@ def collect(store: Store, plan: Plan, layer_cache: Sequence[tuple[str, Path]] = 
     """The bundle of a built plan: its records, their trees, and the layer-cache entries used.
 
     ``plan`` is planned after the build (so every step it built is recorded); ``layer_cache``
-    is :attr:`imagedsl.backends.oci.image.OCIBuild.layer_cache`. Steps without a record (not
+    is :attr:`imagedsl.backends.oci.backend.OCIBuild.layer_cache`. Steps without a record (not
     built) and entries whose layer blob is not in the store are left out.
     """
     wanted: set[str] = set()
@@ -341,14 +342,14 @@ def cache_manifest(bundle: bytes, layers: Sequence[LayerBlob]) -> bytes:
         "mediaType": RECORDS_MEDIA_TYPE,
         "digest": "sha256:" + hashlib.sha256(bundle).hexdigest(),
         "size": len(bundle),
-        "annotations": {_TITLE: "records.json"},
+        "annotations": {TITLE: "records.json"},
     }
     document = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "artifactType": CACHE_ARTIFACT_TYPE,
         "config": {
-            "mediaType": EMPTY_MEDIA_TYPE,
+            "mediaType": OCI_EMPTY,
             "digest": _EMPTY_DIGEST,
             "size": len(_EMPTY),
             "data": "e30=",
@@ -392,8 +393,8 @@ def export_cache(
     """
     data = bundle.to_json()
     manifest = cache_manifest(data, bundle.blobs)
-    (store.root / "tmp").mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=store.root / "tmp") as scratch:
+    store.area(StoreArea.TMP).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=store.area(StoreArea.TMP)) as scratch:
         for blob in (data, _EMPTY, manifest):
             Path(scratch, hashlib.sha256(blob).hexdigest()).write_bytes(blob)
         descriptor = Descriptor(
@@ -430,7 +431,7 @@ def fetch_cache(
     """Read the cache artifact ``reference``: its manifest and records bundle (kept in the
     store's blobs, so reading the same artifact again downloads nothing), checked whole.
 
-    Raises :class:`~imagedsl.registry.NotFoundError` when there is no such tag.
+    Raises :class:`~imagedsl.registry.errors.NotFoundError` when there is no such tag.
     """
     ref = parse_reference(reference, step="cache") if isinstance(reference, str) else reference
     shown = str(ref)
@@ -595,12 +596,12 @@ def _check_layer(path: Path, layer: LayerBlob, where: str) -> None:
 
 @contextlib.contextmanager
 def _tar_stream(raw: IO[bytes], media_type: str) -> Iterator[IO[bytes]]:
-    if media_type == MEDIA_TYPES["gzip"]:
+    if media_type == OCI_LAYER_GZIP:
         from isal import igzip
 
         with igzip.IGzipFile(fileobj=raw, mode="rb") as reader:  # type: ignore[no-untyped-call]
             yield cast("IO[bytes]", reader)
-    elif media_type == MEDIA_TYPES["zstd"]:
+    elif media_type == OCI_LAYER_ZSTD:
         import zstandard
 
         decompressor = zstandard.ZstdDecompressor()

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from imagedsl.backends import BuildRequest
-from imagedsl.backends.oci.image import OCIBackend, OCIBuild
+from imagedsl.backends.oci.backend import OCIBackend, OCIBuild
 from imagedsl.dsl import Stage
-from imagedsl.ledger import Store
 from imagedsl.planner import Plan, plan
 from imagedsl.reporting import Reporter
+from imagedsl.store import Store
 
 BUSYBOX = Path("/bin/busybox")
 APPLETS = ("sh", "echo", "cat", "ls", "stat", "id", "test", "true")

@@ -38,8 +38,10 @@ from typing import IO, Any
 import attrs
 from docker_support import RegistryUnavailable, find_registry_binary
 
-from imagedsl.ledger import Store
-from imagedsl.registry import OCI_INDEX, OCI_MANIFEST, Descriptor, Platform
+from imagedsl.oci.descriptor import Descriptor
+from imagedsl.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
+from imagedsl.oci.platform import Platform
+from imagedsl.store import Store, StoreArea
 
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -135,7 +137,7 @@ def random_bytes(size: int, seed: int) -> bytes:
 
 def corrupt_blobs(store: Store) -> list[str]:
     """Names of committed store blobs whose bytes do not hash to their name."""
-    root = store.root / "blobs" / "sha256"
+    root = store.area(StoreArea.BLOBS)
     bad = []
     for path in sorted(root.iterdir()) if root.is_dir() else []:
         if path.name.startswith("."):

@@ -14,7 +14,7 @@ import imagedsl as dsl
 from imagedsl.api import BuildSession
 from imagedsl.check import RULES, CheckReport, Severity
 from imagedsl.check.sarif import to_sarif
-from imagedsl.ledger import Store
+from imagedsl.store import Store
 from imagedsl.planner import record_step
 
 RESOURCES = Path(__file__).parent / "resources"

@@ -14,7 +14,7 @@ import pytest
 from cli_support import imagedsl
 
 import imagedsl as dsl
-from imagedsl.ledger import Store
+from imagedsl.store import Store, StoreArea
 
 RESOURCES = Path(__file__).parent / "resources"
 
@@ -151,7 +151,7 @@ def test_damaged_store_is_a_warning_not_a_crash(project: Path, store: Path) -> N
     build = dsl.load_buildfile(project / "build.py")
     step = build.plan("app", store=Store(store)).steps[0]
     dsl.record_step(Store(store), step)
-    next(store.joinpath("ledger").rglob(f"{step.key}.json")).write_text('{"v": 1')
+    next(Store(store).area(StoreArea.LEDGER).rglob(f"{step.key}.json")).write_text('{"v": 1')
     result = imagedsl("plan", "build.py:app", cwd=project, store=store)
     assert result.returncode == 0
     assert result.stderr.startswith("warning: ignoring damaged ledger record")

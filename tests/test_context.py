@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import imagedsl as dsl
-from imagedsl.context import ContextHasher, Tree, partition_tree
 from imagedsl.errors import ContextError
-from imagedsl.ledger import Store
 from imagedsl.reporting import Reporter
+from imagedsl.store import Store
+from imagedsl.treehash import ContextHasher, Tree, partition_tree
 
 
 class CountingReporter(Reporter):

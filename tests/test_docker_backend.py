@@ -26,10 +26,10 @@ from imagedsl.backends.dockerfile.lowering import (
     lower_to_dockerfile,
     write_build_dir,
 )
-from imagedsl.ledger import Store
+from imagedsl.buildstate import expand
 from imagedsl.planner import PlanStatus
 from imagedsl.reporting import Reporter
-from imagedsl.steps import expand
+from imagedsl.store import Store
 
 RESOURCES = Path(__file__).parent / "resources" / "docker"
 

@@ -84,3 +84,13 @@ def test_readme_main_job_runs(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
     index = json.loads((tmp_path / "static-site.oci" / "index.json").read_text())
     assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == "latest"
+
+
+def test_architecture_lists_every_store_area() -> None:
+    """docs/architecture.md's store table names every StoreArea with its path."""
+    from imagedsl.store import StoreArea
+
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    store_section = text[text.index("## The store") :]
+    for area in StoreArea:
+        assert f"| `{area.name}` | `{area.value}" in store_section, area

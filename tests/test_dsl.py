@@ -9,17 +9,9 @@ import attrs
 import pytest
 
 import imagedsl as dsl
-from imagedsl.steps import (
-    BuildState,
-    Copy,
-    Env,
-    ExpansionError,
-    Healthcheck,
-    Run,
-    describe,
-    expand,
-    parse_reference,
-)
+from imagedsl.buildstate import BuildState, ExpansionError, expand
+from imagedsl.oci.reference import parse_reference
+from imagedsl.steps import Copy, Env, Healthcheck, Run, describe
 
 BASE = dsl.image("alpine:3.20")
 

@@ -32,9 +32,9 @@ from docker_support import DockerEngine
 from imagedsl.backends import BuildRequest, SecretSource
 from imagedsl.backends.dockerfile.buildkit import DockerfileBackend
 from imagedsl.backends.dockerfile.lowering import lower_to_dockerfile
-from imagedsl.ledger import Store
 from imagedsl.loader import load_buildfile
 from imagedsl.reporting import Reporter
+from imagedsl.store import Store
 
 BUILD_PY = """\
 import imagedsl as dsl

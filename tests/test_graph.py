@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import imagedsl as dsl
-from imagedsl.ledger import Store
 from imagedsl.loader import load_buildfile
+from imagedsl.store import Store, StoreArea
 
 RESOURCES = Path(__file__).parent / "resources"
 
@@ -110,11 +110,11 @@ def test_analysis_is_memoised_by_shape(tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
     stage = dsl.image("alpine:3.20").run("a").run("b")
     first = dsl.plan(stage, store=store)
-    memo = list((tmp_path / "store" / "cache" / "analysis").iterdir())
+    memo = list(store.area(StoreArea.ANALYSES).iterdir())
     assert len(memo) == 1
     second = dsl.plan(dsl.image("alpine:3.21").run("c").run("d"), store=store)
     assert [s.wave for s in first.steps] == [s.wave for s in second.steps]
-    assert len(list((tmp_path / "store" / "cache" / "analysis").iterdir())) == 1
+    assert len(list(store.area(StoreArea.ANALYSES).iterdir())) == 1
 
 
 def test_damaged_analysis_memo_is_recomputed(tmp_path: Path) -> None:
@@ -122,7 +122,7 @@ def test_damaged_analysis_memo_is_recomputed(tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
     stage = dsl.image("alpine:3.20").run("a")
     expected = [s.wave for s in dsl.plan(stage, store=store).steps]
-    (memo,) = (tmp_path / "store" / "cache" / "analysis").iterdir()
+    (memo,) = store.area(StoreArea.ANALYSES).iterdir()
     memo.write_text('{"v": 1, "order": [0, 0], "waves": [5]}')
     assert [s.wave for s in dsl.plan(stage, store=store).steps] == expected
 

@@ -15,7 +15,7 @@ import pytest
 
 import imagedsl as dsl
 from imagedsl import keys
-from imagedsl.ledger import Record, Store, StoreWarning, default_store_path
+from imagedsl.store import Record, Store, StoreArea, StoreWarning, default_store_path
 
 
 def make_record(i: int, locus: str | None = "l" * 64) -> Record:
@@ -56,7 +56,7 @@ def test_damaged_records_warn_and_read_as_absent(tmp_path: Path, damage: object)
     store = Store(tmp_path)
     record = make_record(1)
     store.put(record)
-    path = next((tmp_path / "ledger").rglob(f"{record.key}.json"))
+    path = next(store.area(StoreArea.LEDGER).rglob(f"{record.key}.json"))
     path.write_bytes(damage(path.read_bytes()))  # type: ignore[operator]
     with pytest.warns(StoreWarning):
         assert store.get(record.key) is None
@@ -71,7 +71,7 @@ def test_a_damaged_record_makes_the_plan_miss_with_a_warning(tmp_path: Path) -> 
     for step in dsl.plan(stage, store=store).steps:
         dsl.record_step(store, step)
     key = dsl.plan(stage, store=store).steps[-1].key
-    next((tmp_path / "store" / "ledger").rglob(f"{key}.json")).write_text("{")
+    next(store.area(StoreArea.LEDGER).rglob(f"{key}.json")).write_text("{")
     with pytest.warns(StoreWarning):
         plan = dsl.plan(stage, store=store)
     assert plan.steps[-1].status is dsl.PlanStatus.MISS
@@ -87,11 +87,39 @@ def test_store_location_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert default_store_path(tmp_path / "flag") == tmp_path / "flag"
 
 
+def test_store_areas_are_distinct_and_documented(tmp_path: Path) -> None:
+    """Each area is its own path under the root, inside no other area, listed by Store."""
+    store = Store(tmp_path)
+    paths = {area: store.area(area) for area in StoreArea}
+    assert len(set(paths.values())) == len(paths)
+    for area, path in paths.items():
+        assert path.is_relative_to(tmp_path)
+        assert not any(path.is_relative_to(other) for a, other in paths.items() if a is not area)
+        assert f"``{area.name}`` ``{area.value}" in (Store.__doc__ or "")
+
+
+def test_store_files_land_in_their_areas(tmp_path: Path) -> None:
+    """The ledger, loci, trees, caches and blobs are written where their areas say."""
+    store = Store(tmp_path)
+    record = make_record(1)
+    store.put(record)
+    store.put_tree("d" * 64, {"a": ["file", 420, 1, "x"]})
+    store.save_stat_cache("/ctx", "index", b"data")
+    store.save_analysis("shape", "{}")
+    assert list(store.area(StoreArea.LEDGER).rglob(f"{record.key}.json"))
+    assert list(store.area(StoreArea.LOCI).rglob("*.json"))
+    assert list(store.area(StoreArea.TREES).rglob(f"{'d' * 64}.json"))
+    assert [p.suffix for p in store.area(StoreArea.STAT_CACHES).iterdir()] == [".index"]
+    assert (store.area(StoreArea.ANALYSES) / "shape").read_text() == "{}"
+    assert store.area(StoreArea.LOCK).is_file()
+    assert store.blob_path("sha256:" + "0" * 64) == store.area(StoreArea.BLOBS) / ("0" * 64)
+
+
 WRITER = textwrap.dedent(
     """
     import sys
     from imagedsl import keys
-    from imagedsl.ledger import Record, Store
+    from imagedsl.store import Record, Store
 
     store, worker, count = Store(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     for i in range(count):
@@ -127,7 +155,7 @@ KILLED_WRITER = textwrap.dedent(
     """
     import sys
     from imagedsl import keys
-    from imagedsl.ledger import Record, Store
+    from imagedsl.store import Record, Store
 
     store = Store(sys.argv[1])
     i = 0

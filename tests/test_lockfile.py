@@ -13,9 +13,9 @@ from docker_support import RegistryServer
 from registry_support import make_image
 
 import imagedsl as dsl
-from imagedsl.ledger import Store
 from imagedsl.lockfile import LockFile, LockFileError
-from imagedsl.registry import RegistryClient
+from imagedsl.registry.client import RegistryClient
+from imagedsl.store import Store
 
 DIGEST = "sha256:" + "c" * 64
 

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 import imagedsl as dsl
-from imagedsl import cli, steps
+from imagedsl import buildstate, cli, steps
+from imagedsl._validate import clean_container_path
 from imagedsl.backends.dockerfile import _words as words
 from imagedsl.backends.dockerfile._staging import content_mtime_ns
 from imagedsl.backends.dockerfile.lowering import (
@@ -26,9 +27,9 @@ from imagedsl.backends.dockerfile.lowering import (
     lower_to_dockerfile,
     write_build_dir,
 )
-from imagedsl.context import ContextHasher
+from imagedsl.buildstate import expand
 from imagedsl.reporting import Reporter
-from imagedsl.steps import clean_container_path, expand
+from imagedsl.treehash import ContextHasher
 
 BUSYBOX = "imagedsl-test/busybox:latest"
 
@@ -358,7 +359,7 @@ def test_config_instructions(src_dir: Path) -> None:
 
 def test_expansion_pattern_matches_the_dsl() -> None:
     """The lowering reads ``$VAR`` exactly as the DSL expands it."""
-    assert words.EXPANSION.pattern == steps._VAR.pattern
+    assert words.EXPANSION.pattern == buildstate._VAR.pattern
 
 
 _NASTY = ["$", "\\", '"', "'", " ", "\t", "}", "{", "$1", "é", "日本", "#", "=", "\\$", "${", "-"]
@@ -664,7 +665,7 @@ def test_generated_builds_parse_into_the_instructions_meant(
     target = list(named)[-1]
     try:
         plan = dsl.plan(named, target)
-    except steps.ExpansionError:
+    except buildstate.ExpansionError:
         assume(False)
         raise
     # Only values no Dockerfile can hold may be refused: a line break in a word.
@@ -682,14 +683,14 @@ def test_generated_builds_parse_into_the_instructions_meant(
     assert "line break" in refused.problem
 
 
-def concrete_states(plan: dsl.Plan) -> list[steps.BuildState]:
+def concrete_states(plan: dsl.Plan) -> list[buildstate.BuildState]:
     """The state after each step on a base image whose config is empty: what BuildKit computes
     (the plan keeps base-image variables unexpanded, as it cannot read the base)."""
-    states: list[steps.BuildState] = []
+    states: list[buildstate.BuildState] = []
     for step in plan.steps:
         node = step.node
         if node.kind == "from":
-            states.append(steps.BuildState.from_image_config({}, node.state.platform))
+            states.append(buildstate.BuildState.from_image_config({}, node.state.platform))
         elif node.parent is None:
             states.append(node.state)
         else:
@@ -734,7 +735,7 @@ def check_lowered(plan: dsl.Plan, lowered: LoweredDockerfile) -> None:
 def check_step(
     plan: dsl.Plan,
     lowered: LoweredDockerfile,
-    states: list[steps.BuildState],
+    states: list[buildstate.BuildState],
     index: int,
     command: Any,
 ) -> None:

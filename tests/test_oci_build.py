@@ -20,10 +20,10 @@ from oci_support import build, layer_members, read_image
 
 import imagedsl as dsl
 from imagedsl.backends import BuildRequestError
-from imagedsl.backends.oci.image import OCIBackend
-from imagedsl.backends.oci.layout import Output
-from imagedsl.ledger import Store
+from imagedsl.backends.oci.backend import OCIBackend
+from imagedsl.backends.oci.outputs import Output
 from imagedsl.planner import PlanStatus, plan
+from imagedsl.store import Store, StoreArea
 
 
 @pytest.fixture(name="base", scope="module")
@@ -134,7 +134,7 @@ def test_rebuild_compresses_nothing_and_plan_hits(
     assert second.image.manifest_digest == first.image.manifest_digest
     layer = second.image.layers[-1].digest.partition(":")[2]
     linked = tmp_path / "two" / "blobs" / "sha256" / layer
-    assert linked.stat().st_ino == (store.root / "blobs" / "sha256" / layer).stat().st_ino
+    assert linked.stat().st_ino == (store.area(StoreArea.BLOBS) / layer).stat().st_ino
 
 
 def test_edit_rebuilds_only_the_changed_layer(base: str, ctx: Path, store: Store) -> None:

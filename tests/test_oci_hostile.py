@@ -17,9 +17,9 @@ import pytest
 from oci_support import member, read_image, tar_bytes
 
 import imagedsl as dsl
-from imagedsl.backends.oci._blobs import BlobDigestError
-from imagedsl.backends.oci._fs import UnsafeLayerError
-from imagedsl.ledger import Store
+from imagedsl.backends.oci.filesystem import UnsafeLayerError
+from imagedsl.oci.blobs import BlobDigestError
+from imagedsl.store import Store, StoreArea
 
 OK_DIR = member("etc/", kind=tarfile.DIRTYPE, mode=0o755)
 HOSTILE = [
@@ -98,7 +98,7 @@ def test_hostile_base_layers_are_refused(
     assert not Path("/tmp/x").exists() or "x" in before
     assert not (tmp_path / "out").exists()
     assert list(watched.iterdir()) == []
-    index_dir = store.root / "oci" / "index"
+    index_dir = store.area(StoreArea.OCI_INDEX)
     known = {p.stem for p in index_dir.rglob("*.json")} if index_dir.exists() else set()
     hostile_diff = hashlib.sha256(tar_bytes(members)).hexdigest()
     assert hostile_diff not in known
@@ -186,7 +186,8 @@ _KILL_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 import imagedsl as dsl, oci_support
-from imagedsl.ledger import Store
+from imagedsl.oci.blobs import BlobDigestError
+from imagedsl.store import Store
 src = dsl.context({ctx!r})
 app = dsl.image({base!r}).copy(src, "/data").cmd("/bin/sh")
 oci_support.build({{"app": app}}, Store({store!r}), output={output!r})
@@ -201,7 +202,7 @@ def _size(path: Path) -> int:
 
 
 def _verify_store(store: Path) -> None:
-    blobs = store / "blobs" / "sha256"
+    blobs = Store(store).area(StoreArea.BLOBS)
     for blob in blobs.iterdir() if blobs.exists() else []:
         if blob.name.startswith("."):
             continue  # an unfinished temporary file, never under a digest's name
@@ -233,7 +234,7 @@ def test_kill_9_mid_write_leaves_store_and_output_consistent(tmp_path: Path) -> 
         tests=str(Path(__file__).parent), ctx=str(ctx), base=base, store=str(store),
         output=f"oci:{output}:v1",
     )  # fmt: skip
-    blobs = store / "blobs" / "sha256"
+    blobs = Store(store).area(StoreArea.BLOBS)
     killed_mid_write = False
     for _attempt in range(3):
         process = subprocess.Popen([sys.executable, "-c", script])
@@ -264,7 +265,7 @@ def test_kill_9_mid_write_leaves_store_and_output_consistent(tmp_path: Path) -> 
 def test_leftovers_of_killed_builds_are_swept(tmp_path: Path) -> None:
     """Old temporary files in the store are removed by the next build; fresh ones are kept."""
     store = Store(tmp_path / "store")
-    blobs = store.root / "blobs" / "sha256"
+    blobs = store.area(StoreArea.BLOBS)
     blobs.mkdir(parents=True)
     old, fresh = blobs / ".incoming.old.tmp", blobs / ".incoming.fresh.tmp"
     old.write_bytes(b"half")
@@ -280,7 +281,8 @@ _CONCURRENT_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 import imagedsl as dsl, oci_support
-from imagedsl.ledger import Store
+from imagedsl.oci.blobs import BlobDigestError
+from imagedsl.store import Store
 src = dsl.context({ctx!r})
 app = dsl.image({base!r}).copy(src, "/data", layers="auto").cmd("/bin/sh")
 built, _ = oci_support.build({{"app": app}}, Store({store!r}), output=sys.argv[1])

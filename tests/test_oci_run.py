@@ -24,20 +24,25 @@ from oci_support import layer_members
 
 import imagedsl as dsl
 from imagedsl.backends import BuildRequest, SecretSource
-from imagedsl.backends.oci._blobs import BlobStore
-from imagedsl.backends.oci._rootfs import RootfsError, extract_layer
-from imagedsl.backends.oci._runstep import RunExecutor, RunInputError, private_parent, resolve_user
-from imagedsl.backends.oci.image import OCIBackend, OCIBuild
-from imagedsl.backends.oci.runtime import (
+from imagedsl.backends.oci.backend import OCIBackend, OCIBuild
+from imagedsl.backends.oci.run.executor import (
+    RunExecutor,
+    RunInputError,
+    private_parent,
+    resolve_user,
+)
+from imagedsl.backends.oci.run.rootfs import RootfsError, extract_layer
+from imagedsl.backends.oci.run.runc import (
     RunFailedError,
     RunTimeoutError,
     RuntimeUnavailableError,
     missing_requirements,
 )
 from imagedsl.dsl import Stage
-from imagedsl.ledger import Store
+from imagedsl.oci.blobs import BlobStore
 from imagedsl.planner import Plan, PlanStatus, plan
 from imagedsl.reporting import Reporter
+from imagedsl.store import Store, StoreArea
 
 
 @pytest.fixture(autouse=True)
@@ -113,7 +118,7 @@ def no_leftovers(store: Store) -> None:
     """Nothing of a RUN remains: no mount, no run directory, no private tmpfs directory."""
     with open("/proc/self/mountinfo") as handle:
         assert str(store.root) not in handle.read()
-    runs = store.root / "oci" / "runs"
+    runs = store.area(StoreArea.OCI_RUNS)
     assert not runs.exists() or not list(runs.iterdir())
     tag = RunExecutor(BlobStore(store), secrets=(), epoch=0, timeout=None, on_output=print)
     assert not list(private_parent().glob(tag._private_name("*")))
@@ -250,7 +255,7 @@ def test_later_runs_see_earlier_changes_fresh_and_reextracted(base: str, store: 
     built, recorder, _ = run_build(first.run(f"echo ::a; {check}"), store)
     assert output_after(recorder, "::a") == ["one", "gone", ". .. f "]
     # As a remote cache or a pruned store leaves it: layers, but no extracted snapshots.
-    shutil.rmtree(store.root / "oci" / "snapshots")
+    shutil.rmtree(store.area(StoreArea.OCI_SNAPSHOTS))
     again, recorder, planned = run_build(first.run(f"echo ::b; {check}"), store)
     assert [s.status for s in planned.steps] == [PlanStatus.HIT, PlanStatus.HIT, PlanStatus.MISS]
     assert output_after(recorder, "::b") == ["one", "gone", ". .. f "]
@@ -288,7 +293,7 @@ def test_cache_mount_persists_outside_layers(base: str, store: Store) -> None:
         built, recorder, _ = run_build(stage, store)
         assert output_after(recorder, "::n")[0] == str(i)
         assert len(built.image.layers) == 1  # the RUN wrote only to the cache
-    found = list((store.root / "cache-mounts").glob("*/data"))
+    found = list(store.area(StoreArea.CACHE_MOUNTS).glob("*/data"))
     assert len(found) == 1
     st = found[0].stat()
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (1000, 1000, 0o700)
@@ -300,7 +305,7 @@ def test_private_cache_mount_uses_a_copy_while_locked(base: str, store: Store) -
 
     warm = dsl.cache("/c", id="shared-id")
     run_build(dsl.image(base).run("echo kept > /c/file", mounts=[warm]), store)
-    home = next((store.root / "cache-mounts").iterdir())
+    home = next(store.area(StoreArea.CACHE_MOUNTS).iterdir())
     with open(home / "lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         private = dsl.cache("/c", id="shared-id", sharing="private")
@@ -425,7 +430,7 @@ def test_failing_command_reports_line_status_and_output(base: str, store: Store)
     assert "exit code 3" in str(error)
     again = plan({"img": stage}, "img", store=store, project="run-test")
     assert again.steps[-1].status is PlanStatus.MISS
-    assert not list((store.root / "oci" / "layers").rglob("*.json"))
+    assert not list(store.area(StoreArea.OCI_LAYERS).rglob("*.json"))
     no_leftovers(store)
 
 
@@ -513,7 +518,7 @@ def test_missing_root_or_runc_is_reported_before_any_work(
     assert caught.value.missing == ("root", "runc")
     assert "--backend docker" in str(caught.value)
     assert caught.value.location is not None
-    assert not (store.root / "blobs").exists()
+    assert not store.area(StoreArea.BLOBS).exists()
     monkeypatch.undo()
     built, _, _ = run_build(stage.cmd("x"), store)  # a plan whose RUN is a hit needs neither
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
@@ -562,7 +567,7 @@ def test_extraction_never_writes_outside_the_snapshot(tmp_path: Path) -> None:
 @pytest.fixture(name="stale_run")
 def fixture_stale_run(store: Store) -> Path:
     """A run directory a killed build left (an hour old, nobody holding its lock)."""
-    path = store.root / "oci" / "runs" / "deadbeef"
+    path = store.area(StoreArea.OCI_RUNS) / "deadbeef"
     (path / "upper").mkdir(parents=True)
     (path / "lock").touch()
     os.utime(path, (time.time() - 3600, time.time() - 3600))
@@ -583,7 +588,7 @@ def test_locked_cache_mount_waits_for_its_lock(base: str, store: Store) -> None:
 
     locked = dsl.cache("/c", id="one-at-a-time", sharing="locked")
     run_build(dsl.image(base).run("echo 1 > /c/n", mounts=[locked]), store)
-    home = next((store.root / "cache-mounts").iterdir())
+    home = next(store.area(StoreArea.CACHE_MOUNTS).iterdir())
     done = threading.Event()
 
     def build_in_background() -> None:
@@ -605,7 +610,7 @@ _CONCURRENT = """
 import sys
 sys.path.insert(0, {tests!r})
 import imagedsl as dsl, oci_support
-from imagedsl.ledger import Store
+from imagedsl.store import Store
 stage = dsl.image({base!r}).run("mkdir -p /out && echo same > /out/f", mounts=[dsl.cache("/c")])
 built, _ = oci_support.build({{"img": stage}}, Store({store!r}))
 print(built.image.manifest_digest)

@@ -17,9 +17,9 @@ import pytest
 from oci_support import build, read_image, rootfs_listing, run, tool
 
 import imagedsl as dsl
-from imagedsl.backends.oci.image import OCIBackend
-from imagedsl.ledger import Store
-from imagedsl.registry import NotFoundError
+from imagedsl.backends.oci.backend import OCIBackend
+from imagedsl.registry.errors import NotFoundError
+from imagedsl.store import Store
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import imagedsl as dsl
-from imagedsl.ledger import Store
 from imagedsl.planner import PlanStatus, record_copy_output, record_step
+from imagedsl.store import Store, StoreArea
 
 DIGEST_A = "sha256:" + "a" * 64
 DIGEST_B = "sha256:" + "b" * 64
@@ -274,7 +274,7 @@ def test_secret_values_never_reach_a_plan(store: Store, monkeypatch: pytest.Monk
     plan = dsl.plan(stage, store=store)
     record_step(store, plan.steps[-1])
     text = json.dumps(plan.to_json()) + plan.to_dot()
-    stored = "".join(p.read_text() for p in (store.root / "ledger").rglob("*.json"))
+    stored = "".join(p.read_text() for p in store.area(StoreArea.LEDGER).rglob("*.json"))
     assert "s3cr3t-value" not in text + stored
 
 

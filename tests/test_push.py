@@ -17,8 +17,8 @@ import pytest
 import registry_support as rs
 
 import imagedsl as dsl
-from imagedsl.ledger import Store
-from imagedsl.push import destinations
+from imagedsl.registry.push import destinations
+from imagedsl.store import Store
 
 USER = "builder"
 PASSWORD = "s3cret-that-must-not-leak"

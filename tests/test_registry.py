@@ -14,23 +14,22 @@ import docker_support
 import pytest
 import registry_support as rs
 
-from imagedsl.ledger import Store
-from imagedsl.registry import (
-    DOCKER_MANIFEST,
-    Descriptor,
-    DockerConfig,
-    LayoutBlobs,
-    Manifest,
+from imagedsl.oci.descriptor import Descriptor
+from imagedsl.oci.layout import LayoutBlobs
+from imagedsl.oci.manifest import Manifest
+from imagedsl.oci.mediatypes import DOCKER_MANIFEST
+from imagedsl.oci.platform import Platform
+from imagedsl.oci.reference import parse_reference
+from imagedsl.registry.auth import DockerConfig
+from imagedsl.registry.client import RegistryClient
+from imagedsl.registry.errors import (
     NotFoundError,
-    Platform,
     PlatformNotFoundError,
-    RegistryClient,
     RegistryConnectionError,
     RegistryDigestError,
-    Repository,
-    RetryPolicy,
 )
-from imagedsl.steps import parse_reference
+from imagedsl.registry.transport import Repository, RetryPolicy
+from imagedsl.store import Store, StoreArea
 
 AMD64 = Platform("linux", "amd64")
 ARM64 = Platform("linux", "arm64", "v8")
@@ -281,7 +280,7 @@ def test_concurrent_pulls_into_one_store(
     image = read_manifest(store, manifest.digest)
     assert sum(results) == sum(b.size for b in image.blobs)  # each blob downloaded once
     assert rs.corrupt_blobs(shared) == []
-    leftovers = [p.name for p in (shared.root / "blobs" / "sha256").iterdir() if p.name[0] == "."]
+    leftovers = [p.name for p in shared.area(StoreArea.BLOBS).iterdir() if p.name[0] == "."]
     assert leftovers == []
 
 

@@ -16,24 +16,22 @@ import docker_support
 import pytest
 import registry_support as rs
 
-from imagedsl._registry_auth import (
+from imagedsl.registry.auth import (
     Authorizer,
     Challenge,
     Credentials,
-    CredentialsError,
     DockerConfig,
     parse_challenges,
 )
-from imagedsl.ledger import Store
-from imagedsl.registry import (
+from imagedsl.registry.client import RegistryClient
+from imagedsl.registry.errors import (
+    CredentialsError,
     InsecureRegistryError,
     RegistryAuthError,
-    RegistryClient,
     RegistryError,
-    Repository,
-    RetryPolicy,
-    _is_loopback,
 )
+from imagedsl.registry.transport import Repository, RetryPolicy, is_loopback
+from imagedsl.store import Store
 
 USER = "alice"
 PASSWORD = "pa55-w0rd-that-must-not-leak"
@@ -223,7 +221,7 @@ def test_reprs_hide_secrets() -> None:
 )
 def test_loopback_hosts(host: str, loopback: bool) -> None:
     """Plain HTTP is allowed without asking only for loopback registries."""
-    assert _is_loopback(host) is loopback
+    assert is_loopback(host) is loopback
 
 
 # --- Basic auth over TLS --------------------------------------------------------------------
@@ -491,7 +489,9 @@ def test_secrets_never_leak(
             with pytest.raises(RegistryError) as missing:
                 client.resolve(f"{host}/leak/check:absent")
             texts += [str(missing.value), repr(missing.value)]
-        texts.append(repr(client._authorizer(Repository(token_registry.host, "leak/check"))))
+        texts.append(
+            repr(client.transport.authorizer(Repository(token_registry.host, "leak/check")))
+        )
     wrong = {basic_registry.host: Credentials(USER, PASSWORD + "x")}
     bad = RegistryClient(credentials=wrong, ssl_context=rs.ssl_context_for(tls_ca))
     with bad, pytest.raises(RegistryAuthError) as refused:

@@ -19,14 +19,15 @@ from cli_support import imagedsl
 from oci_support import build
 
 import imagedsl as dsl
-from imagedsl.backends.oci.image import OCIBackend, layer_cache_path
+from imagedsl.backends.oci.backend import OCIBackend, layer_cache_path
 from imagedsl.dsl import Stage
-from imagedsl.ledger import Store
+from imagedsl.oci.mediatypes import OCI_EMPTY
 from imagedsl.planner import PlanStatus, plan
-from imagedsl.registry import DockerConfig, RegistryClient, RetryPolicy
+from imagedsl.registry.auth import DockerConfig
+from imagedsl.registry.client import RegistryClient
+from imagedsl.registry.transport import RetryPolicy
 from imagedsl.remote_cache import (
     CACHE_ARTIFACT_TYPE,
-    EMPTY_MEDIA_TYPE,
     RECORDS_MEDIA_TYPE,
     CacheBundle,
     RemoteCacheError,
@@ -37,6 +38,7 @@ from imagedsl.remote_cache import (
     import_records,
     parse_cache_reference,
 )
+from imagedsl.store import Store, StoreArea
 
 FAST_RETRY = RetryPolicy(attempts=3, initial_delay=0.01, max_delay=0.05)
 BUILD_FILE = """\
@@ -191,7 +193,7 @@ def test_the_artifact_is_deterministic_and_typed(
     assert one.digest == two.digest
     document = json.loads(one.raw)
     assert document["artifactType"] == CACHE_ARTIFACT_TYPE
-    assert document["config"]["mediaType"] == EMPTY_MEDIA_TYPE
+    assert document["config"]["mediaType"] == OCI_EMPTY
     assert document["config"]["size"] == 2
     assert document["layers"][0]["mediaType"] == RECORDS_MEDIA_TYPE
     digests = [layer["digest"] for layer in document["layers"][1:]]
@@ -224,7 +226,7 @@ def test_a_record_that_does_not_hash_to_its_key_refuses_the_whole_bundle(
         fetch_cache(client, ref, store)
     assert "does not hash to its key" in refused.value.problem
     assert list(store.keys()) == []
-    assert not (store.root / "trees").exists()
+    assert not store.area(StoreArea.TREES).exists()
 
 
 def test_a_layer_whose_tar_is_not_its_diff_id_is_refused(
@@ -258,7 +260,8 @@ def test_an_image_is_not_a_cache(
     outcome, _ = build({"b": dsl.image(base).workdir("/x")}, store)
     image = outcome.image
     ref = f"{registry.host}/img:1"
-    from imagedsl.registry import OCI_MANIFEST, Descriptor
+    from imagedsl.oci.descriptor import Descriptor
+    from imagedsl.oci.mediatypes import OCI_MANIFEST
 
     manifest = Descriptor(
         media_type=OCI_MANIFEST, digest=image.manifest_digest, size=len(image.manifest)
@@ -350,7 +353,7 @@ def test_cli_remote_cache_needs_the_oci_backend(project: Path, tmp_path: Path) -
 
 def entries_of(store: Store) -> Mapping[str, Any]:
     """Every layer-cache entry of a store, by file name."""
-    root = store.root / "oci" / "layers"
+    root = store.area(StoreArea.OCI_LAYERS)
     return {p.name: json.loads(p.read_bytes()) for p in root.rglob("*.json")}
 
 

@@ -20,10 +20,10 @@ from imagedsl.errors import ImageDSLError
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from imagedsl.ledger import Store
-    from imagedsl.registry import Descriptor
+    from imagedsl.oci.descriptor import Descriptor
     from imagedsl.planner import Plan
     from imagedsl.reporting import Reporter
+    from imagedsl.store import Store
 
 
 @attrs.frozen(kw_only=True)
@@ -132,7 +132,7 @@ class Backend(Protocol):
 #: Backend name -> "module:attribute" of a zero-argument factory, imported only when used.
 BACKENDS: Final[Mapping[str, str]] = {
     "docker": "imagedsl.backends.dockerfile.buildkit:DockerfileBackend",
-    "oci": "imagedsl.backends.oci.image:OCIBackend",
+    "oci": "imagedsl.backends.oci.backend:OCIBackend",
 }
 
 

@@ -21,12 +21,13 @@ import blake3
 from imagedsl import credentials
 from imagedsl.check.catalogue import RULES
 from imagedsl.check.model import Finding
-from imagedsl.context import MANIFEST_NAMES, ContextSource, Tree
+from imagedsl.context import ContextSource
 from imagedsl.steps import Add, Copy, Run
+from imagedsl.treehash import Tree, is_manifest
 
 if TYPE_CHECKING:
     from imagedsl.graph import StepNode
-    from imagedsl.ledger import Store
+    from imagedsl.store import Store
     from imagedsl.planner import Plan
 
 FACTS_VERSION: Final = 1
@@ -62,13 +63,6 @@ class TreeFacts:
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
         return cls(secrets=secrets, manifests=manifests)
-
-
-def is_manifest(name: str) -> bool:
-    """Whether a basename is a dependency manifest or lock file."""
-    from imagedsl.context import _MANIFEST_PATTERN
-
-    return name in MANIFEST_NAMES or _MANIFEST_PATTERN.match(name) is not None
 
 
 def scan_tree(tree: Tree, root: str) -> TreeFacts:

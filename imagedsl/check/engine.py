@@ -15,7 +15,7 @@ from imagedsl.check._context import CheckContext
 from imagedsl.check.model import CheckReport, Finding
 
 if TYPE_CHECKING:
-    from imagedsl.ledger import Store
+    from imagedsl.store import Store
     from imagedsl.planner import Plan
 
 Check = Callable[[CheckContext], Iterable[Finding]]

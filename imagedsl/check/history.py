@@ -19,8 +19,8 @@ from imagedsl.check._context import CheckContext
 from imagedsl.check.layers import broad_copy
 from imagedsl.check.model import Finding
 from imagedsl.graph import StepNode
-from imagedsl.ledger import Record, Store
 from imagedsl.steps import Run
+from imagedsl.store import Record, Store
 
 #: A RUN that takes at least this long (median of its recorded runs) is worth keeping cached.
 EXPENSIVE_SECONDS: Final = 5.0

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import attrs
 
-from imagedsl.check._context import CheckContext, is_manifest
+from imagedsl.check._context import CheckContext
 from imagedsl.check._shell import (
     absolute,
     commands,
@@ -32,6 +32,7 @@ from imagedsl.check.model import Finding
 from imagedsl.context import ContextSource
 from imagedsl.graph import StepNode
 from imagedsl.steps import Add, Copy, Run, StagePath
+from imagedsl.treehash import is_manifest
 
 # -- package-cache -----------------------------------------------------------------------------
 

@@ -34,9 +34,9 @@ from typing import Final
 import attrs
 import blake3
 
-from imagedsl.context import TreeEntry
 from imagedsl.errors import ContextError
-from imagedsl.ledger import atomic_write
+from imagedsl.store import atomic_write
+from imagedsl.treehash import TreeEntry
 
 #: Length of the digest prefix that names a tree in the build context.
 NAME_LENGTH: Final = 16

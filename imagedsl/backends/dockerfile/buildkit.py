@@ -34,12 +34,12 @@ from imagedsl.backends.dockerfile.lowering import (
 from imagedsl.errors import ImageDSLError, SourceLocation
 from imagedsl.planner import Plan, PlannedStep, record_step
 from imagedsl.steps import LAYER_KINDS
+from imagedsl.store import Store, StoreArea
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from imagedsl.backends.engine import DockerEngine
-    from imagedsl.ledger import Store
     from imagedsl.reporting import Reporter
 
 #: Docker 20.10's built-in Dockerfile frontend (BuildKit 0.8) lacks the features a lowered
@@ -98,7 +98,7 @@ class DockerfileBackend:
         _check_engine(plan, lowered, engine)
         output_kind, archive, output_tag = _parse_output(request.output)
         secrets = _check_secrets(request.secrets)
-        pool = ContextPool(store.root / "contexts")
+        pool = ContextPool(store.area(StoreArea.CONTEXTS))
         pool.stage(lowered.trees)
         tags = [*request.tags, *([output_tag] if output_tag else [])]
         with tempfile.TemporaryDirectory(prefix="imagedsl-docker-") as scratch:

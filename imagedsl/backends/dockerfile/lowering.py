@@ -57,21 +57,19 @@ from imagedsl.backends.dockerfile._words import (
     json_word,
     shell_form_is_exact,
 )
-from imagedsl.context import ContextSource, Tree, sole_file
+from imagedsl.buildstate import DEFAULT_SHELL, BuildState, ExpansionError, expand
+from imagedsl.context import ContextSource
 from imagedsl.errors import ImageDSLError, SourceLocation
 from imagedsl.steps import (
-    DEFAULT_SHELL,
     LAYER_KINDS,
     Add,
     Arg,
     BindMount,
-    BuildState,
     CacheMount,
     Cmd,
     Copy,
     Entrypoint,
     Env,
-    ExpansionError,
     Expose,
     FromImage,
     FromScratch,
@@ -87,8 +85,8 @@ from imagedsl.steps import (
     User,
     Volume,
     Workdir,
-    expand,
 )
+from imagedsl.treehash import Tree, sole_file
 
 if TYPE_CHECKING:
     from imagedsl.graph import StepNode
@@ -722,7 +720,7 @@ def write_build_dir(plan: Plan, directory: str | os.PathLike[str]) -> LoweredDoc
     root.mkdir(parents=True, exist_ok=True)
     for tree in lowered.trees:
         write_tree(tree, root)
-    from imagedsl.ledger import atomic_write
+    from imagedsl.store import atomic_write
 
     atomic_write(root / "Dockerfile", lowered.text.encode())
     return lowered

@@ -22,7 +22,7 @@ import attrs
 import blake3
 
 from imagedsl._ignore import IgnoreRules
-from imagedsl.backends.oci._fs import (
+from imagedsl.backends.oci.filesystem import (
     Filesystem,
     FsEntry,
     PathResolutionError,
@@ -31,11 +31,11 @@ from imagedsl.backends.oci._fs import (
     lookup_id,
 )
 from imagedsl.backends.oci.layer import LayerEntry, LayerError
-from imagedsl.context import Row, Tree, TreeEntry
 from imagedsl.errors import ImageDSLError
+from imagedsl.treehash import Row, Tree, TreeEntry
 
 if TYPE_CHECKING:
-    from imagedsl.backends.oci._blobs import BlobStore
+    from imagedsl.oci.blobs import BlobStore
     from imagedsl.steps import UrlSource
 
 _URL_TIMEOUT: Final = 60.0

@@ -4,7 +4,7 @@
 diff_id (``oci/snapshots/v1/<hex>``), in overlayfs's own format: a deletion is a 0/0 character
 device, an opaque directory carries ``trusted.overlay.opaque=y``. Extraction goes to a
 temporary directory renamed into place, so a snapshot is whole or absent. Base layers have been
-checked by :func:`imagedsl.backends.oci._fs.scan_layer` before they get here; extraction checks
+checked by :func:`imagedsl.backends.oci.filesystem.scan_layer` before they get here; extraction checks
 again on its own: every path is opened component by component with ``O_NOFOLLOW`` from the
 snapshot's root, so no entry can make a write land outside it. A RUN's own upper directory
 becomes the snapshot of the layer it produced (mtimes set to the build's epoch, overlay's
@@ -41,8 +41,7 @@ from typing import IO, Final, Literal
 
 import attrs
 
-from imagedsl.backends.oci._blobs import BlobStore, VerifyingReader, damaged_as_digest_error
-from imagedsl.backends.oci._fs import (
+from imagedsl.backends.oci.filesystem import (
     Filesystem,
     UnsafeLayerError,
     _clean_member_name,
@@ -52,11 +51,13 @@ from imagedsl.backends.oci._fs import (
 from imagedsl.backends.oci.layer import (
     OPAQUE_MARKER,
     WHITEOUT_PREFIX,
-    LayerBlob,
     LayerEntry,
     sort_key,
 )
 from imagedsl.errors import ImageDSLError
+from imagedsl.oci.blobs import BlobStore, VerifyingReader, damaged_as_digest_error
+from imagedsl.oci.image import LayerBlob
+from imagedsl.store import StoreArea
 
 SNAPSHOT_FORMAT: Final = "v1"
 SNAPSHOTTER_ENV: Final = "IMAGEDSL_OCI_SNAPSHOTTER"
@@ -430,7 +431,7 @@ class Snapshots:
 
     def __init__(self, blobs: BlobStore) -> None:
         self.blobs = blobs
-        self.root = blobs.store.root / "oci" / "snapshots" / SNAPSHOT_FORMAT
+        self.root = blobs.store.area(StoreArea.OCI_SNAPSHOTS) / SNAPSHOT_FORMAT
 
     def path(self, diff_id: str) -> Path:
         """Where the snapshot of ``diff_id`` lives (it may not exist yet)."""

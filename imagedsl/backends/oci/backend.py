@@ -11,7 +11,7 @@ ledger (:func:`imagedsl.planner.record_step`), so the next ``plan`` shows hits.
 A ``COPY --from`` reads what it copies out of the source stage's layers, records the digest
 of it (:func:`imagedsl.planner.record_copy_output`) and plans again, so the steps after it are
 keyed by content (early cutoff). A ``RUN`` executes in runc over the layers below it
-(:mod:`imagedsl.backends.oci._runstep`); what it changed becomes its layer.
+(:mod:`imagedsl.backends.oci.run.executor`); what it changed becomes its layer.
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ import attrs
 import blake3
 
 from imagedsl.backends import BuildRequestError, BuildResult
-from imagedsl.backends.oci._blobs import BlobStore, damaged_as_digest_error
-from imagedsl.backends.oci._fs import Filesystem, LayerIndex, decompressed, read_members, save_index
-from imagedsl.backends.oci._steps import (
+from imagedsl.backends.oci.bases import import_base, layer_index
+from imagedsl.backends.oci.copy_entries import (
     Owner,
     Placement,
     archive_entries,
@@ -44,37 +43,33 @@ from imagedsl.backends.oci._steps import (
     stage_entries,
     url_entry,
 )
-from imagedsl.backends.oci.layer import (
-    COMPRESSIONS,
-    MEDIA_TYPES,
-    Compression,
-    LayerBlob,
-    LayerEntry,
-    LayerStream,
-    arrange,
-    write_tar,
+from imagedsl.backends.oci.filesystem import (
+    Filesystem,
+    LayerIndex,
+    decompressed,
+    read_members,
+    save_index,
 )
-from imagedsl.backends.oci.layout import (
-    BaseImage,
+from imagedsl.backends.oci.layer import LayerEntry, LayerStream, arrange, write_tar
+from imagedsl.backends.oci.outputs import (
     BuiltImage,
     Output,
-    canonical_json,
-    import_base,
-    layer_index,
     load_into_docker,
-    manifest_document,
-    scratch_dir,
     write_archive,
     write_layout,
 )
-from imagedsl.context import ContextSource, Tree
+from imagedsl.buildstate import DEFAULT_PATH, BuildState, expand
+from imagedsl.context import ContextSource
 from imagedsl.errors import ImageDSLError
-from imagedsl.ledger import atomic_write
+from imagedsl.oci.annotations import BASE_DIGEST, BASE_NAME, CREATED
+from imagedsl.oci.blobs import BlobStore, damaged_as_digest_error, scratch_dir
+from imagedsl.oci.descriptor import Descriptor
+from imagedsl.oci.image import BaseImage, LayerBlob
+from imagedsl.oci.manifest import canonical_json, manifest_document
+from imagedsl.oci.mediatypes import COMPRESSIONS, LAYER_MEDIA_TYPES, OCI_MANIFEST, Compression
 from imagedsl.planner import PlanStatus, record_copy_output, record_step, settle
 from imagedsl.steps import (
-    DEFAULT_PATH,
     Add,
-    BuildState,
     Cmd,
     Copy,
     Entrypoint,
@@ -91,26 +86,24 @@ from imagedsl.steps import (
     Volume,
     Workdir,
     describe,
-    expand,
 )
+from imagedsl.store import StoreArea, atomic_write
+from imagedsl.treehash import Tree
 
 if TYPE_CHECKING:
     from imagedsl.backends import BuildRequest
     from imagedsl.backends.engine import DockerEngine
-    from imagedsl.backends.oci._runstep import RunExecutor
+    from imagedsl.backends.oci.run.executor import RunExecutor
     from imagedsl.graph import StepNode
-    from imagedsl.ledger import Store
     from imagedsl.planner import Plan
-    from imagedsl.registry import RegistryClient
+    from imagedsl.registry.client import RegistryClient
     from imagedsl.reporting import Reporter
+    from imagedsl.store import Store
 
 #: Bump when the bytes a step's layer gets could change for the same inputs.
 LAYER_FORMAT: Final = 1
 DEFAULT_EPOCH: Final = 0
 COMPRESSION_ENV: Final = "IMAGEDSL_OCI_COMPRESSION"
-ANNOTATION_CREATED: Final = "org.opencontainers.image.created"
-ANNOTATION_BASE_NAME: Final = "org.opencontainers.image.base.name"
-ANNOTATION_BASE_DIGEST: Final = "org.opencontainers.image.base.digest"
 _ParentFactory = Callable[[str], LayerEntry]
 
 
@@ -170,7 +163,7 @@ def _compression_from_env() -> Compression:
 
 
 def _default_registry() -> RegistryClient:
-    from imagedsl.registry import RegistryClient
+    from imagedsl.registry.client import RegistryClient
 
     return RegistryClient()
 
@@ -207,7 +200,7 @@ class OCIBackend:
         self.epoch = _epoch_from_env() if epoch is None else epoch
         self.run_timeout = run_timeout
         if run_timeout is None and os.environ.get("IMAGEDSL_RUN_TIMEOUT"):
-            from imagedsl.backends.oci.runtime import timeout_from_env
+            from imagedsl.backends.oci.run.runc import timeout_from_env
 
             self.run_timeout = timeout_from_env()
         self.compression: Compression = (
@@ -221,7 +214,7 @@ class OCIBackend:
     @property
     def layer_media_types(self) -> frozenset[str]:
         """The media type of the layers this backend writes into the store."""
-        return frozenset({MEDIA_TYPES[self.compression]})
+        return frozenset({LAYER_MEDIA_TYPES[self.compression]})
 
     def _registry_once(self) -> RegistryClient:
         if self._registry is None:
@@ -253,8 +246,6 @@ class OCIBackend:
             if self._registry is not None:
                 self._registry.close()
                 self._registry = None
-        from imagedsl.registry import OCI_MANIFEST, Descriptor
-
         manifest = Descriptor(
             media_type=OCI_MANIFEST, digest=image.manifest_digest, size=len(image.manifest)
         )
@@ -274,7 +265,7 @@ def check_run_support(plan: Plan) -> None:
     cannot execute it (no root, no runc), raise :class:`RuntimeUnavailableError`."""
     for step in plan.steps:
         if step.kind == "run" and step.status is not PlanStatus.HIT:
-            from imagedsl.backends.oci.runtime import RuntimeUnavailableError, missing_requirements
+            from imagedsl.backends.oci.run.runc import RuntimeUnavailableError, missing_requirements
 
             missing = missing_requirements()
             if missing:
@@ -288,7 +279,7 @@ def check_run_support(plan: Plan) -> None:
 def layer_cache_path(store: Store, name: str) -> Path:
     """Where the layer-cache entry ``name`` lives (the blake3 hex of what a layer is keyed by:
     the step key, the diff_ids below, compression, epoch). A remote cache writes entries here."""
-    return store.root / "oci" / "layers" / name[:2] / f"{name}.json"
+    return store.area(StoreArea.OCI_LAYERS) / name[:2] / f"{name}.json"
 
 
 def _iso(epoch: int) -> str:
@@ -478,7 +469,7 @@ class _Build:
     def _run(self, node: StepNode, below: _StageState, label: str) -> LayerBlob | None:
         """Execute a RUN over ``below``; its change is the layer (None: it changed nothing)."""
         # Here, not at the top: builds with no RUN to execute need none of it.
-        from imagedsl.backends.oci._runstep import RunExecutor, RunInputs, StageSource
+        from imagedsl.backends.oci.run.executor import RunExecutor, RunInputs, StageSource
 
         step = node.step
         assert isinstance(step, Run)
@@ -711,10 +702,10 @@ class _Build:
             config["variant"] = variant
         config_bytes = canonical_json(config)
         config_digest = self.blobs.put(config_bytes)
-        annotations = {ANNOTATION_CREATED: _iso(self.backend.epoch)}
+        annotations = {CREATED: _iso(self.backend.epoch)}
         if base is not None:
-            annotations[ANNOTATION_BASE_NAME] = base.reference
-            annotations[ANNOTATION_BASE_DIGEST] = base.manifest_digest
+            annotations[BASE_NAME] = base.reference
+            annotations[BASE_DIGEST] = base.manifest_digest
         manifest = manifest_document(config_digest, len(config_bytes), state.layers, annotations)
         manifest_digest = self.blobs.put(manifest)
         return BuiltImage(

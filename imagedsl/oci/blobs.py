@@ -1,14 +1,19 @@
 """Blobs in the store: written atomically under their sha256, checked whenever they are read.
 
-A blob is written to a temporary file beside its final name, fsynced, and renamed, so a build
-killed at any point leaves either no blob or the whole blob (never a short one under a digest's
-name). Anything read from a blob, from the store or from a base image, is hashed as it is read
-and refused if it does not match its digest.
+This is the one place that writes, verifies and renames a blob, for the builder, for base
+images read from layouts and archives, and for the registry client. A blob is written to a
+temporary file beside its final name, hashed as it is written, fsynced, and renamed once it is
+what its digest says, so a build killed at any point leaves either no blob or the whole blob
+(never a short one under a digest's name). A blob fetched from a registry goes to a partial
+file that an interrupted fetch leaves behind and the next one resumes (:meth:`BlobStore.
+resumable`). Anything read from a blob, from the store or from a base image, is hashed as it
+is read and refused if it does not match its digest.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -16,13 +21,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO
+from typing import IO, TYPE_CHECKING, BinaryIO, Protocol
 
 from imagedsl.errors import ImageDSLError
-from imagedsl.ledger import fsync_dir
+from imagedsl.oci.digest import is_sha256
+from imagedsl.store import StoreArea, fsync_dir
 
 if TYPE_CHECKING:
-    from imagedsl.ledger import Store
+    from imagedsl.store import Store
 
 _COPY_CHUNK = 1 << 20
 #: Temporary files older than this are left over from killed builds.
@@ -61,14 +67,18 @@ def check_digest(digest: object) -> str:
     """Refuse anything but ``sha256:<64 lowercase hex>`` (a digest names a file here)."""
     if not isinstance(digest, str):
         raise BlobDigestError("a descriptor", "sha256:...", repr(digest))
-    algorithm, _, hexdigest = digest.partition(":")
-    if (
-        algorithm != "sha256"
-        or len(hexdigest) != 64
-        or not all(c in "0123456789abcdef" for c in hexdigest)
-    ):
+    if not is_sha256(digest):
         raise BlobDigestError("a descriptor", "sha256:<64 hex digits>", digest)
     return digest
+
+
+class BlobSource(Protocol):
+    """Where blobs are read from by digest: a :class:`~imagedsl.store.Store` is one, and so
+    is an OCI layout (:class:`~imagedsl.oci.layout.LayoutBlobs`)."""
+
+    def blob_path(self, digest: str) -> Path:
+        """The file holding blob ``digest``."""
+        ...
 
 
 class VerifyingReader:
@@ -151,7 +161,7 @@ class BlobStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.root = store.root / "blobs" / "sha256"
+        self.root = store.area(StoreArea.BLOBS)
 
     def sweep(self, older_than: float = _STALE_SECONDS) -> int:
         """Remove temporary files and directories that killed builds left (only old ones:
@@ -161,7 +171,7 @@ class BlobStore:
         candidates: list[Path] = []
         if self.root.is_dir():
             candidates += [p for p in self.root.iterdir() if p.name.startswith(".incoming.")]
-        scratch = self.store.root / "tmp"
+        scratch = self.store.area(StoreArea.TMP)
         if scratch.is_dir():
             candidates += list(scratch.iterdir())
         for path in candidates:
@@ -240,6 +250,29 @@ class BlobStore:
                 self.commit(handle, digest)
         return digest
 
+    @contextlib.contextmanager
+    def resumable(self, digest: str, size: int) -> Iterator[PartialBlob | None]:
+        """The partial file of a blob being fetched, or None when the blob is in place.
+
+        The partial file is kept when a fetch is interrupted, and whoever fetches the blob
+        next (this process or another) continues from it. An exclusive lock on it makes
+        concurrent fetches of one blob take turns: whoever comes second finds the blob in
+        place. :meth:`commit` gives the finished file its name.
+        """
+        final = self.path(digest)
+        if _has_file(final, size):
+            yield None
+            return
+        final.parent.mkdir(parents=True, exist_ok=True)
+        partial = final.with_name(f".partial.{final.name}")
+        with open(partial, "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            if _has_file(final, size):
+                _unlink_if_empty(partial)
+                yield None
+                return
+            yield PartialBlob(handle, digest, size)
+
     def import_stream(self, source: BinaryIO | IO[bytes], digest: str, where: str) -> None:
         """Copy a blob into the store from ``source``, refusing it if it is not ``digest``."""
         if self.has(digest):
@@ -253,6 +286,76 @@ class BlobStore:
                 handle.write(data)
             reader.drain()
             self.commit(handle, digest)
+
+
+class PartialBlob:
+    """A blob being written to its partial file, hashed as it goes, resumable.
+
+    What an earlier, interrupted fetch left in the file is read and hashed first, so the
+    digest covers every byte however many attempts wrote them.
+    """
+
+    def __init__(self, handle: IO[bytes], digest: str, size: int) -> None:
+        self.handle = handle
+        self.digest = digest
+        self.size = size
+        self._hash = hashlib.sha256()
+        handle.seek(0)
+        self.have = 0
+        while chunk := handle.read(_COPY_CHUNK):
+            self._hash.update(chunk)
+            self.have += len(chunk)
+        if self.have > size:
+            self.restart()
+
+    @property
+    def actual(self) -> str:
+        """The digest of the bytes written so far."""
+        return "sha256:" + self._hash.hexdigest()
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append bytes (and hash them)."""
+        self.handle.write(data)
+        self._hash.update(data)
+        self.have += len(data)
+
+    def rewind(self) -> None:
+        """Drop anything past what was hashed (a write torn by an interruption)."""
+        self.handle.seek(self.have)
+        self.handle.truncate()
+
+    def restart(self) -> None:
+        """Start the blob over, from nothing."""
+        self.handle.seek(0)
+        self.handle.truncate()
+        self._hash = hashlib.sha256()
+        self.have = 0
+
+    def discard(self) -> None:
+        """Empty the partial file: what it holds is not the blob."""
+        self.handle.truncate(0)
+
+
+def _has_file(path: Path, size: int) -> bool:
+    try:
+        return path.stat().st_size == size
+    except FileNotFoundError:
+        return False
+
+
+def _unlink_if_empty(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.stat().st_size == 0:
+            path.unlink()
+
+
+@contextlib.contextmanager
+def scratch_dir(blobs: BlobStore) -> Iterator[Path]:
+    """A temporary directory inside the store (same filesystem as the blobs)."""
+    root = blobs.store.area(StoreArea.TMP)
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        yield Path(tmp)
 
 
 def link_or_copy(source: Path, dest: Path) -> None:

@@ -1,6 +1,6 @@
 """Registry credentials and authorization: Docker's ``config.json``, Basic, and Bearer tokens.
 
-Used by :mod:`imagedsl.registry` only. Credentials come from Docker's configuration
+Used by :mod:`imagedsl.registry.transport` only. Credentials come from Docker's configuration
 (``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``): ``credHelpers`` for the host,
 else ``credsStore``, else the inline ``auths`` entry. They are looked up lazily, the first time a
 registry asks for them, so anonymous registries never run a credential helper.
@@ -31,7 +31,7 @@ from typing import Final, Protocol
 
 import attrs
 
-from imagedsl.errors import ImageDSLError
+from imagedsl.registry.errors import CredentialsError, RegistryAuthError
 
 #: Docker's name for Docker Hub in config files and credential helpers.
 DOCKER_HUB_CONFIG_KEY: Final = "https://index.docker.io/v1/"
@@ -41,36 +41,6 @@ _EXPIRY_MARGIN: Final = 10.0
 #: The token lifetime the distribution token spec says to assume when none is given.
 _DEFAULT_TOKEN_LIFETIME: Final = 60.0
 _HELPER_TIMEOUT: Final = 60.0
-
-
-class RegistryAuthError(ImageDSLError):
-    """A registry or its token server refused us, or asked for credentials we do not have."""
-
-    def __init__(
-        self, host: str, problem: str, *, status: int | None = None, scopes: Iterable[str] = ()
-    ) -> None:
-        super().__init__(host, problem, status, tuple(scopes))
-        self.host = host
-        self.problem = problem
-        self.status = status
-        self.scopes = tuple(scopes)
-
-    def __str__(self) -> str:
-        status = f" (HTTP {self.status})" if self.status is not None else ""
-        scopes = f" for {' '.join(self.scopes)}" if self.scopes else ""
-        return f"registry {self.host}: authentication failed{scopes}{status}: {self.problem}"
-
-
-class CredentialsError(ImageDSLError):
-    """Docker's configuration or a credential helper could not give credentials."""
-
-    def __init__(self, source: str, problem: str) -> None:
-        super().__init__(source, problem)
-        self.source = source
-        self.problem = problem
-
-    def __str__(self) -> str:
-        return f"credentials from {self.source}: {self.problem}"
 
 
 @attrs.frozen

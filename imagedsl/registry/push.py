@@ -8,8 +8,8 @@ Destinations: ``REF`` (``HOST/NAME[:TAG]``, tag ``latest`` when none) and each `
 which is either a bare tag (``v2``: another tag in REF's repository) or a full reference
 (``HOST/OTHER:TAG``: the image is pushed there too).
 
-:class:`TransferLog` is the CLI's progress: one line per blob on stderr. Nothing here prints a
-credential; they stay inside :mod:`imagedsl._registry_auth`.
+Progress goes to the client's ``progress`` hooks (a :class:`~imagedsl.reporting.Reporter`
+serves). Nothing here prints a credential; they stay inside :mod:`imagedsl.registry.auth`.
 """
 
 from __future__ import annotations
@@ -20,40 +20,26 @@ import re
 import shutil
 import tarfile
 import tempfile
-import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Final, TextIO
+from typing import Final
 
-import attrs
-
-from imagedsl.errors import ImageDSLError
-from imagedsl.registry import BlobSource, Descriptor, LayoutBlobs, PushResult, RegistryClient
-from imagedsl.steps import ImageReference, parse_reference
+from imagedsl.oci.annotations import REF_NAME
+from imagedsl.oci.blobs import BlobSource
+from imagedsl.oci.descriptor import Descriptor
+from imagedsl.oci.layout import LayoutBlobs, split_path_tag
+from imagedsl.oci.reference import ImageReference, parse_reference
+from imagedsl.registry.client import PushResult, RegistryClient
+from imagedsl.registry.errors import PushSourceError
 
 __all__ = [
-    "PushSourceError",
-    "TransferLog",
     "destinations",
     "open_layout",
     "push_manifest",
 ]
 
-REF_NAME: Final = "org.opencontainers.image.ref.name"
 _LAYOUT_FILE: Final = re.compile(r"index\.json|oci-layout|blobs/sha256/[0-9a-f]{64}")
 _MAX_INDEX: Final = 16 << 20
-
-
-class PushSourceError(ImageDSLError):
-    """What to push cannot be read: not a layout, no such tag, a damaged archive."""
-
-    def __init__(self, source: str, problem: str) -> None:
-        super().__init__(source, problem)
-        self.source = source
-        self.problem = problem
-
-    def __str__(self) -> str:
-        return f"cannot push {self.source}: {self.problem}"
 
 
 # -- where to -----------------------------------------------------------------------------------
@@ -135,7 +121,7 @@ def open_layout(text: str) -> Iterator[tuple[BlobSource, Descriptor]]:
     ref = parse_reference(text, step="push", argument="SRC")
     if ref.transport not in ("oci", "oci-archive"):
         raise PushSourceError(text, "expected oci:DIR[:TAG] or oci-archive:FILE[:TAG]")
-    path, tag = _path_and_tag(ref)
+    path, tag = split_path_tag(ref.name, ref.tag)
     if ref.transport == "oci":
         if not (path / "index.json").is_file():
             raise PushSourceError(text, f"{path} is not an OCI layout (it has no index.json)")
@@ -147,16 +133,6 @@ def open_layout(text: str) -> Iterator[tuple[BlobSource, Descriptor]]:
         root = Path(tmp)
         _extract_layout(path, root, text)
         yield LayoutBlobs(root), _choose(root / "index.json", tag, ref.digest, text)
-
-
-def _path_and_tag(ref: ImageReference) -> tuple[Path, str | None]:
-    """``DIR:TAG`` was split at its last colon; a path that holds one is split at the first."""
-    path = Path(ref.name).expanduser()
-    if not path.exists() and ":" in ref.name:
-        head, _, rest = ref.name.partition(":")
-        if Path(head).expanduser().exists():
-            return Path(head).expanduser(), f"{rest}:{ref.tag}" if ref.tag else rest
-    return path, ref.tag
 
 
 def _extract_layout(archive: Path, root: Path, shown: str) -> None:
@@ -201,41 +177,3 @@ def _choose(index_file: Path, tag: str | None, digest: str | None, shown: str) -
         return Descriptor.from_json(chosen[0], "index.json")
     except ValueError as error:
         raise PushSourceError(shown, str(error)) from None
-
-
-# -- progress -----------------------------------------------------------------------------------
-
-
-@attrs.define
-class TransferLog:
-    """Progress of blob transfers as one line per blob (``pushed``, ``mounted``, ...)."""
-
-    stream: TextIO
-    _sizes: dict[str, int] = attrs.field(factory=dict)
-    _lock: threading.Lock = attrs.field(factory=threading.Lock)
-
-    def transfer_started(self, digest: str, size: int, direction: str) -> None:  # noqa: ARG002
-        """Remember the size for the finishing line."""
-        with self._lock:
-            self._sizes[digest] = size
-
-    def transfer_advanced(self, digest: str, done: int) -> None:
-        """Nothing: a line per blob is enough."""
-
-    def transfer_finished(self, digest: str, outcome: str) -> None:
-        """``pushed 0123456789ab 1.2 MiB``; blobs already in the store are not mentioned."""
-        if outcome == "present":
-            return
-        with self._lock:
-            size = self._sizes.pop(digest, None)
-            shown = "" if size is None else f" {_size(size)}"
-            self.stream.write(f"{outcome:>8} {digest.removeprefix('sha256:')[:12]}{shown}\n")
-            self.stream.flush()
-
-
-def _size(size: int) -> str:
-    if size < 1 << 10:
-        return f"{size} B"
-    if size < 1 << 20:
-        return f"{size / (1 << 10):.1f} KiB"
-    return f"{size / (1 << 20):.1f} MiB"

@@ -19,15 +19,16 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, Final, Literal, cast
 
 import attrs
 
-from imagedsl.backends.oci._blobs import VerifyingReader
 from imagedsl.backends.oci.layer import OPAQUE_MARKER, WHITEOUT_PREFIX, LayerEntry
 from imagedsl.errors import ImageDSLError
-from imagedsl.ledger import atomic_write
+from imagedsl.oci.blobs import VerifyingReader
+from imagedsl.oci.mediatypes import sniff_compression
+from imagedsl.store import StoreArea, atomic_write
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from imagedsl.ledger import Store
+    from imagedsl.store import Store
 
 FsKind = Literal["file", "dir", "symlink", "hardlink"]
 INDEX_VERSION: Final = 1
@@ -155,7 +156,7 @@ class LayerIndex:
 def index_path(store: Store, diff_id: str) -> Path:
     """Where the index of a layer is kept in the store."""
     hexdigest = diff_id.partition(":")[2]
-    return store.root / "oci" / "index" / hexdigest[:2] / f"{hexdigest}.json"
+    return store.area(StoreArea.OCI_INDEX) / hexdigest[:2] / f"{hexdigest}.json"
 
 
 def load_index(store: Store, diff_id: str) -> LayerIndex | None:
@@ -173,15 +174,6 @@ def save_index(store: Store, index: LayerIndex) -> None:
 
 
 # -- decompression -------------------------------------------------------------------------
-
-
-def sniff_compression(head: bytes) -> str:
-    """``gzip``, ``zstd`` or ``none`` from a blob's first bytes."""
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip"
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        return "zstd"
-    return "none"
 
 
 class _Peek:

@@ -1,7 +1,7 @@
 """Running one RUN step's process in an OCI runtime (runc), and what can go wrong doing it.
 
 The OCI backend prepares a root filesystem and the mounts a RUN asks for (see
-:mod:`imagedsl.backends.oci._runstep`); this module turns them into an OCI runtime
+:mod:`imagedsl.backends.oci.run.executor`); this module turns them into an OCI runtime
 ``config.json``, runs ``runc run`` in a private state directory, streams the process's output
 line by line, and makes sure that whatever happens (the command fails, a timeout, Ctrl-C) the
 container is killed and deleted before control returns.

@@ -1,15 +1,8 @@
 """The store: content-addressed blobs, the key ledger, and small caches, all on disk.
 
-Layout under the store root (``--store``, else ``$IMAGEDSL_STORE``, else the user cache dir)::
-
-    blobs/sha256/<hex>            content-addressed blobs (layers, configs, manifests)
-    ledger/<k[:2]>/<key>.json     key -> record (preimage, outputs, locus, time)
-    loci/<l[:2]>/<locus>.json     recent keys recorded for one step position (miss reasons)
-    trees/<d[:2]>/<digest>.json   file manifests of recorded trees (miss reasons)
-    cache/stat/<root>.json        stat caches of build contexts
-    cache/analysis/<shape>.json   memoised graph analyses
-    cache/check/<tree>            what imagedsl check found in a copied tree's files
-    lock                          flock(2) for read-modify-write updates
+The store root is ``--store``, else ``$IMAGEDSL_STORE``, else the user cache dir. Its parts
+are the :class:`StoreArea` members, each named once here and reached with
+:meth:`Store.area`; :class:`Store` lists them all.
 
 Every file is written to a temporary file in the same directory, fsynced, then renamed over
 its name (and the directory fsynced), so readers never see half a file and a killed build
@@ -21,6 +14,7 @@ as a :class:`StoreWarning` and treated as absent.
 from __future__ import annotations
 
 import contextlib
+import enum
 import fcntl
 import json
 import os
@@ -140,8 +134,66 @@ class Record:
         return cls(key=key, preimage=preimage, locus=locus, outputs=outputs, created=created)
 
 
+class StoreArea(enum.Enum):
+    """A part of the store: its path relative to the store root (see :class:`Store`)."""
+
+    BLOBS = "blobs/sha256"
+    LEDGER = "ledger"
+    LOCI = "loci"
+    TREES = "trees"
+    STAT_CACHES = "cache/stat"
+    ANALYSES = "cache/analysis"
+    CHECK_FACTS = "cache/check"
+    LOCK = "lock"
+    TMP = "tmp"
+    CONTEXTS = "contexts"
+    CACHE_MOUNTS = "cache-mounts"
+    OCI_LAYERS = "oci/layers"
+    OCI_INDEX = "oci/index"
+    OCI_DAEMON = "oci/daemon"
+    OCI_SNAPSHOTS = "oci/snapshots"
+    OCI_RUNS = "oci/runs"
+
+
 class Store:
-    """One store directory: blobs, ledger and caches. Safe for concurrent processes."""
+    """One store directory: blobs, ledger and caches. Safe for concurrent processes.
+
+    Every path under the root belongs to one :class:`StoreArea`; ``store.area(StoreArea.X)``
+    is where it lives (nothing is created until something is written there):
+
+    ``BLOBS`` ``blobs/sha256/<hex>``
+        content-addressed blobs: layers, configs, manifests (base images' too)
+    ``LEDGER`` ``ledger/<k[:2]>/<key>.json``
+        key -> record: preimage, outputs, locus, time
+    ``LOCI`` ``loci/<l[:2]>/<locus>.json``
+        the 16 most recent keys recorded at one step position (miss reasons)
+    ``TREES`` ``trees/<d[:2]>/<digest>.json``
+        file manifests of recorded trees (miss reasons: "app/main.py changed")
+    ``STAT_CACHES`` ``cache/stat/<root hash>.<part>``
+        stat caches of build contexts (checksummed)
+    ``ANALYSES`` ``cache/analysis/<shape>``
+        memoised graph analyses
+    ``CHECK_FACTS`` ``cache/check/<name>``
+        what ``imagedsl check`` learnt of a copied tree (credentials, manifests)
+    ``LOCK`` ``lock``
+        flock(2) for read-modify-write updates
+    ``TMP`` ``tmp/``
+        scratch directories of builds in progress, on the blobs' filesystem
+    ``CONTEXTS`` ``contexts/<name>/``, ``contexts/.meta/``
+        build-context trees the Dockerfile backend stages for BuildKit, and their digests
+    ``CACHE_MOUNTS`` ``cache-mounts/<blake3(id)>/data``
+        contents of RUN cache mounts, by id (OCI backend)
+    ``OCI_LAYERS`` ``oci/layers/<k[:2]>/<k>.json``
+        the OCI backend's built layer per (step key, layers below, compression, epoch)
+    ``OCI_INDEX`` ``oci/index/<d[:2]>/<d>.json``
+        per diff_id, the paths a layer holds (what later steps read)
+    ``OCI_DAEMON`` ``oci/daemon/<image id>.json``
+        which manifest a ``docker-daemon:`` base image became
+    ``OCI_SNAPSHOTS`` ``oci/snapshots/<format>/<diff_id hex>``
+        extracted layers that RUN steps stand on (root only)
+    ``OCI_RUNS`` ``oci/runs/<id>/``
+        a RUN in progress: its overlay, upper directory and bind sources
+    """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -151,13 +203,17 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
 
+    def area(self, area: StoreArea) -> Path:
+        """Where ``area`` lives in this store (it may not exist yet)."""
+        return self.root / area.value
+
     # -- locking -----------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the store lock (an flock, released even if the process dies)."""
         self._ensure_root()
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.area(StoreArea.LOCK), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -173,7 +229,7 @@ class Store:
     # -- ledger ------------------------------------------------------------------------------
 
     def _record_path(self, key: str) -> Path:
-        return self.root / "ledger" / key[:2] / f"{key}.json"
+        return self.area(StoreArea.LEDGER) / key[:2] / f"{key}.json"
 
     def get(self, key: str) -> Record | None:
         """The record of ``key``, or None (also for a damaged record, with a warning)."""
@@ -216,7 +272,7 @@ class Store:
 
     def keys(self) -> Iterator[str]:
         """Every key with a record file (damaged or not)."""
-        ledger = self.root / "ledger"
+        ledger = self.area(StoreArea.LEDGER)
         if not ledger.is_dir():
             return
         for shard in sorted(ledger.iterdir()):
@@ -226,7 +282,7 @@ class Store:
     # -- loci: which keys were recorded at one step position ---------------------------------
 
     def _locus_path(self, locus: str) -> Path:
-        return self.root / "loci" / locus[:2] / f"{locus}.json"
+        return self.area(StoreArea.LOCI) / locus[:2] / f"{locus}.json"
 
     def history(self, locus: str) -> list[str]:
         """Keys recorded at ``locus``, most recent first."""
@@ -250,7 +306,7 @@ class Store:
     # -- trees: file manifests behind tree digests -------------------------------------------
 
     def _tree_path(self, digest: str) -> Path:
-        return self.root / "trees" / digest[:2] / f"{digest}.json"
+        return self.area(StoreArea.TREES) / digest[:2] / f"{digest}.json"
 
     def put_tree(self, digest: str, manifest: Mapping[str, list[object]]) -> None:
         """Keep the manifest of a recorded tree (content-addressed: written once)."""
@@ -271,20 +327,17 @@ class Store:
 
     # -- small caches (StatCacheStore and AnalysisMemo) --------------------------------------
 
-    def _cache_file(self, kind: str, name: str) -> Path:
-        return self.root / "cache" / kind / name
-
     def load_stat_cache(self, root: str, part: str) -> bytes | None:
         """One part of the stat cache of a context root, or None."""
-        return self._read_cache("stat", f"{_name_of(root)}.{part}")
+        return self._read_cache(StoreArea.STAT_CACHES, f"{_name_of(root)}.{part}")
 
     def save_stat_cache(self, root: str, part: str, data: bytes) -> None:
         """Replace one part of the stat cache of a context root."""
-        self._write_cache("stat", f"{_name_of(root)}.{part}", data)
+        self._write_cache(StoreArea.STAT_CACHES, f"{_name_of(root)}.{part}", data)
 
     def load_analysis(self, digest: str) -> str | None:
         """A memoised graph analysis, or None."""
-        data = self._read_cache("analysis", digest)
+        data = self._read_cache(StoreArea.ANALYSES, digest)
         try:
             return None if data is None else data.decode()
         except UnicodeDecodeError:
@@ -292,27 +345,28 @@ class Store:
 
     def save_analysis(self, digest: str, text: str) -> None:
         """Memoise a graph analysis."""
-        self._write_cache("analysis", digest, text.encode())
+        self._write_cache(StoreArea.ANALYSES, digest, text.encode())
 
     def load_tree_facts(self, name: str) -> bytes | None:
         """What ``imagedsl check`` learnt of a tree's files (credentials, manifests), or None."""
-        return self._read_cache("check", name)
+        return self._read_cache(StoreArea.CHECK_FACTS, name)
 
     def save_tree_facts(self, name: str, data: bytes) -> None:
         """Memoise what ``imagedsl check`` learnt of a tree's files."""
-        self._write_cache("check", name, data)
+        self._write_cache(StoreArea.CHECK_FACTS, name, data)
 
-    def _read_cache(self, kind: str, name: str) -> bytes | None:
+    def _read_cache(self, area: StoreArea, name: str) -> bytes | None:
         try:
-            return self._cache_file(kind, name).read_bytes()
+            return (self.area(area) / name).read_bytes()
         except OSError:
             return None
 
-    def _write_cache(self, kind: str, name: str, data: bytes) -> None:
+    def _write_cache(self, area: StoreArea, name: str, data: bytes) -> None:
         try:
-            atomic_write(self._cache_file(kind, name), data)
+            atomic_write(self.area(area) / name, data)
         except OSError as error:
             # A cache we cannot write only costs time next run; say so once, carry on.
+            kind = area.value.rpartition("/")[2]
             warnings.warn(
                 f"cannot write {kind} cache in {self.root}: {error}", StoreWarning, stacklevel=2
             )
@@ -324,7 +378,7 @@ class Store:
         algorithm, _, hexdigest = digest.partition(":")
         if algorithm != "sha256" or len(hexdigest) != 64:
             raise ValueError(f"not a sha256 digest: {digest!r}")
-        return self.root / "blobs" / "sha256" / hexdigest
+        return self.area(StoreArea.BLOBS) / hexdigest
 
     # -- inventory -----------------------------------------------------------------------------
 

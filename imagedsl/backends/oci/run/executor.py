@@ -1,9 +1,9 @@
 """Executing one RUN step: its root filesystem, its mounts, its user, the runtime, its change.
 
 :class:`RunExecutor` does, for one RUN: make sure the layers below are extracted
-(:class:`~imagedsl.backends.oci._rootfs.Snapshots`), mount them as an overlay with a fresh
+(:class:`~imagedsl.backends.oci.run.rootfs.Snapshots`), mount them as an overlay with a fresh
 upper directory (or copy them), create the working directory if it is missing, prepare the
-mounts the step asks for, run the command in runc (:mod:`imagedsl.backends.oci.runtime`), and
+mounts the step asks for, run the command in runc (:mod:`imagedsl.backends.oci.run.runc`), and
 give back the change as layer entries. Everything it mounts or creates is undone when it is
 done, whether the command succeeded, failed, timed out or was interrupted.
 
@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Final
 import attrs
 import blake3
 
-from imagedsl.backends.oci._fs import Filesystem, PathResolutionError
-from imagedsl.backends.oci._rootfs import (
+from imagedsl.backends.oci.filesystem import Filesystem, PathResolutionError
+from imagedsl.backends.oci.run.rootfs import (
     Change,
     RootfsError,
     Snapshots,
@@ -56,7 +56,7 @@ from imagedsl.backends.oci._rootfs import (
     unmount,
     upper_change,
 )
-from imagedsl.backends.oci.runtime import (
+from imagedsl.backends.oci.run.runc import (
     HOSTS,
     ContainerSpec,
     MountSpec,
@@ -69,22 +69,24 @@ from imagedsl.backends.oci.runtime import (
     missing_requirements,
     resolv_conf,
 )
-from imagedsl.context import ContextSource, Tree, sole_file
+from imagedsl.buildstate import BuildState
+from imagedsl.context import ContextSource
 from imagedsl.errors import ImageDSLError, SourceLocation
 from imagedsl.steps import (
     BindMount,
-    BuildState,
     CacheMount,
     Run,
     SecretMount,
     StagePath,
     TmpfsMount,
 )
+from imagedsl.store import StoreArea
+from imagedsl.treehash import Tree, sole_file
 
 if TYPE_CHECKING:
     from imagedsl.backends import SecretSource
-    from imagedsl.backends.oci._blobs import BlobStore
-    from imagedsl.backends.oci.layer import LayerBlob
+    from imagedsl.oci.blobs import BlobStore
+    from imagedsl.oci.image import LayerBlob
 
 #: Secret values shorter than this are not masked in output (they would mask everything).
 _MASK_MIN: Final = 4
@@ -219,7 +221,7 @@ class RunExecutor:
         self.blobs = blobs
         self.store_root = blobs.store.root
         self.snapshots = Snapshots(blobs)
-        self.runs = self.store_root / "oci" / "runs"
+        self.runs = blobs.store.area(StoreArea.OCI_RUNS)
         self.secrets = {s.id: s for s in secrets}
         self._secret_values: dict[str, bytes | None] = {}
         self.epoch = epoch
@@ -433,7 +435,7 @@ class RunExecutor:
 
     def _cache_dir(self, mount: CacheMount, stack: contextlib.ExitStack, spare: Path) -> Path:
         """The directory a cache mount binds (see the module docstring for sharing)."""
-        caches = self.store_root / "cache-mounts"
+        caches = self.blobs.store.area(StoreArea.CACHE_MOUNTS)
         home = caches / blake3.blake3(mount.id.encode()).hexdigest()[:32]
         data = home / "data"
         if not data.is_dir():
@@ -617,7 +619,7 @@ def _forget_container(private: Path, run_id: str) -> None:
 def _stub_paths(lower: Filesystem, destinations: Sequence[str]) -> set[str]:
     """Paths the runtime creates in the root for mounts (each mount point and its parents),
     resolved through the image's symlinks as the runtime resolves them."""
-    from imagedsl.backends.oci.runtime import SYSTEM_MOUNTS
+    from imagedsl.backends.oci.run.runc import SYSTEM_MOUNTS
 
     stubs: set[str] = set()
     for destination in [*(m.destination for m in SYSTEM_MOUNTS), *destinations]:

@@ -1,0 +1,210 @@
+"""Argument checks for the DSL: each refuses a wrong value where ``build.py`` wrote it.
+
+Every check takes the step and argument it checks (for the message of the
+:class:`~imagedsl.errors.StepArgumentError` it raises) and returns the value normalised as
+the steps store it. :func:`caller_location` finds the user's line that made a value.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Final
+
+from imagedsl.errors import SourceLocation, StepArgumentError
+
+_PACKAGE_DIR: Final = str(Path(__file__).resolve().parent)
+
+
+def caller_location() -> SourceLocation | None:
+    """Return the first stack frame outside the imagedsl package: the user's line."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith(_PACKAGE_DIR):
+            return SourceLocation(filename, frame.f_lineno)
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+# -- argument checks -------------------------------------------------------------------------
+
+
+def check_str(step: str, argument: str, value: object, *, empty: bool = False) -> str:
+    """Refuse anything but a string (and, unless allowed, an empty one)."""
+    if not isinstance(value, str):
+        raise StepArgumentError(step, argument, f"must be a str, not {type(value).__name__}")
+    if not empty and not value:
+        raise StepArgumentError(step, argument, "must not be empty")
+    if "\x00" in value:
+        raise StepArgumentError(step, argument, "must not contain NUL characters")
+    return value
+
+
+def check_str_seq(step: str, argument: str, value: object) -> tuple[str, ...]:
+    """Refuse anything but a non-string sequence of non-empty strings."""
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise StepArgumentError(step, argument, "must be a list of str")
+    return tuple(check_str(step, f"{argument}[{i}]", item) for i, item in enumerate(value))
+
+
+def check_bool(step: str, argument: str, value: object) -> bool:
+    """Refuse anything but a real bool (``1`` or ``"yes"`` are mistakes, not flags)."""
+    if not isinstance(value, bool):
+        raise StepArgumentError(step, argument, f"must be a bool, not {type(value).__name__}")
+    return value
+
+
+def check_int(step: str, argument: str, value: object, *, low: int, high: int) -> int:
+    """Refuse non-integers and integers out of ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise StepArgumentError(step, argument, f"must be an int, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise StepArgumentError(step, argument, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def check_choice(step: str, argument: str, value: object, choices: Sequence[str]) -> str:
+    """Refuse a value outside ``choices``."""
+    if value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise StepArgumentError(step, argument, f"must be one of {allowed}, got {value!r}")
+    return str(value)
+
+
+def check_abs_path(step: str, argument: str, value: object) -> str:
+    """Refuse a non-absolute container path; return it cleaned (no ``..`` above root)."""
+    path = check_str(step, argument, value)
+    if not path.startswith("/"):
+        raise StepArgumentError(step, argument, f"must be an absolute path, got {path!r}")
+    return clean_container_path(path)
+
+
+def clean_container_path(path: str) -> str:
+    """Normalise a container path like Go's ``path.Clean`` (``..`` cannot climb above /)."""
+    cleaned = posixpath.normpath(path)
+    if cleaned.startswith("//"):
+        cleaned = "/" + cleaned.lstrip("/")
+    return cleaned
+
+
+_ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_LABEL_KEY: Final = re.compile(r"[^\s=\"]+\Z")
+_PORT: Final = re.compile(r"(?P<low>\d{1,5})(?:-(?P<high>\d{1,5}))?(?:/(?P<proto>tcp|udp|sctp))?\Z")
+_PLATFORM: Final = re.compile(r"[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?\Z")
+_OWNER: Final = re.compile(r"[^\s:]+(?::[^\s:]+)?\Z")
+_CHMOD: Final = re.compile(r"[0-7]{3,4}\Z")
+_SIGNAL: Final = re.compile(r"(?:SIG)?[A-Z][A-Z0-9+-]*\Z|\d{1,2}\Z")
+_DURATION: Final = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|ms|s|m|h))+\Z")
+
+
+def check_env_name(step: str, argument: str, value: object) -> str:
+    """Refuse a name that a shell could not export."""
+    name = check_str(step, argument, value)
+    if not _ENV_NAME.match(name):
+        raise StepArgumentError(step, argument, f"is not a valid variable name: {name!r}")
+    return name
+
+
+def check_platform(step: str, argument: str, value: object) -> str:
+    """Refuse a platform that is not ``os/arch[/variant]``."""
+    platform = check_str(step, argument, value)
+    if not _PLATFORM.match(platform):
+        raise StepArgumentError(
+            step, argument, f"must look like 'linux/amd64' or 'linux/arm/v7', got {platform!r}"
+        )
+    return platform
+
+
+def check_owner(step: str, argument: str, value: object) -> str:
+    """Refuse an owner that is not ``user`` or ``user:group`` (names or ids)."""
+    owner = check_str(step, argument, value)
+    if not _OWNER.match(owner):
+        raise StepArgumentError(step, argument, f"must be 'user' or 'user:group', got {owner!r}")
+    return owner
+
+
+def check_chmod(step: str, argument: str, value: object) -> str:
+    """Accept an int mode (``0o755``) or octal digits (``"755"``); return four octal digits."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= 0o7777:
+            raise StepArgumentError(step, argument, f"must be a mode up to 0o7777, got {value:#o}")
+        return f"{value:04o}"
+    text = check_str(step, argument, value)
+    if not _CHMOD.match(text):
+        raise StepArgumentError(step, argument, f"must be octal digits like '755', got {text!r}")
+    return text.rjust(4, "0")
+
+
+def check_duration(step: str, argument: str, value: object) -> str:
+    """Accept seconds (int/float) or a Go duration ("30s", "1m30s"); return the Go form."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < 0:
+            raise StepArgumentError(step, argument, f"must not be negative, got {value}")
+        return f"{value:g}s"
+    text = check_str(step, argument, value)
+    if not _DURATION.match(text):
+        raise StepArgumentError(step, argument, f"must be a duration like '30s', got {text!r}")
+    return text
+
+
+def _check_mapping(step: str, argument: str, value: object) -> Mapping[str, object]:
+    if not isinstance(value, Mapping):
+        raise StepArgumentError(step, argument, "must be a mapping of str to str")
+    return value
+
+
+def env_items(step: str, values: Mapping[str, object]) -> tuple[tuple[str, str], ...]:
+    """Check ``ENV``/``LABEL``-like pairs, keeping the user's order."""
+    pairs = []
+    for name, value in _check_mapping(step, "values", values).items():
+        pairs.append((check_env_name(step, "name", name), check_str(step, name, value, empty=True)))
+    if not pairs:
+        raise StepArgumentError(step, "values", "must name at least one variable")
+    return tuple(pairs)
+
+
+def parse_port(step: str, value: object) -> str:
+    """Normalise ``8080``, ``"8080"``, ``"53/udp"``, ``"8000-8010/tcp"`` to ``PORT/proto``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    text = check_str(step, "ports", value)
+    match = _PORT.match(text)
+    if not match:
+        raise StepArgumentError(step, "ports", f"must look like 8080 or '53/udp', got {text!r}")
+    low = int(match["low"])
+    high = int(match["high"]) if match["high"] else low
+    if not 1 <= low <= high <= 65535:
+        raise StepArgumentError(step, "ports", f"must be in 1..65535 (low <= high), got {text!r}")
+    span = f"{low}-{high}" if high != low else str(low)
+    return f"{span}/{match['proto'] or 'tcp'}"
+
+
+def parse_signal(step: str, value: object) -> str:
+    """Accept ``"SIGTERM"``, ``"TERM"`` or a number; return Docker's spelling."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    text = check_str(step, "signal", value)
+    if not _SIGNAL.match(text):
+        raise StepArgumentError(step, "signal", f"must be a signal name or number, got {text!r}")
+    if text.isdigit():
+        if not 1 <= int(text) <= 64:
+            raise StepArgumentError(step, "signal", f"must be in 1..64, got {text}")
+        return text
+    return text if text.startswith("SIG") else f"SIG{text}"
+
+
+def parse_label_items(step: str, values: Mapping[str, object]) -> tuple[tuple[str, str], ...]:
+    """Check LABEL pairs: keys are free-form (``org.opencontainers.image.source``)."""
+    pairs = []
+    for key, value in _check_mapping(step, "labels", values).items():
+        key_text = check_str(step, "label key", key)
+        if not _LABEL_KEY.match(key_text):
+            raise StepArgumentError(step, "label key", f"has spaces, '=' or quotes: {key!r}")
+        pairs.append((key_text, check_str(step, key_text, value, empty=True)))
+    if not pairs:
+        raise StepArgumentError(step, "labels", "must name at least one label")
+    return tuple(pairs)

@@ -1,0 +1,223 @@
+"""Where a built image goes: an OCI layout, one archive for oci-archive and docker-archive,
+or the local engine.
+
+An OCI layout directory (``oci:DIR[:TAG]``) gets its blobs hard-linked from the store, then
+``index.json`` replaced atomically, last. ``oci-archive:FILE[:TAG]`` and
+``docker-archive:FILE[:TAG]`` are one archive format: an OCI layout in a tar that also carries
+Docker's ``manifest.json``, which is what ``docker load``, ``podman load`` and skopeo's
+``oci-archive:`` and ``docker-archive:`` transports each look for. ``docker[:TAG]`` loads that
+archive into the local engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import tarfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+from imagedsl.backends import BuildRequestError
+from imagedsl.oci.annotations import CONTAINERD_IMAGE_NAME, REF_NAME
+from imagedsl.oci.blobs import BlobStore, MissingBlobError, link_or_copy
+from imagedsl.oci.image import LayerBlob
+from imagedsl.oci.layout import blob_name
+from imagedsl.oci.manifest import canonical_json
+from imagedsl.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
+from imagedsl.oci.reference import normalise_tag
+from imagedsl.store import atomic_file, atomic_write, fsync_dir
+
+if TYPE_CHECKING:
+    from imagedsl.backends.engine import DockerEngine
+
+_OUTPUT_KINDS: Final = ("oci", "oci-archive", "docker-archive", "docker")
+
+
+@attrs.frozen(kw_only=True)
+class Output:
+    """Where a built image goes: ``kind`` is oci, oci-archive, docker-archive or docker."""
+
+    kind: str
+    path: str | None
+    tag: str | None
+
+    @classmethod
+    def parse(cls, text: str) -> Output:
+        """Parse ``oci:DIR[:TAG]``, ``oci-archive:FILE[:TAG]``, ``docker-archive:FILE[:TAG]``,
+        ``docker[:TAG]``."""
+        kind, sep, rest = text.partition(":")
+        if kind not in _OUTPUT_KINDS:
+            raise BuildRequestError(
+                f"--output {text!r}: expected oci:DIR[:TAG], oci-archive:FILE[:TAG], "
+                "docker-archive:FILE[:TAG] or docker[:TAG]"
+            )
+        if kind == "docker":
+            return cls(kind=kind, path=None, tag=rest or None)
+        if not sep or not rest:
+            raise BuildRequestError(f"--output {text!r}: {kind}: needs a path")
+        path, _, tag = rest.partition(":")
+        if not path:
+            raise BuildRequestError(f"--output {text!r}: {kind}: needs a path")
+        return cls(kind=kind, path=path, tag=tag or None)
+
+
+@attrs.frozen(kw_only=True)
+class BuiltImage:
+    """An image whose blobs are all in the store."""
+
+    manifest: bytes = attrs.field(repr=False)
+    manifest_digest: str
+    config_digest: str
+    layers: tuple[LayerBlob, ...]
+
+    @property
+    def blob_digests(self) -> list[str]:
+        """Config and layers (the manifest apart)."""
+        return [self.config_digest, *(layer.digest for layer in self.layers)]
+
+
+def _index_entry(image: BuiltImage, tag: str | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "mediaType": OCI_MANIFEST,
+        "digest": image.manifest_digest,
+        "size": len(image.manifest),
+    }
+    if tag:
+        entry["annotations"] = {REF_NAME: tag}
+    return entry
+
+
+def write_layout(directory: Path, image: BuiltImage, tags: Sequence[str], blobs: BlobStore) -> None:
+    """Add ``image`` to an OCI layout directory (made if missing) under ``tags``.
+
+    Blobs go in first (each linked atomically under its name), ``index.json`` last, replaced
+    atomically: a build killed at any point leaves the layout as it was or with the image.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    marker = directory / "oci-layout"
+    if not marker.exists():
+        atomic_write(marker, canonical_json({"imageLayoutVersion": "1.0.0"}))
+    for digest in [*image.blob_digests, image.manifest_digest]:
+        dest = directory / blob_name(digest)
+        if not dest.exists():
+            link_or_copy(blobs.path(digest), dest)
+    fsync_dir(directory / "blobs" / "sha256")
+    manifests: list[dict[str, Any]] = []
+    index_file = directory / "index.json"
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        old = json.loads(index_file.read_bytes())
+        manifests = [m for m in old.get("manifests", []) if isinstance(m, dict)]
+    wanted: list[str | None] = [*tags] or [None]
+    kept = []
+    for item in manifests:
+        name = (item.get("annotations") or {}).get(REF_NAME)
+        if name in wanted or (name is None and item.get("digest") == image.manifest_digest):
+            continue
+        kept.append(item)
+    kept.extend(_index_entry(image, tag) for tag in wanted)
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": kept}
+    atomic_write(index_file, canonical_json(index))
+
+
+def write_archive(
+    path: Path, image: BuiltImage, tags: Sequence[str], blobs: BlobStore, *, mtime: int
+) -> None:
+    """One tar that is both an OCI layout and a ``docker save`` archive, written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config_name = blob_name(image.config_digest)
+    docker_manifest = [
+        {
+            "Config": config_name,
+            "RepoTags": [normalise_tag(t) for t in tags if _is_docker_name(normalise_tag(t))],
+            "Layers": [blob_name(layer.digest) for layer in image.layers],
+        }
+    ]
+    names: list[str | None] = [*tags] or [None]
+    entries = [_index_entry(image, tag) for tag in names]
+    for entry, tag in zip(entries, tags, strict=False):
+        if _is_docker_name(normalise_tag(tag)):
+            entry.setdefault("annotations", {})[CONTAINERD_IMAGE_NAME] = normalise_tag(tag)
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+    with (
+        atomic_file(path) as raw,
+        tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive,
+    ):
+        _add_dir(archive, "blobs/", mtime)
+        _add_dir(archive, "blobs/sha256/", mtime)
+        seen = set()
+        for digest in [*image.blob_digests, image.manifest_digest]:
+            if digest in seen:
+                continue
+            seen.add(digest)
+            source = blobs.path(digest)
+            if not source.exists():
+                raise MissingBlobError(str(blobs.store.root), digest)
+            info = _info(blob_name(digest), mtime)
+            info.size = source.stat().st_size
+            with source.open("rb") as handle:
+                archive.addfile(info, handle)
+        for name, data in (
+            ("index.json", canonical_json(index)),
+            ("manifest.json", canonical_json(docker_manifest)),
+            ("oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"})),
+        ):
+            info = _info(name, mtime)
+            info.size = len(data)
+            archive.addfile(info, _BytesReader(data))
+
+
+def _is_docker_name(tag: str) -> bool:
+    return bool(
+        re.fullmatch(r"[a-z0-9][a-z0-9._/-]*(?::\d+)?(?:/[a-z0-9._-]+)*:[\w][\w.-]{0,127}", tag)
+    )
+
+
+def _info(name: str, mtime: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.mtime = mtime
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _add_dir(archive: tarfile.TarFile, name: str, mtime: int) -> None:
+    info = _info(name, mtime)
+    info.type = tarfile.DIRTYPE
+    info.mode = 0o755
+    archive.addfile(info)
+
+
+class _BytesReader:
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._offset = 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self._data) if n < 0 else self._offset + n
+        chunk = self._data[self._offset : end]
+        self._offset += len(chunk)
+        return chunk
+
+
+def load_into_docker(archive: Path, tags: Sequence[str], engine: DockerEngine) -> str:
+    """``docker load`` an archive; return what the engine calls the image."""
+    from imagedsl.backends.engine import DockerCommandError
+
+    try:
+        result = engine.run("load", "-i", str(archive))
+    except DockerCommandError as error:
+        problem = (error.stderr or error.stdout or "").strip().splitlines()[-1:]
+        raise BuildRequestError(
+            f"docker load refused the image: {' '.join(problem) or error}"
+            " (zstd layers need an engine that reads them; gzip works everywhere)"
+        ) from None
+    loaded = ""
+    for line in result.stdout.splitlines():
+        if line.startswith(("Loaded image:", "Loaded image ID:")):
+            loaded = line.split(":", 1)[1].strip()
+    return normalise_tag(tags[0]) if tags else loaded

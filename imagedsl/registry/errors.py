@@ -1,0 +1,138 @@
+"""The registry client's errors: what a registry, its token server, Docker's credentials or a
+source of blobs to push answered or lacked. Each keeps its data as attributes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from imagedsl.errors import ImageDSLError
+
+
+class RegistryError(ImageDSLError):
+    """A registry answered an operation with an error (the codes are the spec's error codes)."""
+
+    def __init__(
+        self,
+        host: str,
+        action: str,
+        *,
+        status: int | None = None,
+        codes: Sequence[str] = (),
+        detail: str = "",
+    ) -> None:
+        super().__init__(host, action, status, tuple(codes), detail)
+        self.host = host
+        self.action = action
+        self.status = status
+        self.codes = tuple(codes)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        text = f"registry {self.host}: {self.action} failed"
+        if self.status is not None:
+            text += f": HTTP {self.status}"
+        if self.codes:
+            text += " " + ", ".join(self.codes)
+        if self.detail:
+            text += f" ({self.detail})"
+        return text
+
+
+class NotFoundError(RegistryError):
+    """The manifest, tag or blob does not exist in that repository."""
+
+
+class RegistryConnectionError(RegistryError):
+    """The registry could not be reached, or kept failing, after every retry."""
+
+    def __init__(self, host: str, action: str, *, attempts: int, cause: str) -> None:
+        super().__init__(host, action, detail=f"{cause}; gave up after {attempts} attempts")
+        self.attempts = attempts
+        self.cause = cause
+
+
+class RegistryDigestError(RegistryError):
+    """Bytes from (or accepted by) a registry are not those their digest names."""
+
+    def __init__(self, host: str, what: str, expected: str, actual: str) -> None:
+        super().__init__(host, f"verifying {what}", detail=f"expected {expected}, got {actual}")
+        self.what = what
+        self.expected = expected
+        self.actual = actual
+
+
+class InsecureRegistryError(RegistryError):
+    """Plain HTTP was needed for a registry that is neither loopback nor allowed as insecure."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(
+            host, "connecting", detail="refusing plain HTTP; allow it with insecure=True"
+        )
+
+
+class PlatformNotFoundError(RegistryError):
+    """An index has no manifest for the platform asked for."""
+
+    def __init__(self, host: str, reference: str, wanted: str, available: Sequence[str]) -> None:
+        have = ", ".join(available) or "(none)"
+        super().__init__(
+            host, f"choosing a platform of {reference}", detail=f"no {wanted}; it has {have}"
+        )
+        self.reference = reference
+        self.wanted = wanted
+        self.available = tuple(available)
+
+
+class BlobSourceError(ImageDSLError):
+    """A blob to push is missing from its source, or has the wrong size there."""
+
+    def __init__(self, digest: str, path: str, problem: str) -> None:
+        super().__init__(digest, path, problem)
+        self.digest = digest
+        self.path = path
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"cannot push blob {self.digest} from {self.path}: {self.problem}"
+
+
+class RegistryAuthError(ImageDSLError):
+    """A registry or its token server refused us, or asked for credentials we do not have."""
+
+    def __init__(
+        self, host: str, problem: str, *, status: int | None = None, scopes: Iterable[str] = ()
+    ) -> None:
+        super().__init__(host, problem, status, tuple(scopes))
+        self.host = host
+        self.problem = problem
+        self.status = status
+        self.scopes = tuple(scopes)
+
+    def __str__(self) -> str:
+        status = f" (HTTP {self.status})" if self.status is not None else ""
+        scopes = f" for {' '.join(self.scopes)}" if self.scopes else ""
+        return f"registry {self.host}: authentication failed{scopes}{status}: {self.problem}"
+
+
+class CredentialsError(ImageDSLError):
+    """Docker's configuration or a credential helper could not give credentials."""
+
+    def __init__(self, source: str, problem: str) -> None:
+        super().__init__(source, problem)
+        self.source = source
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"credentials from {self.source}: {self.problem}"
+
+
+class PushSourceError(ImageDSLError):
+    """What to push cannot be read: not a layout, no such tag, a damaged archive."""
+
+    def __init__(self, source: str, problem: str) -> None:
+        super().__init__(source, problem)
+        self.source = source
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"cannot push {self.source}: {self.problem}"

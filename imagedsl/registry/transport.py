@@ -1,0 +1,684 @@
+"""How the registry client talks HTTP: URLs, a connection pool, retries, probing, deadlines.
+
+:class:`Transport` sends one request at a time over the standard library's ``http.client``,
+with a small pool of keep-alive connections per registry origin. It authorizes requests
+(:mod:`imagedsl.registry.auth`: a 401 is answered once), follows redirects, and turns what is
+worth retrying (a dropped connection, a timeout, 408, 429, 5xx) into :class:`Transient`, which
+:meth:`Transport.retrying` retries with exponential backoff and jitter (``Retry-After``
+honoured). Every socket operation has a timeout.
+
+HTTPS always, except plain HTTP for loopback registries (tried first: most are plain) or when
+the transport is made with ``insecure=True``. Which scheme a registry speaks is learnt once per
+host by a probe of ``/v2/``, whose 401 also teaches the authorizer what the registry wants.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.client
+import ipaddress
+import json
+import logging
+import random
+import ssl
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final, Protocol, TypeVar
+
+import attrs
+
+from imagedsl.oci.reference import DEFAULT_REGISTRY
+from imagedsl.registry.auth import Authorizer, Credentials, DockerConfig
+from imagedsl.registry.errors import (
+    InsecureRegistryError,
+    NotFoundError,
+    RegistryAuthError,
+    RegistryConnectionError,
+    RegistryError,
+)
+
+if TYPE_CHECKING:
+    from imagedsl.oci.reference import ImageReference
+
+_log = logging.getLogger(__name__)
+
+IO_CHUNK: Final = 1 << 20
+_USER_AGENT: Final = "imagedsl/0.1"
+_DOCKER_HUB_API: Final = "registry-1.docker.io"
+_REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
+
+T = TypeVar("T")
+
+
+class Transient(Exception):
+    """A failure worth retrying: a dropped connection, a timeout, 408, 429 or 5xx."""
+
+    def __init__(self, cause: str, retry_after: float | None = None) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.retry_after = retry_after
+
+
+@attrs.frozen
+class Repository:
+    """A repository on a registry: ``host`` as references write it, ``path`` below it."""
+
+    host: str
+    path: str
+
+    @classmethod
+    def of(cls, reference: ImageReference) -> Repository:
+        """The repository of a registry reference."""
+        if reference.transport != "registry":
+            raise ValueError(f"not a registry reference: {reference}")
+        host, _, path = reference.name.partition("/")
+        return cls(host, path)
+
+    @property
+    def api_host(self) -> str:
+        """Where the API answers (Docker Hub's name differs from its API host)."""
+        return _DOCKER_HUB_API if self.host == DEFAULT_REGISTRY else self.host
+
+    def scope(self, *actions: str) -> str:
+        """A token scope: ``repository:PATH:pull,push``."""
+        return f"repository:{self.path}:{','.join(actions)}"
+
+    def __str__(self) -> str:
+        return f"{self.host}/{self.path}"
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How often and how patiently to retry a failing request."""
+
+    attempts: int = 6
+    initial_delay: float = 0.25
+    max_delay: float = 8.0
+    #: A server's ``Retry-After`` is honoured up to this many seconds.
+    max_retry_after: float = 60.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` (exponential, with full jitter)."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_retry_after)
+        ceiling = min(self.max_delay, self.initial_delay * (2 ** (attempt - 1)))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+class TransferProgress(Protocol):
+    """Progress of blob transfers; called from worker threads, so implementations lock."""
+
+    def transfer_started(self, digest: str, size: int, direction: str) -> None:
+        """A blob starts moving (``direction`` is ``pull`` or ``push``)."""
+        ...
+
+    def transfer_advanced(self, digest: str, done: int) -> None:
+        """``done`` bytes of the blob have moved (counting a resumed part)."""
+        ...
+
+    def transfer_finished(self, digest: str, outcome: str) -> None:
+        """The blob is done: ``pulled``, ``present``, ``pushed``, ``exists`` or ``mounted``."""
+        ...
+
+
+class NoProgress:
+    """Progress hooks that do nothing (the library is quiet unless asked)."""
+
+    def transfer_started(self, digest: str, size: int, direction: str) -> None:
+        """Nothing."""
+
+    def transfer_advanced(self, digest: str, done: int) -> None:
+        """Nothing."""
+
+    def transfer_finished(self, digest: str, outcome: str) -> None:
+        """Nothing."""
+
+
+@attrs.frozen
+class Url:
+    scheme: str
+    netloc: str
+    target: str
+
+    @classmethod
+    def parse(cls, text: str) -> Url:
+        parts = urllib.parse.urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"not an http(s) URL: {text!r}")
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return cls(parts.scheme, parts.netloc, target)
+
+    def join(self, location: str) -> Url:
+        """Resolve a ``Location`` header against this URL."""
+        return Url.parse(urllib.parse.urljoin(str(self), location))
+
+    def with_query(self, **params: str) -> Url:
+        sep = "&" if "?" in self.target else "?"
+        return Url(self.scheme, self.netloc, self.target + sep + urllib.parse.urlencode(params))
+
+    @property
+    def path(self) -> str:
+        """The target without its query (what log lines show: queries carry upload state)."""
+        return self.target.split("?", 1)[0]
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.netloc}{self.target}"
+
+
+@attrs.frozen
+class FilePart:
+    """``length`` bytes of ``path`` from ``offset``: a request body sent from the file."""
+
+    path: Path
+    offset: int
+    length: int
+    digest: str
+
+
+Body = bytes | FilePart | None
+
+
+class Reply:
+    """A response whose body is either read (``body``) or still to stream (``response``)."""
+
+    def __init__(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        response: http.client.HTTPResponse | None = None,
+        release: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.response = response
+        self._release = release
+
+    def close(self, reusable: bool = False) -> None:
+        """Give the connection back (``reusable`` once the body was read to its end)."""
+        if self._release is not None:
+            self._release(reusable)
+            self._release = None
+
+
+def is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+    name = name.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _retryable_status(status: int) -> bool:
+    return status in (408, 429) or (500 <= status < 600 and status not in (501, 505))
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        import email.utils  # only for an HTTP-date Retry-After: rare, and slow to import
+
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def error_codes(body: bytes) -> tuple[tuple[str, ...], str]:
+    """The distribution error body's codes and first message."""
+    try:
+        errors = json.loads(body).get("errors") or []
+        codes = tuple(str(e.get("code")) for e in errors if isinstance(e, dict))
+        messages = [str(e.get("message")) for e in errors if isinstance(e, dict)]
+    except (ValueError, AttributeError):
+        return (), ""
+    return codes, (messages[0] if messages else "")
+
+
+class _HeadWatcher:
+    """Wraps a response's reader while its head is parsed, remembering the last line read."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.last = b""
+
+    def readline(self, limit: int = -1) -> bytes:
+        self.last = self.raw.readline(limit)
+        return self.last
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
+class _CheckedResponse(http.client.HTTPResponse):
+    """A response that knows whether its head ended with the blank line or was cut.
+
+    ``http.client`` ends a head at EOF as if at its blank line, so a connection cut inside
+    the head would look like a complete response missing its later headers (a truncated
+    ``Location``, say). Such a response is retried instead of believed.
+    """
+
+    head_cut = False
+
+    def begin(self) -> None:
+        raw = self.fp
+        watcher = _HeadWatcher(raw)
+        self.fp = watcher  # type: ignore[assignment]
+        try:
+            super().begin()
+        finally:
+            if self.fp is not None:  # None once the response closed itself
+                self.fp = raw
+        self.head_cut = watcher.last not in (b"\r\n", b"\n")
+
+
+class _Pool:
+    """Idle keep-alive connections per origin."""
+
+    def __init__(self, timeout: float, contexts: Callable[[str], ssl.SSLContext]) -> None:
+        self._timeout = timeout
+        self._contexts = contexts
+        self._idle: dict[tuple[str, str], list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, scheme: str, netloc: str) -> tuple[http.client.HTTPConnection, bool]:
+        """A connection and whether it was used before (and so may have gone stale)."""
+        with self._lock:
+            idle = self._idle.get((scheme, netloc))
+            if idle:
+                return idle.pop(), True
+        conn: http.client.HTTPConnection
+        if scheme == "https":
+            context = self._contexts(netloc)
+            conn = http.client.HTTPSConnection(netloc, timeout=self._timeout, context=context)
+        else:
+            conn = http.client.HTTPConnection(netloc, timeout=self._timeout)
+        conn.response_class = _CheckedResponse
+        return conn, False
+
+    def release(self, scheme: str, netloc: str, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            self._idle.setdefault((scheme, netloc), []).append(conn)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
+
+
+TRANSIENT_ERRORS: Final = (
+    OSError,  # resets, refused connections, broken pipes, timeouts (socket.timeout is one)
+    http.client.HTTPException,  # RemoteDisconnected, IncompleteRead, BadStatusLine
+)
+
+
+_STALE_ERRORS: Final = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+
+
+class Transport:
+    """Requests to registries, authorized and retried. Thread safe; it pools connections.
+
+    ``credentials`` (host -> :class:`~imagedsl.registry.auth.Credentials`) take precedence
+    over ``docker_config`` (default: Docker's own, read when a registry first asks).
+    ``insecure`` allows plain HTTP and unverified TLS for every registry; loopback registries
+    may use plain HTTP anyway. ``ssl_context`` verifies TLS (e.g. with a private CA).
+    ``progress`` hears how far a blob's upload has gone.
+    """
+
+    def __init__(
+        self,
+        *,
+        credentials: Mapping[str, Credentials] | None = None,
+        docker_config: DockerConfig | None = None,
+        insecure: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float = 60.0,
+        retry: RetryPolicy | None = None,
+        progress: TransferProgress,
+    ) -> None:
+        self._credentials = dict(credentials or {})
+        self._docker_config = docker_config
+        self.insecure = insecure
+        self._ssl_context = ssl_context
+        self._context: ssl.SSLContext | None = None
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.progress = progress
+        self._pool = _Pool(timeout, self._context_for)
+        self._lock = threading.Lock()
+        self._schemes: dict[str, str] = {}
+        self._probing: dict[str, threading.Lock] = {}
+        self._authorizers: dict[str, Authorizer] = {}
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._pool.close()
+
+    def url(self, repo: Repository, path: str) -> Url:
+        """``path`` on the registry's API host, in the scheme it speaks (probed once)."""
+        return Url(self._scheme(repo), repo.api_host, path)
+
+    def _context_for(self, netloc: str) -> ssl.SSLContext:
+        del netloc  # one policy for every host, for now
+        with self._lock:
+            # Made once: loading the system's CA certificates takes tens of milliseconds.
+            if self._context is None:
+                if self.insecure:
+                    self._context = ssl.create_default_context()
+                    self._context.check_hostname = False
+                    self._context.verify_mode = ssl.CERT_NONE
+                else:
+                    self._context = self._ssl_context or ssl.create_default_context()
+            return self._context
+
+    def _http_allowed(self, netloc: str) -> bool:
+        return self.insecure or is_loopback(netloc)
+
+    def _scheme(self, repo: Repository) -> str:
+        """HTTPS, or plain HTTP for a loopback/insecure registry that does not speak TLS."""
+        host = repo.api_host
+        with self._lock:
+            known = self._schemes.get(host)
+            if known is not None:
+                return known
+            probing = self._probing.setdefault(host, threading.Lock())
+        with probing:  # one probe per host, however many workers ask at once
+            with self._lock:
+                known = self._schemes.get(host)
+            if known is None:
+                known = self._probe(repo)
+                with self._lock:
+                    self._schemes[host] = known
+        return known
+
+    def _probe(self, repo: Repository) -> str:
+        """``GET /v2/`` over HTTPS, then over HTTP when allowed; a 401 teaches the auth.
+
+        Loopback registries are asked over plain HTTP first (no credentials go with a probe):
+        most are plain, and a TLS one answers 400, after which HTTPS is tried as usual. It
+        saves a refused TLS attempt and loading the system's CA certificates.
+        """
+        host = repo.api_host
+        if is_loopback(host):
+            try:
+                plain = self._ping(Url("http", host, "/v2/"), repo)
+            except Transient:
+                plain = None
+            if plain is not None and plain.status != 400:
+                return self._probed("http", plain, repo)
+        for scheme in ("https", "http"):
+            if scheme == "http" and not self._http_allowed(host):
+                raise InsecureRegistryError(host)
+            url = Url(scheme, host, "/v2/")
+            try:
+                reply = self.retrying(host, "connecting", functools.partial(self._ping, url, repo))
+            except _PlainHTTP:
+                continue
+            return self._probed(scheme, reply, repo)
+        raise AssertionError("unreachable")
+
+    def _probed(self, scheme: str, reply: Reply, repo: Repository) -> str:
+        if reply.status == 401:
+            self.authorizer(repo).challenged(reply.headers.get("www-authenticate"), (), None)
+        return scheme
+
+    def _ping(self, url: Url, repo: Repository) -> Reply:
+        try:
+            return self.call_once("GET", url, repo, "connecting", scopes=(), authorize=False)
+        except Transient as failure:
+            if isinstance(failure.__cause__, ssl.SSLError) and not isinstance(
+                failure.__cause__, ssl.SSLCertVerificationError | ssl.SSLEOFError
+            ):
+                raise _PlainHTTP from None  # a plain-HTTP server answered the TLS hello
+            raise
+
+    def authorizer(self, repo: Repository) -> Authorizer:
+        """What answers the challenges of the repository's API host (one per host)."""
+        host = repo.api_host
+        with self._lock:
+            found = self._authorizers.get(host)
+            if found is None:
+                found = Authorizer(host, lambda: self._lookup(repo.host), self._send_for_auth)
+                self._authorizers[host] = found
+            return found
+
+    def _lookup(self, host: str) -> Credentials | None:
+        explicit = self._credentials.get(host)
+        if explicit is not None:
+            return explicit
+        config = self._docker_config
+        if config is None:
+            config = self._docker_config = DockerConfig.load()
+        return config.credentials_for(host)
+
+    def _send_for_auth(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        target = Url.parse(url)
+        if target.scheme == "http" and not self._http_allowed(target.netloc):
+            raise InsecureRegistryError(target.netloc)
+        reply = self.retrying(
+            target.netloc,
+            "fetching a token",
+            lambda: self._exchange(method, target, dict(headers), body, stream=False),
+        )
+        return reply.status, reply.headers, reply.body
+
+    def retrying(self, host: str, action: str, attempt: Callable[[], T]) -> T:
+        """Run ``attempt`` until it does not raise :class:`Transient`, pausing as the retry
+        policy says; after the last attempt, :class:`RegistryConnectionError`."""
+        for number in range(1, self.retry.attempts + 1):
+            try:
+                return attempt()
+            except Transient as failure:
+                if number == self.retry.attempts:
+                    raise RegistryConnectionError(
+                        host, action, attempts=number, cause=failure.cause
+                    ) from None
+                pause = self.retry.delay(number, failure.retry_after)
+                _log.info("%s: %s; retry %d in %.2fs", action, failure.cause, number, pause)
+                time.sleep(pause)
+        raise AssertionError("unreachable")
+
+    def call(
+        self,
+        method: str,
+        url: Url,
+        repo: Repository,
+        action: str,
+        *,
+        scopes: Sequence[str],
+        headers: Mapping[str, str] | None = None,
+        body: Body = None,
+    ) -> Reply:
+        """One request with its body read, retried on transient failures."""
+        return self.retrying(
+            repo.host,
+            action,
+            lambda: self.call_once(
+                method, url, repo, action, scopes=scopes, headers=headers, body=body
+            ),
+        )
+
+    def call_once(
+        self,
+        method: str,
+        url: Url,
+        repo: Repository,
+        action: str,
+        *,
+        scopes: Sequence[str],
+        headers: Mapping[str, str] | None = None,
+        body: Body = None,
+        stream: bool = False,
+        authorize: bool = True,
+    ) -> Reply:
+        """One request, authorized (a 401 is answered once), redirects followed.
+
+        Raises :class:`Transient` for what is worth retrying (a dropped connection, a
+        retryable status), :class:`RegistryAuthError` when refused.
+        """
+        authorizer = self.authorizer(repo) if authorize else None
+        target = url
+        for _round in range(8):
+            sent = dict(headers or {})
+            auth = None
+            if authorizer is not None and target.netloc == repo.api_host:
+                auth = authorizer.header_for(scopes)
+                if auth is not None:
+                    sent["Authorization"] = auth
+            reply = self._exchange(method, target, sent, body, stream=stream)
+            if reply.status == 401 and authorizer is not None and _round == 0:
+                challenge = reply.headers.get("www-authenticate")
+                reply.close(reusable=not stream)
+                if authorizer.challenged(challenge, scopes, auth):
+                    continue
+                raise RegistryAuthError(
+                    repo.host, "the registry refused us", status=401, scopes=scopes
+                )
+            if reply.status in (401, 403) and authorizer is not None:
+                reply.close(reusable=not stream)
+                problem = "the registry refused us" if reply.status == 401 else "access denied"
+                raise RegistryAuthError(repo.host, problem, status=reply.status, scopes=scopes)
+            if reply.status in _REDIRECTS and method in ("GET", "HEAD"):
+                location = reply.headers.get("location")
+                reply.close(reusable=not stream)
+                if not location:
+                    raise RegistryError(repo.host, action, detail="a redirect without Location")
+                target = target.join(location)
+                if target.scheme == "http" and not self._http_allowed(target.netloc):
+                    raise InsecureRegistryError(target.netloc)
+                continue
+            if _retryable_status(reply.status):
+                reply.close(reusable=not stream)
+                after = _retry_after(reply.headers.get("retry-after"))
+                raise Transient(f"{method} {target.path} answered {reply.status}", after)
+            return reply
+        raise RegistryError(repo.host, action, detail="too many redirects")
+
+    def _exchange(
+        self, method: str, url: Url, headers: dict[str, str], body: Body, *, stream: bool
+    ) -> Reply:
+        """Send one request on a pooled connection. Connection failures become Transient."""
+        headers.setdefault("User-Agent", _USER_AGENT)
+        for _stale in range(2):
+            conn, reused = self._pool.acquire(url.scheme, url.netloc)
+            try:
+                response = self._send_request(conn, method, url, headers, body)
+                data = response.read() if method == "HEAD" or not stream else b""
+            except ssl.SSLCertVerificationError as error:
+                conn.close()
+                raise RegistryError(
+                    url.netloc,
+                    "connecting",
+                    detail=f"TLS verification failed: {error.verify_message}",
+                ) from None
+            except TRANSIENT_ERRORS as error:
+                conn.close()
+                if reused and method in ("GET", "HEAD") and isinstance(error, _STALE_ERRORS):
+                    continue  # an idle keep-alive connection the server had closed
+                raise Transient(f"{method} {url.path}: {type(error).__name__}: {error}") from error
+            except BaseException:
+                conn.close()
+                raise
+            if isinstance(response, _CheckedResponse) and response.head_cut:
+                conn.close()
+                raise Transient(f"{method} {url.path}: the response was cut short")
+            reply_headers = {k.lower(): v for k, v in response.getheaders()}
+            if method == "HEAD" or not stream:
+                if response.will_close:
+                    conn.close()
+                else:
+                    self._pool.release(url.scheme, url.netloc, conn)
+                return Reply(response.status, reply_headers, data)
+
+            def release(
+                reusable: bool,
+                conn: http.client.HTTPConnection = conn,
+                response: http.client.HTTPResponse = response,
+            ) -> None:
+                if reusable and not response.will_close and response.isclosed():
+                    self._pool.release(url.scheme, url.netloc, conn)
+                else:
+                    conn.close()
+
+            return Reply(response.status, reply_headers, b"", response, release)
+        raise Transient(f"{method} {url.path}: the connection kept closing")
+
+    def _send_request(
+        self,
+        conn: http.client.HTTPConnection,
+        method: str,
+        url: Url,
+        headers: Mapping[str, str],
+        body: Body,
+    ) -> http.client.HTTPResponse:
+        conn.putrequest(method, url.target, skip_accept_encoding=True)
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        if isinstance(body, bytes):
+            conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body)
+        elif isinstance(body, FilePart):
+            conn.putheader("Content-Length", str(body.length))
+            conn.endheaders()
+            self._send_file(conn, body)
+        else:
+            if method in ("POST", "PUT", "PATCH"):
+                conn.putheader("Content-Length", "0")
+            conn.endheaders()
+        return conn.getresponse()
+
+    def _send_file(self, conn: http.client.HTTPConnection, part: FilePart) -> None:
+        sock = conn.sock
+        assert sock is not None
+        sent = 0
+        with part.path.open("rb") as handle:
+            if isinstance(sock, ssl.SSLSocket):
+                handle.seek(part.offset)
+                buffer = bytearray(IO_CHUNK)
+                view = memoryview(buffer)
+                while sent < part.length:
+                    n = handle.readinto(view[: min(IO_CHUNK, part.length - sent)])
+                    if not n:
+                        raise Transient(f"{part.path} shrank while being sent")
+                    sock.sendall(view[:n])
+                    sent += n
+                    self.progress.transfer_advanced(part.digest, part.offset + sent)
+            else:
+                step = 8 * IO_CHUNK
+                while sent < part.length:
+                    count = min(step, part.length - sent)
+                    n = sock.sendfile(handle, part.offset + sent, count)
+                    if not n:
+                        raise Transient(f"{part.path} shrank while being sent")
+                    sent += n
+                    self.progress.transfer_advanced(part.digest, part.offset + sent)
+
+    def expect(
+        self, reply: Reply, statuses: Collection[int], repo: Repository, action: str
+    ) -> None:
+        """Raise the registry's error (:class:`NotFoundError` for 404) unless the reply's
+        status is one of ``statuses``."""
+        if reply.status in statuses:
+            return
+        codes, message = error_codes(reply.body)
+        error_type = NotFoundError if reply.status == 404 else RegistryError
+        raise error_type(repo.host, action, status=reply.status, codes=codes, detail=message)
+
+
+class _PlainHTTP(Exception):
+    """The registry answered a TLS hello with plain HTTP."""
