@@ -25,6 +25,8 @@ _SECRET_WORDS: Final = frozenset(
         "tokens", "apikey", "credential", "credentials", "creds", "privatekey", "auth",
     }
 )  # fmt: skip
+#: Credential words that may end a longer word (``PGPASSWORD``).
+_SECRET_SUFFIXES: Final = ("password", "passwd", "secret", "token", "apikey", "credentials")
 #: A last word that makes the value a reference to a secret, or a fact about one.
 _ABOUT_WORDS: Final = frozenset(
     {
@@ -93,6 +95,9 @@ def secret_name(name: str) -> bool:
     if not words or words[-1] in _ABOUT_WORDS or _PUBLIC_WORDS.intersection(words):
         return False
     if _SECRET_WORDS.intersection(words):
+        return True
+    # Words run together still end in one (PGPASSWORD, GHTOKEN); TOKENIZERS does not.
+    if any(word.endswith(_SECRET_SUFFIXES) for word in words):
         return True
     # A KEY at the end is a key (API_KEY, STRIPE_KEY), unless it is a lookup key (CACHE_KEY).
     return len(words) > 1 and words[-1] in ("key", "keys") and words[-2] not in _LOOKUP_WORDS

@@ -213,6 +213,8 @@ def is_manifest(name: str) -> bool:
     """Whether a basename is a dependency manifest or lock file (``requirements-dev.txt``
     too): the files a dependency install reads."""
     return name in MANIFEST_NAMES or _MANIFEST_PATTERN.match(name) is not None
+
+
 #: layers="auto": files at least this big are "large"; buckets aim at these sizes.
 LARGE_FILE: Final = 1 << 20
 _LARGE_BUCKET: Final = 64 << 20

@@ -5,17 +5,21 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import string
 from pathlib import Path
 
 import pytest
 from cli_support import imagedsl
+from hypothesis import given
+from hypothesis import strategies as st
 
 import imagedsl as dsl
+from imagedsl import credentials
 from imagedsl.api import BuildSession
 from imagedsl.check import RULES, CheckReport, Severity
 from imagedsl.check.sarif import to_sarif
-from imagedsl.store import Store
 from imagedsl.planner import record_step
+from imagedsl.store import Store
 
 RESOURCES = Path(__file__).parent / "resources"
 ROOT = Path(__file__).parent.parent
@@ -292,3 +296,51 @@ def test_history_is_quiet_for_cheap_steps(tmp_path: Path) -> None:
             record_step(store, step, seconds=0.5)
     report = BuildSession(build, store=store).check()
     assert not [f for f in report.findings if f.rule == "cache-order-history"]
+
+
+# -- what looks like a credential ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        pytest.param("AWS_SECRET_ACCESS_KEY", True, id="aws-secret"),
+        pytest.param("GITHUB_TOKEN", True, id="token"),
+        pytest.param("PGPASSWORD", True, id="run-together"),
+        pytest.param("apiKey", True, id="camel-case"),
+        pytest.param("STRIPE_KEY", True, id="final-key"),
+        pytest.param("GPG_KEY", False, id="public-key"),
+        pytest.param("CACHE_KEY", False, id="lookup-key"),
+        pytest.param("PASSWORD_FILE", False, id="path-to-secret"),
+        pytest.param("AWS_ACCESS_KEY_ID", False, id="id"),
+        pytest.param("TOKENIZERS_PARALLELISM", False, id="not-a-token"),
+        pytest.param("NODE_ENV", False, id="plain"),
+    ],
+)
+def test_secret_names(name: str, secret: bool) -> None:
+    """Names are read word by word: credential words make a secret; reference words do not."""
+    assert credentials.secret_name(name) is secret
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        pytest.param("AKIA" + "Q" * 16, "aws-access-key", id="aws"),
+        pytest.param("AKIAIOSFODNN7EXAMPLE", None, id="aws-documented-example"),
+        pytest.param("ghp_" + "a" * 36, "github-token", id="github"),
+        pytest.param("xoxb-" + "1" * 12, "slack-token", id="slack"),
+        pytest.param("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlLXh5eg", "jwt", id="jwt"),
+        pytest.param("postgres://app:s3cret@db/app", "url-password", id="url"),
+        pytest.param("https://example.com/path", None, id="url-without-password"),
+    ],
+)
+def test_value_formats(value: str, kind: str | None) -> None:
+    """Credential formats are known whatever the variable's name."""
+    assert credentials.value_format(value) == kind
+
+
+@given(value=st.text(alphabet=string.ascii_letters + string.digits + "-_/+", min_size=8))
+def test_masking_never_gives_a_value_away(value: str) -> None:
+    """A masked secret-looking value keeps at most its first four characters."""
+    shown = credentials.mask_pair("API_TOKEN", value)
+    assert value not in shown or credentials.trivial_value(value)

@@ -27,8 +27,8 @@ from imagedsl.treehash import Tree, is_manifest
 
 if TYPE_CHECKING:
     from imagedsl.graph import StepNode
-    from imagedsl.store import Store
     from imagedsl.planner import Plan
+    from imagedsl.store import Store
 
 FACTS_VERSION: Final = 1
 

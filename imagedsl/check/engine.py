@@ -15,8 +15,8 @@ from imagedsl.check._context import CheckContext
 from imagedsl.check.model import CheckReport, Finding
 
 if TYPE_CHECKING:
-    from imagedsl.store import Store
     from imagedsl.planner import Plan
+    from imagedsl.store import Store
 
 Check = Callable[[CheckContext], Iterable[Finding]]
 

@@ -15,22 +15,42 @@ from collections.abc import Iterator
 from imagedsl import credentials
 from imagedsl.check._context import CheckContext
 from imagedsl.check.model import Finding
+from imagedsl.graph import StepNode
 from imagedsl.steps import Add, Arg, Env
 
 
 def secret_env(ctx: CheckContext) -> Iterator[Finding]:
-    """ENV values that look like credentials, by name or by format."""
+    """ENV values that look like credentials, by name or by format, and ENVs that copy a
+    secret-looking build argument into the image."""
     for node in ctx.nodes:
         step = node.step
         if not isinstance(step, Env):
             continue
         effective = dict(node.state.env)
+        declared = _declared_args(ctx, node)
         for name, written in step.items:
             value = effective.get(name, written)
             why = credentials.secret_pair(name, written) or credentials.secret_pair(name, value)
+            copied = [a for a in _REFERENCE.findall(written) if a in declared]
+            if why is None and any(
+                credentials.secret_name(a) or credentials.secret_name(name) for a in copied
+            ):
+                why = "argument"
             if why is None:
                 continue
             carried = "" if value == written else f" (from {written})"
+            if why == "argument":
+                yield ctx.finding(
+                    "secret-env",
+                    node,
+                    f"ENV {name}={written} copies the build argument {copied[0]} into the image "
+                    "config",
+                    "Whatever value the build is given is then stored in the image, where "
+                    "anyone who pulls it reads it. Give the step that needs it a build secret "
+                    f"instead: .run(..., mounts=[dsl.secret({_secret_id(name)!r}, "
+                    f"env={name!r})]), and the container its value when it runs.",
+                )
+                continue
             yield ctx.finding(
                 "secret-env",
                 node,
@@ -42,6 +62,14 @@ def secret_env(ctx: CheckContext) -> Iterator[Finding]:
                 f"`imagedsl build --secret id={_secret_id(name)},env={name}`, and to the "
                 f"container when it runs (docker run -e {name}).",
             )
+
+
+_REFERENCE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _declared_args(ctx: CheckContext, node: StepNode) -> set[str]:
+    """ARGs declared before ``node`` in its stage (with or without a value)."""
+    return {n.step.name for n in ctx.chain(node)[:-1] if isinstance(n.step, Arg)}
 
 
 def secret_arg(ctx: CheckContext) -> Iterator[Finding]:
