@@ -17,6 +17,7 @@ from imagedsl.reporting import Reporter
 
 if TYPE_CHECKING:
     from imagedsl.check import CheckReport, Finding
+    from imagedsl.inspect import InspectReport
     from imagedsl.planner import Plan
 
 
@@ -148,6 +149,45 @@ def format_findings(report: CheckReport) -> str:
         f"{report.target}: {counts['error']} error(s), {counts['warning']} warning(s), "
         f"{counts['info']} info, {counts['suppressed']} suppressed"
     )
+    return "\n".join(lines) + "\n"
+
+
+def format_inspect(report: InspectReport, *, top: int = 10) -> str:
+    """``imagedsl inspect``'s text: a row per layer, the totals, the biggest waste, secrets."""
+    lines = [f"image {report.image}"]
+    rows = [("LAYER", "SIZE", "COMPRESSED", "WASTED", "+", "~", "-", "MADE BY")]
+    for layer in report.layers:
+        made_by = (
+            layer.created_by if layer.step is None else f"{layer.step} {layer.file}:{layer.line}"
+        )
+        rows.append(
+            (
+                str(layer.index),
+                human_size(layer.content_bytes),
+                human_size(layer.compressed_bytes),
+                human_size(layer.wasted_bytes),
+                str(layer.added),
+                str(layer.changed),
+                str(layer.deleted),
+                _truncate(made_by, 60),
+            )
+        )
+    widths = [max(len(row[c]) for row in rows) for c in range(7)]
+    for row in rows:
+        cells = [row[c].rjust(widths[c]) if c else row[c].ljust(widths[c]) for c in range(7)]
+        lines.append("  ".join([*cells, row[7]]).rstrip())
+    lines.append(
+        f"size {human_size(report.size_bytes)}, wasted {human_size(report.wasted_bytes)}, "
+        f"efficiency {report.efficiency * 100:.2f} %"
+    )
+    for item in report.wasted[:top]:
+        layers = ", ".join(str(i) for i in item.layers)
+        lines.append(f"  wasted {human_size(item.bytes):>10}  {item.path} (layers {layers})")
+    if len(report.wasted) > top:
+        lines.append(f"  ... and {len(report.wasted) - top} more wasted paths (--json lists all)")
+    for secret in report.secrets:
+        hidden = ", deleted later but still in the layer" if secret.deleted_later else ""
+        lines.append(f"secret: {secret.path} ({secret.kind}) in layer {secret.layer}{hidden}")
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,8 @@ A :class:`BuildSession` holds one build file, one target and the options every c
 method is one command: :meth:`~BuildSession.plan`, :meth:`~BuildSession.check`,
 :meth:`~BuildSession.build`,
 :meth:`~BuildSession.lower`, :meth:`~BuildSession.resolve_bases`, and the remote cache's
-:meth:`~BuildSession.import_cache`; :func:`push_image` pushes an existing layout or archive.
+:meth:`~BuildSession.import_cache`; :func:`push_image` pushes an existing layout or archive,
+:func:`inspect_image` reads any image and :func:`write_html` draws what it found.
 Progress and messages go to the reporter's hooks only: the library prints nothing.
 """
 
@@ -53,6 +54,7 @@ from imagedsl.store import Record, Store, StoreWarning, default_store_path
 
 if TYPE_CHECKING:
     from imagedsl.check import CheckReport
+    from imagedsl.inspect import InspectReport
     from imagedsl.lockfile import LockFile
     from imagedsl.registry.client import PushResult, RegistryClient
     from imagedsl.remote_cache import RemoteCache
@@ -74,6 +76,7 @@ __all__ = [
     "StoreWarning",
     "default_store_path",
     "get_backend",
+    "inspect_image",
     "load_buildfile",
     "open_store",
     "plan",
@@ -82,6 +85,7 @@ __all__ = [
     "record_step",
     "settle",
     "split_spec",
+    "write_html",
 ]
 
 
@@ -355,6 +359,31 @@ def push_image(
             reporter.image_pushed(str(done.reference), done.reference.name, done.tags)
             pushed.append(done)
     return tuple(pushed)
+
+
+def inspect_image(
+    source: str,
+    *,
+    store: Store | None = None,
+    platform: str = "linux/amd64",
+    insecure: bool = False,
+    reporter: Reporter | None = None,
+) -> InspectReport:
+    """What ``imagedsl inspect`` reports of an image: per layer its sizes, step and changes;
+    dive's wasted bytes and efficiency; credentials in any layer (see
+    :mod:`imagedsl.inspect`)."""
+    from imagedsl.inspect import inspect_image as inspect
+
+    return inspect(source, store=store, platform=platform, insecure=insecure, reporter=reporter)
+
+
+def write_html(
+    path: str | os.PathLike[str], report: InspectReport, plan: Plan | None = None
+) -> None:
+    """Write ``report`` (and ``plan``'s graph and build file) as one self-contained page."""
+    from imagedsl.inspect import html
+
+    html.write(path, report, plan)
 
 
 def registry_bases(planned: Plan) -> list[str]:

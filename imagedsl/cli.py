@@ -20,10 +20,11 @@ from imagedsl._terminal import (
     display_location,
     display_path,
     format_findings,
+    format_inspect,
     format_plan,
     mib,
 )
-from imagedsl.api import BuildSession, open_store, push_image
+from imagedsl.api import BuildSession, inspect_image, open_store, push_image, write_html
 from imagedsl.backends import BACKENDS
 from imagedsl.check import Severity
 from imagedsl.check.sarif import to_sarif
@@ -99,6 +100,27 @@ def run_check(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(format_findings(report))
     return EXIT_FAILURE if report.fails(Severity.parse(args.fail_on)) else EXIT_OK
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    """``imagedsl inspect IMAGE``: layers, waste and secrets as text or JSON; ``--html``."""
+    report = inspect_image(
+        args.image,
+        store=open_store(args.store),
+        platform=args.platform or "linux/amd64",
+        insecure=args.insecure,
+    )
+    if args.html:
+        plan = None
+        if args.buildfile is not None:
+            plan = BuildSession(args.buildfile, store=args.store).plan()
+        write_html(args.html, report, plan)
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_inspect(report))
+    return EXIT_OK
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -259,6 +281,29 @@ def _parser() -> argparse.ArgumentParser:
     _insecure(build)
     _common(build)
     build.set_defaults(run=run_build)
+
+    inspect = commands.add_parser(
+        "inspect", help="what each layer of an image costs, what is wasted, what leaked"
+    )
+    inspect.add_argument(
+        "image",
+        metavar="IMAGE",
+        help="oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:TAG], docker:NAME or "
+        "a registry reference",
+    )
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON (schema 1)")
+    inspect.add_argument("--html", metavar="FILE", help="also write the report as one HTML page")
+    inspect.add_argument(
+        "--buildfile",
+        metavar="FILE[:TARGET]",
+        help="for --html: draw this build file's graph, each step with its status now",
+    )
+    inspect.add_argument(
+        "--store", metavar="DIR", help="store directory (registry images are pulled into it)"
+    )
+    inspect.add_argument("--platform", metavar="OS/ARCH", help="platform to pick from an index")
+    _insecure(inspect)
+    inspect.set_defaults(run=run_inspect)
 
     push = commands.add_parser("push", help="push an OCI layout or archive to a registry")
     push.add_argument("source", metavar="SRC", help="oci:DIR[:TAG] or oci-archive:FILE[:TAG]")

@@ -187,7 +187,7 @@ _SECRET_FILES: Final = {
     "id_ecdsa": "private-key",
     "id_ed25519": "private-key",
 }
-_KEYSTORE_SUFFIXES: Final = (".p12", ".pfx", ".jks", ".keystore")
+_KEYSTORE_SUFFIXES: Final = (".p12", ".pfx", ".jks", ".keystore", ".ppk")
 _ENV_TEMPLATES: Final = (".example", ".sample", ".template", ".dist", ".defaults", ".tmpl")
 #: Config files that are credentials only when they hold a token: (basename, pattern).
 _TOKEN_FILES: Final = {
@@ -202,29 +202,53 @@ _TOKEN_FILES: Final = {
 #: Read at most this much of a file to look for credentials in it.
 CONTENT_LIMIT: Final = 64 << 10
 _PEM_PRIVATE: Final = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
-_CONTENT_HINTS: Final = (b"PRIVATE KEY", b"PuTTY-User-Key-File-", b'"private_key"')
 
 
 def path_kind(path: str) -> str | None:
     """The kind of credential a file is by its path alone (``.git`` included), or None."""
-    parts = path.strip("/").split("/")
-    if ".git" in parts:
+    if ".git" in path and ".git" in path.strip("/").split("/"):
         return "git-directory"
-    base = parts[-1]
+    directory, _, base = path.rstrip("/").rpartition("/")
     if base in _SECRET_FILES:
         return _SECRET_FILES[base]
-    if base == ".env" or (base.startswith(".env.") and not base.endswith(_ENV_TEMPLATES)):
+    if base.startswith(".env") and (
+        base == ".env" or (base.startswith(".env.") and not base.endswith(_ENV_TEMPLATES))
+    ):
         return "dotenv"
-    if base == "credentials" and len(parts) > 1 and parts[-2] == ".aws":
+    if base == "credentials" and directory.rpartition("/")[2] == ".aws":
         return "aws-credentials"
     if base.endswith(_KEYSTORE_SUFFIXES):
-        return "keystore"
+        return "putty-key" if base.endswith(".ppk") else "keystore"
     return None
 
 
+#: Extensions of source code, markup and media: files whose bytes ``check`` does not read
+#: (keys live in key files and configuration; reading every source file of a big context on
+#: each edit would cost more than the plan).
+_NOT_KEY_FILES: Final = frozenset(
+    {
+        ".py", ".pyi", ".pyc", ".js", ".mjs", ".cjs", ".ts", ".tsx", ".jsx", ".go", ".rs", ".c",
+        ".h", ".cc", ".cpp", ".hpp", ".java", ".kt", ".scala", ".rb", ".php", ".cs", ".swift",
+        ".css", ".scss", ".less", ".html", ".htm", ".svg", ".md", ".rst", ".png", ".jpg",
+        ".jpeg", ".gif", ".ico", ".webp", ".woff", ".woff2", ".ttf", ".otf", ".eot", ".mp3",
+        ".mp4", ".zip", ".gz", ".tgz", ".whl", ".jar", ".so", ".o", ".a", ".class", ".map",
+    }
+)  # fmt: skip
+
+
 def needs_content(path: str, size: int) -> bool:
-    """Whether :func:`content_kind` should see this file's bytes (small files only)."""
-    return 0 < size <= CONTENT_LIMIT and path_kind(path) is None
+    """Whether :func:`content_kind` should see this context file's bytes: small files, not
+    known by name, and not source code, markup or media."""
+    if not 0 < size <= CONTENT_LIMIT or path_kind(path) is not None:
+        return False
+    return not source_or_media(path)
+
+
+def source_or_media(path: str) -> bool:
+    """Whether a path names source code, markup or media (by its extension)."""
+    base = path.rpartition("/")[2]
+    dot = base.rfind(".")
+    return dot > 0 and base[dot:].lower() in _NOT_KEY_FILES
 
 
 def content_kind(path: str, data: bytes) -> str | None:
@@ -238,11 +262,11 @@ def content_kind(path: str, data: bytes) -> str | None:
         )
         if in_place and pattern.search(data):
             return kind
-    if not any(hint in data for hint in _CONTENT_HINTS):
-        return None
-    if _PEM_PRIVATE.search(data) or data.startswith(b"PuTTY-User-Key-File-"):
+    if data.startswith(b"PuTTY-User-Key-File-"):
         return "private-key"
-    if b'"service_account"' in data and b'"private_key"' in data:
+    if b"PRIVATE KEY" in data and _PEM_PRIVATE.search(data):
+        return "private-key"
+    if base.endswith(".json") and b'"private_key"' in data and b'"service_account"' in data:
         return "gcp-credentials"
     return None
 
@@ -250,3 +274,28 @@ def content_kind(path: str, data: bytes) -> str | None:
 def file_kind(path: str, data: bytes | None) -> str | None:
     """:func:`path_kind`, else :func:`content_kind` when the bytes are given."""
     return path_kind(path) or (None if data is None else content_kind(path, data))
+
+
+#: The formats worth looking for in any file of an image: specific enough that documentation
+#: and test data do not match them by accident (JWTs and URLs with passwords are left out).
+_FILE_FORMATS: Final = frozenset(
+    {"aws-access-key", "github-token", "gitlab-token", "slack-token", "slack-webhook",
+     "google-api-key", "stripe-key", "npm-token", "pypi-token"}
+)  # fmt: skip
+#: One pass over a file finds whether any of those formats may be in it.
+_FILE_HINT: Final = re.compile(
+    rb"AKIA|ASIA|gh[pousr]_|github_pat_|glpat-|xox|hooks\.slack\.com|AIza|k_live_|npm_|pypi-AgE"
+)
+
+
+def token_in_file(data: bytes) -> str | None:
+    """The kind of the first token in a specific credential format in a file's bytes."""
+    if b"\0" in data[:1024] or _FILE_HINT.search(data) is None:
+        return None
+    text = data.decode("latin-1")
+    for kind, pattern in VALUE_FORMATS:
+        if kind in _FILE_FORMATS:
+            for match in pattern.finditer(text):
+                if match.group(0) not in _DOCUMENTED_EXAMPLES:
+                    return kind
+    return None

@@ -344,3 +344,34 @@ def test_masking_never_gives_a_value_away(value: str) -> None:
     """A masked secret-looking value keeps at most its first four characters."""
     shown = credentials.mask_pair("API_TOKEN", value)
     assert value not in shown or credentials.trivial_value(value)
+
+
+def test_context_files_are_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file's bytes are read for credentials once: an edit reads only the edited file, and
+    source code is never read."""
+    from imagedsl.check import _context
+
+    reads: list[str] = []
+    original = _context._content_kind
+
+    def counting(root: str, source: str) -> str | None:
+        reads.append(source)
+        return original(root, source)
+
+    monkeypatch.setattr(_context, "_content_kind", counting)
+    (tmp_path / "ctx").mkdir()
+    for name in ("a.json", "b.yaml", "c.conf", "main.py"):
+        (tmp_path / "ctx" / name).write_text(f"{name}\n")
+    build = tmp_path / "build.py"
+    build.write_text(
+        'import imagedsl as dsl\napp = dsl.scratch().copy(dsl.context("ctx"), "/app")\n'
+    )
+    BuildSession(build, store=tmp_path / "store").check()
+    assert sorted(reads) == ["a.json", "b.yaml", "c.conf"]
+    reads.clear()
+    (tmp_path / "ctx" / "b.yaml").write_text("changed\n")
+    BuildSession(build, store=tmp_path / "store").check()
+    assert reads == ["b.yaml"]
+    reads.clear()
+    BuildSession(build, store=tmp_path / "store").check()
+    assert reads == []

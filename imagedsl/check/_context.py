@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from imagedsl.store import Store
 
 FACTS_VERSION: Final = 1
+#: The memo of file contents read and found clean (not read again by later runs).
+CLEAN_FILES: Final = f"clean-files-v{FACTS_VERSION}"
+MAX_CLEAN_FILES: Final = 1 << 20
 
 
 @attrs.frozen(kw_only=True)
@@ -65,12 +68,17 @@ class TreeFacts:
         return cls(secrets=secrets, manifests=manifests)
 
 
-def scan_tree(tree: Tree, root: str) -> TreeFacts:
-    """Read a tree's rows (and the bytes of its small files) for :class:`TreeFacts`."""
+def scan_tree(tree: Tree, root: str, clean: set[bytes] | None = None) -> TreeFacts:
+    """Read a tree's rows (and the bytes of its small key-like files) for :class:`TreeFacts`.
+
+    ``clean`` holds digests of file contents already read and found to hold no credential:
+    those are not read again, and the digests of files found clean now are added to it.
+    """
+    clean = set() if clean is None else clean
     secrets: list[tuple[str, str, str]] = []
     manifests: list[tuple[str, str]] = []
     git_reported = False
-    for placed, source, kind, _, size, _ in tree.rows:
+    for placed, source, kind, _, size, digest in tree.rows:
         found = credentials.path_kind(source)
         if found == "git-directory":
             if git_reported:
@@ -82,12 +90,20 @@ def scan_tree(tree: Tree, root: str) -> TreeFacts:
             if ".git" in placed_parts:
                 placed = "/".join(placed_parts[: placed_parts.index(".git") + 1])
         elif found is None and kind == "file" and credentials.needs_content(source, size):
-            found = _content_kind(root, source)
+            known = _short_digest(digest)
+            if known not in clean:
+                found = _content_kind(root, source)
+                if found is None:
+                    clean.add(known)
         if found is not None:
             secrets.append((source, placed, found))
         if kind == "file" and "/" not in placed and is_manifest(posixpath.basename(source)):
             manifests.append((source, placed))
     return TreeFacts(secrets=tuple(secrets), manifests=tuple(manifests))
+
+
+def _short_digest(digest: str) -> bytes:
+    return bytes.fromhex(digest[:32]) if len(digest) >= 32 else digest.encode()
 
 
 def _content_kind(root: str, source: str) -> str | None:
@@ -107,6 +123,9 @@ class CheckContext:
     store: Store | None = None
     build_args: Mapping[str, str] = attrs.field(factory=dict)
     _facts: dict[tuple[str, ContextSource], TreeFacts] = attrs.field(factory=dict)
+    #: Contents read and found clean (16-byte digest prefixes), loaded when first needed.
+    _clean: set[bytes] | None = None
+    _clean_size: int = 0
 
     @property
     def nodes(self) -> tuple[StepNode, ...]:
@@ -167,11 +186,28 @@ class CheckContext:
         saved = None if self.store is None else self.store.load_tree_facts(name)
         facts = None if saved is None else TreeFacts.from_json(saved)
         if facts is None:
-            facts = scan_tree(tree, source.context.root)
+            facts = scan_tree(tree, source.context.root, self._clean_contents())
             if self.store is not None:
                 self.store.save_tree_facts(name, facts.to_json())
         self._facts[(tree.digest, source)] = facts
         return facts
+
+    def _clean_contents(self) -> set[bytes]:
+        if self._clean is None:
+            data = None if self.store is None else self.store.load_tree_facts(CLEAN_FILES)
+            data = data or b""
+            if len(data) % 16:
+                data = b""  # damaged: it only costs reading the files again
+            self._clean = {data[i : i + 16] for i in range(0, len(data), 16)}
+            self._clean_size = len(self._clean)
+        return self._clean
+
+    def save(self) -> None:
+        """Keep what this run learnt of file contents (a bounded set: reset when full)."""
+        if self.store is None or self._clean is None or len(self._clean) == self._clean_size:
+            return
+        kept = self._clean if len(self._clean) <= MAX_CLEAN_FILES else set()
+        self.store.save_tree_facts(CLEAN_FILES, b"".join(sorted(kept)))
 
     def runs(self) -> Iterator[tuple[StepNode, Run]]:
         """Every RUN step of the plan."""

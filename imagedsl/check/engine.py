@@ -35,4 +35,5 @@ def check_plan(
     findings: list[Finding] = []
     for check in CHECKS:
         findings.extend(check(context))
+    context.save()
     return CheckReport.of(plan.buildfile, plan.target, findings)

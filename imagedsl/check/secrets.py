@@ -133,6 +133,7 @@ _KINDS = {
     "git-credentials": "stored git credentials",
     "git-directory": "a git repository, with its history and config",
     "keystore": "a key store",
+    "putty-key": "a PuTTY private key",
 }
 
 

@@ -45,7 +45,6 @@ from imagedsl.backends.oci.filesystem import (
     Filesystem,
     UnsafeLayerError,
     _clean_member_name,
-    decompressed,
     drain,
 )
 from imagedsl.backends.oci.layer import (
@@ -57,6 +56,7 @@ from imagedsl.backends.oci.layer import (
 from imagedsl.errors import ImageDSLError
 from imagedsl.oci.blobs import BlobStore, VerifyingReader, damaged_as_digest_error
 from imagedsl.oci.image import LayerBlob
+from imagedsl.oci.layerstream import decompressed
 from imagedsl.store import StoreArea
 
 SNAPSHOT_FORMAT: Final = "v1"
