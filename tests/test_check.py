@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import imagedsl as dsl
 from imagedsl import credentials
-from imagedsl.api import BuildSession
+from imagedsl.api import BuildSession, load_buildfile, plan
 from imagedsl.check import RULES, CheckReport, Severity
 from imagedsl.check.sarif import to_sarif
 from imagedsl.planner import record_step
@@ -138,7 +138,7 @@ def test_allow_suppresses_and_lists(project: Path) -> None:
 def test_allow_refuses_an_unknown_rule(project: Path) -> None:
     """An unknown rule in `.allow(...)` is an error at its line."""
     with pytest.raises(dsl.BuildFileError) as caught:
-        dsl.load_buildfile(project / "allow_unknown.py")
+        load_buildfile(project / "allow_unknown.py")
     assert caught.value.location is not None
     assert caught.value.location.line == 3
     assert "no-such-rule" in str(caught.value)
@@ -149,13 +149,13 @@ def test_allow_keeps_the_key() -> None:
     plain = dsl.image("debian:12").run("apt-get update")
     allowed = plain.allow("package-cache", "deleted-later")
     assert allowed == plain
-    assert dsl.plan(allowed).steps[-1].key == dsl.plan(plain).steps[-1].key
+    assert plan(allowed).steps[-1].key == plan(plain).steps[-1].key
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.parent.name for p in EXAMPLES])
 def test_examples_have_no_warnings(path: Path, tmp_path: Path) -> None:
     """The repository's own examples pass check: nothing of warning or worse, any target."""
-    build = dsl.load_buildfile(path)
+    build = load_buildfile(path)
     for target in build.targets:
         report = BuildSession(build, target, store=tmp_path / "store").check()
         assert not report.fails(Severity.WARNING), [f.message for f in report.active]
@@ -243,10 +243,10 @@ def test_plan_masks_secrets_in_miss_reasons(tmp_path: Path) -> None:
     """A changed secret-looking ENV is explained without showing either value."""
     store = Store(tmp_path / "store")
     old = dsl.image("alpine").env(API_TOKEN="first-secret-value-123")
-    for step in dsl.plan(old, store=store).steps:
+    for step in plan(old, store=store).steps:
         record_step(store, step)
     new = dsl.image("alpine").env(API_TOKEN="second-secret-value-456").run("true")
-    text = json.dumps(dsl.plan(new, store=store).to_json())
+    text = json.dumps(plan(new, store=store).to_json())
     assert "first-secret" not in text
     assert "second-secret" not in text
 

@@ -22,7 +22,7 @@ import pytest
 from docker_support import DockerEngine
 
 import imagedsl as dsl
-from imagedsl.api import BuildSession, inspect_image
+from imagedsl.api import BuildSession, inspect_image, plan
 from imagedsl.backends import BuildRequest
 from imagedsl.backends.dockerfile.buildkit import DockerfileBackend
 from imagedsl.backends.oci.backend import OCIBackend
@@ -72,7 +72,7 @@ def fixture_tag(docker_engine: DockerEngine) -> Iterator[str]:
 
 def build_with_buildkit(engine: DockerEngine, stage: dsl.Stage, tag: str, store: Path) -> None:
     """Build ``stage`` with the docker backend under ``tag``."""
-    planned = dsl.plan(stage, store=Store(store))
+    planned = plan(stage, store=Store(store))
     DockerfileBackend(engine).build(
         planned, BuildRequest(tags=(tag,)), store=Store(store), reporter=Reporter()
     )
@@ -140,7 +140,7 @@ def test_overwritten_file(tmp_path: Path) -> None:
     archive = tmp_path / "overwritten.tar"
     store = Store(tmp_path / "store")
     OCIBackend().build(
-        dsl.plan(stage, store=store),
+        plan(stage, store=store),
         BuildRequest(output=f"docker-archive:{archive}:over"),
         store=store,
         reporter=Reporter(),
