@@ -167,7 +167,7 @@ def dockerfile_signature(command: dockerfile.Command) -> Signature:
 def step_signature(step: Step) -> Signature:
     """The signature of a build-file step."""
     if isinstance(step, FromImage):
-        return "from", step.reference.familiar
+        return "from", step.image.familiar
     if isinstance(step, Run):
         return "run", " ".join(run_script(step).split())
     if isinstance(step, Env):

@@ -77,7 +77,7 @@ def root_user(ctx: CheckContext) -> Iterator[Finding]:
     runs_something = any(isinstance(node.step, Entrypoint | Cmd) for node in chain)
     base = chain[0].step
     named_nonroot = isinstance(base, FromImage) and any(
-        word in str(base.reference) for word in ("nonroot", "non-root", "rootless")
+        word in str(base.image) for word in ("nonroot", "non-root", "rootless")
     )
     if runs_something and not named_nonroot:
         yield ctx.finding(
@@ -98,7 +98,7 @@ def toolchain_in_final(ctx: CheckContext) -> Iterator[Finding]:
         yield ctx.finding(
             "toolchain-in-final",
             base,
-            f"the final image is built on {base.step.reference.familiar}, a compiler/SDK image",
+            f"the final image is built on {base.step.image.familiar}, a compiler/SDK image",
             "The toolchain ships with the application (hundreds of MB, and tools an "
             "attacker can use). Build in a stage of its own and copy only the result into a "
             'small runtime image: app = dsl.image("…-slim").copy(builder.path("/out/app"), '
@@ -120,7 +120,7 @@ def toolchain_in_final(ctx: CheckContext) -> Iterator[Finding]:
 
 
 def _toolchain_image(step: FromImage) -> bool:
-    reference = step.reference
+    reference = step.image
     if reference.transport != "registry":
         return False
     last = reference.name.rsplit("/", 1)[-1]
@@ -163,7 +163,7 @@ def unpinned_base(ctx: CheckContext) -> Iterator[Finding]:
         step = node.step
         if not isinstance(step, FromImage) or node.preimage.get("digest") is not None:
             continue
-        reference = step.reference
+        reference = step.image
         if reference.transport == "registry":
             fix = (
                 f'Pin it: dsl.image("{reference.familiar}@sha256:…"), or run `imagedsl plan '
