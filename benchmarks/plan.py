@@ -78,6 +78,29 @@ def main() -> None:
         check_cost(command, work, env, args.runs)
 
 
+def in_process(work: Path, runs: int = 15) -> None:
+    """What check adds, measured inside one process on a warm plan (steadier than processes
+    on a busy machine): its first call (which imports the rule modules) and the median of
+    the calls after it, wall and CPU."""
+    import statistics
+
+    from imagedsl.api import BuildSession
+
+    session = BuildSession(work / "build.py", store=work / "store")
+    planned = session.plan()
+    walls, cpus = [], []
+    for _ in range(runs + 1):
+        wall, cpu = time.perf_counter(), time.process_time()
+        session.check(planned)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    print(
+        f"check in process: first call {walls[0] * 1000:.1f} ms wall, {cpus[0] * 1000:.1f} ms "
+        f"cpu (imports included); then median {statistics.median(walls[1:]) * 1000:.1f} ms "
+        f"wall, {statistics.median(cpus[1:]) * 1000:.1f} ms cpu"
+    )
+
+
 def check_cost(plan: list[str], work: Path, env: dict[str, str], runs: int) -> None:
     """Warm ``plan --json`` (no check) against warm ``plan`` (the table shows check's errors)
     and warm ``imagedsl check``, interleaved so that they see the same machine."""
@@ -89,6 +112,7 @@ def check_cost(plan: list[str], work: Path, env: dict[str, str], runs: int) -> N
     for _ in range(max(runs, 7)):
         for case, argv in cases.items():
             results[case].append(timed(argv, cwd=work, env=env).seconds)
+    in_process(work)
     base = median(results["plan --json"])
     print(
         f"{'warm, with check':<18} {'median s':>9} {'adds ms':>8}  (target {CHECK_TARGET_S * 1000:.0f} ms)"
