@@ -133,6 +133,7 @@ def compare(archive: Path, work: Path, runs: int, env: dict[str, str]) -> None:
     report = json.loads(subprocess.run(ours, cwd=work, env=env, capture_output=True,
                                        check=True, text=True).stdout)  # fmt: skip
     dive_json = work / "inspect-dive.json"
+    dive_json.unlink(missing_ok=True)  # dive writes over an old file without truncating it
     subprocess.run([dive_binary(), "--source", "docker-archive", str(archive), "--json",
                     str(dive_json)], check=True, capture_output=True, env={**env, "CI": "false"})  # fmt: skip
     image = json.loads(dive_json.read_text())["image"]

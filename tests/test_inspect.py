@@ -178,7 +178,7 @@ def test_tar_reader_agrees_with_tarfile(tmp_path: Path) -> None:
             archive.addfile(info, None if data is None else io.BytesIO(data))
     for data in (pax, gnu_buffer.read_bytes()):
         pieces = iter([data[i : i + 700] for i in range(0, len(data), 700)])  # split anywhere
-        found = TarReader(pieces).entries(lambda _p, _s, _m: True, data_limit=1 << 20)
+        found = TarReader.of_chunks(pieces).entries(lambda _p, _s: True, data_limit=1 << 20)
         read = [(e.path, e.type, e.size, e.link, e.data) for e in found]
         assert read == [
             ("d", "5", 0, "", None),
@@ -250,18 +250,23 @@ def write_docker_archive(layout: Path, target: Path) -> Path:
     return target
 
 
-def test_tar_reader_finds_markers_across_chunks() -> None:
-    """A marker split between two chunks still marks the file it lies in, and only it."""
-    key = b"x" * 1000 + b"-----BEGIN RSA PRIVATE KEY-----\n"
-    data = tar_bytes([member("a.txt", data=b"plain" * 300), member("b.txt", data=key)])
-    at = data.index(b"PRIVATE KEY") + 4
-    asked: dict[str, bool] = {}
+def test_tar_reader_by_position_agrees_with_chunks(tmp_path: Path) -> None:
+    """An uncompressed tar read by position gives what its chunks give, and reads only the
+    files it is asked for."""
+    data = tar_bytes(
+        [member("a.py", data=b"print()\n" * 100), member("b.conf", data=b"k=v\n"),
+         member("big.bin", data=b"\0" * 70_000)]
+    )  # fmt: skip
+    path = tmp_path / "layer.tar"
+    path.write_bytes(b"junk" + data)
 
-    def wants(path: str, _size: int, marked: bool) -> bool:
-        asked[path] = marked
-        return marked
+    def wants(path: str, _size: int) -> bool:
+        return path.endswith(".conf")
 
-    reader = TarReader(iter([data[:at], data[at:]]), [b"PRIVATE KEY"])
-    found = {e.path: e.data for e in reader.entries(wants, data_limit=1 << 20)}
-    assert asked == {"a.txt": False, "b.txt": True}
-    assert found == {"a.txt": None, "b.txt": key}
+    chunked = TarReader.of_chunks(iter([data[:3000], data[3000:]]))
+    expected = [(e.path, e.size, e.data) for e in chunked.entries(wants, data_limit=65536)]
+    with path.open("rb") as handle:
+        positional = TarReader.at(handle.fileno(), 4, len(data))
+        found = [(e.path, e.size, e.data) for e in positional.entries(wants, data_limit=65536)]
+    assert found == expected
+    assert found == [("a.py", 800, None), ("b.conf", 4, b"k=v\n"), ("big.bin", 70_000, None)]

@@ -1,20 +1,25 @@
-"""A fast reader of tar entries arriving in large chunks, for looking at layers in place.
+"""A fast reader of tar entries, for looking at layers in place.
 
 ``tarfile`` works, but its stream mode moves the data it skips in small pieces and builds a
-``TarInfo`` per entry. Here the decompressed tar arrives as chunks of a few MiB
-(:func:`~imagedsl.oci.layerstream.decompressed_chunks`); headers are parsed where they lie,
-skipped data is never copied, and each chunk is searched once, at C speed, for *markers*
-(``PRIVATE KEY``...), so the caller asks for a small file's bytes only when a marker lies
-in it or its name calls for a look. Understood: ustar and GNU headers, GNU long names
-(``L``/``K``), PAX records (``path``, ``linkpath``, ``size``) and base-256 sizes.
+``TarInfo`` per entry. Here a layer is read one of two ways:
+
+- a compressed layer arrives as large decompressed chunks
+  (:func:`~imagedsl.oci.layerstream.decompressed_chunks`): headers are parsed where they lie
+  and skipped data is never copied;
+- an uncompressed layer in a file (a layout blob, a ``docker save`` member) is read by
+  position: each header with one ``pread``, and a file's bytes only when asked for; what is
+  skipped is never read at all.
+
+Understood: ustar and GNU headers, GNU long names (``L``/``K``), PAX records (``path``,
+``linkpath``, ``size``) and base-256 sizes.
 """
 
 from __future__ import annotations
 
-import bisect
+import os
 import posixpath
-from collections.abc import Callable, Iterator, Sequence
-from typing import Final
+from collections.abc import Callable, Iterator
+from typing import Final, Protocol
 
 import attrs
 
@@ -59,34 +64,129 @@ def clean_path(name: str) -> str:
     return "" if cleaned == "." else cleaned
 
 
-#: Given a regular file's path, size, and whether a marker lies in its bytes: fetch them?
-WantsData = Callable[[str, int, bool], bool]
+#: Given a regular file's path and size: fetch its bytes?
+WantsData = Callable[[str, int], bool]
 
 
-class TarReader:
-    """The entries of a tar that arrives as ``chunks``; ``total`` counts its bytes."""
+class _Source(Protocol):
+    """Where the tar's bytes come from, in order."""
 
-    def __init__(self, chunks: Iterator[bytes], markers: Sequence[bytes] = ()) -> None:
+    total: int
+
+    def take(self, size: int) -> bytes:
+        """The next ``size`` bytes (fewer at the end)."""
+
+    def skip(self, size: int) -> None:
+        """Pass over ``size`` bytes."""
+
+    def finish(self) -> None:
+        """Account for the rest of the stream."""
+
+
+class _Chunks:
+    """A tar arriving as chunks: one buffer, headers and data sliced out of it."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
         self._buffer = b""
         self._position = 0
-        #: Offset in the stream of ``_buffer[0]``.
-        self._base = 0
         self.total = 0
-        self._markers = tuple(markers)
-        self._overlap = max((len(m) for m in self._markers), default=1) - 1
-        self._tail = b""
-        self._hits: list[int] = []
+
+    def _pull(self) -> bool:
+        chunk = next(self._chunks, b"")
+        if not chunk:
+            return False
+        self.total += len(chunk)
+        if self._position < len(self._buffer):
+            self._buffer = self._buffer[self._position :] + chunk
+        else:
+            self._buffer = chunk
+        self._position = 0
+        return True
+
+    def take(self, size: int) -> bytes:
+        while len(self._buffer) - self._position < size:  # usually already there
+            if not self._pull():
+                break
+        data = self._buffer[self._position : self._position + size]
+        self._position += len(data)
+        return data
+
+    def skip(self, size: int) -> None:
+        while size > 0:
+            available = len(self._buffer) - self._position
+            if available >= size:
+                self._position += size
+                return
+            size -= available
+            self._position = len(self._buffer)
+            if not self._pull():
+                raise TarFormatError("the tar ends inside an entry")
+
+    def finish(self) -> None:
+        while self._pull():
+            self._buffer, self._position = b"", 0
+
+
+class _Positional:
+    """An uncompressed tar in a file, read by position: skipped bytes are never read."""
+
+    def __init__(self, fd: int, offset: int, size: int) -> None:
+        self._fd = fd
+        self._position = offset
+        self._end = offset + size
+        self.total = size
+
+    def take(self, size: int) -> bytes:
+        size = min(size, self._end - self._position)
+        data = os.pread(self._fd, size, self._position) if size > 0 else b""
+        self._position += len(data)
+        return data
+
+    def skip(self, size: int) -> None:
+        if self._position + size > self._end:
+            raise TarFormatError("the tar ends inside an entry")
+        self._position += size
+
+    def finish(self) -> None:
+        """Nothing to do: the size is known."""
+
+
+class TarReader:
+    """The entries of a tar; ``total`` is its size in bytes once read."""
+
+    def __init__(self, source: _Source) -> None:
+        self._source = source
+
+    @classmethod
+    def of_chunks(cls, chunks: Iterator[bytes]) -> TarReader:
+        """A tar arriving as chunks (a compressed layer, inflated)."""
+        return cls(_Chunks(chunks))
+
+    @classmethod
+    def at(cls, fd: int, offset: int, size: int) -> TarReader:
+        """An uncompressed tar of ``size`` bytes at ``offset`` in the file ``fd``."""
+        return cls(_Positional(fd, offset, size))
+
+    @property
+    def total(self) -> int:
+        """Bytes of the tar (after :meth:`finish`)."""
+        return self._source.total
+
+    def finish(self) -> None:
+        """Read to the end of the stream (what follows the tar's end counts in ``total``)."""
+        self._source.finish()
 
     def entries(self, wants_data: WantsData, *, data_limit: int) -> Iterator[TarEntry]:
         """Every entry in order; regular files up to ``data_limit`` bytes come with their
         bytes when ``wants_data`` says so."""
+        source = self._source
         pending: dict[str, str] = {}
         long_name: str | None = None
         long_link: str | None = None
         zero_blocks = 0
         while True:
-            header = self._take(BLOCK)
+            header = source.take(BLOCK)
             if len(header) < BLOCK:
                 return
             if header == _ZERO_BLOCK:
@@ -98,8 +198,8 @@ class TarReader:
             kind = chr(header[156]) if header[156] else "0"
             size = _number(header[124:136])
             if kind in ("x", "g", "L", "K"):
-                payload = self._take(size)
-                self._skip(-size % BLOCK)
+                payload = source.take(size)
+                source.skip(-size % BLOCK)
                 if kind == "x":
                     pending.update(_pax(payload))
                 elif kind == "L":
@@ -117,84 +217,15 @@ class TarReader:
             long_name = long_link = None
             entry = TarEntry(path=clean_path(name), type=kind, size=size, link=link)
             if size and kind not in _HEADER_ONLY:
-                padded = size + (-size % BLOCK)
-                if kind in REGULAR and size <= data_limit and self._have(padded):
-                    start = self._base + self._position
-                    if wants_data(entry.path, size, self._marked(start, start + size)):
-                        entry.data = self._buffer[self._position : self._position + size]
-                    self._position += padded
+                padding = -size % BLOCK
+                if kind in REGULAR and size <= data_limit and wants_data(entry.path, size):
+                    entry.data = source.take(size)
+                    if len(entry.data) < size:
+                        raise TarFormatError("the tar ends inside an entry")
+                    source.skip(padding)
                 else:
-                    self._skip(padded)
+                    source.skip(size + padding)
             yield entry
-
-    def drain(self) -> None:
-        """Read the stream to its end (what follows the tar's end still counts in ``total``)."""
-        while self._pull():
-            self._buffer, self._position, self._base = b"", 0, self.total
-
-    # -- the buffer --------------------------------------------------------------------------
-
-    def _pull(self) -> bool:
-        chunk = next(self._chunks, b"")
-        if not chunk:
-            return False
-        if self._markers:
-            self._scan(chunk)
-        self.total += len(chunk)
-        rest = self._buffer[self._position :]
-        self._base += self._position
-        self._buffer = rest + chunk if rest else chunk
-        self._position = 0
-        return True
-
-    def _scan(self, chunk: bytes) -> None:
-        """Note where markers start in ``chunk``, and in the seam with the chunk before."""
-        found = []
-        seam = self._tail + chunk[: self._overlap]
-        for marker in self._markers:
-            index = seam.find(marker)
-            while index >= 0:
-                if index < len(self._tail) < index + len(marker):  # across the seam only
-                    found.append(self.total - len(self._tail) + index)
-                index = seam.find(marker, index + 1)
-            index = chunk.find(marker)
-            while index >= 0:
-                found.append(self.total + index)
-                index = chunk.find(marker, index + 1)
-        self._hits.extend(sorted(found))
-        if self._overlap:
-            self._tail = (
-                (self._tail + chunk)[-self._overlap :]
-                if len(chunk) < self._overlap
-                else chunk[-self._overlap :]
-            )
-
-    def _marked(self, start: int, end: int) -> bool:
-        index = bisect.bisect_left(self._hits, start)
-        return index < len(self._hits) and self._hits[index] < end
-
-    def _have(self, size: int) -> bool:
-        while len(self._buffer) - self._position < size:
-            if not self._pull():
-                return False
-        return True
-
-    def _take(self, size: int) -> bytes:
-        self._have(size)
-        data = self._buffer[self._position : self._position + size]
-        self._position += len(data)
-        return data
-
-    def _skip(self, size: int) -> None:
-        while size > 0:
-            available = len(self._buffer) - self._position
-            if available >= size:
-                self._position += size
-                return
-            size -= available
-            self._position = len(self._buffer)
-            if not self._pull():
-                raise TarFormatError("the tar ends inside an entry")
 
 
 def _name(header: bytes) -> str:

@@ -21,6 +21,7 @@ import contextlib
 import os
 import queue
 import re
+import stat
 import threading
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from typing import Any, Final
@@ -32,6 +33,8 @@ from imagedsl.inspect._tar import TarEntry, TarReader
 from imagedsl.inspect.model import InspectReport, LayerReport, LayerSecret, WastedPath
 from imagedsl.inspect.sources import ImageSource
 from imagedsl.oci.layerstream import decompressed_chunks
+from imagedsl.oci.layout import ArchiveMember
+from imagedsl.oci.mediatypes import sniff_compression
 from imagedsl.reporting import Reporter
 
 WHITEOUT: Final = ".wh."
@@ -117,13 +120,8 @@ def analyse(image: ImageSource, reporter: Reporter | None = None) -> InspectRepo
     for index, layer in enumerate(image.layers):
         label = f"layer {index + 1}/{len(image.layers)}"
         reporter.step_started(label)
-        with (
-            layer.open() as raw,
-            contextlib.closing(_prefetched(decompressed_chunks(raw))) as chunks,
-        ):
-            reader = TarReader(chunks, _MARKERS)
-            items = list(reader.entries(_wants_data, data_limit=credentials.CONTENT_LIMIT))
-            reader.drain()
+        with layer.open() as raw:
+            items, total = _read_layer(raw)
         tree = _layer_tree(items)
         changes = _visit(tree, index, stack, copies)
         found.extend(_secrets(items, index))
@@ -138,7 +136,7 @@ def analyse(image: ImageSource, reporter: Reporter | None = None) -> InspectRepo
                 diff_id=layer.diff_id,
                 media_type=layer.media_type,
                 compressed_bytes=layer.size,
-                uncompressed_bytes=reader.total,
+                uncompressed_bytes=total,
                 content_bytes=sum(item.size for item in items),
                 created_by=created_by,
                 step=step,
@@ -182,17 +180,42 @@ def analyse(image: ImageSource, reporter: Reporter | None = None) -> InspectRepo
     )
 
 
-#: What a file's bytes are searched for before deciding to look at them closely.
-_MARKERS: Final = (b"PRIVATE KEY",)
+def _read_layer(raw: Any) -> tuple[list[TarEntry], int]:
+    """A layer's entries and its tar's size: by position when it is an uncompressed tar in a
+    file (nothing skipped is read), else from its inflated chunks."""
+    where = _position_of(raw)
+    if where is not None and sniff_compression(os.pread(where[0], 4, where[1])) == "none":
+        reader = TarReader.at(*where)
+        items = list(reader.entries(_wants_data, data_limit=credentials.CONTENT_LIMIT))
+        return items, reader.total
+    with contextlib.closing(_prefetched(decompressed_chunks(raw))) as chunks:
+        reader = TarReader.of_chunks(chunks)
+        items = list(reader.entries(_wants_data, data_limit=credentials.CONTENT_LIMIT))
+        reader.finish()
+    return items, reader.total
 
 
-def _wants_data(path: str, size: int, marked: bool) -> bool:
-    """Look at a small file's bytes when a marker lies in them, or when it is not source code
-    or media (configuration holds tokens); not when its name already says what it is."""
+def _position_of(raw: Any) -> tuple[int, int, int] | None:
+    """(fd, offset, size) of a layer that is a span of a regular file, else None."""
+    if isinstance(raw, ArchiveMember):
+        return raw.fd, raw.offset, raw.size
+    try:
+        fd = raw.fileno()
+        start = raw.tell()
+        status = os.fstat(fd)
+    except (AttributeError, OSError, ValueError):
+        return None
+    if not stat.S_ISREG(status.st_mode):
+        return None
+    return fd, start, status.st_size - start
+
+
+def _wants_data(path: str, size: int) -> bool:
+    """Look at a small file's bytes unless it is source code, markup or media: credentials
+    are in key files and configuration (and reading every source file would cost most of
+    the time)."""
     del size  # the reader asks only for files up to the content limit
-    if credentials.path_kind(path) is not None:
-        return False
-    return marked or not credentials.source_or_media(path)
+    return not credentials.source_or_media(path)
 
 
 _END: Final = object()

@@ -13,11 +13,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 import tarfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final, cast
 
 import attrs
 
@@ -411,7 +412,48 @@ class LocalImage:
 
     def open(self, layer: LocalLayer) -> IO[bytes]:
         """The layer's bytes as stored (compressed or not)."""
-        return self._source.open(layer.name)
+        source = self._source
+        if isinstance(source, _TarSource) and layer.name in source.members:
+            member = source.members[layer.name]
+            reader: Any = ArchiveMember(source.where, member.offset_data, member.size)
+            return cast("IO[bytes]", reader)
+        return source.open(layer.name)
+
+
+class ArchiveMember:
+    """A member of an uncompressed tar read straight from the file at its offset (``pread``):
+    ``tarfile``'s file object moves layer-sized members in small pieces. ``fd``, ``offset``
+    and ``size`` let a reader read it by position."""
+
+    def __init__(self, path: str, offset: int, size: int) -> None:
+        self.fd = self._fd = os.open(path, os.O_RDONLY)
+        self.offset = self._offset = offset
+        self.size = self._left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n < 0 else min(n, self._left)
+        if n <= 0:
+            return b""
+        data = os.pread(self._fd, n, self._offset)
+        if not data:
+            raise OSError("the archive ends inside a member")
+        self._offset += len(data)
+        self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> ArchiveMember:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @contextlib.contextmanager
