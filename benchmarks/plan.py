@@ -2,9 +2,11 @@
 
 Times the command as a user runs it (a new process each time): cold (no stat cache, so every
 file is read and hashed), warm (nothing changed), and after editing one file; prints medians
-and peak memory against the targets of the core issue.
+and peak memory against the targets of the core issue. With ``--check``, also what
+``imagedsl check`` adds to a warm plan: the table (which shows check's errors) and ``imagedsl
+check`` against ``plan --json`` (which runs no check), all warm, target 50 ms.
 
-    python benchmarks/plan.py [--runs N] [--work DIR]
+    python benchmarks/plan.py [--runs N] [--work DIR] [--check]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from _workload import context_bytes, make_context, median, timed
 
 TARGETS = {"cold": 1.5, "warm": 0.25, "one edit": 0.3}
 RSS_TARGET_MB = 200.0
+CHECK_TARGET_S = 0.050
 
 
 def main() -> None:
@@ -29,6 +32,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="runs per case (median reported)")
     parser.add_argument(
         "--work", type=Path, default=Path("bench-work"), help="where the workload lives"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="also measure what imagedsl check adds (warm)"
     )
     args = parser.parse_args()
     work = args.work.resolve()
@@ -68,6 +74,55 @@ def main() -> None:
     print(
         f"peak RSS   {peak:>9.1f} MB (target {RSS_TARGET_MB:.0f} MB)  {'ok' if peak <= RSS_TARGET_MB else 'OVER'}"
     )
+    if args.check:
+        check_cost(command, work, env, args.runs)
+
+
+def in_process(work: Path, runs: int = 15) -> None:
+    """What check adds, measured inside one process on a warm plan (steadier than processes
+    on a busy machine): its first call (which imports the rule modules) and the median of
+    the calls after it, wall and CPU."""
+    import statistics
+
+    from imagedsl.api import BuildSession
+
+    session = BuildSession(work / "build.py", store=work / "store")
+    planned = session.plan()
+    walls, cpus = [], []
+    for _ in range(runs + 1):
+        wall, cpu = time.perf_counter(), time.process_time()
+        session.check(planned)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    print(
+        f"check in process: first call {walls[0] * 1000:.1f} ms wall, {cpus[0] * 1000:.1f} ms "
+        f"cpu (imports included); then median {statistics.median(walls[1:]) * 1000:.1f} ms "
+        f"wall, {statistics.median(cpus[1:]) * 1000:.1f} ms cpu"
+    )
+
+
+def check_cost(plan: list[str], work: Path, env: dict[str, str], runs: int) -> None:
+    """Warm ``plan --json`` (no check) against warm ``plan`` (the table shows check's errors)
+    and warm ``imagedsl check``, interleaved so that they see the same machine."""
+    check = [*plan[:3], "check", *plan[4:]]
+    cases = {"plan --json": [*plan, "--json"], "plan (table)": plan, "check": check}
+    timed(plan, cwd=work, env=env)  # warm the store
+    timed(check, cwd=work, env=env)  # and check's memo of the context's files
+    results: dict[str, list[float]] = {case: [] for case in cases}
+    for _ in range(max(runs, 7)):
+        for case, argv in cases.items():
+            results[case].append(timed(argv, cwd=work, env=env).seconds)
+    in_process(work)
+    base = median(results["plan --json"])
+    print(
+        f"{'warm, with check':<18} {'median s':>9} {'adds ms':>8}  (target {CHECK_TARGET_S * 1000:.0f} ms)"
+    )
+    for case, values in results.items():
+        added = (median(values) - base) * 1000
+        verdict = (
+            "" if case == "plan --json" else ("ok" if added <= CHECK_TARGET_S * 1000 else "OVER")
+        )
+        print(f"{case:<18} {median(values):>9.3f} {added:>8.1f}  {verdict}")
 
 
 if __name__ == "__main__":

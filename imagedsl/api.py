@@ -13,9 +13,11 @@ plumbing, for tools that drive builds themselves::
 
 A :class:`BuildSession` holds one build file, one target and the options every command shares
 (build args, platform, store, registry trust, a :class:`~imagedsl.reporting.Reporter`). Each
-method is one command: :meth:`~BuildSession.plan`, :meth:`~BuildSession.build`,
+method is one command: :meth:`~BuildSession.plan`, :meth:`~BuildSession.check`,
+:meth:`~BuildSession.build`,
 :meth:`~BuildSession.lower`, :meth:`~BuildSession.resolve_bases`, and the remote cache's
-:meth:`~BuildSession.import_cache`; :func:`push_image` pushes an existing layout or archive.
+:meth:`~BuildSession.import_cache`; :func:`push_image` pushes an existing layout or archive,
+:func:`inspect_image` reads any image and :func:`write_html` draws what it found.
 Progress and messages go to the reporter's hooks only: the library prints nothing.
 """
 
@@ -54,6 +56,8 @@ from imagedsl.reporting import Reporter
 from imagedsl.store import Record, Store, StoreWarning, default_store_path
 
 if TYPE_CHECKING:
+    from imagedsl.check import CheckReport
+    from imagedsl.inspect import InspectReport
     from imagedsl.lockfile import LockFile
     from imagedsl.registry.client import PushResult, RegistryClient
     from imagedsl.remote_cache import RemoteCache
@@ -75,6 +79,7 @@ __all__ = [
     "StoreWarning",
     "default_store_path",
     "get_backend",
+    "inspect_image",
     "load_buildfile",
     "open_store",
     "plan",
@@ -83,6 +88,7 @@ __all__ = [
     "record_step",
     "settle",
     "split_spec",
+    "write_html",
 ]
 
 
@@ -161,6 +167,16 @@ class BuildSession:
             platform=self.platform,
             reporter=self.reporter,
         )
+
+    # -- check ---------------------------------------------------------------------------------
+
+    def check(self, plan: Plan | None = None) -> CheckReport:
+        """Apply ``imagedsl check``'s rules to the target (planned now, or ``plan``): no
+        daemon, no build. See :mod:`imagedsl.check` and docs/rules.md."""
+        from imagedsl.check.engine import check_plan
+
+        planned = self._plan() if plan is None else plan
+        return check_plan(planned, store=self.store, build_args=self.build_args)
 
     def resolve_bases(self) -> LockFile:
         """Pin every registry or ``docker-daemon:`` base the build file leaves unpinned, in the
@@ -380,6 +396,31 @@ def push_image(
             reporter.image_pushed(str(done.reference), done.reference.name, done.tags)
             pushed.append(done)
     return tuple(pushed)
+
+
+def inspect_image(
+    source: str,
+    *,
+    store: Store | None = None,
+    platform: str = "linux/amd64",
+    insecure: bool = False,
+    reporter: Reporter | None = None,
+) -> InspectReport:
+    """What ``imagedsl inspect`` reports of an image: per layer its sizes, step and changes;
+    dive's wasted bytes and efficiency; credentials in any layer (see
+    :mod:`imagedsl.inspect`)."""
+    from imagedsl.inspect import inspect_image as inspect
+
+    return inspect(source, store=store, platform=platform, insecure=insecure, reporter=reporter)
+
+
+def write_html(
+    path: str | os.PathLike[str], report: InspectReport, plan: Plan | None = None
+) -> None:
+    """Write ``report`` (and ``plan``'s graph and build file) as one self-contained page."""
+    from imagedsl.inspect import html
+
+    html.write(path, report, plan)
 
 
 def registry_bases(planned: Plan) -> list[str]:

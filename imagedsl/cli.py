@@ -15,13 +15,23 @@ import warnings
 from collections.abc import Sequence
 
 from imagedsl import __version__
-from imagedsl._terminal import TerminalReporter, display_location, display_path, format_plan, mib
-from imagedsl.api import BuildSession, open_store, push_image
+from imagedsl._terminal import (
+    TerminalReporter,
+    display_location,
+    display_path,
+    format_findings,
+    format_inspect,
+    format_plan,
+    mib,
+)
+from imagedsl.api import BuildSession, inspect_image, open_store, push_image, write_html
 from imagedsl.backends import BACKENDS
+from imagedsl.check import Severity
+from imagedsl.check.sarif import to_sarif
 from imagedsl.errors import ImageDSLError, exit_code_of
 from imagedsl.store import StoreWarning
 
-EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,7 +81,45 @@ def run_plan(args: argparse.Namespace) -> int:
     elif args.dot:
         sys.stdout.write(plan.to_dot())
     else:
-        sys.stdout.write(format_plan(plan, display_path(session.path)))
+        errors = [f for f in session.check(plan).active if f.severity is Severity.ERROR]
+        sys.stdout.write(format_plan(plan, display_path(session.path), errors))
+    return EXIT_OK
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """``imagedsl check``: findings on stdout (text, JSON) or in a SARIF file; exit 1 when
+    one reaches ``--fail-on``."""
+    report = _session(args).check()
+    if args.sarif:
+        with open(args.sarif, "w", encoding="utf-8") as handle:
+            json.dump(to_sarif(report), handle, indent=2, ensure_ascii=False)
+            handle.write("\n")
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_findings(report))
+    return EXIT_FAILURE if report.fails(Severity.parse(args.fail_on)) else EXIT_OK
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    """``imagedsl inspect IMAGE``: layers, waste and secrets as text or JSON; ``--html``."""
+    report = inspect_image(
+        args.image,
+        store=open_store(args.store),
+        platform=args.platform or "linux/amd64",
+        insecure=args.insecure,
+    )
+    if args.html:
+        plan = None
+        if args.buildfile is not None:
+            plan = BuildSession(args.buildfile, store=args.store).plan()
+        write_html(args.html, report, plan)
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_inspect(report))
     return EXIT_OK
 
 
@@ -186,6 +234,21 @@ def _parser() -> argparse.ArgumentParser:
     _common(plan)
     plan.set_defaults(run=run_plan)
 
+    check = commands.add_parser(
+        "check", help="find secrets, cache-order mistakes and waste in a build, before building"
+    )
+    _spec(check, "build file and target (./build.py)")
+    check.add_argument("--json", action="store_true", help="print the findings as JSON (schema 1)")
+    check.add_argument("--sarif", metavar="FILE", help="also write the findings as SARIF 2.1.0")
+    check.add_argument(
+        "--fail-on",
+        default="error",
+        choices=("error", "warning", "info"),
+        help="exit 1 when a finding is at least this severe (error)",
+    )
+    _common(check)
+    check.set_defaults(run=run_check)
+
     build = commands.add_parser("build", help="build a target with a backend")
     _spec(build, "build file and target")
     build.add_argument(
@@ -227,6 +290,29 @@ def _parser() -> argparse.ArgumentParser:
     _allow(build)
     _common(build)
     build.set_defaults(run=run_build)
+
+    inspect = commands.add_parser(
+        "inspect", help="what each layer of an image costs, what is wasted, what leaked"
+    )
+    inspect.add_argument(
+        "image",
+        metavar="IMAGE",
+        help="oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:TAG], docker:NAME or "
+        "a registry reference",
+    )
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON (schema 1)")
+    inspect.add_argument("--html", metavar="FILE", help="also write the report as one HTML page")
+    inspect.add_argument(
+        "--buildfile",
+        metavar="FILE[:TARGET]",
+        help="for --html: draw this build file's graph, each step with its status now",
+    )
+    inspect.add_argument(
+        "--store", metavar="DIR", help="store directory (registry images are pulled into it)"
+    )
+    inspect.add_argument("--platform", metavar="OS/ARCH", help="platform to pick from an index")
+    _insecure(inspect)
+    inspect.set_defaults(run=run_inspect)
 
     push = commands.add_parser("push", help="push an OCI layout or archive to a registry")
     push.add_argument("source", metavar="SRC", help="oci:DIR[:TAG] or oci-archive:FILE[:TAG]")

@@ -39,6 +39,7 @@ from imagedsl._validate import (
     parse_signal,
 )
 from imagedsl.buildstate import AUTOMATIC_ARGS
+from imagedsl.check.catalogue import ALLOWABLE
 from imagedsl.context import Context, ContextSource, make_context
 from imagedsl.errors import ImageDSLError, StepArgumentError
 from imagedsl.oci.reference import parse_reference
@@ -120,6 +121,9 @@ class Stage:
 
     parent: Stage | None
     step: Step
+    #: Rule IDs of ``imagedsl check`` that this step allows (``.allow(...)``); not part of
+    #: what is built, so not part of equality.
+    allowed: frozenset[str] = attrs.field(default=frozenset(), eq=False, repr=False)
 
     # -- structure ---------------------------------------------------------------------------
 
@@ -149,6 +153,22 @@ class Stage:
     def path(self, path: str) -> StagePath:
         """A path inside this stage, for ``copy`` (``COPY --from``) and ``bind`` mounts."""
         return StagePath(self, check_abs_path("path", "path", path))
+
+    @_located
+    def allow(self, *rules: str) -> Stage:
+        """Let this stage's last step break ``imagedsl check`` rules, by ID or category:
+        ``.run("apt-get install -y gcc").allow("package-cache")``. The same step, with the
+        findings of those rules listed as suppressed; nothing built changes."""
+        if not rules:
+            raise StepArgumentError("allow", "rules", "must name at least one rule")
+        for rule in rules:
+            check_str("allow", "rules", rule)
+            if rule not in ALLOWABLE:
+                known = ", ".join(sorted(ALLOWABLE))
+                raise StepArgumentError(
+                    "allow", "rules", f"names no rule: {rule!r}; rules: {known}"
+                )
+        return Stage(self.parent, self.step, self.allowed | frozenset(rules))
 
     # -- filesystem steps --------------------------------------------------------------------
 

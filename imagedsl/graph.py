@@ -130,6 +130,8 @@ class StepNode:
     #: For a COPY split into layers: this layer's name, and the index of the first layer.
     part: str | None = None
     group: int | None = None
+    #: ``imagedsl check`` rules the build file allows at this step (``Stage.allow``).
+    allowed: frozenset[str] = attrs.field(default=frozenset(), eq=False, repr=False)
     #: A filesystem kind that makes no layer here (``WORKDIR /``: BuildKit makes no vertex).
     layerless: bool = False
     #: For a FROM of an unpinned reference: what the plan found the base to be.
@@ -504,6 +506,7 @@ class _Keyer:
             "deps": deps,
             "wave": wave,
             "locus": self._locus(label, position),
+            "allowed": stage.allowed,
         }
         if isinstance(step, FromImage | FromScratch):
             platform = self._platform(step)

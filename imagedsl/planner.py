@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from imagedsl import keys
+from imagedsl import credentials, keys
 from imagedsl.buildstate import ArgScope
 from imagedsl.dsl import GlobalArg, Stage, StageRef
 from imagedsl.errors import SourceLocation, StepArgumentError, UnknownTargetError
@@ -35,7 +35,7 @@ from imagedsl.graph import (
 )
 from imagedsl.oci.platform import Platform, canonical_platform
 from imagedsl.reporting import Reporter
-from imagedsl.steps import Arg, Env, FromImage, describe
+from imagedsl.steps import Arg, Env, FromImage, StageNamer, Step, describe
 from imagedsl.store import Record, Store, StoreWarning
 from imagedsl.treehash import ContextHasher, Tree
 
@@ -266,7 +266,7 @@ def _statuses(graph: BuildGraph, store: Store | None) -> tuple[PlannedStep, ...]
     effective: list[PlanStatus] = []  # status of the filesystem each step leaves
     rows: list[PlannedStep] = []
     for node in graph.nodes:
-        instruction = describe(node.step, namer)
+        instruction = masked_description(node.step, namer)
         if node.part is not None:
             instruction += f"  [layer {node.part}]"
         notes = _notes(node)
@@ -306,7 +306,8 @@ def _statuses(graph: BuildGraph, store: Store | None) -> tuple[PlannedStep, ...]
             status, reasons = PlanStatus.HIT, tuple[str, ...]()
         else:
             status = PlanStatus.MISS
-            reasons = tuple(_explain(node, store, rows, have_record=record is not None))
+            explained = _explain(node, store, rows, have_record=record is not None)
+            reasons = tuple(credentials.mask_text(reason) for reason in explained)
         if node.group is not None and node.index != node.group:
             # The filesystem after a layered COPY is a hit only if every layer is.
             siblings = [rows[i].status for i in range(node.group, node.index)]
@@ -319,6 +320,18 @@ def _statuses(graph: BuildGraph, store: Store | None) -> tuple[PlannedStep, ...]
             )
         )
     return tuple(rows)
+
+
+def masked_description(step: Step, namer: StageNamer) -> str:
+    """:func:`~imagedsl.steps.describe`, with every secret-looking value masked: a plan is
+    printed, piped and pasted, and must never give a credential away."""
+    if isinstance(step, Env):
+        step = attrs.evolve(
+            step, items=tuple((k, credentials.mask_pair(k, v)) for k, v in step.items)
+        )
+    elif isinstance(step, Arg) and step.default is not None:
+        step = attrs.evolve(step, default=credentials.mask_pair(step.name, step.default))
+    return credentials.mask_text(describe(step, namer))
 
 
 def _worst(statuses: Sequence[PlanStatus]) -> PlanStatus:
@@ -540,12 +553,13 @@ def _variable_reasons(before: Any, after: Any, kind: Callable[[str], str]) -> li
     for name in sorted(set(old) | set(new)):
         if old.get(name) == new.get(name):
             continue
+        was, now = _masked(name, old.get(name)), _masked(name, new.get(name))
         if name not in old:
-            reasons.append(f"{kind(name)} {name} set to {new[name]!r}")
+            reasons.append(f"{kind(name)} {name} set to {now!r}")
         elif name not in new:
-            reasons.append(f"{kind(name)} {name} removed (was {old[name]!r})")
+            reasons.append(f"{kind(name)} {name} removed (was {was!r})")
         else:
-            reasons.append(f"{kind(name)} {name} {old[name]!r} -> {new[name]!r}")
+            reasons.append(f"{kind(name)} {name} {was!r} -> {now!r}")
     if not reasons and old_pairs != new_pairs:
         # BuildKit keys RUN on the environment in order: a reordering alone is a miss.
         shown = ", ".join
@@ -554,6 +568,10 @@ def _variable_reasons(before: Any, after: Any, kind: Callable[[str], str]) -> li
             f"{shown(n for n, _ in new_pairs)}"
         )
     return reasons
+
+
+def _masked(name: str, value: Any) -> Any:
+    return credentials.mask_pair(name, value) if isinstance(value, str) else value
 
 
 def _mount_reasons(before: Any, after: Any) -> list[str]:
@@ -589,18 +607,25 @@ def _show(value: Any) -> str:
 
 
 def record_step(
-    store: Store, step: PlannedStep | StepNode, outputs: Mapping[str, Any] | None = None
+    store: Store,
+    step: PlannedStep | StepNode,
+    outputs: Mapping[str, Any] | None = None,
+    *,
+    seconds: float | None = None,
 ) -> Record:
     """Record that a step was built: its preimage, its trees' manifests, and ``outputs``.
 
-    This is how backends turn misses into hits for the next plan.
+    This is how backends turn misses into hits for the next plan. ``seconds`` (how long
+    making the step took, when it was made now) is kept as ``outputs["seconds"]``: ``imagedsl
+    check`` reads it to say what re-running a step costs.
     """
     node = step.node if isinstance(step, PlannedStep) else step
     for tree in node.trees:
         store.put_tree(tree.digest, tree.manifest())
-    record = Record(
-        key=node.key, preimage=node.preimage, locus=node.locus, outputs=dict(outputs or {})
-    )
+    merged = dict(outputs or {})
+    if seconds is not None:
+        merged["seconds"] = round(seconds, 3)
+    record = Record(key=node.key, preimage=node.preimage, locus=node.locus, outputs=merged)
     return store.put(record)
 
 

@@ -143,6 +143,7 @@ class StoreArea(enum.Enum):
     TREES = "trees"
     STAT_CACHES = "cache/stat"
     ANALYSES = "cache/analysis"
+    CHECK_FACTS = "cache/check"
     LOCK = "lock"
     TMP = "tmp"
     CONTEXTS = "contexts"
@@ -172,6 +173,8 @@ class Store:
         stat caches of build contexts (checksummed)
     ``ANALYSES`` ``cache/analysis/<shape>``
         memoised graph analyses
+    ``CHECK_FACTS`` ``cache/check/<name>``
+        what ``imagedsl check`` learnt of a copied tree (credentials, manifests)
     ``LOCK`` ``lock``
         flock(2) for read-modify-write updates
     ``TMP`` ``tmp/``
@@ -344,6 +347,14 @@ class Store:
     def save_analysis(self, digest: str, text: str) -> None:
         """Memoise a graph analysis."""
         self._write_cache(StoreArea.ANALYSES, digest, text.encode())
+
+    def load_tree_facts(self, name: str) -> bytes | None:
+        """What ``imagedsl check`` learnt of a tree's files (credentials, manifests), or None."""
+        return self._read_cache(StoreArea.CHECK_FACTS, name)
+
+    def save_tree_facts(self, name: str, data: bytes) -> None:
+        """Memoise what ``imagedsl check`` learnt of a tree's files."""
+        self._write_cache(StoreArea.CHECK_FACTS, name, data)
 
     def _read_cache(self, area: StoreArea, name: str) -> bytes | None:
         try:

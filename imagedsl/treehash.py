@@ -207,6 +207,14 @@ MANIFEST_NAMES: Final = frozenset(
     }
 )  # fmt: skip
 _MANIFEST_PATTERN: Final = re.compile(r"(requirements|constraints)([-_.][\w.-]*)?\.(txt|in)\Z")
+
+
+def is_manifest(name: str) -> bool:
+    """Whether a basename is a dependency manifest or lock file (``requirements-dev.txt``
+    too): the files a dependency install reads."""
+    return name in MANIFEST_NAMES or _MANIFEST_PATTERN.match(name) is not None
+
+
 #: layers="auto": files at least this big are "large"; buckets aim at these sizes.
 LARGE_FILE: Final = 1 << 20
 _LARGE_BUCKET: Final = 64 << 20
@@ -234,7 +242,7 @@ def partition_tree(tree: Tree, layers: str | Sequence[Sequence[str]]) -> list[tu
         for row in tree.rows:
             placed, _, kind, _, size, _ = row
             base = posixpath.basename(placed)
-            if kind == "file" and (base in MANIFEST_NAMES or _MANIFEST_PATTERN.match(base)):
+            if kind == "file" and is_manifest(base):
                 name = "manifests"
             elif kind == "file" and size >= LARGE_FILE:
                 name = f"large-{_bucket(placed, large_buckets)}"

@@ -122,6 +122,10 @@ def test_build_records_steps_and_the_next_plan_hits(
     assert ran.stdout == f"flask\nmain\n{token}\n"
     assert any("[app 6/6] RUN cat requirements.txt" in line for line in recorder.lines)
     assert recorder.finished["app[6]"] == "built"
+    run_step = next(s for s in again.steps if s.instruction.startswith("RUN cat"))
+    run_record = store.get(run_step.key)
+    assert run_record is not None
+    assert isinstance(run_record.outputs.get("seconds"), float)  # BuildKit's DONE time
 
 
 def test_cli_build_streams_plain_progress_and_plan_shows_hits(
@@ -481,6 +485,8 @@ def test_progress_parser_reads_buildkit_08_output() -> None:
         parser.feed(line)
     vertices = parser.by_label()
     assert vertices["[a 2/3]"].status == DONE
+    assert vertices["[a 2/3]"].seconds is not None
+    assert vertices["[b 1/2]"].seconds is None  # cached: made by an earlier build
     assert vertices["[a 3/3]"].status == ERROR
     assert vertices["[a 3/3]"].output == ["failing"]
     assert vertices["[a 3/3]"].error == (

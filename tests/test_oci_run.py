@@ -266,8 +266,11 @@ def test_later_runs_see_earlier_changes_fresh_and_reextracted(base: str, store: 
 def test_rebuild_hits_and_records_only_successes(base: str, store: Store) -> None:
     """A built RUN is a hit in the next plan and is not run again."""
     stage = dsl.image(base).run("echo ran; echo x > /x")
-    first, recorder, _ = run_build(stage, store)
+    first, recorder, planned = run_build(stage, store)
     assert "ran" in recorder.lines
+    record = store.get(planned.steps[-1].key)
+    assert record is not None
+    assert isinstance(record.outputs["seconds"], float)  # what check's history rule reads
     second, recorder, planned = run_build(stage, store)
     assert [s.status for s in planned.steps] == [PlanStatus.HIT, PlanStatus.HIT]
     assert "ran" not in recorder.lines

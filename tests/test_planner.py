@@ -10,6 +10,7 @@ import pytest
 
 import imagedsl as dsl
 from imagedsl import api
+from imagedsl.api import plan
 from imagedsl.planner import PlanStatus, record_copy_output, record_step
 from imagedsl.store import Store, StoreArea
 
@@ -275,3 +276,13 @@ def test_secret_values_never_reach_a_plan(store: Store, monkeypatch: pytest.Monk
     text = json.dumps(plan.to_json()) + plan.to_dot()
     stored = "".join(p.read_text() for p in store.area(StoreArea.LEDGER).rglob("*.json"))
     assert "s3cr3t-value" not in text + stored
+
+
+def test_record_step_keeps_how_long_the_step_took(store: Store) -> None:
+    """``seconds`` is kept in the record's outputs, and a later record without it keeps it."""
+    (step,) = [s for s in plan(dsl.image("alpine").run("make")).steps if s.kind == "run"]
+    record_step(store, step, {"layer": "sha256:" + "0" * 64}, seconds=12.3456)
+    record_step(store, step, {"layer": "sha256:" + "0" * 64})
+    record = store.get(step.key)
+    assert record is not None
+    assert record.outputs["seconds"] == 12.346

@@ -130,10 +130,10 @@ class DockerfileBackend:
                 returncode = run.execute(argv, env)
             except BaseException:
                 # Interrupted: what BuildKit finished is in its cache, so it is a hit.
-                _record(store, plan, run.completed_steps())
+                _record(store, plan, run)
                 raise
             image_id = iidfile.read_text().strip() if iidfile.is_file() else None
-        _record(store, plan, run.completed_steps())
+        _record(store, plan, run)
         if returncode != 0:
             raise run.failure(engine)
         pool.prune(keep=[tree.name for tree in lowered.trees])
@@ -149,9 +149,10 @@ class DockerfileBackend:
         )
 
 
-def _record(store: Store, plan: Plan, indices: Sequence[int]) -> None:
-    for index in indices:
-        record_step(store, plan.steps[index])
+def _record(store: Store, plan: Plan, run: _BuildRun) -> None:
+    durations = run.durations()
+    for index in run.completed_steps():
+        record_step(store, plan.steps[index], seconds=durations.get(index))
 
 
 def _check_engine(plan: Plan, lowered: LoweredDockerfile, engine: DockerEngine) -> None:
@@ -291,6 +292,15 @@ class _BuildRun:
             if index not in statuses and self.plan.steps[index].key in by_key:
                 statuses[index] = by_key[self.plan.steps[index].key]
         return statuses
+
+    def durations(self) -> dict[int, float]:
+        """Plan step index -> seconds BuildKit took to make it (steps made now only)."""
+        durations = {}
+        for label, vertex in self.parser.by_label().items():
+            index = self.step_of_label.get(label)
+            if index is not None and vertex.status == "done" and vertex.seconds is not None:
+                durations[index] = vertex.seconds
+        return durations
 
     def completed_steps(self) -> list[int]:
         """Steps whose results exist now: completed vertices, everything they stand on, and

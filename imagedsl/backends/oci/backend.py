@@ -16,10 +16,12 @@ keyed by content (early cutoff). A ``RUN`` executes in runc over the layers belo
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import posixpath
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -47,7 +49,6 @@ from imagedsl.backends.oci.copy_entries import (
 from imagedsl.backends.oci.filesystem import (
     Filesystem,
     LayerIndex,
-    decompressed,
     read_members,
     save_index,
 )
@@ -69,6 +70,7 @@ from imagedsl.oci.annotations import BASE_DIGEST, BASE_NAME, CREATED
 from imagedsl.oci.blobs import BlobStore, damaged_as_digest_error, scratch_dir
 from imagedsl.oci.descriptor import Descriptor
 from imagedsl.oci.image import BaseImage, LayerBlob
+from imagedsl.oci.layerstream import decompressed
 from imagedsl.oci.manifest import canonical_json, manifest_document
 from imagedsl.oci.mediatypes import COMPRESSIONS, LAYER_MEDIA_TYPES, OCI_MANIFEST, Compression
 from imagedsl.planner import PlanStatus, record_copy_output, record_step, settle
@@ -294,6 +296,23 @@ def layer_cache_path(store: Store, name: str) -> Path:
     return store.area(StoreArea.OCI_LAYERS) / name[:2] / f"{name}.json"
 
 
+def step_comment(node: StepNode, buildfile: str) -> str:
+    """``imagedsl STAGE[POSITION] [PART] FILE:LINE``: the history comment that tells
+    ``imagedsl inspect`` which step and build-file line made a layer. The file is relative to
+    the build file's directory (its name alone when outside it), so the image does not depend
+    on where the project is checked out; stages planned from Python (no build file) get the
+    step alone."""
+    text = f"imagedsl {node.stage}[{node.position}]" + (f" {node.part}" if node.part else "")
+    location = node.location
+    if location is None or buildfile.startswith("<"):
+        return text  # stages made in Python, with no build file: the step alone
+    shown = Path(location.file)
+    with contextlib.suppress(ValueError):
+        shown = shown.resolve().relative_to(Path(buildfile).resolve().parent)
+    name = shown.as_posix() if not shown.is_absolute() else shown.name
+    return f"{text} {name}:{location.line}"
+
+
 def _iso(epoch: int) -> str:
     moment = datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -379,14 +398,19 @@ class _Build:
         below = attrs.evolve(below, state=below.state.apply(node.step, self.plan.graph.scope))
         part = f" (layer {node.part})" if node.part is not None else ""
         created_by = f"{instruction}{part} # imagedsl"
+        comment = step_comment(node, self.plan.buildfile)
         if node.is_config:
             entry = {"created": _iso(self.backend.epoch), "created_by": created_by,
-                     "empty_layer": True}  # fmt: skip
+                     "comment": comment, "empty_layer": True}  # fmt: skip
             return attrs.evolve(below, history=(*below.history, entry))
         label = self._label(node, instruction)
         self.reporter.step_started(label)
         layer = self._layer(node, self._below(node), label)
-        history: dict[str, Any] = {"created": _iso(self.backend.epoch), "created_by": created_by}
+        history: dict[str, Any] = {
+            "created": _iso(self.backend.epoch),
+            "created_by": created_by,
+            "comment": comment,
+        }
         if layer is None:  # a WORKDIR that exists already
             history["empty_layer"] = True
             return attrs.evolve(below, history=(*below.history, history))
@@ -539,6 +563,7 @@ class _Build:
                 self.reporter.step_finished(label, "cached")
                 self.cached.append(label)
                 return layer
+        started = time.monotonic()
         if isinstance(node.step, Run):
             layer = self._run(node, below, label)
         else:
@@ -546,7 +571,7 @@ class _Build:
             layer = None if made is None else self._write(*made)
         atomic_write(cache, json.dumps(None if layer is None else layer.to_json()).encode())
         if node.index >= 0:  # a base's ONBUILD trigger is no step of the plan
-            record_step(self.store, node, _outputs(layer))
+            record_step(self.store, node, _outputs(layer), seconds=time.monotonic() - started)
         self.reporter.step_finished(label, "built")
         self.built.append(label)
         return layer

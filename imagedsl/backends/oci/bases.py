@@ -35,7 +35,6 @@ import attrs
 from imagedsl.backends.oci.filesystem import (
     Filesystem,
     LayerIndex,
-    decompressed,
     drain,
     load_index,
     save_index,
@@ -50,6 +49,7 @@ from imagedsl.bases import (
 from imagedsl.engine_api import EngineError
 from imagedsl.oci.blobs import BlobStore, VerifyingReader, check_digest, damaged_as_digest_error
 from imagedsl.oci.image import BaseImage, LayerBlob
+from imagedsl.oci.layerstream import decompressed
 from imagedsl.oci.layout import BaseImageError, import_docker_archive, import_local_image
 from imagedsl.oci.mediatypes import READABLE_LAYER_TYPES
 from imagedsl.oci.platform import Platform

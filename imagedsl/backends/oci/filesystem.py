@@ -17,7 +17,7 @@ import json
 import posixpath
 import tarfile
 from collections.abc import Iterable, Iterator, Mapping
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, Final, Literal, cast
+from typing import IO, TYPE_CHECKING, Any, Final, Literal
 
 import attrs
 
@@ -30,7 +30,6 @@ from imagedsl.backends.oci.layer import (
 )
 from imagedsl.errors import InputError
 from imagedsl.oci.blobs import VerifyingReader
-from imagedsl.oci.mediatypes import sniff_compression
 from imagedsl.store import StoreArea, atomic_write
 
 if TYPE_CHECKING:
@@ -198,52 +197,6 @@ def save_index(store: Store, index: LayerIndex) -> None:
 
 
 # -- decompression -------------------------------------------------------------------------
-
-
-class _Peek:
-    """A reader that can give back its first bytes once."""
-
-    def __init__(self, raw: BinaryIO | IO[bytes] | VerifyingReader) -> None:
-        self._raw = raw
-        self.head = raw.read(4)
-        self._pending = self.head
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        if self._pending:
-            if n < 0:
-                data = self._pending + self._raw.read()
-                self._pending = b""
-                return data
-            data, self._pending = self._pending[:n], self._pending[n:]
-            if len(data) < n:
-                data += self._raw.read(n - len(data))
-            return data
-        return self._raw.read(n)
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-
-def decompressed(raw: BinaryIO | IO[bytes] | VerifyingReader) -> IO[bytes]:
-    """A reader of the tar inside a layer blob, whatever its compression."""
-    peek: Any = _Peek(raw)
-    kind = sniff_compression(peek.head)
-    if kind == "gzip":
-        from isal import igzip
-
-        reader: Any = igzip.IGzipFile(fileobj=peek, mode="rb")  # type: ignore[no-untyped-call]
-        return cast("IO[bytes]", reader)
-    if kind == "zstd":
-        import zstandard
-
-        reader = zstandard.ZstdDecompressor().stream_reader(peek, read_across_frames=True)
-        return cast("IO[bytes]", reader)
-    return cast("IO[bytes]", peek)
 
 
 def drain(reader: IO[bytes] | VerifyingReader) -> None:

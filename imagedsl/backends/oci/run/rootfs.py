@@ -48,7 +48,6 @@ from imagedsl.backends.oci.filesystem import (
     Filesystem,
     UnsafeLayerError,
     _clean_member_name,
-    decompressed,
     drain,
 )
 from imagedsl.backends.oci.layer import (
@@ -63,6 +62,7 @@ from imagedsl.backends.oci.layer import (
 from imagedsl.errors import EnvironmentFailure
 from imagedsl.oci.blobs import BlobStore, VerifyingReader, damaged_as_digest_error
 from imagedsl.oci.image import LayerBlob
+from imagedsl.oci.layerstream import decompressed
 from imagedsl.store import StoreArea
 
 #: v2: snapshots hold the extended attributes their layers carry.
