@@ -12,7 +12,8 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeAlias
 
 from imagedsl import __version__
 from imagedsl._terminal import (
@@ -33,11 +34,14 @@ from imagedsl.store import StoreWarning
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
+_Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and ``python -m imagedsl``."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser(next((w for w in words if not w.startswith("-")), None))
+    args = parser.parse_args(words)
     if not hasattr(args, "run"):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -209,13 +213,21 @@ def _build_args(pairs: Sequence[str]) -> dict[str, str]:
 # -- arguments -------------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; when ``command`` names a subcommand, only that subcommand's
+    arguments are declared (argparse spends more time declaring arguments than parsing)."""
     parser = argparse.ArgumentParser(
         prog="imagedsl", description="Container images from Python, with exact caching."
     )
     parser.add_argument("--version", action="version", version=f"imagedsl {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    declare = _COMMANDS.get(command or "")
+    for declare_one in [declare] if declare is not None else _COMMANDS.values():
+        declare_one(commands)
+    return parser
 
+
+def _plan_command(commands: _Commands) -> None:
     plan = commands.add_parser(
         "plan", help="show every step, its cache key, hit or miss, and why each miss misses"
     )
@@ -234,6 +246,8 @@ def _parser() -> argparse.ArgumentParser:
     _common(plan)
     plan.set_defaults(run=run_plan)
 
+
+def _check_command(commands: _Commands) -> None:
     check = commands.add_parser(
         "check", help="find secrets, cache-order mistakes and waste in a build, before building"
     )
@@ -249,6 +263,8 @@ def _parser() -> argparse.ArgumentParser:
     _common(check)
     check.set_defaults(run=run_check)
 
+
+def _build_command(commands: _Commands) -> None:
     build = commands.add_parser("build", help="build a target with a backend")
     _spec(build, "build file and target")
     build.add_argument(
@@ -291,6 +307,8 @@ def _parser() -> argparse.ArgumentParser:
     _common(build)
     build.set_defaults(run=run_build)
 
+
+def _inspect_command(commands: _Commands) -> None:
     inspect = commands.add_parser(
         "inspect", help="what each layer of an image costs, what is wasted, what leaked"
     )
@@ -314,6 +332,8 @@ def _parser() -> argparse.ArgumentParser:
     _insecure(inspect)
     inspect.set_defaults(run=run_inspect)
 
+
+def _push_command(commands: _Commands) -> None:
     push = commands.add_parser("push", help="push an OCI layout or archive to a registry")
     push.add_argument("source", metavar="SRC", help="oci:DIR[:TAG] or oci-archive:FILE[:TAG]")
     push.add_argument("reference", metavar="REF", help="HOST/NAME[:TAG]")
@@ -328,6 +348,8 @@ def _parser() -> argparse.ArgumentParser:
     _insecure(push)
     push.set_defaults(run=run_push)
 
+
+def _lower_command(commands: _Commands) -> None:
     lower = commands.add_parser("lower", help="print the Dockerfile a target lowers to")
     _spec(lower, "build file and target")
     lower.add_argument(
@@ -336,16 +358,31 @@ def _parser() -> argparse.ArgumentParser:
     _common(lower)
     lower.set_defaults(run=run_lower)
 
+
+def _targets_command(commands: _Commands) -> None:
     targets = commands.add_parser("targets", help="list the targets of a build file")
     targets.add_argument("spec", nargs="?", metavar="FILE", help="build file (./build.py)")
     targets.set_defaults(run=run_targets)
 
+
+def _cache_command(commands: _Commands) -> None:
     cache = commands.add_parser("cache", help="inspect the store")
     cache_commands = cache.add_subparsers(title="cache commands", metavar="ACTION")
     du = cache_commands.add_parser("du", help="bytes used by each part of the store")
     du.add_argument("--store", metavar="DIR", help="store directory")
     du.set_defaults(run=run_cache_du)
-    return parser
+
+
+_COMMANDS: dict[str, Callable[[_Commands], None]] = {
+    "plan": _plan_command,
+    "check": _check_command,
+    "build": _build_command,
+    "inspect": _inspect_command,
+    "push": _push_command,
+    "lower": _lower_command,
+    "targets": _targets_command,
+    "cache": _cache_command,
+}
 
 
 def _spec(parser: argparse.ArgumentParser, text: str) -> None:

@@ -50,12 +50,14 @@ def default_store_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path, *, mode: int = 0o644) -> Iterator[IO[bytes]]:
+def atomic_file(path: Path, *, mode: int = 0o644, durable: bool = True) -> Iterator[IO[bytes]]:
     """A file to write whose bytes replace ``path`` only if the block completes.
 
     The bytes go to a temporary file in the same directory, are fsynced, get ``mode``, and
     are renamed over ``path`` (the directory is fsynced too): readers see the old file or
     the new one, never part of one, and an error or a kill leaves ``path`` as it was.
+    ``durable=False`` skips the fsyncs, for caches whose readers verify what they read (a
+    crash may then lose the new file, which costs a cache miss, never a wrong answer).
     """
     import tempfile  # here, not at the top: a warm plan writes nothing and should not pay for it
 
@@ -65,19 +67,21 @@ def atomic_file(path: Path, *, mode: int = 0o644) -> Iterator[IO[bytes]]:
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` atomically (see :func:`atomic_file`)."""
-    with atomic_file(path, mode=mode) as handle:
+    with atomic_file(path, mode=mode, durable=durable) as handle:
         handle.write(data)
 
 
@@ -153,6 +157,8 @@ class StoreArea(enum.Enum):
     OCI_BASES = "oci/bases"
     OCI_SNAPSHOTS = "oci/snapshots"
     OCI_RUNS = "oci/runs"
+    ENGINES = "cache/engines"
+    DOCKER_IMAGES = "cache/docker-images"
 
 
 class Store:
@@ -194,6 +200,10 @@ class Store:
         extracted layers that RUN steps stand on (root only)
     ``OCI_RUNS`` ``oci/runs/<id>/``
         a RUN in progress: its overlay, upper directory and bind sources
+    ``ENGINES`` ``cache/engines/<what was probed>.json``
+        the Docker engine found last time, per (DOCKER_HOST, clients, server version)
+    ``DOCKER_IMAGES`` ``cache/docker-images/<build>.json``
+        the image id the docker backend made for a lowered build, per engine
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
@@ -364,7 +374,8 @@ class Store:
 
     def _write_cache(self, area: StoreArea, name: str, data: bytes) -> None:
         try:
-            atomic_write(self.area(area) / name, data)
+            # Stat caches and analyses are checked when read: no fsync (see atomic_file).
+            atomic_write(self.area(area) / name, data, durable=False)
         except OSError as error:
             # A cache we cannot write only costs time next run; say so once, carry on.
             kind = area.value.rpartition("/")[2]

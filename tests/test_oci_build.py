@@ -429,6 +429,31 @@ def test_layout_keeps_other_tags(base: str, ctx: Path, store: Store, tmp_path: P
     assert read_image(out, "one")[0] == again.image.manifest_digest != one.image.manifest_digest
 
 
+def test_layout_written_again_keeps_only_what_tags_reach(
+    base: str, ctx: Path, store: Store, tmp_path: Path
+) -> None:
+    """A layout rewritten after edits drops the blobs no tag reaches, keeps other tags' blobs."""
+    src = dsl.context(ctx)
+    out = tmp_path / "layout"
+    other, _ = build(
+        {"a": dsl.image(base).copy(src.dir("app"), "/b")}, store, output=f"oci:{out}:two"
+    )
+    (out / "blobs" / "sha256" / ("f" * 64)).write_bytes(b"stray")
+    for i in range(4):
+        (ctx / "app" / "main.py").write_text(f"print({i})\n")
+        last, _ = build(
+            {"a": dsl.image(base).copy(src.dir("app"), "/a")}, store, output=f"oci:{out}:one"
+        )
+    wanted = set()
+    for result in (other, last):
+        image = result.image
+        wanted |= {d.removeprefix("sha256:") for d in [*image.blob_digests, image.manifest_digest]}
+    kept = {p.name for p in (out / "blobs" / "sha256").iterdir()}
+    assert kept == wanted
+    assert read_image(out, "one")[0] == last.image.manifest_digest
+    assert read_image(out, "two")[0] == other.image.manifest_digest
+
+
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "imagedsl", *args], capture_output=True, text=True, check=False

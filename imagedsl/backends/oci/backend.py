@@ -569,7 +569,10 @@ class _Build:
         else:
             made = self._entries(node, below)
             layer = None if made is None else self._write(*made)
-        atomic_write(cache, json.dumps(None if layer is None else layer.to_json()).encode())
+        # A cache entry (checked when read: the blob must be in the store): no fsync needed.
+        atomic_write(
+            cache, json.dumps(None if layer is None else layer.to_json()).encode(), durable=False
+        )
         if node.index >= 0:  # a base's ONBUILD trigger is no step of the plan
             record_step(self.store, node, _outputs(layer), seconds=time.monotonic() - started)
         self.reporter.step_finished(label, "built")
