@@ -17,7 +17,7 @@ new ``imagedsl build`` processes, after a ``sync``:
 
 The base must be in the engine and hold no device nodes (the OCI backend refuses them in base
 layers); the default is the Debian base the tests make
-(``tests/equivalence_support.ensure_nodev_image``; running
+(``tests/support/equivalence.ensure_nodev_image``; running
 ``pytest tests/test_oci_examples.py -k python`` once makes it).
 """
 

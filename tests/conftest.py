@@ -1,6 +1,6 @@
 """Shared fixtures. Real-Docker ones come first; append your own fixtures below them.
 
-Docker fixtures (helpers in ``tests/docker_support.py``):
+Docker fixtures (helpers in ``tests/docker.py``):
 
 - ``docker_engine`` (session): a :class:`DockerEngine` that answered and BuildKit-built.
 - ``busybox_image`` (session): reference of a tiny busybox image on that engine.
@@ -18,17 +18,12 @@ it) they fail instead.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
-# pytest's default import mode already puts tests/ on sys.path; this also covers importlib mode.
-if str(Path(__file__).parent) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).parent))
-
-import docker_support
+from tests.support import docker
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -63,10 +58,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(name="docker_engine", scope="session")
-def fixture_docker_engine() -> docker_support.DockerEngine:
-    """A docker client + engine with BuildKit (see docker_support.find_docker)."""
+def fixture_docker_engine() -> docker.DockerEngine:
+    """A docker client + engine with BuildKit (see docker.find_docker)."""
     notes: list[str] = []
-    engine = docker_support.find_docker(notes)
+    engine = docker.find_docker(notes)
     if engine is None:
         hint = 'start one with: eval "$(.ci/run --setup-only)"'
         _unavailable(_NO_DOCKER, "; ".join([*notes, hint]))
@@ -74,45 +69,45 @@ def fixture_docker_engine() -> docker_support.DockerEngine:
 
 
 @pytest.fixture(name="busybox_image", scope="session")
-def fixture_busybox_image(docker_engine: docker_support.DockerEngine) -> str:
+def fixture_busybox_image(docker_engine: docker.DockerEngine) -> str:
     """``imagedsl-test/busybox:latest``: scratch + static busybox, built once per machine."""
     try:
-        return docker_support.ensure_busybox_image(docker_engine)
-    except docker_support.BusyboxUnavailable as exc:
+        return docker.ensure_busybox_image(docker_engine)
+    except docker.BusyboxUnavailable as exc:
         _unavailable("no static busybox for the base image", str(exc))
 
 
-def _debian_image(engine: docker_support.DockerEngine, base: docker_support.DebianBase) -> str:
+def _debian_image(engine: docker.DockerEngine, base: docker.DebianBase) -> str:
     try:
-        return docker_support.ensure_debian_image(engine, base)
-    except docker_support.BaseUnavailable as exc:
+        return docker.ensure_debian_image(engine, base)
+    except docker.BaseUnavailable as exc:
         _unavailable(f"no Debian base image {base.tag}", str(exc))
 
 
 @pytest.fixture(name="debian_python_image", scope="session")
-def fixture_debian_python_image(docker_engine: docker_support.DockerEngine) -> str:
+def fixture_debian_python_image(docker_engine: docker.DockerEngine) -> str:
     """A Debian bookworm minbase with python3 and pip (stands in for python:3.12-slim)."""
-    return _debian_image(docker_engine, docker_support.DEBIAN_PYTHON)
+    return _debian_image(docker_engine, docker.DEBIAN_PYTHON)
 
 
 @pytest.fixture(name="debian_node_image", scope="session")
-def fixture_debian_node_image(docker_engine: docker_support.DockerEngine) -> str:
+def fixture_debian_node_image(docker_engine: docker.DockerEngine) -> str:
     """A Debian bookworm minbase with nodejs and npm (stands in for node:20-bookworm-slim)."""
-    return _debian_image(docker_engine, docker_support.DEBIAN_NODE)
+    return _debian_image(docker_engine, docker.DEBIAN_NODE)
 
 
 @pytest.fixture(name="debian_gcc_image", scope="session")
-def fixture_debian_gcc_image(docker_engine: docker_support.DockerEngine) -> str:
+def fixture_debian_gcc_image(docker_engine: docker.DockerEngine) -> str:
     """A Debian bookworm minbase with gcc and libc6-dev (stands in for gcc:13)."""
-    return _debian_image(docker_engine, docker_support.DEBIAN_GCC)
+    return _debian_image(docker_engine, docker.DEBIAN_GCC)
 
 
 @pytest.fixture(name="registry")
-def fixture_registry(tmp_path: Path) -> Iterator[docker_support.RegistryServer]:
+def fixture_registry(tmp_path: Path) -> Iterator[docker.RegistryServer]:
     """A fresh registry on a free 127.0.0.1 port; push to ``f"{registry.host}/name:tag"``."""
     try:
-        server = docker_support.start_registry(tmp_path / "registry")
-    except docker_support.RegistryUnavailable as exc:
+        server = docker.start_registry(tmp_path / "registry")
+    except docker.RegistryUnavailable as exc:
         _unavailable(_NO_REGISTRY, str(exc))
     with server:
         yield server

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from docker_support import DockerEngine
 
 import imagedsl as dsl
 from imagedsl.backends import BuildRequest, BuildRequestError, SecretSource
@@ -30,6 +29,7 @@ from imagedsl.buildstate import expand
 from imagedsl.planner import PlanStatus
 from imagedsl.reporting import Reporter
 from imagedsl.store import Store
+from tests.support.docker import DockerEngine
 
 RESOURCES = Path(__file__).parent / "resources" / "docker"
 

@@ -27,7 +27,6 @@ from typing import Any
 
 import attrs
 import pytest
-from docker_support import DockerEngine
 
 from imagedsl.backends import BuildRequest, SecretSource
 from imagedsl.backends.dockerfile.buildkit import DockerfileBackend
@@ -35,6 +34,7 @@ from imagedsl.backends.dockerfile.lowering import lower_to_dockerfile
 from imagedsl.loader import load_buildfile
 from imagedsl.reporting import Reporter
 from imagedsl.store import Store
+from tests.support.docker import DockerEngine
 
 BUILD_PY = """\
 import imagedsl as dsl

@@ -1,6 +1,6 @@
 """RUN steps in the OCI backend: executed in runc over the image's layers, diffed into a layer.
 
-Every test builds on the small busybox base of :mod:`oci_support` (an OCI layout made here),
+Every test builds on the small busybox base of :mod:`tests.support.oci` (an OCI layout made here),
 so they need root and runc but no Docker engine. Without them the tests are skipped, except
 under ``IMAGEDSL_REQUIRE_DOCKER=1`` (CI), where they fail.
 """
@@ -18,9 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import oci_support
 import pytest
-from oci_support import layer_members
 
 import imagedsl as dsl
 from imagedsl.backends import BuildRequest, SecretSource
@@ -43,6 +41,8 @@ from imagedsl.oci.blobs import BlobStore
 from imagedsl.planner import Plan, PlanStatus, plan
 from imagedsl.reporting import Reporter
 from imagedsl.store import Store, StoreArea
+from tests.support import REPO_ROOT, oci
+from tests.support.oci import layer_members
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +59,7 @@ def _runtime_available() -> None:
 @pytest.fixture(name="base", scope="module")
 def fixture_base(tmp_path_factory: pytest.TempPathFactory) -> str:
     """``oci:DIR:1``: busybox, /etc/passwd with root and app (1000), /tmp."""
-    return oci_support.make_busybox_layout(tmp_path_factory.mktemp("base"))
+    return oci.make_busybox_layout(tmp_path_factory.mktemp("base"))
 
 
 @pytest.fixture(name="store")
@@ -232,7 +232,7 @@ def test_layer_holds_exactly_the_change(base: str, store: Store) -> None:
     assert layer["new-link"].linkname == "new"
     assert layer["new-sym"].issym()
     assert layer["new-sym"].linkname == "/new"
-    assert layer["etc/passwd"].size == len(oci_support.PASSWD) + len("more\n")
+    assert layer["etc/passwd"].size == len(oci.PASSWD) + len("more\n")
     assert {m.mtime for m in layer.values()} == {0}
     names = list(layer)
     assert names.index("etc/.wh.group") < names.index("etc/passwd")
@@ -546,10 +546,10 @@ def test_extraction_never_writes_outside_the_snapshot(tmp_path: Path) -> None:
     extractor itself, and nothing outside the destination is written."""
     outside = tmp_path / "outside"
     outside.mkdir()
-    layer = oci_support.tar_bytes(
+    layer = oci.tar_bytes(
         [
-            oci_support.member("escape", kind=tarfile.SYMTYPE, linkname=str(outside)),
-            oci_support.member("escape/pwned", data=b"x"),
+            oci.member("escape", kind=tarfile.SYMTYPE, linkname=str(outside)),
+            oci.member("escape/pwned", data=b"x"),
         ]
     )
     dest = tmp_path / "dest"
@@ -604,12 +604,11 @@ def test_locked_cache_mount_waits_for_its_lock(base: str, store: Store) -> None:
 
 
 _CONCURRENT = """
-import sys
-sys.path.insert(0, {tests!r})
-import imagedsl as dsl, oci_support
+import imagedsl as dsl
+from tests.support import oci
 from imagedsl.store import Store
 stage = dsl.image({base!r}).run("mkdir -p /out && echo same > /out/f", mounts=[dsl.cache("/c")])
-built, _ = oci_support.build({{"img": stage}}, Store({store!r}))
+built, _ = oci.build({{"img": stage}}, Store({store!r}))
 print(built.image.manifest_digest)
 """
 
@@ -617,9 +616,11 @@ print(built.image.manifest_digest)
 def test_concurrent_runs_share_one_store(base: str, tmp_path: Path) -> None:
     """Builds running the same RUN at once in one store both finish, with the same image."""
     store = tmp_path / "store"
-    script = _CONCURRENT.format(tests=str(Path(__file__).parent), base=base, store=str(store))
+    script = _CONCURRENT.format(base=base, store=str(store))
     processes = [
-        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True
+        )
         for _ in range(3)
     ]
     digests = {process.communicate(timeout=120)[0].strip() for process in processes}

@@ -12,19 +12,19 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import oci_support
 import pytest
-from oci_support import build, read_image, rootfs_listing, run, tool
 
 import imagedsl as dsl
 from imagedsl.backends.oci.backend import OCIBackend
 from imagedsl.registry.errors import NotFoundError
 from imagedsl.store import Store
+from tests.support import oci
+from tests.support.oci import build, read_image, rootfs_listing, run, tool
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from docker_support import DockerEngine, RegistryServer
+    from tests.support.docker import DockerEngine, RegistryServer
 
 needs_skopeo = pytest.mark.skipif(tool("skopeo") is None, reason="skopeo is not installed")
 needs_umoci = pytest.mark.skipif(tool("umoci") is None, reason="umoci is not installed")
@@ -33,7 +33,7 @@ needs_umoci = pytest.mark.skipif(tool("umoci") is None, reason="umoci is not ins
 @pytest.fixture(name="base", scope="module")
 def fixture_base(tmp_path_factory: pytest.TempPathFactory) -> str:
     """``oci:DIR:1``: the busybox base as an OCI layout."""
-    return oci_support.make_busybox_layout(tmp_path_factory.mktemp("base"))
+    return oci.make_busybox_layout(tmp_path_factory.mktemp("base"))
 
 
 @pytest.fixture(name="ctx")
@@ -83,7 +83,7 @@ def _expected_app(ctx: Path) -> dict[str, tuple[str, int, int, int, str]]:
 def _expected_base() -> dict[str, tuple[str, int, int, int, str]]:
     """The busybox base as written by the test helper."""
     expected: dict[str, tuple[str, int, int, int, str]] = {}
-    for info, data in oci_support.busybox_members():
+    for info, data in oci.busybox_members():
         name = info.name.rstrip("/")
         if info.isdir():
             expected[name] = ("dir", info.mode, info.uid, info.gid, "")

@@ -12,9 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import docker_support
 import pytest
-import registry_support as rs
 
 from imagedsl.registry.auth import (
     Authorizer,
@@ -32,6 +30,8 @@ from imagedsl.registry.errors import (
 )
 from imagedsl.registry.transport import Repository, RetryPolicy, is_loopback
 from imagedsl.store import Store
+from tests.support import docker
+from tests.support import registry as rs
 
 USER = "alice"
 PASSWORD = "pa55-w0rd-that-must-not-leak"
@@ -232,7 +232,7 @@ def fixture_tls_ca(tmp_path_factory: pytest.TempPathFactory) -> rs.Certificate:
     """A CA made for this module's registries."""
     try:
         return rs.make_ca(tmp_path_factory.mktemp("ca"))
-    except docker_support.RegistryUnavailable as exc:
+    except docker.RegistryUnavailable as exc:
         _unavailable(exc)
         raise
 
@@ -248,7 +248,7 @@ def fixture_basic_registry(tmp_path: Path, tls_ca: rs.Certificate) -> Iterator[r
             auth={"htpasswd": {"realm": "imagedsl-test", "path": str(tmp_path / "htpasswd")}},
             tls=cert,
         )
-    except docker_support.RegistryUnavailable as exc:
+    except docker.RegistryUnavailable as exc:
         _unavailable(exc)
         raise
     yield server
@@ -325,7 +325,7 @@ def fixture_token_registry(
     """A plain-HTTP loopback registry that trusts ``token_server``'s tokens."""
     try:
         server = rs.start_custom_registry(tmp_path / "token", auth=token_server.registry_auth())
-    except docker_support.RegistryUnavailable as exc:
+    except docker.RegistryUnavailable as exc:
         _unavailable(exc)
         raise
     yield server
@@ -433,7 +433,7 @@ def test_plain_http_realm_off_loopback_is_refused(tmp_path: Path, tls_ca: rs.Cer
     auth["token"]["realm"] = "http://tokens.example.invalid/token"
     try:
         server = rs.start_custom_registry(tmp_path / "token", auth=auth)
-    except docker_support.RegistryUnavailable as exc:
+    except docker.RegistryUnavailable as exc:
         token_server.stop()
         _unavailable(exc)
         raise
