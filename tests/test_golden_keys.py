@@ -1,0 +1,63 @@
+"""Golden keys: a fixed build file's keys are pinned; changing any key needs a version bump."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imagedsl import keys
+from tests.support import golden
+
+
+def test_keys_match_the_golden_file() -> None:
+    """Every key of the golden build file is the one recorded for this KEY_VERSION."""
+    old, new = golden.recorded(), golden.compute()
+    if old["key_version"] != keys.KEY_VERSION:
+        raise AssertionError(
+            f"KEY_VERSION is {keys.KEY_VERSION}, the golden file has {old['key_version']}: "
+            f"regenerate it with `{golden.COMMAND}`"
+        )
+    lines = golden.differences(old, new)
+    assert not lines, (
+        "keys changed (every user's next build would be cold): if that is meant, bump "
+        f"KEY_VERSION in imagedsl/keys.py and run `{golden.COMMAND}`\n" + "\n".join(lines)
+    )
+
+
+def test_golden_file_covers_every_case() -> None:
+    """The golden file holds exactly the cases the helper plans, none empty."""
+    cases = golden.recorded()["cases"]
+    assert sorted(cases) == sorted(case.name for case in golden.CASES)
+    assert all(cases.values())
+
+
+def test_key_domain_names_the_key_version() -> None:
+    """The domain prefix and every preimage's ``v`` move together with KEY_VERSION."""
+    assert f"imagedsl.key.v{keys.KEY_VERSION}\0".encode() == keys._DOMAIN
+    assert keys.key_of({"a": 1}) != keys.key_of({"a": 2})
+
+
+def test_update_refuses_changed_keys_under_the_same_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--update`` records changed keys only with a version bump (or --keep-version)."""
+    old = golden.recorded()
+    name, steps = next(iter(old["cases"].items()))
+    moved = [[steps[0][0], "0" * 64], *steps[1:]]
+    changed = {**old, "cases": {**old["cases"], name: moved}}
+    assert golden.differences(old, changed) == [
+        f"{name} step 0 {steps[0][0]}: {steps[0][1][:16]} -> {'0' * 16}"
+    ]
+    copy = tmp_path / "golden_keys.json"
+    copy.write_text(golden.GOLDEN_KEYS.read_text())
+    monkeypatch.setattr(golden, "GOLDEN_KEYS", copy)
+    monkeypatch.setattr(golden, "compute", lambda: changed)
+    assert golden.main([]) == 1
+    assert golden.main(["--update"]) == 1
+    assert golden.recorded() == old
+    assert golden.main(["--update", "--keep-version"]) == 0
+    assert golden.recorded() == changed
+    monkeypatch.setattr(golden, "compute", lambda: {**changed, "key_version": 99})
+    assert golden.main(["--update"]) == 0
+    assert golden.recorded()["key_version"] == 99
