@@ -10,25 +10,24 @@ Docker fixtures (helpers in ``tests/docker.py``):
   local stand-ins for public bases; cached on disk and in the engine by their recipe.
 
 Tests using ``docker_engine`` or ``busybox_image`` get the ``docker`` marker automatically, so
-``-m "not docker"`` deselects them. When no engine (or registry binary) is available they are
-skipped and a banner at the end says so; with ``IMAGEDSL_REQUIRE_DOCKER=1`` (``.ci/run`` sets
-it) they fail instead.
+``-m "not docker"`` deselects them. Every test that lacks an engine, a registry binary, a tool
+or root goes through :mod:`tests.support.skips`: skipped, with a banner at the end saying so;
+with ``IMAGEDSL_REQUIRE_DOCKER=1`` (``.ci/run`` sets it) failed instead.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.support import docker
+from tests.support import docker, skips
+from tests.support.skips import unavailable
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-REQUIRE_DOCKER_ENV = "IMAGEDSL_REQUIRE_DOCKER"
 _DOCKER_FIXTURES = frozenset(
     {
         "docker_engine",
@@ -38,16 +37,6 @@ _DOCKER_FIXTURES = frozenset(
         "debian_gcc_image",
     }
 )
-# Skip reasons start with one of these; the summary banner counts them.
-_NO_DOCKER = "no Docker engine answered"
-_NO_REGISTRY = "no docker-registry binary was found"
-
-
-def _unavailable(what: str, details: str) -> NoReturn:
-    """Fail under IMAGEDSL_REQUIRE_DOCKER=1, else skip (loudly: see the summary hook)."""
-    if os.environ.get(REQUIRE_DOCKER_ENV) == "1":
-        pytest.fail(f"{what} ({REQUIRE_DOCKER_ENV}=1): {details}", pytrace=False)
-    pytest.skip(f"{what}: {details}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -64,7 +53,7 @@ def fixture_docker_engine() -> docker.DockerEngine:
     engine = docker.find_docker(notes)
     if engine is None:
         hint = 'start one with: eval "$(.ci/run --setup-only)"'
-        _unavailable(_NO_DOCKER, "; ".join([*notes, hint]))
+        unavailable(skips.NO_DOCKER, "; ".join([*notes, hint]))
     return engine
 
 
@@ -74,14 +63,14 @@ def fixture_busybox_image(docker_engine: docker.DockerEngine) -> str:
     try:
         return docker.ensure_busybox_image(docker_engine)
     except docker.BusyboxUnavailable as exc:
-        _unavailable("no static busybox for the base image", str(exc))
+        unavailable("no static busybox for the base image", str(exc))
 
 
 def _debian_image(engine: docker.DockerEngine, base: docker.DebianBase) -> str:
     try:
         return docker.ensure_debian_image(engine, base)
     except docker.BaseUnavailable as exc:
-        _unavailable(f"no Debian base image {base.tag}", str(exc))
+        unavailable(f"no Debian base image {base.tag}", str(exc))
 
 
 @pytest.fixture(name="debian_python_image", scope="session")
@@ -108,7 +97,7 @@ def fixture_registry(tmp_path: Path) -> Iterator[docker.RegistryServer]:
     try:
         server = docker.start_registry(tmp_path / "registry")
     except docker.RegistryUnavailable as exc:
-        _unavailable(_NO_REGISTRY, str(exc))
+        unavailable(skips.NO_REGISTRY, str(exc))
     with server:
         yield server
 
@@ -117,7 +106,7 @@ def fixture_registry(tmp_path: Path) -> Iterator[docker.RegistryServer]:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterator[None]:
     """Say loudly, after the short summary, how many tests were skipped for want of Docker."""
     yield
-    counts = {_NO_DOCKER: 0, _NO_REGISTRY: 0}
+    counts = dict.fromkeys(skips.PREFIXES, 0)
     for report in terminalreporter.stats.get("skipped", []):
         longrepr = getattr(report, "longrepr", None)
         reason = str(longrepr[2] if isinstance(longrepr, tuple) else longrepr)
@@ -130,7 +119,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterat
             terminalreporter.write_sep(
                 "!",
                 f"{count} test{'s' if count != 1 else ''} SKIPPED because {prefix}; CI runs "
-                f"them (set {REQUIRE_DOCKER_ENV}=1 to fail instead)",
+                f"them (set {skips.REQUIRE_ENV}=1 to fail instead)",
                 red=True,
                 bold=True,
             )

@@ -29,7 +29,7 @@ from imagedsl.buildstate import expand
 from imagedsl.planner import PlanStatus
 from imagedsl.reporting import Reporter
 from imagedsl.store import Store
-from tests.support.docker import DockerEngine
+from tests.support.docker import PINNED_ENGINE, DockerEngine, expect_engine
 
 RESOURCES = Path(__file__).parent / "resources" / "docker"
 
@@ -288,8 +288,7 @@ def test_feature_missing_from_the_engine_is_refused_naming_the_step(
     docker_engine: DockerEngine, busybox_image: str, project: Path, tmp_path: Path
 ) -> None:
     """COPY --link on Docker 20.10's built-in frontend: an error at the step, before building."""
-    if docker_engine.buildx or not docker_engine.server_version.startswith("20."):
-        pytest.skip(f"the engine is {docker_engine.server_version}, not Docker 20.10")
+    expect_engine(docker_engine, PINNED_ENGINE, "its frontend has no COPY --link")
     src = dsl.context(project)
     stage = dsl.image(busybox_image).copy(src.dir("app"), "/app", link=True)
     store = Store(tmp_path / "store")

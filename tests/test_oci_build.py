@@ -24,6 +24,7 @@ from imagedsl.planner import PlanStatus, plan
 from imagedsl.store import Store, StoreArea
 from tests.support import oci
 from tests.support.oci import build, layer_members, read_image
+from tests.support.skips import require_root
 
 
 @pytest.fixture(name="base", scope="module")
@@ -177,10 +178,10 @@ def _copy_tree_differently(source: Path, dest: Path, *, mtime: int, umask: int, 
         os.utime(path, (mtime, mtime))
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="changing file owners needs root")
 def test_reproducible_across_checkouts(base: str, ctx: Path, tmp_path: Path) -> None:
     """Same build.py and inputs give the same manifest digest whatever mtime, owner, umask and
     checkout directory the sources have (two stores, so nothing is shared)."""
+    require_root("changing file owners needs root")
     digests = []
     for i, (mtime, umask, uid) in enumerate(
         [(1_000_000_000, 0o022, 0), (1_600_000_000, 0o077, 4321)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from imagedsl.registry.push import destinations
 from imagedsl.store import Store
 from tests.support import docker, oci
 from tests.support import registry as rs
+from tests.support.skips import NO_REGISTRY, require_tool, unavailable
 
 USER = "builder"
 PASSWORD = "s3cret-that-must-not-leak"
@@ -167,9 +167,7 @@ def test_build_push_runs_in_docker_and_skopeo_reads_it(
     assert ran.stdout.strip() == "hello from an imagedsl image"
     repo_digests = docker_engine.run("image", "inspect", "--format", "{{json .RepoDigests}}", ref)
     assert f"{registry.host}/hello@{digest}" in json.loads(repo_digests.stdout)
-    skopeo = shutil.which("skopeo")
-    if skopeo is None:
-        pytest.skip("skopeo is not installed")  # pragma: no cover - CI installs it
+    skopeo = require_tool("skopeo")
     inspected = subprocess.run(
         [skopeo, "inspect", "--tls-verify=false", f"docker://{ref}"],
         capture_output=True, text=True, check=True, timeout=60,
@@ -221,9 +219,7 @@ def fixture_basic_registry(tmp_path: Path) -> Iterator[rs.CustomRegistry]:
             tls=cert,
         )
     except docker.RegistryUnavailable as exc:
-        if os.environ.get("IMAGEDSL_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"registry test servers unavailable: {exc}", pytrace=False)
-        pytest.skip(f"no docker-registry binary was found: {exc}")
+        unavailable(NO_REGISTRY, str(exc))
     yield server
     server.stop()
 

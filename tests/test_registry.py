@@ -18,6 +18,7 @@ from imagedsl.oci.manifest import Manifest
 from imagedsl.oci.mediatypes import DOCKER_MANIFEST
 from imagedsl.oci.platform import Platform
 from imagedsl.oci.reference import parse_reference
+from imagedsl.registry import transport
 from imagedsl.registry.auth import DockerConfig
 from imagedsl.registry.client import RegistryClient
 from imagedsl.registry.errors import (
@@ -30,6 +31,7 @@ from imagedsl.registry.transport import Repository, RetryPolicy
 from imagedsl.store import Store, StoreArea
 from tests.support import docker
 from tests.support import registry as rs
+from tests.support.skips import require_tool
 
 AMD64 = Platform("linux", "amd64")
 ARM64 = Platform("linux", "arm64", "v8")
@@ -124,16 +126,19 @@ def test_second_push_sends_nothing(
 ) -> None:
     """Pushing again finds every blob in place (HEAD) and uploads no byte."""
     manifest = three_layer_image(store)
-    ref = f"{registry.host}/app:1"
-    client.push(store, manifest, ref)
+    client.push(store, manifest, f"{registry.host}/app:1")
 
-    started = time.perf_counter()
-    again = client.push(store, manifest, ref)
-    elapsed = time.perf_counter() - started
+    proxy = rs.FaultProxy(registry.port, decide=lambda *_: "pass")
+    try:
+        again = client.push(store, manifest, f"{proxy.host}/app:1")
+    finally:
+        proxy.stop()
 
     assert set(again.blobs.values()) == {"exists"}
     assert again.bytes_uploaded == 0
-    assert elapsed < 0.5
+    blob_requests = [(m, t) for m, t, _ in proxy.log if "/blobs/" in t]
+    assert {m for m, _ in blob_requests} == {"HEAD"}  # no upload was even started
+    assert len(blob_requests) == len(again.blobs)  # one question per blob, no retry
 
 
 def test_interrupted_push_does_not_resend_finished_blobs(
@@ -402,7 +407,22 @@ def test_chunked_upload_resumes_after_a_refused_chunk(
     assert methods.count("PATCH") == 4  # three chunks, one of them twice
 
 
-def test_429_retry_after_is_honoured(registry: docker.RegistryServer, store: Store) -> None:
+class SleepRecorder:
+    """Stands in for the transport's ``time`` module: records pauses instead of sleeping."""
+
+    def __init__(self, pauses: list[float]) -> None:
+        self.pauses = pauses
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+
+    def time(self) -> float:
+        return time.time()
+
+
+def test_429_retry_after_is_honoured(
+    registry: docker.RegistryServer, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A 429 with Retry-After: 1 makes the client wait that long before trying again."""
     blob = rs.put_blob(store, b"layer", rs.LAYER)
 
@@ -410,16 +430,16 @@ def test_429_retry_after_is_honoured(registry: docker.RegistryServer, store: Sto
         del method, target
         return "429" if number == 2 else "pass"
 
+    pauses: list[float] = []
+    monkeypatch.setattr(transport, "time", SleepRecorder(pauses))
     proxy = rs.FaultProxy(registry.port, decide=throttle_first)
     try:
         with RegistryClient(docker_config=DockerConfig(), retry=FAST_RETRY) as client:
-            started = time.monotonic()
             client.push_blob(Repository(proxy.host, "app"), blob, store)
-            elapsed = time.monotonic() - started
     finally:
         proxy.stop()
     assert proxy.faults == {"429": 1}
-    assert elapsed >= 1.0
+    assert pauses == [1.0]  # the server's Retry-After, not the policy's 0.01 s backoff
 
 
 def test_timeout_gives_up_with_a_connection_error(
@@ -433,29 +453,27 @@ def test_timeout_gives_up_with_a_connection_error(
 
     proxy = rs.FaultProxy(registry.port, decide=stall_after_first)
     try:
-        with RegistryClient(
-            docker_config=DockerConfig(),
-            retry=RetryPolicy(attempts=2, initial_delay=0.01, max_delay=0.01),
-            timeout=0.3,
-        ) as client:
-            started = time.monotonic()
-            with pytest.raises(RegistryConnectionError) as caught:
-                client.resolve(f"{proxy.host}/app:1")
-            elapsed = time.monotonic() - started
+        with (
+            RegistryClient(
+                docker_config=DockerConfig(),
+                retry=RetryPolicy(attempts=2, initial_delay=0.01, max_delay=0.01),
+                timeout=0.3,
+            ) as client,
+            pytest.raises(RegistryConnectionError) as caught,
+        ):
+            client.resolve(f"{proxy.host}/app:1")
     finally:
         proxy.stop()
     assert caught.value.attempts == 2
-    assert elapsed < 5
+    assert caught.value.host == proxy.host
+    assert proxy.faults == {"stall": 2}  # one timeout per attempt, then the error
 
 
 # --- interop ---------------------------------------------------------------------------------
 
 
 def _skopeo() -> str:
-    found = shutil.which("skopeo")
-    if found is None:
-        pytest.skip("skopeo is not installed (Debian: apt-get install skopeo)")
-    return found
+    return require_tool("skopeo", "Debian: apt-get install skopeo")
 
 
 def test_skopeo_reads_what_we_push(
