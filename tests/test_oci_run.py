@@ -353,6 +353,36 @@ def test_secrets_never_reach_layers_records_plans_or_logs(
     no_leftovers(store)
 
 
+def test_failing_run_masks_secrets_in_its_error_and_output(
+    base: str, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A RUN that prints its secrets and then fails shows them masked, in the streamed output
+    and in the error's tail of output alike."""
+    lines = ["key-" + os.urandom(8).hex(), "line2-" + os.urandom(8).hex()]
+    variable = "s3cr3t-" + os.urandom(8).hex()
+    monkeypatch.setenv("TEST_SECRET_VALUE", variable)
+    (tmp_path / "token").write_text("\n".join(lines) + "\n")
+    stage = dsl.image(base).run(
+        'echo ::s; cat /run/secrets/api; echo "token=$TOKEN"; exit 7',
+        mounts=[dsl.secret("api"), dsl.secret("env-one", env="TOKEN")],
+    )
+    secrets = (SecretSource.parse("id=api,src=" + str(tmp_path / "token")),
+               SecretSource.parse("id=env-one,env=TEST_SECRET_VALUE"))  # fmt: skip
+    recorder = Recorder()
+    planned = plan({"img": stage}, "img", store=store, project="run-test")
+    with pytest.raises(RunFailedError) as caught:
+        OCIBackend().build_image(
+            planned, BuildRequest(secrets=secrets), store=store, reporter=recorder
+        )
+    assert caught.value.status == 7
+    assert list(caught.value.output[-3:]) == ["****", "****", "token=****"]
+    assert output_after(recorder, "::s") == ["****", "****", "token=****"]
+    shown = "\n".join([str(caught.value), *caught.value.output, *recorder.lines])
+    for value in [*lines, variable]:
+        assert value not in shown
+    no_leftovers(store)
+
+
 def test_required_secret_missing_fails_before_running(base: str, store: Store) -> None:
     """A required secret that was not given is an error naming it; nothing runs."""
     stage = dsl.image(base).run("echo should-not-run", mounts=[dsl.secret("key", required=True)])
