@@ -72,6 +72,21 @@ _DIR_ENTRY: Final[Entry] = ("dir", 0o755, 0, 0, 0, 0, "")
 Row = tuple[str, str, str, int, int, str]
 
 
+class ContextChangedError(ContextError):
+    """A context file changed after the plan hashed it (``path``: the file, or the selection
+    whose files no longer give the planned digest): its bytes are not the planned ones."""
+
+    def __init__(self, root: str, path: str) -> None:
+        super().__init__(root, (path,), "changed since it was planned")
+        self.path = path
+
+    def __str__(self) -> str:
+        return (
+            f"{os.path.join(self.root, self.path)} changed while the build was being prepared; "
+            "run the build again"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class TreeEntry:
     """One entry of a tree: where it is placed under the destination and what it holds."""
@@ -340,10 +355,10 @@ class ContextHasher:
             # A directory copied whole: its digest is the Merkle digest of its directories,
             # and only directories whose contents changed since last run are hashed again.
             digest = self._merkle(root, cache, f"{rules_id}:dir:{base}", base, memo)
-            return Tree(digest, lambda: self._rows(root, selections, exclude, dest_is_dir))
+            return Tree(digest, self._rows_later(root, selections, exclude, dest_is_dir, digest))
         known = cache.trees.get(memo)
         if known is not None and all(cache.unchanged(p) for p in probes):
-            return Tree(known, lambda: self._rows(root, selections, exclude, dest_is_dir))
+            return Tree(known, self._rows_later(root, selections, exclude, dest_is_dir, known))
         tree = Tree.from_rows(self._rows(root, selections, exclude, dest_is_dir))
         cache.trees[memo] = tree.digest
         self._dirty.add(root)
@@ -500,6 +515,27 @@ class ContextHasher:
         return found
 
     # -- hashing -----------------------------------------------------------------------------
+
+    def _rows_later(
+        self,
+        root: str,
+        selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
+        exclude: Sequence[str],
+        dest_is_dir: bool,
+        digest: str,
+    ) -> Callable[[], tuple[Row, ...]]:
+        """The rows of a tree whose digest came from the stat cache, built when first read:
+        by then a file may have changed, and rows that no longer give the planned digest
+        must not be used (a backend would place bytes other than the keyed ones)."""
+
+        def rows() -> tuple[Row, ...]:
+            found = self._rows(root, selections, exclude, dest_is_dir)
+            if tree_digest(found) != digest:
+                changed = ", ".join(selector.path for selector, _ in selections)
+                raise ContextChangedError(root, changed)
+            return found
+
+        return rows
 
     def _rows(
         self,
