@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from imagedsl import keys
+from imagedsl.loader import load_buildfile
 from tests.support import golden
 
 
@@ -32,10 +33,12 @@ def test_golden_file_covers_every_case() -> None:
     assert all(cases.values())
 
 
-def test_key_domain_names_the_key_version() -> None:
-    """The domain prefix and every preimage's ``v`` move together with KEY_VERSION."""
-    assert f"imagedsl.key.v{keys.KEY_VERSION}\0".encode() == keys._DOMAIN
-    assert keys.key_of({"a": 1}) != keys.key_of({"a": 2})
+def test_every_preimage_carries_the_key_version() -> None:
+    """Every step's preimage holds ``"v": KEY_VERSION``, so a bump moves every key."""
+    build = load_buildfile(golden.GOLDEN_BUILD)
+    for case in golden.CASES:
+        plan = build.plan(case.target, build_args=case.build_args, platform=case.platform)
+        assert {step.node.preimage["v"] for step in plan.steps} == {keys.KEY_VERSION}
 
 
 def test_update_refuses_changed_keys_under_the_same_version(

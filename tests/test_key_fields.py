@@ -103,6 +103,9 @@ DEFAULTS: Mapping[str, Any] = {
     "health_start_period": "1s",
     "health_retries": 3,
     "stopsignal": "SIGTERM",
+    # final: FROM <stage by name>, then one more config step
+    "final_ref": "app",
+    "final_label": {"stage": "final"},
 }
 
 
@@ -189,15 +192,17 @@ def catalogue(root: Path, **overrides: Any) -> dict[str, dsl.Stage]:
         )
         .stopsignal(k["stopsignal"])
     )
-    return {"builder": builder, "tool": tool, "app": app}
+    final = dsl.from_stage(k["final_ref"]).label(k["final_label"])
+    # "app" and "app-again" name one stage: FROM either continues the same steps.
+    return {"builder": builder, "tool": tool, "app": app, "app-again": app, "final": final}
 
 
 def nodes_of(
     root: Path, build_args: Mapping[str, str] | None = None, **overrides: Any
 ) -> list[StepNode]:
-    """The catalogue's keyed steps for target ``app``, in plan order, with no store."""
+    """The catalogue's keyed steps for target ``final``, in plan order, with no store."""
     stages = catalogue(root, **overrides)
-    return [step.node for step in plan(stages, "app", build_args=build_args).steps]
+    return [step.node for step in plan(stages, "final", build_args=build_args).steps]
 
 
 def flatten(preimage: Mapping[str, Any]) -> dict[str, Any]:
@@ -262,8 +267,7 @@ TABLE: Mapping[tuple[str, str], Change] = {
     ("from", "platform"): change(builder_platform="linux/arm64"),
     ("scratch", "platform"): change(scratch_platform="linux/arm64"),
     ("run", "argv"): change(run_command="build.sh --fast"),
-    ("run", "env"): change(origin="env", also=("items", "state.env"), env="f"),
-    ("run", "args"): change(origin="arg", also=("default", "state.args"), arg_default="2"),
+    ("run", "env"): change(origin="env", also=("items", "state.env", "state.config_env"), env="f"),
     ("run", "workdir"): change(origin="workdir", also=("path",), workdir="/srv"),
     ("run", "user"): change(origin="user", also=("state.user",), user="other"),
     ("run", "network"): change(network="none"),
@@ -308,9 +312,9 @@ TABLE: Mapping[tuple[str, str], Change] = {
     ("copy-from", "source"): change(origin="run", also=("argv",), builder_command="make all"),
     ("workdir", "path"): change(workdir="/srv"),
     ("workdir", "user"): change(origin="user", also=("state.user",), user="other"),
-    ("env", "items"): change(also=("state.env",), env="f"),
-    ("arg", "name"): change(also=("state.args",), arg_name="W"),
-    ("arg", "default"): change(also=("state.args",), arg_default="2"),
+    ("env", "items"): change(also=("state.env", "state.config_env"), env="f"),
+    ("arg", "name"): change(also=("state.env",), arg_name="W"),
+    ("arg", "default"): change(also=("state.env",), arg_default="2"),
     ("user", "user"): change(also=("state.user",), user="other"),
     ("label", "items"): change(label={"org.test": "no"}),
     ("expose", "ports"): change(ports=(8081,)),
@@ -327,8 +331,10 @@ TABLE: Mapping[tuple[str, str], Change] = {
     ("healthcheck", "retries"): change(health_retries=4),
     ("shell", "command"): change(also=("state.shell",), shell=("/bin/bash", "-c")),
     ("stopsignal", "signal"): change(stopsignal="SIGINT"),
-    ("config", "state.env"): change(origin="env", also=("items",), env0="one"),
-    ("config", "state.args"): change(origin="arg", also=("default",), arg_default="2"),
+    ("from-stage", "ref"): change(final_ref="app-again"),
+    ("config", "state.env"): change(origin="arg", also=("default",), arg_default="2"),
+    ("config", "state.config_env"): change(origin="env", also=("items", "state.env"), env0="one"),
+    ("config", "state.workdir"): change(origin="workdir", also=("path",), workdir="/srv"),
     ("config", "state.user"): change(origin="user", also=("user",), user="other"),
     ("config", "state.shell"): change(origin="shell", also=("command",), shell=("/bin/ash", "-c")),
 }
@@ -440,5 +446,5 @@ def test_field_change_moves_its_step_and_descendants_only(
 @pytest.mark.parametrize("name", sorted(EXTRA))
 def test_changes_beside_the_table(tmp_path: Path, name: str) -> None:
     """``link=True`` and ``--build-arg`` move keys by the same rules."""
-    row = ("*", "parent") if name == "copy-link" else ("config", "state.args")
+    row = ("*", "parent") if name == "copy-link" else ("config", "state.env")
     check_change(tmp_path, row, EXTRA[name])

@@ -1,9 +1,8 @@
 """Golden keys: the keys of a fixed build file, pinned in tests/resources/golden_keys.json.
 
 Any change to any key fails ``tests/test_golden_keys.py``: a key change makes every user's
-next build cold, so it must be deliberate. After a deliberate change, bump ``KEY_VERSION`` (and
-the domain string beside it) in ``imagedsl/keys.py`` and regenerate the file from the
-repository's root with::
+next build cold, so it must be deliberate. After a deliberate change, bump ``KEY_VERSION`` in
+``imagedsl/keys.py`` and regenerate the file from the repository's root with::
 
     python -m tests.support.golden --update
 
