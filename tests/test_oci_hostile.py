@@ -158,8 +158,10 @@ def test_wrong_diff_id_is_detected(tmp_path: Path) -> None:
     index = json.loads((layout / "index.json").read_text())
     index["manifests"][0].update(digest=mdigest, size=len(mdata))
     (layout / "index.json").write_text(json.dumps(index))
-    with pytest.raises(BlobDigestError, match="0000"):
+    with pytest.raises(BlobDigestError) as caught:
         oci.build({"a": dsl.image(f"oci:{layout}:1").cmd("x")}, Store(tmp_path / "s"))
+    assert caught.value.expected == "sha256:" + "0" * 64  # the diff_id the config claims
+    assert caught.value.actual == oci.sha256(tar_bytes(oci.busybox_members()))
 
 
 def test_corrupt_store_blob_is_detected_when_read(tmp_path: Path) -> None:
@@ -176,8 +178,11 @@ def test_corrupt_store_blob_is_detected_when_read(tmp_path: Path) -> None:
     data[-20] ^= 0x01
     stored.write_bytes(bytes(data))
     app = dsl.scratch().copy(builder.path("/bin/busybox"), "/busybox")
-    with pytest.raises(BlobDigestError):
+    with pytest.raises(BlobDigestError) as caught:
         oci.build({"b": builder, "app": app}, store, target="app")
+    assert caught.value.expected == manifest["layers"][0]["digest"]
+    assert caught.value.actual != caught.value.expected
+    assert str(store.root) in caught.value.where
 
 
 _KILL_SCRIPT = """

@@ -15,6 +15,7 @@ from typing import NoReturn
 
 import pytest
 
+from imagedsl.errors import InputError
 from imagedsl.registry import transport
 from imagedsl.registry.auth import (
     Authorizer,
@@ -446,12 +447,17 @@ def test_plain_http_realm_off_loopback_is_refused(tmp_path: Path, tls_ca: rs.Cer
         _unavailable(exc)
         raise
     try:
-        with token_client(server) as client, pytest.raises(InsecureRegistryError):
+        with token_client(server) as client, pytest.raises(InsecureRegistryError) as caught:
             client.resolve(f"{server.host}/app:1")
     finally:
         server.stop()
         token_server.stop()
     assert token_server.requests == []
+    assert caught.value.host == "tokens.example.invalid"  # the realm's host, not the registry
+    assert caught.value.action == "connecting"
+    assert caught.value.status is None
+    assert "insecure=True" in caught.value.detail
+    assert isinstance(caught.value, InputError)  # exit 2: the user's setting decides
 
 
 # --- secrets go nowhere ---------------------------------------------------------------------
