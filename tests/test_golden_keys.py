@@ -61,6 +61,10 @@ def test_update_refuses_changed_keys_under_the_same_version(
     assert golden.recorded() == old
     assert golden.main(["--update", "--keep-version"]) == 0
     assert golden.recorded() == changed
+    grown = {**changed, "cases": {**changed["cases"], "new[linux/amd64]": steps}}
+    monkeypatch.setattr(golden, "compute", lambda: grown)
+    assert golden.main(["--update"]) == 0  # a new case alone moves no key
+    assert golden.recorded() == grown
     monkeypatch.setattr(golden, "compute", lambda: {**changed, "key_version": 99})
     assert golden.main(["--update"]) == 0
     assert golden.recorded()["key_version"] == 99

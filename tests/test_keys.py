@@ -160,3 +160,20 @@ def test_cache_mount_id_changes_key_but_contents_cannot() -> None:
     assert set(api.plan(base.run("make", mounts=[dsl.cache("/c")])).steps[-1].node.preimage["mounts"][0]) == {
         "type", "target", "id", "sharing", "mode", "uid", "gid", "readonly"
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("0123456789abcdef" * 4, True, id="key"),
+        pytest.param("abc", False, id="short-hex"),
+        pytest.param("0123456789ABCDEF" * 4, False, id="upper"),
+        pytest.param("X" * 64, False, id="not-hex"),
+        pytest.param("a" * 65, False, id="long"),
+        pytest.param(12, False, id="not-text"),
+        pytest.param(None, False, id="none"),
+    ],
+)
+def test_is_key_accepts_64_lowercase_hex_digits_only(text: object, expected: bool) -> None:
+    """Only a 64-digit lowercase hex string looks like a key."""
+    assert keys.is_key(text) is expected

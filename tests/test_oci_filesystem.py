@@ -61,6 +61,17 @@ def link(name: str, target: str) -> Member:
     return member(name, kind=SYM, mode=0o777, linkname=target)
 
 
+def pax_named(name: str) -> bytes:
+    """A tar whose one file's path comes from a PAX header (which may hold any character)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo("placeholder")
+        info.size = 1
+        info.pax_headers = {"path": name}
+        archive.addfile(info, io.BytesIO(b"x"))
+    return out.getvalue()
+
+
 # -- scanning ------------------------------------------------------------------------------
 
 
@@ -88,6 +99,15 @@ def test_scan_keeps_entries_whiteouts_opaques_and_small_files() -> None:
     assert index.whiteouts == ("etc/shadow",)
     assert index.opaques == ("opt",)
     assert index.files == {"etc/passwd": "root:x:0:0::/root:/bin/sh\n", "etc/group": "root:x:0:\n"}
+
+
+def test_kept_files_up_to_one_mib_decoded_leniently() -> None:
+    """/etc/passwd is kept up to 1 MiB (bytes that are not UTF-8 replaced); a bigger one is
+    not kept at all."""
+    exact = b"\xff" + b"a" * ((1 << 20) - 1)
+    index = scanned([d("etc/"), f("etc/passwd", exact), f("etc/group", b"b" * ((1 << 20) + 1))])
+    assert index.files["etc/passwd"] == "\ufffd" + "a" * ((1 << 20) - 1)
+    assert "etc/group" not in index.files
 
 
 def test_hard_link_to_a_hard_link_points_at_the_file() -> None:
@@ -169,6 +189,31 @@ def test_unsafe_entries_are_refused_by_name_and_problem(
     assert caught.value.problem == problem
 
 
+def test_a_nul_in_a_name_is_refused() -> None:
+    """A PAX path with a NUL (which C tools would cut short) is refused, naming it."""
+    with pytest.raises(UnsafeLayerError) as caught:
+        scan_layer(io.BytesIO(pax_named("etc/a\x00b")), layer="nul", diff_id="sha256:n", lower=None)
+    assert caught.value.layer == "nul"
+    assert caught.value.path == "etc/a\x00b"
+    assert caught.value.problem == "has a NUL in its name"
+
+
+def test_names_are_cleaned_but_otherwise_kept_as_written() -> None:
+    """Leading ./, trailing and doubled slashes go; anything else (trailing spaces or X's,
+    dots inside names) is part of the name."""
+    index = scanned(
+        [d("./"), d("./a//b/"), f("a//b/file "), f("a/b/nameX"), f("a/b/..x"), d("XX/")]
+    )
+    assert sorted(index.entries) == ["XX", "a/b", "a/b/..x", "a/b/file ", "a/b/nameX"]
+
+
+def test_a_symlink_to_the_parent_of_the_root_is_refused() -> None:
+    """``l -> ..`` at the root points above it."""
+    with pytest.raises(UnsafeLayerError) as caught:
+        scanned([link("l", "..")])
+    assert caught.value.problem == "is a symlink to '..', outside the root"
+
+
 def test_a_relative_symlink_that_stays_inside_is_fine() -> None:
     """``a/b -> ../c`` stays inside the root; ``a/b -> ../../c`` would not."""
     index = scanned([d("a/"), link("a/b", "../c"), link("a/abs", "/anywhere")])
@@ -176,12 +221,33 @@ def test_a_relative_symlink_that_stays_inside_is_fine() -> None:
     assert index.entries["a/abs"].linkname == "/anywhere"
 
 
+def test_this_layers_entry_decides_over_the_lower_one() -> None:
+    """A directory below turned into a symlink by this layer: a later entry under it is
+    refused, since it now lies below a symlink."""
+    below = stack([d("d/"), f("d/old")])
+    with pytest.raises(UnsafeLayerError) as caught:
+        scanned([f(".wh.d", b""), link("d", "/etc"), f("d/x")], below)
+    assert caught.value.problem == "lies below /d, which is a symlink"
+    with pytest.raises(UnsafeLayerError):
+        scanned([link("e", "/etc"), f("e/x")], below)
+
+
 def test_not_a_tar_is_refused() -> None:
     """Bytes that are not a tar archive are refused as such."""
     with pytest.raises(UnsafeLayerError) as caught:
         scan_layer(io.BytesIO(b"\x01" * 1024), layer="junk", diff_id="sha256:j", lower=None)
     assert caught.value.layer == "junk"
+    assert caught.value.path == ""
     assert caught.value.problem.startswith(("is not a tar archive", "is a damaged tar archive"))
+
+
+def test_a_truncated_tar_is_refused_as_damaged() -> None:
+    """A tar cut off inside a member is a damaged archive, named as such."""
+    tar = tar_bytes([f("a", b"x" * 4096), f("b", b"y" * 4096)])
+    with pytest.raises(UnsafeLayerError) as caught:
+        scan_layer(io.BytesIO(tar[:2048]), layer="cut", diff_id="sha256:c", lower=None)
+    assert (caught.value.layer, caught.value.path) == ("cut", "")
+    assert caught.value.problem.startswith("is a damaged tar archive: ")
 
 
 def test_scan_sees_a_lower_path_through_this_layers_whiteouts() -> None:
@@ -195,6 +261,11 @@ def test_scan_sees_a_lower_path_through_this_layers_whiteouts() -> None:
     assert index.entries["gone/l"].kind == "dir"
     fresh = scanned([d("opq/"), f("opq/.wh..wh..opq", b""), d("opq/l/"), f("opq/l/x")], below)
     assert fresh.entries["opq/l/x"].kind == "file"
+    # Parents need not be in the layer: what the lower layers had there is gone all the same.
+    assert (
+        "opq/l/x" in scanned([d("opq/"), f("opq/.wh..wh..opq", b""), f("opq/l/x")], below).entries
+    )
+    assert "gone/l/x" in scanned([f(".wh.gone", b""), f("gone/l/x")], below).entries
     with pytest.raises(UnsafeLayerError) as caught:
         scanned([f("opq/l/x")], below)
     assert caught.value.problem == "lies below /opq/l, which is a symlink"
@@ -207,6 +278,15 @@ def test_whiteout_removes_the_path_and_everything_below_it() -> None:
     """A whited-out directory takes its whole subtree with it; siblings stay."""
     fs = stack([d("a/"), d("a/b/"), f("a/b/c"), f("a/bc"), f("ab")], [f("a/.wh.b", b"")])
     assert sorted(fs.entries) == ["a", "a/bc", "ab"]
+
+
+def test_whiteout_of_a_missing_path_is_harmless_and_origin_follows_removals() -> None:
+    """Whiting out a path that is not there changes nothing; removed paths leave ``origin``
+    too, whether a whiteout or a file over a directory removed them."""
+    fs = stack([d("a/"), f("a/x"), d("p/"), f("p/y"), f("keep")])
+    fs.apply(scanned([f(".wh.nothing", b""), f("a/.wh.x", b""), f("p")], fs, name="top"))
+    assert sorted(fs.entries) == ["a", "keep", "p"]
+    assert fs.origin == {"a": 0, "keep": 0, "p": 1}
 
 
 def test_opaque_directory_hides_what_was_below_but_keeps_itself_and_new_entries() -> None:
@@ -289,6 +369,7 @@ def fixture_linked() -> Filesystem:
             link("loop1", "loop2"),
             link("loop2", "loop1"),
             link("dotty", "./usr/./bin/"),
+            link("usr/bin/abs", "/usr/lib"),
         ]
     )
 
@@ -305,6 +386,7 @@ def fixture_linked() -> Filesystem:
         pytest.param("usr/bin/../lib", "usr/lib", id="dotdot"),
         pytest.param("tool", "usr/bin/tool", id="last-followed"),
         pytest.param("dotty/tool", "usr/bin/tool", id="dots-in-link"),
+        pytest.param("usr/bin/abs/x", "usr/lib/x", id="absolute-link-deeper"),
         pytest.param("missing/deeper", "missing/deeper", id="missing"),
         pytest.param("", "", id="root"),
     ],
@@ -370,6 +452,30 @@ def test_layer_index_round_trips_and_is_kept_per_diff_id(tmp_path: Path) -> None
     assert load_index(store, "sha256:other") is None
 
 
+def test_layer_index_on_disk_form_is_compact_utf8_and_keeps_every_field() -> None:
+    """The on-disk form is compact JSON in UTF-8 (names that are not valid UTF-8 kept as
+    they were), and reading it back keeps owners, whiteouts and opaque directories."""
+    odd = b"caf\xe9".decode("utf-8", "surrogateescape")
+    index = LayerIndex(
+        diff_id="sha256:x",
+        entries={
+            "é": FsEntry(kind="file", mode=0o600, uid=1, gid=2, size=3),
+            odd: FsEntry(kind="dir", mode=0o755, uid=4, gid=5),
+        },
+        whiteouts=("w",),
+        opaques=("o",),
+        files={"etc/group": "g:x:1:"},
+    )
+    data = index.to_json()
+    assert data.startswith(
+        b'{"v":1,"diff_id":"sha256:x","entries":[["\xc3\xa9","file",384,1,2,3,""]'
+    )
+    assert b"caf\xe9" in data
+    again = LayerIndex.from_json(data)
+    assert dict(again.entries) == dict(index.entries)
+    assert (again.whiteouts, again.opaques) == (("w",), ("o",))
+
+
 def test_damaged_or_foreign_index_reads_as_missing(tmp_path: Path) -> None:
     """A damaged index, one of another version, or one for another diff_id is made again."""
     store = Store(tmp_path / "store")
@@ -379,7 +485,7 @@ def test_damaged_or_foreign_index_reads_as_missing(tmp_path: Path) -> None:
     for text in (b"{", b"[]", b'{"v": 99}', index.to_json().replace(b"sha256:ab", b"sha256:xy")):
         path.write_bytes(text)
         assert load_index(store, index.diff_id) is None
-    with pytest.raises(ValueError, match="not a layer index"):
+    with pytest.raises(ValueError, match=r"^not a layer index$"):
         LayerIndex.from_json(b'{"v": 0}')
 
 
@@ -414,6 +520,7 @@ def test_index_of_our_own_entries() -> None:
         pytest.param("etc/passwd", "nobody", None, id="unknown"),
         pytest.param("etc/passwd", "broken", None, id="non-numeric"),
         pytest.param("etc/passwd", "short", None, id="too-few-fields"),
+        pytest.param("etc/group", "three", 42, id="three-fields"),
         pytest.param("etc/shadow", "app", None, id="no-table"),
     ],
 )
@@ -422,7 +529,7 @@ def test_lookup_id_reads_passwd_and_group(table: str, name: str, found: int | No
     files = {
         "etc/passwd": "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n"
         "broken:x:abc:1::/:/bin/sh\nshort:x\n",
-        "etc/group": "root:x:0:\nstaff:x:50:\n",
+        "etc/group": "root:x:0:\nstaff:x:50:\nthree:x:42\n",
     }
     assert lookup_id(files, table, name) == found
 
@@ -438,6 +545,24 @@ def test_read_members_copies_only_named_regular_files(tmp_path: Path) -> None:
     assert (tmp_path / "a").read_bytes() == b"A"
     assert (tmp_path / "big").read_bytes() == big
     assert not (tmp_path / "l").exists()
+
+
+def test_read_members_refuses_unsafe_names_naming_the_layer(tmp_path: Path) -> None:
+    """Reading members re-checks names: an unsafe one is refused, naming the layer."""
+    tar = tar_bytes([f("../escape", b"x")])
+    with pytest.raises(UnsafeLayerError) as caught:
+        read_members(io.BytesIO(tar), {"escape": tmp_path / "e"}, "sha256:bad")
+    assert caught.value.layer == "sha256:bad"
+    assert not (tmp_path / "e").exists()
+
+
+def test_multi_frame_zstd_layers_are_read_to_the_end() -> None:
+    """A zstd blob of several frames (as parallel compressors write) reads as one tar."""
+    tar = tar_bytes([d("a/"), f("a/x", b"first" * 500), f("a/y", b"second" * 500)])
+    half = len(tar) // 2
+    compressor = zstandard.ZstdCompressor()
+    blob = compressor.compress(tar[:half]) + compressor.compress(tar[half:])
+    assert decompressed(io.BytesIO(blob)).read() == tar
 
 
 @pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])
@@ -468,6 +593,12 @@ def test_decompressed_plain_reader_fills_buffers() -> None:
     assert reader.readinto(buffer) == 6  # type: ignore[attr-defined]
     assert bytes(buffer) == b"012345"
     assert reader.read(100) == b"6789"
+    assert reader.read() == b""
+    again = decompressed(io.BytesIO(b"0123456789"))
+    assert again.read(0) == b""
+    assert again.read() == b"0123456789"
+    assert again.read() == b""
+    assert again.read(5) == b""
 
 
 def test_json_ready_turns_mappings_into_dicts() -> None:

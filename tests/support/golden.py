@@ -8,7 +8,7 @@ next build cold, so it must be deliberate. After a deliberate change, bump ``KEY
 
 ``python -m tests.support.golden`` (no option) only prints what differs. ``--update`` refuses
 to record changed keys under an unchanged ``KEY_VERSION`` unless ``--keep-version`` is given
-(for keys no release has shipped yet).
+(for keys no release has shipped yet); a new case alone is recorded without either.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ CASES = (
     Case("app", {"VERSION": "2.0"}),
     Case("deps", platform="linux/arm64"),
     Case("tool"),
+    Case("quiet"),
 )
 
 
@@ -120,7 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line)
     if not options.update:
         return 1 if lines else 0
-    if lines and old.get("key_version") == new["key_version"] and not options.keep_version:
+    kept = {name: new["cases"].get(name, []) for name in old.get("cases", {})}
+    moved = differences(old, {**new, "cases": kept})
+    if moved and old.get("key_version") == new["key_version"] and not options.keep_version:
         print(
             f"keys changed but KEY_VERSION is still {KEY_VERSION}: bump it in imagedsl/keys.py "
             "(every user's next build is then cold, once), or pass --keep-version for keys "

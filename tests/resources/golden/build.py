@@ -52,4 +52,7 @@ app = (
     .cmd("--serve")
 )
 
-targets = dsl.targets("app", "tool", "deps")
+# HEALTHCHECK NONE: the base's check switched off.
+quiet = deps.healthcheck(None)
+
+targets = dsl.targets("app", "tool", "deps", "quiet")
