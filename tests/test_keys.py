@@ -177,3 +177,10 @@ def test_cache_mount_id_changes_key_but_contents_cannot() -> None:
 def test_is_key_accepts_64_lowercase_hex_digits_only(text: object, expected: bool) -> None:
     """Only a 64-digit lowercase hex string looks like a key."""
     assert keys.is_key(text) is expected
+
+
+def test_canonical_form_refuses_nan_and_infinity() -> None:
+    """NaN and infinities have no JSON spelling (and NaN != NaN): no preimage may hold one."""
+    for value in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match="not JSON compliant"):
+            keys.canonical({"x": value})
