@@ -19,7 +19,7 @@ import attrs
 import pytest
 
 import imagedsl as dsl
-from imagedsl import steps
+from imagedsl import keys, steps
 from imagedsl.graph import StepNode
 from imagedsl.planner import plan
 from imagedsl.steps import Mount
@@ -63,6 +63,7 @@ DEFAULTS: Mapping[str, Any] = {
     "url_chown": "3:3",
     "url_chmod": "0755",
     "url_checksum": CHECKSUM,
+    "url_address": "https://example.invalid/remote.bin",
     "from_path": "/tool",
     "from_dest": "/usr/local/bin/",
     "from_chown": "4:4",
@@ -103,6 +104,7 @@ DEFAULTS: Mapping[str, Any] = {
     "health_start_period": "1s",
     "health_retries": 3,
     "stopsignal": "SIGTERM",
+    "onbuild": "RUN make",
     # final: FROM <stage by name>, then one more config step
     "final_ref": "app",
     "final_label": {"stage": "final"},
@@ -164,7 +166,7 @@ def catalogue(root: Path, **overrides: Any) -> dict[str, dsl.Stage]:
         )
         .add(src.file("notes.txt"), k["add_dest"], chown=k["add_chown"], chmod=k["add_chmod"])
         .add(
-            dsl.url("https://example.invalid/remote.bin", checksum=k["url_checksum"]),
+            dsl.url(k["url_address"], checksum=k["url_checksum"]),
             k["url_dest"],
             chown=k["url_chown"],
             chmod=k["url_chmod"],
@@ -191,6 +193,7 @@ def catalogue(root: Path, **overrides: Any) -> dict[str, dsl.Stage]:
             retries=k["health_retries"],
         )
         .stopsignal(k["stopsignal"])
+        .onbuild(k["onbuild"])
     )
     final = dsl.from_stage(k["final_ref"]).label(k["final_label"])
     # "app" and "app-again" name one stage: FROM either continues the same steps.
@@ -304,6 +307,8 @@ TABLE: Mapping[tuple[str, str], Change] = {
     ("add-url", "chown"): change(url_chown="7:7"),
     ("add-url", "chmod"): change(url_chmod="0700"),
     ("add-url", "checksum"): change(url_checksum="sha256:" + "3" * 64),
+    # The file name the URL gives (what a directory destination receives), not the URL.
+    ("add-url", "name"): change(url_address="https://example.invalid/other.bin"),
     ("copy-from", "dest"): change(from_dest="/opt/bin/"),
     ("copy-from", "chown"): change(from_chown="8:8"),
     ("copy-from", "chmod"): change(from_chmod="0700"),
@@ -331,6 +336,7 @@ TABLE: Mapping[tuple[str, str], Change] = {
     ("healthcheck", "retries"): change(health_retries=4),
     ("shell", "command"): change(also=("state.shell",), shell=("/bin/bash", "-c")),
     ("stopsignal", "signal"): change(stopsignal="SIGINT"),
+    ("onbuild", "instruction"): change(onbuild="RUN make install"),
     ("from-stage", "ref"): change(final_ref="app-again"),
     ("config", "state.env"): change(origin="arg", also=("default",), arg_default="2"),
     ("config", "state.config_env"): change(origin="env", also=("items", "state.env"), env0="one"),
@@ -357,6 +363,34 @@ def test_table_covers_every_preimage_field(tmp_path: Path) -> None:
     assert sorted(produced - rows) == [], "preimage fields without a row in TABLE"
     assert sorted(rows - produced) == [], "rows for fields no preimage has"
     assert not set(TABLE) & set(EXEMPT)
+
+
+#: Every preimage function of imagedsl/keys.py, and where its preimages are checked: the
+#: catalogue above, or (for those the planner does not make from a build file) elsewhere.
+PREIMAGE_FUNCTIONS: Mapping[str, str] = {
+    "base_preimage": "catalogue",
+    "run_preimage": "catalogue",
+    "mount_preimage": "catalogue",
+    "copy_preimage": "catalogue",
+    "copy_from_stage_preimage": "catalogue",
+    "add_url_preimage": "catalogue",
+    "workdir_preimage": "catalogue",
+    "config_preimage": "catalogue",
+    "layers_preimage": "the filesystem key of a split COPY: golden keys (layers='auto')",
+    "trigger_preimage": "a base's ONBUILD triggers, keyed by the OCI backend from the base's "
+    "config: tests/test_oci_build.py::test_base_onbuild_triggers_run_first",
+}
+
+
+def test_every_preimage_function_is_accounted_for() -> None:
+    """A new preimage function in keys.py needs a line in PREIMAGE_FUNCTIONS (and, if the
+    planner makes it from a build file, rows in TABLE through the catalogue)."""
+    found = {
+        name
+        for name, value in vars(keys).items()
+        if name.endswith("_preimage") and not name.startswith("_") and callable(value)
+    }
+    assert found == set(PREIMAGE_FUNCTIONS)
 
 
 def test_catalogue_has_every_step_kind(tmp_path: Path) -> None:
