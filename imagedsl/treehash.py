@@ -56,6 +56,21 @@ _INLINE_FILES: Final = 16
 Row = tuple[str, str, str, int, int, str]
 
 
+class ContextChangedError(ContextError):
+    """A context file changed after the plan hashed it (``path``: the file, or the selection
+    whose files no longer give the planned digest): its bytes are not the planned ones."""
+
+    def __init__(self, root: str, path: str) -> None:
+        super().__init__(root, (path,), "changed since it was planned")
+        self.path = path
+
+    def __str__(self) -> str:
+        return (
+            f"{os.path.join(self.root, self.path)} changed while the build was being prepared; "
+            "run the build again"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class TreeEntry:
     """One entry of a tree: where it is placed under the destination and what it holds."""
@@ -403,10 +418,14 @@ class ContextHasher:
             probe = f"{rules_id}:dir:{base}"
             digest = self._merkle(root, cache, probe, base, memo)
             self._wholes[digest] = (root, probe, base, memo)
-            return Tree(digest, lambda: self._rows(root, selections, exclude, dest_is_dir, parents))
+            return Tree(
+                digest, self._rows_later(root, selections, exclude, dest_is_dir, parents, digest)
+            )
         known = cache.trees.get(memo)
         if known is not None and all(cache.unchanged(p) for p in probes):
-            return Tree(known, lambda: self._rows(root, selections, exclude, dest_is_dir, parents))
+            return Tree(
+                known, self._rows_later(root, selections, exclude, dest_is_dir, parents, known)
+            )
         tree = Tree.from_rows(self._rows(root, selections, exclude, dest_is_dir, parents))
         cache.trees[memo] = tree.digest
         self._dirty.add(root)
@@ -636,6 +655,28 @@ class ContextHasher:
         return found
 
     # -- hashing -----------------------------------------------------------------------------
+
+    def _rows_later(
+        self,
+        root: str,
+        selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
+        exclude: Sequence[str],
+        dest_is_dir: bool,
+        parents: bool,
+        digest: str,
+    ) -> Callable[[], tuple[Row, ...]]:
+        """The rows of a tree whose digest came from the stat cache, built when first read:
+        by then a file may have changed, and rows that no longer give the planned digest
+        must not be used (a backend would place bytes other than the keyed ones)."""
+
+        def rows() -> tuple[Row, ...]:
+            found = self._rows(root, selections, exclude, dest_is_dir, parents)
+            if tree_digest(found) != digest:
+                changed = ", ".join(selector.path for selector, _ in selections)
+                raise ContextChangedError(root, changed)
+            return found
+
+        return rows
 
     def _rows(
         self,

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from engine_support import FakeEngine, fake_engine
 
 from imagedsl import api, engine_api
 from imagedsl.api import BuildSession
@@ -19,6 +18,7 @@ from imagedsl.engine_api import EngineAPI, EngineError, LocalImages, _parse_repl
 from imagedsl.lockfile import LockFile, Pin
 from imagedsl.planner import PlanStatus, record_step
 from imagedsl.store import Store
+from tests.support.engine import FakeEngine, fake_engine
 
 IMAGE_A = "sha256:" + "a" * 64
 IMAGE_B = "sha256:" + "b" * 64

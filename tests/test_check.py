@@ -9,7 +9,6 @@ import string
 from pathlib import Path
 
 import pytest
-from cli_support import imagedsl
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,6 +19,7 @@ from imagedsl.check import RULES, CheckReport, Severity
 from imagedsl.check.sarif import to_sarif
 from imagedsl.planner import record_step
 from imagedsl.store import Store
+from tests.support.cli import imagedsl
 
 RESOURCES = Path(__file__).parent / "resources"
 ROOT = Path(__file__).parent.parent

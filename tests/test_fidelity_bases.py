@@ -23,7 +23,8 @@ from typing import Any
 
 import attrs
 import pytest
-from docker_support import DockerEngine
+
+from tests.support.docker import DockerEngine
 
 _VERTEX = re.compile(r"#(\d+) (.*)\Z")
 

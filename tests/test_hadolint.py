@@ -11,7 +11,8 @@ import collections
 from pathlib import Path
 
 import pytest
-from hadolint_support import Comparison, cases, compare, prepared_corpus, table
+
+from tests.support.hadolint import Comparison, cases, compare, prepared_corpus, table
 
 ROOT = Path(__file__).parent.parent
 

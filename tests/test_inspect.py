@@ -9,15 +9,15 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-import docker_support
 import pytest
-from cli_support import imagedsl
-from oci_support import member, tar_bytes, write_layout
 
 from imagedsl.api import BuildSession, inspect_image, push_image
 from imagedsl.inspect import InspectReport
 from imagedsl.inspect._tar import TarReader
 from imagedsl.store import Store
+from tests.support import docker as docker_support
+from tests.support.cli import imagedsl
+from tests.support.oci import member, tar_bytes, write_layout
 
 PEM = b"-----BEGIN OPENSSH PRIVATE KEY-----\nAAAAB3NzaC1yc2EAAAADAQABAAABAQ==\n"
 TOKEN = b"GITHUB = 'ghp_" + b"x" * 36 + b"'\n"

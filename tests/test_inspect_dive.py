@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from docker_support import DockerEngine
 
 import imagedsl as dsl
 from imagedsl.api import BuildSession, inspect_image, plan
@@ -29,6 +28,7 @@ from imagedsl.backends.oci.backend import OCIBackend
 from imagedsl.inspect import InspectReport
 from imagedsl.reporting import Reporter
 from imagedsl.store import Store
+from tests.support.docker import DockerEngine
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -16,10 +16,10 @@ import zlib
 from pathlib import Path
 
 import pytest
-from oci_support import member, tar_bytes, write_layout
 
 from imagedsl.api import BuildSession, inspect_image, write_html
 from imagedsl.inspect.html import render
+from tests.support.oci import member, tar_bytes, write_layout
 
 PEM = b"-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6Ppy1tPf9Cnzj4p4WGeKLs1Pt8Qu\n"
 

@@ -9,14 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from docker_support import RegistryServer
-from registry_support import make_image
 
 import imagedsl as dsl
 from imagedsl import api
 from imagedsl.lockfile import LockFile, LockFileError
 from imagedsl.registry.client import RegistryClient
 from imagedsl.store import Store
+from tests.support.docker import RegistryServer
+from tests.support.registry import make_image
 
 DIGEST = "sha256:" + "c" * 64
 

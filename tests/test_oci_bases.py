@@ -10,9 +10,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from docker_support import RegistryServer
-from oci_support import layer_members, read_image
-from registry_support import make_image
 
 from imagedsl.api import BuildSession
 from imagedsl.backends.engine import DockerEngine
@@ -22,6 +19,9 @@ from imagedsl.engine_api import EngineAPI, LocalImages
 from imagedsl.planner import PlanStatus
 from imagedsl.registry.client import RegistryClient
 from imagedsl.store import Store
+from tests.support.docker import RegistryServer
+from tests.support.oci import layer_members, read_image
+from tests.support.registry import make_image
 
 
 def write_build(directory: Path, base: str) -> Path:

@@ -7,7 +7,7 @@ Ordinary work: DNS and connections to a server outside (a network namespace the 
 :mod:`netns_support`), ``pip install`` from an index there, file capabilities that a RUN sets
 and that later RUN steps and ``COPY --from`` keep.
 
-Most tests use the busybox base of :mod:`oci_support`; those that need Python in the image
+Most tests use the busybox base of :mod:`tests.support.oci`; those that need Python in the image
 use the Debian test base through the engine (``docker-daemon:``), read into one store for the
 module. Without root, runc, slirp4netns or ``ip`` the tests are skipped (failed under
 ``IMAGEDSL_REQUIRE_DOCKER=1``).
@@ -26,12 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import oci_support
 import pytest
-from cli_support import imagedsl
-from docker_support import DockerEngine
-from equivalence_support import ensure_nodev_image
-from netns_support import DNS_NAME, GREETING, PACKAGE, PACKAGE_TEXT, Outside, outside_network
 
 import imagedsl as dsl
 from imagedsl.backends import BuildRequest, EntitlementError, UnknownEntitlementError
@@ -44,6 +39,11 @@ from imagedsl.errors import exit_code_of
 from imagedsl.planner import plan
 from imagedsl.reporting import Reporter
 from imagedsl.store import Store
+from tests.support import oci as oci_support
+from tests.support.cli import imagedsl
+from tests.support.docker import DockerEngine
+from tests.support.equivalence import ensure_nodev_image
+from tests.support.netns import DNS_NAME, GREETING, PACKAGE, PACKAGE_TEXT, Outside, outside_network
 
 NETWORK_HOST = frozenset({"network.host"})
 #: What a Python probe prints for a connection or call that the sandbox refused.

@@ -22,12 +22,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from docker_support import DockerEngine
-from equivalence_support import ensure_nodev_image
-from netns_support import GREETING, Outside, ip_tool, outside_network
 
 from imagedsl.backends.oci.run.network import find_slirp4netns
 from imagedsl.backends.oci.run.runc import missing_requirements
+from tests.support.docker import DockerEngine
+from tests.support.equivalence import ensure_nodev_image
+from tests.support.netns import GREETING, Outside, ip_tool, outside_network
 
 PROBE = """\
 import ctypes, errno, os, socket, urllib.request

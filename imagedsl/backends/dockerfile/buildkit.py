@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 
 from imagedsl.backends import BuildRequest, BuildRequestError, BuildResult, SecretSource
+from imagedsl.backends._masking import masked, masks_for
 from imagedsl.backends.dockerfile._progress import ProgressParser, Vertex
 from imagedsl.backends.dockerfile._staging import ContextPool
 from imagedsl.backends.dockerfile.lowering import (
@@ -140,7 +141,10 @@ class DockerfileBackend:
                     argv += ["--secret", f"id={secret.id},env={secret.env}"]
                     env[secret.env] = os.environ[secret.env]
             argv.append(str(pool.root))
-            run = _BuildRun(plan, lowered, reporter, request.progress)
+            # BuildKit prints a RUN's output as it is: mask secret values before anything
+            # (progress, the error's tail) sees a line.
+            masks = masks_for(filter(None, (secret.read() for secret in secrets)))
+            run = _BuildRun(plan, lowered, reporter, request.progress, masks)
             try:
                 returncode = run.execute(argv, env)
             except BaseException:
@@ -320,12 +324,18 @@ class _BuildRun:
     """One ``docker build``: streams its progress and maps vertices back to plan steps."""
 
     def __init__(
-        self, plan: Plan, lowered: LoweredDockerfile, reporter: Reporter, progress: str
+        self,
+        plan: Plan,
+        lowered: LoweredDockerfile,
+        reporter: Reporter,
+        progress: str,
+        masks: Sequence[str] = (),
     ) -> None:
         self.plan = plan
         self.lowered = lowered
         self.reporter = reporter
         self.progress = progress
+        self.masks = masks
         self.parser = ProgressParser()
         self.step_of_label = {label: index for index, label in lowered.vertices.items()}
 
@@ -344,7 +354,7 @@ class _BuildRun:
             assert process.stdout is not None
             try:
                 for raw in process.stdout:
-                    self._line(raw.rstrip("\n"))
+                    self._line(masked(raw.rstrip("\n"), self.masks))
                 return process.wait()
             except BaseException:
                 # Ctrl-C: let the client cancel the solve (it does on SIGINT), then go.

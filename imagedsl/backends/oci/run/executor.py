@@ -37,13 +37,14 @@ import stat
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import blake3
 
+from imagedsl.backends._masking import masked, masks_for
 from imagedsl.backends.oci.filesystem import Filesystem, PathResolutionError
 from imagedsl.backends.oci.run.network import (
     NETNS_FILE,
@@ -100,9 +101,6 @@ if TYPE_CHECKING:
     from imagedsl.oci.blobs import BlobStore
     from imagedsl.oci.image import LayerBlob
 
-#: Secret values shorter than this are not masked in output (they would mask everything).
-_MASK_MIN: Final = 4
-_MASK: Final = "****"
 _SHM: Final = Path("/dev/shm")
 #: An unfinished extraction this old was left by a killed build.
 _STALE_EXTRACTION: Final = 3600.0
@@ -308,14 +306,14 @@ class RunExecutor:
                 mounts=tuple(mounts),
                 seccomp=profile,
             )
-            masks = _masks(secret_values.values())
+            masks = masks_for(secret_values.values())
 
             def output(line: str) -> None:
-                self.on_output(run.label, _masked(line, masks))
+                self.on_output(run.label, masked(line, masks))
 
             def timed_out(tail: tuple[str, ...]) -> BaseException:
                 assert self.timeout is not None
-                lines = [_masked(line, masks) for line in tail]
+                lines = [masked(line, masks) for line in tail]
                 return RunTimeoutError(
                     run.instruction, run.stage, self.timeout, lines, run.location
                 )
@@ -327,7 +325,7 @@ class RunExecutor:
                 on_timeout=timed_out,
             )  # fmt: skip
             if outcome.status != 0:
-                tail = [_masked(line, masks) for line in outcome.tail]
+                tail = [masked(line, masks) for line in outcome.tail]
                 raise RunFailedError(run.instruction, run.stage, outcome.status, tail, run.location)
             if upper is not None:
                 unmount(root)
@@ -591,25 +589,6 @@ class RunExecutor:
                     remove_tree(path)
             except (OSError, RootfsError):
                 continue  # alive, or not ours to remove
-
-
-def _masks(values: Iterable[bytes]) -> list[str]:
-    """What to mask in output: each secret value, and each line of a multi-line one (output
-    arrives line by line), longest first; short ones would mask everything."""
-    found: set[str] = set()
-    for value in values:
-        text = value.decode("utf-8", "replace")
-        for candidate in (text, text.strip(), *text.splitlines()):
-            if len(candidate.strip()) >= _MASK_MIN:
-                found.add(candidate)
-    return sorted(found, key=len, reverse=True)
-
-
-def _masked(line: str, masks: Sequence[str]) -> str:
-    for mask in masks:
-        if mask in line:
-            line = line.replace(mask, _MASK)
-    return line
 
 
 def _lowers(snapshots: Sequence[Path]) -> list[Path]:

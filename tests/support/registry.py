@@ -36,12 +36,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import attrs
-from docker_support import RegistryUnavailable, find_registry_binary
 
 from imagedsl.oci.descriptor import Descriptor
 from imagedsl.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
 from imagedsl.oci.platform import Platform
 from imagedsl.store import Store, StoreArea
+from tests.support.docker import RegistryUnavailable, find_registry_binary
 
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 CONFIG = "application/vnd.oci.image.config.v1+json"

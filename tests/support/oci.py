@@ -177,17 +177,32 @@ def read_image(layout: Path, tag: str | None = None) -> tuple[str, dict[str, Any
     return digest, manifest, config
 
 
-def layer_members(layout: Path, descriptor: Mapping[str, Any]) -> list[tarfile.TarInfo]:
-    """The tar members of a layer blob in a layout, in order."""
-    data = (layout / "blobs" / "sha256" / descriptor["digest"].partition(":")[2]).read_bytes()
+def layer_tar(layout: Path, descriptor: Mapping[str, Any]) -> bytes:
+    """The uncompressed tar of a layer blob in a layout."""
+    data: bytes = (
+        layout / "blobs" / "sha256" / descriptor["digest"].partition(":")[2]
+    ).read_bytes()
     if descriptor["mediaType"].endswith("+gzip"):
         data = gzip.decompress(data)
     elif descriptor["mediaType"].endswith("+zstd"):
         import zstandard
 
-        data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+        data = bytes(zstandard.ZstdDecompressor().decompressobj().decompress(data))
+    return data
+
+
+def layer_members(layout: Path, descriptor: Mapping[str, Any]) -> list[tarfile.TarInfo]:
+    """The tar members of a layer blob in a layout, in order."""
+    with tarfile.open(fileobj=io.BytesIO(layer_tar(layout, descriptor)), mode="r:") as archive:
         return archive.getmembers()
+
+
+def layer_file(layout: Path, descriptor: Mapping[str, Any], name: str) -> bytes:
+    """The content of the regular file ``name`` in a layer blob of a layout."""
+    with tarfile.open(fileobj=io.BytesIO(layer_tar(layout, descriptor)), mode="r:") as archive:
+        handle = archive.extractfile(name)
+        assert handle is not None, f"{name} is not a regular file in the layer"
+        return handle.read()
 
 
 def build(

@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
-from docker_support import DockerEngine
+from tests.support.docker import DockerEngine
 
 Listing = dict[str, tuple[str, int, int, int, str]]
 NODEV_LABEL = "org.imagedsl.test.nodev-of"

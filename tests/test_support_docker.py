@@ -6,14 +6,15 @@ import re
 import uuid
 from typing import TYPE_CHECKING
 
-import docker_support
 import pytest
+
+from tests.support import docker
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from docker_support import DockerEngine, RegistryServer
+    from tests.support.docker import DockerEngine, RegistryServer
 
 pytestmark = pytest.mark.docker
 
@@ -58,7 +59,7 @@ def test_busybox_image_shell_and_reuse(docker_engine: DockerEngine, busybox_imag
     result = docker_engine.run("run", "--rm", "-i", busybox_image, "sh", input=script)
     assert result.stdout.split() == ["cat", "drwxrwxrwt", "/bin/busybox"]
 
-    assert docker_support.ensure_busybox_image(docker_engine) == busybox_image
+    assert docker.ensure_busybox_image(docker_engine) == busybox_image
     again = docker_engine.run("image", "inspect", "--format", "{{.Id}}", busybox_image).stdout
     assert again == image_id, "the busybox image was rebuilt although nothing changed"
 
