@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from imagedsl.errors import ImageDSLError
+import attrs
+
+from imagedsl.errors import EnvironmentFailure, ImageDSLError, InputError
 
 
-class RegistryError(ImageDSLError):
+class RegistryError(EnvironmentFailure):
     """A registry answered an operation with an error (the codes are the spec's error codes)."""
 
     def __init__(
@@ -49,6 +51,69 @@ class RegistryConnectionError(RegistryError):
         super().__init__(host, action, detail=f"{cause}; gave up after {attempts} attempts")
         self.attempts = attempts
         self.cause = cause
+
+
+@attrs.define(str=False)
+class RegistryDeadlineError(RegistryError):
+    """An operation (every attempt and pause of it) outlasted its deadline."""
+
+    host: str
+    action: str
+    deadline: float
+    attempts: int
+    cause: str
+    # What every RegistryError carries: no status or codes (nothing answered in time).
+    status: int | None = attrs.field(default=None, init=False)
+    codes: tuple[str, ...] = attrs.field(default=(), init=False)
+    detail: str = attrs.field(default="", init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.detail = self.cause
+
+    def __str__(self) -> str:
+        attempts = "attempt" if self.attempts == 1 else "attempts"
+        return (
+            f"registry {self.host}: {self.action} did not finish within its deadline of "
+            f"{self.deadline:g} s ({self.attempts} {attempts}; last: {self.cause})"
+        )
+
+
+@attrs.define(str=False)
+class RegistryReplyTooLargeError(RegistryError):
+    """A reply that is read whole (a manifest, an index, a token, an error) was larger than
+    the client reads into memory."""
+
+    host: str
+    action: str
+    limit: int
+    status: int | None = attrs.field(default=None, init=False)
+    codes: tuple[str, ...] = attrs.field(default=(), init=False)
+    detail: str = attrs.field(default="", init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.detail = f"more than {self.limit} bytes"
+
+    def __str__(self) -> str:
+        return (
+            f"registry {self.host}: {self.action} answered more than {_size(self.limit)}, the "
+            "most read for a manifest, index, token or error; refused"
+        )
+
+
+@attrs.define(str=False)
+class RegistrySettingError(InputError):
+    """A registry client setting (an environment variable or an argument) is not usable."""
+
+    name: str
+    value: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.value!r}: {self.problem}"
+
+
+def _size(limit: int) -> str:
+    return f"{limit >> 20} MiB" if limit >= 1 << 20 and not limit % (1 << 20) else f"{limit} bytes"
 
 
 class RegistryDigestError(RegistryError):
