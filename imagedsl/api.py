@@ -352,8 +352,8 @@ def registry_bases(planned: Plan) -> list[str]:
     names = set()
     for step in planned.steps:
         base = step.node.step
-        if isinstance(base, FromImage) and base.reference.transport == "registry":
-            names.add(base.reference.name)
+        if isinstance(base, FromImage) and base.image.transport == "registry":
+            names.add(base.image.name)
     return sorted(names)
 
 

@@ -3,31 +3,22 @@ source of blobs to push answered or lacked. Each keeps its data as attributes.""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import attrs
 
-from imagedsl.errors import EnvironmentFailure, ImageDSLError, InputError
+from imagedsl.errors import EnvironmentFailure, InputError, string_tuple
 
 
+@attrs.define
 class RegistryError(EnvironmentFailure):
     """A registry answered an operation with an error (the codes are the spec's error codes)."""
 
-    def __init__(
-        self,
-        host: str,
-        action: str,
-        *,
-        status: int | None = None,
-        codes: Sequence[str] = (),
-        detail: str = "",
-    ) -> None:
-        super().__init__(host, action, status, tuple(codes), detail)
-        self.host = host
-        self.action = action
-        self.status = status
-        self.codes = tuple(codes)
-        self.detail = detail
+    host: str
+    action: str
+    status: int | None = attrs.field(default=None, kw_only=True)
+    codes: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=string_tuple)
+    detail: str = attrs.field(default="", kw_only=True)
 
     def __str__(self) -> str:
         text = f"registry {self.host}: {self.action} failed"
@@ -53,22 +44,13 @@ class RegistryConnectionError(RegistryError):
         self.cause = cause
 
 
-@attrs.define(str=False)
+@attrs.define
 class RegistryDeadlineError(RegistryError):
     """An operation (every attempt and pause of it) outlasted its deadline."""
 
-    host: str
-    action: str
     deadline: float
     attempts: int
     cause: str
-    # What every RegistryError carries: no status or codes (nothing answered in time).
-    status: int | None = attrs.field(default=None, init=False)
-    codes: tuple[str, ...] = attrs.field(default=(), init=False)
-    detail: str = attrs.field(default="", init=False)
-
-    def __attrs_post_init__(self) -> None:
-        self.detail = self.cause
 
     def __str__(self) -> str:
         attempts = "attempt" if self.attempts == 1 else "attempts"
@@ -78,29 +60,22 @@ class RegistryDeadlineError(RegistryError):
         )
 
 
-@attrs.define(str=False)
+@attrs.define
 class RegistryReplyTooLargeError(RegistryError):
     """A reply that is read whole (a manifest, an index, a token, an error) was larger than
     the client reads into memory."""
 
-    host: str
-    action: str
     limit: int
-    status: int | None = attrs.field(default=None, init=False)
-    codes: tuple[str, ...] = attrs.field(default=(), init=False)
-    detail: str = attrs.field(default="", init=False)
-
-    def __attrs_post_init__(self) -> None:
-        self.detail = f"more than {self.limit} bytes"
 
     def __str__(self) -> str:
+        size = f"{self.limit >> 20} MiB" if self.limit % (1 << 20) == 0 else f"{self.limit} bytes"
         return (
-            f"registry {self.host}: {self.action} answered more than {_size(self.limit)}, the "
-            "most read for a manifest, index, token or error; refused"
+            f"registry {self.host}: {self.action} answered more than {size}, the most read "
+            "for a manifest, index, token or error; refused"
         )
 
 
-@attrs.define(str=False)
+@attrs.define
 class RegistrySettingError(InputError):
     """A registry client setting (an environment variable or an argument) is not usable."""
 
@@ -110,10 +85,6 @@ class RegistrySettingError(InputError):
 
     def __str__(self) -> str:
         return f"{self.name}={self.value!r}: {self.problem}"
-
-
-def _size(limit: int) -> str:
-    return f"{limit >> 20} MiB" if limit >= 1 << 20 and not limit % (1 << 20) else f"{limit} bytes"
 
 
 class RegistryDigestError(RegistryError):
@@ -126,7 +97,7 @@ class RegistryDigestError(RegistryError):
         self.actual = actual
 
 
-class InsecureRegistryError(RegistryError):
+class InsecureRegistryError(InputError, RegistryError):
     """Plain HTTP was needed for a registry that is neither loopback nor allowed as insecure."""
 
     def __init__(self, host: str) -> None:
@@ -148,30 +119,26 @@ class PlatformNotFoundError(RegistryError):
         self.available = tuple(available)
 
 
-class BlobSourceError(ImageDSLError):
+@attrs.define
+class BlobSourceError(EnvironmentFailure):
     """A blob to push is missing from its source, or has the wrong size there."""
 
-    def __init__(self, digest: str, path: str, problem: str) -> None:
-        super().__init__(digest, path, problem)
-        self.digest = digest
-        self.path = path
-        self.problem = problem
+    digest: str
+    path: str
+    problem: str
 
     def __str__(self) -> str:
         return f"cannot push blob {self.digest} from {self.path}: {self.problem}"
 
 
-class RegistryAuthError(ImageDSLError):
+@attrs.define
+class RegistryAuthError(EnvironmentFailure):
     """A registry or its token server refused us, or asked for credentials we do not have."""
 
-    def __init__(
-        self, host: str, problem: str, *, status: int | None = None, scopes: Iterable[str] = ()
-    ) -> None:
-        super().__init__(host, problem, status, tuple(scopes))
-        self.host = host
-        self.problem = problem
-        self.status = status
-        self.scopes = tuple(scopes)
+    host: str
+    problem: str
+    status: int | None = attrs.field(default=None, kw_only=True)
+    scopes: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=string_tuple)
 
     def __str__(self) -> str:
         status = f" (HTTP {self.status})" if self.status is not None else ""
@@ -179,25 +146,23 @@ class RegistryAuthError(ImageDSLError):
         return f"registry {self.host}: authentication failed{scopes}{status}: {self.problem}"
 
 
-class CredentialsError(ImageDSLError):
+@attrs.define
+class CredentialsError(EnvironmentFailure):
     """Docker's configuration or a credential helper could not give credentials."""
 
-    def __init__(self, source: str, problem: str) -> None:
-        super().__init__(source, problem)
-        self.source = source
-        self.problem = problem
+    source: str
+    problem: str
 
     def __str__(self) -> str:
         return f"credentials from {self.source}: {self.problem}"
 
 
-class PushSourceError(ImageDSLError):
+@attrs.define
+class PushSourceError(InputError):
     """What to push cannot be read: not a layout, no such tag, a damaged archive."""
 
-    def __init__(self, source: str, problem: str) -> None:
-        super().__init__(source, problem)
-        self.source = source
-        self.problem = problem
+    source: str
+    problem: str
 
     def __str__(self) -> str:
         return f"cannot push {self.source}: {self.problem}"

@@ -631,7 +631,7 @@ class Transport:
                     now = time.monotonic()
                     if now >= end:
                         raise RegistryDeadlineError(
-                            host, action, self.deadline, number, failure.cause
+                            host, action, self.deadline, number, failure.cause, detail=failure.cause
                         ) from None
                     if number == self.retry.attempts:
                         raise RegistryConnectionError(
@@ -640,7 +640,7 @@ class Transport:
                     pause = self.retry.delay(number, failure.retry_after)
                     if now + pause >= end:
                         raise RegistryDeadlineError(
-                            host, action, self.deadline, number, failure.cause
+                            host, action, self.deadline, number, failure.cause, detail=failure.cause
                         ) from None
                     _log.info("%s: %s; retry %d in %.2fs", action, failure.cause, number, pause)
                     time.sleep(pause)
