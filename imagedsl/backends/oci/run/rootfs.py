@@ -43,10 +43,12 @@ import attrs
 
 from imagedsl.backends.oci.filesystem import (
     Filesystem,
+    LayerTar,
     UnsafeLayerError,
     _clean_member_name,
     decompressed,
     drain,
+    whiteout_target,
 )
 from imagedsl.backends.oci.layer import (
     OPAQUE_MARKER,
@@ -308,7 +310,7 @@ def extract_layer(
     dirs = _DirFds(root_fd)
     dir_times: list[tuple[str, int]] = []
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as archive:
+        with LayerTar(stream, layer) as archive:
             for member in archive:
                 name = _clean_member_name(layer, member.name)
                 if not name:
@@ -319,7 +321,7 @@ def extract_layer(
                     os.setxattr(parent, OPAQUE_XATTR, b"y")
                     continue
                 if base.startswith(WHITEOUT_PREFIX):
-                    target = base[len(WHITEOUT_PREFIX) :]
+                    target = whiteout_target(layer, member.name, base)
                     dirs.forget(posixpath.join(head, target))
                     _whiteout(target, parent)
                     continue
@@ -334,7 +336,7 @@ def extract_layer(
 
 
 def _extract_member(
-    archive: tarfile.TarFile,
+    archive: LayerTar,
     member: tarfile.TarInfo,
     name: str,
     parent: int,
@@ -357,7 +359,6 @@ def _extract_member(
     dirs.forget(name)
     if member.isreg():
         handle = archive.extractfile(member)
-        assert handle is not None
         fd = _create(base, parent)
         try:
             while data := handle.read(_COPY_CHUNK):
