@@ -15,13 +15,20 @@ import warnings
 from collections.abc import Sequence
 
 from imagedsl import __version__
-from imagedsl._terminal import TerminalReporter, display_location, display_path, format_plan, mib
-from imagedsl.api import BuildSession, open_store, push_image
+from imagedsl._terminal import (
+    TerminalReporter,
+    display_location,
+    display_path,
+    format_plan,
+    human_size,
+    mib,
+)
+from imagedsl.api import BuildSession, open_store, prune_store, push_image, verify_store
 from imagedsl.backends import BACKENDS
 from imagedsl.errors import ImageDSLError, exit_code_of
 from imagedsl.store import StoreWarning
 
-EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,6 +136,39 @@ def run_cache_du(args: argparse.Namespace) -> int:
     for part, size in usage.items():
         print(f"{mib(size):>12}  {part}")
     print(f"{mib(sum(usage.values())):>12}  total ({store.root})")
+    return EXIT_OK
+
+
+def run_cache_verify(args: argparse.Namespace) -> int:
+    """``imagedsl cache verify``: exit 1 when something damaged was found (and removed)."""
+    store = open_store(args.store)
+    report = verify_store(store)
+    for damage in report.damaged:
+        print(f"removed damaged {damage.area} entry {damage.path}: {damage.problem}")
+    counts = ", ".join(f"{count} {area}" for area, count in report.checked.items())
+    print(
+        f"checked {counts or 'nothing'} ({human_size(report.blob_bytes)} of blobs hashed) "
+        f"in {store.root}: {len(report.damaged)} damaged"
+    )
+    return EXIT_FAILURE if report.damaged else EXIT_OK
+
+
+def run_cache_prune(args: argparse.Namespace) -> int:
+    """``imagedsl cache prune``."""
+    from imagedsl.maintenance import parse_age, parse_size
+
+    older_than = None if args.older_than is None else parse_age(args.older_than)
+    max_size = None if args.max_size is None else parse_size(args.max_size)
+    store = open_store(args.store)
+    report = prune_store(store, older_than=older_than, max_size=max_size)
+    parts = [
+        f"{count} {kind} ({human_size(size)})" if size else f"{count} {kind}"
+        for kind, (count, size) in report.removed.items()
+    ]
+    print(f"removed {', '.join(parts) or 'nothing'}")
+    print(
+        f"{human_size(report.remaining)} of blobs, snapshots and cache mounts left ({store.root})"
+    )
     return EXIT_OK
 
 
@@ -250,6 +290,24 @@ def _parser() -> argparse.ArgumentParser:
     du = cache_commands.add_parser("du", help="bytes used by each part of the store")
     du.add_argument("--store", metavar="DIR", help="store directory")
     du.set_defaults(run=run_cache_du)
+    verify = cache_commands.add_parser(
+        "verify", help="hash every blob and snapshot; remove what is damaged (exit 1 if any)"
+    )
+    verify.add_argument("--store", metavar="DIR", help="store directory")
+    verify.set_defaults(run=run_cache_verify)
+    prune = cache_commands.add_parser(
+        "prune", help="remove what was not used lately, or the least recently used"
+    )
+    prune.add_argument(
+        "--older-than", metavar="AGE", help="remove what was not used for AGE (30d, 12h, 90m)"
+    )
+    prune.add_argument(
+        "--max-size",
+        metavar="SIZE",
+        help="then keep at most SIZE (10G, 500M) of blobs and snapshots",
+    )
+    prune.add_argument("--store", metavar="DIR", help="store directory")
+    prune.set_defaults(run=run_cache_prune)
     return parser
 
 

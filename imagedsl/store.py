@@ -138,6 +138,7 @@ class StoreArea(enum.Enum):
     """A part of the store: its path relative to the store root (see :class:`Store`)."""
 
     BLOBS = "blobs/sha256"
+    BLOB_STAMPS = "cache/verified"
     LEDGER = "ledger"
     LOCI = "loci"
     TREES = "trees"
@@ -162,6 +163,9 @@ class Store:
 
     ``BLOBS`` ``blobs/sha256/<hex>``
         content-addressed blobs: layers, configs, manifests (base images' too)
+    ``BLOB_STAMPS`` ``cache/verified/<h[:2]>/<hex>``
+        per blob: its size, inode, mtime and ctime when its bytes last hashed right (so a
+        reused blob is hashed again only if touched); the stamp's mtime is its last use
     ``LEDGER`` ``ledger/<k[:2]>/<key>.json``
         key -> record: preimage, outputs, locus, time
     ``LOCI`` ``loci/<l[:2]>/<locus>.json``
@@ -186,8 +190,9 @@ class Store:
         per diff_id, the paths a layer holds (what later steps read)
     ``OCI_DAEMON`` ``oci/daemon/<image id>.json``
         which manifest a ``docker-daemon:`` base image became
-    ``OCI_SNAPSHOTS`` ``oci/snapshots/<format>/<diff_id hex>``
-        extracted layers that RUN steps stand on (root only)
+    ``OCI_SNAPSHOTS`` ``oci/snapshots/<format>/<diff_id hex>/``
+        extracted layers that RUN steps stand on (root only): ``fs/`` and its integrity
+        record ``check.json``
     ``OCI_RUNS`` ``oci/runs/<id>/``
         a RUN in progress: its overlay, upper directory and bind sources
     """

@@ -120,7 +120,7 @@ def test_entrypoint_resets_inherited_cmd(base: str, store: Store) -> None:
 def test_rebuild_compresses_nothing_and_plan_hits(
     base: str, ctx: Path, store: Store, tmp_path: Path
 ) -> None:
-    """A second build of unchanged inputs writes no layer and only links the output."""
+    """A second build of unchanged inputs writes no layer and only copies the output."""
     src = dsl.context(ctx)
     app = dsl.image(base).copy(src.file("requirements.txt"), "/app/").copy(src.dir("app"), "/app")
     stages = {"app": app}
@@ -134,8 +134,11 @@ def test_rebuild_compresses_nothing_and_plan_hits(
     assert second.stats.bytes_compressed == 0
     assert second.image.manifest_digest == first.image.manifest_digest
     layer = second.image.layers[-1].digest.partition(":")[2]
-    linked = tmp_path / "two" / "blobs" / "sha256" / layer
-    assert linked.stat().st_ino == (store.area(StoreArea.BLOBS) / layer).stat().st_ino
+    copied = tmp_path / "two" / "blobs" / "sha256" / layer
+    stored = store.area(StoreArea.BLOBS) / layer
+    # A copy, never a hard link: editing the output cannot change the store (issue 14).
+    assert copied.stat().st_ino != stored.stat().st_ino
+    assert copied.read_bytes() == stored.read_bytes()
 
 
 def test_edit_rebuilds_only_the_changed_layer(base: str, ctx: Path, store: Store) -> None:

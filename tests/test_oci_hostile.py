@@ -19,7 +19,7 @@ from oci_support import member, read_image, tar_bytes
 import imagedsl as dsl
 from imagedsl.backends.oci.filesystem import UnsafeLayerError
 from imagedsl.oci.blobs import BlobDigestError
-from imagedsl.store import Store, StoreArea
+from imagedsl.store import Store, StoreArea, StoreWarning
 
 OK_DIR = member("etc/", kind=tarfile.DIRTYPE, mode=0o755)
 HOSTILE = [
@@ -165,7 +165,8 @@ def test_wrong_diff_id_is_detected(tmp_path: Path) -> None:
 
 
 def test_corrupt_store_blob_is_detected_when_read(tmp_path: Path) -> None:
-    """A store blob damaged after it was written is caught when a later step reads it."""
+    """A store blob damaged after it was written is caught before a later build uses it: a
+    warning, the blob is dropped and brought in again from the base, and the image is right."""
     layout = tmp_path / "base"
     base = oci_support.make_busybox_layout(layout)
     store = Store(tmp_path / "store")
@@ -178,8 +179,15 @@ def test_corrupt_store_blob_is_detected_when_read(tmp_path: Path) -> None:
     data[-20] ^= 0x01
     stored.write_bytes(bytes(data))
     app = dsl.scratch().copy(builder.path("/bin/busybox"), "/busybox")
-    with pytest.raises(BlobDigestError):
-        oci_support.build({"b": builder, "app": app}, store, target="app")
+    with pytest.warns(StoreWarning, match="is damaged"):
+        oci_support.build(
+            {"b": builder, "app": app}, store, target="app", output=f"oci:{tmp_path / 'out'}"
+        )
+    assert oci_support.sha256(stored.read_bytes()) == manifest["layers"][0]["digest"]
+    _, built, _ = read_image(tmp_path / "out")
+    members = oci_support.layer_members(tmp_path / "out", built["layers"][0])
+    assert [m.name for m in members] == ["busybox"]
+    assert members[0].size == oci_support.BUSYBOX.stat().st_size
 
 
 _KILL_SCRIPT = """

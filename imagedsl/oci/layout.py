@@ -377,6 +377,6 @@ def _import_unknown(source: _Source, name: str, blobs: BlobStore) -> tuple[str, 
         named = re.fullmatch(r"blobs/sha256/([0-9a-f]{64})", name)
         if named and named.group(1) != digest.partition(":")[2]:
             raise BlobDigestError(f"{source.where} {name}", "sha256:" + named.group(1), digest)
-        if not blobs.has(digest, size):
+        if not blobs.intact(digest, size):
             blobs.commit(out, digest)
     return digest, size, head

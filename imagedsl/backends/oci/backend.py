@@ -449,7 +449,7 @@ class _Build:
         except (OSError, ValueError, TypeError):
             pass
         else:
-            if layer is None or self.blobs.has(layer.digest, layer.size):
+            if layer is None or self.blobs.intact(layer.digest, layer.size):
                 self.stats = attrs.evolve(self.stats, layers_reused=self.stats.layers_reused + 1)
                 record_step(self.store, node, _outputs(layer))
                 self.reporter.step_finished(label, "cached")
@@ -513,7 +513,7 @@ class _Build:
             stream = LayerStream(handle, self.backend.compression)
             write_tar(arranged, stream, mtime=self.backend.epoch)
             layer = stream.finish()
-            if not self.blobs.has(layer.digest, layer.size):
+            if not self.blobs.intact(layer.digest, layer.size):
                 self.blobs.commit(handle, layer.digest)
         save_index(
             self.store, LayerIndex.of_entries(layer.diff_id, arranged, _kept_files(arranged))

@@ -116,16 +116,16 @@ def _import_daemon(
 
 
 def _base_from_store(shown: str, manifest_digest: str, blobs: BlobStore) -> BaseImage | None:
-    if not blobs.has(manifest_digest):
+    if not blobs.intact(manifest_digest):
         return None
     manifest = json.loads(blobs.read(manifest_digest))
     config_digest = manifest["config"]["digest"]
-    if not blobs.has(config_digest):
+    if not blobs.intact(config_digest):
         return None
     config = json.loads(blobs.read(config_digest))
     layers = []
     for descriptor, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"], strict=True):
-        if not blobs.has(descriptor["digest"], descriptor["size"]):
+        if not blobs.intact(descriptor["digest"], descriptor["size"]):
             return None
         layers.append(
             LayerBlob(

@@ -1,8 +1,9 @@
 """Where a built image goes: an OCI layout, one archive for oci-archive and docker-archive,
 or the local engine.
 
-An OCI layout directory (``oci:DIR[:TAG]``) gets its blobs hard-linked from the store, then
-``index.json`` replaced atomically, last. ``oci-archive:FILE[:TAG]`` and
+An OCI layout directory (``oci:DIR[:TAG]``) gets verified copies of its blobs from the store
+(reflinks where the filesystem makes them; never hard links, so editing the output cannot
+reach the store), then ``index.json`` replaced atomically, last. ``oci-archive:FILE[:TAG]`` and
 ``docker-archive:FILE[:TAG]`` are one archive format: an OCI layout in a tar that also carries
 Docker's ``manifest.json``, which is what ``docker load``, ``podman load`` and skopeo's
 ``oci-archive:`` and ``docker-archive:`` transports each look for. ``docker[:TAG]`` loads that
@@ -23,7 +24,7 @@ import attrs
 
 from imagedsl.backends import BuildRequestError
 from imagedsl.oci.annotations import CONTAINERD_IMAGE_NAME, REF_NAME
-from imagedsl.oci.blobs import BlobStore, MissingBlobError, link_or_copy
+from imagedsl.oci.blobs import BlobStore, file_holds
 from imagedsl.oci.image import LayerBlob
 from imagedsl.oci.layout import blob_name
 from imagedsl.oci.manifest import canonical_json
@@ -103,8 +104,8 @@ def write_layout(directory: Path, image: BuiltImage, tags: Sequence[str], blobs:
         atomic_write(marker, canonical_json({"imageLayoutVersion": "1.0.0"}))
     for digest in [*image.blob_digests, image.manifest_digest]:
         dest = directory / blob_name(digest)
-        if not dest.exists():
-            link_or_copy(blobs.path(digest), dest)
+        if not file_holds(dest, digest):  # absent, or damaged since it was written
+            blobs.copy_out(digest, dest)
     fsync_dir(directory / "blobs" / "sha256")
     manifests: list[dict[str, Any]] = []
     index_file = directory / "index.json"
@@ -153,9 +154,7 @@ def write_archive(
             if digest in seen:
                 continue
             seen.add(digest)
-            source = blobs.path(digest)
-            if not source.exists():
-                raise MissingBlobError(str(blobs.store.root), digest)
+            source = blobs.verified_path(digest)
             info = _info(blob_name(digest), mtime)
             info.size = source.stat().st_size
             with source.open("rb") as handle:
