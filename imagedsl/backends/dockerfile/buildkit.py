@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from imagedsl.backends import BuildRequest, BuildRequestError, BuildResult, SecretSource
+from imagedsl.backends import BuildRequest, BuildRequestError, BuildResult, read_secrets
+from imagedsl.backends._masking import masked, secret_masks
 from imagedsl.backends.dockerfile._progress import ProgressParser, Vertex
 from imagedsl.backends.dockerfile._staging import ContextPool
 from imagedsl.backends.dockerfile.lowering import (
@@ -85,10 +86,11 @@ class DockerfileBackend:
         from imagedsl.backends.engine import require_docker
 
         lowered = lower_to_dockerfile(plan)
+        secrets = request.secrets
+        masks = secret_masks(read_secrets(secrets).values())  # unreadable: refused here
         engine = self._engine or require_docker()
         _check_engine(plan, lowered, engine)
         output_kind, archive, output_tag = _parse_output(request.output)
-        secrets = _check_secrets(request.secrets)
         pool = ContextPool(store.area(StoreArea.CONTEXTS))
         pool.stage(lowered.trees)
         tags = [*request.tags, *([output_tag] if output_tag else [])]
@@ -115,13 +117,13 @@ class DockerfileBackend:
             env = dict(engine.env)
             for secret in secrets:
                 if secret.path is not None:
-                    argv += ["--secret", f"id={secret.id},src={os.path.abspath(secret.path)}"]
+                    argv += ["--secret", f"id={secret.id},src={secret.host_path}"]
                 else:
                     assert secret.env is not None
                     argv += ["--secret", f"id={secret.id},env={secret.env}"]
                     env[secret.env] = os.environ[secret.env]
             argv.append(str(pool.root))
-            run = _BuildRun(plan, lowered, reporter, request.progress)
+            run = _BuildRun(plan, lowered, reporter, request.progress, masks)
             try:
                 returncode = run.execute(argv, env)
             except BaseException:
@@ -190,24 +192,21 @@ def _parse_output(output: str | None) -> tuple[str, str | None, str | None]:
     )
 
 
-def _check_secrets(secrets: Sequence[SecretSource]) -> Sequence[SecretSource]:
-    for secret in secrets:
-        if secret.path is not None and not os.path.isfile(os.path.expanduser(secret.path)):
-            raise BuildRequestError(f"--secret id={secret.id}: no such file {secret.path}")
-        if secret.path is None and secret.env is not None and secret.env not in os.environ:
-            raise BuildRequestError(
-                f"--secret id={secret.id}: environment variable {secret.env} is not set"
-            )
-    return secrets
-
-
 class _BuildRun:
     """One ``docker build``: streams its progress and maps vertices back to plan steps."""
 
     def __init__(
-        self, plan: Plan, lowered: LoweredDockerfile, reporter: Reporter, progress: str
+        self,
+        plan: Plan,
+        lowered: LoweredDockerfile,
+        reporter: Reporter,
+        progress: str,
+        masks: Sequence[str] = (),
     ) -> None:
         self.plan = plan
+        #: Secret values, replaced by ``****`` in every line relayed or kept (BuildKit's own
+        #: output does not mask them).
+        self.masks = masks
         self.lowered = lowered
         self.reporter = reporter
         self.progress = progress
@@ -242,6 +241,7 @@ class _BuildRun:
                 raise
 
     def _line(self, line: str) -> None:
+        line = masked(line, self.masks)
         parsed = self.parser.feed(line)
         vertex = parsed.vertex
         index = self._step_of(vertex)

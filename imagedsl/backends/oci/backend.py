@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import blake3
 
-from imagedsl.backends import BuildRequestError, BuildResult
+from imagedsl.backends import BuildRequestError, BuildResult, read_secrets
 from imagedsl.backends.oci.bases import import_base, layer_index
 from imagedsl.backends.oci.copy_entries import (
     Owner,
@@ -235,6 +235,7 @@ class OCIBackend:
         self, plan: Plan, request: BuildRequest, *, store: Store, reporter: Reporter
     ) -> OCIBuild:
         """:meth:`build`, returning the image and what the build did as well."""
+        read_secrets(request.secrets)  # every secret given must be readable, used or not
         check_run_support(plan)
         output = Output.parse(request.output) if request.output else None
         run = _Build(self, plan, request, store, reporter)

@@ -34,13 +34,15 @@ import stat
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import attrs
 import blake3
 
+from imagedsl.backends._masking import masked as _masked
+from imagedsl.backends._masking import secret_masks as _masks
 from imagedsl.backends.oci.filesystem import Filesystem, PathResolutionError
 from imagedsl.backends.oci.run.rootfs import (
     Change,
@@ -88,9 +90,6 @@ if TYPE_CHECKING:
     from imagedsl.oci.blobs import BlobStore
     from imagedsl.oci.image import LayerBlob
 
-#: Secret values shorter than this are not masked in output (they would mask everything).
-_MASK_MIN: Final = 4
-_MASK: Final = "****"
 _SHM: Final = Path("/dev/shm")
 #: An unfinished extraction this old was left by a killed build.
 _STALE_EXTRACTION: Final = 3600.0
@@ -546,25 +545,6 @@ class RunExecutor:
                     remove_tree(path)
             except (OSError, RootfsError):
                 continue  # alive, or not ours to remove
-
-
-def _masks(values: Iterable[bytes]) -> list[str]:
-    """What to mask in output: each secret value, and each line of a multi-line one (output
-    arrives line by line), longest first; short ones would mask everything."""
-    found: set[str] = set()
-    for value in values:
-        text = value.decode("utf-8", "replace")
-        for candidate in (text, text.strip(), *text.splitlines()):
-            if len(candidate.strip()) >= _MASK_MIN:
-                found.add(candidate)
-    return sorted(found, key=len, reverse=True)
-
-
-def _masked(line: str, masks: Sequence[str]) -> str:
-    for mask in masks:
-        if mask in line:
-            line = line.replace(mask, _MASK)
-    return line
 
 
 def _lowers(snapshots: Sequence[Path]) -> list[Path]:
