@@ -61,6 +61,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = "error" if error.location is None else display_location(error.location)
         print(f"{where}: {error}", file=sys.stderr)
         return exit_code_of(error)
+    except OSError as error:
+        # The machine refused (a full disk, a denied write, a missing directory): one line
+        # with the path, exit 1, as for every failure outside the user's input.
+        print(f"error: {_os_error(error)}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _os_error(error: OSError) -> str:
+    """``PATH: No space left on device`` (both paths of a failed rename or link)."""
+    problem = error.strerror or str(error)
+    if error.filename is None:
+        return problem
+    paths = [os.fsdecode(error.filename)]
+    if error.filename2 is not None:
+        paths.append(os.fsdecode(error.filename2))
+    return f"{' -> '.join(paths)}: {problem}"
 
 
 # -- commands --------------------------------------------------------------------------------

@@ -68,11 +68,23 @@ def atomic_file(path: Path, *, mode: int = 0o644) -> Iterator[IO[bytes]]:
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(error, OSError):
+            raise naming(error, path) from None
         raise
     fsync_dir(path.parent)
+
+
+def naming(error: OSError, path: str | os.PathLike[str]) -> OSError:
+    """``error`` with a path to show: a failed ``write`` (a full disk, say) names no file,
+    and the CLI's one line says which file could not be written."""
+    if error.filename is not None:
+        return error
+    named = OSError(error.errno, error.strerror or str(error), os.fspath(path))
+    named.__cause__ = error
+    return named
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:

@@ -39,7 +39,7 @@ import attrs
 
 from imagedsl.errors import EnvironmentFailure, ImageDSLError
 from imagedsl.oci.digest import is_sha256
-from imagedsl.store import StoreArea, StoreWarning, fsync_dir
+from imagedsl.store import StoreArea, StoreWarning, fsync_dir, naming
 
 if TYPE_CHECKING:
     from imagedsl.store import Store
@@ -324,6 +324,8 @@ class BlobStore:
         handle = open(tmp, "wb")  # noqa: SIM115 - closed in finally; .name is the path
         try:
             yield handle
+        except OSError as error:
+            raise naming(error, self.root) from None  # a full disk names no file
         finally:
             handle.close()
             with contextlib.suppress(FileNotFoundError):
@@ -478,9 +480,11 @@ def copy_file(source: Path, dest: Path, *, mode: int = 0o444) -> None:
             os.fsync(out.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(error, OSError):
+            raise naming(error, dest) from None
         raise
 
 
