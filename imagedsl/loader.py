@@ -72,6 +72,7 @@ class BuildFile:
         build_platform: str | None = None,
         reporter: Reporter | None = None,
         resolve_base: BaseResolver | None = None,
+        source_date_epoch: int | None = None,
     ) -> Plan:
         """Plan one target of this build file (see :func:`imagedsl.planner.plan`).
 
@@ -95,6 +96,7 @@ class BuildFile:
             resolve_base=resolve_base,
             buildfile=str(self.path),
             project=str(self.path),
+            source_date_epoch=source_date_epoch,
         )
 
 

@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 import attrs
 
 from imagedsl.errors import ImageDSLError, InputError
-from imagedsl.oci.annotations import REF_NAME
+from imagedsl.oci.annotations import CONTAINERD_IMAGE_NAME, REF_NAME
 from imagedsl.oci.blobs import BlobDigestError, BlobStore, check_digest
 from imagedsl.oci.image import BaseImage, LayerBlob
 from imagedsl.oci.manifest import manifest_document
@@ -31,7 +31,7 @@ from imagedsl.oci.mediatypes import (
     READABLE_LAYER_TYPES,
     sniff_compression,
 )
-from imagedsl.oci.reference import normalise_tag
+from imagedsl.oci.reference import name_of_tag, normalise_tag
 
 if TYPE_CHECKING:
     from imagedsl.oci.reference import ImageReference
@@ -179,6 +179,7 @@ def _import_layout(
     blobs: BlobStore,
 ) -> BaseImage:
     descriptor: Mapping[str, Any] = _choose(source, shown, tag, digest)
+    name = name_of_tag((descriptor.get("annotations") or {}).get(CONTAINERD_IMAGE_NAME))
     for _ in range(4):  # an index may point at an index (multi-platform)
         media_type = descriptor.get("mediaType")
         manifest_digest = check_digest(descriptor.get("digest"))
@@ -189,7 +190,8 @@ def _import_layout(
         if media_type in (OCI_INDEX, DOCKER_MANIFEST_LIST) or "manifests" in document:
             descriptor = _pick_platform(shown, document, platform)
             continue
-        return _import_manifest(source, shown, manifest_digest, document, blobs)
+        base = _import_manifest(source, shown, manifest_digest, document, blobs)
+        return attrs.evolve(base, name=name)
     raise BaseImageError(shown, "nests image indexes too deeply")
 
 
@@ -326,6 +328,7 @@ def _import_docker_archive(
         tags = sorted(t for m in manifest for t in m.get("RepoTags") or [])
         raise BaseImageError(shown, f"no single image matches {tag or '(no tag)'}; it holds {tags}")
     entry = chosen[0]
+    repo_tags = entry.get("RepoTags") or [None]
     config_name = str(entry.get("Config") or "")
     with source.open(config_name) as handle:
         config_bytes = handle.read(_MAX_JSON)
@@ -354,7 +357,11 @@ def _import_docker_archive(
     document = manifest_document(config_digest, len(config_bytes), layers, {})
     manifest_digest = blobs.put(document)
     return BaseImage(
-        reference=shown, manifest_digest=manifest_digest, config=config, layers=tuple(layers)
+        reference=shown,
+        manifest_digest=manifest_digest,
+        config=config,
+        layers=tuple(layers),
+        name=name_of_tag(repo_tags[0]),
     )
 
 

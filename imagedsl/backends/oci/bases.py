@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import attrs
+
 from imagedsl.backends.oci.filesystem import (
     Filesystem,
     LayerIndex,
@@ -30,6 +32,7 @@ from imagedsl.oci.image import BaseImage, LayerBlob
 from imagedsl.oci.layout import BaseImageError, import_docker_archive, import_local_image
 from imagedsl.oci.mediatypes import READABLE_LAYER_TYPES
 from imagedsl.oci.platform import Platform
+from imagedsl.oci.reference import portable_name
 from imagedsl.store import StoreArea, atomic_write
 
 if TYPE_CHECKING:
@@ -84,6 +87,7 @@ def _import_registry(
         manifest_digest=pulled.manifest.digest,
         config=config,
         layers=tuple(layers),
+        name=portable_name(reference),
     )
 
 
@@ -103,7 +107,7 @@ def _import_daemon(
         saved = json.loads(memo.read_bytes())
         base = _base_from_store(shown, saved["manifest"], blobs)
         if base is not None:
-            return base
+            return attrs.evolve(base, name=portable_name(reference))
     tmp_root = blobs.store.area(StoreArea.TMP)
     tmp_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
@@ -112,7 +116,7 @@ def _import_daemon(
         base = import_docker_archive(archive, shown, blobs)
     atomic_write(memo, json.dumps({"manifest": base.manifest_digest}).encode())
     del platform  # the engine holds one platform per tag; the config says which
-    return base
+    return attrs.evolve(base, name=portable_name(reference))
 
 
 def _base_from_store(shown: str, manifest_digest: str, blobs: BlobStore) -> BaseImage | None:

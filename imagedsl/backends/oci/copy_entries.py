@@ -141,8 +141,10 @@ class Placement:
         """A directory the layer needs but no source gave.
 
         Below the destination it is one of the copied directories (``chmod``/``chown``
-        apply); at or above it, it keeps what the layers below have, else it is made (the
-        destination owned per ``chown``, the rest by root).
+        apply); at or above it, it keeps what the layers below have, else it is made, owned
+        per ``chown`` as BuildKit makes it (``COPY --chown=app f /usr/local/bin/f`` gives a
+        new ``/usr/local`` and ``/usr/local/bin`` to app). A ``link=True`` layer, which must
+        not depend on the layers below, makes only the destination so.
         """
         if not self.root or path.startswith(self.root + "/"):
             mode = 0o755 if self.chmod is None else self.chmod
@@ -152,7 +154,7 @@ class Placement:
         found = self.lower.get(path) if self.lower is not None else None
         if found is not None and found.kind == "dir":
             return LayerEntry(path=path, kind="dir", mode=found.mode, uid=found.uid, gid=found.gid)
-        if path == self.root:
+        if path == self.root or self.lower is not None:
             return LayerEntry(
                 path=path, kind="dir", mode=0o755, uid=self.owner.uid, gid=self.owner.gid
             )

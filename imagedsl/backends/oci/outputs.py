@@ -29,7 +29,7 @@ from imagedsl.oci.image import LayerBlob
 from imagedsl.oci.layout import blob_name
 from imagedsl.oci.manifest import canonical_json
 from imagedsl.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
-from imagedsl.oci.reference import normalise_tag
+from imagedsl.oci.reference import is_ref_name, normalise_tag
 from imagedsl.store import atomic_file, atomic_write, fsync_dir
 
 if TYPE_CHECKING:
@@ -63,7 +63,46 @@ class Output:
         path, _, tag = rest.partition(":")
         if not path:
             raise BuildRequestError(f"--output {text!r}: {kind}: needs a path")
-        return cls(kind=kind, path=path, tag=tag or None)
+        if tag:
+            check_tag(tag, f"--output {text!r}")
+        made = cls(kind=kind, path=path, tag=tag or None)
+        made.docker_names()  # refused before building, not after
+        return made
+
+    def docker_names(self) -> tuple[str, ...] | None:
+        """What Docker calls an archive output's image (its ``RepoTags``), when its TAG says:
+        ``app.tar:myorg/app:1.0`` is ``myorg/app:1.0``; a bare tag takes the file's name
+        (``app.tar:1.0`` is ``app:1.0``, never ``1.0:latest``). None: from the ``-t`` names."""
+        if self.kind not in ("oci-archive", "docker-archive") or not self.tag:
+            return None
+        assert self.path is not None
+        return (archive_docker_name(self.path, self.tag),)
+
+
+def check_tag(tag: str, where: str) -> str:
+    """Refuse a tag that is not an OCI reference name (``v 1``, ``-x``, ``a::b``)."""
+    if not is_ref_name(tag):
+        raise BuildRequestError(
+            f"{where}: {tag!r} is not a valid tag (letters and digits, with one of . _ - : @ +"
+            " or -- between them, and / between components)"
+        )
+    return tag
+
+
+def archive_docker_name(path: str, tag: str) -> str:
+    """The Docker name of an archive's TAG: itself when it names an image (``NAME:TAG`` or
+    ``ORG/NAME``), else ``<file name>:<TAG>``; refused when the file gives no usable name."""
+    if ":" in tag or "/" in tag:
+        return normalise_tag(tag)
+    stem = re.sub(r"(\.tar)?(\.(gz|zst|zstd))?$", "", Path(path).name.lower())
+    stem = re.sub(r"[^a-z0-9._-]+", "-", stem).strip("._-")
+    name = f"{stem}:{tag}"
+    if not stem or not _is_docker_name(name):
+        raise BuildRequestError(
+            f"--output {path}:{tag}: {tag!r} is a tag without an image name, and the file's "
+            f"name gives none: write {path}:NAME:{tag}"
+        )
+    return name
 
 
 @attrs.frozen(kw_only=True)
@@ -125,23 +164,36 @@ def write_layout(directory: Path, image: BuiltImage, tags: Sequence[str], blobs:
 
 
 def write_archive(
-    path: Path, image: BuiltImage, tags: Sequence[str], blobs: BlobStore, *, mtime: int
+    path: Path,
+    image: BuiltImage,
+    tags: Sequence[str],
+    blobs: BlobStore,
+    *,
+    mtime: int,
+    docker_names: Sequence[str] | None = None,
 ) -> None:
-    """One tar that is both an OCI layout and a ``docker save`` archive, written atomically."""
+    """One tar that is both an OCI layout and a ``docker save`` archive, written atomically.
+
+    ``tags`` are the index's ``ref.name``s; ``docker_names`` what Docker calls the image, one
+    per tag (default: each tag that is a Docker name, with ``:latest`` added to a bare one).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     config_name = blob_name(image.config_digest)
+    if docker_names is None:
+        docker_names = [normalise_tag(t) for t in tags]
+    known = [n if _is_docker_name(n) else None for n in docker_names]
     docker_manifest = [
         {
             "Config": config_name,
-            "RepoTags": [normalise_tag(t) for t in tags if _is_docker_name(normalise_tag(t))],
+            "RepoTags": [n for n in known if n is not None],
             "Layers": [blob_name(layer.digest) for layer in image.layers],
         }
     ]
     names: list[str | None] = [*tags] or [None]
     entries = [_index_entry(image, tag) for tag in names]
-    for entry, tag in zip(entries, tags, strict=False):
-        if _is_docker_name(normalise_tag(tag)):
-            entry.setdefault("annotations", {})[CONTAINERD_IMAGE_NAME] = normalise_tag(tag)
+    for entry, docker_name in zip(entries, known, strict=False):
+        if docker_name is not None:
+            entry.setdefault("annotations", {})[CONTAINERD_IMAGE_NAME] = docker_name
     index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
     with (
         atomic_file(path) as raw,
