@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from oci_support import member, tar_bytes
 import imagedsl as dsl
 from imagedsl.backends.oci.filesystem import UnsafeLayerError, scan_layer
 from imagedsl.backends.oci.run.rootfs import extract_layer
+from imagedsl.errors import InputError
 from imagedsl.oci.mediatypes import OCI_MANIFEST
 from imagedsl.store import Store
 
@@ -218,3 +220,40 @@ def test_hostile_layers_from_a_registry_are_refused_with_bounded_memory(
     assert found["error"] == "UnsafeLayerError"
     assert problem in found["problem"]
     assert found["peak_rss_kib"] < 200 * 1024
+
+
+# -- archives in a build context (ADD unpacks them) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("archive", "problem"),
+    [
+        pytest.param(tar_bytes([member("../escape", data=b"x")]), "'..'", id="dotdot"),
+        pytest.param(claiming("big", 64 * GIB, b"x" * 1024), "damaged archive", id="64-GiB-claim"),
+        pytest.param(
+            gzip.compress(claiming("big", 64 * GIB, b"x" * 1024)),
+            "damaged archive",
+            id="gzip-claim",
+        ),
+        pytest.param(
+            gzip.compress(tar_bytes([member("a", data=os.urandom(8000))]))[:-600],
+            "damaged archive",
+            id="cut-gzip",
+        ),
+    ],
+)
+def test_hostile_archives_in_the_context_are_refused(
+    archive: bytes, problem: str, tmp_path: Path
+) -> None:
+    """ADD of a context archive whose members climb out, or claim more than it holds, or
+    whose compression is cut, is the step's input error, with nothing written outside."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "vendor.tar.gz").write_bytes(archive)
+    base = oci_support.make_busybox_layout(tmp_path / "base")
+    stage = dsl.image(base).add(dsl.context(ctx).file("vendor.tar.gz"), "/opt/")
+    with pytest.raises(InputError) as caught:
+        oci_support.build({"a": stage}, Store(tmp_path / "s"), output=f"oci:{tmp_path / 'out'}")
+    assert problem in str(caught.value)
+    assert not (tmp_path / "escape").exists()
+    assert not (tmp_path / "out").exists()
