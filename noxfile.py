@@ -43,7 +43,8 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Benchmarks: ``nox -s bench -- benchmarks/NAME.py [ARGS]`` (default: benchmarks/plan.py)."""
+    """Every benchmark, then the README's table rewritten from their rows
+    (``benchmarks/readme.py``); ``nox -s bench -- benchmarks/NAME.py [ARGS]`` runs one."""
     session.install("-e", ".")
-    args = session.posargs or ["benchmarks/plan.py"]
+    args = session.posargs or ["benchmarks/readme.py"]
     session.run("python", *args)

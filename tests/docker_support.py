@@ -34,12 +34,12 @@ from typing import IO, TYPE_CHECKING, Any, Self
 import attrs
 
 from imagedsl.backends.engine import (
-    CI_DOCKER_HOST,
     DockerCommandError,
     DockerEngine,
     find_docker,
     tail_lines,
 )
+from imagedsl.engine_api import CI_DOCKER_HOST
 
 __all__ = [
     "CI_DOCKER_HOST",

@@ -98,6 +98,7 @@ def write_layout(
     tag: str | None = "1",
     config: Mapping[str, Any] | None = None,
     compress: bool = True,
+    history: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
     """Write an OCI layout holding one image of ``layers`` (uncompressed tars); return the
     manifest digest."""
@@ -119,7 +120,9 @@ def write_layout(
         "os": "linux",
         "config": dict(config or {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]}),
         "rootfs": {"type": "layers", "diff_ids": [sha256(t) for t in layers]},
-        "history": [{"created_by": f"test layer {i}"} for i in range(len(layers))],
+        "history": list(history)
+        if history is not None
+        else [{"created_by": f"test layer {i}"} for i in range(len(layers))],
     }
     config_bytes = json.dumps(image_config).encode()
     manifest = json.dumps(

@@ -350,3 +350,60 @@ def test_incremental_digests_equal_digests_from_scratch(
         warm = ContextHasher(store, Reporter()).tree(selection)
         cold = ContextHasher(None, Reporter()).tree(selection)
         assert warm.digest == cold.digest == Tree.from_rows(cold.rows).digest
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(files=FILES, edits=EDITS)
+def test_incremental_layer_parts_equal_parts_from_scratch(
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    files: dict[str, bytes],
+    edits: list[tuple[str, int]],
+) -> None:
+    """layers="auto" parts from a warm store (only changed directories hashed again) equal
+    the parts partition_tree makes from all the rows with no store at all."""
+    from imagedsl import treehash
+
+    monkeypatch.setattr(treehash, "LARGE_FILE", 40)
+    monkeypatch.setattr(treehash, "_LARGE_BUCKET", 30)
+    monkeypatch.setattr(treehash, "_FILES_BUCKET", 20)
+    paths = sorted(files)
+    if any(a != b and b.startswith(a.removesuffix(".txt") + "/") for a in paths for b in paths):
+        return  # a file and a directory of one name cannot both exist
+    root = tmp_path_factory.mktemp("ctx")
+    store = Store(tmp_path_factory.mktemp("store"))
+    write_tree(root, files)
+    (root / "requirements.txt").write_text("flask\n")
+    selection = dsl.context(root).as_source()
+
+    def parts(hasher: ContextHasher) -> list[tuple[str, str]]:
+        found = hasher.partition(selection, hasher.tree(selection), "auto")
+        assert found is not None
+        hasher.save()
+        return [(name, tree.digest) for name, tree in found]
+
+    time.sleep(0.06)  # past the racy window, so the store really is used
+    parts(ContextHasher(store, Reporter()))
+    for action, n in edits:
+        target = root / paths[n % len(paths)]
+        if action == "write" and target.exists():
+            target.write_bytes(target.read_bytes() + b"!" * 30)
+        elif action == "delete" and target.exists():
+            target.unlink()
+        elif action == "chmod" and target.exists():
+            target.chmod(0o755)
+        elif action == "mkdir":
+            (target.parent / f"new{n}").mkdir(exist_ok=True)
+    time.sleep(0.06)
+    warm = ContextHasher(store, Reporter())
+    cold = ContextHasher(None, Reporter())
+    expected = [(n, t.digest) for n, t in partition_tree(cold.tree(selection), "auto")]
+    assert parts(warm) == expected
+    warm_tree = warm.tree(selection)
+    found = warm.partition(selection, warm_tree, "auto")
+    assert found is not None
+    assert [(n, t.rows) for n, t in found] == [
+        (n, t.rows) for n, t in partition_tree(cold.tree(selection), "auto")
+    ]

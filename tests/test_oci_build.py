@@ -435,6 +435,31 @@ def test_layout_keeps_other_tags(base: str, ctx: Path, store: Store, tmp_path: P
     assert read_image(out, "one")[0] == again.image.manifest_digest != one.image.manifest_digest
 
 
+def test_layout_written_again_keeps_only_what_tags_reach(
+    base: str, ctx: Path, store: Store, tmp_path: Path
+) -> None:
+    """A layout rewritten after edits drops the blobs no tag reaches, keeps other tags' blobs."""
+    src = dsl.context(ctx)
+    out = tmp_path / "layout"
+    other, _ = build(
+        {"a": dsl.image(base).copy(src.dir("app"), "/b")}, store, output=f"oci:{out}:two"
+    )
+    (out / "blobs" / "sha256" / ("f" * 64)).write_bytes(b"stray")
+    for i in range(4):
+        (ctx / "app" / "main.py").write_text(f"print({i})\n")
+        last, _ = build(
+            {"a": dsl.image(base).copy(src.dir("app"), "/a")}, store, output=f"oci:{out}:one"
+        )
+    wanted = set()
+    for result in (other, last):
+        image = result.image
+        wanted |= {d.removeprefix("sha256:") for d in [*image.blob_digests, image.manifest_digest]}
+    kept = {p.name for p in (out / "blobs" / "sha256").iterdir()}
+    assert kept == wanted
+    assert read_image(out, "one")[0] == last.image.manifest_digest
+    assert read_image(out, "two")[0] == other.image.manifest_digest
+
+
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "imagedsl", *args], capture_output=True, text=True, check=False
@@ -555,16 +580,23 @@ def _layers(layout: Path, tag: str) -> list[list[tarfile.TarInfo]]:
     return [layer_members(layout, d) for d in manifest["layers"]]
 
 
+def _config_digest(layout: Path, manifest_digest: str) -> str:
+    manifest = json.loads((layout / "blobs" / "sha256" / manifest_digest[7:]).read_bytes())
+    digest: str = manifest["config"]["digest"]
+    return digest
+
+
 def test_plan_pins_a_local_base_by_what_it_holds(tmp_path: Path) -> None:
     """Replacing the image behind oci:DIR:TAG changes the FROM key, and the plan says so."""
     layout = tmp_path / "layout"
     first = oci_support.write_layout(layout, [oci_support.tar_bytes(oci_support.busybox_members())])
+    first_image = _config_digest(layout, first)
     build_path = tmp_path / "build.py"
     build_path.write_text(f"import imagedsl as dsl\n\napp = dsl.image('oci:{layout}:1')\n")
     store = Store(tmp_path / "store")
     before = api.load_buildfile(build_path).plan(store=store)
-    assert before.steps[0].node.preimage["digest"] == first
-    assert before.steps[0].notes == (f"resolved to {first} from the local image",)
+    assert before.steps[0].node.preimage["digest"] == first_image
+    assert before.steps[0].notes == (f"resolved to {first_image} from the local image",)
     api.record_step(store, before.steps[0])
     shutil.rmtree(layout)
     second = oci_support.write_layout(
@@ -573,7 +605,7 @@ def test_plan_pins_a_local_base_by_what_it_holds(tmp_path: Path) -> None:
     after = api.load_buildfile(build_path).plan(store=store)
     assert after.steps[0].status is PlanStatus.MISS
     assert after.steps[0].reasons == (
-        f"base image digest changed: sha256:{first[7:19]} -> sha256:{second[7:19]}",
+        f"base image changed: oci:{layout}:1 is now {_config_digest(layout, second)}",
     )
 
 

@@ -90,13 +90,14 @@ def run_build(
     backend: OCIBackend | None = None,
     output: str | None = None,
     stages: dict[str, Stage] | None = None,
+    allow: frozenset[str] = frozenset(),
 ) -> tuple[OCIBuild, Recorder, Plan]:
     """Plan and build ``stage`` (target ``img``), keeping the output lines."""
     named = {**(stages or {}), "img": stage}
 
     recorder = Recorder()
     first = plan(named, "img", store=store, project="run-test")
-    request = BuildRequest(secrets=secrets, output=output)
+    request = BuildRequest(secrets=secrets, output=output, allow=allow)
     built = (backend or OCIBackend()).build_image(first, request, store=store, reporter=recorder)
     return built, recorder, first
 
@@ -265,8 +266,11 @@ def test_later_runs_see_earlier_changes_fresh_and_reextracted(base: str, store: 
 def test_rebuild_hits_and_records_only_successes(base: str, store: Store) -> None:
     """A built RUN is a hit in the next plan and is not run again."""
     stage = dsl.image(base).run("echo ran; echo x > /x")
-    first, recorder, _ = run_build(stage, store)
+    first, recorder, planned = run_build(stage, store)
     assert "ran" in recorder.lines
+    record = store.get(planned.steps[-1].key)
+    assert record is not None
+    assert isinstance(record.outputs["seconds"], float)  # what check's history rule reads
     second, recorder, planned = run_build(stage, store)
     assert [s.status for s in planned.steps] == [PlanStatus.HIT, PlanStatus.HIT]
     assert "ran" not in recorder.lines
@@ -393,20 +397,25 @@ def test_bind_mounts_from_context_and_stage(base: str, store: Store, tmp_path: P
 
 
 def test_network_modes(base: str, store: Store) -> None:
-    """``none`` gives a new network namespace with loopback only; the default shares the
-    host's interfaces."""
+    """``none`` gives a new network namespace with loopback only; the default a namespace of
+    its own with ``lo`` and ``eth0`` (behind NAT); ``host``, allowed, the host's interfaces."""
     interfaces = (
         "echo ::net; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\\n' ' '"
     )
     _, isolated, _ = run_build(dsl.image(base).run(interfaces, network="none"), store)
     assert output_after(isolated, "::net") == ["lo "]
-    _, shared, _ = run_build(dsl.image(base).run(interfaces), store)
+    _, own, _ = run_build(dsl.image(base).run(interfaces), store)
+    assert output_after(own, "::net") == ["eth0 lo "]
+    _, shared, _ = run_build(
+        dsl.image(base).run(interfaces, network="host"), store, allow=frozenset({"network.host"})
+    )
     seen = set(output_after(shared, "::net")[0].split())
     host = {
         line.split(":")[0].strip() for line in Path("/proc/net/dev").read_text().splitlines()[2:]
     }
     assert {"lo"} < seen
     assert {name for name in host if not name.startswith("veth")} <= seen
+    no_leftovers(store)
 
 
 # -- failures, timeouts, interrupts ----------------------------------------------------------

@@ -18,7 +18,7 @@ from oci_support import build, read_image, rootfs_listing, run, tool
 
 import imagedsl as dsl
 from imagedsl.backends.oci.backend import OCIBackend
-from imagedsl.registry.errors import NotFoundError
+from imagedsl.bases import BaseNotFoundError
 from imagedsl.store import Store
 
 if TYPE_CHECKING:
@@ -265,5 +265,6 @@ def test_registry_base(registry: RegistryServer, base: str, ctx: Path, tmp_path:
     again, _ = build(stages, store)
     assert again.image.manifest_digest == built.image.manifest_digest
     assert again.stats.layers_written == 0
-    with pytest.raises(NotFoundError):
+    with pytest.raises(BaseNotFoundError) as missing:
         build({"app": dsl.image(f"{remote}:missing").cmd("x")}, store)
+    assert [place for place, _ in missing.value.places][-1] == f"the registry {registry.host}"

@@ -15,6 +15,7 @@ from cli_support import imagedsl
 from oci_support import read_image
 
 import imagedsl as dsl
+from imagedsl.backends.oci.run.rootfs import SNAPSHOT_FORMAT
 from imagedsl.backends.oci.run.runc import missing_requirements
 from imagedsl.maintenance import CacheOptionError, parse_age, parse_size, prune_store
 from imagedsl.oci.blobs import BlobStore
@@ -134,7 +135,7 @@ def test_a_changed_snapshot_is_extracted_again(base: str, tmp_path: Path) -> Non
     store = Store(tmp_path / "store")
     first = dsl.image(base).run("cat /etc/passwd > /seen")
     oci_support.build({"a": first}, store)
-    snapshots = store.area(StoreArea.OCI_SNAPSHOTS) / "v2"
+    snapshots = store.area(StoreArea.OCI_SNAPSHOTS) / SNAPSHOT_FORMAT
     changed = [p for p in snapshots.glob("*/fs/etc/passwd") if p.read_text() == oci_support.PASSWD]
     assert len(changed) == 1
     changed[0].write_text("root:x:0:0:evil:/root:/bin/sh\n".ljust(len(oci_support.PASSWD)))
@@ -155,7 +156,7 @@ def test_cache_verify_compares_snapshots_byte_by_byte(base: str, tmp_path: Path)
     snapshot (it is extracted again when a RUN needs it)."""
     store_dir = tmp_path / "store"
     oci_support.build({"a": dsl.image(base).run("true")}, Store(store_dir))
-    units = [u for u in (store_dir / "oci" / "snapshots" / "v2").iterdir() if u.is_dir()]
+    units = [u for u in (store_dir / "oci" / "snapshots" / SNAPSHOT_FORMAT).iterdir() if u.is_dir()]
     assert len(units) == 1
     busybox = units[0] / "fs" / "bin" / "busybox"
     flip(busybox, offset=1000)
