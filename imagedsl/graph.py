@@ -169,6 +169,8 @@ class BuildGraph:
     #: What keyed the graph, kept so that :func:`rekey` can key it again once outputs it
     #: depends on are known (no file is read again: trees are remembered).
     keyer: _Keyer | None = attrs.field(default=None, eq=False, repr=False)
+    #: The ``SOURCE_DATE_EPOCH`` RUN steps are keyed for (they see it in their environment).
+    source_date_epoch: int = 0
 
     @property
     def output(self) -> StepNode:
@@ -209,6 +211,7 @@ def build_graph(
     resolve_base: BaseResolver,
     memo: AnalysisMemo | None,
     project: str,
+    source_date_epoch: int = 0,
 ) -> BuildGraph:
     """Unfold ``named[target]`` into its keyed steps (see the module docstring)."""
     resolved = _resolve_names(named, scope)
@@ -225,6 +228,7 @@ def build_graph(
         resolve_base=resolve_base,
         project=project,
         named=resolved,
+        source_date_epoch=source_date_epoch,
     ).key_all(target, order, waves)
 
 
@@ -478,6 +482,7 @@ class _Keyer:
     resolve_base: BaseResolver
     project: str
     named: Mapping[str, Stage]
+    source_date_epoch: int = 0
     _states: dict[int, BuildState] = attrs.field(factory=dict)
     _nodes: dict[int, StepNode] = attrs.field(factory=dict)
     _trees: dict[tuple[ContextSource, tuple[str, ...], bool, bool], Tree] = attrs.field(
@@ -496,7 +501,12 @@ class _Keyer:
             self._nodes[old] = made[-1]
         names = {s: label for s, (label, _) in self.labels.items()}
         return BuildGraph(
-            target=target, nodes=tuple(nodes), stage_names=names, scope=self.scope, keyer=self
+            target=target,
+            nodes=tuple(nodes),
+            stage_names=names,
+            scope=self.scope,
+            keyer=self,
+            source_date_epoch=self.source_date_epoch,
         )
 
     def key_again(self) -> BuildGraph:
@@ -715,7 +725,12 @@ class _Keyer:
             mounts.append(keys.mount_preimage(mount, content))
         argv = state.argv(step.command, step.shell_form)
         preimage = keys.run_preimage(
-            parent=parent.fs_key, argv=argv, state=state, mounts=mounts, network=step.network
+            parent=parent.fs_key,
+            argv=argv,
+            state=state,
+            mounts=mounts,
+            network=step.network,
+            source_date_epoch=self.source_date_epoch,
         )
         return preimage, tuple(trees)
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from imagedsl import credentials, keys
+from imagedsl._epoch import epoch_from_env
 from imagedsl.buildstate import ArgScope
 from imagedsl.dsl import GlobalArg, Stage, StageRef
 from imagedsl.errors import SourceLocation, StepArgumentError, UnknownTargetError
@@ -184,6 +185,7 @@ def plan(
     resolve_base: BaseResolver | None = None,
     buildfile: str = "<python>",
     project: str = "",
+    source_date_epoch: int | None = None,
 ) -> Plan:
     """Plan ``target`` (a name in ``stages``, or the one stage given) without running anything.
 
@@ -192,6 +194,8 @@ def plan(
     ``global_args`` are the build file's global ARGs in file order; ``platform`` is the target
     platform and ``build_platform`` the one the build runs on (both default to this machine's,
     as BuildKit's do; ``TARGETPLATFORM`` and ``BUILDPLATFORM`` come from them).
+    ``source_date_epoch`` (default ``$SOURCE_DATE_EPOCH``, else 0, as the OCI backend's) is in
+    every RUN's environment, so in its key.
     """
     if isinstance(stages, Stage):
         name = target or "image"
@@ -220,6 +224,7 @@ def plan(
         resolve_base=resolve_base or _unpinned,
         memo=store,
         project=project,
+        source_date_epoch=epoch_from_env() if source_date_epoch is None else source_date_epoch,
     )
     hasher.save()
     steps = _statuses(graph, store)

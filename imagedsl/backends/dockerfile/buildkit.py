@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from imagedsl.backends import BuildRequest, BuildRequestError, BuildResult, SecretSource
+from imagedsl.backends import BuildRequest, BuildRequestError, BuildResult, read_secrets
 from imagedsl.backends._masking import masked, masks_for
 from imagedsl.backends.dockerfile._progress import ProgressParser, Vertex
 from imagedsl.backends.dockerfile._staging import ContextPool
@@ -95,12 +95,13 @@ class DockerfileBackend:
         """Lower ``plan``, stage its context, build it, and record what BuildKit completed."""
         from imagedsl.backends.engine import require_docker
 
+        secrets = request.secrets
+        masks = masks_for(read_secrets(secrets).values())  # unreadable: refused here
         engine = self._engine or require_docker(cache=store.area(StoreArea.ENGINES))
         lowered = lower_to_dockerfile(plan, features=_features(engine))
         lowered, build_network = _for_engine(plan, lowered, engine)
         _check_engine(plan, lowered, engine)
         output_kind, archive, output_tag = _parse_output(request.output)
-        secrets = _check_secrets(request.secrets)
         tags = [*request.tags, *([output_tag] if output_tag else [])]
         made = _MadeImages(store, engine, plan, lowered, request, tags)
         if output_kind == "docker":
@@ -135,15 +136,12 @@ class DockerfileBackend:
             env = dict(engine.env)
             for secret in secrets:
                 if secret.path is not None:
-                    argv += ["--secret", f"id={secret.id},src={os.path.abspath(secret.path)}"]
+                    argv += ["--secret", f"id={secret.id},src={secret.host_path}"]
                 else:
                     assert secret.env is not None
                     argv += ["--secret", f"id={secret.id},env={secret.env}"]
                     env[secret.env] = os.environ[secret.env]
             argv.append(str(pool.root))
-            # BuildKit prints a RUN's output as it is: mask secret values before anything
-            # (progress, the error's tail) sees a line.
-            masks = masks_for(filter(None, (secret.read() for secret in secrets)))
             run = _BuildRun(plan, lowered, reporter, request.progress, masks)
             try:
                 returncode = run.execute(argv, env)
@@ -309,17 +307,6 @@ def _parse_output(output: str | None) -> tuple[str, str | None, str | None]:
     )
 
 
-def _check_secrets(secrets: Sequence[SecretSource]) -> Sequence[SecretSource]:
-    for secret in secrets:
-        if secret.path is not None and not os.path.isfile(os.path.expanduser(secret.path)):
-            raise BuildRequestError(f"--secret id={secret.id}: no such file {secret.path}")
-        if secret.path is None and secret.env is not None and secret.env not in os.environ:
-            raise BuildRequestError(
-                f"--secret id={secret.id}: environment variable {secret.env} is not set"
-            )
-    return secrets
-
-
 class _BuildRun:
     """One ``docker build``: streams its progress and maps vertices back to plan steps."""
 
@@ -332,6 +319,9 @@ class _BuildRun:
         masks: Sequence[str] = (),
     ) -> None:
         self.plan = plan
+        #: Secret values, replaced by ``****`` in every line relayed or kept (BuildKit's own
+        #: output does not mask them).
+        self.masks = masks
         self.lowered = lowered
         self.reporter = reporter
         self.progress = progress
@@ -367,6 +357,7 @@ class _BuildRun:
                 raise
 
     def _line(self, line: str) -> None:
+        line = masked(line, self.masks)
         parsed = self.parser.feed(line)
         vertex = parsed.vertex
         index = self._step_of(vertex)
