@@ -110,8 +110,11 @@ def check_env_name(step: str, argument: str, value: object) -> str:
 
 
 def check_platform(step: str, argument: str, value: object) -> str:
-    """Refuse a platform that is not ``os/arch[/variant]``."""
-    platform = check_str(step, argument, value)
+    """Refuse a platform that is not ``os/arch[/variant]``; return its canonical spelling
+    (``linux/x86_64`` is ``linux/amd64``, as BuildKit reads it)."""
+    from imagedsl.oci.platform import normalize_platform
+
+    platform = normalize_platform(check_str(step, argument, value))
     if not _PLATFORM.match(platform):
         raise StepArgumentError(
             step, argument, f"must look like 'linux/amd64' or 'linux/arm/v7', got {platform!r}"

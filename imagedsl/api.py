@@ -38,6 +38,7 @@ from imagedsl.backends import (
     get_backend,
 )
 from imagedsl.loader import BuildFile, load_buildfile, split_spec
+from imagedsl.oci.platform import normalize_platform
 from imagedsl.planner import (
     Plan,
     PlannedStep,
@@ -127,7 +128,7 @@ class BuildSession:
             target = target or named
         self.target = self.buildfile.target(target)
         self.build_args: Mapping[str, str] = dict(build_args or {})
-        self.platform = platform
+        self.platform = None if platform is None else normalize_platform(platform)
         self.store = store if isinstance(store, Store) else open_store(store)
         self.reporter = reporter or Reporter()
         self.insecure = insecure

@@ -546,7 +546,7 @@ class _Keyer:
                 dest=dest,
                 chown=step.chown,
                 chmod=step.chmod,
-                exclude=step.exclude,
+                exclude=(),  # the part's tree already leaves excluded files out
                 tree=tree.digest,
             )
             key = keys.key_of(preimage)
@@ -618,7 +618,10 @@ class _Keyer:
             dest=dest,
             chown=step.chown,
             chmod=step.chmod,
-            exclude=exclude,
+            # The tree is what the patterns left: a pattern that excludes nothing must not
+            # change the key (BuildKit copies the same staged files), one that does changes
+            # the tree.
+            exclude=(),
             tree=tree.digest,
         )
         return preimage, (tree,)

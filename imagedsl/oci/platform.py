@@ -22,6 +22,40 @@ _ARCHITECTURES: Final = {
 }
 
 
+def normalize_platform(text: str) -> str:
+    """The canonical spelling of ``OS/ARCH[/VARIANT]``, as BuildKit normalises a platform.
+
+    Aliases name one platform: ``linux/x86_64`` and ``linux/amd64/v1`` are ``linux/amd64``,
+    ``linux/aarch64`` and ``linux/arm64/v8`` are ``linux/arm64``, ``linux/arm`` is
+    ``linux/arm/v7``. Text that is not a platform is returned as it is (the caller checks it).
+    """
+    parts = text.strip().split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        return text
+    os_name, architecture = parts[0].lower(), parts[1].lower()
+    variant = parts[2].lower() if len(parts) == 3 else ""
+    if os_name == "macos":
+        os_name = "darwin"
+    if architecture in ("i386", "i686", "x86"):
+        architecture, variant = "386", ""
+    elif architecture in ("x86_64", "x86-64", "amd64"):
+        architecture = "amd64"
+        variant = "" if variant == "v1" else variant
+    elif architecture in ("aarch64", "arm64"):
+        architecture = "arm64"
+        variant = "" if variant in ("8", "v8") else variant
+    elif architecture == "armhf":
+        architecture, variant = "arm", "v7"
+    elif architecture == "armel":
+        architecture, variant = "arm", "v6"
+    elif architecture == "arm":
+        if variant in ("", "7"):
+            variant = "v7"
+        elif variant in ("5", "6", "8"):
+            variant = "v" + variant
+    return "/".join(p for p in (os_name, architecture, variant) if p)
+
+
 @attrs.frozen
 class Platform:
     """An image platform: ``linux/amd64``, ``linux/arm64/v8``."""

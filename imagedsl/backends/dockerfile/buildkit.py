@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, ClassVar, Final
 from imagedsl.backends import BuildRequest, BuildRequestError, BuildResult, SecretSource
 from imagedsl.backends.dockerfile._progress import ProgressParser, Vertex
 from imagedsl.backends.dockerfile._staging import ContextPool
+from imagedsl.backends.dockerfile._vertices import VertexMap
 from imagedsl.backends.dockerfile.lowering import (
     LoweredDockerfile,
     LoweringError,
@@ -138,7 +139,7 @@ class DockerfileBackend:
                 _record(store, plan, run.completed_steps())
                 raise
             image_id = iidfile.read_text().strip() if iidfile.is_file() else None
-        _record(store, plan, run.completed_steps())
+        _record(store, plan, run.completed_steps(succeeded=returncode == 0))
         if returncode != 0:
             raise run.failure(engine)
         pool.prune(keep=[tree.name for tree in lowered.trees])
@@ -221,7 +222,9 @@ class _BuildRun:
         self.reporter = reporter
         self.progress = progress
         self.parser = ProgressParser()
-        self.step_of_label = {label: index for index, label in lowered.vertices.items()}
+        self.vertex_map = VertexMap(
+            lowered.expected_vertices, labelled=len(lowered.expected_vertices) > 1
+        )
 
     def execute(self, argv: Sequence[str], env: Mapping[str, str]) -> int:
         with subprocess.Popen(
@@ -253,6 +256,10 @@ class _BuildRun:
     def _line(self, line: str) -> None:
         parsed = self.parser.feed(line)
         vertex = parsed.vertex
+        if parsed.kind == "name" and vertex is not None:
+            position = vertex.number_in_stage
+            if position is not None:
+                self.vertex_map.add(vertex.number, vertex.stage, position, vertex.instruction)
         index = self._step_of(vertex)
         label = "buildkit" if index is None else self._label(index)
         if index is not None and vertex is not None:
@@ -267,9 +274,7 @@ class _BuildRun:
         self.reporter.step_output(label, line)
 
     def _step_of(self, vertex: Vertex | None) -> int | None:
-        if vertex is None or vertex.label is None:
-            return None
-        return self.step_of_label.get(vertex.label)
+        return None if vertex is None else self.vertex_map.step_of(vertex.number)
 
     def _label(self, index: int) -> str:
         step = self.plan.steps[index]
@@ -278,10 +283,8 @@ class _BuildRun:
     def vertex_status(self) -> dict[int, str]:
         """Plan step index -> the final status of its vertex (steps BuildKit showed)."""
         statuses: dict[int, str] = {}
-        for label, vertex in self.parser.by_label().items():
-            index = self.step_of_label.get(label)
-            if index is not None:
-                statuses[index] = vertex.status
+        for number, index in sorted(self.vertex_map.steps().items()):
+            statuses[index] = self.parser.vertices[number].status
         # BuildKit shows one vertex for identical operations: share it among equal keys.
         by_key = {self.plan.steps[i].key: s for i, s in statuses.items()}
         for index in self.lowered.vertices:
@@ -289,9 +292,12 @@ class _BuildRun:
                 statuses[index] = by_key[self.plan.steps[index].key]
         return statuses
 
-    def completed_steps(self) -> list[int]:
-        """Steps whose results exist now: completed vertices, everything they stand on, and
-        the steps that make no vertex (config steps, FROM scratch) on top of those."""
+    def completed_steps(self, *, succeeded: bool = False) -> list[int]:
+        """Steps whose results exist now: after a successful build, every step; else the
+        completed vertices, everything they stand on, and the steps that make no vertex
+        (config steps, FROM scratch) on top of those."""
+        if succeeded:
+            return list(range(len(self.plan.steps)))
         nodes = [step.node for step in self.plan.steps]
         done = {i for i, status in self.vertex_status().items() if status in ("cached", "done")}
         stack = list(done)

@@ -48,6 +48,7 @@ from imagedsl.backends.dockerfile._staging import (
     tree_name,
     write_tree,
 )
+from imagedsl.backends.dockerfile._vertices import ExpectedVertex
 from imagedsl.backends.dockerfile._words import (
     Unspellable,
     expanding_word,
@@ -147,9 +148,13 @@ class LoweredDockerfile:
     #: The name of the target's stage (the last one).
     target: str
     stages: tuple[DockerfileStage, ...]
-    #: Plan step index -> its BuildKit vertex label ``[STAGE K/N]`` (FROM an image and
-    #: filesystem steps only: config steps make no vertex).
+    #: Plan step index -> the BuildKit vertex label ``[STAGE K/N]`` it gets when every
+    #: instruction that may make a vertex makes one (FROM an image and filesystem steps only:
+    #: config steps make none). For display: the driver maps vertices by their names
+    #: (``expected_vertices``), since BuildKit skips some (``WORKDIR /``).
     vertices: Mapping[int, str]
+    #: Dockerfile stage name -> its instructions that may make a vertex, in order.
+    expected_vertices: Mapping[str, tuple[ExpectedVertex, ...]]
     #: Plan step index -> the 1-based Dockerfile line of its instruction.
     lines: Mapping[int, int]
     #: The context trees COPY, ADD and bind mounts read, each under ``tree.name``.
@@ -199,6 +204,7 @@ class _Lowerer:
         ]
         step_lines: dict[int, int] = {}
         vertices: dict[int, str] = {}
+        expected: dict[str, tuple[ExpectedVertex, ...]] = {}
         stages: list[DockerfileStage] = []
         for number in order:
             segment = self.segments[number]
@@ -209,6 +215,7 @@ class _Lowerer:
             prefix = f"{segment.name} " if len(self.segments) > 1 else ""
             for k, index in enumerate(counted, start=1):
                 vertices.setdefault(index, f"[{prefix}{k}/{len(counted)}]")
+            written: dict[int, str] = {}
             for index in segment.steps:
                 step = self.plan.steps[index]
                 try:
@@ -220,9 +227,18 @@ class _Lowerer:
                     ).with_location(step.location) from None
                 lines.extend(head)
                 for line in text:
-                    if not line.startswith("#") and index not in step_lines:
-                        step_lines[index] = len(lines) + 1
+                    if not line.startswith("#") and index not in written:
+                        step_lines.setdefault(index, len(lines) + 1)
+                        written[index] = line
                     lines.append(line)
+            expected[segment.name] = tuple(
+                ExpectedVertex(
+                    step=index,
+                    keyword=written[index].split(maxsplit=1)[0],
+                    text=written[index].split(maxsplit=1)[1],
+                )
+                for index in counted
+            )
             stages.append(
                 DockerfileStage(name=segment.name, steps=tuple(segment.steps), line=from_line)
             )
@@ -231,6 +247,7 @@ class _Lowerer:
             target=self.segments[order[-1]].name,
             stages=tuple(stages),
             vertices=vertices,
+            expected_vertices=expected,
             lines=step_lines,
             trees=tuple(self.trees.values()),
             requirements=tuple(self.requirements),
