@@ -223,3 +223,24 @@ def test_base_variables_stay_unexpanded_until_the_base_is_read() -> None:
     assert on_image.node.state.absolute_workdir("/base") == "/base/w"
     assert dict(on_scratch.node.state.env)["PATH"] == "/x:"
     assert on_scratch.node.state.workdir == "/w"
+
+
+@pytest.mark.parametrize(
+    ("written", "canonical"),
+    [
+        pytest.param("linux/x86_64", "linux/amd64", id="x86_64"),
+        pytest.param("linux/amd64/v1", "linux/amd64", id="amd64-v1"),
+        pytest.param("linux/aarch64", "linux/arm64", id="aarch64"),
+        pytest.param("linux/arm64/v8", "linux/arm64", id="arm64-v8"),
+        pytest.param("linux/arm", "linux/arm/v7", id="arm"),
+        pytest.param("Linux/AMD64", "linux/amd64", id="case"),
+        pytest.param("linux/amd64/v3", "linux/amd64/v3", id="other-variant-kept"),
+    ],
+)
+def test_platform_aliases_name_one_platform(written: str, canonical: str) -> None:
+    """BuildKit's platform aliases read as the platform they name, in steps and in keys."""
+    assert dsl.image("alpine", platform=written).step == dsl.image("alpine", platform=canonical).step
+    stage = dsl.image("alpine").run("true")
+    assert [s.key for s in dsl.plan(stage, "s", platform=written).steps] == [
+        s.key for s in dsl.plan(stage, "s", platform=canonical).steps
+    ]
