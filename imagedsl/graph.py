@@ -535,7 +535,7 @@ class _Keyer:
         assert step.layers is not None
         whole = self._tree(step.source, step.exclude, dest_is_dir=_dest_is_dir(step), step=step)
         parts = partition_tree(whole, step.layers)
-        dest = state.resolve_path(step.dest)
+        dest = _copy_dest(state, step.dest)
         below = None if step.link else parent.fs_key
         nodes: list[StepNode] = []
         first = common["index"]
@@ -598,7 +598,7 @@ class _Keyer:
     def _copy_context(
         self, step: Copy | Add, state: BuildState, parent: StepNode
     ) -> tuple[keys.Preimage, tuple[Tree, ...]]:
-        dest = state.resolve_path(step.dest)
+        dest = _copy_dest(state, step.dest)
         link_parent = None if step.link else parent.fs_key
         if isinstance(step.source, UrlSource):
             preimage = keys.add_url_preimage(
@@ -630,7 +630,7 @@ class _Keyer:
         self, step: Copy, state: BuildState, parent: StepNode, source: StepNode
     ) -> tuple[keys.Preimage, str, bool]:
         assert isinstance(step.source, StagePath)
-        dest = state.resolve_path(step.dest)
+        dest = _copy_dest(state, step.dest)
         link_parent = None if step.link else parent.fs_key
         structural = keys.copy_from_stage_preimage(
             parent=link_parent,
@@ -676,6 +676,15 @@ class _Keyer:
             raise
         self._trees[memo] = tree
         return tree
+
+
+def _copy_dest(state: BuildState, dest: str) -> str:
+    """A COPY/ADD destination as BuildKit keys it: resolved against WORKDIR, with a trailing
+    ``/`` when written with one or as ``.`` (``COPY f .`` and ``COPY f ./`` are one copy)."""
+    resolved = state.resolve_path(dest)
+    if state.expand(dest) in (".", "") and not resolved.endswith("/"):
+        resolved += "/"
+    return resolved
 
 
 def _dest_is_dir(step: Copy | Add) -> bool:

@@ -29,6 +29,7 @@ if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
 import docker_support
+import fidelity_support
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -139,3 +140,24 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterat
                 red=True,
                 bold=True,
             )
+
+
+@pytest.fixture(name="fidelity_oci_store", scope="session")
+def fixture_fidelity_oci_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One store per worker for the OCI builds of the edit scenarios (bases imported once)."""
+    return tmp_path_factory.mktemp("fidelity-oci-store")
+
+
+@pytest.fixture(name="fidelity")
+def fixture_fidelity(
+    docker_engine: docker_support.DockerEngine,
+    busybox_image: str,
+    fidelity_oci_store: Path,
+    tmp_path: Path,
+) -> Iterator[fidelity_support.FidelityRun]:
+    """Runs one edit scenario (see tests/fidelity_support.py); its image is removed after."""
+    run = fidelity_support.FidelityRun(
+        engine=docker_engine, image=busybox_image, oci_store=fidelity_oci_store, root=tmp_path
+    )
+    yield run
+    docker_engine.run("image", "rm", "--force", run.tag, check=False)

@@ -239,7 +239,9 @@ def test_base_variables_stay_unexpanded_until_the_base_is_read() -> None:
 )
 def test_platform_aliases_name_one_platform(written: str, canonical: str) -> None:
     """BuildKit's platform aliases read as the platform they name, in steps and in keys."""
-    assert dsl.image("alpine", platform=written).step == dsl.image("alpine", platform=canonical).step
+    assert (
+        dsl.image("alpine", platform=written).step == dsl.image("alpine", platform=canonical).step
+    )
     stage = dsl.image("alpine").run("true")
     assert [s.key for s in dsl.plan(stage, "s", platform=written).steps] == [
         s.key for s in dsl.plan(stage, "s", platform=canonical).steps

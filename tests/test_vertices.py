@@ -66,7 +66,12 @@ def printed(*names: tuple[int, str]) -> list[PrintedVertex]:
 def test_a_workdir_that_makes_no_vertex_shifts_nothing() -> None:
     """``WORKDIR /`` makes no vertex, so K of every later vertex is one less than its place."""
     stage = expected(
-        "FROM busybox AS base", "RUN echo -n x", "WORKDIR /", "RUN make", "WORKDIR /app", "COPY a/ ."
+        "FROM busybox AS base",
+        "RUN echo -n x",
+        "WORKDIR /",
+        "RUN make",
+        "WORKDIR /app",
+        "COPY a/ .",
     )
     vertices = printed(
         (1, "FROM docker.io/library/busybox"),
@@ -142,7 +147,10 @@ def test_progress_parser_splits_a_status_glued_to_output() -> None:
     assert parser.vertices[5].output == ["x"]
     assert parser.vertices[6].status == ERROR
     assert parser.vertices[6].output == ["y"]
-    assert parser.vertices[6].error == "executor failed running [/bin/sh -c printf y; exit 1]: exit code: 1"
+    assert (
+        parser.vertices[6].error
+        == "executor failed running [/bin/sh -c printf y; exit 1]: exit code: 1"
+    )
     assert parser.vertices[7].status == DONE
 
 
