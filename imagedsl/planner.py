@@ -34,7 +34,7 @@ from imagedsl.graph import (
 )
 from imagedsl.oci.platform import normalize_platform
 from imagedsl.reporting import Reporter
-from imagedsl.steps import BindMount, FromImage, Run, StagePath, describe
+from imagedsl.steps import FromImage, Run, describe
 from imagedsl.store import Record, Store, StoreWarning
 from imagedsl.treehash import ContextHasher, Tree
 
@@ -306,7 +306,7 @@ def _maybe_reason(
 ) -> str | None:
     """Why a step whose key is not provisional may still be reused, or None.
 
-    BuildKit keys a read-only bind mount from another stage by the bytes it mounts, so a RUN
+    BuildKit keys a bind mount from another stage by the bytes it mounts, so a RUN
     reading a stage that is rebuilt is reused when that stage's files come out the same; and a
     step whose only new input is such a step's result is reused with it. Both are ``maybe``:
     a step that is not built yet but whose own inputs, apart from those, are as recorded.
@@ -330,18 +330,10 @@ def _maybe_reason(
 
 
 def _content_bound_sources(node: StepNode) -> list[int]:
-    """The stages a RUN reads through read-only bind mounts (keyed by content by BuildKit)."""
-    step = node.step
-    if not isinstance(step, Run):
-        return []
-    stage_binds = [
-        m for m in step.mounts if isinstance(m, BindMount) and isinstance(m.source, StagePath)
-    ]
-    return [
-        source
-        for mount, source in zip(stage_binds, node.sources, strict=True)
-        if not mount.readwrite
-    ]
+    """The stages a RUN reads through bind mounts: BuildKit keys what they mount by content
+    (read-only or not: Docker 20.10's BuildKit reuses a RUN with a writable bind mount of a
+    stage rebuilt to the same files, tested)."""
+    return list(node.sources) if isinstance(node.step, Run) else []
 
 
 def _differs_only_below(old: keys.Preimage, new: keys.Preimage) -> bool:

@@ -299,6 +299,8 @@ def compare(plan: Plan, lines: Sequence[str]) -> list[dict[str, Any]]:
         if buildkit is None:
             if status == "config" or step.kind == "scratch":
                 continue
+            if step.kind == "from":
+                continue  # named by a concurrent build: see above
             # BuildKit makes no vertex for a WORKDIR that resolves to / (no work either way).
             assert step.kind == "workdir", f"no BuildKit vertex for {step.instruction}"
             agrees = None

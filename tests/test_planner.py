@@ -311,10 +311,11 @@ def test_a_bind_mount_of_a_stage_that_is_not_built_is_maybe(store: Store) -> Non
 
 
 def test_a_bind_mount_of_an_unbuilt_stage_with_its_own_change_misses(store: Store) -> None:
-    """A step whose own inputs changed too is a miss; so is a RUN with a read-write bind."""
+    """A step whose own inputs changed too is a miss; a writable bind mount is like a
+    read-only one (BuildKit keys both by content)."""
     build_all(dsl.plan(make_bound("make"), "s", store=store), store)
     plan = dsl.plan(make_bound("make --again", later="echo changed"), "s", store=store)
     assert statuses(plan) == ["hit", "hit", "miss", "maybe", "miss"]
     build_all(dsl.plan(make_bound("make", readwrite=True), "s", store=store), store)
     plan = dsl.plan(make_bound("make --again", readwrite=True), "s", store=store)
-    assert statuses(plan) == ["hit", "hit", "miss", "miss", "miss"]
+    assert statuses(plan) == ["hit", "hit", "miss", "maybe", "maybe"]
