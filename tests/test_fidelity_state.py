@@ -98,7 +98,7 @@ SCENARIOS = [
         "label changes",
         'label({"org.opencontainers.image.version": "1"})',
         'label({"org.opencontainers.image.version": "2"})',
-    ),  # fmt: skip
+    ),
     config_scenario("expose changes", "expose(8080)", 'expose(8081, "53/udp")'),
     config_scenario("cmd changes", 'cmd("cat", "/built")', 'cmd("cat", "/token")'),
     config_scenario("entrypoint changes", 'entrypoint("/bin/sh")', 'entrypoint("/bin/ash", "-c")'),
@@ -106,12 +106,12 @@ SCENARIOS = [
         "healthcheck changes",
         'healthcheck("true", interval=30)',
         'healthcheck("cat", "/built", interval=10, retries=2)',
-    ),  # fmt: skip
+    ),
     config_scenario(
         "stopsignal and volume change",
         'stopsignal("SIGTERM").volume("/data")',
         'stopsignal("SIGINT").volume("/data", "/cache")',
-    ),  # fmt: skip
+    ),
 ]
 
 
