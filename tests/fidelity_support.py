@@ -42,7 +42,7 @@ from equivalence_support import differences, export_listing, layout_listing
 from imagedsl.api import Backend, BuildSession
 from imagedsl.backends.dockerfile._progress import ProgressParser
 from imagedsl.backends.dockerfile._vertices import VertexMap
-from imagedsl.backends.dockerfile.buildkit import DockerfileBackend
+from imagedsl.backends.dockerfile.buildkit import BuildFailedError, DockerfileBackend
 from imagedsl.backends.dockerfile.lowering import lower_to_dockerfile
 from imagedsl.backends.oci.backend import OCIBackend
 from imagedsl.planner import Plan
@@ -425,9 +425,13 @@ class FidelityRun:
         if scenario.needs is not None:
             self._require(scenario.needs)
         for attempt in range(2):
-            outcome = run_scenario(
-                scenario, self.root / f"attempt-{attempt}", self.engine, self.image, tag=self.tag
-            )
+            root = self.root / f"attempt-{attempt}"
+            try:
+                outcome = run_scenario(scenario, root, self.engine, self.image, tag=self.tag)
+            except BuildFailedError as error:
+                if attempt or not _lost_rootfs(error):
+                    raise
+                continue
             if not cache_was_lost(outcome.rows):
                 break
         else:
@@ -474,3 +478,11 @@ def scenario_params(scenarios: Sequence[Scenario]) -> list[Any]:
     names = [s.name for s in scenarios]
     assert len(set(names)) == len(names), "scenario names must be unique"
     return [pytest.param(s, id=s.name.replace(" ", "-")) for s in scenarios]
+
+
+def _lost_rootfs(error: BuildFailedError) -> bool:
+    """Docker 20.10's BuildKit, busy with concurrent builds of one base, now and then starts a
+    RUN on a root filesystem that is not there yet (``exec: "/bin/sh": stat /bin/sh: no such
+    file or directory``): the engine's flake, not the build's; the scenario runs again."""
+    text = "\n".join([error.message, *error.output])
+    return "runc run failed" in text and "no such file or directory" in text
