@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import nox
 
 nox.options.sessions = ["tests", "lint"]
@@ -12,9 +14,15 @@ nox.options.reuse_existing_virtualenvs = True
 def tests(session: nox.Session) -> None:
     """Install the package with its test extras and run the whole test suite."""
     session.install("-e", ".[test]")
-    session.run(
-        "python", "-m", "pytest", "-p", "no:benchmark", "-p", "no:cacheprovider", *session.posargs
+    # Tests wait on the Docker engine, runc and registries far more than on the CPU: two
+    # workers per core keep CI well inside its time (pytest-xdist; pass -n 0 to run serially).
+    workers = ["-n", str(2 * (os.cpu_count() or 1))]
+    args = (
+        session.posargs
+        if any(a.startswith("-n") for a in session.posargs)
+        else [*workers, *session.posargs]
     )
+    session.run("python", "-m", "pytest", "-p", "no:benchmark", "-p", "no:cacheprovider", *args)
 
 
 @nox.session

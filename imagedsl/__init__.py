@@ -1,11 +1,14 @@
 """imagedsl: container images built from Python, with exact, explainable caching.
 
-Write stages with the constructors below (``import imagedsl as dsl``), then plan them::
+Write stages with the constructors below (``import imagedsl as dsl``)::
 
     import imagedsl as dsl
 
     src = dsl.context(".")
     app = dsl.image("python:3.12-slim").copy(src.dir("app"), "/app").cmd("python", "/app/main.py")
+
+This module is the vocabulary of build files and its errors. Planning, building, pushing and
+the store are in :mod:`imagedsl.api` (what the ``imagedsl`` command itself calls).
 """
 
 from __future__ import annotations
@@ -14,12 +17,23 @@ __version__ = "0.1.0"
 
 from imagedsl.context import Context, ContextSource
 from imagedsl.dsl import (
+    BUILDARCH,
+    BUILDOS,
+    BUILDPLATFORM,
+    BUILDVARIANT,
+    TARGETARCH,
+    TARGETOS,
+    TARGETPLATFORM,
+    TARGETVARIANT,
+    GlobalArg,
     Stage,
     StageRef,
     Targets,
+    arg,
     bind,
     cache,
     context,
+    from_stage,
     image,
     scratch,
     secret,
@@ -29,49 +43,50 @@ from imagedsl.dsl import (
     url,
 )
 from imagedsl.errors import (
+    BuildFailure,
     BuildFileError,
     ContextError,
     CycleError,
+    EnvironmentFailure,
     ImageDSLError,
+    InputError,
     StepArgumentError,
     UnknownStageError,
     UnknownTargetError,
 )
-from imagedsl.loader import BuildFile, load_buildfile
-from imagedsl.planner import Plan, PlannedStep, PlanStatus, plan, record_copy_output, record_step
-from imagedsl.reporting import Reporter
-from imagedsl.store import Record, Store, StoreWarning
 
 __all__ = [
-    "BuildFile",
+    "BUILDARCH",
+    "BUILDOS",
+    "BUILDPLATFORM",
+    "BUILDVARIANT",
+    "TARGETARCH",
+    "TARGETOS",
+    "TARGETPLATFORM",
+    "TARGETVARIANT",
+    "BuildFailure",
     "BuildFileError",
     "Context",
     "ContextError",
     "ContextSource",
     "CycleError",
+    "EnvironmentFailure",
+    "GlobalArg",
     "ImageDSLError",
-    "Plan",
-    "PlanStatus",
-    "PlannedStep",
-    "Record",
-    "Reporter",
+    "InputError",
     "Stage",
     "StageRef",
     "StepArgumentError",
-    "Store",
-    "StoreWarning",
     "Targets",
     "UnknownStageError",
     "UnknownTargetError",
     "__version__",
+    "arg",
     "bind",
     "cache",
     "context",
+    "from_stage",
     "image",
-    "load_buildfile",
-    "plan",
-    "record_copy_output",
-    "record_step",
     "scratch",
     "secret",
     "stage",

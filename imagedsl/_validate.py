@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Final
 
 from imagedsl.errors import SourceLocation, StepArgumentError
+from imagedsl.oci.platform import canonical_platform
 
 _PACKAGE_DIR: Final = str(Path(__file__).resolve().parent)
 
@@ -109,12 +110,20 @@ def check_env_name(step: str, argument: str, value: object) -> str:
     return name
 
 
-def check_platform(step: str, argument: str, value: object) -> str:
-    """Refuse a platform that is not ``os/arch[/variant]``; return its canonical spelling
-    (``linux/x86_64`` is ``linux/amd64``, as BuildKit reads it)."""
-    from imagedsl.oci.platform import normalize_platform
+def is_template(text: str) -> bool:
+    """Whether ``text`` names ``$VAR``s, to be checked once the planner has expanded them."""
+    return "$" in text
 
-    platform = normalize_platform(check_str(step, argument, value))
+
+def check_platform(step: str, argument: str, value: object) -> str:
+    """Refuse a platform that is not ``os/arch[/variant]`` (or a ``$VAR`` template)."""
+    platform = check_str(step, argument, value)
+    if is_template(platform):
+        return platform
+    try:
+        return canonical_platform(platform)
+    except ValueError:
+        pass
     if not _PLATFORM.match(platform):
         raise StepArgumentError(
             step, argument, f"must look like 'linux/amd64' or 'linux/arm/v7', got {platform!r}"
@@ -175,6 +184,8 @@ def parse_port(step: str, value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     text = check_str(step, "ports", value)
+    if is_template(text):
+        return text
     match = _PORT.match(text)
     if not match:
         raise StepArgumentError(step, "ports", f"must look like 8080 or '53/udp', got {text!r}")

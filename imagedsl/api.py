@@ -38,7 +38,6 @@ from imagedsl.backends import (
     get_backend,
 )
 from imagedsl.loader import BuildFile, load_buildfile, split_spec
-from imagedsl.oci.platform import normalize_platform
 from imagedsl.planner import (
     Plan,
     PlannedStep,
@@ -128,7 +127,7 @@ class BuildSession:
             target = target or named
         self.target = self.buildfile.target(target)
         self.build_args: Mapping[str, str] = dict(build_args or {})
-        self.platform = None if platform is None else normalize_platform(platform)
+        self.platform = platform
         self.store = store if isinstance(store, Store) else open_store(store)
         self.reporter = reporter or Reporter()
         self.insecure = insecure
@@ -353,8 +352,8 @@ def registry_bases(planned: Plan) -> list[str]:
     names = set()
     for step in planned.steps:
         base = step.node.step
-        if isinstance(base, FromImage) and base.reference.transport == "registry":
-            names.add(base.reference.name)
+        if isinstance(base, FromImage) and base.image.transport == "registry":
+            names.add(base.image.name)
     return sorted(names)
 
 

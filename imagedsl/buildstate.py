@@ -15,20 +15,19 @@ from typing import Any, Final
 import attrs
 
 from imagedsl._validate import clean_container_path
-from imagedsl.errors import ImageDSLError
+from imagedsl.errors import InputError
 from imagedsl.steps import Arg, Env, Shell, Step, User, Workdir
 
 DEFAULT_SHELL: Final = ("/bin/sh", "-c")
 DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-class ExpansionError(ImageDSLError):
+@attrs.define
+class ExpansionError(InputError):
     """A ``${...}`` expression is malformed, or ``${VAR:?message}`` hit an unset variable."""
 
-    def __init__(self, word: str, problem: str) -> None:
-        super().__init__(word, problem)
-        self.word = word
-        self.problem = problem
+    word: str
+    problem: str
 
     def __str__(self) -> str:
         return f"cannot expand {self.word!r}: {self.problem}"
@@ -75,12 +74,109 @@ def expand(word: str, variables: Mapping[str, str], *, keep_unknown: bool = Fals
     return _VAR.sub(replace, word)
 
 
+#: The platform ARGs BuildKit defines for every build (global: usable in FROM lines; in a
+#: stage only once declared with ``ARG NAME``).
+AUTOMATIC_ARGS: Final = (
+    "BUILDPLATFORM",
+    "BUILDOS",
+    "BUILDARCH",
+    "BUILDVARIANT",
+    "TARGETPLATFORM",
+    "TARGETOS",
+    "TARGETARCH",
+    "TARGETVARIANT",
+)
+
+
+def platform_args(target: str, build: str) -> dict[str, str]:
+    """The automatic platform ARGs for canonical platforms ``target`` and ``build``."""
+    values: dict[str, str] = {}
+    for prefix, text in (("BUILD", build), ("TARGET", target)):
+        os_name, _, rest = text.partition("/")
+        arch, _, variant = rest.partition("/")
+        values.update(
+            {
+                f"{prefix}PLATFORM": text,
+                f"{prefix}OS": os_name,
+                f"{prefix}ARCH": arch,
+                f"{prefix}VARIANT": variant,
+            }
+        )
+    return values
+
+
+@attrs.frozen(kw_only=True)
+class ArgScope:
+    """What an ``ARG`` step can take a value from, besides its own default.
+
+    ``build_args`` are the ``--build-arg`` values (they win over everything); ``globals`` are
+    the values of the global ARGs (declared before any stage, after ``--build-arg``) and of
+    the automatic platform ARGs. A stage's ``ARG NAME`` without a default takes the global's.
+    """
+
+    build_args: Mapping[str, str] = attrs.field(factory=dict)
+    globals: Mapping[str, str] = attrs.field(factory=dict)
+    #: The global ARGs as declared (name, default), in file order (the lowering writes them).
+    declared: tuple[tuple[str, str | None], ...] = ()
+
+    @classmethod
+    def make(
+        cls,
+        build_args: Mapping[str, str],
+        declared: Sequence[tuple[str, str | None]],
+        *,
+        target_platform: str,
+        build_platform: str,
+    ) -> ArgScope:
+        """The scope of a build: ``declared`` global ARGs (name, default) in file order, each
+        default expanded with the globals before it, as BuildKit expands global ARGs."""
+        values = platform_args(target_platform, build_platform)
+        for name, default in declared:
+            if name in build_args:
+                values[name] = build_args[name]
+            elif default is not None:
+                values[name] = expand(default, values)
+            else:
+                values.pop(name, None)
+        return cls(build_args=dict(build_args), globals=values, declared=tuple(declared))
+
+    def value(self, name: str, default: str | None) -> str | None:
+        """An ARG's value: ``--build-arg``, else its (expanded) default, else the global's."""
+        if name in self.build_args:
+            return self.build_args[name]
+        if default is not None:
+            return default
+        return self.globals.get(name)
+
+    def expand_global(self, word: str) -> str:
+        """``$VAR`` expansion in a FROM line: global ARGs and platform ARGs only."""
+        return expand(word, self.globals)
+
+
+def _set(pairs: tuple[tuple[str, str], ...], name: str, value: str) -> tuple[tuple[str, str], ...]:
+    """BuildKit's environment write: an existing name is removed, the pair is appended."""
+    return (*(pair for pair in pairs if pair[0] != name), (name, value))
+
+
+def _replace(
+    pairs: tuple[tuple[str, str], ...], name: str, value: str
+) -> tuple[tuple[str, str], ...]:
+    """The image config's Env write: an existing name keeps its place."""
+    if any(pair[0] == name for pair in pairs):
+        return tuple((n, value if n == name else v) for n, v in pairs)
+    return (*pairs, (name, value))
+
+
 @attrs.frozen(kw_only=True)
 class BuildState:
     """What config steps accumulate and later steps read: the Dockerfile's implicit state.
 
-    ``env`` and ``args`` keep declaration order; ``args`` holds only ARGs declared in this
-    stage, with their effective value (override, else default; unset ARGs are absent).
+    ``env`` is BuildKit's environment of the stage, in BuildKit's order: ENV pairs and the
+    values ARGs took (an ARG without a value adds nothing), each write moving its name to the
+    end. RUN sees it, ``$VAR`` expands with it, and RUN keys hash it in order (BuildKit's do).
+    ``config_env`` is the image config's ``Env``: ENV only, a write keeping its name's place.
+    ``workdir`` is the working directory as BuildKit keeps it: an absolute path as written
+    (``/app/`` and ``/app`` differ to RUN), a relative one joined to the previous and cleaned.
 
     At plan time a stage ``FROM`` an image does not know the image's config (its Env,
     WorkingDir, User): planning reads no image. Such a state ``inherits``: references to
@@ -91,7 +187,7 @@ class BuildState:
     """
 
     env: tuple[tuple[str, str], ...] = ()
-    args: tuple[tuple[str, str], ...] = ()
+    config_env: tuple[tuple[str, str], ...] = ()
     workdir: str = "/"
     user: str = ""
     shell: tuple[str, ...] = DEFAULT_SHELL
@@ -108,6 +204,7 @@ class BuildState:
         shell = config.get("Shell")
         return cls(
             env=tuple(env),
+            config_env=tuple(env),
             workdir=str(config.get("WorkingDir") or "/"),
             user=str(config.get("User") or ""),
             shell=tuple(shell) if shell else DEFAULT_SHELL,
@@ -120,10 +217,8 @@ class BuildState:
 
     @property
     def variables(self) -> dict[str, str]:
-        """Variables visible to ``$VAR`` expansion and RUN: ENV wins over ARG of one name."""
-        merged = dict(self.args)
-        merged.update(self.env)
-        return merged
+        """Variables visible to ``$VAR`` expansion and RUN: the environment by name."""
+        return dict(self.env)
 
     def run_env(self) -> dict[str, str]:
         """The environment a RUN sees, with Docker's default PATH when the image sets none."""
@@ -146,26 +241,35 @@ class BuildState:
             cleaned += "/"
         return cleaned
 
-    def apply(self, step: Step, build_args: Mapping[str, str]) -> BuildState:
+    def workdir_after(self, path: str) -> str:
+        """The working directory ``WORKDIR path`` leaves, as BuildKit keeps it."""
+        expanded = self.expand(path)
+        if expanded.startswith("/"):
+            return expanded
+        joined = posixpath.join(self.workdir, expanded)
+        if joined.startswith("/"):
+            return clean_container_path(joined)
+        cleaned = posixpath.normpath(joined) if joined else "."
+        return "" if cleaned == "." else cleaned
+
+    def apply(self, step: Step, scope: ArgScope) -> BuildState:
         """Return the state after ``step`` (the state is unchanged by filesystem steps)."""
         if isinstance(step, Env):
-            env = dict(self.env)
+            env, config_env = self.env, self.config_env
             # One ENV expands every value with the values from before it.
             for name, value in step.items:
-                env[name] = self.expand(value)
-            return attrs.evolve(self, env=tuple(env.items()))
+                expanded = self.expand(value)
+                env = _set(env, name, expanded)
+                config_env = _replace(config_env, name, expanded)
+            return attrs.evolve(self, env=env, config_env=config_env)
         if isinstance(step, Arg):
-            args = dict(self.args)
-            args.pop(step.name, None)
-            if step.name in build_args:
-                args[step.name] = build_args[step.name]
-            elif step.default is not None:
-                args[step.name] = self.expand(step.default)
-            return attrs.evolve(self, args=tuple(args.items()))
+            default = None if step.default is None else self.expand(step.default)
+            taken = scope.value(step.name, default)
+            if taken is None:
+                return self
+            return attrs.evolve(self, env=_set(self.env, step.name, taken))
         if isinstance(step, Workdir):
-            resolved = self.resolve_path(step.path)
-            workdir = resolved.rstrip("/") or "/" if resolved.startswith("/") else resolved
-            return attrs.evolve(self, workdir="" if workdir in (".", "./") else workdir)
+            return attrs.evolve(self, workdir=self.workdir_after(step.path))
         if isinstance(step, User):
             return attrs.evolve(self, user=self.expand(step.user))
         if isinstance(step, Shell):
@@ -181,13 +285,11 @@ class BuildState:
         return clean_container_path(posixpath.join(base_workdir or "/", self.workdir or "."))
 
 
-def replay(
-    steps: Sequence[Step], start: BuildState, build_args: Mapping[str, str]
-) -> list[BuildState]:
+def replay(steps: Sequence[Step], start: BuildState, scope: ArgScope) -> list[BuildState]:
     """The state after each of ``steps``, from ``start`` (e.g. a base's known config)."""
     states = []
     state = start
     for step in steps:
-        state = state.apply(step, build_args)
+        state = state.apply(step, scope)
         states.append(state)
     return states

@@ -30,10 +30,12 @@ from imagedsl._validate import (
     check_str,
     check_str_seq,
     env_items,
+    is_template,
     parse_label_items,
     parse_port,
     parse_signal,
 )
+from imagedsl.buildstate import AUTOMATIC_ARGS
 from imagedsl.context import Context, ContextSource, make_context
 from imagedsl.errors import ImageDSLError, StepArgumentError
 from imagedsl.oci.reference import parse_reference
@@ -51,6 +53,7 @@ from imagedsl.steps import (
     Expose,
     FromImage,
     FromScratch,
+    FromStage,
     Healthcheck,
     Label,
     LayerSpec,
@@ -265,8 +268,11 @@ class Stage:
         return self._then(Env(items=env_items("ENV", merged), location=caller_location()))
 
     @_located
-    def arg(self, name: str, default: str | None = None) -> Stage:
-        """``ARG``: in scope for later steps of this stage; ``--build-arg`` overrides it."""
+    def arg(self, name: str | GlobalArg, default: str | None = None) -> Stage:
+        """``ARG``: its value (``--build-arg``, else ``default``, else the global ARG's of that
+        name) is in the environment of later steps; ``ARG NAME`` with no value adds nothing."""
+        if isinstance(name, GlobalArg):
+            name = name.name
         check_env_name("ARG", "name", name)
         if default is not None:
             check_str("ARG", "default", default, empty=True)
@@ -374,9 +380,17 @@ def image(ref: str | Stage, *, platform: str | None = None) -> Stage:
         if platform is not None:
             raise StepArgumentError("FROM", "platform", "cannot be set when FROM is a stage")
         return ref
-    reference = parse_reference(ref, step="FROM")
+    text = check_str("FROM", "ref", ref)
     checked = None if platform is None else check_platform("FROM", "platform", platform)
-    return Stage(None, FromImage(reference=reference, platform=checked, location=caller_location()))
+    if is_template(text):
+        # Global ARGs in the reference: parsed once the planner has expanded them.
+        step = FromImage(
+            reference=None, template=text, platform=checked, location=caller_location()
+        )
+    else:
+        reference = parse_reference(text, step="FROM")
+        step = FromImage(reference=reference, platform=checked, location=caller_location())
+    return Stage(None, step)
 
 
 @_located
@@ -397,13 +411,65 @@ def context(
     return make_context(path, ignore=ignore, dockerignore=dockerignore, location=caller_location())
 
 
+@attrs.frozen
+class GlobalArg:
+    """A global ``ARG`` (declared before any stage in a Dockerfile): made by :func:`arg` at
+    module level, collected by the loader in file order, overridden by ``--build-arg``.
+
+    Its value expands ``${NAME}`` in image references, ``platform=`` and stage names; a stage
+    sees it only after ``.arg(NAME)``. ``str(arg)`` is ``${NAME}``, so f-strings make templates.
+    """
+
+    name: str
+    default: str | None = None
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
+
+    def __str__(self) -> str:
+        return f"${{{self.name}}}"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+@_located
+def arg(name: str, default: str | None = None) -> GlobalArg:
+    """A global ARG: ``GO_VERSION = dsl.arg("GO_VERSION", "1.22")`` at module level, then
+    ``dsl.image(f"golang:{GO_VERSION}-alpine")``; ``--build-arg GO_VERSION=...`` overrides it."""
+    check_env_name("ARG", "name", name)
+    if name in AUTOMATIC_ARGS:
+        raise StepArgumentError("ARG", "name", f"{name} is set by the build (its platform)")
+    if default is not None:
+        check_str("ARG", "default", default, empty=True)
+    return GlobalArg(name, default, location=caller_location())
+
+
+#: The automatic platform ARGs, as global ARGs (their values come from the build's platforms).
+BUILDPLATFORM: Final = GlobalArg("BUILDPLATFORM")
+BUILDOS: Final = GlobalArg("BUILDOS")
+BUILDARCH: Final = GlobalArg("BUILDARCH")
+BUILDVARIANT: Final = GlobalArg("BUILDVARIANT")
+TARGETPLATFORM: Final = GlobalArg("TARGETPLATFORM")
+TARGETOS: Final = GlobalArg("TARGETOS")
+TARGETARCH: Final = GlobalArg("TARGETARCH")
+TARGETVARIANT: Final = GlobalArg("TARGETVARIANT")
+
+
 @_located
 def stage(name: str) -> StageRef:
-    """A stage by name, resolved when planned (for references to later stages)."""
+    """A stage by name, resolved when planned (for references to later stages). The name may
+    name global ARGs (``"build_${TARGETOS}"``), expanded when planned."""
     check_str("stage", "name", name)
-    if not _STAGE_NAME.match(name):
+    if not is_template(name) and not _STAGE_NAME.match(name):
         raise StepArgumentError("stage", "name", f"is not a valid stage name: {name!r}")
     return StageRef(name)
+
+
+@_located
+def from_stage(name: str) -> Stage:
+    """``FROM <name>`` for a stage chosen by global ARGs: ``dsl.from_stage("build_${TARGETOS}")``
+    continues the named stage the expanded name picks (for a stage known by value, chain on
+    the value itself)."""
+    return Stage(None, FromStage(ref=stage(name), location=caller_location()))
 
 
 @_located

@@ -70,7 +70,8 @@ def exit_code_of(error: ImageDSLError) -> int:
     return type(error).exit_code
 
 
-def _strings(values: Iterable[str]) -> tuple[str, ...]:
+def string_tuple(values: Iterable[str]) -> tuple[str, ...]:
+    """An attrs converter: any iterable of strings, kept as a tuple."""
     return tuple(values)
 
 
@@ -106,7 +107,7 @@ class UnknownTargetError(InputError):
     """The requested target is not a stage of the build file."""
 
     target: str
-    available: tuple[str, ...] = attrs.field(converter=_strings)
+    available: tuple[str, ...] = attrs.field(converter=string_tuple)
 
     def __str__(self) -> str:
         return f"unknown target {self.target!r}; available targets: {_names(self.available)}"
@@ -117,7 +118,7 @@ class UnknownStageError(InputError):
     """A reference by name points at no stage."""
 
     name: str
-    available: tuple[str, ...] = attrs.field(converter=_strings)
+    available: tuple[str, ...] = attrs.field(converter=string_tuple)
 
     def __str__(self) -> str:
         return (
@@ -129,7 +130,7 @@ class UnknownStageError(InputError):
 class CycleError(InputError):
     """Stages depend on each other in a loop; ``cycle`` lists the stage names in order."""
 
-    cycle: tuple[str, ...] = attrs.field(converter=_strings)
+    cycle: tuple[str, ...] = attrs.field(converter=string_tuple)
 
     def __str__(self) -> str:
         loop = " -> ".join((*self.cycle, self.cycle[0])) if self.cycle else "?"
@@ -141,7 +142,7 @@ class ContextError(InputError):
     """A build context cannot be read as asked: missing root, missing selected paths."""
 
     root: str
-    missing: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    missing: tuple[str, ...] = attrs.field(default=(), converter=string_tuple)
     problem: str = ""
 
     def __str__(self) -> str:

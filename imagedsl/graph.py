@@ -23,10 +23,19 @@ import attrs
 import blake3
 
 from imagedsl import keys
-from imagedsl.buildstate import BuildState
+from imagedsl._validate import clean_container_path
+from imagedsl.buildstate import DEFAULT_PATH, ArgScope, BuildState
 from imagedsl.context import ContextSource
 from imagedsl.dsl import Stage, StageRef
-from imagedsl.errors import CycleError, SourceLocation, UnknownStageError
+from imagedsl.errors import (
+    CycleError,
+    ImageDSLError,
+    SourceLocation,
+    StepArgumentError,
+    UnknownStageError,
+)
+from imagedsl.oci.platform import canonical_platform
+from imagedsl.oci.reference import parse_reference
 from imagedsl.steps import (
     LAYER_KINDS,
     Add,
@@ -34,6 +43,7 @@ from imagedsl.steps import (
     Copy,
     FromImage,
     FromScratch,
+    FromStage,
     Run,
     StagePath,
     Step,
@@ -102,6 +112,8 @@ class StepNode:
     #: For a COPY split into layers: this layer's name, and the index of the first layer.
     part: str | None = None
     group: int | None = None
+    #: A filesystem kind that makes no layer here (``WORKDIR /``: BuildKit makes no vertex).
+    layerless: bool = False
 
     @property
     def kind(self) -> str:
@@ -111,6 +123,8 @@ class StepNode:
     @property
     def is_config(self) -> bool:
         """Whether the step only changes image config (no layer, no work)."""
+        if self.layerless:
+            return True
         return self.kind not in LAYER_KINDS and self.kind not in ("from", "scratch")
 
     @property
@@ -126,6 +140,9 @@ class BuildGraph:
     target: str
     nodes: tuple[StepNode, ...]
     stage_names: Mapping[Stage, str] = attrs.field(eq=False, repr=False)
+    #: What ARG steps read (``--build-arg`` values, global and platform ARGs); backends that
+    #: replay steps on a base's real config use the same scope.
+    scope: ArgScope = attrs.field(factory=ArgScope, eq=False, repr=False)
     #: What keyed the graph, kept so that :func:`rekey` can key it again once outputs it
     #: depends on are known (no file is read again: trees are remembered).
     keyer: _Keyer | None = attrs.field(default=None, eq=False, repr=False)
@@ -163,7 +180,7 @@ def build_graph(
     named: Mapping[str, Stage | StageRef],
     *,
     hasher: ContextHasher,
-    build_args: Mapping[str, str],
+    scope: ArgScope,
     platform: str,
     resolve_output: OutputResolver,
     resolve_base: BaseResolver,
@@ -171,15 +188,15 @@ def build_graph(
     project: str,
 ) -> BuildGraph:
     """Unfold ``named[target]`` into its keyed steps (see the module docstring)."""
-    resolved = _resolve_names(named)
-    structure = _Structure.collect(resolved[target], resolved)
+    resolved = _resolve_names(named, scope)
+    structure = _Structure.collect(resolved[target], resolved, scope)
     labels = _stage_labels(structure.stages, resolved, target)
     order, waves = _analyse(structure, memo, labels)
     return _Keyer(
         structure=structure,
         labels=labels,
         hasher=hasher,
-        build_args=build_args,
+        scope=scope,
         platform=platform,
         resolve_output=resolve_output,
         resolve_base=resolve_base,
@@ -202,20 +219,29 @@ def rekey(graph: BuildGraph) -> BuildGraph:
 # -- phase 1: structure ----------------------------------------------------------------------
 
 
-def _resolve_names(named: Mapping[str, Stage | StageRef]) -> dict[str, Stage]:
+def _resolve_names(named: Mapping[str, Stage | StageRef], scope: ArgScope) -> dict[str, Stage]:
     """Follow ``dsl.stage`` references among named stages to stage values."""
     resolved: dict[str, Stage] = {}
     for name, value in named.items():
         seen = [name]
         while isinstance(value, StageRef):
-            if value.name not in named:
-                raise UnknownStageError(value.name, sorted(named))
-            if value.name in seen:
-                raise CycleError(seen[seen.index(value.name) :])
-            seen.append(value.name)
-            value = named[value.name]
+            wanted = scope.expand_global(value.name)
+            if wanted not in named:
+                raise UnknownStageError(wanted, sorted(named))
+            if wanted in seen:
+                raise CycleError(seen[seen.index(wanted) :])
+            seen.append(wanted)
+            value = named[wanted]
         resolved[name] = value
     return resolved
+
+
+def _named(ref: StageRef, named: Mapping[str, Stage], scope: ArgScope, step: Step) -> Stage:
+    """The stage a reference names, its name expanded with the global ARGs."""
+    wanted = scope.expand_global(ref.name)
+    if wanted not in named:
+        raise UnknownStageError(wanted, sorted(named)).with_location(step.location)
+    return named[wanted]
 
 
 @attrs.define
@@ -228,7 +254,7 @@ class _Structure:
     deps: list[tuple[int | None, tuple[int, ...]]]
 
     @classmethod
-    def collect(cls, target: Stage, named: Mapping[str, Stage]) -> _Structure:
+    def collect(cls, target: Stage, named: Mapping[str, Stage], scope: ArgScope) -> _Structure:
         stages: list[Stage] = []
         index: dict[Stage, int] = {}
         pending: dict[Stage, tuple[Stage | None, tuple[Stage, ...]]] = {}
@@ -245,7 +271,9 @@ class _Structure:
             if stage in pending:
                 continue  # on the current path: a cycle, reported by the analysis
             parent = stage.parent
-            sources = tuple(_source_stages(stage.step, named))
+            if isinstance(stage.step, FromStage):  # FROM <template>: continue that stage
+                parent = _named(stage.step.ref, named, scope, stage.step)
+            sources = tuple(_source_stages(stage.step, named, scope))
             pending[stage] = (parent, sources)
             stack.append((stage, True))
             for dep in reversed((*([parent] if parent is not None else []), *sources)):
@@ -273,7 +301,7 @@ class _Structure:
         return blake3.blake3(json.dumps(shape, separators=(",", ":")).encode()).hexdigest()
 
 
-def _source_stages(step: Step, named: Mapping[str, Stage]) -> list[Stage]:
+def _source_stages(step: Step, named: Mapping[str, Stage], scope: ArgScope) -> list[Stage]:
     sources: list[StagePath] = []
     if isinstance(step, Copy) and isinstance(step.source, StagePath):
         sources.append(step.source)
@@ -287,10 +315,7 @@ def _source_stages(step: Step, named: Mapping[str, Stage]) -> list[Stage]:
     for source in sources:
         stage = source.stage
         if isinstance(stage, StageRef):
-            if stage.name not in named:
-                error = UnknownStageError(stage.name, sorted(named))
-                raise error.with_location(step.location)
-            stage = named[stage.name]
+            stage = _named(stage, named, scope, step)
         out.append(stage)
     return out
 
@@ -406,7 +431,7 @@ class _Keyer:
     structure: _Structure
     labels: dict[Stage, tuple[str, int]]
     hasher: ContextHasher
-    build_args: Mapping[str, str]
+    scope: ArgScope
     platform: str
     resolve_output: OutputResolver
     resolve_base: BaseResolver
@@ -427,7 +452,9 @@ class _Keyer:
             nodes.extend(made)
             self._nodes[old] = made[-1]
         names = {s: label for s, (label, _) in self.labels.items()}
-        return BuildGraph(target=target, nodes=tuple(nodes), stage_names=names, keyer=self)
+        return BuildGraph(
+            target=target, nodes=tuple(nodes), stage_names=names, scope=self.scope, keyer=self
+        )
 
     def key_again(self) -> BuildGraph:
         assert self._keyed is not None
@@ -457,31 +484,41 @@ class _Keyer:
             "locus": self._locus(label, position),
         }
         if isinstance(step, FromImage | FromScratch):
-            platform = step.platform or self.platform
+            platform = self._platform(step)
             # A base image's config is not read while planning: its state inherits.
             inherits = isinstance(step, FromImage)
+            # FROM scratch starts from Docker's empty image, whose config sets PATH.
+            path = () if inherits else (("PATH", DEFAULT_PATH),)
             start = BuildState(
-                platform=platform, inherits=inherits, workdir="" if inherits else "/"
+                platform=platform,
+                inherits=inherits,
+                workdir="" if inherits else "/",
+                env=path,
+                config_env=path,
             )
             self._states[old] = common["state"] = start
             digest = None
             if isinstance(step, FromImage):
-                digest = step.reference.digest or self.resolve_base(step, platform)
+                step = common["step"] = self._expand_image(step)
+                digest = step.image.digest or self.resolve_base(step, platform)
             preimage = keys.base_preimage(step, platform, digest)
             key = keys.key_of(preimage)
             return [StepNode(key=key, fs_key=key, preimage=preimage, provisional=False, **common)]
         assert parent is not None
         assert parent_old is not None
         before = self._states[parent_old]
-        state = before.apply(step, self.build_args)
+        state = before.apply(step, self.scope)
         self._states[old] = common["state"] = state
-        if not isinstance(step, Run | Copy | Add | Workdir):
+        # BuildKit makes no vertex (and no layer) for a WORKDIR that is the root.
+        root_workdir = isinstance(step, Workdir) and state.workdir == "/"
+        if not isinstance(step, Run | Copy | Add | Workdir) or root_workdir:
             preimage = keys.config_preimage(parent=parent.key, step=step, state=state)
             node = StepNode(
                 key=keys.key_of(preimage),
                 fs_key=parent.fs_key,
                 preimage=preimage,
                 provisional=provisional,
+                layerless=root_workdir,
                 **common,
             )
             return [node]
@@ -490,8 +527,10 @@ class _Keyer:
         if isinstance(step, Run):
             preimage, trees = self._run_preimage(step, before, parent, sources)
         elif isinstance(step, Workdir):
+            # The directory made is the cleaned path (``/app/`` and ``/app`` make one).
+            made = clean_container_path(state.workdir) if state.workdir.startswith("/") else None
             preimage = keys.workdir_preimage(
-                parent=parent.fs_key, path=state.workdir, user=before.user
+                parent=parent.fs_key, path=made or state.workdir, user=before.user
             )
         elif isinstance(step.source, StagePath):
             assert isinstance(step, Copy)
@@ -514,6 +553,29 @@ class _Keyer:
             **common,
         )
         return [node]
+
+    def _platform(self, step: FromImage | FromScratch) -> str:
+        """The stage's platform: its own (``$BUILDPLATFORM`` expands), else the build's."""
+        if step.platform is None:
+            return self.platform
+        text = self.scope.expand_global(step.platform)
+        try:
+            return canonical_platform(text)
+        except ValueError as error:
+            raise StepArgumentError("FROM", "platform", str(error)).with_location(
+                step.location
+            ) from None
+
+    def _expand_image(self, step: FromImage) -> FromImage:
+        """The FROM step with its reference parsed, once global ARGs expanded its template."""
+        if step.template is None:
+            return step
+        text = self.scope.expand_global(step.template)
+        try:
+            reference = parse_reference(text, step="FROM")
+        except ImageDSLError as error:
+            raise error.with_location(step.location) from None
+        return attrs.evolve(step, reference=reference)
 
     def _locus(self, label: str, position: int, part: str | None = None) -> str:
         """A stable name for a step position, under which its history is kept."""
@@ -544,8 +606,8 @@ class _Keyer:
                 kind="copy",
                 parent=below,
                 dest=dest,
-                chown=step.chown,
-                chmod=step.chmod,
+                chown=_expanded(state, step.chown),
+                chmod=_expanded(state, step.chmod),
                 exclude=(),  # the part's tree already leaves excluded files out
                 tree=tree.digest,
             )
@@ -604,8 +666,8 @@ class _Keyer:
             preimage = keys.add_url_preimage(
                 parent=link_parent,
                 dest=dest,
-                chown=step.chown,
-                chmod=step.chmod,
+                chown=_expanded(state, step.chown),
+                chmod=_expanded(state, step.chmod),
                 checksum=step.source.checksum,
             )
             return preimage, ()
@@ -616,8 +678,8 @@ class _Keyer:
             kind=step.kind,
             parent=link_parent,
             dest=dest,
-            chown=step.chown,
-            chmod=step.chmod,
+            chown=_expanded(state, step.chown),
+            chmod=_expanded(state, step.chmod),
             # The tree is what the patterns left: a pattern that excludes nothing must not
             # change the key (BuildKit copies the same staged files), one that does changes
             # the tree.
@@ -635,8 +697,8 @@ class _Keyer:
         structural = keys.copy_from_stage_preimage(
             parent=link_parent,
             dest=dest,
-            chown=step.chown,
-            chmod=step.chmod,
+            chown=_expanded(state, step.chown),
+            chmod=_expanded(state, step.chmod),
             exclude=step.exclude,
             source=source.fs_key,
             path=step.source.path,
@@ -652,8 +714,8 @@ class _Keyer:
             kind="copy",
             parent=link_parent,
             dest=dest,
-            chown=step.chown,
-            chmod=step.chmod,
+            chown=_expanded(state, step.chown),
+            chmod=_expanded(state, step.chmod),
             exclude=step.exclude,
             tree=content,
         )
@@ -669,8 +731,6 @@ class _Keyer:
         try:
             tree = self.hasher.tree(source, exclude=exclude, dest_is_dir=dest_is_dir)
         except Exception as error:
-            from imagedsl.errors import ImageDSLError
-
             if isinstance(error, ImageDSLError):
                 raise error.with_location(step.location) from None
             raise
@@ -685,6 +745,11 @@ def _copy_dest(state: BuildState, dest: str) -> str:
     if state.expand(dest) in (".", "") and not resolved.endswith("/"):
         resolved += "/"
     return resolved
+
+
+def _expanded(state: BuildState, word: str | None) -> str | None:
+    """``--chown``/``--chmod`` with ``$VAR``s expanded in the state before the step."""
+    return None if word is None else state.expand(word)
 
 
 def _dest_is_dir(step: Copy | Add) -> bool:

@@ -24,13 +24,15 @@ from imagedsl.steps import (
     ConfigStep,
     FromImage,
     FromScratch,
+    FromStage,
     Healthcheck,
     Mount,
     SecretMount,
+    Step,
     TmpfsMount,
 )
 
-KEY_VERSION: Final = 1
+KEY_VERSION: Final = 2
 _DOMAIN: Final = b"imagedsl.key.v1\0"
 Preimage = dict[str, Any]
 
@@ -58,7 +60,7 @@ def base_preimage(step: FromImage | FromScratch, platform: str, digest: str | No
     """FROM: the normalised reference without its digest, the digest (None = unpinned)."""
     if isinstance(step, FromScratch):
         return _preimage("scratch", platform=platform)
-    reference = step.reference
+    reference = step.image
     name = f"{reference.transport}:{reference.name}"
     if reference.tag is not None:
         name += f":{reference.tag}"
@@ -80,13 +82,16 @@ def run_preimage(
     mounts: Sequence[Preimage],
     network: str,
 ) -> Preimage:
-    """RUN: everything the process can observe except secret values and cache contents."""
+    """RUN: everything the process can observe except secret values and cache contents.
+
+    The environment is a list in BuildKit's order (ENV and ARG values, each write moved to
+    the end): BuildKit keys a RUN on that list, so reordering it rebuilds there and here.
+    """
     return _preimage(
         "run",
         parent=parent,
         argv=list(argv),
-        env=dict(state.env),
-        args=dict(state.args),
+        env=[list(pair) for pair in state.env],
         workdir=state.workdir,
         user=state.user,
         mounts=list(mounts),
@@ -200,7 +205,7 @@ def workdir_preimage(*, parent: str, path: str, user: str) -> Preimage:
     return _preimage("workdir", parent=parent, path=path, user=user)
 
 
-def config_preimage(*, parent: str, step: ConfigStep, state: BuildState) -> Preimage:
+def config_preimage(*, parent: str, step: ConfigStep | Step, state: BuildState) -> Preimage:
     """Config-only steps: no layer, but a key so every step of a plan is identified."""
     fields: dict[str, Any] = {}
     for name in attrs.fields(type(step)):
@@ -210,10 +215,13 @@ def config_preimage(*, parent: str, step: ConfigStep, state: BuildState) -> Prei
         fields[name.name] = _jsonable(value)
     if isinstance(step, Healthcheck) and step.test is None:
         fields["test"] = None
+    if isinstance(step, FromStage):
+        fields["ref"] = step.ref.name  # as written; the stage it picked is the parent
     # The state after the step (expanded ENV values, effective ARG values) is what counts.
     fields["state"] = {
-        "env": dict(state.env),
-        "args": dict(state.args),
+        "env": [list(pair) for pair in state.env],
+        "config_env": [list(pair) for pair in state.config_env],
+        "workdir": state.workdir,
         "user": state.user,
         "shell": list(state.shell),
     }

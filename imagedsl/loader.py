@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import blake3
 
-from imagedsl.dsl import Stage, StageRef, Targets
+from imagedsl.buildstate import AUTOMATIC_ARGS
+from imagedsl.dsl import GlobalArg, Stage, StageRef, Targets
 from imagedsl.errors import BuildFileError, ImageDSLError, SourceLocation, UnknownTargetError
 
 if TYPE_CHECKING:
@@ -44,6 +45,8 @@ class BuildFile:
     path: Path
     stages: Mapping[str, Stage | StageRef] = attrs.field(repr=False)
     targets: tuple[str, ...]
+    #: The global ARGs (``dsl.arg`` at module level), in file order.
+    global_args: tuple[GlobalArg, ...] = ()
 
     @property
     def default_target(self) -> str:
@@ -65,6 +68,7 @@ class BuildFile:
         store: Store | None = None,
         build_args: Mapping[str, str] | None = None,
         platform: str | None = None,
+        build_platform: str | None = None,
         reporter: Reporter | None = None,
         resolve_base: BaseResolver | None = None,
     ) -> Plan:
@@ -74,7 +78,7 @@ class BuildFile:
         (see :mod:`imagedsl.lockfile`), unless ``resolve_base`` says otherwise.
         """
         from imagedsl.lockfile import LockFile
-        from imagedsl.planner import DEFAULT_PLATFORM, plan
+        from imagedsl.planner import plan
 
         if resolve_base is None:
             resolve_base = _default_resolver(LockFile.beside(self.path))
@@ -83,7 +87,9 @@ class BuildFile:
             self.target(target),
             store=store,
             build_args=build_args,
-            platform=platform or DEFAULT_PLATFORM,
+            global_args=self.global_args,
+            platform=platform,
+            build_platform=build_platform,
             reporter=reporter,
             resolve_base=resolve_base,
             buildfile=str(self.path),
@@ -97,10 +103,10 @@ def _default_resolver(lock: LockFile) -> BaseResolver:
 
     def resolve(step: FromImage, platform: str) -> str | None:
         pinned = lock.digest(step, platform)
-        if pinned is None and step.reference.transport in ("oci", "oci-archive", "docker-archive"):
+        if pinned is None and step.image.transport in ("oci", "oci-archive", "docker-archive"):
             from imagedsl.oci.layout import local_base_digest
 
-            return local_base_digest(step.reference, platform)
+            return local_base_digest(step.image, platform)
         return pinned
 
     return resolve
@@ -178,10 +184,14 @@ def _user_location(
 def _collect(shown: Path, resolved: Path, namespace: Mapping[str, Any]) -> BuildFile:
     stages: dict[str, Stage | StageRef] = {}
     declared: list[Targets] = []
+    global_args: dict[str, GlobalArg] = {}
     for name, value in namespace.items():
         if name.startswith("_"):
             continue
-        if isinstance(value, Stage):
+        if isinstance(value, GlobalArg):
+            if value.name not in AUTOMATIC_ARGS:
+                global_args.setdefault(value.name, value)
+        elif isinstance(value, Stage):
             stages[name] = value
         elif isinstance(value, Targets):
             declared.append(value)
@@ -204,11 +214,21 @@ def _collect(shown: Path, resolved: Path, namespace: Mapping[str, Any]) -> Build
             else:
                 stages[name] = value
             targets.append(name)
-        return BuildFile(path=resolved, stages=stages, targets=tuple(targets))
+        return BuildFile(
+            path=resolved,
+            stages=stages,
+            targets=tuple(targets),
+            global_args=tuple(global_args.values()),
+        )
     if not stages:
         raise BuildFileError(
             SourceLocation(str(shown), 1),
             "defines no stages: assign one at module level, e.g. app = dsl.image('alpine')",
         )
     ordered = list(stages)
-    return BuildFile(path=resolved, stages=stages, targets=(ordered[-1], *ordered[:-1]))
+    return BuildFile(
+        path=resolved,
+        stages=stages,
+        targets=(ordered[-1], *ordered[:-1]),
+        global_args=tuple(global_args.values()),
+    )

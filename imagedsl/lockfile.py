@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from imagedsl.errors import ImageDSLError
+from imagedsl.errors import InputError
 from imagedsl.oci.digest import is_sha256
 from imagedsl.store import atomic_write
 
@@ -33,13 +33,12 @@ LOCK_NAME: Final = "imagedsl.lock"
 LOCK_VERSION: Final = 1
 
 
-class LockFileError(ImageDSLError):
+@attrs.define
+class LockFileError(InputError):
     """A lock file exists but cannot be used."""
 
-    def __init__(self, path: str, problem: str) -> None:
-        super().__init__(path, problem)
-        self.path = path
-        self.problem = problem
+    path: str
+    problem: str
 
     def __str__(self) -> str:
         return f"{self.path}: {self.problem}"
@@ -47,7 +46,7 @@ class LockFileError(ImageDSLError):
 
 def lock_key(step: FromImage) -> str:
     """The reference a lock entry is filed under: normalised, without a digest."""
-    reference = step.reference
+    reference = step.image
     name = reference.name if reference.transport == "registry" else str(reference)
     return f"{name}:{reference.tag}" if reference.tag else name
 
@@ -60,7 +59,7 @@ def unpinned_bases(plan: Plan) -> dict[tuple[str, str], ImageReference]:
     for step in plan.steps:
         base = step.node.step
         if isinstance(base, FromImage):
-            image = base.reference
+            image = base.image
             if image.transport == "registry" and not image.digest:
                 wanted[lock_key(base), step.node.state.platform] = image
     return wanted

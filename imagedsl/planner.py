@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import attrs
 
 from imagedsl import keys
-from imagedsl.dsl import Stage, StageRef
-from imagedsl.errors import SourceLocation, UnknownTargetError
+from imagedsl.buildstate import ArgScope
+from imagedsl.dsl import GlobalArg, Stage, StageRef
+from imagedsl.errors import SourceLocation, StepArgumentError, UnknownTargetError
 from imagedsl.graph import (
     BaseResolver,
     BuildGraph,
@@ -32,14 +33,15 @@ from imagedsl.graph import (
     rekey,
     stage_namer,
 )
-from imagedsl.oci.platform import normalize_platform
+from imagedsl.oci.platform import Platform, canonical_platform
 from imagedsl.reporting import Reporter
-from imagedsl.steps import FromImage, Run, describe
+from imagedsl.steps import Arg, Env, FromImage, Run, describe
 from imagedsl.store import Record, Store, StoreWarning
 from imagedsl.treehash import ContextHasher, Tree
 
 PLAN_SCHEMA: Final = 1
-DEFAULT_PLATFORM: Final = "linux/amd64"
+#: This machine's platform: the default target and build platform, as BuildKit's.
+DEFAULT_PLATFORM: Final = canonical_platform(str(Platform.host()))
 _MAX_FILE_REASONS: Final = 10
 
 
@@ -172,7 +174,9 @@ def plan(
     *,
     store: Store | None = None,
     build_args: Mapping[str, str] | None = None,
-    platform: str = DEFAULT_PLATFORM,
+    global_args: Sequence[GlobalArg] = (),
+    platform: str | None = None,
+    build_platform: str | None = None,
     reporter: Reporter | None = None,
     resolve_base: BaseResolver | None = None,
     buildfile: str = "<python>",
@@ -182,6 +186,9 @@ def plan(
 
     ``store`` holds the ledger that decides hits (None: everything misses, nothing is
     written). ``project`` scopes miss explanations (the CLI uses the build file's path).
+    ``global_args`` are the build file's global ARGs in file order; ``platform`` is the target
+    platform and ``build_platform`` the one the build runs on (both default to this machine's,
+    as BuildKit's do; ``TARGETPLATFORM`` and ``BUILDPLATFORM`` come from them).
     """
     if isinstance(stages, Stage):
         name = target or "image"
@@ -192,14 +199,20 @@ def plan(
     if target not in stages:
         raise UnknownTargetError(target, list(stages))
     reporter = reporter or Reporter()
-    platform = normalize_platform(platform)
+    target_platform = _platform_option("platform", platform)
+    scope = ArgScope.make(
+        dict(build_args or {}),
+        [(a.name, a.default) for a in global_args],
+        target_platform=target_platform,
+        build_platform=_platform_option("build_platform", build_platform),
+    )
     hasher = ContextHasher(store, reporter)
     graph = build_graph(
         target,
         stages,
         hasher=hasher,
-        build_args=dict(build_args or {}),
-        platform=platform,
+        scope=scope,
+        platform=target_platform,
         resolve_output=_output_resolver(store),
         resolve_base=resolve_base or _unpinned,
         memo=store,
@@ -208,6 +221,16 @@ def plan(
     hasher.save()
     steps = _statuses(graph, store)
     return Plan(buildfile=buildfile, target=target, steps=steps, graph=graph)
+
+
+def _platform_option(name: str, text: str | None) -> str:
+    """A platform option, canonical as BuildKit normalises it (default: this machine's)."""
+    if text is None:
+        return DEFAULT_PLATFORM
+    try:
+        return canonical_platform(text)
+    except ValueError as error:
+        raise StepArgumentError("plan", name, str(error)) from None
 
 
 def settle(plan: Plan, store: Store | None) -> Plan:
@@ -384,8 +407,8 @@ def _notes(node: StepNode) -> tuple[str, ...]:
     digest = node.preimage.get("digest")
     if digest is None:
         return ("base image is not pinned to a digest: its key follows the tag name",)
-    if step.reference.digest is None:
-        if step.reference.transport == "registry":
+    if step.image.digest is None:
+        if step.image.transport == "registry":
             return (f"pinned to {digest} by the lock file",)
         return (f"resolved to {digest} from the local image",)
     return ()
@@ -469,8 +492,8 @@ def _diff(
             reasons.append(_parent_reason(node, rows))
         elif field == "tree":
             reasons.extend(_tree_reasons(before, node, store))
-        elif field in ("env", "args"):
-            reasons.extend(_variable_reasons("ENV" if field == "env" else "ARG", before, after))
+        elif field == "env":
+            reasons.extend(_variable_reasons(before, after, _setter(node, rows)))
         elif field == "digest":
             reasons.append(f"base image digest changed: {_short(before)} -> {_short(after)}")
         elif field in ("ref", "repository"):
@@ -488,7 +511,7 @@ def _diff(
 
 
 def _field_order(field: str) -> tuple[int, str]:
-    first = ("parent", "ref", "repository", "digest", "argv", "tree", "env", "args")
+    first = ("parent", "ref", "repository", "digest", "argv", "tree", "env")
     return (first.index(field) if field in first else len(first), field)
 
 
@@ -541,19 +564,51 @@ def _manifest_diff(old: Mapping[str, list[object]], new_tree: Tree) -> list[str]
     return changes
 
 
-def _variable_reasons(kind: str, before: Any, after: Any) -> list[str]:
-    old = before if isinstance(before, dict) else {}
-    new = after if isinstance(after, dict) else {}
+def _pairs(value: Any) -> list[tuple[str, str]]:
+    if isinstance(value, dict):  # a record written before the environment was a list
+        return [(str(k), str(v)) for k, v in value.items()]
+    if isinstance(value, list):
+        return [(str(p[0]), str(p[1])) for p in value if isinstance(p, list) and len(p) == 2]
+    return []
+
+
+def _setter(node: StepNode, rows: Sequence[PlannedStep]) -> Callable[[str], str]:
+    """For a variable name, ``ENV`` or ``ARG``: the kind of the last step that set it."""
+
+    def kind(name: str) -> str:
+        at = node.parent
+        while at is not None and at < len(rows):
+            step = rows[at].node.step
+            if isinstance(step, Arg) and step.name == name:
+                return "ARG"
+            if isinstance(step, Env) and any(n == name for n, _ in step.items):
+                return "ENV"
+            at = rows[at].node.parent
+        return "ENV"
+
+    return kind
+
+
+def _variable_reasons(before: Any, after: Any, kind: Callable[[str], str]) -> list[str]:
+    old_pairs, new_pairs = _pairs(before), _pairs(after)
+    old, new = dict(old_pairs), dict(new_pairs)
     reasons = []
     for name in sorted(set(old) | set(new)):
         if old.get(name) == new.get(name):
             continue
         if name not in old:
-            reasons.append(f"{kind} {name} set to {new[name]!r}")
+            reasons.append(f"{kind(name)} {name} set to {new[name]!r}")
         elif name not in new:
-            reasons.append(f"{kind} {name} removed (was {old[name]!r})")
+            reasons.append(f"{kind(name)} {name} removed (was {old[name]!r})")
         else:
-            reasons.append(f"{kind} {name} {old[name]!r} -> {new[name]!r}")
+            reasons.append(f"{kind(name)} {name} {old[name]!r} -> {new[name]!r}")
+    if not reasons and old_pairs != new_pairs:
+        # BuildKit keys RUN on the environment in order: a reordering alone is a miss.
+        shown = ", ".join
+        reasons.append(
+            f"environment order changed: {shown(n for n, _ in old_pairs)} -> "
+            f"{shown(n for n, _ in new_pairs)}"
+        )
     return reasons
 
 

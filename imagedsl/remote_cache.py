@@ -52,7 +52,7 @@ import attrs
 
 from imagedsl import keys
 from imagedsl.backends.oci.backend import layer_cache_path
-from imagedsl.errors import ImageDSLError
+from imagedsl.errors import EnvironmentFailure, InputError
 from imagedsl.oci.annotations import TITLE
 from imagedsl.oci.descriptor import Descriptor
 from imagedsl.oci.image import LayerBlob
@@ -102,25 +102,19 @@ _LAYER_MEDIA_TYPES: Final = frozenset(LAYER_MEDIA_TYPES.values())
 _CHUNK: Final = 1 << 20
 
 
-class RemoteCacheError(ImageDSLError):
+@attrs.define
+class RemoteCacheError(EnvironmentFailure):
     """A remote cache cannot be used: not a cache, malformed, or lying about its contents."""
 
-    #: Not a mistake in the user's input (the CLI exits 1).
-    exit_code = 1
-
-    def __init__(self, reference: str, problem: str) -> None:
-        super().__init__(reference, problem)
-        self.reference = reference
-        self.problem = problem
+    reference: str
+    problem: str
 
     def __str__(self) -> str:
         return f"remote cache {self.reference}: {self.problem}"
 
 
-class CacheReferenceError(RemoteCacheError):
+class CacheReferenceError(InputError, RemoteCacheError):
     """A cache option does not name a cache (the CLI exits 2: the user can fix it)."""
-
-    exit_code = 2
 
 
 def parse_cache_reference(text: str, option: str = "--cache-from") -> ImageReference:

@@ -120,8 +120,30 @@ class FromImage:
     """``FROM image``."""
 
     kind: ClassVar[str] = "from"
-    reference: ImageReference
+    #: The image, parsed; None while ``template`` still holds ``$VAR``s (the planner expands
+    #: them with the global ARGs and gives the step its reference).
+    reference: ImageReference | None
+    #: The reference as written, when it names global ARGs (``golang:${GO_VERSION}-alpine``).
+    template: str | None = None
+    #: The platform as written (``linux/arm64``, ``$BUILDPLATFORM``); None: the build's.
     platform: str | None = None
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
+
+    @property
+    def image(self) -> ImageReference:
+        """The parsed reference (the planner's steps always have one)."""
+        if self.reference is None:
+            raise ValueError(f"FROM {self.template}: the reference is not expanded yet")
+        return self.reference
+
+
+@attrs.frozen(kw_only=True)
+class FromStage:
+    """``FROM <stage>`` where the stage's name is a template (``build_${TARGETOS}``): the
+    planner expands it with the global ARGs and continues that stage (no layer, no work)."""
+
+    kind: ClassVar[str] = "from-stage"
+    ref: StageRef
     location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
 
 
@@ -293,7 +315,18 @@ class StopSignal:
 
 Base: TypeAlias = FromImage | FromScratch
 ConfigStep: TypeAlias = (
-    Env | Arg | User | Label | Expose | Volume | Entrypoint | Cmd | Healthcheck | Shell | StopSignal
+    Env
+    | Arg
+    | User
+    | Label
+    | Expose
+    | Volume
+    | Entrypoint
+    | Cmd
+    | Healthcheck
+    | Shell
+    | StopSignal
+    | FromStage
 )
 LayerStep: TypeAlias = Run | Copy | Add | Workdir
 Step: TypeAlias = Base | LayerStep | ConfigStep
@@ -314,9 +347,13 @@ def describe(step: Step, stage_name: StageNamer = _default_stage_name) -> str:
     """A one-line, Dockerfile-like description for tables and messages."""
     match step:
         case FromImage():
-            return f"FROM {step.reference.familiar}"
+            return (
+                f"FROM {step.reference.familiar if step.reference is not None else step.template}"
+            )
         case FromScratch():
             return "FROM scratch"
+        case FromStage():
+            return f"FROM {step.ref.name}"
         case Run():
             return "RUN " + (step.command[0] if step.shell_form else _json_list(step.command))
         case Copy() | Add():

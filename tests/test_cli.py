@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from cli_support import imagedsl
 
-import imagedsl as dsl
+from imagedsl import api
 from imagedsl.store import Store, StoreArea
 
 RESOURCES = Path(__file__).parent / "resources"
@@ -52,9 +52,9 @@ def test_plan_json_then_hits_after_recording(project: Path, store: Path) -> None
     assert data["schema"] == 1
     assert data["target"] == "app"
     assert data["summary"]["hit"] == 0
-    build = dsl.load_buildfile(project / "build.py")
+    build = api.load_buildfile(project / "build.py")
     for step in build.plan("app", store=Store(store)).steps:
-        dsl.record_step(Store(store), step)
+        api.record_step(Store(store), step)
     second = json.loads(imagedsl("plan", "build.py:app", "--json", cwd=project, store=store).stdout)
     assert {s["status"] for s in second["steps"]} == {"hit", "config"}
     assert [s["key"] for s in second["steps"]] == [s["key"] for s in data["steps"]]
@@ -148,9 +148,9 @@ def test_ctrl_c_exits_130(project: Path, store: Path) -> None:
 
 def test_damaged_store_is_a_warning_not_a_crash(project: Path, store: Path) -> None:
     """A damaged ledger record prints a warning; the plan still completes."""
-    build = dsl.load_buildfile(project / "build.py")
+    build = api.load_buildfile(project / "build.py")
     step = build.plan("app", store=Store(store)).steps[0]
-    dsl.record_step(Store(store), step)
+    api.record_step(Store(store), step)
     next(Store(store).area(StoreArea.LEDGER).rglob(f"{step.key}.json")).write_text('{"v": 1')
     result = imagedsl("plan", "build.py:app", cwd=project, store=store)
     assert result.returncode == 0

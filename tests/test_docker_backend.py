@@ -17,6 +17,7 @@ import pytest
 from docker_support import DockerEngine
 
 import imagedsl as dsl
+from imagedsl import api
 from imagedsl.backends import BuildRequest, BuildRequestError, SecretSource
 from imagedsl.backends.dockerfile._progress import CACHED, DONE, ERROR, ProgressParser
 from imagedsl.backends.dockerfile._staging import POOL_MAX_AGE, ContextPool
@@ -105,7 +106,7 @@ def test_build_records_steps_and_the_next_plan_hits(
     )
     named = {"builder": builder, "app": app}
     store = Store(tmp_path / "store")
-    plan = dsl.plan(named, "app", store=store)
+    plan = api.plan(named, "app", store=store)
     assert PlanStatus.HIT not in {s.status for s in plan.steps if s.kind != "from"}
     recorder = Recorder()
     result = DockerfileBackend(docker_engine).build(
@@ -115,7 +116,7 @@ def test_build_records_steps_and_the_next_plan_hits(
     assert result.digest is not None
     assert result.digest.startswith("sha256:")
     assert "app[6]" in result.built
-    again = dsl.plan(named, "app", store=store)
+    again = api.plan(named, "app", store=store)
     assert {s.status for s in again.steps} <= {PlanStatus.HIT, PlanStatus.CONFIG}
     ran = docker_engine.run("run", "--rm", tag)
     assert ran.stdout == f"flask\nmain\n{token}\n"
@@ -280,7 +281,7 @@ def test_missing_secret_source_is_refused_before_building(
     request = BuildRequest(secrets=(SecretSource.parse("id=token,src=/nonexistent/token"),))
     with pytest.raises(BuildRequestError, match="no such file /nonexistent/token"):
         DockerfileBackend(docker_engine).build(
-            dsl.plan(stage, "s", store=store), request, store=store, reporter=Reporter()
+            api.plan(stage, "s", store=store), request, store=store, reporter=Reporter()
         )
 
 
@@ -295,7 +296,7 @@ def test_feature_missing_from_the_engine_is_refused_naming_the_step(
     store = Store(tmp_path / "store")
     with pytest.raises(LoweringError) as caught:
         DockerfileBackend(docker_engine).build(
-            dsl.plan(stage, "s", store=store), BuildRequest(), store=store, reporter=Reporter()
+            api.plan(stage, "s", store=store), BuildRequest(), store=store, reporter=Reporter()
         )
     assert caught.value.location is not None
     assert caught.value.location.file == __file__
@@ -345,7 +346,7 @@ def test_words_model_agrees_with_buildkit(
         .run(["true"])
     )
     store = Store(tmp_path / "store")
-    plan = dsl.plan(stage, "s", store=store)
+    plan = api.plan(stage, "s", store=store)
     DockerfileBackend(docker_engine).build(
         plan, BuildRequest(tags=(tag,)), store=store, reporter=Reporter()
     )
@@ -402,13 +403,13 @@ def test_stale_copy_in_buildkit_is_fixed_by_staging(
     store = Store(tmp_path / "store")
     backend = DockerfileBackend(docker_engine)
     backend.build(
-        dsl.plan(stage, "s", store=store),
+        api.plan(stage, "s", store=store),
         BuildRequest(tags=(tag,)),
         store=store,
         reporter=Reporter(),
     )
     rewrite()
-    plan = dsl.plan(stage, "s", store=store)
+    plan = api.plan(stage, "s", store=store)
     assert plan.steps[-1].status is PlanStatus.MISS
     result = backend.build(plan, BuildRequest(tags=(tag,)), store=store, reporter=Reporter())
     assert result.built == ("s[2]",)
@@ -428,7 +429,7 @@ def test_lowered_directory_builds_with_plain_docker(
         .run("find /app /all -type f | sort > /files")
     )
     out = tmp_path / "out"
-    write_build_dir(dsl.plan(stage, "s"), out)
+    write_build_dir(api.plan(stage, "s"), out)
     docker_engine.build(out, "--tag", tag)
     files = docker_engine.run("run", "--rm", tag, "cat", "/files").stdout.split()
     assert files == ["/all/app/main.txt", "/all/requirements.txt", "/app/requirements.txt"]
@@ -445,7 +446,7 @@ def test_docker_archive_output(
     request = BuildRequest(output=f"docker-archive:{archive}:{tag}")
     try:
         result = DockerfileBackend(docker_engine).build(
-            dsl.plan(stage, "s", store=store), request, store=store, reporter=Reporter()
+            api.plan(stage, "s", store=store), request, store=store, reporter=Reporter()
         )
         assert result.image == tag
     finally:
@@ -462,7 +463,7 @@ def test_docker_archive_output(
     )
     with pytest.raises(BuildRequestError, match="--backend oci"):
         DockerfileBackend(docker_engine).build(
-            dsl.plan(stage, "s", store=store),
+            api.plan(stage, "s", store=store),
             BuildRequest(output=f"oci:{tmp_path}/layout"),
             store=store,
             reporter=Reporter(),
@@ -494,7 +495,7 @@ def test_progress_parser_reads_buildkit_08_output() -> None:
 def test_pool_keeps_used_trees_and_prunes_old_ones(project: Path, tmp_path: Path) -> None:
     """Trees are written once, reused, and removed when no build used them for a while."""
     src = dsl.context(project)
-    lowered = lower_to_dockerfile(dsl.plan(dsl.scratch().copy(src.dir("app"), "/app"), "s"))
+    lowered = lower_to_dockerfile(api.plan(dsl.scratch().copy(src.dir("app"), "/app"), "s"))
     pool = ContextPool(tmp_path / "contexts")
     pool.stage(lowered.trees, now=1000.0)
     (tree,) = lowered.trees

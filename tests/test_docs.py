@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import imagedsl as dsl
+from imagedsl import api
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = sorted(ROOT.glob("examples/*/build.py"))
@@ -33,9 +33,9 @@ def python_blocks() -> list[object]:
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.parent.name for p in EXAMPLES])
 def test_every_example_target_plans_offline(path: Path, tmp_path: Path) -> None:
     """Each example's every target plans with no daemon and no network."""
-    build = dsl.load_buildfile(path)
+    build = api.load_buildfile(path)
     for target in build.targets:
-        plan = build.plan(target, store=dsl.Store(tmp_path / "store"))
+        plan = build.plan(target, store=api.Store(tmp_path / "store"))
         assert plan.steps
 
 
@@ -44,7 +44,7 @@ def test_doc_build_files_load(block: str, tmp_path: Path) -> None:
     """Build-file snippets in the docs run against the current API."""
     path = tmp_path / "build.py"
     path.write_text(block)
-    build = dsl.load_buildfile(path)
+    build = api.load_buildfile(path)
     assert build.targets
 
 

@@ -9,7 +9,8 @@ import attrs
 import pytest
 
 import imagedsl as dsl
-from imagedsl.buildstate import BuildState, ExpansionError, expand
+from imagedsl import api
+from imagedsl.buildstate import DEFAULT_PATH, ArgScope, BuildState, ExpansionError, expand
 from imagedsl.oci.reference import parse_reference
 from imagedsl.steps import Copy, Env, Healthcheck, Run, describe
 
@@ -193,13 +194,16 @@ def test_required_variable_error() -> None:
 
 
 def test_state_follows_dockerfile_scoping() -> None:
-    """ENV beats ARG of one name; --build-arg overrides a default; WORKDIR resolves relatively."""
+    """A later ENV beats an ARG of one name; --build-arg overrides a default; WORKDIR resolves
+    relatively; the environment keeps BuildKit's order (each write moves its name last)."""
     stage = BASE.arg("V", default="1").env(V="env", P="${V}").workdir("/a").workdir("b").arg("W")
     state = BuildState()
     for step in stage.steps()[1:]:
-        state = state.apply(step, {"V": "override"})
+        state = state.apply(step, ArgScope(build_args={"V": "override"}))
     assert state.variables["V"] == "env"
     assert dict(state.env)["P"] == "override"
+    assert state.env == (("V", "env"), ("P", "override"))
+    assert state.config_env == (("V", "env"), ("P", "override"))
     assert state.workdir == "/a/b"
     assert "W" not in state.variables  # declared, no default, not given
 
@@ -215,13 +219,13 @@ def test_copy_records_where_it_was_written(tmp_path: Path) -> None:
 
 def test_base_variables_stay_unexpanded_until_the_base_is_read() -> None:
     """FROM an image, unknown $VARs and relative paths wait for the base's config; FROM
-    scratch there is no base config, so they expand to empty and resolve from /."""
-    on_image = dsl.plan(dsl.image("alpine:3.20").env(PATH="/x:$PATH").workdir("w")).steps[-1]
-    on_scratch = dsl.plan(dsl.scratch().env(PATH="/x:$PATH").workdir("w")).steps[-1]
+    scratch the base is Docker's empty image (PATH set, as BuildKit's), and paths resolve from /."""
+    on_image = api.plan(dsl.image("alpine:3.20").env(PATH="/x:$PATH").workdir("w")).steps[-1]
+    on_scratch = api.plan(dsl.scratch().env(PATH="/x:$PATH").workdir("w")).steps[-1]
     assert dict(on_image.node.state.env)["PATH"] == "/x:$PATH"
     assert on_image.node.state.workdir == "w"
     assert on_image.node.state.absolute_workdir("/base") == "/base/w"
-    assert dict(on_scratch.node.state.env)["PATH"] == "/x:"
+    assert dict(on_scratch.node.state.env)["PATH"] == "/x:" + DEFAULT_PATH
     assert on_scratch.node.state.workdir == "/w"
 
 
@@ -243,6 +247,6 @@ def test_platform_aliases_name_one_platform(written: str, canonical: str) -> Non
         dsl.image("alpine", platform=written).step == dsl.image("alpine", platform=canonical).step
     )
     stage = dsl.image("alpine").run("true")
-    assert [s.key for s in dsl.plan(stage, "s", platform=written).steps] == [
-        s.key for s in dsl.plan(stage, "s", platform=canonical).steps
+    assert [s.key for s in api.plan(stage, "s", platform=written).steps] == [
+        s.key for s in api.plan(stage, "s", platform=canonical).steps
     ]

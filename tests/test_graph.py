@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import imagedsl as dsl
+from imagedsl import api
 from imagedsl.loader import load_buildfile
 from imagedsl.store import Store, StoreArea
 
@@ -14,18 +15,18 @@ RESOURCES = Path(__file__).parent / "resources"
 
 
 @pytest.fixture(name="project")
-def fixture_project() -> dsl.BuildFile:
+def fixture_project() -> api.BuildFile:
     """The multi-target sample build file."""
     return load_buildfile(RESOURCES / "project" / "build.py")
 
 
-def test_targets_default_to_the_last_stage(project: dsl.BuildFile) -> None:
+def test_targets_default_to_the_last_stage(project: api.BuildFile) -> None:
     """Without dsl.targets, every module-level stage is a target, the last one the default."""
     assert project.default_target == "test"
     assert set(project.targets) == {"base", "deps", "builder", "app", "test"}
 
 
-def test_shared_prefix_is_one_node_per_step(project: dsl.BuildFile) -> None:
+def test_shared_prefix_is_one_node_per_step(project: api.BuildFile) -> None:
     """Steps that app and test share have the same keys; each plan holds them once."""
     app = project.plan("app")
     test = project.plan("test")
@@ -36,13 +37,13 @@ def test_shared_prefix_is_one_node_per_step(project: dsl.BuildFile) -> None:
     assert len(shared) == 5
 
 
-def test_stages_a_target_does_not_need_are_pruned(project: dsl.BuildFile) -> None:
+def test_stages_a_target_does_not_need_are_pruned(project: api.BuildFile) -> None:
     """test does not copy from builder, so builder's steps are absent from its plan."""
     assert "builder" in {s.stage for s in project.plan("app").steps}
     assert "builder" not in {s.stage for s in project.plan("test").steps}
 
 
-def test_steps_are_labelled_by_the_shortest_named_stage(project: dsl.BuildFile) -> None:
+def test_steps_are_labelled_by_the_shortest_named_stage(project: api.BuildFile) -> None:
     """A step belongs to the smallest named stage that contains it, with its position."""
     labels = [(s.stage, s.index) for s in project.plan("app").steps]
     assert labels[:3] == [("base", 0), ("base", 1), ("base", 2)]
@@ -50,7 +51,7 @@ def test_steps_are_labelled_by_the_shortest_named_stage(project: dsl.BuildFile) 
     assert ("app", 5) in labels
 
 
-def test_waves_let_independent_stages_run_together(project: dsl.BuildFile) -> None:
+def test_waves_let_independent_stages_run_together(project: api.BuildFile) -> None:
     """builder and base start in wave 0; the COPY --from waits for builder's RUN."""
     plan = project.plan("app")
     by_label = {(s.stage, s.index): s for s in plan.steps}
@@ -60,7 +61,7 @@ def test_waves_let_independent_stages_run_together(project: dsl.BuildFile) -> No
     assert copy_from.wave > by_label["app", 5].wave
 
 
-def test_topological_order(project: dsl.BuildFile) -> None:
+def test_topological_order(project: api.BuildFile) -> None:
     """Every step comes after everything it depends on."""
     plan = project.plan("app")
     for i, step in enumerate(plan.steps):
@@ -79,7 +80,7 @@ def test_cycle_is_an_error_carrying_the_cycle() -> None:
 def test_reference_cycle_between_names() -> None:
     """dsl.targets naming stages that reference each other by name is a cycle too."""
     with pytest.raises(dsl.CycleError) as caught:
-        dsl.plan({"a": dsl.stage("b"), "b": dsl.stage("a")}, "a")
+        api.plan({"a": dsl.stage("b"), "b": dsl.stage("a")}, "a")
     assert caught.value.cycle == ("a", "b")
 
 
@@ -99,7 +100,7 @@ def test_networkx_view_collapses_equal_keys(tmp_path: Path) -> None:
     one = dsl.image("alpine:3.20").env(A="1").copy(src.file("f"), "/f")
     two = dsl.image("alpine:3.20").env(A="2").copy(src.file("f"), "/f")
     final = dsl.scratch().copy(one.path("/f"), "/one").copy(two.path("/f"), "/two")
-    plan = dsl.plan(final)
+    plan = api.plan(final)
     graph = plan.graph.to_networkx()
     keys = {s.key for s in plan.steps}
     assert graph.number_of_nodes() == len(keys) < len(plan.steps)
@@ -109,10 +110,10 @@ def test_analysis_is_memoised_by_shape(tmp_path: Path) -> None:
     """A second plan of the same shape reads the analysis from the store."""
     store = Store(tmp_path / "store")
     stage = dsl.image("alpine:3.20").run("a").run("b")
-    first = dsl.plan(stage, store=store)
+    first = api.plan(stage, store=store)
     memo = list(store.area(StoreArea.ANALYSES).iterdir())
     assert len(memo) == 1
-    second = dsl.plan(dsl.image("alpine:3.21").run("c").run("d"), store=store)
+    second = api.plan(dsl.image("alpine:3.21").run("c").run("d"), store=store)
     assert [s.wave for s in first.steps] == [s.wave for s in second.steps]
     assert len(list(store.area(StoreArea.ANALYSES).iterdir())) == 1
 
@@ -121,10 +122,10 @@ def test_damaged_analysis_memo_is_recomputed(tmp_path: Path) -> None:
     """A damaged memo is ignored and replaced, never trusted."""
     store = Store(tmp_path / "store")
     stage = dsl.image("alpine:3.20").run("a")
-    expected = [s.wave for s in dsl.plan(stage, store=store).steps]
+    expected = [s.wave for s in api.plan(stage, store=store).steps]
     (memo,) = store.area(StoreArea.ANALYSES).iterdir()
     memo.write_text('{"v": 1, "order": [0, 0], "waves": [5]}')
-    assert [s.wave for s in dsl.plan(stage, store=store).steps] == expected
+    assert [s.wave for s in api.plan(stage, store=store).steps] == expected
 
 
 def test_layered_copy_makes_one_node_per_layer(tmp_path: Path) -> None:
@@ -135,13 +136,13 @@ def test_layered_copy_makes_one_node_per_layer(tmp_path: Path) -> None:
     (root / "src" / "a.py").write_text("a\n")
     src = dsl.context(root)
     stage = dsl.image("alpine:3.20").copy(src, "/app", layers=[["requirements.txt"]]).run("x")
-    plan = dsl.plan(stage)
+    plan = api.plan(stage)
     parts = [s for s in plan.steps if s.node.part is not None]
     assert [p.node.part for p in parts] == ["group-0", "rest"]
     assert parts[0].node.deps == parts[1].node.deps == (0,)
     before = [s.key for s in plan.steps]
     (root / "src" / "a.py").write_text("b\n")
-    after = [s.key for s in dsl.plan(stage).steps]
+    after = [s.key for s in api.plan(stage).steps]
     assert before[1] == after[1]  # the requirements layer keeps its key
     assert before[2] != after[2]
     assert before[3] != after[3]  # the RUN sees the new files
@@ -160,5 +161,5 @@ def test_single_file_destinations(tmp_path: Path, dest: str, placed: str) -> Non
     """A file copied to `.`, `..` or `dir/` lands inside it; to any other name, as that name."""
     (tmp_path / "f.txt").write_text("x")
     stage = dsl.scratch().workdir("/w").copy(dsl.context(tmp_path).file("f.txt"), dest)
-    (tree,) = dsl.plan(stage).steps[-1].node.trees
+    (tree,) = api.plan(stage).steps[-1].node.trees
     assert [row[0] for row in tree.rows] == [placed]

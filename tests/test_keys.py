@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import imagedsl as dsl
-from imagedsl import keys
+from imagedsl import api, keys
 
 NAMES = st.sampled_from(["A", "B", "PATH", "HOME", "LANG", "X_1"])
 SAFE_TEXT = st.characters(blacklist_characters="\x00", blacklist_categories=["Cs"])
@@ -53,7 +53,7 @@ SPECS = st.builds(
 
 def keys_of(stage: dsl.Stage) -> list[str]:
     """Every step key of a stage, in plan order, with no store."""
-    return [step.key for step in dsl.plan(stage).steps]
+    return [step.key for step in api.plan(stage).steps]
 
 
 def test_canonical_form_ignores_insertion_order() -> None:
@@ -66,7 +66,7 @@ def test_canonical_form_ignores_insertion_order() -> None:
 
 def test_key_is_64_lowercase_hex_and_versioned() -> None:
     """Keys are 64 hex digits, and every preimage carries the key format version."""
-    step = dsl.plan(dsl.scratch()).steps[0]
+    step = api.plan(dsl.scratch()).steps[0]
     assert keys.is_key(step.key)
     assert step.node.preimage["v"] == keys.KEY_VERSION
 
@@ -135,7 +135,7 @@ def test_secret_mount_keys_hold_the_id_but_no_value() -> None:
     stage = dsl.image("alpine:3.20").run(
         "cat /run/secrets/token", mounts=[dsl.secret("token", required=True)]
     )
-    preimage = dsl.plan(stage).steps[-1].node.preimage
+    preimage = api.plan(stage).steps[-1].node.preimage
     assert preimage["mounts"] == [
         {
             "type": "secret",
@@ -157,6 +157,6 @@ def test_cache_mount_id_changes_key_but_contents_cannot() -> None:
     one = keys_of(base.run("make", mounts=[dsl.cache("/c", id="a")]))
     two = keys_of(base.run("make", mounts=[dsl.cache("/c", id="b")]))
     assert one[-1] != two[-1]
-    assert set(dsl.plan(base.run("make", mounts=[dsl.cache("/c")])).steps[-1].node.preimage["mounts"][0]) == {
+    assert set(api.plan(base.run("make", mounts=[dsl.cache("/c")])).steps[-1].node.preimage["mounts"][0]) == {
         "type", "target", "id", "sharing", "mode", "uid", "gid", "readonly"
     }  # fmt: skip

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import imagedsl as dsl
-from imagedsl import keys
+from imagedsl import api, keys
 from imagedsl.store import Record, Store, StoreArea, StoreWarning, default_store_path
 
 
@@ -68,13 +68,13 @@ def test_a_damaged_record_makes_the_plan_miss_with_a_warning(tmp_path: Path) -> 
     """Planning over a damaged ledger warns, then plans the step as a miss."""
     store = Store(tmp_path / "store")
     stage = dsl.image("alpine@sha256:" + "a" * 64).run("true")
-    for step in dsl.plan(stage, store=store).steps:
-        dsl.record_step(store, step)
-    key = dsl.plan(stage, store=store).steps[-1].key
+    for step in api.plan(stage, store=store).steps:
+        api.record_step(store, step)
+    key = api.plan(stage, store=store).steps[-1].key
     next(store.area(StoreArea.LEDGER).rglob(f"{key}.json")).write_text("{")
     with pytest.warns(StoreWarning):
-        plan = dsl.plan(stage, store=store)
-    assert plan.steps[-1].status is dsl.PlanStatus.MISS
+        plan = api.plan(stage, store=store)
+    assert plan.steps[-1].status is api.PlanStatus.MISS
 
 
 def test_store_location_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

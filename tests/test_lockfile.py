@@ -13,6 +13,7 @@ from docker_support import RegistryServer
 from registry_support import make_image
 
 import imagedsl as dsl
+from imagedsl import api
 from imagedsl.lockfile import LockFile, LockFileError
 from imagedsl.registry.client import RegistryClient
 from imagedsl.store import Store
@@ -30,16 +31,16 @@ def write_build(directory: Path, base: str) -> Path:
 def test_lock_pins_an_unpinned_base(tmp_path: Path) -> None:
     """With a lock entry, the FROM key is the digest's, and the plan says where it came from."""
     build_path = write_build(tmp_path, "alpine:3.20")
-    unlocked = dsl.load_buildfile(build_path).plan()
+    unlocked = api.load_buildfile(build_path).plan()
     LockFile(tmp_path / "imagedsl.lock").updated(
         [("docker.io/library/alpine:3.20", "linux/amd64", DIGEST)]
     ).write()
-    locked = dsl.load_buildfile(build_path).plan()
+    locked = api.load_buildfile(build_path).plan()
     assert locked.steps[0].node.preimage["digest"] == DIGEST
     assert locked.steps[0].key != unlocked.steps[0].key
-    assert locked.steps[0].key == dsl.plan(dsl.image(f"alpine:3.20@{DIGEST}")).steps[0].key
+    assert locked.steps[0].key == api.plan(dsl.image(f"alpine:3.20@{DIGEST}")).steps[0].key
     assert locked.steps[0].notes == (f"pinned to {DIGEST} by the lock file",)
-    other_platform = dsl.load_buildfile(build_path).plan(platform="linux/arm64")
+    other_platform = api.load_buildfile(build_path).plan(platform="linux/arm64")
     assert other_platform.steps[0].node.preimage["digest"] is None
 
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 import imagedsl as dsl
-from imagedsl import buildstate, cli, steps
+from imagedsl import api, buildstate, cli, steps
 from imagedsl._validate import clean_container_path
 from imagedsl.backends.dockerfile import _words as words
 from imagedsl.backends.dockerfile._staging import content_mtime_ns
@@ -70,7 +70,7 @@ def test_stages_follow_build_file_names_and_unused_stages_are_dropped(src_dir: P
     app = deps.copy(src.dir("app"), "/app/app").copy(builder.path("/out/tool"), "/bin/tool")
     test = deps.run("echo test")
     unused = dsl.image("alpine:3.19").run("echo never")
-    plan = dsl.plan(
+    plan = api.plan(
         {
             "base": base,
             "deps": deps,
@@ -99,7 +99,7 @@ def test_prefix_shared_inside_a_target_becomes_a_stage(src_dir: Path) -> None:
     base = dsl.image(BUSYBOX).run("echo shared")
     left = base.run("echo left > /left")
     both = base.run("echo right").copy(left.path("/left"), "/left")
-    lowered = lower_to_dockerfile(dsl.plan({"base": base, "left": left, "both": both}, "both"))
+    lowered = lower_to_dockerfile(api.plan({"base": base, "left": left, "both": both}, "both"))
     assert [stage.name for stage in lowered.stages] == ["base", "left", "both"]
     assert lowered.text.count("RUN echo shared") == 1
     del src
@@ -110,7 +110,7 @@ def test_anonymous_prefix_shared_by_two_named_stages_gets_a_derived_name() -> No
     base = dsl.image(BUSYBOX)
     first = base.run("echo 1").run("echo 2").run("echo a")
     second = base.run("echo 1").run("echo 2").run("echo b").copy(first.path("/"), "/first")
-    lowered = lower_to_dockerfile(dsl.plan({"first": first, "second": second}, "second"))
+    lowered = lower_to_dockerfile(api.plan({"first": first, "second": second}, "second"))
     names = [stage.name for stage in lowered.stages]
     assert names[-1] == "second"
     assert "first" in names
@@ -124,21 +124,49 @@ def test_stage_names_are_valid_dockerfile_names() -> None:
     scratch = base.run("echo s")
     target = base.run("echo t").copy(scratch.path("/"), "/s")
     named = {"Base": base, "scratch": scratch, "MyApp": target}
-    lowered = lower_to_dockerfile(dsl.plan(named, "MyApp"))
+    lowered = lower_to_dockerfile(api.plan(named, "MyApp"))
     names = [stage.name for stage in lowered.stages]
     assert names == ["base", "scratch-stage", "myapp"]
 
 
-def test_continuing_stage_redeclares_args_in_scope() -> None:
-    """ARGs are per stage in a Dockerfile: a continuing stage declares them again."""
+def test_continuing_stage_inherits_args_without_declaring_them() -> None:
+    """BuildKit carries a stage's environment (ARG values too) into a stage FROM it: the
+    lowering declares nothing again, which would re-apply --build-arg values and reorder it."""
     base = dsl.image(BUSYBOX).arg("VERSION", "1.0").arg("EMPTY").run("echo $VERSION")
     app = base.run("echo app $VERSION")
-    lowered = lower_to_dockerfile(dsl.plan({"base": base, "app": app}, "app", build_args={}))
+    lowered = lower_to_dockerfile(api.plan({"base": base, "app": app}, "app", build_args={}))
     lines = instructions(lowered)
-    assert lines[lines.index("FROM base AS app") + 1] == "ARG VERSION=1.0"
-    assert "ARG EMPTY" in lines
-    overridden = dsl.plan({"base": base, "app": app}, "app", build_args={"VERSION": "2 0"})
-    assert 'ARG VERSION="2 0"' in instructions(lower_to_dockerfile(overridden))
+    assert lines[lines.index("FROM base AS app") + 1] == "RUN echo app $VERSION"
+    assert lines.count("ARG VERSION=1.0") == 1
+    assert lines.count("ARG EMPTY") == 1
+    overridden = api.plan({"base": base, "app": app}, "app", build_args={"VERSION": "2 0"})
+    assert instructions(lower_to_dockerfile(overridden)) == lines  # --build-arg goes to docker
+
+
+def test_an_env_is_not_overridden_by_a_redeclared_arg() -> None:
+    """ARG X=1 then ENV X=e, continued in another stage: no ARG X=1 comes back to override
+    the ENV (BuildKit would then run with X=1 while the plan says e)."""
+    base = dsl.image(BUSYBOX).arg("X", "1").env(X="e")
+    app = base.run("echo $X > /x")
+    plan = api.plan({"base": base, "app": app}, "app")
+    lines = instructions(lower_to_dockerfile(plan))
+    assert lines[lines.index("FROM base AS app") + 1] == "RUN echo $X > /x"
+    assert dict(plan.steps[-1].node.state.env)["X"] == "e"
+
+
+def test_global_args_are_declared_before_the_first_from() -> None:
+    """Global ARGs keep their ${VAR}s in FROM lines, so the Dockerfile still takes --build-arg."""
+    version = dsl.arg("TAG", "latest")
+    image = dsl.image(f"imagedsl-test/busybox:{version}", platform="$BUILDPLATFORM")
+    stage = image.arg(version).run("echo $TAG")
+    plan = api.plan(stage, "s", global_args=[version])
+    lines = instructions(lower_to_dockerfile(plan))
+    assert lines[0] == "ARG TAG=latest"
+    assert lines[1].startswith("FROM --platform=$BUILDPLATFORM imagedsl-test/busybox:${TAG} AS ")
+    assert plan.steps[0].instruction == "FROM imagedsl-test/busybox:latest"
+    other = api.plan(stage, "s", global_args=[version], build_args={"TAG": "1.36"})
+    assert other.steps[0].instruction == "FROM imagedsl-test/busybox:1.36"
+    assert dict(other.steps[-1].node.state.env)["TAG"] == "1.36"
 
 
 def test_vertex_labels_count_only_instructions_that_make_a_vertex() -> None:
@@ -146,7 +174,7 @@ def test_vertex_labels_count_only_instructions_that_make_a_vertex() -> None:
     are not (as BuildKit's progress numbers them)."""
     base = dsl.image(BUSYBOX).env(A="1").workdir("/w").run("echo 1")
     app = base.label(x="y").run("echo 2").cmd("sh")
-    plan = dsl.plan({"base": base, "app": app}, "app")
+    plan = api.plan({"base": base, "app": app}, "app")
     lowered = lower_to_dockerfile(plan)
     labels = {plan.steps[i].instruction: label for i, label in lowered.vertices.items()}
     assert labels == {
@@ -161,7 +189,7 @@ def test_scratch_makes_no_vertex() -> None:
     """FROM scratch is not a vertex: numbering starts at the first filesystem step; a
     Dockerfile with one stage has no stage name in its labels."""
     stage = dsl.scratch().workdir("/x").workdir("/y")
-    lowered = lower_to_dockerfile(dsl.plan(stage, "out"))
+    lowered = lower_to_dockerfile(api.plan(stage, "out"))
     assert sorted(lowered.vertices.values()) == ["[1/2]", "[2/2]"]  # one stage: no name
 
 
@@ -182,7 +210,7 @@ def test_shell_form_kept_when_exact_and_exec_form_otherwise() -> None:
         .shell("/bin/bash", "-eu", "-c")
         .run("echo with bash\n")
     )
-    lines = instructions(lower_to_dockerfile(dsl.plan(stage, "s")))
+    lines = instructions(lower_to_dockerfile(api.plan(stage, "s")))
     assert lines[1:] == [
         "RUN echo plain && ls -l | wc -l",
         'RUN ["/bin/sh", "-c", "echo \'two\\nlines\'"]',
@@ -212,7 +240,7 @@ def test_mounts_are_spelled_with_only_non_default_options(src_dir: Path) -> None
             dsl.tmpfs("/scratch"),
         ],
     )
-    plan = dsl.plan({"tools": tools, "out": stage}, "out")
+    plan = api.plan({"tools": tools, "out": stage}, "out")
     lowered = lower_to_dockerfile(plan)
     run = next(line for line in instructions(lowered) if line.endswith(" make"))
     trees = {tree.name: tree for tree in lowered.trees}
@@ -261,7 +289,7 @@ def test_mounts_are_spelled_with_only_non_default_options(src_dir: Path) -> None
 def test_newer_features_are_written_and_noted(src_dir: Path, make: Any, feature: str) -> None:
     """Options Docker 20.10's frontend lacks are still lowered faithfully, and noted."""
     src = dsl.context(src_dir)
-    plan = dsl.plan(make(dsl.image(BUSYBOX), src), "s")
+    plan = api.plan(make(dsl.image(BUSYBOX), src), "s")
     lowered = lower_to_dockerfile(plan)
     assert [r.feature for r in lowered.requirements] == [feature]
     assert lowered.requirements[0].step == len(plan.steps) - 1
@@ -271,7 +299,7 @@ def test_newer_features_are_written_and_noted(src_dir: Path, make: Any, feature:
 def test_exclude_from_the_context_needs_no_flag(src_dir: Path) -> None:
     """COPY ... exclude= from the context is exact without --exclude: the tree leaves it out."""
     src = dsl.context(src_dir)
-    plan = dsl.plan(dsl.image(BUSYBOX).copy(src.dir("app"), "/app", exclude=["*.log"]), "s")
+    plan = api.plan(dsl.image(BUSYBOX).copy(src.dir("app"), "/app", exclude=["*.log"]), "s")
     lowered = lower_to_dockerfile(plan)
     assert lowered.requirements == ()
     (tree,) = lowered.trees
@@ -282,7 +310,7 @@ def test_exclude_from_the_context_needs_no_flag(src_dir: Path) -> None:
 def test_values_with_line_breaks_are_refused_with_the_step_location() -> None:
     """An ENV value with a newline cannot be written in any Dockerfile: say where it came from."""
     stage = dsl.image(BUSYBOX).env(GREETING="a\nb")
-    plan = dsl.plan(stage, "s")
+    plan = api.plan(stage, "s")
     with pytest.raises(LoweringError) as caught:
         lower_to_dockerfile(plan)
     assert caught.value.location is not None
@@ -294,10 +322,10 @@ def test_copy_sources_name_content_digests(src_dir: Path) -> None:
     """A COPY's source is a directory named by the tree digest; a renamed directory with the
     same files gives the same COPY line (BuildKit's key then follows content, like ours)."""
     src = dsl.context(src_dir, ignore=["*.log"])
-    first = lower_to_dockerfile(dsl.plan(dsl.image(BUSYBOX).copy(src.dir("app"), "/app"), "s"))
+    first = lower_to_dockerfile(api.plan(dsl.image(BUSYBOX).copy(src.dir("app"), "/app"), "s"))
     (src_dir / "app").rename(src_dir / "application")
     second = lower_to_dockerfile(
-        dsl.plan(dsl.image(BUSYBOX).copy(src.dir("application"), "/app"), "s")
+        api.plan(dsl.image(BUSYBOX).copy(src.dir("application"), "/app"), "s")
     )
     assert instructions(first)[1:] == instructions(second)[1:]
     assert instructions(first)[1] == f"COPY {first.trees[0].name}/ /app"
@@ -314,7 +342,7 @@ def test_single_file_copies_keep_their_name(src_dir: Path) -> None:
         .copy(src.file("run.sh"), "/usr/local/bin/run")
         .add(src.file("requirements.txt"), "/opt/r")
     )
-    lowered = lower_to_dockerfile(dsl.plan(stage, "s"))
+    lowered = lower_to_dockerfile(api.plan(stage, "s"))
     copies = [line for line in instructions(lowered) if line.startswith(("COPY", "ADD"))]
     assert [line.split()[1].split("/", 1)[1] for line in copies] == [
         "requirements.txt",
@@ -338,7 +366,7 @@ def test_config_instructions(src_dir: Path) -> None:
         .entrypoint("python", "-m", "app")
         .cmd("serve --port 80", shell=True)
     )
-    lines = instructions(lower_to_dockerfile(dsl.plan(stage, "s")))
+    lines = instructions(lower_to_dockerfile(api.plan(stage, "s")))
     assert lines == [
         f"FROM --platform=linux/amd64 {BUSYBOX} AS s",
         'ENV PATH=/opt/bin:$PATH GREETING="hello world" COST="\\$5 \\$6"',
@@ -452,7 +480,7 @@ def test_build_dir_holds_exactly_the_planned_trees(src_dir: Path, tmp_path: Path
         .copy(src.glob("*.sh"), "/sh/", layers="auto")
         .run("true", mounts=[dsl.bind(src.dir("app"), "/mnt")])
     )
-    plan = dsl.plan(stage, "s")
+    plan = api.plan(stage, "s")
     out = tmp_path / "out"
     lowered = write_build_dir(plan, out)
     planned = {tree.name: tree.digest for tree in lowered.trees}
@@ -470,11 +498,11 @@ def test_build_dir_files_have_content_mtimes(src_dir: Path, tmp_path: Path) -> N
     src = dsl.context(src_dir)
     source = src_dir / "requirements.txt"
     stage = dsl.image(BUSYBOX).copy(src.file("requirements.txt"), "/app/")
-    first = write_build_dir(dsl.plan(stage, "s"), tmp_path / "a")
+    first = write_build_dir(api.plan(stage, "s"), tmp_path / "a")
     stat = source.stat()
     source.write_text("django\n")  # same size
     os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    second = write_build_dir(dsl.plan(stage, "s"), tmp_path / "b")
+    second = write_build_dir(api.plan(stage, "s"), tmp_path / "b")
     (a,) = first.trees
     (b,) = second.trees
     a_mtime = (tmp_path / "a" / a.name / "requirements.txt").stat().st_mtime_ns
@@ -487,14 +515,14 @@ def test_build_dir_rewrite_and_refusal(src_dir: Path, tmp_path: Path) -> None:
     """A directory written before is updated (stale trees go); someone else's is refused."""
     src = dsl.context(src_dir)
     out = tmp_path / "out"
-    write_build_dir(dsl.plan(dsl.image(BUSYBOX).copy(src.dir("app"), "/app"), "s"), out)
-    lowered = write_build_dir(dsl.plan(dsl.image(BUSYBOX).copy(src.file("run.sh"), "/"), "s"), out)
+    write_build_dir(api.plan(dsl.image(BUSYBOX).copy(src.dir("app"), "/app"), "s"), out)
+    lowered = write_build_dir(api.plan(dsl.image(BUSYBOX).copy(src.file("run.sh"), "/"), "s"), out)
     assert sorted(p.name for p in out.iterdir()) == sorted(["Dockerfile", lowered.trees[0].name])
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(BuildDirError, match="not written by"):
-        write_build_dir(dsl.plan(dsl.image(BUSYBOX), "s"), foreign)
+        write_build_dir(api.plan(dsl.image(BUSYBOX), "s"), foreign)
 
 
 def test_cli_lower_prints_and_writes(src_dir: Path, tmp_path: Path, capsys: Any) -> None:
@@ -664,7 +692,7 @@ def test_generated_builds_parse_into_the_instructions_meant(
     named = data.draw(_builds(parse_src))
     target = list(named)[-1]
     try:
-        plan = dsl.plan(named, target)
+        plan = api.plan(named, target)
     except buildstate.ExpansionError:
         assume(False)
         raise
@@ -683,7 +711,7 @@ def test_generated_builds_parse_into_the_instructions_meant(
     assert "line break" in refused.problem
 
 
-def concrete_states(plan: dsl.Plan) -> list[buildstate.BuildState]:
+def concrete_states(plan: api.Plan) -> list[buildstate.BuildState]:
     """The state after each step on a base image whose config is empty: what BuildKit computes
     (the plan keeps base-image variables unexpanded, as it cannot read the base)."""
     states: list[buildstate.BuildState] = []
@@ -694,11 +722,11 @@ def concrete_states(plan: dsl.Plan) -> list[buildstate.BuildState]:
         elif node.parent is None:
             states.append(node.state)
         else:
-            states.append(states[node.parent].apply(node.step, {}))
+            states.append(states[node.parent].apply(node.step, plan.graph.scope))
     return states
 
 
-def check_lowered(plan: dsl.Plan, lowered: LoweredDockerfile) -> None:
+def check_lowered(plan: api.Plan, lowered: LoweredDockerfile) -> None:
     """Parse ``lowered`` with the Go parser and compare every instruction with its step."""
     parsed = {command.start_line: command for command in dockerfile.parse_string(lowered.text)}
     states = concrete_states(plan)
@@ -711,29 +739,27 @@ def check_lowered(plan: dsl.Plan, lowered: LoweredDockerfile) -> None:
         assert command.cmd == "FROM"
         assert command.value[-2:] == ("AS", stage.name)
         used.add(stage.line)
-        if first.kind not in ("from", "scratch"):
-            parent = states[first.node.parent or 0]
-            scope: dict[str, str] = {}
-            for offset, (name, value) in enumerate(parent.args, start=1):
-                redeclared = parsed[stage.line + offset]
-                assert redeclared.cmd == "ARG"
-                key, _, word = redeclared.value[0].partition("=")
-                assert key == name
-                assert read_word(word, {**scope, **dict(parent.env)}) == value
-                scope[name] = value
-                used.add(redeclared.start_line)
         for index in stage.steps:
             if index == stage.steps[0] and first.kind in ("from", "scratch"):
                 continue
             line = lowered.lines[index]
             check_step(plan, lowered, states, index, parsed[line])
             used.add(line)
+    for name, default in plan.graph.scope.declared:  # global ARGs, before the first FROM
+        line = min(
+            n for n, c in parsed.items() if c.cmd == "ARG" and c.value[0].split("=")[0] == name
+        )
+        assert line < min(stage.line for stage in lowered.stages)
+        assert (parsed[line].value[0].partition("=")[2] or None) == (
+            None if default is None else parsed[line].value[0].partition("=")[2]
+        )
+        used.add(line)
     assert covered == set(range(len(plan.steps)))
     assert used == set(parsed), "instructions that belong to no step"
 
 
 def check_step(
-    plan: dsl.Plan,
+    plan: api.Plan,
     lowered: LoweredDockerfile,
     states: list[buildstate.BuildState],
     index: int,
@@ -770,14 +796,18 @@ def check_step(
             assert key == arg.name
             if arg.default is None:
                 assert not eq
-            else:
-                assert read_word(word, variables) == dict(after.args)[arg.name]
+            elif arg.name not in plan.graph.scope.build_args:
+                assert read_word(word, variables) == dict(after.env)[arg.name]
         case steps.Workdir():
             assert command.cmd == "WORKDIR"
-            resolved = clean_container_path(
-                posixpath.join(before.workdir, read_word(value[0], variables))
+            word = read_word(value[0], variables)
+            # BuildKit keeps an absolute WORKDIR as written and cleans a relative one.
+            resolved = (
+                word
+                if word.startswith("/")
+                else clean_container_path(posixpath.join(before.workdir, word))
             )
-            assert (resolved.rstrip("/") or "/") == after.workdir
+            assert resolved == after.workdir
         case steps.User():
             assert (command.cmd, read_word(value[0], variables)) == ("USER", after.user)
         case steps.Label() as label:
@@ -850,5 +880,28 @@ def test_fixed_build_parses(src_dir: Path) -> None:
         .healthcheck(None)
         .cmd("sh")
     )
-    plan = dsl.plan({"tools": tools, "app": app}, "app")
+    plan = api.plan({"tools": tools, "app": app}, "app")
     check_lowered(plan, lower_to_dockerfile(plan))
+
+
+def test_from_a_stage_chosen_by_a_platform_arg() -> None:
+    """``FROM build_${TARGETOS}`` continues the stage the target platform names."""
+    named = {
+        "build_linux": dsl.image(BUSYBOX).run("echo linux"),
+        "build_windows": dsl.image(BUSYBOX).run("echo windows"),
+    }
+    final = dsl.from_stage("build_${TARGETOS}").run("echo final")
+    plan = api.plan({**named, "final": final}, "final")
+    assert [s.instruction for s in plan.steps] == [
+        f"FROM {BUSYBOX}",
+        "RUN echo linux",
+        "FROM build_${TARGETOS}",
+        "RUN echo final",
+    ]
+    assert plan.steps[2].status is api.PlanStatus.CONFIG
+    lines = instructions(lower_to_dockerfile(plan))
+    assert lines[-2:] == ["FROM build_linux AS final", "RUN echo final"]
+    darwin = {**named, "final": dsl.from_stage("build_${TARGETOS}_x").run("echo final")}
+    with pytest.raises(dsl.UnknownStageError) as raised:
+        api.plan(darwin, "final")
+    assert raised.value.name == "build_linux_x"

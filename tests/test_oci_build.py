@@ -19,6 +19,7 @@ import pytest
 from oci_support import build, layer_members, read_image
 
 import imagedsl as dsl
+from imagedsl import api
 from imagedsl.backends import BuildRequestError
 from imagedsl.backends.oci.backend import OCIBackend
 from imagedsl.backends.oci.outputs import Output
@@ -554,15 +555,15 @@ def test_plan_pins_a_local_base_by_what_it_holds(tmp_path: Path) -> None:
     build_path = tmp_path / "build.py"
     build_path.write_text(f"import imagedsl as dsl\n\napp = dsl.image('oci:{layout}:1')\n")
     store = Store(tmp_path / "store")
-    before = dsl.load_buildfile(build_path).plan(store=store)
+    before = api.load_buildfile(build_path).plan(store=store)
     assert before.steps[0].node.preimage["digest"] == first
     assert before.steps[0].notes == (f"resolved to {first} from the local image",)
-    dsl.record_step(store, before.steps[0])
+    api.record_step(store, before.steps[0])
     shutil.rmtree(layout)
     second = oci_support.write_layout(
         layout, [oci_support.tar_bytes(oci_support.busybox_members())], config={"Cmd": ["x"]}
     )
-    after = dsl.load_buildfile(build_path).plan(store=store)
+    after = api.load_buildfile(build_path).plan(store=store)
     assert after.steps[0].status is PlanStatus.MISS
     assert after.steps[0].reasons == (
         f"base image digest changed: sha256:{first[7:19]} -> sha256:{second[7:19]}",

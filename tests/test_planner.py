@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import imagedsl as dsl
+from imagedsl import api
 from imagedsl.planner import PlanStatus, record_copy_output, record_step
 from imagedsl.store import Store, StoreArea
 
@@ -33,13 +34,13 @@ def fixture_src_dir(tmp_path: Path) -> Path:
     return root
 
 
-def build_all(plan: dsl.Plan, store: Store) -> None:
+def build_all(plan: api.Plan, store: Store) -> None:
     """Record every step, as a backend does after a successful build."""
     for step in plan.steps:
         record_step(store, step)
 
 
-def statuses(plan: dsl.Plan) -> list[str]:
+def statuses(plan: api.Plan) -> list[str]:
     """The status column of a plan."""
     return [s.status.value for s in plan.steps]
 
@@ -60,7 +61,7 @@ def make_app(src_dir: Path, *, env: str = "1", ref: str = f"python:3.12@{DIGEST_
 
 def test_everything_misses_on_an_empty_store(src_dir: Path, store: Store) -> None:
     """With nothing recorded, every layer step misses and config steps are config."""
-    plan = dsl.plan(make_app(src_dir), store=store)
+    plan = api.plan(make_app(src_dir), store=store)
     assert statuses(plan) == ["miss", "config", "miss", "miss", "miss", "miss", "config"]
     assert plan.steps[2].reasons == ("no earlier build of this step",)
     assert plan.summary == {"hit": 0, "miss": 5, "maybe": 0, "config": 2}
@@ -68,8 +69,8 @@ def test_everything_misses_on_an_empty_store(src_dir: Path, store: Store) -> Non
 
 def test_recorded_steps_are_hits(src_dir: Path, store: Store) -> None:
     """After recording, an unchanged plan is all hits (and config)."""
-    build_all(dsl.plan(make_app(src_dir), store=store), store)
-    plan = dsl.plan(make_app(src_dir), store=store)
+    build_all(api.plan(make_app(src_dir), store=store), store)
+    plan = api.plan(make_app(src_dir), store=store)
     assert statuses(plan) == ["hit", "config", "hit", "hit", "hit", "hit", "config"]
     assert all(not s.reasons for s in plan.steps)
 
@@ -138,9 +139,9 @@ def test_miss_reasons_after_an_edit(
     expected: list[tuple[str, tuple[str, ...]]],
 ) -> None:
     """Each kind of edit gives the statuses and reasons a person would expect."""
-    build_all(dsl.plan(make_app(src_dir), store=store), store)
+    build_all(api.plan(make_app(src_dir), store=store), store)
     edit(src_dir)
-    plan = dsl.plan(make_app(src_dir, **options), store=store)
+    plan = api.plan(make_app(src_dir, **options), store=store)
     layer_steps = [
         (s.status.value, s.reasons) for s in plan.steps if s.kind in ("workdir", "copy", "run")
     ]
@@ -149,8 +150,8 @@ def test_miss_reasons_after_an_edit(
 
 def test_base_digest_change_reason(src_dir: Path, store: Store) -> None:
     """A moved base digest is named old -> new on the FROM step."""
-    build_all(dsl.plan(make_app(src_dir), store=store), store)
-    plan = dsl.plan(make_app(src_dir, ref=f"python:3.12@{DIGEST_B}"), store=store)
+    build_all(api.plan(make_app(src_dir), store=store), store)
+    plan = api.plan(make_app(src_dir, ref=f"python:3.12@{DIGEST_B}"), store=store)
     assert plan.steps[0].reasons == (
         "base image digest changed: sha256:aaaaaaaaaaaa -> sha256:bbbbbbbbbbbb",
     )
@@ -159,19 +160,19 @@ def test_base_digest_change_reason(src_dir: Path, store: Store) -> None:
 def test_build_arg_override_reason(store: Store) -> None:
     """A --build-arg override reaches RUN's key and is named ARG old -> new."""
     stage = dsl.image(f"alpine@{DIGEST_A}").arg("VERSION", default="1").run("echo $VERSION")
-    build_all(dsl.plan(stage, store=store), store)
-    plan = dsl.plan(stage, store=store, build_args={"VERSION": "2"})
+    build_all(api.plan(stage, store=store), store)
+    plan = api.plan(stage, store=store, build_args={"VERSION": "2"})
     assert plan.steps[-1].status is PlanStatus.MISS
     assert plan.steps[-1].reasons == ("ARG VERSION '1' -> '2'",)
     assert (
-        dsl.plan(stage, store=store, build_args={"VERSION": "1"}).steps[-1].status is PlanStatus.HIT
+        api.plan(stage, store=store, build_args={"VERSION": "1"}).steps[-1].status is PlanStatus.HIT
     )
 
 
 def test_command_change_reason(store: Store) -> None:
     """A changed RUN names the command, old -> new."""
-    build_all(dsl.plan(dsl.image(f"alpine@{DIGEST_A}").run("make"), store=store), store)
-    plan = dsl.plan(dsl.image(f"alpine@{DIGEST_A}").run("make all"), store=store)
+    build_all(api.plan(dsl.image(f"alpine@{DIGEST_A}").run("make"), store=store), store)
+    plan = api.plan(dsl.image(f"alpine@{DIGEST_A}").run("make all"), store=store)
     assert plan.steps[-1].reasons == (
         'command changed: ["/bin/sh", "-c", "make"] -> ["/bin/sh", "-c", "make all"]',
     )
@@ -190,21 +191,21 @@ def test_copy_from_a_rebuilt_stage_is_maybe_then_cut_off(src_dir: Path, store: S
             .copy(src.file("requirements.txt"), "/r.txt")
         )
 
-    first = dsl.plan(make("go build -o /out/tool"), store=store)
+    first = api.plan(make("go build -o /out/tool"), store=store)
     build_all(first, store)
     copy_step = next(s for s in first.steps if s.instruction.startswith("COPY --from"))
     tree = (
-        dsl.plan(dsl.scratch().copy(src.file("requirements.txt"), "/tool"), store=None)
+        api.plan(dsl.scratch().copy(src.file("requirements.txt"), "/tool"), store=None)
         .steps[1]
         .node.trees[0]
     )
     record_copy_output(store, copy_step, tree)
     # The same build again: everything hits, the COPY --from by its recorded content.
-    again = dsl.plan(make("go build -o /out/tool"), store=store)
+    again = api.plan(make("go build -o /out/tool"), store=store)
     assert "maybe" not in statuses(again)
     build_all(again, store)
     # Rebuild the builder with another command: the copy is maybe, and so is what follows.
-    changed = dsl.plan(make("go build -trimpath -o /out/tool"), store=store)
+    changed = api.plan(make("go build -trimpath -o /out/tool"), store=store)
     rows = {s.instruction: s for s in changed.steps}
     assert rows["RUN go build -trimpath -o /out/tool"].status is PlanStatus.MISS
     copy_row = rows["COPY --from=image-stage-1 /out/tool /tool"]
@@ -218,7 +219,7 @@ def test_copy_from_a_rebuilt_stage_is_maybe_then_cut_off(src_dir: Path, store: S
         if step.node.index in changed_copy.node.deps or step.kind == "from":
             record_step(store, step)
     record_copy_output(store, changed_copy, tree)
-    after = dsl.plan(make("go build -trimpath -o /out/tool"), store=store)
+    after = api.plan(make("go build -trimpath -o /out/tool"), store=store)
     last = after.steps[-1]
     assert last.key == again.steps[-1].key
     assert last.status is PlanStatus.HIT
@@ -226,14 +227,14 @@ def test_copy_from_a_rebuilt_stage_is_maybe_then_cut_off(src_dir: Path, store: S
 
 def test_unpinned_base_is_flagged(store: Store) -> None:
     """A tag-only base gets a note: its key cannot see the image change under the tag."""
-    plan = dsl.plan(dsl.image("alpine:3.20"), store=store)
+    plan = api.plan(dsl.image("alpine:3.20"), store=store)
     assert plan.steps[0].notes
-    assert not dsl.plan(dsl.image(f"alpine@{DIGEST_A}"), store=store).steps[0].notes
+    assert not api.plan(dsl.image(f"alpine@{DIGEST_A}"), store=store).steps[0].notes
 
 
 def test_json_follows_the_documented_schema(src_dir: Path, store: Store) -> None:
     """--json output has the versioned schema's fields and types."""
-    data = json.loads(json.dumps(dsl.plan(make_app(src_dir), store=store).to_json()))
+    data = json.loads(json.dumps(api.plan(make_app(src_dir), store=store).to_json()))
     assert data["schema"] == 1
     assert isinstance(data["buildfile"], str)
     assert data["target"] == "image"
@@ -253,7 +254,7 @@ def test_json_follows_the_documented_schema(src_dir: Path, store: Store) -> None
 def test_unknown_target_lists_the_available_ones() -> None:
     """Planning a name that is not a target lists the ones that are."""
     with pytest.raises(dsl.UnknownTargetError) as caught:
-        dsl.plan({"app": dsl.scratch(), "test": dsl.scratch()}, "nope")
+        api.plan({"app": dsl.scratch(), "test": dsl.scratch()}, "nope")
     assert caught.value.available == ("app", "test")
 
 
@@ -261,7 +262,7 @@ def test_missing_context_file_names_the_step_line(tmp_path: Path) -> None:
     """A COPY of a file that does not exist fails at plan time with the COPY's line."""
     stage = dsl.scratch().copy(dsl.context(tmp_path).file("missing.txt"), "/m")
     with pytest.raises(dsl.ContextError) as caught:
-        dsl.plan(stage)
+        api.plan(stage)
     assert caught.value.missing == ("missing.txt",)
     assert caught.value.location is not None
     assert caught.value.location.file == __file__
@@ -271,7 +272,7 @@ def test_secret_values_never_reach_a_plan(store: Store, monkeypatch: pytest.Monk
     """A plan of a RUN with a secret holds the id, never the value from the environment."""
     monkeypatch.setenv("TOKEN", "s3cr3t-value")
     stage = dsl.image(f"alpine@{DIGEST_A}").run("use", mounts=[dsl.secret("TOKEN", env="TOKEN")])
-    plan = dsl.plan(stage, store=store)
+    plan = api.plan(stage, store=store)
     record_step(store, plan.steps[-1])
     text = json.dumps(plan.to_json()) + plan.to_dot()
     stored = "".join(p.read_text() for p in store.area(StoreArea.LEDGER).rglob("*.json"))
@@ -285,7 +286,7 @@ def test_an_exclude_pattern_that_excludes_nothing_keeps_the_key(src_dir: Path) -
 
     def copy_key(*exclude: str) -> str:
         stage = dsl.image(f"python:3.12@{DIGEST_A}").copy(src.dir("app"), "/app", exclude=exclude)
-        return dsl.plan(stage, "s").steps[-1].key
+        return api.plan(stage, "s").steps[-1].key
 
     assert copy_key() == copy_key("*.tmp") == copy_key("*.tmp", "*.bak")
     assert copy_key("util.py") != copy_key()
@@ -304,8 +305,8 @@ def make_bound(run_tool: str, *, readwrite: bool = False, later: str = "echo lat
 def test_a_bind_mount_of_a_stage_that_is_not_built_is_maybe(store: Store) -> None:
     """BuildKit keys a read-only bind mount by the bytes mounted: when the mounted stage is
     rebuilt, the RUN (and what follows) is reused if they come out the same."""
-    build_all(dsl.plan(make_bound("make"), "s", store=store), store)
-    plan = dsl.plan(make_bound("make --again"), "s", store=store)
+    build_all(api.plan(make_bound("make"), "s", store=store), store)
+    plan = api.plan(make_bound("make --again"), "s", store=store)
     assert statuses(plan) == ["hit", "hit", "miss", "maybe", "maybe"]
     assert "mounts files of" in plan.steps[3].reasons[0]
 
@@ -313,9 +314,9 @@ def test_a_bind_mount_of_a_stage_that_is_not_built_is_maybe(store: Store) -> Non
 def test_a_bind_mount_of_an_unbuilt_stage_with_its_own_change_misses(store: Store) -> None:
     """A step whose own inputs changed too is a miss; a writable bind mount is like a
     read-only one (BuildKit keys both by content)."""
-    build_all(dsl.plan(make_bound("make"), "s", store=store), store)
-    plan = dsl.plan(make_bound("make --again", later="echo changed"), "s", store=store)
+    build_all(api.plan(make_bound("make"), "s", store=store), store)
+    plan = api.plan(make_bound("make --again", later="echo changed"), "s", store=store)
     assert statuses(plan) == ["hit", "hit", "miss", "maybe", "miss"]
-    build_all(dsl.plan(make_bound("make", readwrite=True), "s", store=store), store)
-    plan = dsl.plan(make_bound("make --again", readwrite=True), "s", store=store)
+    build_all(api.plan(make_bound("make", readwrite=True), "s", store=store), store)
+    plan = api.plan(make_bound("make --again", readwrite=True), "s", store=store)
     assert statuses(plan) == ["hit", "hit", "miss", "maybe", "maybe"]

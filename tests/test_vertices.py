@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import imagedsl as dsl
+from imagedsl import api
 from imagedsl.backends.dockerfile._progress import CACHED, DONE, ERROR, ProgressParser
 from imagedsl.backends.dockerfile._vertices import (
     ExpectedVertex,
@@ -102,7 +103,7 @@ def test_vertex_map_reads_a_lowered_dockerfile() -> None:
     """Stages of a lowered Dockerfile are aligned one by one, by the stage in the label."""
     base = dsl.image(BUSYBOX).run("echo one").workdir("/").arg("V", "1").run("echo $V")
     app = base.workdir("/app").run("echo app")
-    plan = dsl.plan({"base": base, "app": app}, "app")
+    plan = api.plan({"base": base, "app": app}, "app")
     lowered = lower_to_dockerfile(plan)
     mapping = VertexMap(lowered.expected_vertices, labelled=True)
     mapping.add(4, "base", 1, f"FROM docker.io/{BUSYBOX}")
@@ -123,7 +124,7 @@ def test_vertex_map_reads_a_lowered_dockerfile() -> None:
 def test_one_stage_dockerfile_labels_have_no_stage() -> None:
     """Without stage names in the labels, every vertex belongs to the only stage."""
     stage = dsl.image(BUSYBOX).run("echo one").run("echo two")
-    plan = dsl.plan(stage, "s")
+    plan = api.plan(stage, "s")
     lowered = lower_to_dockerfile(plan)
     mapping = VertexMap(lowered.expected_vertices, labelled=len(lowered.expected_vertices) > 1)
     mapping.add(5, None, 3, "RUN echo two")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import attrs
 
-from imagedsl.errors import ImageDSLError
+from imagedsl.errors import InputError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -72,12 +72,11 @@ class SecretSource:
         return None if value is None else value.encode()
 
 
-class BuildRequestError(ImageDSLError):
+@attrs.define
+class BuildRequestError(InputError):
     """A build was asked for in a way that cannot work (bad option, missing tool)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    message: str
 
     def __str__(self) -> str:
         return self.message

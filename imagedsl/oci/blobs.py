@@ -23,7 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO, Protocol
 
-from imagedsl.errors import ImageDSLError
+import attrs
+
+from imagedsl.errors import EnvironmentFailure, ImageDSLError
 from imagedsl.oci.digest import is_sha256
 from imagedsl.store import StoreArea, fsync_dir
 
@@ -35,14 +37,13 @@ _COPY_CHUNK = 1 << 20
 _STALE_SECONDS = 3600.0
 
 
-class BlobDigestError(ImageDSLError):
+@attrs.define
+class BlobDigestError(EnvironmentFailure):
     """A blob's bytes do not match the digest that names it."""
 
-    def __init__(self, where: str, expected: str, actual: str) -> None:
-        super().__init__(where, expected, actual)
-        self.where = where
-        self.expected = expected
-        self.actual = actual
+    where: str
+    expected: str
+    actual: str
 
     def __str__(self) -> str:
         return (
@@ -51,13 +52,12 @@ class BlobDigestError(ImageDSLError):
         )
 
 
-class MissingBlobError(ImageDSLError):
+@attrs.define
+class MissingBlobError(EnvironmentFailure):
     """A blob that an image refers to is not where it should be."""
 
-    def __init__(self, where: str, digest: str) -> None:
-        super().__init__(where, digest)
-        self.where = where
-        self.digest = digest
+    where: str
+    digest: str
 
     def __str__(self) -> str:
         return f"blob {self.digest} is missing from {self.where}"
@@ -144,13 +144,12 @@ def damaged_as_digest_error(reader: VerifyingReader, what: str) -> Iterator[None
         raise DamagedBlobError(what, str(error)) from None
 
 
-class DamagedBlobError(ImageDSLError):
+@attrs.define
+class DamagedBlobError(EnvironmentFailure):
     """A blob has the right digest but cannot be read (a bad archive made upstream)."""
 
-    def __init__(self, what: str, problem: str) -> None:
-        super().__init__(what, problem)
-        self.what = what
-        self.problem = problem
+    what: str
+    problem: str
 
     def __str__(self) -> str:
         return f"{self.what} cannot be read: {self.problem}"

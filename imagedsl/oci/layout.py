@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 import attrs
 
-from imagedsl.errors import ImageDSLError
+from imagedsl.errors import ImageDSLError, InputError
 from imagedsl.oci.annotations import REF_NAME
 from imagedsl.oci.blobs import BlobDigestError, BlobStore, check_digest
 from imagedsl.oci.image import BaseImage, LayerBlob
@@ -39,13 +39,12 @@ if TYPE_CHECKING:
 _MAX_JSON: Final = 16 << 20
 
 
-class BaseImageError(ImageDSLError):
+@attrs.define
+class BaseImageError(InputError):
     """A base image cannot be read from where its reference says."""
 
-    def __init__(self, reference: str, problem: str) -> None:
-        super().__init__(reference, problem)
-        self.reference = reference
-        self.problem = problem
+    reference: str
+    problem: str
 
     def __str__(self) -> str:
         return f"base image {self.reference}: {self.problem}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import platform as host_platform
+import os
 from typing import Final
 
 import attrs
@@ -22,38 +22,44 @@ _ARCHITECTURES: Final = {
 }
 
 
-def normalize_platform(text: str) -> str:
-    """The canonical spelling of ``OS/ARCH[/VARIANT]``, as BuildKit normalises a platform.
+#: Architecture spellings BuildKit accepts for the canonical ones (and the variant they imply).
+_ALIASES: Final = {
+    "x86_64": ("amd64", ""),
+    "x86-64": ("amd64", ""),
+    "aarch64": ("arm64", ""),
+    "armhf": ("arm", "v7"),
+    "armel": ("arm", "v6"),
+    "i386": ("386", ""),
+    "i686": ("386", ""),
+}
+_KNOWN_OS: Final = frozenset(
+    {"linux", "windows", "darwin", "freebsd", "netbsd", "openbsd", "wasip1"}
+)
+_KNOWN_ARCH: Final = frozenset(
+    {"amd64", "arm64", "arm", "386", "ppc64le", "ppc64", "s390x", "riscv64", "mips64le", "mips64",
+     "mipsle", "mips", "loong64", "wasm"}
+)  # fmt: skip
 
-    Aliases name one platform: ``linux/x86_64`` and ``linux/amd64/v1`` are ``linux/amd64``,
-    ``linux/aarch64`` and ``linux/arm64/v8`` are ``linux/arm64``, ``linux/arm`` is
-    ``linux/arm/v7``. Text that is not a platform is returned as it is (the caller checks it).
-    """
-    parts = text.strip().split("/")
+
+def canonical_platform(text: str) -> str:
+    """A platform as BuildKit normalises it: ``linux/x86_64`` and ``linux/amd64/v1`` are
+    ``linux/amd64``, ``linux/aarch64`` and ``linux/arm64/v8`` are ``linux/arm64``, ``linux/arm``
+    is ``linux/arm/v7``. Raises ValueError for anything that is not ``os/arch[/variant]`` of a
+    known OS and architecture."""
+    parts = text.strip().lower().split("/")
     if len(parts) not in (2, 3) or not all(parts):
-        return text
-    os_name, architecture = parts[0].lower(), parts[1].lower()
-    variant = parts[2].lower() if len(parts) == 3 else ""
-    if os_name == "macos":
-        os_name = "darwin"
-    if architecture in ("i386", "i686", "x86"):
-        architecture, variant = "386", ""
-    elif architecture in ("x86_64", "x86-64", "amd64"):
-        architecture = "amd64"
-        variant = "" if variant == "v1" else variant
-    elif architecture in ("aarch64", "arm64"):
-        architecture = "arm64"
-        variant = "" if variant in ("8", "v8") else variant
-    elif architecture == "armhf":
-        architecture, variant = "arm", "v7"
-    elif architecture == "armel":
-        architecture, variant = "arm", "v6"
-    elif architecture == "arm":
-        if variant in ("", "7"):
-            variant = "v7"
-        elif variant in ("5", "6", "8"):
-            variant = "v" + variant
-    return "/".join(p for p in (os_name, architecture, variant) if p)
+        raise ValueError(f"not a platform (OS/ARCH[/VARIANT]): {text!r}")
+    os_name, arch = parts[0], parts[1]
+    variant = parts[2] if len(parts) == 3 else ""
+    arch, implied = _ALIASES.get(arch, (arch, ""))
+    variant = variant or implied
+    if os_name not in _KNOWN_OS or arch not in _KNOWN_ARCH:
+        raise ValueError(f"unknown platform {text!r} (os/arch like linux/amd64 or linux/arm64)")
+    if (arch == "arm64" and variant == "v8") or (arch == "amd64" and variant == "v1"):
+        variant = ""
+    if arch == "arm" and not variant:
+        variant = "v7"
+    return f"{os_name}/{arch}/{variant}" if variant else f"{os_name}/{arch}"
 
 
 @attrs.frozen
@@ -75,7 +81,7 @@ class Platform:
     @classmethod
     def host(cls) -> Platform:
         """The platform of this machine (Linux images for any host OS, as Docker does)."""
-        machine = host_platform.machine().lower()
+        machine = os.uname().machine.lower()
         architecture = _ARCHITECTURES.get(machine, machine)
         variant = {"armv7l": "v7", "armv6l": "v6"}.get(machine)
         return cls("linux", architecture, variant)

@@ -3,29 +3,22 @@ source of blobs to push answered or lacked. Each keeps its data as attributes.""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-from imagedsl.errors import ImageDSLError
+import attrs
+
+from imagedsl.errors import EnvironmentFailure, InputError, string_tuple
 
 
-class RegistryError(ImageDSLError):
+@attrs.define
+class RegistryError(EnvironmentFailure):
     """A registry answered an operation with an error (the codes are the spec's error codes)."""
 
-    def __init__(
-        self,
-        host: str,
-        action: str,
-        *,
-        status: int | None = None,
-        codes: Sequence[str] = (),
-        detail: str = "",
-    ) -> None:
-        super().__init__(host, action, status, tuple(codes), detail)
-        self.host = host
-        self.action = action
-        self.status = status
-        self.codes = tuple(codes)
-        self.detail = detail
+    host: str
+    action: str
+    status: int | None = attrs.field(default=None, kw_only=True)
+    codes: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=string_tuple)
+    detail: str = attrs.field(default="", kw_only=True)
 
     def __str__(self) -> str:
         text = f"registry {self.host}: {self.action} failed"
@@ -61,7 +54,7 @@ class RegistryDigestError(RegistryError):
         self.actual = actual
 
 
-class InsecureRegistryError(RegistryError):
+class InsecureRegistryError(InputError, RegistryError):
     """Plain HTTP was needed for a registry that is neither loopback nor allowed as insecure."""
 
     def __init__(self, host: str) -> None:
@@ -83,30 +76,26 @@ class PlatformNotFoundError(RegistryError):
         self.available = tuple(available)
 
 
-class BlobSourceError(ImageDSLError):
+@attrs.define
+class BlobSourceError(EnvironmentFailure):
     """A blob to push is missing from its source, or has the wrong size there."""
 
-    def __init__(self, digest: str, path: str, problem: str) -> None:
-        super().__init__(digest, path, problem)
-        self.digest = digest
-        self.path = path
-        self.problem = problem
+    digest: str
+    path: str
+    problem: str
 
     def __str__(self) -> str:
         return f"cannot push blob {self.digest} from {self.path}: {self.problem}"
 
 
-class RegistryAuthError(ImageDSLError):
+@attrs.define
+class RegistryAuthError(EnvironmentFailure):
     """A registry or its token server refused us, or asked for credentials we do not have."""
 
-    def __init__(
-        self, host: str, problem: str, *, status: int | None = None, scopes: Iterable[str] = ()
-    ) -> None:
-        super().__init__(host, problem, status, tuple(scopes))
-        self.host = host
-        self.problem = problem
-        self.status = status
-        self.scopes = tuple(scopes)
+    host: str
+    problem: str
+    status: int | None = attrs.field(default=None, kw_only=True)
+    scopes: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=string_tuple)
 
     def __str__(self) -> str:
         status = f" (HTTP {self.status})" if self.status is not None else ""
@@ -114,25 +103,23 @@ class RegistryAuthError(ImageDSLError):
         return f"registry {self.host}: authentication failed{scopes}{status}: {self.problem}"
 
 
-class CredentialsError(ImageDSLError):
+@attrs.define
+class CredentialsError(EnvironmentFailure):
     """Docker's configuration or a credential helper could not give credentials."""
 
-    def __init__(self, source: str, problem: str) -> None:
-        super().__init__(source, problem)
-        self.source = source
-        self.problem = problem
+    source: str
+    problem: str
 
     def __str__(self) -> str:
         return f"credentials from {self.source}: {self.problem}"
 
 
-class PushSourceError(ImageDSLError):
+@attrs.define
+class PushSourceError(InputError):
     """What to push cannot be read: not a layout, no such tag, a damaged archive."""
 
-    def __init__(self, source: str, problem: str) -> None:
-        super().__init__(source, problem)
-        self.source = source
-        self.problem = problem
+    source: str
+    problem: str
 
     def __str__(self) -> str:
         return f"cannot push {self.source}: {self.problem}"

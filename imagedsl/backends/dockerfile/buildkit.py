@@ -21,7 +21,9 @@ import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Final
+from typing import TYPE_CHECKING, Final
+
+import attrs
 
 from imagedsl.backends import BuildRequest, BuildRequestError, BuildResult, SecretSource
 from imagedsl.backends.dockerfile._progress import ProgressParser, Vertex
@@ -32,7 +34,7 @@ from imagedsl.backends.dockerfile.lowering import (
     LoweringError,
     lower_to_dockerfile,
 )
-from imagedsl.errors import ImageDSLError, SourceLocation
+from imagedsl.errors import BuildFailure, ImageDSLError, SourceLocation, string_tuple
 from imagedsl.planner import Plan, PlannedStep, record_step
 from imagedsl.steps import LAYER_KINDS
 from imagedsl.store import Store, StoreArea
@@ -51,25 +53,14 @@ _FIRST_ENGINE_WITH_NEWER_FRONTEND: Final = 23
 _PARSE_ERROR: Final = re.compile(r"dockerfile parse error (?:on )?line (?P<line>\d+): (?P<what>.*)")
 
 
-class BuildFailedError(ImageDSLError):
+@attrs.define
+class BuildFailedError(BuildFailure):
     """BuildKit failed; ``instruction`` and ``location`` name the step when it is known."""
 
-    #: The CLI's exit status for a failed build (not a mistake in the build file's syntax).
-    exit_code: ClassVar[int] = 1
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        instruction: str | None = None,
-        output: Sequence[str] = (),
-        location: SourceLocation | None = None,
-    ) -> None:
-        super().__init__(message, instruction, tuple(output))
-        self.message = message
-        self.instruction = instruction
-        self.output = tuple(output)
-        self.location = location
+    message: str
+    instruction: str | None = attrs.field(default=None, kw_only=True)
+    output: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=string_tuple)
+    location: SourceLocation | None = attrs.field(default=None, kw_only=True)
 
     def __str__(self) -> str:
         head = f"{self.instruction} failed: {self.message}" if self.instruction else self.message
@@ -318,7 +309,10 @@ class _BuildRun:
     def labels(self, *, built: bool) -> Iterator[str]:
         statuses = self.vertex_status()
         for index, status in sorted(statuses.items()):
-            if self.plan.steps[index].kind not in LAYER_KINDS:
+            if (
+                self.plan.steps[index].kind not in LAYER_KINDS
+                or self.plan.steps[index].node.is_config
+            ):
                 continue
             if (status == "done") == built and status in ("done", "cached"):
                 yield self._label(index)

@@ -58,9 +58,9 @@ from imagedsl.backends.dockerfile._words import (
     json_word,
     shell_form_is_exact,
 )
-from imagedsl.buildstate import DEFAULT_SHELL, BuildState, ExpansionError, expand
+from imagedsl.buildstate import DEFAULT_SHELL, BuildState
 from imagedsl.context import ContextSource
-from imagedsl.errors import ImageDSLError, SourceLocation
+from imagedsl.errors import InputError, SourceLocation
 from imagedsl.steps import (
     LAYER_KINDS,
     Add,
@@ -74,6 +74,7 @@ from imagedsl.steps import (
     Expose,
     FromImage,
     FromScratch,
+    FromStage,
     Healthcheck,
     Label,
     Run,
@@ -103,16 +104,13 @@ _GLOB_CHARS: Final = re.compile(r"[*?\[\\]")
 # -- errors ------------------------------------------------------------------------------------
 
 
-class LoweringError(ImageDSLError):
+@attrs.define
+class LoweringError(InputError):
     """A step cannot be written as a Dockerfile instruction (or not for this engine)."""
 
-    def __init__(
-        self, instruction: str, problem: str, location: SourceLocation | None = None
-    ) -> None:
-        super().__init__(instruction, problem)
-        self.instruction = instruction
-        self.problem = problem
-        self.location = location
+    instruction: str
+    problem: str
+    location: SourceLocation | None = attrs.field(default=None)
 
     def __str__(self) -> str:
         return f"{self.instruction}: {self.problem}"
@@ -202,6 +200,10 @@ class _Lowerer:
             "# Edit the build file, not this file. Context files are in directories named by",
             "# the digest of what each step copies.",
         ]
+        declared = self.plan.graph.scope.declared
+        if declared:
+            lines.append("")
+            lines.extend(_arg_line(Arg(name=name, default=default)) for name, default in declared)
         step_lines: dict[int, int] = {}
         vertices: dict[int, str] = {}
         expected: dict[str, tuple[ExpectedVertex, ...]] = {}
@@ -226,6 +228,8 @@ class _Lowerer:
                         step.instruction, f"cannot be written in a Dockerfile: {error}"
                     ).with_location(step.location) from None
                 lines.extend(head)
+                if head and not text:  # FROM <stage>: the FROM line is the step's
+                    step_lines[index] = len(lines)
                 for line in text:
                     if not line.startswith("#") and index not in written:
                         step_lines.setdefault(index, len(lines) + 1)
@@ -356,7 +360,7 @@ class _Lowerer:
         node = self.nodes[index]
         if node.kind == "from":
             return index == segment.steps[0]
-        return node.kind in LAYER_KINDS
+        return node.kind in LAYER_KINDS and not node.is_config
 
     # -- instructions ------------------------------------------------------------------------
 
@@ -367,41 +371,10 @@ class _Lowerer:
             return []
         assert node.parent is not None
         parent = self.nodes[node.parent]
-        head = [f"FROM {self._segment_name(parent.index)} AS {segment.name}"]
-        # ARGs are scoped to a stage: declare those in scope again, as they were declared
-        # (a --build-arg still overrides them, and base image variables still expand), or
-        # with their value when the declaration would not give it again here (an ENV it
-        # reads has changed since, or a --build-arg set it).
-        declared = self._arg_steps(parent.index)
-        scope: dict[str, str] = {}
-        for name, value in parent.state.args:
-            step = declared[name]
-            variables = {**scope, **dict(parent.state.env)}
-            try:
-                again = (
-                    None
-                    if step.default is None
-                    else expand(step.default, variables, keep_unknown=parent.state.inherits)
-                )
-            except ExpansionError:
-                again = None
-            if again == value:
-                head.append(_arg_line(step))
-            else:
-                head.append(f"ARG {name}={expanding_word(value)}")
-            scope[name] = value
-        return head
-
-    def _arg_steps(self, index: int) -> dict[str, Arg]:
-        """The last ARG step of each name in the chain ending at ``index``."""
-        found: dict[str, Arg] = {}
-        at: int | None = index
-        while at is not None:
-            step = self.nodes[at].step
-            if isinstance(step, Arg):
-                found.setdefault(step.name, step)
-            at = self.nodes[at].parent
-        return found
+        # BuildKit carries the state (its environment, ARG values included, the working
+        # directory, the user) into a stage FROM another: nothing is declared again, which
+        # would re-apply --build-arg and global values and reorder the environment.
+        return [f"FROM {self._segment_name(parent.index)} AS {segment.name}"]
 
     def _segment_name(self, index: int) -> str:
         return self.segments[self.segment_of[index]].name
@@ -419,6 +392,8 @@ class _Lowerer:
             case FromScratch():
                 platform = f"--platform={step.platform} " if step.platform else ""
                 return [f"FROM {platform}scratch AS {segment_name}"]
+            case FromStage():
+                return []  # the stage's FROM line (written by _continuation) is all of it
             case Run():
                 return [self._run(node, step, before)]
             case Copy() | Add():
@@ -454,7 +429,9 @@ class _Lowerer:
         raise AssertionError(step)  # pragma: no cover - every step kind is handled
 
     def _image(self, node: StepNode, step: FromImage) -> str:
-        reference = step.reference
+        if step.template is not None:
+            return step.template  # global ARGs stay for BuildKit to expand (--build-arg works)
+        reference = step.image
         if reference.transport == "registry":
             text = reference.familiar
         elif reference.transport == "docker-daemon":
@@ -691,13 +668,12 @@ def _copy_comment(step: Copy | Add, node: StepNode) -> str:
 # -- writing a build directory ------------------------------------------------------------------
 
 
-class BuildDirError(ImageDSLError):
+@attrs.define
+class BuildDirError(InputError):
     """``lower -o DIR`` would overwrite something it did not write."""
 
-    def __init__(self, directory: str, problem: str) -> None:
-        super().__init__(directory, problem)
-        self.directory = directory
-        self.problem = problem
+    directory: str
+    problem: str
 
     def __str__(self) -> str:
         return f"{self.directory}: {self.problem}"

@@ -57,7 +57,7 @@ from imagedsl.backends.oci.outputs import (
     write_archive,
     write_layout,
 )
-from imagedsl.buildstate import DEFAULT_PATH, BuildState, expand
+from imagedsl.buildstate import BuildState, expand
 from imagedsl.context import ContextSource
 from imagedsl.errors import ImageDSLError
 from imagedsl.oci.annotations import BASE_DIGEST, BASE_NAME, CREATED
@@ -359,7 +359,9 @@ class _Build:
             return self._from(node, instruction)
         assert node.parent is not None
         below = self.states[node.parent]
-        below = attrs.evolve(below, state=below.state.apply(node.step, self.request.build_args))
+        if kind == "from-stage":  # FROM <stage>: that stage, as it is (BuildKit adds no history)
+            return below
+        below = attrs.evolve(below, state=below.state.apply(node.step, self.plan.graph.scope))
         part = f" (layer {node.part})" if node.part is not None else ""
         created_by = f"{instruction}{part} # imagedsl"
         if node.is_config:
@@ -383,7 +385,7 @@ class _Build:
         label = self._label(node, instruction)
         self.reporter.step_started(label)
         base = import_base(
-            step.reference,
+            step.image,
             node.state.platform,
             self.blobs,
             engine=self.backend._engine_once,
@@ -550,14 +552,15 @@ class _Build:
     def _placement(self, node: StepNode, lower: Filesystem) -> Placement:
         step = node.step
         assert isinstance(step, Copy | Add)
-        dest = self._before(node).resolve_path(step.dest)
+        before = self._before(node)
+        dest = before.resolve_path(step.dest)
         single = _single_file(node)
-        owner = resolve_owner(describe(step), step.chown, lower.files)
+        owner = resolve_owner(describe(step), _expanded(before, step.chown), lower.files)
         return Placement(
             dest,
             None if step.link else lower,
             owner=owner,
-            chmod=chmod_bits(step.chmod),
+            chmod=chmod_bits(_expanded(before, step.chmod)),
             single_file=single,
         )
 
@@ -578,7 +581,7 @@ class _Build:
     def _workdir_entries(
         self, node: StepNode, lower: Filesystem
     ) -> tuple[list[LayerEntry], _ParentFactory] | None:
-        path = self._before(node).apply(node.step, self.request.build_args).workdir.strip("/")
+        path = self._before(node).apply(node.step, self.plan.graph.scope).workdir.strip("/")
         if not path:
             return None
         head, base = posixpath.split(path)
@@ -628,12 +631,13 @@ class _Build:
     def _placement_from(self, node: StepNode, lower: Filesystem, single: bool) -> Placement:
         step = node.step
         assert isinstance(step, Copy)
-        dest = self._before(node).resolve_path(step.dest)
+        before = self._before(node)
+        dest = before.resolve_path(step.dest)
         return Placement(
             dest,
             None if step.link else lower,
-            owner=resolve_owner(describe(step), step.chown, lower.files),
-            chmod=chmod_bits(step.chmod),
+            owner=resolve_owner(describe(step), _expanded(before, step.chown), lower.files),
+            chmod=chmod_bits(_expanded(before, step.chmod)),
             single_file=single,
         )
 
@@ -744,6 +748,11 @@ class _Build:
             return load_into_docker(archive, tags, engine)
 
 
+def _expanded(state: BuildState, word: str | None) -> str | None:
+    """``--chown``/``--chmod`` with ``$VAR``s expanded in the concrete state before the step."""
+    return None if word is None else state.expand(word)
+
+
 def _names_users(chown: str | None) -> bool:
     return chown is not None and not all(part.isdigit() for part in chown.split(":"))
 
@@ -816,9 +825,9 @@ def _container_config(
     in the first, so ENV PATH=/x:$PATH extends the base's PATH)."""
     config = dict(base)
     final = states[-1]
-    env = dict(final.env)
-    env.setdefault("PATH", DEFAULT_PATH)
-    config["Env"] = [f"{name}={value}" for name, value in env.items()]
+    # The config's Env is the base's with ENV applied in place (a FROM scratch stage starts
+    # with Docker's default PATH); ARG values are not part of it.
+    config["Env"] = [f"{name}={value}" for name, value in final.config_env]
     cmd_set = False
     for node, state in zip(chain, states, strict=True):
         step = node.step

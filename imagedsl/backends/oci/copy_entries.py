@@ -31,7 +31,7 @@ from imagedsl.backends.oci.filesystem import (
     lookup_id,
 )
 from imagedsl.backends.oci.layer import LayerEntry, LayerError
-from imagedsl.errors import ImageDSLError
+from imagedsl.errors import InputError
 from imagedsl.treehash import Row, Tree, TreeEntry
 
 if TYPE_CHECKING:
@@ -41,13 +41,12 @@ if TYPE_CHECKING:
 _URL_TIMEOUT: Final = 60.0
 
 
-class StepInputError(ImageDSLError):
+@attrs.define
+class StepInputError(InputError):
     """A step's inputs cannot be placed: unknown ``--chown`` user, a missing source path."""
 
-    def __init__(self, step: str, problem: str) -> None:
-        super().__init__(step, problem)
-        self.step = step
-        self.problem = problem
+    step: str
+    problem: str
 
     def __str__(self) -> str:
         return f"{self.step}: {self.problem}"

@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, Final, Literal, cast
 import attrs
 
 from imagedsl.backends.oci.layer import OPAQUE_MARKER, WHITEOUT_PREFIX, LayerEntry
-from imagedsl.errors import ImageDSLError
+from imagedsl.errors import InputError
 from imagedsl.oci.blobs import VerifyingReader
 from imagedsl.oci.mediatypes import sniff_compression
 from imagedsl.store import StoreArea, atomic_write
@@ -38,26 +38,24 @@ _KEPT_MAX: Final = 1 << 20
 _MAX_SYMLINK_HOPS: Final = 40
 
 
-class UnsafeLayerError(ImageDSLError):
+@attrs.define
+class UnsafeLayerError(InputError):
     """A base image layer holds an entry that could escape or confuse the image root."""
 
-    def __init__(self, layer: str, path: str, problem: str) -> None:
-        super().__init__(layer, path, problem)
-        self.layer = layer
-        self.path = path
-        self.problem = problem
+    layer: str
+    path: str
+    problem: str
 
     def __str__(self) -> str:
         return f"refusing layer {self.layer}: entry {self.path!r} {self.problem}"
 
 
-class PathResolutionError(ImageDSLError):
+@attrs.define
+class PathResolutionError(InputError):
     """A path inside an image cannot be resolved (a symlink loop, a file used as a directory)."""
 
-    def __init__(self, path: str, problem: str) -> None:
-        super().__init__(path, problem)
-        self.path = path
-        self.problem = problem
+    path: str
+    problem: str
 
     def __str__(self) -> str:
         return f"/{self.path}: {self.problem}"

@@ -29,7 +29,7 @@ import attrs
 import blake3
 from isal import isal_zlib
 
-from imagedsl.errors import ImageDSLError
+from imagedsl.errors import InputError
 from imagedsl.oci.image import LayerBlob
 from imagedsl.oci.mediatypes import LAYER_MEDIA_TYPES, Compression
 
@@ -56,13 +56,12 @@ _TYPEFLAGS: Final[dict[str, bytes]] = {
 }
 
 
-class LayerError(ImageDSLError):
+@attrs.define
+class LayerError(InputError):
     """A layer cannot be written as asked: a bad path, a clash, or a source that changed."""
 
-    def __init__(self, path: str, problem: str) -> None:
-        super().__init__(path, problem)
-        self.path = path
-        self.problem = problem
+    path: str
+    problem: str
 
     def __str__(self) -> str:
         return f"layer entry {self.path!r}: {self.problem}"

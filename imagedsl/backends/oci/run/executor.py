@@ -71,7 +71,7 @@ from imagedsl.backends.oci.run.runc import (
 )
 from imagedsl.buildstate import BuildState
 from imagedsl.context import ContextSource
-from imagedsl.errors import ImageDSLError, SourceLocation
+from imagedsl.errors import ImageDSLError, InputError, SourceLocation
 from imagedsl.steps import (
     BindMount,
     CacheMount,
@@ -100,18 +100,15 @@ _MAX_LOWERS: Final = 128
 _SWEEP_AGE: Final = 60.0
 
 
-class RunInputError(ImageDSLError):
+@attrs.define
+class RunInputError(InputError):
     """A RUN cannot start as written: an unknown USER, a required secret not given, a bind
     source missing from its stage."""
 
-    def __init__(
-        self, instruction: str, stage: str, problem: str, location: SourceLocation | None = None
-    ) -> None:
-        super().__init__(instruction, stage, problem)
-        self.instruction = instruction
-        self.stage = stage
-        self.problem = problem
-        self.location = location
+    instruction: str
+    stage: str
+    problem: str
+    location: SourceLocation | None = attrs.field(default=None)
 
     def __str__(self) -> str:
         return f"{self.stage}: {self.instruction}: {self.problem}"

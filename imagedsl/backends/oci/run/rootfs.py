@@ -54,7 +54,7 @@ from imagedsl.backends.oci.layer import (
     LayerEntry,
     sort_key,
 )
-from imagedsl.errors import ImageDSLError
+from imagedsl.errors import EnvironmentFailure
 from imagedsl.oci.blobs import BlobStore, VerifyingReader, damaged_as_digest_error
 from imagedsl.oci.image import LayerBlob
 from imagedsl.store import StoreArea
@@ -71,14 +71,13 @@ _MAX_CACHED_FDS: Final = 256
 Snapshotter = Literal["overlay", "copy"]
 
 
-class RootfsError(ImageDSLError):
+@attrs.define
+class RootfsError(EnvironmentFailure):
     """A root filesystem for a RUN cannot be made or read (a mount failed, an unsupported
     file type in the RUN's output)."""
 
-    def __init__(self, path: str, problem: str) -> None:
-        super().__init__(path, problem)
-        self.path = path
-        self.problem = problem
+    path: str
+    problem: str
 
     def __str__(self) -> str:
         return f"{self.path}: {self.problem}"

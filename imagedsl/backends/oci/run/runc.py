@@ -27,12 +27,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
 import attrs
 
 from imagedsl.backends import BuildRequestError
-from imagedsl.errors import ImageDSLError, SourceLocation
+from imagedsl.errors import BuildFailure, EnvironmentFailure, SourceLocation, string_tuple
 
 #: An explicit runc binary (otherwise ``runc`` on PATH, or in the sbin directories).
 RUNC_ENV: Final = "IMAGEDSL_RUNC"
@@ -84,7 +84,7 @@ _KILL_GRACE: Final = 10.0
 _READ_CHUNK: Final = 1 << 16
 
 
-class RuntimeUnavailableError(BuildRequestError):
+class RuntimeUnavailableError(EnvironmentFailure, BuildRequestError):
     """RUN steps must execute here but cannot: ``missing`` names what the machine lacks
     (``root``, ``runc``); ``instruction`` is the first RUN that needs them."""
 
@@ -109,27 +109,16 @@ class RuntimeUnavailableError(BuildRequestError):
         return self._message()
 
 
-class RunFailedError(ImageDSLError):
+@attrs.define
+class RunFailedError(BuildFailure):
     """A RUN step's command did not succeed: ``status`` is its exit status, ``output`` the
     last lines it printed (secret values masked). Nothing was recorded for the step."""
 
-    #: The CLI's exit status for a failed build.
-    exit_code: ClassVar[int] = 1
-
-    def __init__(
-        self,
-        instruction: str,
-        stage: str,
-        status: int,
-        output: Sequence[str],
-        location: SourceLocation | None = None,
-    ) -> None:
-        super().__init__(instruction, stage, status, tuple(output))
-        self.instruction = instruction
-        self.stage = stage
-        self.status = status
-        self.output = tuple(output)
-        self.location = location
+    instruction: str
+    stage: str
+    status: int
+    output: tuple[str, ...] = attrs.field(converter=string_tuple)
+    location: SourceLocation | None = attrs.field(default=None)
 
     def _head(self) -> str:
         return f"{self.stage}: {self.instruction} failed with exit code {self.status}"
