@@ -154,10 +154,8 @@ def fixture_fidelity(
     busybox_image: str,
     fidelity_oci_store: Path,
     tmp_path: Path,
-) -> Iterator[fidelity_support.FidelityRun]:
-    """Runs one edit scenario (see tests/fidelity_support.py); its image is removed after."""
-    run = fidelity_support.FidelityRun(
+) -> fidelity_support.FidelityRun:
+    """Runs one edit scenario (see tests/fidelity_support.py)."""
+    return fidelity_support.FidelityRun(
         engine=docker_engine, image=busybox_image, oci_store=fidelity_oci_store, root=tmp_path
     )
-    yield run
-    docker_engine.run("image", "rm", "--force", run.tag, check=False)

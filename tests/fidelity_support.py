@@ -212,22 +212,27 @@ class Outcome:
     #: BuildResult's counts of steps built and cached (the CLI's summary line).
     built: int
     cached: int
+    #: The docker backend's image (its ID).
+    image: str
 
 
-def docker_build(engine: DockerEngine, project: Project, *, tag: str) -> tuple[list[str], int, int]:
-    """Build with the docker backend, plain progress: (output lines, built, cached)."""
+def docker_build(engine: DockerEngine, project: Project) -> tuple[list[str], int, int, str]:
+    """Build with the docker backend, plain progress: (output lines, built, cached, image ID).
+
+    The image is not tagged, and so never removed by the tests: Docker 20.10 removing an image
+    while BuildKit builds on the same base layers for another worker is asking for trouble."""
     reporter = CapturingReporter()
     session = project.session()
     session.reporter = reporter
     outcome = session.build(
-        DockerfileBackend(engine), tags=[tag], secrets=project.secret_sources(), progress="plain"
+        DockerfileBackend(engine), secrets=project.secret_sources(), progress="plain"
     )
-    return reporter.lines, len(outcome.result.built), len(outcome.result.cached)
+    result = outcome.result
+    assert result.image is not None
+    return reporter.lines, len(result.built), len(result.cached), result.image
 
 
-def run_scenario(
-    scenario: Scenario, root: Path, engine: DockerEngine, image: str, *, tag: str
-) -> Outcome:
+def run_scenario(scenario: Scenario, root: Path, engine: DockerEngine, image: str) -> Outcome:
     """Steps 1-4 of the module docstring; returns the comparison rows."""
     project = Project(root / "project", scenario, image)
     project.context.mkdir(parents=True)
@@ -236,7 +241,7 @@ def run_scenario(
     project.platform = scenario.platform
     project.secrets = dict(scenario.secrets)
     project.write(scenario.before)
-    docker_build(engine, project, tag=tag)
+    docker_build(engine, project)
     if scenario.after is not None:
         project.write(scenario.after)
     if scenario.build_args_after is not None:
@@ -246,12 +251,14 @@ def run_scenario(
     if scenario.edit is not None:
         scenario.edit(project)
     planned = project.session().plan()
-    lines, built, cached = docker_build(engine, project, tag=tag)
+    lines, built, cached, image_id = docker_build(engine, project)
     rows = compare(planned, lines)
     replanned = project.session().plan()
     unsettled = [s.instruction for s in replanned.steps if s.status.value in ("miss", "maybe")]
     assert unsettled == [], f"not recorded after the build: {unsettled}"
-    return Outcome(project=project, rows=rows, plan=planned, built=built, cached=cached)
+    return Outcome(
+        project=project, rows=rows, plan=planned, built=built, cached=cached, image=image_id
+    )
 
 
 def buildkit_vertices(plan: Plan, lines: Sequence[str]) -> tuple[dict[int, str], list[str]]:
@@ -418,7 +425,6 @@ class FidelityRun:
     image: str
     oci_store: Path
     root: Path
-    tag: str = attrs.field(factory=lambda: f"imagedsl-test/fidelity-{uuid.uuid4().hex[:12]}:x")
 
     def check(self, scenario: Scenario) -> Outcome:
         """Run ``scenario`` (again, once, if someone emptied BuildKit's cache meanwhile)."""
@@ -427,7 +433,7 @@ class FidelityRun:
         for attempt in range(2):
             root = self.root / f"attempt-{attempt}"
             try:
-                outcome = run_scenario(scenario, root, self.engine, self.image, tag=self.tag)
+                outcome = run_scenario(scenario, root, self.engine, self.image)
             except BuildFailedError as error:
                 if attempt or not _lost_rootfs(error):
                     raise
@@ -444,7 +450,7 @@ class FidelityRun:
             compare_images(
                 self.engine,
                 outcome,
-                self.tag,
+                outcome.image,
                 f"docker-daemon:{self.image}",
                 Store(self.oci_store),
             )
