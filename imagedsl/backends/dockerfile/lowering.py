@@ -51,6 +51,7 @@ from imagedsl.backends.dockerfile._staging import (
 from imagedsl.backends.dockerfile._vertices import ExpectedVertex
 from imagedsl.backends.dockerfile._words import (
     Unspellable,
+    expanding_flag_value,
     expanding_word,
     flag_value,
     is_plain,
@@ -506,7 +507,7 @@ class _Lowerer:
         if isinstance(step.source, StagePath):
             flags.append(f"--from={self._segment_name(node.sources[0])}")
         if step.chown is not None:
-            flags.append(f"--chown={flag_value(step.chown, what='--chown')}")
+            flags.append(f"--chown={expanding_flag_value(step.chown, what='--chown')}")
         if step.chmod is not None:
             flags.append(f"--chmod={step.chmod}")
         if step.link:
