@@ -25,7 +25,7 @@ from imagedsl.api import Backend, BuildSession, Plan
 from imagedsl.backends.dockerfile.buildkit import DockerfileBackend
 from imagedsl.backends.dockerfile.lowering import lower_to_dockerfile
 from imagedsl.backends.oci.backend import OCIBackend
-from imagedsl.steps import BindMount, CacheMount, Run, SecretMount, TmpfsMount
+from imagedsl.steps import Run, SecretMount
 
 ENTRIES = sorted(p.name for p in CORPUS.iterdir() if (p / "build.py").is_file())
 
@@ -82,9 +82,7 @@ def run_mount_points(plan: Plan) -> list[str]:
     points: list[str] = []
     for step in plan.steps:
         if isinstance(step.node.step, Run):
-            for mount in step.node.step.mounts:
-                if isinstance(mount, CacheMount | BindMount | TmpfsMount) or (isinstance(mount, SecretMount) and mount.target):
-                    points.append(mount.target)
+            points.extend(m.target for m in step.node.step.mounts if m.target is not None)
     return points
 
 
