@@ -8,24 +8,27 @@ the same thing (tests/resources/corpus/NAME/).
   digest-named context directories of a lowered Dockerfile read back as the paths they hold
   (from the comment above each COPY), and spellings BuildKit reads alike made alike
   (``EXPOSE 80`` is ``80/tcp``, quotes, ``--chmod=0644``, a cache mount's default id).
-- :func:`local_build_file` points a corpus build file at local bases: no public registry is
-  reachable here, so public images become the busybox-based stand-in toolchain image
-  (tests/resources/toolchains) or the Debian Python base the tests make.
+- :func:`local_bases` points a corpus build file at local bases while it is loaded: no public
+  registry is reachable here, so public images become the busybox-based stand-in toolchain
+  image (tests/resources/toolchains) or the Debian Python base the tests make.
 - :func:`ensure_toolchain_image` builds that stand-in image once per machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import dockerfile
 from docker_support import DockerEngine
+
+import imagedsl as dsl
 
 RESOURCES = Path(__file__).resolve().parent / "resources"
 CORPUS = RESOURCES / "corpus"
@@ -35,12 +38,12 @@ TOOLCHAIN_LABEL = "org.imagedsl.test.toolchains-sha256"
 #: Public images the corpus names, by the local stand-in that builds in their place: "tools"
 #: (busybox and stand-in toolchains) or "python" (Debian with a real python3).
 PUBLIC_BASES: Sequence[tuple[str, str]] = (
-    (r"python:[^\s\"']*", "tools"),
-    (r"local/debian-python[^\s\"']*", "python"),
+    (r"python:\S*", "tools"),
+    (r"local/debian-python\S*", "python"),
     (
         r"(?:golang|rust|maven|gradle|eclipse-temurin|node|alpine|debian|ubuntu|busybox|nginx"
-        r"|ruby|php|composer|gcr\.io/distroless/[a-z-]+|mcr\.microsoft\.com/dotnet/[a-z]+)"
-        r"(?::[^\s\"'@]*)?(?:@sha256:[0-9a-f]{64})?",
+        r"|ruby|php|composer|gcr\.io/distroless/[a-z0-9-]+|mcr\.microsoft\.com/dotnet/[a-z]+)"
+        r"(?::[^\s@]*)?(?:@sha256:[0-9a-f]{64})?",
         "tools",
     ),
 )
@@ -107,12 +110,32 @@ def ensure_toolchain_image(engine: DockerEngine, busybox: str) -> str:
     return tag
 
 
-def local_build_file(text: str, bases: Mapping[str, str]) -> str:
-    """A corpus build.py with every public image it names replaced by its local stand-in
-    (``bases`` maps "tools" and "python" to references)."""
+def local_base(reference: str, bases: Mapping[str, str]) -> str:
+    """The local stand-in for a public image reference (``bases`` maps "tools" and "python"
+    to references), or the reference itself when it names no public image."""
     for pattern, kind in PUBLIC_BASES:
-        text = re.sub(rf"(?<=[\"']){pattern}(?=[\"'])", bases[kind], text)
-    return text
+        if re.fullmatch(pattern, reference):
+            return bases[kind]
+    return reference
+
+
+@contextlib.contextmanager
+def local_bases(bases: Mapping[str, str]) -> Iterator[None]:
+    """While loading a corpus build.py: ``dsl.image`` and global ``dsl.arg`` defaults that
+    name public images name their local stand-ins instead."""
+    image, arg = dsl.image, dsl.arg
+
+    def local_image(ref: Any, **options: Any) -> Any:
+        return image(local_base(ref, bases) if isinstance(ref, str) else ref, **options)
+
+    def local_arg(name: str, default: str | None = None) -> Any:
+        return arg(name, None if default is None else local_base(default, bases))
+
+    dsl.image, dsl.arg = local_image, local_arg
+    try:
+        yield
+    finally:
+        dsl.image, dsl.arg = image, arg
 
 
 # -- the canonical form of a Dockerfile ----------------------------------------------------------

@@ -100,7 +100,9 @@ def _read(archive: tarfile.TarFile, name: str) -> bytes:
 
 def export_listing(engine: DockerEngine, image: str, workdir: Path) -> Listing:
     """The root filesystem of a container of ``image``, from ``docker export``."""
-    container = engine.run("create", image).stdout.strip()
+    # A command, so that an image with neither CMD nor ENTRYPOINT can be created too (the
+    # container never runs).
+    container = engine.run("create", image, "/.no-command").stdout.strip()
     try:
         tar = workdir / "export.tar"
         engine.run("export", "-o", str(tar), container)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from corpus_support import CORPUS, canonical, ensure_toolchain_image, local_build_file
+from corpus_support import CORPUS, canonical, ensure_toolchain_image, local_bases
 from docker_support import DockerEngine
 from equivalence_support import differences, ensure_nodev_image, export_listing, layout_listing
 from fidelity_support import docker_config, layout_config
@@ -95,12 +95,12 @@ def test_both_backends_build_the_same_image(
 ) -> None:
     """The docker and OCI backends build the same files and config from the build.py."""
     entry = copy_entry(name, tmp_path)
-    text = (entry / "build.py").read_text()
-    (entry / "build.py").write_text(local_build_file(text, corpus_bases))
     oci_bases = {kind: f"docker-daemon:{ref}" for kind, ref in corpus_bases.items()}
-    (entry / "build_oci.py").write_text(local_build_file(text, oci_bases))
     secrets = []
-    session = BuildSession(entry / "build.py", store=tmp_path / "store-docker")
+    with local_bases(corpus_bases):
+        session = BuildSession(entry / "build.py", store=tmp_path / "store-docker")
+    with local_bases(oci_bases):
+        oci_session = BuildSession(entry / "build.py", store=tmp_path / "store-oci")
     planned = session.plan()
     for step in planned.steps:
         if isinstance(step.node.step, Run):
@@ -112,7 +112,7 @@ def test_both_backends_build_the_same_image(
     built = session.build(DockerfileBackend(docker_engine), secrets=secrets).result
     assert built.image is not None
     layout = tmp_path / "layout"
-    BuildSession(entry / "build_oci.py", store=tmp_path / "store-oci").build(
+    oci_session.build(
         cast("Backend", OCIBackend(compression="none")),
         output=f"oci:{layout}:app",
         secrets=secrets,
