@@ -851,7 +851,9 @@ def _container_config(
         elif isinstance(step, Expose):
             ports = dict(config.get("ExposedPorts") or {})
             for port in step.ports:
-                ports[expand(port, variables)] = {}
+                expanded = expand(port, variables)
+                # A port from a $VAR gets the protocol its written form would have had.
+                ports[expanded if "/" in expanded else f"{expanded}/tcp"] = {}
             config["ExposedPorts"] = ports
         elif isinstance(step, Volume):
             volumes = dict(config.get("Volumes") or {})
