@@ -139,6 +139,50 @@ def check_owner(step: str, argument: str, value: object) -> str:
     return owner
 
 
+def check_user(step: str, user: object, group: object) -> str:
+    """``USER``'s value from a user and an optional group, each a name or an id:
+    ``1000`` -> ``"1000"``, ``(1000, 1000)`` -> ``"1000:1000"``; ``"app:app"`` is kept."""
+
+    def part(argument: str, value: object) -> str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(check_int(step, argument, value, low=0, high=2**32 - 1))
+        text = check_str(step, argument, value)
+        if ":" in text and group is not None:
+            raise StepArgumentError(step, argument, f"holds ':' and a group is given: {text!r}")
+        return text
+
+    owner = part("user", user)
+    if group is not None:
+        owner += ":" + part("group", group)
+    return check_owner(step, "user", owner)
+
+
+#: Instructions BuildKit accepts after ``ONBUILD`` (not ONBUILD, FROM or MAINTAINER).
+TRIGGER_INSTRUCTIONS: Final = frozenset(
+    {
+        "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "HEALTHCHECK", "LABEL",
+        "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
+    }
+)  # fmt: skip
+
+
+def check_trigger(step: str, value: object) -> str:
+    """Refuse an ``ONBUILD`` trigger that BuildKit would refuse: not one line, or not one of
+    :data:`TRIGGER_INSTRUCTIONS` followed by its arguments. Return it trimmed."""
+    text = check_str(step, "instruction", value).strip()
+    if "\n" in text or "\r" in text or not text.isprintable():
+        raise StepArgumentError(step, "instruction", f"must be one printable line, got {value!r}")
+    keyword, _, rest = text.partition(" ")
+    if keyword.upper() not in TRIGGER_INSTRUCTIONS:
+        allowed = ", ".join(sorted(TRIGGER_INSTRUCTIONS))
+        raise StepArgumentError(
+            step, "instruction", f"must start with one of {allowed}, got {keyword!r}"
+        )
+    if not rest.strip():
+        raise StepArgumentError(step, "instruction", f"{keyword} needs arguments")
+    return text
+
+
 def check_chmod(step: str, argument: str, value: object) -> str:
     """Accept an int mode (``0o755``) or octal digits (``"755"``); return four octal digits."""
     if isinstance(value, int) and not isinstance(value, bool):

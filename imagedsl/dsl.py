@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
 
@@ -29,6 +30,8 @@ from imagedsl._validate import (
     check_platform,
     check_str,
     check_str_seq,
+    check_trigger,
+    check_user,
     env_items,
     is_template,
     parse_label_items,
@@ -55,10 +58,13 @@ from imagedsl.steps import (
     FromScratch,
     FromStage,
     Healthcheck,
+    InlineFile,
     Label,
     LayerSpec,
     Mount,
+    OnBuild,
     Run,
+    Script,
     SecretMount,
     Shell,
     StagePath,
@@ -149,14 +155,19 @@ class Stage:
     @_located
     def run(
         self,
-        command: str | Sequence[str],
+        command: str | Sequence[str] | Script,
         *,
         mounts: Sequence[Mount] = (),
         network: str = "default",
     ) -> Stage:
-        """``RUN``: a string runs through the stage's SHELL; a list is executed as is."""
-        if isinstance(command, str):
-            argv: tuple[str, ...] = (check_str("RUN", "command", command),)
+        """``RUN``: a string runs through the stage's SHELL; a list is executed as is;
+        ``dsl.script(...)`` (``RUN <<EOF``) runs a multi-line script through the SHELL."""
+        heredoc = isinstance(command, Script)
+        if isinstance(command, Script):
+            argv: tuple[str, ...] = (command.text,)
+            shell_form = True
+        elif isinstance(command, str):
+            argv = (check_str("RUN", "command", command),)
             shell_form = True
         else:
             argv = check_str_seq("RUN", "command", command)
@@ -171,6 +182,7 @@ class Stage:
                 shell_form=shell_form,
                 mounts=checked_mounts,
                 network=network,
+                heredoc=heredoc,
                 location=caller_location(),
             )
         )
@@ -178,20 +190,24 @@ class Stage:
     @_located
     def copy(
         self,
-        source: ContextSource | Context | StagePath | Stage | StageRef,
+        source: ContextSource | Context | StagePath | Stage | StageRef | InlineFile,
         dest: str,
         *,
         chown: str | None = None,
         chmod: str | int | None = None,
         link: bool = False,
+        parents: bool = False,
         exclude: Sequence[str] = (),
         layers: str | Sequence[Sequence[str]] | None = None,
     ) -> Stage:
-        """``COPY``: from the context (``src.file(...)``, ``src.dir(...)``, ``src``) or a stage.
+        """``COPY``: from the context (``src.file(...)``, ``src.dir(...)``, ``src``), a stage,
+        or a file written here (``dsl.inline(...)``, ``COPY <<EOF``).
 
         A directory's contents are copied into ``dest``; a file goes to ``dest`` (into it when
         ``dest`` ends with ``/``). ``exclude`` takes ``.dockerignore`` patterns relative to
         the copied directory. With ``link=True`` the layer does not depend on earlier layers.
+        With ``parents=True`` (``COPY --parents``) context files keep their path in the
+        context under ``dest`` (``src.file("a/b.txt")`` to ``/app/`` is ``/app/a/b.txt``).
 
         ``layers`` splits a context COPY into several layers, each with its own key, so an
         edit rebuilds (and re-uploads) one small layer: ``"auto"`` puts dependency manifests
@@ -201,21 +217,35 @@ class Stage:
         """
         from imagedsl._ignore import IgnoreRules
 
+        checked_dest = check_str("COPY", "dest", dest)
         excludes = check_str_seq("COPY", "exclude", exclude)
         IgnoreRules.from_lines(excludes)
-        copy_source = _copy_source("COPY", source)
+        copy_source: ContextSource | StagePath | InlineFile
+        copy_source = source if isinstance(source, InlineFile) else _copy_source("COPY", source)
         layer_spec = None if layers is None else _check_layers(layers)
         if layer_spec is not None and not isinstance(copy_source, ContextSource):
             raise StepArgumentError(
                 "COPY", "layers", "splits only copies from the build context, not from a stage"
             )
+        if check_bool("COPY", "parents", parents) and not isinstance(copy_source, ContextSource):
+            raise StepArgumentError(
+                "COPY", "parents", "keeps the paths of build context files only"
+            )
+        if isinstance(copy_source, InlineFile):
+            if excludes:
+                raise StepArgumentError("COPY", "exclude", "has nothing to leave out of dsl.inline")
+            if checked_dest.endswith("/"):
+                raise StepArgumentError(
+                    "COPY", "dest", f"must name the file dsl.inline writes, got {dest!r}"
+                )
         return self._then(
             Copy(
                 source=copy_source,
-                dest=check_str("COPY", "dest", dest),
+                dest=checked_dest,
                 chown=None if chown is None else check_owner("COPY", "chown", chown),
                 chmod=None if chmod is None else check_chmod("COPY", "chmod", chmod),
                 link=check_bool("COPY", "link", link),
+                parents=parents,
                 exclude=excludes,
                 layers=layer_spec,
                 location=caller_location(),
@@ -279,9 +309,10 @@ class Stage:
         return self._then(Arg(name=name, default=default, location=caller_location()))
 
     @_located
-    def user(self, user: str) -> Stage:
-        """``USER``: a name or uid, optionally with ``:group``."""
-        return self._then(User(user=check_owner("USER", "user", user), location=caller_location()))
+    def user(self, user: str | int, group: str | int | None = None) -> Stage:
+        """``USER``: a name or uid, and optionally a group name or gid: ``.user(1000)``,
+        ``.user(1000, 1000)``, ``.user("app", "app")`` (``.user("app:app")`` also works)."""
+        return self._then(User(user=check_user("USER", user, group), location=caller_location()))
 
     @_located
     def label(self, values: Mapping[str, str] | None = None, /, **more: str) -> Stage:
@@ -308,24 +339,37 @@ class Stage:
         return self._then(Volume(paths=checked, location=caller_location()))
 
     @_located
-    def entrypoint(self, *command: str, shell: bool = False) -> Stage:
-        """``ENTRYPOINT``: exec form by default; ``shell=True`` takes one command string."""
-        argv, shell_form = _command("ENTRYPOINT", command, shell)
+    def entrypoint(self, *command: str | Sequence[str], shell: bool | None = None) -> Stage:
+        """``ENTRYPOINT``: one string is shell form (``.entrypoint("exec app")``), several
+        strings or a list are exec form (``.entrypoint("python", "-m", "app")``,
+        ``.entrypoint(["app"])``), nothing resets it (``ENTRYPOINT []``). ``shell=False``
+        makes one string exec form."""
+        argv, shell_form = _command("ENTRYPOINT", command, shell, reset=True)
         return self._then(
             Entrypoint(command=argv, shell_form=shell_form, location=caller_location())
         )
 
     @_located
-    def cmd(self, *command: str, shell: bool = False) -> Stage:
-        """``CMD``: exec form by default; ``shell=True`` takes one command string."""
-        argv, shell_form = _command("CMD", command, shell)
+    def cmd(self, *command: str | Sequence[str], shell: bool | None = None) -> Stage:
+        """``CMD``: one string is shell form (``.cmd("node server.js")``), several strings
+        or a list are exec form (``.cmd("node", "server.js")``, ``.cmd(["node"])``), nothing
+        resets it (``CMD []``). ``shell=False`` makes one string exec form."""
+        argv, shell_form = _command("CMD", command, shell, reset=True)
         return self._then(Cmd(command=argv, shell_form=shell_form, location=caller_location()))
+
+    @_located
+    def onbuild(self, instruction: str) -> Stage:
+        """``ONBUILD``: a Dockerfile instruction (``"RUN make"``) stored in the image config;
+        a later build ``FROM`` this image runs it first (this build does not)."""
+        return self._then(
+            OnBuild(instruction=check_trigger("ONBUILD", instruction), location=caller_location())
+        )
 
     @_located
     def healthcheck(
         self,
-        *test: str | None,
-        shell: bool = False,
+        *test: str | Sequence[str] | None,
+        shell: bool | None = None,
         interval: str | float | None = None,
         timeout: str | float | None = None,
         start_period: str | float | None = None,
@@ -334,7 +378,10 @@ class Stage:
         """``HEALTHCHECK CMD ...``; ``healthcheck(None)`` is ``HEALTHCHECK NONE``."""
         if test == (None,):
             return self._then(Healthcheck(test=None, location=caller_location()))
-        argv, shell_form = _command("HEALTHCHECK", test, shell)
+        if None in test:
+            raise StepArgumentError("HEALTHCHECK", "test", "None (HEALTHCHECK NONE) stands alone")
+        commands = [t for t in test if t is not None]
+        argv, shell_form = _command("HEALTHCHECK", commands, shell, reset=False)
         step = "HEALTHCHECK"
         return self._then(
             Healthcheck(
@@ -476,6 +523,45 @@ def from_stage(name: str) -> Stage:
 def url(address: str, *, checksum: str) -> UrlSource:
     """A remote file for ``add``, pinned by its ``sha256:`` checksum."""
     return UrlSource(url=address, checksum=checksum)
+
+
+@_located
+def script(text: str) -> Script:
+    """A shell script for ``run`` (``RUN <<EOF``): dedented, leading blank lines dropped,
+    ending with a line break. It runs through the stage's SHELL, as the Dockerfile's
+    heredoc does; a script starting with ``#!`` is refused (copy it with ``dsl.inline`` and
+    run the file)."""
+    check_str("script", "text", text)
+    body = textwrap.dedent(text).lstrip("\n")
+    if not body.strip():
+        raise StepArgumentError("script", "text", "must hold a command")
+    if body.startswith("#!"):
+        raise StepArgumentError(
+            "script",
+            "text",
+            "starts with '#!': BuildKit runs such a heredoc as a file, not through the shell; "
+            "write it with .copy(dsl.inline(text, mode=0o755), PATH) and run PATH",
+        )
+    return Script(body if body.endswith("\n") else body + "\n")
+
+
+@_located
+def inline(content: str | bytes, *, mode: int = 0o644) -> InlineFile:
+    """A file written in the build file, for ``copy`` (``COPY <<EOF /path``): text (UTF-8)
+    or bytes, with ``mode`` (default 0o644)."""
+    if isinstance(content, str):
+        check_str("inline", "content", content, empty=True)
+        try:
+            data = content.encode("utf-8")
+        except UnicodeEncodeError:
+            raise StepArgumentError("inline", "content", "is not valid Unicode") from None
+    elif isinstance(content, bytes):
+        data = content
+    else:
+        raise StepArgumentError(
+            "inline", "content", f"must be str or bytes, not {type(content).__name__}"
+        )
+    return InlineFile(content=data, mode=check_int("inline", "mode", mode, low=0, high=0o777))
 
 
 @_located
@@ -626,14 +712,30 @@ def _check_layers(layers: object) -> LayerSpec:
     return tuple(groups)
 
 
-def _command(step: str, command: Sequence[str | None], shell: bool) -> tuple[tuple[str, ...], bool]:
-    check_bool(step, "shell", shell)
-    argv = check_str_seq(step, "command", command)
+def _command(
+    step: str, command: Sequence[str | Sequence[str]], shell: bool | None, *, reset: bool
+) -> tuple[tuple[str, ...], bool]:
+    """(argv, shell form) of a CMD, ENTRYPOINT or HEALTHCHECK: one string is shell form,
+    several strings or one list are exec form, nothing (or an empty list) is a reset."""
+    if shell is not None:
+        check_bool(step, "shell", shell)
+    if len(command) == 1 and not isinstance(command[0], str):
+        if shell:
+            raise StepArgumentError(step, "command", "is a list: exec form, not shell=True")
+        argv = check_str_seq(step, "command", command[0])
+        shell_form = False
+    else:
+        argv = check_str_seq(step, "command", command)
+        shell_form = len(argv) == 1 if shell is None else shell
     if not argv:
-        raise StepArgumentError(step, "command", "must not be empty")
-    if shell and len(argv) != 1:
+        if not reset:
+            raise StepArgumentError(step, "command", "must not be empty")
+        if shell:
+            raise StepArgumentError(step, "command", "is empty: a reset has no shell form")
+        return (), False
+    if shell_form and len(argv) != 1:
         raise StepArgumentError(step, "command", "takes one string with shell=True")
-    return argv, shell
+    return argv, shell_form
 
 
 def _check_mounts(mounts: object) -> tuple[Mount, ...]:

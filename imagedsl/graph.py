@@ -37,6 +37,7 @@ from imagedsl.errors import (
 from imagedsl.oci.platform import canonical_platform
 from imagedsl.oci.reference import parse_reference
 from imagedsl.steps import (
+    INLINE_FILE_NAME,
     LAYER_KINDS,
     Add,
     BindMount,
@@ -44,6 +45,7 @@ from imagedsl.steps import (
     FromImage,
     FromScratch,
     FromStage,
+    InlineFile,
     Run,
     StagePath,
     Step,
@@ -439,7 +441,9 @@ class _Keyer:
     named: Mapping[str, Stage]
     _states: dict[int, BuildState] = attrs.field(factory=dict)
     _nodes: dict[int, StepNode] = attrs.field(factory=dict)
-    _trees: dict[tuple[ContextSource, tuple[str, ...], bool], Tree] = attrs.field(factory=dict)
+    _trees: dict[tuple[ContextSource, tuple[str, ...], bool, bool], Tree] = attrs.field(
+        factory=dict
+    )
     _keyed: tuple[str, Sequence[int], Sequence[int]] | None = None
 
     def key_all(self, target: str, order: Sequence[int], waves: Sequence[int]) -> BuildGraph:
@@ -595,7 +599,13 @@ class _Keyer:
         the COPY is keyed by all parts together."""
         assert isinstance(step.source, ContextSource)
         assert step.layers is not None
-        whole = self._tree(step.source, step.exclude, dest_is_dir=_dest_is_dir(step), step=step)
+        whole = self._tree(
+            step.source,
+            step.exclude,
+            dest_is_dir=_dest_is_dir(step),
+            step=step,
+            parents=step.parents,
+        )
         parts = partition_tree(whole, step.layers)
         dest = _copy_dest(state, step.dest)
         below = None if step.link else parent.fs_key
@@ -669,11 +679,18 @@ class _Keyer:
                 chown=_expanded(state, step.chown),
                 chmod=_expanded(state, step.chmod),
                 checksum=step.source.checksum,
+                name=step.source.file_name,
             )
             return preimage, ()
-        assert isinstance(step.source, ContextSource)
         exclude = step.exclude if isinstance(step, Copy) else ()
-        tree = self._tree(step.source, exclude, dest_is_dir=_dest_is_dir(step), step=step)
+        if isinstance(step.source, InlineFile):
+            tree = inline_tree(step.source)
+        else:
+            assert isinstance(step.source, ContextSource)
+            parents = isinstance(step, Copy) and step.parents
+            tree = self._tree(
+                step.source, exclude, dest_is_dir=_dest_is_dir(step), step=step, parents=parents
+            )
         preimage = keys.copy_preimage(
             kind=step.kind,
             parent=link_parent,
@@ -722,14 +739,22 @@ class _Keyer:
         return preimage, structural_key, False
 
     def _tree(
-        self, source: ContextSource, exclude: Sequence[str], *, dest_is_dir: bool, step: Step
+        self,
+        source: ContextSource,
+        exclude: Sequence[str],
+        *,
+        dest_is_dir: bool,
+        step: Step,
+        parents: bool = False,
     ) -> Tree:
-        memo = (source, tuple(exclude), dest_is_dir)
+        memo = (source, tuple(exclude), dest_is_dir, parents)
         known = self._trees.get(memo)
         if known is not None:
             return known
         try:
-            tree = self.hasher.tree(source, exclude=exclude, dest_is_dir=dest_is_dir)
+            tree = self.hasher.tree(
+                source, exclude=exclude, dest_is_dir=dest_is_dir, parents=parents
+            )
         except Exception as error:
             if isinstance(error, ImageDSLError):
                 raise error.with_location(step.location) from None
@@ -747,6 +772,12 @@ def _copy_dest(state: BuildState, dest: str) -> str:
     return resolved
 
 
+def inline_tree(source: InlineFile) -> Tree:
+    """The tree of a file written in ``build.py``: that one file, at the destination."""
+    size = len(source.content)
+    return Tree.from_rows([(".", INLINE_FILE_NAME, "file", source.mode, size, source.digest)])
+
+
 def _expanded(state: BuildState, word: str | None) -> str | None:
     """``--chown``/``--chmod`` with ``$VAR``s expanded in the state before the step."""
     return None if word is None else state.expand(word)
@@ -754,8 +785,11 @@ def _expanded(state: BuildState, word: str | None) -> str | None:
 
 def _dest_is_dir(step: Copy | Add) -> bool:
     """Docker's rule: a single file copied to a path not ending in / takes that name, except
-    that ``.`` and ``..`` (and paths ending in them) always name directories."""
+    that ``.`` and ``..`` (and paths ending in them) always name directories. ``COPY
+    --parents`` always copies into a directory."""
     assert isinstance(step.source, ContextSource)
+    if isinstance(step, Copy) and step.parents:
+        return True
     last = step.dest.rstrip("/").rsplit("/", 1)[-1] if step.dest.strip("/") else "/"
     if step.dest.endswith("/") or last in (".", "..") or len(step.source.selectors) > 1:
         return True

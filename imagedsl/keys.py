@@ -187,12 +187,32 @@ def copy_from_stage_preimage(
 
 
 def add_url_preimage(
-    *, parent: str | None, dest: str, chown: str | None, chmod: str | None, checksum: str
+    *,
+    parent: str | None,
+    dest: str,
+    chown: str | None,
+    chmod: str | None,
+    checksum: str,
+    name: str,
 ) -> Preimage:
-    """ADD of a URL: the pinned checksum, never the URL's live content."""
+    """ADD of a URL: the pinned checksum, never the URL's live content; ``name`` is the file
+    name the URL gives (what a destination directory receives)."""
     return _preimage(
-        "add-url", parent=parent, dest=dest, chown=chown, chmod=chmod, checksum=checksum
+        "add-url",
+        parent=parent,
+        dest=dest,
+        chown=chown,
+        chmod=chmod,
+        checksum=checksum,
+        name=name,
     )
+
+
+def trigger_preimage(*, parent: str, base: str, instruction: str) -> Preimage:
+    """A base image's ONBUILD trigger, run by a build FROM it: the key before it (the FROM,
+    or the trigger before), the base's manifest digest (its config and layers: all a trigger
+    can read) and the trigger's text."""
+    return _preimage("onbuild-trigger", parent=parent, base=base, instruction=instruction)
 
 
 def layers_preimage(parts: Sequence[str]) -> Preimage:

@@ -7,6 +7,7 @@ keys, graphs or backends. How steps change the build state lives in :mod:`imaged
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ClassVar, Final, TypeAlias
@@ -47,10 +48,53 @@ class UrlSource:
         check_str("ADD", "url", self.url)
         if not self.url.startswith(("https://", "http://")):
             raise StepArgumentError("ADD", "url", f"must be an http(s) URL, got {self.url!r}")
+        if any(c.isspace() for c in self.url) or not self.url.isprintable():
+            raise StepArgumentError("ADD", "url", f"must not contain blanks, got {self.url!r}")
         if not _DIGEST.match(self.checksum):
             raise StepArgumentError(
                 "ADD", "checksum", f"must be 'sha256:<64 hex>', got {self.checksum!r}"
             )
+
+    @property
+    def file_name(self) -> str:
+        """The name ``ADD URL DIR/`` gives the file, as BuildKit names it: the last element
+        of the URL's path, or ``__unnamed__`` when the path has none."""
+        from urllib.parse import unquote, urlsplit
+
+        path = unquote(urlsplit(self.url).path).rstrip("/")
+        name = posixpath.basename(path)
+        return name if name not in ("", ".", "..") else "__unnamed__"
+
+
+#: The name a file written in build.py takes when its COPY lands in an existing directory
+#: (BuildKit names a heredoc file after its delimiter).
+INLINE_FILE_NAME: Final = "EOF"
+
+
+@attrs.frozen(kw_only=True)
+class InlineFile:
+    """A file written in ``build.py`` (``COPY <<EOF /file``): its bytes and its mode."""
+
+    content: bytes = attrs.field(repr=False)
+    mode: int = 0o644
+
+    @property
+    def digest(self) -> str:
+        """The blake3 of the content, as a tree entry holds it."""
+        import blake3
+
+        return blake3.blake3(self.content).hexdigest()
+
+    def describe(self) -> str:
+        """How the plan shows it: the heredoc marker and the size."""
+        return f"<<EOF({len(self.content)} bytes, {self.mode:04o})"
+
+
+@attrs.frozen
+class Script:
+    """A shell script for ``RUN`` (``RUN <<EOF``), dedented, ending with a line break."""
+
+    text: str
 
 
 # -- mounts ----------------------------------------------------------------------------------
@@ -158,26 +202,38 @@ class FromScratch:
 
 @attrs.frozen(kw_only=True)
 class Run:
-    """``RUN``: ``command`` is the argv (exec form) or a single shell string (shell form)."""
+    """``RUN``: ``command`` is the argv (exec form) or a single shell string (shell form).
+
+    ``heredoc`` marks a script given with ``dsl.script`` (``RUN <<EOF``): it runs exactly as
+    the same string in shell form does (the stage's SHELL with the script as its last
+    argument), so it changes only how the step is written, never its key.
+    """
 
     kind: ClassVar[str] = "run"
     command: tuple[str, ...]
     shell_form: bool
     mounts: tuple[Mount, ...] = ()
     network: str = "default"
+    heredoc: bool = False
     location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)
 class Copy:
-    """``COPY`` from the build context or (``StagePath``) from another stage."""
+    """``COPY`` from the build context, from another stage (``StagePath``), or of a file
+    written in ``build.py`` (``InlineFile``, ``COPY <<EOF``).
+
+    ``parents`` (``COPY --parents``) places context files at their path in the context,
+    under ``dest``, instead of flattening them into it.
+    """
 
     kind: ClassVar[str] = "copy"
-    source: ContextSource | StagePath
+    source: ContextSource | StagePath | InlineFile
     dest: str
     chown: str | None = None
     chmod: str | None = None
     link: bool = False
+    parents: bool = False
     exclude: tuple[str, ...] = ()
     #: Split into several layers: "auto", or groups of patterns (the rest is one more layer).
     layers: LayerSpec | None = None
@@ -263,7 +319,8 @@ class Volume:
 
 @attrs.frozen(kw_only=True)
 class Entrypoint:
-    """``ENTRYPOINT`` (exec form, or one shell string with ``shell_form``)."""
+    """``ENTRYPOINT`` (exec form, or one shell string with ``shell_form``); an empty
+    ``command`` is ``ENTRYPOINT []``, which resets it."""
 
     kind: ClassVar[str] = "entrypoint"
     command: tuple[str, ...]
@@ -273,7 +330,8 @@ class Entrypoint:
 
 @attrs.frozen(kw_only=True)
 class Cmd:
-    """``CMD`` (exec form, or one shell string with ``shell_form``)."""
+    """``CMD`` (exec form, or one shell string with ``shell_form``); an empty ``command`` is
+    ``CMD []``, which resets it."""
 
     kind: ClassVar[str] = "cmd"
     command: tuple[str, ...]
@@ -305,6 +363,16 @@ class Shell:
 
 
 @attrs.frozen(kw_only=True)
+class OnBuild:
+    """``ONBUILD``: a Dockerfile instruction stored in the image config's ``OnBuild``, run by
+    a later build that starts ``FROM`` this image (not by this build)."""
+
+    kind: ClassVar[str] = "onbuild"
+    instruction: str
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
 class StopSignal:
     """``STOPSIGNAL``."""
 
@@ -327,6 +395,7 @@ ConfigStep: TypeAlias = (
     | Shell
     | StopSignal
     | FromStage
+    | OnBuild
 )
 LayerStep: TypeAlias = Run | Copy | Add | Workdir
 Step: TypeAlias = Base | LayerStep | ConfigStep
@@ -344,21 +413,30 @@ def _default_stage_name(stage: Stage | StageRef) -> str:
 
 
 def describe(step: Step, stage_name: StageNamer = _default_stage_name) -> str:
-    """A one-line, Dockerfile-like description for tables and messages."""
+    """A one-line, Dockerfile-like description for tables and messages, with every flag."""
     match step:
         case FromImage():
-            return (
-                f"FROM {step.reference.familiar if step.reference is not None else step.template}"
-            )
+            platform = f"--platform={step.platform} " if step.platform else ""
+            name = step.reference.familiar if step.reference is not None else step.template
+            return f"FROM {platform}{name}"
         case FromScratch():
-            return "FROM scratch"
+            platform = f"--platform={step.platform} " if step.platform else ""
+            return f"FROM {platform}scratch"
         case FromStage():
             return f"FROM {step.ref.name}"
         case Run():
-            return "RUN " + (step.command[0] if step.shell_form else _json_list(step.command))
+            flags = [describe_mount(m, stage_name) for m in step.mounts]
+            if step.network != "default":
+                flags.append(f"--network={step.network}")
+            if step.heredoc:
+                lines = step.command[0].splitlines()
+                first = lines[0] if lines else ""
+                body = f"<<EOF {first}" + (" …" if len(lines) > 1 else "")
+            else:
+                body = step.command[0] if step.shell_form else _json_list(step.command)
+            return " ".join(["RUN", *flags, body])
         case Copy() | Add():
-            name = "COPY" if isinstance(step, Copy) else "ADD"
-            return f"{name} {describe_source(step.source, stage_name)} {step.dest}"
+            return _describe_copy(step, stage_name)
         case Workdir():
             return f"WORKDIR {step.path}"
         case Env():
@@ -381,24 +459,100 @@ def describe(step: Step, stage_name: StageNamer = _default_stage_name) -> str:
         case Healthcheck():
             if step.test is None:
                 return "HEALTHCHECK NONE"
+            options = [
+                f"--{flag}={value}"
+                for flag, value in (
+                    ("interval", step.interval),
+                    ("timeout", step.timeout),
+                    ("start-period", step.start_period),
+                    ("retries", step.retries),
+                )
+                if value is not None
+            ]
             body = step.test[0] if step.shell_form else _json_list(step.test)
-            return f"HEALTHCHECK CMD {body}"
+            return " ".join(["HEALTHCHECK", *options, "CMD", body])
         case Shell():
             return "SHELL " + _json_list(step.command)
         case StopSignal():
             return f"STOPSIGNAL {step.signal}"
+        case OnBuild():
+            return f"ONBUILD {step.instruction}"
     raise AssertionError(step)  # pragma: no cover - the match is exhaustive
 
 
-def describe_source(
-    source: ContextSource | StagePath | UrlSource, stage_name: StageNamer = _default_stage_name
-) -> str:
-    """How a COPY/ADD source reads in a table: context paths, ``--from=stage path`` or a URL."""
+def _describe_copy(step: Copy | Add, stage_name: StageNamer) -> str:
+    name = "COPY" if isinstance(step, Copy) else "ADD"
+    flags: list[str] = []
+    source = step.source
     if isinstance(source, StagePath):
-        return f"--from={stage_name(source.stage)} {source.path}"
+        flags.append(f"--from={stage_name(source.stage)}")
+    if isinstance(source, UrlSource):
+        flags.append(f"--checksum={source.checksum}")
+    if step.chown is not None:
+        flags.append(f"--chown={step.chown}")
+    if step.chmod is not None:
+        flags.append(f"--chmod={step.chmod}")
+    if step.link:
+        flags.append("--link")
+    if isinstance(step, Copy):
+        if step.parents:
+            flags.append("--parents")
+        flags.extend(f"--exclude={pattern}" for pattern in step.exclude)
+    return " ".join([name, *flags, _source_words(source), step.dest])
+
+
+def _source_words(source: ContextSource | StagePath | UrlSource | InlineFile) -> str:
+    if isinstance(source, StagePath):
+        return source.path
     if isinstance(source, UrlSource):
         return source.url
+    if isinstance(source, InlineFile):
+        return "<<EOF"
     return " ".join(source.describe_paths())
+
+
+def describe_source(
+    source: ContextSource | StagePath | UrlSource | InlineFile,
+    stage_name: StageNamer = _default_stage_name,
+) -> str:
+    """How a COPY/ADD source reads in a table: context paths, ``--from=stage path``, a URL,
+    or ``<<EOF`` for a file written in ``build.py``."""
+    if isinstance(source, StagePath):
+        return f"--from={stage_name(source.stage)} {source.path}"
+    return _source_words(source)
+
+
+def describe_mount(mount: Mount, stage_name: StageNamer = _default_stage_name) -> str:
+    """A RUN mount as its ``--mount=`` flag (options at their defaults left out)."""
+    if isinstance(mount, CacheMount):
+        options = ["type=cache", f"target={mount.target}"]
+        options += [f"id={mount.id}"] if mount.id != mount.target else []
+        options += [f"sharing={mount.sharing}"] if mount.sharing != "shared" else []
+        options += [f"mode={mount.mode:04o}"] if mount.mode != 0o755 else []
+        options += [f"uid={mount.uid}"] if mount.uid else []
+        options += [f"gid={mount.gid}"] if mount.gid else []
+        options += ["ro"] if mount.readonly else []
+    elif isinstance(mount, SecretMount):
+        options = ["type=secret", f"id={mount.id}"]
+        if mount.target is not None and mount.target != f"/run/secrets/{mount.id}":
+            options.append(f"target={mount.target}")
+        options += [f"env={mount.env}"] if mount.env is not None else []
+        options += ["required=true"] if mount.required else []
+        options += [f"mode={mount.mode:04o}"] if mount.mode != 0o400 else []
+        options += [f"uid={mount.uid}"] if mount.uid else []
+        options += [f"gid={mount.gid}"] if mount.gid else []
+    elif isinstance(mount, BindMount):
+        options = ["type=bind"]
+        if isinstance(mount.source, StagePath):
+            options += [f"from={stage_name(mount.source.stage)}", f"source={mount.source.path}"]
+        else:
+            options.append(f"source={'+'.join(mount.source.describe_paths())}")
+        options.append(f"target={mount.target}")
+        options += ["rw"] if mount.readwrite else []
+    else:
+        options = ["type=tmpfs", f"target={mount.target}"]
+        options += [f"size={mount.size}"] if mount.size is not None else []
+    return "--mount=" + ",".join(options)
 
 
 def _quote(value: str) -> str:

@@ -307,11 +307,17 @@ class ContextHasher:
     # -- public ------------------------------------------------------------------------------
 
     def tree(
-        self, source: ContextSource, *, exclude: Sequence[str] = (), dest_is_dir: bool = True
+        self,
+        source: ContextSource,
+        *,
+        exclude: Sequence[str] = (),
+        dest_is_dir: bool = True,
+        parents: bool = False,
     ) -> Tree:
         """Hash what ``source`` selects, placed as Docker's COPY places it.
 
-        ``dest_is_dir=False`` (a single file copied to a file name) places that file at ``.``.
+        ``dest_is_dir=False`` (a single file copied to a file name) places that file at ``.``;
+        ``parents=True`` (``COPY --parents``) places every entry at its path in the context.
         Raises :class:`ContextError` naming every selected path that does not exist.
         """
         context = source.context
@@ -330,23 +336,26 @@ class ContextHasher:
         if missing:
             raise ContextError(root, missing).with_location(source.location or context.location)
         memo = f"{rules_id}\0{source.selectors!r}\0{tuple(exclude)!r}\0{dest_is_dir}"
+        if parents:
+            memo += "\0parents"
         selector = source.selectors[0]
         base = "" if selector.path == "." else selector.path
         whole_directory = (
             len(source.selectors) == 1
             and (selector.kind == "dir" or selector.path == ".")
             and not exclude
+            and not (parents and base)
             and cache.directories.get(f"{rules_id}:dir:{base}")
         )
         if whole_directory and base in cache.directories[f"{rules_id}:dir:{base}"]:
             # A directory copied whole: its digest is the Merkle digest of its directories,
             # and only directories whose contents changed since last run are hashed again.
             digest = self._merkle(root, cache, f"{rules_id}:dir:{base}", base, memo)
-            return Tree(digest, lambda: self._rows(root, selections, exclude, dest_is_dir))
+            return Tree(digest, lambda: self._rows(root, selections, exclude, dest_is_dir, parents))
         known = cache.trees.get(memo)
         if known is not None and all(cache.unchanged(p) for p in probes):
-            return Tree(known, lambda: self._rows(root, selections, exclude, dest_is_dir))
-        tree = Tree.from_rows(self._rows(root, selections, exclude, dest_is_dir))
+            return Tree(known, lambda: self._rows(root, selections, exclude, dest_is_dir, parents))
+        tree = Tree.from_rows(self._rows(root, selections, exclude, dest_is_dir, parents))
         cache.trees[memo] = tree.digest
         self._dirty.add(root)
         return tree
@@ -554,13 +563,16 @@ class ContextHasher:
         selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
         exclude: Sequence[str],
         dest_is_dir: bool,
+        parents: bool = False,
     ) -> tuple[Row, ...]:
         """The tree's rows: placement, then content digests (from the cache when valid)."""
         excluded = IgnoreRules.from_lines(exclude) if exclude else None
         placed: dict[str, tuple[str, Entry]] = {}
         for _, matches in selections:
             for path, entry, base in matches:
-                if base is None:
+                if parents:
+                    rel = path
+                elif base is None:
                     rel = "." if not dest_is_dir else posixpath.basename(path)
                 else:
                     rel = path[len(base) + 1 :] if base else path

@@ -156,6 +156,13 @@ def _elf_needs_interpreter(data: bytes) -> bool:
     )
 
 
+def machine_lock(name: str) -> contextlib.AbstractContextManager[None]:
+    """A lock shared by every test process on this machine (xdist workers, other checkouts)."""
+    directory = base_cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    return _file_lock(directory / f"{name}.lock")
+
+
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     """Serialize builds across processes (pytest-xdist workers) on this machine."""

@@ -99,10 +99,9 @@ def _read(archive: tarfile.TarFile, name: str) -> bytes:
 
 
 def export_listing(engine: DockerEngine, image: str, workdir: Path) -> Listing:
-    """The root filesystem of a container of ``image``, from ``docker export``."""
-    # A command, so that an image with neither CMD nor ENTRYPOINT can be created too (the
-    # container never runs).
-    container = engine.run("create", image, "/.no-command").stdout.strip()
+    """The root filesystem of a container of ``image``, from ``docker export`` (a command is
+    given, so that an image without CMD and ENTRYPOINT can be exported too)."""
+    container = engine.run("create", "--entrypoint", "/", image).stdout.strip()
     try:
         tar = workdir / "export.tar"
         engine.run("export", "-o", str(tar), container)

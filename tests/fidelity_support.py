@@ -286,7 +286,8 @@ def buildkit_vertices(plan: Plan, lines: Sequence[str]) -> tuple[dict[int, str],
             unclaimed.append(vertex.name)
             continue
         assert vertex.instruction.split()[0] == keywords[index], (vertex.name, index)
-        statuses[index] = vertex.status
+    for index, number in mapping.vertex_of_step().items():
+        statuses[index] = parser.vertices[number].status
     by_key = {plan.steps[i].key: s for i, s in statuses.items()}
     for index in keywords:
         if index not in statuses and plan.steps[index].key in by_key:

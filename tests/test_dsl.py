@@ -12,7 +12,18 @@ import imagedsl as dsl
 from imagedsl import api
 from imagedsl.buildstate import DEFAULT_PATH, ArgScope, BuildState, ExpansionError, expand
 from imagedsl.oci.reference import parse_reference
-from imagedsl.steps import Copy, Env, Healthcheck, Run, describe
+from imagedsl.steps import (
+    Cmd,
+    Copy,
+    Entrypoint,
+    Env,
+    Healthcheck,
+    InlineFile,
+    OnBuild,
+    Run,
+    User,
+    describe,
+)
 
 BASE = dsl.image("alpine:3.20")
 
@@ -67,8 +78,8 @@ def test_every_instruction_has_a_step(tmp_path: Path) -> None:
         )
         .healthcheck("curl", "-f", "http://localhost/", interval=30, retries=3)
         .stopsignal("TERM")
-        .entrypoint("/x")
-        .cmd("--help")
+        .entrypoint(["/x"])
+        .cmd("--help", "-v")
     )
     described = [describe(step) for step in stage]
     assert described[0] == "FROM scratch"
@@ -76,7 +87,7 @@ def test_every_instruction_has_a_step(tmp_path: Path) -> None:
     assert "EXPOSE 8080/tcp 53/udp" in described
     assert "STOPSIGNAL SIGTERM" in described
     assert 'ENTRYPOINT ["/x"]' in described
-    assert described[-1] == 'CMD ["--help"]'
+    assert described[-1] == 'CMD ["--help", "-v"]'
     assert any(d.startswith("COPY --from=") for d in described)
     kinds = {step.kind for step in stage}
     assert kinds >= {
@@ -93,6 +104,128 @@ def test_run_forms() -> None:
     assert isinstance(exec_form, Run)
     assert shell.shell_form
     assert not exec_form.shell_form
+
+
+@pytest.mark.parametrize(
+    ("make", "argv", "shell_form"),
+    [
+        pytest.param(lambda s: s.cmd("node server.js"), ("node server.js",), True, id="one-string"),
+        pytest.param(lambda s: s.cmd("node", "server.js"), ("node", "server.js"), False, id="several"),
+        pytest.param(lambda s: s.cmd(["node"]), ("node",), False, id="list"),
+        pytest.param(lambda s: s.cmd("node", shell=False), ("node",), False, id="shell-false"),
+        pytest.param(lambda s: s.cmd(), (), False, id="reset"),
+        pytest.param(lambda s: s.cmd([]), (), False, id="reset-list"),
+        pytest.param(lambda s: s.entrypoint("exec app"), ("exec app",), True, id="entrypoint-shell"),
+        pytest.param(lambda s: s.entrypoint(), (), False, id="entrypoint-reset"),
+        pytest.param(lambda s: s.healthcheck("curl -f x"), ("curl -f x",), True, id="health-shell"),
+        pytest.param(lambda s: s.healthcheck(["curl", "x"]), ("curl", "x"), False, id="health-list"),
+    ],
+)  # fmt: skip
+def test_command_forms(
+    make: Callable[[dsl.Stage], dsl.Stage], argv: tuple[str, ...], shell_form: bool
+) -> None:
+    """One string is shell form (as a Dockerfile's non-JSON form), several strings or a list
+    exec form, nothing a reset (``CMD []``)."""
+    step = make(BASE).step
+    assert isinstance(step, Cmd | Entrypoint | Healthcheck)
+    command = step.test if isinstance(step, Healthcheck) else step.command
+    assert (command, step.shell_form) == (argv, shell_form)
+    if not argv:
+        assert describe(step).endswith(" []")
+
+
+@pytest.mark.parametrize(
+    ("user", "group", "expected"),
+    [
+        pytest.param(1000, None, "1000", id="uid"),
+        pytest.param(1000, 1000, "1000:1000", id="uid-gid"),
+        pytest.param("app", "app", "app:app", id="names"),
+        pytest.param("app", 50, "app:50", id="name-gid"),
+        pytest.param("app:staff", None, "app:staff", id="one-string"),
+        pytest.param("${UID}", "${GID}", "${UID}:${GID}", id="variables"),
+    ],
+)
+def test_user_forms(user: str | int, group: str | int | None, expected: str) -> None:
+    """``user(1000)``, ``user(1000, 1000)``, ``user("app", "app")`` spell USER's value."""
+    step = BASE.user(user, group).step
+    assert isinstance(step, User)
+    assert step.user == expected
+    assert describe(step) == f"USER {expected}"
+
+
+def test_script_is_dedented_and_ends_with_a_line_break() -> None:
+    """dsl.script reads like a heredoc written in place; it runs as a shell-form RUN does."""
+    step = BASE.run(
+        dsl.script(
+            """
+            apt-get update
+            apt-get install -y curl
+            """
+        )
+    ).step
+    assert isinstance(step, Run)
+    assert step.command == ("apt-get update\napt-get install -y curl\n",)
+    assert step.shell_form
+    assert step.heredoc
+    assert describe(step) == "RUN <<EOF apt-get update …"
+    assert dsl.script("echo one").text == "echo one\n"
+
+
+def test_inline_files_and_onbuild_describe_themselves() -> None:
+    """COPY <<EOF and ONBUILD read as their Dockerfile instructions in a plan."""
+    stage = BASE.copy(dsl.inline("a = 1\n", mode=0o600), "/etc/a.conf", chown="1:1")
+    step = stage.step
+    assert isinstance(step, Copy)
+    assert isinstance(step.source, InlineFile)
+    assert (step.source.content, step.source.mode) == (b"a = 1\n", 0o600)
+    assert describe(step) == "COPY --chown=1:1 <<EOF /etc/a.conf"
+    trigger = stage.onbuild("  RUN make  ").step
+    assert isinstance(trigger, OnBuild)
+    assert describe(trigger) == "ONBUILD RUN make"
+
+
+def test_plan_rows_show_every_flag(tmp_path: Path) -> None:
+    """The instruction column holds every flag: mounts, network, chown, chmod, link,
+    parents, exclude, checksum, from, platform."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f.txt").write_text("x")
+    src = dsl.context(tmp_path)
+    tools = dsl.image("busybox", platform="linux/arm64").run("true")
+    stage = (
+        dsl.image("busybox")
+        .run(
+            "make",
+            mounts=[dsl.cache("/c", id="c1"), dsl.bind(tools.path("/bin"), "/t")],
+            network="none",
+        )
+        .copy(
+            src.dir("a"), "/a/", chown="1:2", chmod=0o750, link=True, parents=True, exclude=["*.md"]
+        )
+        .copy(tools.path("/bin"), "/tools", link=True)
+        .add(dsl.url("https://example.com/x.tgz", checksum="sha256:" + "0" * 64), "/x")
+    )
+    rows = [row.instruction for row in api.plan({"tools": tools, "s": stage}, "s").steps]
+    assert rows[1] == "FROM --platform=linux/arm64 busybox:latest"
+    assert rows[-4] == (
+        "RUN --mount=type=cache,target=/c,id=c1 --mount=type=bind,from=tools,source=/bin,"
+        "target=/t --network=none make"
+    )
+    assert rows[-3] == "COPY --chown=1:2 --chmod=0750 --link --parents --exclude=*.md a /a/"
+    assert rows[-2] == "COPY --from=tools --link /bin /tools"
+    assert rows[-1] == "ADD --checksum=sha256:" + "0" * 64 + " https://example.com/x.tgz /x"
+
+
+def test_url_file_names_follow_buildkit() -> None:
+    """ADD URL DIR/ names the file after the last element of the URL's path."""
+    names = {
+        "https://e.com/a/b.tgz?x=1": "b.tgz",
+        "https://e.com/a%20b": "a b",
+        "https://e.com/dir/": "dir",
+        "https://e.com": "__unnamed__",
+        "https://e.com/": "__unnamed__",
+    }
+    for url, name in names.items():
+        assert dsl.url(url, checksum="sha256:" + "0" * 64).file_name == name
 
 
 def test_healthcheck_none() -> None:
@@ -129,6 +262,36 @@ BAD_ARGUMENTS: list[object] = [
     pytest.param(lambda: BASE.stopsignal("sig term"), "signal", id="stopsignal"),
     pytest.param(lambda: BASE.healthcheck("x", interval="soon"), "interval", id="health-interval"),
     pytest.param(lambda: BASE.cmd("a", "b", shell=True), "command", id="cmd-shell-two"),
+    pytest.param(lambda: BASE.cmd(["a"], shell=True), "command", id="cmd-list-shell"),
+    pytest.param(lambda: BASE.cmd(shell=True), "command", id="cmd-reset-shell"),
+    pytest.param(lambda: BASE.healthcheck(), "command", id="health-empty"),
+    pytest.param(lambda: BASE.healthcheck("x", None), "test", id="health-none-and-more"),
+    pytest.param(lambda: BASE.user(-1), "user", id="user-negative"),
+    pytest.param(lambda: BASE.user("a:b", "c"), "user", id="user-two-groups"),
+    pytest.param(lambda: BASE.user(1000, True), "group", id="user-group-bool"),
+    pytest.param(lambda: BASE.onbuild("FROM alpine"), "instruction", id="onbuild-from"),
+    pytest.param(lambda: BASE.onbuild("ONBUILD RUN x"), "instruction", id="onbuild-onbuild"),
+    pytest.param(lambda: BASE.onbuild("RUN a\nRUN b"), "instruction", id="onbuild-two-lines"),
+    pytest.param(lambda: BASE.onbuild("RUN"), "instruction", id="onbuild-no-arguments"),
+    pytest.param(lambda: dsl.script("  \n"), "text", id="script-empty"),
+    pytest.param(
+        lambda: dsl.script("#!/usr/bin/env python3\nprint(1)\n"), "text", id="script-shebang"
+    ),
+    pytest.param(lambda: dsl.inline(42), "content", id="inline-type"),  # type: ignore[arg-type]
+    pytest.param(lambda: dsl.inline("x", mode=0o1777), "mode", id="inline-mode"),
+    pytest.param(lambda: BASE.copy(dsl.inline("x"), "/etc/"), "dest", id="inline-dest-dir"),
+    pytest.param(
+        lambda: BASE.copy(dsl.inline("x"), "/f", exclude=["*"]), "exclude", id="inline-exclude"
+    ),
+    pytest.param(
+        lambda: BASE.copy(BASE.path("/x"), "/y", parents=True), "parents", id="parents-stage"
+    ),
+    pytest.param(
+        lambda: BASE.copy(dsl.inline("x"), "/y", parents=True), "parents", id="parents-inline"
+    ),
+    pytest.param(
+        lambda: dsl.url("https://x/a b", checksum="sha256:" + "0" * 64), "url", id="url-blank"
+    ),
     pytest.param(lambda: dsl.image("Bad Name"), "ref", id="image-ref"),
     pytest.param(lambda: dsl.image("alpine@sha256:12"), "ref", id="image-digest"),
     pytest.param(lambda: dsl.image("alpine", platform="amd64"), "platform", id="image-platform"),

@@ -160,3 +160,44 @@ def test_cache_mount_id_changes_key_but_contents_cannot() -> None:
     assert set(api.plan(base.run("make", mounts=[dsl.cache("/c")])).steps[-1].node.preimage["mounts"][0]) == {
         "type", "target", "id", "sharing", "mode", "uid", "gid", "readonly"
     }  # fmt: skip
+
+
+def test_same_meaning_same_key_for_the_new_forms(tmp_path: Any) -> None:
+    """A heredoc script keys as the same string in shell form; a file written in build.py
+    keys as a context file of the same bytes and mode copied to the same place."""
+    (tmp_path / "app.conf").write_text("a = 1\n")
+    src = dsl.context(tmp_path)
+    base = dsl.image("alpine:3.20")
+    assert keys_of(base.run(dsl.script("echo a\necho b\n"))) == keys_of(
+        base.run("echo a\necho b\n")
+    )
+    assert keys_of(base.copy(dsl.inline("a = 1\n"), "/etc/app.conf")) == keys_of(
+        base.copy(src.file("app.conf"), "/etc/app.conf")
+    )
+
+
+def test_every_new_input_enters_its_key(tmp_path: Any) -> None:
+    """Inline content and mode, --parents, the URL's file name, an ONBUILD trigger, a reset
+    and USER each change the step's key."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f.txt").write_text("x")
+    src = dsl.context(tmp_path)
+    base = dsl.image("alpine:3.20")
+    checksum = "sha256:" + "0" * 64
+    pairs = [
+        (base.copy(dsl.inline("x"), "/f"), base.copy(dsl.inline("y"), "/f")),
+        (base.copy(dsl.inline("x"), "/f"), base.copy(dsl.inline("x", mode=0o600), "/f")),
+        (base.copy(src.dir("a"), "/d/"), base.copy(src.dir("a"), "/d/", parents=True)),
+        (
+            base.add(dsl.url("https://e.com/a.tgz", checksum=checksum), "/d/"),
+            base.add(dsl.url("https://e.com/b.tgz", checksum=checksum), "/d/"),
+        ),
+        (base.onbuild("RUN make"), base.onbuild("RUN make install")),
+        (base.cmd("x"), base.cmd()),
+        (base.cmd("x"), base.cmd(["x"])),
+        (base.user(1000), base.user(1000, 1000)),
+    ]
+    for first, second in pairs:
+        assert keys_of(first)[-1] != keys_of(second)[-1], (first.step, second.step)
+    link = keys_of(base.run("true").copy(src.dir("a"), "/d/", link=True))
+    assert link[-1] == keys_of(base.copy(src.dir("a"), "/d/", link=True))[-1]  # no parent

@@ -66,9 +66,9 @@ def test_config_history_and_annotations(base: str, ctx: Path, store: Store, tmp_
         .label({"org.opencontainers.image.title": "demo", "home": "$APP_HOME"})
         .expose(8080, "53/udp")
         .volume("/data")
-        .entrypoint("/bin/sh")
-        .cmd("/app/run.sh")
-        .healthcheck("/bin/true", interval="30s", timeout=5, retries=3)
+        .entrypoint(["/bin/sh"])
+        .cmd(["/app/run.sh"])
+        .healthcheck(["/bin/true"], interval="30s", timeout=5, retries=3)
         .stopsignal("TERM")
     )
     outcome, _ = build({"app": app}, store, output=f"oci:{tmp_path / 'out'}:v1")
@@ -109,7 +109,7 @@ def test_entrypoint_resets_inherited_cmd(base: str, store: Store) -> None:
     only_entry, _ = build({"a": dsl.image(base).entrypoint("/bin/echo")}, store)
     config = json.loads(store.blob_path(only_entry.image.config_digest).read_bytes())
     assert "Cmd" not in config["config"]
-    both, _ = build({"a": dsl.image(base).cmd("x").entrypoint("/bin/echo", shell=False)}, store)
+    both, _ = build({"a": dsl.image(base).cmd(["x"]).entrypoint("/bin/echo", shell=False)}, store)
     config = json.loads(store.blob_path(both.image.config_digest).read_bytes())
     assert config["config"]["Cmd"] == ["x"]
     shell, _ = build({"a": dsl.image(base).cmd("echo $HOME", shell=True)}, store)
@@ -325,13 +325,14 @@ def test_add_url_uses_the_store_before_the_network(base: str, store: Store, tmp_
 
 
 def test_workdir_creates_missing_directories_only(base: str, store: Store, tmp_path: Path) -> None:
-    """WORKDIR makes a layer only when the directory is missing, owned by the USER."""
+    """WORKDIR makes a layer only when the directory is missing, owned by the USER, and so
+    are the parents it makes (as BuildKit 0.8 makes them)."""
     app = dsl.image(base).workdir("/tmp").user("app").workdir("/srv/data")
     build({"a": app}, store, output=f"oci:{tmp_path / 'out'}")
     _, manifest, config = read_image(tmp_path / "out")
     assert len(manifest["layers"]) == 2
     members = {m.name: m for m in layer_members(tmp_path / "out", manifest["layers"][1])}
-    assert (members["srv/data"].uid, members["srv"].uid) == (1000, 0)
+    assert (members["srv/data"].uid, members["srv"].uid) == (1000, 1000)
     assert config["history"][1]["empty_layer"] is True
 
 
@@ -439,7 +440,7 @@ def test_cli_build_to_layout(base: str, ctx: Path, tmp_path: Path) -> None:
     (ctx / "build.py").write_text(
         "import imagedsl as dsl\n"
         "src = dsl.context('.', ignore=['build.py'])\n"
-        f"app = dsl.image({base!r}).copy(src.dir('app'), '/app').cmd('/app/run.sh')\n"
+        f"app = dsl.image({base!r}).copy(src.dir('app'), '/app').cmd(['/app/run.sh'])\n"
         "broken = app.run('make')\n"
     )
     store = str(tmp_path / "store")
@@ -568,3 +569,109 @@ def test_plan_pins_a_local_base_by_what_it_holds(tmp_path: Path) -> None:
     assert after.steps[0].reasons == (
         f"base image digest changed: sha256:{first[7:19]} -> sha256:{second[7:19]}",
     )
+
+
+def test_inline_files_parents_and_config_forms(
+    base: str, ctx: Path, store: Store, tmp_path: Path
+) -> None:
+    """COPY <<EOF writes the bytes with their mode (into an existing directory as EOF);
+    COPY --parents keeps context paths; USER uid gid, CMD/ENTRYPOINT resets and ONBUILD
+    land in the config as BuildKit writes them."""
+    src = dsl.context(ctx)
+    app = (
+        dsl.image(base)
+        .copy(dsl.inline("a = 1\n", mode=0o600), "/etc/app.conf", chown="1000:1000")
+        .copy(dsl.inline("into tmp\n"), "/tmp")
+        .copy(src.file("app/pkg/util.py"), "/srv/", parents=True)
+        .user(1000, 50)
+        .entrypoint("/bin/echo", "x")
+        .cmd()
+        .expose("8000-8002/tcp")
+        .onbuild("RUN make")
+        .onbuild("ENV BUILT=1")
+    )
+    build({"app": app}, store, output=f"oci:{tmp_path / 'out'}")
+    _, manifest, config = read_image(tmp_path / "out")
+    members = {
+        m.name: m
+        for layer in manifest["layers"][1:]
+        for m in layer_members(tmp_path / "out", layer)
+    }
+    conf = members["etc/app.conf"]
+    assert (conf.mode, conf.uid, conf.gid, conf.size) == (0o600, 1000, 1000, 6)
+    assert members["tmp/EOF"].mode == 0o644
+    assert members["srv/app/pkg/util.py"].isfile()
+    assert members["srv/app/pkg"].isdir()
+    container = config["config"]
+    assert container["User"] == "1000:50"
+    assert container["Entrypoint"] == ["/bin/echo", "x"]
+    assert "Cmd" not in container  # CMD [] after an ENTRYPOINT: none, as BuildKit writes it
+    assert container["OnBuild"] == ["RUN make", "ENV BUILT=1"]
+    assert sorted(container["ExposedPorts"]) == ["8000/tcp", "8001/tcp", "8002/tcp"]
+
+
+def test_base_onbuild_triggers_run_first(store: Store, tmp_path: Path) -> None:
+    """FROM a base with ONBUILD triggers runs them (ENV, WORKDIR, LABEL, CMD, USER) before
+    the stage's own steps; the image keeps none of the base's triggers."""
+    layout = tmp_path / "base"
+    oci_support.write_layout(
+        layout,
+        [oci_support.tar_bytes(oci_support.busybox_members())],
+        config={
+            "Env": ["PATH=/bin"],
+            "Cmd": ["/bin/sh"],
+            "OnBuild": [
+                'ENV GREETING="hello there" TARGET=$PATH',
+                "WORKDIR /srv/$TARGET_DIR",
+                "LABEL from.base=yes",
+                "CMD echo $GREETING",
+                "USER app",
+            ],
+        },
+    )
+    app = dsl.image(f"oci:{layout}:1").env(MINE="$GREETING!").entrypoint(["/bin/sh", "-c"])
+    build({"app": app}, store, output=f"oci:{tmp_path / 'out'}")
+    _, manifest, config = read_image(tmp_path / "out")
+    container = config["config"]
+    assert container["Env"] == [
+        "PATH=/bin",
+        "GREETING=hello there",
+        "TARGET=/bin",
+        "MINE=hello there!",
+    ]
+    assert container["WorkingDir"] == "/srv/"  # as written, $TARGET_DIR unset
+    assert container["Labels"] == {"from.base": "yes"}
+    assert container["Cmd"] == ["/bin/sh", "-c", "echo $GREETING"]  # a trigger set it: kept
+    assert container["User"] == "app"
+    assert "OnBuild" not in container
+    assert len(manifest["layers"]) == 2  # the base's, and WORKDIR /srv made by a trigger
+    history = [h["created_by"] for h in config["history"]]
+    assert history[1].startswith("ONBUILD ENV GREETING=")
+
+
+@pytest.mark.parametrize(
+    "trigger",
+    [
+        pytest.param("COPY . /app", id="copy"),
+        pytest.param("ADD x.tar /", id="add"),
+        pytest.param("ARG VERSION", id="arg"),
+        pytest.param("RUN --mount=type=cache,target=/c make", id="run-flags"),
+    ],
+)
+def test_base_triggers_that_read_outside_the_base_are_refused(
+    store: Store, tmp_path: Path, trigger: str
+) -> None:
+    """A trigger that reads the Dockerfile's context, or a --build-arg, is an input error
+    naming the base and the trigger."""
+    from imagedsl.backends.oci.triggers import TriggerError
+
+    layout = tmp_path / "base"
+    oci_support.write_layout(
+        layout,
+        [oci_support.tar_bytes(oci_support.busybox_members())],
+        config={"Env": ["PATH=/bin"], "OnBuild": [trigger]},
+    )
+    with pytest.raises(TriggerError) as caught:
+        build({"app": dsl.image(f"oci:{layout}:1").env(A="1")}, store)
+    assert caught.value.trigger == trigger
+    assert caught.value.base.startswith("oci:")

@@ -58,7 +58,7 @@ def _app(base: str, ctx: Path) -> dict[str, dsl.Stage]:
         .env(GREETING="imagedsl")
         .copy(src.dir("app"), "/app", chown="app", layers="auto")
         .copy(src.file("app/hello.sh"), "/usr/local/bin/hello", chmod=0o750)
-        .entrypoint("/app/hello.sh")
+        .entrypoint(["/app/hello.sh"])
     )
     return {"app": app}
 
@@ -181,7 +181,7 @@ def test_docker_output_and_daemon_base(
     store = Store(tmp_path / "store")
     src = dsl.context(ctx)
     app = dsl.image(f"docker-daemon:{busybox_image}").copy(src.dir("app"), "/app")
-    stages = {"app": app.env(GREETING="the engine").cmd("/app/hello.sh")}
+    stages = {"app": app.env(GREETING="the engine").cmd(["/app/hello.sh"])}
     built, _ = build(stages, store, output=f"docker:{tag}:2", backend=_backend(docker_engine))
     assert built.result.image == f"{tag}:2"
     assert docker_engine.run("run", "--rm", f"{tag}:2").stdout == "hello from the engine\n"
@@ -204,7 +204,7 @@ def test_docker_archive_base(
     docker_engine.run("save", "-o", str(saved), busybox_image)
     src = dsl.context(ctx)
     app = dsl.image(f"docker-archive:{saved}:{busybox_image}").copy(src.dir("app"), "/app")
-    stages = {"app": app.env(GREETING="an archive").cmd("/app/hello.sh")}
+    stages = {"app": app.env(GREETING="an archive").cmd(["/app/hello.sh"])}
     built, _ = build(
         stages, Store(tmp_path / "store"), output=f"docker:{tag}:3", backend=_backend(docker_engine)
     )
@@ -253,7 +253,7 @@ def test_registry_base(registry: RegistryServer, base: str, ctx: Path, tmp_path:
     run("skopeo", "copy", "--dest-tls-verify=false", base, f"docker://{remote}:1")
     pushed = json.loads(run("skopeo", "inspect", "--tls-verify=false", f"docker://{remote}:1"))
     src = dsl.context(ctx)
-    stages = {"app": dsl.image(f"{remote}:1").copy(src.dir("app"), "/app").cmd("/app/hello.sh")}
+    stages = {"app": dsl.image(f"{remote}:1").copy(src.dir("app"), "/app").cmd(["/app/hello.sh"])}
     store = Store(tmp_path / "store")
     built, _ = build(stages, store, output=f"oci:{tmp_path / 'out'}:v1")
     _, manifest, _ = read_image(tmp_path / "out", "v1")

@@ -24,6 +24,6 @@ builder = (
     .run("mkdir -p /out && gcc -static -Os -Wall -Werror -o /out/hello hello.c && strip /out/hello")
 )
 
-app = dsl.scratch().copy(builder.path("/out/hello"), "/hello").entrypoint("/hello")
+app = dsl.scratch().copy(builder.path("/out/hello"), "/hello").entrypoint(["/hello"])
 
 dsl_targets = dsl.targets("app")

@@ -34,7 +34,7 @@ from typing import Final
 import attrs
 import blake3
 
-from imagedsl.errors import ContextError
+from imagedsl.errors import ContextError, EnvironmentFailure
 from imagedsl.store import atomic_write
 from imagedsl.treehash import TreeEntry
 
@@ -61,6 +61,10 @@ class StagedTree:
     root: str
     entries: tuple[TreeEntry, ...] = attrs.field(eq=False, repr=False)
     file_name: str | None = None
+    #: The bytes of a file written in the build file (``COPY <<EOF``), its only entry.
+    data: bytes | None = attrs.field(default=None, eq=False, repr=False)
+    #: A file to fetch (``ADD --checksum``): ``digest`` is its ``sha256:`` checksum.
+    url: str | None = None
 
     @property
     def is_file(self) -> bool:
@@ -114,7 +118,13 @@ def write_tree(tree: StagedTree, parent: Path) -> None:
         built = scratch / "tree"
         built.mkdir()
         directories = [built]
-        if tree.file_name is not None:
+        if tree.url is not None:
+            assert tree.file_name is not None
+            _download(tree.url, tree.digest, built / tree.file_name)
+        elif tree.data is not None:
+            assert tree.file_name is not None
+            _write_data(tree.data, tree.entries[0], built / tree.file_name)
+        elif tree.file_name is not None:
             _write_entry(tree.root, tree.entries[0], built / tree.file_name)
         else:
             for entry in sorted(tree.entries, key=lambda e: e.placed):
@@ -138,6 +148,55 @@ def write_tree(tree: StagedTree, parent: Path) -> None:
             # Another build wrote the same tree first; content-addressed, so theirs is ours.
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _write_data(data: bytes, entry: TreeEntry, target: Path) -> None:
+    with open(target, "xb") as writer:
+        writer.write(data)
+    os.chmod(target, entry.mode)
+    mtime = content_mtime_ns(entry.digest)
+    os.utime(target, ns=(mtime, mtime))
+
+
+#: Seconds a download may wait for the server (each read, not the whole transfer).
+DOWNLOAD_TIMEOUT: Final = 60.0
+#: The mode ``ADD`` gives a file it downloads.
+DOWNLOADED_MODE: Final = 0o600
+
+
+@attrs.define
+class DownloadError(EnvironmentFailure):
+    """A file for ``ADD --checksum`` could not be fetched, or its bytes are not the pinned ones."""
+
+    url: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"ADD {self.url}: {self.problem}"
+
+
+def _download(url: str, checksum: str, target: Path) -> None:
+    """Fetch ``url`` into ``target`` (mode 0600, as ADD writes it), checking ``checksum``."""
+    import hashlib
+    import urllib.request  # here: only ADD of a URL needs it, and it is slow to import
+
+    hasher = hashlib.sha256()
+    try:
+        with (
+            urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response,
+            open(target, "xb") as writer,
+        ):
+            while chunk := response.read(_CHUNK):
+                hasher.update(chunk)
+                writer.write(chunk)
+    except OSError as error:
+        raise DownloadError(url, f"cannot fetch it: {error}") from None
+    got = "sha256:" + hasher.hexdigest()
+    if got != checksum:
+        raise DownloadError(url, f"its checksum is {got}, not the pinned {checksum}")
+    os.chmod(target, DOWNLOADED_MODE)
+    mtime = content_mtime_ns(hasher.hexdigest())
+    os.utime(target, ns=(mtime, mtime))
 
 
 def _write_entry(root: str, entry: TreeEntry, target: Path) -> None:

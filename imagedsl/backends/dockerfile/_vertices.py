@@ -44,6 +44,10 @@ class ExpectedVertex:
     keyword: str
     #: The instruction as the Dockerfile writes it, after the keyword.
     text: str
+    #: False for the second vertex of a step written as two instructions (``link=True`` on a
+    #: frontend without ``--link``: the COPY into a scratch stage is the primary one, the
+    #: ``COPY --from=that / /`` that places it is not).
+    primary: bool = True
 
     @property
     def pattern(self) -> re.Pattern[str]:
@@ -148,6 +152,7 @@ class VertexMap:
     labelled: bool
     _printed: dict[str, list[PrintedVertex]] = attrs.field(factory=dict)
     _steps: dict[int, int] = attrs.field(factory=dict)
+    _secondary: dict[int, bool] = attrs.field(factory=dict)
 
     def add(self, number: int, stage: str | None, position: int, instruction: str) -> None:
         """A vertex was named ``[stage position/N] instruction``."""
@@ -159,6 +164,11 @@ class VertexMap:
         for vertex in printed:
             self._steps.pop(vertex.number, None)
         self._steps.update(align(self.stages[name], printed))
+        primary = {e.step for e in self.stages[name] if e.primary}
+        for vertex in printed:
+            step = self._steps.get(vertex.number)
+            if step is not None:
+                self._secondary[vertex.number] = step not in primary
 
     def step_of(self, number: int) -> int | None:
         """The plan step of vertex ``number``, if it is one."""
@@ -167,3 +177,13 @@ class VertexMap:
     def steps(self) -> dict[int, int]:
         """Vertex number -> plan step, for every vertex mapped so far."""
         return dict(self._steps)
+
+    def vertex_of_step(self) -> dict[int, int]:
+        """Plan step -> the vertex that tells its status (the primary one when a step made
+        two)."""
+        chosen: dict[int, int] = {}
+        for number, step in sorted(self._steps.items()):
+            current = chosen.get(step)
+            if current is None or (self._secondary[current] and not self._secondary[number]):
+                chosen[step] = number
+        return chosen

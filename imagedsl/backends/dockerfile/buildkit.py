@@ -30,6 +30,9 @@ from imagedsl.backends.dockerfile._progress import ProgressParser, Vertex
 from imagedsl.backends.dockerfile._staging import ContextPool
 from imagedsl.backends.dockerfile._vertices import VertexMap
 from imagedsl.backends.dockerfile.lowering import (
+    BUILTIN_FRONTEND_20_10,
+    DOCKERFILE_1_4,
+    DockerfileFeatures,
     LoweredDockerfile,
     LoweringError,
     lower_to_dockerfile,
@@ -85,8 +88,8 @@ class DockerfileBackend:
         """Lower ``plan``, stage its context, build it, and record what BuildKit completed."""
         from imagedsl.backends.engine import require_docker
 
-        lowered = lower_to_dockerfile(plan)
         engine = self._engine or require_docker()
+        lowered = lower_to_dockerfile(plan, features=_features(engine))
         _check_engine(plan, lowered, engine)
         output_kind, archive, output_tag = _parse_output(request.output)
         secrets = _check_secrets(request.secrets)
@@ -167,6 +170,14 @@ def _check_engine(plan: Plan, lowered: LoweredDockerfile, engine: DockerEngine) 
         "build on Docker 23 or later, with docker buildx, or without this option",
         step.location,
     )
+
+
+def _features(engine: DockerEngine) -> DockerfileFeatures:
+    """What the engine's Dockerfile frontend accepts beyond Docker 20.10's built-in one."""
+    major = _major(engine.server_version)
+    if engine.buildx or (major is not None and major >= _FIRST_ENGINE_WITH_NEWER_FRONTEND):
+        return DOCKERFILE_1_4
+    return BUILTIN_FRONTEND_20_10
 
 
 def _major(version: str) -> int | None:
@@ -274,7 +285,7 @@ class _BuildRun:
     def vertex_status(self) -> dict[int, str]:
         """Plan step index -> the final status of its vertex (steps BuildKit showed)."""
         statuses: dict[int, str] = {}
-        for number, index in sorted(self.vertex_map.steps().items()):
+        for index, number in sorted(self.vertex_map.vertex_of_step().items()):
             statuses[index] = self.parser.vertices[number].status
         # BuildKit shows one vertex for identical operations: share it among equal keys.
         by_key = {self.plan.steps[i].key: s for i, s in statuses.items()}

@@ -63,6 +63,7 @@ from imagedsl.buildstate import DEFAULT_SHELL, BuildState
 from imagedsl.context import ContextSource
 from imagedsl.errors import InputError, SourceLocation
 from imagedsl.steps import (
+    INLINE_FILE_NAME,
     LAYER_KINDS,
     Add,
     Arg,
@@ -77,7 +78,9 @@ from imagedsl.steps import (
     FromScratch,
     FromStage,
     Healthcheck,
+    InlineFile,
     Label,
+    OnBuild,
     Run,
     SecretMount,
     Shell,
@@ -132,6 +135,24 @@ class DockerfileStage:
 
 
 @attrs.frozen(kw_only=True)
+class DockerfileFeatures:
+    """What the engine's Dockerfile frontend accepts beyond the one built into Docker 20.10
+    (BuildKit 0.8, checked on that engine): what it lacks is written in an equivalent form it
+    accepts (see docs/dockerfile-backend.md)."""
+
+    #: ``RUN <<EOF`` and ``COPY <<EOF`` (dockerfile 1.4).
+    heredocs: bool = False
+    #: ``COPY --link`` and ``ADD --link`` (dockerfile 1.4).
+    link: bool = False
+
+
+#: Docker 20.10's built-in frontend: no heredocs, no ``--link`` (``--chmod`` works).
+BUILTIN_FRONTEND_20_10: Final = DockerfileFeatures()
+#: Dockerfile frontend 1.4 and later (Docker 23's built-in one, buildx's).
+DOCKERFILE_1_4: Final = DockerfileFeatures(heredocs=True, link=True)
+
+
+@attrs.frozen(kw_only=True)
 class Requirement:
     """A step that needs a Dockerfile feature newer than Docker 20.10's built-in frontend."""
 
@@ -169,9 +190,12 @@ class LoweredDockerfile:
         return best
 
 
-def lower_to_dockerfile(plan: Plan) -> LoweredDockerfile:
-    """Lower ``plan``'s target to a Dockerfile (see the module docstring)."""
-    return _Lowerer(plan).lower()
+def lower_to_dockerfile(
+    plan: Plan, *, features: DockerfileFeatures = BUILTIN_FRONTEND_20_10
+) -> LoweredDockerfile:
+    """Lower ``plan``'s target to a Dockerfile (see the module docstring) that a frontend
+    with ``features`` builds (by default, any: Docker 20.10's built-in one)."""
+    return _Lowerer(plan, features).lower()
 
 
 @attrs.define
@@ -180,9 +204,22 @@ class _Segment:
     name: str = ""
 
 
+@attrs.frozen
+class _LinkStage:
+    """A ``FROM scratch`` stage that holds one ``link=True`` COPY or ADD, for a frontend
+    without ``--link``: ``COPY --from=NAME / /`` then places it as ``--link`` would."""
+
+    name: str
+    lines: tuple[str, ...]
+    step: int
+
+
 class _Lowerer:
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, features: DockerfileFeatures) -> None:
         self.plan = plan
+        self.features = features
+        self.taken: set[str] = set()
+        self.links: list[_LinkStage] = []
         self.nodes: list[StepNode] = [step.node for step in plan.steps]
         self.trees: dict[str, StagedTree] = {}
         self.requirements: list[Requirement] = []
@@ -209,39 +246,54 @@ class _Lowerer:
         vertices: dict[int, str] = {}
         expected: dict[str, tuple[ExpectedVertex, ...]] = {}
         stages: list[DockerfileStage] = []
+        # BuildKit leaves the stage name out of its labels in a one-stage Dockerfile.
+        many = len(self.segments) > 1 or any(self._link_emulated(node) for node in self.nodes)
+
+        def emit(index: int | None, text: Sequence[str]) -> None:
+            for line in text:
+                if index is not None and not line.startswith("#") and index not in step_lines:
+                    step_lines[index] = len(lines) + 1
+                lines.append(line)
+
         for number in order:
             segment = self.segments[number]
-            lines.append("")
-            from_line = len(lines) + 1
             counted = [i for i in segment.steps if self._makes_vertex(i, segment)]
-            # BuildKit leaves the stage name out of its labels in a one-stage Dockerfile.
-            prefix = f"{segment.name} " if len(self.segments) > 1 else ""
+            prefix = f"{segment.name} " if many else ""
             for k, index in enumerate(counted, start=1):
                 vertices.setdefault(index, f"[{prefix}{k}/{len(counted)}]")
-            written: dict[int, str] = {}
+            self.links = []
+            rendered: list[tuple[int, list[str], list[tuple[int, str]], list[str]]] = []
             for index in segment.steps:
                 step = self.plan.steps[index]
                 try:
                     head = self._continuation(index, segment)
-                    text = self._instruction(self.nodes[index], segment_name=segment.name)
+                    inherited = self._inherited_triggers(index, segment) if head else []
+                    text = self._instruction(self.nodes[index], segment)
                 except Unspellable as error:
                     raise LoweringError(
                         step.instruction, f"cannot be written in a Dockerfile: {error}"
                     ).with_location(step.location) from None
-                lines.extend(head)
-                if head and not text:  # FROM <stage>: the FROM line is the step's
-                    step_lines[index] = len(lines)
-                for line in text:
-                    if not line.startswith("#") and index not in written:
-                        step_lines.setdefault(index, len(lines) + 1)
-                        written[index] = line
-                    lines.append(line)
+                rendered.append((index, head, inherited, text))
+            for link in self.links:
+                lines.append("")
+                stages.append(DockerfileStage(name=link.name, steps=(), line=len(lines) + 1))
+                emit(None, link.lines[:1])
+                emit(link.step, link.lines[1:])
+                expected[link.name] = (_expected_vertex(link.step, link.lines[1:]),)
+            lines.append("")
+            from_line = len(lines) + 1
+            written: dict[int, list[str]] = {}
+            for index, head, inherited, text in rendered:
+                emit(None, head)
+                if head and self.nodes[index].kind == "from-stage":
+                    step_lines[index] = len(lines)  # FROM <stage>: the FROM line is the step's
+                for trigger, line in inherited:
+                    emit(trigger, [line])
+                emit(index, text)
+                written[index] = text
+            linked = {link.step for link in self.links}
             expected[segment.name] = tuple(
-                ExpectedVertex(
-                    step=index,
-                    keyword=written[index].split(maxsplit=1)[0],
-                    text=written[index].split(maxsplit=1)[1],
-                )
+                _expected_vertex(index, written[index], primary=index not in linked)
                 for index in counted
             )
             stages.append(
@@ -327,6 +379,7 @@ class _Lowerer:
                 candidate = f"{name}-{n}"
             taken.add(candidate)
             segment.name = candidate
+        self.taken = taken
 
     def _order(self) -> list[int]:
         """Segments in an order where every stage comes after the stages it uses."""
@@ -383,8 +436,9 @@ class _Lowerer:
     def _require(self, feature: str, node: StepNode) -> None:
         self.requirements.append(Requirement(feature=feature, step=node.index))
 
-    def _instruction(self, node: StepNode, *, segment_name: str = "") -> list[str]:
+    def _instruction(self, node: StepNode, segment: _Segment) -> list[str]:
         step = node.step
+        segment_name = segment.name
         before = self.nodes[node.parent].state if node.parent is not None else node.state
         match step:
             case FromImage():
@@ -396,9 +450,9 @@ class _Lowerer:
             case FromStage():
                 return []  # the stage's FROM line (written by _continuation) is all of it
             case Run():
-                return [self._run(node, step, before)]
+                return self._run(node, step, before)
             case Copy() | Add():
-                return self._copy(node, step)
+                return self._copy(node, step, segment)
             case Workdir():
                 return [f"WORKDIR {expanding_word(step.path)}"]
             case Env():
@@ -420,7 +474,14 @@ class _Lowerer:
                 return ["VOLUME " + json_array(words)]
             case Entrypoint() | Cmd():
                 name = "ENTRYPOINT" if isinstance(step, Entrypoint) else "CMD"
-                return [f"{name} {_command(step.command, step.shell_form, before)}"]
+                line = f"{name} {_command(step.command, step.shell_form, before)}"
+                if isinstance(step, Entrypoint):
+                    return [line, *self._cmd_kept(node, segment)]
+                return [line]
+            case OnBuild():
+                # Only the target's stage writes its triggers: BuildKit would run a stage's
+                # triggers in every stage that continues FROM it, which build.py never does.
+                return [f"ONBUILD {step.instruction}"] if self._is_target(segment) else []
             case Healthcheck():
                 return [_healthcheck(step)]
             case Shell():
@@ -449,7 +510,7 @@ class _Lowerer:
             raise Unspellable(text, "is not an image reference a Dockerfile can hold")
         return text
 
-    def _run(self, node: StepNode, step: Run, before: BuildState) -> str:
+    def _run(self, node: StepNode, step: Run, before: BuildState) -> list[str]:
         flags: list[str] = []
         sources = iter(node.sources)
         trees = iter(node.trees)
@@ -497,25 +558,44 @@ class _Lowerer:
         if step.network != "default":
             flags.append(f"--network={step.network}")
             self._require("RUN --network", node)
+        if step.heredoc and self.features.heredocs:
+            heredoc = _heredoc(step.command[0])
+            if heredoc is not None:
+                head, body = heredoc
+                return [" ".join(["RUN", *flags, head]), *body]
+        # A script in one exec-form argument of the stage's SHELL is what RUN <<EOF runs.
         command = _command(step.command, step.shell_form, before)
-        return " ".join(["RUN", *flags, command])
+        return [" ".join(["RUN", *flags, command])]
 
-    def _copy(self, node: StepNode, step: Copy | Add) -> list[str]:
+    def _copy(self, node: StepNode, step: Copy | Add, segment: _Segment) -> list[str]:
+        if not step.link or self.features.link:
+            return self._copy_lines(node, step, step.dest, link=step.link)
+        if not self._link_emulated(node):
+            # A plain COPY places the same files; see docs/dockerfile-backend.md for what
+            # differs (directories above the destination, BuildKit's cache reuse).
+            return self._copy_lines(node, step, step.dest, link=False)
+        name = self._link_stage_name(segment)
+        dest = self._link_dest(node)
+        assert dest is not None
+        body = self._copy_lines(node, step, dest, link=False)
+        self.links.append(_LinkStage(name, (f"FROM scratch AS {name}", *body), node.index))
+        return [f"COPY --from={name} / /"]
+
+    def _copy_lines(self, node: StepNode, step: Copy | Add, dest: str, *, link: bool) -> list[str]:
         name = "COPY" if isinstance(step, Copy) else "ADD"
         flags: list[str] = []
         comment: list[str] = []
-        if isinstance(step.source, StagePath):
+        source = step.source
+        if isinstance(source, StagePath):
             flags.append(f"--from={self._segment_name(node.sources[0])}")
         if step.chown is not None:
             flags.append(f"--chown={expanding_flag_value(step.chown, what='--chown')}")
         if step.chmod is not None:
             flags.append(f"--chmod={step.chmod}")
-        if step.link:
+        if link:
             flags.append("--link")
-            self._require(f"{name} --link", node)
-        dest = step.dest
-        if isinstance(step.source, StagePath):
-            path = step.source.path
+        if isinstance(source, StagePath):
+            path = source.path
             if _GLOB_CHARS.search(path):
                 raise Unspellable(path, "has wildcard characters, which BuildKit would expand")
             assert isinstance(step, Copy)
@@ -524,20 +604,29 @@ class _Lowerer:
             if step.exclude:
                 self._require("COPY --exclude (from a stage)", node)
             sources = [path]
-            expanding = [False]
-        elif isinstance(step.source, UrlSource):
-            flags.append(f"--checksum={step.source.checksum}")
-            self._require("ADD --checksum", node)
-            sources = [step.source.url]
-            expanding = [False]
+        elif isinstance(source, UrlSource):
+            # imagedsl fetches the file and checks its checksum while staging it; a COPY of
+            # it is what ADD --checksum does (ADD never unpacks a URL), on every frontend.
+            name = "COPY"
+            staged = self._stage_download(source)
+            comment = [f"# {source.url} ({source.checksum})"]
+            sources = [f"{staged.name}/{staged.file_name}"]
+        elif isinstance(source, InlineFile):
+            if self.features.heredocs and (source.mode == 0o644 or step.chmod is not None):
+                heredoc = _heredoc_file(source)
+                if heredoc is not None:
+                    head, lines = heredoc
+                    return [" ".join([name, *flags, head, expanding_word(dest)]), *lines]
+            staged = self._stage_inline(node.trees[0], source)
+            comment = [f"# a file written in the build file ({len(source.content)} bytes)"]
+            sources = [f"{staged.name}/{staged.file_name}"]
         else:
             tree = node.trees[0]
-            staged = self._stage(tree, step.source)
+            staged = self._stage(tree, source)
             comment = [_copy_comment(step, node)]
             sources = [self._copy_source(staged, step, dest)]
-            expanding = [False]
         words = [*sources, dest]
-        kinds = [*expanding, True]
+        kinds = [*[False] * len(sources), True]
         if all(is_plain(w) for w in sources) and _is_plain_expanding(dest):
             body = " ".join([*sources, expanding_word(dest)])
         else:
@@ -545,6 +634,82 @@ class _Lowerer:
                 [json_word(w, expanding=e) for w, e in zip(words, kinds, strict=True)]
             )
         return [*comment, " ".join([name, *flags, body])]
+
+    # -- link=True without --link ----------------------------------------------------------
+
+    def _link_emulated(self, node: StepNode) -> bool:
+        """Whether a ``link=True`` step is written as a ``FROM scratch`` stage copied in:
+        when the frontend lacks ``--link`` and the stage can say the same thing (an absolute
+        destination without variables, a numeric ``--chown``: a scratch stage has neither
+        the stage's variables nor its ``/etc/passwd``)."""
+        step = node.step
+        if not isinstance(step, Copy | Add) or not step.link or self.features.link:
+            return False
+        chown_ok = step.chown is None or re.fullmatch(r"\d+(:\d+)?", step.chown) is not None
+        return chown_ok and self._link_dest(node) is not None
+
+    def _link_dest(self, node: StepNode) -> str | None:
+        """The step's destination as an absolute path without variables, when known."""
+        assert node.parent is not None
+        step = node.step
+        assert isinstance(step, Copy | Add)
+        if "$" in step.dest:
+            return None
+        before = self.nodes[node.parent].state
+        dest = step.dest if step.dest.startswith("/") else before.resolve_path(step.dest)
+        if not dest.startswith("/") or "$" in dest:
+            return None  # relative to a base image's WORKDIR, or holding its variables
+        if step.dest.endswith(("/", "/.", "/..")) or step.dest in (".", ".."):
+            dest = dest.rstrip("/") + "/"
+        return dest
+
+    def _link_stage_name(self, segment: _Segment) -> str:
+        n = 1
+        while f"{segment.name}-link-{n}" in self.taken:
+            n += 1
+        name = f"{segment.name}-link-{n}"
+        self.taken.add(name)
+        return name
+
+    # -- ONBUILD and CMD across stages -------------------------------------------------------
+
+    def _is_target(self, segment: _Segment) -> bool:
+        return len(self.nodes) - 1 in segment.steps
+
+    def _inherited_triggers(self, index: int, segment: _Segment) -> list[tuple[int, str]]:
+        """The ONBUILD steps of earlier stages of the target's chain, written after its
+        ``FROM stage`` line (in chain order), since only the target's stage writes them."""
+        if not self._is_target(segment):
+            return []
+        found: list[tuple[int, str]] = []
+        at = self.nodes[index].parent
+        while at is not None:
+            step = self.nodes[at].step
+            if isinstance(step, OnBuild):
+                found.append((at, f"ONBUILD {step.instruction}"))
+            at = self.nodes[at].parent
+        found.reverse()
+        return found
+
+    def _cmd_kept(self, node: StepNode, segment: _Segment) -> list[str]:
+        """An ENTRYPOINT keeps a CMD set earlier in build.py's stage, but BuildKit drops a CMD
+        its Dockerfile stage did not set: write that CMD again after the ENTRYPOINT."""
+        at = node.parent
+        shell_changed = False
+        while at is not None:
+            earlier = self.nodes[at]
+            step = earlier.step
+            if isinstance(step, Cmd):
+                if at in segment.steps:
+                    return []  # this Dockerfile stage set it: BuildKit keeps it
+                before = self.nodes[earlier.parent].state if earlier.parent is not None else None
+                assert before is not None
+                if step.shell_form and not shell_changed and shell_form_is_exact(step.command[0]):
+                    return [f"CMD {step.command[0]}"]
+                return ["CMD " + json_array(before.argv(step.command, step.shell_form))]
+            shell_changed = shell_changed or isinstance(step, Shell)
+            at = earlier.parent
+        return []
 
     # -- context trees -----------------------------------------------------------------------
 
@@ -566,6 +731,32 @@ class _Lowerer:
         if known.identity != staged.identity:  # pragma: no cover - a 64-bit prefix collision
             raise Unspellable(staged.name, "names two different trees; change a file and retry")
         return known
+
+    def _stage_inline(self, tree: Tree, source: InlineFile) -> StagedTree:
+        staged = StagedTree(
+            name=tree_name(tree.digest, INLINE_FILE_NAME),
+            digest=tree.digest,
+            root="",
+            entries=tree.entries,
+            file_name=INLINE_FILE_NAME,
+            data=source.content,
+        )
+        return self.trees.setdefault(staged.name, staged)
+
+    def _stage_download(self, source: UrlSource) -> StagedTree:
+        digest = source.checksum.partition(":")[2]
+        name = source.file_name
+        if _GLOB_CHARS.search(name):
+            raise Unspellable(name, "has wildcard characters, which BuildKit would expand")
+        staged = StagedTree(
+            name=tree_name(digest, name),
+            digest=source.checksum,
+            root="",
+            entries=(),
+            file_name=name,
+            url=source.url,
+        )
+        return self.trees.setdefault(staged.name, staged)
 
     def _copy_source(self, staged: StagedTree, step: Copy | Add, dest: str) -> str:
         """The COPY/ADD source that places exactly the tree's entries under ``dest``."""
@@ -594,6 +785,13 @@ class _Lowerer:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def _expected_vertex(index: int, text: Sequence[str], *, primary: bool = True) -> ExpectedVertex:
+    """The vertex the instruction written as ``text`` may make (its first non-comment line)."""
+    line = next(line for line in text if not line.startswith("#"))
+    keyword, _, rest = line.partition(" ")
+    return ExpectedVertex(step=index, keyword=keyword, text=rest, primary=primary)
 
 
 def _buildfile_name(buildfile: str) -> str:
@@ -632,6 +830,37 @@ def _command(command: Sequence[str], shell_form: bool, state: BuildState) -> str
             return command[0]
         return json_array(state.argv(tuple(command), True))
     return json_array(command)
+
+
+def _delimiter(text: str) -> str:
+    """A heredoc delimiter that no line of ``text`` equals."""
+    lines = set(text.split("\n"))
+    name, n = "EOF", 1
+    while name in lines:
+        n += 1
+        name = f"EOF{n}"
+    return name
+
+
+def _heredoc(script: str, *, run: bool = True) -> tuple[str, list[str]] | None:
+    """``<<'EOF'`` and the lines of ``script`` (quoted: BuildKit expands nothing in it), or
+    None when it cannot stand in a Dockerfile as it is (a RUN script starting with ``#!``
+    BuildKit would run as a file; control characters; no final line break)."""
+    if not script.endswith("\n") or (run and script.startswith("#!")) or "\r" in script:
+        return None
+    body = script[:-1].split("\n")
+    if not all(line.isprintable() for line in body):
+        return None
+    delimiter = _delimiter(script)
+    return f"<<'{delimiter}'", [*body, delimiter]
+
+
+def _heredoc_file(source: InlineFile) -> tuple[str, list[str]] | None:
+    try:
+        text = source.content.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return _heredoc(text, run=False)
 
 
 def _healthcheck(step: Healthcheck) -> str:

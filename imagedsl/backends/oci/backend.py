@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import blake3
 
+from imagedsl import keys
 from imagedsl.backends import BuildRequestError, BuildResult
 from imagedsl.backends.oci.bases import import_base, layer_index
 from imagedsl.backends.oci.copy_entries import (
@@ -35,6 +36,7 @@ from imagedsl.backends.oci.copy_entries import (
     archive_entries,
     chmod_bits,
     context_entries,
+    inline_entry,
     is_archive,
     needed_contents,
     resolve_owner,
@@ -49,6 +51,7 @@ from imagedsl.backends.oci.filesystem import (
     read_members,
     save_index,
 )
+from imagedsl.backends.oci.image_config import apply_config_step, container_config, start_config
 from imagedsl.backends.oci.layer import LayerEntry, LayerStream, arrange, write_tar
 from imagedsl.backends.oci.outputs import (
     BuiltImage,
@@ -57,7 +60,8 @@ from imagedsl.backends.oci.outputs import (
     write_archive,
     write_layout,
 )
-from imagedsl.buildstate import BuildState, expand
+from imagedsl.backends.oci.triggers import parse_trigger
+from imagedsl.buildstate import BuildState
 from imagedsl.context import ContextSource
 from imagedsl.errors import ImageDSLError
 from imagedsl.oci.annotations import BASE_DIGEST, BASE_NAME, CREATED
@@ -69,20 +73,12 @@ from imagedsl.oci.mediatypes import COMPRESSIONS, LAYER_MEDIA_TYPES, OCI_MANIFES
 from imagedsl.planner import PlanStatus, record_copy_output, record_step, settle
 from imagedsl.steps import (
     Add,
-    Cmd,
     Copy,
-    Entrypoint,
-    Expose,
     FromImage,
-    Healthcheck,
-    Label,
+    InlineFile,
     Run,
-    Shell,
     StagePath,
-    StopSignal,
     UrlSource,
-    User,
-    Volume,
     Workdir,
     describe,
 )
@@ -135,12 +131,17 @@ class OCIBuild:
 @attrs.define
 class _StageState:
     """The filesystem and history a step leaves, and the concrete Dockerfile state after it
-    (the plan's state with the base image's config applied: its Env, WorkingDir, User)."""
+    (the plan's state with the base image's config applied: its Env, WorkingDir, User).
+
+    ``start_config`` is the container config the stage started from when the base's ONBUILD
+    triggers changed it (None: the base's own), ``cmd_set`` whether a trigger set CMD."""
 
     layers: tuple[LayerBlob, ...]
     history: tuple[Mapping[str, Any], ...]
     base: BaseImage | None
     state: BuildState
+    start_config: Mapping[str, Any] | None = None
+    cmd_set: bool = False
 
 
 def _epoch_from_env() -> int:
@@ -314,6 +315,8 @@ class _Build:
         self._spool_dir: Path | None = None
         self._spooled = 0
         self._runner: RunExecutor | None = None
+        #: Indices below zero name steps that are not the plan's (a base's ONBUILD triggers).
+        self._synthetic = 0
 
     # -- driving ---------------------------------------------------------------------------
 
@@ -403,7 +406,70 @@ class _Build:
             ]
         config = base.config.get("config") or {}
         state = BuildState.from_image_config(config, node.state.platform)
-        return _StageState(layers=base.layers, history=tuple(history), base=base, state=state)
+        stage = _StageState(layers=base.layers, history=tuple(history), base=base, state=state)
+        triggers = config.get("OnBuild") or []
+        return self._run_triggers(node, stage, triggers) if triggers else stage
+
+    def _run_triggers(
+        self, node: StepNode, stage: _StageState, triggers: Sequence[str]
+    ) -> _StageState:
+        """Run a base's ONBUILD triggers, in order, as BuildKit does for ``FROM`` it: each is
+        a step on the base, with a key chained from the base's manifest digest."""
+        assert stage.base is not None
+        base = stage.base
+        steps = [parse_trigger(base.reference, str(text)) for text in triggers]
+        config = start_config(base.config.get("config") or {})
+        cmd_set = False
+        parent = node
+        self.states[node.index] = stage
+        for text, step in zip(triggers, steps, strict=True):
+            preimage = keys.trigger_preimage(
+                parent=parent.key, base=base.manifest_digest, instruction=str(text)
+            )
+            key = keys.key_of(preimage)
+            trigger = attrs.evolve(
+                node,
+                index=self._next_synthetic_index(),
+                parent=parent.index,
+                step=step,
+                key=key,
+                fs_key=key,
+                preimage=preimage,
+                sources=(),
+                deps=(),
+                trees=(),
+                part=None,
+                group=None,
+                structural_key=None,
+            )
+            before = self.states[parent.index]
+            after = attrs.evolve(before, state=before.state.apply(step, self.plan.graph.scope))
+            cmd_set = apply_config_step(config, step, after.state, cmd_set=cmd_set)
+            created_by = f"ONBUILD {text} # imagedsl, from {base.reference}"
+            history: dict[str, Any] = {
+                "created": _iso(self.backend.epoch),
+                "created_by": created_by,
+            }
+            layer = None
+            if isinstance(step, Run | Workdir):
+                label = f"{node.stage}[{node.position}] ONBUILD {text}"
+                self.reporter.step_started(label)
+                layer = self._layer(trigger, before, label)
+            if layer is None:
+                history["empty_layer"] = True
+                after = attrs.evolve(after, history=(*after.history, history))
+            else:
+                after = attrs.evolve(
+                    after, layers=(*after.layers, layer), history=(*after.history, history)
+                )
+            self.states[trigger.index] = after
+            parent = trigger
+        final = self.states[parent.index]
+        return attrs.evolve(final, start_config=config, cmd_set=cmd_set)
+
+    def _next_synthetic_index(self) -> int:
+        self._synthetic -= 1
+        return self._synthetic
 
     # -- filesystems ---------------------------------------------------------------------------
 
@@ -451,7 +517,8 @@ class _Build:
         else:
             if layer is None or self.blobs.has(layer.digest, layer.size):
                 self.stats = attrs.evolve(self.stats, layers_reused=self.stats.layers_reused + 1)
-                record_step(self.store, node, _outputs(layer))
+                if node.index >= 0:
+                    record_step(self.store, node, _outputs(layer))
                 self.reporter.step_finished(label, "cached")
                 self.cached.append(label)
                 return layer
@@ -461,7 +528,8 @@ class _Build:
             made = self._entries(node, below)
             layer = None if made is None else self._write(*made)
         atomic_write(cache, json.dumps(None if layer is None else layer.to_json()).encode())
-        record_step(self.store, node, _outputs(layer))
+        if node.index >= 0:  # a base's ONBUILD trigger is no step of the plan
+            record_step(self.store, node, _outputs(layer))
         self.reporter.step_finished(label, "built")
         self.built.append(label)
         return layer
@@ -542,6 +610,8 @@ class _Build:
         placement = self._placement(node, lower)
         if isinstance(step.source, UrlSource):
             return [url_entry(step.source, placement, self.blobs)], placement.parent
+        if isinstance(step.source, InlineFile):
+            return [inline_entry(step.source, placement)], placement.parent
         assert isinstance(step.source, ContextSource)
         root = step.source.context.root
         if isinstance(step, Add):
@@ -688,7 +758,11 @@ class _Build:
         base = state.base
         base_config: Mapping[str, Any] = base.config if base is not None else {}
         states = [self.states[n.index].state for n in chain]
-        container = _container_config(chain, states, dict(base_config.get("config") or {}))
+        start = state.start_config
+        if start is None:
+            start = start_config(base_config.get("config") or {})
+        steps = [n.step for n in chain]
+        container = container_config(steps, states, start, cmd_set=state.cmd_set)
         os_name, _, rest = node.state.platform.partition("/")
         arch, _, variant = rest.partition("/")
         config: dict[str, Any] = {
@@ -785,109 +859,11 @@ def _outputs(layer: LayerBlob | None) -> dict[str, Any]:
 def _single_file(node: StepNode) -> bool:
     step = node.step
     assert isinstance(step, Copy | Add)
-    if isinstance(step.source, UrlSource):
+    if isinstance(step.source, UrlSource | InlineFile):
         return True
     if not isinstance(step.source, ContextSource):
         return False
     return any(e.placed == "." for tree in node.trees for e in tree.entries)
-
-
-def _shell_argv(state: BuildState, command: tuple[str, ...], shell_form: bool) -> list[str]:
-    return list(state.argv(command, shell_form))
-
-
-def _duration_ns(text: str | None) -> int | None:
-    if text is None:
-        return None
-    units = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
-    total = 0.0
-    number = ""
-    i = 0
-    while i < len(text):
-        char = text[i]
-        if char.isdigit() or char == ".":
-            number += char
-            i += 1
-            continue
-        unit = text[i : i + 2] if text[i : i + 2] in units else char
-        total += float(number) * units[unit]
-        number = ""
-        i += len(unit)
-    return int(total)
-
-
-def _container_config(
-    chain: Sequence[StepNode], states: Sequence[BuildState], base: dict[str, Any]
-) -> dict[str, Any]:
-    """The image's ``config``: the base's, with this stage's config steps applied in order.
-
-    ``states`` are the concrete states after each node of ``chain`` (the base's Env already
-    in the first, so ENV PATH=/x:$PATH extends the base's PATH)."""
-    config = dict(base)
-    final = states[-1]
-    # The config's Env is the base's with ENV applied in place (a FROM scratch stage starts
-    # with Docker's default PATH); ARG values are not part of it.
-    config["Env"] = [f"{name}={value}" for name, value in final.config_env]
-    cmd_set = False
-    for node, state in zip(chain, states, strict=True):
-        step = node.step
-        variables = state.variables
-        if isinstance(step, Workdir):
-            config["WorkingDir"] = state.workdir
-        elif isinstance(step, User):
-            config["User"] = state.user
-        elif isinstance(step, Cmd):
-            config["Cmd"] = _shell_argv(state, step.command, step.shell_form)
-            cmd_set = True
-        elif isinstance(step, Entrypoint):
-            config["Entrypoint"] = _shell_argv(state, step.command, step.shell_form)
-            if not cmd_set:
-                config.pop("Cmd", None)
-        elif isinstance(step, Label):
-            labels = dict(config.get("Labels") or {})
-            for key, value in step.items:
-                labels[expand(key, variables)] = expand(value, variables)
-            config["Labels"] = labels
-        elif isinstance(step, Expose):
-            ports = dict(config.get("ExposedPorts") or {})
-            for port in step.ports:
-                expanded = expand(port, variables)
-                # A port from a $VAR gets the protocol its written form would have had.
-                ports[expanded if "/" in expanded else f"{expanded}/tcp"] = {}
-            config["ExposedPorts"] = ports
-        elif isinstance(step, Volume):
-            volumes = dict(config.get("Volumes") or {})
-            for path in step.paths:
-                volumes[expand(path, variables)] = {}
-            config["Volumes"] = volumes
-        elif isinstance(step, StopSignal):
-            config["StopSignal"] = step.signal
-        elif isinstance(step, Shell):
-            config["Shell"] = list(step.command)
-        elif isinstance(step, Healthcheck):
-            config["Healthcheck"] = _healthcheck(step)
-    for key in ("WorkingDir", "User"):
-        if key in config and not config[key]:
-            del config[key]
-    return {k: v for k, v in config.items() if v is not None}
-
-
-def _healthcheck(step: Healthcheck) -> dict[str, Any]:
-    if step.test is None:
-        return {"Test": ["NONE"]}
-    test = ["CMD-SHELL", step.test[0]] if step.shell_form else ["CMD", *step.test]
-    check: dict[str, Any] = {"Test": test}
-    for key, value in (
-        ("Interval", step.interval),
-        ("Timeout", step.timeout),
-        ("StartPeriod", step.start_period),
-    ):
-        duration = _duration_ns(value)
-        if duration is not None:
-            check[key] = duration
-    if step.retries is not None:
-        check["Retries"] = step.retries
-    return check
 
 
 __all__ = [

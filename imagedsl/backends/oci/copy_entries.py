@@ -32,11 +32,12 @@ from imagedsl.backends.oci.filesystem import (
 )
 from imagedsl.backends.oci.layer import LayerEntry, LayerError
 from imagedsl.errors import InputError
+from imagedsl.steps import INLINE_FILE_NAME
 from imagedsl.treehash import Row, Tree, TreeEntry
 
 if TYPE_CHECKING:
     from imagedsl.oci.blobs import BlobStore
-    from imagedsl.steps import UrlSource
+    from imagedsl.steps import InlineFile, UrlSource
 
 _URL_TIMEOUT: Final = 60.0
 
@@ -141,8 +142,9 @@ class Placement:
         """A directory the layer needs but no source gave.
 
         Below the destination it is one of the copied directories (``chmod``/``chown``
-        apply); at or above it, it keeps what the layers below have, else it is made (the
-        destination owned per ``chown``, the rest by root).
+        apply); at or above it, it keeps what the layers below have, else it is made 0755
+        and owned per ``chown`` (BuildKit makes every missing parent with the copy's owner;
+        WORKDIR's with the USER's).
         """
         if not self.root or path.startswith(self.root + "/"):
             mode = 0o755 if self.chmod is None else self.chmod
@@ -152,11 +154,7 @@ class Placement:
         found = self.lower.get(path) if self.lower is not None else None
         if found is not None and found.kind == "dir":
             return LayerEntry(path=path, kind="dir", mode=found.mode, uid=found.uid, gid=found.gid)
-        if path == self.root:
-            return LayerEntry(
-                path=path, kind="dir", mode=0o755, uid=self.owner.uid, gid=self.owner.gid
-            )
-        return LayerEntry(path=path, kind="dir", mode=0o755)
+        return LayerEntry(path=path, kind="dir", mode=0o755, uid=self.owner.uid, gid=self.owner.gid)
 
 
 def context_entries(
@@ -318,15 +316,28 @@ def url_entry(source: UrlSource, placement: Placement, blobs: BlobStore) -> Laye
                 blobs.import_stream(response, digest, source.url)
         except OSError as error:
             raise StepInputError("ADD", f"cannot fetch {source.url}: {error}") from None
-    name = posixpath.basename(source.url.split("?", 1)[0].rstrip("/")) or "download"
     return LayerEntry(
-        path=placement.target(".", name),
+        path=placement.target(".", source.file_name),
         kind="file",
         mode=0o600 if placement.chmod is None else placement.chmod,
         uid=placement.owner.uid,
         gid=placement.owner.gid,
         size=path.stat().st_size,
         source=str(path),
+    )
+
+
+def inline_entry(source: InlineFile, placement: Placement) -> LayerEntry:
+    """``COPY <<EOF``: a file written in the build file, with its own mode unless ``chmod``."""
+    return LayerEntry(
+        path=placement.target(".", INLINE_FILE_NAME),
+        kind="file",
+        mode=source.mode if placement.chmod is None else placement.chmod,
+        uid=placement.owner.uid,
+        gid=placement.owner.gid,
+        size=len(source.content),
+        source=source.content,
+        digest=source.digest,
     )
 
 
