@@ -229,7 +229,7 @@ class _Reader:
                 flags.append(flag)
         values = list(command.value)
         if name in ("COPY", "ADD") and "--from=<stage>" not in flags:
-            values = self._context_sources(command, values)
+            values = self._context_sources(command, values, flags)
         elif name == "COPY":
             values = [*(_path(v) for v in values[:-1]), values[-1]]
         elif name in ("ENV", "LABEL"):
@@ -242,18 +242,31 @@ class _Reader:
         elif name == "EXPOSE":
             values = [v if "/" in v else f"{v}/tcp" for v in values]
         form = "json " if command.json and name in ("RUN", "CMD", "ENTRYPOINT", "SHELL") else ""
-        heredocs = [f"<<{h.name}:{h.content}" for h in getattr(command, "heredocs", ())]
+        heredocs = []
+        for heredoc in command.heredocs:
+            # Quoting the delimiter stops expansion: it matters only if the text has any.
+            literal = "$" not in heredoc.content and "\\" not in heredoc.content
+            values = [
+                "<<" if literal and re.fullmatch(r"<<-?['\"]?\w+['\"]?", v) else v for v in values
+            ]
+            values = [re.sub(r"\A<<-?(['\"]?)\w+\1\Z", r"<<\1", v) for v in values]
+            heredocs.append(f"{indent}  <<{json.dumps(heredoc.content)}")
         line = indent + " ".join([name, *sorted(flags), f"{form}{json.dumps(values)}"])
         return [*nested, line, *heredocs]
 
-    def _context_sources(self, command: Any, values: list[str]) -> list[str]:
+    def _context_sources(self, command: Any, values: list[str], flags: list[str]) -> list[str]:
         """COPY/ADD sources as the paths they copy: a lowered Dockerfile copies digest-named
         directories and names the paths in the comment above the instruction."""
         *sources, dest = values
         if sources and all(_DIGEST_DIR.match(s) for s in sources):
             comment = self.lines[command.start_line - 2].strip()
             assert comment.startswith("# "), comment
-            text = re.sub(r" \((?:excluding|layer) [^)]*\)| \[layer [^]]*\]", "", comment[2:])
+            text = comment[2:]
+            if " (with their parent directories)" in text:
+                flags.append("--parents")
+            text = re.sub(
+                r" \((?:excluding [^)]*|with their parent directories)\)| \[layer [^]]*\]", "", text
+            )
             sources = text.split()
         return [*(_path(s) for s in sources), dest]
 

@@ -888,6 +888,8 @@ def _copy_comment(step: Copy | Add, node: StepNode) -> str:
     text = " ".join(step.source.describe_paths())
     if isinstance(step, Copy) and step.exclude:
         text += " (excluding " + " ".join(step.exclude) + ")"
+    if isinstance(step, Copy) and step.parents:
+        text += " (with their parent directories)"
     if node.part is not None:
         text += f" [layer {node.part}]"
     if not text.isprintable():
