@@ -439,7 +439,7 @@ class FidelityRun:
             try:
                 outcome = run_scenario(scenario, root, self.engine, self.image)
             except BuildFailedError as error:
-                if attempt or not _lost_rootfs(error):
+                if attempt or not lost_rootfs(error):
                     raise
                 continue
             if not cache_was_lost(outcome.rows):
@@ -499,7 +499,7 @@ def scenario_params(scenarios: Sequence[Scenario]) -> list[Any]:
     ]
 
 
-def _lost_rootfs(error: BuildFailedError) -> bool:
+def lost_rootfs(error: BuildFailedError) -> bool:
     """Docker 20.10's BuildKit, busy with concurrent builds of one base, now and then starts a
     RUN on a root filesystem that is not there yet (``exec: "/bin/sh": stat /bin/sh: no such
     file or directory``): the engine's flake, not the build's; the scenario runs again."""
