@@ -669,7 +669,7 @@ class _Keyer:
         parts = self.hasher.partition(step.source, whole, step.layers)
         if parts is None:
             return []
-        dest = state.resolve_path(step.dest)
+        dest = _copy_dest(state, step.dest)
         below = None if step.link else parent.fs_key
         nodes: list[StepNode] = []
         first = common["index"]
@@ -680,7 +680,7 @@ class _Keyer:
                 dest=dest,
                 chown=_expanded(state, step.chown),
                 chmod=_expanded(state, step.chmod),
-                exclude=step.exclude,
+                exclude=(),  # the part's tree already leaves excluded files out
                 tree=tree.digest,
             )
             key = keys.key_of(preimage)
@@ -737,7 +737,7 @@ class _Keyer:
     def _copy_context(
         self, step: Copy | Add, state: BuildState, parent: StepNode
     ) -> tuple[keys.Preimage, tuple[Tree, ...]]:
-        dest = state.resolve_path(step.dest)
+        dest = _copy_dest(state, step.dest)
         link_parent = None if step.link else parent.fs_key
         if isinstance(step.source, UrlSource):
             preimage = keys.add_url_preimage(
@@ -764,7 +764,10 @@ class _Keyer:
             dest=dest,
             chown=_expanded(state, step.chown),
             chmod=_expanded(state, step.chmod),
-            exclude=exclude,
+            # The tree is what the patterns left: a pattern that excludes nothing must not
+            # change the key (BuildKit copies the same staged files), one that does changes
+            # the tree.
+            exclude=(),
             tree=tree.digest,
         )
         return preimage, (tree,)
@@ -773,7 +776,7 @@ class _Keyer:
         self, step: Copy, state: BuildState, parent: StepNode, source: StepNode
     ) -> tuple[keys.Preimage, str, bool]:
         assert isinstance(step.source, StagePath)
-        dest = state.resolve_path(step.dest)
+        dest = _copy_dest(state, step.dest)
         link_parent = None if step.link else parent.fs_key
         structural = keys.copy_from_stage_preimage(
             parent=link_parent,
@@ -825,6 +828,15 @@ class _Keyer:
             raise
         self._trees[memo] = tree
         return tree
+
+
+def _copy_dest(state: BuildState, dest: str) -> str:
+    """A COPY/ADD destination as BuildKit keys it: resolved against WORKDIR, with a trailing
+    ``/`` when written with one or as ``.`` (``COPY f .`` and ``COPY f ./`` are one copy)."""
+    resolved = state.resolve_path(dest)
+    if state.expand(dest) in (".", "") and not resolved.endswith("/"):
+        resolved += "/"
+    return resolved
 
 
 def inline_tree(source: InlineFile) -> Tree:

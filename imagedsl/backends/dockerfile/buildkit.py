@@ -36,6 +36,7 @@ from imagedsl.backends import BuildRequest, BuildRequestError, BuildResult, read
 from imagedsl.backends._masking import masked, masks_for
 from imagedsl.backends.dockerfile._progress import ProgressParser, Vertex
 from imagedsl.backends.dockerfile._staging import ContextPool
+from imagedsl.backends.dockerfile._vertices import VertexMap
 from imagedsl.backends.dockerfile.lowering import (
     BUILTIN_FRONTEND_20_10,
     DOCKERFILE_1_4,
@@ -150,7 +151,7 @@ class DockerfileBackend:
                 _record(store, plan, run)
                 raise
             image_id = iidfile.read_text().strip() if iidfile.is_file() else None
-        _record(store, plan, run)
+        _record(store, plan, run, succeeded=returncode == 0)
         if returncode != 0:
             raise run.failure(engine)
         pool.prune(keep=[tree.name for tree in lowered.trees])
@@ -168,9 +169,9 @@ class DockerfileBackend:
         )
 
 
-def _record(store: Store, plan: Plan, run: _BuildRun) -> None:
+def _record(store: Store, plan: Plan, run: _BuildRun, *, succeeded: bool = False) -> None:
     durations = run.durations()
-    for index in run.completed_steps():
+    for index in run.completed_steps(succeeded=succeeded):
         record_step(store, plan.steps[index], seconds=durations.get(index))
 
 
@@ -327,7 +328,9 @@ class _BuildRun:
         self.progress = progress
         self.masks = masks
         self.parser = ProgressParser()
-        self.step_of_label = {label: index for index, label in lowered.vertices.items()}
+        self.vertex_map = VertexMap(
+            lowered.expected_vertices, labelled=len(lowered.expected_vertices) > 1
+        )
 
     def execute(self, argv: Sequence[str], env: Mapping[str, str]) -> int:
         with subprocess.Popen(
@@ -360,6 +363,10 @@ class _BuildRun:
         line = masked(line, self.masks)
         parsed = self.parser.feed(line)
         vertex = parsed.vertex
+        if parsed.kind == "name" and vertex is not None:
+            position = vertex.number_in_stage
+            if position is not None:
+                self.vertex_map.add(vertex.number, vertex.stage, position, vertex.instruction)
         index = self._step_of(vertex)
         label = "buildkit" if index is None else self._label(index)
         if index is not None and vertex is not None:
@@ -374,9 +381,7 @@ class _BuildRun:
         self.reporter.step_output(label, line)
 
     def _step_of(self, vertex: Vertex | None) -> int | None:
-        if vertex is None or vertex.label is None:
-            return None
-        return self.step_of_label.get(vertex.label)
+        return None if vertex is None else self.vertex_map.step_of(vertex.number)
 
     def _label(self, index: int) -> str:
         step = self.plan.steps[index]
@@ -385,10 +390,8 @@ class _BuildRun:
     def vertex_status(self) -> dict[int, str]:
         """Plan step index -> the final status of its vertex (steps BuildKit showed)."""
         statuses: dict[int, str] = {}
-        for label, vertex in self.parser.by_label().items():
-            index = self.step_of_label.get(label)
-            if index is not None:
-                statuses[index] = vertex.status
+        for index, number in sorted(self.vertex_map.vertex_of_step().items()):
+            statuses[index] = self.parser.vertices[number].status
         # BuildKit shows one vertex for identical operations: share it among equal keys.
         by_key = {self.plan.steps[i].key: s for i, s in statuses.items()}
         for index in self.lowered.vertices:
@@ -399,15 +402,18 @@ class _BuildRun:
     def durations(self) -> dict[int, float]:
         """Plan step index -> seconds BuildKit took to make it (steps made now only)."""
         durations = {}
-        for label, vertex in self.parser.by_label().items():
-            index = self.step_of_label.get(label)
-            if index is not None and vertex.status == "done" and vertex.seconds is not None:
+        for index, number in self.vertex_map.vertex_of_step().items():
+            vertex = self.parser.vertices[number]
+            if vertex.status == "done" and vertex.seconds is not None:
                 durations[index] = vertex.seconds
         return durations
 
-    def completed_steps(self) -> list[int]:
-        """Steps whose results exist now: completed vertices, everything they stand on, and
-        the steps that make no vertex (config steps, FROM scratch) on top of those."""
+    def completed_steps(self, *, succeeded: bool = False) -> list[int]:
+        """Steps whose results exist now: after a successful build, every step; else the
+        completed vertices, everything they stand on, and the steps that make no vertex
+        (config steps, FROM scratch) on top of those."""
+        if succeeded:
+            return list(range(len(self.plan.steps)))
         nodes = [step.node for step in self.plan.steps]
         done = {i for i, status in self.vertex_status().items() if status in ("cached", "done")}
         stack = list(done)

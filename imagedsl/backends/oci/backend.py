@@ -811,7 +811,9 @@ class _Build:
         states = [self.states[n.index].state for n in chain]
         start = state.start_config
         if start is None:
-            start = start_config(base_config.get("config") or {})
+            # FROM scratch: BuildKit's empty image has WorkingDir / (and Docker's PATH).
+            empty = {"WorkingDir": "/"} if base is None else {}
+            start = start_config(base_config.get("config") or empty)
         steps = [n.step for n in chain]
         container = container_config(steps, states, start, cmd_set=state.cmd_set)
         os_name, _, rest = node.state.platform.partition("/")

@@ -175,6 +175,10 @@ def context_entries(
     for item in items:
         host = os.path.join(root, item.source)
         path = placement.target(item.placed, posixpath.basename(item.source))
+        if item.type == "file" and os.path.islink(host):
+            # A symlink named as the source: its target's bytes, under its name (as BuildKit
+            # follows it; the plan checked that the target is inside the context).
+            host = _inside(root, os.path.realpath(host), item)
         if item.type == "file":
             entries.append(
                 LayerEntry(
@@ -211,6 +215,13 @@ def context_entries(
                 )
             )
     return entries
+
+
+def _inside(root: str, host: str, item: TreeEntry) -> str:
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([real_root, host]) != real_root:
+        raise LayerError(item.placed, f"{item.source} is a symlink that leaves the build context")
+    return host
 
 
 def _read_symlink(host: str, item: TreeEntry) -> str:
