@@ -13,10 +13,11 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from imagedsl import __version__
 from imagedsl._terminal import TerminalReporter, display_location, display_path, format_plan, mib
-from imagedsl.api import BuildSession, open_store, push_image
+from imagedsl.api import BuildSession, import_dockerfile, open_store, push_image
 from imagedsl.backends import BACKENDS
 from imagedsl.errors import ImageDSLError, exit_code_of
 from imagedsl.store import StoreWarning
@@ -112,6 +113,16 @@ def run_lower(args: argparse.Namespace) -> int:
     text = _session(args).lower(args.output_dir)
     if args.output_dir is None:
         sys.stdout.write(text)
+    return EXIT_OK
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """``imagedsl import``: print the build.py for a Dockerfile, or write it (``-o FILE``)."""
+    text = import_dockerfile(args.dockerfile, args.output)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
     return EXIT_OK
 
 
@@ -240,6 +251,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     _common(lower)
     lower.set_defaults(run=run_lower)
+
+    imported = commands.add_parser("import", help="write the build.py for a Dockerfile")
+    imported.add_argument(
+        "dockerfile", nargs="?", default="Dockerfile", metavar="DOCKERFILE", help="./Dockerfile"
+    )
+    imported.add_argument("-o", "--output", metavar="FILE", help="write to FILE (not stdout)")
+    imported.set_defaults(run=run_import)
 
     targets = commands.add_parser("targets", help="list the targets of a build file")
     targets.add_argument("spec", nargs="?", metavar="FILE", help="build file (./build.py)")
