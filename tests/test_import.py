@@ -21,16 +21,24 @@ from pathlib import Path
 
 import pytest
 from docker_support import DockerEngine
+from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import strategies as st
 from import_support import flatten, targets
+from test_lower import _builds
 
-from imagedsl.api import import_dockerfile, load_buildfile
+import imagedsl as dsl
+from imagedsl import api, buildstate
+from imagedsl.api import Plan, Store, import_dockerfile, load_buildfile
 from imagedsl.backends.dockerfile.lowering import (
     DOCKERFILE_1_4,
+    LoweringError,
     lower_to_dockerfile,
     write_build_dir,
 )
 from imagedsl.cli import main
 from imagedsl.importer import DockerfileImportError, translate_text
+from imagedsl.importer._translate import stage_variable
+from imagedsl.steps import InlineFile, OnBuild, UrlSource
 
 RESOURCES = Path(__file__).parent / "resources" / "import"
 CORPUS = sorted(RESOURCES.glob("*.Dockerfile"))
@@ -174,8 +182,6 @@ def test_lowered_import_builds_from_the_dockerfiles_cache(
 
 def target_stage(project: Path, target: str) -> str | None:
     """The Dockerfile's own name of the stage imported as ``target`` (None: the last one)."""
-    from imagedsl.importer._translate import stage_variable
-
     text = (project / "Dockerfile").read_text()
     names = re.findall(r"^FROM .* AS (\S+)", text, flags=re.MULTILINE | re.IGNORECASE)
     for stage in names:
@@ -266,3 +272,97 @@ def test_comments_and_directives_are_carried_over(tmp_path: Path) -> None:
         assert comment in text
     text = import_dockerfile(_project(tmp_path, RESOURCES / "28-directives.Dockerfile"))
     assert "syntax=docker/dockerfile:1" in text
+
+
+# -- import(lower(X)) plans as X -----------------------------------------------------------------
+
+BUILD_FILES = sorted(
+    [
+        *(Path(__file__).parent.parent / "examples").glob("*/build.py"),
+        Path(__file__).parent / "resources" / "project" / "build.py",
+        Path(__file__).parent / "resources" / "project" / "build_sleep.py",
+    ]
+)
+
+
+def _reimported_keys(plan: Plan, target: str, directory: Path, store: Store) -> list[str]:
+    """The keys of ``target``'s plan after lowering ``plan`` and importing the Dockerfile."""
+    write_build_dir(plan, directory)
+    build_py = directory / "build.py"
+    build_py.write_text(import_dockerfile(directory / "Dockerfile", build_py))
+    imported = load_buildfile(build_py).plan(stage_variable(target), store=store)
+    return [step.key for step in imported.steps]
+
+
+@pytest.mark.parametrize(
+    "build_file", [pytest.param(p, id=f"{p.parent.name}/{p.name}") for p in BUILD_FILES]
+)
+def test_import_of_the_lowering_plans_with_the_same_keys(tmp_path: Path, build_file: Path) -> None:
+    """For every example and test build.py, ``import(lower(X))`` plans every target with X's
+    keys."""
+    buildfile = load_buildfile(build_file)
+    store = Store(tmp_path / "store")
+    for target in buildfile.targets:
+        plan = buildfile.plan(target, store=store)
+        keys = _reimported_keys(plan, target, tmp_path / target, store)
+        assert keys == [step.key for step in plan.steps], target
+
+
+@pytest.fixture(name="generated_src", scope="module")
+def fixture_generated_src(tmp_path_factory: pytest.TempPathFactory) -> dsl.Context:
+    """A context for generated builds (the files ``test_lower``'s generator selects)."""
+    root = tmp_path_factory.mktemp("import-src")
+    (root / "app").mkdir()
+    (root / "app" / "main.py").write_text("print('hi')\n")
+    (root / "requirements.txt").write_text("flask\n")
+    (root / "run.sh").write_text("#!/bin/sh\n")
+    return dsl.context(root)
+
+
+def _emulated(step: object) -> bool:
+    """A step the lowering writes in an equivalent form for Docker 20.10's frontend."""
+    source = getattr(step, "source", None)
+    if isinstance(source, UrlSource | InlineFile):
+        return True
+    if isinstance(step, OnBuild):
+        return True
+    return bool(getattr(step, "link", False) or getattr(step, "parents", False))
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_generated_builds_survive_lower_then_import(
+    generated_src: dsl.Context, data: st.DataObject, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Random build graphs (the lowering property test's generator): lowering then importing
+    plans with the same keys, or the importer refuses with a Dockerfile line."""
+    named = data.draw(_builds(generated_src))
+    target = list(named)[-1]
+    store = Store(tmp_path_factory.mktemp("store"))
+    try:
+        plan = api.plan(named, target, store=store)
+        lower_to_dockerfile(plan)
+    except (buildstate.ExpansionError, LoweringError):
+        assume(False)
+        raise
+    # Docker 20.10's frontend has no ADD --checksum, COPY --link, --parents or COPY <<EOF:
+    # the lowering writes equivalent forms (a fetched URL, an inline file or a --parents
+    # selection become staged context files, --link a stage of its own) that a Dockerfile
+    # reader cannot tell from the plain forms, so those steps come back as plain copies. And
+    # it writes ONBUILD in the target's stage only (triggers are the image's): the corpus and
+    # the build files check ONBUILD.
+    assume(not any(_emulated(step.node.step) for step in plan.steps))
+    directory = tmp_path_factory.mktemp("lowered")
+    try:
+        keys = _reimported_keys(plan, target, directory, store)
+    except DockerfileImportError as refused:
+        event(f"refused: {refused.problem.split(':')[0]}")
+        line = refused.line
+    else:
+        assert keys == [step.key for step in plan.steps], (directory / "build.py").read_text()
+        return
+    assert line > 0

@@ -17,6 +17,8 @@ from typing import Any, Final
 
 import attrs
 
+from imagedsl.backends.dockerfile._words import shell_form_is_exact
+from imagedsl.buildstate import DEFAULT_SHELL
 from imagedsl.errors import InputError
 from imagedsl.importer._format import Atom, Call, Chain, DictExpr, Expr, Link, ListExpr
 from imagedsl.importer._words import WordError, has_variable, read_word
@@ -85,7 +87,10 @@ def string_literal(value: str, prefix: str = "") -> str:
             out.append("\\r")
         elif not char.isprintable():
             code = ord(char)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+            if code < 0x100:
+                out.append(f"\\x{code:02x}")
+            else:
+                out.append(f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
         else:
             out.append(char)
     return prefix + quote + "".join(out) + quote
@@ -113,6 +118,7 @@ class _Stage:
     name: str | None
     chain: Chain
     line: int
+    shell: tuple[str, ...] = DEFAULT_SHELL
 
 
 @attrs.define
@@ -149,6 +155,7 @@ class Translator:
         self.uses_context = False
         self.taken: set[str] = set(_RESERVED)
         self._statements: list[Statement] = []
+        self.current = _Stage("", None, Chain(Atom("")), 0)
         self._pending_stage_comments: list[str] = []
 
     # -- names ------------------------------------------------------------------------------
@@ -177,6 +184,7 @@ class Translator:
                     if current is not None:
                         self._finish(current)
                     current = self._from(command)
+                    self.current = current
                     self._pending_stage_comments = pending
                     pending = []
                 elif current is None:
@@ -310,7 +318,8 @@ class Translator:
             head = Call("dsl.image", (self._template(ref), *kwargs))
         last_guess = name or f"stage_{len(self.stages)}"
         variable = self._fresh(stage_variable(last_guess))
-        return _Stage(variable, name, Chain(head), command.start_line)
+        shell = self.by_name[ref.lower()].shell if ref.lower() in self.by_name else DEFAULT_SHELL
+        return _Stage(variable, name, Chain(head), command.start_line, shell)
 
     def _names_a_stage(self, template: str) -> bool:
         pattern = re.escape(template)
@@ -364,8 +373,20 @@ class Translator:
         if command.heredocs:
             return self._script(command)
         if command.json:
+            shell_form = self._as_shell_form(command.value, self.current.shell)
+            if shell_form is not None:
+                return _string(shell_form)
             return ListExpr(tuple(_string(v) for v in command.value))
         return _string(command.value[0])
+
+    @staticmethod
+    def _as_shell_form(argv: Sequence[str], shell: Sequence[str]) -> str | None:
+        """The shell-form command a JSON form spells, when no shell form could: the lowering
+        writes such a command (say, one with a line break) as SHELL + [command]."""
+        if len(argv) == len(shell) + 1 and tuple(argv[:-1]) == tuple(shell):
+            if not shell_form_is_exact(argv[-1]):
+                return str(argv[-1])
+        return None
 
     def _script(self, command: Any) -> Expr:
         if len(command.heredocs) != 1 or len(command.value) != 1:
@@ -636,6 +657,9 @@ class Translator:
     def _exec_or_shell(self, command: Any, method: str) -> list[Call]:
         self._no_flags(command)
         if command.json:
+            shell_form = self._as_shell_form(command.value, self.current.shell)
+            if shell_form is not None:
+                return [Call(method, (_string(shell_form),))]
             if len(command.value) == 0:
                 return [Call(method)]
             if len(command.value) == 1:
@@ -653,6 +677,7 @@ class Translator:
         self._no_flags(command)
         if not command.json:
             raise _Refused("SHELL takes a JSON array")
+        self.current.shell = tuple(command.value)
         return [Call("shell", tuple(_string(v) for v in command.value))]
 
     def _i_stopsignal(self, command: Any) -> list[Call]:
@@ -680,8 +705,11 @@ class Translator:
         if "retries" in flags:
             kwargs.append(("retries", Atom(str(int(str(flags["retries"]))))))
         test = values[1:]
-        if command.json:
-            first: tuple[Expr, ...] = (ListExpr(tuple(_string(v) for v in test)),)
+        shell_form = self._as_shell_form(test, DEFAULT_SHELL) if command.json else None
+        if shell_form is not None:
+            first: tuple[Expr, ...] = (_string(shell_form),)
+        elif command.json:
+            first = (ListExpr(tuple(_string(v) for v in test)),)
         else:
             first = (_string(test[0]),)
         return [Call("healthcheck", (*first, *kwargs))]

@@ -43,7 +43,7 @@ def read_word(text: str, escape: str = "\\") -> str:
             if char == "'":
                 quote = ""
             else:
-                out.append("\\$" if char == "$" else char)
+                out.append(_literal_dollar(text, i + 1) if char == "$" else char)
             i += 1
         elif char == escape and i + 1 < len(text):
             nxt = text[i + 1]
@@ -51,7 +51,7 @@ def read_word(text: str, escape: str = "\\") -> str:
                 out.append(char)
                 i += 1
                 continue
-            out.append("\\$" if nxt == "$" else nxt)
+            out.append(_literal_dollar(text, i + 2) if nxt == "$" else nxt)
             i += 2
         elif char in "'\"" and (not quote or char == quote):
             quote = "" if quote else char
@@ -66,6 +66,13 @@ def read_word(text: str, escape: str = "\\") -> str:
     if quote:
         raise WordError(f"unmatched {quote} in {text!r}")
     return "".join(out)
+
+
+def _literal_dollar(text: str, after: int) -> str:
+    """A literal ``$``: escaped only where imagedsl would read an expression (``$A``, ``${``),
+    so equal values are spelled alike (a step's key holds its text)."""
+    following = text[after : after + 1]
+    return "\\$" if re.match(r"[{A-Za-z_]", following) else "$"
 
 
 def has_variable(value: str) -> bool:
