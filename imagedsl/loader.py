@@ -28,11 +28,11 @@ from imagedsl.dsl import GlobalArg, Stage, StageRef, Targets
 from imagedsl.errors import BuildFileError, ImageDSLError, SourceLocation, UnknownTargetError
 
 if TYPE_CHECKING:
-    from imagedsl.graph import BaseResolver
+    from imagedsl.graph import BaseResolver, ResolvedBase
     from imagedsl.lockfile import LockFile
+    from imagedsl.oci.reference import ImageReference
     from imagedsl.planner import Plan
     from imagedsl.reporting import Reporter
-    from imagedsl.steps import FromImage
     from imagedsl.store import Store
 
 DEFAULT_BUILDFILE = "build.py"
@@ -74,8 +74,9 @@ class BuildFile:
     ) -> Plan:
         """Plan one target of this build file (see :func:`imagedsl.planner.plan`).
 
-        Unpinned bases take their digests from the lock file beside the build file, if any
-        (see :mod:`imagedsl.lockfile`), unless ``resolve_base`` says otherwise.
+        Unpinned bases are known by content from the local engine, the lock file beside the
+        build file, or the layout or archive itself (see :mod:`imagedsl.bases`), unless
+        ``resolve_base`` says otherwise.
         """
         from imagedsl.lockfile import LockFile
         from imagedsl.planner import plan
@@ -98,16 +99,16 @@ class BuildFile:
 
 
 def _default_resolver(lock: LockFile) -> BaseResolver:
-    """Registry bases from the lock file; local images (OCI layouts, archives) by reading
-    their index, so replacing the image behind ``oci:DIR:TAG`` changes the key."""
+    """:func:`imagedsl.bases.base_resolver`, made at the first base to resolve: a plan with
+    no image base imports nothing for it."""
+    made: list[BaseResolver] = []
 
-    def resolve(step: FromImage, platform: str) -> str | None:
-        pinned = lock.digest(step, platform)
-        if pinned is None and step.image.transport in ("oci", "oci-archive", "docker-archive"):
-            from imagedsl.oci.layout import local_base_digest
+    def resolve(reference: ImageReference, platform: str) -> ResolvedBase | None:
+        if not made:
+            from imagedsl.bases import base_resolver
 
-            return local_base_digest(step.image, platform)
-        return pinned
+            made.append(base_resolver(lock))
+        return made[0](reference, platform)
 
     return resolve
 

@@ -6,8 +6,8 @@ is rebuilt may produce the same bytes and then stay a hit), and ``config`` (meta
 
 A miss is explained by diffing its preimage with the closest earlier record of the same step
 position (fewest differing fields, then most recent): files added, removed or changed (by
-path), ENV/ARG old -> new, base digest changed, the command changed, or "parent changed"
-naming the upstream step.
+path), ENV/ARG old -> new, what a base image's name holds now, the command changed, or
+"parent changed" naming the upstream step.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from imagedsl import keys
+from imagedsl import credentials, keys
 from imagedsl.buildstate import ArgScope
 from imagedsl.dsl import GlobalArg, Stage, StageRef
 from imagedsl.errors import SourceLocation, StepArgumentError, UnknownTargetError
@@ -35,9 +35,12 @@ from imagedsl.graph import (
 )
 from imagedsl.oci.platform import Platform, canonical_platform
 from imagedsl.reporting import Reporter
-from imagedsl.steps import Arg, Env, FromImage, describe
+from imagedsl.steps import Arg, Env, FromImage, StageNamer, Step, describe
 from imagedsl.store import Record, Store, StoreWarning
 from imagedsl.treehash import ContextHasher, Tree
+
+if TYPE_CHECKING:
+    from imagedsl.oci.reference import ImageReference
 
 PLAN_SCHEMA: Final = 1
 #: This machine's platform: the default target and build platform, as BuildKit's.
@@ -243,7 +246,7 @@ def settle(plan: Plan, store: Store | None) -> Plan:
     return attrs.evolve(plan, steps=_statuses(graph, store), graph=graph)
 
 
-def _unpinned(step: FromImage, platform: str) -> None:
+def _unpinned(reference: ImageReference, platform: str) -> None:
     """The default base resolver: only digests written in the reference pin a base."""
 
 
@@ -263,7 +266,7 @@ def _statuses(graph: BuildGraph, store: Store | None) -> tuple[PlannedStep, ...]
     effective: list[PlanStatus] = []  # status of the filesystem each step leaves
     rows: list[PlannedStep] = []
     for node in graph.nodes:
-        instruction = describe(node.step, namer)
+        instruction = masked_description(node.step, namer)
         if node.part is not None:
             instruction += f"  [layer {node.part}]"
         notes = _notes(node)
@@ -303,7 +306,8 @@ def _statuses(graph: BuildGraph, store: Store | None) -> tuple[PlannedStep, ...]
             status, reasons = PlanStatus.HIT, tuple[str, ...]()
         else:
             status = PlanStatus.MISS
-            reasons = tuple(_explain(node, store, rows, have_record=record is not None))
+            explained = _explain(node, store, rows, have_record=record is not None)
+            reasons = tuple(credentials.mask_text(reason) for reason in explained)
         if node.group is not None and node.index != node.group:
             # The filesystem after a layered COPY is a hit only if every layer is.
             siblings = [rows[i].status for i in range(node.group, node.index)]
@@ -316,6 +320,18 @@ def _statuses(graph: BuildGraph, store: Store | None) -> tuple[PlannedStep, ...]
             )
         )
     return tuple(rows)
+
+
+def masked_description(step: Step, namer: StageNamer) -> str:
+    """:func:`~imagedsl.steps.describe`, with every secret-looking value masked: a plan is
+    printed, piped and pasted, and must never give a credential away."""
+    if isinstance(step, Env):
+        step = attrs.evolve(
+            step, items=tuple((k, credentials.mask_pair(k, v)) for k, v in step.items)
+        )
+    elif isinstance(step, Arg) and step.default is not None:
+        step = attrs.evolve(step, default=credentials.mask_pair(step.name, step.default))
+    return credentials.mask_text(describe(step, namer))
 
 
 def _worst(statuses: Sequence[PlanStatus]) -> PlanStatus:
@@ -333,14 +349,10 @@ def _notes(node: StepNode) -> tuple[str, ...]:
     step = node.step
     if not isinstance(step, FromImage):
         return ()
-    digest = node.preimage.get("digest")
-    if digest is None:
-        return ("base image is not pinned to a digest: its key follows the tag name",)
-    if step.image.digest is None:
-        if step.image.transport == "registry":
-            return (f"pinned to {digest} by the lock file",)
-        return (f"resolved to {digest} from the local image",)
-    return ()
+    notes = () if node.base is None else node.base.notes
+    if node.preimage.get("digest") is None:
+        return ("base image is not pinned to a digest: its key follows the tag name", *notes)
+    return notes
 
 
 def _first_unbuilt(rows: Sequence[PlannedStep], deps: Iterable[int]) -> str | None:
@@ -413,6 +425,10 @@ def _diff(
 ) -> list[str]:
     new = node.preimage
     reasons: list[str] = []
+    if node.kind == "from" and old.get("digest") != new.get("digest"):
+        # One reason for the base, however many of its fields moved.
+        reasons.append(_base_reason(node, old.get("digest")))
+        old = {**old, "digest": new.get("digest"), "ref": new.get("ref")}
     for field in sorted(set(old) | set(new), key=_field_order):
         before, after = old.get(field), new.get(field)
         if before == after or field in ("v", "kind"):
@@ -423,8 +439,6 @@ def _diff(
             reasons.extend(_tree_reasons(before, node, store))
         elif field == "env":
             reasons.extend(_variable_reasons(before, after, _setter(node, rows)))
-        elif field == "digest":
-            reasons.append(f"base image digest changed: {_short(before)} -> {_short(after)}")
         elif field in ("ref", "repository"):
             if before is not None and after is not None:
                 reasons.append(f"base image changed: {before} -> {after}")
@@ -437,6 +451,20 @@ def _diff(
         else:
             reasons.append(f"{field} changed: {_show(before)} -> {_show(after)}")
     return reasons
+
+
+def _base_reason(node: StepNode, before: Any) -> str:
+    """``base image changed: NAME is now sha256:…``: what the name holds now."""
+    step = node.step
+    assert isinstance(step, FromImage)
+    name = attrs.evolve(step.image, digest=None).familiar
+    after = node.preimage.get("digest")
+    if after is None:
+        return (
+            f"base image changed: {name} is no longer known by content (it was {before}); "
+            "its key follows the tag name"
+        )
+    return f"base image changed: {name} is now {after}"
 
 
 def _field_order(field: str) -> tuple[int, str]:
@@ -525,12 +553,13 @@ def _variable_reasons(before: Any, after: Any, kind: Callable[[str], str]) -> li
     for name in sorted(set(old) | set(new)):
         if old.get(name) == new.get(name):
             continue
+        was, now = _masked(name, old.get(name)), _masked(name, new.get(name))
         if name not in old:
-            reasons.append(f"{kind(name)} {name} set to {new[name]!r}")
+            reasons.append(f"{kind(name)} {name} set to {now!r}")
         elif name not in new:
-            reasons.append(f"{kind(name)} {name} removed (was {old[name]!r})")
+            reasons.append(f"{kind(name)} {name} removed (was {was!r})")
         else:
-            reasons.append(f"{kind(name)} {name} {old[name]!r} -> {new[name]!r}")
+            reasons.append(f"{kind(name)} {name} {was!r} -> {now!r}")
     if not reasons and old_pairs != new_pairs:
         # BuildKit keys RUN on the environment in order: a reordering alone is a miss.
         shown = ", ".join
@@ -539,6 +568,10 @@ def _variable_reasons(before: Any, after: Any, kind: Callable[[str], str]) -> li
             f"{shown(n for n, _ in new_pairs)}"
         )
     return reasons
+
+
+def _masked(name: str, value: Any) -> Any:
+    return credentials.mask_pair(name, value) if isinstance(value, str) else value
 
 
 def _mount_reasons(before: Any, after: Any) -> list[str]:
@@ -560,13 +593,6 @@ def _mount_reasons(before: Any, after: Any) -> list[str]:
     return reasons
 
 
-def _short(digest: Any) -> str:
-    if isinstance(digest, str) and ":" in digest:
-        algorithm, _, hexdigest = digest.partition(":")
-        return f"{algorithm}:{hexdigest[:12]}"
-    return "(unpinned)" if digest is None else str(digest)
-
-
 def _argv(argv: Any) -> str:
     if isinstance(argv, list):
         return json.dumps(argv, ensure_ascii=False)
@@ -581,18 +607,25 @@ def _show(value: Any) -> str:
 
 
 def record_step(
-    store: Store, step: PlannedStep | StepNode, outputs: Mapping[str, Any] | None = None
+    store: Store,
+    step: PlannedStep | StepNode,
+    outputs: Mapping[str, Any] | None = None,
+    *,
+    seconds: float | None = None,
 ) -> Record:
     """Record that a step was built: its preimage, its trees' manifests, and ``outputs``.
 
-    This is how backends turn misses into hits for the next plan.
+    This is how backends turn misses into hits for the next plan. ``seconds`` (how long
+    making the step took, when it was made now) is kept as ``outputs["seconds"]``: ``imagedsl
+    check`` reads it to say what re-running a step costs.
     """
     node = step.node if isinstance(step, PlannedStep) else step
     for tree in node.trees:
         store.put_tree(tree.digest, tree.manifest())
-    record = Record(
-        key=node.key, preimage=node.preimage, locus=node.locus, outputs=dict(outputs or {})
-    )
+    merged = dict(outputs or {})
+    if seconds is not None:
+        merged["seconds"] = round(seconds, 3)
+    record = Record(key=node.key, preimage=node.preimage, locus=node.locus, outputs=merged)
     return store.put(record)
 
 

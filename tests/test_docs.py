@@ -25,7 +25,8 @@ def python_blocks() -> list[object]:
         for i, block in enumerate(BLOCK.findall(doc.read_text())):
             is_build_file = block.startswith(("import imagedsl as dsl", "# build.py"))
             defines_stage = "dsl.image(" in block or "dsl.scratch(" in block
-            if is_build_file and defines_stage and "load_buildfile" not in block:
+            drives_a_build = "load_buildfile" in block or "BuildSession(" in block
+            if is_build_file and defines_stage and not drives_a_build:
                 found.append(pytest.param(block, id=f"{doc.name}-{i}"))
     return found
 

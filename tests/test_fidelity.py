@@ -27,7 +27,6 @@ from typing import Any
 
 import attrs
 import pytest
-from docker_support import DockerEngine
 
 from imagedsl.backends import BuildRequest, SecretSource
 from imagedsl.backends.dockerfile.buildkit import DockerfileBackend
@@ -35,6 +34,8 @@ from imagedsl.backends.dockerfile.lowering import lower_to_dockerfile
 from imagedsl.loader import load_buildfile
 from imagedsl.reporting import Reporter
 from imagedsl.store import Store
+from tests.support import docker
+from tests.support.docker import DockerEngine
 
 BUILD_PY = """\
 import imagedsl as dsl
@@ -256,13 +257,17 @@ EXPECTED_MISSES: dict[str, int] = {
 @pytest.fixture(name="other_base", scope="module")
 def fixture_other_base(
     docker_engine: DockerEngine, busybox_image: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+) -> str:
     """A second base image: busybox with one more file."""
-    context = tmp_path_factory.mktemp("other-base")
-    (context / "Dockerfile").write_text(f"FROM {busybox_image}\nRUN echo b > /base-b\n")
-    docker_engine.build(context, "--tag", _OTHER_BASE)
-    yield _OTHER_BASE
-    docker_engine.run("image", "rm", "--force", _OTHER_BASE, check=False)
+    # Built once per machine and kept (like the busybox base): parallel workers share it, so
+    # none may remove or rebuild it while another builds on it.
+    with docker.machine_lock("fidelity-other-base"):
+        present = docker_engine.run("image", "inspect", _OTHER_BASE, check=False)
+        if present.returncode != 0:
+            context = tmp_path_factory.mktemp("other-base")
+            (context / "Dockerfile").write_text(f"FROM {busybox_image}\nRUN echo b > /base-b\n")
+            docker_engine.build(context, "--tag", _OTHER_BASE)
+    return _OTHER_BASE
 
 
 @pytest.fixture(name="report", scope="module")

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Final, Protocol
 
 import attrs
 
-from imagedsl.errors import InputError
+from imagedsl.errors import InputError, SourceLocation
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -23,7 +23,13 @@ if TYPE_CHECKING:
     from imagedsl.oci.descriptor import Descriptor
     from imagedsl.planner import Plan
     from imagedsl.reporting import Reporter
+    from imagedsl.steps import Step
     from imagedsl.store import Store
+
+#: What a build may be allowed beyond the sandbox (BuildKit's names): ``network.host`` lets a
+#: RUN with ``network="host"`` use the host's network namespace.
+NETWORK_HOST: Final = "network.host"
+ENTITLEMENTS: Final = (NETWORK_HOST,)
 
 
 @attrs.frozen(kw_only=True)
@@ -82,6 +88,62 @@ class BuildRequestError(InputError):
         return self.message
 
 
+@attrs.define
+class UnknownEntitlementError(InputError):
+    """``--allow`` named something that is not an entitlement."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return f"--allow {self.name}: unknown entitlement; entitlements: {', '.join(ENTITLEMENTS)}"
+
+
+@attrs.define
+class EntitlementError(InputError):
+    """A step needs an entitlement the build was not given (``--allow``)."""
+
+    entitlement: str
+    stage: str
+    instruction: str
+    location: SourceLocation | None = None
+
+    def __str__(self) -> str:
+        return (
+            f"{self.stage}: {self.instruction} needs the {self.entitlement} entitlement: "
+            f"build with --allow {self.entitlement} (BuildSession(allow=...)) to let it "
+            f"use the host's network"
+        )
+
+
+def check_entitlement_names(names: Iterable[str]) -> frozenset[str]:
+    """The entitlements asked for, as a set; :class:`UnknownEntitlementError` for a typo."""
+    for name in names:
+        if name not in ENTITLEMENTS:
+            raise UnknownEntitlementError(name)
+    return frozenset(names)
+
+
+def required_entitlement(step: Step) -> str | None:
+    """The entitlement ``step`` needs to run (``network.host`` for a RUN on the host's
+    network), or None."""
+    from imagedsl.steps import Run
+
+    if isinstance(step, Run) and step.network == "host":
+        return NETWORK_HOST
+    return None
+
+
+def check_entitlements(plan: Plan, allow: Collection[str]) -> None:
+    """Refuse a plan with a step that needs an entitlement not in ``allow`` (as BuildKit
+    refuses it, whether or not the step is cached)."""
+    for planned in plan.steps:
+        needed = required_entitlement(planned.node.step)
+        if needed is not None and needed not in allow:
+            raise EntitlementError(
+                needed, f"{planned.stage}[{planned.index}]", planned.instruction, planned.location
+            )
+
+
 @attrs.frozen(kw_only=True)
 class BuildRequest:
     """What the user asked of a build, beyond the plan itself."""
@@ -93,6 +155,11 @@ class BuildRequest:
     platform: str | None = None
     secrets: tuple[SecretSource, ...] = ()
     progress: str = "auto"
+    #: Entitlements granted to the build (``network.host``), as BuildKit's ``--allow``.
+    allow: frozenset[str] = frozenset()
+    #: False: RUN steps run without a seccomp profile (the OCI backend's ``--no-seccomp``;
+    #: BuildKit always applies its own).
+    seccomp: bool = True
 
 
 @attrs.frozen(kw_only=True)
@@ -119,7 +186,10 @@ class Backend(Protocol):
     """
 
     name: str
-    layer_media_types: frozenset[str]
+
+    @property
+    def layer_media_types(self) -> frozenset[str]:
+        """The media types of the layers the backend writes into the store (empty: none)."""
 
     def build(
         self, plan: Plan, request: BuildRequest, *, store: Store, reporter: Reporter

@@ -147,8 +147,16 @@ def assignment(name: str, value: Expr | Chain) -> list[str]:
     if len(inside) <= LINE_LENGTH and not comments:
         return [f"{name} = (", inside, ")"]
     lines = [f"{name} = ("]
-    lines.extend(layout(value.head, 1))
-    for link in value.links:
+    links = value.links
+    if isinstance(value.head, Atom):
+        # ruff keeps a name and its first call together: ``deps.copy(...)`` then ``.run(...)``.
+        first = links[0]
+        lines[:0] = list(first.comments)
+        lines.extend(layout(Call(f"{value.head.text}.{first.call.func}", first.call.args), 1))
+        links = links[1:]
+    else:
+        lines.extend(layout(value.head, 1))
+    for link in links:
         lines.extend(INDENT + c for c in link.comments)
         lines.extend(layout(link.call, 1, "."))
     lines.append(")")

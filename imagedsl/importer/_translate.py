@@ -322,6 +322,9 @@ class Translator:
         return _Stage(variable, name, Chain(head), command.start_line, shell)
 
     def _names_a_stage(self, template: str) -> bool:
+        prefix = template.split("$", 1)[0].lower()
+        if not any(s.name and s.name.startswith(prefix) for s in self.stages):
+            return False  # the cheap test first: a 200-stage file has 200 such FROM lines
         pattern = re.escape(template)
         pattern = re.sub(r"\\\$\\\{[A-Za-z0-9_]+\\\}|\\\$[A-Za-z0-9_]+", ".*", pattern)
         return any(s.name and re.fullmatch(pattern, s.name) for s in self.stages)
@@ -383,9 +386,9 @@ class Translator:
     def _as_shell_form(argv: Sequence[str], shell: Sequence[str]) -> str | None:
         """The shell-form command a JSON form spells, when no shell form could: the lowering
         writes such a command (say, one with a line break) as SHELL + [command]."""
-        if len(argv) == len(shell) + 1 and tuple(argv[:-1]) == tuple(shell):
-            if not shell_form_is_exact(argv[-1]):
-                return str(argv[-1])
+        spelled = len(argv) == len(shell) + 1 and tuple(argv[:-1]) == tuple(shell)
+        if spelled and not shell_form_is_exact(argv[-1]):
+            return str(argv[-1])
         return None
 
     def _script(self, command: Any) -> Expr:

@@ -97,6 +97,15 @@ class PulledImage:
 
 
 @attrs.frozen(kw_only=True)
+class ResolvedImage:
+    """What :meth:`RegistryClient.resolve_image` found: the manifest (or index) the reference
+    names now, and the config of the image in it for the platform asked for."""
+
+    manifest: Descriptor
+    config: Descriptor
+
+
+@attrs.frozen(kw_only=True)
 class PushResult:
     """What :meth:`RegistryClient.push` did: the pushed manifest and each blob's outcome."""
 
@@ -204,6 +213,27 @@ class RegistryClient:
                 raise RegistryDigestError(repo.host, f"manifest {ref}", ref.digest, digest)
             return Descriptor(media_type=media_type, digest=digest, size=int(length))
         return self.get_manifest(ref).descriptor  # a registry that does not say: read it
+
+    def resolve_image(
+        self, reference: str | ImageReference, platform: Platform | None = None
+    ) -> ResolvedImage:
+        """The manifest a reference names now and its image's config for ``platform`` (default:
+        this machine's): the config digest is the image's content identity (what a plan keys
+        a base by), the manifest digest pulls exactly that image later."""
+        ref = _registry_reference(reference)
+        repo = Repository.of(ref)
+        top = self.get_manifest(ref)
+        manifest = top
+        if top.is_index:
+            wanted = platform or Platform.host()
+            chosen = _choose_platform(top, wanted)
+            if chosen is None:
+                available = [str(d.platform) for d in top.manifests if d.platform is not None]
+                raise PlatformNotFoundError(repo.host, str(ref), str(wanted), available)
+            manifest = self._fetch_manifest(repo, chosen.digest, f"{repo}@{chosen.digest}")
+        if manifest.config is None:
+            raise RegistryError(repo.host, f"resolving {ref}", detail="a manifest without config")
+        return ResolvedImage(manifest=top.descriptor, config=manifest.config)
 
     def get_manifest(
         self, reference: str | ImageReference, *, store: Store | None = None

@@ -5,24 +5,31 @@ extracted to the host), and refused if an entry could reach outside the image ro
 whoever unpacks it: absolute or ``..`` paths, a path below a symlink, relative symlinks that
 climb above the root, hard links out of the root or to nothing, device nodes and other special
 files, and duplicate paths. What survives is kept as a small index (path, type, mode, owner,
-size, link) per diff_id, from which :class:`Filesystem` answers "what is at this path" for the
-steps that need it (COPY into existing directories, ``--chown`` names, ``COPY --from``).
+size, link, the extended attributes a layer carries) per diff_id, from which
+:class:`Filesystem` answers "what is at this path" for the steps that need it (COPY into
+existing directories, ``--chown`` names, ``COPY --from``, which keeps file capabilities).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import posixpath
 import tarfile
 from collections.abc import Iterable, Iterator, Mapping
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, Final, Literal, cast
+from typing import IO, TYPE_CHECKING, Any, Final, Literal
 
 import attrs
 
-from imagedsl.backends.oci.layer import OPAQUE_MARKER, WHITEOUT_PREFIX, LayerEntry
+from imagedsl.backends.oci.layer import (
+    OPAQUE_MARKER,
+    WHITEOUT_PREFIX,
+    LayerEntry,
+    Xattrs,
+    pax_xattrs,
+)
 from imagedsl.errors import InputError
 from imagedsl.oci.blobs import VerifyingReader
-from imagedsl.oci.mediatypes import sniff_compression
 from imagedsl.store import StoreArea, atomic_write
 
 if TYPE_CHECKING:
@@ -31,7 +38,8 @@ if TYPE_CHECKING:
     from imagedsl.store import Store
 
 FsKind = Literal["file", "dir", "symlink", "hardlink"]
-INDEX_VERSION: Final = 1
+#: 2: entries carry their extended attributes (indexes of version 1 are made again).
+INDEX_VERSION: Final = 2
 #: Files whose text later steps need (user and group names for --chown, WORKDIR, USER).
 KEPT_FILES: Final = frozenset({"etc/passwd", "etc/group"})
 _KEPT_MAX: Final = 1 << 20
@@ -71,6 +79,15 @@ class FsEntry:
     gid: int = 0
     size: int = 0
     linkname: str = ""
+    xattrs: Xattrs = ()
+
+
+def _xattrs_json(xattrs: Xattrs) -> dict[str, str]:
+    return {name: base64.b64encode(value).decode() for name, value in xattrs}
+
+
+def _xattrs_of_json(found: dict[str, str]) -> Xattrs:
+    return tuple(sorted((name, base64.b64decode(value)) for name, value in found.items()))
 
 
 @attrs.frozen(kw_only=True)
@@ -90,6 +107,7 @@ class LayerIndex:
             "diff_id": self.diff_id,
             "entries": [
                 [path, e.kind, e.mode, e.uid, e.gid, e.size, e.linkname]
+                + ([_xattrs_json(e.xattrs)] if e.xattrs else [])
                 for path, e in self.entries.items()
             ],
             "whiteouts": list(self.whiteouts),
@@ -108,7 +126,13 @@ class LayerIndex:
             raise ValueError("not a layer index")
         entries = {
             row[0]: FsEntry(
-                kind=row[1], mode=row[2], uid=row[3], gid=row[4], size=row[5], linkname=row[6]
+                kind=row[1],
+                mode=row[2],
+                uid=row[3],
+                gid=row[4],
+                size=row[5],
+                linkname=row[6],
+                xattrs=_xattrs_of_json(row[7]) if len(row) > 7 else (),
             )
             for row in payload["entries"]
         }
@@ -141,6 +165,7 @@ class LayerIndex:
                     gid=entry.gid,
                     size=entry.size,
                     linkname=entry.linkname,
+                    xattrs=entry.xattrs,
                 )
         return cls(
             diff_id=diff_id,
@@ -172,52 +197,6 @@ def save_index(store: Store, index: LayerIndex) -> None:
 
 
 # -- decompression -------------------------------------------------------------------------
-
-
-class _Peek:
-    """A reader that can give back its first bytes once."""
-
-    def __init__(self, raw: BinaryIO | IO[bytes] | VerifyingReader) -> None:
-        self._raw = raw
-        self.head = raw.read(4)
-        self._pending = self.head
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        if self._pending:
-            if n < 0:
-                data = self._pending + self._raw.read()
-                self._pending = b""
-                return data
-            data, self._pending = self._pending[:n], self._pending[n:]
-            if len(data) < n:
-                data += self._raw.read(n - len(data))
-            return data
-        return self._raw.read(n)
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-
-def decompressed(raw: BinaryIO | IO[bytes] | VerifyingReader) -> IO[bytes]:
-    """A reader of the tar inside a layer blob, whatever its compression."""
-    peek: Any = _Peek(raw)
-    kind = sniff_compression(peek.head)
-    if kind == "gzip":
-        from isal import igzip
-
-        reader: Any = igzip.IGzipFile(fileobj=peek, mode="rb")  # type: ignore[no-untyped-call]
-        return cast("IO[bytes]", reader)
-    if kind == "zstd":
-        import zstandard
-
-        reader = zstandard.ZstdDecompressor().stream_reader(peek, read_across_frames=True)
-        return cast("IO[bytes]", reader)
-    return cast("IO[bytes]", peek)
 
 
 def drain(reader: IO[bytes] | VerifyingReader) -> None:
@@ -334,10 +313,11 @@ def _check_parents(layer: str, raw: str, name: str, view: _LayerView) -> None:
 def _entry_of(layer: str, member: tarfile.TarInfo, name: str, view: _LayerView) -> FsEntry:
     mode, uid, gid = member.mode & 0o7777, member.uid, member.gid
     owner: dict[str, Any] = {"mode": mode, "uid": uid, "gid": gid}
+    xattrs = pax_xattrs(member.pax_headers) if member.pax_headers else ()
     if member.isdir():
-        return FsEntry(kind="dir", **owner)
+        return FsEntry(kind="dir", xattrs=xattrs, **owner)
     if member.isreg():
-        return FsEntry(kind="file", size=member.size, **owner)
+        return FsEntry(kind="file", size=member.size, xattrs=xattrs, **owner)
     if member.issym():
         target = member.linkname
         if not target or "\x00" in target:

@@ -2,7 +2,9 @@
 or the local engine.
 
 An OCI layout directory (``oci:DIR[:TAG]``) gets its blobs hard-linked from the store, then
-``index.json`` replaced atomically, last. ``oci-archive:FILE[:TAG]`` and
+``index.json`` replaced atomically, last; then blobs that nothing in ``index.json`` reaches any
+more are removed (as ``umoci gc`` does), so a layout written again and again holds what its
+tags name and nothing else. ``oci-archive:FILE[:TAG]`` and
 ``docker-archive:FILE[:TAG]`` are one archive format: an OCI layout in a tar that also carries
 Docker's ``manifest.json``, which is what ``docker load``, ``podman load`` and skopeo's
 ``oci-archive:`` and ``docker-archive:`` transports each look for. ``docker[:TAG]`` loads that
@@ -12,7 +14,9 @@ archive into the local engine.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
 import re
 import tarfile
 from collections.abc import Sequence
@@ -27,7 +31,12 @@ from imagedsl.oci.blobs import BlobStore, MissingBlobError, link_or_copy
 from imagedsl.oci.image import LayerBlob
 from imagedsl.oci.layout import blob_name
 from imagedsl.oci.manifest import canonical_json
-from imagedsl.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
+from imagedsl.oci.mediatypes import (
+    LAYER_MEDIA_TYPES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    READABLE_LAYER_TYPES,
+)
 from imagedsl.oci.reference import normalise_tag
 from imagedsl.store import atomic_file, atomic_write, fsync_dir
 
@@ -96,8 +105,23 @@ def write_layout(directory: Path, image: BuiltImage, tags: Sequence[str], blobs:
 
     Blobs go in first (each linked atomically under its name), ``index.json`` last, replaced
     atomically: a build killed at any point leaves the layout as it was or with the image.
+    Then blobs no tag reaches any more are removed (:func:`collect_layout_garbage`). Writers
+    of one layout take turns (flock on the directory), so one never removes what another has
+    linked but not yet named.
     """
     directory.mkdir(parents=True, exist_ok=True)
+    handle = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        _write_layout(directory, image, tags, blobs)
+        collect_layout_garbage(directory)
+    finally:
+        os.close(handle)
+
+
+def _write_layout(
+    directory: Path, image: BuiltImage, tags: Sequence[str], blobs: BlobStore
+) -> None:
     marker = directory / "oci-layout"
     if not marker.exists():
         atomic_write(marker, canonical_json({"imageLayoutVersion": "1.0.0"}))
@@ -121,6 +145,68 @@ def write_layout(directory: Path, image: BuiltImage, tags: Sequence[str], blobs:
     kept.extend(_index_entry(image, tag) for tag in wanted)
     index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": kept}
     atomic_write(index_file, canonical_json(index))
+
+
+def collect_layout_garbage(directory: Path) -> int:
+    """Remove the blobs of an OCI layout that its ``index.json`` no longer reaches; return how
+    many. Reachable: every descriptor of the index, and, inside manifests and indexes, their
+    config, layers, blobs, manifests and subject. When a reachable manifest or index cannot be
+    read, nothing is removed (better a stale blob than a broken image)."""
+    blob_dir = directory / "blobs" / "sha256"
+    try:
+        index = json.loads((directory / "index.json").read_bytes())
+        present = {name for name in os.listdir(blob_dir) if _HEX64.fullmatch(name)}
+    except (OSError, ValueError):
+        return 0
+    reachable: set[str] = set()
+    pending = list(_descriptors(index))
+    while pending:
+        descriptor = pending.pop()
+        digest = descriptor.get("digest")
+        if not isinstance(digest, str) or not digest.startswith("sha256:"):
+            continue
+        name = digest.removeprefix("sha256:")
+        if name in reachable:
+            continue
+        reachable.add(name)
+        if descriptor.get("mediaType") in _LAYER_TYPES or name not in present:
+            continue  # a layer, or a blob kept elsewhere (a registry): nothing inside it
+        if int(descriptor.get("size") or 0) > _MAX_DOCUMENT:
+            continue
+        try:
+            document = json.loads((blob_dir / name).read_bytes())
+        except OSError:
+            return 0
+        except ValueError:
+            continue  # a config or another non-JSON blob
+        pending.extend(_descriptors(document))
+    removed = 0
+    for name in sorted(present - reachable):
+        with contextlib.suppress(FileNotFoundError):
+            (blob_dir / name).unlink()
+            removed += 1
+    if removed:
+        fsync_dir(blob_dir)
+    return removed
+
+
+_HEX64: Final = re.compile(r"[0-9a-f]{64}")
+_MAX_DOCUMENT: Final = 16 << 20
+_LAYER_TYPES: Final = frozenset(LAYER_MEDIA_TYPES.values()) | frozenset(READABLE_LAYER_TYPES)
+
+
+def _descriptors(document: object) -> list[dict[str, Any]]:
+    """The descriptors a manifest or an index refers to directly."""
+    if not isinstance(document, dict):
+        return []
+    found: list[object] = []
+    for key in ("manifests", "layers", "blobs"):
+        value = document.get(key)
+        if isinstance(value, list):
+            found.extend(value)
+    for key in ("config", "subject"):
+        found.append(document.get(key))
+    return [item for item in found if isinstance(item, dict)]
 
 
 def write_archive(

@@ -1,14 +1,16 @@
 """Root filesystems for RUN steps: extracted layers, overlay mounts, and the change a RUN makes.
 
 **Snapshots.** Each layer a RUN stands on is extracted once into the store, keyed by its
-diff_id (``oci/snapshots/v1/<hex>``), in overlayfs's own format: a deletion is a 0/0 character
+diff_id (``oci/snapshots/v2/<hex>``), in overlayfs's own format: a deletion is a 0/0 character
 device, an opaque directory carries ``trusted.overlay.opaque=y``. Extraction goes to a
 temporary directory renamed into place, so a snapshot is whole or absent. Base layers have been
 checked by :func:`imagedsl.backends.oci.filesystem.scan_layer` before they get here; extraction checks
 again on its own: every path is opened component by component with ``O_NOFOLLOW`` from the
 snapshot's root, so no entry can make a write land outside it. A RUN's own upper directory
 becomes the snapshot of the layer it produced (mtimes set to the build's epoch, overlay's
-private attributes dropped), so a later RUN never extracts it.
+private attributes dropped), so a later RUN never extracts it. Extended attributes a layer
+carries (``SCHILY.xattr.*``) are set on what is extracted, after its owner (``chown`` clears
+file capabilities).
 
 **Workspaces.** A RUN's root is an overlay mount of those snapshots (lowest layer last in
 ``lowerdir``) with a fresh upper directory, when the kernel allows it here; otherwise
@@ -16,8 +18,9 @@ private attributes dropped), so a later RUN never extracts it.
 compared with the layers below afterwards.
 
 **Changes.** What the RUN did becomes the entries of one layer: new and changed files,
-directories, symlinks and hard links with the owners and modes the command gave them,
-deletions as whiteouts, recreated directories as opaque. Mount points that were created for the
+directories, symlinks and hard links with the owners, modes and extended attributes (file
+capabilities, ACLs, ``user.*``: :func:`~imagedsl.backends.oci.layer.carries_xattr`) the command
+gave them, deletions as whiteouts, recreated directories as opaque. Mount points that were created for the
 RUN (and parents created only for them) are left out, as are directories copied up but left as
 they were.
 """
@@ -45,21 +48,25 @@ from imagedsl.backends.oci.filesystem import (
     Filesystem,
     UnsafeLayerError,
     _clean_member_name,
-    decompressed,
     drain,
 )
 from imagedsl.backends.oci.layer import (
     OPAQUE_MARKER,
     WHITEOUT_PREFIX,
     LayerEntry,
+    Xattrs,
+    pax_xattrs,
+    read_xattrs,
     sort_key,
 )
 from imagedsl.errors import EnvironmentFailure
 from imagedsl.oci.blobs import BlobStore, VerifyingReader, damaged_as_digest_error
 from imagedsl.oci.image import LayerBlob
+from imagedsl.oci.layerstream import decompressed
 from imagedsl.store import StoreArea
 
-SNAPSHOT_FORMAT: Final = "v1"
+#: v2: snapshots hold the extended attributes their layers carry.
+SNAPSHOT_FORMAT: Final = "v2"
 SNAPSHOTTER_ENV: Final = "IMAGEDSL_OCI_SNAPSHOTTER"
 OPAQUE_XATTR: Final = "trusted.overlay.opaque"
 _OVERLAY_XATTR_PREFIX: Final = "trusted.overlay."
@@ -266,6 +273,17 @@ def _set_owner_mode(fd: int, uid: int, gid: int, mode: int) -> None:
     os.chmod(fd, mode & 0o7777)  # after chown, which clears setuid and setgid
 
 
+def _set_xattrs(fd: int, xattrs: Xattrs) -> None:
+    """Set extended attributes on an open file or directory (after its owner: ``chown``
+    clears file capabilities); a filesystem that cannot hold one (``ENOTSUP``) goes without."""
+    for name, value in xattrs:
+        try:
+            os.setxattr(fd, name, value)
+        except OSError as error:
+            if error.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+
+
 def _whiteout(name: str, dir_fd: int) -> None:
     _remove(name, dir_fd)
     os.mknod(name, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=dir_fd)
@@ -353,6 +371,7 @@ def _extract_member(
             os.mkdir(base, 0o700, dir_fd=parent)
         fd = dirs.get(name, create=False)
         _set_owner_mode(fd, member.uid, member.gid, member.mode)
+        _set_xattrs(fd, pax_xattrs(member.pax_headers))
         return
     dirs.forget(name)
     if member.isreg():
@@ -363,6 +382,7 @@ def _extract_member(
             while data := handle.read(_COPY_CHUNK):
                 os.write(fd, data)
             _set_owner_mode(fd, member.uid, member.gid, member.mode)
+            _set_xattrs(fd, pax_xattrs(member.pax_headers))
             os.utime(fd, (mtime, mtime))
         finally:
             os.close(fd)
@@ -416,6 +436,7 @@ def _copy_from_lowers(
             try:
                 _copy_fd(source, fd)
                 _set_owner_mode(fd, member.uid, member.gid, member.mode)
+                _set_xattrs(fd, read_xattrs(source))
                 os.utime(fd, (int(member.mtime), int(member.mtime)))
             finally:
                 os.close(fd)
@@ -497,7 +518,14 @@ def parent_from(lower: Filesystem) -> Callable[[str], LayerEntry]:
     def parent(path: str) -> LayerEntry:
         found = lower.get(path)
         if found is not None and found.kind == "dir":
-            return LayerEntry(path=path, kind="dir", mode=found.mode, uid=found.uid, gid=found.gid)
+            return LayerEntry(
+                path=path,
+                kind="dir",
+                mode=found.mode,
+                uid=found.uid,
+                gid=found.gid,
+                xattrs=found.xattrs,
+            )
         return LayerEntry(path=path, kind="dir", mode=0o755)
 
     return parent
@@ -560,7 +588,9 @@ class _Tree:
         return self.children.get(path, 0) == 0
 
 
-def prune(tree: _Tree, lower: Filesystem, stubs: Collection[str]) -> list[str]:
+def prune(
+    tree: _Tree, lower: Filesystem, stubs: Collection[str], root: Path | None = None
+) -> list[str]:
     """Remove from ``tree`` the mount points made for the RUN and directories that are as
     they were below; return the removed paths, deepest first."""
     removed: list[str] = []
@@ -586,6 +616,7 @@ def prune(tree: _Tree, lower: Filesystem, stubs: Collection[str]) -> list[str]:
                 and below.mode == stat.S_IMODE(mode)
                 and below.uid == seen.st.st_uid
                 and below.gid == seen.st.st_gid
+                and (root is None or below.xattrs == read_xattrs(root / path))
             )
             if same:
                 tree.drop(path)
@@ -605,7 +636,16 @@ def _entries(root: Path, tree: _Tree, whiteouts: Sequence[str]) -> list[LayerEnt
         if _is_whiteout(st):
             entries.append(LayerEntry(path=path, kind="whiteout"))
         elif stat.S_ISDIR(st.st_mode):
-            entries.append(LayerEntry(path=path, kind="dir", mode=mode, uid=uid, gid=gid))
+            entries.append(
+                LayerEntry(
+                    path=path,
+                    kind="dir",
+                    mode=mode,
+                    uid=uid,
+                    gid=gid,
+                    xattrs=read_xattrs(root / path),
+                )
+            )
             if seen.opaque:
                 entries.append(LayerEntry(path=path, kind="opaque"))
         elif stat.S_ISREG(st.st_mode):
@@ -629,6 +669,7 @@ def _entries(root: Path, tree: _Tree, whiteouts: Sequence[str]) -> list[LayerEnt
                     source=str(root / path),
                     uid=uid,
                     gid=gid,
+                    xattrs=read_xattrs(root / path),
                 )
             )
         elif stat.S_ISLNK(st.st_mode):
@@ -647,7 +688,7 @@ def upper_change(
 ) -> tuple[Change, list[str]]:
     """The change in an overlay's upper directory; also the paths pruned from it."""
     tree = _Tree(list(_walk(upper)))
-    removed = prune(tree, lower, stubs)
+    removed = prune(tree, lower, stubs, upper)
     return Change(entries=tuple(_entries(upper, tree, ())), parent=parent_from(lower)), removed
 
 
@@ -708,6 +749,7 @@ def apply_snapshot(source: Path, dest: Path) -> None:
                     os.mkdir(base, 0o700, dir_fd=parent)
                 fd = dirs.get(seen.path, create=False)
                 _set_owner_mode(fd, st.st_uid, st.st_gid, st.st_mode)
+                _set_xattrs(fd, read_xattrs(source / seen.path))
                 continue
             dirs.forget(seen.path)
             _remove(base, parent)
@@ -727,6 +769,7 @@ def apply_snapshot(source: Path, dest: Path) -> None:
                 try:
                     _copy_fd(source_fd, fd)
                     _set_owner_mode(fd, st.st_uid, st.st_gid, st.st_mode)
+                    _set_xattrs(fd, read_xattrs(host))
                     os.utime(fd, ns=(st.st_mtime_ns, st.st_mtime_ns))
                 finally:
                     os.close(fd)
@@ -765,6 +808,8 @@ def copy_change(
             return False
         if not _same_owner_mode(below, st):
             return False
+        if _xattrs_below(lower, item.path) != read_xattrs(root / item.path):
+            return False
         origin = lower.origin.get(item.path)
         if origin is None:
             return False
@@ -772,7 +817,7 @@ def copy_change(
 
     changed = [s for s in seen if stat.S_ISDIR(s.st.st_mode) or not unchanged(s)]
     tree = _Tree(changed)
-    prune(tree, lower, stubs)
+    prune(tree, lower, stubs, root)
     whiteouts = []
     for path in lower.entries:
         if path in present:
@@ -782,6 +827,14 @@ def copy_change(
         whiteouts.append(path)
     entries = _entries(root, tree, sorted(whiteouts))
     return Change(entries=tuple(entries), parent=parent_from(lower))
+
+
+def _xattrs_below(lower: Filesystem, path: str) -> Xattrs:
+    """The extended attributes of a file below (a hard link's are its target's)."""
+    found = lower.get(path)
+    if found is not None and found.kind == "hardlink":
+        found = lower.get(found.linkname)
+    return () if found is None else found.xattrs
 
 
 def _same_owner_mode(below: object, st: os.stat_result) -> bool:
