@@ -80,6 +80,7 @@ __all__ = [
     "StoreWarning",
     "default_store_path",
     "get_backend",
+    "import_dockerfile",
     "inspect_image",
     "load_buildfile",
     "open_store",
@@ -398,6 +399,16 @@ class BuildSession:
 
         with RegistryClient(insecure=self.insecure, progress=self.reporter) as client:
             yield client
+
+
+def import_dockerfile(
+    path: str | os.PathLike[str], output: str | os.PathLike[str] | None = None
+) -> str:
+    """``imagedsl import``: the build.py for a Dockerfile (its context: the Dockerfile's
+    directory, its ``.dockerignore`` the ignore list); ``output`` is where it will be written."""
+    from imagedsl.importer import import_dockerfile as translate
+
+    return translate(path, output)
 
 
 def push_image(

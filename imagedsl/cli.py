@@ -13,6 +13,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeAlias
 
 from imagedsl import __version__
@@ -28,6 +29,7 @@ from imagedsl._terminal import (
 )
 from imagedsl.api import (
     BuildSession,
+    import_dockerfile,
     inspect_image,
     open_store,
     prune_store,
@@ -190,6 +192,16 @@ def run_lower(args: argparse.Namespace) -> int:
     text = _session(args).lower(args.output_dir)
     if args.output_dir is None:
         sys.stdout.write(text)
+    return EXIT_OK
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """``imagedsl import``: print the build.py for a Dockerfile, or write it (``-o FILE``)."""
+    text = import_dockerfile(args.dockerfile, args.output)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
     return EXIT_OK
 
 
@@ -417,6 +429,15 @@ def _lower_command(commands: _Commands) -> None:
     lower.set_defaults(run=run_lower)
 
 
+def _import_command(commands: _Commands) -> None:
+    imported = commands.add_parser("import", help="write the build.py for a Dockerfile")
+    imported.add_argument(
+        "dockerfile", nargs="?", default="Dockerfile", metavar="DOCKERFILE", help="./Dockerfile"
+    )
+    imported.add_argument("-o", "--output", metavar="FILE", help="write to FILE (not stdout)")
+    imported.set_defaults(run=run_import)
+
+
 def _targets_command(commands: _Commands) -> None:
     targets = commands.add_parser("targets", help="list the targets of a build file")
     targets.add_argument("spec", nargs="?", metavar="FILE", help="build file (./build.py)")
@@ -456,6 +477,7 @@ _COMMANDS: dict[str, Callable[[_Commands], None]] = {
     "inspect": _inspect_command,
     "push": _push_command,
     "lower": _lower_command,
+    "import": _import_command,
     "targets": _targets_command,
     "cache": _cache_command,
 }
