@@ -20,11 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from docker_support import DockerEngine
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
-from import_support import flatten, targets
-from test_lower import _builds
 
 import imagedsl as dsl
 from imagedsl import api, buildstate
@@ -39,6 +36,9 @@ from imagedsl.cli import main
 from imagedsl.importer import DockerfileImportError, translate_text
 from imagedsl.importer._translate import stage_variable
 from imagedsl.steps import InlineFile, OnBuild, UrlSource
+from tests.support.docker import DockerEngine
+from tests.support.importing import flatten, targets
+from tests.test_lower import _builds
 
 RESOURCES = Path(__file__).parent / "resources" / "import"
 CORPUS = sorted(RESOURCES.glob("*.Dockerfile"))
@@ -186,7 +186,7 @@ def target_stage(project: Path, target: str) -> str | None:
     names = re.findall(r"^FROM .* AS (\S+)", text, flags=re.MULTILINE | re.IGNORECASE)
     for stage in names:
         if stage_variable(stage.lower()) == target:
-            return stage
+            return str(stage)
     return None
 
 

@@ -20,9 +20,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dockerfile
-from buildkit_words import read_word
 
 from imagedsl.importer._translate import stage_variable
+from tests.support.buildkit_words import read_word
 
 #: The platform the comparisons plan for (the template ``FROM build-${TARGETOS}`` picks by it).
 PLATFORM_ARGS = {
