@@ -13,6 +13,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeAlias
 
 from imagedsl import __version__
@@ -23,9 +24,19 @@ from imagedsl._terminal import (
     format_findings,
     format_inspect,
     format_plan,
+    human_size,
     mib,
 )
-from imagedsl.api import BuildSession, inspect_image, open_store, push_image, write_html
+from imagedsl.api import (
+    BuildSession,
+    import_dockerfile,
+    inspect_image,
+    open_store,
+    prune_store,
+    push_image,
+    verify_store,
+    write_html,
+)
 from imagedsl.backends import BACKENDS
 from imagedsl.check import Severity
 from imagedsl.check.sarif import to_sarif
@@ -68,6 +79,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = "error" if error.location is None else display_location(error.location)
         print(f"{where}: {error}", file=sys.stderr)
         return exit_code_of(error)
+    except OSError as error:
+        # The machine refused (a full disk, a denied write, a missing directory): one line
+        # with the path, exit 1, as for every failure outside the user's input.
+        print(f"error: {_os_error(error)}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _os_error(error: OSError) -> str:
+    """``PATH: No space left on device`` (both paths of a failed rename or link)."""
+    problem = error.strerror or str(error)
+    if error.filename is None:
+        return problem
+    paths = [os.fsdecode(error.filename)]
+    if error.filename2 is not None:
+        paths.append(os.fsdecode(error.filename2))
+    return f"{' -> '.join(paths)}: {problem}"
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -168,6 +195,16 @@ def run_lower(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_import(args: argparse.Namespace) -> int:
+    """``imagedsl import``: print the build.py for a Dockerfile, or write it (``-o FILE``)."""
+    text = import_dockerfile(args.dockerfile, args.output)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+    return EXIT_OK
+
+
 def run_targets(args: argparse.Namespace) -> int:
     """``imagedsl targets``: one per line, the default first."""
     for name in BuildSession(args.spec).buildfile.targets:
@@ -182,6 +219,39 @@ def run_cache_du(args: argparse.Namespace) -> int:
     for part, size in usage.items():
         print(f"{mib(size):>12}  {part}")
     print(f"{mib(sum(usage.values())):>12}  total ({store.root})")
+    return EXIT_OK
+
+
+def run_cache_verify(args: argparse.Namespace) -> int:
+    """``imagedsl cache verify``: exit 1 when something damaged was found (and removed)."""
+    store = open_store(args.store)
+    report = verify_store(store)
+    for damage in report.damaged:
+        print(f"removed damaged {damage.area} entry {damage.path}: {damage.problem}")
+    counts = ", ".join(f"{count} {area}" for area, count in report.checked.items())
+    print(
+        f"checked {counts or 'nothing'} ({human_size(report.blob_bytes)} of blobs hashed) "
+        f"in {store.root}: {len(report.damaged)} damaged"
+    )
+    return EXIT_FAILURE if report.damaged else EXIT_OK
+
+
+def run_cache_prune(args: argparse.Namespace) -> int:
+    """``imagedsl cache prune``."""
+    from imagedsl.maintenance import parse_age, parse_size
+
+    older_than = None if args.older_than is None else parse_age(args.older_than)
+    max_size = None if args.max_size is None else parse_size(args.max_size)
+    store = open_store(args.store)
+    report = prune_store(store, older_than=older_than, max_size=max_size)
+    parts = [
+        f"{count} {kind} ({human_size(size)})" if size else f"{count} {kind}"
+        for kind, (count, size) in report.removed.items()
+    ]
+    print(f"removed {', '.join(parts) or 'nothing'}")
+    print(
+        f"{human_size(report.remaining)} of blobs, snapshots and cache mounts left ({store.root})"
+    )
     return EXIT_OK
 
 
@@ -359,6 +429,15 @@ def _lower_command(commands: _Commands) -> None:
     lower.set_defaults(run=run_lower)
 
 
+def _import_command(commands: _Commands) -> None:
+    imported = commands.add_parser("import", help="write the build.py for a Dockerfile")
+    imported.add_argument(
+        "dockerfile", nargs="?", default="Dockerfile", metavar="DOCKERFILE", help="./Dockerfile"
+    )
+    imported.add_argument("-o", "--output", metavar="FILE", help="write to FILE (not stdout)")
+    imported.set_defaults(run=run_import)
+
+
 def _targets_command(commands: _Commands) -> None:
     targets = commands.add_parser("targets", help="list the targets of a build file")
     targets.add_argument("spec", nargs="?", metavar="FILE", help="build file (./build.py)")
@@ -371,6 +450,24 @@ def _cache_command(commands: _Commands) -> None:
     du = cache_commands.add_parser("du", help="bytes used by each part of the store")
     du.add_argument("--store", metavar="DIR", help="store directory")
     du.set_defaults(run=run_cache_du)
+    verify = cache_commands.add_parser(
+        "verify", help="hash every blob and snapshot; remove what is damaged (exit 1 if any)"
+    )
+    verify.add_argument("--store", metavar="DIR", help="store directory")
+    verify.set_defaults(run=run_cache_verify)
+    prune = cache_commands.add_parser(
+        "prune", help="remove what was not used lately, or the least recently used"
+    )
+    prune.add_argument(
+        "--older-than", metavar="AGE", help="remove what was not used for AGE (30d, 12h, 90m)"
+    )
+    prune.add_argument(
+        "--max-size",
+        metavar="SIZE",
+        help="then keep at most SIZE (10G, 500M) of blobs and snapshots",
+    )
+    prune.add_argument("--store", metavar="DIR", help="store directory")
+    prune.set_defaults(run=run_cache_prune)
 
 
 _COMMANDS: dict[str, Callable[[_Commands], None]] = {
@@ -380,6 +477,7 @@ _COMMANDS: dict[str, Callable[[_Commands], None]] = {
     "inspect": _inspect_command,
     "push": _push_command,
     "lower": _lower_command,
+    "import": _import_command,
     "targets": _targets_command,
     "cache": _cache_command,
 }
