@@ -42,6 +42,8 @@ class RetagProject:
     tag: str
     control_base: str
     token: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    #: The images the builds made (removed afterwards).
+    outputs: list[str] = attrs.field(factory=list)
 
     @property
     def build_py(self) -> Path:
@@ -80,8 +82,12 @@ class RetagProject:
         return [s["status"] for s in self.plan()["steps"] if s["kind"] != "copy"]
 
     def build(self, *, first: bool = False) -> str:
-        """Build ``app`` with the docker backend; BuildKit's status of its RUN."""
-        result = self.cli("build", f"{self.build_py}:app", "--progress=plain")
+        """Build ``app`` with the docker backend; BuildKit's status of its RUN. Each build
+        names a new image, so BuildKit runs even when the engine still holds the image an
+        all-hit plan made last time (the backend skips BuildKit then)."""
+        output = f"{self.tag.rpartition(':')[0]}-out:{uuid.uuid4().hex[:8]}"
+        self.outputs.append(output)
+        result = self.cli("build", f"{self.build_py}:app", "--progress=plain", "--tag", output)
         if result.returncode != 0:
             raise Interference(result.stderr)
         control = run_status(result.stderr, f"echo {self.token} > /control")
@@ -129,6 +135,8 @@ def fixture_retag(
             except Interference as error:
                 problems.append(str(error))
                 continue
+            finally:
+                tags.extend(project.outputs)
             return
         pytest.fail(
             "BuildKit's cache was emptied or a build broken by someone else, thrice:\n"
