@@ -185,7 +185,15 @@ SCENARIOS = [
         after="""app = BASE.run("echo two > /below").copy(src.dir("app"), "/app", link=True)""",
         files=FILES,
         misses=1,
-        needs="COPY --link",
+    ),
+    Scenario(
+        name="a layer below a linked copy changes and a run after reads it",
+        before="""app = BASE.run("echo one > /below").copy(src.dir("app"), "/app", link=True)"""
+        """.run("cat /below > /seen")""",
+        after="""app = BASE.run("echo two > /below").copy(src.dir("app"), "/app", link=True)"""
+        """.run("cat /below > /seen")""",
+        files=FILES,
+        misses=2,
     ),
 ]
 
