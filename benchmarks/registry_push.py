@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from _workload import Row, report
+
 from imagedsl.oci.descriptor import Descriptor
 from imagedsl.oci.mediatypes import OCI_MANIFEST
 from imagedsl.registry.auth import DockerConfig
@@ -121,6 +123,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3, help="rounds (median reported)")
     parser.add_argument("--work", type=Path, default=Path("bench-work/registry"))
+    parser.add_argument("--json", type=Path, help="also write the rows to this file")
     args = parser.parse_args()
     skopeo = shutil.which("skopeo")
     if skopeo is None:
@@ -171,6 +174,13 @@ def main() -> None:
         print(f"{case:14} {value:7.3f} s  {rate}")
     print(f"ratio imagedsl/skopeo: {ratio:.2f}x (target <= {RATIO_TARGET:.1f}x)")
     print(f"second push: {medians['nothing new']:.3f} s (target <= {NOTHING_NEW_TARGET} s)")
+    rows = [
+        Row(f"push {total} MB to a registry", medians["imagedsl push"], "skopeo copy",
+            medians["skopeo copy"], RATIO_TARGET),
+        Row("push again, nothing new", medians["nothing new"], "(bound in s)", None,
+            NOTHING_NEW_TARGET),
+    ]  # fmt: skip
+    report("Registry push (medians of one run)", rows, args.json)
     shutil.rmtree(work, ignore_errors=True)
 
 

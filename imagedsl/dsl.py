@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
 
 import attrs
 
+from imagedsl._declarations import note as note_declaration
 from imagedsl._validate import (
     caller_location,
     check_abs_path,
@@ -39,6 +40,7 @@ from imagedsl._validate import (
     parse_signal,
 )
 from imagedsl.buildstate import AUTOMATIC_ARGS
+from imagedsl.check.catalogue import ALLOWABLE
 from imagedsl.context import Context, ContextSource, make_context
 from imagedsl.errors import ImageDSLError, StepArgumentError
 from imagedsl.oci.reference import parse_reference
@@ -114,12 +116,53 @@ class StageRef:
         return StagePath(self, check_abs_path("path", "path", path))
 
 
-@attrs.frozen(cache_hash=True)
+@attrs.frozen(eq=False)
 class Stage:
-    """An image being described: a step, and the stage it extends (None for a FROM)."""
+    """An image being described: a step, and the stage it extends (None for a FROM).
+
+    Equality and hashing walk the ``parent`` chain in a loop, not by recursion (as attrs'
+    generated methods would), so chains of any depth can be compared and hashed; a stage's
+    hash is computed once and kept.
+    """
 
     parent: Stage | None
     step: Step
+    #: Rule IDs of ``imagedsl check`` that this step allows (``.allow(...)``); not part of
+    #: what is built, so not part of equality.
+    allowed: frozenset[str] = attrs.field(default=frozenset(), eq=False, repr=False)
+    _hash: int | None = attrs.field(default=None, init=False, repr=False)
+
+    def __hash__(self) -> int:
+        cached = self._hash
+        if cached is not None:
+            return cached
+        pending: list[Stage] = []
+        node: Stage | None = self
+        while node is not None and node._hash is None:
+            pending.append(node)
+            node = node.parent
+        value = hash(None) if node is None or node._hash is None else node._hash
+        for stage in reversed(pending):  # from the oldest unhashed ancestor down to self
+            value = hash((value, stage.step))
+            object.__setattr__(stage, "_hash", value)
+        return value
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        mine: Stage | None = self
+        theirs: Stage | None = other
+        while mine is not theirs:
+            if mine is None or theirs is None or hash(mine) != hash(theirs):
+                return False
+            if mine.step != theirs.step:
+                return False
+            mine, theirs = mine.parent, theirs.parent
+        return True
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
 
     # -- structure ---------------------------------------------------------------------------
 
@@ -149,6 +192,22 @@ class Stage:
     def path(self, path: str) -> StagePath:
         """A path inside this stage, for ``copy`` (``COPY --from``) and ``bind`` mounts."""
         return StagePath(self, check_abs_path("path", "path", path))
+
+    @_located
+    def allow(self, *rules: str) -> Stage:
+        """Let this stage's last step break ``imagedsl check`` rules, by ID or category:
+        ``.run("apt-get install -y gcc").allow("package-cache")``. The same step, with the
+        findings of those rules listed as suppressed; nothing built changes."""
+        if not rules:
+            raise StepArgumentError("allow", "rules", "must name at least one rule")
+        for rule in rules:
+            check_str("allow", "rules", rule)
+            if rule not in ALLOWABLE:
+                known = ", ".join(sorted(ALLOWABLE))
+                raise StepArgumentError(
+                    "allow", "rules", f"names no rule: {rule!r}; rules: {known}"
+                )
+        return Stage(self.parent, self.step, self.allowed | frozenset(rules))
 
     # -- filesystem steps --------------------------------------------------------------------
 
@@ -213,7 +272,9 @@ class Stage:
         edit rebuilds (and re-uploads) one small layer: ``"auto"`` puts dependency manifests
         and lock files in one layer, large files in a few, and spreads the rest over up to 32
         layers by path; or give groups of ``.dockerignore`` patterns (relative to ``dest``),
-        one layer each, with everything unmatched in a last layer.
+        one layer each, with everything unmatched in a last layer. The default (None) is one
+        layer, or ``"auto"`` when the selected files hold 64 MiB or more; ``"single"`` is
+        always one layer.
         """
         from imagedsl._ignore import IgnoreRules
 
@@ -223,7 +284,7 @@ class Stage:
         copy_source: ContextSource | StagePath | InlineFile
         copy_source = source if isinstance(source, InlineFile) else _copy_source("COPY", source)
         layer_spec = None if layers is None else _check_layers(layers)
-        if layer_spec is not None and not isinstance(copy_source, ContextSource):
+        if layer_spec not in (None, "single") and not isinstance(copy_source, ContextSource):
             raise StepArgumentError(
                 "COPY", "layers", "splits only copies from the build context, not from a stage"
             )
@@ -670,7 +731,9 @@ def targets(*stages: str | StageRef, **named: Stage) -> Targets:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise StepArgumentError("targets", "stages", f"names a target twice: {duplicates}")
-    return Targets(tuple(declared), caller_location())
+    made = Targets(tuple(declared), caller_location())
+    note_declaration(made)  # a bare dsl.targets(...) call counts too
+    return made
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -694,11 +757,11 @@ def _copy_source(
 
 
 def _check_layers(layers: object) -> LayerSpec:
-    if layers == "auto":
-        return "auto"
+    if layers in ("auto", "single"):
+        return str(layers)
     if isinstance(layers, str | bytes) or not isinstance(layers, Sequence) or not layers:
         raise StepArgumentError(
-            "COPY", "layers", "must be 'auto' or a non-empty list of lists of patterns"
+            "COPY", "layers", "must be 'auto', 'single' or a non-empty list of lists of patterns"
         )
     from imagedsl._ignore import IgnoreRules
 

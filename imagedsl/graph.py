@@ -15,6 +15,7 @@ Building a graph has three phases:
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,7 +36,7 @@ from imagedsl.errors import (
     UnknownStageError,
 )
 from imagedsl.oci.platform import canonical_platform
-from imagedsl.oci.reference import parse_reference
+from imagedsl.oci.reference import ImageReference, parse_reference
 from imagedsl.steps import (
     INLINE_FILE_NAME,
     LAYER_KINDS,
@@ -52,7 +53,7 @@ from imagedsl.steps import (
     UrlSource,
     Workdir,
 )
-from imagedsl.treehash import ContextHasher, Tree, partition_tree
+from imagedsl.treehash import ContextHasher, Tree
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -68,10 +69,26 @@ class CopyOutput:
     tree: str | None
 
 
+@attrs.frozen(kw_only=True)
+class ResolvedBase:
+    """What a base image is, found while planning (see docs/cache-keys.md).
+
+    ``digest`` is its content identity, the one its key holds: the image's config digest
+    (the engine's image ID), or a manifest digest where that is all that is known (a lock
+    file written by an older imagedsl); None when nothing knows it (then ``notes`` say why).
+    ``manifest`` pulls exactly that image from its registry, when known; ``notes`` say where
+    the identity came from.
+    """
+
+    digest: str | None
+    manifest: str | None = None
+    notes: tuple[str, ...] = ()
+
+
 #: Given a structural COPY --from key, what is known of its built output (None: not built).
 OutputResolver = Callable[[str], CopyOutput | None]
-#: Given a FROM step and platform, the manifest digest it is pinned to (None: unpinned).
-BaseResolver = Callable[[FromImage, str], str | None]
+#: Given a base image reference (unpinned) and a platform, what it is (None: not known).
+BaseResolver = Callable[[ImageReference, str], ResolvedBase | None]
 
 
 class AnalysisMemo(Protocol):
@@ -114,8 +131,12 @@ class StepNode:
     #: For a COPY split into layers: this layer's name, and the index of the first layer.
     part: str | None = None
     group: int | None = None
+    #: ``imagedsl check`` rules the build file allows at this step (``Stage.allow``).
+    allowed: frozenset[str] = attrs.field(default=frozenset(), eq=False, repr=False)
     #: A filesystem kind that makes no layer here (``WORKDIR /``: BuildKit makes no vertex).
     layerless: bool = False
+    #: For a FROM of an unpinned reference: what the plan found the base to be.
+    base: ResolvedBase | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def kind(self) -> str:
@@ -148,6 +169,8 @@ class BuildGraph:
     #: What keyed the graph, kept so that :func:`rekey` can key it again once outputs it
     #: depends on are known (no file is read again: trees are remembered).
     keyer: _Keyer | None = attrs.field(default=None, eq=False, repr=False)
+    #: The ``SOURCE_DATE_EPOCH`` RUN steps are keyed for (they see it in their environment).
+    source_date_epoch: int = 0
 
     @property
     def output(self) -> StepNode:
@@ -188,6 +211,7 @@ def build_graph(
     resolve_base: BaseResolver,
     memo: AnalysisMemo | None,
     project: str,
+    source_date_epoch: int = 0,
 ) -> BuildGraph:
     """Unfold ``named[target]`` into its keyed steps (see the module docstring)."""
     resolved = _resolve_names(named, scope)
@@ -204,6 +228,7 @@ def build_graph(
         resolve_base=resolve_base,
         project=project,
         named=resolved,
+        source_date_epoch=source_date_epoch,
     ).key_all(target, order, waves)
 
 
@@ -328,26 +353,44 @@ def _source_stages(step: Step, named: Mapping[str, Stage], scope: ArgScope) -> l
 def _analyse(
     structure: _Structure, memo: AnalysisMemo | None, labels: Mapping[Stage, tuple[str, int]]
 ) -> tuple[list[int], list[int]]:
-    """Topological order and waves, from the memo or from networkx."""
+    """Topological order and waves, from the memo or computed (networkx only names a cycle:
+    importing it costs more than a whole warm plan)."""
     digest = structure.shape_digest()
     if memo is not None:
         saved = _read_analysis(memo.load_analysis(digest), len(structure.stages))
         if saved is not None:
             return saved
-    import networkx as nx
+    size = len(structure.stages)
+    edges = set(structure.edges)
+    successors: list[list[int]] = [[] for _ in range(size)]
+    predecessors: list[list[int]] = [[] for _ in range(size)]
+    for u, v in edges:
+        successors[u].append(v)
+        predecessors[v].append(u)
+    # Kahn's algorithm, smallest ready node first: networkx's lexicographical_topological_sort.
+    waiting = [len(p) for p in predecessors]
+    ready = [node for node in range(size) if not waiting[node]]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        node = heapq.heappop(ready)
+        order.append(node)
+        for succ in successors[node]:
+            waiting[succ] -= 1
+            if not waiting[succ]:
+                heapq.heappush(ready, succ)
+    if len(order) < size:
+        import networkx as nx
 
-    graph = nx.DiGraph()
-    graph.add_nodes_from(range(len(structure.stages)))
-    graph.add_edges_from(structure.edges)
-    if not nx.is_directed_acyclic_graph(graph):
+        graph = nx.DiGraph()
+        graph.add_nodes_from(range(size))
+        graph.add_edges_from(edges)
         cycle_edges = nx.find_cycle(graph)
         raise _cycle_error(structure, [u for u, _ in cycle_edges], labels)
-    order = list(nx.lexicographical_topological_sort(graph))
     weight = [0 if _is_free(s.step) else 1 for s in structure.stages]
     waves = [0] * len(order)
     for node in order:
-        preds = list(graph.predecessors(node))
-        waves[node] = max((waves[p] + weight[node] for p in preds), default=0)
+        waves[node] = max((waves[p] + weight[node] for p in predecessors[node]), default=0)
     if memo is not None:
         memo.save_analysis(
             digest, json.dumps({"v": ANALYSIS_VERSION, "order": order, "waves": waves})
@@ -439,6 +482,7 @@ class _Keyer:
     resolve_base: BaseResolver
     project: str
     named: Mapping[str, Stage]
+    source_date_epoch: int = 0
     _states: dict[int, BuildState] = attrs.field(factory=dict)
     _nodes: dict[int, StepNode] = attrs.field(factory=dict)
     _trees: dict[tuple[ContextSource, tuple[str, ...], bool, bool], Tree] = attrs.field(
@@ -457,7 +501,12 @@ class _Keyer:
             self._nodes[old] = made[-1]
         names = {s: label for s, (label, _) in self.labels.items()}
         return BuildGraph(
-            target=target, nodes=tuple(nodes), stage_names=names, scope=self.scope, keyer=self
+            target=target,
+            nodes=tuple(nodes),
+            stage_names=names,
+            scope=self.scope,
+            keyer=self,
+            source_date_epoch=self.source_date_epoch,
         )
 
     def key_again(self) -> BuildGraph:
@@ -486,6 +535,7 @@ class _Keyer:
             "deps": deps,
             "wave": wave,
             "locus": self._locus(label, position),
+            "allowed": stage.allowed,
         }
         if isinstance(step, FromImage | FromScratch):
             platform = self._platform(step)
@@ -501,13 +551,20 @@ class _Keyer:
                 config_env=path,
             )
             self._states[old] = common["state"] = start
-            digest = None
+            digest = base = None
             if isinstance(step, FromImage):
                 step = common["step"] = self._expand_image(step)
-                digest = step.image.digest or self.resolve_base(step, platform)
+                digest = step.image.digest
+                if digest is None:
+                    base = self.resolve_base(step.image, platform)
+                    digest = None if base is None else base.digest
             preimage = keys.base_preimage(step, platform, digest)
             key = keys.key_of(preimage)
-            return [StepNode(key=key, fs_key=key, preimage=preimage, provisional=False, **common)]
+            return [
+                StepNode(
+                    key=key, fs_key=key, preimage=preimage, provisional=False, base=base, **common
+                )
+            ]
         assert parent is not None
         assert parent_old is not None
         before = self._states[parent_old]
@@ -542,8 +599,10 @@ class _Keyer:
                 step, before, parent, sources[0]
             )
             provisional = parent.provisional or still_provisional
-        elif isinstance(step, Copy) and step.layers is not None:
-            return self._layered_copy(step, before, parent, provisional, common)
+        elif isinstance(step, Copy) and (
+            layered := self._layered_copy(step, before, parent, provisional, common)
+        ):
+            return layered
         else:
             preimage, trees = self._copy_context(step, before, parent)
         key = keys.key_of(preimage)
@@ -598,11 +657,12 @@ class _Keyer:
         provisional: bool,
         common: dict[str, Any],
     ) -> list[StepNode]:
-        """One node per layer part. Each part's key depends on the filesystem below the COPY
-        and its own files only, so editing one file re-keys one part; the filesystem after
-        the COPY is keyed by all parts together."""
-        assert isinstance(step.source, ContextSource)
-        assert step.layers is not None
+        """One node per layer part of a COPY split into layers (none for a COPY that is one
+        layer: see :meth:`ContextHasher.partition`). Each part's key depends on the filesystem
+        below the COPY and its own files only, so editing one file re-keys one part; the
+        filesystem after the COPY is keyed by all parts together."""
+        if not isinstance(step.source, ContextSource):
+            return []
         whole = self._tree(
             step.source,
             step.exclude,
@@ -610,7 +670,9 @@ class _Keyer:
             step=step,
             parents=step.parents,
         )
-        parts = partition_tree(whole, step.layers)
+        parts = self.hasher.partition(step.source, whole, step.layers)
+        if parts is None:
+            return []
         dest = _copy_dest(state, step.dest)
         below = None if step.link else parent.fs_key
         nodes: list[StepNode] = []
@@ -668,7 +730,12 @@ class _Keyer:
             mounts.append(keys.mount_preimage(mount, content))
         argv = state.argv(step.command, step.shell_form)
         preimage = keys.run_preimage(
-            parent=parent.fs_key, argv=argv, state=state, mounts=mounts, network=step.network
+            parent=parent.fs_key,
+            argv=argv,
+            state=state,
+            mounts=mounts,
+            network=step.network,
+            source_date_epoch=self.source_date_epoch,
         )
         return preimage, tuple(trees)
 

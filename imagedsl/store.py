@@ -50,12 +50,14 @@ def default_store_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path, *, mode: int = 0o644) -> Iterator[IO[bytes]]:
+def atomic_file(path: Path, *, mode: int = 0o644, durable: bool = True) -> Iterator[IO[bytes]]:
     """A file to write whose bytes replace ``path`` only if the block completes.
 
     The bytes go to a temporary file in the same directory, are fsynced, get ``mode``, and
     are renamed over ``path`` (the directory is fsynced too): readers see the old file or
     the new one, never part of one, and an error or a kill leaves ``path`` as it was.
+    ``durable=False`` skips the fsyncs, for caches whose readers verify what they read (a
+    crash may then lose the new file, which costs a cache miss, never a wrong answer).
     """
     import tempfile  # here, not at the top: a warm plan writes nothing and should not pay for it
 
@@ -65,19 +67,33 @@ def atomic_file(path: Path, *, mode: int = 0o644) -> Iterator[IO[bytes]]:
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(error, OSError):
+            raise naming(error, path) from None
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+def naming(error: OSError, path: str | os.PathLike[str]) -> OSError:
+    """``error`` with a path to show: a failed ``write`` (a full disk, say) names no file,
+    and the CLI's one line says which file could not be written."""
+    if error.filename is not None:
+        return error
+    named = OSError(error.errno, error.strerror or str(error), os.fspath(path))
+    named.__cause__ = error
+    return named
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` atomically (see :func:`atomic_file`)."""
-    with atomic_file(path, mode=mode) as handle:
+    with atomic_file(path, mode=mode, durable=durable) as handle:
         handle.write(data)
 
 
@@ -138,20 +154,24 @@ class StoreArea(enum.Enum):
     """A part of the store: its path relative to the store root (see :class:`Store`)."""
 
     BLOBS = "blobs/sha256"
+    BLOB_STAMPS = "cache/verified"
     LEDGER = "ledger"
     LOCI = "loci"
     TREES = "trees"
     STAT_CACHES = "cache/stat"
     ANALYSES = "cache/analysis"
+    CHECK_FACTS = "cache/check"
     LOCK = "lock"
     TMP = "tmp"
     CONTEXTS = "contexts"
     CACHE_MOUNTS = "cache-mounts"
     OCI_LAYERS = "oci/layers"
     OCI_INDEX = "oci/index"
-    OCI_DAEMON = "oci/daemon"
+    OCI_BASES = "oci/bases"
     OCI_SNAPSHOTS = "oci/snapshots"
     OCI_RUNS = "oci/runs"
+    ENGINES = "cache/engines"
+    DOCKER_IMAGES = "cache/docker-images"
 
 
 class Store:
@@ -162,6 +182,9 @@ class Store:
 
     ``BLOBS`` ``blobs/sha256/<hex>``
         content-addressed blobs: layers, configs, manifests (base images' too)
+    ``BLOB_STAMPS`` ``cache/verified/<h[:2]>/<hex>``
+        per blob: its size, inode, mtime and ctime when its bytes last hashed right (so a
+        reused blob is hashed again only if touched); the stamp's mtime is its last use
     ``LEDGER`` ``ledger/<k[:2]>/<key>.json``
         key -> record: preimage, outputs, locus, time
     ``LOCI`` ``loci/<l[:2]>/<locus>.json``
@@ -172,6 +195,8 @@ class Store:
         stat caches of build contexts (checksummed)
     ``ANALYSES`` ``cache/analysis/<shape>``
         memoised graph analyses
+    ``CHECK_FACTS`` ``cache/check/<name>``
+        what ``imagedsl check`` learnt of a copied tree (credentials, manifests)
     ``LOCK`` ``lock``
         flock(2) for read-modify-write updates
     ``TMP`` ``tmp/``
@@ -184,12 +209,18 @@ class Store:
         the OCI backend's built layer per (step key, layers below, compression, epoch)
     ``OCI_INDEX`` ``oci/index/<d[:2]>/<d>.json``
         per diff_id, the paths a layer holds (what later steps read)
-    ``OCI_DAEMON`` ``oci/daemon/<image id>.json``
-        which manifest a ``docker-daemon:`` base image became
-    ``OCI_SNAPSHOTS`` ``oci/snapshots/<format>/<diff_id hex>``
-        extracted layers that RUN steps stand on (root only)
+    ``OCI_BASES`` ``oci/bases/<config digest hex>.json``
+        which manifest a base image (by its config digest, the engine's image ID) is in the
+        store as
+    ``OCI_SNAPSHOTS`` ``oci/snapshots/<format>/<diff_id hex>/``
+        extracted layers that RUN steps stand on (root only): ``fs/`` and its integrity
+        record ``check.json``
     ``OCI_RUNS`` ``oci/runs/<id>/``
         a RUN in progress: its overlay, upper directory and bind sources
+    ``ENGINES`` ``cache/engines/<what was probed>.json``
+        the Docker engine found last time, per (DOCKER_HOST, clients, server version)
+    ``DOCKER_IMAGES`` ``cache/docker-images/<build>.json``
+        the image id the docker backend made for a lowered build, per engine
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
@@ -344,6 +375,14 @@ class Store:
         """Memoise a graph analysis."""
         self._write_cache(StoreArea.ANALYSES, digest, text.encode())
 
+    def load_tree_facts(self, name: str) -> bytes | None:
+        """What ``imagedsl check`` learnt of a tree's files (credentials, manifests), or None."""
+        return self._read_cache(StoreArea.CHECK_FACTS, name)
+
+    def save_tree_facts(self, name: str, data: bytes) -> None:
+        """Memoise what ``imagedsl check`` learnt of a tree's files."""
+        self._write_cache(StoreArea.CHECK_FACTS, name, data)
+
     def _read_cache(self, area: StoreArea, name: str) -> bytes | None:
         try:
             return (self.area(area) / name).read_bytes()
@@ -352,7 +391,8 @@ class Store:
 
     def _write_cache(self, area: StoreArea, name: str, data: bytes) -> None:
         try:
-            atomic_write(self.area(area) / name, data)
+            # Stat caches and analyses are checked when read: no fsync (see atomic_file).
+            atomic_write(self.area(area) / name, data, durable=False)
         except OSError as error:
             # A cache we cannot write only costs time next run; say so once, carry on.
             kind = area.value.rpartition("/")[2]

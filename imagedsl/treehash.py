@@ -14,64 +14,64 @@ directories 0o755), so the umask of a checkout cannot change a key.
 from __future__ import annotations
 
 import functools
-import marshal
 import os
 import posixpath
 import re
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from stat import S_ISDIR, S_ISLNK, S_ISREG
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Final
 
 import attrs
 import blake3
 
 from imagedsl._ignore import IgnoreRules
+from imagedsl._statcache import (
+    DIR_ENTRY,
+    MODE,
+    RACY_NS,
+    SIZE,
+    TARGET,
+    TYPE,
+    DirectoryLister,
+    Entry,
+    EntryType,
+    RootCache,
+    StatCacheStore,
+    add_missing_parents,
+    entry_of,
+)
 from imagedsl.context import Context, ContextSource, Selector, glob_regex
 from imagedsl.errors import ContextError
 
 if TYPE_CHECKING:
     from imagedsl.reporting import Reporter
+    from imagedsl.steps import LayerSpec
 
-EntryType = Literal["file", "dir", "symlink"]
 
-#: Files at least this big are hashed with blake3's own threads over an mmap.
+#: Files at least this big are hashed with blake3's own threads, a piece at a time.
 _BIG_FILE: Final = 4 << 20
-#: A file changed this recently may change again within one timestamp tick unnoticed; such
-#: entries are hashed but not trusted from the stat cache next time (git's "racy clean").
-_RACY_NS: Final = 50_000_000
-_STATCACHE_VERSION: Final = 3
+_HASH_PIECE: Final = 8 << 20
+#: Up to this many (small) files are hashed without a thread pool.
+_INLINE_FILES: Final = 16
 #: Symlinks followed in a row before giving up (Linux's own limit).
 _MAX_SYMLINKS: Final = 40
-
-
-class StatCacheStore(Protocol):
-    """Where stat caches persist between runs (the store implements it)."""
-
-    def load_stat_cache(self, root: str, part: str) -> bytes | None:
-        """One saved part (``index`` or ``digests``) of a context root's stat cache."""
-
-    def save_stat_cache(self, root: str, part: str, data: bytes) -> None:
-        """Replace one part of a context root's stat cache, atomically."""
-
-
-#: What a scan saw of one path: (type, normalised mode, size, mtime_ns, ctime_ns, inode,
-#: symlink target). A plain tuple, indexed by the constants below: scans make 20,000s of
-#: them, the stat cache stores them as they are, and two scans saw the same file exactly when
-#: their entries are equal.
-Entry = tuple[str, int, int, int, int, int, str]
-TYPE: Final = 0
-MODE: Final = 1
-SIZE: Final = 2
-MTIME: Final = 3
-CTIME: Final = 4
-TARGET: Final = 6
-_DIR_ENTRY: Final[Entry] = ("dir", 0o755, 0, 0, 0, 0, "")
-
-
 #: A tree row: (placed, source, type, mode, size, digest), the tuple form of a TreeEntry.
 Row = tuple[str, str, str, int, int, str]
+
+
+class ContextChangedError(ContextError):
+    """A context file changed after the plan hashed it (``path``: the file, or the selection
+    whose files no longer give the planned digest): its bytes are not the planned ones."""
+
+    def __init__(self, root: str, path: str) -> None:
+        super().__init__(root, (path,), "changed since it was planned")
+        self.path = path
+
+    def __str__(self) -> str:
+        return (
+            f"{os.path.join(self.root, self.path)} changed while the build was being prepared; "
+            "run the build again"
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -145,13 +145,6 @@ def sole_file(source: ContextSource, tree: Tree) -> TreeEntry | None:
     return None
 
 
-def normalised_mode(entry_type: EntryType, st_mode: int) -> int:
-    """Git-like modes: a checkout's umask must not change a key."""
-    if entry_type == "file":
-        return 0o755 if st_mode & 0o111 else 0o644
-    return 0o755 if entry_type == "dir" else 0o777
-
-
 def _record(name: str, kind: str, mode: int, size: int, digest: str) -> bytes:
     """One entry of a directory in a tree digest (NUL never occurs in a name)."""
     return f"{name}\0{kind}\0{mode:o}\0{size}\0{digest}\0".encode("utf-8", "surrogateescape")
@@ -209,6 +202,18 @@ MANIFEST_NAMES: Final = frozenset(
     }
 )  # fmt: skip
 _MANIFEST_PATTERN: Final = re.compile(r"(requirements|constraints)([-_.][\w.-]*)?\.(txt|in)\Z")
+
+
+def is_manifest(name: str) -> bool:
+    """Whether a basename is a dependency manifest or lock file (``requirements-dev.txt``
+    too): the files a dependency install reads."""
+    return name in MANIFEST_NAMES or _MANIFEST_PATTERN.match(name) is not None
+
+
+#: A COPY from the context with ``layers=None`` is split as ``layers="auto"`` when the files
+#: it selects hold at least this many bytes: an edit then rewrites (and pushes) one small
+#: layer instead of recompressing the whole copy.
+LARGE_COPY: Final = 64 << 20
 #: layers="auto": files at least this big are "large"; buckets aim at these sizes.
 LARGE_FILE: Final = 1 << 20
 _LARGE_BUCKET: Final = 64 << 20
@@ -227,31 +232,7 @@ def partition_tree(tree: Tree, layers: str | Sequence[Sequence[str]]) -> list[tu
     moves only when those bytes double or halve. Explicit groups: ``group-N`` per group
     (first matching group wins) and ``rest``.
     """
-    named: dict[str, list[Row]] = {}
-    if layers == "auto":
-        large_bytes = sum(row[4] for row in tree.rows if row[4] >= LARGE_FILE)
-        large_buckets = _bucket_count(large_bytes, _LARGE_BUCKET, _MAX_LARGE_BUCKETS)
-        rest_bytes = sum(row[4] for row in tree.rows if row[4] < LARGE_FILE)
-        rest_buckets = _bucket_count(rest_bytes, _FILES_BUCKET, _MAX_FILES_BUCKETS)
-        for row in tree.rows:
-            placed, _, kind, _, size, _ = row
-            base = posixpath.basename(placed)
-            if kind == "file" and (base in MANIFEST_NAMES or _MANIFEST_PATTERN.match(base)):
-                name = "manifests"
-            elif kind == "file" and size >= LARGE_FILE:
-                name = f"large-{_bucket(placed, large_buckets)}"
-            else:
-                name = f"files-{_bucket(placed, rest_buckets)}"
-            named.setdefault(name, []).append(row)
-        order = ["manifests"]
-        order += [f"large-{i}" for i in range(_MAX_LARGE_BUCKETS)]
-        order += [f"files-{i}" for i in range(_MAX_FILES_BUCKETS)]
-    else:
-        rules = [IgnoreRules.from_lines(group) for group in layers]
-        for row in tree.rows:
-            name = next((f"group-{i}" for i, r in enumerate(rules) if r.excludes(row[0])), "rest")
-            named.setdefault(name, []).append(row)
-        order = [f"group-{i}" for i in range(len(rules))] + ["rest"]
+    named, order = _partition_rows(tree, layers)
     parts = []
     for name in order:
         rows = named.get(name)
@@ -262,6 +243,83 @@ def partition_tree(tree: Tree, layers: str | Sequence[Sequence[str]]) -> list[tu
     return parts
 
 
+def _partition_rows(
+    tree: Tree, layers: str | Sequence[Sequence[str]]
+) -> tuple[dict[str, list[Row]], list[str]]:
+    """The rows of each part (sorted, as the tree's), and the order of the parts."""
+    named: dict[str, list[Row]] = {}
+    if layers == "auto":
+        large_bytes = sum(row[4] for row in tree.rows if row[4] >= LARGE_FILE)
+        rest_bytes = sum(row[4] for row in tree.rows if row[4] < LARGE_FILE)
+        assign = _AutoAssign(large_bytes, rest_bytes)
+        for row in tree.rows:
+            placed, _, kind, _, size, _ = row
+            named.setdefault(AUTO_PARTS[assign(placed, kind, size)], []).append(row)
+        return named, list(AUTO_PARTS)
+    rules = [IgnoreRules.from_lines(group) for group in layers]
+    for row in tree.rows:
+        name = next((f"group-{i}" for i, r in enumerate(rules) if r.excludes(row[0])), "rest")
+        named.setdefault(name, []).append(row)
+    return named, [f"group-{i}" for i in range(len(rules))] + ["rest"]
+
+
+#: The parts of layers="auto", in layer order.
+AUTO_PARTS: Final = (
+    "manifests",
+    *(f"large-{i}" for i in range(_MAX_LARGE_BUCKETS)),
+    *(f"files-{i}" for i in range(_MAX_FILES_BUCKETS)),
+)
+
+
+class _AutoAssign:
+    """layers="auto": the part (an index into :data:`AUTO_PARTS`) of one entry, by its placed
+    path, type and size; the bucket counts follow the bytes involved."""
+
+    def __init__(self, large_bytes: int, rest_bytes: int) -> None:
+        self.large = _bucket_count(large_bytes, _LARGE_BUCKET, _MAX_LARGE_BUCKETS)
+        self.rest = _bucket_count(rest_bytes, _FILES_BUCKET, _MAX_FILES_BUCKETS)
+
+    def __call__(self, placed: str, kind: str, size: int) -> int:
+        if kind == "file":
+            base = placed.rpartition("/")[2]
+            if is_manifest(base):
+                return 0
+            if size >= LARGE_FILE:
+                return 1 + _bucket(placed, self.large)
+        return 1 + _MAX_LARGE_BUCKETS + _bucket(placed, self.rest)
+
+
+class _Split:
+    """One tree's partition, computed once when a part's rows are first needed."""
+
+    def __init__(self, tree: Tree, layers: str | Sequence[Sequence[str]]) -> None:
+        self._tree = tree
+        self._layers = layers
+        self._parts: list[tuple[str, Tree]] | None = None
+
+        self._rows: dict[str, list[Row]] | None = None
+
+    def parts(self) -> list[tuple[str, Tree]]:
+        if self._parts is None:
+            self._parts = partition_tree(self._tree, self._layers)
+        return self._parts
+
+    def rows(self, name: str) -> tuple[Row, ...]:
+        """One part's rows, without hashing the other parts."""
+        if self._rows is None:
+            self._rows = _partition_rows(self._tree, self._layers)[0]
+        return tuple(self._rows.get(name, ())) or self._tree.rows
+
+
+def _pack_parts(digests: dict[int, bytes]) -> bytes:
+    """Part digests in a few bytes: (part index, 32-byte digest) per part, by index."""
+    return b"".join(bytes([part]) + digests[part] for part in sorted(digests))
+
+
+def _unpack_parts(packed: bytes) -> dict[int, bytes]:
+    return {packed[i]: packed[i + 1 : i + 33] for i in range(0, len(packed), 33)}
+
+
 def _bucket_count(total: int, target: int, cap: int) -> int:
     count = 1
     while count * 2 <= cap and total >= count * 2 * target:
@@ -269,6 +327,7 @@ def _bucket_count(total: int, target: int, cap: int) -> int:
     return count
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def _bucket(path: str, buckets: int) -> int:
     if buckets == 1:
         return 0
@@ -277,13 +336,18 @@ def _bucket(path: str, buckets: int) -> int:
 
 
 def hash_file(path: str, size: int) -> str:
-    """blake3 of a file's bytes; big files use blake3's threads over an mmap."""
-    if size >= _BIG_FILE:
+    """blake3 of a file's bytes, read in pieces of at most 8 MiB (memory stays bounded for any
+    file size, unlike a whole-file mmap, whose pages count as the process's resident memory);
+    big files use blake3's threads on each piece."""
+    with open(path, "rb", buffering=0) as handle:
+        if size < _BIG_FILE:
+            return blake3.blake3(handle.read()).hexdigest()
         hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-        hasher.update_mmap(path)
+        buffer = bytearray(_HASH_PIECE)
+        with memoryview(buffer) as view:
+            while count := handle.readinto(buffer):
+                hasher.update(view[:count])
         return hasher.hexdigest()
-    with open(path, "rb") as handle:
-        return blake3.blake3(handle.read()).hexdigest()
 
 
 class ContextHasher:
@@ -300,9 +364,13 @@ class ContextHasher:
         self._stat_caches = stat_caches
         self._reporter = reporter
         self._rules: dict[Context, tuple[IgnoreRules, str]] = {}
-        self._caches: dict[str, _RootCache] = {}
+        self._caches: dict[str, RootCache] = {}
         self._dirty: set[str] = set()
         self._started_ns = time.time_ns()
+        #: Trees of directories copied whole, by digest: (root, scan probe, base, memo).
+        self._wholes: dict[str, tuple[str, str, str, str]] = {}
+        #: Per (scan probe, base): directories deepest first, and their subtree signatures.
+        self._subtrees: dict[tuple[str, str], tuple[list[str], dict[str, bytes]]] = {}
 
     # -- public ------------------------------------------------------------------------------
 
@@ -350,22 +418,136 @@ class ContextHasher:
         if whole_directory and base in cache.directories[f"{rules_id}:dir:{base}"]:
             # A directory copied whole: its digest is the Merkle digest of its directories,
             # and only directories whose contents changed since last run are hashed again.
-            digest = self._merkle(root, cache, f"{rules_id}:dir:{base}", base, memo)
-            return Tree(digest, lambda: self._rows(root, selections, exclude, dest_is_dir, parents))
+            probe = f"{rules_id}:dir:{base}"
+            digest = self._merkle(root, cache, probe, base, memo)
+            self._wholes[digest] = (root, probe, base, memo)
+            return Tree(
+                digest, self._rows_later(root, selections, exclude, dest_is_dir, parents, digest)
+            )
         known = cache.trees.get(memo)
         if known is not None and all(cache.unchanged(p) for p in probes):
-            return Tree(known, lambda: self._rows(root, selections, exclude, dest_is_dir, parents))
+            return Tree(
+                known, self._rows_later(root, selections, exclude, dest_is_dir, parents, known)
+            )
         tree = Tree.from_rows(self._rows(root, selections, exclude, dest_is_dir, parents))
         cache.trees[memo] = tree.digest
         self._dirty.add(root)
         return tree
+
+    def partition(
+        self, source: ContextSource, tree: Tree, layers: LayerSpec | None
+    ) -> list[tuple[str, Tree]] | None:
+        """The layer parts a COPY of ``tree`` from ``source`` makes (:func:`partition_tree`),
+        or None when it is one layer: ``layers=None`` splits as ``"auto"`` only a tree of
+        :data:`LARGE_COPY` bytes or more; ``"single"`` never splits. Remembered per tree
+        digest, so a warm plan knows the parts' digests without building a row."""
+        if layers == "single":
+            return None
+        whole = self._wholes.get(tree.digest)
+        if whole is not None and layers in (None, "auto"):
+            return self._auto_parts(tree, whole, split_small=layers == "auto")
+        cache = self._load_cache(source.context.root)
+        memo = f"{tree.digest}\0{layers!r}"
+        spec: LayerSpec = "auto" if layers is None else layers
+        split = _Split(tree, spec)
+        if memo in cache.partitions:
+            known = cache.partitions[memo]
+            if known is None:
+                return None
+            return [
+                (name, Tree(digest, functools.partial(split.rows, name))) for name, digest in known
+            ]
+        parts = None if layers is None and tree.size < LARGE_COPY else split.parts()
+        cache.partitions[memo] = None if parts is None else [(n, t.digest) for n, t in parts]
+        self._dirty.add(source.context.root)
+        return parts
+
+    def _auto_parts(
+        self, tree: Tree, whole: tuple[str, str, str, str], *, split_small: bool
+    ) -> list[tuple[str, Tree]] | None:
+        """layers="auto" for a directory copied whole, part by part Merkle digests as
+        :meth:`_merkle` computes the whole's: each directory keeps its digest in every part
+        it has entries in, and only directories whose subtree changed are hashed again (so an
+        edit costs what it costs without parts). Equal to :func:`partition_tree`."""
+        root, probe, base, memo = whole
+        cache = self._load_cache(root)
+        directories = cache.directories[probe]
+        large = rest = 0
+        for entries in directories.values():
+            for entry in entries.values():
+                if entry[TYPE] == "file":
+                    if entry[SIZE] >= LARGE_FILE:
+                        large += entry[SIZE]
+                    else:
+                        rest += entry[SIZE]
+        if not split_small and large + rest < LARGE_COPY:
+            return None
+        assign = _AutoAssign(large, rest)
+        deepest_first, subtree = self._subtrees[(probe, base)]
+        key = f"{memo}\0{assign.large}\0{assign.rest}"
+        before = cache.part_subtrees(key)
+        now: dict[str, tuple[bytes, bytes]] = {}
+        changed = []
+        for directory in deepest_first:
+            old = before.get(directory)
+            if old is not None and old[0] == subtree[directory]:
+                now[directory] = old
+            else:
+                changed.append(directory)
+        files = [
+            (path, entry)
+            for directory in changed
+            for path, entry in directories[directory].items()
+            if entry[TYPE] != "dir"
+        ]
+        contents = self._digests(root, files) if files else {}
+        cut = len(base) + 1 if base else 0
+        empty = bytes.fromhex(_directory_digest((), top=False))
+        for directory in changed:  # deepest first: subdirectories are done before parents
+            records: dict[int, list[bytes]] = {}
+            for path, entry in directories[directory].items():
+                name = path.rpartition("/")[2]
+                kind = entry[TYPE]
+                if kind == "dir":
+                    inside = _unpack_parts(now[path][1])
+                    inside.setdefault(assign(path[cut:], kind, 0), empty)
+                    for part, digest in inside.items():
+                        records.setdefault(part, []).append(
+                            _record(name, "dir", entry[MODE], 0, digest.hex())
+                        )
+                else:
+                    size = entry[SIZE] if kind == "file" else 0
+                    part = assign(path[cut:], kind, size)
+                    records.setdefault(part, []).append(
+                        _record(name, kind, entry[MODE], size, contents[path])
+                    )
+            top = directory == base
+            digests = {
+                part: bytes.fromhex(_directory_digest(found, top=top))
+                for part, found in records.items()
+            }
+            now[directory] = (subtree[directory], _pack_parts(digests))
+        if changed:
+            cache.keep_part_subtrees(key, now)
+            self._dirty.add(root)
+        parts = _unpack_parts(now[base][1])
+        if not parts:  # an empty selection still makes one (empty) layer
+            return [("files-0", tree)]
+        split = _Split(tree, "auto")
+        return [
+            (
+                AUTO_PARTS[part],
+                Tree(parts[part].hex(), functools.partial(split.rows, AUTO_PARTS[part])),
+            )
+            for part in sorted(parts)
+        ]
 
     def save(self) -> None:
         """Write back every stat cache this run changed."""
         if self._stat_caches is None:
             return
         for root in sorted(self._dirty):
-            self._caches[root].save(self._stat_caches, self._started_ns - _RACY_NS)
+            self._caches[root].save(self._stat_caches, self._started_ns - RACY_NS)
         self._dirty.clear()
 
     # -- selection ---------------------------------------------------------------------------
@@ -449,7 +631,7 @@ class ContextHasher:
             )
             rel = posixpath.normpath("/" + joined).lstrip("/")  # ".." stops at the root
             if not rel:
-                return "", _DIR_ENTRY
+                return "", DIR_ENTRY
             found = self._stat_one(context, rules, rules_id, rel, probes)
             if found is None:
                 return None
@@ -490,7 +672,7 @@ class ContextHasher:
                 except (FileNotFoundError, NotADirectoryError):
                     pass
                 else:
-                    entry = _entry(context.root, rel, st)
+                    entry = entry_of(context.root, rel, st)
             seen = cache.seen[probe] = {} if entry is None else {rel: entry}
         probes.append(probe)
         return seen.get(rel)
@@ -506,56 +688,43 @@ class ContextHasher:
         if scanned is not None:
             return scanned
         root = context.root
+        listed = DirectoryLister(root, rules).run(start)
+        directories = {rel: listed[rel][0] for rel in sorted(listed)}
         found: dict[str, Entry] = {}
-        directories: dict[str, dict[str, Entry]] = {}
-        stack = [start]
-        check = bool(rules)
-        excludes = rules.excludes
-        while stack:
-            rel = stack.pop()
-            prefix = f"{rel}/" if rel else ""
-            here: dict[str, Entry] = {}
-            directories[rel] = here
-            try:
-                iterator = os.scandir(os.path.join(root, rel) if rel else root)
-            except NotADirectoryError:
-                continue
-            except PermissionError as error:
-                raise ContextError(root, problem=f"cannot read {rel or '.'}: {error}") from None
-            with iterator:
-                for dirent in iterator:
-                    path = prefix + dirent.name
-                    if check and excludes(path):
-                        if dirent.is_dir(follow_symlinks=False) and rules.may_include_under(path):
-                            stack.append(path)
-                        continue
-                    st = dirent.stat(follow_symlinks=False)
-                    mode = st.st_mode
-                    if S_ISREG(mode):
-                        here[path] = (
-                            "file",
-                            0o755 if mode & 0o111 else 0o644,
-                            st.st_size,
-                            st.st_mtime_ns,
-                            st.st_ctime_ns,
-                            st.st_ino,
-                            "",
-                        )
-                    elif S_ISDIR(mode):
-                        here[path] = _DIR_ENTRY
-                        stack.append(path)
-                    elif S_ISLNK(mode):
-                        target = os.readlink(dirent.path)
-                        here[path] = ("symlink", 0o777, 0, 0, 0, 0, target)
-                    # sockets, fifos and devices are never build inputs
+        for here in directories.values():
             found.update(here)
-        if check and _add_missing_parents(root, start, found):
+        check = bool(rules)
+        if check and add_missing_parents(root, start, found):
             directories = {}  # re-included files bring parents no directory listed: no shortcut
         cache.seen[probe] = found
         cache.directories[probe] = directories
+        if directories:
+            cache.known_signatures(probe, {rel: listed[rel][1] for rel in directories})
         return found
 
     # -- hashing -----------------------------------------------------------------------------
+
+    def _rows_later(
+        self,
+        root: str,
+        selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
+        exclude: Sequence[str],
+        dest_is_dir: bool,
+        parents: bool,
+        digest: str,
+    ) -> Callable[[], tuple[Row, ...]]:
+        """The rows of a tree whose digest came from the stat cache, built when first read:
+        by then a file may have changed, and rows that no longer give the planned digest
+        must not be used (a backend would place bytes other than the keyed ones)."""
+
+        def rows() -> tuple[Row, ...]:
+            found = self._rows(root, selections, exclude, dest_is_dir, parents)
+            if tree_digest(found) != digest:
+                changed = ", ".join(selector.path for selector, _ in selections)
+                raise ContextChangedError(root, changed)
+            return found
+
+        return rows
 
     def _rows(
         self,
@@ -587,7 +756,7 @@ class ContextHasher:
             )
         )
 
-    def _merkle(self, root: str, cache: _RootCache, probe: str, base: str, memo: str) -> str:
+    def _merkle(self, root: str, cache: RootCache, probe: str, base: str, memo: str) -> str:
         """The tree digest of directory ``base`` copied whole, reusing the digest of every
         directory whose subtree saw nothing change (equal to :func:`tree_digest` of its rows)."""
         directories = cache.directories[probe]
@@ -605,6 +774,7 @@ class ContextHasher:
             for child in sorted(below.get(directory, ())):
                 hasher.update(subtree[child])
             subtree[directory] = hasher.digest()
+        self._subtrees[(probe, base)] = (deepest_first, subtree)
         before = cache.subtrees.get(memo, {})
         now: dict[str, tuple[bytes, str]] = {}
         changed = []
@@ -662,11 +832,20 @@ class ContextHasher:
         return digests
 
     def _hash_files(self, root: str, entries: Sequence[tuple[str, Entry]]) -> Iterator[str]:
-        from concurrent.futures import ThreadPoolExecutor
-
         total = sum(e[SIZE] for _, e in entries)
         self._reporter.hashing_started(root, len(entries), total)
         done_files = done_bytes = 0
+        if len(entries) <= _INLINE_FILES and total < _BIG_FILE:
+            # An edit or two: hashing them here costs less than starting threads.
+            for path, entry in entries:
+                try:
+                    yield hash_file(os.path.join(root, path), entry[SIZE])
+                except OSError as error:
+                    raise ContextError(root, problem=f"cannot read {path}: {error}") from None
+            self._reporter.hashing_progress(root, len(entries), total)
+            self._reporter.hashing_finished(root)
+            return
+        from concurrent.futures import ThreadPoolExecutor
 
         def work(batch: Sequence[tuple[str, Entry]]) -> list[str]:
             out = []
@@ -689,170 +868,11 @@ class ContextHasher:
 
     # -- stat cache --------------------------------------------------------------------------
 
-    def _load_cache(self, root: str) -> _RootCache:
+    def _load_cache(self, root: str) -> RootCache:
         cache = self._caches.get(root)
         if cache is None:
-            cache = self._caches[root] = _RootCache.load(self._stat_caches, root)
+            cache = self._caches[root] = RootCache.load(self._stat_caches, root)
         return cache
-
-
-_STATCACHE_MAGIC: Final = b"imagedsl-statcache\n"
-_MAX_TREES: Final = 256
-
-
-_SHARDS: Final = 16
-_MAX_MEMOS: Final = 64
-
-
-def _shard(path: str) -> int:
-    """The digests shard of a file: by its directory, so one edit touches one shard."""
-    return zlib.crc32(path.rpartition("/")[0].encode("utf-8", "surrogateescape")) % _SHARDS
-
-
-@attrs.define
-class _RootCache:
-    """The stat cache of one context root.
-
-    The ``index`` is read by every plan: per probe (a directory scan or a single stat) a
-    digest of what it saw last run; per selection its tree digest; and per directory copied
-    whole, each subdirectory's (signature, Merkle digest). File digests (the entry each file
-    had when hashed, and its content digest) live in ``digests-N`` shards by directory, read
-    only for directories that changed and rewritten only where a file was hashed.
-    """
-
-    root: str
-    source: StatCacheStore | None
-    signatures: dict[str, bytes]
-    trees: dict[str, str]
-    subtrees: dict[str, dict[str, tuple[bytes, str]]]
-    #: What this run's probes saw, all together and (for scans) per directory.
-    seen: dict[str, dict[str, Entry]] = attrs.field(factory=dict)
-    directories: dict[str, dict[str, dict[str, Entry]]] = attrs.field(factory=dict)
-    _signatures_now: dict[str, bytes] = attrs.field(factory=dict)
-    _directory_signatures: dict[str, dict[str, bytes]] = attrs.field(factory=dict)
-    _shards: dict[int, dict[str, tuple[Entry, str]]] = attrs.field(factory=dict)
-    _dirty_shards: set[int] = attrs.field(factory=set)
-
-    @classmethod
-    def load(cls, source: StatCacheStore | None, root: str) -> _RootCache:
-        """Read the index; anything damaged reads as empty (a re-read, nothing worse)."""
-        index = _unpack(source.load_stat_cache(root, "index") if source else None, root)
-        if not (
-            isinstance(index, tuple)
-            and len(index) == 3
-            and all(isinstance(part, dict) for part in index)
-        ):
-            return cls(root, source, {}, {}, {})
-        return cls(root, source, index[0], index[1], index[2])
-
-    def unchanged(self, probe: str) -> bool:
-        """Whether a probe saw exactly what it saw last run."""
-        return self.signature(probe) == self.signatures.get(probe)
-
-    def directory_signatures(self, probe: str) -> dict[str, bytes]:
-        """For a scan: a digest of each directory's own entries (names, types, stat values)."""
-        found = self._directory_signatures.get(probe)
-        if found is None:
-            # Format 2 has no back-references, whose use depends on reference counts: equal
-            # entries always give equal bytes.
-            found = {
-                directory: blake3.blake3(marshal.dumps(entries, 2)).digest()
-                for directory, entries in self.directories[probe].items()
-            }
-            self._directory_signatures[probe] = found
-        return found
-
-    def signature(self, probe: str) -> bytes:
-        """A digest of what a probe saw this run."""
-        found = self._signatures_now.get(probe)
-        if found is None:
-            if self.directories.get(probe):
-                joined = b"".join(self.directory_signatures(probe).values())
-                found = blake3.blake3(joined).digest()
-            else:
-                found = blake3.blake3(marshal.dumps(self.seen[probe], 2)).digest()
-            self._signatures_now[probe] = found
-        return found
-
-    def shard_of(self, path: str) -> dict[str, tuple[Entry, str]]:
-        """The digests shard holding ``path``, read on first use."""
-        number = _shard(path)
-        shard = self._shards.get(number)
-        if shard is None:
-            part = f"digests-{number}"
-            data = self.source.load_stat_cache(self.root, part) if self.source else None
-            loaded = _unpack(data, self.root)
-            shard = self._shards[number] = loaded if isinstance(loaded, dict) else {}
-        return shard
-
-    def remember(self, path: str, entry: Entry, digest: str) -> None:
-        """Note a file's content digest for the entry it had when hashed."""
-        self.shard_of(path)[path] = (entry, digest)
-        self._dirty_shards.add(_shard(path))
-
-    def save(self, target: StatCacheStore, racy_after_ns: int) -> None:
-        """Write what changed. Racily clean files (changed within the last tick before this
-        run began) are left out, with the probes and directories that saw them, so the next
-        run looks at them again however equal their stat values seem."""
-        signatures = dict(self.signatures)
-        racy: set[str] = set()
-        for probe, seen in self.seen.items():
-            late = [p for p, e in seen.items() if max(e[MTIME], e[CTIME]) >= racy_after_ns]
-            if late:
-                racy.update(late)
-                signatures.pop(probe, None)
-            else:
-                signatures[probe] = self.signature(probe)
-        subtrees = dict(list(self.subtrees.items())[-_MAX_MEMOS:])
-        if racy:
-            late_dirs = {path.rpartition("/")[0] for path in racy}
-            for memo, directories in subtrees.items():
-                subtrees[memo] = {
-                    d: pair
-                    for d, pair in directories.items()
-                    if not any(late == d or late.startswith(f"{d}/") or not d for late in late_dirs)
-                }
-            for path in racy:
-                self.shard_of(path).pop(path, None)
-                self._dirty_shards.add(_shard(path))
-        trees = dict(list(self.trees.items())[-_MAX_MEMOS:])
-        target.save_stat_cache(self.root, "index", _pack(self.root, (signatures, trees, subtrees)))
-        live = {path for seen in self.seen.values() for path in seen}
-        covered = tuple(
-            "" if probe.endswith(":dir:") else probe.partition(":dir:")[2] + "/"
-            for probe in self.seen
-            if ":dir:" in probe
-        )
-        for number in sorted(self._dirty_shards):
-            # Forget files that a scan covering them no longer found.
-            kept = {
-                path: pair
-                for path, pair in self._shards[number].items()
-                if path in live or not path.startswith(covered)
-            }
-            target.save_stat_cache(self.root, f"digests-{number}", _pack(self.root, kept))
-
-
-def _pack(root: str, value: Any) -> bytes:
-    payload = marshal.dumps((_STATCACHE_VERSION, root, value))
-    return _STATCACHE_MAGIC + blake3.blake3(payload).digest() + payload
-
-
-def _unpack(data: bytes | None, root: str) -> Any:
-    """The value of a saved stat-cache part, or None if it is missing, damaged or not ours."""
-    if not data or not data.startswith(_STATCACHE_MAGIC):
-        return None
-    body = data[len(_STATCACHE_MAGIC) :]
-    check, payload = body[:32], body[32:]
-    if blake3.blake3(payload).digest() != check:
-        return None  # torn or tampered: checked before unmarshalling anything
-    try:
-        version, saved_root, value = marshal.loads(payload)
-    except (ValueError, EOFError, TypeError):
-        return None
-    if version != _STATCACHE_VERSION or saved_root != root:
-        return None
-    return value
 
 
 def _batches(
@@ -868,32 +888,3 @@ def _batches(
             batch, batch_bytes = [], 0
     if batch:
         yield batch
-
-
-def _entry(root: str, rel: str, st: os.stat_result) -> Entry | None:
-    mode = st.st_mode
-    if S_ISREG(mode):
-        fields = ("file", normalised_mode("file", mode), st.st_size, st.st_mtime_ns)
-        return (*fields, st.st_ctime_ns, st.st_ino, "")
-    if S_ISDIR(mode):
-        return _DIR_ENTRY
-    if S_ISLNK(mode):
-        target = os.readlink(os.path.join(root, rel))
-        return ("symlink", 0o777, 0, 0, 0, 0, target)
-    return None  # sockets, fifos and devices are never build inputs
-
-
-def _add_missing_parents(root: str, start: str, found: dict[str, Entry]) -> bool:
-    """A file re-included by ``!`` brings its excluded parent directories, as Docker does.
-
-    Returns whether any parent was added."""
-    added = False
-    for path in list(found):
-        parent = posixpath.dirname(path)
-        while parent and parent != start and parent not in found:
-            entry = _entry(root, parent, os.lstat(os.path.join(root, parent)))
-            if entry is not None:
-                found[parent] = entry
-                added = True
-            parent = posixpath.dirname(parent)
-    return added

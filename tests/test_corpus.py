@@ -1,6 +1,6 @@
 """The corpus: real-world style Dockerfiles and the build.py files that say the same thing.
 
-For each entry of tests/resources/corpus/ (see tests/corpus_support.py):
+For each entry of tests/resources/corpus/ (see tests/support/corpus.py):
 
 - lowering the build.py gives the Dockerfile's instructions, read by BuildKit's own parser and
   put in a canonical form (stage names, where stages are cut and context directory names
@@ -16,16 +16,21 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from corpus_support import CORPUS, canonical, ensure_toolchain_image, local_bases
-from docker_support import DockerEngine
-from equivalence_support import differences, ensure_nodev_image, export_listing, layout_listing
-from fidelity_support import docker_config, layout_config, lost_rootfs
 
 from imagedsl.api import Backend, BuildSession, Plan
 from imagedsl.backends.dockerfile.buildkit import BuildFailedError, DockerfileBackend
 from imagedsl.backends.dockerfile.lowering import DOCKERFILE_1_4, lower_to_dockerfile
 from imagedsl.backends.oci.backend import OCIBackend
 from imagedsl.steps import Run, SecretMount
+from tests.support.corpus import CORPUS, canonical, ensure_toolchain_image, local_bases
+from tests.support.docker import DockerEngine
+from tests.support.equivalence import (
+    differences,
+    ensure_nodev_image,
+    export_listing,
+    layout_listing,
+)
+from tests.support.fidelity import docker_config, layout_config, lost_rootfs
 
 ENTRIES = sorted(p.name for p in CORPUS.iterdir() if (p / "build.py").is_file())
 

@@ -392,6 +392,22 @@ def test_base_variables_stay_unexpanded_until_the_base_is_read() -> None:
     assert on_scratch.node.state.workdir == "/w"
 
 
+def test_deep_chains_compare_and_hash_without_recursion() -> None:
+    """Stages 10,000 steps deep hash and compare (equal, and unequal at the root) in a loop."""
+
+    def chain(first: str) -> dsl.Stage:
+        stage = dsl.scratch().env(FIRST=first)
+        for i in range(10_000):
+            stage = stage.env(V=str(i))
+        return stage
+
+    one, same, other = chain("a"), chain("a"), chain("b")
+    assert one == same
+    assert hash(one) == hash(same)
+    assert one != other
+    assert len({one, same, other}) == 2
+
+
 @pytest.mark.parametrize(
     ("written", "canonical"),
     [

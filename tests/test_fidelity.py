@@ -25,16 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import docker_support
 import pytest
-from docker_support import DockerEngine
-from fidelity_support import buildkit_vertices
 
 from imagedsl.backends import BuildRequest, SecretSource
 from imagedsl.backends.dockerfile.buildkit import DockerfileBackend
 from imagedsl.loader import load_buildfile
 from imagedsl.reporting import Reporter
 from imagedsl.store import Store
+from tests.support import docker
+from tests.support.docker import DockerEngine
+from tests.support.fidelity import buildkit_vertices
 
 BUILD_PY = """\
 import imagedsl as dsl
@@ -257,7 +257,7 @@ def fixture_other_base(
     """A second base image: busybox with one more file."""
     # Built once per machine and kept (like the busybox base): parallel workers share it, so
     # none may remove or rebuild it while another builds on it.
-    with docker_support.machine_lock("fidelity-other-base"):
+    with docker.machine_lock("fidelity-other-base"):
         present = docker_engine.run("image", "inspect", _OTHER_BASE, check=False)
         if present.returncode != 0:
             context = tmp_path_factory.mktemp("other-base")

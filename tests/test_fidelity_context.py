@@ -1,12 +1,13 @@
 """Edit scenarios for the build context: content, modes, names, files added and removed, and
-ignore rules (see tests/fidelity_support.py for what each scenario checks)."""
+ignore rules (see tests/support/fidelity.py for what each scenario checks)."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
-from fidelity_support import FidelityRun, Project, Scenario, Symlink, scenario_params
+
+from tests.support.fidelity import FidelityRun, Project, Scenario, Symlink, scenario_params
 
 FILES = {
     "app/main.py": "print('hi')\n",

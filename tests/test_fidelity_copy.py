@@ -1,10 +1,18 @@
 """Edit scenarios for COPY and ADD: options, destinations, sources from the context and from
-other stages (see tests/fidelity_support.py for what each scenario checks)."""
+other stages (see tests/support/fidelity.py for what each scenario checks)."""
 
 from __future__ import annotations
 
 import pytest
-from fidelity_support import FidelityRun, Project, Scenario, Symlink, scenario_params, tar_bytes
+
+from tests.support.fidelity import (
+    FidelityRun,
+    Project,
+    Scenario,
+    Symlink,
+    scenario_params,
+    tar_bytes,
+)
 
 FILES = {"app/main.py": "print('hi')\n", "app/util.py": "X = 1\n", "conf.txt": "a=1\n"}
 LIST_APP = """.run("stat -c '%n %u %g %a %s' /app/* > /listing")"""

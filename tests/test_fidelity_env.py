@@ -1,6 +1,6 @@
 """Edit scenarios for the environment BuildKit keys a RUN on: ENV and ARG values, their order
 and precedence, build args, global ARGs, the automatic platform ARGs, and the platform itself
-(see tests/fidelity_support.py for what each scenario checks).
+(see tests/support/fidelity.py for what each scenario checks).
 
 BuildKit keeps one ordered list of variables per stage: ENV and ARG (when it has a value) both
 write to it, a write to an existing name moves it to the end, and a RUN is keyed on the list in
@@ -9,7 +9,8 @@ order (see /work/briefs/issue10.md and docs/dockerfile-backend.md)."""
 from __future__ import annotations
 
 import pytest
-from fidelity_support import FidelityRun, Scenario, scenario_params
+
+from tests.support.fidelity import FidelityRun, Scenario, scenario_params
 
 ENV_DUMP = """.run("env | grep -v -e ^HOSTNAME= -e ^PWD= -e ^SHLVL= | sort > /env")"""
 ECHO_X = """.run("echo $X > /x")"""

@@ -1,10 +1,11 @@
 """Edit scenarios for RUN: commands, forms, mounts (cache, secret, bind, tmpfs) and their
-options, network, and stages built for other stages (see tests/fidelity_support.py)."""
+options, network, and stages built for other stages (see tests/support/fidelity.py)."""
 
 from __future__ import annotations
 
 import pytest
-from fidelity_support import FidelityRun, Project, Scenario, scenario_params
+
+from tests.support.fidelity import FidelityRun, Project, Scenario, scenario_params
 
 SCRIPTS = {"scripts/setup.sh": "echo setup\n", "scripts/other.sh": "echo other\n"}
 TOOL = """tool = BASE.run("mkdir -p /out && echo tool > /out/tool.txt{extra}")\n"""

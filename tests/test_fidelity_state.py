@@ -1,11 +1,12 @@
 """Edit scenarios for the state steps leave: WORKDIR, USER, SHELL, and the config-only steps
 (LABEL, EXPOSE, CMD, ENTRYPOINT, HEALTHCHECK, STOPSIGNAL, VOLUME), which change the image
-config and nothing BuildKit builds (see tests/fidelity_support.py)."""
+config and nothing BuildKit builds (see tests/support/fidelity.py)."""
 
 from __future__ import annotations
 
 import pytest
-from fidelity_support import FidelityRun, Scenario, scenario_params
+
+from tests.support.fidelity import FidelityRun, Scenario, scenario_params
 
 PWD = """.run("pwd > /pwd")"""
 IDS = """.run("id -u > /tmp/uid && id -g > /tmp/gid")"""

@@ -10,6 +10,7 @@ import pytest
 
 import imagedsl as dsl
 from imagedsl import api
+from imagedsl.api import plan
 from imagedsl.planner import PlanStatus, record_copy_output, record_step
 from imagedsl.store import Store, StoreArea
 
@@ -149,12 +150,10 @@ def test_miss_reasons_after_an_edit(
 
 
 def test_base_digest_change_reason(src_dir: Path, store: Store) -> None:
-    """A moved base digest is named old -> new on the FROM step."""
+    """A moved base digest is said once on the FROM step: what the name holds now."""
     build_all(api.plan(make_app(src_dir), store=store), store)
     plan = api.plan(make_app(src_dir, ref=f"python:3.12@{DIGEST_B}"), store=store)
-    assert plan.steps[0].reasons == (
-        "base image digest changed: sha256:aaaaaaaaaaaa -> sha256:bbbbbbbbbbbb",
-    )
+    assert plan.steps[0].reasons == (f"base image changed: python:3.12 is now {DIGEST_B}",)
 
 
 def test_build_arg_override_reason(store: Store) -> None:
@@ -277,6 +276,54 @@ def test_secret_values_never_reach_a_plan(store: Store, monkeypatch: pytest.Monk
     text = json.dumps(plan.to_json()) + plan.to_dot()
     stored = "".join(p.read_text() for p in store.area(StoreArea.LEDGER).rglob("*.json"))
     assert "s3cr3t-value" not in text + stored
+
+
+def test_record_step_keeps_how_long_the_step_took(store: Store) -> None:
+    """``seconds`` is kept in the record's outputs, and a later record without it keeps it."""
+    (step,) = [s for s in plan(dsl.image("alpine").run("make")).steps if s.kind == "run"]
+    record_step(store, step, {"layer": "sha256:" + "0" * 64}, seconds=12.3456)
+    record_step(store, step, {"layer": "sha256:" + "0" * 64})
+    record = store.get(step.key)
+    assert record is not None
+    assert record.outputs["seconds"] == 12.346
+
+
+def test_deep_chains_plan(store: Store) -> None:
+    """A 10,000-step chain and a 150-deep chain of COPY --from stages both plan."""
+    deep = dsl.scratch()
+    for i in range(10_000):
+        deep = deep.env(V=str(i))
+    assert api.plan(deep, store=store).summary["config"] == 10_000
+    cross = dsl.scratch().env(A="0")
+    for i in range(150):
+        cross = dsl.scratch().copy(cross.path("/"), "/x").env(B=str(i))
+    plan = api.plan(cross, store=store)
+    assert plan.summary["maybe"] == 150
+
+
+def test_large_copies_are_split_into_layers_by_default(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A COPY of LARGE_COPY bytes or more is split as layers="auto" unless layers="single"."""
+    from imagedsl import treehash
+
+    monkeypatch.setattr(treehash, "LARGE_COPY", 4000)
+    root = tmp_path / "big"
+    for i in range(40):
+        (root / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
+        (root / f"d{i % 4}" / f"f{i}.py").write_bytes(bytes([i]) * 200)
+    (root / "requirements.txt").write_text("flask\n")
+    src = dsl.context(root)
+    split = dsl.scratch().copy(src, "/app")
+    parts = [s.node.part for s in api.plan(split, store=store).steps[1:]]
+    assert parts[0] == "manifests"
+    assert len(parts) > 1
+    again = api.plan(split, store=store)  # warm: the parts come from the stat cache
+    assert [s.key for s in again.steps] == [s.key for s in api.plan(split, store=None).steps]
+    single = api.plan(dsl.scratch().copy(src, "/app", layers="single"), store=store)
+    assert [s.node.part for s in single.steps] == [None, None]
+    small = api.plan(dsl.scratch().copy(src.dir("d0"), "/app"), store=store)
+    assert [s.node.part for s in small.steps] == [None, None]
 
 
 def test_an_exclude_pattern_that_excludes_nothing_keeps_the_key(src_dir: Path) -> None:

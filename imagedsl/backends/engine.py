@@ -5,26 +5,36 @@ BuildKit (``docker build`` with ``DOCKER_BUILDKIT=1``). Machines often carry a n
 without buildx (its legacy builder cannot do what we need) next to an older one that can, so
 every candidate is probed with a real, tiny build. ``$DOCKER_HOST`` is honoured, which is also
 how a remote engine is used; a buildx builder (``docker buildx use``) is honoured by buildx.
+
+Probing costs about a second, so what it found can be kept in the store
+(``require_docker(cache=...)``), per what it depends on: ``$DOCKER_HOST`` and
+``$DOCKER_CONTEXT``, each candidate client binary and plugin directory (by path, size, mtime
+and inode), and the engine's server version, which is asked again on every use (over the
+engine's socket, in milliseconds): a new client, a new buildx or an upgraded engine probe again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import attrs
 
 from imagedsl.backends import BuildRequestError
+from imagedsl.engine_api import CI_DOCKER_HOST
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-#: The engine socket ``.ci/run`` starts when no other engine answers.
-CI_DOCKER_HOST = "unix:///tmp/imagedsl-ci/dockerd/docker.sock"
 #: Clients tried besides ``docker`` on PATH (Debian's 20.10 client has built-in BuildKit).
 EXTRA_DOCKER_CLIENTS = ("/usr/bin/docker",)
 
@@ -254,11 +264,22 @@ def tail_lines(text: str, lines: int = 30) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def require_docker(*, buildkit: bool = True) -> DockerEngine:
+def require_docker(*, buildkit: bool = True, cache: Path | None = None) -> DockerEngine:
     """The engine to use, or a :class:`BuildRequestError` saying what is missing
-    (``buildkit=False``: any engine that answers; see :func:`find_docker`)."""
+    (``buildkit=False``: any engine that answers; see :func:`find_docker`).
+
+    With ``cache`` (a directory, the store's ``ENGINES`` area), an engine found before for the
+    same environment, clients and server version is used without probing it again."""
+    cache_file = None
+    if cache is not None:
+        cache_file = cache / f"{_discovery_identity(buildkit)}.json"
+        cached = _cached_engine(cache_file)
+        if cached is not None:
+            return cached
     notes: list[str] = []
     engine = find_docker(notes, buildkit=buildkit)
+    if engine is not None and cache_file is not None:
+        _save_engine(cache_file, engine)
     if engine is None:
         details = "; ".join(notes) or "no docker client found"
         if not buildkit:
@@ -268,3 +289,129 @@ def require_docker(*, buildkit: bool = True) -> DockerEngine:
             f"with built-in BuildKit, and a running engine): {details}"
         )
     return engine
+
+
+# -- the discovery cache -----------------------------------------------------------------------
+
+#: Where the docker client looks for plugins (buildx among them), besides ``~/.docker``.
+_PLUGIN_DIRS = (
+    "/usr/local/lib/docker/cli-plugins",
+    "/usr/local/libexec/docker/cli-plugins",
+    "/usr/lib/docker/cli-plugins",
+    "/usr/libexec/docker/cli-plugins",
+)
+_CACHE_VERSION = 1
+
+
+def _discovery_identity(buildkit: bool) -> str:
+    """A digest of everything discovery depends on, short of the engine's answer."""
+    config = os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker")
+    paths = [
+        shutil.which("docker") or "",
+        *EXTRA_DOCKER_CLIENTS,
+        *_PLUGIN_DIRS,
+        os.path.join(config, "cli-plugins"),
+        os.path.join(config, "config.json"),
+    ]
+    seen: list[list[object]] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            seen.append([path, None])
+        else:
+            seen.append([path, os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino])
+    facts = {
+        "v": _CACHE_VERSION,
+        "buildkit": buildkit,
+        "host": os.environ.get("DOCKER_HOST"),
+        "context": os.environ.get("DOCKER_CONTEXT"),
+        "paths": seen,
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _cached_engine(path: Path) -> DockerEngine | None:
+    """The engine saved at ``path`` if its engine still answers with the same version."""
+    try:
+        saved = json.loads(path.read_bytes())
+        client, buildx, host = saved["client"], saved["buildx"], saved["host"]
+        version = saved["server_version"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(client, str) or not isinstance(version, str) or not version:
+        return None
+    engine = DockerEngine(
+        client=client, env=_docker_env(host), buildx=bool(buildx), host=host, server_version=version
+    )
+    return engine if server_version(engine) == version else None
+
+
+def _save_engine(path: Path, engine: DockerEngine) -> None:
+    from imagedsl.store import atomic_write
+
+    record = {
+        "client": engine.client,
+        "buildx": engine.buildx,
+        "host": engine.host,
+        "server_version": engine.server_version,
+    }
+    with contextlib.suppress(OSError):  # a cache: failing to keep it costs a probe next time
+        atomic_write(path, json.dumps(record, sort_keys=True).encode())
+
+
+def server_version(engine: DockerEngine) -> str:
+    """The engine's version as it answers now ("" if it does not): over its unix socket
+    when it has one (a few milliseconds), else through the client."""
+    if engine.host is not None and engine.host.startswith("unix://"):
+        answer = _unix_get(engine.host.removeprefix("unix://"), "/version")
+        if answer is not None:
+            try:
+                version = json.loads(answer).get("Version")
+            except (ValueError, AttributeError):
+                version = None
+            return version if isinstance(version, str) else ""
+    result = _probe(engine, "version", "--format", "{{.Server.Version}}")
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def _unix_get(socket_path: str, url: str, timeout: float = 5.0) -> bytes | None:
+    """The body of an HTTP GET over a unix socket when it answers 200, else None."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(socket_path)
+            sock.sendall(f"GET {url} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    except OSError:
+        return None
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0].split()
+    if len(status) < 2 or status[1] != b"200":
+        return None
+    return body
+
+
+def image_ids(engine: DockerEngine, names: Sequence[str]) -> list[str | None]:
+    """The image id each name (a tag or an id) has in the engine now, None where it has none:
+    over the engine's unix socket when it has one, else through the client."""
+    if engine.host is not None and engine.host.startswith("unix://"):
+        found: list[str | None] = []
+        for name in names:
+            answer = _unix_get(
+                engine.host.removeprefix("unix://"),
+                f"/images/{urllib.parse.quote(name, safe='/:@')}/json",
+            )
+            try:
+                value = None if answer is None else json.loads(answer).get("Id")
+            except (ValueError, AttributeError):
+                value = None
+            found.append(value if isinstance(value, str) else None)
+        return found
+    result = engine.run("image", "inspect", "--format", "{{.Id}}", *names, check=False)
+    lines = result.stdout.split()
+    return (
+        list(lines) if result.returncode == 0 and len(lines) == len(names) else [None] * len(names)
+    )

@@ -49,6 +49,8 @@ class Vertex:
     status: str = RUNNING
     error: str | None = None
     output: list[str] = attrs.field(factory=list)
+    #: How long BuildKit took to make it (``DONE 12.3s``); None when cached or not said.
+    seconds: float | None = None
 
     @property
     def label(self) -> str | None:
@@ -116,6 +118,8 @@ class ProgressParser:
             # A vertex reported CACHED stays cached (BuildKit may print DONE for it later).
             if vertex.status != CACHED:
                 vertex.status = DONE
+                took = rest.removeprefix("DONE").strip().removesuffix("s")
+                vertex.seconds = float(took) if took else None
         elif rest.startswith("ERROR"):
             vertex.status = ERROR
             vertex.error = rest.removeprefix("ERROR").lstrip(":").strip() or None

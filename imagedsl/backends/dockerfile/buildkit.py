@@ -10,10 +10,17 @@ failing step at its line of ``build.py``.
 
 A step that needs a Dockerfile feature the engine's built-in frontend is known to lack is
 refused before the build starts, naming the step (see docs/dockerfile-backend.md).
+
+A no-op is cheap: the engine found last time is reused (``ENGINES`` in the store), and when
+every step is a hit and the engine still holds the very image this lowered build made last
+time under every asked tag (``DOCKER_IMAGES``), BuildKit is not called at all.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import re
 import signal
@@ -25,7 +32,8 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from imagedsl.backends import BuildRequest, BuildRequestError, BuildResult, SecretSource
+from imagedsl.backends import BuildRequest, BuildRequestError, BuildResult, read_secrets
+from imagedsl.backends._masking import masked, masks_for
 from imagedsl.backends.dockerfile._progress import ProgressParser, Vertex
 from imagedsl.backends.dockerfile._staging import ContextPool
 from imagedsl.backends.dockerfile._vertices import VertexMap
@@ -38,7 +46,7 @@ from imagedsl.backends.dockerfile.lowering import (
     lower_to_dockerfile,
 )
 from imagedsl.errors import BuildFailure, ImageDSLError, SourceLocation, string_tuple
-from imagedsl.planner import Plan, PlannedStep, record_step
+from imagedsl.planner import Plan, PlannedStep, PlanStatus, record_step
 from imagedsl.steps import LAYER_KINDS
 from imagedsl.store import Store, StoreArea
 
@@ -88,14 +96,21 @@ class DockerfileBackend:
         """Lower ``plan``, stage its context, build it, and record what BuildKit completed."""
         from imagedsl.backends.engine import require_docker
 
-        engine = self._engine or require_docker()
+        secrets = request.secrets
+        masks = masks_for(read_secrets(secrets).values())  # unreadable: refused here
+        engine = self._engine or require_docker(cache=store.area(StoreArea.ENGINES))
         lowered = lower_to_dockerfile(plan, features=_features(engine))
+        lowered, build_network = _for_engine(plan, lowered, engine)
         _check_engine(plan, lowered, engine)
         output_kind, archive, output_tag = _parse_output(request.output)
-        secrets = _check_secrets(request.secrets)
+        tags = [*request.tags, *([output_tag] if output_tag else [])]
+        made = _MadeImages(store, engine, plan, lowered, request, tags)
+        if output_kind == "docker":
+            known = made.still_there()
+            if known is not None:
+                return _nothing_to_do(plan, reporter, tags, known)
         pool = ContextPool(store.area(StoreArea.CONTEXTS))
         pool.stage(lowered.trees)
-        tags = [*request.tags, *([output_tag] if output_tag else [])]
         with tempfile.TemporaryDirectory(prefix="imagedsl-docker-") as scratch:
             dockerfile = Path(scratch, "Dockerfile")
             dockerfile.write_text(lowered.text, encoding="utf-8")
@@ -110,6 +125,9 @@ class DockerfileBackend:
             ]  # fmt: skip
             if engine.buildx:
                 argv.append("--load")
+                argv += [f"--allow={name}" for name in sorted(request.allow)]
+            if build_network is not None:
+                argv += ["--network", build_network]
             for tag in tags:
                 argv += ["--tag", tag]
             for name, value in request.build_args.items():
@@ -119,24 +137,26 @@ class DockerfileBackend:
             env = dict(engine.env)
             for secret in secrets:
                 if secret.path is not None:
-                    argv += ["--secret", f"id={secret.id},src={os.path.abspath(secret.path)}"]
+                    argv += ["--secret", f"id={secret.id},src={secret.host_path}"]
                 else:
                     assert secret.env is not None
                     argv += ["--secret", f"id={secret.id},env={secret.env}"]
                     env[secret.env] = os.environ[secret.env]
             argv.append(str(pool.root))
-            run = _BuildRun(plan, lowered, reporter, request.progress)
+            run = _BuildRun(plan, lowered, reporter, request.progress, masks)
             try:
                 returncode = run.execute(argv, env)
             except BaseException:
                 # Interrupted: what BuildKit finished is in its cache, so it is a hit.
-                _record(store, plan, run.completed_steps())
+                _record(store, plan, run)
                 raise
             image_id = iidfile.read_text().strip() if iidfile.is_file() else None
-        _record(store, plan, run.completed_steps(succeeded=returncode == 0))
+        _record(store, plan, run, succeeded=returncode == 0)
         if returncode != 0:
             raise run.failure(engine)
         pool.prune(keep=[tree.name for tree in lowered.trees])
+        if image_id:
+            made.remember(image_id)
         image = tags[0] if tags else image_id
         if output_kind == "docker-archive":
             assert archive is not None
@@ -149,9 +169,95 @@ class DockerfileBackend:
         )
 
 
-def _record(store: Store, plan: Plan, indices: Sequence[int]) -> None:
-    for index in indices:
-        record_step(store, plan.steps[index])
+def _record(store: Store, plan: Plan, run: _BuildRun, *, succeeded: bool = False) -> None:
+    durations = run.durations()
+    for index in run.completed_steps(succeeded=succeeded):
+        record_step(store, plan.steps[index], seconds=durations.get(index))
+
+
+class _MadeImages:
+    """The image id a lowered build made last time on this engine (the store's
+    ``DOCKER_IMAGES`` area), to skip BuildKit when nothing changed and the image is there."""
+
+    def __init__(
+        self,
+        store: Store,
+        engine: DockerEngine,
+        plan: Plan,
+        lowered: LoweredDockerfile,
+        request: BuildRequest,
+        tags: Sequence[str],
+    ) -> None:
+        self.engine = engine
+        self.plan = plan
+        self.tags = tags
+        what = {
+            "v": 1,
+            "dockerfile": lowered.text,
+            "target": lowered.target,
+            "keys": [step.key for step in plan.steps],
+            "build_args": sorted(request.build_args.items()),
+            "platform": request.platform,
+            "secrets": sorted(secret.id for secret in request.secrets),
+            "tags": sorted(tags),
+            "engine": [engine.host, engine.client, engine.buildx, engine.server_version],
+        }
+        digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+        self.path = store.area(StoreArea.DOCKER_IMAGES) / f"{digest}.json"
+
+    def still_there(self) -> str | None:
+        """The image id, when every step is a hit and the engine has that image under every
+        tag (or at all, without tags); else None."""
+        if any(s.status not in (PlanStatus.HIT, PlanStatus.CONFIG) for s in self.plan.steps):
+            return None
+        try:
+            image_id = json.loads(self.path.read_bytes())["id"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not isinstance(image_id, str):
+            return None
+        from imagedsl.backends.engine import image_ids
+
+        names = list(self.tags) or [image_id]
+        return image_id if image_ids(self.engine, names) == [image_id] * len(names) else None
+
+    def remember(self, image_id: str) -> None:
+        from imagedsl.store import atomic_write
+
+        with contextlib.suppress(OSError):  # a cache: losing it costs one BuildKit no-op
+            atomic_write(self.path, json.dumps({"id": image_id}).encode())
+
+
+def _nothing_to_do(
+    plan: Plan, reporter: Reporter, tags: Sequence[str], image_id: str
+) -> BuildResult:
+    labels = [f"{s.stage}[{s.index}]" for s in plan.steps if s.kind in LAYER_KINDS]
+    for label in labels:
+        reporter.step_finished(label, "cached")
+    return BuildResult(
+        built=(), cached=tuple(labels), image=tags[0] if tags else image_id, digest=image_id
+    )
+
+
+def _old_frontend(engine: DockerEngine) -> bool:
+    major = _major(engine.server_version)
+    return not engine.buildx and major is not None and major < _FIRST_ENGINE_WITH_NEWER_FRONTEND
+
+
+def _for_engine(
+    plan: Plan, lowered: LoweredDockerfile, engine: DockerEngine
+) -> tuple[LoweredDockerfile, str | None]:
+    """The Dockerfile for this engine, and the ``--network`` of the whole build: on an
+    engine whose frontend lacks ``RUN --network``, RUN steps that all ask for no network say
+    it once, for the build (``docker build --network=none``)."""
+    if (
+        lowered.build_network is not None
+        and _old_frontend(engine)
+        and any(r.feature == "RUN --network" for r in lowered.requirements)
+    ):
+        relowered = lower_to_dockerfile(plan, features=_features(engine), run_network_flags=False)
+        return relowered, lowered.build_network
+    return lowered, None
 
 
 def _check_engine(plan: Plan, lowered: LoweredDockerfile, engine: DockerEngine) -> None:
@@ -202,27 +308,25 @@ def _parse_output(output: str | None) -> tuple[str, str | None, str | None]:
     )
 
 
-def _check_secrets(secrets: Sequence[SecretSource]) -> Sequence[SecretSource]:
-    for secret in secrets:
-        if secret.path is not None and not os.path.isfile(os.path.expanduser(secret.path)):
-            raise BuildRequestError(f"--secret id={secret.id}: no such file {secret.path}")
-        if secret.path is None and secret.env is not None and secret.env not in os.environ:
-            raise BuildRequestError(
-                f"--secret id={secret.id}: environment variable {secret.env} is not set"
-            )
-    return secrets
-
-
 class _BuildRun:
     """One ``docker build``: streams its progress and maps vertices back to plan steps."""
 
     def __init__(
-        self, plan: Plan, lowered: LoweredDockerfile, reporter: Reporter, progress: str
+        self,
+        plan: Plan,
+        lowered: LoweredDockerfile,
+        reporter: Reporter,
+        progress: str,
+        masks: Sequence[str] = (),
     ) -> None:
         self.plan = plan
+        #: Secret values, replaced by ``****`` in every line relayed or kept (BuildKit's own
+        #: output does not mask them).
+        self.masks = masks
         self.lowered = lowered
         self.reporter = reporter
         self.progress = progress
+        self.masks = masks
         self.parser = ProgressParser()
         self.vertex_map = VertexMap(
             lowered.expected_vertices, labelled=len(lowered.expected_vertices) > 1
@@ -243,7 +347,7 @@ class _BuildRun:
             assert process.stdout is not None
             try:
                 for raw in process.stdout:
-                    self._line(raw.rstrip("\n"))
+                    self._line(masked(raw.rstrip("\n"), self.masks))
                 return process.wait()
             except BaseException:
                 # Ctrl-C: let the client cancel the solve (it does on SIGINT), then go.
@@ -256,6 +360,7 @@ class _BuildRun:
                 raise
 
     def _line(self, line: str) -> None:
+        line = masked(line, self.masks)
         parsed = self.parser.feed(line)
         vertex = parsed.vertex
         if parsed.kind == "name" and vertex is not None:
@@ -293,6 +398,15 @@ class _BuildRun:
             if index not in statuses and self.plan.steps[index].key in by_key:
                 statuses[index] = by_key[self.plan.steps[index].key]
         return statuses
+
+    def durations(self) -> dict[int, float]:
+        """Plan step index -> seconds BuildKit took to make it (steps made now only)."""
+        durations = {}
+        for index, number in self.vertex_map.vertex_of_step().items():
+            vertex = self.parser.vertices[number]
+            if vertex.status == "done" and vertex.seconds is not None:
+                durations[index] = vertex.seconds
+        return durations
 
     def completed_steps(self, *, succeeded: bool = False) -> list[int]:
         """Steps whose results exist now: after a successful build, every step; else the

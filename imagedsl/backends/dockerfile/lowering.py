@@ -180,6 +180,9 @@ class LoweredDockerfile:
     #: The context trees COPY, ADD and bind mounts read, each under ``tree.name``.
     trees: tuple[StagedTree, ...]
     requirements: tuple[Requirement, ...] = ()
+    #: "none" when every RUN asks for ``network="none"``: then ``docker build --network=none``
+    #: says it for all of them, which Docker 20.10 accepts (its frontend lacks RUN --network).
+    build_network: str | None = None
 
     def step_at_line(self, line: int) -> int | None:
         """The plan step whose instruction is on (or, for a comment, just below) ``line``."""
@@ -191,11 +194,17 @@ class LoweredDockerfile:
 
 
 def lower_to_dockerfile(
-    plan: Plan, *, features: DockerfileFeatures = BUILTIN_FRONTEND_20_10
+    plan: Plan,
+    *,
+    features: DockerfileFeatures = BUILTIN_FRONTEND_20_10,
+    run_network_flags: bool = True,
 ) -> LoweredDockerfile:
     """Lower ``plan``'s target to a Dockerfile (see the module docstring) that a frontend
-    with ``features`` builds (by default, any: Docker 20.10's built-in one)."""
-    return _Lowerer(plan, features).lower()
+    with ``features`` builds (by default, any: Docker 20.10's built-in one).
+
+    ``run_network_flags=False`` leaves ``--network`` off every RUN (for a build that gives
+    :attr:`LoweredDockerfile.build_network` to ``docker build`` instead)."""
+    return _Lowerer(plan, features, run_network_flags=run_network_flags).lower()
 
 
 @attrs.define
@@ -215,9 +224,13 @@ class _LinkStage:
 
 
 class _Lowerer:
-    def __init__(self, plan: Plan, features: DockerfileFeatures) -> None:
+    def __init__(
+        self, plan: Plan, features: DockerfileFeatures, *, run_network_flags: bool = True
+    ) -> None:
         self.plan = plan
         self.features = features
+        self.run_network_flags = run_network_flags
+        self.run_networks: set[str] = set()
         self.taken: set[str] = set()
         self.links: list[_LinkStage] = []
         self.nodes: list[StepNode] = [step.node for step in plan.steps]
@@ -308,6 +321,7 @@ class _Lowerer:
             lines=step_lines,
             trees=tuple(self.trees.values()),
             requirements=tuple(self.requirements),
+            build_network="none" if self.run_networks == {"none"} else None,
         )
 
     def _cut(self) -> None:
@@ -555,7 +569,8 @@ class _Lowerer:
                     options.append(f"size={mount.size}")
                     self._require("RUN --mount=type=tmpfs,size=...", node)
             flags.append("--mount=" + ",".join(options))
-        if step.network != "default":
+        self.run_networks.add(step.network)
+        if step.network != "default" and self.run_network_flags:
             flags.append(f"--network={step.network}")
             self._require("RUN --network", node)
         if step.heredoc and self.features.heredocs:

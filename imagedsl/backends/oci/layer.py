@@ -4,7 +4,8 @@ The tar rules (DESIGN.md §4): entries sorted by path component, every parent di
 present, no path twice, whiteouts first in their directory, one fixed mtime, owners by number
 only (no user or group names), permission bits exactly as asked, symlinks and hard links kept,
 ustar headers with a PAX record only where ustar cannot hold a value, and the archive closed
-by two zero blocks (no padding to a tar "record").
+by two zero blocks (no padding to a tar "record"). Extended attributes travel as PAX
+``SCHILY.xattr.NAME`` records, as BuildKit and Docker write them (see :func:`carries_xattr`).
 
 Compression must not depend on the Python build either. ``zlib`` output changes with the zlib
 that CPython links (zlib, zlib-ng, Apple's, distribution patches), so gzip is a header and
@@ -20,9 +21,11 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import queue
 import stat
 import struct
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, Final, Literal
 
 import attrs
@@ -43,6 +46,15 @@ ZSTD_LEVEL: Final = 3
 CHUNK: Final = 1 << 20
 WHITEOUT_PREFIX: Final = ".wh."
 OPAQUE_MARKER: Final = ".wh..wh..opq"
+#: The PAX record prefix of an extended attribute (``SCHILY.xattr.security.capability``).
+XATTR_PAX_PREFIX: Final = "SCHILY.xattr."
+#: Extended attributes a layer carries besides ``user.*``: file capabilities and ACLs.
+CARRIED_XATTRS: Final = frozenset(
+    {"security.capability", "system.posix_acl_access", "system.posix_acl_default"}
+)
+
+#: Extended attributes as (name, value) pairs, sorted by name.
+Xattrs = tuple[tuple[str, bytes], ...]
 
 _BLOCK: Final = 512
 _GZIP_HEADER: Final = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no mtime, no name, OS unknown
@@ -54,6 +66,45 @@ _TYPEFLAGS: Final[dict[str, bytes]] = {
     "whiteout": b"0",
     "opaque": b"0",
 }
+
+
+def carries_xattr(name: str) -> bool:
+    """Whether a layer carries the extended attribute ``name``: file capabilities, ACLs and
+    ``user.*``, what a command in a RUN sets on purpose. Never ``trusted.*`` (overlayfs's
+    private attributes among them: a layer must not steer the overlay it is mounted in) or
+    other ``security.*`` (labels the host's security module owns)."""
+    if name.startswith("user."):
+        return not name.startswith("user.overlay.")
+    return name in CARRIED_XATTRS
+
+
+def read_xattrs(path: str | os.PathLike[str] | int) -> Xattrs:
+    """The carried extended attributes of a file or directory, by path (symlinks not
+    followed) or open descriptor."""
+    follow = isinstance(path, int)  # a descriptor is the file itself
+    try:
+        names = os.listxattr(path, follow_symlinks=follow)
+    except OSError:
+        return ()
+    found = []
+    for name in sorted(names):
+        if carries_xattr(name):
+            try:
+                found.append((name, os.getxattr(path, name, follow_symlinks=follow)))
+            except OSError:
+                continue  # removed meanwhile
+    return tuple(found)
+
+
+def pax_xattrs(records: Mapping[str, str]) -> Xattrs:
+    """The carried extended attributes in a tar member's PAX records (Python's tarfile
+    gives binary values as text with surrogate escapes; encoding gives the bytes back)."""
+    found = [
+        (key[len(XATTR_PAX_PREFIX) :], value.encode("utf-8", "surrogateescape"))
+        for key, value in records.items()
+        if key.startswith(XATTR_PAX_PREFIX) and carries_xattr(key[len(XATTR_PAX_PREFIX) :])
+    ]
+    return tuple(sorted(found))
 
 
 @attrs.define
@@ -87,6 +138,8 @@ class LayerEntry:
     linkname: str = ""
     source: str | bytes | None = attrs.field(default=None, eq=False, repr=False)
     digest: str | None = attrs.field(default=None, eq=False, repr=False)
+    #: Extended attributes, sorted by name (see :func:`carries_xattr`).
+    xattrs: Xattrs = ()
 
     @property
     def tar_name(self) -> str:
@@ -162,7 +215,7 @@ def arrange(
 
 
 def _pax_record(key: str, value: bytes) -> bytes:
-    body = f" {key}=".encode() + value + b"\n"
+    body = b" " + key.encode("utf-8", "surrogateescape") + b"=" + value + b"\n"
     length = len(body) + 1
     while len(str(length)) + len(body) != length:
         length += 1
@@ -202,6 +255,15 @@ def _fits(text: bytes, width: int) -> bool:
     return len(text) <= width and text.isascii()
 
 
+def _utf8(text: str) -> bool:
+    """Whether a name (bytes not UTF-8 are held as surrogate escapes) is UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def tar_header(entry: LayerEntry, mtime: int) -> bytes:
     """The header block(s) of one entry: ustar, preceded by a PAX header only when needed."""
     name = entry.tar_name.encode("utf-8", "surrogateescape")
@@ -218,12 +280,18 @@ def tar_header(entry: LayerEntry, mtime: int) -> bytes:
     if size > 0o77777777777:
         records.append(_pax_record("size", str(size).encode()))
     uid, gid = entry.uid, entry.gid
+    if records and not _utf8(entry.tar_name + entry.linkname):
+        # A name that is not UTF-8 goes in the PAX record as its bytes, which POSIX says a
+        # reader must be told (Python, GNU tar and Go then keep the bytes as they are).
+        records.append(_pax_record("hdrcharset", b"BINARY"))
     if uid > 0o7777777:
         records.append(_pax_record("uid", str(uid).encode()))
         uid = 0
     if gid > 0o7777777:
         records.append(_pax_record("gid", str(gid).encode()))
         gid = 0
+    for xattr, value in entry.xattrs:
+        records.append(_pax_record(XATTR_PAX_PREFIX + xattr, value))
     out = b""
     if records:
         payload = b"".join(sorted(records, key=lambda r: bytes(r).split(b" ", 1)[1]))
@@ -265,7 +333,7 @@ class _Gzip:
     def start(self) -> bytes:
         return _GZIP_HEADER
 
-    def compress(self, chunk: bytes | memoryview) -> bytes:
+    def compress(self, chunk: bytes | bytearray | memoryview) -> bytes:
         self._crc = isal_zlib.crc32(chunk, self._crc)
         self._length += len(chunk)
         return self._deflate.compress(chunk)
@@ -287,7 +355,7 @@ class _Zstd:
     def start(self) -> bytes:
         return b""
 
-    def compress(self, chunk: bytes | memoryview) -> bytes:
+    def compress(self, chunk: bytes | bytearray | memoryview) -> bytes:
         return self._zstd.compress(chunk)
 
     def finish(self) -> bytes:
@@ -298,7 +366,7 @@ class _Identity:
     def start(self) -> bytes:
         return b""
 
-    def compress(self, chunk: bytes | memoryview) -> bytes:
+    def compress(self, chunk: bytes | bytearray | memoryview) -> bytes:
         return bytes(chunk)
 
     def finish(self) -> bytes:
@@ -314,8 +382,12 @@ def _compressor(compression: Compression, level: int | None) -> _Gzip | _Zstd | 
 
 
 class LayerStream:
-    """A tar stream being hashed (diff_id), compressed in fixed pieces, hashed again (digest)
-    and written to ``out``."""
+    """A tar stream cut into fixed pieces: hashed (diff_id) as it is written, and compressed,
+    hashed again (digest) and written to ``out`` by a second thread, so that reading files and
+    compressing them use two cores. File bytes are read straight into the pieces
+    (:meth:`write_from`): one read per file feeds the tar, its check digest, the diff_id and
+    the compressor, with no copy in between. The compressor sees the same pieces in the same
+    order as a single thread would, so the bytes do not depend on the threads."""
 
     def __init__(
         self, out: IO[bytes], compression: Compression = "gzip", level: int | None = None
@@ -323,9 +395,12 @@ class LayerStream:
         self._out = out
         self._compression = compression
         self._codec = _compressor(compression, level)
-        self._buffer = bytearray()
         self._diff = hashlib.sha256()
         self._blob = hashlib.sha256()
+        self._piece = bytearray(CHUNK)
+        self._view = memoryview(self._piece)
+        self._fill = 0
+        self._worker: _Compressing | None = None
         self.uncompressed = 0
         self.compressed = 0
         self._emit(self._codec.start())
@@ -336,33 +411,65 @@ class LayerStream:
             self._out.write(data)
             self.compressed += len(data)
 
-    def write(self, data: bytes) -> None:
+    def _compress(self, piece: bytes | bytearray | memoryview) -> None:
+        self._emit(self._codec.compress(piece))
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes of the tar stream."""
-        self._buffer += data
-        if len(self._buffer) >= CHUNK:
-            self._drain()
+        view = memoryview(data)
+        while view:
+            take = min(len(view), CHUNK - self._fill)
+            self._view[self._fill : self._fill + take] = view[:take]
+            self._fill += take
+            view = view[take:]
+            if self._fill == CHUNK:
+                self._ship()
 
-    def _drain(self) -> None:
-        buffer = self._buffer
-        whole = len(buffer) - len(buffer) % CHUNK
-        if not whole:
-            return
-        with memoryview(buffer) as view:  # fed without copying, released before the resize
-            for offset in range(0, whole, CHUNK):
-                self._feed(view[offset : offset + CHUNK])
-        del buffer[:whole]
+    def write_from(self, fd: int, size: int, hasher: blake3.blake3 | None = None) -> int:
+        """Append up to ``size`` bytes read from ``fd``, read straight into the stream's
+        pieces (and into ``hasher``); return how many bytes there were."""
+        done = 0
+        while done < size:
+            fill = self._fill
+            take = min(size - done, CHUNK - fill)
+            count = os.readv(fd, [self._view[fill : fill + take]])
+            if not count:
+                break
+            if hasher is not None:
+                hasher.update(self._view[fill : fill + count])
+            self._fill += count
+            done += count
+            if self._fill == CHUNK:
+                self._ship()
+        return done
 
-    def _feed(self, chunk: bytes | memoryview) -> None:
-        self._diff.update(chunk)
-        self.uncompressed += len(chunk)
-        self._emit(self._codec.compress(chunk))
+    def _ship(self) -> None:
+        """Hand a full piece to the compressing thread and start a new one."""
+        self._diff.update(self._piece)
+        self.uncompressed += CHUNK
+        if self._worker is None:
+            self._worker = _Compressing(self._compress)
+        self._view.release()
+        self._piece = self._worker.hand_over(self._piece)
+        self._view = memoryview(self._piece)
+        self._fill = 0
+
+    def abort(self) -> None:
+        """Stop the compressing thread after a failure (what was written is discarded)."""
+        if self._worker is not None:
+            self._worker.close(check=False)
+            self._worker = None
 
     def finish(self) -> LayerBlob:
         """Flush everything; return the descriptor of what was written."""
-        self._drain()
-        if self._buffer:
-            self._feed(bytes(self._buffer))
-            self._buffer.clear()
+        last = self._view[: self._fill]
+        self._diff.update(last)
+        self.uncompressed += self._fill
+        if self._worker is not None:
+            self._worker.close()  # every full piece is compressed, in order
+        if self._fill:
+            self._compress(last)
+        last.release()
         self._emit(self._codec.finish())
         return LayerBlob(
             digest="sha256:" + self._blob.hexdigest(),
@@ -373,13 +480,64 @@ class LayerStream:
         )
 
 
+class _Compressing:
+    """A thread that compresses full pieces in order; pieces come back to be filled again,
+    and at most :data:`_PIECES_IN_FLIGHT` are ever out (memory stays bounded)."""
+
+    def __init__(self, compress: Callable[[bytearray], None]) -> None:
+        self._compress = compress
+        self._todo: queue.Queue[bytearray | None] = queue.Queue()
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(_PIECES_IN_FLIGHT - 1):
+            self._free.put(bytearray(CHUNK))
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="layer-compress", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (piece := self._todo.get()) is not None:
+            if self._error is None:
+                try:
+                    self._compress(piece)
+                except BaseException as error:  # re-raised in the writing thread
+                    self._error = error
+            self._free.put(piece)
+
+    def hand_over(self, piece: bytearray) -> bytearray:
+        """Queue a full piece; return an empty one (waiting while too many are in flight)."""
+        self._raise()
+        self._todo.put(piece)
+        free = self._free.get()
+        self._raise()
+        return free
+
+    def close(self, *, check: bool = True) -> None:
+        """Wait until every queued piece is compressed."""
+        self._todo.put(None)
+        self._thread.join()
+        if check:
+            self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+#: Pieces of the tar stream allocated per layer being written (1 MiB each).
+_PIECES_IN_FLIGHT: Final = 8
+
+
 def write_tar(entries: Sequence[LayerEntry], stream: LayerStream, *, mtime: int) -> None:
     """Write ``entries`` (already arranged) as a tar into ``stream``, then the end blocks."""
-    for entry in entries:
-        stream.write(tar_header(entry, mtime))
-        if entry.kind == "file" and entry.size:
-            _write_content(entry, stream)
-    stream.write(bytes(2 * _BLOCK))
+    try:
+        for entry in entries:
+            stream.write(tar_header(entry, mtime))
+            if entry.kind == "file" and entry.size:
+                _write_content(entry, stream)
+        stream.write(bytes(2 * _BLOCK))
+    except BaseException:
+        stream.abort()
+        raise
 
 
 def _write_content(entry: LayerEntry, stream: LayerStream) -> None:
@@ -399,15 +557,8 @@ def _write_content(entry: LayerEntry, stream: LayerStream) -> None:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise LayerError(entry.path, f"{source} is no longer a regular file")
-            while written < entry.size:
-                data = os.read(fd, min(CHUNK, entry.size - written))
-                if not data:
-                    break
-                written += len(data)
-                if hasher is not None:
-                    hasher.update(data)
-                stream.write(data)
-            if os.read(fd, 1):
+            written = stream.write_from(fd, entry.size, hasher)
+            if written == entry.size and os.read(fd, 1):
                 written += 1
         finally:
             os.close(fd)

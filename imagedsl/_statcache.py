@@ -1,0 +1,417 @@
+"""The stat cache: what a scan of a build context sees, and what is kept of it between runs.
+
+A scan lists directories (with a few threads: ``stat`` releases the GIL) and records an
+:data:`Entry` per path. The cache of one context root (:class:`RootCache`) keeps, per probe,
+a digest of what it saw; per selection, its tree digest; per directory copied whole, each
+subdirectory's (signature, Merkle digest); and, in shards by directory, each file's content
+digest with the entry it had when hashed. It only ever lets a plan skip *re-reading* a file
+whose entry is unchanged (DESIGN.md: content is always hashed when anything changed).
+"""
+
+from __future__ import annotations
+
+import functools
+import marshal
+import os
+import posixpath
+import queue
+import threading
+import zlib
+from stat import S_ISDIR, S_ISLNK, S_ISREG
+from typing import Any, Final, Literal, Protocol
+
+import attrs
+import blake3
+
+from imagedsl._ignore import IgnoreRules
+from imagedsl.errors import ContextError
+
+EntryType = Literal["file", "dir", "symlink"]
+
+#: A file changed this recently may change again within one timestamp tick unnoticed; such
+#: entries are hashed but not trusted from the stat cache next time (git's "racy clean").
+RACY_NS: Final = 50_000_000
+STATCACHE_VERSION: Final = 4
+
+
+class StatCacheStore(Protocol):
+    """Where stat caches persist between runs (the store implements it)."""
+
+    def load_stat_cache(self, root: str, part: str) -> bytes | None:
+        """One saved part (``index`` or ``digests``) of a context root's stat cache."""
+
+    def save_stat_cache(self, root: str, part: str, data: bytes) -> None:
+        """Replace one part of a context root's stat cache, atomically."""
+
+
+#: What a scan saw of one path: (type, normalised mode, size, mtime_ns, ctime_ns, inode,
+#: symlink target). A plain tuple, indexed by the constants below: scans make 20,000s of
+#: them, the stat cache stores them as they are, and two scans saw the same file exactly when
+#: their entries are equal.
+Entry = tuple[str, int, int, int, int, int, str]
+TYPE: Final = 0
+MODE: Final = 1
+SIZE: Final = 2
+MTIME: Final = 3
+CTIME: Final = 4
+TARGET: Final = 6
+DIR_ENTRY: Final[Entry] = ("dir", 0o755, 0, 0, 0, 0, "")
+
+
+def normalised_mode(entry_type: EntryType, st_mode: int) -> int:
+    """Git-like modes: a checkout's umask must not change a key."""
+    if entry_type == "file":
+        return 0o755 if st_mode & 0o111 else 0o644
+    return 0o755 if entry_type == "dir" else 0o777
+
+
+_STATCACHE_MAGIC: Final = b"imagedsl-statcache\n"
+_MAX_TREES: Final = 256
+
+
+_SHARDS: Final = 16
+_MAX_MEMOS: Final = 64
+_MAX_PART_MEMOS: Final = 8
+
+
+def _shard(path: str) -> int:
+    """The digests shard of a file: by its directory, so one edit touches one shard."""
+    return _directory_shard(path.rpartition("/")[0])
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _directory_shard(directory: str) -> int:
+    return zlib.crc32(directory.encode("utf-8", "surrogateescape")) % _SHARDS
+
+
+@attrs.define
+class RootCache:
+    """The stat cache of one context root.
+
+    The ``index`` is read by every plan: per probe (a directory scan or a single stat) a
+    digest of what it saw last run; per selection its tree digest; and per directory copied
+    whole, each subdirectory's (signature, Merkle digest). File digests (the entry each file
+    had when hashed, and its content digest) live in ``digests-N`` shards by directory, read
+    only for directories that changed and rewritten only where a file was hashed.
+    """
+
+    root: str
+    source: StatCacheStore | None
+    signatures: dict[str, bytes]
+    trees: dict[str, str]
+    subtrees: dict[str, dict[str, tuple[bytes, str]]]
+    #: Per (tree digest, layer spec): the layer parts' names and digests, or None for a tree
+    #: copied as one layer (a tree digest fixes the rows, so it fixes their partition).
+    partitions: dict[str, list[tuple[str, str]] | None] = attrs.field(factory=dict)
+    #: What this run's probes saw, all together and (for scans) per directory.
+    seen: dict[str, dict[str, Entry]] = attrs.field(factory=dict)
+    directories: dict[str, dict[str, dict[str, Entry]]] = attrs.field(factory=dict)
+    _signatures_now: dict[str, bytes] = attrs.field(factory=dict)
+    _directory_signatures: dict[str, dict[str, bytes]] = attrs.field(factory=dict)
+    _shards: dict[int, dict[str, tuple[Entry, str]]] = attrs.field(factory=dict)
+    _dirty_shards: set[int] = attrs.field(factory=set)
+    #: Per directory copied whole and split into layers: each subdirectory's (signature,
+    #: its digest in each layer part), in the ``parts`` file, read on first use.
+    _part_subtrees: dict[str, dict[str, tuple[bytes, bytes]]] | None = None
+    _parts_dirty: bool = False
+
+    @classmethod
+    def load(cls, source: StatCacheStore | None, root: str) -> RootCache:
+        """Read the index; anything damaged reads as empty (a re-read, nothing worse)."""
+        index = _unpack(source.load_stat_cache(root, "index") if source else None, root)
+        if not (
+            isinstance(index, tuple)
+            and len(index) == 4
+            and all(isinstance(part, dict) for part in index)
+        ):
+            return cls(root, source, {}, {}, {})
+        return cls(root, source, index[0], index[1], index[2], index[3])
+
+    def unchanged(self, probe: str) -> bool:
+        """Whether a probe saw exactly what it saw last run."""
+        return self.signature(probe) == self.signatures.get(probe)
+
+    def known_signatures(self, probe: str, signatures: dict[str, bytes]) -> None:
+        """Directory signatures computed while scanning (as :meth:`directory_signatures`)."""
+        self._directory_signatures[probe] = signatures
+
+    def directory_signatures(self, probe: str) -> dict[str, bytes]:
+        """For a scan: a digest of each directory's own entries (names, types, stat values)."""
+        found = self._directory_signatures.get(probe)
+        if found is None:
+            found = {
+                directory: directory_signature(entries)
+                for directory, entries in self.directories[probe].items()
+            }
+            self._directory_signatures[probe] = found
+        return found
+
+    def signature(self, probe: str) -> bytes:
+        """A digest of what a probe saw this run."""
+        found = self._signatures_now.get(probe)
+        if found is None:
+            if self.directories.get(probe):
+                joined = b"".join(self.directory_signatures(probe).values())
+                found = blake3.blake3(joined).digest()
+            else:
+                found = blake3.blake3(marshal.dumps(self.seen[probe], 2)).digest()
+            self._signatures_now[probe] = found
+        return found
+
+    def shard_of(self, path: str) -> dict[str, tuple[Entry, str]]:
+        """The digests shard holding ``path``, read on first use."""
+        number = _shard(path)
+        shard = self._shards.get(number)
+        if shard is None:
+            part = f"digests-{number}"
+            data = self.source.load_stat_cache(self.root, part) if self.source else None
+            loaded = _unpack(data, self.root)
+            shard = self._shards[number] = loaded if isinstance(loaded, dict) else {}
+        return shard
+
+    def part_subtrees(self, memo: str) -> dict[str, tuple[bytes, bytes]]:
+        """What :meth:`keep_part_subtrees` kept last time under ``memo``."""
+        if self._part_subtrees is None:
+            data = self.source.load_stat_cache(self.root, "parts") if self.source else None
+            loaded = _unpack(data, self.root)
+            self._part_subtrees = loaded if isinstance(loaded, dict) else {}
+        found = self._part_subtrees.get(memo)
+        return found if isinstance(found, dict) else {}
+
+    def keep_part_subtrees(self, memo: str, subtrees: dict[str, tuple[bytes, bytes]]) -> None:
+        """Keep, under ``memo``, each directory's (subtree signature, per-part digests)."""
+        self.part_subtrees(memo)
+        assert self._part_subtrees is not None
+        self._part_subtrees.pop(memo, None)
+        self._part_subtrees[memo] = subtrees
+        self._parts_dirty = True
+
+    def remember(self, path: str, entry: Entry, digest: str) -> None:
+        """Note a file's content digest for the entry it had when hashed."""
+        self.shard_of(path)[path] = (entry, digest)
+        self._dirty_shards.add(_shard(path))
+
+    def save(self, target: StatCacheStore, racy_after_ns: int) -> None:
+        """Write what changed. Racily clean files (changed within the last tick before this
+        run began) are left out, with the probes and directories that saw them, so the next
+        run looks at them again however equal their stat values seem."""
+        signatures = dict(self.signatures)
+        racy: set[str] = set()
+        for probe, seen in self.seen.items():
+            late = [p for p, e in seen.items() if max(e[MTIME], e[CTIME]) >= racy_after_ns]
+            if late:
+                racy.update(late)
+                signatures.pop(probe, None)
+            else:
+                signatures[probe] = self.signature(probe)
+        subtrees = dict(list(self.subtrees.items())[-_MAX_MEMOS:])
+        parts = self._part_subtrees
+        if parts is not None:
+            parts = dict(list(parts.items())[-_MAX_PART_MEMOS:])
+        if racy:
+            late_dirs = {path.rpartition("/")[0] for path in racy}
+
+            def fresh(directory: str) -> bool:
+                return not any(
+                    late == directory or late.startswith(f"{directory}/") or not directory
+                    for late in late_dirs
+                )
+
+            for memo, directories in subtrees.items():
+                subtrees[memo] = {d: pair for d, pair in directories.items() if fresh(d)}
+            if parts is not None:
+                for memo, held in parts.items():
+                    parts[memo] = {d: pair for d, pair in held.items() if fresh(d)}
+                self._parts_dirty = True
+            for path in racy:
+                self.shard_of(path).pop(path, None)
+                self._dirty_shards.add(_shard(path))
+        trees = dict(list(self.trees.items())[-_MAX_MEMOS:])
+        partitions = dict(list(self.partitions.items())[-_MAX_MEMOS:])
+        index = (signatures, trees, subtrees, partitions)
+        target.save_stat_cache(self.root, "index", _pack(self.root, index))
+        if parts is not None and self._parts_dirty:
+            target.save_stat_cache(self.root, "parts", _pack(self.root, parts))
+        live = {path for seen in self.seen.values() for path in seen}
+        covered = tuple(
+            "" if probe.endswith(":dir:") else probe.partition(":dir:")[2] + "/"
+            for probe in self.seen
+            if ":dir:" in probe
+        )
+        for number in sorted(self._dirty_shards):
+            # Forget files that a scan covering them no longer found.
+            kept = {
+                path: pair
+                for path, pair in self._shards[number].items()
+                if path in live or not path.startswith(covered)
+            }
+            target.save_stat_cache(self.root, f"digests-{number}", _pack(self.root, kept))
+
+
+def _pack(root: str, value: Any) -> bytes:
+    payload = marshal.dumps((STATCACHE_VERSION, root, value))
+    return _STATCACHE_MAGIC + blake3.blake3(payload).digest() + payload
+
+
+def _unpack(data: bytes | None, root: str) -> Any:
+    """The value of a saved stat-cache part, or None if it is missing, damaged or not ours."""
+    if not data or not data.startswith(_STATCACHE_MAGIC):
+        return None
+    body = data[len(_STATCACHE_MAGIC) :]
+    check, payload = body[:32], body[32:]
+    if blake3.blake3(payload).digest() != check:
+        return None  # torn or tampered: checked before unmarshalling anything
+    try:
+        version, saved_root, value = marshal.loads(payload)
+    except (ValueError, EOFError, TypeError):
+        return None
+    if version != STATCACHE_VERSION or saved_root != root:
+        return None
+    return value
+
+
+def directory_signature(entries: dict[str, Entry]) -> bytes:
+    """A digest of one directory's entries (names, types, stat values), in listing order.
+    Format 2 of marshal has no back-references, whose use depends on reference counts: equal
+    entries always give equal bytes."""
+    return blake3.blake3(marshal.dumps(entries, 2)).digest()
+
+
+class DirectoryLister:
+    """Lists and stats a directory tree with a few threads: stat(2) releases the GIL, so
+    the calls of one thread overlap the Python work of another (each directory is listed by
+    one thread, in its own order; the caller sorts directories by path)."""
+
+    def __init__(self, root: str, rules: IgnoreRules) -> None:
+        self.root = root
+        self.rules = rules
+
+    def run(self, start: str) -> dict[str, tuple[dict[str, Entry], bytes]]:
+        """Directory (relative path) -> (its entries that the rules keep, their signature),
+        for ``start`` and every directory below it."""
+        listed: dict[str, tuple[dict[str, Entry], bytes]] = {}
+        here, below = self.list(start)
+        listed[start] = (here, directory_signature(here))
+        if len(below) < 2:  # a chain of single directories: no threads needed
+            while below:
+                rel = below.pop()
+                here, more = self.list(rel)
+                listed[rel] = (here, directory_signature(here))
+                below.extend(more)
+            return listed
+        todo: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        done: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+
+        def work() -> None:
+            while (rel := todo.get()) is not None:
+                try:
+                    entries, more = self.list(rel)
+                    done.put((rel, (entries, directory_signature(entries), more)))
+                except BaseException as error:  # re-raised by the caller's thread
+                    done.put((rel, error))
+
+        workers = [
+            threading.Thread(target=work, name="imagedsl-scan", daemon=True)
+            for _ in range(_SCAN_THREADS)
+        ]
+        for worker in workers:
+            worker.start()
+        failure: BaseException | None = None
+        try:
+            outstanding = 0
+            for rel in below:
+                todo.put(rel)
+                outstanding += 1
+            while outstanding:
+                rel, result = done.get()
+                outstanding -= 1
+                if isinstance(result, BaseException):
+                    failure = failure or result
+                    continue
+                entries, signature, more = result
+                listed[rel] = (entries, signature)
+                if failure is None:
+                    for sub in more:
+                        todo.put(sub)
+                        outstanding += 1
+        finally:
+            for _ in workers:
+                todo.put(None)
+        if failure is not None:
+            raise failure
+        return listed
+
+    def list(self, rel: str) -> tuple[dict[str, Entry], list[str]]:
+        """One directory's entries that the rules keep, and the directories to list next."""
+        root, rules = self.root, self.rules
+        check = bool(rules)
+        excludes = rules.excludes
+        prefix = f"{rel}/" if rel else ""
+        here: dict[str, Entry] = {}
+        below: list[str] = []
+        try:
+            iterator = os.scandir(os.path.join(root, rel) if rel else root)
+        except NotADirectoryError:
+            return here, below
+        except PermissionError as error:
+            raise ContextError(root, problem=f"cannot read {rel or '.'}: {error}") from None
+        with iterator:
+            for dirent in iterator:
+                path = prefix + dirent.name
+                if check and excludes(path):
+                    if dirent.is_dir(follow_symlinks=False) and rules.may_include_under(path):
+                        below.append(path)
+                    continue
+                st = dirent.stat(follow_symlinks=False)
+                mode = st.st_mode
+                if S_ISREG(mode):
+                    here[path] = (
+                        "file",
+                        0o755 if mode & 0o111 else 0o644,
+                        st.st_size,
+                        st.st_mtime_ns,
+                        st.st_ctime_ns,
+                        st.st_ino,
+                        "",
+                    )
+                elif S_ISDIR(mode):
+                    here[path] = DIR_ENTRY
+                    below.append(path)
+                elif S_ISLNK(mode):
+                    here[path] = ("symlink", 0o777, 0, 0, 0, 0, os.readlink(dirent.path))
+                # sockets, fifos and devices are never build inputs
+        return here, below
+
+
+#: Threads that list directories: two keep two cores busy (the Python part of each entry
+#: holds the GIL; more threads only queue for it).
+_SCAN_THREADS: Final = 2
+
+
+def entry_of(root: str, rel: str, st: os.stat_result) -> Entry | None:
+    mode = st.st_mode
+    if S_ISREG(mode):
+        fields = ("file", normalised_mode("file", mode), st.st_size, st.st_mtime_ns)
+        return (*fields, st.st_ctime_ns, st.st_ino, "")
+    if S_ISDIR(mode):
+        return DIR_ENTRY
+    if S_ISLNK(mode):
+        target = os.readlink(os.path.join(root, rel))
+        return ("symlink", 0o777, 0, 0, 0, 0, target)
+    return None  # sockets, fifos and devices are never build inputs
+
+
+def add_missing_parents(root: str, start: str, found: dict[str, Entry]) -> bool:
+    """A file re-included by ``!`` brings its excluded parent directories, as Docker does.
+
+    Returns whether any parent was added."""
+    added = False
+    for path in list(found):
+        parent = posixpath.dirname(path)
+        while parent and parent != start and parent not in found:
+            entry = entry_of(root, parent, os.lstat(os.path.join(root, parent)))
+            if entry is not None:
+                found[parent] = entry
+                added = True
+            parent = posixpath.dirname(parent)
+    return added
