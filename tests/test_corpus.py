@@ -57,7 +57,7 @@ def copy_entry(name: str, tmp_path: Path) -> Path:
 
 
 def plan_of(build_py: Path, target: str | None = None) -> Plan:
-    return BuildSession(build_py, target, store=build_py.parent / ".store").plan()
+    return BuildSession(build_py, target, store=build_py.parent.parent / "store").plan()
 
 
 @pytest.mark.parametrize("name", ENTRIES)
