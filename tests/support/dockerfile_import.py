@@ -20,9 +20,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dockerfile
-from buildkit_words import read_word
 
 from imagedsl.importer._translate import stage_variable
+from tests.support.buildkit_words import read_word
 
 #: The platform the comparisons plan for (the template ``FROM build-${TARGETOS}`` picks by it).
 PLATFORM_ARGS = {
@@ -68,7 +68,8 @@ def _read(text: str, escape: str = "\\") -> str:
     if escape != "\\":
         # The model reads backslash escapes: spell the file's escapes that way first.
         text = re.sub(rf"\\|{re.escape(escape)}(.)", lambda m: "\\" + (m[1] or "\\"), text)
-    return read_word(text, _ENV)
+    word: str = read_word(text, _ENV)
+    return word
 
 
 def _ref(reference: str) -> str:
