@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from imagedsl.check import CheckReport
     from imagedsl.inspect import InspectReport
     from imagedsl.lockfile import LockFile
+    from imagedsl.maintenance import PruneReport, VerifyReport
     from imagedsl.registry.client import PushResult, RegistryClient
     from imagedsl.remote_cache import RemoteCache
 
@@ -84,11 +85,13 @@ __all__ = [
     "load_buildfile",
     "open_store",
     "plan",
+    "prune_store",
     "push_image",
     "record_copy_output",
     "record_step",
     "settle",
     "split_spec",
+    "verify_store",
     "write_html",
 ]
 
@@ -96,6 +99,30 @@ __all__ = [
 def open_store(path: str | os.PathLike[str] | None = None) -> Store:
     """The store at ``path``, else ``$IMAGEDSL_STORE``, else the user cache directory."""
     return Store(default_store_path(path))
+
+
+def verify_store(store: Store | str | os.PathLike[str] | None = None) -> VerifyReport:
+    """``imagedsl cache verify``: check everything the store holds against what names it
+    (every blob hashed, every snapshot compared byte by byte); remove and report the damaged
+    (see :mod:`imagedsl.maintenance`)."""
+    from imagedsl.maintenance import verify_store as verify
+
+    return verify(store if isinstance(store, Store) else open_store(store))
+
+
+def prune_store(
+    store: Store | str | os.PathLike[str] | None = None,
+    *,
+    older_than: float | None = None,
+    max_size: int | None = None,
+) -> PruneReport:
+    """``imagedsl cache prune``: remove what was not used for ``older_than`` seconds, then the
+    least recently used until at most ``max_size`` bytes are left (see
+    :mod:`imagedsl.maintenance`)."""
+    from imagedsl.maintenance import prune_store as prune
+
+    chosen = store if isinstance(store, Store) else open_store(store)
+    return prune(chosen, older_than=older_than, max_size=max_size)
 
 
 @attrs.frozen(kw_only=True)

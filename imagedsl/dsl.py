@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
 
 import attrs
 
+from imagedsl._declarations import note as note_declaration
 from imagedsl._validate import (
     caller_location,
     check_abs_path,
@@ -730,7 +731,9 @@ def targets(*stages: str | StageRef, **named: Stage) -> Targets:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise StepArgumentError("targets", "stages", f"names a target twice: {duplicates}")
-    return Targets(tuple(declared), caller_location())
+    made = Targets(tuple(declared), caller_location())
+    note_declaration(made)  # a bare dsl.targets(...) call counts too
+    return made
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -169,6 +169,8 @@ class BuildGraph:
     #: What keyed the graph, kept so that :func:`rekey` can key it again once outputs it
     #: depends on are known (no file is read again: trees are remembered).
     keyer: _Keyer | None = attrs.field(default=None, eq=False, repr=False)
+    #: The ``SOURCE_DATE_EPOCH`` RUN steps are keyed for (they see it in their environment).
+    source_date_epoch: int = 0
 
     @property
     def output(self) -> StepNode:
@@ -209,6 +211,7 @@ def build_graph(
     resolve_base: BaseResolver,
     memo: AnalysisMemo | None,
     project: str,
+    source_date_epoch: int = 0,
 ) -> BuildGraph:
     """Unfold ``named[target]`` into its keyed steps (see the module docstring)."""
     resolved = _resolve_names(named, scope)
@@ -225,6 +228,7 @@ def build_graph(
         resolve_base=resolve_base,
         project=project,
         named=resolved,
+        source_date_epoch=source_date_epoch,
     ).key_all(target, order, waves)
 
 
@@ -478,6 +482,7 @@ class _Keyer:
     resolve_base: BaseResolver
     project: str
     named: Mapping[str, Stage]
+    source_date_epoch: int = 0
     _states: dict[int, BuildState] = attrs.field(factory=dict)
     _nodes: dict[int, StepNode] = attrs.field(factory=dict)
     _trees: dict[tuple[ContextSource, tuple[str, ...], bool, bool], Tree] = attrs.field(
@@ -496,7 +501,12 @@ class _Keyer:
             self._nodes[old] = made[-1]
         names = {s: label for s, (label, _) in self.labels.items()}
         return BuildGraph(
-            target=target, nodes=tuple(nodes), stage_names=names, scope=self.scope, keyer=self
+            target=target,
+            nodes=tuple(nodes),
+            stage_names=names,
+            scope=self.scope,
+            keyer=self,
+            source_date_epoch=self.source_date_epoch,
         )
 
     def key_again(self) -> BuildGraph:
@@ -659,7 +669,7 @@ class _Keyer:
         parts = self.hasher.partition(step.source, whole, step.layers)
         if parts is None:
             return []
-        dest = state.resolve_path(step.dest)
+        dest = _copy_dest(state, step.dest)
         below = None if step.link else parent.fs_key
         nodes: list[StepNode] = []
         first = common["index"]
@@ -670,7 +680,7 @@ class _Keyer:
                 dest=dest,
                 chown=_expanded(state, step.chown),
                 chmod=_expanded(state, step.chmod),
-                exclude=step.exclude,
+                exclude=(),  # the part's tree already leaves excluded files out
                 tree=tree.digest,
             )
             key = keys.key_of(preimage)
@@ -715,14 +725,19 @@ class _Keyer:
             mounts.append(keys.mount_preimage(mount, content))
         argv = state.argv(step.command, step.shell_form)
         preimage = keys.run_preimage(
-            parent=parent.fs_key, argv=argv, state=state, mounts=mounts, network=step.network
+            parent=parent.fs_key,
+            argv=argv,
+            state=state,
+            mounts=mounts,
+            network=step.network,
+            source_date_epoch=self.source_date_epoch,
         )
         return preimage, tuple(trees)
 
     def _copy_context(
         self, step: Copy | Add, state: BuildState, parent: StepNode
     ) -> tuple[keys.Preimage, tuple[Tree, ...]]:
-        dest = state.resolve_path(step.dest)
+        dest = _copy_dest(state, step.dest)
         link_parent = None if step.link else parent.fs_key
         if isinstance(step.source, UrlSource):
             preimage = keys.add_url_preimage(
@@ -749,7 +764,10 @@ class _Keyer:
             dest=dest,
             chown=_expanded(state, step.chown),
             chmod=_expanded(state, step.chmod),
-            exclude=exclude,
+            # The tree is what the patterns left: a pattern that excludes nothing must not
+            # change the key (BuildKit copies the same staged files), one that does changes
+            # the tree.
+            exclude=(),
             tree=tree.digest,
         )
         return preimage, (tree,)
@@ -758,7 +776,7 @@ class _Keyer:
         self, step: Copy, state: BuildState, parent: StepNode, source: StepNode
     ) -> tuple[keys.Preimage, str, bool]:
         assert isinstance(step.source, StagePath)
-        dest = state.resolve_path(step.dest)
+        dest = _copy_dest(state, step.dest)
         link_parent = None if step.link else parent.fs_key
         structural = keys.copy_from_stage_preimage(
             parent=link_parent,
@@ -810,6 +828,15 @@ class _Keyer:
             raise
         self._trees[memo] = tree
         return tree
+
+
+def _copy_dest(state: BuildState, dest: str) -> str:
+    """A COPY/ADD destination as BuildKit keys it: resolved against WORKDIR, with a trailing
+    ``/`` when written with one or as ``.`` (``COPY f .`` and ``COPY f ./`` are one copy)."""
+    resolved = state.resolve_path(dest)
+    if state.expand(dest) in (".", "") and not resolved.endswith("/"):
+        resolved += "/"
+    return resolved
 
 
 def inline_tree(source: InlineFile) -> Tree:

@@ -82,6 +82,7 @@ def run_preimage(
     state: BuildState,
     mounts: Sequence[Preimage],
     network: str,
+    source_date_epoch: int = 0,
 ) -> Preimage:
     """RUN: everything the process can observe except secret values and cache contents.
 
@@ -98,6 +99,8 @@ def run_preimage(
         mounts=list(mounts),
         network=network,
         platform=state.platform,
+        # In the RUN's environment (as BuildKit passes it), and what it writes depends on it.
+        source_date_epoch=source_date_epoch,
     )
 
 

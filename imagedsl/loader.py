@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import blake3
 
+from imagedsl._declarations import collecting
 from imagedsl.buildstate import AUTOMATIC_ARGS
 from imagedsl.dsl import GlobalArg, Stage, StageRef, Targets
 from imagedsl.errors import BuildFileError, ImageDSLError, SourceLocation, UnknownTargetError
@@ -71,6 +72,7 @@ class BuildFile:
         build_platform: str | None = None,
         reporter: Reporter | None = None,
         resolve_base: BaseResolver | None = None,
+        source_date_epoch: int | None = None,
     ) -> Plan:
         """Plan one target of this build file (see :func:`imagedsl.planner.plan`).
 
@@ -95,6 +97,7 @@ class BuildFile:
             resolve_base=resolve_base,
             buildfile=str(self.path),
             project=str(self.path),
+            source_date_epoch=source_date_epoch,
         )
 
 
@@ -135,8 +138,9 @@ def load_buildfile(path: str | os.PathLike[str]) -> BuildFile:
     if not file.is_file():
         raise BuildFileError(None, f"{file}: no such build file")
     resolved = file.resolve()
-    module = _execute(file, resolved)
-    return _collect(file, resolved, vars(module))
+    with collecting() as made:
+        module = _execute(file, resolved)
+    return _collect(file, resolved, vars(module), made)
 
 
 def _execute(shown: Path, resolved: Path) -> ModuleType:
@@ -155,8 +159,13 @@ def _execute(shown: Path, resolved: Path) -> ModuleType:
     except ImageDSLError as error:
         found = _user_location(error.__traceback__, resolved, shown, error.location)
         raise BuildFileError(found, str(error)) from None
-    except (KeyboardInterrupt, SystemExit):
+    except KeyboardInterrupt:
         raise
+    except SystemExit as error:
+        found = _user_location(error.__traceback__, resolved, shown, None)
+        raise BuildFileError(
+            found, f"the build file called sys.exit({error.code!r}) while it was loaded"
+        ) from None
     except Exception as error:
         found = _user_location(error.__traceback__, resolved, shown, None)
         raise BuildFileError(found, f"{type(error).__name__}: {error}") from None
@@ -182,7 +191,9 @@ def _user_location(
     return SourceLocation(str(shown), line)
 
 
-def _collect(shown: Path, resolved: Path, namespace: Mapping[str, Any]) -> BuildFile:
+def _collect(
+    shown: Path, resolved: Path, namespace: Mapping[str, Any], made: Sequence[object] = ()
+) -> BuildFile:
     stages: dict[str, Stage | StageRef] = {}
     declared: list[Targets] = []
     global_args: dict[str, GlobalArg] = {}
@@ -196,6 +207,9 @@ def _collect(shown: Path, resolved: Path, namespace: Mapping[str, Any]) -> Build
             stages[name] = value
         elif isinstance(value, Targets):
             declared.append(value)
+    # A bare dsl.targets(...) call declares targets too (it used to be ignored).
+    declared += [t for t in made if isinstance(t, Targets) and all(t is not d for d in declared)]
+    declared.sort(key=lambda t: 0 if t.location is None else t.location.line)
     if len(declared) > 1:
         location = declared[1].location
         where = None if location is None else SourceLocation(str(shown), location.line)

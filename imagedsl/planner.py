@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from imagedsl import credentials, keys
+from imagedsl._epoch import epoch_from_env
 from imagedsl.buildstate import ArgScope
 from imagedsl.dsl import GlobalArg, Stage, StageRef
 from imagedsl.errors import SourceLocation, StepArgumentError, UnknownTargetError
@@ -35,7 +36,7 @@ from imagedsl.graph import (
 )
 from imagedsl.oci.platform import Platform, canonical_platform
 from imagedsl.reporting import Reporter
-from imagedsl.steps import Arg, Env, FromImage, StageNamer, Step, describe
+from imagedsl.steps import Arg, Env, FromImage, Run, StageNamer, Step, describe
 from imagedsl.store import Record, Store, StoreWarning
 from imagedsl.treehash import ContextHasher, Tree
 
@@ -184,6 +185,7 @@ def plan(
     resolve_base: BaseResolver | None = None,
     buildfile: str = "<python>",
     project: str = "",
+    source_date_epoch: int | None = None,
 ) -> Plan:
     """Plan ``target`` (a name in ``stages``, or the one stage given) without running anything.
 
@@ -192,6 +194,8 @@ def plan(
     ``global_args`` are the build file's global ARGs in file order; ``platform`` is the target
     platform and ``build_platform`` the one the build runs on (both default to this machine's,
     as BuildKit's do; ``TARGETPLATFORM`` and ``BUILDPLATFORM`` come from them).
+    ``source_date_epoch`` (default ``$SOURCE_DATE_EPOCH``, else 0, as the OCI backend's) is in
+    every RUN's environment, so in its key.
     """
     if isinstance(stages, Stage):
         name = target or "image"
@@ -220,6 +224,7 @@ def plan(
         resolve_base=resolve_base or _unpinned,
         memo=store,
         project=project,
+        source_date_epoch=epoch_from_env() if source_date_epoch is None else source_date_epoch,
     )
     hasher.save()
     steps = _statuses(graph, store)
@@ -304,6 +309,8 @@ def _statuses(graph: BuildGraph, store: Store | None) -> tuple[PlannedStep, ...]
         record = _get(store, node.key) if node.kind != "scratch" else None
         if node.kind == "scratch" or (record is not None and deps_hit):
             status, reasons = PlanStatus.HIT, tuple[str, ...]()
+        elif (maybe := _maybe_reason(node, effective, rows, store, record)) is not None:
+            status, reasons = PlanStatus.MAYBE, (maybe,)
         else:
             status = PlanStatus.MISS
             explained = _explain(node, store, rows, have_record=record is not None)
@@ -332,6 +339,75 @@ def masked_description(step: Step, namer: StageNamer) -> str:
     elif isinstance(step, Arg) and step.default is not None:
         step = attrs.evolve(step, default=credentials.mask_pair(step.name, step.default))
     return credentials.mask_text(describe(step, namer))
+
+
+def _maybe_reason(
+    node: StepNode,
+    effective: Sequence[PlanStatus],
+    rows: Sequence[PlannedStep],
+    store: Store | None,
+    record: Record | None,
+) -> str | None:
+    """Why a step whose key is not provisional may still be reused, or None.
+
+    BuildKit keys a bind mount from another stage by the bytes it mounts, so a RUN
+    reading a stage that is rebuilt is reused when that stage's files come out the same; and a
+    step whose only new input is such a step's result is reused with it. Both are ``maybe``:
+    a step that is not built yet but whose own inputs, apart from those, are as recorded.
+    """
+    if store is None:
+        return None
+    content_bound = set(_content_bound_sources(node))
+    pending = [d for d in node.deps if effective[d] is not PlanStatus.HIT]
+    if not pending or any(
+        effective[d] is PlanStatus.MISS and d not in content_bound for d in pending
+    ):
+        return None
+    if record is None:
+        earlier = _closest(node, store)
+        if earlier is None or not _differs_only_below(earlier.preimage, node.preimage):
+            return None
+    upstream = _first_unbuilt(rows, pending) or "an upstream step"
+    if any(d in content_bound for d in pending):
+        return f"mounts files of {upstream}, which is not built: reused if they come out the same"
+    return f"depends on {upstream}, which may be reused"
+
+
+def _content_bound_sources(node: StepNode) -> list[int]:
+    """The stages a RUN reads through bind mounts: BuildKit keys what they mount by content
+    (read-only or not: Docker 20.10's BuildKit reuses a RUN with a writable bind mount of a
+    stage rebuilt to the same files, tested)."""
+    return list(node.sources) if isinstance(node.step, Run) else []
+
+
+def _differs_only_below(old: keys.Preimage, new: keys.Preimage) -> bool:
+    """Whether two preimages differ only in what is below the step: its parent, and the
+    contents of bind mounts from other stages (everything the step itself says is equal)."""
+    for field in set(old) | set(new):
+        if field == "parent" or old.get(field) == new.get(field):
+            continue
+        if field != "mounts":
+            return False
+        before, after = old.get(field), new.get(field)
+        if not isinstance(before, list) or not isinstance(after, list):
+            return False
+        if len(before) != len(after):
+            return False
+        for a, b in zip(before, after, strict=True):
+            if not (isinstance(a, dict) and isinstance(b, dict)):
+                return False
+            if {**a, "content": None} != {**b, "content": None}:
+                return False
+            if a != b and not _stage_content(b.get("content")):
+                return False
+    return True
+
+
+def _stage_content(content: object) -> bool:
+    """Whether a bind mount's keyed content names a stage's filesystem (``KEY:PATH``)."""
+    if not isinstance(content, str) or ":" not in content:
+        return False
+    return keys.is_key(content.partition(":")[0])
 
 
 def _worst(statuses: Sequence[PlanStatus]) -> PlanStatus:

@@ -26,6 +26,7 @@ import blake3
 
 from imagedsl._ignore import IgnoreRules
 from imagedsl._statcache import (
+    DIR_ENTRY,
     MODE,
     RACY_NS,
     SIZE,
@@ -52,6 +53,8 @@ _BIG_FILE: Final = 4 << 20
 _HASH_PIECE: Final = 8 << 20
 #: Up to this many (small) files are hashed without a thread pool.
 _INLINE_FILES: Final = 16
+#: Symlinks followed in a row before giving up (Linux's own limit).
+_MAX_SYMLINKS: Final = 40
 #: A tree row: (placed, source, type, mode, size, digest), the tuple form of a TreeEntry.
 Row = tuple[str, str, str, int, int, str]
 
@@ -590,11 +593,56 @@ class ContextHasher:
         entry = self._stat_one(context, rules, rules_id, selector.path, probes)
         if entry is None:
             return None
+        path = selector.path
+        if entry[TYPE] == "symlink":
+            followed = self._follow(context, rules, rules_id, path, entry, probes)
+            if followed is None:
+                return None
+            target, entry = followed
+            if entry[TYPE] == "dir":
+                path = target
         if (selector.kind == "file" and entry[TYPE] == "dir") or (
             selector.kind == "dir" and entry[TYPE] != "dir"
         ):
             return None
-        return self._expand(context, rules, rules_id, selector.path, entry, probes)
+        return self._expand(context, rules, rules_id, path, entry, probes)
+
+    def _follow(
+        self,
+        context: Context,
+        rules: IgnoreRules,
+        rules_id: str,
+        path: str,
+        entry: Entry,
+        probes: list[str],
+    ) -> tuple[str, Entry] | None:
+        """What a symlink named as a source resolves to: BuildKit follows it, inside the
+        context (the target's content, under the link's name; a directory's contents).
+
+        None when the target is missing or ignored; an error when the host would resolve it
+        to anything but what BuildKit reads (it leaves the context).
+        """
+        root = context.root
+        rel = path
+        for _ in range(_MAX_SYMLINKS):
+            target = entry[TARGET]
+            joined = (
+                target if target.startswith("/") else posixpath.join(posixpath.dirname(rel), target)
+            )
+            rel = posixpath.normpath("/" + joined).lstrip("/")  # ".." stops at the root
+            if not rel:
+                return "", DIR_ENTRY
+            found = self._stat_one(context, rules, rules_id, rel, probes)
+            if found is None:
+                return None
+            entry = found
+            if entry[TYPE] != "symlink":
+                break
+        else:
+            raise ContextError(root, problem=f"{path}: too many levels of symbolic links")
+        if os.path.realpath(os.path.join(root, path)) != os.path.realpath(os.path.join(root, rel)):
+            raise ContextError(root, problem=f"{path} is a symlink that leaves the build context")
+        return rel, entry
 
     def _expand(
         self,

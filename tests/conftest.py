@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.support import docker, skips
+from tests.support import docker as docker_support
+from tests.support import fidelity as fidelity_support
 from tests.support.skips import unavailable
 
 if TYPE_CHECKING:
@@ -123,3 +125,22 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterat
                 red=True,
                 bold=True,
             )
+
+
+@pytest.fixture(name="fidelity_oci_store", scope="session")
+def fixture_fidelity_oci_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One store per worker for the OCI builds of the edit scenarios (bases imported once)."""
+    return tmp_path_factory.mktemp("fidelity-oci-store")
+
+
+@pytest.fixture(name="fidelity")
+def fixture_fidelity(
+    docker_engine: docker_support.DockerEngine,
+    busybox_image: str,
+    fidelity_oci_store: Path,
+    tmp_path: Path,
+) -> fidelity_support.FidelityRun:
+    """Runs one edit scenario (see tests/fidelity_support.py)."""
+    return fidelity_support.FidelityRun(
+        engine=docker_engine, image=busybox_image, oci_store=fidelity_oci_store, root=tmp_path
+    )

@@ -445,3 +445,45 @@ def test_incremental_layer_parts_equal_parts_from_scratch(
     assert [(n, t.rows) for n, t in found] == [
         (n, t.rows) for n, t in partition_tree(cold.tree(selection), "auto")
     ]
+
+
+def test_a_symlinked_file_is_copied_as_its_target(tmp_path: Path) -> None:
+    """Selecting a symlink by name selects what it points to (BuildKit follows it, inside the
+    context): the target's content under the link's name."""
+    root = tmp_path / "ctx"
+    write_tree(root, {"real.txt": b"hello\n", "dir/inner.txt": b"inner\n"})
+    (root / "link.txt").symlink_to("real.txt")
+    (root / "dirlink").symlink_to("dir")
+    src = dsl.context(root)
+    hasher = ContextHasher(None, Reporter())
+    tree = hasher.tree(src.file("link.txt"), dest_is_dir=False)
+    (entry,) = tree.entries
+    assert (entry.placed, entry.type, entry.size) == (".", "file", 6)
+    assert tree.digest == hasher.tree(src.file("real.txt"), dest_is_dir=False).digest
+    assert [e.placed for e in hasher.tree(src.dir("dirlink")).entries] == ["inner.txt"]
+
+
+def test_a_symlink_out_of_the_context_is_refused(tmp_path: Path) -> None:
+    """An absolute link reads the context's path in BuildKit and the host's here: refused."""
+    root = tmp_path / "ctx"
+    write_tree(root, {"etc/passwd": b"not the host's\n"})
+    (root / "abs").symlink_to("/etc/passwd")
+    (root / "gone").symlink_to("missing.txt")
+    src = dsl.context(root)
+    hasher = ContextHasher(None, Reporter())
+    with pytest.raises(ContextError, match="leaves the build context"):
+        hasher.tree(src.file("abs"))
+    with pytest.raises(ContextError):
+        hasher.tree(src.file("gone"))
+
+
+def test_editing_a_symlinked_file_changes_the_digest(tmp_path: Path) -> None:
+    """The stat cache watches the target too, not only the link."""
+    root = tmp_path / "ctx"
+    write_tree(root, {"real.txt": b"one\n"})
+    (root / "link.txt").symlink_to("real.txt")
+    store = Store(tmp_path / "store")
+    source = dsl.context(root).file("link.txt")
+    before = digest(source, store)
+    (root / "real.txt").write_bytes(b"two, longer\n")
+    assert digest(source, store) != before

@@ -3,7 +3,7 @@
 The corpus (``tests/resources/import/*.Dockerfile``, with the context files beside them in
 ``context/``) covers every instruction, flag and parser feature the importer reads. Each file
 is imported; the build.py must be formatted as ``ruff format`` formats it and plan; lowering
-each of its targets must give the Dockerfile's own instructions (``tests.support.dockerfile_import.flatten``).
+each of its targets must give the Dockerfile's own instructions (``tests.support.importing.flatten``).
 A representative subset is built with BuildKit, first from the Dockerfile, then from the
 lowered one: every step of the second build must be CACHED (the same BuildKit cache keys).
 """
@@ -37,7 +37,7 @@ from imagedsl.importer import DockerfileImportError, translate_text
 from imagedsl.importer._translate import stage_variable
 from imagedsl.steps import InlineFile, OnBuild, UrlSource
 from tests.support.docker import DockerEngine
-from tests.support.dockerfile_import import flatten, targets
+from tests.support.importing import flatten, targets
 from tests.test_lower import _builds
 
 RESOURCES = Path(__file__).parent / "resources" / "import"

@@ -265,7 +265,6 @@ EXEMPT: Mapping[tuple[str, str], str] = {
 TABLE: Mapping[tuple[str, str], Change] = {
     ("*", "parent"): change(origin="from", also=("ref",), app_tag="3.21"),
     ("from", "ref"): change(app_tag="edge"),
-    ("from", "repository"): change(builder_repository="registry.test/other"),
     ("from", "digest"): change(builder_digest="sha256:" + "9" * 64),
     ("from", "platform"): change(builder_platform="linux/arm64"),
     ("scratch", "platform"): change(scratch_platform="linux/arm64"),

@@ -165,7 +165,8 @@ def test_wrong_diff_id_is_detected(tmp_path: Path) -> None:
 
 
 def test_corrupt_store_blob_is_detected_when_read(tmp_path: Path) -> None:
-    """A store blob damaged after it was written is caught when a later step reads it."""
+    """A store blob damaged after it was written is caught before a later build uses it: a
+    warning, the blob is dropped and brought in again from the base, and the image is right."""
     layout = tmp_path / "base"
     base = oci.make_busybox_layout(layout)
     store = Store(tmp_path / "store")

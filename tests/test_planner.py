@@ -324,3 +324,46 @@ def test_large_copies_are_split_into_layers_by_default(
     assert [s.node.part for s in single.steps] == [None, None]
     small = api.plan(dsl.scratch().copy(src.dir("d0"), "/app"), store=store)
     assert [s.node.part for s in small.steps] == [None, None]
+
+
+def test_an_exclude_pattern_that_excludes_nothing_keeps_the_key(src_dir: Path) -> None:
+    """The copied files decide a COPY's key: a pattern that leaves nothing out changes nothing
+    (BuildKit copies the same files), one that leaves a file out changes the key."""
+    src = dsl.context(src_dir)
+
+    def copy_key(*exclude: str) -> str:
+        stage = dsl.image(f"python:3.12@{DIGEST_A}").copy(src.dir("app"), "/app", exclude=exclude)
+        return api.plan(stage, "s").steps[-1].key
+
+    assert copy_key() == copy_key("*.tmp") == copy_key("*.tmp", "*.bak")
+    assert copy_key("util.py") != copy_key()
+
+
+def make_bound(run_tool: str, *, readwrite: bool = False, later: str = "echo later") -> dsl.Stage:
+    """A RUN reading another stage through a bind mount, and a step after it."""
+    tool = dsl.image(f"alpine@{DIGEST_A}").run(run_tool)
+    return (
+        dsl.image(f"python:3.12@{DIGEST_A}")
+        .run("cat /tool/out", mounts=[dsl.bind(tool.path("/out"), "/tool", readwrite=readwrite)])
+        .run(later)
+    )
+
+
+def test_a_bind_mount_of_a_stage_that_is_not_built_is_maybe(store: Store) -> None:
+    """BuildKit keys a read-only bind mount by the bytes mounted: when the mounted stage is
+    rebuilt, the RUN (and what follows) is reused if they come out the same."""
+    build_all(api.plan(make_bound("make"), "s", store=store), store)
+    plan = api.plan(make_bound("make --again"), "s", store=store)
+    assert statuses(plan) == ["hit", "hit", "miss", "maybe", "maybe"]
+    assert "mounts files of" in plan.steps[3].reasons[0]
+
+
+def test_a_bind_mount_of_an_unbuilt_stage_with_its_own_change_misses(store: Store) -> None:
+    """A step whose own inputs changed too is a miss; a writable bind mount is like a
+    read-only one (BuildKit keys both by content)."""
+    build_all(api.plan(make_bound("make"), "s", store=store), store)
+    plan = api.plan(make_bound("make --again", later="echo changed"), "s", store=store)
+    assert statuses(plan) == ["hit", "hit", "miss", "maybe", "miss"]
+    build_all(api.plan(make_bound("make", readwrite=True), "s", store=store), store)
+    plan = api.plan(make_bound("make --again", readwrite=True), "s", store=store)
+    assert statuses(plan) == ["hit", "hit", "miss", "maybe", "maybe"]

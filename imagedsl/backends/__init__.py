@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Protocol
 
 import attrs
@@ -65,17 +65,40 @@ class SecretSource:
             env = secret_id  # docker's default: an env variable of the same name
         return cls(id=secret_id, path=path, env=env)
 
-    def read(self) -> bytes | None:
-        """The secret's value, or None when its source does not exist."""
+    @property
+    def host_path(self) -> str | None:
+        """The file's path with ``~`` expanded, made absolute (None for an ``env=`` secret)."""
+        return None if self.path is None else os.path.abspath(os.path.expanduser(self.path))
+
+    def read(self) -> bytes:
+        """The secret's value; a source that cannot give one is a :class:`SecretError`
+        (a missing or unreadable file, a directory, an unset variable, a value over the
+        500 KiB BuildKit accepts)."""
         if self.path is not None:
+            path = self.host_path
+            assert path is not None
             try:
-                with open(os.path.expanduser(self.path), "rb") as handle:
-                    return handle.read()
+                with open(path, "rb") as handle:
+                    value = handle.read(MAX_SECRET_SIZE + 1)
             except FileNotFoundError:
-                return None
-        assert self.env is not None
-        value = os.environ.get(self.env)
-        return None if value is None else value.encode()
+                raise SecretError(self.id, f"no such file {self.path}") from None
+            except IsADirectoryError:
+                raise SecretError(self.id, f"{self.path} is a directory, not a file") from None
+            except OSError as error:
+                raise SecretError(self.id, f"cannot read {self.path}: {error.strerror}") from None
+        else:
+            assert self.env is not None
+            text = os.environ.get(self.env)
+            if text is None:
+                raise SecretError(self.id, f"environment variable {self.env} is not set")
+            value = text.encode()
+        if len(value) > MAX_SECRET_SIZE:
+            raise SecretError(self.id, "its value is larger than 500 KiB (BuildKit's limit)")
+        return value
+
+
+#: The largest secret value (BuildKit's limit).
+MAX_SECRET_SIZE: Final = 500 << 10
 
 
 @attrs.define
@@ -86,6 +109,25 @@ class BuildRequestError(InputError):
 
     def __str__(self) -> str:
         return self.message
+
+
+@attrs.define
+class SecretError(BuildRequestError):
+    """A secret given to the build cannot be read: a missing or unreadable file, a
+    directory, an unset environment variable. Both backends refuse it before building."""
+
+    message: str = attrs.field(init=False, repr=False)
+    id: str
+    problem: str
+
+    def __attrs_post_init__(self) -> None:
+        self.message = f"--secret id={self.id}: {self.problem}"
+
+
+def read_secrets(secrets: Sequence[SecretSource]) -> dict[str, bytes]:
+    """Every given secret's value by id (:class:`SecretError` for the first that cannot be
+    read): what both backends check before building, and what their output masks."""
+    return {secret.id: secret.read() for secret in secrets}
 
 
 @attrs.define

@@ -1,5 +1,10 @@
-"""Secret values masked in what a build prints: both backends stream a RUN's output line by
-line and keep its last lines for the error, and neither may show a secret in either."""
+"""Secret values kept out of what a build prints: RUN output, failure tails, relayed progress.
+
+Both backends mask the same way: every secret value given to the build, and each line of a
+multi-line value (output arrives line by line), is replaced by ``****`` wherever it appears in
+a line, longest first. Values shorter than four characters are not masked (they would mask
+everything).
+"""
 
 from __future__ import annotations
 

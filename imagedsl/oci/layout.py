@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Any, Final, cast
 import attrs
 
 from imagedsl.errors import ImageDSLError, InputError
-from imagedsl.oci.annotations import REF_NAME
+from imagedsl.oci.annotations import CONTAINERD_IMAGE_NAME, REF_NAME
 from imagedsl.oci.blobs import BlobDigestError, BlobStore, check_digest
 from imagedsl.oci.image import BaseImage, LayerBlob
 from imagedsl.oci.manifest import manifest_document
@@ -34,7 +34,7 @@ from imagedsl.oci.mediatypes import (
     READABLE_LAYER_TYPES,
     sniff_compression,
 )
-from imagedsl.oci.reference import normalise_tag
+from imagedsl.oci.reference import name_of_tag, normalise_tag
 
 if TYPE_CHECKING:
     from imagedsl.oci.reference import ImageReference
@@ -182,6 +182,7 @@ def _import_layout(
     blobs: BlobStore,
 ) -> BaseImage:
     descriptor: Mapping[str, Any] = _choose(source, shown, tag, digest)
+    name = name_of_tag((descriptor.get("annotations") or {}).get(CONTAINERD_IMAGE_NAME))
     for _ in range(4):  # an index may point at an index (multi-platform)
         media_type = descriptor.get("mediaType")
         manifest_digest = check_digest(descriptor.get("digest"))
@@ -192,7 +193,8 @@ def _import_layout(
         if media_type in (OCI_INDEX, DOCKER_MANIFEST_LIST) or "manifests" in document:
             descriptor = _pick_platform(shown, document, platform)
             continue
-        return _import_manifest(source, shown, manifest_digest, document, blobs)
+        base = _import_manifest(source, shown, manifest_digest, document, blobs)
+        return attrs.evolve(base, name=name)
     raise BaseImageError(shown, "nests image indexes too deeply")
 
 
@@ -222,6 +224,34 @@ def _choose(source: _Source, shown: str, tag: str | None, digest: str | None) ->
         raise BaseImageError(shown, f"no single image matches {wanted}; it holds {names}")
     entry: Mapping[str, Any] = chosen[0]
     return entry
+
+
+def local_image_name(reference: ImageReference, platform: str) -> str | None:  # noqa: ARG001
+    """The name recorded inside a local base (a layout entry's ``io.containerd.image.name``,
+    a docker-archive's first ``RepoTags``), read without importing it; None without one, or
+    when it cannot be read."""
+    if reference.transport not in ("oci", "oci-archive", "docker-archive"):
+        return None
+    path, tag = split_path_tag(reference.name, reference.tag)
+    try:
+        source: _Source = _DirSource(path) if reference.transport == "oci" else _TarSource(path)
+    except (OSError, tarfile.TarError, BaseImageError):
+        return None
+    try:
+        if reference.transport == "docker-archive":
+            manifest = source.read_json("manifest.json")
+            entries = manifest if isinstance(manifest, list) else []
+            if tag is not None:
+                wanted = {tag, normalise_tag(tag)}
+                entries = [m for m in entries if wanted.intersection(m.get("RepoTags") or [])]
+            tags = entries[0].get("RepoTags") if len(entries) == 1 else None
+            return name_of_tag(tags[0]) if isinstance(tags, list) and tags else None
+        entry = _choose(source, str(reference), tag, reference.digest)
+        return name_of_tag((entry.get("annotations") or {}).get(CONTAINERD_IMAGE_NAME))
+    except (OSError, ValueError, KeyError, AttributeError, tarfile.TarError, ImageDSLError):
+        return None
+    finally:
+        source.close()
 
 
 def local_base_digest(reference: ImageReference, platform: str) -> str | None:
@@ -346,6 +376,7 @@ def _import_docker_archive(
         tags = sorted(t for m in manifest for t in m.get("RepoTags") or [])
         raise BaseImageError(shown, f"no single image matches {tag or '(no tag)'}; it holds {tags}")
     entry = chosen[0]
+    repo_tags = entry.get("RepoTags") or [None]
     config_name = str(entry.get("Config") or "")
     with source.open(config_name) as handle:
         config_bytes = handle.read(_MAX_JSON)
@@ -374,7 +405,11 @@ def _import_docker_archive(
     document = manifest_document(config_digest, len(config_bytes), layers, {})
     manifest_digest = blobs.put(document)
     return BaseImage(
-        reference=shown, manifest_digest=manifest_digest, config=config, layers=tuple(layers)
+        reference=shown,
+        manifest_digest=manifest_digest,
+        config=config,
+        layers=tuple(layers),
+        name=name_of_tag(repo_tags[0]),
     )
 
 
@@ -397,7 +432,7 @@ def _import_unknown(source: _Source, name: str, blobs: BlobStore) -> tuple[str, 
         named = re.fullmatch(r"blobs/sha256/([0-9a-f]{64})", name)
         if named and named.group(1) != digest.partition(":")[2]:
             raise BlobDigestError(f"{source.where} {name}", "sha256:" + named.group(1), digest)
-        if not blobs.has(digest, size):
+        if not blobs.intact(digest, size):
             blobs.commit(out, digest)
     return digest, size, head
 

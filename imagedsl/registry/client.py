@@ -53,6 +53,7 @@ from imagedsl.registry.errors import (
 )
 from imagedsl.registry.transport import (
     IO_CHUNK,
+    MAX_DOCUMENT,
     TRANSIENT_ERRORS,
     FilePart,
     NoProgress,
@@ -77,8 +78,6 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 _ACCEPT: Final = ", ".join((OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
-#: Manifests are small; anything bigger is refused rather than read into memory.
-_MAX_MANIFEST: Final = 4 << 20
 
 T = TypeVar("T")
 
@@ -125,11 +124,14 @@ class PushResult:
 class RegistryClient:
     """Talks to registries. Thread safe; one per process is plenty (it pools connections).
 
-    ``credentials``, ``docker_config``, ``insecure``, ``ssl_context``, ``timeout`` and
-    ``retry`` configure its :class:`~imagedsl.registry.transport.Transport` (credentials by
-    host, else Docker's own configuration; plain HTTP and unverified TLS only when
-    ``insecure``, or plain HTTP for loopback registries). ``workers`` blobs move at once;
-    blobs up to ``chunk_size`` are uploaded in one request.
+    ``credentials``, ``docker_config``, ``insecure``, ``ssl_context``, ``timeout``,
+    ``deadline`` and ``retry`` configure its :class:`~imagedsl.registry.transport.Transport`
+    (credentials by host, else Docker's own configuration; plain HTTP and unverified TLS only
+    when ``insecure``, or plain HTTP for loopback registries). ``timeout`` is the seconds one
+    request has to be answered (default ``$IMAGEDSL_REGISTRY_TIMEOUT``, else 60) and
+    ``deadline`` the seconds one operation has with all its retries (default
+    ``$IMAGEDSL_REGISTRY_DEADLINE``, else 600). ``workers`` blobs move at once; blobs up to
+    ``chunk_size`` are uploaded in one request.
     """
 
     def __init__(
@@ -139,7 +141,8 @@ class RegistryClient:
         docker_config: DockerConfig | None = None,
         insecure: bool = False,
         ssl_context: ssl.SSLContext | None = None,
-        timeout: float = 60.0,
+        timeout: float | None = None,
+        deadline: float | None = None,
         retry: RetryPolicy | None = None,
         workers: int = 4,
         chunk_size: int = 32 << 20,
@@ -151,6 +154,7 @@ class RegistryClient:
             insecure=insecure,
             ssl_context=ssl_context,
             timeout=timeout,
+            deadline=deadline,
             retry=retry,
             progress=progress or NoProgress(),
         )
@@ -425,7 +429,7 @@ class RegistryClient:
                     partial.restart()
                     raise Transient("the registry answered another range; starting over")
             elif reply.status != 200:
-                reply.body = reply.response.read(_MAX_MANIFEST) if reply.response else b""
+                reply.body = reply.response.read(MAX_DOCUMENT) if reply.response else b""
                 self._transport.expect(reply, (200,), repo, action)
             assert reply.response is not None
             download.stream_from(reply.response, self.progress)

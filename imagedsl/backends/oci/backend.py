@@ -30,7 +30,8 @@ import attrs
 import blake3
 
 from imagedsl import keys
-from imagedsl.backends import BuildRequestError, BuildResult
+from imagedsl._epoch import check_epoch, epoch_from_env
+from imagedsl.backends import BuildRequestError, BuildResult, read_secrets
 from imagedsl.backends.oci.bases import WantedBase, import_base, layer_index
 from imagedsl.backends.oci.copy_entries import (
     Owner,
@@ -57,6 +58,7 @@ from imagedsl.backends.oci.layer import LayerEntry, LayerStream, arrange, write_
 from imagedsl.backends.oci.outputs import (
     BuiltImage,
     Output,
+    check_tag,
     load_into_docker,
     write_archive,
     write_layout,
@@ -148,17 +150,6 @@ class _StageState:
     cmd_set: bool = False
 
 
-def _epoch_from_env() -> int:
-    text = os.environ.get("SOURCE_DATE_EPOCH")
-    if not text:
-        return DEFAULT_EPOCH
-    if not text.isdigit():
-        raise BuildRequestError(
-            f"SOURCE_DATE_EPOCH must be a whole number of seconds, not {text!r}"
-        )
-    return int(text)
-
-
 def _compression_from_env() -> Compression:
     text = os.environ.get(COMPRESSION_ENV) or "gzip"
     if text not in COMPRESSIONS:
@@ -203,7 +194,7 @@ class OCIBackend:
         images: Callable[[], LocalImages] | None = None,
         run_timeout: float | None = None,
     ) -> None:
-        self.epoch = _epoch_from_env() if epoch is None else epoch
+        self.epoch = epoch_from_env() if epoch is None else check_epoch(epoch)
         self.run_timeout = run_timeout
         if run_timeout is None and os.environ.get("IMAGEDSL_RUN_TIMEOUT"):
             from imagedsl.backends.oci.run.runc import timeout_from_env
@@ -249,6 +240,8 @@ class OCIBackend:
         self, plan: Plan, request: BuildRequest, *, store: Store, reporter: Reporter
     ) -> OCIBuild:
         """:meth:`build`, returning the image and what the build did as well."""
+        read_secrets(request.secrets)  # every secret given must be readable, used or not
+        _check_epoch_of(plan, self.epoch)
         check_run_support(plan)
         output = Output.parse(request.output) if request.output else None
         run = _Build(self, plan, request, store, reporter)
@@ -272,6 +265,16 @@ class OCIBackend:
             layer_cache=tuple(run.layer_cache),
         )
         return OCIBuild(result=result, image=image, stats=run.stats)
+
+
+def _check_epoch_of(plan: Plan, epoch: int) -> None:
+    """RUN keys hold the epoch RUN steps see: a plan keyed for another one cannot be built."""
+    planned = plan.graph.source_date_epoch
+    if planned != epoch and any(step.kind == "run" for step in plan.steps):
+        raise BuildRequestError(
+            f"the plan keys its RUN steps for SOURCE_DATE_EPOCH={planned}, but the backend "
+            f"builds with {epoch}: plan with the same epoch"
+        )
 
 
 def check_run_support(plan: Plan) -> None:
@@ -443,7 +446,8 @@ class _Build:
         non_empty = [h for h in history if not h.get("empty_layer")]
         if len(non_empty) != len(base.layers):
             history = [
-                {"created_by": f"layer {i} of {base.reference}"} for i in range(len(base.layers))
+                {"created_by": f"layer {i} of {base.name or base.manifest_digest}"}
+                for i in range(len(base.layers))
             ]
         config = base.config.get("config") or {}
         state = BuildState.from_image_config(config, node.state.platform)
@@ -556,7 +560,7 @@ class _Build:
         except (OSError, ValueError, TypeError):
             pass
         else:
-            if layer is None or self.blobs.has(layer.digest, layer.size):
+            if layer is None or self.blobs.intact(layer.digest, layer.size):
                 self.stats = attrs.evolve(self.stats, layers_reused=self.stats.layers_reused + 1)
                 if node.index >= 0:
                     record_step(self.store, node, _outputs(layer))
@@ -628,7 +632,7 @@ class _Build:
             stream = LayerStream(handle, self.backend.compression)
             write_tar(arranged, stream, mtime=self.backend.epoch)
             layer = stream.finish()
-            if not self.blobs.has(layer.digest, layer.size):
+            if not self.blobs.intact(layer.digest, layer.size):
                 self.blobs.commit(handle, layer.digest)
         save_index(
             self.store, LayerIndex.of_entries(layer.diff_id, arranged, _kept_files(arranged))
@@ -807,7 +811,9 @@ class _Build:
         states = [self.states[n.index].state for n in chain]
         start = state.start_config
         if start is None:
-            start = start_config(base_config.get("config") or {})
+            # FROM scratch: BuildKit's empty image has WorkingDir / (and Docker's PATH).
+            empty = {"WorkingDir": "/"} if base is None else {}
+            start = start_config(base_config.get("config") or empty)
         steps = [n.step for n in chain]
         container = container_config(steps, states, start, cmd_set=state.cmd_set)
         os_name, _, rest = node.state.platform.partition("/")
@@ -827,7 +833,8 @@ class _Build:
         config_digest = self.blobs.put(config_bytes)
         annotations = {CREATED: _iso(self.backend.epoch)}
         if base is not None:
-            annotations[BASE_NAME] = base.reference
+            if base.name is not None:  # a name, never a local path (same archive, same image)
+                annotations[BASE_NAME] = base.name
             annotations[BASE_DIGEST] = base.manifest_digest
         manifest = manifest_document(config_digest, len(config_bytes), state.layers, annotations)
         manifest_digest = self.blobs.put(manifest)
@@ -854,13 +861,22 @@ class _Build:
         tags = [output.tag] if output is not None and output.tag else list(self.request.tags)
         if output is None:
             return image.manifest_digest
+        if output.kind != "docker":  # -t names become the layout's tags: they must be valid
+            tags = [check_tag(tag, "-t") for tag in tags]
         if output.kind == "oci":
             assert output.path is not None
             write_layout(Path(output.path), image, tags, self.blobs)
             return f"oci:{output.path}" + (f":{tags[0]}" if tags else "")
         if output.kind in ("oci-archive", "docker-archive"):
             assert output.path is not None
-            write_archive(Path(output.path), image, tags, self.blobs, mtime=self.backend.epoch)
+            write_archive(
+                Path(output.path),
+                image,
+                tags,
+                self.blobs,
+                mtime=self.backend.epoch,
+                docker_names=output.docker_names(),
+            )
             return f"{output.kind}:{output.path}" + (f":{tags[0]}" if tags else "")
         engine = self.backend._engine_once()
         with scratch_dir(self.blobs) as tmp:

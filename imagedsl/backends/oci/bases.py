@@ -50,9 +50,15 @@ from imagedsl.engine_api import EngineError
 from imagedsl.oci.blobs import BlobStore, VerifyingReader, check_digest, damaged_as_digest_error
 from imagedsl.oci.image import BaseImage, LayerBlob
 from imagedsl.oci.layerstream import decompressed
-from imagedsl.oci.layout import BaseImageError, import_docker_archive, import_local_image
+from imagedsl.oci.layout import (
+    BaseImageError,
+    import_docker_archive,
+    import_local_image,
+    local_image_name,
+)
 from imagedsl.oci.mediatypes import READABLE_LAYER_TYPES
 from imagedsl.oci.platform import Platform
+from imagedsl.oci.reference import portable_name
 from imagedsl.store import StoreArea, atomic_write
 
 if TYPE_CHECKING:
@@ -101,7 +107,27 @@ def import_base(
     registry: Callable[[], RegistryClient],
 ) -> BaseImage:
     """Find the base in the store, the local engine or its registry (in that order), or read
-    it from its layout or archive; bring its blobs into the store (checked); read its config."""
+    it from its layout or archive; bring its blobs into the store (checked); read its config.
+
+    Its ``name`` (what the image's ``base.name`` annotation says) is the reference's
+    normalised name for a registry or engine base, and the name recorded inside a layout or
+    archive: never a path on this machine.
+    """
+    base = _find_base(wanted, blobs, images=images, registry=registry)
+    if wanted.reference.transport in LOCAL_FILE_TRANSPORTS:
+        name = base.name or local_image_name(wanted.reference, wanted.platform)
+    else:
+        name = portable_name(wanted.reference)
+    return attrs.evolve(base, name=name)
+
+
+def _find_base(
+    wanted: WantedBase,
+    blobs: BlobStore,
+    *,
+    images: Callable[[], LocalImages],
+    registry: Callable[[], RegistryClient],
+) -> BaseImage:
     looked: list[tuple[str, str]] = []
     found = _from_store(wanted, blobs, looked)
     if found is not None:
@@ -170,7 +196,7 @@ def _config_digest(blobs: BlobStore, base: BaseImage) -> str | None:
 def _base_from_store(
     shown: str, manifest_digest: str, blobs: BlobStore, platform: str
 ) -> BaseImage | None:
-    if not blobs.has(manifest_digest):
+    if not blobs.intact(manifest_digest):
         return None
     manifest = json.loads(blobs.read(manifest_digest))
     if "manifests" in manifest:  # an index: the platform's manifest
@@ -181,12 +207,12 @@ def _base_from_store(
                 return _base_from_store(shown, child["digest"], blobs, platform)
         return None
     config_digest = manifest["config"]["digest"]
-    if not blobs.has(config_digest):
+    if not blobs.intact(config_digest):
         return None
     config = json.loads(blobs.read(config_digest))
     layers = []
     for descriptor, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"], strict=True):
-        if not blobs.has(descriptor["digest"], descriptor["size"]):
+        if not blobs.intact(descriptor["digest"], descriptor["size"]):
             return None
         layers.append(
             LayerBlob(

@@ -11,9 +11,11 @@ written with the normalised modes their keys hold, owned by root unless ``chown`
 from __future__ import annotations
 
 import hashlib
+import lzma
 import os
 import posixpath
 import tarfile
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -173,6 +175,10 @@ def context_entries(
     for item in items:
         host = os.path.join(root, item.source)
         path = placement.target(item.placed, posixpath.basename(item.source))
+        if item.type == "file" and os.path.islink(host):
+            # A symlink named as the source: its target's bytes, under its name (as BuildKit
+            # follows it; the plan checked that the target is inside the context).
+            host = _inside(root, os.path.realpath(host), item)
         if item.type == "file":
             entries.append(
                 LayerEntry(
@@ -211,6 +217,13 @@ def context_entries(
     return entries
 
 
+def _inside(root: str, host: str, item: TreeEntry) -> str:
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([real_root, host]) != real_root:
+        raise LayerError(item.placed, f"{item.source} is a symlink that leaves the build context")
+    return host
+
+
 def _read_symlink(host: str, item: TreeEntry) -> str:
     try:
         target = os.readlink(host)
@@ -244,7 +257,21 @@ def is_archive(path: str) -> bool:
 def archive_entries(
     path: str, placement: Placement, spool: Callable[[], Path], step: str
 ) -> list[LayerEntry]:
-    """Entries for a local tar unpacked by ADD; member names cannot leave the destination."""
+    """Entries for a local tar unpacked by ADD; member names cannot leave the destination,
+    and a damaged archive (a member cut short, bad compressed data) is the step's error."""
+    try:
+        return _archive_entries(path, placement, spool, step)
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as error:
+        raise StepInputError(step, f"{path}: a damaged archive ({error})") from None
+    except OSError as error:
+        if error.errno is not None:
+            raise  # the machine's (a full disk), not the archive's
+        raise StepInputError(step, f"{path}: a damaged archive ({error})") from None
+
+
+def _archive_entries(
+    path: str, placement: Placement, spool: Callable[[], Path], step: str
+) -> list[LayerEntry]:
     entries: list[LayerEntry] = []
     owner, chown = placement.owner, placement.owner != Owner()
     seen: dict[str, LayerEntry] = {}

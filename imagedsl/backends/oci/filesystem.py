@@ -17,7 +17,7 @@ import json
 import posixpath
 import tarfile
 from collections.abc import Iterable, Iterator, Mapping
-from typing import IO, TYPE_CHECKING, Any, Final, Literal
+from typing import IO, TYPE_CHECKING, Any, Final, Literal, cast
 
 import attrs
 
@@ -205,6 +205,117 @@ def drain(reader: IO[bytes] | VerifyingReader) -> None:
         pass
 
 
+# -- reading layer tars, never trusting a header ---------------------------------------------
+
+#: Reads that find the layer ended which a well-formed tar can need (the end-of-archive check).
+_EMPTY_READS: Final = 3
+
+
+class _LayerEnded(Exception):
+    """The layer's bytes ran out while tarfile still wanted some."""
+
+
+class _Guarded:
+    """What stream-mode ``tarfile`` reads a layer through: once the layer has ended, reading
+    on is an error.
+
+    To pass over a member it was not asked to read, ``tarfile`` reads and drops as many blocks
+    as the member's header claims, and does not stop where the data ends: a header claiming
+    64 GiB over 1 KB of data kept it reading empty blocks for half a minute, a PAX size of
+    10**18 forever. Here it stops as soon as the bytes do.
+    """
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self._empty = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        if not data and n != 0:
+            self._empty += 1
+            if self._empty > _EMPTY_READS:
+                raise _LayerEnded
+        return data
+
+
+class LayerTar:
+    """The members of a layer tar, read as a stream; a member whose header claims more bytes
+    than the rest of the layer holds is refused as soon as the layer ends
+    (:class:`UnsafeLayerError`), and so is a whiteout of ``""``, ``.`` or ``..``."""
+
+    def __init__(self, stream: IO[bytes], layer: str) -> None:
+        self.layer = layer
+        guarded = cast("IO[bytes]", _Guarded(stream))
+        self.archive = tarfile.open(fileobj=guarded, mode="r|")  # noqa: SIM115 - closed by close()
+        self._last: tarfile.TarInfo | None = None
+
+    def __iter__(self) -> Iterator[tarfile.TarInfo]:
+        members = iter(self.archive)
+        while True:
+            try:
+                member = next(members)
+            except StopIteration:
+                return
+            except _LayerEnded:
+                raise self._overrun() from None
+            self._last = member
+            yield member
+
+    def extractfile(self, member: tarfile.TarInfo) -> _MemberReader:
+        """The content of a regular file member (read it before the next member)."""
+        handle = self.archive.extractfile(member)
+        assert handle is not None
+        return _MemberReader(handle, self.layer, member)
+
+    def _overrun(self) -> UnsafeLayerError:
+        last = self._last
+        if last is None:
+            return UnsafeLayerError(self.layer, "", "ends inside its first header")
+        return UnsafeLayerError(
+            self.layer,
+            last.name,
+            f"claims {last.size} bytes, more than the rest of the layer holds",
+        )
+
+    def close(self) -> None:
+        """Done with the archive (the stream stays open)."""
+        self.archive.close()
+
+    def __enter__(self) -> LayerTar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _MemberReader:
+    """A member's content; data that ends before the member's size is an unsafe layer."""
+
+    def __init__(self, handle: IO[bytes], layer: str, member: tarfile.TarInfo) -> None:
+        self._handle = handle
+        self._layer = layer
+        self._member = member
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._handle.read(n)
+        except (tarfile.ReadError, _LayerEnded):
+            raise UnsafeLayerError(
+                self._layer,
+                self._member.name,
+                f"claims {self._member.size} bytes, more than the rest of the layer holds",
+            ) from None
+
+
+def whiteout_target(layer: str, raw: str, base: str) -> str:
+    """The name a whiteout entry ``base`` (``.wh.NAME``) deletes; refuses ``""``, ``.``, ``..``
+    (they would delete the directory itself or its parent)."""
+    target = base[len(WHITEOUT_PREFIX) :]
+    if target in ("", ".", ".."):
+        raise UnsafeLayerError(layer, raw, f"is a whiteout of {target!r}, which names no entry")
+    return target
+
+
 # -- scanning untrusted layers ---------------------------------------------------------------
 
 
@@ -258,9 +369,11 @@ def scan_layer(
     opaques: list[str] = []
     files: dict[str, str] = {}
     try:
-        archive = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 - closed below
+        archive = LayerTar(stream, layer)
     except tarfile.TarError as error:
         raise UnsafeLayerError(layer, "", f"is not a tar archive: {error}") from None
+    except _LayerEnded:
+        raise UnsafeLayerError(layer, "", "is not a tar archive: it ends at once") from None
     with archive:
         try:
             for member in archive:
@@ -279,7 +392,7 @@ def scan_layer(
                         opaques.append(head)
                         view.opaque.add(head)
                     else:
-                        target = posixpath.join(head, base[len(WHITEOUT_PREFIX) :])
+                        target = posixpath.join(head, whiteout_target(layer, member.name, base))
                         whiteouts.append(target)
                         view.deleted.add(target)
                     continue
@@ -287,8 +400,7 @@ def scan_layer(
                 view.entries[name] = entry
                 if name in KEPT_FILES and member.isreg() and member.size <= _KEPT_MAX:
                     handle = archive.extractfile(member)
-                    if handle is not None:
-                        files[name] = handle.read().decode("utf-8", "replace")
+                    files[name] = handle.read().decode("utf-8", "replace")
         except tarfile.TarError as error:
             raise UnsafeLayerError(layer, "", f"is a damaged tar archive: {error}") from None
     return LayerIndex(
@@ -458,14 +570,13 @@ def read_members(stream: IO[bytes], wanted: Mapping[str, Path], layer: str) -> s
     the layer can choose where bytes land. Returns the names that were found.
     """
     found: set[str] = set()
-    with tarfile.open(fileobj=stream, mode="r|") as archive:
+    with LayerTar(stream, layer) as archive:
         for member in archive:
             name = _clean_member_name(layer, member.name)
             dest = wanted.get(name)
             if dest is None or not member.isreg():
                 continue
             handle = archive.extractfile(member)
-            assert handle is not None
             with dest.open("wb") as out:
                 while True:
                     data = handle.read(1 << 20)

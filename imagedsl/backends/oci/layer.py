@@ -255,6 +255,15 @@ def _fits(text: bytes, width: int) -> bool:
     return len(text) <= width and text.isascii()
 
 
+def _utf8(text: str) -> bool:
+    """Whether a name (bytes not UTF-8 are held as surrogate escapes) is UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def tar_header(entry: LayerEntry, mtime: int) -> bytes:
     """The header block(s) of one entry: ustar, preceded by a PAX header only when needed."""
     name = entry.tar_name.encode("utf-8", "surrogateescape")
@@ -271,6 +280,10 @@ def tar_header(entry: LayerEntry, mtime: int) -> bytes:
     if size > 0o77777777777:
         records.append(_pax_record("size", str(size).encode()))
     uid, gid = entry.uid, entry.gid
+    if records and not _utf8(entry.tar_name + entry.linkname):
+        # A name that is not UTF-8 goes in the PAX record as its bytes, which POSIX says a
+        # reader must be told (Python, GNU tar and Go then keep the bytes as they are).
+        records.append(_pax_record("hdrcharset", b"BINARY"))
     if uid > 0o7777777:
         records.append(_pax_record("uid", str(uid).encode()))
         uid = 0

@@ -260,6 +260,9 @@ class RunExecutor:
             self._swept = True
         owner = self._owner(run)
         env = dict(run.state.run_env())
+        # As BuildKit passes it: tools that honour it (Python writes hash-checked .pyc files)
+        # make output that stays valid under the layer's fixed mtimes. It is in the RUN's key.
+        env.setdefault("SOURCE_DATE_EPOCH", str(self.epoch))
         secret_values = self._check_secrets(run)
         snapshots = self.snapshots.ensure(run.layers)
         run_id = uuid.uuid4().hex[:20]

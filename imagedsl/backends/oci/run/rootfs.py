@@ -1,9 +1,10 @@
 """Root filesystems for RUN steps: extracted layers, overlay mounts, and the change a RUN makes.
 
 **Snapshots.** Each layer a RUN stands on is extracted once into the store, keyed by its
-diff_id (``oci/snapshots/v2/<hex>``), in overlayfs's own format: a deletion is a 0/0 character
-device, an opaque directory carries ``trusted.overlay.opaque=y``. Extraction goes to a
-temporary directory renamed into place, so a snapshot is whole or absent. Base layers have been
+diff_id (``oci/snapshots/v3/<hex>/fs``), in overlayfs's own format: a deletion is a 0/0
+character device, an opaque directory carries ``trusted.overlay.opaque=y``. Extraction goes to
+a temporary directory renamed into place, so a snapshot is whole or absent; beside the tree
+goes its integrity record (``check.json``), checked before a RUN stands on it. Base layers have been
 checked by :func:`imagedsl.backends.oci.filesystem.scan_layer` before they get here; extraction checks
 again on its own: every path is opened component by component with ``O_NOFOLLOW`` from the
 snapshot's root, so no entry can make a write land outside it. A RUN's own upper directory
@@ -37,6 +38,7 @@ import stat
 import tarfile
 import tempfile
 import uuid
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
@@ -46,9 +48,11 @@ import attrs
 
 from imagedsl.backends.oci.filesystem import (
     Filesystem,
+    LayerTar,
     UnsafeLayerError,
     _clean_member_name,
     drain,
+    whiteout_target,
 )
 from imagedsl.backends.oci.layer import (
     OPAQUE_MARKER,
@@ -59,14 +63,16 @@ from imagedsl.backends.oci.layer import (
     read_xattrs,
     sort_key,
 )
+from imagedsl.backends.oci.run.snapshot_check import check_snapshot, write_record
 from imagedsl.errors import EnvironmentFailure
 from imagedsl.oci.blobs import BlobStore, VerifyingReader, damaged_as_digest_error
 from imagedsl.oci.image import LayerBlob
 from imagedsl.oci.layerstream import decompressed
-from imagedsl.store import StoreArea
+from imagedsl.store import StoreArea, StoreWarning
 
-#: v2: snapshots hold the extended attributes their layers carry.
-SNAPSHOT_FORMAT: Final = "v2"
+#: v2: snapshots hold the extended attributes their layers carry. v3: each is ``fs/`` beside
+#: its integrity record ``check.json``.
+SNAPSHOT_FORMAT: Final = "v3"
 SNAPSHOTTER_ENV: Final = "IMAGEDSL_OCI_SNAPSHOTTER"
 OPAQUE_XATTR: Final = "trusted.overlay.opaque"
 _OVERLAY_XATTR_PREFIX: Final = "trusted.overlay."
@@ -326,7 +332,7 @@ def extract_layer(
     dirs = _DirFds(root_fd)
     dir_times: list[tuple[str, int]] = []
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as archive:
+        with LayerTar(stream, layer) as archive:
             for member in archive:
                 name = _clean_member_name(layer, member.name)
                 if not name:
@@ -337,7 +343,7 @@ def extract_layer(
                     os.setxattr(parent, OPAQUE_XATTR, b"y")
                     continue
                 if base.startswith(WHITEOUT_PREFIX):
-                    target = base[len(WHITEOUT_PREFIX) :]
+                    target = whiteout_target(layer, member.name, base)
                     dirs.forget(posixpath.join(head, target))
                     _whiteout(target, parent)
                     continue
@@ -352,7 +358,7 @@ def extract_layer(
 
 
 def _extract_member(
-    archive: tarfile.TarFile,
+    archive: LayerTar,
     member: tarfile.TarInfo,
     name: str,
     parent: int,
@@ -376,7 +382,6 @@ def _extract_member(
     dirs.forget(name)
     if member.isreg():
         handle = archive.extractfile(member)
-        assert handle is not None
         fd = _create(base, parent)
         try:
             while data := handle.read(_COPY_CHUNK):
@@ -447,15 +452,24 @@ def _copy_from_lowers(
 
 
 class Snapshots:
-    """Extracted layers in the store, one directory per diff_id, each made atomically."""
+    """Extracted layers in the store, one directory per diff_id, each made atomically, each
+    with an integrity record checked before a RUN stands on it.
+
+    A snapshot is ``<root>/<diff_id hex>/`` holding the tree (``fs/``) and its record
+    (``check.json``, :mod:`~imagedsl.backends.oci.run.snapshot_check`), made in a staging
+    directory and renamed into place whole. One found changed since it was made is a
+    :class:`~imagedsl.store.StoreWarning`; it is removed and extracted again from its layer.
+    """
 
     def __init__(self, blobs: BlobStore) -> None:
         self.blobs = blobs
         self.root = blobs.store.area(StoreArea.OCI_SNAPSHOTS) / SNAPSHOT_FORMAT
+        #: Snapshots checked by this process (a build checks each once).
+        self._checked: set[Path] = set()
 
     def path(self, diff_id: str) -> Path:
-        """Where the snapshot of ``diff_id`` lives (it may not exist yet)."""
-        return self.root / diff_id.partition(":")[2]
+        """Where the tree of the snapshot of ``diff_id`` lives (it may not exist yet)."""
+        return self.root / diff_id.partition(":")[2] / "fs"
 
     def _staging(self) -> Path:
         # The tree below holds setuid files and root's secrets: only root may walk into it.
@@ -464,14 +478,46 @@ class Snapshots:
         return Path(tempfile.mkdtemp(prefix=".extract-", dir=self.root))
 
     def ensure(self, layers: Sequence[LayerBlob]) -> list[Path]:
-        """The snapshots of ``layers`` (bottom first), extracting those not made yet."""
+        """The snapshots of ``layers`` (bottom first), extracting those not made yet or found
+        damaged."""
         paths: list[Path] = []
         for layer in layers:
             final = self.path(layer.diff_id)
-            if not final.is_dir():
+            if not (final.is_dir() and self.intact(final)):
                 self._extract(layer, final, lowers=list(reversed(paths)))
+                self._checked.add(final)
             paths.append(final)
         return paths
+
+    def intact(self, final: Path) -> bool:
+        """Whether the snapshot whose tree is ``final`` still matches its record (checked
+        once per process); a damaged one is reported and removed."""
+        if final in self._checked:
+            return True
+        record = final.parent / "check.json"
+        damage = check_snapshot(final, record)
+        if damage is None:
+            with contextlib.suppress(OSError):
+                os.utime(record)  # its last use
+            self._checked.add(final)
+            return True
+        warnings.warn(
+            f"snapshot {final.parent} is damaged ({damage}); it is extracted again",
+            StoreWarning,
+            stacklevel=3,
+        )
+        self.discard(final)
+        return False
+
+    def discard(self, final: Path) -> None:
+        """Remove a snapshot (renamed aside first, so it is never seen half removed)."""
+        self._checked.discard(final)
+        unit = final.parent
+        self.root.mkdir(parents=True, exist_ok=True)
+        doomed = Path(tempfile.mkdtemp(prefix=".discard-", dir=self.root))
+        with contextlib.suppress(FileNotFoundError):  # another build removed it first
+            os.rename(unit, doomed / "unit")
+        shutil.rmtree(doomed, ignore_errors=True)
 
     def _extract(self, layer: LayerBlob, final: Path, lowers: Sequence[Path]) -> None:
         staging = self._staging()
@@ -488,14 +534,25 @@ class Snapshots:
                 extract_layer(inner, tree, layer=layer.digest, lowers=lowers)  # type: ignore[arg-type]
                 inner.drain()
                 drain(raw)
-            self.adopt(tree, final)
+            self._seal(staging, final)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
     def adopt(self, tree: Path, final: Path) -> None:
-        """Rename a finished tree to its snapshot name (another build may have won the race)."""
+        """Make the finished ``tree`` the snapshot whose tree is ``final`` (another build may
+        have won the race; then ``tree`` is left where it is)."""
+        staging = self._staging()
         try:
-            os.rename(tree, final)
+            os.rename(tree, staging / "fs")
+            self._seal(staging, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _seal(self, staging: Path, final: Path) -> None:
+        """Record ``staging/fs`` and rename ``staging`` into place as ``final``'s snapshot."""
+        write_record(staging / "fs", staging / "check.json")
+        try:
+            os.rename(staging, final.parent)
         except OSError as error:
             if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                 raise
