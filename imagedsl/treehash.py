@@ -18,8 +18,8 @@ import os
 import posixpath
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import attrs
 import blake3
@@ -55,6 +55,25 @@ _HASH_PIECE: Final = 8 << 20
 _INLINE_FILES: Final = 16
 #: Symlinks followed in a row before giving up (Linux's own limit).
 _MAX_SYMLINKS: Final = 40
+_Kept = TypeVar("_Kept", bound=tuple[bytes, object])
+
+
+def _unchanged_directories(
+    deepest_first: Sequence[str], subtree: Mapping[str, bytes], before: Mapping[str, _Kept]
+) -> tuple[dict[str, _Kept], list[str]]:
+    """What a previous run kept for each directory whose subtree digest is the same (by
+    name), and the directories that changed, deepest first."""
+    now: dict[str, _Kept] = {}
+    changed = []
+    for directory in deepest_first:
+        old = before.get(directory)
+        if old is not None and old[0] == subtree[directory]:
+            now[directory] = old
+        else:
+            changed.append(directory)
+    return now, changed
+
+
 #: A tree row: (placed, source, type, mode, size, digest), the tuple form of a TreeEntry.
 Row = tuple[str, str, str, int, int, str]
 
@@ -485,22 +504,9 @@ class ContextHasher:
         assign = _AutoAssign(large, rest)
         deepest_first, subtree = self._subtrees[(probe, base)]
         key = f"{memo}\0{assign.large}\0{assign.rest}"
-        before = cache.part_subtrees(key)
-        now: dict[str, tuple[bytes, bytes]] = {}
-        changed = []
-        for directory in deepest_first:
-            old = before.get(directory)
-            if old is not None and old[0] == subtree[directory]:
-                now[directory] = old
-            else:
-                changed.append(directory)
-        files = [
-            (path, entry)
-            for directory in changed
-            for path, entry in directories[directory].items()
-            if entry[TYPE] != "dir"
-        ]
-        contents = self._digests(root, files) if files else {}
+        before: Mapping[str, tuple[bytes, bytes]] = cache.part_subtrees(key)
+        now, changed = _unchanged_directories(deepest_first, subtree, before)
+        contents = self._changed_contents(root, directories, changed)
         cut = len(base) + 1 if base else 0
         empty = bytes.fromhex(_directory_digest((), top=False))
         for directory in changed:  # deepest first: subdirectories are done before parents
@@ -775,22 +781,9 @@ class ContextHasher:
                 hasher.update(subtree[child])
             subtree[directory] = hasher.digest()
         self._subtrees[(probe, base)] = (deepest_first, subtree)
-        before = cache.subtrees.get(memo, {})
-        now: dict[str, tuple[bytes, str]] = {}
-        changed = []
-        for directory in deepest_first:
-            old = before.get(directory)
-            if old is not None and old[0] == subtree[directory]:
-                now[directory] = old
-            else:
-                changed.append(directory)
-        files = [
-            (path, entry)
-            for directory in changed
-            for path, entry in directories[directory].items()
-            if entry[TYPE] != "dir"
-        ]
-        contents = self._digests(root, files) if files else {}
+        before_digests: Mapping[str, tuple[bytes, str]] = cache.subtrees.get(memo, {})
+        now, changed = _unchanged_directories(deepest_first, subtree, before_digests)
+        contents = self._changed_contents(root, directories, changed)
         for directory in changed:  # deepest first: subdirectories are done before parents
             records = []
             for path, entry in directories[directory].items():
@@ -804,6 +797,18 @@ class ContextHasher:
         if changed:
             self._dirty.add(root)
         return now[base][1]
+
+    def _changed_contents(
+        self, root: str, directories: Mapping[str, Mapping[str, Entry]], changed: Sequence[str]
+    ) -> dict[str, str]:
+        """Content digests of the files (not directories) in the ``changed`` directories."""
+        files = [
+            (path, entry)
+            for directory in changed
+            for path, entry in directories[directory].items()
+            if entry[TYPE] != "dir"
+        ]
+        return self._digests(root, files) if files else {}
 
     def _digests(self, root: str, entries: Iterable[tuple[str, Entry]]) -> dict[str, str]:
         """Content digests (file bytes, symlink targets; directories have none)."""

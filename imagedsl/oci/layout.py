@@ -134,17 +134,20 @@ def blob_name(digest: str) -> str:
     return "blobs/sha256/" + check_digest(digest).partition(":")[2]
 
 
-def import_local_image(reference: ImageReference, platform: str, blobs: BlobStore) -> BaseImage:
-    """Bring an image from a layout or archive into the store (checked) and read its config."""
+def _local_source(reference: ImageReference) -> tuple[str, str | None, _Source]:
+    """The reference as shown, its tag, and the layout directory or archive it names."""
     shown = str(reference)
     path, tag = split_path_tag(reference.name, reference.tag)
-    source: _Source
     if reference.transport == "oci":
-        source = _DirSource(path)
-    else:
-        if not path.is_file():
-            raise BaseImageError(shown, f"{path} is not a file")
-        source = _TarSource(path)
+        return shown, tag, _DirSource(path)
+    if not path.is_file():
+        raise BaseImageError(shown, f"{path} is not a file")
+    return shown, tag, _TarSource(path)
+
+
+def import_local_image(reference: ImageReference, platform: str, blobs: BlobStore) -> BaseImage:
+    """Bring an image from a layout or archive into the store (checked) and read its config."""
+    shown, tag, source = _local_source(reference)
     try:
         if reference.transport == "docker-archive":
             return _import_docker_archive(source, shown, tag, blobs)
@@ -511,15 +514,7 @@ class ArchiveMember:
 @contextlib.contextmanager
 def read_local_image(reference: ImageReference, platform: str) -> Iterator[LocalImage]:
     """Open the image a local reference names, without copying it anywhere."""
-    shown = str(reference)
-    path, tag = split_path_tag(reference.name, reference.tag)
-    source: _Source
-    if reference.transport == "oci":
-        source = _DirSource(path)
-    else:
-        if not path.is_file():
-            raise BaseImageError(shown, f"{path} is not a file")
-        source = _TarSource(path)
+    shown, tag, source = _local_source(reference)
     try:
         if reference.transport == "docker-archive":
             yield _read_docker_archive(source, shown, tag)
