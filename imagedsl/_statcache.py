@@ -11,6 +11,7 @@ whose entry is unchanged (DESIGN.md: content is always hashed when anything chan
 from __future__ import annotations
 
 import functools
+import gc
 import marshal
 import os
 import posixpath
@@ -289,6 +290,17 @@ class DirectoryLister:
     def run(self, start: str) -> dict[str, tuple[dict[str, Entry], bytes]]:
         """Directory (relative path) -> (its entries that the rules keep, their signature),
         for ``start`` and every directory below it."""
+        # A scan makes tens of thousands of tuples and no cycle: the cyclic garbage collector
+        # would walk them again and again for nothing.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run(start)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _run(self, start: str) -> dict[str, tuple[dict[str, Entry], bytes]]:
         listed: dict[str, tuple[dict[str, Entry], bytes]] = {}
         here, below = self.list(start)
         listed[start] = (here, directory_signature(here))

@@ -606,9 +606,13 @@ class _Keyer:
         else:
             preimage, trees = self._copy_context(step, before, parent)
         key = keys.key_of(preimage)
+        fs_key = key
+        if isinstance(step, Copy | Add) and step.link:
+            # The layer does not depend on what is below it, but the filesystem after it does.
+            fs_key = keys.key_of(keys.layers_preimage([parent.fs_key, key]))
         node = StepNode(
             key=key,
-            fs_key=key,
+            fs_key=fs_key,
             preimage=preimage,
             provisional=provisional,
             structural_key=structural_key,
@@ -702,7 +706,8 @@ class _Keyer:
                     **fields,
                 )
             )
-        joined = keys.key_of(keys.layers_preimage([n.key for n in nodes]))
+        below_too = [parent.fs_key] if step.link else []  # linked parts do not hold it
+        joined = keys.key_of(keys.layers_preimage([*below_too, *(n.key for n in nodes)]))
         nodes[-1] = attrs.evolve(nodes[-1], fs_key=joined)
         return nodes
 

@@ -36,7 +36,7 @@ from imagedsl.graph import (
 )
 from imagedsl.oci.platform import Platform, canonical_platform
 from imagedsl.reporting import Reporter
-from imagedsl.steps import Arg, Env, FromImage, Run, StageNamer, Step, describe
+from imagedsl.steps import Add, Arg, Copy, Env, FromImage, Run, StageNamer, Step, describe
 from imagedsl.store import Record, Store, StoreWarning
 from imagedsl.treehash import ContextHasher, Tree
 
@@ -305,6 +305,11 @@ def _statuses(graph: BuildGraph, store: Store | None) -> tuple[PlannedStep, ...]
                 )
             )
             continue
+        # A link=True layer does not depend on the filesystem below it: it is reused whatever
+        # that is (the filesystem after it is new when the one below is).
+        linked = isinstance(node.step, Copy | Add) and node.step.link
+        if linked:
+            deps = [d for d in deps if d != node.parent]
         deps_hit = all(effective[d] is PlanStatus.HIT for d in deps)
         record = _get(store, node.key) if node.kind != "scratch" else None
         if node.kind == "scratch" or (record is not None and deps_hit):
@@ -315,12 +320,14 @@ def _statuses(graph: BuildGraph, store: Store | None) -> tuple[PlannedStep, ...]
             status = PlanStatus.MISS
             explained = _explain(node, store, rows, have_record=record is not None)
             reasons = tuple(credentials.mask_text(reason) for reason in explained)
+        after = status
         if node.group is not None and node.index != node.group:
             # The filesystem after a layered COPY is a hit only if every layer is.
             siblings = [rows[i].status for i in range(node.group, node.index)]
-            effective.append(_worst([*siblings, status]))
-        else:
-            effective.append(status)
+            after = _worst([*siblings, status])
+        if linked and node.parent is not None:
+            after = _worst([after, effective[node.parent]])
+        effective.append(after)
         rows.append(
             PlannedStep(
                 node=node, instruction=instruction, status=status, reasons=reasons, notes=notes

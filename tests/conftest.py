@@ -140,7 +140,7 @@ def fixture_fidelity(
     fidelity_oci_store: Path,
     tmp_path: Path,
 ) -> fidelity_support.FidelityRun:
-    """Runs one edit scenario (see tests/fidelity_support.py)."""
+    """Runs one edit scenario (see tests/support/fidelity.py)."""
     return fidelity_support.FidelityRun(
         engine=docker_engine, image=busybox_image, oci_store=fidelity_oci_store, root=tmp_path
     )

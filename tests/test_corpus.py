@@ -1,6 +1,6 @@
 """The corpus: real-world style Dockerfiles and the build.py files that say the same thing.
 
-For each entry of tests/resources/corpus/ (see tests/corpus_support.py):
+For each entry of tests/resources/corpus/ (see tests/support/corpus.py):
 
 - lowering the build.py gives the Dockerfile's instructions, read by BuildKit's own parser and
   put in a canonical form (stage names, where stages are cut and context directory names
@@ -57,7 +57,7 @@ def copy_entry(name: str, tmp_path: Path) -> Path:
 
 
 def plan_of(build_py: Path, target: str | None = None) -> Plan:
-    return BuildSession(build_py, target, store=build_py.parent / ".store").plan()
+    return BuildSession(build_py, target, store=build_py.parent.parent / "store").plan()
 
 
 @pytest.mark.parametrize("name", ENTRIES)

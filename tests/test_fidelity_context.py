@@ -1,5 +1,5 @@
 """Edit scenarios for the build context: content, modes, names, files added and removed, and
-ignore rules (see tests/fidelity_support.py for what each scenario checks)."""
+ignore rules (see tests/support/fidelity.py for what each scenario checks)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Edit scenarios for COPY and ADD: options, destinations, sources from the context and from
-other stages (see tests/fidelity_support.py for what each scenario checks)."""
+other stages (see tests/support/fidelity.py for what each scenario checks)."""
 
 from __future__ import annotations
 
@@ -193,7 +193,15 @@ SCENARIOS = [
         after="""app = BASE.run("echo two > /below").copy(src.dir("app"), "/app", link=True)""",
         files=FILES,
         misses=1,
-        needs="COPY --link",
+    ),
+    Scenario(
+        name="a layer below a linked copy changes and a run after reads it",
+        before="""app = BASE.run("echo one > /below").copy(src.dir("app"), "/app", link=True)"""
+        """.run("cat /below > /seen")""",
+        after="""app = BASE.run("echo two > /below").copy(src.dir("app"), "/app", link=True)"""
+        """.run("cat /below > /seen")""",
+        files=FILES,
+        misses=2,
     ),
 ]
 

@@ -1,6 +1,6 @@
 """Edit scenarios for the environment BuildKit keys a RUN on: ENV and ARG values, their order
 and precedence, build args, global ARGs, the automatic platform ARGs, and the platform itself
-(see tests/fidelity_support.py for what each scenario checks).
+(see tests/support/fidelity.py for what each scenario checks).
 
 BuildKit keeps one ordered list of variables per stage: ENV and ARG (when it has a value) both
 write to it, a write to an existing name moves it to the end, and a RUN is keyed on the list in

@@ -1,5 +1,5 @@
 """Edit scenarios for RUN: commands, forms, mounts (cache, secret, bind, tmpfs) and their
-options, network, and stages built for other stages (see tests/fidelity_support.py)."""
+options, network, and stages built for other stages (see tests/support/fidelity.py)."""
 
 from __future__ import annotations
 

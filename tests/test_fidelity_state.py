@@ -1,6 +1,6 @@
 """Edit scenarios for the state steps leave: WORKDIR, USER, SHELL, and the config-only steps
 (LABEL, EXPOSE, CMD, ENTRYPOINT, HEALTHCHECK, STOPSIGNAL, VOLUME), which change the image
-config and nothing BuildKit builds (see tests/fidelity_support.py)."""
+config and nothing BuildKit builds (see tests/support/fidelity.py)."""
 
 from __future__ import annotations
 

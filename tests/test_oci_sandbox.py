@@ -301,8 +301,7 @@ def test_missing_slirp4netns_is_an_environment_failure(
     monkeypatch.setenv("IMAGEDSL_SLIRP4NETNS", shutil.which("false") or "/bin/false")
     with pytest.raises(NetworkUnavailableError, match="did not start"):
         run_build(dsl.image(base).run("true"), store)
-    with open("/proc/self/mountinfo") as handle:
-        assert "imagedsl-run-" not in handle.read()
+    assert _bound_namespaces(store) == []
     _, recorder = run_build(
         dsl.image(base).run("echo ::probe; echo offline", network="none"), store
     )
@@ -316,17 +315,29 @@ def test_nothing_of_the_sandbox_is_left(base: str, store: Store) -> None:
     with pytest.raises(Exception, match="exit code 3"):
         run_build(dsl.image(base).run("exit 3"), store)
     assert _slirp_processes(store) == []
-    with open("/proc/self/mountinfo") as handle:
-        assert "imagedsl-run-" not in handle.read()
+    assert _bound_namespaces(store) == []
 
 
-def _slirp_processes(store: Store) -> list[int]:
-    """slirp4netns processes attached to a namespace of this store's RUN steps."""
+def _private_prefix(store: Store) -> str:
+    """The start of the private directories' names of this store's RUN steps (other tests
+    may be running RUN steps of their own stores meanwhile)."""
     from imagedsl.backends.oci.run.executor import RunExecutor
     from imagedsl.oci.blobs import BlobStore
 
     executor = RunExecutor(BlobStore(store), secrets=(), epoch=0, timeout=None, on_output=print)
-    prefix = executor._private_name("")
+    return executor._private_name("")
+
+
+def _bound_namespaces(store: Store) -> list[str]:
+    """Mount points of this store's RUN steps still in the mount table."""
+    prefix = _private_prefix(store)
+    with open("/proc/self/mountinfo") as handle:
+        return [line for line in handle if prefix in line]
+
+
+def _slirp_processes(store: Store) -> list[int]:
+    """slirp4netns processes attached to a namespace of this store's RUN steps."""
+    prefix = _private_prefix(store)
     found = []
     for proc in Path("/proc").iterdir():
         with contextlib.suppress(OSError):

@@ -367,3 +367,26 @@ def test_a_bind_mount_of_an_unbuilt_stage_with_its_own_change_misses(store: Stor
     build_all(api.plan(make_bound("make", readwrite=True), "s", store=store), store)
     plan = api.plan(make_bound("make --again", readwrite=True), "s", store=store)
     assert statuses(plan) == ["hit", "hit", "miss", "maybe", "maybe"]
+
+
+def test_a_linked_copy_hits_on_a_changed_layer_below_and_what_follows_misses(
+    src_dir: Path, store: Store
+) -> None:
+    """link=True: the COPY's own layer is reused whatever is below it, but the filesystem
+    after it is not the one the next step was built on."""
+    src = dsl.context(src_dir)
+
+    def linked(below: str) -> dsl.Stage:
+        return (
+            dsl.image(f"busybox@{DIGEST_A}")
+            .run(f"echo {below} > /below")
+            .copy(src.dir("app"), "/app", link=True)
+            .run("cat /below > /seen")
+        )
+
+    build_all(api.plan(linked("one"), "s", store=store), store)
+    plan = api.plan(linked("two"), "s", store=store)
+    assert statuses(plan) == ["hit", "miss", "hit", "miss"]
+    before = api.plan(linked("one"), "s")
+    assert plan.steps[2].key == before.steps[2].key
+    assert plan.steps[3].key != before.steps[3].key

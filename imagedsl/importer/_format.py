@@ -141,17 +141,21 @@ def assignment(name: str, value: Expr | Chain) -> list[str]:
             return [*comments, *layout(value.head, 0, f"{name} = ")]
         last = value.links[-1].call
         return [*comments, *layout(Call(f"{head}.{last.func}", last.args), 0, f"{name} = ")]
+    above: list[str] = []
+    if isinstance(value.head, Atom):
+        # ruff keeps a name and its first call together (``deps.copy(...)`` then
+        # ``.run(...)``): the first call's comments go above the statement.
+        above = list(value.links[0].comments)
+        comments = [c for link in value.links[1:] for c in link.comments]
     if len(one) <= LINE_LENGTH and not comments:
-        return [one]
+        return [*above, one]
     inside = INDENT + flat(value)
     if len(inside) <= LINE_LENGTH and not comments:
-        return [f"{name} = (", inside, ")"]
-    lines = [f"{name} = ("]
+        return [*above, f"{name} = (", inside, ")"]
+    lines = [*above, f"{name} = ("]
     links = value.links
     if isinstance(value.head, Atom):
-        # ruff keeps a name and its first call together: ``deps.copy(...)`` then ``.run(...)``.
         first = links[0]
-        lines[:0] = list(first.comments)
         lines.extend(layout(Call(f"{value.head.text}.{first.call.func}", first.call.args), 1))
         links = links[1:]
     else:

@@ -30,7 +30,7 @@ import dockerfile
 import imagedsl as dsl
 from tests.support.docker import DockerEngine
 
-RESOURCES = Path(__file__).resolve().parent / "resources"
+RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 CORPUS = RESOURCES / "corpus"
 TOOLCHAINS = RESOURCES / "toolchains"
 TOOLCHAIN_LABEL = "org.imagedsl.test.toolchains-sha256"

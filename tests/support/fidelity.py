@@ -12,7 +12,7 @@ the plan should say about it. :func:`run_scenario` then:
 4. plans again: every step was recorded, so nothing misses;
 5. builds the edited project with the OCI backend and compares the two images: the root
    filesystem file by file (type, mode, owner, content) and the image config, apart from the
-   by-nature differences of :func:`equivalence_support.differences`.
+   by-nature differences of :func:`tests.support.equivalence.differences`.
 
 Every stage of a scenario starts with a RUN that writes a token unique to the scenario run
 (``BASE`` in the body is ``dsl.image(IMAGE).run("echo TOKEN > /token")``), so no other test,

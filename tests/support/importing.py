@@ -68,7 +68,8 @@ def _read(text: str, escape: str = "\\") -> str:
     if escape != "\\":
         # The model reads backslash escapes: spell the file's escapes that way first.
         text = re.sub(rf"\\|{re.escape(escape)}(.)", lambda m: "\\" + (m[1] or "\\"), text)
-    return read_word(text, _ENV)
+    word: str = read_word(text, _ENV)
+    return word
 
 
 def _ref(reference: str) -> str:

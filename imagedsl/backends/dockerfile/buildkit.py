@@ -13,7 +13,8 @@ refused before the build starts, naming the step (see docs/dockerfile-backend.md
 
 A no-op is cheap: the engine found last time is reused (``ENGINES`` in the store), and when
 every step is a hit and the engine still holds the very image this lowered build made last
-time under every asked tag (``DOCKER_IMAGES``), BuildKit is not called at all.
+time under every asked tag (``DOCKER_IMAGES``), BuildKit is not called at all (unless
+``--progress plain`` asks for BuildKit's own output).
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ class DockerfileBackend:
         output_kind, archive, output_tag = _parse_output(request.output)
         tags = [*request.tags, *([output_tag] if output_tag else [])]
         made = _MadeImages(store, engine, plan, lowered, request, tags)
-        if output_kind == "docker":
+        if output_kind == "docker" and request.progress != "plain":
+            # (--progress plain asks for BuildKit's own account of every step: it runs.)
             known = made.still_there()
             if known is not None:
                 return _nothing_to_do(plan, reporter, tags, known)
