@@ -76,6 +76,8 @@ class Run:
 
     seconds: float
     peak_rss_mb: float
+    #: CPU seconds (user + system) the process used: steadier than wall time on a busy machine.
+    cpu_seconds: float = 0.0
 
 
 def timed(argv: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None) -> Run:
@@ -91,7 +93,7 @@ def timed(argv: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None) 
         proc.stderr.close()
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"command failed: {' '.join(argv)}\n{stderr}")
-    return Run(seconds, usage.ru_maxrss / 1024)
+    return Run(seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
 
 
 def median(values: Sequence[float]) -> float:

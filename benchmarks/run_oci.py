@@ -23,7 +23,7 @@ namespace). Two situations, each timed alternately for both backends in one run,
 
 The base must be in the engine and hold no device nodes (the OCI backend refuses them in base
 layers); the default is the Debian base the tests make
-(``tests/equivalence_support.ensure_nodev_image``; running
+(``tests/support/equivalence.ensure_nodev_image``; running
 ``pytest tests/test_oci_examples.py -k python`` once makes it). The benchmark's tags are
 unique to the run and removed afterwards. ``--private-engine`` runs it against an engine of
 its own that has no bridge network at all (``benchmarks/_private_engine.py``).

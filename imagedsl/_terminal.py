@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from imagedsl.errors import SourceLocation
 from imagedsl.reporting import Reporter
 
 if TYPE_CHECKING:
-    from imagedsl.errors import SourceLocation
+    from imagedsl.check import CheckReport, Finding
+    from imagedsl.inspect import InspectReport
     from imagedsl.planner import Plan
 
 
@@ -98,8 +100,9 @@ class TerminalReporter(Reporter):
         self._line(f"pinned {count} base image(s) in {display_path(Path(lock_path))}")
 
 
-def format_plan(plan: Plan, buildfile: str) -> str:
-    """The human table: one row per step, reasons indented under misses."""
+def format_plan(plan: Plan, buildfile: str, findings: Sequence[Finding] = ()) -> str:
+    """The human table: one row per step, reasons indented under misses, and ``findings``
+    (``imagedsl check``'s errors) one line each under the steps they concern."""
     rows = [("WAVE", "STEP", "STATUS", "KEY", "INSTRUCTION")]
     details: dict[int, list[str]] = {}
     for i, step in enumerate(plan.steps):
@@ -113,6 +116,8 @@ def format_plan(plan: Plan, buildfile: str) -> str:
             )
         )
         details[i + 1] = [*step.reasons, *(f"note: {n}" for n in step.notes)]
+    for finding in findings:
+        details[finding.row + 1].append(f"{finding.severity} {finding.rule}: {finding.summary}")
     widths = [max(len(row[c]) for row in rows) for c in range(4)]
     lines = [f"plan for {buildfile}:{plan.target}"]
     for i, row in enumerate(rows):
@@ -125,6 +130,64 @@ def format_plan(plan: Plan, buildfile: str) -> str:
         f"{summary['hit']} hit, {summary['miss']} miss, {summary['maybe']} maybe, "
         f"{summary['config']} config"
     )
+    return "\n".join(lines) + "\n"
+
+
+def format_findings(report: CheckReport) -> str:
+    """``imagedsl check``'s text: ``FILE:LINE: severity rule: message`` per finding, then the
+    counts."""
+    lines = []
+    for finding in report.findings:
+        where = display_location(SourceLocation(finding.file, finding.line))
+        mark = " (suppressed by allow)" if finding.suppressed else ""
+        lines.append(
+            f"{where}: {finding.severity} {finding.rule}{mark}: {finding.message} "
+            f"[{finding.stage}[{finding.step}]]"
+        )
+    counts = report.counts()
+    lines.append(
+        f"{report.target}: {counts['error']} error(s), {counts['warning']} warning(s), "
+        f"{counts['info']} info, {counts['suppressed']} suppressed"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def format_inspect(report: InspectReport, *, top: int = 10) -> str:
+    """``imagedsl inspect``'s text: a row per layer, the totals, the biggest waste, secrets."""
+    lines = [f"image {report.image}"]
+    rows = [("LAYER", "SIZE", "COMPRESSED", "WASTED", "+", "~", "-", "MADE BY")]
+    for layer in report.layers:
+        made_by = (
+            layer.created_by if layer.step is None else f"{layer.step} {layer.file}:{layer.line}"
+        )
+        rows.append(
+            (
+                str(layer.index),
+                human_size(layer.content_bytes),
+                human_size(layer.compressed_bytes),
+                human_size(layer.wasted_bytes),
+                str(layer.added),
+                str(layer.changed),
+                str(layer.deleted),
+                _truncate(made_by, 60),
+            )
+        )
+    widths = [max(len(row[c]) for row in rows) for c in range(7)]
+    for row in rows:
+        cells = [row[c].rjust(widths[c]) if c else row[c].ljust(widths[c]) for c in range(7)]
+        lines.append("  ".join([*cells, row[7]]).rstrip())
+    lines.append(
+        f"size {human_size(report.size_bytes)}, wasted {human_size(report.wasted_bytes)}, "
+        f"efficiency {report.efficiency * 100:.2f} %"
+    )
+    for item in report.wasted[:top]:
+        layers = ", ".join(str(i) for i in item.layers)
+        lines.append(f"  wasted {human_size(item.bytes):>10}  {item.path} (layers {layers})")
+    if len(report.wasted) > top:
+        lines.append(f"  ... and {len(report.wasted) - top} more wasted paths (--json lists all)")
+    for secret in report.secrets:
+        hidden = ", deleted later but still in the layer" if secret.deleted_later else ""
+        lines.append(f"secret: {secret.path} ({secret.kind}) in layer {secret.layer}{hidden}")
     return "\n".join(lines) + "\n"
 
 

@@ -13,9 +13,11 @@ plumbing, for tools that drive builds themselves::
 
 A :class:`BuildSession` holds one build file, one target and the options every command shares
 (build args, platform, store, registry trust, a :class:`~imagedsl.reporting.Reporter`). Each
-method is one command: :meth:`~BuildSession.plan`, :meth:`~BuildSession.build`,
+method is one command: :meth:`~BuildSession.plan`, :meth:`~BuildSession.check`,
+:meth:`~BuildSession.build`,
 :meth:`~BuildSession.lower`, :meth:`~BuildSession.resolve_bases`, and the remote cache's
-:meth:`~BuildSession.import_cache`; :func:`push_image` pushes an existing layout or archive.
+:meth:`~BuildSession.import_cache`; :func:`push_image` pushes an existing layout or archive,
+:func:`inspect_image` reads any image and :func:`write_html` draws what it found.
 Progress and messages go to the reporter's hooks only: the library prints nothing.
 """
 
@@ -35,7 +37,10 @@ from imagedsl.backends import (
     BuildRequestError,
     BuildResult,
     SecretSource,
+    check_entitlement_names,
+    check_entitlements,
     get_backend,
+    required_entitlement,
 )
 from imagedsl.loader import BuildFile, load_buildfile, split_spec
 from imagedsl.planner import (
@@ -51,7 +56,10 @@ from imagedsl.reporting import Reporter
 from imagedsl.store import Record, Store, StoreWarning, default_store_path
 
 if TYPE_CHECKING:
+    from imagedsl.check import CheckReport
+    from imagedsl.inspect import InspectReport
     from imagedsl.lockfile import LockFile
+    from imagedsl.maintenance import PruneReport, VerifyReport
     from imagedsl.registry.client import PushResult, RegistryClient
     from imagedsl.remote_cache import RemoteCache
 
@@ -72,20 +80,49 @@ __all__ = [
     "StoreWarning",
     "default_store_path",
     "get_backend",
+    "import_dockerfile",
+    "inspect_image",
     "load_buildfile",
     "open_store",
     "plan",
+    "prune_store",
     "push_image",
     "record_copy_output",
     "record_step",
     "settle",
     "split_spec",
+    "verify_store",
+    "write_html",
 ]
 
 
 def open_store(path: str | os.PathLike[str] | None = None) -> Store:
     """The store at ``path``, else ``$IMAGEDSL_STORE``, else the user cache directory."""
     return Store(default_store_path(path))
+
+
+def verify_store(store: Store | str | os.PathLike[str] | None = None) -> VerifyReport:
+    """``imagedsl cache verify``: check everything the store holds against what names it
+    (every blob hashed, every snapshot compared byte by byte); remove and report the damaged
+    (see :mod:`imagedsl.maintenance`)."""
+    from imagedsl.maintenance import verify_store as verify
+
+    return verify(store if isinstance(store, Store) else open_store(store))
+
+
+def prune_store(
+    store: Store | str | os.PathLike[str] | None = None,
+    *,
+    older_than: float | None = None,
+    max_size: int | None = None,
+) -> PruneReport:
+    """``imagedsl cache prune``: remove what was not used for ``older_than`` seconds, then the
+    least recently used until at most ``max_size`` bytes are left (see
+    :mod:`imagedsl.maintenance`)."""
+    from imagedsl.maintenance import prune_store as prune
+
+    chosen = store if isinstance(store, Store) else open_store(store)
+    return prune(chosen, older_than=older_than, max_size=max_size)
 
 
 @attrs.frozen(kw_only=True)
@@ -105,7 +142,9 @@ class BuildSession:
     ``buildfile`` is a path (or ``FILE:TARGET``, or a directory holding ``build.py``) or a
     :class:`BuildFile` already loaded; ``target`` None means the build file's default.
     ``store`` is a :class:`Store` or a directory (default: :func:`open_store`).
-    ``insecure`` allows plain HTTP to registries off loopback.
+    ``insecure`` allows plain HTTP to registries off loopback. ``allow`` grants entitlements
+    as BuildKit's ``--allow`` does (``network.host``: RUN steps with ``network="host"`` may use
+    the host's network); a plan says which steps need one.
     """
 
     def __init__(
@@ -118,7 +157,9 @@ class BuildSession:
         store: Store | str | os.PathLike[str] | None = None,
         reporter: Reporter | None = None,
         insecure: bool = False,
+        allow: Sequence[str] = (),
     ) -> None:
+        self.allow = check_entitlement_names(allow)
         if isinstance(buildfile, BuildFile):
             self.buildfile = buildfile
         else:
@@ -143,7 +184,7 @@ class BuildSession:
         """Plan the target without running anything; ``cache_from`` imports remote caches'
         records first (and notes on each hit they made)."""
         added = self.import_cache(cache_from) if cache_from else {}
-        planned = self._plan()
+        planned = _note_entitlements(self._plan(), self.allow)
         return _note_remote_hits(planned, added) if added else planned
 
     def _plan(self) -> Plan:
@@ -155,17 +196,48 @@ class BuildSession:
             reporter=self.reporter,
         )
 
+    # -- check ---------------------------------------------------------------------------------
+
+    def check(self, plan: Plan | None = None) -> CheckReport:
+        """Apply ``imagedsl check``'s rules to the target (planned now, or ``plan``): no
+        daemon, no build. See :mod:`imagedsl.check` and docs/rules.md."""
+        from imagedsl.check.engine import check_plan
+
+        planned = self._plan() if plan is None else plan
+        return check_plan(planned, store=self.store, build_args=self.build_args)
+
     def resolve_bases(self) -> LockFile:
-        """Pin every registry base the build file leaves unpinned (a HEAD on its manifest) in
-        the ``imagedsl.lock`` beside the build file; the next plan keys them by digest."""
-        from imagedsl.lockfile import LockFile, unpinned_bases
+        """Pin every registry or ``docker-daemon:`` base the build file leaves unpinned, in the
+        ``imagedsl.lock`` beside the build file: the local engine's image where it has one for
+        the platform (no registry is asked), else what the registry's tag names now. Each pin
+        is the image's config digest (its content identity) and, when known, the manifest
+        digest that pulls it; the next plan keys the bases by content."""
+        from imagedsl.bases import BaseNotFoundError, engine_pin
+        from imagedsl.engine_api import LocalImages
+        from imagedsl.lockfile import LockFile, Pin, unpinned_bases
+        from imagedsl.oci.platform import Platform
 
         lock = LockFile.beside(self.path)
         wanted = unpinned_bases(self._plan())
-        resolved = []
-        with self._registry() as client:
-            for (name, platform), image in sorted(wanted.items()):
-                resolved.append((name, platform, client.resolve(image).digest))
+        images = LocalImages()
+        resolved: list[tuple[str, str, Pin]] = []
+        remote = {}
+        for (name, platform), image in sorted(wanted.items()):
+            pin = engine_pin(images, image, platform)
+            if pin is not None:
+                resolved.append((name, platform, pin))
+            elif image.transport == "registry":
+                remote[name, platform] = image
+            else:
+                held = images.absence() if images.engine is None else "has no such image"
+                raise BaseNotFoundError(str(image), None, (("the local engine", held),))
+        if remote:
+            with self._registry() as client:
+                for (name, platform), image in sorted(remote.items()):
+                    found = client.resolve_image(image, Platform.parse(platform))
+                    resolved.append(
+                        (name, platform, Pin(found.config.digest, found.manifest.digest))
+                    )
         lock = lock.updated(resolved)
         lock.write()
         self.reporter.bases_pinned(len(lock.pins), str(lock.path))
@@ -215,11 +287,15 @@ class BuildSession:
         push: str | None = None,
         cache_to: str | None = None,
         cache_from: Sequence[str] = (),
+        seccomp: bool = True,
     ) -> BuildOutcome:
         """Plan, then let ``backend`` (a name or a :class:`Backend`) build the misses.
 
         ``push`` (a ``HOST/NAME[:TAG]``; ``tags`` add tags), ``cache_to`` and ``cache_from``
         (``registry:REF``) need a backend that writes the image into the store (``oci``).
+        A step that needs an entitlement the session was not given (``allow``) stops the
+        build before anything runs. ``seccomp=False`` runs the OCI backend's RUN steps with
+        no seccomp profile (``--no-seccomp``: for machines without seccomp support).
         """
         chosen = get_backend(backend) if isinstance(backend, str) else backend
         request = BuildRequest(
@@ -231,9 +307,13 @@ class BuildSession:
                 s if isinstance(s, SecretSource) else SecretSource.parse(s) for s in secrets
             ),
             progress=progress,
+            allow=self.allow,
+            seccomp=seccomp,
         )
         if not (push or cache_to or cache_from):
-            result = chosen.build(self._plan(), request, store=self.store, reporter=self.reporter)
+            planned = self._plan()
+            check_entitlements(planned, self.allow)
+            result = chosen.build(planned, request, store=self.store, reporter=self.reporter)
             return BuildOutcome(result=result)
         if not chosen.layer_media_types:
             raise BuildRequestError(
@@ -259,6 +339,7 @@ class BuildSession:
         with self._registry() as client:
             caches = [self._fetch_cache(client, text) for text in cache_from]
             planned = self._plan()
+            check_entitlements(planned, request.allow)
             hits = {step.key for step in planned.steps if step.status is PlanStatus.HIT}
             for found in caches:
                 if found is not None:
@@ -320,6 +401,16 @@ class BuildSession:
             yield client
 
 
+def import_dockerfile(
+    path: str | os.PathLike[str], output: str | os.PathLike[str] | None = None
+) -> str:
+    """``imagedsl import``: the build.py for a Dockerfile (its context: the Dockerfile's
+    directory, its ``.dockerignore`` the ignore list); ``output`` is where it will be written."""
+    from imagedsl.importer import import_dockerfile as translate
+
+    return translate(path, output)
+
+
 def push_image(
     source: str,
     reference: str,
@@ -345,6 +436,31 @@ def push_image(
     return tuple(pushed)
 
 
+def inspect_image(
+    source: str,
+    *,
+    store: Store | None = None,
+    platform: str = "linux/amd64",
+    insecure: bool = False,
+    reporter: Reporter | None = None,
+) -> InspectReport:
+    """What ``imagedsl inspect`` reports of an image: per layer its sizes, step and changes;
+    dive's wasted bytes and efficiency; credentials in any layer (see
+    :mod:`imagedsl.inspect`)."""
+    from imagedsl.inspect import inspect_image as inspect
+
+    return inspect(source, store=store, platform=platform, insecure=insecure, reporter=reporter)
+
+
+def write_html(
+    path: str | os.PathLike[str], report: InspectReport, plan: Plan | None = None
+) -> None:
+    """Write ``report`` (and ``plan``'s graph and build file) as one self-contained page."""
+    from imagedsl.inspect import html
+
+    html.write(path, report, plan)
+
+
 def registry_bases(planned: Plan) -> list[str]:
     """The repositories (``HOST/NAME``) of a plan's registry bases: a push mounts from them."""
     from imagedsl.steps import FromImage
@@ -355,6 +471,22 @@ def registry_bases(planned: Plan) -> list[str]:
         if isinstance(base, FromImage) and base.image.transport == "registry":
             names.add(base.image.name)
     return sorted(names)
+
+
+def _note_entitlements(planned: Plan, allow: frozenset[str]) -> Plan:
+    """Say on each step that needs an entitlement whether the build may use it."""
+    steps = []
+    for step in planned.steps:
+        needed = required_entitlement(step.node.step)
+        if needed is not None:
+            note = (
+                f"runs on the host's network: allowed by --allow {needed}"
+                if needed in allow
+                else f"needs --allow {needed} to build (the host's network)"
+            )
+            step = attrs.evolve(step, notes=(*step.notes, note))
+        steps.append(step)
+    return attrs.evolve(planned, steps=tuple(steps))
 
 
 def _note_remote_hits(planned: Plan, added: Mapping[str, str]) -> Plan:

@@ -14,18 +14,35 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from typing import TypeAlias
+from pathlib import Path
 
-from imagedsl import __version__
-from imagedsl._terminal import TerminalReporter, display_location, display_path, format_plan, mib
-from imagedsl.api import BuildSession, open_store, push_image
-from imagedsl.backends import BACKENDS
+from imagedsl import _arguments as arguments
+from imagedsl._terminal import (
+    TerminalReporter,
+    display_location,
+    display_path,
+    format_findings,
+    format_inspect,
+    format_plan,
+    human_size,
+    mib,
+)
+from imagedsl.api import (
+    BuildSession,
+    import_dockerfile,
+    inspect_image,
+    open_store,
+    prune_store,
+    push_image,
+    verify_store,
+    write_html,
+)
+from imagedsl.check import Severity
+from imagedsl.check.sarif import to_sarif
 from imagedsl.errors import ImageDSLError, exit_code_of
 from imagedsl.store import StoreWarning
 
-EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
-
-_Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     words = sys.argv[1:] if argv is None else list(argv)
-    parser = _parser(next((w for w in words if not w.startswith("-")), None))
+    parser = arguments.parser(next((w for w in words if not w.startswith("-")), None))
     args = parser.parse_args(words)
     if not hasattr(args, "run"):
         parser.print_help(sys.stderr)
@@ -43,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", StoreWarning)
-            code: int = args.run(args)
+            code: int = _RUNS[args.run](args)
         for warning in caught:
             if issubclass(warning.category, StoreWarning):
                 print(f"warning: {warning.message}", file=sys.stderr)
@@ -63,6 +80,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = "error" if error.location is None else display_location(error.location)
         print(f"{where}: {error}", file=sys.stderr)
         return exit_code_of(error)
+    except OSError as error:
+        # The machine refused (a full disk, a denied write, a missing directory): one line
+        # with the path, exit 1, as for every failure outside the user's input.
+        print(f"error: {_os_error(error)}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _os_error(error: OSError) -> str:
+    """``PATH: No space left on device`` (both paths of a failed rename or link)."""
+    problem = error.strerror or str(error)
+    if error.filename is None:
+        return problem
+    paths = [os.fsdecode(error.filename)]
+    if error.filename2 is not None:
+        paths.append(os.fsdecode(error.filename2))
+    return f"{' -> '.join(paths)}: {problem}"
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -80,7 +113,45 @@ def run_plan(args: argparse.Namespace) -> int:
     elif args.dot:
         sys.stdout.write(plan.to_dot())
     else:
-        sys.stdout.write(format_plan(plan, display_path(session.path)))
+        errors = [f for f in session.check(plan).active if f.severity is Severity.ERROR]
+        sys.stdout.write(format_plan(plan, display_path(session.path), errors))
+    return EXIT_OK
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """``imagedsl check``: findings on stdout (text, JSON) or in a SARIF file; exit 1 when
+    one reaches ``--fail-on``."""
+    report = _session(args).check()
+    if args.sarif:
+        with open(args.sarif, "w", encoding="utf-8") as handle:
+            json.dump(to_sarif(report), handle, indent=2, ensure_ascii=False)
+            handle.write("\n")
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_findings(report))
+    return EXIT_FAILURE if report.fails(Severity.parse(args.fail_on)) else EXIT_OK
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    """``imagedsl inspect IMAGE``: layers, waste and secrets as text or JSON; ``--html``."""
+    report = inspect_image(
+        args.image,
+        store=open_store(args.store),
+        platform=args.platform or "linux/amd64",
+        insecure=args.insecure,
+    )
+    if args.html:
+        plan = None
+        if args.buildfile is not None:
+            plan = BuildSession(args.buildfile, store=args.store).plan()
+        write_html(args.html, report, plan)
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_inspect(report))
     return EXIT_OK
 
 
@@ -95,6 +166,7 @@ def run_build(args: argparse.Namespace) -> int:
         push=args.push,
         cache_to=args.cache_to,
         cache_from=args.cache_from,
+        seccomp=not args.no_seccomp,
     )
     for pushed in outcome.pushed:
         print(pushed.reference)  # NAME:TAG@DIGEST on stdout, for scripts
@@ -124,6 +196,16 @@ def run_lower(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_import(args: argparse.Namespace) -> int:
+    """``imagedsl import``: print the build.py for a Dockerfile, or write it (``-o FILE``)."""
+    text = import_dockerfile(args.dockerfile, args.output)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+    return EXIT_OK
+
+
 def run_targets(args: argparse.Namespace) -> int:
     """``imagedsl targets``: one per line, the default first."""
     for name in BuildSession(args.spec).buildfile.targets:
@@ -141,6 +223,39 @@ def run_cache_du(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_cache_verify(args: argparse.Namespace) -> int:
+    """``imagedsl cache verify``: exit 1 when something damaged was found (and removed)."""
+    store = open_store(args.store)
+    report = verify_store(store)
+    for damage in report.damaged:
+        print(f"removed damaged {damage.area} entry {damage.path}: {damage.problem}")
+    counts = ", ".join(f"{count} {area}" for area, count in report.checked.items())
+    print(
+        f"checked {counts or 'nothing'} ({human_size(report.blob_bytes)} of blobs hashed) "
+        f"in {store.root}: {len(report.damaged)} damaged"
+    )
+    return EXIT_FAILURE if report.damaged else EXIT_OK
+
+
+def run_cache_prune(args: argparse.Namespace) -> int:
+    """``imagedsl cache prune``."""
+    from imagedsl.maintenance import parse_age, parse_size
+
+    older_than = None if args.older_than is None else parse_age(args.older_than)
+    max_size = None if args.max_size is None else parse_size(args.max_size)
+    store = open_store(args.store)
+    report = prune_store(store, older_than=older_than, max_size=max_size)
+    parts = [
+        f"{count} {kind} ({human_size(size)})" if size else f"{count} {kind}"
+        for kind, (count, size) in report.removed.items()
+    ]
+    print(f"removed {', '.join(parts) or 'nothing'}")
+    print(
+        f"{human_size(report.remaining)} of blobs, snapshots and cache mounts left ({store.root})"
+    )
+    return EXIT_OK
+
+
 def _session(args: argparse.Namespace) -> BuildSession:
     return BuildSession(
         args.spec,
@@ -149,6 +264,7 @@ def _session(args: argparse.Namespace) -> BuildSession:
         store=args.store,
         reporter=TerminalReporter(sys.stderr),
         insecure=getattr(args, "insecure", False),
+        allow=getattr(args, "allow", ()),
     )
 
 
@@ -165,159 +281,19 @@ def _build_args(pairs: Sequence[str]) -> dict[str, str]:
     return values
 
 
-# -- arguments -------------------------------------------------------------------------------
+# -- what each subcommand runs (its arguments: imagedsl/_arguments.py) -----------------------
 
 
-def _parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The argument parser; when ``command`` names a subcommand, only that subcommand's
-    arguments are declared (argparse spends more time declaring arguments than parsing)."""
-    parser = argparse.ArgumentParser(
-        prog="imagedsl", description="Container images from Python, with exact caching."
-    )
-    parser.add_argument("--version", action="version", version=f"imagedsl {__version__}")
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    declare = _COMMANDS.get(command or "")
-    for declare_one in [declare] if declare is not None else _COMMANDS.values():
-        declare_one(commands)
-    return parser
-
-
-def _plan_command(commands: _Commands) -> None:
-    plan = commands.add_parser(
-        "plan", help="show every step, its cache key, hit or miss, and why each miss misses"
-    )
-    _spec(plan, "build file and target (./build.py)")
-    output = plan.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="print the plan as JSON (schema 1)")
-    output.add_argument("--dot", action="store_true", help="print the graph as Graphviz DOT")
-    plan.add_argument(
-        "--resolve",
-        action="store_true",
-        help="look up unpinned registry bases (HEAD on the manifest) and pin them in imagedsl.lock",
-    )
-    _insecure(plan)
-    _cache_from(plan)
-    _common(plan)
-    plan.set_defaults(run=run_plan)
-
-
-def _build_command(commands: _Commands) -> None:
-    build = commands.add_parser("build", help="build a target with a backend")
-    _spec(build, "build file and target")
-    build.add_argument(
-        "--backend", default="docker", choices=sorted(BACKENDS), help="how to build (docker)"
-    )
-    build.add_argument(
-        "-t", "--tag", action="append", default=[], metavar="NAME", help="image name (repeatable)"
-    )
-    build.add_argument(
-        "--output",
-        metavar="DEST",
-        help="oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:TAG] or docker[:TAG]",
-    )
-    build.add_argument(
-        "--progress", default="auto", choices=("auto", "plain", "quiet"), help="output style"
-    )
-    build.add_argument(
-        "--secret",
-        action="append",
-        default=[],
-        metavar="id=NAME,src=PATH",
-        help="a secret for RUN --mount=type=secret (src=PATH or env=VAR; repeatable)",
-    )
-    build.add_argument(
-        "--push", metavar="REF", help="push the built image to a registry (--backend oci)"
-    )
-    build.add_argument(
-        "--cache-to",
-        metavar="registry:REF",
-        help="push this build's records and layers as a remote cache (--backend oci)",
-    )
-    _cache_from(build)
-    _insecure(build)
-    _common(build)
-    build.set_defaults(run=run_build)
-
-
-def _push_command(commands: _Commands) -> None:
-    push = commands.add_parser("push", help="push an OCI layout or archive to a registry")
-    push.add_argument("source", metavar="SRC", help="oci:DIR[:TAG] or oci-archive:FILE[:TAG]")
-    push.add_argument("reference", metavar="REF", help="HOST/NAME[:TAG]")
-    push.add_argument(
-        "-t",
-        "--tag",
-        action="append",
-        default=[],
-        metavar="TAG",
-        help="another tag, or another HOST/NAME:TAG to push to (repeatable)",
-    )
-    _insecure(push)
-    push.set_defaults(run=run_push)
-
-
-def _lower_command(commands: _Commands) -> None:
-    lower = commands.add_parser("lower", help="print the Dockerfile a target lowers to")
-    _spec(lower, "build file and target")
-    lower.add_argument(
-        "-o", "--output-dir", metavar="DIR", help="write the Dockerfile and its context into DIR"
-    )
-    _common(lower)
-    lower.set_defaults(run=run_lower)
-
-
-def _targets_command(commands: _Commands) -> None:
-    targets = commands.add_parser("targets", help="list the targets of a build file")
-    targets.add_argument("spec", nargs="?", metavar="FILE", help="build file (./build.py)")
-    targets.set_defaults(run=run_targets)
-
-
-def _cache_command(commands: _Commands) -> None:
-    cache = commands.add_parser("cache", help="inspect the store")
-    cache_commands = cache.add_subparsers(title="cache commands", metavar="ACTION")
-    du = cache_commands.add_parser("du", help="bytes used by each part of the store")
-    du.add_argument("--store", metavar="DIR", help="store directory")
-    du.set_defaults(run=run_cache_du)
-
-
-_COMMANDS: dict[str, Callable[[_Commands], None]] = {
-    "plan": _plan_command,
-    "build": _build_command,
-    "push": _push_command,
-    "lower": _lower_command,
-    "targets": _targets_command,
-    "cache": _cache_command,
+_RUNS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "build": run_build,
+    "cache_du": run_cache_du,
+    "cache_prune": run_cache_prune,
+    "cache_verify": run_cache_verify,
+    "check": run_check,
+    "import": run_import,
+    "inspect": run_inspect,
+    "lower": run_lower,
+    "plan": run_plan,
+    "push": run_push,
+    "targets": run_targets,
 }
-
-
-def _spec(parser: argparse.ArgumentParser, text: str) -> None:
-    parser.add_argument("spec", nargs="?", metavar="FILE[:TARGET]", help=text)
-
-
-def _insecure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--insecure", action="store_true", help="allow plain HTTP to registries off loopback"
-    )
-
-
-def _cache_from(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--cache-from",
-        action="append",
-        default=[],
-        metavar="registry:REF",
-        help="import a remote cache's records (and, for build, its layers) first (repeatable)",
-    )
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--store", metavar="DIR", help="store directory (default: $IMAGEDSL_STORE or user cache)"
-    )
-    parser.add_argument(
-        "--build-arg",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="override an ARG (repeatable)",
-    )
-    parser.add_argument("--platform", metavar="OS/ARCH", help="target platform (linux/amd64)")

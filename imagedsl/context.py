@@ -23,6 +23,7 @@ from imagedsl._validate import caller_location, check_str, check_str_seq
 from imagedsl.errors import ContextError, SourceLocation, StepArgumentError
 
 SelectorKind = Literal["any", "file", "dir", "glob"]
+_GLOB = re.compile(r"[*?\[]")
 
 
 @attrs.frozen
@@ -63,11 +64,19 @@ class Context:
         return ContextSource(self, (selector,), caller_location())
 
     def select(self, *paths: str) -> ContextSource:
-        """Select several files or directories at once (``COPY a.txt b/ /dest/``)."""
+        """Select several files, directories or globs at once (``COPY a.txt b/ *.cfg /dest/``:
+        as in a Dockerfile, a path with ``*``, ``?`` or ``[`` is a glob)."""
         if not paths:
             raise StepArgumentError("select", "paths", "must name at least one path")
-        selectors = tuple(Selector(_clean_rel("select", p), "any") for p in paths)
-        return ContextSource(self, selectors, caller_location())
+        selectors = []
+        for path in paths:
+            cleaned = _clean_rel("select", path)
+            if _GLOB.search(cleaned):
+                glob_regex(cleaned)  # refuse a malformed pattern where it was written
+                selectors.append(Selector(cleaned, "glob"))
+            else:
+                selectors.append(Selector(cleaned, "any"))
+        return ContextSource(self, tuple(selectors), caller_location())
 
     def _select(self, kind: SelectorKind, path: str) -> ContextSource:
         return ContextSource(self, (Selector(_clean_rel(kind, path), kind),), caller_location())

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
 
 import attrs
 
+from imagedsl._declarations import note as note_declaration
 from imagedsl._validate import (
     caller_location,
     check_abs_path,
@@ -39,6 +40,7 @@ from imagedsl._validate import (
     parse_signal,
 )
 from imagedsl.buildstate import AUTOMATIC_ARGS
+from imagedsl.check.catalogue import ALLOWABLE
 from imagedsl.context import Context, ContextSource, make_context
 from imagedsl.errors import ImageDSLError, StepArgumentError
 from imagedsl.oci.reference import parse_reference
@@ -125,6 +127,9 @@ class Stage:
 
     parent: Stage | None
     step: Step
+    #: Rule IDs of ``imagedsl check`` that this step allows (``.allow(...)``); not part of
+    #: what is built, so not part of equality.
+    allowed: frozenset[str] = attrs.field(default=frozenset(), eq=False, repr=False)
     _hash: int | None = attrs.field(default=None, init=False, repr=False)
 
     def __hash__(self) -> int:
@@ -187,6 +192,22 @@ class Stage:
     def path(self, path: str) -> StagePath:
         """A path inside this stage, for ``copy`` (``COPY --from``) and ``bind`` mounts."""
         return StagePath(self, check_abs_path("path", "path", path))
+
+    @_located
+    def allow(self, *rules: str) -> Stage:
+        """Let this stage's last step break ``imagedsl check`` rules, by ID or category:
+        ``.run("apt-get install -y gcc").allow("package-cache")``. The same step, with the
+        findings of those rules listed as suppressed; nothing built changes."""
+        if not rules:
+            raise StepArgumentError("allow", "rules", "must name at least one rule")
+        for rule in rules:
+            check_str("allow", "rules", rule)
+            if rule not in ALLOWABLE:
+                known = ", ".join(sorted(ALLOWABLE))
+                raise StepArgumentError(
+                    "allow", "rules", f"names no rule: {rule!r}; rules: {known}"
+                )
+        return Stage(self.parent, self.step, self.allowed | frozenset(rules))
 
     # -- filesystem steps --------------------------------------------------------------------
 
@@ -710,7 +731,9 @@ def targets(*stages: str | StageRef, **named: Stage) -> Targets:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise StepArgumentError("targets", "stages", f"names a target twice: {duplicates}")
-    return Targets(tuple(declared), caller_location())
+    made = Targets(tuple(declared), caller_location())
+    note_declaration(made)  # a bare dsl.targets(...) call counts too
+    return made
 
 
 # -- helpers ---------------------------------------------------------------------------------

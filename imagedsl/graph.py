@@ -36,7 +36,7 @@ from imagedsl.errors import (
     UnknownStageError,
 )
 from imagedsl.oci.platform import canonical_platform
-from imagedsl.oci.reference import parse_reference
+from imagedsl.oci.reference import ImageReference, parse_reference
 from imagedsl.steps import (
     INLINE_FILE_NAME,
     LAYER_KINDS,
@@ -69,10 +69,26 @@ class CopyOutput:
     tree: str | None
 
 
+@attrs.frozen(kw_only=True)
+class ResolvedBase:
+    """What a base image is, found while planning (see docs/cache-keys.md).
+
+    ``digest`` is its content identity, the one its key holds: the image's config digest
+    (the engine's image ID), or a manifest digest where that is all that is known (a lock
+    file written by an older imagedsl); None when nothing knows it (then ``notes`` say why).
+    ``manifest`` pulls exactly that image from its registry, when known; ``notes`` say where
+    the identity came from.
+    """
+
+    digest: str | None
+    manifest: str | None = None
+    notes: tuple[str, ...] = ()
+
+
 #: Given a structural COPY --from key, what is known of its built output (None: not built).
 OutputResolver = Callable[[str], CopyOutput | None]
-#: Given a FROM step and platform, the manifest digest it is pinned to (None: unpinned).
-BaseResolver = Callable[[FromImage, str], str | None]
+#: Given a base image reference (unpinned) and a platform, what it is (None: not known).
+BaseResolver = Callable[[ImageReference, str], ResolvedBase | None]
 
 
 class AnalysisMemo(Protocol):
@@ -115,8 +131,12 @@ class StepNode:
     #: For a COPY split into layers: this layer's name, and the index of the first layer.
     part: str | None = None
     group: int | None = None
+    #: ``imagedsl check`` rules the build file allows at this step (``Stage.allow``).
+    allowed: frozenset[str] = attrs.field(default=frozenset(), eq=False, repr=False)
     #: A filesystem kind that makes no layer here (``WORKDIR /``: BuildKit makes no vertex).
     layerless: bool = False
+    #: For a FROM of an unpinned reference: what the plan found the base to be.
+    base: ResolvedBase | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def kind(self) -> str:
@@ -149,6 +169,8 @@ class BuildGraph:
     #: What keyed the graph, kept so that :func:`rekey` can key it again once outputs it
     #: depends on are known (no file is read again: trees are remembered).
     keyer: _Keyer | None = attrs.field(default=None, eq=False, repr=False)
+    #: The ``SOURCE_DATE_EPOCH`` RUN steps are keyed for (they see it in their environment).
+    source_date_epoch: int = 0
 
     @property
     def output(self) -> StepNode:
@@ -189,6 +211,7 @@ def build_graph(
     resolve_base: BaseResolver,
     memo: AnalysisMemo | None,
     project: str,
+    source_date_epoch: int = 0,
 ) -> BuildGraph:
     """Unfold ``named[target]`` into its keyed steps (see the module docstring)."""
     resolved = _resolve_names(named, scope)
@@ -205,6 +228,7 @@ def build_graph(
         resolve_base=resolve_base,
         project=project,
         named=resolved,
+        source_date_epoch=source_date_epoch,
     ).key_all(target, order, waves)
 
 
@@ -458,6 +482,7 @@ class _Keyer:
     resolve_base: BaseResolver
     project: str
     named: Mapping[str, Stage]
+    source_date_epoch: int = 0
     _states: dict[int, BuildState] = attrs.field(factory=dict)
     _nodes: dict[int, StepNode] = attrs.field(factory=dict)
     _trees: dict[tuple[ContextSource, tuple[str, ...], bool, bool], Tree] = attrs.field(
@@ -476,7 +501,12 @@ class _Keyer:
             self._nodes[old] = made[-1]
         names = {s: label for s, (label, _) in self.labels.items()}
         return BuildGraph(
-            target=target, nodes=tuple(nodes), stage_names=names, scope=self.scope, keyer=self
+            target=target,
+            nodes=tuple(nodes),
+            stage_names=names,
+            scope=self.scope,
+            keyer=self,
+            source_date_epoch=self.source_date_epoch,
         )
 
     def key_again(self) -> BuildGraph:
@@ -505,6 +535,7 @@ class _Keyer:
             "deps": deps,
             "wave": wave,
             "locus": self._locus(label, position),
+            "allowed": stage.allowed,
         }
         if isinstance(step, FromImage | FromScratch):
             platform = self._platform(step)
@@ -520,13 +551,20 @@ class _Keyer:
                 config_env=path,
             )
             self._states[old] = common["state"] = start
-            digest = None
+            digest = base = None
             if isinstance(step, FromImage):
                 step = common["step"] = self._expand_image(step)
-                digest = step.image.digest or self.resolve_base(step, platform)
+                digest = step.image.digest
+                if digest is None:
+                    base = self.resolve_base(step.image, platform)
+                    digest = None if base is None else base.digest
             preimage = keys.base_preimage(step, platform, digest)
             key = keys.key_of(preimage)
-            return [StepNode(key=key, fs_key=key, preimage=preimage, provisional=False, **common)]
+            return [
+                StepNode(
+                    key=key, fs_key=key, preimage=preimage, provisional=False, base=base, **common
+                )
+            ]
         assert parent is not None
         assert parent_old is not None
         before = self._states[parent_old]
@@ -568,9 +606,13 @@ class _Keyer:
         else:
             preimage, trees = self._copy_context(step, before, parent)
         key = keys.key_of(preimage)
+        fs_key = key
+        if isinstance(step, Copy | Add) and step.link:
+            # The layer does not depend on what is below it, but the filesystem after it does.
+            fs_key = keys.key_of(keys.layers_preimage([parent.fs_key, key]))
         node = StepNode(
             key=key,
-            fs_key=key,
+            fs_key=fs_key,
             preimage=preimage,
             provisional=provisional,
             structural_key=structural_key,
@@ -631,7 +673,7 @@ class _Keyer:
         parts = self.hasher.partition(step.source, whole, step.layers)
         if parts is None:
             return []
-        dest = state.resolve_path(step.dest)
+        dest = _copy_dest(state, step.dest)
         below = None if step.link else parent.fs_key
         nodes: list[StepNode] = []
         first = common["index"]
@@ -642,7 +684,7 @@ class _Keyer:
                 dest=dest,
                 chown=_expanded(state, step.chown),
                 chmod=_expanded(state, step.chmod),
-                exclude=step.exclude,
+                exclude=(),  # the part's tree already leaves excluded files out
                 tree=tree.digest,
             )
             key = keys.key_of(preimage)
@@ -664,7 +706,8 @@ class _Keyer:
                     **fields,
                 )
             )
-        joined = keys.key_of(keys.layers_preimage([n.key for n in nodes]))
+        below_too = [parent.fs_key] if step.link else []  # linked parts do not hold it
+        joined = keys.key_of(keys.layers_preimage([*below_too, *(n.key for n in nodes)]))
         nodes[-1] = attrs.evolve(nodes[-1], fs_key=joined)
         return nodes
 
@@ -687,14 +730,19 @@ class _Keyer:
             mounts.append(keys.mount_preimage(mount, content))
         argv = state.argv(step.command, step.shell_form)
         preimage = keys.run_preimage(
-            parent=parent.fs_key, argv=argv, state=state, mounts=mounts, network=step.network
+            parent=parent.fs_key,
+            argv=argv,
+            state=state,
+            mounts=mounts,
+            network=step.network,
+            source_date_epoch=self.source_date_epoch,
         )
         return preimage, tuple(trees)
 
     def _copy_context(
         self, step: Copy | Add, state: BuildState, parent: StepNode
     ) -> tuple[keys.Preimage, tuple[Tree, ...]]:
-        dest = state.resolve_path(step.dest)
+        dest = _copy_dest(state, step.dest)
         link_parent = None if step.link else parent.fs_key
         if isinstance(step.source, UrlSource):
             preimage = keys.add_url_preimage(
@@ -721,7 +769,10 @@ class _Keyer:
             dest=dest,
             chown=_expanded(state, step.chown),
             chmod=_expanded(state, step.chmod),
-            exclude=exclude,
+            # The tree is what the patterns left: a pattern that excludes nothing must not
+            # change the key (BuildKit copies the same staged files), one that does changes
+            # the tree.
+            exclude=(),
             tree=tree.digest,
         )
         return preimage, (tree,)
@@ -730,7 +781,7 @@ class _Keyer:
         self, step: Copy, state: BuildState, parent: StepNode, source: StepNode
     ) -> tuple[keys.Preimage, str, bool]:
         assert isinstance(step.source, StagePath)
-        dest = state.resolve_path(step.dest)
+        dest = _copy_dest(state, step.dest)
         link_parent = None if step.link else parent.fs_key
         structural = keys.copy_from_stage_preimage(
             parent=link_parent,
@@ -782,6 +833,15 @@ class _Keyer:
             raise
         self._trees[memo] = tree
         return tree
+
+
+def _copy_dest(state: BuildState, dest: str) -> str:
+    """A COPY/ADD destination as BuildKit keys it: resolved against WORKDIR, with a trailing
+    ``/`` when written with one or as ``.`` (``COPY f .`` and ``COPY f ./`` are one copy)."""
+    resolved = state.resolve_path(dest)
+    if state.expand(dest) in (".", "") and not resolved.endswith("/"):
+        resolved += "/"
+    return resolved
 
 
 def inline_tree(source: InlineFile) -> Tree:

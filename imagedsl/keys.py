@@ -57,21 +57,22 @@ def _preimage(kind: str, **fields: Any) -> Preimage:
 
 
 def base_preimage(step: FromImage | FromScratch, platform: str, digest: str | None) -> Preimage:
-    """FROM: the normalised reference without its digest, the digest (None = unpinned)."""
+    """FROM: the base's content identity (``digest``), or its name while that is unknown.
+
+    ``digest`` is the image's config digest (the engine's image ID), or the manifest digest a
+    reference is pinned to; None means unpinned, keyed by the normalised name and tag.
+    """
     if isinstance(step, FromScratch):
         return _preimage("scratch", platform=platform)
+    if digest is not None:
+        # Known by content, the name is only a label: a retag to the same image, or another
+        # name for it (a registry name, docker-daemon:, a layout), must not miss.
+        return _preimage("from", ref=None, digest=digest, platform=platform)
     reference = step.image
     name = f"{reference.transport}:{reference.name}"
     if reference.tag is not None:
         name += f":{reference.tag}"
-    # With a digest the tag is only a label: a retag to the same digest must not miss.
-    return _preimage(
-        "from",
-        ref=None if digest is not None else name,
-        repository=f"{reference.transport}:{reference.name}",
-        digest=digest,
-        platform=platform,
-    )
+    return _preimage("from", ref=name, digest=None, platform=platform)
 
 
 def run_preimage(
@@ -81,6 +82,7 @@ def run_preimage(
     state: BuildState,
     mounts: Sequence[Preimage],
     network: str,
+    source_date_epoch: int = 0,
 ) -> Preimage:
     """RUN: everything the process can observe except secret values and cache contents.
 
@@ -97,6 +99,8 @@ def run_preimage(
         mounts=list(mounts),
         network=network,
         platform=state.platform,
+        # In the RUN's environment (as BuildKit passes it), and what it writes depends on it.
+        source_date_epoch=source_date_epoch,
     )
 
 

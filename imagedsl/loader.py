@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any
@@ -23,16 +23,17 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import blake3
 
+from imagedsl._declarations import collecting
 from imagedsl.buildstate import AUTOMATIC_ARGS
 from imagedsl.dsl import GlobalArg, Stage, StageRef, Targets
 from imagedsl.errors import BuildFileError, ImageDSLError, SourceLocation, UnknownTargetError
 
 if TYPE_CHECKING:
-    from imagedsl.graph import BaseResolver
+    from imagedsl.graph import BaseResolver, ResolvedBase
     from imagedsl.lockfile import LockFile
+    from imagedsl.oci.reference import ImageReference
     from imagedsl.planner import Plan
     from imagedsl.reporting import Reporter
-    from imagedsl.steps import FromImage
     from imagedsl.store import Store
 
 DEFAULT_BUILDFILE = "build.py"
@@ -71,11 +72,13 @@ class BuildFile:
         build_platform: str | None = None,
         reporter: Reporter | None = None,
         resolve_base: BaseResolver | None = None,
+        source_date_epoch: int | None = None,
     ) -> Plan:
         """Plan one target of this build file (see :func:`imagedsl.planner.plan`).
 
-        Unpinned bases take their digests from the lock file beside the build file, if any
-        (see :mod:`imagedsl.lockfile`), unless ``resolve_base`` says otherwise.
+        Unpinned bases are known by content from the local engine, the lock file beside the
+        build file, or the layout or archive itself (see :mod:`imagedsl.bases`), unless
+        ``resolve_base`` says otherwise.
         """
         from imagedsl.lockfile import LockFile
         from imagedsl.planner import plan
@@ -94,20 +97,21 @@ class BuildFile:
             resolve_base=resolve_base,
             buildfile=str(self.path),
             project=str(self.path),
+            source_date_epoch=source_date_epoch,
         )
 
 
 def _default_resolver(lock: LockFile) -> BaseResolver:
-    """Registry bases from the lock file; local images (OCI layouts, archives) by reading
-    their index, so replacing the image behind ``oci:DIR:TAG`` changes the key."""
+    """:func:`imagedsl.bases.base_resolver`, made at the first base to resolve: a plan with
+    no image base imports nothing for it."""
+    made: list[BaseResolver] = []
 
-    def resolve(step: FromImage, platform: str) -> str | None:
-        pinned = lock.digest(step, platform)
-        if pinned is None and step.image.transport in ("oci", "oci-archive", "docker-archive"):
-            from imagedsl.oci.layout import local_base_digest
+    def resolve(reference: ImageReference, platform: str) -> ResolvedBase | None:
+        if not made:
+            from imagedsl.bases import base_resolver
 
-            return local_base_digest(step.image, platform)
-        return pinned
+            made.append(base_resolver(lock))
+        return made[0](reference, platform)
 
     return resolve
 
@@ -134,8 +138,9 @@ def load_buildfile(path: str | os.PathLike[str]) -> BuildFile:
     if not file.is_file():
         raise BuildFileError(None, f"{file}: no such build file")
     resolved = file.resolve()
-    module = _execute(file, resolved)
-    return _collect(file, resolved, vars(module))
+    with collecting() as made:
+        module = _execute(file, resolved)
+    return _collect(file, resolved, vars(module), made)
 
 
 def _execute(shown: Path, resolved: Path) -> ModuleType:
@@ -154,8 +159,13 @@ def _execute(shown: Path, resolved: Path) -> ModuleType:
     except ImageDSLError as error:
         found = _user_location(error.__traceback__, resolved, shown, error.location)
         raise BuildFileError(found, str(error)) from None
-    except (KeyboardInterrupt, SystemExit):
+    except KeyboardInterrupt:
         raise
+    except SystemExit as error:
+        found = _user_location(error.__traceback__, resolved, shown, None)
+        raise BuildFileError(
+            found, f"the build file called sys.exit({error.code!r}) while it was loaded"
+        ) from None
     except Exception as error:
         found = _user_location(error.__traceback__, resolved, shown, None)
         raise BuildFileError(found, f"{type(error).__name__}: {error}") from None
@@ -181,7 +191,9 @@ def _user_location(
     return SourceLocation(str(shown), line)
 
 
-def _collect(shown: Path, resolved: Path, namespace: Mapping[str, Any]) -> BuildFile:
+def _collect(
+    shown: Path, resolved: Path, namespace: Mapping[str, Any], made: Sequence[object] = ()
+) -> BuildFile:
     stages: dict[str, Stage | StageRef] = {}
     declared: list[Targets] = []
     global_args: dict[str, GlobalArg] = {}
@@ -195,6 +207,9 @@ def _collect(shown: Path, resolved: Path, namespace: Mapping[str, Any]) -> Build
             stages[name] = value
         elif isinstance(value, Targets):
             declared.append(value)
+    # A bare dsl.targets(...) call declares targets too (it used to be ignored).
+    declared += [t for t in made if isinstance(t, Targets) and all(t is not d for d in declared)]
+    declared.sort(key=lambda t: 0 if t.location is None else t.location.line)
     if len(declared) > 1:
         location = declared[1].location
         where = None if location is None else SourceLocation(str(shown), location.line)

@@ -1,20 +1,28 @@
-"""The lock file: base images pinned to the manifest digests they had when resolved.
+"""The lock file: base images pinned to what they were when resolved.
 
-``imagedsl plan --resolve`` looks up every unpinned registry base of the target (one ``HEAD``
-on its manifest), records the digests in ``imagedsl.lock`` beside the build file, and plans
-with them. Later plans and builds read the lock, so a tag that moves upstream does not move
-the build until the lock is refreshed; and the key of each base is its digest, not its tag.
+``imagedsl plan --resolve`` finds what every unpinned base of the target is: the local
+engine's image when it has one for the platform (no registry is asked), else the registry's
+(the manifest the tag names now). It records each base's content identity (the image config
+digest, the identity keys use) and, when known, a manifest digest that pulls exactly that
+image, in ``imagedsl.lock`` beside the build file, and plans with them. Later plans and builds
+read the lock, so a tag that moves upstream does not move the build until the lock is
+refreshed. (The local engine's own image still comes first where it has one: a Dockerfile's
+``FROM`` uses it, so the plan must too; the plan notes where the two differ.)
 
 The file is JSON, sorted, one entry per (reference, platform)::
 
-    {"version": 1,
-     "images": {"docker.io/library/python:3.12-slim": {"linux/amd64": "sha256:…"}}}
+    {"version": 2,
+     "images": {"docker.io/library/python:3.12-slim": {"linux/amd64": {
+         "image": "sha256:…", "manifest": "sha256:…"}}}}
+
+A version 1 file (from older imagedsl: each entry one manifest digest) is read as it was
+written: that digest is both the base's identity and what pulls it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -27,10 +35,10 @@ from imagedsl.store import atomic_write
 if TYPE_CHECKING:
     from imagedsl.oci.reference import ImageReference
     from imagedsl.planner import Plan
-    from imagedsl.steps import FromImage
 
 LOCK_NAME: Final = "imagedsl.lock"
-LOCK_VERSION: Final = 1
+LOCK_VERSION: Final = 2
+_READABLE_VERSIONS: Final = (1, 2)
 
 
 @attrs.define
@@ -44,15 +52,28 @@ class LockFileError(InputError):
         return f"{self.path}: {self.problem}"
 
 
-def lock_key(step: FromImage) -> str:
+@attrs.frozen
+class Pin:
+    """One lock entry: the base's content identity, and a manifest digest that pulls it."""
+
+    image: str
+    manifest: str | None = None
+
+    def to_json(self) -> dict[str, str]:
+        """The entry as the lock file holds it."""
+        return {"image": self.image} | ({"manifest": self.manifest} if self.manifest else {})
+
+
+def lock_key(reference: ImageReference) -> str:
     """The reference a lock entry is filed under: normalised, without a digest."""
-    reference = step.image
-    name = reference.name if reference.transport == "registry" else str(reference)
-    return f"{name}:{reference.tag}" if reference.tag else name
+    if reference.transport != "registry":
+        return str(attrs.evolve(reference, digest=None))
+    return f"{reference.name}:{reference.tag}" if reference.tag else reference.name
 
 
 def unpinned_bases(plan: Plan) -> dict[tuple[str, str], ImageReference]:
-    """The registry bases of ``plan`` that nothing pins: (lock key, platform) -> reference."""
+    """The bases of ``plan`` that the build file leaves unpinned, from a registry or the local
+    engine (``docker-daemon:``): (lock key, platform) -> reference."""
     from imagedsl.steps import FromImage
 
     wanted: dict[tuple[str, str], ImageReference] = {}
@@ -60,8 +81,8 @@ def unpinned_bases(plan: Plan) -> dict[tuple[str, str], ImageReference]:
         base = step.node.step
         if isinstance(base, FromImage):
             image = base.image
-            if image.transport == "registry" and not image.digest:
-                wanted[lock_key(base), step.node.state.platform] = image
+            if image.transport in ("registry", "docker-daemon") and not image.digest:
+                wanted[lock_key(image), step.node.state.platform] = image
     return wanted
 
 
@@ -70,7 +91,7 @@ class LockFile:
     """Pins read from (or to be written to) one lock file."""
 
     path: Path
-    pins: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
+    pins: Mapping[str, Mapping[str, Pin]] = attrs.field(factory=dict)
 
     @classmethod
     def beside(cls, buildfile: Path) -> LockFile:
@@ -86,42 +107,62 @@ class LockFile:
             return cls(path)
         except (OSError, ValueError) as error:
             raise LockFileError(str(path), f"cannot be read: {error}") from None
-        if not isinstance(payload, dict) or payload.get("version") != LOCK_VERSION:
+        version = payload.get("version") if isinstance(payload, dict) else None
+        if version not in _READABLE_VERSIONS:
             raise LockFileError(str(path), f"is not a version {LOCK_VERSION} imagedsl lock file")
         images = payload.get("images")
         if not isinstance(images, dict):
             raise LockFileError(str(path), "has no 'images' object")
-        pins: dict[str, dict[str, str]] = {}
+        pins: dict[str, dict[str, Pin]] = {}
         for reference, platforms in images.items():
             if not isinstance(platforms, dict):
                 raise LockFileError(str(path), f"entry {reference!r} is not an object")
-            for platform, digest in platforms.items():
-                if not is_sha256(digest):
+            pins[reference] = {}
+            for platform, entry in platforms.items():
+                pin = _read_pin(entry, version)
+                if pin is None:
                     raise LockFileError(
                         str(path), f"entry {reference!r} {platform!r} is not a sha256 digest"
                     )
-            pins[reference] = dict(platforms)
+                pins[reference][platform] = pin
         return cls(path, pins)
 
-    def digest(self, step: FromImage, platform: str) -> str | None:
-        """The pinned digest of a base on a platform, or None."""
-        return self.pins.get(lock_key(step), {}).get(platform)
+    def pin(self, reference: ImageReference, platform: str) -> Pin | None:
+        """The pin of a base on a platform, or None."""
+        return self.pins.get(lock_key(reference), {}).get(platform)
 
-    def resolver(self) -> Callable[[FromImage, str], str | None]:
-        """A base resolver for the planner that reads this lock."""
-        return self.digest
+    def digest(self, reference: ImageReference, platform: str) -> str | None:
+        """The pinned identity of a base on a platform, or None."""
+        pin = self.pin(reference, platform)
+        return None if pin is None else pin.image
 
-    def updated(self, resolved: Iterable[tuple[str, str, str]]) -> LockFile:
-        """A copy with ``(reference, platform, digest)`` pins added or replaced."""
+    def updated(self, resolved: Iterable[tuple[str, str, str | Pin]]) -> LockFile:
+        """A copy with ``(reference, platform, pin)`` entries added or replaced (a bare
+        digest is a pin by that digest alone)."""
         pins = {reference: dict(platforms) for reference, platforms in self.pins.items()}
-        for reference, platform, digest in resolved:
-            pins.setdefault(reference, {})[platform] = digest
+        for reference, platform, pin in resolved:
+            entry = pin if isinstance(pin, Pin) else Pin(pin, pin)
+            pins.setdefault(reference, {})[platform] = entry
         return attrs.evolve(self, pins=pins)
 
     def write(self) -> None:
         """Write the lock file atomically, sorted, so diffs of it read well."""
         payload = {
             "version": LOCK_VERSION,
-            "images": {ref: dict(sorted(p.items())) for ref, p in sorted(self.pins.items())},
+            "images": {
+                ref: {platform: pin.to_json() for platform, pin in sorted(p.items())}
+                for ref, p in sorted(self.pins.items())
+            },
         }
         atomic_write(self.path, (json.dumps(payload, indent=2) + "\n").encode())
+
+
+def _read_pin(entry: object, version: int) -> Pin | None:
+    if version == 1:
+        return Pin(str(entry), str(entry)) if is_sha256(entry) else None
+    if not isinstance(entry, dict):
+        return None
+    image, manifest = entry.get("image"), entry.get("manifest")
+    if not is_sha256(image) or (manifest is not None and not is_sha256(manifest)):
+        return None
+    return Pin(str(image), None if manifest is None else str(manifest))

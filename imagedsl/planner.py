@@ -6,8 +6,8 @@ is rebuilt may produce the same bytes and then stay a hit), and ``config`` (meta
 
 A miss is explained by diffing its preimage with the closest earlier record of the same step
 position (fewest differing fields, then most recent): files added, removed or changed (by
-path), ENV/ARG old -> new, base digest changed, the command changed, or "parent changed"
-naming the upstream step.
+path), ENV/ARG old -> new, what a base image's name holds now, the command changed, or
+"parent changed" naming the upstream step.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from imagedsl import keys
+from imagedsl import credentials, keys
+from imagedsl._epoch import epoch_from_env
 from imagedsl.buildstate import ArgScope
 from imagedsl.dsl import GlobalArg, Stage, StageRef
 from imagedsl.errors import SourceLocation, StepArgumentError, UnknownTargetError
@@ -35,9 +36,12 @@ from imagedsl.graph import (
 )
 from imagedsl.oci.platform import Platform, canonical_platform
 from imagedsl.reporting import Reporter
-from imagedsl.steps import Arg, Env, FromImage, describe
+from imagedsl.steps import Add, Arg, Copy, Env, FromImage, Run, StageNamer, Step, describe
 from imagedsl.store import Record, Store, StoreWarning
 from imagedsl.treehash import ContextHasher, Tree
+
+if TYPE_CHECKING:
+    from imagedsl.oci.reference import ImageReference
 
 PLAN_SCHEMA: Final = 1
 #: This machine's platform: the default target and build platform, as BuildKit's.
@@ -181,6 +185,7 @@ def plan(
     resolve_base: BaseResolver | None = None,
     buildfile: str = "<python>",
     project: str = "",
+    source_date_epoch: int | None = None,
 ) -> Plan:
     """Plan ``target`` (a name in ``stages``, or the one stage given) without running anything.
 
@@ -189,6 +194,8 @@ def plan(
     ``global_args`` are the build file's global ARGs in file order; ``platform`` is the target
     platform and ``build_platform`` the one the build runs on (both default to this machine's,
     as BuildKit's do; ``TARGETPLATFORM`` and ``BUILDPLATFORM`` come from them).
+    ``source_date_epoch`` (default ``$SOURCE_DATE_EPOCH``, else 0, as the OCI backend's) is in
+    every RUN's environment, so in its key.
     """
     if isinstance(stages, Stage):
         name = target or "image"
@@ -217,6 +224,7 @@ def plan(
         resolve_base=resolve_base or _unpinned,
         memo=store,
         project=project,
+        source_date_epoch=epoch_from_env() if source_date_epoch is None else source_date_epoch,
     )
     hasher.save()
     steps = _statuses(graph, store)
@@ -243,7 +251,7 @@ def settle(plan: Plan, store: Store | None) -> Plan:
     return attrs.evolve(plan, steps=_statuses(graph, store), graph=graph)
 
 
-def _unpinned(step: FromImage, platform: str) -> None:
+def _unpinned(reference: ImageReference, platform: str) -> None:
     """The default base resolver: only digests written in the reference pin a base."""
 
 
@@ -263,7 +271,7 @@ def _statuses(graph: BuildGraph, store: Store | None) -> tuple[PlannedStep, ...]
     effective: list[PlanStatus] = []  # status of the filesystem each step leaves
     rows: list[PlannedStep] = []
     for node in graph.nodes:
-        instruction = describe(node.step, namer)
+        instruction = masked_description(node.step, namer)
         if node.part is not None:
             instruction += f"  [layer {node.part}]"
         notes = _notes(node)
@@ -297,25 +305,116 @@ def _statuses(graph: BuildGraph, store: Store | None) -> tuple[PlannedStep, ...]
                 )
             )
             continue
+        # A link=True layer does not depend on the filesystem below it: it is reused whatever
+        # that is (the filesystem after it is new when the one below is).
+        linked = isinstance(node.step, Copy | Add) and node.step.link
+        if linked:
+            deps = [d for d in deps if d != node.parent]
         deps_hit = all(effective[d] is PlanStatus.HIT for d in deps)
         record = _get(store, node.key) if node.kind != "scratch" else None
         if node.kind == "scratch" or (record is not None and deps_hit):
             status, reasons = PlanStatus.HIT, tuple[str, ...]()
+        elif (maybe := _maybe_reason(node, effective, rows, store, record)) is not None:
+            status, reasons = PlanStatus.MAYBE, (maybe,)
         else:
             status = PlanStatus.MISS
-            reasons = tuple(_explain(node, store, rows, have_record=record is not None))
+            explained = _explain(node, store, rows, have_record=record is not None)
+            reasons = tuple(credentials.mask_text(reason) for reason in explained)
+        after = status
         if node.group is not None and node.index != node.group:
             # The filesystem after a layered COPY is a hit only if every layer is.
             siblings = [rows[i].status for i in range(node.group, node.index)]
-            effective.append(_worst([*siblings, status]))
-        else:
-            effective.append(status)
+            after = _worst([*siblings, status])
+        if linked and node.parent is not None:
+            after = _worst([after, effective[node.parent]])
+        effective.append(after)
         rows.append(
             PlannedStep(
                 node=node, instruction=instruction, status=status, reasons=reasons, notes=notes
             )
         )
     return tuple(rows)
+
+
+def masked_description(step: Step, namer: StageNamer) -> str:
+    """:func:`~imagedsl.steps.describe`, with every secret-looking value masked: a plan is
+    printed, piped and pasted, and must never give a credential away."""
+    if isinstance(step, Env):
+        step = attrs.evolve(
+            step, items=tuple((k, credentials.mask_pair(k, v)) for k, v in step.items)
+        )
+    elif isinstance(step, Arg) and step.default is not None:
+        step = attrs.evolve(step, default=credentials.mask_pair(step.name, step.default))
+    return credentials.mask_text(describe(step, namer))
+
+
+def _maybe_reason(
+    node: StepNode,
+    effective: Sequence[PlanStatus],
+    rows: Sequence[PlannedStep],
+    store: Store | None,
+    record: Record | None,
+) -> str | None:
+    """Why a step whose key is not provisional may still be reused, or None.
+
+    BuildKit keys a bind mount from another stage by the bytes it mounts, so a RUN
+    reading a stage that is rebuilt is reused when that stage's files come out the same; and a
+    step whose only new input is such a step's result is reused with it. Both are ``maybe``:
+    a step that is not built yet but whose own inputs, apart from those, are as recorded.
+    """
+    if store is None:
+        return None
+    content_bound = set(_content_bound_sources(node))
+    pending = [d for d in node.deps if effective[d] is not PlanStatus.HIT]
+    if not pending or any(
+        effective[d] is PlanStatus.MISS and d not in content_bound for d in pending
+    ):
+        return None
+    if record is None:
+        earlier = _closest(node, store)
+        if earlier is None or not _differs_only_below(earlier.preimage, node.preimage):
+            return None
+    upstream = _first_unbuilt(rows, pending) or "an upstream step"
+    if any(d in content_bound for d in pending):
+        return f"mounts files of {upstream}, which is not built: reused if they come out the same"
+    return f"depends on {upstream}, which may be reused"
+
+
+def _content_bound_sources(node: StepNode) -> list[int]:
+    """The stages a RUN reads through bind mounts: BuildKit keys what they mount by content
+    (read-only or not: Docker 20.10's BuildKit reuses a RUN with a writable bind mount of a
+    stage rebuilt to the same files, tested)."""
+    return list(node.sources) if isinstance(node.step, Run) else []
+
+
+def _differs_only_below(old: keys.Preimage, new: keys.Preimage) -> bool:
+    """Whether two preimages differ only in what is below the step: its parent, and the
+    contents of bind mounts from other stages (everything the step itself says is equal)."""
+    for field in set(old) | set(new):
+        if field == "parent" or old.get(field) == new.get(field):
+            continue
+        if field != "mounts":
+            return False
+        before, after = old.get(field), new.get(field)
+        if not isinstance(before, list) or not isinstance(after, list):
+            return False
+        if len(before) != len(after):
+            return False
+        for a, b in zip(before, after, strict=True):
+            if not (isinstance(a, dict) and isinstance(b, dict)):
+                return False
+            if {**a, "content": None} != {**b, "content": None}:
+                return False
+            if a != b and not _stage_content(b.get("content")):
+                return False
+    return True
+
+
+def _stage_content(content: object) -> bool:
+    """Whether a bind mount's keyed content names a stage's filesystem (``KEY:PATH``)."""
+    if not isinstance(content, str) or ":" not in content:
+        return False
+    return keys.is_key(content.partition(":")[0])
 
 
 def _worst(statuses: Sequence[PlanStatus]) -> PlanStatus:
@@ -333,14 +432,10 @@ def _notes(node: StepNode) -> tuple[str, ...]:
     step = node.step
     if not isinstance(step, FromImage):
         return ()
-    digest = node.preimage.get("digest")
-    if digest is None:
-        return ("base image is not pinned to a digest: its key follows the tag name",)
-    if step.image.digest is None:
-        if step.image.transport == "registry":
-            return (f"pinned to {digest} by the lock file",)
-        return (f"resolved to {digest} from the local image",)
-    return ()
+    notes = () if node.base is None else node.base.notes
+    if node.preimage.get("digest") is None:
+        return ("base image is not pinned to a digest: its key follows the tag name", *notes)
+    return notes
 
 
 def _first_unbuilt(rows: Sequence[PlannedStep], deps: Iterable[int]) -> str | None:
@@ -413,6 +508,10 @@ def _diff(
 ) -> list[str]:
     new = node.preimage
     reasons: list[str] = []
+    if node.kind == "from" and old.get("digest") != new.get("digest"):
+        # One reason for the base, however many of its fields moved.
+        reasons.append(_base_reason(node, old.get("digest")))
+        old = {**old, "digest": new.get("digest"), "ref": new.get("ref")}
     for field in sorted(set(old) | set(new), key=_field_order):
         before, after = old.get(field), new.get(field)
         if before == after or field in ("v", "kind"):
@@ -423,8 +522,6 @@ def _diff(
             reasons.extend(_tree_reasons(before, node, store))
         elif field == "env":
             reasons.extend(_variable_reasons(before, after, _setter(node, rows)))
-        elif field == "digest":
-            reasons.append(f"base image digest changed: {_short(before)} -> {_short(after)}")
         elif field in ("ref", "repository"):
             if before is not None and after is not None:
                 reasons.append(f"base image changed: {before} -> {after}")
@@ -437,6 +534,20 @@ def _diff(
         else:
             reasons.append(f"{field} changed: {_show(before)} -> {_show(after)}")
     return reasons
+
+
+def _base_reason(node: StepNode, before: Any) -> str:
+    """``base image changed: NAME is now sha256:…``: what the name holds now."""
+    step = node.step
+    assert isinstance(step, FromImage)
+    name = attrs.evolve(step.image, digest=None).familiar
+    after = node.preimage.get("digest")
+    if after is None:
+        return (
+            f"base image changed: {name} is no longer known by content (it was {before}); "
+            "its key follows the tag name"
+        )
+    return f"base image changed: {name} is now {after}"
 
 
 def _field_order(field: str) -> tuple[int, str]:
@@ -525,12 +636,13 @@ def _variable_reasons(before: Any, after: Any, kind: Callable[[str], str]) -> li
     for name in sorted(set(old) | set(new)):
         if old.get(name) == new.get(name):
             continue
+        was, now = _masked(name, old.get(name)), _masked(name, new.get(name))
         if name not in old:
-            reasons.append(f"{kind(name)} {name} set to {new[name]!r}")
+            reasons.append(f"{kind(name)} {name} set to {now!r}")
         elif name not in new:
-            reasons.append(f"{kind(name)} {name} removed (was {old[name]!r})")
+            reasons.append(f"{kind(name)} {name} removed (was {was!r})")
         else:
-            reasons.append(f"{kind(name)} {name} {old[name]!r} -> {new[name]!r}")
+            reasons.append(f"{kind(name)} {name} {was!r} -> {now!r}")
     if not reasons and old_pairs != new_pairs:
         # BuildKit keys RUN on the environment in order: a reordering alone is a miss.
         shown = ", ".join
@@ -539,6 +651,10 @@ def _variable_reasons(before: Any, after: Any, kind: Callable[[str], str]) -> li
             f"{shown(n for n, _ in new_pairs)}"
         )
     return reasons
+
+
+def _masked(name: str, value: Any) -> Any:
+    return credentials.mask_pair(name, value) if isinstance(value, str) else value
 
 
 def _mount_reasons(before: Any, after: Any) -> list[str]:
@@ -560,13 +676,6 @@ def _mount_reasons(before: Any, after: Any) -> list[str]:
     return reasons
 
 
-def _short(digest: Any) -> str:
-    if isinstance(digest, str) and ":" in digest:
-        algorithm, _, hexdigest = digest.partition(":")
-        return f"{algorithm}:{hexdigest[:12]}"
-    return "(unpinned)" if digest is None else str(digest)
-
-
 def _argv(argv: Any) -> str:
     if isinstance(argv, list):
         return json.dumps(argv, ensure_ascii=False)
@@ -581,18 +690,25 @@ def _show(value: Any) -> str:
 
 
 def record_step(
-    store: Store, step: PlannedStep | StepNode, outputs: Mapping[str, Any] | None = None
+    store: Store,
+    step: PlannedStep | StepNode,
+    outputs: Mapping[str, Any] | None = None,
+    *,
+    seconds: float | None = None,
 ) -> Record:
     """Record that a step was built: its preimage, its trees' manifests, and ``outputs``.
 
-    This is how backends turn misses into hits for the next plan.
+    This is how backends turn misses into hits for the next plan. ``seconds`` (how long
+    making the step took, when it was made now) is kept as ``outputs["seconds"]``: ``imagedsl
+    check`` reads it to say what re-running a step costs.
     """
     node = step.node if isinstance(step, PlannedStep) else step
     for tree in node.trees:
         store.put_tree(tree.digest, tree.manifest())
-    record = Record(
-        key=node.key, preimage=node.preimage, locus=node.locus, outputs=dict(outputs or {})
-    )
+    merged = dict(outputs or {})
+    if seconds is not None:
+        merged["seconds"] = round(seconds, 3)
+    record = Record(key=node.key, preimage=node.preimage, locus=node.locus, outputs=merged)
     return store.put(record)
 
 

@@ -97,7 +97,9 @@ BUNDLE_VERSION: Final = 1
 _EMPTY: Final = b"{}"
 _EMPTY_DIGEST: Final = "sha256:" + hashlib.sha256(_EMPTY).hexdigest()
 #: A bundle is read into memory; anything larger is refused rather than loaded.
-_MAX_BUNDLE: Final = 256 << 20
+#: Records are a few KB per step: 16 MiB holds thousands of steps, and parsing it stays far
+#: below the 200 MB a client may use facing a hostile registry (docs/security.md).
+_MAX_BUNDLE: Final = 16 << 20
 _LAYER_MEDIA_TYPES: Final = frozenset(LAYER_MEDIA_TYPES.values())
 _CHUNK: Final = 1 << 20
 

@@ -71,12 +71,24 @@ def atomic_file(path: Path, *, mode: int = 0o644, durable: bool = True) -> Itera
                 os.fsync(handle.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(error, OSError):
+            raise naming(error, path) from None
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def naming(error: OSError, path: str | os.PathLike[str]) -> OSError:
+    """``error`` with a path to show: a failed ``write`` (a full disk, say) names no file,
+    and the CLI's one line says which file could not be written."""
+    if error.filename is not None:
+        return error
+    named = OSError(error.errno, error.strerror or str(error), os.fspath(path))
+    named.__cause__ = error
+    return named
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
@@ -142,18 +154,20 @@ class StoreArea(enum.Enum):
     """A part of the store: its path relative to the store root (see :class:`Store`)."""
 
     BLOBS = "blobs/sha256"
+    BLOB_STAMPS = "cache/verified"
     LEDGER = "ledger"
     LOCI = "loci"
     TREES = "trees"
     STAT_CACHES = "cache/stat"
     ANALYSES = "cache/analysis"
+    CHECK_FACTS = "cache/check"
     LOCK = "lock"
     TMP = "tmp"
     CONTEXTS = "contexts"
     CACHE_MOUNTS = "cache-mounts"
     OCI_LAYERS = "oci/layers"
     OCI_INDEX = "oci/index"
-    OCI_DAEMON = "oci/daemon"
+    OCI_BASES = "oci/bases"
     OCI_SNAPSHOTS = "oci/snapshots"
     OCI_RUNS = "oci/runs"
     ENGINES = "cache/engines"
@@ -168,6 +182,9 @@ class Store:
 
     ``BLOBS`` ``blobs/sha256/<hex>``
         content-addressed blobs: layers, configs, manifests (base images' too)
+    ``BLOB_STAMPS`` ``cache/verified/<h[:2]>/<hex>``
+        per blob: its size, inode, mtime and ctime when its bytes last hashed right (so a
+        reused blob is hashed again only if touched); the stamp's mtime is its last use
     ``LEDGER`` ``ledger/<k[:2]>/<key>.json``
         key -> record: preimage, outputs, locus, time
     ``LOCI`` ``loci/<l[:2]>/<locus>.json``
@@ -178,6 +195,8 @@ class Store:
         stat caches of build contexts (checksummed)
     ``ANALYSES`` ``cache/analysis/<shape>``
         memoised graph analyses
+    ``CHECK_FACTS`` ``cache/check/<name>``
+        what ``imagedsl check`` learnt of a copied tree (credentials, manifests)
     ``LOCK`` ``lock``
         flock(2) for read-modify-write updates
     ``TMP`` ``tmp/``
@@ -190,10 +209,12 @@ class Store:
         the OCI backend's built layer per (step key, layers below, compression, epoch)
     ``OCI_INDEX`` ``oci/index/<d[:2]>/<d>.json``
         per diff_id, the paths a layer holds (what later steps read)
-    ``OCI_DAEMON`` ``oci/daemon/<image id>.json``
-        which manifest a ``docker-daemon:`` base image became
-    ``OCI_SNAPSHOTS`` ``oci/snapshots/<format>/<diff_id hex>``
-        extracted layers that RUN steps stand on (root only)
+    ``OCI_BASES`` ``oci/bases/<config digest hex>.json``
+        which manifest a base image (by its config digest, the engine's image ID) is in the
+        store as
+    ``OCI_SNAPSHOTS`` ``oci/snapshots/<format>/<diff_id hex>/``
+        extracted layers that RUN steps stand on (root only): ``fs/`` and its integrity
+        record ``check.json``
     ``OCI_RUNS`` ``oci/runs/<id>/``
         a RUN in progress: its overlay, upper directory and bind sources
     ``ENGINES`` ``cache/engines/<what was probed>.json``
@@ -353,6 +374,14 @@ class Store:
     def save_analysis(self, digest: str, text: str) -> None:
         """Memoise a graph analysis."""
         self._write_cache(StoreArea.ANALYSES, digest, text.encode())
+
+    def load_tree_facts(self, name: str) -> bytes | None:
+        """What ``imagedsl check`` learnt of a tree's files (credentials, manifests), or None."""
+        return self._read_cache(StoreArea.CHECK_FACTS, name)
+
+    def save_tree_facts(self, name: str, data: bytes) -> None:
+        """Memoise what ``imagedsl check`` learnt of a tree's files."""
+        self._write_cache(StoreArea.CHECK_FACTS, name, data)
 
     def _read_cache(self, area: StoreArea, name: str) -> bytes | None:
         try:

@@ -18,14 +18,15 @@ import os
 import posixpath
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import attrs
 import blake3
 
 from imagedsl._ignore import IgnoreRules
 from imagedsl._statcache import (
+    DIR_ENTRY,
     MODE,
     RACY_NS,
     SIZE,
@@ -52,8 +53,44 @@ _BIG_FILE: Final = 4 << 20
 _HASH_PIECE: Final = 8 << 20
 #: Up to this many (small) files are hashed without a thread pool.
 _INLINE_FILES: Final = 16
+#: Symlinks followed in a row before giving up (Linux's own limit).
+_MAX_SYMLINKS: Final = 40
+_Kept = TypeVar("_Kept", bound=tuple[bytes, object])
+
+
+def _unchanged_directories(
+    deepest_first: Sequence[str], subtree: Mapping[str, bytes], before: Mapping[str, _Kept]
+) -> tuple[dict[str, _Kept], list[str]]:
+    """What a previous run kept for each directory whose subtree digest is the same (by
+    name), and the directories that changed, deepest first."""
+    now: dict[str, _Kept] = {}
+    changed = []
+    for directory in deepest_first:
+        old = before.get(directory)
+        if old is not None and old[0] == subtree[directory]:
+            now[directory] = old
+        else:
+            changed.append(directory)
+    return now, changed
+
+
 #: A tree row: (placed, source, type, mode, size, digest), the tuple form of a TreeEntry.
 Row = tuple[str, str, str, int, int, str]
+
+
+class ContextChangedError(ContextError):
+    """A context file changed after the plan hashed it (``path``: the file, or the selection
+    whose files no longer give the planned digest): its bytes are not the planned ones."""
+
+    def __init__(self, root: str, path: str) -> None:
+        super().__init__(root, (path,), "changed since it was planned")
+        self.path = path
+
+    def __str__(self) -> str:
+        return (
+            f"{os.path.join(self.root, self.path)} changed while the build was being prepared; "
+            "run the build again"
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -184,6 +221,14 @@ MANIFEST_NAMES: Final = frozenset(
     }
 )  # fmt: skip
 _MANIFEST_PATTERN: Final = re.compile(r"(requirements|constraints)([-_.][\w.-]*)?\.(txt|in)\Z")
+
+
+def is_manifest(name: str) -> bool:
+    """Whether a basename is a dependency manifest or lock file (``requirements-dev.txt``
+    too): the files a dependency install reads."""
+    return name in MANIFEST_NAMES or _MANIFEST_PATTERN.match(name) is not None
+
+
 #: A COPY from the context with ``layers=None`` is split as ``layers="auto"`` when the files
 #: it selects hold at least this many bytes: an edit then rewrites (and pushes) one small
 #: layer instead of recompressing the whole copy.
@@ -256,7 +301,7 @@ class _AutoAssign:
     def __call__(self, placed: str, kind: str, size: int) -> int:
         if kind == "file":
             base = placed.rpartition("/")[2]
-            if base in MANIFEST_NAMES or _MANIFEST_PATTERN.match(base):
+            if is_manifest(base):
                 return 0
             if size >= LARGE_FILE:
                 return 1 + _bucket(placed, self.large)
@@ -395,10 +440,14 @@ class ContextHasher:
             probe = f"{rules_id}:dir:{base}"
             digest = self._merkle(root, cache, probe, base, memo)
             self._wholes[digest] = (root, probe, base, memo)
-            return Tree(digest, lambda: self._rows(root, selections, exclude, dest_is_dir, parents))
+            return Tree(
+                digest, self._rows_later(root, selections, exclude, dest_is_dir, parents, digest)
+            )
         known = cache.trees.get(memo)
         if known is not None and all(cache.unchanged(p) for p in probes):
-            return Tree(known, lambda: self._rows(root, selections, exclude, dest_is_dir, parents))
+            return Tree(
+                known, self._rows_later(root, selections, exclude, dest_is_dir, parents, known)
+            )
         tree = Tree.from_rows(self._rows(root, selections, exclude, dest_is_dir, parents))
         cache.trees[memo] = tree.digest
         self._dirty.add(root)
@@ -455,22 +504,9 @@ class ContextHasher:
         assign = _AutoAssign(large, rest)
         deepest_first, subtree = self._subtrees[(probe, base)]
         key = f"{memo}\0{assign.large}\0{assign.rest}"
-        before = cache.part_subtrees(key)
-        now: dict[str, tuple[bytes, bytes]] = {}
-        changed = []
-        for directory in deepest_first:
-            old = before.get(directory)
-            if old is not None and old[0] == subtree[directory]:
-                now[directory] = old
-            else:
-                changed.append(directory)
-        files = [
-            (path, entry)
-            for directory in changed
-            for path, entry in directories[directory].items()
-            if entry[TYPE] != "dir"
-        ]
-        contents = self._digests(root, files) if files else {}
+        before: Mapping[str, tuple[bytes, bytes]] = cache.part_subtrees(key)
+        now, changed = _unchanged_directories(deepest_first, subtree, before)
+        contents = self._changed_contents(root, directories, changed)
         cut = len(base) + 1 if base else 0
         empty = bytes.fromhex(_directory_digest((), top=False))
         for directory in changed:  # deepest first: subdirectories are done before parents
@@ -563,11 +599,56 @@ class ContextHasher:
         entry = self._stat_one(context, rules, rules_id, selector.path, probes)
         if entry is None:
             return None
+        path = selector.path
+        if entry[TYPE] == "symlink":
+            followed = self._follow(context, rules, rules_id, path, entry, probes)
+            if followed is None:
+                return None
+            target, entry = followed
+            if entry[TYPE] == "dir":
+                path = target
         if (selector.kind == "file" and entry[TYPE] == "dir") or (
             selector.kind == "dir" and entry[TYPE] != "dir"
         ):
             return None
-        return self._expand(context, rules, rules_id, selector.path, entry, probes)
+        return self._expand(context, rules, rules_id, path, entry, probes)
+
+    def _follow(
+        self,
+        context: Context,
+        rules: IgnoreRules,
+        rules_id: str,
+        path: str,
+        entry: Entry,
+        probes: list[str],
+    ) -> tuple[str, Entry] | None:
+        """What a symlink named as a source resolves to: BuildKit follows it, inside the
+        context (the target's content, under the link's name; a directory's contents).
+
+        None when the target is missing or ignored; an error when the host would resolve it
+        to anything but what BuildKit reads (it leaves the context).
+        """
+        root = context.root
+        rel = path
+        for _ in range(_MAX_SYMLINKS):
+            target = entry[TARGET]
+            joined = (
+                target if target.startswith("/") else posixpath.join(posixpath.dirname(rel), target)
+            )
+            rel = posixpath.normpath("/" + joined).lstrip("/")  # ".." stops at the root
+            if not rel:
+                return "", DIR_ENTRY
+            found = self._stat_one(context, rules, rules_id, rel, probes)
+            if found is None:
+                return None
+            entry = found
+            if entry[TYPE] != "symlink":
+                break
+        else:
+            raise ContextError(root, problem=f"{path}: too many levels of symbolic links")
+        if os.path.realpath(os.path.join(root, path)) != os.path.realpath(os.path.join(root, rel)):
+            raise ContextError(root, problem=f"{path} is a symlink that leaves the build context")
+        return rel, entry
 
     def _expand(
         self,
@@ -629,6 +710,28 @@ class ContextHasher:
 
     # -- hashing -----------------------------------------------------------------------------
 
+    def _rows_later(
+        self,
+        root: str,
+        selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
+        exclude: Sequence[str],
+        dest_is_dir: bool,
+        parents: bool,
+        digest: str,
+    ) -> Callable[[], tuple[Row, ...]]:
+        """The rows of a tree whose digest came from the stat cache, built when first read:
+        by then a file may have changed, and rows that no longer give the planned digest
+        must not be used (a backend would place bytes other than the keyed ones)."""
+
+        def rows() -> tuple[Row, ...]:
+            found = self._rows(root, selections, exclude, dest_is_dir, parents)
+            if tree_digest(found) != digest:
+                changed = ", ".join(selector.path for selector, _ in selections)
+                raise ContextChangedError(root, changed)
+            return found
+
+        return rows
+
     def _rows(
         self,
         root: str,
@@ -678,22 +781,9 @@ class ContextHasher:
                 hasher.update(subtree[child])
             subtree[directory] = hasher.digest()
         self._subtrees[(probe, base)] = (deepest_first, subtree)
-        before = cache.subtrees.get(memo, {})
-        now: dict[str, tuple[bytes, str]] = {}
-        changed = []
-        for directory in deepest_first:
-            old = before.get(directory)
-            if old is not None and old[0] == subtree[directory]:
-                now[directory] = old
-            else:
-                changed.append(directory)
-        files = [
-            (path, entry)
-            for directory in changed
-            for path, entry in directories[directory].items()
-            if entry[TYPE] != "dir"
-        ]
-        contents = self._digests(root, files) if files else {}
+        before_digests: Mapping[str, tuple[bytes, str]] = cache.subtrees.get(memo, {})
+        now, changed = _unchanged_directories(deepest_first, subtree, before_digests)
+        contents = self._changed_contents(root, directories, changed)
         for directory in changed:  # deepest first: subdirectories are done before parents
             records = []
             for path, entry in directories[directory].items():
@@ -707,6 +797,18 @@ class ContextHasher:
         if changed:
             self._dirty.add(root)
         return now[base][1]
+
+    def _changed_contents(
+        self, root: str, directories: Mapping[str, Mapping[str, Entry]], changed: Sequence[str]
+    ) -> dict[str, str]:
+        """Content digests of the files (not directories) in the ``changed`` directories."""
+        files = [
+            (path, entry)
+            for directory in changed
+            for path, entry in directories[directory].items()
+            if entry[TYPE] != "dir"
+        ]
+        return self._digests(root, files) if files else {}
 
     def _digests(self, root: str, entries: Iterable[tuple[str, Entry]]) -> dict[str, str]:
         """Content digests (file bytes, symlink targets; directories have none)."""

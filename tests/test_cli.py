@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_support import imagedsl
 
 from imagedsl import api
 from imagedsl.store import Store, StoreArea
+from tests.support.cli import imagedsl
 
 RESOURCES = Path(__file__).parent / "resources"
 

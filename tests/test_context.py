@@ -7,10 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import imagedsl as dsl
+from imagedsl import treehash
 from imagedsl.errors import ContextError
 from imagedsl.reporting import Reporter
 from imagedsl.store import Store
@@ -25,6 +26,38 @@ class CountingReporter(Reporter):
 
     def hashing_started(self, root: str, files: int, total_bytes: int) -> None:  # noqa: ARG002
         self.files_read += files
+
+
+def file_and_dir_clash(paths: list[str]) -> bool:
+    """Whether a file ``x.txt`` and a directory ``x/`` are both asked for (they cannot be)."""
+    return any(a != b and b.startswith(a.removesuffix(".txt") + "/") for a in paths for b in paths)
+
+
+class ScanClock:
+    """The clock a scan reads to tell "racily clean" files (changed within 50 ms of its
+    start) from settled ones: set it instead of sleeping, so no test depends on timing."""
+
+    def __init__(self) -> None:
+        self.now_ns: int | None = None
+
+    def time_ns(self) -> int:
+        return time.time_ns() if self.now_ns is None else self.now_ns
+
+    def settled(self) -> None:
+        """Scans start a second from now: every file written so far is settled."""
+        self.now_ns = time.time_ns() + 1_000_000_000
+
+    def just_after(self, path: Path) -> None:
+        """Scans start 1 ms after ``path`` last changed: it is racily clean."""
+        self.now_ns = path.stat().st_ctime_ns + 1_000_000
+
+
+@pytest.fixture(name="clock")
+def fixture_clock(monkeypatch: pytest.MonkeyPatch) -> ScanClock:
+    """The scan clock, set by the test (see :class:`ScanClock`)."""
+    clock = ScanClock()
+    monkeypatch.setattr(treehash, "time", clock)
+    return clock
 
 
 def write_tree(root: Path, files: dict[str, bytes]) -> None:
@@ -114,12 +147,14 @@ def test_checkout_directory_does_not_matter(project: Path, tmp_path: Path) -> No
     assert digest(dsl.context(project).as_source()) == digest(dsl.context(other).as_source())
 
 
-def test_stat_cache_skips_rereading_unchanged_files(project: Path, tmp_path: Path) -> None:
+def test_stat_cache_skips_rereading_unchanged_files(
+    project: Path, tmp_path: Path, clock: ScanClock
+) -> None:
     """A second run reads no file; after an edit it reads exactly that file."""
     store = Store(tmp_path / "store")
     src = dsl.context(project).as_source()
-    # Files changed within the last moment are "racily clean" and never trusted; let them age.
-    time.sleep(0.1)
+    # Files changed within the last moment are "racily clean" and never trusted: not these.
+    clock.settled()
     first, second, third = CountingReporter(), CountingReporter(), CountingReporter()
     for reporter in (first, second):
         hasher = ContextHasher(store, reporter)
@@ -128,16 +163,19 @@ def test_stat_cache_skips_rereading_unchanged_files(project: Path, tmp_path: Pat
     assert first.files_read == 5
     assert second.files_read == 0
     (project / "README.md").write_bytes(b"# changed\n")
-    time.sleep(0.1)
+    clock.settled()
     hasher = ContextHasher(store, third)
     hasher.tree(src)
     assert third.files_read == 1
 
 
-def test_racily_clean_files_are_always_reread(project: Path, tmp_path: Path) -> None:
+def test_racily_clean_files_are_always_reread(
+    project: Path, tmp_path: Path, clock: ScanClock
+) -> None:
     """A file modified just before a scan is not trusted from the stat cache next time."""
     store = Store(tmp_path / "store")
     src = dsl.context(project).file("README.md")
+    clock.just_after(project / "README.md")
     for _ in range(2):
         reporter = CountingReporter()
         hasher = ContextHasher(store, reporter)
@@ -259,10 +297,9 @@ def test_any_content_change_changes_the_digest(
     tmp_path_factory: pytest.TempPathFactory, files: dict[str, bytes], data: st.DataObject
 ) -> None:
     """Flipping a byte (same size) of any file changes the digest; rewriting it doesn't."""
-    root = tmp_path_factory.mktemp("ctx")
     paths = sorted(files)
-    if any(a != b and b.startswith(a.removesuffix(".txt") + "/") for a in paths for b in paths):
-        return  # a file and a directory of one name cannot both exist
+    assume(not file_and_dir_clash(paths))
+    root = tmp_path_factory.mktemp("ctx")
     write_tree(root, files)
     src = dsl.context(root).as_source()
     before = digest(src)
@@ -296,8 +333,7 @@ def test_metadata_only_changes_never_change_the_digest(
 ) -> None:
     """Any mtime/atime, owner or non-execute permission bits, in another checkout: same digest."""
     paths = sorted(files)
-    if any(a != b and b.startswith(a.removesuffix(".txt") + "/") for a in paths for b in paths):
-        return  # a file and a directory of one name cannot both exist
+    assume(not file_and_dir_clash(paths))
     first, second = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two") / "deeper"
     write_tree(first, files)
     write_tree(second, files)
@@ -321,20 +357,22 @@ EDITS = st.lists(
 )
 @given(files=FILES, edits=EDITS)
 def test_incremental_digests_equal_digests_from_scratch(
-    tmp_path_factory: pytest.TempPathFactory, files: dict[str, bytes], edits: list[tuple[str, int]]
+    tmp_path_factory: pytest.TempPathFactory,
+    clock: ScanClock,
+    files: dict[str, bytes],
+    edits: list[tuple[str, int]],
 ) -> None:
     """A warm store reuses the digests of unchanged directories; the result always equals the
     digest computed from all the rows with no store at all."""
     paths = sorted(files)
-    if any(a != b and b.startswith(a.removesuffix(".txt") + "/") for a in paths for b in paths):
-        return  # a file and a directory of one name cannot both exist
+    assume(not file_and_dir_clash(paths))
     root = tmp_path_factory.mktemp("ctx")
     store = Store(tmp_path_factory.mktemp("store"))
     write_tree(root, files)
     for selection in (dsl.context(root).as_source(), dsl.context(root).dir(paths[0].split("/")[0])):
         if "/" not in paths[0] and selection.selectors[0].kind == "dir":
             continue
-        time.sleep(0.06)  # past the racy window, so the store really is used
+        clock.settled()  # past the racy window, so the store really is used
         digest(selection, store)
         for action, n in edits:
             target = root / paths[n % len(paths)]
@@ -346,7 +384,7 @@ def test_incremental_digests_equal_digests_from_scratch(
                 target.chmod(0o755)
             elif action == "mkdir":
                 (target.parent / f"new{n}").mkdir(exist_ok=True)
-        time.sleep(0.06)
+        clock.settled()
         warm = ContextHasher(store, Reporter()).tree(selection)
         cold = ContextHasher(None, Reporter()).tree(selection)
         assert warm.digest == cold.digest == Tree.from_rows(cold.rows).digest
@@ -407,3 +445,45 @@ def test_incremental_layer_parts_equal_parts_from_scratch(
     assert [(n, t.rows) for n, t in found] == [
         (n, t.rows) for n, t in partition_tree(cold.tree(selection), "auto")
     ]
+
+
+def test_a_symlinked_file_is_copied_as_its_target(tmp_path: Path) -> None:
+    """Selecting a symlink by name selects what it points to (BuildKit follows it, inside the
+    context): the target's content under the link's name."""
+    root = tmp_path / "ctx"
+    write_tree(root, {"real.txt": b"hello\n", "dir/inner.txt": b"inner\n"})
+    (root / "link.txt").symlink_to("real.txt")
+    (root / "dirlink").symlink_to("dir")
+    src = dsl.context(root)
+    hasher = ContextHasher(None, Reporter())
+    tree = hasher.tree(src.file("link.txt"), dest_is_dir=False)
+    (entry,) = tree.entries
+    assert (entry.placed, entry.type, entry.size) == (".", "file", 6)
+    assert tree.digest == hasher.tree(src.file("real.txt"), dest_is_dir=False).digest
+    assert [e.placed for e in hasher.tree(src.dir("dirlink")).entries] == ["inner.txt"]
+
+
+def test_a_symlink_out_of_the_context_is_refused(tmp_path: Path) -> None:
+    """An absolute link reads the context's path in BuildKit and the host's here: refused."""
+    root = tmp_path / "ctx"
+    write_tree(root, {"etc/passwd": b"not the host's\n"})
+    (root / "abs").symlink_to("/etc/passwd")
+    (root / "gone").symlink_to("missing.txt")
+    src = dsl.context(root)
+    hasher = ContextHasher(None, Reporter())
+    with pytest.raises(ContextError, match="leaves the build context"):
+        hasher.tree(src.file("abs"))
+    with pytest.raises(ContextError):
+        hasher.tree(src.file("gone"))
+
+
+def test_editing_a_symlinked_file_changes_the_digest(tmp_path: Path) -> None:
+    """The stat cache watches the target too, not only the link."""
+    root = tmp_path / "ctx"
+    write_tree(root, {"real.txt": b"one\n"})
+    (root / "link.txt").symlink_to("real.txt")
+    store = Store(tmp_path / "store")
+    source = dsl.context(root).file("link.txt")
+    before = digest(source, store)
+    (root / "real.txt").write_bytes(b"two, longer\n")
+    assert digest(source, store) != before

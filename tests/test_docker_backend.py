@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from docker_support import DockerEngine
 
 import imagedsl as dsl
 from imagedsl import api
@@ -31,6 +30,7 @@ from imagedsl.buildstate import expand
 from imagedsl.planner import PlanStatus
 from imagedsl.reporting import Reporter
 from imagedsl.store import Store
+from tests.support.docker import PINNED_ENGINE, DockerEngine, expect_engine
 
 RESOURCES = Path(__file__).parent / "resources" / "docker"
 
@@ -122,6 +122,10 @@ def test_build_records_steps_and_the_next_plan_hits(
     assert ran.stdout == f"flask\nmain\n{token}\n"
     assert any("[app 6/6] RUN cat requirements.txt" in line for line in recorder.lines)
     assert recorder.finished["app[6]"] == "built"
+    run_step = next(s for s in again.steps if s.instruction.startswith("RUN cat"))
+    run_record = store.get(run_step.key)
+    assert run_record is not None
+    assert isinstance(run_record.outputs.get("seconds"), float)  # BuildKit's DONE time
 
 
 def test_cli_build_streams_plain_progress_and_plan_shows_hits(
@@ -272,6 +276,49 @@ def test_secret_values_never_leave_the_build(
     assert "--mount=type=secret,id=token,required=true" in lowered
 
 
+class LineRecorder(Reporter):
+    """Keeps every output line the backend reports."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def step_output(self, label: str, line: str) -> None:  # noqa: ARG002 - the hook's signature
+        self.lines.append(line)
+
+
+def test_failing_run_masks_secrets_in_its_error_and_output(
+    docker_engine: DockerEngine, busybox_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A RUN that prints its secrets and then fails shows them masked, in the streamed
+    progress and in the error's tail of output alike (BuildKit itself masks nothing)."""
+    lines = ["key-" + uuid.uuid4().hex, "line2-" + uuid.uuid4().hex]
+    variable = "s3cr3t-" + uuid.uuid4().hex
+    monkeypatch.setenv("TEST_SECRET_VALUE", variable)
+    (tmp_path / "token").write_text("\n".join(lines) + "\n")
+    stage = dsl.image(busybox_image).run(
+        f'echo {uuid.uuid4().hex}; cat /run/secrets/api; echo "token=$(cat /run/secrets/env)";'
+        " exit 7",
+        mounts=[dsl.secret("api"), dsl.secret("env")],
+    )
+    secrets = (SecretSource.parse("id=api,src=" + str(tmp_path / "token")),
+               SecretSource.parse("id=env,env=TEST_SECRET_VALUE"))  # fmt: skip
+    store = Store(tmp_path / "store")
+    recorder = LineRecorder()
+    with pytest.raises(BuildFailedError) as caught:
+        DockerfileBackend(docker_engine).build(
+            api.plan(stage, "s", store=store),
+            BuildRequest(secrets=secrets, progress="plain"),
+            store=store,
+            reporter=recorder,
+        )
+    assert "exit code: 7" in caught.value.message
+    assert [line.split()[-1] for line in caught.value.output[-3:]] == ["****", "****", "token=****"]
+    shown = "\n".join([str(caught.value), *caught.value.output, *recorder.lines])
+    assert "token=****" in "\n".join(recorder.lines)
+    for value in [*lines, variable]:
+        assert value not in shown
+
+
 def test_missing_secret_source_is_refused_before_building(
     docker_engine: DockerEngine, busybox_image: str, tmp_path: Path
 ) -> None:
@@ -292,8 +339,7 @@ def test_feature_missing_from_the_engine_is_refused_naming_the_step(
     building (COPY --link, heredocs, --parents and ADD --checksum are written in forms it
     accepts instead: tests/test_instruction_forms.py; RUN steps that all ask for no network
     build with ``docker build --network=none``: test_runs_without_network_build_on_docker_20)."""
-    if docker_engine.buildx or not docker_engine.server_version.startswith("20."):
-        pytest.skip(f"the engine is {docker_engine.server_version}, not Docker 20.10")
+    expect_engine(docker_engine, PINNED_ENGINE, "its frontend has no RUN --network")
     stage = dsl.image(busybox_image).run("true", network="host")
     store = Store(tmp_path / "store")
     with pytest.raises(LoweringError) as caught:
@@ -482,6 +528,8 @@ def test_progress_parser_reads_buildkit_08_output() -> None:
         parser.feed(line)
     vertices = parser.by_label()
     assert vertices["[a 2/3]"].status == DONE
+    assert vertices["[a 2/3]"].seconds is not None
+    assert vertices["[b 1/2]"].seconds is None  # cached: made by an earlier build
     assert vertices["[a 3/3]"].status == ERROR
     assert vertices["[a 3/3]"].output == ["failing"]
     assert vertices["[a 3/3]"].error == (

@@ -406,3 +406,26 @@ def test_deep_chains_compare_and_hash_without_recursion() -> None:
     assert hash(one) == hash(same)
     assert one != other
     assert len({one, same, other}) == 2
+
+
+@pytest.mark.parametrize(
+    ("written", "canonical"),
+    [
+        pytest.param("linux/x86_64", "linux/amd64", id="x86_64"),
+        pytest.param("linux/amd64/v1", "linux/amd64", id="amd64-v1"),
+        pytest.param("linux/aarch64", "linux/arm64", id="aarch64"),
+        pytest.param("linux/arm64/v8", "linux/arm64", id="arm64-v8"),
+        pytest.param("linux/arm", "linux/arm/v7", id="arm"),
+        pytest.param("Linux/AMD64", "linux/amd64", id="case"),
+        pytest.param("linux/amd64/v3", "linux/amd64/v3", id="other-variant-kept"),
+    ],
+)
+def test_platform_aliases_name_one_platform(written: str, canonical: str) -> None:
+    """BuildKit's platform aliases read as the platform they name, in steps and in keys."""
+    assert (
+        dsl.image("alpine", platform=written).step == dsl.image("alpine", platform=canonical).step
+    )
+    stage = dsl.image("alpine").run("true")
+    assert [s.key for s in api.plan(stage, "s", platform=written).steps] == [
+        s.key for s in api.plan(stage, "s", platform=canonical).steps
+    ]

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from docker_support import DockerEngine, host_tool, http_get, serving
 
 from imagedsl.backends.dockerfile._progress import CACHED, ProgressParser
+from tests.support.docker import DockerEngine, host_tool, http_get, serving
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

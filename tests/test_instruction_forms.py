@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from docker_support import DockerEngine
-from equivalence_support import differences, export_listing, layout_listing
+
+from tests.support.docker import DockerEngine
+from tests.support.equivalence import differences, export_listing, layout_listing
 
 #: The config fields a Dockerfile sets; both backends must agree on each.
 CONFIG_FIELDS = (

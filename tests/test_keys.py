@@ -162,6 +162,30 @@ def test_cache_mount_id_changes_key_but_contents_cannot() -> None:
     }  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("0123456789abcdef" * 4, True, id="key"),
+        pytest.param("abc", False, id="short-hex"),
+        pytest.param("0123456789ABCDEF" * 4, False, id="upper"),
+        pytest.param("X" * 64, False, id="not-hex"),
+        pytest.param("a" * 65, False, id="long"),
+        pytest.param(12, False, id="not-text"),
+        pytest.param(None, False, id="none"),
+    ],
+)
+def test_is_key_accepts_64_lowercase_hex_digits_only(text: object, expected: bool) -> None:
+    """Only a 64-digit lowercase hex string looks like a key."""
+    assert keys.is_key(text) is expected
+
+
+def test_canonical_form_refuses_nan_and_infinity() -> None:
+    """NaN and infinities have no JSON spelling (and NaN != NaN): no preimage may hold one."""
+    for value in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match="not JSON compliant"):
+            keys.canonical({"x": value})
+
+
 def test_same_meaning_same_key_for_the_new_forms(tmp_path: Any) -> None:
     """A heredoc script keys as the same string in shell form; a file written in build.py
     keys as a context file of the same bytes and mode copied to the same place."""

@@ -9,14 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from docker_support import RegistryServer
-from registry_support import make_image
 
 import imagedsl as dsl
 from imagedsl import api
 from imagedsl.lockfile import LockFile, LockFileError
 from imagedsl.registry.client import RegistryClient
 from imagedsl.store import Store
+from tests.support.docker import RegistryServer
+from tests.support.registry import make_image
 
 DIGEST = "sha256:" + "c" * 64
 
@@ -48,8 +48,12 @@ def test_lock_pins_an_unpinned_base(tmp_path: Path) -> None:
     "content",
     [
         pytest.param("{", id="not-json"),
-        pytest.param('{"version": 2, "images": {}}', id="other-version"),
+        pytest.param('{"version": 99, "images": {}}', id="other-version"),
         pytest.param('{"version": 1, "images": {"a": {"linux/amd64": "md5:1"}}}', id="bad-digest"),
+        pytest.param(
+            '{"version": 2, "images": {"a": {"linux/amd64": {"image": "md5:1"}}}}',
+            id="bad-image-digest",
+        ),
     ],
 )
 def test_malformed_lock_is_an_error_naming_the_file(tmp_path: Path, content: str) -> None:
@@ -60,13 +64,28 @@ def test_malformed_lock_is_an_error_naming_the_file(tmp_path: Path, content: str
     assert caught.value.path == str(tmp_path / "imagedsl.lock")
 
 
-def push_base(registry: RegistryServer, tmp_path: Path, content: bytes) -> str:
-    """Push a one-layer image as ``base:1``; return its manifest digest."""
+def test_a_version_1_lock_is_read_as_written(tmp_path: Path) -> None:
+    """An older lock's manifest digest stays the base's identity (and what pulls it)."""
+    build_path = write_build(tmp_path, "alpine:3.20")
+    (tmp_path / "imagedsl.lock").write_text(
+        json.dumps(
+            {"version": 1, "images": {"docker.io/library/alpine:3.20": {"linux/amd64": DIGEST}}}
+        )
+    )
+    locked = api.load_buildfile(build_path).plan()
+    assert locked.steps[0].node.preimage["digest"] == DIGEST
+    assert locked.steps[0].node.base is not None
+    assert locked.steps[0].node.base.manifest == DIGEST
+
+
+def push_base(registry: RegistryServer, tmp_path: Path, content: bytes) -> tuple[str, str]:
+    """Push a one-layer image as ``base:1``; return its manifest and config digests."""
     store = Store(tmp_path / f"push-{content.hex()}")
     manifest = make_image(store, [{"etc/version": content}])
     with RegistryClient() as client:
         client.push(store, manifest, f"{registry.host}/base:1")
-    return manifest.digest
+    config = json.loads(store.blob_path(manifest.digest).read_bytes())["config"]["digest"]
+    return manifest.digest, config
 
 
 def plan_json(build_path: Path, store: Path, *extra: str) -> dict[str, object]:
@@ -84,22 +103,28 @@ def plan_json(build_path: Path, store: Path, *extra: str) -> dict[str, object]:
 
 
 def test_plan_resolve_against_a_real_registry(registry: RegistryServer, tmp_path: Path) -> None:
-    """--resolve pins the tag's current digest; the lock holds it until resolved again."""
-    first = push_base(registry, tmp_path, b"1")
+    """--resolve pins the tag's current image (its config digest, and the manifest digest that
+    pulls it); the lock holds it until resolved again."""
+    first, first_image = push_base(registry, tmp_path, b"1")
     build_path = write_build(tmp_path, f"{registry.host}/base:1")
     store = tmp_path / "store"
     resolved = plan_json(build_path, store, "--resolve")
     steps = resolved["steps"]
     assert isinstance(steps, list)
     lock = json.loads((tmp_path / "imagedsl.lock").read_text())
-    assert lock == {"version": 1, "images": {f"{registry.host}/base:1": {"linux/amd64": first}}}
-    assert steps[0]["notes"] == [f"pinned to {first} by the lock file"]
+    assert lock == {
+        "version": 2,
+        "images": {
+            f"{registry.host}/base:1": {"linux/amd64": {"image": first_image, "manifest": first}}
+        },
+    }
+    assert steps[0]["notes"] == [f"pinned to {first_image} by the lock file"]
 
-    second = push_base(registry, tmp_path, b"2")  # the tag moves upstream
+    _, second_image = push_base(registry, tmp_path, b"2")  # the tag moves upstream
     again = plan_json(build_path, store)
-    assert again["steps"] == steps  # the lock holds the old digest
+    assert again["steps"] == steps  # the lock holds the old image
     moved = plan_json(build_path, store, "--resolve")
     moved_steps = moved["steps"]
     assert isinstance(moved_steps, list)
-    assert moved_steps[0]["notes"] == [f"pinned to {second} by the lock file"]
+    assert moved_steps[0]["notes"] == [f"pinned to {second_image} by the lock file"]
     assert moved_steps[0]["key"] != steps[0]["key"]

@@ -10,7 +10,6 @@ from typing import Any
 
 import dockerfile
 import pytest
-from buildkit_words import read_word
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
@@ -31,6 +30,7 @@ from imagedsl.backends.dockerfile.lowering import (
 from imagedsl.buildstate import expand
 from imagedsl.reporting import Reporter
 from imagedsl.treehash import ContextHasher
+from tests.support.buildkit_words import read_word
 
 BUSYBOX = "imagedsl-test/busybox:latest"
 

@@ -14,9 +14,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-import oci_support
 import pytest
-from oci_support import build, layer_members, read_image
 
 import imagedsl as dsl
 from imagedsl import api
@@ -25,12 +23,15 @@ from imagedsl.backends.oci.backend import OCIBackend
 from imagedsl.backends.oci.outputs import Output
 from imagedsl.planner import PlanStatus, plan
 from imagedsl.store import Store, StoreArea
+from tests.support import oci
+from tests.support.oci import build, layer_members, read_image
+from tests.support.skips import require_root
 
 
 @pytest.fixture(name="base", scope="module")
 def fixture_base(tmp_path_factory: pytest.TempPathFactory) -> str:
     """``oci:DIR:1``: the busybox base as an OCI layout."""
-    return oci_support.make_busybox_layout(tmp_path_factory.mktemp("base"))
+    return oci.make_busybox_layout(tmp_path_factory.mktemp("base"))
 
 
 @pytest.fixture(name="ctx")
@@ -96,7 +97,8 @@ def test_config_history_and_annotations(base: str, ctx: Path, store: Store, tmp_
     assert history[4]["created_by"] == "COPY app . # imagedsl"
     annotations = manifest["annotations"]
     assert annotations["org.opencontainers.image.created"] == "1970-01-01T00:00:00Z"
-    assert annotations["org.opencontainers.image.base.name"] == base
+    # The base is a layout with no image name: no base.name, never its local path (issue 14).
+    assert "org.opencontainers.image.base.name" not in annotations
     base_digest, _, _ = read_image(Path(base.split(":")[1]), "1")
     assert annotations["org.opencontainers.image.base.digest"] == base_digest
     assert manifest["layers"][0]["digest"] in {
@@ -120,7 +122,7 @@ def test_entrypoint_resets_inherited_cmd(base: str, store: Store) -> None:
 def test_rebuild_compresses_nothing_and_plan_hits(
     base: str, ctx: Path, store: Store, tmp_path: Path
 ) -> None:
-    """A second build of unchanged inputs writes no layer and only links the output."""
+    """A second build of unchanged inputs writes no layer and only copies the output."""
     src = dsl.context(ctx)
     app = dsl.image(base).copy(src.file("requirements.txt"), "/app/").copy(src.dir("app"), "/app")
     stages = {"app": app}
@@ -134,8 +136,11 @@ def test_rebuild_compresses_nothing_and_plan_hits(
     assert second.stats.bytes_compressed == 0
     assert second.image.manifest_digest == first.image.manifest_digest
     layer = second.image.layers[-1].digest.partition(":")[2]
-    linked = tmp_path / "two" / "blobs" / "sha256" / layer
-    assert linked.stat().st_ino == (store.area(StoreArea.BLOBS) / layer).stat().st_ino
+    copied = tmp_path / "two" / "blobs" / "sha256" / layer
+    stored = store.area(StoreArea.BLOBS) / layer
+    # A copy, never a hard link: editing the output cannot change the store (issue 14).
+    assert copied.stat().st_ino != stored.stat().st_ino
+    assert copied.read_bytes() == stored.read_bytes()
 
 
 def test_edit_rebuilds_only_the_changed_layer(base: str, ctx: Path, store: Store) -> None:
@@ -178,10 +183,10 @@ def _copy_tree_differently(source: Path, dest: Path, *, mtime: int, umask: int, 
         os.utime(path, (mtime, mtime))
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="changing file owners needs root")
 def test_reproducible_across_checkouts(base: str, ctx: Path, tmp_path: Path) -> None:
     """Same build.py and inputs give the same manifest digest whatever mtime, owner, umask and
     checkout directory the sources have (two stores, so nothing is shared)."""
+    require_root("changing file owners needs root")
     digests = []
     for i, (mtime, umask, uid) in enumerate(
         [(1_000_000_000, 0o022, 0), (1_600_000_000, 0o077, 4321)]
@@ -268,7 +273,7 @@ def test_copy_from_stage_keeps_downstream_hits(
     assert names == [["run.sh"], ["bin", "bin/busybox"], ["pkg", "pkg/util.py"]]
     busybox = layer_members(tmp_path / "out", manifest["layers"][1])[1]
     assert busybox.mode == 0o755
-    assert busybox.size == oci_support.BUSYBOX.stat().st_size
+    assert busybox.size == oci.BUSYBOX.stat().st_size
 
     (ctx / "app" / "main.py").write_text("print('changed, but not copied')\n")
     after = plan(stages, "app", store=store, project="test")
@@ -286,11 +291,11 @@ def test_add_unpacks_local_archives(base: str, tmp_path: Path, store: Store) -> 
     """ADD unpacks a local tar.gz into the destination (owners and modes from the archive)."""
     ctx = tmp_path / "ctx"
     ctx.mkdir()
-    data = oci_support.tar_bytes(
+    data = oci.tar_bytes(
         [
-            oci_support.member("pkg/", kind=tarfile.DIRTYPE, mode=0o755),
-            oci_support.member("pkg/tool", data=b"#!/bin/sh\n", mode=0o750, uid=5),
-            oci_support.member("pkg/alias", kind=tarfile.LNKTYPE, linkname="pkg/tool"),
+            oci.member("pkg/", kind=tarfile.DIRTYPE, mode=0o755),
+            oci.member("pkg/tool", data=b"#!/bin/sh\n", mode=0o750, uid=5),
+            oci.member("pkg/alias", kind=tarfile.LNKTYPE, linkname="pkg/tool"),
         ]
     )
     (ctx / "vendor.tar.gz").write_bytes(gzip.compress(data))
@@ -332,6 +337,8 @@ def test_workdir_creates_missing_directories_only(base: str, store: Store, tmp_p
     _, manifest, config = read_image(tmp_path / "out")
     assert len(manifest["layers"]) == 2
     members = {m.name: m for m in layer_members(tmp_path / "out", manifest["layers"][1])}
+    # Parents it creates belong to the USER too, as BuildKit makes them (issue 14; checked
+    # against BuildKit in tests/test_buildkit_likeness.py).
     assert (members["srv/data"].uid, members["srv"].uid) == (1000, 1000)
     assert config["history"][1]["empty_layer"] is True
 
@@ -538,9 +545,9 @@ def test_result_names_each_step_once(base: str, ctx: Path, store: Store) -> None
 def test_base_config_is_inherited(store: Store, tmp_path: Path) -> None:
     """ENV $VARs and relative paths resolve against the base image's Env and WorkingDir."""
     layout = tmp_path / "base-layout"
-    oci_support.write_layout(
+    oci.write_layout(
         layout,
-        [oci_support.tar_bytes(oci_support.busybox_members())],
+        [oci.tar_bytes(oci.busybox_members())],
         tag="1",
         config={"Env": ["PATH=/bin:/usr/bin", "LANG=C.UTF-8"], "WorkingDir": "/work", "User": "7"},
     )
@@ -574,25 +581,30 @@ def _layers(layout: Path, tag: str) -> list[list[tarfile.TarInfo]]:
     return [layer_members(layout, d) for d in manifest["layers"]]
 
 
+def _config_digest(layout: Path, manifest_digest: str) -> str:
+    manifest = json.loads((layout / "blobs" / "sha256" / manifest_digest[7:]).read_bytes())
+    digest: str = manifest["config"]["digest"]
+    return digest
+
+
 def test_plan_pins_a_local_base_by_what_it_holds(tmp_path: Path) -> None:
     """Replacing the image behind oci:DIR:TAG changes the FROM key, and the plan says so."""
     layout = tmp_path / "layout"
-    first = oci_support.write_layout(layout, [oci_support.tar_bytes(oci_support.busybox_members())])
+    first = oci.write_layout(layout, [oci.tar_bytes(oci.busybox_members())])
+    first_image = _config_digest(layout, first)
     build_path = tmp_path / "build.py"
     build_path.write_text(f"import imagedsl as dsl\n\napp = dsl.image('oci:{layout}:1')\n")
     store = Store(tmp_path / "store")
     before = api.load_buildfile(build_path).plan(store=store)
-    assert before.steps[0].node.preimage["digest"] == first
-    assert before.steps[0].notes == (f"resolved to {first} from the local image",)
+    assert before.steps[0].node.preimage["digest"] == first_image
+    assert before.steps[0].notes == (f"resolved to {first_image} from the local image",)
     api.record_step(store, before.steps[0])
     shutil.rmtree(layout)
-    second = oci_support.write_layout(
-        layout, [oci_support.tar_bytes(oci_support.busybox_members())], config={"Cmd": ["x"]}
-    )
+    second = oci.write_layout(layout, [oci.tar_bytes(oci.busybox_members())], config={"Cmd": ["x"]})
     after = api.load_buildfile(build_path).plan(store=store)
     assert after.steps[0].status is PlanStatus.MISS
     assert after.steps[0].reasons == (
-        f"base image digest changed: sha256:{first[7:19]} -> sha256:{second[7:19]}",
+        f"base image changed: oci:{layout}:1 is now {_config_digest(layout, second)}",
     )
 
 
@@ -639,9 +651,9 @@ def test_base_onbuild_triggers_run_first(store: Store, tmp_path: Path) -> None:
     """FROM a base with ONBUILD triggers runs them (ENV, WORKDIR, LABEL, CMD, USER) before
     the stage's own steps; the image keeps none of the base's triggers."""
     layout = tmp_path / "base"
-    oci_support.write_layout(
+    oci.write_layout(
         layout,
-        [oci_support.tar_bytes(oci_support.busybox_members())],
+        [oci.tar_bytes(oci.busybox_members())],
         config={
             "Env": ["PATH=/bin"],
             "Cmd": ["/bin/sh"],
@@ -691,9 +703,9 @@ def test_base_triggers_that_read_outside_the_base_are_refused(
     from imagedsl.backends.oci.triggers import TriggerError
 
     layout = tmp_path / "base"
-    oci_support.write_layout(
+    oci.write_layout(
         layout,
-        [oci_support.tar_bytes(oci_support.busybox_members())],
+        [oci.tar_bytes(oci.busybox_members())],
         config={"Env": ["PATH=/bin"], "OnBuild": [trigger]},
     )
     with pytest.raises(TriggerError) as caught:

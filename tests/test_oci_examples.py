@@ -1,10 +1,10 @@
 """Every example built with ``--backend oci`` runs like its ``--backend docker`` build, and the
 two root filesystems are the same file by file (content, mode, owner, symlinks), apart from
-the by-nature differences listed in :func:`equivalence_support.differences` (and in
+the by-nature differences listed in :func:`equivalence.differences` (and in
 docs/oci-backend.md).
 
 Both backends start from the same bytes: the Debian test bases without their device nodes
-(:func:`equivalence_support.ensure_nodev_image`), by name for BuildKit and through
+(:func:`equivalence.ensure_nodev_image`), by name for BuildKit and through
 ``docker-daemon:`` for the OCI backend. Docker's root filesystem comes from ``docker export``,
 ours from the layers of the OCI layout the build wrote; each image is also run.
 """
@@ -21,8 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from docker_support import DockerEngine, host_tool, http_get, serving
-from equivalence_support import differences, ensure_nodev_image, export_listing, layout_listing
+
+from tests.support.docker import DockerEngine, host_tool, http_get, serving
+from tests.support.equivalence import (
+    differences,
+    ensure_nodev_image,
+    export_listing,
+    layout_listing,
+)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import subprocess
 import tarfile
 from typing import TYPE_CHECKING
@@ -14,12 +15,16 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from imagedsl.backends.oci.filesystem import LayerIndex
 from imagedsl.backends.oci.layer import (
     CHUNK,
     LayerEntry,
     LayerError,
     LayerStream,
     arrange,
+    carries_xattr,
+    pax_xattrs,
+    read_xattrs,
     sort_key,
     write_tar,
 )
@@ -91,6 +96,80 @@ def test_long_and_unicode_names_use_pax() -> None:
     assert raw.count(b"PaxHeader") == 1
     short = gzip.decompress(_layer([LayerEntry(path="a", kind="file", size=1, source=b"1")]))
     assert b"PaxHeader" not in short
+
+
+CAPABILITY = bytes.fromhex("0100000200040000000000000000000000000000")  # cap_net_bind_service+ep
+
+
+def test_xattrs_travel_as_schily_pax_records(tmp_path: Path) -> None:
+    """Extended attributes are ``SCHILY.xattr.NAME`` PAX records with the exact bytes
+    (binary values too), which Python's tarfile and GNU tar both read back."""
+    entry = LayerEntry(
+        path="bin/tool",
+        kind="file",
+        size=1,
+        source=b"x",
+        mode=0o755,
+        xattrs=(("security.capability", CAPABILITY), ("user.note", "é".encode())),
+    )
+    blob = _layer([entry])
+    member = _members(blob)[-1]
+    assert member.name == "bin/tool"
+    assert (
+        member.pax_headers["SCHILY.xattr.security.capability"].encode("utf-8", "surrogateescape")
+        == CAPABILITY
+    )
+    assert member.pax_headers["SCHILY.xattr.user.note"] == "é"
+    assert pax_xattrs(member.pax_headers) == entry.xattrs
+    path = tmp_path / "layer.tar.gz"
+    path.write_bytes(blob)
+    listing = subprocess.run(
+        ["tar", "--xattrs", "--xattrs-include=*", "-tvvzf", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "x: 20 security.capability" in listing.stdout
+
+
+def test_only_carried_xattrs_are_read(tmp_path: Path) -> None:
+    """A layer carries file capabilities, ACLs and ``user.*`` (not overlayfs's or a security
+    module's attributes); they are read sorted, from a path or a descriptor."""
+    assert carries_xattr("security.capability")
+    assert carries_xattr("user.mime_type")
+    assert carries_xattr("system.posix_acl_access")
+    assert not carries_xattr("trusted.overlay.opaque")
+    assert not carries_xattr("user.overlay.redirect")
+    assert not carries_xattr("security.selinux")
+    file = tmp_path / "f"
+    file.write_text("x")
+    try:
+        os.setxattr(file, "user.b", b"2")
+        os.setxattr(file, "user.a", b"1")
+    except OSError as error:
+        pytest.skip(f"no user xattrs on {tmp_path}: {error}")
+    assert read_xattrs(file) == (("user.a", b"1"), ("user.b", b"2"))
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        assert read_xattrs(fd) == (("user.a", b"1"), ("user.b", b"2"))
+    finally:
+        os.close(fd)
+
+
+def test_layer_index_keeps_xattrs() -> None:
+    """The layer index (what COPY --from reads) keeps each entry's extended attributes."""
+    entries = [
+        LayerEntry(path="bin", kind="dir", mode=0o755, xattrs=(("user.d", b"\x00\xff"),)),
+        LayerEntry(
+            path="bin/tool", kind="file", size=1, xattrs=(("security.capability", CAPABILITY),)
+        ),
+        LayerEntry(path="bin/plain", kind="file", size=1),
+    ]
+    index = LayerIndex.of_entries("sha256:" + "0" * 64, entries)
+    again = LayerIndex.from_json(index.to_json())
+    assert again.entries["bin/tool"].xattrs == (("security.capability", CAPABILITY),)
+    assert again.entries["bin"].xattrs == (("user.d", b"\x00\xff"),)
+    assert again.entries["bin/plain"].xattrs == ()
 
 
 def test_duplicates_refused_unless_equal() -> None:

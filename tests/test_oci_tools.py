@@ -12,28 +12,26 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import oci_support
 import pytest
-from oci_support import build, read_image, rootfs_listing, run, tool
 
 import imagedsl as dsl
 from imagedsl.backends.oci.backend import OCIBackend
-from imagedsl.registry.errors import NotFoundError
+from imagedsl.bases import BaseNotFoundError
 from imagedsl.store import Store
+from tests.support import oci
+from tests.support.oci import build, read_image, rootfs_listing, run, tool
+from tests.support.skips import require_root, require_tool
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from docker_support import DockerEngine, RegistryServer
-
-needs_skopeo = pytest.mark.skipif(tool("skopeo") is None, reason="skopeo is not installed")
-needs_umoci = pytest.mark.skipif(tool("umoci") is None, reason="umoci is not installed")
+    from tests.support.docker import DockerEngine, RegistryServer
 
 
 @pytest.fixture(name="base", scope="module")
 def fixture_base(tmp_path_factory: pytest.TempPathFactory) -> str:
     """``oci:DIR:1``: the busybox base as an OCI layout."""
-    return oci_support.make_busybox_layout(tmp_path_factory.mktemp("base"))
+    return oci.make_busybox_layout(tmp_path_factory.mktemp("base"))
 
 
 @pytest.fixture(name="ctx")
@@ -83,7 +81,7 @@ def _expected_app(ctx: Path) -> dict[str, tuple[str, int, int, int, str]]:
 def _expected_base() -> dict[str, tuple[str, int, int, int, str]]:
     """The busybox base as written by the test helper."""
     expected: dict[str, tuple[str, int, int, int, str]] = {}
-    for info, data in oci_support.busybox_members():
+    for info, data in oci.busybox_members():
         name = info.name.rstrip("/")
         if info.isdir():
             expected[name] = ("dir", info.mode, info.uid, info.gid, "")
@@ -95,9 +93,9 @@ def _expected_base() -> dict[str, tuple[str, int, int, int, str]]:
     return expected
 
 
-@needs_skopeo
 def test_skopeo_inspects_every_output(base: str, ctx: Path, tmp_path: Path) -> None:
     """skopeo reads the layout and both archives, and sees our digest and layers."""
+    require_tool("skopeo")
     store = Store(tmp_path / "store")
     built, _ = build(_app(base, ctx), store, output=f"oci:{tmp_path / 'layout'}:v1")
     build(_app(base, ctx), store, output=f"oci-archive:{tmp_path / 'a.tar'}:v1")
@@ -113,10 +111,10 @@ def test_skopeo_inspects_every_output(base: str, ctx: Path, tmp_path: Path) -> N
     assert raw["rootfs"]["diff_ids"] == [layer.diff_id for layer in built.image.layers]
 
 
-@needs_umoci
-@pytest.mark.skipif(os.geteuid() != 0, reason="umoci keeps owners only as root")
 def test_umoci_unpacks_what_was_asked_for(base: str, ctx: Path, tmp_path: Path) -> None:
     """umoci checks every diff_id while unpacking; the rootfs matches build.py file by file."""
+    require_tool("umoci")
+    require_root("umoci keeps owners only as root")
     store = Store(tmp_path / "store")
     build(_app(base, ctx), store, output=f"oci:{tmp_path / 'layout'}:v1")
     bundle = tmp_path / "bundle"
@@ -212,9 +210,9 @@ def test_docker_archive_base(
     assert docker_engine.run("run", "--rm", f"{tag}:3").stdout == "hello from an archive\n"
 
 
-@pytest.mark.skipif(tool("podman") is None, reason="podman is not installed")
 def test_podman_loads_the_archive(base: str, ctx: Path, tmp_path: Path) -> None:
     """``podman load`` takes the same archive."""
+    require_tool("podman")
     archive = tmp_path / "image.tar"
     built, _ = build(_app(base, ctx), Store(tmp_path / "store"), output=f"oci-archive:{archive}:v1")
     root = Path(tempfile.mkdtemp(prefix="idsl-pm-"))  # podman wants a short runroot
@@ -229,9 +227,9 @@ def test_podman_loads_the_archive(base: str, ctx: Path, tmp_path: Path) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@needs_skopeo
 def test_skopeo_copies_zstd_layouts(base: str, ctx: Path, tmp_path: Path) -> None:
     """A zstd image is read and copied by skopeo, which checks every blob's digest."""
+    require_tool("skopeo")
     built, _ = build(
         _app(base, ctx),
         Store(tmp_path / "store"),
@@ -244,10 +242,10 @@ def test_skopeo_copies_zstd_layouts(base: str, ctx: Path, tmp_path: Path) -> Non
     assert read_image(tmp_path / "copy", "z")[1]["layers"][-1]["mediaType"].endswith("+zstd")
 
 
-@needs_skopeo
 def test_registry_base(registry: RegistryServer, base: str, ctx: Path, tmp_path: Path) -> None:
     """A base pulled from a registry (checked by the registry client) keeps its layers as they
     are; the manifest names its digest; an unknown tag is a clear error."""
+    require_tool("skopeo")
     remote = f"{registry.host}/imagedsl-test/oci-base"
     layout = base.removeprefix("oci:").rsplit(":", 1)[0]
     run("skopeo", "copy", "--dest-tls-verify=false", base, f"docker://{remote}:1")
@@ -265,5 +263,6 @@ def test_registry_base(registry: RegistryServer, base: str, ctx: Path, tmp_path:
     again, _ = build(stages, store)
     assert again.image.manifest_digest == built.image.manifest_digest
     assert again.stats.layers_written == 0
-    with pytest.raises(NotFoundError):
+    with pytest.raises(BaseNotFoundError) as missing:
         build({"app": dsl.image(f"{remote}:missing").cmd("x")}, store)
+    assert [place for place, _ in missing.value.places][-1] == f"the registry {registry.host}"

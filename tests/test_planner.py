@@ -10,6 +10,7 @@ import pytest
 
 import imagedsl as dsl
 from imagedsl import api
+from imagedsl.api import plan
 from imagedsl.planner import PlanStatus, record_copy_output, record_step
 from imagedsl.store import Store, StoreArea
 
@@ -149,12 +150,10 @@ def test_miss_reasons_after_an_edit(
 
 
 def test_base_digest_change_reason(src_dir: Path, store: Store) -> None:
-    """A moved base digest is named old -> new on the FROM step."""
+    """A moved base digest is said once on the FROM step: what the name holds now."""
     build_all(api.plan(make_app(src_dir), store=store), store)
     plan = api.plan(make_app(src_dir, ref=f"python:3.12@{DIGEST_B}"), store=store)
-    assert plan.steps[0].reasons == (
-        "base image digest changed: sha256:aaaaaaaaaaaa -> sha256:bbbbbbbbbbbb",
-    )
+    assert plan.steps[0].reasons == (f"base image changed: python:3.12 is now {DIGEST_B}",)
 
 
 def test_build_arg_override_reason(store: Store) -> None:
@@ -279,6 +278,16 @@ def test_secret_values_never_reach_a_plan(store: Store, monkeypatch: pytest.Monk
     assert "s3cr3t-value" not in text + stored
 
 
+def test_record_step_keeps_how_long_the_step_took(store: Store) -> None:
+    """``seconds`` is kept in the record's outputs, and a later record without it keeps it."""
+    (step,) = [s for s in plan(dsl.image("alpine").run("make")).steps if s.kind == "run"]
+    record_step(store, step, {"layer": "sha256:" + "0" * 64}, seconds=12.3456)
+    record_step(store, step, {"layer": "sha256:" + "0" * 64})
+    record = store.get(step.key)
+    assert record is not None
+    assert record.outputs["seconds"] == 12.346
+
+
 def test_deep_chains_plan(store: Store) -> None:
     """A 10,000-step chain and a 150-deep chain of COPY --from stages both plan."""
     deep = dsl.scratch()
@@ -315,3 +324,69 @@ def test_large_copies_are_split_into_layers_by_default(
     assert [s.node.part for s in single.steps] == [None, None]
     small = api.plan(dsl.scratch().copy(src.dir("d0"), "/app"), store=store)
     assert [s.node.part for s in small.steps] == [None, None]
+
+
+def test_an_exclude_pattern_that_excludes_nothing_keeps_the_key(src_dir: Path) -> None:
+    """The copied files decide a COPY's key: a pattern that leaves nothing out changes nothing
+    (BuildKit copies the same files), one that leaves a file out changes the key."""
+    src = dsl.context(src_dir)
+
+    def copy_key(*exclude: str) -> str:
+        stage = dsl.image(f"python:3.12@{DIGEST_A}").copy(src.dir("app"), "/app", exclude=exclude)
+        return api.plan(stage, "s").steps[-1].key
+
+    assert copy_key() == copy_key("*.tmp") == copy_key("*.tmp", "*.bak")
+    assert copy_key("util.py") != copy_key()
+
+
+def make_bound(run_tool: str, *, readwrite: bool = False, later: str = "echo later") -> dsl.Stage:
+    """A RUN reading another stage through a bind mount, and a step after it."""
+    tool = dsl.image(f"alpine@{DIGEST_A}").run(run_tool)
+    return (
+        dsl.image(f"python:3.12@{DIGEST_A}")
+        .run("cat /tool/out", mounts=[dsl.bind(tool.path("/out"), "/tool", readwrite=readwrite)])
+        .run(later)
+    )
+
+
+def test_a_bind_mount_of_a_stage_that_is_not_built_is_maybe(store: Store) -> None:
+    """BuildKit keys a read-only bind mount by the bytes mounted: when the mounted stage is
+    rebuilt, the RUN (and what follows) is reused if they come out the same."""
+    build_all(api.plan(make_bound("make"), "s", store=store), store)
+    plan = api.plan(make_bound("make --again"), "s", store=store)
+    assert statuses(plan) == ["hit", "hit", "miss", "maybe", "maybe"]
+    assert "mounts files of" in plan.steps[3].reasons[0]
+
+
+def test_a_bind_mount_of_an_unbuilt_stage_with_its_own_change_misses(store: Store) -> None:
+    """A step whose own inputs changed too is a miss; a writable bind mount is like a
+    read-only one (BuildKit keys both by content)."""
+    build_all(api.plan(make_bound("make"), "s", store=store), store)
+    plan = api.plan(make_bound("make --again", later="echo changed"), "s", store=store)
+    assert statuses(plan) == ["hit", "hit", "miss", "maybe", "miss"]
+    build_all(api.plan(make_bound("make", readwrite=True), "s", store=store), store)
+    plan = api.plan(make_bound("make --again", readwrite=True), "s", store=store)
+    assert statuses(plan) == ["hit", "hit", "miss", "maybe", "maybe"]
+
+
+def test_a_linked_copy_hits_on_a_changed_layer_below_and_what_follows_misses(
+    src_dir: Path, store: Store
+) -> None:
+    """link=True: the COPY's own layer is reused whatever is below it, but the filesystem
+    after it is not the one the next step was built on."""
+    src = dsl.context(src_dir)
+
+    def linked(below: str) -> dsl.Stage:
+        return (
+            dsl.image(f"busybox@{DIGEST_A}")
+            .run(f"echo {below} > /below")
+            .copy(src.dir("app"), "/app", link=True)
+            .run("cat /below > /seen")
+        )
+
+    build_all(api.plan(linked("one"), "s", store=store), store)
+    plan = api.plan(linked("two"), "s", store=store)
+    assert statuses(plan) == ["hit", "miss", "hit", "miss"]
+    before = api.plan(linked("one"), "s")
+    assert plan.steps[2].key == before.steps[2].key
+    assert plan.steps[3].key != before.steps[3].key

@@ -5,20 +5,19 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import docker_support
-import oci_support
 import pytest
-import registry_support as rs
 
 import imagedsl as dsl
 from imagedsl.registry.push import destinations
 from imagedsl.store import Store
+from tests.support import docker, oci
+from tests.support import registry as rs
+from tests.support.skips import NO_REGISTRY, require_tool, unavailable
 
 USER = "builder"
 PASSWORD = "s3cret-that-must-not-leak"
@@ -50,7 +49,7 @@ def imagedsl(
 def fixture_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An OCI layout holding the busybox base under tag 1 (written by the test helpers)."""
     directory = tmp_path_factory.mktemp("layout")
-    oci_support.make_busybox_layout(directory)
+    oci.make_busybox_layout(directory)
     return directory
 
 
@@ -64,7 +63,7 @@ def project_on(base: str, root: Path) -> Path:
 
 
 def test_push_a_layout_under_several_tags_and_repositories(
-    registry: docker_support.RegistryServer, layout: Path, tmp_path: Path
+    registry: docker.RegistryServer, layout: Path, tmp_path: Path
 ) -> None:
     """Bare -t values are tags of REF's repository, full ones other repositories (mounted)."""
     result = imagedsl(
@@ -73,7 +72,7 @@ def test_push_a_layout_under_several_tags_and_repositories(
         cwd=tmp_path, store=tmp_path / "store",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    digest, _, _ = oci_support.read_image(layout, "1")
+    digest, _, _ = oci.read_image(layout, "1")
     assert result.stdout.splitlines() == [
         f"{registry.host}/app:1@{digest}",
         f"{registry.host}/mirror:3@{digest}",
@@ -84,13 +83,11 @@ def test_push_a_layout_under_several_tags_and_repositories(
     assert " mounted " in result.stderr
 
 
-def test_push_an_oci_archive(
-    registry: docker_support.RegistryServer, layout: Path, tmp_path: Path
-) -> None:
+def test_push_an_oci_archive(registry: docker.RegistryServer, layout: Path, tmp_path: Path) -> None:
     """An oci-archive written by the OCI backend pushes to the same manifest digest."""
     store = Store(tmp_path / "store")
     archive = tmp_path / "image.tar"
-    outcome, _ = oci_support.build(
+    outcome, _ = oci.build(
         {"a": dsl.image(f"oci:{layout}:1").workdir("/srv")},
         store,
         output=f"oci-archive:{archive}:v1",
@@ -138,7 +135,7 @@ def test_destinations_group_tags_by_repository() -> None:
 
 
 @pytest.fixture(name="docker_cleanup")
-def fixture_docker_cleanup(docker_engine: docker_support.DockerEngine) -> Iterator[list[str]]:
+def fixture_docker_cleanup(docker_engine: docker.DockerEngine) -> Iterator[list[str]]:
     """Image references to remove from the engine after the test."""
     names: list[str] = []
     yield names
@@ -147,10 +144,10 @@ def fixture_docker_cleanup(docker_engine: docker_support.DockerEngine) -> Iterat
 
 
 def test_build_push_runs_in_docker_and_skopeo_reads_it(
-    registry: docker_support.RegistryServer,
+    registry: docker.RegistryServer,
     layout: Path,
     tmp_path: Path,
-    docker_engine: docker_support.DockerEngine,
+    docker_engine: docker.DockerEngine,
     docker_cleanup: list[str],
 ) -> None:
     """What build --push sends, docker pulls and runs, and skopeo inspects, by one digest."""
@@ -170,9 +167,7 @@ def test_build_push_runs_in_docker_and_skopeo_reads_it(
     assert ran.stdout.strip() == "hello from an imagedsl image"
     repo_digests = docker_engine.run("image", "inspect", "--format", "{{json .RepoDigests}}", ref)
     assert f"{registry.host}/hello@{digest}" in json.loads(repo_digests.stdout)
-    skopeo = shutil.which("skopeo")
-    if skopeo is None:
-        pytest.skip("skopeo is not installed")  # pragma: no cover - CI installs it
+    skopeo = require_tool("skopeo")
     inspected = subprocess.run(
         [skopeo, "inspect", "--tls-verify=false", f"docker://{ref}"],
         capture_output=True, text=True, check=True, timeout=60,
@@ -181,10 +176,10 @@ def test_build_push_runs_in_docker_and_skopeo_reads_it(
 
 
 def test_builds_on_what_docker_pushed(
-    registry: docker_support.RegistryServer,
+    registry: docker.RegistryServer,
     busybox_image: str,
     tmp_path: Path,
-    docker_engine: docker_support.DockerEngine,
+    docker_engine: docker.DockerEngine,
     docker_cleanup: list[str],
 ) -> None:
     """docker push's image (Docker v2 manifest) is a base the OCI backend pulls and builds on."""
@@ -223,10 +218,8 @@ def fixture_basic_registry(tmp_path: Path) -> Iterator[rs.CustomRegistry]:
             auth={"htpasswd": {"realm": "imagedsl-test", "path": str(tmp_path / "htpasswd")}},
             tls=cert,
         )
-    except docker_support.RegistryUnavailable as exc:
-        if os.environ.get("IMAGEDSL_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"registry test servers unavailable: {exc}", pytrace=False)
-        pytest.skip(f"no docker-registry binary was found: {exc}")
+    except docker.RegistryUnavailable as exc:
+        unavailable(NO_REGISTRY, str(exc))
     yield server
     server.stop()
 

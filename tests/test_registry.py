@@ -10,9 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import docker_support
 import pytest
-import registry_support as rs
 
 from imagedsl.oci.descriptor import Descriptor
 from imagedsl.oci.layout import LayoutBlobs
@@ -20,6 +18,7 @@ from imagedsl.oci.manifest import Manifest
 from imagedsl.oci.mediatypes import DOCKER_MANIFEST
 from imagedsl.oci.platform import Platform
 from imagedsl.oci.reference import parse_reference
+from imagedsl.registry import transport
 from imagedsl.registry.auth import DockerConfig
 from imagedsl.registry.client import RegistryClient
 from imagedsl.registry.errors import (
@@ -30,6 +29,9 @@ from imagedsl.registry.errors import (
 )
 from imagedsl.registry.transport import Repository, RetryPolicy
 from imagedsl.store import Store, StoreArea
+from tests.support import docker
+from tests.support import registry as rs
+from tests.support.skips import require_tool
 
 AMD64 = Platform("linux", "amd64")
 ARM64 = Platform("linux", "arm64", "v8")
@@ -91,7 +93,7 @@ def read_manifest(store: Store, digest: str) -> Manifest:
 
 
 def test_push_then_pull_round_trip(
-    registry: docker_support.RegistryServer, client: RegistryClient, store: Store, tmp_path: Path
+    registry: docker.RegistryServer, client: RegistryClient, store: Store, tmp_path: Path
 ) -> None:
     """An image pushed under two tags pulls back into an empty store byte for byte."""
     manifest = three_layer_image(store)
@@ -120,24 +122,27 @@ def test_push_then_pull_round_trip(
 
 
 def test_second_push_sends_nothing(
-    registry: docker_support.RegistryServer, client: RegistryClient, store: Store
+    registry: docker.RegistryServer, client: RegistryClient, store: Store
 ) -> None:
     """Pushing again finds every blob in place (HEAD) and uploads no byte."""
     manifest = three_layer_image(store)
-    ref = f"{registry.host}/app:1"
-    client.push(store, manifest, ref)
+    client.push(store, manifest, f"{registry.host}/app:1")
 
-    started = time.perf_counter()
-    again = client.push(store, manifest, ref)
-    elapsed = time.perf_counter() - started
+    proxy = rs.FaultProxy(registry.port, decide=lambda *_: "pass")
+    try:
+        again = client.push(store, manifest, f"{proxy.host}/app:1")
+    finally:
+        proxy.stop()
 
     assert set(again.blobs.values()) == {"exists"}
     assert again.bytes_uploaded == 0
-    assert elapsed < 0.5
+    blob_requests = [(m, t) for m, t, _ in proxy.log if "/blobs/" in t]
+    assert {m for m, _ in blob_requests} == {"HEAD"}  # no upload was even started
+    assert len(blob_requests) == len(again.blobs)  # one question per blob, no retry
 
 
 def test_interrupted_push_does_not_resend_finished_blobs(
-    registry: docker_support.RegistryServer, client: RegistryClient, store: Store
+    registry: docker.RegistryServer, client: RegistryClient, store: Store
 ) -> None:
     """Blobs an earlier, interrupted push finished are skipped; only the rest are sent."""
     manifest = three_layer_image(store)
@@ -153,7 +158,7 @@ def test_interrupted_push_does_not_resend_finished_blobs(
 
 
 def test_cross_repository_mount(
-    registry: docker_support.RegistryServer, client: RegistryClient, store: Store
+    registry: docker.RegistryServer, client: RegistryClient, store: Store
 ) -> None:
     """Blobs already in another repository are mounted, not uploaded."""
     manifest = three_layer_image(store)
@@ -167,7 +172,7 @@ def test_cross_repository_mount(
 
 
 def test_index_push_and_platform_choice(
-    registry: docker_support.RegistryServer, client: RegistryClient, store: Store, tmp_path: Path
+    registry: docker.RegistryServer, client: RegistryClient, store: Store, tmp_path: Path
 ) -> None:
     """An index is pushed with its children; pull picks the manifest of the asked platform."""
     amd = rs.make_image(store, [{"arch": b"amd64\n"}], platform=AMD64)
@@ -197,7 +202,7 @@ def test_index_push_and_platform_choice(
 
 
 def test_ranged_resume_of_a_partial_download(
-    registry: docker_support.RegistryServer, client: RegistryClient, store: Store, tmp_path: Path
+    registry: docker.RegistryServer, client: RegistryClient, store: Store, tmp_path: Path
 ) -> None:
     """A partial download left by an interrupted pull is continued with Range, not restarted."""
     manifest = three_layer_image(store)
@@ -218,7 +223,7 @@ def test_ranged_resume_of_a_partial_download(
 
 
 def test_download_cut_midway_resumes(
-    registry: docker_support.RegistryServer, store: Store, tmp_path: Path
+    registry: docker.RegistryServer, store: Store, tmp_path: Path
 ) -> None:
     """A response cut in the middle is resumed from where it stopped."""
     manifest = three_layer_image(store)
@@ -254,7 +259,7 @@ def test_download_cut_midway_resumes(
 
 
 def test_concurrent_pulls_into_one_store(
-    registry: docker_support.RegistryServer, client: RegistryClient, store: Store, tmp_path: Path
+    registry: docker.RegistryServer, client: RegistryClient, store: Store, tmp_path: Path
 ) -> None:
     """Clients pulling the same image into one store at once take turns per blob."""
     manifest = three_layer_image(store)
@@ -285,7 +290,7 @@ def test_concurrent_pulls_into_one_store(
 
 
 def test_corrupt_blob_is_refused(
-    registry: docker_support.RegistryServer, client: RegistryClient, store: Store, tmp_path: Path
+    registry: docker.RegistryServer, client: RegistryClient, store: Store, tmp_path: Path
 ) -> None:
     """A blob whose bytes do not match its digest never lands in the store."""
     manifest = three_layer_image(store)
@@ -308,7 +313,7 @@ def test_corrupt_blob_is_refused(
 
 
 def test_unknown_manifest_and_blob(
-    registry: docker_support.RegistryServer, client: RegistryClient, store: Store, tmp_path: Path
+    registry: docker.RegistryServer, client: RegistryClient, store: Store, tmp_path: Path
 ) -> None:
     """Missing tags and blobs are NotFoundError, with the registry's error code."""
     with pytest.raises(NotFoundError) as caught:
@@ -321,7 +326,7 @@ def test_unknown_manifest_and_blob(
 
 
 def test_progress_reports_each_blob(
-    registry: docker_support.RegistryServer, store: Store, tmp_path: Path
+    registry: docker.RegistryServer, store: Store, tmp_path: Path
 ) -> None:
     """Every blob is started and finished, with its size, in both directions."""
     manifest = three_layer_image(store)
@@ -340,7 +345,7 @@ def test_progress_reports_each_blob(
 
 
 def test_push_through_faults_completes_and_verifies(
-    registry: docker_support.RegistryServer, store: Store, tmp_path: Path
+    registry: docker.RegistryServer, store: Store, tmp_path: Path
 ) -> None:
     """With 500s and cut connections at random, the push completes and the image verifies."""
     manifest = three_layer_image(store, seed=7)
@@ -372,7 +377,7 @@ def test_push_through_faults_completes_and_verifies(
 
 
 def test_chunked_upload_resumes_after_a_refused_chunk(
-    registry: docker_support.RegistryServer, store: Store
+    registry: docker.RegistryServer, store: Store
 ) -> None:
     """A chunk refused with 500 is sent again at the offset the registry reports."""
     manifest = three_layer_image(store)
@@ -402,7 +407,22 @@ def test_chunked_upload_resumes_after_a_refused_chunk(
     assert methods.count("PATCH") == 4  # three chunks, one of them twice
 
 
-def test_429_retry_after_is_honoured(registry: docker_support.RegistryServer, store: Store) -> None:
+class SleepRecorder:
+    """Stands in for the transport's ``time`` module: records pauses instead of sleeping."""
+
+    def __init__(self, pauses: list[float]) -> None:
+        self.pauses = pauses
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+
+    def time(self) -> float:
+        return time.time()
+
+
+def test_429_retry_after_is_honoured(
+    registry: docker.RegistryServer, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A 429 with Retry-After: 1 makes the client wait that long before trying again."""
     blob = rs.put_blob(store, b"layer", rs.LAYER)
 
@@ -410,20 +430,20 @@ def test_429_retry_after_is_honoured(registry: docker_support.RegistryServer, st
         del method, target
         return "429" if number == 2 else "pass"
 
+    pauses: list[float] = []
+    monkeypatch.setattr(transport, "time", SleepRecorder(pauses))
     proxy = rs.FaultProxy(registry.port, decide=throttle_first)
     try:
         with RegistryClient(docker_config=DockerConfig(), retry=FAST_RETRY) as client:
-            started = time.monotonic()
             client.push_blob(Repository(proxy.host, "app"), blob, store)
-            elapsed = time.monotonic() - started
     finally:
         proxy.stop()
     assert proxy.faults == {"429": 1}
-    assert elapsed >= 1.0
+    assert pauses == [1.0]  # the server's Retry-After, not the policy's 0.01 s backoff
 
 
 def test_timeout_gives_up_with_a_connection_error(
-    registry: docker_support.RegistryServer,
+    registry: docker.RegistryServer,
 ) -> None:
     """A registry that stops answering costs the timeout per attempt, then a clear error."""
 
@@ -433,33 +453,31 @@ def test_timeout_gives_up_with_a_connection_error(
 
     proxy = rs.FaultProxy(registry.port, decide=stall_after_first)
     try:
-        with RegistryClient(
-            docker_config=DockerConfig(),
-            retry=RetryPolicy(attempts=2, initial_delay=0.01, max_delay=0.01),
-            timeout=0.3,
-        ) as client:
-            started = time.monotonic()
-            with pytest.raises(RegistryConnectionError) as caught:
-                client.resolve(f"{proxy.host}/app:1")
-            elapsed = time.monotonic() - started
+        with (
+            RegistryClient(
+                docker_config=DockerConfig(),
+                retry=RetryPolicy(attempts=2, initial_delay=0.01, max_delay=0.01),
+                timeout=0.3,
+            ) as client,
+            pytest.raises(RegistryConnectionError) as caught,
+        ):
+            client.resolve(f"{proxy.host}/app:1")
     finally:
         proxy.stop()
     assert caught.value.attempts == 2
-    assert elapsed < 5
+    assert caught.value.host == proxy.host
+    assert proxy.faults == {"stall": 2}  # one timeout per attempt, then the error
 
 
 # --- interop ---------------------------------------------------------------------------------
 
 
 def _skopeo() -> str:
-    found = shutil.which("skopeo")
-    if found is None:
-        pytest.skip("skopeo is not installed (Debian: apt-get install skopeo)")
-    return found
+    return require_tool("skopeo", "Debian: apt-get install skopeo")
 
 
 def test_skopeo_reads_what_we_push(
-    registry: docker_support.RegistryServer, client: RegistryClient, store: Store, tmp_path: Path
+    registry: docker.RegistryServer, client: RegistryClient, store: Store, tmp_path: Path
 ) -> None:
     """skopeo inspects and copies our image and index with the digests we pushed."""
     skopeo = _skopeo()
@@ -494,7 +512,7 @@ def test_skopeo_reads_what_we_push(
 
 
 def test_we_pull_and_push_what_skopeo_pushes(
-    registry: docker_support.RegistryServer, client: RegistryClient, store: Store, tmp_path: Path
+    registry: docker.RegistryServer, client: RegistryClient, store: Store, tmp_path: Path
 ) -> None:
     """An OCI layout copied in by skopeo pulls back; a layout pushes from LayoutBlobs too."""
     skopeo = _skopeo()
@@ -521,8 +539,8 @@ def test_we_pull_and_push_what_skopeo_pushes(
 
 
 def test_docker_interop_both_ways(
-    registry: docker_support.RegistryServer,
-    docker_engine: docker_support.DockerEngine,
+    registry: docker.RegistryServer,
+    docker_engine: docker.DockerEngine,
     busybox_image: str,
     client: RegistryClient,
     tmp_path: Path,

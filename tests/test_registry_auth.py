@@ -4,18 +4,19 @@ made here, token auth with a token server written here, and secrets kept out of 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import os
 import stat
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NoReturn
 
-import docker_support
 import pytest
-import registry_support as rs
 
+from imagedsl.errors import InputError
+from imagedsl.registry import transport
 from imagedsl.registry.auth import (
     Authorizer,
     Challenge,
@@ -32,16 +33,17 @@ from imagedsl.registry.errors import (
 )
 from imagedsl.registry.transport import Repository, RetryPolicy, is_loopback
 from imagedsl.store import Store
+from tests.support import docker
+from tests.support import registry as rs
+from tests.support.skips import NO_REGISTRY, unavailable
 
 USER = "alice"
 PASSWORD = "pa55-w0rd-that-must-not-leak"
 FAST_RETRY = RetryPolicy(attempts=3, initial_delay=0.01, max_delay=0.05)
 
 
-def _unavailable(exc: Exception) -> None:
-    if os.environ.get("IMAGEDSL_REQUIRE_DOCKER") == "1":
-        pytest.fail(f"registry test servers unavailable: {exc}", pytrace=False)
-    pytest.skip(f"no docker-registry binary was found: {exc}")
+def _unavailable(exc: Exception) -> NoReturn:
+    unavailable(NO_REGISTRY, str(exc))
 
 
 def secrets_of(*tokens: str) -> list[str]:
@@ -232,7 +234,7 @@ def fixture_tls_ca(tmp_path_factory: pytest.TempPathFactory) -> rs.Certificate:
     """A CA made for this module's registries."""
     try:
         return rs.make_ca(tmp_path_factory.mktemp("ca"))
-    except docker_support.RegistryUnavailable as exc:
+    except docker.RegistryUnavailable as exc:
         _unavailable(exc)
         raise
 
@@ -248,7 +250,7 @@ def fixture_basic_registry(tmp_path: Path, tls_ca: rs.Certificate) -> Iterator[r
             auth={"htpasswd": {"realm": "imagedsl-test", "path": str(tmp_path / "htpasswd")}},
             tls=cert,
         )
-    except docker_support.RegistryUnavailable as exc:
+    except docker.RegistryUnavailable as exc:
         _unavailable(exc)
         raise
     yield server
@@ -325,7 +327,7 @@ def fixture_token_registry(
     """A plain-HTTP loopback registry that trusts ``token_server``'s tokens."""
     try:
         server = rs.start_custom_registry(tmp_path / "token", auth=token_server.registry_auth())
-    except docker_support.RegistryUnavailable as exc:
+    except docker.RegistryUnavailable as exc:
         _unavailable(exc)
         raise
     yield server
@@ -392,9 +394,16 @@ def test_refused_token_is_fetched_again(
 
 
 def test_expired_token_is_refreshed(
-    token_registry: rs.CustomRegistry, token_server: rs.TokenServer, tmp_path: Path
+    token_registry: rs.CustomRegistry,
+    token_server: rs.TokenServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A token past its announced lifetime is not reused."""
+    now = [1000.0]  # the authorizers' clock, moved by the test instead of sleeping
+    monkeypatch.setattr(
+        transport, "Authorizer", functools.partial(Authorizer, clock=lambda: now[0])
+    )
     token_server.expires_in = 1
     store = Store(tmp_path / "store")
     manifest = rs.make_image(store, [{"a": b"1"}])
@@ -404,7 +413,7 @@ def test_expired_token_is_refreshed(
         before = len(token_server.requests)
         client.resolve(ref)
         cached = len(token_server.requests)
-        time.sleep(1.05)
+        now[0] += 1.05
         client.resolve(ref)
     assert cached - before <= 1  # the pull scope, once
     assert len(token_server.requests) == cached + 1
@@ -433,17 +442,22 @@ def test_plain_http_realm_off_loopback_is_refused(tmp_path: Path, tls_ca: rs.Cer
     auth["token"]["realm"] = "http://tokens.example.invalid/token"
     try:
         server = rs.start_custom_registry(tmp_path / "token", auth=auth)
-    except docker_support.RegistryUnavailable as exc:
+    except docker.RegistryUnavailable as exc:
         token_server.stop()
         _unavailable(exc)
         raise
     try:
-        with token_client(server) as client, pytest.raises(InsecureRegistryError):
+        with token_client(server) as client, pytest.raises(InsecureRegistryError) as caught:
             client.resolve(f"{server.host}/app:1")
     finally:
         server.stop()
         token_server.stop()
     assert token_server.requests == []
+    assert caught.value.host == "tokens.example.invalid"  # the realm's host, not the registry
+    assert caught.value.action == "connecting"
+    assert caught.value.status is None
+    assert "insecure=True" in caught.value.detail
+    assert isinstance(caught.value, InputError)  # exit 2: the user's setting decides
 
 
 # --- secrets go nowhere ---------------------------------------------------------------------

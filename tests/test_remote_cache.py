@@ -12,11 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import docker_support
-import oci_support
 import pytest
-from cli_support import imagedsl
-from oci_support import build
 
 import imagedsl as dsl
 from imagedsl.backends.oci.backend import OCIBackend, layer_cache_path
@@ -39,6 +35,9 @@ from imagedsl.remote_cache import (
     parse_cache_reference,
 )
 from imagedsl.store import Store, StoreArea
+from tests.support import docker, oci
+from tests.support.cli import imagedsl
+from tests.support.oci import build
 
 FAST_RETRY = RetryPolicy(attempts=3, initial_delay=0.01, max_delay=0.05)
 BUILD_FILE = """\
@@ -55,7 +54,7 @@ tool = dsl.scratch().copy(app.path("/app/app/run.sh"), "/run.sh").copy(src.dir("
 @pytest.fixture(name="base", scope="module")
 def fixture_base(tmp_path_factory: pytest.TempPathFactory) -> str:
     """``oci:DIR:1``: the busybox base as an OCI layout."""
-    return oci_support.make_busybox_layout(tmp_path_factory.mktemp("base"))
+    return oci.make_busybox_layout(tmp_path_factory.mktemp("base"))
 
 
 @pytest.fixture(name="project")
@@ -117,7 +116,7 @@ def layer_steps(planned: Any) -> list[Any]:
 
 
 def test_an_empty_store_reuses_every_layer_of_another(
-    registry: docker_support.RegistryServer,
+    registry: docker.RegistryServer,
     stages: dict[str, Stage],
     client: RegistryClient,
     tmp_path: Path,
@@ -148,7 +147,7 @@ def test_an_empty_store_reuses_every_layer_of_another(
 
 
 def test_only_the_layers_of_hits_are_fetched(
-    registry: docker_support.RegistryServer,
+    registry: docker.RegistryServer,
     project: Path,
     stages: dict[str, Stage],
     client: RegistryClient,
@@ -177,7 +176,7 @@ def test_only_the_layers_of_hits_are_fetched(
 
 
 def test_the_artifact_is_deterministic_and_typed(
-    registry: docker_support.RegistryServer,
+    registry: docker.RegistryServer,
     stages: dict[str, Stage],
     client: RegistryClient,
     tmp_path: Path,
@@ -211,7 +210,7 @@ def tampered(bundle: CacheBundle, **preimage: Any) -> CacheBundle:
 
 
 def test_a_record_that_does_not_hash_to_its_key_refuses_the_whole_bundle(
-    registry: docker_support.RegistryServer,
+    registry: docker.RegistryServer,
     stages: dict[str, Stage],
     client: RegistryClient,
     tmp_path: Path,
@@ -230,7 +229,7 @@ def test_a_record_that_does_not_hash_to_its_key_refuses_the_whole_bundle(
 
 
 def test_a_layer_whose_tar_is_not_its_diff_id_is_refused(
-    registry: docker_support.RegistryServer,
+    registry: docker.RegistryServer,
     stages: dict[str, Stage],
     client: RegistryClient,
     tmp_path: Path,
@@ -253,7 +252,7 @@ def test_a_layer_whose_tar_is_not_its_diff_id_is_refused(
 
 
 def test_an_image_is_not_a_cache(
-    registry: docker_support.RegistryServer, base: str, client: RegistryClient, tmp_path: Path
+    registry: docker.RegistryServer, base: str, client: RegistryClient, tmp_path: Path
 ) -> None:
     """--cache-from on a plain image says what it found instead."""
     store = Store(tmp_path / "store")
@@ -287,7 +286,7 @@ def test_cache_references_name_a_registry(text: str) -> None:
 
 
 def test_cli_cache_to_then_plan_and_build_from_it(
-    registry: docker_support.RegistryServer, project: Path, tmp_path: Path
+    registry: docker.RegistryServer, project: Path, tmp_path: Path
 ) -> None:
     """The CLI round trip: build --cache-to in store A; in an empty store B, plan --cache-from
     shows every step as a remote hit and build --cache-from builds the same image, 0 steps."""
@@ -322,14 +321,14 @@ def test_cli_cache_to_then_plan_and_build_from_it(
     warm = time.monotonic() - warm_started
     assert second.returncode == 0, second.stderr
     assert "built 0 steps" in second.stderr
-    a_digest, _, _ = oci_support.read_image(tmp_path / "a-out", "1")
-    b_digest, _, _ = oci_support.read_image(tmp_path / "b-out", "1")
+    a_digest, _, _ = oci.read_image(tmp_path / "a-out", "1")
+    b_digest, _, _ = oci.read_image(tmp_path / "b-out", "1")
     assert a_digest == b_digest
     print(f"cold build with --cache-to {cold:.2f}s, empty store with --cache-from {warm:.2f}s")
 
 
 def test_cli_missing_cache_is_a_warning(
-    registry: docker_support.RegistryServer, project: Path, tmp_path: Path
+    registry: docker.RegistryServer, project: Path, tmp_path: Path
 ) -> None:
     """The first CI run has no cache yet: build says so and builds."""
     result = imagedsl(
@@ -358,7 +357,7 @@ def entries_of(store: Store) -> Mapping[str, Any]:
 
 
 def test_importing_twice_changes_nothing(
-    registry: docker_support.RegistryServer,
+    registry: docker.RegistryServer,
     stages: dict[str, Stage],
     client: RegistryClient,
     tmp_path: Path,
@@ -381,7 +380,7 @@ def test_importing_twice_changes_nothing(
 
 
 def test_cli_layers_of_another_compression_are_not_fetched(
-    registry: docker_support.RegistryServer, project: Path, tmp_path: Path
+    registry: docker.RegistryServer, project: Path, tmp_path: Path
 ) -> None:
     """A zstd build cannot reuse gzip layers: it takes the records, leaves the layers."""
     cache = f"registry:{registry.host}/cache:gz"

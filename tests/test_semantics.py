@@ -12,11 +12,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from docker_support import DockerEngine
-from equivalence_support import layout_listing
 
 import imagedsl as dsl
 from imagedsl import api
+from tests.support.docker import DockerEngine
+from tests.support.equivalence import layout_listing
 
 pytestmark = pytest.mark.docker
 

@@ -24,6 +24,12 @@ builder = (
     .run("mkdir -p /out && gcc -static -Os -Wall -Werror -o /out/hello hello.c && strip /out/hello")
 )
 
-app = dsl.scratch().copy(builder.path("/out/hello"), "/hello").entrypoint(["/hello"])
+# nobody:nogroup by number: scratch has no /etc/passwd, and the binary needs no privilege.
+app = (
+    dsl.scratch()
+    .copy(builder.path("/out/hello"), "/hello")
+    .user("65534:65534")
+    .entrypoint(["/hello"])
+)
 
 dsl_targets = dsl.targets("app")

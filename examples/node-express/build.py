@@ -38,8 +38,13 @@ deps = base.copy(src.select("package.json", "package-lock.json"), "/app/").run(
     install, mounts=[cache]
 )
 
+# The server runs as an unprivileged user (a numeric uid needs no /etc/passwd entry).
 app = (
-    deps.copy(src.file("server.js"), "/app/").env(PORT="3011").expose(3011).cmd("node", "server.js")
+    deps.copy(src.file("server.js"), "/app/")
+    .env(PORT="3011")
+    .expose(3011)
+    .user("10001:10001")
+    .cmd("node", "server.js")
 )
 
 dsl_targets = dsl.targets("app")

@@ -36,10 +36,12 @@ else:
 
 deps = base.copy(src.file("requirements.txt"), "/app/").run(install, mounts=[cache])
 
+# The app runs as an unprivileged user (a numeric uid needs no /etc/passwd entry).
 app = (
     deps.copy(src.dir("app"), "/app/app")
     .env(PORT="8080")
     .expose(8080)
+    .user("10001:10001")
     .entrypoint("python3", "-m", "app")
 )
 

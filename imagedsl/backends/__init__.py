@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Protocol
 
 import attrs
 
-from imagedsl.errors import InputError
+from imagedsl.errors import InputError, SourceLocation
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -23,7 +23,13 @@ if TYPE_CHECKING:
     from imagedsl.oci.descriptor import Descriptor
     from imagedsl.planner import Plan
     from imagedsl.reporting import Reporter
+    from imagedsl.steps import Step
     from imagedsl.store import Store
+
+#: What a build may be allowed beyond the sandbox (BuildKit's names): ``network.host`` lets a
+#: RUN with ``network="host"`` use the host's network namespace.
+NETWORK_HOST: Final = "network.host"
+ENTITLEMENTS: Final = (NETWORK_HOST,)
 
 
 @attrs.frozen(kw_only=True)
@@ -59,17 +65,40 @@ class SecretSource:
             env = secret_id  # docker's default: an env variable of the same name
         return cls(id=secret_id, path=path, env=env)
 
-    def read(self) -> bytes | None:
-        """The secret's value, or None when its source does not exist."""
+    @property
+    def host_path(self) -> str | None:
+        """The file's path with ``~`` expanded, made absolute (None for an ``env=`` secret)."""
+        return None if self.path is None else os.path.abspath(os.path.expanduser(self.path))
+
+    def read(self) -> bytes:
+        """The secret's value; a source that cannot give one is a :class:`SecretError`
+        (a missing or unreadable file, a directory, an unset variable, a value over the
+        500 KiB BuildKit accepts)."""
         if self.path is not None:
+            path = self.host_path
+            assert path is not None
             try:
-                with open(os.path.expanduser(self.path), "rb") as handle:
-                    return handle.read()
+                with open(path, "rb") as handle:
+                    value = handle.read(MAX_SECRET_SIZE + 1)
             except FileNotFoundError:
-                return None
-        assert self.env is not None
-        value = os.environ.get(self.env)
-        return None if value is None else value.encode()
+                raise SecretError(self.id, f"no such file {self.path}") from None
+            except IsADirectoryError:
+                raise SecretError(self.id, f"{self.path} is a directory, not a file") from None
+            except OSError as error:
+                raise SecretError(self.id, f"cannot read {self.path}: {error.strerror}") from None
+        else:
+            assert self.env is not None
+            text = os.environ.get(self.env)
+            if text is None:
+                raise SecretError(self.id, f"environment variable {self.env} is not set")
+            value = text.encode()
+        if len(value) > MAX_SECRET_SIZE:
+            raise SecretError(self.id, "its value is larger than 500 KiB (BuildKit's limit)")
+        return value
+
+
+#: The largest secret value (BuildKit's limit).
+MAX_SECRET_SIZE: Final = 500 << 10
 
 
 @attrs.define
@@ -80,6 +109,81 @@ class BuildRequestError(InputError):
 
     def __str__(self) -> str:
         return self.message
+
+
+@attrs.define
+class SecretError(BuildRequestError):
+    """A secret given to the build cannot be read: a missing or unreadable file, a
+    directory, an unset environment variable. Both backends refuse it before building."""
+
+    message: str = attrs.field(init=False, repr=False)
+    id: str
+    problem: str
+
+    def __attrs_post_init__(self) -> None:
+        self.message = f"--secret id={self.id}: {self.problem}"
+
+
+def read_secrets(secrets: Sequence[SecretSource]) -> dict[str, bytes]:
+    """Every given secret's value by id (:class:`SecretError` for the first that cannot be
+    read): what both backends check before building, and what their output masks."""
+    return {secret.id: secret.read() for secret in secrets}
+
+
+@attrs.define
+class UnknownEntitlementError(InputError):
+    """``--allow`` named something that is not an entitlement."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return f"--allow {self.name}: unknown entitlement; entitlements: {', '.join(ENTITLEMENTS)}"
+
+
+@attrs.define
+class EntitlementError(InputError):
+    """A step needs an entitlement the build was not given (``--allow``)."""
+
+    entitlement: str
+    stage: str
+    instruction: str
+    location: SourceLocation | None = None
+
+    def __str__(self) -> str:
+        return (
+            f"{self.stage}: {self.instruction} needs the {self.entitlement} entitlement: "
+            f"build with --allow {self.entitlement} (BuildSession(allow=...)) to let it "
+            f"use the host's network"
+        )
+
+
+def check_entitlement_names(names: Iterable[str]) -> frozenset[str]:
+    """The entitlements asked for, as a set; :class:`UnknownEntitlementError` for a typo."""
+    for name in names:
+        if name not in ENTITLEMENTS:
+            raise UnknownEntitlementError(name)
+    return frozenset(names)
+
+
+def required_entitlement(step: Step) -> str | None:
+    """The entitlement ``step`` needs to run (``network.host`` for a RUN on the host's
+    network), or None."""
+    from imagedsl.steps import Run
+
+    if isinstance(step, Run) and step.network == "host":
+        return NETWORK_HOST
+    return None
+
+
+def check_entitlements(plan: Plan, allow: Collection[str]) -> None:
+    """Refuse a plan with a step that needs an entitlement not in ``allow`` (as BuildKit
+    refuses it, whether or not the step is cached)."""
+    for planned in plan.steps:
+        needed = required_entitlement(planned.node.step)
+        if needed is not None and needed not in allow:
+            raise EntitlementError(
+                needed, f"{planned.stage}[{planned.index}]", planned.instruction, planned.location
+            )
 
 
 @attrs.frozen(kw_only=True)
@@ -93,6 +197,11 @@ class BuildRequest:
     platform: str | None = None
     secrets: tuple[SecretSource, ...] = ()
     progress: str = "auto"
+    #: Entitlements granted to the build (``network.host``), as BuildKit's ``--allow``.
+    allow: frozenset[str] = frozenset()
+    #: False: RUN steps run without a seccomp profile (the OCI backend's ``--no-seccomp``;
+    #: BuildKit always applies its own).
+    seccomp: bool = True
 
 
 @attrs.frozen(kw_only=True)
@@ -119,7 +228,10 @@ class Backend(Protocol):
     """
 
     name: str
-    layer_media_types: frozenset[str]
+
+    @property
+    def layer_media_types(self) -> frozenset[str]:
+        """The media types of the layers the backend writes into the store (empty: none)."""
 
     def build(
         self, plan: Plan, request: BuildRequest, *, store: Store, reporter: Reporter

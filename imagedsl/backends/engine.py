@@ -30,12 +30,11 @@ from typing import TYPE_CHECKING
 import attrs
 
 from imagedsl.backends import BuildRequestError
+from imagedsl.engine_api import CI_DOCKER_HOST
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-#: The engine socket ``.ci/run`` starts when no other engine answers.
-CI_DOCKER_HOST = "unix:///tmp/imagedsl-ci/dockerd/docker.sock"
 #: Clients tried besides ``docker`` on PATH (Debian's 20.10 client has built-in BuildKit).
 EXTRA_DOCKER_CLIENTS = ("/usr/bin/docker",)
 

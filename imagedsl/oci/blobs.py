@@ -8,26 +8,38 @@ what its digest says, so a build killed at any point leaves either no blob or th
 file that an interrupted fetch leaves behind and the next one resumes (:meth:`BlobStore.
 resumable`). Anything read from a blob, from the store or from a base image, is hashed as it
 is read and refused if it does not match its digest.
+
+A blob that is used without being read (reused as a cached layer, copied into an output) is
+checked by :meth:`BlobStore.intact` first: each verified blob has a *stamp* (its size, inode,
+mtime and ctime when its bytes last hashed right, in the store's ``BLOB_STAMPS`` area). Any
+write to the file, a ``chmod`` or a new hard link changes its ctime, so a blob whose stamp
+still matches has not been touched since; one that does not is hashed again, and a damaged one
+is reported (:class:`~imagedsl.store.StoreWarning`), removed, and made or fetched again by
+whoever needed it. The stamp's mtime is the blob's last use (what ``cache prune`` reads).
+Outputs get copies (a reflink where the filesystem has them), never hard links: editing an
+output cannot reach the store.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO, Protocol
+from typing import IO, TYPE_CHECKING, BinaryIO, Final, Protocol
 
 import attrs
 
 from imagedsl.errors import EnvironmentFailure, ImageDSLError
 from imagedsl.oci.digest import is_sha256
-from imagedsl.store import StoreArea, fsync_dir
+from imagedsl.store import StoreArea, StoreWarning, fsync_dir, naming
 
 if TYPE_CHECKING:
     from imagedsl.store import Store
@@ -140,6 +152,8 @@ def damaged_as_digest_error(reader: VerifyingReader, what: str) -> Iterator[None
     except (OSError, EOFError, ValueError, tarfile.TarError, zstandard.ZstdError) as error:
         if isinstance(error, ImageDSLError):
             raise
+        if isinstance(error, OSError) and error.errno is not None:
+            raise  # the system's (a full disk, a denied write), not the blob's bytes
         reader.drain()  # raises BlobDigestError if the bytes are not what the digest says
         raise DamagedBlobError(what, str(error)) from None
 
@@ -191,12 +205,97 @@ class BlobStore:
         return self.store.blob_path(check_digest(digest))
 
     def has(self, digest: str, size: int | None = None) -> bool:
-        """Whether the blob is present (and, if given, of ``size`` bytes)."""
+        """Whether the blob is present (and, if given, of ``size`` bytes); see :meth:`intact`
+        before using a blob without reading it."""
         try:
             st = self.path(digest).stat()
         except FileNotFoundError:
             return False
         return size is None or st.st_size == size
+
+    def intact(self, digest: str, size: int | None = None) -> bool:
+        """Whether the blob is present and its bytes are what ``digest`` (and ``size``) say.
+
+        Cheap when the blob's stamp still matches it (one ``stat``); otherwise the blob is
+        hashed. A damaged blob is reported as a :class:`~imagedsl.store.StoreWarning`,
+        removed, and reported absent, so the caller makes or fetches it again.
+        """
+        path = self.path(digest)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return False
+        stamp = self.stamp_path(digest)
+        if (size is None or st.st_size == size) and _read_stamp(stamp) == _stamp_of(st):
+            with contextlib.suppress(OSError):
+                os.utime(stamp)  # its last use
+            return True
+        problem = self.check(digest)
+        if problem is None and (size is None or st.st_size == size):
+            return True
+        self._drop(digest, problem or f"it has {st.st_size} bytes, not {size}")
+        return False
+
+    def check(self, digest: str) -> str | None:
+        """Hash the blob in full: None if it is ``digest`` (its stamp is then renewed), else
+        what is wrong. A missing blob is not checked (None)."""
+        path = self.path(digest)
+        hasher = hashlib.sha256()
+        try:
+            with path.open("rb") as handle:
+                before = os.fstat(handle.fileno())
+                while chunk := handle.read(_COPY_CHUNK):
+                    hasher.update(chunk)
+        except FileNotFoundError:
+            return None
+        actual = "sha256:" + hasher.hexdigest()
+        if actual != digest:
+            return f"its bytes hash to {actual}"
+        self._stamp(digest, before)
+        return None
+
+    def verified_path(self, digest: str, size: int | None = None) -> Path:
+        """The blob's file, checked by :meth:`intact`; a missing or damaged blob raises."""
+        if not self.intact(digest, size):
+            raise MissingBlobError(str(self.store.root), digest)
+        return self.path(digest)
+
+    def copy_out(self, digest: str, dest: Path) -> None:
+        """Put a verified copy of the blob at ``dest`` atomically (read-only), as a reflink
+        where the filesystem makes them, else a copy: never a hard link into the store."""
+        copy_file(self.verified_path(digest), dest)
+
+    def stamp_path(self, digest: str) -> Path:
+        """Where the blob's stamp lives (its mtime is the blob's last use)."""
+        hexdigest = digest.partition(":")[2]
+        return self.store.area(StoreArea.BLOB_STAMPS) / hexdigest[:2] / hexdigest
+
+    def _stamp(self, digest: str, st: os.stat_result) -> None:
+        """Note that the blob's bytes hashed right while the file was as ``st`` says."""
+        stamp = self.stamp_path(digest)
+        try:
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            # No fsync: a stamp lost in a crash only costs hashing the blob once more.
+            tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}.tmp")
+            tmp.write_text(_stamp_of(st))
+            os.replace(tmp, stamp)
+        except OSError:
+            pass  # without a stamp the blob is hashed when next used: slower, as safe
+
+    def _drop(self, digest: str, problem: str) -> None:
+        warnings.warn(
+            f"blob {digest} in the store {self.store.root} is damaged ({problem}); "
+            "it was removed and will be made again",
+            StoreWarning,
+            stacklevel=3,
+        )
+        self.remove(digest)
+
+    def remove(self, digest: str) -> None:
+        """Remove the blob and its stamp (gone already is fine)."""
+        for path in (self.path(digest), self.stamp_path(digest)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     @contextlib.contextmanager
     def open(self, digest: str, size: int | None = None) -> Iterator[VerifyingReader]:
@@ -225,6 +324,8 @@ class BlobStore:
         handle = open(tmp, "wb")  # noqa: SIM115 - closed in finally; .name is the path
         try:
             yield handle
+        except OSError as error:
+            raise naming(error, self.root) from None  # a full disk names no file
         finally:
             handle.close()
             with contextlib.suppress(FileNotFoundError):
@@ -238,12 +339,13 @@ class BlobStore:
         os.chmod(handle.name, 0o444)
         os.replace(handle.name, final)
         fsync_dir(final.parent)
+        self._stamp(digest, final.stat())  # its bytes were hashed as they were written
         return final
 
     def put(self, data: bytes) -> str:
         """Store small bytes (a config, a manifest); return their digest."""
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        if not self.has(digest, len(data)):
+        if not self.intact(digest, len(data)):
             with self.writer() as handle:
                 handle.write(data)
                 self.commit(handle, digest)
@@ -259,14 +361,14 @@ class BlobStore:
         place. :meth:`commit` gives the finished file its name.
         """
         final = self.path(digest)
-        if _has_file(final, size):
+        if self.intact(digest, size):
             yield None
             return
         final.parent.mkdir(parents=True, exist_ok=True)
         partial = final.with_name(f".partial.{final.name}")
         with open(partial, "a+b") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            if _has_file(final, size):
+            if self.intact(digest, size):
                 _unlink_if_empty(partial)
                 yield None
                 return
@@ -274,7 +376,7 @@ class BlobStore:
 
     def import_stream(self, source: BinaryIO | IO[bytes], digest: str, where: str) -> None:
         """Copy a blob into the store from ``source``, refusing it if it is not ``digest``."""
-        if self.has(digest):
+        if self.intact(digest):
             return
         reader = VerifyingReader(source, digest, where)
         with self.writer() as handle:
@@ -335,11 +437,72 @@ class PartialBlob:
         self.handle.truncate(0)
 
 
-def _has_file(path: Path, size: int) -> bool:
+def _stamp_of(st: os.stat_result) -> str:
+    return f"{st.st_size} {st.st_ino} {st.st_mtime_ns} {st.st_ctime_ns}\n"
+
+
+def _read_stamp(path: Path) -> str | None:
     try:
-        return path.stat().st_size == size
-    except FileNotFoundError:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def file_holds(path: Path, digest: str) -> bool:
+    """Whether the file at ``path`` exists and its bytes hash to ``digest``."""
+    hasher = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(_COPY_CHUNK):
+                hasher.update(chunk)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return False
+    return "sha256:" + hasher.hexdigest() == digest
+
+
+_FICLONE: Final = 0x40049409  # ioctl(dest, FICLONE, source): share extents, copy on write
+
+
+def copy_file(source: Path, dest: Path, *, mode: int = 0o444) -> None:
+    """Put a copy of ``source`` at ``dest`` atomically: a reflink where the filesystem makes
+    them (btrfs, XFS), else ``copy_file_range``; fsynced, with ``mode``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        with source.open("rb") as src, open(tmp, "xb") as out:
+            try:
+                fcntl.ioctl(out.fileno(), _FICLONE, src.fileno())
+            except OSError:
+                _copy_range(src, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, dest)
+    except BaseException as error:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(error, OSError):
+            raise naming(error, dest) from None
+        raise
+
+
+def _copy_range(src: IO[bytes], out: IO[bytes]) -> None:
+    size = os.fstat(src.fileno()).st_size
+    done = 0
+    try:
+        while done < size:
+            n = os.copy_file_range(src.fileno(), out.fileno(), min(size - done, 1 << 30))
+            if n == 0:
+                break
+            done += n
+    except OSError as error:
+        if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        src.seek(done)
+        out.seek(done)
+        shutil.copyfileobj(src, out, _COPY_CHUNK)
 
 
 def _unlink_if_empty(path: Path) -> None:
@@ -355,24 +518,3 @@ def scratch_dir(blobs: BlobStore) -> Iterator[Path]:
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         yield Path(tmp)
-
-
-def link_or_copy(source: Path, dest: Path) -> None:
-    """Put ``source`` at ``dest`` atomically: a hard link when possible, else a copy."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        with source.open("rb") as src, tmp.open("wb") as out:
-            shutil.copyfileobj(src, out, _COPY_CHUNK)
-            out.flush()
-            os.fsync(out.fileno())
-    try:
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

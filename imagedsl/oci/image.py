@@ -31,3 +31,7 @@ class BaseImage:
     manifest_digest: str
     config: Mapping[str, Any] = attrs.field(eq=False, repr=False)
     layers: tuple[LayerBlob, ...]
+    #: The name the image is known by, for its ``base.name`` annotation: a registry
+    #: reference without its digest, or the name recorded inside a local image; never a path
+    #: (the same archive at two paths makes the same image). None when it has no name.
+    name: str | None = None

@@ -1,26 +1,29 @@
-"""Reading OCI image layouts and image archives into the store.
+"""Reading OCI image layouts and image archives, into the store or in place.
 
 Images are read from an OCI layout directory (``oci:DIR[:TAG]``), an OCI archive
 (``oci-archive:FILE[:TAG]``) or a ``docker save`` archive (``docker-archive:FILE[:TAG]``). Their
 blobs are copied into the store only after their bytes match their digests, and their layers
 are kept as they are (never recompressed), so an image made on top of one refers to the very
-blobs it was made of. :class:`LayoutBlobs` serves a layout's blobs as they are (to push them).
+blobs it was made of. :class:`LayoutBlobs` serves a layout's blobs as they are (to push them);
+:func:`read_local_image` reads an image where it is, without copying it (``imagedsl inspect``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final, cast
 
 import attrs
 
 from imagedsl.errors import ImageDSLError, InputError
-from imagedsl.oci.annotations import REF_NAME
+from imagedsl.oci.annotations import CONTAINERD_IMAGE_NAME, REF_NAME
 from imagedsl.oci.blobs import BlobDigestError, BlobStore, check_digest
 from imagedsl.oci.image import BaseImage, LayerBlob
 from imagedsl.oci.manifest import manifest_document
@@ -31,7 +34,7 @@ from imagedsl.oci.mediatypes import (
     READABLE_LAYER_TYPES,
     sniff_compression,
 )
-from imagedsl.oci.reference import normalise_tag
+from imagedsl.oci.reference import name_of_tag, normalise_tag
 
 if TYPE_CHECKING:
     from imagedsl.oci.reference import ImageReference
@@ -131,17 +134,20 @@ def blob_name(digest: str) -> str:
     return "blobs/sha256/" + check_digest(digest).partition(":")[2]
 
 
-def import_local_image(reference: ImageReference, platform: str, blobs: BlobStore) -> BaseImage:
-    """Bring an image from a layout or archive into the store (checked) and read its config."""
+def _local_source(reference: ImageReference) -> tuple[str, str | None, _Source]:
+    """The reference as shown, its tag, and the layout directory or archive it names."""
     shown = str(reference)
     path, tag = split_path_tag(reference.name, reference.tag)
-    source: _Source
     if reference.transport == "oci":
-        source = _DirSource(path)
-    else:
-        if not path.is_file():
-            raise BaseImageError(shown, f"{path} is not a file")
-        source = _TarSource(path)
+        return shown, tag, _DirSource(path)
+    if not path.is_file():
+        raise BaseImageError(shown, f"{path} is not a file")
+    return shown, tag, _TarSource(path)
+
+
+def import_local_image(reference: ImageReference, platform: str, blobs: BlobStore) -> BaseImage:
+    """Bring an image from a layout or archive into the store (checked) and read its config."""
+    shown, tag, source = _local_source(reference)
     try:
         if reference.transport == "docker-archive":
             return _import_docker_archive(source, shown, tag, blobs)
@@ -179,6 +185,7 @@ def _import_layout(
     blobs: BlobStore,
 ) -> BaseImage:
     descriptor: Mapping[str, Any] = _choose(source, shown, tag, digest)
+    name = name_of_tag((descriptor.get("annotations") or {}).get(CONTAINERD_IMAGE_NAME))
     for _ in range(4):  # an index may point at an index (multi-platform)
         media_type = descriptor.get("mediaType")
         manifest_digest = check_digest(descriptor.get("digest"))
@@ -189,7 +196,8 @@ def _import_layout(
         if media_type in (OCI_INDEX, DOCKER_MANIFEST_LIST) or "manifests" in document:
             descriptor = _pick_platform(shown, document, platform)
             continue
-        return _import_manifest(source, shown, manifest_digest, document, blobs)
+        base = _import_manifest(source, shown, manifest_digest, document, blobs)
+        return attrs.evolve(base, name=name)
     raise BaseImageError(shown, "nests image indexes too deeply")
 
 
@@ -221,14 +229,42 @@ def _choose(source: _Source, shown: str, tag: str | None, digest: str | None) ->
     return entry
 
 
-def local_base_digest(reference: ImageReference, platform: str) -> str | None:  # noqa: ARG001
-    """What a local base (OCI layout or archive) names now, read without importing it.
+def local_image_name(reference: ImageReference, platform: str) -> str | None:  # noqa: ARG001
+    """The name recorded inside a local base (a layout entry's ``io.containerd.image.name``,
+    a docker-archive's first ``RepoTags``), read without importing it; None without one, or
+    when it cannot be read."""
+    if reference.transport not in ("oci", "oci-archive", "docker-archive"):
+        return None
+    path, tag = split_path_tag(reference.name, reference.tag)
+    try:
+        source: _Source = _DirSource(path) if reference.transport == "oci" else _TarSource(path)
+    except (OSError, tarfile.TarError, BaseImageError):
+        return None
+    try:
+        if reference.transport == "docker-archive":
+            manifest = source.read_json("manifest.json")
+            entries = manifest if isinstance(manifest, list) else []
+            if tag is not None:
+                wanted = {tag, normalise_tag(tag)}
+                entries = [m for m in entries if wanted.intersection(m.get("RepoTags") or [])]
+            tags = entries[0].get("RepoTags") if len(entries) == 1 else None
+            return name_of_tag(tags[0]) if isinstance(tags, list) and tags else None
+        entry = _choose(source, str(reference), tag, reference.digest)
+        return name_of_tag((entry.get("annotations") or {}).get(CONTAINERD_IMAGE_NAME))
+    except (OSError, ValueError, KeyError, AttributeError, tarfile.TarError, ImageDSLError):
+        return None
+    finally:
+        source.close()
 
-    For plans: the digest of the index.json entry the tag names (an OCI layout or archive),
-    or for a docker-archive the digest of the image's config (it has no manifest digest).
-    Registry bases are pinned by the lock file and docker-daemon bases need a daemon, so
-    both give None here (unpinned). A base that cannot be read also gives None: the build
-    will say what is wrong with it.
+
+def local_base_digest(reference: ImageReference, platform: str) -> str | None:
+    """What a local base (OCI layout or archive) holds now, read without importing it: the
+    digest of its image config for ``platform``, the identity plans key bases by.
+
+    For an OCI layout or archive, the config descriptor of the manifest the tag names (through
+    an index, the platform's); for a docker-archive, the digest its config file is named by.
+    Only the index and manifests are read. Registry and docker-daemon bases give None here.
+    A base that cannot be read also gives None: the build will say what is wrong with it.
     """
     if reference.transport not in ("oci", "oci-archive", "docker-archive"):
         return None
@@ -249,8 +285,25 @@ def local_base_digest(reference: ImageReference, platform: str) -> str | None:  
                 return None
             named = re.search(r"([0-9a-f]{64})(?:\.json)?$", str(entries[0].get("Config") or ""))
             return None if named is None else f"sha256:{named.group(1)}"
-        return check_digest(_choose(source, shown, tag, reference.digest).get("digest"))
-    except (OSError, ValueError, KeyError, tarfile.TarError, ImageDSLError):
+        descriptor: Mapping[str, Any] = _choose(source, shown, tag, reference.digest)
+        for _ in range(4):  # an index may point at an index (multi-platform)
+            document = source.read_json(blob_name(check_digest(descriptor.get("digest"))))
+            if document.get("mediaType") in (OCI_INDEX, DOCKER_MANIFEST_LIST) or (
+                "manifests" in document
+            ):
+                descriptor = _pick_platform(shown, document, platform)
+                continue
+            return check_digest((document.get("config") or {}).get("digest"))
+        return None
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        tarfile.TarError,
+        ImageDSLError,
+    ):
         return None
     finally:
         source.close()
@@ -326,6 +379,7 @@ def _import_docker_archive(
         tags = sorted(t for m in manifest for t in m.get("RepoTags") or [])
         raise BaseImageError(shown, f"no single image matches {tag or '(no tag)'}; it holds {tags}")
     entry = chosen[0]
+    repo_tags = entry.get("RepoTags") or [None]
     config_name = str(entry.get("Config") or "")
     with source.open(config_name) as handle:
         config_bytes = handle.read(_MAX_JSON)
@@ -354,7 +408,11 @@ def _import_docker_archive(
     document = manifest_document(config_digest, len(config_bytes), layers, {})
     manifest_digest = blobs.put(document)
     return BaseImage(
-        reference=shown, manifest_digest=manifest_digest, config=config, layers=tuple(layers)
+        reference=shown,
+        manifest_digest=manifest_digest,
+        config=config,
+        layers=tuple(layers),
+        name=name_of_tag(repo_tags[0]),
     )
 
 
@@ -377,6 +435,154 @@ def _import_unknown(source: _Source, name: str, blobs: BlobStore) -> tuple[str, 
         named = re.fullmatch(r"blobs/sha256/([0-9a-f]{64})", name)
         if named and named.group(1) != digest.partition(":")[2]:
             raise BlobDigestError(f"{source.where} {name}", "sha256:" + named.group(1), digest)
-        if not blobs.has(digest, size):
+        if not blobs.intact(digest, size):
             blobs.commit(out, digest)
     return digest, size, head
+
+
+# -- reading in place ----------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class LocalLayer:
+    """A layer of an image read in place: the file holding it and what it should be."""
+
+    name: str
+    #: The blob's digest (None in a docker-archive, where layers are named by path).
+    digest: str | None
+    size: int
+    diff_id: str
+    media_type: str | None
+
+
+@attrs.define
+class LocalImage:
+    """An image in a layout or archive, read in place: its config, layers and blobs."""
+
+    reference: str
+    manifest_digest: str | None
+    config: Mapping[str, Any]
+    layers: tuple[LocalLayer, ...]
+    _source: _Source
+
+    def open(self, layer: LocalLayer) -> IO[bytes]:
+        """The layer's bytes as stored (compressed or not)."""
+        source = self._source
+        if isinstance(source, _TarSource) and layer.name in source.members:
+            member = source.members[layer.name]
+            reader: Any = ArchiveMember(source.where, member.offset_data, member.size)
+            return cast("IO[bytes]", reader)
+        return source.open(layer.name)
+
+
+class ArchiveMember:
+    """A member of an uncompressed tar read straight from the file at its offset (``pread``):
+    ``tarfile``'s file object moves layer-sized members in small pieces. ``fd``, ``offset``
+    and ``size`` let a reader read it by position."""
+
+    def __init__(self, path: str, offset: int, size: int) -> None:
+        self.fd = self._fd = os.open(path, os.O_RDONLY)
+        self.offset = self._offset = offset
+        self.size = self._left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n < 0 else min(n, self._left)
+        if n <= 0:
+            return b""
+        data = os.pread(self._fd, n, self._offset)
+        if not data:
+            raise OSError("the archive ends inside a member")
+        self._offset += len(data)
+        self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> ArchiveMember:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def read_local_image(reference: ImageReference, platform: str) -> Iterator[LocalImage]:
+    """Open the image a local reference names, without copying it anywhere."""
+    shown, tag, source = _local_source(reference)
+    try:
+        if reference.transport == "docker-archive":
+            yield _read_docker_archive(source, shown, tag)
+        else:
+            yield _read_layout(source, shown, tag, reference.digest, platform)
+    finally:
+        source.close()
+
+
+def _read_layout(
+    source: _Source, shown: str, tag: str | None, digest: str | None, platform: str
+) -> LocalImage:
+    descriptor: Mapping[str, Any] = _choose(source, shown, tag, digest)
+    for _ in range(4):  # an index may point at an index (multi-platform)
+        manifest_digest = check_digest(descriptor.get("digest"))
+        document = source.read_json(blob_name(manifest_digest))
+        if (
+            document.get("mediaType") in (OCI_INDEX, DOCKER_MANIFEST_LIST)
+            or "manifests" in document
+        ):
+            descriptor = _pick_platform(shown, document, platform)
+            continue
+        config = source.read_json(
+            blob_name(check_digest((document.get("config") or {}).get("digest")))
+        )
+        diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+        descriptors = document.get("layers") or []
+        if len(diff_ids) != len(descriptors):
+            raise BaseImageError(shown, "its config and manifest disagree on the number of layers")
+        layers = tuple(
+            LocalLayer(
+                name=blob_name(layer.get("digest")),
+                digest=check_digest(layer.get("digest")),
+                size=int(layer.get("size") or 0),
+                diff_id=check_digest(diff_id),
+                media_type=str(layer.get("mediaType") or "") or None,
+            )
+            for layer, diff_id in zip(descriptors, diff_ids, strict=True)
+        )
+        return LocalImage(shown, manifest_digest, config, layers, source)
+    raise BaseImageError(shown, "nests image indexes too deeply")
+
+
+def _read_docker_archive(source: _Source, shown: str, tag: str | None) -> LocalImage:
+    manifest = source.read_json("manifest.json")
+    if not isinstance(manifest, list) or not manifest:
+        raise BaseImageError(shown, "manifest.json lists no images")
+    chosen = manifest
+    if tag is not None:
+        wanted = {tag, normalise_tag(tag)}
+        chosen = [m for m in manifest if wanted.intersection(m.get("RepoTags") or [])]
+    if len(chosen) != 1:
+        tags = sorted(t for m in manifest for t in m.get("RepoTags") or [])
+        raise BaseImageError(shown, f"no single image matches {tag or '(no tag)'}; it holds {tags}")
+    config = source.read_json(str(chosen[0].get("Config") or ""))
+    diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+    names = [str(n) for n in chosen[0].get("Layers") or []]
+    if len(diff_ids) != len(names):
+        raise BaseImageError(shown, "its config and manifest.json disagree on the layer count")
+    assert isinstance(source, _TarSource)
+    layers = tuple(
+        LocalLayer(
+            name=name,
+            digest=None,
+            size=source.members[name].size if name in source.members else 0,
+            diff_id=check_digest(diff_id),
+            media_type=None,
+        )
+        for name, diff_id in zip(names, diff_ids, strict=True)
+    )
+    return LocalImage(shown, None, config, layers, source)

@@ -116,6 +116,42 @@ def _parse_local_reference(transport: str, rest: str, step: str, argument: str) 
     return ImageReference(transport=transport, name=name, tag=tag, digest=digest)
 
 
+#: OCI's grammar of ``org.opencontainers.image.ref.name`` (image-layout's annotations).
+_REF_NAME: Final = re.compile(
+    r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*(?:/[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*)*"
+)
+
+
+def is_ref_name(text: str) -> bool:
+    """Whether ``text`` may be an OCI layout's ``ref.name`` (a tag such as ``1.0`` or
+    ``app:1.0``; no spaces, nothing but letters and digits at either end)."""
+    return _REF_NAME.fullmatch(text) is not None
+
+
+def portable_name(reference: ImageReference) -> str | None:
+    """The name an image is known by wherever it is built: a registry reference's normalised
+    name and tag (``docker.io/library/python:3.12``), an engine image's likewise; None for a
+    layout or an archive, whose reference is a path on this machine."""
+    if reference.transport == "docker-daemon":
+        try:
+            reference = parse_reference(f"{reference.name}:{reference.tag or 'latest'}")
+        except StepArgumentError:
+            return None
+    if reference.transport != "registry":
+        return None
+    return reference.name + (f":{reference.tag}" if reference.tag else "")
+
+
+def name_of_tag(tag: object) -> str | None:
+    """The normalised name of a Docker ``RepoTags`` entry or a containerd image name."""
+    if not isinstance(tag, str) or not tag:
+        return None
+    try:
+        return portable_name(parse_reference(tag))
+    except StepArgumentError:
+        return None
+
+
 def normalise_tag(tag: str) -> str:
     """``name`` -> ``name:latest`` (what Docker's RepoTags hold)."""
     last = tag.rsplit("/", 1)[-1]

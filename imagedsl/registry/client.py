@@ -53,6 +53,7 @@ from imagedsl.registry.errors import (
 )
 from imagedsl.registry.transport import (
     IO_CHUNK,
+    MAX_DOCUMENT,
     TRANSIENT_ERRORS,
     FilePart,
     NoProgress,
@@ -77,8 +78,6 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 _ACCEPT: Final = ", ".join((OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
-#: Manifests are small; anything bigger is refused rather than read into memory.
-_MAX_MANIFEST: Final = 4 << 20
 
 T = TypeVar("T")
 
@@ -94,6 +93,15 @@ class PulledImage:
     config: Descriptor
     layers: tuple[Descriptor, ...]
     bytes_downloaded: int = attrs.field(eq=False)
+
+
+@attrs.frozen(kw_only=True)
+class ResolvedImage:
+    """What :meth:`RegistryClient.resolve_image` found: the manifest (or index) the reference
+    names now, and the config of the image in it for the platform asked for."""
+
+    manifest: Descriptor
+    config: Descriptor
 
 
 @attrs.frozen(kw_only=True)
@@ -116,11 +124,14 @@ class PushResult:
 class RegistryClient:
     """Talks to registries. Thread safe; one per process is plenty (it pools connections).
 
-    ``credentials``, ``docker_config``, ``insecure``, ``ssl_context``, ``timeout`` and
-    ``retry`` configure its :class:`~imagedsl.registry.transport.Transport` (credentials by
-    host, else Docker's own configuration; plain HTTP and unverified TLS only when
-    ``insecure``, or plain HTTP for loopback registries). ``workers`` blobs move at once;
-    blobs up to ``chunk_size`` are uploaded in one request.
+    ``credentials``, ``docker_config``, ``insecure``, ``ssl_context``, ``timeout``,
+    ``deadline`` and ``retry`` configure its :class:`~imagedsl.registry.transport.Transport`
+    (credentials by host, else Docker's own configuration; plain HTTP and unverified TLS only
+    when ``insecure``, or plain HTTP for loopback registries). ``timeout`` is the seconds one
+    request has to be answered (default ``$IMAGEDSL_REGISTRY_TIMEOUT``, else 60) and
+    ``deadline`` the seconds one operation has with all its retries (default
+    ``$IMAGEDSL_REGISTRY_DEADLINE``, else 600). ``workers`` blobs move at once; blobs up to
+    ``chunk_size`` are uploaded in one request.
     """
 
     def __init__(
@@ -130,7 +141,8 @@ class RegistryClient:
         docker_config: DockerConfig | None = None,
         insecure: bool = False,
         ssl_context: ssl.SSLContext | None = None,
-        timeout: float = 60.0,
+        timeout: float | None = None,
+        deadline: float | None = None,
         retry: RetryPolicy | None = None,
         workers: int = 4,
         chunk_size: int = 32 << 20,
@@ -142,6 +154,7 @@ class RegistryClient:
             insecure=insecure,
             ssl_context=ssl_context,
             timeout=timeout,
+            deadline=deadline,
             retry=retry,
             progress=progress or NoProgress(),
         )
@@ -204,6 +217,27 @@ class RegistryClient:
                 raise RegistryDigestError(repo.host, f"manifest {ref}", ref.digest, digest)
             return Descriptor(media_type=media_type, digest=digest, size=int(length))
         return self.get_manifest(ref).descriptor  # a registry that does not say: read it
+
+    def resolve_image(
+        self, reference: str | ImageReference, platform: Platform | None = None
+    ) -> ResolvedImage:
+        """The manifest a reference names now and its image's config for ``platform`` (default:
+        this machine's): the config digest is the image's content identity (what a plan keys
+        a base by), the manifest digest pulls exactly that image later."""
+        ref = _registry_reference(reference)
+        repo = Repository.of(ref)
+        top = self.get_manifest(ref)
+        manifest = top
+        if top.is_index:
+            wanted = platform or Platform.host()
+            chosen = _choose_platform(top, wanted)
+            if chosen is None:
+                available = [str(d.platform) for d in top.manifests if d.platform is not None]
+                raise PlatformNotFoundError(repo.host, str(ref), str(wanted), available)
+            manifest = self._fetch_manifest(repo, chosen.digest, f"{repo}@{chosen.digest}")
+        if manifest.config is None:
+            raise RegistryError(repo.host, f"resolving {ref}", detail="a manifest without config")
+        return ResolvedImage(manifest=top.descriptor, config=manifest.config)
 
     def get_manifest(
         self, reference: str | ImageReference, *, store: Store | None = None
@@ -395,7 +429,7 @@ class RegistryClient:
                     partial.restart()
                     raise Transient("the registry answered another range; starting over")
             elif reply.status != 200:
-                reply.body = reply.response.read(_MAX_MANIFEST) if reply.response else b""
+                reply.body = reply.response.read(MAX_DOCUMENT) if reply.response else b""
                 self._transport.expect(reply, (200,), repo, action)
             assert reply.response is not None
             download.stream_from(reply.response, self.progress)

@@ -44,6 +44,49 @@ class RegistryConnectionError(RegistryError):
         self.cause = cause
 
 
+@attrs.define
+class RegistryDeadlineError(RegistryError):
+    """An operation (every attempt and pause of it) outlasted its deadline."""
+
+    deadline: float
+    attempts: int
+    cause: str
+
+    def __str__(self) -> str:
+        attempts = "attempt" if self.attempts == 1 else "attempts"
+        return (
+            f"registry {self.host}: {self.action} did not finish within its deadline of "
+            f"{self.deadline:g} s ({self.attempts} {attempts}; last: {self.cause})"
+        )
+
+
+@attrs.define
+class RegistryReplyTooLargeError(RegistryError):
+    """A reply that is read whole (a manifest, an index, a token, an error) was larger than
+    the client reads into memory."""
+
+    limit: int
+
+    def __str__(self) -> str:
+        size = f"{self.limit >> 20} MiB" if self.limit % (1 << 20) == 0 else f"{self.limit} bytes"
+        return (
+            f"registry {self.host}: {self.action} answered more than {size}, the most read "
+            "for a manifest, index, token or error; refused"
+        )
+
+
+@attrs.define
+class RegistrySettingError(InputError):
+    """A registry client setting (an environment variable or an argument) is not usable."""
+
+    name: str
+    value: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.value!r}: {self.problem}"
+
+
 class RegistryDigestError(RegistryError):
     """Bytes from (or accepted by) a registry are not those their digest names."""
 

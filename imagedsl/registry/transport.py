@@ -5,7 +5,17 @@ with a small pool of keep-alive connections per registry origin. It authorizes r
 (:mod:`imagedsl.registry.auth`: a 401 is answered once), follows redirects, and turns what is
 worth retrying (a dropped connection, a timeout, 408, 429, 5xx) into :class:`Transient`, which
 :meth:`Transport.retrying` retries with exponential backoff and jitter (``Retry-After``
-honoured). Every socket operation has a timeout.
+honoured).
+
+Nothing a registry sends can hold the client without bound. A reply read whole (a manifest,
+an index, a token, an error) is refused past :data:`MAX_DOCUMENT`; a blob streams against its
+descriptor's size and digest (:mod:`imagedsl.registry.client`). Every request has ``timeout``
+seconds to be answered in full (a blob's body and an upload apart, which must not stall for
+that long), and every operation (all its attempts and the pauses between them) has
+``deadline`` seconds: both default to :data:`DEFAULT_TIMEOUT` and :data:`DEFAULT_DEADLINE`, or
+to ``$IMAGEDSL_REGISTRY_TIMEOUT`` and ``$IMAGEDSL_REGISTRY_DEADLINE``. A watchdog thread shuts
+the socket of a request whose time is up, so even a server that trickles its answer a byte at
+a time is cut off.
 
 HTTPS always, except plain HTTP for loopback registries (tried first: most are plain) or when
 the transport is made with ``insecure=True``. Which scheme a registry speaks is learnt once per
@@ -14,12 +24,18 @@ host by a probe of ``/v2/``, whose 401 also teaches the authorizer what the regi
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import heapq
 import http.client
 import ipaddress
 import json
 import logging
+import math
+import os
 import random
+import socket
 import ssl
 import threading
 import time
@@ -37,7 +53,10 @@ from imagedsl.registry.errors import (
     NotFoundError,
     RegistryAuthError,
     RegistryConnectionError,
+    RegistryDeadlineError,
     RegistryError,
+    RegistryReplyTooLargeError,
+    RegistrySettingError,
 )
 
 if TYPE_CHECKING:
@@ -46,11 +65,118 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 IO_CHUNK: Final = 1 << 20
+#: The most read into memory from one reply: a manifest, an index, a token, an error body.
+#: The distribution spec lets registries refuse manifests above 4 MiB.
+MAX_DOCUMENT: Final = 4 << 20
+#: Seconds a request has to be answered in full (see the module docstring).
+DEFAULT_TIMEOUT: Final = 60.0
+#: Seconds an operation has, across all its attempts and pauses.
+DEFAULT_DEADLINE: Final = 600.0
+TIMEOUT_ENV: Final = "IMAGEDSL_REGISTRY_TIMEOUT"
+DEADLINE_ENV: Final = "IMAGEDSL_REGISTRY_DEADLINE"
+_BODY_CHUNK: Final = 64 << 10
 _USER_AGENT: Final = "imagedsl/0.1"
 _DOCKER_HUB_API: Final = "registry-1.docker.io"
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 
 T = TypeVar("T")
+
+
+#: When the operation running in this thread must end (``time.monotonic()``), set by
+#: :meth:`Transport.retrying`; an operation inside another ends no later than the outer one.
+_operation_end: contextvars.ContextVar[float] = contextvars.ContextVar(
+    "imagedsl_registry_operation_end", default=math.inf
+)
+
+
+def seconds_setting(value: float | None, env: str, default: float) -> float:
+    """``value``, else the environment variable ``env``, else ``default``: positive seconds."""
+    if value is None:
+        text = os.environ.get(env, "").strip()
+        if not text:
+            return default
+        try:
+            value = float(text)
+        except ValueError:
+            raise RegistrySettingError(env, text, "must be a number of seconds") from None
+        name = env
+    else:
+        text, name = str(value), env.removeprefix("IMAGEDSL_REGISTRY_").lower()
+    if not (value > 0 and math.isfinite(value)):
+        raise RegistrySettingError(name, text, "must be a positive number of seconds")
+    return value
+
+
+class _Ticket:
+    """One socket the watchdog shuts when ``end`` passes (unless released first)."""
+
+    __slots__ = ("end", "expired", "released", "sock")
+
+    def __init__(self, end: float, sock: socket.socket) -> None:
+        self.end = end
+        self.sock = sock
+        self.expired = False
+        self.released = False
+
+    def __lt__(self, other: _Ticket) -> bool:
+        return self.end < other.end
+
+
+class _Watchdog:
+    """One thread that shuts the sockets of requests whose time is up.
+
+    A socket timeout bounds each ``recv``, not a whole answer: a server may send one byte per
+    timeout forever. Shutting the socket down wakes whatever reads it, with an error.
+    """
+
+    def __init__(self) -> None:
+        self._wakeup = threading.Condition()
+        self._tickets: list[_Ticket] = []
+        self._thread: threading.Thread | None = None
+
+    def watch(self, end: float, sock: socket.socket | None) -> _Ticket | None:
+        """Shut ``sock`` at ``end`` (``time.monotonic()``) unless released; None: no limit."""
+        if sock is None or math.isinf(end):
+            return None
+        ticket = _Ticket(end, sock)
+        with self._wakeup:
+            heapq.heappush(self._tickets, ticket)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="imagedsl-registry-watchdog", daemon=True
+                )
+                self._thread.start()
+            self._wakeup.notify()
+        return ticket
+
+    def release(self, ticket: _Ticket | None) -> None:
+        """The request is over: leave its socket alone."""
+        if ticket is not None:
+            with self._wakeup:
+                ticket.released = True
+
+    def _run(self) -> None:
+        with self._wakeup:
+            while True:
+                while self._tickets and self._tickets[0].released:
+                    heapq.heappop(self._tickets)
+                if not self._tickets:
+                    self._wakeup.wait()
+                    continue
+                first = self._tickets[0]
+                left = first.end - time.monotonic()
+                if left > 0:
+                    self._wakeup.wait(left)
+                    continue
+                heapq.heappop(self._tickets)
+                first.expired = True
+                # The plain socket's shutdown, also under TLS: it only wakes the reader. The
+                # socket may have been closed meanwhile.
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(first.sock, socket.SHUT_RDWR)
+
+
+_WATCHDOG: Final = _Watchdog()
 
 
 class Transient(Exception):
@@ -191,12 +317,19 @@ class Reply:
         body: bytes,
         response: http.client.HTTPResponse | None = None,
         release: Callable[[bool], None] | None = None,
+        expired: Callable[[], bool] | None = None,
     ) -> None:
         self.status = status
         self.headers = headers
         self.body = body
         self.response = response
         self._release = release
+        self._expired = expired
+
+    @property
+    def expired(self) -> bool:
+        """Whether the operation's deadline cut a streaming body short."""
+        return self._expired is not None and self._expired()
 
     def close(self, reusable: bool = False) -> None:
         """Give the connection back (``reusable`` once the body was read to its end)."""
@@ -345,7 +478,8 @@ class Transport:
         docker_config: DockerConfig | None = None,
         insecure: bool = False,
         ssl_context: ssl.SSLContext | None = None,
-        timeout: float = 60.0,
+        timeout: float | None = None,
+        deadline: float | None = None,
         retry: RetryPolicy | None = None,
         progress: TransferProgress,
     ) -> None:
@@ -354,10 +488,13 @@ class Transport:
         self.insecure = insecure
         self._ssl_context = ssl_context
         self._context: ssl.SSLContext | None = None
-        self.timeout = timeout
+        #: Seconds a request has to be answered (and a blob's body may stall).
+        self.timeout = seconds_setting(timeout, TIMEOUT_ENV, DEFAULT_TIMEOUT)
+        #: Seconds an operation has, across its attempts and pauses.
+        self.deadline = seconds_setting(deadline, DEADLINE_ENV, DEFAULT_DEADLINE)
         self.retry = retry or RetryPolicy()
         self.progress = progress
-        self._pool = _Pool(timeout, self._context_for)
+        self._pool = _Pool(self.timeout, self._context_for)
         self._lock = threading.Lock()
         self._schemes: dict[str, str] = {}
         self._probing: dict[str, threading.Lock] = {}
@@ -479,18 +616,36 @@ class Transport:
 
     def retrying(self, host: str, action: str, attempt: Callable[[], T]) -> T:
         """Run ``attempt`` until it does not raise :class:`Transient`, pausing as the retry
-        policy says; after the last attempt, :class:`RegistryConnectionError`."""
-        for number in range(1, self.retry.attempts + 1):
-            try:
-                return attempt()
-            except Transient as failure:
-                if number == self.retry.attempts:
-                    raise RegistryConnectionError(
-                        host, action, attempts=number, cause=failure.cause
-                    ) from None
-                pause = self.retry.delay(number, failure.retry_after)
-                _log.info("%s: %s; retry %d in %.2fs", action, failure.cause, number, pause)
-                time.sleep(pause)
+        policy says; after the last attempt, :class:`RegistryConnectionError`.
+
+        This is one operation: it has ``deadline`` seconds in all (no more than an operation
+        it runs inside has left), after which :class:`RegistryDeadlineError`.
+        """
+        end = min(_operation_end.get(), time.monotonic() + self.deadline)
+        token = _operation_end.set(end)
+        try:
+            for number in range(1, self.retry.attempts + 1):
+                try:
+                    return attempt()
+                except Transient as failure:
+                    now = time.monotonic()
+                    if now >= end:
+                        raise RegistryDeadlineError(
+                            host, action, self.deadline, number, failure.cause, detail=failure.cause
+                        ) from None
+                    if number == self.retry.attempts:
+                        raise RegistryConnectionError(
+                            host, action, attempts=number, cause=failure.cause
+                        ) from None
+                    pause = self.retry.delay(number, failure.retry_after)
+                    if now + pause >= end:
+                        raise RegistryDeadlineError(
+                            host, action, self.deadline, number, failure.cause, detail=failure.cause
+                        ) from None
+                    _log.info("%s: %s; retry %d in %.2fs", action, failure.cause, number, pause)
+                    time.sleep(pause)
+        finally:
+            _operation_end.reset(token)
         raise AssertionError("unreachable")
 
     def call(
@@ -572,13 +727,35 @@ class Transport:
     def _exchange(
         self, method: str, url: Url, headers: dict[str, str], body: Body, *, stream: bool
     ) -> Reply:
-        """Send one request on a pooled connection. Connection failures become Transient."""
+        """Send one request on a pooled connection. Connection failures become Transient.
+
+        The request has ``timeout`` seconds to be answered in full, within what its operation
+        has left; an upload (a file body) and a streamed body are bounded by the operation's
+        deadline instead, and must not stall for ``timeout`` seconds. A body read here is
+        refused past :data:`MAX_DOCUMENT`.
+        """
         headers.setdefault("User-Agent", _USER_AGENT)
+        operation_end = _operation_end.get()
+        whole = not isinstance(body, FilePart)
         for _stale in range(2):
+            now = time.monotonic()
+            end = min(operation_end, now + self.timeout) if whole else operation_end
+            if end <= now:
+                raise Transient(f"{method} {url.path}: no time left for the request")
             conn, reused = self._pool.acquire(url.scheme, url.netloc)
+            ticket = None
             try:
+                conn.timeout = min(self.timeout, end - now)
+                if conn.sock is None:
+                    conn.connect()
+                else:
+                    conn.sock.settimeout(conn.timeout)
+                ticket = _WATCHDOG.watch(end, conn.sock)
                 response = self._send_request(conn, method, url, headers, body)
-                data = response.read() if method == "HEAD" or not stream else b""
+                if method == "HEAD" or not stream:
+                    data = _read_document(response, url.netloc, f"{method} {url.path}")
+                else:
+                    data = b""
             except ssl.SSLCertVerificationError as error:
                 conn.close()
                 raise RegistryError(
@@ -588,12 +765,23 @@ class Transport:
                 ) from None
             except TRANSIENT_ERRORS as error:
                 conn.close()
+                if ticket is not None and ticket.expired:
+                    raise Transient(
+                        f"{method} {url.path}: no complete answer within {self.timeout:g} s"
+                    ) from error
                 if reused and method in ("GET", "HEAD") and isinstance(error, _STALE_ERRORS):
                     continue  # an idle keep-alive connection the server had closed
                 raise Transient(f"{method} {url.path}: {type(error).__name__}: {error}") from error
             except BaseException:
                 conn.close()
                 raise
+            finally:
+                _WATCHDOG.release(ticket)
+            if ticket is not None and ticket.expired:  # what was read may be cut short
+                conn.close()
+                raise Transient(
+                    f"{method} {url.path}: no complete answer within {self.timeout:g} s"
+                )
             if isinstance(response, _CheckedResponse) and response.head_cut:
                 conn.close()
                 raise Transient(f"{method} {url.path}: the response was cut short")
@@ -604,18 +792,26 @@ class Transport:
                 else:
                     self._pool.release(url.scheme, url.netloc, conn)
                 return Reply(response.status, reply_headers, data)
+            if conn.sock is not None:
+                conn.sock.settimeout(self.timeout)  # a body may not stall longer than this
+            body_ticket = _WATCHDOG.watch(operation_end, conn.sock)
 
             def release(
                 reusable: bool,
                 conn: http.client.HTTPConnection = conn,
                 response: http.client.HTTPResponse = response,
+                ticket: _Ticket | None = body_ticket,
             ) -> None:
+                _WATCHDOG.release(ticket)
                 if reusable and not response.will_close and response.isclosed():
                     self._pool.release(url.scheme, url.netloc, conn)
                 else:
                     conn.close()
 
-            return Reply(response.status, reply_headers, b"", response, release)
+            def expired(ticket: _Ticket | None = body_ticket) -> bool:
+                return ticket is not None and ticket.expired
+
+            return Reply(response.status, reply_headers, b"", response, release, expired)
         raise Transient(f"{method} {url.path}: the connection kept closing")
 
     def _send_request(
@@ -678,6 +874,32 @@ class Transport:
         codes, message = error_codes(reply.body)
         error_type = NotFoundError if reply.status == 404 else RegistryError
         raise error_type(repo.host, action, status=reply.status, codes=codes, detail=message)
+
+
+def _read_document(response: http.client.HTTPResponse, host: str, action: str) -> bytes:
+    """A reply's whole body, refused past :data:`MAX_DOCUMENT` (announced or read)."""
+    if response.length is not None and response.length > MAX_DOCUMENT:
+        response.close()
+        raise RegistryReplyTooLargeError(host, action, MAX_DOCUMENT)
+    data = read_at_most(response, MAX_DOCUMENT, host, action)
+    if response.length:  # read(amt) returns a short body at EOF without a word
+        raise http.client.IncompleteRead(data, response.length)
+    return data
+
+
+def read_at_most(reader: IO[bytes], limit: int, host: str, action: str) -> bytes:
+    """Read a stream to its end, refusing it once it passes ``limit`` bytes."""
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        chunk = reader.read(_BODY_CHUNK)
+        if not chunk:
+            return b"".join(parts)
+        total += len(chunk)
+        if total > limit:
+            reader.close()
+            raise RegistryReplyTooLargeError(host, action, limit)
+        parts.append(chunk)
 
 
 class _PlainHTTP(Exception):

@@ -36,7 +36,7 @@ import blake3
 
 from imagedsl.errors import ContextError, EnvironmentFailure
 from imagedsl.store import atomic_write
-from imagedsl.treehash import TreeEntry
+from imagedsl.treehash import ContextChangedError, TreeEntry
 
 #: Length of the digest prefix that names a tree in the build context.
 NAME_LENGTH: Final = 16
@@ -91,20 +91,6 @@ def content_mtime_ns(digest: str) -> int:
     """An mtime that changes whenever the content does (about 2**58 distinct values)."""
     seconds = EPOCH + int(digest[:7], 16)
     return seconds * 1_000_000_000 + int(digest[7:15], 16) % 1_000_000_000
-
-
-class ContextChangedError(ContextError):
-    """A context file changed between planning and staging: its bytes are not the planned ones."""
-
-    def __init__(self, root: str, path: str) -> None:
-        super().__init__(root, (path,), "changed since it was planned")
-        self.path = path
-
-    def __str__(self) -> str:
-        return (
-            f"{os.path.join(self.root, self.path)} changed while the build was being prepared; "
-            "run the build again"
-        )
 
 
 def write_tree(tree: StagedTree, parent: Path) -> None:

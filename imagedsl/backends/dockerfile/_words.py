@@ -182,6 +182,21 @@ def shell_form_is_exact(command: str) -> bool:
     return True
 
 
+_FLAG_REFERENCE: Final = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})")
+
+
+def expanding_flag_value(value: str, *, what: str) -> str:
+    """A flag value BuildKit expands (``--chown``): plain characters and ``$VAR``/``${VAR}``
+    references, kept as written so that a ``--build-arg`` still reaches them."""
+    rest = _FLAG_REFERENCE.sub("x", value)
+    if not is_plain(rest) or "," in rest:
+        raise Unspellable(
+            value,
+            f"cannot be written as {what} (only letters, digits, ._/:@%+=~^- and $VAR are safe)",
+        )
+    return value
+
+
 def flag_value(value: str, *, what: str) -> str:
     """A ``--flag=value`` or ``--mount`` option value: plain characters only."""
     if not is_plain(value) or "," in value:

@@ -33,9 +33,11 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from imagedsl.backends import BuildRequest, BuildRequestError, BuildResult, SecretSource
+from imagedsl.backends import BuildRequest, BuildRequestError, BuildResult, read_secrets
+from imagedsl.backends._masking import masked, masks_for
 from imagedsl.backends.dockerfile._progress import ProgressParser, Vertex
 from imagedsl.backends.dockerfile._staging import ContextPool
+from imagedsl.backends.dockerfile._vertices import VertexMap
 from imagedsl.backends.dockerfile.lowering import (
     BUILTIN_FRONTEND_20_10,
     DOCKERFILE_1_4,
@@ -95,12 +97,13 @@ class DockerfileBackend:
         """Lower ``plan``, stage its context, build it, and record what BuildKit completed."""
         from imagedsl.backends.engine import require_docker
 
+        secrets = request.secrets
+        masks = masks_for(read_secrets(secrets).values())  # unreadable: refused here
         engine = self._engine or require_docker(cache=store.area(StoreArea.ENGINES))
         lowered = lower_to_dockerfile(plan, features=_features(engine))
         lowered, build_network = _for_engine(plan, lowered, engine)
         _check_engine(plan, lowered, engine)
         output_kind, archive, output_tag = _parse_output(request.output)
-        secrets = _check_secrets(request.secrets)
         tags = [*request.tags, *([output_tag] if output_tag else [])]
         made = _MadeImages(store, engine, plan, lowered, request, tags)
         if output_kind == "docker" and request.progress != "plain":
@@ -124,6 +127,7 @@ class DockerfileBackend:
             ]  # fmt: skip
             if engine.buildx:
                 argv.append("--load")
+                argv += [f"--allow={name}" for name in sorted(request.allow)]
             if build_network is not None:
                 argv += ["--network", build_network]
             for tag in tags:
@@ -135,21 +139,21 @@ class DockerfileBackend:
             env = dict(engine.env)
             for secret in secrets:
                 if secret.path is not None:
-                    argv += ["--secret", f"id={secret.id},src={os.path.abspath(secret.path)}"]
+                    argv += ["--secret", f"id={secret.id},src={secret.host_path}"]
                 else:
                     assert secret.env is not None
                     argv += ["--secret", f"id={secret.id},env={secret.env}"]
                     env[secret.env] = os.environ[secret.env]
             argv.append(str(pool.root))
-            run = _BuildRun(plan, lowered, reporter, request.progress)
+            run = _BuildRun(plan, lowered, reporter, request.progress, masks)
             try:
                 returncode = run.execute(argv, env)
             except BaseException:
                 # Interrupted: what BuildKit finished is in its cache, so it is a hit.
-                _record(store, plan, run.completed_steps())
+                _record(store, plan, run)
                 raise
             image_id = iidfile.read_text().strip() if iidfile.is_file() else None
-        _record(store, plan, run.completed_steps())
+        _record(store, plan, run, succeeded=returncode == 0)
         if returncode != 0:
             raise run.failure(engine)
         pool.prune(keep=[tree.name for tree in lowered.trees])
@@ -165,6 +169,12 @@ class DockerfileBackend:
             image=image,
             digest=image_id,
         )
+
+
+def _record(store: Store, plan: Plan, run: _BuildRun, *, succeeded: bool = False) -> None:
+    durations = run.durations()
+    for index in run.completed_steps(succeeded=succeeded):
+        record_step(store, plan.steps[index], seconds=durations.get(index))
 
 
 class _MadeImages:
@@ -229,11 +239,6 @@ def _nothing_to_do(
     return BuildResult(
         built=(), cached=tuple(labels), image=tags[0] if tags else image_id, digest=image_id
     )
-
-
-def _record(store: Store, plan: Plan, indices: Sequence[int]) -> None:
-    for index in indices:
-        record_step(store, plan.steps[index])
 
 
 def _old_frontend(engine: DockerEngine) -> bool:
@@ -305,29 +310,29 @@ def _parse_output(output: str | None) -> tuple[str, str | None, str | None]:
     )
 
 
-def _check_secrets(secrets: Sequence[SecretSource]) -> Sequence[SecretSource]:
-    for secret in secrets:
-        if secret.path is not None and not os.path.isfile(os.path.expanduser(secret.path)):
-            raise BuildRequestError(f"--secret id={secret.id}: no such file {secret.path}")
-        if secret.path is None and secret.env is not None and secret.env not in os.environ:
-            raise BuildRequestError(
-                f"--secret id={secret.id}: environment variable {secret.env} is not set"
-            )
-    return secrets
-
-
 class _BuildRun:
     """One ``docker build``: streams its progress and maps vertices back to plan steps."""
 
     def __init__(
-        self, plan: Plan, lowered: LoweredDockerfile, reporter: Reporter, progress: str
+        self,
+        plan: Plan,
+        lowered: LoweredDockerfile,
+        reporter: Reporter,
+        progress: str,
+        masks: Sequence[str] = (),
     ) -> None:
         self.plan = plan
+        #: Secret values, replaced by ``****`` in every line relayed or kept (BuildKit's own
+        #: output does not mask them).
+        self.masks = masks
         self.lowered = lowered
         self.reporter = reporter
         self.progress = progress
+        self.masks = masks
         self.parser = ProgressParser()
-        self.step_of_label = {label: index for index, label in lowered.vertices.items()}
+        self.vertex_map = VertexMap(
+            lowered.expected_vertices, labelled=len(lowered.expected_vertices) > 1
+        )
 
     def execute(self, argv: Sequence[str], env: Mapping[str, str]) -> int:
         with subprocess.Popen(
@@ -344,7 +349,7 @@ class _BuildRun:
             assert process.stdout is not None
             try:
                 for raw in process.stdout:
-                    self._line(raw.rstrip("\n"))
+                    self._line(masked(raw.rstrip("\n"), self.masks))
                 return process.wait()
             except BaseException:
                 # Ctrl-C: let the client cancel the solve (it does on SIGINT), then go.
@@ -357,8 +362,13 @@ class _BuildRun:
                 raise
 
     def _line(self, line: str) -> None:
+        line = masked(line, self.masks)
         parsed = self.parser.feed(line)
         vertex = parsed.vertex
+        if parsed.kind == "name" and vertex is not None:
+            position = vertex.number_in_stage
+            if position is not None:
+                self.vertex_map.add(vertex.number, vertex.stage, position, vertex.instruction)
         index = self._step_of(vertex)
         label = "buildkit" if index is None else self._label(index)
         if index is not None and vertex is not None:
@@ -373,9 +383,7 @@ class _BuildRun:
         self.reporter.step_output(label, line)
 
     def _step_of(self, vertex: Vertex | None) -> int | None:
-        if vertex is None or vertex.label is None:
-            return None
-        return self.step_of_label.get(vertex.label)
+        return None if vertex is None else self.vertex_map.step_of(vertex.number)
 
     def _label(self, index: int) -> str:
         step = self.plan.steps[index]
@@ -384,10 +392,8 @@ class _BuildRun:
     def vertex_status(self) -> dict[int, str]:
         """Plan step index -> the final status of its vertex (steps BuildKit showed)."""
         statuses: dict[int, str] = {}
-        for label, vertex in self.parser.by_label().items():
-            index = self.step_of_label.get(label)
-            if index is not None:
-                statuses[index] = vertex.status
+        for index, number in sorted(self.vertex_map.vertex_of_step().items()):
+            statuses[index] = self.parser.vertices[number].status
         # BuildKit shows one vertex for identical operations: share it among equal keys.
         by_key = {self.plan.steps[i].key: s for i, s in statuses.items()}
         for index in self.lowered.vertices:
@@ -395,9 +401,21 @@ class _BuildRun:
                 statuses[index] = by_key[self.plan.steps[index].key]
         return statuses
 
-    def completed_steps(self) -> list[int]:
-        """Steps whose results exist now: completed vertices, everything they stand on, and
-        the steps that make no vertex (config steps, FROM scratch) on top of those."""
+    def durations(self) -> dict[int, float]:
+        """Plan step index -> seconds BuildKit took to make it (steps made now only)."""
+        durations = {}
+        for index, number in self.vertex_map.vertex_of_step().items():
+            vertex = self.parser.vertices[number]
+            if vertex.status == "done" and vertex.seconds is not None:
+                durations[index] = vertex.seconds
+        return durations
+
+    def completed_steps(self, *, succeeded: bool = False) -> list[int]:
+        """Steps whose results exist now: after a successful build, every step; else the
+        completed vertices, everything they stand on, and the steps that make no vertex
+        (config steps, FROM scratch) on top of those."""
+        if succeeded:
+            return list(range(len(self.plan.steps)))
         nodes = [step.node for step in self.plan.steps]
         done = {i for i, status in self.vertex_status().items() if status in ("cached", "done")}
         stack = list(done)

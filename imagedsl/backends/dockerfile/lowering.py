@@ -48,8 +48,10 @@ from imagedsl.backends.dockerfile._staging import (
     tree_name,
     write_tree,
 )
+from imagedsl.backends.dockerfile._vertices import ExpectedVertex
 from imagedsl.backends.dockerfile._words import (
     Unspellable,
+    expanding_flag_value,
     expanding_word,
     flag_value,
     is_plain,
@@ -166,9 +168,13 @@ class LoweredDockerfile:
     #: The name of the target's stage (the last one).
     target: str
     stages: tuple[DockerfileStage, ...]
-    #: Plan step index -> its BuildKit vertex label ``[STAGE K/N]`` (FROM an image and
-    #: filesystem steps only: config steps make no vertex).
+    #: Plan step index -> the BuildKit vertex label ``[STAGE K/N]`` it gets when every
+    #: instruction that may make a vertex makes one (FROM an image and filesystem steps only:
+    #: config steps make none). For display: the driver maps vertices by their names
+    #: (``expected_vertices``), since BuildKit skips some (``WORKDIR /``).
     vertices: Mapping[int, str]
+    #: Dockerfile stage name -> its instructions that may make a vertex, in order.
+    expected_vertices: Mapping[str, tuple[ExpectedVertex, ...]]
     #: Plan step index -> the 1-based Dockerfile line of its instruction.
     lines: Mapping[int, int]
     #: The context trees COPY, ADD and bind mounts read, each under ``tree.name``.
@@ -251,6 +257,7 @@ class _Lowerer:
             lines.extend(_arg_line(Arg(name=name, default=default)) for name, default in declared)
         step_lines: dict[int, int] = {}
         vertices: dict[int, str] = {}
+        expected: dict[str, tuple[ExpectedVertex, ...]] = {}
         stages: list[DockerfileStage] = []
         # BuildKit leaves the stage name out of its labels in a one-stage Dockerfile.
         many = len(self.segments) > 1 or any(self._link_emulated(node) for node in self.nodes)
@@ -285,8 +292,10 @@ class _Lowerer:
                 stages.append(DockerfileStage(name=link.name, steps=(), line=len(lines) + 1))
                 emit(None, link.lines[:1])
                 emit(link.step, link.lines[1:])
+                expected[link.name] = (_expected_vertex(link.step, link.lines[1:]),)
             lines.append("")
             from_line = len(lines) + 1
+            written: dict[int, list[str]] = {}
             for index, head, inherited, text in rendered:
                 emit(None, head)
                 if head and self.nodes[index].kind == "from-stage":
@@ -294,6 +303,12 @@ class _Lowerer:
                 for trigger, line in inherited:
                     emit(trigger, [line])
                 emit(index, text)
+                written[index] = text
+            linked = {link.step for link in self.links}
+            expected[segment.name] = tuple(
+                _expected_vertex(index, written[index], primary=index not in linked)
+                for index in counted
+            )
             stages.append(
                 DockerfileStage(name=segment.name, steps=tuple(segment.steps), line=from_line)
             )
@@ -302,6 +317,7 @@ class _Lowerer:
             target=self.segments[order[-1]].name,
             stages=tuple(stages),
             vertices=vertices,
+            expected_vertices=expected,
             lines=step_lines,
             trees=tuple(self.trees.values()),
             requirements=tuple(self.requirements),
@@ -588,7 +604,7 @@ class _Lowerer:
         if isinstance(source, StagePath):
             flags.append(f"--from={self._segment_name(node.sources[0])}")
         if step.chown is not None:
-            flags.append(f"--chown={flag_value(step.chown, what='--chown')}")
+            flags.append(f"--chown={expanding_flag_value(step.chown, what='--chown')}")
         if step.chmod is not None:
             flags.append(f"--chmod={step.chmod}")
         if link:
@@ -786,6 +802,13 @@ class _Lowerer:
 # -- helpers -----------------------------------------------------------------------------------
 
 
+def _expected_vertex(index: int, text: Sequence[str], *, primary: bool = True) -> ExpectedVertex:
+    """The vertex the instruction written as ``text`` may make (its first non-comment line)."""
+    line = next(line for line in text if not line.startswith("#"))
+    keyword, _, rest = line.partition(" ")
+    return ExpectedVertex(step=index, keyword=keyword, text=rest, primary=primary)
+
+
 def _buildfile_name(buildfile: str) -> str:
     name = posixpath.basename(buildfile) or buildfile
     return name if name.isprintable() else json.dumps(name)
@@ -880,6 +903,8 @@ def _copy_comment(step: Copy | Add, node: StepNode) -> str:
     text = " ".join(step.source.describe_paths())
     if isinstance(step, Copy) and step.exclude:
         text += " (excluding " + " ".join(step.exclude) + ")"
+    if isinstance(step, Copy) and step.parents:
+        text += " (with their parent directories)"
     if node.part is not None:
         text += f" [layer {node.part}]"
     if not text.isprintable():

@@ -16,10 +16,12 @@ keyed by content (early cutoff). A ``RUN`` executes in runc over the layers belo
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import posixpath
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -28,8 +30,9 @@ import attrs
 import blake3
 
 from imagedsl import keys
-from imagedsl.backends import BuildRequestError, BuildResult
-from imagedsl.backends.oci.bases import import_base, layer_index
+from imagedsl._epoch import check_epoch, epoch_from_env
+from imagedsl.backends import BuildRequestError, BuildResult, read_secrets
+from imagedsl.backends.oci.bases import WantedBase, import_base, layer_index
 from imagedsl.backends.oci.copy_entries import (
     Owner,
     Placement,
@@ -47,7 +50,6 @@ from imagedsl.backends.oci.copy_entries import (
 from imagedsl.backends.oci.filesystem import (
     Filesystem,
     LayerIndex,
-    decompressed,
     read_members,
     save_index,
 )
@@ -56,6 +58,7 @@ from imagedsl.backends.oci.layer import LayerEntry, LayerStream, arrange, write_
 from imagedsl.backends.oci.outputs import (
     BuiltImage,
     Output,
+    check_tag,
     load_into_docker,
     write_archive,
     write_layout,
@@ -63,11 +66,13 @@ from imagedsl.backends.oci.outputs import (
 from imagedsl.backends.oci.triggers import parse_trigger
 from imagedsl.buildstate import BuildState
 from imagedsl.context import ContextSource
+from imagedsl.engine_api import LocalImages
 from imagedsl.errors import ImageDSLError
 from imagedsl.oci.annotations import BASE_DIGEST, BASE_NAME, CREATED
 from imagedsl.oci.blobs import BlobStore, damaged_as_digest_error, scratch_dir
 from imagedsl.oci.descriptor import Descriptor
 from imagedsl.oci.image import BaseImage, LayerBlob
+from imagedsl.oci.layerstream import decompressed
 from imagedsl.oci.manifest import canonical_json, manifest_document
 from imagedsl.oci.mediatypes import COMPRESSIONS, LAYER_MEDIA_TYPES, OCI_MANIFEST, Compression
 from imagedsl.planner import PlanStatus, record_copy_output, record_step, settle
@@ -95,8 +100,9 @@ if TYPE_CHECKING:
     from imagedsl.reporting import Reporter
     from imagedsl.store import Store
 
-#: Bump when the bytes a step's layer gets could change for the same inputs.
-LAYER_FORMAT: Final = 1
+#: Bump when the bytes a step's layer gets could change for the same inputs (2: layers carry
+#: extended attributes; RUN layers made before may lack file capabilities).
+LAYER_FORMAT: Final = 2
 DEFAULT_EPOCH: Final = 0
 COMPRESSION_ENV: Final = "IMAGEDSL_OCI_COMPRESSION"
 _ParentFactory = Callable[[str], LayerEntry]
@@ -144,17 +150,6 @@ class _StageState:
     cmd_set: bool = False
 
 
-def _epoch_from_env() -> int:
-    text = os.environ.get("SOURCE_DATE_EPOCH")
-    if not text:
-        return DEFAULT_EPOCH
-    if not text.isdigit():
-        raise BuildRequestError(
-            f"SOURCE_DATE_EPOCH must be a whole number of seconds, not {text!r}"
-        )
-    return int(text)
-
-
 def _compression_from_env() -> Compression:
     text = os.environ.get(COMPRESSION_ENV) or "gzip"
     if text not in COMPRESSIONS:
@@ -180,8 +175,9 @@ class OCIBackend:
 
     ``epoch`` (default ``$SOURCE_DATE_EPOCH``, else 0) is every file's mtime and the image's
     creation time; ``compression`` (default ``$IMAGEDSL_OCI_COMPRESSION``, else gzip) is
-    ``gzip``, ``zstd`` or ``none``. ``engine`` and ``registry`` make the Docker engine and
-    the registry client, only when a step needs one. ``run_timeout`` (default
+    ``gzip``, ``zstd`` or ``none``. ``engine``, ``images`` and ``registry`` make the Docker
+    engine's client (outputs into the engine), the engine's image lookups (bases) and the
+    registry client, only when a step needs one. ``run_timeout`` (default
     ``$IMAGEDSL_RUN_TIMEOUT``, else none) is how many seconds a RUN may take before it is
     killed.
     """
@@ -195,9 +191,10 @@ class OCIBackend:
         compression: Compression | None = None,
         engine: Callable[[], DockerEngine] | None = None,
         registry: Callable[[], RegistryClient] | None = None,
+        images: Callable[[], LocalImages] | None = None,
         run_timeout: float | None = None,
     ) -> None:
-        self.epoch = _epoch_from_env() if epoch is None else epoch
+        self.epoch = epoch_from_env() if epoch is None else check_epoch(epoch)
         self.run_timeout = run_timeout
         if run_timeout is None and os.environ.get("IMAGEDSL_RUN_TIMEOUT"):
             from imagedsl.backends.oci.run.runc import timeout_from_env
@@ -210,6 +207,8 @@ class OCIBackend:
         self._engine: DockerEngine | None = None
         self._registry_factory = registry or _default_registry
         self._registry: RegistryClient | None = None
+        self._images_factory = images or LocalImages
+        self._images: LocalImages | None = None
 
     @property
     def layer_media_types(self) -> frozenset[str]:
@@ -220,6 +219,11 @@ class OCIBackend:
         if self._registry is None:
             self._registry = self._registry_factory()
         return self._registry
+
+    def _images_once(self) -> LocalImages:
+        if self._images is None:
+            self._images = self._images_factory()
+        return self._images
 
     def _engine_once(self) -> DockerEngine:
         if self._engine is None:
@@ -236,6 +240,8 @@ class OCIBackend:
         self, plan: Plan, request: BuildRequest, *, store: Store, reporter: Reporter
     ) -> OCIBuild:
         """:meth:`build`, returning the image and what the build did as well."""
+        read_secrets(request.secrets)  # every secret given must be readable, used or not
+        _check_epoch_of(plan, self.epoch)
         check_run_support(plan)
         output = Output.parse(request.output) if request.output else None
         run = _Build(self, plan, request, store, reporter)
@@ -246,6 +252,7 @@ class OCIBackend:
             if self._registry is not None:
                 self._registry.close()
                 self._registry = None
+            self._images = None  # the next build asks the engine again
         manifest = Descriptor(
             media_type=OCI_MANIFEST, digest=image.manifest_digest, size=len(image.manifest)
         )
@@ -258,6 +265,16 @@ class OCIBackend:
             layer_cache=tuple(run.layer_cache),
         )
         return OCIBuild(result=result, image=image, stats=run.stats)
+
+
+def _check_epoch_of(plan: Plan, epoch: int) -> None:
+    """RUN keys hold the epoch RUN steps see: a plan keyed for another one cannot be built."""
+    planned = plan.graph.source_date_epoch
+    if planned != epoch and any(step.kind == "run" for step in plan.steps):
+        raise BuildRequestError(
+            f"the plan keys its RUN steps for SOURCE_DATE_EPOCH={planned}, but the backend "
+            f"builds with {epoch}: plan with the same epoch"
+        )
 
 
 def check_run_support(plan: Plan) -> None:
@@ -280,6 +297,23 @@ def layer_cache_path(store: Store, name: str) -> Path:
     """Where the layer-cache entry ``name`` lives (the blake3 hex of what a layer is keyed by:
     the step key, the diff_ids below, compression, epoch). A remote cache writes entries here."""
     return store.area(StoreArea.OCI_LAYERS) / name[:2] / f"{name}.json"
+
+
+def step_comment(node: StepNode, buildfile: str) -> str:
+    """``imagedsl STAGE[POSITION] [PART] FILE:LINE``: the history comment that tells
+    ``imagedsl inspect`` which step and build-file line made a layer. The file is relative to
+    the build file's directory (its name alone when outside it), so the image does not depend
+    on where the project is checked out; stages planned from Python (no build file) get the
+    step alone."""
+    text = f"imagedsl {node.stage}[{node.position}]" + (f" {node.part}" if node.part else "")
+    location = node.location
+    if location is None or buildfile.startswith("<"):
+        return text  # stages made in Python, with no build file: the step alone
+    shown = Path(location.file)
+    with contextlib.suppress(ValueError):
+        shown = shown.resolve().relative_to(Path(buildfile).resolve().parent)
+    name = shown.as_posix() if not shown.is_absolute() else shown.name
+    return f"{text} {name}:{location.line}"
 
 
 def _iso(epoch: int) -> str:
@@ -367,14 +401,19 @@ class _Build:
         below = attrs.evolve(below, state=below.state.apply(node.step, self.plan.graph.scope))
         part = f" (layer {node.part})" if node.part is not None else ""
         created_by = f"{instruction}{part} # imagedsl"
+        comment = step_comment(node, self.plan.buildfile)
         if node.is_config:
             entry = {"created": _iso(self.backend.epoch), "created_by": created_by,
-                     "empty_layer": True}  # fmt: skip
+                     "comment": comment, "empty_layer": True}  # fmt: skip
             return attrs.evolve(below, history=(*below.history, entry))
         label = self._label(node, instruction)
         self.reporter.step_started(label)
         layer = self._layer(node, self._below(node), label)
-        history: dict[str, Any] = {"created": _iso(self.backend.epoch), "created_by": created_by}
+        history: dict[str, Any] = {
+            "created": _iso(self.backend.epoch),
+            "created_by": created_by,
+            "comment": comment,
+        }
         if layer is None:  # a WORKDIR that exists already
             history["empty_layer"] = True
             return attrs.evolve(below, history=(*below.history, history))
@@ -387,11 +426,16 @@ class _Build:
         assert isinstance(step, FromImage)
         label = self._label(node, instruction)
         self.reporter.step_started(label)
+        wanted = WantedBase(
+            reference=step.image,
+            platform=node.state.platform,
+            identity=node.preimage.get("digest"),
+            manifest=None if node.base is None else node.base.manifest,
+        )
         base = import_base(
-            step.image,
-            node.state.platform,
+            wanted,
             self.blobs,
-            engine=self.backend._engine_once,
+            images=self.backend._images_once,
             registry=self.backend._registry_once,
         )
         self._filesystem(base.layers)  # reads (and checks) every base layer once
@@ -402,7 +446,8 @@ class _Build:
         non_empty = [h for h in history if not h.get("empty_layer")]
         if len(non_empty) != len(base.layers):
             history = [
-                {"created_by": f"layer {i} of {base.reference}"} for i in range(len(base.layers))
+                {"created_by": f"layer {i} of {base.name or base.manifest_digest}"}
+                for i in range(len(base.layers))
             ]
         config = base.config.get("config") or {}
         state = BuildState.from_image_config(config, node.state.platform)
@@ -515,13 +560,14 @@ class _Build:
         except (OSError, ValueError, TypeError):
             pass
         else:
-            if layer is None or self.blobs.has(layer.digest, layer.size):
+            if layer is None or self.blobs.intact(layer.digest, layer.size):
                 self.stats = attrs.evolve(self.stats, layers_reused=self.stats.layers_reused + 1)
                 if node.index >= 0:
                     record_step(self.store, node, _outputs(layer))
                 self.reporter.step_finished(label, "cached")
                 self.cached.append(label)
                 return layer
+        started = time.monotonic()
         if isinstance(node.step, Run):
             layer = self._run(node, below, label)
         else:
@@ -532,7 +578,7 @@ class _Build:
             cache, json.dumps(None if layer is None else layer.to_json()).encode(), durable=False
         )
         if node.index >= 0:  # a base's ONBUILD trigger is no step of the plan
-            record_step(self.store, node, _outputs(layer))
+            record_step(self.store, node, _outputs(layer), seconds=time.monotonic() - started)
         self.reporter.step_finished(label, "built")
         self.built.append(label)
         return layer
@@ -551,6 +597,8 @@ class _Build:
                 epoch=self.backend.epoch,
                 timeout=self.backend.run_timeout,
                 on_output=self.reporter.step_output,
+                allow=self.request.allow,
+                seccomp=self.request.seccomp,
             )
         stages = tuple(
             StageSource(layers=self.states[i].layers, fs=self._filesystem(self.states[i].layers))
@@ -584,7 +632,7 @@ class _Build:
             stream = LayerStream(handle, self.backend.compression)
             write_tar(arranged, stream, mtime=self.backend.epoch)
             layer = stream.finish()
-            if not self.blobs.has(layer.digest, layer.size):
+            if not self.blobs.intact(layer.digest, layer.size):
                 self.blobs.commit(handle, layer.digest)
         save_index(
             self.store, LayerIndex.of_entries(layer.diff_id, arranged, _kept_files(arranged))
@@ -763,7 +811,9 @@ class _Build:
         states = [self.states[n.index].state for n in chain]
         start = state.start_config
         if start is None:
-            start = start_config(base_config.get("config") or {})
+            # FROM scratch: BuildKit's empty image has WorkingDir / (and Docker's PATH).
+            empty = {"WorkingDir": "/"} if base is None else {}
+            start = start_config(base_config.get("config") or empty)
         steps = [n.step for n in chain]
         container = container_config(steps, states, start, cmd_set=state.cmd_set)
         os_name, _, rest = node.state.platform.partition("/")
@@ -783,7 +833,8 @@ class _Build:
         config_digest = self.blobs.put(config_bytes)
         annotations = {CREATED: _iso(self.backend.epoch)}
         if base is not None:
-            annotations[BASE_NAME] = base.reference
+            if base.name is not None:  # a name, never a local path (same archive, same image)
+                annotations[BASE_NAME] = base.name
             annotations[BASE_DIGEST] = base.manifest_digest
         manifest = manifest_document(config_digest, len(config_bytes), state.layers, annotations)
         manifest_digest = self.blobs.put(manifest)
@@ -810,13 +861,22 @@ class _Build:
         tags = [output.tag] if output is not None and output.tag else list(self.request.tags)
         if output is None:
             return image.manifest_digest
+        if output.kind != "docker":  # -t names become the layout's tags: they must be valid
+            tags = [check_tag(tag, "-t") for tag in tags]
         if output.kind == "oci":
             assert output.path is not None
             write_layout(Path(output.path), image, tags, self.blobs)
             return f"oci:{output.path}" + (f":{tags[0]}" if tags else "")
         if output.kind in ("oci-archive", "docker-archive"):
             assert output.path is not None
-            write_archive(Path(output.path), image, tags, self.blobs, mtime=self.backend.epoch)
+            write_archive(
+                Path(output.path),
+                image,
+                tags,
+                self.blobs,
+                mtime=self.backend.epoch,
+                docker_names=output.docker_names(),
+            )
             return f"{output.kind}:{output.path}" + (f":{tags[0]}" if tags else "")
         engine = self.backend._engine_once()
         with scratch_dir(self.blobs) as tmp:

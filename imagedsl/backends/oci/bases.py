@@ -1,10 +1,24 @@
-"""Base images for the builder: from a registry, the local engine, or a layout or archive.
+"""Base images for the builder: from the store, the local engine, a registry, a layout or archive.
 
-:func:`import_base` brings a base image's blobs into the store (checked, never recompressed)
-wherever its reference says it is: a registry through the registry client, the local engine
-through ``docker save``, a layout or archive through :mod:`imagedsl.oci.layout`. Every layer is
-then read once into the builder's view of the filesystem by :func:`layer_index`, through
-:func:`~imagedsl.backends.oci.filesystem.scan_layer`, which refuses entries that could escape the root.
+:func:`import_base` finds a base image by the content identity the plan keyed it by (the
+digest of its image config; see :mod:`imagedsl.bases`), looking in order:
+
+1. **the store**, which remembers which manifest each image it holds came as
+   (``StoreArea.OCI_BASES``), so an image used before is found with no engine and no network;
+2. **the local engine**, when one answers (registry names and ``docker-daemon:``), if its image
+   is the one planned: exported once (what ``docker save`` writes, through the engine's API)
+   and read into the store; but when the engine has the image from the reference's registry
+   (pulled from or pushed to it), the blobs come from there, as the registry holds them, so
+   the image built on it shares (and a push mounts) the base's layers;
+3. **the registry** (registry names), through the registry client, by the manifest digest
+   the lock file pinned when there is one.
+
+An OCI layout or archive is read from its file. Blobs come into the store checked and are
+never recompressed. A base in none of these places is a
+:class:`~imagedsl.bases.BaseNotFoundError` that says what each place had. Every layer is then
+read once into the builder's view of the filesystem by :func:`layer_index`, through
+:func:`~imagedsl.backends.oci.filesystem.scan_layer`, which refuses entries that could escape
+the root.
 """
 
 from __future__ import annotations
@@ -16,116 +30,189 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import attrs
+
 from imagedsl.backends.oci.filesystem import (
     Filesystem,
     LayerIndex,
-    decompressed,
     drain,
     load_index,
     save_index,
     scan_layer,
 )
+from imagedsl.bases import (
+    LOCAL_FILE_TRANSPORTS,
+    BaseNotFoundError,
+    engine_name,
+    repository_digest,
+)
+from imagedsl.engine_api import EngineError
 from imagedsl.oci.blobs import BlobStore, VerifyingReader, check_digest, damaged_as_digest_error
 from imagedsl.oci.image import BaseImage, LayerBlob
-from imagedsl.oci.layout import BaseImageError, import_docker_archive, import_local_image
+from imagedsl.oci.layerstream import decompressed
+from imagedsl.oci.layout import (
+    BaseImageError,
+    import_docker_archive,
+    import_local_image,
+    local_image_name,
+)
 from imagedsl.oci.mediatypes import READABLE_LAYER_TYPES
 from imagedsl.oci.platform import Platform
+from imagedsl.oci.reference import portable_name
 from imagedsl.store import StoreArea, atomic_write
 
 if TYPE_CHECKING:
-    from imagedsl.backends.engine import DockerEngine
+    from imagedsl.engine_api import EngineAPI, EngineImage, LocalImages
     from imagedsl.oci.reference import ImageReference
-    from imagedsl.registry.client import RegistryClient
+    from imagedsl.registry.client import PulledImage, RegistryClient
+
+
+@attrs.frozen(kw_only=True)
+class WantedBase:
+    """The base a plan's FROM keyed: its reference, platform, and what the plan knew of it.
+
+    ``identity`` is the digest the key holds (None: unpinned); ``manifest`` is a manifest
+    digest that pulls exactly this image (the reference's own digest, or the lock file's).
+    """
+
+    reference: ImageReference
+    platform: str
+    identity: str | None = None
+    manifest: str | None = None
+
+    @property
+    def shown(self) -> str:
+        """The reference as written."""
+        return str(self.reference)
+
+    @property
+    def pinned_manifest(self) -> str | None:
+        """The manifest digest that names this image exactly, if any."""
+        return self.reference.digest or self.manifest
+
+    @property
+    def config(self) -> str | None:
+        """The image config digest the plan keyed the base by, when that is what it knew (a
+        pin by manifest digest alone is not one)."""
+        if self.identity is None or self.identity == self.pinned_manifest:
+            return None
+        return self.identity
 
 
 def import_base(
-    reference: ImageReference,
-    platform: str,
+    wanted: WantedBase,
     blobs: BlobStore,
     *,
-    engine: Callable[[], DockerEngine],
+    images: Callable[[], LocalImages],
     registry: Callable[[], RegistryClient],
 ) -> BaseImage:
-    """Bring a base image's blobs into the store (checked) and read its config."""
-    if reference.transport == "registry":
-        return _import_registry(reference, platform, blobs, registry())
-    if reference.transport == "docker-daemon":
-        return _import_daemon(reference, platform, blobs, engine())
-    return import_local_image(reference, platform, blobs)
+    """Find the base in the store, the local engine or its registry (in that order), or read
+    it from its layout or archive; bring its blobs into the store (checked); read its config.
+
+    Its ``name`` (what the image's ``base.name`` annotation says) is the reference's
+    normalised name for a registry or engine base, and the name recorded inside a layout or
+    archive: never a path on this machine.
+    """
+    base = _find_base(wanted, blobs, images=images, registry=registry)
+    if wanted.reference.transport in LOCAL_FILE_TRANSPORTS:
+        name = base.name or local_image_name(wanted.reference, wanted.platform)
+    else:
+        name = portable_name(wanted.reference)
+    return attrs.evolve(base, name=name)
 
 
-def _import_registry(
-    reference: ImageReference, platform: str, blobs: BlobStore, client: RegistryClient
+def _find_base(
+    wanted: WantedBase,
+    blobs: BlobStore,
+    *,
+    images: Callable[[], LocalImages],
+    registry: Callable[[], RegistryClient],
 ) -> BaseImage:
-    """Pull through the registry client (which checks every digest) into the store."""
-    pulled = client.pull(reference, blobs.store, platform=Platform.parse(platform))
-    config = json.loads(blobs.read(pulled.config.digest))
-    diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
-    if len(diff_ids) != len(pulled.layers):
-        raise BaseImageError(str(reference), "its config and manifest disagree on the layer count")
-    layers = []
-    for descriptor, diff_id in zip(pulled.layers, diff_ids, strict=True):
-        media_type = READABLE_LAYER_TYPES.get(descriptor.media_type)
-        if media_type is None:
-            raise BaseImageError(
-                str(reference), f"has a layer of unsupported type {descriptor.media_type!r}"
-            )
-        layers.append(
-            LayerBlob(
-                digest=check_digest(descriptor.digest),
-                size=descriptor.size,
-                diff_id=check_digest(diff_id),
-                media_type=media_type,
-                uncompressed_size=0,
-            )
-        )
-    return BaseImage(
-        reference=str(reference),
-        manifest_digest=pulled.manifest.digest,
-        config=config,
-        layers=tuple(layers),
-    )
+    looked: list[tuple[str, str]] = []
+    found = _from_store(wanted, blobs, looked)
+    if found is not None:
+        return found
+    transport = wanted.reference.transport
+    if transport in LOCAL_FILE_TRANSPORTS:
+        base = import_local_image(wanted.reference, wanted.platform, blobs)
+        _remember(blobs, base)
+        return base
+    local = images()
+    found = _from_engine(wanted, blobs, local, registry, looked)
+    if found is not None:
+        return found
+    if transport == "docker-daemon" and local.engine is None:
+        raise EngineError("(none)", f"reading the base image {wanted.shown}", local.absence())
+    if transport == "registry":
+        found = _from_registry(wanted, blobs, registry(), looked)
+        if found is not None:
+            return found
+    raise BaseNotFoundError(wanted.shown, wanted.identity, tuple(looked))
 
 
-def _import_daemon(
-    reference: ImageReference, platform: str, blobs: BlobStore, engine: DockerEngine
-) -> BaseImage:
-    name = f"{reference.name}:{reference.tag or 'latest'}"
-    if reference.digest:
-        name = f"{reference.name}@{reference.digest}"
-    shown = str(reference)
-    found = engine.run("image", "inspect", "--format", "{{.Id}}", name, check=False)
-    image_id = found.stdout.strip()
-    if found.returncode != 0 or not image_id.startswith("sha256:"):
-        raise BaseImageError(shown, f"the local engine has no image {name}")
-    memo = blobs.store.area(StoreArea.OCI_DAEMON) / f"{image_id.partition(':')[2]}.json"
+# -- the store -----------------------------------------------------------------------------------
+
+
+def _memo_path(blobs: BlobStore, config_digest: str) -> Path:
+    return blobs.store.area(StoreArea.OCI_BASES) / f"{config_digest.partition(':')[2]}.json"
+
+
+def _remember(blobs: BlobStore, base: BaseImage) -> None:
+    """Note which manifest the image (by config digest) is in the store as."""
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        saved = json.loads(memo.read_bytes())
-        base = _base_from_store(shown, saved["manifest"], blobs)
-        if base is not None:
-            return base
-    tmp_root = blobs.store.area(StoreArea.TMP)
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
-        archive = Path(tmp, "image.tar")
-        engine.run("save", "-o", str(archive), name)
-        base = import_docker_archive(archive, shown, blobs)
-    atomic_write(memo, json.dumps({"manifest": base.manifest_digest}).encode())
-    del platform  # the engine holds one platform per tag; the config says which
-    return base
+        manifest = json.loads(blobs.read(base.manifest_digest))
+        config_digest = check_digest(manifest["config"]["digest"])
+        memo = _memo_path(blobs, config_digest)
+        atomic_write(memo, json.dumps({"manifest": base.manifest_digest}).encode())
 
 
-def _base_from_store(shown: str, manifest_digest: str, blobs: BlobStore) -> BaseImage | None:
-    if not blobs.has(manifest_digest):
+def _from_store(
+    wanted: WantedBase, blobs: BlobStore, looked: list[tuple[str, str]]
+) -> BaseImage | None:
+    """The base by its identity, when the store holds all of it."""
+    if wanted.config is not None:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            saved = json.loads(_memo_path(blobs, wanted.config).read_bytes())
+            base = _base_from_store(wanted.shown, saved["manifest"], blobs, wanted.platform)
+            if base is not None and _config_digest(blobs, base) == wanted.config:
+                return base
+        looked.append(("the store", f"no image {wanted.config}"))
+    elif wanted.pinned_manifest is not None:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            base = _base_from_store(wanted.shown, wanted.pinned_manifest, blobs, wanted.platform)
+            if base is not None:
+                return base
+        looked.append(("the store", f"no manifest {wanted.pinned_manifest}"))
+    return None
+
+
+def _config_digest(blobs: BlobStore, base: BaseImage) -> str | None:
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        digest = json.loads(blobs.read(base.manifest_digest))["config"]["digest"]
+        return digest if isinstance(digest, str) else None
+    return None
+
+
+def _base_from_store(
+    shown: str, manifest_digest: str, blobs: BlobStore, platform: str
+) -> BaseImage | None:
+    if not blobs.intact(manifest_digest):
         return None
     manifest = json.loads(blobs.read(manifest_digest))
+    if "manifests" in manifest:  # an index: the platform's manifest
+        wanted = Platform.parse(platform)
+        for child in manifest["manifests"]:
+            found = Platform.from_json(child.get("platform"))
+            if found is not None and wanted.matches(found):
+                return _base_from_store(shown, child["digest"], blobs, platform)
+        return None
     config_digest = manifest["config"]["digest"]
-    if not blobs.has(config_digest):
+    if not blobs.intact(config_digest):
         return None
     config = json.loads(blobs.read(config_digest))
     layers = []
     for descriptor, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"], strict=True):
-        if not blobs.has(descriptor["digest"], descriptor["size"]):
+        if not blobs.intact(descriptor["digest"], descriptor["size"]):
             return None
         layers.append(
             LayerBlob(
@@ -138,6 +225,130 @@ def _base_from_store(shown: str, manifest_digest: str, blobs: BlobStore) -> Base
         )
     return BaseImage(
         reference=shown, manifest_digest=manifest_digest, config=config, layers=tuple(layers)
+    )
+
+
+# -- the local engine ----------------------------------------------------------------------------
+
+
+def _from_engine(
+    wanted: WantedBase,
+    blobs: BlobStore,
+    images: LocalImages,
+    registry: Callable[[], RegistryClient],
+    looked: list[tuple[str, str]],
+) -> BaseImage | None:
+    """The engine's image for the reference, if it is the one planned. When the engine has it
+    from the reference's registry (pulled from or pushed to it), its blobs are pulled from
+    there as the registry holds them (compressed; a push then mounts them from the base's
+    repository) rather than exported, unless the registry does not answer."""
+    name = engine_name(wanted.reference)
+    image = images.image(name)
+    engine = images.engine
+    if engine is None:
+        looked.append(("the local engine", images.absence()))
+        return None
+    if image is None:
+        looked.append((f"the local engine ({engine.host})", f"no image {name}"))
+        return None
+    if wanted.config is not None and image.id != wanted.config:
+        looked.append((f"the local engine ({engine.host})", f"{name} is {image.id}"))
+        return None
+    if wanted.reference.transport == "registry" and not image.runs_on(wanted.platform):
+        looked.append(
+            (
+                f"the local engine ({engine.host})",
+                f"{name} is for {image.platform}, not {wanted.platform}",
+            )
+        )
+        return None
+    remembered = _remembered(wanted.shown, image, blobs)
+    if remembered is not None:
+        return remembered
+    digest = repository_digest(image, wanted.reference)
+    if digest is not None:
+        from imagedsl.registry.errors import RegistryError
+
+        exact = attrs.evolve(wanted, identity=image.id, manifest=digest)
+        with contextlib.suppress(RegistryError):
+            pulled = _from_registry(exact, blobs, registry(), [])
+            if pulled is not None:
+                return pulled
+    return _export(wanted.shown, name, blobs, engine)
+
+
+def _remembered(shown: str, image: EngineImage, blobs: BlobStore) -> BaseImage | None:
+    """The engine's image, when the store holds it already (by image ID, its config digest)."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        saved = json.loads(_memo_path(blobs, image.id).read_bytes())
+        return _base_from_store(shown, saved["manifest"], blobs, image.platform)
+    return None
+
+
+def _export(shown: str, name: str, blobs: BlobStore, engine: EngineAPI) -> BaseImage:
+    """The engine's image, exported (the store then remembers its manifest by image ID)."""
+    tmp_root = blobs.store.area(StoreArea.TMP)
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
+        archive = Path(tmp, "image.tar")
+        engine.export(name, archive)
+        base = import_docker_archive(archive, shown, blobs)
+    _remember(blobs, base)
+    return base
+
+
+# -- the registry --------------------------------------------------------------------------------
+
+
+def _from_registry(
+    wanted: WantedBase, blobs: BlobStore, client: RegistryClient, looked: list[tuple[str, str]]
+) -> BaseImage | None:
+    """Pull through the registry client (which checks every digest) into the store."""
+    from imagedsl.registry.errors import NotFoundError
+
+    reference = wanted.reference
+    if wanted.pinned_manifest is not None:
+        reference = attrs.evolve(reference, digest=wanted.pinned_manifest)
+    host = reference.name.partition("/")[0]
+    try:
+        pulled = client.pull(reference, blobs.store, platform=Platform.parse(wanted.platform))
+    except NotFoundError:
+        looked.append((f"the registry {host}", f"no {reference.familiar}"))
+        return None
+    if wanted.config is not None and pulled.config.digest != wanted.config:
+        looked.append((f"the registry {host}", f"{reference.familiar} is {pulled.config.digest}"))
+        return None
+    base = _pulled_base(wanted.shown, pulled, blobs)
+    _remember(blobs, base)
+    return base
+
+
+def _pulled_base(shown: str, pulled: PulledImage, blobs: BlobStore) -> BaseImage:
+    config = json.loads(blobs.read(pulled.config.digest))
+    diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+    if len(diff_ids) != len(pulled.layers):
+        raise BaseImageError(shown, "its config and manifest disagree on the layer count")
+    layers = []
+    for descriptor, diff_id in zip(pulled.layers, diff_ids, strict=True):
+        media_type = READABLE_LAYER_TYPES.get(descriptor.media_type)
+        if media_type is None:
+            raise BaseImageError(
+                shown, f"has a layer of unsupported type {descriptor.media_type!r}"
+            )
+        layers.append(
+            LayerBlob(
+                digest=check_digest(descriptor.digest),
+                size=descriptor.size,
+                diff_id=check_digest(diff_id),
+                media_type=media_type,
+                uncompressed_size=0,
+            )
+        )
+    return BaseImage(
+        reference=shown,
+        manifest_digest=pulled.manifest.digest,
+        config=config,
+        layers=tuple(layers),
     )
 
 

@@ -11,9 +11,11 @@ written with the normalised modes their keys hold, owned by root unless ``chown`
 from __future__ import annotations
 
 import hashlib
+import lzma
 import os
 import posixpath
 import tarfile
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -30,7 +32,7 @@ from imagedsl.backends.oci.filesystem import (
     _clean_member_name,
     lookup_id,
 )
-from imagedsl.backends.oci.layer import LayerEntry, LayerError
+from imagedsl.backends.oci.layer import LayerEntry, LayerError, Xattrs
 from imagedsl.errors import InputError
 from imagedsl.steps import INLINE_FILE_NAME
 from imagedsl.treehash import Row, Tree, TreeEntry
@@ -153,7 +155,14 @@ class Placement:
             )
         found = self.lower.get(path) if self.lower is not None else None
         if found is not None and found.kind == "dir":
-            return LayerEntry(path=path, kind="dir", mode=found.mode, uid=found.uid, gid=found.gid)
+            return LayerEntry(
+                path=path,
+                kind="dir",
+                mode=found.mode,
+                uid=found.uid,
+                gid=found.gid,
+                xattrs=found.xattrs,
+            )
         return LayerEntry(path=path, kind="dir", mode=0o755, uid=self.owner.uid, gid=self.owner.gid)
 
 
@@ -166,6 +175,10 @@ def context_entries(
     for item in items:
         host = os.path.join(root, item.source)
         path = placement.target(item.placed, posixpath.basename(item.source))
+        if item.type == "file" and os.path.islink(host):
+            # A symlink named as the source: its target's bytes, under its name (as BuildKit
+            # follows it; the plan checked that the target is inside the context).
+            host = _inside(root, os.path.realpath(host), item)
         if item.type == "file":
             entries.append(
                 LayerEntry(
@@ -204,6 +217,13 @@ def context_entries(
     return entries
 
 
+def _inside(root: str, host: str, item: TreeEntry) -> str:
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([real_root, host]) != real_root:
+        raise LayerError(item.placed, f"{item.source} is a symlink that leaves the build context")
+    return host
+
+
 def _read_symlink(host: str, item: TreeEntry) -> str:
     try:
         target = os.readlink(host)
@@ -237,7 +257,21 @@ def is_archive(path: str) -> bool:
 def archive_entries(
     path: str, placement: Placement, spool: Callable[[], Path], step: str
 ) -> list[LayerEntry]:
-    """Entries for a local tar unpacked by ADD; member names cannot leave the destination."""
+    """Entries for a local tar unpacked by ADD; member names cannot leave the destination,
+    and a damaged archive (a member cut short, bad compressed data) is the step's error."""
+    try:
+        return _archive_entries(path, placement, spool, step)
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as error:
+        raise StepInputError(step, f"{path}: a damaged archive ({error})") from None
+    except OSError as error:
+        if error.errno is not None:
+            raise  # the machine's (a full disk), not the archive's
+        raise StepInputError(step, f"{path}: a damaged archive ({error})") from None
+
+
+def _archive_entries(
+    path: str, placement: Placement, spool: Callable[[], Path], step: str
+) -> list[LayerEntry]:
     entries: list[LayerEntry] = []
     owner, chown = placement.owner, placement.owner != Owner()
     seen: dict[str, LayerEntry] = {}
@@ -374,10 +408,13 @@ def stage_entries(
 ) -> tuple[list[LayerEntry], Tree]:
     """Entries for files taken from a stage, and the tree digest of what was placed.
 
-    Owners become root (or ``chown``), modes are kept (or ``chmod``). A hard link stays a
-    hard link when its target is copied too, else it becomes a copy of the target's bytes.
+    Owners become root (or ``chown``), modes are kept (or ``chmod``), and so are the
+    extended attributes a layer carries (file capabilities, ACLs, ``user.*``), which the
+    tree digest then covers. A hard link stays a hard link when its target is copied too,
+    else it becomes a copy of the target's bytes (and attributes).
     """
     placed_of = {f.source: f.placed for f in files}
+    files_by_source = {f.source: f for f in files}
     entries: list[LayerEntry] = []
     rows: list[Row] = []
     owner, chmod = placement.owner, placement.chmod
@@ -385,9 +422,15 @@ def stage_entries(
         entry = item.entry
         path = placement.target(item.placed, posixpath.basename(item.source))
         mode = entry.mode if chmod is None or entry.kind == "symlink" else chmod
+        xattrs = entry.xattrs
+        if entry.kind == "hardlink":
+            target = files_by_source.get(entry.linkname)
+            xattrs = target.entry.xattrs if target is not None else ()
         if entry.kind == "dir":
-            entries.append(LayerEntry(path=path, kind="dir", mode=mode, **attrs.asdict(owner)))
-            digest = ""
+            entries.append(
+                LayerEntry(path=path, kind="dir", mode=mode, xattrs=xattrs, **attrs.asdict(owner))
+            )
+            digest = _xattrs_digest(xattrs)
             size = 0
         elif entry.kind == "symlink":
             entries.append(
@@ -426,12 +469,25 @@ def stage_entries(
                         mode=mode,
                         size=size,
                         source=str(spooled),
+                        xattrs=xattrs,
                         **attrs.asdict(owner),
                     )
                 )
+            digest += _xattrs_digest(xattrs)
         kind = "file" if entry.kind == "hardlink" else entry.kind
         rows.append((item.placed, "/" + item.source, kind, mode, size, digest))
     return entries, Tree.from_rows(rows)
+
+
+def _xattrs_digest(xattrs: Xattrs) -> str:
+    """What a tree row adds for extended attributes ("" without any, so the digests of
+    trees without them are what they always were)."""
+    if not xattrs:
+        return ""
+    hasher = blake3.blake3()
+    for name, value in xattrs:
+        hasher.update(name.encode("utf-8", "surrogateescape") + b"\0" + value + b"\0")
+    return "+xattrs:" + hasher.hexdigest()[:32]
 
 
 def _file_digest(path: Path) -> str:

@@ -5,24 +5,31 @@ extracted to the host), and refused if an entry could reach outside the image ro
 whoever unpacks it: absolute or ``..`` paths, a path below a symlink, relative symlinks that
 climb above the root, hard links out of the root or to nothing, device nodes and other special
 files, and duplicate paths. What survives is kept as a small index (path, type, mode, owner,
-size, link) per diff_id, from which :class:`Filesystem` answers "what is at this path" for the
-steps that need it (COPY into existing directories, ``--chown`` names, ``COPY --from``).
+size, link, the extended attributes a layer carries) per diff_id, from which
+:class:`Filesystem` answers "what is at this path" for the steps that need it (COPY into
+existing directories, ``--chown`` names, ``COPY --from``, which keeps file capabilities).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import posixpath
 import tarfile
 from collections.abc import Iterable, Iterator, Mapping
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, Final, Literal, cast
+from typing import IO, TYPE_CHECKING, Any, Final, Literal, cast
 
 import attrs
 
-from imagedsl.backends.oci.layer import OPAQUE_MARKER, WHITEOUT_PREFIX, LayerEntry
+from imagedsl.backends.oci.layer import (
+    OPAQUE_MARKER,
+    WHITEOUT_PREFIX,
+    LayerEntry,
+    Xattrs,
+    pax_xattrs,
+)
 from imagedsl.errors import InputError
 from imagedsl.oci.blobs import VerifyingReader
-from imagedsl.oci.mediatypes import sniff_compression
 from imagedsl.store import StoreArea, atomic_write
 
 if TYPE_CHECKING:
@@ -31,7 +38,8 @@ if TYPE_CHECKING:
     from imagedsl.store import Store
 
 FsKind = Literal["file", "dir", "symlink", "hardlink"]
-INDEX_VERSION: Final = 1
+#: 2: entries carry their extended attributes (indexes of version 1 are made again).
+INDEX_VERSION: Final = 2
 #: Files whose text later steps need (user and group names for --chown, WORKDIR, USER).
 KEPT_FILES: Final = frozenset({"etc/passwd", "etc/group"})
 _KEPT_MAX: Final = 1 << 20
@@ -71,6 +79,15 @@ class FsEntry:
     gid: int = 0
     size: int = 0
     linkname: str = ""
+    xattrs: Xattrs = ()
+
+
+def _xattrs_json(xattrs: Xattrs) -> dict[str, str]:
+    return {name: base64.b64encode(value).decode() for name, value in xattrs}
+
+
+def _xattrs_of_json(found: dict[str, str]) -> Xattrs:
+    return tuple(sorted((name, base64.b64decode(value)) for name, value in found.items()))
 
 
 @attrs.frozen(kw_only=True)
@@ -90,6 +107,7 @@ class LayerIndex:
             "diff_id": self.diff_id,
             "entries": [
                 [path, e.kind, e.mode, e.uid, e.gid, e.size, e.linkname]
+                + ([_xattrs_json(e.xattrs)] if e.xattrs else [])
                 for path, e in self.entries.items()
             ],
             "whiteouts": list(self.whiteouts),
@@ -108,7 +126,13 @@ class LayerIndex:
             raise ValueError("not a layer index")
         entries = {
             row[0]: FsEntry(
-                kind=row[1], mode=row[2], uid=row[3], gid=row[4], size=row[5], linkname=row[6]
+                kind=row[1],
+                mode=row[2],
+                uid=row[3],
+                gid=row[4],
+                size=row[5],
+                linkname=row[6],
+                xattrs=_xattrs_of_json(row[7]) if len(row) > 7 else (),
             )
             for row in payload["entries"]
         }
@@ -141,6 +165,7 @@ class LayerIndex:
                     gid=entry.gid,
                     size=entry.size,
                     linkname=entry.linkname,
+                    xattrs=entry.xattrs,
                 )
         return cls(
             diff_id=diff_id,
@@ -174,56 +199,121 @@ def save_index(store: Store, index: LayerIndex) -> None:
 # -- decompression -------------------------------------------------------------------------
 
 
-class _Peek:
-    """A reader that can give back its first bytes once."""
-
-    def __init__(self, raw: BinaryIO | IO[bytes] | VerifyingReader) -> None:
-        self._raw = raw
-        self.head = raw.read(4)
-        self._pending = self.head
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        if self._pending:
-            if n < 0:
-                data = self._pending + self._raw.read()
-                self._pending = b""
-                return data
-            data, self._pending = self._pending[:n], self._pending[n:]
-            if len(data) < n:
-                data += self._raw.read(n - len(data))
-            return data
-        return self._raw.read(n)
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-
-def decompressed(raw: BinaryIO | IO[bytes] | VerifyingReader) -> IO[bytes]:
-    """A reader of the tar inside a layer blob, whatever its compression."""
-    peek: Any = _Peek(raw)
-    kind = sniff_compression(peek.head)
-    if kind == "gzip":
-        from isal import igzip
-
-        reader: Any = igzip.IGzipFile(fileobj=peek, mode="rb")  # type: ignore[no-untyped-call]
-        return cast("IO[bytes]", reader)
-    if kind == "zstd":
-        import zstandard
-
-        reader = zstandard.ZstdDecompressor().stream_reader(peek, read_across_frames=True)
-        return cast("IO[bytes]", reader)
-    return cast("IO[bytes]", peek)
-
-
 def drain(reader: IO[bytes] | VerifyingReader) -> None:
     """Read a stream to its end (so digests are checked on all of it)."""
     while reader.read(1 << 20):
         pass
+
+
+# -- reading layer tars, never trusting a header ---------------------------------------------
+
+#: Reads that find the layer ended which a well-formed tar can need (the end-of-archive check).
+_EMPTY_READS: Final = 3
+
+
+class _LayerEnded(Exception):
+    """The layer's bytes ran out while tarfile still wanted some."""
+
+
+class _Guarded:
+    """What stream-mode ``tarfile`` reads a layer through: once the layer has ended, reading
+    on is an error.
+
+    To pass over a member it was not asked to read, ``tarfile`` reads and drops as many blocks
+    as the member's header claims, and does not stop where the data ends: a header claiming
+    64 GiB over 1 KB of data kept it reading empty blocks for half a minute, a PAX size of
+    10**18 forever. Here it stops as soon as the bytes do.
+    """
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self._empty = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        if not data and n != 0:
+            self._empty += 1
+            if self._empty > _EMPTY_READS:
+                raise _LayerEnded
+        return data
+
+
+class LayerTar:
+    """The members of a layer tar, read as a stream; a member whose header claims more bytes
+    than the rest of the layer holds is refused as soon as the layer ends
+    (:class:`UnsafeLayerError`), and so is a whiteout of ``""``, ``.`` or ``..``."""
+
+    def __init__(self, stream: IO[bytes], layer: str) -> None:
+        self.layer = layer
+        guarded = cast("IO[bytes]", _Guarded(stream))
+        self.archive = tarfile.open(fileobj=guarded, mode="r|")  # noqa: SIM115 - closed by close()
+        self._last: tarfile.TarInfo | None = None
+
+    def __iter__(self) -> Iterator[tarfile.TarInfo]:
+        members = iter(self.archive)
+        while True:
+            try:
+                member = next(members)
+            except StopIteration:
+                return
+            except _LayerEnded:
+                raise self._overrun() from None
+            self._last = member
+            yield member
+
+    def extractfile(self, member: tarfile.TarInfo) -> _MemberReader:
+        """The content of a regular file member (read it before the next member)."""
+        handle = self.archive.extractfile(member)
+        assert handle is not None
+        return _MemberReader(handle, self.layer, member)
+
+    def _overrun(self) -> UnsafeLayerError:
+        last = self._last
+        if last is None:
+            return UnsafeLayerError(self.layer, "", "ends inside its first header")
+        return UnsafeLayerError(
+            self.layer,
+            last.name,
+            f"claims {last.size} bytes, more than the rest of the layer holds",
+        )
+
+    def close(self) -> None:
+        """Done with the archive (the stream stays open)."""
+        self.archive.close()
+
+    def __enter__(self) -> LayerTar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _MemberReader:
+    """A member's content; data that ends before the member's size is an unsafe layer."""
+
+    def __init__(self, handle: IO[bytes], layer: str, member: tarfile.TarInfo) -> None:
+        self._handle = handle
+        self._layer = layer
+        self._member = member
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._handle.read(n)
+        except (tarfile.ReadError, _LayerEnded):
+            raise UnsafeLayerError(
+                self._layer,
+                self._member.name,
+                f"claims {self._member.size} bytes, more than the rest of the layer holds",
+            ) from None
+
+
+def whiteout_target(layer: str, raw: str, base: str) -> str:
+    """The name a whiteout entry ``base`` (``.wh.NAME``) deletes; refuses ``""``, ``.``, ``..``
+    (they would delete the directory itself or its parent)."""
+    target = base[len(WHITEOUT_PREFIX) :]
+    if target in ("", ".", ".."):
+        raise UnsafeLayerError(layer, raw, f"is a whiteout of {target!r}, which names no entry")
+    return target
 
 
 # -- scanning untrusted layers ---------------------------------------------------------------
@@ -279,9 +369,11 @@ def scan_layer(
     opaques: list[str] = []
     files: dict[str, str] = {}
     try:
-        archive = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 - closed below
+        archive = LayerTar(stream, layer)
     except tarfile.TarError as error:
         raise UnsafeLayerError(layer, "", f"is not a tar archive: {error}") from None
+    except _LayerEnded:
+        raise UnsafeLayerError(layer, "", "is not a tar archive: it ends at once") from None
     with archive:
         try:
             for member in archive:
@@ -300,7 +392,7 @@ def scan_layer(
                         opaques.append(head)
                         view.opaque.add(head)
                     else:
-                        target = posixpath.join(head, base[len(WHITEOUT_PREFIX) :])
+                        target = posixpath.join(head, whiteout_target(layer, member.name, base))
                         whiteouts.append(target)
                         view.deleted.add(target)
                     continue
@@ -308,8 +400,7 @@ def scan_layer(
                 view.entries[name] = entry
                 if name in KEPT_FILES and member.isreg() and member.size <= _KEPT_MAX:
                     handle = archive.extractfile(member)
-                    if handle is not None:
-                        files[name] = handle.read().decode("utf-8", "replace")
+                    files[name] = handle.read().decode("utf-8", "replace")
         except tarfile.TarError as error:
             raise UnsafeLayerError(layer, "", f"is a damaged tar archive: {error}") from None
     return LayerIndex(
@@ -334,10 +425,11 @@ def _check_parents(layer: str, raw: str, name: str, view: _LayerView) -> None:
 def _entry_of(layer: str, member: tarfile.TarInfo, name: str, view: _LayerView) -> FsEntry:
     mode, uid, gid = member.mode & 0o7777, member.uid, member.gid
     owner: dict[str, Any] = {"mode": mode, "uid": uid, "gid": gid}
+    xattrs = pax_xattrs(member.pax_headers) if member.pax_headers else ()
     if member.isdir():
-        return FsEntry(kind="dir", **owner)
+        return FsEntry(kind="dir", xattrs=xattrs, **owner)
     if member.isreg():
-        return FsEntry(kind="file", size=member.size, **owner)
+        return FsEntry(kind="file", size=member.size, xattrs=xattrs, **owner)
     if member.issym():
         target = member.linkname
         if not target or "\x00" in target:
@@ -478,14 +570,13 @@ def read_members(stream: IO[bytes], wanted: Mapping[str, Path], layer: str) -> s
     the layer can choose where bytes land. Returns the names that were found.
     """
     found: set[str] = set()
-    with tarfile.open(fileobj=stream, mode="r|") as archive:
+    with LayerTar(stream, layer) as archive:
         for member in archive:
             name = _clean_member_name(layer, member.name)
             dest = wanted.get(name)
             if dest is None or not member.isreg():
                 continue
             handle = archive.extractfile(member)
-            assert handle is not None
             with dest.open("wb") as out:
                 while True:
                     data = handle.read(1 << 20)

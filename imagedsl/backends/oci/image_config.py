@@ -83,10 +83,11 @@ def apply_config_step(
 def _port_range(port: str) -> list[str]:
     """``8000-8002/tcp`` as BuildKit writes it: one entry per port."""
     span, _, proto = port.partition("/")
+    proto = proto or "tcp"  # a port from a $VAR gets the protocol BuildKit gives it
     low, _, high = span.partition("-")
     if not (low.isdigit() and high.isdigit()):
-        return [port]
-    suffix = f"/{proto}" if proto else ""
+        return [f"{span}/{proto}"]
+    suffix = f"/{proto}"
     return [f"{n}{suffix}" for n in range(int(low), int(high) + 1)]
 
 

@@ -4,7 +4,8 @@ The tar rules (DESIGN.md §4): entries sorted by path component, every parent di
 present, no path twice, whiteouts first in their directory, one fixed mtime, owners by number
 only (no user or group names), permission bits exactly as asked, symlinks and hard links kept,
 ustar headers with a PAX record only where ustar cannot hold a value, and the archive closed
-by two zero blocks (no padding to a tar "record").
+by two zero blocks (no padding to a tar "record"). Extended attributes travel as PAX
+``SCHILY.xattr.NAME`` records, as BuildKit and Docker write them (see :func:`carries_xattr`).
 
 Compression must not depend on the Python build either. ``zlib`` output changes with the zlib
 that CPython links (zlib, zlib-ng, Apple's, distribution patches), so gzip is a header and
@@ -24,7 +25,7 @@ import queue
 import stat
 import struct
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, Final, Literal
 
 import attrs
@@ -45,6 +46,15 @@ ZSTD_LEVEL: Final = 3
 CHUNK: Final = 1 << 20
 WHITEOUT_PREFIX: Final = ".wh."
 OPAQUE_MARKER: Final = ".wh..wh..opq"
+#: The PAX record prefix of an extended attribute (``SCHILY.xattr.security.capability``).
+XATTR_PAX_PREFIX: Final = "SCHILY.xattr."
+#: Extended attributes a layer carries besides ``user.*``: file capabilities and ACLs.
+CARRIED_XATTRS: Final = frozenset(
+    {"security.capability", "system.posix_acl_access", "system.posix_acl_default"}
+)
+
+#: Extended attributes as (name, value) pairs, sorted by name.
+Xattrs = tuple[tuple[str, bytes], ...]
 
 _BLOCK: Final = 512
 _GZIP_HEADER: Final = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no mtime, no name, OS unknown
@@ -56,6 +66,45 @@ _TYPEFLAGS: Final[dict[str, bytes]] = {
     "whiteout": b"0",
     "opaque": b"0",
 }
+
+
+def carries_xattr(name: str) -> bool:
+    """Whether a layer carries the extended attribute ``name``: file capabilities, ACLs and
+    ``user.*``, what a command in a RUN sets on purpose. Never ``trusted.*`` (overlayfs's
+    private attributes among them: a layer must not steer the overlay it is mounted in) or
+    other ``security.*`` (labels the host's security module owns)."""
+    if name.startswith("user."):
+        return not name.startswith("user.overlay.")
+    return name in CARRIED_XATTRS
+
+
+def read_xattrs(path: str | os.PathLike[str] | int) -> Xattrs:
+    """The carried extended attributes of a file or directory, by path (symlinks not
+    followed) or open descriptor."""
+    follow = isinstance(path, int)  # a descriptor is the file itself
+    try:
+        names = os.listxattr(path, follow_symlinks=follow)
+    except OSError:
+        return ()
+    found = []
+    for name in sorted(names):
+        if carries_xattr(name):
+            try:
+                found.append((name, os.getxattr(path, name, follow_symlinks=follow)))
+            except OSError:
+                continue  # removed meanwhile
+    return tuple(found)
+
+
+def pax_xattrs(records: Mapping[str, str]) -> Xattrs:
+    """The carried extended attributes in a tar member's PAX records (Python's tarfile
+    gives binary values as text with surrogate escapes; encoding gives the bytes back)."""
+    found = [
+        (key[len(XATTR_PAX_PREFIX) :], value.encode("utf-8", "surrogateescape"))
+        for key, value in records.items()
+        if key.startswith(XATTR_PAX_PREFIX) and carries_xattr(key[len(XATTR_PAX_PREFIX) :])
+    ]
+    return tuple(sorted(found))
 
 
 @attrs.define
@@ -89,6 +138,8 @@ class LayerEntry:
     linkname: str = ""
     source: str | bytes | None = attrs.field(default=None, eq=False, repr=False)
     digest: str | None = attrs.field(default=None, eq=False, repr=False)
+    #: Extended attributes, sorted by name (see :func:`carries_xattr`).
+    xattrs: Xattrs = ()
 
     @property
     def tar_name(self) -> str:
@@ -164,7 +215,7 @@ def arrange(
 
 
 def _pax_record(key: str, value: bytes) -> bytes:
-    body = f" {key}=".encode() + value + b"\n"
+    body = b" " + key.encode("utf-8", "surrogateescape") + b"=" + value + b"\n"
     length = len(body) + 1
     while len(str(length)) + len(body) != length:
         length += 1
@@ -204,6 +255,15 @@ def _fits(text: bytes, width: int) -> bool:
     return len(text) <= width and text.isascii()
 
 
+def _utf8(text: str) -> bool:
+    """Whether a name (bytes not UTF-8 are held as surrogate escapes) is UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def tar_header(entry: LayerEntry, mtime: int) -> bytes:
     """The header block(s) of one entry: ustar, preceded by a PAX header only when needed."""
     name = entry.tar_name.encode("utf-8", "surrogateescape")
@@ -220,12 +280,18 @@ def tar_header(entry: LayerEntry, mtime: int) -> bytes:
     if size > 0o77777777777:
         records.append(_pax_record("size", str(size).encode()))
     uid, gid = entry.uid, entry.gid
+    if records and not _utf8(entry.tar_name + entry.linkname):
+        # A name that is not UTF-8 goes in the PAX record as its bytes, which POSIX says a
+        # reader must be told (Python, GNU tar and Go then keep the bytes as they are).
+        records.append(_pax_record("hdrcharset", b"BINARY"))
     if uid > 0o7777777:
         records.append(_pax_record("uid", str(uid).encode()))
         uid = 0
     if gid > 0o7777777:
         records.append(_pax_record("gid", str(gid).encode()))
         gid = 0
+    for xattr, value in entry.xattrs:
+        records.append(_pax_record(XATTR_PAX_PREFIX + xattr, value))
     out = b""
     if records:
         payload = b"".join(sorted(records, key=lambda r: bytes(r).split(b" ", 1)[1]))

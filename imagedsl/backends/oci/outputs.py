@@ -1,10 +1,11 @@
 """Where a built image goes: an OCI layout, one archive for oci-archive and docker-archive,
 or the local engine.
 
-An OCI layout directory (``oci:DIR[:TAG]``) gets its blobs hard-linked from the store, then
-``index.json`` replaced atomically, last; then blobs that nothing in ``index.json`` reaches any
-more are removed (as ``umoci gc`` does), so a layout written again and again holds what its
-tags name and nothing else. ``oci-archive:FILE[:TAG]`` and
+An OCI layout directory (``oci:DIR[:TAG]``) gets verified copies of its blobs from the store
+(reflinks where the filesystem makes them; never hard links, so editing the output cannot
+reach the store), then ``index.json`` replaced atomically, last; then blobs that nothing in
+``index.json`` reaches any more are removed (as ``umoci gc`` does), so a layout written again
+and again holds what its tags name and nothing else. ``oci-archive:FILE[:TAG]`` and
 ``docker-archive:FILE[:TAG]`` are one archive format: an OCI layout in a tar that also carries
 Docker's ``manifest.json``, which is what ``docker load``, ``podman load`` and skopeo's
 ``oci-archive:`` and ``docker-archive:`` transports each look for. ``docker[:TAG]`` loads that
@@ -27,7 +28,7 @@ import attrs
 
 from imagedsl.backends import BuildRequestError
 from imagedsl.oci.annotations import CONTAINERD_IMAGE_NAME, REF_NAME
-from imagedsl.oci.blobs import BlobStore, MissingBlobError, link_or_copy
+from imagedsl.oci.blobs import BlobStore, file_holds
 from imagedsl.oci.image import LayerBlob
 from imagedsl.oci.layout import blob_name
 from imagedsl.oci.manifest import canonical_json
@@ -37,7 +38,7 @@ from imagedsl.oci.mediatypes import (
     OCI_MANIFEST,
     READABLE_LAYER_TYPES,
 )
-from imagedsl.oci.reference import normalise_tag
+from imagedsl.oci.reference import is_ref_name, normalise_tag
 from imagedsl.store import atomic_file, atomic_write, fsync_dir
 
 if TYPE_CHECKING:
@@ -71,7 +72,46 @@ class Output:
         path, _, tag = rest.partition(":")
         if not path:
             raise BuildRequestError(f"--output {text!r}: {kind}: needs a path")
-        return cls(kind=kind, path=path, tag=tag or None)
+        if tag:
+            check_tag(tag, f"--output {text!r}")
+        made = cls(kind=kind, path=path, tag=tag or None)
+        made.docker_names()  # refused before building, not after
+        return made
+
+    def docker_names(self) -> tuple[str, ...] | None:
+        """What Docker calls an archive output's image (its ``RepoTags``), when its TAG says:
+        ``app.tar:myorg/app:1.0`` is ``myorg/app:1.0``; a bare tag takes the file's name
+        (``app.tar:1.0`` is ``app:1.0``, never ``1.0:latest``). None: from the ``-t`` names."""
+        if self.kind not in ("oci-archive", "docker-archive") or not self.tag:
+            return None
+        assert self.path is not None
+        return (archive_docker_name(self.path, self.tag),)
+
+
+def check_tag(tag: str, where: str) -> str:
+    """Refuse a tag that is not an OCI reference name (``v 1``, ``-x``, ``a::b``)."""
+    if not is_ref_name(tag):
+        raise BuildRequestError(
+            f"{where}: {tag!r} is not a valid tag (letters and digits, with one of . _ - : @ +"
+            " or -- between them, and / between components)"
+        )
+    return tag
+
+
+def archive_docker_name(path: str, tag: str) -> str:
+    """The Docker name of an archive's TAG: itself when it names an image (``NAME:TAG`` or
+    ``ORG/NAME``), else ``<file name>:<TAG>``; refused when the file gives no usable name."""
+    if ":" in tag or "/" in tag:
+        return normalise_tag(tag)
+    stem = re.sub(r"(\.tar)?(\.(gz|zst|zstd))?$", "", Path(path).name.lower())
+    stem = re.sub(r"[^a-z0-9._-]+", "-", stem).strip("._-")
+    name = f"{stem}:{tag}"
+    if not stem or not _is_docker_name(name):
+        raise BuildRequestError(
+            f"--output {path}:{tag}: {tag!r} is a tag without an image name, and the file's "
+            f"name gives none: write {path}:NAME:{tag}"
+        )
+    return name
 
 
 @attrs.frozen(kw_only=True)
@@ -103,7 +143,8 @@ def _index_entry(image: BuiltImage, tag: str | None) -> dict[str, Any]:
 def write_layout(directory: Path, image: BuiltImage, tags: Sequence[str], blobs: BlobStore) -> None:
     """Add ``image`` to an OCI layout directory (made if missing) under ``tags``.
 
-    Blobs go in first (each linked atomically under its name), ``index.json`` last, replaced
+    Blobs go in first (each a verified copy put atomically under its name), ``index.json``
+    last, replaced
     atomically: a build killed at any point leaves the layout as it was or with the image.
     Then blobs no tag reaches any more are removed (:func:`collect_layout_garbage`). Writers
     of one layout take turns (flock on the directory), so one never removes what another has
@@ -127,8 +168,8 @@ def _write_layout(
         atomic_write(marker, canonical_json({"imageLayoutVersion": "1.0.0"}))
     for digest in [*image.blob_digests, image.manifest_digest]:
         dest = directory / blob_name(digest)
-        if not dest.exists():
-            link_or_copy(blobs.path(digest), dest)
+        if not file_holds(dest, digest):  # absent, or damaged since it was written
+            blobs.copy_out(digest, dest)
     fsync_dir(directory / "blobs" / "sha256")
     manifests: list[dict[str, Any]] = []
     index_file = directory / "index.json"
@@ -210,23 +251,36 @@ def _descriptors(document: object) -> list[dict[str, Any]]:
 
 
 def write_archive(
-    path: Path, image: BuiltImage, tags: Sequence[str], blobs: BlobStore, *, mtime: int
+    path: Path,
+    image: BuiltImage,
+    tags: Sequence[str],
+    blobs: BlobStore,
+    *,
+    mtime: int,
+    docker_names: Sequence[str] | None = None,
 ) -> None:
-    """One tar that is both an OCI layout and a ``docker save`` archive, written atomically."""
+    """One tar that is both an OCI layout and a ``docker save`` archive, written atomically.
+
+    ``tags`` are the index's ``ref.name``s; ``docker_names`` what Docker calls the image, one
+    per tag (default: each tag that is a Docker name, with ``:latest`` added to a bare one).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     config_name = blob_name(image.config_digest)
+    if docker_names is None:
+        docker_names = [normalise_tag(t) for t in tags]
+    known = [n if _is_docker_name(n) else None for n in docker_names]
     docker_manifest = [
         {
             "Config": config_name,
-            "RepoTags": [normalise_tag(t) for t in tags if _is_docker_name(normalise_tag(t))],
+            "RepoTags": [n for n in known if n is not None],
             "Layers": [blob_name(layer.digest) for layer in image.layers],
         }
     ]
     names: list[str | None] = [*tags] or [None]
     entries = [_index_entry(image, tag) for tag in names]
-    for entry, tag in zip(entries, tags, strict=False):
-        if _is_docker_name(normalise_tag(tag)):
-            entry.setdefault("annotations", {})[CONTAINERD_IMAGE_NAME] = normalise_tag(tag)
+    for entry, docker_name in zip(entries, known, strict=False):
+        if docker_name is not None:
+            entry.setdefault("annotations", {})[CONTAINERD_IMAGE_NAME] = docker_name
     index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
     with (
         atomic_file(path) as raw,
@@ -239,9 +293,7 @@ def write_archive(
             if digest in seen:
                 continue
             seen.add(digest)
-            source = blobs.path(digest)
-            if not source.exists():
-                raise MissingBlobError(str(blobs.store.root), digest)
+            source = blobs.verified_path(digest)
             info = _info(blob_name(digest), mtime)
             info.size = source.stat().st_size
             with source.open("rb") as handle:

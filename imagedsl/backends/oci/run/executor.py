@@ -3,8 +3,11 @@
 :class:`RunExecutor` does, for one RUN: make sure the layers below are extracted
 (:class:`~imagedsl.backends.oci.run.rootfs.Snapshots`), mount them as an overlay with a fresh
 upper directory (or copy them), create the working directory if it is missing, prepare the
-mounts the step asks for, run the command in runc (:mod:`imagedsl.backends.oci.run.runc`), and
-give back the change as layer entries. Everything it mounts or creates is undone when it is
+mounts the step asks for and its sandbox (a network namespace behind NAT,
+:mod:`~imagedsl.backends.oci.run.network`; Docker's default seccomp profile,
+:mod:`~imagedsl.backends.oci.run.seccomp`; ``network="host"`` only with the ``network.host``
+entitlement), run the command in runc (:mod:`imagedsl.backends.oci.run.runc`), and give back
+the change as layer entries. Everything it mounts or creates is undone when it is
 done, whether the command succeeded, failed, timed out or was interrupted.
 
 Mounts, as BuildKit makes them:
@@ -34,14 +37,23 @@ import stat
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import blake3
 
+from imagedsl.backends._masking import masked, masks_for
 from imagedsl.backends.oci.filesystem import Filesystem, PathResolutionError
+from imagedsl.backends.oci.run.network import (
+    NETNS_FILE,
+    NetworkUnavailableError,
+    network_problem,
+    private_network,
+    release_namespace,
+    resolv_conf,
+)
 from imagedsl.backends.oci.run.rootfs import (
     Change,
     RootfsError,
@@ -57,6 +69,7 @@ from imagedsl.backends.oci.run.rootfs import (
     upper_change,
 )
 from imagedsl.backends.oci.run.runc import (
+    CAPABILITIES,
     HOSTS,
     ContainerSpec,
     MountSpec,
@@ -67,8 +80,8 @@ from imagedsl.backends.oci.run.runc import (
     bind,
     find_runc,
     missing_requirements,
-    resolv_conf,
 )
+from imagedsl.backends.oci.run.seccomp import load_profile
 from imagedsl.buildstate import BuildState
 from imagedsl.context import ContextSource
 from imagedsl.errors import ImageDSLError, InputError, SourceLocation
@@ -88,9 +101,6 @@ if TYPE_CHECKING:
     from imagedsl.oci.blobs import BlobStore
     from imagedsl.oci.image import LayerBlob
 
-#: Secret values shorter than this are not masked in output (they would mask everything).
-_MASK_MIN: Final = 4
-_MASK: Final = "****"
 _SHM: Final = Path("/dev/shm")
 #: An unfinished extraction this old was left by a killed build.
 _STALE_EXTRACTION: Final = 3600.0
@@ -214,8 +224,14 @@ class RunExecutor:
         epoch: int,
         timeout: float | None,
         on_output: Callable[[str, str], None],
+        allow: Collection[str] = frozenset(),
+        seccomp: bool = True,
     ) -> None:
         self.blobs = blobs
+        #: Entitlements granted to the build (``network.host``).
+        self.allow = frozenset(allow)
+        #: False: no seccomp profile (the explicit opt-out).
+        self.seccomp = seccomp
         self.store_root = blobs.store.root
         self.snapshots = Snapshots(blobs)
         self.runs = blobs.store.area(StoreArea.OCI_RUNS)
@@ -238,17 +254,24 @@ class RunExecutor:
             raise error.with_location(run.location)
         runc = find_runc()
         assert runc is not None
+        profile = self._sandbox(run, runc)
         if not self._swept:
             self._sweep()
             self._swept = True
         owner = self._owner(run)
         env = dict(run.state.run_env())
+        # As BuildKit passes it: tools that honour it (Python writes hash-checked .pyc files)
+        # make output that stays valid under the layer's fixed mtimes. It is in the RUN's key.
+        env.setdefault("SOURCE_DATE_EPOCH", str(self.epoch))
         secret_values = self._check_secrets(run)
         snapshots = self.snapshots.ensure(run.layers)
         run_id = uuid.uuid4().hex[:20]
         with contextlib.ExitStack() as stack:
             workdir = stack.enter_context(self._run_dir(run_id))
             private = stack.enter_context(_private_dir(self._private_name(run_id)))
+            netns = None
+            if run.step.network == "default":
+                netns = stack.enter_context(private_network(private, run.stage, run.instruction))
             lowers = _lowers(snapshots)
             if self._snapshotter(lowers) == "overlay":
                 upper, root = workdir / "upper", workdir / "merged"
@@ -270,7 +293,7 @@ class RunExecutor:
                 bind(private / "resolv.conf", "/etc/resolv.conf", readonly=True),
             ]
             (private / "hosts").write_text(HOSTS)
-            (private / "resolv.conf").write_text(resolv_conf())
+            (private / "resolv.conf").write_text(resolv_conf(run.step.network))
             mounts += self._mounts(run, stack, workdir, private, secret_values, env)
             stubs = _stub_paths(run.lower, [m.destination for m in mounts])
             spec = ContainerSpec(
@@ -282,16 +305,18 @@ class RunExecutor:
                 gid=owner.gid,
                 additional_gids=owner.groups,
                 network=run.step.network,
+                network_namespace=netns,
                 mounts=tuple(mounts),
+                seccomp=profile,
             )
-            masks = _masks(secret_values.values())
+            masks = masks_for(secret_values.values())
 
             def output(line: str) -> None:
-                self.on_output(run.label, _masked(line, masks))
+                self.on_output(run.label, masked(line, masks))
 
             def timed_out(tail: tuple[str, ...]) -> BaseException:
                 assert self.timeout is not None
-                lines = [_masked(line, masks) for line in tail]
+                lines = [masked(line, masks) for line in tail]
                 return RunTimeoutError(
                     run.instruction, run.stage, self.timeout, lines, run.location
                 )
@@ -303,7 +328,7 @@ class RunExecutor:
                 on_timeout=timed_out,
             )  # fmt: skip
             if outcome.status != 0:
-                tail = [_masked(line, masks) for line in outcome.tail]
+                tail = [masked(line, masks) for line in outcome.tail]
                 raise RunFailedError(run.instruction, run.stage, outcome.status, tail, run.location)
             if upper is not None:
                 unmount(root)
@@ -325,6 +350,27 @@ class RunExecutor:
         self.snapshots.adopt(finished.upper, final)
 
     # -- preparation -------------------------------------------------------------------------
+
+    def _sandbox(self, run: RunInputs, runc: str) -> dict[str, Any] | None:
+        """Check, before any work, that the RUN's sandbox can be made: its entitlement
+        (``network="host"``), slirp4netns (``network="default"``); return its seccomp
+        profile (None when the build opted out)."""
+        from imagedsl.backends import NETWORK_HOST, EntitlementError
+
+        network = run.step.network
+        if network == "host" and NETWORK_HOST not in self.allow:
+            raise EntitlementError(NETWORK_HOST, run.stage, run.instruction, run.location)
+        if network == "default":
+            problem = network_problem()
+            if problem is not None:
+                error = NetworkUnavailableError(run.stage, run.instruction, problem)
+                raise error.with_location(run.location)
+        if not self.seccomp:
+            return None
+        try:
+            return load_profile(runc, CAPABILITIES, run.stage, run.instruction)
+        except ImageDSLError as error:
+            raise error.with_location(run.location) from None
 
     def _owner(self, run: RunInputs) -> Owner:
         try:
@@ -548,25 +594,6 @@ class RunExecutor:
                 continue  # alive, or not ours to remove
 
 
-def _masks(values: Iterable[bytes]) -> list[str]:
-    """What to mask in output: each secret value, and each line of a multi-line one (output
-    arrives line by line), longest first; short ones would mask everything."""
-    found: set[str] = set()
-    for value in values:
-        text = value.decode("utf-8", "replace")
-        for candidate in (text, text.strip(), *text.splitlines()):
-            if len(candidate.strip()) >= _MASK_MIN:
-                found.add(candidate)
-    return sorted(found, key=len, reverse=True)
-
-
-def _masked(line: str, masks: Sequence[str]) -> str:
-    for mask in masks:
-        if mask in line:
-            line = line.replace(mask, _MASK)
-    return line
-
-
 def _lowers(snapshots: Sequence[Path]) -> list[Path]:
     """Overlay lower directories, top first. A layer that appears twice in a stack is kept
     at its upper place only: applying it again there gives the same tree (its files and its
@@ -601,6 +628,7 @@ def _forget_container(private: Path, run_id: str) -> None:
     import subprocess
 
     if private.is_dir():
+        release_namespace(private / NETNS_FILE)
         runc = find_runc()
         if runc is not None:
             subprocess.run(

@@ -1,14 +1,17 @@
 """Root filesystems for RUN steps: extracted layers, overlay mounts, and the change a RUN makes.
 
 **Snapshots.** Each layer a RUN stands on is extracted once into the store, keyed by its
-diff_id (``oci/snapshots/v1/<hex>``), in overlayfs's own format: a deletion is a 0/0 character
-device, an opaque directory carries ``trusted.overlay.opaque=y``. Extraction goes to a
-temporary directory renamed into place, so a snapshot is whole or absent. Base layers have been
+diff_id (``oci/snapshots/v3/<hex>/fs``), in overlayfs's own format: a deletion is a 0/0
+character device, an opaque directory carries ``trusted.overlay.opaque=y``. Extraction goes to
+a temporary directory renamed into place, so a snapshot is whole or absent; beside the tree
+goes its integrity record (``check.json``), checked before a RUN stands on it. Base layers have been
 checked by :func:`imagedsl.backends.oci.filesystem.scan_layer` before they get here; extraction checks
 again on its own: every path is opened component by component with ``O_NOFOLLOW`` from the
 snapshot's root, so no entry can make a write land outside it. A RUN's own upper directory
 becomes the snapshot of the layer it produced (mtimes set to the build's epoch, overlay's
-private attributes dropped), so a later RUN never extracts it.
+private attributes dropped), so a later RUN never extracts it. Extended attributes a layer
+carries (``SCHILY.xattr.*``) are set on what is extracted, after its owner (``chown`` clears
+file capabilities).
 
 **Workspaces.** A RUN's root is an overlay mount of those snapshots (lowest layer last in
 ``lowerdir``) with a fresh upper directory, when the kernel allows it here; otherwise
@@ -16,8 +19,9 @@ private attributes dropped), so a later RUN never extracts it.
 compared with the layers below afterwards.
 
 **Changes.** What the RUN did becomes the entries of one layer: new and changed files,
-directories, symlinks and hard links with the owners and modes the command gave them,
-deletions as whiteouts, recreated directories as opaque. Mount points that were created for the
+directories, symlinks and hard links with the owners, modes and extended attributes (file
+capabilities, ACLs, ``user.*``: :func:`~imagedsl.backends.oci.layer.carries_xattr`) the command
+gave them, deletions as whiteouts, recreated directories as opaque. Mount points that were created for the
 RUN (and parents created only for them) are left out, as are directories copied up but left as
 they were.
 """
@@ -34,6 +38,7 @@ import stat
 import tarfile
 import tempfile
 import uuid
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
@@ -43,23 +48,31 @@ import attrs
 
 from imagedsl.backends.oci.filesystem import (
     Filesystem,
+    LayerTar,
     UnsafeLayerError,
     _clean_member_name,
-    decompressed,
     drain,
+    whiteout_target,
 )
 from imagedsl.backends.oci.layer import (
     OPAQUE_MARKER,
     WHITEOUT_PREFIX,
     LayerEntry,
+    Xattrs,
+    pax_xattrs,
+    read_xattrs,
     sort_key,
 )
+from imagedsl.backends.oci.run.snapshot_check import check_snapshot, write_record
 from imagedsl.errors import EnvironmentFailure
 from imagedsl.oci.blobs import BlobStore, VerifyingReader, damaged_as_digest_error
 from imagedsl.oci.image import LayerBlob
-from imagedsl.store import StoreArea
+from imagedsl.oci.layerstream import decompressed
+from imagedsl.store import StoreArea, StoreWarning
 
-SNAPSHOT_FORMAT: Final = "v1"
+#: v2: snapshots hold the extended attributes their layers carry. v3: each is ``fs/`` beside
+#: its integrity record ``check.json``.
+SNAPSHOT_FORMAT: Final = "v3"
 SNAPSHOTTER_ENV: Final = "IMAGEDSL_OCI_SNAPSHOTTER"
 OPAQUE_XATTR: Final = "trusted.overlay.opaque"
 _OVERLAY_XATTR_PREFIX: Final = "trusted.overlay."
@@ -266,6 +279,17 @@ def _set_owner_mode(fd: int, uid: int, gid: int, mode: int) -> None:
     os.chmod(fd, mode & 0o7777)  # after chown, which clears setuid and setgid
 
 
+def _set_xattrs(fd: int, xattrs: Xattrs) -> None:
+    """Set extended attributes on an open file or directory (after its owner: ``chown``
+    clears file capabilities); a filesystem that cannot hold one (``ENOTSUP``) goes without."""
+    for name, value in xattrs:
+        try:
+            os.setxattr(fd, name, value)
+        except OSError as error:
+            if error.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+
+
 def _whiteout(name: str, dir_fd: int) -> None:
     _remove(name, dir_fd)
     os.mknod(name, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=dir_fd)
@@ -308,7 +332,7 @@ def extract_layer(
     dirs = _DirFds(root_fd)
     dir_times: list[tuple[str, int]] = []
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as archive:
+        with LayerTar(stream, layer) as archive:
             for member in archive:
                 name = _clean_member_name(layer, member.name)
                 if not name:
@@ -319,7 +343,7 @@ def extract_layer(
                     os.setxattr(parent, OPAQUE_XATTR, b"y")
                     continue
                 if base.startswith(WHITEOUT_PREFIX):
-                    target = base[len(WHITEOUT_PREFIX) :]
+                    target = whiteout_target(layer, member.name, base)
                     dirs.forget(posixpath.join(head, target))
                     _whiteout(target, parent)
                     continue
@@ -334,7 +358,7 @@ def extract_layer(
 
 
 def _extract_member(
-    archive: tarfile.TarFile,
+    archive: LayerTar,
     member: tarfile.TarInfo,
     name: str,
     parent: int,
@@ -353,16 +377,17 @@ def _extract_member(
             os.mkdir(base, 0o700, dir_fd=parent)
         fd = dirs.get(name, create=False)
         _set_owner_mode(fd, member.uid, member.gid, member.mode)
+        _set_xattrs(fd, pax_xattrs(member.pax_headers))
         return
     dirs.forget(name)
     if member.isreg():
         handle = archive.extractfile(member)
-        assert handle is not None
         fd = _create(base, parent)
         try:
             while data := handle.read(_COPY_CHUNK):
                 os.write(fd, data)
             _set_owner_mode(fd, member.uid, member.gid, member.mode)
+            _set_xattrs(fd, pax_xattrs(member.pax_headers))
             os.utime(fd, (mtime, mtime))
         finally:
             os.close(fd)
@@ -416,6 +441,7 @@ def _copy_from_lowers(
             try:
                 _copy_fd(source, fd)
                 _set_owner_mode(fd, member.uid, member.gid, member.mode)
+                _set_xattrs(fd, read_xattrs(source))
                 os.utime(fd, (int(member.mtime), int(member.mtime)))
             finally:
                 os.close(fd)
@@ -426,15 +452,24 @@ def _copy_from_lowers(
 
 
 class Snapshots:
-    """Extracted layers in the store, one directory per diff_id, each made atomically."""
+    """Extracted layers in the store, one directory per diff_id, each made atomically, each
+    with an integrity record checked before a RUN stands on it.
+
+    A snapshot is ``<root>/<diff_id hex>/`` holding the tree (``fs/``) and its record
+    (``check.json``, :mod:`~imagedsl.backends.oci.run.snapshot_check`), made in a staging
+    directory and renamed into place whole. One found changed since it was made is a
+    :class:`~imagedsl.store.StoreWarning`; it is removed and extracted again from its layer.
+    """
 
     def __init__(self, blobs: BlobStore) -> None:
         self.blobs = blobs
         self.root = blobs.store.area(StoreArea.OCI_SNAPSHOTS) / SNAPSHOT_FORMAT
+        #: Snapshots checked by this process (a build checks each once).
+        self._checked: set[Path] = set()
 
     def path(self, diff_id: str) -> Path:
-        """Where the snapshot of ``diff_id`` lives (it may not exist yet)."""
-        return self.root / diff_id.partition(":")[2]
+        """Where the tree of the snapshot of ``diff_id`` lives (it may not exist yet)."""
+        return self.root / diff_id.partition(":")[2] / "fs"
 
     def _staging(self) -> Path:
         # The tree below holds setuid files and root's secrets: only root may walk into it.
@@ -443,14 +478,46 @@ class Snapshots:
         return Path(tempfile.mkdtemp(prefix=".extract-", dir=self.root))
 
     def ensure(self, layers: Sequence[LayerBlob]) -> list[Path]:
-        """The snapshots of ``layers`` (bottom first), extracting those not made yet."""
+        """The snapshots of ``layers`` (bottom first), extracting those not made yet or found
+        damaged."""
         paths: list[Path] = []
         for layer in layers:
             final = self.path(layer.diff_id)
-            if not final.is_dir():
+            if not (final.is_dir() and self.intact(final)):
                 self._extract(layer, final, lowers=list(reversed(paths)))
+                self._checked.add(final)
             paths.append(final)
         return paths
+
+    def intact(self, final: Path) -> bool:
+        """Whether the snapshot whose tree is ``final`` still matches its record (checked
+        once per process); a damaged one is reported and removed."""
+        if final in self._checked:
+            return True
+        record = final.parent / "check.json"
+        damage = check_snapshot(final, record)
+        if damage is None:
+            with contextlib.suppress(OSError):
+                os.utime(record)  # its last use
+            self._checked.add(final)
+            return True
+        warnings.warn(
+            f"snapshot {final.parent} is damaged ({damage}); it is extracted again",
+            StoreWarning,
+            stacklevel=3,
+        )
+        self.discard(final)
+        return False
+
+    def discard(self, final: Path) -> None:
+        """Remove a snapshot (renamed aside first, so it is never seen half removed)."""
+        self._checked.discard(final)
+        unit = final.parent
+        self.root.mkdir(parents=True, exist_ok=True)
+        doomed = Path(tempfile.mkdtemp(prefix=".discard-", dir=self.root))
+        with contextlib.suppress(FileNotFoundError):  # another build removed it first
+            os.rename(unit, doomed / "unit")
+        shutil.rmtree(doomed, ignore_errors=True)
 
     def _extract(self, layer: LayerBlob, final: Path, lowers: Sequence[Path]) -> None:
         staging = self._staging()
@@ -467,14 +534,25 @@ class Snapshots:
                 extract_layer(inner, tree, layer=layer.digest, lowers=lowers)  # type: ignore[arg-type]
                 inner.drain()
                 drain(raw)
-            self.adopt(tree, final)
+            self._seal(staging, final)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
     def adopt(self, tree: Path, final: Path) -> None:
-        """Rename a finished tree to its snapshot name (another build may have won the race)."""
+        """Make the finished ``tree`` the snapshot whose tree is ``final`` (another build may
+        have won the race; then ``tree`` is left where it is)."""
+        staging = self._staging()
         try:
-            os.rename(tree, final)
+            os.rename(tree, staging / "fs")
+            self._seal(staging, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _seal(self, staging: Path, final: Path) -> None:
+        """Record ``staging/fs`` and rename ``staging`` into place as ``final``'s snapshot."""
+        write_record(staging / "fs", staging / "check.json")
+        try:
+            os.rename(staging, final.parent)
         except OSError as error:
             if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                 raise
@@ -497,7 +575,14 @@ def parent_from(lower: Filesystem) -> Callable[[str], LayerEntry]:
     def parent(path: str) -> LayerEntry:
         found = lower.get(path)
         if found is not None and found.kind == "dir":
-            return LayerEntry(path=path, kind="dir", mode=found.mode, uid=found.uid, gid=found.gid)
+            return LayerEntry(
+                path=path,
+                kind="dir",
+                mode=found.mode,
+                uid=found.uid,
+                gid=found.gid,
+                xattrs=found.xattrs,
+            )
         return LayerEntry(path=path, kind="dir", mode=0o755)
 
     return parent
@@ -560,7 +645,9 @@ class _Tree:
         return self.children.get(path, 0) == 0
 
 
-def prune(tree: _Tree, lower: Filesystem, stubs: Collection[str]) -> list[str]:
+def prune(
+    tree: _Tree, lower: Filesystem, stubs: Collection[str], root: Path | None = None
+) -> list[str]:
     """Remove from ``tree`` the mount points made for the RUN and directories that are as
     they were below; return the removed paths, deepest first."""
     removed: list[str] = []
@@ -586,6 +673,7 @@ def prune(tree: _Tree, lower: Filesystem, stubs: Collection[str]) -> list[str]:
                 and below.mode == stat.S_IMODE(mode)
                 and below.uid == seen.st.st_uid
                 and below.gid == seen.st.st_gid
+                and (root is None or below.xattrs == read_xattrs(root / path))
             )
             if same:
                 tree.drop(path)
@@ -605,7 +693,16 @@ def _entries(root: Path, tree: _Tree, whiteouts: Sequence[str]) -> list[LayerEnt
         if _is_whiteout(st):
             entries.append(LayerEntry(path=path, kind="whiteout"))
         elif stat.S_ISDIR(st.st_mode):
-            entries.append(LayerEntry(path=path, kind="dir", mode=mode, uid=uid, gid=gid))
+            entries.append(
+                LayerEntry(
+                    path=path,
+                    kind="dir",
+                    mode=mode,
+                    uid=uid,
+                    gid=gid,
+                    xattrs=read_xattrs(root / path),
+                )
+            )
             if seen.opaque:
                 entries.append(LayerEntry(path=path, kind="opaque"))
         elif stat.S_ISREG(st.st_mode):
@@ -629,6 +726,7 @@ def _entries(root: Path, tree: _Tree, whiteouts: Sequence[str]) -> list[LayerEnt
                     source=str(root / path),
                     uid=uid,
                     gid=gid,
+                    xattrs=read_xattrs(root / path),
                 )
             )
         elif stat.S_ISLNK(st.st_mode):
@@ -647,7 +745,7 @@ def upper_change(
 ) -> tuple[Change, list[str]]:
     """The change in an overlay's upper directory; also the paths pruned from it."""
     tree = _Tree(list(_walk(upper)))
-    removed = prune(tree, lower, stubs)
+    removed = prune(tree, lower, stubs, upper)
     return Change(entries=tuple(_entries(upper, tree, ())), parent=parent_from(lower)), removed
 
 
@@ -708,6 +806,7 @@ def apply_snapshot(source: Path, dest: Path) -> None:
                     os.mkdir(base, 0o700, dir_fd=parent)
                 fd = dirs.get(seen.path, create=False)
                 _set_owner_mode(fd, st.st_uid, st.st_gid, st.st_mode)
+                _set_xattrs(fd, read_xattrs(source / seen.path))
                 continue
             dirs.forget(seen.path)
             _remove(base, parent)
@@ -727,6 +826,7 @@ def apply_snapshot(source: Path, dest: Path) -> None:
                 try:
                     _copy_fd(source_fd, fd)
                     _set_owner_mode(fd, st.st_uid, st.st_gid, st.st_mode)
+                    _set_xattrs(fd, read_xattrs(host))
                     os.utime(fd, ns=(st.st_mtime_ns, st.st_mtime_ns))
                 finally:
                     os.close(fd)
@@ -765,6 +865,8 @@ def copy_change(
             return False
         if not _same_owner_mode(below, st):
             return False
+        if _xattrs_below(lower, item.path) != read_xattrs(root / item.path):
+            return False
         origin = lower.origin.get(item.path)
         if origin is None:
             return False
@@ -772,7 +874,7 @@ def copy_change(
 
     changed = [s for s in seen if stat.S_ISDIR(s.st.st_mode) or not unchanged(s)]
     tree = _Tree(changed)
-    prune(tree, lower, stubs)
+    prune(tree, lower, stubs, root)
     whiteouts = []
     for path in lower.entries:
         if path in present:
@@ -782,6 +884,14 @@ def copy_change(
         whiteouts.append(path)
     entries = _entries(root, tree, sorted(whiteouts))
     return Change(entries=tuple(entries), parent=parent_from(lower))
+
+
+def _xattrs_below(lower: Filesystem, path: str) -> Xattrs:
+    """The extended attributes of a file below (a hard link's are its target's)."""
+    found = lower.get(path)
+    if found is not None and found.kind == "hardlink":
+        found = lower.get(found.linkname)
+    return () if found is None else found.xattrs
 
 
 def _same_owner_mode(below: object, st: os.stat_result) -> bool:

@@ -9,8 +9,11 @@ container is killed and deleted before control returns.
 The container is set up as BuildKit sets up a RUN: Docker's default capabilities, new PID,
 IPC, UTS and mount namespaces, hostname ``buildkitsandbox``, ``/proc``, ``/dev`` (tmpfs with
 ``pts``, ``shm`` and ``mqueue``), ``/sys`` and the cgroup tree read-only, BuildKit's masked and
-read-only ``/proc`` paths, and ``/etc/hosts`` and ``/etc/resolv.conf`` bind-mounted read-only.
-The network is the host's (``default`` and ``host``), or a new empty namespace (``none``).
+read-only ``/proc`` paths, ``/etc/hosts`` and ``/etc/resolv.conf`` bind-mounted read-only, and
+Docker's default seccomp profile (:mod:`~imagedsl.backends.oci.run.seccomp`). The network is a
+namespace behind NAT that the executor made (``default``, see
+:mod:`~imagedsl.backends.oci.run.network`), a new empty namespace (``none``), or the host's
+(``host``, with the ``network.host`` entitlement).
 """
 
 from __future__ import annotations
@@ -42,8 +45,6 @@ HOSTNAME: Final = "buildkitsandbox"
 #: How many of a failing command's last output lines its error shows.
 TAIL_LINES: Final = 20
 HOSTS: Final = f"127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-#: BuildKit's fallback when the host has no usable resolv.conf.
-DEFAULT_RESOLV_CONF: Final = "nameserver 8.8.8.8\nnameserver 8.8.4.4\n"
 #: Docker's (and BuildKit's) default capability set.
 CAPABILITIES: Final = (
     "CAP_AUDIT_WRITE",
@@ -266,20 +267,35 @@ class ContainerSpec:
     uid: int
     gid: int
     additional_gids: tuple[int, ...] = ()
-    #: ``default``/``host``: the host's network namespace; ``none``: a new, empty one.
+    #: ``host``: the host's network namespace; ``default``: the namespace at
+    #: ``network_namespace`` (a new, empty one without it); ``none``: a new, empty one.
     network: str = "default"
+    network_namespace: str | None = None
     mounts: tuple[MountSpec, ...] = ()
+    #: The resolved ``linux.seccomp`` (None: no filter, the explicit opt-out).
+    seccomp: Mapping[str, Any] | None = attrs.field(default=None, eq=False, repr=False)
 
 
 def runtime_config(spec: ContainerSpec) -> dict[str, Any]:
     """The OCI runtime ``config.json`` for ``spec``."""
-    namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
-    if spec.network == "none":
-        namespaces.append({"type": "network"})
+    namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+    if spec.network != "host":
+        if spec.network == "default" and spec.network_namespace is not None:
+            namespaces.append({"type": "network", "path": spec.network_namespace})
+        else:
+            namespaces.append({"type": "network"})
     caps = list(CAPABILITIES)
     user: dict[str, Any] = {"uid": spec.uid, "gid": spec.gid}
     if spec.additional_gids:
         user["additionalGids"] = list(spec.additional_gids)
+    linux: dict[str, Any] = {
+        "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+        "namespaces": namespaces,
+        "maskedPaths": list(MASKED_PATHS),
+        "readonlyPaths": list(READONLY_PATHS),
+    }
+    if spec.seccomp is not None:
+        linux["seccomp"] = dict(spec.seccomp)
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -298,24 +314,8 @@ def runtime_config(spec: ContainerSpec) -> dict[str, Any]:
         "root": {"path": spec.rootfs, "readonly": False},
         "hostname": HOSTNAME,
         "mounts": [m.to_json() for m in (*SYSTEM_MOUNTS, *spec.mounts)],
-        "linux": {
-            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
-            "namespaces": namespaces,
-            "maskedPaths": list(MASKED_PATHS),
-            "readonlyPaths": list(READONLY_PATHS),
-        },
+        "linux": linux,
     }
-
-
-def resolv_conf(host_file: Path = Path("/etc/resolv.conf")) -> str:
-    """The resolv.conf a RUN sees: the host's (the network is the host's), else a fallback."""
-    try:
-        text = host_file.read_text(errors="replace")
-    except OSError:
-        return DEFAULT_RESOLV_CONF
-    if not any(line.split()[:1] == ["nameserver"] for line in text.splitlines()):
-        return DEFAULT_RESOLV_CONF
-    return text
 
 
 @attrs.frozen(kw_only=True)

@@ -1,0 +1,137 @@
+"""``imagedsl import``: a Dockerfile becomes an idiomatic build.py.
+
+BuildKit's own parser (the ``dockerfile`` package) reads the Dockerfile: instructions, flags,
+JSON forms, heredocs, line continuations and the ``escape`` directive. It drops comments and
+parser directives, so those are read from the text by line number and carried over as
+Python comments. :mod:`._translate` turns the instructions into DSL calls (and refuses what a
+build.py cannot express exactly, naming the Dockerfile line); :mod:`._format` lays the code
+out as ``ruff format`` does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Final
+
+import dockerfile
+
+from imagedsl.importer._format import assignment, module
+from imagedsl.importer._translate import DockerfileImportError, Statement, Translator
+
+__all__ = ["DockerfileImportError", "import_dockerfile", "translate_text"]
+
+_DIRECTIVE: Final = re.compile(r"#\s*([A-Za-z]+)\s*=\s*(.*?)\s*\Z")
+
+
+def import_dockerfile(
+    path: str | os.PathLike[str], output: str | os.PathLike[str] | None = None
+) -> str:
+    """The build.py for the Dockerfile at ``path`` (its context: the Dockerfile's directory).
+
+    ``output`` is where the build.py will be written (its context path is made relative to
+    it); by default, beside the Dockerfile.
+    """
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as error:
+        raise DockerfileImportError(str(path), 0, f"cannot read: {error.strerror}") from None
+    context_dir = source.parent
+    out_dir = Path(output).parent if output is not None else context_dir
+    rel = os.path.relpath(context_dir.resolve(), out_dir.resolve())
+    ignore_file = context_dir / ".dockerignore"
+    ignore = _read_ignore(ignore_file) if ignore_file.is_file() else None
+    return translate_text(
+        text, file=str(path), context_dir=context_dir, context_path=rel, ignore=ignore
+    )
+
+
+def _read_ignore(path: Path) -> list[str]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def translate_text(
+    text: str,
+    *,
+    file: str = "Dockerfile",
+    context_dir: Path | None = None,
+    context_path: str = ".",
+    ignore: list[str] | None = None,
+) -> str:
+    """The build.py for a Dockerfile's text."""
+    try:
+        commands = dockerfile.parse_string(text)
+    except dockerfile.GoParseError as error:
+        raise DockerfileImportError(file, _error_line(str(error)), str(error)) from None
+    lines = text.splitlines()
+    directives, first = _directives(lines)
+    escape = "`" if directives.get("escape") == "`" else "\\"
+    comments = _comments(lines, commands, first)
+    translator = Translator(file, context_dir or Path("."), context_path, escape, ignore)
+    result = translator.translate(commands, comments)
+    header = [f"# Imported by imagedsl from {file}: a build.py to keep in its place."]
+    # A parser directive only steers how that file is read; the lowering writes its own.
+    header.extend(f"# Dockerfile parser directive (read): {k}={v}" for k, v in directives.items())
+    blocks: list[list[str]] = [[*header, "import imagedsl as dsl"]]
+    if result.globals:
+        blocks.append(_statements(result.globals))
+    if result.context is not None:
+        blocks.append(_statements([result.context]))
+    blocks.extend(_statements([s]) for s in result.stages)
+    if result.trailing:
+        blocks.append(list(result.trailing))
+    if result.targets is not None:
+        blocks.append(_statements([result.targets]))
+    return module(blocks)
+
+
+def _statements(statements: list[Statement]) -> list[str]:
+    lines: list[str] = []
+    for statement in statements:
+        lines.extend(statement.comments)
+        lines.extend(assignment(statement.name, statement.value))
+    return lines
+
+
+def _error_line(message: str) -> int:
+    match = re.search(r"line (\d+)", message)
+    return int(match.group(1)) if match else 0
+
+
+def _directives(lines: list[str]) -> tuple[dict[str, str], int]:
+    """Parser directives at the top of the file, and the index of the first other line."""
+    found: dict[str, str] = {}
+    for index, line in enumerate(lines):
+        match = _DIRECTIVE.match(line.strip())
+        if match is None or match.group(1).lower() not in ("syntax", "escape", "check"):
+            return found, index
+        found[match.group(1).lower()] = match.group(2)
+    return found, len(lines)
+
+
+def _comments(lines: list[str], commands: Any, first: int) -> dict[int, list[str]]:
+    """Comment lines, keyed by the line of the instruction they stand above (or inside)."""
+    starts = sorted(c.start_line for c in commands)
+    inside: set[int] = set()
+    for command in commands:
+        if command.heredocs:
+            # A heredoc's body is text, not comments.
+            inside.update(range(command.start_line + 1, command.end_line + 1))
+    out: dict[int, list[str]] = {}
+    pending: list[str] = []
+    position = 0
+    for number, line in enumerate(lines[first:], start=first + 1):
+        stripped = line.strip()
+        while position < len(starts) and starts[position] < number:
+            position += 1
+        if number in inside or not stripped.startswith("#"):
+            continue
+        body = stripped[1:].rstrip()
+        comment = "#" + (" " + body.lstrip() if body.strip() else "")
+        owner = starts[position] if position < len(starts) else -1
+        out.setdefault(owner, []).append(comment)
+    del pending
+    return out

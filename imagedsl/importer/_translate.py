@@ -1,0 +1,756 @@
+"""A parsed Dockerfile turned into the statements of a build.py.
+
+Each Dockerfile stage becomes one variable holding a chain of DSL calls, named after the
+stage; global ARGs become ``dsl.arg`` values; COPY sources become selections of one context
+(the Dockerfile's directory, with its ``.dockerignore``). What a build.py cannot say exactly is
+refused with the Dockerfile's line, never turned into a different build.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from imagedsl.backends.dockerfile._words import shell_form_is_exact
+from imagedsl.buildstate import DEFAULT_SHELL
+from imagedsl.errors import InputError
+from imagedsl.importer._format import Atom, Call, Chain, DictExpr, Expr, Link, ListExpr
+from imagedsl.importer._words import WordError, has_variable, read_word
+
+AUTOMATIC_ARGS: Final = frozenset(
+    {
+        "TARGETPLATFORM",
+        "TARGETOS",
+        "TARGETARCH",
+        "TARGETVARIANT",
+        "BUILDPLATFORM",
+        "BUILDOS",
+        "BUILDARCH",
+        "BUILDVARIANT",
+    }
+)
+_RESERVED: Final = frozenset({"dsl", "src", "dsl_targets", "annotations"})
+_GLOB: Final = re.compile(r"[*?\[]")
+_VAR: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+_HEREDOC_WORD: Final = re.compile(r"<<(-?)([\"']?)([A-Za-z_][A-Za-z0-9_]*)\2\Z")
+
+
+@attrs.define
+class DockerfileImportError(InputError):
+    """A Dockerfile instruction that a build.py cannot express exactly."""
+
+    file: str
+    line: int
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.problem}"
+
+
+class _Refused(Exception):
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+def stage_variable(name: str) -> str:
+    """The Python name of a stage: lower-cased, ``-`` and ``.`` as ``_``."""
+    return name.lower().replace("-", "_").replace(".", "_")
+
+
+def _string(value: str) -> Atom:
+    """A Python string literal, quoted as ruff quotes it: double quotes unless the text holds
+    more double quotes than single ones."""
+    return Atom(string_literal(value))
+
+
+def string_literal(value: str, prefix: str = "") -> str:
+    """``value`` as a Python string literal (``prefix`` ``f`` for an f-string)."""
+    quote = "'" if value.count('"') > value.count("'") else '"'
+    out: list[str] = []
+    for char in value:
+        if char == "\\":
+            out.append("\\\\")
+        elif char == quote:
+            out.append("\\" + char)
+        elif char == "\n":
+            out.append("\\n")
+        elif char == "\t":
+            out.append("\\t")
+        elif char == "\r":
+            out.append("\\r")
+        elif not char.isprintable():
+            code = ord(char)
+            if code < 0x100:
+                out.append(f"\\x{code:02x}")
+            else:
+                out.append(f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(char)
+    return prefix + quote + "".join(out) + quote
+
+
+def _word(text: str, escape: str) -> str:
+    try:
+        return read_word(text, escape)
+    except WordError as error:
+        raise _Refused(str(error)) from None
+
+
+@attrs.frozen
+class Statement:
+    """``name = value`` with the comment lines above it."""
+
+    name: str
+    value: Expr | Chain
+    comments: tuple[str, ...] = ()
+
+
+@attrs.define
+class _Stage:
+    variable: str
+    name: str | None
+    chain: Chain
+    line: int
+    shell: tuple[str, ...] = DEFAULT_SHELL
+
+
+@attrs.define
+class Translation:
+    """What the writer needs: header comments, global ARGs, context, stages, targets."""
+
+    directives: list[str] = attrs.Factory(list)
+    globals: list[Statement] = attrs.Factory(list)
+    context: Statement | None = None
+    stages: list[Statement] = attrs.Factory(list)
+    targets: Statement | None = None
+    trailing: list[str] = attrs.Factory(list)
+
+
+class Translator:
+    """Turns parsed commands (with their comments) into statements."""
+
+    def __init__(
+        self,
+        file: str,
+        context_dir: Path,
+        context_path: str,
+        escape: str,
+        ignore: Sequence[str] | None,
+    ) -> None:
+        self.file = file
+        self.context_dir = context_dir
+        self.context_path = context_path
+        self.escape = escape
+        self.ignore = ignore
+        self.global_args: dict[str, str] = {}  # ARG name -> Python name
+        self.stages: list[_Stage] = []
+        self.by_name: dict[str, _Stage] = {}
+        self.uses_context = False
+        self.taken: set[str] = set(_RESERVED)
+        self._statements: list[Statement] = []
+        self.current = _Stage("", None, Chain(Atom("")), 0)
+        self._pending_stage_comments: list[str] = []
+
+    # -- names ------------------------------------------------------------------------------
+
+    def _fresh(self, wanted: str) -> str:
+        name = wanted
+        if not name.isidentifier() or keyword.iskeyword(name):
+            name = f"stage_{name}" if f"stage_{name}".isidentifier() else "stage"
+        base, n = name, 2
+        while name in self.taken:
+            name = f"{base}_{n}"
+            n += 1
+        self.taken.add(name)
+        return name
+
+    # -- the whole file ---------------------------------------------------------------------
+
+    def translate(self, commands: Sequence[Any], comments: dict[int, list[str]]) -> Translation:
+        result = Translation()
+        current: _Stage | None = None
+        pending: list[str] = []
+        for command in commands:
+            pending.extend(comments.get(command.start_line, []))
+            try:
+                if command.cmd == "FROM":
+                    if current is not None:
+                        self._finish(current)
+                    current = self._from(command)
+                    self.current = current
+                    self._pending_stage_comments = pending
+                    pending = []
+                elif current is None:
+                    if command.cmd != "ARG":
+                        raise _Refused(f"{command.cmd} before the first FROM")
+                    result.globals.extend(self._global_args(command, pending))
+                    pending = []
+                else:
+                    link_comments = tuple(pending)
+                    pending = []
+                    for call in self._instruction(command):
+                        current.chain = Chain(
+                            current.chain.head, (*current.chain.links, Link(call, link_comments))
+                        )
+                        link_comments = ()
+            except _Refused as refused:
+                raise DockerfileImportError(
+                    self.file, command.start_line, refused.problem
+                ) from None
+        if current is None:
+            raise DockerfileImportError(self.file, 1, "no FROM instruction")
+        self._finish(current)
+        if current.name is None:
+            # The last stage is the default target: name it, as a Dockerfile's has no name.
+            self.taken.discard(current.variable)
+            current.variable = self._fresh("image")
+            self._statements[-1] = attrs.evolve(self._statements[-1], name=current.variable)
+        result.trailing = [*pending, *comments.get(-1, [])]
+        result.stages = self._statements
+        if self.uses_context:
+            args: list[Expr | tuple[str, Expr]] = [_string(self.context_path)]
+            if self.ignore:
+                args.append(("ignore", ListExpr(tuple(_string(p) for p in self.ignore))))
+            result.context = Statement("src", Call("dsl.context", tuple(args)))
+        names = [self.stages[-1].variable]
+        names += [s.variable for s in self.stages[:-1] if s.name is not None]
+        result.targets = Statement(
+            "dsl_targets", Call("dsl.targets", tuple(_string(n) for n in names))
+        )
+        return result
+
+    def _finish(self, stage: _Stage) -> None:
+        # Only finished stages can be named by later instructions (BuildKit refuses a loop).
+        self.by_name[str(len(self.stages))] = stage
+        if stage.name is not None:
+            self.by_name[stage.name] = stage
+        self.stages.append(stage)
+        chain = stage.chain
+        value: Expr | Chain = chain
+        if not chain.links and isinstance(chain.head, Atom):
+            value = Call("dsl.image", (chain.head,))  # FROM <stage> and nothing else
+        self._statements.append(
+            Statement(stage.variable, value, tuple(self._pending_stage_comments))
+        )
+
+    # -- global ARGs and FROM ---------------------------------------------------------------
+
+    def _global_args(self, command: Any, comments: list[str]) -> list[Statement]:
+        out: list[Statement] = []
+        for i, item in enumerate(command.value):
+            name, eq, default = item.partition("=")
+            if name in AUTOMATIC_ARGS:
+                if eq:
+                    raise _Refused(f"ARG {name} is set by the build from its platform")
+                continue  # declaring an automatic ARG globally changes nothing
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise _Refused(f"ARG name {name!r} is not a valid name")
+            python = self._fresh(name if name.isidentifier() else f"ARG_{name}")
+            self.global_args[name] = python
+            args: list[Expr | tuple[str, Expr]] = [_string(name)]
+            if eq:
+                args.append(_string(_word(default, self.escape)))
+            out.append(
+                Statement(python, Call("dsl.arg", tuple(args)), tuple(comments) if i == 0 else ())
+            )
+        return out
+
+    def _template(self, value: str) -> Atom:
+        """A string naming global ARGs as an f-string of their Python names."""
+        pieces: list[str] = []
+        last = 0
+        formatted = False
+        for match in _VAR.finditer(value):
+            name = match.group(1) or match.group(2)
+            start = match.start()
+            if start > 0 and value[start - 1] == "\\":
+                continue
+            if name in self.global_args:
+                python = self.global_args[name]
+            elif name in AUTOMATIC_ARGS:
+                python = f"dsl.{name}"
+            else:
+                continue
+            literal = value[last:start]
+            pieces.append(literal.replace("{", "{{").replace("}", "}}"))
+            pieces.append("{" + python + "}")
+            last = match.end()
+            formatted = True
+        if not formatted:
+            return _string(value)
+        pieces.append(value[last:].replace("{", "{{").replace("}", "}}"))
+        text = "".join(pieces)
+        return Atom(string_literal(text, "f"))
+
+    def _from(self, command: Any) -> _Stage:
+        flags = _flags(command.flags, {"platform"})
+        words = list(command.value)
+        name: str | None = None
+        if len(words) == 3 and words[1].lower() == "as":
+            name = words[2].lower()
+            words = words[:1]
+        if len(words) != 1:
+            raise _Refused("FROM takes an image and an optional AS name")
+        ref = _word(words[0], self.escape)
+        platform = flags.get("platform")
+        kwargs: list[tuple[str, Expr]] = []
+        if platform is not None:
+            kwargs.append(("platform", _string(_word(platform, self.escape))))
+        head: Expr
+        if ref.lower() in self.by_name and not kwargs:
+            head = Atom(self.by_name[ref.lower()].variable)
+        elif ref.lower() in self.by_name:
+            raise _Refused("FROM --platform of another stage: the stage has its own platform")
+        elif has_variable(ref) and self._names_a_stage(ref):
+            if kwargs:
+                raise _Refused("FROM --platform of another stage: the stage has its own platform")
+            head = Call("dsl.from_stage", (_string(self._stage_template(ref)),))
+        elif ref == "scratch":
+            head = Call("dsl.scratch", tuple(kwargs))
+        else:
+            head = Call("dsl.image", (self._template(ref), *kwargs))
+        last_guess = name or f"stage_{len(self.stages)}"
+        variable = self._fresh(stage_variable(last_guess))
+        shell = self.by_name[ref.lower()].shell if ref.lower() in self.by_name else DEFAULT_SHELL
+        return _Stage(variable, name, Chain(head), command.start_line, shell)
+
+    def _names_a_stage(self, template: str) -> bool:
+        prefix = template.split("$", 1)[0].lower()
+        if not any(s.name and s.name.startswith(prefix) for s in self.stages):
+            return False  # the cheap test first: a 200-stage file has 200 such FROM lines
+        pattern = re.escape(template)
+        pattern = re.sub(r"\\\$\\\{[A-Za-z0-9_]+\\\}|\\\$[A-Za-z0-9_]+", ".*", pattern)
+        return any(s.name and re.fullmatch(pattern, s.name) for s in self.stages)
+
+    def _stage_template(self, template: str) -> str:
+        out: list[str] = []
+        last = 0
+        for match in _VAR.finditer(template):
+            out.append(stage_variable(template[last : match.start()]))
+            out.append("${" + (match.group(1) or match.group(2)) + "}")
+            last = match.end()
+        out.append(stage_variable(template[last:]))
+        return "".join(out)
+
+    # -- instructions -----------------------------------------------------------------------
+
+    def _instruction(self, command: Any) -> list[Call]:
+        handler = getattr(self, f"_i_{command.cmd.lower()}", None)
+        if handler is None:
+            raise _Refused(f"{command.cmd} has no equivalent in a build.py")
+        calls: list[Call] = handler(command)
+        return calls
+
+    def _no_flags(self, command: Any) -> None:
+        if command.flags:
+            raise _Refused(f"{command.cmd} {command.flags[0]}: unknown flag")
+
+    def _i_run(self, command: Any) -> list[Call]:
+        mounts: list[Expr] = []
+        network: str | None = None
+        for flag in command.flags:
+            key, _, value = flag[2:].partition("=")
+            if key == "mount":
+                mounts.append(self._mount(value))
+            elif key == "network":
+                if value not in ("default", "none", "host"):
+                    raise _Refused(f"RUN --network={value}: not default, none or host")
+                network = value
+            else:
+                raise _Refused(f"RUN --{key} has no equivalent in a build.py")
+        kwargs: list[tuple[str, Expr]] = []
+        if mounts:
+            kwargs.append(("mounts", ListExpr(tuple(mounts))))
+        if network is not None and network != "default":
+            kwargs.append(("network", _string(network)))
+        return [Call("run", (self._command_arg(command), *kwargs))]
+
+    def _command_arg(self, command: Any) -> Expr:
+        if command.heredocs:
+            return self._script(command)
+        if command.json:
+            shell_form = self._as_shell_form(command.value, self.current.shell)
+            if shell_form is not None:
+                return _string(shell_form)
+            return ListExpr(tuple(_string(v) for v in command.value))
+        return _string(command.value[0])
+
+    @staticmethod
+    def _as_shell_form(argv: Sequence[str], shell: Sequence[str]) -> str | None:
+        """The shell-form command a JSON form spells, when no shell form could: the lowering
+        writes such a command (say, one with a line break) as SHELL + [command]."""
+        spelled = len(argv) == len(shell) + 1 and tuple(argv[:-1]) == tuple(shell)
+        if spelled and not shell_form_is_exact(argv[-1]):
+            return str(argv[-1])
+        return None
+
+    def _script(self, command: Any) -> Expr:
+        if len(command.heredocs) != 1 or len(command.value) != 1:
+            raise _Refused("RUN with a heredoc: only `RUN <<EOF` with one script is supported")
+        match = _HEREDOC_WORD.match(command.value[0].strip())
+        if match is None:
+            raise _Refused("RUN with a heredoc: only `RUN <<EOF` with one script is supported")
+        content = command.heredocs[0].content
+        if content.startswith("#!"):
+            raise _Refused("RUN <<EOF starting with #!: BuildKit runs it as a file, not a script")
+        normal = textwrap.dedent(content).lstrip("\n")
+        if normal != content or not content.endswith("\n"):
+            return _string(content)  # a shell-form string keys and runs the same
+        return Call("dsl.script", (_string(content),))
+
+    def _mount(self, spec: str) -> Expr:
+        fields: dict[str, str] = {}
+        for part in _csv(spec):
+            key, eq, value = part.partition("=")
+            fields[key.strip().lower()] = value if eq else "true"
+        kind = fields.pop("type", "bind")
+        target = fields.pop("target", None) or fields.pop("dst", None)
+        target = target or fields.pop("destination", None)
+        kwargs: list[tuple[str, Expr]] = []
+
+        def take_int(key: str, name: str, base: int = 10) -> None:
+            if key in fields:
+                value = int(fields.pop(key), base)
+                kwargs.append((name, Atom(f"0o{value:o}" if base == 8 else str(value))))
+
+        def take_bool(key: str, name: str, *aliases: str) -> None:
+            for alias in (key, *aliases):
+                if alias in fields and fields.pop(alias).lower() in ("true", "1", ""):
+                    kwargs.append((name, Atom("True")))
+
+        if kind == "cache":
+            if target is None:
+                raise _Refused("--mount=type=cache needs a target")
+            if "id" in fields:
+                kwargs.append(("id", _string(fields.pop("id"))))
+            if "sharing" in fields:
+                kwargs.append(("sharing", _string(fields.pop("sharing"))))
+            take_int("mode", "mode", 8)
+            take_int("uid", "uid")
+            take_int("gid", "gid")
+            take_bool("readonly", "readonly", "ro")
+            self._leftover(kind, fields)
+            return Call("dsl.cache", (_string(target), *kwargs))
+        if kind == "secret":
+            if "id" not in fields:
+                if target is None:
+                    raise _Refused("--mount=type=secret needs an id")
+                fields["id"] = target.rsplit("/", 1)[-1]
+            secret_id = fields.pop("id")
+            if target is not None:
+                kwargs.append(("target", _string(target)))
+            if "env" in fields:
+                kwargs.append(("env", _string(fields.pop("env"))))
+            take_bool("required", "required")
+            take_int("mode", "mode", 8)
+            take_int("uid", "uid")
+            take_int("gid", "gid")
+            self._leftover(kind, fields)
+            return Call("dsl.secret", (_string(secret_id), *kwargs))
+        if kind == "tmpfs":
+            if target is None:
+                raise _Refused("--mount=type=tmpfs needs a target")
+            if "size" in fields:
+                kwargs.append(("size", Atom(str(int(fields.pop("size"))))))
+            self._leftover(kind, fields)
+            return Call("dsl.tmpfs", (_string(target), *kwargs))
+        if kind == "bind":
+            if target is None:
+                raise _Refused("--mount=type=bind needs a target")
+            source = fields.pop("source", None) or fields.pop("src", None) or "."
+            take_bool("readwrite", "readwrite", "rw")
+            if "from" in fields:
+                stage = self._stage_ref(fields.pop("from"), "--mount from")
+                origin: Expr = Call(f"{stage}.path", (_string(source),))
+            else:
+                origin = self._context_source([source], "RUN --mount")
+            self._leftover(kind, fields)
+            return Call("dsl.bind", (origin, _string(target), *kwargs))
+        raise _Refused(f"--mount=type={kind} has no equivalent in a build.py")
+
+    def _leftover(self, kind: str, fields: dict[str, str]) -> None:
+        if fields:
+            raise _Refused(f"--mount=type={kind}: option {sorted(fields)[0]!r} is not supported")
+
+    def _stage_ref(self, name: str, what: str) -> str:
+        stage = self.by_name.get(name.lower())
+        if stage is None:
+            raise _Refused(f"{what}={name}: not an earlier stage of this Dockerfile")
+        return stage.variable
+
+    def _context_source(self, sources: Sequence[str], what: str) -> Expr:
+        self.uses_context = True
+        for source in sources:
+            if "$" in source.replace("\\$", ""):
+                raise _Refused(f"{what}: a variable in a source path ({source})")
+        if len(sources) > 1:
+            return Call("src.select", tuple(_string(s.replace("\\$", "$")) for s in sources))
+        source = sources[0].replace("\\$", "$")
+        clean = source.strip("/") or "."
+        if clean in (".", "./"):
+            return Atom("src")
+        if _GLOB.search(source):
+            return Call("src.glob", (_string(source),))
+        path = self.context_dir / clean
+        if path.is_dir() or source.endswith("/"):
+            return Call("src.dir", (_string(clean),))
+        if path.is_file():
+            return Call("src.file", (_string(clean),))
+        return Call("src.select", (_string(source),))
+
+    def _copy_like(self, command: Any, add: bool) -> list[Call]:
+        known = {"from", "chown", "chmod", "link", "exclude", "checksum", "parents"}
+        flags = _flags(command.flags, known, repeatable={"exclude"})
+        words = list(command.value)
+        if len(words) < 2:
+            raise _Refused(f"{command.cmd} needs a source and a destination")
+        dest = words[-1] if command.json else _word(words[-1], self.escape)
+        raw_sources = words[:-1]
+        kwargs: list[tuple[str, Expr]] = []
+        if "chown" in flags:
+            kwargs.append(("chown", _string(_word(str(flags["chown"]), self.escape))))
+        if "chmod" in flags:
+            chmod = str(flags["chmod"])
+            if not re.fullmatch(r"[0-7]{3,4}", chmod):
+                raise _Refused(f"{command.cmd} --chmod={chmod}: only octal modes are supported")
+            kwargs.append(("chmod", Atom("0o" + chmod.lstrip("0").rjust(3, "0"))))
+        if flags.get("link") in ("", "true"):
+            kwargs.append(("link", Atom("True")))
+        if flags.get("parents") in ("", "true"):
+            if add:
+                raise _Refused("ADD --parents has no equivalent in a build.py")
+            kwargs.append(("parents", Atom("True")))
+        excludes = flags.get("exclude")
+        if excludes:
+            kwargs.append(("exclude", ListExpr(tuple(_string(e) for e in excludes))))
+        method = "add" if add else "copy"
+        if command.heredocs:
+            return [self._inline(command, raw_sources, dest, kwargs, method)]
+        sources = raw_sources if command.json else [_word(s, self.escape) for s in raw_sources]
+        if "checksum" in flags:
+            if len(sources) != 1 or not _is_url(sources[0]):
+                raise _Refused("ADD --checksum takes one URL")
+            source: Expr = Call(
+                "dsl.url", (_string(sources[0]), ("checksum", _string(str(flags["checksum"]))))
+            )
+            return [Call(method, (source, _string(dest), *kwargs))]
+        if any(_is_url(s) for s in sources):
+            raise _Refused(f"{command.cmd} of a URL without --checksum: pin it with a checksum")
+        if "from" in flags:
+            stage = self._stage_ref(str(flags["from"]), f"{command.cmd} --from")
+            if len(sources) != 1:
+                raise _Refused(f"{command.cmd} --from with several sources: write one per source")
+            if has_variable(sources[0]):
+                raise _Refused(f"{command.cmd} --from: a variable in a source path")
+            path = sources[0].replace("\\$", "$")
+            source = Atom(stage) if path == "/" else Call(f"{stage}.path", (_string(path),))
+            return [Call(method, (source, _string(dest), *kwargs))]
+        source = self._context_source(sources, command.cmd)
+        return [Call(method, (source, _string(dest), *kwargs))]
+
+    def _inline(
+        self,
+        command: Any,
+        sources: Sequence[str],
+        dest: str,
+        kwargs: list[tuple[str, Expr]],
+        method: str,
+    ) -> Call:
+        if method != "copy" or len(sources) != 1 or len(command.heredocs) != 1:
+            raise _Refused(f"{command.cmd} with heredocs: only `COPY <<EOF /file` is supported")
+        match = _HEREDOC_WORD.match(sources[0])
+        if match is None:
+            raise _Refused(f"{command.cmd} with heredocs: only `COPY <<EOF /file` is supported")
+        content = command.heredocs[0].content
+        if not match.group(2) and "$" in content:
+            raise _Refused("COPY <<EOF expands variables in the file: quote it as <<'EOF'")
+        mode = 0o644
+        rest: list[tuple[str, Expr]] = []
+        for name, value in kwargs:
+            if name == "chmod" and isinstance(value, Atom):
+                mode = int(value.text, 8)
+            elif name in ("chown", "link"):
+                rest.append((name, value))
+            else:
+                raise _Refused(f"COPY <<EOF with --{name}")
+        inline_args: list[Expr | tuple[str, Expr]] = [_string(content)]
+        if mode != 0o644:
+            inline_args.append(("mode", Atom(f"0o{mode:o}")))
+        return Call("copy", (Call("dsl.inline", tuple(inline_args)), _string(dest), *rest))
+
+    def _i_copy(self, command: Any) -> list[Call]:
+        return self._copy_like(command, add=False)
+
+    def _i_add(self, command: Any) -> list[Call]:
+        return self._copy_like(command, add=True)
+
+    def _i_env(self, command: Any) -> list[Call]:
+        self._no_flags(command)
+        return [Call("env", self._pairs(command.value))]
+
+    def _i_label(self, command: Any) -> list[Call]:
+        self._no_flags(command)
+        return [Call("label", self._pairs(command.value))]
+
+    def _pairs(self, values: Sequence[str]) -> tuple[Expr | tuple[str, Expr], ...]:
+        pairs = [
+            (_word(values[i], self.escape), _word(values[i + 1], self.escape))
+            for i in range(0, len(values) - 1, 2)
+        ]
+        names = [k for k, _ in pairs]
+        if len(set(names)) != len(names):
+            raise _Refused(f"the same name twice in one instruction ({names})")
+        if all(k.isidentifier() and not keyword.iskeyword(k) for k in names):
+            return tuple((k, _string(v)) for k, v in pairs)
+        return (DictExpr(tuple((_string(k), _string(v)) for k, v in pairs)),)
+
+    def _i_arg(self, command: Any) -> list[Call]:
+        self._no_flags(command)
+        calls: list[Call] = []
+        for item in command.value:
+            name, eq, default = item.partition("=")
+            if eq:
+                calls.append(Call("arg", (_string(name), _string(_word(default, self.escape)))))
+            elif name in self.global_args:
+                calls.append(Call("arg", (Atom(self.global_args[name]),)))
+            elif name in AUTOMATIC_ARGS:
+                calls.append(Call("arg", (Atom(f"dsl.{name}"),)))
+            else:
+                calls.append(Call("arg", (_string(name),)))
+        return calls
+
+    def _i_workdir(self, command: Any) -> list[Call]:
+        self._no_flags(command)
+        return [Call("workdir", (_string(_word(command.value[0], self.escape)),))]
+
+    def _i_user(self, command: Any) -> list[Call]:
+        self._no_flags(command)
+        user = _word(command.value[0], self.escape)
+        name, sep, group = user.partition(":")
+        if name.isdigit() and (not sep or group.isdigit()):
+            args: tuple[Expr, ...] = (Atom(str(int(name))),)
+            if sep:
+                args += (Atom(str(int(group))),)
+            if str(int(name)) == name and (not sep or str(int(group)) == group):
+                return [Call("user", args)]
+        if sep and ":" not in group and name and group:
+            return [Call("user", (_string(name), _string(group)))]
+        return [Call("user", (_string(user),))]
+
+    def _i_expose(self, command: Any) -> list[Call]:
+        self._no_flags(command)
+        ports: list[Expr] = []
+        for word in command.value:
+            port = _word(word, self.escape)
+            ports.append(Atom(port) if port.isdigit() and port == str(int(port)) else _string(port))
+        return [Call("expose", tuple(ports))]
+
+    def _i_volume(self, command: Any) -> list[Call]:
+        self._no_flags(command)
+        paths = command.value if command.json else [_word(v, self.escape) for v in command.value]
+        return [Call("volume", tuple(_string(p) for p in paths))]
+
+    def _exec_or_shell(self, command: Any, method: str) -> list[Call]:
+        self._no_flags(command)
+        if command.json:
+            shell_form = self._as_shell_form(command.value, self.current.shell)
+            if shell_form is not None:
+                return [Call(method, (_string(shell_form),))]
+            if len(command.value) == 0:
+                return [Call(method)]
+            if len(command.value) == 1:
+                return [Call(method, (ListExpr((_string(command.value[0]),)),))]
+            return [Call(method, tuple(_string(v) for v in command.value))]
+        return [Call(method, (_string(command.value[0]),))]
+
+    def _i_cmd(self, command: Any) -> list[Call]:
+        return self._exec_or_shell(command, "cmd")
+
+    def _i_entrypoint(self, command: Any) -> list[Call]:
+        return self._exec_or_shell(command, "entrypoint")
+
+    def _i_shell(self, command: Any) -> list[Call]:
+        self._no_flags(command)
+        if not command.json:
+            raise _Refused("SHELL takes a JSON array")
+        self.current.shell = tuple(command.value)
+        return [Call("shell", tuple(_string(v) for v in command.value))]
+
+    def _i_stopsignal(self, command: Any) -> list[Call]:
+        self._no_flags(command)
+        return [Call("stopsignal", (_string(_word(command.value[0], self.escape)),))]
+
+    def _i_onbuild(self, command: Any) -> list[Call]:
+        text = command.original.strip()
+        text = text[len("ONBUILD") :].strip()
+        if "\n" in text:
+            raise _Refused("ONBUILD with a heredoc has no equivalent in a build.py")
+        return [Call("onbuild", (_string(text),))]
+
+    def _i_healthcheck(self, command: Any) -> list[Call]:
+        values = list(command.value)
+        if values and values[0].upper() == "NONE":
+            if command.flags:
+                raise _Refused("HEALTHCHECK NONE takes no flags")
+            return [Call("healthcheck", (Atom("None"),))]
+        flags = _flags(command.flags, {"interval", "timeout", "start-period", "retries"})
+        kwargs: list[tuple[str, Expr]] = []
+        for key in ("interval", "timeout", "start-period"):
+            if key in flags:
+                kwargs.append((key.replace("-", "_"), _string(str(flags[key]))))
+        if "retries" in flags:
+            kwargs.append(("retries", Atom(str(int(str(flags["retries"]))))))
+        test = values[1:]
+        shell_form = self._as_shell_form(test, DEFAULT_SHELL) if command.json else None
+        if shell_form is not None:
+            first: tuple[Expr, ...] = (_string(shell_form),)
+        elif command.json:
+            first = (ListExpr(tuple(_string(v) for v in test)),)
+        else:
+            first = (_string(test[0]),)
+        return [Call("healthcheck", (*first, *kwargs))]
+
+
+def _csv(spec: str) -> list[str]:
+    """The comma-separated fields of a ``--mount`` value (double quotes group)."""
+    fields: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for char in spec:
+        if char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    fields.append("".join(current))
+    return [f for f in fields if f]
+
+
+def _flags(
+    flags: Sequence[str],
+    known: set[str],
+    repeatable: set[str] = frozenset(),  # type: ignore[assignment]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for flag in flags:
+        key, eq, value = flag[2:].partition("=")
+        if key not in known:
+            raise _Refused(f"--{key} has no equivalent in a build.py")
+        if key in repeatable:
+            out.setdefault(key, []).append(value)
+        else:
+            out[key] = value if eq else ""
+    return out
+
+
+def _is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://", "git@")) or source.endswith(".git")

@@ -1,0 +1,80 @@
+"""Reading Dockerfile words as BuildKit's lexer does, into imagedsl's strings.
+
+BuildKit removes quotes and backslash escapes from most arguments and expands ``$VAR``
+expressions. imagedsl expands the same expressions itself (``imagedsl.steps.expand``) and
+reads ``\\$`` as a literal ``$``, so a word becomes an imagedsl string by removing the quoting
+and keeping each expression as written; a ``$`` that the Dockerfile quoted or escaped becomes
+``\\$``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class WordError(ValueError):
+    """A word that BuildKit would refuse or that imagedsl cannot hold."""
+
+
+def _expression(text: str, start: int) -> int:
+    """The end of the ``$...`` expression starting at ``start`` (``text[start] == "$"``)."""
+    if start + 1 < len(text) and text[start + 1] == "{":
+        end = text.find("}", start)
+        if end < 0:
+            raise WordError(f"missing '}}' in {text!r}")
+        return end + 1
+    match = _NAME.match(text, start + 1)
+    if match is None:
+        return start + 1  # a lone "$" is literal
+    return match.end()
+
+
+def read_word(text: str, escape: str = "\\") -> str:
+    """The imagedsl string for one Dockerfile word (quotes removed, expressions kept)."""
+    out: list[str] = []
+    i = 0
+    quote = ""
+    while i < len(text):
+        char = text[i]
+        if quote == "'":
+            if char == "'":
+                quote = ""
+            else:
+                out.append(_literal_dollar(text, i + 1) if char == "$" else char)
+            i += 1
+        elif char == escape and i + 1 < len(text):
+            nxt = text[i + 1]
+            if quote == '"' and nxt not in ('"', "$", escape):
+                out.append(char)
+                i += 1
+                continue
+            out.append(_literal_dollar(text, i + 2) if nxt == "$" else nxt)
+            i += 2
+        elif char in "'\"" and (not quote or char == quote):
+            quote = "" if quote else char
+            i += 1
+        elif char == "$":
+            end = _expression(text, i)
+            out.append(text[i:end])
+            i = end
+        else:
+            out.append(char)
+            i += 1
+    if quote:
+        raise WordError(f"unmatched {quote} in {text!r}")
+    return "".join(out)
+
+
+def _literal_dollar(text: str, after: int) -> str:
+    """A literal ``$``: escaped only where imagedsl would read an expression (``$A``, ``${``),
+    so equal values are spelled alike (a step's key holds its text)."""
+    following = text[after : after + 1]
+    return "\\$" if re.match(r"[{A-Za-z_]", following) else "$"
+
+
+def has_variable(value: str) -> bool:
+    """Whether an imagedsl string holds an expression imagedsl would expand."""
+    return bool(re.search(r"(?<!\\)\$(?:\{|[A-Za-z_])", value))

@@ -1,0 +1,269 @@
+"""A fast reader of tar entries, for looking at layers in place.
+
+``tarfile`` works, but its stream mode moves the data it skips in small pieces and builds a
+``TarInfo`` per entry. Here a layer is read one of two ways:
+
+- a compressed layer arrives as large decompressed chunks
+  (:func:`~imagedsl.oci.layerstream.decompressed_chunks`): headers are parsed where they lie
+  and skipped data is never copied;
+- an uncompressed layer in a file (a layout blob, a ``docker save`` member) is read by
+  position: each header with one ``pread``, and a file's bytes only when asked for; what is
+  skipped is never read at all.
+
+Understood: ustar and GNU headers, GNU long names (``L``/``K``), PAX records (``path``,
+``linkpath``, ``size``) and base-256 sizes.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Callable, Iterator
+from typing import Final, Protocol
+
+import attrs
+
+BLOCK: Final = 512
+REGULAR: Final = frozenset({"0", "7"})
+#: Types whose header is all there is (a size in it has no data behind it).
+_HEADER_ONLY: Final = frozenset({"1", "2", "3", "4", "5", "6"})
+_ZERO_BLOCK: Final = b"\0" * BLOCK
+
+
+class TarFormatError(ValueError):
+    """The stream is not a tar this reader understands."""
+
+
+@attrs.define(slots=True)
+class TarEntry:
+    """One entry: its cleaned path (no leading ``/`` or ``./``), type flag, size and link."""
+
+    path: str
+    type: str
+    size: int
+    link: str
+    #: The entry's bytes, when the caller asked for them.
+    data: bytes | None = None
+
+    @property
+    def is_file(self) -> bool:
+        """A regular file."""
+        return self.type in REGULAR
+
+    @property
+    def is_dir(self) -> bool:
+        """A directory."""
+        return self.type == "5"
+
+
+def clean_path(name: str) -> str:
+    """A member name as a path from the image root: ``./a//b/`` -> ``a/b``; ``.`` -> ``""``."""
+    if name and "//" not in name and "." not in (name[0], name[-1]) and "/." not in name:
+        return name.strip("/")  # already clean (most names): skip normpath
+    cleaned = posixpath.normpath("/" + name).lstrip("/")
+    return "" if cleaned == "." else cleaned
+
+
+#: Given a regular file's path and size: fetch its bytes?
+WantsData = Callable[[str, int], bool]
+
+
+class _Source(Protocol):
+    """Where the tar's bytes come from, in order."""
+
+    total: int
+
+    def take(self, size: int) -> bytes:
+        """The next ``size`` bytes (fewer at the end)."""
+
+    def skip(self, size: int) -> None:
+        """Pass over ``size`` bytes."""
+
+    def finish(self) -> None:
+        """Account for the rest of the stream."""
+
+
+class _Chunks:
+    """A tar arriving as chunks: one buffer, headers and data sliced out of it."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+        self._position = 0
+        self.total = 0
+
+    def _pull(self) -> bool:
+        chunk = next(self._chunks, b"")
+        if not chunk:
+            return False
+        self.total += len(chunk)
+        if self._position < len(self._buffer):
+            self._buffer = self._buffer[self._position :] + chunk
+        else:
+            self._buffer = chunk
+        self._position = 0
+        return True
+
+    def take(self, size: int) -> bytes:
+        while len(self._buffer) - self._position < size:  # usually already there
+            if not self._pull():
+                break
+        data = self._buffer[self._position : self._position + size]
+        self._position += len(data)
+        return data
+
+    def skip(self, size: int) -> None:
+        while size > 0:
+            available = len(self._buffer) - self._position
+            if available >= size:
+                self._position += size
+                return
+            size -= available
+            self._position = len(self._buffer)
+            if not self._pull():
+                raise TarFormatError("the tar ends inside an entry")
+
+    def finish(self) -> None:
+        while self._pull():
+            self._buffer, self._position = b"", 0
+
+
+class _Positional:
+    """An uncompressed tar in a file, read by position: skipped bytes are never read."""
+
+    def __init__(self, fd: int, offset: int, size: int) -> None:
+        self._fd = fd
+        self._position = offset
+        self._end = offset + size
+        self.total = size
+
+    def take(self, size: int) -> bytes:
+        size = min(size, self._end - self._position)
+        data = os.pread(self._fd, size, self._position) if size > 0 else b""
+        self._position += len(data)
+        return data
+
+    def skip(self, size: int) -> None:
+        if self._position + size > self._end:
+            raise TarFormatError("the tar ends inside an entry")
+        self._position += size
+
+    def finish(self) -> None:
+        """Nothing to do: the size is known."""
+
+
+class TarReader:
+    """The entries of a tar; ``total`` is its size in bytes once read."""
+
+    def __init__(self, source: _Source) -> None:
+        self._source = source
+
+    @classmethod
+    def of_chunks(cls, chunks: Iterator[bytes]) -> TarReader:
+        """A tar arriving as chunks (a compressed layer, inflated)."""
+        return cls(_Chunks(chunks))
+
+    @classmethod
+    def at(cls, fd: int, offset: int, size: int) -> TarReader:
+        """An uncompressed tar of ``size`` bytes at ``offset`` in the file ``fd``."""
+        return cls(_Positional(fd, offset, size))
+
+    @property
+    def total(self) -> int:
+        """Bytes of the tar (after :meth:`finish`)."""
+        return self._source.total
+
+    def finish(self) -> None:
+        """Read to the end of the stream (what follows the tar's end counts in ``total``)."""
+        self._source.finish()
+
+    def entries(self, wants_data: WantsData, *, data_limit: int) -> Iterator[TarEntry]:
+        """Every entry in order; regular files up to ``data_limit`` bytes come with their
+        bytes when ``wants_data`` says so."""
+        source = self._source
+        pending: dict[str, str] = {}
+        long_name: str | None = None
+        long_link: str | None = None
+        zero_blocks = 0
+        while True:
+            header = source.take(BLOCK)
+            if len(header) < BLOCK:
+                return
+            if header == _ZERO_BLOCK:
+                zero_blocks += 1
+                if zero_blocks == 2:
+                    return
+                continue
+            zero_blocks = 0
+            kind = chr(header[156]) if header[156] else "0"
+            size = _number(header[124:136])
+            if kind in ("x", "g", "L", "K"):
+                payload = source.take(size)
+                source.skip(-size % BLOCK)
+                if kind == "x":
+                    pending.update(_pax(payload))
+                elif kind == "L":
+                    long_name = _text(payload.rstrip(b"\0"))
+                elif kind == "K":
+                    long_link = _text(payload.rstrip(b"\0"))
+                continue
+            name = long_name if long_name is not None else _name(header)
+            link = long_link if long_link is not None else _text(header[157:257].split(b"\0", 1)[0])
+            name = pending.get("path", name)
+            link = pending.get("linkpath", link)
+            if "size" in pending:
+                size = int(pending["size"])
+            pending.clear()
+            long_name = long_link = None
+            entry = TarEntry(path=clean_path(name), type=kind, size=size, link=link)
+            if size and kind not in _HEADER_ONLY:
+                padding = -size % BLOCK
+                if kind in REGULAR and size <= data_limit and wants_data(entry.path, size):
+                    entry.data = source.take(size)
+                    if len(entry.data) < size:
+                        raise TarFormatError("the tar ends inside an entry")
+                    source.skip(padding)
+                else:
+                    source.skip(size + padding)
+            yield entry
+
+
+def _name(header: bytes) -> str:
+    name = header[0:100].split(b"\0", 1)[0]
+    if header[257:263] == b"ustar\0":  # POSIX ustar: a prefix may hold the leading part
+        prefix = header[345:500].split(b"\0", 1)[0]
+        if prefix:
+            name = prefix + b"/" + name
+    return _text(name)
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _number(field: bytes) -> int:
+    if field and field[0] & 0x80:  # base-256, for sizes of 8 GiB and more
+        value = field[0] & 0x3F
+        for byte in field[1:]:
+            value = (value << 8) | byte
+        return value
+    text = field.split(b"\0", 1)[0].strip()
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:
+        raise TarFormatError(f"bad number in a tar header: {field!r}") from None
+
+
+def _pax(payload: bytes) -> dict[str, str]:
+    records: dict[str, str] = {}
+    position = 0
+    while position < len(payload):
+        space = payload.find(b" ", position)
+        if space < 0:
+            break
+        length = int(payload[position:space])
+        record = payload[space + 1 : position + length - 1]
+        key, _, value = record.partition(b"=")
+        records[_text(key)] = _text(value)
+        position += length
+    return records

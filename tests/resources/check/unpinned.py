@@ -1,0 +1,3 @@
+import imagedsl as dsl
+
+app = dsl.image("alpine:3.20").run("echo hi")

@@ -1,0 +1,3 @@
+package handler
+
+func Hello() string { return "hello" }

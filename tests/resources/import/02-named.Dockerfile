@@ -1,0 +1,2 @@
+FROM busybox AS base
+RUN echo base > /base

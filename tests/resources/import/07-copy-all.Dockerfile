@@ -1,0 +1,3 @@
+FROM busybox
+WORKDIR /ctx
+COPY . .

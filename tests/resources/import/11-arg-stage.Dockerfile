@@ -1,0 +1,4 @@
+FROM busybox
+ARG VERSION=1.0
+ARG FLAG
+RUN echo "$VERSION $FLAG" > /version

@@ -1,0 +1,7 @@
+FROM --platform=$BUILDPLATFORM busybox AS cross
+ARG TARGETARCH
+ARG TARGETOS
+RUN echo "$TARGETOS/$TARGETARCH" > /target
+
+FROM busybox
+COPY --from=cross /target /target

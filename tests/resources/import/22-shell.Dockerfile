@@ -1,0 +1,3 @@
+FROM busybox
+SHELL ["/bin/sh", "-e", "-c"]
+RUN echo strict > /strict

@@ -1,0 +1,3 @@
+FROM busybox
+ONBUILD RUN echo triggered > /triggered
+ONBUILD ENV TRIGGERED=1

@@ -1,0 +1,3 @@
+FROM busybox
+RUN ["/bin/sh", "-c", "echo exec > /exec"]
+RUN ["touch", "/touched"]

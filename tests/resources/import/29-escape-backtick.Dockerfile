@@ -1,0 +1,5 @@
+# escape=`
+FROM busybox
+RUN echo one `
+    && echo two > /two
+WORKDIR C:`app

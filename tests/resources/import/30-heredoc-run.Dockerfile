@@ -1,0 +1,5 @@
+FROM busybox
+RUN <<EOF
+mkdir -p /h
+echo heredoc > /h/file
+EOF

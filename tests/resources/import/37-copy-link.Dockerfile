@@ -1,0 +1,2 @@
+FROM busybox
+COPY --link a.txt /linked/a.txt

@@ -1,0 +1,5 @@
+FROM busybox
+RUN echo zero > /zero
+
+FROM busybox
+COPY --from=0 /zero /zero

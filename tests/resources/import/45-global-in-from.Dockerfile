@@ -1,0 +1,3 @@
+ARG TAG=latest
+FROM busybox:${TAG}
+RUN echo tagged > /t

@@ -1,0 +1,212 @@
+"""Edit scenarios for COPY and ADD: options, destinations, sources from the context and from
+other stages (see tests/support/fidelity.py for what each scenario checks)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.fidelity import (
+    FidelityRun,
+    Project,
+    Scenario,
+    Symlink,
+    scenario_params,
+    tar_bytes,
+)
+
+FILES = {"app/main.py": "print('hi')\n", "app/util.py": "X = 1\n", "conf.txt": "a=1\n"}
+LIST_APP = """.run("stat -c '%n %u %g %a %s' /app/* > /listing")"""
+TOOL = """tool = BASE.run("mkdir -p /out && echo tool > /out/tool.txt{extra}")\n"""
+
+
+def add_excluded_file(project: Project) -> None:
+    project.write_files({"app/scratch.tmp": "left out by exclude=\n"})
+
+
+def add_matching_text_file(project: Project) -> None:
+    project.write_files({"notes.txt": "matches the glob\n"})
+
+
+def add_unmatched_file(project: Project) -> None:
+    project.write_files({"notes.md": "does not match the glob\n"})
+
+
+def edit_symlink_target(project: Project) -> None:
+    project.write_files({"real.conf": "the target, edited\n"})
+
+
+def retarget_symlink(project: Project) -> None:
+    project.write_files({"app/current": Symlink("util.py")})
+
+
+def edit_archive(project: Project) -> None:
+    project.write_files({"bundle.tar": tar_bytes({"a.txt": b"one\n", "b.txt": b"two, edited\n"})})
+
+
+SCENARIOS = [
+    Scenario(
+        name="chown changes",
+        before="""app = BASE.copy(src.dir("app"), "/app", chown="1:1")""" + LIST_APP,
+        after="""app = BASE.copy(src.dir("app"), "/app", chown="2:2")""" + LIST_APP,
+        files=FILES,
+        misses=2,
+    ),
+    Scenario(
+        name="chmod changes",
+        before="""app = BASE.copy(src.dir("app"), "/app", chmod="644")""" + LIST_APP,
+        after="""app = BASE.copy(src.dir("app"), "/app", chmod="755")""" + LIST_APP,
+        files=FILES,
+        misses=2,
+    ),
+    Scenario(
+        name="exclude pattern that excludes nothing is added",
+        before="""app = BASE.copy(src.dir("app"), "/app")""" + LIST_APP,
+        after="""app = BASE.copy(src.dir("app"), "/app", exclude=["*.tmp"])""" + LIST_APP,
+        files=FILES,
+        misses=0,
+    ),
+    Scenario(
+        name="exclude pattern that excludes a file is added",
+        before="""app = BASE.copy(src.dir("app"), "/app")""" + LIST_APP,
+        after="""app = BASE.copy(src.dir("app"), "/app", exclude=["util.py"])""" + LIST_APP,
+        files=FILES,
+        misses=2,
+    ),
+    Scenario(
+        name="a file an exclude pattern leaves out is added",
+        before="""app = BASE.copy(src.dir("app"), "/app", exclude=["*.tmp"])""" + LIST_APP,
+        files=FILES,
+        edit=add_excluded_file,
+        misses=0,
+    ),
+    Scenario(
+        name="dest dot and dot slash",
+        before="""app = BASE.workdir("/app").copy(src.file("conf.txt"), ".")""" + LIST_APP,
+        after="""app = BASE.workdir("/app").copy(src.file("conf.txt"), "./")""" + LIST_APP,
+        files=FILES,
+        misses=0,
+    ),
+    Scenario(
+        name="dest file name becomes a directory",
+        before="""app = BASE.copy(src.file("conf.txt"), "/app/app.conf")""" + LIST_APP,
+        after="""app = BASE.copy(src.file("conf.txt"), "/app/")""" + LIST_APP,
+        files=FILES,
+        misses=2,
+    ),
+    Scenario(
+        name="relative dest under another workdir",
+        before="""app = BASE.workdir("/srv/a").copy(src.file("conf.txt"), "etc/")"""
+        """.run("cat etc/conf.txt > /out")""",
+        after="""app = BASE.workdir("/srv/b").copy(src.file("conf.txt"), "etc/")"""
+        """.run("cat etc/conf.txt > /out")""",
+        files=FILES,
+        misses=3,
+    ),
+    Scenario(
+        name="copy from a stage rebuilt with identical output",
+        before=TOOL.format(extra="")
+        + """app = BASE.copy(tool.path("/out/tool.txt"), "/tool.txt").run("cat /tool.txt > /copied")""",
+        after=TOOL.format(extra=" && echo rebuilt > /rebuilt")
+        + """app = BASE.copy(tool.path("/out/tool.txt"), "/tool.txt").run("cat /tool.txt > /copied")""",
+        misses=1,
+        maybes=2,
+    ),
+    Scenario(
+        name="copy from a stage whose output changed",
+        before=TOOL.format(extra="")
+        + """app = BASE.copy(tool.path("/out/tool.txt"), "/tool.txt").run("cat /tool.txt > /copied")""",
+        after=TOOL.format(extra=" && echo v2 >> /out/tool.txt")
+        + """app = BASE.copy(tool.path("/out/tool.txt"), "/tool.txt").run("cat /tool.txt > /copied")""",
+        misses=1,
+        maybes=2,
+    ),
+    Scenario(
+        name="copy from a stage names another path",
+        before=TOOL.format(extra="")
+        + """app = BASE.copy(tool.path("/out/tool.txt"), "/tools/").run("ls /tools > /copied")""",
+        after=TOOL.format(extra="")
+        + """app = BASE.copy(tool.path("/out"), "/tools/").run("ls /tools > /copied")""",
+        misses=0,
+        maybes=2,
+    ),
+    Scenario(
+        name="copy from a stage with another owner",
+        before=TOOL.format(extra="")
+        + """app = BASE.copy(tool.path("/out"), "/tools", chown="3:3").run("stat -c '%u' /tools/tool.txt > /o")""",
+        after=TOOL.format(extra="")
+        + """app = BASE.copy(tool.path("/out"), "/tools", chown="4:4").run("stat -c '%u' /tools/tool.txt > /o")""",
+        misses=0,
+        maybes=2,
+    ),
+    Scenario(
+        name="archive added with ADD is edited",
+        before="""app = BASE.add(src.file("bundle.tar"), "/bundle/").run("cat /bundle/*.txt > /all")""",
+        files={"bundle.tar": tar_bytes({"a.txt": b"one\n", "b.txt": b"two\n"})},
+        edit=edit_archive,
+        misses=2,
+    ),
+    Scenario(
+        name="file added with ADD is edited",
+        before="""app = BASE.add(src.file("conf.txt"), "/etc/app.conf").run("cat /etc/app.conf > /c")""",
+        files=FILES,
+        edit=lambda project: project.write_files({"conf.txt": "a=2\n"}),
+        misses=2,
+    ),
+    Scenario(
+        name="a file the glob matches is added",
+        before="""app = BASE.copy(src.glob("*.txt"), "/txt/").run("ls /txt > /listing")""",
+        files=FILES,
+        edit=add_matching_text_file,
+        misses=2,
+    ),
+    Scenario(
+        name="a file the glob does not match is added",
+        before="""app = BASE.copy(src.glob("*.txt"), "/txt/").run("ls /txt > /listing")""",
+        files=FILES,
+        edit=add_unmatched_file,
+        misses=0,
+    ),
+    Scenario(
+        name="a file of a multi-path copy is edited",
+        before="""app = BASE.copy(src.select("conf.txt", "app"), "/all/").run("ls -R /all > /listing")""",
+        files=FILES,
+        edit=lambda project: project.write_files({"app/util.py": "X = 2\n"}),
+        misses=2,
+    ),
+    Scenario(
+        name="the target of a symlinked file is edited",
+        before="""app = BASE.copy(src.file("app.conf"), "/etc/app.conf").run("cat /etc/app.conf > /c")""",
+        files={"real.conf": "the target\n", "app.conf": Symlink("real.conf")},
+        edit=edit_symlink_target,
+        misses=2,
+    ),
+    Scenario(
+        name="a symlink inside a copied directory is retargeted",
+        before="""app = BASE.copy(src.dir("app"), "/app").run("readlink /app/current > /r")""",
+        files={**FILES, "app/current": Symlink("main.py")},
+        edit=retarget_symlink,
+        misses=2,
+    ),
+    Scenario(
+        name="a layer below a linked copy changes",
+        before="""app = BASE.run("echo one > /below").copy(src.dir("app"), "/app", link=True)""",
+        after="""app = BASE.run("echo two > /below").copy(src.dir("app"), "/app", link=True)""",
+        files=FILES,
+        misses=1,
+    ),
+    Scenario(
+        name="a layer below a linked copy changes and a run after reads it",
+        before="""app = BASE.run("echo one > /below").copy(src.dir("app"), "/app", link=True)"""
+        """.run("cat /below > /seen")""",
+        after="""app = BASE.run("echo two > /below").copy(src.dir("app"), "/app", link=True)"""
+        """.run("cat /below > /seen")""",
+        files=FILES,
+        misses=2,
+    ),
+]
+
+
+@pytest.mark.parametrize("scenario", scenario_params(SCENARIOS))
+def test_scenario(fidelity: FidelityRun, scenario: Scenario) -> None:
+    """The plan predicts BuildKit step by step; both backends build the same image."""
+    fidelity.check(scenario)
