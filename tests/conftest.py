@@ -93,6 +93,12 @@ def fixture_debian_gcc_image(docker_engine: docker.DockerEngine) -> str:
     return _debian_image(docker_engine, docker.DEBIAN_GCC)
 
 
+@pytest.fixture(name="run_runtime")
+def fixture_run_runtime() -> None:
+    """Root and runc for RUN steps, or a skip (a failure under IMAGEDSL_REQUIRE_DOCKER=1)."""
+    skips.require_run_runtime()
+
+
 @pytest.fixture(name="registry")
 def fixture_registry(tmp_path: Path) -> Iterator[docker.RegistryServer]:
     """A fresh registry on a free 127.0.0.1 port; push to ``f"{registry.host}/name:tag"``."""

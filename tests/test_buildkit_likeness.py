@@ -22,7 +22,6 @@ import imagedsl as dsl
 from imagedsl._epoch import MAX_EPOCH, EpochError
 from imagedsl.backends import BuildRequest, BuildRequestError
 from imagedsl.backends.oci.backend import OCIBackend, OCIBuild
-from imagedsl.backends.oci.run.runc import missing_requirements
 from imagedsl.dsl import Stage
 from imagedsl.planner import plan
 from imagedsl.reporting import Reporter
@@ -32,10 +31,8 @@ from tests.support.docker import DockerEngine
 from tests.support.equivalence import ensure_nodev_image
 from tests.support.oci import layer_members, read_image
 
-needs_runc = pytest.mark.skipif(
-    bool(missing_requirements()) and os.environ.get("IMAGEDSL_REQUIRE_DOCKER") != "1",
-    reason="RUN steps need root and runc",
-)
+#: Root and runc, or a skip that fails under IMAGEDSL_REQUIRE_DOCKER=1 (tests.support.skips).
+needs_runc = pytest.mark.usefixtures("run_runtime")
 
 
 @pytest.fixture(name="base", scope="module")

@@ -14,6 +14,7 @@ import pytest
 
 from tests.support import oci as oci_support
 from tests.support.cli import imagedsl
+from tests.support.skips import require_root
 
 
 def _mount_tmpfs(where: Path, options: str) -> None:
@@ -29,10 +30,7 @@ def _unmount(where: Path) -> None:
 @pytest.fixture(name="small_disk")
 def fixture_small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs, mounted for the test and unmounted after it (root only)."""
-    if os.geteuid() != 0:
-        if os.environ.get("IMAGEDSL_REQUIRE_DOCKER") == "1":
-            pytest.fail("mounting a tmpfs needs root")
-        pytest.skip("mounting a tmpfs needs root")
+    require_root("mounting a tmpfs needs root")
     where = tmp_path / "small"
     _mount_tmpfs(where, "size=2m")
     try:

@@ -7,7 +7,6 @@ error on a page that has one), and its screenshot must not be blank.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import struct
@@ -20,6 +19,7 @@ import pytest
 from imagedsl.api import BuildSession, inspect_image, write_html
 from imagedsl.inspect.html import render
 from tests.support.oci import member, tar_bytes, write_layout
+from tests.support.skips import NO_TOOL, unavailable
 
 PEM = b"-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6Ppy1tPf9Cnzj4p4WGeKLs1Pt8Qu\n"
 
@@ -28,9 +28,7 @@ def chromium() -> str:
     """The chromium binary; CI must have it (IMAGEDSL_REQUIRE_DOCKER=1), elsewhere skip."""
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:
-        if os.environ.get("IMAGEDSL_REQUIRE_DOCKER") == "1":
-            pytest.fail("chromium is missing (.ci/run installs it)", pytrace=False)
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+        unavailable(NO_TOOL, "chromium (apt-get install -y chromium; .ci/run installs it)")
     return found
 
 

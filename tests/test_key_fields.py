@@ -201,11 +201,16 @@ def catalogue(root: Path, **overrides: Any) -> dict[str, dsl.Stage]:
 
 
 def nodes_of(
-    root: Path, build_args: Mapping[str, str] | None = None, **overrides: Any
+    root: Path,
+    build_args: Mapping[str, str] | None = None,
+    epoch: int = 0,
+    **overrides: Any,
 ) -> list[StepNode]:
-    """The catalogue's keyed steps for target ``final``, in plan order, with no store."""
+    """The catalogue's keyed steps for target ``final``, in plan order, with no store (and
+    a fixed SOURCE_DATE_EPOCH, whatever the environment says)."""
     stages = catalogue(root, **overrides)
-    return [step.node for step in plan(stages, "final", build_args=build_args).steps]
+    planned = plan(stages, "final", build_args=build_args, source_date_epoch=epoch)
+    return [step.node for step in planned.steps]
 
 
 def flatten(preimage: Mapping[str, Any]) -> dict[str, Any]:
@@ -245,6 +250,7 @@ class Change:
     origin: str | None = None
     also: frozenset[str] = frozenset()
     build_args: Mapping[str, str] | None = None
+    epoch: int = 0
 
 
 def change(origin: str | None = None, also: tuple[str, ...] = (), **overrides: Any) -> Change:
@@ -256,6 +262,8 @@ EXEMPT: Mapping[tuple[str, str], str] = {
     ("*", "v"): "the key format version: pinned by tests/test_golden_keys.py",
     ("*", "kind"): "names the preimage's kind; a different step is a different row",
     ("add", "exclude"): "ADD takes no exclude patterns: always []",
+    ("copy", "exclude"): "a context COPY is keyed by what its patterns leave (the tree; see "
+    "EXTRA copy-exclude), so its exclude is []; only a built COPY --from keeps its patterns",
     **{
         ("run", f"mounts[{kind}].type"): "names the mount's kind; each kind has its own fields"
         for kind in ("cache", "secret", "bind", "tmpfs")
@@ -273,6 +281,8 @@ TABLE: Mapping[tuple[str, str], Change] = {
     ("run", "workdir"): change(origin="workdir", also=("path",), workdir="/srv"),
     ("run", "user"): change(origin="user", also=("state.user",), user="other"),
     ("run", "network"): change(network="none"),
+    # SOURCE_DATE_EPOCH is in every RUN's environment: a plan argument, not a build-file one.
+    ("run", "source_date_epoch"): Change(epoch=1_700_000_000),
     ("run", "platform"): change(origin="from", app_platform="linux/arm64"),
     ("run", "mounts[cache].target"): change(cache_target="/cache2"),
     ("run", "mounts[cache].id"): change(cache_id="npm"),
@@ -296,7 +306,6 @@ TABLE: Mapping[tuple[str, str], Change] = {
     ("copy", "dest"): change(copy_dest="/app/other/"),
     ("copy", "chown"): change(copy_chown="5:5"),
     ("copy", "chmod"): change(copy_chmod="0640"),
-    ("copy", "exclude"): change(copy_exclude=("*.log", "*.bak")),
     ("copy", "tree"): change(file_text="two"),
     ("add", "dest"): change(add_dest="/app/notes2.txt"),
     ("add", "chown"): change(add_chown="6:6"),
@@ -350,6 +359,8 @@ EXTRA: Mapping[str, Change] = {
     "copy-link": change(also=(), copy_link=True),
     # --build-arg moves the ARG's effective value without touching the build file.
     "build-arg": Change(origin="arg", also=frozenset(), build_args={"V": "from-cli"}),
+    # Exclude patterns that leave out one more file move the tree (and only the tree).
+    "copy-exclude": change(copy_exclude=("*.log", "*.txt")),
 }
 
 
@@ -420,7 +431,7 @@ def _descendants(nodes: list[StepNode], index: int) -> set[int]:
 
 def check_change(tmp_path: Path, row: tuple[str, str], case: Change) -> None:
     before = nodes_of(tmp_path / "before")
-    after = nodes_of(tmp_path / "after", case.build_args, **case.overrides)
+    after = nodes_of(tmp_path / "after", case.build_args, case.epoch, **case.overrides)
     assert [(n.stage, n.position, n.kind) for n in before] == [
         (n.stage, n.position, n.kind) for n in after
     ], "the change must not change the graph's shape"
@@ -478,6 +489,8 @@ def test_field_change_moves_its_step_and_descendants_only(
 
 @pytest.mark.parametrize("name", sorted(EXTRA))
 def test_changes_beside_the_table(tmp_path: Path, name: str) -> None:
-    """``link=True`` and ``--build-arg`` move keys by the same rules."""
-    row = ("*", "parent") if name == "copy-link" else ("config", "state.env")
+    """``link=True``, ``--build-arg`` and exclude patterns move keys by the same rules."""
+    row = {"copy-link": ("*", "parent"), "build-arg": ("config", "state.env")}.get(
+        name, ("copy", "tree")
+    )
     check_change(tmp_path, row, EXTRA[name])

@@ -12,6 +12,7 @@ import pytest
 import zstandard
 
 from imagedsl.backends.oci.filesystem import (
+    INDEX_VERSION,
     Filesystem,
     FsEntry,
     LayerIndex,
@@ -492,7 +493,7 @@ def test_layer_index_on_disk_form_is_compact_utf8_and_keeps_every_field() -> Non
     )
     data = index.to_json()
     assert data.startswith(
-        b'{"v":1,"diff_id":"sha256:x","entries":[["\xc3\xa9","file",384,1,2,3,""]'
+        b'{"v":%d,"diff_id":"sha256:x","entries":[["\xc3\xa9","file",384,1,2,3,""]' % INDEX_VERSION
     )
     assert b"caf\xe9" in data
     again = LayerIndex.from_json(data)

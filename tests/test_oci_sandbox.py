@@ -16,7 +16,6 @@ module. Without root, runc, slirp4netns or ``ip`` the tests are skipped (failed 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import tarfile
@@ -44,6 +43,7 @@ from tests.support.cli import imagedsl
 from tests.support.docker import DockerEngine
 from tests.support.equivalence import ensure_nodev_image
 from tests.support.netns import DNS_NAME, GREETING, PACKAGE, PACKAGE_TEXT, Outside, outside_network
+from tests.support.skips import NO_TOOL, unavailable
 
 NETWORK_HOST = frozenset({"network.host"})
 #: What a Python probe prints for a connection or call that the sandbox refused.
@@ -64,10 +64,7 @@ def _sandbox_available() -> None:
     missing = list(missing_requirements())
     missing += [tool for tool in ("slirp4netns", "ip", "unshare") if _tool(tool) is None]
     if missing:
-        message = f"the RUN sandbox tests need {', '.join(missing)}"
-        if os.environ.get("IMAGEDSL_REQUIRE_DOCKER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(NO_TOOL, f"the RUN sandbox tests need {', '.join(missing)}")
 
 
 def _tool(name: str) -> str | None:
@@ -486,7 +483,7 @@ def test_file_capabilities_and_xattrs_are_kept(
     stands on the COPY layer extracted from its tar); so does a ``user.*`` attribute."""
     setcap = _tool("setcap")
     if setcap is None:
-        pytest.skip("setcap (Debian's libcap2-bin) is not installed")
+        unavailable(NO_TOOL, "setcap (Debian's libcap2-bin)")
     context = tmp_path / "ctx"
     context.mkdir()
     shutil.copy(setcap, context / "setcap")

@@ -20,6 +20,7 @@ from imagedsl.backends.oci.run.seccomp import (
     read_profile,
     runtime_seccomp,
 )
+from tests.support.skips import NO_TOOL, unavailable
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -53,7 +54,7 @@ ALLOWED = ("read", "write", "openat", "execve", "fork", "vfork", "chown", "setxa
 def fixture_docker_profile() -> dict[str, Any]:
     """Docker's default profile, resolved for a RUN on an x86-64 6.1 kernel."""
     if not SYSTEM_PROFILE.is_file():
-        pytest.skip(f"{SYSTEM_PROFILE} is not installed (golang-github-containers-common)")
+        unavailable(NO_TOOL, f"{SYSTEM_PROFILE} (Debian: golang-github-containers-common)")
     profile = docker_default(read_profile(SYSTEM_PROFILE))
     return runtime_seccomp(profile, CAPABILITIES, machine="x86_64", kernel="6.1.0-13-amd64")
 

@@ -13,7 +13,6 @@ import pytest
 
 import imagedsl as dsl
 from imagedsl.backends.oci.run.rootfs import SNAPSHOT_FORMAT
-from imagedsl.backends.oci.run.runc import missing_requirements
 from imagedsl.maintenance import CacheOptionError, parse_age, parse_size, prune_store
 from imagedsl.oci.blobs import BlobStore
 from imagedsl.store import Store, StoreArea, StoreWarning
@@ -121,10 +120,8 @@ def test_cache_verify_finds_damage_the_cheap_check_cannot(
     assert rebuilt.image.manifest_digest == built.image.manifest_digest
 
 
-needs_runc = pytest.mark.skipif(
-    bool(missing_requirements()) and os.environ.get("IMAGEDSL_REQUIRE_DOCKER") != "1",
-    reason="RUN steps need root and runc",
-)
+#: Root and runc, or a skip that fails under IMAGEDSL_REQUIRE_DOCKER=1 (tests.support.skips).
+needs_runc = pytest.mark.usefixtures("run_runtime")
 
 
 @needs_runc

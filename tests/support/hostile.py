@@ -21,12 +21,11 @@ import textwrap
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import attrs
 
-TESTS = Path(__file__).parent
+from tests.support import REPO_ROOT
 
 
 @attrs.frozen
@@ -212,10 +211,9 @@ def registry_handler(
 
 _PRELUDE = """
 import json, resource, sys
-sys.path.insert(0, {tests!r})
 def _report(**fields):
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({{**fields, "peak_rss_kib": peak}}))
+    print(json.dumps({**fields, "peak_rss_kib": peak}))
 """
 
 
@@ -224,9 +222,10 @@ def run_measured(code: str, *, env: Mapping[str, str] | None = None) -> dict[str
 
     Returns those fields and ``peak_rss_kib``, the process's peak resident set size.
     """
-    script = _PRELUDE.format(tests=str(TESTS)) + textwrap.dedent(code)
+    script = _PRELUDE + textwrap.dedent(code)
     result = subprocess.run(
         [sys.executable, "-c", script],
+        cwd=REPO_ROOT,  # the snippet may import tests.support
         capture_output=True,
         text=True,
         check=False,

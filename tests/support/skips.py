@@ -43,6 +43,17 @@ def require_tool(name: str, why: str = "") -> str:
     return found
 
 
+def require_run_runtime(what: str = "RUN steps") -> None:
+    """Go on only where RUN steps can run (root and runc), else :func:`unavailable`."""
+    from imagedsl.backends.oci.run.runc import missing_requirements
+
+    missing = missing_requirements()
+    if "root" in missing:
+        unavailable(NO_ROOT, f"{what} need root")
+    if missing:
+        unavailable(NO_TOOL, f"runc ({what} need it)")
+
+
 def require_root(why: str) -> None:
     """Go on only as root, else :func:`unavailable`."""
     if os.geteuid() != 0:
