@@ -7,7 +7,7 @@ one of check's categories is *matched* when check reports that category at the e
 step: the step is known by its signature (the FROM's image, the RUN's command, the ENV's
 names, the ARG's name, the USER's user), which both sides share.
 
-``python tests/hadolint_support.py`` prints the comparison table of docs/rules.md.
+``python -m tests.support.hadolint`` prints the comparison table of docs/rules.md.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from imagedsl.check._shell import run_script
 from imagedsl.oci.reference import parse_reference
 from imagedsl.steps import Arg, Env, FromImage, Run, Step, User
 
-CORPUS = Path(__file__).parent / "resources" / "hadolint"
+CORPUS = Path(__file__).resolve().parents[1] / "resources" / "hadolint"
 #: hadolint rules in check's categories (DL3064 is secret-env on ENV, secret-arg on ARG).
 CATEGORIES = {
     "DL3002": "root-user",
