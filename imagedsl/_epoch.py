@@ -1,7 +1,7 @@
-"""``SOURCE_DATE_EPOCH``: the one time a build writes (every mtime, ``created``), and what RUN
-steps see in their environment, as BuildKit passes it, so tools that honour it (Python's
-``compileall`` and pip, which then write hash-checked ``.pyc`` files) make reproducible,
-valid output. It enters RUN keys: it changes what a RUN writes (docs/cache-keys.md).
+"""``SOURCE_DATE_EPOCH``: the one time a build writes (every mtime, ``created``, the source
+mtime recorded in the ``.pyc`` files a RUN writes: :mod:`imagedsl.backends.oci.run.bytecode`).
+It enters RUN keys, since it changes what a RUN's layer holds (docs/cache-keys.md); it is not
+in a RUN's environment, as under BuildKit.
 """
 
 from __future__ import annotations

@@ -169,7 +169,7 @@ class BuildGraph:
     #: What keyed the graph, kept so that :func:`rekey` can key it again once outputs it
     #: depends on are known (no file is read again: trees are remembered).
     keyer: _Keyer | None = attrs.field(default=None, eq=False, repr=False)
-    #: The ``SOURCE_DATE_EPOCH`` RUN steps are keyed for (they see it in their environment).
+    #: The ``SOURCE_DATE_EPOCH`` RUN steps are keyed for (their layers' mtimes and .pyc files).
     source_date_epoch: int = 0
 
     @property

@@ -64,16 +64,26 @@ def _build(
 
 @needs_runc
 @pytest.mark.parametrize("epoch", [0, 1_700_000_000])
-def test_source_date_epoch_is_in_the_run_environment(base: str, tmp_path: Path, epoch: int) -> None:
-    """A RUN sees ``SOURCE_DATE_EPOCH`` (0 by default), as under BuildKit."""
-    stage = dsl.image(base).run("echo $SOURCE_DATE_EPOCH > /epoch")
-    built = _build({"a": stage}, Store(tmp_path / "s"), epoch=epoch, output=f"oci:{tmp_path / 'o'}")
-    _, manifest, _ = read_image(tmp_path / "o")
-    data = tmp_path / "o" / "blobs" / "sha256" / manifest["layers"][-1]["digest"][7:]
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(data.read_bytes()))) as layer:
-        seen = layer.extractfile("epoch").read()  # type: ignore[union-attr]
-    assert seen == f"{epoch}\n".encode()
-    assert built.result.digest is not None
+def test_a_run_sees_source_date_epoch_only_when_its_stage_declares_it(
+    base: str, tmp_path: Path, epoch: int
+) -> None:
+    """As under BuildKit, the build's epoch is not in a RUN's environment; an ``ARG
+    SOURCE_DATE_EPOCH`` with a value puts that value there, as any ARG."""
+    dump = "echo ${SOURCE_DATE_EPOCH-unset} > /epoch"
+    for stage, expected in [
+        (dsl.image(base).run(dump), b"unset\n"),
+        (dsl.image(base).arg("SOURCE_DATE_EPOCH", "77").run(dump), b"77\n"),
+    ]:
+        out = tmp_path / f"o-{expected.decode().strip()}"
+        built = _build({"a": stage}, Store(tmp_path / "s"), epoch=epoch, output=f"oci:{out}")
+        _, manifest, _ = read_image(out)
+        data = out / "blobs" / "sha256" / manifest["layers"][-1]["digest"][7:]
+        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(data.read_bytes()))) as layer:
+            member = layer.getmember("epoch")
+            seen = layer.extractfile(member).read()  # type: ignore[union-attr]
+        assert seen == expected
+        assert member.mtime == epoch
+        assert built.result.digest is not None
 
 
 def test_source_date_epoch_is_in_the_run_key_only(base: str) -> None:
@@ -107,24 +117,26 @@ def test_a_plan_keyed_for_another_epoch_is_refused(base: str, tmp_path: Path) ->
 def test_pyc_written_by_a_run_is_used_at_start(
     docker_engine: DockerEngine, debian_python_image: str, tmp_path: Path, tag: str
 ) -> None:
-    """A module a RUN writes and compiles (as pip does) is imported from its ``.pyc`` when a
-    container starts, ``python3 -v`` says so: with ``SOURCE_DATE_EPOCH`` Python writes
-    hash-checked ``.pyc`` files, valid whatever the layer's mtimes. The same RUN without it
-    (``env -u``) leaves a ``.pyc`` Python finds stale at every start."""
-    write = (
-        "mkdir -p {d} && printf 'VALUE = 1\\n' > {d}/mod.py && {env}python3 -m compileall -q {d}"
-    )
+    """A module a RUN writes and compiles (as pip does, timestamp ``.pyc`` files) is imported
+    from its ``.pyc`` when a container starts, ``python3 -v`` says so, though the layer gives the
+    source the epoch as its mtime; so is one compiled by a later RUN from a source in a layer
+    below. A ``.pyc`` already stale when its RUN ended stays stale, as under BuildKit."""
+    write = "mkdir -p {d} && printf 'VALUE = 1\\n' > {d}/mod.py"
+    compile_ = "python3 -m compileall -q {d}"
+    stale = "touch -d @12345 {d}/mod.py"
     nodev = ensure_nodev_image(
         docker_engine, debian_python_image
     )  # the OCI backend refuses devices
     stage = (
         dsl.image(f"docker-daemon:{nodev}")
-        .run(write.format(d="/app", env=""))
-        .run(write.format(d="/app2", env="env -u SOURCE_DATE_EPOCH "))
+        .run(f"{write.format(d='/app')} && {compile_.format(d='/app')}")
+        .run(write.format(d="/below"))
+        .run(compile_.format(d="/below"))
+        .run(f"{write.format(d='/old')} && {compile_.format(d='/old')} && {stale.format(d='/old')}")
     )
-    backend = OCIBackend(engine=lambda: docker_engine)
+    backend = OCIBackend(engine=lambda: docker_engine, epoch=1_700_000_000)
     store = Store(tmp_path / "s")
-    planned = plan(stage, "a", store=store, source_date_epoch=0)
+    planned = plan(stage, "a", store=store, source_date_epoch=1_700_000_000)
     backend.build_image(
         planned, BuildRequest(output=f"docker:{tag}:1"), store=store, reporter=Reporter()
     )
@@ -135,10 +147,11 @@ def test_pyc_written_by_a_run_is_used_at_start(
             f"{tag}:1", "python3", "-v", "-c", "import mod",
         ).stderr  # fmt: skip
 
-    used = imported("/app")
-    assert "/app/__pycache__/mod.cpython-311.pyc matches /app/mod.py" in used
-    assert "code object from '/app/__pycache__/mod.cpython-311.pyc'" in used
-    assert "bytecode is stale for 'mod'" in imported("/app2")
+    for directory in ("/app", "/below"):
+        used = imported(directory)
+        assert f"{directory}/__pycache__/mod.cpython-311.pyc matches {directory}/mod.py" in used
+        assert f"code object from '{directory}/__pycache__/mod.cpython-311.pyc'" in used
+    assert "bytecode is stale for 'mod'" in imported("/old")
 
 
 # -- the base annotation --------------------------------------------------------------------------

@@ -17,9 +17,9 @@ import pytest
 import imagedsl as dsl
 from imagedsl.backends.oci.filesystem import UnsafeLayerError
 from imagedsl.oci.blobs import BlobDigestError
-from imagedsl.store import Store, StoreArea
+from imagedsl.store import Store, StoreArea, StoreWarning
 from tests.support import REPO_ROOT, oci
-from tests.support.oci import member, read_image, tar_bytes
+from tests.support.oci import layer_file, member, read_image, tar_bytes
 
 OK_DIR = member("etc/", kind=tarfile.DIRTYPE, mode=0o755)
 HOSTILE = [
@@ -179,11 +179,16 @@ def test_corrupt_store_blob_is_detected_when_read(tmp_path: Path) -> None:
     data[-20] ^= 0x01
     stored.write_bytes(bytes(data))
     app = dsl.scratch().copy(builder.path("/bin/busybox"), "/busybox")
-    with pytest.raises(BlobDigestError) as caught:
-        oci.build({"b": builder, "app": app}, store, target="app")
-    assert caught.value.expected == manifest["layers"][0]["digest"]
-    assert caught.value.actual != caught.value.expected
-    assert str(store.root) in caught.value.where
+    out = tmp_path / "out"
+    with pytest.warns(StoreWarning, match="is damaged") as warned:
+        oci.build({"b": builder, "app": app}, store, target="app", output=f"oci:{out}:app")
+    assert manifest["layers"][0]["digest"] in str(warned[0].message)
+    assert str(store.root) in str(warned[0].message)
+    assert oci.sha256(stored.read_bytes()) == manifest["layers"][0]["digest"]  # made again
+    _, built, _ = read_image(out, "app")
+    assert layer_file(out, built["layers"][0], "busybox") == layer_file(
+        layout, manifest["layers"][0], "bin/busybox"
+    )
 
 
 _KILL_SCRIPT = """

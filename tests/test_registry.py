@@ -419,6 +419,9 @@ class SleepRecorder:
     def time(self) -> float:
         return time.time()
 
+    def monotonic(self) -> float:
+        return time.monotonic()
+
 
 def test_429_retry_after_is_honoured(
     registry: docker.RegistryServer, store: Store, monkeypatch: pytest.MonkeyPatch

@@ -46,6 +46,7 @@ import blake3
 
 from imagedsl.backends._masking import masked, masks_for
 from imagedsl.backends.oci.filesystem import Filesystem, PathResolutionError
+from imagedsl.backends.oci.run.bytecode import settle_bytecode
 from imagedsl.backends.oci.run.network import (
     NETNS_FILE,
     NetworkUnavailableError,
@@ -259,10 +260,8 @@ class RunExecutor:
             self._sweep()
             self._swept = True
         owner = self._owner(run)
+        # Exactly BuildKit's: no SOURCE_DATE_EPOCH unless the stage declares it (see bytecode).
         env = dict(run.state.run_env())
-        # As BuildKit passes it: tools that honour it (Python writes hash-checked .pyc files)
-        # make output that stays valid under the layer's fixed mtimes. It is in the RUN's key.
-        env.setdefault("SOURCE_DATE_EPOCH", str(self.epoch))
         secret_values = self._check_secrets(run)
         snapshots = self.snapshots.ensure(run.layers)
         run_id = uuid.uuid4().hex[:20]
@@ -333,9 +332,11 @@ class RunExecutor:
             if upper is not None:
                 unmount(root)
                 change, removed = upper_change(upper, run.lower, stubs)
+                settle_bytecode(change.entries, self.epoch)
                 yield Finished(change=change, upper=upper, removed=tuple(removed))
             else:
                 change = copy_change(root, run.lower, snapshots, stubs)
+                settle_bytecode(change.entries, self.epoch)
                 yield Finished(change=change, upper=None, removed=())
 
     def keep(self, finished: Finished, layer: LayerBlob) -> None:
