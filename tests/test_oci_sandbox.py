@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import socket
+import subprocess
 import tarfile
 import threading
 import uuid
@@ -31,6 +32,7 @@ import imagedsl as dsl
 from imagedsl.backends import BuildRequest, EntitlementError, UnknownEntitlementError
 from imagedsl.backends.oci.backend import OCIBackend, OCIBuild
 from imagedsl.backends.oci.run.network import NetworkUnavailableError
+from imagedsl.backends.oci.run.rootfs import mounts_below
 from imagedsl.backends.oci.run.runc import missing_requirements
 from imagedsl.backends.oci.run.seccomp import SeccompUnavailableError
 from imagedsl.dsl import Stage
@@ -540,3 +542,33 @@ def _member(store: Store, built: OCIBuild, name: str) -> tarfile.TarInfo:
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+def test_a_run_with_a_network_leaves_the_hosts_shared_mounts_alone(
+    base: str, store: Store, tmp_path: Path
+) -> None:
+    """slirp4netns's sandbox pivots away from the old root and detaches it. Started in the
+    host's mount namespace, that detach reached every mount shared with the host (systemd makes
+    ``/`` shared) and unmounted, for example, the root filesystems of the containers Docker was
+    starting at that moment. Here a shared mount with a mount below it stands in for them: both
+    are still there after a RUN with the default network."""
+    shared = tmp_path / "shared"
+    below = shared / "below"
+    shared.mkdir()
+    mounted: list[Path] = []
+    try:
+        for where, extra in ((shared, ["--make-shared"]), (below, [])):
+            where.mkdir(exist_ok=True)
+            subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(where)], check=True)
+            mounted.append(where)
+            if extra:
+                subprocess.run(["mount", *extra, str(where)], check=True)
+        (below / "marker").write_text("still here")
+        built, recorder = run_build(dsl.image(base).run("echo networked"), store)
+        assert "networked" in recorder.lines
+        assert built.result.digest is not None
+        assert mounts_below(shared) == [below, shared]
+        assert (below / "marker").read_text() == "still here"
+    finally:
+        for where in reversed(mounted):
+            subprocess.run(["umount", "-l", str(where)], check=False)

@@ -209,10 +209,14 @@ def registry_handler(
     return handle
 
 
+# VmHWM, the peak of this interpreter's own memory map, not getrusage's ru_maxrss: Linux
+# carries that across execve, so it starts at the size of the (large) pytest worker that
+# spawned the interpreter.
 _PRELUDE = """
-import json, resource, sys
+import json, sys
 def _report(**fields):
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    with open("/proc/self/status") as status:
+        peak = next(int(l.split()[1]) for l in status if l.startswith("VmHWM:"))  # KiB
     print(json.dumps({**fields, "peak_rss_kib": peak}))
 """
 

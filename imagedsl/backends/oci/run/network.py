@@ -181,7 +181,7 @@ def private_network(private: Path, stage: str, instruction: str) -> Iterator[str
             raise NetworkUnavailableError(
                 stage, instruction, f"a network namespace cannot be made: {made.stderr.strip()}"
             )
-        with _slirp4netns(slirp, netns, private / "slirp4netns.log", stage, instruction):
+        with _slirp4netns(slirp, unshare, netns, private / "slirp4netns.log", stage, instruction):
             yield str(netns)
     finally:
         release_namespace(netns)
@@ -189,16 +189,26 @@ def private_network(private: Path, stage: str, instruction: str) -> Iterator[str
 
 @contextlib.contextmanager
 def _slirp4netns(
-    binary: str, netns: Path, log: Path, stage: str, instruction: str
+    binary: str, unshare: str, netns: Path, log: Path, stage: str, instruction: str
 ) -> Iterator[None]:
     """slirp4netns attached to ``netns``, configured and ready, until the block ends. Its
-    messages go to ``log`` (a file, never a pipe nobody reads while the RUN runs)."""
+    messages go to ``log`` (a file, never a pipe nobody reads while the RUN runs).
+
+    It starts in a mount namespace of its own whose mounts are all private: its sandbox
+    (``--enable-sandbox``) pivots to an empty root and detaches the old one, and where the
+    old root's mounts are shared with the host's (systemd makes them so), that detach
+    reached the host too and unmounted the root filesystems of containers other tools were
+    starting at that moment (seen here: Docker's ``exec: "/bin/sh": stat /bin/sh: no such
+    file or directory`` while a RUN with a network ran)."""
     ready_read, ready_write = os.pipe()
     exit_read, exit_write = os.pipe()
     try:
         with log.open("wb") as log_file:
             process = subprocess.Popen(
                 [
+                    unshare,
+                    "--mount",
+                    "--propagation=private",
                     binary,
                     "--configure",
                     f"--mtu={MTU}",
