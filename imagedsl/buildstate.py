@@ -39,6 +39,15 @@ _VAR: Final = re.compile(
 )
 
 
+_REDUNDANT_ESCAPE: Final = re.compile(r"\\\$(?![{A-Za-z_])")
+
+
+def canonical_word(word: str) -> str:
+    """``word`` with each ``\\$`` that escapes nothing (it does not precede ``{`` or a name)
+    written as ``$``: the same word, spelled one way (keys hold words as written)."""
+    return _REDUNDANT_ESCAPE.sub("$", word) if "\\$" in word else word
+
+
 def expand(word: str, variables: Mapping[str, str], *, keep_unknown: bool = False) -> str:
     """Expand ``$VAR``, ``${VAR}``, ``${VAR:-default}``, ``${VAR:+alt}`` like the Dockerfile.
 
@@ -53,7 +62,7 @@ def expand(word: str, variables: Mapping[str, str], *, keep_unknown: bool = Fals
             return "$"
         name = match["bare"] or match["braced"]
         if keep_unknown and name not in variables:
-            return match.group(0)
+            return canonical_word(match.group(0))
         value = variables.get(name)
         op = match["op"]
         if op is None:

@@ -17,7 +17,7 @@ from typing import Any, Final
 import attrs
 import blake3
 
-from imagedsl.buildstate import BuildState
+from imagedsl.buildstate import BuildState, canonical_word
 from imagedsl.steps import (
     BindMount,
     CacheMount,
@@ -232,11 +232,12 @@ def workdir_preimage(*, parent: str, path: str, user: str) -> Preimage:
 def config_preimage(*, parent: str, step: ConfigStep | Step, state: BuildState) -> Preimage:
     """Config-only steps: no layer, but a key so every step of a plan is identified."""
     fields: dict[str, Any] = {}
+    words = step.kind in _EXPANDED_KINDS
     for name in attrs.fields(type(step)):
         if name.name == "location":
             continue
         value = getattr(step, name.name)
-        fields[name.name] = _jsonable(value)
+        fields[name.name] = _jsonable(value, words=words)
     if isinstance(step, Healthcheck) and step.test is None:
         fields["test"] = None
     if isinstance(step, FromStage):
@@ -252,7 +253,16 @@ def config_preimage(*, parent: str, step: ConfigStep | Step, state: BuildState) 
     return _preimage(step.kind, parent=parent, **fields)
 
 
-def _jsonable(value: Any) -> Any:
+#: Steps whose strings are words the Dockerfile expands, keyed as :func:`canonical_word`
+#: spells them (``ENV A=\\$`` is ``ENV A=$``, whichever a build file or a Dockerfile wrote).
+_EXPANDED_KINDS: Final = frozenset(
+    {"env", "arg", "label", "user", "expose", "volume", "stopsignal"}
+)
+
+
+def _jsonable(value: Any, *, words: bool = False) -> Any:
     if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
+        return [_jsonable(v, words=words) for v in value]
+    if words and isinstance(value, str):
+        return canonical_word(value)
     return value

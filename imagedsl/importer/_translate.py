@@ -511,7 +511,9 @@ class Translator:
         words = list(command.value)
         if len(words) < 2:
             raise _Refused(f"{command.cmd} needs a source and a destination")
-        dest = words[-1] if command.json else _word(words[-1], self.escape)
+        # BuildKit passes every path through its word lexer, in the JSON form too (quotes
+        # and backslashes are removed after the JSON is decoded).
+        dest = _word(words[-1], self.escape)
         raw_sources = words[:-1]
         kwargs: list[tuple[str, Expr]] = []
         if "chown" in flags:
@@ -533,7 +535,7 @@ class Translator:
         method = "add" if add else "copy"
         if command.heredocs:
             return [self._inline(command, raw_sources, dest, kwargs, method)]
-        sources = raw_sources if command.json else [_word(s, self.escape) for s in raw_sources]
+        sources = [_word(s, self.escape) for s in raw_sources]
         if "checksum" in flags:
             if len(sources) != 1 or not _is_url(sources[0]):
                 raise _Refused("ADD --checksum takes one URL")
@@ -654,7 +656,7 @@ class Translator:
 
     def _i_volume(self, command: Any) -> list[Call]:
         self._no_flags(command)
-        paths = command.value if command.json else [_word(v, self.escape) for v in command.value]
+        paths = [_word(v, self.escape) for v in command.value]  # JSON form too, as BuildKit
         return [Call("volume", tuple(_string(p) for p in paths))]
 
     def _exec_or_shell(self, command: Any, method: str) -> list[Call]:

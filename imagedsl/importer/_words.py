@@ -58,7 +58,8 @@ def read_word(text: str, escape: str = "\\") -> str:
             i += 1
         elif char == "$":
             end = _expression(text, i)
-            out.append(text[i:end])
+            _no_backslash_before(out, text)
+            out.append(_expression_text(text[i:end], escape))
             i = end
         else:
             out.append(char)
@@ -66,6 +67,42 @@ def read_word(text: str, escape: str = "\\") -> str:
     if quote:
         raise WordError(f"unmatched {quote} in {text!r}")
     return "".join(out)
+
+
+_WITH_WORD: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-+?])(.*)\}\Z", re.DOTALL)
+
+
+def _expression_text(expression: str, escape: str) -> str:
+    """An expression as imagedsl writes it: the word of ``${NAME:-word}`` (and ``:+``, ``:?``)
+    is read as BuildKit's lexer reads it (its backslash escapes removed), the rest as written."""
+    match = _WITH_WORD.match(expression)
+    if match is None:
+        return expression
+    word = match[3]
+    out: list[str] = []
+    i = 0
+    while i < len(word):
+        char = word[i]
+        if char == escape and i + 1 < len(word):
+            nxt = word[i + 1]
+            out.append(_literal_dollar(word, i + 2) if nxt == "$" else nxt)
+            i += 2
+        elif char == "$":
+            end = _expression(word, i)
+            _no_backslash_before(out, word)
+            out.append(_expression_text(word[i:end], escape))
+            i = end
+        else:
+            out.append(char)
+            i += 1
+    return f"${{{match[1]}{match[2]}{''.join(out)}}}"
+
+
+def _no_backslash_before(out: list[str], text: str) -> None:
+    """imagedsl reads ``\\$`` as an escaped ``$``: a literal backslash just before an
+    expression cannot be written, so such a word is refused rather than changed."""
+    if out and out[-1].endswith("\\") and not out[-1].endswith("\\$"):
+        raise WordError(f"a literal backslash before an expression in {text!r}")
 
 
 def _literal_dollar(text: str, after: int) -> str:
