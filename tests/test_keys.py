@@ -225,3 +225,55 @@ def test_every_new_input_enters_its_key(tmp_path: Any) -> None:
         assert keys_of(first)[-1] != keys_of(second)[-1], (first.step, second.step)
     link = keys_of(base.run("true").copy(src.dir("a"), "/d/", link=True))
     assert link[-1] == keys_of(base.copy(src.dir("a"), "/d/", link=True))[-1]  # no parent
+
+
+def _last_key(stage: dsl.Stage) -> str:
+    return api.plan({"s": stage}, "s").steps[-1].key
+
+
+@pytest.mark.parametrize(
+    ("escaped", "plain"),
+    [
+        (dsl.scratch().env(A="\\$", B="x\\$ y"), dsl.scratch().env(A="$", B="x$ y")),
+        (dsl.scratch().arg("A", "${A:-\\$}"), dsl.scratch().arg("A", "${A:-$}")),
+        (dsl.scratch().label({"k": "\\$"}), dsl.scratch().label({"k": "$"})),
+        (dsl.scratch().user("u\\$"), dsl.scratch().user("u$")),
+    ],
+)
+def test_an_escape_of_nothing_keys_as_the_plain_dollar(
+    escaped: dsl.Stage, plain: dsl.Stage
+) -> None:
+    """In the words the Dockerfile expands, ``\\$`` before neither ``{`` nor a name is a
+    plain ``$``: one key, however it was spelled."""
+    assert _last_key(escaped) == _last_key(plain)
+
+
+@pytest.mark.parametrize(
+    ("escaped", "plain"),
+    [
+        (dsl.scratch().env(A="\\$A"), dsl.scratch().env(A="$A")),  # a literal "$A", not A's value
+        (dsl.scratch().cmd("echo \\$ x"), dsl.scratch().cmd("echo $ x")),  # a command, as written
+        (dsl.scratch().entrypoint("a\\$"), dsl.scratch().entrypoint("a$")),
+    ],
+)
+def test_other_spellings_keep_their_keys(escaped: dsl.Stage, plain: dsl.Stage) -> None:
+    """An escape that means something, and the text of a command (which no Dockerfile lexer
+    reads), key as written."""
+    assert _last_key(escaped) != _last_key(plain)
+
+
+def test_a_trigger_key_holds_its_parent_base_and_text() -> None:
+    """A base's ONBUILD trigger is keyed by the key before it, the base's manifest digest and
+    its text: changing any one changes the key, and the kind is its own."""
+    fields = {"parent": "a" * 64, "base": "sha256:" + "b" * 64, "instruction": "RUN make"}
+    preimage = keys.trigger_preimage(**fields)
+    assert preimage["kind"] == "onbuild-trigger"
+    assert {name: preimage[name] for name in fields} == fields
+    assert preimage["v"] == keys.KEY_VERSION
+    key = keys.key_of(preimage)
+    for name, other in [
+        ("parent", "c" * 64),
+        ("base", "sha256:" + "d" * 64),
+        ("instruction", "RUN x"),
+    ]:
+        assert keys.key_of(keys.trigger_preimage(**{**fields, name: other})) != key
