@@ -353,8 +353,7 @@ class BuildSession:
         if not (push or cache_to or cache_from):
             planned = self._plan()
             check_entitlements(planned, self.allow)
-            result = chosen.build(planned, request, store=self.store, reporter=self.reporter)
-            return BuildOutcome(result=result)
+            return BuildOutcome(result=self._run_backend(chosen, planned, request))
         if not chosen.layer_media_types:
             raise BuildRequestError(
                 f"--push, --cache-to and --cache-from need --backend oci (a backend that writes "
@@ -390,7 +389,7 @@ class BuildSession:
                         hits,
                         media_types=backend.layer_media_types,
                     )
-            result = backend.build(planned, request, store=self.store, reporter=self.reporter)
+            result = self._run_backend(backend, planned, request)
             if push:
                 if result.manifest is None:  # pragma: no cover - layer_media_types promised one
                     raise BuildRequestError(f"backend {backend.name!r} made no image to push")
@@ -418,6 +417,21 @@ class BuildSession:
                 exported = str(done_cache.reference)
                 self.reporter.cache_exported(exported, len(bundle.records), len(bundle.blobs))
         return BuildOutcome(result=result, pushed=tuple(pushed), cache_exported_to=exported)
+
+    def _run_backend(self, backend: Backend, planned: Plan, request: BuildRequest) -> BuildResult:
+        """One platform: ``planned`` built. Several: each platform planned again when its turn
+        comes (what the platforms before it built is then a hit), and one image index."""
+        if not planned.per_platform:
+            return backend.build(planned, request, store=self.store, reporter=self.reporter)
+        first = planned.per_platform[0]
+
+        def plan_for(name: str) -> Plan:
+            # The first platform was just planned; the others see what it built.
+            return first if name == self.platforms[0] else self._plan_for(name)
+
+        return backend.build_platforms(
+            plan_for, self.platforms, request, store=self.store, reporter=self.reporter
+        )
 
     # -- lower ---------------------------------------------------------------------------------
 

@@ -239,6 +239,19 @@ class Backend(Protocol):
         """Build ``plan``'s target and record what was built."""
         ...
 
+    def build_platforms(
+        self,
+        plan_for: Callable[[str], Plan],
+        platforms: Sequence[str],
+        request: BuildRequest,
+        *,
+        store: Store,
+        reporter: Reporter,
+    ) -> BuildResult:
+        """Build the target for each of ``platforms`` (each planned by ``plan_for`` when its
+        turn comes, so steps the platforms share are built once) as one image index."""
+        ...
+
 
 #: Backend name -> "module:attribute" of a zero-argument factory, imported only when used.
 BACKENDS: Final[Mapping[str, str]] = {

@@ -171,6 +171,21 @@ class DockerfileBackend:
         )
 
 
+    def build_platforms(
+        self,
+        plan_for: Callable[[str], Plan],
+        platforms: Sequence[str],
+        request: BuildRequest,
+        *,
+        store: Store,
+        reporter: Reporter,
+    ) -> BuildResult:
+        """Several platforms: see :mod:`imagedsl.backends.dockerfile.platforms`."""
+        from imagedsl.backends.dockerfile.platforms import build_platforms
+
+        return build_platforms(self, plan_for, platforms, request, store=store, reporter=reporter)
+
+
 def _record(store: Store, plan: Plan, run: _BuildRun, *, succeeded: bool = False) -> None:
     durations = run.durations()
     for index in run.completed_steps(succeeded=succeeded):

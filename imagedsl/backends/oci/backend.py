@@ -236,6 +236,20 @@ class OCIBackend:
         """Build ``plan``'s target, write the requested output, record what was built."""
         return self.build_image(plan, request, store=store, reporter=reporter).result
 
+    def build_platforms(
+        self,
+        plan_for: Callable[[str], Plan],
+        platforms: Sequence[str],
+        request: BuildRequest,
+        *,
+        store: Store,
+        reporter: Reporter,
+    ) -> BuildResult:
+        """Every platform's image, then their index (see :mod:`.platforms`)."""
+        from imagedsl.backends.oci.platforms import build_platforms
+
+        return build_platforms(self, plan_for, platforms, request, store=store, reporter=reporter)
+
     def build_image(
         self, plan: Plan, request: BuildRequest, *, store: Store, reporter: Reporter
     ) -> OCIBuild:
