@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import docker
+from tests.support.equivalence import ensure_nodev_image
 from tests.support.emulation import arm64_busybox, require_emulation
 from tests.support.skips import require_tool
 
@@ -104,7 +105,8 @@ def test_go_cross_compiled_index_pushed_and_pulled_per_platform(
     project = tmp_path / "go"
     project.mkdir()
     (project / "main.go").write_text(GO_MAIN)
-    (project / "build.py").write_text(GO_BUILD.format(base=debian_go_image))
+    toolchain_base = ensure_nodev_image(docker_engine, debian_go_image)  # no /dev nodes
+    (project / "build.py").write_text(GO_BUILD.format(base=f"docker-daemon:{toolchain_base}"))
     store = tmp_path / "store"
     platforms = "linux/amd64,linux/arm64"
     planned = imagedsl("plan", "--json", "--platform", platforms, cwd=project, store=store)
