@@ -349,12 +349,15 @@ class BuildSession:
             progress=progress,
             allow=self.allow,
             seccomp=seccomp,
+            push=bool(push),
         )
         if not (push or cache_to or cache_from):
             planned = self._plan()
             check_entitlements(planned, self.allow)
             return BuildOutcome(result=self._run_backend(chosen, planned, request))
-        if not chosen.layer_media_types:
+        # A multi-platform docker build brings its images and index into the store to push.
+        from_store = bool(push) and len(self.platforms) > 1 and not (cache_to or cache_from)
+        if not chosen.layer_media_types and not from_store:
             raise BuildRequestError(
                 f"--push, --cache-to and --cache-from need --backend oci (a backend that writes "
                 f"the image into the store); {chosen.name!r} does not"

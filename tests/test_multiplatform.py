@@ -221,3 +221,50 @@ def test_single_platform_engine_base_of_another_arch_is_refused(
     )  # fmt: skip
     assert built.returncode == 2, built.stderr
     assert "is for linux/amd64, not linux/arm64" in built.stderr
+
+
+SCRATCH_BUILD = """\
+import imagedsl as dsl
+
+src = dsl.context(".")
+native = dsl.scratch(platform="$BUILDPLATFORM").copy(src.file("note.txt"), "/note.txt")
+app = dsl.scratch().arg(dsl.TARGETARCH).copy(native.path("/note.txt"), "/note.txt").env(A="$TARGETARCH")
+dsl.targets("app")
+"""  # noqa: E501
+
+
+def test_docker_backend_builds_each_platform_and_assembles_the_index(
+    docker_engine: docker.DockerEngine,
+    registry: docker.RegistryServer,
+    cleanup: list[str],
+    tmp_path: Path,
+) -> None:
+    """BuildKit builds each platform; oci: and --push get one index; -t gets the last one."""
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "note.txt").write_text("native\n")
+    (project / "build.py").write_text(SCRATCH_BUILD)
+    store = tmp_path / "store"
+    platforms = "linux/amd64,linux/arm64"
+    layout = tmp_path / "layout"
+    ref = f"{registry.host}/mp-docker-{uuid.uuid4().hex[:8]}:1"
+    built = imagedsl(
+        "build", "--backend", "docker", "--platform", platforms,
+        "--output", f"oci:{layout}:1", "--push", ref, cwd=project, store=store,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    index = json.loads((layout / "index.json").read_bytes())
+    inner = json.loads((layout / "blobs/sha256" / index["manifests"][0]["digest"][7:]).read_bytes())
+    assert [m["platform"]["architecture"] for m in inner["manifests"]] == ["amd64", "arm64"]
+    assert built.stdout.strip() == f"{ref}@{index['manifests'][0]['digest']}"
+    name = f"imagedsl-test/mp-docker-{uuid.uuid4().hex[:8]}:1"
+    cleanup.append(name)
+    tagged = imagedsl(
+        "build", "--backend", "docker", "--platform", platforms, "-t", name,
+        cwd=project, store=store,
+    )  # fmt: skip
+    assert tagged.returncode == 0, tagged.stderr
+    arch = docker_engine.run("image", "inspect", "--format", "{{.Architecture}}", name)
+    assert arch.stdout.strip() == "arm64"  # Docker 20.10: one platform per tag, the last
+    leftovers = docker_engine.run("images", "--format", "{{.Repository}}", "imagedsl-platform-*")
+    assert leftovers.stdout.strip() == ""

@@ -202,6 +202,9 @@ class BuildRequest:
     #: False: RUN steps run without a seccomp profile (the OCI backend's ``--no-seccomp``;
     #: BuildKit always applies its own).
     seccomp: bool = True
+    #: The image will be pushed from the store (``--push``): a backend whose images live in an
+    #: engine brings a multi-platform build's images and index into the store.
+    push: bool = False
 
 
 @attrs.frozen(kw_only=True)

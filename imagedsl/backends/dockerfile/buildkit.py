@@ -91,6 +91,14 @@ class DockerfileBackend:
     def __init__(self, engine: DockerEngine | None = None) -> None:
         self._engine = engine
 
+    def engine(self, store: Store) -> DockerEngine:
+        """The engine builds go to (found once per store's engine cache, unless given)."""
+        from imagedsl.backends.engine import require_docker
+
+        if self._engine is None:
+            self._engine = require_docker(cache=store.area(StoreArea.ENGINES))
+        return self._engine
+
     def build(
         self, plan: Plan, request: BuildRequest, *, store: Store, reporter: Reporter
     ) -> BuildResult:
