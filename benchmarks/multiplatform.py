@@ -31,8 +31,8 @@ from _workload import Row, median, report, timed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.support.docker import DEBIAN_GO, ensure_debian_image, find_docker  # noqa: E402
-from tests.support.equivalence import ensure_nodev_image  # noqa: E402
+from tests.support.docker import DEBIAN_GO, ensure_debian_image, find_docker
+from tests.support.equivalence import ensure_nodev_image
 
 TARGET_RATIO = 0.6
 PLATFORMS = ("linux/amd64", "linux/arm64")

@@ -231,7 +231,6 @@ class BuildSession:
         """Apply ``imagedsl check``'s rules to the target (planned now, or ``plan``): no
         daemon, no build. See :mod:`imagedsl.check` and docs/rules.md."""
         from imagedsl.check.engine import check_plan
-
         from imagedsl.check.model import CheckReport
 
         planned = self._plan() if plan is None else plan

@@ -762,8 +762,7 @@ def platforms(*names: str, targets: Sequence[str | StageRef] = ()) -> Platforms:
     if isinstance(targets, str):
         targets = [targets]
     named = tuple(
-        t.name if isinstance(t, StageRef) else check_str("platforms", "targets", t)
-        for t in targets
+        t.name if isinstance(t, StageRef) else check_str("platforms", "targets", t) for t in targets
     )
     made = Platforms(chosen, named, caller_location())
     note_declaration(made)  # a bare call declares as an assigned one does

@@ -243,7 +243,7 @@ def _collect(
             stages=stages,
             targets=tuple(targets),
             global_args=tuple(global_args.values()),
-            platforms=_checked_platforms(shown, defaults, targets),
+            platforms=_checked_platforms(defaults, targets),
         )
     if not stages:
         raise BuildFileError(
@@ -256,7 +256,7 @@ def _collect(
         stages=stages,
         targets=(ordered[-1], *ordered[:-1]),
         global_args=tuple(global_args.values()),
-        platforms=_checked_platforms(shown, defaults, ordered),
+        platforms=_checked_platforms(defaults, ordered),
     )
 
 
@@ -273,15 +273,12 @@ def _default_platforms(
         for name in declared.targets or ("",):
             if name in found:
                 shown_name = repr(name) if name else "every target"
-                raise BuildFileError(
-                    where, f"dsl.platforms(...) declares {shown_name} twice"
-                )
+                raise BuildFileError(where, f"dsl.platforms(...) declares {shown_name} twice")
             found[name] = (declared.platforms, where)
     return found
 
 
 def _checked_platforms(
-    shown: Path,
     found: Mapping[str, tuple[tuple[str, ...], SourceLocation | None]],
     targets: Sequence[str],
 ) -> dict[str, tuple[str, ...]]:

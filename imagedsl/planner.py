@@ -159,7 +159,11 @@ class Plan:
     @property
     def target_platform(self) -> str:
         """The (first) target platform: ``TARGETPLATFORM``."""
-        return self.platforms[0] if self.platforms else self.graph.scope.globals.get("TARGETPLATFORM", DEFAULT_PLATFORM)
+        return (
+            self.platforms[0]
+            if self.platforms
+            else self.graph.scope.globals.get("TARGETPLATFORM", DEFAULT_PLATFORM)
+        )
 
     @property
     def summary(self) -> dict[str, int]:

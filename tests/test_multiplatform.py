@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import docker
-from tests.support.equivalence import ensure_nodev_image
 from tests.support.emulation import arm64_busybox, require_emulation
+from tests.support.equivalence import ensure_nodev_image
 from tests.support.skips import require_tool
 
 GO_MAIN = """\
@@ -61,7 +61,7 @@ app = (
     .run(["/bin/busybox", "sh", "-c", "/bin/busybox uname -m > /built-on"])
     .cmd(["/bin/busybox", "sh", "-c", "echo built on $(/bin/busybox cat /built-on), runs on $(/bin/busybox uname -m)"])
 )
-"""  # noqa: E501
+"""
 
 BASE_BUILD = """\
 import imagedsl as dsl
@@ -92,12 +92,12 @@ def fixture_cleanup(docker_engine: docker.DockerEngine) -> Iterator[list[str]]:
         docker_engine.run("rmi", "-f", name, check=False)
 
 
+@pytest.mark.usefixtures("run_runtime")
 def test_go_cross_compiled_index_pushed_and_pulled_per_platform(
     debian_go_image: str,
     registry: docker.RegistryServer,
     docker_engine: docker.DockerEngine,
     cleanup: list[str],
-    run_runtime: None,
     tmp_path: Path,
 ) -> None:
     """The toolchain stage is planned and built once; the index holds both platforms; docker
@@ -148,10 +148,10 @@ def test_go_cross_compiled_index_pushed_and_pulled_per_platform(
         assert ran.stdout.strip() == f"hello from linux/{arch}"
 
 
+@pytest.mark.usefixtures("run_runtime")
 def test_arm64_run_under_emulation(
     docker_engine: docker.DockerEngine,
     cleanup: list[str],
-    run_runtime: None,
     tmp_path: Path,
 ) -> None:
     """A RUN of an arm64 image runs under qemu (binfmt_misc, flag F); docker runs the image."""
@@ -230,7 +230,7 @@ src = dsl.context(".")
 native = dsl.scratch(platform="$BUILDPLATFORM").copy(src.file("note.txt"), "/note.txt")
 app = dsl.scratch().arg(dsl.TARGETARCH).copy(native.path("/note.txt"), "/note.txt").env(A="$TARGETARCH")
 dsl.targets("app")
-"""  # noqa: E501
+"""
 
 
 def test_docker_backend_builds_each_platform_and_assembles_the_index(

@@ -141,9 +141,7 @@ def test_build_file_declares_default_platforms(tmp_path: Path) -> None:
     session = BuildSession(tmp_path / "build.py", store=tmp_path / "s")
     assert session.platforms == ("linux/amd64", "linux/arm64")
     assert session.buildfile.default_platforms("tools") == ()
-    assert BuildSession(tmp_path / "build.py", platform="linux/arm64").platforms == (
-        "linux/arm64",
-    )
+    assert BuildSession(tmp_path / "build.py", platform="linux/arm64").platforms == ("linux/arm64",)
 
 
 @pytest.mark.parametrize(

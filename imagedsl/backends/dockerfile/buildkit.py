@@ -27,7 +27,7 @@ import re
 import signal
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -177,7 +177,6 @@ class DockerfileBackend:
             image=image,
             digest=image_id,
         )
-
 
     def build_platforms(
         self,

@@ -131,7 +131,9 @@ def check_base_platform(wanted: WantedBase, base: BaseImage) -> None:
     if not isinstance(os_name, str) or not isinstance(architecture, str):
         return
     variant = base.config.get("variant")
-    found = Platform(os_name, architecture, variant if isinstance(variant, str) and variant else None)
+    found = Platform(
+        os_name, architecture, variant if isinstance(variant, str) and variant else None
+    )
     if not Platform.parse(wanted.platform).matches(found):
         raise BasePlatformError(wanted.shown, wanted.platform, str(found))
 

@@ -168,7 +168,9 @@ def _index_entry(image: BuiltImage | BuiltIndex, tag: str | None) -> dict[str, A
     return entry
 
 
-def write_layout(directory: Path, image: BuiltImage | BuiltIndex, tags: Sequence[str], blobs: BlobStore) -> None:
+def write_layout(
+    directory: Path, image: BuiltImage | BuiltIndex, tags: Sequence[str], blobs: BlobStore
+) -> None:
     """Add ``image`` to an OCI layout directory (made if missing) under ``tags``.
 
     Blobs go in first (each a verified copy put atomically under its name), ``index.json``

@@ -132,7 +132,8 @@ def write_index(
     if output is None:
         return index.manifest_digest
     names = [check_tag(name, "-t") for name in names]
-    assert output.path is not None and output.kind not in SINGLE_PLATFORM_OUTPUTS
+    assert output.path is not None
+    assert output.kind not in SINGLE_PLATFORM_OUTPUTS
     if output.kind == "oci":
         write_layout(Path(output.path), index, names, blobs)
     else:
