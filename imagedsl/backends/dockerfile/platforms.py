@@ -25,7 +25,7 @@ import attrs
 
 from imagedsl.backends import BuildRequest, BuildRequestError, BuildResult
 from imagedsl.backends.oci.outputs import BuiltImage, Output
-from imagedsl.backends.oci.platforms import make_index, write_index
+from imagedsl.backends.oci.platforms import PlatformSteps, make_index, write_index
 from imagedsl.oci.blobs import BlobStore
 from imagedsl.oci.descriptor import Descriptor
 from imagedsl.oci.layout import import_docker_archive
@@ -63,8 +63,7 @@ def build_platforms(
     engine = backend.engine(store)
     blobs = BlobStore(store)
     images: list[BuiltImage] = []
-    built: dict[str, None] = {}
-    cached: dict[str, None] = {}
+    steps = PlatformSteps()
     scratch_root = store.area(StoreArea.TMP)
     scratch_root.mkdir(parents=True, exist_ok=True)
     for name in platforms:
@@ -91,13 +90,12 @@ def build_platforms(
                 layers=base.layers,
             )
         )
-        built.update(dict.fromkeys(one.built))
-        cached.update(dict.fromkeys(one.cached))
+        steps.add(name, one)
     index = make_index(images, blobs)
     where = write_index(index, output, request.tags, blobs, epoch=0)
     return BuildResult(
-        built=tuple(built),
-        cached=tuple(c for c in cached if c not in built),
+        built=tuple(steps.built),
+        cached=tuple(steps.cached),
         image=where,
         digest=index.manifest_digest,
         manifest=Descriptor(
@@ -115,15 +113,11 @@ def _into_engine(
     reporter: Reporter,
 ) -> BuildResult:
     """Each platform built into the engine under the tags; the last one keeps them."""
-    built: dict[str, None] = {}
-    cached: dict[str, None] = {}
+    steps = PlatformSteps()
     result = BuildResult()
     for name in platforms:
         result = backend.build(
             plan_for(name), attrs.evolve(request, platform=name), store=store, reporter=reporter
         )
-        built.update(dict.fromkeys(result.built))
-        cached.update(dict.fromkeys(result.cached))
-    return attrs.evolve(
-        result, built=tuple(built), cached=tuple(c for c in cached if c not in built)
-    )
+        steps.add(name, result)
+    return attrs.evolve(result, built=tuple(steps.built), cached=tuple(steps.cached))

@@ -55,6 +55,26 @@ def check_platform_output(output: str | None, platforms: Sequence[str]) -> Outpu
     return parsed
 
 
+@attrs.define
+class PlatformSteps:
+    """What a multi-platform build built and found cached, each step once: a label gets its
+    platform (``app[1] (linux/arm64)``); a step cached on one platform because an earlier one
+    built it (a shared native step) counts as built only."""
+
+    built: dict[str, None] = attrs.field(factory=dict)
+    cached: dict[str, None] = attrs.field(factory=dict)
+    _bare_built: set[str] = attrs.field(factory=set)
+
+    def add(self, platform: str, result: BuildResult) -> None:
+        """One platform's result."""
+        for label in result.built:
+            self.built[f"{label} ({platform})"] = None
+        for label in result.cached:
+            if label not in self._bare_built:
+                self.cached[f"{label} ({platform})"] = None
+        self._bare_built.update(result.built)
+
+
 def image_platform(image: BuiltImage, blobs: BlobStore) -> Platform:
     """The platform an image's config says it is for (what its index entry carries)."""
     config = json.loads(blobs.read(image.config_digest))
@@ -96,8 +116,7 @@ def build_platforms(
     output = check_platform_output(request.output, platforms)
     blobs = BlobStore(store)
     images: list[BuiltImage] = []
-    built: dict[str, None] = {}
-    cached: dict[str, None] = {}
+    steps = PlatformSteps()
     layer_cache: dict[tuple[str, Path], None] = {}
     for name in platforms:
         one = backend.build_image(
@@ -107,14 +126,13 @@ def build_platforms(
             reporter=reporter,
         )
         images.append(one.image)
-        built.update(dict.fromkeys(one.result.built))
-        cached.update(dict.fromkeys(one.result.cached))
+        steps.add(name, one.result)
         layer_cache.update(dict.fromkeys(one.result.layer_cache))
     index = make_index(images, blobs)
     where = write_index(index, output, request.tags, blobs, epoch=backend.epoch)
     return BuildResult(
-        built=tuple(built),
-        cached=tuple(c for c in cached if c not in built),
+        built=tuple(steps.built),
+        cached=tuple(steps.cached),
         image=where,
         digest=index.manifest_digest,
         manifest=Descriptor(

@@ -19,6 +19,9 @@ from imagedsl.oci.platform import Platform
 
 BINFMT_MISC: Final = Path("/proc/sys/fs/binfmt_misc")
 
+#: Debian's binfmt-P wrappers exec QEMU by path: inside a container's root it is not there.
+_WRAPPERS: Final = ("/usr/libexec/qemu-binfmt/",)
+
 #: Image architecture -> the name QEMU (and its binfmt_misc handler) gives it.
 QEMU_NAMES: Final = {
     "amd64": "x86_64",
@@ -63,6 +66,11 @@ def emulation_problem(
         name_part, _, value = line.partition(" ")
         fields[name_part] = value
     interpreter = fields.get("interpreter", "").strip()
+    if interpreter.startswith(_WRAPPERS):
+        return (
+            f"the binfmt_misc handler qemu-{name} runs Debian's wrapper {interpreter}, which "
+            f"looks qemu-{name}-static up inside the container's root"
+        )
     if "F" not in fields.get("flags:", ""):
         return (
             f"the binfmt_misc handler qemu-{name} lacks flag F (its interpreter {interpreter} "
