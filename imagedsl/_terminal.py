@@ -99,6 +99,9 @@ class TerminalReporter(Reporter):
     def bases_pinned(self, count: int, lock_path: str) -> None:
         self._line(f"pinned {count} base image(s) in {display_path(Path(lock_path))}")
 
+    def platform_started(self, platform: str, number: int, count: int) -> None:
+        self._line(f"platform {platform} ({number}/{count})")
+
 
 def format_plan(plan: Plan, buildfile: str, findings: Sequence[Finding] = ()) -> str:
     """The human table: one row per step, reasons indented under misses, and ``findings``

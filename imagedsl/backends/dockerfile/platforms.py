@@ -66,7 +66,8 @@ def build_platforms(
     steps = PlatformSteps()
     scratch_root = store.area(StoreArea.TMP)
     scratch_root.mkdir(parents=True, exist_ok=True)
-    for name in platforms:
+    for number, name in enumerate(platforms, 1):
+        reporter.platform_started(name, number, len(platforms))
         temporary = f"imagedsl-platform-{uuid.uuid4().hex[:12]}:{name.replace('/', '-')}"
         one = backend.build(
             plan_for(name),
@@ -115,7 +116,8 @@ def _into_engine(
     """Each platform built into the engine under the tags; the last one keeps them."""
     steps = PlatformSteps()
     result = BuildResult()
-    for name in platforms:
+    for number, name in enumerate(platforms, 1):
+        reporter.platform_started(name, number, len(platforms))
         result = backend.build(
             plan_for(name), attrs.evolve(request, platform=name), store=store, reporter=reporter
         )

@@ -118,7 +118,8 @@ def build_platforms(
     images: list[BuiltImage] = []
     steps = PlatformSteps()
     layer_cache: dict[tuple[str, Path], None] = {}
-    for name in platforms:
+    for number, name in enumerate(platforms, 1):
+        reporter.platform_started(name, number, len(platforms))
         one = backend.build_image(
             plan_for(name),
             attrs.evolve(request, output=None, platform=name),
