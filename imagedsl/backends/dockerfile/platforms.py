@@ -69,8 +69,9 @@ def build_platforms(
     for number, name in enumerate(platforms, 1):
         reporter.platform_started(name, number, len(platforms))
         temporary = f"imagedsl-platform-{uuid.uuid4().hex[:12]}:{name.replace('/', '-')}"
+        planned = plan_for(name)
         one = backend.build(
-            plan_for(name),
+            planned,
             attrs.evolve(request, output=None, tags=(temporary,), platform=name, push=False),
             store=store,
             reporter=reporter,
@@ -91,7 +92,7 @@ def build_platforms(
                 layers=base.layers,
             )
         )
-        steps.add(name, one)
+        steps.add(planned, one)
     index = make_index(images, blobs)
     where = write_index(index, output, request.tags, blobs, epoch=0)
     return BuildResult(
@@ -118,8 +119,9 @@ def _into_engine(
     result = BuildResult()
     for number, name in enumerate(platforms, 1):
         reporter.platform_started(name, number, len(platforms))
+        planned = plan_for(name)
         result = backend.build(
-            plan_for(name), attrs.evolve(request, platform=name), store=store, reporter=reporter
+            planned, attrs.evolve(request, platform=name), store=store, reporter=reporter
         )
-        steps.add(name, result)
+        steps.add(planned, result)
     return attrs.evolve(result, built=tuple(steps.built), cached=tuple(steps.cached))

@@ -57,22 +57,26 @@ def check_platform_output(output: str | None, platforms: Sequence[str]) -> Outpu
 
 @attrs.define
 class PlatformSteps:
-    """What a multi-platform build built and found cached, each step once: a label gets its
-    platform (``app[1] (linux/arm64)``); a step cached on one platform because an earlier one
-    built it (a shared native step) counts as built only."""
+    """What a multi-platform build built and found cached, each step once: a label gets the
+    platform of its step (``app[1] ... (linux/arm64)``; a native stage's, the build
+    platform's), so a step every platform shares is named once, as built if any built it."""
 
     built: dict[str, None] = attrs.field(factory=dict)
     cached: dict[str, None] = attrs.field(factory=dict)
-    _bare_built: set[str] = attrs.field(factory=set)
 
-    def add(self, platform: str, result: BuildResult) -> None:
-        """One platform's result."""
+    def add(self, plan: Plan, result: BuildResult) -> None:
+        """One platform's plan and result."""
+        platforms = {f"{s.stage}[{s.index}]": s.platform for s in plan.steps}
+
+        def named(label: str) -> str:
+            return f"{label} ({platforms.get(label.partition(' ')[0], plan.target_platform)})"
+
         for label in result.built:
-            self.built[f"{label} ({platform})"] = None
+            self.built[named(label)] = None
+            self.cached.pop(named(label), None)
         for label in result.cached:
-            if label not in self._bare_built:
-                self.cached[f"{label} ({platform})"] = None
-        self._bare_built.update(result.built)
+            if named(label) not in self.built:
+                self.cached[named(label)] = None
 
 
 def image_platform(image: BuiltImage, blobs: BlobStore) -> Platform:
@@ -120,14 +124,15 @@ def build_platforms(
     layer_cache: dict[tuple[str, Path], None] = {}
     for number, name in enumerate(platforms, 1):
         reporter.platform_started(name, number, len(platforms))
+        planned = plan_for(name)
         one = backend.build_image(
-            plan_for(name),
+            planned,
             attrs.evolve(request, output=None, platform=name),
             store=store,
             reporter=reporter,
         )
         images.append(one.image)
-        steps.add(name, one.result)
+        steps.add(planned, one.result)
         layer_cache.update(dict.fromkeys(one.result.layer_cache))
     index = make_index(images, blobs)
     where = write_index(index, output, request.tags, blobs, epoch=backend.epoch)
