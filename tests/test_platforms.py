@@ -324,3 +324,28 @@ def _write(root: Path, body: str) -> Path:
     path = root / "build.py"
     path.write_text("import imagedsl as dsl\n" + body)
     return path
+
+
+def test_lower_and_check_take_a_list(project: Path, tmp_path: Path) -> None:
+    """One Dockerfile serves every platform; check reports against the union's rows."""
+    session = BuildSession(
+        project / "build.py", platform="linux/amd64,linux/arm64", store=tmp_path / "s"
+    )
+    text = session.lower()
+    assert "FROM --platform=$BUILDPLATFORM scratch AS tools" in text
+    plan = session.plan()
+    report = session.check(plan)
+    assert all(0 <= f.row < len(plan.steps) for f in report.findings)
+
+
+def test_cli_refuses_a_list_for_docker_archive(project: Path, tmp_path: Path) -> None:
+    """``--output docker-archive:`` with two platforms: exit 2 before anything is built."""
+    result = subprocess.run(
+        [sys.executable, "-m", "imagedsl", "build", str(project / "build.py"), "--backend", "oci",
+         "--platform", "linux/amd64,linux/arm64", "--store", str(tmp_path / "s"),
+         "--output", f"docker-archive:{tmp_path / 'x.tar'}"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "one platform per image name" in result.stderr
+    assert not (tmp_path / "x.tar").exists()
