@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "memory": [],
     "run_oci": [],
     "registry_push": [],
+    "multiplatform": [],
 }
 
 

@@ -258,4 +258,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help="override an ARG (repeatable)",
     )
-    parser.add_argument("--platform", metavar="OS/ARCH", help="target platform (linux/amd64)")
+    parser.add_argument(
+        "--platform",
+        metavar="OS/ARCH[,...]",
+        help="target platform, or a comma-separated list (linux/amd64,linux/arm64): one image "
+        "index (default: the build file's dsl.platforms, else this machine's)",
+    )

@@ -99,11 +99,17 @@ class TerminalReporter(Reporter):
     def bases_pinned(self, count: int, lock_path: str) -> None:
         self._line(f"pinned {count} base image(s) in {display_path(Path(lock_path))}")
 
+    def platform_started(self, platform: str, number: int, count: int) -> None:
+        self._line(f"platform {platform} ({number}/{count})")
+
 
 def format_plan(plan: Plan, buildfile: str, findings: Sequence[Finding] = ()) -> str:
     """The human table: one row per step, reasons indented under misses, and ``findings``
-    (``imagedsl check``'s errors) one line each under the steps they concern."""
-    rows = [("WAVE", "STEP", "STATUS", "KEY", "INSTRUCTION")]
+    (``imagedsl check``'s errors) one line each under the steps they concern. A plan of
+    several platforms gets a PLATFORM column (a shared step is one row, on its platform)."""
+    several = len(plan.platforms) > 1
+    header = ("WAVE", "STEP", "STATUS", "KEY", *(("PLATFORM",) if several else ()))
+    rows = [(*header, "INSTRUCTION")]
     details: dict[int, list[str]] = {}
     for i, step in enumerate(plan.steps):
         rows.append(
@@ -112,19 +118,22 @@ def format_plan(plan: Plan, buildfile: str, findings: Sequence[Finding] = ()) ->
                 f"{step.stage}[{step.index}]",
                 step.status.value,
                 step.key[:12],
+                *((step.platform,) if several else ()),
                 _truncate(step.instruction, 72),
             )
         )
         details[i + 1] = [*step.reasons, *(f"note: {n}" for n in step.notes)]
     for finding in findings:
         details[finding.row + 1].append(f"{finding.severity} {finding.rule}: {finding.summary}")
-    widths = [max(len(row[c]) for row in rows) for c in range(4)]
-    lines = [f"plan for {buildfile}:{plan.target}"]
+    columns = len(header)
+    widths = [max(len(row[c]) for row in rows) for c in range(columns)]
+    title = f"plan for {buildfile}:{plan.target}"
+    lines = [title + (f" ({', '.join(plan.platforms)})" if several else "")]
     for i, row in enumerate(rows):
-        cells = [row[c].ljust(widths[c]) for c in range(4)]
-        lines.append("  ".join([*cells, row[4]]).rstrip())
+        cells = [row[c].ljust(widths[c]) for c in range(columns)]
+        lines.append("  ".join([*cells, row[columns]]).rstrip())
         for reason in details.get(i, []):
-            lines.append(" " * (sum(widths) + 8) + f"- {reason}")
+            lines.append(" " * (sum(widths) + 2 * columns) + f"- {reason}")
     summary = plan.summary
     lines.append(
         f"{summary['hit']} hit, {summary['miss']} miss, {summary['maybe']} maybe, "

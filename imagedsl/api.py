@@ -51,6 +51,7 @@ from imagedsl.planner import (
     record_copy_output,
     record_step,
     settle,
+    union_plans,
 )
 from imagedsl.reporting import Reporter
 from imagedsl.store import Record, Store, StoreWarning, default_store_path
@@ -84,6 +85,7 @@ __all__ = [
     "inspect_image",
     "load_buildfile",
     "open_store",
+    "parse_platforms",
     "plan",
     "prune_store",
     "push_image",
@@ -94,6 +96,20 @@ __all__ = [
     "verify_store",
     "write_html",
 ]
+
+
+def parse_platforms(value: str | Sequence[str]) -> tuple[str, ...]:
+    """``--platform``: one platform or a comma-separated list (or a sequence of either), each
+    validated and normalised as BuildKit's are (``linux/aarch64`` is ``linux/arm64``), each
+    once; :class:`~imagedsl.errors.PlatformError` (exit 2) names a value that is none."""
+    from imagedsl.errors import PlatformError
+    from imagedsl.oci.platform import canonical_platforms
+
+    try:
+        return canonical_platforms(value)
+    except ValueError as error:
+        shown = value if isinstance(value, str) else ",".join(value)
+        raise PlatformError(shown, str(error)) from None
 
 
 def open_store(path: str | os.PathLike[str] | None = None) -> Store:
@@ -153,7 +169,7 @@ class BuildSession:
         target: str | None = None,
         *,
         build_args: Mapping[str, str] | None = None,
-        platform: str | None = None,
+        platform: str | Sequence[str] | None = None,
         store: Store | str | os.PathLike[str] | None = None,
         reporter: Reporter | None = None,
         insecure: bool = False,
@@ -168,7 +184,15 @@ class BuildSession:
             target = target or named
         self.target = self.buildfile.target(target)
         self.build_args: Mapping[str, str] = dict(build_args or {})
-        self.platform = platform
+        #: The target platforms: ``platform`` (one, a comma-separated list, or a sequence),
+        #: else the build file's ``dsl.platforms`` for the target; empty: this machine's.
+        self.platforms = (
+            parse_platforms(platform)
+            if platform is not None
+            else self.buildfile.default_platforms(self.target)
+        )
+        #: The one target platform, when the session has one (None: several, or the default).
+        self.platform = self.platforms[0] if len(self.platforms) == 1 else None
         self.store = store if isinstance(store, Store) else open_store(store)
         self.reporter = reporter or Reporter()
         self.insecure = insecure
@@ -188,11 +212,16 @@ class BuildSession:
         return _note_remote_hits(planned, added) if added else planned
 
     def _plan(self) -> Plan:
+        if len(self.platforms) <= 1:
+            return self._plan_for(self.platform)
+        return union_plans([(name, self._plan_for(name)) for name in self.platforms])
+
+    def _plan_for(self, platform: str | None) -> Plan:
         return self.buildfile.plan(
             self.target,
             store=self.store,
             build_args=self.build_args,
-            platform=self.platform,
+            platform=platform,
             reporter=self.reporter,
         )
 
@@ -202,9 +231,19 @@ class BuildSession:
         """Apply ``imagedsl check``'s rules to the target (planned now, or ``plan``): no
         daemon, no build. See :mod:`imagedsl.check` and docs/rules.md."""
         from imagedsl.check.engine import check_plan
+        from imagedsl.check.model import CheckReport
 
         planned = self._plan() if plan is None else plan
-        return check_plan(planned, store=self.store, build_args=self.build_args)
+        if not planned.per_platform:
+            return check_plan(planned, store=self.store, build_args=self.build_args)
+        rows = {step.key: row for row, step in enumerate(planned.steps)}
+        findings = []
+        for _, single in planned.platform_plans():
+            report = check_plan(single, store=self.store, build_args=self.build_args)
+            findings += [
+                attrs.evolve(f, row=rows[single.steps[f.row].key]) for f in report.findings
+            ]
+        return CheckReport.of(planned.buildfile, planned.target, findings)
 
     def resolve_bases(self) -> LockFile:
         """Pin every registry or ``docker-daemon:`` base the build file leaves unpinned, in the
@@ -309,13 +348,15 @@ class BuildSession:
             progress=progress,
             allow=self.allow,
             seccomp=seccomp,
+            push=bool(push),
         )
         if not (push or cache_to or cache_from):
             planned = self._plan()
             check_entitlements(planned, self.allow)
-            result = chosen.build(planned, request, store=self.store, reporter=self.reporter)
-            return BuildOutcome(result=result)
-        if not chosen.layer_media_types:
+            return BuildOutcome(result=self._run_backend(chosen, planned, request))
+        # A multi-platform docker build brings its images and index into the store to push.
+        from_store = bool(push) and len(self.platforms) > 1 and not (cache_to or cache_from)
+        if not chosen.layer_media_types and not from_store:
             raise BuildRequestError(
                 f"--push, --cache-to and --cache-from need --backend oci (a backend that writes "
                 f"the image into the store); {chosen.name!r} does not"
@@ -350,7 +391,7 @@ class BuildSession:
                         hits,
                         media_types=backend.layer_media_types,
                     )
-            result = backend.build(planned, request, store=self.store, reporter=self.reporter)
+            result = self._run_backend(backend, planned, request)
             if push:
                 if result.manifest is None:  # pragma: no cover - layer_media_types promised one
                     raise BuildRequestError(f"backend {backend.name!r} made no image to push")
@@ -379,6 +420,21 @@ class BuildSession:
                 self.reporter.cache_exported(exported, len(bundle.records), len(bundle.blobs))
         return BuildOutcome(result=result, pushed=tuple(pushed), cache_exported_to=exported)
 
+    def _run_backend(self, backend: Backend, planned: Plan, request: BuildRequest) -> BuildResult:
+        """One platform: ``planned`` built. Several: each platform planned again when its turn
+        comes (what the platforms before it built is then a hit), and one image index."""
+        if not planned.per_platform:
+            return backend.build(planned, request, store=self.store, reporter=self.reporter)
+        first = planned.per_platform[0]
+
+        def plan_for(name: str) -> Plan:
+            # The first platform was just planned; the others see what it built.
+            return first if name == self.platforms[0] else self._plan_for(name)
+
+        return backend.build_platforms(
+            plan_for, self.platforms, request, store=self.store, reporter=self.reporter
+        )
+
     # -- lower ---------------------------------------------------------------------------------
 
     def lower(self, output_dir: str | os.PathLike[str] | None = None) -> str:
@@ -386,7 +442,9 @@ class BuildSession:
         exactly the context it needs."""
         from imagedsl.backends.dockerfile import lowering
 
-        planned = self._plan()
+        # One Dockerfile serves every platform (its FROM --platform lines say which stages are
+        # native): the first platform's plan lowers it.
+        planned = self._plan().platform_plans()[0][1]
         if output_dir is not None:
             lowering.write_build_dir(planned, Path(output_dir))
         return lowering.lower_to_dockerfile(planned).text

@@ -43,6 +43,7 @@ from imagedsl.buildstate import AUTOMATIC_ARGS
 from imagedsl.check.catalogue import ALLOWABLE
 from imagedsl.context import Context, ContextSource, make_context
 from imagedsl.errors import ImageDSLError, StepArgumentError
+from imagedsl.oci.platform import canonical_platforms
 from imagedsl.oci.reference import parse_reference
 from imagedsl.steps import (
     NETWORK_MODES,
@@ -733,6 +734,38 @@ def targets(*stages: str | StageRef, **named: Stage) -> Targets:
         raise StepArgumentError("targets", "stages", f"names a target twice: {duplicates}")
     made = Targets(tuple(declared), caller_location())
     note_declaration(made)  # a bare dsl.targets(...) call counts too
+    return made
+
+
+@attrs.frozen
+class Platforms:
+    """What ``dsl.platforms(...)`` declares: the platforms a build makes when ``--platform``
+    is not given, for the targets named (empty: every target)."""
+
+    platforms: tuple[str, ...]
+    targets: tuple[str, ...] = ()
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@_located
+def platforms(*names: str, targets: Sequence[str | StageRef] = ()) -> Platforms:
+    """Declare default target platforms: ``dsl.platforms("linux/amd64", "linux/arm64")``
+    builds both (one image index) unless ``--platform`` says otherwise; ``targets=["app"]``
+    limits the default to those targets. Platforms are checked and normalised as BuildKit's
+    ``--platform`` is (``linux/aarch64`` is ``linux/arm64``); one declaration per target."""
+    if not names:
+        raise StepArgumentError("platforms", "platforms", "must name at least one platform")
+    try:
+        chosen = canonical_platforms([check_str("platforms", "platforms", n) for n in names])
+    except ValueError as error:
+        raise StepArgumentError("platforms", "platforms", str(error)) from None
+    if isinstance(targets, str):
+        targets = [targets]
+    named = tuple(
+        t.name if isinstance(t, StageRef) else check_str("platforms", "targets", t) for t in targets
+    )
+    made = Platforms(chosen, named, caller_location())
+    note_declaration(made)  # a bare call declares as an assigned one does
     return made
 
 

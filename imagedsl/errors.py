@@ -92,6 +92,17 @@ class StepArgumentError(InputError, TypeError):
 
 
 @attrs.define
+class PlatformError(InputError):
+    """``--platform`` (or ``platform=``) is not a platform or a comma-separated list of them."""
+
+    value: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"--platform {self.value!r}: {self.problem}"
+
+
+@attrs.define
 class BuildFileError(InputError):
     """A build file could not be loaded: syntax error, exception, or nothing to build."""
 

@@ -25,7 +25,7 @@ import blake3
 
 from imagedsl._declarations import collecting
 from imagedsl.buildstate import AUTOMATIC_ARGS
-from imagedsl.dsl import GlobalArg, Stage, StageRef, Targets
+from imagedsl.dsl import GlobalArg, Platforms, Stage, StageRef, Targets
 from imagedsl.errors import BuildFileError, ImageDSLError, SourceLocation, UnknownTargetError
 
 if TYPE_CHECKING:
@@ -48,6 +48,14 @@ class BuildFile:
     targets: tuple[str, ...]
     #: The global ARGs (``dsl.arg`` at module level), in file order.
     global_args: tuple[GlobalArg, ...] = ()
+    #: ``dsl.platforms(...)``: target -> its default platforms ("" for every target).
+    platforms: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
+
+    def default_platforms(self, target: str | None = None) -> tuple[str, ...]:
+        """The platforms ``dsl.platforms`` declares for ``target`` (empty: none declared,
+        the build's platform is this machine's)."""
+        name = self.target(target)
+        return self.platforms.get(name) or self.platforms.get("", ())
 
     @property
     def default_target(self) -> str:
@@ -207,6 +215,7 @@ def _collect(
             stages[name] = value
         elif isinstance(value, Targets):
             declared.append(value)
+    defaults = _default_platforms(shown, made)
     # A bare dsl.targets(...) call declares targets too (it used to be ignored).
     declared += [t for t in made if isinstance(t, Targets) and all(t is not d for d in declared)]
     declared.sort(key=lambda t: 0 if t.location is None else t.location.line)
@@ -234,6 +243,7 @@ def _collect(
             stages=stages,
             targets=tuple(targets),
             global_args=tuple(global_args.values()),
+            platforms=_checked_platforms(defaults, targets),
         )
     if not stages:
         raise BuildFileError(
@@ -246,4 +256,37 @@ def _collect(
         stages=stages,
         targets=(ordered[-1], *ordered[:-1]),
         global_args=tuple(global_args.values()),
+        platforms=_checked_platforms(defaults, ordered),
     )
+
+
+def _default_platforms(
+    shown: Path, made: Sequence[object]
+) -> dict[str, tuple[tuple[str, ...], SourceLocation | None]]:
+    """``dsl.platforms(...)`` declarations: target ("" for all) -> platforms, where declared.
+    A target declared twice is refused."""
+    found: dict[str, tuple[tuple[str, ...], SourceLocation | None]] = {}
+    for declared in made:
+        if not isinstance(declared, Platforms):
+            continue
+        where = declared.location and SourceLocation(str(shown), declared.location.line)
+        for name in declared.targets or ("",):
+            if name in found:
+                shown_name = repr(name) if name else "every target"
+                raise BuildFileError(where, f"dsl.platforms(...) declares {shown_name} twice")
+            found[name] = (declared.platforms, where)
+    return found
+
+
+def _checked_platforms(
+    found: Mapping[str, tuple[tuple[str, ...], SourceLocation | None]],
+    targets: Sequence[str],
+) -> dict[str, tuple[str, ...]]:
+    for name, (_, where) in found.items():
+        if name and name not in targets:
+            raise BuildFileError(
+                where,
+                f"dsl.platforms(targets=...) names {name!r}, which is not a target; "
+                f"targets: {', '.join(targets)}",
+            )
+    return {name: platforms for name, (platforms, _) in found.items()}

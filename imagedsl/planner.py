@@ -99,6 +99,12 @@ class PlannedStep:
         return self.node.location
 
     @property
+    def platform(self) -> str:
+        """The platform the step is built for: its stage's (``$BUILDPLATFORM`` for a native
+        stage, else the target platform)."""
+        return self.node.state.platform
+
+    @property
     def bytes(self) -> int | None:
         """Bytes of context files the step reads, when known before building."""
         if not self.node.trees:
@@ -125,6 +131,7 @@ class PlannedStep:
             else {"file": location.file, "line": location.line},
             "depends_on": list(self.node.deps),
             "layer": self.node.part,
+            "platform": self.platform,
         }
 
 
@@ -136,6 +143,27 @@ class Plan:
     target: str
     steps: tuple[PlannedStep, ...]
     graph: BuildGraph = attrs.field(repr=False)
+    #: The target platforms, when several were planned together (:func:`union_plans`): the
+    #: steps are then every platform's, each once by key, and ``graph`` the first platform's.
+    platforms: tuple[str, ...] = ()
+    #: One plan per platform of ``platforms``, in order (what backends build).
+    per_platform: tuple[Plan, ...] = attrs.field(default=(), eq=False, repr=False)
+
+    def platform_plans(self) -> tuple[tuple[str, Plan], ...]:
+        """(target platform, its plan) for each platform planned; a plan of one platform is
+        its own."""
+        if self.per_platform:
+            return tuple(zip(self.platforms, self.per_platform, strict=True))
+        return ((self.target_platform, self),)
+
+    @property
+    def target_platform(self) -> str:
+        """The (first) target platform: ``TARGETPLATFORM``."""
+        return (
+            self.platforms[0]
+            if self.platforms
+            else self.graph.scope.globals.get("TARGETPLATFORM", DEFAULT_PLATFORM)
+        )
 
     @property
     def summary(self) -> dict[str, int]:
@@ -151,6 +179,7 @@ class Plan:
             "schema": PLAN_SCHEMA,
             "buildfile": self.buildfile,
             "target": self.target,
+            "platforms": list(self.platforms) or [self.target_platform],
             "steps": [step.to_json() for step in self.steps],
             "summary": self.summary,
         }
@@ -229,6 +258,48 @@ def plan(
     hasher.save()
     steps = _statuses(graph, store)
     return Plan(buildfile=buildfile, target=target, steps=steps, graph=graph)
+
+
+def union_plans(plans: Sequence[tuple[str, Plan]]) -> Plan:
+    """Several target platforms' plans as one: every step once by key, in the order the
+    platforms were given (a step shared by all, such as one of a ``$BUILDPLATFORM`` stage,
+    is shown once; a step that differs per platform is shown once per platform). Indices,
+    parents, sources and dependencies are renumbered into the union."""
+    if not plans:
+        raise ValueError("no plans to unite")
+    first = plans[0][1]
+    if len(plans) == 1:
+        return first
+    steps: list[PlannedStep] = []
+    seen: dict[str, int] = {}
+    for _, planned in plans:
+        remap: dict[int, int] = {}
+        added: dict[str, int] = {}
+        for step in planned.steps:
+            node = step.node
+            if node.key in seen:  # an earlier platform's step: shown once
+                remap[node.index] = seen[node.key]
+                continue
+            index = len(steps)
+            remap[node.index] = index
+            added.setdefault(node.key, index)
+            moved = attrs.evolve(
+                node,
+                index=index,
+                parent=None if node.parent is None else remap[node.parent],
+                sources=tuple(remap[i] for i in node.sources),
+                deps=tuple(remap[i] for i in node.deps),
+            )
+            steps.append(attrs.evolve(step, node=moved))
+        seen.update(added)
+    return Plan(
+        buildfile=first.buildfile,
+        target=first.target,
+        steps=tuple(steps),
+        graph=first.graph,
+        platforms=tuple(name for name, _ in plans),
+        per_platform=tuple(planned for _, planned in plans),
+    )
 
 
 def _platform_option(name: str, text: str | None) -> str:

@@ -54,3 +54,6 @@ class Reporter:
 
     def bases_pinned(self, count: int, lock_path: str) -> None:
         """``count`` base images are pinned in the lock file at ``lock_path``."""
+
+    def platform_started(self, platform: str, number: int, count: int) -> None:
+        """A multi-platform build starts its ``number``-th platform of ``count``."""

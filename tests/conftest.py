@@ -37,6 +37,7 @@ _DOCKER_FIXTURES = frozenset(
         "debian_python_image",
         "debian_node_image",
         "debian_gcc_image",
+        "debian_go_image",
     }
 )
 
@@ -91,6 +92,12 @@ def fixture_debian_node_image(docker_engine: docker.DockerEngine) -> str:
 def fixture_debian_gcc_image(docker_engine: docker.DockerEngine) -> str:
     """A Debian bookworm minbase with gcc and libc6-dev (stands in for gcc:13)."""
     return _debian_image(docker_engine, docker.DEBIAN_GCC)
+
+
+@pytest.fixture(name="debian_go_image", scope="session")
+def fixture_debian_go_image(docker_engine: docker.DockerEngine) -> str:
+    """A Debian bookworm minbase with golang-go (cross-compiles with CGO_ENABLED=0)."""
+    return _debian_image(docker_engine, docker.DEBIAN_GO)
 
 
 @pytest.fixture(name="run_runtime")

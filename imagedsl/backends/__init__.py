@@ -202,6 +202,9 @@ class BuildRequest:
     #: False: RUN steps run without a seccomp profile (the OCI backend's ``--no-seccomp``;
     #: BuildKit always applies its own).
     seccomp: bool = True
+    #: The image will be pushed from the store (``--push``): a backend whose images live in an
+    #: engine brings a multi-platform build's images and index into the store.
+    push: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -237,6 +240,19 @@ class Backend(Protocol):
         self, plan: Plan, request: BuildRequest, *, store: Store, reporter: Reporter
     ) -> BuildResult:
         """Build ``plan``'s target and record what was built."""
+        ...
+
+    def build_platforms(
+        self,
+        plan_for: Callable[[str], Plan],
+        platforms: Sequence[str],
+        request: BuildRequest,
+        *,
+        store: Store,
+        reporter: Reporter,
+    ) -> BuildResult:
+        """Build the target for each of ``platforms`` (each planned by ``plan_for`` when its
+        turn comes, so steps the platforms share are built once) as one image index."""
         ...
 
 

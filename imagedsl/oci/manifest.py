@@ -123,3 +123,13 @@ def manifest_document(
     if annotations:
         document["annotations"] = dict(annotations)
     return canonical_json(document)
+
+
+def index_document(manifests: Sequence[Descriptor]) -> bytes:
+    """An OCI image index of ``manifests`` (each with its platform), in the order given."""
+    document: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [m.to_json() for m in manifests],
+    }
+    return canonical_json(document)

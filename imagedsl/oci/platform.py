@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Final
 
 import attrs
@@ -60,6 +61,24 @@ def canonical_platform(text: str) -> str:
     if arch == "arm" and not variant:
         variant = "v7"
     return f"{os_name}/{arch}/{variant}" if variant else f"{os_name}/{arch}"
+
+
+def canonical_platforms(value: str | Sequence[str]) -> tuple[str, ...]:
+    """One platform or several (``linux/amd64,linux/arm64``, or a sequence of such texts),
+    each canonical as :func:`canonical_platform` makes it, in the order given, each once.
+    Raises ValueError naming the first value that is not a platform, or for an empty list."""
+    texts = [value] if isinstance(value, str) else list(value)
+    found: list[str] = []
+    for text in texts:
+        for part in text.split(","):
+            if not part.strip():
+                raise ValueError(f"empty platform in {text!r} (OS/ARCH[,OS/ARCH...])")
+            platform = canonical_platform(part)
+            if platform not in found:
+                found.append(platform)
+    if not found:
+        raise ValueError("no platform given")
+    return tuple(found)
 
 
 @attrs.frozen

@@ -44,6 +44,7 @@ from imagedsl.engine_api import CI_DOCKER_HOST
 __all__ = [
     "CI_DOCKER_HOST",
     "DEBIAN_GCC",
+    "DEBIAN_GO",
     "DEBIAN_NODE",
     "DEBIAN_PYTHON",
     "BaseUnavailable",
@@ -203,6 +204,8 @@ class DebianBase:
 DEBIAN_PYTHON = DebianBase("imagedsl-test/debian-python:bookworm", ("python3", "python3-pip"))
 DEBIAN_NODE = DebianBase("imagedsl-test/debian-node:bookworm", ("nodejs", "npm"))
 DEBIAN_GCC = DebianBase("imagedsl-test/debian-gcc:bookworm", ("gcc", "libc6-dev"))
+#: Debian's Go: cross-compiles for every GOARCH with no C toolchain (CGO_ENABLED=0).
+DEBIAN_GO = DebianBase("imagedsl-test/debian-go:bookworm", ("golang-go",))
 
 
 def base_cache_dir() -> Path:

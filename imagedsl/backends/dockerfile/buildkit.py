@@ -27,7 +27,7 @@ import re
 import signal
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -90,6 +90,14 @@ class DockerfileBackend:
 
     def __init__(self, engine: DockerEngine | None = None) -> None:
         self._engine = engine
+
+    def engine(self, store: Store) -> DockerEngine:
+        """The engine builds go to (found once per store's engine cache, unless given)."""
+        from imagedsl.backends.engine import require_docker
+
+        if self._engine is None:
+            self._engine = require_docker(cache=store.area(StoreArea.ENGINES))
+        return self._engine
 
     def build(
         self, plan: Plan, request: BuildRequest, *, store: Store, reporter: Reporter
@@ -169,6 +177,20 @@ class DockerfileBackend:
             image=image,
             digest=image_id,
         )
+
+    def build_platforms(
+        self,
+        plan_for: Callable[[str], Plan],
+        platforms: Sequence[str],
+        request: BuildRequest,
+        *,
+        store: Store,
+        reporter: Reporter,
+    ) -> BuildResult:
+        """Several platforms: see :mod:`imagedsl.backends.dockerfile.platforms`."""
+        from imagedsl.backends.dockerfile.platforms import build_platforms
+
+        return build_platforms(self, plan_for, platforms, request, store=store, reporter=reporter)
 
 
 def _record(store: Store, plan: Plan, run: _BuildRun, *, succeeded: bool = False) -> None:

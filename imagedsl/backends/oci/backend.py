@@ -236,6 +236,20 @@ class OCIBackend:
         """Build ``plan``'s target, write the requested output, record what was built."""
         return self.build_image(plan, request, store=store, reporter=reporter).result
 
+    def build_platforms(
+        self,
+        plan_for: Callable[[str], Plan],
+        platforms: Sequence[str],
+        request: BuildRequest,
+        *,
+        store: Store,
+        reporter: Reporter,
+    ) -> BuildResult:
+        """Every platform's image, then their index (see :mod:`.platforms`)."""
+        from imagedsl.backends.oci.platforms import build_platforms
+
+        return build_platforms(self, plan_for, platforms, request, store=store, reporter=reporter)
+
     def build_image(
         self, plan: Plan, request: BuildRequest, *, store: Store, reporter: Reporter
     ) -> OCIBuild:
@@ -279,9 +293,14 @@ def _check_epoch_of(plan: Plan, epoch: int) -> None:
 
 def check_run_support(plan: Plan) -> None:
     """Before any work: if a RUN of the plan must execute (it is not a hit) and this machine
-    cannot execute it (no root, no runc), raise :class:`RuntimeUnavailableError`."""
+    cannot execute it (no root, no runc), raise :class:`RuntimeUnavailableError`; if it is
+    for a platform this machine runs neither natively nor under emulation,
+    :class:`~imagedsl.backends.oci.run.emulation.EmulationUnavailableError`."""
+    checked: set[str] = set()
     for step in plan.steps:
-        if step.kind == "run" and step.status is not PlanStatus.HIT:
+        if step.kind != "run" or step.status is PlanStatus.HIT:
+            continue
+        if not checked:
             from imagedsl.backends.oci.run.runc import RuntimeUnavailableError, missing_requirements
 
             missing = missing_requirements()
@@ -290,7 +309,19 @@ def check_run_support(plan: Plan) -> None:
                     missing, step.instruction, f"{step.stage}[{step.index}]"
                 )
                 raise error.with_location(step.location)
-            return
+        platform = step.platform
+        if platform not in checked:
+            checked.add(platform)
+            from imagedsl.backends.oci.run.emulation import (
+                EmulationUnavailableError,
+                emulation_problem,
+            )
+
+            problem = emulation_problem(platform)
+            if problem is not None:
+                raise EmulationUnavailableError(
+                    platform, problem, step.instruction, f"{step.stage}[{step.index}]"
+                ).with_location(step.location)
 
 
 def layer_cache_path(store: Store, name: str) -> Path:

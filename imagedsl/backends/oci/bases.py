@@ -47,6 +47,7 @@ from imagedsl.bases import (
     repository_digest,
 )
 from imagedsl.engine_api import EngineError
+from imagedsl.errors import InputError
 from imagedsl.oci.blobs import BlobStore, VerifyingReader, check_digest, damaged_as_digest_error
 from imagedsl.oci.image import BaseImage, LayerBlob
 from imagedsl.oci.layerstream import decompressed
@@ -114,11 +115,44 @@ def import_base(
     archive: never a path on this machine.
     """
     base = _find_base(wanted, blobs, images=images, registry=registry)
+    check_base_platform(wanted, base)
     if wanted.reference.transport in LOCAL_FILE_TRANSPORTS:
         name = base.name or local_image_name(wanted.reference, wanted.platform)
     else:
         name = portable_name(wanted.reference)
     return attrs.evolve(base, name=name)
+
+
+def check_base_platform(wanted: WantedBase, base: BaseImage) -> None:
+    """Refuse a base whose config says it is for another platform than its stage's (a
+    single-platform image of another architecture: its files could not run there). A config
+    that names no architecture is taken as it is."""
+    os_name, architecture = base.config.get("os"), base.config.get("architecture")
+    if not isinstance(os_name, str) or not isinstance(architecture, str):
+        return
+    variant = base.config.get("variant")
+    found = Platform(
+        os_name, architecture, variant if isinstance(variant, str) and variant else None
+    )
+    if not Platform.parse(wanted.platform).matches(found):
+        raise BasePlatformError(wanted.shown, wanted.platform, str(found))
+
+
+@attrs.define
+class BasePlatformError(InputError):
+    """A base image is for another platform than the stage it starts (and has no image for
+    that one)."""
+
+    reference: str
+    platform: str
+    found: str
+
+    def __str__(self) -> str:
+        return (
+            f"base image {self.reference} is for {self.found}, not {self.platform}: it holds "
+            f"one platform; use a multi-platform base (an image index with {self.platform}) "
+            f"or an image built for {self.platform}"
+        )
 
 
 def _find_base(

@@ -124,14 +124,42 @@ class BuiltImage:
     layers: tuple[LayerBlob, ...]
 
     @property
+    def media_type(self) -> str:
+        """An image manifest's."""
+        return OCI_MANIFEST
+
+    @property
     def blob_digests(self) -> list[str]:
         """Config and layers (the manifest apart)."""
         return [self.config_digest, *(layer.digest for layer in self.layers)]
 
 
-def _index_entry(image: BuiltImage, tag: str | None) -> dict[str, Any]:
+@attrs.frozen(kw_only=True)
+class BuiltIndex:
+    """An image index of images built for several platforms, all in the store: ``manifest``
+    is the index document (what a tag names)."""
+
+    manifest: bytes = attrs.field(repr=False)
+    manifest_digest: str
+    images: tuple[BuiltImage, ...]
+
+    @property
+    def media_type(self) -> str:
+        """An image index's."""
+        return OCI_INDEX
+
+    @property
+    def blob_digests(self) -> list[str]:
+        """Every image's blobs and manifest, in order, each once (the index apart)."""
+        found: dict[str, None] = {}
+        for image in self.images:
+            found.update(dict.fromkeys([*image.blob_digests, image.manifest_digest]))
+        return list(found)
+
+
+def _index_entry(image: BuiltImage | BuiltIndex, tag: str | None) -> dict[str, Any]:
     entry: dict[str, Any] = {
-        "mediaType": OCI_MANIFEST,
+        "mediaType": image.media_type,
         "digest": image.manifest_digest,
         "size": len(image.manifest),
     }
@@ -140,7 +168,9 @@ def _index_entry(image: BuiltImage, tag: str | None) -> dict[str, Any]:
     return entry
 
 
-def write_layout(directory: Path, image: BuiltImage, tags: Sequence[str], blobs: BlobStore) -> None:
+def write_layout(
+    directory: Path, image: BuiltImage | BuiltIndex, tags: Sequence[str], blobs: BlobStore
+) -> None:
     """Add ``image`` to an OCI layout directory (made if missing) under ``tags``.
 
     Blobs go in first (each a verified copy put atomically under its name), ``index.json``
@@ -161,7 +191,7 @@ def write_layout(directory: Path, image: BuiltImage, tags: Sequence[str], blobs:
 
 
 def _write_layout(
-    directory: Path, image: BuiltImage, tags: Sequence[str], blobs: BlobStore
+    directory: Path, image: BuiltImage | BuiltIndex, tags: Sequence[str], blobs: BlobStore
 ) -> None:
     marker = directory / "oci-layout"
     if not marker.exists():
@@ -252,7 +282,7 @@ def _descriptors(document: object) -> list[dict[str, Any]]:
 
 def write_archive(
     path: Path,
-    image: BuiltImage,
+    image: BuiltImage | BuiltIndex,
     tags: Sequence[str],
     blobs: BlobStore,
     *,
@@ -263,19 +293,22 @@ def write_archive(
 
     ``tags`` are the index's ``ref.name``s; ``docker_names`` what Docker calls the image, one
     per tag (default: each tag that is a Docker name, with ``:latest`` added to a bare one).
+    An index (several platforms) is an OCI archive only: Docker's ``manifest.json`` names one
+    image per name, so it is left out.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    config_name = blob_name(image.config_digest)
     if docker_names is None:
         docker_names = [normalise_tag(t) for t in tags]
     known = [n if _is_docker_name(n) else None for n in docker_names]
-    docker_manifest = [
-        {
-            "Config": config_name,
-            "RepoTags": [n for n in known if n is not None],
-            "Layers": [blob_name(layer.digest) for layer in image.layers],
-        }
-    ]
+    docker_manifest = None
+    if isinstance(image, BuiltImage):
+        docker_manifest = [
+            {
+                "Config": blob_name(image.config_digest),
+                "RepoTags": [n for n in known if n is not None],
+                "Layers": [blob_name(layer.digest) for layer in image.layers],
+            }
+        ]
     names: list[str | None] = [*tags] or [None]
     entries = [_index_entry(image, tag) for tag in names]
     for entry, docker_name in zip(entries, known, strict=False):
@@ -298,11 +331,11 @@ def write_archive(
             info.size = source.stat().st_size
             with source.open("rb") as handle:
                 archive.addfile(info, handle)
-        for name, data in (
-            ("index.json", canonical_json(index)),
-            ("manifest.json", canonical_json(docker_manifest)),
-            ("oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"})),
-        ):
+        files = [("index.json", canonical_json(index))]
+        if docker_manifest is not None:
+            files.append(("manifest.json", canonical_json(docker_manifest)))
+        files.append(("oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"})))
+        for name, data in files:
             info = _info(name, mtime)
             info.size = len(data)
             archive.addfile(info, _BytesReader(data))
