@@ -138,10 +138,7 @@ def fixture_retag(
             finally:
                 tags.extend(project.outputs)
             return
-        pytest.fail(
-            "BuildKit's cache was emptied by someone else, thrice:\n"
-            + "\n".join(problems)
-        )
+        pytest.fail("BuildKit's cache was emptied by someone else, thrice:\n" + "\n".join(problems))
 
     yield run
     for tag in tags:
