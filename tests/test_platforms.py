@@ -13,17 +13,19 @@ import pytest
 import imagedsl as dsl
 from imagedsl.api import BuildSession, parse_platforms
 from imagedsl.backends import BuildRequest, BuildRequestError
+from imagedsl.backends.dockerfile.buildkit import DockerfileBackend
+from imagedsl.backends.emulation import EmulationUnavailableError, emulation_problem
+from imagedsl.backends.engine import DockerEngine
 from imagedsl.backends.oci.backend import OCIBackend, check_run_support
 from imagedsl.backends.oci.bases import BasePlatformError, WantedBase, check_base_platform
 from imagedsl.backends.oci.platforms import check_platform_output
-from imagedsl.backends.oci.run.emulation import EmulationUnavailableError, emulation_problem
 from imagedsl.errors import BuildFileError, PlatformError
 from imagedsl.oci.image import BaseImage
 from imagedsl.oci.platform import Platform, canonical_platforms
 from imagedsl.oci.reference import parse_reference
 from imagedsl.planner import PlanStatus
 from imagedsl.reporting import Reporter
-from imagedsl.store import Store
+from imagedsl.store import Store, StoreArea
 
 BUILD_FILE = """\
 import imagedsl as dsl
@@ -318,6 +320,48 @@ def test_foreign_run_without_emulation_fails_before_any_work(tmp_path: Path) -> 
     with pytest.raises(EmulationUnavailableError):
         OCIBackend().build(session_plan, BuildRequest(), store=store, reporter=Reporter())
     assert not any(s.status is PlanStatus.HIT for s in session_plan.steps if s.kind == "run")
+
+
+def test_the_docker_backend_checks_emulation_before_buildkit_runs(
+    docker_engine: DockerEngine, busybox_image: str, tmp_path: Path
+) -> None:
+    """With an engine on this machine (its kernel runs BuildKit's RUN steps), a RUN for a
+    platform nothing emulates here stops the build before BuildKit is called: no image, no
+    record of a completed step."""
+    foreign = [p for p in FOREIGN if emulation_problem(p) is not None]
+    if not foreign:
+        pytest.fail(f"this machine emulates all of {FOREIGN}: the test needs one it does not")
+    assert docker_engine.local
+    store = Store(tmp_path / "store")
+    planned = BuildSession(
+        _write(tmp_path, f"app = dsl.image({busybox_image!r}).run('true')\n"),
+        platform=foreign[0],
+        store=store,
+    ).plan()
+    with pytest.raises(EmulationUnavailableError) as caught:
+        DockerfileBackend(docker_engine).build(
+            planned, BuildRequest(), store=store, reporter=Reporter()
+        )
+    assert caught.value.platform == foreign[0]
+    assert caught.value.instruction == "RUN true"
+    assert not list(store.area(StoreArea.CONTEXTS).glob("*/*"))  # nothing was staged
+
+
+@pytest.mark.parametrize(
+    ("host", "buildx", "local"),
+    [
+        (None, False, True),
+        ("unix:///run/docker.sock", False, True),
+        ("tcp://10.0.0.5:2376", False, False),
+        ("ssh://builder", False, False),
+        (None, True, False),
+    ],
+)
+def test_an_engine_is_local_on_a_unix_socket_without_buildx(
+    host: str | None, buildx: bool, local: bool
+) -> None:
+    engine = DockerEngine(client="/usr/bin/docker", env={}, buildx=buildx, host=host)
+    assert engine.local is local
 
 
 def _write(root: Path, body: str) -> Path:

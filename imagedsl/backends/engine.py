@@ -79,6 +79,12 @@ class DockerEngine:
         return _run([self.client, *args], env=self.env, check=check, input=input, timeout=timeout)
 
     @property
+    def local(self) -> bool:
+        """Whether builds run on this machine's kernel: the engine's own BuildKit reached by
+        a unix socket (a buildx builder may be anywhere)."""
+        return not self.buildx and (self.host is None or self.host.startswith("unix://"))
+
+    @property
     def build_command(self) -> tuple[str, ...]:
         """``("buildx", "build")`` or ``("build",)``: the BuildKit build sub-command."""
         return ("buildx", "build") if self.buildx else ("build",)

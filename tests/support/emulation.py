@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
-from imagedsl.backends.oci.run.emulation import emulation_problem
+from imagedsl.backends.emulation import emulation_problem
 from tests.support.docker import base_cache_dir
 from tests.support.skips import NO_TOOL, unavailable
 

@@ -111,6 +111,10 @@ class DockerfileBackend:
         lowered = lower_to_dockerfile(plan, features=_features(engine))
         lowered, build_network = _for_engine(plan, lowered, engine)
         _check_engine(plan, lowered, engine)
+        if engine.local:
+            from imagedsl.backends.emulation import check_emulation
+
+            check_emulation(plan)  # this machine's kernel runs BuildKit's RUN steps
         output_kind, archive, output_tag = _parse_output(request.output)
         tags = [*request.tags, *([output_tag] if output_tag else [])]
         made = _MadeImages(store, engine, plan, lowered, request, tags)

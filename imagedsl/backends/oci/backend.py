@@ -295,33 +295,22 @@ def check_run_support(plan: Plan) -> None:
     """Before any work: if a RUN of the plan must execute (it is not a hit) and this machine
     cannot execute it (no root, no runc), raise :class:`RuntimeUnavailableError`; if it is
     for a platform this machine runs neither natively nor under emulation,
-    :class:`~imagedsl.backends.oci.run.emulation.EmulationUnavailableError`."""
-    checked: set[str] = set()
+    :class:`~imagedsl.backends.emulation.EmulationUnavailableError`."""
     for step in plan.steps:
         if step.kind != "run" or step.status is PlanStatus.HIT:
             continue
-        if not checked:
-            from imagedsl.backends.oci.run.runc import RuntimeUnavailableError, missing_requirements
+        from imagedsl.backends.oci.run.runc import RuntimeUnavailableError, missing_requirements
 
-            missing = missing_requirements()
-            if missing:
-                error = RuntimeUnavailableError(
-                    missing, step.instruction, f"{step.stage}[{step.index}]"
-                )
-                raise error.with_location(step.location)
-        platform = step.platform
-        if platform not in checked:
-            checked.add(platform)
-            from imagedsl.backends.oci.run.emulation import (
-                EmulationUnavailableError,
-                emulation_problem,
+        missing = missing_requirements()
+        if missing:
+            error = RuntimeUnavailableError(
+                missing, step.instruction, f"{step.stage}[{step.index}]"
             )
+            raise error.with_location(step.location)
+        break
+    from imagedsl.backends.emulation import check_emulation
 
-            problem = emulation_problem(platform)
-            if problem is not None:
-                raise EmulationUnavailableError(
-                    platform, problem, step.instruction, f"{step.stage}[{step.index}]"
-                ).with_location(step.location)
+    check_emulation(plan)
 
 
 def layer_cache_path(store: Store, name: str) -> Path:

@@ -5,17 +5,22 @@ The handler must be registered with flag ``F`` ("fix binary"): the kernel then o
 interpreter when it is registered, so it works inside a container's root, where
 ``/usr/bin/qemu-aarch64-static`` does not exist. Debian registers its handlers with ``PF`` or
 without ``F`` on some releases; ``.ci/run`` registers aarch64 again with ``F`` (see
-docs/multiplatform.md). Whether a RUN can execute is checked before any work.
+docs/multiplatform.md). Whether a RUN can execute is checked before any work, by both
+backends (:func:`check_emulation`; the Docker backend when its engine runs on this machine,
+whose kernel then runs BuildKit's RUN steps).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from imagedsl.backends import BuildRequestError
 from imagedsl.errors import EnvironmentFailure
 from imagedsl.oci.platform import Platform
+
+if TYPE_CHECKING:
+    from imagedsl.planner import Plan
 
 BINFMT_MISC: Final = Path("/proc/sys/fs/binfmt_misc")
 
@@ -103,3 +108,21 @@ class EmulationUnavailableError(EnvironmentFailure, BuildRequestError):
 
     def __str__(self) -> str:
         return self._message()
+
+
+def check_emulation(plan: Plan) -> None:
+    """Before any work: raise :class:`EmulationUnavailableError` for the first RUN that must
+    execute (it is not a hit) for a platform this machine runs neither natively nor under
+    emulation."""
+    from imagedsl.planner import PlanStatus
+
+    checked: set[str] = set()
+    for step in plan.steps:
+        if step.kind != "run" or step.status is PlanStatus.HIT or step.platform in checked:
+            continue
+        checked.add(step.platform)
+        problem = emulation_problem(step.platform)
+        if problem is not None:
+            raise EmulationUnavailableError(
+                step.platform, problem, step.instruction, f"{step.stage}[{step.index}]"
+            ).with_location(step.location)
