@@ -31,7 +31,7 @@ import attrs
 from imagedsl import credentials
 from imagedsl.inspect._tar import TarEntry, TarReader
 from imagedsl.inspect.model import InspectReport, LayerReport, LayerSecret, WastedPath
-from imagedsl.inspect.sources import ImageSource
+from imagedsl.inspect.sources import ImageSource, SourceLayer
 from imagedsl.oci.layerstream import decompressed_chunks
 from imagedsl.oci.layout import ArchiveMember
 from imagedsl.oci.mediatypes import sniff_compression
@@ -117,37 +117,106 @@ def analyse(image: ImageSource, reporter: Reporter | None = None) -> InspectRepo
     layers: list[LayerReport] = []
     found: list[tuple[str, int, str]] = []
     hidden_by: list[tuple[set[str], set[str], set[str]]] = []
-    for index, layer in enumerate(image.layers):
-        label = f"layer {index + 1}/{len(image.layers)}"
-        reporter.step_started(label)
-        with layer.open() as raw:
-            items, total = _read_layer(raw)
-        tree = _layer_tree(items)
-        changes = _visit(tree, index, stack, copies)
-        found.extend(_secrets(items, index))
-        hidden_by.append(_hiding(items))
-        _stack(tree, stack)
-        created_by, comment = history[index]
-        step, file, line = _step_of(comment)
-        layers.append(
-            LayerReport(
-                index=index,
-                digest=layer.digest,
-                diff_id=layer.diff_id,
-                media_type=layer.media_type,
-                compressed_bytes=layer.size,
-                uncompressed_bytes=total,
-                content_bytes=sum(item.size for item in items),
-                created_by=created_by,
-                step=step,
-                file=file,
-                line=line,
-                added=changes[0],
-                changed=changes[1],
-                deleted=changes[2],
-            )
+    with _LayerReads(image.layers) as reads:
+        for index, layer in enumerate(image.layers):
+            label = f"layer {index + 1}/{len(image.layers)}"
+            reporter.step_started(label)
+            items, total = reads.result(index)
+            _account(layer, index, items, total, history, stack, copies, found, hidden_by, layers)
+            reporter.step_finished(label, "read")
+    return _report(image, layers, copies, found, hidden_by)
+
+
+class _LayerReads:
+    """Layers read ahead, ``window`` at a time, each by a thread of its own: inflating
+    (isal, without the GIL) one layer while the next is inflated and the one before is
+    analysed keeps both cores busy. Each layer is opened on its own (its own file or fd), so
+    reads do not share a position."""
+
+    def __init__(self, layers: Sequence[SourceLayer]) -> None:
+        import concurrent.futures
+
+        self._layers = layers
+        self._window = 2 if (os.cpu_count() or 1) >= 2 else 1
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self._window, thread_name_prefix="imagedsl-layer"
         )
-        reporter.step_finished(label, "read")
+        self._pending: dict[int, concurrent.futures.Future[tuple[list[TarEntry], int]]] = {}
+        for index in range(min(self._window, len(layers))):
+            self._submit(index)
+
+    def _submit(self, index: int) -> None:
+        self._pending[index] = self._pool.submit(_read_opened, self._layers[index])
+
+    def result(self, index: int) -> tuple[list[TarEntry], int]:
+        """Layer ``index``'s entries and tar size (and the next read started)."""
+        future = self._pending.pop(index)
+        if index + self._window < len(self._layers):
+            self._submit(index + self._window)
+        return future.result()
+
+    def __enter__(self) -> _LayerReads:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for future in self._pending.values():
+            future.cancel()
+        self._pool.shutdown(wait=True)
+
+
+def _read_opened(layer: SourceLayer) -> tuple[list[TarEntry], int]:
+    with layer.open() as raw:
+        return _read_layer(raw)
+
+
+def _account(
+    layer: SourceLayer,
+    index: int,
+    items: list[TarEntry],
+    total: int,
+    history: Sequence[tuple[str, str]],
+    stack: _Stack,
+    copies: dict[str, _Copies],
+    found: list[tuple[str, int, str]],
+    hidden_by: list[tuple[set[str], set[str], set[str]]],
+    layers: list[LayerReport],
+) -> None:
+    """Fold one layer's entries into the analysis so far."""
+    tree = _layer_tree(items)
+    changes = _visit(tree, index, stack, copies)
+    found.extend(_secrets(items, index))
+    hidden_by.append(_hiding(items))
+    _stack(tree, stack)
+    created_by, comment = history[index]
+    step, file, line = _step_of(comment)
+    layers.append(
+        LayerReport(
+            index=index,
+            digest=layer.digest,
+            diff_id=layer.diff_id,
+            media_type=layer.media_type,
+            compressed_bytes=layer.size,
+            uncompressed_bytes=total,
+            content_bytes=sum(item.size for item in items),
+            created_by=created_by,
+            step=step,
+            file=file,
+            line=line,
+            added=changes[0],
+            changed=changes[1],
+            deleted=changes[2],
+        )
+    )
+
+
+def _report(
+    image: ImageSource,
+    layers: list[LayerReport],
+    copies: dict[str, _Copies],
+    found: list[tuple[str, int, str]],
+    hidden_by: list[tuple[set[str], set[str], set[str]]],
+) -> InspectReport:
+    """The report from every layer's account."""
     per_layer = [0] * len(layers)
     for record in copies.values():
         if len(record.layers) > 1:
