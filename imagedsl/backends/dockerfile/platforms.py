@@ -23,13 +23,17 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from imagedsl.backends import BuildRequest, BuildRequestError, BuildResult
-from imagedsl.backends.oci.outputs import BuiltImage, Output
-from imagedsl.backends.oci.platforms import PlatformSteps, make_index, write_index
+from imagedsl.backends import BuildRequest, BuildResult
+from imagedsl.backends.oci.outputs import BuiltImage
+from imagedsl.backends.oci.platforms import (
+    PlatformSteps,
+    check_platform_output,
+    index_result,
+    make_index,
+    write_index,
+)
 from imagedsl.oci.blobs import BlobStore
-from imagedsl.oci.descriptor import Descriptor
 from imagedsl.oci.layout import import_docker_archive
-from imagedsl.oci.mediatypes import OCI_INDEX
 from imagedsl.store import StoreArea
 
 if TYPE_CHECKING:
@@ -50,14 +54,8 @@ def build_platforms(
 ) -> BuildResult:
     """Build every platform; into the engine, or (an OCI output, or ``request.push``) as one
     image index in the store."""
-    output = Output.parse(request.output) if request.output else None
-    if output is not None and output.kind == "docker-archive":
-        raise BuildRequestError(
-            f"--output {request.output}: docker-archive holds one platform per image name, and "
-            f"{len(platforms)} platforms were asked ({', '.join(platforms)}): write an image "
-            "index with oci:DIR[:TAG] or oci-archive:FILE[:TAG], push it with --push, or build "
-            "one --platform at a time"
-        )
+    # The tags of a plain docker build end on the last platform (see the module docstring).
+    output = check_platform_output(request.output, platforms, refused=("docker-archive",))
     if not request.push and (output is None or output.kind == "docker"):
         return _into_engine(backend, plan_for, platforms, request, store, reporter)
     engine = backend.engine(store)
@@ -94,16 +92,7 @@ def build_platforms(
         )
         steps.add(planned, one)
     index = make_index(images, blobs)
-    where = write_index(index, output, request.tags, blobs, epoch=0)
-    return BuildResult(
-        built=tuple(steps.built),
-        cached=tuple(steps.cached),
-        image=where,
-        digest=index.manifest_digest,
-        manifest=Descriptor(
-            media_type=OCI_INDEX, digest=index.manifest_digest, size=len(index.manifest)
-        ),
-    )
+    return index_result(index, write_index(index, output, request.tags, blobs, epoch=0), steps)
 
 
 def _into_engine(

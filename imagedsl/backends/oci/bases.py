@@ -127,14 +127,8 @@ def check_base_platform(wanted: WantedBase, base: BaseImage) -> None:
     """Refuse a base whose config says it is for another platform than its stage's (a
     single-platform image of another architecture: its files could not run there). A config
     that names no architecture is taken as it is."""
-    os_name, architecture = base.config.get("os"), base.config.get("architecture")
-    if not isinstance(os_name, str) or not isinstance(architecture, str):
-        return
-    variant = base.config.get("variant")
-    found = Platform(
-        os_name, architecture, variant if isinstance(variant, str) and variant else None
-    )
-    if not Platform.parse(wanted.platform).matches(found):
+    found = Platform.from_json(base.config)  # a config names them as a descriptor does
+    if found is not None and not Platform.parse(wanted.platform).matches(found):
         raise BasePlatformError(wanted.shown, wanted.platform, str(found))
 
 

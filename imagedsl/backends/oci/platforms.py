@@ -11,7 +11,7 @@ is built: Docker 20.10's image store keeps one platform per tag.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,10 +42,15 @@ if TYPE_CHECKING:
 SINGLE_PLATFORM_OUTPUTS = ("docker-archive", "docker")
 
 
-def check_platform_output(output: str | None, platforms: Sequence[str]) -> Output | None:
-    """The parsed ``--output``; refused when it holds one platform and several are asked."""
+def check_platform_output(
+    output: str | None,
+    platforms: Sequence[str],
+    refused: Collection[str] = SINGLE_PLATFORM_OUTPUTS,
+) -> Output | None:
+    """The parsed ``--output``; refused when it is of a kind in ``refused`` (one platform per
+    image name) and several platforms are asked."""
     parsed = Output.parse(output) if output else None
-    if parsed is not None and parsed.kind in SINGLE_PLATFORM_OUTPUTS and len(platforms) > 1:
+    if parsed is not None and parsed.kind in refused and len(platforms) > 1:
         raise BuildRequestError(
             f"--output {output}: {parsed.kind} holds one platform per image name, and "
             f"{len(platforms)} platforms were asked ({', '.join(platforms)}): write an image "
@@ -82,12 +87,10 @@ class PlatformSteps:
 def image_platform(image: BuiltImage, blobs: BlobStore) -> Platform:
     """The platform an image's config says it is for (what its index entry carries)."""
     config = json.loads(blobs.read(image.config_digest))
-    variant = config.get("variant")
-    return Platform(
-        str(config.get("os", "")),
-        str(config.get("architecture", "")),
-        variant if isinstance(variant, str) and variant else None,
-    )
+    found = Platform.from_json(config)  # a config names them as a descriptor does
+    if found is not None:
+        return found
+    return Platform(str(config.get("os", "")), str(config.get("architecture", "")))
 
 
 def make_index(images: Sequence[BuiltImage], blobs: BlobStore) -> BuiltIndex:
@@ -136,6 +139,17 @@ def build_platforms(
         layer_cache.update(dict.fromkeys(one.result.layer_cache))
     index = make_index(images, blobs)
     where = write_index(index, output, request.tags, blobs, epoch=backend.epoch)
+    return index_result(index, where, steps, layer_cache=tuple(layer_cache))
+
+
+def index_result(
+    index: BuiltIndex,
+    where: str,
+    steps: PlatformSteps,
+    *,
+    layer_cache: tuple[tuple[str, Path], ...] = (),
+) -> BuildResult:
+    """A multi-platform build's result: its steps, and the index as its image and manifest."""
     return BuildResult(
         built=tuple(steps.built),
         cached=tuple(steps.cached),
@@ -144,7 +158,7 @@ def build_platforms(
         manifest=Descriptor(
             media_type=OCI_INDEX, digest=index.manifest_digest, size=len(index.manifest)
         ),
-        layer_cache=tuple(layer_cache),
+        layer_cache=layer_cache,
     )
 
 
