@@ -296,20 +296,16 @@ def check_run_support(plan: Plan) -> None:
     cannot execute it (no root, no runc), raise :class:`RuntimeUnavailableError`; if it is
     for a platform this machine runs neither natively nor under emulation,
     :class:`~imagedsl.backends.emulation.EmulationUnavailableError`."""
-    for step in plan.steps:
-        if step.kind != "run" or step.status is PlanStatus.HIT:
-            continue
-        from imagedsl.backends.oci.run.runc import RuntimeUnavailableError, missing_requirements
-
-        missing = missing_requirements()
-        if missing:
-            error = RuntimeUnavailableError(
-                missing, step.instruction, f"{step.stage}[{step.index}]"
-            )
-            raise error.with_location(step.location)
-        break
+    step = next((s for s in plan.steps if s.kind == "run" and s.status is not PlanStatus.HIT), None)
+    if step is None:
+        return
     from imagedsl.backends.emulation import check_emulation
+    from imagedsl.backends.oci.run.runc import RuntimeUnavailableError, missing_requirements
 
+    missing = missing_requirements()
+    if missing:
+        error = RuntimeUnavailableError(missing, step.instruction, f"{step.stage}[{step.index}]")
+        raise error.with_location(step.location)
     check_emulation(plan)
 
 

@@ -329,15 +329,14 @@ class RunExecutor:
             if outcome.status != 0:
                 tail = [masked(line, masks) for line in outcome.tail]
                 raise RunFailedError(run.instruction, run.stage, outcome.status, tail, run.location)
+            removed: list[str] = []
             if upper is not None:
                 unmount(root)
                 change, removed = upper_change(upper, run.lower, stubs)
-                settle_bytecode(change.entries, self.epoch)
-                yield Finished(change=change, upper=upper, removed=tuple(removed))
             else:
                 change = copy_change(root, run.lower, snapshots, stubs)
-                settle_bytecode(change.entries, self.epoch)
-                yield Finished(change=change, upper=None, removed=())
+            settle_bytecode(change.entries, self.epoch)
+            yield Finished(change=change, upper=upper, removed=tuple(removed))
 
     def keep(self, finished: Finished, layer: LayerBlob) -> None:
         """Make the RUN's upper directory the snapshot of the layer written from it."""
