@@ -122,9 +122,62 @@ def analyse(image: ImageSource, reporter: Reporter | None = None) -> InspectRepo
             label = f"layer {index + 1}/{len(image.layers)}"
             reporter.step_started(label)
             items, total = reads.result(index)
-            _account(layer, index, items, total, history, stack, copies, found, hidden_by, layers)
+            tree = _layer_tree(items)
+            changes = _visit(tree, index, stack, copies)
+            found.extend(_secrets(items, index))
+            hidden_by.append(_hiding(items))
+            _stack(tree, stack)
+            created_by, comment = history[index]
+            step, file, line = _step_of(comment)
+            layers.append(
+                LayerReport(
+                    index=index,
+                    digest=layer.digest,
+                    diff_id=layer.diff_id,
+                    media_type=layer.media_type,
+                    compressed_bytes=layer.size,
+                    uncompressed_bytes=total,
+                    content_bytes=sum(item.size for item in items),
+                    created_by=created_by,
+                    step=step,
+                    file=file,
+                    line=line,
+                    added=changes[0],
+                    changed=changes[1],
+                    deleted=changes[2],
+                )
+            )
             reporter.step_finished(label, "read")
-    return _report(image, layers, copies, found, hidden_by)
+    per_layer = [0] * len(layers)
+    for record in copies.values():
+        if len(record.layers) > 1:
+            for layer_index, size in zip(record.layers, record.sizes, strict=True):
+                per_layer[layer_index] += size
+    layers = [attrs.evolve(layer, wasted_bytes=per_layer[layer.index]) for layer in layers]
+    wasted = sorted(
+        (
+            WastedPath("/" + path, record.total, tuple(record.layers))
+            for path, record in copies.items()
+            if len(record.layers) > 1 and record.total > 0
+        ),
+        key=lambda w: (-w.bytes, w.path),
+    )
+    total = sum(record.total for record in copies.values())
+    smallest = sum(record.smallest for record in copies.values())
+    secrets = tuple(
+        LayerSecret("/" + path, index, kind, _hidden_later(path, index, hidden_by))
+        for path, index, kind in found
+    )
+    return InspectReport(
+        image=image.reference,
+        manifest_digest=image.manifest_digest,
+        layers=tuple(layers),
+        size_bytes=sum(layer.content_bytes for layer in layers),
+        wasted_bytes=sum(record.total for record in copies.values() if len(record.layers) > 1),
+        efficiency=1.0 if total == 0 else smallest / total,
+        wasted=tuple(wasted),
+        secrets=secrets,
+    )
 
 
 class _LayerReads:
@@ -167,86 +220,6 @@ class _LayerReads:
 def _read_opened(layer: SourceLayer) -> tuple[list[TarEntry], int]:
     with layer.open() as raw:
         return _read_layer(raw)
-
-
-def _account(
-    layer: SourceLayer,
-    index: int,
-    items: list[TarEntry],
-    total: int,
-    history: Sequence[tuple[str, str]],
-    stack: _Stack,
-    copies: dict[str, _Copies],
-    found: list[tuple[str, int, str]],
-    hidden_by: list[tuple[set[str], set[str], set[str]]],
-    layers: list[LayerReport],
-) -> None:
-    """Fold one layer's entries into the analysis so far."""
-    tree = _layer_tree(items)
-    changes = _visit(tree, index, stack, copies)
-    found.extend(_secrets(items, index))
-    hidden_by.append(_hiding(items))
-    _stack(tree, stack)
-    created_by, comment = history[index]
-    step, file, line = _step_of(comment)
-    layers.append(
-        LayerReport(
-            index=index,
-            digest=layer.digest,
-            diff_id=layer.diff_id,
-            media_type=layer.media_type,
-            compressed_bytes=layer.size,
-            uncompressed_bytes=total,
-            content_bytes=sum(item.size for item in items),
-            created_by=created_by,
-            step=step,
-            file=file,
-            line=line,
-            added=changes[0],
-            changed=changes[1],
-            deleted=changes[2],
-        )
-    )
-
-
-def _report(
-    image: ImageSource,
-    layers: list[LayerReport],
-    copies: dict[str, _Copies],
-    found: list[tuple[str, int, str]],
-    hidden_by: list[tuple[set[str], set[str], set[str]]],
-) -> InspectReport:
-    """The report from every layer's account."""
-    per_layer = [0] * len(layers)
-    for record in copies.values():
-        if len(record.layers) > 1:
-            for layer_index, size in zip(record.layers, record.sizes, strict=True):
-                per_layer[layer_index] += size
-    layers = [attrs.evolve(layer, wasted_bytes=per_layer[layer.index]) for layer in layers]
-    wasted = sorted(
-        (
-            WastedPath("/" + path, record.total, tuple(record.layers))
-            for path, record in copies.items()
-            if len(record.layers) > 1 and record.total > 0
-        ),
-        key=lambda w: (-w.bytes, w.path),
-    )
-    total = sum(record.total for record in copies.values())
-    smallest = sum(record.smallest for record in copies.values())
-    secrets = tuple(
-        LayerSecret("/" + path, index, kind, _hidden_later(path, index, hidden_by))
-        for path, index, kind in found
-    )
-    return InspectReport(
-        image=image.reference,
-        manifest_digest=image.manifest_digest,
-        layers=tuple(layers),
-        size_bytes=sum(layer.content_bytes for layer in layers),
-        wasted_bytes=sum(record.total for record in copies.values() if len(record.layers) > 1),
-        efficiency=1.0 if total == 0 else smallest / total,
-        wasted=tuple(wasted),
-        secrets=secrets,
-    )
 
 
 def _read_layer(raw: Any) -> tuple[list[TarEntry], int]:
