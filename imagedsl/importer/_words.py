@@ -32,8 +32,9 @@ def _expression(text: str, start: int) -> int:
     return match.end()
 
 
-def read_word(text: str, escape: str = "\\") -> str:
-    """The imagedsl string for one Dockerfile word (quotes removed, expressions kept)."""
+def read_word(text: str, escape: str = "\\", *, quotes: bool = True) -> str:
+    """The imagedsl string for one Dockerfile word (quotes removed, expressions kept).
+    Without ``quotes`` (the word of ``${NAME:-word}``), quote characters are plain ones."""
     out: list[str] = []
     i = 0
     quote = ""
@@ -53,7 +54,7 @@ def read_word(text: str, escape: str = "\\") -> str:
                 continue
             out.append(_literal_dollar(text, i + 2) if nxt == "$" else nxt)
             i += 2
-        elif char in "'\"" and (not quote or char == quote):
+        elif quotes and char in "'\"" and (not quote or char == quote):
             quote = "" if quote else char
             i += 1
         elif char == "$":
@@ -78,24 +79,8 @@ def _expression_text(expression: str, escape: str) -> str:
     match = _WITH_WORD.match(expression)
     if match is None:
         return expression
-    word = match[3]
-    out: list[str] = []
-    i = 0
-    while i < len(word):
-        char = word[i]
-        if char == escape and i + 1 < len(word):
-            nxt = word[i + 1]
-            out.append(_literal_dollar(word, i + 2) if nxt == "$" else nxt)
-            i += 2
-        elif char == "$":
-            end = _expression(word, i)
-            _no_backslash_before(out, word)
-            out.append(_expression_text(word[i:end], escape))
-            i = end
-        else:
-            out.append(char)
-            i += 1
-    return f"${{{match[1]}{match[2]}{''.join(out)}}}"
+    word = read_word(match[3], escape, quotes=False)
+    return f"${{{match[1]}{match[2]}{word}}}"
 
 
 def _no_backslash_before(out: list[str], text: str) -> None:
