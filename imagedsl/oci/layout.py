@@ -229,24 +229,29 @@ def _choose(source: _Source, shown: str, tag: str | None, digest: str | None) ->
     return entry
 
 
+def _tagged(manifest: object, tag: str | None) -> list[Any]:
+    """A docker-archive's ``manifest.json`` entries that ``tag`` names (all without a tag;
+    none when the document is not a list)."""
+    entries = manifest if isinstance(manifest, list) else []
+    if tag is None:
+        return entries
+    wanted = {tag, normalise_tag(tag)}
+    return [m for m in entries if wanted.intersection(m.get("RepoTags") or [])]
+
+
 def local_image_name(reference: ImageReference, platform: str) -> str | None:  # noqa: ARG001
     """The name recorded inside a local base (a layout entry's ``io.containerd.image.name``,
     a docker-archive's first ``RepoTags``), read without importing it; None without one, or
     when it cannot be read."""
     if reference.transport not in ("oci", "oci-archive", "docker-archive"):
         return None
-    path, tag = split_path_tag(reference.name, reference.tag)
     try:
-        source: _Source = _DirSource(path) if reference.transport == "oci" else _TarSource(path)
+        _, tag, source = _local_source(reference)
     except (OSError, tarfile.TarError, BaseImageError):
         return None
     try:
         if reference.transport == "docker-archive":
-            manifest = source.read_json("manifest.json")
-            entries = manifest if isinstance(manifest, list) else []
-            if tag is not None:
-                wanted = {tag, normalise_tag(tag)}
-                entries = [m for m in entries if wanted.intersection(m.get("RepoTags") or [])]
+            entries = _tagged(source.read_json("manifest.json"), tag)
             tags = entries[0].get("RepoTags") if len(entries) == 1 else None
             return name_of_tag(tags[0]) if isinstance(tags, list) and tags else None
         entry = _choose(source, str(reference), tag, reference.digest)
@@ -268,19 +273,13 @@ def local_base_digest(reference: ImageReference, platform: str) -> str | None:
     """
     if reference.transport not in ("oci", "oci-archive", "docker-archive"):
         return None
-    path, tag = split_path_tag(reference.name, reference.tag)
-    shown = str(reference)
     try:
-        source: _Source = _DirSource(path) if reference.transport == "oci" else _TarSource(path)
+        shown, tag, source = _local_source(reference)
     except (OSError, tarfile.TarError, BaseImageError):
         return None
     try:
         if reference.transport == "docker-archive":
-            manifest = source.read_json("manifest.json")
-            entries = manifest if isinstance(manifest, list) else []
-            if tag is not None:
-                wanted = {tag, normalise_tag(tag)}
-                entries = [m for m in entries if wanted.intersection(m.get("RepoTags") or [])]
+            entries = _tagged(source.read_json("manifest.json"), tag)
             if len(entries) != 1:
                 return None
             named = re.search(r"([0-9a-f]{64})(?:\.json)?$", str(entries[0].get("Config") or ""))
@@ -562,10 +561,7 @@ def _read_docker_archive(source: _Source, shown: str, tag: str | None) -> LocalI
     manifest = source.read_json("manifest.json")
     if not isinstance(manifest, list) or not manifest:
         raise BaseImageError(shown, "manifest.json lists no images")
-    chosen = manifest
-    if tag is not None:
-        wanted = {tag, normalise_tag(tag)}
-        chosen = [m for m in manifest if wanted.intersection(m.get("RepoTags") or [])]
+    chosen = _tagged(manifest, tag)
     if len(chosen) != 1:
         tags = sorted(t for m in manifest for t in m.get("RepoTags") or [])
         raise BaseImageError(shown, f"no single image matches {tag or '(no tag)'}; it holds {tags}")
