@@ -27,22 +27,7 @@ import pytest
 
 from tests.support.docker import DockerEngine
 from tests.support.equivalence import differences, export_listing, layout_listing
-
-#: The config fields a Dockerfile sets; both backends must agree on each.
-CONFIG_FIELDS = (
-    "Env",
-    "Cmd",
-    "Entrypoint",
-    "WorkingDir",
-    "User",
-    "Labels",
-    "ExposedPorts",
-    "Volumes",
-    "StopSignal",
-    "Shell",
-    "Healthcheck",
-    "OnBuild",
-)
+from tests.support.fidelity import CONFIG_FIELDS
 
 DOWNLOAD = b"downloaded by ADD --checksum\n"
 ARCHIVE_NAME = "data.tar.gz"

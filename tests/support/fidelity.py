@@ -40,7 +40,7 @@ import pytest
 from imagedsl.api import Backend, BuildSession
 from imagedsl.backends.dockerfile._progress import ProgressParser
 from imagedsl.backends.dockerfile._vertices import VertexMap
-from imagedsl.backends.dockerfile.buildkit import DockerfileBackend
+from imagedsl.backends.dockerfile.buildkit import DockerfileBackend, _old_frontend
 from imagedsl.backends.dockerfile.lowering import LoweringError, lower_to_dockerfile
 from imagedsl.backends.oci.backend import OCIBackend
 from imagedsl.planner import Plan
@@ -461,12 +461,11 @@ class FidelityRun:
         return outcome
 
     def _engine_has(self, feature: str) -> bool:
-        """Whether the engine's Dockerfile frontend accepts ``feature`` (Docker 20.10's
-        built-in one lacks the Dockerfile 1.4 additions, unless buildx brings a newer one)."""
+        """Whether the engine's Dockerfile frontend accepts ``feature``, as the backend
+        decides it (Docker 20.10's built-in one lacks the Dockerfile 1.4 additions, unless
+        buildx brings a newer one)."""
         del feature  # every feature a scenario needs today came with Dockerfile 1.4
-        version = self.engine.server_version
-        major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
-        return major >= 23 or self.engine.buildx
+        return not _old_frontend(self.engine)
 
 
 def tar_bytes(files: Mapping[str, bytes]) -> bytes:
