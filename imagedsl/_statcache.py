@@ -15,8 +15,6 @@ import gc
 import marshal
 import os
 import posixpath
-import queue
-import threading
 import zlib
 from stat import S_ISDIR, S_ISLNK, S_ISREG
 from typing import Any, Final, Literal, Protocol
@@ -279,9 +277,11 @@ def directory_signature(entries: dict[str, Entry]) -> bytes:
 
 
 class DirectoryLister:
-    """Lists and stats a directory tree with a few threads: stat(2) releases the GIL, so
-    the calls of one thread overlap the Python work of another (each directory is listed by
-    one thread, in its own order; the caller sorts directories by path)."""
+    """Lists and stats a directory tree, one directory at a time, in this thread.
+
+    Threads do not pay here: each entry's Python work holds the GIL, and handing it over
+    around every stat(2) costs more than the call (20,000 files: 98 ms in one thread, 127 ms
+    in two, 161 ms in three on a 2-core machine)."""
 
     def __init__(self, root: str, rules: IgnoreRules) -> None:
         self.root = root
@@ -295,63 +295,17 @@ class DirectoryLister:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            return self._run(start)
+            listed: dict[str, tuple[dict[str, Entry], bytes]] = {}
+            todo = [start]
+            while todo:
+                rel = todo.pop()
+                here, below = self.list(rel)
+                listed[rel] = (here, directory_signature(here))
+                todo.extend(below)
+            return listed
         finally:
             if collecting:
                 gc.enable()
-
-    def _run(self, start: str) -> dict[str, tuple[dict[str, Entry], bytes]]:
-        listed: dict[str, tuple[dict[str, Entry], bytes]] = {}
-        here, below = self.list(start)
-        listed[start] = (here, directory_signature(here))
-        if len(below) < 2:  # a chain of single directories: no threads needed
-            while below:
-                rel = below.pop()
-                here, more = self.list(rel)
-                listed[rel] = (here, directory_signature(here))
-                below.extend(more)
-            return listed
-        todo: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        done: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-
-        def work() -> None:
-            while (rel := todo.get()) is not None:
-                try:
-                    entries, more = self.list(rel)
-                    done.put((rel, (entries, directory_signature(entries), more)))
-                except BaseException as error:  # re-raised by the caller's thread
-                    done.put((rel, error))
-
-        workers = [
-            threading.Thread(target=work, name="imagedsl-scan", daemon=True)
-            for _ in range(_SCAN_THREADS)
-        ]
-        for worker in workers:
-            worker.start()
-        failure: BaseException | None = None
-        try:
-            outstanding = 0
-            for rel in below:
-                todo.put(rel)
-                outstanding += 1
-            while outstanding:
-                rel, result = done.get()
-                outstanding -= 1
-                if isinstance(result, BaseException):
-                    failure = failure or result
-                    continue
-                entries, signature, more = result
-                listed[rel] = (entries, signature)
-                if failure is None:
-                    for sub in more:
-                        todo.put(sub)
-                        outstanding += 1
-        finally:
-            for _ in workers:
-                todo.put(None)
-        if failure is not None:
-            raise failure
-        return listed
 
     def list(self, rel: str) -> tuple[dict[str, Entry], list[str]]:
         """One directory's entries that the rules keep, and the directories to list next."""
@@ -393,11 +347,6 @@ class DirectoryLister:
                     here[path] = ("symlink", 0o777, 0, 0, 0, 0, os.readlink(dirent.path))
                 # sockets, fifos and devices are never build inputs
         return here, below
-
-
-#: Threads that list directories: two keep two cores busy (the Python part of each entry
-#: holds the GIL; more threads only queue for it).
-_SCAN_THREADS: Final = 2
 
 
 def entry_of(root: str, rel: str, st: os.stat_result) -> Entry | None:

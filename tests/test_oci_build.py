@@ -461,6 +461,46 @@ def test_layout_written_again_keeps_only_what_tags_reach(
     assert read_image(out, "two")[0] == other.image.manifest_digest
 
 
+def test_layout_written_again_trusts_stamped_blobs_and_repairs_damaged_ones(
+    base: str, ctx: Path, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing an image into a layout that holds it reads no blob whose stamp still matches
+    (a stat each); a blob damaged in place (same size: only its ctime shows it) is hashed,
+    found wrong, and copied again."""
+    from imagedsl.oci import blobs as blobs_module
+
+    src = dsl.context(ctx)
+    out = tmp_path / "layout"
+    result, _ = build({"a": dsl.image(base).copy(src.dir("app"), "/a")}, store, output=f"oci:{out}")
+    image = result.image
+    digests = [*image.blob_digests, image.manifest_digest]
+    blob_dir = out / "blobs" / "sha256"
+    hashed: list[str] = []
+    real_file_holds = blobs_module.file_holds
+
+    def spy(path: Path, digest: str) -> bool:
+        hashed.append(path.name)
+        return real_file_holds(path, digest)
+
+    monkeypatch.setattr(blobs_module, "file_holds", spy)
+    blobs = blobs_module.BlobStore(store)
+    assert blobs.place(digests, blob_dir) == 0
+    assert hashed == []
+    layer = blob_dir / image.layers[-1].digest.removeprefix("sha256:")
+    original = layer.read_bytes()
+    layer.chmod(0o644)
+    layer.write_bytes(bytes([original[0] ^ 1]) + original[1:])
+    assert blobs.place(digests, blob_dir) == 1
+    assert hashed == [layer.name]
+    assert layer.read_bytes() == original
+    assert blobs.place(digests, blob_dir) == 0
+    assert hashed == [layer.name]
+    inspected = subprocess.run(
+        ["skopeo", "inspect", f"oci:{out}"], capture_output=True, check=False
+    )
+    assert inspected.returncode == 0, inspected.stderr
+
+
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "imagedsl", *args], capture_output=True, text=True, check=False

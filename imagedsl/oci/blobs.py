@@ -31,7 +31,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO, Final, Protocol
 
@@ -265,6 +265,43 @@ class BlobStore:
         where the filesystem makes them, else a copy: never a hard link into the store."""
         copy_file(self.verified_path(digest), dest)
 
+    def place(self, digests: Iterable[str], blob_dir: Path) -> int:
+        """Make sure ``blob_dir`` (an output layout's ``blobs/sha256``) holds each of
+        ``digests`` under its hex name: a copy is made (:meth:`copy_out`) unless the file
+        there already holds it. Returns how many were copied.
+
+        A file already there is trusted without reading it when the stamp taken when it was
+        last copied or hashed still matches its ``stat`` (size, inode, mtime and ctime: any
+        write or replacement changes one of them), as for the store's own blobs; otherwise it
+        is hashed. Re-writing a layout thus costs a ``stat`` per blob it already holds, not a
+        read of every layer. The stamps of one layout live in one file of the store, which
+        keeps only the blobs still in the layout."""
+        record = self._placed_record(blob_dir)
+        stamps = _read_placed(record)
+        copied = 0
+        for digest in digests:
+            name = check_digest(digest).partition(":")[2]
+            dest = blob_dir / name
+            try:
+                current: str | None = _stamp_of(dest.stat())
+            except OSError:
+                current = None
+            if current is None or stamps.get(name) != current:
+                if not file_holds(dest, digest):
+                    self.copy_out(digest, dest)
+                    copied += 1
+                current = _stamp_of(dest.stat())
+            stamps[name] = current
+        with contextlib.suppress(OSError):
+            present = set(os.listdir(blob_dir))
+            data = "".join(f"{n} {stamp}" for n, stamp in sorted(stamps.items()) if n in present)
+            self._write_text(record, data)
+        return copied
+
+    def _placed_record(self, blob_dir: Path) -> Path:
+        where = hashlib.sha256(os.path.abspath(blob_dir).encode()).hexdigest()
+        return self.store.area(StoreArea.BLOB_STAMPS) / "placed" / where
+
     def stamp_path(self, digest: str) -> Path:
         """Where the blob's stamp lives (its mtime is the blob's last use)."""
         hexdigest = digest.partition(":")[2]
@@ -272,12 +309,15 @@ class BlobStore:
 
     def _stamp(self, digest: str, st: os.stat_result) -> None:
         """Note that the blob's bytes hashed right while the file was as ``st`` says."""
-        stamp = self.stamp_path(digest)
+        self._write_text(self.stamp_path(digest), _stamp_of(st))
+
+    @staticmethod
+    def _write_text(stamp: Path, text: str) -> None:
         try:
             stamp.parent.mkdir(parents=True, exist_ok=True)
             # No fsync: a stamp lost in a crash only costs hashing the blob once more.
             tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}.tmp")
-            tmp.write_text(_stamp_of(st))
+            tmp.write_text(text)
             os.replace(tmp, stamp)
         except OSError:
             pass  # without a stamp the blob is hashed when next used: slower, as safe
@@ -439,6 +479,16 @@ class PartialBlob:
 
 def _stamp_of(st: os.stat_result) -> str:
     return f"{st.st_size} {st.st_ino} {st.st_mtime_ns} {st.st_ctime_ns}\n"
+
+
+def _read_placed(record: Path) -> dict[str, str]:
+    """A layout's stamps (``<hex> <stamp>`` lines), empty if missing or unreadable."""
+    stamps: dict[str, str] = {}
+    for line in (_read_stamp(record) or "").splitlines(keepends=True):
+        name, _, stamp = line.partition(" ")
+        if stamp:
+            stamps[name] = stamp
+    return stamps
 
 
 def _read_stamp(path: Path) -> str | None:

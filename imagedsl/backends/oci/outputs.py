@@ -28,7 +28,7 @@ import attrs
 
 from imagedsl.backends import BuildRequestError
 from imagedsl.oci.annotations import CONTAINERD_IMAGE_NAME, REF_NAME
-from imagedsl.oci.blobs import BlobStore, file_holds
+from imagedsl.oci.blobs import BlobStore
 from imagedsl.oci.image import LayerBlob
 from imagedsl.oci.layout import blob_name
 from imagedsl.oci.manifest import canonical_json
@@ -196,11 +196,10 @@ def _write_layout(
     marker = directory / "oci-layout"
     if not marker.exists():
         atomic_write(marker, canonical_json({"imageLayoutVersion": "1.0.0"}))
-    for digest in [*image.blob_digests, image.manifest_digest]:
-        dest = directory / blob_name(digest)
-        if not file_holds(dest, digest):  # absent, or damaged since it was written
-            blobs.copy_out(digest, dest)
-    fsync_dir(directory / "blobs" / "sha256")
+    blob_dir = directory / "blobs" / "sha256"
+    blob_dir.mkdir(parents=True, exist_ok=True)
+    blobs.place([*image.blob_digests, image.manifest_digest], blob_dir)  # absent or damaged
+    fsync_dir(blob_dir)
     manifests: list[dict[str, Any]] = []
     index_file = directory / "index.json"
     with contextlib.suppress(OSError, ValueError, AttributeError):
