@@ -47,10 +47,9 @@ _STEP_COMMENT: Final = re.compile(
 )
 
 
-@attrs.define
-class _Node:
-    size: int
-    is_dir: bool
+#: A path of the stacked filesystem: (its size, whether it is a directory).
+_Node = tuple[int, bool]
+_IMPLIED_DIRECTORY: Final[_Node] = (0, False)
 
 
 @attrs.define
@@ -70,6 +69,13 @@ class _Copies:
         self.sizes.append(size)
 
 
+def _copies_of(copies: dict[str, _Copies], path: str) -> _Copies:
+    record = copies.get(path)
+    if record is None:
+        record = copies[path] = _Copies()
+    return record
+
+
 class _Stack:
     """The filesystem the layers read so far make, as dive stacks them."""
 
@@ -81,7 +87,7 @@ class _Stack:
         if path not in self.nodes:
             parent = path.rpartition("/")[0]
             if parent and parent not in self.nodes:
-                self.add(parent, _Node(0, False))
+                self.add(parent, _IMPLIED_DIRECTORY)
             self.children.setdefault(parent, set()).add(path)
         self.nodes[path] = node
 
@@ -97,13 +103,13 @@ class _Stack:
 
     def subtree_size(self, path: str) -> int:
         node = self.nodes.get(path)
-        if node is None or not node.is_dir:
+        if node is None or not node[1]:
             return 0
         total = 0
         pending = [path]
         while pending:
             current = pending.pop()
-            total += self.nodes[current].size
+            total += self.nodes[current][0]
             pending.extend(self.children.get(current, ()))
         return total
 
@@ -335,7 +341,7 @@ def _visit(
             target = f"{directory}/{name[4:]}" if directory else name[4:]
             deleted += 1
             if path not in inner:
-                copies.setdefault(target, _Copies()).add(stack.subtree_size(target), index)
+                _copies_of(copies, target).add(stack.subtree_size(target), index)
             continue
         if item is not None and not item.is_dir:
             if path in stack.nodes:
@@ -343,7 +349,7 @@ def _visit(
             else:
                 added += 1
         if path not in inner:
-            copies.setdefault(path, _Copies()).add(0 if item is None else item.size, index)
+            _copies_of(copies, path).add(0 if item is None else item.size, index)
     return added, changed, deleted
 
 
@@ -357,7 +363,7 @@ def _stack(tree: Mapping[str, TarEntry | None], stack: _Stack) -> None:
         if name.startswith(WHITEOUT):
             stack.remove(f"{directory}/{name[4:]}" if directory else name[4:])
         else:
-            stack.add(path, _Node(0, False) if item is None else _Node(item.size, item.is_dir))
+            stack.add(path, _IMPLIED_DIRECTORY if item is None else (item.size, item.is_dir))
 
 
 def _secrets(items: Sequence[TarEntry], index: int) -> Iterator[tuple[str, int, str]]:
