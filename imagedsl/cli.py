@@ -15,6 +15,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imagedsl import _arguments as arguments
 from imagedsl._terminal import (
@@ -27,20 +28,11 @@ from imagedsl._terminal import (
     human_size,
     mib,
 )
-from imagedsl.api import (
-    BuildSession,
-    import_dockerfile,
-    inspect_image,
-    open_store,
-    prune_store,
-    push_image,
-    verify_store,
-    write_html,
-)
-from imagedsl.check import Severity
-from imagedsl.check.sarif import to_sarif
 from imagedsl.errors import ImageDSLError, exit_code_of
 from imagedsl.store import StoreWarning
+
+if TYPE_CHECKING:
+    from imagedsl.api import BuildSession
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -103,6 +95,8 @@ def _os_error(error: OSError) -> str:
 
 def run_plan(args: argparse.Namespace) -> int:
     """``imagedsl plan``."""
+    from imagedsl.check import Severity
+
     session = _session(args)
     if args.resolve:
         session.resolve_bases()
@@ -121,6 +115,9 @@ def run_plan(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     """``imagedsl check``: findings on stdout (text, JSON) or in a SARIF file; exit 1 when
     one reaches ``--fail-on``."""
+    from imagedsl.check import Severity
+    from imagedsl.check.sarif import to_sarif
+
     report = _session(args).check()
     if args.sarif:
         with open(args.sarif, "w", encoding="utf-8") as handle:
@@ -136,13 +133,19 @@ def run_check(args: argparse.Namespace) -> int:
 
 def run_inspect(args: argparse.Namespace) -> int:
     """``imagedsl inspect IMAGE``: layers, waste and secrets as text or JSON; ``--html``."""
+    # Only what reading an image needs: not the planner and backends behind imagedsl.api.
+    from imagedsl.inspect import inspect_image
+    from imagedsl.store import Store, default_store_path
+
     report = inspect_image(
         args.image,
-        store=open_store(args.store),
+        store=Store(default_store_path(args.store)),
         platform=args.platform or "linux/amd64",
         insecure=args.insecure,
     )
     if args.html:
+        from imagedsl.api import BuildSession, write_html
+
         plan = None
         if args.buildfile is not None:
             plan = BuildSession(args.buildfile, store=args.store).plan()
@@ -180,6 +183,8 @@ def run_build(args: argparse.Namespace) -> int:
 
 def run_push(args: argparse.Namespace) -> int:
     """``imagedsl push SRC REF``: push an OCI layout or archive; print where it went."""
+    from imagedsl.api import push_image
+
     reporter = TerminalReporter(sys.stderr)
     for pushed in push_image(
         args.source, args.reference, args.tag, insecure=args.insecure, reporter=reporter
@@ -198,6 +203,8 @@ def run_lower(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     """``imagedsl import``: print the build.py for a Dockerfile, or write it (``-o FILE``)."""
+    from imagedsl.api import import_dockerfile
+
     text = import_dockerfile(args.dockerfile, args.output)
     if args.output is None:
         sys.stdout.write(text)
@@ -208,6 +215,8 @@ def run_import(args: argparse.Namespace) -> int:
 
 def run_targets(args: argparse.Namespace) -> int:
     """``imagedsl targets``: one per line, the default first."""
+    from imagedsl.api import BuildSession
+
     for name in BuildSession(args.spec).buildfile.targets:
         print(name)
     return EXIT_OK
@@ -215,6 +224,8 @@ def run_targets(args: argparse.Namespace) -> int:
 
 def run_cache_du(args: argparse.Namespace) -> int:
     """``imagedsl cache du``."""
+    from imagedsl.api import open_store
+
     store = open_store(args.store)
     usage = store.disk_usage()
     for part, size in usage.items():
@@ -225,6 +236,8 @@ def run_cache_du(args: argparse.Namespace) -> int:
 
 def run_cache_verify(args: argparse.Namespace) -> int:
     """``imagedsl cache verify``: exit 1 when something damaged was found (and removed)."""
+    from imagedsl.api import open_store, verify_store
+
     store = open_store(args.store)
     report = verify_store(store)
     for damage in report.damaged:
@@ -239,6 +252,7 @@ def run_cache_verify(args: argparse.Namespace) -> int:
 
 def run_cache_prune(args: argparse.Namespace) -> int:
     """``imagedsl cache prune``."""
+    from imagedsl.api import open_store, prune_store
     from imagedsl.maintenance import parse_age, parse_size
 
     older_than = None if args.older_than is None else parse_age(args.older_than)
@@ -257,6 +271,8 @@ def run_cache_prune(args: argparse.Namespace) -> int:
 
 
 def _session(args: argparse.Namespace) -> BuildSession:
+    from imagedsl.api import BuildSession
+
     return BuildSession(
         args.spec,
         build_args=_build_args(args.build_arg),
