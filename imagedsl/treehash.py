@@ -308,6 +308,35 @@ class _AutoAssign:
         return 1 + _MAX_LARGE_BUCKETS + _bucket(placed, self.rest)
 
 
+#: Whether an entry (placed path, type, size) belongs to the rows being built.
+_Keep = Callable[[str, str, int], bool]
+
+
+@attrs.frozen
+class _InPart:
+    """layers="auto": keeps the entries of one part."""
+
+    assign: _AutoAssign
+    part: int
+
+    def __call__(self, placed: str, kind: str, size: int) -> bool:
+        return self.assign(placed, kind, size) == self.part
+
+
+def _as_planned(
+    found: tuple[Row, ...],
+    digest: str,
+    root: str,
+    selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
+) -> tuple[Row, ...]:
+    """``found``, if its digest is the planned one: a file changed after the plan read it
+    would otherwise put bytes other than the keyed ones in a layer."""
+    if tree_digest(found) != digest:
+        changed = ", ".join(selector.path for selector, _ in selections)
+        raise ContextChangedError(root, changed)
+    return found
+
+
 class _Split:
     """One tree's partition, computed once when a part's rows are first needed."""
 
@@ -388,6 +417,8 @@ class ContextHasher:
         self._started_ns = time.time_ns()
         #: Trees of directories copied whole, by digest: (root, scan probe, base, memo).
         self._wholes: dict[str, tuple[str, str, str, str]] = {}
+        #: For those trees: the rows of the entries a filter keeps, checked against a digest.
+        self._whole_rows: dict[str, Callable[[_Keep, str], tuple[Row, ...]]] = {}
         #: Per (scan probe, base): directories deepest first, and their subtree signatures.
         self._subtrees: dict[tuple[str, str], tuple[list[str], dict[str, bytes]]] = {}
 
@@ -440,6 +471,9 @@ class ContextHasher:
             probe = f"{rules_id}:dir:{base}"
             digest = self._merkle(root, cache, probe, base, memo)
             self._wholes[digest] = (root, probe, base, memo)
+            self._whole_rows[digest] = functools.partial(
+                self._checked_rows, root, selections, dest_is_dir, parents
+            )
             return Tree(
                 digest, self._rows_later(root, selections, exclude, dest_is_dir, parents, digest)
             )
@@ -539,11 +573,14 @@ class ContextHasher:
         parts = _unpack_parts(now[base][1])
         if not parts:  # an empty selection still makes one (empty) layer
             return [("files-0", tree)]
-        split = _Split(tree, "auto")
+        rows_where = self._whole_rows[tree.digest]
         return [
             (
                 AUTO_PARTS[part],
-                Tree(parts[part].hex(), functools.partial(split.rows, AUTO_PARTS[part])),
+                Tree(
+                    parts[part].hex(),
+                    functools.partial(rows_where, _InPart(assign, part), parts[part].hex()),
+                ),
             )
             for part in sorted(parts)
         ]
@@ -725,12 +762,23 @@ class ContextHasher:
 
         def rows() -> tuple[Row, ...]:
             found = self._rows(root, selections, exclude, dest_is_dir, parents)
-            if tree_digest(found) != digest:
-                changed = ", ".join(selector.path for selector, _ in selections)
-                raise ContextChangedError(root, changed)
-            return found
+            return _as_planned(found, digest, root, selections)
 
         return rows
+
+    def _checked_rows(
+        self,
+        root: str,
+        selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
+        dest_is_dir: bool,
+        parents: bool,
+        keep: _Keep,
+        digest: str,
+    ) -> tuple[Row, ...]:
+        """The rows of a directory copied whole that ``keep`` keeps (one layer part), built
+        without the others' and checked against the part's planned digest."""
+        found = self._rows(root, selections, (), dest_is_dir, parents, keep)
+        return _as_planned(found, digest, root, selections)
 
     def _rows(
         self,
@@ -739,8 +787,10 @@ class ContextHasher:
         exclude: Sequence[str],
         dest_is_dir: bool,
         parents: bool = False,
+        keep: _Keep | None = None,
     ) -> tuple[Row, ...]:
-        """The tree's rows: placement, then content digests (from the cache when valid)."""
+        """The tree's rows: placement, then content digests (from the cache when valid); with
+        ``keep``, only the entries it keeps (by placed path, type and size) are hashed."""
         excluded = IgnoreRules.from_lines(exclude) if exclude else None
         placed: dict[str, tuple[str, Entry]] = {}
         for _, matches in selections:
@@ -754,6 +804,12 @@ class ContextHasher:
                 if excluded is not None and excluded.excludes(rel):
                     continue
                 placed[rel] = (path, entry)
+        if keep is not None:
+            placed = {
+                rel: (path, e)
+                for rel, (path, e) in placed.items()
+                if keep(rel, e[TYPE], e[SIZE] if e[TYPE] == "file" else 0)
+            }
         digests = self._digests(root, placed.values())
         return tuple(
             sorted(

@@ -108,3 +108,26 @@ def test_tree_rows_read_after_an_edit_are_refused(
         _ = tree.rows
     assert caught.value.root == str(project)
     assert caught.value.path == "app"
+
+
+def test_layer_part_rows_read_after_an_edit_are_refused(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory copied whole in layers="auto" parts builds each part's rows on its own
+    (not the whole tree's): those of the part holding an edited file are refused as the
+    whole tree's are, while another part's rows are still given."""
+    (project / "app" / "requirements.txt").write_text("flask\n")
+    written = (project / "app" / "config.txt").stat().st_ctime_ns
+    monkeypatch.setattr(treehash, "time", SimpleNamespace(time_ns=lambda: written + 1_000_000))
+    hasher = ContextHasher(Store(tmp_path / "store"), Reporter())
+    source = dsl.context(project).dir("app")
+    parts = hasher.partition(source, hasher.tree(source), "auto")
+    assert parts is not None
+    by_name = dict(parts)
+    assert sorted(by_name) == ["files-0", "manifests"]
+    hasher.save()  # forgets the racily clean digest: rows read the file again
+    _edit_same_size(project / "app" / "config.txt")
+    with pytest.raises(ContextChangedError) as caught:
+        _ = by_name["files-0"].rows
+    assert caught.value.path == "app"
+    assert [row[0] for row in by_name["manifests"].rows] == ["requirements.txt"]
