@@ -394,10 +394,16 @@ class Stage:
 
     @_located
     def volume(self, *paths: str) -> Stage:
-        """``VOLUME``: absolute container paths."""
+        """``VOLUME``: absolute container paths, or paths that start with a variable
+        (``"$DATA_DIR"``, expanded as in a Dockerfile)."""
         if not paths:
             raise StepArgumentError("VOLUME", "paths", "must name at least one path")
-        checked = tuple(check_abs_path("VOLUME", "paths", p) for p in paths)
+        checked = tuple(
+            check_str("VOLUME", "paths", p)
+            if isinstance(p, str) and p.startswith("$")
+            else check_abs_path("VOLUME", "paths", p)
+            for p in paths
+        )
         return self._then(Volume(paths=checked, location=caller_location()))
 
     @_located

@@ -202,7 +202,12 @@ def target_stage(project: Path, target: str) -> str | None:
         pytest.param("FROM busybox\nADD https://x.invalid/f /f\n", 2, "checksum", id="add-url"),
         pytest.param("FROM busybox\nRUN --mount=type=ssh true\n", 2, "ssh", id="ssh-mount"),
         pytest.param("FROM busybox\nRUN --security=insecure true\n", 2, "security", id="security"),
-        pytest.param("FROM busybox\nCOPY --from=later /a /a\n", 2, "later", id="later-stage"),
+        pytest.param(
+            "FROM busybox\nCOPY --from=later /a /a\nFROM busybox AS later\n",
+            2,
+            "later",
+            id="later-stage",
+        ),
         pytest.param("FROM busybox\nCOPY $X /a\n", 2, "variable", id="copy-variable"),
         pytest.param("RUN true\nFROM busybox\n", 1, "before the first FROM", id="before-from"),
         pytest.param(

@@ -116,10 +116,16 @@ def _comments(lines: list[str], commands: Any, first: int) -> dict[int, list[str
     """Comment lines, keyed by the line of the instruction they stand above (or inside)."""
     starts = sorted(c.start_line for c in commands)
     inside: set[int] = set()
+    within: dict[int, int] = {}  # a line inside an instruction -> the instruction's first line
     for command in commands:
         if command.heredocs:
             # A heredoc's body is text, not comments.
             inside.update(range(command.start_line + 1, command.end_line + 1))
+        else:
+            # A comment between continuation lines belongs to its instruction.
+            within.update(
+                (n, command.start_line) for n in range(command.start_line + 1, command.end_line + 1)
+            )
     out: dict[int, list[str]] = {}
     pending: list[str] = []
     position = 0
@@ -130,8 +136,9 @@ def _comments(lines: list[str], commands: Any, first: int) -> dict[int, list[str
         if number in inside or not stripped.startswith("#"):
             continue
         body = stripped[1:].rstrip()
-        comment = "#" + (" " + body.lstrip() if body.strip() else "")
-        owner = starts[position] if position < len(starts) else -1
+        # Keep the comment's own indentation ("#   $ make"); add the space ruff adds.
+        comment = "#" + ((body if body[0].isspace() else " " + body) if body.strip() else "")
+        owner = within.get(number, starts[position] if position < len(starts) else -1)
         out.setdefault(owner, []).append(comment)
     del pending
     return out

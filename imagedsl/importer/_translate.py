@@ -9,6 +9,7 @@ refused with the Dockerfile's line, never turned into a different build.
 from __future__ import annotations
 
 import keyword
+import posixpath
 import re
 import textwrap
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from typing import Any, Final
 import attrs
 
 from imagedsl.backends.dockerfile._words import shell_form_is_exact
-from imagedsl.buildstate import DEFAULT_SHELL
+from imagedsl.buildstate import DEFAULT_SHELL, expand
 from imagedsl.errors import InputError
 from imagedsl.importer._format import Atom, Call, Chain, DictExpr, Expr, Link, ListExpr
 from imagedsl.importer._words import WordError, has_variable, read_word
@@ -119,6 +120,10 @@ class _Stage:
     chain: Chain
     line: int
     shell: tuple[str, ...] = DEFAULT_SHELL
+    #: The working directory where the Dockerfile says it (None: the base image's, unknown).
+    workdir: str | None = None
+    #: The FROM line's --platform as written, for the stages continued from this one.
+    platform: str | None = None
 
 
 @attrs.define
@@ -150,10 +155,13 @@ class Translator:
         self.escape = escape
         self.ignore = ignore
         self.global_args: dict[str, str] = {}  # ARG name -> Python name
+        self.global_defaults: dict[str, str] = {}  # ARG name -> its default, expanded
         self.stages: list[_Stage] = []
         self.by_name: dict[str, _Stage] = {}
         self.uses_context = False
         self.taken: set[str] = set(_RESERVED)
+        self.later_stages: set[str] = set()  # names of stages not yet reached
+        self.images: dict[str, str] = {}  # image reference (COPY --from=image) -> variable
         self._statements: list[Statement] = []
         self.current = _Stage("", None, Chain(Atom("")), 0)
         self._pending_stage_comments: list[str] = []
@@ -175,6 +183,9 @@ class Translator:
 
     def translate(self, commands: Sequence[Any], comments: dict[int, list[str]]) -> Translation:
         result = Translation()
+        for command in commands:
+            if command.cmd == "FROM" and len(command.value) == 3:
+                self.later_stages.add(command.value[2].lower())
         current: _Stage | None = None
         pending: list[str] = []
         for command in commands:
@@ -254,6 +265,12 @@ class Translator:
                 raise _Refused(f"ARG name {name!r} is not a valid name")
             python = self._fresh(name if name.isidentifier() else f"ARG_{name}")
             self.global_args[name] = python
+            if eq:
+                self.global_defaults[name] = expand(
+                    _word(default, self.escape), self.global_defaults
+                )
+            else:
+                self.global_defaults.pop(name, None)
             args: list[Expr | tuple[str, Expr]] = [_string(name)]
             if eq:
                 args.append(_string(_word(default, self.escape)))
@@ -298,12 +315,17 @@ class Translator:
             words = words[:1]
         if len(words) != 1:
             raise _Refused("FROM takes an image and an optional AS name")
+        if name is not None:
+            self.later_stages.discard(name)
         ref = _word(words[0], self.escape)
         platform = flags.get("platform")
         kwargs: list[tuple[str, Expr]] = []
         if platform is not None:
             kwargs.append(("platform", _string(_word(platform, self.escape))))
         head: Expr
+        parent = self.by_name.get(ref.lower())
+        if parent is not None and platform is not None and platform == parent.platform:
+            kwargs = []  # the stage is already built for this platform: the flag changes nothing
         if ref.lower() in self.by_name and not kwargs:
             head = Atom(self.by_name[ref.lower()].variable)
         elif ref.lower() in self.by_name:
@@ -318,10 +340,21 @@ class Translator:
             head = Call("dsl.image", (self._template(ref), *kwargs))
         last_guess = name or f"stage_{len(self.stages)}"
         variable = self._fresh(stage_variable(last_guess))
-        shell = self.by_name[ref.lower()].shell if ref.lower() in self.by_name else DEFAULT_SHELL
-        return _Stage(variable, name, Chain(head), command.start_line, shell)
+        shell = parent.shell if parent is not None else DEFAULT_SHELL
+        # BuildKit resolves a relative mount target against the working directory: known
+        # here for scratch ("/") and for a stage continued from one whose WORKDIR is known.
+        workdir = parent.workdir if parent is not None else "/" if ref == "scratch" else None
+        stage = _Stage(variable, name, Chain(head), command.start_line, shell, workdir)
+        stage.platform = parent.platform if parent is not None else platform
+        return stage
 
     def _names_a_stage(self, template: str) -> bool:
+        names = {m.group(1) or m.group(2) for m in _VAR.finditer(template)}
+        if names and names <= self.global_defaults.keys():
+            # Only global ARGs with defaults (no platform ARG): BuildKit expands the name
+            # with them, then looks for a stage of that name (an image otherwise).
+            value = expand(template, self.global_defaults).lower()
+            return any(s.name == value for s in self.stages)
         prefix = template.split("$", 1)[0].lower()
         if not any(s.name and s.name.startswith(prefix) for s in self.stages):
             return False  # the cheap test first: a 200-stage file has 200 such FROM lines
@@ -409,15 +442,25 @@ class Translator:
         fields: dict[str, str] = {}
         for part in _csv(spec):
             key, eq, value = part.partition("=")
+            if "$" in value:
+                # BuildKit expands these with the stage's ARG and ENV values; a build.py's
+                # mount options are plain values.
+                raise _Refused(f"--mount option {part}: a variable in a mount option")
             fields[key.strip().lower()] = value if eq else "true"
         kind = fields.pop("type", "bind")
         target = fields.pop("target", None) or fields.pop("dst", None)
         target = target or fields.pop("destination", None)
+        if target is not None or kind == "bind":
+            target = self._mount_target(target or "")
         kwargs: list[tuple[str, Expr]] = []
 
         def take_int(key: str, name: str, base: int = 10) -> None:
             if key in fields:
-                value = int(fields.pop(key), base)
+                text = fields.pop(key)
+                try:
+                    value = int(text, base)
+                except ValueError:
+                    raise _Refused(f"--mount option {key}={text}: not a number") from None
                 kwargs.append((name, Atom(f"0o{value:o}" if base == 8 else str(value))))
 
         def take_bool(key: str, name: str, *aliases: str) -> None:
@@ -467,8 +510,8 @@ class Translator:
             source = fields.pop("source", None) or fields.pop("src", None) or "."
             take_bool("readwrite", "readwrite", "rw")
             if "from" in fields:
-                stage = self._stage_ref(fields.pop("from"), "--mount from")
-                origin: Expr = Call(f"{stage}.path", (_string(source),))
+                stage = self._source_ref(fields.pop("from"), "--mount from")
+                origin: Expr = Call(f"{stage}.path", (_string(_stage_path(source)),))
             else:
                 origin = self._context_source([source], "RUN --mount")
             self._leftover(kind, fields)
@@ -479,11 +522,37 @@ class Translator:
         if fields:
             raise _Refused(f"--mount=type={kind}: option {sorted(fields)[0]!r} is not supported")
 
-    def _stage_ref(self, name: str, what: str) -> str:
+    def _mount_target(self, target: str) -> str:
+        """A mount's target as an absolute path: BuildKit joins a relative one (or none, for
+        a bind mount) to the working directory of the RUN."""
+        if target.startswith("/"):
+            return target
+        workdir = self.current.workdir
+        if workdir is None:
+            raise _Refused(
+                f"--mount target {target or '(none)'!r} is relative to a working directory "
+                "set by the base image: write an absolute target"
+            )
+        return posixpath.normpath(posixpath.join("/", workdir, target))
+
+    def _source_ref(self, name: str, what: str) -> str:
+        """The variable that ``--from=name`` names: an earlier stage, or else an image
+        (BuildKit reads a name that is no stage's as an image reference)."""
         stage = self.by_name.get(name.lower())
-        if stage is None:
+        if stage is not None:
+            return stage.variable
+        if name.lower() in self.later_stages or name.isdigit():
             raise _Refused(f"{what}={name}: not an earlier stage of this Dockerfile")
-        return stage.variable
+        if "$" in name:
+            raise _Refused(f"{what}={name}: a variable in the name of a stage or image")
+        variable = self.images.get(name)
+        if variable is None:
+            last = name.split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
+            variable = self._fresh(stage_variable(last) + "_image")
+            self.images[name] = variable
+            # Written before the stage that uses it (the stage's own statement comes later).
+            self._statements.append(Statement(variable, Call("dsl.image", (_string(name),))))
+        return variable
 
     def _context_source(self, sources: Sequence[str], what: str) -> Expr:
         self.uses_context = True
@@ -536,6 +605,8 @@ class Translator:
         if command.heredocs:
             return [self._inline(command, raw_sources, dest, kwargs, method)]
         sources = [_word(s, self.escape) for s in raw_sources]
+        if not add and any(_is_url(s) or _is_git(s) for s in sources):
+            raise _Refused("COPY of a URL: BuildKit refuses it too (ADD downloads)")
         if "checksum" in flags:
             if len(sources) != 1 or not _is_url(sources[0]):
                 raise _Refused("ADD --checksum takes one URL")
@@ -543,15 +614,17 @@ class Translator:
                 "dsl.url", (_string(sources[0]), ("checksum", _string(str(flags["checksum"]))))
             )
             return [Call(method, (source, _string(dest), *kwargs))]
+        if any(_is_git(s) for s in sources):
+            raise _Refused(f"{command.cmd} of a git repository has no equivalent in a build.py")
         if any(_is_url(s) for s in sources):
             raise _Refused(f"{command.cmd} of a URL without --checksum: pin it with a checksum")
         if "from" in flags:
-            stage = self._stage_ref(str(flags["from"]), f"{command.cmd} --from")
+            stage = self._source_ref(str(flags["from"]), f"{command.cmd} --from")
             if len(sources) != 1:
                 raise _Refused(f"{command.cmd} --from with several sources: write one per source")
             if has_variable(sources[0]):
                 raise _Refused(f"{command.cmd} --from: a variable in a source path")
-            path = sources[0].replace("\\$", "$")
+            path = _stage_path(sources[0].replace("\\$", "$"))
             source = Atom(stage) if path == "/" else Call(f"{stage}.path", (_string(path),))
             return [Call(method, (source, _string(dest), *kwargs))]
         source = self._context_source(sources, command.cmd)
@@ -630,7 +703,15 @@ class Translator:
 
     def _i_workdir(self, command: Any) -> list[Call]:
         self._no_flags(command)
-        return [Call("workdir", (_string(_word(command.value[0], self.escape)),))]
+        path = _word(command.value[0], self.escape)
+        current = self.current.workdir
+        if has_variable(path):
+            self.current.workdir = None
+        elif path.startswith("/"):
+            self.current.workdir = path
+        elif current is not None:
+            self.current.workdir = posixpath.join(current, path)
+        return [Call("workdir", (_string(path),))]
 
     def _i_user(self, command: Any) -> list[Call]:
         self._no_flags(command)
@@ -657,6 +738,9 @@ class Translator:
     def _i_volume(self, command: Any) -> list[Call]:
         self._no_flags(command)
         paths = [_word(v, self.escape) for v in command.value]  # JSON form too, as BuildKit
+        for path in paths:
+            if not path.startswith(("/", "$")):
+                raise _Refused(f"VOLUME {path}: a build.py's VOLUME takes absolute paths")
         return [Call("volume", tuple(_string(p) for p in paths))]
 
     def _exec_or_shell(self, command: Any, method: str) -> list[Call]:
@@ -720,6 +804,13 @@ class Translator:
         return [Call("healthcheck", (*first, *kwargs))]
 
 
+def _stage_path(path: str) -> str:
+    """A path inside another stage or image: BuildKit reads a relative one from its root."""
+    if re.match(r"[A-Za-z]:", path):
+        raise _Refused(f"{path}: a Windows path has no equivalent in a build.py")
+    return path if path.startswith("/") else "/" + path.removeprefix("./").removeprefix(".")
+
+
 def _csv(spec: str) -> list[str]:
     """The comma-separated fields of a ``--mount`` value (double quotes group)."""
     fields: list[str] = []
@@ -755,4 +846,12 @@ def _flags(
 
 
 def _is_url(source: str) -> bool:
-    return source.startswith(("http://", "https://", "git@")) or source.endswith(".git")
+    return source.startswith(("http://", "https://"))
+
+
+def _is_git(source: str) -> bool:
+    """A git source of ADD, as BuildKit tells one: by its scheme (a local ``.git`` directory,
+    or ``repo.git``, is a path of the context)."""
+    if source.startswith(("git@", "git://", "ssh://")):
+        return True
+    return _is_url(source) and source.split("#", 1)[0].rstrip("/").endswith(".git")

@@ -1,0 +1,215 @@
+"""``imagedsl import`` on forms that real Dockerfiles use and the corpus did not cover.
+
+Each case is a reduced Dockerfile of our own: what the importer once refused although BuildKit
+builds it, or turned into a build.py that did not load. Each must now import to a build.py that
+loads and plans with the meaning BuildKit gives it, or be refused with its line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imagedsl.api import Plan, Store, load_buildfile
+from imagedsl.importer import DockerfileImportError, translate_text
+from imagedsl.oci.reference import ImageReference
+
+
+def _load(tmp_path: Path, dockerfile: str, files: tuple[str, ...] = ()) -> tuple[str, Plan]:
+    """Import ``dockerfile`` (context: ``files``, made empty), load the build.py and plan its
+    default target."""
+    for name in files:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    text = translate_text(dockerfile, context_dir=tmp_path)
+    build = tmp_path / "build.py"
+    build.write_text(text)
+    buildfile = load_buildfile(build)
+    plan = buildfile.plan(
+        buildfile.targets[0], store=Store(tmp_path / "store"), resolve_base=_by_name
+    )
+    return text, plan
+
+
+def _by_name(reference: ImageReference, platform: str) -> None:
+    """A base resolver that knows no base: every base is keyed by its name as written."""
+    del reference, platform
+
+
+def _steps(plan: Plan) -> list[str]:
+    return [step.instruction for step in plan.steps]
+
+
+def test_a_local_dot_git_directory_is_copied_not_cloned(tmp_path: Path) -> None:
+    """``COPY .git .git`` copies a directory of the context: only a scheme makes a git source
+    (BuildKit: ``git@``, ``git://``, ``ssh://``, or an http(s) URL ending in ``.git``)."""
+    (tmp_path / ".git").mkdir()
+    text, _ = _load(tmp_path, "FROM scratch\nCOPY .git .git\nCOPY v.git /v.git\n", ("v.git",))
+    assert '.copy(src.dir(".git"), ".git")' in text
+    assert '.copy(src.file("v.git"), "/v.git")' in text
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ("COPY https://example.invalid/f /f", "BuildKit refuses it too"),
+        ("ADD git@example.invalid:o/r.git /r", "git repository"),
+        ("ADD https://example.invalid/o/r.git /r", "git repository"),
+    ],
+)
+def test_urls_and_git_sources_are_still_refused(line: str, words: str) -> None:
+    with pytest.raises(DockerfileImportError) as caught:
+        translate_text(f"FROM scratch\n{line}\n")
+    assert caught.value.line == 2
+    assert words in caught.value.problem
+
+
+def test_a_bind_mount_without_a_target_mounts_at_the_workdir(tmp_path: Path) -> None:
+    """BuildKit mounts ``--mount=from=stage`` (no target) at the RUN's working directory and
+    reads a relative target against it (checked with Docker 20.10's BuildKit)."""
+    text, plan = _load(
+        tmp_path,
+        "FROM busybox AS files\nRUN echo x > /f\n"
+        "FROM busybox\nWORKDIR /work\nRUN --mount=from=files ls\n"
+        "WORKDIR sub\nRUN --mount=target=. --mount=type=cache,target=c ls\n",
+    )
+    assert 'dsl.bind(files.path("/"), "/work")' in text
+    assert 'mounts=[dsl.bind(src, "/work/sub"), dsl.cache("/work/sub/c")]' in text
+    assert _steps(plan)[-1].startswith("RUN --mount=type=bind,")
+
+
+def test_a_relative_target_under_a_base_images_workdir_is_refused() -> None:
+    """The base image's WORKDIR is not in the Dockerfile: the importer cannot write the
+    absolute target, and says so with the line."""
+    for text, line in [
+        ("FROM busybox\nRUN --mount=target=. ls\n", 2),
+        ("FROM scratch\nWORKDIR $D\nRUN --mount=target=x ls\n", 3),
+    ]:
+        with pytest.raises(DockerfileImportError) as caught:
+            translate_text(text)
+        assert caught.value.line == line
+        assert "write an absolute target" in caught.value.problem
+
+
+def test_a_stage_continued_from_a_known_workdir_keeps_it(tmp_path: Path) -> None:
+    text, _ = _load(
+        tmp_path,
+        "FROM scratch AS a\nWORKDIR /src\nFROM a\nRUN --mount=target=. ls\n",
+    )
+    assert 'dsl.bind(src, "/src")' in text
+
+
+def test_a_variable_in_a_mount_option_is_refused_not_a_broken_build_py() -> None:
+    """BuildKit expands ``${VAR}`` in mount options; a build.py's are plain values: refused
+    with the line (before, the build.py failed to load, or the importer crashed on uid=$X)."""
+    for option in ("type=cache,target=${HOME}/c", "type=cache,target=/c,uid=${UID}"):
+        with pytest.raises(DockerfileImportError) as caught:
+            translate_text(f"FROM busybox\nARG UID=1\nRUN --mount={option} true\n")
+        assert caught.value.line == 3
+        assert "a variable in a mount option" in caught.value.problem
+
+
+def test_copy_from_an_image_copies_from_that_image(tmp_path: Path) -> None:
+    """``COPY --from=<image>`` (a name that is no stage's) reads the image: it becomes an image
+    value written before the stage, reused by every copy from the same image."""
+    text, plan = _load(
+        tmp_path,
+        "FROM busybox AS build\nRUN true\n"
+        "FROM scratch\nCOPY --from=example.invalid/tools:1.0 /bin/tool /tool\n"
+        "COPY --from=example.invalid/tools:1.0 / /all/\n"
+        "RUN --mount=from=example.invalid/tools:1.0,source=/lib,target=/l true\n"
+        "COPY --from=build /f /f\n",
+    )
+    assert 'tools_image = dsl.image("example.invalid/tools:1.0")' in text
+    assert '.copy(tools_image.path("/bin/tool"), "/tool")' in text
+    assert '.copy(tools_image, "/all/")' in text
+    assert 'dsl.bind(tools_image.path("/lib"), "/l")' in text
+    assert text.count("dsl.image(") == 2
+    assert text.index("tools_image =") < text.index("image = ")
+    assert "COPY --from=" in " ".join(_steps(plan))
+
+
+def test_copy_from_a_later_stage_or_a_variable_is_still_refused() -> None:
+    for line in ("COPY --from=later /a /a", "COPY --from=$IMG /a /a", "COPY --from=3 /a /a"):
+        with pytest.raises(DockerfileImportError) as caught:
+            translate_text(f"FROM busybox\n{line}\nFROM busybox AS later\n")
+        assert caught.value.line == 2
+
+
+def test_a_relative_path_from_a_stage_is_read_from_its_root(tmp_path: Path) -> None:
+    """BuildKit reads ``COPY --from=stage rel/path`` from the stage's root."""
+    text, _ = _load(
+        tmp_path,
+        "FROM busybox AS b\nRUN true\nFROM scratch\nCOPY --from=b app/bin /bin\n"
+        "COPY --from=b ./etc/x /x\n",
+    )
+    assert '.copy(b.path("/app/bin"), "/bin")' in text
+    assert '.copy(b.path("/etc/x"), "/x")' in text
+
+
+def test_from_platform_of_a_stage_already_on_that_platform(tmp_path: Path) -> None:
+    """``FROM --platform=P stage`` where the stage's own FROM says ``--platform=P``: the flag
+    changes nothing, so the stage is continued; another platform is still refused."""
+    text, _ = _load(
+        tmp_path,
+        "FROM --platform=linux/amd64 busybox AS base\nRUN true\n"
+        "FROM --platform=linux/amd64 base AS next\nRUN echo\n",
+    )
+    assert 'next = base.run("echo")' in text
+    with pytest.raises(DockerfileImportError) as caught:
+        translate_text(
+            "FROM --platform=linux/amd64 busybox AS base\n"
+            "FROM --platform=linux/arm64 base AS next\n"
+        )
+    assert caught.value.line == 2
+
+
+def test_a_volume_named_by_a_variable(tmp_path: Path) -> None:
+    """``VOLUME $HOME_DIR`` expands as BuildKit expands it (before, the build.py did not
+    load: a volume had to be absolute as written)."""
+    text, plan = _load(tmp_path, "FROM scratch\nENV D=/data\nVOLUME $D\n")
+    assert '.volume("$D")' in text
+    assert plan.steps[-1].instruction == 'VOLUME ["$D"]'
+    with pytest.raises(DockerfileImportError) as caught:
+        translate_text('FROM scratch\nVOLUME "C:\\\\data"\n')
+    assert caught.value.line == 2
+
+
+def test_a_windows_path_from_an_image_is_refused() -> None:
+    with pytest.raises(DockerfileImportError) as caught:
+        translate_text('FROM scratch\nCOPY --from=img ["C:\\\\\\\\Go", "C:\\\\\\\\Go"]\n')
+    assert caught.value.line == 2
+    assert "Windows path" in caught.value.problem
+
+
+def test_comments_keep_their_place_and_indentation() -> None:
+    """A comment between continuation lines stays with its instruction (before, it moved to
+    the next stage); a comment's own indentation after ``#`` is kept."""
+    text = translate_text(
+        "FROM busybox AS a\n#   indented\nRUN echo a \\\n #&& commented out\n && echo b\n"
+        "FROM busybox AS b\nRUN true\n"
+    )
+    first, second = text.split("\nb = ", 1)
+    assert "#   indented" in first
+    assert "# && commented out" in first
+    assert "commented out" not in second
+
+
+def test_a_from_named_by_a_global_arg_is_an_image_unless_its_value_names_a_stage(
+    tmp_path: Path,
+) -> None:
+    """``FROM $GO_IMAGE`` with ``ARG GO_IMAGE=golang:${GO_VERSION}``: BuildKit expands the
+    global ARGs, then looks the value up among the stages. Before, any FROM made only of a
+    variable was taken for a stage (and refused with --platform)."""
+    text, plan = _load(
+        tmp_path,
+        "ARG V=1.0\nARG IMG=example.invalid/go:${V}\nARG WHICH=b\n"
+        "FROM busybox AS b\nRUN true\n"
+        "FROM --platform=$BUILDPLATFORM $IMG AS go\nRUN go\n"
+        "FROM ${WHICH}\nRUN echo\n",
+    )
+    assert 'go = dsl.image(f"{IMG}", platform="$BUILDPLATFORM").run("go")' in text
+    assert 'dsl.from_stage("${WHICH}")' in text
+    assert _steps(plan)[-1] == "RUN echo"
