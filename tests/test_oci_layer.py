@@ -281,11 +281,8 @@ def test_order_never_depends_on_input_order(paths: list[str]) -> None:
     assert keys == sorted(keys)
 
 
-@pytest.mark.parametrize("threaded", [True, False])
 @pytest.mark.parametrize("size", [2, CHUNK - 1536, CHUNK - 512, CHUNK + 7, 3 * CHUNK - 1536])
-def test_growth_and_shrinking_are_found_at_any_piece_boundary(
-    tmp_path: Path, size: int, threaded: bool
-) -> None:
+def test_growth_and_shrinking_are_found_at_any_piece_boundary(tmp_path: Path, size: int) -> None:
     """The last read of a file asks for one byte more: a file longer than its entry says is
     refused wherever its end falls in the stream's pieces, and one of the right size is not."""
     file = tmp_path / "f"
@@ -293,24 +290,13 @@ def test_growth_and_shrinking_are_found_at_any_piece_boundary(
     head = LayerEntry(path="a", kind="file", size=511, source=b"h" * 511)
     for claimed, problem in ((size, None), (size - 1, "changed size"), (size + 1, "changed size")):
         entry = LayerEntry(path="f", kind="file", size=claimed, source=str(file))
-        stream = LayerStream(io.BytesIO(), "gzip", threaded=threaded)
+        stream = LayerStream(io.BytesIO(), "gzip")
         if problem is None:
             write_tar([head, entry], stream, mtime=0)
             assert stream.finish().uncompressed_size == 1024 + 512 + size + (-size % 512) + 1024
         else:
             with pytest.raises(LayerError, match=problem):
                 write_tar([head, entry], stream, mtime=0)
-
-
-def test_threads_do_not_change_the_bytes() -> None:
-    """A stream compressed on a second thread writes the same blob as one compressed inline."""
-    blobs = []
-    for threaded in (True, False):
-        out = io.BytesIO()
-        stream = LayerStream(out, "gzip", threaded=threaded)
-        write_tar(_big_entries(), stream, mtime=0)
-        blobs.append((stream.finish(), out.getvalue()))
-    assert blobs[0] == blobs[1]
 
 
 def test_a_stopped_layer_raises_at_its_next_entry() -> None:

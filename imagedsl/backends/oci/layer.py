@@ -388,25 +388,18 @@ def _compressor(compression: Compression, level: int | None) -> _Gzip | _Zstd | 
 
 class LayerStream:
     """A tar stream cut into fixed pieces: hashed (diff_id) as it is written, and compressed,
-    hashed again (digest) and written to ``out``, by a second thread unless ``threaded`` is
-    False (several layers written at once use the cores already), so that reading files and
+    hashed again (digest) and written to ``out`` by a second thread, so that reading files and
     compressing them use two cores. File bytes are read straight into the pieces
     (:meth:`write_from`): one read per file feeds the tar, its check digest, the diff_id and
     the compressor, with no copy in between. The compressor sees the same pieces in the same
-    order either way, so the bytes do not depend on the threads."""
+    order as a single thread would, so the bytes do not depend on the threads."""
 
     def __init__(
-        self,
-        out: IO[bytes],
-        compression: Compression = "gzip",
-        level: int | None = None,
-        *,
-        threaded: bool = True,
+        self, out: IO[bytes], compression: Compression = "gzip", level: int | None = None
     ) -> None:
         self._out = out
         self._compression = compression
         self._codec = _compressor(compression, level)
-        self._threaded = threaded
         self._diff = hashlib.sha256()
         self._blob = hashlib.sha256()
         self._piece = bytearray(CHUNK)
@@ -473,10 +466,6 @@ class LayerStream:
         """Hand a full piece to the compressing thread and start a new one."""
         self._diff.update(self._piece)
         self.uncompressed += CHUNK
-        if not self._threaded:
-            self._compress(self._piece)
-            self._fill = 0
-            return
         if self._worker is None:
             self._worker = _Compressing(self._compress)
         self._view.release()

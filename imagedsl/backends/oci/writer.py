@@ -6,9 +6,9 @@ is written over what lies below the whole COPY), so the backend hands every miss
 order. Reading, hashing and compressing release the GIL, so the parts are compressed side by
 side, and each part's end (the compressor draining, the fsync, its index) overlaps another's
 work. Every layer keeps :class:`~.layer.LayerStream`'s second thread (reading on one, compressing
-on the other): measured here, two parts at once each on one thread were slower than that. Each
-layer's bytes depend only on its entries: neither the threads nor the order the parts finish in
-change a digest.
+on the other): measured here, two parts at once each compressed on its reading thread were
+slower than that. Each layer's bytes depend only on its entries: neither the threads nor the
+order the parts finish in change a digest.
 """
 
 from __future__ import annotations
