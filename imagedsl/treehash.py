@@ -365,8 +365,8 @@ def hash_file(path: str, size: int) -> str:
     try:
         if size < _BIG_FILE:
             buffer = getattr(_buffers, "piece", None)
-            if buffer is None:
-                buffer = _buffers.piece = bytearray(_BIG_FILE)
+            if buffer is None or len(buffer) <= size:
+                buffer = _buffers.piece = bytearray(min(_BIG_FILE, max(size + 1, 1 << 20)))
             with memoryview(buffer) as view:
                 count = os.readv(fd, [view[: size + 1]])
                 # Not what its stat said (it grew, or a short read): read on to its end.

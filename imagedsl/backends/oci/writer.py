@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Final
 
 from imagedsl.backends.oci.filesystem import LayerIndex, save_index
 from imagedsl.backends.oci.layer import LayerEntry, LayerStream, arrange, write_tar
@@ -26,6 +27,8 @@ from imagedsl.oci.image import LayerBlob
 from imagedsl.oci.mediatypes import Compression
 
 ParentFactory = Callable[[str], LayerEntry]
+#: Layers written at once at most (each holds its pieces, 8 MiB, and a compressing thread).
+_MAX_WORKERS: Final = 4
 
 
 def _cores() -> int:
@@ -49,7 +52,7 @@ class LayerWriter:
         self.blobs = blobs
         self.compression: Compression = compression
         self.epoch = epoch
-        self.workers = _cores() if workers is None else workers
+        self.workers = min(_MAX_WORKERS, _cores()) if workers is None else workers
         self._pool: ThreadPoolExecutor | None = None
         self._ahead: dict[int, Future[LayerBlob]] = {}
         self._stop = threading.Event()
