@@ -487,3 +487,19 @@ def test_editing_a_symlinked_file_changes_the_digest(tmp_path: Path) -> None:
     before = digest(source, store)
     (root / "real.txt").write_bytes(b"two, longer\n")
     assert digest(source, store) != before
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, (4 << 20) - 1, 4 << 20, (9 << 20) + 3])
+@pytest.mark.parametrize("claimed", ["exact", "less", "more"])
+def test_hash_file_hashes_the_whole_file_whatever_its_stat_said(
+    tmp_path: Path, size: int, claimed: str
+) -> None:
+    """hash_file reads to the end of the file: a size taken from an older stat (the file grew
+    or shrank since) changes how it is read, never what it hashes."""
+    import blake3
+
+    data = os.urandom(size)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    stated = {"exact": size, "less": max(0, size - 3), "more": size + 3}[claimed]
+    assert treehash.hash_file(str(path), stated) == blake3.blake3(data).hexdigest()

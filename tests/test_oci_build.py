@@ -18,10 +18,12 @@ import pytest
 
 import imagedsl as dsl
 from imagedsl import api
-from imagedsl.backends import BuildRequestError
+from imagedsl.backends import BuildRequest, BuildRequestError
 from imagedsl.backends.oci.backend import OCIBackend
+from imagedsl.backends.oci.layer import LayerError
 from imagedsl.backends.oci.outputs import Output
 from imagedsl.planner import PlanStatus, plan
+from imagedsl.reporting import Reporter
 from imagedsl.store import Store, StoreArea
 from tests.support import oci
 from tests.support.oci import build, layer_members, read_image
@@ -378,6 +380,66 @@ def test_fine_layers_rebuild_one_small_layer(base: str, tmp_path: Path, store: S
     assert second.stats.bytes_compressed <= 0.4 * total  # 5% at benchmark scale
     changed = [a != b for a, b in zip(first.image.layers, second.image.layers, strict=True)]
     assert changed.count(True) == 1
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_parts_written_at_once_are_the_parts_written_in_turn(
+    base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail: bool
+) -> None:
+    """The parts of a split COPY are written on a pool: the layers are byte for byte those
+    written one after the other, and a part that cannot be written fails the build and
+    leaves no temporary blob behind."""
+    ctx = tmp_path / "ctx"
+    (ctx / "src").mkdir(parents=True)
+    (ctx / "requirements.txt").write_text("attrs\n")
+    (ctx / "model.bin").write_bytes(os.urandom(3 << 20))
+    for i in range(200):
+        (ctx / "src" / f"mod{i}.py").write_text(f"VALUE = {i}\n" * (i + 1))
+    stages = {"app": dsl.image(base).copy(dsl.context(ctx), "/app", layers="auto")}
+    images = []
+    for workers in (1, 4):
+        monkeypatch.setattr("imagedsl.backends.oci.writer._cores", lambda n=workers: n)
+        store = Store(tmp_path / f"store-{workers}")
+        first = plan(stages, "app", store=store, project="test")
+        if fail:  # same size, other bytes: only the check as it is written sees it
+            for step in first.steps:
+                for tree in step.node.trees:
+                    assert tree.rows
+            (ctx / "src" / "mod150.py").write_text("VALUE = 151\n" * 151)
+        request = BuildRequest(output=None)
+        backend = OCIBackend()
+        if fail:
+            with pytest.raises(LayerError, match="changed content since it was planned"):
+                backend.build_image(first, request, store=store, reporter=Reporter())
+            blobs = store.area(StoreArea.BLOBS)
+            assert not [p.name for p in blobs.iterdir() if p.name.startswith(".incoming.")]
+            (ctx / "src" / "mod150.py").write_text("VALUE = 150\n" * 151)
+            continue
+        built = backend.build_image(first, request, store=store, reporter=Reporter())
+        assert built.stats.layers_written == len([s for s in first.steps if s.kind == "copy"])
+        images.append(built.image.layers)
+    if not fail:
+        assert images[0] == images[1]
+        assert len(images[0]) >= 4
+
+
+def test_a_named_symlink_is_copied_as_its_target(base: str, ctx: Path, store: Store) -> None:
+    """A symlink a selector names is followed (its target's bytes under its name); one inside
+    a copied directory stays a symlink."""
+    src = dsl.context(ctx)
+    stages = {"a": dsl.image(base).copy(src.file("app/current"), "/x").copy(src.dir("app"), "/d")}
+    built, _ = build(stages, store, output=None)
+    layers = built.image.layers
+    blobs = store.area(StoreArea.BLOBS)
+    members = {}
+    for layer in layers[-2:]:
+        data = gzip.decompress((blobs / layer.digest.partition(":")[2]).read_bytes())
+        with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+            for member in archive.getmembers():
+                extracted = archive.extractfile(member) if member.isfile() else None
+                members[member.name] = (member.type, extracted.read() if extracted else b"")
+    assert members["x"] == (tarfile.REGTYPE, b"print('main')\n")
+    assert members["d/current"][0] == tarfile.SYMTYPE
 
 
 def test_zstd_layers(base: str, ctx: Path, store: Store, tmp_path: Path) -> None:

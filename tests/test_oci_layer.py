@@ -8,6 +8,7 @@ import io
 import os
 import subprocess
 import tarfile
+import threading
 from typing import TYPE_CHECKING
 
 import pytest
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from imagedsl.backends.oci.filesystem import LayerIndex
 from imagedsl.backends.oci.layer import (
     CHUNK,
+    LayerCancelled,
     LayerEntry,
     LayerError,
     LayerStream,
@@ -277,3 +279,29 @@ def test_order_never_depends_on_input_order(paths: list[str]) -> None:
         seen.add(member.name)
     keys = [sort_key(m.name + ("/" if m.isdir() else "")) for m in _members(forward)]
     assert keys == sorted(keys)
+
+
+@pytest.mark.parametrize("size", [2, CHUNK - 1536, CHUNK - 512, CHUNK + 7, 3 * CHUNK - 1536])
+def test_growth_and_shrinking_are_found_at_any_piece_boundary(tmp_path: Path, size: int) -> None:
+    """The last read of a file asks for one byte more: a file longer than its entry says is
+    refused wherever its end falls in the stream's pieces, and one of the right size is not."""
+    file = tmp_path / "f"
+    file.write_bytes(b"x" * size)
+    head = LayerEntry(path="a", kind="file", size=511, source=b"h" * 511)
+    for claimed, problem in ((size, None), (size - 1, "changed size"), (size + 1, "changed size")):
+        entry = LayerEntry(path="f", kind="file", size=claimed, source=str(file))
+        stream = LayerStream(io.BytesIO(), "gzip")
+        if problem is None:
+            write_tar([head, entry], stream, mtime=0)
+            assert stream.finish().uncompressed_size == 1024 + 512 + size + (-size % 512) + 1024
+        else:
+            with pytest.raises(LayerError, match=problem):
+                write_tar([head, entry], stream, mtime=0)
+
+
+def test_a_stopped_layer_raises_at_its_next_entry() -> None:
+    """``stop`` (set when another layer of the build failed) ends writing at the next entry."""
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(LayerCancelled):
+        write_tar(SAMPLE, LayerStream(io.BytesIO()), mtime=0, stop=stop)

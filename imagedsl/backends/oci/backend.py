@@ -47,14 +47,9 @@ from imagedsl.backends.oci.copy_entries import (
     stage_entries,
     url_entry,
 )
-from imagedsl.backends.oci.filesystem import (
-    Filesystem,
-    LayerIndex,
-    read_members,
-    save_index,
-)
+from imagedsl.backends.oci.filesystem import Filesystem, read_members
 from imagedsl.backends.oci.image_config import apply_config_step, container_config, start_config
-from imagedsl.backends.oci.layer import LayerEntry, LayerStream, arrange, write_tar
+from imagedsl.backends.oci.layer import LayerEntry
 from imagedsl.backends.oci.outputs import (
     BuiltImage,
     Output,
@@ -64,6 +59,7 @@ from imagedsl.backends.oci.outputs import (
     write_layout,
 )
 from imagedsl.backends.oci.triggers import parse_trigger
+from imagedsl.backends.oci.writer import LayerWriter, ParentFactory
 from imagedsl.buildstate import BuildState
 from imagedsl.context import ContextSource
 from imagedsl.engine_api import LocalImages
@@ -105,7 +101,6 @@ if TYPE_CHECKING:
 LAYER_FORMAT: Final = 2
 DEFAULT_EPOCH: Final = 0
 COMPRESSION_ENV: Final = "IMAGEDSL_OCI_COMPRESSION"
-_ParentFactory = Callable[[str], LayerEntry]
 
 
 @attrs.frozen(kw_only=True)
@@ -354,9 +349,10 @@ class _Build:
         self.store = store
         self.reporter = reporter
         self.blobs = BlobStore(store)
+        self.writer = LayerWriter(self.blobs, backend.compression, backend.epoch)
         self.states: dict[int, _StageState] = {}
         self.filesystems: dict[tuple[str, ...], Filesystem] = {}
-        self.pending_copies: dict[int, tuple[list[LayerEntry], _ParentFactory]] = {}
+        self.pending_copies: dict[int, tuple[list[LayerEntry], ParentFactory]] = {}
         self.built: list[str] = []
         self.cached: list[str] = []
         self.stats = BuildStats()
@@ -372,7 +368,7 @@ class _Build:
 
     def build_all(self) -> BuiltImage:
         self.blobs.sweep()
-        with scratch_dir(self.blobs) as spool:
+        with scratch_dir(self.blobs) as spool, contextlib.closing(self.writer):
             self._spool_dir = spool
             # Each round measures one COPY --from output, so there are at most as many rounds
             # as steps; the planner then keys what waited for that output.
@@ -567,28 +563,37 @@ class _Build:
         key = blake3.blake3(material.encode()).hexdigest()
         return layer_cache_path(self.store, key)
 
-    def _layer(self, node: StepNode, below: _StageState, label: str) -> LayerBlob | None:
-        cache = self._cache_path(node, below)
-        self.layer_cache.append((node.key, cache))
+    def _cached(self, cache: Path) -> tuple[bool, LayerBlob | None]:
+        """(found, layer) from a layer cache entry whose blob is in the store."""
         try:
             saved = json.loads(cache.read_bytes())
             layer = None if saved is None else LayerBlob(**saved)
         except (OSError, ValueError, TypeError):
-            pass
-        else:
-            if layer is None or self.blobs.intact(layer.digest, layer.size):
-                self.stats = attrs.evolve(self.stats, layers_reused=self.stats.layers_reused + 1)
-                if node.index >= 0:
-                    record_step(self.store, node, _outputs(layer))
-                self.reporter.step_finished(label, "cached")
-                self.cached.append(label)
-                return layer
+            return False, None
+        return layer is None or self.blobs.intact(layer.digest, layer.size), layer
+
+    def _layer(self, node: StepNode, below: _StageState, label: str) -> LayerBlob | None:
+        cache = self._cache_path(node, below)
+        self.layer_cache.append((node.key, cache))
+        found, layer = (False, None) if self.writer.has(node.index) else self._cached(cache)
+        if found:
+            self.stats = attrs.evolve(self.stats, layers_reused=self.stats.layers_reused + 1)
+            if node.index >= 0:
+                record_step(self.store, node, _outputs(layer))
+            self.reporter.step_finished(label, "cached")
+            self.cached.append(label)
+            return layer
         started = time.monotonic()
         if isinstance(node.step, Run):
             layer = self._run(node, below, label)
         else:
-            made = self._entries(node, below)
-            layer = None if made is None else self._write(*made)
+            if node.group is not None and not self.writer.has(node.index):
+                self._write_parts_ahead(node, below)
+            if self.writer.has(node.index):
+                layer = self._counted(self.writer.take(node.index))
+            else:
+                made = self._entries(node, below)
+                layer = None if made is None else self._write(*made)
         # A cache entry (checked when read: the blob must be in the store): no fsync needed.
         atomic_write(
             cache, json.dumps(None if layer is None else layer.to_json()).encode(), durable=False
@@ -642,17 +647,30 @@ class _Build:
             self.reporter.step_finished(label, "failed")
             raise
 
-    def _write(self, entries: list[LayerEntry], parent: _ParentFactory) -> LayerBlob:
-        arranged = arrange(entries, parent)
-        with self.blobs.writer() as handle:
-            stream = LayerStream(handle, self.backend.compression)
-            write_tar(arranged, stream, mtime=self.backend.epoch)
-            layer = stream.finish()
-            if not self.blobs.intact(layer.digest, layer.size):
-                self.blobs.commit(handle, layer.digest)
-        save_index(
-            self.store, LayerIndex.of_entries(layer.diff_id, arranged, _kept_files(arranged))
-        )
+    def _write_parts_ahead(self, node: StepNode, below: _StageState) -> None:
+        """Hand ``node`` and the other missing parts of its split COPY to the writer's pool,
+        when more than one is missing (each is written over ``below``, not over another)."""
+        parts = [
+            step.node
+            for step in self.plan.steps
+            if step.node.group == node.group and step.node.index not in self.states
+        ]
+        missing = [
+            part
+            for part in parts
+            if part.index == node.index or not self._cached(self._cache_path(part, below))[0]
+        ]
+        if not self.writer.parallel(len(missing)):
+            return
+        for part in missing:
+            made = self._entries(part, below)
+            if made is not None:
+                self.writer.write_ahead(part.index, *made)
+
+    def _write(self, entries: list[LayerEntry], parent: ParentFactory) -> LayerBlob:
+        return self._counted(self.writer.write(entries, parent))
+
+    def _counted(self, layer: LayerBlob) -> LayerBlob:
         self.stats = attrs.evolve(
             self.stats,
             layers_written=self.stats.layers_written + 1,
@@ -663,7 +681,7 @@ class _Build:
 
     def _entries(
         self, node: StepNode, below: _StageState
-    ) -> tuple[list[LayerEntry], _ParentFactory] | None:
+    ) -> tuple[list[LayerEntry], ParentFactory] | None:
         step = node.step
         lower = self._filesystem(below.layers)
         if isinstance(step, Workdir):
@@ -682,9 +700,9 @@ class _Build:
         assert isinstance(step.source, ContextSource)
         root = step.source.context.root
         if isinstance(step, Add):
-            return self._add_entries(node, root, placement), placement.parent
+            return self._add_entries(node, step.source, placement), placement.parent
         items = [item for tree in node.trees for item in tree.entries]
-        return context_entries(items, root, placement), placement.parent
+        return context_entries(items, root, placement, _named(step.source)), placement.parent
 
     def _placement(self, node: StepNode, lower: Filesystem) -> Placement:
         step = node.step
@@ -701,7 +719,10 @@ class _Build:
             single_file=single,
         )
 
-    def _add_entries(self, node: StepNode, root: str, placement: Placement) -> list[LayerEntry]:
+    def _add_entries(
+        self, node: StepNode, source: ContextSource, placement: Placement
+    ) -> list[LayerEntry]:
+        root = source.context.root
         plain = []
         entries: list[LayerEntry] = []
         for tree in node.trees:
@@ -712,12 +733,12 @@ class _Build:
                 else:
                     plain.append(item)
         if plain:
-            entries.extend(context_entries(plain, root, placement))
+            entries.extend(context_entries(plain, root, placement, _named(source)))
         return entries
 
     def _workdir_entries(
         self, node: StepNode, lower: Filesystem
-    ) -> tuple[list[LayerEntry], _ParentFactory] | None:
+    ) -> tuple[list[LayerEntry], ParentFactory] | None:
         path = self._before(node).apply(node.step, self.plan.graph.scope).workdir.strip("/")
         if not path:
             return None
@@ -740,9 +761,9 @@ class _Build:
         return [placement.parent(real)], placement.parent
 
     def _before(self, node: StepNode) -> BuildState:
-        """The concrete state a step starts from."""
-        assert node.parent is not None
-        return self.states[node.parent].state
+        """The concrete state a step starts from (for a part of a split COPY, the state before
+        the whole COPY, which is the same: a COPY changes no state)."""
+        return self._below(node).state
 
     def _spool(self) -> Path:
         assert self._spool_dir is not None
@@ -919,20 +940,16 @@ def _copy_fs(fs: Filesystem) -> Filesystem:
     return copy
 
 
-def _kept_files(entries: Sequence[LayerEntry]) -> dict[str, str]:
-    kept = {}
-    for entry in entries:
-        if entry.path in ("etc/passwd", "etc/group") and entry.kind == "file":
-            source = entry.source
-            data = source if isinstance(source, bytes) else Path(str(source)).read_bytes()
-            kept[entry.path] = data.decode("utf-8", "replace")
-    return kept
-
-
 def _outputs(layer: LayerBlob | None) -> dict[str, Any]:
     if layer is None:
         return {"oci.layer": None}
     return {"oci.layer": {"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size}}
+
+
+def _named(source: ContextSource) -> frozenset[str]:
+    """The paths a source's selectors name (not globs): the only sources the plan may have
+    followed as symlinks (see :func:`~.copy_entries.context_entries`)."""
+    return frozenset(s.path for s in source.selectors if s.kind != "glob")
 
 
 def _single_file(node: StepNode) -> bool:

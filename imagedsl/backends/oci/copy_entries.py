@@ -16,7 +16,7 @@ import os
 import posixpath
 import tarfile
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -167,15 +167,21 @@ class Placement:
 
 
 def context_entries(
-    items: Iterable[TreeEntry], root: str, placement: Placement
+    items: Iterable[TreeEntry],
+    root: str,
+    placement: Placement,
+    named: Container[str] | None = None,
 ) -> list[LayerEntry]:
-    """Entries for files selected from a build context (checked against their tree digests)."""
+    """Entries for files selected from a build context (checked against their tree digests).
+
+    ``named``: the sources a selector names (only those can be symlinks the plan followed; a
+    file found in a directory it scanned was no symlink), or None to look at every file."""
     entries: list[LayerEntry] = []
     owner, chmod = placement.owner, placement.chmod
     for item in items:
         host = os.path.join(root, item.source)
         path = placement.target(item.placed, posixpath.basename(item.source))
-        if item.type == "file" and os.path.islink(host):
+        if item.type == "file" and (named is None or item.source in named) and os.path.islink(host):
             # A symlink named as the source: its target's bytes, under its name (as BuildKit
             # follows it; the plan checked that the target is inside the context).
             host = _inside(root, os.path.realpath(host), item)

@@ -57,6 +57,7 @@ CARRIED_XATTRS: Final = frozenset(
 Xattrs = tuple[tuple[str, bytes], ...]
 
 _BLOCK: Final = 512
+_ZEROS: Final = bytes(_BLOCK)
 _GZIP_HEADER: Final = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no mtime, no name, OS unknown
 _TYPEFLAGS: Final[dict[str, bytes]] = {
     "file": b"0",
@@ -236,19 +237,23 @@ def _ustar(
     # Fields in order: name 100, mode/uid/gid 8 each, size/mtime 12 each | checksum 8 |
     # type 1, linkname 100, magic+version 8, uname/gname 32 each (empty), devmajor/minor 8
     # each, prefix 155 and padding 12 (empty).
-    head = name.ljust(100, b"\0") + b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (
-        mode,
-        uid,
-        gid,
-        size,
-        mtime,
+    numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, uid, gid, size, mtime)
+    # The checksum field counts as 8 spaces; the padding NULs count nothing.
+    checksum = sum(name) + sum(numbers) + typeflag[0] + sum(linkname) + _USTAR_TAIL_SUM
+    return b"".join(
+        (
+            name.ljust(100, b"\0"),
+            numbers,
+            b"%06o\0 " % checksum,
+            typeflag,
+            linkname.ljust(100, b"\0"),
+            _USTAR_TAIL,
+        )
     )
-    tail = typeflag + linkname.ljust(100, b"\0") + _USTAR_TAIL
-    checksum = sum(head) + sum(tail) + 8 * 32  # the checksum field counts as 8 spaces
-    return head + b"%06o\0 " % checksum + tail
 
 
 _USTAR_TAIL: Final = b"ustar\x0000" + bytes(64) + b"0000000\x000000000\x00" + bytes(167)
+_USTAR_TAIL_SUM: Final = sum(_USTAR_TAIL) + 8 * 32
 
 
 def _fits(text: bytes, width: int) -> bool:
@@ -399,6 +404,7 @@ class LayerStream:
         self._blob = hashlib.sha256()
         self._piece = bytearray(CHUNK)
         self._view = memoryview(self._piece)
+        self._over = bytearray(1)
         self._fill = 0
         self._worker: _Compressing | None = None
         self.uncompressed = 0
@@ -416,6 +422,12 @@ class LayerStream:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes of the tar stream."""
+        fill = self._fill
+        end = fill + len(data)
+        if end < CHUNK:  # the usual case: a header, or padding
+            self._piece[fill:end] = data
+            self._fill = end
+            return
         view = memoryview(data)
         while view:
             take = min(len(view), CHUNK - self._fill)
@@ -427,12 +439,19 @@ class LayerStream:
 
     def write_from(self, fd: int, size: int, hasher: blake3.blake3 | None = None) -> int:
         """Append up to ``size`` bytes read from ``fd``, read straight into the stream's
-        pieces (and into ``hasher``); return how many bytes there were."""
+        pieces (and into ``hasher``); return how many bytes there were (``size + 1`` when
+        the file holds more than ``size``)."""
         done = 0
         while done < size:
             fill = self._fill
             take = min(size - done, CHUNK - fill)
-            count = os.readv(fd, [self._view[fill : fill + take]])
+            if take == size - done:
+                # The last read asks for one byte more, which only a file that grew fills.
+                count = os.readv(fd, [self._view[fill : fill + take], self._over])
+                if count > take:
+                    return done + count
+            else:
+                count = os.readv(fd, [self._view[fill : fill + take]])
             if not count:
                 break
             if hasher is not None:
@@ -527,10 +546,23 @@ class _Compressing:
 _PIECES_IN_FLIGHT: Final = 8
 
 
-def write_tar(entries: Sequence[LayerEntry], stream: LayerStream, *, mtime: int) -> None:
-    """Write ``entries`` (already arranged) as a tar into ``stream``, then the end blocks."""
+class LayerCancelled(Exception):
+    """Writing a layer stopped because ``stop`` was set (another layer of the build failed)."""
+
+
+def write_tar(
+    entries: Sequence[LayerEntry],
+    stream: LayerStream,
+    *,
+    mtime: int,
+    stop: threading.Event | None = None,
+) -> None:
+    """Write ``entries`` (already arranged) as a tar into ``stream``, then the end blocks;
+    :class:`LayerCancelled` once ``stop`` is set."""
     try:
         for entry in entries:
+            if stop is not None and stop.is_set():
+                raise LayerCancelled(entry.path)
             stream.write(tar_header(entry, mtime))
             if entry.kind == "file" and entry.size:
                 _write_content(entry, stream)
@@ -558,8 +590,6 @@ def _write_content(entry: LayerEntry, stream: LayerStream) -> None:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise LayerError(entry.path, f"{source} is no longer a regular file")
             written = stream.write_from(fd, entry.size, hasher)
-            if written == entry.size and os.read(fd, 1):
-                written += 1
         finally:
             os.close(fd)
     else:
@@ -568,4 +598,4 @@ def _write_content(entry: LayerEntry, stream: LayerStream) -> None:
         raise LayerError(entry.path, f"changed size while the layer was written ({source!r})")
     if hasher is not None and hasher.hexdigest() != entry.digest:
         raise LayerError(entry.path, f"changed content since it was planned ({source!r})")
-    stream.write(bytes(-entry.size % _BLOCK))
+    stream.write(_ZEROS[: -entry.size % _BLOCK])
