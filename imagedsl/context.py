@@ -30,7 +30,7 @@ _GLOB = re.compile(r"[*?\[]")
 class Selector:
     """One path, directory or glob selected from a context, relative to its root.
 
-    A path holding ``$VAR``/``${VAR}`` (or ``\\$``, a literal ``$``) is kept as written: the
+    A path holding ``$`` (``$VAR``, ``${VAR}``; ``\\$`` is a literal ``$``) is kept as written: the
     planner expands it with the stage's ARG and ENV values, as BuildKit expands COPY
     sources, and cleans it then (:meth:`ContextSource.expanded`).
     """
@@ -139,7 +139,7 @@ class ContextSource:
             if not selector.templated:
                 selectors.append(selector)
                 continue
-            path = _clean_rel(step, expand(selector.path) or ".")
+            path = _clean_rel(step, expand(selector.path) or ".", expanded=True)
             kind = selector.kind
             if kind == "any" and _GLOB.search(path):
                 kind = "glob"
@@ -170,12 +170,14 @@ def make_context(
     return Context(str(root), patterns, dockerignore, location)
 
 
-def _clean_rel(step: str, path: object) -> str:
+def _clean_rel(step: str, path: object, *, expanded: bool = False) -> str:
+    """A context path as selectors hold it: relative, cleaned; one that holds variables is
+    kept as written until the planner has ``expanded`` it."""
     text = check_str(step, "path", path)
     if text.startswith("/"):
         text = text.lstrip("/")  # Docker reads /x in a COPY source as relative to the context
-    if is_template(text):
-        return text  # cleaned once the planner has expanded it
+    if not expanded and is_template(text):
+        return text
     cleaned = posixpath.normpath(text) if text else "."
     if cleaned == ".." or cleaned.startswith("../"):
         raise StepArgumentError(step, "path", f"leaves the build context: {path!r}")

@@ -30,6 +30,7 @@ from imagedsl._validate import (
     check_owner,
     check_platform,
     check_stage_path,
+    has_variable,
     check_str,
     check_str_seq,
     check_trigger,
@@ -40,7 +41,7 @@ from imagedsl._validate import (
     parse_port,
     parse_signal,
 )
-from imagedsl.buildstate import AUTOMATIC_ARGS
+from imagedsl.buildstate import AUTOMATIC_ARGS, expand
 from imagedsl.check.catalogue import ALLOWABLE
 from imagedsl.context import Context, ContextSource, make_context
 from imagedsl.errors import ImageDSLError, StepArgumentError
@@ -698,8 +699,16 @@ def bind(
     """``--mount=type=bind``: context files or a stage path; keyed by their content."""
     checked = _copy_source("bind", source)
     if checked.templated:
-        raise StepArgumentError(
-            "bind", "source", "must not hold variables (only COPY and ADD sources expand them)"
+        paths = checked.describe_paths() if isinstance(checked, ContextSource) else [checked.path]
+        if any(has_variable(p) for p in paths):
+            raise StepArgumentError(
+                "bind", "source", "must not hold variables (only COPY and ADD sources expand them)"
+            )
+        literal = functools.partial(expand, variables={})  # ``\$``: a literal ``$``
+        checked = (
+            checked.expanded(literal, "bind")
+            if isinstance(checked, ContextSource)
+            else checked.expanded(literal)
         )
     return BindMount(
         target=check_abs_path("bind", "target", target),

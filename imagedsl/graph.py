@@ -873,6 +873,10 @@ def expand_sources(step: Copy | Add, state: BuildState) -> Copy | Add:
                 "(a base image's variables are not known while planning): declare it with "
                 ".arg() or set it with .env()",
             )
+        if value.startswith(("http://", "https://")):
+            raise StepArgumentError(
+                name, "source", f"{word!r} expands to a URL: add it with dsl.url(..., checksum=)"
+            )
         return value
 
     source = step.source
