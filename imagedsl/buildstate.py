@@ -143,7 +143,9 @@ def expand(word: str, variables: Mapping[str, str], *, keep_unknown: bool = Fals
         return word
     out: list[str] = []
     for piece in split_expressions(word):
-        out.append(piece if isinstance(piece, str) else _value(piece, word, variables, keep_unknown))
+        out.append(
+            piece if isinstance(piece, str) else _value(piece, word, variables, keep_unknown)
+        )
     return "".join(out)
 
 

@@ -211,7 +211,10 @@ def target_stage(project: Path, target: str) -> str | None:
         # A variable in a COPY source imports now (the planner expands it); in a bind
         # mount's source it is still refused.
         pytest.param(
-            "FROM busybox\nRUN --mount=source=$X,target=/x true\n", 2, "variable", id="bind-variable"
+            "FROM busybox\nRUN --mount=source=$X,target=/x true\n",
+            2,
+            "variable",
+            id="bind-variable",
         ),
         pytest.param("RUN true\nFROM busybox\n", 1, "before the first FROM", id="before-from"),
         pytest.param(

@@ -269,7 +269,9 @@ PLAIN = "FROM scratch\nENV A=1 B=2\nCOPY f /f\n"
         pytest.param("\ufeffFROM scratch\nENV A=1 B=2\nCOPY f /f\n", id="bom"),
         pytest.param("from scratch\nenv A=1 B=2\nCopy f /f\n", id="lowercase"),
         pytest.param("FROM\tscratch\nENV\tA=1\tB=2\nCOPY\tf\t/f\n", id="tabs"),
-        pytest.param("FROM scratch\nENV A=1 \\\n\n    B=2\nCOPY f \\\n\n  /f\n", id="empty-continuation"),
+        pytest.param(
+            "FROM scratch\nENV A=1 \\\n\n    B=2\nCOPY f \\\n\n  /f\n", id="empty-continuation"
+        ),
         pytest.param("# escape=`\nFROM scratch\nENV A=1 `\n  B=2\nCOPY f /f\n", id="escape"),
         pytest.param(
             "\ufeff# syntax=docker/dockerfile:1\n# escape=`\n# check=skip=all\n"

@@ -381,10 +381,14 @@ def test_config_instructions(src_dir: Path) -> None:
 # -- spelling ------------------------------------------------------------------------------------
 
 
-def test_expansion_pattern_matches_the_dsl() -> None:
-    """The lowering reads ``$VAR`` exactly as the DSL expands it: with the DSL's own
-    tokenizer (nested ``${A:-${B}}`` included)."""
-    assert words.split_expressions is buildstate.split_expressions
+@pytest.mark.parametrize(
+    "value", ["$A/x", "${A}y", "${A:-${B}}", "${A:+x${B:-y}z}", "\\$A", "${A", "$1"]
+)
+def test_expansion_pattern_matches_the_dsl(value: str) -> None:
+    """The lowering reads ``$VAR`` exactly as the DSL expands it (it splits words with the
+    DSL's own tokenizer, ``buildstate.split_expressions``, nested expressions included)."""
+    env = {"B": "bee"}
+    assert read_word(words.expanding_word(value), env) == buildstate.expand(value, env)
 
 
 _NASTY = ["$", "\\", '"', "'", " ", "\t", "}", "{", "$1", "é", "日本", "#", "=", "\\$", "${", "-"]
