@@ -84,6 +84,23 @@ def check_abs_path(step: str, argument: str, value: object) -> str:
     return clean_container_path(path)
 
 
+_VARIABLE: Final = re.compile(r"(?<!\\)\$(?:\{|[A-Za-z_])")
+
+
+def has_variable(path: str) -> bool:
+    """Whether a path holds a ``$VAR``/``${VAR}`` (``\\$`` is a literal ``$``)."""
+    return "$" in path and _VARIABLE.search(path) is not None
+
+
+def check_stage_path(step: str, argument: str, value: object) -> str:
+    """A path inside a stage: absolute and cleaned, or holding variables (kept as written,
+    expanded and cleaned by the planner with the stage's ARG and ENV values)."""
+    path = check_str(step, argument, value)
+    if is_template(path):
+        return path
+    return check_abs_path(step, argument, path)
+
+
 def clean_container_path(path: str) -> str:
     """Normalise a container path like Go's ``path.Clean`` (``..`` cannot climb above /)."""
     cleaned = posixpath.normpath(path)

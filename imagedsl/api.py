@@ -443,8 +443,19 @@ class BuildSession:
         from imagedsl.backends.dockerfile import lowering
 
         # One Dockerfile serves every platform (its FROM --platform lines say which stages are
-        # native): the first platform's plan lowers it.
-        planned = self._plan().platform_plans()[0][1]
+        # native): the first platform's plan lowers it, unless a COPY source reads a platform
+        # ARG (each platform's build lowers its own Dockerfile then).
+        plans = self._plan().platform_plans()
+        planned = plans[0][1]
+        for name, other in plans[1:]:
+            for mine, theirs in zip(planned.steps, other.steps, strict=False):
+                if mine.instruction != theirs.instruction:
+                    raise lowering.LoweringError(
+                        mine.instruction,
+                        f"is {theirs.instruction!r} for {name}: one Dockerfile cannot serve "
+                        "these platforms; lower one platform at a time",
+                        location=mine.node.location,
+                    )
         if output_dir is not None:
             lowering.write_build_dir(planned, Path(output_dir))
         return lowering.lower_to_dockerfile(planned).text

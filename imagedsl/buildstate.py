@@ -33,10 +33,92 @@ class ExpansionError(InputError):
         return f"cannot expand {self.word!r}: {self.problem}"
 
 
-_VAR: Final = re.compile(
-    r"\\(?P<escaped>\$)|\$(?:(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
-    r"|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-+?])(?P<word>[^}]*))?\})"
-)
+_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_OPERATOR: Final = re.compile(r":?[-+?]")
+
+
+@attrs.frozen
+class Expression:
+    """One ``$NAME``, ``${NAME}`` or ``${NAME<op>word}`` of a word; ``word`` may hold further
+    expressions (``${A:-${B}}``, as BuildKit nests them)."""
+
+    text: str
+    name: str
+    braced: bool
+    op: str | None = None
+    word: str | None = None
+
+
+def split_expressions(word: str) -> list[str | Expression]:
+    """``word`` as literal text and the expressions imagedsl expands, in order.
+
+    ``\\$`` is a literal ``$``; a ``$`` that starts no well-formed expression (``$1``, an
+    unclosed ``${A``) is literal too. Inside ``${NAME:-word}`` the word ends at the first
+    ``}`` that closes no nested expression.
+    """
+    pieces, _ = _split(word, 0, inside=False)
+    return pieces
+
+
+def _split(text: str, at: int, *, inside: bool) -> tuple[list[str | Expression], int]:
+    pieces: list[str | Expression] = []
+    literal: list[str] = []
+    while at < len(text):
+        char = text[at]
+        if inside and char == "}":
+            break
+        if char == "\\" and text.startswith("$", at + 1):
+            literal.append("$")
+            at += 2
+            continue
+        if char == "$":
+            found = _expression(text, at)
+            if found is not None:
+                if literal:
+                    pieces.append("".join(literal))
+                    literal = []
+                pieces.append(found)
+                at += len(found.text)
+                continue
+        literal.append(char)
+        at += 1
+    if literal:
+        pieces.append("".join(literal))
+    return pieces, at
+
+
+def _expression(text: str, at: int) -> Expression | None:
+    """The expression starting at ``text[at] == "$"``, or None (a literal ``$``)."""
+    if not text.startswith("{", at + 1):
+        bare = _NAME.match(text, at + 1)
+        if bare is None:
+            return None
+        return Expression(text[at : bare.end()], bare.group(), braced=False)
+    name = _NAME.match(text, at + 2)
+    if name is None:
+        return None
+    after = name.end()
+    if text.startswith("}", after):
+        return Expression(text[at : after + 1], name.group(), braced=True)
+    op = _OPERATOR.match(text, after)
+    if op is None:
+        return None
+    _, end = _split(text, op.end(), inside=True)
+    if end >= len(text):
+        return None  # no closing brace
+    word = text[op.end() : end]
+    return Expression(text[at : end + 1], name.group(), braced=True, op=op.group(), word=word)
+
+
+def variable_names(word: str) -> set[str]:
+    """The names of every variable ``word`` refers to, nested ones included."""
+    names: set[str] = set()
+    for piece in split_expressions(word):
+        if isinstance(piece, Expression):
+            names.add(piece.name)
+            if piece.word is not None:
+                names |= variable_names(piece.word)
+    return names
 
 
 _REDUNDANT_ESCAPE: Final = re.compile(r"\\\$(?![{A-Za-z_])")
@@ -49,38 +131,44 @@ def canonical_word(word: str) -> str:
 
 
 def expand(word: str, variables: Mapping[str, str], *, keep_unknown: bool = False) -> str:
-    """Expand ``$VAR``, ``${VAR}``, ``${VAR:-default}``, ``${VAR:+alt}`` like the Dockerfile.
+    """Expand ``$VAR``, ``${VAR}``, ``${VAR:-default}``, ``${VAR:+alt}`` like the Dockerfile,
+    nested ones too (``${A:-${B}}``).
 
     Only the forms the Dockerfile frontend supports; ``\\$`` stays a literal ``$``. With
     ``keep_unknown``, a reference to a variable not in ``variables`` is left as written: it
     names a variable of the base image, which only a backend that has read the base's config
     can expand (the base's key already covers its value).
     """
-
-    def replace(match: re.Match[str]) -> str:
-        if match["escaped"]:
-            return "$"
-        name = match["bare"] or match["braced"]
-        if keep_unknown and name not in variables:
-            return canonical_word(match.group(0))
-        value = variables.get(name)
-        op = match["op"]
-        if op is None:
-            return value or ""
-        empty_counts = op.startswith(":")
-        is_set = value is not None and (value != "" or not empty_counts)
-        alternative = expand(match["word"], variables, keep_unknown=keep_unknown)
-        if op.endswith("-"):
-            return value if is_set and value is not None else alternative
-        if op.endswith("+"):
-            return alternative if is_set else ""
-        if not is_set:
-            raise ExpansionError(word, alternative or f"{name} is not set")
-        return value or ""
-
     if "$" not in word:
         return word
-    return _VAR.sub(replace, word)
+    out: list[str] = []
+    for piece in split_expressions(word):
+        out.append(
+            piece if isinstance(piece, str) else _value(piece, word, variables, keep_unknown)
+        )
+    return "".join(out)
+
+
+def _value(
+    expression: Expression, word: str, variables: Mapping[str, str], keep_unknown: bool
+) -> str:
+    name = expression.name
+    if keep_unknown and name not in variables:
+        return canonical_word(expression.text)
+    value = variables.get(name)
+    op = expression.op
+    if op is None:
+        return value or ""
+    empty_counts = op.startswith(":")
+    is_set = value is not None and (value != "" or not empty_counts)
+    alternative = expand(expression.word or "", variables, keep_unknown=keep_unknown)
+    if op.endswith("-"):
+        return value if is_set and value is not None else alternative
+    if op.endswith("+"):
+        return alternative if is_set else ""
+    if not is_set:
+        raise ExpansionError(word, alternative or f"{name} is not set")
+    return value or ""
 
 
 #: The platform ARGs BuildKit defines for every build (global: usable in FROM lines; in a

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -19,7 +19,7 @@ from typing import Literal
 import attrs
 
 from imagedsl._ignore import IgnoreRules
-from imagedsl._validate import caller_location, check_str, check_str_seq
+from imagedsl._validate import caller_location, check_str, check_str_seq, is_template
 from imagedsl.errors import ContextError, SourceLocation, StepArgumentError
 
 SelectorKind = Literal["any", "file", "dir", "glob"]
@@ -28,10 +28,20 @@ _GLOB = re.compile(r"[*?\[]")
 
 @attrs.frozen
 class Selector:
-    """One path, directory or glob selected from a context, relative to its root."""
+    """One path, directory or glob selected from a context, relative to its root.
+
+    A path holding ``$`` (``$VAR``, ``${VAR}``; ``\\$`` is a literal ``$``) is kept as written: the
+    planner expands it with the stage's ARG and ENV values, as BuildKit expands COPY
+    sources, and cleans it then (:meth:`ContextSource.expanded`).
+    """
 
     path: str
     kind: SelectorKind = "any"
+
+    @property
+    def templated(self) -> bool:
+        """Whether the planner still has to expand the path."""
+        return is_template(self.path)
 
 
 @attrs.frozen
@@ -59,7 +69,8 @@ class Context:
     def glob(self, pattern: str) -> ContextSource:
         """Select what a Dockerfile-style glob matches (``*`` never crosses ``/``)."""
         check_str("glob", "pattern", pattern)
-        glob_regex(pattern)  # refuse a malformed pattern where it was written
+        if not is_template(pattern):
+            glob_regex(pattern)  # refuse a malformed pattern where it was written
         selector = Selector(_clean_rel("glob", pattern), "glob")
         return ContextSource(self, (selector,), caller_location())
 
@@ -71,7 +82,9 @@ class Context:
         selectors = []
         for path in paths:
             cleaned = _clean_rel("select", path)
-            if _GLOB.search(cleaned):
+            if is_template(cleaned):
+                selectors.append(Selector(cleaned, "any"))  # a glob or not once expanded
+            elif _GLOB.search(cleaned):
                 glob_regex(cleaned)  # refuse a malformed pattern where it was written
                 selectors.append(Selector(cleaned, "glob"))
             else:
@@ -112,6 +125,29 @@ class ContextSource:
         """The selected paths as a Dockerfile would spell them."""
         return [s.path for s in self.selectors]
 
+    @property
+    def templated(self) -> bool:
+        """Whether a selected path still holds variables for the planner to expand."""
+        return any(s.templated for s in self.selectors)
+
+    def expanded(self, expand: Callable[[str], str], step: str) -> ContextSource:
+        """The source with every templated path expanded by ``expand`` and cleaned as a path
+        written without variables would have been (a path of ``select`` that has become a
+        glob is one)."""
+        selectors = []
+        for selector in self.selectors:
+            if not selector.templated:
+                selectors.append(selector)
+                continue
+            path = _clean_rel(step, expand(selector.path) or ".", expanded=True)
+            kind = selector.kind
+            if kind == "any" and _GLOB.search(path):
+                kind = "glob"
+            if kind == "glob":
+                glob_regex(path)
+            selectors.append(Selector(path, kind))
+        return attrs.evolve(self, selectors=tuple(selectors))
+
 
 def make_context(
     path: str | os.PathLike[str],
@@ -134,10 +170,14 @@ def make_context(
     return Context(str(root), patterns, dockerignore, location)
 
 
-def _clean_rel(step: str, path: object) -> str:
+def _clean_rel(step: str, path: object, *, expanded: bool = False) -> str:
+    """A context path as selectors hold it: relative, cleaned; one that holds variables is
+    kept as written until the planner has ``expanded`` it."""
     text = check_str(step, "path", path)
     if text.startswith("/"):
         text = text.lstrip("/")  # Docker reads /x in a COPY source as relative to the context
+    if not expanded and is_template(text):
+        return text
     cleaned = posixpath.normpath(text) if text else "."
     if cleaned == ".." or cleaned.startswith("../"):
         raise StepArgumentError(step, "path", f"leaves the build context: {path!r}")

@@ -29,17 +29,19 @@ from imagedsl._validate import (
     check_int,
     check_owner,
     check_platform,
+    check_stage_path,
     check_str,
     check_str_seq,
     check_trigger,
     check_user,
     env_items,
+    has_variable,
     is_template,
     parse_label_items,
     parse_port,
     parse_signal,
 )
-from imagedsl.buildstate import AUTOMATIC_ARGS
+from imagedsl.buildstate import AUTOMATIC_ARGS, expand
 from imagedsl.check.catalogue import ALLOWABLE
 from imagedsl.context import Context, ContextSource, make_context
 from imagedsl.errors import ImageDSLError, StepArgumentError
@@ -113,8 +115,9 @@ class StageRef:
     name: str
 
     def path(self, path: str) -> StagePath:
-        """A path inside the named stage, for ``copy`` and ``bind``."""
-        return StagePath(self, check_abs_path("path", "path", path))
+        """A path inside the named stage, for ``copy`` and ``bind`` (``$VAR`` expands in a
+        copy, with the copying stage's ARG and ENV values)."""
+        return StagePath(self, check_stage_path("path", "path", path))
 
 
 @attrs.frozen(eq=False)
@@ -191,8 +194,9 @@ class Stage:
         return Stage(self, step)
 
     def path(self, path: str) -> StagePath:
-        """A path inside this stage, for ``copy`` (``COPY --from``) and ``bind`` mounts."""
-        return StagePath(self, check_abs_path("path", "path", path))
+        """A path inside this stage, for ``copy`` (``COPY --from``) and ``bind`` mounts
+        (``$VAR`` expands in a copy, with the copying stage's ARG and ENV values)."""
+        return StagePath(self, check_stage_path("path", "path", path))
 
     @_located
     def allow(self, *rules: str) -> Stage:
@@ -693,9 +697,22 @@ def bind(
     readwrite: bool = False,
 ) -> BindMount:
     """``--mount=type=bind``: context files or a stage path; keyed by their content."""
+    checked = _copy_source("bind", source)
+    if checked.templated:
+        paths = checked.describe_paths() if isinstance(checked, ContextSource) else [checked.path]
+        if any(has_variable(p) for p in paths):
+            raise StepArgumentError(
+                "bind", "source", "must not hold variables (only COPY and ADD sources expand them)"
+            )
+        literal = functools.partial(expand, variables={})  # ``\$``: a literal ``$``
+        checked = (
+            checked.expanded(literal, "bind")
+            if isinstance(checked, ContextSource)
+            else checked.expanded(literal)
+        )
     return BindMount(
         target=check_abs_path("bind", "target", target),
-        source=_copy_source("bind", source),
+        source=checked,
         readwrite=check_bool("bind", "readwrite", readwrite),
     )
 

@@ -26,6 +26,7 @@ import blake3
 from imagedsl import keys
 from imagedsl._validate import clean_container_path
 from imagedsl.buildstate import DEFAULT_PATH, ArgScope, BuildState
+from imagedsl.buildstate import expand as expand_word
 from imagedsl.context import ContextSource
 from imagedsl.dsl import Stage, StageRef
 from imagedsl.errors import (
@@ -568,6 +569,11 @@ class _Keyer:
         assert parent is not None
         assert parent_old is not None
         before = self._states[parent_old]
+        source = step.source if isinstance(step, Copy | Add) else None
+        if isinstance(source, ContextSource | StagePath) and source.templated:
+            assert isinstance(step, Copy | Add)
+            # Keyed, built and lowered by the paths BuildKit would read.
+            step = common["step"] = expand_sources(step, before)
         state = before.apply(step, self.scope)
         self._states[old] = common["state"] = state
         # BuildKit makes no vertex (and no layer) for a WORKDIR that is the root.
@@ -833,6 +839,55 @@ class _Keyer:
             raise
         self._trees[memo] = tree
         return tree
+
+
+class _Watched(dict[str, str]):
+    """Variables that note each name looked up and not found."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        super().__init__(values)
+        self.missing: list[str] = []
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self.missing.append(key)
+        return super().get(key, default)
+
+
+def expand_sources(step: Copy | Add, state: BuildState) -> Copy | Add:
+    """The COPY/ADD with ``$VAR`` in its source paths expanded with the stage's ARG and ENV
+    values (``state``, before the step), as BuildKit expands every COPY/ADD argument.
+
+    A stage on a base image may read variables the base sets, which planning does not know:
+    a source path that needs one is refused (the file it names would be a guess)."""
+    name = step.kind.upper()
+
+    def expand(word: str) -> str:
+        variables = _Watched(state.variables)
+        value = expand_word(word, variables)
+        if state.inherits and variables.missing:
+            raise StepArgumentError(
+                name,
+                "source",
+                f"{word!r} reads ${variables.missing[0]}, which the build file does not set "
+                "(a base image's variables are not known while planning): declare it with "
+                ".arg() or set it with .env()",
+            )
+        if value.startswith(("http://", "https://")):
+            raise StepArgumentError(
+                name, "source", f"{word!r} expands to a URL: add it with dsl.url(..., checksum=)"
+            )
+        return value
+
+    source = step.source
+    try:
+        if isinstance(source, ContextSource):
+            source = source.expanded(expand, name)
+        elif isinstance(source, StagePath):
+            source = source.expanded(expand)
+    except ImageDSLError as error:
+        raise error.with_location(step.location) from None
+    return attrs.evolve(step, source=source)  # type: ignore[arg-type]
 
 
 def _copy_dest(state: BuildState, dest: str) -> str:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, ClassVar, Final, TypeAlias
 
 import attrs
 
-from imagedsl._validate import check_str
+from imagedsl._validate import check_str, clean_container_path, is_template
 from imagedsl.errors import SourceLocation, StepArgumentError
 from imagedsl.oci.reference import ImageReference
 
@@ -31,10 +31,25 @@ _DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}\Z")
 
 @attrs.frozen
 class StagePath:
-    """A path inside another stage's filesystem, for ``COPY --from`` and bind mounts."""
+    """A path inside another stage's filesystem, for ``COPY --from`` and bind mounts.
+
+    A path holding ``$VAR``/``${VAR}`` is kept as written; the planner expands it with the
+    copying stage's ARG and ENV values (:meth:`expanded`), as BuildKit does.
+    """
 
     stage: Stage | StageRef
     path: str
+
+    @property
+    def templated(self) -> bool:
+        """Whether the planner still has to expand the path."""
+        return is_template(self.path)
+
+    def expanded(self, expand: Callable[[str], str]) -> StagePath:
+        """The path expanded by ``expand``, read from the stage's root and cleaned."""
+        if not self.templated:
+            return self
+        return attrs.evolve(self, path=clean_container_path("/" + expand(self.path)))
 
 
 @attrs.frozen(kw_only=True)

@@ -349,6 +349,25 @@ def test_variable_expansion(word: str, expected: str) -> None:
     assert expand(word, {"A": "1", "EMPTY": ""}) == expected
 
 
+@pytest.mark.parametrize(
+    ("word", "expected"),
+    [
+        pytest.param("${A:-${B}}", "bee", id="default-of-a-variable"),
+        pytest.param("${A:+x${B}}", "", id="alternative-unset"),
+        pytest.param("${B:+x${B}y}", "xbeey", id="alternative-set"),
+        pytest.param("${B:-${A:-z}}", "bee", id="set-wins"),
+        pytest.param("${E:-${B:+n${B}}}", "nbee", id="three-deep"),
+        pytest.param("${A:-a}${B:-b}}", "abee}", id="a-brace-after"),
+        pytest.param("${A:-${B}-${B}}", "bee-bee", id="two-inside"),
+        pytest.param("${A:-\\${B}}", "${B}", id="escaped-inside"),
+    ],
+)
+def test_nested_expansion(word: str, expected: str) -> None:
+    """Nested defaults expand as BuildKit expands them (each result read from Docker 20.10's
+    BuildKit: ``ENV R=<word>`` with ``ARG B=bee`` and ``ARG E=``, A unset)."""
+    assert expand(word, {"B": "bee", "E": ""}) == expected
+
+
 def test_required_variable_error() -> None:
     """${VAR:?message} on an unset variable is an error carrying the message."""
     with pytest.raises(ExpansionError) as caught:

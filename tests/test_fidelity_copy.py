@@ -19,6 +19,15 @@ LIST_APP = """.run("stat -c '%n %u %g %a %s' /app/* > /listing")"""
 TOOL = """tool = BASE.run("mkdir -p /out && echo tool > /out/tool.txt{extra}")\n"""
 
 
+#: Context files under directories a build arg names (d1 and d2 hold equal files).
+ARG_DIRS = {"d1/f": "same\n", "d2/f": "same\n", "d3/f": "other\n"}
+COPY_BY_ARG = """app = BASE.arg("D", "d1").copy(src.file("$D/f"), "/f").run("cat /f > /g")"""
+
+
+def edit_file_under_the_arg_path(project: Project) -> None:
+    project.write_files({"d1/f": "edited\n"})
+
+
 def add_excluded_file(project: Project) -> None:
     project.write_files({"app/scratch.tmp": "left out by exclude=\n"})
 
@@ -202,6 +211,52 @@ SCENARIOS = [
         """.run("cat /below > /seen")""",
         files=FILES,
         misses=2,
+    ),
+    # Variables in source paths (BuildKit expands every COPY argument; checked with a plain
+    # Dockerfile on Docker 20.10's BuildKit too: COPY $D/f with D=d1 then D=d2, equal files,
+    # is CACHED; D=d3 rebuilds it). The RUN after sees D in its environment, so it rebuilds
+    # whenever D changes.
+    Scenario(
+        name="a build arg changes a copied path to other content",
+        before=COPY_BY_ARG,
+        files=ARG_DIRS,
+        build_args={"D": "d1"},
+        build_args_after={"D": "d3"},
+        misses=2,
+    ),
+    Scenario(
+        name="a build arg changes a copied path to equal content",
+        before=COPY_BY_ARG,
+        files=ARG_DIRS,
+        build_args={"D": "d1"},
+        build_args_after={"D": "d2"},
+        misses=1,
+    ),
+    Scenario(
+        name="build args change but the copied path stays",
+        before="""app = BASE.arg("A").arg("B").copy(src.file("${A}${B:-}/f"), "/f")""",
+        files=ARG_DIRS,
+        build_args={"A": "d", "B": "1"},
+        build_args_after={"A": "d1", "B": ""},
+        misses=0,
+    ),
+    Scenario(
+        name="a file under a path a build arg names is edited",
+        before=COPY_BY_ARG,
+        files=ARG_DIRS,
+        build_args={"D": "d1"},
+        edit=edit_file_under_the_arg_path,
+        misses=2,
+    ),
+    Scenario(
+        name="a build arg changes the path copied from a stage",
+        before="""tool = BASE.run("mkdir -p /out && echo a > /out/a && echo b > /out/b")\n"""
+        """app = BASE.arg("N", "a").copy(tool.path("/out/$N"), "/n")""",
+        build_args={"N": "a"},
+        build_args_after={"N": "b"},
+        # A path never copied before: its output is known once built (BuildKit rebuilds).
+        misses=0,
+        maybes=1,
     ),
 ]
 

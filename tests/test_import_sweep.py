@@ -213,3 +213,97 @@ def test_a_from_named_by_a_global_arg_is_an_image_unless_its_value_names_a_stage
     assert 'go = dsl.image(f"{IMG}", platform="$BUILDPLATFORM").run("go")' in text
     assert 'dsl.from_stage("${WHICH}")' in text
     assert _steps(plan)[-1] == "RUN echo"
+
+
+def test_variables_in_copy_sources_expand_with_the_stage_scope(tmp_path: Path) -> None:
+    """``COPY dist/$TARGETARCH/app``, ``COPY --from=build /out/${NAME}`` (BuildKit expands
+    every COPY argument): the paths stay as written in the build.py and the plan reads the
+    expanded ones (before, the import refused them)."""
+    (tmp_path / "dist" / "amd64").mkdir(parents=True)
+    (tmp_path / "dist" / "amd64" / "app").write_text("amd64\n")
+    text, plan = _load(
+        tmp_path,
+        "ARG NAME=tool\nFROM busybox AS build\nRUN true\n"
+        "FROM scratch\nARG TARGETARCH\nARG NAME\n"
+        "COPY dist/$TARGETARCH/app /bin/\nCOPY --from=build /out/${NAME} /x/\n"
+        "COPY --from=build out/$NAME /x/\n",
+    )
+    assert '.copy(src.select("dist/$TARGETARCH/app"), "/bin/")' in text
+    assert '.copy(build.path("/out/${NAME}"), "/x/")' in text
+    assert '.copy(build.path("/out/$NAME"), "/x/")' in text
+    steps = _steps(plan)
+    assert "COPY dist/amd64/app /bin/" in steps
+    assert steps.count("COPY --from=build /out/tool /x/") == 2
+
+
+def test_a_literal_dollar_in_a_copy_source_stays_literal(tmp_path: Path) -> None:
+    """``COPY a\\$b`` copies the file named ``a$b``: the build.py spells it ``a\\$b``."""
+    text, plan = _load(tmp_path, "FROM scratch\nCOPY a\\$b /f\n", ("a$b",))
+    assert '.copy(src.file("a\\\\$b"), "/f")' in text
+    assert _steps(plan)[-1] == "COPY a$b /f"
+
+
+def test_nested_defaults_import(tmp_path: Path) -> None:
+    """``${A:-${B}}`` and ``${A:+x${B}}`` (BuildKit nests them; the import said "missing
+    '}'"); an escaped ``}`` inside one is refused, as imagedsl cannot hold it."""
+    text, plan = _load(
+        tmp_path, "FROM scratch\nARG B=bee\nENV X=${A:-${B}} Y=${B:+x${B}y}\nWORKDIR /$X\n"
+    )
+    assert '.env(X="${A:-${B}}", Y="${B:+x${B}y}")' in text
+    assert dict(plan.steps[-1].node.state.env)["Y"] == "xbeey"
+    assert plan.steps[-1].node.state.workdir == "/bee"
+    with pytest.raises(DockerfileImportError) as caught:
+        translate_text("FROM scratch\nENV X=${A:-a\\}b}\n")
+    assert caught.value.line == 2
+
+
+#: The same Dockerfile in forms BuildKit reads alike (each built on Docker 20.10's BuildKit to
+#: the same image config: Env A=1 B=2, the file /f).
+PLAIN = "FROM scratch\nENV A=1 B=2\nCOPY f /f\n"
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        pytest.param("FROM scratch\r\nENV A=1 \\\r\n    B=2\r\nCOPY f /f\r\n", id="crlf"),
+        pytest.param("\ufeffFROM scratch\nENV A=1 B=2\nCOPY f /f\n", id="bom"),
+        pytest.param("from scratch\nenv A=1 B=2\nCopy f /f\n", id="lowercase"),
+        pytest.param("FROM\tscratch\nENV\tA=1\tB=2\nCOPY\tf\t/f\n", id="tabs"),
+        pytest.param(
+            "FROM scratch\nENV A=1 \\\n\n    B=2\nCOPY f \\\n\n  /f\n", id="empty-continuation"
+        ),
+        pytest.param("# escape=`\nFROM scratch\nENV A=1 `\n  B=2\nCOPY f /f\n", id="escape"),
+        pytest.param(
+            "\ufeff# syntax=docker/dockerfile:1\n# escape=`\n# check=skip=all\n"
+            "FROM scratch\nENV A=1 `\n  B=2\nCOPY f /f\n",
+            id="directives-after-a-bom",
+        ),
+    ],
+)
+def test_input_forms_import_as_the_plain_file(tmp_path: Path, form: str) -> None:
+    """CRLF line ends, a byte order mark, lowercase instructions, tabs, empty continuation
+    lines and parser directives change nothing (before, a lowercase ``from`` was "before the
+    first FROM", and a directive after a BOM was not read)."""
+    (tmp_path / "f").write_text("f\n")
+    plain = translate_text(PLAIN, context_dir=tmp_path)
+    text = translate_text(form, context_dir=tmp_path)
+    body = [line for line in text.splitlines() if not line.startswith("#")]
+    assert body == [line for line in plain.splitlines() if not line.startswith("#")]
+    if "escape" in form:
+        assert "# Dockerfile parser directive (read): escape=`" in text
+
+
+def test_expose_ranges_and_an_escape_directive_keep_windows_free_paths(tmp_path: Path) -> None:
+    """``EXPOSE 8000-8010/udp``; with ``# escape=``` `` a backslash is a plain character
+    (Docker 20.10's BuildKit: Env ``P=C:\\dir\\sub``, ``R=$P`` literal, the file at
+    ``/dir\\sub/f``)."""
+    text, plan = _load(
+        tmp_path,
+        '# escape=`\nFROM scratch\nENV P=C:\\dir\\sub A=x`\n  B=y Q="a`"b" R=`$P\n'
+        "COPY f /dir\\sub/\nEXPOSE 8000-8010/udp 53\n",
+        ("f",),
+    )
+    assert '.env(P="C:\\\\dir\\\\sub", A="x", B="y", Q=\'a"b\', R="\\\\$P")' in text
+    assert '.copy(src.file("f"), "/dir\\\\sub/")' in text
+    assert '.expose("8000-8010/udp", 53)' in text
+    assert dict(plan.steps[-1].node.state.env)["R"] == "$P"

@@ -381,9 +381,14 @@ def test_config_instructions(src_dir: Path) -> None:
 # -- spelling ------------------------------------------------------------------------------------
 
 
-def test_expansion_pattern_matches_the_dsl() -> None:
-    """The lowering reads ``$VAR`` exactly as the DSL expands it."""
-    assert words.EXPANSION.pattern == buildstate._VAR.pattern
+@pytest.mark.parametrize(
+    "value", ["$A/x", "${A}y", "${A:-${B}}", "${A:+x${B:-y}z}", "\\$A", "${A", "$1"]
+)
+def test_expansion_pattern_matches_the_dsl(value: str) -> None:
+    """The lowering reads ``$VAR`` exactly as the DSL expands it (it splits words with the
+    DSL's own tokenizer, ``buildstate.split_expressions``, nested expressions included)."""
+    env = {"B": "bee"}
+    assert read_word(words.expanding_word(value), env) == buildstate.expand(value, env)
 
 
 _NASTY = ["$", "\\", '"', "'", " ", "\t", "}", "{", "$1", "é", "日本", "#", "=", "\\$", "${", "-"]
@@ -398,11 +403,20 @@ _TEXT = st.lists(
     max_size=8,
 ).map("".join)
 _NAMES = st.sampled_from(["A", "B", "HOME", "X_1"])
-_EXPRESSIONS = st.one_of(
+_SIMPLE_EXPRESSIONS = st.one_of(
     _NAMES.map(lambda n: f"${n}"),
     _NAMES.map(lambda n: "${" + n + "}"),
     st.tuples(_NAMES, st.sampled_from([":-", "-", ":+", "+"]), _TEXT).map(
         lambda t: "${" + t[0] + t[1] + t[2].replace("}", "") + "}"
+    ),
+)
+_EXPRESSIONS = st.one_of(
+    _SIMPLE_EXPRESSIONS,
+    # Nested, as BuildKit reads them: ${A:-${B}}, ${A:+x${B:-y}z}.
+    st.tuples(
+        _NAMES, st.sampled_from([":-", "-", ":+", "+"]), _TEXT, _SIMPLE_EXPRESSIONS, _TEXT
+    ).map(
+        lambda t: "${" + t[0] + t[1] + t[2].replace("}", "") + t[3] + t[4].replace("}", "") + "}"
     ),
 )
 _EXPANDING = st.lists(st.one_of(_TEXT, _EXPRESSIONS), max_size=5).map("".join)

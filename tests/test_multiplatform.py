@@ -272,3 +272,61 @@ def test_docker_backend_builds_each_platform_and_assembles_the_index(
     assert arch.stdout.strip() == "arm64"  # Docker 20.10: one platform per tag, the last
     leftovers = docker_engine.run("images", "--format", "{{.Repository}}", "imagedsl-platform-*")
     assert leftovers.stdout.strip() == ""
+
+
+PER_ARCH_BUILD = """\
+import imagedsl as dsl
+
+src = dsl.context(".")
+app = dsl.scratch().arg(dsl.TARGETARCH).copy(src.file("dist/$TARGETARCH/app"), "/app")
+dsl.targets("app")
+"""
+
+
+def _layout_files(layout: Path) -> dict[str, bytes]:
+    """Architecture -> the bytes of /app in that platform's image of an OCI layout."""
+    import tarfile
+
+    def blob(digest: str) -> bytes:
+        return (layout / "blobs/sha256" / digest.partition(":")[2]).read_bytes()
+
+    index = json.loads((layout / "index.json").read_bytes())
+    inner = json.loads(blob(index["manifests"][0]["digest"]))
+    found: dict[str, bytes] = {}
+    for entry in inner["manifests"]:
+        manifest = json.loads(blob(entry["digest"]))
+        for layer in manifest["layers"]:
+            with tarfile.open(layout / "blobs/sha256" / layer["digest"][7:]) as archive:
+                for member in archive.getmembers():
+                    if member.name.lstrip("./") == "app":
+                        extracted = archive.extractfile(member)
+                        assert extracted is not None
+                        found[entry["platform"]["architecture"]] = extracted.read()
+    return found
+
+
+@pytest.mark.parametrize("backend", ["oci", "docker"])
+def test_a_copy_source_named_by_targetarch_copies_each_platforms_file(
+    docker_engine: docker.DockerEngine, tmp_path: Path, backend: str
+) -> None:
+    """``COPY dist/$TARGETARCH/app``: each platform's image holds its own file, with either
+    backend (the plan keys each platform's copy by its own path; one Dockerfile cannot serve
+    both, so ``lower`` refuses the list and each platform's build lowers its own)."""
+    del docker_engine  # the docker backend builds on it
+    project = tmp_path / "p"
+    for arch in ("amd64", "arm64"):
+        (project / "dist" / arch).mkdir(parents=True)
+        (project / "dist" / arch / "app").write_text(f"built for {arch}\n")
+    (project / "build.py").write_text(PER_ARCH_BUILD)
+    store = tmp_path / "store"
+    platforms = "linux/amd64,linux/arm64"
+    layout = tmp_path / "layout"
+    built = imagedsl(
+        "build", "--backend", backend, "--platform", platforms, "--output", f"oci:{layout}:1",
+        cwd=project, store=store,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    assert _layout_files(layout) == {"amd64": b"built for amd64\n", "arm64": b"built for arm64\n"}
+    lowered = imagedsl("lower", "--platform", platforms, cwd=project, store=store)
+    assert lowered.returncode == 2
+    assert "lower one platform at a time" in lowered.stderr

@@ -62,10 +62,14 @@ def translate_text(
     ignore: list[str] | None = None,
 ) -> str:
     """The build.py for a Dockerfile's text."""
+    # BuildKit skips a UTF-8 byte order mark (parser directives may follow it).
+    text = text.removeprefix("\ufeff")
     try:
-        commands = dockerfile.parse_string(text)
+        parsed = dockerfile.parse_string(text)
     except dockerfile.GoParseError as error:
         raise DockerfileImportError(file, _error_line(str(error)), str(error)) from None
+    # Instructions are case-insensitive (the parser keeps them as written).
+    commands = [c._replace(cmd=c.cmd.upper()) for c in parsed]
     lines = text.splitlines()
     directives, first = _directives(lines)
     escape = "`" if directives.get("escape") == "`" else "\\"

@@ -555,19 +555,22 @@ class Translator:
         return variable
 
     def _context_source(self, sources: Sequence[str], what: str) -> Expr:
+        """Context files as a selection; a path with ``$VAR`` stays as written (the planner
+        expands it with the stage's ARG and ENV values, as BuildKit does)."""
+        del what
         self.uses_context = True
-        for source in sources:
-            if "$" in source.replace("\\$", ""):
-                raise _Refused(f"{what}: a variable in a source path ({source})")
         if len(sources) > 1:
-            return Call("src.select", tuple(_string(s.replace("\\$", "$")) for s in sources))
-        source = sources[0].replace("\\$", "$")
+            return Call("src.select", tuple(_string(s) for s in sources))
+        source = sources[0]
         clean = source.strip("/") or "."
         if clean in (".", "./"):
             return Atom("src")
+        if has_variable(source):
+            # What the path names is known once expanded: a directory by its slash only.
+            return Call("src.dir" if source.endswith("/") else "src.select", (_string(clean),))
         if _GLOB.search(source):
             return Call("src.glob", (_string(source),))
-        path = self.context_dir / clean
+        path = self.context_dir / clean.replace("\\$", "$")
         if path.is_dir() or source.endswith("/"):
             return Call("src.dir", (_string(clean),))
         if path.is_file():
@@ -622,9 +625,7 @@ class Translator:
             stage = self._source_ref(str(flags["from"]), f"{command.cmd} --from")
             if len(sources) != 1:
                 raise _Refused(f"{command.cmd} --from with several sources: write one per source")
-            if has_variable(sources[0]):
-                raise _Refused(f"{command.cmd} --from: a variable in a source path")
-            path = _stage_path(sources[0].replace("\\$", "$"))
+            path = _stage_path(sources[0])
             source = Atom(stage) if path == "/" else Call(f"{stage}.path", (_string(path),))
             return [Call(method, (source, _string(dest), *kwargs))]
         source = self._context_source(sources, command.cmd)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from imagedsl.buildstate import split_expressions
+
 _NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -19,13 +21,27 @@ class WordError(ValueError):
     """A word that BuildKit would refuse or that imagedsl cannot hold."""
 
 
-def _expression(text: str, start: int) -> int:
-    """The end of the ``$...`` expression starting at ``start`` (``text[start] == "$"``)."""
+def _expression(text: str, start: int, escape: str = "\\") -> int:
+    """The end of the ``$...`` expression starting at ``start`` (``text[start] == "$"``):
+    a ``}`` closes the innermost open ``${`` (BuildKit nests ``${A:-${B}}``)."""
     if start + 1 < len(text) and text[start + 1] == "{":
-        end = text.find("}", start)
-        if end < 0:
-            raise WordError(f"missing '}}' in {text!r}")
-        return end + 1
+        depth = 0
+        at = start
+        while at < len(text):
+            char = text[at]
+            if char == escape:
+                at += 2
+                continue
+            if text.startswith("${", at):
+                depth += 1
+                at += 2
+                continue
+            if char == "}":
+                depth -= 1
+                if depth == 0:
+                    return at + 1
+            at += 1
+        raise WordError(f"missing '}}' in {text!r}")
     match = _NAME.match(text, start + 1)
     if match is None:
         return start + 1  # a lone "$" is literal
@@ -58,7 +74,7 @@ def read_word(text: str, escape: str = "\\", *, quotes: bool = True) -> str:
             quote = "" if quote else char
             i += 1
         elif char == "$":
-            end = _expression(text, i)
+            end = _expression(text, i, escape)
             _no_backslash_before(out, text)
             out.append(_expression_text(text[i:end], escape))
             i = end
@@ -80,6 +96,9 @@ def _expression_text(expression: str, escape: str) -> str:
     if match is None:
         return expression
     word = read_word(match[3], escape, quotes=False)
+    if any(isinstance(p, str) and "}" in p for p in split_expressions(word)):
+        # An escaped "}" in the word: imagedsl's word ends at the first "}" it holds.
+        raise WordError(f"an escaped '}}' inside {expression!r}")
     return f"${{{match[1]}{match[2]}{word}}}"
 
 

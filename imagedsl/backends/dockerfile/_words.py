@@ -6,7 +6,8 @@ kinds of words come out of imagedsl values:
 
 - *expanding* words (ENV and ARG values, WORKDIR, USER, LABEL, VOLUME, COPY destinations):
   imagedsl expands ``$VAR``, ``${VAR}``, ``${VAR:-word}``, ``${VAR:+word}`` and
-  ``${VAR:?word}`` and reads ``\\$`` as a literal ``$`` (:func:`imagedsl.steps.expand`). Those
+  ``${VAR:?word}`` and reads ``\\$`` as a literal ``$`` (:func:`imagedsl.buildstate.expand`, whose own
+  :func:`~imagedsl.buildstate.split_expressions` finds them here, nested ones too). Those
   expressions are written out for BuildKit to expand; every other character is escaped so
   BuildKit takes it literally (a lone ``$1`` stays ``$1``, a backslash stays a backslash).
 - *literal* words (paths of files in the build context, ``COPY --from`` paths): imagedsl never
@@ -21,14 +22,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Final
 
-#: Must stay equal to ``imagedsl.steps._VAR`` (a test checks): the expressions imagedsl expands.
-EXPANSION: Final = re.compile(
-    r"\\(?P<escaped>\$)|\$(?:(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
-    r"|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-+?])(?P<word>[^}]*))?\})"
-)
+from imagedsl.buildstate import Expression, split_expressions
+
 #: Characters that need no quoting in any word context we write.
 _PLAIN: Final = re.compile(r"[A-Za-z0-9_./:@%+,=~^-]+\Z")
 #: Characters BuildKit's lexer treats specially inside double quotes.
@@ -62,53 +60,39 @@ def check_one_line(value: str) -> str:
     return value
 
 
-def _pieces(text: str) -> Iterator[tuple[bool, str]]:
-    """Split ``text`` into (is_expression, piece) the way imagedsl's ``expand`` reads it."""
-    position = 0
-    for match in EXPANSION.finditer(text):
-        if match.start() > position:
-            yield False, text[position : match.start()]
-        if match["escaped"]:
-            yield False, "$"
-        else:
-            yield True, match.group(0)
-        position = match.end()
-    if position < len(text):
-        yield False, text[position:]
-
-
-def _expression(expression: str, following: str) -> str:
+def _expression(expression: Expression, following: str) -> str:
     """Re-spell one expression so BuildKit reads the same one."""
-    match = EXPANSION.fullmatch(expression)
-    assert match is not None
-    assert not match["escaped"]
-    name = match["bare"] or match["braced"]
-    if match["bare"]:
+    name = expression.name
+    if not expression.braced:
         # BuildKit's names run over any letter or digit (Unicode ones too): brace when needed.
         if following and (following[0].isalnum() or following[0] == "_"):
             return "${" + name + "}"
         return "$" + name
-    if match["op"] is None:
+    if expression.op is None:
         return "${" + name + "}"
-    pieces = list(_pieces(match["word"]))
+    pieces = split_expressions(expression.word or "")
     inner = "".join(
         _expression(piece, _following(pieces, i) or "}")
-        if is_expression
+        if isinstance(piece, Expression)
         else _UNQUOTED_SPECIAL.sub(r"\\\1", piece)
-        for i, (is_expression, piece) in enumerate(pieces)
+        for i, piece in enumerate(pieces)
     )
-    return "${" + name + match["op"] + inner + "}"
+    return "${" + name + expression.op + inner + "}"
 
 
-def _following(pieces: Sequence[tuple[bool, str]], index: int) -> str:
+def _following(pieces: Sequence[str | Expression], index: int) -> str:
     """The text right after piece ``index`` (empty at the end)."""
-    return next((piece for _, piece in pieces[index + 1 :] if piece), "")
+    for piece in pieces[index + 1 :]:
+        text = piece.text if isinstance(piece, Expression) else piece
+        if text:
+            return text
+    return ""
 
 
-def _spell(pieces: Sequence[tuple[bool, str]], *, quote: bool) -> str:
+def _spell(pieces: Sequence[str | Expression], *, quote: bool) -> str:
     out: list[str] = []
-    for i, (is_expression, piece) in enumerate(pieces):
-        if is_expression:
+    for i, piece in enumerate(pieces):
+        if isinstance(piece, Expression):
             out.append(_expression(piece, _following(pieces, i)))
         elif quote:
             out.append(_IN_DOUBLE_QUOTES.sub(r"\\\1", piece))
@@ -121,8 +105,8 @@ def _spell(pieces: Sequence[tuple[bool, str]], *, quote: bool) -> str:
 def expanding_word(value: str) -> str:
     """A word BuildKit expands to what imagedsl expands ``value`` to (quoted when needed)."""
     check_one_line(value)
-    pieces = list(_pieces(value))
-    plain = all(is_expression or _PLAIN.match(piece) for is_expression, piece in pieces)
+    pieces = split_expressions(value)
+    plain = all(isinstance(piece, Expression) or _PLAIN.match(piece) for piece in pieces)
     return _spell(pieces, quote=not (plain and value))
 
 
@@ -131,16 +115,16 @@ def literal_word(value: str) -> str:
     check_one_line(value)
     if value and _PLAIN.match(value):
         return value
-    return _spell([(False, value)], quote=True)
+    return _spell([value], quote=True)
 
 
 def json_word(value: str, *, expanding: bool) -> str:
     """One element of a JSON-form COPY/ADD/VOLUME: BuildKit still runs it through its lexer."""
     check_one_line(value)
-    pieces = list(_pieces(value)) if expanding else [(False, value)]
+    pieces = split_expressions(value) if expanding else [value]
     out: list[str] = []
-    for i, (is_expression, piece) in enumerate(pieces):
-        if is_expression:
+    for i, piece in enumerate(pieces):
+        if isinstance(piece, Expression):
             out.append(_expression(piece, _following(pieces, i)))
         else:
             out.append(re.sub(r"([\\\"'$])", r"\\\1", piece))
