@@ -309,19 +309,64 @@ class _AutoAssign:
         return 1 + _MAX_LARGE_BUCKETS + _bucket(placed, self.rest)
 
 
-#: Whether an entry (placed path, type, size) belongs to the rows being built.
-_Keep = Callable[[str, str, int], bool]
+def _placed(
+    selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
+    exclude: Sequence[str],
+    dest_is_dir: bool,
+    parents: bool,
+) -> dict[str, tuple[str, Entry]]:
+    """Where COPY places each selected entry: placed path -> (context path, entry)."""
+    excluded = IgnoreRules.from_lines(exclude) if exclude else None
+    placed: dict[str, tuple[str, Entry]] = {}
+    for _, matches in selections:
+        for path, entry, base in matches:
+            if parents:
+                rel = path
+            elif base is None:
+                rel = "." if not dest_is_dir else posixpath.basename(path)
+            else:
+                rel = path[len(base) + 1 :] if base else path
+            if excluded is not None and excluded.excludes(rel):
+                continue
+            placed[rel] = (path, entry)
+    return placed
 
 
-@attrs.frozen
-class _InPart:
-    """layers="auto": keeps the entries of one part."""
+class _PartRows:
+    """The layers="auto" parts of a directory copied whole: entries are placed and sorted
+    into parts once, when a part's rows are first read; each part's rows are then built
+    (content digests) and checked against that part's planned digest on their own, so
+    reading one part after an edit hashes nothing of the others."""
 
-    assign: _AutoAssign
-    part: int
+    def __init__(
+        self,
+        hasher: ContextHasher,
+        root: str,
+        selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
+        dest_is_dir: bool,
+        parents: bool,
+        assign: _AutoAssign,
+    ) -> None:
+        self._hasher = hasher
+        self._root = root
+        self._selections = selections
+        self._dest_is_dir = dest_is_dir
+        self._parents = parents
+        self._assign = assign
+        self._groups: dict[int, dict[str, tuple[str, Entry]]] | None = None
 
-    def __call__(self, placed: str, kind: str, size: int) -> bool:
-        return self.assign(placed, kind, size) == self.part
+    def rows(self, part: int, digest: str) -> tuple[Row, ...]:
+        if self._groups is None:
+            groups: dict[int, dict[str, tuple[str, Entry]]] = {}
+            assign = self._assign
+            placed = _placed(self._selections, (), self._dest_is_dir, self._parents)
+            for rel, (path, e) in placed.items():
+                kind = e[TYPE]
+                part_of = assign(rel, kind, e[SIZE] if kind == "file" else 0)
+                groups.setdefault(part_of, {})[rel] = (path, e)
+            self._groups = groups
+        found = self._hasher._rows_of(self._root, self._groups.get(part, {}))
+        return _as_planned(found, digest, self._root, self._selections)
 
 
 def _as_planned(
@@ -448,8 +493,10 @@ class ContextHasher:
         self._started_ns = time.time_ns()
         #: Trees of directories copied whole, by digest: (root, scan probe, base, memo).
         self._wholes: dict[str, tuple[str, str, str, str]] = {}
-        #: For those trees: the rows of the entries a filter keeps, checked against a digest.
-        self._whole_rows: dict[str, Callable[[_Keep, str], tuple[Row, ...]]] = {}
+        #: For those trees: their selections, dest_is_dir and parents (to place entries).
+        self._whole_rows: dict[
+            str, tuple[Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]], bool, bool]
+        ] = {}
         #: Per (scan probe, base): directories deepest first, and their subtree signatures.
         self._subtrees: dict[tuple[str, str], tuple[list[str], dict[str, bytes]]] = {}
 
@@ -502,9 +549,7 @@ class ContextHasher:
             probe = f"{rules_id}:dir:{base}"
             digest = self._merkle(root, cache, probe, base, memo)
             self._wholes[digest] = (root, probe, base, memo)
-            self._whole_rows[digest] = functools.partial(
-                self._checked_rows, root, selections, dest_is_dir, parents
-            )
+            self._whole_rows[digest] = (selections, dest_is_dir, parents)
             return Tree(
                 digest, self._rows_later(root, selections, exclude, dest_is_dir, parents, digest)
             )
@@ -604,14 +649,12 @@ class ContextHasher:
         parts = _unpack_parts(now[base][1])
         if not parts:  # an empty selection still makes one (empty) layer
             return [("files-0", tree)]
-        rows_where = self._whole_rows[tree.digest]
+        selections, dest_is_dir, parents = self._whole_rows[tree.digest]
+        grouped = _PartRows(self, root, selections, dest_is_dir, parents, assign)
         return [
             (
                 AUTO_PARTS[part],
-                Tree(
-                    parts[part].hex(),
-                    functools.partial(rows_where, _InPart(assign, part), parts[part].hex()),
-                ),
+                Tree(parts[part].hex(), functools.partial(grouped.rows, part, parts[part].hex())),
             )
             for part in sorted(parts)
         ]
@@ -797,20 +840,6 @@ class ContextHasher:
 
         return rows
 
-    def _checked_rows(
-        self,
-        root: str,
-        selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
-        dest_is_dir: bool,
-        parents: bool,
-        keep: _Keep,
-        digest: str,
-    ) -> tuple[Row, ...]:
-        """The rows of a directory copied whole that ``keep`` keeps (one layer part), built
-        without the others' and checked against the part's planned digest."""
-        found = self._rows(root, selections, (), dest_is_dir, parents, keep)
-        return _as_planned(found, digest, root, selections)
-
     def _rows(
         self,
         root: str,
@@ -818,29 +847,12 @@ class ContextHasher:
         exclude: Sequence[str],
         dest_is_dir: bool,
         parents: bool = False,
-        keep: _Keep | None = None,
     ) -> tuple[Row, ...]:
-        """The tree's rows: placement, then content digests (from the cache when valid); with
-        ``keep``, only the entries it keeps (by placed path, type and size) are hashed."""
-        excluded = IgnoreRules.from_lines(exclude) if exclude else None
-        placed: dict[str, tuple[str, Entry]] = {}
-        for _, matches in selections:
-            for path, entry, base in matches:
-                if parents:
-                    rel = path
-                elif base is None:
-                    rel = "." if not dest_is_dir else posixpath.basename(path)
-                else:
-                    rel = path[len(base) + 1 :] if base else path
-                if excluded is not None and excluded.excludes(rel):
-                    continue
-                placed[rel] = (path, entry)
-        if keep is not None:
-            placed = {
-                rel: (path, e)
-                for rel, (path, e) in placed.items()
-                if keep(rel, e[TYPE], e[SIZE] if e[TYPE] == "file" else 0)
-            }
+        """The tree's rows: placement, then content digests (from the cache when valid)."""
+        return self._rows_of(root, _placed(selections, exclude, dest_is_dir, parents))
+
+    def _rows_of(self, root: str, placed: Mapping[str, tuple[str, Entry]]) -> tuple[Row, ...]:
+        """Rows of placed entries (placed path -> (context path, entry)), sorted."""
         digests = self._digests(root, placed.values())
         return tuple(
             sorted(

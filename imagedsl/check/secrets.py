@@ -22,16 +22,17 @@ from imagedsl.steps import Add, Arg, Env
 def secret_env(ctx: CheckContext) -> Iterator[Finding]:
     """ENV values that look like credentials, by name or by format, and ENVs that copy a
     secret-looking build argument into the image."""
+    declared = _DeclaredArgs(ctx)
     for node in ctx.nodes:
         step = node.step
         if not isinstance(step, Env):
             continue
         effective = dict(node.state.env)
-        declared = _declared_args(ctx, node)
         for name, written in step.items:
             value = effective.get(name, written)
             why = credentials.secret_pair(name, written) or credentials.secret_pair(name, value)
-            copied = [a for a in _REFERENCE.findall(written) if a in declared]
+            references = _REFERENCE.findall(written)
+            copied = [a for a in references if a in declared.before(node)] if references else []
             if why is None and any(
                 credentials.secret_name(a) or credentials.secret_name(name) for a in copied
             ):
@@ -67,9 +68,32 @@ def secret_env(ctx: CheckContext) -> Iterator[Finding]:
 _REFERENCE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 
 
-def _declared_args(ctx: CheckContext, node: StepNode) -> set[str]:
-    """ARGs declared before ``node`` in its stage (with or without a value)."""
-    return {n.step.name for n in ctx.chain(node)[:-1] if isinstance(n.step, Arg)}
+class _DeclaredArgs:
+    """The ARGs declared (with or without a value) before a step, along its chain from the
+    FROM: kept per step and shared along the chain, so a 10,000-step chain costs one walk,
+    not one walk per ENV."""
+
+    def __init__(self, ctx: CheckContext) -> None:
+        self._nodes = ctx.nodes
+        self._through: dict[int, frozenset[str]] = {}
+
+    def before(self, node: StepNode) -> frozenset[str]:
+        """Those declared by the steps before ``node``."""
+        return frozenset() if node.parent is None else self._up_to(node.parent)
+
+    def _up_to(self, index: int) -> frozenset[str]:
+        pending = []
+        current: int | None = index
+        while current is not None and current not in self._through:
+            pending.append(current)
+            current = self._nodes[current].parent
+        declared = frozenset() if current is None else self._through[current]
+        for at in reversed(pending):
+            step = self._nodes[at].step
+            if isinstance(step, Arg):
+                declared = declared | {step.name}
+            self._through[at] = declared
+        return declared
 
 
 def secret_arg(ctx: CheckContext) -> Iterator[Finding]:
