@@ -293,7 +293,14 @@ class Store:
                 old = self.get(record.key)
             if old is not None:
                 record = attrs.evolve(record, outputs={**old.outputs, **record.outputs})
-            atomic_write(self._record_path(record.key), record.to_json())
+            path = self._record_path(record.key)
+            if record == old:
+                # A hit recorded again: nothing new to write; its mtime is its last use
+                # (what ``cache prune --older-than`` reads).
+                with contextlib.suppress(OSError):
+                    os.utime(path)
+            else:
+                atomic_write(path, record.to_json())
             if record.locus is not None:
                 self._note_locus(record.locus, record.key)
         return record
@@ -327,7 +334,10 @@ class Store:
     def _note_locus(self, locus: str, key: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", StoreWarning)
-            recent = [k for k in self.history(locus) if k != key]
+            history = self.history(locus)
+        if history[:1] == [key]:
+            return  # already the most recent key there
+        recent = [k for k in history if k != key]
         payload = {"v": 1, "keys": [key, *recent][:_LOCUS_HISTORY]}
         atomic_write(self._locus_path(locus), json.dumps(payload).encode())
 

@@ -36,6 +36,31 @@ def test_put_then_get_round_trips(tmp_path: Path) -> None:
     assert got.outputs == {"i": 1, "layer": "sha256:x"}
 
 
+def test_a_hit_recorded_again_touches_its_record_without_writing_it(tmp_path: Path) -> None:
+    """Recording a record again with nothing new (a cached step) leaves the file as it is but
+    renews its mtime, the last use ``cache prune --older-than`` reads; new outputs are
+    written; the locus history keeps the key once, most recent first."""
+    store = Store(tmp_path)
+    record = make_record(1)
+    store.put(record)
+    path = next(store.area(StoreArea.LEDGER).rglob(f"{record.key}.json"))
+    os.utime(path, (1_000_000, 1_000_000))
+    inode = path.stat().st_ino
+    store.put(make_record(1))
+    assert path.stat().st_ino == inode  # not replaced
+    assert path.stat().st_mtime > 1_000_000
+    store.put(Record(key=record.key, preimage=record.preimage, outputs={"more": 2}))
+    assert path.stat().st_ino != inode
+    got = store.get(record.key)
+    assert got is not None
+    assert got.outputs == {"i": 1, "more": 2}
+    other = make_record(2)
+    store.put(other)
+    store.put(make_record(1))
+    assert record.locus is not None
+    assert store.history(record.locus)[:2] == [record.key, other.key]
+
+
 def test_a_record_must_hash_to_its_key(tmp_path: Path) -> None:
     """put refuses a preimage that is not the key's."""
     with pytest.raises(ValueError, match="does not hash"):
