@@ -17,7 +17,6 @@ keyed by content (early cutoff). A ``RUN`` executes in runc over the layers belo
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
 import posixpath
@@ -328,8 +327,7 @@ def step_comment(node: StepNode, buildfile: str) -> str:
 
 
 def _iso(epoch: int) -> str:
-    moment = datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 class _Build:

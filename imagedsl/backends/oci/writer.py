@@ -16,15 +16,17 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from imagedsl.backends.oci.filesystem import LayerIndex, save_index
 from imagedsl.backends.oci.layer import LayerEntry, LayerStream, arrange, write_tar
 from imagedsl.oci.blobs import BlobStore
 from imagedsl.oci.image import LayerBlob
 from imagedsl.oci.mediatypes import Compression
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 ParentFactory = Callable[[str], LayerEntry]
 #: Layers written at once at most (each holds its pieces, 8 MiB, and a compressing thread).
@@ -68,6 +70,10 @@ class LayerWriter:
     def write_ahead(self, key: int, entries: list[LayerEntry], parent: ParentFactory) -> None:
         """Start writing a layer on the pool; :meth:`take` ``key`` gives its blob."""
         if self._pool is None:
+            # Imported here: concurrent.futures (and the logging it loads) costs an edit
+            # build, which writes one layer, 5 ms of start-up.
+            from concurrent.futures import ThreadPoolExecutor
+
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="imagedsl-layer")
         self._ahead[key] = self._pool.submit(self._write, entries, parent)
 
