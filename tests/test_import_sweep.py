@@ -307,3 +307,32 @@ def test_expose_ranges_and_an_escape_directive_keep_windows_free_paths(tmp_path:
     assert '.copy(src.file("f"), "/dir\\\\sub/")' in text
     assert '.expose("8000-8010/udp", 53)' in text
     assert dict(plan.steps[-1].node.state.env)["R"] == "$P"
+
+
+@pytest.mark.parametrize(
+    "default", ["${BUILDPLATFORM:-amd64}", "${BUILDPLATFORM-x}", "$BUILDPLATFORM", '"${BUILDPLATFORM}"']
+)
+def test_a_global_platform_arg_defaulting_to_itself_changes_nothing(
+    tmp_path: Path, default: str
+) -> None:
+    """``ARG BUILDPLATFORM=${BUILDPLATFORM:-amd64}`` before FROM: BuildKit expands the default
+    with the build's own (never empty) platform, so the ARG keeps it (Docker 20.10 prints
+    ``linux/amd64`` for it on an amd64 host); the import drops the declaration."""
+    text, plan = _load(
+        tmp_path,
+        f"ARG BUILDPLATFORM={default}\nFROM --platform=${{BUILDPLATFORM}} busybox\n"
+        "ARG BUILDPLATFORM\nRUN echo $BUILDPLATFORM\n",
+    )
+    assert 'platform="${BUILDPLATFORM}"' in text
+    assert "amd64" not in text
+    assert _steps(plan)[-1] == "RUN echo $BUILDPLATFORM"
+
+
+@pytest.mark.parametrize("default", ["linux/arm64", "${BUILDPLATFORM:+x}", "'${BUILDPLATFORM}'"])
+def test_a_global_platform_arg_with_another_default_is_still_refused(default: str) -> None:
+    """Any other default replaces the platform's value in BuildKit (``ARG BUILDPLATFORM=foo``
+    then ``ARG BUILDPLATFORM`` in a stage prints ``foo`` on Docker 20.10)."""
+    with pytest.raises(DockerfileImportError) as caught:
+        translate_text(f"ARG BUILDPLATFORM={default}\nFROM busybox\n")
+    assert caught.value.line == 1
+    assert "set by the build from its platform" in caught.value.problem

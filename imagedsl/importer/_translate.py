@@ -42,6 +42,15 @@ _VAR: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9
 _HEREDOC_WORD: Final = re.compile(r"<<(-?)([\"']?)([A-Za-z_][A-Za-z0-9_]*)\2\Z")
 
 
+def _defaults_to_itself(name: str, default: str) -> bool:
+    """Whether a global ``ARG NAME=default`` of an automatic ARG keeps the value the build
+    gives it: ``$NAME``, ``${NAME}``, ``${NAME:-x}`` or ``${NAME-x}``. BuildKit expands the
+    default with the automatic value, which is never empty, so only these change nothing
+    (any other default replaces the platform's value)."""
+    pattern = rf"\$(?:{name}|\{{{name}(?::?-[^${{}}]*)?\}})"
+    return re.fullmatch(pattern, default.removeprefix('"').removesuffix('"')) is not None
+
+
 @attrs.define
 class DockerfileImportError(InputError):
     """A Dockerfile instruction that a build.py cannot express exactly."""
@@ -258,7 +267,7 @@ class Translator:
         for i, item in enumerate(command.value):
             name, eq, default = item.partition("=")
             if name in AUTOMATIC_ARGS:
-                if eq:
+                if eq and not _defaults_to_itself(name, default):
                     raise _Refused(f"ARG {name} is set by the build from its platform")
                 continue  # declaring an automatic ARG globally changes nothing
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
