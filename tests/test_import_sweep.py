@@ -336,3 +336,23 @@ def test_a_global_platform_arg_with_another_default_is_still_refused(default: st
         translate_text(f"ARG BUILDPLATFORM={default}\nFROM busybox\n")
     assert caught.value.line == 1
     assert "set by the build from its platform" in caught.value.problem
+
+
+def test_a_literal_backslash_before_a_lone_dollar_is_kept(tmp_path: Path) -> None:
+    """A ``$`` that starts no expression right after a literal backslash (a shell prompt:
+    ``'\\w\\$ '``) keeps the backslash: imagedsl would read ``\\$`` as an escaped ``$``, so
+    the import escapes that ``$`` too. Docker 20.10's BuildKit gives these values."""
+    dockerfile = "FROM scratch\nENV A='\\w\\$ ' B=\"x\\\\$ y\" C='\\$HOME' D=a\\\\$\n"
+    _, plan = _load(tmp_path, dockerfile)
+    env = dict(plan.steps[-1].node.state.env)
+    assert env["A"] == "\\w\\$ "
+    assert env["B"] == "x\\$ y"
+    assert env["C"] == "\\$HOME"
+    assert env["D"] == "a\\$"
+
+
+def test_a_literal_backslash_before_an_expression_is_still_refused() -> None:
+    """imagedsl has no spelling for a literal backslash followed by an expanded variable."""
+    with pytest.raises(DockerfileImportError) as caught:
+        translate_text('FROM scratch\nENV A="x\\\\$HOME"\n')
+    assert "a literal backslash before an expression" in caught.value.problem

@@ -60,7 +60,7 @@ def read_word(text: str, escape: str = "\\", *, quotes: bool = True) -> str:
             if char == "'":
                 quote = ""
             else:
-                out.append(_literal_dollar(text, i + 1) if char == "$" else char)
+                out.append(_literal_dollar(out, text, i + 1) if char == "$" else char)
             i += 1
         elif char == escape and i + 1 < len(text):
             nxt = text[i + 1]
@@ -68,15 +68,18 @@ def read_word(text: str, escape: str = "\\", *, quotes: bool = True) -> str:
                 out.append(char)
                 i += 1
                 continue
-            out.append(_literal_dollar(text, i + 2) if nxt == "$" else nxt)
+            out.append(_literal_dollar(out, text, i + 2) if nxt == "$" else nxt)
             i += 2
         elif quotes and char in "'\"" and (not quote or char == quote):
             quote = "" if quote else char
             i += 1
         elif char == "$":
             end = _expression(text, i, escape)
-            _no_backslash_before(out, text)
-            out.append(_expression_text(text[i:end], escape))
+            if end == i + 1:
+                out.append(_literal_dollar(out, text, end))  # a lone "$" is literal
+            else:
+                _no_backslash_before(out, text)
+                out.append(_expression_text(text[i:end], escape))
             i = end
         else:
             out.append(char)
@@ -109,11 +112,14 @@ def _no_backslash_before(out: list[str], text: str) -> None:
         raise WordError(f"a literal backslash before an expression in {text!r}")
 
 
-def _literal_dollar(text: str, after: int) -> str:
-    """A literal ``$``: escaped only where imagedsl would read an expression (``$A``, ``${``),
-    so equal values are spelled alike (a step's key holds its text)."""
+def _literal_dollar(out: list[str], text: str, after: int) -> str:
+    """A literal ``$``: escaped only where imagedsl would read an expression (``$A``, ``${``)
+    or where a literal backslash comes just before it (imagedsl would read the two as an
+    escaped ``$`` and drop the backslash), so equal values are spelled alike (a step's key
+    holds its text)."""
     following = text[after : after + 1]
-    return "\\$" if re.match(r"[{A-Za-z_]", following) else "$"
+    after_backslash = bool(out) and out[-1].endswith("\\")
+    return "\\$" if after_backslash or re.match(r"[{A-Za-z_]", following) else "$"
 
 
 def has_variable(value: str) -> bool:
