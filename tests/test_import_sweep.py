@@ -310,7 +310,8 @@ def test_expose_ranges_and_an_escape_directive_keep_windows_free_paths(tmp_path:
 
 
 @pytest.mark.parametrize(
-    "default", ["${BUILDPLATFORM:-amd64}", "${BUILDPLATFORM-x}", "$BUILDPLATFORM", '"${BUILDPLATFORM}"']
+    "default",
+    ["${BUILDPLATFORM:-amd64}", "${BUILDPLATFORM-x}", "$BUILDPLATFORM", '"${BUILDPLATFORM}"'],
 )
 def test_a_global_platform_arg_defaulting_to_itself_changes_nothing(
     tmp_path: Path, default: str
