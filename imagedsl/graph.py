@@ -866,12 +866,14 @@ def expand_sources(step: Copy | Add, state: BuildState) -> Copy | Add:
         variables = _Watched(state.variables)
         value = expand_word(word, variables)
         if state.inherits and variables.missing:
+            missing = variables.missing[0]
             raise StepArgumentError(
                 name,
                 "source",
-                f"{word!r} reads ${variables.missing[0]}, which the build file does not set "
-                "(a base image's variables are not known while planning): declare it with "
-                ".arg() or set it with .env()",
+                f"{word!r} reads ${missing}, which has no value the plan knows: the stage's "
+                "base image may set it, and planning reads no image config. Give it one in "
+                f"the build file: a default in .arg({missing!r}, default=...), "
+                f"--build-arg {missing}=..., or .env()",
             )
         if value.startswith(("http://", "https://")):
             raise StepArgumentError(

@@ -11,6 +11,7 @@ import pytest
 import imagedsl as dsl
 from imagedsl import api
 from imagedsl.buildstate import DEFAULT_PATH, ArgScope, BuildState, ExpansionError, expand
+from imagedsl.errors import StepArgumentError
 from imagedsl.oci.reference import parse_reference
 from imagedsl.steps import (
     Cmd,
@@ -388,6 +389,30 @@ def test_state_follows_dockerfile_scoping() -> None:
     assert state.config_env == (("V", "env"), ("P", "override"))
     assert state.workdir == "/a/b"
     assert "W" not in state.variables  # declared, no default, not given
+
+
+def test_a_copy_source_reading_a_variable_without_a_value_names_the_ways_to_give_one(
+    tmp_path: Path,
+) -> None:
+    """On a base image, a COPY source reading an ARG declared without a value (or never
+    declared) is refused: the base may set it, and the plan reads no image config. The
+    message says how to give it a value, whether or not the stage declares it."""
+    from imagedsl.graph import expand_sources
+
+    stage = BASE.arg("N").copy(dsl.context(tmp_path).file("dist/$N"), "/x")
+    copy = stage.steps()[-1]
+    assert isinstance(copy, Copy)
+    state = BuildState(inherits=True)
+    for step in stage.steps()[1:-1]:
+        state = state.apply(step, ArgScope())
+    with pytest.raises(StepArgumentError) as caught:
+        expand_sources(copy, state)
+    assert "reads $N, which has no value the plan knows" in caught.value.problem
+    assert "--build-arg N=" in caught.value.problem
+    given = BuildState(inherits=True)
+    for step in stage.steps()[1:-1]:
+        given = given.apply(step, ArgScope(build_args={"N": "v1"}))
+    assert "dist/v1" in repr(expand_sources(copy, given).source)
 
 
 def test_copy_records_where_it_was_written(tmp_path: Path) -> None:
