@@ -340,14 +340,14 @@ class _PartRows:
 
     def __init__(
         self,
-        hasher: ContextHasher,
+        rows_of: Callable[[str, Mapping[str, tuple[str, Entry]]], tuple[Row, ...]],
         root: str,
         selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
         dest_is_dir: bool,
         parents: bool,
         assign: _AutoAssign,
     ) -> None:
-        self._hasher = hasher
+        self._rows_of = rows_of
         self._root = root
         self._selections = selections
         self._dest_is_dir = dest_is_dir
@@ -365,7 +365,7 @@ class _PartRows:
                 part_of = assign(rel, kind, e[SIZE] if kind == "file" else 0)
                 groups.setdefault(part_of, {})[rel] = (path, e)
             self._groups = groups
-        found = self._hasher._rows_of(self._root, self._groups.get(part, {}))
+        found = self._rows_of(self._root, self._groups.get(part, {}))
         return _as_planned(found, digest, self._root, self._selections)
 
 
@@ -650,7 +650,7 @@ class ContextHasher:
         if not parts:  # an empty selection still makes one (empty) layer
             return [("files-0", tree)]
         selections, dest_is_dir, parents = self._whole_rows[tree.digest]
-        grouped = _PartRows(self, root, selections, dest_is_dir, parents, assign)
+        grouped = _PartRows(self._rows_of, root, selections, dest_is_dir, parents, assign)
         return [
             (
                 AUTO_PARTS[part],
