@@ -31,7 +31,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO, Final, Protocol
 
@@ -278,20 +278,29 @@ class BlobStore:
         keeps only the blobs still in the layout."""
         record = self._placed_record(blob_dir)
         stamps = _read_placed(record)
-        copied = 0
+        unsure: list[tuple[str, str]] = []
         for digest in digests:
             name = check_digest(digest).partition(":")[2]
-            dest = blob_dir / name
             try:
-                current: str | None = _stamp_of(dest.stat())
+                current = _stamp_of((blob_dir / name).stat())
             except OSError:
-                current = None
-            if current is None or stamps.get(name) != current:
-                if not file_holds(dest, digest):
-                    self.copy_out(digest, dest)
-                    copied += 1
-                current = _stamp_of(dest.stat())
-            stamps[name] = current
+                unsure.append((digest, name))
+                continue
+            if stamps.get(name) == current:
+                continue
+            unsure.append((digest, name))
+
+        def settle(digest: str, name: str) -> tuple[str, str, bool]:
+            dest = blob_dir / name
+            copy = not file_holds(dest, digest)
+            if copy:
+                self.copy_out(digest, dest)
+            return name, _stamp_of(dest.stat()), copy
+
+        copied = 0
+        for name, stamp, copy in _each(settle, unsure):
+            stamps[name] = stamp
+            copied += copy
         with contextlib.suppress(OSError):
             present = set(os.listdir(blob_dir))
             data = "".join(f"{n} {stamp}" for n, stamp in sorted(stamps.items()) if n in present)
@@ -475,6 +484,25 @@ class PartialBlob:
     def discard(self) -> None:
         """Empty the partial file: what it holds is not the blob."""
         self.handle.truncate(0)
+
+
+def _each(
+    work: Callable[[str, str], tuple[str, str, bool]], items: list[tuple[str, str]]
+) -> Iterator[tuple[str, str, bool]]:
+    """``work`` on each item: several blobs at once on a few threads (hashing, copying and
+    fsyncing release the GIL: the 20 blobs, 270 MB, of the cold-build benchmark's image took
+    0.24 s one after the other and 0.16 s this way, on 2 cores); one alone on this thread."""
+    if len(items) < 2:
+        yield from (work(*item) for item in items)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(_PLACE_THREADS, len(items))) as pool:
+        yield from pool.map(lambda item: work(*item), items)
+
+
+#: Blobs copied into an output at once.
+_PLACE_THREADS: Final = 4
 
 
 def _stamp_of(st: os.stat_result) -> str:
