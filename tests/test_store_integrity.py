@@ -243,3 +243,19 @@ def test_prune_needs_a_limit_and_refuses_nonsense(tmp_path: Path) -> None:
         assert len(result.stderr.strip().splitlines()) == 1
     with pytest.raises(CacheOptionError):
         parse_size("-1")
+
+
+def test_placing_blobs_copies_each_once_and_stamps_them(tmp_path: Path) -> None:
+    """An output's blobs are copied on several threads: a digest named twice (two layers with
+    the same bytes) is copied once, every blob arrives whole, and a second placing copies
+    nothing."""
+    blobs = BlobStore(Store(tmp_path / "store"))
+    digests = [blobs.put(f"blob {i}\n".encode() * (i + 1) * 1000) for i in range(6)]
+    named = [digests[0], *digests, digests[3], digests[0]]
+    out = tmp_path / "layout" / "blobs" / "sha256"
+    assert blobs.place(named, out) == len(digests)
+    for digest in digests:
+        data = (out / digest.partition(":")[2]).read_bytes()
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == digest
+    assert sorted(p.name for p in out.iterdir()) == sorted(d.partition(":")[2] for d in digests)
+    assert blobs.place(named, out) == 0

@@ -279,7 +279,7 @@ class BlobStore:
         record = self._placed_record(blob_dir)
         stamps = _read_placed(record)
         unsure: list[tuple[str, str]] = []
-        for digest in digests:
+        for digest in dict.fromkeys(digests):  # once each: two layers may be the same blob
             name = check_digest(digest).partition(":")[2]
             try:
                 current = _stamp_of((blob_dir / name).stat())
