@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 import attrs
 import blake3
 
+from imagedsl._cores import cores
 from imagedsl._ignore import IgnoreRules
 from imagedsl._statcache import (
     DIR_ENTRY,
@@ -56,6 +57,10 @@ _HASH_PIECE: Final = 8 << 20
 _INLINE_FILES: Final = 16
 #: Symlinks followed in a row before giving up (Linux's own limit).
 _MAX_SYMLINKS: Final = 40
+#: The tree of a selection of wildcards none of which matched. BuildKit allows that and copies
+#: nothing, not even the destination (which the copy of an empty directory makes), so this
+#: tree is not the empty directory's.
+NOTHING_MATCHED: Final = blake3.blake3(b"imagedsl.tree.v2\0nothing matched\0").hexdigest()
 _Kept = TypeVar("_Kept", bound=tuple[bytes, object])
 
 
@@ -463,13 +468,6 @@ def hash_file(path: str, size: int) -> str:
         os.close(fd)
 
 
-def _cores() -> int:
-    """The cores this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1  # pragma: no cover - not Linux
-
-
 #: Per thread: the buffer :func:`hash_file` reads small files into.
 _buffers = threading.local()
 
@@ -514,7 +512,8 @@ class ContextHasher:
 
         ``dest_is_dir=False`` (a single file copied to a file name) places that file at ``.``;
         ``parents=True`` (``COPY --parents``) places every entry at its path in the context.
-        Raises :class:`ContextError` naming every selected path that does not exist.
+        Raises :class:`ContextError` naming every selected path that does not exist (a
+        wildcard may match nothing; when no selector matched, the tree is NOTHING_MATCHED).
         """
         context = source.context
         root = context.root
@@ -526,11 +525,14 @@ class ContextHasher:
         for selector in source.selectors:
             matches = self._match(context, rules, rules_id, selector, probes)
             if matches is None:
-                missing.append(selector.path)
+                if selector.kind != "glob":  # a wildcard may match nothing, as in BuildKit
+                    missing.append(selector.path)
                 continue
             selections.append((selector, matches))
         if missing:
             raise ContextError(root, missing).with_location(source.location or context.location)
+        if not selections:
+            return Tree(NOTHING_MATCHED, ())
         memo = f"{rules_id}\0{source.selectors!r}\0{tuple(exclude)!r}\0{dest_is_dir}"
         if parents:
             memo += "\0parents"
@@ -962,7 +964,7 @@ class ContextHasher:
 
         batches = list(_batches(entries))
         # One thread per core: more only hand the GIL around (each file is a few system calls).
-        workers = min(8, _cores())
+        workers = min(8, cores())
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for batch, digests in zip(batches, pool.map(work, batches), strict=True):
                 done_files += len(batch)

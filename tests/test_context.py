@@ -15,7 +15,7 @@ from imagedsl import treehash
 from imagedsl.errors import ContextError
 from imagedsl.reporting import Reporter
 from imagedsl.store import Store
-from imagedsl.treehash import ContextHasher, Tree, partition_tree
+from imagedsl.treehash import NOTHING_MATCHED, ContextHasher, Tree, partition_tree
 
 
 class CountingReporter(Reporter):
@@ -231,6 +231,23 @@ def test_an_empty_directory_is_copied_not_missing(project: Path) -> None:
     (project / "empty").mkdir()
     tree = ContextHasher(None, Reporter()).tree(dsl.context(project).dir("empty"))
     assert tree.rows == ()
+
+
+def test_a_wildcard_may_match_nothing(project: Path) -> None:
+    """As in BuildKit, a wildcard that matches nothing is no error: beside another source it
+    adds nothing; alone, the tree says nothing matched (BuildKit then makes no destination),
+    which is not an empty directory's tree. A plain path that is missing still fails."""
+    (project / "empty").mkdir()
+    hasher = ContextHasher(None, Reporter())
+    src = dsl.context(project)
+    beside = hasher.tree(src.select("*.none", "requirements.txt"))
+    assert [e.placed for e in beside.entries] == ["requirements.txt"]
+    assert beside.digest == hasher.tree(src.select("requirements.txt")).digest
+    alone = hasher.tree(src.select("*.none", "nothing-*/x"))
+    assert (alone.digest, alone.rows) == (NOTHING_MATCHED, ())
+    assert alone.digest != hasher.tree(src.dir("empty")).digest
+    with pytest.raises(ContextError, match=r"nope\.txt"):
+        hasher.tree(src.select("*.none", "nope.txt"))
 
 
 def test_missing_paths_are_named(project: Path) -> None:

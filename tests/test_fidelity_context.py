@@ -52,6 +52,10 @@ def add_file(project: Project) -> None:
     project.write_files({"app/new.py": "NEW = True\n"})
 
 
+def empty_the_docs(project: Project) -> None:
+    (project.context / "docs" / "readme.md").unlink()
+
+
 def delete_file(project: Project) -> None:
     (project.context / "app" / "util.py").unlink()
 
@@ -116,6 +120,15 @@ SCENARIOS = [
     Scenario(name="a file is renamed", before=COPY_APP, files=FILES, edit=rename_file, misses=2),
     Scenario(name="a file is added", before=COPY_APP, files=FILES, edit=add_file, misses=2),
     Scenario(name="a file is deleted", before=COPY_APP, files=FILES, edit=delete_file, misses=2),
+    Scenario(
+        # BuildKit still makes the destination of a directory that holds nothing.
+        name="a copied directory is emptied",
+        before="""app = BASE.copy(src.dir("docs"), "/docs/")"""
+        """.run("if [ -e /docs ]; then ls -1A /docs; else echo none; fi > /listing")""",
+        files=FILES,
+        edit=empty_the_docs,
+        misses=2,
+    ),
     Scenario(
         name="an empty directory is added",
         before=COPY_APP,

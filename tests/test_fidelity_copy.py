@@ -36,6 +36,10 @@ def add_matching_text_file(project: Project) -> None:
     project.write_files({"notes.txt": "matches the glob\n"})
 
 
+def delete_the_only_config(project: Project) -> None:
+    (project.context / "conf.txt").unlink()
+
+
 def add_unmatched_file(project: Project) -> None:
     project.write_files({"notes.md": "does not match the glob\n"})
 
@@ -166,6 +170,24 @@ SCENARIOS = [
         before="""app = BASE.copy(src.glob("*.txt"), "/txt/").run("ls /txt > /listing")""",
         files=FILES,
         edit=add_matching_text_file,
+        misses=2,
+    ),
+    Scenario(
+        # BuildKit allows a wildcard that matches nothing: the other source is still copied.
+        name="the only file a glob matches is deleted, beside another source",
+        before="""app = BASE.copy(src.select("*.txt", "app/main.py"), "/srv/")"""
+        """.run("ls -1A /srv > /listing")""",
+        files=FILES,
+        edit=delete_the_only_config,
+        misses=2,
+    ),
+    Scenario(
+        # A COPY of nothing: an empty layer, and its destination is not made.
+        name="the only file a glob matches is deleted",
+        before="""app = BASE.copy(src.glob("*.txt"), "/srv/")"""
+        """.run("if [ -e /srv ]; then ls -1A /srv; else echo none; fi > /listing")""",
+        files=FILES,
+        edit=delete_the_only_config,
         misses=2,
     ),
     Scenario(

@@ -398,7 +398,7 @@ def test_parts_written_at_once_are_the_parts_written_in_turn(
     stages = {"app": dsl.image(base).copy(dsl.context(ctx), "/app", layers="auto")}
     images = []
     for workers in (1, 4):
-        monkeypatch.setattr("imagedsl.backends.oci.writer._cores", lambda n=workers: n)
+        monkeypatch.setattr("imagedsl.backends.oci.writer.cores", lambda n=workers: n)
         store = Store(tmp_path / f"store-{workers}")
         first = plan(stages, "app", store=store, project="test")
         if fail:  # same size, other bytes: only the check as it is written sees it

@@ -104,6 +104,9 @@ class Scenario:
     misses: int | None = None
     #: How many steps the plan should call ``maybe``; None: not checked.
     maybes: int | None = None
+    #: Whether to check ``misses`` and ``maybes`` (a random scenario's edit may change
+    #: nothing, and nobody wrote down what it should miss: only agreement is checked).
+    check_misses: bool = True
     #: RUN mount targets (Docker 20.10 leaves their empty directories in the image).
     mount_points: tuple[str, ...] = ()
     #: Whether to compare the images of the two backends.
@@ -354,12 +357,13 @@ def check_outcome(scenario: Scenario, outcome: Outcome) -> None:
     assert disagreements == [], json.dumps(rows, indent=1)
     misses = sum(1 for row in rows if row["plan"] == "miss" and row["kind"] != "from")
     maybes = sum(1 for row in rows if row["plan"] == "maybe")
-    if scenario.misses is None:
-        assert misses > 0, json.dumps(rows, indent=1)
-    else:
-        assert misses == scenario.misses, json.dumps(rows, indent=1)
-    if scenario.maybes is not None:
-        assert maybes == scenario.maybes, json.dumps(rows, indent=1)
+    if scenario.check_misses:
+        if scenario.misses is None:
+            assert misses > 0, json.dumps(rows, indent=1)
+        else:
+            assert misses == scenario.misses, json.dumps(rows, indent=1)
+        if scenario.maybes is not None:
+            assert maybes == scenario.maybes, json.dumps(rows, indent=1)
     layer_rows = [row for row in rows if row["kind"] != "from" and row["buildkit"]]
     assert outcome.built == sum(1 for row in layer_rows if row["buildkit"] == "done"), rows
     assert outcome.cached == sum(1 for row in layer_rows if row["buildkit"] == "cached"), rows

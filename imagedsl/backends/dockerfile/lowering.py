@@ -92,7 +92,7 @@ from imagedsl.steps import (
     Volume,
     Workdir,
 )
-from imagedsl.treehash import Tree, sole_file
+from imagedsl.treehash import NOTHING_MATCHED, Tree, sole_file
 
 if TYPE_CHECKING:
     from imagedsl.graph import StepNode
@@ -776,6 +776,10 @@ class _Lowerer:
     def _copy_source(self, staged: StagedTree, step: Copy | Add, dest: str) -> str:
         """The COPY/ADD source that places exactly the tree's entries under ``dest``."""
         entries = staged.entries
+        if staged.digest == NOTHING_MATCHED:
+            # A wildcard that matches nothing in the (empty) staged directory: BuildKit copies
+            # nothing and makes no destination, as for the wildcards of build.py.
+            return f"{staged.name}/*"
         if staged.file_name is not None:
             if _GLOB_CHARS.search(staged.file_name):
                 raise Unspellable(

@@ -83,7 +83,7 @@ from imagedsl.steps import (
     describe,
 )
 from imagedsl.store import StoreArea, atomic_write
-from imagedsl.treehash import Tree
+from imagedsl.treehash import NOTHING_MATCHED, Tree
 
 if TYPE_CHECKING:
     from imagedsl.backends import BuildRequest
@@ -697,6 +697,11 @@ class _Build:
             return [inline_entry(step.source, placement)], placement.parent
         assert isinstance(step.source, ContextSource)
         root = step.source.context.root
+        if not any(tree.entries for tree in node.trees):
+            # Only empty directories (BuildKit still makes the destination), or wildcards
+            # that matched nothing (it makes nothing): an empty layer, as BuildKit's.
+            made = placement.root and any(t.digest != NOTHING_MATCHED for t in node.trees)
+            return ([placement.parent(placement.root)] if made else []), placement.parent
         if isinstance(step, Add):
             return self._add_entries(node, step.source, placement), placement.parent
         items = [item for tree in node.trees for item in tree.entries]

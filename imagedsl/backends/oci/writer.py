@@ -13,12 +13,12 @@ order the parts finish in change a digest.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from imagedsl._cores import cores
 from imagedsl.backends.oci.filesystem import LayerIndex, save_index
 from imagedsl.backends.oci.layer import LayerEntry, LayerStream, arrange, write_tar
 from imagedsl.oci.blobs import BlobStore
@@ -31,13 +31,6 @@ if TYPE_CHECKING:
 ParentFactory = Callable[[str], LayerEntry]
 #: Layers written at once at most (each holds its pieces, 8 MiB, and a compressing thread).
 _MAX_WORKERS: Final = 4
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 class LayerWriter:
@@ -54,7 +47,7 @@ class LayerWriter:
         self.blobs = blobs
         self.compression: Compression = compression
         self.epoch = epoch
-        self.workers = min(_MAX_WORKERS, _cores()) if workers is None else workers
+        self.workers = min(_MAX_WORKERS, cores()) if workers is None else workers
         self._pool: ThreadPoolExecutor | None = None
         self._ahead: dict[int, Future[LayerBlob]] = {}
         self._stop = threading.Event()
