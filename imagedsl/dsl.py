@@ -52,6 +52,7 @@ from imagedsl.steps import (
     SHARING_MODES,
     Add,
     Arg,
+    Author,
     BindMount,
     CacheMount,
     Cmd,
@@ -485,6 +486,25 @@ class Stage:
         return self._then(
             StopSignal(signal=parse_signal("STOPSIGNAL", signal), location=caller_location())
         )
+
+    @_located
+    def author(self, name: str) -> Stage:
+        """``MAINTAINER name``: the image config's ``author`` (the base image's until set),
+        kept as written: no ``$VAR`` expands, as BuildKit expands none in MAINTAINER."""
+        text = check_str("MAINTAINER", "name", name)
+        if text != text.strip() or "\n" in text or "\r" in text:
+            raise StepArgumentError(
+                "MAINTAINER",
+                "name",
+                f"must be one line without blanks around it (a Dockerfile line), got {name!r}",
+            )
+        if text.endswith("\\"):
+            raise StepArgumentError(
+                "MAINTAINER",
+                "name",
+                f"must not end with a backslash (a Dockerfile continues the line), got {name!r}",
+            )
+        return self._then(Author(name=text, location=caller_location()))
 
 
 # -- constructors ----------------------------------------------------------------------------

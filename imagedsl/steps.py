@@ -388,6 +388,16 @@ class OnBuild:
 
 
 @attrs.frozen(kw_only=True)
+class Author:
+    """``MAINTAINER``: the image config's ``author`` (the instruction is deprecated, the field
+    is not; BuildKit keeps the text as written, without expanding variables)."""
+
+    kind: ClassVar[str] = "author"
+    name: str
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
 class StopSignal:
     """``STOPSIGNAL``."""
 
@@ -409,6 +419,7 @@ ConfigStep: TypeAlias = (
     | Healthcheck
     | Shell
     | StopSignal
+    | Author
     | FromStage
     | OnBuild
 )
@@ -490,6 +501,8 @@ def describe(step: Step, stage_name: StageNamer = _default_stage_name) -> str:
             return "SHELL " + _json_list(step.command)
         case StopSignal():
             return f"STOPSIGNAL {step.signal}"
+        case Author():
+            return f"MAINTAINER {step.name}"
         case OnBuild():
             return f"ONBUILD {step.instruction}"
     raise AssertionError(step)  # pragma: no cover - the match is exhaustive

@@ -79,6 +79,7 @@ def test_every_instruction_has_a_step(tmp_path: Path) -> None:
         )
         .healthcheck("curl", "-f", "http://localhost/", interval=30, retries=3)
         .stopsignal("TERM")
+        .author("Jane <jane@example.com>")
         .entrypoint(["/x"])
         .cmd("--help", "-v")
     )
@@ -87,13 +88,14 @@ def test_every_instruction_has_a_step(tmp_path: Path) -> None:
     assert "ARG VERSION=1.0" in described
     assert "EXPOSE 8080/tcp 53/udp" in described
     assert "STOPSIGNAL SIGTERM" in described
+    assert "MAINTAINER Jane <jane@example.com>" in described
     assert 'ENTRYPOINT ["/x"]' in described
     assert described[-1] == 'CMD ["--help", "-v"]'
     assert any(d.startswith("COPY --from=") for d in described)
     kinds = {step.kind for step in stage}
     assert kinds >= {
         "scratch", "arg", "env", "workdir", "user", "label", "expose", "volume", "copy",
-        "add", "shell", "run", "healthcheck", "stopsignal", "entrypoint", "cmd",
+        "add", "shell", "run", "healthcheck", "stopsignal", "entrypoint", "cmd", "author",
     }  # fmt: skip
 
 
@@ -261,6 +263,10 @@ BAD_ARGUMENTS: list[object] = [
         lambda: BASE.copy(BASE.path("/x"), "/y", layers="auto"), "layers", id="copy-layers-stage"
     ),
     pytest.param(lambda: BASE.stopsignal("sig term"), "signal", id="stopsignal"),
+    pytest.param(lambda: BASE.author(""), "name", id="author-empty"),
+    pytest.param(lambda: BASE.author("a\nb"), "name", id="author-two-lines"),
+    pytest.param(lambda: BASE.author(" a"), "name", id="author-blank-around"),
+    pytest.param(lambda: BASE.author("a\\"), "name", id="author-continues"),
     pytest.param(lambda: BASE.healthcheck("x", interval="soon"), "interval", id="health-interval"),
     pytest.param(lambda: BASE.cmd("a", "b", shell=True), "command", id="cmd-shell-two"),
     pytest.param(lambda: BASE.cmd(["a"], shell=True), "command", id="cmd-list-shell"),

@@ -220,9 +220,21 @@ def test_every_new_input_enters_its_key(tmp_path: Any) -> None:
         (base.cmd("x"), base.cmd()),
         (base.cmd("x"), base.cmd(["x"])),
         (base.user(1000), base.user(1000, 1000)),
+        (base.author("a"), base.author("b")),
+        (base.author("$X"), base.author("${X}")),  # kept as written: BuildKit expands none
     ]
     for first, second in pairs:
         assert keys_of(first)[-1] != keys_of(second)[-1], (first.step, second.step)
+    # MAINTAINER changes the image config only: the RUN after it keeps its key (BuildKit's
+    # RUN is not rebuilt either), the config step after it does not.
+    for kind in ("run", "env"):
+        one, two = (
+            keys_of(
+                base.author(name).run("true") if kind == "run" else base.author(name).env(A="1")
+            )
+            for name in ("a", "b")
+        )
+        assert (one[-1] == two[-1]) is (kind == "run")
     link = keys_of(base.run("true").copy(src.dir("a"), "/d/", link=True))
     assert link[-1] == keys_of(base.copy(src.dir("a"), "/d/", link=True))[-1]  # no parent
 

@@ -783,6 +783,18 @@ class Translator:
         self._no_flags(command)
         return [Call("stopsignal", (_string(_word(command.value[0], self.escape)),))]
 
+    def _i_maintainer(self, command: Any) -> list[Call]:
+        # BuildKit keeps the rest of the line as written (no variable expands) as ``author``.
+        self._no_flags(command)
+        name = str(command.value[0]) if command.value else ""
+        if not name:
+            raise _Refused("MAINTAINER needs a name: BuildKit refuses it too")
+        if name.endswith("\\"):
+            raise _Refused(
+                "MAINTAINER ending with a backslash: no Dockerfile written back holds it"
+            )
+        return [Call("author", (_string(name),))]
+
     def _i_onbuild(self, command: Any) -> list[Call]:
         text = command.original.strip()
         text = text[len("ONBUILD") :].strip()

@@ -67,6 +67,7 @@ from imagedsl.steps import (
     LAYER_KINDS,
     Add,
     Arg,
+    Author,
     BindMount,
     CacheMount,
     Cmd,
@@ -502,6 +503,8 @@ class _Lowerer:
                 return ["SHELL " + json_array(step.command)]
             case StopSignal():
                 return [f"STOPSIGNAL {step.signal}"]
+            case Author():
+                return [f"MAINTAINER {step.name}"]  # BuildKit expands no variable in it
         raise AssertionError(step)  # pragma: no cover - every step kind is handled
 
     def _image(self, node: StepNode, step: FromImage) -> str:

@@ -47,7 +47,12 @@ from imagedsl.backends.oci.copy_entries import (
     url_entry,
 )
 from imagedsl.backends.oci.filesystem import Filesystem, read_members
-from imagedsl.backends.oci.image_config import apply_config_step, container_config, start_config
+from imagedsl.backends.oci.image_config import (
+    apply_config_step,
+    container_config,
+    image_author,
+    start_config,
+)
 from imagedsl.backends.oci.layer import LayerEntry
 from imagedsl.backends.oci.outputs import (
     BuiltImage,
@@ -864,6 +869,9 @@ class _Build:
         variant = base_config.get("variant", variant)
         if variant:
             config["variant"] = variant
+        author = image_author(steps, base_config)
+        if author is not None:
+            config["author"] = author
         config_bytes = canonical_json(config)
         config_digest = self.blobs.put(config_bytes)
         annotations = {CREATED: _iso(self.backend.epoch)}
