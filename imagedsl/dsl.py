@@ -43,11 +43,12 @@ from imagedsl._validate import (
 )
 from imagedsl.buildstate import AUTOMATIC_ARGS, expand
 from imagedsl.check.catalogue import ALLOWABLE
-from imagedsl.context import Context, ContextSource, make_context
+from imagedsl.context import Context, ContextSource, glob_regex, make_context
 from imagedsl.errors import ImageDSLError, StepArgumentError
 from imagedsl.oci.platform import canonical_platforms
 from imagedsl.oci.reference import parse_reference
 from imagedsl.steps import (
+    GLOB_CHARS,
     NETWORK_MODES,
     SHARING_MODES,
     Add,
@@ -81,6 +82,7 @@ from imagedsl.steps import (
     User,
     Volume,
     Workdir,
+    check_stage_copy_dest,
 )
 
 if TYPE_CHECKING:
@@ -119,6 +121,10 @@ class StageRef:
         """A path inside the named stage, for ``copy`` and ``bind`` (``$VAR`` expands in a
         copy, with the copying stage's ARG and ENV values)."""
         return StagePath(self, check_stage_path("path", "path", path))
+
+    def paths(self, *paths: str) -> StagePath:
+        """Several paths inside the named stage for one ``copy`` (see :meth:`Stage.paths`)."""
+        return _stage_paths(self, paths)
 
 
 @attrs.frozen(eq=False)
@@ -198,6 +204,13 @@ class Stage:
         """A path inside this stage, for ``copy`` (``COPY --from``) and ``bind`` mounts
         (``$VAR`` expands in a copy, with the copying stage's ARG and ENV values)."""
         return StagePath(self, check_stage_path("path", "path", path))
+
+    def paths(self, *paths: str) -> StagePath:
+        """Several paths inside this stage for one ``copy`` (``COPY --from=stage a b dest/``:
+        one layer, the paths copied in order, each as ``path`` copies it; a path with ``*``,
+        ``?`` or ``[`` is a wildcard pattern, as in a Dockerfile). The destination must end
+        with ``/``."""
+        return _stage_paths(self, paths)
 
     @_located
     def allow(self, *rules: str) -> Stage:
@@ -298,6 +311,8 @@ class Stage:
             raise StepArgumentError(
                 "COPY", "parents", "keeps the paths of build context files only"
             )
+        if isinstance(copy_source, StagePath):
+            check_stage_copy_dest("COPY", copy_source, checked_dest)
         if isinstance(copy_source, InlineFile):
             if excludes:
                 raise StepArgumentError("COPY", "exclude", "has nothing to leave out of dsl.inline")
@@ -718,6 +733,8 @@ def bind(
 ) -> BindMount:
     """``--mount=type=bind``: context files or a stage path; keyed by their content."""
     checked = _copy_source("bind", source)
+    if isinstance(checked, StagePath) and checked.more:
+        raise StepArgumentError("bind", "source", "mounts one path of a stage, not several")
     if checked.templated:
         paths = checked.describe_paths() if isinstance(checked, ContextSource) else [checked.path]
         if any(has_variable(p) for p in paths):
@@ -813,6 +830,19 @@ def platforms(*names: str, targets: Sequence[str | StageRef] = ()) -> Platforms:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _stage_paths(stage: Stage | StageRef, paths: Sequence[str]) -> StagePath:
+    if not paths:
+        raise StepArgumentError("paths", "paths", "must name at least one path")
+    checked = [check_stage_path("paths", f"paths[{i}]", p) for i, p in enumerate(paths)]
+    for i, path in enumerate(checked):
+        if not is_template(path) and GLOB_CHARS.search(path):
+            try:
+                glob_regex(path)  # refuse a malformed pattern where it was written
+            except StepArgumentError as error:
+                raise StepArgumentError("paths", f"paths[{i}]", error.problem) from None
+    return StagePath(stage, checked[0], tuple(checked[1:]))
 
 
 def _copy_source(

@@ -67,6 +67,8 @@ ENGINE_SUBSET = (
     "43-from-stage-chain",
     "46-arg-env-order",
     "48-many-stages",
+    "50-maintainer",
+    "51-copy-from-several",
 )
 
 

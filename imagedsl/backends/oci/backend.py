@@ -42,7 +42,7 @@ from imagedsl.backends.oci.copy_entries import (
     is_archive,
     needed_contents,
     resolve_owner,
-    select_from_stage,
+    select_from_stage_paths,
     stage_entries,
     url_entry,
 )
@@ -783,7 +783,9 @@ class _Build:
         assert isinstance(step.source, StagePath)
         source_state = self.states[node.sources[0]]
         source_fs = self._filesystem(source_state.layers)
-        files, single = select_from_stage(source_fs, step.source.path, step.exclude, describe(step))
+        files, single = select_from_stage_paths(
+            source_fs, step.source.paths, step.exclude, describe(step)
+        )
         contents = self._read_contents(source_fs, source_state.layers, needed_contents(files))
         placement = self._placement_from(node, lower, single)
         entries, tree = stage_entries(files, contents, placement)
