@@ -122,6 +122,7 @@ class StageRef:
         copy, with the copying stage's ARG and ENV values)."""
         return StagePath(self, check_stage_path("path", "path", path))
 
+    @_located
     def paths(self, *paths: str) -> StagePath:
         """Several paths inside the named stage for one ``copy`` (see :meth:`Stage.paths`)."""
         return _stage_paths(self, paths)
@@ -205,6 +206,7 @@ class Stage:
         (``$VAR`` expands in a copy, with the copying stage's ARG and ENV values)."""
         return StagePath(self, check_stage_path("path", "path", path))
 
+    @_located
     def paths(self, *paths: str) -> StagePath:
         """Several paths inside this stage for one ``copy`` (``COPY --from=stage a b dest/``:
         one layer, the paths copied in order, each as ``path`` copies it; a path with ``*``,

@@ -646,9 +646,10 @@ def _steps(
             )
         elif kind == "copy_from" and others:
             other = draw(st.sampled_from(others))
-            stage = stage.copy(
-                other.path(draw(st.sampled_from(["/", "/bin", "/etc/x y"]))), "/from/"
+            chosen_paths = draw(
+                st.lists(st.sampled_from(["/", "/bin", "/etc/x y", "/lib/*.so"]), min_size=1)
             )
+            stage = stage.copy(other.paths(*chosen_paths), "/from/")
         elif kind == "add":
             stage = stage.add(src.file("run.sh"), draw(_SAFE_PATH))
         elif kind == "script":
@@ -1004,7 +1005,7 @@ def check_step(
             elif isinstance(copy.source, steps.StagePath):
                 source_stage = next(s for s in lowered.stages if node.sources[0] in s.steps)
                 assert flags["from"] == source_stage.name
-                assert sources == [copy.source.path]
+                assert sources == list(copy.source.paths)
             else:
                 (tree,) = node.trees
                 names = {t.name for t in lowered.trees if t.digest == tree.digest}
