@@ -43,15 +43,17 @@ from imagedsl._validate import (
 )
 from imagedsl.buildstate import AUTOMATIC_ARGS, expand
 from imagedsl.check.catalogue import ALLOWABLE
-from imagedsl.context import Context, ContextSource, make_context
+from imagedsl.context import Context, ContextSource, glob_regex, make_context
 from imagedsl.errors import ImageDSLError, StepArgumentError
 from imagedsl.oci.platform import canonical_platforms
 from imagedsl.oci.reference import parse_reference
 from imagedsl.steps import (
+    GLOB_CHARS,
     NETWORK_MODES,
     SHARING_MODES,
     Add,
     Arg,
+    Author,
     BindMount,
     CacheMount,
     Cmd,
@@ -80,6 +82,7 @@ from imagedsl.steps import (
     User,
     Volume,
     Workdir,
+    check_stage_copy_dest,
 )
 
 if TYPE_CHECKING:
@@ -118,6 +121,11 @@ class StageRef:
         """A path inside the named stage, for ``copy`` and ``bind`` (``$VAR`` expands in a
         copy, with the copying stage's ARG and ENV values)."""
         return StagePath(self, check_stage_path("path", "path", path))
+
+    @_located
+    def paths(self, *paths: str) -> StagePath:
+        """Several paths inside the named stage for one ``copy`` (see :meth:`Stage.paths`)."""
+        return _stage_paths(self, paths)
 
 
 @attrs.frozen(eq=False)
@@ -197,6 +205,14 @@ class Stage:
         """A path inside this stage, for ``copy`` (``COPY --from``) and ``bind`` mounts
         (``$VAR`` expands in a copy, with the copying stage's ARG and ENV values)."""
         return StagePath(self, check_stage_path("path", "path", path))
+
+    @_located
+    def paths(self, *paths: str) -> StagePath:
+        """Several paths inside this stage for one ``copy`` (``COPY --from=stage a b dest/``:
+        one layer, the paths copied in order, each as ``path`` copies it; a path with ``*``,
+        ``?`` or ``[`` is a wildcard pattern, as in a Dockerfile). The destination must end
+        with ``/``."""
+        return _stage_paths(self, paths)
 
     @_located
     def allow(self, *rules: str) -> Stage:
@@ -297,6 +313,8 @@ class Stage:
             raise StepArgumentError(
                 "COPY", "parents", "keeps the paths of build context files only"
             )
+        if isinstance(copy_source, StagePath):
+            check_stage_copy_dest("COPY", copy_source, checked_dest)
         if isinstance(copy_source, InlineFile):
             if excludes:
                 raise StepArgumentError("COPY", "exclude", "has nothing to leave out of dsl.inline")
@@ -485,6 +503,25 @@ class Stage:
         return self._then(
             StopSignal(signal=parse_signal("STOPSIGNAL", signal), location=caller_location())
         )
+
+    @_located
+    def author(self, name: str) -> Stage:
+        """``MAINTAINER name``: the image config's ``author`` (the base image's until set),
+        kept as written: no ``$VAR`` expands, as BuildKit expands none in MAINTAINER."""
+        text = check_str("MAINTAINER", "name", name)
+        if text != text.strip() or "\n" in text or "\r" in text:
+            raise StepArgumentError(
+                "MAINTAINER",
+                "name",
+                f"must be one line without blanks around it (a Dockerfile line), got {name!r}",
+            )
+        if text.endswith("\\"):
+            raise StepArgumentError(
+                "MAINTAINER",
+                "name",
+                f"must not end with a backslash (a Dockerfile continues the line), got {name!r}",
+            )
+        return self._then(Author(name=text, location=caller_location()))
 
 
 # -- constructors ----------------------------------------------------------------------------
@@ -698,6 +735,8 @@ def bind(
 ) -> BindMount:
     """``--mount=type=bind``: context files or a stage path; keyed by their content."""
     checked = _copy_source("bind", source)
+    if isinstance(checked, StagePath) and checked.more:
+        raise StepArgumentError("bind", "source", "mounts one path of a stage, not several")
     if checked.templated:
         paths = checked.describe_paths() if isinstance(checked, ContextSource) else [checked.path]
         if any(has_variable(p) for p in paths):
@@ -793,6 +832,19 @@ def platforms(*names: str, targets: Sequence[str | StageRef] = ()) -> Platforms:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _stage_paths(stage: Stage | StageRef, paths: Sequence[str]) -> StagePath:
+    if not paths:
+        raise StepArgumentError("paths", "paths", "must name at least one path")
+    checked = [check_stage_path("paths", f"paths[{i}]", p) for i, p in enumerate(paths)]
+    for i, path in enumerate(checked):
+        if not is_template(path) and GLOB_CHARS.search(path):
+            try:
+                glob_regex(path)  # refuse a malformed pattern where it was written
+            except StepArgumentError as error:
+                raise StepArgumentError("paths", f"paths[{i}]", error.problem) from None
+    return StagePath(stage, checked[0], tuple(checked[1:]))
 
 
 def _copy_source(

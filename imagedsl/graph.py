@@ -53,6 +53,7 @@ from imagedsl.steps import (
     Step,
     UrlSource,
     Workdir,
+    check_stage_copy_dest,
 )
 from imagedsl.treehash import ContextHasher, Tree
 
@@ -796,7 +797,7 @@ class _Keyer:
             chmod=_expanded(state, step.chmod),
             exclude=step.exclude,
             source=source.fs_key,
-            path=step.source.path,
+            paths=step.source.paths,
         )
         structural_key = keys.key_of(structural)
         output = None if source.provisional else self.resolve_output(structural_key)
@@ -887,6 +888,7 @@ def expand_sources(step: Copy | Add, state: BuildState) -> Copy | Add:
             source = source.expanded(expand, name)
         elif isinstance(source, StagePath):
             source = source.expanded(expand)
+            check_stage_copy_dest(name, source, step.dest)  # a path may now be a wildcard
     except ImageDSLError as error:
         raise error.with_location(step.location) from None
     return attrs.evolve(step, source=source)  # type: ignore[arg-type]

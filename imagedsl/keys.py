@@ -175,9 +175,12 @@ def copy_from_stage_preimage(
     chmod: str | None,
     exclude: Sequence[str],
     source: str,
-    path: str,
+    paths: Sequence[str],
 ) -> Preimage:
-    """COPY --from before the source is built: the source stage's key and path."""
+    """COPY --from before the source is built: the source stage's key and its paths, in
+    order (BuildKit copies them in order: a later one may overwrite an earlier one). One
+    path is keyed as ``path``, as it always was; several as ``paths``."""
+    where: dict[str, Any] = {"path": paths[0]} if len(paths) == 1 else {"paths": list(paths)}
     return _preimage(
         "copy-from",
         parent=parent,
@@ -186,7 +189,7 @@ def copy_from_stage_preimage(
         chmod=chmod,
         exclude=list(exclude),
         source=source,
-        path=path,
+        **where,
     )
 
 

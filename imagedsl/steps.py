@@ -29,27 +29,67 @@ _DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}\Z")
 # -- sources ---------------------------------------------------------------------------------
 
 
+#: What makes a path a wildcard pattern to BuildKit's COPY (``*``, ``?``, ``[``).
+GLOB_CHARS: Final = re.compile(r"[*?\[]")
+
+
 @attrs.frozen
 class StagePath:
-    """A path inside another stage's filesystem, for ``COPY --from`` and bind mounts.
+    """A path inside another stage's filesystem, for ``COPY --from`` and bind mounts; ``more``
+    holds the further paths of one ``COPY --from=stage a b c dest/`` (``stage.paths(...)``),
+    copied in order into one layer.
 
     A path holding ``$VAR``/``${VAR}`` is kept as written; the planner expands it with the
-    copying stage's ARG and ENV values (:meth:`expanded`), as BuildKit does.
+    copying stage's ARG and ENV values (:meth:`expanded`), as BuildKit does. In a copy, a path
+    with ``*``, ``?`` or ``[`` is a wildcard pattern, as in a Dockerfile.
     """
 
     stage: Stage | StageRef
     path: str
+    more: tuple[str, ...] = ()
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Every path, in the order the copy reads them."""
+        return (self.path, *self.more)
 
     @property
     def templated(self) -> bool:
-        """Whether the planner still has to expand the path."""
-        return is_template(self.path)
+        """Whether the planner still has to expand a path."""
+        return any(is_template(path) for path in self.paths)
+
+    @property
+    def into_directory(self) -> bool:
+        """Whether the copy can only place into a directory: several paths, or a wildcard
+        (BuildKit copies each source onto the destination in turn, so anything but a
+        directory would be overwritten or refused; imagedsl asks for a ``/`` instead)."""
+        return bool(self.more) or any(
+            GLOB_CHARS.search(path) for path in self.paths if not is_template(path)
+        )
 
     def expanded(self, expand: Callable[[str], str]) -> StagePath:
-        """The path expanded by ``expand``, read from the stage's root and cleaned."""
+        """The paths expanded by ``expand``, read from the stage's root and cleaned."""
         if not self.templated:
             return self
-        return attrs.evolve(self, path=clean_container_path("/" + expand(self.path)))
+        done = [
+            clean_container_path("/" + expand(path)) if is_template(path) else path
+            for path in self.paths
+        ]
+        return attrs.evolve(self, path=done[0], more=tuple(done[1:]))
+
+
+def check_stage_copy_dest(step: str, source: StagePath, dest: str) -> None:
+    """Several stage paths, or a wildcard, copy into a directory: ``dest`` must say so with a
+    trailing ``/`` (or be ``.``). BuildKit copies each source onto ``dest`` in turn, so without
+    it a file overwrites the one before and a directory after a file is refused."""
+    if source.into_directory and not (dest.endswith("/") or dest == "."):
+        what = "several paths" if source.more else "a wildcard path"
+        raise StepArgumentError(
+            step,
+            "dest",
+            f"must end with '/' to copy {what} of a stage ({' '.join(source.paths)}) into "
+            f"it, got {dest!r}: BuildKit copies each source onto {dest!r} in turn",
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -388,6 +428,16 @@ class OnBuild:
 
 
 @attrs.frozen(kw_only=True)
+class Author:
+    """``MAINTAINER``: the image config's ``author`` (the instruction is deprecated, the field
+    is not; BuildKit keeps the text as written, without expanding variables)."""
+
+    kind: ClassVar[str] = "author"
+    name: str
+    location: SourceLocation | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
 class StopSignal:
     """``STOPSIGNAL``."""
 
@@ -409,6 +459,7 @@ ConfigStep: TypeAlias = (
     | Healthcheck
     | Shell
     | StopSignal
+    | Author
     | FromStage
     | OnBuild
 )
@@ -490,6 +541,8 @@ def describe(step: Step, stage_name: StageNamer = _default_stage_name) -> str:
             return "SHELL " + _json_list(step.command)
         case StopSignal():
             return f"STOPSIGNAL {step.signal}"
+        case Author():
+            return f"MAINTAINER {step.name}"
         case OnBuild():
             return f"ONBUILD {step.instruction}"
     raise AssertionError(step)  # pragma: no cover - the match is exhaustive
@@ -518,7 +571,7 @@ def _describe_copy(step: Copy | Add, stage_name: StageNamer) -> str:
 
 def _source_words(source: ContextSource | StagePath | UrlSource | InlineFile) -> str:
     if isinstance(source, StagePath):
-        return source.path
+        return " ".join(source.paths)
     if isinstance(source, UrlSource):
         return source.url
     if isinstance(source, InlineFile):
@@ -533,7 +586,7 @@ def describe_source(
     """How a COPY/ADD source reads in a table: context paths, ``--from=stage path``, a URL,
     or ``<<EOF`` for a file written in ``build.py``."""
     if isinstance(source, StagePath):
-        return f"--from={stage_name(source.stage)} {source.path}"
+        return f"--from={stage_name(source.stage)} {_source_words(source)}"
     return _source_words(source)
 
 

@@ -376,3 +376,48 @@ def test_non_utf8_names_are_marked_binary(base: str, tmp_path: Path) -> None:
     odd = members["data/" + os.fsdecode(raw)]
     assert odd.pax_headers.get("hdrcharset") == "BINARY"
     assert os.fsencode(odd.name) == b"data/" + raw
+
+
+# -- MAINTAINER: the config's author -----------------------------------------------------------
+
+
+def test_the_base_images_author_is_kept_until_maintainer_sets_one(
+    docker_engine: DockerEngine, busybox_image: str, tmp_path: Path, tag: str
+) -> None:
+    """A build FROM an image whose config has an ``author`` keeps it (BuildKit copies the
+    base's config), and a MAINTAINER replaces it: the same with both backends."""
+    base = f"{tag}:1"
+    docker_engine.run(
+        "build", "-q", "-t", base, "-", input=f"FROM {busybox_image}\nMAINTAINER the base\n"
+    )
+    (tmp_path / "build.py").write_text(
+        "import imagedsl as dsl\n"
+        f"kept = dsl.image({base!r}).env(A='1')\n"
+        f"kept_oci = dsl.image('docker-daemon:{base}').env(A='1')\n"
+        f"set = dsl.image({base!r}).author('the build')\n"
+        f"set_oci = dsl.image('docker-daemon:{base}').author('the build')\n"
+    )
+    env = {**os.environ, "IMAGEDSL_STORE": str(tmp_path / "s"), **docker_engine.env}
+
+    def cli(*args: str) -> None:
+        result = subprocess.run(
+            [sys.executable, "-m", "imagedsl", *args], cwd=tmp_path, env=env,
+            capture_output=True, text=True, check=False, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+
+    authors = {}
+    for target in ("kept", "set"):
+        cli("build", f"build.py:{target}", "--backend", "docker", "-t", f"{tag}:2")
+        inspected = docker_engine.run("image", "inspect", "--format", "{{.Author}}", f"{tag}:2")
+        cli(
+            "build",
+            f"build.py:{target}_oci",
+            "--backend",
+            "oci",
+            "--output",
+            f"oci:{tmp_path / target}",
+        )
+        _, _, config = read_image(tmp_path / target)
+        authors[target] = (inspected.stdout.strip(), config.get("author"))
+    assert authors == {"kept": ("the base", "the base"), "set": ("the build", "the build")}

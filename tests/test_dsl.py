@@ -79,6 +79,7 @@ def test_every_instruction_has_a_step(tmp_path: Path) -> None:
         )
         .healthcheck("curl", "-f", "http://localhost/", interval=30, retries=3)
         .stopsignal("TERM")
+        .author("Jane <jane@example.com>")
         .entrypoint(["/x"])
         .cmd("--help", "-v")
     )
@@ -87,13 +88,14 @@ def test_every_instruction_has_a_step(tmp_path: Path) -> None:
     assert "ARG VERSION=1.0" in described
     assert "EXPOSE 8080/tcp 53/udp" in described
     assert "STOPSIGNAL SIGTERM" in described
+    assert "MAINTAINER Jane <jane@example.com>" in described
     assert 'ENTRYPOINT ["/x"]' in described
     assert described[-1] == 'CMD ["--help", "-v"]'
     assert any(d.startswith("COPY --from=") for d in described)
     kinds = {step.kind for step in stage}
     assert kinds >= {
         "scratch", "arg", "env", "workdir", "user", "label", "expose", "volume", "copy",
-        "add", "shell", "run", "healthcheck", "stopsignal", "entrypoint", "cmd",
+        "add", "shell", "run", "healthcheck", "stopsignal", "entrypoint", "cmd", "author",
     }  # fmt: skip
 
 
@@ -261,6 +263,20 @@ BAD_ARGUMENTS: list[object] = [
         lambda: BASE.copy(BASE.path("/x"), "/y", layers="auto"), "layers", id="copy-layers-stage"
     ),
     pytest.param(lambda: BASE.stopsignal("sig term"), "signal", id="stopsignal"),
+    pytest.param(lambda: BASE.author(""), "name", id="author-empty"),
+    pytest.param(lambda: BASE.paths(), "paths", id="paths-none"),
+    pytest.param(lambda: BASE.paths("/a", "rel"), "paths[1]", id="paths-relative"),
+    pytest.param(lambda: BASE.paths("/a", "/b[c"), "paths[1]", id="paths-bad-glob"),
+    pytest.param(lambda: BASE.copy(BASE.paths("/a", "/b"), "/d"), "dest", id="paths-dest-file"),
+    pytest.param(lambda: BASE.copy(BASE.path("/a/*.so"), "/lib"), "dest", id="glob-dest-file"),
+    pytest.param(
+        lambda: BASE.run("x", mounts=[dsl.bind(BASE.paths("/a", "/b"), "/m")]),
+        "source",
+        id="bind-several-paths",
+    ),
+    pytest.param(lambda: BASE.author("a\nb"), "name", id="author-two-lines"),
+    pytest.param(lambda: BASE.author(" a"), "name", id="author-blank-around"),
+    pytest.param(lambda: BASE.author("a\\"), "name", id="author-continues"),
     pytest.param(lambda: BASE.healthcheck("x", interval="soon"), "interval", id="health-interval"),
     pytest.param(lambda: BASE.cmd("a", "b", shell=True), "command", id="cmd-shell-two"),
     pytest.param(lambda: BASE.cmd(["a"], shell=True), "command", id="cmd-list-shell"),
@@ -473,3 +489,21 @@ def test_platform_aliases_name_one_platform(written: str, canonical: str) -> Non
     assert [s.key for s in api.plan(stage, "s", platform=written).steps] == [
         s.key for s in api.plan(stage, "s", platform=canonical).steps
     ]
+
+
+def test_several_paths_of_a_stage_are_one_copy() -> None:
+    """``stage.paths(a, b)`` is one COPY of every path in order; one path is ``path``; a
+    ``$VAR`` expands in each (and a path that becomes a wildcard needs a ``/`` too)."""
+    builder = BASE.run("make")
+    stage = BASE.arg("N", "b.txt").copy(builder.paths("/out/a", "/out/$N", "/lib/*.so"), "/d/")
+    assert describe(stage.step) == "COPY --from=<stage> /out/a /out/$N /lib/*.so /d/"
+    assert builder.paths("/a") == builder.path("/a")
+    assert dsl.stage("b").paths("/x/../y", "/z") == dsl.stage("b").path("/y").__class__(
+        dsl.stage("b"), "/y", ("/z",)
+    )
+    planned = api.plan({"builder": builder, "app": stage}, "app")
+    assert planned.steps[-1].instruction == "COPY --from=builder /out/a /out/b.txt /lib/*.so /d/"
+    wild = BASE.arg("N", "*.txt").copy(builder.paths("/out/$N"), "/d")
+    with pytest.raises(dsl.StepArgumentError) as refused:
+        api.plan({"builder": builder, "app": wild}, "app")
+    assert refused.value.argument == "dest"

@@ -3,8 +3,20 @@ other stages (see tests/support/fidelity.py for what each scenario checks)."""
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
+
 import pytest
 
+import imagedsl as dsl
+from imagedsl.backends import BuildRequest
+from imagedsl.backends.oci.backend import OCIBackend
+from imagedsl.backends.oci.copy_entries import StepInputError
+from imagedsl.importer import DockerfileImportError, translate_text
+from imagedsl.planner import plan
+from imagedsl.reporting import Reporter
+from imagedsl.store import Store
+from tests.support.docker import DockerEngine
 from tests.support.fidelity import (
     FidelityRun,
     Project,
@@ -13,10 +25,26 @@ from tests.support.fidelity import (
     scenario_params,
     tar_bytes,
 )
+from tests.support.oci import layer_members, read_image
 
 FILES = {"app/main.py": "print('hi')\n", "app/util.py": "X = 1\n", "conf.txt": "a=1\n"}
 LIST_APP = """.run("stat -c '%n %u %g %a %s' /app/* > /listing")"""
 TOOL = """tool = BASE.run("mkdir -p /out && echo tool > /out/tool.txt{extra}")\n"""
+#: A stage with files, directories and a symlink for copies of several paths.
+TOOLS = (
+    'tool = BASE.run("mkdir -p /out/sub /out/lib /out/other && echo a > /out/a.txt'
+    " && echo b > /out/b.txt && echo c > /out/sub/c.txt && echo so > /out/lib/x.so"
+    ' && echo other > /out/other/a.txt && ln -s a.txt /out/link.txt{extra}")\n'
+)
+LIST_DEST = """.run("find /dest | sort > /listing")"""
+
+
+def several(*paths: str, extra: str = "") -> str:
+    """``COPY --from=tool PATHS /dest/`` and a RUN that reads the result."""
+    quoted = ", ".join(repr(path) for path in paths)
+    return (
+        TOOLS.format(extra=extra) + f"app = BASE.copy(tool.paths({quoted}), '/dest/')" + LIST_DEST
+    )
 
 
 #: Context files under directories a build arg names (d1 and d2 hold equal files).
@@ -148,6 +176,44 @@ SCENARIOS = [
         + """app = BASE.copy(tool.path("/out"), "/tools", chown="3:3").run("stat -c '%u' /tools/tool.txt > /o")""",
         after=TOOL.format(extra="")
         + """app = BASE.copy(tool.path("/out"), "/tools", chown="4:4").run("stat -c '%u' /tools/tool.txt > /o")""",
+        misses=0,
+        maybes=2,
+    ),
+    # COPY --from=tool a b ... /dest/: one COPY, one layer, the paths in order (each as a COPY
+    # of it alone would place it), wildcards matched as BuildKit matches them.
+    Scenario(
+        name="several paths of a stage whose output changed",
+        before=several("/out/a.txt", "/out/sub"),
+        after=several("/out/a.txt", "/out/sub", extra=" && echo v2 >> /out/sub/c.txt"),
+        misses=1,
+        maybes=2,
+    ),
+    Scenario(
+        name="several paths of a stage rebuilt with identical output",
+        before=several("/out/*.txt", "/out/li*", "/out/sub"),
+        after=several("/out/*.txt", "/out/li*", "/out/sub", extra=" && echo again > /again"),
+        misses=1,
+        maybes=2,
+    ),
+    Scenario(
+        name="the paths of a copy from a stage are reordered",
+        before=several("/out/a.txt", "/out/sub", "/out/b.txt"),
+        after=several("/out/b.txt", "/out/sub", "/out/a.txt"),
+        # BuildKit's key holds the order (its copies are chained in it): a new copy for it.
+        misses=0,
+        maybes=2,
+    ),
+    Scenario(
+        name="a path is added to a copy with an empty wildcard",
+        before=several("/out/*.none", "/out/a.txt"),
+        after=several("/out/*.none", "/out/a.txt", "/out/lib/x.so"),
+        misses=0,
+        maybes=2,
+    ),
+    Scenario(
+        name="a later path of a stage overwrites an earlier one",
+        before=several("/out/other", "/out/a.txt"),  # /dest/a.txt: "a"
+        after=several("/out/a.txt", "/out/b.txt", "/out/other"),  # /dest/a.txt: "other"
         misses=0,
         maybes=2,
     ),
@@ -287,3 +353,97 @@ SCENARIOS = [
 def test_scenario(fidelity: FidelityRun, scenario: Scenario) -> None:
     """The plan predicts BuildKit step by step; both backends build the same image."""
     fidelity.check(scenario)
+
+
+# -- several paths of a stage: what BuildKit refuses, and what imagedsl refuses --------------------
+
+
+def _stage_project(root: Path) -> dsl.Context:
+    """``ctx/out``: a.txt, b.txt and sub/c.txt, copied into a stage ``tool`` by both sides."""
+    for name, text in {"a.txt": "a\n", "b.txt": "b\n", "sub/c.txt": "c\n"}.items():
+        path = root / "ctx" / "out" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return dsl.context(root / "ctx")
+
+
+def _buildkit(engine: DockerEngine, root: Path, copy: str) -> tuple[int, str, Path]:
+    """Build ``FROM scratch`` + ``copy`` (from a stage ``tool`` holding ``/out``) with BuildKit
+    itself: (exit code, output, the exported filesystem)."""
+    (root / "ctx" / "Dockerfile").write_text(
+        f"FROM scratch AS tool\nCOPY out /out\nFROM scratch\n{copy}\n"
+    )
+    out = root / f"fs-{uuid.uuid4().hex[:8]}"
+    done = engine.build(root / "ctx", "--output", f"type=local,dest={out}", check=False)
+    return done.returncode, done.stdout + done.stderr, out
+
+
+def test_a_missing_path_of_several_fails_as_in_buildkit(
+    docker_engine: DockerEngine, tmp_path: Path
+) -> None:
+    """A path of a several-path COPY --from that the stage lacks fails the build, naming the
+    path, with BuildKit and with the OCI backend; a wildcard that matches nothing does not."""
+    src = _stage_project(tmp_path)
+    code, output, _ = _buildkit(
+        docker_engine, tmp_path, "COPY --from=tool /out/a.txt /out/nope /dest/"
+    )
+    assert code != 0, output
+    assert '"/out/nope" not found' in output
+    code, output, fs = _buildkit(
+        docker_engine, tmp_path, "COPY --from=tool /out/*.none /out/a.txt /dest/"
+    )
+    assert code == 0, output
+    assert sorted(p.name for p in (fs / "dest").iterdir()) == ["a.txt"]
+
+    tool = dsl.scratch().copy(src.dir("out"), "/out")
+    for paths, missing in [
+        (("/out/a.txt", "/out/nope"), "/out/nope"),
+        (("/out/*.none", "/out/a.txt"), None),
+    ]:
+        app = dsl.scratch().copy(tool.paths(*paths), "/dest/")
+        store = Store(tmp_path / "store")
+        planned = plan({"tool": tool, "app": app}, "app", store=store)
+        layout = tmp_path / f"oci-{len(paths)}-{missing is None}"
+        request = BuildRequest(output=f"oci:{layout}")
+        backend = OCIBackend(compression="none")
+        if missing is None:
+            backend.build_image(planned, request, store=store, reporter=Reporter())
+            _, manifest, _ = read_image(layout)
+            names = {m.name for layer in manifest["layers"] for m in layer_members(layout, layer)}
+            assert "dest/a.txt" in names
+            assert not any("none" in n for n in names)
+        else:
+            with pytest.raises(StepInputError, match=missing):
+                backend.build_image(planned, request, store=store, reporter=Reporter())
+
+
+def test_several_paths_into_a_destination_without_a_slash_are_refused(
+    docker_engine: DockerEngine, tmp_path: Path
+) -> None:
+    """BuildKit copies each source onto a destination without ``/`` in turn: a file then a
+    directory fails, two files leave the last one as the destination. imagedsl refuses the
+    form where it is written (the DSL, the importer), never building either."""
+    src = _stage_project(tmp_path)
+    code, output, _ = _buildkit(
+        docker_engine, tmp_path, "COPY --from=tool /out/a.txt /out/sub /dest"
+    )
+    assert code != 0, output
+    assert "cannot copy to non-directory" in output
+    code, output, fs = _buildkit(
+        docker_engine, tmp_path, "COPY --from=tool /out/a.txt /out/b.txt /dest"
+    )
+    assert code == 0, output
+    assert (fs / "dest").is_file()
+    assert (fs / "dest").read_text() == "b\n"
+
+    tool = dsl.scratch().copy(src.dir("out"), "/out")
+    for source in (tool.paths("/out/a.txt", "/out/sub"), tool.path("/out/*.txt")):
+        with pytest.raises(dsl.StepArgumentError) as refused:
+            dsl.scratch().copy(source, "/dest")
+        assert refused.value.argument == "dest"
+        assert "must end with '/'" in refused.value.problem
+    for line in ("COPY --from=tool /out/a.txt /out/sub /dest", "COPY --from=tool /out/*.txt /d"):
+        with pytest.raises(DockerfileImportError) as caught:
+            translate_text(f"FROM scratch AS tool\nFROM scratch\n{line}\n")
+        assert caught.value.line == 3
+        assert "end the destination with /" in caught.value.problem

@@ -1,5 +1,5 @@
 """Edit scenarios for the state steps leave: WORKDIR, USER, SHELL, and the config-only steps
-(LABEL, EXPOSE, CMD, ENTRYPOINT, HEALTHCHECK, STOPSIGNAL, VOLUME), which change the image
+(LABEL, EXPOSE, CMD, ENTRYPOINT, HEALTHCHECK, STOPSIGNAL, VOLUME, MAINTAINER), which change the image
 config and nothing BuildKit builds (see tests/support/fidelity.py)."""
 
 from __future__ import annotations
@@ -116,6 +116,21 @@ SCENARIOS = [
         "stopsignal and volume change",
         'stopsignal("SIGTERM").volume("/data")',
         'stopsignal("SIGINT").volume("/data", "/cache")',
+    ),
+    # MAINTAINER sets the config's author, kept as written ($X is not expanded) and the last
+    # one wins; BuildKit makes no vertex for it, and a RUN after it is not rebuilt.
+    config_scenario("author changes", 'author("Jane <jane@example.com>")', 'author("$HOME x")'),
+    Scenario(
+        name="author before a run changes",
+        before="""app = BASE.author("one").run("echo built > /built")""",
+        after="""app = BASE.author("one").author('"two" three').run("echo built > /built")""",
+        misses=0,
+    ),
+    Scenario(
+        name="author set in the stage continued",
+        before="""base = BASE.author("base")\napp = base.run("echo built > /built")""",
+        after="""base = BASE.author("base")\napp = base.env(A="1").run("echo built > /built")""",
+        misses=1,
     ),
 ]
 

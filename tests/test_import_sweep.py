@@ -357,3 +357,32 @@ def test_a_literal_backslash_before_an_expression_is_still_refused() -> None:
     with pytest.raises(DockerfileImportError) as caught:
         translate_text('FROM scratch\nENV A="x\\\\$HOME"\n')
     assert "a literal backslash before an expression" in caught.value.problem
+
+
+def test_copy_from_several_sources_is_one_copy_of_several_paths(tmp_path: Path) -> None:
+    """``COPY --from=build a b dest/`` imports as ``build.paths(...)``: a relative path is read
+    from the stage's root and a ``$VAR`` is expanded by the planner, as BuildKit does."""
+    text, plan = _load(
+        tmp_path,
+        "FROM scratch AS build\nFROM scratch\nARG N=x.yaml\n"
+        "COPY --from=build /app/bin app/$N /lib/*.so /srv/\n",
+    )
+    assert '.copy(build.paths("/app/bin", "/app/$N", "/lib/*.so"), "/srv/")' in text
+    assert _steps(plan)[-1] == "COPY --from=build /app/bin /app/x.yaml /lib/*.so /srv/"
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ("ADD --from=build /a /b/", "BuildKit refuses it too"),
+        ("COPY --from=build /a /b /dest", "end the destination with /"),
+        ("COPY --from=build /lib/*.so /dest", "a wildcard source"),
+    ],
+)
+def test_copy_from_forms_buildkit_would_build_otherwise_are_refused(line: str, words: str) -> None:
+    """ADD has no --from in BuildKit; several sources (or a wildcard) into a destination
+    without ``/`` would be copied onto it one by one, which no build.py says."""
+    with pytest.raises(DockerfileImportError) as caught:
+        translate_text(f"FROM scratch AS build\nFROM scratch\n{line}\n")
+    assert caught.value.line == 3
+    assert words in caught.value.problem

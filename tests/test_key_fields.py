@@ -69,6 +69,8 @@ DEFAULTS: Mapping[str, Any] = {
     "from_chown": "4:4",
     "from_chmod": "0750",
     "from_exclude": ("*.tmp",),
+    # a second COPY --from, of several paths (stage.paths)
+    "from_paths": ("/tool", "/tool/bin"),
     "run_command": "build.sh",
     "network": "default",
     "cache_target": "/cache",
@@ -104,6 +106,7 @@ DEFAULTS: Mapping[str, Any] = {
     "health_start_period": "1s",
     "health_retries": 3,
     "stopsignal": "SIGTERM",
+    "author": "Jane <jane@example.com>",
     "onbuild": "RUN make",
     # final: FROM <stage by name>, then one more config step
     "final_ref": "app",
@@ -178,6 +181,7 @@ def catalogue(root: Path, **overrides: Any) -> dict[str, dsl.Stage]:
             chmod=k["from_chmod"],
             exclude=k["from_exclude"],
         )
+        .copy(tool.paths(*k["from_paths"]), "/opt/tools/")
         .run(k["run_command"], mounts=mounts, network=k["network"])
         .label(k["label"])
         .expose(*k["ports"])
@@ -193,6 +197,7 @@ def catalogue(root: Path, **overrides: Any) -> dict[str, dsl.Stage]:
             retries=k["health_retries"],
         )
         .stopsignal(k["stopsignal"])
+        .author(k["author"])
         .onbuild(k["onbuild"])
     )
     final = dsl.from_stage(k["final_ref"]).label(k["final_label"])
@@ -322,6 +327,7 @@ TABLE: Mapping[tuple[str, str], Change] = {
     ("copy-from", "chmod"): change(from_chmod="0700"),
     ("copy-from", "exclude"): change(from_exclude=("*.tmp", "*.o")),
     ("copy-from", "path"): change(from_path="/tool/bin"),
+    ("copy-from", "paths"): change(from_paths=("/tool", "/tool/lib")),
     ("copy-from", "source"): change(origin="run", also=("argv",), builder_command="make all"),
     ("workdir", "path"): change(workdir="/srv"),
     ("workdir", "user"): change(origin="user", also=("state.user",), user="other"),
@@ -344,6 +350,7 @@ TABLE: Mapping[tuple[str, str], Change] = {
     ("healthcheck", "retries"): change(health_retries=4),
     ("shell", "command"): change(also=("state.shell",), shell=("/bin/bash", "-c")),
     ("stopsignal", "signal"): change(stopsignal="SIGINT"),
+    ("author", "name"): change(author="Joe"),
     ("onbuild", "instruction"): change(onbuild="RUN make install"),
     ("from-stage", "ref"): change(final_ref="app-again"),
     ("config", "state.env"): change(origin="arg", also=("default",), arg_default="2"),
@@ -361,6 +368,9 @@ EXTRA: Mapping[str, Change] = {
     "build-arg": Change(origin="arg", also=frozenset(), build_args={"V": "from-cli"}),
     # Exclude patterns that leave out one more file move the tree (and only the tree).
     "copy-exclude": change(copy_exclude=("*.log", "*.txt")),
+    # The order of a COPY --from's paths: BuildKit copies them in that order (a later path
+    # may overwrite an earlier one's files), and its own key holds the order too.
+    "copy-from-paths-order": change(from_paths=("/tool/bin", "/tool")),
 }
 
 
@@ -490,7 +500,9 @@ def test_field_change_moves_its_step_and_descendants_only(
 @pytest.mark.parametrize("name", sorted(EXTRA))
 def test_changes_beside_the_table(tmp_path: Path, name: str) -> None:
     """``link=True``, ``--build-arg`` and exclude patterns move keys by the same rules."""
-    row = {"copy-link": ("*", "parent"), "build-arg": ("config", "state.env")}.get(
-        name, ("copy", "tree")
-    )
+    row = {
+        "copy-link": ("*", "parent"),
+        "build-arg": ("config", "state.env"),
+        "copy-from-paths-order": ("copy-from", "paths"),
+    }.get(name, ("copy", "tree"))
     check_change(tmp_path, row, EXTRA[name])

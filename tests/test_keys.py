@@ -208,6 +208,7 @@ def test_every_new_input_enters_its_key(tmp_path: Any) -> None:
     src = dsl.context(tmp_path)
     base = dsl.image("alpine:3.20")
     checksum = "sha256:" + "0" * 64
+    other = dsl.image("busybox:1").run("make")
     pairs = [
         (base.copy(dsl.inline("x"), "/f"), base.copy(dsl.inline("y"), "/f")),
         (base.copy(dsl.inline("x"), "/f"), base.copy(dsl.inline("x", mode=0o600), "/f")),
@@ -220,9 +221,29 @@ def test_every_new_input_enters_its_key(tmp_path: Any) -> None:
         (base.cmd("x"), base.cmd()),
         (base.cmd("x"), base.cmd(["x"])),
         (base.user(1000), base.user(1000, 1000)),
+        (base.author("a"), base.author("b")),
+        # every path of a COPY --from of several paths, and their order (BuildKit's own key
+        # holds the order: its copies are chained in it)
+        (base.copy(other.paths("/a", "/b"), "/d/"), base.copy(other.paths("/a", "/c"), "/d/")),
+        (base.copy(other.paths("/a", "/b"), "/d/"), base.copy(other.paths("/b", "/a"), "/d/")),
+        (base.copy(other.paths("/a", "/b"), "/d/"), base.copy(other.paths("/a"), "/d/")),
+        (base.author("$X"), base.author("${X}")),  # kept as written: BuildKit expands none
     ]
     for first, second in pairs:
         assert keys_of(first)[-1] != keys_of(second)[-1], (first.step, second.step)
+    # MAINTAINER changes the image config only: the RUN after it keeps its key (BuildKit's
+    # RUN is not rebuilt either), the config step after it does not.
+    for kind in ("run", "env"):
+        one, two = (
+            keys_of(
+                base.author(name).run("true") if kind == "run" else base.author(name).env(A="1")
+            )
+            for name in ("a", "b")
+        )
+        assert (one[-1] == two[-1]) is (kind == "run")
+    # One path given to paths() is that path: the same key as path() (and as before paths()).
+    single = base.copy(other.paths("/a"), "/d/")
+    assert keys_of(single) == keys_of(base.copy(other.path("/a"), "/d/"))
     link = keys_of(base.run("true").copy(src.dir("a"), "/d/", link=True))
     assert link[-1] == keys_of(base.copy(src.dir("a"), "/d/", link=True))[-1]  # no parent
 

@@ -359,6 +359,7 @@ def test_config_instructions(src_dir: Path) -> None:
         .volume("/data", "/with space")
         .healthcheck("curl -f http://localhost/", shell=True, interval="30s", retries=3)
         .stopsignal("TERM")
+        .author("Jane <jane@example.com> $HOME")
         .entrypoint("python", "-m", "app")
         .cmd("serve --port 80", shell=True)
     )
@@ -372,6 +373,7 @@ def test_config_instructions(src_dir: Path) -> None:
         'VOLUME ["/data", "/with space"]',
         "HEALTHCHECK --interval=30s --retries=3 CMD curl -f http://localhost/",
         "STOPSIGNAL SIGTERM",
+        "MAINTAINER Jane <jane@example.com> $HOME",
         'ENTRYPOINT ["python", "-m", "app"]',
         "CMD serve --port 80",
     ]
@@ -580,7 +582,7 @@ def _steps(
                     "run", "exec", "env", "arg", "workdir", "user", "label", "expose",
                     "volume", "cmd", "entrypoint", "healthcheck", "shell", "stopsignal",
                     "copy", "copy_from", "add", "script", "inline", "parents", "link", "url",
-                    "onbuild", "reset", "user_ids",
+                    "onbuild", "reset", "user_ids", "author",
                 ]
             )
         )  # fmt: skip
@@ -644,9 +646,10 @@ def _steps(
             )
         elif kind == "copy_from" and others:
             other = draw(st.sampled_from(others))
-            stage = stage.copy(
-                other.path(draw(st.sampled_from(["/", "/bin", "/etc/x y"]))), "/from/"
+            chosen_paths = draw(
+                st.lists(st.sampled_from(["/", "/bin", "/etc/x y", "/lib/*.so"]), min_size=1)
             )
+            stage = stage.copy(other.paths(*chosen_paths), "/from/")
         elif kind == "add":
             stage = stage.add(src.file("run.sh"), draw(_SAFE_PATH))
         elif kind == "script":
@@ -685,6 +688,8 @@ def _steps(
             stage = stage.cmd() if draw(st.booleans()) else stage.entrypoint()
         elif kind == "user_ids":
             stage = stage.user(draw(st.integers(0, 65535)), draw(st.none() | st.integers(0, 9)))
+        elif kind == "author":
+            stage = stage.author(draw(st.sampled_from(["me", 'Jane "J" <j@x> $HOME', "a\\b c"])))
     return stage
 
 
@@ -973,6 +978,8 @@ def check_step(
             assert (command.cmd, value) == ("SHELL", shell.command)
         case steps.StopSignal() as signal:
             assert (command.cmd, value) == ("STOPSIGNAL", (signal.signal,))
+        case steps.Author() as author:
+            assert (command.cmd, value) == ("MAINTAINER", (author.name,))
         case steps.OnBuild() as trigger:
             assert command.cmd == "ONBUILD"
             assert command.original == f"ONBUILD {trigger.instruction}"
@@ -998,7 +1005,7 @@ def check_step(
             elif isinstance(copy.source, steps.StagePath):
                 source_stage = next(s for s in lowered.stages if node.sources[0] in s.steps)
                 assert flags["from"] == source_stage.name
-                assert sources == [copy.source.path]
+                assert sources == list(copy.source.paths)
             else:
                 (tree,) = node.trees
                 names = {t.name for t in lowered.trees if t.digest == tree.digest}

@@ -631,11 +631,26 @@ class Translator:
         if any(_is_url(s) for s in sources):
             raise _Refused(f"{command.cmd} of a URL without --checksum: pin it with a checksum")
         if "from" in flags:
+            if add:
+                raise _Refused("ADD --from: BuildKit refuses it too (no such flag); use COPY")
             stage = self._source_ref(str(flags["from"]), f"{command.cmd} --from")
-            if len(sources) != 1:
-                raise _Refused(f"{command.cmd} --from with several sources: write one per source")
-            path = _stage_path(sources[0])
-            source = Atom(stage) if path == "/" else Call(f"{stage}.path", (_string(path),))
+            paths = [_stage_path(s) for s in sources]
+            into_directory = len(paths) > 1 or any(
+                _GLOB.search(p) and not has_variable(p) for p in paths
+            )
+            if into_directory and not (dest.endswith("/") or dest == "."):
+                what = "several sources" if len(paths) > 1 else "a wildcard source"
+                raise _Refused(
+                    f"COPY --from with {what} to {dest!r}: BuildKit copies each source onto "
+                    "it in turn (a file overwrites the one before, a directory after a file "
+                    "fails); end the destination with / to copy into a directory"
+                )
+            if len(paths) > 1:
+                source = Call(f"{stage}.paths", tuple(_string(p) for p in paths))
+            elif paths[0] == "/":
+                source = Atom(stage)
+            else:
+                source = Call(f"{stage}.path", (_string(paths[0]),))
             return [Call(method, (source, _string(dest), *kwargs))]
         source = self._context_source(sources, command.cmd)
         return [Call(method, (source, _string(dest), *kwargs))]
@@ -782,6 +797,18 @@ class Translator:
     def _i_stopsignal(self, command: Any) -> list[Call]:
         self._no_flags(command)
         return [Call("stopsignal", (_string(_word(command.value[0], self.escape)),))]
+
+    def _i_maintainer(self, command: Any) -> list[Call]:
+        # BuildKit keeps the rest of the line as written (no variable expands) as ``author``.
+        self._no_flags(command)
+        name = str(command.value[0]) if command.value else ""
+        if not name:
+            raise _Refused("MAINTAINER needs a name: BuildKit refuses it too")
+        if name.endswith("\\"):
+            raise _Refused(
+                "MAINTAINER ending with a backslash: no Dockerfile written back holds it"
+            )
+        return [Call("author", (_string(name),))]
 
     def _i_onbuild(self, command: Any) -> list[Call]:
         text = command.original.strip()

@@ -56,7 +56,8 @@ import imagedsl as dsl
 src = dsl.context("ctx")
 """
 
-#: The image config fields both backends write and the comparison reads.
+#: The image config fields both backends write and the comparison reads (with the
+#: top-level ``author``, which MAINTAINER sets).
 CONFIG_FIELDS = (
     "Env",
     "Cmd",
@@ -397,10 +398,10 @@ def compare_images(
 
 def docker_config(engine: DockerEngine, image: str) -> dict[str, Any]:
     """The config fields of an engine's image that both backends write."""
-    config = json.loads(
-        engine.run("image", "inspect", "--format", "{{json .Config}}", image).stdout
-    )
-    return {field: _empty_as_none(config.get(field)) for field in CONFIG_FIELDS}
+    inspected = json.loads(engine.run("image", "inspect", "--format", "{{json .}}", image).stdout)
+    config = inspected.get("Config") or {}
+    fields = {field: _empty_as_none(config.get(field)) for field in CONFIG_FIELDS}
+    return {**fields, "author": _empty_as_none(inspected.get("Author"))}
 
 
 def layout_config(layout: Path, tag: str) -> dict[str, Any]:
@@ -417,8 +418,10 @@ def layout_config(layout: Path, tag: str) -> dict[str, Any]:
         loaded: dict[str, Any] = json.loads(data)
         return loaded
 
-    config = blob(blob(entry["digest"])["config"]["digest"]).get("config") or {}
-    return {field: _empty_as_none(config.get(field)) for field in CONFIG_FIELDS}
+    image = blob(blob(entry["digest"])["config"]["digest"])
+    config = image.get("config") or {}
+    fields = {field: _empty_as_none(config.get(field)) for field in CONFIG_FIELDS}
+    return {**fields, "author": _empty_as_none(image.get("author"))}
 
 
 def _empty_as_none(value: object) -> object:

@@ -67,6 +67,7 @@ from imagedsl.steps import (
     LAYER_KINDS,
     Add,
     Arg,
+    Author,
     BindMount,
     CacheMount,
     Cmd,
@@ -502,6 +503,8 @@ class _Lowerer:
                 return ["SHELL " + json_array(step.command)]
             case StopSignal():
                 return [f"STOPSIGNAL {step.signal}"]
+            case Author():
+                return [f"MAINTAINER {step.name}"]  # BuildKit expands no variable in it
         raise AssertionError(step)  # pragma: no cover - every step kind is handled
 
     def _image(self, node: StepNode, step: FromImage) -> str:
@@ -610,15 +613,16 @@ class _Lowerer:
         if link:
             flags.append("--link")
         if isinstance(source, StagePath):
-            path = source.path
-            if _GLOB_CHARS.search(path):
-                raise Unspellable(path, "has wildcard characters, which BuildKit would expand")
+            # Every path in order, wildcards included: the DSL reads them as BuildKit does.
+            for path in source.paths:
+                if "\\" in path:
+                    raise Unspellable(path, "has a backslash, which BuildKit reads as an escape")
             assert isinstance(step, Copy)
             for pattern in step.exclude:
                 flags.append(f"--exclude={flag_value(pattern, what='--exclude')}")
             if step.exclude:
                 self._require("COPY --exclude (from a stage)", node)
-            sources = [path]
+            sources = list(source.paths)
         elif isinstance(source, UrlSource):
             # imagedsl fetches the file and checks its checksum while staging it; a COPY of
             # it is what ADD --checksum does (ADD never unpacks a URL), on every frontend.

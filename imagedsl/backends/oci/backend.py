@@ -42,12 +42,17 @@ from imagedsl.backends.oci.copy_entries import (
     is_archive,
     needed_contents,
     resolve_owner,
-    select_from_stage,
+    select_from_stage_paths,
     stage_entries,
     url_entry,
 )
 from imagedsl.backends.oci.filesystem import Filesystem, read_members
-from imagedsl.backends.oci.image_config import apply_config_step, container_config, start_config
+from imagedsl.backends.oci.image_config import (
+    apply_config_step,
+    container_config,
+    image_author,
+    start_config,
+)
 from imagedsl.backends.oci.layer import LayerEntry
 from imagedsl.backends.oci.outputs import (
     BuiltImage,
@@ -783,7 +788,9 @@ class _Build:
         assert isinstance(step.source, StagePath)
         source_state = self.states[node.sources[0]]
         source_fs = self._filesystem(source_state.layers)
-        files, single = select_from_stage(source_fs, step.source.path, step.exclude, describe(step))
+        files, single = select_from_stage_paths(
+            source_fs, step.source.paths, step.exclude, describe(step)
+        )
         contents = self._read_contents(source_fs, source_state.layers, needed_contents(files))
         placement = self._placement_from(node, lower, single)
         entries, tree = stage_entries(files, contents, placement)
@@ -869,6 +876,9 @@ class _Build:
         variant = base_config.get("variant", variant)
         if variant:
             config["variant"] = variant
+        author = image_author(steps, base_config)
+        if author is not None:
+            config["author"] = author
         config_bytes = canonical_json(config)
         config_digest = self.blobs.put(config_bytes)
         annotations = {CREATED: _iso(self.backend.epoch)}

@@ -33,8 +33,9 @@ from imagedsl.backends.oci.filesystem import (
     lookup_id,
 )
 from imagedsl.backends.oci.layer import LayerEntry, LayerError, Xattrs
+from imagedsl.context import glob_regex
 from imagedsl.errors import InputError
-from imagedsl.steps import INLINE_FILE_NAME
+from imagedsl.steps import GLOB_CHARS, INLINE_FILE_NAME
 from imagedsl.treehash import Row, Tree, TreeEntry
 
 if TYPE_CHECKING:
@@ -405,6 +406,56 @@ def select_from_stage(
             continue
         chosen.append(StageFile(source=source, placed=rel, entry=entry))
     return chosen, False
+
+
+def select_from_stage_paths(
+    fs: Filesystem, paths: Sequence[str], exclude: Sequence[str], step: str
+) -> tuple[list[StageFile], bool]:
+    """What one ``COPY --from`` takes from ``paths`` in ``fs``; True if it is a single file
+    (one path, no wildcard, naming a file: it may land as the destination itself).
+
+    Several paths (or a wildcard) copy into the destination directory in order, as BuildKit's
+    chained copies do: a file by its name, a directory's contents, each path what
+    :func:`select_from_stage` takes from it; what a later path places replaces what an earlier
+    one placed there. A missing path is an error; a wildcard matching nothing is not (BuildKit
+    allows empty wildcards)."""
+    if len(paths) == 1 and not GLOB_CHARS.search(paths[0]):
+        return select_from_stage(fs, paths[0], exclude, step)
+    chosen: dict[str, StageFile] = {}
+    for path in paths:
+        for name, match in _stage_matches(fs, path):
+            files, single = select_from_stage(fs, match, exclude, step)
+            for item in files:
+                placed = name if single else item.placed
+                chosen.pop(placed, None)  # BuildKit's later copy overwrites
+                chosen[placed] = attrs.evolve(item, placed=placed)
+    return sorted(chosen.values(), key=lambda item: item.placed), False
+
+
+def _stage_matches(fs: Filesystem, path: str) -> list[tuple[str, str]]:
+    """(name, path) of what one source path names: the path itself, or what its wildcards
+    match (Go's ``filepath.Match`` per path element, sorted), each under its own name (a
+    symlink matched is followed by the copy but keeps its name)."""
+    if not GLOB_CHARS.search(path):
+        return [(posixpath.basename(path.rstrip("/")), path)]
+    parts = [part for part in path.split("/") if part]
+    fixed = next(i for i, part in enumerate(parts) if GLOB_CHARS.search(part))
+    try:
+        base = fs.resolve("/".join(parts[:fixed]))
+    except PathResolutionError:
+        return []
+    top = fs.get(base) if base else FsEntry(kind="dir", mode=0o755)
+    if top is None or top.kind != "dir":
+        return []
+    pattern = glob_regex("/".join(parts[fixed:]))
+    depth = len(parts) - fixed - 1
+    prefix = base + "/" if base else ""
+    found = []
+    for candidate, _ in fs.below(base):
+        rel = candidate[len(prefix) :]
+        if rel.count("/") == depth and pattern.match(rel):
+            found.append((posixpath.basename(rel), candidate))
+    return sorted(found, key=lambda match: match[1])
 
 
 def stage_entries(

@@ -2,7 +2,7 @@
 
 Config steps are applied in order, as BuildKit's Dockerfile frontend applies them: ENV
 (through the build state), WORKDIR, USER, LABEL, EXPOSE, VOLUME, STOPSIGNAL, SHELL,
-HEALTHCHECK; CMD and ENTRYPOINT in shell form run through the SHELL in force; ``CMD []`` and
+HEALTHCHECK (MAINTAINER sets the top-level ``author``: :func:`image_author`); CMD and ENTRYPOINT in shell form run through the SHELL in force; ``CMD []`` and
 ``ENTRYPOINT []`` reset; an ENTRYPOINT drops a CMD the stage did not set itself; ``ONBUILD``
 appends a trigger. A base image's own ``OnBuild`` never carries over: a build ``FROM`` it runs
 those triggers (:mod:`imagedsl.backends.oci.triggers`) and starts with none.
@@ -15,6 +15,7 @@ from typing import Any
 
 from imagedsl.buildstate import BuildState, expand
 from imagedsl.steps import (
+    Author,
     Cmd,
     Entrypoint,
     Expose,
@@ -123,6 +124,16 @@ def container_config(
         if key in config and not config[key]:
             del config[key]
     return {k: v for k, v in config.items() if v is not None}
+
+
+def image_author(steps: Sequence[Step], base: Mapping[str, Any]) -> str | None:
+    """The image config's ``author``: the last MAINTAINER's text, else the base image's (a
+    build FROM an image keeps its author, as BuildKit keeps it), else none."""
+    for step in reversed(steps):
+        if isinstance(step, Author):
+            return step.name
+    author = base.get("author")
+    return author if isinstance(author, str) and author else None
 
 
 def healthcheck_config(step: Healthcheck) -> dict[str, Any]:
