@@ -171,6 +171,19 @@ SCENARIOS = [
         maybes=2,
     ),
     Scenario(
+        # BuildKit follows a symlink named as the source: the target's bytes, the link's name.
+        name="copy from a stage names a symlink, whose target changes",
+        before=TOOL.format(extra=" && ln -s tool.txt /out/current && ln -s /out /out/dir")
+        + """app = BASE.copy(tool.path("/out/current"), "/tools/")"""
+        """.copy(tool.path("/out/dir"), "/all").run("find /tools /all -exec stat -c '%n %F %s' {} + | sort > /copied")""",
+        after=TOOL.format(
+            extra=" && echo more >> /out/tool.txt && ln -s tool.txt /out/current"
+            " && ln -s /out /out/dir"
+        )
+        + """app = BASE.copy(tool.path("/out/current"), "/tools/")"""
+        """.copy(tool.path("/out/dir"), "/all").run("find /tools /all -exec stat -c '%n %F %s' {} + | sort > /copied")""",
+    ),
+    Scenario(
         name="copy from a stage with another owner",
         before=TOOL.format(extra="")
         + """app = BASE.copy(tool.path("/out"), "/tools", chown="3:3").run("stat -c '%u' /tools/tool.txt > /o")""",

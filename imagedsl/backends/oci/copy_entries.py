@@ -382,6 +382,10 @@ class StageFile:
     placed: str
     entry: FsEntry
     hardlink_to: str | None = None
+    #: The name a file placed at ``.`` takes in a destination directory, when not its
+    #: source's: a symlink named as the source lands under its own name, with its target's
+    #: bytes (as BuildKit copies it).
+    name: str | None = None
 
 
 def select_from_stage(
@@ -397,7 +401,8 @@ def select_from_stage(
         raise StepInputError(step, f"{path} does not exist in the source stage")
     rules = IgnoreRules.from_lines(exclude) if exclude else None
     if top.kind != "dir":
-        return [StageFile(source=resolved, placed=".", entry=top)], True
+        name = posixpath.basename(path.rstrip("/")) or None
+        return [StageFile(source=resolved, placed=".", entry=top, name=name)], True
     chosen: list[StageFile] = []
     prefix = resolved + "/" if resolved else ""
     for source, entry in sorted(fs.below(resolved)):
@@ -477,7 +482,7 @@ def stage_entries(
     owner, chmod = placement.owner, placement.chmod
     for item in files:
         entry = item.entry
-        path = placement.target(item.placed, posixpath.basename(item.source))
+        path = placement.target(item.placed, item.name or posixpath.basename(item.source))
         mode = entry.mode if chmod is None or entry.kind == "symlink" else chmod
         xattrs = entry.xattrs
         if entry.kind == "hardlink":
