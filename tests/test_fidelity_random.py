@@ -19,29 +19,41 @@ from collections.abc import Callable
 import attrs
 import pytest
 
-from tests.support.fidelity import FidelityRun, Project, Scenario
+from tests.support.fidelity import FidelityRun, Project, Scenario, tar_bytes
 
 #: Seeds every run checks (each a scenario with a different mix and edit).
 SEEDS = tuple(range(12))
 EXTRA_SEEDS = int(os.environ.get("IMAGEDSL_FIDELITY_SEEDS", "0") or 0)
 
-FILES = {
+FILES: dict[str, str | bytes] = {
     "conf/app.conf": "level=1\n",
     "conf/extra.conf": "extra=1\n",
     "src/main.sh": "echo main\n",
     "src/lib/util.sh": "echo util\n",
     "notes.txt": "not copied\n",
     "req.txt": "dep==1\n",
+    "bundle.tar": tar_bytes({"a.txt": b"one\n", "d/b.txt": b"two\n"}),
 }
 
-#: Commands a RUN may hold: each reads some of the stage's state, writes under /out.
+#: Commands a RUN may hold: each reads some of the stage's state and writes a file of /tmp
+#: (any USER may write there; RUN mounts are under /tmp too, and no command lists /tmp).
 READERS = (
-    "mkdir -p /out && env | grep -e ^A_ -e ^E_ -e ^G_ | sort > /out/env{n}",
-    "mkdir -p /out && pwd > /out/pwd{n} && ls -1A . | sort > /out/ls{n}",
-    "mkdir -p /out && cat /etc/app/* 2>/dev/null | sort > /out/conf{n}",
-    "mkdir -p /out && find /srv -type f | sort > /out/srv{n}",
-    "mkdir -p /out && echo ${{A_0:-none}} ${{E_0:-none}} > /out/vars{n}",
-    "mkdir -p /out && id -u > /out/uid{n}",
+    "env | grep -e ^A_ -e ^E_ -e ^G_ | sort > /tmp/env{n}",
+    "pwd > /tmp/pwd{n} && ls -1A . | sort > /tmp/ls{n}",
+    "cat /etc/app/* 2>/dev/null | sort > /tmp/conf{n}",
+    "find /srv 2>/dev/null | sort > /tmp/srv{n}",
+    "echo ${{A_0:-none}} ${{E_0:-none}} ${{E_1:+set}} > /tmp/vars{n}",
+    "id -u > /tmp/uid{n} && id -g >> /tmp/uid{n}",
+    "cat /srv/tool /srv/more /srv/inline.txt /srv/x/* 2>/dev/null | sort > /tmp/misc{n}",
+)
+#: Image config steps (they make no layer; BuildKit keys no RUN on most of them).
+CONFIG = (
+    '.entrypoint("/bin/sh", "-c")',
+    '.cmd("echo", "hi")',
+    ".expose(8080)",
+    '.stopsignal("SIGTERM")',
+    '.volume("/srv/vol")',
+    '.author("someone")',
 )
 
 
@@ -65,13 +77,16 @@ def _value(rng: random.Random) -> str:
 #: Step kinds and their weights (``from`` only when there is a tools stage).
 KINDS = {
     "arg": 3, "env": 3, "env-of-env": 1, "global": 1, "arg-path": 1, "workdir": 2, "copy": 3,
-    "run": 3, "mount-run": 1, "cache-run": 1, "shell": 1, "label": 1, "from": 1,
+    "run": 3, "mount-run": 1, "cache-run": 1, "shell": 1, "label": 1, "from": 1, "paths": 1,
+    "inline": 1, "archive": 1, "workdir-env": 1, "user": 1, "config": 2,
 }  # fmt: skip
+#: Kinds that need a tools stage.
+TOOL_KINDS = ("from", "paths")
 
 
 def _step(rng: random.Random, stage: _Stage, tools: bool) -> str:
     """One random step for the app stage."""
-    kinds = [k for k in KINDS if tools or k != "from"]
+    kinds = [k for k in KINDS if tools or k not in TOOL_KINDS]
     kind = rng.choices(kinds, weights=[KINDS[k] for k in kinds])[0]
     if kind == "arg":
         name = f"A_{len(stage.args)}"
@@ -113,11 +128,24 @@ def _step(rng: random.Random, stage: _Stage, tools: bool) -> str:
         )
         options = rng.choice(("", "", ', chmod="0640"', ', chown="1:1"'))
         return f".copy({source}, {dest!r}{options})"
+    if kind == "paths":
+        return '.copy(tools.paths("/out/more", "/out/tool"), "/srv/")'
+    if kind == "inline":
+        return '.copy(dsl.inline("inline-v1\\n"), "/srv/inline.txt")'
+    if kind == "archive":
+        return '.add(src.file("bundle.tar"), "/srv/x/")'
+    if kind == "workdir-env":
+        return '.workdir("/w/${E_0:-unset}")'
+    if kind == "user":
+        user = rng.choice(("1:1", "0:0", "1000:1000", "root:root"))
+        return f'.user("{user}")'
+    if kind == "config":
+        return rng.choice(CONFIG)
     if kind in ("run", "mount-run", "cache-run"):
         stage.runs += 1
         command = rng.choice(READERS).format(n=stage.runs)
         if kind == "mount-run":
-            command += f" && cat /tmp/m/* > /out/m{stage.runs}"
+            command += f" && cat /tmp/m/* > /tmp/m{stage.runs}"
             return f'.run("{command}", mounts=[dsl.bind(src.dir("conf"), "/tmp/m")])'
         if kind == "cache-run":
             return f'.run("{command}", mounts=[dsl.cache("/tmp/c", id="c-TOKEN")])'
@@ -136,7 +164,7 @@ class _Edit:
     text: Callable[[str], str] | None = None
     #: Rewrites the app stage's steps instead.
     steps: Callable[[list[str]], list[str]] | None = None
-    files: dict[str, str] | None = None
+    files: dict[str, str | bytes] | None = None
     build_args: dict[str, str] | None = None
     touch: str | None = None
     chmod: str | None = None
@@ -173,7 +201,24 @@ def _edits(rng: random.Random, body: str, stage: _Stage, count: int) -> list[_Ed
         _Edit(
             "the ignore file leaves out a copied file", files={".dockerignore": "conf/extra.conf\n"}
         ),
+        _Edit(
+            "the archive changes",
+            files={"bundle.tar": tar_bytes({"a.txt": b"one\n", "d/b.txt": b"three\n"})},
+        ),
+        _Edit(
+            "the archive is rewritten, same members",
+            files={"bundle.tar": tar_bytes({"a.txt": b"one\n", "d/b.txt": b"two\n"})},
+        ),
     ]
+    if "inline-v1" in body:
+        found.append(_Edit("the inline file changes", text=_replace("inline-v1", "inline-v2")))
+    if "tools.paths(" in body:
+        found.append(
+            _Edit(
+                "the order of the stage paths changes",
+                text=_replace('"/out/more", "/out/tool"', '"/out/tool", "/out/more"'),
+            )
+        )
     if "tools = " in body:
         found.append(_Edit("the tool's output changes", text=_replace("tool-v1", "tool-v2")))
         found.append(
@@ -226,7 +271,7 @@ def _edits(rng: random.Random, body: str, stage: _Stage, count: int) -> list[_Ed
         found.append(
             _Edit(
                 "a run command changes",
-                text=_replace('.run("mkdir -p /out &&', '.run("mkdir -p /out  &&', 1),
+                text=_replace('.run("', '.run(" ', 1),
             )
         )
     if count >= 2:
@@ -258,11 +303,9 @@ def scenario_of(seed: int) -> Scenario:
         stage.runs += 1
         steps.append(f'.run("{READERS[0].format(n=1)}")')
     movable = len(steps)
-    if rng.random() < 0.3:
-        steps.append('.user("1000")')
     head = 'G = dsl.arg("G_0", "g1")\n' if stage.globals_used else ""
     if tools:
-        head += 'tools = BASE.run("mkdir -p /out && echo tool-v1 > /out/tool")\n'
+        head += 'tools = BASE.run("mkdir -p /out && echo tool-v1 > /out/tool && echo more > /out/more")\n'
     body = _body(head, steps)
     edit = rng.choice(_edits(rng, body, stage, movable))
     after = body

@@ -183,6 +183,43 @@ def test_resolve_user_follows_docker() -> None:
         resolve_user("app:nogroup", files)
 
 
+@pytest.mark.parametrize(
+    ("user", "passwd", "group", "ids"),
+    [
+        ("1000:1000", False, False, (1000, 1000)),
+        ("root:root", False, False, (0, 0)),
+        ("0:root", False, False, (0, 0)),
+        ("1000", False, False, None),
+        ("0", False, False, None),
+        ("root", False, False, None),
+        ("2000", True, False, (2000, 0)),
+        ("1000", True, False, None),
+        ("app", True, False, None),
+        ("app:1000", True, False, None),
+        ("2000:app", True, False, None),
+        ("1000", True, True, (1000, 1000)),
+    ],
+)
+def test_resolve_user_reads_files_as_buildkit_does(
+    user: str, passwd: bool, group: bool, ids: tuple[int, int] | None
+) -> None:
+    """Two ids need no file; any other USER needs /etc/passwd, even a bare uid, and
+    /etc/group once a user was found or a group is named (what BuildKit did with each of
+    these, checked on Docker 20.10: ``unable to find user 1000``, ``unable to find groups for
+    spec app``)."""
+    files = {}
+    if passwd:
+        files["etc/passwd"] = "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n"
+    if group:
+        files["etc/group"] = "root:x:0:\napp:x:1000:\n"
+    if ids is None:
+        with pytest.raises(LookupError):
+            resolve_user(user, files)
+    else:
+        owner = resolve_user(user, files)
+        assert (owner.uid, owner.gid) == ids
+
+
 def test_unknown_user_is_an_error_at_its_line(base: str, store: Store) -> None:
     """USER naming nobody in /etc/passwd fails the RUN before it starts."""
     with pytest.raises(RunInputError) as caught:

@@ -121,3 +121,37 @@ def test_platform_aliases_plan_the_same() -> None:
     with pytest.raises(dsl.StepArgumentError) as raised:
         api.plan(stage, platform="123")
     assert "123" in str(raised.value)
+
+
+@pytest.mark.parametrize("user", ["1000", "0", "root", "1000:1000", "root:root", "0:root"])
+def test_a_run_user_is_found_or_refused_as_buildkit_does(
+    docker_engine: DockerEngine, busybox_image: str, tmp_path: Path, user: str
+) -> None:
+    """On a base with no /etc/passwd, BuildKit runs a RUN as two ids (``root`` is 0) and
+    refuses any other USER, even a bare uid ("unable to find user 1000"): both backends
+    build, or both fail naming the user."""
+    name, _, tag = busybox_image.rpartition(":")
+    marker = uuid.uuid4().hex
+    outcomes = {}
+    for backend, image, output in (
+        ("docker", busybox_image, ["-t", f"imagedsl-test/user-{marker}"]),
+        ("oci", f"docker-daemon:{name}:{tag}", ["--output", f"oci:{tmp_path / 'layout'}:app"]),
+    ):
+        (tmp_path / "build.py").write_text(
+            "import imagedsl as dsl\n"
+            f"app = dsl.image({image!r}).user({user!r}).run('id -u > /tmp/{marker}')\n"
+        )
+        env = {**os.environ, **({"DOCKER_HOST": docker_engine.host} if docker_engine.host else {})}
+        result = subprocess.run(
+            [sys.executable, "-m", "imagedsl", "build", "build.py:app", "--backend", backend,
+             "--store", str(tmp_path / f"store-{backend}"), *output],
+            cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=600,
+        )  # fmt: skip
+        outcomes[backend] = result.returncode
+        if result.returncode:
+            assert f"user {user.partition(':')[0]}" in result.stderr, result.stderr
+    docker_engine.run("image", "rm", "-f", f"imagedsl-test/user-{marker}", check=False)
+    # Exit 1 from the docker backend (BuildKit's RUN failed), 2 from the OCI backend (it
+    # refuses the USER before running anything): a failure either way.
+    assert (outcomes["docker"] == 0) == (outcomes["oci"] == 0), outcomes
+    assert (outcomes["oci"] == 0) == (":" in user)

@@ -166,13 +166,19 @@ class Owner:
 
 
 def resolve_user(user: str, files: Mapping[str, str]) -> Owner:
-    """``USER`` (``name``, ``uid``, ``name:group``, ``uid:gid``) to ids, as Docker does: names
-    through the image's ``/etc/passwd`` and ``/etc/group``; a user's primary group from
-    ``/etc/passwd`` (0 for an unknown numeric uid); its other groups from ``/etc/group``
-    unless a group is given. Raises LookupError naming what is not found."""
+    """``USER`` (``name``, ``uid``, ``name:group``, ``uid:gid``) to ids, as BuildKit does: two
+    ids (``root`` counts as 0) are taken as they are; any other form reads the image's
+    ``/etc/passwd``, which must exist (even for a bare uid), and ``/etc/group``, which must
+    exist too once a user was found there or a group is given. A user's primary group comes
+    from ``/etc/passwd`` (0 for an unknown numeric uid); its other groups from
+    ``/etc/group`` unless a group is given. Raises LookupError naming what is not found."""
     if not user:
         return Owner(uid=0, gid=0)
-    name, _, group = user.partition(":")
+    name, colon, group = user.partition(":")
+    if colon and _an_id(name) and _an_id(group):
+        return Owner(uid=_id(name), gid=_id(group))
+    if "etc/passwd" not in files:
+        raise LookupError(f"unable to find user {name}: the image has no /etc/passwd")
     passwd = [line.split(":") for line in files.get("etc/passwd", "").splitlines()]
     passwd = [fields for fields in passwd if len(fields) >= 4]
     if name.isdigit():
@@ -184,6 +190,9 @@ def resolve_user(user: str, files: Mapping[str, str]) -> Owner:
             raise LookupError(f"user {name!r} is not in the image's /etc/passwd")
         uid = int(match[2])
     gid = int(match[3]) if match is not None and match[3].isdigit() else 0
+    if (match is not None or group) and "etc/group" not in files:
+        found_name = match[0] if match is not None else ""
+        raise LookupError(f"unable to find groups for user {found_name!r}: no /etc/group")
     groups_file = [line.split(":") for line in files.get("etc/group", "").splitlines()]
     groups_file = [fields for fields in groups_file if len(fields) >= 4]
     if group:
@@ -202,6 +211,14 @@ def resolve_user(user: str, files: Mapping[str, str]) -> Owner:
         }
     )
     return Owner(uid=uid, gid=gid, groups=tuple(extra))
+
+
+def _an_id(text: str) -> bool:
+    return text.isdigit() or text == "root"
+
+
+def _id(text: str) -> int:
+    return 0 if text == "root" else int(text)
 
 
 @attrs.frozen(kw_only=True)
