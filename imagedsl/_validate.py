@@ -149,8 +149,14 @@ def check_platform(step: str, argument: str, value: object) -> str:
 
 
 def check_owner(step: str, argument: str, value: object) -> str:
-    """Refuse an owner that is not ``user`` or ``user:group`` (names or ids)."""
+    """Refuse an owner that is not ``user`` or ``user:group`` (names or ids). One holding
+    ``$VAR``s is kept as written: BuildKit splits it at ``:`` once expanded, so a ``:`` in
+    ``${NAME:-app}`` is no separator."""
     owner = check_str(step, argument, value)
+    if is_template(owner):
+        if any(c.isspace() for c in owner):
+            raise StepArgumentError(step, argument, f"must hold no spaces, got {owner!r}")
+        return owner
     if not _OWNER.match(owner):
         raise StepArgumentError(step, argument, f"must be 'user' or 'user:group', got {owner!r}")
     return owner
@@ -164,7 +170,7 @@ def check_user(step: str, user: object, group: object) -> str:
         if isinstance(value, int) and not isinstance(value, bool):
             return str(check_int(step, argument, value, low=0, high=2**32 - 1))
         text = check_str(step, argument, value)
-        if ":" in text and group is not None:
+        if ":" in text and group is not None and not is_template(text):
             raise StepArgumentError(step, argument, f"holds ':' and a group is given: {text!r}")
         return text
 

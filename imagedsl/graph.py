@@ -487,7 +487,7 @@ class _Keyer:
     source_date_epoch: int = 0
     _states: dict[int, BuildState] = attrs.field(factory=dict)
     _nodes: dict[int, StepNode] = attrs.field(factory=dict)
-    _trees: dict[tuple[ContextSource, tuple[str, ...], bool, bool], Tree] = attrs.field(
+    _trees: dict[tuple[ContextSource, tuple[str, ...], bool | None, bool], Tree] = attrs.field(
         factory=dict
     )
     _keyed: tuple[str, Sequence[int], Sequence[int]] | None = None
@@ -822,7 +822,7 @@ class _Keyer:
         source: ContextSource,
         exclude: Sequence[str],
         *,
-        dest_is_dir: bool,
+        dest_is_dir: bool | None,
         step: Step,
         parents: bool = False,
     ) -> Tree:
@@ -914,14 +914,16 @@ def _expanded(state: BuildState, word: str | None) -> str | None:
     return None if word is None else state.expand(word)
 
 
-def _dest_is_dir(step: Copy | Add) -> bool:
+def _dest_is_dir(step: Copy | Add) -> bool | None:
     """Docker's rule: a single file copied to a path not ending in / takes that name, except
     that ``.`` and ``..`` (and paths ending in them) always name directories. ``COPY
-    --parents`` always copies into a directory."""
+    --parents`` always copies into a directory. None for one wildcard: as BuildKit copies it,
+    one file matched takes the name, several (or a directory) go into it."""
     assert isinstance(step.source, ContextSource)
     if isinstance(step, Copy) and step.parents:
         return True
     last = step.dest.rstrip("/").rsplit("/", 1)[-1] if step.dest.strip("/") else "/"
     if step.dest.endswith("/") or last in (".", "..") or len(step.source.selectors) > 1:
         return True
-    return step.source.selectors[0].kind in ("dir", "glob")
+    kind = step.source.selectors[0].kind
+    return None if kind == "glob" else kind == "dir"

@@ -17,7 +17,6 @@ import functools
 import os
 import posixpath
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, TypeVar
@@ -26,6 +25,7 @@ import attrs
 import blake3
 
 from imagedsl._cores import cores
+from imagedsl._filehash import BIG_FILE, hash_file
 from imagedsl._ignore import IgnoreRules
 from imagedsl._statcache import (
     DIR_ENTRY,
@@ -50,9 +50,6 @@ if TYPE_CHECKING:
     from imagedsl.steps import LayerSpec
 
 
-#: Files at least this big are hashed with blake3's own threads, a piece at a time.
-_BIG_FILE: Final = 4 << 20
-_HASH_PIECE: Final = 8 << 20
 #: Up to this many (small) files are hashed without a thread pool.
 _INLINE_FILES: Final = 16
 #: Symlinks followed in a row before giving up (Linux's own limit).
@@ -337,6 +334,25 @@ def _placed(
     return placed
 
 
+def _into_directory(
+    root: str,
+    source: ContextSource,
+    selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
+) -> bool:
+    """Whether one wildcard copied to a path not ending in ``/`` copies into a directory:
+    BuildKit copies each match in turn to the path, so matched files each take its name (the
+    last one stays) and a matched directory's contents go into it; both at once it refuses
+    or nests, by their order, and so imagedsl refuses."""
+    kinds = {base is None for _, matches in selections for _, _, base in matches}
+    if kinds == {True, False}:
+        raise ContextError(
+            root,
+            problem=f"{source.selectors[0].path} matches files and directories: end the "
+            "destination with / to copy them into it",
+        ).with_location(source.location or source.context.location)
+    return kinds != {True}
+
+
 class _PartRows:
     """The layers="auto" parts of a directory copied whole: entries are placed and sorted
     into parts once, when a part's rows are first read; each part's rows are then built
@@ -434,44 +450,6 @@ def _bucket(path: str, buckets: int) -> int:
     return int.from_bytes(digest, "big") % buckets
 
 
-def hash_file(path: str, size: int) -> str:
-    """blake3 of a file's bytes, read in pieces of at most 8 MiB (memory stays bounded for any
-    file size, unlike a whole-file mmap, whose pages count as the process's resident memory);
-    big files use blake3's threads on each piece. A small file is read with one ``readv``
-    into a buffer its thread keeps: no allocation, and few system calls (each one lets another
-    thread take the GIL, which costs more than the call)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if size < _BIG_FILE:
-            buffer = getattr(_buffers, "piece", None)
-            if buffer is None or len(buffer) <= size:
-                buffer = _buffers.piece = bytearray(min(_BIG_FILE, max(size + 1, 1 << 20)))
-            with memoryview(buffer) as view:
-                count = os.readv(fd, [view[: size + 1]])
-                # Not what its stat said (it grew, or a short read): read on to its end.
-                while count != size and count < len(buffer):
-                    more = os.readv(fd, [view[count:]])
-                    if not more:
-                        break
-                    count += more
-                if count < len(buffer):
-                    return blake3.blake3(view[:count]).hexdigest()
-                hasher = blake3.blake3(view, max_threads=blake3.blake3.AUTO)
-        else:
-            hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-        buffer = bytearray(_HASH_PIECE)
-        with memoryview(buffer) as view:
-            while count := os.readv(fd, [view]):
-                hasher.update(view[:count])
-        return hasher.hexdigest()
-    finally:
-        os.close(fd)
-
-
-#: Per thread: the buffer :func:`hash_file` reads small files into.
-_buffers = threading.local()
-
-
 class ContextHasher:
     """Scans contexts and hashes selections for one planning run.
 
@@ -505,12 +483,13 @@ class ContextHasher:
         source: ContextSource,
         *,
         exclude: Sequence[str] = (),
-        dest_is_dir: bool = True,
+        dest_is_dir: bool | None = True,
         parents: bool = False,
     ) -> Tree:
         """Hash what ``source`` selects, placed as Docker's COPY places it.
 
         ``dest_is_dir=False`` (a single file copied to a file name) places that file at ``.``;
+        None (one wildcard, to a path not ending in ``/``) does so if it matched one file;
         ``parents=True`` (``COPY --parents``) places every entry at its path in the context.
         Raises :class:`ContextError` naming every selected path that does not exist (a
         wildcard may match nothing; when no selector matched, the tree is NOTHING_MATCHED).
@@ -533,6 +512,8 @@ class ContextHasher:
             raise ContextError(root, missing).with_location(source.location or context.location)
         if not selections:
             return Tree(NOTHING_MATCHED, ())
+        if dest_is_dir is None:
+            dest_is_dir = _into_directory(root, source, selections)
         memo = f"{rules_id}\0{source.selectors!r}\0{tuple(exclude)!r}\0{dest_is_dir}"
         if parents:
             memo += "\0parents"
@@ -941,7 +922,7 @@ class ContextHasher:
         total = sum(e[SIZE] for _, e in entries)
         self._reporter.hashing_started(root, len(entries), total)
         done_files = done_bytes = 0
-        if len(entries) <= _INLINE_FILES and total < _BIG_FILE:
+        if len(entries) <= _INLINE_FILES and total < BIG_FILE:
             # An edit or two: hashing them here costs less than starting threads.
             for path, entry in entries:
                 try:
@@ -990,7 +971,7 @@ def _batches(
     for item in entries:
         batch.append(item)
         batch_bytes += item[1][SIZE]
-        if len(batch) >= 64 or batch_bytes >= _BIG_FILE:
+        if len(batch) >= 64 or batch_bytes >= BIG_FILE:
             yield batch
             batch, batch_bytes = [], 0
     if batch:

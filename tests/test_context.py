@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import imagedsl as dsl
 from imagedsl import treehash
+from imagedsl._filehash import hash_file
 from imagedsl.errors import ContextError
 from imagedsl.reporting import Reporter
 from imagedsl.store import Store
@@ -248,6 +249,21 @@ def test_a_wildcard_may_match_nothing(project: Path) -> None:
     assert alone.digest != hasher.tree(src.dir("empty")).digest
     with pytest.raises(ContextError, match=r"nope\.txt"):
         hasher.tree(src.select("*.none", "nope.txt"))
+
+
+def test_one_wildcard_to_a_name_is_placed_as_buildkit_copies_it(project: Path) -> None:
+    """To a path not ending in /, each match is copied in turn: matched files take the name
+    (the last one stays), a matched directory's contents go under it, and files and
+    directories at once are refused (BuildKit refuses or nests them, by their order)."""
+    write_tree(project, {"a.txt": b"a", "b.txt": b"b", "apple.txt": b"x", "sub/c.txt": b"c"})
+    hasher = ContextHasher(None, Reporter())
+    src = dsl.context(project)
+    files = hasher.tree(src.glob("[ab].txt"), dest_is_dir=None)
+    assert [(e.placed, e.source) for e in files.entries] == [(".", "b.txt")]
+    directory = hasher.tree(src.glob("su*"), dest_is_dir=None)
+    assert [e.placed for e in directory.entries] == ["c.txt"]
+    with pytest.raises(ContextError, match="matches files and directories"):
+        hasher.tree(src.glob("a*"), dest_is_dir=None)
 
 
 def test_missing_paths_are_named(project: Path) -> None:
@@ -519,4 +535,4 @@ def test_hash_file_hashes_the_whole_file_whatever_its_stat_said(
     path = tmp_path / "f"
     path.write_bytes(data)
     stated = {"exact": size, "less": max(0, size - 3), "more": size + 3}[claimed]
-    assert treehash.hash_file(str(path), stated) == blake3.blake3(data).hexdigest()
+    assert hash_file(str(path), stated) == blake3.blake3(data).hexdigest()

@@ -146,6 +146,19 @@ def test_command_forms(
         pytest.param("app", 50, "app:50", id="name-gid"),
         pytest.param("app:staff", None, "app:staff", id="one-string"),
         pytest.param("${UID}", "${GID}", "${UID}:${GID}", id="variables"),
+        # BuildKit splits at ':' once expanded: the one in ':-' is no separator.
+        pytest.param(
+            "${APP_USER:-app}:${APP_GROUP:-1}",
+            None,
+            "${APP_USER:-app}:${APP_GROUP:-1}",
+            id="defaults",
+        ),
+        pytest.param(
+            "${APP_UID:-1000}",
+            "${APP_GID:-1000}",
+            "${APP_UID:-1000}:${APP_GID:-1000}",
+            id="default-pair",
+        ),
     ],
 )
 def test_user_forms(user: str | int, group: str | int | None, expected: str) -> None:

@@ -64,6 +64,10 @@ def add_matching_text_file(project: Project) -> None:
     project.write_files({"notes.txt": "matches the glob\n"})
 
 
+def add_file_to_app(project: Project) -> None:
+    project.write_files({"app/new.py": "NEW = 1\n"})
+
+
 def delete_the_only_config(project: Project) -> None:
     (project.context / "conf.txt").unlink()
 
@@ -258,6 +262,23 @@ SCENARIOS = [
         """.run("ls -1A /srv > /listing")""",
         files=FILES,
         edit=delete_the_only_config,
+        misses=2,
+    ),
+    Scenario(
+        # BuildKit copies each match in turn to a path not ending in /: one file takes the
+        # name, and when a second file matches, the last one in order stays.
+        name="a glob copied to a name matches a second file",
+        before="""app = BASE.copy(src.glob("*.txt"), "/etc/conf")"""
+        """.run("stat -c '%F %s' /etc/conf > /r && cat /etc/conf >> /r")""",
+        files=FILES,
+        edit=add_matching_text_file,
+        misses=2,
+    ),
+    Scenario(
+        name="a glob copied to a name matches a directory",
+        before="""app = BASE.copy(src.glob("ap*"), "/srv/x").run("find /srv | sort > /r")""",
+        files=FILES,
+        edit=add_file_to_app,
         misses=2,
     ),
     Scenario(

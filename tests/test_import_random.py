@@ -1,0 +1,192 @@
+"""Random Dockerfiles against BuildKit: a seeded generator writes a Dockerfile full of what
+real ones do with variables (global and stage ARGs, ENV in both forms, ``${V:-d}``,
+``${V:+a}``, quotes, escaped dollars, variables in WORKDIR, COPY destinations, LABEL, USER,
+EXPOSE) and of COPY, RUN and config; BuildKit builds it as written, ``imagedsl import``
+turns it into a build.py, the OCI backend builds that, and the two images must hold the same
+files (every RUN writes what it saw) and the same config.
+
+Each seed is one Dockerfile, the same on every run; CI runs the seeds below, and
+``IMAGEDSL_IMPORT_SEEDS=N`` (from ``IMAGEDSL_IMPORT_SEEDS_FROM``, else 1000) runs N more.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.support.docker import DockerEngine
+from tests.support.equivalence import differences, export_listing, layout_listing
+from tests.support.fidelity import docker_config, layout_config
+
+pytestmark = pytest.mark.docker
+
+SEEDS = tuple(range(10))
+EXTRA_SEEDS = int(os.environ.get("IMAGEDSL_IMPORT_SEEDS", "0") or 0)
+EXTRA_FROM = int(os.environ.get("IMAGEDSL_IMPORT_SEEDS_FROM", "1000") or 1000)
+
+FILES = {
+    "conf/app.conf": "level=1\n",
+    "src/main.sh": "echo main\n",
+    "src/lib/util.sh": "echo util\n",
+    "req.txt": "dep==1\n",
+}
+
+#: Values a variable may be given (as Dockerfile words: quoting is the word's own).
+WORDS = (
+    "plain",
+    "1.2.3",
+    '"two words"',
+    "'single $quoted'",
+    '"$A0-x"',
+    "${A0:-fallback}",
+    "${A0:+alt}",
+    "${E0:-none}/sub",
+    "pre\\$dollar",
+    '"a=b"',
+    "${G0}",
+    '"${E0} and ${A0}"',
+    "x${A1:-}y",
+    '""',
+)
+
+
+def _names(declared: list[str], prefix: str) -> str:
+    name = f"{prefix}{len(declared)}"
+    declared.append(name)
+    return name
+
+
+def dockerfile_of(seed: int, base: str) -> str:
+    """The Dockerfile of one seed (``base`` is the FROM image)."""
+    rng = random.Random(seed)
+    lines: list[str] = []
+    if rng.random() < 0.6:
+        lines.append(f"ARG G0={rng.choice(('g1', 'x.y', 'z'))}")
+    lines.append(f"FROM {base} AS app")
+    if lines[0].startswith("ARG G0") and rng.random() < 0.7:
+        lines.append("ARG G0")
+    args: list[str] = []
+    envs: list[str] = []
+    runs = 0
+    for _ in range(rng.randint(4, 10)):
+        kind = rng.choice(
+            ("arg", "arg", "env", "env", "env-legacy", "workdir", "copy", "run", "run", "label",
+             "user", "expose", "config")
+        )  # fmt: skip
+        if kind == "arg":
+            name = _names(args, "A")
+            lines.append(
+                f"ARG {name}" if rng.random() < 0.25 else f"ARG {name}={rng.choice(WORDS)}"
+            )
+        elif kind == "env":
+            pairs = [f"{_names(envs, 'E')}={rng.choice(WORDS)}"]
+            if rng.random() < 0.4:
+                pairs.append(f"{_names(envs, 'E')}={rng.choice(WORDS)}")
+            lines.append("ENV " + " ".join(pairs))
+        elif kind == "env-legacy":
+            lines.append(
+                f"ENV {_names(envs, 'E')} {rng.choice(('value with spaces', 'v', '$A0 x'))}"
+            )
+        elif kind == "workdir":
+            lines.append(
+                f"WORKDIR {rng.choice(('/w', '/w/$A0', 'rel', '/srv/${E0:-e}', '${A1:-/x}'))}"
+            )
+        elif kind == "copy":
+            source = rng.choice(("conf", "src", "req.txt", "src/*.sh"))
+            dest = rng.choice(("/etc/app/", "./", "/srv/$A0/", "dst", "/opt/${E0:-o}/"))
+            chown = rng.choice(("", "", "--chown=1:1 "))
+            lines.append(f"COPY {chown}{source} {dest}")
+        elif kind == "run":
+            runs += 1
+            lines.append(
+                rng.choice(
+                    (
+                        f"RUN env | grep -e ^A -e ^E -e ^G | sort > /tmp/env{runs}",
+                        f"RUN pwd > /tmp/pwd{runs} && ls -1A . | sort >> /tmp/pwd{runs}",
+                        f'RUN echo "$A0|$E0|${{E1:-u}}|$G0" > /tmp/vars{runs}',
+                        f'RUN ["sh", "-c", "echo $E0 > /tmp/exec{runs}"]',
+                        f"RUN find /etc/app /srv /opt 2>/dev/null | sort > /tmp/find{runs}",
+                    )
+                )
+            )
+        elif kind == "label":
+            lines.append(f'LABEL l{len(lines)}={rng.choice(WORDS)} other="$E0"')
+        elif kind == "user":
+            lines.append(f"USER {rng.choice(('1:1', '0:0', '${NOPE:-1}:1'))}")
+        elif kind == "expose":
+            lines.append(f"EXPOSE {rng.choice(('80', '8080/tcp', '53/udp', '80 443'))}")
+        else:
+            lines.append(
+                rng.choice(
+                    (
+                        'CMD ["sh", "-c", "echo $E0"]',
+                        "CMD echo $E0",
+                        'ENTRYPOINT ["/bin/sh"]',
+                        "STOPSIGNAL SIGTERM",
+                        "HEALTHCHECK --interval=5s CMD true",
+                    )
+                )
+            )
+    if not runs:
+        lines.append("RUN env | grep -e ^A -e ^E -e ^G | sort > /tmp/env0")
+    return "\n".join(lines) + "\n"
+
+
+def _run(argv: list[str], cwd: Path, engine: DockerEngine) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **({"DOCKER_HOST": engine.host} if engine.host else {})}
+    return subprocess.run(
+        argv, cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=600
+    )
+
+
+@pytest.mark.parametrize("seed", [*SEEDS, *range(EXTRA_FROM, EXTRA_FROM + EXTRA_SEEDS)])
+def test_imported_dockerfile_builds_what_buildkit_builds(
+    docker_engine: DockerEngine, busybox_image: str, tmp_path: Path, seed: int
+) -> None:
+    """BuildKit's image of the Dockerfile and the OCI backend's image of its import hold the
+    same files and the same config."""
+    project = tmp_path / "project"
+    for name, text in FILES.items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(text)
+    dockerfile = dockerfile_of(seed, busybox_image)
+    (project / "Dockerfile").write_text(dockerfile)
+    tag = f"imagedsl-test/import-random-{uuid.uuid4().hex[:12]}"
+    built = docker_engine.run("build", "-q", "-t", tag, str(project), check=False)
+    if built.returncode != 0:
+        pytest.fail(f"BuildKit refused the generated Dockerfile:\n{dockerfile}\n{built.stderr}")
+    try:
+        imported = _run(
+            [sys.executable, "-m", "imagedsl", "import", "Dockerfile", "-o", "build.py"],
+            project,
+            docker_engine,
+        )
+        assert imported.returncode == 0, f"{dockerfile}\n{imported.stderr}"
+        name, _, version = busybox_image.rpartition(":")
+        build_py = project / "build.py"
+        build_py.write_text(
+            build_py.read_text().replace(
+                repr(busybox_image), repr(f"docker-daemon:{name}:{version}")
+            )
+        )
+        layout = tmp_path / "layout"
+        ours = _run(
+            [sys.executable, "-m", "imagedsl", "build", "build.py", "--backend", "oci",
+             "--store", str(tmp_path / "store"), "--output", f"oci:{layout}:app"],
+            project,
+            docker_engine,
+        )  # fmt: skip
+        assert ours.returncode == 0, f"{dockerfile}\n{build_py.read_text()}\n{ours.stderr}"
+        found = differences(
+            export_listing(docker_engine, tag, tmp_path), layout_listing(layout, "app")
+        )
+        assert found == {}, f"{dockerfile}\n{build_py.read_text()}\n{found}"
+        assert docker_config(docker_engine, tag) == layout_config(layout, "app"), dockerfile
+    finally:
+        docker_engine.run("image", "rm", "-f", tag, check=False)
