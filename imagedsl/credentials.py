@@ -240,7 +240,12 @@ _NOT_KEY_FILES: Final = frozenset(
 UNREAD_SUFFIXES: Final = _NOT_KEY_FILES
 #: Every path :func:`path_kind` names holds one of these: a path with none of them is no
 #: credential by its path (what lets a reader of many paths skip most of them at once).
-PATH_HINTS: Final = (".git", ".env", "credentials", *_SECRET_FILES, *_KEYSTORE_SUFFIXES)
+#: (Few, as each is a pass over the paths: ``netrc`` stands for ``.netrc`` and ``_netrc``,
+#: ``id_`` for the SSH keys; ``.git-credentials`` holds ``.git``, the GCP file
+#: ``credentials``.)
+PATH_HINTS: Final = (
+    ".git", ".env", "credentials", "netrc", "id_", "accessTokens.json", *_KEYSTORE_SUFFIXES
+)  # fmt: skip
 
 
 def needs_content(path: str, size: int) -> bool:

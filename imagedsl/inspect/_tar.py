@@ -403,7 +403,15 @@ def list_at(fd: int, offset: int, size: int, *, data_limit: int, unread: frozens
         kinds.append(kind)
         if entry_size and kind not in _HEADER_ONLY_FLAGS:
             padding = -entry_size % BLOCK
-            if kind in _REGULAR_FLAGS and entry_size <= data_limit and _wanted(path, unread):
+            if (
+                kind in _REGULAR_FLAGS
+                and entry_size <= data_limit
+                and (
+                    (dot := path.rfind(".")) <= 0
+                    or path[dot - 1] == "/"
+                    or path[dot:].lower() not in unread
+                )
+            ):  # _wanted(path, unread), inline
                 length = min(entry_size, end - position)
                 read = pread(fd, length, position) if length > 0 else b""
                 position += len(read)

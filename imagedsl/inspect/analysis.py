@@ -83,9 +83,9 @@ class _Part:
         self.secrets = secrets
         self.entries: list[tuple[str, int, int]] | None = None
         self.sizes: dict[str, int] = {}
-        self.dirs: set[str] = set()
-        self.implied: set[str] = set()
-        self.inner: set[str] = set()
+        self.dirs: list[str] = []
+        self.implied: list[str] = []
+        self.inner: list[str] = []
         self.leaf_bytes = 0
 
     def dump(self) -> bytes:
@@ -127,9 +127,9 @@ def _part_of(listing: Listing) -> _Part:
             inner.add(parent)
             parent = parent.rpartition("/")[0]
     part.sizes = sizes
-    part.dirs = dirs
-    part.implied = inner - sizes.keys()
-    part.inner = inner & sizes.keys()
+    part.dirs = list(dirs)  # lists: marshal sorts a set's items
+    part.implied = list(inner - sizes.keys())
+    part.inner = list(inner & sizes.keys())
     part.leaf_bytes = sum(sizes.values()) - sum(sizes[path] for path in part.inner)
     return part
 
@@ -380,7 +380,7 @@ def _visit_bulk(part: _Part, index: int, stack: _Stack, copies: _Copies) -> tupl
     are its paths that are no other path's parent, and what it adds or changes are its
     non-directory paths (changed: already on the stack)."""
     present = part.sizes.keys() & stack.sizes.keys()
-    changed = len(present) - len(present & part.dirs)
+    changed = len(present) - len(present.intersection(part.dirs))
     added = len(part.sizes) - len(part.dirs) - changed
     copies.add_layer(part.sizes.keys() - part.inner, part.sizes, index, part.leaf_bytes)
     stack.add_layer(part)
