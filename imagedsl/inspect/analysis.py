@@ -24,6 +24,7 @@ import marshal
 import operator
 import os
 import re
+import select
 import signal
 import stat
 import sys
@@ -214,7 +215,8 @@ class _Stack:
                 self._children.setdefault(path.rpartition("/")[0], set()).add(path)
         self.sizes.update(part.sizes)
         self.sizes.update(dict.fromkeys(part.implied, 0))
-        self.dirs.difference_update(part.sizes, part.implied)
+        self.dirs -= part.sizes.keys() & self.dirs  # (goes over the smaller of the two)
+        self.dirs.difference_update(part.implied)
         self.dirs.update(part.dirs)
 
     def remove(self, path: str) -> None:
@@ -275,15 +277,16 @@ class _Copies:
         """A copy of each of ``leaves`` (sizes in ``sizes``) in the layer ``layer``."""
         self.sizes[layer] = sizes
         self.total += leaf_bytes
-        again = leaves & self.first.keys()
-        for path in again:
+        for path in leaves & self.first.keys():
             copies = self.more.get(path)
             if copies is None:
                 first = self.first[path]
                 self.more[path] = [(first, self.sizes[first][path]), (layer, sizes[path])]
             else:
                 copies.append((layer, sizes[path]))
-        self.first.update(dict.fromkeys(leaves - again, layer))
+        # A path copied again now has its copies in ``more``, which is read first: its
+        # first layer is not read again, and may be overwritten.
+        self.first.update(dict.fromkeys(leaves, layer))
 
     def smallest(self) -> int:
         """The sum over paths of their smallest copy."""
@@ -307,55 +310,54 @@ def analyse(image: ImageSource, reporter: Reporter | None = None) -> InspectRepo
     layers: list[LayerReport] = []
     found: list[tuple[str, int, str]] = []
     parts: list[_Part] = []
-    for index, (layer, part) in enumerate(
-        zip(image.layers, _read_parts(image.layers), strict=True)
-    ):
-        label = f"layer {index + 1}/{len(image.layers)}"
-        reporter.step_started(label)
-        copies.sizes.append({})
-        if part.entries is None:
-            changes = _visit_bulk(part, index, stack, copies)
-        else:
-            tree = _layer_tree(part.entries)
-            changes = _visit(tree, index, stack, copies)
-            _stack(tree, stack)
-        found.extend((path, index, kind) for path, kind in part.secrets)
-        parts.append(part)
-        created_by, comment = history[index]
-        step, file, line = _step_of(comment)
-        layers.append(
-            LayerReport(
-                index=index,
-                digest=layer.digest,
-                diff_id=layer.diff_id,
-                media_type=layer.media_type,
-                compressed_bytes=layer.size,
-                uncompressed_bytes=part.total,
-                content_bytes=part.content_bytes,
-                created_by=created_by,
-                step=step,
-                file=file,
-                line=line,
-                added=changes[0],
-                changed=changes[1],
-                deleted=changes[2],
+    with contextlib.closing(_read_parts(image.layers)) as parts_read:
+        for index, (layer, part) in enumerate(zip(image.layers, parts_read, strict=True)):
+            label = f"layer {index + 1}/{len(image.layers)}"
+            reporter.step_started(label)
+            copies.sizes.append({})
+            if part.entries is None:
+                changes = _visit_bulk(part, index, stack, copies)
+            else:
+                tree = _layer_tree(part.entries)
+                changes = _visit(tree, index, stack, copies)
+                _stack(tree, stack)
+            found.extend((path, index, kind) for path, kind in part.secrets)
+            parts.append(part)
+            created_by, comment = history[index]
+            step, file, line = _step_of(comment)
+            layers.append(
+                LayerReport(
+                    index=index,
+                    digest=layer.digest,
+                    diff_id=layer.diff_id,
+                    media_type=layer.media_type,
+                    compressed_bytes=layer.size,
+                    uncompressed_bytes=part.total,
+                    content_bytes=part.content_bytes,
+                    created_by=created_by,
+                    step=step,
+                    file=file,
+                    line=line,
+                    added=changes[0],
+                    changed=changes[1],
+                    deleted=changes[2],
+                )
             )
-        )
-        reporter.step_finished(label, "read")
+            reporter.step_finished(label, "read")
     per_layer = [0] * len(layers)
-    for more in copies.more.values():
+    ranked = []
+    wasted_bytes = 0
+    for path, more in copies.more.items():
+        in_layers, sizes = zip(*more, strict=True)
+        total = sum(sizes)
+        wasted_bytes += total
         for layer_index, size in more:
             per_layer[layer_index] += size
+        if total > 0:
+            ranked.append((-total, "/" + path, in_layers))
+    ranked.sort()  # by bytes, most first, then path (paths differ: layers are not compared)
+    wasted = [WastedPath(path, -negative, in_layers) for negative, path, in_layers in ranked]
     layers = [attrs.evolve(layer, wasted_bytes=per_layer[layer.index]) for layer in layers]
-    totals = {path: sum(size for _, size in more) for path, more in copies.more.items()}
-    wasted = sorted(
-        (
-            WastedPath("/" + path, totals[path], tuple(layer for layer, _ in more))
-            for path, more in copies.more.items()
-            if totals[path] > 0
-        ),
-        key=lambda w: (-w.bytes, w.path),
-    )
     total = copies.total
     smallest = copies.smallest()
     hidden_by = [_hiding(part) for part in parts] if found else []
@@ -368,7 +370,7 @@ def analyse(image: ImageSource, reporter: Reporter | None = None) -> InspectRepo
         manifest_digest=image.manifest_digest,
         layers=tuple(layers),
         size_bytes=sum(layer.content_bytes for layer in layers),
-        wasted_bytes=sum(totals.values()),
+        wasted_bytes=wasted_bytes,
         efficiency=1.0 if total == 0 else smallest / total,
         wasted=tuple(wasted),
         secrets=secrets,
@@ -390,17 +392,14 @@ def _visit_bulk(part: _Part, index: int, stack: _Stack, copies: _Copies) -> tupl
 # -- reading layers ----------------------------------------------------------------------------
 
 
-def _read_parts(layers: Sequence[SourceLayer]) -> Iterator[_Part]:
-    """Each layer's :class:`_Part`, in order. On two CPUs or more, a forked worker reads
-    layers too (each process takes the next layer not yet taken), so two layers are parsed at
-    once; a layer the worker did not give (it failed, or died) is read here, in its turn, so
-    an error is raised as reading in order would raise it."""
-    done: dict[int, _Part] = {}
+def _read_parts(layers: Sequence[SourceLayer]) -> Generator[_Part, None, None]:
+    """Each layer's :class:`_Part`, in order: read here, or (:func:`_read_in_two`) by this
+    process and a forked worker at once."""
     if _worth_forking(layers):
-        done = _read_in_two(layers)
-    for index, layer in enumerate(layers):
-        part = done.pop(index, None)
-        yield part if part is not None else _part_of(_listing_of(layer))
+        yield from _read_in_two(layers)
+        return
+    for layer in layers:
+        yield _part_of(_listing_of(layer))
 
 
 def _cpus() -> int:
@@ -425,60 +424,102 @@ def _worth_forking(layers: Sequence[SourceLayer]) -> bool:
     )
 
 
-def _read_in_two(layers: Sequence[SourceLayer]) -> dict[int, _Part]:
-    """Read the layers in two processes: the layers' numbers wait in a pipe, each process
-    takes the next; the worker writes each part to an unlinked temporary file (so it never
-    waits for this process to read) and exits; this process then loads them."""
+def _read_in_two(layers: Sequence[SourceLayer]) -> Generator[_Part, None, None]:
+    """Each layer's part in order, read by this process and a forked worker: the layers'
+    numbers wait in a pipe and each process takes the next. The worker appends each part
+    (marshal) to an unlinked temporary file, so it never waits for this process, and says so
+    on a second pipe; this process reads a layer itself whenever the next one in order is not
+    there yet, so the caller's work on each layer overlaps the worker's reading. A layer the
+    worker failed (or did not give, having died) is read here in its turn, so an error is
+    raised as reading in order would raise it."""
     taken, offer = os.pipe()
     try:
         os.write(offer, b"".join(index.to_bytes(4, "little") for index in range(len(layers))))
     finally:
         os.close(offer)
-    with contextlib.ExitStack() as cleanup:
-        cleanup.callback(os.close, taken)
-        results = cleanup.enter_context(tempfile.TemporaryFile(prefix="imagedsl-inspect-"))
-        pid = os.fork()
+    told, tell = os.pipe()
+    with tempfile.TemporaryFile(prefix="imagedsl-inspect-") as results:
+        try:
+            pid = os.fork()
+        except BaseException:
+            for fd in (taken, told, tell):
+                os.close(fd)
+            raise
         if pid == 0:  # the worker: never returns
             status = 1
             try:
+                os.close(told)
                 for index in _numbers(taken):
                     try:
                         data = _part_of(_listing_of(layers[index])).dump()
-                    except Exception:  # read again in order by the parent, which raises it
-                        continue
-                    _write_all(
-                        results.fileno(),
-                        index.to_bytes(4, "little") + len(data).to_bytes(8, "little") + data,
-                    )
+                    except Exception:  # read again by the parent, which raises it
+                        data = b""
+                    head = index.to_bytes(4, "little") + len(data).to_bytes(8, "little")
+                    _write_all(results.fileno(), head + data)
+                    os.write(tell, b".")
                 status = 0
             finally:
                 os._exit(status)
-        finished = False
+        os.close(tell)
+        os.set_blocking(told, False)
+        worker = _WorkerResults(results.fileno(), told)
+        ready: dict[int, _Part | None] = {}  # None: to be read here
+        reaped = False
         try:
-            done: dict[int, _Part] = {}
-            for index in _numbers(taken):
-                try:
-                    done[index] = _part_of(_listing_of(layers[index]))
-                except Exception:  # read again in order, raised there
-                    continue
+            more_to_take = True
+            for index in range(len(layers)):
+                while index not in ready:
+                    worker.collect(ready, wait=False)
+                    if index in ready:
+                        break
+                    if more_to_take:
+                        mine = next(_numbers(taken), None)
+                        if mine is None:
+                            more_to_take = False
+                            continue
+                        try:
+                            ready[mine] = _part_of(_listing_of(layers[mine]))
+                        except Exception:  # read again in its turn, raised there
+                            ready[mine] = None
+                    elif not worker.collect(ready, wait=True):  # the worker is gone
+                        ready[index] = None
+                part = ready.pop(index)
+                yield part if part is not None else _part_of(_listing_of(layers[index]))
             os.waitpid(pid, 0)
-            finished = True
+            reaped = True
         finally:
-            if not finished:
+            if not reaped:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-        results.seek(0)
-        data = results.read()
-    position = 0
-    while position + 12 <= len(data):
-        index = int.from_bytes(data[position : position + 4], "little")
-        length = int.from_bytes(data[position + 4 : position + 12], "little")
-        record = data[position + 12 : position + 12 + length]
-        if len(record) < length:
-            break
-        done[index] = _Part.load(record)
-        position += 12 + length
-    return done
+            os.close(taken)
+            os.close(told)
+
+
+class _WorkerResults:
+    """The parts the worker wrote to ``fd`` (one byte on ``told`` for each)."""
+
+    def __init__(self, fd: int, told: int) -> None:
+        self._fd = fd
+        self._told = told
+        self._offset = 0
+
+    def collect(self, ready: dict[int, _Part | None], *, wait: bool) -> bool:
+        """Load the parts written since the last call into ``ready`` (None for a layer the
+        worker failed); with ``wait``, wait for one first. False: the worker is gone."""
+        if wait:
+            select.select([self._told], [], [])
+        try:
+            news = os.read(self._told, 4096)
+        except BlockingIOError:
+            return True
+        for _ in news:
+            head = os.pread(self._fd, 12, self._offset)
+            index = int.from_bytes(head[:4], "little")
+            length = int.from_bytes(head[4:], "little")
+            data = os.pread(self._fd, length, self._offset + 12) if length else b""
+            self._offset += 12 + length
+            ready[index] = _Part.load(data) if data else None
+        return bool(news)
 
 
 def _numbers(taken: int) -> Iterator[int]:
