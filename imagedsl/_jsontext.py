@@ -22,22 +22,20 @@ class _Unknown(Exception):
 
 def dumps(value: Any) -> str:
     """``json.dumps(value, indent=2, ensure_ascii=False)``."""
-    out: list[str] = []
     try:
-        _write(value, out, "\n")
+        return _text(value, "\n")
     except _Unknown:
         return json.dumps(value, indent=2, ensure_ascii=False)
-    return "".join(out)
 
 
 def _scalar(value: Any) -> str:
     kind = type(value)
     if kind is str:
         return encode_basestring(value)
-    if value is None or value is True or value is False:
-        return _NAMES[value]
     if kind is int:
         return int.__repr__(value)
+    if value is None or value is True or value is False:
+        return _NAMES[value]
     if kind is float:
         if value != value or value in (float("inf"), float("-inf")):
             raise _Unknown
@@ -45,48 +43,56 @@ def _scalar(value: Any) -> str:
     raise _Unknown
 
 
-def _write(value: Any, out: list[str], newline: str) -> None:
-    """Append ``value``'s text; ``newline``: a line break and the indent of its level."""
+_CONTAINERS: Final = frozenset((dict, list, tuple))
+_INTS: Final = frozenset((int,))
+_STRINGS: Final = frozenset((str,))
+
+
+def _flat(items: list[Any] | tuple[Any, ...], newline: str) -> str | None:
+    """The text of a non-empty list of scalars (None if it holds a list or an object)."""
+    kinds = set(map(type, items))
+    if kinds == _INTS:
+        shown = map(int.__repr__, items)
+    elif kinds == _STRINGS:
+        shown = map(encode_basestring, items)
+    elif _CONTAINERS.isdisjoint(kinds):
+        shown = map(_scalar, items)
+    else:
+        return None
+    inner = newline + "  "
+    return f"[{inner}{(',' + inner).join(shown)}{newline}]"
+
+
+def _text(value: Any, newline: str) -> str:
+    """``value``'s text; ``newline``: a line break and the indent of its level."""
     kind = type(value)
     if kind is dict:
         if not value:
-            out.append("{}")
-            return
+            return "{}"
         inner = newline + "  "
-        separator = "," + inner
-        out.append("{")
-        lead = inner
+        items = []
         for key, item in value.items():
             if type(key) is not str:
                 raise _Unknown
-            out.append(lead)
-            out.append(encode_basestring(key))
-            out.append(": ")
             item_kind = type(item)
-            if item_kind is dict or item_kind is list or item_kind is tuple:
-                _write(item, out, inner)
+            if item_kind is str:
+                shown = encode_basestring(item)
+            elif item_kind is int:
+                shown = int.__repr__(item)
+            elif item_kind is list or item_kind is tuple:
+                shown = (item and _flat(item, inner)) or _text(item, inner)
+            elif item_kind is dict:
+                shown = _text(item, inner)
             else:
-                out.append(_scalar(item))
-            lead = separator
-        out.append(newline)
-        out.append("}")
-    elif kind is list or kind is tuple:
+                shown = _scalar(item)
+            items.append(f"{encode_basestring(key)}: {shown}")
+        return f"{{{inner}{(',' + inner).join(items)}{newline}}}"
+    if kind is list or kind is tuple:
         if not value:
-            out.append("[]")
-            return
+            return "[]"
+        flat = _flat(value, newline)
+        if flat is not None:
+            return flat
         inner = newline + "  "
-        out.append("[")
-        out.append(inner)
-        if any(type(item) in (dict, list, tuple) for item in value):
-            separator = "," + inner
-            lead = ""
-            for item in value:
-                out.append(lead)
-                _write(item, out, inner)
-                lead = separator
-        else:
-            out.append(("," + inner).join(map(_scalar, value)))
-        out.append(newline)
-        out.append("]")
-    else:
-        out.append(_scalar(value))
+        return f"[{inner}{(',' + inner).join([_text(item, inner) for item in value])}{newline}]"
+    return _scalar(value)

@@ -31,7 +31,7 @@ import sys
 import tempfile
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from typing import Any, Final
+from typing import IO, Any, Final
 
 import attrs
 
@@ -395,8 +395,9 @@ def _visit_bulk(part: _Part, index: int, stack: _Stack, copies: _Copies) -> tupl
 def _read_parts(layers: Sequence[SourceLayer]) -> Generator[_Part, None, None]:
     """Each layer's :class:`_Part`, in order: read here, or (:func:`_read_in_two`) by this
     process and a forked worker at once."""
-    if _worth_forking(layers):
-        yield from _read_in_two(layers)
+    worker = _start_worker(layers) if _worth_forking(layers) else None
+    if worker is not None:
+        yield from _read_in_two(layers, *worker)
         return
     for layer in layers:
         yield _part_of(_listing_of(layer))
@@ -412,87 +413,103 @@ _FORK_BYTES: Final = 4 << 20
 
 
 def _worth_forking(layers: Sequence[SourceLayer]) -> bool:
-    """Fork only where it is safe and pays: ``os.fork`` exists, two CPUs, two layers, enough
-    bytes, and no other thread (a forked child of a threaded process may deadlock)."""
+    """Fork only where it is safe and pays: ``os.fork`` exists, two CPUs, two layers (and
+    not so many that their numbers fill a pipe), enough bytes, and no other thread (a forked
+    child of a threaded process may deadlock)."""
     threading_module = sys.modules.get("threading")
     return (
         hasattr(os, "fork")
-        and len(layers) >= 2
+        and 2 <= len(layers) <= 4096
         and sum(layer.size for layer in layers) >= _FORK_BYTES
         and (threading_module is None or threading_module.active_count() == 1)
         and _cpus() >= 2
     )
 
 
-def _read_in_two(layers: Sequence[SourceLayer]) -> Generator[_Part, None, None]:
-    """Each layer's part in order, read by this process and a forked worker: the layers'
-    numbers wait in a pipe and each process takes the next. The worker appends each part
-    (marshal) to an unlinked temporary file, so it never waits for this process, and says so
-    on a second pipe; this process reads a layer itself whenever the next one in order is not
-    there yet, so the caller's work on each layer overlaps the worker's reading. A layer the
-    worker failed (or did not give, having died) is read here in its turn, so an error is
-    raised as reading in order would raise it."""
-    taken, offer = os.pipe()
+def _start_worker(layers: Sequence[SourceLayer]) -> tuple[int, int, int, IO[bytes]] | None:
+    """Fork the worker: (its pid, the pipe of layer numbers, the pipe on which it says a part
+    is written, the file it writes them to); None when the system refuses a pipe, the file
+    or the fork (the layers are then read here)."""
+    opened: list[int] = []
+    results = None
     try:
+        taken, offer = os.pipe()
+        opened += [taken, offer]
         os.write(offer, b"".join(index.to_bytes(4, "little") for index in range(len(layers))))
-    finally:
-        os.close(offer)
-    told, tell = os.pipe()
-    with tempfile.TemporaryFile(prefix="imagedsl-inspect-") as results:
+        os.close(opened.pop())
+        told, tell = os.pipe()
+        opened += [told, tell]
+        # Closed by _read_in_two, which reads it after this returns.
+        results = tempfile.TemporaryFile(prefix="imagedsl-inspect-")  # noqa: SIM115
+        pid = os.fork()
+    except OSError:
+        for fd in opened:
+            os.close(fd)
+        if results is not None:
+            results.close()
+        return None
+    if pid == 0:  # the worker: never returns
+        status = 1
         try:
-            pid = os.fork()
-        except BaseException:
-            for fd in (taken, told, tell):
-                os.close(fd)
-            raise
-        if pid == 0:  # the worker: never returns
-            status = 1
-            try:
-                os.close(told)
-                for index in _numbers(taken):
-                    try:
-                        data = _part_of(_listing_of(layers[index])).dump()
-                    except Exception:  # read again by the parent, which raises it
-                        data = b""
-                    head = index.to_bytes(4, "little") + len(data).to_bytes(8, "little")
-                    _write_all(results.fileno(), head + data)
-                    os.write(tell, b".")
-                status = 0
-            finally:
-                os._exit(status)
-        os.close(tell)
-        os.set_blocking(told, False)
-        worker = _WorkerResults(results.fileno(), told)
-        ready: dict[int, _Part | None] = {}  # None: to be read here
-        reaped = False
-        try:
-            more_to_take = True
-            for index in range(len(layers)):
-                while index not in ready:
-                    worker.collect(ready, wait=False)
-                    if index in ready:
-                        break
-                    if more_to_take:
-                        mine = next(_numbers(taken), None)
-                        if mine is None:
-                            more_to_take = False
-                            continue
-                        try:
-                            ready[mine] = _part_of(_listing_of(layers[mine]))
-                        except Exception:  # read again in its turn, raised there
-                            ready[mine] = None
-                    elif not worker.collect(ready, wait=True):  # the worker is gone
-                        ready[index] = None
-                part = ready.pop(index)
-                yield part if part is not None else _part_of(_listing_of(layers[index]))
-            os.waitpid(pid, 0)
-            reaped = True
-        finally:
-            if not reaped:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            os.close(taken)
             os.close(told)
+            for index in _numbers(taken):
+                try:
+                    data = _part_of(_listing_of(layers[index])).dump()
+                except Exception:  # read again by the parent, which raises it
+                    data = b""
+                head = index.to_bytes(4, "little") + len(data).to_bytes(8, "little")
+                _write_all(results.fileno(), head + data)
+                os.write(tell, b".")
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(tell)
+    return pid, taken, told, results
+
+
+def _read_in_two(
+    layers: Sequence[SourceLayer], pid: int, taken: int, told: int, results: IO[bytes]
+) -> Generator[_Part, None, None]:
+    """Each layer's part in order, read by this process and the forked worker: the layers'
+    numbers wait in the pipe ``taken`` and each process takes the next. The worker appends
+    each part (marshal) to the unlinked temporary file ``results``, so it never waits for
+    this process, and says so on ``told``; this process reads a layer itself whenever the
+    next one in order is not there yet, so the caller's work on each layer overlaps the
+    worker's reading. A layer the worker failed (or did not give, having died) is read here
+    in its turn, so an error is raised as reading in order would raise it."""
+    os.set_blocking(told, False)
+    worker = _WorkerResults(results.fileno(), told)
+    ready: dict[int, _Part | None] = {}  # None: to be read here
+    reaped = False
+    try:
+        more_to_take = True
+        for index in range(len(layers)):
+            while index not in ready:
+                worker.collect(ready, wait=False)
+                if index in ready:
+                    break
+                if more_to_take:
+                    mine = next(_numbers(taken), None)
+                    if mine is None:
+                        more_to_take = False
+                        continue
+                    try:
+                        ready[mine] = _part_of(_listing_of(layers[mine]))
+                    except Exception:  # read again in its turn, raised there
+                        ready[mine] = None
+                elif not worker.collect(ready, wait=True):  # the worker is gone
+                    ready[index] = None
+            part = ready.pop(index)
+            yield part if part is not None else _part_of(_listing_of(layers[index]))
+        os.waitpid(pid, 0)
+        reaped = True
+    finally:
+        if not reaped:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(taken)
+        os.close(told)
+        results.close()
 
 
 class _WorkerResults:
