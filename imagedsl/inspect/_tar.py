@@ -10,6 +10,10 @@
   position: each header with one ``pread``, and a file's bytes only when asked for; what is
   skipped is never read at all.
 
+:class:`TarReader` gives a :class:`TarEntry` per entry; :func:`list_at` and
+:func:`list_chunks` read the same entries (and the same bytes) as columns, a
+:class:`Listing`, without an object per entry: what ``imagedsl inspect`` uses.
+
 Understood: ustar and GNU headers, GNU long names (``L``/``K``), PAX records (``path``,
 ``linkpath``, ``size``) and base-256 sizes.
 """

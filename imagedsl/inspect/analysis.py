@@ -13,6 +13,12 @@ credentials). dive's measure is reproduced exactly, so the two tools agree on an
 
 What a layer changed (added, changed, deleted) is counted against the filesystem the layers
 below it make: non-directory entries that are new or replace a path, and whiteouts.
+
+How, fast: each layer is first read on its own into a :class:`_Part` (its sizes, its
+credentials, its tree), by this process or a forked worker (:func:`_read_parts`); the parts
+are then put in order on the stack. A layer without whiteouts (most) goes on as sets and
+maps, in bulk (:func:`_visit_bulk`); one with whiteouts entry by entry, in order, as dive
+reads it (:func:`_visit`, :func:`_stack`).
 """
 
 from __future__ import annotations
