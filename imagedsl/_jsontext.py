@@ -44,6 +44,8 @@ def _scalar(value: Any) -> str:
 
 
 _CONTAINERS: Final = frozenset((dict, list, tuple))
+#: ``"KEY": `` of the first keys seen.
+_LEADS: dict[str, str] = {}
 _INTS: Final = frozenset((int,))
 _STRINGS: Final = frozenset((str,))
 
@@ -72,20 +74,24 @@ def _text(value: Any, newline: str) -> str:
         inner = newline + "  "
         items = []
         for key, item in value.items():
-            if type(key) is not str:
-                raise _Unknown
+            lead = _LEADS.get(key) if type(key) is str else None
+            if lead is None:
+                if type(key) is not str:
+                    raise _Unknown
+                lead = encode_basestring(key) + ": "
+                if len(_LEADS) < 512:  # a schema's keys, not every key ever seen
+                    _LEADS[key] = lead
             item_kind = type(item)
             if item_kind is str:
-                shown = encode_basestring(item)
+                items.append(lead + encode_basestring(item))
             elif item_kind is int:
-                shown = int.__repr__(item)
+                items.append(lead + int.__repr__(item))
             elif item_kind is list or item_kind is tuple:
-                shown = (item and _flat(item, inner)) or _text(item, inner)
+                items.append(lead + ((item and _flat(item, inner)) or _text(item, inner)))
             elif item_kind is dict:
-                shown = _text(item, inner)
+                items.append(lead + _text(item, inner))
             else:
-                shown = _scalar(item)
-            items.append(f"{encode_basestring(key)}: {shown}")
+                items.append(lead + _scalar(item))
         return f"{{{inner}{(',' + inner).join(items)}{newline}}}"
     if kind is list or kind is tuple:
         if not value:
