@@ -165,8 +165,11 @@ def main() -> None:
     plain = plain_copy(archive)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["CI"] = "true"
+    with tarfile.open(plain) as listing:
+        manifest = json.loads(listing.extractfile("manifest.json").read())  # type: ignore[union-attr]
     print(
-        f"image: {files} files, {total / 1e6:.0f} MB of context, 11 layers; "
+        f"image: {files} files, {total / 1e6:.0f} MB of context, 11 steps, "
+        f"{len(manifest[0]['Layers'])} layers; "
         f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load "
         f"{os.getloadavg()[0]:.1f}"
     )

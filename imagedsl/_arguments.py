@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import TypeAlias
 
 from imagedsl import __version__
-from imagedsl.backends import BACKENDS
 
 _Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -68,6 +67,8 @@ def _check_command(commands: _Commands) -> None:
 
 
 def _build_command(commands: _Commands) -> None:
+    from imagedsl.backends import BACKENDS  # here: the other commands need no backend
+
     build = commands.add_parser("build", help="build a target with a backend")
     _spec(build, "build file and target")
     build.add_argument(

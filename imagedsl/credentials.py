@@ -236,6 +236,18 @@ _NOT_KEY_FILES: Final = frozenset(
 )  # fmt: skip
 
 
+#: Extensions (lowercased) of the files whose bytes are not read: :func:`source_or_media`.
+UNREAD_SUFFIXES: Final = _NOT_KEY_FILES
+#: Every path :func:`path_kind` names holds one of these: a path with none of them is no
+#: credential by its path (what lets a reader of many paths skip most of them at once).
+#: (Few, as each is a pass over the paths: ``netrc`` stands for ``.netrc`` and ``_netrc``,
+#: ``id_`` for the SSH keys; ``.git-credentials`` holds ``.git``, the GCP file
+#: ``credentials``.)
+PATH_HINTS: Final = (
+    ".git", ".env", "credentials", "netrc", "id_", "accessTokens.json", *_KEYSTORE_SUFFIXES
+)  # fmt: skip
+
+
 def needs_content(path: str, size: int) -> bool:
     """Whether :func:`content_kind` should see this context file's bytes: small files, not
     known by name, and not source code, markup or media."""

@@ -10,6 +10,10 @@
   position: each header with one ``pread``, and a file's bytes only when asked for; what is
   skipped is never read at all.
 
+:class:`TarReader` gives a :class:`TarEntry` per entry; :func:`list_at` and
+:func:`list_chunks` read the same entries (and the same bytes) as columns, a
+:class:`Listing`, without an object per entry: what ``imagedsl inspect`` uses.
+
 Understood: ustar and GNU headers, GNU long names (``L``/``K``), PAX records (``path``,
 ``linkpath``, ``size``) and base-256 sizes.
 """
@@ -267,3 +271,215 @@ def _pax(payload: bytes) -> dict[str, str]:
         records[_text(key)] = _text(value)
         position += length
     return records
+
+
+# -- listing a layer at speed ------------------------------------------------------------------
+
+#: Type flags as bytes of a header: regular files (NUL is an old regular file), header-only
+#: types, and the headers that describe the next entry (PAX ``x``/``g``, GNU ``L``/``K``).
+_REGULAR_FLAGS: Final = frozenset(b"07\0")
+_HEADER_ONLY_FLAGS: Final = frozenset(b"123456")
+_EXTENSION_FLAGS: Final = frozenset(b"xgLK")
+
+
+class Listing:
+    """A tar's entries as columns (what :class:`TarReader` gives, without an object per
+    entry): cleaned paths, sizes, type flags (``b"0"`` for a NUL flag), the bytes of the
+    regular files that were read (by entry index), and the tar's size in bytes."""
+
+    __slots__ = ("data", "kinds", "paths", "sizes", "total")
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.sizes: list[int] = []
+        self.kinds = bytearray()
+        self.data: dict[int, bytes] = {}
+        self.total = 0
+
+
+def _wanted(path: str, unread: frozenset[str]) -> bool:
+    """Whether a file's bytes are read: its extension (lowercased) is not in ``unread``; a
+    name that starts with its only dot has no extension."""
+    dot = path.rfind(".")
+    return dot <= 0 or path[dot - 1] == "/" or path[dot:].lower() not in unread
+
+
+def _extended(kind: int, payload: bytes, pending: dict[str, str], names: list[str | None]) -> None:
+    """Keep what an extension header says of the next entry (``names``: [long name, long
+    link])."""
+    if kind == 0x78:  # x: PAX records
+        pending.update(_pax(payload))
+    elif kind == 0x4C:  # L: GNU long name
+        names[0] = _text(payload.rstrip(b"\0"))
+    elif kind == 0x4B:  # K: GNU long link
+        names[1] = _text(payload.rstrip(b"\0"))
+
+
+def _apply(
+    header_path: str, size: int, pending: dict[str, str], names: list[str | None]
+) -> tuple[str, int]:
+    """The path and size of an entry after its extension headers."""
+    name = names[0] if names[0] is not None else header_path
+    name = pending.get("path", name)
+    if "size" in pending:
+        size = int(pending["size"])
+    pending.clear()
+    names[0] = names[1] = None
+    return name, size
+
+
+def _raw_name(header: bytes) -> bytes:
+    end = header.find(0, 0, 100)
+    name = header[: end if end >= 0 else 100]
+    if header[345] and header[257:263] == b"ustar\0":  # a ustar prefix holds the leading part
+        prefix = header[345:500]
+        end = prefix.find(0)
+        name = (prefix[:end] if end >= 0 else prefix) + b"/" + name
+    return name
+
+
+def _size(header: bytes) -> int:
+    field = header[124:136]
+    try:  # the usual field: octal digits, then NUL or space
+        return int(field[:11] if field[11] == 0 else field, 8)
+    except ValueError:  # NULs inside, base-256, blanks: the general reader
+        return _number(field)
+
+
+def list_at(fd: int, offset: int, size: int, *, data_limit: int, unread: frozenset[str]) -> Listing:
+    """The entries of an uncompressed tar of ``size`` bytes at ``offset`` in the file ``fd``,
+    read by position (one ``pread`` per header; what is skipped is never read). Regular files
+    up to ``data_limit`` bytes come with their bytes unless :func:`_wanted` says no; what is
+    read is what :class:`TarReader` reads, entry for entry."""
+    listing = Listing()
+    paths, sizes, kinds, data = listing.paths, listing.sizes, listing.kinds, listing.data
+    pread = os.pread
+    position = offset
+    end = offset + size
+    listing.total = size
+    pending: dict[str, str] = {}
+    names: list[str | None] = [None, None]
+    extended = False
+    zero_blocks = 0
+    while end - position >= BLOCK:
+        header = pread(fd, BLOCK, position)
+        if len(header) < BLOCK:
+            break
+        position += BLOCK
+        kind = header[156]
+        if not kind and header == _ZERO_BLOCK:
+            zero_blocks += 1
+            if zero_blocks == 2:
+                break
+            continue
+        zero_blocks = 0
+        try:  # the usual size field: octal digits, then NUL or space
+            entry_size = int(header[124:135] if header[135] == 0 else header[124:136], 8)
+        except ValueError:
+            entry_size = _size(header)
+        if kind in _EXTENSION_FLAGS:
+            length = min(entry_size, end - position)
+            payload = pread(fd, length, position) if length > 0 else b""
+            position += len(payload)
+            padding = -entry_size % BLOCK
+            if position + padding > end:
+                raise TarFormatError("the tar ends inside an entry")
+            position += padding
+            _extended(kind, payload, pending, names)
+            extended = True
+            continue
+        end_of_name = header.find(0, 0, 100)
+        if header[345] or end_of_name < 0:
+            path = _text(_raw_name(header))
+        else:
+            path = header[:end_of_name].decode("utf-8", "surrogateescape")
+        if extended:
+            path, entry_size = _apply(path, entry_size, pending, names)
+            extended = False
+        if path and "//" not in path and path[0] != "." and path[-1] != "." and "/." not in path:
+            path = path.strip("/")
+        else:
+            path = clean_path(path)
+        if not kind:
+            kind = 0x30
+        paths.append(path)
+        sizes.append(entry_size)
+        kinds.append(kind)
+        if entry_size and kind not in _HEADER_ONLY_FLAGS:
+            padding = -entry_size % BLOCK
+            if (
+                kind in _REGULAR_FLAGS
+                and entry_size <= data_limit
+                and (
+                    (dot := path.rfind(".")) <= 0
+                    or path[dot - 1] == "/"
+                    or path[dot:].lower() not in unread
+                )
+            ):  # _wanted(path, unread), inline
+                length = min(entry_size, end - position)
+                read = pread(fd, length, position) if length > 0 else b""
+                position += len(read)
+                if len(read) < entry_size:
+                    raise TarFormatError("the tar ends inside an entry")
+                data[len(paths) - 1] = read
+                entry_size = padding
+            else:
+                entry_size += padding
+            if position + entry_size > end:
+                raise TarFormatError("the tar ends inside an entry")
+            position += entry_size
+    return listing
+
+
+def list_chunks(chunks: Iterator[bytes], *, data_limit: int, unread: frozenset[str]) -> Listing:
+    """:func:`list_at` for a tar arriving as chunks (a compressed layer, inflated); the total
+    counts what follows the tar's end too."""
+    source = _Chunks(chunks)
+    take, skip = source.take, source.skip
+    listing = Listing()
+    paths, sizes, kinds, data = listing.paths, listing.sizes, listing.kinds, listing.data
+    pending: dict[str, str] = {}
+    names: list[str | None] = [None, None]
+    extended = False
+    zero_blocks = 0
+    while True:
+        header = take(BLOCK)
+        if len(header) < BLOCK:
+            break
+        kind = header[156]
+        if not kind and header == _ZERO_BLOCK:
+            zero_blocks += 1
+            if zero_blocks == 2:
+                break
+            continue
+        zero_blocks = 0
+        entry_size = _size(header)
+        if kind in _EXTENSION_FLAGS:
+            payload = take(entry_size)
+            skip(-entry_size % BLOCK)
+            _extended(kind, payload, pending, names)
+            extended = True
+            continue
+        path = _text(_raw_name(header))
+        if extended:
+            path, entry_size = _apply(path, entry_size, pending, names)
+            extended = False
+        path = clean_path(path)
+        if not kind:
+            kind = 0x30
+        paths.append(path)
+        sizes.append(entry_size)
+        kinds.append(kind)
+        if entry_size and kind not in _HEADER_ONLY_FLAGS:
+            padding = -entry_size % BLOCK
+            if kind in _REGULAR_FLAGS and entry_size <= data_limit and _wanted(path, unread):
+                read = take(entry_size)
+                if len(read) < entry_size:
+                    raise TarFormatError("the tar ends inside an entry")
+                data[len(paths) - 1] = read
+                skip(padding)
+            else:
+                skip(entry_size + padding)
+    source.finish()
+    listing.total = source.total
+    return listing

@@ -13,23 +13,36 @@ credentials). dive's measure is reproduced exactly, so the two tools agree on an
 
 What a layer changed (added, changed, deleted) is counted against the filesystem the layers
 below it make: non-directory entries that are new or replace a path, and whiteouts.
+
+How, fast: each layer is first read on its own into a :class:`_Part` (its sizes, its
+credentials, its tree), by this process or a forked worker (:func:`_read_parts`); the parts
+are then put in order on the stack. A layer without whiteouts (most) goes on as sets and
+maps, in bulk (:func:`_visit_bulk`); one with whiteouts entry by entry, in order, as dive
+reads it (:func:`_visit`, :func:`_stack`).
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import itertools
+import marshal
+import operator
 import os
-import queue
 import re
+import select
+import signal
 import stat
-import threading
+import sys
+import tempfile
 from collections.abc import Generator, Iterator, Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Set as AbstractSet
+from typing import IO, Any, Final
 
 import attrs
 
 from imagedsl import credentials
-from imagedsl.inspect._tar import TarEntry, TarReader
+from imagedsl.inspect._tar import Listing, list_at, list_chunks
 from imagedsl.inspect.model import InspectReport, LayerReport, LayerSecret, WastedPath
 from imagedsl.inspect.sources import ImageSource, SourceLayer
 from imagedsl.oci.layerstream import decompressed_chunks
@@ -47,70 +60,250 @@ _STEP_COMMENT: Final = re.compile(
 )
 
 
-#: A path of the stacked filesystem: (its size, whether it is a directory).
-_Node = tuple[int, bool]
-_IMPLIED_DIRECTORY: Final[_Node] = (0, False)
+#: The bytes of a file are read (for credentials) up to this size, unless it is source code,
+#: markup or media.
+_DATA_LIMIT: Final = credentials.CONTENT_LIMIT
+_UNREAD: Final = credentials.UNREAD_SUFFIXES
+_DIRECTORY: Final = 0x35  # "5"
+_FILE_FLAGS: Final = frozenset(b"07")
 
 
-@attrs.define
-class _Copies:
-    """dive's record of one path: all copies' bytes, the smallest copy, the layers."""
+class _Part:
+    """What the analysis needs of one layer, read (by this process or a worker, so it is
+    plain data that ``marshal`` carries): its sizes, the credentials in it, and its tree.
 
-    total: int = 0
-    smallest: int = -1
-    layers: list[int] = attrs.field(factory=list)
-    sizes: list[int] = attrs.field(factory=list)
+    A layer without whiteouts (no ``.wh.`` in any path: most layers) comes as sets and maps,
+    put on the stack in bulk: ``sizes`` (each path: its last entry's size), ``dirs`` (the
+    paths whose last entry is a directory), ``implied`` (directories the paths imply but no
+    entry names), ``inner`` (paths that are also a parent of another path) and ``leaf_bytes``
+    (the sizes of the other paths). A layer with whiteouts comes as its ``entries`` (path,
+    type flag, size), read in order as dive reads them."""
 
-    def add(self, size: int, layer: int) -> None:
-        self.total += size
-        if self.smallest < 0 or size < self.smallest:
-            self.smallest = size
-        self.layers.append(layer)
-        self.sizes.append(size)
+    __slots__ = (
+        "content_bytes", "dirs", "entries", "implied", "inner", "leaf_bytes", "secrets",
+        "sizes", "total",
+    )  # fmt: skip
+
+    def __init__(self, total: int, content_bytes: int, secrets: list[tuple[str, str]]) -> None:
+        self.total = total
+        self.content_bytes = content_bytes
+        self.secrets = secrets
+        self.entries: list[tuple[str, int, int]] | None = None
+        self.sizes: dict[str, int] = {}
+        self.dirs: list[str] = []
+        self.implied: list[str] = []
+        self.inner: list[str] = []
+        self.leaf_bytes = 0
+
+    def dump(self) -> bytes:
+        return marshal.dumps(tuple(getattr(self, name) for name in self.__slots__))
+
+    @classmethod
+    def load(cls, data: bytes) -> _Part:
+        part = cls.__new__(cls)
+        for name, value in zip(cls.__slots__, marshal.loads(data), strict=True):
+            setattr(part, name, value)
+        return part
 
 
-def _copies_of(copies: dict[str, _Copies], path: str) -> _Copies:
-    record = copies.get(path)
-    if record is None:
-        record = copies[path] = _Copies()
-    return record
+def _part_of(listing: Listing) -> _Part:
+    """A layer's :class:`_Part`, from its entries."""
+    paths = listing.paths
+    joined = "\0".join(paths)
+    part = _Part(listing.total, sum(listing.sizes), _layer_secrets(listing, joined))
+    if WHITEOUT in joined:  # a whiteout (or a name like one) somewhere: read in order
+        part.entries = list(zip(paths, listing.kinds, listing.sizes, strict=True))
+        return part
+    sizes = dict(zip(paths, listing.sizes, strict=True))
+    sizes.pop("", None)  # the root's entry: no path of the tree
+    kinds = listing.kinds
+    if len(sizes) + paths.count("") == len(paths):  # each path once: its directory entries
+        dirs = set()
+        at = kinds.find(_DIRECTORY)
+        while at >= 0:
+            dirs.add(paths[at])
+            at = kinds.find(_DIRECTORY, at + 1)
+        dirs.discard("")
+    else:  # a path more than once: its last entry says
+        last = dict(zip(paths, kinds, strict=True))
+        dirs = {path for path, kind in last.items() if kind == _DIRECTORY and path}
+    parents = {path.rpartition("/")[0] for path in sizes}
+    inner = set()
+    for parent in parents:
+        while parent and parent not in inner:
+            inner.add(parent)
+            parent = parent.rpartition("/")[0]
+    part.sizes = sizes
+    part.dirs = list(dirs)  # lists: marshal sorts a set's items
+    part.implied = list(inner - sizes.keys())
+    part.inner = list(inner & sizes.keys())
+    part.leaf_bytes = sum(sizes.values()) - sum(sizes[path] for path in part.inner)
+    return part
+
+
+def _layer_secrets(listing: Listing, joined: str) -> list[tuple[str, str]]:
+    """(path, kind) of each credential in the layer, in entry order: only the entries whose
+    path holds a hint of one (:data:`credentials.PATH_HINTS`) or whose bytes were read can
+    be one."""
+    paths = listing.paths
+    candidates = set(listing.data)
+    ends: list[int] | None = None
+    for hint in credentials.PATH_HINTS:
+        at = joined.find(hint)
+        while at >= 0:
+            if ends is None:  # where each path ends in ``joined``
+                ends = list(
+                    map(operator.add, itertools.accumulate(map(len, paths)), itertools.count())
+                )
+            index = bisect.bisect_right(ends, at)
+            candidates.add(index)
+            at = joined.find(hint, ends[index] + 1)
+    found: list[tuple[str, str]] = []
+    reported_git: set[str] = set()
+    for index in sorted(candidates):
+        path = paths[index]
+        if not path or path.rpartition("/")[2].startswith(WHITEOUT):
+            continue
+        kind = credentials.path_kind(path)
+        if kind == "git-directory":
+            parts = path.split("/")
+            root = "/".join(parts[: parts.index(".git") + 1])
+            if root not in reported_git:
+                reported_git.add(root)
+                found.append((root, kind))
+            continue
+        data = listing.data.get(index)
+        if kind is None and data is not None:
+            kind = credentials.content_kind(path, data)
+            if kind is None and not credentials.source_or_media(path):
+                kind = credentials.token_in_file(data)
+        if kind is not None and (listing.kinds[index] in _FILE_FLAGS or data is not None):
+            found.append((path, kind))
+    return found
 
 
 class _Stack:
-    """The filesystem the layers read so far make, as dive stacks them."""
+    """The filesystem the layers read so far make, as dive stacks them: each path's size,
+    the paths that are directories, and (made when a whiteout first needs them) each path's
+    children."""
 
     def __init__(self) -> None:
-        self.nodes: dict[str, _Node] = {}
-        self.children: dict[str, set[str]] = {}
+        self.sizes: dict[str, int] = {}
+        self.dirs: set[str] = set()
+        self._children: dict[str, set[str]] | None = None
 
-    def add(self, path: str, node: _Node) -> None:
-        if path not in self.nodes:
+    def children(self) -> dict[str, set[str]]:
+        """Each path's children (every path's parent is on the stack)."""
+        if self._children is None:
+            self._children = {}
+            for path in self.sizes:
+                self._children.setdefault(path.rpartition("/")[0], set()).add(path)
+        return self._children
+
+    def add(self, path: str, size: int, is_dir: bool) -> None:
+        if path not in self.sizes:
             parent = path.rpartition("/")[0]
-            if parent and parent not in self.nodes:
-                self.add(parent, _IMPLIED_DIRECTORY)
-            self.children.setdefault(parent, set()).add(path)
-        self.nodes[path] = node
+            if parent and parent not in self.sizes:
+                self.add(parent, 0, False)
+            if self._children is not None:
+                self._children.setdefault(parent, set()).add(path)
+        self.sizes[path] = size
+        if is_dir:
+            self.dirs.add(path)
+        else:
+            self.dirs.discard(path)
+
+    def add_layer(self, part: _Part) -> None:
+        """Put a layer without whiteouts on the stack: each of its paths replaces what the
+        path held (an implied directory as a size-0 non-directory, as dive has it)."""
+        if self._children is not None:
+            for path in (part.sizes.keys() | part.implied) - self.sizes.keys():
+                self._children.setdefault(path.rpartition("/")[0], set()).add(path)
+        self.sizes.update(part.sizes)
+        self.sizes.update(dict.fromkeys(part.implied, 0))
+        self.dirs -= part.sizes.keys() & self.dirs  # (goes over the smaller of the two)
+        self.dirs.difference_update(part.implied)
+        self.dirs.update(part.dirs)
 
     def remove(self, path: str) -> None:
-        if path not in self.nodes:
+        if path not in self.sizes:
             return
+        children = self.children()
         pending = [path]
         while pending:
             current = pending.pop()
-            self.nodes.pop(current, None)
-            pending.extend(self.children.pop(current, ()))
-        self.children.get(path.rpartition("/")[0], set()).discard(path)
+            self.sizes.pop(current, None)
+            self.dirs.discard(current)
+            pending.extend(children.pop(current, ()))
+        children.get(path.rpartition("/")[0], set()).discard(path)
 
     def subtree_size(self, path: str) -> int:
-        node = self.nodes.get(path)
-        if node is None or not node[1]:
+        if path not in self.dirs:
             return 0
+        children = self.children()
         total = 0
         pending = [path]
         while pending:
             current = pending.pop()
-            total += self.nodes[current][0]
-            pending.extend(self.children.get(current, ()))
+            total += self.sizes[current]
+            pending.extend(children.get(current, ()))
+        return total
+
+
+class _Copies:
+    """dive's record of each path's copies (one per layer whose tree has it as a leaf, or
+    deletes it): the layer of each path's first copy, the copies of the paths with more than
+    one, and the bytes of all copies."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, int] = {}
+        #: Per layer: the size of each path whose first copy is there.
+        self.sizes: list[dict[str, int]] = []
+        #: Paths with two copies or more: (layer, size) of each, in order.
+        self.more: dict[str, list[tuple[int, int]]] = {}
+        self.total = 0
+
+    def add(self, path: str, size: int, layer: int) -> None:
+        """One more copy of ``path`` (layers in order)."""
+        self.total += size
+        copies = self.more.get(path)
+        if copies is not None:
+            copies.append((layer, size))
+            return
+        first = self.first.get(path)
+        if first is None:
+            self.first[path] = layer
+            self.sizes[layer][path] = size
+        else:
+            self.more[path] = [(first, self.sizes[first][path]), (layer, size)]
+
+    def add_layer(
+        self, leaves: AbstractSet[str], sizes: dict[str, int], layer: int, leaf_bytes: int
+    ) -> None:
+        """A copy of each of ``leaves`` (sizes in ``sizes``) in the layer ``layer``."""
+        self.sizes[layer] = sizes
+        self.total += leaf_bytes
+        for path in leaves & self.first.keys():
+            copies = self.more.get(path)
+            if copies is None:
+                first = self.first[path]
+                self.more[path] = [(first, self.sizes[first][path]), (layer, sizes[path])]
+            else:
+                copies.append((layer, sizes[path]))
+        # A path copied again now has its copies in ``more``, which is read first: its
+        # first layer is not read again, and may be overwritten.
+        self.first.update(dict.fromkeys(leaves, layer))
+
+    def smallest(self) -> int:
+        """The sum over paths of their smallest copy."""
+        total = self.total
+        for copies in self.more.values():
+            smallest = -1
+            for _, size in copies:
+                total -= size
+                if smallest < 0 or size < smallest:
+                    smallest = size
+            total += smallest
         return total
 
 
@@ -118,21 +311,24 @@ def analyse(image: ImageSource, reporter: Reporter | None = None) -> InspectRepo
     """Read every layer of ``image`` and report (see the module docstring)."""
     reporter = reporter or Reporter()
     stack = _Stack()
-    copies: dict[str, _Copies] = {}
+    copies = _Copies()
     history = _layer_history(image.config, len(image.layers))
     layers: list[LayerReport] = []
     found: list[tuple[str, int, str]] = []
-    hidden_by: list[tuple[set[str], set[str], set[str]]] = []
-    with _LayerReads(image.layers) as reads:
-        for index, layer in enumerate(image.layers):
+    parts: list[_Part] = []
+    with contextlib.closing(_read_parts(image.layers)) as parts_read:
+        for index, (layer, part) in enumerate(zip(image.layers, parts_read, strict=True)):
             label = f"layer {index + 1}/{len(image.layers)}"
             reporter.step_started(label)
-            items, total = reads.result(index)
-            tree = _layer_tree(items)
-            changes = _visit(tree, index, stack, copies)
-            found.extend(_secrets(items, index))
-            hidden_by.append(_hiding(items))
-            _stack(tree, stack)
+            copies.sizes.append({})
+            if part.entries is None:
+                changes = _visit_bulk(part, index, stack, copies)
+            else:
+                tree = _layer_tree(part.entries)
+                changes = _visit(tree, index, stack, copies)
+                _stack(tree, stack)
+            found.extend((path, index, kind) for path, kind in part.secrets)
+            parts.append(part)
             created_by, comment = history[index]
             step, file, line = _step_of(comment)
             layers.append(
@@ -142,8 +338,8 @@ def analyse(image: ImageSource, reporter: Reporter | None = None) -> InspectRepo
                     diff_id=layer.diff_id,
                     media_type=layer.media_type,
                     compressed_bytes=layer.size,
-                    uncompressed_bytes=total,
-                    content_bytes=sum(item.size for item in items),
+                    uncompressed_bytes=part.total,
+                    content_bytes=part.content_bytes,
                     created_by=created_by,
                     step=step,
                     file=file,
@@ -155,21 +351,22 @@ def analyse(image: ImageSource, reporter: Reporter | None = None) -> InspectRepo
             )
             reporter.step_finished(label, "read")
     per_layer = [0] * len(layers)
-    for record in copies.values():
-        if len(record.layers) > 1:
-            for layer_index, size in zip(record.layers, record.sizes, strict=True):
-                per_layer[layer_index] += size
+    ranked = []
+    wasted_bytes = 0
+    for path, more in copies.more.items():
+        in_layers, sizes = zip(*more, strict=True)
+        total = sum(sizes)
+        wasted_bytes += total
+        for layer_index, size in more:
+            per_layer[layer_index] += size
+        if total > 0:
+            ranked.append((-total, "/" + path, in_layers))
+    ranked.sort()  # by bytes, most first, then path (paths differ: layers are not compared)
+    wasted = [WastedPath(path, -negative, in_layers) for negative, path, in_layers in ranked]
     layers = [attrs.evolve(layer, wasted_bytes=per_layer[layer.index]) for layer in layers]
-    wasted = sorted(
-        (
-            WastedPath("/" + path, record.total, tuple(record.layers))
-            for path, record in copies.items()
-            if len(record.layers) > 1 and record.total > 0
-        ),
-        key=lambda w: (-w.bytes, w.path),
-    )
-    total = sum(record.total for record in copies.values())
-    smallest = sum(record.smallest for record in copies.values())
+    total = copies.total
+    smallest = copies.smallest()
+    hidden_by = [_hiding(part) for part in parts] if found else []
     secrets = tuple(
         LayerSecret("/" + path, index, kind, _hidden_later(path, index, hidden_by))
         for path, index, kind in found
@@ -179,68 +376,199 @@ def analyse(image: ImageSource, reporter: Reporter | None = None) -> InspectRepo
         manifest_digest=image.manifest_digest,
         layers=tuple(layers),
         size_bytes=sum(layer.content_bytes for layer in layers),
-        wasted_bytes=sum(record.total for record in copies.values() if len(record.layers) > 1),
+        wasted_bytes=wasted_bytes,
         efficiency=1.0 if total == 0 else smallest / total,
         wasted=tuple(wasted),
         secrets=secrets,
     )
 
 
-class _LayerReads:
-    """Layers read ahead, ``window`` at a time, each by a thread of its own: inflating
-    (isal, without the GIL) one layer while the next is inflated and the one before is
-    analysed keeps both cores busy. Each layer is opened on its own (its own file or fd), so
-    reads do not share a position."""
-
-    def __init__(self, layers: Sequence[SourceLayer]) -> None:
-        import concurrent.futures
-
-        self._layers = layers
-        self._window = 2 if (os.cpu_count() or 1) >= 2 else 1
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self._window, thread_name_prefix="imagedsl-layer"
-        )
-        self._pending: dict[int, concurrent.futures.Future[tuple[list[TarEntry], int]]] = {}
-        for index in range(min(self._window, len(layers))):
-            self._submit(index)
-
-    def _submit(self, index: int) -> None:
-        self._pending[index] = self._pool.submit(_read_opened, self._layers[index])
-
-    def result(self, index: int) -> tuple[list[TarEntry], int]:
-        """Layer ``index``'s entries and tar size (and the next read started)."""
-        future = self._pending.pop(index)
-        if index + self._window < len(self._layers):
-            self._submit(index + self._window)
-        return future.result()
-
-    def __enter__(self) -> _LayerReads:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for future in self._pending.values():
-            future.cancel()
-        self._pool.shutdown(wait=True)
+def _visit_bulk(part: _Part, index: int, stack: _Stack, copies: _Copies) -> tuple[int, int, int]:
+    """:func:`_visit` and :func:`_stack` for a layer without whiteouts, in bulk: its leaves
+    are its paths that are no other path's parent, and what it adds or changes are its
+    non-directory paths (changed: already on the stack)."""
+    present = part.sizes.keys() & stack.sizes.keys()
+    changed = len(present) - len(present.intersection(part.dirs))
+    added = len(part.sizes) - len(part.dirs) - changed
+    copies.add_layer(part.sizes.keys() - part.inner, part.sizes, index, part.leaf_bytes)
+    stack.add_layer(part)
+    return added, changed, 0
 
 
-def _read_opened(layer: SourceLayer) -> tuple[list[TarEntry], int]:
+# -- reading layers ----------------------------------------------------------------------------
+
+
+def _read_parts(layers: Sequence[SourceLayer]) -> Generator[_Part, None, None]:
+    """Each layer's :class:`_Part`, in order: read here, or (:func:`_read_in_two`) by this
+    process and a forked worker at once."""
+    worker = _start_worker(layers) if _worth_forking(layers) else None
+    if worker is not None:
+        yield from _read_in_two(layers, *worker)
+        return
+    for layer in layers:
+        yield _part_of(_listing_of(layer))
+
+
+def _cpus() -> int:
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+
+
+#: Below this many bytes of layers a second process costs more than it saves.
+_FORK_BYTES: Final = 4 << 20
+
+
+def _worth_forking(layers: Sequence[SourceLayer]) -> bool:
+    """Fork only where it is safe and pays: ``os.fork`` exists, two CPUs, two layers (and
+    not so many that their numbers fill a pipe), enough bytes, and no other thread (a forked
+    child of a threaded process may deadlock)."""
+    threading_module = sys.modules.get("threading")
+    return (
+        hasattr(os, "fork")
+        and 2 <= len(layers) <= 4096
+        and sum(layer.size for layer in layers) >= _FORK_BYTES
+        and (threading_module is None or threading_module.active_count() == 1)
+        and _cpus() >= 2
+    )
+
+
+def _start_worker(layers: Sequence[SourceLayer]) -> tuple[int, int, int, IO[bytes]] | None:
+    """Fork the worker: (its pid, the pipe of layer numbers, the pipe on which it says a part
+    is written, the file it writes them to); None when the system refuses a pipe, the file
+    or the fork (the layers are then read here)."""
+    opened: list[int] = []
+    results = None
+    try:
+        taken, offer = os.pipe()
+        opened += [taken, offer]
+        os.write(offer, b"".join(index.to_bytes(4, "little") for index in range(len(layers))))
+        os.close(opened.pop())
+        told, tell = os.pipe()
+        opened += [told, tell]
+        # Closed by _read_in_two, which reads it after this returns.
+        results = tempfile.TemporaryFile(prefix="imagedsl-inspect-")  # noqa: SIM115
+        pid = os.fork()
+    except OSError:
+        for fd in opened:
+            os.close(fd)
+        if results is not None:
+            results.close()
+        return None
+    if pid == 0:  # the worker: never returns
+        status = 1
+        try:
+            os.close(told)
+            for index in _numbers(taken):
+                try:
+                    data = _part_of(_listing_of(layers[index])).dump()
+                except Exception:  # read again by the parent, which raises it
+                    data = b""
+                head = index.to_bytes(4, "little") + len(data).to_bytes(8, "little")
+                _write_all(results.fileno(), head + data)
+                os.write(tell, b".")
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(tell)
+    return pid, taken, told, results
+
+
+def _read_in_two(
+    layers: Sequence[SourceLayer], pid: int, taken: int, told: int, results: IO[bytes]
+) -> Generator[_Part, None, None]:
+    """Each layer's part in order, read by this process and the forked worker: the layers'
+    numbers wait in the pipe ``taken`` and each process takes the next. The worker appends
+    each part (marshal) to the unlinked temporary file ``results``, so it never waits for
+    this process, and says so on ``told``; this process reads a layer itself whenever the
+    next one in order is not there yet, so the caller's work on each layer overlaps the
+    worker's reading. A layer the worker failed (or did not give, having died) is read here
+    in its turn, so an error is raised as reading in order would raise it."""
+    os.set_blocking(told, False)
+    worker = _WorkerResults(results.fileno(), told)
+    ready: dict[int, _Part | None] = {}  # None: to be read here
+    reaped = False
+    try:
+        more_to_take = True
+        for index in range(len(layers)):
+            while index not in ready:
+                worker.collect(ready, wait=False)
+                if index in ready:
+                    break
+                if more_to_take:
+                    mine = next(_numbers(taken), None)
+                    if mine is None:
+                        more_to_take = False
+                        continue
+                    try:
+                        ready[mine] = _part_of(_listing_of(layers[mine]))
+                    except Exception:  # read again in its turn, raised there
+                        ready[mine] = None
+                elif not worker.collect(ready, wait=True):  # the worker is gone
+                    ready[index] = None
+            part = ready.pop(index)
+            yield part if part is not None else _part_of(_listing_of(layers[index]))
+        os.waitpid(pid, 0)
+        reaped = True
+    finally:
+        if not reaped:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(taken)
+        os.close(told)
+        results.close()
+
+
+class _WorkerResults:
+    """The parts the worker wrote to ``fd`` (one byte on ``told`` for each)."""
+
+    def __init__(self, fd: int, told: int) -> None:
+        self._fd = fd
+        self._told = told
+        self._offset = 0
+
+    def collect(self, ready: dict[int, _Part | None], *, wait: bool) -> bool:
+        """Load the parts written since the last call into ``ready`` (None for a layer the
+        worker failed); with ``wait``, wait for one first. False: the worker is gone."""
+        if wait:
+            select.select([self._told], [], [])
+        try:
+            news = os.read(self._told, 4096)
+        except BlockingIOError:
+            return True
+        for _ in news:
+            head = os.pread(self._fd, 12, self._offset)
+            index = int.from_bytes(head[:4], "little")
+            length = int.from_bytes(head[4:], "little")
+            data = os.pread(self._fd, length, self._offset + 12) if length else b""
+            self._offset += 12 + length
+            ready[index] = _Part.load(data) if data else None
+        return bool(news)
+
+
+def _numbers(taken: int) -> Iterator[int]:
+    """The layer numbers this process takes from the pipe, until it is empty."""
+    while True:
+        token = os.read(taken, 4)
+        if len(token) < 4:
+            return
+        yield int.from_bytes(token, "little")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _listing_of(layer: SourceLayer) -> Listing:
+    """A layer's entries: by position when it is an uncompressed tar in a file (nothing
+    skipped is read), else from its inflated chunks."""
     with layer.open() as raw:
-        return _read_layer(raw)
-
-
-def _read_layer(raw: Any) -> tuple[list[TarEntry], int]:
-    """A layer's entries and its tar's size: by position when it is an uncompressed tar in a
-    file (nothing skipped is read), else from its inflated chunks."""
-    where = _position_of(raw)
-    if where is not None and sniff_compression(os.pread(where[0], 4, where[1])) == "none":
-        reader = TarReader.at(*where)
-        items = list(reader.entries(_wants_data, data_limit=credentials.CONTENT_LIMIT))
-        return items, reader.total
-    with contextlib.closing(_prefetched(decompressed_chunks(raw))) as chunks:
-        reader = TarReader.of_chunks(chunks)
-        items = list(reader.entries(_wants_data, data_limit=credentials.CONTENT_LIMIT))
-        reader.finish()
-    return items, reader.total
+        where = _position_of(raw)
+        if where is not None and sniff_compression(os.pread(where[0], 4, where[1])) == "none":
+            return list_at(*where, data_limit=_DATA_LIMIT, unread=_UNREAD)
+        with contextlib.closing(_prefetched(decompressed_chunks(raw))) as chunks:
+            return list_chunks(chunks, data_limit=_DATA_LIMIT, unread=_UNREAD)
 
 
 def _position_of(raw: Any) -> tuple[int, int, int] | None:
@@ -258,23 +586,18 @@ def _position_of(raw: Any) -> tuple[int, int, int] | None:
     return fd, start, status.st_size - start
 
 
-def _wants_data(path: str, size: int) -> bool:
-    """Look at a small file's bytes unless it is source code, markup or media: credentials
-    are in key files and configuration (and reading every source file would cost most of
-    the time)."""
-    del size  # the reader asks only for files up to the content limit
-    return not credentials.source_or_media(path)
-
-
 _END: Final = object()
 
 
 def _prefetched(chunks: Iterator[bytes], depth: int = 4) -> Generator[bytes, None, None]:
     """``chunks``, made by a thread of their own while the caller reads the ones before: isal
     inflates without the GIL, so on two cores inflating and parsing overlap."""
-    if (os.cpu_count() or 1) < 2:
+    if _cpus() < 2:
         yield from chunks
         return
+    import queue
+    import threading
+
     made: queue.Queue[object] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -312,12 +635,17 @@ def _prefetched(chunks: Iterator[bytes], depth: int = 4) -> Generator[bytes, Non
         worker.join()
 
 
-def _layer_tree(items: Sequence[TarEntry]) -> dict[str, TarEntry | None]:
+# -- a layer with whiteouts, in order as dive reads it -----------------------------------------
+
+#: A path of a layer's tree: (its type flag, its size), or None for a directory it implies.
+_Node = tuple[int, int] | None
+
+
+def _layer_tree(entries: Sequence[tuple[str, int, int]]) -> dict[str, _Node]:
     """The layer's tree as dive builds it: each entry's path (the last entry of a path
     wins) and the directories it implies (None); an opaque marker implies its directory."""
-    tree: dict[str, TarEntry | None] = {}
-    for item in items:
-        path = item.path
+    tree: dict[str, _Node] = {}
+    for path, kind, size in entries:
         if not path:
             continue
         parent, _, name = path.rpartition("/")
@@ -325,86 +653,74 @@ def _layer_tree(items: Sequence[TarEntry]) -> dict[str, TarEntry | None]:
             tree[parent] = None
             parent = parent.rpartition("/")[0]
         if not name.startswith(_MARKER):
-            tree[path] = item
+            tree[path] = (kind, size)
     return tree
 
 
 def _visit(
-    tree: Mapping[str, TarEntry | None], index: int, stack: _Stack, copies: dict[str, _Copies]
+    tree: Mapping[str, _Node], index: int, stack: _Stack, copies: _Copies
 ) -> tuple[int, int, int]:
     """Count each leaf of the layer's tree as a copy of its path; count what changed."""
     inner = {path.rpartition("/")[0] for path in tree}
     added = changed = deleted = 0
-    for path, item in tree.items():
+    for path, node in tree.items():
         directory, _, name = path.rpartition("/")
         if name.startswith(WHITEOUT):
             target = f"{directory}/{name[4:]}" if directory else name[4:]
             deleted += 1
             if path not in inner:
-                _copies_of(copies, target).add(stack.subtree_size(target), index)
+                copies.add(target, stack.subtree_size(target), index)
             continue
-        if item is not None and not item.is_dir:
-            if path in stack.nodes:
+        if node is not None and node[0] != _DIRECTORY:
+            if path in stack.sizes:
                 changed += 1
             else:
                 added += 1
         if path not in inner:
-            _copies_of(copies, path).add(0 if item is None else item.size, index)
+            copies.add(path, 0 if node is None else node[1], index)
     return added, changed, deleted
 
 
-def _stack(tree: Mapping[str, TarEntry | None], stack: _Stack) -> None:
+def _stack(tree: Mapping[str, _Node], stack: _Stack) -> None:
     """Put the layer on the stack as dive does: a whiteout removes its path, every other
     node of the tree (an implied directory too) replaces what the path held."""
     # Component by component ("\0" sorts before every other character of a name).
     for path in sorted(tree, key=lambda p: p.replace("/", "\0")):
-        item = tree[path]
+        node = tree[path]
         directory, _, name = path.rpartition("/")
         if name.startswith(WHITEOUT):
             stack.remove(f"{directory}/{name[4:]}" if directory else name[4:])
+        elif node is None:
+            stack.add(path, 0, False)
         else:
-            stack.add(path, _IMPLIED_DIRECTORY if item is None else (item.size, item.is_dir))
+            stack.add(path, node[1], node[0] == _DIRECTORY)
 
 
-def _secrets(items: Sequence[TarEntry], index: int) -> Iterator[tuple[str, int, str]]:
-    reported_git: set[str] = set()
-    for item in items:
-        if not item.path or item.path.rpartition("/")[2].startswith(WHITEOUT):
-            continue
-        kind = credentials.path_kind(item.path)
-        if kind == "git-directory":
-            parts = item.path.split("/")
-            root = "/".join(parts[: parts.index(".git") + 1])
-            if root not in reported_git:
-                reported_git.add(root)
-                yield root, index, kind
-            continue
-        if kind is None and item.data is not None:
-            kind = credentials.content_kind(item.path, item.data)
-            if kind is None and not credentials.source_or_media(item.path):
-                kind = credentials.token_in_file(item.data)
-        if kind is not None and (item.is_file or item.data is not None):
-            yield item.path, index, kind
+# -- secrets hidden later ----------------------------------------------------------------------
+
+_Hiding = tuple[AbstractSet[str], AbstractSet[str], AbstractSet[str]]
 
 
-def _hiding(items: Sequence[TarEntry]) -> tuple[set[str], set[str], set[str]]:
+def _hiding(part: _Part) -> _Hiding:
     """What a layer hides of the layers below: paths it deletes, directories it makes opaque,
     paths it writes again."""
+    if part.entries is None:  # no whiteouts: it writes its paths
+        return set(), set(), part.sizes.keys()
     deleted: set[str] = set()
     opaque: set[str] = set()
     written: set[str] = set()
-    for item in items:
-        directory, _, name = item.path.rpartition("/")
+    for path, _, _ in part.entries:
+        directory, _, name = path.rpartition("/")
         if name.startswith(OPAQUE):
             opaque.add(directory)
         elif name.startswith(WHITEOUT):
             deleted.add(f"{directory}/{name[4:]}" if directory else name[4:])
-        elif item.path:
-            written.add(item.path)
+        elif path:
+            written.add(path)
     return deleted, opaque, written
 
 
-def _hidden_later(path: str, index: int, hidden_by: Sequence[tuple[set[str], ...]]) -> bool:
+def _hidden_later(path: str, index: int, hidden_by: Sequence[_Hiding]) -> bool:
     parts = path.split("/")
     ancestors = {"/".join(parts[:depth]) for depth in range(1, len(parts))}
     for deleted, opaque, written in hidden_by[index + 1 :]:
