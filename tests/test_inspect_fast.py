@@ -91,7 +91,7 @@ def test_the_worker_process_reads_what_one_process_reads(tmp_path: Path) -> None
         "import json, os, sys\n"
         "from imagedsl.inspect import analysis\n"
         "from imagedsl.inspect.sources import open_image\n"
-        "analysis._cpus = lambda: 2  # a machine of one CPU forks too, here\n"
+        "analysis.cores = lambda: 2  # a machine of one CPU forks too, here\n"
         "forks = []\n"
         "fork = os.fork\n"
         "os.fork = lambda: forks.append(1) or fork()\n"

@@ -42,6 +42,7 @@ from typing import IO, Any, Final
 import attrs
 
 from imagedsl import credentials
+from imagedsl._cores import cores
 from imagedsl.inspect._tar import Listing, list_at, list_chunks
 from imagedsl.inspect.model import InspectReport, LayerReport, LayerSecret, WastedPath
 from imagedsl.inspect.sources import ImageSource, SourceLayer
@@ -409,11 +410,6 @@ def _read_parts(layers: Sequence[SourceLayer]) -> Generator[_Part, None, None]:
         yield _part_of(_listing_of(layer))
 
 
-def _cpus() -> int:
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
-
-
 #: Below this many bytes of layers a second process costs more than it saves.
 _FORK_BYTES: Final = 4 << 20
 
@@ -428,7 +424,7 @@ def _worth_forking(layers: Sequence[SourceLayer]) -> bool:
         and 2 <= len(layers) <= 4096
         and sum(layer.size for layer in layers) >= _FORK_BYTES
         and (threading_module is None or threading_module.active_count() == 1)
-        and _cpus() >= 2
+        and cores() >= 2
     )
 
 
@@ -592,7 +588,7 @@ _END: Final = object()
 def _prefetched(chunks: Iterator[bytes], depth: int = 4) -> Generator[bytes, None, None]:
     """``chunks``, made by a thread of their own while the caller reads the ones before: isal
     inflates without the GIL, so on two cores inflating and parsing overlap."""
-    if _cpus() < 2:
+    if cores() < 2:
         yield from chunks
         return
     import queue
