@@ -6,7 +6,7 @@ and peak memory against the targets of the core issue. With ``--check``, also wh
 ``imagedsl check`` adds to a warm plan: the table (which shows check's errors) and ``imagedsl
 check`` against ``plan --json`` (which runs no check), all warm, target 50 ms.
 
-    python benchmarks/plan.py [--runs N] [--work DIR] [--check]
+    python benchmarks/check_plan.py [--runs N] [--work DIR] [--check]
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ import marshal
 import os
 import posixpath
 import zlib
+from collections.abc import Mapping, Sequence
 from stat import S_ISDIR, S_ISLNK, S_ISREG
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 import attrs
 import blake3
@@ -376,3 +377,22 @@ def add_missing_parents(root: str, start: str, found: dict[str, Entry]) -> bool:
                 added = True
             parent = posixpath.dirname(parent)
     return added
+
+
+_Kept = TypeVar("_Kept", bound=tuple[bytes, object])
+
+
+def unchanged_directories(
+    deepest_first: Sequence[str], subtree: Mapping[str, bytes], before: Mapping[str, _Kept]
+) -> tuple[dict[str, _Kept], list[str]]:
+    """What a previous run kept for each directory whose subtree digest is the same (by
+    name), and the directories that changed, deepest first."""
+    now: dict[str, _Kept] = {}
+    changed = []
+    for directory in deepest_first:
+        old = before.get(directory)
+        if old is not None and old[0] == subtree[directory]:
+            now[directory] = old
+        else:
+            changed.append(directory)
+    return now, changed

@@ -19,7 +19,7 @@ import posixpath
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Final
 
 import attrs
 import blake3
@@ -41,6 +41,7 @@ from imagedsl._statcache import (
     StatCacheStore,
     add_missing_parents,
     entry_of,
+    unchanged_directories,
 )
 from imagedsl.context import Context, ContextSource, Selector, glob_regex
 from imagedsl.errors import ContextError
@@ -54,29 +55,9 @@ if TYPE_CHECKING:
 _INLINE_FILES: Final = 16
 #: Symlinks followed in a row before giving up (Linux's own limit).
 _MAX_SYMLINKS: Final = 40
-#: The tree of a selection of wildcards none of which matched. BuildKit allows that and copies
-#: nothing, not even the destination (which the copy of an empty directory makes), so this
-#: tree is not the empty directory's.
+#: The tree of wildcards none of which matched: BuildKit copies nothing, not even the
+#: destination (an empty directory's copy makes it), so it is not the empty directory's tree.
 NOTHING_MATCHED: Final = blake3.blake3(b"imagedsl.tree.v2\0nothing matched\0").hexdigest()
-_Kept = TypeVar("_Kept", bound=tuple[bytes, object])
-
-
-def _unchanged_directories(
-    deepest_first: Sequence[str], subtree: Mapping[str, bytes], before: Mapping[str, _Kept]
-) -> tuple[dict[str, _Kept], list[str]]:
-    """What a previous run kept for each directory whose subtree digest is the same (by
-    name), and the directories that changed, deepest first."""
-    now: dict[str, _Kept] = {}
-    changed = []
-    for directory in deepest_first:
-        old = before.get(directory)
-        if old is not None and old[0] == subtree[directory]:
-            now[directory] = old
-        else:
-            changed.append(directory)
-    return now, changed
-
-
 #: A tree row: (placed, source, type, mode, size, digest), the tuple form of a TreeEntry.
 Row = tuple[str, str, str, int, int, str]
 
@@ -120,6 +101,10 @@ class Tree:
     _source: tuple[Row, ...] | Callable[[], tuple[Row, ...]] = attrs.field(
         eq=False, repr=False, alias="rows"
     )
+    #: Its bytes without building its rows (``plan --json`` shows them), or None: sum the rows.
+    _size_of: Callable[[], int] | None = attrs.field(
+        default=None, eq=False, repr=False, alias="size_of"
+    )
 
     @classmethod
     def from_rows(cls, rows: Iterable[Row]) -> Tree:
@@ -141,9 +126,11 @@ class Tree:
             for p, src, t, m, n, d in self.rows
         )
 
-    @property
+    @functools.cached_property
     def size(self) -> int:
         """Total bytes of regular files."""
+        if self._size_of is not None:
+            return self._size_of()
         return sum(row[4] for row in self.rows)
 
     def manifest(self) -> dict[str, list[object]]:
@@ -339,10 +326,9 @@ def _into_directory(
     source: ContextSource,
     selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
 ) -> bool:
-    """Whether one wildcard copied to a path not ending in ``/`` copies into a directory:
-    BuildKit copies each match in turn to the path, so matched files each take its name (the
-    last one stays) and a matched directory's contents go into it; both at once it refuses
-    or nests, by their order, and so imagedsl refuses."""
+    """Whether one wildcard copied to a path not ending in ``/`` copies into it: BuildKit
+    copies each match in turn to the path, so matched files take its name (the last stays), a
+    directory's contents go into it; both at once it refuses or nests by order: refused."""
     kinds = {base is None for _, matches in selections for _, _, base in matches}
     if kinds == {True, False}:
         raise ContextError(
@@ -376,7 +362,7 @@ class _PartRows:
         self._assign = assign
         self._groups: dict[int, dict[str, tuple[str, Entry]]] | None = None
 
-    def rows(self, part: int, digest: str) -> tuple[Row, ...]:
+    def _group(self, part: int) -> dict[str, tuple[str, Entry]]:
         if self._groups is None:
             groups: dict[int, dict[str, tuple[str, Entry]]] = {}
             assign = self._assign
@@ -386,8 +372,22 @@ class _PartRows:
                 part_of = assign(rel, kind, e[SIZE] if kind == "file" else 0)
                 groups.setdefault(part_of, {})[rel] = (path, e)
             self._groups = groups
-        found = self._rows_of(self._root, self._groups.get(part, {}))
+        return self._groups.get(part, {})
+
+    def rows(self, part: int, digest: str) -> tuple[Row, ...]:
+        found = self._rows_of(self._root, self._group(part))
         return _as_planned(found, digest, self._root, self._selections)
+
+    def size(self, part: int) -> int:
+        """A part's bytes, from the stat cache's sizes (no content is read)."""
+        return sum(e[SIZE] for _, e in self._group(part).values() if e[TYPE] == "file")
+
+
+def _listed_size(directories: Mapping[str, Mapping[str, Entry]]) -> int:
+    """The bytes of the regular files of a directory copied whole, from its listings."""
+    return sum(
+        e[SIZE] for entries in directories.values() for e in entries.values() if e[TYPE] == "file"
+    )
 
 
 def _as_planned(
@@ -533,8 +533,11 @@ class ContextHasher:
             digest = self._merkle(root, cache, probe, base, memo)
             self._wholes[digest] = (root, probe, base, memo)
             self._whole_rows[digest] = (selections, dest_is_dir, parents)
+            listed = cache.directories[probe]
             return Tree(
-                digest, self._rows_later(root, selections, exclude, dest_is_dir, parents, digest)
+                digest,
+                self._rows_later(root, selections, exclude, dest_is_dir, parents, digest),
+                size_of=functools.partial(_listed_size, listed),
             )
         known = cache.trees.get(memo)
         if known is not None and all(cache.unchanged(p) for p in probes):
@@ -598,7 +601,7 @@ class ContextHasher:
         deepest_first, subtree = self._subtrees[(probe, base)]
         key = f"{memo}\0{assign.large}\0{assign.rest}"
         before: Mapping[str, tuple[bytes, bytes]] = cache.part_subtrees(key)
-        now, changed = _unchanged_directories(deepest_first, subtree, before)
+        now, changed = unchanged_directories(deepest_first, subtree, before)
         contents = self._changed_contents(root, directories, changed)
         cut = len(base) + 1 if base else 0
         empty = bytes.fromhex(_directory_digest((), top=False))
@@ -637,7 +640,11 @@ class ContextHasher:
         return [
             (
                 AUTO_PARTS[part],
-                Tree(parts[part].hex(), functools.partial(grouped.rows, part, parts[part].hex())),
+                Tree(
+                    parts[part].hex(),
+                    functools.partial(grouped.rows, part, parts[part].hex()),
+                    size_of=functools.partial(grouped.size, part),
+                ),
             )
             for part in sorted(parts)
         ]
@@ -864,7 +871,7 @@ class ContextHasher:
             subtree[directory] = hasher.digest()
         self._subtrees[(probe, base)] = (deepest_first, subtree)
         before_digests: Mapping[str, tuple[bytes, str]] = cache.subtrees.get(memo, {})
-        now, changed = _unchanged_directories(deepest_first, subtree, before_digests)
+        now, changed = unchanged_directories(deepest_first, subtree, before_digests)
         contents = self._changed_contents(root, directories, changed)
         for directory in changed:  # deepest first: subdirectories are done before parents
             records = []

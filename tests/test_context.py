@@ -475,9 +475,30 @@ def test_incremental_layer_parts_equal_parts_from_scratch(
     warm_tree = warm.tree(selection)
     found = warm.partition(selection, warm_tree, "auto")
     assert found is not None
-    assert [(n, t.rows) for n, t in found] == [
-        (n, t.rows) for n, t in partition_tree(cold.tree(selection), "auto")
-    ]
+    from_rows = partition_tree(cold.tree(selection), "auto")
+    # Sizes first: a warm tree counts its bytes from the stat cache, without its rows.
+    assert warm_tree.size == cold.tree(selection).size
+    assert [(n, t.size) for n, t in found] == [(n, sum(r[4] for r in t.rows)) for n, t in from_rows]
+    assert [(n, t.rows) for n, t in found] == [(n, t.rows) for n, t in from_rows]
+
+
+def test_a_directory_copied_whole_counts_its_bytes_without_its_rows(tmp_path: Path) -> None:
+    """A warm tree's size comes from the stat cache's listings (``plan --json`` shows it for
+    every step): the same as the sum of its rows, with symlinks, ignored files and empty
+    directories about."""
+    root = tmp_path / "ctx"
+    write_tree(root, {"a.txt": b"a" * 10, "d/b.bin": b"b" * 300, "d/e/c": b"c" * 7, "x.log": b"1"})
+    (root / "d" / "link").symlink_to("b.bin")
+    (root / "empty").mkdir()
+    (root / ".dockerignore").write_text("*.log\n")
+    store = Store(tmp_path / "store")
+    source = dsl.context(root, ignore=["*.log"]).as_source()
+    ContextHasher(store, Reporter()).tree(source)
+    ContextHasher(store, Reporter()).save()
+    time.sleep(0.06)
+    warm = ContextHasher(store, Reporter()).tree(source)
+    counted = warm.size
+    assert counted == sum(row[4] for row in warm.rows) == 10 + 300 + 7 + len("*.log\n")
 
 
 def test_a_symlinked_file_is_copied_as_its_target(tmp_path: Path) -> None:
