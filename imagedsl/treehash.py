@@ -380,14 +380,17 @@ class _PartRows:
 
     def size(self, part: int) -> int:
         """A part's bytes, from the stat cache's sizes (no content is read)."""
-        return sum(e[SIZE] for _, e in self._group(part).values() if e[TYPE] == "file")
+        return _file_bytes(e for _, e in self._group(part).values())
 
 
 def _listed_size(directories: Mapping[str, Mapping[str, Entry]]) -> int:
     """The bytes of the regular files of a directory copied whole, from its listings."""
-    return sum(
-        e[SIZE] for entries in directories.values() for e in entries.values() if e[TYPE] == "file"
-    )
+    return _file_bytes(e for entries in directories.values() for e in entries.values())
+
+
+def _file_bytes(entries: Iterable[Entry]) -> int:
+    """The bytes of the regular files among ``entries`` (what a tree's rows sum)."""
+    return sum(e[SIZE] for e in entries if e[TYPE] == "file")
 
 
 def _as_planned(

@@ -27,6 +27,7 @@ from imagedsl.planner import plan
 from imagedsl.reporting import Reporter
 from imagedsl.store import Store
 from tests.support import oci as oci_support
+from tests.support.cli import imagedsl_on
 from tests.support.docker import DockerEngine
 from tests.support.equivalence import ensure_nodev_image
 from tests.support.oci import layer_members, read_image
@@ -302,6 +303,13 @@ def test_chown_and_user_own_the_parents_they_create(base: str, tmp_path: Path) -
     assert owners["etc/f2"] == 1000
 
 
+def _succeeds(engine: DockerEngine, project: Path, *args: str) -> None:
+    """``python -m imagedsl ARGS`` in ``project`` against ``engine`` (store ``project/s``);
+    it must succeed."""
+    result = imagedsl_on(engine, *args, cwd=project, store=project / "s")
+    assert result.returncode == 0, result.stderr
+
+
 def test_created_parents_match_buildkit(
     docker_engine: DockerEngine, debian_python_image: str, tmp_path: Path, tag: str
 ) -> None:
@@ -319,14 +327,9 @@ def test_created_parents_match_buildkit(
         f"oci = (dsl.image('docker-daemon:{nodev}').user('1000').workdir('/wd1/wd2')\n"
         "       .user('0').copy(dsl.context('ctx').file('f'), '/new1/new2/f', chown='1000:1000'))\n"
     )
-    env = {**os.environ, "IMAGEDSL_STORE": str(tmp_path / "s"), **docker_engine.env}
 
     def cli(*args: str) -> None:
-        result = subprocess.run(
-            [sys.executable, "-m", "imagedsl", *args], cwd=tmp_path, env=env,
-            capture_output=True, text=True, check=False, timeout=600,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr
+        _succeeds(docker_engine, tmp_path, *args)
 
     cli("build", "build.py:app", "--backend", "docker", "-t", f"{tag}:1")
     cli("build", "build.py:oci", "--backend", "oci", "--output", f"docker:{tag}:2")
@@ -397,14 +400,9 @@ def test_the_base_images_author_is_kept_until_maintainer_sets_one(
         f"set = dsl.image({base!r}).author('the build')\n"
         f"set_oci = dsl.image('docker-daemon:{base}').author('the build')\n"
     )
-    env = {**os.environ, "IMAGEDSL_STORE": str(tmp_path / "s"), **docker_engine.env}
 
     def cli(*args: str) -> None:
-        result = subprocess.run(
-            [sys.executable, "-m", "imagedsl", *args], cwd=tmp_path, env=env,
-            capture_output=True, text=True, check=False, timeout=600,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr
+        _succeeds(docker_engine, tmp_path, *args)
 
     authors = {}
     for target in ("kept", "set"):

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
+from tests.support.cli import imagedsl_on
 from tests.support.docker import DockerEngine
 from tests.support.equivalence import differences, export_listing, layout_listing
 from tests.support.fidelity import docker_config, layout_config, tar_bytes
@@ -183,13 +182,6 @@ def dockerfile_of(seed: int, base: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _run(argv: list[str], cwd: Path, engine: DockerEngine) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **({"DOCKER_HOST": engine.host} if engine.host else {})}
-    return subprocess.run(
-        argv, cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=600
-    )
-
-
 @pytest.mark.parametrize("seed", [*SEEDS, *range(EXTRA_FROM, EXTRA_FROM + EXTRA_SEEDS)])
 def test_imported_dockerfile_builds_what_buildkit_builds(
     docker_engine: DockerEngine, busybox_image: str, tmp_path: Path, seed: int
@@ -210,19 +202,13 @@ def test_imported_dockerfile_builds_what_buildkit_builds(
     if built.returncode != 0:
         pytest.fail(f"BuildKit refused the generated Dockerfile:\n{dockerfile}\n{built.stderr}")
     try:
-        imported = _run(
-            [sys.executable, "-m", "imagedsl", "import", "Dockerfile", "-o", "build.py"],
-            project,
-            docker_engine,
-        )
+        imported = imagedsl_on(docker_engine, "import", "Dockerfile", "-o", "build.py", cwd=project)
         assert imported.returncode == 0, f"{dockerfile}\n{imported.stderr}"
         build_py = project / "build.py"  # its base is found in the local engine
         layout = tmp_path / "layout"
-        ours = _run(
-            [sys.executable, "-m", "imagedsl", "build", "build.py", "--backend", "oci",
-             "--store", str(tmp_path / "store"), "--output", f"oci:{layout}:app"],
-            project,
-            docker_engine,
+        ours = imagedsl_on(
+            docker_engine, "build", "build.py", "--backend", "oci", "--output", f"oci:{layout}:app",
+            cwd=project, store=tmp_path / "store",
         )  # fmt: skip
         assert ours.returncode == 0, f"{dockerfile}\n{build_py.read_text()}\n{ours.stderr}"
         found = differences(

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 
 import imagedsl as dsl
 from imagedsl import api
+from tests.support.cli import imagedsl_on
 from tests.support.docker import DockerEngine
 from tests.support.equivalence import layout_listing
 
@@ -39,11 +38,7 @@ FILES = {"x": "e\n", "p": "linux/amd64/amd64\n", "y": "last from-arg\n", "wd": "
 
 def run_cli(engine: DockerEngine, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """``python -m imagedsl ARGS`` against the test engine; it must succeed."""
-    env = {**os.environ, **({"DOCKER_HOST": engine.host} if engine.host else {})}
-    result = subprocess.run(
-        [sys.executable, "-m", "imagedsl", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=600,
-    )  # fmt: skip
+    result = imagedsl_on(engine, *args, cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -141,11 +136,9 @@ def test_a_run_user_is_found_or_refused_as_buildkit_does(
             "import imagedsl as dsl\n"
             f"app = dsl.image({image!r}).user({user!r}).run('id -u > /tmp/{marker}')\n"
         )
-        env = {**os.environ, **({"DOCKER_HOST": docker_engine.host} if docker_engine.host else {})}
-        result = subprocess.run(
-            [sys.executable, "-m", "imagedsl", "build", "build.py:app", "--backend", backend,
-             "--store", str(tmp_path / f"store-{backend}"), *output],
-            cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=600,
+        result = imagedsl_on(
+            docker_engine, "build", "build.py:app", "--backend", backend, *output,
+            cwd=tmp_path, store=tmp_path / f"store-{backend}",
         )  # fmt: skip
         outcomes[backend] = result.returncode
         if result.returncode:

@@ -282,13 +282,11 @@ class BlobStore:
         for digest in dict.fromkeys(digests):  # once each: two layers may be the same blob
             name = check_digest(digest).partition(":")[2]
             try:
-                current = _stamp_of((blob_dir / name).stat())
+                current: str | None = _stamp_of((blob_dir / name).stat())
             except OSError:
+                current = None
+            if current is None or stamps.get(name) != current:
                 unsure.append((digest, name))
-                continue
-            if stamps.get(name) == current:
-                continue
-            unsure.append((digest, name))
 
         def settle(digest: str, name: str) -> tuple[str, str, bool]:
             dest = blob_dir / name

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from imagedsl.backends.engine import DockerEngine
+
 
 def imagedsl(*args: str, cwd: Path, store: Path) -> subprocess.CompletedProcess[str]:
     """Run ``python -m imagedsl ARGS`` with its own store."""
@@ -21,5 +23,24 @@ def imagedsl(*args: str, cwd: Path, store: Path) -> subprocess.CompletedProcess[
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
+    )
+
+
+def imagedsl_on(
+    engine: DockerEngine, *args: str, cwd: Path, store: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m imagedsl ARGS`` against ``engine`` (its environment: DOCKER_HOST,
+    DOCKER_BUILDKIT), with ``store`` as ``$IMAGEDSL_STORE`` when given."""
+    env = {**os.environ, **engine.env}
+    if store is not None:
+        env["IMAGEDSL_STORE"] = str(store)
+    return subprocess.run(
+        [sys.executable, "-m", "imagedsl", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         check=False,
     )
