@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 import blake3
 
-from imagedsl._cores import cores
-from imagedsl._filehash import BIG_FILE, hash_file
+from imagedsl._filehash import hash_files
 from imagedsl._ignore import IgnoreRules
 from imagedsl._statcache import (
     DIR_ENTRY,
@@ -51,8 +50,6 @@ if TYPE_CHECKING:
     from imagedsl.steps import LayerSpec
 
 
-#: Up to this many (small) files are hashed without a thread pool.
-_INLINE_FILES: Final = 16
 #: Symlinks followed in a row before giving up (Linux's own limit).
 _MAX_SYMLINKS: Final = 40
 #: The tree of wildcards none of which matched: BuildKit copies nothing, not even the
@@ -931,37 +928,8 @@ class ContextHasher:
     def _hash_files(self, root: str, entries: Sequence[tuple[str, Entry]]) -> Iterator[str]:
         total = sum(e[SIZE] for _, e in entries)
         self._reporter.hashing_started(root, len(entries), total)
-        done_files = done_bytes = 0
-        if len(entries) <= _INLINE_FILES and total < BIG_FILE:
-            # An edit or two: hashing them here costs less than starting threads.
-            for path, entry in entries:
-                try:
-                    yield hash_file(os.path.join(root, path), entry[SIZE])
-                except OSError as error:
-                    raise ContextError(root, problem=f"cannot read {path}: {error}") from None
-            self._reporter.hashing_progress(root, len(entries), total)
-            self._reporter.hashing_finished(root)
-            return
-        from concurrent.futures import ThreadPoolExecutor
-
-        def work(batch: Sequence[tuple[str, Entry]]) -> list[str]:
-            out = []
-            for path, entry in batch:
-                try:
-                    out.append(hash_file(os.path.join(root, path), entry[SIZE]))
-                except OSError as error:
-                    raise ContextError(root, problem=f"cannot read {path}: {error}") from None
-            return out
-
-        batches = list(_batches(entries))
-        # One thread per core: more only hand the GIL around (each file is a few system calls).
-        workers = min(8, cores())
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for batch, digests in zip(batches, pool.map(work, batches), strict=True):
-                done_files += len(batch)
-                done_bytes += sum(e[SIZE] for _, e in batch)
-                self._reporter.hashing_progress(root, done_files, done_bytes)
-                yield from digests
+        files = [(path, entry[SIZE]) for path, entry in entries]
+        yield from hash_files(root, files, functools.partial(self._reporter.hashing_progress, root))
         self._reporter.hashing_finished(root)
 
     # -- stat cache --------------------------------------------------------------------------
@@ -971,18 +939,3 @@ class ContextHasher:
         if cache is None:
             cache = self._caches[root] = RootCache.load(self._stat_caches, root)
         return cache
-
-
-def _batches(
-    entries: Sequence[tuple[str, Entry]],
-) -> Iterator[Sequence[tuple[str, Entry]]]:
-    batch: list[tuple[str, Entry]] = []
-    batch_bytes = 0
-    for item in entries:
-        batch.append(item)
-        batch_bytes += item[1][SIZE]
-        if len(batch) >= 64 or batch_bytes >= BIG_FILE:
-            yield batch
-            batch, batch_bytes = [], 0
-    if batch:
-        yield batch

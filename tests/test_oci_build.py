@@ -19,6 +19,7 @@ import pytest
 import imagedsl as dsl
 from imagedsl import api
 from imagedsl.backends import BuildRequest, BuildRequestError
+from imagedsl.backends.oci import writer as writer_module
 from imagedsl.backends.oci.backend import OCIBackend
 from imagedsl.backends.oci.layer import LayerError
 from imagedsl.backends.oci.outputs import Output
@@ -386,9 +387,10 @@ def test_fine_layers_rebuild_one_small_layer(base: str, tmp_path: Path, store: S
 def test_parts_written_at_once_are_the_parts_written_in_turn(
     base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail: bool
 ) -> None:
-    """The parts of a split COPY are written on a pool: the layers are byte for byte those
-    written one after the other, and a part that cannot be written fails the build and
-    leaves no temporary blob behind."""
+    """The parts of a split COPY are written by forked processes, or on a pool of threads
+    where forking is not safe: the layers are byte for byte those written one after the
+    other, and a part that cannot be written fails the build (with its own error, from a
+    child too) and leaves no temporary blob and no child process behind."""
     ctx = tmp_path / "ctx"
     (ctx / "src").mkdir(parents=True)
     (ctx / "requirements.txt").write_text("attrs\n")
@@ -397,9 +399,11 @@ def test_parts_written_at_once_are_the_parts_written_in_turn(
         (ctx / "src" / f"mod{i}.py").write_text(f"VALUE = {i}\n" * (i + 1))
     stages = {"app": dsl.image(base).copy(dsl.context(ctx), "/app", layers="auto")}
     images = []
-    for workers in (1, 4):
+    for workers, fork in ((1, "1"), (4, "0"), (4, "1")):
         monkeypatch.setattr("imagedsl.backends.oci.writer.cores", lambda n=workers: n)
-        store = Store(tmp_path / f"store-{workers}")
+        monkeypatch.setenv("IMAGEDSL_FORK", fork)
+        forks = _count_forks(monkeypatch)
+        store = Store(tmp_path / f"store-{workers}-{fork}")
         first = plan(stages, "app", store=store, project="test")
         if fail:  # same size, other bytes: only the check as it is written sees it
             for step in first.steps:
@@ -414,13 +418,35 @@ def test_parts_written_at_once_are_the_parts_written_in_turn(
             blobs = store.area(StoreArea.BLOBS)
             assert not [p.name for p in blobs.iterdir() if p.name.startswith(".incoming.")]
             (ctx / "src" / "mod150.py").write_text("VALUE = 150\n" * 151)
-            continue
-        built = backend.build_image(first, request, store=store, reporter=Reporter())
-        assert built.stats.layers_written == len([s for s in first.steps if s.kind == "copy"])
-        images.append(built.image.layers)
+        else:
+            built = backend.build_image(first, request, store=store, reporter=Reporter())
+            copies = [s for s in first.steps if s.kind == "copy"]
+            assert built.stats.layers_written == len(copies)
+            images.append(built.image.layers)
+        assert (forks[0] > 0) == (workers > 1 and fork == "1")
+        assert not _children_left()
     if not fail:
-        assert images[0] == images[1]
+        assert images[0] == images[1] == images[2]
         assert len(images[0]) >= 4
+
+
+def _count_forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the times the layer writer forks processes from now on."""
+    count = [0]
+    real = writer_module.ForkedJobs
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        count[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(writer_module, "ForkedJobs", counted)
+    return count
+
+
+def _children_left() -> list[str]:
+    """This process's children still running (or not waited for)."""
+    found = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+    return found.read_text().split() if found.exists() else []
 
 
 def test_a_named_symlink_is_copied_as_its_target(base: str, ctx: Path, store: Store) -> None:

@@ -22,6 +22,7 @@ import os
 import posixpath
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -593,7 +594,8 @@ class _Build:
             if node.group is not None and not self.writer.has(node.index):
                 self._write_parts_ahead(node, below)
             if self.writer.has(node.index):
-                layer = self._counted(self.writer.take(node.index))
+                taken = self.writer.take(node.index)
+                layer = None if taken is None else self._counted(taken)
             else:
                 made = self._entries(node, below)
                 layer = None if made is None else self._write(*made)
@@ -665,10 +667,8 @@ class _Build:
         ]
         if not self.writer.parallel(len(missing)):
             return
-        for part in missing:
-            made = self._entries(part, below)
-            if made is not None:
-                self.writer.write_ahead(part.index, *made)
+        self._filesystem(below.layers)  # once, here, not in each process writing parts
+        self.writer.write_ahead([(p.index, partial(self._entries, p, below)) for p in missing])
 
     def _write(self, entries: list[LayerEntry], parent: ParentFactory) -> LayerBlob:
         return self._counted(self.writer.write(entries, parent))

@@ -395,9 +395,15 @@ class LayerStream:
     order as a single thread would, so the bytes do not depend on the threads."""
 
     def __init__(
-        self, out: IO[bytes], compression: Compression = "gzip", level: int | None = None
+        self,
+        out: IO[bytes],
+        compression: Compression = "gzip",
+        level: int | None = None,
+        *,
+        threaded: bool = True,
     ) -> None:
         self._out = out
+        self._threaded = threaded
         self._compression = compression
         self._codec = _compressor(compression, level)
         self._diff = hashlib.sha256()
@@ -466,6 +472,10 @@ class LayerStream:
         """Hand a full piece to the compressing thread and start a new one."""
         self._diff.update(self._piece)
         self.uncompressed += CHUNK
+        if not self._threaded:
+            self._compress(self._piece)
+            self._fill = 0
+            return
         if self._worker is None:
             self._worker = _Compressing(self._compress)
         self._view.release()

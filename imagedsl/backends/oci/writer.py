@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from imagedsl._cores import cores
+from imagedsl._forked import ForkedJobs, can_fork
 from imagedsl.backends.oci.filesystem import LayerIndex, save_index
 from imagedsl.backends.oci.layer import LayerEntry, LayerStream, arrange, write_tar
 from imagedsl.oci.blobs import BlobStore
@@ -26,9 +28,11 @@ from imagedsl.oci.image import LayerBlob
 from imagedsl.oci.mediatypes import Compression
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future, ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor
 
 ParentFactory = Callable[[str], LayerEntry]
+#: What :meth:`LayerWriter.write_ahead` calls to make a layer's entries (None: no layer).
+LayerMaker = Callable[[], "tuple[list[LayerEntry], ParentFactory] | None"]
 #: Layers written at once at most (each holds its pieces, 8 MiB, and a compressing thread).
 _MAX_WORKERS: Final = 4
 
@@ -49,7 +53,8 @@ class LayerWriter:
         self.epoch = epoch
         self.workers = min(_MAX_WORKERS, cores()) if workers is None else workers
         self._pool: ThreadPoolExecutor | None = None
-        self._ahead: dict[int, Future[LayerBlob]] = {}
+        self._forked: list[ForkedJobs[LayerBlob | None]] = []
+        self._ahead: dict[int, Callable[[], LayerBlob | None]] = {}
         self._stop = threading.Event()
 
     def write(self, entries: list[LayerEntry], parent: ParentFactory) -> LayerBlob:
@@ -60,39 +65,64 @@ class LayerWriter:
         """Whether ``count`` layers are better written at once than one after the other."""
         return count > 1 and self.workers > 1
 
-    def write_ahead(self, key: int, entries: list[LayerEntry], parent: ParentFactory) -> None:
-        """Start writing a layer on the pool; :meth:`take` ``key`` gives its blob."""
+    def write_ahead(self, layers: Sequence[tuple[int, LayerMaker]]) -> None:
+        """Start writing layers, each ``(key, make)``: ``make()`` gives its entries and parent
+        factory (or None: no layer); :meth:`take` ``key`` gives its blob.
+
+        In forked children where that is safe (:func:`~imagedsl._forked.can_fork`): making the
+        entries, arranging them, the tar headers and the index are Python, and threads would
+        take turns at them; each child makes and writes whole layers. Otherwise the entries are
+        made here, one layer after another, and written on a pool of threads.
+        """
+        if can_fork(self.workers):
+            forked = ForkedJobs([partial(self._make_and_write, make) for _, make in layers],
+                                self.workers)  # fmt: skip
+            self._forked.append(forked)
+            for position, (key, _) in enumerate(layers):
+                self._ahead[key] = partial(forked.result, position)
+            return
         if self._pool is None:
             # Imported here: concurrent.futures (and the logging it loads) costs an edit
             # build, which writes one layer, 5 ms of start-up.
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="imagedsl-layer")
-        self._ahead[key] = self._pool.submit(self._write, entries, parent)
+        for key, make in layers:
+            made = make()
+            if made is not None:
+                self._ahead[key] = self._pool.submit(self._write, *made).result
+
+    def _make_and_write(self, make: LayerMaker) -> LayerBlob | None:
+        made = make()
+        return None if made is None else self._write(*made, threaded=False)
 
     def has(self, key: int) -> bool:
         """Whether the layer ``key`` was handed to :meth:`write_ahead` (and not taken)."""
         return key in self._ahead
 
-    def take(self, key: int) -> LayerBlob:
+    def take(self, key: int) -> LayerBlob | None:
         """The blob of a layer written ahead (waiting for it; its failure is raised here)."""
-        return self._ahead.pop(key).result()
+        return self._ahead.pop(key)()
 
     def close(self) -> None:
         """Stop: layers not started are dropped, those being written stop at their next entry
-        (their temporary files are removed); wait for the threads."""
-        if self._pool is None:
-            return
+        (their temporary files are removed); wait for the threads and children."""
         self._stop.set()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._pool = None
+        for forked in self._forked:
+            forked.close()
+        self._forked = []
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
         self._ahead.clear()
         self._stop.clear()
 
-    def _write(self, entries: list[LayerEntry], parent: ParentFactory) -> LayerBlob:
+    def _write(
+        self, entries: list[LayerEntry], parent: ParentFactory, *, threaded: bool = True
+    ) -> LayerBlob:
         arranged = arrange(entries, parent)
         with self.blobs.writer() as handle:
-            stream = LayerStream(handle, self.compression)
+            stream = LayerStream(handle, self.compression, threaded=threaded)
             write_tar(arranged, stream, mtime=self.epoch, stop=self._stop)
             layer = stream.finish()
             if not self.blobs.intact(layer.digest, layer.size):
@@ -113,4 +143,4 @@ def kept_files(entries: Sequence[LayerEntry]) -> dict[str, str]:
     return kept
 
 
-__all__ = ["LayerWriter", "ParentFactory", "kept_files"]
+__all__ = ["LayerMaker", "LayerWriter", "ParentFactory", "kept_files"]

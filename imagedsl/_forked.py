@@ -1,0 +1,202 @@
+"""Independent jobs run in forked child processes, each child taking the next job when it is
+done with one: for work whose Python part (per file: arranging entries, tar headers, the layer
+index) would hold the GIL and leave threads waiting on each other.
+
+The jobs are closures over the parent's state, which the children see as it was when they were
+forked: nothing is sent to them but a job's number, and they send back its pickled result (or
+its exception). A child never returns into the parent's code: it leaves with ``os._exit``, so
+no ``atexit`` handler, buffered output or ``finally`` of the parent runs twice.
+
+Forking is only safe while no other thread runs (a lock another thread holds stays held in the
+child), so :func:`can_fork` asks for exactly one thread; callers use threads otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import select
+import signal
+import struct
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Generic, TypeVar
+
+T = TypeVar("T")
+
+#: Set to ``0`` to never fork (jobs then run on threads, as where ``fork`` does not exist).
+ENV_DISABLE: Final = "IMAGEDSL_FORK"
+_LENGTH: Final = struct.Struct("<Q")
+_STOP: Final = 0xFFFFFFFF
+
+
+class ChildDied(Exception):
+    """A child process ended without sending the result of the job it was running."""
+
+
+def can_fork(workers: int) -> bool:
+    """Whether ``workers`` children may be forked now: ``fork`` exists, more than one worker
+    is wanted, nothing has asked us not to, and this is the only thread."""
+    return (
+        workers > 1
+        and hasattr(os, "fork")
+        and os.environ.get(ENV_DISABLE, "1") != "0"
+        and threading.active_count() == 1
+    )
+
+
+class ForkedJobs(Generic[T]):
+    """Runs ``jobs`` in up to ``workers`` forked children; :meth:`result` gives one's result.
+
+    Jobs are handed out in the order given, one per child at a time, so results asked for in
+    that order arrive about as soon as they can. Call :meth:`close` when done (or on failure:
+    it stops the children and waits for them).
+    """
+
+    def __init__(self, jobs: Sequence[Callable[[], T]], workers: int) -> None:
+        self._jobs = jobs
+        self._next = 0
+        self._results: dict[int, tuple[bool, Any]] = {}
+        #: Per child: (pid, task pipe, result pipe, the job it runs or None).
+        self._children: list[list[Any]] = []
+        try:
+            for _ in range(max(1, min(workers, len(jobs)))):
+                self._fork()
+        except BaseException:
+            self.close()
+            raise
+        for child in self._children:
+            self._assign(child)
+
+    def _fork(self) -> None:
+        task_read, task_write = os.pipe()
+        result_read, result_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child's coverage is not collected
+            status = 1
+            try:
+                os.close(task_write)
+                os.close(result_read)
+                for other in self._children:  # the pipes of children forked before
+                    os.close(other[1])
+                    os.close(other[2])
+                signal.signal(signal.SIGTERM, _stop_child)
+                _serve(self._jobs, task_read, result_write)
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(task_read)
+        os.close(result_write)
+        self._children.append([pid, task_write, result_read, None])
+
+    def _assign(self, child: list[Any]) -> None:
+        if self._next < len(self._jobs):
+            child[3] = self._next
+            self._next += 1
+            os.write(child[1], _LENGTH.pack(child[3]))
+        else:
+            child[3] = None
+
+    def result(self, job: int) -> T:
+        """The result of ``job`` (waiting for it); the exception it raised is raised here."""
+        while job not in self._results:
+            busy = {child[2]: child for child in self._children if child[3] is not None}
+            if not busy:
+                raise ChildDied(f"job {job} was never run")
+            ready, _, _ = select.select(list(busy), [], [])
+            for fd in ready:
+                child = busy[fd]
+                message = _receive(fd)
+                if message is None:
+                    pid, status = os.waitpid(child[0], 0)
+                    child[0] = 0
+                    raise ChildDied(
+                        f"a worker process ({pid}) ended with status "
+                        f"{os.waitstatus_to_exitcode(status)} while running job {child[3]}"
+                    )
+                self._results[child[3]] = pickle.loads(message)
+                self._assign(child)
+        ok, value = self._results.pop(job)
+        if not ok:
+            raise value
+        result: T = value
+        return result
+
+    def close(self) -> None:
+        """Let the children go and wait for them; one still running a job is stopped first
+        (SIGTERM, on which it removes what it was writing)."""
+        for child in self._children:
+            if child[0] and child[3] is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child[0], signal.SIGTERM)
+            with contextlib.suppress(OSError):  # it has gone already
+                os.write(child[1], _LENGTH.pack(_STOP))
+            os.close(child[1])
+            os.close(child[2])
+            if child[0]:
+                os.waitpid(child[0], 0)
+                child[0] = 0
+        self._children = []
+
+    def __enter__(self) -> ForkedJobs[T]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _stop_child(_signum: int, _frame: object) -> None:  # pragma: no cover - in the child
+    raise SystemExit(1)
+
+
+def _serve(
+    jobs: Sequence[Callable[[], object]], tasks: int, results: int
+) -> None:  # pragma: no cover - in the child
+    while True:
+        header = _read_exactly(tasks, _LENGTH.size)
+        if header is None:
+            return
+        (job,) = _LENGTH.unpack(header)
+        if job == _STOP:
+            return
+        try:
+            reply = pickle.dumps((True, jobs[job]()))
+        except Exception as error:
+            reply = _pickled_error(error)
+        os.write(results, _LENGTH.pack(len(reply)))
+        view = memoryview(reply)
+        while view:
+            view = view[os.write(results, view) :]
+
+
+def _pickled_error(error: Exception) -> bytes:  # pragma: no cover - in the child
+    """The exception, pickled so that it unpickles (or a RuntimeError naming it)."""
+    try:
+        reply = pickle.dumps((False, error))
+        pickle.loads(reply)
+    except Exception:
+        reply = pickle.dumps((False, RuntimeError(f"{type(error).__name__}: {error}")))
+    return reply
+
+
+def _receive(fd: int) -> bytes | None:
+    """One message from a child, or None when it closed its end first."""
+    header = _read_exactly(fd, _LENGTH.size)
+    if header is None:
+        return None
+    return _read_exactly(fd, _LENGTH.unpack(header)[0])
+
+
+def _read_exactly(fd: int, size: int) -> bytes | None:
+    parts = []
+    while size:
+        part = os.read(fd, min(size, 1 << 20))
+        if not part:
+            return None
+        parts.append(part)
+        size -= len(part)
+    return b"".join(parts)
+
+
+__all__ = ["ENV_DISABLE", "ChildDied", "ForkedJobs", "can_fork"]

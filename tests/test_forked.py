@@ -1,0 +1,152 @@
+"""Jobs in forked processes (imagedsl._forked), and the file hashing that uses them."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import attrs
+import pytest
+
+from imagedsl import _filehash
+from imagedsl._filehash import BIG_FILE, hash_file, hash_files
+from imagedsl._forked import ChildDied, ForkedJobs, can_fork
+from imagedsl.errors import ContextError, InputError
+
+
+def _children() -> list[str]:
+    listed = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+    return listed.read_text().split() if listed.exists() else []
+
+
+@attrs.define
+class _Refused(InputError):
+    what: str
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.why}"
+
+
+class _Unpicklable(Exception):
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"{a} and {b}")
+
+
+def test_results_come_back_in_any_order_asked() -> None:
+    """Each job runs in a child (not here), once; results are asked for in any order."""
+    parent = os.getpid()
+    jobs = [lambda i=i: (i * i, os.getpid()) for i in range(9)]
+    with ForkedJobs(jobs, 3) as forked:
+        results = {i: forked.result(i) for i in (8, 0, 5, 1, 2, 3, 4, 6, 7)}
+    assert {i: square for i, (square, _) in results.items()} == {i: i * i for i in range(9)}
+    pids = {pid for _, pid in results.values()}
+    assert parent not in pids
+    assert 1 <= len(pids) <= 3
+    assert not _children()
+
+
+def test_a_job_s_exception_is_raised_where_its_result_is_asked_for() -> None:
+    """An error keeps its type and data; one that cannot be pickled becomes a RuntimeError
+    that names it; the other jobs still give their results."""
+
+    def refuse() -> int:
+        raise _Refused("layer app/x", "changed since it was planned")
+
+    def odd() -> int:
+        raise _Unpicklable(1, 2)
+
+    with ForkedJobs([lambda: 1, refuse, odd, lambda: 4], 2) as forked:
+        with pytest.raises(_Refused) as raised:
+            forked.result(1)
+        assert (raised.value.what, raised.value.why) == (
+            "layer app/x",
+            "changed since it was planned",
+        )
+        with pytest.raises(RuntimeError, match="_Unpicklable: 1 and 2"):
+            forked.result(2)
+        assert (forked.result(0), forked.result(3)) == (1, 4)
+    assert not _children()
+
+
+def test_a_child_that_dies_is_reported_and_reaped() -> None:
+    """A child that ends without a result (killed, or ``os._exit``) fails that job."""
+    with ForkedJobs([lambda: os._exit(3)], 2) as forked, pytest.raises(ChildDied, match="status 3"):
+        forked.result(0)
+    assert not _children()
+
+
+def test_closing_stops_a_running_job_and_runs_its_cleanup(tmp_path: Path) -> None:
+    """Closing while a job runs stops it at once (SIGTERM), its ``finally`` blocks run (so a
+    temporary file it was writing is removed), and no child is left behind."""
+    marker = tmp_path / "cleaned"
+
+    def slow() -> None:
+        try:
+            time.sleep(60)
+        finally:
+            marker.write_text("yes")
+
+    started = time.monotonic()
+    forked = ForkedJobs([slow], 2)
+    time.sleep(0.2)
+    forked.close()
+    assert time.monotonic() - started < 10
+    assert marker.read_text() == "yes"
+    assert not _children()
+
+
+def test_forking_only_when_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another thread (whose locks a child would inherit held), a single worker, or
+    IMAGEDSL_FORK=0 mean no fork."""
+    monkeypatch.delenv("IMAGEDSL_FORK", raising=False)
+    assert threading.active_count() == 1, "this test needs to run alone in its process"
+    assert can_fork(2)
+    assert not can_fork(1)
+    monkeypatch.setenv("IMAGEDSL_FORK", "0")
+    assert not can_fork(2)
+    monkeypatch.delenv("IMAGEDSL_FORK")
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        assert not can_fork(2)
+    finally:
+        release.set()
+        other.join()
+
+
+def test_a_forked_child_hashes_big_files_on_its_own_thread() -> None:
+    """blake3's shared pool of threads does not survive a fork: a child must not use it."""
+    assert _filehash._threads != 1
+    with ForkedJobs([lambda: _filehash._threads], 2) as forked:
+        assert forked.result(0) == 1
+    assert _filehash._threads != 1
+
+
+@pytest.mark.parametrize("fork", ["1", "0"])
+def test_hashing_many_files_on_processes_or_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fork: str
+) -> None:
+    """Processes or threads, the digests are each file's, in order, with progress after each
+    batch; a file that cannot be read is a ContextError naming it."""
+    monkeypatch.setenv("IMAGEDSL_FORK", fork)
+    monkeypatch.setattr(_filehash, "cores", lambda: 2)
+    files = []
+    for i in range(300):
+        data = os.urandom(i * 37) if i != 7 else os.urandom(BIG_FILE + 5)
+        (tmp_path / f"f{i}").write_bytes(data)
+        files.append((f"f{i}", len(data)))
+    progress: list[tuple[int, int]] = []
+    digests = list(hash_files(str(tmp_path), files, lambda n, b: progress.append((n, b))))
+    assert digests == [hash_file(str(tmp_path / name), size) for name, size in files]
+    assert len(progress) > 1
+    assert progress[-1] == (len(files), sum(size for _, size in files))
+    assert not _children()
+
+    (tmp_path / "f200").unlink()
+    with pytest.raises(ContextError, match="cannot read f200"):
+        list(hash_files(str(tmp_path), files, lambda *_: None))
+    assert not _children()
