@@ -18,6 +18,7 @@ import pytest
 
 import imagedsl as dsl
 from imagedsl import api
+from imagedsl._forked import ForkedJobs
 from imagedsl.backends import BuildRequest, BuildRequestError
 from imagedsl.backends.oci import writer as writer_module
 from imagedsl.backends.oci.backend import OCIBackend
@@ -433,7 +434,7 @@ def test_parts_written_at_once_are_the_parts_written_in_turn(
 def _count_forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the times the layer writer forks processes from now on."""
     count = [0]
-    real = writer_module.ForkedJobs
+    real = ForkedJobs
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         count[0] += 1
