@@ -13,7 +13,6 @@ from typing import Final
 import blake3
 
 from imagedsl._cores import cores
-from imagedsl._forked import ForkedJobs, can_fork
 from imagedsl.errors import ContextError
 
 #: Up to this many (small) files are hashed here, without other threads or processes.
@@ -70,6 +69,9 @@ def hash_files(
         yield from _hash_batch(root, files)
         progress(len(files), total)
         return
+    # Here, not at the top: a warm plan hashes an edit or two at most, inline.
+    from imagedsl._forked import ForkedJobs, can_fork
+
     batches = list(_batches(files))
     work = functools.partial(_hash_batch, root)
     # One worker per core: more threads only hand the GIL around (each file is a few system

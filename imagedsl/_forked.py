@@ -29,6 +29,8 @@ T = TypeVar("T")
 ENV_DISABLE: Final = "IMAGEDSL_FORK"
 _LENGTH: Final = struct.Struct("<Q")
 _STOP: Final = 0xFFFFFFFF
+#: Jobs handed to a child before its first is done.
+_QUEUED: Final = 2
 
 
 class ChildDied(Exception):
@@ -49,7 +51,8 @@ def can_fork(workers: int) -> bool:
 class ForkedJobs(Generic[T]):
     """Runs ``jobs`` in up to ``workers`` forked children; :meth:`result` gives one's result.
 
-    Jobs are handed out in the order given, one per child at a time, so results asked for in
+    Jobs are handed out in the order given, each child holding up to :data:`_QUEUED` at a
+    time (so it never waits for this process to hand it the next), so results asked for in
     that order arrive about as soon as they can. Call :meth:`close` when done (or on failure:
     it stops the children and waits for them).
     """
@@ -58,7 +61,7 @@ class ForkedJobs(Generic[T]):
         self._jobs = jobs
         self._next = 0
         self._results: dict[int, tuple[bool, Any]] = {}
-        #: Per child: (pid, task pipe, result pipe, the job it runs or None).
+        #: Per child: [pid, task pipe, result pipe, the jobs it was handed, oldest first].
         self._children: list[list[Any]] = []
         try:
             for _ in range(max(1, min(workers, len(jobs)))):
@@ -66,8 +69,9 @@ class ForkedJobs(Generic[T]):
         except BaseException:
             self.close()
             raise
-        for child in self._children:
-            self._assign(child)
+        for _ in range(_QUEUED):
+            for child in self._children:
+                self._assign(child)
 
     def _fork(self) -> None:
         task_read, task_write = os.pipe()
@@ -88,20 +92,18 @@ class ForkedJobs(Generic[T]):
                 os._exit(status)
         os.close(task_read)
         os.close(result_write)
-        self._children.append([pid, task_write, result_read, None])
+        self._children.append([pid, task_write, result_read, []])
 
     def _assign(self, child: list[Any]) -> None:
         if self._next < len(self._jobs):
-            child[3] = self._next
+            child[3].append(self._next)
+            os.write(child[1], _LENGTH.pack(self._next))
             self._next += 1
-            os.write(child[1], _LENGTH.pack(child[3]))
-        else:
-            child[3] = None
 
     def result(self, job: int) -> T:
         """The result of ``job`` (waiting for it); the exception it raised is raised here."""
         while job not in self._results:
-            busy = {child[2]: child for child in self._children if child[3] is not None}
+            busy = {child[2]: child for child in self._children if child[3]}
             if not busy:
                 raise ChildDied(f"job {job} was never run")
             ready, _, _ = select.select(list(busy), [], [])
@@ -113,9 +115,9 @@ class ForkedJobs(Generic[T]):
                     child[0] = 0
                     raise ChildDied(
                         f"a worker process ({pid}) ended with status "
-                        f"{os.waitstatus_to_exitcode(status)} while running job {child[3]}"
+                        f"{os.waitstatus_to_exitcode(status)} while running job {child[3][0]}"
                     )
-                self._results[child[3]] = pickle.loads(message)
+                self._results[child[3].pop(0)] = pickle.loads(message)
                 self._assign(child)
         ok, value = self._results.pop(job)
         if not ok:
@@ -127,7 +129,7 @@ class ForkedJobs(Generic[T]):
         """Let the children go and wait for them; one still running a job is stopped first
         (SIGTERM, on which it removes what it was writing)."""
         for child in self._children:
-            if child[0] and child[3] is not None:
+            if child[0] and child[3]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child[0], signal.SIGTERM)
             with contextlib.suppress(OSError):  # it has gone already

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from imagedsl._cores import cores
-from imagedsl._forked import ForkedJobs, can_fork
 from imagedsl.backends.oci.filesystem import LayerIndex, save_index
 from imagedsl.backends.oci.layer import LayerEntry, LayerStream, arrange, write_tar
 from imagedsl.oci.blobs import BlobStore
@@ -29,6 +28,8 @@ from imagedsl.oci.mediatypes import Compression
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
+
+    from imagedsl._forked import ForkedJobs
 
 ParentFactory = Callable[[str], LayerEntry]
 #: What :meth:`LayerWriter.write_ahead` calls to make a layer's entries (None: no layer).
@@ -53,7 +54,7 @@ class LayerWriter:
         self.epoch = epoch
         self.workers = min(_MAX_WORKERS, cores()) if workers is None else workers
         self._pool: ThreadPoolExecutor | None = None
-        self._forked: list[ForkedJobs[LayerBlob | None]] = []
+        self._forked: list[ForkedJobs[LayerBlob | None]] = []  # at most one per split COPY
         self._ahead: dict[int, Callable[[], LayerBlob | None]] = {}
         self._stop = threading.Event()
 
@@ -74,6 +75,9 @@ class LayerWriter:
         take turns at them; each child makes and writes whole layers. Otherwise the entries are
         made here, one layer after another, and written on a pool of threads.
         """
+        # Here, not at the top: an edit build writes one layer, and needs none of this.
+        from imagedsl._forked import ForkedJobs, can_fork
+
         if can_fork(self.workers):
             forked = ForkedJobs([partial(self._make_and_write, make) for _, make in layers],
                                 self.workers)  # fmt: skip
