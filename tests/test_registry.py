@@ -119,6 +119,19 @@ def test_push_then_pull_round_trip(
             fresh.blob_path(blob.digest).read_bytes() == store.blob_path(blob.digest).read_bytes()
         )
     assert pulled.bytes_downloaded == sum(b.size for b in expected.blobs)
+    # The timeout watchdog's thread ends once no request is left: a build that pulled its
+    # base is a process with one thread again, which may fork its layer writers.
+    assert _threads_named("imagedsl-registry-watchdog", settle=2.0) == []
+
+
+def _threads_named(name: str, *, settle: float) -> list[threading.Thread]:
+    """The live threads called ``name``, once none is left or ``settle`` seconds passed."""
+    deadline = time.monotonic() + settle
+    while True:
+        found = [t for t in threading.enumerate() if t.name == name]
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.01)
 
 
 def test_second_push_sends_nothing(

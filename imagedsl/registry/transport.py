@@ -123,7 +123,9 @@ class _Ticket:
 
 
 class _Watchdog:
-    """One thread that shuts the sockets of requests whose time is up.
+    """One thread that shuts the sockets of requests whose time is up; it ends when no request
+    is left to watch (a process with no other thread may fork safely) and starts again with
+    the next.
 
     A socket timeout bounds each ``recv``, not a whole answer: a server may send one byte per
     timeout forever. Shutting the socket down wakes whatever reads it, with an error.
@@ -154,6 +156,7 @@ class _Watchdog:
         if ticket is not None:
             with self._wakeup:
                 ticket.released = True
+                self._wakeup.notify()  # so that the thread ends once nothing is left to watch
 
     def _run(self) -> None:
         with self._wakeup:
@@ -161,8 +164,10 @@ class _Watchdog:
                 while self._tickets and self._tickets[0].released:
                     heapq.heappop(self._tickets)
                 if not self._tickets:
-                    self._wakeup.wait()
-                    continue
+                    # Nothing to watch: the thread ends (the next request starts another), so
+                    # a build that pulled its base has one thread again, and may fork.
+                    self._thread = None
+                    return
                 first = self._tickets[0]
                 left = first.end - time.monotonic()
                 if left > 0:
