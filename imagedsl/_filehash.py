@@ -79,7 +79,7 @@ def hash_files(
     workers = min(8, cores())
     with contextlib.ExitStack() as stack:
         results: Iterator[list[str]]
-        if can_fork(workers):
+        if len(batches) > 1 and can_fork(workers):
             forked = stack.enter_context(
                 ForkedJobs([functools.partial(work, batch) for batch in batches], workers)
             )

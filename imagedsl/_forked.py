@@ -19,6 +19,7 @@ import pickle
 import select
 import signal
 import struct
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Generic, TypeVar
@@ -38,11 +39,12 @@ class ChildDied(Exception):
 
 
 def can_fork(workers: int) -> bool:
-    """Whether ``workers`` children may be forked now: ``fork`` exists, more than one worker
-    is wanted, nothing has asked us not to, and this is the only thread."""
+    """Whether ``workers`` children may be forked now: on Linux (macOS's system libraries do
+    not survive a fork without an exec), more than one worker is wanted, nothing has asked us
+    not to, and this is the only thread."""
     return (
         workers > 1
-        and hasattr(os, "fork")
+        and sys.platform.startswith("linux")
         and os.environ.get(ENV_DISABLE, "1") != "0"
         and threading.active_count() == 1
     )
