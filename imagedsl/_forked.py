@@ -24,6 +24,10 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Generic, TypeVar
 
+import attrs
+
+from imagedsl.errors import EnvironmentFailure
+
 T = TypeVar("T")
 
 #: Set to ``0`` to never fork (jobs then run on threads, as where ``fork`` does not exist).
@@ -34,8 +38,22 @@ _STOP: Final = 0xFFFFFFFF
 _QUEUED: Final = 2
 
 
-class ChildDied(Exception):
-    """A child process ended without sending the result of the job it was running."""
+@attrs.define
+class WorkerDied(EnvironmentFailure):
+    """A forked worker ended without sending the result of the job it was running (killed:
+    by the kernel's out-of-memory killer, say). ``status``: its exit status, or minus the
+    signal that ended it."""
+
+    pid: int
+    status: int
+
+    def __str__(self) -> str:
+        how = (
+            f"was killed by signal {-self.status}"
+            if self.status < 0
+            else f"exited with status {self.status}"
+        )
+        return f"a worker process ({self.pid}) {how} before it finished its part of the build"
 
 
 def can_fork(workers: int) -> bool:
@@ -63,6 +81,7 @@ class ForkedJobs(Generic[T]):
         self._jobs = jobs
         self._next = 0
         self._results: dict[int, tuple[bool, Any]] = {}
+        self._died: WorkerDied | None = None
         #: Per child: [pid, task pipe, result pipe, the jobs it was handed, oldest first].
         self._children: list[list[Any]] = []
         try:
@@ -106,19 +125,20 @@ class ForkedJobs(Generic[T]):
         """The result of ``job`` (waiting for it); the exception it raised is raised here."""
         while job not in self._results:
             busy = {child[2]: child for child in self._children if child[3]}
-            if not busy:
-                raise ChildDied(f"job {job} was never run")
+            if not busy:  # every child died before this job was handed out
+                assert self._died is not None, f"job {job} was never handed out"
+                raise self._died
             ready, _, _ = select.select(list(busy), [], [])
             for fd in ready:
                 child = busy[fd]
                 message = _receive(fd)
-                if message is None:
+                if message is None:  # it died: so did every job it held
                     pid, status = os.waitpid(child[0], 0)
                     child[0] = 0
-                    raise ChildDied(
-                        f"a worker process ({pid}) ended with status "
-                        f"{os.waitstatus_to_exitcode(status)} while running job {child[3][0]}"
-                    )
+                    died = self._died = WorkerDied(pid, os.waitstatus_to_exitcode(status))
+                    self._results.update((lost, (False, died)) for lost in child[3])
+                    child[3] = []
+                    continue
                 self._results[child[3].pop(0)] = pickle.loads(message)
                 self._assign(child)
         ok, value = self._results.pop(job)
@@ -203,4 +223,4 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
     return b"".join(parts)
 
 
-__all__ = ["ENV_DISABLE", "ChildDied", "ForkedJobs", "can_fork"]
+__all__ = ["ENV_DISABLE", "ForkedJobs", "WorkerDied", "can_fork"]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -12,8 +14,8 @@ import pytest
 
 from imagedsl import _filehash
 from imagedsl._filehash import BIG_FILE, hash_file, hash_files
-from imagedsl._forked import ChildDied, ForkedJobs, can_fork
-from imagedsl.errors import ContextError, InputError
+from imagedsl._forked import ForkedJobs, WorkerDied, can_fork
+from imagedsl.errors import ContextError, InputError, exit_code_of
 
 
 def _children() -> list[str]:
@@ -72,9 +74,25 @@ def test_a_job_s_exception_is_raised_where_its_result_is_asked_for() -> None:
 
 
 def test_a_child_that_dies_is_reported_and_reaped() -> None:
-    """A child that ends without a result (killed, or ``os._exit``) fails that job."""
-    with ForkedJobs([lambda: os._exit(3)], 2) as forked, pytest.raises(ChildDied, match="status 3"):
-        forked.result(0)
+    """A child that ends without a result (killed, or ``os._exit``) fails the build with an
+    error of the environment (exit status 1) saying how it ended."""
+
+    def killed() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with ForkedJobs([lambda: os._exit(3), killed], 2) as forked:
+        with pytest.raises(WorkerDied, match=r"exited with status 3") as raised:
+            forked.result(0)
+        assert exit_code_of(raised.value) == 1
+        with pytest.raises(WorkerDied, match=r"was killed by signal 9"):
+            forked.result(1)
+    assert not _children()
+    # Both children die; the jobs never handed out fail too, rather than wait forever.
+    jobs: list[Callable[[], object]] = [killed, killed, *(lambda: n for n in range(4))]
+    with ForkedJobs(jobs, 2) as every:
+        for job in (5, 0, 1, 2, 3, 4):
+            with pytest.raises(WorkerDied):
+                every.result(job)
     assert not _children()
 
 
