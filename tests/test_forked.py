@@ -88,7 +88,7 @@ def test_a_child_that_dies_is_reported_and_reaped() -> None:
             forked.result(1)
     assert not _children()
     # Both children die; the jobs never handed out fail too, rather than wait forever.
-    jobs: list[Callable[[], object]] = [killed, killed, *(lambda: n for n in range(4))]
+    jobs: list[Callable[[], object]] = [killed, killed, *(lambda n=n: n for n in range(4))]
     with ForkedJobs(jobs, 2) as every:
         for job in (5, 0, 1, 2, 3, 4):
             with pytest.raises(WorkerDied):
