@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import os
 import posixpath
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Final
@@ -27,6 +26,14 @@ import blake3
 from imagedsl._cores import cores
 from imagedsl._filehash import BIG_FILE, hash_file
 from imagedsl._ignore import IgnoreRules
+from imagedsl._layerparts import (
+    AUTO_PARTS,
+    LARGE_COPY,
+    LARGE_FILE,
+    AutoAssign,
+    pack_parts,
+    unpack_parts,
+)
 from imagedsl._statcache import (
     DIR_ENTRY,
     MODE,
@@ -198,39 +205,6 @@ def tree_digest(rows: Iterable[Row]) -> str:
     return digests[""]
 
 
-#: Basenames of dependency manifests and lock files: their own layer under layers="auto".
-MANIFEST_NAMES: Final = frozenset(
-    {
-        "Pipfile", "Pipfile.lock", "pyproject.toml", "poetry.lock", "uv.lock", "pdm.lock",
-        "setup.py", "setup.cfg", "package.json", "package-lock.json", "npm-shrinkwrap.json",
-        "yarn.lock", "pnpm-lock.yaml", "go.mod", "go.sum", "Cargo.toml", "Cargo.lock",
-        "Gemfile", "Gemfile.lock", "composer.json", "composer.lock", "pom.xml",
-        "build.gradle", "build.gradle.kts", "settings.gradle", "settings.gradle.kts",
-        "gradle.lockfile", "mix.exs", "mix.lock", "pubspec.yaml", "pubspec.lock",
-        "packages.lock.json", "Podfile.lock",
-    }
-)  # fmt: skip
-_MANIFEST_PATTERN: Final = re.compile(r"(requirements|constraints)([-_.][\w.-]*)?\.(txt|in)\Z")
-
-
-def is_manifest(name: str) -> bool:
-    """Whether a basename is a dependency manifest or lock file (``requirements-dev.txt``
-    too): the files a dependency install reads."""
-    return name in MANIFEST_NAMES or _MANIFEST_PATTERN.match(name) is not None
-
-
-#: A COPY from the context with ``layers=None`` is split as ``layers="auto"`` when the files
-#: it selects hold at least this many bytes: an edit then rewrites (and pushes) one small
-#: layer instead of recompressing the whole copy.
-LARGE_COPY: Final = 64 << 20
-#: layers="auto": files at least this big are "large"; buckets aim at these sizes.
-LARGE_FILE: Final = 1 << 20
-_LARGE_BUCKET: Final = 64 << 20
-_FILES_BUCKET: Final = 8 << 20
-_MAX_LARGE_BUCKETS: Final = 4
-_MAX_FILES_BUCKETS: Final = 32
-
-
 def partition_tree(tree: Tree, layers: str | Sequence[Sequence[str]]) -> list[tuple[str, Tree]]:
     """Split a tree into named layer parts (empty parts are dropped, order is fixed).
 
@@ -260,7 +234,7 @@ def _partition_rows(
     if layers == "auto":
         large_bytes = sum(row[4] for row in tree.rows if row[4] >= LARGE_FILE)
         rest_bytes = sum(row[4] for row in tree.rows if row[4] < LARGE_FILE)
-        assign = _AutoAssign(large_bytes, rest_bytes)
+        assign = AutoAssign(large_bytes, rest_bytes)
         for row in tree.rows:
             placed, _, kind, _, size, _ = row
             named.setdefault(AUTO_PARTS[assign(placed, kind, size)], []).append(row)
@@ -270,32 +244,6 @@ def _partition_rows(
         name = next((f"group-{i}" for i, r in enumerate(rules) if r.excludes(row[0])), "rest")
         named.setdefault(name, []).append(row)
     return named, [f"group-{i}" for i in range(len(rules))] + ["rest"]
-
-
-#: The parts of layers="auto", in layer order.
-AUTO_PARTS: Final = (
-    "manifests",
-    *(f"large-{i}" for i in range(_MAX_LARGE_BUCKETS)),
-    *(f"files-{i}" for i in range(_MAX_FILES_BUCKETS)),
-)
-
-
-class _AutoAssign:
-    """layers="auto": the part (an index into :data:`AUTO_PARTS`) of one entry, by its placed
-    path, type and size; the bucket counts follow the bytes involved."""
-
-    def __init__(self, large_bytes: int, rest_bytes: int) -> None:
-        self.large = _bucket_count(large_bytes, _LARGE_BUCKET, _MAX_LARGE_BUCKETS)
-        self.rest = _bucket_count(rest_bytes, _FILES_BUCKET, _MAX_FILES_BUCKETS)
-
-    def __call__(self, placed: str, kind: str, size: int) -> int:
-        if kind == "file":
-            base = placed.rpartition("/")[2]
-            if is_manifest(base):
-                return 0
-            if size >= LARGE_FILE:
-                return 1 + _bucket(placed, self.large)
-        return 1 + _MAX_LARGE_BUCKETS + _bucket(placed, self.rest)
 
 
 def _placed(
@@ -352,7 +300,7 @@ class _PartRows:
         selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
         dest_is_dir: bool,
         parents: bool,
-        assign: _AutoAssign,
+        assign: AutoAssign,
     ) -> None:
         self._rows_of = rows_of
         self._root = root
@@ -427,30 +375,6 @@ class _Split:
         if self._rows is None:
             self._rows = _partition_rows(self._tree, self._layers)[0]
         return tuple(self._rows.get(name, ())) or self._tree.rows
-
-
-def _pack_parts(digests: dict[int, bytes]) -> bytes:
-    """Part digests in a few bytes: (part index, 32-byte digest) per part, by index."""
-    return b"".join(bytes([part]) + digests[part] for part in sorted(digests))
-
-
-def _unpack_parts(packed: bytes) -> dict[int, bytes]:
-    return {packed[i]: packed[i + 1 : i + 33] for i in range(0, len(packed), 33)}
-
-
-def _bucket_count(total: int, target: int, cap: int) -> int:
-    count = 1
-    while count * 2 <= cap and total >= count * 2 * target:
-        count *= 2
-    return count
-
-
-@functools.lru_cache(maxsize=1 << 17)
-def _bucket(path: str, buckets: int) -> int:
-    if buckets == 1:
-        return 0
-    digest = blake3.blake3(path.encode("utf-8", "surrogateescape")).digest(length=8)
-    return int.from_bytes(digest, "big") % buckets
 
 
 class ContextHasher:
@@ -600,7 +524,7 @@ class ContextHasher:
                         rest += entry[SIZE]
         if not split_small and large + rest < LARGE_COPY:
             return None
-        assign = _AutoAssign(large, rest)
+        assign = AutoAssign(large, rest)
         deepest_first, subtree = self._subtrees[(probe, base)]
         key = f"{memo}\0{assign.large}\0{assign.rest}"
         before: Mapping[str, tuple[bytes, bytes]] = cache.part_subtrees(key)
@@ -614,7 +538,7 @@ class ContextHasher:
                 name = path.rpartition("/")[2]
                 kind = entry[TYPE]
                 if kind == "dir":
-                    inside = _unpack_parts(now[path][1])
+                    inside = unpack_parts(now[path][1])
                     inside.setdefault(assign(path[cut:], kind, 0), empty)
                     for part, digest in inside.items():
                         records.setdefault(part, []).append(
@@ -631,11 +555,11 @@ class ContextHasher:
                 part: bytes.fromhex(_directory_digest(found, top=top))
                 for part, found in records.items()
             }
-            now[directory] = (subtree[directory], _pack_parts(digests))
+            now[directory] = (subtree[directory], pack_parts(digests))
         if changed:
             cache.keep_part_subtrees(key, now)
             self._dirty.add(root)
-        parts = _unpack_parts(now[base][1])
+        parts = unpack_parts(now[base][1])
         if not parts:  # an empty selection still makes one (empty) layer
             return [("files-0", tree)]
         selections, dest_is_dir, parents = self._whole_rows[tree.digest]

@@ -435,11 +435,12 @@ def test_incremental_layer_parts_equal_parts_from_scratch(
 ) -> None:
     """layers="auto" parts from a warm store (only changed directories hashed again) equal
     the parts partition_tree makes from all the rows with no store at all."""
-    from imagedsl import treehash
+    from imagedsl import _layerparts, treehash
 
     monkeypatch.setattr(treehash, "LARGE_FILE", 40)
-    monkeypatch.setattr(treehash, "_LARGE_BUCKET", 30)
-    monkeypatch.setattr(treehash, "_FILES_BUCKET", 20)
+    monkeypatch.setattr(_layerparts, "LARGE_FILE", 40)
+    monkeypatch.setattr(_layerparts, "_LARGE_BUCKET", 30)
+    monkeypatch.setattr(_layerparts, "_FILES_BUCKET", 20)
     paths = sorted(files)
     if any(a != b and b.startswith(a.removesuffix(".txt") + "/") for a in paths for b in paths):
         return  # a file and a directory of one name cannot both exist

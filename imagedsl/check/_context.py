@@ -19,11 +19,12 @@ import attrs
 import blake3
 
 from imagedsl import credentials
+from imagedsl._layerparts import is_manifest
 from imagedsl.check.catalogue import RULES
 from imagedsl.check.model import Finding
 from imagedsl.context import ContextSource
 from imagedsl.steps import Add, Copy, Run
-from imagedsl.treehash import Tree, is_manifest
+from imagedsl.treehash import Tree
 
 if TYPE_CHECKING:
     from imagedsl.graph import StepNode
