@@ -31,7 +31,7 @@ EntryType = Literal["file", "dir", "symlink"]
 #: A file changed this recently may change again within one timestamp tick unnoticed; such
 #: entries are hashed but not trusted from the stat cache next time (git's "racy clean").
 RACY_NS: Final = 50_000_000
-STATCACHE_VERSION: Final = 4
+STATCACHE_VERSION: Final = 5
 
 
 class StatCacheStore(Protocol):
@@ -56,6 +56,10 @@ MTIME: Final = 3
 CTIME: Final = 4
 TARGET: Final = 6
 DIR_ENTRY: Final[Entry] = ("dir", 0o755, 0, 0, 0, 0, "")
+#: What a directory copied whole keeps per subdirectory between runs: (subtree signature,
+#: Merkle digest, shape (the digest without contents), bytes of files of LARGE_FILE or more,
+#: bytes of the other files), the last three of the whole subtree.
+Subtree = tuple[bytes, str, bytes, int, int]
 
 
 def normalised_mode(entry_type: EntryType, st_mode: int) -> int:
@@ -99,7 +103,7 @@ class RootCache:
     source: StatCacheStore | None
     signatures: dict[str, bytes]
     trees: dict[str, str]
-    subtrees: dict[str, dict[str, tuple[bytes, str]]]
+    subtrees: dict[str, dict[str, Subtree]]
     #: Per (tree digest, layer spec): the layer parts' names and digests, or None for a tree
     #: copied as one layer (a tree digest fixes the rows, so it fixes their partition).
     partitions: dict[str, list[tuple[str, str]] | None] = attrs.field(factory=dict)
@@ -379,7 +383,7 @@ def add_missing_parents(root: str, start: str, found: dict[str, Entry]) -> bool:
     return added
 
 
-_Kept = TypeVar("_Kept", bound=tuple[bytes, object])
+_Kept = TypeVar("_Kept", bound=tuple[Any, ...])
 
 
 def unchanged_directories(

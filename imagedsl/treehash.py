@@ -46,6 +46,7 @@ from imagedsl._statcache import (
     EntryType,
     RootCache,
     StatCacheStore,
+    Subtree,
     add_missing_parents,
     entry_of,
     unchanged_directories,
@@ -65,6 +66,8 @@ _MAX_SYMLINKS: Final = 40
 #: The tree of wildcards none of which matched: BuildKit copies nothing, not even the
 #: destination (an empty directory's copy makes it), so it is not the empty directory's tree.
 NOTHING_MATCHED: Final = blake3.blake3(b"imagedsl.tree.v2\0nothing matched\0").hexdigest()
+#: The domain of a directory's shape (:attr:`Tree.shape`): its records without contents.
+_SHAPE: Final = b"imagedsl.shape.v1\0"
 #: A tree row: (placed, source, type, mode, size, digest), the tuple form of a TreeEntry.
 Row = tuple[str, str, str, int, int, str]
 
@@ -111,6 +114,15 @@ class Tree:
     #: Its bytes without building its rows (``plan --json`` shows them), or None: sum the rows.
     _size_of: Callable[[], int] | None = attrs.field(
         default=None, eq=False, repr=False, alias="size_of"
+    )
+    #: When known without rows (a directory copied whole, its layers="auto" parts): a digest
+    #: of everything in the rows but file contents (placed and source paths, types, modes,
+    #: sizes). A content-only edit keeps it, so what reads no content (or few files'
+    #: contents, checked with ``content_of``) can be memoised by it.
+    shape: str | None = attrs.field(default=None, eq=False, repr=False, kw_only=True)
+    #: With ``shape``: the content digest of the file at a source path (None: no such file).
+    content_of: Callable[[str], str | None] | None = attrs.field(
+        default=None, eq=False, repr=False, kw_only=True
     )
 
     @classmethod
@@ -331,9 +343,12 @@ class _PartRows:
         return _file_bytes(e for _, e in self._group(part).values())
 
 
-def _listed_size(directories: Mapping[str, Mapping[str, Entry]]) -> int:
-    """The bytes of the regular files of a directory copied whole, from its listings."""
-    return _file_bytes(e for entries in directories.values() for e in entries.values())
+def _shape_of(memo: str, shape: bytes, part: int | None = None) -> str:
+    """:attr:`Tree.shape` of a directory copied whole (by its hasher memo: selection,
+    placement) or of one of its layers="auto" parts."""
+    selection = blake3.blake3(memo.encode("utf-8", "surrogateescape")).digest()
+    suffix = b"whole" if part is None else bytes([part])
+    return blake3.blake3(_SHAPE + selection + shape + suffix).hexdigest()
 
 
 def _file_bytes(entries: Iterable[Entry]) -> int:
@@ -460,11 +475,13 @@ class ContextHasher:
             digest = self._merkle(root, cache, probe, base, memo)
             self._wholes[digest] = (root, probe, base, memo)
             self._whole_rows[digest] = (selections, dest_is_dir, parents)
-            listed = cache.directories[probe]
+            _, _, shape, large, rest = cache.subtrees[memo][base]
             return Tree(
                 digest,
                 self._rows_later(root, selections, exclude, dest_is_dir, parents, digest),
-                size_of=functools.partial(_listed_size, listed),
+                size_of=functools.partial(int, large + rest),
+                shape=_shape_of(memo, shape),
+                content_of=functools.partial(self._content_of, root, probe),
             )
         known = cache.trees.get(memo)
         if known is not None and all(cache.unchanged(p) for p in probes):
@@ -514,14 +531,7 @@ class ContextHasher:
         root, probe, base, memo = whole
         cache = self._load_cache(root)
         directories = cache.directories[probe]
-        large = rest = 0
-        for entries in directories.values():
-            for entry in entries.values():
-                if entry[TYPE] == "file":
-                    if entry[SIZE] >= LARGE_FILE:
-                        large += entry[SIZE]
-                    else:
-                        rest += entry[SIZE]
+        _, _, shape, large, rest = cache.subtrees[memo][base]
         if not split_small and large + rest < LARGE_COPY:
             return None
         assign = AutoAssign(large, rest)
@@ -564,6 +574,9 @@ class ContextHasher:
             return [("files-0", tree)]
         selections, dest_is_dir, parents = self._whole_rows[tree.digest]
         grouped = _PartRows(self._rows_of, root, selections, dest_is_dir, parents, assign)
+        # The whole's shape fixes every entry's part (by placed path, type and size, with
+        # bucket counts from the sizes), so it fixes each part's shape.
+        content_of = functools.partial(self._content_of, root, probe)
         return [
             (
                 AUTO_PARTS[part],
@@ -571,6 +584,8 @@ class ContextHasher:
                     parts[part].hex(),
                     functools.partial(grouped.rows, part, parts[part].hex()),
                     size_of=functools.partial(grouped.size, part),
+                    shape=_shape_of(memo, shape, part),
+                    content_of=content_of,
                 ),
             )
             for part in sorted(parts)
@@ -797,22 +812,47 @@ class ContextHasher:
                 hasher.update(subtree[child])
             subtree[directory] = hasher.digest()
         self._subtrees[(probe, base)] = (deepest_first, subtree)
-        before_digests: Mapping[str, tuple[bytes, str]] = cache.subtrees.get(memo, {})
+        before_digests: Mapping[str, Subtree] = cache.subtrees.get(memo, {})
         now, changed = unchanged_directories(deepest_first, subtree, before_digests)
         contents = self._changed_contents(root, directories, changed)
         for directory in changed:  # deepest first: subdirectories are done before parents
             records = []
+            shapes = []
+            large = rest = 0
             for path, entry in directories[directory].items():
                 kind = entry[TYPE]
-                digest = now[path][1] if kind == "dir" else contents[path]
-                size = entry[SIZE] if kind == "file" else 0
-                records.append(_record(path.rpartition("/")[2], kind, entry[MODE], size, digest))
+                name = path.rpartition("/")[2]
+                if kind == "dir":
+                    _, digest, inner, inner_large, inner_rest = now[path]
+                    shapes.append(_record(name, kind, entry[MODE], 0, inner.hex()))
+                    large += inner_large
+                    rest += inner_rest
+                    size = 0
+                else:
+                    digest = contents[path]
+                    size = entry[SIZE] if kind == "file" else 0
+                    shapes.append(_record(name, kind, entry[MODE], size, ""))
+                    if size >= LARGE_FILE:
+                        large += size
+                    else:
+                        rest += size
+                records.append(_record(name, kind, entry[MODE], size, digest))
             top = directory == base
-            now[directory] = (subtree[directory], _directory_digest(records, top=top))
+            shape = blake3.blake3(_SHAPE + b"".join(sorted(shapes))).digest()
+            digest = _directory_digest(records, top=top)
+            now[directory] = (subtree[directory], digest, shape, large, rest)
         cache.subtrees[memo] = now
         if changed:
             self._dirty.add(root)
         return now[base][1]
+
+    def _content_of(self, root: str, probe: str, path: str) -> str | None:
+        """The content digest of one file of a scan (from the stat cache when valid)."""
+        listed = self._load_cache(root).directories[probe].get(path.rpartition("/")[0], {})
+        entry = listed.get(path)
+        if entry is None or entry[TYPE] != "file":
+            return None
+        return self._digests(root, ((path, entry),))[path]
 
     def _changed_contents(
         self, root: str, directories: Mapping[str, Mapping[str, Entry]], changed: Sequence[str]
