@@ -45,6 +45,7 @@ from imagedsl._statcache import (
     Entry,
     EntryType,
     RootCache,
+    ScanEntries,
     StatCacheStore,
     Subtree,
     add_missing_parents,
@@ -68,6 +69,10 @@ _MAX_SYMLINKS: Final = 40
 NOTHING_MATCHED: Final = blake3.blake3(b"imagedsl.tree.v2\0nothing matched\0").hexdigest()
 #: The domain of a directory's shape (:attr:`Tree.shape`): its records without contents.
 _SHAPE: Final = b"imagedsl.shape.v1\0"
+#: What a selector brings, in groups of (entries by context path, base): base is the
+#: directory placement is relative to, or None for a file selected by name (it lands by its
+#: base name). A directory's entries stay the scan's own mapping: no tuple per entry.
+Matches = list[tuple[Mapping[str, Entry], str | None]]
 #: A tree row: (placed, source, type, mode, size, digest), the tuple form of a TreeEntry.
 Row = tuple[str, str, str, int, int, str]
 
@@ -259,7 +264,7 @@ def _partition_rows(
 
 
 def _placed(
-    selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
+    selections: Sequence[tuple[Selector, Matches]],
     exclude: Sequence[str],
     dest_is_dir: bool,
     parents: bool,
@@ -268,7 +273,7 @@ def _placed(
     excluded = IgnoreRules.from_lines(exclude) if exclude else None
     placed: dict[str, tuple[str, Entry]] = {}
     for _, matches in selections:
-        for path, entry, base in matches:
+        for path, entry, base in _each_match(matches):
             if parents:
                 rel = path
             elif base is None:
@@ -281,15 +286,22 @@ def _placed(
     return placed
 
 
+def _each_match(matches: Matches) -> Iterator[tuple[str, Entry, str | None]]:
+    """(path, entry, base) for each entry a selector brings."""
+    for entries, base in matches:
+        for path, entry in entries.items():
+            yield path, entry, base
+
+
 def _into_directory(
     root: str,
     source: ContextSource,
-    selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
+    selections: Sequence[tuple[Selector, Matches]],
 ) -> bool:
     """Whether one wildcard copied to a path not ending in ``/`` copies into it: BuildKit
     copies each match in turn to the path, so matched files take its name (the last stays), a
     directory's contents go into it; both at once it refuses or nests by order: refused."""
-    kinds = {base is None for _, matches in selections for _, _, base in matches}
+    kinds = {base is None for _, matches in selections for entries, base in matches if entries}
     if kinds == {True, False}:
         raise ContextError(
             root,
@@ -309,7 +321,7 @@ class _PartRows:
         self,
         rows_of: Callable[[str, Mapping[str, tuple[str, Entry]]], tuple[Row, ...]],
         root: str,
-        selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
+        selections: Sequence[tuple[Selector, Matches]],
         dest_is_dir: bool,
         parents: bool,
         assign: AutoAssign,
@@ -360,7 +372,7 @@ def _as_planned(
     found: tuple[Row, ...],
     digest: str,
     root: str,
-    selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
+    selections: Sequence[tuple[Selector, Matches]],
 ) -> tuple[Row, ...]:
     """``found``, if its digest is the planned one: a file changed after the plan read it
     would otherwise put bytes other than the keyed ones in a layer."""
@@ -412,9 +424,7 @@ class ContextHasher:
         #: Trees of directories copied whole, by digest: (root, scan probe, base, memo).
         self._wholes: dict[str, tuple[str, str, str, str]] = {}
         #: For those trees: their selections, dest_is_dir and parents (to place entries).
-        self._whole_rows: dict[
-            str, tuple[Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]], bool, bool]
-        ] = {}
+        self._whole_rows: dict[str, tuple[Sequence[tuple[Selector, Matches]], bool, bool]] = {}
         #: Per (scan probe, base): directories deepest first, and their subtree signatures.
         self._subtrees: dict[tuple[str, str], tuple[list[str], dict[str, bytes]]] = {}
 
@@ -441,7 +451,7 @@ class ContextHasher:
         rules, rules_id = self._rules_for(context)
         cache = self._load_cache(root)
         probes: list[str] = []
-        selections: list[tuple[Selector, list[tuple[str, Entry, str | None]]]] = []
+        selections: list[tuple[Selector, Matches]] = []
         missing: list[str] = []
         for selector in source.selectors:
             matches = self._match(context, rules, rules_id, selector, probes)
@@ -620,19 +630,18 @@ class ContextHasher:
         rules_id: str,
         selector: Selector,
         probes: list[str],
-    ) -> list[tuple[str, Entry, str | None]] | None:
-        """(path, entry, base) for what a selector brings; base is the directory the placement
-        is relative to, or None for a file selected by name (it lands by its base name).
+    ) -> Matches | None:
+        """What a selector brings (:data:`Matches`).
 
         None when the selector names nothing (an empty directory brings nothing, but exists).
         """
         if selector.kind == "glob" or selector.path == ".":
             top = self._scan(context, rules, rules_id, "", probes)
             if selector.path == ".":
-                return [(path, entry, "") for path, entry in top.items()]
+                return [(top, "")]
             pattern = glob_regex(selector.path)
             depth = selector.path.count("/")
-            found: list[tuple[str, Entry, str | None]] = []
+            found: Matches = []
             matched = False
             for path in sorted(top):
                 if path.count("/") == depth and pattern.match(path):
@@ -701,11 +710,10 @@ class ContextHasher:
         path: str,
         entry: Entry,
         probes: list[str],
-    ) -> list[tuple[str, Entry, str | None]]:
+    ) -> Matches:
         if entry[TYPE] != "dir":
-            return [(path, entry, None)]
-        below = self._scan(context, rules, rules_id, path, probes)
-        return [(p, e, path) for p, e in below.items()]
+            return [({path: entry}, None)]
+        return [(self._scan(context, rules, rules_id, path, probes), path)]
 
     def _stat_one(
         self, context: Context, rules: IgnoreRules, rules_id: str, rel: str, probes: list[str]
@@ -728,7 +736,7 @@ class ContextHasher:
 
     def _scan(
         self, context: Context, rules: IgnoreRules, rules_id: str, start: str, probes: list[str]
-    ) -> dict[str, Entry]:
+    ) -> Mapping[str, Entry]:
         """Every entry under ``start`` (not ``start`` itself) that the rules keep."""
         probe = f"{rules_id}:dir:{start}"
         probes.append(probe)
@@ -737,18 +745,21 @@ class ContextHasher:
         if scanned is not None:
             return scanned
         root = context.root
-        listed = DirectoryLister(root, rules).run(start)
-        directories = {rel: listed[rel][0] for rel in sorted(listed)}
-        found: dict[str, Entry] = {}
-        for here in directories.values():
-            found.update(here)
-        check = bool(rules)
-        if check and add_missing_parents(root, start, found):
-            directories = {}  # re-included files bring parents no directory listed: no shortcut
+        listing = DirectoryLister(root, rules).run(start)
+        found: Mapping[str, Entry] = ScanEntries(listing)
+        if rules:
+            merged: dict[str, Entry] = {}
+            for directory in listing:
+                merged.update(listing[directory])
+            found = merged
+            if add_missing_parents(root, start, merged):
+                # Re-included files bring parents no directory listed: no shortcut.
+                cache.seen[probe] = merged
+                cache.directories[probe] = {}
+                return merged
         cache.seen[probe] = found
-        cache.directories[probe] = directories
-        if directories:
-            cache.known_signatures(probe, {rel: listed[rel][1] for rel in directories})
+        cache.directories[probe] = listing
+        cache.known_signatures(probe, listing.signatures)
         return found
 
     # -- hashing -----------------------------------------------------------------------------
@@ -756,7 +767,7 @@ class ContextHasher:
     def _rows_later(
         self,
         root: str,
-        selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
+        selections: Sequence[tuple[Selector, Matches]],
         exclude: Sequence[str],
         dest_is_dir: bool,
         parents: bool,
@@ -775,7 +786,7 @@ class ContextHasher:
     def _rows(
         self,
         root: str,
-        selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
+        selections: Sequence[tuple[Selector, Matches]],
         exclude: Sequence[str],
         dest_is_dir: bool,
         parents: bool = False,
