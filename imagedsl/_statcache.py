@@ -17,7 +17,7 @@ import marshal
 import os
 import posixpath
 import zlib
-from collections.abc import ItemsView, Iterator, Mapping, Sequence
+from collections.abc import ItemsView, Iterable, Iterator, Mapping, Sequence
 from stat import S_ISDIR, S_ISLNK, S_ISREG
 from typing import Any, Final, Literal, Protocol, TypeVar, cast
 
@@ -116,6 +116,8 @@ class RootCache:
     _directory_signatures: dict[str, dict[str, bytes]] = attrs.field(factory=dict)
     _shards: dict[int, dict[str, tuple[Entry, str]]] = attrs.field(factory=dict)
     _dirty_shards: set[int] = attrs.field(factory=set)
+    #: Per scan probe: directories whose entries cannot be racy (:meth:`settle`).
+    _settled: dict[str, set[str]] = attrs.field(factory=dict)
     #: Per directory copied whole and split into layers: each subdirectory's (signature,
     #: its digest in each layer part), in the ``parts`` file, read on first use.
     _part_subtrees: dict[str, dict[str, tuple[bytes, bytes]]] | None = None
@@ -198,14 +200,35 @@ class RootCache:
         self.shard_of(path)[path] = (entry, digest)
         self._dirty_shards.add(_shard(path))
 
+    def settle(self, probe: str, directories: Iterable[str]) -> None:
+        """Note directories of a scan whose whole subtree is as a saved memo has it: saved
+        only when none of their entries was racy, they hold none now (later, and the same)."""
+        self._settled.setdefault(probe, set()).update(directories)
+
+    def _unsettled(self, probe: str) -> Iterable[tuple[str, Entry]]:
+        """The entries a probe saw, but those of settled directories."""
+        seen = self.seen[probe]
+        settled = self._settled.get(probe)
+        if not settled or not isinstance(seen, ScanEntries):
+            return seen.items()
+        listing = seen.listing
+        return (
+            pair
+            for directory in listing
+            if directory not in settled
+            for pair in listing[directory].items()
+        )
+
     def save(self, target: StatCacheStore, racy_after_ns: int) -> None:
         """Write what changed. Racily clean files (changed within the last tick before this
         run began) are left out, with the probes and directories that saw them, so the next
         run looks at them again however equal their stat values seem."""
         signatures = dict(self.signatures)
         racy: set[str] = set()
-        for probe, seen in self.seen.items():
-            late = [p for p, e in seen.items() if max(e[MTIME], e[CTIME]) >= racy_after_ns]
+        for probe in self.seen:
+            late = [
+                p for p, e in self._unsettled(probe) if max(e[MTIME], e[CTIME]) >= racy_after_ns
+            ]
             if late:
                 racy.update(late)
                 signatures.pop(probe, None)
@@ -239,7 +262,7 @@ class RootCache:
         target.save_stat_cache(self.root, "index", _pack(self.root, index))
         if parts is not None and self._parts_dirty:
             target.save_stat_cache(self.root, "parts", _pack(self.root, parts))
-        live = {path for seen in self.seen.values() for path in seen}
+        seen_now = list(self.seen.values())
         covered = tuple(
             "" if probe.endswith(":dir:") else probe.partition(":dir:")[2] + "/"
             for probe in self.seen
@@ -250,7 +273,7 @@ class RootCache:
             kept = {
                 path: pair
                 for path, pair in self._shards[number].items()
-                if path in live or not path.startswith(covered)
+                if not path.startswith(covered) or any(path in seen for seen in seen_now)
             }
             target.save_stat_cache(self.root, f"digests-{number}", _pack(self.root, kept))
 
@@ -434,38 +457,76 @@ class DirectoryLister:
         prefix = f"{rel}/" if rel else ""
         here: dict[str, Entry] = {}
         below: list[str] = []
+        directory = os.path.join(root, rel) if rel else root
         try:
-            iterator = os.scandir(os.path.join(root, rel) if rel else root)
+            # Entries are stat'ed relative to the directory (fstatat): the kernel walks one
+            # name per entry instead of the whole path, which is most of a scan's time.
+            fd = os.open(directory, _DIRECTORY)
         except NotADirectoryError:
             return here, below
         except PermissionError as error:
             raise ContextError(root, problem=f"cannot read {rel or '.'}: {error}") from None
-        with iterator:
-            for dirent in iterator:
-                path = prefix + dirent.name
-                if check and excludes(path):
-                    if dirent.is_dir(follow_symlinks=False) and rules.may_include_under(path):
+        try:
+            with os.scandir(fd) as iterator:
+                for dirent in iterator:
+                    path = prefix + dirent.name
+                    if check and excludes(path):
+                        if dirent.is_dir(follow_symlinks=False) and rules.may_include_under(path):
+                            below.append(path)
+                        continue
+                    try:
+                        st = dirent.stat(follow_symlinks=False)
+                    except OSError as error:  # named by its whole path, as os.lstat names it
+                        raise _renamed(error, directory, dirent.name) from None
+                    mode = st.st_mode
+                    kind = mode & _S_IFMT
+                    if kind == _S_IFREG:
+                        here[path] = (
+                            "file",
+                            0o755 if mode & 0o111 else 0o644,
+                            st.st_size,
+                            st.st_mtime_ns,
+                            st.st_ctime_ns,
+                            st.st_ino,
+                            "",
+                        )
+                    elif kind == _S_IFDIR:
+                        here[path] = DIR_ENTRY
                         below.append(path)
-                    continue
-                st = dirent.stat(follow_symlinks=False)
-                mode = st.st_mode
-                if S_ISREG(mode):
-                    here[path] = (
-                        "file",
-                        0o755 if mode & 0o111 else 0o644,
-                        st.st_size,
-                        st.st_mtime_ns,
-                        st.st_ctime_ns,
-                        st.st_ino,
-                        "",
-                    )
-                elif S_ISDIR(mode):
-                    here[path] = DIR_ENTRY
-                    below.append(path)
-                elif S_ISLNK(mode):
-                    here[path] = ("symlink", 0o777, 0, 0, 0, 0, os.readlink(dirent.path))
-                # sockets, fifos and devices are never build inputs
+                    elif kind == _S_IFLNK:
+                        try:
+                            target = os.readlink(dirent.name, dir_fd=fd)
+                        except OSError as error:
+                            raise _renamed(error, directory, dirent.name) from None
+                        here[path] = ("symlink", 0o777, 0, 0, 0, 0, target)
+                    # sockets, fifos and devices are never build inputs
+        finally:
+            os.close(fd)
         return here, below
+
+
+def _widen(pipe: int) -> None:
+    """Let a pipe hold 1 MiB (Linux), so the child's message crosses in a few writes."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(pipe, fcntl.F_SETPIPE_SZ, 1 << 20)
+    except (ImportError, AttributeError, OSError):
+        pass  # the default size only costs more round trips
+
+
+def _renamed(error: OSError, directory: str, name: str) -> OSError:
+    """``error`` of a call on ``name`` in ``directory``, naming the whole path."""
+    return type(error)(error.errno, error.strerror, os.path.join(directory, name))
+
+
+#: open(2) flags of a directory to list; the file type bits of st_mode (S_ISREG and the rest,
+#: without a call per entry).
+_DIRECTORY: Final = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+_S_IFMT: Final = 0o170000
+_S_IFREG: Final = 0o100000
+_S_IFDIR: Final = 0o040000
+_S_IFLNK: Final = 0o120000
 
 
 @attrs.frozen
@@ -486,6 +547,7 @@ class _Worker:
             pipe, tell = os.pipe()
         except OSError:
             return None
+        _widen(pipe)
         try:
             pid = os.fork()
         except OSError:

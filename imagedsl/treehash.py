@@ -825,6 +825,7 @@ class ContextHasher:
         self._subtrees[(probe, base)] = (deepest_first, subtree)
         before_digests: Mapping[str, Subtree] = cache.subtrees.get(memo, {})
         now, changed = unchanged_directories(deepest_first, subtree, before_digests)
+        cache.settle(probe, now)
         contents = self._changed_contents(root, directories, changed)
         for directory in changed:  # deepest first: subdirectories are done before parents
             records = []
