@@ -309,25 +309,20 @@ def directory_signature(entries: dict[str, Entry]) -> bytes:
 
 #: A scan that has seen this many entries with directories still to list forks a second
 #: lister for half of those (:meth:`DirectoryLister.run`).
-FORK_AFTER: Final = 8192
+FORK_AFTER: Final = 2048
 
 
 class Listing(Mapping[str, dict[str, Entry]]):
     """What a scan listed: directory (relative path) -> its entries that the rules keep, by
-    directory path; and each directory's :func:`directory_signature`.
+    path; and each directory's :func:`directory_signature`.
 
-    The directories a forked lister listed arrive as their signatures' marshalled bytes, and
-    are unmarshalled when first read: a warm plan compares signatures and reads none."""
+    A directory's entries are kept as the marshalled bytes its signature hashes, and
+    unmarshalled when first read: a warm plan compares signatures and reads none."""
 
-    def __init__(
-        self,
-        listed: dict[str, dict[str, Entry]],
-        packed: dict[str, bytes],
-        signatures: dict[str, bytes],
-    ) -> None:
-        self._listed = listed
+    def __init__(self, packed: dict[str, bytes], signatures: dict[str, bytes]) -> None:
+        self._listed: dict[str, dict[str, Entry]] = {}
         self._packed = packed
-        self._order = sorted([*listed, *packed])
+        self._order = sorted(packed)
         self.signatures = signatures
 
     def __getitem__(self, directory: str) -> dict[str, Entry]:
@@ -408,7 +403,7 @@ class DirectoryLister:
         gc.disable()
         worker: _Worker | None = None
         try:
-            listed: dict[str, dict[str, Entry]] = {}
+            packed: dict[str, bytes] = {}
             signatures: dict[str, bytes] = {}
             todo = [start]
             seen = 0
@@ -419,35 +414,39 @@ class DirectoryLister:
                     worker = _Worker.start(self, todo[1::2]) if fork_is_safe() else None
                     if worker is not None:
                         del todo[1::2]
-                rel = todo.pop()
-                here, below = self.list(rel)
-                seen += len(here)
-                listed[rel] = here
-                signatures[rel] = directory_signature(here)
-                todo.extend(below)
-            packed: dict[str, bytes] = {}
+                seen += self._list_into(todo.pop(), todo, packed, signatures)
             if worker is not None:
-                packed = worker.finish()
+                theirs, their_signatures = worker.finish()
                 worker = None
-                for rel, data in packed.items():
-                    signatures[rel] = blake3.blake3(data).digest()
-            return Listing(listed, packed, signatures)
+                packed.update(theirs)
+                signatures.update(their_signatures)
+            return Listing(packed, signatures)
         finally:
             if worker is not None:  # this process failed first: the child is not waited for
                 worker.abandon()
             if collecting:
                 gc.enable()
 
-    def list_packed(self, todo: list[str]) -> dict[str, bytes]:
-        """Each directory of ``todo`` and below, its entries marshalled as its signature
-        hashes them (what a forked lister sends)."""
+    def list_packed(self, todo: list[str]) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        """Each directory of ``todo`` and below: its entries marshalled, and its signature
+        (what a forked lister sends)."""
         packed: dict[str, bytes] = {}
+        signatures: dict[str, bytes] = {}
         while todo:
-            rel = todo.pop()
-            here, below = self.list(rel)
-            packed[rel] = marshal.dumps(here, 2)
-            todo.extend(below)
-        return packed
+            self._list_into(todo.pop(), todo, packed, signatures)
+        return packed, signatures
+
+    def _list_into(
+        self, rel: str, todo: list[str], packed: dict[str, bytes], signatures: dict[str, bytes]
+    ) -> int:
+        """List one directory: its entries, marshalled as :func:`directory_signature` hashes
+        them, into ``packed``; its signature; its subdirectories onto ``todo``. Its entries
+        are then freed (a warm plan reads none): they never burden the garbage collector."""
+        here, below = self.list(rel)
+        data = packed[rel] = marshal.dumps(here, 2)
+        signatures[rel] = blake3.blake3(data).digest()
+        todo.extend(below)
+        return len(here)
 
     def list(self, rel: str) -> tuple[dict[str, Entry], list[str]]:
         """One directory's entries that the rules keep, and the directories to list next."""
@@ -567,7 +566,7 @@ class _Worker:
         os.close(tell)
         return cls(lister, list(given), pid, pipe)
 
-    def finish(self) -> dict[str, bytes]:
+    def finish(self) -> tuple[dict[str, bytes], dict[str, bytes]]:
         """What the child listed (or, if it failed, what this process lists in its place)."""
         chunks = []
         try:
@@ -582,7 +581,7 @@ class _Worker:
             except (ValueError, EOFError, TypeError):
                 pass
             else:
-                if isinstance(found, dict):
+                if isinstance(found, tuple) and len(found) == 2:
                     return found
         return self.lister.list_packed(list(self.given))
 
