@@ -17,9 +17,9 @@ import marshal
 import os
 import posixpath
 import zlib
-from collections.abc import ItemsView, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, Sequence
 from stat import S_ISDIR, S_ISLNK, S_ISREG
-from typing import Any, Final, Literal, Protocol, TypeVar, cast
+from typing import Any, Final, Generic, Literal, Protocol, TypeVar, cast
 
 import attrs
 import blake3
@@ -33,7 +33,7 @@ EntryType = Literal["file", "dir", "symlink"]
 #: A file changed this recently may change again within one timestamp tick unnoticed; such
 #: entries are hashed but not trusted from the stat cache next time (git's "racy clean").
 RACY_NS: Final = 50_000_000
-STATCACHE_VERSION: Final = 5
+STATCACHE_VERSION: Final = 6
 
 
 class StatCacheStore(Protocol):
@@ -62,6 +62,8 @@ DIR_ENTRY: Final[Entry] = ("dir", 0o755, 0, 0, 0, 0, "")
 #: Merkle digest, shape (the digest without contents), bytes of files of LARGE_FILE or more,
 #: bytes of the other files), the last three of the whole subtree.
 Subtree = tuple[bytes, str, bytes, int, int]
+#: What a directory keeps between runs: its subtree signature first.
+_Kept = TypeVar("_Kept", bound=tuple[Any, ...])
 
 
 def normalised_mode(entry_type: EntryType, st_mode: int) -> int:
@@ -96,19 +98,27 @@ class RootCache:
 
     The ``index`` is read by every plan: per probe (a directory scan or a single stat) a
     digest of what it saw last run; per selection its tree digest; and per directory copied
-    whole, each subdirectory's (signature, Merkle digest). File digests (the entry each file
-    had when hashed, and its content digest) live in ``digests-N`` shards by directory, read
-    only for directories that changed and rewritten only where a file was hashed.
+    whole (and per layer split of one) what its top directory kept (:class:`DirectoryMemos`:
+    every subdirectory's is in a part of its own, read when something changed). File digests
+    (the entry each file had when hashed, and its content digest) live in ``digests-N``
+    shards by directory, read only for directories that changed and rewritten only where a
+    file was hashed.
     """
 
     root: str
     source: StatCacheStore | None
     signatures: dict[str, bytes]
     trees: dict[str, str]
-    subtrees: dict[str, dict[str, Subtree]]
     #: Per (tree digest, layer spec): the layer parts' names and digests, or None for a tree
     #: copied as one layer (a tree digest fixes the rows, so it fixes their partition).
     partitions: dict[str, list[tuple[str, str]] | None] = attrs.field(factory=dict)
+    subtree_tops: dict[str, tuple[str, Subtree]] = attrs.field(factory=dict)
+    part_tops: dict[str, tuple[str, tuple[bytes, bytes]]] = attrs.field(factory=dict)
+    #: Per directory copied whole: each subdirectory's :data:`Subtree`.
+    subtrees: DirectoryMemos[Subtree] = attrs.field(init=False)
+    #: Per directory copied whole and split into layers: each subdirectory's (signature,
+    #: its digest in each layer part).
+    part_subtrees: DirectoryMemos[tuple[bytes, bytes]] = attrs.field(init=False)
     #: What this run's probes saw, all together and (for scans) per directory.
     seen: dict[str, Mapping[str, Entry]] = attrs.field(factory=dict)
     directories: dict[str, Mapping[str, dict[str, Entry]]] = attrs.field(factory=dict)
@@ -118,10 +128,12 @@ class RootCache:
     _dirty_shards: set[int] = attrs.field(factory=set)
     #: Per scan probe: directories whose entries cannot be racy (:meth:`settle`).
     _settled: dict[str, set[str]] = attrs.field(factory=dict)
-    #: Per directory copied whole and split into layers: each subdirectory's (signature,
-    #: its digest in each layer part), in the ``parts`` file, read on first use.
-    _part_subtrees: dict[str, dict[str, tuple[bytes, bytes]]] | None = None
-    _parts_dirty: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        self.subtrees = DirectoryMemos(self._load_part, "subtrees", _MAX_MEMOS, self.subtree_tops)
+        self.part_subtrees = DirectoryMemos(
+            self._load_part, "parts", _MAX_PART_MEMOS, self.part_tops
+        )
 
     @classmethod
     def load(cls, source: StatCacheStore | None, root: str) -> RootCache:
@@ -129,11 +141,26 @@ class RootCache:
         index = _unpack(source.load_stat_cache(root, "index") if source else None, root)
         if not (
             isinstance(index, tuple)
-            and len(index) == 4
+            and len(index) == 5
             and all(isinstance(part, dict) for part in index)
         ):
-            return cls(root, source, {}, {}, {})
-        return cls(root, source, index[0], index[1], index[2], index[3])
+            return cls(root, source, {}, {})
+        signatures, trees, tops, partitions, part_tops = index
+        return cls(
+            root,
+            source,
+            signatures,
+            trees,
+            partitions=partitions,
+            subtree_tops=tops,
+            part_tops=part_tops,
+        )
+
+    def _load_part(self, part: str) -> Any:
+        """One saved part's value (None: missing or damaged)."""
+        return _unpack(
+            self.source.load_stat_cache(self.root, part) if self.source else None, self.root
+        )
 
     def unchanged(self, probe: str) -> bool:
         """Whether a probe saw exactly what it saw last run."""
@@ -178,23 +205,6 @@ class RootCache:
             shard = self._shards[number] = loaded if isinstance(loaded, dict) else {}
         return shard
 
-    def part_subtrees(self, memo: str) -> dict[str, tuple[bytes, bytes]]:
-        """What :meth:`keep_part_subtrees` kept last time under ``memo``."""
-        if self._part_subtrees is None:
-            data = self.source.load_stat_cache(self.root, "parts") if self.source else None
-            loaded = _unpack(data, self.root)
-            self._part_subtrees = loaded if isinstance(loaded, dict) else {}
-        found = self._part_subtrees.get(memo)
-        return found if isinstance(found, dict) else {}
-
-    def keep_part_subtrees(self, memo: str, subtrees: dict[str, tuple[bytes, bytes]]) -> None:
-        """Keep, under ``memo``, each directory's (subtree signature, per-part digests)."""
-        self.part_subtrees(memo)
-        assert self._part_subtrees is not None
-        self._part_subtrees.pop(memo, None)
-        self._part_subtrees[memo] = subtrees
-        self._parts_dirty = True
-
     def remember(self, path: str, entry: Entry, digest: str) -> None:
         """Note a file's content digest for the entry it had when hashed."""
         self.shard_of(path)[path] = (entry, digest)
@@ -234,10 +244,6 @@ class RootCache:
                 signatures.pop(probe, None)
             else:
                 signatures[probe] = self.signature(probe)
-        subtrees = dict(list(self.subtrees.items())[-_MAX_MEMOS:])
-        parts = self._part_subtrees
-        if parts is not None:
-            parts = dict(list(parts.items())[-_MAX_PART_MEMOS:])
         if racy:
             late_dirs = {path.rpartition("/")[0] for path in racy}
 
@@ -247,21 +253,18 @@ class RootCache:
                     for late in late_dirs
                 )
 
-            for memo, directories in subtrees.items():
-                subtrees[memo] = {d: pair for d, pair in directories.items() if fresh(d)}
-            if parts is not None:
-                for memo, held in parts.items():
-                    parts[memo] = {d: pair for d, pair in held.items() if fresh(d)}
-                self._parts_dirty = True
+            self.subtrees.keep_fresh(fresh)
+            self.part_subtrees.keep_fresh(fresh)
             for path in racy:
                 self.shard_of(path).pop(path, None)
                 self._dirty_shards.add(_shard(path))
         trees = dict(list(self.trees.items())[-_MAX_MEMOS:])
         partitions = dict(list(self.partitions.items())[-_MAX_MEMOS:])
-        index = (signatures, trees, subtrees, partitions)
+        tops, part_tops = self.subtrees.kept_tops(), self.part_subtrees.kept_tops()
+        index = (signatures, trees, tops, partitions, part_tops)
         target.save_stat_cache(self.root, "index", _pack(self.root, index))
-        if parts is not None and self._parts_dirty:
-            target.save_stat_cache(self.root, "parts", _pack(self.root, parts))
+        self.subtrees.save(target, self.root)
+        self.part_subtrees.save(target, self.root)
         seen_now = list(self.seen.values())
         covered = tuple(
             "" if probe.endswith(":dir:") else probe.partition(":dir:")[2] + "/"
@@ -276,6 +279,71 @@ class RootCache:
                 if not path.startswith(covered) or any(path in seen for seen in seen_now)
             }
             target.save_stat_cache(self.root, f"digests-{number}", _pack(self.root, kept))
+
+
+class DirectoryMemos(Generic[_Kept]):
+    """Per memo (a directory copied whole, or its layer split): what each of its directories
+    kept last run, in one stat-cache part read on first use; and what its top directory kept,
+    in the index every plan reads: all a warm plan needs, when the top's subtree signature
+    (over every directory below) is unchanged."""
+
+    def __init__(
+        self,
+        load: Callable[[str], Any],
+        part: str,
+        limit: int,
+        tops: dict[str, tuple[str, _Kept]],
+    ) -> None:
+        self._load = load
+        self._part = part
+        self._limit = limit
+        self._tops = tops
+        self._all: dict[str, dict[str, _Kept]] | None = None
+        self._dirty = False
+
+    def top(self, memo: str, directory: str) -> _Kept | None:
+        """What ``directory``, the top of ``memo``, kept last run."""
+        found = self._tops.get(memo)
+        return found[1] if found is not None and found[0] == directory else None
+
+    def get(self, memo: str) -> dict[str, _Kept]:
+        """What each directory of ``memo`` kept last run."""
+        found = self._loaded().get(memo)
+        return found if isinstance(found, dict) else {}
+
+    def keep(self, memo: str, top: str, kept: dict[str, _Kept]) -> None:
+        """Keep, under ``memo``, what each directory (and the top) has now."""
+        held = self._loaded()
+        held.pop(memo, None)
+        held[memo] = kept
+        self._tops.pop(memo, None)
+        self._tops[memo] = (top, kept[top])
+        self._dirty = True
+
+    def keep_fresh(self, fresh: Callable[[str], bool]) -> None:
+        """Forget what directories holding racy files kept (a part never read this run kept
+        nothing this run)."""
+        self._tops = {memo: top for memo, top in self._tops.items() if fresh(top[0])}
+        if self._all is not None:
+            for memo, kept in self._all.items():
+                self._all[memo] = {d: value for d, value in kept.items() if fresh(d)}
+            self._dirty = True
+
+    def kept_tops(self) -> dict[str, tuple[str, _Kept]]:
+        """The tops of the most recent memos, for the index."""
+        return dict(list(self._tops.items())[-self._limit :])
+
+    def save(self, target: StatCacheStore, root: str) -> None:
+        """Write the part, if anything in it changed."""
+        if self._all is not None and self._dirty:
+            kept = dict(list(self._all.items())[-self._limit :])
+            target.save_stat_cache(root, self._part, _pack(root, kept))
+
+    def _loaded(self) -> dict[str, dict[str, _Kept]]:
+        if self._all is None:
+            loaded = self._load(self._part)
+            self._all = loaded if isinstance(loaded, dict) else {}
+        return self._all
 
 
 def _pack(root: str, value: Any) -> bytes:
@@ -618,9 +686,6 @@ def add_missing_parents(root: str, start: str, found: dict[str, Entry]) -> bool:
                 added = True
             parent = posixpath.dirname(parent)
     return added
-
-
-_Kept = TypeVar("_Kept", bound=tuple[Any, ...])
 
 
 def unchanged_directories(

@@ -427,6 +427,8 @@ class ContextHasher:
         self._whole_rows: dict[str, tuple[Sequence[tuple[Selector, Matches]], bool, bool]] = {}
         #: Per (scan probe, base): directories deepest first, and their subtree signatures.
         self._subtrees: dict[tuple[str, str], tuple[list[str], dict[str, bytes]]] = {}
+        #: Per memo of a directory copied whole: its top directory's :data:`Subtree`.
+        self._tops: dict[str, Subtree] = {}
 
     # -- public ------------------------------------------------------------------------------
 
@@ -485,7 +487,7 @@ class ContextHasher:
             digest = self._merkle(root, cache, probe, base, memo)
             self._wholes[digest] = (root, probe, base, memo)
             self._whole_rows[digest] = (selections, dest_is_dir, parents)
-            _, _, shape, large, rest = cache.subtrees[memo][base]
+            _, _, shape, large, rest = self._tops[memo]
             return Tree(
                 digest,
                 self._rows_later(root, selections, exclude, dest_is_dir, parents, digest),
@@ -540,14 +542,48 @@ class ContextHasher:
         edit costs what it costs without parts). Equal to :func:`partition_tree`."""
         root, probe, base, memo = whole
         cache = self._load_cache(root)
-        directories = cache.directories[probe]
-        _, _, shape, large, rest = cache.subtrees[memo][base]
+        _, _, shape, large, rest = self._tops[memo]
         if not split_small and large + rest < LARGE_COPY:
             return None
         assign = AutoAssign(large, rest)
-        deepest_first, subtree = self._subtrees[(probe, base)]
+        subtree = self._subtrees[(probe, base)][1]
         key = f"{memo}\0{assign.large}\0{assign.rest}"
-        before: Mapping[str, tuple[bytes, bytes]] = cache.part_subtrees(key)
+        top = cache.part_subtrees.top(key, base)
+        if top is not None and top[0] == subtree[base]:
+            packed = top[1]  # nothing below changed: no directory's parts are read
+        else:
+            packed = self._changed_parts(root, probe, base, key, assign, top is None)
+        parts = unpack_parts(packed)
+        if not parts:  # an empty selection still makes one (empty) layer
+            return [("files-0", tree)]
+        selections, dest_is_dir, parents = self._whole_rows[tree.digest]
+        grouped = _PartRows(self._rows_of, root, selections, dest_is_dir, parents, assign)
+        # The whole's shape fixes every entry's part (by placed path, type and size, with
+        # bucket counts from the sizes), so it fixes each part's shape.
+        content_of = functools.partial(self._content_of, root, probe)
+        return [
+            (
+                AUTO_PARTS[part],
+                Tree(
+                    parts[part].hex(),
+                    functools.partial(grouped.rows, part, parts[part].hex()),
+                    size_of=functools.partial(grouped.size, part),
+                    shape=_shape_of(memo, shape, part),
+                    content_of=content_of,
+                ),
+            )
+            for part in sorted(parts)
+        ]
+
+    def _changed_parts(
+        self, root: str, probe: str, base: str, key: str, assign: AutoAssign, untopped: bool
+    ) -> bytes:
+        """The packed part digests of ``base`` (as :meth:`_auto_parts`), hashing again only
+        the directories whose subtree changed since ``key`` was kept."""
+        cache = self._load_cache(root)
+        directories = cache.directories[probe]
+        deepest_first, subtree = self._subtrees[(probe, base)]
+        before: Mapping[str, tuple[bytes, bytes]] = cache.part_subtrees.get(key)
         now, changed = unchanged_directories(deepest_first, subtree, before)
         contents = self._changed_contents(root, directories, changed)
         cut = len(base) + 1 if base else 0
@@ -576,30 +612,10 @@ class ContextHasher:
                 for part, found in records.items()
             }
             now[directory] = (subtree[directory], pack_parts(digests))
-        if changed:
-            cache.keep_part_subtrees(key, now)
+        if changed or untopped:
+            cache.part_subtrees.keep(key, base, now)
             self._dirty.add(root)
-        parts = unpack_parts(now[base][1])
-        if not parts:  # an empty selection still makes one (empty) layer
-            return [("files-0", tree)]
-        selections, dest_is_dir, parents = self._whole_rows[tree.digest]
-        grouped = _PartRows(self._rows_of, root, selections, dest_is_dir, parents, assign)
-        # The whole's shape fixes every entry's part (by placed path, type and size, with
-        # bucket counts from the sizes), so it fixes each part's shape.
-        content_of = functools.partial(self._content_of, root, probe)
-        return [
-            (
-                AUTO_PARTS[part],
-                Tree(
-                    parts[part].hex(),
-                    functools.partial(grouped.rows, part, parts[part].hex()),
-                    size_of=functools.partial(grouped.size, part),
-                    shape=_shape_of(memo, shape, part),
-                    content_of=content_of,
-                ),
-            )
-            for part in sorted(parts)
-        ]
+        return now[base][1]
 
     def save(self) -> None:
         """Write back every stat cache this run changed."""
@@ -823,7 +839,13 @@ class ContextHasher:
                 hasher.update(subtree[child])
             subtree[directory] = hasher.digest()
         self._subtrees[(probe, base)] = (deepest_first, subtree)
-        before_digests: Mapping[str, Subtree] = cache.subtrees.get(memo, {})
+        kept = cache.subtrees.top(memo, base)
+        if kept is not None and kept[0] == subtree[base]:
+            # Nothing below changed: no directory's memo is read, and none holds racy files.
+            cache.settle(probe, deepest_first)
+            self._tops[memo] = kept
+            return kept[1]
+        before_digests: Mapping[str, Subtree] = cache.subtrees.get(memo)
         now, changed = unchanged_directories(deepest_first, subtree, before_digests)
         cache.settle(probe, now)
         contents = self._changed_contents(root, directories, changed)
@@ -853,9 +875,10 @@ class ContextHasher:
             shape = blake3.blake3(_SHAPE + b"".join(sorted(shapes))).digest()
             digest = _directory_digest(records, top=top)
             now[directory] = (subtree[directory], digest, shape, large, rest)
-        cache.subtrees[memo] = now
-        if changed:
+        if changed or kept is None:
+            cache.subtrees.keep(memo, base, now)
             self._dirty.add(root)
+        self._tops[memo] = now[base]
         return now[base][1]
 
     def _content_of(self, root: str, probe: str, path: str) -> str | None:

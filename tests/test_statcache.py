@@ -125,11 +125,18 @@ def test_an_old_stat_cache_reads_as_empty(tmp_path: Path) -> None:
     """A cache of another format version is ignored (everything is hashed again)."""
     store = Store(tmp_path / "store")
     root = str(tmp_path)
-    payload = marshal.dumps((_statcache.STATCACHE_VERSION - 1, root, ({}, {}, {}, {})))
+    index = ({"probe": b"x"}, {"memo": "digest"}, {}, {}, {})
+    payload = marshal.dumps((_statcache.STATCACHE_VERSION - 1, root, index))
     data = b"imagedsl-statcache\n" + blake3.blake3(payload).digest() + payload
     store.save_stat_cache(root, "index", data)
-    assert RootCache.load(store, root).subtrees == {}
-    store.save_stat_cache(root, "index", data[:-3])
+    assert RootCache.load(store, root).trees == {}
+    current = marshal.dumps((_statcache.STATCACHE_VERSION, root, index))
+    store.save_stat_cache(root, "index", data[:51] + current)
+    assert RootCache.load(store, root).trees == {}  # its checksum is another's
+    good = b"imagedsl-statcache\n" + blake3.blake3(current).digest() + current
+    store.save_stat_cache(root, "index", good)
+    assert RootCache.load(store, root).trees == {"memo": "digest"}
+    store.save_stat_cache(root, "index", good[:-3])
     assert RootCache.load(store, root).signatures == {}
 
 
