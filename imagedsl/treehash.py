@@ -596,10 +596,10 @@ class ContextHasher:
                 if kind == "dir":
                     inside = unpack_parts(now[path][1])
                     inside.setdefault(assign(path[cut:], kind, 0), empty)
+                    # One record per part it is in: the same but for the digest.
+                    head = _record(name, "dir", entry[MODE], 0, "")[:-1]
                     for part, digest in inside.items():
-                        records.setdefault(part, []).append(
-                            _record(name, "dir", entry[MODE], 0, digest.hex())
-                        )
+                        records.setdefault(part, []).append(head + digest.hex().encode() + b"\0")
                 else:
                     size = entry[SIZE] if kind == "file" else 0
                     part = assign(path[cut:], kind, size)
