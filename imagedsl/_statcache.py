@@ -589,7 +589,7 @@ def _renamed(error: OSError, directory: str, name: str) -> OSError:
 
 #: open(2) flags of a directory to list; the file type bits of st_mode (S_ISREG and the rest,
 #: without a call per entry).
-_DIRECTORY: Final = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+_DIRECTORY: Final = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 _S_IFMT: Final = 0o170000
 _S_IFREG: Final = 0o100000
 _S_IFDIR: Final = 0o040000

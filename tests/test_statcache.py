@@ -125,7 +125,7 @@ def test_an_old_stat_cache_reads_as_empty(tmp_path: Path) -> None:
     """A cache of another format version is ignored (everything is hashed again)."""
     store = Store(tmp_path / "store")
     root = str(tmp_path)
-    index = ({"probe": b"x"}, {"memo": "digest"}, {}, {}, {})
+    index: tuple[dict[str, object], ...] = ({"probe": b"x"}, {"memo": "digest"}, {}, {}, {})
     payload = marshal.dumps((_statcache.STATCACHE_VERSION - 1, root, index))
     data = b"imagedsl-statcache\n" + blake3.blake3(payload).digest() + payload
     store.save_stat_cache(root, "index", data)
