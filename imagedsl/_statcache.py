@@ -1,9 +1,10 @@
 """The stat cache: what a scan of a build context sees, and what is kept of it between runs.
 
-A scan lists directories (with a few threads: ``stat`` releases the GIL) and records an
-:data:`Entry` per path. The cache of one context root (:class:`RootCache`) keeps, per probe,
-a digest of what it saw; per selection, its tree digest; per directory copied whole, each
-subdirectory's (signature, Merkle digest); and, in shards by directory, each file's content
+A scan lists directories (a big tree in two processes: :class:`DirectoryLister`) and records
+an :data:`Entry` per path, kept per directory (:class:`Listing`). The cache of one context
+root (:class:`RootCache`) keeps, per probe, a digest of what it saw; per selection, its tree
+digest; per directory copied whole, each subdirectory's (signature, Merkle digest, shape,
+bytes: :data:`Subtree`); and, in shards by directory, each file's content
 digest with the entry it had when hashed. It only ever lets a plan skip *re-reading* a file
 whose entry is unchanged (DESIGN.md: content is always hashed when anything changed).
 """
@@ -16,13 +17,14 @@ import marshal
 import os
 import posixpath
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, Sequence
 from stat import S_ISDIR, S_ISLNK, S_ISREG
-from typing import Any, Final, Literal, Protocol, TypeVar
+from typing import Any, Final, Generic, Literal, Protocol, TypeVar, cast
 
 import attrs
 import blake3
 
+from imagedsl._cores import fork_is_safe
 from imagedsl._ignore import IgnoreRules
 from imagedsl.errors import ContextError
 
@@ -31,7 +33,7 @@ EntryType = Literal["file", "dir", "symlink"]
 #: A file changed this recently may change again within one timestamp tick unnoticed; such
 #: entries are hashed but not trusted from the stat cache next time (git's "racy clean").
 RACY_NS: Final = 50_000_000
-STATCACHE_VERSION: Final = 4
+STATCACHE_VERSION: Final = 6
 
 
 class StatCacheStore(Protocol):
@@ -56,6 +58,12 @@ MTIME: Final = 3
 CTIME: Final = 4
 TARGET: Final = 6
 DIR_ENTRY: Final[Entry] = ("dir", 0o755, 0, 0, 0, 0, "")
+#: What a directory copied whole keeps per subdirectory between runs: (subtree signature,
+#: Merkle digest, shape (the digest without contents), bytes of files of LARGE_FILE or more,
+#: bytes of the other files), the last three of the whole subtree.
+Subtree = tuple[bytes, str, bytes, int, int]
+#: What a directory keeps between runs: its subtree signature first.
+_Kept = TypeVar("_Kept", bound=tuple[Any, ...])
 
 
 def normalised_mode(entry_type: EntryType, st_mode: int) -> int:
@@ -90,30 +98,42 @@ class RootCache:
 
     The ``index`` is read by every plan: per probe (a directory scan or a single stat) a
     digest of what it saw last run; per selection its tree digest; and per directory copied
-    whole, each subdirectory's (signature, Merkle digest). File digests (the entry each file
-    had when hashed, and its content digest) live in ``digests-N`` shards by directory, read
-    only for directories that changed and rewritten only where a file was hashed.
+    whole (and per layer split of one) what its top directory kept (:class:`DirectoryMemos`:
+    every subdirectory's is in a part of its own, read when something changed). File digests
+    (the entry each file had when hashed, and its content digest) live in ``digests-N``
+    shards by directory, read only for directories that changed and rewritten only where a
+    file was hashed.
     """
 
     root: str
     source: StatCacheStore | None
     signatures: dict[str, bytes]
     trees: dict[str, str]
-    subtrees: dict[str, dict[str, tuple[bytes, str]]]
     #: Per (tree digest, layer spec): the layer parts' names and digests, or None for a tree
     #: copied as one layer (a tree digest fixes the rows, so it fixes their partition).
     partitions: dict[str, list[tuple[str, str]] | None] = attrs.field(factory=dict)
+    subtree_tops: dict[str, tuple[str, Subtree]] = attrs.field(factory=dict)
+    part_tops: dict[str, tuple[str, tuple[bytes, bytes]]] = attrs.field(factory=dict)
+    #: Per directory copied whole: each subdirectory's :data:`Subtree`.
+    subtrees: DirectoryMemos[Subtree] = attrs.field(init=False)
+    #: Per directory copied whole and split into layers: each subdirectory's (signature,
+    #: its digest in each layer part).
+    part_subtrees: DirectoryMemos[tuple[bytes, bytes]] = attrs.field(init=False)
     #: What this run's probes saw, all together and (for scans) per directory.
-    seen: dict[str, dict[str, Entry]] = attrs.field(factory=dict)
-    directories: dict[str, dict[str, dict[str, Entry]]] = attrs.field(factory=dict)
+    seen: dict[str, Mapping[str, Entry]] = attrs.field(factory=dict)
+    directories: dict[str, Mapping[str, dict[str, Entry]]] = attrs.field(factory=dict)
     _signatures_now: dict[str, bytes] = attrs.field(factory=dict)
     _directory_signatures: dict[str, dict[str, bytes]] = attrs.field(factory=dict)
     _shards: dict[int, dict[str, tuple[Entry, str]]] = attrs.field(factory=dict)
     _dirty_shards: set[int] = attrs.field(factory=set)
-    #: Per directory copied whole and split into layers: each subdirectory's (signature,
-    #: its digest in each layer part), in the ``parts`` file, read on first use.
-    _part_subtrees: dict[str, dict[str, tuple[bytes, bytes]]] | None = None
-    _parts_dirty: bool = False
+    #: Per scan probe: directories whose entries cannot be racy (:meth:`settle`).
+    _settled: dict[str, set[str]] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        self.subtrees = DirectoryMemos(self._load_part, "subtrees", _MAX_MEMOS, self.subtree_tops)
+        self.part_subtrees = DirectoryMemos(
+            self._load_part, "parts", _MAX_PART_MEMOS, self.part_tops
+        )
 
     @classmethod
     def load(cls, source: StatCacheStore | None, root: str) -> RootCache:
@@ -121,11 +141,26 @@ class RootCache:
         index = _unpack(source.load_stat_cache(root, "index") if source else None, root)
         if not (
             isinstance(index, tuple)
-            and len(index) == 4
+            and len(index) == 5
             and all(isinstance(part, dict) for part in index)
         ):
-            return cls(root, source, {}, {}, {})
-        return cls(root, source, index[0], index[1], index[2], index[3])
+            return cls(root, source, {}, {})
+        signatures, trees, tops, partitions, part_tops = index
+        return cls(
+            root,
+            source,
+            signatures,
+            trees,
+            partitions=partitions,
+            subtree_tops=tops,
+            part_tops=part_tops,
+        )
+
+    def _load_part(self, part: str) -> Any:
+        """One saved part's value (None: missing or damaged)."""
+        return _unpack(
+            self.source.load_stat_cache(self.root, part) if self.source else None, self.root
+        )
 
     def unchanged(self, probe: str) -> bool:
         """Whether a probe saw exactly what it saw last run."""
@@ -154,7 +189,8 @@ class RootCache:
                 joined = b"".join(self.directory_signatures(probe).values())
                 found = blake3.blake3(joined).digest()
             else:
-                found = blake3.blake3(marshal.dumps(self.seen[probe], 2)).digest()
+                seen = self.seen[probe]  # a dict: only scans have directories
+                found = blake3.blake3(marshal.dumps(cast("dict[str, Entry]", seen), 2)).digest()
             self._signatures_now[probe] = found
         return found
 
@@ -169,27 +205,29 @@ class RootCache:
             shard = self._shards[number] = loaded if isinstance(loaded, dict) else {}
         return shard
 
-    def part_subtrees(self, memo: str) -> dict[str, tuple[bytes, bytes]]:
-        """What :meth:`keep_part_subtrees` kept last time under ``memo``."""
-        if self._part_subtrees is None:
-            data = self.source.load_stat_cache(self.root, "parts") if self.source else None
-            loaded = _unpack(data, self.root)
-            self._part_subtrees = loaded if isinstance(loaded, dict) else {}
-        found = self._part_subtrees.get(memo)
-        return found if isinstance(found, dict) else {}
-
-    def keep_part_subtrees(self, memo: str, subtrees: dict[str, tuple[bytes, bytes]]) -> None:
-        """Keep, under ``memo``, each directory's (subtree signature, per-part digests)."""
-        self.part_subtrees(memo)
-        assert self._part_subtrees is not None
-        self._part_subtrees.pop(memo, None)
-        self._part_subtrees[memo] = subtrees
-        self._parts_dirty = True
-
     def remember(self, path: str, entry: Entry, digest: str) -> None:
         """Note a file's content digest for the entry it had when hashed."""
         self.shard_of(path)[path] = (entry, digest)
         self._dirty_shards.add(_shard(path))
+
+    def settle(self, probe: str, directories: Iterable[str]) -> None:
+        """Note directories of a scan whose whole subtree is as a saved memo has it: saved
+        only when none of their entries was racy, they hold none now (later, and the same)."""
+        self._settled.setdefault(probe, set()).update(directories)
+
+    def _unsettled(self, probe: str) -> Iterable[tuple[str, Entry]]:
+        """The entries a probe saw, but those of settled directories."""
+        seen = self.seen[probe]
+        settled = self._settled.get(probe)
+        if not settled or not isinstance(seen, ScanEntries):
+            return seen.items()
+        listing = seen.listing
+        return (
+            pair
+            for directory in listing
+            if directory not in settled
+            for pair in listing[directory].items()
+        )
 
     def save(self, target: StatCacheStore, racy_after_ns: int) -> None:
         """Write what changed. Racily clean files (changed within the last tick before this
@@ -197,17 +235,15 @@ class RootCache:
         run looks at them again however equal their stat values seem."""
         signatures = dict(self.signatures)
         racy: set[str] = set()
-        for probe, seen in self.seen.items():
-            late = [p for p, e in seen.items() if max(e[MTIME], e[CTIME]) >= racy_after_ns]
+        for probe in self.seen:
+            late = [
+                p for p, e in self._unsettled(probe) if max(e[MTIME], e[CTIME]) >= racy_after_ns
+            ]
             if late:
                 racy.update(late)
                 signatures.pop(probe, None)
             else:
                 signatures[probe] = self.signature(probe)
-        subtrees = dict(list(self.subtrees.items())[-_MAX_MEMOS:])
-        parts = self._part_subtrees
-        if parts is not None:
-            parts = dict(list(parts.items())[-_MAX_PART_MEMOS:])
         if racy:
             late_dirs = {path.rpartition("/")[0] for path in racy}
 
@@ -217,22 +253,19 @@ class RootCache:
                     for late in late_dirs
                 )
 
-            for memo, directories in subtrees.items():
-                subtrees[memo] = {d: pair for d, pair in directories.items() if fresh(d)}
-            if parts is not None:
-                for memo, held in parts.items():
-                    parts[memo] = {d: pair for d, pair in held.items() if fresh(d)}
-                self._parts_dirty = True
+            self.subtrees.keep_fresh(fresh)
+            self.part_subtrees.keep_fresh(fresh)
             for path in racy:
                 self.shard_of(path).pop(path, None)
                 self._dirty_shards.add(_shard(path))
         trees = dict(list(self.trees.items())[-_MAX_MEMOS:])
         partitions = dict(list(self.partitions.items())[-_MAX_MEMOS:])
-        index = (signatures, trees, subtrees, partitions)
+        tops, part_tops = self.subtrees.kept_tops(), self.part_subtrees.kept_tops()
+        index = (signatures, trees, tops, partitions, part_tops)
         target.save_stat_cache(self.root, "index", _pack(self.root, index))
-        if parts is not None and self._parts_dirty:
-            target.save_stat_cache(self.root, "parts", _pack(self.root, parts))
-        live = {path for seen in self.seen.values() for path in seen}
+        self.subtrees.save(target, self.root)
+        self.part_subtrees.save(target, self.root)
+        seen_now = list(self.seen.values())
         covered = tuple(
             "" if probe.endswith(":dir:") else probe.partition(":dir:")[2] + "/"
             for probe in self.seen
@@ -243,9 +276,74 @@ class RootCache:
             kept = {
                 path: pair
                 for path, pair in self._shards[number].items()
-                if path in live or not path.startswith(covered)
+                if not path.startswith(covered) or any(path in seen for seen in seen_now)
             }
             target.save_stat_cache(self.root, f"digests-{number}", _pack(self.root, kept))
+
+
+class DirectoryMemos(Generic[_Kept]):
+    """Per memo (a directory copied whole, or its layer split): what each of its directories
+    kept last run, in one stat-cache part read on first use; and what its top directory kept,
+    in the index every plan reads: all a warm plan needs, when the top's subtree signature
+    (over every directory below) is unchanged."""
+
+    def __init__(
+        self,
+        load: Callable[[str], Any],
+        part: str,
+        limit: int,
+        tops: dict[str, tuple[str, _Kept]],
+    ) -> None:
+        self._load = load
+        self._part = part
+        self._limit = limit
+        self._tops = tops
+        self._all: dict[str, dict[str, _Kept]] | None = None
+        self._dirty = False
+
+    def top(self, memo: str, directory: str) -> _Kept | None:
+        """What ``directory``, the top of ``memo``, kept last run."""
+        found = self._tops.get(memo)
+        return found[1] if found is not None and found[0] == directory else None
+
+    def get(self, memo: str) -> dict[str, _Kept]:
+        """What each directory of ``memo`` kept last run."""
+        found = self._loaded().get(memo)
+        return found if isinstance(found, dict) else {}
+
+    def keep(self, memo: str, top: str, kept: dict[str, _Kept]) -> None:
+        """Keep, under ``memo``, what each directory (and the top) has now."""
+        held = self._loaded()
+        held.pop(memo, None)
+        held[memo] = kept
+        self._tops.pop(memo, None)
+        self._tops[memo] = (top, kept[top])
+        self._dirty = True
+
+    def keep_fresh(self, fresh: Callable[[str], bool]) -> None:
+        """Forget what directories holding racy files kept (a part never read this run kept
+        nothing this run)."""
+        self._tops = {memo: top for memo, top in self._tops.items() if fresh(top[0])}
+        if self._all is not None:
+            for memo, kept in self._all.items():
+                self._all[memo] = {d: value for d, value in kept.items() if fresh(d)}
+            self._dirty = True
+
+    def kept_tops(self) -> dict[str, tuple[str, _Kept]]:
+        """The tops of the most recent memos, for the index."""
+        return dict(list(self._tops.items())[-self._limit :])
+
+    def save(self, target: StatCacheStore, root: str) -> None:
+        """Write the part, if anything in it changed."""
+        if self._all is not None and self._dirty:
+            kept = dict(list(self._all.items())[-self._limit :])
+            target.save_stat_cache(root, self._part, _pack(root, kept))
+
+    def _loaded(self) -> dict[str, dict[str, _Kept]]:
+        if self._all is None:
+            loaded = self._load(self._part)
+            self._all = loaded if isinstance(loaded, dict) else {}
+        return self._all
 
 
 def _pack(root: str, value: Any) -> bytes:
@@ -277,36 +375,146 @@ def directory_signature(entries: dict[str, Entry]) -> bytes:
     return blake3.blake3(marshal.dumps(entries, 2)).digest()
 
 
-class DirectoryLister:
-    """Lists and stats a directory tree, one directory at a time, in this thread.
+#: A scan that has seen this many entries with directories still to list forks a second
+#: lister for half of those (:meth:`DirectoryLister.run`).
+FORK_AFTER: Final = 2048
 
-    Threads do not pay here: each entry's Python work holds the GIL, and handing it over
-    around every stat(2) costs more than the call (20,000 files: 98 ms in one thread, 127 ms
-    in two, 161 ms in three on a 2-core machine)."""
+
+class Listing(Mapping[str, dict[str, Entry]]):
+    """What a scan listed: directory (relative path) -> its entries that the rules keep, by
+    path; and each directory's :func:`directory_signature`.
+
+    A directory's entries are kept as the marshalled bytes its signature hashes, and
+    unmarshalled when first read: a warm plan compares signatures and reads none."""
+
+    def __init__(self, packed: dict[str, bytes], signatures: dict[str, bytes]) -> None:
+        self._listed: dict[str, dict[str, Entry]] = {}
+        self._packed = packed
+        self._order = sorted(packed)
+        self.signatures = signatures
+
+    def __getitem__(self, directory: str) -> dict[str, Entry]:
+        found = self._listed.get(directory)
+        if found is None:
+            found = self._listed[directory] = marshal.loads(self._packed.pop(directory))
+        return found
+
+    def __contains__(self, directory: object) -> bool:
+        return directory in self._listed or directory in self._packed
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
+class ScanEntries(Mapping[str, Entry]):
+    """Every entry of a :class:`Listing`, by path, in the order of a merged dict (directories
+    sorted, each in listing order); a directory's entries are read when first needed."""
+
+    def __init__(self, listing: Listing) -> None:
+        self.listing = listing
+
+    def __getitem__(self, path: str) -> Entry:
+        directory = path.rpartition("/")[0]
+        if directory not in self.listing:
+            raise KeyError(path)
+        return self.listing[directory][path]
+
+    def __iter__(self) -> Iterator[str]:
+        listing = self.listing
+        for directory in listing:
+            yield from listing[directory]
+
+    def __len__(self) -> int:
+        return sum(len(self.listing[directory]) for directory in self.listing)
+
+    def __bool__(self) -> bool:
+        return any(self.listing[directory] for directory in self.listing)
+
+    def items(self) -> ItemsView[str, Entry]:
+        return _ScanItems(self)
+
+
+class _ScanItems(ItemsView[str, Entry]):
+    """(path, entry) pairs, directory by directory (no lookup per entry)."""
+
+    def __init__(self, entries: ScanEntries) -> None:
+        super().__init__(entries)
+        self._listing = entries.listing
+
+    def __iter__(self) -> Iterator[tuple[str, Entry]]:
+        listing = self._listing
+        for directory in listing:
+            yield from listing[directory].items()
+
+
+class DirectoryLister:
+    """Lists and stats a directory tree, one directory at a time.
+
+    A big tree is mostly stat(2) calls. Threads do not pay here: each entry's Python work
+    holds the GIL, and handing it over around every stat(2) costs more than the call (20,000
+    files: 98 ms in one thread, 127 ms in two, 161 ms in three on a 2-core machine). A forked
+    process does: once a scan has seen :data:`FORK_AFTER` entries, a child lists half the
+    directories still to list (and all below them) while this process lists the rest."""
 
     def __init__(self, root: str, rules: IgnoreRules) -> None:
         self.root = root
         self.rules = rules
 
-    def run(self, start: str) -> dict[str, tuple[dict[str, Entry], bytes]]:
-        """Directory (relative path) -> (its entries that the rules keep, their signature),
-        for ``start`` and every directory below it."""
+    def run(self, start: str) -> Listing:
+        """``start`` and every directory below it."""
         # A scan makes tens of thousands of tuples and no cycle: the cyclic garbage collector
         # would walk them again and again for nothing.
         collecting = gc.isenabled()
         gc.disable()
+        worker: _Worker | None = None
         try:
-            listed: dict[str, tuple[dict[str, Entry], bytes]] = {}
+            packed: dict[str, bytes] = {}
+            signatures: dict[str, bytes] = {}
             todo = [start]
+            seen = 0
+            may_fork = True
             while todo:
-                rel = todo.pop()
-                here, below = self.list(rel)
-                listed[rel] = (here, directory_signature(here))
-                todo.extend(below)
-            return listed
+                if may_fork and seen >= FORK_AFTER and len(todo) >= 2:
+                    may_fork = False
+                    worker = _Worker.start(self, todo[1::2]) if fork_is_safe() else None
+                    if worker is not None:
+                        del todo[1::2]
+                seen += self._list_into(todo.pop(), todo, packed, signatures)
+            if worker is not None:
+                theirs, their_signatures = worker.finish()
+                worker = None
+                packed.update(theirs)
+                signatures.update(their_signatures)
+            return Listing(packed, signatures)
         finally:
+            if worker is not None:  # this process failed first: the child is not waited for
+                worker.abandon()
             if collecting:
                 gc.enable()
+
+    def list_packed(self, todo: list[str]) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        """Each directory of ``todo`` and below: its entries marshalled, and its signature
+        (what a forked lister sends)."""
+        packed: dict[str, bytes] = {}
+        signatures: dict[str, bytes] = {}
+        while todo:
+            self._list_into(todo.pop(), todo, packed, signatures)
+        return packed, signatures
+
+    def _list_into(
+        self, rel: str, todo: list[str], packed: dict[str, bytes], signatures: dict[str, bytes]
+    ) -> int:
+        """List one directory: its entries, marshalled as :func:`directory_signature` hashes
+        them, into ``packed``; its signature; its subdirectories onto ``todo``. Its entries
+        are then freed (a warm plan reads none): they never burden the garbage collector."""
+        here, below = self.list(rel)
+        data = packed[rel] = marshal.dumps(here, 2)
+        signatures[rel] = blake3.blake3(data).digest()
+        todo.extend(below)
+        return len(here)
 
     def list(self, rel: str) -> tuple[dict[str, Entry], list[str]]:
         """One directory's entries that the rules keep, and the directories to list next."""
@@ -316,38 +524,139 @@ class DirectoryLister:
         prefix = f"{rel}/" if rel else ""
         here: dict[str, Entry] = {}
         below: list[str] = []
+        directory = os.path.join(root, rel) if rel else root
         try:
-            iterator = os.scandir(os.path.join(root, rel) if rel else root)
+            # Entries are stat'ed relative to the directory (fstatat): the kernel walks one
+            # name per entry instead of the whole path, which is most of a scan's time.
+            fd = os.open(directory, _DIRECTORY)
         except NotADirectoryError:
             return here, below
         except PermissionError as error:
             raise ContextError(root, problem=f"cannot read {rel or '.'}: {error}") from None
-        with iterator:
-            for dirent in iterator:
-                path = prefix + dirent.name
-                if check and excludes(path):
-                    if dirent.is_dir(follow_symlinks=False) and rules.may_include_under(path):
+        try:
+            with os.scandir(fd) as iterator:
+                for dirent in iterator:
+                    path = prefix + dirent.name
+                    if check and excludes(path):
+                        if dirent.is_dir(follow_symlinks=False) and rules.may_include_under(path):
+                            below.append(path)
+                        continue
+                    try:
+                        st = dirent.stat(follow_symlinks=False)
+                    except OSError as error:  # named by its whole path, as os.lstat names it
+                        raise _renamed(error, directory, dirent.name) from None
+                    mode = st.st_mode
+                    kind = mode & _S_IFMT
+                    if kind == _S_IFREG:
+                        here[path] = (
+                            "file",
+                            0o755 if mode & 0o111 else 0o644,
+                            st.st_size,
+                            st.st_mtime_ns,
+                            st.st_ctime_ns,
+                            st.st_ino,
+                            "",
+                        )
+                    elif kind == _S_IFDIR:
+                        here[path] = DIR_ENTRY
                         below.append(path)
-                    continue
-                st = dirent.stat(follow_symlinks=False)
-                mode = st.st_mode
-                if S_ISREG(mode):
-                    here[path] = (
-                        "file",
-                        0o755 if mode & 0o111 else 0o644,
-                        st.st_size,
-                        st.st_mtime_ns,
-                        st.st_ctime_ns,
-                        st.st_ino,
-                        "",
-                    )
-                elif S_ISDIR(mode):
-                    here[path] = DIR_ENTRY
-                    below.append(path)
-                elif S_ISLNK(mode):
-                    here[path] = ("symlink", 0o777, 0, 0, 0, 0, os.readlink(dirent.path))
-                # sockets, fifos and devices are never build inputs
+                    elif kind == _S_IFLNK:
+                        try:
+                            target = os.readlink(dirent.name, dir_fd=fd)
+                        except OSError as error:
+                            raise _renamed(error, directory, dirent.name) from None
+                        here[path] = ("symlink", 0o777, 0, 0, 0, 0, target)
+                    # sockets, fifos and devices are never build inputs
+        finally:
+            os.close(fd)
         return here, below
+
+
+def _widen(pipe: int) -> None:
+    """Let a pipe hold 1 MiB (Linux), so the child's message crosses in a few writes."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(pipe, fcntl.F_SETPIPE_SZ, 1 << 20)
+    except (ImportError, AttributeError, OSError):
+        pass  # the default size only costs more round trips
+
+
+def _renamed(error: OSError, directory: str, name: str) -> OSError:
+    """``error`` of a call on ``name`` in ``directory``, naming the whole path."""
+    return type(error)(error.errno, error.strerror, os.path.join(directory, name))
+
+
+#: open(2) flags of a directory to list; the file type bits of st_mode (S_ISREG and the rest,
+#: without a call per entry).
+_DIRECTORY: Final = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_S_IFMT: Final = 0o170000
+_S_IFREG: Final = 0o100000
+_S_IFDIR: Final = 0o040000
+_S_IFLNK: Final = 0o120000
+
+
+@attrs.frozen
+class _Worker:
+    """A forked child listing some directories (:meth:`DirectoryLister.list_packed`); it
+    sends what it found, marshalled, through a pipe. If it fails (a directory it cannot read), this
+    process lists those directories itself, and raises what a scan raises."""
+
+    lister: DirectoryLister
+    given: list[str]
+    pid: int
+    pipe: int
+
+    @classmethod
+    def start(cls, lister: DirectoryLister, given: list[str]) -> _Worker | None:
+        """Fork the child; None when the system refuses a pipe or the fork."""
+        try:
+            pipe, tell = os.pipe()
+        except OSError:
+            return None
+        _widen(pipe)
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(pipe)
+            os.close(tell)
+            return None
+        if pid == 0:  # the child: never returns
+            status = 1
+            try:
+                os.close(pipe)
+                data = memoryview(marshal.dumps(lister.list_packed(list(given))))
+                while data:
+                    data = data[os.write(tell, data) :]
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(tell)
+        return cls(lister, list(given), pid, pipe)
+
+    def finish(self) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        """What the child listed (or, if it failed, what this process lists in its place)."""
+        chunks = []
+        try:
+            while chunk := os.read(self.pipe, 1 << 20):
+                chunks.append(chunk)
+        finally:
+            os.close(self.pipe)
+            _, status = os.waitpid(self.pid, 0)
+        if status == 0:
+            try:
+                found = marshal.loads(b"".join(chunks))
+            except (ValueError, EOFError, TypeError):
+                pass
+            else:
+                if isinstance(found, tuple) and len(found) == 2:
+                    return found
+        return self.lister.list_packed(list(self.given))
+
+    def abandon(self) -> None:
+        """Stop waiting for the child (its writes then fail) and reap it."""
+        os.close(self.pipe)
+        os.waitpid(self.pid, 0)
 
 
 def entry_of(root: str, rel: str, st: os.stat_result) -> Entry | None:
@@ -377,9 +686,6 @@ def add_missing_parents(root: str, start: str, found: dict[str, Entry]) -> bool:
                 added = True
             parent = posixpath.dirname(parent)
     return added
-
-
-_Kept = TypeVar("_Kept", bound=tuple[bytes, object])
 
 
 def unchanged_directories(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import os
 import posixpath
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Final
@@ -26,6 +25,14 @@ import blake3
 
 from imagedsl._filehash import hash_files
 from imagedsl._ignore import IgnoreRules
+from imagedsl._layerparts import (
+    AUTO_PARTS,
+    LARGE_COPY,
+    LARGE_FILE,
+    AutoAssign,
+    pack_parts,
+    unpack_parts,
+)
 from imagedsl._statcache import (
     DIR_ENTRY,
     MODE,
@@ -37,7 +44,9 @@ from imagedsl._statcache import (
     Entry,
     EntryType,
     RootCache,
+    ScanEntries,
     StatCacheStore,
+    Subtree,
     add_missing_parents,
     entry_of,
     unchanged_directories,
@@ -55,6 +64,12 @@ _MAX_SYMLINKS: Final = 40
 #: The tree of wildcards none of which matched: BuildKit copies nothing, not even the
 #: destination (an empty directory's copy makes it), so it is not the empty directory's tree.
 NOTHING_MATCHED: Final = blake3.blake3(b"imagedsl.tree.v2\0nothing matched\0").hexdigest()
+#: The domain of a directory's shape (:attr:`Tree.shape`): its records without contents.
+_SHAPE: Final = b"imagedsl.shape.v1\0"
+#: What a selector brings, in groups of (entries by context path, base): base is the
+#: directory placement is relative to, or None for a file selected by name (it lands by its
+#: base name). A directory's entries stay the scan's own mapping: no tuple per entry.
+Matches = list[tuple[Mapping[str, Entry], str | None]]
 #: A tree row: (placed, source, type, mode, size, digest), the tuple form of a TreeEntry.
 Row = tuple[str, str, str, int, int, str]
 
@@ -101,6 +116,15 @@ class Tree:
     #: Its bytes without building its rows (``plan --json`` shows them), or None: sum the rows.
     _size_of: Callable[[], int] | None = attrs.field(
         default=None, eq=False, repr=False, alias="size_of"
+    )
+    #: When known without rows (a directory copied whole, its layers="auto" parts): a digest
+    #: of everything in the rows but file contents (placed and source paths, types, modes,
+    #: sizes). A content-only edit keeps it, so what reads no content (or few files'
+    #: contents, checked with ``content_of``) can be memoised by it.
+    shape: str | None = attrs.field(default=None, eq=False, repr=False, kw_only=True)
+    #: With ``shape``: the content digest of the file at a source path (None: no such file).
+    content_of: Callable[[str], str | None] | None = attrs.field(
+        default=None, eq=False, repr=False, kw_only=True
     )
 
     @classmethod
@@ -195,39 +219,6 @@ def tree_digest(rows: Iterable[Row]) -> str:
     return digests[""]
 
 
-#: Basenames of dependency manifests and lock files: their own layer under layers="auto".
-MANIFEST_NAMES: Final = frozenset(
-    {
-        "Pipfile", "Pipfile.lock", "pyproject.toml", "poetry.lock", "uv.lock", "pdm.lock",
-        "setup.py", "setup.cfg", "package.json", "package-lock.json", "npm-shrinkwrap.json",
-        "yarn.lock", "pnpm-lock.yaml", "go.mod", "go.sum", "Cargo.toml", "Cargo.lock",
-        "Gemfile", "Gemfile.lock", "composer.json", "composer.lock", "pom.xml",
-        "build.gradle", "build.gradle.kts", "settings.gradle", "settings.gradle.kts",
-        "gradle.lockfile", "mix.exs", "mix.lock", "pubspec.yaml", "pubspec.lock",
-        "packages.lock.json", "Podfile.lock",
-    }
-)  # fmt: skip
-_MANIFEST_PATTERN: Final = re.compile(r"(requirements|constraints)([-_.][\w.-]*)?\.(txt|in)\Z")
-
-
-def is_manifest(name: str) -> bool:
-    """Whether a basename is a dependency manifest or lock file (``requirements-dev.txt``
-    too): the files a dependency install reads."""
-    return name in MANIFEST_NAMES or _MANIFEST_PATTERN.match(name) is not None
-
-
-#: A COPY from the context with ``layers=None`` is split as ``layers="auto"`` when the files
-#: it selects hold at least this many bytes: an edit then rewrites (and pushes) one small
-#: layer instead of recompressing the whole copy.
-LARGE_COPY: Final = 64 << 20
-#: layers="auto": files at least this big are "large"; buckets aim at these sizes.
-LARGE_FILE: Final = 1 << 20
-_LARGE_BUCKET: Final = 64 << 20
-_FILES_BUCKET: Final = 8 << 20
-_MAX_LARGE_BUCKETS: Final = 4
-_MAX_FILES_BUCKETS: Final = 32
-
-
 def partition_tree(tree: Tree, layers: str | Sequence[Sequence[str]]) -> list[tuple[str, Tree]]:
     """Split a tree into named layer parts (empty parts are dropped, order is fixed).
 
@@ -257,7 +248,7 @@ def _partition_rows(
     if layers == "auto":
         large_bytes = sum(row[4] for row in tree.rows if row[4] >= LARGE_FILE)
         rest_bytes = sum(row[4] for row in tree.rows if row[4] < LARGE_FILE)
-        assign = _AutoAssign(large_bytes, rest_bytes)
+        assign = AutoAssign(large_bytes, rest_bytes)
         for row in tree.rows:
             placed, _, kind, _, size, _ = row
             named.setdefault(AUTO_PARTS[assign(placed, kind, size)], []).append(row)
@@ -269,34 +260,8 @@ def _partition_rows(
     return named, [f"group-{i}" for i in range(len(rules))] + ["rest"]
 
 
-#: The parts of layers="auto", in layer order.
-AUTO_PARTS: Final = (
-    "manifests",
-    *(f"large-{i}" for i in range(_MAX_LARGE_BUCKETS)),
-    *(f"files-{i}" for i in range(_MAX_FILES_BUCKETS)),
-)
-
-
-class _AutoAssign:
-    """layers="auto": the part (an index into :data:`AUTO_PARTS`) of one entry, by its placed
-    path, type and size; the bucket counts follow the bytes involved."""
-
-    def __init__(self, large_bytes: int, rest_bytes: int) -> None:
-        self.large = _bucket_count(large_bytes, _LARGE_BUCKET, _MAX_LARGE_BUCKETS)
-        self.rest = _bucket_count(rest_bytes, _FILES_BUCKET, _MAX_FILES_BUCKETS)
-
-    def __call__(self, placed: str, kind: str, size: int) -> int:
-        if kind == "file":
-            base = placed.rpartition("/")[2]
-            if is_manifest(base):
-                return 0
-            if size >= LARGE_FILE:
-                return 1 + _bucket(placed, self.large)
-        return 1 + _MAX_LARGE_BUCKETS + _bucket(placed, self.rest)
-
-
 def _placed(
-    selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
+    selections: Sequence[tuple[Selector, Matches]],
     exclude: Sequence[str],
     dest_is_dir: bool,
     parents: bool,
@@ -305,7 +270,7 @@ def _placed(
     excluded = IgnoreRules.from_lines(exclude) if exclude else None
     placed: dict[str, tuple[str, Entry]] = {}
     for _, matches in selections:
-        for path, entry, base in matches:
+        for path, entry, base in _each_match(matches):
             if parents:
                 rel = path
             elif base is None:
@@ -318,15 +283,22 @@ def _placed(
     return placed
 
 
+def _each_match(matches: Matches) -> Iterator[tuple[str, Entry, str | None]]:
+    """(path, entry, base) for each entry a selector brings."""
+    for entries, base in matches:
+        for path, entry in entries.items():
+            yield path, entry, base
+
+
 def _into_directory(
     root: str,
     source: ContextSource,
-    selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
+    selections: Sequence[tuple[Selector, Matches]],
 ) -> bool:
     """Whether one wildcard copied to a path not ending in ``/`` copies into it: BuildKit
     copies each match in turn to the path, so matched files take its name (the last stays), a
     directory's contents go into it; both at once it refuses or nests by order: refused."""
-    kinds = {base is None for _, matches in selections for _, _, base in matches}
+    kinds = {base is None for _, matches in selections for entries, base in matches if entries}
     if kinds == {True, False}:
         raise ContextError(
             root,
@@ -346,10 +318,10 @@ class _PartRows:
         self,
         rows_of: Callable[[str, Mapping[str, tuple[str, Entry]]], tuple[Row, ...]],
         root: str,
-        selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
+        selections: Sequence[tuple[Selector, Matches]],
         dest_is_dir: bool,
         parents: bool,
-        assign: _AutoAssign,
+        assign: AutoAssign,
     ) -> None:
         self._rows_of = rows_of
         self._root = root
@@ -380,9 +352,12 @@ class _PartRows:
         return _file_bytes(e for _, e in self._group(part).values())
 
 
-def _listed_size(directories: Mapping[str, Mapping[str, Entry]]) -> int:
-    """The bytes of the regular files of a directory copied whole, from its listings."""
-    return _file_bytes(e for entries in directories.values() for e in entries.values())
+def _shape_of(memo: str, shape: bytes, part: int | None = None) -> str:
+    """:attr:`Tree.shape` of a directory copied whole (by its hasher memo: selection,
+    placement) or of one of its layers="auto" parts."""
+    selection = blake3.blake3(memo.encode("utf-8", "surrogateescape")).digest()
+    suffix = b"whole" if part is None else bytes([part])
+    return blake3.blake3(_SHAPE + selection + shape + suffix).hexdigest()
 
 
 def _file_bytes(entries: Iterable[Entry]) -> int:
@@ -394,7 +369,7 @@ def _as_planned(
     found: tuple[Row, ...],
     digest: str,
     root: str,
-    selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
+    selections: Sequence[tuple[Selector, Matches]],
 ) -> tuple[Row, ...]:
     """``found``, if its digest is the planned one: a file changed after the plan read it
     would otherwise put bytes other than the keyed ones in a layer."""
@@ -426,30 +401,6 @@ class _Split:
         return tuple(self._rows.get(name, ())) or self._tree.rows
 
 
-def _pack_parts(digests: dict[int, bytes]) -> bytes:
-    """Part digests in a few bytes: (part index, 32-byte digest) per part, by index."""
-    return b"".join(bytes([part]) + digests[part] for part in sorted(digests))
-
-
-def _unpack_parts(packed: bytes) -> dict[int, bytes]:
-    return {packed[i]: packed[i + 1 : i + 33] for i in range(0, len(packed), 33)}
-
-
-def _bucket_count(total: int, target: int, cap: int) -> int:
-    count = 1
-    while count * 2 <= cap and total >= count * 2 * target:
-        count *= 2
-    return count
-
-
-@functools.lru_cache(maxsize=1 << 17)
-def _bucket(path: str, buckets: int) -> int:
-    if buckets == 1:
-        return 0
-    digest = blake3.blake3(path.encode("utf-8", "surrogateescape")).digest(length=8)
-    return int.from_bytes(digest, "big") % buckets
-
-
 class ContextHasher:
     """Scans contexts and hashes selections for one planning run.
 
@@ -470,11 +421,11 @@ class ContextHasher:
         #: Trees of directories copied whole, by digest: (root, scan probe, base, memo).
         self._wholes: dict[str, tuple[str, str, str, str]] = {}
         #: For those trees: their selections, dest_is_dir and parents (to place entries).
-        self._whole_rows: dict[
-            str, tuple[Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]], bool, bool]
-        ] = {}
+        self._whole_rows: dict[str, tuple[Sequence[tuple[Selector, Matches]], bool, bool]] = {}
         #: Per (scan probe, base): directories deepest first, and their subtree signatures.
         self._subtrees: dict[tuple[str, str], tuple[list[str], dict[str, bytes]]] = {}
+        #: Per memo of a directory copied whole: its top directory's :data:`Subtree`.
+        self._tops: dict[str, Subtree] = {}
 
     # -- public ------------------------------------------------------------------------------
 
@@ -499,7 +450,7 @@ class ContextHasher:
         rules, rules_id = self._rules_for(context)
         cache = self._load_cache(root)
         probes: list[str] = []
-        selections: list[tuple[Selector, list[tuple[str, Entry, str | None]]]] = []
+        selections: list[tuple[Selector, Matches]] = []
         missing: list[str] = []
         for selector in source.selectors:
             matches = self._match(context, rules, rules_id, selector, probes)
@@ -533,11 +484,13 @@ class ContextHasher:
             digest = self._merkle(root, cache, probe, base, memo)
             self._wholes[digest] = (root, probe, base, memo)
             self._whole_rows[digest] = (selections, dest_is_dir, parents)
-            listed = cache.directories[probe]
+            _, _, shape, large, rest = self._tops[memo]
             return Tree(
                 digest,
                 self._rows_later(root, selections, exclude, dest_is_dir, parents, digest),
-                size_of=functools.partial(_listed_size, listed),
+                size_of=functools.partial(int, large + rest),
+                shape=_shape_of(memo, shape),
+                content_of=functools.partial(self._content_of, root, probe),
             )
         known = cache.trees.get(memo)
         if known is not None and all(cache.unchanged(p) for p in probes):
@@ -586,21 +539,48 @@ class ContextHasher:
         edit costs what it costs without parts). Equal to :func:`partition_tree`."""
         root, probe, base, memo = whole
         cache = self._load_cache(root)
-        directories = cache.directories[probe]
-        large = rest = 0
-        for entries in directories.values():
-            for entry in entries.values():
-                if entry[TYPE] == "file":
-                    if entry[SIZE] >= LARGE_FILE:
-                        large += entry[SIZE]
-                    else:
-                        rest += entry[SIZE]
+        _, _, shape, large, rest = self._tops[memo]
         if not split_small and large + rest < LARGE_COPY:
             return None
-        assign = _AutoAssign(large, rest)
-        deepest_first, subtree = self._subtrees[(probe, base)]
+        assign = AutoAssign(large, rest)
+        subtree = self._subtrees[(probe, base)][1]
         key = f"{memo}\0{assign.large}\0{assign.rest}"
-        before: Mapping[str, tuple[bytes, bytes]] = cache.part_subtrees(key)
+        top = cache.part_subtrees.top(key, base)
+        if top is not None and top[0] == subtree[base]:
+            packed = top[1]  # nothing below changed: no directory's parts are read
+        else:
+            packed = self._changed_parts(root, probe, base, key, assign, top is None)
+        parts = unpack_parts(packed)
+        if not parts:  # an empty selection still makes one (empty) layer
+            return [("files-0", tree)]
+        selections, dest_is_dir, parents = self._whole_rows[tree.digest]
+        grouped = _PartRows(self._rows_of, root, selections, dest_is_dir, parents, assign)
+        # The whole's shape fixes every entry's part (by placed path, type and size, with
+        # bucket counts from the sizes), so it fixes each part's shape.
+        content_of = functools.partial(self._content_of, root, probe)
+        return [
+            (
+                AUTO_PARTS[part],
+                Tree(
+                    parts[part].hex(),
+                    functools.partial(grouped.rows, part, parts[part].hex()),
+                    size_of=functools.partial(grouped.size, part),
+                    shape=_shape_of(memo, shape, part),
+                    content_of=content_of,
+                ),
+            )
+            for part in sorted(parts)
+        ]
+
+    def _changed_parts(
+        self, root: str, probe: str, base: str, key: str, assign: AutoAssign, untopped: bool
+    ) -> bytes:
+        """The packed part digests of ``base`` (as :meth:`_auto_parts`), hashing again only
+        the directories whose subtree changed since ``key`` was kept."""
+        cache = self._load_cache(root)
+        directories = cache.directories[probe]
+        deepest_first, subtree = self._subtrees[(probe, base)]
+        before: Mapping[str, tuple[bytes, bytes]] = cache.part_subtrees.get(key)
         now, changed = unchanged_directories(deepest_first, subtree, before)
         contents = self._changed_contents(root, directories, changed)
         cut = len(base) + 1 if base else 0
@@ -611,12 +591,12 @@ class ContextHasher:
                 name = path.rpartition("/")[2]
                 kind = entry[TYPE]
                 if kind == "dir":
-                    inside = _unpack_parts(now[path][1])
+                    inside = unpack_parts(now[path][1])
                     inside.setdefault(assign(path[cut:], kind, 0), empty)
+                    # One record per part it is in: the same but for the digest.
+                    head = _record(name, "dir", entry[MODE], 0, "")[:-1]
                     for part, digest in inside.items():
-                        records.setdefault(part, []).append(
-                            _record(name, "dir", entry[MODE], 0, digest.hex())
-                        )
+                        records.setdefault(part, []).append(head + digest.hex().encode() + b"\0")
                 else:
                     size = entry[SIZE] if kind == "file" else 0
                     part = assign(path[cut:], kind, size)
@@ -628,26 +608,11 @@ class ContextHasher:
                 part: bytes.fromhex(_directory_digest(found, top=top))
                 for part, found in records.items()
             }
-            now[directory] = (subtree[directory], _pack_parts(digests))
-        if changed:
-            cache.keep_part_subtrees(key, now)
+            now[directory] = (subtree[directory], pack_parts(digests))
+        if changed or untopped:
+            cache.part_subtrees.keep(key, base, now)
             self._dirty.add(root)
-        parts = _unpack_parts(now[base][1])
-        if not parts:  # an empty selection still makes one (empty) layer
-            return [("files-0", tree)]
-        selections, dest_is_dir, parents = self._whole_rows[tree.digest]
-        grouped = _PartRows(self._rows_of, root, selections, dest_is_dir, parents, assign)
-        return [
-            (
-                AUTO_PARTS[part],
-                Tree(
-                    parts[part].hex(),
-                    functools.partial(grouped.rows, part, parts[part].hex()),
-                    size_of=functools.partial(grouped.size, part),
-                ),
-            )
-            for part in sorted(parts)
-        ]
+        return now[base][1]
 
     def save(self) -> None:
         """Write back every stat cache this run changed."""
@@ -678,19 +643,18 @@ class ContextHasher:
         rules_id: str,
         selector: Selector,
         probes: list[str],
-    ) -> list[tuple[str, Entry, str | None]] | None:
-        """(path, entry, base) for what a selector brings; base is the directory the placement
-        is relative to, or None for a file selected by name (it lands by its base name).
+    ) -> Matches | None:
+        """What a selector brings (:data:`Matches`).
 
         None when the selector names nothing (an empty directory brings nothing, but exists).
         """
         if selector.kind == "glob" or selector.path == ".":
             top = self._scan(context, rules, rules_id, "", probes)
             if selector.path == ".":
-                return [(path, entry, "") for path, entry in top.items()]
+                return [(top, "")]
             pattern = glob_regex(selector.path)
             depth = selector.path.count("/")
-            found: list[tuple[str, Entry, str | None]] = []
+            found: Matches = []
             matched = False
             for path in sorted(top):
                 if path.count("/") == depth and pattern.match(path):
@@ -759,11 +723,10 @@ class ContextHasher:
         path: str,
         entry: Entry,
         probes: list[str],
-    ) -> list[tuple[str, Entry, str | None]]:
+    ) -> Matches:
         if entry[TYPE] != "dir":
-            return [(path, entry, None)]
-        below = self._scan(context, rules, rules_id, path, probes)
-        return [(p, e, path) for p, e in below.items()]
+            return [({path: entry}, None)]
+        return [(self._scan(context, rules, rules_id, path, probes), path)]
 
     def _stat_one(
         self, context: Context, rules: IgnoreRules, rules_id: str, rel: str, probes: list[str]
@@ -786,7 +749,7 @@ class ContextHasher:
 
     def _scan(
         self, context: Context, rules: IgnoreRules, rules_id: str, start: str, probes: list[str]
-    ) -> dict[str, Entry]:
+    ) -> Mapping[str, Entry]:
         """Every entry under ``start`` (not ``start`` itself) that the rules keep."""
         probe = f"{rules_id}:dir:{start}"
         probes.append(probe)
@@ -795,18 +758,21 @@ class ContextHasher:
         if scanned is not None:
             return scanned
         root = context.root
-        listed = DirectoryLister(root, rules).run(start)
-        directories = {rel: listed[rel][0] for rel in sorted(listed)}
-        found: dict[str, Entry] = {}
-        for here in directories.values():
-            found.update(here)
-        check = bool(rules)
-        if check and add_missing_parents(root, start, found):
-            directories = {}  # re-included files bring parents no directory listed: no shortcut
+        listing = DirectoryLister(root, rules).run(start)
+        found: Mapping[str, Entry] = ScanEntries(listing)
+        if rules:
+            merged: dict[str, Entry] = {}
+            for directory in listing:
+                merged.update(listing[directory])
+            found = merged
+            if add_missing_parents(root, start, merged):
+                # Re-included files bring parents no directory listed: no shortcut.
+                cache.seen[probe] = merged
+                cache.directories[probe] = {}
+                return merged
         cache.seen[probe] = found
-        cache.directories[probe] = directories
-        if directories:
-            cache.known_signatures(probe, {rel: listed[rel][1] for rel in directories})
+        cache.directories[probe] = listing
+        cache.known_signatures(probe, listing.signatures)
         return found
 
     # -- hashing -----------------------------------------------------------------------------
@@ -814,7 +780,7 @@ class ContextHasher:
     def _rows_later(
         self,
         root: str,
-        selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
+        selections: Sequence[tuple[Selector, Matches]],
         exclude: Sequence[str],
         dest_is_dir: bool,
         parents: bool,
@@ -833,7 +799,7 @@ class ContextHasher:
     def _rows(
         self,
         root: str,
-        selections: Sequence[tuple[Selector, list[tuple[str, Entry, str | None]]]],
+        selections: Sequence[tuple[Selector, Matches]],
         exclude: Sequence[str],
         dest_is_dir: bool,
         parents: bool = False,
@@ -870,22 +836,55 @@ class ContextHasher:
                 hasher.update(subtree[child])
             subtree[directory] = hasher.digest()
         self._subtrees[(probe, base)] = (deepest_first, subtree)
-        before_digests: Mapping[str, tuple[bytes, str]] = cache.subtrees.get(memo, {})
+        kept = cache.subtrees.top(memo, base)
+        if kept is not None and kept[0] == subtree[base]:
+            # Nothing below changed: no directory's memo is read, and none holds racy files.
+            cache.settle(probe, deepest_first)
+            self._tops[memo] = kept
+            return kept[1]
+        before_digests: Mapping[str, Subtree] = cache.subtrees.get(memo)
         now, changed = unchanged_directories(deepest_first, subtree, before_digests)
+        cache.settle(probe, now)
         contents = self._changed_contents(root, directories, changed)
         for directory in changed:  # deepest first: subdirectories are done before parents
             records = []
+            shapes = []
+            large = rest = 0
             for path, entry in directories[directory].items():
                 kind = entry[TYPE]
-                digest = now[path][1] if kind == "dir" else contents[path]
-                size = entry[SIZE] if kind == "file" else 0
-                records.append(_record(path.rpartition("/")[2], kind, entry[MODE], size, digest))
+                name = path.rpartition("/")[2]
+                if kind == "dir":
+                    _, digest, inner, inner_large, inner_rest = now[path]
+                    shapes.append(_record(name, kind, entry[MODE], 0, inner.hex()))
+                    large += inner_large
+                    rest += inner_rest
+                    size = 0
+                else:
+                    digest = contents[path]
+                    size = entry[SIZE] if kind == "file" else 0
+                    shapes.append(_record(name, kind, entry[MODE], size, ""))
+                    if size >= LARGE_FILE:
+                        large += size
+                    else:
+                        rest += size
+                records.append(_record(name, kind, entry[MODE], size, digest))
             top = directory == base
-            now[directory] = (subtree[directory], _directory_digest(records, top=top))
-        cache.subtrees[memo] = now
-        if changed:
+            shape = blake3.blake3(_SHAPE + b"".join(sorted(shapes))).digest()
+            digest = _directory_digest(records, top=top)
+            now[directory] = (subtree[directory], digest, shape, large, rest)
+        if changed or kept is None:
+            cache.subtrees.keep(memo, base, now)
             self._dirty.add(root)
+        self._tops[memo] = now[base]
         return now[base][1]
+
+    def _content_of(self, root: str, probe: str, path: str) -> str | None:
+        """The content digest of one file of a scan (from the stat cache when valid)."""
+        listed = self._load_cache(root).directories[probe].get(path.rpartition("/")[0], {})
+        entry = listed.get(path)
+        if entry is None or entry[TYPE] != "file":
+            return None
+        return self._digests(root, ((path, entry),))[path]
 
     def _changed_contents(
         self, root: str, directories: Mapping[str, Mapping[str, Entry]], changed: Sequence[str]

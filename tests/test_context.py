@@ -185,6 +185,36 @@ def test_racily_clean_files_are_always_reread(
         assert reporter.files_read == 1
 
 
+def test_a_racy_edit_in_a_directory_copied_whole_is_reread(
+    project: Path, tmp_path: Path, clock: ScanClock
+) -> None:
+    """Directories whose subtree a saved memo vouches for are not checked for racy files (they
+    had none when saved, and are the same); an edited one still is, run after run."""
+    store = Store(tmp_path / "store")
+    src = dsl.context(project).as_source()
+    time.sleep(0.06)  # the clock only moves on here: the others settle before the edit
+    clock.now_ns = None
+    for _ in range(2):
+        hasher = ContextHasher(store, Reporter())
+        hasher.tree(src)
+        hasher.save()
+    (project / "app" / "main.py").write_bytes(b"print('changed')\n")
+    clock.just_after(project / "app" / "main.py")
+    for _ in range(2):
+        reporter = CountingReporter()
+        hasher = ContextHasher(store, reporter)
+        hasher.tree(src)
+        hasher.save()
+        assert reporter.files_read == 1
+    clock.settled()
+    for expected in (1, 0):
+        reporter = CountingReporter()
+        hasher = ContextHasher(store, reporter)
+        hasher.tree(src)
+        hasher.save()
+        assert reporter.files_read == expected
+
+
 def test_ignore_patterns_and_dockerignore(project: Path) -> None:
     """Ignore rules (with ``!`` exceptions) decide what a whole-context COPY selects."""
     (project / ".dockerignore").write_text("**/__pycache__\n*.md\n!README.md\n")
@@ -435,11 +465,12 @@ def test_incremental_layer_parts_equal_parts_from_scratch(
 ) -> None:
     """layers="auto" parts from a warm store (only changed directories hashed again) equal
     the parts partition_tree makes from all the rows with no store at all."""
-    from imagedsl import treehash
+    from imagedsl import _layerparts, treehash
 
     monkeypatch.setattr(treehash, "LARGE_FILE", 40)
-    monkeypatch.setattr(treehash, "_LARGE_BUCKET", 30)
-    monkeypatch.setattr(treehash, "_FILES_BUCKET", 20)
+    monkeypatch.setattr(_layerparts, "LARGE_FILE", 40)
+    monkeypatch.setattr(_layerparts, "_LARGE_BUCKET", 30)
+    monkeypatch.setattr(_layerparts, "_FILES_BUCKET", 20)
     paths = sorted(files)
     if any(a != b and b.startswith(a.removesuffix(".txt") + "/") for a in paths for b in paths):
         return  # a file and a directory of one name cannot both exist

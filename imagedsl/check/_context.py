@@ -19,11 +19,12 @@ import attrs
 import blake3
 
 from imagedsl import credentials
+from imagedsl._layerparts import is_manifest
 from imagedsl.check.catalogue import RULES
 from imagedsl.check.model import Finding
 from imagedsl.context import ContextSource
 from imagedsl.steps import Add, Copy, Run
-from imagedsl.treehash import Tree, is_manifest
+from imagedsl.treehash import Tree
 
 if TYPE_CHECKING:
     from imagedsl.graph import StepNode
@@ -68,11 +69,18 @@ class TreeFacts:
         return cls(secrets=secrets, manifests=manifests)
 
 
-def scan_tree(tree: Tree, root: str, clean: set[bytes] | None = None) -> TreeFacts:
+def scan_tree(
+    tree: Tree,
+    root: str,
+    clean: set[bytes] | None = None,
+    consulted: list[tuple[str, str]] | None = None,
+) -> TreeFacts:
     """Read a tree's rows (and the bytes of its small key-like files) for :class:`TreeFacts`.
 
     ``clean`` holds digests of file contents already read and found to hold no credential:
     those are not read again, and the digests of files found clean now are added to it.
+    ``consulted`` receives (source path, content digest) of every file whose content the
+    facts depend on (read now or known clean): the rest depend on the rows' shape alone.
     """
     clean = set() if clean is None else clean
     secrets: list[tuple[str, str, str]] = []
@@ -90,6 +98,8 @@ def scan_tree(tree: Tree, root: str, clean: set[bytes] | None = None) -> TreeFac
             if ".git" in placed_parts:
                 placed = "/".join(placed_parts[: placed_parts.index(".git") + 1])
         elif found is None and kind == "file" and credentials.needs_content(source, size):
+            if consulted is not None:
+                consulted.append((source, digest))
             known = _short_digest(digest)
             if known not in clean:
                 found = _content_kind(root, source)
@@ -100,6 +110,26 @@ def scan_tree(tree: Tree, root: str, clean: set[bytes] | None = None) -> TreeFac
         if kind == "file" and "/" not in placed and is_manifest(posixpath.basename(source)):
             manifests.append((source, placed))
     return TreeFacts(secrets=tuple(secrets), manifests=tuple(manifests))
+
+
+def _shaped_memo(facts: TreeFacts, consulted: list[tuple[str, str]]) -> bytes:
+    """The memo of a tree's facts by its shape: the facts, and the content digests of the
+    files they read (the shape fixes which files those are)."""
+    return json.dumps([facts.to_json().decode(), consulted], separators=(",", ":")).encode()
+
+
+def _shaped_facts(data: bytes | None, tree: Tree) -> TreeFacts | None:
+    """The facts of a memo by shape, if every file they read still has the same content."""
+    if data is None or tree.content_of is None:
+        return None
+    try:
+        facts_text, consulted = json.loads(data)
+        for path, digest in consulted:
+            if tree.content_of(path) != digest:
+                return None
+        return TreeFacts.from_json(facts_text.encode())
+    except (ValueError, TypeError, AttributeError):
+        return None  # damaged: the files are read again
 
 
 def _short_digest(digest: str) -> bytes:
@@ -185,10 +215,21 @@ class CheckContext:
         ).hexdigest()
         saved = None if self.store is None else self.store.load_tree_facts(name)
         facts = None if saved is None else TreeFacts.from_json(saved)
+        shaped = None
+        if facts is None and tree.shape is not None and self.store is not None:
+            # After a content-only edit the digest is new but the shape is not: the facts
+            # are those of the shape if every file whose content they read is unchanged.
+            shaped = blake3.blake3(
+                f"{FACTS_VERSION}\0shape\0{tree.shape}\0{source.selectors!r}".encode()
+            ).hexdigest()
+            facts = _shaped_facts(self.store.load_tree_facts(shaped), tree)
         if facts is None:
-            facts = scan_tree(tree, source.context.root, self._clean_contents())
+            consulted: list[tuple[str, str]] = []
+            facts = scan_tree(tree, source.context.root, self._clean_contents(), consulted)
             if self.store is not None:
                 self.store.save_tree_facts(name, facts.to_json())
+                if shaped is not None:
+                    self.store.save_tree_facts(shaped, _shaped_memo(facts, consulted))
         self._facts[(tree.digest, source)] = facts
         return facts
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import attrs
 
+from imagedsl._layerparts import is_manifest
 from imagedsl.check._context import CheckContext
 from imagedsl.check._shell import (
     absolute,
@@ -32,7 +33,6 @@ from imagedsl.check.model import Finding
 from imagedsl.context import ContextSource
 from imagedsl.graph import StepNode
 from imagedsl.steps import Add, Copy, Run, StagePath
-from imagedsl.treehash import is_manifest
 
 # -- package-cache -----------------------------------------------------------------------------
 
