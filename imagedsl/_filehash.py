@@ -12,7 +12,7 @@ from typing import Final
 
 import blake3
 
-from imagedsl._cores import cores
+from imagedsl._cores import cores, fork_is_safe
 from imagedsl.errors import ContextError
 
 #: Up to this many (small) files are hashed here, without other threads or processes.
@@ -61,7 +61,7 @@ def hash_files(
 ) -> Iterator[str]:
     """blake3 of each of ``files`` (a path under ``root``, its size), in their order; after
     each batch, ``progress(files, bytes)`` so far. A few small files are hashed here; more on
-    one forked process per core where that is safe (:func:`~imagedsl._forked.can_fork`), each
+    one forked process per core where that is safe (:func:`~imagedsl._cores.fork_is_safe`), each
     hashing a batch at a time, or else on as many threads."""
     total = sum(size for _, size in files)
     if len(files) <= INLINE_FILES and total < BIG_FILE:
@@ -70,7 +70,7 @@ def hash_files(
         progress(len(files), total)
         return
     # Here, not at the top: a warm plan hashes an edit or two at most, inline.
-    from imagedsl._forked import ForkedJobs, can_fork
+    from imagedsl._forked import ForkedJobs
 
     batches = list(_batches(files))
     work = functools.partial(_hash_batch, root)
@@ -79,7 +79,7 @@ def hash_files(
     workers = min(8, cores())
     with contextlib.ExitStack() as stack:
         results: Iterator[list[str]]
-        if len(batches) > 1 and can_fork(workers):
+        if len(batches) > 1 and fork_is_safe(workers):
             forked = stack.enter_context(
                 ForkedJobs([functools.partial(work, batch) for batch in batches], workers)
             )

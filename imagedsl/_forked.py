@@ -3,24 +3,21 @@ done with one: for work whose Python part (per file: arranging entries, tar head
 index) would hold the GIL and leave threads waiting on each other.
 
 The jobs are closures over the parent's state, which the children see as it was when they were
-forked: nothing is sent to them but a job's number, and they send back its pickled result (or
-its exception). A child never returns into the parent's code: it leaves with ``os._exit``, so
+forked: nothing is sent to them but a job's number, and they send back its result (marshalled
+when it is plain data, else pickled) or its exception. A child never returns into the parent's code: it leaves with ``os._exit``, so
 no ``atexit`` handler, buffered output or ``finally`` of the parent runs twice.
 
 Forking is only safe while no other thread runs (a lock another thread holds stays held in the
-child), so :func:`can_fork` asks for exactly one thread; callers use threads otherwise.
+child): callers ask :func:`~imagedsl._cores.fork_is_safe` first, and use threads otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
+import marshal
 import os
-import pickle
 import select
-import signal
 import struct
-import sys
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Generic, TypeVar
 
@@ -30,10 +27,11 @@ from imagedsl.errors import EnvironmentFailure
 
 T = TypeVar("T")
 
-#: Set to ``0`` to never fork (jobs then run on threads, as where ``fork`` does not exist).
-ENV_DISABLE: Final = "IMAGEDSL_FORK"
 _LENGTH: Final = struct.Struct("<Q")
 _STOP: Final = 0xFFFFFFFF
+_SIGTERM: Final = 15  # signal.SIGTERM, the same on every platform that forks
+_MARSHALLED: Final = b"M"
+_PICKLED: Final = b"P"
 #: Jobs handed to a child before its first is done.
 _QUEUED: Final = 2
 
@@ -54,18 +52,6 @@ class WorkerDied(EnvironmentFailure):
             else f"exited with status {self.status}"
         )
         return f"a worker process ({self.pid}) {how} before it finished its part of the build"
-
-
-def can_fork(workers: int) -> bool:
-    """Whether ``workers`` children may be forked now: on Linux (macOS's system libraries do
-    not survive a fork without an exec), more than one worker is wanted, nothing has asked us
-    not to, and this is the only thread."""
-    return (
-        workers > 1
-        and sys.platform.startswith("linux")
-        and os.environ.get(ENV_DISABLE, "1") != "0"
-        and threading.active_count() == 1
-    )
 
 
 class ForkedJobs(Generic[T]):
@@ -106,6 +92,8 @@ class ForkedJobs(Generic[T]):
                 for other in self._children:  # the pipes of children forked before
                     os.close(other[1])
                     os.close(other[2])
+                import signal
+
                 signal.signal(signal.SIGTERM, _stop_child)
                 _serve(self._jobs, task_read, result_write)
                 status = 0
@@ -139,7 +127,7 @@ class ForkedJobs(Generic[T]):
                     self._results.update((lost, (False, died)) for lost in child[3])
                     child[3] = []
                     continue
-                self._results[child[3].pop(0)] = pickle.loads(message)
+                self._results[child[3].pop(0)] = _decoded(message)
                 self._assign(child)
         ok, value = self._results.pop(job)
         if not ok:
@@ -153,7 +141,7 @@ class ForkedJobs(Generic[T]):
         for child in self._children:
             if child[0] and child[3]:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(child[0], signal.SIGTERM)
+                    os.kill(child[0], _SIGTERM)
             with contextlib.suppress(OSError):  # it has gone already
                 os.write(child[1], _LENGTH.pack(_STOP))
             os.close(child[1])
@@ -185,7 +173,7 @@ def _serve(
         if job == _STOP:
             return
         try:
-            reply = pickle.dumps((True, jobs[job]()))
+            reply = _encoded(jobs[job]())
         except Exception as error:
             reply = _pickled_error(error)
         os.write(results, _LENGTH.pack(len(reply)))
@@ -194,14 +182,37 @@ def _serve(
             view = view[os.write(results, view) :]
 
 
+def _encoded(result: object) -> bytes:  # pragma: no cover - in the child
+    """A result as a message: marshalled when it is plain data (lists of digests, listings:
+    the parent then never imports pickle, which a warm plan would pay for), else pickled."""
+    try:
+        return _MARSHALLED + marshal.dumps(result)  # type: ignore[arg-type]
+    except ValueError:
+        import pickle
+
+        return _PICKLED + pickle.dumps((True, result))
+
+
+def _decoded(message: bytes) -> tuple[bool, Any]:
+    """(whether the job succeeded, its result or exception) from a message."""
+    if message[:1] == _MARSHALLED:
+        return True, marshal.loads(message[1:])
+    import pickle
+
+    ok_and_value: tuple[bool, Any] = pickle.loads(message[1:])
+    return ok_and_value
+
+
 def _pickled_error(error: Exception) -> bytes:  # pragma: no cover - in the child
     """The exception, pickled so that it unpickles (or a RuntimeError naming it)."""
+    import pickle
+
     try:
         reply = pickle.dumps((False, error))
         pickle.loads(reply)
     except Exception:
         reply = pickle.dumps((False, RuntimeError(f"{type(error).__name__}: {error}")))
-    return reply
+    return _PICKLED + reply
 
 
 def _receive(fd: int) -> bytes | None:
@@ -223,4 +234,4 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
     return b"".join(parts)
 
 
-__all__ = ["ENV_DISABLE", "ForkedJobs", "WorkerDied", "can_fork"]
+__all__ = ["ForkedJobs", "WorkerDied"]

@@ -11,6 +11,7 @@ whose entry is unchanged (DESIGN.md: content is always hashed when anything chan
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import marshal
@@ -19,7 +20,7 @@ import posixpath
 import zlib
 from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, Sequence
 from stat import S_ISDIR, S_ISLNK, S_ISREG
-from typing import Any, Final, Generic, Literal, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, Protocol, TypeVar, cast
 
 import attrs
 import blake3
@@ -27,6 +28,9 @@ import blake3
 from imagedsl._cores import fork_is_safe
 from imagedsl._ignore import IgnoreRules
 from imagedsl.errors import ContextError
+
+if TYPE_CHECKING:
+    from imagedsl._forked import ForkedJobs
 
 EntryType = Literal["file", "dir", "symlink"]
 
@@ -467,33 +471,46 @@ class DirectoryLister:
         """``start`` and every directory below it."""
         # A scan makes tens of thousands of tuples and no cycle: the cyclic garbage collector
         # would walk them again and again for nothing.
-        collecting = gc.isenabled()
-        gc.disable()
-        worker: _Worker | None = None
-        try:
+        with contextlib.ExitStack() as stack:  # the child (if any) is waited for, gc restored
+            if gc.isenabled():
+                gc.disable()
+                stack.callback(gc.enable)
             packed: dict[str, bytes] = {}
             signatures: dict[str, bytes] = {}
             todo = [start]
             seen = 0
             may_fork = True
+            given: list[str] = []
+            worker: ForkedJobs[tuple[dict[str, bytes], dict[str, bytes]]] | None = None
             while todo:
                 if may_fork and seen >= FORK_AFTER and len(todo) >= 2:
                     may_fork = False
-                    worker = _Worker.start(self, todo[1::2]) if fork_is_safe() else None
+                    given = todo[1::2]
+                    worker = self._fork(stack, given)
                     if worker is not None:
                         del todo[1::2]
                 seen += self._list_into(todo.pop(), todo, packed, signatures)
             if worker is not None:
-                theirs, their_signatures = worker.finish()
-                worker = None
+                try:
+                    theirs, their_signatures = worker.result(0)
+                except Exception:
+                    theirs, their_signatures = self.list_packed(list(given))
                 packed.update(theirs)
                 signatures.update(their_signatures)
             return Listing(packed, signatures)
-        finally:
-            if worker is not None:  # this process failed first: the child is not waited for
-                worker.abandon()
-            if collecting:
-                gc.enable()
+
+    def _fork(
+        self, stack: contextlib.ExitStack, given: list[str]
+    ) -> ForkedJobs[tuple[dict[str, bytes], dict[str, bytes]]] | None:
+        """A child listing ``given`` (and below), if it may and can be forked."""
+        if not fork_is_safe():
+            return None
+        from imagedsl._forked import ForkedJobs
+
+        try:
+            return stack.enter_context(ForkedJobs([functools.partial(self.list_packed, given)], 1))
+        except OSError:  # no pipe or no process to be had: this one lists everything
+            return None
 
     def list_packed(self, todo: list[str]) -> tuple[dict[str, bytes], dict[str, bytes]]:
         """Each directory of ``todo`` and below: its entries marshalled, and its signature
@@ -572,16 +589,6 @@ class DirectoryLister:
         return here, below
 
 
-def _widen(pipe: int) -> None:
-    """Let a pipe hold 1 MiB (Linux), so the child's message crosses in a few writes."""
-    try:
-        import fcntl
-
-        fcntl.fcntl(pipe, fcntl.F_SETPIPE_SZ, 1 << 20)
-    except (ImportError, AttributeError, OSError):
-        pass  # the default size only costs more round trips
-
-
 def _renamed(error: OSError, directory: str, name: str) -> OSError:
     """``error`` of a call on ``name`` in ``directory``, naming the whole path."""
     return type(error)(error.errno, error.strerror, os.path.join(directory, name))
@@ -594,69 +601,6 @@ _S_IFMT: Final = 0o170000
 _S_IFREG: Final = 0o100000
 _S_IFDIR: Final = 0o040000
 _S_IFLNK: Final = 0o120000
-
-
-@attrs.frozen
-class _Worker:
-    """A forked child listing some directories (:meth:`DirectoryLister.list_packed`); it
-    sends what it found, marshalled, through a pipe. If it fails (a directory it cannot read), this
-    process lists those directories itself, and raises what a scan raises."""
-
-    lister: DirectoryLister
-    given: list[str]
-    pid: int
-    pipe: int
-
-    @classmethod
-    def start(cls, lister: DirectoryLister, given: list[str]) -> _Worker | None:
-        """Fork the child; None when the system refuses a pipe or the fork."""
-        try:
-            pipe, tell = os.pipe()
-        except OSError:
-            return None
-        _widen(pipe)
-        try:
-            pid = os.fork()
-        except OSError:
-            os.close(pipe)
-            os.close(tell)
-            return None
-        if pid == 0:  # the child: never returns
-            status = 1
-            try:
-                os.close(pipe)
-                data = memoryview(marshal.dumps(lister.list_packed(list(given))))
-                while data:
-                    data = data[os.write(tell, data) :]
-                status = 0
-            finally:
-                os._exit(status)
-        os.close(tell)
-        return cls(lister, list(given), pid, pipe)
-
-    def finish(self) -> tuple[dict[str, bytes], dict[str, bytes]]:
-        """What the child listed (or, if it failed, what this process lists in its place)."""
-        chunks = []
-        try:
-            while chunk := os.read(self.pipe, 1 << 20):
-                chunks.append(chunk)
-        finally:
-            os.close(self.pipe)
-            _, status = os.waitpid(self.pid, 0)
-        if status == 0:
-            try:
-                found = marshal.loads(b"".join(chunks))
-            except (ValueError, EOFError, TypeError):
-                pass
-            else:
-                if isinstance(found, tuple) and len(found) == 2:
-                    return found
-        return self.lister.list_packed(list(self.given))
-
-    def abandon(self) -> None:
-        """Stop waiting for the child (its writes then fail) and reap it."""
-        os.close(self.pipe)
-        os.waitpid(self.pid, 0)
 
 
 def entry_of(root: str, rel: str, st: os.stat_result) -> Entry | None:

@@ -12,9 +12,10 @@ from pathlib import Path
 import attrs
 import pytest
 
-from imagedsl import _filehash
+from imagedsl import _cores, _filehash
+from imagedsl._cores import fork_is_safe
 from imagedsl._filehash import BIG_FILE, hash_file, hash_files
-from imagedsl._forked import ForkedJobs, WorkerDied, can_fork
+from imagedsl._forked import ForkedJobs, WorkerDied
 from imagedsl.errors import ContextError, InputError, exit_code_of
 
 
@@ -117,23 +118,28 @@ def test_closing_stops_a_running_job_and_runs_its_cleanup(tmp_path: Path) -> Non
 
 
 def test_forking_only_when_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Another thread (whose locks a child would inherit held), a single worker, or
+    """Another thread (whose locks a child would inherit held), a single worker, one core, or
     IMAGEDSL_FORK=0 mean no fork."""
     monkeypatch.delenv("IMAGEDSL_FORK", raising=False)
+    monkeypatch.setattr(_cores, "cores", lambda: 2)
     assert threading.active_count() == 1, "this test needs to run alone in its process"
-    assert can_fork(2)
-    assert not can_fork(1)
+    assert fork_is_safe(2)
+    assert not fork_is_safe(1)
     monkeypatch.setenv("IMAGEDSL_FORK", "0")
-    assert not can_fork(2)
+    assert not fork_is_safe(2)
     monkeypatch.delenv("IMAGEDSL_FORK")
+    monkeypatch.setattr(_cores, "cores", lambda: 1)
+    assert not fork_is_safe(2)
+    monkeypatch.setattr(_cores, "cores", lambda: 2)
     release = threading.Event()
     other = threading.Thread(target=release.wait)
     other.start()
     try:
-        assert not can_fork(2)
+        assert not fork_is_safe(2)
     finally:
         release.set()
         other.join()
+    assert fork_is_safe(2)
 
 
 def test_a_forked_child_hashes_big_files_on_its_own_thread() -> None:

@@ -51,7 +51,7 @@ def everything(listing: Listing) -> list[tuple[str, list[tuple[str, object]], by
 def fixture_forking(monkeypatch: pytest.MonkeyPatch) -> None:
     """Scans fork their second lister after a single entry, wherever they run."""
     monkeypatch.setattr(_statcache, "FORK_AFTER", 1)
-    monkeypatch.setattr(_statcache, "fork_is_safe", lambda: True)
+    monkeypatch.setattr(_statcache, "fork_is_safe", lambda *_: True)
 
 
 TREES = st.lists(
@@ -77,7 +77,7 @@ def test_a_forked_scan_lists_what_one_process_lists(
     alone = everything(lister.run(""))
     with monkeypatch.context() as patched:
         patched.setattr(_statcache, "FORK_AFTER", 1)
-        patched.setattr(_statcache, "fork_is_safe", lambda: True)
+        patched.setattr(_statcache, "fork_is_safe", lambda *_: True)
         shared = lister.run("")
     assert everything(shared) == alone
 
@@ -106,7 +106,7 @@ def test_a_failed_child_is_listed_again_here(
     lister = DirectoryLister(str(root), IgnoreRules.from_lines([]))
     alone = everything(lister.run(""))
     monkeypatch.setattr(_statcache, "FORK_AFTER", 1)
-    monkeypatch.setattr(_statcache, "fork_is_safe", lambda: True)
+    monkeypatch.setattr(_statcache, "fork_is_safe", lambda *_: True)
     parent = os.getpid()
     list_packed = DirectoryLister.list_packed
 

@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from imagedsl._cores import cores
+from imagedsl._cores import cores, fork_is_safe
 from imagedsl.backends.oci.filesystem import LayerIndex, save_index
 from imagedsl.backends.oci.layer import LayerEntry, LayerStream, arrange, write_tar
 from imagedsl.oci.blobs import BlobStore
@@ -70,15 +70,15 @@ class LayerWriter:
         """Start writing layers, each ``(key, make)``: ``make()`` gives its entries and parent
         factory (or None: no layer); :meth:`take` ``key`` gives its blob.
 
-        In forked children where that is safe (:func:`~imagedsl._forked.can_fork`): making the
+        In forked children where that is safe (:func:`~imagedsl._cores.fork_is_safe`): making the
         entries, arranging them, the tar headers and the index are Python, and threads would
         take turns at them; each child makes and writes whole layers. Otherwise the entries are
         made here, one layer after another, and written on a pool of threads.
         """
         # Here, not at the top: an edit build writes one layer, and needs none of this.
-        from imagedsl._forked import ForkedJobs, can_fork
+        from imagedsl._forked import ForkedJobs
 
-        if can_fork(self.workers):
+        if fork_is_safe(self.workers):
             forked = ForkedJobs([partial(self._make_and_write, make) for _, make in layers],
                                 self.workers)  # fmt: skip
             self._forked.append(forked)
