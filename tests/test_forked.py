@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -174,3 +177,90 @@ def test_hashing_many_files_on_processes_or_threads(
     with pytest.raises(ContextError, match="cannot read f200"):
         list(hash_files(str(tmp_path), files, lambda *_: None))
     assert not _children()
+
+
+_SLOW_DRIVER = """
+import os, sys, time
+from imagedsl.backends.oci import layer
+finish = layer.LayerStream.finish
+
+def stalled(self):
+    # A part half written (its temporary blob holds bytes) when the interrupt comes.
+    with open(os.environ["READY"], "a") as ready:
+        ready.write(f"{os.getpid()}\\n")
+    time.sleep(60)
+    return finish(self)
+
+layer.LayerStream.finish = stalled
+from imagedsl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("whole_group", [True, False], ids=["ctrl-c", "kill-int"])
+def test_an_interrupted_build_leaves_no_worker_and_no_partial_blob(
+    tmp_path: Path, whole_group: bool
+) -> None:
+    """Ctrl-C (SIGINT to the whole process group) or SIGINT to the command alone, while
+    forked processes write the parts of a split COPY: the command exits 130, its workers
+    are gone (none left running or unreaped), no temporary blob is left in the store, and
+    the next build makes the same image as a build from an empty store."""
+    ctx = tmp_path / "ctx"
+    (ctx / "src").mkdir(parents=True)
+    (ctx / "model.bin").write_bytes(os.urandom(2 << 20))
+    for i in range(200):
+        (ctx / "src" / f"mod{i}.py").write_text(f"VALUE = {i}\n" * 50)
+    (tmp_path / "build.py").write_text(
+        "import imagedsl as dsl\n"
+        "app = dsl.scratch().copy(dsl.context('ctx'), '/app', layers='auto')\n"
+    )
+    (tmp_path / "slow.py").write_text(_SLOW_DRIVER)
+    ready = tmp_path / "ready"
+    store = tmp_path / "store"
+    env = {**os.environ, "READY": str(ready), "IMAGEDSL_FORK": "1"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+
+    def argv(store: Path, out: Path) -> list[str]:
+        return ["build", "build.py:app", "--backend", "oci", "--store", str(store),
+                "--progress", "quiet", "--output", f"oci:{out}:app"]  # fmt: skip
+
+    proc = subprocess.Popen(
+        [sys.executable, str(tmp_path / "slow.py"), *argv(store, tmp_path / "out")],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while len(_pids(ready)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    workers = _pids(ready)
+    assert len(workers) == 2, proc.communicate(timeout=5)
+    if whole_group:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert "Traceback" not in stderr
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # neither running nor a zombie: reaped
+    leftovers = [p.name for p in store.rglob("*") if p.name.startswith(".incoming.")]
+    assert leftovers == []
+    assert not (tmp_path / "out" / "index.json").exists()
+
+    for again in (argv(store, tmp_path / "out"), argv(tmp_path / "store2", tmp_path / "out2")):
+        done = subprocess.run(
+            [sys.executable, "-m", "imagedsl", *again], cwd=tmp_path, env=env, capture_output=True
+        )
+        assert done.returncode == 0, done.stderr
+    index, fresh = (json.loads((tmp_path / o / "index.json").read_text()) for o in ("out", "out2"))
+    assert index["manifests"][0]["digest"] == fresh["manifests"][0]["digest"]
+
+
+def _pids(ready: Path) -> list[int]:
+    return [int(line) for line in ready.read_text().split()] if ready.exists() else []
