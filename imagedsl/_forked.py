@@ -4,8 +4,9 @@ index) would hold the GIL and leave threads waiting on each other.
 
 The jobs are closures over the parent's state, which the children see as it was when they were
 forked: nothing is sent to them but a job's number, and they send back its result (marshalled
-when it is plain data, else pickled) or its exception. A child never returns into the parent's code: it leaves with ``os._exit``, so
-no ``atexit`` handler, buffered output or ``finally`` of the parent runs twice.
+when it is plain data, else pickled) or its exception. A child never returns into the parent's
+code: it leaves with ``os._exit``, so no ``atexit`` handler, buffered output or ``finally`` of
+the parent runs twice.
 
 Forking is only safe while no other thread runs (a lock another thread holds stays held in the
 child): callers ask :func:`~imagedsl._cores.fork_is_safe` first, and use threads otherwise.
@@ -29,7 +30,7 @@ T = TypeVar("T")
 
 _LENGTH: Final = struct.Struct("<Q")
 _STOP: Final = 0xFFFFFFFF
-_SIGTERM: Final = 15  # signal.SIGTERM, the same on every platform that forks
+_SIGTERM: Final = 15  # signal.SIGTERM on Linux (importing signal costs a warm plan 0.5 ms)
 _MARSHALLED: Final = b"M"
 _PICKLED: Final = b"P"
 #: Jobs handed to a child before its first is done.
