@@ -79,10 +79,11 @@ def hash_files(
     workers = min(8, cores())
     with contextlib.ExitStack() as stack:
         results: Iterator[list[str]]
+        forked = None
         if len(batches) > 1 and fork_is_safe(workers):
-            forked = stack.enter_context(
-                ForkedJobs([functools.partial(work, batch) for batch in batches], workers)
-            )
+            forked = ForkedJobs.start([functools.partial(work, b) for b in batches], workers)
+        if forked is not None:
+            stack.enter_context(forked)
             results = (forked.result(i) for i in range(len(batches)))
         else:
             from concurrent.futures import ThreadPoolExecutor

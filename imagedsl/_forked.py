@@ -74,17 +74,36 @@ class ForkedJobs(Generic[T]):
         try:
             for _ in range(max(1, min(workers, len(jobs)))):
                 self._fork()
+            for _ in range(_QUEUED):
+                for child in self._children:
+                    self._assign(child)
         except BaseException:
             self.close()
             raise
-        for _ in range(_QUEUED):
-            for child in self._children:
-                self._assign(child)
+
+    @classmethod
+    def start(cls, jobs: Sequence[Callable[[], T]], workers: int) -> ForkedJobs[T] | None:
+        """The jobs started; None when the system refuses a pipe or a process (``EAGAIN``,
+        ``ENOMEM``): the caller then does the work some other way."""
+        try:
+            return cls(jobs, workers)
+        except OSError:
+            return None
 
     def _fork(self) -> None:
         task_read, task_write = os.pipe()
-        result_read, result_write = os.pipe()
-        pid = os.fork()
+        try:
+            result_read, result_write = os.pipe()
+        except OSError:
+            os.close(task_read)
+            os.close(task_write)
+            raise
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (task_read, task_write, result_read, result_write):
+                os.close(fd)
+            raise
         if pid == 0:  # pragma: no cover - the child's coverage is not collected
             status = 1
             try:
@@ -96,6 +115,7 @@ class ForkedJobs(Generic[T]):
                 import signal
 
                 signal.signal(signal.SIGTERM, _stop_child)
+                signal.signal(signal.SIGINT, _stop_child)
                 _serve(self._jobs, task_read, result_write)
                 status = 0
             finally:
@@ -105,10 +125,26 @@ class ForkedJobs(Generic[T]):
         self._children.append([pid, task_write, result_read, []])
 
     def _assign(self, child: list[Any]) -> None:
-        if self._next < len(self._jobs):
+        """Hand ``child`` the next job, if there is one and it is alive."""
+        if self._next < len(self._jobs) and child[0]:
+            try:
+                os.write(child[1], _LENGTH.pack(self._next))
+            except BrokenPipeError:  # it has died (its own job killed it, say)
+                self._lost(child)
+                return
             child[3].append(self._next)
-            os.write(child[1], _LENGTH.pack(self._next))
             self._next += 1
+
+    def _lost(self, child: list[Any]) -> None:
+        """A child died: take the results it sent before, reap it; every other job it held
+        fails with :class:`WorkerDied`."""
+        while child[3] and (message := _receive(child[2])) is not None:
+            self._results[child[3].pop(0)] = _decoded(message)
+        pid, status = os.waitpid(child[0], 0)
+        child[0] = 0
+        died = self._died = WorkerDied(pid, os.waitstatus_to_exitcode(status))
+        self._results.update((lost, (False, died)) for lost in child[3])
+        child[3] = []
 
     def result(self, job: int) -> T:
         """The result of ``job`` (waiting for it); the exception it raised is raised here."""
@@ -122,11 +158,7 @@ class ForkedJobs(Generic[T]):
                 child = busy[fd]
                 message = _receive(fd)
                 if message is None:  # it died: so did every job it held
-                    pid, status = os.waitpid(child[0], 0)
-                    child[0] = 0
-                    died = self._died = WorkerDied(pid, os.waitstatus_to_exitcode(status))
-                    self._results.update((lost, (False, died)) for lost in child[3])
-                    child[3] = []
+                    self._lost(child)
                     continue
                 self._results[child[3].pop(0)] = _decoded(message)
                 self._assign(child)
@@ -160,6 +192,13 @@ class ForkedJobs(Generic[T]):
 
 
 def _stop_child(_signum: int, _frame: object) -> None:  # pragma: no cover - in the child
+    """The first SIGTERM or SIGINT (Ctrl-C reaches the whole process group, and the parent
+    then sends SIGTERM) unwinds the job, running its cleanup; later ones must not interrupt
+    that cleanup (a temporary blob would be left behind), so they are ignored."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise SystemExit(1)
 
 

@@ -507,10 +507,8 @@ class DirectoryLister:
             return None
         from imagedsl._forked import ForkedJobs
 
-        try:
-            return stack.enter_context(ForkedJobs([functools.partial(self.list_packed, given)], 1))
-        except OSError:  # no pipe or no process to be had: this one lists everything
-            return None
+        worker = ForkedJobs.start([functools.partial(self.list_packed, given)], 1)
+        return None if worker is None else stack.enter_context(worker)
 
     def list_packed(self, todo: list[str]) -> tuple[dict[str, bytes], dict[str, bytes]]:
         """Each directory of ``todo`` and below: its entries marshalled, and its signature

@@ -91,6 +91,14 @@ def test_a_child_that_dies_is_reported_and_reaped() -> None:
         with pytest.raises(WorkerDied, match=r"was killed by signal 9"):
             forked.result(1)
     assert not _children()
+    # One child answers a job, then dies on the next: the answer is kept.
+    with ForkedJobs([lambda: 1, killed, lambda: 3, lambda: 4], 1) as alone:
+        time.sleep(0.2)  # it has died by the time the next job is handed to it
+        assert alone.result(0) == 1
+        for job in (1, 2, 3):
+            with pytest.raises(WorkerDied, match="signal 9"):
+                alone.result(job)
+    assert not _children()
     # Both children die; the jobs never handed out fail too, rather than wait forever.
     jobs: list[Callable[[], object]] = [killed, killed, *(lambda n=n: n for n in range(4))]
     with ForkedJobs(jobs, 2) as every:
@@ -143,6 +151,36 @@ def test_forking_only_when_alone(monkeypatch: pytest.MonkeyPatch) -> None:
         release.set()
         other.join()
     assert fork_is_safe(2)
+
+
+def test_no_process_to_be_had(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the system refuses a process (EAGAIN) after the first, the one forked is waited
+    for, no pipe is left open, and the work is done on threads: the same digests."""
+    real_fork = os.fork
+    forks = [0]
+
+    def second_refused() -> int:
+        forks[0] += 1
+        if forks[0] > 1:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real_fork()
+
+    open_before = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(os, "fork", second_refused)
+    assert ForkedJobs.start([lambda: 1, lambda: 2], 2) is None
+    assert len(os.listdir("/proc/self/fd")) == open_before
+    assert not _children()
+    monkeypatch.setattr(_filehash, "cores", lambda: 2)
+    monkeypatch.setattr(_cores, "cores", lambda: 2)
+    files = []
+    for i in range(100):
+        (tmp_path / f"f{i}").write_bytes(os.urandom(i * 101))
+        files.append((f"f{i}", i * 101))
+    forks[0] = 0
+    digests = list(hash_files(str(tmp_path), files, lambda *_: None))
+    assert forks[0] == 2
+    assert digests == [hash_file(str(tmp_path / name), size) for name, size in files]
+    assert not _children()
 
 
 def test_a_forked_child_hashes_big_files_on_its_own_thread() -> None:

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 import imagedsl as dsl
-from imagedsl import _forked as forked_module
 from imagedsl import api
 from imagedsl._forked import ForkedJobs
 from imagedsl.backends import BuildRequest, BuildRequestError
@@ -435,13 +434,13 @@ def _count_forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the times the layer writer forks processes from now on (not the plan's
     hashing, which may fork too)."""
     count = [0]
-    real = ForkedJobs
+    real = ForkedJobs.start
 
     def counted(jobs: Any, workers: int) -> Any:
         count[0] += getattr(jobs[0].func, "__name__", "") == "_make_and_write"
         return real(jobs, workers)
 
-    monkeypatch.setattr(forked_module, "ForkedJobs", counted)
+    monkeypatch.setattr(ForkedJobs, "start", counted)
     return count
 
 

@@ -78,9 +78,9 @@ class LayerWriter:
         # Here, not at the top: an edit build writes one layer, and needs none of this.
         from imagedsl._forked import ForkedJobs
 
-        if fork_is_safe(self.workers):
-            forked = ForkedJobs([partial(self._make_and_write, make) for _, make in layers],
-                                self.workers)  # fmt: skip
+        jobs = [partial(self._make_and_write, make) for _, make in layers]
+        forked = ForkedJobs.start(jobs, self.workers) if fork_is_safe(self.workers) else None
+        if forked is not None:
             self._forked.append(forked)
             for position, (key, _) in enumerate(layers):
                 self._ahead[key] = partial(forked.result, position)
