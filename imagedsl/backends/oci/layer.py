@@ -389,10 +389,11 @@ def _compressor(compression: Compression, level: int | None) -> _Gzip | _Zstd | 
 class LayerStream:
     """A tar stream cut into fixed pieces: hashed (diff_id) as it is written, and compressed,
     hashed again (digest) and written to ``out`` by a second thread, so that reading files and
-    compressing them use two cores. File bytes are read straight into the pieces
-    (:meth:`write_from`): one read per file feeds the tar, its check digest, the diff_id and
-    the compressor, with no copy in between. The compressor sees the same pieces in the same
-    order as a single thread would, so the bytes do not depend on the threads."""
+    compressing them use two cores (``threaded=False``: all on the calling thread, for a
+    process that already has a core of its own per layer). File bytes are read straight into
+    the pieces (:meth:`write_from`): one read per file feeds the tar, its check digest, the
+    diff_id and the compressor, with no copy in between. The compressor sees the same pieces in
+    the same order either way, so the bytes do not depend on the threads."""
 
     def __init__(
         self,

@@ -1,14 +1,16 @@
-"""Writing layers into the store: one now, or several at once on a pool of threads.
+"""Writing layers into the store: one now, or several at once on forked processes (else
+threads).
 
 A COPY split into layers (``layers="auto"``) has parts that do not depend on each other (each
 is written over what lies below the whole COPY), so the backend hands every missing part to
 :meth:`LayerWriter.write_ahead` when it reaches the first, and takes each one's blob in plan
-order. Reading, hashing and compressing release the GIL, so the parts are compressed side by
-side, and each part's end (the compressor draining, the fsync, its index) overlaps another's
-work. Every layer keeps :class:`~.layer.LayerStream`'s second thread (reading on one, compressing
-on the other): measured here, two parts at once each compressed on its reading thread were
-slower than that. Each layer's bytes depend only on its entries: neither the threads nor the
-order the parts finish in change a digest.
+order. Where a fork is safe, one process per core makes and writes whole parts, compressing on
+its own thread: per file, entries, tar headers and the index are Python, which threads would
+take turns at (the cold 420 MB benchmark: 2.30 s on two processes, 2.95 s on two threads, and
+2.40 s against 2.55 s for a child compressing on its one thread rather than a second).
+Otherwise the parts go to a pool of threads, each layer keeping :class:`~.layer.LayerStream`'s
+second thread (reading on one, compressing on the other). Each layer's bytes depend only on its
+entries: neither the processes, the threads nor the order the parts finish in change a digest.
 """
 
 from __future__ import annotations
