@@ -20,6 +20,7 @@ from imagedsl._cores import fork_is_safe
 from imagedsl._filehash import BIG_FILE, hash_file, hash_files
 from imagedsl._forked import ForkedJobs, WorkerDied
 from imagedsl.errors import ContextError, InputError, exit_code_of
+from tests.support.waiting import wait_until
 
 
 def _children() -> list[str]:
@@ -93,7 +94,6 @@ def test_a_child_that_dies_is_reported_and_reaped() -> None:
     assert not _children()
     # One child answers a job, then dies on the next: the answer is kept.
     with ForkedJobs([lambda: 1, killed, lambda: 3, lambda: 4], 1) as alone:
-        time.sleep(0.2)  # it has died by the time the next job is handed to it
         assert alone.result(0) == 1
         for job in (1, 2, 3):
             with pytest.raises(WorkerDied, match="signal 9"):
@@ -109,22 +109,24 @@ def test_a_child_that_dies_is_reported_and_reaped() -> None:
 
 
 def test_closing_stops_a_running_job_and_runs_its_cleanup(tmp_path: Path) -> None:
-    """Closing while a job runs stops it at once (SIGTERM), its ``finally`` blocks run (so a
-    temporary file it was writing is removed), and no child is left behind."""
-    marker = tmp_path / "cleaned"
+    """Closing while a job runs stops it (SIGTERM) rather than waiting for it to finish; its
+    ``finally`` blocks run (so a temporary file it was writing is removed), and no child is
+    left behind."""
+    started, finished, cleaned = (tmp_path / name for name in ("started", "finished", "cleaned"))
 
     def slow() -> None:
         try:
-            time.sleep(60)
+            started.write_text("yes")
+            time.sleep(3600)
+            finished.write_text("yes")
         finally:
-            marker.write_text("yes")
+            cleaned.write_text("yes")
 
-    started = time.monotonic()
     forked = ForkedJobs([slow], 2)
-    time.sleep(0.2)
+    wait_until(started.exists, "the job to start")
     forked.close()
-    assert time.monotonic() - started < 10
-    assert marker.read_text() == "yes"
+    assert cleaned.read_text() == "yes"
+    assert not finished.exists()
     assert not _children()
 
 
@@ -271,9 +273,7 @@ def test_an_interrupted_build_leaves_no_worker_and_no_partial_blob(
         text=True,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 60
-    while len(_pids(ready)) < 2 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    wait_until(lambda: len(_pids(ready)) == 2 or proc.poll() is not None, "both workers")
     workers = _pids(ready)
     assert len(workers) == 2, proc.communicate(timeout=5)
     if whole_group:

@@ -32,6 +32,7 @@ from imagedsl.store import Store, StoreArea
 from tests.support import docker
 from tests.support import registry as rs
 from tests.support.skips import require_tool
+from tests.support.waiting import wait_until
 
 AMD64 = Platform("linux", "amd64")
 ARM64 = Platform("linux", "arm64", "v8")
@@ -121,17 +122,10 @@ def test_push_then_pull_round_trip(
     assert pulled.bytes_downloaded == sum(b.size for b in expected.blobs)
     # The timeout watchdog's thread ends once no request is left: a build that pulled its
     # base is a process with one thread again, which may fork its layer writers.
-    assert _threads_named("imagedsl-registry-watchdog", settle=2.0) == []
-
-
-def _threads_named(name: str, *, settle: float) -> list[threading.Thread]:
-    """The live threads called ``name``, once none is left or ``settle`` seconds passed."""
-    deadline = time.monotonic() + settle
-    while True:
-        found = [t for t in threading.enumerate() if t.name == name]
-        if not found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.01)
+    wait_until(
+        lambda: all(t.name != "imagedsl-registry-watchdog" for t in threading.enumerate()),
+        "the registry watchdog's thread to end",
+    )
 
 
 def test_second_push_sends_nothing(
