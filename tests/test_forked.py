@@ -302,3 +302,68 @@ def test_an_interrupted_build_leaves_no_worker_and_no_partial_blob(
 
 def _pids(ready: Path) -> list[int]:
     return [int(line) for line in ready.read_text().split()] if ready.exists() else []
+
+
+_SLOW_HASHING = """
+import os, sys, time
+from imagedsl import _filehash
+hash_batch = _filehash._hash_batch
+
+def stalled(root, files):
+    if os.getpid() != int(os.environ["PARENT"]):  # in a worker: stall with a batch half done
+        with open(os.environ["READY"], "a") as ready:
+            ready.write(f"{os.getpid()}\\n")
+        time.sleep(3600)
+    return hash_batch(root, files)
+
+_filehash._hash_batch = stalled
+os.environ["PARENT"] = str(os.getpid())
+from imagedsl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_while_workers_hash_a_cold_context(tmp_path: Path) -> None:
+    """Ctrl-C while forked processes hash a cold context: exit 130, no worker left running or
+    unreaped, and the next plan hashes what it must and plans as a fresh store does."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    for i in range(300):
+        (ctx / f"f{i}.txt").write_text(f"file {i}\n" * 40)
+    (tmp_path / "build.py").write_text(
+        "import imagedsl as dsl\napp = dsl.scratch().copy(dsl.context('ctx'), '/app')\n"
+    )
+    (tmp_path / "slow.py").write_text(_SLOW_HASHING)
+    ready = tmp_path / "ready"
+    env = {**os.environ, "READY": str(ready), "IMAGEDSL_FORK": "1"}
+
+    def plan(store: str, *driver: str) -> list[str]:
+        return [sys.executable, *driver, "plan", "--json", "--store", str(tmp_path / store),
+                "build.py"]  # fmt: skip
+
+    proc = subprocess.Popen(
+        plan("store", str(tmp_path / "slow.py")),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    wait_until(lambda: len(_pids(ready)) == 2 or proc.poll() is not None, "both workers")
+    workers = _pids(ready)
+    assert len(workers) == 2, proc.communicate(timeout=5)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    keys = []
+    for store in ("store", "fresh"):
+        done = subprocess.run(plan(store, "-m", "imagedsl"), cwd=tmp_path, env=env,
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        keys.append([step["key"] for step in json.loads(done.stdout)["steps"]])
+    assert keys[0] == keys[1]
