@@ -20,6 +20,7 @@ from imagedsl._cores import fork_is_safe
 from imagedsl._filehash import BIG_FILE, hash_file, hash_files
 from imagedsl._forked import ForkedJobs, WorkerDied
 from imagedsl.errors import ContextError, InputError, exit_code_of
+from tests.support.cli import imagedsl
 from tests.support.waiting import wait_until
 
 
@@ -255,17 +256,40 @@ def test_an_interrupted_build_leaves_no_worker_and_no_partial_blob(
         "app = dsl.scratch().copy(dsl.context('ctx'), '/app', layers='auto')\n"
     )
     (tmp_path / "slow.py").write_text(_SLOW_DRIVER)
-    ready = tmp_path / "ready"
     store = tmp_path / "store"
+
+    def argv(out: Path) -> list[str]:
+        return ["build", "build.py:app", "--backend", "oci", "--progress", "quiet",
+                "--output", f"oci:{out}:app"]  # fmt: skip
+
+    stderr = _interrupted(
+        tmp_path, [*argv(tmp_path / "out"), "--store", str(store)], whole_group=whole_group
+    )
+    assert "interrupted" in stderr
+    leftovers = [p.name for p in store.rglob("*") if p.name.startswith(".incoming.")]
+    assert leftovers == []
+    assert not (tmp_path / "out" / "index.json").exists()
+
+    for again, again_store in (
+        (argv(tmp_path / "out"), store),
+        (argv(tmp_path / "out2"), tmp_path / "store2"),
+    ):
+        done = imagedsl(*again, cwd=tmp_path, store=again_store)
+        assert done.returncode == 0, done.stderr
+    index, fresh = (json.loads((tmp_path / o / "index.json").read_text()) for o in ("out", "out2"))
+    assert index["manifests"][0]["digest"] == fresh["manifests"][0]["digest"]
+
+
+def _interrupted(tmp_path: Path, argv: list[str], *, whole_group: bool) -> str:
+    """Run ``tmp_path/slow.py ARGV`` (a driver whose forked workers stall, each noting its
+    pid in ``tmp_path/ready``); once two workers stall, send SIGINT to the whole process
+    group (Ctrl-C) or to the command alone. The command must exit 130 without a traceback,
+    and its workers must be gone (neither running nor unreaped). Returns its stderr."""
+    ready = tmp_path / "ready"
     env = {**os.environ, "READY": str(ready), "IMAGEDSL_FORK": "1"}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-
-    def argv(store: Path, out: Path) -> list[str]:
-        return ["build", "build.py:app", "--backend", "oci", "--store", str(store),
-                "--progress", "quiet", "--output", f"oci:{out}:app"]  # fmt: skip
-
     proc = subprocess.Popen(
-        [sys.executable, str(tmp_path / "slow.py"), *argv(store, tmp_path / "out")],
+        [sys.executable, str(tmp_path / "slow.py"), *argv],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -282,22 +306,11 @@ def test_an_interrupted_build_leaves_no_worker_and_no_partial_blob(
         proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
-    assert "interrupted" in stderr
     assert "Traceback" not in stderr
     for pid in workers:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # neither running nor a zombie: reaped
-    leftovers = [p.name for p in store.rglob("*") if p.name.startswith(".incoming.")]
-    assert leftovers == []
-    assert not (tmp_path / "out" / "index.json").exists()
-
-    for again in (argv(store, tmp_path / "out"), argv(tmp_path / "store2", tmp_path / "out2")):
-        done = subprocess.run(
-            [sys.executable, "-m", "imagedsl", *again], cwd=tmp_path, env=env, capture_output=True
-        )
-        assert done.returncode == 0, done.stderr
-    index, fresh = (json.loads((tmp_path / o / "index.json").read_text()) for o in ("out", "out2"))
-    assert index["manifests"][0]["digest"] == fresh["manifests"][0]["digest"]
+    return stderr
 
 
 def _pids(ready: Path) -> list[int]:
@@ -334,36 +347,11 @@ def test_ctrl_c_while_workers_hash_a_cold_context(tmp_path: Path) -> None:
         "import imagedsl as dsl\napp = dsl.scratch().copy(dsl.context('ctx'), '/app')\n"
     )
     (tmp_path / "slow.py").write_text(_SLOW_HASHING)
-    ready = tmp_path / "ready"
-    env = {**os.environ, "READY": str(ready), "IMAGEDSL_FORK": "1"}
-
-    def plan(store: str, *driver: str) -> list[str]:
-        return [sys.executable, *driver, "plan", "--json", "--store", str(tmp_path / store),
-                "build.py"]  # fmt: skip
-
-    proc = subprocess.Popen(
-        plan("store", str(tmp_path / "slow.py")),
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    wait_until(lambda: len(_pids(ready)) == 2 or proc.poll() is not None, "both workers")
-    workers = _pids(ready)
-    assert len(workers) == 2, proc.communicate(timeout=5)
-    os.killpg(proc.pid, signal.SIGINT)
-    _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr
-    for pid in workers:
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+    argv = ["plan", "--json", "build.py"]
+    _interrupted(tmp_path, [*argv, "--store", str(tmp_path / "store")], whole_group=True)
     keys = []
     for store in ("store", "fresh"):
-        done = subprocess.run(plan(store, "-m", "imagedsl"), cwd=tmp_path, env=env,
-                              capture_output=True, text=True, check=False)  # fmt: skip
+        done = imagedsl(*argv, cwd=tmp_path, store=tmp_path / store)
         assert done.returncode == 0, done.stderr
         keys.append([step["key"] for step in json.loads(done.stdout)["steps"]])
     assert keys[0] == keys[1]

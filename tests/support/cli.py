@@ -15,16 +15,7 @@ if TYPE_CHECKING:
 
 def imagedsl(*args: str, cwd: Path, store: Path) -> subprocess.CompletedProcess[str]:
     """Run ``python -m imagedsl ARGS`` with its own store."""
-    env = {**os.environ, "IMAGEDSL_STORE": str(store)}
-    return subprocess.run(
-        [sys.executable, "-m", "imagedsl", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return _run(args, cwd, {**os.environ, "IMAGEDSL_STORE": str(store)}, timeout=120)
 
 
 def imagedsl_on(
@@ -35,6 +26,12 @@ def imagedsl_on(
     env = {**os.environ, **engine.env}
     if store is not None:
         env["IMAGEDSL_STORE"] = str(store)
+    return _run(args, cwd, env, timeout=timeout)
+
+
+def _run(
+    args: tuple[str, ...], cwd: Path, env: dict[str, str], *, timeout: float
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "imagedsl", *args],
         cwd=cwd,
