@@ -325,8 +325,50 @@ def tar_header(entry: LayerEntry, mtime: int) -> bytes:
 # -- compression -----------------------------------------------------------------------------
 
 
+#: A piece is stored, not deflated, when every one of these samples of it (spread across it)
+#: deflates to at least this share of its size: already-compressed data (archives, images,
+#: wheels, jars) costs deflate as much CPU as text and gains nothing.
+_SAMPLES: Final = 4
+_SAMPLE_BYTES: Final = 2048
+_STORE_SHARE: Final = 0.95
+_STORED_MAX: Final = 0xFFFF  # bytes in one stored deflate block
+
+
+def incompressible(piece: bytes | bytearray | memoryview) -> bool:
+    """Whether deflating ``piece`` is not worth its CPU, judged from a few small samples
+    (a compressible one ends the test: text pays for one sample). Bytes decide it alone, so
+    the layer stays the same on every machine."""
+    size = len(piece)
+    if size < _SAMPLES * _SAMPLE_BYTES:
+        return False
+    step = size // _SAMPLES
+    bound = _STORE_SHARE * _SAMPLE_BYTES
+    with memoryview(piece) as view:
+        for at in range(0, _SAMPLES * step, step):
+            if len(isal_zlib.compress(view[at : at + _SAMPLE_BYTES], 1)) < bound:
+                return False
+    return True
+
+
+def stored_blocks(piece: bytes | bytearray | memoryview, head: bytes = b"") -> bytearray:
+    """``head``, then ``piece`` as non-final stored deflate blocks (RFC 1951 3.2.4), which
+    start and end on a byte boundary: each is a zero header byte, LEN, its complement, then
+    LEN bytes."""
+    out = bytearray(head)
+    with memoryview(piece) as view:
+        for at in range(0, len(view), _STORED_MAX):
+            block = view[at : at + _STORED_MAX]
+            out += struct.pack("<BHH", 0, len(block), len(block) ^ 0xFFFF)
+            out += block
+    return out
+
+
 class _Gzip:
-    """RFC 1952 gzip: our fixed 10-byte header, ISA-L raw deflate, CRC-32 and length."""
+    """RFC 1952 gzip: our fixed 10-byte header, ISA-L raw deflate, CRC-32 and length.
+
+    A piece that does not compress (:func:`incompressible`) goes in as stored blocks, after a
+    full flush of the deflater when it holds data (which byte-aligns its output and drops its
+    history, so that no later match reaches back across the stored bytes)."""
 
     def __init__(self, level: int) -> None:
         self._deflate = isal_zlib.compressobj(
@@ -334,13 +376,19 @@ class _Gzip:
         )
         self._crc = 0
         self._length = 0
+        self._deflating = False
 
     def start(self) -> bytes:
         return _GZIP_HEADER
 
-    def compress(self, chunk: bytes | bytearray | memoryview) -> bytes:
+    def compress(self, chunk: bytes | bytearray | memoryview) -> bytes | bytearray:
         self._crc = isal_zlib.crc32(chunk, self._crc)
         self._length += len(chunk)
+        if incompressible(chunk):
+            flushed = self._deflate.flush(isal_zlib.Z_FULL_FLUSH) if self._deflating else b""
+            self._deflating = False
+            return stored_blocks(chunk, flushed)
+        self._deflating = True
         return self._deflate.compress(chunk)
 
     def finish(self) -> bytes:
@@ -418,7 +466,7 @@ class LayerStream:
         self.compressed = 0
         self._emit(self._codec.start())
 
-    def _emit(self, data: bytes) -> None:
+    def _emit(self, data: bytes | bytearray) -> None:
         if data:
             self._blob.update(data)
             self._out.write(data)
