@@ -775,7 +775,7 @@ def record_step(
     """
     node = step.node if isinstance(step, PlannedStep) else step
     for tree in node.trees:
-        store.put_tree(tree.digest, tree.manifest())
+        store.put_tree(tree.digest, tree.manifest)
     merged = dict(outputs or {})
     if seconds is not None:
         merged["seconds"] = round(seconds, 3)

@@ -20,7 +20,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -346,11 +346,18 @@ class Store:
     def _tree_path(self, digest: str) -> Path:
         return self.area(StoreArea.TREES) / digest[:2] / f"{digest}.json"
 
-    def put_tree(self, digest: str, manifest: Mapping[str, list[object]]) -> None:
-        """Keep the manifest of a recorded tree (content-addressed: written once)."""
+    def put_tree(
+        self,
+        digest: str,
+        manifest: Mapping[str, list[object]] | Callable[[], Mapping[str, list[object]]],
+    ) -> None:
+        """Keep the manifest of a recorded tree (content-addressed: written once). Given as a
+        callable, the manifest is made only when this store does not hold it yet (a split
+        COPY's parts are written, manifests included, by the processes that make them)."""
         path = self._tree_path(digest)
         if not path.exists():
-            atomic_write(path, json.dumps(manifest, sort_keys=True).encode())
+            made = manifest() if callable(manifest) else manifest
+            atomic_write(path, json.dumps(made, sort_keys=True).encode())
 
     def get_tree(self, digest: str) -> dict[str, list[object]] | None:
         """A recorded tree's manifest, or None."""

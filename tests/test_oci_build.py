@@ -423,6 +423,11 @@ def test_parts_written_at_once_are_the_parts_written_in_turn(
             copies = [s for s in first.steps if s.kind == "copy"]
             assert built.stats.layers_written == len(copies)
             images.append(built.image.layers)
+            # Each part's manifest (what the next plan's miss reasons diff) is in the store,
+            # written by whichever process made the part.
+            for step in copies:
+                for tree in step.node.trees:
+                    assert store.get_tree(tree.digest) == tree.manifest()
         assert (forks[0] > 0) == (workers > 1 and fork == "1")
         assert not _children_left()
     if not fail:

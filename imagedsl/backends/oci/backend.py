@@ -668,7 +668,18 @@ class _Build:
         if not self.writer.parallel(len(missing)):
             return
         self._filesystem(below.layers)  # once, here, not in each process writing parts
-        self.writer.write_ahead([(p.index, partial(self._entries, p, below)) for p in missing])
+        self.writer.write_ahead([(p.index, partial(self._part_entries, p, below)) for p in missing])
+
+    def _part_entries(
+        self, node: StepNode, below: _StageState
+    ) -> tuple[list[LayerEntry], ParentFactory] | None:
+        """:meth:`_entries` of one part of a split COPY, and its trees' manifests kept in the
+        store while the part's rows are at hand (where parts are written on other processes,
+        :func:`record_step` would otherwise build every part's rows again, on this one)."""
+        made = self._entries(node, below)
+        for tree in node.trees:
+            self.store.put_tree(tree.digest, tree.manifest)
+        return made
 
     def _write(self, entries: list[LayerEntry], parent: ParentFactory) -> LayerBlob:
         return self._counted(self.writer.write(entries, parent))
