@@ -4,7 +4,8 @@ Both answer "what changed?" for a 20,000-file, ~400 MB tree (and, for scaling, a
 100,000-file one): git from its index, imagedsl from its stat cache and ledger. The git
 repository of each tree lives beside it (``GIT_DIR``), committed once, so the trees are
 identical for both. Every round runs, each as a new process as users run them: a warm plan and
-a warm ``git status``; then one file is edited and both run again; then the edit is undone.
+a warm ``git status``; then a line is added to one file (its size changes, as in most
+edits) and both run again; then the edit is undone.
 Medians are compared within the run (Must-have 1 of the speed issue: warm at most 2x git, one
 edit at most 2.5x, at most 0.35 s at 100,000 files; peak memory under 200 MB).
 
@@ -76,7 +77,7 @@ def measure(
         cases["git"].append(timed(git, cwd=context, env=git_env).seconds)
         if not with_edit:
             continue
-        edited.write_bytes(original[:-1] + bytes([(original[-1] + 1 + i) % 256]))
+        edited.write_bytes(original + f"\n# edit {i}\n".encode())  # a line more: new size
         time.sleep(0.1)
         edit = timed(plan, cwd=work, env=env)
         cases["edit"].append(edit.seconds)

@@ -37,7 +37,7 @@ EntryType = Literal["file", "dir", "symlink"]
 #: A file changed this recently may change again within one timestamp tick unnoticed; such
 #: entries are hashed but not trusted from the stat cache next time (git's "racy clean").
 RACY_NS: Final = 50_000_000
-STATCACHE_VERSION: Final = 6
+STATCACHE_VERSION: Final = 7
 
 
 class StatCacheStore(Protocol):

@@ -52,6 +52,7 @@ from imagedsl._statcache import (
     unchanged_directories,
 )
 from imagedsl.context import Context, ContextSource, Selector, glob_regex
+from imagedsl.credentials import CONTENT_LIMIT
 from imagedsl.errors import ContextError
 
 if TYPE_CHECKING:
@@ -118,9 +119,10 @@ class Tree:
         default=None, eq=False, repr=False, alias="size_of"
     )
     #: When known without rows (a directory copied whole, its layers="auto" parts): a digest
-    #: of everything in the rows but file contents (placed and source paths, types, modes,
-    #: sizes). A content-only edit keeps it, so what reads no content (or few files'
-    #: contents, checked with ``content_of``) can be memoised by it.
+    #: of everything in the rows but file contents and exact sizes (placed and source paths,
+    #: types, modes, :func:`size_class`). An edit of contents that keeps each file's size
+    #: class keeps it, so what reads no content (or few files' contents, checked with
+    #: ``content_of``) and no size but its class can be memoised by it.
     shape: str | None = attrs.field(default=None, eq=False, repr=False, kw_only=True)
     #: With ``shape``: the content digest of the file at a source path (None: no such file).
     content_of: Callable[[str], str | None] | None = attrs.field(
@@ -352,12 +354,25 @@ class _PartRows:
         return _file_bytes(e for _, e in self._group(part).values())
 
 
-def _shape_of(memo: str, shape: bytes, part: int | None = None) -> str:
+def _shape_of(memo: str, shape: bytes, part: tuple[int, AutoAssign] | None = None) -> str:
     """:attr:`Tree.shape` of a directory copied whole (by its hasher memo: selection,
-    placement) or of one of its layers="auto" parts."""
+    placement) or of one of its layers="auto" parts (with the bucket counts, which come from
+    the total sizes, and with the size classes fix which part each file is in)."""
     selection = blake3.blake3(memo.encode("utf-8", "surrogateescape")).digest()
-    suffix = b"whole" if part is None else bytes([part])
+    if part is None:
+        suffix = b"whole"
+    else:
+        index, assign = part
+        suffix = bytes([index, assign.large, assign.rest])
     return blake3.blake3(_SHAPE + selection + shape + suffix).hexdigest()
+
+
+def size_class(size: int) -> int:
+    """What a shape keeps of a file's size: whether it is empty, small enough for check's
+    credential rules to read (:data:`~imagedsl.credentials.CONTENT_LIMIT`), and large enough
+    for a layers="auto" part of large files (:data:`LARGE_FILE`). Nothing else depends on
+    the size, so an edit that keeps the class keeps the shape (most edits of source files)."""
+    return (size > 0) | (size <= CONTENT_LIMIT) << 1 | (size >= LARGE_FILE) << 2
 
 
 def _file_bytes(entries: Iterable[Entry]) -> int:
@@ -555,8 +570,8 @@ class ContextHasher:
             return [("files-0", tree)]
         selections, dest_is_dir, parents = self._whole_rows[tree.digest]
         grouped = _PartRows(self._rows_of, root, selections, dest_is_dir, parents, assign)
-        # The whole's shape fixes every entry's part (by placed path, type and size, with
-        # bucket counts from the sizes), so it fixes each part's shape.
+        # The whole's shape fixes every entry's part (by placed path, type and size class)
+        # once the bucket counts are given: with them, it fixes each part's shape.
         content_of = functools.partial(self._content_of, root, probe)
         return [
             (
@@ -565,7 +580,7 @@ class ContextHasher:
                     parts[part].hex(),
                     functools.partial(grouped.rows, part, parts[part].hex()),
                     size_of=functools.partial(grouped.size, part),
-                    shape=_shape_of(memo, shape, part),
+                    shape=_shape_of(memo, shape, (part, assign)),
                     content_of=content_of,
                 ),
             )
@@ -862,7 +877,7 @@ class ContextHasher:
                 else:
                     digest = contents[path]
                     size = entry[SIZE] if kind == "file" else 0
-                    shapes.append(_record(name, kind, entry[MODE], size, ""))
+                    shapes.append(_record(name, kind, entry[MODE], size_class(size), ""))
                     if size >= LARGE_FILE:
                         large += size
                     else:

@@ -1,7 +1,7 @@
 """Check's facts of copied trees from a warm store equal the facts read from scratch.
 
-A content-only edit keeps a tree's shape (paths, types, modes, sizes), so the facts are
-memoised by it too; these tests edit, add, grow, delete and chmod files and compare every
+An edit of contents keeps a tree's shape (paths, types, modes, size classes) unless a file's
+size crosses a class bound, so the facts are memoised by it too; these tests edit, add, grow, delete and chmod files and compare every
 fact, shape and layer part with a computation from a clean store and from all the rows.
 """
 
@@ -19,6 +19,7 @@ import imagedsl as dsl
 from imagedsl import _layerparts, treehash
 from imagedsl.check import _context
 from imagedsl.check._context import CheckContext, TreeFacts, scan_tree
+from imagedsl.credentials import CONTENT_LIMIT
 from imagedsl.reporting import Reporter
 from imagedsl.store import Store
 from imagedsl.treehash import ContextHasher, Tree, partition_tree
@@ -151,8 +152,9 @@ def test_facts_after_edits_equal_facts_from_scratch(
 def test_a_content_edit_reads_no_rows_for_the_facts(
     tmp_path: Path, clock: ScanClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """After an edit that keeps every size, the facts come from the shape's memo (no rows
-    built, no file read), unless a file whose content they read changed."""
+    """After an edit that keeps every size class (the same size, or a source file grown),
+    the facts come from the shape's memo (no rows built, no file read), unless a file whose
+    content they read changed; a file grown past the size the rules read changes the shape."""
     root = tmp_path / "ctx"
     for i in range(20):
         (root / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
@@ -166,14 +168,19 @@ def test_a_content_edit_reads_no_rows_for_the_facts(
     def no_scan(*_: object, **__: object) -> TreeFacts:
         raise AssertionError("the rows were read")
 
-    (root / "d1" / "m1.py").write_bytes(CLEAN[::-1])
+    for edit in (CLEAN[::-1], CLEAN + b"# one more line\n"):
+        (root / "d1" / "m1.py").write_bytes(edit)
+        clock.settled()
+        with monkeypatch.context() as patched:
+            patched.setattr(_context, "scan_tree", no_scan)
+            after = everything(ContextHasher(store, Reporter()), source, checker(store))
+        assert [f for *_, f in after] == [f for *_, f in before]
+        assert after[0][1] != before[0][1]  # a new digest,
+        assert after[0][2] == before[0][2]  # the same shape
+    (root / "d1" / "m1.py").write_bytes(b"x" * (CONTENT_LIMIT + 1))
     clock.settled()
-    with monkeypatch.context() as patched:
-        patched.setattr(_context, "scan_tree", no_scan)
-        after = everything(ContextHasher(store, Reporter()), source, checker(store))
-    assert [f for *_, f in after] == [f for *_, f in before]
-    assert after[0][1] != before[0][1]  # a new digest,
-    assert after[0][2] == before[0][2]  # the same shape
+    grown = everything(ContextHasher(store, Reporter()), source, checker(store))
+    assert grown[0][2] != before[0][2]
     # The one file whose content the facts read becomes a key: read again, and found.
     (root / "d0" / "conf.json").write_bytes(KEY)
     clock.settled()
