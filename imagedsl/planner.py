@@ -12,12 +12,14 @@ path), ENV/ARG old -> new, what a base image's name holds now, the command chang
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
+import blake3
 
 from imagedsl import credentials, keys
 from imagedsl._epoch import epoch_from_env
@@ -637,13 +639,28 @@ def _parent_reason(node: StepNode, rows: Sequence[PlannedStep]) -> str:
 
 
 def _tree_reasons(old_digest: Any, node: StepNode, store: Store | None) -> list[str]:
+    """The files that differ between the tree last built and this one. Both trees are known
+    by digest, so the answer is memoised by the pair (and the step): a plan run again before
+    the next build reads it instead of the new tree's rows, which for a part of a large
+    ``layers="auto"`` copy means placing every file of the copy."""
     new_tree = next((t for t in node.trees if t.digest == node.preimage.get("tree")), None)
-    old_manifest = (
-        store.get_tree(old_digest) if store is not None and isinstance(old_digest, str) else None
-    )
-    if new_tree is None or old_manifest is None:
+    if new_tree is None or store is None or not isinstance(old_digest, str):
         return ["copied files changed"]
-    return _manifest_diff(old_manifest, new_tree)
+    memo = blake3.blake3(
+        f"tree-reasons\0{_MAX_FILE_REASONS}\0{node.locus}\0{old_digest}\0{new_tree.digest}".encode(
+            "utf-8", "surrogateescape"
+        )
+    ).hexdigest()
+    with contextlib.suppress(ValueError, TypeError):
+        known = json.loads(store.load_analysis(memo) or "null")
+        if isinstance(known, list) and known and all(isinstance(r, str) for r in known):
+            return known
+    old_manifest = store.get_tree(old_digest)
+    if old_manifest is None:
+        return ["copied files changed"]
+    reasons = _manifest_diff(old_manifest, new_tree)
+    store.save_analysis(memo, json.dumps(reasons))
+    return reasons
 
 
 def _manifest_diff(old: Mapping[str, list[object]], new_tree: Tree) -> list[str]:

@@ -13,6 +13,7 @@ from imagedsl import api
 from imagedsl.api import plan
 from imagedsl.planner import PlanStatus, record_copy_output, record_step
 from imagedsl.store import Store, StoreArea
+from imagedsl.treehash import Tree
 
 DIGEST_A = "sha256:" + "a" * 64
 DIGEST_B = "sha256:" + "b" * 64
@@ -147,6 +148,30 @@ def test_miss_reasons_after_an_edit(
         (s.status.value, s.reasons) for s in plan.steps if s.kind in ("workdir", "copy", "run")
     ]
     assert layer_steps == expected
+
+
+def test_file_reasons_are_memoised_by_the_two_trees(
+    src_dir: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files a miss names come from the built tree's manifest and the new tree's rows
+    once; a plan run again before the next build reads them from the store (no rows are
+    built), and another edit (another tree) is diffed afresh."""
+    build_all(api.plan(make_app(src_dir), store=store), store)
+    (src_dir / "app" / "main.py").write_text("print('ho')\n")
+    first = api.plan(make_app(src_dir), store=store).steps[-2].reasons
+    assert first == ("app/main.py changed",)
+
+    def no_rows(_: Tree) -> dict[str, list[object]]:
+        raise AssertionError("the new tree's rows were read")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Tree, "manifest", no_rows)
+        assert api.plan(make_app(src_dir), store=store).steps[-2].reasons == first
+        (src_dir / "app" / "new.py").write_text("new\n")
+        with pytest.raises(AssertionError, match="rows were read"):
+            api.plan(make_app(src_dir), store=store)
+    again = api.plan(make_app(src_dir), store=store).steps[-2].reasons
+    assert again == ("app/main.py changed", "added app/new.py")
 
 
 def test_base_digest_change_reason(src_dir: Path, store: Store) -> None:
