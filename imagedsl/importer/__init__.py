@@ -4,8 +4,9 @@ BuildKit's own parser (the ``dockerfile`` package) reads the Dockerfile: instruc
 JSON forms, heredocs, line continuations and the ``escape`` directive. It drops comments and
 parser directives, so those are read from the text by line number and carried over as
 Python comments. :mod:`._translate` turns the instructions into DSL calls (and refuses what a
-build.py cannot express exactly, naming the Dockerfile line); :mod:`._format` lays the code
-out as ``ruff format`` does.
+build.py cannot express exactly, naming the Dockerfile line); :mod:`._check` makes each call
+once, so a value the DSL refuses is refused with its line; :mod:`._format` lays the code out
+as ``ruff format`` does.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def translate_text(
     try:
         parsed = dockerfile.parse_string(text)
     except dockerfile.GoParseError as error:
-        raise DockerfileImportError(file, _error_line(str(error)), str(error)) from None
+        line = _error_line(str(error)) or _failing_line(text)
+        raise DockerfileImportError(file, line, str(error)) from None
     # Instructions are case-insensitive (the parser keeps them as written).
     commands = [c._replace(cmd=c.cmd.upper()) for c in parsed]
     lines = text.splitlines()
@@ -103,6 +105,19 @@ def _statements(statements: list[Statement]) -> list[str]:
 def _error_line(message: str) -> int:
     match = re.search(r"line (\d+)", message)
     return int(match.group(1)) if match else 0
+
+
+def _failing_line(text: str) -> int:
+    """The line a parse error without one is at: the one after the longest part of the file
+    that parses (a prefix cut inside a heredoc fails too, so the search goes backwards)."""
+    lines = text.splitlines()
+    for end in range(len(lines) - 1, 0, -1):
+        try:
+            dockerfile.parse_string("\n".join(lines[:end]) + "\n")
+        except dockerfile.GoParseError:
+            continue
+        return end + 1
+    return 1
 
 
 def _directives(lines: list[str]) -> tuple[dict[str, str], int]:

@@ -170,3 +170,29 @@ def assignment(name: str, value: Expr | Chain) -> list[str]:
 def module(blocks: Sequence[Sequence[str]]) -> str:
     """Blocks of lines separated by one blank line, ending with a line break."""
     return "\n\n".join("\n".join(block) for block in blocks if block) + "\n"
+
+
+def string_literal(value: str, prefix: str = "") -> str:
+    """``value`` as a Python string literal (``prefix`` ``f`` for an f-string)."""
+    quote = "'" if value.count('"') > value.count("'") else '"'
+    out: list[str] = []
+    for char in value:
+        if char == "\\":
+            out.append("\\\\")
+        elif char == quote:
+            out.append("\\" + char)
+        elif char == "\n":
+            out.append("\\n")
+        elif char == "\t":
+            out.append("\\t")
+        elif char == "\r":
+            out.append("\\r")
+        elif not char.isprintable():
+            code = ord(char)
+            if code < 0x100:
+                out.append(f"\\x{code:02x}")
+            else:
+                out.append(f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(char)
+    return prefix + quote + "".join(out) + quote

@@ -21,8 +21,18 @@ import attrs
 from imagedsl.backends.dockerfile._words import shell_form_is_exact
 from imagedsl.buildstate import DEFAULT_SHELL, expand
 from imagedsl.errors import InputError
-from imagedsl.importer._format import Atom, Call, Chain, DictExpr, Expr, Link, ListExpr
-from imagedsl.importer._words import WordError, has_variable, read_word
+from imagedsl.importer._check import refusal
+from imagedsl.importer._format import (
+    Atom,
+    Call,
+    Chain,
+    DictExpr,
+    Expr,
+    Link,
+    ListExpr,
+    string_literal,
+)
+from imagedsl.importer._words import WordError, has_variable, mount_fields, read_word
 
 AUTOMATIC_ARGS: Final = frozenset(
     {
@@ -40,6 +50,16 @@ _RESERVED: Final = frozenset({"dsl", "src", "dsl_targets", "annotations"})
 _GLOB: Final = re.compile(r"[*?\[]")
 _VAR: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 _HEREDOC_WORD: Final = re.compile(r"<<(-?)([\"']?)([A-Za-z_][A-Za-z0-9_]*)\2\Z")
+#: BuildKit's stage names (lower-cased first): a letter, then letters, digits, ``-_.``.
+_STAGE_NAME: Final = re.compile(r"[a-z][a-z0-9_.-]*\Z")
+#: Instructions refused without arguments: BuildKit refuses them, or (RUN, CMD, ENTRYPOINT in
+#: the shell form) would hand the shell no command.
+_NEEDS_ARGUMENTS: Final = frozenset(
+    {
+        "ARG", "CMD", "ENTRYPOINT", "EXPOSE", "HEALTHCHECK", "LABEL", "ONBUILD", "RUN",
+        "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
+    }
+)  # fmt: skip
 
 
 def _defaults_to_itself(name: str, default: str) -> bool:
@@ -78,32 +98,6 @@ def _string(value: str) -> Atom:
     """A Python string literal, quoted as ruff quotes it: double quotes unless the text holds
     more double quotes than single ones."""
     return Atom(string_literal(value))
-
-
-def string_literal(value: str, prefix: str = "") -> str:
-    """``value`` as a Python string literal (``prefix`` ``f`` for an f-string)."""
-    quote = "'" if value.count('"') > value.count("'") else '"'
-    out: list[str] = []
-    for char in value:
-        if char == "\\":
-            out.append("\\\\")
-        elif char == quote:
-            out.append("\\" + char)
-        elif char == "\n":
-            out.append("\\n")
-        elif char == "\t":
-            out.append("\\t")
-        elif char == "\r":
-            out.append("\\r")
-        elif not char.isprintable():
-            code = ord(char)
-            if code < 0x100:
-                out.append(f"\\x{code:02x}")
-            else:
-                out.append(f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-        else:
-            out.append(char)
-    return prefix + quote + "".join(out) + quote
 
 
 def _word(text: str, escape: str) -> str:
@@ -200,6 +194,8 @@ class Translator:
         for command in commands:
             pending.extend(comments.get(command.start_line, []))
             try:
+                if command.cmd in _NEEDS_ARGUMENTS and not command.value and not command.json:
+                    raise _Refused(f"{command.cmd} without arguments")
                 if command.cmd == "FROM":
                     if current is not None:
                         self._finish(current)
@@ -216,6 +212,9 @@ class Translator:
                     link_comments = tuple(pending)
                     pending = []
                     for call in self._instruction(command):
+                        problem = refusal(call, method=True)
+                        if problem is not None:
+                            raise _Refused(problem)
                         current.chain = Chain(
                             current.chain.head, (*current.chain.links, Link(call, link_comments))
                         )
@@ -325,8 +324,20 @@ class Translator:
         if len(words) != 1:
             raise _Refused("FROM takes an image and an optional AS name")
         if name is not None:
+            if not _STAGE_NAME.match(name):
+                raise _Refused(
+                    f"stage name {command.value[2]!r}: BuildKit refuses it too (a letter "
+                    "first, then letters, digits, '-', '_' or '.')"
+                )
+            if name in self.by_name:
+                raise _Refused(f"a second stage named {name!r}: BuildKit refuses it too")
             self.later_stages.discard(name)
         ref = _word(words[0], self.escape)
+        if has_variable(ref) and not self._without_undeclared(ref):
+            raise _Refused(
+                f"FROM {words[0]}: BuildKit expands FROM with the global ARGs only (declared "
+                "before the first FROM), so the image name is empty"
+            )
         platform = flags.get("platform")
         kwargs: list[tuple[str, Expr]] = []
         if platform is not None:
@@ -347,6 +358,9 @@ class Translator:
             head = Call("dsl.scratch", tuple(kwargs))
         else:
             head = Call("dsl.image", (self._template(ref), *kwargs))
+            problem = refusal(head, method=False)
+            if problem is not None:
+                raise _Refused(problem)
         last_guess = name or f"stage_{len(self.stages)}"
         variable = self._fresh(stage_variable(last_guess))
         shell = parent.shell if parent is not None else DEFAULT_SHELL
@@ -364,12 +378,25 @@ class Translator:
             # with them, then looks for a stage of that name (an image otherwise).
             value = expand(template, self.global_defaults).lower()
             return any(s.name == value for s in self.stages)
+        template = self._without_undeclared(template)
         prefix = template.split("$", 1)[0].lower()
         if not any(s.name and s.name.startswith(prefix) for s in self.stages):
             return False  # the cheap test first: a 200-stage file has 200 such FROM lines
         pattern = re.escape(template)
         pattern = re.sub(r"\\\$\\\{[A-Za-z0-9_]+\\\}|\\\$[A-Za-z0-9_]+", ".*", pattern)
         return any(s.name and re.fullmatch(pattern, s.name) for s in self.stages)
+
+    def _without_undeclared(self, template: str) -> str:
+        """``template`` without the variables BuildKit expands to nothing in a FROM line: those
+        neither global ARGs nor platform ARGs (an ARG of an earlier stage is not global)."""
+
+        def kept(match: re.Match[str]) -> str:
+            name = match.group(1) or match.group(2)
+            declared = name in self.global_args or name in AUTOMATIC_ARGS
+            escaped = match.start() > 0 and template[match.start() - 1] == "\\"
+            return match.group(0) if declared or escaped else ""
+
+        return _VAR.sub(kept, template)
 
     def _stage_template(self, template: str) -> str:
         out: list[str] = []
@@ -434,12 +461,15 @@ class Translator:
         return None
 
     def _script(self, command: Any) -> Expr:
-        if len(command.heredocs) != 1 or len(command.value) != 1:
-            raise _Refused("RUN with a heredoc: only `RUN <<EOF` with one script is supported")
+        if command.json or len(command.value) != 1:
+            raise _Refused("RUN with a heredoc in the JSON form: BuildKit refuses it too")
         match = _HEREDOC_WORD.match(command.value[0].strip())
-        if match is None:
-            raise _Refused("RUN with a heredoc: only `RUN <<EOF` with one script is supported")
-        content = command.heredocs[0].content
+        if match is None or len(command.heredocs) != 1:
+            # `RUN cat <<EOF > file`: BuildKit hands the shell the line, then each heredoc's
+            # text and its delimiter, and the shell reads the heredocs itself.
+            bodies = (f"\n{h.content}{h.name}" for h in command.heredocs)
+            return _string(command.value[0] + "".join(bodies))
+        content = _heredoc_content(command, match)
         if content.startswith("#!"):
             raise _Refused("RUN <<EOF starting with #!: BuildKit runs it as a file, not a script")
         normal = textwrap.dedent(content).lstrip("\n")
@@ -449,7 +479,7 @@ class Translator:
 
     def _mount(self, spec: str) -> Expr:
         fields: dict[str, str] = {}
-        for part in _csv(spec):
+        for part in mount_fields(spec):
             key, eq, value = part.partition("=")
             if "$" in value:
                 # BuildKit expands these with the stage's ARG and ENV values; a build.py's
@@ -517,6 +547,10 @@ class Translator:
             if target is None:
                 raise _Refused("--mount=type=bind needs a target")
             source = fields.pop("source", None) or fields.pop("src", None) or "."
+            # A bind mount is read-only unless it says otherwise: `readonly=false` is `rw`.
+            for alias in ("readonly", "ro"):
+                if fields.pop(alias, "true").lower() in ("false", "0"):
+                    fields["readwrite"] = "true"
             take_bool("readwrite", "readwrite", "rw")
             if "from" in fields:
                 stage = self._source_ref(fields.pop("from"), "--mount from")
@@ -620,6 +654,8 @@ class Translator:
         if not add and any(_is_url(s) or _is_git(s) for s in sources):
             raise _Refused("COPY of a URL: BuildKit refuses it too (ADD downloads)")
         if "checksum" in flags:
+            if len(sources) == 1 and has_variable(sources[0]):
+                raise _Refused(f"ADD --checksum of {sources[0]}: a build.py writes its URL out")
             if len(sources) != 1 or not _is_url(sources[0]):
                 raise _Refused("ADD --checksum takes one URL")
             source: Expr = Call(
@@ -668,7 +704,7 @@ class Translator:
         match = _HEREDOC_WORD.match(sources[0])
         if match is None:
             raise _Refused(f"{command.cmd} with heredocs: only `COPY <<EOF /file` is supported")
-        content = command.heredocs[0].content
+        content = _heredoc_content(command, match)
         if not match.group(2) and "$" in content:
             raise _Refused("COPY <<EOF expands variables in the file: quote it as <<'EOF'")
         mode = 0o644
@@ -757,6 +793,9 @@ class Translator:
         ports: list[Expr] = []
         for word in command.value:
             port = _word(word, self.escape)
+            if not has_variable(port):
+                number, slash, protocol = port.partition("/")
+                port = number + slash + protocol.lower()  # BuildKit reads "80/TCP" as 80/tcp
             ports.append(Atom(port) if port.isdigit() and port == str(int(port)) else _string(port))
         return [Call("expose", tuple(ports))]
 
@@ -796,7 +835,11 @@ class Translator:
 
     def _i_stopsignal(self, command: Any) -> list[Call]:
         self._no_flags(command)
-        return [Call("stopsignal", (_string(_word(command.value[0], self.escape)),))]
+        signal = _word(command.value[0], self.escape)
+        if has_variable(signal):
+            raise _Refused(f"STOPSIGNAL {signal}: a build.py's signal is a name or a number")
+        # BuildKit reads a signal's name in any case ("sigterm"); the DSL takes upper case.
+        return [Call("stopsignal", (_string(signal.upper()),))]
 
     def _i_maintainer(self, command: Any) -> list[Call]:
         # BuildKit keeps the rest of the line as written (no variable expands) as ``author``.
@@ -826,11 +869,20 @@ class Translator:
         flags = _flags(command.flags, {"interval", "timeout", "start-period", "retries"})
         kwargs: list[tuple[str, Expr]] = []
         for key in ("interval", "timeout", "start-period"):
-            if key in flags:
-                kwargs.append((key.replace("-", "_"), _string(str(flags[key]))))
+            duration = str(flags.get(key, ""))
+            if duration.strip("0") == "":
+                continue  # BuildKit reads an empty or zero duration as the default (none given)
+            kwargs.append((key.replace("-", "_"), _string(duration)))
         if "retries" in flags:
-            kwargs.append(("retries", Atom(str(int(str(flags["retries"]))))))
+            retries = str(flags["retries"])
+            if not re.fullmatch(r"\+?[0-9]+", retries):
+                raise _Refused(f"HEALTHCHECK --retries={retries}: BuildKit refuses it too")
+            kwargs.append(("retries", Atom(str(int(retries)))))
+        if values and values[0].upper() != "CMD":
+            raise _Refused(f"HEALTHCHECK {values[0]}: not CMD or NONE; BuildKit refuses it too")
         test = values[1:]
+        if not test:
+            raise _Refused("HEALTHCHECK without CMD and a command: BuildKit refuses it too")
         shell_form = self._as_shell_form(test, DEFAULT_SHELL) if command.json else None
         if shell_form is not None:
             first: tuple[Expr, ...] = (_string(shell_form),)
@@ -841,28 +893,17 @@ class Translator:
         return [Call("healthcheck", (*first, *kwargs))]
 
 
+def _heredoc_content(command: Any, word: re.Match[str]) -> str:
+    """A heredoc's text as BuildKit uses it: ``<<-EOF`` strips each line's leading tabs."""
+    content: str = command.heredocs[0].content
+    return re.sub(r"(?m)^\t+", "", content) if word.group(1) == "-" else content
+
+
 def _stage_path(path: str) -> str:
     """A path inside another stage or image: BuildKit reads a relative one from its root."""
     if re.match(r"[A-Za-z]:", path):
         raise _Refused(f"{path}: a Windows path has no equivalent in a build.py")
     return path if path.startswith("/") else "/" + path.removeprefix("./").removeprefix(".")
-
-
-def _csv(spec: str) -> list[str]:
-    """The comma-separated fields of a ``--mount`` value (double quotes group)."""
-    fields: list[str] = []
-    current: list[str] = []
-    quoted = False
-    for char in spec:
-        if char == '"':
-            quoted = not quoted
-        elif char == "," and not quoted:
-            fields.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    fields.append("".join(current))
-    return [f for f in fields if f]
 
 
 def _flags(

@@ -125,3 +125,20 @@ def _literal_dollar(out: list[str], text: str, after: int) -> str:
 def has_variable(value: str) -> bool:
     """Whether an imagedsl string holds an expression imagedsl would expand."""
     return bool(re.search(r"(?<!\\)\$(?:\{|[A-Za-z_])", value))
+
+
+def mount_fields(spec: str) -> list[str]:
+    """The comma-separated fields of a ``--mount`` value (double quotes group)."""
+    fields: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for char in spec:
+        if char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    fields.append("".join(current))
+    return [f for f in fields if f]
