@@ -263,7 +263,9 @@ BAD_ARGUMENTS: list[object] = [
         id="run-mount-twice",
     ),
     pytest.param(lambda: BASE.env(), "values", id="env-empty"),
-    pytest.param(lambda: BASE.env({"1BAD": "x"}), "name", id="env-name"),
+    pytest.param(lambda: BASE.env({"A B": "x"}), "name", id="env-name"),
+    pytest.param(lambda: BASE.env({"$A": "x"}), "name", id="env-name-expanding"),
+    pytest.param(lambda: dsl.secret("s", env="a.b"), "env", id="secret-env-name"),
     pytest.param(lambda: BASE.env(A=1), "A", id="env-value-type"),  # type: ignore[arg-type]
     pytest.param(lambda: BASE.expose("http"), "ports", id="expose-name"),
     pytest.param(lambda: BASE.expose(70000), "ports", id="expose-range"),

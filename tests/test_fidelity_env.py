@@ -14,8 +14,24 @@ from tests.support.fidelity import FidelityRun, Scenario, scenario_params
 
 ENV_DUMP = """.run("env | grep -v -e ^HOSTNAME= -e ^PWD= -e ^SHLVL= | sort > /env")"""
 ECHO_X = """.run("echo $X > /x")"""
+#: The environment the runtime gave the RUN's process (pid 1), names a shell drops included.
+PROC_ENV_DUMP = (
+    """.run("tr '\\\\0' '\\\\n' < /proc/1/environ | grep -v ^HOSTNAME= | sort > /env")"""
+)
 
 SCENARIOS = [
+    Scenario(
+        name="env with a dotted name a process reads changes",
+        before="""app = BASE.env({"spring.profiles.active": "dev"})""" + PROC_ENV_DUMP,
+        after="""app = BASE.env({"spring.profiles.active": "prod"})""" + PROC_ENV_DUMP,
+        misses=1,
+    ),
+    Scenario(
+        name="arg with a dash a process reads changes",
+        before="""app = BASE.arg("my-var", "1").env(LATER="$my-var")""" + PROC_ENV_DUMP,
+        after="""app = BASE.arg("my-var", "2").env(LATER="$my-var")""" + PROC_ENV_DUMP,
+        misses=1,
+    ),
     Scenario(
         name="env value a run reads changes",
         before="""app = BASE.env(MODE="dev")""" + ENV_DUMP,
