@@ -336,12 +336,13 @@ class _PartRows:
     def _group(self, part: int) -> dict[str, tuple[str, Entry]]:
         if self._groups is None:
             groups: dict[int, dict[str, tuple[str, Entry]]] = {}
-            assign = self._assign
             placed = _placed(self._selections, (), self._dest_is_dir, self._parents)
-            for rel, (path, e) in placed.items():
-                kind = e[TYPE]
-                part_of = assign(rel, kind, e[SIZE] if kind == "file" else 0)
-                groups.setdefault(part_of, {})[rel] = (path, e)
+            parts = self._assign.parts_of(
+                (rel, e[TYPE], e[SIZE] if e[TYPE] == "file" else 0)
+                for rel, (_, e) in placed.items()
+            )
+            for (rel, value), part_of in zip(placed.items(), parts, strict=True):
+                groups.setdefault(part_of, {})[rel] = value
             self._groups = groups
         return self._groups.get(part, {})
 
@@ -602,19 +603,23 @@ class ContextHasher:
         empty = bytes.fromhex(_directory_digest((), top=False))
         for directory in changed:  # deepest first: subdirectories are done before parents
             records: dict[int, list[bytes]] = {}
-            for path, entry in directories[directory].items():
+            listed = directories[directory]
+            parts = assign.parts_of(
+                (path[cut:], e[TYPE], e[SIZE] if e[TYPE] == "file" else 0)
+                for path, e in listed.items()
+            )
+            for (path, entry), part in zip(listed.items(), parts, strict=True):
                 name = path.rpartition("/")[2]
                 kind = entry[TYPE]
                 if kind == "dir":
                     inside = unpack_parts(now[path][1])
-                    inside.setdefault(assign(path[cut:], kind, 0), empty)
+                    inside.setdefault(part, empty)
                     # One record per part it is in: the same but for the digest.
                     head = _record(name, "dir", entry[MODE], 0, "")[:-1]
                     for part, digest in inside.items():
                         records.setdefault(part, []).append(head + digest.hex().encode() + b"\0")
                 else:
                     size = entry[SIZE] if kind == "file" else 0
-                    part = assign(path[cut:], kind, size)
                     records.setdefault(part, []).append(
                         _record(name, kind, entry[MODE], size, contents[path])
                     )
