@@ -113,7 +113,6 @@ def clean_container_path(path: str) -> str:
 #: read ``spring.profiles.active``); no ``$`` or quote, which a Dockerfile line would read as
 #: expansion or quoting. A shell cannot expand such a name, but the process gets it.
 _ENV_NAME: Final = re.compile(r"[^\s=$\"'`\\]+\Z")
-_SHELL_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _LABEL_KEY: Final = re.compile(r"[^\s=\"]+\Z")
 _PORT: Final = re.compile(r"(?P<low>\d{1,5})(?:-(?P<high>\d{1,5}))?(?:/(?P<proto>tcp|udp|sctp))?\Z")
 _PLATFORM: Final = re.compile(r"[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?\Z")
@@ -123,10 +122,10 @@ _SIGNAL: Final = re.compile(r"(?:SIG)?[A-Z][A-Z0-9+-]*\Z|\d{1,2}\Z")
 _DURATION: Final = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|ms|s|m|h))+\Z")
 
 
-def check_env_name(step: str, argument: str, value: object, *, shell: bool = False) -> str:
-    """Refuse a name no Dockerfile could set (``shell``: one a shell could not export)."""
+def check_env_name(step: str, argument: str, value: object) -> str:
+    """Refuse a name no Dockerfile could set (see :data:`_ENV_NAME`)."""
     name = check_str(step, argument, value)
-    if not (_SHELL_NAME if shell else _ENV_NAME).match(name):
+    if not _ENV_NAME.match(name):
         raise StepArgumentError(step, argument, f"is not a valid variable name: {name!r}")
     return name
 

@@ -718,7 +718,7 @@ def secret(
     return SecretMount(
         id=id,
         target=None if target is None else check_abs_path("secret", "target", target),
-        env=None if env is None else check_env_name("secret", "env", env, shell=True),
+        env=None if env is None else check_env_name("secret", "env", env),
         required=check_bool("secret", "required", required),
         mode=check_int("secret", "mode", mode, low=0, high=0o7777),
         uid=check_int("secret", "uid", uid, low=0, high=2**32 - 1),
