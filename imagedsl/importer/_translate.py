@@ -32,6 +32,8 @@ from imagedsl.importer._format import (
     ListExpr,
     string_literal,
 )
+from imagedsl.importer._mountopts import MountOptionError, ram_in_bytes, secret_id
+from imagedsl.importer._platform import PlatformError, from_platform
 from imagedsl.importer._words import WordError, has_variable, mount_fields, read_word
 
 AUTOMATIC_ARGS: Final = frozenset(
@@ -127,6 +129,8 @@ class _Stage:
     workdir: str | None = None
     #: The FROM line's --platform as written, for the stages continued from this one.
     platform: str | None = None
+    #: The line of the stage's first ONBUILD, if it has one.
+    onbuild_line: int | None = None
 
 
 @attrs.define
@@ -341,11 +345,21 @@ class Translator:
         platform = flags.get("platform")
         kwargs: list[tuple[str, Expr]] = []
         if platform is not None:
-            kwargs.append(("platform", _string(_word(platform, self.escape))))
+            try:
+                platform = from_platform(_word(platform, self.escape))
+            except PlatformError as error:
+                raise _Refused(str(error)) from None
+            kwargs.append(("platform", _string(platform)))
         head: Expr
         parent = self.by_name.get(ref.lower())
         if parent is not None and platform is not None and platform == parent.platform:
             kwargs = []  # the stage is already built for this platform: the flag changes nothing
+        if parent is not None and parent.onbuild_line is not None:
+            raise _Refused(
+                f"FROM {ref}: BuildKit runs the ONBUILD triggers of that stage (line "
+                f"{parent.onbuild_line}) here first and drops them from this image; a build.py "
+                "that continues the stage keeps them unrun (write the instructions out instead)"
+            )
         if ref.lower() in self.by_name and not kwargs:
             head = Atom(self.by_name[ref.lower()].variable)
         elif ref.lower() in self.by_name:
@@ -510,6 +524,12 @@ class Translator:
         if kind == "cache":
             if target is None:
                 raise _Refused("--mount=type=cache needs a target")
+            if "from" in fields:
+                # BuildKit seeds the cache from that stage or image's `source` directory.
+                raise _Refused(
+                    f"--mount=type=cache,from={fields['from']}: a cache seeded from a stage or "
+                    "image has no equivalent in a build.py (bind-mount it, or copy it in)"
+                )
             if "id" in fields:
                 kwargs.append(("id", _string(fields.pop("id"))))
             if "sharing" in fields:
@@ -521,11 +541,10 @@ class Translator:
             self._leftover(kind, fields)
             return Call("dsl.cache", (_string(target), *kwargs))
         if kind == "secret":
-            if "id" not in fields:
-                if target is None:
-                    raise _Refused("--mount=type=secret needs an id")
-                fields["id"] = target.rsplit("/", 1)[-1]
-            secret_id = fields.pop("id")
+            try:
+                name = secret_id(fields, target)
+            except MountOptionError as error:
+                raise _Refused(str(error)) from None
             if target is not None:
                 kwargs.append(("target", _string(target)))
             if "env" in fields:
@@ -535,12 +554,16 @@ class Translator:
             take_int("uid", "uid")
             take_int("gid", "gid")
             self._leftover(kind, fields)
-            return Call("dsl.secret", (_string(secret_id), *kwargs))
+            return Call("dsl.secret", (_string(name), *kwargs))
         if kind == "tmpfs":
             if target is None:
                 raise _Refused("--mount=type=tmpfs needs a target")
-            if "size" in fields:
-                kwargs.append(("size", Atom(str(int(fields.pop("size"))))))
+            try:
+                size = ram_in_bytes(fields.pop("size", "0"))
+            except MountOptionError as error:
+                raise _Refused(str(error)) from None
+            if size:  # BuildKit sets no limit for size=0
+                kwargs.append(("size", Atom(str(size))))
             self._leftover(kind, fields)
             return Call("dsl.tmpfs", (_string(target), *kwargs))
         if kind == "bind":
@@ -587,7 +610,11 @@ class Translator:
         if name.lower() in self.later_stages or name.isdigit():
             raise _Refused(f"{what}={name}: not an earlier stage of this Dockerfile")
         if "$" in name:
-            raise _Refused(f"{what}={name}: a variable in the name of a stage or image")
+            raise _Refused(
+                f"{what}={name}: BuildKit does not expand variables in --from (it refuses them, "
+                "or reads the name as written); name the image in a stage: "
+                "FROM ${VAR} AS name, then --from=name"
+            )
         variable = self.images.get(name)
         if variable is None:
             last = name.split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
@@ -629,6 +656,7 @@ class Translator:
         # BuildKit passes every path through its word lexer, in the JSON form too (quotes
         # and backslashes are removed after the JSON is decoded).
         dest = _word(words[-1], self.escape)
+        _no_windows_path(dest)
         raw_sources = words[:-1]
         kwargs: list[tuple[str, Expr]] = []
         if "chown" in flags:
@@ -636,7 +664,10 @@ class Translator:
         if "chmod" in flags:
             chmod = str(flags["chmod"])
             if not re.fullmatch(r"[0-7]{3,4}", chmod):
-                raise _Refused(f"{command.cmd} --chmod={chmod}: only octal modes are supported")
+                raise _Refused(
+                    f"{command.cmd} --chmod={chmod}: a build.py takes an octal mode (BuildKit "
+                    "1.14 applies a symbolic one to each file's own mode)"
+                )
             kwargs.append(("chmod", Atom("0o" + chmod.lstrip("0").rjust(3, "0"))))
         if flags.get("link") in ("", "true"):
             kwargs.append(("link", Atom("True")))
@@ -653,6 +684,8 @@ class Translator:
         sources = [_word(s, self.escape) for s in raw_sources]
         if not add and any(_is_url(s) or _is_git(s) for s in sources):
             raise _Refused("COPY of a URL: BuildKit refuses it too (ADD downloads)")
+        if any(_is_git(s) for s in sources):
+            raise _Refused(f"{command.cmd} of a git repository has no equivalent in a build.py")
         if "checksum" in flags:
             if len(sources) == 1 and has_variable(sources[0]):
                 raise _Refused(f"ADD --checksum of {sources[0]}: a build.py writes its URL out")
@@ -662,8 +695,6 @@ class Translator:
                 "dsl.url", (_string(sources[0]), ("checksum", _string(str(flags["checksum"]))))
             )
             return [Call(method, (source, _string(dest), *kwargs))]
-        if any(_is_git(s) for s in sources):
-            raise _Refused(f"{command.cmd} of a git repository has no equivalent in a build.py")
         if any(_is_url(s) for s in sources):
             raise _Refused(f"{command.cmd} of a URL without --checksum: pin it with a checksum")
         if "from" in flags:
@@ -765,6 +796,7 @@ class Translator:
     def _i_workdir(self, command: Any) -> list[Call]:
         self._no_flags(command)
         path = _word(command.value[0], self.escape)
+        _no_windows_path(path)
         current = self.current.workdir
         if has_variable(path):
             self.current.workdir = None
@@ -858,6 +890,8 @@ class Translator:
         text = text[len("ONBUILD") :].strip()
         if "\n" in text:
             raise _Refused("ONBUILD with a heredoc has no equivalent in a build.py")
+        if self.current.onbuild_line is None:
+            self.current.onbuild_line = command.start_line
         return [Call("onbuild", (_string(text),))]
 
     def _i_healthcheck(self, command: Any) -> list[Call]:
@@ -899,10 +933,16 @@ def _heredoc_content(command: Any, word: re.Match[str]) -> str:
     return re.sub(r"(?m)^\t+", "", content) if word.group(1) == "-" else content
 
 
+def _no_windows_path(path: str, *, drive_relative: bool = False) -> None:
+    """Refuse ``C:\\app`` (and ``C:app`` where ``drive_relative``): on Linux, BuildKit
+    would read it as a relative path, which no Windows Dockerfile means."""
+    if re.match(r"[A-Za-z]:" if drive_relative else r"[A-Za-z]:[\\/]", path):
+        raise _Refused(f"{path}: a Windows path has no equivalent in a build.py")
+
+
 def _stage_path(path: str) -> str:
     """A path inside another stage or image: BuildKit reads a relative one from its root."""
-    if re.match(r"[A-Za-z]:", path):
-        raise _Refused(f"{path}: a Windows path has no equivalent in a build.py")
+    _no_windows_path(path, drive_relative=True)
     return path if path.startswith("/") else "/" + path.removeprefix("./").removeprefix(".")
 
 
@@ -929,7 +969,9 @@ def _is_url(source: str) -> bool:
 
 def _is_git(source: str) -> bool:
     """A git source of ADD, as BuildKit tells one: by its scheme (a local ``.git`` directory,
-    or ``repo.git``, is a path of the context)."""
+    or ``repo.git``, is a path of the context). An http(s) URL's path must end in ``.git``;
+    its query (``?branch=main``) and fragment (``#ref``) are options of the clone."""
     if source.startswith(("git@", "git://", "ssh://")):
         return True
-    return _is_url(source) and source.split("#", 1)[0].rstrip("/").endswith(".git")
+    path = re.split(r"[?#]", source, maxsplit=1)[0]
+    return _is_url(source) and path.rstrip("/").endswith(".git")
