@@ -13,6 +13,7 @@ import re
 from typing import Final
 
 from imagedsl.buildstate import split_expressions
+from imagedsl.importer._special import ExpressionError, check_braced, empty_parameter_end
 
 _NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -74,6 +75,13 @@ def read_word(text: str, escape: str = "\\", *, quotes: bool = True) -> str:
             quote = "" if quote else char
             i += 1
         elif char == "$":
+            try:
+                empty = empty_parameter_end(text, i)
+            except ExpressionError as error:
+                raise WordError(str(error)) from None
+            if empty is not None:
+                i = empty  # BuildKit expands it to nothing
+                continue
             end = _expression(text, i, escape)
             if end == i + 1:
                 out.append(_literal_dollar(out, text, end))  # a lone "$" is literal
@@ -95,6 +103,10 @@ _WITH_WORD: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-+?])(.*)\}\Z",
 def _expression_text(expression: str, escape: str) -> str:
     """An expression as imagedsl writes it: the word of ``${NAME:-word}`` (and ``:+``, ``:?``)
     is read as BuildKit's lexer reads it (its backslash escapes removed), the rest as written."""
+    try:
+        check_braced(expression)
+    except ExpressionError as error:
+        raise WordError(str(error)) from None
     match = _WITH_WORD.match(expression)
     if match is None:
         return expression
