@@ -69,14 +69,12 @@ class AutoAssign:
         each)."""
         large, rest = self.large, self.rest
         first_rest = 1 + MAX_LARGE_BUCKETS
-        manifest_names, manifest_pattern = MANIFEST_NAMES, _MANIFEST_PATTERN.match
         hasher, from_bytes = blake3.blake3, int.from_bytes
         found: list[int] = []
-        for placed, kind, size in entries:
+        for placed, kind, size in entries:  # the size counts for files only
             buckets, first = rest, first_rest
             if kind == "file":
-                base = placed.rpartition("/")[2]
-                if base in manifest_names or manifest_pattern(base) is not None:
+                if is_manifest(placed.rpartition("/")[2]):
                     found.append(0)
                     continue
                 if size >= LARGE_FILE:

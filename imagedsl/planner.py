@@ -791,13 +791,19 @@ def record_step(
     check`` reads it to say what re-running a step costs.
     """
     node = step.node if isinstance(step, PlannedStep) else step
-    for tree in node.trees:
-        store.put_tree(tree.digest, tree.manifest)
+    keep_manifests(store, node)
     merged = dict(outputs or {})
     if seconds is not None:
         merged["seconds"] = round(seconds, 3)
     record = Record(key=node.key, preimage=node.preimage, locus=node.locus, outputs=merged)
     return store.put(record)
+
+
+def keep_manifests(store: Store, node: StepNode) -> None:
+    """Keep the manifests of a step's trees (what miss reasons diff), each made only where the
+    store does not hold it yet."""
+    for tree in node.trees:
+        store.put_tree(tree.digest, tree.manifest)
 
 
 def record_copy_output(store: Store, step: PlannedStep | StepNode, tree: Tree) -> str:

@@ -337,10 +337,7 @@ class _PartRows:
         if self._groups is None:
             groups: dict[int, dict[str, tuple[str, Entry]]] = {}
             placed = _placed(self._selections, (), self._dest_is_dir, self._parents)
-            parts = self._assign.parts_of(
-                (rel, e[TYPE], e[SIZE] if e[TYPE] == "file" else 0)
-                for rel, (_, e) in placed.items()
-            )
+            parts = self._assign.parts_of((rel, e[TYPE], e[SIZE]) for rel, (_, e) in placed.items())
             for (rel, value), part_of in zip(placed.items(), parts, strict=True):
                 groups.setdefault(part_of, {})[rel] = value
             self._groups = groups
@@ -604,10 +601,7 @@ class ContextHasher:
         for directory in changed:  # deepest first: subdirectories are done before parents
             records: dict[int, list[bytes]] = {}
             listed = directories[directory]
-            parts = assign.parts_of(
-                (path[cut:], e[TYPE], e[SIZE] if e[TYPE] == "file" else 0)
-                for path, e in listed.items()
-            )
+            parts = assign.parts_of((path[cut:], e[TYPE], e[SIZE]) for path, e in listed.items())
             for (path, entry), part in zip(listed.items(), parts, strict=True):
                 name = path.rpartition("/")[2]
                 kind = entry[TYPE]
@@ -616,8 +610,8 @@ class ContextHasher:
                     inside.setdefault(part, empty)
                     # One record per part it is in: the same but for the digest.
                     head = _record(name, "dir", entry[MODE], 0, "")[:-1]
-                    for part, digest in inside.items():
-                        records.setdefault(part, []).append(head + digest.hex().encode() + b"\0")
+                    for inner, digest in inside.items():
+                        records.setdefault(inner, []).append(head + digest.hex().encode() + b"\0")
                 else:
                     size = entry[SIZE] if kind == "file" else 0
                     records.setdefault(part, []).append(

@@ -76,7 +76,7 @@ from imagedsl.oci.image import BaseImage, LayerBlob
 from imagedsl.oci.layerstream import decompressed
 from imagedsl.oci.manifest import canonical_json, manifest_document
 from imagedsl.oci.mediatypes import COMPRESSIONS, LAYER_MEDIA_TYPES, OCI_MANIFEST, Compression
-from imagedsl.planner import PlanStatus, record_copy_output, record_step, settle
+from imagedsl.planner import PlanStatus, keep_manifests, record_copy_output, record_step, settle
 from imagedsl.steps import (
     Add,
     Copy,
@@ -677,8 +677,7 @@ class _Build:
         store while the part's rows are at hand (where parts are written on other processes,
         :func:`record_step` would otherwise build every part's rows again, on this one)."""
         made = self._entries(node, below)
-        for tree in node.trees:
-            self.store.put_tree(tree.digest, tree.manifest)
+        keep_manifests(self.store, node)
         return made
 
     def _write(self, entries: list[LayerEntry], parent: ParentFactory) -> LayerBlob:
