@@ -39,6 +39,11 @@ def _by_name(reference: ImageReference, platform: str) -> None:
     del reference, platform
 
 
+def _env(plan: Plan) -> dict[str, str]:
+    """The environment after the plan's last step (the build's PATH default aside)."""
+    return {k: v for k, v in plan.steps[-1].node.state.env if k != "PATH"}
+
+
 def _steps(plan: Plan) -> list[str]:
     return [step.instruction for step in plan.steps]
 
@@ -346,7 +351,7 @@ def test_a_literal_backslash_before_a_lone_dollar_is_kept(tmp_path: Path) -> Non
     the import escapes that ``$`` too. Docker 20.10's BuildKit gives these values."""
     dockerfile = "FROM scratch\nENV A='\\w\\$ ' B=\"x\\\\$ y\" C='\\$HOME' D=a\\\\$\n"
     _, plan = _load(tmp_path, dockerfile)
-    env = {k: v for k, v in plan.steps[-1].node.state.env if k != "PATH"}
+    env = _env(plan)
     assert env["A"] == "\\w\\$ "
     assert env["B"] == "x\\$ y"
     assert env["C"] == "\\$HOME"
@@ -452,7 +457,7 @@ def test_names_buildkit_takes_beyond_shell_names(tmp_path: Path) -> None:
         "ARG my-var=2",
         'ENV LATER="$my-var"',
     ]
-    env = {k: v for k, v in plan.steps[-1].node.state.env if k != "PATH"}
+    env = _env(plan)
     # ``$my-var`` is ``$my`` (unset: empty) then ``-var``, as in BuildKit's shell lexer.
     assert env == {"spring.profiles.active": "prod", "A-B": "1", "my-var": "2", "LATER": "-var"}
 

@@ -13,15 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from imagedsl.api import Plan
 from imagedsl.importer import DockerfileImportError, translate_text
 from imagedsl.steps import Copy, Run
-from tests.test_import_sweep import _load, _steps
-
-
-def _env(plan: Plan) -> dict[str, str]:
-    """The environment after the plan's last step (the build's PATH default aside)."""
-    return {k: v for k, v in plan.steps[-1].node.state.env if k != "PATH"}
+from tests.test_import_sweep import _env, _load, _steps
 
 
 @pytest.mark.parametrize(
