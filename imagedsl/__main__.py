@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from imagedsl.cli import main
+from imagedsl._client import main
 
 sys.exit(main())

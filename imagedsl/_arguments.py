@@ -204,6 +204,15 @@ def _cache_command(commands: _Commands) -> None:
     prune.set_defaults(run="cache_prune")
 
 
+def _server_command(commands: _Commands) -> None:
+    server = commands.add_parser(
+        "server", help="the plan servers that keep imagedsl loaded between plans (see docs)"
+    )
+    actions = server.add_subparsers(title="server commands", metavar="ACTION")
+    stop = actions.add_parser("stop", help="stop this user's plan servers")
+    stop.set_defaults(run="server_stop")
+
+
 _COMMANDS: dict[str, Callable[[_Commands], None]] = {
     "plan": _plan_command,
     "check": _check_command,
@@ -214,6 +223,7 @@ _COMMANDS: dict[str, Callable[[_Commands], None]] = {
     "import": _import_command,
     "targets": _targets_command,
     "cache": _cache_command,
+    "server": _server_command,
 }
 
 

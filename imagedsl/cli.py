@@ -301,6 +301,16 @@ def _build_args(pairs: Sequence[str]) -> dict[str, str]:
 # -- what each subcommand runs (its arguments: imagedsl/_arguments.py) -----------------------
 
 
+def run_server_stop(_args: argparse.Namespace) -> int:
+    """``imagedsl server stop``."""
+    from imagedsl import _client, _server
+
+    directory = _client.runtime_directory(create=False)
+    asked = _server.stop_all(directory) if directory else 0
+    print(f"stopped {asked} plan server{'' if asked == 1 else 's'}")
+    return EXIT_OK
+
+
 _RUNS: dict[str, Callable[[argparse.Namespace], int]] = {
     "build": run_build,
     "cache_du": run_cache_du,
@@ -312,5 +322,6 @@ _RUNS: dict[str, Callable[[argparse.Namespace], int]] = {
     "lower": run_lower,
     "plan": run_plan,
     "push": run_push,
+    "server_stop": run_server_stop,
     "targets": run_targets,
 }

@@ -43,7 +43,7 @@ from imagedsl._validate import (
 )
 from imagedsl.buildstate import AUTOMATIC_ARGS, expand
 from imagedsl.check.catalogue import ALLOWABLE
-from imagedsl.context import Context, ContextSource, glob_regex, make_context
+from imagedsl.contexts import Context, ContextSource, glob_regex, make_context
 from imagedsl.errors import ImageDSLError, StepArgumentError
 from imagedsl.oci.platform import canonical_platforms
 from imagedsl.oci.reference import parse_reference

@@ -27,7 +27,7 @@ from imagedsl import keys
 from imagedsl._validate import clean_container_path
 from imagedsl.buildstate import DEFAULT_PATH, ArgScope, BuildState
 from imagedsl.buildstate import expand as expand_word
-from imagedsl.context import ContextSource
+from imagedsl.contexts import ContextSource
 from imagedsl.dsl import Stage, StageRef
 from imagedsl.errors import (
     CycleError,

@@ -19,7 +19,7 @@ from imagedsl.errors import SourceLocation, StepArgumentError
 from imagedsl.oci.reference import ImageReference
 
 if TYPE_CHECKING:
-    from imagedsl.context import ContextSource
+    from imagedsl.contexts import ContextSource
     from imagedsl.dsl import Stage, StageRef
 
 

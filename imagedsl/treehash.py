@@ -51,7 +51,7 @@ from imagedsl._statcache import (
     entry_of,
     unchanged_directories,
 )
-from imagedsl.context import Context, ContextSource, Selector, glob_regex
+from imagedsl.contexts import Context, ContextSource, Selector, glob_regex
 from imagedsl.credentials import CONTENT_LIMIT
 from imagedsl.errors import ContextError
 

@@ -17,6 +17,7 @@ with ``IMAGEDSL_REQUIRE_DOCKER=1`` (``.ci/run`` sets it) failed instead.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,13 @@ _DOCKER_FIXTURES = frozenset(
         "debian_go_image",
     }
 )
+
+
+def pytest_configure() -> None:
+    """The ``imagedsl`` processes tests start run in those processes: a plan server
+    (imagedsl._server) started by one test would serve others. tests/test_server.py turns
+    servers on for its own processes, each test with a runtime directory of its own."""
+    os.environ["IMAGEDSL_SERVER"] = "0"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -4,6 +4,8 @@ model imports nothing above it, and the public surface is the DSL vocabulary."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import imagedsl
@@ -103,3 +105,27 @@ def test_the_public_surface_is_the_vocabulary() -> None:
 
     for plumbing in ("Store", "Record", "plan", "record_step", "load_buildfile", "BuildSession"):
         assert plumbing in api.__all__
+
+
+def test_importing_the_package_or_the_front_door_loads_nothing_else() -> None:
+    """``import imagedsl`` and the console script's module load no other module of ours (the
+    command hands plans to a server before it imports the rest), and the vocabulary is the
+    DSL's even when its modules were imported first (``imagedsl.contexts`` is a module, and
+    ``imagedsl.context`` the function)."""
+    code = (
+        "import sys; before = set(sys.modules); import imagedsl, imagedsl._client; "
+        "print(sorted(set(sys.modules) - before))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert set(ast.literal_eval(loaded)) <= {"__future__", "imagedsl", "imagedsl._client"}
+    code = (
+        "import imagedsl.contexts, imagedsl.api, imagedsl as dsl; "
+        "print(dsl.context.__module__, dsl.scratch.__module__, dsl.InputError.__module__, "
+        "'context' in dir(dsl))"
+    )
+    names = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert names.split() == ["imagedsl.dsl", "imagedsl.dsl", "imagedsl.errors", "True"]

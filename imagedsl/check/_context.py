@@ -22,7 +22,7 @@ from imagedsl import credentials
 from imagedsl._layerparts import is_manifest
 from imagedsl.check.catalogue import RULES
 from imagedsl.check.model import Finding
-from imagedsl.context import ContextSource
+from imagedsl.contexts import ContextSource
 from imagedsl.steps import Add, Copy, Run
 from imagedsl.treehash import Tree
 

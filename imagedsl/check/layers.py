@@ -30,7 +30,7 @@ from imagedsl.check._shell import (
     with_workdirs,
 )
 from imagedsl.check.model import Finding
-from imagedsl.context import ContextSource
+from imagedsl.contexts import ContextSource
 from imagedsl.graph import StepNode
 from imagedsl.steps import Add, Copy, Run, StagePath
 

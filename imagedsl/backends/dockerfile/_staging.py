@@ -1,7 +1,7 @@
 """Writing the context files a Dockerfile needs: one directory per tree, named by its digest.
 
 Every COPY, ADD or bind mount from the build context reads exactly one *tree* (the files the
-step selected, placed as the step places them, see :class:`imagedsl.context.Tree`). Each tree
+step selected, placed as the step places them, see :class:`imagedsl.treehash.Tree`). Each tree
 is written once under its short digest, so a COPY's source path in the Dockerfile depends on
 nothing but the content it copies: BuildKit's cache key for the COPY then depends on the same
 inputs as ours (renaming a source directory without changing its files misses in neither).

@@ -60,7 +60,7 @@ from imagedsl.backends.dockerfile._words import (
     shell_form_is_exact,
 )
 from imagedsl.buildstate import DEFAULT_SHELL, BuildState
-from imagedsl.context import ContextSource
+from imagedsl.contexts import ContextSource
 from imagedsl.errors import InputError, SourceLocation
 from imagedsl.steps import (
     INLINE_FILE_NAME,

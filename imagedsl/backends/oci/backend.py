@@ -66,7 +66,7 @@ from imagedsl.backends.oci.outputs import (
 from imagedsl.backends.oci.triggers import parse_trigger
 from imagedsl.backends.oci.writer import LayerWriter, ParentFactory
 from imagedsl.buildstate import BuildState
-from imagedsl.context import ContextSource
+from imagedsl.contexts import ContextSource
 from imagedsl.engine_api import LocalImages
 from imagedsl.errors import ImageDSLError
 from imagedsl.oci.annotations import BASE_DIGEST, BASE_NAME, CREATED

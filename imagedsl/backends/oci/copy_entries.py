@@ -33,7 +33,7 @@ from imagedsl.backends.oci.filesystem import (
     lookup_id,
 )
 from imagedsl.backends.oci.layer import LayerEntry, LayerError, Xattrs
-from imagedsl.context import glob_regex
+from imagedsl.contexts import glob_regex
 from imagedsl.errors import InputError
 from imagedsl.steps import GLOB_CHARS, INLINE_FILE_NAME
 from imagedsl.treehash import Row, Tree, TreeEntry

@@ -84,7 +84,7 @@ from imagedsl.backends.oci.run.runc import (
 )
 from imagedsl.backends.oci.run.seccomp import load_profile
 from imagedsl.buildstate import BuildState
-from imagedsl.context import ContextSource
+from imagedsl.contexts import ContextSource
 from imagedsl.errors import ImageDSLError, InputError, SourceLocation
 from imagedsl.steps import (
     BindMount,

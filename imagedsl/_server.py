@@ -1,0 +1,339 @@
+"""The plan server: imagedsl imported once, a forked child per ``plan`` or ``check``.
+
+Started by :mod:`imagedsl._client` (detached, in its own session) with the client's
+interpreter, flags and ``sys.path``, it imports what a plan needs, records the stat values of
+every module file it loaded, and listens on a Unix socket in the user's private runtime
+directory. For each request it checks that
+
+- the peer is this user (``SO_PEERCRED``), the protocol and the client's identity (interpreter,
+  ``sys.path``, flags) are its own;
+- no module it loaded has changed on disk since (an upgrade, an edit of an editable install);
+
+then forks. The child takes the client's three streams (passed as file descriptors), working
+directory, environment, umask and locale, and runs :func:`imagedsl.cli.main` as the client
+would have; the server sends the child's pid, then its wait status when it ends, and kills it
+(SIGTERM) if the client goes away first. A request that fails a check is refused (the client
+runs the command itself) and a changed module makes the server leave.
+
+The server leaves after :func:`~imagedsl._client.idle_seconds` with no request and no child,
+when its socket is removed or replaced, or on a ``stop`` request (``imagedsl server stop``).
+It never runs a request's code in its own process: children see the server's memory as it was
+after the imports, so nothing a run does (its caches, the modules a build file imports) can
+reach another run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import marshal
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any, Final
+
+from imagedsl import _client
+
+#: What a plan or check imports, loaded before the server forks its first child.
+PRELOAD: Final = (
+    "imagedsl",
+    "imagedsl.cli",
+    "imagedsl.api",
+    "imagedsl.loader",
+    "imagedsl.planner",
+    "imagedsl.graph",
+    "imagedsl.treehash",
+    "imagedsl._statcache",
+    "imagedsl._forked",
+    "imagedsl.check",
+    "imagedsl.check.engine",
+    "imagedsl._terminal",
+)
+_PEERCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_REQUEST_SECONDS: Final = 10.0  # a client has this long to send its request
+_TICK_SECONDS: Final = 30.0  # how often an idle server looks at its socket
+
+
+def serve(path: str, identity: bytes) -> None:
+    """Listen on ``path`` until idle; requests must come from a process of ``identity``
+    (:func:`imagedsl._client.identity`, marshalled)."""
+    if _client.identity() != marshal.loads(identity):
+        return  # started with other flags or paths than the client's: it would refuse all
+    for name in PRELOAD:
+        __import__(name)
+    server = _Server(path, marshal.loads(identity), _module_files())
+    with server.listening():
+        gc.collect()
+        gc.freeze()  # the children never copy the imports' pages to update reference counts
+        server.run()
+
+
+def stop_all(directory: str) -> int:
+    """Ask every server in ``directory`` to leave; how many were asked."""
+    asked = 0
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith(".sock"):
+            continue
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5.0)
+            try:
+                sock.connect(os.path.join(directory, name))
+                body = marshal.dumps((_client.PROTOCOL, "stop"))
+                sock.sendall(len(body).to_bytes(8, "little") + body)
+                sock.recv(1)
+            except OSError:
+                continue
+            asked += 1
+    return asked
+
+
+def _module_files() -> dict[str, tuple[int, int, int]]:
+    """Each loaded module's file: (inode, size, mtime_ns)."""
+    found: dict[str, tuple[int, int, int]] = {}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str) and path not in found:
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                found[path] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return found
+
+
+class _Server:
+    def __init__(
+        self, path: str, identity: tuple[Any, ...], files: dict[str, tuple[int, int, int]]
+    ) -> None:
+        self.path = path
+        self.identity = identity
+        self.files = files
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.inode = 0
+        #: Per running child's pidfd: (pid, the client's connection).
+        self.children: dict[int, tuple[int, socket.socket]] = {}
+        #: Connections whose client went away (their children are being stopped).
+        self.abandoned: set[int] = set()
+        self.accepting = True
+
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[None]:
+        """Bound to a fresh name, then renamed over ``path`` (a client never connects to a
+        half-made socket); unlinked on the way out if it is still ours."""
+        temporary = f"{self.path}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        self.listener.bind(temporary)
+        os.chmod(temporary, 0o600)
+        self.listener.listen(64)
+        os.rename(temporary, self.path)
+        self.inode = os.stat(self.path).st_ino
+        try:
+            yield
+        finally:
+            self._close_listener()
+
+    def run(self) -> None:
+        idle = _client.idle_seconds()
+        last = time.monotonic()
+        while self.accepting or self.children:
+            waiting = [*self.children] + [
+                conn.fileno()
+                for _, conn in self.children.values()
+                if conn.fileno() not in self.abandoned
+            ]
+            if self.accepting:
+                waiting.append(self.listener.fileno())
+            timeout = min(_TICK_SECONDS, max(0.0, last + idle - time.monotonic()))
+            ready, _, _ = select.select(waiting, [], [], timeout)
+            if ready:
+                last = time.monotonic()
+            elif not self.children and time.monotonic() - last >= idle:
+                break
+            elif not self._still_ours():
+                self._close_listener()
+            for fd in ready:
+                if fd == self.listener.fileno() and self.accepting:
+                    self._accept()
+                elif fd in self.children:
+                    self._reap(fd)
+                else:
+                    self._client_went_away(fd)
+
+    def _still_ours(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino == self.inode
+        except OSError:
+            return False
+
+    def _close_listener(self) -> None:
+        if self.accepting and self._still_ours():
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+        self.accepting = False
+        self.listener.close()
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        fds: list[int] = []
+        try:
+            conn.settimeout(_REQUEST_SECONDS)
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+            if _PEERCRED.unpack(creds)[1] != os.getuid():
+                raise ConnectionError("another user's process")
+            request, fds = _read_request(conn)
+            if request[:2] == (_client.PROTOCOL, "stop"):
+                conn.sendall(_client.ENDED)
+                self._close_listener()
+                conn.close()
+                return
+            if not self._acceptable(request, fds):
+                conn.sendall(_client.REFUSED)
+                conn.close()
+                return
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child leaves through os._exit
+                self.listener.close()
+                for pidfd, (_, other) in self.children.items():
+                    os.close(pidfd)
+                    other.close()
+                _run_child(request, fds, conn)
+            with contextlib.suppress(OSError):  # the child does it too: whichever is first
+                os.setpgid(pid, pid)
+            conn.settimeout(None)
+            conn.sendall(_client.STARTED + pid.to_bytes(4, "little"))
+            self.children[os.pidfd_open(pid)] = (pid, conn)
+        except (OSError, ValueError, TypeError, EOFError):
+            conn.close()
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _acceptable(self, request: tuple[Any, ...], fds: list[int]) -> bool:
+        """Whether the request may run here: a run request of our protocol and identity, with
+        three streams, while every module we loaded is as it was."""
+        if request[:2] != (_client.PROTOCOL, "run") or len(request) != 8 or len(fds) != 3:
+            return False
+        if tuple(request[2]) != self.identity:
+            return False
+        if _module_files() != self.files:
+            self._close_listener()  # an upgrade or an edit: a new server will load the new code
+            return False
+        return True
+
+    def _reap(self, pidfd: int) -> None:
+        pid, conn = self.children.pop(pidfd)
+        os.close(pidfd)
+        self.abandoned.discard(conn.fileno())
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            status = 1 << 8
+        with contextlib.suppress(OSError):
+            conn.sendall(_client.ENDED + status.to_bytes(4, "little"))
+        conn.close()
+
+    def _client_went_away(self, fd: int) -> None:
+        """A client's connection became readable: a client sends nothing after its request,
+        so it closed (killed, say). Its child's process group is stopped; the reaping
+        follows."""
+        for pid, conn in self.children.values():
+            if conn.fileno() == fd:
+                self.abandoned.add(fd)
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGTERM)
+
+
+def _read_request(conn: socket.socket) -> tuple[tuple[Any, ...], list[int]]:
+    """The request, unmarshalled, and the file descriptors that came with it."""
+    data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
+    if len(data) < 8:
+        data += _exactly(conn, 8 - len(data))
+    size = int.from_bytes(data[:8], "little")
+    if size > 1 << 26:
+        raise ValueError("request too large")
+    body = data[8:] + _exactly(conn, size - (len(data) - 8))
+    request = marshal.loads(body)
+    if not isinstance(request, tuple):
+        raise ValueError("not a request")
+    return request, list(fds)
+
+
+def _exactly(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise EOFError("the client closed its connection mid-request")
+        data += chunk
+    return data
+
+
+def _run_child(request: tuple[Any, ...], fds: list[int], conn: socket.socket) -> None:
+    """In the forked child: become the client's process and run its command; never returns."""
+    code = 1
+    try:
+        conn.close()
+        _, _, _, words, cwd, environ, umask, streams = request
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            if fd > 2:
+                os.close(fd)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        os.setpgid(0, 0)  # a group of its own, as a terminal's foreground job: the client
+        # forwards its signals to the group (to the forked listers and writers too)
+        os.chdir(cwd)
+        os.umask(umask)
+        os.environ.clear()
+        os.environ.update(environ)
+        time.tzset()
+        with contextlib.suppress(Exception):
+            import locale
+
+            locale.setlocale(locale.LC_CTYPE, "")
+        _reopen_streams(streams)
+        sys.argv = ["imagedsl", *words]
+        from imagedsl.cli import main
+
+        code = main(words)
+    except SystemExit as leaving:
+        code = leaving.code if isinstance(leaving.code, int) else 1
+    except BaseException:  # the child must reach os._exit, whatever happened
+        with contextlib.suppress(Exception):
+            import traceback
+
+            traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+
+def _reopen_streams(streams: list[tuple[str | None, str | None]]) -> None:
+    """``sys.stdin``, ``sys.stdout`` and ``sys.stderr`` on descriptors 0-2, with the client's
+    encodings and error handlers, buffered as Python buffers them (line by line on a terminal,
+    and always for stderr)."""
+    made = []
+    for fd, (encoding, errors) in enumerate(streams):
+        made.append(
+            open(  # noqa: SIM115 - they live as long as the process
+                fd,
+                "r" if fd == 0 else "w",
+                encoding=encoding or "utf-8",
+                errors=errors or "strict",
+                closefd=False,
+                buffering=-1,
+            )
+        )
+        if fd > 0:
+            made[-1].reconfigure(line_buffering=fd == 2 or os.isatty(fd))
+    sys.stdin, sys.stdout, sys.stderr = made

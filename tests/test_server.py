@@ -1,0 +1,271 @@
+"""Plan servers (imagedsl._client, imagedsl._server): real ``python -m imagedsl`` processes, a
+real server started as users start it (a second plan soon after the first), and what a served
+run sees and prints compared with the same run in the client's own process.
+
+Each test has a private runtime directory, so its server is its own; the suite's other tests
+run with ``IMAGEDSL_SERVER=0`` (conftest.py)."""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from imagedsl import _client
+from tests.support.waiting import wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+#: The console script, as users run it (``python -m imagedsl`` puts the working directory on
+#: ``sys.path``, so each directory would have a server of its own).
+IMAGEDSL = str(Path(sys.executable).with_name("imagedsl"))
+
+BUILD = """\
+import json, os, sys, time
+import imagedsl as dsl
+
+probe = os.environ.get("PROBE_FILE")
+if probe:
+    mask = os.umask(0)
+    os.umask(mask)
+    with open(probe, "a", encoding="utf-8") as out:
+        record = {"pid": os.getpid(), "cwd": os.getcwd(), "value": os.environ.get("PROBE"),
+                  "umask": mask, "argv": sys.argv[1:], "stdout": sys.stdout.encoding}
+        out.write(json.dumps(record) + "\\n")
+sleep = os.environ.get("PROBE_SLEEP")
+if sleep:
+    with open(sleep, "w", encoding="utf-8") as marker:
+        marker.write(str(os.getpid()))
+    time.sleep(300)
+
+src = dsl.context("ctx")
+app = dsl.scratch().copy(src, "/app").env(GREETING="héllo").entrypoint("/app/run")
+"""
+
+
+class Project:
+    """A build file and its context, a store, and a runtime directory of its own."""
+
+    def __init__(self, root: Path, runtime: Path) -> None:
+        self.root = root
+        self.runtime = runtime
+        self.probe = root / "probe.jsonl"
+        (root / "ctx").mkdir()
+        for i in range(40):
+            (root / "ctx" / f"f{i:02d}.txt").write_text(f"file {i}\n")
+        (root / "build.py").write_text(BUILD)
+        self.env = {
+            **os.environ,
+            "IMAGEDSL_SERVER": "1",
+            "IMAGEDSL_RUNTIME_DIR": str(runtime),
+            "IMAGEDSL_STORE": str(root / "store"),
+            "PROBE_FILE": str(self.probe),
+        }
+
+    def start(self, *args: str, **env: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [IMAGEDSL, *args],
+            cwd=self.root,
+            env={**self.env, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, *args: str, **env: str) -> tuple[int, str, str, bool]:
+        """(exit code, stdout, stderr, whether a server ran it: the build file ran in
+        another process than the one started)."""
+        process = self.start(*args, **env)
+        out, err = process.communicate(timeout=120)
+        records = self.records()
+        served = bool(records) and records[-1]["pid"] != process.pid
+        return process.returncode, out, err, served
+
+    def records(self) -> list[dict[str, object]]:
+        if not self.probe.exists():
+            return []
+        return [json.loads(line) for line in self.probe.read_text().splitlines()]
+
+    def sockets(self) -> list[Path]:
+        return sorted(self.runtime.glob("*.sock"))
+
+    def serve(self) -> None:
+        """Plan twice here (the second starts a server), and wait for it to listen."""
+        for _ in range(2):
+            code, _, err, served = self.run("plan")
+            assert (code, served) == (0, False), err
+        wait_until(lambda: bool(self.sockets()), "the plan server's socket")
+
+
+@pytest.fixture(name="project")
+def fixture_project(tmp_path: Path) -> Iterator[Project]:
+    # A short directory of its own: a socket's path must fit in 108 bytes.
+    runtime = Path(tempfile.mkdtemp(prefix="ids-", dir="/tmp"))
+    runtime.chmod(0o700)
+    project = Project(tmp_path, runtime)
+    try:
+        yield project
+    finally:
+        subprocess.run(
+            [IMAGEDSL, "server", "stop"],
+            env=project.env,
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def test_one_plan_starts_no_server(project: Project) -> None:
+    """A single run (as in CI) leaves nothing behind but its mark."""
+    code, out, err, served = project.run("plan")
+    assert (code, served) == (0, False), err
+    assert "plan for build.py:app" in out
+    assert project.sockets() == []
+
+
+def test_served_plans_print_what_local_plans_print(project: Project) -> None:
+    project.serve()
+    for args in (("plan",), ("plan", "--json"), ("check",), ("plan", "build.py:nothing")):
+        local = project.run(*args, IMAGEDSL_SERVER="0")
+        served = project.run(*args)
+        assert (served[3], local[3]) == (True, False), args
+        assert served[:3] == local[:3], args
+    # The unknown target: exit 2 and the error, from the server as from the client.
+    assert local[0] == 2
+    assert "nothing" in local[2]
+
+
+def test_a_served_run_has_the_clients_directory_environment_arguments_and_umask(
+    project: Project,
+) -> None:
+    project.serve()
+    process = subprocess.Popen(
+        [IMAGEDSL, "plan", "../build.py:app"],
+        cwd=project.root / "ctx",
+        env={**project.env, "PROBE": "the client's value", "PYTHONIOENCODING": "latin-1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        umask=0o027,
+    )
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    record = project.records()[-1]
+    assert record["pid"] != process.pid
+    assert record["cwd"] == str(project.root / "ctx")
+    assert record["value"] == "the client's value"
+    assert record["umask"] == 0o027
+    assert record["argv"] == ["plan", "../build.py:app"]
+    assert codecs.lookup(str(record["stdout"])).name == "iso8859-1"
+    assert "GREETING=h\xe9llo".encode("latin-1") in out
+
+
+def test_a_changed_module_retires_the_server(project: Project, tmp_path: Path) -> None:
+    """A module the server loaded changes on disk (an upgrade, say): the request is run by
+    the client, and the server leaves."""
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "sitecustomize.py").write_text("# loaded by every interpreter here\n")
+    project.env["PYTHONPATH"] = str(extra)
+    project.serve()
+    assert project.run("plan")[3]
+    (extra / "sitecustomize.py").write_text("# changed: the server's copy is stale\n")
+    code, _, err, served = project.run("plan")
+    assert (code, served) == (0, False), err
+    wait_until(lambda: not project.sockets(), "the stale server to leave")
+
+
+def test_ctrl_c_reaches_the_served_run(project: Project, tmp_path: Path) -> None:
+    project.serve()
+    marker = tmp_path / "sleeping"
+    process = project.start("plan", PROBE_SLEEP=str(marker))
+    wait_until(lambda: marker.exists() and marker.read_text() != "", "the run to start")
+    child = int(marker.read_text())
+    assert child != process.pid
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "interrupted" in err
+    wait_until(lambda: not _alive(child), "the served run to end")
+
+
+def test_a_killed_client_takes_its_run_with_it(project: Project, tmp_path: Path) -> None:
+    project.serve()
+    marker = tmp_path / "sleeping"
+    process = project.start("plan", PROBE_SLEEP=str(marker))
+    wait_until(lambda: marker.exists() and marker.read_text() != "", "the run to start")
+    child = int(marker.read_text())
+    process.kill()
+    process.communicate(timeout=60)
+    wait_until(lambda: not _alive(child), "the orphaned run to be stopped")
+    assert project.run("plan")[3]  # the server goes on serving
+
+
+def test_runs_at_once_are_served_at_once(project: Project) -> None:
+    project.serve()
+    processes = [project.start("plan", PROBE=str(i)) for i in range(4)]
+    outputs = [p.communicate(timeout=120) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0, 0], outputs
+    assert len({out for out, _ in outputs}) == 1
+    by_value = {r["value"]: r["pid"] for r in project.records()[-4:]}
+    assert set(by_value) == {"0", "1", "2", "3"}
+    assert all(by_value[str(i)] != p.pid for i, p in enumerate(processes))
+
+
+def test_an_idle_server_leaves(project: Project) -> None:
+    project.env["IMAGEDSL_SERVER_IDLE"] = "0.5"
+    project.serve()
+    wait_until(lambda: not project.sockets(), "the idle server to leave")
+    assert not project.run("plan")[3]
+
+
+def test_server_stop_and_the_switch(project: Project) -> None:
+    project.serve()
+    assert not project.run("plan", IMAGEDSL_SERVER="0")[3]
+    stopped = subprocess.run(
+        [IMAGEDSL, "server", "stop"],
+        env=project.env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert stopped.stdout == "stopped 1 plan server\n"
+    wait_until(lambda: not project.sockets(), "the stopped server's socket to go")
+    assert not project.run("plan")[3]
+
+
+@pytest.mark.parametrize(
+    ("mode", "link", "usable"),
+    [(0o700, False, True), (0o755, False, False), (0o777, False, False), (0o700, True, False)],
+)
+def test_a_runtime_directory_others_can_enter_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: int, link: bool, usable: bool
+) -> None:
+    real = tmp_path / "runtime"
+    real.mkdir()
+    real.chmod(mode)
+    given = tmp_path / "link" if link else real
+    if link:
+        given.symlink_to(real)
+    monkeypatch.setenv("IMAGEDSL_RUNTIME_DIR", str(given))
+    assert (_client.runtime_directory() == str(given)) is usable
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not ended (a zombie has)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
