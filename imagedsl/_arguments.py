@@ -7,6 +7,7 @@ Each subcommand sets ``run`` to its name; :mod:`imagedsl.cli` maps the name to i
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Callable
 from typing import TypeAlias
 
@@ -15,9 +16,12 @@ from imagedsl import __version__
 _Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
+@functools.cache
 def parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; when ``command`` names a subcommand, only that subcommand's
-    arguments are declared (argparse spends more time declaring arguments than parsing)."""
+    arguments are declared (argparse spends more time declaring arguments than parsing).
+    Built once per process (parsing leaves a parser as it was): a plan server builds plan's
+    and check's before it forks its children."""
     parser = argparse.ArgumentParser(
         prog="imagedsl", description="Container images from Python, with exact caching."
     )

@@ -15,9 +15,9 @@ on disk, or on ``imagedsl server stop``. ``IMAGEDSL_SERVER=0`` turns all of this
 
 This module imports nothing beyond what the interpreter has loaded at startup but the
 C modules it needs (``_socket``, ``_blake2``): ``socket`` imports ``enum`` and ``selectors``,
-``hashlib`` OpenSSL, about 30 ms together, a quarter of what a served plan costs (``signal``
-is imported once the child runs, beside it). If anything here fails, the command runs in this
-process.
+``hashlib`` OpenSSL, about 30 ms together, a quarter of what a served plan costs; signals
+are set through ``_signal``, which the interpreter loads at startup. If anything here fails,
+the command runs in this process.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import _socket
     from collections.abc import Sequence
+    from typing import Any
 
 #: Commands a server may run (they write nothing but the store's caches).
 SERVED = frozenset({"plan", "check"})
@@ -50,7 +51,11 @@ def main() -> int:
     command = next((word for word in words if not word.startswith("-")), None)
     served = command in SERVED and enabled()
     if served:
-        code = forward(words)
+        try:
+            code = forward(words)
+        except KeyboardInterrupt:  # Ctrl-C before any run started
+            print("interrupted", file=sys.stderr)
+            return 130
         if code is not None:
             return code
     from imagedsl.cli import main as run_here
@@ -62,8 +67,10 @@ def main() -> int:
 
 
 def enabled() -> bool:
-    """Whether plan servers are used (``IMAGEDSL_SERVER=0`` turns them off)."""
-    return os.environ.get("IMAGEDSL_SERVER", "1").strip().lower() not in {"0", "off", "no", "false"}
+    """Whether plan servers are used: on Linux (a server waits for its children through
+    pidfds), unless ``IMAGEDSL_SERVER=0`` turns them off."""
+    switch = os.environ.get("IMAGEDSL_SERVER", "1").strip().lower()
+    return sys.platform == "linux" and switch not in {"0", "off", "no", "false"}
 
 
 def runtime_directory(create: bool = True) -> str | None:
@@ -120,14 +127,60 @@ def forward(words: Sequence[str]) -> int | None:
     if path is None or not all(_is_open(fd) for fd in (0, 1, 2)):
         return None
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    relay = _SignalRelay()
     try:
         sock.connect(path)
         pid = _send_request(sock, words)
-        return None if pid is None else _wait(sock, pid)
+        if pid is None:
+            return None
+        relay.to(pid)
+        return _wait(sock)
     except OSError:
         return None
     finally:
         sock.close()
+        relay.close()
+
+
+class _SignalRelay:
+    """From construction on, the signals a terminal or a supervisor sends this process
+    (SIGINT, SIGTERM, SIGHUP, SIGQUIT) go to the served run's process group once its pid is
+    known; one that came before is sent then, or, if no run started, to this process again
+    when the relay closes (with the handlers it replaced back)."""
+
+    SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+
+    def __init__(self) -> None:
+        # The C module behind ``signal``: loaded at startup, where ``signal`` imports enum.
+        self._signal: Any = sys.modules.get("_signal") or __import__("signal")
+        self._pid: int | None = None
+        self._pending: list[int] = []
+        self._started = False
+        self._before = {
+            number: self._signal.signal(number, self._relay)
+            for number in (getattr(self._signal, name) for name in self.SIGNALS)
+        }
+
+    def _relay(self, signum: int, _frame: object) -> None:
+        if self._pid is None:
+            self._pending.append(signum)
+            return
+        try:
+            os.killpg(self._pid, signum)  # the child leads a process group of its own
+        except OSError:
+            return  # it has ended
+
+    def to(self, pid: int) -> None:
+        self._pid, self._started = pid, True
+        for signum in self._pending:
+            self._relay(signum, None)
+
+    def close(self) -> None:
+        for number, handler in self._before.items():
+            self._signal.signal(number, handler)
+        if not self._started:
+            for signum in self._pending:
+                os.kill(os.getpid(), signum)
 
 
 def _send_request(sock: _socket.socket, words: Sequence[str]) -> int | None:
@@ -153,19 +206,9 @@ def _send_request(sock: _socket.socket, words: Sequence[str]) -> int | None:
     return int.from_bytes(_receive(sock, 4), "little")
 
 
-def _wait(sock: _socket.socket, pid: int) -> int:
-    """Forward this process's signals to the child until the server reports its end; the
-    exit code a shell would show for its wait status."""
-    import signal
-
-    def forward_signal(signum: int, _frame: object) -> None:
-        try:
-            os.killpg(pid, signum)  # the child leads a process group of its own
-        except OSError:
-            return  # it has ended
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(signum, forward_signal)
+def _wait(sock: _socket.socket) -> int:
+    """The exit code a shell would show for the served run's wait status, once the server
+    reports it."""
     reply, status = _receive(sock, 1), _receive(sock, 4)
     if reply != ENDED or len(status) != 4:
         print("error: the imagedsl plan server went away before the run ended", file=sys.stderr)

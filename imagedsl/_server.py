@@ -53,6 +53,10 @@ PRELOAD: Final = (
     "imagedsl.check",
     "imagedsl.check.engine",
     "imagedsl._terminal",
+    "imagedsl.lockfile",
+    "imagedsl.check.sarif",
+    "shutil",
+    "locale",
 )
 _PEERCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _REQUEST_SECONDS: Final = 10.0  # a client has this long to send its request
@@ -66,6 +70,10 @@ def serve(path: str, identity: bytes) -> None:
         return  # started with other flags or paths than the client's: it would refuse all
     for name in PRELOAD:
         __import__(name)
+    from imagedsl import _arguments
+
+    for command in _client.SERVED:
+        _arguments.parser(command)
     server = _Server(path, marshal.loads(identity), _module_files())
     with server.listening():
         gc.collect()
