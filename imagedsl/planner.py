@@ -658,13 +658,41 @@ def _tree_reasons(old_digest: Any, node: StepNode, store: Store | None) -> list[
     old_manifest = store.get_tree(old_digest)
     if old_manifest is None:
         return ["copied files changed"]
-    reasons = _manifest_diff(old_manifest, new_tree)
+    new_manifest = _same_shape_manifest(old_digest, old_manifest, new_tree, store)
+    reasons = _manifest_diff(old_manifest, new_manifest or new_tree.manifest())
     store.save_analysis(memo, json.dumps(reasons))
     return reasons
 
 
-def _manifest_diff(old: Mapping[str, list[object]], new_tree: Tree) -> list[str]:
-    new = new_tree.manifest()
+def _shape_memo(digest: str) -> str:
+    """The store's analysis entry holding a kept tree's :attr:`~imagedsl.treehash.Tree.shape`."""
+    return blake3.blake3(f"tree-shape\0{digest}".encode()).hexdigest()
+
+
+def _same_shape_manifest(
+    old_digest: str, old: Mapping[str, list[object]], new_tree: Tree, store: Store
+) -> dict[str, list[object]] | None:
+    """The new tree's manifest without its rows, when it has the shape of the tree built
+    (the same files, types, modes and size classes: only contents differ, as after most
+    edits): the old manifest with each file's content digest now. Building the rows of a
+    part of a large ``layers="auto"`` copy would place every file of the copy."""
+    if new_tree.shape is None or new_tree.contents_of is None:
+        return None
+    if store.load_analysis(_shape_memo(old_digest)) != new_tree.shape:
+        return None
+    files = [path for path, row in old.items() if row and row[0] == "file"]
+    now = new_tree.contents_of(files)
+    new = dict(old)
+    for path in files:
+        digest = now.get(path)
+        if digest is None:
+            return None  # not a file any more: the shape should have said so; read the rows
+        if digest != old[path][3]:
+            new[path] = [*old[path][:3], digest]
+    return new
+
+
+def _manifest_diff(old: Mapping[str, list[object]], new: Mapping[str, list[object]]) -> list[str]:
     changes: list[str] = []
     for path in sorted(set(old) | set(new)):
         before, after = old.get(path), new.get(path)
@@ -801,9 +829,12 @@ def record_step(
 
 def keep_manifests(store: Store, node: StepNode) -> None:
     """Keep the manifests of a step's trees (what miss reasons diff), each made only where the
-    store does not hold it yet."""
+    store does not hold it yet, and their shapes (which let a later diff skip the new tree's
+    rows when only contents changed)."""
     for tree in node.trees:
         store.put_tree(tree.digest, tree.manifest)
+        if tree.shape is not None and store.load_analysis(_shape_memo(tree.digest)) is None:
+            store.save_analysis(_shape_memo(tree.digest), tree.shape)
 
 
 def record_copy_output(store: Store, step: PlannedStep | StepNode, tree: Tree) -> str:

@@ -122,10 +122,11 @@ class Tree:
     #: of everything in the rows but file contents and exact sizes (placed and source paths,
     #: types, modes, :func:`size_class`). An edit of contents that keeps each file's size
     #: class keeps it, so what reads no content (or few files' contents, checked with
-    #: ``content_of``) and no size but its class can be memoised by it.
+    #: ``contents_of``) and no size but its class can be memoised by it.
     shape: str | None = attrs.field(default=None, eq=False, repr=False, kw_only=True)
-    #: With ``shape``: the content digest of the file at a source path (None: no such file).
-    content_of: Callable[[str], str | None] | None = attrs.field(
+    #: With ``shape``: the content digest of the file at each of some source paths (None: no
+    #: such file), without building the rows.
+    contents_of: Callable[[Iterable[str]], dict[str, str | None]] | None = attrs.field(
         default=None, eq=False, repr=False, kw_only=True
     )
 
@@ -503,7 +504,7 @@ class ContextHasher:
                 self._rows_later(root, selections, exclude, dest_is_dir, parents, digest),
                 size_of=functools.partial(int, large + rest),
                 shape=_shape_of(memo, shape),
-                content_of=functools.partial(self._content_of, root, probe),
+                contents_of=functools.partial(self._contents_of, root, probe),
             )
         known = cache.trees.get(memo)
         if known is not None and all(cache.unchanged(p) for p in probes):
@@ -570,7 +571,7 @@ class ContextHasher:
         grouped = _PartRows(self._rows_of, root, selections, dest_is_dir, parents, assign)
         # The whole's shape fixes every entry's part (by placed path, type and size class)
         # once the bucket counts are given: with them, it fixes each part's shape.
-        content_of = functools.partial(self._content_of, root, probe)
+        contents_of = functools.partial(self._contents_of, root, probe)
         return [
             (
                 AUTO_PARTS[part],
@@ -579,7 +580,7 @@ class ContextHasher:
                     functools.partial(grouped.rows, part, parts[part].hex()),
                     size_of=functools.partial(grouped.size, part),
                     shape=_shape_of(memo, shape, (part, assign)),
-                    content_of=content_of,
+                    contents_of=contents_of,
                 ),
             )
             for part in sorted(parts)
@@ -892,13 +893,19 @@ class ContextHasher:
         self._tops[memo] = now[base]
         return now[base][1]
 
-    def _content_of(self, root: str, probe: str, path: str) -> str | None:
-        """The content digest of one file of a scan (from the stat cache when valid)."""
-        listed = self._load_cache(root).directories[probe].get(path.rpartition("/")[0], {})
-        entry = listed.get(path)
-        if entry is None or entry[TYPE] != "file":
-            return None
-        return self._digests(root, ((path, entry),))[path]
+    def _contents_of(self, root: str, probe: str, paths: Iterable[str]) -> dict[str, str | None]:
+        """The content digests of files of a scan (from the stat cache when valid)."""
+        listing = self._load_cache(root).directories[probe]
+        found: dict[str, str | None] = {}
+        files: list[tuple[str, Entry]] = []
+        for path in paths:
+            entry = listing.get(path.rpartition("/")[0], {}).get(path)
+            if entry is None or entry[TYPE] != "file":
+                found[path] = None
+            else:
+                files.append((path, entry))
+        found.update(self._digests(root, files))
+        return found
 
     def _changed_contents(
         self, root: str, directories: Mapping[str, Mapping[str, Entry]], changed: Sequence[str]

@@ -174,6 +174,52 @@ def test_file_reasons_are_memoised_by_the_two_trees(
     assert again == ("app/main.py changed", "added app/new.py")
 
 
+@pytest.mark.parametrize("layers", [None, "auto"])
+def test_a_content_edit_is_diffed_without_the_new_trees_rows(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch, layers: str | None
+) -> None:
+    """When only contents changed since the build (the built tree's shape is the new one's),
+    the files a miss names come from the built manifest and the changed files' digests: the
+    new tree's rows (every file of a large copy placed and sorted into parts) are not built.
+    An edit that changes the shape (a mode, a file added) reads the rows, as before."""
+    root = tmp_path / "ctx"
+    for d in range(3):
+        (root / f"d{d}").mkdir(parents=True)
+        for f in range(4):
+            (root / f"d{d}" / f"f{f}.py").write_text(f"v = {d}{f}\n")
+
+    def app() -> dsl.Stage:
+        source = dsl.context(str(root))
+        copied = dsl.scratch().copy(source, "/app", layers=layers) if layers else None
+        return copied or dsl.scratch().copy(source, "/app")
+
+    build_all(api.plan(app(), store=store), store)
+    (root / "d0" / "f1.py").write_text("v = 'edited'\n")
+    (root / "d2" / "f3.py").write_text("v = 'also'\n")
+
+    def no_rows(_: Tree) -> dict[str, list[object]]:
+        raise AssertionError("the new tree's rows were read")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Tree, "manifest", no_rows)
+        missed = [s.reasons for s in api.plan(app(), store=store).steps if s.status.value == "miss"]
+    assert sorted(r for reasons in missed for r in reasons) == [
+        "d0/f1.py changed",
+        "d2/f3.py changed",
+    ]
+    (root / "d1" / "f0.py").chmod(0o755)
+    with monkeypatch.context() as patched:
+        patched.setattr(Tree, "manifest", no_rows)
+        with pytest.raises(AssertionError, match="rows were read"):
+            api.plan(app(), store=store)
+    missed = [s.reasons for s in api.plan(app(), store=store).steps if s.status.value == "miss"]
+    assert sorted(r for reasons in missed for r in reasons) == [
+        "d0/f1.py changed",
+        "d1/f0.py mode changed: 644 -> 755",
+        "d2/f3.py changed",
+    ]
+
+
 def test_base_digest_change_reason(src_dir: Path, store: Store) -> None:
     """A moved base digest is said once on the FROM step: what the name holds now."""
     build_all(api.plan(make_app(src_dir), store=store), store)

@@ -120,13 +120,13 @@ def _shaped_memo(facts: TreeFacts, consulted: list[tuple[str, str]]) -> bytes:
 
 def _shaped_facts(data: bytes | None, tree: Tree) -> TreeFacts | None:
     """The facts of a memo by shape, if every file they read still has the same content."""
-    if data is None or tree.content_of is None:
+    if data is None or tree.contents_of is None:
         return None
     try:
         facts_text, consulted = json.loads(data)
-        for path, digest in consulted:
-            if tree.content_of(path) != digest:
-                return None
+        now = tree.contents_of(path for path, _ in consulted)
+        if any(now.get(path) != digest for path, digest in consulted):
+            return None
         return TreeFacts.from_json(facts_text.encode())
     except (ValueError, TypeError, AttributeError):
         return None  # damaged: the files are read again
