@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
 #: Commands a server may run (they write nothing but the store's caches).
 SERVED = frozenset({"plan", "check"})
-#: A server leaves after this long without a request; a second local plan within it of the
-#: last starts one.
+#: A server leaves after this long without a request (``IMAGEDSL_SERVER_IDLE`` sets another);
+#: a second local plan within it of the last starts one.
 IDLE_SECONDS = 900.0
 #: What a request and a server agree on; a server refuses requests of another version.
 PROTOCOL = 1
@@ -255,7 +255,7 @@ def _after_local_run() -> None:
             pass
     except OSError:
         return
-    if last is not None and time.time() - last < idle_seconds():
+    if last is not None and time.time() - last < IDLE_SECONDS:
         start_server(path)
 
 

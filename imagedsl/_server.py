@@ -37,7 +37,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Final
 
-from imagedsl import _client
+from imagedsl import _client, _watch
 
 #: What a plan or check imports, loaded before the server forks its first child.
 PRELOAD: Final = (
@@ -74,6 +74,7 @@ def serve(path: str, identity: bytes) -> None:
 
     for command in _client.SERVED:
         _arguments.parser(command)
+    _watch.start()
     server = _Server(path, marshal.loads(identity), _module_files())
     with server.listening():
         gc.collect()
@@ -123,6 +124,9 @@ class _Server:
         self.inode = 0
         #: Per running child's pidfd: (pid, the client's connection).
         self.children: dict[int, tuple[int, socket.socket]] = {}
+        #: Per running child's pidfd: the pipe its report comes through (what its scans
+        #: listed, for the watcher), the bytes read so far, and the count it was forked at.
+        self.reports: dict[int, tuple[int, bytearray, int]] = {}
         #: Connections whose client went away (their children are being stopped).
         self.abandoned: set[int] = set()
         self.accepting = True
@@ -153,6 +157,10 @@ class _Server:
                 for _, conn in self.children.values()
                 if conn.fileno() not in self.abandoned
             ]
+            reports = {fd: pidfd for pidfd, (fd, _, _) in self.reports.items() if fd >= 0}
+            waiting += reports
+            if _watch.WATCHER is not None:
+                waiting.append(_watch.WATCHER.fd)
             if self.accepting:
                 waiting.append(self.listener.fileno())
             timeout = min(_TICK_SECONDS, max(0.0, last + idle - time.monotonic()))
@@ -163,13 +171,24 @@ class _Server:
                 break
             elif not self._still_ours():
                 self._close_listener()
-            for fd in ready:
-                if fd == self.listener.fileno() and self.accepting:
-                    self._accept()
-                elif fd in self.children:
-                    self._reap(fd)
-                else:
-                    self._client_went_away(fd)
+            self._handle(set(ready), reports)
+
+    def _handle(self, ready: set[int], reports: dict[int, int]) -> None:
+        """What the descriptors ``ready`` ask for, in an order where none is closed before
+        it is handled and none is made (by accepting) before the old ones are done."""
+        watcher = _watch.WATCHER
+        if watcher is not None and watcher.fd in ready:
+            watcher.drain()
+        for fd, pidfd in reports.items():
+            if fd in ready and self.reports.get(pidfd, (-1,))[0] == fd:
+                self._read_report(pidfd)
+        for pid, conn in list(self.children.values()):
+            if conn.fileno() in ready:
+                self._client_went_away(pid, conn)
+        for pidfd in [fd for fd in self.children if fd in ready]:
+            self._reap(pidfd)
+        if self.accepting and self.listener.fileno() in ready:
+            self._accept()
 
     def _still_ours(self) -> bool:
         try:
@@ -205,18 +224,33 @@ class _Server:
                 conn.sendall(_client.REFUSED)
                 conn.close()
                 return
+            watcher = _watch.WATCHER
+            report_read, report_write = os.pipe() if watcher is not None else (-1, -1)
+            if watcher is not None:
+                watcher.forking()
             pid = os.fork()
             if pid == 0:  # pragma: no cover - the child leaves through os._exit
                 self.listener.close()
                 for pidfd, (_, other) in self.children.items():
                     os.close(pidfd)
                     other.close()
-                _run_child(request, fds, conn)
+                for report, _, _ in self.reports.values():
+                    if report >= 0:
+                        os.close(report)
+                if report_read >= 0:
+                    os.close(report_read)
+                _run_child(request, fds, conn, report_write)
+            if report_write >= 0:
+                os.close(report_write)
             with contextlib.suppress(OSError):  # the child does it too: whichever is first
                 os.setpgid(pid, pid)
             conn.settimeout(None)
             conn.sendall(_client.STARTED + pid.to_bytes(4, "little"))
-            self.children[os.pidfd_open(pid)] = (pid, conn)
+            pidfd = os.pidfd_open(pid)
+            self.children[pidfd] = (pid, conn)
+            if watcher is not None:
+                os.set_blocking(report_read, False)
+                self.reports[pidfd] = (report_read, bytearray(), watcher.forked_at)
         except (OSError, ValueError, TypeError, EOFError):
             conn.close()
         finally:
@@ -235,8 +269,32 @@ class _Server:
             return False
         return True
 
+    def _read_report(self, pidfd: int) -> None:
+        """Read what a child's report pipe holds; at its end, give the report to the
+        watcher (an exit without a whole report gives nothing)."""
+        fd, data, forked_at = self.reports[pidfd]
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 20)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+                data.clear()
+            if not chunk:
+                break
+            data += chunk
+        os.close(fd)
+        self.reports[pidfd] = (-1, data, forked_at)
+        if _watch.WATCHER is not None and data:
+            _watch.WATCHER.take(bytes(data), forked_at)
+
     def _reap(self, pidfd: int) -> None:
         pid, conn = self.children.pop(pidfd)
+        if pidfd in self.reports:
+            if self.reports[pidfd][0] >= 0:
+                self._read_report(pidfd)  # the child has ended: its pipe is at its end
+            del self.reports[pidfd]
         os.close(pidfd)
         self.abandoned.discard(conn.fileno())
         try:
@@ -247,15 +305,13 @@ class _Server:
             conn.sendall(_client.ENDED + status.to_bytes(4, "little"))
         conn.close()
 
-    def _client_went_away(self, fd: int) -> None:
+    def _client_went_away(self, pid: int, conn: socket.socket) -> None:
         """A client's connection became readable: a client sends nothing after its request,
         so it closed (killed, say). Its child's process group is stopped; the reaping
         follows."""
-        for pid, conn in self.children.values():
-            if conn.fileno() == fd:
-                self.abandoned.add(fd)
-                with contextlib.suppress(OSError):
-                    os.killpg(pid, signal.SIGTERM)
+        self.abandoned.add(conn.fileno())
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGTERM)
 
 
 def _read_request(conn: socket.socket) -> tuple[tuple[Any, ...], list[int]]:
@@ -283,8 +339,9 @@ def _exactly(conn: socket.socket, size: int) -> bytes:
     return data
 
 
-def _run_child(request: tuple[Any, ...], fds: list[int], conn: socket.socket) -> None:
-    """In the forked child: become the client's process and run its command; never returns."""
+def _run_child(request: tuple[Any, ...], fds: list[int], conn: socket.socket, report: int) -> None:
+    """In the forked child: become the client's process and run its command, then send the
+    watcher's report (what its scans listed) if it succeeded; never returns."""
     code = 1
     try:
         conn.close()
@@ -323,7 +380,18 @@ def _run_child(request: tuple[Any, ...], fds: list[int], conn: socket.socket) ->
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
+        if report >= 0:
+            with contextlib.suppress(Exception):
+                if code == 0 and _watch.WATCHER is not None:
+                    _write_all(report, _watch.WATCHER.report())
+                os.close(report)
         os._exit(code)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _reopen_streams(streams: list[tuple[str | None, str | None]]) -> None:

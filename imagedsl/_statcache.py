@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Literal, Protocol, TypeVa
 import attrs
 import blake3
 
+from imagedsl import _watch
 from imagedsl._cores import fork_is_safe
 from imagedsl._ignore import IgnoreRules
 from imagedsl.errors import ContextError
@@ -379,6 +380,10 @@ def directory_signature(entries: dict[str, Entry]) -> bytes:
     return blake3.blake3(marshal.dumps(entries, 2)).digest()
 
 
+#: What a (forked) lister sends: entries marshalled and signature per directory, and what a
+#: plan server keeps of each (empty unless watching).
+Packed = tuple[dict[str, bytes], dict[str, bytes], dict[str, "_watch.Listed"]]
+
 #: A scan that has seen this many entries with directories still to list forks a second
 #: lister for half of those (:meth:`DirectoryLister.run`).
 FORK_AFTER: Final = 2048
@@ -463,9 +468,21 @@ class DirectoryLister:
     process does: once a scan has seen :data:`FORK_AFTER` entries, a child lists half the
     directories still to list (and all below them) while this process lists the rest."""
 
-    def __init__(self, root: str, rules: IgnoreRules) -> None:
+    def __init__(self, root: str, rules: IgnoreRules, watch_key: str | None = None) -> None:
         self.root = root
         self.rules = rules
+        # In a plan server's child (imagedsl._watch): directories unchanged since a plan
+        # listed them are taken as listed; the others are watched, then listed.
+        self._watcher = _watch.WATCHER if watch_key is not None else None
+        self._identity = self._watcher.root_identity(root) if self._watcher else None
+        if self._identity is None:
+            self._watcher = None
+        self._key = watch_key or ""
+        self._reuse: dict[str, _watch.Listed] = (
+            self._watcher.reusable(self._key, root) if self._watcher else {}
+        )
+        self._listed: dict[str, _watch.Listed] = {}
+        self._untrusted: set[str] = set()
 
     def run(self, start: str) -> Listing:
         """``start`` and every directory below it."""
@@ -481,7 +498,7 @@ class DirectoryLister:
             seen = 0
             may_fork = True
             given: list[str] = []
-            worker: ForkedJobs[tuple[dict[str, bytes], dict[str, bytes]]] | None = None
+            worker: ForkedJobs[Packed] | None = None
             while todo:
                 if may_fork and seen >= FORK_AFTER and len(todo) >= 2:
                     may_fork = False
@@ -492,16 +509,17 @@ class DirectoryLister:
                 seen += self._list_into(todo.pop(), todo, packed, signatures)
             if worker is not None:
                 try:
-                    theirs, their_signatures = worker.result(0)
+                    theirs, their_signatures, their_listed = worker.result(0)
                 except Exception:
-                    theirs, their_signatures = self.list_packed(list(given))
+                    theirs, their_signatures, their_listed = self.list_packed(list(given))
                 packed.update(theirs)
                 signatures.update(their_signatures)
+                self._listed.update(their_listed)
+            if self._watcher is not None and self._identity is not None:
+                self._watcher.keep(self._key, self._identity, self._listed)
             return Listing(packed, signatures)
 
-    def _fork(
-        self, stack: contextlib.ExitStack, given: list[str]
-    ) -> ForkedJobs[tuple[dict[str, bytes], dict[str, bytes]]] | None:
+    def _fork(self, stack: contextlib.ExitStack, given: list[str]) -> ForkedJobs[Packed] | None:
         """A child listing ``given`` (and below), if it may and can be forked."""
         if not fork_is_safe():
             return None
@@ -510,25 +528,38 @@ class DirectoryLister:
         worker = ForkedJobs.start([functools.partial(self.list_packed, given)], 1)
         return None if worker is None else stack.enter_context(worker)
 
-    def list_packed(self, todo: list[str]) -> tuple[dict[str, bytes], dict[str, bytes]]:
-        """Each directory of ``todo`` and below: its entries marshalled, and its signature
-        (what a forked lister sends)."""
+    def list_packed(self, todo: list[str]) -> Packed:
+        """Each directory of ``todo`` and below: its entries marshalled, its signature, and
+        (watching) what a plan server keeps of it (what a forked lister sends)."""
         packed: dict[str, bytes] = {}
         signatures: dict[str, bytes] = {}
         while todo:
             self._list_into(todo.pop(), todo, packed, signatures)
-        return packed, signatures
+        return packed, signatures, self._listed
 
     def _list_into(
         self, rel: str, todo: list[str], packed: dict[str, bytes], signatures: dict[str, bytes]
     ) -> int:
         """List one directory: its entries, marshalled as :func:`directory_signature` hashes
         them, into ``packed``; its signature; its subdirectories onto ``todo``. Its entries
-        are then freed (a warm plan reads none): they never burden the garbage collector."""
+        are then freed (a warm plan reads none): they never burden the garbage collector.
+        Watching, a directory unchanged since a plan listed it is taken as listed then."""
+        known = self._reuse.get(rel)
+        if known is not None:
+            _, packed[rel], signatures[rel], below, _ = known
+            todo.extend(below)
+            self._listed[rel] = known
+            return 0
+        watch = -1
+        if self._watcher is not None:  # before listing: a change after it brings an event
+            watch = self._watcher.watch(os.path.join(self.root, rel) if rel else self.root)
         here, below = self.list(rel)
         data = packed[rel] = marshal.dumps(here, 2)
-        signatures[rel] = blake3.blake3(data).digest()
+        signature = signatures[rel] = blake3.blake3(data).digest()
         todo.extend(below)
+        if self._watcher is not None:
+            trusted = watch >= 0 and rel not in self._untrusted
+            self._listed[rel] = (watch, data, signature, below, trusted)
         return len(here)
 
     def list(self, rel: str) -> tuple[dict[str, Entry], list[str]]:
@@ -548,6 +579,12 @@ class DirectoryLister:
             return here, below
         except PermissionError as error:
             raise ContextError(root, problem=f"cannot read {rel or '.'}: {error}") from None
+        # Watched, a directory is trusted later only if every change of its files brings
+        # its watch an event: no file with another link elsewhere, no other file system.
+        identity = self._identity
+        linked = identity is not None
+        if identity is not None and os.fstat(fd).st_dev != identity[0]:
+            self._untrusted.add(rel)
         try:
             with os.scandir(fd) as iterator:
                 for dirent in iterator:
@@ -563,6 +600,8 @@ class DirectoryLister:
                     mode = st.st_mode
                     kind = mode & _S_IFMT
                     if kind == _S_IFREG:
+                        if linked and st.st_nlink > 1:
+                            self._untrusted.add(rel)
                         here[path] = (
                             "file",
                             0o755 if mode & 0o111 else 0o644,

@@ -773,7 +773,7 @@ class ContextHasher:
         if scanned is not None:
             return scanned
         root = context.root
-        listing = DirectoryLister(root, rules).run(start)
+        listing = DirectoryLister(root, rules, watch_key=f"{root}\0{probe}").run(start)
         found: Mapping[str, Entry] = ScanEntries(listing)
         if rules:
             merged: dict[str, Entry] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import mmap
 import os
 import shutil
 import signal
@@ -260,6 +261,126 @@ def test_a_runtime_directory_others_can_enter_is_not_used(
         given.symlink_to(real)
     monkeypatch.setenv("IMAGEDSL_RUNTIME_DIR", str(given))
     assert (_client.runtime_directory() == str(given)) is usable
+
+
+def _plans_agree(project: Project) -> str:
+    """A served plan prints what a plan in the client's own process prints; that output."""
+    served = project.run("plan")
+    local = project.run("plan", IMAGEDSL_SERVER="0")
+    assert (served[3], local[3]) == (True, False), (served, local)
+    assert served[:3] == local[:3]
+    return served[1]
+
+
+def _build(project: Project) -> None:
+    """Build the image (OCI layout): later plans' misses name the files that changed."""
+    built = subprocess.run(
+        [IMAGEDSL, "build", "build.py", "--backend", "oci", "--output", "oci:out:t"],
+        cwd=project.root,
+        env={**project.env, "PROBE_FILE": ""},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+
+
+def _missed_files(plan: str) -> list[str]:
+    return sorted(line.strip()[2:] for line in plan.splitlines() if line.strip().startswith("- "))
+
+
+def test_watched_plans_see_every_kind_of_edit(project: Project) -> None:
+    """A server's plans take unchanged directories as last listed (imagedsl._watch): after
+    each kind of edit, a served plan still prints exactly what a plan listing everything
+    prints."""
+    ctx = project.root / "ctx"
+    (ctx / "sub" / "deep").mkdir(parents=True)
+    (ctx / "sub" / "deep" / "d.txt").write_text("deep\n")
+    (ctx / "other").mkdir()
+    (ctx / "other" / "o.txt").write_text("other\n")
+    _build(project)
+    project.serve()
+    _plans_agree(project)  # lists everything, watching
+
+    def edit_in_place() -> None:
+        with (ctx / "sub" / "deep" / "d.txt").open("r+b") as f:  # same size: only contents
+            f.write(b"DEEP")
+
+    def replace_with_link() -> None:
+        shutil.rmtree(ctx / "other")
+        (ctx / "other").symlink_to("sub")
+
+    edits = [
+        (edit_in_place, ["sub/deep/d.txt changed"]),
+        (lambda: (ctx / "f03.txt").write_text("longer content now\n"), ["f03.txt changed"]),
+        (lambda: (ctx / "sub" / "new.txt").write_text("new\n"), ["added sub/new.txt"]),
+        (lambda: (ctx / "f04.txt").unlink(), ["removed f04.txt"]),
+        (lambda: (ctx / "f05.txt").chmod(0o755), ["f05.txt mode changed: 644 -> 755"]),
+        (lambda: (ctx / "sub" / "deep").rename(ctx / "sub" / "moved"), None),
+        (replace_with_link, None),
+    ]
+    for edit, expected in edits:
+        edit()
+        plan = _plans_agree(project)
+        if expected is not None:
+            assert set(expected) <= set(_missed_files(plan)), plan
+
+
+def test_a_file_written_through_another_link_is_seen(project: Project, tmp_path: Path) -> None:
+    """A write through a hard link outside the context reaches no watch of the context's:
+    a directory holding a file with other links is listed every time."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "shared.txt").write_text("one\n")
+    os.link(outside / "shared.txt", project.root / "ctx" / "shared.txt")
+    _build(project)
+    project.serve()
+    _plans_agree(project)
+    (outside / "shared.txt").write_text("two, longer\n")
+    assert "shared.txt changed" in _missed_files(_plans_agree(project))
+
+
+def test_a_context_whose_link_points_elsewhere_is_listed_again(project: Project) -> None:
+    """The context is reached through a symlink that is then pointed at another directory
+    (no event reaches any watch): the root's identity is checked on every plan."""
+    real = project.root / "ctx"
+    other = project.root / "ctx-other"
+    shutil.copytree(real, other)
+    (other / "f00.txt").write_text("elsewhere\n")
+    real.rename(project.root / "ctx-real")
+    (project.root / "ctx").symlink_to("ctx-real")
+    _build(project)
+    project.serve()
+    _plans_agree(project)
+    (project.root / "ctx").unlink()
+    (project.root / "ctx").symlink_to("ctx-other")
+    assert "f00.txt changed" in _missed_files(_plans_agree(project))
+
+
+def test_what_inotify_cannot_see_is_the_documented_limit(project: Project) -> None:
+    """A write through a shared memory mapping brings no inotify event: a watched plan
+    takes the directory as it was (docs/getting-started.md says so), while a server started
+    with IMAGEDSL_WATCH=0 lists it, as a plan in the client's own process does. (This is
+    also what shows that a watched plan reuses what it listed.)"""
+    target = project.root / "ctx" / "f07.txt"
+    with target.open("r+b") as f:
+        mapped = mmap.mmap(f.fileno(), 0)
+    _build(project)
+    project.serve()
+    _plans_agree(project)
+    mapped[:4] = b"FILE"
+    mapped.flush()
+    served, local = project.run("plan"), project.run("plan", IMAGEDSL_SERVER="0")
+    assert "f07.txt changed" in _missed_files(local[1])
+    assert "f07.txt changed" not in _missed_files(served[1])
+    subprocess.run([IMAGEDSL, "server", "stop"], env=project.env, check=True, timeout=60)
+    project.env["IMAGEDSL_WATCH"] = "0"
+    mapped[:4] = b"MORE"
+    mapped.flush()
+    mapped.close()
+    project.serve()
+    assert "f07.txt changed" in _missed_files(_plans_agree(project))
 
 
 def _alive(pid: int) -> bool:

@@ -110,9 +110,7 @@ def test_a_failed_child_is_listed_again_here(
     parent = os.getpid()
     list_packed = DirectoryLister.list_packed
 
-    def failing(
-        self: DirectoryLister, todo: list[str]
-    ) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    def failing(self: DirectoryLister, todo: list[str]) -> _statcache.Packed:
         if os.getpid() != parent:
             raise OSError("the child fails")
         return list_packed(self, todo)
