@@ -290,12 +290,9 @@ class _Server:
             _watch.WATCHER.take(bytes(data), forked_at)
 
     def _reap(self, pidfd: int) -> None:
+        """A child ended: its status to its client, then its report (whose end is in its
+        pipe by now) to the watcher, before the next request is accepted."""
         pid, conn = self.children.pop(pidfd)
-        if pidfd in self.reports:
-            if self.reports[pidfd][0] >= 0:
-                self._read_report(pidfd)  # the child has ended: its pipe is at its end
-            del self.reports[pidfd]
-        os.close(pidfd)
         self.abandoned.discard(conn.fileno())
         try:
             _, status = os.waitpid(pid, 0)
@@ -304,6 +301,11 @@ class _Server:
         with contextlib.suppress(OSError):
             conn.sendall(_client.ENDED + status.to_bytes(4, "little"))
         conn.close()
+        if pidfd in self.reports:
+            if self.reports[pidfd][0] >= 0:
+                self._read_report(pidfd)
+            del self.reports[pidfd]
+        os.close(pidfd)
 
     def _client_went_away(self, pid: int, conn: socket.socket) -> None:
         """A client's connection became readable: a client sends nothing after its request,

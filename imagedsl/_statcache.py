@@ -474,18 +474,23 @@ class DirectoryLister:
         # In a plan server's child (imagedsl._watch): directories unchanged since a plan
         # listed them are taken as listed; the others are watched, then listed.
         self._watcher = _watch.WATCHER if watch_key is not None else None
-        self._identity = self._watcher.root_identity(root) if self._watcher else None
-        if self._identity is None:
-            self._watcher = None
         self._key = watch_key or ""
-        self._reuse: dict[str, _watch.Listed] = (
-            self._watcher.reusable(self._key, root) if self._watcher else {}
-        )
+        self._identity: tuple[int, int] | None = None
+        self._reuse: dict[str, _watch.Listed] = {}
         self._listed: dict[str, _watch.Listed] = {}
         self._untrusted: set[str] = set()
 
     def run(self, start: str) -> Listing:
         """``start`` and every directory below it."""
+        if self._watcher is not None:
+            # The scan's own directory must be the one listed before (the directories on the
+            # way to it are no scan's, and replacing one brings no event to any watch here).
+            top = os.path.join(self.root, start) if start else self.root
+            self._identity = self._watcher.identity_of(top)
+            if self._identity is None:
+                self._watcher = None
+            else:
+                self._reuse = self._watcher.reusable(self._key, top)
         # A scan makes tens of thousands of tuples and no cycle: the cyclic garbage collector
         # would walk them again and again for nothing.
         with contextlib.ExitStack() as stack:  # the child (if any) is waited for, gc restored

@@ -12,8 +12,9 @@ last time (its entries, signature and subdirectories) only when all of this hold
   attributes changed), and the event queue never overflowed since;
 - it held no file with more than one link (a write through a link in another directory
   reaches only that directory's watch) and is on the context root's device;
-- the context root is the same directory (device and inode: a symlink that now points
-  elsewhere brings no event) and on a file system whose events are complete
+- the scan's top directory (the context root, or the directory a COPY names in it) is the
+  same directory (device and inode: a symlink pointed elsewhere, or a directory on the way
+  to it replaced, brings no event) and on a file system whose events are complete
   (:data:`LOCAL_FILE_SYSTEMS`: not NFS, FUSE or overlay, whose other side changes unseen).
 
 Everything else is listed as before. What inotify cannot see stays a limit: a file changed
@@ -128,14 +129,15 @@ class Watcher:
 
     # -- in a child --------------------------------------------------------------------------
 
-    def reusable(self, key: str, root: str) -> dict[str, Listed]:
+    def reusable(self, key: str, top: str) -> dict[str, Listed]:
         """The directories of scan ``key`` that have not changed since they were listed (an
-        empty dict when the root is not the same directory, or not on a local file system)."""
+        empty dict when the scan's top directory is not the same directory as then, or not on
+        a local file system)."""
         known = self.baselines.get(key)
         if known is None or known[0] <= self.overflowed_at:
             return {}
         since, (identity, directories) = known
-        if self.root_identity(root) != identity:
+        if self.identity_of(top) != identity:
             return {}
         last = self.last_event
         return {
@@ -144,16 +146,17 @@ class Watcher:
             if listed[4] and last.get(listed[0], -1) < since
         }
 
-    def root_identity(self, root: str) -> tuple[int, int] | None:
-        """The root's (device, inode), if its file system's events are complete."""
+    def identity_of(self, top: str) -> tuple[int, int] | None:
+        """A scan's top directory's (device, inode), if its file system's events are
+        complete."""
         buffer = self._ctypes.create_string_buffer(256)
-        if self._statfs(os.fsencode(root), buffer) != 0:
+        if self._statfs(os.fsencode(top), buffer) != 0:
             return None
         (kind,) = struct.unpack_from("l", buffer.raw)
         if kind & 0xFFFFFFFF not in LOCAL_FILE_SYSTEMS:
             return None
         try:
-            st = os.stat(root)
+            st = os.stat(top)
         except OSError:
             return None
         return st.st_dev, st.st_ino

@@ -358,6 +358,25 @@ def test_a_context_whose_link_points_elsewhere_is_listed_again(project: Project)
     assert "f00.txt changed" in _missed_files(_plans_agree(project))
 
 
+def test_a_copied_directory_replaced_with_its_parent_is_listed_again(project: Project) -> None:
+    """A COPY of a directory in the context scans from that directory; when a directory on
+    the way to it is replaced, no watch of the scan hears of it: the scan's own directory is
+    checked on every plan."""
+    (project.root / "ctx" / "a" / "b").mkdir(parents=True)
+    (project.root / "ctx" / "a" / "b" / "f.txt").write_text("first\n")
+    header = BUILD.rpartition("src = ")[0]
+    (project.root / "build.py").write_text(
+        header + 'app = dsl.scratch().copy(dsl.context("ctx").dir("a/b"), "/app")\n'
+    )
+    _build(project)
+    project.serve()
+    _plans_agree(project)
+    (project.root / "ctx" / "a").rename(project.root / "ctx" / "a.old")
+    (project.root / "ctx" / "a" / "b").mkdir(parents=True)
+    (project.root / "ctx" / "a" / "b" / "f.txt").write_text("second, longer\n")
+    assert any("f.txt changed" in line for line in _missed_files(_plans_agree(project)))
+
+
 def test_what_inotify_cannot_see_is_the_documented_limit(project: Project) -> None:
     """A write through a shared memory mapping brings no inotify event: a watched plan
     takes the directory as it was (docs/getting-started.md says so), while a server started
