@@ -11,6 +11,7 @@ import codecs
 import json
 import mmap
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -325,6 +326,87 @@ def test_watched_plans_see_every_kind_of_edit(project: Project) -> None:
         plan = _plans_agree(project)
         if expected is not None:
             assert set(expected) <= set(_missed_files(plan)), plan
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_edits_are_planned_alike_served_and_not(
+    project: Project, tmp_path: Path, seed: int
+) -> None:
+    """Random edits of every kind (contents, files and directories made, removed and moved,
+    modes, symlinks, hard links written from outside): after each, a served plan (watching)
+    prints what a plan that lists everything prints."""
+    rng = random.Random(seed)
+    ctx = project.root / "ctx"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for d in ("a", "a/b", "c"):
+        (ctx / d).mkdir(parents=True, exist_ok=True)
+        (ctx / d / "x.txt").write_text(f"{d}\n")
+    project.serve()
+    _plans_agree(project)
+
+    def files() -> list[Path]:
+        return sorted(p for p in ctx.rglob("*") if p.is_file() and not p.is_symlink())
+
+    def dirs() -> list[Path]:
+        return [ctx, *sorted(p for p in ctx.rglob("*") if p.is_dir() and not p.is_symlink())]
+
+    def fresh(parent: Path) -> Path:
+        return parent / f"n{rng.randrange(1 << 30):x}"
+
+    def rewrite() -> None:
+        path = rng.choice(files())
+        with path.open("r+b") as f:  # same size: only the contents and times change
+            data = f.read()
+            f.seek(0)
+            f.write(bytes(reversed(data)) if data else b"")
+
+    def grow() -> None:
+        rng.choice(files()).write_text(f"{rng.random()}\n")
+
+    def create() -> None:
+        fresh(rng.choice(dirs())).write_text("new\n")
+
+    def delete() -> None:
+        rng.choice(files()).unlink()
+
+    def make_tree() -> None:
+        made = fresh(rng.choice(dirs()))
+        (made / "deep").mkdir(parents=True)
+        (made / "deep" / "f.txt").write_text("deep\n")
+
+    def remove_tree() -> None:
+        below = dirs()[1:]
+        if below:
+            shutil.rmtree(rng.choice(below))
+
+    def move() -> None:
+        source = rng.choice(files() + dirs()[1:])
+        target = fresh(rng.choice([d for d in dirs() if source not in d.parents and d != source]))
+        source.rename(target)
+
+    def mode() -> None:
+        path = rng.choice(files())
+        path.chmod(path.stat().st_mode ^ 0o111)
+
+    def link() -> None:
+        target = os.path.relpath(rng.choice(files() + dirs()), ctx)
+        place = fresh(ctx)
+        place.symlink_to(os.path.relpath(ctx / target, place.parent))
+
+    def hard_link() -> None:
+        name = f"h{rng.randrange(1 << 30):x}"
+        (outside / name).write_text("linked\n")
+        os.link(outside / name, fresh(rng.choice(dirs())))
+        _plans_agree(project)
+        (outside / name).write_text("written from outside, longer\n")
+
+    edits = [rewrite, grow, create, delete, make_tree, remove_tree, move, mode, link, hard_link]
+    for _ in range(12):
+        if not files():
+            create()
+        rng.choice(edits)()
+        _plans_agree(project)
 
 
 def test_a_file_written_through_another_link_is_seen(project: Project, tmp_path: Path) -> None:
