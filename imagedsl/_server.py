@@ -15,6 +15,10 @@ would have; the server sends the child's pid, then its wait status when it ends,
 (SIGTERM) if the client goes away first. A request that fails a check is refused (the client
 runs the command itself) and a changed module makes the server leave.
 
+While it waits, the server unmarshals the stat-cache files its last child read or wrote
+(:func:`imagedsl._statcache.preparse`): the next child finds each value by the digest it
+checks anyway, instead of unmarshalling it on the plan's time.
+
 The server leaves after :func:`~imagedsl._client.idle_seconds` with no request and no child,
 when its socket is removed or replaced, or on a ``stop`` request (``imagedsl server stop``).
 It never runs a request's code in its own process: children see the server's memory as it was
@@ -37,7 +41,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Final
 
-from imagedsl import _client, _watch
+from imagedsl import _client, _statcache, _watch
 
 #: What a plan or check imports, loaded before the server forks its first child.
 PRELOAD: Final = (
@@ -164,7 +168,13 @@ class _Server:
             if self.accepting:
                 waiting.append(self.listener.fileno())
             timeout = min(_TICK_SECONDS, max(0.0, last + idle - time.monotonic()))
+            watcher = _watch.WATCHER
+            if watcher is not None and watcher.pending:
+                timeout = 0.0  # stat-cache files to unmarshal, one per round, while idle
             ready, _, _ = select.select(waiting, [], [], timeout)
+            if not ready and watcher is not None and watcher.pending:
+                _preparse_one(watcher)
+                continue
             if ready:
                 last = time.monotonic()
             elif not self.children and time.monotonic() - last >= idle:
@@ -314,6 +324,23 @@ class _Server:
         self.abandoned.add(conn.fileno())
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGTERM)
+
+
+def _preparse_one(watcher: _watch.Watcher) -> None:
+    """Unmarshal one stat-cache file a plan used, unless it is as when last unmarshalled."""
+    path = next(iter(watcher.pending))
+    del watcher.pending[path]
+    try:
+        with open(path, "rb") as file:
+            st = os.fstat(file.fileno())
+            identity = (st.st_ino, st.st_size, st.st_mtime_ns)
+            if watcher.parsed.get(path) == identity:
+                return
+            data = file.read()
+    except OSError:
+        return
+    _statcache.preparse(data)
+    watcher.parsed[path] = identity
 
 
 def _read_request(conn: socket.socket) -> tuple[tuple[Any, ...], list[int]]:

@@ -88,9 +88,15 @@ class Watcher:
         self.overflowed_at = -1
         #: Per scan key: its baseline, and the count when the plan that listed it forked.
         self.baselines: dict[str, tuple[int, Baseline]] = {}
-        #: In a child: the count when it was forked, and what its scans listed (to report).
+        #: In a child: the count when it was forked, what its scans listed, and the stat-cache
+        #: files it read or wrote (to report).
         self.forked_at = -1
         self.listed: dict[str, Baseline] = {}
+        self.files: set[str] = set()
+        #: In the server: stat-cache files to unmarshal while idle, and the (inode, size,
+        #: mtime) of each when it was.
+        self.pending: dict[str, None] = {}
+        self.parsed: dict[str, tuple[int, int, int]] = {}
 
     # -- in the server -----------------------------------------------------------------------
 
@@ -116,14 +122,15 @@ class Watcher:
         self.drain()
         self.forked_at = self.sequence
         self.listed = {}
+        self.files = set()
 
     def take(self, report: bytes, forked_at: int) -> None:
         """Keep what a child listed (its report), as of the count when it was forked."""
         with contextlib.suppress(ValueError, EOFError, TypeError):
-            listed = marshal.loads(report)
-            if isinstance(listed, dict):
-                for key, baseline in listed.items():
-                    self.baselines[key] = (forked_at, baseline)
+            listed, files = marshal.loads(report)
+            for key, baseline in listed.items():
+                self.baselines[key] = (forked_at, baseline)
+            self.pending.update(dict.fromkeys(files))
         while len(self.baselines) > 32:  # the oldest scans go first
             del self.baselines[next(iter(self.baselines))]
 
@@ -170,8 +177,14 @@ class Watcher:
         self.listed[key] = (identity, directories)
 
     def report(self) -> bytes:
-        """What this child's scans listed, for the server."""
-        return marshal.dumps(self.listed)
+        """What this child's scans listed and the stat-cache files it used, for the server."""
+        return marshal.dumps((self.listed, sorted(self.files)))
+
+
+def note_file(path: str) -> None:
+    """A stat-cache file a plan read or wrote: its server unmarshals it while idle."""
+    if WATCHER is not None:
+        WATCHER.files.add(path)
 
 
 #: The server's watcher, inherited by its children; None elsewhere.

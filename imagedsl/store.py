@@ -27,7 +27,7 @@ from typing import IO, Any, Final
 import attrs
 import blake3
 
-from imagedsl import keys
+from imagedsl import _watch, keys
 from imagedsl.errors import StoreError
 
 LEDGER_VERSION: Final = 1
@@ -374,11 +374,15 @@ class Store:
 
     def load_stat_cache(self, root: str, part: str) -> bytes | None:
         """One part of the stat cache of a context root, or None."""
-        return self._read_cache(StoreArea.STAT_CACHES, f"{_name_of(root)}.{part}")
+        name = f"{_name_of(root)}.{part}"
+        _watch.note_file(str(self.area(StoreArea.STAT_CACHES) / name))
+        return self._read_cache(StoreArea.STAT_CACHES, name)
 
     def save_stat_cache(self, root: str, part: str, data: bytes) -> None:
         """Replace one part of the stat cache of a context root."""
-        self._write_cache(StoreArea.STAT_CACHES, f"{_name_of(root)}.{part}", data)
+        name = f"{_name_of(root)}.{part}"
+        _watch.note_file(str(self.area(StoreArea.STAT_CACHES) / name))
+        self._write_cache(StoreArea.STAT_CACHES, name, data)
 
     def load_analysis(self, digest: str) -> str | None:
         """A memoised graph analysis, or None."""

@@ -165,3 +165,25 @@ def test_a_warm_scan_reads_none_of_the_childs_directories(
     warm = ContextHasher(store, Reporter())
     assert warm.tree(source).digest == digest
     assert len(loads) <= 2  # the index, and the child's directories as one message
+
+
+def test_a_part_unmarshalled_ahead_is_taken_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plan server unmarshals saved parts while idle (``preparse``); a plan takes such a
+    value once, as its own to change: reading the part again unmarshals it afresh. Damaged
+    bytes are never taken ahead."""
+    monkeypatch.setattr(_statcache, "PARSED", {})
+    root = str(tmp_path)
+    value = {"a/b.txt": [1, 2]}
+    data = _statcache._pack(root, value)
+    _statcache.preparse(data[:-1] + b"\x00")
+    assert _statcache.PARSED == {}
+    _statcache.preparse(data)
+    assert len(_statcache.PARSED) == 1
+    first = _statcache._unpack(data, root)
+    assert first == value
+    assert _statcache.PARSED == {}
+    first["a/b.txt"].append(3)
+    assert _statcache._unpack(data, root) == value
+    assert _statcache._unpack(data, "/elsewhere") is None  # another root's part, as before
