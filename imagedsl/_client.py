@@ -62,7 +62,10 @@ def main() -> int:
 
     code = run_here(words)
     if served:
-        _after_local_run()
+        import contextlib
+
+        with contextlib.suppress(OSError, ValueError):  # a server is only an optimisation
+            _after_local_run()
     return code
 
 
@@ -135,7 +138,7 @@ def forward(words: Sequence[str]) -> int | None:
             return None
         relay.to(pid)
         return _wait(sock)
-    except OSError:
+    except (OSError, ValueError):  # no server, or one that answered nonsense: run it here
         return None
     finally:
         sock.close()
