@@ -359,7 +359,7 @@ def _pack(root: str, value: Any) -> bytes:
 #: In a plan server's children: saved parts the server unmarshalled while it waited for a
 #: request (:func:`preparse`), by the digest of their bytes; a child takes each at most once.
 PARSED: dict[bytes, Any] = {}
-_MAX_PARSED: Final = 256
+_MAX_PARSED: Final = 64  # a context's index, digest shards and memos are about 20
 
 
 def preparse(data: bytes) -> None:

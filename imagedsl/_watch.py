@@ -59,6 +59,9 @@ LOCAL_FILE_SYSTEMS: Final = frozenset(
     {0xEF53, 0x58465342, 0x9123683E, 0x01021994, 0xF2F52010, 0x2FC12FC1}
 )
 
+_MAX_BASELINES: Final = 32
+_MAX_BYTES: Final = 64 << 20
+
 #: One directory as a plan listed it: (watch, entries marshalled, signature, directories to
 #: list below it, whether it may be trusted later).
 Listed = tuple[int, bytes, bytes, list[str], bool]
@@ -88,6 +91,7 @@ class Watcher:
         self.overflowed_at = -1
         #: Per scan key: its baseline, and the count when the plan that listed it forked.
         self.baselines: dict[str, tuple[int, Baseline]] = {}
+        self.sizes: dict[str, int] = {}
         #: In a child: the count when it was forked, what its scans listed, and the stat-cache
         #: files it read or wrote (to report).
         self.forked_at = -1
@@ -129,10 +133,16 @@ class Watcher:
         with contextlib.suppress(ValueError, EOFError, TypeError):
             listed, files = marshal.loads(report)
             for key, baseline in listed.items():
+                self.baselines.pop(key, None)
                 self.baselines[key] = (forked_at, baseline)
+                self.sizes[key] = sum(len(d[1]) for d in baseline[1].values())
             self.pending.update(dict.fromkeys(files))
-        while len(self.baselines) > 32:  # the oldest scans go first
-            del self.baselines[next(iter(self.baselines))]
+        # The oldest scans go first, past 32 of them or 64 MB of listings (a 100,000-file
+        # tree's is about 7 MB).
+        while len(self.baselines) > _MAX_BASELINES or sum(self.sizes.values()) > _MAX_BYTES:
+            oldest = next(iter(self.baselines))
+            del self.baselines[oldest]
+            self.sizes.pop(oldest, None)
 
     # -- in a child --------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import marshal
 import mmap
 import os
 import random
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from imagedsl import _client
+from imagedsl import _client, _watch
 from tests.support.waiting import wait_until
 
 if TYPE_CHECKING:
@@ -482,6 +483,33 @@ def test_what_inotify_cannot_see_is_the_documented_limit(project: Project) -> No
     mapped.close()
     project.serve()
     assert "f07.txt changed" in _missed_files(_plans_agree(project))
+
+
+def test_a_watcher_keeps_the_newest_listings_within_its_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a server keeps of its plans' listings is bounded by count and bytes; the scans
+    reported longest ago go first, and a scan reported again is the newest."""
+    watcher = _watch.Watcher()
+    monkeypatch.setattr(_watch, "_MAX_BYTES", 1000)
+
+    def report(key: str, size: int) -> bytes:
+        listed: dict[str, _watch.Listed] = {"": (1, b"x" * size, b"signature", [], True)}
+        return marshal.dumps(({key: ((1, 2), listed)}, ["/store/stat/part"]))
+
+    try:
+        for i in range(3):
+            watcher.take(report(f"k{i}", 400), i)
+        assert list(watcher.baselines) == ["k1", "k2"]
+        assert list(watcher.pending) == ["/store/stat/part"]
+        monkeypatch.setattr(_watch, "_MAX_BASELINES", 1)
+        watcher.take(report("k1", 10), 5)
+        assert list(watcher.baselines) == ["k1"]
+        assert watcher.baselines["k1"][0] == 5
+        watcher.take(b"not a report", 6)  # a child killed mid-report gives nothing
+        assert list(watcher.baselines) == ["k1"]
+    finally:
+        os.close(watcher.fd)
 
 
 def _alive(pid: int) -> bool:
