@@ -72,6 +72,10 @@ def serve(path: str, identity: bytes) -> None:
     (:func:`imagedsl._client.identity`, marshalled)."""
     if _client.identity() != marshal.loads(identity):
         return  # started with other flags or paths than the client's: it would refuse all
+    try:  # children are waited for through pidfds (Linux 5.3)
+        os.close(os.pidfd_open(os.getpid()))
+    except (OSError, AttributeError):
+        return
     for name in PRELOAD:
         __import__(name)
     from imagedsl import _arguments
@@ -234,38 +238,63 @@ class _Server:
                 conn.sendall(_client.REFUSED)
                 conn.close()
                 return
-            watcher = _watch.WATCHER
-            report_read, report_write = os.pipe() if watcher is not None else (-1, -1)
-            if watcher is not None:
-                watcher.forking()
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - the child leaves through os._exit
-                self.listener.close()
-                for pidfd, (_, other) in self.children.items():
-                    os.close(pidfd)
-                    other.close()
-                for report, _, _ in self.reports.values():
-                    if report >= 0:
-                        os.close(report)
-                if report_read >= 0:
-                    os.close(report_read)
-                _run_child(request, fds, conn, report_write)
-            if report_write >= 0:
-                os.close(report_write)
-            with contextlib.suppress(OSError):  # the child does it too: whichever is first
-                os.setpgid(pid, pid)
-            conn.settimeout(None)
-            conn.sendall(_client.STARTED + pid.to_bytes(4, "little"))
-            pidfd = os.pidfd_open(pid)
-            self.children[pidfd] = (pid, conn)
-            if watcher is not None:
-                os.set_blocking(report_read, False)
-                self.reports[pidfd] = (report_read, bytearray(), watcher.forked_at)
+            self._start(request, fds, conn)
         except (OSError, ValueError, TypeError, EOFError):
             conn.close()
         finally:
             for fd in fds:
                 os.close(fd)
+
+    def _start(self, request: tuple[Any, ...], fds: list[int], conn: socket.socket) -> None:
+        """Fork the child that runs ``request``. It waits for a go-ahead, sent once the
+        child is ours to reap and its client has its pid: a request either runs here or, if
+        anything fails before that, in the client, never in both."""
+        watcher = _watch.WATCHER
+        report_read, report_write = os.pipe() if watcher is not None else (-1, -1)
+        go_read, go_write = os.pipe()
+        if watcher is not None:
+            watcher.forking()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child leaves through os._exit
+            self.listener.close()
+            for pidfd, (_, other) in self.children.items():
+                os.close(pidfd)
+                other.close()
+            for report, _, _ in self.reports.values():
+                if report >= 0:
+                    os.close(report)
+            for fd in (report_read, go_write):
+                if fd >= 0:
+                    os.close(fd)
+            if os.read(go_read, 1) != b"g":
+                os._exit(1)  # the server gave up on this request: the client runs it
+            os.close(go_read)
+            _run_child(request, fds, conn, report_write)
+        for fd in (report_write, go_read):
+            if fd >= 0:
+                os.close(fd)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            os.close(go_write)  # the child leaves without running anything
+            if report_read >= 0:
+                os.close(report_read)
+            os.waitpid(pid, 0)
+            raise
+        self.children[pidfd] = (pid, conn)
+        if watcher is not None:
+            os.set_blocking(report_read, False)
+            self.reports[pidfd] = (report_read, bytearray(), watcher.forked_at)
+        with contextlib.suppress(OSError):  # the child does it too: whichever is first
+            os.setpgid(pid, pid)
+        try:
+            conn.settimeout(None)
+            conn.sendall(_client.STARTED + pid.to_bytes(4, "little"))
+            os.write(go_write, b"g")
+        except OSError:
+            self.abandoned.add(conn.fileno())  # no go-ahead: the child leaves; reaped later
+        finally:
+            os.close(go_write)
 
     def _acceptable(self, request: tuple[Any, ...], fds: list[int]) -> bool:
         """Whether the request may run here: a run request of our protocol and identity, with
