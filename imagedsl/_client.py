@@ -72,8 +72,13 @@ def main() -> int:
 def enabled() -> bool:
     """Whether plan servers are used: on Linux (a server waits for its children through
     pidfds), unless ``IMAGEDSL_SERVER=0`` turns them off."""
-    switch = os.environ.get("IMAGEDSL_SERVER", "1").strip().lower()
-    return sys.platform == "linux" and switch not in {"0", "off", "no", "false"}
+    return sys.platform == "linux" and not switched_off("IMAGEDSL_SERVER")
+
+
+def switched_off(variable: str) -> bool:
+    """Whether an on/off environment variable (on unless set) is ``0``, ``off``, ``no`` or
+    ``false``."""
+    return os.environ.get(variable, "1").strip().lower() in {"0", "off", "no", "false"}
 
 
 def runtime_directory(create: bool = True) -> str | None:
@@ -197,22 +202,21 @@ def _send_request(sock: _socket.socket, words: Sequence[str]) -> int | None:
         (getattr(s, "encoding", None), getattr(s, "errors", None))
         for s in (sys.stdin, sys.stdout, sys.stderr)
     ]
-    body = marshal.dumps(
+    data = framed(
         (PROTOCOL, "run", identity(), list(words), os.getcwd(), dict(os.environ), umask, streams)
     )
-    data = len(body).to_bytes(8, "little") + body
     fds = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in (0, 1, 2))
     sent = sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
     sock.sendall(data[sent:])
-    if _receive(sock, 1) != STARTED:
+    if receive(sock, 1) != STARTED:
         return None
-    return int.from_bytes(_receive(sock, 4), "little")
+    return int.from_bytes(receive(sock, 4), "little")
 
 
 def _wait(sock: _socket.socket) -> int:
     """The exit code a shell would show for the served run's wait status, once the server
     reports it."""
-    reply, status = _receive(sock, 1), _receive(sock, 4)
+    reply, status = receive(sock, 1), receive(sock, 4)
     if reply != ENDED or len(status) != 4:
         print("error: the imagedsl plan server went away before the run ended", file=sys.stderr)
         return 1
@@ -220,7 +224,13 @@ def _wait(sock: _socket.socket) -> int:
     return code if code >= 0 else 128 - code
 
 
-def _receive(sock: _socket.socket, size: int) -> bytes:
+def framed(request: tuple[Any, ...]) -> bytes:
+    """A request as it goes to a server: its length (8 bytes), then the request marshalled."""
+    body = marshal.dumps(request)
+    return len(body).to_bytes(8, "little") + body
+
+
+def receive(sock: _socket.socket, size: int) -> bytes:
     """``size`` bytes, or fewer if the other end closed first."""
     data = b""
     while len(data) < size:
@@ -283,25 +293,23 @@ def start_server(path: str) -> None:
     else:
         options += ["-E"] * flags.ignore_environment + ["-s"] * flags.no_user_site
         options += ["-P"] * getattr(flags, "safe_path", False)
-    for name in ("utf8", "dev", "warn_default_encoding"):
-        if getattr(flags, f"{name}_mode" if name != "warn_default_encoding" else name, 0):
-            options += ["-X", name]
+    for option, flag in (
+        ("utf8", "utf8_mode"),
+        ("dev", "dev_mode"),
+        ("warn_default_encoding", "warn_default_encoding"),
+    ):
+        if getattr(flags, flag, 0):
+            options += ["-X", option]
     if getattr(flags, "int_max_str_digits", -1) != -1:
         options += ["-X", f"int_max_str_digits={flags.int_max_str_digits}"]
+    # The server's module search path is the client's, set before it imports imagedsl.
     code = (
-        "import sys, marshal; sys.path[:] = marshal.loads(bytes.fromhex(sys.argv[1])); "
-        "from imagedsl._server import serve; serve(sys.argv[2], bytes.fromhex(sys.argv[3]))"
+        "import sys, marshal; identity = marshal.loads(bytes.fromhex(sys.argv[2])); "
+        "sys.path[:] = identity[1]; "
+        "from imagedsl._server import serve; serve(sys.argv[1], identity)"
     )
     subprocess.Popen(
-        [
-            sys.executable,
-            *options,
-            "-c",
-            code,
-            marshal.dumps(list(sys.path)).hex(),
-            path,
-            marshal.dumps(identity()).hex(),
-        ],
+        [sys.executable, *options, "-c", code, path, marshal.dumps(identity()).hex()],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

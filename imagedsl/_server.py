@@ -67,10 +67,10 @@ _REQUEST_SECONDS: Final = 10.0  # a client has this long to send its request
 _TICK_SECONDS: Final = 30.0  # how often an idle server looks at its socket
 
 
-def serve(path: str, identity: bytes) -> None:
+def serve(path: str, identity: tuple[Any, ...]) -> None:
     """Listen on ``path`` until idle; requests must come from a process of ``identity``
-    (:func:`imagedsl._client.identity`, marshalled)."""
-    if _client.identity() != marshal.loads(identity):
+    (:func:`imagedsl._client.identity`)."""
+    if _client.identity() != identity:
         return  # started with other flags or paths than the client's: it would refuse all
     try:  # children are waited for through pidfds (Linux 5.3)
         os.close(os.pidfd_open(os.getpid()))
@@ -83,7 +83,7 @@ def serve(path: str, identity: bytes) -> None:
     for command in _client.SERVED:
         _arguments.parser(command)
     _watch.start()
-    server = _Server(path, marshal.loads(identity), _module_files())
+    server = _Server(path, identity, _module_files())
     with server.listening():
         gc.collect()
         gc.freeze()  # the children never copy the imports' pages to update reference counts
@@ -100,8 +100,7 @@ def stop_all(directory: str) -> int:
             sock.settimeout(5.0)
             try:
                 sock.connect(os.path.join(directory, name))
-                body = marshal.dumps((_client.PROTOCOL, "stop"))
-                sock.sendall(len(body).to_bytes(8, "little") + body)
+                sock.sendall(_client.framed((_client.PROTOCOL, "stop")))
                 sock.recv(1)
             except OSError:
                 continue
@@ -138,6 +137,7 @@ class _Server:
         #: Connections whose client went away (their children are being stopped).
         self.abandoned: set[int] = set()
         self.accepting = True
+        self.watcher = _watch.WATCHER
 
     @contextlib.contextmanager
     def listening(self) -> Iterator[None]:
@@ -167,12 +167,12 @@ class _Server:
             ]
             reports = {fd: pidfd for pidfd, (fd, _, _) in self.reports.items() if fd >= 0}
             waiting += reports
-            if _watch.WATCHER is not None:
-                waiting.append(_watch.WATCHER.fd)
+            watcher = self.watcher
+            if watcher is not None:
+                waiting.append(watcher.fd)
             if self.accepting:
                 waiting.append(self.listener.fileno())
             timeout = min(_TICK_SECONDS, max(0.0, last + idle - time.monotonic()))
-            watcher = _watch.WATCHER
             if watcher is not None and watcher.pending:
                 timeout = 0.0  # stat-cache files to unmarshal, one per round, while idle
             ready, _, _ = select.select(waiting, [], [], timeout)
@@ -190,7 +190,7 @@ class _Server:
     def _handle(self, ready: set[int], reports: dict[int, int]) -> None:
         """What the descriptors ``ready`` ask for, in an order where none is closed before
         it is handled and none is made (by accepting) before the old ones are done."""
-        watcher = _watch.WATCHER
+        watcher = self.watcher
         if watcher is not None and watcher.fd in ready:
             watcher.drain()
         for fd, pidfd in reports.items():
@@ -249,7 +249,7 @@ class _Server:
         """Fork the child that runs ``request``. It waits for a go-ahead, sent once the
         child is ours to reap and its client has its pid: a request either runs here or, if
         anything fails before that, in the client, never in both."""
-        watcher = _watch.WATCHER
+        watcher = self.watcher
         report_read, report_write = os.pipe() if watcher is not None else (-1, -1)
         go_read, go_write = os.pipe()
         if watcher is not None:
@@ -325,8 +325,8 @@ class _Server:
             data += chunk
         os.close(fd)
         self.reports[pidfd] = (-1, data, forked_at)
-        if _watch.WATCHER is not None and data:
-            _watch.WATCHER.take(bytes(data), forked_at)
+        if self.watcher is not None and data:
+            self.watcher.take(bytes(data), forked_at)
 
     def _reap(self, pidfd: int) -> None:
         """A child ended: its status to its client, then its report (whose end is in its
@@ -388,12 +388,9 @@ def _read_request(conn: socket.socket) -> tuple[tuple[Any, ...], list[int]]:
 
 
 def _exactly(conn: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = conn.recv(size - len(data))
-        if not chunk:
-            raise EOFError("the client closed its connection mid-request")
-        data += chunk
+    data = _client.receive(conn, size)
+    if len(data) < size:
+        raise EOFError("the client closed its connection mid-request")
     return data
 
 

@@ -366,26 +366,32 @@ def preparse(data: bytes) -> None:
     """Unmarshal a saved part ahead of the plans that will read it (a plan server does this
     while idle, for the parts its last plan read or wrote): a child it forks then finds the
     value in :data:`PARSED` by the digest it checks anyway."""
-    if not data.startswith(_STATCACHE_MAGIC):
+    checked = _checked(data)
+    if checked is None or checked[0] in PARSED:
         return
-    body = data[len(_STATCACHE_MAGIC) :]
-    check, payload = body[:32], body[32:]
-    if check in PARSED or blake3.blake3(payload).digest() != check:
-        return
+    check, payload = checked
     with contextlib.suppress(ValueError, EOFError, TypeError):
         PARSED[check] = marshal.loads(payload)
     while len(PARSED) > _MAX_PARSED:
         del PARSED[next(iter(PARSED))]
 
 
-def _unpack(data: bytes | None, root: str) -> Any:
-    """The value of a saved stat-cache part, or None if it is missing, damaged or not ours."""
+def _checked(data: bytes | None) -> tuple[bytes, bytes] | None:
+    """A saved part's (checksum, payload), or None if it is missing, not a stat-cache part,
+    or torn or tampered (checked before anything is unmarshalled)."""
     if not data or not data.startswith(_STATCACHE_MAGIC):
         return None
     body = data[len(_STATCACHE_MAGIC) :]
     check, payload = body[:32], body[32:]
-    if blake3.blake3(payload).digest() != check:
-        return None  # torn or tampered: checked before unmarshalling anything
+    return (check, payload) if blake3.blake3(payload).digest() == check else None
+
+
+def _unpack(data: bytes | None, root: str) -> Any:
+    """The value of a saved stat-cache part, or None if it is missing, damaged or not ours."""
+    checked = _checked(data)
+    if checked is None:
+        return None
+    check, payload = checked
     parsed = PARSED.pop(check, None)  # taken: what this process changes is its own
     try:
         version, saved_root, value = parsed if parsed is not None else marshal.loads(payload)

@@ -33,6 +33,8 @@ import os
 import struct
 from typing import Final
 
+from imagedsl import _client
+
 #: inotify(7) masks: every change of a directory's entries or of the directory itself.
 _IN_MODIFY, _IN_ATTRIB, _IN_CLOSE_WRITE = 0x2, 0x4, 0x8
 _IN_MOVED_FROM, _IN_MOVED_TO, _IN_CREATE, _IN_DELETE = 0x40, 0x80, 0x100, 0x200
@@ -65,7 +67,8 @@ _MAX_BYTES: Final = 64 << 20
 #: One directory as a plan listed it: (watch, entries marshalled, signature, directories to
 #: list below it, whether it may be trusted later).
 Listed = tuple[int, bytes, bytes, list[str], bool]
-#: Per scan (context root, rules, start): the root's (device, inode) and its directories.
+#: Per scan (context root, rules, start): its top directory's (device, inode) and its
+#: directories.
 Baseline = tuple[tuple[int, int], dict[str, Listed]]
 
 
@@ -204,7 +207,7 @@ WATCHER: Watcher | None = None
 def start() -> Watcher | None:
     """A watcher for this process, unless ``IMAGEDSL_WATCH=0`` or the system refuses one."""
     global WATCHER
-    if os.environ.get("IMAGEDSL_WATCH", "1").strip().lower() in {"0", "off", "no", "false"}:
+    if _client.switched_off("IMAGEDSL_WATCH"):
         return None
     try:
         WATCHER = Watcher()
