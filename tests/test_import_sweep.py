@@ -34,6 +34,13 @@ def _load(tmp_path: Path, dockerfile: str, files: tuple[str, ...] = ()) -> tuple
     return text, plan
 
 
+def _refused(dockerfile: str) -> DockerfileImportError:
+    """The error importing ``dockerfile`` raises (its line and problem are what tests read)."""
+    with pytest.raises(DockerfileImportError) as caught:
+        translate_text(dockerfile)
+    return caught.value
+
+
 def _by_name(reference: ImageReference, platform: str) -> None:
     """A base resolver that knows no base: every base is keyed by its name as written."""
     del reference, platform
@@ -66,10 +73,9 @@ def test_a_local_dot_git_directory_is_copied_not_cloned(tmp_path: Path) -> None:
     ],
 )
 def test_urls_and_git_sources_are_still_refused(line: str, words: str) -> None:
-    with pytest.raises(DockerfileImportError) as caught:
-        translate_text(f"FROM scratch\n{line}\n")
-    assert caught.value.line == 2
-    assert words in caught.value.problem
+    error = _refused(f"FROM scratch\n{line}\n")
+    assert error.line == 2
+    assert words in error.problem
 
 
 def test_a_bind_mount_without_a_target_mounts_at_the_workdir(tmp_path: Path) -> None:
@@ -93,10 +99,9 @@ def test_a_relative_target_under_a_base_images_workdir_is_refused() -> None:
         ("FROM busybox\nRUN --mount=target=. ls\n", 2),
         ("FROM scratch\nWORKDIR $D\nRUN --mount=target=x ls\n", 3),
     ]:
-        with pytest.raises(DockerfileImportError) as caught:
-            translate_text(text)
-        assert caught.value.line == line
-        assert "write an absolute target" in caught.value.problem
+        error = _refused(text)
+        assert error.line == line
+        assert "write an absolute target" in error.problem
 
 
 def test_a_stage_continued_from_a_known_workdir_keeps_it(tmp_path: Path) -> None:
@@ -111,10 +116,9 @@ def test_a_variable_in_a_mount_option_is_refused_not_a_broken_build_py() -> None
     """BuildKit expands ``${VAR}`` in mount options; a build.py's are plain values: refused
     with the line (before, the build.py failed to load, or the importer crashed on uid=$X)."""
     for option in ("type=cache,target=${HOME}/c", "type=cache,target=/c,uid=${UID}"):
-        with pytest.raises(DockerfileImportError) as caught:
-            translate_text(f"FROM busybox\nARG UID=1\nRUN --mount={option} true\n")
-        assert caught.value.line == 3
-        assert "a variable in a mount option" in caught.value.problem
+        error = _refused(f"FROM busybox\nARG UID=1\nRUN --mount={option} true\n")
+        assert error.line == 3
+        assert "a variable in a mount option" in error.problem
 
 
 def test_copy_from_an_image_copies_from_that_image(tmp_path: Path) -> None:
@@ -139,9 +143,8 @@ def test_copy_from_an_image_copies_from_that_image(tmp_path: Path) -> None:
 
 def test_copy_from_a_later_stage_or_a_variable_is_still_refused() -> None:
     for line in ("COPY --from=later /a /a", "COPY --from=$IMG /a /a", "COPY --from=3 /a /a"):
-        with pytest.raises(DockerfileImportError) as caught:
-            translate_text(f"FROM busybox\n{line}\nFROM busybox AS later\n")
-        assert caught.value.line == 2
+        error = _refused(f"FROM busybox\n{line}\nFROM busybox AS later\n")
+        assert error.line == 2
 
 
 def test_a_relative_path_from_a_stage_is_read_from_its_root(tmp_path: Path) -> None:
@@ -164,12 +167,10 @@ def test_from_platform_of_a_stage_already_on_that_platform(tmp_path: Path) -> No
         "FROM --platform=linux/amd64 base AS next\nRUN echo\n",
     )
     assert 'next = base.run("echo")' in text
-    with pytest.raises(DockerfileImportError) as caught:
-        translate_text(
-            "FROM --platform=linux/amd64 busybox AS base\n"
-            "FROM --platform=linux/arm64 base AS next\n"
-        )
-    assert caught.value.line == 2
+    error = _refused(
+        "FROM --platform=linux/amd64 busybox AS base\nFROM --platform=linux/arm64 base AS next\n"
+    )
+    assert error.line == 2
 
 
 def test_a_volume_named_by_a_variable(tmp_path: Path) -> None:
@@ -178,16 +179,14 @@ def test_a_volume_named_by_a_variable(tmp_path: Path) -> None:
     text, plan = _load(tmp_path, "FROM scratch\nENV D=/data\nVOLUME $D\n")
     assert '.volume("$D")' in text
     assert plan.steps[-1].instruction == 'VOLUME ["$D"]'
-    with pytest.raises(DockerfileImportError) as caught:
-        translate_text('FROM scratch\nVOLUME "C:\\\\data"\n')
-    assert caught.value.line == 2
+    error = _refused('FROM scratch\nVOLUME "C:\\\\data"\n')
+    assert error.line == 2
 
 
 def test_a_windows_path_from_an_image_is_refused() -> None:
-    with pytest.raises(DockerfileImportError) as caught:
-        translate_text('FROM scratch\nCOPY --from=img ["C:\\\\\\\\Go", "C:\\\\\\\\Go"]\n')
-    assert caught.value.line == 2
-    assert "Windows path" in caught.value.problem
+    error = _refused('FROM scratch\nCOPY --from=img ["C:\\\\\\\\Go", "C:\\\\\\\\Go"]\n')
+    assert error.line == 2
+    assert "Windows path" in error.problem
 
 
 def test_comments_keep_their_place_and_indentation() -> None:
@@ -258,9 +257,8 @@ def test_nested_defaults_import(tmp_path: Path) -> None:
     assert '.env(X="${A:-${B}}", Y="${B:+x${B}y}")' in text
     assert dict(plan.steps[-1].node.state.env)["Y"] == "xbeey"
     assert plan.steps[-1].node.state.workdir == "/bee"
-    with pytest.raises(DockerfileImportError) as caught:
-        translate_text("FROM scratch\nENV X=${A:-a\\}b}\n")
-    assert caught.value.line == 2
+    error = _refused("FROM scratch\nENV X=${A:-a\\}b}\n")
+    assert error.line == 2
 
 
 #: The same Dockerfile in forms BuildKit reads alike (each built on Docker 20.10's BuildKit to
@@ -339,10 +337,9 @@ def test_a_global_platform_arg_defaulting_to_itself_changes_nothing(
 def test_a_global_platform_arg_with_another_default_is_still_refused(default: str) -> None:
     """Any other default replaces the platform's value in BuildKit (``ARG BUILDPLATFORM=foo``
     then ``ARG BUILDPLATFORM`` in a stage prints ``foo`` on Docker 20.10)."""
-    with pytest.raises(DockerfileImportError) as caught:
-        translate_text(f"ARG BUILDPLATFORM={default}\nFROM busybox\n")
-    assert caught.value.line == 1
-    assert "set by the build from its platform" in caught.value.problem
+    error = _refused(f"ARG BUILDPLATFORM={default}\nFROM busybox\n")
+    assert error.line == 1
+    assert "set by the build from its platform" in error.problem
 
 
 def test_a_literal_backslash_before_a_lone_dollar_is_kept(tmp_path: Path) -> None:
@@ -360,9 +357,8 @@ def test_a_literal_backslash_before_a_lone_dollar_is_kept(tmp_path: Path) -> Non
 
 def test_a_literal_backslash_before_an_expression_is_still_refused() -> None:
     """imagedsl has no spelling for a literal backslash followed by an expanded variable."""
-    with pytest.raises(DockerfileImportError) as caught:
-        translate_text('FROM scratch\nENV A="x\\\\$HOME"\n')
-    assert "a literal backslash before an expression" in caught.value.problem
+    error = _refused('FROM scratch\nENV A="x\\\\$HOME"\n')
+    assert "a literal backslash before an expression" in error.problem
 
 
 def test_copy_from_several_sources_is_one_copy_of_several_paths(tmp_path: Path) -> None:
@@ -388,10 +384,9 @@ def test_copy_from_several_sources_is_one_copy_of_several_paths(tmp_path: Path) 
 def test_copy_from_forms_buildkit_would_build_otherwise_are_refused(line: str, words: str) -> None:
     """ADD has no --from in BuildKit; several sources (or a wildcard) into a destination
     without ``/`` would be copied onto it one by one, which no build.py says."""
-    with pytest.raises(DockerfileImportError) as caught:
-        translate_text(f"FROM scratch AS build\nFROM scratch\n{line}\n")
-    assert caught.value.line == 3
-    assert words in caught.value.problem
+    error = _refused(f"FROM scratch AS build\nFROM scratch\n{line}\n")
+    assert error.line == 3
+    assert words in error.problem
 
 
 def test_a_heredoc_with_a_dash_loses_its_leading_tabs(tmp_path: Path) -> None:
@@ -486,10 +481,9 @@ def test_names_buildkit_takes_beyond_shell_names(tmp_path: Path) -> None:
 def test_values_a_build_py_cannot_hold_are_refused_with_their_line(line: str, words: str) -> None:
     """What the DSL refuses is refused at import, naming the line (before, the build.py failed
     to load, or the importer crashed on ``--retries=x``)."""
-    with pytest.raises(DockerfileImportError) as caught:
-        translate_text(f"FROM scratch\nARG SIG=9\n{line}\n")
-    assert caught.value.line == 3
-    assert words in caught.value.problem
+    error = _refused(f"FROM scratch\nARG SIG=9\n{line}\n")
+    assert error.line == 3
+    assert words in error.problem
 
 
 @pytest.mark.parametrize(
@@ -508,10 +502,9 @@ def test_values_a_build_py_cannot_hold_are_refused_with_their_line(line: str, wo
 def test_instructions_without_arguments_are_refused(dockerfile: str, line: int) -> None:
     """BuildKit refuses these; before, the importer crashed (IndexError) or wrote a build.py
     that did not load."""
-    with pytest.raises(DockerfileImportError) as caught:
-        translate_text(dockerfile)
-    assert caught.value.line == line
-    assert "without arguments" in caught.value.problem
+    error = _refused(dockerfile)
+    assert error.line == line
+    assert "without arguments" in error.problem
 
 
 @pytest.mark.parametrize(
@@ -526,9 +519,8 @@ def test_instructions_without_arguments_are_refused(dockerfile: str, line: int) 
 )
 def test_parse_errors_name_their_line(dockerfile: str, line: int) -> None:
     """The parser's message names no line for these: the import finds it (before, line 0)."""
-    with pytest.raises(DockerfileImportError) as caught:
-        translate_text(dockerfile)
-    assert caught.value.line == line
+    error = _refused(dockerfile)
+    assert error.line == line
 
 
 @pytest.mark.parametrize(
@@ -545,10 +537,9 @@ def test_stages_buildkit_refuses_are_refused(dockerfile: str, words: str) -> Non
     """Two stages of one name, a name starting with a digit, and a FROM naming an ARG of an
     earlier stage (BuildKit expands FROM with global ARGs only: the name is empty). Before,
     the first two imported, and the third became ``dsl.from_stage`` of an empty name."""
-    with pytest.raises(DockerfileImportError) as caught:
-        translate_text(dockerfile)
-    assert caught.value.line == dockerfile.count("\n")
-    assert words in caught.value.problem
+    error = _refused(dockerfile)
+    assert error.line == dockerfile.count("\n")
+    assert words in error.problem
 
 
 def test_an_undeclared_variable_in_from_expands_to_nothing(tmp_path: Path) -> None:
