@@ -99,6 +99,17 @@ class Project:
             return []
         return [json.loads(line) for line in self.probe.read_text().splitlines()]
 
+    def stop(self) -> subprocess.CompletedProcess[str]:
+        """``imagedsl server stop`` for this project's runtime directory."""
+        return subprocess.run(
+            [IMAGEDSL, "server", "stop"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+
     def sockets(self) -> list[Path]:
         return sorted(self.runtime.glob("*.sock"))
 
@@ -119,13 +130,7 @@ def fixture_project(tmp_path: Path) -> Iterator[Project]:
     try:
         yield project
     finally:
-        subprocess.run(
-            [IMAGEDSL, "server", "stop"],
-            env=project.env,
-            capture_output=True,
-            check=False,
-            timeout=60,
-        )
+        project.stop()
         shutil.rmtree(runtime, ignore_errors=True)
 
 
@@ -235,15 +240,8 @@ def test_an_idle_server_leaves(project: Project) -> None:
 def test_server_stop_and_the_switch(project: Project) -> None:
     project.serve()
     assert not project.run("plan", IMAGEDSL_SERVER="0")[3]
-    stopped = subprocess.run(
-        [IMAGEDSL, "server", "stop"],
-        env=project.env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    assert stopped.stdout == "stopped 1 plan server\n"
+    stopped = project.stop()
+    assert (stopped.returncode, stopped.stdout) == (0, "stopped 1 plan server\n")
     wait_until(lambda: not project.sockets(), "the stopped server's socket to go")
     assert not project.run("plan")[3]
 
@@ -476,7 +474,7 @@ def test_what_inotify_cannot_see_is_the_documented_limit(project: Project) -> No
     served, local = project.run("plan"), project.run("plan", IMAGEDSL_SERVER="0")
     assert "f07.txt changed" in _missed_files(local[1])
     assert "f07.txt changed" not in _missed_files(served[1])
-    subprocess.run([IMAGEDSL, "server", "stop"], env=project.env, check=True, timeout=60)
+    assert project.stop().returncode == 0
     project.env["IMAGEDSL_WATCH"] = "0"
     mapped[:4] = b"MORE"
     mapped.flush()
