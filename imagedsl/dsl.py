@@ -499,10 +499,13 @@ class Stage:
 
     @_located
     def stopsignal(self, signal: str | int) -> Stage:
-        """``STOPSIGNAL``: ``"SIGTERM"``, ``"TERM"`` or a number."""
-        return self._then(
-            StopSignal(signal=parse_signal("STOPSIGNAL", signal), location=caller_location())
-        )
+        """``STOPSIGNAL``: ``"SIGTERM"``, ``"TERM"`` or a number; ``"$SIG"`` expands with the
+        stage's ARG and ENV values, and must then be one of those."""
+        if isinstance(signal, str) and is_template(signal):
+            checked = check_str("STOPSIGNAL", "signal", signal)
+        else:
+            checked = parse_signal("STOPSIGNAL", signal)
+        return self._then(StopSignal(signal=checked, location=caller_location()))
 
     @_located
     def author(self, name: str) -> Stage:

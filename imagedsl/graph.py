@@ -24,7 +24,7 @@ import attrs
 import blake3
 
 from imagedsl import keys
-from imagedsl._validate import clean_container_path
+from imagedsl._validate import clean_container_path, is_template
 from imagedsl.buildstate import DEFAULT_PATH, ArgScope, BuildState
 from imagedsl.buildstate import expand as expand_word
 from imagedsl.contexts import ContextSource
@@ -254,9 +254,7 @@ def _resolve_names(named: Mapping[str, Stage | StageRef], scope: ArgScope) -> di
     for name, value in named.items():
         seen = [name]
         while isinstance(value, StageRef):
-            wanted = scope.expand_global(value.name)
-            if wanted not in named:
-                raise UnknownStageError(wanted, sorted(named))
+            wanted = _stage_called(value, named, scope)
             if wanted in seen:
                 raise CycleError(seen[seen.index(wanted) :])
             seen.append(wanted)
@@ -267,10 +265,24 @@ def _resolve_names(named: Mapping[str, Stage | StageRef], scope: ArgScope) -> di
 
 def _named(ref: StageRef, named: Mapping[str, Stage], scope: ArgScope, step: Step) -> Stage:
     """The stage a reference names, its name expanded with the global ARGs."""
+    try:
+        return named[_stage_called(ref, named, scope)]
+    except UnknownStageError as error:
+        raise error.with_location(step.location) from None
+
+
+def _stage_called(ref: StageRef, named: Mapping[str, object], scope: ArgScope) -> str:
+    """The name of the stage ``ref`` picks. A name chosen by global ARGs picks the stage so
+    named, else the one named alike once lower-cased with ``-`` and ``.`` read as ``_``: the
+    name ``imagedsl import`` gives a Dockerfile's stage (BuildKit compares stage names
+    without case), so ``FROM build-${OS}`` picks ``build_linux``."""
     wanted = scope.expand_global(ref.name)
-    if wanted not in named:
-        raise UnknownStageError(wanted, sorted(named)).with_location(step.location)
-    return named[wanted]
+    if wanted in named:
+        return wanted
+    alike = wanted.lower().replace("-", "_").replace(".", "_")
+    if is_template(ref.name) and alike in named:
+        return alike
+    raise UnknownStageError(wanted, sorted(named))
 
 
 @attrs.define

@@ -624,11 +624,16 @@ def describe_mount(mount: Mount, stage_name: StageNamer = _default_stage_name) -
 
 
 def _quote(value: str) -> str:
+    """A value as a Dockerfile writes it, in double quotes unless it needs none: ``"`` and
+    a literal backslash escaped, ``\\$`` (a literal ``$``) kept, as BuildKit reads them
+    inside double quotes; control characters as JSON writes them."""
     if value and re.fullmatch(r"[\w./:@%+,-]+", value):
         return value
     import json
 
-    return json.dumps(value, ensure_ascii=False)
+    pieces = value.split("\\$")
+    quoted = ("\\$").join(json.dumps(p, ensure_ascii=False)[1:-1] for p in pieces)
+    return f'"{quoted}"'
 
 
 def _json_list(items: Sequence[str]) -> str:

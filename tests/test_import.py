@@ -220,7 +220,10 @@ def target_stage(project: Path, target: str) -> str | None:
         ),
         pytest.param("RUN true\nFROM busybox\n", 1, "before the first FROM", id="before-from"),
         pytest.param(
-            "FROM busybox\nCOPY <<EOF /f\n$HOME\nEOF\n", 2, "quote it", id="copy-heredoc-expands"
+            "FROM busybox\nCOPY <<EOF /f\n$HOME\nEOF\n",
+            2,
+            "expands $HOME",
+            id="copy-heredoc-expands",
         ),
         pytest.param(
             "FROM busybox\nRUN <<EOF\n#!/bin/sh\necho\nEOF\n", 2, "#!", id="run-heredoc-shebang"

@@ -462,7 +462,6 @@ def test_names_buildkit_takes_beyond_shell_names(tmp_path: Path) -> None:
     [
         pytest.param('LABEL "a key"=v', "'label key'", id="label-key"),
         pytest.param("USER :1000", "'user' or 'user:group'", id="user"),
-        pytest.param("STOPSIGNAL $SIG", "a name or a number", id="signal-variable"),
         pytest.param("HEALTHCHECK --retries=x CMD true", "--retries=x", id="retries"),
         pytest.param("HEALTHCHECK curl -f x", "not CMD or NONE", id="healthcheck-type"),
         pytest.param("HEALTHCHECK --interval=5 CMD true", "'interval'", id="duration"),

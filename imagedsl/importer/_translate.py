@@ -34,7 +34,14 @@ from imagedsl.importer._format import (
 )
 from imagedsl.importer._mountopts import MountOptionError, ram_in_bytes, secret_id
 from imagedsl.importer._platform import PlatformError, from_platform
-from imagedsl.importer._words import WordError, has_variable, mount_fields, read_word
+from imagedsl.importer._words import (
+    WordError,
+    has_variable,
+    heredoc_text,
+    mount_fields,
+    read_word,
+    split_template,
+)
 
 AUTOMATIC_ARGS: Final = frozenset(
     {
@@ -51,6 +58,7 @@ AUTOMATIC_ARGS: Final = frozenset(
 _RESERVED: Final = frozenset({"dsl", "src", "dsl_targets", "annotations"})
 _GLOB: Final = re.compile(r"[*?\[]")
 _VAR: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+_NAMES: Final = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 _HEREDOC_WORD: Final = re.compile(r"<<(-?)([\"']?)([A-Za-z_][A-Za-z0-9_]*)\2\Z")
 #: BuildKit's stage names (lower-cased first): a letter, then letters, digits, ``-_.``.
 _STAGE_NAME: Final = re.compile(r"[a-z][a-z0-9_.-]*\Z")
@@ -273,9 +281,9 @@ class Translator:
                 if eq and not _defaults_to_itself(name, default):
                     raise _Refused(f"ARG {name} is set by the build from its platform")
                 continue  # declaring an automatic ARG globally changes nothing
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                raise _Refused(f"ARG name {name!r} is not a valid name")
-            python = self._fresh(name if name.isidentifier() else f"ARG_{name}")
+            # BuildKit takes any name (``ARG BASE # note`` declares "#" too); one that no
+            # ``$NAME`` can read still passes its default to an ARG of that name in a stage.
+            python = self._fresh(name if name.isidentifier() else re.sub(r"\W", "_", f"ARG_{name}"))
             self.global_args[name] = python
             if eq:
                 self.global_defaults[name] = expand(
@@ -386,19 +394,21 @@ class Translator:
         return stage
 
     def _names_a_stage(self, template: str) -> bool:
-        names = {m.group(1) or m.group(2) for m in _VAR.finditer(template)}
-        if names and names <= self.global_defaults.keys():
-            # Only global ARGs with defaults (no platform ARG): BuildKit expands the name
-            # with them, then looks for a stage of that name (an image otherwise).
-            value = expand(template, self.global_defaults).lower()
-            return any(s.name == value for s in self.stages)
-        template = self._without_undeclared(template)
-        prefix = template.split("$", 1)[0].lower()
-        if not any(s.name and s.name.startswith(prefix) for s in self.stages):
-            return False  # the cheap test first: a 200-stage file has 200 such FROM lines
-        pattern = re.escape(template)
-        pattern = re.sub(r"\\\$\\\{[A-Za-z0-9_]+\\\}|\\\$[A-Za-z0-9_]+", ".*", pattern)
-        return any(s.name and re.fullmatch(pattern, s.name) for s in self.stages)
+        """Whether BuildKit may read FROM ``template`` as a stage: it expands the global ARGs,
+        then looks the value up among the stages. A global ARG with a default takes it; one
+        without (or a platform ARG) may hold anything, given when planned."""
+        pattern: list[str] = []
+        for literal, expression in split_template(template):
+            pattern.append(re.escape(literal.lower()))
+            if not expression:
+                continue
+            names = set(_NAMES.findall(expression))
+            unknown = {n for n in names if n not in self.global_defaults}
+            if unknown & (self.global_args.keys() | AUTOMATIC_ARGS):
+                pattern.append(".*")
+            else:  # the defaults decide it (an undeclared name expands to nothing)
+                pattern.append(re.escape(expand(expression, self.global_defaults).lower()))
+        return any(s.name and re.fullmatch("".join(pattern), s.name) for s in self.stages)
 
     def _without_undeclared(self, template: str) -> str:
         """``template`` without the variables BuildKit expands to nothing in a FROM line: those
@@ -413,13 +423,12 @@ class Translator:
         return _VAR.sub(kept, template)
 
     def _stage_template(self, template: str) -> str:
+        """A FROM naming a stage by ARGs, its literal text named as stages are named here."""
         out: list[str] = []
-        last = 0
-        for match in _VAR.finditer(template):
-            out.append(stage_variable(template[last : match.start()]))
-            out.append("${" + (match.group(1) or match.group(2)) + "}")
-            last = match.end()
-        out.append(stage_variable(template[last:]))
+        for literal, expression in split_template(template):
+            out.append(stage_variable(literal))
+            simple = _VAR.fullmatch(expression)
+            out.append("${" + (simple[1] or simple[2]) + "}" if simple else expression)
         return "".join(out)
 
     # -- instructions -----------------------------------------------------------------------
@@ -680,7 +689,9 @@ class Translator:
             kwargs.append(("exclude", ListExpr(tuple(_string(e) for e in excludes))))
         method = "add" if add else "copy"
         if command.heredocs:
-            return [self._inline(command, raw_sources, dest, kwargs, method)]
+            if "checksum" in flags:
+                raise _Refused("ADD --checksum of a heredoc: BuildKit refuses it too (no URL)")
+            return [self._inline(command, raw_sources, dest, kwargs)]
         sources = [_word(s, self.escape) for s in raw_sources]
         if not add and any(_is_url(s) or _is_git(s) for s in sources):
             raise _Refused("COPY of a URL: BuildKit refuses it too (ADD downloads)")
@@ -728,16 +739,20 @@ class Translator:
         sources: Sequence[str],
         dest: str,
         kwargs: list[tuple[str, Expr]],
-        method: str,
     ) -> Call:
-        if method != "copy" or len(sources) != 1 or len(command.heredocs) != 1:
-            raise _Refused(f"{command.cmd} with heredocs: only `COPY <<EOF /file` is supported")
-        match = _HEREDOC_WORD.match(sources[0])
-        if match is None:
-            raise _Refused(f"{command.cmd} with heredocs: only `COPY <<EOF /file` is supported")
+        # ADD <<EOF writes the file as COPY <<EOF does (BuildKit unpacks no heredoc).
+        match = _HEREDOC_WORD.match(sources[0]) if len(sources) == 1 else None
+        if match is None or len(command.heredocs) != 1:
+            raise _Refused(f"{command.cmd} with heredocs: only `{command.cmd} <<EOF /file`")
         content = _heredoc_content(command, match)
-        if not match.group(2) and "$" in content:
-            raise _Refused("COPY <<EOF expands variables in the file: quote it as <<'EOF'")
+        if not match.group(2):  # unquoted: BuildKit reads escapes and expands variables
+            try:
+                content = heredoc_text(content)
+            except WordError as error:
+                raise _Refused(
+                    f"{command.cmd} <<EOF {error}, and an inline file is written as is: write "
+                    "the value in, or quote the delimiter (<<'EOF') to keep the text unread"
+                ) from None
         mode = 0o644
         rest: list[tuple[str, Expr]] = []
         for name, value in kwargs:
@@ -746,7 +761,7 @@ class Translator:
             elif name in ("chown", "link"):
                 rest.append((name, value))
             else:
-                raise _Refused(f"COPY <<EOF with --{name}")
+                raise _Refused(f"{command.cmd} <<EOF with --{name}")
         inline_args: list[Expr | tuple[str, Expr]] = [_string(content)]
         if mode != 0o644:
             inline_args.append(("mode", Atom(f"0o{mode:o}")))
@@ -868,10 +883,8 @@ class Translator:
     def _i_stopsignal(self, command: Any) -> list[Call]:
         self._no_flags(command)
         signal = _word(command.value[0], self.escape)
-        if has_variable(signal):
-            raise _Refused(f"STOPSIGNAL {signal}: a build.py's signal is a name or a number")
         # BuildKit reads a signal's name in any case ("sigterm"); the DSL takes upper case.
-        return [Call("stopsignal", (_string(signal.upper()),))]
+        return [Call("stopsignal", (_string(signal if has_variable(signal) else signal.upper()),))]
 
     def _i_maintainer(self, command: Any) -> list[Call]:
         # BuildKit keeps the rest of the line as written (no variable expands) as ``author``.

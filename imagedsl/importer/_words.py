@@ -22,7 +22,7 @@ class WordError(ValueError):
     """A word that BuildKit would refuse or that imagedsl cannot hold."""
 
 
-def _expression(text: str, start: int, escape: str = "\\") -> int:
+def expression_end(text: str, start: int, escape: str = "\\") -> int:
     """The end of the ``$...`` expression starting at ``start`` (``text[start] == "$"``):
     a ``}`` closes the innermost open ``${`` (BuildKit nests ``${A:-${B}}``)."""
     if start + 1 < len(text) and text[start + 1] == "{":
@@ -49,9 +49,23 @@ def _expression(text: str, start: int, escape: str = "\\") -> int:
     return match.end()
 
 
+def split_template(template: str) -> list[tuple[str, str]]:
+    """An imagedsl string as (literal text, the ``$`` expression after it, or "") pairs."""
+    pairs: list[tuple[str, str]] = []
+    start = at = 0
+    while (at := template.find("$", at)) >= 0:
+        end = expression_end(template, at)
+        if end > at + 1:
+            pairs.append((template[start:at], template[at:end]))
+            start = end
+        at = end
+    pairs.append((template[start:], ""))
+    return pairs
+
+
 def read_word(text: str, escape: str = "\\", *, quotes: bool = True) -> str:
     """The imagedsl string for one Dockerfile word (quotes removed, expressions kept).
-    Without ``quotes`` (the word of ``${NAME:-word}``), quote characters are plain ones."""
+    Without ``quotes`` (a heredoc's body), quote characters are plain ones."""
     out: list[str] = []
     i = 0
     quote = ""
@@ -82,7 +96,7 @@ def read_word(text: str, escape: str = "\\", *, quotes: bool = True) -> str:
             if empty is not None:
                 i = empty  # BuildKit expands it to nothing
                 continue
-            end = _expression(text, i, escape)
+            end = expression_end(text, i, escape)
             if end == i + 1:
                 out.append(_literal_dollar(out, text, end))  # a lone "$" is literal
             else:
@@ -102,7 +116,8 @@ _WITH_WORD: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-+?])(.*)\}\Z",
 
 def _expression_text(expression: str, escape: str) -> str:
     """An expression as imagedsl writes it: the word of ``${NAME:-word}`` (and ``:+``, ``:?``)
-    is read as BuildKit's lexer reads it (its backslash escapes removed), the rest as written."""
+    is read as BuildKit's lexer reads it (its quotes and backslash escapes removed), the rest
+    as written."""
     try:
         check_braced(expression)
     except ExpressionError as error:
@@ -110,7 +125,7 @@ def _expression_text(expression: str, escape: str) -> str:
     match = _WITH_WORD.match(expression)
     if match is None:
         return expression
-    word = read_word(match[3], escape, quotes=False)
+    word = read_word(match[3], escape)  # quotes included: ${U:-"a b"} is a b to BuildKit
     if any(isinstance(p, str) and "}" in p for p in split_expressions(word)):
         # An escaped "}" in the word: imagedsl's word ends at the first "}" it holds.
         raise WordError(f"an escaped '}}' inside {expression!r}")
@@ -132,6 +147,19 @@ def _literal_dollar(out: list[str], text: str, after: int) -> str:
     following = text[after : after + 1]
     after_backslash = bool(out) and out[-1].endswith("\\")
     return "\\$" if after_backslash or re.match(r"[{A-Za-z_]", following) else "$"
+
+
+def heredoc_text(body: str) -> str:
+    """The text an unquoted ``COPY <<EOF`` writes, read as BuildKit reads its body (its lexer
+    with a backslash escape whatever the ``# escape`` directive, quotes as plain characters):
+    ``\\$`` is a ``$``, ``\\\\`` one backslash, a backslash before a line break goes,
+    ``$(`` is literal, and special and positional parameters (``$@``) expand to nothing. A
+    body that names a variable is a :class:`WordError`: an inline file is not expanded."""
+    word = read_word(body, "\\", quotes=False)
+    found = re.search(r"(?<!\\)\$(?:\{[^}]*\}?|[A-Za-z_][A-Za-z0-9_]*)", word)
+    if found is not None:
+        raise WordError(f"expands {found[0]} in the file")
+    return word.replace("\\$", "$")  # imagedsl's escaped "$", literal in an inline file
 
 
 def has_variable(value: str) -> bool:

@@ -13,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from imagedsl._validate import is_template, parse_signal
 from imagedsl.buildstate import BuildState, expand
+from imagedsl.errors import StepArgumentError
 from imagedsl.steps import (
     Author,
     Cmd,
@@ -72,6 +74,12 @@ def apply_config_step(
         config["Volumes"] = volumes
     elif isinstance(step, StopSignal):
         config["StopSignal"] = step.signal
+        if is_template(step.signal):  # checked once expanded, as BuildKit checks it
+            signal = expand(step.signal, variables).upper()  # BuildKit reads any case
+            try:
+                config["StopSignal"] = parse_signal("STOPSIGNAL", signal)
+            except StepArgumentError as error:
+                raise error.with_location(step.location) from None
     elif isinstance(step, Shell):
         config["Shell"] = list(step.command)
     elif isinstance(step, Healthcheck):
