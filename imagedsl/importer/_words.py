@@ -55,7 +55,7 @@ def split_template(template: str) -> list[tuple[str, str]]:
     start = at = 0
     while (at := template.find("$", at)) >= 0:
         end = expression_end(template, at)
-        if end > at + 1:
+        if end > at + 1 and template[at - 1 : at] != "\\":  # "\$" is a literal "$"
             pairs.append((template[start:at], template[at:end]))
             start = end
         at = end
