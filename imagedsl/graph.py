@@ -55,7 +55,7 @@ from imagedsl.steps import (
     Workdir,
     check_stage_copy_dest,
 )
-from imagedsl.treehash import ContextHasher, Tree
+from imagedsl.treehash import ContextHasher, Tree, sole_file
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -742,7 +742,7 @@ class _Keyer:
                 if isinstance(mount.source, ContextSource):
                     tree = self._tree(mount.source, (), dest_is_dir=True, step=step)
                     trees.append(tree)
-                    content = tree.digest
+                    content = _mounted_digest(mount.source, tree)
                 else:
                     source = next(stage_sources)
                     content = f"{source.fs_key}:{mount.source.path}"
@@ -774,13 +774,15 @@ class _Keyer:
             )
             return preimage, ()
         exclude = step.exclude if isinstance(step, Copy) else ()
+        dest_is_dir: bool | None = False  # an inline file is one file, placed at "."
         if isinstance(step.source, InlineFile):
             tree = inline_tree(step.source)
         else:
             assert isinstance(step.source, ContextSource)
             parents = isinstance(step, Copy) and step.parents
+            dest_is_dir = _dest_is_dir(step)
             tree = self._tree(
-                step.source, exclude, dest_is_dir=_dest_is_dir(step), step=step, parents=parents
+                step.source, exclude, dest_is_dir=dest_is_dir, step=step, parents=parents
             )
         preimage = keys.copy_preimage(
             kind=step.kind,
@@ -793,6 +795,7 @@ class _Keyer:
             # the tree.
             exclude=(),
             tree=tree.digest,
+            name=None if dest_is_dir else _lone_file_name(tree),
         )
         return preimage, (tree,)
 
@@ -924,6 +927,27 @@ def inline_tree(source: InlineFile) -> Tree:
 def _expanded(state: BuildState, word: str | None) -> str | None:
     """``--chown``/``--chmod`` with ``$VAR``s expanded in the state before the step."""
     return None if word is None else state.expand(word)
+
+
+def _mounted_digest(source: ContextSource, tree: Tree) -> str:
+    """What a bind mount's key holds of what it mounts: the tree's digest, or for one file
+    mounted as itself only its content and mode (BuildKit keys a mount by content alone:
+    the same bytes under another name are the same mount)."""
+    lone = None if tree.shape is not None else sole_file(source, tree)
+    if lone is None:
+        return tree.digest
+    return Tree.from_rows([(".", lone.source, "file", lone.mode, lone.size, lone.digest)]).digest
+
+
+def _lone_file_name(tree: Tree) -> str | None:
+    """The name of the one file a tree places at the destination itself (``.``), or None.
+    A directory copied whole (its shape known without rows) never is one."""
+    if tree.shape is not None:
+        return None
+    entries = tree.entries
+    if len(entries) != 1 or entries[0].placed != ".":
+        return None
+    return entries[0].source.rpartition("/")[2]
 
 
 def _dest_is_dir(step: Copy | Add) -> bool | None:

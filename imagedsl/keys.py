@@ -149,13 +149,18 @@ def copy_preimage(
     chmod: str | None,
     exclude: Sequence[str],
     tree: str,
+    name: str | None = None,
 ) -> Preimage:
     """COPY/ADD by content: ``tree`` is the digest of exactly the files placed.
 
     A COPY from a stage whose output digest is known gets this same form, so an upstream
     rebuild that yields identical bytes keeps every downstream key (early cutoff).
     ``parent`` is None for ``link=True``: the layer does not depend on what is below it.
+    ``name``: the file's own name, for one file copied to a file name (BuildKit's COPY key
+    holds each source's last path element, and that file keeps the name when the
+    destination turns out to be a directory); no other copy has it in its preimage.
     """
+    named = {} if name is None else {"name": name}
     return _preimage(
         kind,
         parent=parent,
@@ -164,6 +169,7 @@ def copy_preimage(
         chmod=chmod,
         exclude=list(exclude),
         tree=tree,
+        **named,
     )
 
 

@@ -92,7 +92,46 @@ def ignore_nothing_more(project: Project) -> None:
     project.write_files({".dockerignore": "*.log\n*.bak\n"})
 
 
+def rename_conf(project: Project) -> None:
+    (project.context / "a.conf").rename(project.context / "b.conf")
+
+
+#: One file copied to a file name, then read: BuildKit's COPY key holds the source's own name
+#: (the file keeps it when the destination is a directory), not its directories.
+COPY_CONF = """app = BASE.copy(SOURCE, "/etc/app.conf").run("cat /etc/app.conf > /seen")"""
+CONF = {"a.conf": "c = 1\n", "app.conf": "x = 1\n", "q/app.conf": "x = 1\n"}
+
+
 SCENARIOS = [
+    Scenario(
+        name="a file copied to a file name is renamed, same bytes",
+        before=COPY_CONF.replace("SOURCE", 'src.file("a.conf")'),
+        after=COPY_CONF.replace("SOURCE", 'src.file("b.conf")'),
+        files=CONF,
+        edit=rename_conf,
+        misses=2,
+    ),
+    Scenario(
+        name="the one file a wildcard matches is renamed, same bytes",
+        before=COPY_CONF.replace("SOURCE", 'src.glob("*.conf")').replace("app.conf", "a.conf"),
+        files={"a.conf": "c = 1\n"},
+        edit=rename_conf,
+        misses=2,
+    ),
+    Scenario(
+        name="an inline file becomes a context file of the same bytes",
+        before=COPY_CONF.replace("SOURCE", 'dsl.inline("x = 1\\n")'),
+        after=COPY_CONF.replace("SOURCE", 'src.file("app.conf")'),
+        files=CONF,
+        misses=2,
+    ),
+    Scenario(
+        name="a file copied to a file name moves to another directory, same name and bytes",
+        before=COPY_CONF.replace("SOURCE", 'src.file("app.conf")'),
+        after=COPY_CONF.replace("SOURCE", 'src.file("q/app.conf")'),
+        files=CONF,
+        misses=0,
+    ),
     Scenario(
         name="a source file is edited",
         before=COPY_APP,

@@ -24,6 +24,10 @@ def edit_bound_script(project: Project) -> None:
     project.write_files({"scripts/setup.sh": "echo setup, edited\n"})
 
 
+def rename_bound_script(project: Project) -> None:
+    (project.context / "scripts" / "setup.sh").rename(project.context / "scripts" / "go.sh")
+
+
 def edit_unbound_script(project: Project) -> None:
     project.write_files({"scripts/unused.sh": "echo never read\n"})
 
@@ -111,6 +115,16 @@ SCENARIOS = [
         before="""app = BASE.run("sh /setup.sh > /out", mounts=[dsl.bind(src.file("scripts/setup.sh"), "/setup.sh")])""",
         files=SCRIPTS,
         edit=edit_unbound_script,
+        misses=0,
+        mount_points=("/setup.sh",),
+    ),
+    Scenario(
+        # BuildKit keys a mount by the bytes it mounts: a file's name is not among them.
+        name="a bind-mounted file is renamed, same bytes",
+        before="""app = BASE.run("sh /setup.sh > /out", mounts=[dsl.bind(src.file("scripts/setup.sh"), "/setup.sh")])""",
+        after="""app = BASE.run("sh /setup.sh > /out", mounts=[dsl.bind(src.file("scripts/go.sh"), "/setup.sh")])""",
+        files=SCRIPTS,
+        edit=rename_bound_script,
         misses=0,
         mount_points=("/setup.sh",),
     ),

@@ -59,6 +59,7 @@ DEFAULTS: Mapping[str, Any] = {
     "add_chown": "2:2",
     "add_chmod": "0600",
     "notes_text": "notes",
+    "notes_name": "notes.txt",
     "url_dest": "/app/remote.bin",
     "url_chown": "3:3",
     "url_chmod": "0755",
@@ -122,7 +123,7 @@ def catalogue(root: Path, **overrides: Any) -> dict[str, dsl.Stage]:
     (root / "files").mkdir(parents=True, exist_ok=True)
     (root / "files" / "a.txt").write_text(k["file_text"])
     (root / "files" / "skip.log").write_text("excluded")
-    (root / "notes.txt").write_text(k["notes_text"])
+    (root / k["notes_name"]).write_text(k["notes_text"])
     (root / "bound.txt").write_text(k["bound_text"])
     src = dsl.context(root)
     builder = dsl.image(
@@ -167,7 +168,7 @@ def catalogue(root: Path, **overrides: Any) -> dict[str, dsl.Stage]:
             exclude=k["copy_exclude"],
             link=k["copy_link"],
         )
-        .add(src.file("notes.txt"), k["add_dest"], chown=k["add_chown"], chmod=k["add_chmod"])
+        .add(src.file(k["notes_name"]), k["add_dest"], chown=k["add_chown"], chmod=k["add_chmod"])
         .add(
             dsl.url(k["url_address"], checksum=k["url_checksum"]),
             k["url_dest"],
@@ -316,6 +317,8 @@ TABLE: Mapping[tuple[str, str], Change] = {
     ("add", "chown"): change(add_chown="6:6"),
     ("add", "chmod"): change(add_chmod="0640"),
     ("add", "tree"): change(notes_text="notes, edited"),
+    # One file copied to a file name: its own name (same bytes, renamed) is in BuildKit's key.
+    ("add", "name"): change(notes_name="notes-renamed.txt"),
     ("add-url", "dest"): change(url_dest="/app/remote2.bin"),
     ("add-url", "chown"): change(url_chown="7:7"),
     ("add-url", "chmod"): change(url_chmod="0700"),

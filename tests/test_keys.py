@@ -188,16 +188,19 @@ def test_canonical_form_refuses_nan_and_infinity() -> None:
 
 def test_same_meaning_same_key_for_the_new_forms(tmp_path: Any) -> None:
     """A heredoc script keys as the same string in shell form; a file written in build.py
-    keys as a context file of the same bytes and mode copied to the same place."""
+    keys as a context file of the same bytes and mode copied to the same place under the
+    name a heredoc's file has (``EOF``): BuildKit's COPY key holds a source's own name, so
+    ``app.conf`` of the same bytes is another key (as BuildKit rebuilds it)."""
     (tmp_path / "app.conf").write_text("a = 1\n")
+    (tmp_path / "EOF").write_text("a = 1\n")
     src = dsl.context(tmp_path)
     base = dsl.image("alpine:3.20")
     assert keys_of(base.run(dsl.script("echo a\necho b\n"))) == keys_of(
         base.run("echo a\necho b\n")
     )
-    assert keys_of(base.copy(dsl.inline("a = 1\n"), "/etc/app.conf")) == keys_of(
-        base.copy(src.file("app.conf"), "/etc/app.conf")
-    )
+    inline = keys_of(base.copy(dsl.inline("a = 1\n"), "/etc/app.conf"))
+    assert inline == keys_of(base.copy(src.file("EOF"), "/etc/app.conf"))
+    assert inline != keys_of(base.copy(src.file("app.conf"), "/etc/app.conf"))
 
 
 def test_every_new_input_enters_its_key(tmp_path: Any) -> None:
