@@ -24,7 +24,7 @@ import attrs
 import blake3
 
 from imagedsl import keys
-from imagedsl._validate import clean_container_path, is_template
+from imagedsl._validate import clean_container_path
 from imagedsl.buildstate import DEFAULT_PATH, ArgScope, BuildState
 from imagedsl.buildstate import expand as expand_word
 from imagedsl.contexts import ContextSource
@@ -272,15 +272,15 @@ def _named(ref: StageRef, named: Mapping[str, Stage], scope: ArgScope, step: Ste
 
 
 def _stage_called(ref: StageRef, named: Mapping[str, object], scope: ArgScope) -> str:
-    """The name of the stage ``ref`` picks. A name chosen by global ARGs picks the stage so
-    named, else the one named alike once lower-cased with ``-`` and ``.`` read as ``_``: the
-    name ``imagedsl import`` gives a Dockerfile's stage (BuildKit compares stage names
-    without case), so ``FROM build-${OS}`` picks ``build_linux``."""
+    """The name of the stage ``ref`` picks: the stage so named, else the one named alike once
+    lower-cased with ``-`` and ``.`` read as ``_``, the name ``imagedsl import`` gives a
+    Dockerfile's stage (BuildKit compares stage names without case), so ``FROM
+    build-${OS}`` picks ``build_linux`` and ``dsl.stage("Builder")`` picks ``builder``."""
     wanted = scope.expand_global(ref.name)
     if wanted in named:
         return wanted
     alike = wanted.lower().replace("-", "_").replace(".", "_")
-    if is_template(ref.name) and alike in named:
+    if alike in named:
         return alike
     raise UnknownStageError(wanted, sorted(named))
 

@@ -93,6 +93,28 @@ def test_unknown_stage_reference() -> None:
     assert caught.value.available == ("app",)
 
 
+def test_a_stage_named_in_another_case_or_with_dashes_is_found(tmp_path: Path) -> None:
+    """BuildKit compares stage names without case, and ``imagedsl import`` names the stage
+    ``build-x`` ``build_x``: ``dsl.from_stage("Builder")`` and ``"build-${V}"`` find them;
+    a name nothing is alike still fails, naming it."""
+    (tmp_path / "build.py").write_text(
+        "import imagedsl as dsl\n"
+        "V = dsl.arg('V', 'x')\n"
+        "builder = dsl.scratch().env(WHO='builder')\n"
+        "build_x = dsl.scratch().env(WHO='build-x')\n"
+        "by_case = dsl.from_stage('Builder').env(THEN='1')\n"
+        "by_dash = dsl.from_stage('build-${V}').env(THEN='2')\n"
+        "lost = dsl.from_stage('Build-Y').env(THEN='3')\n"
+    )
+    build = load_buildfile(tmp_path / "build.py")
+    for target, who in (("by_case", "builder"), ("by_dash", "build-x")):
+        env = dict(build.plan(target).steps[-1].node.state.env)
+        assert env["WHO"] == who
+    with pytest.raises(dsl.UnknownStageError) as caught:
+        build.plan("lost")
+    assert caught.value.name == "Build-Y"
+
+
 def test_networkx_view_collapses_equal_keys(tmp_path: Path) -> None:
     """The key-identified graph has one node per distinct key."""
     (tmp_path / "f").write_text("x")
