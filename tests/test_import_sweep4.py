@@ -16,6 +16,7 @@ import pytest
 
 from imagedsl.backends.oci.image_config import apply_config_step
 from imagedsl.errors import StepArgumentError
+from imagedsl.importer import translate_text
 from imagedsl.loader import load_buildfile
 from imagedsl.planner import Plan
 from imagedsl.steps import Copy, InlineFile, StopSignal
@@ -186,3 +187,49 @@ def test_a_literal_dollar_shows_in_the_plan_as_a_dockerfile_writes_it(tmp_path: 
     _, plan = _load(tmp_path, 'FROM scratch\nENV A=x\\$y B="say \\"hi\\""\n')
     assert _steps(plan)[-1] == 'ENV A="x\\$y" B="say \\"hi\\""'
     assert _env(plan) == {"A": "x$y", "B": 'say "hi"'}
+
+
+def test_a_dockerfile_that_is_not_utf8_is_refused_naming_its_line(tmp_path: Path) -> None:
+    """A Latin-1 byte (``# Müller`` saved by an old editor): a clear error with the line, not
+    a traceback; a build.py is UTF-8 text."""
+    from imagedsl.importer import DockerfileImportError, import_dockerfile
+
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_bytes(b"FROM scratch\n# M\xfcller\nENV A=1\n")
+    with pytest.raises(DockerfileImportError) as caught:
+        import_dockerfile(dockerfile)
+    assert caught.value.line == 2
+    assert "0xfc is not UTF-8" in caught.value.problem
+
+
+def test_several_context_sources_to_a_name_without_a_slash_are_refused() -> None:
+    """``COPY a b /dest``: BuildKit copies each onto ``/dest`` in turn (a file holding
+    ``b`` when it did not exist), which a build.py's copy into a directory is not; before,
+    the import made ``/dest`` a directory. With a slash (or ``.``) it imports."""
+    error = _refused("FROM scratch\nCOPY a b /dest\n")
+    assert error.line == 2
+    assert "end it with /" in error.problem
+    for dest in ("/dest/", ".", "./"):
+        assert "src.select" in translate_text(f"FROM scratch\nCOPY a b {dest}\n")
+
+
+def test_expose_reads_ports_as_buildkit_does(tmp_path: Path) -> None:
+    """``EXPOSE 8080:80`` and ``127.0.0.1:53:53/udp`` expose the container's port (BuildKit
+    accepts a publishing spec); ``EXPOSE $PORTS`` holding two ports exposes both."""
+    text, plan = _load(
+        tmp_path,
+        'FROM scratch\nEXPOSE 8080:80 127.0.0.1:53:53/UDP\nENV PORTS="81 444"\nEXPOSE $PORTS\n',
+    )
+    assert '.expose(80, "53/udp")' in text
+    config: dict[str, object] = {}
+    for step in plan.steps[1:]:
+        apply_config_step(config, step.node.step, step.node.state, cmd_set=False)
+    assert config["ExposedPorts"] == {"80/tcp": {}, "53/udp": {}, "81/tcp": {}, "444/tcp": {}}
+
+
+def test_a_stage_copying_from_itself_is_refused() -> None:
+    """``COPY --from=build`` inside stage ``build``: BuildKit reports a circular dependency;
+    before, the import read ``build`` as a registry image."""
+    error = _refused("FROM scratch AS build\nCOPY --from=build /bin/sh /x\n")
+    assert error.line == 2
+    assert "copies from itself" in error.problem

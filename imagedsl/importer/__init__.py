@@ -36,9 +36,20 @@ def import_dockerfile(
     """
     source = Path(path)
     try:
-        text = source.read_text(encoding="utf-8")
+        data = source.read_bytes()
     except OSError as error:
         raise DockerfileImportError(str(path), 0, f"cannot read: {error.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise DockerfileImportError(
+            str(path),
+            line,
+            f"byte 0x{data[error.start]:02x} is not UTF-8 (BuildKit passes such bytes through; "
+            "a build.py is UTF-8 text): save the Dockerfile as UTF-8",
+        ) from None
+    text = text.replace("\r\n", "\n")  # as the text read did before: the parser sees lines
     context_dir = source.parent
     out_dir = Path(output).parent if output is not None else context_dir
     rel = os.path.relpath(context_dir.resolve(), out_dir.resolve())

@@ -616,6 +616,8 @@ class Translator:
         stage = self.by_name.get(name.lower())
         if stage is not None:
             return stage.variable
+        if self.current.name is not None and name.lower() == self.current.name:
+            raise _Refused(f"{what}={name}: the stage copies from itself (BuildKit refuses it too)")
         if name.lower() in self.later_stages or name.isdigit():
             raise _Refused(f"{what}={name}: not an earlier stage of this Dockerfile")
         if "$" in name:
@@ -730,6 +732,11 @@ class Translator:
             else:
                 source = Call(f"{stage}.path", (_string(paths[0]),))
             return [Call(method, (source, _string(dest), *kwargs))]
+        if len(sources) > 1 and not (dest.endswith("/") or dest.rstrip("/") in (".", "..")):
+            raise _Refused(
+                f"{command.cmd} of several sources to {dest!r}: BuildKit copies each onto it in "
+                "turn unless it is a directory already; end it with / to copy into a directory"
+            )
         source = self._context_source(sources, command.cmd)
         return [Call(method, (source, _string(dest), *kwargs))]
 
@@ -842,7 +849,10 @@ class Translator:
             port = _word(word, self.escape)
             if not has_variable(port):
                 number, slash, protocol = port.partition("/")
-                port = number + slash + protocol.lower()  # BuildKit reads "80/TCP" as 80/tcp
+                # BuildKit reads "80/TCP" as 80/tcp, and exposes the container's port of a
+                # publishing spec ("8080:80", "127.0.0.1:8080:80").
+                number = number.rpartition(":")[2]
+                port = number + slash + protocol.lower()
             ports.append(Atom(port) if port.isdigit() and port == str(int(port)) else _string(port))
         return [Call("expose", tuple(ports))]
 

@@ -64,8 +64,9 @@ def apply_config_step(
         config["Labels"] = labels
     elif isinstance(step, Expose):
         ports = dict(config.get("ExposedPorts") or {})
-        for port in step.ports:
-            ports.update({name: {} for name in _port_range(expand(port, variables))})
+        for port in step.ports:  # a $VAR may hold several, as BuildKit splits it into words
+            for word in expand(port, variables).split():
+                ports.update({name: {} for name in _port_range(word)})
         config["ExposedPorts"] = ports
     elif isinstance(step, Volume):
         volumes = dict(config.get("Volumes") or {})
