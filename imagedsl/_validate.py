@@ -268,17 +268,16 @@ def parse_port(step: str, value: object) -> str:
 
 
 def parse_signal(step: str, value: object) -> str:
-    """Accept ``"SIGTERM"``, ``"TERM"`` or a number; return Docker's spelling."""
+    """Accept ``"SIGTERM"``, ``"TERM"`` (in any case) or a number; return it as written, as
+    BuildKit keeps it in the image config once it has checked it."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     text = check_str(step, "signal", value)
-    if not _SIGNAL.match(text):
+    if not _SIGNAL.match(text.upper()):
         raise StepArgumentError(step, "signal", f"must be a signal name or number, got {text!r}")
-    if text.isdigit():
-        if not 1 <= int(text) <= 64:
-            raise StepArgumentError(step, "signal", f"must be in 1..64, got {text}")
-        return text
-    return text if text.startswith("SIG") else f"SIG{text}"
+    if text.isdigit() and not 1 <= int(text) <= 64:
+        raise StepArgumentError(step, "signal", f"must be in 1..64, got {text}")
+    return text
 
 
 def parse_label_items(step: str, values: Mapping[str, object]) -> tuple[tuple[str, str], ...]:

@@ -87,7 +87,7 @@ def test_every_instruction_has_a_step(tmp_path: Path) -> None:
     assert described[0] == "FROM scratch"
     assert "ARG VERSION=1.0" in described
     assert "EXPOSE 8080/tcp 53/udp" in described
-    assert "STOPSIGNAL SIGTERM" in described
+    assert "STOPSIGNAL TERM" in described
     assert "MAINTAINER Jane <jane@example.com>" in described
     assert 'ENTRYPOINT ["/x"]' in described
     assert described[-1] == 'CMD ["--help", "-v"]'

@@ -423,8 +423,9 @@ def test_a_heredoc_inside_a_command_is_read_by_the_shell(tmp_path: Path) -> None
 
 
 def test_values_buildkit_reads_in_any_case_or_as_the_default(tmp_path: Path) -> None:
-    """``EXPOSE 8080/TCP`` is port 8080/tcp, ``STOPSIGNAL sigterm`` is SIGTERM, and a zero or
-    empty HEALTHCHECK duration is the default; before, the build.py did not load."""
+    """``EXPOSE 8080/TCP`` is port 8080/tcp, ``STOPSIGNAL sigrtmin+3`` is kept as written
+    (BuildKit checks a signal in any case and keeps its spelling), and a zero or empty
+    HEALTHCHECK duration is the default; before, the build.py did not load."""
     _, plan = _load(
         tmp_path,
         "FROM scratch\nEXPOSE 8080/TCP 53/Udp\nSTOPSIGNAL sigrtmin+3\n"
@@ -432,7 +433,7 @@ def test_values_buildkit_reads_in_any_case_or_as_the_default(tmp_path: Path) -> 
     )
     assert _steps(plan)[1:] == [
         "EXPOSE 8080/tcp 53/udp",
-        "STOPSIGNAL SIGRTMIN+3",
+        "STOPSIGNAL sigrtmin+3",
         "HEALTHCHECK --retries=2 CMD true",
     ]
 

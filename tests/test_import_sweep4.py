@@ -175,7 +175,7 @@ def test_stopsignal_expands_its_variable(tmp_path: Path) -> None:
     assert isinstance(node.step, StopSignal)
     config: dict[str, object] = {}
     apply_config_step(config, node.step, node.state, cmd_set=False)
-    assert config["StopSignal"] == "SIGQUIT"
+    assert config["StopSignal"] == "quit"  # as written, as the engine keeps it
     with pytest.raises(StepArgumentError) as caught:
         apply_config_step({}, StopSignal(signal="${NOPE:-sig term}"), node.state, cmd_set=False)
     assert caught.value.problem.startswith("must be a signal name or number")
@@ -233,3 +233,14 @@ def test_a_stage_copying_from_itself_is_refused() -> None:
     error = _refused("FROM scratch AS build\nCOPY --from=build /bin/sh /x\n")
     assert error.line == 2
     assert "copies from itself" in error.problem
+
+
+def test_an_exec_form_healthcheck_stays_exec_form(tmp_path: Path) -> None:
+    """``HEALTHCHECK CMD ["/bin/sh", "-c", "exit 0 "]`` is ``CMD`` with that argv in the
+    config (BuildKit gives CMD-SHELL to the shell form only, which the image's SHELL runs);
+    before, the import wrote it in shell form."""
+    text, plan = _load(tmp_path, 'FROM scratch\nHEALTHCHECK CMD ["/bin/sh", "-c", "exit 0 "]\n')
+    assert '.healthcheck(["/bin/sh", "-c", "exit 0 "])' in text
+    config: dict[str, object] = {}
+    apply_config_step(config, plan.steps[-1].node.step, plan.steps[-1].node.state, cmd_set=False)
+    assert config["Healthcheck"] == {"Test": ["CMD", "/bin/sh", "-c", "exit 0 "]}

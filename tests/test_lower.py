@@ -372,7 +372,7 @@ def test_config_instructions(src_dir: Path) -> None:
         "EXPOSE 8080/tcp 53/udp",
         'VOLUME ["/data", "/with space"]',
         "HEALTHCHECK --interval=30s --retries=3 CMD curl -f http://localhost/",
-        "STOPSIGNAL SIGTERM",
+        "STOPSIGNAL TERM",
         "MAINTAINER Jane <jane@example.com> $HOME",
         'ENTRYPOINT ["python", "-m", "app"]',
         "CMD serve --port 80",

@@ -892,9 +892,8 @@ class Translator:
 
     def _i_stopsignal(self, command: Any) -> list[Call]:
         self._no_flags(command)
-        signal = _word(command.value[0], self.escape)
-        # BuildKit reads a signal's name in any case ("sigterm"); the DSL takes upper case.
-        return [Call("stopsignal", (_string(signal if has_variable(signal) else signal.upper()),))]
+        # BuildKit keeps the signal as written ("sigterm", "TERM") once it has checked it.
+        return [Call("stopsignal", (_string(_word(command.value[0], self.escape)),))]
 
     def _i_maintainer(self, command: Any) -> list[Call]:
         # BuildKit keeps the rest of the line as written (no variable expands) as ``author``.
@@ -940,14 +939,10 @@ class Translator:
         test = values[1:]
         if not test:
             raise _Refused("HEALTHCHECK without CMD and a command: BuildKit refuses it too")
-        shell_form = self._as_shell_form(test, DEFAULT_SHELL) if command.json else None
-        if shell_form is not None:
-            first: tuple[Expr, ...] = (_string(shell_form),)
-        elif command.json:
-            first = (ListExpr(tuple(_string(v) for v in test)),)
-        else:
-            first = (_string(test[0]),)
-        return [Call("healthcheck", (*first, *kwargs))]
+        # The JSON form stays a list even when it spells a shell's argv: the config says
+        # CMD (an argv) for it, CMD-SHELL (run by the image's shell) for the shell form.
+        first = ListExpr(tuple(_string(v) for v in test)) if command.json else _string(test[0])
+        return [Call("healthcheck", (first, *kwargs))]
 
 
 def _heredoc_content(command: Any, word: re.Match[str]) -> str:

@@ -76,7 +76,7 @@ def apply_config_step(
     elif isinstance(step, StopSignal):
         config["StopSignal"] = step.signal
         if is_template(step.signal):  # checked once expanded, as BuildKit checks it
-            signal = expand(step.signal, variables).upper()  # BuildKit reads any case
+            signal = expand(step.signal, variables)
             try:
                 config["StopSignal"] = parse_signal("STOPSIGNAL", signal)
             except StepArgumentError as error:
