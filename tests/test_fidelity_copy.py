@@ -84,6 +84,10 @@ def retarget_symlink(project: Project) -> None:
     project.write_files({"app/current": Symlink("util.py")})
 
 
+def edit_packed_archive(project: Project) -> None:
+    project.write_files({"pack/bundle.tar": tar_bytes({"a.txt": b"one, edited\n"})})
+
+
 def edit_archive(project: Project) -> None:
     project.write_files({"bundle.tar": tar_bytes({"a.txt": b"one\n", "b.txt": b"two, edited\n"})})
 
@@ -233,6 +237,14 @@ SCENARIOS = [
         after=several("/out/a.txt", "/out/b.txt", "/out/other"),  # /dest/a.txt: "other"
         misses=0,
         maybes=2,
+    ),
+    Scenario(
+        # BuildKit unpacks an archive ADD names itself, not one inside a directory it adds.
+        name="an archive inside an added directory is edited",
+        before="""app = BASE.add(src.dir("pack"), "/pack/").run("ls -1 /pack > /all")""",
+        files={"pack/bundle.tar": tar_bytes({"a.txt": b"one\n"}), "pack/n.txt": "n\n"},
+        edit=edit_packed_archive,
+        misses=2,
     ),
     Scenario(
         name="archive added with ADD is edited",

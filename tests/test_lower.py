@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import tarfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -312,6 +313,26 @@ def test_values_with_line_breaks_are_refused_with_the_step_location() -> None:
     assert caught.value.location is not None
     assert caught.value.location.file == __file__
     assert caught.value.instruction.startswith("ENV GREETING=")
+
+
+def test_an_add_of_several_sources_naming_an_archive_is_refused(tmp_path: Path) -> None:
+    """``ADD a bundle.tar /d/``: BuildKit unpacks the archive; the lowering copies several
+    sources as one staged directory, which unpacks nothing, so it refuses (naming the
+    archive) rather than write an ADD that means something else. An archive inside an added
+    directory is copied as it is by BuildKit too, and lowers."""
+    (tmp_path / "pack").mkdir()
+    (tmp_path / "a").write_text("a\n")
+    with tarfile.open(tmp_path / "bundle.tar", "w") as archive:
+        archive.add(tmp_path / "a", arcname="inner")
+    (tmp_path / "pack" / "bundle.tar").write_bytes((tmp_path / "bundle.tar").read_bytes())
+    src = dsl.context(tmp_path)
+    several = api.plan(dsl.image(BUSYBOX).add(src.select("a", "bundle.tar"), "/d/"), "s")
+    with pytest.raises(LoweringError) as caught:
+        lower_to_dockerfile(several)
+    assert "ADD bundle.tar" in str(caught.value)
+    assert "unpacks nothing" in str(caught.value)
+    whole = api.plan(dsl.image(BUSYBOX).add(src.dir("pack"), "/p/"), "s")
+    assert "ADD " in lower_to_dockerfile(whole).text
 
 
 def test_copy_sources_name_content_digests(src_dir: Path) -> None:

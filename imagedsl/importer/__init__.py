@@ -23,7 +23,8 @@ from imagedsl.importer._translate import DockerfileImportError, Statement, Trans
 
 __all__ = ["DockerfileImportError", "import_dockerfile", "translate_text"]
 
-_DIRECTIVE: Final = re.compile(r"#\s*([A-Za-z]+)\s*=\s*(.*?)\s*\Z")
+#: BuildKit's: a directive has a value (``# syntax=`` is a comment, and ends the directives).
+_DIRECTIVE: Final = re.compile(r"#\s*([A-Za-z][A-Za-z0-9]*)\s*=\s*(.+?)\s*\Z")
 
 
 def import_dockerfile(
@@ -76,15 +77,15 @@ def translate_text(
     """The build.py for a Dockerfile's text."""
     # BuildKit skips a UTF-8 byte order mark (parser directives may follow it).
     text = text.removeprefix("\ufeff")
+    lines = text.splitlines()
+    directives, first = _directives(lines)
     try:
-        parsed = dockerfile.parse_string(text)
+        parsed = dockerfile.parse_string(_check_last(text, lines, first))
     except dockerfile.GoParseError as error:
         line = _error_line(str(error)) or _failing_line(text)
         raise DockerfileImportError(file, line, str(error)) from None
     # Instructions are case-insensitive (the parser keeps them as written).
     commands = [c._replace(cmd=c.cmd.upper()) for c in parsed]
-    lines = text.splitlines()
-    directives, first = _directives(lines)
     escape = "`" if directives.get("escape") == "`" else "\\"
     comments = _comments(lines, commands, first)
     translator = Translator(file, context_dir or Path("."), context_path, escape, ignore)
@@ -129,6 +130,19 @@ def _failing_line(text: str) -> int:
             continue
         return end + 1
     return 1
+
+
+def _check_last(text: str, lines: list[str], first: int) -> str:
+    """``text`` with its ``# check=`` directives after the other directives: the parser used
+    here (BuildKit 0.12's) knows no ``check`` and would stop reading directives there, so an
+    ``# escape=`` after it would not join lines as today's BuildKit, and this importer, do."""
+    checks = [
+        line for line in lines[:first] if line.strip()[1:].strip().lower().startswith("check")
+    ]
+    if not checks:
+        return text
+    others = [line for line in lines[:first] if line not in checks]
+    return "\n".join([*others, *checks, *lines[first:]]) + "\n"
 
 
 def _directives(lines: list[str]) -> tuple[dict[str, str], int]:

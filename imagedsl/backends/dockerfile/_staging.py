@@ -34,6 +34,8 @@ from typing import Final
 import attrs
 import blake3
 
+from imagedsl.backends.dockerfile._words import Unspellable
+from imagedsl.contexts import ContextSource
 from imagedsl.errors import ContextError, EnvironmentFailure
 from imagedsl.store import atomic_write
 from imagedsl.treehash import ContextChangedError, TreeEntry
@@ -303,3 +305,19 @@ def _remove(path: Path) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def no_archive_among(staged: StagedTree, source: ContextSource) -> None:
+    """An ADD written as a copy of one staged directory unpacks nothing: refuse one whose
+    sources name an archive themselves (BuildKit would unpack it)."""
+    # Here, not at the top: only an ADD of several files needs the OCI backend's reader.
+    from imagedsl.backends.oci.copy_entries import is_archive, names_itself
+
+    for entry in staged.entries:
+        host = os.path.join(staged.root, entry.source)
+        if entry.type == "file" and names_itself(source, entry.source) and is_archive(host):
+            raise Unspellable(
+                f"ADD {entry.source}",
+                "is an archive ADD unpacks, among other sources: the docker backend copies "
+                "several sources as one directory, which unpacks nothing; add it on its own",
+            )

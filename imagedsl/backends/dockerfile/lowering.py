@@ -45,6 +45,7 @@ import attrs
 
 from imagedsl.backends.dockerfile._staging import (
     StagedTree,
+    no_archive_among,
     tree_name,
     write_tree,
 )
@@ -799,6 +800,8 @@ class _Lowerer:
         )
         if single and by_name and not _GLOB_CHARS.search(entries[0].placed):
             return f"{staged.name}/{entries[0].placed}"
+        if isinstance(step, Add) and isinstance(step.source, ContextSource):
+            no_archive_among(staged, step.source)
         return f"{staged.name}/"
 
     def _bind_source(self, source: ContextSource, tree: Tree) -> str:

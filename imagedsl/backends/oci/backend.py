@@ -41,6 +41,7 @@ from imagedsl.backends.oci.copy_entries import (
     context_entries,
     inline_entry,
     is_archive,
+    names_itself,
     needed_contents,
     resolve_owner,
     select_from_stage_paths,
@@ -746,7 +747,7 @@ class _Build:
         for tree in node.trees:
             for item in tree.entries:
                 host = os.path.join(root, item.source)
-                if item.type == "file" and is_archive(host):
+                if item.type == "file" and names_itself(source, item.source) and is_archive(host):
                     entries.extend(archive_entries(host, placement, self._spool, "ADD"))
                 else:
                     plain.append(item)
