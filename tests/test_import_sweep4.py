@@ -244,3 +244,17 @@ def test_an_exec_form_healthcheck_stays_exec_form(tmp_path: Path) -> None:
     config: dict[str, object] = {}
     apply_config_step(config, plan.steps[-1].node.step, plan.steps[-1].node.state, cmd_set=False)
     assert config["Healthcheck"] == {"Test": ["CMD", "/bin/sh", "-c", "exit 0 "]}
+
+
+def test_directives_are_read_as_buildkit_reads_them(tmp_path: Path) -> None:
+    """``# syntax=`` with no value is a comment, which ends the directives (the ``#
+    escape=`` after it is a comment too: ``a`$b`` is ``a`` then ``$b``); ``# escape=``
+    after ``# check=`` is a directive, for the words and for joining lines alike."""
+    _, plan = _load(tmp_path, "# syntax=\n# escape=`\nFROM scratch\nENV P=a`$b\n")
+    assert _env(plan) == {"P": "a`"}
+    _, plan = _load(
+        tmp_path, "# check=skip=all\n# escape=`\nFROM scratch\nENV Q=x`$y\nRUN echo a `\n  b\n"
+    )
+    run = plan.steps[-1].node.step
+    assert _env(plan) == {"Q": "x$y"}
+    assert getattr(run, "command", None) == ("echo a   b",)
