@@ -838,7 +838,7 @@ class Translator:
                 args += (Atom(str(int(group))),)
             if str(int(name)) == name and (not sep or str(int(group)) == group):
                 return [Call("user", args)]
-        if sep and ":" not in group and name and group:
+        if sep and ":" not in group and name and group and "${" not in name:  # ${U:-x}
             return [Call("user", (_string(name), _string(group)))]
         return [Call("user", (_string(user),))]
 
