@@ -210,3 +210,17 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
             out.append(re.escape(char))
         i += 1
     return re.compile("".join(out) + r"\Z")
+
+
+def names_itself(source: ContextSource, path: str) -> bool:
+    """Whether a selector of ``source`` names the context file ``path`` itself (its path, or a
+    wildcard matching it), not a directory holding it: ADD unpacks only such an archive, as
+    BuildKit does (an archive inside a copied directory is copied as it is)."""
+    for selector in source.selectors:
+        if selector.kind == "glob":
+            depth = selector.path.count("/")
+            if path.count("/") == depth and glob_regex(selector.path).match(path):
+                return True
+        elif path == selector.path.strip("/"):
+            return True
+    return False

@@ -84,6 +84,10 @@ def retarget_symlink(project: Project) -> None:
     project.write_files({"app/current": Symlink("util.py")})
 
 
+def edit_lone_file(project: Project) -> None:
+    project.write_files({"one/x": "x, edited\n"})
+
+
 def edit_packed_archive(project: Project) -> None:
     project.write_files({"pack/bundle.tar": tar_bytes({"a.txt": b"one, edited\n"})})
 
@@ -237,6 +241,15 @@ SCENARIOS = [
         after=several("/out/a.txt", "/out/b.txt", "/out/other"),  # /dest/a.txt: "other"
         misses=0,
         maybes=2,
+    ),
+    Scenario(
+        # A directory holding one file stays a directory; its one archive stays packed.
+        name="a directory holding one file is added, and the file edited",
+        before="""app = BASE.add(src.dir("one"), "/added").add(src.dir("pk"), "/d/")"""
+        """.run("find /added /d -type f | sort > /all")""",
+        files={"one/x": "x\n", "pk/plain.tar": tar_bytes({"in.txt": b"in\n"})},
+        edit=edit_lone_file,
+        misses=3,
     ),
     Scenario(
         # BuildKit unpacks an archive ADD names itself, not one inside a directory it adds.

@@ -61,7 +61,7 @@ from imagedsl.backends.dockerfile._words import (
     shell_form_is_exact,
 )
 from imagedsl.buildstate import DEFAULT_SHELL, BuildState
-from imagedsl.contexts import ContextSource
+from imagedsl.contexts import ContextSource, names_itself
 from imagedsl.errors import InputError, SourceLocation
 from imagedsl.steps import (
     INLINE_FILE_NAME,
@@ -792,12 +792,13 @@ class _Lowerer:
                 )
             return f"{staged.name}/{staged.file_name}"
         single = len(entries) == 1 and entries[0].type == "file" and "/" not in entries[0].placed
-        # ADD unpacks a local archive only when its source is the file itself.
-        by_name = (
-            isinstance(step, Add)
-            or dest.endswith("/")
-            or posixpath.basename(dest.rstrip("/")) in (".", "..")
-        )
+        # ADD unpacks a local archive only when its source is the file itself (one a selector
+        # names: the one file of an added directory is copied into it, as it is).
+        if isinstance(step, Add):
+            source = step.source
+            by_name = isinstance(source, ContextSource) and names_itself(source, entries[0].source)
+        else:
+            by_name = dest.endswith("/") or posixpath.basename(dest.rstrip("/")) in (".", "..")
         if single and by_name and not _GLOB_CHARS.search(entries[0].placed):
             return f"{staged.name}/{entries[0].placed}"
         if isinstance(step, Add) and isinstance(step.source, ContextSource):

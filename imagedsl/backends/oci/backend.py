@@ -41,7 +41,6 @@ from imagedsl.backends.oci.copy_entries import (
     context_entries,
     inline_entry,
     is_archive,
-    names_itself,
     needed_contents,
     resolve_owner,
     select_from_stage_paths,
@@ -67,7 +66,7 @@ from imagedsl.backends.oci.outputs import (
 from imagedsl.backends.oci.triggers import parse_trigger
 from imagedsl.backends.oci.writer import LayerWriter, ParentFactory
 from imagedsl.buildstate import BuildState
-from imagedsl.contexts import ContextSource
+from imagedsl.contexts import ContextSource, names_itself
 from imagedsl.engine_api import LocalImages
 from imagedsl.errors import ImageDSLError
 from imagedsl.oci.annotations import BASE_DIGEST, BASE_NAME, CREATED

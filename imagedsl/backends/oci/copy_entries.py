@@ -33,7 +33,7 @@ from imagedsl.backends.oci.filesystem import (
     lookup_id,
 )
 from imagedsl.backends.oci.layer import LayerEntry, LayerError, Xattrs
-from imagedsl.contexts import ContextSource, glob_regex
+from imagedsl.contexts import glob_regex
 from imagedsl.errors import InputError
 from imagedsl.steps import GLOB_CHARS, INLINE_FILE_NAME
 from imagedsl.treehash import Row, Tree, TreeEntry
@@ -243,20 +243,6 @@ def _read_symlink(host: str, item: TreeEntry) -> str:
 
 
 # -- ADD -------------------------------------------------------------------------------------
-
-
-def names_itself(source: ContextSource, path: str) -> bool:
-    """Whether a selector of ``source`` names the context file ``path`` itself (its path, or a
-    wildcard matching it), not a directory holding it: ADD unpacks only such an archive, as
-    BuildKit does (an archive inside a copied directory is copied as it is)."""
-    for selector in source.selectors:
-        if selector.kind == "glob":
-            depth = selector.path.count("/")
-            if path.count("/") == depth and glob_regex(selector.path).match(path):
-                return True
-        elif path == selector.path.strip("/"):
-            return True
-    return False
 
 
 def is_archive(path: str) -> bool:
