@@ -188,6 +188,30 @@ def test_duplicates_refused_unless_equal() -> None:
     assert caught.value.path == "d"
 
 
+def test_a_hard_link_comes_after_the_file_it_names() -> None:
+    """An archive's ``x/a`` linked to its ``x/b`` (ADD of ``tar cf t.tar b a`` after ``ln b
+    a``): sorted by name the link came first, and ``docker load`` (and the next RUN's reading
+    of the layer) refused it. The link now follows its file; other entries keep their order,
+    whatever order they came in."""
+    entries = [
+        LayerEntry(path="x/a", kind="hardlink", linkname="x/b"),
+        LayerEntry(path="x/b", kind="file", source=b"data\n", size=5),
+        LayerEntry(path="x/c", kind="file", source=b"", size=0),
+        LayerEntry(path="w", kind="hardlink", linkname="x/c"),
+    ]
+    expected = ["x", "x/b", "x/a", "x/c", "w"]
+    assert [e.path for e in arrange(entries)] == expected
+    assert [e.path for e in arrange(entries[::-1])] == expected
+    buffer = io.BytesIO()
+    stream = LayerStream(buffer, "none", threaded=False)
+    write_tar(arrange(entries), stream, mtime=0)
+    stream.finish()
+    buffer.seek(0)
+    with tarfile.open(fileobj=buffer) as archive:
+        names = [(m.name, m.linkname) for m in archive]
+    assert names[1:3] == [("x/b", ""), ("x/a", "x/b")]
+
+
 @pytest.mark.parametrize("path", ["/abs", "a/../b", "./a", "a//b", ""])
 def test_unclean_paths_refused(path: str) -> None:
     """Absolute, ``..``, ``.`` and empty components never reach a layer."""

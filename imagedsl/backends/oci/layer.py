@@ -209,7 +209,27 @@ def arrange(
         file_name = name.rstrip("/")
         if name.endswith("/") and file_name in by_name:
             raise LayerError(file_name, "is both a directory and a non-directory")
-    return [by_name[name] for name in sorted(by_name, key=sort_key)]
+    return _links_after_targets([by_name[name] for name in sorted(by_name, key=sort_key)])
+
+
+def _links_after_targets(entries: list[LayerEntry]) -> list[LayerEntry]:
+    """``entries`` with each hard link after the file it names, when that file sorts after
+    it (an archive's ``a`` linked to its ``b``): a reader makes the link from a file already
+    written (``docker load`` fails otherwise). The order is still fixed by the entries."""
+    at = {entry.path: i for i, entry in enumerate(entries)}
+    late = [e for i, e in enumerate(entries) if e.kind == "hardlink" and at.get(e.linkname, -1) > i]
+    if not late:
+        return entries
+    waiting: dict[str, list[LayerEntry]] = {}
+    for entry in late:
+        waiting.setdefault(entry.linkname, []).append(entry)
+    moved = {id(entry) for entry in late}
+    out: list[LayerEntry] = []
+    for entry in entries:
+        if id(entry) not in moved:
+            out.append(entry)
+            out.extend(waiting.pop(entry.path, ()))
+    return out
 
 
 # -- tar headers -----------------------------------------------------------------------------
