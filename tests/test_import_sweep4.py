@@ -258,3 +258,13 @@ def test_directives_are_read_as_buildkit_reads_them(tmp_path: Path) -> None:
     run = plan.steps[-1].node.step
     assert _env(plan) == {"Q": "x$y"}
     assert getattr(run, "command", None) == ("echo a   b",)
+
+
+def test_a_source_climbing_out_of_the_context_is_read_from_its_root(tmp_path: Path) -> None:
+    """``COPY ../a.txt /up/``: BuildKit reads sources from the context's root, which ``..``
+    cannot leave (``a.txt``); before, the build.py named ``../a.txt`` and failed to load."""
+    text, plan = _load(tmp_path, "FROM scratch\nCOPY ../a.txt /up/\n", ("a.txt",))
+    assert 'src.file("a.txt")' in text
+    step = plan.steps[-1].node.step
+    assert isinstance(step, Copy)
+    assert [e.placed for e in plan.steps[-1].node.trees[0].entries] == ["a.txt"]

@@ -38,6 +38,7 @@ from imagedsl.importer._words import (
     WordError,
     has_variable,
     heredoc_text,
+    in_context,
     mount_fields,
     read_word,
     split_template,
@@ -640,6 +641,7 @@ class Translator:
         expands it with the stage's ARG and ENV values, as BuildKit does)."""
         del what
         self.uses_context = True
+        sources = [in_context(s) for s in sources]
         if len(sources) > 1:
             return Call("src.select", tuple(_string(s) for s in sources))
         source = sources[0]

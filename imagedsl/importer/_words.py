@@ -9,6 +9,7 @@ and keeping each expression as written; a ``$`` that the Dockerfile quoted or es
 
 from __future__ import annotations
 
+import posixpath
 import re
 from typing import Final
 
@@ -182,3 +183,12 @@ def mount_fields(spec: str) -> list[str]:
             current.append(char)
     fields.append("".join(current))
     return [f for f in fields if f]
+
+
+def in_context(source: str) -> str:
+    """A context path as BuildKit reads it: from the context's root, which ``..`` cannot
+    leave (``../a.txt`` is ``a.txt``); a trailing slash is kept (it says "directory")."""
+    if has_variable(source) or ".." not in source.split("/"):
+        return source
+    clean = posixpath.normpath("/" + source).lstrip("/") or "."
+    return clean + "/" if source.endswith("/") and clean != "." else clean
