@@ -156,6 +156,16 @@ SCENARIOS = [
         misses=3,
     ),
     Scenario(
+        # BuildKit keeps a stage's owners in a COPY --from without --chown.
+        name="copy from a stage of files another user owns, whose output changes",
+        before=TOOL.format(extra=" && chown -R 3:4 /out")
+        + """app = BASE.copy(tool.path("/out"), "/tools/").run("stat -c '%u:%g %n' /tools/* > /c")""",
+        after=TOOL.format(extra=" && echo v2 >> /out/tool.txt && chown -R 3:4 /out")
+        + """app = BASE.copy(tool.path("/out"), "/tools/").run("stat -c '%u:%g %n' /tools/* > /c")""",
+        misses=1,
+        maybes=2,
+    ),
+    Scenario(
         name="copy from a stage rebuilt with identical output",
         before=TOOL.format(extra="")
         + """app = BASE.copy(tool.path("/out/tool.txt"), "/tool.txt").run("cat /tool.txt > /copied")""",

@@ -803,7 +803,7 @@ class _Build:
         )
         contents = self._read_contents(source_fs, source_state.layers, needed_contents(files))
         placement = self._placement_from(node, lower, single)
-        entries, tree = stage_entries(files, contents, placement)
+        entries, tree = stage_entries(files, contents, placement, keep_owners=step.chown is None)
         return entries, tree, placement
 
     def _placement_from(self, node: StepNode, lower: Filesystem, single: bool) -> Placement:

@@ -467,21 +467,25 @@ def stage_entries(
     files: Sequence[StageFile],
     contents: Mapping[str, Path],
     placement: Placement,
+    *,
+    keep_owners: bool = False,
 ) -> tuple[list[LayerEntry], Tree]:
     """Entries for files taken from a stage, and the tree digest of what was placed.
 
-    Owners become root (or ``chown``), modes are kept (or ``chmod``), and so are the
-    extended attributes a layer carries (file capabilities, ACLs, ``user.*``), which the
-    tree digest then covers. A hard link stays a hard link when its target is copied too,
-    else it becomes a copy of the target's bytes (and attributes).
+    Owners are kept (``keep_owners``: no ``--chown``, as BuildKit keeps them) or become
+    ``chown``'s; modes are kept (or ``chmod``), and so are the extended attributes a layer
+    carries (file capabilities, ACLs, ``user.*``). The tree digest covers all of these but
+    the owners, which BuildKit's content key leaves out too. A hard link stays a hard link when its target is copied too, else it becomes a copy of
+    the target's bytes (and attributes).
     """
     placed_of = {f.source: f.placed for f in files}
     files_by_source = {f.source: f for f in files}
     entries: list[LayerEntry] = []
     rows: list[Row] = []
-    owner, chmod = placement.owner, placement.chmod
+    chmod = placement.chmod
     for item in files:
         entry = item.entry
+        owner = Owner(uid=entry.uid, gid=entry.gid) if keep_owners else placement.owner
         path = placement.target(item.placed, item.name or posixpath.basename(item.source))
         mode = entry.mode if chmod is None or entry.kind == "symlink" else chmod
         xattrs = entry.xattrs
