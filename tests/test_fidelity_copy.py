@@ -270,6 +270,15 @@ SCENARIOS = [
         misses=2,
     ),
     Scenario(
+        # Docker 20.10's BuildKit unpacks an archive with its own owners, --chown or not.
+        name="archive added with ADD --chown is edited",
+        before="""app = BASE.add(src.file("bundle.tar"), "/bundle/", chown="10:20")"""
+        """.run("stat -c '%u:%g %n' /bundle/* > /owners")""",
+        files={"bundle.tar": tar_bytes({"a.txt": b"one\n", "b.txt": b"two\n"})},
+        edit=edit_archive,
+        misses=2,
+    ),
+    Scenario(
         name="archive added with ADD is edited",
         before="""app = BASE.add(src.file("bundle.tar"), "/bundle/").run("cat /bundle/*.txt > /all")""",
         files={"bundle.tar": tar_bytes({"a.txt": b"one\n", "b.txt": b"two\n"})},

@@ -280,7 +280,6 @@ def _archive_entries(
     path: str, placement: Placement, spool: Callable[[], Path], step: str
 ) -> list[LayerEntry]:
     entries: list[LayerEntry] = []
-    owner, chown = placement.owner, placement.owner != Owner()
     seen: dict[str, LayerEntry] = {}
     with tarfile.open(path, "r:*") as archive:
         for member in archive:
@@ -291,7 +290,8 @@ def _archive_entries(
             if not name:
                 continue
             target = placement.target(name, name)
-            uid, gid = (owner.uid, owner.gid) if chown else (member.uid, member.gid)
+            # The archive's owners, --chown or not, as the engine's BuildKit unpacks it.
+            uid, gid = member.uid, member.gid
             mode = member.mode & 0o7777
             entry: LayerEntry
             if member.isdir():
