@@ -136,9 +136,7 @@ def _check_last(text: str, lines: list[str], first: int) -> str:
     """``text`` with its ``# check=`` directives after the other directives: the parser used
     here (BuildKit 0.12's) knows no ``check`` and would stop reading directives there, so an
     ``# escape=`` after it would not join lines as today's BuildKit, and this importer, do."""
-    checks = [
-        line for line in lines[:first] if line.strip()[1:].strip().lower().startswith("check")
-    ]
+    checks = [line for line in lines[:first] if _directive(line)[0] == "check"]
     if not checks:
         return text
     others = [line for line in lines[:first] if line not in checks]
@@ -149,11 +147,17 @@ def _directives(lines: list[str]) -> tuple[dict[str, str], int]:
     """Parser directives at the top of the file, and the index of the first other line."""
     found: dict[str, str] = {}
     for index, line in enumerate(lines):
-        match = _DIRECTIVE.match(line.strip())
-        if match is None or match.group(1).lower() not in ("syntax", "escape", "check"):
+        name, value = _directive(line)
+        if name not in ("syntax", "escape", "check"):
             return found, index
-        found[match.group(1).lower()] = match.group(2)
+        found[name] = value
     return found, len(lines)
+
+
+def _directive(line: str) -> tuple[str, str]:
+    """(lower-cased name, value) of the directive ``line`` is written as; ("", "") if none."""
+    match = _DIRECTIVE.match(line.strip())
+    return ("", "") if match is None else (match.group(1).lower(), match.group(2))
 
 
 def _comments(lines: list[str], commands: Any, first: int) -> dict[int, list[str]]:

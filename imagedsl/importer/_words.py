@@ -9,10 +9,10 @@ and keeping each expression as written; a ``$`` that the Dockerfile quoted or es
 
 from __future__ import annotations
 
-import posixpath
 import re
 from typing import Final
 
+from imagedsl._validate import clean_container_path
 from imagedsl.buildstate import split_expressions
 from imagedsl.importer._special import ExpressionError, check_braced, empty_parameter_end
 
@@ -157,9 +157,9 @@ def heredoc_text(body: str) -> str:
     ``$(`` is literal, and special and positional parameters (``$@``) expand to nothing. A
     body that names a variable is a :class:`WordError`: an inline file is not expanded."""
     word = read_word(body, "\\", quotes=False)
-    found = re.search(r"(?<!\\)\$(?:\{[^}]*\}?|[A-Za-z_][A-Za-z0-9_]*)", word)
-    if found is not None:
-        raise WordError(f"expands {found[0]} in the file")
+    expression = next((e for _, e in split_template(word) if e), None)
+    if expression is not None:
+        raise WordError(f"expands {expression} in the file")
     return word.replace("\\$", "$")  # imagedsl's escaped "$", literal in an inline file
 
 
@@ -190,5 +190,5 @@ def in_context(source: str) -> str:
     leave (``../a.txt`` is ``a.txt``); a trailing slash is kept (it says "directory")."""
     if has_variable(source) or ".." not in source.split("/"):
         return source
-    clean = posixpath.normpath("/" + source).lstrip("/") or "."
+    clean = clean_container_path("/" + source).lstrip("/") or "."
     return clean + "/" if source.endswith("/") and clean != "." else clean

@@ -35,7 +35,7 @@ import attrs
 import blake3
 
 from imagedsl.backends.dockerfile._words import Unspellable
-from imagedsl.contexts import ContextSource, names_itself
+from imagedsl.contexts import ContextSource
 from imagedsl.errors import ContextError, EnvironmentFailure
 from imagedsl.store import atomic_write
 from imagedsl.treehash import ContextChangedError, TreeEntry
@@ -311,11 +311,10 @@ def no_archive_among(staged: StagedTree, source: ContextSource) -> None:
     """An ADD written as a copy of one staged directory unpacks nothing: refuse one whose
     sources name an archive themselves (BuildKit would unpack it)."""
     # Here, not at the top: only an ADD of several files needs the OCI backend's reader.
-    from imagedsl.backends.oci.copy_entries import is_archive
+    from imagedsl.backends.oci.copy_entries import unpacked_by_add
 
     for entry in staged.entries:
-        host = os.path.join(staged.root, entry.source)
-        if entry.type == "file" and names_itself(source, entry.source) and is_archive(host):
+        if unpacked_by_add(staged.root, source, entry):
             raise Unspellable(
                 f"ADD {entry.source}",
                 "is an archive ADD unpacks, among other sources: the docker backend copies "

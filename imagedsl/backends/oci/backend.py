@@ -40,11 +40,11 @@ from imagedsl.backends.oci.copy_entries import (
     chmod_bits,
     context_entries,
     inline_entry,
-    is_archive,
     needed_contents,
     resolve_owner,
     select_from_stage_paths,
     stage_entries,
+    unpacked_by_add,
     url_entry,
 )
 from imagedsl.backends.oci.filesystem import Filesystem, read_members
@@ -66,7 +66,7 @@ from imagedsl.backends.oci.outputs import (
 from imagedsl.backends.oci.triggers import parse_trigger
 from imagedsl.backends.oci.writer import LayerWriter, ParentFactory
 from imagedsl.buildstate import BuildState
-from imagedsl.contexts import ContextSource, names_itself
+from imagedsl.contexts import ContextSource
 from imagedsl.engine_api import LocalImages
 from imagedsl.errors import ImageDSLError
 from imagedsl.oci.annotations import BASE_DIGEST, BASE_NAME, CREATED
@@ -745,8 +745,8 @@ class _Build:
         entries: list[LayerEntry] = []
         for tree in node.trees:
             for item in tree.entries:
-                host = os.path.join(root, item.source)
-                if item.type == "file" and names_itself(source, item.source) and is_archive(host):
+                if unpacked_by_add(root, source, item):
+                    host = os.path.join(root, item.source)
                     entries.extend(archive_entries(host, placement, self._spool, "ADD"))
                 else:
                     plain.append(item)

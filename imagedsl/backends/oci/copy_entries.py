@@ -33,7 +33,7 @@ from imagedsl.backends.oci.filesystem import (
     lookup_id,
 )
 from imagedsl.backends.oci.layer import LayerEntry, LayerError, Xattrs
-from imagedsl.contexts import glob_regex
+from imagedsl.contexts import ContextSource, glob_regex, names_itself
 from imagedsl.errors import InputError
 from imagedsl.steps import GLOB_CHARS, INLINE_FILE_NAME
 from imagedsl.treehash import Row, Tree, TreeEntry
@@ -243,6 +243,16 @@ def _read_symlink(host: str, item: TreeEntry) -> str:
 
 
 # -- ADD -------------------------------------------------------------------------------------
+
+
+def unpacked_by_add(root: str, source: ContextSource, entry: TreeEntry) -> bool:
+    """Whether ADD unpacks a context entry: a file a selector names itself
+    (:func:`~imagedsl.contexts.names_itself`) that is an archive (:func:`is_archive`)."""
+    return (
+        entry.type == "file"
+        and names_itself(source, entry.source)
+        and is_archive(os.path.join(root, entry.source))
+    )
 
 
 def is_archive(path: str) -> bool:
@@ -475,8 +485,9 @@ def stage_entries(
     Owners are kept (``keep_owners``: no ``--chown``, as BuildKit keeps them) or become
     ``chown``'s; modes are kept (or ``chmod``), and so are the extended attributes a layer
     carries (file capabilities, ACLs, ``user.*``). The tree digest covers all of these but
-    the owners, which BuildKit's content key leaves out too. A hard link stays a hard link when its target is copied too, else it becomes a copy of
-    the target's bytes (and attributes).
+    the owners, which BuildKit's content key leaves out too. A hard link stays a hard link
+    when its target is copied too, else it becomes a copy of the target's bytes (and
+    attributes).
     """
     placed_of = {f.source: f.placed for f in files}
     files_by_source = {f.source: f for f in files}

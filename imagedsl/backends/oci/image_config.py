@@ -74,13 +74,13 @@ def apply_config_step(
             volumes[expand(path, variables)] = {}
         config["Volumes"] = volumes
     elif isinstance(step, StopSignal):
-        config["StopSignal"] = step.signal
-        if is_template(step.signal):  # checked once expanded, as BuildKit checks it
-            signal = expand(step.signal, variables)
+        signal = step.signal
+        if is_template(signal):  # checked once expanded, as BuildKit checks it
             try:
-                config["StopSignal"] = parse_signal("STOPSIGNAL", signal)
+                signal = parse_signal("STOPSIGNAL", expand(signal, variables))
             except StepArgumentError as error:
                 raise error.with_location(step.location) from None
+        config["StopSignal"] = signal
     elif isinstance(step, Shell):
         config["Shell"] = list(step.command)
     elif isinstance(step, Healthcheck):
