@@ -36,9 +36,12 @@ from imagedsl.importer._mountopts import MountOptionError, ram_in_bytes, secret_
 from imagedsl.importer._platform import PlatformError, from_platform
 from imagedsl.importer._words import (
     WordError,
+    defaults_to_itself,
     has_variable,
     heredoc_text,
     in_context,
+    is_git,
+    is_url,
     mount_fields,
     read_word,
     split_template,
@@ -71,15 +74,6 @@ _NEEDS_ARGUMENTS: Final = frozenset(
         "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
     }
 )  # fmt: skip
-
-
-def _defaults_to_itself(name: str, default: str) -> bool:
-    """Whether a global ``ARG NAME=default`` of an automatic ARG keeps the value the build
-    gives it: ``$NAME``, ``${NAME}``, ``${NAME:-x}`` or ``${NAME-x}``. BuildKit expands the
-    default with the automatic value, which is never empty, so only these change nothing
-    (any other default replaces the platform's value)."""
-    pattern = rf"\$(?:{name}|\{{{name}(?::?-[^${{}}]*)?\}})"
-    return re.fullmatch(pattern, default.removeprefix('"').removesuffix('"')) is not None
 
 
 @attrs.define
@@ -140,6 +134,10 @@ class _Stage:
     platform: str | None = None
     #: The line of the stage's first ONBUILD, if it has one.
     onbuild_line: int | None = None
+    #: Whether the build.py chain holds a CMD (set here or in a stage this one continues).
+    chain_cmd: bool = False
+    #: Whether this Dockerfile stage has set CMD itself.
+    own_cmd: bool = False
 
 
 @attrs.define
@@ -279,7 +277,7 @@ class Translator:
         for i, item in enumerate(command.value):
             name, eq, default = item.partition("=")
             if name in AUTOMATIC_ARGS:
-                if eq and not _defaults_to_itself(name, default):
+                if eq and not defaults_to_itself(name, default):
                     raise _Refused(f"ARG {name} is set by the build from its platform")
                 continue  # declaring an automatic ARG globally changes nothing
             # BuildKit takes any name (``ARG BASE # note`` declares "#" too); one that no
@@ -392,6 +390,10 @@ class Translator:
         workdir = parent.workdir if parent is not None else "/" if ref == "scratch" else None
         stage = _Stage(variable, name, Chain(head), command.start_line, shell, workdir)
         stage.platform = parent.platform if parent is not None else platform
+        if parent is not None:
+            stage.chain_cmd = parent.chain_cmd
+        elif isinstance(head, Call) and head.func == "dsl.from_stage":
+            stage.chain_cmd = any(s.chain_cmd for s in self.stages)  # any stage it may name
         return stage
 
     def _names_a_stage(self, template: str) -> bool:
@@ -697,20 +699,20 @@ class Translator:
                 raise _Refused("ADD --checksum of a heredoc: BuildKit refuses it too (no URL)")
             return [self._inline(command, raw_sources, dest, kwargs)]
         sources = [_word(s, self.escape) for s in raw_sources]
-        if not add and any(_is_url(s) or _is_git(s) for s in sources):
+        if not add and any(is_url(s) or is_git(s) for s in sources):
             raise _Refused("COPY of a URL: BuildKit refuses it too (ADD downloads)")
-        if any(_is_git(s) for s in sources):
+        if any(is_git(s) for s in sources):
             raise _Refused(f"{command.cmd} of a git repository has no equivalent in a build.py")
         if "checksum" in flags:
             if len(sources) == 1 and has_variable(sources[0]):
                 raise _Refused(f"ADD --checksum of {sources[0]}: a build.py writes its URL out")
-            if len(sources) != 1 or not _is_url(sources[0]):
+            if len(sources) != 1 or not is_url(sources[0]):
                 raise _Refused("ADD --checksum takes one URL")
             source: Expr = Call(
                 "dsl.url", (_string(sources[0]), ("checksum", _string(str(flags["checksum"]))))
             )
             return [Call(method, (source, _string(dest), *kwargs))]
-        if any(_is_url(s) for s in sources):
+        if any(is_url(s) for s in sources):
             raise _Refused(f"{command.cmd} of a URL without --checksum: pin it with a checksum")
         if "from" in flags:
             if add:
@@ -880,10 +882,17 @@ class Translator:
         return [Call(method, (_string(command.value[0]),))]
 
     def _i_cmd(self, command: Any) -> list[Call]:
+        self.current.chain_cmd = self.current.own_cmd = True
         return self._exec_or_shell(command, "cmd")
 
     def _i_entrypoint(self, command: Any) -> list[Call]:
-        return self._exec_or_shell(command, "entrypoint")
+        calls = self._exec_or_shell(command, "entrypoint")
+        if self.current.chain_cmd and not self.current.own_cmd:
+            # BuildKit drops a CMD this Dockerfile stage did not set; the build.py chain
+            # continues an earlier stage's, which an ENTRYPOINT keeps: reset it first.
+            self.current.chain_cmd = False
+            return [Call("cmd"), *calls]
+        return calls
 
     def _i_shell(self, command: Any) -> list[Call]:
         self._no_flags(command)
@@ -981,17 +990,3 @@ def _flags(
         else:
             out[key] = value if eq else ""
     return out
-
-
-def _is_url(source: str) -> bool:
-    return source.startswith(("http://", "https://"))
-
-
-def _is_git(source: str) -> bool:
-    """A git source of ADD, as BuildKit tells one: by its scheme (a local ``.git`` directory,
-    or ``repo.git``, is a path of the context). An http(s) URL's path must end in ``.git``;
-    its query (``?branch=main``) and fragment (``#ref``) are options of the clone."""
-    if source.startswith(("git@", "git://", "ssh://")):
-        return True
-    path = re.split(r"[?#]", source, maxsplit=1)[0]
-    return _is_url(source) and path.rstrip("/").endswith(".git")

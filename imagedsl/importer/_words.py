@@ -19,6 +19,15 @@ from imagedsl.importer._special import ExpressionError, check_braced, empty_para
 _NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+def defaults_to_itself(name: str, default: str) -> bool:
+    """Whether a global ``ARG NAME=default`` of an automatic ARG keeps the value the build
+    gives it: ``$NAME``, ``${NAME}``, ``${NAME:-x}`` or ``${NAME-x}``. BuildKit expands the
+    default with the automatic value, which is never empty, so only these change nothing
+    (any other default replaces the platform's value)."""
+    pattern = rf"\$(?:{name}|\{{{name}(?::?-[^${{}}]*)?\}})"
+    return re.fullmatch(pattern, default.removeprefix('"').removesuffix('"')) is not None
+
+
 class WordError(ValueError):
     """A word that BuildKit would refuse or that imagedsl cannot hold."""
 
@@ -192,3 +201,18 @@ def in_context(source: str) -> str:
         return source
     clean = clean_container_path("/" + source).lstrip("/") or "."
     return clean + "/" if source.endswith("/") and clean != "." else clean
+
+
+def is_url(source: str) -> bool:
+    """Whether a COPY/ADD source is a URL, as BuildKit tells one."""
+    return source.startswith(("http://", "https://"))
+
+
+def is_git(source: str) -> bool:
+    """A git source of ADD, as BuildKit tells one: by its scheme (a local ``.git`` directory,
+    or ``repo.git``, is a path of the context). An http(s) URL's path must end in ``.git``;
+    its query (``?branch=main``) and fragment (``#ref``) are options of the clone."""
+    if source.startswith(("git@", "git://", "ssh://")):
+        return True
+    path = re.split(r"[?#]", source, maxsplit=1)[0]
+    return is_url(source) and path.rstrip("/").endswith(".git")
