@@ -206,6 +206,17 @@ SCENARIOS = [
         """.copy(tool.path("/out/dir"), "/all").run("find /tools /all -exec stat -c '%n %F %s' {} + | sort > /copied")""",
     ),
     Scenario(
+        # BuildKit makes the destination of an empty directory (0755, the --chown owner);
+        # the OCI backend made nothing. Edit: the directory's mode in the stage changes.
+        name="copy from a stage of an empty directory",
+        before=TOOL.format(extra=" && mkdir -p /out/empty /e && chmod 700 /e")
+        + """app = BASE.copy(tool.path("/e"), "/made").copy(tool.path("/out/empty"), "/t/e/")"""
+        """.copy(tool.path("/e"), "/owned", chown="5:6").run("stat -c '%a %u %n' /made /t/e /owned > /c")""",
+        after=TOOL.format(extra=" && mkdir -p /out/empty /e && chmod 750 /e")
+        + """app = BASE.copy(tool.path("/e"), "/made").copy(tool.path("/out/empty"), "/t/e/")"""
+        """.copy(tool.path("/e"), "/owned", chown="5:6").run("stat -c '%a %u %n' /made /t/e /owned > /c")""",
+    ),
+    Scenario(
         name="copy from a stage with another owner",
         before=TOOL.format(extra="")
         + """app = BASE.copy(tool.path("/out"), "/tools", chown="3:3").run("stat -c '%u' /tools/tool.txt > /o")""",

@@ -40,6 +40,7 @@ from imagedsl.backends.oci.copy_entries import (
     chmod_bits,
     context_entries,
     inline_entry,
+    names_something,
     needed_contents,
     resolve_owner,
     select_from_stage_paths,
@@ -101,9 +102,10 @@ if TYPE_CHECKING:
     from imagedsl.reporting import Reporter
     from imagedsl.store import Store
 
-#: Bump when the bytes a step's layer gets could change for the same inputs (2: layers carry
-#: extended attributes; RUN layers made before may lack file capabilities).
-LAYER_FORMAT: Final = 2
+#: Bump when the bytes a step's layer gets could change for the same inputs (2: extended
+#: attributes; 3: COPY --from keeps owners and makes an empty directory, hard links follow
+#: their targets, ADD --chown keeps an archive's owners).
+LAYER_FORMAT: Final = 3
 DEFAULT_EPOCH: Final = 0
 COMPRESSION_ENV: Final = "IMAGEDSL_OCI_COMPRESSION"
 
@@ -804,6 +806,8 @@ class _Build:
         contents = self._read_contents(source_fs, source_state.layers, needed_contents(files))
         placement = self._placement_from(node, lower, single)
         entries, tree = stage_entries(files, contents, placement, keep_owners=step.chown is None)
+        if not files and placement.root and names_something(source_fs, step.source.paths):
+            entries = [placement.parent(placement.root)]  # an empty directory: BuildKit makes it
         return entries, tree, placement
 
     def _placement_from(self, node: StepNode, lower: Filesystem, single: bool) -> Placement:

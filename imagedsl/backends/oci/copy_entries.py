@@ -447,6 +447,11 @@ def select_from_stage_paths(
     return sorted(chosen.values(), key=lambda item: item.placed), False
 
 
+def names_something(fs: Filesystem, paths: Sequence[str]) -> bool:
+    """Whether ``COPY --from`` of ``paths`` names anything (a wildcard may match nothing)."""
+    return any(_stage_matches(fs, path) for path in paths)
+
+
 def _stage_matches(fs: Filesystem, path: str) -> list[tuple[str, str]]:
     """(name, path) of what one source path names: the path itself, or what its wildcards
     match (Go's ``filepath.Match`` per path element, sorted), each under its own name (a
