@@ -316,3 +316,37 @@ def test_base_triggers_run_under_both_backends(
     assert config["Cmd"] == ["/bin/sh", "-c", "cat /triggered"]  # set by a trigger: kept
     seen = docker_engine.run("run", "--rm", tags[1], "cat /seen /pwd /trig/pwd").stdout
     assert seen == "yes it was\n/trig\n/trig\n"
+
+
+@pytest.mark.parametrize("trigger", ["COPY . /app", "ADD data.tar /", "ARG VERSION"])
+def test_a_base_whose_triggers_read_outside_it_is_refused_by_both_backends(
+    docker_engine: DockerEngine, busybox_image: str, tags: tuple[str, str], tmp_path: Path,
+    trigger: str,
+) -> None:  # fmt: skip
+    """BuildKit would run the trigger against the docker backend's staged context (or a
+    --build-arg), which no key covers; before, that build went ahead and copied the staging
+    directory's digest-named trees. Both backends now refuse it, naming the base, the
+    trigger and the build.py line."""
+    base_tag = f"{tags[0]}-reads-outside"
+    docker_engine.run(
+        "build", "-q", "-t", base_tag, "-",
+        input=f"FROM {busybox_image}\nONBUILD {trigger}\n",
+    )  # fmt: skip
+    (tmp_path / "build.py").write_text(
+        f'import imagedsl as dsl\n\napp = dsl.image("{base_tag}").run("ls /")\n'
+    )
+    try:
+        for backend in ("docker", "oci"):
+            result = subprocess.run(
+                [sys.executable, "-m", "imagedsl", "build", "--backend", backend,
+                 "--store", str(tmp_path / "store"), "-t", tags[0], "build.py"],
+                capture_output=True, text=True, cwd=tmp_path, check=False, timeout=300,
+                env={**os.environ, **docker_engine.env},
+            )  # fmt: skip
+            assert result.returncode == 2, (backend, result.stderr)
+            assert f"ONBUILD {trigger}" in result.stderr, (backend, result.stderr)
+            assert base_tag in result.stderr, (backend, result.stderr)
+            assert "build.py:3" in result.stderr, (backend, result.stderr)  # the FROM's line
+    finally:
+        docker_engine.run("image", "rm", "--force", base_tag, check=False)
+    assert docker_engine.run("image", "inspect", tags[0], check=False).returncode != 0

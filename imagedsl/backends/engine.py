@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 import urllib.parse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -400,24 +400,38 @@ def _unix_get(socket_path: str, url: str, timeout: float = 5.0) -> bytes | None:
     return body
 
 
-def image_ids(engine: DockerEngine, names: Sequence[str]) -> list[str | None]:
-    """The image id each name (a tag or an id) has in the engine now, None where it has none:
-    over the engine's unix socket when it has one, else through the client."""
+def inspect_images(engine: DockerEngine, names: Sequence[str]) -> list[dict[str, Any] | None]:
+    """What the engine says of each image name (a tag or an id) now, None where it has no
+    such image: over the engine's unix socket when it has one, else through the client."""
     if engine.host is not None and engine.host.startswith("unix://"):
-        found: list[str | None] = []
+        found: list[dict[str, Any] | None] = []
         for name in names:
             answer = _unix_get(
                 engine.host.removeprefix("unix://"),
                 f"/images/{urllib.parse.quote(name, safe='/:@')}/json",
             )
             try:
-                value = None if answer is None else json.loads(answer).get("Id")
-            except (ValueError, AttributeError):
+                value = None if answer is None else json.loads(answer)
+            except ValueError:
                 value = None
-            found.append(value if isinstance(value, str) else None)
+            found.append(value if isinstance(value, dict) else None)
         return found
-    result = engine.run("image", "inspect", "--format", "{{.Id}}", *names, check=False)
-    lines = result.stdout.split()
-    return (
-        list(lines) if result.returncode == 0 and len(lines) == len(names) else [None] * len(names)
-    )
+    result = engine.run("image", "inspect", *names, check=False)
+    try:
+        listed = json.loads(result.stdout or "[]")
+    except ValueError:
+        listed = None
+    if result.returncode == 0 and isinstance(listed, list) and len(listed) == len(names):
+        return [item if isinstance(item, dict) else None for item in listed]
+    if len(names) > 1:  # some are missing: ask for each
+        return [inspect_images(engine, [name])[0] for name in names]
+    return [None] * len(names)
+
+
+def image_ids(engine: DockerEngine, names: Sequence[str]) -> list[str | None]:
+    """The image id each name (a tag or an id) has in the engine now, None where it has none."""
+    found = []
+    for image in inspect_images(engine, names):
+        value = image.get("Id") if image is not None else None
+        found.append(value if isinstance(value, str) else None)
+    return found

@@ -48,7 +48,7 @@ from imagedsl.backends.dockerfile.lowering import (
 )
 from imagedsl.errors import BuildFailure, ImageDSLError, SourceLocation, string_tuple
 from imagedsl.planner import Plan, PlannedStep, PlanStatus, record_step
-from imagedsl.steps import LAYER_KINDS
+from imagedsl.steps import LAYER_KINDS, FromImage
 from imagedsl.store import Store, StoreArea
 
 if TYPE_CHECKING:
@@ -123,6 +123,7 @@ class DockerfileBackend:
             known = made.still_there()
             if known is not None:
                 return _nothing_to_do(plan, reporter, tags, known)
+        _check_base_triggers(plan, engine)
         pool = ContextPool(store.area(StoreArea.CONTEXTS))
         pool.stage(lowered.trees)
         with tempfile.TemporaryDirectory(prefix="imagedsl-docker-") as scratch:
@@ -304,6 +305,27 @@ def _check_engine(plan: Plan, lowered: LoweredDockerfile, engine: DockerEngine) 
         "build on Docker 23 or later, with docker buildx, or without this option",
         step.location,
     )
+
+
+def _check_base_triggers(plan: Plan, engine: DockerEngine) -> None:
+    """Refuse a base the engine holds whose ONBUILD triggers BuildKit would run against the
+    staged context (COPY, ADD) or a --build-arg (ARG), which no key covers, as the OCI
+    backend refuses it. (A base the engine pulls during the build is not seen here.)"""
+    from imagedsl.backends.engine import inspect_images
+    from imagedsl.backends.oci.triggers import check_reads_inside
+    from imagedsl.bases import engine_name
+
+    bases = {
+        engine_name(step.node.step.image): step
+        for step in plan.steps
+        if isinstance(step.node.step, FromImage)
+        and step.node.step.image.transport in ("registry", "docker-daemon")
+    }
+    names = list(bases)
+    for name, found in zip(names, inspect_images(engine, names), strict=True):
+        config = (found or {}).get("Config") or {}
+        triggers = config.get("OnBuild") if isinstance(config, dict) else None
+        check_reads_inside(name, triggers, bases[name].node.step.location)
 
 
 def _features(engine: DockerEngine) -> DockerfileFeatures:

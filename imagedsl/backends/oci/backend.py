@@ -480,7 +480,7 @@ class _Build:
         a step on the base, with a key chained from the base's manifest digest."""
         assert stage.base is not None
         base = stage.base
-        steps = [parse_trigger(base.reference, str(text)) for text in triggers]
+        steps = [parse_trigger(base.reference, str(t), node.step.location) for t in triggers]
         config = start_config(base.config.get("config") or {})
         cmd_set = False
         parent = node

@@ -27,7 +27,7 @@ from imagedsl._validate import (
     parse_port,
     parse_signal,
 )
-from imagedsl.errors import InputError, StepArgumentError
+from imagedsl.errors import InputError, SourceLocation, StepArgumentError
 from imagedsl.steps import (
     Cmd,
     Entrypoint,
@@ -53,7 +53,7 @@ _HEALTHCHECK: Final = re.compile(
 
 @attrs.define
 class TriggerError(InputError):
-    """A base image's ONBUILD trigger that the OCI backend cannot run."""
+    """A base image's ONBUILD trigger that a backend cannot run."""
 
     base: str
     trigger: str
@@ -63,18 +63,40 @@ class TriggerError(InputError):
         return f"{self.base}: ONBUILD {self.trigger}: {self.problem}"
 
 
+#: Triggers that read what no key of the base covers, refused by both backends.
+_READS_OUTSIDE: Final = {
+    **{
+        keyword: f"{keyword} in a trigger reads the Dockerfile's build context, which a "
+        "build.py has none of; copy the files in build.py after the FROM instead"
+        for keyword in ("COPY", "ADD")
+    },
+    "ARG": "ARG in a trigger takes a --build-arg no cache key of a base covers",
+}
+
+
+def check_reads_inside(base: str, triggers: object, location: SourceLocation | None) -> None:
+    """Refuse a base whose ``OnBuild`` triggers (as its config holds them) read outside it: the
+    docker backend's BuildKit runs the others itself, keyed by the base's identity."""
+    for text in triggers if isinstance(triggers, list) else ():
+        keyword = str(text).strip().partition(" ")[0].upper()
+        if keyword in _READS_OUTSIDE:
+            error = TriggerError(base, str(text), _READS_OUTSIDE[keyword])
+            raise error.with_location(location)
+
+
 class _Unreadable(ValueError):
     """The trigger's text cannot be read exactly; the message says why."""
 
 
-def parse_trigger(base: str, text: str) -> Step:
-    """The step an ONBUILD trigger of ``base`` stands for (raises :class:`TriggerError`)."""
+def parse_trigger(base: str, text: str, location: SourceLocation | None = None) -> Step:
+    """The step an ONBUILD trigger of ``base`` (the FROM at ``location``) stands for (raises
+    :class:`TriggerError`)."""
     keyword, _, rest = text.strip().partition(" ")
     rest = rest.strip()
     try:
         return _parse(keyword.upper(), rest)
     except (_Unreadable, StepArgumentError) as error:
-        raise TriggerError(base, text, str(error)) from None
+        raise TriggerError(base, text, str(error)).with_location(location) from None
 
 
 def _parse(keyword: str, rest: str) -> Step:
@@ -115,13 +137,8 @@ def _parse(keyword: str, rest: str) -> Step:
             return Shell(command=tuple(shell))
         case "HEALTHCHECK":
             return _healthcheck(rest)
-        case "COPY" | "ADD":
-            raise _Unreadable(
-                f"{keyword} in a trigger reads the Dockerfile's build context, which a build.py "
-                "has none of; copy the files in build.py after the FROM instead"
-            )
-        case "ARG":
-            raise _Unreadable("ARG in a trigger takes a --build-arg no cache key of a base covers")
+        case "COPY" | "ADD" | "ARG":
+            raise _Unreadable(_READS_OUTSIDE[keyword])
     raise _Unreadable(f"{keyword} is not an instruction a trigger can hold")
 
 
