@@ -16,6 +16,7 @@ from imagedsl.importer import translate_text
 from tests.support.cli import imagedsl_on
 from tests.support.docker import DockerEngine
 from tests.support.fidelity import docker_config, layout_config
+from tests.test_import_sweep import _refused
 
 
 @pytest.fixture(name="tags")
@@ -82,3 +83,22 @@ def test_an_entrypoint_drops_a_cmd_the_stage_continued_from_set(
         assert (engine["Entrypoint"], engine["Cmd"]) == (entrypoint, cmd), target
         assert docker_backend == engine, target
         assert oci_backend == engine, target
+
+
+def test_from_a_stage_named_in_another_case_is_refused_as_buildkit_refuses_it(
+    tmp_path: Path, docker_engine: DockerEngine
+) -> None:
+    """BuildKit finds ``COPY --from=Builder`` among the stages whatever the case, but looks
+    ``FROM Builder`` up as written: it reads an image, and refuses its upper case. The
+    import continued the stage ``builder``; it now refuses the line, as the engine does."""
+    dockerfile = "FROM scratch AS builder\nCOPY a /a\nFROM Builder\nCOPY a /b\n"
+    (tmp_path / "a").write_text("a\n")
+    (tmp_path / "Dockerfile").write_text(dockerfile)
+    built = docker_engine.run("build", "-q", str(tmp_path), check=False)
+    assert built.returncode != 0
+    assert "must be lowercase" in built.stdout + built.stderr
+    refused = _refused(dockerfile)
+    assert refused.line == 3
+    assert "FROM Builder" in refused.problem
+    text = translate_text(dockerfile.replace("FROM Builder", "FROM builder"))
+    assert "= builder.copy(" in text  # the name as written continues the stage

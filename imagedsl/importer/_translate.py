@@ -358,6 +358,11 @@ class Translator:
                 raise _Refused(str(error)) from None
             kwargs.append(("platform", _string(platform)))
         head: Expr
+        if ref != ref.lower() and ref.lower() in self.by_name and not has_variable(ref):
+            raise _Refused(
+                f"FROM {ref}: BuildKit looks a FROM up among the stages as written (stage "
+                f"names are lower case), so it reads an image, and refuses upper case in one"
+            )
         parent = self.by_name.get(ref.lower())
         if parent is not None and platform is not None and platform == parent.platform:
             kwargs = []  # the stage is already built for this platform: the flag changes nothing
