@@ -208,7 +208,7 @@ class ArgScope:
 
     ``build_args`` are the ``--build-arg`` values (they win over everything); ``globals`` are
     the values of the global ARGs (declared before any stage, after ``--build-arg``) and of
-    the automatic platform ARGs. A stage's ``ARG NAME`` without a default takes the global's.
+    the automatic platform ARGs (a ``--build-arg`` overrides one, as BuildKit lets it). A stage's ``ARG NAME`` without a default takes the global's.
     """
 
     build_args: Mapping[str, str] = attrs.field(factory=dict)
@@ -228,6 +228,8 @@ class ArgScope:
         """The scope of a build: ``declared`` global ARGs (name, default) in file order, each
         default expanded with the globals before it, as BuildKit expands global ARGs."""
         values = platform_args(target_platform, build_platform)
+        # A --build-arg overrides an automatic ARG's value too (not the build's platform).
+        values.update((name, build_args[name]) for name in AUTOMATIC_ARGS if name in build_args)
         for name, default in declared:
             if name in build_args:
                 values[name] = build_args[name]

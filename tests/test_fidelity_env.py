@@ -155,6 +155,16 @@ SCENARIOS = [
         misses=1,
     ),
     Scenario(
+        # BuildKit lets a --build-arg override an automatic ARG in the global scope; the
+        # plan expanded the global ARG's default with the platform's (a false hit), and the
+        # OCI backend built that value.
+        name="a build arg overrides the target arch a global default reads",
+        before="""A = dsl.arg("A", "v-${TARGETARCH}")\n"""
+        """app = BASE.arg("A").run("echo $A > /a")""",
+        build_args_after={"TARGETARCH": "arm64"},
+        misses=1,
+    ),
+    Scenario(
         name="the base platform is written out",
         before="""app = BASE.run("uname -m > /machine")""",
         after="""app = dsl.image(IMAGE, platform="linux/x86_64").run("echo TOKEN > /token")"""
