@@ -165,6 +165,13 @@ SCENARIOS = [
         misses=1,
     ),
     Scenario(
+        # Docker 20.10's frontend fails such a word ("missing ':' in substitution") where the
+        # OCI backend expands it: the docker backend refuses it up front there, naming it.
+        name="an env value uses an expansion without a colon",
+        before="""app = BASE.env(A="${U-x}", B="${A+y}").run("echo $A$B > /a")""",
+        needs="${NAME-word} or ${NAME:?word}",
+    ),
+    Scenario(
         name="the base platform is written out",
         before="""app = BASE.run("uname -m > /machine")""",
         after="""app = dsl.image(IMAGE, platform="linux/x86_64").run("echo TOKEN > /token")"""

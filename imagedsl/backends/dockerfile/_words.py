@@ -102,6 +102,16 @@ def _spell(pieces: Sequence[str | Expression], *, quote: bool) -> str:
     return f'"{text}"' if quote else text
 
 
+#: ``${NAME-word}``, ``${NAME+word}``, ``${NAME?word}`` and ``${NAME:?word}``: forms the
+#: Dockerfile frontend built into Docker 20.10 refuses ("missing ':' in substitution").
+_NEWER_EXPANSION: Final = re.compile(r"(?<!\\)\$\{[A-Za-z_][A-Za-z0-9_]*(?:[-+?]|:\?)")
+
+
+def newer_expansion(lines: Sequence[str]) -> bool:
+    """Whether instruction ``lines`` BuildKit expands hold an expansion newer frontends add."""
+    return any(_NEWER_EXPANSION.search(line) for line in lines)
+
+
 def expanding_word(value: str) -> str:
     """A word BuildKit expands to what imagedsl expands ``value`` to (quoted when needed)."""
     check_one_line(value)

@@ -58,6 +58,7 @@ from imagedsl.backends.dockerfile._words import (
     is_plain,
     json_array,
     json_word,
+    newer_expansion,
     shell_form_is_exact,
 )
 from imagedsl.buildstate import DEFAULT_SHELL, BuildState
@@ -284,6 +285,10 @@ class _Lowerer:
                     head = self._continuation(index, segment)
                     inherited = self._inherited_triggers(index, segment) if head else []
                     text = self._instruction(self.nodes[index], segment)
+                    if not isinstance(self.nodes[index].step, Run | OnBuild) and newer_expansion(
+                        text
+                    ):
+                        self._require("${NAME-word} or ${NAME:?word}", self.nodes[index])
                 except Unspellable as error:
                     raise LoweringError(
                         step.instruction, f"cannot be written in a Dockerfile: {error}"
