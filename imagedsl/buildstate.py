@@ -202,6 +202,20 @@ def platform_args(target: str, build: str) -> dict[str, str]:
     return values
 
 
+#: BuildKit's predefined proxy ARGs: a ``--build-arg`` of one (any case) reaches every RUN's
+#: environment in both cases, undeclared, and stays out of cache keys and the image.
+PROXY_ARGS: Final = ("HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY")
+
+
+def proxy_env(build_args: Mapping[str, str]) -> dict[str, str]:
+    """The environment the proxy ``build_args`` give a RUN, as BuildKit adds it last."""
+    env: dict[str, str] = {}
+    for name, value in build_args.items():
+        if name.upper() in PROXY_ARGS and value:
+            env.update({name.upper(): value, name.lower(): value})
+    return env
+
+
 @attrs.frozen(kw_only=True)
 class ArgScope:
     """What an ``ARG`` step can take a value from, besides its own default.

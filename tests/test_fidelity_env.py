@@ -172,6 +172,24 @@ SCENARIOS = [
         needs="${NAME-word} or ${NAME:?word}",
     ),
     Scenario(
+        # BuildKit's predefined proxy ARGs reach every RUN undeclared (both cases, after the
+        # stage's ENV), and stay out of its cache key: the OCI backend passed none.
+        name="a proxy build arg changes",
+        before="""app = BASE.env(no_proxy="stage").run("env | grep -i _proxy= | sort > /e")""",
+        build_args={"http_proxy": "http://p:1", "NO_PROXY": "np", "Https_Proxy": "hp"},
+        build_args_after={"http_proxy": "http://p:2", "NO_PROXY": "np"},
+        misses=0,
+        compare_images=False,  # BuildKit keeps the RUN made with the first proxies
+    ),
+    Scenario(
+        name="a step is added after a run that reads proxy build args",
+        before="""app = BASE.env(no_proxy="stage").run("env | grep -i _proxy= | sort > /e")""",
+        after="""app = BASE.env(no_proxy="stage").run("env | grep -i _proxy= | sort > /e")"""
+        """.run("cat /e > /f")""",
+        build_args={"http_proxy": "http://p:1", "NO_PROXY": "np", "Https_Proxy": "hp"},
+        misses=1,
+    ),
+    Scenario(
         name="the base platform is written out",
         before="""app = BASE.run("uname -m > /machine")""",
         after="""app = dsl.image(IMAGE, platform="linux/x86_64").run("echo TOKEN > /token")"""

@@ -66,7 +66,7 @@ from imagedsl.backends.oci.outputs import (
 )
 from imagedsl.backends.oci.triggers import parse_trigger
 from imagedsl.backends.oci.writer import LayerWriter, ParentFactory
-from imagedsl.buildstate import BuildState
+from imagedsl.buildstate import BuildState, proxy_env
 from imagedsl.contexts import ContextSource
 from imagedsl.engine_api import LocalImages
 from imagedsl.errors import ImageDSLError
@@ -642,6 +642,7 @@ class _Build:
             lower=self._filesystem(below.layers),
             stages=stages,
             trees=node.trees,
+            proxy_env=proxy_env(self.plan.graph.scope.build_args),
         )
         try:
             with self._runner.execute(inputs) as finished:

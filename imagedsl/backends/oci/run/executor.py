@@ -149,6 +149,8 @@ class RunInputs:
     stages: tuple[StageSource, ...] = ()
     #: The context trees of the step's context bind mounts, in mount order.
     trees: tuple[Tree, ...] = ()
+    #: The proxy ``--build-arg`` values (:func:`~imagedsl.buildstate.proxy_env`), never keyed.
+    proxy_env: Mapping[str, str] = attrs.field(factory=dict, repr=False)
 
     @property
     def location(self) -> SourceLocation | None:
@@ -279,6 +281,7 @@ class RunExecutor:
         owner = self._owner(run)
         # Exactly BuildKit's: no SOURCE_DATE_EPOCH unless the stage declares it (see bytecode).
         env = dict(run.state.run_env())
+        env.update(run.proxy_env)  # last, as BuildKit appends them (it overrides an ENV)
         secret_values = self._check_secrets(run)
         snapshots = self.snapshots.ensure(run.layers)
         run_id = uuid.uuid4().hex[:20]
