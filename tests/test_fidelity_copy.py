@@ -84,6 +84,23 @@ def retarget_symlink(project: Project) -> None:
     project.write_files({"app/current": Symlink("util.py")})
 
 
+def v7_tar(files: dict[str, bytes]) -> bytes:
+    """A tar in the old v7 format (no magic, no owner names), which Python cannot write: a
+    ustar one with the magic and version cleared and the checksums written again."""
+    data = bytearray(tar_bytes(files))
+    at = 0
+    while at < len(data) and any(data[at : at + 512]):
+        header = data[at : at + 512]
+        assert header[156:157] in (b"0", b"\x00"), "regular files only"
+        header[257:512] = bytes(255)  # magic, version, names, devices, prefix
+        header[148:156] = b" " * 8
+        header[148:156] = f"{sum(header):06o}\x00 ".encode()
+        data[at : at + 512] = header
+        size = int(header[124:136].strip(b" \x00") or b"0", 8)
+        at += 512 + (size + 511) // 512 * 512
+    return bytes(data)
+
+
 def edit_lone_file(project: Project) -> None:
     project.write_files({"one/x": "x, edited\n"})
 
@@ -271,6 +288,16 @@ SCENARIOS = [
         files={"one/x": "x\n", "pk/plain.tar": tar_bytes({"in.txt": b"in\n"})},
         edit=edit_lone_file,
         misses=3,
+    ),
+    Scenario(
+        # An old v7 tar has no "ustar" magic; BuildKit unpacks any file whose first header
+        # Go's tar reader takes, and the OCI backend copied this one whole.
+        name="an old-format tar is added, and a file beside it edited",
+        before="""app = BASE.add(src.file("v7.tar"), "/v7/").copy(src.file("n.txt"), "/n")"""
+        """.run("find /v7 | sort > /all")""",
+        files={"v7.tar": v7_tar({"a.txt": b"one\n", "d/b.txt": b"two\n"}), "n.txt": "n\n"},
+        edit=lambda project: project.write_files({"n.txt": "edited\n"}),
+        misses=2,
     ),
     Scenario(
         # BuildKit unpacks an archive ADD names itself, not one inside a directory it adds.

@@ -268,7 +268,21 @@ def is_archive(path: str) -> bool:
                 return archive.next() is not None
         except (tarfile.TarError, OSError, EOFError):
             return False
-    return len(head) >= 262 and head[257:262] == b"ustar"
+    return _tar_header(head)
+
+
+def _tar_header(block: bytes) -> bool:
+    """Whether ``block`` is a tar header Go's reader takes (BuildKit's test for an archive):
+    512 bytes, not all zero, whose checksum field holds the sum of its bytes (the field read
+    as spaces; unsigned or signed, as old tars wrote it). The old v7 format has no magic."""
+    if len(block) < 512 or not any(block[:512]):
+        return False
+    field = block[148:156].strip(b" \x00")
+    if not field or any(c not in b"01234567" for c in field):
+        return False
+    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:512])
+    signed = unsigned - 256 * sum(1 for c in block[:148] + block[156:512] if c > 127)
+    return int(field, 8) in (unsigned, signed)
 
 
 def archive_entries(
