@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import os
 import re
 import subprocess
@@ -41,6 +42,10 @@ _EXPIRY_MARGIN: Final = 10.0
 #: The token lifetime the distribution token spec says to assume when none is given.
 _DEFAULT_TOKEN_LIFETIME: Final = 60.0
 _HELPER_TIMEOUT: Final = 60.0
+#: A token is kept at most a day, whatever its server says.
+_MAX_TOKEN_LIFETIME: Final = 86400.0
+#: RFC 6750's b64token: what a Bearer value may hold.
+_B64TOKEN: Final = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 
 
 @attrs.frozen
@@ -300,6 +305,18 @@ class Authorizer:
         scheme = self._challenge.scheme if self._challenge else None
         return f"Authorizer(host={self.host!r}, scheme={scheme!r})"
 
+    def secrets(self) -> list[str]:
+        """What was (or may be) sent to this host that no message may show: the password,
+        the pair and its Basic value, an identity token, the Bearer tokens held."""
+        with self._lock:
+            found = [token.value for token in self._tokens.values()]
+            credentials = self._credentials
+        if credentials is not None:
+            pair = f"{credentials.username}:{credentials.password}"
+            found += [credentials.password, pair, credentials.basic_header().split(" ", 1)[1]]
+            found += [credentials.identity_token] if credentials.identity_token else []
+        return found
+
     def header_for(self, scopes: Iterable[str]) -> str | None:
         """The ``Authorization`` value to send for a request needing ``scopes``, if any.
 
@@ -365,6 +382,14 @@ class Authorizer:
         realm = challenge.params.get("realm")
         if not realm:
             raise RegistryAuthError(self.host, "its Bearer challenge names no realm")
+        try:
+            parts = urllib.parse.urlsplit(realm)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+            raise RegistryAuthError(
+                self.host, "its Bearer challenge names a realm that is not an http(s) URL"
+            )
         credentials = self._credentials_locked()
         service = challenge.params.get("service")
         ordered = sorted(scopes)
@@ -402,13 +427,25 @@ class Authorizer:
             payload = json.loads(answer)
             value = payload.get("token") or payload.get("access_token")
             lifetime = payload.get("expires_in", _DEFAULT_TOKEN_LIFETIME)
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             value, lifetime = None, None
         if not isinstance(value, str) or not value:
             raise RegistryAuthError(
                 self.host, "the token server's answer holds no token", scopes=scopes
             )
-        if not isinstance(lifetime, int | float) or lifetime <= 0:
-            lifetime = _DEFAULT_TOKEN_LIFETIME
-        margin = min(_EXPIRY_MARGIN, lifetime / 10)
-        return _Token(value, self._clock() + float(lifetime) - margin)
+        if not _B64TOKEN.fullmatch(value):  # it goes into a header: never a line break
+            raise RegistryAuthError(
+                self.host,
+                "the token server's token is not a Bearer token (RFC 6750)",
+                scopes=scopes,
+            )
+        seconds = _DEFAULT_TOKEN_LIFETIME
+        if isinstance(lifetime, int | float) and not isinstance(lifetime, bool):
+            try:
+                seconds = min(float(lifetime), _MAX_TOKEN_LIFETIME)
+            except OverflowError:  # an integer past any float
+                seconds = _MAX_TOKEN_LIFETIME
+        if not math.isfinite(seconds) or seconds <= 0:
+            seconds = _DEFAULT_TOKEN_LIFETIME
+        margin = min(_EXPIRY_MARGIN, seconds / 10)
+        return _Token(value, self._clock() + seconds - margin)

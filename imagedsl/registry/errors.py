@@ -3,11 +3,30 @@ source of blobs to push answered or lacked. Each keeps its data as attributes.""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
+from typing import Final
 
 import attrs
 
 from imagedsl.errors import EnvironmentFailure, InputError, string_tuple
+
+#: What is shown of a text a server wrote (an error message, a Location): at most this long.
+_SHOWN_LENGTH: Final = 300
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: An Authorization value a server may echo back.
+_AUTHORIZATION: Final = re.compile(r"(?i)\b(basic|bearer)(\s+)[A-Za-z0-9._~+/=-]+")
+
+
+def shown(text: str, secrets: Iterable[str] = ()) -> str:
+    """A server's ``text`` as it may be printed: the ``secrets`` sent to it (and any Basic or
+    Bearer value) replaced by ``***``, control characters escaped (no forged lines, no
+    terminal escapes), cut to a few hundred characters."""
+    for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    text = _AUTHORIZATION.sub(r"\1\2***", text)
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return text if len(text) <= _SHOWN_LENGTH else text[:_SHOWN_LENGTH] + "..."
 
 
 @attrs.define

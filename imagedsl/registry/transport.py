@@ -57,6 +57,7 @@ from imagedsl.registry.errors import (
     RegistryError,
     RegistryReplyTooLargeError,
     RegistrySettingError,
+    shown,
 )
 
 if TYPE_CHECKING:
@@ -283,8 +284,14 @@ class Url:
         return cls(parts.scheme, parts.netloc, target)
 
     def join(self, location: str) -> Url:
-        """Resolve a ``Location`` header against this URL."""
-        return Url.parse(urllib.parse.urljoin(str(self), location))
+        """Resolve a ``Location`` header against this URL (refused unless http(s))."""
+        try:
+            return Url.parse(urllib.parse.urljoin(str(self), location))
+        except ValueError:
+            where = shown(location)
+            raise RegistryError(
+                self.netloc, "following its Location", detail=f"{where!r} is not an http(s) URL"
+            ) from None
 
     def with_query(self, **params: str) -> Url:
         sep = "&" if "?" in self.target else "?"
@@ -379,7 +386,7 @@ def error_codes(body: bytes) -> tuple[tuple[str, ...], str]:
         errors = json.loads(body).get("errors") or []
         codes = tuple(str(e.get("code")) for e in errors if isinstance(e, dict))
         messages = [str(e.get("message")) for e in errors if isinstance(e, dict)]
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):
         return (), ""
     return codes, (messages[0] if messages else "")
 
@@ -877,8 +884,11 @@ class Transport:
         if reply.status in statuses:
             return
         codes, message = error_codes(reply.body)
+        secrets = self.authorizer(repo).secrets()  # a registry may echo what it was sent
+        codes = tuple(shown(code, secrets) for code in codes)
         error_type = NotFoundError if reply.status == 404 else RegistryError
-        raise error_type(repo.host, action, status=reply.status, codes=codes, detail=message)
+        detail = shown(message, secrets)
+        raise error_type(repo.host, action, status=reply.status, codes=codes, detail=detail)
 
 
 def _read_document(response: http.client.HTTPResponse, host: str, action: str) -> bytes:
