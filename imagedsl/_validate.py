@@ -113,7 +113,8 @@ def clean_container_path(path: str) -> str:
 #: read ``spring.profiles.active``); no ``$`` or quote, which a Dockerfile line would read as
 #: expansion or quoting. A shell cannot expand such a name, but the process gets it.
 _ENV_NAME: Final = re.compile(r"[^\s=$\"'`\\]+\Z")
-_LABEL_KEY: Final = re.compile(r"[^\s=\"]+\Z")
+#: A LABEL key: anything but ``=`` (BuildKit splits a pair at its first one), on one line.
+_LABEL_KEY: Final = re.compile(r"[^=\n\r]+\Z")
 _PORT: Final = re.compile(r"(?P<low>\d{1,5})(?:-(?P<high>\d{1,5}))?(?:/(?P<proto>tcp|udp|sctp))?\Z")
 _PLATFORM: Final = re.compile(r"[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?\Z")
 _OWNER: Final = re.compile(r"[^\s:]+(?::[^\s:]+)?\Z")
@@ -286,7 +287,7 @@ def parse_label_items(step: str, values: Mapping[str, object]) -> tuple[tuple[st
     for key, value in _check_mapping(step, "labels", values).items():
         key_text = check_str(step, "label key", key)
         if not _LABEL_KEY.match(key_text):
-            raise StepArgumentError(step, "label key", f"has spaces, '=' or quotes: {key!r}")
+            raise StepArgumentError(step, "label key", f"is empty, has '=' or a line break: {key!r}")
         pairs.append((key_text, check_str(step, key_text, value, empty=True)))
     if not pairs:
         raise StepArgumentError(step, "labels", "must name at least one label")

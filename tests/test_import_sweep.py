@@ -461,7 +461,7 @@ def test_names_buildkit_takes_beyond_shell_names(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "words"),
     [
-        pytest.param('LABEL "a key"=v', "'label key'", id="label-key"),
+        pytest.param('LABEL ""=v', "'label key'", id="label-key-empty"),
         pytest.param("USER :1000", "'user' or 'user:group'", id="user"),
         pytest.param("HEALTHCHECK --retries=x CMD true", "--retries=x", id="retries"),
         pytest.param("HEALTHCHECK curl -f x", "not CMD or NONE", id="healthcheck-type"),

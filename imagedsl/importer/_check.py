@@ -2,7 +2,7 @@
 
 Each call the importer writes whose arguments are literals (strings, numbers, lists, dicts and
 the ``dsl`` constructors of such values) is made once, on a scratch stage: a value the DSL
-cannot hold (a label key with a blank, a signal or a duration BuildKit refuses too) becomes a
+cannot hold (an owner, a signal or a duration BuildKit refuses too) becomes a
 refusal naming the Dockerfile's line, never a build.py that does not load. Calls naming
 context selections, stages or global ARGs are not made; their literal parts are.
 """
