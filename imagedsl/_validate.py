@@ -117,7 +117,8 @@ _ENV_NAME: Final = re.compile(r"[^\s=$\"'`\\]+\Z")
 _LABEL_KEY: Final = re.compile(r"[^=\n\r]+\Z")
 _PORT: Final = re.compile(r"(?P<low>\d{1,5})(?:-(?P<high>\d{1,5}))?(?:/(?P<proto>tcp|udp|sctp))?\Z")
 _PLATFORM: Final = re.compile(r"[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?\Z")
-_OWNER: Final = re.compile(r"[^\s:]+(?::[^\s:]+)?\Z")
+#: ``user``, ``user:group`` or ``:group`` (BuildKit's user is then root), names or ids.
+_OWNER: Final = re.compile(r"(?:[^\s:]+(?::[^\s:]+)?|:[^\s:]+)\Z")
 _CHMOD: Final = re.compile(r"[0-7]{3,4}\Z")
 _SIGNAL: Final = re.compile(r"(?:SIG)?[A-Z][A-Z0-9+-]*\Z|\d{1,2}\Z")
 _DURATION: Final = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|ms|s|m|h))+\Z")
@@ -153,7 +154,8 @@ def check_platform(step: str, argument: str, value: object) -> str:
 
 
 def check_owner(step: str, argument: str, value: object) -> str:
-    """Refuse an owner that is not ``user`` or ``user:group`` (names or ids). One holding
+    """Refuse an owner that is not ``user``, ``user:group`` or ``:group`` (names or ids: an
+    empty user is root, as BuildKit reads ``--chown=:group``). One holding
     ``$VAR``s is kept as written: BuildKit splits it at ``:`` once expanded, so a ``:`` in
     ``${NAME:-app}`` is no separator."""
     owner = check_str(step, argument, value)
@@ -162,7 +164,9 @@ def check_owner(step: str, argument: str, value: object) -> str:
             raise StepArgumentError(step, argument, f"must hold no spaces, got {owner!r}")
         return owner
     if not _OWNER.match(owner):
-        raise StepArgumentError(step, argument, f"must be 'user' or 'user:group', got {owner!r}")
+        raise StepArgumentError(
+            step, argument, f"must be 'user', 'user:group' or ':group', got {owner!r}"
+        )
     return owner
 
 
@@ -181,6 +185,8 @@ def check_user(step: str, user: object, group: object) -> str:
     owner = part("user", user)
     if group is not None:
         owner += ":" + part("group", group)
+    if owner.startswith(":"):  # a --chown may name only a group; a USER names its user
+        raise StepArgumentError(step, "user", f"must be 'user' or 'user:group', got {owner!r}")
     return check_owner(step, "user", owner)
 
 
@@ -287,7 +293,9 @@ def parse_label_items(step: str, values: Mapping[str, object]) -> tuple[tuple[st
     for key, value in _check_mapping(step, "labels", values).items():
         key_text = check_str(step, "label key", key)
         if not _LABEL_KEY.match(key_text):
-            raise StepArgumentError(step, "label key", f"is empty, has '=' or a line break: {key!r}")
+            raise StepArgumentError(
+                step, "label key", f"is empty, has '=' or a line break: {key!r}"
+            )
         pairs.append((key_text, check_str(step, key_text, value, empty=True)))
     if not pairs:
         raise StepArgumentError(step, "labels", "must name at least one label")

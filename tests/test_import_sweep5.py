@@ -102,3 +102,108 @@ def test_from_a_stage_named_in_another_case_is_refused_as_buildkit_refuses_it(
     assert "FROM Builder" in refused.problem
     text = translate_text(dockerfile.replace("FROM Builder", "FROM builder"))
     assert "= builder.copy(" in text  # the name as written continues the stage
+
+
+@pytest.mark.parametrize(
+    ("setup", "copy", "files", "message"),
+    [
+        pytest.param(
+            "mkdir -p /x/usr/bin && ln -s usr/bin /x/bin",
+            "COPY tree /x",
+            {"tree/bin/tool": "t\n"},
+            "cannot copy to non-directory: /x/bin",
+            id="directory-over-a-symlink",
+        ),
+        pytest.param(
+            "mkdir -p /x/usr/bin && ln -s usr/bin /x/bin",
+            "COPY --from=tree /tree /x",
+            {},
+            "cannot copy to non-directory: /x/bin",
+            id="stage-directory-over-a-symlink",
+        ),
+        pytest.param(
+            "mkdir -p /x/a/inner",
+            "COPY tree /x",
+            {"tree/a": "file\n"},
+            "cannot replace to directory /x/a with file",
+            id="file-over-a-directory",
+        ),
+        pytest.param(
+            "mkdir -p /x && echo f > /x/a",
+            "COPY tree /x",
+            {"tree/a/b": "b\n"},
+            "cannot copy to non-directory: /x/a",
+            id="directory-over-a-file",
+        ),
+    ],
+)
+def test_a_copy_over_a_path_of_another_type_fails_as_in_buildkit(
+    tmp_path: Path,
+    docker_engine: DockerEngine,
+    busybox_image: str,
+    setup: str,
+    copy: str,
+    files: dict[str, str],
+    message: str,
+) -> None:
+    """BuildKit's copy refuses a directory over a file or symlink below the destination, and
+    a file over a directory; the OCI backend replaced them (a merged-/usr base's /bin symlink
+    became a directory holding only the copied files)."""
+    dockerfile = (
+        f"FROM {busybox_image} AS tree\nRUN mkdir -p /tree/bin && echo t > /tree/bin/tool\n"
+        f"FROM {busybox_image}\nRUN {setup}\n{copy}\n"
+    )
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    (tmp_path / "Dockerfile").write_text(dockerfile)
+    theirs = docker_engine.run("build", "-q", str(tmp_path), check=False)
+    assert theirs.returncode != 0
+    assert message.split(":")[0].split(" /")[0] in theirs.stdout + theirs.stderr
+    (tmp_path / "build.py").write_text(translate_text(dockerfile, context_dir=tmp_path))
+    ours = imagedsl_on(
+        docker_engine, "build", "--backend", "oci", "--output", f"oci:{tmp_path / 'out'}",
+        "build.py", cwd=tmp_path, store=tmp_path / "store",
+    )  # fmt: skip
+    assert ours.returncode == 2, ours.stderr
+    assert message in ours.stderr
+
+
+def test_a_label_key_with_blanks_and_quotes_is_kept_as_buildkit_keeps_it(
+    tmp_path: Path, docker_engine: DockerEngine, tags: list[str]
+) -> None:
+    """``LABEL "com.example.my key"=v``: BuildKit keeps the key with its blank (and a quote
+    escaped in one); the import refused both."""
+    dockerfile = 'FROM scratch AS app\nLABEL "com.example.my key"="v" "q\\"k"=w plain=p\n'
+    configs = _three_ways(docker_engine, tmp_path, dockerfile, ["app"], tags)
+    engine, docker_backend, oci_backend = configs["app"]
+    assert engine["Labels"] == {"com.example.my key": "v", 'q"k': "w", "plain": "p"}
+    assert docker_backend == engine
+    assert oci_backend == engine
+
+
+def test_a_chown_naming_only_a_group_is_root_and_that_group(
+    tmp_path: Path, docker_engine: DockerEngine, busybox_image: str, tags: list[str]
+) -> None:
+    """``COPY --chown=:grp`` gives BuildKit's root user and the group; the build.py the
+    import wrote did not load (the DSL asked for a user)."""
+    dockerfile = (
+        f"FROM {busybox_image} AS app\n"
+        'RUN echo "grp:x:77:" > /etc/group && echo "root:x:0:0::/:/bin/sh" > /etc/passwd\n'
+        "COPY --chown=:5 a /a\nCOPY --chown=:grp a /b\n"
+        'RUN stat -c "%u:%g %n" /a /b > /st\n'
+    )
+    (tmp_path / "a").write_text("a\n")
+    (tmp_path / "Dockerfile").write_text(dockerfile)
+    (tmp_path / "build.py").write_text(translate_text(dockerfile, context_dir=tmp_path))
+    theirs, ours = (f"imagedsl-test/chown-{kind}:{uuid.uuid4().hex[:12]}" for kind in "ab")
+    tags.extend([theirs, ours])
+    docker_engine.run("build", "-q", "-t", theirs, str(tmp_path))
+    done = imagedsl_on(
+        docker_engine, "build", "--backend", "oci", "--output", f"docker:{ours}", "build.py",
+        cwd=tmp_path, store=tmp_path / "store",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    seen = [docker_engine.run("run", "--rm", tag, "cat", "/st").stdout for tag in (theirs, ours)]
+    assert seen[0] == "0:5 /a\n0:77 /b\n"
+    assert seen[1] == seen[0]

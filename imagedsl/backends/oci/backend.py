@@ -259,7 +259,7 @@ class OCIBackend:
         read_secrets(request.secrets)  # every secret given must be readable, used or not
         _check_epoch_of(plan, self.epoch)
         check_run_support(plan)
-        output = Output.parse(request.output) if request.output else None
+        output = Output.parse(request.output, request.tags) if request.output else None
         run = _Build(self, plan, request, store, reporter)
         try:
             image = run.build_all()
@@ -725,19 +725,19 @@ class _Build:
         items = [item for tree in node.trees for item in tree.entries]
         return context_entries(items, root, placement, _named(step.source)), placement.parent
 
-    def _placement(self, node: StepNode, lower: Filesystem) -> Placement:
+    def _placement(
+        self, node: StepNode, lower: Filesystem, single: bool | None = None
+    ) -> Placement:
         step = node.step
         assert isinstance(step, Copy | Add)
         before = self._before(node)
-        dest = before.resolve_path(step.dest)
-        single = _single_file(node)
-        owner = resolve_owner(describe(step), _expanded(before, step.chown), lower.files)
         return Placement(
-            dest,
+            before.resolve_path(step.dest),
             None if step.link else lower,
-            owner=owner,
+            owner=resolve_owner(describe(step), _expanded(before, step.chown), lower.files),
             chmod=chmod_bits(_expanded(before, step.chmod)),
-            single_file=single,
+            single_file=_single_file(node) if single is None else single,
+            step=describe(step),
         )
 
     def _add_entries(
@@ -805,24 +805,11 @@ class _Build:
             source_fs, step.source.paths, step.exclude, describe(step)
         )
         contents = self._read_contents(source_fs, source_state.layers, needed_contents(files))
-        placement = self._placement_from(node, lower, single)
+        placement = self._placement(node, lower, single)
         entries, tree = stage_entries(files, contents, placement, keep_owners=step.chown is None)
         if not files and placement.root and names_something(source_fs, step.source.paths):
             entries = [placement.parent(placement.root)]  # an empty directory: BuildKit makes it
         return entries, tree, placement
-
-    def _placement_from(self, node: StepNode, lower: Filesystem, single: bool) -> Placement:
-        step = node.step
-        assert isinstance(step, Copy)
-        before = self._before(node)
-        dest = before.resolve_path(step.dest)
-        return Placement(
-            dest,
-            None if step.link else lower,
-            owner=resolve_owner(describe(step), _expanded(before, step.chown), lower.files),
-            chmod=chmod_bits(_expanded(before, step.chmod)),
-            single_file=single,
-        )
 
     def _measure_copy_from(self, node: StepNode) -> None:
         """Read what a COPY --from takes and record its digest (the plan is then redone)."""

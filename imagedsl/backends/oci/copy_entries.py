@@ -69,8 +69,8 @@ def resolve_owner(step: str, chown: str | None, files: Mapping[str, str]) -> Own
     if chown is None:
         return Owner()
     user, _, group = chown.partition(":")
-    if user.isdigit():
-        uid = int(user)
+    if user.isdigit() or not user:  # ``:group``: BuildKit's user is then root
+        uid = int(user or "0")
         primary = uid
     else:
         found = lookup_id(files, "etc/passwd", user)
@@ -112,10 +112,12 @@ class Placement:
         owner: Owner,
         chmod: int | None,
         single_file: bool,
+        step: str = "COPY",
     ) -> None:
         self.lower = lower
         self.owner = owner
         self.chmod = chmod
+        self.step = step
         rel = dest.strip("/")
         ends_with_slash = dest.endswith("/")
         if lower is not None and rel:
@@ -165,6 +167,32 @@ class Placement:
                 xattrs=found.xattrs,
             )
         return LayerEntry(path=path, kind="dir", mode=0o755, uid=self.owner.uid, gid=self.owner.gid)
+
+    def refuse_type_conflicts(self, entries: Sequence[LayerEntry]) -> None:
+        """Fail where a copy meets a path of another type below it, as BuildKit's copy does:
+        a directory over a file or symlink ("cannot copy to non-directory"), a file over a
+        directory. (A file over a file or a symlink replaces it, as in BuildKit.)"""
+        lower, root = self.lower, self.root
+        if lower is None:
+            return  # link=True: the copy is made on an empty filesystem
+        directories = set()
+        for entry in entries:
+            if entry.kind == "dir":
+                directories.add(entry.path)
+            head = posixpath.dirname(entry.path)
+            while head and head != root and (not root or head.startswith(root + "/")):
+                directories.add(head)  # a parent the layer makes, below the destination
+                head = posixpath.dirname(head)
+        for path in sorted(directories):
+            found = lower.get(path)
+            if found is not None and found.kind != "dir":
+                raise StepInputError(self.step, f"cannot copy to non-directory: /{path}")
+        for entry in entries:
+            if entry.kind != "dir":
+                found = lower.get(entry.path)
+                if found is not None and found.kind == "dir":
+                    problem = f"cannot replace to directory /{entry.path} with file"
+                    raise StepInputError(self.step, problem)
 
 
 def context_entries(
@@ -221,6 +249,7 @@ def context_entries(
                     linkname=target,
                 )
             )
+    placement.refuse_type_conflicts(entries)
     return entries
 
 
@@ -572,6 +601,7 @@ def stage_entries(
             digest += _xattrs_digest(xattrs)
         kind = "file" if entry.kind == "hardlink" else entry.kind
         rows.append((item.placed, "/" + item.source, kind, mode, size, digest))
+    placement.refuse_type_conflicts(entries)
     return entries, Tree.from_rows(rows)
 
 
