@@ -173,6 +173,30 @@ def test_bad_output_is_refused(text: str) -> None:
         Output.parse(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "tags"),
+    [
+        pytest.param("docker:org/UpperCase:v1", (), id="docker-output"),
+        pytest.param("docker", ("Org/app:1",), id="docker-output-from-t"),
+        pytest.param("docker-archive:/x/app.tar:Org/App:1", (), id="docker-archive"),
+    ],
+)
+def test_a_name_docker_would_not_tag_is_refused_before_building(
+    text: str, tags: tuple[str, ...]
+) -> None:
+    """Docker loads an image under an upper-case repository untagged: the build reported a
+    name it did not make (and a docker-archive held no RepoTags). Refused up front now."""
+    with pytest.raises(BuildRequestError, match="not an image name Docker accepts"):
+        Output.parse(text, tags)
+
+
+def test_an_oci_archive_keeps_a_name_docker_has_no_spelling_for() -> None:
+    """An OCI archive's index may name ``Org/App:1``; only its Docker manifest leaves it out."""
+    output = Output.parse("oci-archive:/x/app.tar:Org/App:1")
+    assert output.tag == "Org/App:1"
+    assert output.docker_names() == ()
+
+
 def _copy_tree_differently(source: Path, dest: Path, *, mtime: int, umask: int, uid: int) -> None:
     """Copy a context changing only what must not matter: mtime, owner, umask, directory."""
     shutil.copytree(source, dest, symlinks=True)

@@ -56,9 +56,9 @@ class Output:
     tag: str | None
 
     @classmethod
-    def parse(cls, text: str) -> Output:
+    def parse(cls, text: str, tags: Sequence[str] = ()) -> Output:
         """Parse ``oci:DIR[:TAG]``, ``oci-archive:FILE[:TAG]``, ``docker-archive:FILE[:TAG]``,
-        ``docker[:TAG]``."""
+        ``docker[:TAG]``; ``tags`` (``-t``) name a ``docker`` output without a TAG."""
         kind, sep, rest = text.partition(":")
         if kind not in _OUTPUT_KINDS:
             raise BuildRequestError(
@@ -66,6 +66,8 @@ class Output:
                 "docker-archive:FILE[:TAG] or docker[:TAG]"
             )
         if kind == "docker":
+            for name in [rest] if rest else tags:  # refused before building, not dropped
+                check_docker_name(name, f"--output {text!r}" if rest else "-t")
             return cls(kind=kind, path=None, tag=rest or None)
         if not sep or not rest:
             raise BuildRequestError(f"--output {text!r}: {kind}: needs a path")
@@ -85,6 +87,9 @@ class Output:
         if self.kind not in ("oci-archive", "docker-archive") or not self.tag:
             return None
         assert self.path is not None
+        named = ":" in self.tag or "/" in self.tag
+        if self.kind == "oci-archive" and named and not _is_docker_name(normalise_tag(self.tag)):
+            return ()  # an OCI name Docker has no spelling for: the index keeps it
         return (archive_docker_name(self.path, self.tag),)
 
 
@@ -98,11 +103,23 @@ def check_tag(tag: str, where: str) -> str:
     return tag
 
 
+def check_docker_name(tag: str, where: str) -> str:
+    """Refuse a name Docker would not tag an image with (``Org/App``: repositories are lower
+    case): Docker loads the image untagged, and a build must not report a name it lacks."""
+    check_tag(tag, where)
+    if not _is_docker_name(normalise_tag(tag)):
+        raise BuildRequestError(
+            f"{where}: {tag!r} is not an image name Docker accepts (a repository is lower "
+            "case letters, digits and . _ - /, then :TAG)"
+        )
+    return normalise_tag(tag)
+
+
 def archive_docker_name(path: str, tag: str) -> str:
     """The Docker name of an archive's TAG: itself when it names an image (``NAME:TAG`` or
     ``ORG/NAME``), else ``<file name>:<TAG>``; refused when the file gives no usable name."""
     if ":" in tag or "/" in tag:
-        return normalise_tag(tag)
+        return check_docker_name(tag, f"--output {path}:{tag}")
     stem = re.sub(r"(\.tar)?(\.(gz|zst|zstd))?$", "", Path(path).name.lower())
     stem = re.sub(r"[^a-z0-9._-]+", "-", stem).strip("._-")
     name = f"{stem}:{tag}"
