@@ -290,6 +290,16 @@ SCENARIOS = [
         misses=3,
     ),
     Scenario(
+        # BuildKit unpacks the archive among ADD's sources and copies the rest; the docker
+        # backend refused it (it wrote several sources as one staged directory).
+        name="an archive added among other files is edited",
+        before="""app = BASE.add(src.select("bundle.tar", "n.txt"), "/dest/")"""
+        """.run("find /dest | sort > /all")""",
+        files={"bundle.tar": tar_bytes({"a.txt": b"one\n", "b.txt": b"two\n"}), "n.txt": "n\n"},
+        edit=edit_archive,
+        misses=2,
+    ),
+    Scenario(
         # An old v7 tar has no "ustar" magic; BuildKit unpacks any file whose first header
         # Go's tar reader takes, and the OCI backend copied this one whole.
         name="an old-format tar is added, and a file beside it edited",

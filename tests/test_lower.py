@@ -315,22 +315,29 @@ def test_values_with_line_breaks_are_refused_with_the_step_location() -> None:
     assert caught.value.instruction.startswith("ENV GREETING=")
 
 
-def test_an_add_of_several_sources_naming_an_archive_is_refused(tmp_path: Path) -> None:
-    """``ADD a bundle.tar /d/``: BuildKit unpacks the archive; the lowering copies several
-    sources as one staged directory, which unpacks nothing, so it refuses (naming the
-    archive) rather than write an ADD that means something else. An archive inside an added
-    directory is copied as it is by BuildKit too, and lowers."""
+def test_an_add_of_several_sources_naming_an_archive_writes_each_source(tmp_path: Path) -> None:
+    """``ADD a bundle.tar /d/``: BuildKit unpacks the archive and copies ``a``; the lowering
+    writes each file by its staged path (one staged directory would unpack nothing). With a
+    directory's contents among the sources, which no one path places, it refuses, naming the
+    archive. An archive inside an added directory is copied as it is by BuildKit too."""
     (tmp_path / "pack").mkdir()
     (tmp_path / "a").write_text("a\n")
     with tarfile.open(tmp_path / "bundle.tar", "w") as archive:
         archive.add(tmp_path / "a", arcname="inner")
     (tmp_path / "pack" / "bundle.tar").write_bytes((tmp_path / "bundle.tar").read_bytes())
     src = dsl.context(tmp_path)
-    several = api.plan(dsl.image(BUSYBOX).add(src.select("a", "bundle.tar"), "/d/"), "s")
+    several = api.plan(dsl.image(BUSYBOX).add(src.select("a", "bundle.tar"), "/d"), "s")
+    line = next(x for x in lower_to_dockerfile(several).text.splitlines() if x.startswith("ADD"))
+    words = line.split()
+    assert [w.rsplit("/", 1)[1] for w in words[1:-1]] == ["a", "bundle.tar"]
+    assert words[-1] == "/d/"
+    (tmp_path / "sub" / "inner").mkdir(parents=True)
+    (tmp_path / "sub" / "inner" / "x").write_text("x\n")
+    mixed = api.plan(dsl.image(BUSYBOX).add(src.select("sub", "bundle.tar"), "/d/"), "s")
     with pytest.raises(LoweringError) as caught:
-        lower_to_dockerfile(several)
+        lower_to_dockerfile(mixed)
     assert "ADD bundle.tar" in str(caught.value)
-    assert "unpacks nothing" in str(caught.value)
+    assert "directories" in str(caught.value)
     whole = api.plan(dsl.image(BUSYBOX).add(src.dir("pack"), "/p/"), "s")
     assert "ADD " in lower_to_dockerfile(whole).text
 

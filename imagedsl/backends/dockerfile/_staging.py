@@ -307,16 +307,21 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def no_archive_among(staged: StagedTree, source: ContextSource) -> None:
-    """An ADD written as a copy of one staged directory unpacks nothing: refuse one whose
-    sources name an archive themselves (BuildKit would unpack it)."""
+def archive_sources(staged: StagedTree, source: ContextSource) -> list[str] | None:
+    """The sources of an ADD of several context files among which is an archive ADD unpacks
+    (None: there is none, one staged directory says it): each file by its staged path, so
+    BuildKit unpacks the archives and copies the rest, as it does the sources as written.
+    Refused when a directory's contents are among them (one path cannot place them)."""
     # Here, not at the top: only an ADD of several files needs the OCI backend's reader.
     from imagedsl.backends.oci.copy_entries import unpacked_by_add
 
-    for entry in staged.entries:
-        if unpacked_by_add(staged.root, source, entry):
-            raise Unspellable(
-                f"ADD {entry.source}",
-                "is an archive ADD unpacks, among other sources: the docker backend copies "
-                "several sources as one directory, which unpacks nothing; add it on its own",
-            )
+    archives = [e for e in staged.entries if unpacked_by_add(staged.root, source, e)]
+    if not archives:
+        return None
+    if any("/" in e.placed or e.type != "file" for e in staged.entries):
+        raise Unspellable(
+            f"ADD {archives[0].source}",
+            "is an archive ADD unpacks, among other sources that are directories: the docker "
+            "backend cannot write both in one ADD; add the archive on its own",
+        )
+    return [f"{staged.name}/{entry.placed}" for entry in staged.entries]

@@ -45,7 +45,7 @@ import attrs
 
 from imagedsl.backends.dockerfile._staging import (
     StagedTree,
-    no_archive_among,
+    archive_sources,
     tree_name,
     write_tree,
 )
@@ -649,7 +649,9 @@ class _Lowerer:
             tree = node.trees[0]
             staged = self._stage(tree, source)
             comment = [_copy_comment(step, node)]
-            sources = [self._copy_source(staged, step, dest)]
+            sources = self._copy_source(staged, step, dest)
+            if len(sources) > 1 and not dest.endswith("/"):
+                dest += "/"  # several sources go into a directory, as they were placed
         words = [*sources, dest]
         kinds = [*[False] * len(sources), True]
         if all(is_plain(w) for w in sources) and _is_plain_expanding(dest):
@@ -783,19 +785,21 @@ class _Lowerer:
         )
         return self.trees.setdefault(staged.name, staged)
 
-    def _copy_source(self, staged: StagedTree, step: Copy | Add, dest: str) -> str:
-        """The COPY/ADD source that places exactly the tree's entries under ``dest``."""
+    def _copy_source(self, staged: StagedTree, step: Copy | Add, dest: str) -> list[str]:
+        """The COPY/ADD sources that place exactly the tree's entries under ``dest``."""
         entries = staged.entries
         if staged.digest == NOTHING_MATCHED:
             # A wildcard that matches nothing in the (empty) staged directory: BuildKit copies
             # nothing and makes no destination, as for the wildcards of build.py.
-            return f"{staged.name}/*"
-        if staged.file_name is not None:
-            if _GLOB_CHARS.search(staged.file_name):
-                raise Unspellable(
-                    staged.file_name, "has wildcard characters, which BuildKit would expand"
-                )
-            return f"{staged.name}/{staged.file_name}"
+            return [f"{staged.name}/*"]
+        named = [staged.file_name] if staged.file_name is not None else []
+        if isinstance(step, Add) and isinstance(step.source, ContextSource) and len(entries) > 1:
+            named = archive_sources(staged, step.source) or []
+        for name in named:
+            if _GLOB_CHARS.search(name):
+                raise Unspellable(name, "has wildcard characters, which BuildKit would expand")
+        if named:
+            return named if staged.file_name is None else [f"{staged.name}/{named[0]}"]
         single = len(entries) == 1 and entries[0].type == "file" and "/" not in entries[0].placed
         # ADD unpacks a local archive only when its source is the file itself (one a selector
         # names: the one file of an added directory is copied into it, as it is).
@@ -805,10 +809,8 @@ class _Lowerer:
         else:
             by_name = dest.endswith("/") or posixpath.basename(dest.rstrip("/")) in (".", "..")
         if single and by_name and not _GLOB_CHARS.search(entries[0].placed):
-            return f"{staged.name}/{entries[0].placed}"
-        if isinstance(step, Add) and isinstance(step.source, ContextSource):
-            no_archive_among(staged, step.source)
-        return f"{staged.name}/"
+            return [f"{staged.name}/{entries[0].placed}"]
+        return [f"{staged.name}/"]
 
     def _bind_source(self, source: ContextSource, tree: Tree) -> str:
         staged = self._stage(tree, source)
