@@ -9,16 +9,24 @@ were printed, control characters reached the terminal, and the rest ended in tra
 from __future__ import annotations
 
 import base64
+import fcntl
+import hashlib
 import json
+import os
+import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import pytest
 
+from imagedsl.oci.blobs import BlobStore
+from imagedsl.oci.descriptor import Descriptor
 from imagedsl.oci.mediatypes import OCI_CONFIG, OCI_MANIFEST
 from imagedsl.registry.auth import Credentials, DockerConfig
 from imagedsl.registry.client import RegistryClient
 from imagedsl.registry.errors import RegistryAuthError, RegistryError
-from imagedsl.registry.transport import RetryPolicy
+from imagedsl.registry.transport import Repository, RetryPolicy
+from imagedsl.store import Store
 from tests.support.hostile import HostileServer, Request, head
 
 USER, PASSWORD = "sweepuser", "s3cr3t-PASSWORD-xyz"
@@ -188,3 +196,46 @@ def test_a_token_lifetime_past_any_float_is_kept_a_day_at_most() -> None:
         with HostileServer(_bearer(token)) as server, _client(server.host) as client:
             manifest = client.get_manifest(f"{server.host}/x:1")
         assert manifest is not None
+
+
+def test_a_partial_download_of_other_bytes_is_fetched_again_whole(tmp_path: Path) -> None:
+    """A partial file an earlier download left (a hostile registry's bytes) made the next
+    fetch of that blob from an honest registry fail, blaming it; it is now fetched whole."""
+    blob = b"the honest blob's bytes\n" * 1000
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+
+    def honest(request: Request, server: HostileServer) -> Iterable[bytes]:
+        del server
+        start = int(request.headers.get("range", "bytes=0-")[6:].split("-")[0] or 0)
+        if not start:
+            return [head(200, length=len(blob)) + blob]
+        ranged = {"Content-Range": f"bytes {start}-{len(blob) - 1}/{len(blob)}"}
+        return [head(206, ranged, length=len(blob) - start) + blob[start:]]
+
+    store = Store(tmp_path / "store")
+    final = BlobStore(store).path(digest)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    final.with_name(f".partial.{final.name}").write_bytes(b"poison" * 100)
+    descriptor = Descriptor(media_type="application/octet-stream", digest=digest, size=len(blob))
+    with HostileServer(honest) as server, _client(server.host) as client:
+        client.fetch_blob(Repository(server.host, "x"), descriptor, store)
+    assert final.read_bytes() == blob
+
+
+def test_old_partial_downloads_no_fetch_holds_are_swept(tmp_path: Path) -> None:
+    """A registry sets a partial file's size (its descriptor's); one left by an interrupted
+    download stayed forever, `cache prune` or not. Old ones are removed now, unless a fetch
+    holds one (its lock); new ones stay (a fetch may be about to resume them)."""
+    blobs = BlobStore(Store(tmp_path / "store"))
+    blobs.root.mkdir(parents=True)
+    old, held, new = (blobs.root / f".partial.{n * 64}" for n in "abc")
+    for path in (old, held, new):
+        path.write_bytes(b"x" * 1000)
+    for path in (old, held):
+        os.utime(path, (time.time() - 2 * 86400,) * 2)
+    with open(held, "rb") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        assert blobs.sweep() == 1
+    assert not old.exists()
+    assert held.exists()
+    assert new.exists()

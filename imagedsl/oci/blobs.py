@@ -177,19 +177,27 @@ class BlobStore:
         self.root = store.area(StoreArea.BLOBS)
 
     def sweep(self, older_than: float = _STALE_SECONDS) -> int:
-        """Remove temporary files and directories that killed builds left (only old ones:
-        a concurrent build may be writing a new one). Returns how many were removed."""
+        """Remove temporary files and directories that killed builds left, and interrupted
+        downloads no fetch holds (only old ones: a concurrent build may be writing a new
+        one). Returns how many were removed."""
         now = time.time()
         removed = 0
         candidates: list[Path] = []
         if self.root.is_dir():
-            candidates += [p for p in self.root.iterdir() if p.name.startswith(".incoming.")]
+            candidates += [
+                p for p in self.root.iterdir() if p.name.startswith((".incoming.", ".partial."))
+            ]
         scratch = self.store.area(StoreArea.TMP)
         if scratch.is_dir():
             candidates += list(scratch.iterdir())
         for path in candidates:
             try:
                 if now - path.lstat().st_mtime < older_than:
+                    continue
+                if path.name.startswith(".partial."):
+                    # An old interrupted download (its size is what a registry claimed): gone
+                    # unless a fetch holds it now; a later fetch starts it again.
+                    removed += _remove_unlocked(path)
                     continue
                 if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path)
@@ -413,8 +421,13 @@ class BlobStore:
             return
         final.parent.mkdir(parents=True, exist_ok=True)
         partial = final.with_name(f".partial.{final.name}")
-        with open(partial, "a+b") as handle:
+        while True:  # until the file locked is the one at that name (a sweep may remove it)
+            handle = open(partial, "a+b")  # noqa: SIM115 - closed below, or by the with
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            if _same_file(handle, partial):
+                break
+            handle.close()
+        with handle:
             if self.intact(digest, size):
                 _unlink_if_empty(partial)
                 yield None
@@ -482,6 +495,24 @@ class PartialBlob:
     def discard(self) -> None:
         """Empty the partial file: what it holds is not the blob."""
         self.handle.truncate(0)
+
+
+def _same_file(handle: IO[bytes], path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _remove_unlocked(path: Path) -> int:
+    """Remove a partial download no fetch holds (its lock is free); 1 if removed."""
+    with open(path, "rb") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0  # being fetched right now
+        path.unlink()
+    return 1
 
 
 def _each(

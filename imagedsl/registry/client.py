@@ -394,7 +394,13 @@ class RegistryClient:
             download = _Download(partial)
             action = f"fetching blob {repository}@{blob.digest}"
             attempt = functools.partial(self._fetch_attempt, repository, download, action)
+            resumed = partial.have > 0
             self._transport.retrying(repository.host, action, attempt)
+            if resumed and (partial.have != blob.size or partial.actual != blob.digest):
+                # What an earlier download left (from another registry, perhaps) was not this
+                # blob's start: fetch it whole once before blaming this registry.
+                partial.restart()
+                self._transport.retrying(repository.host, action, attempt)
             actual = partial.actual
             if partial.have != blob.size or actual != blob.digest:
                 partial.discard()
