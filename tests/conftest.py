@@ -22,11 +22,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import settings
 
 from tests.support import docker, skips
 from tests.support import docker as docker_support
 from tests.support import fidelity as fidelity_support
 from tests.support.skips import unavailable
+
+# Tests assert behaviour, never speed (benchmarks/ measure it): no per-example deadline, which
+# a machine busy with other builds would turn into a failure of a correct test.
+settings.register_profile("imagedsl", deadline=None)
+settings.load_profile("imagedsl")
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -314,11 +314,13 @@ def test_idiomatic_names_targets_and_header(tmp_path: Path) -> None:
 
 
 def test_dockerignore_becomes_the_ignore_list(tmp_path: Path) -> None:
-    """A ``.dockerignore`` beside the Dockerfile is the context's ignore list."""
+    """A ``.dockerignore`` beside the Dockerfile is the context's ignore list (and the
+    build.py written beside it is left out: it is no file of the Dockerfile's build)."""
     source = _project(tmp_path, RESOURCES / "07-copy-all.Dockerfile")
     (tmp_path / ".dockerignore").write_text("# comment\n*.md\n!README.md\n\napp/util.py\n")
     text = import_dockerfile(source)
-    assert 'src = dsl.context(".", ignore=["*.md", "!README.md", "app/util.py"])' in text
+    ignore = '["*.md", "!README.md", "app/util.py", "build.py"]'
+    assert f'src = dsl.context(".", ignore={ignore})' in text
     assert load_buildfile(tmp_path / "build.py" if False else _write(tmp_path, text)).targets
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from imagedsl.importer import translate_text
-from tests.support.cli import imagedsl_on
+from tests.support.cli import imagedsl, imagedsl_on
 from tests.support.docker import DockerEngine
 from tests.support.fidelity import docker_config, layout_config
 from tests.test_import_sweep import _refused
@@ -207,3 +207,34 @@ def test_a_chown_naming_only_a_group_is_root_and_that_group(
     seen = [docker_engine.run("run", "--rm", tag, "cat", "/st").stdout for tag in (theirs, ours)]
     assert seen[0] == "0:5 /a\n0:77 /b\n"
     assert seen[1] == seen[0]
+
+
+def test_the_imported_build_py_is_left_out_of_its_context(tmp_path: Path) -> None:
+    """The build.py written beside the Dockerfile was in the context it imports: each
+    re-import after a Dockerfile edit (a LABEL) rebuilt ``COPY . /app`` and what follows,
+    where ``docker build`` (whose .dockerignore often names the Dockerfile) reused it."""
+    from imagedsl.importer import import_dockerfile
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "app.txt").write_text("app\n")
+    (ctx / ".dockerignore").write_text("*.log\nDockerfile\n")
+    dockerfile = ctx / "Dockerfile"
+    dockerfile.write_text("FROM scratch\nCOPY . /app\nLABEL v=1\n")
+    build_py = ctx / "build.py"
+    build_py.write_text(import_dockerfile(dockerfile, build_py))
+    assert 'ignore=["*.log", "Dockerfile", "build.py"]' in build_py.read_text()
+    store, out = tmp_path / "store", tmp_path / "out"
+    done = imagedsl("build", "--backend", "oci", "--output", f"oci:{out}", "build.py",
+                    cwd=ctx, store=store)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    dockerfile.write_text("FROM scratch\nCOPY . /app\nLABEL v=2\n")
+    build_py.write_text(import_dockerfile(dockerfile, build_py))
+    planned = imagedsl("plan", "build.py", cwd=ctx, store=store)
+    assert planned.returncode == 0, planned.stderr
+    copy_row = next(line for line in planned.stdout.splitlines() if "COPY . /app" in line)
+    assert " hit " in copy_row, planned.stdout
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert '"build.py"' not in import_dockerfile(dockerfile, elsewhere / "build.py")
+    assert '"build.py"' in import_dockerfile(dockerfile)  # by default, beside the Dockerfile

@@ -20,6 +20,7 @@ import dockerfile
 
 from imagedsl.importer._format import assignment, module
 from imagedsl.importer._translate import DockerfileImportError, Statement, Translator
+from imagedsl.loader import DEFAULT_BUILDFILE
 
 __all__ = ["DockerfileImportError", "import_dockerfile", "translate_text"]
 
@@ -52,10 +53,15 @@ def import_dockerfile(
         ) from None
     text = text.replace("\r\n", "\n")  # as the text read did before: the parser sees lines
     context_dir = source.parent
-    out_dir = Path(output).parent if output is not None else context_dir
-    rel = os.path.relpath(context_dir.resolve(), out_dir.resolve())
+    written = Path(output) if output is not None else context_dir / DEFAULT_BUILDFILE
+    rel = os.path.relpath(context_dir.resolve(), written.parent.resolve())
     ignore_file = context_dir / ".dockerignore"
     ignore = _read_ignore(ignore_file) if ignore_file.is_file() else None
+    inside = os.path.relpath(written.resolve(), context_dir.resolve())
+    if not inside.startswith(".."):
+        # The build.py is no file of the Dockerfile's build: left out of the context, an
+        # edit of it (each re-import) does not rebuild a COPY . and what follows.
+        ignore = [*(ignore or []), Path(inside).as_posix()]
     return translate_text(
         text, file=str(path), context_dir=context_dir, context_path=rel, ignore=ignore
     )
