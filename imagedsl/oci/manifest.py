@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
@@ -25,6 +25,11 @@ from imagedsl.oci.mediatypes import (
 
 if TYPE_CHECKING:
     from imagedsl.oci.image import LayerBlob
+
+#: The most manifests read along one path from a top manifest to an image: up to three
+#: nested indexes, then the image manifest. Layouts, pushes and pulls all stop there, so a
+#: hostile chain of indexes costs a few reads, never a deep recursion.
+MAX_INDEX_DEPTH: Final = 4
 
 
 @attrs.frozen(kw_only=True)

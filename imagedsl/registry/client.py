@@ -25,7 +25,7 @@ import concurrent.futures
 import functools
 import http.client
 import logging
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import attrs
@@ -33,7 +33,7 @@ import attrs
 from imagedsl.oci.blobs import BlobSource, BlobStore, PartialBlob
 from imagedsl.oci.descriptor import Descriptor
 from imagedsl.oci.digest import is_sha256
-from imagedsl.oci.manifest import Manifest
+from imagedsl.oci.manifest import MAX_INDEX_DEPTH, Manifest
 from imagedsl.oci.mediatypes import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -48,6 +48,7 @@ from imagedsl.registry.errors import (
     BlobSourceError,
     NotFoundError,
     PlatformNotFoundError,
+    PushSourceError,
     RegistryDigestError,
     RegistryError,
 )
@@ -355,23 +356,25 @@ class RegistryClient:
         )
 
     def pull_all(self, reference: str | ImageReference, store: Store) -> Manifest:
-        """Bring a manifest or index into ``store`` with everything it reaches (all platforms)."""
+        """Bring a manifest or index into ``store`` with everything it reaches (all platforms).
+
+        Each manifest is fetched once however many indexes list it, and no deeper than
+        :data:`~imagedsl.oci.manifest.MAX_INDEX_DEPTH` manifests from the top.
+        """
         ref = _registry_reference(reference)
         repo = Repository.of(ref)
         top = self.get_manifest(ref, store=store)
-        blobs: dict[str, Descriptor] = {}
-        pending = [top]
-        while pending:
-            manifest = pending.pop()
-            for blob in manifest.blobs:
-                blobs.setdefault(blob.digest, blob)
-            for child in manifest.manifests:
-                if child.media_type in INDEX_TYPES | MANIFEST_TYPES:
-                    fetched = self._fetch_manifest(repo, child.digest, f"{repo}@{child.digest}")
-                    BlobStore(store).put(fetched.raw)
-                    pending.append(fetched)
-                else:
-                    blobs.setdefault(child.digest, child)
+
+        def fetch(child: Descriptor) -> Manifest:
+            fetched = self._fetch_manifest(repo, child.digest, f"{repo}@{child.digest}")
+            BlobStore(store).put(fetched.raw)
+            return fetched
+
+        def too_deep(child: Descriptor) -> Exception:
+            detail = f"indexes nest more than {MAX_INDEX_DEPTH} manifests deep (at {child.digest})"
+            return RegistryError(repo.host, f"pulling {ref}", detail=detail)
+
+        _children, blobs = _walk(top, fetch, too_deep)
         self.fetch_blobs(repo, list(blobs.values()), store)
         return top
 
@@ -467,21 +470,17 @@ class RegistryClient:
         top = _read_manifest(source, digest, hint)
         if ref.digest is not None and ref.digest != top.digest:
             raise RegistryDigestError(repo.host, f"manifest for {ref}", ref.digest, top.digest)
-        children: list[Manifest] = []  # child manifests, each before the index that lists it
-        blobs: dict[str, Descriptor] = {}
 
-        def walk(node: Manifest) -> None:
-            for blob in node.blobs:
-                blobs.setdefault(blob.digest, blob)
-            for child in node.manifests:
-                if child.media_type in INDEX_TYPES | MANIFEST_TYPES:
-                    loaded = _read_manifest(source, child.digest, child.media_type)
-                    walk(loaded)
-                    children.append(loaded)
-                else:
-                    blobs.setdefault(child.digest, child)
+        def too_deep(child: Descriptor) -> Exception:
+            where = str(source.blob_path(top.digest))
+            problem = (
+                f"its indexes nest more than {MAX_INDEX_DEPTH} manifests deep (at {child.digest})"
+            )
+            return PushSourceError(where, problem)
 
-        walk(top)
+        children, blobs = _walk(
+            top, lambda child: _read_manifest(source, child.digest, child.media_type), too_deep
+        )
         outcomes = self._parallel(
             lambda blob: self.push_blob(repo, blob, source, mount_from=mount_from),
             list(blobs.values()),
@@ -744,6 +743,44 @@ def _choose_platform(index: Manifest, wanted: Platform) -> Descriptor | None:
         if child.platform is not None and wanted.matches(child.platform):
             return child
     return None
+
+
+def _walk(
+    top: Manifest,
+    load: Callable[[Descriptor], Manifest],
+    too_deep: Callable[[Descriptor], Exception],
+) -> tuple[list[Manifest], dict[str, Descriptor]]:
+    """Everything a manifest or index reaches: the child manifests (each before the index
+    that lists it, each once) and the blobs (by digest, in the order first met).
+
+    ``load`` reads a child manifest; a child more than
+    :data:`~imagedsl.oci.manifest.MAX_INDEX_DEPTH` manifests from the top raises
+    ``too_deep(child)``. Iterative, with the manifests met kept by digest: indexes that list
+    the next one twice cost one read each, not two to the power of their depth.
+    """
+    children: list[Manifest] = []
+    blobs: dict[str, Descriptor] = {blob.digest: blob for blob in top.blobs}
+    seen = {top.digest}
+    # (manifest, its depth, the children of it not yet walked)
+    stack: list[tuple[Manifest, int, Iterator[Descriptor]]] = [(top, 1, iter(top.manifests))]
+    while stack:
+        node, depth, pending = stack[-1]
+        child = next(pending, None)
+        if child is None:
+            stack.pop()
+            if node is not top:
+                children.append(node)
+        elif child.media_type not in INDEX_TYPES | MANIFEST_TYPES:
+            blobs.setdefault(child.digest, child)
+        elif child.digest not in seen:
+            if depth >= MAX_INDEX_DEPTH:
+                raise too_deep(child)
+            seen.add(child.digest)
+            loaded = load(child)
+            for blob in loaded.blobs:
+                blobs.setdefault(blob.digest, blob)
+            stack.append((loaded, depth + 1, iter(loaded.manifests)))
+    return children, blobs
 
 
 def _read_manifest(source: BlobSource, digest: str, media_type: str | None) -> Manifest:
