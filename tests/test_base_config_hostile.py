@@ -22,15 +22,20 @@ from typing import Any
 import pytest
 
 import imagedsl as dsl
-from imagedsl.oci.layout import LayoutBlobs
+from imagedsl.errors import InputError
+from imagedsl.oci.image import BaseConfigError
+from imagedsl.oci.layout import BaseImageError, LayoutBlobs, read_local_image
 from imagedsl.oci.mediatypes import OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST
+from imagedsl.oci.reference import parse_reference
 from imagedsl.registry.auth import DockerConfig
 from imagedsl.registry.client import RegistryClient
 from imagedsl.registry.errors import PushSourceError, RegistryError
 from imagedsl.store import Store
-from tests.support import oci
+from tests.support import REPO_ROOT, oci
+from tests.support.cli import imagedsl
 from tests.support.hostile import HostileServer, Request, head, registry_handler
 from tests.support.oci import member, tar_bytes
+from tests.support.registry import put_blob
 
 LAYER_TAR = tar_bytes(
     [member("etc/", kind=tarfile.DIRTYPE, mode=0o755), member("etc/hello", data=b"hi\n")]
@@ -56,6 +61,67 @@ def config_with(**changes: Any) -> bytes:
 def runtime_with(**changes: Any) -> bytes:
     """A valid config whose ``config`` (the runtime defaults) has fields replaced."""
     return config_with(config={"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], **changes})
+
+
+def nested(depth: int) -> Any:
+    """A JSON list nested ``depth`` deep."""
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+BAD_CONFIGS = [
+    pytest.param(b"[1,2,3]", "", "is not a JSON object", id="a-list"),
+    pytest.param(config_with(x="\udcff").replace(b'"\\udcff"', b'"\xff"'), "", "UTF-8", id="utf8"),
+    pytest.param(b'{"x":' + b"[" * 200_000 + b"]" * 200_000 + b"}", "", "deeply", id="deep-200k"),
+    pytest.param(config_with(x=nested(100)), "x", "deeper than 32", id="deep-100"),
+    pytest.param(config_with(x=float("nan")), "", "not valid JSON", id="nan"),
+    pytest.param(runtime_with(Env=["A=\ud800"]), "config", "Unicode", id="lone-surrogate"),
+    pytest.param(config_with(architecture=5), "architecture", "string", id="architecture"),
+    pytest.param(config_with(rootfs="x"), "rootfs", "object", id="rootfs-string"),
+    pytest.param(
+        config_with(rootfs={"diff_ids": {"a": 1}}), "rootfs.diff_ids", "list", id="diff-ids-object"
+    ),
+    pytest.param(
+        config_with(rootfs={"diff_ids": ["a"]}), "rootfs.diff_ids[0]", "digest", id="diff-id-word"
+    ),
+    pytest.param(config_with(history="nope"), "history", "list", id="history-string"),
+    pytest.param(config_with(history=[1, "x"]), "history[0]", "object", id="history-numbers"),
+    pytest.param(
+        config_with(history=[{"created_by": 5}]),
+        "history[0].created_by",
+        "string",
+        id="history-created-by",
+    ),
+    pytest.param(
+        config_with(history=[{"empty_layer": "no"}]),
+        "history[0].empty_layer",
+        "true or false",
+        id="history-empty-layer",
+    ),
+    pytest.param(config_with(config=[1]), "config", "object", id="config-list"),
+    pytest.param(runtime_with(Env=[1, None, "X=1"]), "config.Env", "strings", id="env"),
+    pytest.param(runtime_with(Cmd=5), "config.Cmd", "strings", id="cmd"),
+    pytest.param(runtime_with(Entrypoint={"x": 1}), "config.Entrypoint", "strings", id="entry"),
+    pytest.param(runtime_with(WorkingDir=7), "config.WorkingDir", "string", id="workdir"),
+    pytest.param(runtime_with(User=["root"]), "config.User", "string", id="user"),
+    pytest.param(runtime_with(ExposedPorts=[80]), "config.ExposedPorts", "object", id="ports"),
+    pytest.param(runtime_with(Volumes=3), "config.Volumes", "object", id="volumes"),
+    pytest.param(runtime_with(Labels="x"), "config.Labels", "object", id="labels"),
+    pytest.param(runtime_with(Labels={"a": 1}), "config.Labels", "strings", id="label-number"),
+    pytest.param(runtime_with(StopSignal=9), "config.StopSignal", "string", id="stopsignal"),
+    pytest.param(runtime_with(Shell="sh"), "config.Shell", "strings", id="shell"),
+    pytest.param(runtime_with(OnBuild="RUN x"), "config.OnBuild", "strings", id="onbuild"),
+    pytest.param(runtime_with(OnBuild=[1, None]), "config.OnBuild", "strings", id="onbuild-nums"),
+    pytest.param(runtime_with(Healthcheck=1), "config.Healthcheck", "object", id="healthcheck"),
+    pytest.param(
+        runtime_with(Healthcheck={"Test": "true"}),
+        "config.Healthcheck.Test",
+        "strings",
+        id="healthcheck-test",
+    ),
+]
 
 
 # -- images written here -------------------------------------------------------------------------
@@ -160,6 +226,176 @@ def build(reference: str, tmp_path: Path) -> None:
 def blob_requests(server: HostileServer) -> int:
     """Requests the server saw for blobs."""
     return sum(n for path, n in server.requests.items() if "/blobs/" in path)
+
+
+# -- F6: a config of the wrong shape ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("config", "field", "problem"), BAD_CONFIGS)
+def test_a_config_of_the_wrong_shape_is_refused_naming_the_field(
+    config: bytes, field: str, problem: str, tmp_path: Path
+) -> None:
+    """A base config that is not UTF-8 JSON, not an object, nested absurdly deep, or whose
+    fields are not of the OCI spec's types is an input error naming the base and the field,
+    never a traceback and never carried into the image."""
+    reference = config_layout(tmp_path / "base", config)
+    with pytest.raises(BaseConfigError) as caught:
+        build(reference, tmp_path)
+    assert caught.value.reference == reference
+    assert caught.value.field == field
+    assert problem in caught.value.problem
+    assert caught.value.exit_code == 2
+    assert not list((tmp_path / "store").glob("oci/bases/*.json"))
+
+
+SOURCES: list[Any] = [
+    pytest.param(lambda tmp, config: config_layout(tmp / "layout", config), id="oci"),
+    pytest.param(lambda tmp, config: oci_archive(tmp / "image.tar", config), id="oci-archive"),
+    pytest.param(
+        lambda tmp, config: docker_archive(tmp / "image.tar", config), id="docker-archive"
+    ),
+]
+
+
+@pytest.mark.parametrize("make", SOURCES)
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        pytest.param(b"[1,2,3]", "", id="a-list"),
+        pytest.param(runtime_with(Cmd=5, Entrypoint={"x": 1}), "config.Cmd", id="cmd-number"),
+    ],
+)
+def test_every_local_source_checks_the_config(
+    make: Callable[[Path, bytes], str], config: bytes, field: str, tmp_path: Path
+) -> None:
+    """An OCI layout, an OCI archive and a docker-archive (what an engine export is read
+    as) all refuse a config of the wrong shape, naming the base and the field."""
+    reference = make(tmp_path, config)
+    with pytest.raises(BaseConfigError) as caught:
+        build(reference, tmp_path)
+    assert caught.value.field == field
+    assert caught.value.reference == str(parse_reference(reference, step="test"))
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        pytest.param(b"[1,2,3]", "", id="a-list"),
+        pytest.param(runtime_with(Cmd=5), "config.Cmd", id="cmd-number"),
+        pytest.param(config_with(history=[1]), "history[0]", id="history-number"),
+    ],
+)
+def test_a_registry_base_config_is_checked(config: bytes, field: str, tmp_path: Path) -> None:
+    """A config pulled from a registry is checked as a local one is."""
+    manifest, blobs = image_documents(config)
+    with HostileServer(registry_handler(registry_documents(manifest), blobs)) as server:
+        reference = f"{server.host}/base:1"
+        with pytest.raises(BaseConfigError) as caught:
+            build(reference, tmp_path)
+    assert (caught.value.reference, caught.value.field) == (reference, field)
+
+
+def test_a_config_the_store_holds_is_checked_too(tmp_path: Path) -> None:
+    """A base whose blobs the store holds already (an earlier import left them) is read from
+    the store with the same checks: its bad config is refused there too."""
+    manifest, blobs = image_documents(runtime_with(Cmd=5))
+    store = Store(tmp_path / "store")
+    for data in [manifest, *blobs.values()]:
+        put_blob(store, data, "application/octet-stream")
+    reference = f"oci:{tmp_path / 'gone'}@{oci.sha256(manifest)}"  # only the store has it
+    with pytest.raises(BaseConfigError) as caught:
+        oci.build({"a": dsl.image(reference).cmd("x")}, store)
+    assert caught.value.field == "config.Cmd"
+
+
+def test_the_cli_says_what_is_wrong_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``imagedsl build`` on such a base exits 2 with one line naming the base and the field."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))  # the checkout under test, from any cwd
+    reference = config_layout(tmp_path / "base", runtime_with(Labels={"a": 1}))
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "build.py").write_text(
+        f"import imagedsl as dsl\napp = dsl.image({reference!r}).cmd('x')\n"
+    )
+    result = imagedsl(
+        "build", "build.py:app", "--backend", "oci", cwd=project, store=tmp_path / "s"
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if reference in line]
+    assert len(errors) == 1
+    assert "config.Labels" in errors[0]
+
+
+def test_inspect_checks_the_config_of_an_image_read_in_place(tmp_path: Path) -> None:
+    """An image read where it is (``imagedsl inspect``) has its config checked the same way."""
+    reference = config_layout(tmp_path / "base", b'{"rootfs": [1]}')
+    with (
+        pytest.raises(BaseConfigError) as caught,
+        read_local_image(parse_reference(reference, step="test"), "linux/amd64"),
+    ):
+        pass
+    assert caught.value.field == "rootfs"
+
+
+# -- layouts whose index or manifest is not one -------------------------------------------------
+
+
+DEEP = b'{"x":' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+
+
+@pytest.mark.parametrize(
+    ("manifest", "index"),
+    [
+        pytest.param(b"[1,2]", None, id="manifest-a-list"),
+        pytest.param(DEEP, None, id="manifest-too-deep"),
+        pytest.param(b"{}", DEEP, id="index-json-too-deep"),
+    ],
+)
+def test_a_layout_manifest_that_is_not_an_object_is_refused(
+    manifest: bytes, index: bytes | None, tmp_path: Path
+) -> None:
+    """A layout whose manifest is a JSON list, or nested past what a parser can read, or
+    whose index.json nests so, is one base-image error naming the base."""
+    reference = write_layout(tmp_path / "base", manifest, {}, index=index)
+    with pytest.raises(BaseImageError) as caught:
+        build(reference, tmp_path)
+    assert isinstance(caught.value, InputError)
+    assert str(tmp_path / "base") in caught.value.reference
+
+
+def test_index_entry_annotations_that_are_not_an_object_are_refused(tmp_path: Path) -> None:
+    """An index.json entry whose annotations are not an object matches no tag: a base-image
+    error listing what the layout holds."""
+    manifest, blobs = image_documents(config_with())
+    entry = {"mediaType": OCI_MANIFEST, "digest": oci.sha256(manifest), "size": len(manifest)}
+    index = json.dumps({"schemaVersion": 2, "manifests": [{**entry, "annotations": "x"}]})
+    reference = write_layout(tmp_path / "layout", manifest, blobs, index=index.encode())
+    with pytest.raises(BaseImageError) as caught:
+        build(reference, tmp_path)
+    assert "no single image matches 1" in caught.value.problem
+
+
+def test_a_docker_archive_listing_other_than_objects_is_refused(tmp_path: Path) -> None:
+    """A docker-archive whose manifest.json lists something other than objects is a
+    base-image error."""
+    archive = docker_archive(tmp_path / "image.tar", config_with(), listing=[1])
+    with pytest.raises(BaseImageError) as caught:
+        build(archive, tmp_path)
+    assert "manifest.json" in caught.value.problem
+
+
+def test_a_registry_manifest_nested_too_deeply_is_one_error() -> None:
+    """A manifest nested past what a parser reads is a registry error, not a RecursionError."""
+    with (
+        HostileServer(registry_handler({"1": (OCI_MANIFEST, DEEP)}, {})) as server,
+        RegistryClient(docker_config=DockerConfig()) as client,
+        pytest.raises(RegistryError) as caught,
+    ):
+        client.get_manifest(f"{server.host}/x:1")
+    assert "nested too deeply" in caught.value.detail
 
 
 # -- F12: index chains and fan-outs ------------------------------------------------------------------

@@ -16,41 +16,26 @@ import json
 import os
 import re
 import tarfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final, cast
 
 import attrs
 
-from imagedsl.errors import ImageDSLError, InputError
+from imagedsl.errors import ImageDSLError
 from imagedsl.oci.annotations import CONTAINERD_IMAGE_NAME, REF_NAME
 from imagedsl.oci.blobs import BlobDigestError, BlobStore, check_digest
-from imagedsl.oci.image import BaseImage, LayerBlob
-from imagedsl.oci.manifest import manifest_document
-from imagedsl.oci.mediatypes import (
-    DOCKER_MANIFEST_LIST,
-    LAYER_MEDIA_TYPES,
-    OCI_INDEX,
-    READABLE_LAYER_TYPES,
-    sniff_compression,
-)
+from imagedsl.oci.image import BaseImage, LayerBlob, diff_ids_of, parse_base_config
+from imagedsl.oci.image import BaseImageError as BaseImageError  # re-exported: it was defined here
+from imagedsl.oci.manifest import MAX_INDEX_DEPTH, Manifest, manifest_document
+from imagedsl.oci.mediatypes import LAYER_MEDIA_TYPES, READABLE_LAYER_TYPES, sniff_compression
 from imagedsl.oci.reference import name_of_tag, normalise_tag
 
 if TYPE_CHECKING:
+    from imagedsl.oci.descriptor import Descriptor
     from imagedsl.oci.reference import ImageReference
 
 _MAX_JSON: Final = 16 << 20
-
-
-@attrs.define
-class BaseImageError(InputError):
-    """A base image cannot be read from where its reference says."""
-
-    reference: str
-    problem: str
-
-    def __str__(self) -> str:
-        return f"base image {self.reference}: {self.problem}"
 
 
 @attrs.frozen
@@ -76,15 +61,22 @@ class _Source:
     def open(self, name: str) -> IO[bytes]:
         raise NotImplementedError
 
-    def read_json(self, name: str) -> Any:
+    def read_small(self, name: str, limit: int = _MAX_JSON) -> bytes:
+        """The bytes of file ``name``, refused past ``limit`` (never read further)."""
         with self.open(name) as handle:
-            data = handle.read(_MAX_JSON + 1)
-        if len(data) > _MAX_JSON:
+            data = handle.read(limit + 1)
+        if len(data) > limit:
             raise BaseImageError(self.where, f"{name} is too large")
+        return data
+
+    def read_json(self, name: str) -> Any:
+        data = self.read_small(name)
         try:
             return json.loads(data)
         except ValueError:
             raise BaseImageError(self.where, f"{name} is not valid JSON") from None
+        except RecursionError:
+            raise BaseImageError(self.where, f"{name} nests too deeply to be read") from None
 
     def close(self) -> None:
         """Release the source."""
@@ -184,21 +176,56 @@ def _import_layout(
     platform: str,
     blobs: BlobStore,
 ) -> BaseImage:
-    descriptor: Mapping[str, Any] = _choose(source, shown, tag, digest)
-    name = name_of_tag((descriptor.get("annotations") or {}).get(CONTAINERD_IMAGE_NAME))
-    for _ in range(4):  # an index may point at an index (multi-platform)
-        media_type = descriptor.get("mediaType")
-        manifest_digest = check_digest(descriptor.get("digest"))
-        with source.open(blob_name(manifest_digest)) as handle:
-            blobs.import_stream(handle, manifest_digest, source.where)
-        document = json.loads(blobs.read(manifest_digest))
-        media_type = document.get("mediaType", media_type)
-        if media_type in (OCI_INDEX, DOCKER_MANIFEST_LIST) or "manifests" in document:
-            descriptor = _pick_platform(shown, document, platform)
-            continue
-        base = _import_manifest(source, shown, manifest_digest, document, blobs)
-        return attrs.evolve(base, name=name)
+    entry = _choose(source, shown, tag, digest)
+    name = name_of_tag(_annotations(entry).get(CONTAINERD_IMAGE_NAME))
+
+    def imported(manifest_digest: str) -> bytes:
+        data = source.read_small(blob_name(manifest_digest))
+        return _import_bytes(source, manifest_digest, data, blobs)
+
+    manifest = _image_manifest(shown, entry, platform, imported)
+    base = _import_manifest(source, shown, manifest, blobs)
+    return attrs.evolve(base, name=name)
+
+
+def _import_bytes(source: _Source, digest: str, data: bytes, blobs: BlobStore) -> bytes:
+    """A small blob's bytes, read from ``source`` as blob ``digest``: checked against it and
+    put in the store."""
+    actual = "sha256:" + hashlib.sha256(data).hexdigest()
+    if actual != digest:
+        raise BlobDigestError(source.where, digest, actual)
+    blobs.put(data)
+    return data
+
+
+def _image_manifest(
+    shown: str, entry: Mapping[str, Any], platform: str, read: Callable[[str], bytes]
+) -> Manifest:
+    """The image manifest an index.json entry leads to for ``platform``, through indexes
+    (multi-platform, nested too) at most :data:`MAX_INDEX_DEPTH` manifests deep; ``read``
+    gives a manifest's bytes by digest."""
+    digest = check_digest(entry.get("digest"))
+    media_type = entry.get("mediaType")
+    for _ in range(MAX_INDEX_DEPTH):
+        try:
+            manifest = Manifest.parse(
+                read(digest),
+                media_type=media_type if isinstance(media_type, str) else None,
+                where=blob_name(digest),
+            )
+        except ValueError as error:
+            raise BaseImageError(shown, str(error)) from None
+        if not manifest.is_index:
+            return manifest
+        chosen = _pick_platform(shown, manifest, platform)
+        digest, media_type = chosen.digest, chosen.media_type
     raise BaseImageError(shown, "nests image indexes too deeply")
+
+
+def _annotations(entry: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An index.json entry's annotations (none when they are not an object)."""
+    annotations = entry.get("annotations")
+    return annotations if isinstance(annotations, dict) else {}
 
 
 def _choose(source: _Source, shown: str, tag: str | None, digest: str | None) -> Mapping[str, Any]:
@@ -207,36 +234,53 @@ def _choose(source: _Source, shown: str, tag: str | None, digest: str | None) ->
     manifests = index.get("manifests") if isinstance(index, dict) else None
     if not isinstance(manifests, list) or not manifests:
         raise BaseImageError(shown, "index.json lists no manifests")
+    entries = [m for m in manifests if isinstance(m, dict)]
     if digest is not None:
-        chosen = [m for m in manifests if isinstance(m, dict) and m.get("digest") == digest]
+        chosen = [m for m in entries if m.get("digest") == digest]
     elif tag is not None:
-        chosen = [
-            m
-            for m in manifests
-            if isinstance(m, dict) and (m.get("annotations") or {}).get(REF_NAME) == tag
-        ]
+        chosen = [m for m in entries if _annotations(m).get(REF_NAME) == tag]
     else:
-        chosen = [m for m in manifests if isinstance(m, dict)]
+        chosen = entries
     if len(chosen) != 1:
-        names = sorted(
-            str((m.get("annotations") or {}).get(REF_NAME))
-            for m in manifests
-            if isinstance(m, dict)
-        )
+        names = sorted(str(_annotations(m).get(REF_NAME)) for m in entries)
         wanted = digest or tag or "(no tag: the layout must hold exactly one image)"
         raise BaseImageError(shown, f"no single image matches {wanted}; it holds {names}")
     entry: Mapping[str, Any] = chosen[0]
     return entry
 
 
-def _tagged(manifest: object, tag: str | None) -> list[Any]:
-    """A docker-archive's ``manifest.json`` entries that ``tag`` names (all without a tag;
-    none when the document is not a list)."""
-    entries = manifest if isinstance(manifest, list) else []
+def _docker_entries(manifest: object, shown: str) -> list[Mapping[str, Any]]:
+    """A docker-archive's ``manifest.json`` entries, each checked: ``Config`` a string,
+    ``Layers`` and ``RepoTags`` (null: none) lists of strings."""
+    if not isinstance(manifest, list) or not manifest:
+        raise BaseImageError(shown, "manifest.json lists no images")
+    for i, entry in enumerate(manifest):
+        if not isinstance(entry, dict):
+            raise BaseImageError(shown, f"manifest.json's entry {i} is not an object")
+        if not isinstance(entry.get("Config"), str):
+            raise BaseImageError(shown, f"manifest.json's entry {i} has no Config file name")
+        for field in ("Layers", "RepoTags"):
+            value = entry.get(field)
+            if value is not None and not (
+                isinstance(value, list) and all(isinstance(item, str) for item in value)
+            ):
+                raise BaseImageError(
+                    shown, f"manifest.json's entry {i} has {field} that is not a list of strings"
+                )
+    return manifest
+
+
+def _repo_tags(entry: Mapping[str, Any]) -> Sequence[str]:
+    tags: Sequence[str] = entry.get("RepoTags") or ()
+    return tags
+
+
+def _tagged(manifest: Sequence[Mapping[str, Any]], tag: str | None) -> list[Mapping[str, Any]]:
+    """A docker-archive's ``manifest.json`` entries that ``tag`` names (all without a tag)."""
     if tag is None:
-        return entries
+        return list(manifest)
     wanted = {tag, normalise_tag(tag)}
-    return [m for m in entries if wanted.intersection(m.get("RepoTags") or [])]
+    return [m for m in manifest if wanted.intersection(_repo_tags(m))]
 
 
 def local_image_name(reference: ImageReference, platform: str) -> str | None:  # noqa: ARG001
@@ -250,12 +294,13 @@ def local_image_name(reference: ImageReference, platform: str) -> str | None:  #
     except (OSError, tarfile.TarError, BaseImageError):
         return None
     try:
+        shown = str(reference)
         if reference.transport == "docker-archive":
-            entries = _tagged(source.read_json("manifest.json"), tag)
-            tags = entries[0].get("RepoTags") if len(entries) == 1 else None
-            return name_of_tag(tags[0]) if isinstance(tags, list) and tags else None
-        entry = _choose(source, str(reference), tag, reference.digest)
-        return name_of_tag((entry.get("annotations") or {}).get(CONTAINERD_IMAGE_NAME))
+            entries = _tagged(_docker_entries(source.read_json("manifest.json"), shown), tag)
+            tags = _repo_tags(entries[0]) if len(entries) == 1 else ()
+            return name_of_tag(tags[0]) if tags else None
+        entry = _choose(source, shown, tag, reference.digest)
+        return name_of_tag(_annotations(entry).get(CONTAINERD_IMAGE_NAME))
     except (OSError, ValueError, KeyError, AttributeError, tarfile.TarError, ImageDSLError):
         return None
     finally:
@@ -279,21 +324,16 @@ def local_base_digest(reference: ImageReference, platform: str) -> str | None:
         return None
     try:
         if reference.transport == "docker-archive":
-            entries = _tagged(source.read_json("manifest.json"), tag)
+            entries = _tagged(_docker_entries(source.read_json("manifest.json"), shown), tag)
             if len(entries) != 1:
                 return None
             named = re.search(r"([0-9a-f]{64})(?:\.json)?$", str(entries[0].get("Config") or ""))
             return None if named is None else f"sha256:{named.group(1)}"
-        descriptor: Mapping[str, Any] = _choose(source, shown, tag, reference.digest)
-        for _ in range(4):  # an index may point at an index (multi-platform)
-            document = source.read_json(blob_name(check_digest(descriptor.get("digest"))))
-            if document.get("mediaType") in (OCI_INDEX, DOCKER_MANIFEST_LIST) or (
-                "manifests" in document
-            ):
-                descriptor = _pick_platform(shown, document, platform)
-                continue
-            return check_digest((document.get("config") or {}).get("digest"))
-        return None
+        entry = _choose(source, shown, tag, reference.digest)
+        manifest = _image_manifest(
+            shown, entry, platform, lambda d: source.read_small(blob_name(d))
+        )
+        return None if manifest.config is None else manifest.config.digest
     except (
         OSError,
         ValueError,
@@ -308,98 +348,105 @@ def local_base_digest(reference: ImageReference, platform: str) -> str | None:
         source.close()
 
 
-def _pick_platform(shown: str, index: Mapping[str, Any], platform: str) -> Mapping[str, Any]:
+def _pick_platform(shown: str, index: Manifest, platform: str) -> Descriptor:
     os_name, _, rest = platform.partition("/")
     arch, _, variant = rest.partition("/")
-    candidates = []
-    for item in index.get("manifests") or []:
-        wanted = item.get("platform") or {}
+    for item in index.manifests:
+        found = item.platform
         if (
-            wanted.get("os") == os_name
-            and wanted.get("architecture") == arch
-            and (not variant or wanted.get("variant") in (None, variant))
+            found is not None
+            and found.os == os_name
+            and found.architecture == arch
+            and (not variant or found.variant in (None, variant))
         ):
-            candidates.append(item)
-    if not candidates:
-        raise BaseImageError(shown, f"has no image for platform {platform}")
-    return dict(candidates[0])
+            return item
+    raise BaseImageError(shown, f"has no image for platform {platform}")
+
+
+def layer_types(shown: str, layers: Sequence[Descriptor]) -> list[str]:
+    """The type each layer is kept under, or a :class:`BaseImageError` naming the first
+    layer of a type the backend cannot read (checked before any layer is fetched)."""
+    kept = []
+    for layer in layers:
+        media_type = READABLE_LAYER_TYPES.get(layer.media_type)
+        if media_type is None:
+            raise BaseImageError(shown, f"has a layer of unsupported type {layer.media_type!r}")
+        kept.append(media_type)
+    return kept
+
+
+def _image_config(
+    shown: str, manifest: Manifest, read: Callable[[str], bytes]
+) -> tuple[dict[str, Any], list[str]]:
+    """An image manifest's config (checked: see :func:`~imagedsl.oci.image.parse_base_config`)
+    and its diff_ids, one per layer; ``read`` gives the config's bytes by digest."""
+    if manifest.config is None:  # pragma: no cover - Manifest.parse gives a manifest one
+        raise BaseImageError(shown, "its manifest has no config")
+    config = parse_base_config(read(manifest.config.digest), shown)
+    diff_ids = diff_ids_of(config)
+    if len(diff_ids) != len(manifest.layers):
+        raise BaseImageError(shown, "its config and manifest disagree on the number of layers")
+    return config, diff_ids
 
 
 def _import_manifest(
-    source: _Source, shown: str, manifest_digest: str, manifest: Mapping[str, Any], blobs: BlobStore
+    source: _Source, shown: str, manifest: Manifest, blobs: BlobStore
 ) -> BaseImage:
-    config_descriptor = manifest.get("config") or {}
-    config_digest = check_digest(config_descriptor.get("digest"))
-    with source.open(blob_name(config_digest)) as handle:
-        blobs.import_stream(handle, config_digest, source.where)
-    config = json.loads(blobs.read(config_digest))
-    diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
-    descriptors = manifest.get("layers") or []
-    if len(diff_ids) != len(descriptors):
-        raise BaseImageError(shown, "its config and manifest disagree on the number of layers")
+    types = layer_types(shown, manifest.layers)
+
+    def imported(digest: str) -> bytes:
+        data = source.read_small(blob_name(digest))
+        return _import_bytes(source, digest, data, blobs)
+
+    config, diff_ids = _image_config(shown, manifest, imported)
     layers = []
-    for descriptor, diff_id in zip(descriptors, diff_ids, strict=True):
-        media_type = READABLE_LAYER_TYPES.get(descriptor.get("mediaType", ""))
-        if media_type is None:
-            raise BaseImageError(
-                shown, f"has a layer of unsupported type {descriptor.get('mediaType')!r}"
-            )
-        digest = check_digest(descriptor.get("digest"))
+    for descriptor, diff_id, media_type in zip(manifest.layers, diff_ids, types, strict=True):
+        digest = descriptor.digest
         with source.open(blob_name(digest)) as handle:
             blobs.import_stream(handle, digest, source.where)
         layers.append(
             LayerBlob(
                 digest=digest,
-                size=int(descriptor.get("size") or blobs.path(digest).stat().st_size),
-                diff_id=check_digest(diff_id),
+                size=descriptor.size or blobs.path(digest).stat().st_size,
+                diff_id=diff_id,
                 media_type=media_type,
                 uncompressed_size=0,
             )
         )
     return BaseImage(
-        reference=shown, manifest_digest=manifest_digest, config=config, layers=tuple(layers)
+        reference=shown, manifest_digest=manifest.digest, config=config, layers=tuple(layers)
     )
 
 
 def _import_docker_archive(
     source: _Source, shown: str, tag: str | None, blobs: BlobStore
 ) -> BaseImage:
-    manifest = source.read_json("manifest.json")
-    if not isinstance(manifest, list) or not manifest:
-        raise BaseImageError(shown, "manifest.json lists no images")
-    if tag is not None:
-        wanted = {tag, normalise_tag(tag)}
-        chosen = [
-            m for m in manifest if wanted.intersection(m.get("RepoTags") or []) or m.get("") == tag
-        ]
-    else:
-        chosen = manifest
+    manifest = _docker_entries(source.read_json("manifest.json"), shown)
+    chosen = _tagged(manifest, tag)
     if len(chosen) != 1:
-        tags = sorted(t for m in manifest for t in m.get("RepoTags") or [])
+        tags = sorted(t for m in manifest for t in _repo_tags(m))
         raise BaseImageError(shown, f"no single image matches {tag or '(no tag)'}; it holds {tags}")
     entry = chosen[0]
-    repo_tags = entry.get("RepoTags") or [None]
-    config_name = str(entry.get("Config") or "")
-    with source.open(config_name) as handle:
-        config_bytes = handle.read(_MAX_JSON)
+    config_name = str(entry["Config"])
+    config_bytes = source.read_small(config_name)
     config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
     named = re.search(r"([0-9a-f]{64})(?:\.json)?$", config_name)
     if named and named.group(1) != config_digest.partition(":")[2]:
         raise BlobDigestError(f"{shown} {config_name}", "sha256:" + named.group(1), config_digest)
+    config = parse_base_config(config_bytes, shown)
     blobs.put(config_bytes)
-    config = json.loads(config_bytes)
-    diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
-    names = entry.get("Layers") or []
+    diff_ids = diff_ids_of(config)
+    names: Sequence[str] = entry.get("Layers") or ()
     if len(diff_ids) != len(names):
         raise BaseImageError(shown, "its config and manifest.json disagree on the layer count")
     layers = []
     for name, diff_id in zip(names, diff_ids, strict=True):
-        digest, size, head = _import_unknown(source, str(name), blobs)
+        digest, size, head = _import_unknown(source, name, blobs)
         layers.append(
             LayerBlob(
                 digest=digest,
                 size=size,
-                diff_id=check_digest(diff_id),
+                diff_id=diff_id,
                 media_type=LAYER_MEDIA_TYPES[sniff_compression(head)],
                 uncompressed_size=0,
             )
@@ -411,7 +458,7 @@ def _import_docker_archive(
         manifest_digest=manifest_digest,
         config=config,
         layers=tuple(layers),
-        name=name_of_tag(repo_tags[0]),
+        name=name_of_tag(next(iter(_repo_tags(entry)), None)),
     )
 
 
@@ -526,48 +573,31 @@ def read_local_image(reference: ImageReference, platform: str) -> Iterator[Local
 def _read_layout(
     source: _Source, shown: str, tag: str | None, digest: str | None, platform: str
 ) -> LocalImage:
-    descriptor: Mapping[str, Any] = _choose(source, shown, tag, digest)
-    for _ in range(4):  # an index may point at an index (multi-platform)
-        manifest_digest = check_digest(descriptor.get("digest"))
-        document = source.read_json(blob_name(manifest_digest))
-        if (
-            document.get("mediaType") in (OCI_INDEX, DOCKER_MANIFEST_LIST)
-            or "manifests" in document
-        ):
-            descriptor = _pick_platform(shown, document, platform)
-            continue
-        config = source.read_json(
-            blob_name(check_digest((document.get("config") or {}).get("digest")))
+    entry = _choose(source, shown, tag, digest)
+    manifest = _image_manifest(shown, entry, platform, lambda d: source.read_small(blob_name(d)))
+    config, diff_ids = _image_config(shown, manifest, lambda d: source.read_small(blob_name(d)))
+    layers = tuple(
+        LocalLayer(
+            name=blob_name(layer.digest),
+            digest=layer.digest,
+            size=layer.size,
+            diff_id=diff_id,
+            media_type=layer.media_type or None,
         )
-        diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
-        descriptors = document.get("layers") or []
-        if len(diff_ids) != len(descriptors):
-            raise BaseImageError(shown, "its config and manifest disagree on the number of layers")
-        layers = tuple(
-            LocalLayer(
-                name=blob_name(layer.get("digest")),
-                digest=check_digest(layer.get("digest")),
-                size=int(layer.get("size") or 0),
-                diff_id=check_digest(diff_id),
-                media_type=str(layer.get("mediaType") or "") or None,
-            )
-            for layer, diff_id in zip(descriptors, diff_ids, strict=True)
-        )
-        return LocalImage(shown, manifest_digest, config, layers, source)
-    raise BaseImageError(shown, "nests image indexes too deeply")
+        for layer, diff_id in zip(manifest.layers, diff_ids, strict=True)
+    )
+    return LocalImage(shown, manifest.digest, config, layers, source)
 
 
 def _read_docker_archive(source: _Source, shown: str, tag: str | None) -> LocalImage:
-    manifest = source.read_json("manifest.json")
-    if not isinstance(manifest, list) or not manifest:
-        raise BaseImageError(shown, "manifest.json lists no images")
+    manifest = _docker_entries(source.read_json("manifest.json"), shown)
     chosen = _tagged(manifest, tag)
     if len(chosen) != 1:
-        tags = sorted(t for m in manifest for t in m.get("RepoTags") or [])
+        tags = sorted(t for m in manifest for t in _repo_tags(m))
         raise BaseImageError(shown, f"no single image matches {tag or '(no tag)'}; it holds {tags}")
-    config = source.read_json(str(chosen[0].get("Config") or ""))
-    diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
-    names = [str(n) for n in chosen[0].get("Layers") or []]
+    config = parse_base_config(source.read_small(str(chosen[0]["Config"])), shown)
+    diff_ids = diff_ids_of(config)
+    names: Sequence[str] = chosen[0].get("Layers") or ()
     if len(diff_ids) != len(names):
         raise BaseImageError(shown, "its config and manifest.json disagree on the layer count")
     assert isinstance(source, _TarSource)
@@ -576,7 +606,7 @@ def _read_docker_archive(source: _Source, shown: str, tag: str | None) -> LocalI
             name=name,
             digest=None,
             size=source.members[name].size if name in source.members else 0,
-            diff_id=check_digest(diff_id),
+            diff_id=diff_id,
             media_type=None,
         )
         for name, diff_id in zip(names, diff_ids, strict=True)

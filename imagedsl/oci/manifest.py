@@ -70,6 +70,8 @@ class Manifest:
             payload = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise ValueError(f"{where}: not JSON") from None
+        except RecursionError:  # nested deeper than the parser goes
+            raise ValueError(f"{where}: JSON nested too deeply") from None
         if not isinstance(payload, dict):
             raise ValueError(f"{where}: not a JSON object")
         if payload.get("schemaVersion") != 2:

@@ -48,16 +48,22 @@ from imagedsl.bases import (
 )
 from imagedsl.engine_api import EngineError
 from imagedsl.errors import InputError
-from imagedsl.oci.blobs import BlobStore, VerifyingReader, check_digest, damaged_as_digest_error
-from imagedsl.oci.image import BaseImage, LayerBlob
+from imagedsl.oci.blobs import BlobStore, VerifyingReader, damaged_as_digest_error
+from imagedsl.oci.image import (
+    BaseImage,
+    BaseImageError,
+    LayerBlob,
+    diff_ids_of,
+    parse_base_config,
+)
 from imagedsl.oci.layerstream import decompressed
 from imagedsl.oci.layout import (
-    BaseImageError,
     import_docker_archive,
     import_local_image,
+    layer_types,
     local_image_name,
 )
-from imagedsl.oci.mediatypes import READABLE_LAYER_TYPES
+from imagedsl.oci.manifest import Manifest
 from imagedsl.oci.platform import Platform
 from imagedsl.oci.reference import portable_name
 from imagedsl.store import StoreArea, atomic_write
@@ -185,13 +191,18 @@ def _memo_path(blobs: BlobStore, config_digest: str) -> Path:
     return blobs.store.area(StoreArea.OCI_BASES) / f"{config_digest.partition(':')[2]}.json"
 
 
+def _stored_manifest(blobs: BlobStore, digest: str) -> Manifest:
+    """A manifest or index in the store; ``ValueError`` when it is not one."""
+    return Manifest.parse(blobs.read(digest), where=digest)
+
+
 def _remember(blobs: BlobStore, base: BaseImage) -> None:
     """Note which manifest the image (by config digest) is in the store as."""
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        manifest = json.loads(blobs.read(base.manifest_digest))
-        config_digest = check_digest(manifest["config"]["digest"])
-        memo = _memo_path(blobs, config_digest)
-        atomic_write(memo, json.dumps({"manifest": base.manifest_digest}).encode())
+    with contextlib.suppress(OSError, ValueError):
+        config = _stored_manifest(blobs, base.manifest_digest).config
+        if config is not None:
+            memo = _memo_path(blobs, config.digest)
+            atomic_write(memo, json.dumps({"manifest": base.manifest_digest}).encode())
 
 
 def _from_store(
@@ -215,39 +226,48 @@ def _from_store(
 
 
 def _config_digest(blobs: BlobStore, base: BaseImage) -> str | None:
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        digest = json.loads(blobs.read(base.manifest_digest))["config"]["digest"]
-        return digest if isinstance(digest, str) else None
+    with contextlib.suppress(OSError, ValueError):
+        config = _stored_manifest(blobs, base.manifest_digest).config
+        return None if config is None else config.digest
     return None
 
 
 def _base_from_store(
     shown: str, manifest_digest: str, blobs: BlobStore, platform: str
 ) -> BaseImage | None:
-    if not blobs.intact(manifest_digest):
-        return None
-    manifest = json.loads(blobs.read(manifest_digest))
-    if "manifests" in manifest:  # an index: the platform's manifest
+    """The base whose manifest (or index) the store holds, when the store holds all of it; a
+    config that is not one is refused, as it is when the base is first imported."""
+    manifest: Manifest | None = None
+    for _ in range(2):  # an index (as pulled from a registry), then the platform's manifest
+        if not blobs.intact(manifest_digest):
+            return None
+        manifest = _stored_manifest(blobs, manifest_digest)
+        if not manifest.is_index:
+            break
         wanted = Platform.parse(platform)
-        for child in manifest["manifests"]:
-            found = Platform.from_json(child.get("platform"))
-            if found is not None and wanted.matches(found):
-                return _base_from_store(shown, child["digest"], blobs, platform)
+        chosen = [c for c in manifest.manifests if c.platform and wanted.matches(c.platform)]
+        if not chosen:
+            return None
+        manifest_digest = chosen[0].digest
+    if manifest is None or manifest.config is None:
         return None
-    config_digest = manifest["config"]["digest"]
-    if not blobs.intact(config_digest):
+    config_descriptor = manifest.config
+    if not blobs.intact(config_descriptor.digest):
         return None
-    config = json.loads(blobs.read(config_digest))
+    config = parse_base_config(blobs.read(config_descriptor.digest), shown)
+    diff_ids = diff_ids_of(config)
+    if len(diff_ids) != len(manifest.layers):
+        return None
     layers = []
-    for descriptor, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"], strict=True):
-        if not blobs.intact(descriptor["digest"], descriptor["size"]):
+    for descriptor, diff_id in zip(manifest.layers, diff_ids, strict=True):
+        if not blobs.intact(descriptor.digest, descriptor.size):
             return None
         layers.append(
             LayerBlob(
-                digest=descriptor["digest"],
-                size=descriptor["size"],
+                digest=descriptor.digest,
+                size=descriptor.size,
                 diff_id=diff_id,
-                media_type=descriptor["mediaType"],
+                media_type=descriptor.media_type,
                 uncompressed_size=0,
             )
         )
@@ -352,26 +372,21 @@ def _from_registry(
 
 
 def _pulled_base(shown: str, pulled: PulledImage, blobs: BlobStore) -> BaseImage:
-    config = json.loads(blobs.read(pulled.config.digest))
-    diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+    types = layer_types(shown, pulled.layers)
+    config = parse_base_config(blobs.read(pulled.config.digest, pulled.config.size), shown)
+    diff_ids = diff_ids_of(config)
     if len(diff_ids) != len(pulled.layers):
         raise BaseImageError(shown, "its config and manifest disagree on the layer count")
-    layers = []
-    for descriptor, diff_id in zip(pulled.layers, diff_ids, strict=True):
-        media_type = READABLE_LAYER_TYPES.get(descriptor.media_type)
-        if media_type is None:
-            raise BaseImageError(
-                shown, f"has a layer of unsupported type {descriptor.media_type!r}"
-            )
-        layers.append(
-            LayerBlob(
-                digest=check_digest(descriptor.digest),
-                size=descriptor.size,
-                diff_id=check_digest(diff_id),
-                media_type=media_type,
-                uncompressed_size=0,
-            )
+    layers = [
+        LayerBlob(
+            digest=descriptor.digest,
+            size=descriptor.size,
+            diff_id=diff_id,
+            media_type=media_type,
+            uncompressed_size=0,
         )
+        for descriptor, diff_id, media_type in zip(pulled.layers, diff_ids, types, strict=True)
+    ]
     return BaseImage(
         reference=shown,
         manifest_digest=pulled.manifest.digest,
