@@ -23,7 +23,7 @@ import pytest
 
 import imagedsl as dsl
 from imagedsl.errors import InputError
-from imagedsl.oci.image import BaseConfigError
+from imagedsl.oci.image import MAX_CONFIG, BaseConfigError, BaseConfigTooLargeError
 from imagedsl.oci.layout import BaseImageError, LayoutBlobs, read_local_image
 from imagedsl.oci.mediatypes import OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST
 from imagedsl.oci.reference import parse_reference
@@ -396,6 +396,57 @@ def test_a_registry_manifest_nested_too_deeply_is_one_error() -> None:
     ):
         client.get_manifest(f"{server.host}/x:1")
     assert "nested too deeply" in caught.value.detail
+
+
+# -- F11: a config too large to read ---------------------------------------------------------------
+
+
+def padded_config(size: int) -> bytes:
+    """A valid config of exactly ``size`` bytes."""
+    bare = config_with(pad="")
+    return config_with(pad="A" * (size - len(bare)))
+
+
+def test_a_registry_config_over_4_mib_is_refused_before_it_is_fetched(tmp_path: Path) -> None:
+    """The config's descriptor says 5 MiB: refused, naming the base, and no blob (neither the
+    config nor a layer) is requested."""
+    config = padded_config(5 * MIB)
+    manifest, blobs = image_documents(config)
+    with HostileServer(registry_handler(registry_documents(manifest), blobs)) as server:
+        reference = f"{server.host}/big:1"
+        with pytest.raises(BaseConfigTooLargeError) as caught:
+            build(reference, tmp_path)
+        assert blob_requests(server) == 0
+    assert caught.value.reference == reference
+    assert (caught.value.size, caught.value.limit) == (5 * MIB, MAX_CONFIG)
+
+
+@pytest.mark.parametrize(
+    ("claimed", "refused_at"),
+    [
+        pytest.param(None, 5 * MIB, id="descriptor-says-so"),
+        pytest.param(100, 5 * MIB, id="descriptor-lies"),
+    ],
+)
+def test_a_layout_config_over_4_mib_is_refused_before_it_is_read(
+    claimed: int | None, refused_at: int, tmp_path: Path
+) -> None:
+    """A layout's config over 4 MiB is refused from its descriptor, or from its file's size
+    when the descriptor claims less."""
+    reference = config_layout(tmp_path / "base", padded_config(5 * MIB), config_size=claimed)
+    with pytest.raises(BaseConfigTooLargeError) as caught:
+        build(reference, tmp_path)
+    assert caught.value.size == refused_at
+    assert caught.value.exit_code == 2
+
+
+def test_a_docker_archive_config_over_4_mib_is_refused(tmp_path: Path) -> None:
+    """A docker-archive's (or an engine export's) config file over 4 MiB is refused from its
+    size in the archive."""
+    reference = docker_archive(tmp_path / "image.tar", padded_config(5 * MIB))
+    with pytest.raises(BaseConfigTooLargeError) as caught:
+        build(reference, tmp_path)
+    assert caught.value.size == 5 * MIB
 
 
 # -- F12: index chains and fan-outs ------------------------------------------------------------------

@@ -18,6 +18,9 @@ import attrs
 from imagedsl.errors import InputError
 from imagedsl.oci.digest import is_sha256
 
+#: The largest image config read, refused (from its descriptor's size) before it is fetched
+#: or read: a config is read whole, as a manifest is, and those are capped at 4 MiB too.
+MAX_CONFIG: Final = 4 << 20
 #: How deep a config's JSON may nest (the spec's own fields go four levels deep).
 MAX_CONFIG_NESTING: Final = 32
 
@@ -74,10 +77,30 @@ class BaseConfigError(BaseImageError):
         return f"base image {self.reference}: {where} {self.problem}"
 
 
+@attrs.define
+class BaseConfigTooLargeError(BaseImageError):
+    """A base image's config is larger than :data:`MAX_CONFIG` (refused before reading it)."""
+
+    size: int = attrs.field(kw_only=True)
+    limit: int = attrs.field(kw_only=True)
+
+
+def check_config_size(reference: str, size: object) -> None:
+    """Refuse a config whose size (a descriptor's, a file's, or the bytes read) is over
+    :data:`MAX_CONFIG`; a size that is not a count is left to the descriptor's own checks."""
+    if isinstance(size, int) and not isinstance(size, bool) and size > MAX_CONFIG:
+        problem = (
+            f"its config is {size} bytes, more than the {MAX_CONFIG >> 20} MiB a config may "
+            "be; refused before reading it"
+        )
+        raise BaseConfigTooLargeError(reference, problem, size=size, limit=MAX_CONFIG)
+
+
 def parse_base_config(raw: bytes, reference: str) -> dict[str, Any]:
     """A base image's config from its bytes: UTF-8 JSON, an object, no deeper than
     :data:`MAX_CONFIG_NESTING`, with every field the spec defines of the spec's type (null
     stands for an unset optional field). Anything else is a :class:`BaseConfigError`."""
+    check_config_size(reference, len(raw))
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

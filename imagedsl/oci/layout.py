@@ -25,7 +25,14 @@ import attrs
 from imagedsl.errors import ImageDSLError
 from imagedsl.oci.annotations import CONTAINERD_IMAGE_NAME, REF_NAME
 from imagedsl.oci.blobs import BlobDigestError, BlobStore, check_digest
-from imagedsl.oci.image import BaseImage, LayerBlob, diff_ids_of, parse_base_config
+from imagedsl.oci.image import (
+    MAX_CONFIG,
+    BaseImage,
+    LayerBlob,
+    check_config_size,
+    diff_ids_of,
+    parse_base_config,
+)
 from imagedsl.oci.image import BaseImageError as BaseImageError  # re-exported: it was defined here
 from imagedsl.oci.manifest import MAX_INDEX_DEPTH, Manifest, manifest_document
 from imagedsl.oci.mediatypes import LAYER_MEDIA_TYPES, READABLE_LAYER_TYPES, sniff_compression
@@ -61,6 +68,10 @@ class _Source:
     def open(self, name: str) -> IO[bytes]:
         raise NotImplementedError
 
+    def size(self, name: str) -> int:
+        """The size of file ``name``, known before it is read."""
+        raise NotImplementedError
+
     def read_small(self, name: str, limit: int = _MAX_JSON) -> bytes:
         """The bytes of file ``name``, refused past ``limit`` (never read further)."""
         with self.open(name) as handle:
@@ -90,10 +101,16 @@ class _DirSource(_Source):
             raise BaseImageError(str(root), "is not a directory (an OCI layout was expected)")
 
     def open(self, name: str) -> IO[bytes]:
+        return self._path(name).open("rb")
+
+    def size(self, name: str) -> int:
+        return self._path(name).lstat().st_size
+
+    def _path(self, name: str) -> Path:
         path = self.root / name
         if path.is_symlink() or not path.is_file():
             raise BaseImageError(self.where, f"has no file {name}")
-        return path.open("rb")
+        return path
 
 
 class _TarSource(_Source):
@@ -110,12 +127,18 @@ class _TarSource(_Source):
                 self.members[name] = member
 
     def open(self, name: str) -> IO[bytes]:
+        handle = self.archive.extractfile(self._member(name))
+        assert handle is not None
+        return handle
+
+    def size(self, name: str) -> int:
+        return self._member(name).size
+
+    def _member(self, name: str) -> tarfile.TarInfo:
         member = self.members.get(name)
         if member is None:
             raise BaseImageError(self.where, f"has no file {name}")
-        handle = self.archive.extractfile(member)
-        assert handle is not None
-        return handle
+        return member
 
     def close(self) -> None:
         self.archive.close()
@@ -195,6 +218,15 @@ def _import_bytes(source: _Source, digest: str, data: bytes, blobs: BlobStore) -
     if actual != digest:
         raise BlobDigestError(source.where, digest, actual)
     blobs.put(data)
+    return data
+
+
+def _read_config(source: _Source, name: str, shown: str) -> bytes:
+    """A config's bytes, refused past :data:`MAX_CONFIG` before a byte is read."""
+    check_config_size(shown, source.size(name))
+    with source.open(name) as handle:
+        data = handle.read(MAX_CONFIG + 1)
+    check_config_size(shown, len(data))
     return data
 
 
@@ -382,6 +414,7 @@ def _image_config(
     and its diff_ids, one per layer; ``read`` gives the config's bytes by digest."""
     if manifest.config is None:  # pragma: no cover - Manifest.parse gives a manifest one
         raise BaseImageError(shown, "its manifest has no config")
+    check_config_size(shown, manifest.config.size)
     config = parse_base_config(read(manifest.config.digest), shown)
     diff_ids = diff_ids_of(config)
     if len(diff_ids) != len(manifest.layers):
@@ -395,7 +428,7 @@ def _import_manifest(
     types = layer_types(shown, manifest.layers)
 
     def imported(digest: str) -> bytes:
-        data = source.read_small(blob_name(digest))
+        data = _read_config(source, blob_name(digest), shown)
         return _import_bytes(source, digest, data, blobs)
 
     config, diff_ids = _image_config(shown, manifest, imported)
@@ -428,7 +461,7 @@ def _import_docker_archive(
         raise BaseImageError(shown, f"no single image matches {tag or '(no tag)'}; it holds {tags}")
     entry = chosen[0]
     config_name = str(entry["Config"])
-    config_bytes = source.read_small(config_name)
+    config_bytes = _read_config(source, config_name, shown)
     config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
     named = re.search(r"([0-9a-f]{64})(?:\.json)?$", config_name)
     if named and named.group(1) != config_digest.partition(":")[2]:
@@ -575,7 +608,9 @@ def _read_layout(
 ) -> LocalImage:
     entry = _choose(source, shown, tag, digest)
     manifest = _image_manifest(shown, entry, platform, lambda d: source.read_small(blob_name(d)))
-    config, diff_ids = _image_config(shown, manifest, lambda d: source.read_small(blob_name(d)))
+    config, diff_ids = _image_config(
+        shown, manifest, lambda d: _read_config(source, blob_name(d), shown)
+    )
     layers = tuple(
         LocalLayer(
             name=blob_name(layer.digest),
@@ -595,7 +630,7 @@ def _read_docker_archive(source: _Source, shown: str, tag: str | None) -> LocalI
     if len(chosen) != 1:
         tags = sorted(t for m in manifest for t in _repo_tags(m))
         raise BaseImageError(shown, f"no single image matches {tag or '(no tag)'}; it holds {tags}")
-    config = parse_base_config(source.read_small(str(chosen[0]["Config"])), shown)
+    config = parse_base_config(_read_config(source, str(chosen[0]["Config"]), shown), shown)
     diff_ids = diff_ids_of(config)
     names: Sequence[str] = chosen[0].get("Layers") or ()
     if len(diff_ids) != len(names):

@@ -320,11 +320,14 @@ class RegistryClient:
         store: Store,
         *,
         platform: Platform | None = None,
+        check: Callable[[Manifest], None] | None = None,
     ) -> PulledImage:
         """Bring one image into ``store``: its manifest, config and layers, verified.
 
         When the reference names an index, the manifest for ``platform`` (default: this
-        machine's) is chosen. Blobs already in the store are not fetched again.
+        machine's) is chosen. Blobs already in the store are not fetched again. ``check`` sees
+        the image manifest before any blob is fetched, and raises to refuse the image (a
+        layer type the caller cannot read is refused without downloading a layer).
         """
         ref = _registry_reference(reference)
         repo = Repository.of(ref)
@@ -344,6 +347,8 @@ class RegistryClient:
             BlobStore(store).put(manifest.raw)
         if manifest.config is None:
             raise RegistryError(repo.host, f"pulling {ref}", detail="a manifest without config")
+        if check is not None:
+            check(manifest)
         downloaded = self.fetch_blobs(repo, manifest.blobs, store)
         pinned = ImageReference(transport="registry", name=ref.name, tag=ref.tag, digest=top.digest)
         return PulledImage(

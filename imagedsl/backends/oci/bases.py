@@ -53,6 +53,7 @@ from imagedsl.oci.image import (
     BaseImage,
     BaseImageError,
     LayerBlob,
+    check_config_size,
     diff_ids_of,
     parse_base_config,
 )
@@ -254,6 +255,7 @@ def _base_from_store(
     config_descriptor = manifest.config
     if not blobs.intact(config_descriptor.digest):
         return None
+    check_config_size(shown, config_descriptor.size)
     config = parse_base_config(blobs.read(config_descriptor.digest), shown)
     diff_ids = diff_ids_of(config)
     if len(diff_ids) != len(manifest.layers):
@@ -358,8 +360,16 @@ def _from_registry(
     if wanted.pinned_manifest is not None:
         reference = attrs.evolve(reference, digest=wanted.pinned_manifest)
     host = reference.name.partition("/")[0]
+
+    def check(manifest: Manifest) -> None:
+        """Refuse a config too large to read before a blob is fetched."""
+        if manifest.config is not None:
+            check_config_size(wanted.shown, manifest.config.size)
+
     try:
-        pulled = client.pull(reference, blobs.store, platform=Platform.parse(wanted.platform))
+        pulled = client.pull(
+            reference, blobs.store, platform=Platform.parse(wanted.platform), check=check
+        )
     except NotFoundError:
         looked.append((f"the registry {host}", f"no {reference.familiar}"))
         return None
@@ -373,6 +383,7 @@ def _from_registry(
 
 def _pulled_base(shown: str, pulled: PulledImage, blobs: BlobStore) -> BaseImage:
     types = layer_types(shown, pulled.layers)
+    check_config_size(shown, pulled.config.size)
     config = parse_base_config(blobs.read(pulled.config.digest, pulled.config.size), shown)
     diff_ids = diff_ids_of(config)
     if len(diff_ids) != len(pulled.layers):
