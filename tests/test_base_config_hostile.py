@@ -449,6 +449,29 @@ def test_a_docker_archive_config_over_4_mib_is_refused(tmp_path: Path) -> None:
     assert caught.value.size == 5 * MIB
 
 
+# -- F15: a layer type the backend cannot read ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "layer_type",
+    [
+        pytest.param("application/x-evil", id="unknown"),
+        pytest.param("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", id="foreign"),
+    ],
+)
+def test_an_unreadable_layer_type_is_refused_before_any_blob_is_fetched(
+    layer_type: str, tmp_path: Path
+) -> None:
+    """A registry base with a layer of a type the backend cannot read is refused, naming the
+    type, without a single blob request."""
+    manifest, blobs = image_documents(config_with(), layer_type=layer_type)
+    with HostileServer(registry_handler(registry_documents(manifest), blobs)) as server:
+        with pytest.raises(BaseImageError) as caught:
+            build(f"{server.host}/base:1", tmp_path)
+        assert blob_requests(server) == 0
+    assert layer_type in caught.value.problem
+
+
 # -- F12: index chains and fan-outs ------------------------------------------------------------------
 
 

@@ -362,7 +362,9 @@ def _from_registry(
     host = reference.name.partition("/")[0]
 
     def check(manifest: Manifest) -> None:
-        """Refuse a config too large to read before a blob is fetched."""
+        """Refuse what the backend cannot read before a blob is fetched: a layer of another
+        type, a config too large to read."""
+        layer_types(wanted.shown, manifest.layers)
         if manifest.config is not None:
             check_config_size(wanted.shown, manifest.config.size)
 
