@@ -45,11 +45,16 @@ def check_str(step: str, argument: str, value: object, *, empty: bool = False) -
     return value
 
 
-def check_str_seq(step: str, argument: str, value: object) -> tuple[str, ...]:
-    """Refuse anything but a non-string sequence of non-empty strings."""
+def check_str_seq(
+    step: str, argument: str, value: object, *, empty: bool = False
+) -> tuple[str, ...]:
+    """Refuse anything but a non-string sequence of strings, non-empty unless ``empty`` (an
+    exec-form argument may be ``""``: ``ENTRYPOINT [""]``)."""
     if isinstance(value, str | bytes) or not isinstance(value, Sequence):
         raise StepArgumentError(step, argument, "must be a list of str")
-    return tuple(check_str(step, f"{argument}[{i}]", item) for i, item in enumerate(value))
+    return tuple(
+        check_str(step, f"{argument}[{i}]", item, empty=empty) for i, item in enumerate(value)
+    )
 
 
 def check_bool(step: str, argument: str, value: object) -> bool:
@@ -119,7 +124,7 @@ _PORT: Final = re.compile(r"(?P<low>\d{1,5})(?:-(?P<high>\d{1,5}))?(?:/(?P<proto
 _PLATFORM: Final = re.compile(r"[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?\Z")
 #: ``user``, ``user:group`` or ``:group`` (BuildKit's user is then root), names or ids.
 _OWNER: Final = re.compile(r"(?:[^\s:]+(?::[^\s:]+)?|:[^\s:]+)\Z")
-_CHMOD: Final = re.compile(r"[0-7]{3,4}\Z")
+_CHMOD: Final = re.compile(r"[0-7]{1,5}\Z")
 _SIGNAL: Final = re.compile(r"(?:SIG)?[A-Z][A-Z0-9+-]*\Z|\d{1,2}\Z")
 _DURATION: Final = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|ms|s|m|h))+\Z")
 
@@ -223,9 +228,9 @@ def check_chmod(step: str, argument: str, value: object) -> str:
             raise StepArgumentError(step, argument, f"must be a mode up to 0o7777, got {value:#o}")
         return f"{value:04o}"
     text = check_str(step, argument, value)
-    if not _CHMOD.match(text):
+    if not _CHMOD.match(text) or int(text, 8) > 0o7777:
         raise StepArgumentError(step, argument, f"must be octal digits like '755', got {text!r}")
-    return text.rjust(4, "0")
+    return f"{int(text, 8):04o}"  # as BuildKit reads it: "7" is 0007, "00755" is 0755
 
 
 def check_duration(step: str, argument: str, value: object) -> str:

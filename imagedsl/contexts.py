@@ -201,9 +201,7 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
             end = pattern.find("]", i + 2)
             if end < 0:
                 raise StepArgumentError("glob", "pattern", f"has an unclosed '[': {pattern!r}")
-            body = pattern[i + 1 : end]
-            if body[:1] in ("!", "^"):
-                body = "^" + body[1:]
+            body = pattern[i + 1 : end]  # only ^ negates: [!a] is '!' or 'a', as in Go
             out.append(f"[{body}]")
             i = end
         else:

@@ -250,7 +250,7 @@ class Stage:
             argv = (check_str("RUN", "command", command),)
             shell_form = True
         else:
-            argv = check_str_seq("RUN", "command", command)
+            argv = check_str_seq("RUN", "command", command, empty=True)
             if not argv:
                 raise StepArgumentError("RUN", "command", "must not be an empty list")
             shell_form = False
@@ -492,7 +492,7 @@ class Stage:
     @_located
     def shell(self, *command: str) -> Stage:
         """``SHELL``: the argv prefix for shell-form RUN, CMD and ENTRYPOINT."""
-        argv = check_str_seq("SHELL", "command", command)
+        argv = check_str_seq("SHELL", "command", command, empty=True)
         if not argv:
             raise StepArgumentError("SHELL", "command", "must not be empty")
         return self._then(Shell(command=argv, location=caller_location()))
@@ -896,11 +896,13 @@ def _command(
     if len(command) == 1 and not isinstance(command[0], str):
         if shell:
             raise StepArgumentError(step, "command", "is a list: exec form, not shell=True")
-        argv = check_str_seq(step, "command", command[0])
+        argv = check_str_seq(step, "command", command[0], empty=True)
         shell_form = False
     else:
-        argv = check_str_seq(step, "command", command)
+        argv = check_str_seq(step, "command", command, empty=True)
         shell_form = len(argv) == 1 if shell is None else shell
+        if shell_form and argv and not argv[0]:
+            raise StepArgumentError(step, "command", "is an empty shell command")
     if not argv:
         if not reset:
             raise StepArgumentError(step, "command", "must not be empty")

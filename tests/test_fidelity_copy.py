@@ -290,6 +290,15 @@ SCENARIOS = [
         misses=3,
     ),
     Scenario(
+        # Go's filepath.Match negates a class with ^ only: [!a] is '!' or 'a'. The plan read it
+        # as "not a", so the file it named was b.txt, and an edit of b.txt missed.
+        name="a glob class starting with ! names a file edited",
+        before="""app = BASE.copy(src.glob("[!a]*.txt"), "/g/").run("ls -1 /g > /l")""",
+        files={"a.txt": "a\n", "b.txt": "b\n", "!c.txt": "c\n"},
+        edit=lambda project: project.write_files({"b.txt": "b, edited\n"}),
+        misses=0,
+    ),
+    Scenario(
         # BuildKit unpacks the archive among ADD's sources and copies the rest; the docker
         # backend refused it (it wrote several sources as one staged directory).
         name="an archive added among other files is edited",

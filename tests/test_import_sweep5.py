@@ -238,3 +238,32 @@ def test_the_imported_build_py_is_left_out_of_its_context(tmp_path: Path) -> Non
     elsewhere.mkdir()
     assert '"build.py"' not in import_dockerfile(dockerfile, elsewhere / "build.py")
     assert '"build.py"' in import_dockerfile(dockerfile)  # by default, beside the Dockerfile
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param("WORKDIR /tmp/..\nWORKDIR /w/.\nWORKDIR sub/..\n", id="workdir-dots"),
+        pytest.param("ENV a=2 d=$a a=3\nLABEL l=1 m=2 l=3\n", id="a-name-twice"),
+        pytest.param('ENTRYPOINT [""]\nCMD ["x", ""]\n', id="empty-exec-arguments"),
+        pytest.param('SHELL ["/bin/sh", "-c", ""]\nHEALTHCHECK CMD ["t", ""]\n', id="empty-args"),
+    ],
+)
+def test_forms_buildkit_accepts_build_the_same_config_three_ways(
+    tmp_path: Path, docker_engine: DockerEngine, tags: list[str], body: str
+) -> None:
+    """Forms the second syntax sweep found: a WORKDIR ending in ``.`` or ``..`` failed the
+    OCI backend ("not a clean relative path"); a name given twice in one ENV or LABEL, and an
+    empty exec-form argument (``ENTRYPOINT [""]`` clears an entrypoint), were refused."""
+    configs = _three_ways(docker_engine, tmp_path, f"FROM scratch AS app\n{body}", ["app"], tags)
+    engine, docker_backend, oci_backend = configs["app"]
+    assert docker_backend == engine
+    assert oci_backend == engine
+
+
+def test_chmod_forms_buildkit_reads_in_octal_are_imported() -> None:
+    """``--chmod=7`` and ``--chmod=00755`` are octal numbers to BuildKit; the import refused
+    them (it took three or four digits only)."""
+    text = translate_text("FROM scratch\nCOPY --chmod=7 a /a\nCOPY --chmod=00755 a /b\n")
+    assert "chmod=0o007" in text
+    assert "chmod=0o755" in text

@@ -1260,3 +1260,15 @@ def test_entrypoint_keeps_a_cmd_of_an_earlier_stage() -> None:
         "ENTRYPOINT []",
         'CMD ["/bin/sh", "-c", "serve --port 80"]',
     ]
+
+
+def test_a_chmod_with_special_bits_needs_a_frontend_that_keeps_them(src_dir: Path) -> None:
+    """Docker 20.10's BuildKit drops setuid, setgid and sticky bits from ``--chmod`` (BuildKit
+    issue 3920, fixed later) where the OCI backend keeps them: one build.py, two images. The
+    docker backend refuses it up front on such an engine (a requirement of the lowering)."""
+    src = dsl.context(src_dir)
+    special = api.plan(dsl.image(BUSYBOX).copy(src.dir("app"), "/app", chmod="4755"), "s")
+    features = [r.feature for r in lower_to_dockerfile(special).requirements]
+    assert features == ["COPY --chmod with setuid, setgid or sticky bits"]
+    plain = api.plan(dsl.image(BUSYBOX).copy(src.dir("app"), "/app", chmod="755"), "s")
+    assert not lower_to_dockerfile(plain).requirements

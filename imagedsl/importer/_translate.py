@@ -683,12 +683,12 @@ class Translator:
             kwargs.append(("chown", _string(_word(str(flags["chown"]), self.escape))))
         if "chmod" in flags:
             chmod = str(flags["chmod"])
-            if not re.fullmatch(r"[0-7]{3,4}", chmod):
+            if not re.fullmatch(r"[0-7]{1,5}", chmod) or int(chmod, 8) > 0o7777:
                 raise _Refused(
                     f"{command.cmd} --chmod={chmod}: a build.py takes an octal mode (BuildKit "
                     "1.14 applies a symbolic one to each file's own mode)"
                 )
-            kwargs.append(("chmod", Atom("0o" + chmod.lstrip("0").rjust(3, "0"))))
+            kwargs.append(("chmod", Atom(f"0o{int(chmod, 8):03o}")))
         if flags.get("link") in ("", "true"):
             kwargs.append(("link", Atom("True")))
         if flags.get("parents") in ("", "true"):
@@ -802,9 +802,10 @@ class Translator:
             (_word(values[i], self.escape), _word(values[i + 1], self.escape))
             for i in range(0, len(values) - 1, 2)
         ]
+        # A name given twice keeps its place with its last value, as BuildKit sets them in
+        # turn (each word expanded with the values from before the instruction).
+        pairs = list(dict(pairs).items())
         names = [k for k, _ in pairs]
-        if len(set(names)) != len(names):
-            raise _Refused(f"the same name twice in one instruction ({names})")
         if all(k.isidentifier() and not keyword.iskeyword(k) for k in names):
             return tuple((k, _string(v)) for k, v in pairs)
         return (DictExpr(tuple((_string(k), _string(v)) for k, v in pairs)),)

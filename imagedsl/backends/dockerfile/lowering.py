@@ -616,6 +616,8 @@ class _Lowerer:
             flags.append(f"--chown={expanding_flag_value(step.chown, what='--chown')}")
         if step.chmod is not None:
             flags.append(f"--chmod={step.chmod}")
+            if int(step.chmod, 8) & 0o7000:  # Docker 20.10's BuildKit drops them silently
+                self._require("COPY --chmod with setuid, setgid or sticky bits", node)
         if link:
             flags.append("--link")
         if isinstance(source, StagePath):
@@ -792,14 +794,14 @@ class _Lowerer:
             # A wildcard that matches nothing in the (empty) staged directory: BuildKit copies
             # nothing and makes no destination, as for the wildcards of build.py.
             return [f"{staged.name}/*"]
-        named = [staged.file_name] if staged.file_name is not None else []
+        named = [f"{staged.name}/{staged.file_name}"] if staged.file_name is not None else []
         if isinstance(step, Add) and isinstance(step.source, ContextSource) and len(entries) > 1:
             named = archive_sources(staged, step.source) or []
-        for name in named:
-            if _GLOB_CHARS.search(name):
-                raise Unspellable(name, "has wildcard characters, which BuildKit would expand")
+        for name in named:  # (a staged directory's name is hex digits)
+            if _GLOB_CHARS.search(file := name.partition("/")[2]):
+                raise Unspellable(file, "has wildcard characters, which BuildKit would expand")
         if named:
-            return named if staged.file_name is None else [f"{staged.name}/{named[0]}"]
+            return named
         single = len(entries) == 1 and entries[0].type == "file" and "/" not in entries[0].placed
         # ADD unpacks a local archive only when its source is the file itself (one a selector
         # names: the one file of an added directory is copied into it, as it is).

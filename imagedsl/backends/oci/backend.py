@@ -31,6 +31,7 @@ import blake3
 
 from imagedsl import keys
 from imagedsl._epoch import check_epoch, epoch_from_env
+from imagedsl._validate import clean_container_path
 from imagedsl.backends import BuildRequestError, BuildResult, read_secrets
 from imagedsl.backends.oci.bases import WantedBase, import_base, layer_index
 from imagedsl.backends.oci.copy_entries import (
@@ -760,7 +761,8 @@ class _Build:
     def _workdir_entries(
         self, node: StepNode, lower: Filesystem
     ) -> tuple[list[LayerEntry], ParentFactory] | None:
-        path = self._before(node).apply(node.step, self.plan.graph.scope).workdir.strip("/")
+        workdir = self._before(node).apply(node.step, self.plan.graph.scope).workdir
+        path = clean_container_path("/" + workdir).strip("/")  # /tmp/.. makes nothing
         if not path:
             return None
         head, base = posixpath.split(path)
