@@ -569,3 +569,22 @@ def test_pull_all_stops_at_the_depth_a_layout_may_nest(tmp_path: Path) -> None:
             client.pull_all(f"{server.host}/x:1", Store(tmp_path / "s"))
         assert blob_requests(server) == 0
     assert "more than 4 manifests deep" in caught.value.detail
+
+
+def test_pushing_a_layout_whose_index_annotations_are_no_object_is_one_error(
+    tmp_path: Path,
+) -> None:
+    """``imagedsl push oci:DIR:TAG`` read an index.json entry's annotations as an object: a
+    string there was an AttributeError traceback. Now the entry matches no tag: one line,
+    exit 2, before anything is sent."""
+    manifest, blobs = image_documents(config_with())
+    entry = {"mediaType": OCI_MANIFEST, "digest": oci.sha256(manifest), "size": len(manifest)}
+    index = json.dumps({"schemaVersion": 2, "manifests": [{**entry, "annotations": "x"}]})
+    write_layout(tmp_path / "layout", manifest, blobs, index=index.encode())
+    done = imagedsl(
+        "push", f"oci:{tmp_path / 'layout'}:1", "127.0.0.1:9/x:1", cwd=REPO_ROOT,
+        store=tmp_path / "store",
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "index.json" in done.stderr

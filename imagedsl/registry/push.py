@@ -22,7 +22,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from imagedsl.oci.annotations import REF_NAME
 from imagedsl.oci.blobs import BlobSource
@@ -155,22 +155,28 @@ def _extract_layout(archive: Path, root: Path, shown: str) -> None:
         raise PushSourceError(shown, f"{archive} holds no OCI layout (no index.json)")
 
 
+def _ref_name(entry: dict[str, Any]) -> object:
+    """An index entry's tag; None when its annotations are not an object (a hostile file)."""
+    annotations = entry.get("annotations")
+    return annotations.get(REF_NAME) if isinstance(annotations, dict) else None
+
+
 def _choose(index_file: Path, tag: str | None, digest: str | None, shown: str) -> Descriptor:
     try:
         with index_file.open("rb") as handle:
             index = json.loads(handle.read(_MAX_INDEX))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         raise PushSourceError(shown, "its index.json cannot be read as JSON") from None
     manifests = index.get("manifests") if isinstance(index, dict) else None
     entries = [m for m in manifests if isinstance(m, dict)] if isinstance(manifests, list) else []
     if digest is not None:
         chosen = [m for m in entries if m.get("digest") == digest]
     elif tag is not None:
-        chosen = [m for m in entries if (m.get("annotations") or {}).get(REF_NAME) == tag]
+        chosen = [m for m in entries if _ref_name(m) == tag]
     else:
         chosen = entries
     if len(chosen) != 1:
-        names = sorted(str((m.get("annotations") or {}).get(REF_NAME)) for m in entries)
+        names = sorted(str(_ref_name(m)) for m in entries)
         wanted = digest or (f"tag {tag!r}" if tag else "one image (no tag was given)")
         raise PushSourceError(shown, f"its index.json has not exactly {wanted}; it holds {names}")
     try:
