@@ -140,9 +140,8 @@ def _pulled(
     reporter: Reporter | None,
 ) -> ImageSource:
     """Pull a registry image into the store (blobs already there are not fetched again)."""
-    import json
-
     from imagedsl.oci.blobs import BlobStore
+    from imagedsl.oci.image import parse_base_config
     from imagedsl.oci.platform import Platform
     from imagedsl.registry.client import RegistryClient
     from imagedsl.store import Store, default_store_path
@@ -151,7 +150,7 @@ def _pulled(
     blobs = BlobStore(store)
     with RegistryClient(insecure=insecure, progress=reporter) as client:
         pulled = client.pull(reference, store, platform=Platform.parse(platform))
-    config = json.loads(blobs.read(pulled.config.digest))
+    config = parse_base_config(blobs.read(pulled.config.digest), reference.familiar)
     diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
     diff_ids += [None] * (len(pulled.layers) - len(diff_ids))
 
