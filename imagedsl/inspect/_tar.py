@@ -15,7 +15,10 @@
 :class:`Listing`, without an object per entry: what ``imagedsl inspect`` uses.
 
 Understood: ustar and GNU headers, GNU long names (``L``/``K``), PAX records (``path``,
-``linkpath``, ``size``) and base-256 sizes.
+``linkpath``, ``size``) and base-256 sizes. An extension header is read whole, so one over
+:data:`EXTENSION_MAX`, or more than :data:`EXTENSION_CHAIN_MAX` of them before one entry, is
+refused before it is read (:class:`~imagedsl.backends.oci.filesystem.UnsafeLayerError`, as the
+OCI backend's scan refuses it).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import os
 import posixpath
 from collections.abc import Callable, Iterator
-from typing import Final, Protocol
+from typing import Final, NoReturn, Protocol
 
 import attrs
 
@@ -32,6 +35,12 @@ REGULAR: Final = frozenset({"0", "7"})
 #: Types whose header is all there is (a size in it has no data behind it).
 _HEADER_ONLY: Final = frozenset({"1", "2", "3", "4", "5", "6"})
 _ZERO_BLOCK: Final = b"\0" * BLOCK
+#: The largest extension header (PAX ``x``/``g``, GNU ``L``/``K``) read, and how many may come
+#: before one entry: the bounds of the OCI backend's scan
+#: (:data:`imagedsl.backends.oci.filesystem.EXTENSION_MAX`), not imported from there so that
+#: ``imagedsl inspect`` does not load the backends.
+EXTENSION_MAX: Final = 1 << 20
+EXTENSION_CHAIN_MAX: Final = 8
 
 
 class TarFormatError(ValueError):
@@ -157,20 +166,22 @@ class _Positional:
 
 
 class TarReader:
-    """The entries of a tar; ``total`` is its size in bytes once read."""
+    """The entries of a tar; ``total`` is its size in bytes once read. ``layer`` names the
+    tar in a refusal."""
 
-    def __init__(self, source: _Source) -> None:
+    def __init__(self, source: _Source, *, layer: str = "") -> None:
         self._source = source
+        self._layer = layer
 
     @classmethod
-    def of_chunks(cls, chunks: Iterator[bytes]) -> TarReader:
+    def of_chunks(cls, chunks: Iterator[bytes], *, layer: str = "") -> TarReader:
         """A tar arriving as chunks (a compressed layer, inflated)."""
-        return cls(_Chunks(chunks))
+        return cls(_Chunks(chunks), layer=layer)
 
     @classmethod
-    def at(cls, fd: int, offset: int, size: int) -> TarReader:
+    def at(cls, fd: int, offset: int, size: int, *, layer: str = "") -> TarReader:
         """An uncompressed tar of ``size`` bytes at ``offset`` in the file ``fd``."""
-        return cls(_Positional(fd, offset, size))
+        return cls(_Positional(fd, offset, size), layer=layer)
 
     @property
     def total(self) -> int:
@@ -188,6 +199,7 @@ class TarReader:
         pending: dict[str, str] = {}
         long_name: str | None = None
         long_link: str | None = None
+        chain = 0
         zero_blocks = 0
         while True:
             header = source.take(BLOCK)
@@ -202,6 +214,8 @@ class TarReader:
             kind = chr(header[156]) if header[156] else "0"
             size = _number(header[124:136])
             if kind in ("x", "g", "L", "K"):
+                chain += 1
+                _check_extension(self._layer, header, size, chain)
                 payload = source.take(size)
                 source.skip(-size % BLOCK)
                 if kind == "x":
@@ -211,6 +225,7 @@ class TarReader:
                 elif kind == "K":
                     long_link = _text(payload.rstrip(b"\0"))
                 continue
+            chain = 0
             name = long_name if long_name is not None else _name(header)
             link = long_link if long_link is not None else _text(header[157:257].split(b"\0", 1)[0])
             name = pending.get("path", name)
@@ -230,6 +245,28 @@ class TarReader:
                 else:
                     source.skip(size + padding)
             yield entry
+
+
+def _check_extension(layer: str, header: bytes, size: int, chain: int) -> None:
+    """Refuse an extension header over :data:`EXTENSION_MAX` (before its payload is read) or
+    past :data:`EXTENSION_CHAIN_MAX` in a row (their records add up until the entry)."""
+    if size > EXTENSION_MAX:
+        _refuse(
+            layer,
+            header,
+            f"is an extension header of {size} bytes, more than the {EXTENSION_MAX} a layer may use",
+        )
+    if chain > EXTENSION_CHAIN_MAX:
+        _refuse(
+            layer, header, f"is one of more than {EXTENSION_CHAIN_MAX} extension headers in a row"
+        )
+
+
+def _refuse(layer: str, header: bytes, problem: str) -> NoReturn:
+    # Imported only to refuse: reading a layer for inspect does not load the backends.
+    from imagedsl.backends.oci.filesystem import UnsafeLayerError
+
+    raise UnsafeLayerError(layer, _text(_raw_name(header)), problem)
 
 
 def _name(header: bytes) -> str:
@@ -346,11 +383,14 @@ def _size(header: bytes) -> int:
         return _number(field)
 
 
-def list_at(fd: int, offset: int, size: int, *, data_limit: int, unread: frozenset[str]) -> Listing:
+def list_at(
+    fd: int, offset: int, size: int, *, data_limit: int, unread: frozenset[str], layer: str = ""
+) -> Listing:
     """The entries of an uncompressed tar of ``size`` bytes at ``offset`` in the file ``fd``,
     read by position (one ``pread`` per header; what is skipped is never read). Regular files
     up to ``data_limit`` bytes come with their bytes unless :func:`_wanted` says no; what is
-    read is what :class:`TarReader` reads, entry for entry."""
+    read is what :class:`TarReader` reads, entry for entry (``layer`` names the tar in a
+    refusal)."""
     listing = Listing()
     paths, sizes, kinds, data = listing.paths, listing.sizes, listing.kinds, listing.data
     pread = os.pread
@@ -359,7 +399,7 @@ def list_at(fd: int, offset: int, size: int, *, data_limit: int, unread: frozens
     listing.total = size
     pending: dict[str, str] = {}
     names: list[str | None] = [None, None]
-    extended = False
+    extended = 0  # extension headers since the last entry
     zero_blocks = 0
     while end - position >= BLOCK:
         header = pread(fd, BLOCK, position)
@@ -378,6 +418,8 @@ def list_at(fd: int, offset: int, size: int, *, data_limit: int, unread: frozens
         except ValueError:
             entry_size = _size(header)
         if kind in _EXTENSION_FLAGS:
+            extended += 1
+            _check_extension(layer, header, entry_size, extended)
             length = min(entry_size, end - position)
             payload = pread(fd, length, position) if length > 0 else b""
             position += len(payload)
@@ -386,7 +428,6 @@ def list_at(fd: int, offset: int, size: int, *, data_limit: int, unread: frozens
                 raise TarFormatError("the tar ends inside an entry")
             position += padding
             _extended(kind, payload, pending, names)
-            extended = True
             continue
         end_of_name = header.find(0, 0, 100)
         if header[345] or end_of_name < 0:
@@ -395,7 +436,7 @@ def list_at(fd: int, offset: int, size: int, *, data_limit: int, unread: frozens
             path = header[:end_of_name].decode("utf-8", "surrogateescape")
         if extended:
             path, entry_size = _apply(path, entry_size, pending, names)
-            extended = False
+            extended = 0
         if path and "//" not in path and path[0] != "." and path[-1] != "." and "/." not in path:
             path = path.strip("/")
         else:
@@ -431,7 +472,9 @@ def list_at(fd: int, offset: int, size: int, *, data_limit: int, unread: frozens
     return listing
 
 
-def list_chunks(chunks: Iterator[bytes], *, data_limit: int, unread: frozenset[str]) -> Listing:
+def list_chunks(
+    chunks: Iterator[bytes], *, data_limit: int, unread: frozenset[str], layer: str = ""
+) -> Listing:
     """:func:`list_at` for a tar arriving as chunks (a compressed layer, inflated); the total
     counts what follows the tar's end too."""
     source = _Chunks(chunks)
@@ -440,7 +483,7 @@ def list_chunks(chunks: Iterator[bytes], *, data_limit: int, unread: frozenset[s
     paths, sizes, kinds, data = listing.paths, listing.sizes, listing.kinds, listing.data
     pending: dict[str, str] = {}
     names: list[str | None] = [None, None]
-    extended = False
+    extended = 0  # extension headers since the last entry
     zero_blocks = 0
     while True:
         header = take(BLOCK)
@@ -455,15 +498,16 @@ def list_chunks(chunks: Iterator[bytes], *, data_limit: int, unread: frozenset[s
         zero_blocks = 0
         entry_size = _size(header)
         if kind in _EXTENSION_FLAGS:
+            extended += 1
+            _check_extension(layer, header, entry_size, extended)
             payload = take(entry_size)
             skip(-entry_size % BLOCK)
             _extended(kind, payload, pending, names)
-            extended = True
             continue
         path = _text(_raw_name(header))
         if extended:
             path, entry_size = _apply(path, entry_size, pending, names)
-            extended = False
+            extended = 0
         path = clean_path(path)
         if not kind:
             kind = 0x30

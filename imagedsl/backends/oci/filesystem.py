@@ -4,7 +4,9 @@ Layers from base images are untrusted input. Each is read once, as a stream (not
 extracted to the host), and refused if an entry could reach outside the image root or confuse
 whoever unpacks it: absolute or ``..`` paths, a path below a symlink, relative symlinks that
 climb above the root, hard links out of the root or to nothing, device nodes and other special
-files, and duplicate paths. What survives is kept as a small index (path, type, mode, owner,
+files, sparse files, and duplicate paths; or if it holds what would make reading it costly (an
+extension header over :data:`EXTENSION_MAX`, more than :data:`ENTRIES_MAX` entries, more than
+:data:`XATTRS_MAX` of extended attributes). What survives is kept as a small index (path, type, mode, owner,
 size, link, the extended attributes a layer carries) per diff_id, from which
 :class:`Filesystem` answers "what is at this path" for the steps that need it (COPY into
 existing directories, ``--chown`` names, ``COPY --from``, which keeps file capabilities).
@@ -13,11 +15,12 @@ existing directories, ``--chown`` names, ``COPY --from``, which keeps file capab
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import posixpath
 import tarfile
 from collections.abc import Iterable, Iterator, Mapping
-from typing import IO, TYPE_CHECKING, Any, Final, Literal, NamedTuple, cast
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Final, Literal, NamedTuple, Self, cast
 
 import attrs
 
@@ -30,7 +33,7 @@ from imagedsl.backends.oci.layer import (
 )
 from imagedsl.errors import InputError
 from imagedsl.oci.blobs import VerifyingReader
-from imagedsl.store import StoreArea, atomic_write
+from imagedsl.store import StoreArea, atomic_file
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -45,17 +48,39 @@ KEPT_FILES: Final = frozenset({"etc/passwd", "etc/group"})
 _KEPT_MAX: Final = 1 << 20
 _MAX_SYMLINK_HOPS: Final = 40
 
+# -- what a base layer may hold (docs/security.md, "Hostile base images") --------------------
+
+#: The largest PAX (``x``/``g``) or GNU long-name/long-link (``L``/``K``) header a layer may
+#: carry: tarfile reads each one whole into memory. PATH_MAX is 4096 bytes and the kernel bounds
+#: an extended attribute's value at 64 KiB, so real headers stay far below.
+EXTENSION_MAX: Final = 1 << 20
+#: Extension headers in a row before one member: GNU tar writes at most two (``L``, ``K``),
+#: PAX one; tarfile reads a chain recursively, holding every payload until the member.
+EXTENSION_CHAIN_MAX: Final = 8
+#: Bytes of global PAX headers (``g``) in a whole layer: tarfile copies what they say into every
+#: later member (real ones are a line: ``git archive`` writes its commit there).
+GLOBAL_HEADERS_MAX: Final = 64 << 10
+#: Entries one layer may hold. The scan keeps about 200 bytes per entry; the largest common
+#: images hold under 200,000 files in all (Debian with Node.js: 34,000).
+ENTRIES_MAX: Final = 1_000_000
+#: Bytes of carried extended attributes (names and values) all entries of a layer may hold:
+#: file capabilities are 20 bytes, on a handful of files. A global header could otherwise give
+#: a 64 KiB value to each of a million entries.
+XATTRS_MAX: Final = 16 << 20
+
 
 @attrs.define
 class UnsafeLayerError(InputError):
-    """A base image layer holds an entry that could escape or confuse the image root."""
+    """A base image layer holds an entry that could escape or confuse the image root, or past
+    the bounds on what reading a layer may cost."""
 
     layer: str
     path: str
     problem: str
 
     def __str__(self) -> str:
-        return f"refusing layer {self.layer}: entry {self.path!r} {self.problem}"
+        layer = f"layer {self.layer}" if self.layer else "a layer"  # a reader told no name
+        return f"refusing {layer}: entry {self.path!r} {self.problem}"
 
 
 @attrs.define
@@ -85,6 +110,16 @@ class FsEntry(NamedTuple):
     xattrs: Xattrs = ()
 
 
+#: Entries written to an index's JSON at a time.
+_JSON_BATCH: Final = 4096
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8", "surrogateescape"
+    )
+
+
 def _xattrs_json(xattrs: Xattrs) -> dict[str, str]:
     return {name: base64.b64encode(value).decode() for name, value in xattrs}
 
@@ -105,21 +140,28 @@ class LayerIndex:
 
     def to_json(self) -> bytes:
         """The on-disk form (kept per diff_id in the store)."""
-        payload = {
-            "v": INDEX_VERSION,
-            "diff_id": self.diff_id,
-            "entries": [
-                [path, e.kind, e.mode, e.uid, e.gid, e.size, e.linkname]
-                + ([_xattrs_json(e.xattrs)] if e.xattrs else [])
-                for path, e in self.entries.items()
-            ],
+        return b"".join(self.json_pieces())
+
+    def json_pieces(self) -> Iterator[bytes]:
+        """:meth:`to_json` in pieces, the entries a few thousand at a time: made whole, the
+        rows of a million entries took 200 MB at once."""
+        head = {"v": INDEX_VERSION, "diff_id": self.diff_id}
+        tail = {
             "whiteouts": list(self.whiteouts),
             "opaques": list(self.opaques),
             "files": dict(self.files),
         }
-        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode(
-            "utf-8", "surrogateescape"
-        )
+        yield _json(head)[:-1] + b',"entries":['
+        items = iter(self.entries.items())
+        first = True
+        while batch := [
+            [path, e.kind, e.mode, e.uid, e.gid, e.size, e.linkname]
+            + ([_xattrs_json(e.xattrs)] if e.xattrs else [])
+            for path, e in itertools.islice(items, _JSON_BATCH)
+        ]:
+            yield (b"" if first else b",") + _json(batch)[1:-1]
+            first = False
+        yield b"]," + _json(tail)[1:]
 
     @classmethod
     def from_json(cls, data: bytes) -> LayerIndex:
@@ -196,7 +238,9 @@ def load_index(store: Store, diff_id: str) -> LayerIndex | None:
 
 def save_index(store: Store, index: LayerIndex) -> None:
     """Keep a layer index (atomically)."""
-    atomic_write(index_path(store, index.diff_id), index.to_json())
+    with atomic_file(index_path(store, index.diff_id)) as handle:
+        for piece in index.json_pieces():
+            handle.write(piece)
 
 
 # -- decompression -------------------------------------------------------------------------
@@ -241,26 +285,117 @@ class _Guarded:
         return data
 
 
+_EXTENSION_TYPES: Final = frozenset(
+    {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+     tarfile.GNUTYPE_LONGLINK}
+)  # fmt: skip
+_SPARSE_PAX_PREFIX: Final = "GNU.sparse."
+
+
+class _HeaderBudget:
+    """What the headers of one layer have used of the bounds so far."""
+
+    __slots__ = ("chain", "global_bytes", "layer")
+
+    def __init__(self, layer: str) -> None:
+        self.layer = layer
+        self.chain = 0
+        self.global_bytes = 0
+
+
+class _BoundedInfo(tarfile.TarInfo):
+    """``tarfile``'s header parsing, each header checked before ``tarfile`` reads what it
+    announces: an extension header's payload (read whole, whatever size it claims: 200 MiB of
+    one repeated byte, 204 KB of gzip, cost 865 MB), a GNU sparse map (read block by block,
+    kept whole). Sparse members are refused: extraction would write every byte of their holes,
+    and images never hold them."""
+
+    budget: ClassVar[_HeaderBudget]
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+        info = super().frombuf(buf, encoding, errors)
+        budget = cls.budget
+        if info.type not in _EXTENSION_TYPES:
+            budget.chain = 0
+            if info.type == tarfile.GNUTYPE_SPARSE:
+                raise UnsafeLayerError(budget.layer, info.name, "is a sparse file")
+            return info
+        if info.size > EXTENSION_MAX:
+            raise UnsafeLayerError(
+                budget.layer,
+                info.name,
+                f"is an extension header of {info.size} bytes, more than the"
+                f" {EXTENSION_MAX} a layer may use",
+            )
+        budget.chain += 1
+        if budget.chain > EXTENSION_CHAIN_MAX:
+            raise UnsafeLayerError(
+                budget.layer,
+                info.name,
+                f"is one of more than {EXTENSION_CHAIN_MAX} extension headers in a row",
+            )
+        if info.type == tarfile.XGLTYPE:
+            budget.global_bytes += info.size
+            if budget.global_bytes > GLOBAL_HEADERS_MAX:
+                raise UnsafeLayerError(
+                    budget.layer,
+                    info.name,
+                    f"brings the layer's global headers past the {GLOBAL_HEADERS_MAX} bytes"
+                    " a layer may use",
+                )
+        return info
+
+    def _proc_gnusparse_10(
+        self, member: tarfile.TarInfo, pax_headers: Mapping[str, str], archive: object
+    ) -> None:
+        """PAX sparse 1.0 keeps its map at the start of the member's data, as many numbers as
+        the header says: refused before it is read (``tarfile``'s own method, overridden)."""
+        del archive
+        name = pax_headers.get("GNU.sparse.name") or pax_headers.get("path") or member.name
+        raise UnsafeLayerError(self.budget.layer, name, "is a sparse file")
+
+
+def _bounded_info(layer: str) -> type[tarfile.TarInfo]:
+    """A :class:`_BoundedInfo` keeping the budget of one layer's headers."""
+    return type("_LayerInfo", (_BoundedInfo,), {"budget": _HeaderBudget(layer)})
+
+
+class _Forgetful(list[tarfile.TarInfo]):
+    """Stream-mode ``tarfile`` keeps every member it read (440 bytes each: 440 MB for a
+    million empty files); nothing here looks back, so it keeps none."""
+
+    def append(self, member: tarfile.TarInfo) -> None:
+        del member
+
+
 class LayerTar:
     """The members of a layer tar, read as a stream; a member whose header claims more bytes
     than the rest of the layer holds is refused as soon as the layer ends
-    (:class:`UnsafeLayerError`), and so is a whiteout of ``""``, ``.`` or ``..``."""
+    (:class:`UnsafeLayerError`), and so are a whiteout of ``""``, ``.`` or ``..``, an extension
+    header past the bounds (:data:`EXTENSION_MAX`), and a sparse member."""
 
     def __init__(self, stream: IO[bytes], layer: str) -> None:
         self.layer = layer
         guarded = cast("IO[bytes]", _Guarded(stream))
-        self.archive = tarfile.open(fileobj=guarded, mode="r|")  # noqa: SIM115 - closed by close()
+        self.archive = tarfile.open(  # noqa: SIM115 - closed by close()
+            fileobj=guarded, mode="r|", tarinfo=_bounded_info(layer)
+        )
+        self.archive.members = _Forgetful()  # type: ignore[attr-defined]
         self._last: tarfile.TarInfo | None = None
 
     def __iter__(self) -> Iterator[tarfile.TarInfo]:
-        members = iter(self.archive)
         while True:
             try:
-                member = next(members)
-            except StopIteration:
-                return
+                member = self.archive.next()
             except _LayerEnded:
                 raise self._overrun() from None
+            if member is None:
+                return
+            if member.sparse is not None or any(
+                key.startswith(_SPARSE_PAX_PREFIX) for key in member.pax_headers
+            ):
+                raise UnsafeLayerError(self.layer, member.name, "is a sparse file")
             self._last = member
             yield member
 
@@ -367,10 +502,12 @@ def scan_layer(
 ) -> LayerIndex:
     """Read an untrusted layer tar; refuse it if unsafe (see the module docstring)."""
     view = _LayerView(lower)
-    seen: set[str] = set()
+    # Whiteout and opaque names, to refuse them twice; other names are the keys of view.entries.
+    markers: set[str] = set()
     whiteouts: list[str] = []
     opaques: list[str] = []
     files: dict[str, str] = {}
+    xattr_bytes = 0
     try:
         archive = LayerTar(stream, layer)
     except tarfile.TarError as error:
@@ -379,18 +516,22 @@ def scan_layer(
         raise UnsafeLayerError(layer, "", "is not a tar archive: it ends at once") from None
     with archive:
         try:
-            for member in archive:
+            for count, member in enumerate(archive, 1):
+                if count > ENTRIES_MAX:
+                    raise UnsafeLayerError(
+                        layer, member.name, f"is past the {ENTRIES_MAX:,} entries a layer may hold"
+                    )
                 name = _clean_member_name(layer, member.name)
                 if not name:
                     if not member.isdir():
                         raise UnsafeLayerError(layer, member.name, "replaces the root")
                     continue
-                if name in seen:
+                if name in view.entries or name in markers:
                     raise UnsafeLayerError(layer, member.name, "appears twice in the layer")
-                seen.add(name)
                 _check_parents(layer, member.name, name, view)
                 head, base = posixpath.split(name)
                 if base.startswith(WHITEOUT_PREFIX):
+                    markers.add(name)
                     if base == OPAQUE_MARKER:
                         opaques.append(head)
                         view.opaque.add(head)
@@ -400,6 +541,15 @@ def scan_layer(
                         view.deleted.add(target)
                     continue
                 entry = _entry_of(layer, member, name, view)
+                if entry.xattrs:
+                    xattr_bytes += sum(len(key) + len(value) for key, value in entry.xattrs)
+                    if xattr_bytes > XATTRS_MAX:
+                        raise UnsafeLayerError(
+                            layer,
+                            member.name,
+                            f"brings the layer's extended attributes past the {XATTRS_MAX}"
+                            " bytes a layer may hold",
+                        )
                 view.entries[name] = entry
                 if name in KEPT_FILES and member.isreg() and member.size <= _KEPT_MAX:
                     handle = archive.extractfile(member)
@@ -426,7 +576,7 @@ def _check_parents(layer: str, raw: str, name: str, view: _LayerView) -> None:
 
 
 def _entry_of(layer: str, member: tarfile.TarInfo, name: str, view: _LayerView) -> FsEntry:
-    mode, uid, gid = member.mode & 0o7777, member.uid, member.gid
+    mode, uid, gid = _MODES[member.mode & 0o7777], member.uid, member.gid
     owner: dict[str, Any] = {"mode": mode, "uid": uid, "gid": gid}
     xattrs = pax_xattrs(member.pax_headers) if member.pax_headers else ()
     if member.isdir():
@@ -466,6 +616,10 @@ def _entry_of(layer: str, member: tarfile.TarInfo, name: str, view: _LayerView) 
     if member.ischr() or member.isblk():
         raise UnsafeLayerError(layer, member.name, "is a device node")
     raise UnsafeLayerError(layer, member.name, "is a special file (FIFO or unknown type)")
+
+
+#: One int object per mode, shared by every entry (an int past 256 is 32 bytes each).
+_MODES: Final = tuple(range(0o10000))
 
 
 # -- the filesystem of a stack of layers -----------------------------------------------------
