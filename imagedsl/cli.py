@@ -80,14 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _os_error(error: OSError) -> str:
-    """``PATH: No space left on device`` (both paths of a failed rename or link)."""
+    """``PATH: No space left on device`` (both paths of a failed rename or link); a call on a
+    file descriptor (``os.setxattr(fd, ...)``) names the descriptor."""
     problem = error.strerror or str(error)
-    if error.filename is None:
+    names = [name for name in (error.filename, error.filename2) if name is not None]
+    if not names:
         return problem
-    paths = [os.fsdecode(error.filename)]
-    if error.filename2 is not None:
-        paths.append(os.fsdecode(error.filename2))
-    return f"{' -> '.join(paths)}: {problem}"
+    shown = [f"file descriptor {n}" if isinstance(n, int) else os.fsdecode(n) for n in names]
+    return f"{' -> '.join(shown)}: {problem}"
 
 
 # -- commands --------------------------------------------------------------------------------

@@ -1,14 +1,17 @@
-"""Layer tars that cost more to read than they weigh: extension headers read whole into
-memory, sparse files, a million entries, extended attributes a global header gives every
-entry. Each is refused with the layer and the entry named (``UnsafeLayerError``, exit 2), by
-the scan, by extraction for a RUN, and by ``imagedsl inspect``'s readers, and reading one
-stays within a bounded memory."""
+"""Layer tars that cost more to read than they weigh, or hold what extraction cannot apply:
+extension headers read whole into memory, sparse files, a million entries, names, owners,
+times and extended attributes past the kernel's bounds. Each is refused with the layer and
+the entry named (``UnsafeLayerError``, exit 2), by the scan, by extraction for a RUN, and by
+``imagedsl inspect``'s readers, and reading one stays within a bounded memory."""
 
 from __future__ import annotations
 
+import errno
+import gzip
 import hashlib
 import io
 import json
+import os
 import tarfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -26,11 +29,15 @@ from imagedsl.backends.oci.filesystem import (
     scan_layer,
 )
 from imagedsl.backends.oci.run.rootfs import extract_layer
+from imagedsl.cli import _os_error
 from imagedsl.inspect import _tar as inspect_tar
 from imagedsl.oci.mediatypes import OCI_MANIFEST
+from tests.support import REPO_ROOT
 from tests.support import oci as oci_support
+from tests.support.cli import imagedsl
 from tests.support.hostile import HostileServer, registry_handler, run_measured
 from tests.support.oci import member, tar_bytes
+from tests.support.skips import require_root
 
 LAYER = "sha256:test"
 MIB = 1 << 20
@@ -431,6 +438,201 @@ def test_sparse_members_are_refused_by_extraction_which_writes_nothing(
         extract(layer, tmp_path / "fs")
     assert caught.value.problem == "is a sparse file"
     assert list((tmp_path / "fs").iterdir()) == []
+
+
+# -- F7: values extraction cannot apply ------------------------------------------------------------
+
+
+def _owned(uid: int, gid: int) -> bytes:
+    info, data = member("etc/f", data=b"x")
+    info.uid, info.gid = uid, gid
+    return tar_bytes([(info, data)])
+
+
+OWNERS = [
+    pytest.param(2**40, 0, id="uid-2**40"),
+    pytest.param(0, 2**48 - 1, id="gid-2**48-1"),
+    pytest.param(2**32 - 1, 0, id="uid-minus-one-as-unsigned"),
+    pytest.param(-1, 0, id="negative-uid"),
+]
+
+
+@pytest.mark.parametrize(("uid", "gid"), OWNERS)
+def test_owners_past_uid_t_are_refused(uid: int, gid: int, tmp_path: Path) -> None:
+    """An owner a file cannot have is refused by the scan and by extraction (it was an
+    OverflowError traceback from ``os.chown``)."""
+    with pytest.raises(UnsafeLayerError) as scanned:
+        scan(_owned(uid, gid))
+    with pytest.raises(UnsafeLayerError) as extracted:
+        extract(_owned(uid, gid), tmp_path / "fs")
+    for caught in (scanned, extracted):
+        assert caught.value.path == "etc/f"
+        assert f"has owner {uid}:{gid}" in caught.value.problem
+
+
+MTIMES = [
+    pytest.param("-99999999999999999999.5", id="far-past"),
+    pytest.param(str(2**63), id="2**63"),
+    pytest.param("nan", id="nan"),
+    pytest.param("inf", id="inf"),
+]
+
+
+@pytest.mark.parametrize("mtime", MTIMES)
+def test_mtimes_past_time_t_are_refused(mtime: str, tmp_path: Path) -> None:
+    """An mtime ``os.utime`` cannot set is refused by the scan and by extraction (it was an
+    OverflowError traceback)."""
+    layer = with_pax("etc/f", {"mtime": mtime})
+    with pytest.raises(UnsafeLayerError) as scanned:
+        scan(layer)
+    with pytest.raises(UnsafeLayerError) as extracted:
+        extract(layer, tmp_path / "fs")
+    for caught in (scanned, extracted):
+        assert caught.value.path == "etc/f"
+        assert "has mtime" in caught.value.problem
+
+
+def test_an_xattr_the_kernel_refuses_is_the_layers_fault(tmp_path: Path) -> None:
+    """A malformed ``security.capability`` passes the scan (its format is the kernel's to
+    judge) and extraction names the entry (it was an OSError on an fd, then a TypeError in
+    the CLI's handler). What is within the kernel's bounds is extracted as it is: the
+    largest owner, a time before 1970, a ``user.*`` attribute."""
+    require_root("extraction sets owners and security.capability")
+    info, data = member("etc/f", data=b"x")
+    info.uid = info.gid = 2**32 - 2
+    info.pax_headers = {"mtime": "-86400", "SCHILY.xattr.user.note": "kept"}
+    good = tar_bytes([(info, data)])
+    scan(good)
+    extract(good, tmp_path / "good")
+    found = (tmp_path / "good" / "etc" / "f").stat()
+    assert (found.st_uid, found.st_gid, found.st_mtime) == (2**32 - 2, 2**32 - 2, -86400)
+    assert os.getxattr(tmp_path / "good" / "etc" / "f", "user.note") == b"kept"
+    layer = with_pax("xf", {"SCHILY.xattr.security.capability": "garbage"})
+    scan(layer)
+    with pytest.raises(UnsafeLayerError) as caught:
+        extract(layer, tmp_path / "fs")
+    assert caught.value.path == "xf"
+    assert "security.capability" in caught.value.problem
+    assert "the kernel refuses" in caught.value.problem
+
+
+XATTRS_PAST_THE_KERNEL = [
+    pytest.param({"SCHILY.xattr.user.big": "A" * 70_000}, "of 70000 bytes", id="value-70000"),
+    pytest.param({"SCHILY.xattr.user." + "n" * 300: "v"}, "name is longer", id="name-305"),
+]
+
+
+@pytest.mark.parametrize(("records", "problem"), XATTRS_PAST_THE_KERNEL)
+def test_xattrs_past_the_kernels_bounds_are_refused_by_the_scan(
+    records: dict[str, str], problem: str
+) -> None:
+    """A value over 64 KiB or a name over 255 bytes could never be set (E2BIG, ERANGE)."""
+    with pytest.raises(UnsafeLayerError) as caught:
+        scan(with_pax("xf", records))
+    assert caught.value.path == "xf"
+    assert problem in caught.value.problem
+
+
+def test_os_errors_on_a_file_descriptor_are_one_line(tmp_path: Path) -> None:
+    """The CLI's handler names a descriptor where the kernel gives no path (it raised a
+    TypeError on the int)."""
+    (tmp_path / "f").write_bytes(b"")
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        with pytest.raises(OSError, match="out of range") as caught:
+            os.setxattr(fd, "user." + "n" * 300, b"v")
+    finally:
+        os.close(fd)
+    assert caught.value.errno == errno.ERANGE
+    assert _os_error(caught.value) == f"file descriptor {fd}: {os.strerror(errno.ERANGE)}"
+
+
+# -- F13: names the kernel cannot create -----------------------------------------------------------
+
+
+def _path_of(length: int) -> str:
+    """A path of ``length`` bytes made of 200-byte components."""
+    parts = []
+    left = length
+    while left > 201:
+        parts.append("d" * 200)
+        left -= 201
+    parts.append("f" * left)
+    return "/".join(parts)
+
+
+NAMES = [
+    pytest.param("d/" + "x" * 256, "has a name of 256 bytes", id="component-256"),
+    pytest.param("d/" + "\u00e9" * 128, "has a name of 256 bytes", id="component-128-e-acute"),
+    pytest.param(_path_of(4095), "has a path of 4096 bytes", id="path-4095"),
+]
+
+
+@pytest.mark.parametrize(("name", "problem"), NAMES)
+def test_names_the_kernel_cannot_create_are_refused(
+    name: str, problem: str, tmp_path: Path
+) -> None:
+    """A component over 255 bytes or a path over 4,094 (with its ``/`` and NUL, PATH_MAX) is
+    refused by the scan and by extraction (it was an exit-1 "File name too long")."""
+    layer = tar_bytes([member(name, data=b"x")])
+    with pytest.raises(UnsafeLayerError) as scanned:
+        scan(layer)
+    with pytest.raises(UnsafeLayerError) as extracted:
+        extract(layer, tmp_path / "fs")
+    for caught in (scanned, extracted):
+        assert caught.value.path == name
+        assert problem in caught.value.problem
+
+
+def test_names_at_the_kernels_bounds_are_accepted() -> None:
+    """A 255-byte component, a 4,094-byte path and a 4,095-byte symlink target are fine."""
+    target = "/" + _path_of(4094)
+    layer = tar_bytes(
+        [
+            member("d/" + "x" * 255, data=b"x"),
+            member(_path_of(4094), data=b"x"),
+            member("link", kind=tarfile.SYMTYPE, linkname=target),
+        ]
+    )
+    index = scan_layer(io.BytesIO(layer), layer=LAYER, diff_id=LAYER, lower=None)
+    assert index.entries["link"].linkname == target
+    with pytest.raises(UnsafeLayerError) as caught:
+        scan(tar_bytes([member("link", kind=tarfile.SYMTYPE, linkname=target + "x")]))
+    assert "target longer than" in caught.value.problem
+
+
+def test_a_base_with_a_long_name_fails_the_build_with_exit_2_on_one_short_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the CLI: exit 2, one line naming the layer, the path shortened."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))  # this checkout, from any directory
+    layout = tmp_path / "base"
+    long_path = _path_of(4200)
+    hostile = tar_bytes([member(long_path, data=b"deep")])
+    oci_support.write_layout(layout, [tar_bytes(oci_support.busybox_members()), hostile])
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "f").write_text("x")
+    (tmp_path / "build.py").write_text(
+        "import imagedsl as dsl\n"
+        f"app = dsl.image('oci:{layout}:1').copy(dsl.context('ctx'), '/app')\n"
+    )
+    result = imagedsl(
+        "build",
+        "build.py:app",
+        "--backend",
+        "oci",
+        "--output",
+        f"oci:{tmp_path / 'out'}:t",
+        cwd=tmp_path,
+        store=tmp_path / "s",
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    digest = hashlib.sha256(gzip.compress(hostile, mtime=0)).hexdigest()
+    assert f"refusing layer sha256:{digest}" in lines[0]
+    assert "has a path of 4201 bytes" in lines[0]
+    assert len(lines[0]) < 400
 
 
 # -- F10: entries and extended attributes per layer ------------------------------------------------

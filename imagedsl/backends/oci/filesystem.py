@@ -4,9 +4,11 @@ Layers from base images are untrusted input. Each is read once, as a stream (not
 extracted to the host), and refused if an entry could reach outside the image root or confuse
 whoever unpacks it: absolute or ``..`` paths, a path below a symlink, relative symlinks that
 climb above the root, hard links out of the root or to nothing, device nodes and other special
-files, sparse files, and duplicate paths; or if it holds what would make reading it costly (an
-extension header over :data:`EXTENSION_MAX`, more than :data:`ENTRIES_MAX` entries, more than
-:data:`XATTRS_MAX` of extended attributes). What survives is kept as a small index (path, type, mode, owner,
+files, sparse files, and duplicate paths; or if it holds what extraction could not apply (names
+too long for the kernel, owners past 2**32-2, times past ``time_t``, extended attributes the
+kernel refuses by size) or what would make reading it costly (an extension header over
+:data:`EXTENSION_MAX`, more than :data:`ENTRIES_MAX` entries, more than :data:`XATTRS_MAX` of
+extended attributes). What survives is kept as a small index (path, type, mode, owner,
 size, link, the extended attributes a layer carries) per diff_id, from which
 :class:`Filesystem` answers "what is at this path" for the steps that need it (COPY into
 existing directories, ``--chown`` names, ``COPY --from``, which keeps file capabilities).
@@ -27,6 +29,7 @@ import attrs
 from imagedsl.backends.oci.layer import (
     OPAQUE_MARKER,
     WHITEOUT_PREFIX,
+    XATTR_PAX_PREFIX,
     LayerEntry,
     Xattrs,
     pax_xattrs,
@@ -67,20 +70,40 @@ ENTRIES_MAX: Final = 1_000_000
 #: file capabilities are 20 bytes, on a handful of files. A global header could otherwise give
 #: a 64 KiB value to each of a million entries.
 XATTRS_MAX: Final = 16 << 20
+#: The kernel's bounds: a name component (NAME_MAX), a path with its NUL (PATH_MAX), an
+#: extended attribute's name (XATTR_NAME_MAX) and value (XATTR_SIZE_MAX), an owner (uid_t;
+#: 2**32-1 is chown's "leave as is").
+NAME_MAX: Final = 255
+PATH_MAX: Final = 4096
+_XATTR_NAME_MAX: Final = 255
+_XATTR_SIZE_MAX: Final = 1 << 16
+_ID_MAX: Final = 2**32 - 2
+#: Times extraction can set: a 64-bit ``time_t``, that of every host RUN steps run on.
+#: Refused by the scan rather than clamped at extraction: no tool writes such a time, the scan
+#: is where a layer is judged (before COPY --from or a RUN uses it), and a clamped time would
+#: make the snapshot differ from the layer without a word.
+_TIME_MIN: Final = -(2**63)
+_TIME_MAX: Final = 2**63 - 1
 
 
 @attrs.define
 class UnsafeLayerError(InputError):
-    """A base image layer holds an entry that could escape or confuse the image root, or past
-    the bounds on what reading a layer may cost."""
+    """A base image layer holds an entry that could escape or confuse the image root, that
+    extraction could not apply, or past the bounds on what reading a layer may cost."""
 
     layer: str
     path: str
     problem: str
 
     def __str__(self) -> str:
+        path = self.path
+        if len(path) > _SHOWN_PATH_MAX:  # a 4 KB name would drown the line
+            path = f"{path[:60]}...{path[-40:]}"
         layer = f"layer {self.layer}" if self.layer else "a layer"  # a reader told no name
-        return f"refusing {layer}: entry {self.path!r} {self.problem}"
+        return f"refusing {layer}: entry {path!r} {self.problem}"
+
+
+_SHOWN_PATH_MAX: Final = 120
 
 
 @attrs.define
@@ -528,6 +551,7 @@ def scan_layer(
                     continue
                 if name in view.entries or name in markers:
                     raise UnsafeLayerError(layer, member.name, "appears twice in the layer")
+                check_extractable(layer, member, name)
                 _check_parents(layer, member.name, name, view)
                 head, base = posixpath.split(name)
                 if base.startswith(WHITEOUT_PREFIX):
@@ -565,6 +589,41 @@ def scan_layer(
     )
 
 
+def check_extractable(layer: str, member: tarfile.TarInfo, name: str) -> None:
+    """Refuse a member (``name``: its cleaned path) extraction could not apply, rather than
+    fail there: a name component over NAME_MAX bytes, a path (``/`` and ``name``) or link
+    target that does not fit in PATH_MAX with its NUL, an owner outside 0..2**32-2, an mtime
+    outside ``time_t``. Called by the scan and again by extraction, which checks on its own."""
+    raw = member.name
+    if len(name) > NAME_MAX // 4 or not name.isascii():  # else short enough as it is
+        encoded = name.encode("utf-8", "surrogateescape")
+        if len(encoded) + 2 > PATH_MAX:
+            raise UnsafeLayerError(
+                layer,
+                raw,
+                f"has a path of {len(encoded) + 1} bytes, more than the kernel's {PATH_MAX - 1}",
+            )
+        longest = max(encoded.split(b"/"), key=len)
+        if len(longest) > NAME_MAX:
+            raise UnsafeLayerError(
+                layer, raw, f"has a name of {len(longest)} bytes, more than the kernel's {NAME_MAX}"
+            )
+    target = member.linkname
+    if len(target) >= PATH_MAX // 4 and len(target.encode("utf-8", "surrogateescape")) >= PATH_MAX:
+        raise UnsafeLayerError(
+            layer, raw, f"links to a target longer than the kernel's {PATH_MAX - 1} bytes"
+        )
+    uid, gid = member.uid, member.gid
+    if not (0 <= uid <= _ID_MAX and 0 <= gid <= _ID_MAX):
+        raise UnsafeLayerError(
+            layer, raw, f"has owner {uid}:{gid}, past the ids a file can have (0 to {_ID_MAX})"
+        )
+    if not _TIME_MIN <= member.mtime <= _TIME_MAX:  # NaN too
+        raise UnsafeLayerError(
+            layer, raw, f"has mtime {member.mtime}, past the times a file can have"
+        )
+
+
 def _check_parents(layer: str, raw: str, name: str, view: _LayerView) -> None:
     head = posixpath.dirname(name)
     while head:
@@ -578,7 +637,7 @@ def _check_parents(layer: str, raw: str, name: str, view: _LayerView) -> None:
 def _entry_of(layer: str, member: tarfile.TarInfo, name: str, view: _LayerView) -> FsEntry:
     mode, uid, gid = _MODES[member.mode & 0o7777], member.uid, member.gid
     owner: dict[str, Any] = {"mode": mode, "uid": uid, "gid": gid}
-    xattrs = pax_xattrs(member.pax_headers) if member.pax_headers else ()
+    xattrs = _xattrs_of(layer, member) if member.pax_headers else ()
     if member.isdir():
         return FsEntry(kind="dir", xattrs=xattrs, **owner)
     if member.isreg():
@@ -616,6 +675,27 @@ def _entry_of(layer: str, member: tarfile.TarInfo, name: str, view: _LayerView) 
     if member.ischr() or member.isblk():
         raise UnsafeLayerError(layer, member.name, "is a device node")
     raise UnsafeLayerError(layer, member.name, "is a special file (FIFO or unknown type)")
+
+
+def _xattrs_of(layer: str, member: tarfile.TarInfo) -> Xattrs:
+    """The carried extended attributes of a member; one whose name or value is past the
+    kernel's bounds (which would refuse it with ERANGE or E2BIG) is refused."""
+    xattrs = pax_xattrs(member.pax_headers)
+    for key, value in xattrs:
+        if len(key.encode("utf-8", "surrogateescape")) > _XATTR_NAME_MAX:
+            raise UnsafeLayerError(
+                layer,
+                member.name,
+                f"has an extended attribute whose name is longer than the kernel's {_XATTR_NAME_MAX} bytes",
+            )
+        if len(value) > _XATTR_SIZE_MAX:
+            raise UnsafeLayerError(
+                layer,
+                member.name,
+                f"has extended attribute {XATTR_PAX_PREFIX}{key} of {len(value)} bytes, more"
+                f" than the kernel's {_XATTR_SIZE_MAX}",
+            )
+    return xattrs
 
 
 #: One int object per mode, shared by every entry (an int past 256 is 32 bytes each).

@@ -7,7 +7,8 @@ a temporary directory renamed into place, so a snapshot is whole or absent; besi
 goes its integrity record (``check.json``), checked before a RUN stands on it. Base layers have been
 checked by :func:`imagedsl.backends.oci.filesystem.scan_layer` before they get here; extraction checks
 again on its own: every path is opened component by component with ``O_NOFOLLOW`` from the
-snapshot's root, so no entry can make a write land outside it. A RUN's own upper directory
+snapshot's root, so no entry can make a write land outside it, and what the kernel could not
+apply (names, owners, times past its bounds) is refused before it is tried. A RUN's own upper directory
 becomes the snapshot of the layer it produced (mtimes set to the build's epoch, overlay's
 private attributes dropped), so a later RUN never extracts it. Extended attributes a layer
 carries (``SCHILY.xattr.*``) are set on what is extracted, after its owner (``chown`` clears
@@ -51,6 +52,7 @@ from imagedsl.backends.oci.filesystem import (
     LayerTar,
     UnsafeLayerError,
     _clean_member_name,
+    check_extractable,
     drain,
     whiteout_target,
 )
@@ -279,13 +281,26 @@ def _set_owner_mode(fd: int, uid: int, gid: int, mode: int) -> None:
     os.chmod(fd, mode & 0o7777)  # after chown, which clears setuid and setgid
 
 
-def _set_xattrs(fd: int, xattrs: Xattrs) -> None:
+#: What the kernel answers for an extended attribute it will not take as given (a malformed
+#: ``security.capability``, a value or name past its bounds): the layer's fault, not the host's.
+_XATTR_REFUSED: Final = frozenset({errno.EINVAL, errno.E2BIG, errno.ERANGE})
+
+
+def _set_xattrs(fd: int, xattrs: Xattrs, *, layer: str, entry: str) -> None:
     """Set extended attributes on an open file or directory (after its owner: ``chown``
-    clears file capabilities); a filesystem that cannot hold one (``ENOTSUP``) goes without."""
+    clears file capabilities); a filesystem that cannot hold one (``ENOTSUP``) goes without,
+    and one the kernel refuses is an :class:`UnsafeLayerError` naming the entry."""
     for name, value in xattrs:
         try:
             os.setxattr(fd, name, value)
         except OSError as error:
+            if error.errno in _XATTR_REFUSED:
+                raise UnsafeLayerError(
+                    layer,
+                    entry,
+                    f"has extended attribute {name!r} ({len(value)} bytes), which the kernel"
+                    f" refuses: {error.strerror}",
+                ) from None
             if error.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
                 raise
 
@@ -337,6 +352,7 @@ def extract_layer(
                 name = _clean_member_name(layer, member.name)
                 if not name:
                     continue
+                check_extractable(layer, member, name)
                 head, base = posixpath.split(name)
                 parent = dirs.get(head)
                 if base == OPAQUE_MARKER:
@@ -377,7 +393,7 @@ def _extract_member(
             os.mkdir(base, 0o700, dir_fd=parent)
         fd = dirs.get(name, create=False)
         _set_owner_mode(fd, member.uid, member.gid, member.mode)
-        _set_xattrs(fd, pax_xattrs(member.pax_headers))
+        _set_xattrs(fd, pax_xattrs(member.pax_headers), layer=layer, entry=member.name)
         return
     dirs.forget(name)
     if member.isreg():
@@ -387,7 +403,7 @@ def _extract_member(
             while data := handle.read(_COPY_CHUNK):
                 os.write(fd, data)
             _set_owner_mode(fd, member.uid, member.gid, member.mode)
-            _set_xattrs(fd, pax_xattrs(member.pax_headers))
+            _set_xattrs(fd, pax_xattrs(member.pax_headers), layer=layer, entry=member.name)
             os.utime(fd, (mtime, mtime))
         finally:
             os.close(fd)
@@ -441,7 +457,7 @@ def _copy_from_lowers(
             try:
                 _copy_fd(source, fd)
                 _set_owner_mode(fd, member.uid, member.gid, member.mode)
-                _set_xattrs(fd, read_xattrs(source))
+                _set_xattrs(fd, read_xattrs(source), layer=layer, entry=member.name)
                 os.utime(fd, (int(member.mtime), int(member.mtime)))
             finally:
                 os.close(fd)
@@ -806,7 +822,7 @@ def apply_snapshot(source: Path, dest: Path) -> None:
                     os.mkdir(base, 0o700, dir_fd=parent)
                 fd = dirs.get(seen.path, create=False)
                 _set_owner_mode(fd, st.st_uid, st.st_gid, st.st_mode)
-                _set_xattrs(fd, read_xattrs(source / seen.path))
+                _set_xattrs(fd, read_xattrs(source / seen.path), layer=str(source), entry=seen.path)
                 continue
             dirs.forget(seen.path)
             _remove(base, parent)
@@ -826,7 +842,7 @@ def apply_snapshot(source: Path, dest: Path) -> None:
                 try:
                     _copy_fd(source_fd, fd)
                     _set_owner_mode(fd, st.st_uid, st.st_gid, st.st_mode)
-                    _set_xattrs(fd, read_xattrs(host))
+                    _set_xattrs(fd, read_xattrs(host), layer=str(source), entry=seen.path)
                     os.utime(fd, ns=(st.st_mtime_ns, st.st_mtime_ns))
                 finally:
                     os.close(fd)
