@@ -562,9 +562,11 @@ def _listing_of(layer: SourceLayer) -> Listing:
     with layer.open() as raw:
         where = _position_of(raw)
         if where is not None and sniff_compression(os.pread(where[0], 4, where[1])) == "none":
-            return list_at(*where, data_limit=_DATA_LIMIT, unread=_UNREAD)
+            return list_at(*where, data_limit=_DATA_LIMIT, unread=_UNREAD, layer=layer.digest or "")
         with contextlib.closing(_prefetched(decompressed_chunks(raw))) as chunks:
-            return list_chunks(chunks, data_limit=_DATA_LIMIT, unread=_UNREAD)
+            return list_chunks(
+                chunks, data_limit=_DATA_LIMIT, unread=_UNREAD, layer=layer.digest or ""
+            )
 
 
 def _position_of(raw: Any) -> tuple[int, int, int] | None:
