@@ -91,7 +91,7 @@ def v7_tar(files: dict[str, bytes]) -> bytes:
     at = 0
     while at < len(data) and any(data[at : at + 512]):
         header = data[at : at + 512]
-        assert header[156:157] in (b"0", b"\x00"), "regular files only"
+        assert bytes(header[156:157]) in (b"0", b"\x00"), "regular files only"
         header[257:512] = bytes(255)  # magic, version, names, devices, prefix
         header[148:156] = b" " * 8
         header[148:156] = f"{sum(header):06o}\x00 ".encode()

@@ -103,7 +103,9 @@ def _fails(
         pytest.raises((RegistryError, RegistryAuthError)) as caught,
     ):
         client.get_manifest(f"{server.host}/x:1")
-    return caught.value
+    error = caught.value
+    assert isinstance(error, RegistryError | RegistryAuthError)
+    return error
 
 
 @pytest.mark.parametrize("status", [400, 409])
