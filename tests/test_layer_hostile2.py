@@ -10,7 +10,6 @@ import errno
 import gzip
 import hashlib
 import io
-import json
 import os
 import tarfile
 import zlib
@@ -21,8 +20,6 @@ import pytest
 
 from imagedsl.backends.oci.filesystem import (
     ENTRIES_MAX,
-    EXTENSION_CHAIN_MAX,
-    EXTENSION_MAX,
     GLOBAL_HEADERS_MAX,
     XATTRS_MAX,
     UnsafeLayerError,
@@ -31,11 +28,11 @@ from imagedsl.backends.oci.filesystem import (
 from imagedsl.backends.oci.run.rootfs import extract_layer
 from imagedsl.cli import _os_error
 from imagedsl.inspect import _tar as inspect_tar
-from imagedsl.oci.mediatypes import OCI_MANIFEST
+from imagedsl.oci.layerstream import EXTENSION_CHAIN_MAX, EXTENSION_MAX
 from tests.support import REPO_ROOT
 from tests.support import oci as oci_support
 from tests.support.cli import imagedsl
-from tests.support.hostile import HostileServer, registry_handler, run_measured
+from tests.support.hostile import HostileServer, gzip_image, registry_handler, run_measured
 from tests.support.oci import member, tar_bytes
 from tests.support.skips import require_root
 
@@ -284,46 +281,6 @@ def _huge_pax_layer(size: int) -> Iterator[bytes]:
     yield tar_bytes([member("pf", data=b"x")])
 
 
-def _image(
-    layers: list[tuple[bytes, str]],
-) -> tuple[dict[str, tuple[str, bytes]], dict[str, bytes]]:
-    """Manifest (tag ``1``) and blobs of an image of gzip layers given as (blob, diff_id)."""
-
-    def digest(data: bytes) -> str:
-        return "sha256:" + hashlib.sha256(data).hexdigest()
-
-    blobs = {digest(blob): blob for blob, _ in layers}
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {"Cmd": ["/bin/sh"]},
-            "rootfs": {"type": "layers", "diff_ids": [diff_id for _, diff_id in layers]},
-        }
-    ).encode()
-    blobs[digest(config)] = config
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": digest(config),
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": digest(blob),
-                    "size": len(blob),
-                }
-                for blob, _ in layers
-            ],
-        }
-    ).encode()
-    return {"1": (OCI_MANIFEST, manifest), digest(manifest): (OCI_MANIFEST, manifest)}, blobs
-
-
 _READ_FROM_REGISTRY = """
 import imagedsl as dsl
 from tests.support import oci as oci_support
@@ -352,7 +309,7 @@ def test_a_huge_pax_record_from_a_registry_is_refused_with_bounded_memory(
     the build and ``inspect`` refuse it and stay far below 200 MB (before: about 600 MB)."""
     busybox = _gzip([tar_bytes(oci_support.busybox_members())])
     hostile = _gzip(_huge_pax_layer(128 * MIB))
-    documents, blobs = _image([busybox, hostile])
+    documents, blobs = gzip_image([busybox, hostile])
     with HostileServer(registry_handler(documents, blobs)) as server:
         code = _READ_FROM_REGISTRY.format(
             inspect=inspect, reference=f"{server.host}/hostile:1", store=str(tmp_path / "s")

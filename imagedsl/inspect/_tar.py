@@ -30,17 +30,13 @@ from typing import Final, NoReturn, Protocol
 
 import attrs
 
+from imagedsl.oci.layerstream import EXTENSION_CHAIN_MAX, EXTENSION_MAX
+
 BLOCK: Final = 512
 REGULAR: Final = frozenset({"0", "7"})
 #: Types whose header is all there is (a size in it has no data behind it).
 _HEADER_ONLY: Final = frozenset({"1", "2", "3", "4", "5", "6"})
 _ZERO_BLOCK: Final = b"\0" * BLOCK
-#: The largest extension header (PAX ``x``/``g``, GNU ``L``/``K``) read, and how many may come
-#: before one entry: the bounds of the OCI backend's scan
-#: (:data:`imagedsl.backends.oci.filesystem.EXTENSION_MAX`), not imported from there so that
-#: ``imagedsl inspect`` does not load the backends.
-EXTENSION_MAX: Final = 1 << 20
-EXTENSION_CHAIN_MAX: Final = 8
 
 
 class TarFormatError(ValueError):

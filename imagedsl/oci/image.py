@@ -279,7 +279,7 @@ def _text_problem(value: object) -> str | None:
     while pending:
         item, depth = pending.pop()
         if isinstance(item, str):
-            if not item.isascii() and not _encodes(item):
+            if not item.isascii() and not encodes_utf8(item):
                 return "holds a string that is not Unicode text"
         elif isinstance(item, dict | list):
             if depth > MAX_CONFIG_NESTING:
@@ -289,7 +289,8 @@ def _text_problem(value: object) -> str | None:
     return None
 
 
-def _encodes(text: str) -> bool:
+def encodes_utf8(text: str) -> bool:
+    """Whether ``text`` is UTF-8 (bytes that are not are held as surrogate escapes)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -9,12 +9,20 @@ of large chunks (``imagedsl inspect``, which parses them in place).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Final, cast
 
 from imagedsl.oci.mediatypes import sniff_compression
 
 if TYPE_CHECKING:
     from imagedsl.oci.blobs import VerifyingReader
+
+#: The largest PAX (``x``/``g``) or GNU long-name/long-link (``L``/``K``) header a layer may
+#: carry, and how many may come in a row before one entry: every reader of a layer reads such a
+#: header whole (the OCI backend's scan, ``imagedsl inspect``'s readers). PATH_MAX is 4096 bytes
+#: and the kernel bounds an extended attribute's value at 64 KiB, so real headers stay far
+#: below; GNU tar writes at most two in a row (``L``, ``K``), PAX one.
+EXTENSION_MAX: Final = 1 << 20
+EXTENSION_CHAIN_MAX: Final = 8
 
 
 class _Peek:

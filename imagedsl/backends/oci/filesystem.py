@@ -36,6 +36,7 @@ from imagedsl.backends.oci.layer import (
 )
 from imagedsl.errors import InputError
 from imagedsl.oci.blobs import VerifyingReader
+from imagedsl.oci.layerstream import EXTENSION_CHAIN_MAX, EXTENSION_MAX
 from imagedsl.store import StoreArea, atomic_file
 
 if TYPE_CHECKING:
@@ -53,13 +54,8 @@ _MAX_SYMLINK_HOPS: Final = 40
 
 # -- what a base layer may hold (docs/security.md, "Hostile base images") --------------------
 
-#: The largest PAX (``x``/``g``) or GNU long-name/long-link (``L``/``K``) header a layer may
-#: carry: tarfile reads each one whole into memory. PATH_MAX is 4096 bytes and the kernel bounds
-#: an extended attribute's value at 64 KiB, so real headers stay far below.
-EXTENSION_MAX: Final = 1 << 20
-#: Extension headers in a row before one member: GNU tar writes at most two (``L``, ``K``),
-#: PAX one; tarfile reads a chain recursively, holding every payload until the member.
-EXTENSION_CHAIN_MAX: Final = 8
+# EXTENSION_MAX and EXTENSION_CHAIN_MAX (imagedsl.oci.layerstream): tarfile reads an extension
+# header whole, and a chain of them recursively, holding every payload until the member.
 #: Bytes of global PAX headers (``g``) in a whole layer: tarfile copies what they say into every
 #: later member (real ones are a line: ``git archive`` writes its commit there).
 GLOBAL_HEADERS_MAX: Final = 64 << 10

@@ -33,7 +33,7 @@ import blake3
 from isal import isal_zlib
 
 from imagedsl.errors import InputError
-from imagedsl.oci.image import LayerBlob
+from imagedsl.oci.image import LayerBlob, encodes_utf8
 from imagedsl.oci.mediatypes import LAYER_MEDIA_TYPES, Compression
 
 EntryKind = Literal["file", "dir", "symlink", "hardlink", "whiteout", "opaque"]
@@ -280,15 +280,6 @@ def _fits(text: bytes, width: int) -> bool:
     return len(text) <= width and text.isascii()
 
 
-def _utf8(text: str) -> bool:
-    """Whether a name (bytes not UTF-8 are held as surrogate escapes) is UTF-8."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def tar_header(entry: LayerEntry, mtime: int) -> bytes:
     """The header block(s) of one entry: ustar, preceded by a PAX header only when needed."""
     name = entry.tar_name.encode("utf-8", "surrogateescape")
@@ -305,7 +296,7 @@ def tar_header(entry: LayerEntry, mtime: int) -> bytes:
     if size > 0o77777777777:
         records.append(_pax_record("size", str(size).encode()))
     uid, gid = entry.uid, entry.gid
-    if records and not _utf8(entry.tar_name + entry.linkname):
+    if records and not encodes_utf8(entry.tar_name + entry.linkname):
         # A name that is not UTF-8 goes in the PAX record as its bytes, which POSIX says a
         # reader must be told (Python, GNU tar and Go then keep the bytes as they are).
         records.append(_pax_record("hdrcharset", b"BINARY"))
