@@ -539,12 +539,21 @@ def test_push_walks_each_manifest_once(tmp_path: Path) -> None:
     assert {oci.sha256(d) for d in documents[:-1]} | {"1"} == pushed
 
 
-def test_pull_all_fetches_each_manifest_once(tmp_path: Path) -> None:
-    """``pull_all`` of indexes that list the next one twice fetches each manifest once."""
-    top, documents, blobs = index_chain(4, fan=2)
+def served_chain(
+    depth: int, fan: int
+) -> tuple[dict[str, tuple[str, bytes]], list[bytes], dict[str, bytes]]:
+    """:func:`index_chain` as a registry serves it (tag ``1`` is the top index; the innermost
+    document is the image manifest): the documents by reference, the documents, the blobs."""
+    top, documents, blobs = index_chain(depth, fan=fan)
     served = {oci.sha256(d): (OCI_INDEX, d) for d in documents}
     served["1"] = (OCI_INDEX, top)
     served[oci.sha256(documents[0])] = (OCI_MANIFEST, documents[0])
+    return served, documents, blobs
+
+
+def test_pull_all_fetches_each_manifest_once(tmp_path: Path) -> None:
+    """``pull_all`` of indexes that list the next one twice fetches each manifest once."""
+    served, documents, blobs = served_chain(4, fan=2)
     with (
         HostileServer(registry_handler(served, blobs)) as server,
         RegistryClient(docker_config=DockerConfig()) as client,
@@ -557,10 +566,7 @@ def test_pull_all_fetches_each_manifest_once(tmp_path: Path) -> None:
 def test_pull_all_stops_at_the_depth_a_layout_may_nest(tmp_path: Path) -> None:
     """``pull_all`` of a chain of indexes deeper than a layout import follows is a registry
     error naming the depth, with no blob fetched."""
-    top, documents, blobs = index_chain(5, fan=1)
-    served = {oci.sha256(d): (OCI_INDEX, d) for d in documents}
-    served["1"] = (OCI_INDEX, top)
-    served[oci.sha256(documents[0])] = (OCI_MANIFEST, documents[0])
+    served, _, blobs = served_chain(5, fan=1)
     with (
         HostileServer(registry_handler(served, blobs)) as server,
         RegistryClient(docker_config=DockerConfig()) as client,

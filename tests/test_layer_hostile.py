@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 import os
 import tarfile
 from collections.abc import Callable
@@ -19,10 +18,9 @@ import imagedsl as dsl
 from imagedsl.backends.oci.filesystem import UnsafeLayerError, scan_layer
 from imagedsl.backends.oci.run.rootfs import extract_layer
 from imagedsl.errors import InputError
-from imagedsl.oci.mediatypes import OCI_MANIFEST
 from imagedsl.store import Store
 from tests.support import oci as oci_support
-from tests.support.hostile import HostileServer, registry_handler, run_measured
+from tests.support.hostile import HostileServer, gzip_image, registry_handler, run_measured
 from tests.support.oci import member, tar_bytes
 
 GIB = 1 << 30
@@ -140,44 +138,12 @@ def test_a_base_with_a_lying_layer_is_refused_by_a_build(compress: bool, tmp_pat
 
 def _image(layers: list[bytes]) -> tuple[dict[str, tuple[str, bytes]], dict[str, bytes]]:
     """Manifest (tag ``1``) and blobs of an image of gzip ``layers``, for a registry."""
-
-    def digest(data: bytes) -> str:
-        return "sha256:" + hashlib.sha256(data).hexdigest()
-
-    blobs = {}
-    descriptors = []
-    for tar in layers:
-        blob = gzip.compress(tar, mtime=0)
-        blobs[digest(blob)] = blob
-        descriptors.append(
-            {
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": digest(blob),
-                "size": len(blob),
-            }
-        )
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {"Cmd": ["/bin/sh"]},
-            "rootfs": {"type": "layers", "diff_ids": [digest(t) for t in layers]},
-        }
-    ).encode()
-    blobs[digest(config)] = config
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": digest(config),
-                "size": len(config),
-            },
-            "layers": descriptors,
-        }
-    ).encode()
-    return {"1": (OCI_MANIFEST, manifest), digest(manifest): (OCI_MANIFEST, manifest)}, blobs
+    return gzip_image(
+        [
+            (gzip.compress(tar, mtime=0), "sha256:" + hashlib.sha256(tar).hexdigest())
+            for tar in layers
+        ]
+    )
 
 
 _BUILD_FROM_REGISTRY = """

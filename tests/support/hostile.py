@@ -13,6 +13,7 @@ would tidy up what they send), and a way to measure a client's peak memory in a 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from typing import Any
 
 import attrs
 
+from imagedsl.oci.mediatypes import OCI_MANIFEST
 from tests.support import REPO_ROOT
 
 
@@ -207,6 +209,47 @@ def registry_handler(
         return [head(404)]
 
     return handle
+
+
+def gzip_image(
+    layers: list[tuple[bytes, str]],
+) -> tuple[dict[str, tuple[str, bytes]], dict[str, bytes]]:
+    """The manifest (by tag ``1`` and by digest) and blobs of an image of gzip layers given
+    as (blob, diff_id), for :func:`registry_handler`."""
+
+    def digest(data: bytes) -> str:
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    blobs = {digest(blob): blob for blob, _ in layers}
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Cmd": ["/bin/sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id for _, diff_id in layers]},
+        }
+    ).encode()
+    blobs[digest(config)] = config
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": digest(config),
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": digest(blob),
+                    "size": len(blob),
+                }
+                for blob, _ in layers
+            ],
+        }
+    ).encode()
+    return {"1": (OCI_MANIFEST, manifest), digest(manifest): (OCI_MANIFEST, manifest)}, blobs
 
 
 # VmHWM, the peak of this interpreter's own memory map, not getrusage's ru_maxrss: Linux
